@@ -1,0 +1,38 @@
+"""tuneforge: plugin-based fine-tuning of pretrained language models.
+
+Public API for plugin authors::
+
+    import tuneforge
+
+    @tuneforge.hookimpl
+    def tuneforge_adapters():
+        return [tuneforge.AdapterSpec("my_adapter", MyConfig, apply=apply)]
+
+Importing this package is cheap: torch, transformers and lightning are
+imported only by the modules that run training.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from tuneforge.errors import ConfigError, DataError, ModelError, PluginError, TuneforgeError
+from tuneforge.specs import (
+    AdapterSpec,
+    CallbackSpec,
+    DatasetSpec,
+    EvaluatorSpec,
+    LossSpec,
+    ModelSourceSpec,
+)
+
+__version__ = "0.1.0"
+
+#: decorator marking a function as a tuneforge hook implementation
+hookimpl = pluggy.HookimplMarker("tuneforge")
+
+__all__ = [
+    "AdapterSpec", "CallbackSpec", "ConfigError", "DataError", "DatasetSpec", "EvaluatorSpec",
+    "LossSpec", "ModelError", "ModelSourceSpec", "PluginError", "TuneforgeError", "hookimpl",
+    "__version__",
+]

@@ -1,0 +1,143 @@
+"""The ``tuneforge`` command line.
+
+    tuneforge train [--debug] [key=value ...]   fine-tune (Hydra overrides; -m for sweeps)
+    tuneforge plugins                           installed plugins and what each contributes
+    tuneforge --help | --version
+
+This module imports nothing heavy at import time, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """\
+usage: tuneforge <command> [options] [key=value ...]
+
+Fine-tune pretrained language models with plugins for datasets, adapters,
+losses and evaluators, composed by Hydra and run by Lightning.
+
+commands:
+  train      fine-tune; arguments are Hydra overrides, e.g.
+               tuneforge train model=tiny data=jsonl data.path=train.jsonl adapter=lora adapter.r=8
+             'tuneforge train --help' lists config groups and their choices;
+             '--cfg job' prints the composed config; '-m' sweeps over values.
+  plugins    list installed plugins, their versions and the components they contribute
+
+options:
+  -h, --help     show this help
+  --version      show the version
+  --debug        show full tracebacks (same as HYDRA_FULL_ERROR=1)
+
+environment:
+  TUNEFORGE_DISABLE_PLUGINS=a,b    never import these plugins (entry-point names)
+  TUNEFORGE_PLUGINS_AUTOLOAD=0     load only tuneforge's own plugins (plus plugins.enable=[...])
+"""
+
+COMMAND_ENV = "TUNEFORGE_COMMAND"  # lets DDP child processes re-enter `train`
+#: command -> "module:function"; each function takes the remaining argv list.
+#: Modules are imported only when their command runs.
+COMMANDS = {
+    "train": "tuneforge.cli:train_command",
+    "plugins": "tuneforge.cli:plugins_command",
+}
+
+
+def _fail(message: str) -> "NoReturn":  # noqa: F821
+    print(f"tuneforge: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        argv.remove("--debug")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    if argv and argv[0] in COMMANDS:
+        command, args = argv[0], argv[1:]
+    elif os.environ.get(COMMAND_ENV) in COMMANDS:
+        command, args = os.environ[COMMAND_ENV], argv
+    elif not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    elif argv[0] == "--version":
+        from tuneforge import __version__
+
+        print(f"tuneforge {__version__}")
+        return
+    else:
+        from tuneforge.errors import did_you_mean
+
+        _fail(f"unknown command '{argv[0]}'{did_you_mean(argv[0], COMMANDS)}; valid: {', '.join(COMMANDS)}")
+    import importlib
+
+    from tuneforge.errors import TuneforgeError
+
+    module_name, function_name = COMMANDS[command].split(":")
+    handler = getattr(importlib.import_module(module_name), function_name)
+
+    try:
+        handler(args)
+    except TuneforgeError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _fail(str(exc))
+
+
+def train_command(args: list) -> None:
+    import logging
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from tuneforge.app import CONFIG_MODULE, CONFIG_NAME, load_plugins, run_train
+
+    overrides = [a for a in args if not a.startswith("-")]
+    plugins = load_plugins(overrides)
+    os.environ[COMMAND_ENV] = "train"
+    sys.argv = [sys.argv[0], *args]
+
+    @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
+    def hydra_train(cfg) -> None:
+        from tuneforge.errors import TuneforgeError
+
+        # Hydra's root handler already prints and files Lightning's messages: avoid doubles.
+        logging.getLogger("lightning.pytorch").handlers.clear()
+        try:
+            metrics = run_train(cfg, plugins, HydraConfig.get().runtime.output_dir)
+        except TuneforgeError as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            _fail(str(exc))
+        _print_summary(cfg, metrics)
+
+    hydra_train()
+
+
+def _print_summary(cfg, metrics: dict) -> None:
+    from tuneforge.report import format_comparison
+
+    print(format_comparison(metrics))
+    print(f"run directory: {cfg.run_dir or _hydra_output_dir()}")
+
+
+def _hydra_output_dir() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.output_dir
+
+
+def plugins_command(args: list) -> None:
+    from tuneforge.app import plugin_selection
+    from tuneforge.plugin_manager import create_plugin_manager
+
+    plugins = create_plugin_manager(plugin_selection(args))
+    print(f"{'plugin':<14} {'distribution':<28} contributes")
+    for name, info in plugins.infos.items():
+        dist = f"{info.distribution} {info.version}".strip()
+        contributes = "; ".join(f"{group}: {', '.join(names)}"
+                                for group, names in plugins.contributions(name).items())
+        print(f"{name:<14} {dist:<28} {contributes or '(lifecycle hooks only)'}")
+    if plugins.blocked:
+        print(f"blocked (not imported): {', '.join(plugins.blocked)}")

@@ -1,0 +1,130 @@
+"""The configuration schema and its registration in Hydra's ConfigStore.
+
+The root config (``conf/config.yaml``) is typed by :class:`TuneforgeConfig`.
+Every registered component's config dataclass is stored under its group
+(``adapter/lora``, ``data/jsonl``, ``evaluators/perplexity`` ...) with an extra
+``name`` field, so third-party components are selectable and type-checked
+exactly like built-ins, and a saved config says which component ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from tuneforge.specs import SPEC_KINDS
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments for ``lightning.Trainer`` (see its docs for each)."""
+
+    max_steps: int = 100
+    max_epochs: Optional[int] = None
+    accumulate_grad_batches: int = 1
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    val_check_interval: Optional[float] = None
+    check_val_every_n_epoch: Optional[int] = 1
+    limit_val_batches: Optional[float] = None
+    gradient_clip_val: Optional[float] = 1.0
+    gradient_clip_algorithm: str = "norm"
+    log_every_n_steps: int = 1
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class StrategyConfig:
+    """A Lightning strategy: ``name`` is a Lightning strategy name (``auto``,
+    ``ddp``, ``ddp_spawn``, ``fsdp``, ``deepspeed_stage_2`` ...); ``kwargs`` go to
+    its class (e.g. ``find_unused_parameters``)."""
+
+    name: str = "auto"
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a warmup + decay schedule, built over trainable parameters only."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scheduler: str = "cosine"  # constant | linear | cosine
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class LoaderConfig:
+    """Batching of the tokenized data."""
+
+    batch_size: int = 8
+    eval_batch_size: int = 8
+    num_workers: int = 0
+    shuffle: bool = True
+    pad_to_multiple_of: Optional[int] = None
+
+
+@dataclass
+class PluginsConfig:
+    """Plugin selection.  ``disable`` and ``autoload`` act before plugins are
+    imported, so they are read from the command line and the environment
+    (``TUNEFORGE_DISABLE_PLUGINS``, ``TUNEFORGE_PLUGINS_AUTOLOAD``)."""
+
+    disable: list = field(default_factory=list)
+    enable: list = field(default_factory=list)
+    autoload: bool = True
+
+
+@dataclass
+class TuneforgeConfig:
+    """Root schema.  ``run_dir`` defaults to Hydra's output directory."""
+
+    model: Any = MISSING
+    data: Any = MISSING
+    adapter: Any = MISSING
+    loss: Any = MISSING
+    evaluators: dict = field(default_factory=dict)
+    callbacks: dict = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    seed: int = 42
+    run_dir: Optional[str] = None
+    threads: Optional[int] = None
+
+
+def named_config_class(spec) -> type:
+    """The spec's config dataclass plus ``name: str = <spec.name>`` (first field)."""
+    base = spec.config
+    fields = [("name", str, field(default=spec.name))]
+    cls = dataclasses.make_dataclass(base.__name__, fields, bases=(base,))
+    cls.__doc__ = base.__doc__
+    cls.__module__ = base.__module__
+    return cls
+
+
+def register_configs(plugins) -> None:
+    """Store the root schema and every component config in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="tuneforge_schema", node=TuneforgeConfig)
+    cs.store(group="trainer", name="default", node=TrainerConfig)
+    cs.store(group="strategy", name="auto", node=StrategyConfig)
+    for spec_class, (group, _hook, multiple) in SPEC_KINDS.items():
+        for spec in plugins[group]:
+            package = f"{group}.{spec.name}" if multiple else None
+            cs.store(group=group, name=spec.name, node=named_config_class(spec), package=package,
+                     provider=plugins[group].origin(spec.name).distribution)

@@ -1,0 +1,111 @@
+"""The tuneforge hook specifications: this module IS the plugin API reference.
+
+A plugin is a module (or object) with functions named after these hooks,
+optionally decorated with ``tuneforge.hookimpl``.  Every function whose name
+starts with ``tuneforge_`` is treated as a hook implementation, so a misspelt
+hook name or argument is an error when plugins load, not a silent no-op.
+Implementations may accept any subset of a hook's arguments; hooks are always
+called with keyword arguments.
+
+Two kinds of hook exist:
+
+* **Registration hooks** return an iterable of typed specs
+  (:mod:`tuneforge.specs`).  They are called once per run, per plugin, before
+  the configuration is composed; each spec's config dataclass becomes a Hydra
+  config group option.
+* **Lifecycle hooks** are called at exactly one place in a run
+  (:func:`tuneforge.run.train`).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "tuneforge"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+# ---------------------------------------------------------------------------
+# Registration hooks
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def tuneforge_model_sources():
+    """Return :class:`~tuneforge.specs.ModelSourceSpec` objects.
+
+    Selected with ``model=<name>``; the spec's config fields are set with
+    ``model.<field>=...``.  Built-ins: ``hf`` (Hugging Face id, local folder or
+    ``.gguf`` file) and ``tiny`` (a small random Llama, no download).
+    """
+
+
+@hookspec
+def tuneforge_datasets():
+    """Return :class:`~tuneforge.specs.DatasetSpec` objects.
+
+    Selected with ``data=<name>``.  Built-in: ``jsonl`` (alpaca-style
+    ``instruction``/``output`` records and chat ``messages`` records).
+    """
+
+
+@hookspec
+def tuneforge_adapters():
+    """Return :class:`~tuneforge.specs.AdapterSpec` objects.
+
+    Selected with ``adapter=<name>``.  Built-ins: ``lora`` and ``full``.
+    """
+
+
+@hookspec
+def tuneforge_losses():
+    """Return :class:`~tuneforge.specs.LossSpec` objects.
+
+    Selected with ``loss=<name>``.  Built-in: ``cross_entropy``.
+    """
+
+
+@hookspec
+def tuneforge_evaluators():
+    """Return :class:`~tuneforge.specs.EvaluatorSpec` objects.
+
+    Selected as a list with ``evaluators=[a,b]``; each runs on the held-out
+    split before training (base model) and after (tuned model).  Built-in:
+    ``perplexity``.
+    """
+
+
+@hookspec
+def tuneforge_callbacks():
+    """Return :class:`~tuneforge.specs.CallbackSpec` objects.
+
+    Selected as a list with ``callbacks=[a,b]``; each builds a Lightning
+    callback added to the trainer.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Lifecycle hooks
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def tuneforge_run_start(config, run_dir):
+    """Called once when a training run starts, after the resolved config is saved.
+
+    :param config: the composed, resolved ``omegaconf.DictConfig`` (read-only).
+    :param run_dir: ``pathlib.Path`` of the run directory.
+    """
+
+
+@hookspec
+def tuneforge_run_end(config, run_dir, status, metrics):
+    """Called once when a training run ends, successfully or not.
+
+    :param config: the resolved config of the run.
+    :param run_dir: ``pathlib.Path`` of the run directory.
+    :param status: ``"completed"`` or ``"failed"``.
+    :param metrics: dict of final metrics (``base/...`` and ``tuned/...``
+        evaluator results, last training loss); partial for a failed run.
+    """

@@ -1,0 +1,148 @@
+"""Model sources: ``hf`` (Hugging Face id, local folder or ``.gguf`` file) and ``tiny``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import tuneforge
+from tuneforge.errors import ModelError
+
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+
+
+@dataclass
+class HFModelConfig:
+    """A pretrained causal LM loaded with ``AutoModelForCausalLM``.
+
+    path: Hugging Face model id, a local folder, or a ``.gguf`` file (loaded
+        through transformers' ``gguf_file=``, dequantized).
+    tokenizer: tokenizer id/folder when it differs from ``path``.
+    revision: git revision of a hub model.
+    dtype: ``float32`` (CPU default), ``bfloat16``, ``float16`` or ``auto``.
+    trust_remote_code: run code shipped with the model; off unless you trust it.
+    attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2`` (None: default).
+    """
+
+    path: str = "???"
+    tokenizer: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class TinyModelConfig:
+    """A small random Llama and a byte-level tokenizer built in memory (no download).
+
+    For tests and smoke runs: the weights are drawn from ``seed``.
+    """
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+def _dtype(name: str):
+    import torch
+
+    valid = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+    if name not in valid:
+        raise ModelError(f"model.dtype is '{name}'; valid: {sorted(valid)}")
+    return valid[name]
+
+
+def load_hf(config: HFModelConfig):
+    """Load model and tokenizer from a hub id, a folder or a ``.gguf`` file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(config.path)
+    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if path.endswith(".gguf"):
+        gguf = Path(path).expanduser()
+        if not gguf.is_file():
+            raise ModelError(f"model.path: GGUF file not found: {gguf}")
+        source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
+    else:
+        source = path
+        looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
+        if looks_local and not Path(path).expanduser().is_dir():
+            raise ModelError(f"model.path: no such model folder: {path} "
+                             "(give a Hugging Face id, a folder with config.json, or a .gguf file)")
+    model_kwargs = dict(kwargs, torch_dtype=_dtype(config.dtype))
+    if config.attn_implementation:
+        model_kwargs["attn_implementation"] = config.attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+    except (OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "trust_remote_code" in str(exc):
+            raise ModelError(f"model '{path}' ships its own code; rerun with "
+                             f"model.trust_remote_code=true if you trust it ({message})") from exc
+        raise ModelError(f"cannot load model.path='{path}': {message}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.train()
+    return model, tokenizer
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer with no merges (one token per byte) and a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL_TOKENS)}
+    for symbol in sorted(alphabet):
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False,
+                                                     trim_offsets=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(TINY_SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>",
+                                        eos_token="<|im_end|>", pad_token="<pad>",
+                                        unk_token="<|endoftext|>", chat_template=TINY_CHAT_TEMPLATE)
+    return tokenizer
+
+
+def load_tiny(config: TinyModelConfig):
+    """A random ``LlamaForCausalLM`` sized by the config, deterministic in ``seed``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
+        max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(model_config)
+    torch.random.set_rng_state(generator_state)
+    model.train()
+    return model, tokenizer
+
+
+@tuneforge.hookimpl
+def tuneforge_model_sources():
+    return [
+        tuneforge.ModelSourceSpec("hf", HFModelConfig, "Hugging Face id, local folder or .gguf file",
+                                  load=load_hf),
+        tuneforge.ModelSourceSpec("tiny", TinyModelConfig, "small random Llama for tests, no download",
+                                  load=load_tiny),
+    ]
