@@ -1,6 +1,8 @@
 """The loss interface and shared loss arithmetic.
 
-A loss plugin's ``build(config)`` returns ``loss_fn(model, batch) -> LossOutput``.
+A loss plugin's ``build(config, context)`` returns ``loss_fn(model, batch) -> LossOutput``;
+``context`` is a :class:`LossContext` (the tokenizer, and a way to load other
+models, e.g. a distillation teacher, through the registered model sources).
 The function runs the forward pass itself.  ``batch`` holds padded tensors
 (``input_ids``, ``attention_mask``, ``labels`` with -100 on untrained tokens,
 and any other fields the dataset produced).
@@ -9,6 +11,7 @@ and any other fields the dataset produced).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from tuneforge.data import IGNORE_INDEX
 
@@ -21,6 +24,19 @@ class LossOutput:
     loss: object
     num_tokens: int = 0
     metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class LossContext:
+    """What a loss may need besides its config.
+
+    ``load_model(model_config)`` loads ``(model, tokenizer)`` with a registered
+    model source; ``model_config`` is a mapping with ``name`` (the source, e.g.
+    ``hf`` or ``tiny``) and that source's fields.
+    """
+
+    tokenizer: Any
+    load_model: Callable[[Any], tuple]
 
 
 def shift_for_next_token(logits, labels):

@@ -122,7 +122,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         metrics["parameters"] = params
         splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
         metrics["data"] = splits.stats
-        loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss)
+        loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss, _loss_context(plugins, tokenizer))
         callbacks = [plugins["callbacks"].get(c.name).build(c) for c in cfg.callbacks.values()]
 
         metrics["base"] = run_evaluators(plugins, cfg, model, tokenizer, splits.val)
@@ -143,6 +143,24 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         if rank_zero:
             write_json(run_dir / "status.json", {"status": status, "wall_time_s": time.time() - started})
         plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics)
+
+
+def load_model_from_config(plugins, model_config):
+    """``(model, tokenizer)`` from a model-source config mapping that has a ``name``."""
+    from omegaconf import OmegaConf
+
+    from tuneforge.config import named_config_class
+
+    spec = plugins["model"].get(model_config["name"])
+    typed = OmegaConf.merge(OmegaConf.structured(named_config_class(spec)), model_config)
+    return spec.load(typed)
+
+
+def _loss_context(plugins, tokenizer):
+    from tuneforge.losses import LossContext
+
+    return LossContext(tokenizer=tokenizer, load_model=lambda model_config: load_model_from_config(
+        plugins, model_config))
 
 
 def _env_rank() -> str:

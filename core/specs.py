@@ -102,7 +102,8 @@ class AdapterSpec(_Spec):
 class LossSpec(_Spec):
     """A training objective (config group ``loss``).
 
-    ``build(config) -> loss_fn`` where ``loss_fn(model, batch) ->
+    ``build(config, context) -> loss_fn`` where ``context`` is a
+    ``tuneforge.losses.LossContext`` and ``loss_fn(model, batch) ->
     tuneforge.losses.LossOutput``.  The loss runs the forward pass itself, so
     objectives that need extra passes (a reference model, a teacher) fit the
     same interface.
@@ -110,7 +111,7 @@ class LossSpec(_Spec):
 
     kind: ClassVar[str] = "loss"
     required: ClassVar[tuple[str, ...]] = ("build",)
-    build: Optional[Callable[[Any], Callable]] = None
+    build: Optional[Callable[[Any, Any], Callable]] = None
 
 
 @dataclass(frozen=True)

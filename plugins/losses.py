@@ -17,7 +17,7 @@ class CrossEntropyConfig:
     z_loss: float = 0.0
 
 
-def build_cross_entropy(config: CrossEntropyConfig):
+def build_cross_entropy(config: CrossEntropyConfig, context=None):
     def cross_entropy(model, batch) -> LossOutput:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logits, labels = shift_for_next_token(logits, batch["labels"])
