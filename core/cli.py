@@ -91,10 +91,12 @@ def train_command(args: list) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from tuneforge.app import CONFIG_MODULE, CONFIG_NAME, load_plugins, run_train
+    from tuneforge.app import CONFIG_MODULE, CONFIG_NAME, compose, load_plugins, run_train
 
     overrides = [a for a in args if not a.startswith("-")]
     plugins = load_plugins(overrides)
+    if not {"-m", "--multirun"} & set(args):
+        compose(overrides, plugins)  # one-line errors for bad overrides before Hydra takes over
     os.environ[COMMAND_ENV] = "train"
     sys.argv = [sys.argv[0], *args]
 

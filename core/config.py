@@ -10,6 +10,7 @@ exactly like built-ins, and a saved config says which component ran.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -108,8 +109,11 @@ class TuneforgeConfig:
 def named_config_class(spec) -> type:
     """The spec's config dataclass plus ``name: str = <spec.name>`` (first field)."""
     base = spec.config
+    hints = typing.get_type_hints(base)
     fields = [("name", str, field(default=spec.name))]
-    cls = dataclasses.make_dataclass(base.__name__, fields, bases=(base,))
+    for f in dataclasses.fields(base):
+        fields.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory)))
+    cls = dataclasses.make_dataclass(base.__name__, fields)
     cls.__doc__ = base.__doc__
     cls.__module__ = base.__module__
     return cls

@@ -135,8 +135,10 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin '{exc.plugin_name}' implements no known hook: {exc}. "
-                          f"Valid hooks: {_hook_names()}") from exc
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        hook = str(exc).split("'")[1] if "'" in str(exc) else str(exc)
+        raise PluginError(f"plugin '{name}' implements an unknown hook '{hook}'; valid hooks: "
+                          f"{', '.join(_hook_names())}") from exc
     return Plugins(pm, infos, blocked)
 
 

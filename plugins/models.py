@@ -42,6 +42,9 @@ class TinyModelConfig:
     """A small random Llama and a byte-level tokenizer built in memory (no download).
 
     For tests and smoke runs: the weights are drawn from ``seed``.
+    ``initializer_range`` is the weights' standard deviation; larger than a
+    real model's 0.02 so a frozen output layer can still express sharp
+    distributions and adapters visibly learn within a few steps.
     """
 
     hidden_size: int = 64
@@ -50,6 +53,7 @@ class TinyModelConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 1024
+    initializer_range: float = 0.1
     seed: int = 0
 
 
@@ -128,6 +132,7 @@ def load_tiny(config: TinyModelConfig):
         intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
         max_position_embeddings=config.max_position_embeddings, tie_word_embeddings=False,
+        initializer_range=config.initializer_range,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     generator_state = torch.random.get_rng_state()

@@ -1,0 +1,1 @@
+raise RuntimeError("badplug cannot find its model zoo")

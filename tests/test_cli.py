@@ -1,0 +1,81 @@
+"""The command line as a user runs it (subprocesses)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import run_cli, train_losses
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_is_fast_because_nothing_heavy_is_imported():
+    code = ("import sys, time; t = time.perf_counter(); from tuneforge.cli import main; main(['--help']); "
+            "heavy = [m for m in ('torch', 'transformers', 'lightning', 'peft', 'hydra') if m in sys.modules]; "
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage: tuneforge" in out and "HEAVY []" in out
+    module = run_cli(["--help"])
+    assert module.returncode == 0 and "commands:" in module.stdout
+
+
+def test_plugins_lists_builtins_and_third_party_with_components():
+    result = run_cli(["plugins"], site_dirs=["good"])
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "adapter: full, lora" in lines["adapters"] and "tuneforge" in lines["adapters"]
+    assert "model: hf, tiny" in lines["models"]
+    assert "data: jsonl" in lines["datasets"]
+    assert "loss: cross_entropy" in lines["losses"]
+    assert "myplug 0.1.0" in lines["myplug"] and "adapter: my_adapter" in lines["myplug"]
+
+
+def test_third_party_components_selected_from_the_command_line(tmp_path):
+    result = run_cli(["train", "model=tiny", "data=my_data", "adapter=my_adapter", "adapter.some_field=3",
+                      "trainer.max_steps=4", "trainer.enable_progress_bar=false", "threads=1",
+                      f"run_dir={tmp_path}"], site_dirs=["good"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["parameters"]["trainable"] == 64 * 260  # the plugin's adapter trains only lm_head
+    assert metrics["data"]["train_records"] == 32  # the plugin's dataset: 40 records, 20% held out
+    assert "adapter:\n  name: my_adapter\n  some_field: 3" in (tmp_path / "config.yaml").read_text()
+    assert len(train_losses(tmp_path)) == 4
+    assert "perplexity/loss" in result.stdout  # the base/tuned table
+
+
+def test_readme_training_commands(tmp_path):
+    lora = run_cli(["train", "model=tiny", "data=jsonl", "data.path=examples/data/sample.jsonl", "adapter=lora",
+                    "adapter.r=8", "trainer.max_steps=20", "trainer.enable_progress_bar=false",
+                    f"hydra.run.dir={tmp_path / 'lora'}"], cwd=REPO)
+    assert lora.returncode == 0, lora.stderr[-3000:]
+    assert (tmp_path / "lora" / "model" / "adapter_model.safetensors").is_file()
+    assert f"run directory: {tmp_path / 'lora'}" in lora.stdout
+    full = run_cli(["train", "adapter=full", "loss=cross_entropy", "trainer.max_steps=5",
+                    "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'full'}"], cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert (tmp_path / "full" / "model" / "model.safetensors").is_file()
+    assert len(train_losses(tmp_path / "full")) == 5
+
+
+def test_bad_choice_is_one_line_with_valid_choices_and_no_traceback():
+    result = run_cli(["train", "adapter=lorra"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tuneforge: error: unknown choice 'lorra' for 'adapter' (did you mean 'lora'?); valid: full, lora"]
+
+
+def test_broken_plugin_stops_with_its_name_and_can_be_blocked():
+    broken = run_cli(["plugins"], site_dirs=["broken"])
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert "plugin 'badplug' (distribution 'badplug 0.2.0'" in broken.stderr
+    assert "RuntimeError: badplug cannot find its model zoo" in broken.stderr
+    blocked = run_cli(["plugins"], site_dirs=["broken"], env={"TUNEFORGE_DISABLE_PLUGINS": "badplug"})
+    assert blocked.returncode == 0 and "blocked (not imported): badplug" in blocked.stdout
+    debug = run_cli(["--debug", "plugins"], site_dirs=["broken"])
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_unknown_command_suggests_the_closest():
+    result = run_cli(["trian"])
+    assert result.returncode == 2 and "did you mean 'train'?" in result.stderr
