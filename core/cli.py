@@ -120,6 +120,9 @@ def train_command(args: list) -> None:
 def _print_summary(cfg, metrics: dict) -> None:
     from tuneforge.report import format_comparison
 
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("RANK", "0") != "0":
+        return  # DDP workers: the main process prints
+
     print(format_comparison(metrics))
     print(f"run directory: {cfg.run_dir or _hydra_output_dir()}")
 

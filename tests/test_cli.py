@@ -79,3 +79,15 @@ def test_broken_plugin_stops_with_its_name_and_can_be_blocked():
 def test_unknown_command_suggests_the_closest():
     result = run_cli(["trian"])
     assert result.returncode == 2 and "did you mean 'train'?" in result.stderr
+
+
+def test_ddp_on_two_cpu_processes_trains_and_saves_once(tmp_path):
+    result = run_cli(["train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                      "trainer.max_steps=3", "trainer.enable_progress_bar=false", "threads=1",
+                      f"hydra.run.dir={tmp_path}"], timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Starting with 2 processes" in result.stdout + result.stderr
+    assert result.stdout.count("run directory:") == 1
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
+    assert len(train_losses(tmp_path)) == 3
+    assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
