@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,6 +27,8 @@ class HFModelConfig:
     revision: git revision of a hub model.
     dtype: ``float32`` (CPU default), ``bfloat16``, ``float16`` or ``auto``.
     trust_remote_code: run code shipped with the model; off unless you trust it.
+    allow_pickle: accept pickle-based weights (``pytorch_model.bin``); off by
+        default, so only safetensors (or GGUF) weights are read.
     attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2`` (None: default).
     """
 
@@ -34,6 +37,7 @@ class HFModelConfig:
     revision: Optional[str] = None
     dtype: str = "float32"
     trust_remote_code: bool = False
+    allow_pickle: bool = False
     attn_implementation: Optional[str] = None
 
 
@@ -55,6 +59,15 @@ class TinyModelConfig:
     max_position_embeddings: int = 1024
     initializer_range: float = 0.1
     seed: int = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_argument() -> str:
+    """``dtype`` on transformers >= 4.56, ``torch_dtype`` before (where ``dtype`` is unknown)."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("transformers").split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 def _dtype(name: str):
@@ -83,7 +96,9 @@ def load_hf(config: HFModelConfig):
         if looks_local and not Path(path).expanduser().is_dir():
             raise ModelError(f"model.path: no such model folder: {path} "
                              "(give a Hugging Face id, a folder with config.json, or a .gguf file)")
-    model_kwargs = dict(kwargs, torch_dtype=_dtype(config.dtype))
+    model_kwargs = dict(kwargs, **{_dtype_argument(): _dtype(config.dtype)})
+    if "gguf_file" not in kwargs and not config.allow_pickle:
+        model_kwargs["use_safetensors"] = True
     if config.attn_implementation:
         model_kwargs["attn_implementation"] = config.attn_implementation
     try:
@@ -91,6 +106,9 @@ def load_hf(config: HFModelConfig):
         model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
     except (OSError, ValueError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not config.allow_pickle and "safetensors" in str(exc).lower():
+            raise ModelError(f"model '{path}' has no safetensors weights; pickle weights run code when "
+                             f"loaded, so they are refused unless model.allow_pickle=true ({message})") from exc
         if "trust_remote_code" in str(exc):
             raise ModelError(f"model '{path}' ships its own code; rerun with "
                              f"model.trust_remote_code=true if you trust it ({message})") from exc
