@@ -24,6 +24,9 @@ commands:
              'tuneforge train --help' lists config groups and their choices;
              '--cfg job' prints the composed config; '-m' sweeps over values.
   plugins    list installed plugins, their versions and the components they contribute
+  eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
+               tuneforge eval run_dir=runs/x [evaluators=[exact_match,rouge] data.val_path=...]
+               tuneforge eval model=hf model.path=... data.path=... [out=<dir>]
 
 options:
   -h, --help     show this help
@@ -41,6 +44,7 @@ COMMAND_ENV = "TUNEFORGE_COMMAND"  # lets DDP child processes re-enter `train`
 COMMANDS = {
     "train": "tuneforge.cli:train_command",
     "plugins": "tuneforge.cli:plugins_command",
+    "eval": "tuneforge.run:eval_command",
 }
 
 

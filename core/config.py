@@ -87,6 +87,23 @@ class PluginsConfig:
 
 
 @dataclass
+class QualityConfig:
+    """The data quality check made before any training (see docs/evaluation.md).
+
+    Serious problems stop the run unless allowed here: ``allow_leakage``
+    (held-out examples that also appear in the training data),
+    ``allow_empty_targets`` (every target empty or whitespace), and fewer than
+    ``min_train_examples`` training examples.  Data with at most ``max_labels``
+    distinct targets counts as classification-like and gets a label balance.
+    """
+
+    allow_leakage: bool = False
+    allow_empty_targets: bool = False
+    min_train_examples: int = 4
+    max_labels: int = 10
+
+
+@dataclass
 class TuneforgeConfig:
     """Root schema.  ``run_dir`` defaults to Hydra's output directory."""
 
@@ -101,6 +118,7 @@ class TuneforgeConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     seed: int = 42
     run_dir: Optional[str] = None
     threads: Optional[int] = None

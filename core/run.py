@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,19 +58,44 @@ def count_parameters(model) -> dict:
     return {"trainable": trainable, "total": total, "fraction": trainable / max(total, 1)}
 
 
-def run_evaluators(plugins, cfg: DictConfig, model, tokenizer, examples) -> dict:
-    """Every selected evaluator on ``examples``; metrics are named ``<evaluator>/<metric>``."""
+def run_evaluators(plugins, cfg: DictConfig, model, tokenizer, examples, label: str = "eval"):
+    """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
+
+    Returns ``(metrics, pass)``: metrics are named ``<evaluator>/<metric>``, or
+    just ``<evaluator>`` when it returns one metric of its own name
+    (``exact_match``, ``bleu``); the pass holds the predictions.
+    """
+    from tuneforge.evaluation import evaluation_pass
+
     results = {}
     was_training = model.training
+    home, device = next(model.parameters()).device, _evaluation_device(cfg)
     model.eval()
+    if device is not None:
+        model.to(device)
     try:
-        for name, evaluator_cfg in cfg.evaluators.items():
-            spec = plugins["evaluators"].get(evaluator_cfg.name)
-            for metric, value in spec.evaluate(model, tokenizer, examples, evaluator_cfg).items():
-                results[f"{name}/{metric}"] = float(value)
+        with evaluation_pass(label, chat_template=OmegaConf.select(cfg, "data.chat_template")) as one_pass:
+            for name, evaluator_cfg in cfg.evaluators.items():
+                spec = plugins["evaluators"].get(evaluator_cfg.name)
+                values = spec.evaluate(model, tokenizer, examples, evaluator_cfg)
+                for metric, value in values.items():
+                    alone = len(values) == 1 and metric == name
+                    results[name if alone else f"{name}/{metric}"] = float(value)
     finally:
         model.train(was_training)
-    return results
+        model.to(home)
+    return results, one_pass
+
+
+def _evaluation_device(cfg: DictConfig):
+    """The GPU to evaluate on when the trainer would use one (Lightning returns the model on CPU)."""
+    import os
+
+    import torch
+
+    if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return None
 
 
 def write_json(path: Path, value) -> None:
@@ -92,12 +118,18 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
     """Run one fine-tune described by ``cfg``; returns the final metrics.
 
     The run directory receives ``config.yaml`` (resolved), ``metrics.csv``,
-    ``metrics.json`` (base and tuned evaluator results), ``model/`` (adapter in
-    PEFT format, or full safetensors weights, plus the tokenizer) and
-    ``status.json`` (``running`` -> ``completed`` or ``failed``).
+    ``metrics.json`` (data quality, base and tuned evaluator results, training
+    numbers), ``predictions.jsonl`` (prompt, reference, base and tuned output),
+    ``report.md`` / ``report.html`` with ``metrics.png`` and
+    ``loss_curves.png``, ``model/`` (adapter in PEFT format, or full
+    safetensors weights, plus the tokenizer) and ``status.json``
+    (``running`` -> ``completed`` or ``failed``).
     """
     import lightning.pytorch as pl
     import torch
+
+    from tuneforge import quality
+    from tuneforge.evaluation import merge_predictions
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,27 +154,189 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         metrics["parameters"] = params
         splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
         metrics["data"] = splits.stats
+
+        # Data quality, before any training: serious problems stop here.
+        metrics["quality"] = quality.assess(splits, cfg.quality.max_labels)
+        for warning in metrics["quality"]["warnings"]:
+            log.warning("data quality: %s", warning)
+        quality.check(metrics["quality"], cfg.quality)
+
         loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss, _loss_context(plugins, tokenizer))
         callbacks = [plugins["callbacks"].get(c.name).build(c) for c in cfg.callbacks.values()]
+        throughput = token_counter()
 
-        metrics["base"] = run_evaluators(plugins, cfg, model, tokenizer, splits.val)
+        metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
         module = _fine_tune_module(model, loss_fn, cfg.optim)
         datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed)
-        trainer = build_trainer(cfg, run_dir, callbacks)
+        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput])
+        fit_started = time.time()
         trainer.fit(module, datamodule=datamodule)
+        metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
-        metrics["tuned"] = run_evaluators(plugins, cfg, model, tokenizer, splits.val)
+        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
         metrics["wall_time_s"] = time.time() - started
         if trainer.is_global_zero:
             save_model(adapter_spec, model, tokenizer, run_dir / "model")
-            write_json(run_dir / "metrics.json", metrics)
+            write_outputs(run_dir, cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),
+                          metrics_csv=run_dir / "metrics.csv")
         status = "completed"
         return metrics
     finally:
         if rank_zero:
             write_json(run_dir / "status.json", {"status": status, "wall_time_s": time.time() - started})
         plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics)
+
+
+def write_outputs(directory: Path, cfg: DictConfig, metrics: dict, predictions: list,
+                  metrics_csv: Optional[Path] = None, title: str = "tuneforge run report") -> None:
+    """``metrics.json``, ``predictions.jsonl`` and the report (``report.md``, ``report.html``, PNG plots)."""
+    from tuneforge.report import overfitting_signal, read_loss_curves, write_predictions, write_report
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if metrics_csv is not None:
+        metrics["overfitting"] = overfitting_signal(read_loss_curves(metrics_csv), metrics.get("tuned", {}))
+    write_json(directory / "metrics.json", metrics)
+    write_predictions(directory / "predictions.jsonl", predictions)
+    write_report(directory, metrics, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), predictions=predictions,
+                 metrics_csv=metrics_csv, title=title)
+
+
+def token_counter():
+    """A Lightning callback counting the non-padding tokens of every training batch (for tokens/s)."""
+    import lightning.pytorch as pl
+
+    class TokenCounter(pl.Callback):
+        def __init__(self):
+            self.tokens = 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+            if mask is not None:
+                self.tokens += int(mask.sum())
+
+        def summary(self, seconds: float, world_size: int = 1) -> dict:
+            tokens = self.tokens * max(int(world_size), 1)
+            return {"fit_time_s": seconds, "tokens": tokens, "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+    return TokenCounter()
+
+
+def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: Optional[Path] = None) -> dict:
+    """Evaluators on the held-out split of ``cfg.data``, without training.
+
+    The base model (``cfg.model``) is always scored; with ``run_dir`` the
+    run's trained weights (``<run_dir>/model``) are loaded on top and scored
+    as ``tuned``.  With ``out_dir`` it receives ``metrics.json``,
+    ``predictions.jsonl`` and the report.
+    """
+    import torch
+
+    from tuneforge.evaluation import merge_predictions
+
+    started = time.time()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
+    splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
+    metrics: dict = {"data": splits.stats}
+    metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
+    tuned_pass = None
+    if run_dir is not None:
+        model = load_tuned_model(model, Path(run_dir) / "model")
+        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
+    metrics["wall_time_s"] = time.time() - started
+    if out_dir is not None:
+        write_outputs(Path(out_dir), cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),
+                      title="tuneforge evaluation report")
+    return metrics
+
+
+def load_tuned_model(base_model, model_dir: Path):
+    """The trained model of a run: a PEFT adapter over ``base_model``, or saved full weights."""
+    from tuneforge.errors import ModelError
+
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, str(model_dir))
+    if (model_dir / "config.json").is_file():
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=base_model.dtype)
+    raise ModelError(f"{model_dir}: no trained model (expected adapter_config.json of a PEFT adapter or "
+                     "config.json of full weights); is the run finished?")
+
+
+def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
+    """The saved config of a finished run, with ``overrides`` applied on top.
+
+    Group choices (``model``, ``data``, ``adapter``, ``loss``, ``evaluators``)
+    default to the run's; ``evaluators=[...]`` replaces the run's evaluators
+    and ``key=value`` overrides win over the saved values.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tuneforge.app import compose, validate
+
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"run_dir={run_dir}: no config.yaml there; give the directory of a tuneforge run")
+    saved = OmegaConf.load(saved_path)
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "trainer", "strategy"}
+    chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
+    choices = [f"{g}={saved[g].name}" for g in ("model", "data", "adapter", "loss") if g not in chosen]
+    if "evaluators" not in chosen:
+        choices.append(f"evaluators=[{','.join(saved.get('evaluators') or {})}]")
+    composed = compose([*choices, *overrides], plugins)
+    final = OmegaConf.merge(composed, {k: v for k, v in saved.items() if k not in chosen and k in composed})
+    for override in parsed:
+        if override.key_or_group not in groups and not override.is_delete():
+            OmegaConf.update(final, override.key_or_group, OmegaConf.select(composed, override.key_or_group),
+                             merge=False)
+    validate(final, plugins)
+    return final
+
+
+EVAL_USAGE = """\
+usage: tuneforge eval run_dir=<dir> [out=<dir>] [key=value ...]
+       tuneforge eval model=<source> model.path=... data.path=... [out=<dir>] [key=value ...]
+
+Run the evaluators on the held-out split.  With run_dir, the run's base model
+and its trained model/ are both scored (base, tuned, change) with the run's
+data and evaluator config; overrides such as evaluators=[exact_match,rouge] or
+data.val_path=held_out.jsonl change it.  Without run_dir a bare model is
+scored.  Results go to out (default <run_dir>/eval; none for a bare model):
+metrics.json, predictions.jsonl, report.md, report.html.
+"""
+
+
+def eval_command(args: list) -> None:
+    """``tuneforge eval``: evaluators on a finished run or on a bare base model."""
+    from tuneforge.app import compose, load_plugins
+    from tuneforge.report import format_comparison
+
+    run_dir, out_dir, overrides = None, None, []
+    for arg in args:
+        if arg in ("-h", "--help"):
+            print(EVAL_USAGE, end="")
+            return
+        if arg.startswith("run_dir="):
+            run_dir = Path(arg.split("=", 1)[1])
+        elif arg.startswith("out="):
+            out_dir = Path(arg.split("=", 1)[1])
+        else:
+            overrides.append(arg)
+    plugins = load_plugins(overrides)
+    cfg = run_config(run_dir, overrides, plugins) if run_dir else compose(overrides, plugins)
+    if out_dir is None and run_dir is not None:
+        out_dir = run_dir / "eval"
+    metrics = evaluate(cfg, plugins, run_dir, out_dir)
+    print(format_comparison(metrics))
+    if out_dir is not None:
+        print(f"report: {out_dir / 'report.md'}")
 
 
 def load_model_from_config(plugins, model_config):

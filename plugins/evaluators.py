@@ -1,12 +1,15 @@
-"""Evaluator ``perplexity``: token-level loss and perplexity on the held-out split."""
+"""Evaluators ``perplexity`` (held-out loss) and ``choice`` (multiple choice by option log-likelihood)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import tuneforge
-from tuneforge.data import pad_batch
+from tuneforge.data import IGNORE_INDEX, pad_batch
+from tuneforge.errors import DataError
+from tuneforge.evaluation import prompts_and_references, record_predictions, split_example
 from tuneforge.losses import shift_for_next_token, token_nll_sum
 
 
@@ -36,7 +39,110 @@ def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig) ->
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
+@dataclass
+class ChoiceConfig:
+    """Multiple choice / classification scored by the log-likelihood of each option.
+
+    choices_field: record field holding the list of option strings.
+    answer_field: record field with the correct option (its index, or its
+        text); when the record has no such field the final assistant turn
+        must equal one of the options.
+    length_normalize: compare mean log-likelihood per option token instead of
+        the sum (fairer between options of different length).
+    few_shot: ``{user, assistant}`` turns put before every prompt.
+    batch_size: option sequences per forward pass.
+    limit: score only the first N held-out examples.
+    """
+
+    choices_field: str = "choices"
+    answer_field: str = "answer"
+    length_normalize: bool = False
+    few_shot: list = field(default_factory=list)
+    batch_size: int = 16
+    limit: Optional[int] = None
+
+
+def choice_options(example: dict, config) -> tuple[list, int]:
+    """``(options, index of the correct one)`` of an example's record."""
+    record, source = example.get("record") or {}, example.get("source", "<example>")
+    options = record.get(config.choices_field)
+    if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+        raise DataError(f"{source}: choice evaluator needs a list of at least two option strings in "
+                        f"'{config.choices_field}' (set evaluators.choice.choices_field)")
+    answer = record.get(config.answer_field)
+    if answer is None:
+        answer = split_example(example)[1]
+    if isinstance(answer, bool) or not isinstance(answer, (int, str)):
+        raise DataError(f"{source}: '{config.answer_field}' must be an option index or an option's text")
+    if isinstance(answer, int):
+        if not 0 <= answer < len(options):
+            raise DataError(f"{source}: answer index {answer} is outside the {len(options)} options")
+        return options, answer
+    stripped = [o.strip() for o in options]
+    if answer.strip() not in stripped:
+        raise DataError(f"{source}: answer {answer!r} is not one of the options {options}")
+    return options, stripped.index(answer.strip())
+
+
+def option_log_likelihoods(model, tokenizer, prompt: str, options: list, batch_size: int = 16) -> list:
+    """``[(sum of log p(option tokens | prompt), option token count)]`` for each option."""
+    return score_continuations(model, tokenizer, [(prompt, o) for o in options], batch_size)
+
+
+def score_continuations(model, tokenizer, pairs: list, batch_size: int = 16) -> list:
+    """Log-likelihood of each continuation given its prompt (texts), batched."""
+    import torch
+
+    device = next(model.parameters()).device
+    sequences = []
+    for prompt, continuation in pairs:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        option_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if not option_ids:
+            raise DataError(f"choice option {continuation!r} is empty after tokenization")
+        sequences.append({"input_ids": prompt_ids + option_ids,
+                          "labels": [IGNORE_INDEX] * len(prompt_ids) + option_ids})
+    results = []
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            batch = pad_batch(sequences[start:start + batch_size], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits, labels = shift_for_next_token(logits, batch["labels"])
+            mask = labels != IGNORE_INDEX
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            sums = (picked * mask).sum(-1)
+            results += [(float(s), int(n)) for s, n in zip(sums, mask.sum(-1))]
+    return results
+
+
+def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: str = "val") -> dict:
+    examples = list(examples) if config.limit is None else list(examples)[: int(config.limit)]
+    if not examples:
+        return {}
+    prompts, _ = prompts_and_references(tokenizer, examples, config.few_shot)
+    pairs, spans, answers = [], [], []
+    for example, prompt in zip(examples, prompts):
+        options, answer = choice_options(example, config)
+        spans.append((len(pairs), options))
+        pairs += [(prompt, option) for option in options]
+        answers.append(answer)
+    scores = score_continuations(model, tokenizer, pairs, config.batch_size)
+    hits, rows = 0, []
+    for example, prompt, (offset, options), answer in zip(examples, prompts, spans, answers):
+        values = [s / n if config.length_normalize else s for s, n in scores[offset:offset + len(options)]]
+        chosen = max(range(len(options)), key=values.__getitem__)
+        hits += chosen == answer
+        rows.append({"source": example.get("source", ""), "prompt": prompt, "reference": options[answer],
+                     "output": options[chosen]})
+    record_predictions(set_name, "choice", tuple(prompts), rows)
+    return {"accuracy": hits / len(examples)}
+
+
 @tuneforge.hookimpl
 def tuneforge_evaluators():
     return [tuneforge.EvaluatorSpec("perplexity", PerplexityConfig, "held-out loss and perplexity",
-                                    evaluate=evaluate_perplexity)]
+                                    evaluate=evaluate_perplexity),
+            tuneforge.EvaluatorSpec("choice", ChoiceConfig, "multiple choice by log-likelihood of each option",
+                                    evaluate=evaluate_choice)]

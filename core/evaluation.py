@@ -1,0 +1,222 @@
+"""Helpers for evaluator plugins: prompts, references, shared greedy generation, predictions.
+
+An evaluator (:class:`tuneforge.specs.EvaluatorSpec`) is called as
+``evaluate(model, tokenizer, examples, config) -> dict[str, float]``.  Each
+example is a dict with ``messages`` (the chat turns the example was trained
+on), ``record`` (the raw record) and ``source`` (``file:line``), besides its
+token ids.  For evaluation an example splits into
+
+* the **prompt**: ``messages`` without the final assistant turn, rendered with
+  the same chat template as training plus the generation prompt, optionally
+  preceded by few-shot turns from the evaluator's config; and
+* the **reference**: the content of that final assistant turn.
+
+The host runs all evaluators of one model state (``base`` before training,
+``tuned`` after) inside one :func:`evaluation_pass`.  Within a pass
+:func:`generate_predictions` generates each prompt once: every generation
+metric with the same prompts and ``max_new_tokens`` scores the same
+predictions.  The pass also keeps those predictions so the run can write
+``predictions.jsonl`` (prompt, reference, base output, tuned output).
+Outside a pass nothing is cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional, Sequence
+
+from tuneforge.data import render_prompt
+from tuneforge.errors import ConfigError, DataError
+
+
+@dataclass
+class EvaluationPass:
+    """One evaluation of one model state.
+
+    ``label``: ``"base"``, ``"tuned"`` (or any name).  ``chat_template``: the
+    template the data was rendered with in training (``data.chat_template``;
+    None: the tokenizer's own).  ``predictions``: ``{(set, kind, key): rows}``
+    where each row has ``source``, ``prompt``, ``reference`` and ``output``.
+    """
+
+    label: str = "eval"
+    chat_template: Optional[str] = None
+    predictions: dict = field(default_factory=dict)
+
+
+_CURRENT: contextvars.ContextVar[Optional[EvaluationPass]] = contextvars.ContextVar(
+    "tuneforge_evaluation_pass", default=None)
+
+
+@contextlib.contextmanager
+def evaluation_pass(label: str = "eval", chat_template: Optional[str] = None) -> Iterator[EvaluationPass]:
+    """Run the evaluators of one model state inside this block: generations are shared."""
+    current = EvaluationPass(label=label, chat_template=chat_template)
+    token = _CURRENT.set(current)
+    try:
+        yield current
+    finally:
+        _CURRENT.reset(token)
+
+
+def current_pass() -> Optional[EvaluationPass]:
+    """The active :class:`EvaluationPass`, or None outside one."""
+    return _CURRENT.get()
+
+
+# ---------------------------------------------------------------------------
+# Prompts and references
+# ---------------------------------------------------------------------------
+
+
+def split_example(example: dict) -> tuple[list, str]:
+    """``(prompt messages, reference)``: the messages without the final assistant turn, and its content."""
+    messages = example.get("messages")
+    if not messages:
+        raise DataError(f"{example.get('source', '<example>')}: the example has no 'messages'; generation and "
+                        "choice evaluators need chat or instruction records")
+    if messages[-1]["role"] != "assistant":
+        return list(messages), ""
+    return list(messages[:-1]), messages[-1]["content"]
+
+
+def few_shot_messages(few_shot: Iterable) -> list:
+    """Turn config few-shot items into chat turns.
+
+    Each item is ``{"user": ..., "assistant": ...}`` (also accepted:
+    ``{"prompt": ..., "response": ...}`` or ``{"instruction", "output"}``).
+    """
+    turns = []
+    for i, item in enumerate(_plain(few_shot) or []):
+        if not isinstance(item, dict):
+            raise ConfigError(f"few_shot[{i}] must be a mapping with 'user' and 'assistant', got {item!r}")
+        user = item.get("user", item.get("prompt", item.get("instruction")))
+        answer = item.get("assistant", item.get("response", item.get("output")))
+        if not isinstance(user, str) or not isinstance(answer, str):
+            raise ConfigError(f"few_shot[{i}] must have string 'user' and 'assistant' fields, got {sorted(item)}")
+        turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return turns
+
+
+def with_few_shot(messages: Sequence[dict], shots: Sequence[dict]) -> list:
+    """Insert few-shot turns after the leading system message(s), before the example's own turns."""
+    head = 0
+    while head < len(messages) and messages[head]["role"] == "system":
+        head += 1
+    return [*messages[:head], *shots, *messages[head:]]
+
+
+def prompts_and_references(tokenizer, examples: Sequence[dict], few_shot: Iterable = (),
+                           chat_template: Optional[str] = None) -> tuple[list, list]:
+    """Rendered prompt texts (generation prompt included) and reference texts of ``examples``."""
+    if chat_template is None and current_pass() is not None:
+        chat_template = current_pass().chat_template
+    shots = few_shot_messages(few_shot)
+    prompts, references = [], []
+    for example in examples:
+        messages, reference = split_example(example)
+        prompts.append(render_prompt(tokenizer, with_few_shot(messages, shots), chat_template))
+        references.append(reference)
+    return prompts, references
+
+
+# ---------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------
+
+
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 64, batch_size: int = 8) -> list:
+    """Greedy continuations of ``prompts`` (texts), generated in left-padded batches.
+
+    Special tokens are removed from the outputs and surrounding whitespace is
+    stripped.  The model is put in eval mode for the call and restored after.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ConfigError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
+    eos = {tokenizer.eos_token_id}
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos |= set(model_eos if isinstance(model_eos, (list, tuple)) else [model_eos])
+    eos.discard(None)
+    settings = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
+    device = model_device(model)
+    outputs: list = []
+    padding_side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch_size):
+                batch = tokenizer(list(prompts[start:start + batch_size]), add_special_tokens=False,
+                                  padding=True, return_tensors="pt").to(device)
+                generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                           generation_config=settings)
+                new_tokens = generated[:, batch["input_ids"].shape[1]:]
+                outputs += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return outputs
+
+
+def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_tokens: int = 64,
+                         batch_size: int = 8, few_shot: Iterable = (), set_name: str = "val") -> list:
+    """Rows ``{source, prompt, reference, output}`` for ``examples``, generated once per evaluation pass.
+
+    Inside an :func:`evaluation_pass` the result is cached by (set name,
+    rendered prompts, ``max_new_tokens``): a second generation evaluator with
+    the same settings gets the same rows without generating again.
+    """
+    prompts, references = prompts_and_references(tokenizer, examples, few_shot)
+    key = (set_name, "generation", (tuple(prompts), int(max_new_tokens)))
+    active = current_pass()
+    if active is not None and key in active.predictions:
+        return active.predictions[key]
+    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    rows = [{"source": ex.get("source", ""), "prompt": p, "reference": r, "output": o}
+            for ex, p, r, o in zip(examples, prompts, references, outputs)]
+    if active is not None:
+        active.predictions[key] = rows
+    return rows
+
+
+def record_predictions(set_name: str, kind: str, key, rows: list) -> None:
+    """Keep ``rows`` (``source``, ``prompt``, ``reference``, ``output``) in the active pass for predictions.jsonl."""
+    active = current_pass()
+    if active is not None:
+        active.predictions[(set_name, kind, key)] = rows
+
+
+def merge_predictions(passes: dict) -> list:
+    """Side-by-side rows from several passes (``{"base": pass, "tuned": pass}``).
+
+    Rows of the same example (same set, kind and prompts) are joined: each has
+    ``set``, ``kind``, ``source``, ``prompt``, ``reference`` and one output
+    column per pass label.
+    """
+    merged: dict = {}
+    for label, one_pass in passes.items():
+        if one_pass is None:
+            continue
+        for (set_name, kind, key), rows in one_pass.predictions.items():
+            target = merged.setdefault((set_name, kind, key), [
+                {"set": set_name, "kind": kind, "source": r["source"], "prompt": r["prompt"],
+                 "reference": r["reference"]} for r in rows])
+            for out, row in zip(target, rows):
+                out[label] = row["output"]
+    return [row for rows in merged.values() for row in rows]
+
+
+def _plain(value):
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value

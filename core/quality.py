@@ -1,0 +1,141 @@
+"""The data quality report, made before any training.
+
+:func:`assess` counts what commonly spoils a fine-tune: duplicates, empty
+targets, over-long examples, held-out examples that also occur in the
+training data (leakage) and, for classification-like data, the label
+balance.  :func:`check` turns the serious problems into one
+:class:`~tuneforge.errors.DataError` unless the ``quality`` config allows them.
+
+Examples are compared by their normalised prompt + target text (lowercase,
+whitespace collapsed): the prompt is every message but the final assistant
+turn, the target is that turn.  Examples without ``messages`` (raw token
+datasets) are compared by their token ids.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Optional, Sequence
+
+from tuneforge.data import IGNORE_INDEX
+from tuneforge.errors import DataError
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def prompt_and_target(example: dict) -> tuple[str, str]:
+    """``(prompt text, target text)`` of an example (messages joined by role)."""
+    messages = example.get("messages")
+    if messages:
+        final = messages[-1] if messages[-1]["role"] == "assistant" else None
+        prompt_turns = messages[:-1] if final else messages
+        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in prompt_turns)
+        return prompt, final["content"] if final else ""
+    ids = example.get("input_ids", [])
+    labels = example.get("labels", [])
+    return " ".join(map(str, ids)), " ".join(str(t) for t in labels if t != IGNORE_INDEX)
+
+
+def example_key(example: dict) -> str:
+    """The normalised prompt + target text used for duplicates and leakage."""
+    prompt, target = prompt_and_target(example)
+    return _normal(prompt) + "\x00" + _normal(target)
+
+
+def _token_stats(examples: Sequence[dict]) -> dict:
+    lengths = [len(ex.get("input_ids", [])) for ex in examples]
+    if not lengths:
+        return {"min": 0, "median": 0, "max": 0, "total": 0}
+    return {"min": min(lengths), "median": float(statistics.median(lengths)), "max": max(lengths),
+            "total": sum(lengths)}
+
+
+def _duplicates(keys: Sequence[str]) -> int:
+    return len(keys) - len(set(keys))
+
+
+def _empty_targets(examples: Sequence[dict]) -> int:
+    return sum(not prompt_and_target(ex)[1].strip() for ex in examples)
+
+
+def label_balance(examples: Sequence[dict], max_labels: int = 10) -> Optional[dict]:
+    """``{target: count}`` when the data looks like classification (few distinct, repeated targets)."""
+    targets = Counter(prompt_and_target(ex)[1].strip() for ex in examples)
+    if not examples or len(targets) > max_labels or len(targets) * 2 > len(examples):
+        return None
+    return dict(targets.most_common())
+
+
+def assess(splits, max_labels: int = 10) -> dict:
+    """Counts for the data report from a :class:`tuneforge.data.DataSplits`.
+
+    Returns ``records`` and ``examples`` per split, ``tokens`` (min, median,
+    max, total) per split, ``duplicates`` (train examples repeating an earlier
+    one) and ``val_duplicates``, ``empty_targets`` per split, ``truncated`` and
+    ``dropped`` (over ``data.max_length``, from the dataset's stats),
+    ``leakage`` (held-out examples whose text also occurs in training, with up
+    to 5 ``leakage_sources``), ``labels`` (label balance or None) and
+    ``warnings``.
+    """
+    train, val = list(splits.train), list(splits.val)
+    stats = dict(getattr(splits, "stats", None) or {})
+    train_keys = [example_key(ex) for ex in train]
+    val_keys = [example_key(ex) for ex in val]
+    seen = set(train_keys)
+    leaked = [ex.get("source", "?") for ex, key in zip(val, val_keys) if key in seen]
+    report = {
+        "records": {"train": stats.get("train_records", len(train)), "val": stats.get("val_records", len(val))},
+        "examples": {"train": len(train), "val": len(val)},
+        "tokens": {"train": _token_stats(train), "val": _token_stats(val)},
+        "duplicates": _duplicates(train_keys),
+        "val_duplicates": _duplicates(val_keys),
+        "empty_targets": {"train": _empty_targets(train), "val": _empty_targets(val)},
+        "truncated": int(stats.get("truncated", 0)),
+        "dropped": int(stats.get("dropped", 0)),
+        "leakage": len(leaked),
+        "leakage_sources": leaked[:5],
+        "labels": label_balance(train, max_labels),
+    }
+    warnings = []
+    if report["duplicates"]:
+        warnings.append(f"{report['duplicates']} training examples repeat an earlier one")
+    if report["empty_targets"]["train"]:
+        warnings.append(f"{report['empty_targets']['train']} training examples have an empty target")
+    if report["truncated"] or report["dropped"]:
+        warnings.append(f"{report['truncated']} examples truncated and {report['dropped']} dropped "
+                        "as longer than data.max_length")
+    if not val:
+        warnings.append("no held-out examples: evaluators have nothing to score")
+    if report["labels"] and len(report["labels"]) > 1:
+        counts = list(report["labels"].values())
+        if max(counts) > 3 * min(counts):
+            warnings.append(f"labels are imbalanced: {report['labels']}")
+    report["warnings"] = warnings
+    return report
+
+
+def problems(report: dict, config) -> list:
+    """The serious problems of a report that ``config`` (``quality``) does not allow."""
+    found = []
+    if report["leakage"] and not config.allow_leakage:
+        found.append(f"{report['leakage']} of {report['examples']['val']} held-out examples also occur in the "
+                     f"training data (leakage, e.g. {report['leakage_sources'][0]}); fix the split or set "
+                     "quality.allow_leakage=true")
+    train_examples = report["examples"]["train"]
+    if train_examples and report["empty_targets"]["train"] == train_examples and not config.allow_empty_targets:
+        found.append("every training target is empty or whitespace; set quality.allow_empty_targets=true "
+                     "if that is intended")
+    if train_examples < config.min_train_examples:
+        found.append(f"only {train_examples} training examples, fewer than quality.min_train_examples="
+                     f"{config.min_train_examples}; add data or lower the minimum")
+    return found
+
+
+def check(report: dict, config) -> None:
+    """Raise one :class:`DataError` naming every serious problem not allowed by ``config``."""
+    found = problems(report, config)
+    if found:
+        raise DataError("data quality: " + "; ".join(found))

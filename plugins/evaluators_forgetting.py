@@ -1,0 +1,115 @@
+"""Evaluator ``forgetting``: the same metrics on a separate reference set of general tasks.
+
+The reference set is a JSON-lines file (``evaluators.forgetting.path``) of
+alpaca or chat records, e.g. general questions the base model already answers
+correctly.  It is scored like held-out data, but on its own examples, before
+and after training: a drop from base to tuned is what fine-tuning cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+import tuneforge
+from tuneforge.data import read_jsonl, tokenize_records
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.evaluation import current_pass
+from tuneforge.plugins.evaluators import ChoiceConfig, PerplexityConfig, evaluate_choice, evaluate_perplexity
+from tuneforge.plugins.evaluators_generation import GENERATION_METRICS, predict, score_predictions
+
+VALID_METRICS = (*GENERATION_METRICS, "choice", "perplexity")
+
+
+@dataclass
+class ForgettingConfig:
+    """path: the reference set (``.jsonl``; alpaca or chat records).  Required.
+    metrics: which metrics to compute on it: any of ``exact_match``,
+        ``contains``, ``regex``, ``rouge``, ``bleu``, ``chrf``, ``choice``,
+        ``perplexity``.
+    format: ``auto``, ``alpaca`` or ``chat`` (as ``data.format``).
+    max_length: token limit when tokenizing the set (for ``perplexity``).
+    The remaining fields mean what they mean for the evaluator of that name
+    (generation: max_new_tokens, batch_size, few_shot, limit; normalisation:
+    strip, lowercase, collapse_whitespace; regex: pattern, pattern_field,
+    fullmatch, ignore_case; rouge: use_stemmer; bleu: tokenize; chrf:
+    word_order; choice: choices_field, answer_field, length_normalize).
+    """
+
+    path: Optional[str] = None
+    metrics: list = field(default_factory=lambda: ["exact_match"])
+    format: str = "auto"
+    max_length: int = 2048
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    few_shot: list = field(default_factory=list)
+    limit: Optional[int] = None
+    strip: bool = True
+    lowercase: bool = False
+    collapse_whitespace: bool = False
+    pattern: Optional[str] = None
+    pattern_field: str = "pattern"
+    fullmatch: bool = False
+    ignore_case: bool = False
+    use_stemmer: bool = False
+    tokenize: str = "13a"
+    word_order: int = 0
+    choices_field: str = "choices"
+    answer_field: str = "answer"
+    length_normalize: bool = False
+
+
+def _sub_config(config_class, config):
+    """An evaluator's own config built from the matching fields of the forgetting config."""
+    return config_class(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config_class)
+                           if hasattr(config, f.name)})
+
+
+def load_reference_set(config, tokenizer) -> list:
+    """The reference set's examples, rendered with the training chat template of the active pass."""
+    if not config.path:
+        raise ConfigError("evaluators.forgetting.path is not set: give a .jsonl file of general tasks the "
+                          "base model already handles")
+    records = read_jsonl(config.path)
+    if not records:
+        raise DataError(f"{config.path}: the forgetting reference set holds no records")
+    active = current_pass()
+    examples, _ = tokenize_records(records, tokenizer, fmt=config.format, max_length=config.max_length,
+                                   chat_template=active.chat_template if active else None)
+    return examples if config.limit is None else examples[: int(config.limit)]
+
+
+def evaluate_forgetting(model, tokenizer, examples, config: ForgettingConfig) -> dict:
+    """Metrics on the reference set; ``examples`` (the held-out split) is not used."""
+    metrics = list(config.metrics)
+    unknown = [m for m in metrics if m not in VALID_METRICS]
+    if unknown or not metrics:
+        raise ConfigError(f"evaluators.forgetting.metrics={metrics}: unknown {unknown}; "
+                          f"valid: {', '.join(VALID_METRICS)}")
+    reference = load_reference_set(config, tokenizer)
+    results: dict = {}
+    rows = None
+    for metric in metrics:
+        if metric == "perplexity":
+            results.update(evaluate_perplexity(model, tokenizer, reference,
+                                               PerplexityConfig(batch_size=config.batch_size)))
+        elif metric == "choice":
+            sub = _sub_config(ChoiceConfig, config)
+            sub.limit = None
+            results.update({"choice_accuracy": v for v in evaluate_choice(
+                model, tokenizer, reference, sub, set_name="forgetting").values()})
+        else:
+            if rows is None:
+                rows = predict(model, tokenizer, reference, config, set_name="forgetting")
+            sub = _sub_config(GENERATION_METRICS[metric][0], config)
+            results.update(score_predictions(metric, [r["output"] for r in rows], [r["reference"] for r in rows],
+                                             reference, sub))
+    return results
+
+
+@tuneforge.hookimpl
+def tuneforge_evaluators():
+    return [tuneforge.EvaluatorSpec("forgetting", ForgettingConfig,
+                                    "the same metrics on a general reference set (base vs tuned)",
+                                    evaluate=evaluate_forgetting)]

@@ -1,0 +1,262 @@
+"""Generation evaluators: ``exact_match``, ``contains``, ``regex``, ``rouge``, ``bleu``, ``chrf``.
+
+Each greedily generates an answer to every held-out prompt (the example's
+messages without the final assistant turn, rendered with the training chat
+template, optionally after few-shot turns) and compares it with the reference
+(that final assistant turn).  Generation is shared through
+:func:`tuneforge.evaluation.generate_predictions`: evaluators with the same
+``max_new_tokens`` and ``few_shot`` score the same predictions, generated once
+per model state.
+
+The ``score_*`` functions take predictions and references and are usable on
+their own.  ROUGE-L comes from ``rouge-score``, BLEU and chrF from
+``sacrebleu``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import tuneforge
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.evaluation import generate_predictions
+
+
+@dataclass
+class GenerationEvalConfig:
+    """Settings shared by the generation evaluators.
+
+    max_new_tokens: greedy decoding stops at end-of-turn or after this many tokens.
+    batch_size: prompts per ``generate`` call (left-padded).
+    few_shot: list of ``{user: ..., assistant: ...}`` turns put before every
+        prompt (after its system message), e.g. for a fair base-model baseline.
+    limit: score only the first N held-out examples (None: all).
+    """
+
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    few_shot: list = field(default_factory=list)
+    limit: Optional[int] = None
+
+
+@dataclass
+class NormalizedEvalConfig(GenerationEvalConfig):
+    """strip: ignore surrounding whitespace; lowercase: ignore case;
+    collapse_whitespace: treat any run of whitespace as one space."""
+
+    strip: bool = True
+    lowercase: bool = False
+    collapse_whitespace: bool = False
+
+
+@dataclass
+class RegexEvalConfig(GenerationEvalConfig):
+    """pattern: a Python regular expression every prediction should match; when
+    None each record's ``pattern_field`` gives its own pattern.
+    fullmatch: the whole prediction must match (default: a match anywhere).
+    ignore_case: match case-insensitively."""
+
+    pattern: Optional[str] = None
+    pattern_field: str = "pattern"
+    fullmatch: bool = False
+    ignore_case: bool = False
+
+
+@dataclass
+class RougeEvalConfig(GenerationEvalConfig):
+    """use_stemmer: Porter-stem words before matching (rouge-score's option)."""
+
+    use_stemmer: bool = False
+
+
+@dataclass
+class BleuEvalConfig(GenerationEvalConfig):
+    """tokenize: sacrebleu tokenizer (``13a``, ``intl``, ``char``, ``none`` ...).
+    lowercase: case-insensitive BLEU."""
+
+    tokenize: str = "13a"
+    lowercase: bool = False
+
+
+@dataclass
+class ChrfEvalConfig(GenerationEvalConfig):
+    """word_order: 0 for chrF, 2 for chrF++ (sacrebleu's ``word_order``)."""
+
+    word_order: int = 0
+
+
+# ---------------------------------------------------------------------------
+# Scoring functions: predictions + references -> metrics
+# ---------------------------------------------------------------------------
+
+
+def normalize(text: str, *, strip: bool = True, lowercase: bool = False, collapse_whitespace: bool = False) -> str:
+    if collapse_whitespace:
+        text = " ".join(text.split())
+    if strip:
+        text = text.strip()
+    if lowercase:
+        text = text.lower()
+    return text
+
+
+def _check_lengths(predictions: Sequence[str], references: Sequence[str]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+
+
+def score_exact_match(predictions, references, **norm) -> dict:
+    """``{"exact_match": fraction}`` of predictions equal to their reference after normalisation."""
+    _check_lengths(predictions, references)
+    if not predictions:
+        return {}
+    hits = sum(normalize(p, **norm) == normalize(r, **norm) for p, r in zip(predictions, references))
+    return {"exact_match": hits / len(predictions)}
+
+
+def score_contains(predictions, references, **norm) -> dict:
+    """``{"contains": fraction}`` of predictions that contain their (normalised) reference."""
+    _check_lengths(predictions, references)
+    if not predictions:
+        return {}
+    hits = sum(normalize(r, **norm) in normalize(p, **norm) for p, r in zip(predictions, references))
+    return {"contains": hits / len(predictions)}
+
+
+def score_regex(predictions, patterns, *, fullmatch: bool = False, ignore_case: bool = False) -> dict:
+    """``{"regex": fraction}`` of predictions matching their pattern (one pattern per prediction)."""
+    _check_lengths(predictions, patterns)
+    if not predictions:
+        return {}
+    flags = re.IGNORECASE if ignore_case else 0
+    hits = 0
+    for prediction, pattern in zip(predictions, patterns):
+        try:
+            compiled = re.compile(pattern, flags)
+        except re.error as exc:
+            raise ConfigError(f"regex evaluator: invalid pattern {pattern!r}: {exc}") from None
+        hits += bool(compiled.fullmatch(prediction) if fullmatch else compiled.search(prediction))
+    return {"regex": hits / len(predictions)}
+
+
+def score_rouge(predictions, references, *, use_stemmer: bool = False) -> dict:
+    """``{"rougeL": mean F-measure}`` of ROUGE-L (``rouge_score``)."""
+    from rouge_score import rouge_scorer
+
+    _check_lengths(predictions, references)
+    if not predictions:
+        return {}
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+    scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
+    return {"rougeL": sum(scores) / len(scores)}
+
+
+def score_bleu(predictions, references, *, tokenize: str = "13a", lowercase: bool = False) -> dict:
+    """``{"bleu": corpus BLEU}`` on sacrebleu's 0-100 scale."""
+    from sacrebleu.metrics import BLEU
+
+    _check_lengths(predictions, references)
+    if not predictions:
+        return {}
+    metric = BLEU(tokenize=tokenize, lowercase=lowercase, effective_order=True)
+    return {"bleu": float(metric.corpus_score(list(predictions), [list(references)]).score)}
+
+
+def score_chrf(predictions, references, *, word_order: int = 0) -> dict:
+    """``{"chrf": corpus chrF}`` on sacrebleu's 0-100 scale (chrF++ with ``word_order=2``)."""
+    from sacrebleu.metrics import CHRF
+
+    _check_lengths(predictions, references)
+    if not predictions:
+        return {}
+    metric = CHRF(word_order=word_order)
+    return {"chrf": float(metric.corpus_score(list(predictions), [list(references)]).score)}
+
+
+def _norm_options(config) -> dict:
+    return {"strip": config.strip, "lowercase": config.lowercase,
+            "collapse_whitespace": config.collapse_whitespace}
+
+
+def regex_patterns(examples, config) -> list:
+    """The pattern for every example: ``config.pattern`` or the record's ``pattern_field``."""
+    if config.pattern is not None:
+        return [config.pattern] * len(examples)
+    patterns = []
+    for example in examples:
+        pattern = (example.get("record") or {}).get(config.pattern_field)
+        if not isinstance(pattern, str):
+            raise DataError(f"{example.get('source', '<example>')}: regex evaluator needs a pattern: set "
+                            f"evaluators.regex.pattern or give each record a '{config.pattern_field}' string")
+        patterns.append(pattern)
+    return patterns
+
+
+def score_predictions(metric: str, predictions, references, examples, config) -> dict:
+    """Score with the named generation metric, reading its options from ``config``."""
+    if metric == "exact_match":
+        return score_exact_match(predictions, references, **_norm_options(config))
+    if metric == "contains":
+        return score_contains(predictions, references, **_norm_options(config))
+    if metric == "regex":
+        return score_regex(predictions, regex_patterns(examples, config), fullmatch=config.fullmatch,
+                           ignore_case=config.ignore_case)
+    if metric == "rouge":
+        return score_rouge(predictions, references, use_stemmer=config.use_stemmer)
+    if metric == "bleu":
+        return score_bleu(predictions, references, tokenize=config.tokenize, lowercase=config.lowercase)
+    if metric == "chrf":
+        return score_chrf(predictions, references, word_order=config.word_order)
+    raise ConfigError(f"unknown generation metric '{metric}'; valid: {', '.join(GENERATION_METRICS)}")
+
+
+def limited(examples, limit):
+    return list(examples) if limit is None else list(examples)[: int(limit)]
+
+
+def predict(model, tokenizer, examples, config, set_name: str = "val") -> list:
+    """Generated rows for ``examples`` with the config's generation settings (shared within a pass)."""
+    return generate_predictions(model, tokenizer, examples, max_new_tokens=config.max_new_tokens,
+                                batch_size=config.batch_size, few_shot=config.few_shot, set_name=set_name)
+
+
+def _evaluator(metric: str):
+    def evaluate(model, tokenizer, examples, config) -> dict:
+        examples = limited(examples, config.limit)
+        if not examples:
+            return {}
+        rows = predict(model, tokenizer, examples, config)
+        return score_predictions(metric, [r["output"] for r in rows], [r["reference"] for r in rows],
+                                 examples, config)
+
+    evaluate.__name__ = f"evaluate_{metric}"
+    evaluate.__doc__ = f"Generate answers (shared within a pass) and score them with ``{metric}``."
+    return evaluate
+
+
+#: metric name -> (config class, description)
+GENERATION_METRICS = {
+    "exact_match": (NormalizedEvalConfig, "generated answer equals the reference (optionally normalised)"),
+    "contains": (NormalizedEvalConfig, "generated answer contains the reference"),
+    "regex": (RegexEvalConfig, "generated answer matches a regular expression"),
+    "rouge": (RougeEvalConfig, "ROUGE-L F-measure (rouge-score)"),
+    "bleu": (BleuEvalConfig, "corpus BLEU, 0-100 (sacrebleu)"),
+    "chrf": (ChrfEvalConfig, "corpus chrF, 0-100 (sacrebleu)"),
+}
+
+evaluate_exact_match = _evaluator("exact_match")
+evaluate_contains = _evaluator("contains")
+evaluate_regex = _evaluator("regex")
+evaluate_rouge = _evaluator("rouge")
+evaluate_bleu = _evaluator("bleu")
+evaluate_chrf = _evaluator("chrf")
+
+
+@tuneforge.hookimpl
+def tuneforge_evaluators():
+    functions = {"exact_match": evaluate_exact_match, "contains": evaluate_contains, "regex": evaluate_regex,
+                 "rouge": evaluate_rouge, "bleu": evaluate_bleu, "chrf": evaluate_chrf}
+    return [tuneforge.EvaluatorSpec(name, config, description, evaluate=functions[name])
+            for name, (config, description) in GENERATION_METRICS.items()]

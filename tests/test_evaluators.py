@@ -1,0 +1,290 @@
+"""Evaluators: known predictions -> known scores, and the full evaluators on the tiny model."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tuneforge.data import Record, tokenize_records
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.evaluation import (
+    evaluation_pass,
+    few_shot_messages,
+    generate,
+    generate_predictions,
+    prompts_and_references,
+    with_few_shot,
+)
+from tuneforge.plugins.evaluators import ChoiceConfig, PerplexityConfig, evaluate_choice, evaluate_perplexity
+from tuneforge.plugins.evaluators import score_continuations
+from tuneforge.plugins.evaluators_forgetting import ForgettingConfig, evaluate_forgetting
+from tuneforge.plugins.evaluators_generation import (
+    NormalizedEvalConfig,
+    RegexEvalConfig,
+    RougeEvalConfig,
+    evaluate_exact_match,
+    evaluate_regex,
+    evaluate_rouge,
+    score_bleu,
+    score_chrf,
+    score_contains,
+    score_exact_match,
+    score_regex,
+    score_rouge,
+)
+from tuneforge.plugins.models import TinyModelConfig, load_tiny
+from tuneforge.testing import run_tiny_fit
+
+
+# ---------------------------------------------------------------------------
+# Scoring functions: known predictions -> known scores
+# ---------------------------------------------------------------------------
+
+
+def test_exact_match_normalisation():
+    predictions = ["Paris", " paris ", "New   York", "Rome"]
+    references = ["Paris", "Paris", "new york", "Paris"]
+    assert score_exact_match(predictions, references) == {"exact_match": 0.25}
+    assert score_exact_match(predictions, references, lowercase=True) == {"exact_match": 0.5}
+    assert score_exact_match(predictions, references, lowercase=True, collapse_whitespace=True) == {
+        "exact_match": 0.75}
+    assert score_exact_match([" Paris"], ["Paris"], strip=False) == {"exact_match": 0.0}
+
+
+def test_contains_and_regex():
+    assert score_contains(["The answer is Paris.", "London", "PARIS!"], ["Paris"] * 3) == {
+        "contains": pytest.approx(1 / 3)}
+    assert score_contains(["PARIS!"], ["Paris"], lowercase=True) == {"contains": 1.0}
+    citation = r"[A-Z]\w+ v\. [A-Z]\w+, \d+ F\.3d \d+ \(\d+\w* Cir\. \d{4}\)"
+    predictions = ["Smith v. Jones, 123 F.3d 456 (9th Cir. 1999)", "See Smith v. Jones, 123 F.3d 456 (9th Cir. 1999).",
+                   "Smith vs Jones 1999"]
+    assert score_regex(predictions, [citation] * 3) == {"regex": pytest.approx(2 / 3)}
+    assert score_regex(predictions, [citation] * 3, fullmatch=True) == {"regex": pytest.approx(1 / 3)}
+    assert score_regex(["ABC"], ["abc"], ignore_case=True) == {"regex": 1.0}
+    with pytest.raises(ConfigError, match="invalid pattern"):
+        score_regex(["x"], ["("])
+
+
+def test_rouge_bleu_chrf_known_values():
+    # ROUGE-L: LCS 3 of 3 predicted and 6 reference words -> P=1, R=0.5, F=2/3
+    assert score_rouge(["the cat sat"], ["the cat sat on the mat"])["rougeL"] == pytest.approx(2 / 3)
+    assert score_rouge(["a b c", "x y"], ["a b c", "p q"])["rougeL"] == pytest.approx(0.5)
+    assert score_bleu(["the cat sat on the mat"], ["the cat sat on the mat"])["bleu"] == pytest.approx(100.0)
+    assert score_bleu(["dog"], ["the cat sat on the mat"])["bleu"] == pytest.approx(0.0)
+    partial = score_bleu(["the cat sat on a mat"], ["the cat sat on the mat"])["bleu"]
+    assert 0 < partial < 100
+    assert score_chrf(["Smith v. Jones"], ["Smith v. Jones"])["chrf"] == pytest.approx(100.0)
+    assert score_chrf(["qqqq"], ["abcd"])["chrf"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        score_rouge(["a", "b"], ["a"])
+
+
+# ---------------------------------------------------------------------------
+# Prompts, generation and sharing on the tiny model
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = load_tiny(TinyModelConfig())
+    model.eval()
+    return model, tokenizer
+
+
+def _examples(tokenizer, rows):
+    records = [Record(row, f"fixture:{i + 1}") for i, row in enumerate(rows)]
+    return tokenize_records(records, tokenizer)[0]
+
+
+QA = [
+    {"instruction": "Capital of France?", "output": "Paris"},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                  {"role": "assistant", "content": "4"}]},
+    {"instruction": "Spell 'stone' backwards, please, one letter at a time.", "output": "enots"},
+]
+
+
+def test_prompt_is_messages_minus_final_turn_with_few_shot(tiny):
+    _, tokenizer = tiny
+    examples = _examples(tokenizer, QA)
+    prompts, references = prompts_and_references(tokenizer, examples, few_shot=[{"user": "1+1?", "assistant": "2"}])
+    assert references == ["Paris", "4", "enots"]
+    assert prompts[1] == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n"
+                          "<|im_start|>assistant\n2<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+                          "<|im_start|>assistant\n")
+    assert prompts[0].startswith("<|im_start|>user\n1+1?") and prompts[0].endswith("<|im_start|>assistant\n")
+    assert with_few_shot([{"role": "user", "content": "q"}], few_shot_messages([]))[0]["content"] == "q"
+    with pytest.raises(ConfigError, match="few_shot\\[0\\]"):
+        few_shot_messages([{"question": "x"}])
+
+
+def test_batched_left_padded_generation_equals_one_by_one(tiny):
+    model, tokenizer = tiny
+    prompts, _ = prompts_and_references(tokenizer, _examples(tokenizer, QA))
+    assert len({len(p) for p in prompts}) == 3  # different lengths: padding matters
+    batched = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=3)
+    single = [generate(model, tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single
+    assert tokenizer.padding_side == "right"  # restored
+
+
+def test_generation_is_shared_within_a_pass(tiny):
+    model, tokenizer = tiny
+    examples = _examples(tokenizer, QA)
+    calls = []
+    handle = model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        config = NormalizedEvalConfig(max_new_tokens=4)
+        with evaluation_pass("base") as one_pass:
+            evaluate_exact_match(model, tokenizer, examples, config)
+            after_first = len(calls)
+            evaluate_rouge(model, tokenizer, examples, RougeEvalConfig(max_new_tokens=4))
+            assert len(calls) == after_first > 0  # the second metric generated nothing
+        assert len(one_pass.predictions) == 1
+        evaluate_rouge(model, tokenizer, examples, RougeEvalConfig(max_new_tokens=4))  # outside a pass: generates again
+        assert len(calls) > after_first
+    finally:
+        handle.remove()
+
+
+def test_exact_match_of_the_models_own_answers_is_one(tiny):
+    model, tokenizer = tiny
+    examples = _examples(tokenizer, QA)
+    rows = generate_predictions(model, tokenizer, examples, max_new_tokens=5)
+    assert [r["reference"] for r in rows] == ["Paris", "4", "enots"]
+    own = [dict(qa) for qa in QA]
+    for row, record in zip(rows, own):
+        answer = row["output"] or "x"
+        if "messages" in record:
+            record["messages"] = record["messages"][:-1] + [{"role": "assistant", "content": answer}]
+        else:
+            record["output"] = answer
+    own_examples = _examples(tokenizer, own)
+    config = NormalizedEvalConfig(max_new_tokens=5)
+    expected = sum(bool(r["output"]) for r in rows) / len(rows)
+    assert evaluate_exact_match(model, tokenizer, own_examples, config)["exact_match"] == pytest.approx(expected)
+    assert evaluate_exact_match(model, tokenizer, examples, config)["exact_match"] == score_exact_match(
+        [r["output"] for r in rows], ["Paris", "4", "enots"])["exact_match"]
+
+
+def test_regex_pattern_from_records(tiny):
+    model, tokenizer = tiny
+    rows = [dict(QA[0], pattern=".*"), dict(QA[2], pattern="^IMPOSSIBLE$")]
+    examples = _examples(tokenizer, rows)
+    assert evaluate_regex(model, tokenizer, examples, RegexEvalConfig(max_new_tokens=3)) == {"regex": 0.5}
+    with pytest.raises(DataError, match="fixture:1: regex evaluator needs a pattern"):
+        evaluate_regex(model, tokenizer, _examples(tokenizer, QA[:1]), RegexEvalConfig(max_new_tokens=3))
+
+
+# ---------------------------------------------------------------------------
+# choice
+# ---------------------------------------------------------------------------
+
+
+def _manual_log_likelihood(model, tokenizer, prompt, option):
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    option_ids = tokenizer(option, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + option_ids])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return sum(float(log_probs[len(prompt_ids) - 1 + i, t]) for i, t in enumerate(option_ids))
+
+
+def test_choice_scores_by_option_log_likelihood(tiny):
+    model, tokenizer = tiny
+    rows = [{"instruction": "Is the sky blue?", "output": "yes", "choices": ["yes", "no", "maybe not"]},
+            {"instruction": "Pick a colour.", "output": "red", "choices": ["red", "green"], "answer": 1}]
+    examples = _examples(tokenizer, rows)
+    prompts, _ = prompts_and_references(tokenizer, examples)
+    scores = score_continuations(model, tokenizer, [(prompts[0], o) for o in rows[0]["choices"]])
+    for (value, count), option in zip(scores, rows[0]["choices"]):
+        assert value == pytest.approx(_manual_log_likelihood(model, tokenizer, prompts[0], option), abs=1e-4)
+        assert count == len(tokenizer(option, add_special_tokens=False)["input_ids"])
+    # the answer of each record is the option the model prefers -> accuracy 1; another option -> 0
+    best = []
+    for prompt, row in zip(prompts, rows):
+        values = [_manual_log_likelihood(model, tokenizer, prompt, o) for o in row["choices"]]
+        best.append(max(range(len(values)), key=values.__getitem__))
+    right = [dict(row, answer=b) for row, b in zip(rows, best)]
+    wrong = [dict(row, answer=row["choices"][(b + 1) % len(row["choices"])]) for row, b in zip(rows, best)]
+    with evaluation_pass("base") as one_pass:
+        assert evaluate_choice(model, tokenizer, _examples(tokenizer, right), ChoiceConfig()) == {"accuracy": 1.0}
+    (rows_kept,) = one_pass.predictions.values()
+    assert [r["output"] for r in rows_kept] == [row["choices"][b] for row, b in zip(rows, best)]
+    assert evaluate_choice(model, tokenizer, _examples(tokenizer, wrong), ChoiceConfig()) == {"accuracy": 0.0}
+    with pytest.raises(DataError, match="fixture:1: answer 'purple' is not one of the options"):
+        evaluate_choice(model, tokenizer, _examples(tokenizer, [dict(rows[0], answer="purple")]), ChoiceConfig())
+
+
+# ---------------------------------------------------------------------------
+# forgetting
+# ---------------------------------------------------------------------------
+
+
+def test_forgetting_scores_its_own_reference_set(tiny, tmp_path):
+    model, tokenizer = tiny
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps(r) + "\n" for r in QA))
+    config = ForgettingConfig(path=str(general), metrics=["exact_match", "perplexity", "rouge"], max_new_tokens=4)
+    with evaluation_pass("base") as one_pass:
+        result = evaluate_forgetting(model, tokenizer, [], config)
+    assert set(result) == {"exact_match", "loss", "perplexity", "rougeL"}
+    reference = _examples(tokenizer, QA)
+    assert result["loss"] == pytest.approx(evaluate_perplexity(model, tokenizer, reference, PerplexityConfig())["loss"])
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+    ((set_name, kind, _key),) = one_pass.predictions
+    assert (set_name, kind) == ("forgetting", "generation")
+    rows = generate_predictions(model, tokenizer, reference, max_new_tokens=4)
+    assert result["exact_match"] == score_exact_match([r["output"] for r in rows], ["Paris", "4", "enots"])[
+        "exact_match"]
+    with pytest.raises(ConfigError, match="evaluators.forgetting.path is not set"):
+        evaluate_forgetting(model, tokenizer, [], ForgettingConfig())
+    with pytest.raises(ConfigError, match="unknown \\['accuracy'\\]"):
+        evaluate_forgetting(model, tokenizer, [], ForgettingConfig(path=str(general), metrics=["accuracy"]))
+
+
+# ---------------------------------------------------------------------------
+# In a run: every evaluator base and tuned, early stopping, `tuneforge eval`
+# ---------------------------------------------------------------------------
+
+
+def test_early_stopping_callback_stops_training(tmp_path):
+    result = run_tiny_fit(tmp_path, overrides=[
+        "trainer.max_steps=20", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+        "callbacks=[early_stopping]", "callbacks.early_stopping.stopping_threshold=1e9"])
+    assert result.metrics["steps"] == 2  # the first validation (after step 2) met the threshold
+
+
+def test_eval_command_reproduces_the_runs_metrics(tmp_path, capsys):
+    from tuneforge.run import eval_command
+
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps(r) + "\n" for r in QA))
+    run = run_tiny_fit(tmp_path / "run", overrides=[
+        "optim.lr=0.01", "evaluators=[perplexity,exact_match,forgetting]",
+        "evaluators.exact_match.max_new_tokens=4", f"evaluators.forgetting.path={general}",
+        "evaluators.forgetting.metrics=[perplexity]"])
+    metrics = run.metrics
+    assert set(metrics["base"]) == {"perplexity/perplexity", "perplexity/loss", "exact_match",
+                                    "forgetting/loss", "forgetting/perplexity"}
+    assert metrics["base"]["perplexity/loss"] != metrics["tuned"]["perplexity/loss"]
+    eval_command([f"run_dir={run.run_dir}", "threads=1"])
+    printed = capsys.readouterr().out
+    assert "perplexity/loss" in printed and "report:" in printed
+    again = json.loads((run.run_dir / "eval" / "metrics.json").read_text())
+    for label in ("base", "tuned"):
+        for name, value in metrics[label].items():
+            assert again[label][name] == pytest.approx(value, rel=1e-4, abs=1e-5), (label, name)
+    predictions = [json.loads(line) for line in (run.run_dir / "eval" / "predictions.jsonl").open()]
+    assert predictions and all({"base", "tuned", "prompt", "reference"} <= set(row) for row in predictions)
+
+    # overriding the evaluators of a run, and a bare base model with no run
+    eval_command([f"run_dir={run.run_dir}", "evaluators=[contains]", "evaluators.contains.max_new_tokens=2",
+                  f"out={tmp_path / 'other'}"])
+    other = json.loads((tmp_path / "other" / "metrics.json").read_text())
+    assert set(other["base"]) == set(other["tuned"]) == {"contains"}
+    eval_command(["model=tiny", "evaluators=[perplexity]", f"out={tmp_path / 'bare'}"])
+    bare = json.loads((tmp_path / "bare" / "metrics.json").read_text())
+    assert "tuned" not in bare
+    assert bare["base"]["perplexity/loss"] == pytest.approx(metrics["base"]["perplexity/loss"], rel=1e-5)

@@ -1,0 +1,120 @@
+"""The data quality report: each problem counted, serious ones stop the run before training."""
+
+import json
+
+import pytest
+from tuneforge import quality
+from tuneforge.config import QualityConfig
+from tuneforge.errors import DataError
+from tuneforge.app import compose, load_plugins
+from tuneforge.plugins.models import build_tiny_tokenizer
+from tuneforge.testing import run_tiny_fit
+
+from helpers import run_cli
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _qa(question, answer):
+    return {"instruction": question, "output": answer}
+
+
+TRAIN = [
+    _qa("Capital of France?", "Paris"),
+    _qa("Capital of France?", "Paris"),                      # exact duplicate of row 1
+    _qa("Capital of Italy?", "Rome"),
+    _qa("Capital of Spain?", "   "),                         # whitespace-only target
+    _qa("Write a long answer.", "word " * 60),               # over data.max_length=64 -> truncated
+    _qa("Capital of Peru?", "Lima"),
+]
+VAL = [
+    _qa("capital   of FRANCE?", "paris"),                    # leaks (same text after normalising)
+    _qa("Capital of Chile?", "Santiago"),
+]
+
+
+@pytest.fixture
+def fixture_files(tmp_path):
+    return _write(tmp_path / "train.jsonl", TRAIN), _write(tmp_path / "val.jsonl", VAL)
+
+
+def _splits(train, val, **data):
+    """The jsonl dataset plugin's splits of these files, tokenized with the tiny tokenizer."""
+    plugins = load_plugins()
+    settings = dict(dict(path=train, val_path=val, max_length=64), **data)
+    cfg = compose([f"data.{key}={value}" for key, value in settings.items()], plugins)
+    return plugins["data"].get("jsonl").load(cfg.data, build_tiny_tokenizer())
+
+
+def test_each_problem_is_counted(fixture_files):
+    report = quality.assess(_splits(*fixture_files))
+    assert report["records"] == {"train": 6, "val": 2}
+    assert report["examples"] == {"train": 6, "val": 2}
+    assert report["duplicates"] == 1 and report["val_duplicates"] == 0
+    assert report["empty_targets"] == {"train": 1, "val": 0}
+    assert (report["truncated"], report["dropped"]) == (1, 0)
+    assert report["leakage"] == 1 and report["leakage_sources"] == [f"{fixture_files[1]}:1"]
+    tokens = report["tokens"]["train"]
+    assert tokens["max"] == 64 and tokens["min"] < tokens["median"] < tokens["max"]
+    assert report["labels"] is None  # six rows, five distinct targets: not classification-like
+    assert any("1 training examples repeat" in w for w in report["warnings"])
+
+    dropped = quality.assess(_splits(*fixture_files, truncation="drop"))
+    assert (dropped["truncated"], dropped["dropped"], dropped["examples"]["train"]) == (0, 1, 5)
+
+
+def test_serious_problems_stop_unless_allowed(fixture_files):
+    report = quality.assess(_splits(*fixture_files))
+    with pytest.raises(DataError) as caught:
+        quality.check(report, QualityConfig())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("data quality: 1 of 2 held-out examples also occur in the training data (leakage")
+    assert "quality.allow_leakage=true" in message
+    quality.check(report, QualityConfig(allow_leakage=True))
+    with pytest.raises(DataError, match="only 6 training examples, fewer than quality.min_train_examples=10"):
+        quality.check(report, QualityConfig(allow_leakage=True, min_train_examples=10))
+
+
+def test_all_empty_targets_and_label_balance(tmp_path):
+    empty = _splits(_write(tmp_path / "e.jsonl", [_qa(f"q{i}", " ") for i in range(5)]),
+                    _write(tmp_path / "ev.jsonl", [_qa("other", "x")]))
+    report = quality.assess(empty)
+    assert report["empty_targets"]["train"] == 5
+    with pytest.raises(DataError, match="every training target is empty"):
+        quality.check(report, QualityConfig())
+    quality.check(report, QualityConfig(allow_empty_targets=True))
+
+    labels = ["positive"] * 8 + ["negative"] * 2
+    rows = [_qa(f"Review {i}: sentiment?", label) for i, label in enumerate(labels)]
+    balanced = quality.assess(_splits(_write(tmp_path / "c.jsonl", rows), _write(tmp_path / "cv.jsonl",
+                                                                                [_qa("Review x", "positive")])))
+    assert balanced["labels"] == {"positive": 8, "negative": 2}
+    assert any("imbalanced" in w for w in balanced["warnings"])
+    assert quality.assess(_splits(_write(tmp_path / "c2.jsonl", rows), tmp_path / "cv.jsonl"),
+                          max_labels=1)["labels"] is None
+
+
+def test_leakage_stops_the_run_before_training(fixture_files, tmp_path):
+    train, val = fixture_files
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataError, match="leakage"):
+        run_tiny_fit(run_dir, overrides=[f"data.path={train}", f"data.val_path={val}"])
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    assert not (run_dir / "metrics.csv").exists()  # no training step ran
+    result = run_tiny_fit(tmp_path / "allowed", overrides=[
+        f"data.path={train}", f"data.val_path={val}", "data.max_length=64", "quality.allow_leakage=true",
+        "trainer.max_steps=1"])
+    assert result.metrics["quality"]["leakage"] == 1 and result.metrics["steps"] == 1
+
+
+def test_cli_prints_one_line_error(fixture_files, tmp_path):
+    train, val = fixture_files
+    proc = run_cli(["train", "model=tiny", f"data.path={train}", f"data.val_path={val}", "trainer.max_steps=1",
+                    "trainer.accelerator=cpu", f"run_dir={tmp_path / 'cli'}", "threads=1"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("tuneforge: error:")]
+    assert len(errors) == 1 and "leakage" in errors[0] and "quality.allow_leakage=true" in errors[0]
