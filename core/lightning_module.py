@@ -10,39 +10,78 @@ import torch
 from torch.utils.data import DataLoader
 
 from tuneforge.data import DataSplits, pad_batch
+from tuneforge.losses import loss_weight
 
 
 class FineTuneModule(pl.LightningModule):
-    """Trains ``model`` with ``loss_fn``; the optimizer covers trainable parameters only."""
+    """Trains ``model`` with ``loss_fn``; the optimizer covers trainable parameters only.
+
+    Loss normalisation: a loss returns the mean over ``num_tokens`` units
+    (trained tokens, or preference pairs).  ``training_step`` turns it back
+    into a sum (scaled by a constant fixed at the first step, to keep
+    magnitudes near a per-token mean) and counts the units of the current
+    accumulation window; :meth:`on_before_optimizer_step` (after the window's
+    last backward, before gradient clipping) divides the gradients by the
+    window's unit count summed over all devices.  So the gradient with
+    ``trainer.accumulate_grad_batches=k`` (and/or several devices) equals the
+    gradient of one big batch's per-token mean, not a mean of micro-batch
+    means.  Strategies that keep gradients outside ``param.grad`` (DeepSpeed)
+    are not normalised this way.
+    """
 
     def __init__(self, model, loss_fn, optim_config):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.optim_config = optim_config
+        self._window_units = 0.0
+        self._loss_scale = None
 
-    def _step(self, batch, stage: str):
-        output = self.loss_fn(self.model, batch)
-        batch_size = batch["input_ids"].size(0)
+    def _log_output(self, output, batch, stage: str) -> float:
+        weight = loss_weight(output)
+        batch_size = _batch_size(batch)
         on_step = stage == "train"
+        # validation: token-weighted epoch mean (the per-token mean over the whole split)
+        log_size = batch_size if on_step else max(int(weight), 1)
         self.log(f"{stage}/loss", output.loss.detach(), prog_bar=True, on_step=on_step, on_epoch=not on_step,
-                 batch_size=batch_size, sync_dist=not on_step)
+                 batch_size=log_size, sync_dist=not on_step)
         for key, value in output.metrics.items():
-            self.log(f"{stage}/{key}", value, on_step=on_step, on_epoch=not on_step, batch_size=batch_size,
+            self.log(f"{stage}/{key}", value, on_step=on_step, on_epoch=not on_step, batch_size=log_size,
                      sync_dist=not on_step)
-        return output.loss
+        return weight
 
     def training_step(self, batch, batch_idx):
-        loss = self._step(batch, "train")
+        output = self.loss_fn(self.model, batch)
+        weight = self._log_output(output, batch, "train")
+        loss = output.loss
         if not torch.isfinite(loss):
             from tuneforge.errors import TuneforgeError
 
             raise TuneforgeError(f"training loss is {float(loss)} at step {self.global_step}; "
                                  "lower optim.lr or check the data")
-        return loss
+        if self._loss_scale is None:  # one constant for every rank and step, so the rescale stays exact
+            self._loss_scale = float(self.trainer.strategy.broadcast(max(weight, 1.0), src=0))
+        self._window_units += weight
+        # Lightning divides the returned loss by accumulate_grad_batches; undo that here and divide by
+        # the window's unit count in on_before_optimizer_step instead.
+        return loss * (weight * self.trainer.accumulate_grad_batches / self._loss_scale)
+
+    def on_before_optimizer_step(self, optimizer):
+        units = torch.tensor(self._window_units, dtype=torch.float64, device=self.device)
+        units = self.trainer.strategy.reduce(units, reduce_op="sum")
+        # DDP/FSDP average gradients over ranks: multiply by world_size to get the plain sum back
+        factor = self._loss_scale * self.trainer.world_size / max(float(units), 1.0)
+        self._window_units = 0.0
+        if factor != 1.0:
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    if parameter.grad is not None:
+                        parameter.grad.mul_(factor)
 
     def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
+        output = self.loss_fn(self.model, batch)
+        self._log_output(output, batch, "val")
+        return output.loss
 
     def configure_optimizers(self):
         cfg = self.optim_config
@@ -57,6 +96,14 @@ class FineTuneModule(pl.LightningModule):
         schedule = partial(lr_factor, kind=cfg.scheduler, warmup=warmup, total=total, floor=cfg.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _batch_size(batch) -> int:
+    """Examples in a batch: the first dimension of its first tensor (any dataset layout)."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim:
+            return int(value.size(0))
+    return 1
 
 
 def lr_factor(step: int, *, kind: str, warmup: int, total: int, floor: float) -> float:

@@ -5,24 +5,40 @@ A loss plugin's ``build(config, context)`` returns ``loss_fn(model, batch) -> Lo
 models, e.g. a distillation teacher, through the registered model sources).
 The function runs the forward pass itself.  ``batch`` holds padded tensors
 (``input_ids``, ``attention_mask``, ``labels`` with -100 on untrained tokens,
-and any other fields the dataset produced).
+and any other fields the dataset produced, e.g. ``chosen_input_ids``).
+
+Normalisation contract (see docs/losses.md): ``LossOutput.loss`` is the *mean*
+over ``LossOutput.num_tokens`` units (trained tokens, or preference pairs).
+The trainer multiplies it back into a sum and divides the gradient by the
+number of units in the whole accumulation window (all micro-batches, all
+devices), so ``trainer.accumulate_grad_batches=k`` gives exactly the gradient
+of one k-times larger batch.  A loss that leaves ``num_tokens=None`` is
+weighted as one unit per micro-batch (a mean of micro-batch means).
+
+The helpers below are public: third-party losses may use them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from tuneforge.data import IGNORE_INDEX
 
 
 @dataclass
 class LossOutput:
-    """``loss``: scalar tensor to minimise; ``num_tokens``: trained tokens it averages over;
-    ``metrics``: extra floats/tensors to log (e.g. ``{"z_loss": ...}``)."""
+    """What a loss function returns.
+
+    ``loss``: scalar tensor to minimise, the mean over ``num_tokens`` units.
+    ``num_tokens``: how many units (trained tokens, preference pairs ...) the
+    mean is over; the trainer uses it to average over a whole accumulation
+    window.  ``None`` means "not reported": the micro-batch counts as one unit.
+    ``metrics``: extra floats/tensors to log (e.g. ``{"z_loss": ...}``).
+    """
 
     loss: object
-    num_tokens: int = 0
+    num_tokens: Optional[int] = None
     metrics: dict = field(default_factory=dict)
 
 
@@ -39,8 +55,62 @@ class LossContext:
     load_model: Callable[[Any], tuple]
 
 
+def loss_weight(output: LossOutput) -> float:
+    """How many units ``output.loss`` averages over (1 when the loss did not say)."""
+    return 1.0 if output.num_tokens is None else float(output.num_tokens)
+
+
+# ---------------------------------------------------------------------------
+# Forward passes
+# ---------------------------------------------------------------------------
+
+
+def causal_lm_logits(model, input_ids, attention_mask=None):
+    """Logits ``(batch, length, vocab)`` aligned with ``input_ids``.
+
+    Adapters that prepend virtual tokens (peft prompt tuning) return longer
+    logits; the extra leading positions are cut off here.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return logits[:, -input_ids.size(1):]
+
+
+def final_hidden_states(model, input_ids, attention_mask=None):
+    """``(hidden, lm_head)``: the last hidden states (after the final norm) and the output layer.
+
+    The model is asked for only one position of logits (``logits_to_keep=1``),
+    so the full ``length x vocab`` logits are never built.  Raises
+    ``ModelError`` for models whose forward does not take ``logits_to_keep``.
+    """
+    from tuneforge.errors import ModelError
+
+    lm_head = model.get_output_embeddings()
+    try:
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                        logits_to_keep=1, use_cache=False)
+    except TypeError as exc:
+        raise ModelError(f"loss=chunked_cross_entropy needs a model whose forward accepts logits_to_keep "
+                         f"(transformers >= 4.45 causal LMs); this one does not ({exc}); use "
+                         "loss=cross_entropy") from exc
+    if lm_head is None or outputs.hidden_states is None:
+        raise ModelError("loss=chunked_cross_entropy: the model exposes no output embeddings / hidden "
+                         "states; use loss=cross_entropy")
+    hidden = outputs.hidden_states[-1]
+    return hidden[:, -input_ids.size(1):], lm_head
+
+
+# ---------------------------------------------------------------------------
+# Token-level arithmetic
+# ---------------------------------------------------------------------------
+
+
 def shift_for_next_token(logits, labels):
-    """Align logits at position t with the label at t+1 (causal LM)."""
+    """Align logits at position t with the label at t+1 (causal LM).
+
+    Logits longer than the labels (virtual prompt tokens in front) are cut to
+    the labels' length first.
+    """
+    logits = logits[:, -labels.size(1):]
     return logits[..., :-1, :].contiguous(), labels[..., 1:].contiguous()
 
 
@@ -56,3 +126,114 @@ def token_nll_sum(logits, labels, label_smoothing: float = 0.0):
     total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum",
                             label_smoothing=label_smoothing)
     return total, int((flat_labels != IGNORE_INDEX).sum())
+
+
+def cross_entropy_sums(logits, labels, label_smoothing: float = 0.0, with_z: bool = True):
+    """``(nll_sum, z_sum, count)`` on already shifted logits/labels.
+
+    ``nll_sum``: summed (label-smoothed) cross entropy of trained tokens;
+    ``z_sum``: summed ``logsumexp(logits)^2`` of trained tokens (the z-loss of
+    PaLM; 0 when ``with_z=False``); ``count``: number of trained tokens.
+    """
+    import torch.nn.functional as F
+
+    mask = labels != IGNORE_INDEX
+    picked = logits[mask].float()
+    targets = labels[mask]
+    nll = F.cross_entropy(picked, targets, reduction="sum", label_smoothing=label_smoothing)
+    z = (picked.logsumexp(-1) ** 2).sum() if with_z else picked.new_zeros(())
+    return nll, z, int(targets.numel())
+
+
+def chunked_cross_entropy_sums(hidden, labels, lm_head, chunk_size: int = 1024, label_smoothing: float = 0.0,
+                               with_z: bool = True):
+    """Same as :func:`cross_entropy_sums` from hidden states, never building all logits.
+
+    ``hidden`` ``(batch, length, dim)`` and ``labels`` ``(batch, length)`` are
+    *not* shifted.  Only trained positions are kept, then ``lm_head`` (the
+    output layer, e.g. ``model.get_output_embeddings()``) is applied
+    ``chunk_size`` tokens at a time under activation checkpointing: a chunk's
+    logits are freed as soon as its loss is taken and recomputed during
+    backward, so peak logits memory is ``chunk_size x vocab`` instead of
+    ``tokens x vocab``.  ``with_z=False`` skips the z-loss sum (returned as 0).
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    hidden, labels = hidden[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    picked = hidden[mask]
+    targets = labels[mask]
+    count = int(targets.numel())
+
+    def chunk_sums(h, t):
+        logits = lm_head(h).float()
+        nll = F.cross_entropy(logits, t, reduction="sum", label_smoothing=label_smoothing)
+        z = (logits.logsumexp(-1) ** 2).sum() if with_z else logits.new_zeros(())
+        return nll, z
+
+    nll_total = picked.new_zeros((), dtype=torch.float32)
+    z_total = picked.new_zeros((), dtype=torch.float32)
+    for start in range(0, count, chunk_size):
+        h, t = picked[start:start + chunk_size], targets[start:start + chunk_size]
+        if torch.is_grad_enabled():
+            nll, z = checkpoint(chunk_sums, h, t, use_reentrant=False)
+        else:
+            nll, z = chunk_sums(h, t)
+        nll_total = nll_total + nll
+        z_total = z_total + z
+    return nll_total, z_total, count
+
+
+def sequence_logps(logits, labels):
+    """Per-sequence sum of log-probabilities of the trained labels, and trained-token counts.
+
+    ``logits`` ``(batch, length, vocab)`` and ``labels`` ``(batch, length)``
+    unshifted; returns two ``(batch,)`` tensors.
+    """
+    import torch.nn.functional as F
+
+    logits, labels = shift_for_next_token(logits, labels)
+    mask = labels != IGNORE_INDEX
+    safe = labels.masked_fill(~mask, 0)
+    token_logp = -F.cross_entropy(logits.float().transpose(1, 2), safe, reduction="none")
+    return (token_logp * mask).sum(-1), mask.sum(-1)
+
+
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, *, beta: float,
+             variant: str = "sigmoid", label_smoothing: float = 0.0):
+    """Per-pair DPO loss from sequence log-probabilities (all ``(pairs,)`` tensors).
+
+    ``sigmoid`` (Rafailov et al. 2023): ``-log sigmoid(beta * h)``, with
+    conservative label smoothing ``eps``: ``-(1-eps) log s(beta h) - eps log s(-beta h)``.
+    ``ipo`` (Azar et al. 2023): ``(h - 1/(2 beta))^2``; pass length-averaged
+    log-probabilities for IPO.  ``h`` is the policy's chosen-minus-rejected
+    margin minus the reference's.
+    """
+    import torch.nn.functional as F
+
+    h = (policy_chosen - policy_rejected) - (reference_chosen - reference_rejected)
+    if variant == "sigmoid":
+        return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    if variant == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    from tuneforge.errors import ConfigError
+
+    raise ConfigError(f"loss.variant is '{variant}'; valid: sigmoid, ipo")
+
+
+def kl_div_sum(student_logits, teacher_logits, labels, temperature: float = 1.0):
+    """``(sum over trained tokens of KL(teacher || student), count)`` at ``temperature``.
+
+    Both logits unshifted ``(batch, length, vocab)``; positions are those whose
+    next-token label is trained.  The KL is of the temperature-softened
+    distributions and is *not* multiplied by ``temperature**2``.
+    """
+    student_logits, shifted = shift_for_next_token(student_logits, labels)
+    teacher_logits, _ = shift_for_next_token(teacher_logits, labels)
+    mask = shifted != IGNORE_INDEX
+    student_logp = (student_logits[mask].float() / temperature).log_softmax(-1)
+    teacher_logp = (teacher_logits[mask].float() / temperature).log_softmax(-1)
+    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum()
+    return kl, int(mask.sum())

@@ -1,7 +1,20 @@
-"""Adapters: ``lora`` (through peft) and ``full`` (every weight trains)."""
+"""Adapters: ``lora``, ``prefix``, ``prompt``, ``ia3`` (through peft), ``full`` and ``freeze``.
+
+PEFT adapters are saved in PEFT's own format (``adapter_config.json`` +
+``adapter_model.safetensors``) and reload with
+``peft.PeftModel.from_pretrained(base_model, directory)``.  ``full`` and
+``freeze`` save the whole model as safetensors weights that
+``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads.
+
+An adapter that does not fit the model (target modules that match nothing,
+more layers than the model has ...) raises ``tuneforge.errors.ModelError``
+naming the config key and what would be valid.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -13,13 +26,23 @@ from tuneforge.errors import ModelError
 class LoraAdapterConfig:
     """Low-rank adapters (``peft.LoraConfig``; field meanings as there).
 
-    r: rank of the update matrices.  lora_alpha: scaling numerator (scale is
-    alpha/r, or alpha/sqrt(r) with ``use_rslora``).  lora_dropout: dropout on
-    the adapter input.  target_modules: module names or ``all-linear``.
-    bias: ``none``, ``all`` or ``lora_only``.  use_dora: weight-decomposed LoRA.
-    modules_to_save: extra modules trained in full and saved (e.g. ``lm_head``).
-    init_lora_weights: True (B=0, the adapter starts as a no-op), ``gaussian``,
-    ``pissa`` ...
+    r: rank of the update matrices.
+    lora_alpha: scaling numerator (scale is alpha/r, or alpha/sqrt(r) with
+        ``use_rslora``).
+    lora_dropout: dropout on the adapter input.
+    target_modules: ``all-linear`` (every linear layer but the output layer),
+        a list of module names (``[q_proj, v_proj]``; a name matches a module
+        whose dotted path ends with it), or one regular expression matched
+        against full module paths.
+    bias: which biases train: ``none``, ``all`` or ``lora_only``.
+    use_dora: weight-decomposed LoRA (DoRA): a trained magnitude vector per
+        output on top of the low-rank direction update.
+    use_rslora: rank-stabilised scaling alpha/sqrt(r).
+    modules_to_save: extra modules trained in full and saved with the adapter
+        (e.g. ``[lm_head]``).
+    init_lora_weights: ``true`` (B=0, the adapter starts as a no-op),
+        ``gaussian``, ``pissa``, ``olora`` ... as in peft.
+    layers_to_transform: only adapt these transformer layer indices (None: all).
     """
 
     r: int = 8
@@ -35,6 +58,56 @@ class LoraAdapterConfig:
 
 
 @dataclass
+class PrefixAdapterConfig:
+    """Prefix tuning (``peft.PrefixTuningConfig``): trained key/value vectors prepended in every layer.
+
+    num_virtual_tokens: length of the trained prefix.
+    prefix_projection: reparameterise the prefix through a two-layer MLP
+        (more parameters, often more stable).
+    encoder_hidden_size: hidden size of that MLP (None: the model's hidden size).
+    """
+
+    num_virtual_tokens: int = 16
+    prefix_projection: bool = False
+    encoder_hidden_size: Optional[int] = None
+
+
+@dataclass
+class PromptAdapterConfig:
+    """Prompt tuning (``peft.PromptTuningConfig``): trained embeddings prepended to the input.
+
+    num_virtual_tokens: number of trained soft-prompt embeddings.
+    init: ``random`` or ``text`` (start from the embeddings of ``init_text``).
+    init_text: the text for ``init=text``, e.g. "Answer the question:".
+    tokenizer: tokenizer id/folder used to tokenize ``init_text`` (None: the
+        model's own ``name_or_path``).
+    """
+
+    num_virtual_tokens: int = 16
+    init: str = "random"
+    init_text: Optional[str] = None
+    tokenizer: Optional[str] = None
+
+
+@dataclass
+class IA3AdapterConfig:
+    """(IA)^3 (``peft.IA3Config``): learned vectors that rescale activations.
+
+    target_modules: module names to rescale (None: peft's default for the
+        architecture, e.g. ``k_proj, v_proj, down_proj`` for Llama), or
+        ``all-linear``.
+    feedforward_modules: the subset of ``target_modules`` that are
+        feed-forward layers (their input is rescaled instead of their output;
+        None: peft's default).
+    modules_to_save: extra modules trained in full and saved with the adapter.
+    """
+
+    target_modules: Any = None
+    feedforward_modules: Any = None
+    modules_to_save: Optional[list] = None
+
+
+@dataclass
 class FullAdapterConfig:
     """Full fine-tuning: every parameter trains; saved as safetensors weights.
 
@@ -44,40 +117,239 @@ class FullAdapterConfig:
     gradient_checkpointing: bool = False
 
 
+@dataclass
+class FreezeAdapterConfig:
+    """Freeze the model except the top ``trainable_layers`` transformer blocks and ``trainable_modules``.
+
+    trainable_layers: number of transformer blocks, counted from the output
+        end, that train (0: none).
+    trainable_modules: module paths or patterns that also train, e.g.
+        ``[lm_head, model.norm]``; a pattern matches a module whose dotted
+        path equals it or ends with ``.<pattern>``, and may use ``*`` globs
+        (``model.layers.*.mlp``).
+    gradient_checkpointing: trade compute for activation memory.
+
+    The whole model is saved (safetensors, loadable with
+    ``AutoModelForCausalLM.from_pretrained``), not only the trained tensors:
+    the result is self-contained and needs no base model to rebuild.
+    """
+
+    trainable_layers: int = 2
+    trainable_modules: list = field(default_factory=list)
+    gradient_checkpointing: bool = False
+
+
 def _plain(value):
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
-def apply_lora(model, config: LoraAdapterConfig):
-    from peft import LoraConfig, TaskType, get_peft_model
+# ---------------------------------------------------------------------------
+# checking that an adapter fits the model
+# ---------------------------------------------------------------------------
 
+
+def _adaptable(module) -> bool:
+    import torch
+
+    return isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d)) or \
+        type(module).__name__ == "Conv1D"
+
+
+def _module_kinds(model):
+    """Names (last path part) of the linear / embedding layers peft can adapt."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and _adaptable(module)})
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.endswith("." + pattern)
+
+
+def _check_targets(model, key: str, targets, allow_all_linear: bool = True) -> None:
+    """Raise ``ModelError`` when a target entry matches no module of the model.
+
+    ``target_modules``-like keys (``allow_all_linear``) must match layers peft
+    can adapt (linear, embedding, convolution); ``modules_to_save`` any module.
+    """
+    if targets is None or (allow_all_linear and targets == "all-linear"):
+        return
+    names = [name for name, module in model.named_modules()
+             if name and (_adaptable(module) or not allow_all_linear)]
+    valid = _module_kinds(model)
+    hint = ("'all-linear' or names among " if allow_all_linear else "names among ") + "[" + ", ".join(valid) + "]"
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, name) for name in names):
+            raise ModelError(f"adapter.{key}='{targets}' (a regular expression on module paths) matches no "
+                             f"module of the model; valid: {hint}")
+        return
+    if not isinstance(targets, (list, tuple)) or not targets:
+        raise ModelError(f"adapter.{key}={targets!r} must be a non-empty list of module names; valid: {hint}")
+    missing = [t for t in targets if not any(_matches(name, str(t)) for name in names)]
+    if missing:
+        raise ModelError(f"adapter.{key}: {missing} match no module of the model; valid: {hint}")
+
+
+def _get_peft_model(model, peft_config, what: str):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except (ValueError, TypeError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"adapter={what} does not fit the model ({type(model).__name__}): {first}") from exc
+
+
+# ---------------------------------------------------------------------------
+# apply functions
+# ---------------------------------------------------------------------------
+
+
+def apply_lora(model, config: LoraAdapterConfig):
+    from peft import LoraConfig, TaskType
+
+    targets, to_save = _plain(config.target_modules), _plain(config.modules_to_save)
+    _check_targets(model, "target_modules", targets)
+    _check_targets(model, "modules_to_save", to_save, allow_all_linear=False)
+    if config.r < 1:
+        raise ModelError(f"adapter.r is {config.r}; valid: a positive rank")
     lora_config = LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=config.r, lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout, target_modules=_plain(config.target_modules), bias=config.bias,
+        lora_dropout=config.lora_dropout, target_modules=targets, bias=config.bias,
         use_dora=config.use_dora, use_rslora=config.use_rslora,
-        modules_to_save=_plain(config.modules_to_save), init_lora_weights=_plain(config.init_lora_weights),
+        modules_to_save=to_save, init_lora_weights=_plain(config.init_lora_weights),
         layers_to_transform=_plain(config.layers_to_transform))
+    return _get_peft_model(model, lora_config, "lora")
+
+
+def apply_prefix(model, config: PrefixAdapterConfig):
+    from peft import PrefixTuningConfig, TaskType
+
+    if config.num_virtual_tokens < 1:
+        raise ModelError(f"adapter.num_virtual_tokens is {config.num_virtual_tokens}; valid: >= 1")
+    kwargs = {}
+    if config.encoder_hidden_size:
+        kwargs["encoder_hidden_size"] = config.encoder_hidden_size
+    peft_config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens,
+                                     prefix_projection=config.prefix_projection, **kwargs)
+    return _get_peft_model(model, peft_config, "prefix")
+
+
+def apply_prompt(model, config: PromptAdapterConfig):
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
+    if config.num_virtual_tokens < 1:
+        raise ModelError(f"adapter.num_virtual_tokens is {config.num_virtual_tokens}; valid: >= 1")
+    if config.init not in ("random", "text"):
+        raise ModelError(f"adapter.init is '{config.init}'; valid: random, text")
+    kwargs = {}
+    if config.init == "text":
+        if not config.init_text:
+            raise ModelError("adapter.init=text needs adapter.init_text (the words the soft prompt starts from)")
+        tokenizer = config.tokenizer or getattr(model.config, "_name_or_path", None)
+        if not tokenizer:
+            raise ModelError("adapter.init=text needs a tokenizer to load: set adapter.tokenizer to a "
+                             "tokenizer id or folder (the model has no name_or_path)")
+        kwargs = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": config.init_text,
+                  "tokenizer_name_or_path": tokenizer}
+    peft_config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens,
+                                     **kwargs)
     try:
-        return get_peft_model(model, lora_config)
-    except ValueError as exc:
-        raise ModelError(f"adapter.target_modules={_plain(config.target_modules)!r} does not fit the "
-                         f"model: {str(exc).splitlines()[0]}") from exc
+        return _get_peft_model(model, peft_config, "prompt")
+    except OSError as exc:
+        raise ModelError(f"adapter.tokenizer='{kwargs.get('tokenizer_name_or_path')}' cannot be loaded to "
+                         f"tokenize adapter.init_text: {str(exc).splitlines()[0]}") from exc
+
+
+def apply_ia3(model, config: IA3AdapterConfig):
+    from peft import IA3Config, TaskType
+
+    targets, feedforward = _plain(config.target_modules), _plain(config.feedforward_modules)
+    to_save = _plain(config.modules_to_save)
+    _check_targets(model, "target_modules", targets)
+    _check_targets(model, "feedforward_modules", feedforward, allow_all_linear=False)
+    _check_targets(model, "modules_to_save", to_save, allow_all_linear=False)
+    peft_config = IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets,
+                            feedforward_modules=feedforward, modules_to_save=to_save)
+    return _get_peft_model(model, peft_config, "ia3")
+
+
+def _enable_checkpointing(model) -> None:
+    # non-reentrant checkpointing also works when the embeddings are frozen (freeze adapter)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def apply_full(model, config: FullAdapterConfig):
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        _enable_checkpointing(model)
+    return model
+
+
+def transformer_layers(model) -> list:
+    """``[(path, module)]`` of the model's transformer blocks, input end first.
+
+    Found through the model's ``_no_split_modules`` block classes (set by every
+    transformers architecture), else the longest ``nn.ModuleList``.
+    """
+    import torch
+
+    block_classes = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [(name, module) for name, module in model.named_modules()
+              if name and type(module).__name__ in block_classes]
+    if layers:
+        return layers
+    lists = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.ModuleList)]
+    if not lists:
+        return []
+    name, longest = max(lists, key=lambda item: len(item[1]))
+    return [(f"{name}.{i}", block) for i, block in enumerate(longest)]
+
+
+def _freeze_hint(model) -> str:
+    names = [name for name, _ in model.named_modules() if name and name.count(".") <= 1]
+    return ", ".join(names)
+
+
+def apply_freeze(model, config: FreezeAdapterConfig):
+    layers = transformer_layers(model)
+    count = int(config.trainable_layers)
+    patterns = [str(p) for p in (_plain(config.trainable_modules) or [])]
+    if count < 0 or count > len(layers):
+        raise ModelError(f"adapter.trainable_layers is {count}; valid: 0 to {len(layers)} "
+                         f"(the model has {len(layers)} transformer layers)")
+    if count == 0 and not patterns:
+        raise ModelError("adapter=freeze would train nothing: set adapter.trainable_layers (1 to "
+                         f"{len(layers)}) or adapter.trainable_modules (e.g. [lm_head])")
+    modules = dict(model.named_modules())
+    chosen = [module for _, module in layers[len(layers) - count:]] if count else []
+    for pattern in patterns:
+        matched = [module for name, module in modules.items() if name and (
+            fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern))]
+        if not matched:
+            raise ModelError(f"adapter.trainable_modules: '{pattern}' matches no module of the model; valid: "
+                             f"module paths such as {_freeze_hint(model)} (globs like 'model.layers.*.mlp' work)")
+        chosen.extend(matched)
+    model.requires_grad_(False)
+    for module in chosen:
+        module.requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelError(f"adapter.trainable_modules={patterns} select modules without parameters; "
+                         f"valid: modules with weights such as {_freeze_hint(model)}")
+    if config.gradient_checkpointing:
+        _enable_checkpointing(model)
     return model
 
 
 @tuneforge.hookimpl
 def tuneforge_adapters():
     return [
-        tuneforge.AdapterSpec("lora", LoraAdapterConfig, "LoRA / DoRA / rsLoRA through peft",
-                              apply=apply_lora),
+        tuneforge.AdapterSpec("lora", LoraAdapterConfig, "LoRA / DoRA / rsLoRA through peft", apply=apply_lora),
+        tuneforge.AdapterSpec("prefix", PrefixAdapterConfig, "prefix tuning through peft", apply=apply_prefix),
+        tuneforge.AdapterSpec("prompt", PromptAdapterConfig, "prompt tuning through peft", apply=apply_prompt),
+        tuneforge.AdapterSpec("ia3", IA3AdapterConfig, "(IA)^3 activation scaling through peft", apply=apply_ia3),
         tuneforge.AdapterSpec("full", FullAdapterConfig, "train every weight", apply=apply_full),
+        tuneforge.AdapterSpec("freeze", FreezeAdapterConfig, "train only the top-N layers / named modules",
+                              apply=apply_freeze),
     ]
