@@ -1,228 +1,152 @@
-"""Turning records into training examples: reading, formatting, masking, splitting, batching.
+"""Turning records into training examples: reading, formatting, masking, caching, splitting, batching.
 
-The pipeline is: records (dicts, each remembering ``file:line``) -> a chat
-``messages`` list (alpaca records are converted) -> text rendered with the
-tokenizer's chat template -> ``input_ids`` plus ``labels`` where only
-assistant tokens (every assistant turn, and the end-of-turn token that closes
-it) carry loss -> a train/validation split -> padded batches.
+The pipeline is: records (dicts, each remembering ``file:line``; see
+:mod:`tuneforge.data_sources`) -> a deterministic train/validation split ->
+a format (alpaca, chat, completion, preference; see
+:mod:`tuneforge.data_formats`) -> token ids plus labels where only assistant
+tokens carry loss -> an on-disk cache (:mod:`tuneforge.data_cache`) -> padded
+batches (:func:`pad_batch`).
 
-These are public helpers for dataset plugins; the built-in ``jsonl`` dataset is
-a thin plugin over them.
+This module is the public helper API for dataset plugins: a plugin reads its
+records (:func:`read_records`, :func:`read_hf` or its own code) and hands them
+to :func:`prepare_splits` with a config that subclasses :class:`DataConfig`.
+The built-in ``files``/``jsonl``/``json``/``csv``/``parquet`` and ``hf``
+datasets are thin plugins over it.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from tuneforge.data_cache import (
+    cache_key,
+    cache_path,
+    default_cache_dir,
+    load_cached,
+    records_fingerprint,
+    save_cached,
+    tokenizer_fingerprint,
+)
+from tuneforge.data_formats import (
+    ALPACA_PROMPT,
+    CHATML_TEMPLATE,
+    FORMATS,
+    IGNORE_INDEX,
+    Sample,
+    assistant_spans,
+    check_columns,
+    detect_format,
+    has_chat_template,
+    normalize,
+    render_prompt,
+    resolve_chat_template,
+    to_messages,
+    tokenize_messages,
+    tokenize_records,
+    tokenize_sample,
+    tokenize_text,
+)
+from tuneforge.data_sources import (
+    Record,
+    hub_reachable,
+    read_csv,
+    read_hf,
+    read_json,
+    read_jsonl,
+    read_parquet,
+    read_records,
+)
 from tuneforge.errors import DataError
 
-IGNORE_INDEX = -100
+log = logging.getLogger("tuneforge")
 
-#: used when a record has no chat template to render with and the tokenizer has none
-ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
-
-
-@dataclass
-class Record:
-    """One raw record and where it came from (``path:line``)."""
-
-    data: dict
-    source: str
+__all__ = [
+    "ALPACA_PROMPT", "CHATML_TEMPLATE", "DATA_CONFIG_FIELDS", "DataConfig", "DataSplits", "FORMATS",
+    "IGNORE_INDEX", "Record", "Sample", "assistant_spans", "cache_key", "check_columns", "default_cache_dir",
+    "detect_format", "has_chat_template", "hub_reachable", "normalize", "pad_batch", "prepare_splits",
+    "read_csv", "read_hf", "read_json", "read_jsonl", "read_parquet", "read_records", "records_fingerprint",
+    "render_prompt", "resolve_chat_template", "split_records", "to_messages", "tokenize_messages",
+    "tokenize_records", "tokenize_sample", "tokenize_text", "tokenizer_fingerprint",
+]
 
 
 @dataclass
 class DataSplits:
-    """Tokenized train and validation examples plus counts for the data report."""
+    """Tokenized train and validation examples plus counts for the data report.
+
+    ``stats`` holds ``train_records``, ``val_records``, ``train_examples``,
+    ``val_examples``, ``truncated``, ``dropped``, ``formats`` (examples per
+    format) and ``cache`` (``hit``, ``miss`` or ``off``).
+    """
 
     train: list
     val: list
     stats: dict = field(default_factory=dict)
 
 
-def read_jsonl(path: str | Path) -> list[Record]:
-    """Read a JSON-lines file; a malformed line raises ``DataError`` with ``file:line``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path} (set data.path to an existing .jsonl file)")
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(value, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(value).__name__}")
-            records.append(Record(value, f"{path}:{lineno}"))
-    return records
+#: documentation of the :class:`DataConfig` fields, reused in the docstrings of its subclasses
+DATA_CONFIG_FIELDS = """
+    format: ``auto`` (each record's keys decide), ``alpaca``, ``chat``, ``completion`` or
+        ``preference``.
+    columns: a mapping canonical field -> your records' key, for data with other key
+        names, e.g. ``data.columns={instruction: question, output: answer}`` (null: none).  Canonical fields: instruction, input,
+        output, system, messages, conversations, text, prompt, chosen, rejected, and role,
+        content (the keys inside each message).
+    val_fraction: share of the records held out for validation when no separate
+        validation data is given (at least one record when > 0).
+    val_size: number of records held out instead of ``val_fraction`` (0: none).
+    shuffle: shuffle the records, seeded by ``seed`` (so always the same order), before
+        the split and ``max_examples``.
+    seed: seed of that shuffle.
+    max_examples: use only the first N training records (after the shuffle and split).
+    max_length: token limit per sequence; longer ones follow ``truncation``.
+    truncation: ``truncate`` (cut at ``max_length``) or ``drop`` (leave the example out);
+        both are counted in the data stats and logged.
+    train_on_inputs: also train on prompt tokens (default: only assistant/output tokens;
+        completion text is always fully trained, preference prompts never are).
+    chat_template: chat template for a tokenizer that has none (when set, it also
+        replaces the tokenizer's own): a Jinja string, ``chatml``, or a path to a
+        ``.jinja`` file.  With no template at all, chat records are an error and
+        single-turn records (alpaca, string preference pairs) use the Alpaca prompt.
+    cache: keep the tokenized data on disk and reuse it while nothing that changes it
+        (records, tokenizer, template, options) changed.
+    cache_dir: folder of that cache (default ``~/.cache/tuneforge/data``, or
+        ``$XDG_CACHE_HOME/tuneforge/data``).
+"""
 
 
-def detect_format(record: Record) -> str:
-    """``"chat"`` for ``messages`` records, ``"alpaca"`` for ``instruction``/``output`` records."""
-    keys = record.data.keys()
-    if "messages" in keys:
-        return "chat"
-    if "instruction" in keys and "output" in keys:
-        return "alpaca"
-    raise DataError(
-        f"{record.source}: cannot tell the record's format from its keys {sorted(keys)}; "
-        "expected 'messages' (chat) or 'instruction' + 'output' (alpaca)")
+@dataclass
+class DataConfig:
+    """Options every dataset shares: format, columns, split, length and cache."""
+
+    format: str = "auto"
+    columns: Any = None
+    val_fraction: float = 0.1
+    val_size: Optional[int] = None
+    shuffle: bool = True
+    seed: int = 0
+    max_examples: Optional[int] = None
+    max_length: int = 1024
+    truncation: str = "truncate"
+    train_on_inputs: bool = False
+    chat_template: Optional[str] = None
+    cache: bool = True
+    cache_dir: Optional[str] = None
 
 
-def _require_str(record: Record, key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise DataError(f"{record.source}: field '{key}' must be a string, got {type(value).__name__}")
-    return value
-
-
-def to_messages(record: Record, fmt: str = "auto") -> list[dict]:
-    """Convert a record to a list of ``{"role", "content"}`` messages."""
-    fmt = detect_format(record) if fmt == "auto" else fmt
-    data = record.data
-    if fmt == "alpaca":
-        for key in ("instruction", "output"):
-            if key not in data:
-                raise DataError(f"{record.source}: alpaca record is missing '{key}' (has {sorted(data)})")
-        prompt = _require_str(record, "instruction", data["instruction"])
-        extra = data.get("input") or ""
-        if extra:
-            prompt = f"{prompt}\n\n{_require_str(record, 'input', extra)}"
-        messages = []
-        if data.get("system"):
-            messages.append({"role": "system", "content": _require_str(record, "system", data["system"])})
-        messages.append({"role": "user", "content": prompt})
-        messages.append({"role": "assistant", "content": _require_str(record, "output", data["output"])})
-        return messages
-    if fmt == "chat":
-        messages = data.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise DataError(f"{record.source}: 'messages' must be a non-empty list of {{role, content}} objects")
-        out = []
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise DataError(f"{record.source}: messages[{i}] must be an object with 'role' and 'content'")
-            if message["role"] not in ("system", "user", "assistant"):
-                raise DataError(f"{record.source}: messages[{i}].role is '{message['role']}'; "
-                                "valid: system, user, assistant")
-            out.append({"role": message["role"], "content": _require_str(record, f"messages[{i}].content",
-                                                                         message["content"])})
-        if not any(m["role"] == "assistant" for m in out):
-            raise DataError(f"{record.source}: chat record has no assistant message to learn from")
-        return out
-    raise DataError(f"{record.source}: unknown format '{fmt}'; valid: auto, alpaca, chat")
-
-
-def _render(tokenizer, messages: list[dict], chat_template: Optional[str], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                         chat_template=chat_template)
-
-
-def has_chat_template(tokenizer, chat_template: Optional[str] = None) -> bool:
-    return bool(chat_template or getattr(tokenizer, "chat_template", None))
-
-
-def render_prompt(tokenizer, messages: list[dict], chat_template: Optional[str] = None) -> str:
-    """The text a model sees before it answers (the messages plus the generation prompt)."""
-    if has_chat_template(tokenizer, chat_template):
-        return _render(tokenizer, messages, chat_template, True)
-    user = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
-    return ALPACA_PROMPT.format(instruction=user)
-
-
-def assistant_spans(tokenizer, messages: list[dict], chat_template: Optional[str]) -> tuple[str, list]:
-    """Render the conversation and return ``(text, [(start, end) character spans of assistant turns])``.
-
-    A turn's span runs from the end of the generation prompt before it to the
-    end of the render that includes it, so the end-of-turn marker is trained.
-    """
-    if not has_chat_template(tokenizer, chat_template):
-        if [m["role"] for m in messages if m["role"] != "system"] != ["user", "assistant"]:
-            raise DataError("multi-turn chat needs a chat template: the tokenizer has none; "
-                            "set data.chat_template")
-        prompt = render_prompt(tokenizer, messages[:-1])
-        answer = messages[-1]["content"] + (tokenizer.eos_token or "")
-        return prompt + answer, [(len(prompt), len(prompt) + len(answer))]
-    text = _render(tokenizer, messages, chat_template, False)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = _render(tokenizer, messages[:i], chat_template, True) if i else ""
-        upto = _render(tokenizer, messages[: i + 1], chat_template, False)
-        if not text.startswith(upto) or not upto.startswith(before):
-            raise DataError("the chat template does not render conversations prefix by prefix, so "
-                            "assistant turns cannot be located; set data.chat_template")
-        spans.append((len(before), len(upto)))
-    return text, spans
-
-
-def tokenize_messages(tokenizer, messages: list[dict], *, chat_template: Optional[str] = None,
-                      train_on_inputs: bool = False) -> dict:
-    """Tokenize a conversation; labels are ``IGNORE_INDEX`` outside assistant spans.
-
-    An end-of-sequence token is appended when the rendered text does not end
-    with one, so every target is closed.
-    """
-    text, spans = assistant_spans(tokenizer, messages, chat_template)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = list(encoded["input_ids"])
-    labels, last_turn_ids = [], []
-    for token_id, (start, end) in zip(input_ids, encoded["offset_mapping"]):
-        inside = any(start < span_end and end > span_start for span_start, span_end in spans)
-        labels.append(token_id if (inside or train_on_inputs) else IGNORE_INDEX)
-        if spans and start < spans[-1][1] and end > spans[-1][0]:
-            last_turn_ids.append(token_id)
-    eos = tokenizer.eos_token_id
-    if eos is not None and eos not in last_turn_ids and messages[-1]["role"] == "assistant":
-        input_ids.append(eos)
-        labels.append(eos)
-    return {"input_ids": input_ids, "labels": labels}
-
-
-def tokenize_records(records: Sequence[Record], tokenizer, *, fmt: str = "auto", max_length: int = 1024,
-                     truncation: str = "truncate", chat_template: Optional[str] = None,
-                     train_on_inputs: bool = False) -> tuple[list, dict]:
-    """Tokenize records; returns ``(examples, counts)``.
-
-    ``truncation="truncate"`` cuts over-long examples at ``max_length``;
-    ``"drop"`` leaves them out.  Both are counted.  An example with no trained
-    token left is an error naming its record.
-    """
-    if truncation not in ("truncate", "drop"):
-        raise DataError(f"data.truncation is '{truncation}'; valid: truncate, drop")
-    examples, truncated, dropped = [], 0, 0
-    for record in records:
-        messages = to_messages(record, fmt)
-        try:
-            example = tokenize_messages(tokenizer, messages, chat_template=chat_template,
-                                        train_on_inputs=train_on_inputs)
-        except DataError as exc:
-            raise DataError(f"{record.source}: {exc}") from None
-        if len(example["input_ids"]) > max_length:
-            if truncation == "drop":
-                dropped += 1
-                continue
-            truncated += 1
-            example = {key: value[:max_length] for key, value in example.items()}
-        if all(label == IGNORE_INDEX for label in example["labels"]):
-            raise DataError(f"{record.source}: no token of the example is trained (empty target, or "
-                            f"the prompt fills all data.max_length={max_length} tokens)")
-        example["record"] = record.data
-        example["messages"] = messages
-        example["source"] = record.source
-        examples.append(example)
-    return examples, {"truncated": truncated, "dropped": dropped}
+DataConfig.__doc__ += "\n" + DATA_CONFIG_FIELDS
 
 
 def split_records(records: list, *, val_fraction: float = 0.1, val_size: Optional[int] = None,
                   seed: int = 0, shuffle: bool = True) -> tuple[list, list]:
     """Deterministically split records into (train, validation)."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"data.val_fraction is {val_fraction}; it must be >= 0 and < 1")
+    if val_size is not None and val_size < 0:
+        raise DataError(f"data.val_size is {val_size}; it must be >= 0")
     order = list(records)
     if shuffle:
         random.Random(seed).shuffle(order)
@@ -230,8 +154,87 @@ def split_records(records: list, *, val_fraction: float = 0.1, val_size: Optiona
     if val_fraction and val_size is None and len(order) > 1:
         n_val = max(1, n_val)
     if n_val >= len(order):
-        raise DataError(f"validation split of {n_val} leaves no training records out of {len(order)}")
+        raise DataError(f"a validation split of {n_val} leaves no training records out of {len(order)}; "
+                        "lower data.val_fraction / data.val_size or give data.val_path")
     return order[n_val:], order[:n_val]
+
+
+def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records: Optional[Sequence[Record]] = None,
+                   origin: str = "data") -> DataSplits:
+    """Split, shuffle, limit, tokenize (or load from the cache) and count: the shared dataset loader.
+
+    ``records`` are the training records (the validation split is carved out
+    of them unless ``val_records`` are given); ``config`` carries the
+    :class:`DataConfig` fields (a subclass of it, or any object: absent fields
+    take their defaults); ``origin`` names the data in error messages.
+    """
+    if not records:
+        raise DataError(f"{origin}: no records found")
+    config = _Options(config)
+    if val_records is None:
+        train_records, val_records = split_records(list(records), val_fraction=config.val_fraction,
+                                                   val_size=config.val_size, seed=config.seed,
+                                                   shuffle=config.shuffle)
+    else:
+        train_records, val_records = list(records), list(val_records)
+        if config.shuffle:
+            random.Random(config.seed).shuffle(train_records)
+    if config.max_examples is not None:
+        if config.max_examples < 1:
+            raise DataError(f"data.max_examples is {config.max_examples}; it must be at least 1 (or null)")
+        train_records = train_records[: config.max_examples]
+    options = dict(fmt=config.format, max_length=config.max_length, truncation=config.truncation,
+                   chat_template=config.chat_template, train_on_inputs=config.train_on_inputs,
+                   columns=check_columns(config.columns))
+
+    path, cached = None, None
+    if config.cache:
+        key = cache_key(records=records_fingerprint(train_records, val_records),
+                        tokenizer=tokenizer_fingerprint(tokenizer),
+                        chat_template=resolve_chat_template(tokenizer, config.chat_template),
+                        options={k: v for k, v in options.items() if k != "chat_template"})
+        path = cache_path(config.cache_dir, key)
+        cached = load_cached(path)
+    if cached is not None:
+        train, val, counts = cached["train"], cached["val"], cached["counts"]
+        cache_state = "hit"
+    else:
+        train, train_counts = tokenize_records(train_records, tokenizer, **options)
+        val, val_counts = tokenize_records(val_records, tokenizer, **options)
+        counts = {"truncated": train_counts["truncated"] + val_counts["truncated"],
+                  "dropped": train_counts["dropped"] + val_counts["dropped"],
+                  "formats": {f: train_counts["formats"].get(f, 0) + val_counts["formats"].get(f, 0)
+                              for f in {**train_counts["formats"], **val_counts["formats"]}}}
+        if train and val and ("chosen_input_ids" in train[0]) != ("chosen_input_ids" in val[0]):
+            raise DataError(f"{origin}: the training records are {train[0]['format']} ({train[0]['source']}) but "
+                            f"the validation records are {val[0]['format']} ({val[0]['source']}); use one kind")
+        cache_state = "off"
+        if path is not None:
+            cache_state = "miss"
+            save_cached(path, {"train": train, "val": val, "counts": counts})
+    if not train:
+        hint = " or set data.truncation=truncate" if config.truncation == "drop" else ""
+        raise DataError(f"{origin}: no training example left: all {len(train_records)} were dropped as longer "
+                        f"than data.max_length={config.max_length} (raise it{hint})")
+    stats = {"train_records": len(train_records), "val_records": len(val_records), "train_examples": len(train),
+             "val_examples": len(val), **counts, "cache": cache_state}
+    if counts["truncated"] or counts["dropped"]:
+        log.warning("data: %d example(s) truncated and %d dropped for exceeding data.max_length=%d "
+                    "(data.truncation=%s)", counts["truncated"], counts["dropped"], config.max_length,
+                    config.truncation)
+    log.info("data: %d train / %d val examples, formats %s, cache %s", len(train), len(val),
+             counts["formats"], cache_state + (f" ({path})" if path else ""))
+    return DataSplits(train=train, val=val, stats=stats)
+
+
+class _Options:
+    """A dataset config seen through the :class:`DataConfig` fields; absent ones take their defaults."""
+
+    def __init__(self, config):
+        self._config = config
+
+    def __getattr__(self, name: str):
+        return getattr(self._config, name, getattr(DataConfig, name))
 
 
 def pad_batch(examples: Iterable[dict], pad_token_id: int, pad_to_multiple_of: Optional[int] = None) -> dict:
@@ -239,8 +242,8 @@ def pad_batch(examples: Iterable[dict], pad_token_id: int, pad_to_multiple_of: O
 
     Fields named ``*labels`` pad with ``IGNORE_INDEX``, ``*attention_mask`` with 0
     and the rest with ``pad_token_id``; an ``attention_mask`` is added for
-    ``input_ids``.  Non-list fields (the source record) are dropped from the
-    batch.
+    ``input_ids`` (``chosen_attention_mask`` for ``chosen_input_ids`` ...).
+    Other fields (the source record, messages, text) are dropped from the batch.
     """
     import torch
 

@@ -1,17 +1,21 @@
-"""The ``jsonl`` dataset: alpaca (``instruction``/``input``/``output``) and chat (``messages``) records."""
+"""Built-in datasets: local files (``files``, and ``jsonl``/``json``/``csv``/``parquet`` by name) and ``hf``.
+
+All of them read records and hand them to :func:`tuneforge.data.prepare_splits`,
+which detects each record's format (alpaca, chat, completion, preference),
+tokenizes with label masking, splits, caches and counts.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 import tuneforge
-from tuneforge.data import DataSplits, read_jsonl, split_records, tokenize_records
-from tuneforge.errors import DataError
-
+from tuneforge.data import DATA_CONFIG_FIELDS, DataConfig, DataSplits, prepare_splits, read_hf, read_records
 
 SAMPLE_DIR = Path(__file__).parent / "data"
 
@@ -26,62 +30,108 @@ def sample_path(name: str) -> str:
 
 OmegaConf.register_new_resolver("tuneforge_sample", sample_path, replace=True)
 
+_FILES_FIELDS = """
+    path: a data file or a folder of them (read recursively, sorted by path).
+    val_path: a separate held-out file or folder; when unset, ``val_fraction`` or
+        ``val_size`` of ``path`` is held out.
+"""
+
 
 @dataclass
-class JsonlDataConfig:
-    """Records from a JSON-lines file.
-
-    path: the training file (one JSON object per line); defaults to a small
-        shipped sample of alpaca and chat records.
-    val_path: a separate held-out file; when unset, ``val_fraction`` or
-        ``val_size`` of ``path`` is held out (after a shuffle seeded by ``seed``).
-    format: ``auto`` (from each record's keys), ``alpaca`` or ``chat``.
-    max_length: token limit per example; longer ones are handled by ``truncation``
-        (``truncate`` or ``drop``), and counted.
-    train_on_inputs: also train on prompt tokens (default: assistant tokens only).
-    chat_template: Jinja template used instead of the tokenizer's own.
-    max_examples: use only the first N training records (after the shuffle).
-    """
+class FilesDataConfig(DataConfig):
+    """Records from local files."""
 
     path: str = "${tuneforge_sample:sample.jsonl}"
     val_path: Optional[str] = None
-    val_fraction: float = 0.1
-    val_size: Optional[int] = None
-    format: str = "auto"
-    max_length: int = 1024
-    truncation: str = "truncate"
-    train_on_inputs: bool = False
-    chat_template: Optional[str] = None
-    max_examples: Optional[int] = None
-    seed: int = 0
 
 
-def load_jsonl(config: JsonlDataConfig, tokenizer) -> DataSplits:
-    records = read_jsonl(config.path)
-    if not records:
-        raise DataError(f"{config.path}: the file holds no records")
-    if config.val_path:
-        train_records, val_records = records, read_jsonl(config.val_path)
-    else:
-        train_records, val_records = split_records(records, val_fraction=config.val_fraction,
-                                                   val_size=config.val_size, seed=config.seed)
-    if config.max_examples is not None:
-        train_records = train_records[: config.max_examples]
-    options = dict(fmt=config.format, max_length=config.max_length, truncation=config.truncation,
-                   chat_template=config.chat_template, train_on_inputs=config.train_on_inputs)
-    train, train_counts = tokenize_records(train_records, tokenizer, **options)
-    val, val_counts = tokenize_records(val_records, tokenizer, **options)
-    if not train:
-        raise DataError(f"{config.path}: no training example left (all {len(train_records)} dropped "
-                        f"as longer than data.max_length={config.max_length})")
-    stats = {"train_records": len(train_records), "val_records": len(val_records),
-             "train_examples": len(train), "val_examples": len(val),
-             "truncated": train_counts["truncated"] + val_counts["truncated"],
-             "dropped": train_counts["dropped"] + val_counts["dropped"]}
-    return DataSplits(train=train, val=val, stats=stats)
+FilesDataConfig.__doc__ = (
+    "Records from local ``.jsonl``, ``.json`` (an array of objects, or JSON lines), ``.csv`` (with a\n"
+    "    header row) or ``.parquet`` files, or a folder of them.  ``data=files`` picks the reader by\n"
+    "    suffix; ``data=jsonl|json|csv|parquet`` use that reader.  ``path`` defaults to a small\n"
+    "    shipped sample of alpaca and chat records.\n" + _FILES_FIELDS + DATA_CONFIG_FIELDS)
+
+
+@dataclass
+class TypedFilesDataConfig(FilesDataConfig):
+    """Records from local files of one type."""
+
+    path: str = MISSING
+
+
+TypedFilesDataConfig.__doc__ = (
+    "Records from local files of one type (``data=json``, ``csv`` or ``parquet``): a file is read\n"
+    "    with that reader whatever its suffix; from a folder, only files with that suffix are read.\n"
+    + _FILES_FIELDS + DATA_CONFIG_FIELDS)
+
+
+@dataclass
+class HFDataConfig(DataConfig):
+    """Records from a Hugging Face dataset."""
+
+    path: str = MISSING
+    subset: Optional[str] = None
+    split: str = "train"
+    val_split: Optional[str] = None
+    data_files: Any = None
+    revision: Optional[str] = None
+    hf_cache_dir: Optional[str] = None
+    connect_timeout: float = 5.0
+
+
+HFDataConfig.__doc__ = """Records from a Hugging Face dataset, loaded with ``datasets.load_dataset``.
+
+    path: a hub name (``tatsu-lab/alpaca``), a local folder or file, or a builder name
+        (``json``, ``csv``, ``parquet``) used with ``data_files``.
+    subset: the dataset's configuration name (``load_dataset(path, name=subset)``).
+    split: the split to train on.
+    val_split: a split to validate on; when unset, ``val_fraction`` or ``val_size`` of
+        ``split`` is held out.
+    data_files: files for a builder name or a folder (a path, a list, or a mapping
+        split -> files).
+    revision: git revision of a hub dataset.
+    hf_cache_dir: the ``datasets`` cache folder (default: its own, ``~/.cache/huggingface``).
+    connect_timeout: seconds to wait for the hub before loading from the local cache only;
+        with ``HF_HUB_OFFLINE=1`` the hub is never contacted.  A hub dataset that is not
+        cached then fails at once with a clear message.
+""" + DATA_CONFIG_FIELDS
+
+
+def load_files(config: FilesDataConfig, tokenizer, kind: str = "auto") -> DataSplits:
+    """Read ``config.path`` (and ``config.val_path``) with the ``kind`` reader and prepare the splits."""
+    records = read_records(config.path, kind)
+    val_records = read_records(config.val_path, kind) if config.val_path else None
+    return prepare_splits(records, tokenizer, config, val_records=val_records, origin=str(config.path))
+
+
+def load_hf(config: HFDataConfig, tokenizer) -> DataSplits:
+    """Read ``config.split`` (and ``config.val_split``) of a Hugging Face dataset and prepare the splits."""
+    options = dict(subset=config.subset, data_files=_plain(config.data_files), revision=config.revision,
+                   cache_dir=config.hf_cache_dir, connect_timeout=config.connect_timeout)
+    records = read_hf(config.path, config.split, **options)
+    val_records = read_hf(config.path, config.val_split, **options) if config.val_split else None
+    return prepare_splits(records, tokenizer, config, val_records=val_records,
+                          origin=f"{config.path}[{config.split}]")
+
+
+def _plain(value):
+    """OmegaConf containers -> plain lists/dicts (``datasets`` checks their types)."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 @tuneforge.hookimpl
 def tuneforge_datasets():
-    return [tuneforge.DatasetSpec("jsonl", JsonlDataConfig, "alpaca or chat records in a .jsonl file",
-                                  load=load_jsonl)]
+    files = [
+        tuneforge.DatasetSpec("files", FilesDataConfig, ".jsonl/.json/.csv/.parquet files or a folder of them",
+                              load=load_files),
+        tuneforge.DatasetSpec("jsonl", FilesDataConfig, "records in .jsonl files",
+                              load=partial(load_files, kind="jsonl")),
+    ]
+    for kind, what in (("json", "a .json array"), ("csv", ".csv files with a header"),
+                       ("parquet", ".parquet files")):
+        files.append(tuneforge.DatasetSpec(kind, TypedFilesDataConfig, f"records in {what}",
+                                           load=partial(load_files, kind=kind)))
+    return [*files, tuneforge.DatasetSpec("hf", HFDataConfig, "a Hugging Face dataset (hub name or local path)",
+                                          load=load_hf)]

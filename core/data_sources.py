@@ -1,0 +1,313 @@
+"""Reading raw records: local ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` files, folders of
+them, and Hugging Face ``datasets``.
+
+Every reader returns :class:`Record` objects that remember where they came
+from, so any later error can name the place: ``path:LINE`` (1-based line of a
+JSON-lines or CSV file, or of a JSON array element's parse error) or
+``path:row N`` (0-based index in a JSON array, a Parquet table or a Hugging Face
+split).  Anything unreadable raises :class:`tuneforge.errors.DataError` with a
+one-line message; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import socket
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from urllib.parse import urlparse
+
+from tuneforge.errors import DataError
+
+log = logging.getLogger("tuneforge")
+
+#: file kind -> the suffixes it reads
+FILE_KINDS = {"jsonl": (".jsonl",), "json": (".json",), "csv": (".csv",), "parquet": (".parquet",)}
+#: accepted values of the ``kind`` argument of :func:`read_records`
+VALID_KINDS = ("auto", *FILE_KINDS)
+
+
+@dataclass
+class Record:
+    """One raw record (a dict) and where it came from (``path:line`` or ``path:row N``)."""
+
+    data: dict
+    source: str
+
+
+def _check_object(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: expected a JSON object (a record with named fields), "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def read_jsonl(path: str | Path) -> list[Record]:
+    """Read a JSON-lines file; a malformed line raises ``DataError`` naming ``file:line``."""
+    path = _existing_file(path)
+    records = []
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line); "
+                                "save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            if lineno == 1:
+                line = line.lstrip("\ufeff")
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                                "each line must be one JSON object") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
+            records.append(Record(_check_object(value, f"{path}:{lineno}"), f"{path}:{lineno}"))
+    return records
+
+
+def read_json(path: str | Path) -> list[Record]:
+    """Read a ``.json`` file holding an array of objects (or JSON lines, as many ``.json`` files are)."""
+    path = _existing_file(path)
+    text = _read_text(path)
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if stripped.startswith("{"):
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError:
+            return read_jsonl(path)  # several objects, one per line
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply") from None
+        return [Record(value, f"{path}:row 0")]
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        line = exc.lineno + text[: len(text) - len(stripped)].count("\n")
+        raise DataError(f"{path}:{line}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                        "a .json file must hold an array of objects") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(value, list):
+        raise DataError(f"{path}: a .json data file must hold an array of objects (or one object "
+                        f"per line), got a top-level {type(value).__name__}")
+    return [Record(_check_object(item, f"{path}:row {i}"), f"{path}:row {i}") for i, item in enumerate(value)]
+
+
+def read_csv(path: str | Path) -> list[Record]:
+    """Read a ``.csv`` file with a header row; each record maps column names to cell strings.
+
+    Sources are ``path:LINE`` where LINE is the file line on which the row starts.
+    """
+    path = _existing_file(path)
+    text = _read_text(path)
+    if not text.strip():
+        return []
+    rows = csv.reader(text.lstrip("\ufeff").splitlines(keepends=True))
+    records = []
+    try:
+        header = next(rows)
+        if len(set(header)) != len(header) or not all(name.strip() for name in header):
+            raise DataError(f"{path}:1: the CSV header must name every column once, got {header}")
+        line_after = rows.line_num
+        for row in rows:
+            start, line_after = line_after + 1, rows.line_num
+            if not row:
+                continue
+            where = f"{path}:{start}"
+            if len(row) != len(header):
+                raise DataError(f"{where}: row has {len(row)} cells but the header names {len(header)} "
+                                f"columns ({', '.join(header)})")
+            records.append(Record(dict(zip(header, row)), where))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{rows.line_num}: malformed CSV ({exc})") from None
+    return records
+
+
+def read_parquet(path: str | Path) -> list[Record]:
+    """Read a ``.parquet`` file with pyarrow; sources are ``path:row N`` (0-based)."""
+    path = _existing_file(path)
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+    except Exception as exc:  # pyarrow raises its own ArrowException family and OSError
+        raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+    return [Record(row, f"{path}:row {i}") for i, row in enumerate(rows)]
+
+
+READERS = {"jsonl": read_jsonl, "json": read_json, "csv": read_csv, "parquet": read_parquet}
+
+
+def read_records(path: str | Path, kind: str = "auto") -> list[Record]:
+    """Records of a data file or of every data file in a folder (recursively, sorted by path).
+
+    ``kind="auto"`` picks the reader from each file's suffix (``.jsonl``,
+    ``.json``, ``.csv``, ``.parquet``); a named kind reads a single file with
+    that reader whatever its suffix, and reads only files with that suffix from
+    a folder.  Hidden files and files with other suffixes in a folder are
+    skipped (and logged); a folder with no data file is an error.
+    """
+    if kind not in VALID_KINDS:
+        raise DataError(f"file kind '{kind}' is not known; valid: {', '.join(VALID_KINDS)}")
+    path = Path(str(path)).expanduser()
+    if path.is_dir():
+        suffixes = FILE_KINDS[kind] if kind != "auto" else tuple(s for v in FILE_KINDS.values() for s in v)
+        files, skipped = [], []
+        for candidate in sorted(path.rglob("*")):
+            relative = candidate.relative_to(path)
+            if not candidate.is_file() or any(part.startswith(".") for part in relative.parts):
+                continue
+            (files if candidate.suffix.lower() in suffixes else skipped).append(candidate)
+        if skipped:
+            log.info("data: skipped %d file(s) in %s that are not %s", len(skipped), path, "/".join(suffixes))
+        if not files:
+            raise DataError(f"{path}: the folder holds no data file (looked for {', '.join(suffixes)})")
+        return [record for file in files for record in _read_file(file, kind)]
+    return _read_file(path, kind)
+
+
+def _read_file(path: Path, kind: str) -> list[Record]:
+    if kind == "auto":
+        kind = next((k for k, suffixes in FILE_KINDS.items() if path.suffix.lower() in suffixes), "")
+        if not kind:
+            _existing_file(path)
+            raise DataError(f"{path}: cannot tell the file type from its suffix '{path.suffix}'; valid: "
+                            ".jsonl, .json, .csv, .parquet (or choose the reader with data=jsonl|json|csv|parquet)")
+    return READERS[kind](path)
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file not found: {path} (set data.path to an existing file or folder)")
+    return path
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte offset {exc.start}); save the file as UTF-8") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face datasets
+# ---------------------------------------------------------------------------
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds.
+
+    Name resolution runs in a helper thread so a hanging DNS lookup cannot
+    block longer than ``timeout`` either.  With an HTTP(S) proxy configured the
+    check is skipped (returns ``True``): the hub may be reachable only through it.
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from huggingface_hub import constants
+
+    parsed = urlparse(constants.ENDPOINT)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def hf_offline_configured() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` put ``datasets`` in offline mode."""
+    import datasets.config
+
+    return bool(datasets.config.HF_HUB_OFFLINE)
+
+
+@contextmanager
+def hf_offline_mode() -> Iterator[None]:
+    """Run ``datasets``/``huggingface_hub`` calls in their offline mode (cache only, no requests).
+
+    Both libraries read ``HF_HUB_OFFLINE`` once at import, so the switch is
+    flipped on their config modules for the duration of the block and restored.
+    """
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
+def read_hf(path: str, split: str = "train", *, subset: Optional[str] = None, data_files: Any = None,
+            revision: Optional[str] = None, cache_dir: Optional[str] = None,
+            connect_timeout: float = 5.0) -> list[Record]:
+    """Records of one split of a Hugging Face dataset (``datasets.load_dataset``).
+
+    ``path`` is a hub name (``tatsu-lab/alpaca``), a local folder or file, or a
+    builder name (``json``, ``csv``, ``parquet``) used with ``data_files``.
+    Local paths and builders load in offline mode.  A hub name is loaded
+    offline (from the local cache only) when ``HF_HUB_OFFLINE=1`` is set or the
+    hub does not answer within ``connect_timeout`` seconds, so an offline
+    machine fails at once with a clear message instead of retrying for
+    minutes.  Sources are ``path[split]:row N``.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("data=hf needs the 'datasets' package (pip install datasets)") from None
+    path = str(path)
+    on_disk = Path(path).expanduser()
+    local = on_disk.exists() or path in ("json", "csv", "parquet", "text", "arrow")
+    if path.startswith((".", "/", "~")) and not local:
+        raise DataError(f"data.path: no such file or folder: {path}")
+    offline = local or hf_offline_configured() or not hub_reachable(connect_timeout)
+    kwargs = dict(path=str(on_disk) if on_disk.exists() else path, name=subset, split=split,
+                  data_files=data_files, revision=revision, cache_dir=cache_dir)
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        if offline:
+            with hf_offline_mode():
+                dataset = datasets.load_dataset(**kwargs)
+        else:
+            dataset = datasets.load_dataset(**kwargs)
+    except ConnectionError as exc:
+        if offline and not local:
+            raise DataError(f"cannot load Hugging Face dataset '{path}': offline (the hub is unreachable or "
+                            "HF_HUB_OFFLINE=1) and it is not in the local datasets cache; download it once "
+                            "with network access, or point data.path at local files") from None
+        raise DataError(f"cannot load Hugging Face dataset '{path}': {_first_line(exc)}") from None
+    except (OSError, ValueError, TypeError, datasets.exceptions.DatasetsError) as exc:
+        hint = " (set data.split / data.val_split)" if "split" in str(exc).lower() else ""
+        raise DataError(f"cannot load Hugging Face dataset '{path}' split '{split}': "
+                        f"{_first_line(exc)}{hint}") from None
+    if not isinstance(dataset, datasets.Dataset):
+        raise DataError(f"Hugging Face dataset '{path}': data.split='{split}' did not select one split "
+                        f"(got {type(dataset).__name__})")
+    return [Record(dict(row), f"{path}[{split}]:row {i}") for i, row in enumerate(dataset)]

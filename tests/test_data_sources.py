@@ -1,0 +1,329 @@
+"""Sources: local files of every kind, folders, Hugging Face datasets, splits, and the Hydra data group."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tuneforge.data import DataConfig, Record, prepare_splits, read_hf, read_records
+from tuneforge.errors import DataError
+from tuneforge.plugins.datasets import FilesDataConfig, HFDataConfig, load_files, load_hf
+from tuneforge.plugins.models import build_tiny_tokenizer
+
+ROWS = [{"instruction": f"Upper-case word {i}.", "input": f"w{i}", "output": f"W{i}"} for i in range(6)]
+
+
+@functools.lru_cache(maxsize=None)
+def tiny():
+    return build_tiny_tokenizer()
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_csv(path: Path, rows) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_parquet(path: Path, rows) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_every_file_kind_reads_the_same_records_with_their_places(tmp_path):
+    files = {
+        "jsonl": write_jsonl(tmp_path / "d.jsonl", ROWS),
+        "json": tmp_path / "d.json",
+        "csv": write_csv(tmp_path / "d.csv", ROWS),
+        "parquet": write_parquet(tmp_path / "d.parquet", ROWS),
+    }
+    files["json"].write_text(json.dumps(ROWS, indent=1), encoding="utf-8")
+    for kind, path in files.items():
+        records = read_records(path)
+        assert [r.data for r in records] == ROWS, kind
+        assert read_records(path, kind) == records
+    assert [r.source for r in read_records(files["jsonl"])] == [f"{files['jsonl']}:{i}" for i in range(1, 7)]
+    assert [r.source for r in read_records(files["csv"])] == [f"{files['csv']}:{i}" for i in range(2, 8)]
+    assert read_records(files["json"])[2].source == f"{files['json']}:row 2"
+    assert read_records(files["parquet"])[5].source == f"{files['parquet']}:row 5"
+
+
+def test_json_file_holding_json_lines_is_read_line_by_line(tmp_path):
+    path = write_jsonl(tmp_path / "lines.json", ROWS[:2])
+    assert [r.source for r in read_records(path)] == [f"{path}:1", f"{path}:2"]
+
+
+def test_csv_multiline_cells_keep_their_start_line_and_json_message_cells_parse(tmp_path):
+    path = tmp_path / "chat.csv"
+    messages = [{"role": "user", "content": "a\nb"}, {"role": "assistant", "content": "c"}]
+    write_csv(path, [{"messages": json.dumps(messages)}, {"messages": json.dumps(messages)}])
+    records = read_records(path)
+    assert [r.source for r in records] == [f"{path}:2", f"{path}:3"]
+    splits = prepare_splits(records, tiny(), DataConfig(val_size=0, cache=False))
+    assert splits.train[0]["messages"] == messages
+
+
+def test_folder_reads_every_data_file_sorted_and_skips_others(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", ROWS[:2])
+    (tmp_path / "b").mkdir()
+    write_csv(tmp_path / "b" / "x.csv", ROWS[2:4])
+    write_parquet(tmp_path / "c.parquet", ROWS[4:])
+    (tmp_path / "README.md").write_text("not data")
+    (tmp_path / ".hidden.jsonl").write_text("{broken")
+    assert [r.data for r in read_records(tmp_path)] == ROWS
+    assert [r.data for r in read_records(tmp_path, "csv")] == ROWS[2:4]
+    with pytest.raises(DataError, match="holds no data file"):
+        read_records(tmp_path / "b", "parquet")
+
+
+def test_bad_json_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n\n{"text": "broken"\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"^{path}:3: invalid JSON") as info:
+        read_records(path)
+    assert "\n" not in str(info.value)
+    path.write_text('{"text": "ok"}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:2: expected a JSON object"):
+        read_records(path)
+    path.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(DataError, match=rf"{path}:2: not UTF-8"):
+        read_records(path)
+
+
+def test_bad_json_array_and_csv_rows_name_their_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n {"text": "a"},\n {"text": }\n]', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:3: invalid JSON"):
+        read_records(path)
+    path.write_text('{"rows": []}', encoding="utf-8")
+    assert read_records(path)[0].data == {"rows": []}
+    path.write_text('"just a string"', encoding="utf-8")
+    with pytest.raises(DataError, match="must hold an array of objects"):
+        read_records(path)
+    ragged = tmp_path / "bad.csv"
+    ragged.write_text("instruction,output\nq,a\nq2,a2,extra\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{ragged}:3: row has 3 cells but the header names 2"):
+        read_records(ragged)
+
+
+def test_a_bad_record_deep_in_a_file_is_reported_with_its_line(tmp_path):
+    rows = ROWS + [{"instruction": "no output here"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=rf"{path}:7: alpaca record is missing 'output'"):
+        load_files(FilesDataConfig(path=str(path), cache=False, val_size=0), tiny())
+
+
+def test_missing_and_unknown_files_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="data file not found"):
+        read_records(tmp_path / "nope.jsonl")
+    (tmp_path / "d.txt").write_text("x")
+    with pytest.raises(DataError, match=r"suffix '.txt'; valid: .jsonl, .json, .csv, .parquet"):
+        read_records(tmp_path / "d.txt")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        read_records(tmp_path / "bad.parquet")
+
+
+def test_named_kind_reads_a_file_whatever_its_suffix(tmp_path):
+    path = write_jsonl(tmp_path / "train.txt", ROWS)
+    splits = load_files(FilesDataConfig(path=str(path), cache=False), tiny(), kind="jsonl")
+    assert splits.stats["train_records"] + splits.stats["val_records"] == len(ROWS)
+
+
+def test_split_by_fraction_count_or_file_is_deterministic(tmp_path):
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(20)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    base = dict(path=str(path), cache=False)
+    by_fraction = load_files(FilesDataConfig(**base, val_fraction=0.25), tiny())
+    assert (by_fraction.stats["train_examples"], by_fraction.stats["val_examples"]) == (15, 5)
+    again = load_files(FilesDataConfig(**base, val_fraction=0.25), tiny())
+    assert [e["source"] for e in again.train] == [e["source"] for e in by_fraction.train]
+    other_seed = load_files(FilesDataConfig(**base, val_fraction=0.25, seed=1), tiny())
+    assert [e["source"] for e in other_seed.train] != [e["source"] for e in by_fraction.train]
+    by_count = load_files(FilesDataConfig(**base, val_size=3), tiny())
+    assert len(by_count.val) == 3 and len(by_count.train) == 17
+    assert not {e["source"] for e in by_count.val} & {e["source"] for e in by_count.train}
+    unshuffled = load_files(FilesDataConfig(**base, val_size=2, shuffle=False), tiny())
+    assert [e["record"] for e in unshuffled.val] == rows[:2]
+    val_file = write_jsonl(tmp_path / "v.jsonl", rows[:4])
+    separate = load_files(FilesDataConfig(**base, val_path=str(val_file)), tiny())
+    assert len(separate.train) == 20 and [e["source"] for e in separate.val] == [f"{val_file}:{i}" for i in range(1, 5)]
+    limited = load_files(FilesDataConfig(**base, val_size=5, max_examples=4), tiny())
+    assert (limited.stats["train_records"], limited.stats["val_records"]) == (4, 5)
+    with pytest.raises(DataError, match="leaves no training records"):
+        load_files(FilesDataConfig(**base, val_size=20), tiny())
+
+
+def test_truncation_and_drop_are_counted_in_stats(tmp_path):
+    rows = [{"instruction": "q", "output": "x" * 200}, {"instruction": "q", "output": "y"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = dict(path=str(path), cache=False, val_size=0, max_length=40)
+    assert load_files(FilesDataConfig(**cfg), tiny()).stats["truncated"] == 1
+    dropped = load_files(FilesDataConfig(**cfg, truncation="drop"), tiny())
+    assert dropped.stats["dropped"] == 1 and dropped.stats["train_examples"] == 1
+
+
+def test_shipped_sample_loads_with_default_config():
+    from omegaconf import OmegaConf
+
+    splits = load_files(OmegaConf.structured(FilesDataConfig(cache=False)), tiny())
+    assert splits.stats["formats"] == {"alpaca": 32, "chat": 32}
+    assert splits.train and splits.val
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face datasets
+# ---------------------------------------------------------------------------
+
+
+def test_hf_local_folder_and_builder_with_data_files(tmp_path):
+    data = tmp_path / "ds"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", ROWS)
+    write_jsonl(data / "validation.jsonl", ROWS[:2])
+    cache = str(tmp_path / "hf-cache")
+    records = read_hf(str(data), "train", cache_dir=cache)
+    assert [r.data for r in records] == ROWS and records[3].source == f"{data}[train]:row 3"
+    splits = load_hf(HFDataConfig(path=str(data), val_split="validation", hf_cache_dir=cache, cache=False), tiny())
+    assert splits.stats["train_records"] == 6 and splits.stats["val_records"] == 2
+    built = load_hf(HFDataConfig(path="json", data_files=str(data / "train.jsonl"), hf_cache_dir=cache,
+                                 cache=False, val_size=1), tiny())
+    assert built.stats["train_records"] == 5
+    with pytest.raises(DataError, match="Unknown split"):
+        read_hf(str(data), "test", cache_dir=cache)
+
+
+def test_hf_hub_name_fails_fast_and_clearly_when_the_hub_cannot_be_reached(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(DataError) as info:
+        read_hf("tuneforge-tests/no-such-dataset", "train", cache_dir=str(tmp_path), connect_timeout=2)
+    assert time.monotonic() - started < 20
+    message = str(info.value)
+    assert "tuneforge-tests/no-such-dataset" in message and "\n" not in message
+
+
+def test_hf_offline_env_fails_at_once_with_a_clear_message(tmp_path):
+    script = ("from tuneforge.data import read_hf\n"
+              "from tuneforge.errors import DataError\n"
+              "try:\n"
+              f"    read_hf('tatsu-lab/alpaca', 'train', cache_dir={str(tmp_path)!r})\n"
+              "except DataError as exc:\n"
+              "    print('DataError:', exc)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 30
+    assert "DataError: cannot load Hugging Face dataset 'tatsu-lab/alpaca': offline" in result.stdout
+    assert "not in the local datasets cache" in result.stdout
+
+
+def test_hf_missing_local_path_is_an_error():
+    with pytest.raises(DataError, match="no such file or folder"):
+        read_hf("./definitely/not/here", "train")
+
+
+# ---------------------------------------------------------------------------
+# Hydra: the data group
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def plugins():
+    from tuneforge.app import load_plugins
+
+    return load_plugins([])
+
+
+def compose(*overrides):
+    from tuneforge.app import compose as compose_config
+
+    return compose_config(list(overrides), plugins())
+
+
+def test_data_group_offers_every_source_and_jsonl_keeps_its_fields(tmp_path):
+    path = write_csv(tmp_path / "qa.csv", [{"question": r["instruction"], "answer": r["output"]} for r in ROWS])
+    cfg = compose("data=csv", f"data.path={path}", "data.columns={instruction: question, output: answer}",
+                  "data.cache=false", "data.val_size=1")
+    spec = plugins()["data"].get(cfg.data.name)
+    splits = spec.load(cfg.data, tiny())
+    assert cfg.data.name == "csv" and splits.stats["train_records"] == 5
+    assert [m["role"] for m in splits.train[0]["messages"]] == ["user", "assistant"]
+    assert splits.train[0]["messages"][0]["content"].startswith("Upper-case word")
+    jsonl = compose("data=jsonl", f"data.path={write_jsonl(tmp_path / 'd.jsonl', ROWS)}", "data.val_fraction=0.5",
+                    "data.format=alpaca", "data.max_length=64", "data.truncation=drop", "data.train_on_inputs=true",
+                    "data.max_examples=2", "data.seed=3", "data.cache=false")
+    splits = plugins()["data"].get("jsonl").load(jsonl.data, tiny())
+    assert (splits.stats["train_records"], splits.stats["val_records"]) == (2, 3)
+    hf = compose("data=hf", "data.path=json", "data.split=train")
+    assert hf.data.name == "hf" and hf.data.val_split is None
+    for name in ("files", "json", "parquet"):
+        assert compose(f"data={name}", "data.path=x").data.name == name
+
+
+def test_every_data_config_field_is_documented():
+    import dataclasses
+
+    from tuneforge.plugins.datasets import tuneforge_datasets
+
+    for spec in tuneforge_datasets():
+        for f in dataclasses.fields(spec.config):
+            assert f"\n    {f.name}: " in spec.config.__doc__, (spec.name, f.name)
+
+
+# ---------------------------------------------------------------------------
+# Property: garbled files give DataError or records, never another exception
+# ---------------------------------------------------------------------------
+
+_garbage = st.one_of(
+    st.binary(max_size=120),
+    st.lists(st.one_of(st.text(max_size=30), st.sampled_from(['{"text": "a"}', '{"instruction": "i"}', "[]",
+                                                              '{"messages": [{"role": "user"}]}', "", "\x00",
+                                                              '"q","a"', 'instruction,output'])),
+             max_size=6).map(lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(content=_garbage, suffix=st.sampled_from([".jsonl", ".json", ".csv", ".parquet"]))
+def test_garbled_files_raise_only_data_error(tmp_path, content, suffix):
+    path = tmp_path / f"garbled{suffix}"
+    path.write_bytes(content)
+    try:
+        records = read_records(path)
+        if records:
+            prepare_splits(records, tiny(), DataConfig(val_size=0, cache=False, max_length=32))
+    except DataError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert all(isinstance(r, Record) and isinstance(r.data, dict) for r in records)
+
+
+def test_shipped_preference_sample_trains_with_dpo(tmp_path):
+    """The preference keys the data produces are the ones the dpo loss consumes, end to end."""
+    from tuneforge.testing import run_tiny_fit
+
+    result = run_tiny_fit(tmp_path, overrides=[
+        "data=jsonl", "data.path=${tuneforge_sample:preference.jsonl}", f"data.cache_dir={tmp_path / 'cache'}",
+        "data.val_size=4", "loss=dpo", "adapter=lora", "trainer.max_steps=2", "evaluators=[]"])
+    assert result.metrics["steps"] == 2
+    assert result.metrics["data"]["formats"] == {"preference": 40}
+    assert result.metrics["data"]["train_examples"] == 36 and result.metrics["data"]["cache"] == "miss"
