@@ -27,6 +27,13 @@ commands:
   eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
                tuneforge eval run_dir=runs/x [evaluators=[exact_match,rouge] data.val_path=...]
                tuneforge eval model=hf model.path=... data.path=... [out=<dir>]
+  generate   answer one prompt with a run's tuned model, streaming to stdout:
+               tuneforge generate run_dir=runs/x prompt="..." [max_new_tokens=256 temperature=0 top_p=1 system=...]
+  chat       chat with a run's tuned model on stdin (keeps the history; /exit or EOF quits):
+               tuneforge chat run_dir=runs/x [system=... temperature=0]
+  export     merge the run's LoRA/IA3 adapter into the base weights and save a Hugging Face model folder:
+               tuneforge export run_dir=runs/x out=merged/
+             'tuneforge <generate|chat|export> --help' lists their keys.
 
 options:
   -h, --help     show this help
@@ -45,6 +52,9 @@ COMMANDS = {
     "train": "tuneforge.cli:train_command",
     "plugins": "tuneforge.cli:plugins_command",
     "eval": "tuneforge.run:eval_command",
+    "generate": "tuneforge.inference:generate_command",
+    "chat": "tuneforge.inference:chat_command",
+    "export": "tuneforge.export:export_command",
 }
 
 
