@@ -24,8 +24,16 @@ def plugin_selection(overrides: Sequence[str]) -> PluginSelection:
     """The plugin switches named in ``overrides`` merged with the environment's."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from hydra.errors import OverrideParseException
+
     values = {}
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as exc:
+        bad = str(exc).splitlines()[0].split(": ", 1)[-1]
+        raise ConfigError(f"cannot parse override {bad}; write key=value, group=choice or key=[a,b] "
+                          "(quote the whole argument in the shell)") from None
+    for override in parsed:
         key = override.key_or_group
         if key in ("plugins.disable", "plugins.enable", "plugins.autoload"):
             values[key.split(".")[1]] = override.value()

@@ -117,11 +117,18 @@ def train_command(args: list) -> None:
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
     def hydra_train(cfg) -> None:
         from tuneforge.errors import TuneforgeError
+        from tuneforge.run import RunInterrupted
+        from tuneforge.secrets import install_log_redaction
 
         # Hydra's root handler already prints and files Lightning's messages: avoid doubles.
         logging.getLogger("lightning.pytorch").handlers.clear()
+        install_log_redaction()
+        run_dir = cfg.run_dir or HydraConfig.get().runtime.output_dir
         try:
-            metrics = run_train(cfg, plugins, HydraConfig.get().runtime.output_dir)
+            metrics = run_train(cfg, plugins, run_dir)
+        except RunInterrupted as exc:
+            print(f"tuneforge: {exc}.\nResume with: {resume_command(args, run_dir)}", file=sys.stderr)
+            raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
         except TuneforgeError as exc:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -129,6 +136,14 @@ def train_command(args: list) -> None:
         _print_summary(cfg, metrics)
 
     hydra_train()
+
+
+def resume_command(args: list, run_dir) -> str:
+    """The command that continues an interrupted run: same arguments, same run directory."""
+    import shlex
+
+    kept = [a for a in args if not a.startswith(("hydra.run.dir=", "run_dir=", "resume="))]
+    return shlex.join(["tuneforge", "train", *kept, f"hydra.run.dir={run_dir}"])
 
 
 def _print_summary(cfg, metrics: dict) -> None:

@@ -38,6 +38,9 @@ class TrainerConfig:
     log_every_n_steps: int = 1
     enable_progress_bar: bool = True
     deterministic: bool = False
+    #: what a non-finite (nan/inf) training loss does: ``stop`` the run at that
+    #: step (the last checkpoint stays the good one) or ``skip`` the batch (counted)
+    on_nonfinite_loss: str = "stop"
 
 
 @dataclass
@@ -104,6 +107,18 @@ class QualityConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Resumable checkpoints in ``<run_dir>/checkpoints/step-N`` (safetensors + JSON).
+
+    ``every_n_steps``: optimizer steps between checkpoints (0: only at the end
+    and on SIGTERM/SIGINT).  ``keep_last``: how many to keep (0: all).
+    """
+
+    every_n_steps: int = 0
+    keep_last: int = 2
+
+
+@dataclass
 class TuneforgeConfig:
     """Root schema.  ``run_dir`` defaults to Hydra's output directory."""
 
@@ -119,6 +134,10 @@ class TuneforgeConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    #: ``auto``: continue the newest valid checkpoint of the run directory;
+    #: ``never``: start over; or the path of a checkpoint directory
+    resume: str = "auto"
     seed: int = 42
     run_dir: Optional[str] = None
     threads: Optional[int] = None

@@ -10,7 +10,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from tuneforge.data import DataSplits, pad_batch
+from tuneforge.errors import TuneforgeError
 from tuneforge.losses import loss_weight
+from tuneforge.resilience import ResumableDataLoader, ResumableSampler, rng_states, set_rng_states
+
+
+class NonFiniteLossError(TuneforgeError):
+    """The training loss became nan or inf."""
 
 
 class FineTuneModule(pl.LightningModule):
@@ -29,13 +35,23 @@ class FineTuneModule(pl.LightningModule):
     are not normalised this way.
     """
 
-    def __init__(self, model, loss_fn, optim_config):
+    #: checkpoints hold only trainable weights (the frozen base comes from the model source)
+    strict_loading = False
+
+    def __init__(self, model, loss_fn, optim_config, on_nonfinite_loss: str = "stop"):
         super().__init__()
+        if on_nonfinite_loss not in ("stop", "skip"):
+            from tuneforge.errors import ConfigError
+
+            raise ConfigError(f"trainer.on_nonfinite_loss is '{on_nonfinite_loss}'; valid: stop, skip")
         self.model = model
         self.loss_fn = loss_fn
         self.optim_config = optim_config
+        self.on_nonfinite_loss = on_nonfinite_loss
+        self.skipped_batches = 0
         self._window_units = 0.0
         self._loss_scale = None
+        self._pending_rng = None
 
     def _log_output(self, output, batch, stage: str) -> float:
         weight = loss_weight(output)
@@ -55,10 +71,14 @@ class FineTuneModule(pl.LightningModule):
         weight = self._log_output(output, batch, "train")
         loss = output.loss
         if not torch.isfinite(loss):
-            from tuneforge.errors import TuneforgeError
-
-            raise TuneforgeError(f"training loss is {float(loss)} at step {self.global_step}; "
-                                 "lower optim.lr or check the data")
+            if self.on_nonfinite_loss == "skip":
+                self.skipped_batches += 1
+                self.log("train/skipped_batches", float(self.skipped_batches), on_step=True)
+                return None  # Lightning skips backward and the optimizer step for this batch
+            raise NonFiniteLossError(
+                f"training loss is {float(loss)} at step {self.global_step + 1} (batch {batch_idx} of epoch "
+                f"{self.current_epoch}); the run stops here and the last checkpoint stays the good one. Lower "
+                "optim.lr, check the data, or set trainer.on_nonfinite_loss=skip")
         if self._loss_scale is None:  # one constant for every rank and step, so the rescale stays exact
             self._loss_scale = float(self.trainer.strategy.broadcast(max(weight, 1.0), src=0))
         self._window_units += weight
@@ -77,6 +97,24 @@ class FineTuneModule(pl.LightningModule):
                 for parameter in group["params"]:
                     if parameter.grad is not None:
                         parameter.grad.mul_(factor)
+
+    # -- checkpoints: trainable weights, RNG states and the loss scale ---------
+    def on_save_checkpoint(self, checkpoint):
+        trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng_states"] = rng_states()
+        checkpoint["loss_scale"] = self._loss_scale
+        checkpoint["skipped_batches"] = self.skipped_batches
+
+    def on_load_checkpoint(self, checkpoint):
+        self._pending_rng = checkpoint.get("rng_states")
+        self._loss_scale = checkpoint.get("loss_scale")
+        self.skipped_batches = checkpoint.get("skipped_batches", 0)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self._pending_rng is not None:  # the RNG as it was right after the checkpointed step
+            set_rng_states(self._pending_rng)
+            self._pending_rng = None
 
     def validation_step(self, batch, batch_idx):
         output = self.loss_fn(self.model, batch)
@@ -134,10 +172,18 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self):
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.splits.train, batch_size=self.loader_config.batch_size,
-                          shuffle=self.loader_config.shuffle, collate_fn=self.collate,
-                          num_workers=self.loader_config.num_workers, generator=generator)
+        """Order depends only on (seed, epoch); the position is saved in checkpoints (exact resume)."""
+        sampler = ResumableSampler(len(self.splits.train), self.seed, self.loader_config.shuffle,
+                                   self.loader_config.batch_size)
+        loader = ResumableDataLoader(self.splits.train, batch_size=self.loader_config.batch_size,
+                                     sampler=sampler, collate_fn=self.collate,
+                                     num_workers=self.loader_config.num_workers,
+                                     generator=torch.Generator().manual_seed(self.seed))
+        loader.position_fn = self._batches_done_this_epoch
+        return loader
+
+    def _batches_done_this_epoch(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self):
         if not self.splits.val:

@@ -23,6 +23,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
+    from tuneforge.checkpoint import safe_checkpoint_io
+
     t = cfg.trainer
     strategy = cfg.strategy.name
     if cfg.strategy.kwargs:
@@ -36,7 +38,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic, enable_checkpointing=False, default_root_dir=str(run_dir),
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""), callbacks=callbacks,
-        num_sanity_val_steps=0, enable_model_summary=False)
+        num_sanity_val_steps=0, enable_model_summary=False, plugins=[safe_checkpoint_io()],
+        use_distributed_sampler=False)  # ResumableSampler shards by rank itself
 
 
 def _strategy_object(name: str, kwargs: dict):
@@ -106,12 +109,83 @@ def write_json(path: Path, value) -> None:
 
 
 def save_model(adapter_spec, model, tokenizer, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    if adapter_spec.save is not None:
-        adapter_spec.save(model, str(directory))
-    else:
-        model.save_pretrained(str(directory), safe_serialization=True)
-    tokenizer.save_pretrained(str(directory))
+    """Save weights and tokenizer under a temporary name, then rename: never a half-written model/."""
+    import shutil
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if adapter_spec.save is not None:
+            adapter_spec.save(model, str(tmp))
+        else:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if "os error 28" in str(exc) or getattr(exc, "errno", None) == 28:
+            from tuneforge.errors import TuneforgeError
+
+            raise TuneforgeError(f"disk full while saving the trained model to {directory}") from exc
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+
+
+class RunInterrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Optional[Path], run_dir: Path):
+        self.signal_name, self.step, self.checkpoint, self.run_dir = signal_name, step, checkpoint, run_dir
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (stopped before training)"
+        super().__init__(f"interrupted by {signal_name} at step {step}; saved {where}")
+
+
+def resolved_config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML with secrets (tokens, API keys) replaced by ``***``."""
+    from tuneforge.secrets import redact
+
+    return OmegaConf.to_yaml(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))))
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
+    """Check the run directory against ``cfg.resume``; return the checkpoint to resume from.
+
+    A directory that already holds another run (different model, adapter or
+    data) or a completed run is refused unless ``resume=never``.
+    """
+    from tuneforge.checkpoint import (
+        CheckpointError, check_same_run, identity_differences, resolve_resume, run_identity)
+
+    checkpoint = resolve_resume(str(cfg.resume), run_dir)
+    if checkpoint is not None:
+        check_same_run(checkpoint, cfg)
+        log.info("resuming from %s", checkpoint)
+        return checkpoint
+    if str(cfg.resume) in ("never", "none", "false"):
+        return None
+    saved_config, status_file = run_dir / "config.yaml", run_dir / "status.json"
+    if saved_config.is_file():
+        differences = identity_differences(run_identity(OmegaConf.load(saved_config)), run_identity(cfg))
+        if differences:
+            raise CheckpointError(f"{run_dir} holds a different run: {'; '.join(differences)}. Use another run "
+                                  "directory, or resume=never to overwrite it")
+    if status_file.is_file() and json.loads(status_file.read_text()).get("status") == "completed":
+        raise CheckpointError(f"{run_dir} holds a completed run; use another run directory, or resume=never to "
+                              "train it again from the start")
+    return None
+
+
+def join_predictions(base_rows: list, tuned_rows: list) -> list:
+    """Add each base output (saved before training) to the tuned row of the same prompt."""
+    def key(row):
+        return row["set"], row["kind"], row["source"], row["prompt"]
+
+    base_by_key = {key(row): row.get("base") for row in base_rows}
+    joined = [dict(row, base=base_by_key.get(key(row))) for row in tuned_rows]
+    seen = {key(row) for row in tuned_rows}
+    joined += [row for row in base_rows if key(row) not in seen]
+    return joined
 
 
 def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
@@ -131,17 +205,21 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
     from tuneforge import quality
     from tuneforge.evaluation import merge_predictions
 
+    from tuneforge.checkpoint import run_identity
+    from tuneforge.resilience import CheckpointAndInterrupt
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rank_zero = int(_env_rank()) == 0
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    resume_from = prepare_run_dir(cfg, run_dir)
     if rank_zero:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        write_json(run_dir / "status.json", {"status": "running"})
+        (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
+        write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
     plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir)
     metrics: dict = {}
-    status = "failed"
+    status, error = "failed", None
     started = time.time()
     try:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -165,12 +243,27 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         callbacks = [plugins["callbacks"].get(c.name).build(c) for c in cfg.callbacks.values()]
         throughput = token_counter()
 
-        metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
-        module = _fine_tune_module(model, loss_fn, cfg.optim)
+        # Base-model evaluation happens once per run: a resumed run reuses the saved result.
+        base_file = run_dir / "base_eval.json"
+        if resume_from is not None and base_file.is_file():
+            saved = json.loads(base_file.read_text())
+            metrics["base"], base_rows = saved["metrics"], saved["predictions"]
+        else:
+            metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
+            base_rows = merge_predictions({"base": base_pass})
+            if rank_zero:
+                write_json(base_file, {"metrics": metrics["base"], "predictions": base_rows})
+        module = _fine_tune_module(model, loss_fn, cfg.optim, cfg.trainer.on_nonfinite_loss)
         datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed)
-        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput])
+        checkpointer = CheckpointAndInterrupt(run_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
+                                              run_identity(cfg))
+        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer])
         fit_started = time.time()
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from))
+        if checkpointer.interrupted_by:
+            status = "interrupted"
+            raise RunInterrupted(checkpointer.interrupted_by, trainer.global_step, checkpointer.last_saved, run_dir)
+        metrics["skipped_nonfinite_batches"] = module.skipped_batches
         metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
@@ -178,14 +271,26 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         metrics["wall_time_s"] = time.time() - started
         if trainer.is_global_zero:
             save_model(adapter_spec, model, tokenizer, run_dir / "model")
-            write_outputs(run_dir, cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),
-                          metrics_csv=run_dir / "metrics.csv")
+            predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
+            write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")
         status = "completed"
         return metrics
+    except KeyboardInterrupt:
+        status, error = "interrupted", "KeyboardInterrupt before training started or after it ended"
+        raise
+    except Exception as exc:
+        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise
     finally:
         if rank_zero:
-            write_json(run_dir / "status.json", {"status": status, "wall_time_s": time.time() - started})
+            write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
+                                                 "resumed_from": _str(resume_from),
+                                                 "wall_time_s": time.time() - started})
         plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics)
+
+
+def _str(path: Optional[Path]) -> Optional[str]:
+    return None if path is None else str(path)
 
 
 def write_outputs(directory: Path, cfg: DictConfig, metrics: dict, predictions: list,
@@ -198,7 +303,7 @@ def write_outputs(directory: Path, cfg: DictConfig, metrics: dict, predictions: 
         metrics["overfitting"] = overfitting_signal(read_loss_curves(metrics_csv), metrics.get("tuned", {}))
     write_json(directory / "metrics.json", metrics)
     write_predictions(directory / "predictions.jsonl", predictions)
-    write_report(directory, metrics, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), predictions=predictions,
+    write_report(directory, metrics, config_yaml=resolved_config_yaml(cfg), predictions=predictions,
                  metrics_csv=metrics_csv, title=title)
 
 
@@ -363,10 +468,10 @@ def _env_rank() -> str:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
 
 
-def _fine_tune_module(model, loss_fn, optim_cfg):
+def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop"):
     from tuneforge.lightning_module import FineTuneModule
 
-    return FineTuneModule(model, loss_fn, optim_cfg)
+    return FineTuneModule(model, loss_fn, optim_cfg, on_nonfinite_loss)
 
 
 def _data_module(splits, pad_token_id, loader_cfg, seed):

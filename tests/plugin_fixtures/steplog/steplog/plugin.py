@@ -1,0 +1,46 @@
+"""A callback plugin for fault tests: logs every micro-batch, can SIGKILL itself or go slowly."""
+
+import hashlib
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import tuneforge
+
+
+@dataclass
+class BatchLogConfig:
+    """path: JSON-lines file receiving {step, batch, lr, ids} per micro-batch.
+    kill_at_step: SIGKILL this process when this optimizer step is about to start.
+    sleep_s: pause per micro-batch (to give a test time to send a signal)."""
+
+    path: str = "???"
+    kill_at_step: Optional[int] = None
+    sleep_s: float = 0.0
+
+
+def build_batch_log(config):
+    import lightning.pytorch as pl
+
+    class BatchLog(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if config.kill_at_step is not None and trainer.global_step == config.kill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            digest = hashlib.sha1(batch["input_ids"].numpy().tobytes()).hexdigest()[:16]
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            with open(config.path, "a") as handle:
+                handle.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                         "batch": batch_idx, "lr": lr, "ids": digest}) + "\n")
+            if config.sleep_s:
+                time.sleep(config.sleep_s)
+
+    return BatchLog()
+
+
+@tuneforge.hookimpl
+def tuneforge_callbacks():
+    return [tuneforge.CallbackSpec("batch_log", BatchLogConfig, "log batches for fault tests",
+                                   build=build_batch_log)]

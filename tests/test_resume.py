@@ -1,0 +1,103 @@
+"""Crash and preemption: SIGKILL + resume equals an uninterrupted run; SIGTERM checkpoints and says how to resume."""
+
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import FIXTURES, run_cli, train_losses
+
+RUN = ["train", "adapter.lora_dropout=0.1", "trainer.max_steps=10", "trainer.accumulate_grad_batches=2",
+       "loader.batch_size=4", "optim.lr=5e-3", "optim.warmup_steps=2", "checkpoint.every_n_steps=3",
+       "checkpoint.keep_last=2", "trainer.enable_progress_bar=false", "threads=1", "callbacks=[batch_log]"]
+
+
+def _batches(log_path):
+    """The micro-batches that count: for a resumed run, the later record of each (step, batch) wins."""
+    final = {}
+    for line in log_path.read_text().splitlines():
+        row = json.loads(line)
+        final[(row["epoch"], row["batch"])] = row
+    return [final[key] for key in sorted(final)]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
+    result = run_cli([*RUN, f"callbacks.batch_log.path={tmp_path / 'reference.log'}",
+                      f"hydra.run.dir={reference}"], site_dirs=["steplog"])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    kill_step = random.Random().randint(4, 9)  # after the first checkpoint (step 3)
+    killed = run_cli([*RUN, f"callbacks.batch_log.path={tmp_path / 'crashed.log'}",
+                      f"callbacks.batch_log.kill_at_step={kill_step}", f"hydra.run.dir={crashed}"],
+                     site_dirs=["steplog"])
+    assert killed.returncode == -signal.SIGKILL, (kill_step, killed.stderr[-2000:])
+    assert json.loads((crashed / "status.json").read_text())["status"] == "running"
+    assert not (crashed / "model").exists()  # a crashed run presents no model
+    resumed = run_cli([*RUN, f"callbacks.batch_log.path={tmp_path / 'crashed.log'}", f"hydra.run.dir={crashed}"],
+                      site_dirs=["steplog"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    status = json.loads((crashed / "status.json").read_text())
+    assert status["status"] == "completed" and status["steps"] == 10
+    assert status["resumed_from"].endswith(f"step-{(kill_step // 3) * 3:08d}"), (kill_step, status)
+
+    expected, got = _batches(tmp_path / "reference.log"), _batches(tmp_path / "crashed.log")
+    assert [b["ids"] for b in got] == [b["ids"] for b in expected], f"data order differs (killed at {kill_step})"
+    assert [b["lr"] for b in got] == pytest.approx([b["lr"] for b in expected], rel=1e-9)
+    # 58 training examples / batch 4 = 15 micro-batches per epoch; 10 steps of 2 (one epoch-end step of 1)
+    assert len(got) == 19 and got[-1]["step"] == 9 and got[-1]["epoch"] == 1
+    a = load_file(str(reference / "model" / "adapter_model.safetensors"))
+    b = load_file(str(crashed / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
+    assert train_losses(crashed)[-1] == pytest.approx(train_losses(reference)[-1], abs=1e-5)
+    assert json.loads((crashed / "metrics.json").read_text())["base"] == json.loads(
+        (reference / "metrics.json").read_text())["base"]
+    assert len(list((crashed / "checkpoints").iterdir())) == 2  # keep_last
+
+
+def test_sigterm_saves_a_checkpoint_and_prints_how_to_resume(tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "batches.log"
+    env = dict(os.environ, PYTHONPATH=str(FIXTURES / "steplog"))
+    env.pop("TUNEFORGE_COMMAND", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tuneforge", *RUN, f"callbacks.batch_log.path={log}", "callbacks.batch_log.sleep_s=0.3",
+         f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert lines[-2].startswith("tuneforge: interrupted by SIGTERM at step ")
+    resume = lines[-1]
+    assert resume.startswith("Resume with: tuneforge train ") and resume.endswith(f"hydra.run.dir={run_dir}")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    checkpoints = sorted((run_dir / "checkpoints").iterdir())
+    assert checkpoints and (checkpoints[-1] / "COMPLETE").is_file()
+
+    args = shlex.split(resume.split("Resume with: ", 1)[1])[2:]
+    args = [a.replace("callbacks.batch_log.sleep_s=0.3", "callbacks.batch_log.sleep_s=0") for a in args]
+    finished = run_cli(["train", *args], site_dirs=["steplog"])
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["steps"] == 10
+    assert len(_batches(log)) == 19
+
+
+def test_resuming_into_another_runs_directory_is_refused(tmp_path):
+    first = run_cli(["train", "trainer.max_steps=2", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = run_cli(["train", "trainer.max_steps=2", "adapter.r=4", f"hydra.run.dir={tmp_path}"])
+    assert other.returncode == 2
+    assert "belongs to a different run: adapter.r (8 -> 4)" in other.stderr.strip().splitlines()[-1]
