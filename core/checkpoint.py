@@ -235,9 +235,11 @@ def run_identity(cfg) -> dict:
     """The config sections that define which run a checkpoint belongs to (flattened)."""
     from omegaconf import OmegaConf
 
+    from tuneforge.secrets import redact
+
     identity = {}
     for section in IDENTITY_SECTIONS:
-        container = OmegaConf.to_container(cfg[section], resolve=True)
+        container = redact(OmegaConf.to_container(cfg[section], resolve=True), key=section)
         identity.update(_flatten(container, section))
     return identity
 

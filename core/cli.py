@@ -167,11 +167,12 @@ def plugins_command(args: list) -> None:
     from tuneforge.plugin_manager import create_plugin_manager
 
     plugins = create_plugin_manager(plugin_selection(args))
-    print(f"{'plugin':<14} {'distribution':<28} contributes")
+    width = max(len("plugin"), *(len(name) for name in plugins.infos))
+    print(f"{'plugin':<{width}}  {'distribution':<20}  contributes")
     for name, info in plugins.infos.items():
         dist = f"{info.distribution} {info.version}".strip()
         contributes = "; ".join(f"{group}: {', '.join(names)}"
                                 for group, names in plugins.contributions(name).items())
-        print(f"{name:<14} {dist:<28} {contributes or '(lifecycle hooks only)'}")
+        print(f"{name:<{width}}  {dist:<20}  {contributes or '(lifecycle hooks only)'}")
     if plugins.blocked:
         print(f"blocked (not imported): {', '.join(plugins.blocked)}")

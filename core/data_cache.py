@@ -1,6 +1,7 @@
 """On-disk cache of tokenized data.
 
-A cache entry is one pickle file named by a SHA-256 key over everything that
+A cache entry is one JSON file (never a pickle: a cache file must not be able
+to run code when read) named by a SHA-256 key over everything that
 changes the tokenized output: the content of the records (after the split,
 shuffle and ``max_examples``, with their sources), a fingerprint of the
 tokenizer's *content* (its serialized vocabulary, merges, normalizers, added
@@ -18,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +26,7 @@ from typing import Any, Optional
 log = logging.getLogger("tuneforge")
 
 #: bump when the tokenized output of the same inputs changes
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 #: tokenizer init arguments that name files or locations, not content
 _LOCATION_KWARGS = ("name_or_path", "cache_dir", "local_files_only", "revision", "token", "use_auth_token",
@@ -89,7 +89,7 @@ def cache_key(*, records: str, tokenizer: str, chat_template: Optional[str], opt
 
 
 def cache_path(cache_dir: Optional[str | Path], key: str) -> Path:
-    return Path(cache_dir).expanduser() / f"{key}.pkl" if cache_dir else default_cache_dir() / f"{key}.pkl"
+    return Path(cache_dir).expanduser() / f"{key}.json" if cache_dir else default_cache_dir() / f"{key}.json"
 
 
 def load_cached(path: Path) -> Optional[Any]:
@@ -97,8 +97,8 @@ def load_cached(path: Path) -> Optional[Any]:
     if not path.is_file():
         return None
     try:
-        with path.open("rb") as handle:
-            value = pickle.load(handle)
+        with path.open("r", encoding="utf-8") as handle:
+            value = json.load(handle)
     except Exception as exc:  # a truncated or foreign file: rebuild it rather than fail the run
         log.warning("data cache entry %s is unreadable (%s); rebuilding it", path, type(exc).__name__)
         return None
@@ -111,18 +111,18 @@ def save_cached(path: Path, value: dict) -> bool:
     """Write ``value`` atomically; returns ``False`` (logged) when the cache folder is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                             delete=False)
+        handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp", delete=False)
         try:
             with handle:
-                pickle.dump(dict(value, version=CACHE_VERSION), handle, protocol=pickle.HIGHEST_PROTOCOL)
+                json.dump(dict(value, version=CACHE_VERSION), handle, ensure_ascii=False)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(handle.name, path)
         except BaseException:
             Path(handle.name).unlink(missing_ok=True)
             raise
-    except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
+    except (OSError, TypeError, ValueError) as exc:  # TypeError: a record value JSON cannot hold
         log.warning("cannot write the data cache entry %s (%s); continuing without it", path, exc)
         return False
     return True

@@ -27,6 +27,9 @@ class HFModelConfig:
     revision: git revision of a hub model.
     dtype: ``float32`` (CPU default), ``bfloat16``, ``float16`` or ``auto``.
     trust_remote_code: run code shipped with the model; off unless you trust it.
+    token: Hugging Face token for gated/private models (default: the
+        ``HF_TOKEN`` environment variable, read by transformers); it is redacted
+        from every file tuneforge writes.
     allow_pickle: accept pickle-based weights (``pytorch_model.bin``); off by
         default, so only safetensors (or GGUF) weights are read.
     attn_implementation: ``eager``, ``sdpa`` or ``flash_attention_2`` (None: default).
@@ -37,6 +40,7 @@ class HFModelConfig:
     revision: Optional[str] = None
     dtype: str = "float32"
     trust_remote_code: bool = False
+    token: Optional[str] = None
     allow_pickle: bool = False
     attn_implementation: Optional[str] = None
 
@@ -85,6 +89,8 @@ def load_hf(config: HFModelConfig):
 
     path = str(config.path)
     kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if config.token:
+        kwargs["token"] = config.token
     if path.endswith(".gguf"):
         gguf = Path(path).expanduser()
         if not gguf.is_file():

@@ -24,10 +24,12 @@ def test_plugins_lists_builtins_and_third_party_with_components():
     result = run_cli(["plugins"], site_dirs=["good"])
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    assert "adapter: full, lora" in lines["adapters"] and "tuneforge" in lines["adapters"]
+    assert "adapter: freeze, full, ia3, lora, prefix, prompt" in lines["adapters"]
+    assert "tuneforge 0.1.0" in lines["adapters"]
     assert "model: hf, tiny" in lines["models"]
-    assert "data: jsonl" in lines["datasets"]
-    assert "loss: cross_entropy" in lines["losses"]
+    assert "data: csv, files, hf, json, jsonl, parquet" in lines["datasets"]
+    assert "loss: chunked_cross_entropy, cross_entropy, distillation, dpo" in lines["losses"]
+    assert "evaluators: bleu, chrf, contains, exact_match, regex, rouge" in lines["evaluators_generation"]
     assert "myplug 0.1.0" in lines["myplug"] and "adapter: my_adapter" in lines["myplug"]
 
 
@@ -62,7 +64,8 @@ def test_bad_choice_is_one_line_with_valid_choices_and_no_traceback():
     result = run_cli(["train", "adapter=lorra"])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "tuneforge: error: unknown choice 'lorra' for 'adapter' (did you mean 'lora'?); valid: full, lora"]
+        "tuneforge: error: unknown choice 'lorra' for 'adapter' (did you mean 'lora'?); "
+        "valid: freeze, full, ia3, lora, prefix, prompt"]
 
 
 def test_broken_plugin_stops_with_its_name_and_can_be_blocked():

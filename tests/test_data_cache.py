@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -105,24 +104,24 @@ def test_changed_data_or_options_miss(tmp_path):
 
 def test_writes_are_atomic_and_a_corrupt_entry_is_rebuilt(tmp_path):
     first = load(tmp_path, build_tiny_tokenizer())
-    (entry,) = (tmp_path / "cache").glob("*.pkl")
+    (entry,) = (tmp_path / "cache").glob("*.json")
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
     entry.write_bytes(entry.read_bytes()[:50])  # a torn file, as a crash without atomic writes would leave
     rebuilt = load(tmp_path, build_tiny_tokenizer())
     assert rebuilt.stats["cache"] == "miss" and rebuilt.train == first.train
     assert load(tmp_path, build_tiny_tokenizer()).stats["cache"] == "hit"
-    with entry.open("rb") as handle:
-        assert pickle.load(handle)["version"] == CACHE_VERSION
+    with entry.open() as handle:
+        assert json.load(handle)["version"] == CACHE_VERSION
 
 
 def test_unwritable_cache_folder_does_not_fail_the_run(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert save_cached(blocker / "sub" / "x.pkl", {"train": []}) is False
+    assert save_cached(blocker / "sub" / "x.json", {"train": []}) is False
     splits = prepare_splits([Record(r, f"m:{i}") for i, r in enumerate(ROWS)], build_tiny_tokenizer(),
                             DataConfig(cache_dir=str(blocker / "sub"), val_size=1))
     assert splits.stats["cache"] == "miss" and len(splits.train) == 7
-    assert load_cached(blocker / "sub" / "x.pkl") is None
+    assert load_cached(blocker / "sub" / "x.json") is None
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
@@ -132,7 +131,7 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "tuneforge" / "data"
     splits = prepare_splits([Record(r, f"m:{i}") for i, r in enumerate(ROWS)], build_tiny_tokenizer(),
                             DataConfig(val_size=1))
-    assert splits.stats["cache"] == "miss" and len(list((tmp_path / "tuneforge" / "data").glob("*.pkl"))) == 1
+    assert splits.stats["cache"] == "miss" and len(list((tmp_path / "tuneforge" / "data").glob("*.json"))) == 1
 
 
 @pytest.mark.parametrize("fmt_rows", [

@@ -1,0 +1,139 @@
+"""Every bad input gets one line naming what, where and what is valid; the CLI exits non-zero without a traceback."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+import tuneforge
+from helpers import run_cli
+from tuneforge.errors import TuneforgeError
+from tuneforge.testing import run_tiny_fit
+
+GOOD = {"instruction": "Say hi", "output": "hi"}
+
+
+def _jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def _data(tmp_path, rows, name="data.jsonl"):
+    return f"data.path={_jsonl(tmp_path / name, rows)}"
+
+
+@dataclass
+class NoTemplateConfig:
+    """seed: the tiny model's seed."""
+
+    seed: int = 0
+
+
+class NoTemplateSource:
+    """A model source whose tokenizer has no chat template (like many base models)."""
+
+    __name__ = "no_template_source"
+
+    @tuneforge.hookimpl
+    def tuneforge_model_sources(self):
+        from tuneforge.plugins.models import TinyModelConfig, load_tiny
+
+        def load(config):
+            model, tokenizer = load_tiny(TinyModelConfig(seed=config.seed))
+            tokenizer.chat_template = None
+            return model, tokenizer
+
+        return [tuneforge.ModelSourceSpec("tiny_no_template", NoTemplateConfig, load=load)]
+
+
+CASES = {
+    "malformed JSON line": (
+        lambda t: [_data(t, [GOOD, GOOD, "{not json", GOOD] * 3)],
+        r"data\.jsonl:3: invalid JSON"),
+    "record missing fields": (
+        lambda t: [_data(t, [GOOD] * 8 + [{"instruction": "no answer", "input": "x"}])],
+        r"data\.jsonl:9: .*(missing|cannot tell).*output"),
+    "wrong value type": (
+        lambda t: [_data(t, [GOOD] * 8 + [{"instruction": "Add", "output": 3}])],
+        r"data\.jsonl:9: .*output.* must be a string, got int"),
+    "empty dataset": (
+        lambda t: [_data(t, [])],
+        r"data\.jsonl: no records found"),
+    "empty after filtering": (
+        lambda t: [_data(t, [{"instruction": f"w{i}", "output": "x" * 400} for i in range(10)]),
+                   "data.max_length=64", "data.truncation=drop"],
+        r"no training example left: all \d+ were dropped"),
+    "labels all masked": (
+        lambda t: [_data(t, [{"instruction": f"q{i}", "output": "x"} for i in range(9)] +
+                         [{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": ""}]}])],
+        r"data\.jsonl:10: "),
+    "nonexistent data path": (
+        lambda t: [f"data.path={t / 'missing.jsonl'}"],
+        r"missing\.jsonl"),
+    "nonexistent model path": (
+        lambda t: ["model=hf", f"model.path={t / 'no-model'}"],
+        r"model\.path: no such model folder: .*no-model"),
+    "unknown component": (
+        lambda t: ["loss=cross_entropi"],
+        r"unknown choice 'cross_entropi' for 'loss' \(did you mean 'cross_entropy'\?\)"),
+    "unknown config key": (
+        lambda t: ["optim.learning_rate=1e-3"],
+        r"unknown config key 'optim.learning_rate'.*valid keys of optim: .*lr"),
+    "wrong type in override": (
+        lambda t: ["loader.batch_size=eight"],
+        r"bad value for 'loader.batch_size': Value 'eight'"),
+    "chat data without template": (
+        lambda t: ["model=tiny_no_template"],
+        r"no chat template.*data\.chat_template"),
+    "adapter does not fit": (
+        lambda t: ["adapter.target_modules=[attn_proj]"],
+        r"adapter\.target_modules: \['attn_proj'\] match no module of the model; valid: .*q_proj"),
+    "bad scheduler": (
+        lambda t: ["optim.scheduler=cosin"],
+        r"optim\.scheduler is 'cosin'; valid: constant, linear, cosine"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_raises_one_line_naming_it(case, tmp_path):
+    make_overrides, pattern = CASES[case]
+    with pytest.raises(TuneforgeError, match=pattern) as info:
+        run_tiny_fit(tmp_path / "run", plugins=[NoTemplateSource()], overrides=make_overrides(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_pickle_weights_and_remote_code_are_refused(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.plugins.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    pickled = tmp_path / "pickled"
+    model.save_pretrained(pickled, safe_serialization=False)
+    tokenizer.save_pretrained(pickled)
+    with pytest.raises(TuneforgeError, match="refused unless model.allow_pickle=true"):
+        run_tiny_fit(tmp_path / "r1", overrides=["model=hf", f"model.path={pickled}"])
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    tokenizer.save_pretrained(remote)
+    (remote / "config.json").write_text(json.dumps({
+        "model_type": "my_custom_lm", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig",
+                                                   "AutoModelForCausalLM": "modeling_custom.CustomModel"}}))
+    (remote / "configuration_custom.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(TuneforgeError, match="trust_remote_code"):
+        run_tiny_fit(tmp_path / "r2", overrides=["model=hf", f"model.path={remote}"])
+
+
+def test_cli_prints_one_line_and_exits_2_without_traceback(tmp_path):
+    bad = _jsonl(tmp_path / "bad.jsonl", [GOOD] * 5 + ["{oops"])
+    result = run_cli(["train", f"data.path={bad}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tuneforge: error:")]
+    assert len(lines) == 1 and f"{bad}:6: invalid JSON" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
+    debug = run_cli(["--debug", "train", f"data.path={bad}", f"hydra.run.dir={tmp_path / 'run2'}"])
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
