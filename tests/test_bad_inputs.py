@@ -63,10 +63,11 @@ CASES = {
         lambda t: [_data(t, [{"instruction": f"w{i}", "output": "x" * 400} for i in range(10)]),
                    "data.max_length=64", "data.truncation=drop"],
         r"no training example left: all \d+ were dropped"),
+    # prompts that fill max_length leave no trained label: each is dropped and counted, none left -> error
     "labels all masked": (
-        lambda t: [_data(t, [{"instruction": f"q{i}", "output": "x"} for i in range(9)] +
-                         [{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": ""}]}])],
-        r"data\.jsonl:10: "),
+        lambda t: [_data(t, [{"instruction": "explain " * 20 + str(i), "output": "x"} for i in range(10)]),
+                   "data.max_length=24", "data.truncation=truncate"],
+        r"no training example left"),
     "nonexistent data path": (
         lambda t: [f"data.path={t / 'missing.jsonl'}"],
         r"missing\.jsonl"),
