@@ -30,7 +30,7 @@ def apply_my_adapter(model, config):
 
 
 def load_my_data(config, tokenizer):
-    records = [Record({"instruction": f"Repeat {i % 7}", "output": str(i % 7) * 3}, f"generated:{i}")
+    records = [Record({"instruction": f"Repeat {i}", "output": str(i) * 3}, f"generated:{i}")
                for i in range(config.n)]
     train, val = split_records(records, val_fraction=0.2, seed=0)
     train_examples, _ = tokenize_records(train, tokenizer)
