@@ -51,7 +51,7 @@ COMMAND_ENV = "TUNEFORGE_COMMAND"  # lets DDP child processes re-enter `train`
 COMMANDS = {
     "train": "tuneforge.cli:train_command",
     "plugins": "tuneforge.cli:plugins_command",
-    "eval": "tuneforge.run:eval_command",
+    "eval": "tuneforge.eval_command:eval_command",
     "generate": "tuneforge.inference:generate_command",
     "chat": "tuneforge.inference:chat_command",
     "export": "tuneforge.export:export_command",

@@ -234,22 +234,16 @@ def load_run_tokenizer(run_dir, cfg):
 
 def load_run_model(run_dir, cfg, plugins=None):
     """The tuned model of a run, in eval mode on the CPU: base + PEFT adapter, or the full weights."""
+    from tuneforge.run import load_model_from_config, load_tuned_model
+
     model_dir = Path(run_dir).expanduser() / "model"
+    if not is_peft_adapter(model_dir) and not (model_dir / "config.json").is_file():
+        raise RunDirectoryError(f"{model_dir}: holds neither a PEFT adapter (adapter_config.json) nor full "
+                                "weights (config.json)")
+    base = None
     if is_peft_adapter(model_dir):
-        from peft import PeftModel
-
-        from tuneforge.run import load_model_from_config
-
         base, _ = load_model_from_config(plugins or plugins_for_run(cfg), cfg.model)
-        model = PeftModel.from_pretrained(base, str(model_dir))
-    else:
-        from transformers import AutoModelForCausalLM
-
-        if not (model_dir / "config.json").is_file():
-            raise RunDirectoryError(f"{model_dir}: holds neither a PEFT adapter (adapter_config.json) nor full "
-                                    "weights (config.json)")
-        trust = bool(cfg.model.get("trust_remote_code", False))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype="auto", trust_remote_code=trust)
+    model = load_tuned_model(base, model_dir, trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
     model.eval()
     return model
 

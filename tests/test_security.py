@@ -1,6 +1,5 @@
 """Secrets stay out of saved files and logs; no pickle loading anywhere in tuneforge."""
 
-import json
 import re
 from pathlib import Path
 

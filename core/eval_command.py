@@ -1,0 +1,113 @@
+"""``tuneforge eval``: the evaluators on a finished run (base vs tuned) or on a bare base model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from tuneforge.errors import ConfigError
+from tuneforge.run import load_tuned_model, run_evaluators, write_outputs
+
+
+def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: Optional[Path] = None) -> dict:
+    """Evaluators on the held-out split of ``cfg.data``, without training.
+
+    The base model (``cfg.model``) is always scored; with ``run_dir`` the
+    run's trained weights (``<run_dir>/model``) are loaded on top and scored
+    as ``tuned``.  With ``out_dir`` it receives ``metrics.json``,
+    ``predictions.jsonl`` and the report.
+    """
+    import torch
+
+    from tuneforge.evaluation import merge_predictions
+
+    started = time.time()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
+    splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
+    metrics: dict = {"data": splits.stats}
+    metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
+    tuned_pass = None
+    if run_dir is not None:
+        model = load_tuned_model(model, Path(run_dir) / "model")
+        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
+    metrics["wall_time_s"] = time.time() - started
+    if out_dir is not None:
+        write_outputs(Path(out_dir), cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),
+                      title="tuneforge evaluation report")
+    return metrics
+
+
+def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
+    """The saved config of a finished run, with ``overrides`` applied on top.
+
+    Group choices (``model``, ``data``, ``adapter``, ``loss``, ``evaluators``)
+    default to the run's; ``evaluators=[...]`` replaces the run's evaluators
+    and ``key=value`` overrides win over the saved values.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tuneforge.app import compose, validate
+
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"run_dir={run_dir}: no config.yaml there; give the directory of a tuneforge run")
+    saved = OmegaConf.load(saved_path)
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "trainer", "strategy"}
+    chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
+    choices = [f"{g}={saved[g].name}" for g in ("model", "data", "adapter", "loss") if g not in chosen]
+    if "evaluators" not in chosen:
+        choices.append(f"evaluators=[{','.join(saved.get('evaluators') or {})}]")
+    composed = compose([*choices, *overrides], plugins)
+    final = OmegaConf.merge(composed, {k: v for k, v in saved.items() if k not in chosen and k in composed})
+    for override in parsed:
+        if override.key_or_group not in groups and not override.is_delete():
+            OmegaConf.update(final, override.key_or_group, OmegaConf.select(composed, override.key_or_group),
+                             merge=False)
+    validate(final, plugins)
+    return final
+
+
+EVAL_USAGE = """\
+usage: tuneforge eval run_dir=<dir> [out=<dir>] [key=value ...]
+       tuneforge eval model=<source> model.path=... data.path=... [out=<dir>] [key=value ...]
+
+Run the evaluators on the held-out split.  With run_dir, the run's base model
+and its trained model/ are both scored (base, tuned, change) with the run's
+data and evaluator config; overrides such as evaluators=[exact_match,rouge] or
+data.val_path=held_out.jsonl change it.  Without run_dir a bare model is
+scored.  Results go to out (default <run_dir>/eval; none for a bare model):
+metrics.json, predictions.jsonl, report.md, report.html.
+"""
+
+
+def eval_command(args: list) -> None:
+    """``tuneforge eval``: evaluators on a finished run or on a bare base model."""
+    from tuneforge.app import compose, load_plugins
+    from tuneforge.report import format_comparison
+
+    run_dir, out_dir, overrides = None, None, []
+    for arg in args:
+        if arg in ("-h", "--help"):
+            print(EVAL_USAGE, end="")
+            return
+        if arg.startswith("run_dir="):
+            run_dir = Path(arg.split("=", 1)[1])
+        elif arg.startswith("out="):
+            out_dir = Path(arg.split("=", 1)[1])
+        else:
+            overrides.append(arg)
+    plugins = load_plugins(overrides)
+    cfg = run_config(run_dir, overrides, plugins) if run_dir else compose(overrides, plugins)
+    if out_dir is None and run_dir is not None:
+        out_dir = run_dir / "eval"
+    metrics = evaluate(cfg, plugins, run_dir, out_dir)
+    print(format_comparison(metrics))
+    if out_dir is not None:
+        print(f"report: {out_dir / 'report.md'}")
