@@ -45,8 +45,10 @@ def tuneforge_model_sources():
 def tuneforge_datasets():
     """Return :class:`~tuneforge.specs.DatasetSpec` objects.
 
-    Selected with ``data=<name>``.  Built-in: ``jsonl`` (alpaca-style
-    ``instruction``/``output`` records and chat ``messages`` records).
+    Selected with ``data=<name>``.  Built-ins: ``files`` (any local file or
+    folder), ``jsonl``, ``json``, ``csv``, ``parquet`` and ``hf`` (Hugging Face
+    ``datasets``), each reading alpaca, chat (OpenAI or ShareGPT), completion
+    and preference records; ``legal_citations`` (the demo's seeded generator).
     """
 
 
@@ -54,7 +56,8 @@ def tuneforge_datasets():
 def tuneforge_adapters():
     """Return :class:`~tuneforge.specs.AdapterSpec` objects.
 
-    Selected with ``adapter=<name>``.  Built-ins: ``lora`` and ``full``.
+    Selected with ``adapter=<name>``.  Built-ins: ``lora`` (also DoRA and
+    rsLoRA), ``prefix``, ``prompt``, ``ia3``, ``full`` and ``freeze``.
     """
 
 
@@ -62,7 +65,8 @@ def tuneforge_adapters():
 def tuneforge_losses():
     """Return :class:`~tuneforge.specs.LossSpec` objects.
 
-    Selected with ``loss=<name>``.  Built-in: ``cross_entropy``.
+    Selected with ``loss=<name>``.  Built-ins: ``cross_entropy``,
+    ``chunked_cross_entropy``, ``dpo`` and ``distillation``.
     """
 
 
@@ -71,8 +75,9 @@ def tuneforge_evaluators():
     """Return :class:`~tuneforge.specs.EvaluatorSpec` objects.
 
     Selected as a list with ``evaluators=[a,b]``; each runs on the held-out
-    split before training (base model) and after (tuned model).  Built-in:
-    ``perplexity``.
+    split before training (base model) and after (tuned model).  Built-ins:
+    ``perplexity``, ``exact_match``, ``contains``, ``regex``, ``rouge``,
+    ``bleu``, ``chrf``, ``choice`` and ``forgetting``.
     """
 
 
@@ -81,7 +86,8 @@ def tuneforge_callbacks():
     """Return :class:`~tuneforge.specs.CallbackSpec` objects.
 
     Selected as a list with ``callbacks=[a,b]``; each builds a Lightning
-    callback added to the trainer.
+    callback added to the trainer.  Built-ins: ``early_stopping`` and
+    ``targets`` (the demo's pass/fail verdict).
     """
 
 
@@ -105,7 +111,7 @@ def tuneforge_run_end(config, run_dir, status, metrics):
 
     :param config: the resolved config of the run.
     :param run_dir: ``pathlib.Path`` of the run directory.
-    :param status: ``"completed"`` or ``"failed"``.
+    :param status: ``"completed"``, ``"failed"`` or ``"interrupted"``.
     :param metrics: dict of final metrics (``base/...`` and ``tuned/...``
         evaluator results, last training loss); partial for a failed run.
     """
