@@ -213,12 +213,27 @@ def checkpoint_name(step: int) -> str:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories of a run, newest (highest step) first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and ".tmp-" not in p.name]
-    return sorted(found, key=lambda p: p.name, reverse=True)
+    """Checkpoint directories of a run, newest (highest step) first.
+
+    Besides tuneforge's ``checkpoints/step-N``, the ``hpc_ckpt_K.ckpt``
+    directories that Lightning writes on SLURM's requeue signal (through the
+    same safe format) count too, ordered by the step recorded inside them.
+    """
+    run_dir = Path(run_dir)
+    folder = run_dir / CHECKPOINT_DIR
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-")
+             and ".tmp-" not in p.name] if folder.is_dir() else []
+    found += [p for p in run_dir.glob("hpc_ckpt_*.ckpt") if p.is_dir()]
+    return sorted(found, key=_recorded_step, reverse=True)
+
+
+def _recorded_step(directory: Path) -> int:
+    if directory.name.startswith("step-"):
+        return int(directory.name.split("-")[1])
+    try:
+        return int(json.loads((directory / STATE).read_text()).get("global_step", -1))
+    except (OSError, ValueError, AttributeError):
+        return -1
 
 
 def latest_valid_checkpoint(run_dir: Path) -> Optional[Path]:
@@ -297,5 +312,6 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
         if leftover.name.split(".tmp-")[-1] != str(os.getpid()):
             shutil.rmtree(leftover, ignore_errors=True)
     if keep_last > 0:
-        for old in list_checkpoints(run_dir)[keep_last:]:
+        periodic = [p for p in list_checkpoints(run_dir) if p.name.startswith("step-")]
+        for old in periodic[keep_last:]:
             shutil.rmtree(old, ignore_errors=True)

@@ -154,3 +154,11 @@ def test_resumable_sampler_continues_mid_epoch_and_shards_like_one_order():
     sampler.set_epoch(2)
     assert list(sampler) != full
     assert json.dumps(sampler.epoch_indices(2))  # plain ints
+
+
+def test_lightning_slurm_requeue_checkpoint_is_resumed_when_newest(tmp_path):
+    write_checkpoint({"global_step": 4}, tmp_path / "checkpoints" / checkpoint_name(4))
+    write_checkpoint({"global_step": 7}, tmp_path / "hpc_ckpt_1.ckpt")  # as Lightning names it on SIGUSR1
+    assert latest_valid_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_1.ckpt"
+    write_checkpoint({"global_step": 9}, tmp_path / "checkpoints" / checkpoint_name(9))
+    assert latest_valid_checkpoint(tmp_path) == tmp_path / "checkpoints" / checkpoint_name(9)
