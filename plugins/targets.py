@@ -1,0 +1,128 @@
+"""Callback ``targets``: pass/fail checks on a run's final numbers, printed when the run ends.
+
+Select it like any callback and list the checks, each ``"<value> <op> <number>"``::
+
+    callbacks:
+      targets:
+        checks:
+          base exact match at most 10%: "base:exact_match <= 0.10"
+          tuned exact match at least 90%: "tuned:exact_match >= 0.90"
+          forgetting drop at most 5 points: "change:forgetting/contains >= -0.05"
+          at most 100 training examples: "data:train_examples <= 100"
+
+``<value>`` is ``<section>:<key>`` into the run's metrics: ``base`` and
+``tuned`` (evaluator results, named as in the comparison table), ``change``
+(tuned minus base), ``data`` (dataset counts such as ``train_examples``),
+``train``, ``throughput``, ``parameters``; or a top-level number such as
+``steps`` or ``wall_time_s``.  ``<op>`` is one of ``<=``, ``>=``, ``<``,
+``>``, ``==``.
+
+The checks run in the ``tuneforge_run_end`` hook, after the tuned
+evaluation: a block with PASS or FAIL per check is printed and written to
+``<run_dir>/targets.json`` (``{"passed": bool, "checks": [...]}``).  A
+missing value counts as a failure.  The Lightning callback itself does
+nothing during training; it exists so the checks are configured, type-checked
+and saved with the run like every other component.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import tuneforge
+
+OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
+_CHECK = re.compile(r"^\s*(?P<ref>[^\s<>=]+)\s*(?P<op><=|>=|==|<|>)\s*(?P<bound>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass
+class TargetsConfig:
+    """checks: ``{label: "<section>:<key> <op> <number>"}`` (see the module docstring).
+    title: heading of the printed block.
+    """
+
+    checks: dict = field(default_factory=dict)
+    title: str = "targets"
+
+
+def parse_check(expression: str) -> tuple[str, str, float]:
+    """``"tuned:exact_match >= 0.9"`` -> ``("tuned:exact_match", ">=", 0.9)``."""
+    match = _CHECK.match(str(expression))
+    if not match:
+        raise tuneforge.ConfigError(f"callbacks.targets: cannot read check {expression!r}; expected "
+                                    f"'<section>:<key> <op> <number>' with <op> one of {', '.join(OPERATORS)}")
+    return match["ref"], match["op"], float(match["bound"])
+
+
+def lookup(metrics: dict, ref: str) -> Optional[float]:
+    """The number ``ref`` names in ``metrics`` (``change:<key>`` is tuned minus base); None when absent."""
+    section, _, key = ref.partition(":")
+    if not key:
+        value = metrics.get(section)
+    elif section == "change":
+        base, tuned = lookup(metrics, f"base:{key}"), lookup(metrics, f"tuned:{key}")
+        value = None if base is None or tuned is None else tuned - base
+    else:
+        value = (metrics.get(section) or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def check_targets(checks: dict, metrics: dict) -> dict:
+    """``{"passed": bool, "checks": [{label, expression, value, passed}]}`` for ``checks`` on ``metrics``."""
+    rows = []
+    for label, expression in checks.items():
+        ref, op, bound = parse_check(expression)
+        value = lookup(metrics, ref)
+        passed = value is not None and OPERATORS[op](value, bound)
+        rows.append({"label": str(label), "expression": f"{ref} {op} {bound:g}", "value": value,
+                     "passed": bool(passed)})
+    return {"passed": all(r["passed"] for r in rows), "checks": rows}
+
+
+def format_targets(result: dict, title: str = "targets") -> str:
+    rows = result["checks"]
+    width = max([len(r["label"]) for r in rows] + [len("target")])
+    lines = [f"== {title} ==", f"{'':4}  {'target':<{width}}  {'measured':>10}  check"]
+    for r in rows:
+        value = "missing" if r["value"] is None else f"{r['value']:.4g}"
+        lines.append(f"{'PASS' if r['passed'] else 'FAIL':4}  {r['label']:<{width}}  {value:>10}  {r['expression']}")
+    missed = sum(not r["passed"] for r in rows)
+    lines.append(f"all {len(rows)} targets met" if not missed else f"{missed} of {len(rows)} targets missed")
+    return "\n".join(lines)
+
+
+def build_targets(config: TargetsConfig):
+    import lightning.pytorch as pl
+
+    for expression in config.checks.values():
+        parse_check(expression)  # a malformed check fails before training, not after
+    return pl.Callback()
+
+
+@tuneforge.hookimpl
+def tuneforge_callbacks():
+    return [tuneforge.CallbackSpec("targets", TargetsConfig,
+                                   "pass/fail checks on the final metrics, printed when the run ends",
+                                   build=build_targets)]
+
+
+@tuneforge.hookimpl
+def tuneforge_run_end(config, run_dir, status, metrics):
+    if status != "completed" or os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
+        return
+    for node in (config.get("callbacks") or {}).values():
+        if node.get("name") != "targets":
+            continue
+        from omegaconf import OmegaConf
+
+        checks = OmegaConf.to_container(node.checks, resolve=True) if node.checks is not None else {}
+        result = check_targets(checks, metrics)
+        text = format_targets(result, node.get("title") or "targets")
+        Path(run_dir, "targets.json").write_text(json.dumps(result, indent=2) + "\n")
+        print("\n" + text, flush=True)
