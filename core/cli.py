@@ -35,6 +35,9 @@ commands:
                tuneforge export run_dir=runs/x out=merged/
              'tuneforge <generate|chat|export> --help' lists their keys.
 
+  compare    runs side by side (e.g. a data.max_examples sweep): table, comparison.md, data_efficiency.png
+               tuneforge compare runs/multirun/<date>
+
 options:
   -h, --help     show this help
   --version      show the version
@@ -55,6 +58,7 @@ COMMANDS = {
     "generate": "tuneforge.inference:generate_command",
     "chat": "tuneforge.inference:chat_command",
     "export": "tuneforge.export:export_command",
+    "compare": "tuneforge.compare:compare_command",
 }
 
 

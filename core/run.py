@@ -25,6 +25,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
 
     from tuneforge.checkpoint import safe_checkpoint_io
 
+    import warnings
+
+    # tuneforge writes config.yaml etc. into the run directory first: that is expected
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     t = cfg.trainer
     strategy = cfg.strategy.name
     if cfg.strategy.kwargs:
@@ -259,7 +263,11 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
                                               run_identity(cfg))
         trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer])
         fit_started = time.time()
+        history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
+        resumed_step = _checkpoint_step(resume_from) if resume_from else 0
         trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from))
+        if history and trainer.is_global_zero:  # Lightning's CSV logger starts a fresh file on resume
+            keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
         if checkpointer.interrupted_by:
             status = "interrupted"
             raise RunInterrupted(checkpointer.interrupted_by, trainer.global_step, checkpointer.last_saved, run_dir)
@@ -287,6 +295,35 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
                                                  "resumed_from": _str(resume_from),
                                                  "wall_time_s": time.time() - started})
         plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics)
+
+
+def read_metric_rows(path: Path) -> list:
+    import csv
+
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def keep_metric_history(path: Path, history: list, before_step: int) -> None:
+    """Put the rows logged before a resume (steps < ``before_step``) back in front of the new ones."""
+    import csv
+
+    earlier = [row for row in history if row.get("step") and int(row["step"]) < before_step]
+    later = read_metric_rows(path)
+    columns = list(dict.fromkeys([*(history[0] if history else {}), *(later[0] if later else {})]))
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(earlier + later)
+    tmp.replace(path)
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    state = json.loads((checkpoint / "state.json").read_text())
+    return int(state.get("global_step", 0))
 
 
 def _str(path: Optional[Path]) -> Optional[str]:

@@ -59,7 +59,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
-    assert train_losses(crashed)[-1] == pytest.approx(train_losses(reference)[-1], abs=1e-5)
+    # the loss history survives the crash: every step logged once, equal to the uninterrupted run
+    assert train_losses(crashed) == pytest.approx(train_losses(reference), abs=1e-5)
     assert json.loads((crashed / "metrics.json").read_text())["base"] == json.loads(
         (reference / "metrics.json").read_text())["base"]
     assert len(list((crashed / "checkpoints").iterdir())) == 2  # keep_last

@@ -1,0 +1,115 @@
+"""``tuneforge compare``: several runs side by side, e.g. a data-efficiency sweep.
+
+    tuneforge train -m +experiment=legal_citations data.max_examples=25,50,100
+    tuneforge compare runs/multirun/<date>            # or: tuneforge compare runs/a runs/b ...
+
+Reads each completed run's ``metrics.json``, prints one row per run (training
+examples, steps, every base and tuned metric) sorted by the number of
+training examples, and writes ``comparison.md`` and ``data_efficiency.png``
+(each tuned metric against the number of training examples, base as a dashed
+line) into the first folder given, or ``out=<dir>``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tuneforge.errors import TuneforgeError
+
+USAGE = """\
+usage: tuneforge compare <run dir or sweep dir> [more ...] [out=<dir>]
+
+Compare completed runs (e.g. a Hydra multirun over data.max_examples): a table
+of training examples, steps and base/tuned metrics, plus comparison.md and
+data_efficiency.png.
+"""
+
+
+def find_runs(paths: list) -> list[Path]:
+    """Run directories (holding metrics.json) among ``paths`` and one level below them."""
+    runs = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise TuneforgeError(f"compare: {path} is not a directory")
+        candidates = [path] if (path / "metrics.json").is_file() else sorted(
+            p for p in path.iterdir() if (p / "metrics.json").is_file())
+        if not candidates:
+            raise TuneforgeError(f"compare: no completed run (metrics.json) in {path} or its subfolders")
+        runs += candidates
+    return runs
+
+
+def load_rows(runs: list[Path]) -> list[dict]:
+    rows = []
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        data = metrics.get("data", {})
+        rows.append({"run": str(run), "train_examples": data.get("train_examples", data.get("train_records")),
+                     "steps": metrics.get("steps"), "base": metrics.get("base", {}),
+                     "tuned": metrics.get("tuned", {})})
+    return sorted(rows, key=lambda r: (r["train_examples"] is None, r["train_examples"] or 0, r["run"]))
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+    return sorted({name for row in rows for name in (*row["base"], *row["tuned"])})
+
+
+def format_table(rows: list[dict]) -> list[list[str]]:
+    names = metric_names(rows)
+    header = ["run", "train examples", "steps"] + [f"{n} base" for n in names] + [f"{n} tuned" for n in names]
+    body = [[Path(r["run"]).name, str(r["train_examples"]), str(r["steps"])]
+            + [_fmt(r["base"].get(n)) for n in names] + [_fmt(r["tuned"].get(n)) for n in names] for r in rows]
+    return [header, *body]
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def plot_data_efficiency(rows: list[dict], path: Path) -> bool:
+    """Tuned metric vs training examples (one line per metric, base dashed); False without numbers."""
+    from tuneforge.report import _figure
+
+    points = [r for r in rows if r["train_examples"] is not None]
+    names = [n for n in metric_names(points) if any(n in r["tuned"] for r in points)]
+    if not points or not names:
+        return False
+    figure = _figure(6.4, 3.6)
+    axes = figure.add_subplot(1, 1, 1)
+    for name in names:
+        xs = [r["train_examples"] for r in points if name in r["tuned"]]
+        line, = axes.plot(xs, [r["tuned"][name] for r in points if name in r["tuned"]], "o-",
+                          label=f"{name} (tuned)")
+        base = [r["base"][name] for r in points if name in r["base"]]
+        if base:
+            axes.axhline(sum(base) / len(base), linestyle="--", color=line.get_color(), alpha=0.6,
+                         label=f"{name} (base)")
+    axes.set_xlabel("training examples")
+    axes.set_ylabel("metric")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    return True
+
+
+def compare_command(args: list) -> None:
+    if not args or any(a in ("-h", "--help") for a in args):
+        print(USAGE, end="")
+        return
+    outs = [a.split("=", 1)[1] for a in args if a.startswith("out=")]
+    paths = [a for a in args if not a.startswith("out=")]
+    rows = load_rows(find_runs(paths))
+    out = Path(outs[0] if outs else paths[0])
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(rows)
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    markdown = ["# Run comparison", "", "| " + " | ".join(table[0]) + " |",
+                "|" + "---|" * len(table[0])] + ["| " + " | ".join(row) + " |" for row in table[1:]]
+    if plot_data_efficiency(rows, out / "data_efficiency.png"):
+        markdown += ["", "![data efficiency](data_efficiency.png)"]
+    (out / "comparison.md").write_text("\n".join(markdown) + "\n")
+    print(f"comparison: {out / 'comparison.md'}")

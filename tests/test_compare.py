@@ -1,0 +1,27 @@
+"""A data-efficiency sweep (Hydra multirun over data.max_examples) compared with `tuneforge compare`."""
+
+from matplotlib.image import imread
+
+from helpers import run_cli
+
+
+def test_sweep_over_max_examples_then_compare(tmp_path):
+    sweep = run_cli(["train", "-m", "data.max_examples=8,40", "trainer.max_steps=3",
+                     "trainer.enable_progress_bar=false", "threads=1", f"hydra.sweep.dir={tmp_path}"])
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert sweep.stdout.count("run directory:") == 2
+    compared = run_cli(["compare", str(tmp_path)])
+    assert compared.returncode == 0, compared.stderr
+    lines = compared.stdout.splitlines()
+    assert lines[0].split()[:4] == ["run", "train", "examples", "steps"]
+    assert [line.split()[1] for line in lines[1:3]] == ["8", "40"]  # sorted by training examples
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert "| 0 | 8 | 3 |" in markdown and "![data efficiency](data_efficiency.png)" in markdown
+    assert (tmp_path / "data_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert imread(tmp_path / "data_efficiency.png").shape[0] > 100
+
+
+def test_compare_names_a_folder_without_runs(tmp_path):
+    result = run_cli(["compare", str(tmp_path)])
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"tuneforge: error: compare: no completed run (metrics.json) in {tmp_path} or its subfolders"
