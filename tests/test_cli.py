@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from helpers import run_cli, train_losses
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +96,23 @@ def test_ddp_on_two_cpu_processes_trains_and_saves_once(tmp_path):
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
     assert len(train_losses(tmp_path)) == 3
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["train", "adapter.lora_dropout=0", "loader.shuffle=false", "trainer.max_steps=3", "optim.lr=1e-2",
+              "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "threads=1", "evaluators=[]"]
+    single = run_cli([*common, "trainer.devices=1", "loader.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run_cli([*common, "strategy=ddp", "trainer.devices=2", "loader.batch_size=2",
+                   f"hydra.run.dir={tmp_path / 'two'}"], timeout=240)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = load_file(str(tmp_path / "one" / "model" / "adapter_model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "model" / "adapter_model.safetensors"))
+    assert one.keys() == two.keys()
+    changed = 0
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=2e-5, rtol=1e-4)
+        changed += int(one[key].abs().sum() > 0)
+    assert changed > 0
