@@ -124,7 +124,10 @@ def train_command(args: list) -> None:
         from tuneforge.run import RunInterrupted
         from tuneforge.secrets import install_log_redaction
 
-        # Hydra's root handler already prints and files Lightning's messages: avoid doubles.
+        # Hydra's root handler already prints and files Lightning's messages: avoid doubles
+        # (Lightning adds its own console handler when first imported, so import it first).
+        import lightning.pytorch  # noqa: F401
+
         logging.getLogger("lightning.pytorch").handlers.clear()
         install_log_redaction()
         run_dir = cfg.run_dir or HydraConfig.get().runtime.output_dir
