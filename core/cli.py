@@ -128,7 +128,9 @@ def train_command(args: list) -> None:
         # (Lightning adds its own console handler when first imported, so import it first).
         import lightning.pytorch  # noqa: F401
 
-        logging.getLogger("lightning.pytorch").handlers.clear()
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
         install_log_redaction()
         run_dir = cfg.run_dir or HydraConfig.get().runtime.output_dir
         try:
