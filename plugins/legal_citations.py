@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Optional
 
 import tuneforge
-from tuneforge.data import DataSplits, Record, tokenize_records
+from tuneforge.data import DataSplits, Record, read_jsonl, tokenize_records
 from tuneforge.errors import DataError
 
 INSTRUCTION = "Write the legal citation for this court decision."
@@ -108,7 +108,12 @@ class LegalCitationsConfig:
     seed: everything is drawn from it; the same seed gives the same files.
     max_examples: use only the first N training examples (data-efficiency sweeps).
     instruction: the request put before the facts.
-    max_length: token limit per example (the examples are about 100 tokens).
+    rehearsal_path: a ``.jsonl`` of general instructions answered by the base
+        model itself (alpaca or chat records); its first ``n_rehearsal``
+        records are mixed into the training examples (rehearsal against
+        forgetting; see docs/demo.md).  None: no rehearsal.
+    n_rehearsal: how many rehearsal records to mix in (0: none).
+    max_length: token limit per example (the examples are about 130 tokens).
     chat_template: Jinja template used instead of the tokenizer's own.
     """
 
@@ -117,6 +122,8 @@ class LegalCitationsConfig:
     seed: int = 0
     max_examples: Optional[int] = None
     instruction: str = INSTRUCTION
+    rehearsal_path: Optional[str] = None
+    n_rehearsal: int = 0
     max_length: int = 256
     chat_template: Optional[str] = None
 
@@ -183,17 +190,38 @@ def load_legal_citations(config: LegalCitationsConfig, tokenizer) -> DataSplits:
             raise DataError(f"data.max_examples must be at least 1, got {config.max_examples}")
         train_records = train_records[: config.max_examples]
     where = f"legal_citations(seed={config.seed})"
-    options = dict(fmt="alpaca", max_length=config.max_length, truncation="truncate",
+    train_sources = [Record(r, f"{where}:train[{i}]") for i, r in enumerate(train_records)]
+    rehearsal = _rehearsal_records(config)
+    if rehearsal:
+        # spread the rehearsal records evenly through the task examples (the loader shuffles too)
+        step = len(train_sources) / len(rehearsal)
+        for k, record in reversed(list(enumerate(rehearsal))):
+            train_sources.insert(int(k * step), record)
+    options = dict(fmt="auto", max_length=config.max_length, truncation="truncate",
                    chat_template=config.chat_template)
-    train, train_counts = tokenize_records([Record(r, f"{where}:train[{i}]") for i, r in enumerate(train_records)],
-                                           tokenizer, **options)
+    train, train_counts = tokenize_records(train_sources, tokenizer, **options)
     val, val_counts = tokenize_records([Record(r, f"{where}:val[{i}]") for i, r in enumerate(val_records)],
                                        tokenizer, **options)
-    stats = {"train_records": len(train_records), "val_records": len(val_records),
+    stats = {"train_records": len(train_sources), "val_records": len(val_records),
              "train_examples": len(train), "val_examples": len(val),
+             "task_examples": len(train_records), "rehearsal_examples": len(rehearsal),
              "truncated": train_counts["truncated"] + val_counts["truncated"],
              "dropped": train_counts["dropped"] + val_counts["dropped"]}
     return DataSplits(train=train, val=val, stats=stats)
+
+
+def _rehearsal_records(config: LegalCitationsConfig) -> list:
+    if config.n_rehearsal < 0:
+        raise DataError(f"data.n_rehearsal must be >= 0, got {config.n_rehearsal}")
+    if not config.n_rehearsal:
+        return []
+    if not config.rehearsal_path:
+        raise DataError(f"data.n_rehearsal={config.n_rehearsal} needs data.rehearsal_path (a .jsonl file)")
+    records = read_jsonl(config.rehearsal_path)
+    if len(records) < config.n_rehearsal:
+        raise DataError(f"{config.rehearsal_path}: data.n_rehearsal={config.n_rehearsal} but the file holds "
+                        f"only {len(records)} records")
+    return records[: config.n_rehearsal]
 
 
 def write_jsonl(directory, n_train: int = 100, n_val: int = 30, seed: int = 0) -> tuple[Path, Path]:

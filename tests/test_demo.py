@@ -133,7 +133,7 @@ def test_experiment_config_composes():
 
     cfg = compose(["+experiment=legal_citations"], load_plugins(["+experiment=legal_citations"]))
     assert cfg.model.name == "hf" and cfg.model.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-    assert cfg.data.name == "legal_citations" and cfg.data.n_train <= 100
+    assert cfg.data.name == "legal_citations" and cfg.data.n_train + cfg.data.n_rehearsal <= 100
     assert set(cfg.evaluators) >= {"exact_match", "forgetting"}
     assert Path(cfg.evaluators.forgetting.path).is_file()
     assert cfg.adapter.name == "lora" and cfg.threads == 2
@@ -146,15 +146,42 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path, capsys):
 
     result = run_tiny_fit(tmp_path / "run", overrides=[
         "+experiment=legal_citations", "model=tiny", "threads=1", "trainer.max_steps=2",
-        "data.n_train=8", "data.n_val=3", "evaluators.exact_match.max_new_tokens=3",
+        "data.n_train=8", "data.n_rehearsal=2", "data.n_val=3", "evaluators.exact_match.max_new_tokens=3",
         "evaluators.forgetting.max_new_tokens=3", "evaluators.forgetting.limit=3"])
-    assert result.metrics["data"]["train_examples"] == 8
+    assert result.metrics["data"]["train_examples"] == 10  # 8 citations + 2 rehearsal
     saved = json.loads((tmp_path / "run" / "targets.json").read_text())
     labels = [c["label"] for c in saved["checks"]]
     assert "tuned exact match at least 90%" in labels
     by_label = {c["label"]: c for c in saved["checks"]}
-    assert by_label["at most 100 training examples"]["value"] == 8
+    assert by_label["at most 100 training examples"]["value"] == 10
     assert by_label["at most 100 training examples"]["passed"] is True
     assert by_label["tuned exact match at least 90%"]["passed"] is False  # a random model writes no citation
     assert saved["passed"] is False
     assert "legal citations demo targets" in capsys.readouterr().out
+
+
+def test_rehearsal_records_are_mixed_in_and_counted():
+    from tuneforge.errors import DataError
+    from tuneforge.plugins.datasets import sample_path
+    from tuneforge.plugins.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    config = lc.LegalCitationsConfig(n_train=12, n_val=3, rehearsal_path=sample_path("rehearsal_general.jsonl"),
+                                     n_rehearsal=4, max_length=1024)
+    splits = lc.load_legal_citations(config, tokenizer)
+    assert splits.stats["train_examples"] == 16
+    assert splits.stats["task_examples"] == 12 and splits.stats["rehearsal_examples"] == 4
+    rehearsed = [i for i, ex in enumerate(splits.train) if "rehearsal_general.jsonl" in ex["source"]]
+    assert len(rehearsed) == 4 and rehearsed != [12, 13, 14, 15]  # spread through, not appended
+    assert all("rehearsal" not in ex["source"] for ex in splits.val)
+    with pytest.raises(DataError, match="rehearsal_path"):
+        lc.load_legal_citations(lc.LegalCitationsConfig(n_train=4, n_val=1, n_rehearsal=2), tokenizer)
+
+
+def test_rehearsal_and_forgetting_sets_do_not_overlap():
+    from tuneforge.plugins.datasets import sample_path
+
+    def questions(name):
+        return {json.loads(line)["instruction"] for line in Path(sample_path(name)).read_text().splitlines()}
+
+    assert not questions("rehearsal_general.jsonl") & questions("forgetting_general.jsonl")

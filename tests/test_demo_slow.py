@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TUNEFORGE = Path(sys.executable).with_name("tuneforge")
 
 SHORT = [
-    "trainer.max_steps=30",
+    "trainer.max_steps=20",
     "data.n_val=12",
     "evaluators.forgetting.limit=12",
     "trainer.enable_progress_bar=false",
@@ -53,7 +53,7 @@ def test_demo_shortened_on_smollm2(tmp_path):
     assert "legal citations demo targets" in done.stdout  # the verdict block is printed
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["steps"] == 30
+    assert metrics["steps"] == 20
     assert metrics["data"]["train_examples"] == 100
 
     losses = train_losses(run_dir)
