@@ -111,7 +111,7 @@ def train_command(args: list) -> None:
 
     from tuneforge.app import CONFIG_MODULE, CONFIG_NAME, compose, load_plugins, run_train
 
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides = hydra_overrides(args)
     plugins = load_plugins(overrides)
     if not {"-m", "--multirun"} & set(args):
         compose(overrides, plugins)  # one-line errors for bad overrides before Hydra takes over
@@ -145,6 +145,24 @@ def train_command(args: list) -> None:
         _print_summary(cfg, metrics)
 
     hydra_train()
+
+
+#: Hydra's own flags that take a value (``--cfg job``, ``-cn other`` ...)
+HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                          "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def hydra_overrides(args: list) -> list:
+    """The ``key=value`` overrides among ``train``'s arguments (Hydra's flags and their values left out)."""
+    overrides, skip_next = [], False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg in HYDRA_FLAGS_WITH_VALUE:
+            skip_next = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
 
 
 def resume_command(args: list, run_dir) -> str:

@@ -119,10 +119,25 @@ def load_hf(config: HFModelConfig):
             raise ModelError(f"model '{path}' ships its own code; rerun with "
                              f"model.trust_remote_code=true if you trust it ({message})") from exc
         raise ModelError(f"cannot load model.path='{path}': {message}") from exc
+    if "gguf_file" in kwargs:
+        _special_tokens_from_model_config(tokenizer, model.config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.train()
     return model, tokenizer
+
+
+def _special_tokens_from_model_config(tokenizer, model_config) -> None:
+    """Use the end and padding tokens the GGUF file declares.
+
+    transformers' GGUF tokenizer conversion can pick another end token than
+    the file's metadata (SmolLM2: ``<|im_start|>`` instead of ``<|im_end|>``);
+    the model config read from the same file has the right ids.
+    """
+    for attribute in ("eos", "pad"):
+        token_id = getattr(model_config, f"{attribute}_token_id", None)
+        if isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
+            setattr(tokenizer, f"{attribute}_token", tokenizer.convert_ids_to_tokens(token_id))
 
 
 def build_tiny_tokenizer():

@@ -116,3 +116,9 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
         torch.testing.assert_close(two[key], one[key], atol=2e-5, rtol=1e-4)
         changed += int(one[key].abs().sum() > 0)
     assert changed > 0
+
+
+def test_hydra_flags_with_values_are_not_overrides():
+    result = run_cli(["train", "--cfg", "job", "adapter.r=4"])
+    assert result.returncode == 0, result.stderr
+    assert "adapter:\n  name: lora\n  r: 4" in result.stdout
