@@ -265,7 +265,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         fit_started = time.time()
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
         resumed_step = _checkpoint_step(resume_from) if resume_from else 0
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from), **_no_pickle(trainer))
         if history and trainer.is_global_zero:  # Lightning's CSV logger starts a fresh file on resume
             keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
         if checkpointer.interrupted_by:
@@ -295,6 +295,13 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
                                                  "resumed_from": _str(resume_from),
                                                  "wall_time_s": time.time() - started})
         plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics)
+
+
+def _no_pickle(trainer) -> dict:
+    """``weights_only=True`` where Lightning accepts it (>= 2.5); SafeCheckpointIO never unpickles anyway."""
+    import inspect
+
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
 
 
 def read_metric_rows(path: Path) -> list:
