@@ -6,8 +6,9 @@
 Reads each completed run's ``metrics.json``, prints one row per run (training
 examples, steps, every base and tuned metric) sorted by the number of
 training examples, and writes ``comparison.md`` and ``data_efficiency.png``
-(each tuned metric against the number of training examples, base as a dashed
-line) into the first folder given, or ``out=<dir>``.
+(each tuned score against the number of training examples, base as a dashed
+line; perplexity and loss only when there is nothing else) into the first
+folder given, or ``out=<dir>``.
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ def _fmt(value) -> str:
 
 
 def plot_data_efficiency(rows: list[dict], path: Path) -> bool:
-    """Tuned metric vs training examples (one line per metric, base dashed); False without numbers."""
+    """Tuned score vs training examples (one line per metric, base dashed); False without numbers."""
     from tuneforge.report import _figure
 
     points = [r for r in rows if r["train_examples"] is not None]
     names = [n for n in metric_names(points) if any(n in r["tuned"] for r in points)]
+    scores = [n for n in names if not n.startswith("perplexity")]  # losses would squash the 0-1 scores
+    names = scores or names
     if not points or not names:
         return False
     figure = _figure(6.4, 3.6)
