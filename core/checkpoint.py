@@ -15,7 +15,6 @@ written or read: Lightning's ``CheckpointIO`` is replaced by :class:`SafeCheckpo
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -24,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import TuneforgeError, is_disk_full
 
 log = logging.getLogger("tuneforge")
 
@@ -142,7 +141,7 @@ def write_checkpoint(checkpoint: dict, directory: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(exc, OSError) and "os error" not in str(exc):
             raise
-        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(exc):
+        if is_disk_full(exc):
             raise CheckpointError(f"disk full while saving checkpoint {directory}: free space, or keep fewer "
                                   "checkpoints (checkpoint.keep_last)") from exc
         raise CheckpointError(f"cannot write checkpoint {directory}: {getattr(exc, 'strerror', None) or exc}") from exc

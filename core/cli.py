@@ -176,7 +176,9 @@ def resume_command(args: list, run_dir) -> str:
 def _print_summary(cfg, metrics: dict) -> None:
     from tuneforge.report import format_comparison
 
-    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("RANK", "0") != "0":
+    from tuneforge.run import is_rank_zero
+
+    if not is_rank_zero():
         return  # DDP workers: the main process prints
 
     print(format_comparison(metrics))

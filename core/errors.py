@@ -32,6 +32,15 @@ class ModelError(TuneforgeError):
     """A model cannot be loaded or does not fit the chosen adapter."""
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True for "no space left" / "quota exceeded", as an ``OSError`` or as safetensors' own
+    error type (which only carries the OS message, e.g. ``os error 28``)."""
+    import errno
+
+    return (getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            or f"os error {errno.ENOSPC}" in str(exc) or f"os error {errno.EDQUOT}" in str(exc))
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1)

@@ -8,7 +8,6 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from tuneforge.errors import ConfigError
 from tuneforge.run import load_tuned_model, run_evaluators, write_outputs
 
 
@@ -54,10 +53,9 @@ def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
 
     from tuneforge.app import compose, validate
 
-    saved_path = Path(run_dir) / "config.yaml"
-    if not saved_path.is_file():
-        raise ConfigError(f"run_dir={run_dir}: no config.yaml there; give the directory of a tuneforge run")
-    saved = OmegaConf.load(saved_path)
+    from tuneforge.inference import read_run_config
+
+    saved = read_run_config(run_dir, force=True)  # eval may look at an interrupted run's last model too
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}

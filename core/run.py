@@ -127,8 +127,9 @@ def save_model(adapter_spec, model, tokenizer, directory: Path) -> None:
         tokenizer.save_pretrained(str(tmp))
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if "os error 28" in str(exc) or getattr(exc, "errno", None) == 28:
-            from tuneforge.errors import TuneforgeError
+        from tuneforge.errors import TuneforgeError, is_disk_full
+
+        if is_disk_full(exc):
 
             raise TuneforgeError(f"disk full while saving the trained model to {directory}") from exc
         raise
@@ -214,7 +215,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rank_zero = int(_env_rank()) == 0
+    rank_zero = is_rank_zero()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     resume_from = prepare_run_dir(cfg, run_dir)
@@ -408,10 +409,11 @@ def _loss_context(plugins, tokenizer):
         plugins, model_config))
 
 
-def _env_rank() -> str:
+def is_rank_zero() -> bool:
+    """True in the process that writes the run directory (global rank 0, or no distributed launch)."""
     import os
 
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop"):
