@@ -1,6 +1,6 @@
 """``python -m tuneforge``: the same as the ``tuneforge`` command."""
 
-from tuneforge.cli import main
+from tuneforge.commands.cli import main
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ Two kinds of hook exist:
   the configuration is composed; each spec's config dataclass becomes a Hydra
   config group option.
 * **Lifecycle hooks** are called at exactly one place in a run
-  (:func:`tuneforge.run.train`).
+  (:func:`tuneforge.training.run.train`).
 """
 
 from __future__ import annotations

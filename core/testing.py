@@ -44,7 +44,7 @@ def run_tiny_fit(run_dir, plugins: Iterable = (), overrides: Sequence[str] = ())
     ``plugins`` are modules or objects with ``tuneforge_*`` hooks, registered
     next to the installed ones (their components become Hydra choices).
     """
-    from tuneforge.app import compose, load_plugins, run_train
+    from tuneforge.host.compose import compose, load_plugins, run_train
 
     all_overrides = [*TINY_OVERRIDES, *overrides, f"run_dir={Path(run_dir)}"]
     loaded = load_plugins(all_overrides, extra_plugins=plugins)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuneforge.checkpoint import (
+from tuneforge.training.checkpoint import (
     CheckpointError,
     check_same_run,
     checkpoint_name,
@@ -20,7 +20,7 @@ from tuneforge.checkpoint import (
     safe_checkpoint_io,
     write_checkpoint,
 )
-from tuneforge.resilience import ResumableSampler, rng_states, set_rng_states
+from tuneforge.training.resilience import ResumableSampler, rng_states, set_rng_states
 
 
 def _optimizer_state():
@@ -117,7 +117,7 @@ def test_keep_last_prunes_old_checkpoints_and_leftovers(tmp_path):
 def test_resuming_another_runs_checkpoint_names_the_differences(tmp_path):
     from omegaconf import OmegaConf
 
-    from tuneforge.checkpoint import run_identity
+    from tuneforge.training.checkpoint import run_identity
 
     saved = OmegaConf.create({"model": {"name": "tiny", "seed": 0}, "adapter": {"name": "lora", "r": 8},
                               "data": {"name": "jsonl", "path": "a.jsonl"}})

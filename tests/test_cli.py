@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_is_fast_because_nothing_heavy_is_imported():
-    code = ("import sys, time; t = time.perf_counter(); from tuneforge.cli import main; main(['--help']); "
+    code = ("import sys, time; t = time.perf_counter(); from tuneforge.commands.cli import main; main(['--help']); "
             "heavy = [m for m in ('torch', 'transformers', 'lightning', 'peft', 'hydra') if m in sys.modules]; "
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuneforge.data import DataConfig, Record, prepare_splits, tokenizer_fingerprint
-from tuneforge.data_cache import CACHE_VERSION, cache_key, load_cached, records_fingerprint, save_cached
+from tuneforge.data.cache import CACHE_VERSION, cache_key, load_cached, records_fingerprint, save_cached
 from tuneforge.plugins.datasets import FilesDataConfig, load_files
 from tuneforge.plugins.models import build_tiny_tokenizer
 

@@ -248,13 +248,13 @@ def test_hf_missing_local_path_is_an_error():
 
 @functools.lru_cache(maxsize=None)
 def plugins():
-    from tuneforge.app import load_plugins
+    from tuneforge.host.compose import load_plugins
 
     return load_plugins([])
 
 
 def compose(*overrides):
-    from tuneforge.app import compose as compose_config
+    from tuneforge.host.compose import compose as compose_config
 
     return compose_config(list(overrides), plugins())
 

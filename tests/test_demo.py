@@ -129,7 +129,7 @@ def test_targets_block_lists_pass_and_fail():
 
 
 def test_experiment_config_composes():
-    from tuneforge.app import compose, load_plugins
+    from tuneforge.host.compose import compose, load_plugins
 
     cfg = compose(["+experiment=legal_citations"], load_plugins(["+experiment=legal_citations"]))
     assert cfg.model.name == "hf" and cfg.model.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")

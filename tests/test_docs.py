@@ -4,14 +4,14 @@ import inspect
 from pathlib import Path
 
 from tuneforge import hookspecs
-from tuneforge.plugin_docs import hook_names, render_hook_reference
+from tuneforge.host.hook_docs import hook_names, render_hook_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_docs_contain_the_generated_hook_reference():
     docs = (ROOT / "docs" / "plugins.md").read_text()
-    assert render_hook_reference() in docs, "regenerate with: python -m tuneforge.plugin_docs"
+    assert render_hook_reference() in docs, "regenerate with: python -m tuneforge.host.hook_docs"
 
 
 def test_every_hook_has_a_docstring_and_is_implemented_or_tested():
@@ -25,7 +25,7 @@ def test_every_hook_has_a_docstring_and_is_implemented_or_tested():
 
 
 def test_every_lifecycle_hook_has_exactly_one_call_site():
-    core = "\n".join(p.read_text() for p in (ROOT / "core").glob("*.py"))
+    core = "\n".join(p.read_text() for p in (ROOT / "core").rglob("*.py"))
     for name in hook_names():
         spec = getattr(hookspecs, name)
         if inspect.signature(spec).parameters:  # lifecycle hooks take arguments

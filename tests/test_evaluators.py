@@ -257,7 +257,7 @@ def test_early_stopping_callback_stops_training(tmp_path):
 
 
 def test_eval_command_reproduces_the_runs_metrics(tmp_path, capsys):
-    from tuneforge.eval_command import eval_command
+    from tuneforge.commands.eval import eval_command
 
     general = tmp_path / "general.jsonl"
     general.write_text("".join(json.dumps(r) + "\n" for r in QA))

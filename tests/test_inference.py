@@ -14,18 +14,11 @@ import torch
 from omegaconf import OmegaConf
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.export import ExportError, export_run
-from tuneforge.inference import (
-    ArgumentError,
-    GENERATE_OPTIONS,
-    RunDirectoryError,
-    build_prompt,
-    chat_loop,
-    generate_reply,
-    load_run,
-    parse_key_values,
-    read_run_config,
-)
+from tuneforge.commands.export import ExportError, export_run
+from tuneforge.commands.chat import chat_loop
+from tuneforge.commands.generate import GENERATE_OPTIONS, build_prompt, generate_reply
+from tuneforge.commands.key_values import ArgumentError, parse_key_values
+from tuneforge.commands.run_loading import RunDirectoryError, load_run, read_run_config
 from tuneforge.testing import run_tiny_fit
 
 # lr high enough that 3 steps move the weights measurably away from the base model, low enough that the
@@ -187,7 +180,7 @@ def test_export_full_fine_tune_is_saved_as_is(full_run, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.cli import main
+    from tuneforge.commands.cli import main
 
     out = tmp_path / "exported"
     main(["export", f"run_dir={full_run}", f"out={out}"])
@@ -360,8 +353,8 @@ def test_parse_key_values():
 
 
 def test_help_stays_light():
-    script = ("import sys; from tuneforge.cli import main; main(['--help']); import tuneforge.inference, "
-              "tuneforge.export; heavy = {'torch', 'transformers', 'peft'} & set(sys.modules); "
+    script = ("import sys; from tuneforge.commands.cli import main; main(['--help']); import tuneforge.commands.generate, tuneforge.commands.chat, "
+              "tuneforge.commands.export; heavy = {'torch', 'transformers', 'peft'} & set(sys.modules); "
               "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

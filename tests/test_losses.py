@@ -162,8 +162,8 @@ def test_gradient_accumulation_equals_one_big_batch_per_token_mean():
     import lightning.pytorch as pl
     from omegaconf import OmegaConf
 
-    from tuneforge.config import OptimConfig
-    from tuneforge.lightning_module import FineTuneModule
+    from tuneforge.host.schema import OptimConfig
+    from tuneforge.training.module import FineTuneModule
 
     tokenizer = build_tiny_tokenizer()
     pad = tokenizer.pad_token_id

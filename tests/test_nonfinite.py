@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tuneforge
-from tuneforge.checkpoint import latest_valid_checkpoint
+from tuneforge.training.checkpoint import latest_valid_checkpoint
 from tuneforge.errors import TuneforgeError
 from tuneforge.losses import LossOutput
 from tuneforge.testing import run_tiny_fit

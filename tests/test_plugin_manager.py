@@ -5,9 +5,9 @@ import sys
 import pytest
 
 from helpers import FIXTURES
-from tuneforge.app import plugin_selection
+from tuneforge.host.compose import plugin_selection
 from tuneforge.errors import PluginError
-from tuneforge.plugin_manager import PluginSelection, create_plugin_manager
+from tuneforge.host.plugin_manager import PluginSelection, create_plugin_manager
 
 BUILTINS = {"models", "datasets", "adapters", "losses", "evaluators"}
 

@@ -3,10 +3,10 @@
 import json
 
 import pytest
-from tuneforge import quality
-from tuneforge.config import QualityConfig
+from tuneforge.data import quality
+from tuneforge.host.schema import QualityConfig
 from tuneforge.errors import DataError
-from tuneforge.app import compose, load_plugins
+from tuneforge.host.compose import compose, load_plugins
 from tuneforge.plugins.models import build_tiny_tokenizer
 from tuneforge.testing import run_tiny_fit
 

@@ -7,7 +7,7 @@ import re
 import matplotlib.image
 import pytest
 
-from tuneforge.report import (
+from tuneforge.evaluation.report import (
     format_comparison,
     overfitting_signal,
     read_loss_curves,

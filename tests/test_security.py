@@ -34,7 +34,7 @@ def test_tokens_never_reach_configs_logs_or_reports(tmp_path):
 def test_secret_values_are_redacted_from_saved_config_and_log(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from tuneforge.run import resolved_config_yaml
+    from tuneforge.training.run_dir import resolved_config_yaml
     from tuneforge.secrets import RedactingFilter, redact
 
     monkeypatch.setenv("HF_TOKEN", SECRET)

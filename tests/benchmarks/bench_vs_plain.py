@@ -24,7 +24,7 @@ def _args(argv):
 
 
 def _setup(overrides):
-    from tuneforge.app import compose, load_plugins
+    from tuneforge.host.compose import compose, load_plugins
 
     plugins = load_plugins(overrides)
     cfg = compose(overrides, plugins)
@@ -39,8 +39,9 @@ def _setup(overrides):
 def time_tuneforge(overrides, steps, warmup, run_dir):
     import lightning.pytorch as pl
 
-    from tuneforge.lightning_module import FineTuneDataModule, FineTuneModule
-    from tuneforge.run import build_trainer
+    from tuneforge.training.data_module import FineTuneDataModule
+    from tuneforge.training.module import FineTuneModule
+    from tuneforge.training.trainer import build_trainer
 
     _, cfg, model, tokenizer, splits, loss_fn = _setup(overrides)
     stamps = []

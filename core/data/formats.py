@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tuneforge.data_sources import Record
+from tuneforge.data.sources import Record
 from tuneforge.errors import DataError
 
 log = logging.getLogger("tuneforge")

@@ -23,7 +23,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from tuneforge.checkpoint import CHECKPOINT_DIR, checkpoint_name, prune_checkpoints
+from tuneforge.training.checkpoint import CHECKPOINT_DIR, checkpoint_name, prune_checkpoints
 
 log = logging.getLogger("tuneforge")
 

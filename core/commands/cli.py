@@ -52,13 +52,13 @@ COMMAND_ENV = "TUNEFORGE_COMMAND"  # lets DDP child processes re-enter `train`
 #: command -> "module:function"; each function takes the remaining argv list.
 #: Modules are imported only when their command runs.
 COMMANDS = {
-    "train": "tuneforge.cli:train_command",
-    "plugins": "tuneforge.cli:plugins_command",
-    "eval": "tuneforge.eval_command:eval_command",
-    "generate": "tuneforge.inference:generate_command",
-    "chat": "tuneforge.inference:chat_command",
-    "export": "tuneforge.export:export_command",
-    "compare": "tuneforge.compare:compare_command",
+    "train": "tuneforge.commands.cli:train_command",
+    "plugins": "tuneforge.commands.cli:plugins_command",
+    "eval": "tuneforge.commands.eval:eval_command",
+    "generate": "tuneforge.commands.generate:generate_command",
+    "chat": "tuneforge.commands.chat:chat_command",
+    "export": "tuneforge.commands.export:export_command",
+    "compare": "tuneforge.commands.compare:compare_command",
 }
 
 
@@ -109,7 +109,7 @@ def train_command(args: list) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from tuneforge.app import CONFIG_MODULE, CONFIG_NAME, compose, load_plugins, run_train
+    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, compose, load_plugins, run_train
 
     overrides = hydra_overrides(args)
     plugins = load_plugins(overrides)
@@ -121,7 +121,7 @@ def train_command(args: list) -> None:
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
     def hydra_train(cfg) -> None:
         from tuneforge.errors import TuneforgeError
-        from tuneforge.run import RunInterrupted
+        from tuneforge.training.run import RunInterrupted
         from tuneforge.secrets import install_log_redaction
 
         # Hydra's root handler already prints and files Lightning's messages: avoid doubles
@@ -174,9 +174,9 @@ def resume_command(args: list, run_dir) -> str:
 
 
 def _print_summary(cfg, metrics: dict) -> None:
-    from tuneforge.report import format_comparison
+    from tuneforge.evaluation.report import format_comparison
 
-    from tuneforge.run import is_rank_zero
+    from tuneforge.training.run import is_rank_zero
 
     if not is_rank_zero():
         return  # DDP workers: the main process prints
@@ -192,8 +192,8 @@ def _hydra_output_dir() -> str:
 
 
 def plugins_command(args: list) -> None:
-    from tuneforge.app import plugin_selection
-    from tuneforge.plugin_manager import create_plugin_manager
+    from tuneforge.host.compose import plugin_selection
+    from tuneforge.host.plugin_manager import create_plugin_manager
 
     plugins = create_plugin_manager(plugin_selection(args))
     width = max(len("plugin"), *(len(name) for name in plugins.infos))

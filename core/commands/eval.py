@@ -8,7 +8,9 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from tuneforge.run import load_tuned_model, run_evaluators, write_outputs
+from tuneforge.evaluation.runner import run_evaluators
+from tuneforge.training.model_io import load_tuned_model
+from tuneforge.training.run_dir import write_outputs
 
 
 def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: Optional[Path] = None) -> dict:
@@ -51,9 +53,9 @@ def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from tuneforge.app import compose, validate
+    from tuneforge.host.compose import compose, validate
 
-    from tuneforge.inference import read_run_config
+    from tuneforge.commands.run_loading import read_run_config
 
     saved = read_run_config(run_dir, force=True)  # eval may look at an interrupted run's last model too
     parsed = OverridesParser.create().parse_overrides(list(overrides))
@@ -87,8 +89,8 @@ metrics.json, predictions.jsonl, report.md, report.html.
 
 def eval_command(args: list) -> None:
     """``tuneforge eval``: evaluators on a finished run or on a bare base model."""
-    from tuneforge.app import compose, load_plugins
-    from tuneforge.report import format_comparison
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.evaluation.report import format_comparison
 
     run_dir, out_dir, overrides = None, None, []
     for arg in args:

@@ -17,18 +17,14 @@ import shutil
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.inference import (
-    Option,
-    format_options,
+from tuneforge.commands.key_values import Option, format_options, parse_bool, parse_key_values, wants_help
+from tuneforge.commands.run_loading import (
     is_peft_adapter,
     load_run_model,
     load_run_tokenizer,
-    parse_bool,
-    parse_key_values,
     read_run_config,
     resolved_chat_template,
     run_chat_template,
-    wants_help,
 )
 
 #: files of a PEFT adapter folder that must not end up in an export

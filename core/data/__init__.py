@@ -1,10 +1,10 @@
 """Turning records into training examples: reading, formatting, masking, caching, splitting, batching.
 
 The pipeline is: records (dicts, each remembering ``file:line``; see
-:mod:`tuneforge.data_sources`) -> a deterministic train/validation split ->
+:mod:`tuneforge.data.sources`) -> a deterministic train/validation split ->
 a format (alpaca, chat, completion, preference; see
-:mod:`tuneforge.data_formats`) -> token ids plus labels where only assistant
-tokens carry loss -> an on-disk cache (:mod:`tuneforge.data_cache`) -> padded
+:mod:`tuneforge.data.formats`) -> token ids plus labels where only assistant
+tokens carry loss -> an on-disk cache (:mod:`tuneforge.data.cache`) -> padded
 batches (:func:`pad_batch`).
 
 This module is the public helper API for dataset plugins: a plugin reads its
@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
-from tuneforge.data_cache import (
+from tuneforge.data.cache import (
     cache_key,
     cache_path,
     default_cache_dir,
@@ -30,7 +30,7 @@ from tuneforge.data_cache import (
     save_cached,
     tokenizer_fingerprint,
 )
-from tuneforge.data_formats import (
+from tuneforge.data.formats import (
     ALPACA_PROMPT,
     CHATML_TEMPLATE,
     FORMATS,
@@ -49,7 +49,7 @@ from tuneforge.data_formats import (
     tokenize_sample,
     tokenize_text,
 )
-from tuneforge.data_sources import (
+from tuneforge.data.sources import (
     Record,
     hub_reachable,
     read_csv,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from tuneforge.errors import ConfigError, did_you_mean
-from tuneforge.plugin_manager import PluginSelection, Plugins, create_plugin_manager
+from tuneforge.host.plugin_manager import PluginSelection, Plugins, create_plugin_manager
 
 CONFIG_MODULE = "tuneforge.conf"
 CONFIG_NAME = "config"
@@ -46,7 +46,7 @@ def plugin_selection(overrides: Sequence[str]) -> PluginSelection:
 
 def load_plugins(overrides: Sequence[str] = (), extra_plugins: Iterable = ()) -> Plugins:
     """Load plugins for a run with these overrides and register their configs with Hydra."""
-    from tuneforge.config import register_configs
+    from tuneforge.host.schema import register_configs
 
     plugins = create_plugin_manager(plugin_selection(overrides), extra_plugins)
     register_configs(plugins)
@@ -145,7 +145,7 @@ def validate(cfg, plugins: Plugins) -> None:
 def _check_component(plugins: Plugins, group: str, path: str, node) -> None:
     """The node names a registered component and has only that component's keys
     (``+key=value`` overrides bypass Hydra's own check)."""
-    from tuneforge.config import named_config_class
+    from tuneforge.host.schema import named_config_class
 
     if "name" not in node:
         raise ConfigError(f"'{path}' has no 'name'; select a component with {group}=<name>, "
@@ -159,7 +159,7 @@ def _check_component(plugins: Plugins, group: str, path: str, node) -> None:
 
 
 def run_train(cfg, plugins: Plugins, run_dir: Optional[str] = None) -> dict:
-    from tuneforge.run import train
+    from tuneforge.training.run import train
 
     validate(cfg, plugins)
     target = cfg.run_dir or run_dir

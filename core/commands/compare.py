@@ -70,7 +70,7 @@ def _fmt(value) -> str:
 
 def plot_data_efficiency(rows: list[dict], path: Path) -> bool:
     """Tuned score vs training examples (one line per metric, base dashed); False without numbers."""
-    from tuneforge.report import _figure
+    from tuneforge.evaluation.report import _figure
 
     points = [r for r in rows if r["train_examples"] is not None]
     names = [n for n in metric_names(points) if any(n in r["tuned"] for r in points)]

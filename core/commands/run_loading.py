@@ -1,0 +1,169 @@
+"""A run directory turned back into a model the way the run built it (``generate``, ``chat``,
+``eval``, ``export``):
+
+1. ``config.yaml`` names the model source; the base model is loaded through
+   the plugin registry (:func:`tuneforge.training.model_io.load_model_from_config`),
+   so a run on a third-party model source needs that plugin installed;
+2. ``model/`` holds what the run's adapter saved, loaded back onto the base;
+3. the tokenizer saved in ``model/`` is used, and prompts are rendered with the
+   same chat template as training.
+
+Importing this module is cheap: torch and transformers are imported inside the
+functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from tuneforge.commands.key_values import ArgumentError
+from tuneforge.errors import TuneforgeError
+
+
+#: statuses in ``status.json`` that mean the saved model may be missing or stale
+UNFINISHED_STATUSES = ("running", "failed")
+
+
+class RunDirectoryError(TuneforgeError):
+    """The directory is not a usable tuneforge run directory."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def read_run_config(run_dir, force: bool = False):
+    """The resolved config of a finished run, after checking the directory is a run directory.
+
+    Raises :class:`RunDirectoryError` when ``run_dir`` lacks ``config.yaml`` or
+    ``model/``, or when ``status.json`` says ``running`` or ``failed`` and
+    ``force`` is false.
+    """
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise RunDirectoryError(f"run_dir={run_dir} does not exist (give a directory written by tuneforge train)")
+    missing = [name for name, ok in (("config.yaml", (run_dir / "config.yaml").is_file()),
+                                     ("model/", (run_dir / "model").is_dir())) if not ok]
+    if missing:
+        raise RunDirectoryError(f"run_dir={run_dir} is not a tuneforge run directory: no {' and no '.join(missing)} "
+                                "(give a directory written by tuneforge train)")
+    status = run_status(run_dir)
+    if status in UNFINISHED_STATUSES and not force:
+        raise RunDirectoryError(f"run_dir={run_dir}: the run's status is '{status}', so its model may be missing "
+                                "or stale; pass force=true to use it anyway")
+    try:
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+    except Exception as exc:  # yaml errors come in several classes
+        raise RunDirectoryError(f"{run_dir / 'config.yaml'}: cannot read: {exc}".splitlines()[0]) from exc
+    if "model" not in cfg or "name" not in cfg.model:
+        raise RunDirectoryError(f"{run_dir / 'config.yaml'}: has no model.name, so the base model is unknown")
+    return cfg
+
+
+def run_status(run_dir) -> Optional[str]:
+    """The ``status`` in ``<run_dir>/status.json``, or None when the file is absent or unreadable."""
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def is_peft_adapter(model_dir) -> bool:
+    """True when ``model_dir`` holds a PEFT adapter rather than full weights."""
+    return (Path(model_dir) / "adapter_config.json").is_file()
+
+
+def run_chat_template(cfg) -> Optional[str]:
+    """The chat template the run's dataset used instead of the tokenizer's (None: the tokenizer's)."""
+    data = cfg.get("data") or {}
+    return data.get("chat_template") or None
+
+
+def resolved_chat_template(tokenizer, chat_template: Optional[str]) -> Optional[str]:
+    """The Jinja text of the template prompts are rendered with (``data.chat_template`` may be a name or a path)."""
+    try:
+        from tuneforge.data import resolve_chat_template
+    except ImportError:  # a tuneforge.data where data.chat_template is always the Jinja text itself
+        return chat_template or getattr(tokenizer, "chat_template", None)
+    return resolve_chat_template(tokenizer, chat_template)
+
+
+def plugins_for_run(cfg):
+    """The plugin manager with the run's plugin switches (plus the environment's)."""
+    from tuneforge.host.plugin_manager import PluginSelection, create_plugin_manager
+
+    switches = cfg.get("plugins") or {}
+    return create_plugin_manager(PluginSelection.from_env(
+        disable=list(switches.get("disable") or ()), enable=list(switches.get("enable") or ()),
+        autoload=switches.get("autoload")))
+
+
+def load_run_tokenizer(run_dir, cfg):
+    """The tokenizer saved in ``<run_dir>/model``, with a pad token set."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(run_dir).expanduser() / "model"
+    trust = bool((cfg.get("model") or {}).get("trust_remote_code", False))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust)
+    except (OSError, ValueError) as exc:
+        raise RunDirectoryError(f"{model_dir}: cannot load the saved tokenizer: {str(exc).splitlines()[0]}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_run_model(run_dir, cfg, plugins=None):
+    """The tuned model of a run, in eval mode on the CPU: base + PEFT adapter, or the full weights."""
+    from tuneforge.training.model_io import load_model_from_config, load_tuned_model
+
+    model_dir = Path(run_dir).expanduser() / "model"
+    if not is_peft_adapter(model_dir) and not (model_dir / "config.json").is_file():
+        raise RunDirectoryError(f"{model_dir}: holds neither a PEFT adapter (adapter_config.json) nor full "
+                                "weights (config.json)")
+    base = None
+    if is_peft_adapter(model_dir):
+        base, _ = load_model_from_config(plugins or plugins_for_run(cfg), cfg.model)
+    model = load_tuned_model(base, model_dir, trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
+    model.eval()
+    return model
+
+
+@dataclass
+class LoadedRun:
+    """A run's tuned model, tokenizer and the chat template its training used."""
+
+    model: Any
+    tokenizer: Any
+    config: Any
+    chat_template: Optional[str]
+    device: Any
+
+
+def resolve_device(name: str):
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given to torch."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ArgumentError(f"device='{name}' is not a torch device: {exc}") from None
+
+
+def load_run(run_dir, force: bool = False, device: str = "auto") -> LoadedRun:
+    """Load everything needed to generate with a run (see the module docstring)."""
+    cfg = read_run_config(run_dir, force=force)
+    target = resolve_device(device)
+    tokenizer = load_run_tokenizer(run_dir, cfg)
+    model = load_run_model(run_dir, cfg).to(target)
+    return LoadedRun(model=model, tokenizer=tokenizer, config=cfg, chat_template=run_chat_template(cfg),
+                     device=target)
+
+
+# --------------------------------------------------------------------------- generation

@@ -1,0 +1,27 @@
+"""Evaluation: the public helpers for evaluator plugins (prompts, references, shared greedy
+generation, predictions; see :mod:`tuneforge.evaluation.generation`), the evaluator runner
+(:mod:`~tuneforge.evaluation.runner`) and the run report (:mod:`~tuneforge.evaluation.report`).
+
+Evaluator plugins import from here: ``from tuneforge.evaluation import generate_predictions``.
+"""
+
+from tuneforge.evaluation.generation import (
+    EvaluationPass,
+    current_pass,
+    evaluation_pass,
+    few_shot_messages,
+    generate,
+    generate_predictions,
+    merge_predictions,
+    model_device,
+    prompts_and_references,
+    record_predictions,
+    split_example,
+    with_few_shot,
+)
+
+__all__ = [
+    "EvaluationPass", "current_pass", "evaluation_pass", "few_shot_messages", "generate", "generate_predictions",
+    "merge_predictions", "model_device", "prompts_and_references", "record_predictions", "split_example",
+    "with_few_shot",
+]

@@ -1,0 +1,2 @@
+"""The host: plugin discovery and registries, the config schema, composition and validation, and
+the hook reference generated from the hook specs."""

@@ -1,0 +1,197 @@
+"""One training run, top to bottom: build -> baseline eval -> fit -> tuned eval -> save.
+
+:func:`train` is the single call site of the lifecycle hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from tuneforge.evaluation.runner import run_evaluators
+from tuneforge.training.model_io import load_model_from_config, save_model
+from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
+                                        resolved_config_yaml, write_json, write_outputs)
+from tuneforge.training.trainer import build_trainer, token_counter
+
+
+log = logging.getLogger("tuneforge")
+
+
+class RunInterrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Optional[Path], run_dir: Path):
+        self.signal_name, self.step, self.checkpoint, self.run_dir = signal_name, step, checkpoint, run_dir
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (stopped before training)"
+        super().__init__(f"interrupted by {signal_name} at step {step}; saved {where}")
+
+
+def join_predictions(base_rows: list, tuned_rows: list) -> list:
+    """Add each base output (saved before training) to the tuned row of the same prompt."""
+    def key(row):
+        return row["set"], row["kind"], row["source"], row["prompt"]
+
+    base_by_key = {key(row): row.get("base") for row in base_rows}
+    joined = [dict(row, base=base_by_key.get(key(row))) for row in tuned_rows]
+    seen = {key(row) for row in tuned_rows}
+    joined += [row for row in base_rows if key(row) not in seen]
+    return joined
+
+
+def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
+    """Run one fine-tune described by ``cfg``; returns the final metrics.
+
+    The run directory receives ``config.yaml`` (resolved), ``metrics.csv``,
+    ``metrics.json`` (data quality, base and tuned evaluator results, training
+    numbers), ``predictions.jsonl`` (prompt, reference, base and tuned output),
+    ``report.md`` / ``report.html`` with ``metrics.png`` and
+    ``loss_curves.png``, ``model/`` (adapter in PEFT format, or full
+    safetensors weights, plus the tokenizer) and ``status.json``
+    (``running`` -> ``completed`` or ``failed``).
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    from tuneforge.data import quality
+    from tuneforge.evaluation import merge_predictions
+
+    from tuneforge.training.checkpoint import run_identity
+    from tuneforge.training.resilience import CheckpointAndInterrupt
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank_zero = is_rank_zero()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    resume_from = prepare_run_dir(cfg, run_dir)
+    if rank_zero:
+        (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
+        write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
+    plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir)
+    metrics: dict = {}
+    status, error = "failed", None
+    started = time.time()
+    try:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
+        adapter_spec = plugins["adapter"].get(cfg.adapter.name)
+        model = adapter_spec.apply(model, cfg.adapter)
+        params = count_parameters(model)
+        log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", cfg.adapter.name, params["trainable"],
+                 params["total"], 100 * params["fraction"])
+        metrics["parameters"] = params
+        splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
+        metrics["data"] = splits.stats
+
+        # Data quality, before any training: serious problems stop here.
+        metrics["quality"] = quality.assess(splits, cfg.quality.max_labels)
+        for warning in metrics["quality"]["warnings"]:
+            log.warning("data quality: %s", warning)
+        quality.check(metrics["quality"], cfg.quality)
+
+        loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss, _loss_context(plugins, tokenizer))
+        callbacks = [plugins["callbacks"].get(c.name).build(c) for c in cfg.callbacks.values()]
+        throughput = token_counter()
+
+        # Base-model evaluation happens once per run: a resumed run reuses the saved result.
+        base_file = run_dir / "base_eval.json"
+        if resume_from is not None and base_file.is_file():
+            saved = json.loads(base_file.read_text())
+            metrics["base"], base_rows = saved["metrics"], saved["predictions"]
+        else:
+            metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
+            base_rows = merge_predictions({"base": base_pass})
+            if rank_zero:
+                write_json(base_file, {"metrics": metrics["base"], "predictions": base_rows})
+        module = _fine_tune_module(model, loss_fn, cfg.optim, cfg.trainer.on_nonfinite_loss)
+        datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed)
+        checkpointer = CheckpointAndInterrupt(run_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
+                                              run_identity(cfg))
+        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer])
+        fit_started = time.time()
+        history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
+        resumed_step = _checkpoint_step(resume_from) if resume_from else 0
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from), **_no_pickle(trainer))
+        if history and trainer.is_global_zero:  # Lightning's CSV logger starts a fresh file on resume
+            keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
+        if checkpointer.interrupted_by:
+            status = "interrupted"
+            raise RunInterrupted(checkpointer.interrupted_by, trainer.global_step, checkpointer.last_saved, run_dir)
+        metrics["skipped_nonfinite_batches"] = module.skipped_batches
+        metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
+        metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["steps"] = int(trainer.global_step)
+        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
+        metrics["wall_time_s"] = time.time() - started
+        if trainer.is_global_zero:
+            save_model(adapter_spec, model, tokenizer, run_dir / "model")
+            predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
+            write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")
+        status = "completed"
+        return metrics
+    except KeyboardInterrupt:
+        status, error = "interrupted", "KeyboardInterrupt before training started or after it ended"
+        raise
+    except Exception as exc:
+        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise
+    finally:
+        if rank_zero:
+            write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
+                                                 "resumed_from": _str(resume_from),
+                                                 "wall_time_s": time.time() - started})
+        plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics)
+
+
+def _no_pickle(trainer) -> dict:
+    """``weights_only=True`` where Lightning accepts it (>= 2.5); SafeCheckpointIO never unpickles anyway."""
+    import inspect
+
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    state = json.loads((checkpoint / "state.json").read_text())
+    return int(state.get("global_step", 0))
+
+
+def _str(path: Optional[Path]) -> Optional[str]:
+    return None if path is None else str(path)
+
+
+def count_parameters(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "fraction": trainable / max(total, 1)}
+
+
+def _loss_context(plugins, tokenizer):
+    from tuneforge.losses import LossContext
+
+    return LossContext(tokenizer=tokenizer, load_model=lambda model_config: load_model_from_config(
+        plugins, model_config))
+
+
+def is_rank_zero() -> bool:
+    """True in the process that writes the run directory (global rank 0, or no distributed launch)."""
+    import os
+
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
+def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop"):
+    from tuneforge.training.module import FineTuneModule
+
+    return FineTuneModule(model, loss_fn, optim_cfg, on_nonfinite_loss)
+
+
+def _data_module(splits, pad_token_id, loader_cfg, seed):
+    from tuneforge.training.data_module import FineTuneDataModule
+
+    return FineTuneDataModule(splits, pad_token_id, loader_cfg, seed)
