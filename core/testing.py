@@ -31,26 +31,33 @@ TINY_OVERRIDES = (
 
 @dataclass
 class FitResult:
-    """What a tiny fit produced: final ``metrics``, its ``run_dir`` and the composed ``config``."""
+    """What a tiny fit produced: final ``metrics``, its ``run_dir``, the composed ``config`` and the
+    validated ``components`` (each component's spec and the typed config instance it was given)."""
 
     metrics: dict
     run_dir: Path
     config: object
+    components: object = None
 
 
 def run_tiny_fit(run_dir, plugins: Iterable = (), overrides: Sequence[str] = ()) -> FitResult:
     """Compose the config with ``TINY_OVERRIDES`` + ``overrides`` and train the tiny model.
 
     ``plugins`` are modules or objects with ``tuneforge_*`` hooks, registered
-    next to the installed ones (their components become Hydra choices).
+    next to the installed ones (their components become Hydra choices).  The
+    config is composed once (Hydra's compose API) and validated once, like a
+    ``tuneforge train`` run: a bad value raises ``ConfigError`` before the
+    model loads.
     """
+    from tuneforge.host.components import run_components
     from tuneforge.host.compose import compose, load_plugins, run_train
 
     all_overrides = [*TINY_OVERRIDES, *overrides, f"run_dir={Path(run_dir)}"]
     loaded = load_plugins(all_overrides, extra_plugins=plugins)
-    cfg = compose(all_overrides, loaded)
-    metrics = run_train(cfg, loaded)
-    return FitResult(metrics=metrics, run_dir=Path(run_dir), config=cfg)
+    cfg = compose(all_overrides)
+    components = run_components(cfg, loaded)
+    metrics = run_train(cfg, loaded, components=components)
+    return FitResult(metrics=metrics, run_dir=Path(run_dir), config=cfg, components=components)
 
 
 try:

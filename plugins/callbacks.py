@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import math
+
 import tuneforge
+from tuneforge.validation import at_least, check, non_empty, one_of
 
 
 @dataclass
@@ -35,12 +38,15 @@ class EarlyStoppingConfig:
     check_finite: bool = True
     strict: bool = True
 
+    def __post_init__(self) -> None:
+        finite = at_least(-math.inf)
+        check(self, monitor=non_empty, mode=one_of("min", "max"), patience=at_least(0), min_delta=at_least(0),
+              stopping_threshold=finite, divergence_threshold=finite)
+
 
 def build_early_stopping(config: EarlyStoppingConfig):
     from lightning.pytorch.callbacks import EarlyStopping
 
-    if config.mode not in ("min", "max"):
-        raise tuneforge.ConfigError(f"callbacks.early_stopping.mode is '{config.mode}'; valid: min, max")
     return EarlyStopping(monitor=config.monitor, mode=config.mode, patience=config.patience,
                          min_delta=config.min_delta, stopping_threshold=config.stopping_threshold,
                          divergence_threshold=config.divergence_threshold, check_finite=config.check_finite,

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 import tuneforge
+from tuneforge.validation import check
 
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 _CHECK = re.compile(r"^\s*(?P<ref>[^\s<>=]+)\s*(?P<op><=|>=|==|<|>)\s*(?P<bound>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*$")
@@ -49,6 +50,21 @@ class TargetsConfig:
 
     checks: dict = field(default_factory=dict)
     title: str = "targets"
+
+    def __post_init__(self) -> None:
+        check(self, checks=_checks_problem)
+
+
+def _checks_problem(checks) -> Optional[str]:
+    """Every check must parse, so a malformed one fails before training, not after."""
+    if not isinstance(checks, dict):
+        return f"must be a mapping label -> check, got {checks!r}"
+    for label, expression in checks.items():
+        try:
+            parse_check(expression)
+        except tuneforge.ConfigError as exc:
+            return f"{label!r}: {str(exc).removeprefix('callbacks.targets: ')}"
+    return None
 
 
 def parse_check(expression: str) -> tuple[str, str, float]:
@@ -100,9 +116,7 @@ def format_targets(result: dict, title: str = "targets") -> str:
 def build_targets(config: TargetsConfig):
     import lightning.pytorch as pl
 
-    for expression in config.checks.values():
-        parse_check(expression)  # a malformed check fails before training, not after
-    return pl.Callback()
+    return pl.Callback()  # the checks (parsed when the config was built) run in tuneforge_run_end
 
 
 @tuneforge.hookimpl

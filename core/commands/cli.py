@@ -63,7 +63,9 @@ COMMANDS = {
 
 
 def _fail(message: str) -> "NoReturn":  # noqa: F821
-    print(f"tuneforge: error: {message}", file=sys.stderr)
+    """Print each line of ``message`` (one problem a line) as ``tuneforge: error: ...`` and exit 2."""
+    for line in str(message).splitlines() or [""]:
+        print(f"tuneforge: error: {line}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -104,23 +106,54 @@ def main(argv=None) -> None:
 
 
 def train_command(args: list) -> None:
+    """``tuneforge train``: ``hydra.main`` composes the config (the only composition of the run);
+    the task validates it before importing anything heavy or making a run directory."""
+    import functools
     import logging
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, compose, load_plugins, run_train
+    from tuneforge.errors import ConfigError
+    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, explain_composition_error, load_plugins, run_train
+    from tuneforge.host.hydra_dirs import discard_new_output_dir
 
     overrides = hydra_overrides(args)
     plugins = load_plugins(overrides)
-    if not {"-m", "--multirun"} & set(args):
-        compose(overrides, plugins)  # one-line errors for bad overrides before Hydra takes over
     os.environ[COMMAND_ENV] = "train"
     sys.argv = [sys.argv[0], *args]
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    task_errors: list = []
+
+    def own_errors(task):
+        """The job reports its own errors as always; only composing a job's config raises to us (below)."""
+        @functools.wraps(task)
+        def job(cfg):
+            _set_env("HYDRA_FULL_ERROR", user_full_error)
+            try:
+                return task(cfg)
+            except Exception as exc:
+                task_errors.append(exc)
+                raise
+            finally:
+                os.environ["HYDRA_FULL_ERROR"] = "1"  # for the next job's composition (a -m sweep)
+        return job
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
+    @own_errors
     def hydra_train(cfg) -> None:
         from tuneforge.errors import TuneforgeError
+        from tuneforge.host.components import run_components
+
+        output_dir = HydraConfig.get().runtime.output_dir
+        try:
+            components = run_components(cfg, plugins)  # before torch is imported, before any run directory
+        except TuneforgeError as exc:
+            discard_new_output_dir(output_dir)  # Hydra made it for this job: a refused run leaves nothing
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            _fail(str(exc))
+
         from tuneforge.training.run import RunInterrupted
         from tuneforge.secrets import install_log_redaction
 
@@ -132,9 +165,9 @@ def train_command(args: list) -> None:
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
         install_log_redaction()
-        run_dir = cfg.run_dir or HydraConfig.get().runtime.output_dir
+        run_dir = components.config.run_dir or output_dir
         try:
-            metrics = run_train(cfg, plugins, run_dir)
+            metrics = run_train(cfg, plugins, run_dir, components)
         except RunInterrupted as exc:
             print(f"tuneforge: {exc}.\nResume with: {resume_command(args, run_dir)}", file=sys.stderr)
             raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
@@ -142,9 +175,36 @@ def train_command(args: list) -> None:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             _fail(str(exc))
-        _print_summary(cfg, metrics)
+        _print_summary(components.config, metrics)
 
-    hydra_train()
+    # With HYDRA_FULL_ERROR=1 Hydra raises a composition error instead of printing it over
+    # several lines; it becomes a one-line ConfigError here.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_train()
+    except Exception as exc:
+        if any(exc is e for e in task_errors) or not _is_composition_error(exc):
+            raise
+        discard_new_output_dir()  # a -m sweep whose jobs could not be composed
+        if user_full_error == "1":
+            raise
+        raise ConfigError(explain_composition_error(exc, overrides)) from None
+    finally:
+        _set_env("HYDRA_FULL_ERROR", user_full_error)
+
+
+def _is_composition_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, (HydraException, OmegaConfBaseException))
+
+
+def _set_env(name: str, value) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 #: Hydra's own flags that take a value (``--cfg job``, ``-cn other`` ...)

@@ -19,8 +19,13 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     The base model (``cfg.model``) is always scored; with ``run_dir`` the
     run's trained weights (``<run_dir>/model``) are loaded on top and scored
     as ``tuned``.  With ``out_dir`` it receives ``metrics.json``,
-    ``predictions.jsonl`` and the report.
+    ``predictions.jsonl`` and the report.  ``cfg`` is validated first.
     """
+    from tuneforge.host.components import run_components
+
+    components = run_components(cfg, plugins)
+    cfg = components.config
+
     import torch
 
     from tuneforge.evaluation import merge_predictions
@@ -29,14 +34,15 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
-    model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
-    splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
+    model, tokenizer = components.model.spec.load(components.model.config)
+    splits = components.data.spec.load(components.data.config, tokenizer)
     metrics: dict = {"data": splits.stats}
-    metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
+    metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val, "base")
     tuned_pass = None
     if run_dir is not None:
         model = load_tuned_model(model, Path(run_dir) / "model")
-        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
+        metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
+                                                      "tuned")
     metrics["wall_time_s"] = time.time() - started
     if out_dir is not None:
         write_outputs(Path(out_dir), cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),
@@ -44,8 +50,8 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     return metrics
 
 
-def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
-    """The saved config of a finished run, with ``overrides`` applied on top.
+def run_config(run_dir: Path, overrides: list) -> DictConfig:
+    """The saved config of a finished run, with ``overrides`` applied on top (validated by :func:`evaluate`).
 
     Group choices (``model``, ``data``, ``adapter``, ``loss``, ``evaluators``)
     default to the run's; ``evaluators=[...]`` replaces the run's evaluators
@@ -53,7 +59,7 @@ def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from tuneforge.host.compose import compose, validate
+    from tuneforge.host.compose import compose
 
     from tuneforge.commands.run_loading import read_run_config
 
@@ -64,13 +70,12 @@ def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
     choices = [f"{g}={saved[g].name}" for g in ("model", "data", "adapter", "loss") if g not in chosen]
     if "evaluators" not in chosen:
         choices.append(f"evaluators=[{','.join(saved.get('evaluators') or {})}]")
-    composed = compose([*choices, *overrides], plugins)
+    composed = compose([*choices, *overrides])
     final = OmegaConf.merge(composed, {k: v for k, v in saved.items() if k not in chosen and k in composed})
     for override in parsed:
         if override.key_or_group not in groups and not override.is_delete():
             OmegaConf.update(final, override.key_or_group, OmegaConf.select(composed, override.key_or_group),
                              merge=False)
-    validate(final, plugins)
     return final
 
 
@@ -104,7 +109,7 @@ def eval_command(args: list) -> None:
         else:
             overrides.append(arg)
     plugins = load_plugins(overrides)
-    cfg = run_config(run_dir, overrides, plugins) if run_dir else compose(overrides, plugins)
+    cfg = run_config(run_dir, overrides) if run_dir else compose(overrides)
     if out_dir is None and run_dir is not None:
         out_dir = run_dir / "eval"
     metrics = evaluate(cfg, plugins, run_dir, out_dir)

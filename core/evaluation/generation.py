@@ -88,9 +88,11 @@ def few_shot_messages(few_shot: Iterable) -> list:
     Each item is ``{"user": ..., "assistant": ...}`` (also accepted:
     ``{"prompt": ..., "response": ...}`` or ``{"instruction", "output"}``).
     """
+    from collections.abc import Mapping
+
     turns = []
-    for i, item in enumerate(_plain(few_shot) or []):
-        if not isinstance(item, dict):
+    for i, item in enumerate(few_shot or []):
+        if not isinstance(item, Mapping):
             raise ConfigError(f"few_shot[{i}] must be a mapping with 'user' and 'assistant', got {item!r}")
         user = item.get("user", item.get("prompt", item.get("instruction")))
         answer = item.get("assistant", item.get("response", item.get("output")))
@@ -214,9 +216,3 @@ def merge_predictions(passes: dict) -> list:
             for out, row in zip(target, rows):
                 out[label] = row["output"]
     return [row for rows in merged.values() for row in rows]
-
-
-def _plain(value):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value

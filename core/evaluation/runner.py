@@ -5,8 +5,11 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 
-def run_evaluators(plugins, cfg: DictConfig, model, tokenizer, examples, label: str = "eval"):
+def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples, label: str = "eval"):
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
+
+    ``evaluators`` maps each ``evaluators.<key>`` to its validated component
+    (``RunComponents.evaluators``): the spec and the typed config it is called with.
 
     Returns ``(metrics, pass)``: metrics are named ``<evaluator>/<metric>``, or
     just ``<evaluator>`` when it returns one metric of its own name
@@ -22,9 +25,8 @@ def run_evaluators(plugins, cfg: DictConfig, model, tokenizer, examples, label: 
         model.to(device)
     try:
         with evaluation_pass(label, chat_template=OmegaConf.select(cfg, "data.chat_template")) as one_pass:
-            for name, evaluator_cfg in cfg.evaluators.items():
-                spec = plugins["evaluators"].get(evaluator_cfg.name)
-                values = spec.evaluate(model, tokenizer, examples, evaluator_cfg)
+            for name, evaluator in evaluators.items():
+                values = evaluator.spec.evaluate(model, tokenizer, examples, evaluator.config)
                 for metric, value in values.items():
                     alone = len(values) == 1 and metric == name
                     results[name if alone else f"{name}/{metric}"] = float(value)

@@ -5,6 +5,10 @@ Every registered component's config dataclass is stored under its group
 (``adapter/lora``, ``data/jsonl``, ``evaluators/perplexity`` ...) with an extra
 ``name`` field, so third-party components are selectable and type-checked
 exactly like built-ins, and a saved config says which component ran.
+
+Each root dataclass checks its own values in ``__post_init__`` (see
+:mod:`tuneforge.validation`); the host builds an instance of each from the
+composed config before anything heavy runs (:mod:`tuneforge.host.components`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from tuneforge.specs import SPEC_KINDS
+from tuneforge.validation import (at_least, between, check, each, greater_than, is_placeholder,
+                                  one_of)
+
+#: Lightning's precision names (``lightning.fabric.plugins.precision.precision._PRECISION_INPUT``)
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16")
 
 
 @dataclass
@@ -42,6 +52,24 @@ class TrainerConfig:
     #: step (the last checkpoint stays the good one) or ``skip`` the batch (counted)
     on_nonfinite_loss: str = "stop"
 
+    def __post_init__(self) -> None:
+        check(self, max_steps=self._max_steps_problem, max_epochs=_at_least_or_minus_one(1),
+              accumulate_grad_batches=at_least(1), precision=one_of(*PRECISIONS), devices=_devices,
+              num_nodes=at_least(1), val_check_interval=greater_than(0), check_val_every_n_epoch=at_least(1),
+              limit_val_batches=at_least(0), gradient_clip_val=at_least(0),
+              gradient_clip_algorithm=one_of("norm", "value"), log_every_n_steps=at_least(1),
+              on_nonfinite_loss=one_of("stop", "skip"))
+
+    def _max_steps_problem(self, steps) -> Optional[str]:
+        """``max_steps``: >= 1, or -1 (no step limit) when ``max_epochs`` bounds the run."""
+        epochs = self.max_epochs
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            return f"must be an integer, got {steps!r}"
+        if steps == -1:
+            bounded = isinstance(epochs, int) and epochs >= 1 or is_placeholder(epochs)
+            return None if bounded else "is -1 (no step limit), so max_epochs must be set to >= 1"
+        return None if steps >= 1 else f"must be >= 1 (or -1 with max_epochs set), got {steps}"
+
 
 @dataclass
 class StrategyConfig:
@@ -66,6 +94,11 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     min_lr_ratio: float = 0.0
 
+    def __post_init__(self) -> None:
+        check(self, lr=greater_than(0), weight_decay=at_least(0), betas=_betas, eps=greater_than(0),
+              scheduler=one_of("constant", "linear", "cosine"), warmup_steps=at_least(0),
+              warmup_ratio=between(0, 1), min_lr_ratio=between(0, 1))
+
 
 @dataclass
 class LoaderConfig:
@@ -76,6 +109,10 @@ class LoaderConfig:
     num_workers: int = 0
     shuffle: bool = True
     pad_to_multiple_of: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check(self, batch_size=at_least(1), eval_batch_size=at_least(1), num_workers=at_least(0),
+              pad_to_multiple_of=at_least(1))
 
 
 @dataclass
@@ -105,6 +142,9 @@ class QualityConfig:
     min_train_examples: int = 4
     max_labels: int = 10
 
+    def __post_init__(self) -> None:
+        check(self, min_train_examples=at_least(0), max_labels=at_least(0))
+
 
 @dataclass
 class CheckpointConfig:
@@ -116,6 +156,9 @@ class CheckpointConfig:
 
     every_n_steps: int = 0
     keep_last: int = 2
+
+    def __post_init__(self) -> None:
+        check(self, every_n_steps=at_least(0), keep_last=at_least(0))
 
 
 @dataclass
@@ -142,6 +185,61 @@ class TuneforgeConfig:
     run_dir: Optional[str] = None
     threads: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        """Checks the root values; each section (``trainer`` ...) checks itself."""
+        check(self, seed=between(0, 2 ** 32 - 1), threads=at_least(1), resume=_resume)
+
+
+#: the component groups of the root config; the host checks them against the registries
+COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "evaluators", "callbacks")
+#: the root keys typed by their own dataclass (``trainer``, ``optim`` ...)
+ROOT_SECTIONS = tuple(f.name for f in dataclasses.fields(TuneforgeConfig)
+                      if dataclasses.is_dataclass(typing.get_type_hints(TuneforgeConfig)[f.name]))
+#: the other root keys (``resume``, ``seed`` ...), checked by ``TuneforgeConfig.__post_init__``
+ROOT_VALUES = tuple(f.name for f in dataclasses.fields(TuneforgeConfig)
+                    if f.name not in ROOT_SECTIONS and f.name not in COMPONENT_GROUPS)
+
+
+def _at_least_or_minus_one(minimum: int):
+    at_minimum = at_least(minimum)
+
+    def rule(value):
+        if value == -1 or at_minimum(value) is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"must be >= {minimum} or -1 (no limit), got {value}"
+        return at_minimum(value)
+    return rule
+
+
+def _devices(value) -> Optional[str]:
+    """Lightning's ``devices``: ``auto``, a count >= 1, -1 (all), a list of indices or a string of them."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if value == "auto" or value.strip() == "-1" or (parts and all(p.isdigit() for p in parts)):
+            return None
+        return f"must be auto, a number of devices, -1 (all) or device indices like '0,1', got {value!r}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if value >= 1 or value == -1 else f"must be >= 1 (or -1: all, or auto), got {value}"
+    return each(at_least(0))(value)
+
+
+def _betas(value) -> Optional[str]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return f"must be two numbers [beta1, beta2], got {value!r}"
+    return each(between(0, 1, include_high=False))(value)
+
+
+def _resume(value) -> Optional[str]:
+    from pathlib import Path
+
+    if value in ("auto", "never", "none", "false", ""):
+        return None
+    if not Path(str(value)).expanduser().exists():
+        return (f"no such checkpoint directory: {value}; valid: auto, never, or a checkpoint directory "
+                "(<run_dir>/checkpoints/step-N)")
+    return None
+
 
 def named_config_class(spec) -> type:
     """The spec's config dataclass plus ``name: str = <spec.name>`` (first field)."""
@@ -154,6 +252,36 @@ def named_config_class(spec) -> type:
     cls.__doc__ = base.__doc__
     cls.__module__ = base.__module__
     return cls
+
+
+def package_path(spec: str) -> str:
+    """``<package>/<relative path>`` -> the absolute path of that file shipped in the package.
+
+    The ``pkg`` resolver: ``data.path=${pkg:tuneforge.plugins/data/preference.jsonl}``.
+    """
+    import importlib.resources
+
+    package, _, relative = str(spec).partition("/")
+    if not package or not relative:
+        raise ValueError(f"pkg: expected <package>/<path inside it>, got '{spec}'")
+    try:
+        root = importlib.resources.files(package)
+    except (ModuleNotFoundError, TypeError) as exc:
+        raise ValueError(f"pkg: no package '{package}' ({exc})") from None
+    path = root.joinpath(*relative.split("/"))
+    if not path.is_file():
+        folder = path.parent
+        shipped = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise ValueError(f"pkg: package '{package}' ships no file '{relative}'"
+                         + (f"; in {relative.rpartition('/')[0] or '.'}: {', '.join(shipped)}" if shipped else ""))
+    return str(path)
+
+
+def register_resolvers() -> None:
+    """Register the host's OmegaConf resolvers (``pkg``); called before every composition."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("pkg", package_path, replace=True)
 
 
 def register_configs(plugins) -> None:

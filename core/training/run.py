@@ -44,8 +44,13 @@ def join_predictions(base_rows: list, tuned_rows: list) -> list:
     return joined
 
 
-def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
+def train(cfg: DictConfig, plugins, run_dir: Path, components=None) -> dict:
     """Run one fine-tune described by ``cfg``; returns the final metrics.
+
+    ``components`` is the validated run of ``cfg``
+    (:func:`tuneforge.host.components.run_components`): each component's spec
+    and typed config, which the plugins receive.  It is built here when not
+    given, before the run directory is made.
 
     The run directory receives ``config.yaml`` (resolved), ``metrics.csv``,
     ``metrics.json`` (data quality, base and tuned evaluator results, training
@@ -64,6 +69,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
     from tuneforge.training.checkpoint import run_identity
     from tuneforge.training.resilience import CheckpointAndInterrupt
 
+    if components is None:
+        from tuneforge.host.components import run_components
+
+        components = run_components(cfg, plugins)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rank_zero = is_rank_zero()
@@ -79,14 +88,14 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
     started = time.time()
     try:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
-        adapter_spec = plugins["adapter"].get(cfg.adapter.name)
-        model = adapter_spec.apply(model, cfg.adapter)
+        model, tokenizer = components.model.spec.load(components.model.config)
+        adapter_spec = components.adapter.spec
+        model = adapter_spec.apply(model, components.adapter.config)
         params = count_parameters(model)
-        log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", cfg.adapter.name, params["trainable"],
+        log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", adapter_spec.name, params["trainable"],
                  params["total"], 100 * params["fraction"])
         metrics["parameters"] = params
-        splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
+        splits = components.data.spec.load(components.data.config, tokenizer)
         metrics["data"] = splits.stats
 
         # Data quality, before any training: serious problems stop here.
@@ -95,8 +104,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
             log.warning("data quality: %s", warning)
         quality.check(metrics["quality"], cfg.quality)
 
-        loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss, _loss_context(plugins, tokenizer))
-        callbacks = [plugins["callbacks"].get(c.name).build(c) for c in cfg.callbacks.values()]
+        loss_fn = components.loss.spec.build(components.loss.config, _loss_context(plugins, tokenizer))
+        callbacks = [c.spec.build(c.config) for c in components.callbacks.values()]
         throughput = token_counter()
 
         # Base-model evaluation happens once per run: a resumed run reuses the saved result.
@@ -105,7 +114,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
             saved = json.loads(base_file.read_text())
             metrics["base"], base_rows = saved["metrics"], saved["predictions"]
         else:
-            metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
+            metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
+                                                        "base")
             base_rows = merge_predictions({"base": base_pass})
             if rank_zero:
                 write_json(base_file, {"metrics": metrics["base"], "predictions": base_rows})
@@ -127,7 +137,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
-        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
+        metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
+                                                      "tuned")
         metrics["wall_time_s"] = time.time() - started
         if trainer.is_global_zero:
             save_model(adapter_spec, model, tokenizer, run_dir / "model")
@@ -175,7 +186,7 @@ def _loss_context(plugins, tokenizer):
     from tuneforge.losses import LossContext
 
     return LossContext(tokenizer=tokenizer, load_model=lambda model_config: load_model_from_config(
-        plugins, model_config))
+        plugins, model_config, key="loss.teacher"))
 
 
 def is_rank_zero() -> bool:

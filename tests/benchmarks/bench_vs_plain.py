@@ -24,15 +24,17 @@ def _args(argv):
 
 
 def _setup(overrides):
+    from tuneforge.host.components import run_components
     from tuneforge.host.compose import compose, load_plugins
 
     plugins = load_plugins(overrides)
-    cfg = compose(overrides, plugins)
+    run = run_components(compose(overrides), plugins)  # the plugins get their typed configs, as in a run
+    cfg = run.config
     torch.manual_seed(cfg.seed)
-    model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
-    model = plugins["adapter"].get(cfg.adapter.name).apply(model, cfg.adapter)
-    splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
-    loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss, None)
+    model, tokenizer = run.model.spec.load(run.model.config)
+    model = run.adapter.spec.apply(model, run.adapter.config)
+    splits = run.data.spec.load(run.data.config, tokenizer)
+    loss_fn = run.loss.spec.build(run.loss.config, None)
     return plugins, cfg, model, tokenizer, splits, loss_fn
 
 
