@@ -7,9 +7,11 @@ on), ``record`` (the raw record) and ``source`` (``file:line``), besides its
 token ids.  For evaluation an example splits into
 
 * the **prompt**: ``messages`` without the final assistant turn, rendered with
-  the same chat template as training plus the generation prompt, optionally
-  preceded by few-shot turns from the evaluator's config; and
-* the **reference**: the content of that final assistant turn.
+  the same chat template (and tool rendering, from the example's ``tools``)
+  as training plus the generation prompt, optionally preceded by few-shot
+  turns from the evaluator's config; and
+* the **reference**: the content of that final assistant turn (with its tool calls
+  written as ``<tool_call>{json}</tool_call>`` lines when it makes any).
 
 The host runs all evaluators of one model state (``base`` before training,
 ``tuned`` after) inside one :func:`evaluation_pass`.  Within a pass
@@ -27,7 +29,7 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence
 
-from tuneforge.data import render_prompt
+from tuneforge.data import message_text, render_prompt
 from tuneforge.errors import ConfigError, DataError
 
 
@@ -72,14 +74,15 @@ def current_pass() -> Optional[EvaluationPass]:
 
 
 def split_example(example: dict) -> tuple[list, str]:
-    """``(prompt messages, reference)``: the messages without the final assistant turn, and its content."""
+    """``(prompt messages, reference)``: the messages without the final assistant turn, and its text
+    (:func:`tuneforge.data.message_text`: a tool-call turn's calls included)."""
     messages = example.get("messages")
     if not messages:
         raise DataError(f"{example.get('source', '<example>')}: the example has no 'messages'; generation and "
                         "choice evaluators need chat or instruction records")
     if messages[-1]["role"] != "assistant":
         return list(messages), ""
-    return list(messages[:-1]), messages[-1]["content"]
+    return list(messages[:-1]), message_text(messages[-1])
 
 
 def few_shot_messages(few_shot: Iterable) -> list:
@@ -117,7 +120,8 @@ def prompts_and_references(tokenizer, examples: Sequence[dict], few_shot: Iterab
     prompts, references = [], []
     for example in examples:
         messages, reference = split_example(example)
-        prompts.append(render_prompt(tokenizer, with_few_shot(messages, shots), chat_template))
+        prompts.append(render_prompt(tokenizer, with_few_shot(messages, shots), chat_template,
+                                     tools=example.get("tools")))
         references.append(reference)
     return prompts, references
 
