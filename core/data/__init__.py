@@ -86,8 +86,8 @@ class DataSplits:
     :func:`resolve_chat_template`), or None when the tokenizer's own template
     (or, without one, the Alpaca prompt) was used.  The run renders
     evaluation prompts with it and saves it as the chat template of the
-    tokenizer in ``model/``, so ``generate``, ``chat``, ``eval`` and
-    ``export`` render prompts as training did.
+    tokenizer in ``model/``, so ``generate``, ``chat`` and ``export``
+    render prompts as training did.
     """
 
     train: list
