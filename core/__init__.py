@@ -23,6 +23,7 @@ from tuneforge.specs import (
     DatasetSpec,
     EvaluatorSpec,
     LossSpec,
+    MetricInfo,
     ModelSourceSpec,
 )
 
@@ -33,6 +34,6 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
     "AdapterSpec", "CallbackSpec", "ConfigError", "DataError", "DatasetSpec", "EvaluatorSpec",
-    "LossSpec", "ModelError", "ModelSourceSpec", "PluginError", "TuneforgeError", "hookimpl",
+    "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError", "TuneforgeError", "hookimpl",
     "__version__",
 ]

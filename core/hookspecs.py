@@ -75,7 +75,9 @@ def tuneforge_evaluators():
     """Return :class:`~tuneforge.specs.EvaluatorSpec` objects.
 
     Selected as a list with ``evaluators=[a,b]``; each runs on the held-out
-    split before training (base model) and after (tuned model).  Built-ins:
+    split before training (base model) and after (tuned model), and may
+    describe its metrics (:class:`~tuneforge.specs.MetricInfo`) for the
+    report.  Built-ins:
     ``perplexity``, ``exact_match``, ``contains``, ``regex``, ``rouge``,
     ``bleu``, ``chrf``, ``choice`` and ``forgetting``.
     """
@@ -86,8 +88,9 @@ def tuneforge_callbacks():
     """Return :class:`~tuneforge.specs.CallbackSpec` objects.
 
     Selected as a list with ``callbacks=[a,b]``; each builds a Lightning
-    callback added to the trainer.  Built-ins: ``early_stopping`` and
-    ``targets`` (the demo's pass/fail verdict).
+    callback added to the trainer, acts when the run ends (``on_run_end``,
+    with its own config), or both.  Built-ins: ``early_stopping`` and
+    ``targets`` (the demo's pass/fail verdict, at run end).
     """
 
 

@@ -1,9 +1,13 @@
 """``tuneforge export``: a run's tuned model as a standalone Hugging Face model folder.
 
-LoRA, IA3 and the other PEFT adapters that can be folded into the weights are
-merged into the base model (``merge_and_unload``); full fine-tunes are copied
-as saved.  The folder holds safetensors weights, ``config.json``, the
-generation config and the tokenizer with the chat template training used, so
+The run's adapter (its spec, found through ``adapter.name`` in the run's
+config) loads the saved model and merges it into a plain ``transformers``
+model (:attr:`tuneforge.specs.AdapterSpec.merge`; the built-in LoRA and IA3
+adapters fold their weights into the base with peft's ``merge_and_unload``,
+full fine-tunes are exported as loaded).  An adapter that cannot be merged
+(prefix or prompt tuning) stops the export before ``out`` is touched.  The
+folder holds safetensors weights, ``config.json``, the generation config and
+the tokenizer with the chat template training used, so
 ``AutoModelForCausalLM.from_pretrained(out)`` loads it without tuneforge.
 
 A base model loaded from a ``.gguf`` file was dequantized by transformers when
@@ -16,19 +20,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ModelError, TuneforgeError
 from tuneforge.commands.key_values import Option, format_options, parse_bool, parse_key_values, wants_help
 from tuneforge.commands.run_loading import (
-    is_peft_adapter,
     load_run_model,
     load_run_tokenizer,
+    plugins_for_run,
     read_run_config,
-    resolved_chat_template,
-    run_chat_template,
+    run_adapter_spec,
 )
-
-#: files of a PEFT adapter folder that must not end up in an export
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 EXPORT_OPTIONS = {
     "run_dir": Option("run directory written by `tuneforge train`", required=True),
@@ -61,55 +61,24 @@ def prepare_out_dir(out, run_dir, overwrite: bool) -> Path:
     return out
 
 
-def merge_adapter(model):
-    """Fold a PEFT adapter into its base model's weights and return the plain ``transformers`` model.
-
-    Prompt-learning adapters (prefix tuning, prompt tuning, p-tuning) add
-    virtual tokens instead of weight deltas, so there is nothing to merge:
-    they raise :class:`ExportError`.
-    """
-    for name, config in model.peft_config.items():
-        if config.is_prompt_learning:
-            kind = getattr(config.peft_type, "value", config.peft_type)
-            raise ExportError(f"adapter '{name}' is {kind} (virtual tokens, not weight deltas) and cannot be "
-                              "merged into the base weights; use the run directory with tuneforge "
-                              "generate/chat, or load it with peft.PeftModel.from_pretrained")
-    try:
-        return model.merge_and_unload()
-    except (AttributeError, NotImplementedError, ValueError) as exc:
-        raise ExportError(f"the adapter cannot be merged into the base weights: {exc}") from exc
-
-
-def save_tokenizer(tokenizer, out: Path, chat_template) -> None:
-    """Save the tokenizer with the chat template training used.
-
-    ``chat_template`` is the run's ``data.chat_template`` (Jinja text, a
-    built-in template's name or a ``.jinja`` path); when set, its text
-    replaces the tokenizer's own template.
-    """
-    if chat_template:
-        tokenizer.chat_template = resolved_chat_template(tokenizer, chat_template)
-    tokenizer.save_pretrained(str(out))
-
-
 def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False) -> Path:
     """Write the run's tuned model to ``out`` as a standalone Hugging Face model folder; returns ``out``."""
+    from tuneforge.training.model_io import merge_model
+
     cfg = read_run_config(run_dir, force=force)
-    model_dir = Path(run_dir).expanduser() / "model"
     tokenizer = load_run_tokenizer(run_dir, cfg)
-    peft = is_peft_adapter(model_dir)
-    model = load_run_model(run_dir, cfg) if peft else None
-    if peft:
-        model = merge_adapter(model)  # before touching out: an unmergeable adapter leaves it alone
+    plugins = plugins_for_run(cfg)
+    spec = run_adapter_spec(run_dir, cfg, plugins)
+    try:  # before touching out: an unmergeable adapter leaves it alone
+        model = merge_model(spec, load_run_model(run_dir, cfg, plugins))
+    except ModelError as exc:
+        raise ExportError(str(exc)) from exc
+    if not callable(getattr(model, "save_pretrained", None)):
+        raise ExportError(f"adapter '{spec.name}' merged the model into a {type(model).__name__}, which has no "
+                          "save_pretrained; its merge must return a transformers model")
     out = prepare_out_dir(out, run_dir, overwrite)
-    if peft:
-        model.save_pretrained(str(out), safe_serialization=True)
-    else:
-        if not (model_dir / "config.json").is_file():
-            raise ExportError(f"{model_dir}: holds neither a PEFT adapter nor full weights (config.json)")
-        shutil.copytree(model_dir, out, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(*ADAPTER_FILES))
-    save_tokenizer(tokenizer, out, run_chat_template(cfg))
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))  # the saved tokenizer carries the run's chat template
     return out
 
 
@@ -117,7 +86,7 @@ def export_command(args: list) -> None:
     """``tuneforge export run_dir=<dir> out=<dir> [overwrite=true] [force=true]``."""
     if wants_help(args):
         print(format_options(EXPORT_OPTIONS, "export", "Merge a run's LoRA/IA3 adapter into the base weights "
-                                                        "(or copy full weights) and save a standalone "
+                                                        "(full weights as they are) and save a standalone "
                                                         "Hugging Face model folder."), end="")
         return
     values = parse_key_values(args, EXPORT_OPTIONS, "export")

@@ -90,11 +90,20 @@ class DataSplits:
     ``stats`` holds ``train_records``, ``val_records``, ``train_examples``,
     ``val_examples``, ``truncated``, ``dropped``, ``formats`` (examples per
     format) and ``cache`` (``hit``, ``miss`` or ``off``).
+
+    ``chat_template`` is the Jinja text the examples were rendered with when
+    the dataset chose one (e.g. ``data.chat_template``; see
+    :func:`resolve_chat_template`), or None when the tokenizer's own template
+    (or, without one, the Alpaca prompt) was used.  The run renders
+    evaluation prompts with it and saves it as the chat template of the
+    tokenizer in ``model/``, so ``generate``, ``chat`` and ``export``
+    render prompts as training did.
     """
 
     train: list
     val: list
     stats: dict = field(default_factory=dict)
+    chat_template: Optional[str] = None
 
 
 #: documentation of the :class:`DataConfig` fields, reused in the docstrings of its subclasses
@@ -209,6 +218,7 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
                    chat_template=config.chat_template, train_on_inputs=config.train_on_inputs,
                    columns=columns)
 
+    chosen_template = resolve_chat_template(tokenizer, config.chat_template) if config.chat_template else None
     path, cached = None, None
     if config.cache:
         key = cache_key(records=records_fingerprint(train_records, val_records),
@@ -250,7 +260,7 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
     log_length_summary(counts, dropped, config.max_length, config.truncation)
     log.info("data: %d train / %d val examples, formats %s, cache %s", len(train), len(val),
              counts["formats"], cache_state + (f" ({path})" if path else ""))
-    return DataSplits(train=train, val=val, stats=stats)
+    return DataSplits(train=train, val=val, stats=stats, chat_template=chosen_template)
 
 
 class _Options:

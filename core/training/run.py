@@ -13,7 +13,8 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from tuneforge.evaluation.runner import run_evaluators
+from tuneforge.evaluation.runner import describe_metrics, run_evaluators
+from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
                                         resolved_config_yaml, write_json, write_outputs)
@@ -51,9 +52,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
     ``metrics.json`` (data quality, base and tuned evaluator results, training
     numbers), ``predictions.jsonl`` (prompt, reference, base and tuned output),
     ``report.md`` / ``report.html`` with ``metrics.png`` and
-    ``loss_curves.png``, ``model/`` (adapter in PEFT format, or full
-    safetensors weights, plus the tokenizer) and ``status.json``
-    (``running`` -> ``completed`` or ``failed``).
+    ``loss_curves.png``, ``model/`` (what the adapter saved, plus the
+    tokenizer with the data's chat template) and ``status.json``
+    (``running`` -> ``completed`` or ``failed``).  Then each selected
+    callback's ``on_run_end`` and the ``tuneforge_run_end`` hook run.
     """
     import lightning.pytorch as pl
     import torch
@@ -96,7 +98,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         quality.check(metrics["quality"], cfg.quality)
 
         loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss, _loss_context(plugins, tokenizer))
-        callbacks = [plugins["callbacks"].get(c.name).build(c) for c in cfg.callbacks.values()]
+        callbacks = [spec.build(node) for spec, node in _callbacks(plugins, cfg) if spec.build is not None]
         throughput = token_counter()
 
         # Base-model evaluation happens once per run: a resumed run reuses the saved result.
@@ -105,7 +107,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
             saved = json.loads(base_file.read_text())
             metrics["base"], base_rows = saved["metrics"], saved["predictions"]
         else:
-            metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
+            metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base",
+                                                        chat_template=splits.chat_template)
             base_rows = merge_predictions({"base": base_pass})
             if rank_zero:
                 write_json(base_file, {"metrics": metrics["base"], "predictions": base_rows})
@@ -127,10 +130,12 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
-        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
+        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned",
+                                                      chat_template=splits.chat_template)
+        metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
         metrics["wall_time_s"] = time.time() - started
         if trainer.is_global_zero:
-            save_model(adapter_spec, model, tokenizer, run_dir / "model")
+            save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
             write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")
         status = "completed"
@@ -146,7 +151,15 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
                                                  "wall_time_s": time.time() - started})
+        for spec, node in _callbacks(plugins, cfg):
+            if spec.on_run_end is not None:
+                call_accepting(spec.on_run_end, config=node, metrics=metrics, status=status, run_dir=run_dir)
         plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics)
+
+
+def _callbacks(plugins, cfg: DictConfig) -> list:
+    """``[(CallbackSpec, its own config node)]`` of the selected callbacks, in config order."""
+    return [(plugins["callbacks"].get(node.name), node) for node in cfg.callbacks.values()]
 
 
 def _no_pickle(trainer) -> dict:
