@@ -85,3 +85,23 @@ def test_other_architectures_and_dtypes_are_refused_in_one_line(tiny, tmp_path):
         write_gguf(gpt2, tokenizer, tmp_path / "gpt2.gguf")
     assert "\n" not in str(refused.value)
     assert not list(tmp_path.glob("*gpt2*"))
+
+
+def test_export_command_writes_a_gguf_of_the_tuned_run(tmp_path):
+    """``tuneforge export format=gguf``: the merged LoRA run, reloaded from GGUF, has the HF export's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.commands.cli import main
+    from tuneforge.testing import run_tiny_fit
+
+    run = run_tiny_fit(tmp_path / "run", overrides=["trainer.max_steps=3", "optim.lr=0.01", "evaluators=[]"]).run_dir
+    main(["export", f"run_dir={run}", f"out={tmp_path / 'hf'}"])
+    main(["export", f"run_dir={run}", f"out={tmp_path / 'tuned.gguf'}", "format=gguf", "gguf.dtype=f32"])
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    back, back_tokenizer = _reload(tmp_path / "tuned.gguf")
+    ids = back_tokenizer(PROMPTS[0], return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        assert (merged(ids).logits - back(ids).logits).abs().max().item() <= 1e-4
+    with pytest.raises(SystemExit) as refused:
+        main(["export", f"run_dir={run}", f"out={tmp_path / 'tuned.gguf'}", "format=gguf"])
+    assert refused.value.code == 2  # exists: overwrite=true needed

@@ -1,4 +1,5 @@
-"""``tuneforge export``: a run's tuned model as a standalone Hugging Face model folder.
+"""``tuneforge export``: a run's tuned model as a standalone Hugging Face model folder, or as one
+GGUF file (``format=gguf``) for llama.cpp, Ollama and LM Studio.
 
 The run's adapter (its spec, found through ``adapter.name`` in the run's
 config) loads the saved model and merges it into a plain ``transformers``
@@ -9,6 +10,10 @@ full fine-tunes are exported as loaded).  An adapter that cannot be merged
 folder holds safetensors weights, ``config.json``, the generation config and
 the tokenizer with the chat template training used, so
 ``AutoModelForCausalLM.from_pretrained(out)`` loads it without tuneforge.
+With ``format=gguf`` the merged model is written by
+:mod:`tuneforge.commands.gguf_export` (``gguf.dtype=f16|f32|q8_0``) to the
+file ``out`` (e.g. ``tuned.gguf``), with the tokenizer and chat template in
+its metadata.
 
 A base model loaded from a ``.gguf`` file was dequantized by transformers when
 the run loaded it; the export holds those dequantized weights (in the run's
@@ -32,7 +37,9 @@ from tuneforge.commands.run_loading import (
 
 EXPORT_OPTIONS = {
     "run_dir": Option("run directory written by `tuneforge train`", required=True),
-    "out": Option("folder to write the Hugging Face model to", required=True),
+    "out": Option("folder to write the Hugging Face model to (format=gguf: the .gguf file)", required=True),
+    "format": Option("hf (a Hugging Face model folder) or gguf (one file for llama.cpp/Ollama)", str, "hf"),
+    "gguf.dtype": Option("weights in the GGUF file: f16, f32 or q8_0 (norms stay f32)", str, "f16"),
     "overwrite": Option("replace an earlier export (a folder with config.json) at out", parse_bool, False),
     "force": Option("export a run whose status is running or failed", parse_bool, False),
 }
@@ -61,20 +68,44 @@ def prepare_out_dir(out, run_dir, overwrite: bool) -> Path:
     return out
 
 
-def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False) -> Path:
-    """Write the run's tuned model to ``out`` as a standalone Hugging Face model folder; returns ``out``."""
+EXPORT_FORMATS = ("hf", "gguf")
+
+
+def merged_run_model(run_dir, force: bool = False):
+    """``(merged plain transformers model, tokenizer)`` of a run, through its adapter's ``merge``."""
     from tuneforge.training.model_io import merge_model
 
     cfg = read_run_config(run_dir, force=force)
     tokenizer = load_run_tokenizer(run_dir, cfg)
     plugins = plugins_for_run(cfg)
     spec = run_adapter_spec(run_dir, cfg, plugins)
-    try:  # before touching out: an unmergeable adapter leaves it alone
+    try:
         model = merge_model(spec, load_run_model(run_dir, cfg, plugins))
     except ModelError as exc:
         raise ExportError(str(exc)) from exc
-    if not callable(getattr(model, "save_pretrained", None)):
-        raise ExportError(f"adapter '{spec.name}' merged the model into a {type(model).__name__}, which has no "
+    return model, tokenizer
+
+
+def export_gguf(run_dir, out, *, dtype: str = "f16", overwrite: bool = False, force: bool = False) -> Path:
+    """Write the run's merged model to the GGUF file ``out``; returns its path."""
+    from tuneforge.commands.gguf_export import GGUF_DTYPES, write_gguf
+
+    if dtype not in GGUF_DTYPES:
+        raise ExportError(f"gguf.dtype is '{dtype}'; valid: {', '.join(GGUF_DTYPES)}")
+    out = Path(out).expanduser().resolve()
+    if out.is_dir():
+        raise ExportError(f"out={out} is a folder; with format=gguf give the file to write, e.g. out=tuned.gguf")
+    if out.exists() and not overwrite:
+        raise ExportError(f"out={out} exists; pass overwrite=true to replace it")
+    model, tokenizer = merged_run_model(run_dir, force=force)
+    return write_gguf(model, tokenizer, out, dtype=dtype, name=f"tuneforge {Path(run_dir).name}")
+
+
+def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False) -> Path:
+    """Write the run's tuned model to ``out`` as a standalone Hugging Face model folder; returns ``out``."""
+    model, tokenizer = merged_run_model(run_dir, force=force)  # before touching out: an unmergeable adapter
+    if not callable(getattr(model, "save_pretrained", None)):  # leaves it alone
+        raise ExportError(f"the run's adapter merged the model into a {type(model).__name__}, which has no "
                           "save_pretrained; its merge must return a transformers model")
     out = prepare_out_dir(out, run_dir, overwrite)
     model.save_pretrained(str(out), safe_serialization=True)
@@ -90,5 +121,12 @@ def export_command(args: list) -> None:
                                                         "Hugging Face model folder."), end="")
         return
     values = parse_key_values(args, EXPORT_OPTIONS, "export")
+    if values["format"] not in EXPORT_FORMATS:
+        raise ExportError(f"format is '{values['format']}'; valid: {', '.join(EXPORT_FORMATS)}")
+    if values["format"] == "gguf":
+        out = export_gguf(values["run_dir"], values["out"], dtype=values["gguf.dtype"],
+                          overwrite=values["overwrite"], force=values["force"])
+        print(f"exported to {out} (llama.cpp: llama-cli -m {out}; transformers: gguf_file=)")
+        return
     out = export_run(values["run_dir"], values["out"], overwrite=values["overwrite"], force=values["force"])
     print(f"exported to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
