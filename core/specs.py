@@ -121,6 +121,9 @@ class EvaluatorSpec(_Spec):
     ``evaluate(model, tokenizer, examples, config) -> dict[str, float]`` gets
     the validation split (tokenized examples, each also carrying its source
     ``record``) and returns named metrics.  It must not change the model.
+    An ``evaluate`` with a ``context`` parameter also gets
+    ``context=``:class:`tuneforge.RunContext` of the training process (None
+    under ``tuneforge eval``); under DDP every process evaluates.
     """
 
     kind: ClassVar[str] = "evaluator"
@@ -132,12 +135,15 @@ class EvaluatorSpec(_Spec):
 class CallbackSpec(_Spec):
     """Extra Lightning callbacks (config group ``callbacks``; several run).
 
-    ``build(config) -> lightning.pytorch.Callback``.
+    ``build(config) -> lightning.pytorch.Callback``, or
+    ``build(config, context)`` when it takes a second parameter: ``context``
+    is the process's :class:`tuneforge.RunContext` (under DDP every process
+    builds its callbacks; write files only where ``context.is_main``).
     """
 
     kind: ClassVar[str] = "callback"
     required: ClassVar[tuple[str, ...]] = ("build",)
-    build: Optional[Callable[[Any], Any]] = None
+    build: Optional[Callable[..., Any]] = None
 
 
 #: spec class -> (config group, registration hook name, whether several run at once)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import operator
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +112,8 @@ def tuneforge_callbacks():
 
 
 @tuneforge.hookimpl
-def tuneforge_run_end(config, run_dir, status, metrics):
-    if status != "completed" or os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
+def tuneforge_run_end(config, run_dir, status, metrics, context):
+    if status != "completed" or not context.is_main:  # under DDP every process calls this hook
         return
     for node in (config.get("callbacks") or {}).values():
         if node.get("name") != "targets":
