@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pluggy
 
+from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError, DataError, ModelError, PluginError, TuneforgeError
 from tuneforge.specs import (
     AdapterSpec,
@@ -34,6 +35,7 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
     "AdapterSpec", "CallbackSpec", "ConfigError", "DataError", "DatasetSpec", "EvaluatorSpec",
-    "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError", "TuneforgeError", "hookimpl",
+    "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError", "RunContext", "TuneforgeError",
+    "hookimpl",
     "__version__",
 ]

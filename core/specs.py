@@ -192,6 +192,10 @@ class EvaluatorSpec(_Spec):
     ``metrics``: :class:`MetricInfo` for the metrics ``evaluate`` returns
     (a metric without an entry counts as higher-is-better, section
     ``"held-out"``).
+
+    An ``evaluate`` with a ``context`` parameter also gets
+    ``context=``:class:`tuneforge.RunContext` of the training process (None
+    under ``tuneforge eval``); under DDP every process evaluates.
     """
 
     kind: ClassVar[str] = "evaluator"
@@ -216,7 +220,10 @@ class CallbackSpec(_Spec):
     several run).  Give ``build``, ``on_run_end`` or both.
 
     ``build(config) -> lightning.pytorch.Callback``: a Lightning callback
-    added to the trainer.
+    added to the trainer; or ``build(config, context)`` when it takes a
+    second parameter: ``context`` is the process's :class:`tuneforge.RunContext`
+    (under DDP every process builds its callbacks; write files only where
+    ``context.is_main``).
 
     ``on_run_end(config, metrics, status, run_dir)``: called once per process
     when the run ends (after the tuned evaluation and the run directory's
@@ -224,14 +231,14 @@ class CallbackSpec(_Spec):
     callback's own config node (``callbacks.<name>``), ``metrics`` the run's
     metrics (as in ``metrics.json``; partial for a failed run), ``status``
     ``"completed"``, ``"failed"`` or ``"interrupted"``, ``run_dir`` a
-    ``pathlib.Path``.  A function may accept any subset of these (the host
+    ``pathlib.Path``, ``context`` the process's :class:`tuneforge.RunContext`.  A function may accept any subset of these (the host
     passes only the keywords its signature takes, or all with
     ``**kwargs``), so keywords added in later versions do not break it.
     """
 
     kind: ClassVar[str] = "callback"
     optional: ClassVar[tuple[str, ...]] = ("build", "on_run_end")
-    build: Optional[Callable[[Any], Any]] = None
+    build: Optional[Callable[..., Any]] = None
     on_run_end: Optional[Callable[..., None]] = None
 
     def __post_init__(self) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import operator
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,9 +99,9 @@ def format_targets(result: dict, title: str = "targets") -> str:
     return "\n".join(lines)
 
 
-def report_targets(config: TargetsConfig, metrics: dict, status: str, run_dir) -> Optional[dict]:
+def report_targets(config: TargetsConfig, metrics: dict, status: str, run_dir, context=None) -> Optional[dict]:
     """Check, print and save the targets of a completed run (main process only); returns the result."""
-    if status != "completed" or os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
+    if status != "completed" or (context is not None and not context.is_main):
         return None
     from omegaconf import OmegaConf
 

@@ -75,7 +75,6 @@ def direct_greedy(model, tokenizer, messages, max_new_tokens):
 
 def cli(args, stdin=None, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8", TOKENIZERS_PARALLELISM="false")
-    env.pop("TUNEFORGE_COMMAND", None)
     return subprocess.run([sys.executable, "-m", "tuneforge", *args], input=stdin, capture_output=True,
                           text=True, encoding="utf-8", env=env, timeout=timeout)
 
