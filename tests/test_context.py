@@ -321,17 +321,13 @@ def test_hooks_callbacks_and_evaluators_receive_the_one_run_context(launch_env, 
 
 
 def test_targets_report_only_in_the_main_process(tmp_path, capsys):
-    from omegaconf import OmegaConf
-
     from tuneforge.plugins import targets
 
-    config = OmegaConf.create({"callbacks": {"targets": {"name": "targets", "checks": {"s": "steps >= 1"}}}})
+    config = targets.TargetsConfig(checks={"s": "steps >= 1"})
     worker = RunContext(run_dir=tmp_path, global_rank=1, local_rank=1, world_size=2)
-    targets.tuneforge_run_end(config=config, run_dir=tmp_path, status="completed", metrics={"steps": 3},
-                              context=worker)
+    targets.report_targets(config, {"steps": 3}, "completed", tmp_path, context=worker)
     assert not (tmp_path / "targets.json").exists() and capsys.readouterr().out == ""
     main = RunContext(run_dir=tmp_path, world_size=2)
-    targets.tuneforge_run_end(config=config, run_dir=tmp_path, status="completed", metrics={"steps": 3},
-                              context=main)
+    targets.report_targets(config, {"steps": 3}, "completed", tmp_path, context=main)
     assert json.loads((tmp_path / "targets.json").read_text())["passed"] is True
     assert "PASS" in capsys.readouterr().out
