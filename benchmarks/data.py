@@ -142,7 +142,6 @@ def build_plan(workdir, records: list, tuneforge_overrides, *, batch_size: int, 
     plan = {"examples": len(examples), "epochs": epoch, "batch_size": batch_size, "batches": batches,
             "tokens": [real_tokens(b) for b in padded], "padded_tokens": [int(b["input_ids"].numel()) for b in padded],
             "trained_tokens": [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in padded],
-            "digests": [batch_digest(b) for b in padded], "pad_token_id": pad_token_id,
-            "lengths": [len(e["input_ids"]) for e in examples]}
+            "digests": [batch_digest(b) for b in padded], "pad_token_id": pad_token_id}
     (workdir / "plan.json").write_text(json.dumps(plan))
     return plan, cfg

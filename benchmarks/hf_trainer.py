@@ -85,7 +85,7 @@ def common_arguments(spec: dict, output_dir) -> dict:
         remove_unused_columns=False, label_names=["labels"])
 
 
-def run_trainer(trainer, model, result_path, system: str, checksum) -> None:
+def run_trainer(trainer, result_path, system: str, checksum) -> None:
     """Train, then write the result (losses, step clock, digests, init checksum)."""
     trainer.train()
     write_result(result_path, system, losses=[float(x) for x in trainer.recorded_losses],
@@ -104,7 +104,7 @@ def main(argv) -> None:
     args = TrainingArguments(**common_arguments(spec, workdir / "hf_trainer_output"))
     trainer = recording_trainer(Trainer)(model=model, args=args, train_dataset=dataset, data_collator=unwrap_row,
                                          processing_class=tokenizer)
-    run_trainer(trainer, model, result_path, "hf_trainer", checksum)
+    run_trainer(trainer, result_path, "hf_trainer", checksum)
 
 
 if __name__ == "__main__":

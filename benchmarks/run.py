@@ -351,8 +351,9 @@ def print_losses(fixed: list) -> None:
     names = list(firsts)
     print("\nper-step training loss (first repeat of each system):")
     print("  step  " + "  ".join(f"{n:>12}" for n in names))
-    for step in range(len(firsts[names[0]])):
-        print(f"  {step + 1:4d}  " + "  ".join(f"{firsts[n][step]:12.6f}" for n in names))
+    for step in range(max(len(losses) for losses in firsts.values())):
+        print(f"  {step + 1:4d}  " + "  ".join(f"{firsts[n][step]:12.6f}" if step < len(firsts[n]) else f"{'-':>12}"
+                                           for n in names))
 
 
 def markdown_table(summary: dict, spec: dict, plan: dict) -> str:
@@ -406,7 +407,7 @@ def _main(args, workdir: Path) -> int:
         runs.append(run)
     fixed = [r for r in runs if r["variant"] is None]
     variant_runs = [r for r in runs if r["variant"] is not None]
-    results = {"spec": spec, "plan": {k: v for k, v in plan.items() if k != "lengths"}, "runs": runs,
+    results = {"spec": spec, "plan": plan, "runs": runs,
                "notes": notes, "versions": runs[0]["versions"]}
     results_path = workdir / "results.json"
     try:

@@ -32,7 +32,7 @@ def main(argv) -> None:
                      padding_free=False, dataset_kwargs={"skip_prepare_dataset": True})
     trainer = recording_trainer(SFTTrainer)(model=model, args=args, train_dataset=dataset,
                                             data_collator=unwrap_row, processing_class=tokenizer)
-    run_trainer(trainer, model, result_path, "trl_sft", checksum)
+    run_trainer(trainer, result_path, "trl_sft", checksum)
 
 
 if __name__ == "__main__":
