@@ -20,6 +20,7 @@ from __future__ import annotations
 import pluggy
 
 from tuneforge import validation
+from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError, DataError, ModelError, PluginError, TuneforgeError
 from tuneforge.specs import (
     AdapterSpec,
@@ -27,6 +28,7 @@ from tuneforge.specs import (
     DatasetSpec,
     EvaluatorSpec,
     LossSpec,
+    MetricInfo,
     ModelSourceSpec,
 )
 from tuneforge.validation import ConfigValueError
@@ -38,6 +40,7 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
     "AdapterSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec", "EvaluatorSpec",
-    "LossSpec", "ModelError", "ModelSourceSpec", "PluginError", "TuneforgeError", "hookimpl", "validation",
+    "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError", "RunContext", "TuneforgeError",
+    "hookimpl", "validation",
     "__version__",
 ]

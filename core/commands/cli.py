@@ -41,14 +41,13 @@ commands:
 options:
   -h, --help     show this help
   --version      show the version
-  --debug        show full tracebacks (same as HYDRA_FULL_ERROR=1)
+  --debug        show full tracebacks instead of one-line errors (HYDRA_FULL_ERROR=1 does the same)
 
 environment:
   TUNEFORGE_DISABLE_PLUGINS=a,b    never import these plugins (entry-point names)
   TUNEFORGE_PLUGINS_AUTOLOAD=0     load only tuneforge's own plugins (plus plugins.enable=[...])
 """
 
-COMMAND_ENV = "TUNEFORGE_COMMAND"  # lets DDP child processes re-enter `train`
 #: command -> "module:function"; each function takes the remaining argv list.
 #: Modules are imported only when their command runs.
 COMMANDS = {
@@ -71,13 +70,12 @@ def _fail(message: str) -> "NoReturn":  # noqa: F821
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in argv:
-        argv.remove("--debug")
-        os.environ["HYDRA_FULL_ERROR"] = "1"
+    # --debug is passed on explicitly (to commands that take ``debug``), never exported to the environment;
+    # a user's own HYDRA_FULL_ERROR=1 means the same
+    debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    argv = [arg for arg in argv if arg != "--debug"]
     if argv and argv[0] in COMMANDS:
         command, args = argv[0], argv[1:]
-    elif os.environ.get(COMMAND_ENV) in COMMANDS:
-        command, args = os.environ[COMMAND_ENV], argv
     elif not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return
@@ -91,25 +89,30 @@ def main(argv=None) -> None:
 
         _fail(f"unknown command '{argv[0]}'{did_you_mean(argv[0], COMMANDS)}; valid: {', '.join(COMMANDS)}")
     import importlib
+    import inspect
 
     from tuneforge.errors import TuneforgeError
 
     module_name, function_name = COMMANDS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
+    takes_debug = "debug" in inspect.signature(handler).parameters
 
     try:
-        handler(args)
+        handler(args, debug=debug) if takes_debug else handler(args)
     except TuneforgeError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if debug:
             raise
         _fail(str(exc))
 
 
-def train_command(args: list) -> None:
-    """``tuneforge train``: ``hydra.main`` composes the config (the only composition of the run);
-    the task validates it before importing anything heavy or making a run directory."""
+def train_command(args: list, debug: bool = False) -> None:
+    """``tuneforge train <args>``: ``hydra.main`` composes the config (the only composition of the run);
+    the task validates it before anything heavy is imported or a run directory made, then runs
+    :func:`tuneforge.training.run.train` with a :class:`~tuneforge.RunContext` for this process
+    (``debug``: full tracebacks)."""
     import functools
     import logging
+    from pathlib import Path
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -120,8 +123,10 @@ def train_command(args: list) -> None:
 
     overrides = hydra_overrides(args)
     plugins = load_plugins(overrides)
-    os.environ[COMMAND_ENV] = "train"
-    sys.argv = [sys.argv[0], *args]
+    # Lightning's DDP launcher starts the other processes by re-running sys.argv: they re-enter `train`
+    command_line = [sys.argv[0], "train", *(["--debug"] if debug else []), *args]
+    invoked_as = sys.argv
+    sys.argv = [sys.argv[0], *args, *worker_hydra_overrides(args)]  # what Hydra parses
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")
     task_errors: list = []
 
@@ -131,17 +136,29 @@ def train_command(args: list) -> None:
         def job(cfg):
             _set_env("HYDRA_FULL_ERROR", user_full_error)
             try:
-                return task(cfg)
+                result = task(cfg)
             except Exception as exc:
                 task_errors.append(exc)
-                raise
-            finally:
-                os.environ["HYDRA_FULL_ERROR"] = "1"  # for the next job's composition (a -m sweep)
+                raise  # Hydra prints it (a short traceback) unless the user set HYDRA_FULL_ERROR=1
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # for the next job's composition (a -m sweep)
+            return result
         return job
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
     @own_errors
     def hydra_train(cfg) -> None:
+        sys.argv = command_line
+        try:
+            _train_in_hydra(cfg)
+        except Exception:
+            if not debug:
+                raise  # Hydra prints it (a short traceback)
+            import traceback
+
+            traceback.print_exc()
+            raise SystemExit(1) from None
+
+    def _train_in_hydra(cfg) -> None:
         from tuneforge.errors import TuneforgeError
         from tuneforge.host.components import run_components
 
@@ -150,10 +167,11 @@ def train_command(args: list) -> None:
             components = run_components(cfg, plugins)  # before torch is imported, before any run directory
         except TuneforgeError as exc:
             discard_new_output_dir(output_dir)  # Hydra made it for this job: a refused run leaves nothing
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if debug:
                 raise
             _fail(str(exc))
 
+        from tuneforge.context import RunContext
         from tuneforge.training.run import RunInterrupted
         from tuneforge.secrets import install_log_redaction
 
@@ -165,17 +183,21 @@ def train_command(args: list) -> None:
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
         install_log_redaction()
-        run_dir = components.config.run_dir or output_dir
+        run_dir = Path(components.config.run_dir or output_dir)
         try:
-            metrics = run_train(cfg, plugins, run_dir, components)
-        except RunInterrupted as exc:
-            print(f"tuneforge: {exc}.\nResume with: {resume_command(args, run_dir)}", file=sys.stderr)
-            raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
+            context = RunContext.detect(run_dir, components.config, debug=debug)
+            try:
+                metrics = run_train(cfg, plugins, run_dir, context=context, components=components)
+            except RunInterrupted as exc:
+                if context.is_main:
+                    print(f"tuneforge: {exc}.\nResume with: {resume_command(args, run_dir)}", file=sys.stderr)
+                raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
         except TuneforgeError as exc:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if debug:
                 raise
             _fail(str(exc))
-        _print_summary(components.config, metrics)
+        if context.is_main:  # DDP workers: the main process prints
+            _print_summary(components.config, metrics)
 
     # With HYDRA_FULL_ERROR=1 Hydra raises a composition error instead of printing it over
     # several lines; it becomes a one-line ConfigError here.
@@ -186,10 +208,11 @@ def train_command(args: list) -> None:
         if any(exc is e for e in task_errors) or not _is_composition_error(exc):
             raise
         discard_new_output_dir()  # a -m sweep whose jobs could not be composed
-        if user_full_error == "1":
+        if debug:
             raise
         raise ConfigError(explain_composition_error(exc, overrides)) from None
     finally:
+        sys.argv = invoked_as
         _set_env("HYDRA_FULL_ERROR", user_full_error)
 
 
@@ -205,6 +228,31 @@ def _set_env(name: str, value) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
+
+
+#: environment variables a launcher sets in the processes it starts (Lightning's DDP launcher,
+#: torchrun, srun, jsrun, mpirun); with none of them set this process is the main one of its run
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "WORLD_SIZE", "SLURM_NTASKS", "LSB_JOBID",
+                      "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+
+
+def worker_hydra_overrides(args: list) -> list:
+    """Hydra overrides for a process that is not the main one of its run (an ``srun``/``torchrun``
+    task or a DDP child with rank > 0): it logs to the console only, so only the main process
+    writes Hydra's job log file into the run directory.  Empty for the main process or when
+    ``args`` choose the job logging themselves.
+
+    Read before Hydra composes the config, so without it: whether the global rank is 0 does not
+    depend on the trainer's devices (rank = node rank x processes per node + local rank), and
+    without any launcher variable Lightning (and torch) is not imported at all.
+    """
+    if any(arg.startswith(("hydra/job_logging=", "hydra.job_logging")) for arg in args):
+        return []
+    if not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        return []
+    from tuneforge.context import detect_ranks
+
+    return [] if detect_ranks().global_rank == 0 else ["hydra/job_logging=tuneforge_worker"]
 
 
 #: Hydra's own flags that take a value (``--cfg job``, ``-cn other`` ...)
@@ -235,11 +283,6 @@ def resume_command(args: list, run_dir) -> str:
 
 def _print_summary(cfg, metrics: dict) -> None:
     from tuneforge.evaluation.report import format_comparison
-
-    from tuneforge.training.run import is_rank_zero
-
-    if not is_rank_zero():
-        return  # DDP workers: the main process prints
 
     print(format_comparison(metrics))
     print(f"run directory: {cfg.run_dir or _hydra_output_dir()}")

@@ -142,9 +142,10 @@ def _valid_keys(cause) -> list:
     return sorted(str(k) for k in node.keys() if k != "hydra") if hasattr(node, "keys") else []
 
 
-def run_train(cfg, plugins: Plugins, run_dir: Optional[str] = None, components=None) -> dict:
+def run_train(cfg, plugins: Plugins, run_dir: Optional[str] = None, context=None, components=None) -> dict:
     """Validate ``cfg`` (unless its ``components`` from :func:`~tuneforge.host.components.run_components`
-    are given) and train in ``cfg.run_dir``, else ``run_dir``."""
+    are given) and train into ``cfg.run_dir`` (else ``run_dir``); ``context``: the
+    :class:`~tuneforge.RunContext` of this process, detected by ``train`` when None."""
     from tuneforge.host.components import run_components
     from tuneforge.training.run import train
 
@@ -152,4 +153,4 @@ def run_train(cfg, plugins: Plugins, run_dir: Optional[str] = None, components=N
     target = components.config.run_dir or run_dir
     if not target:
         raise ConfigError("no run directory: set run_dir=<dir>")
-    return train(components.config, plugins, Path(target), components)
+    return train(components.config, plugins, Path(target), context=context, components=components)

@@ -13,7 +13,9 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from tuneforge.evaluation.runner import run_evaluators
+from tuneforge.context import RunContext
+from tuneforge.evaluation.runner import describe_metrics, run_evaluators
+from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
                                         resolved_config_yaml, write_json, write_outputs)
@@ -44,8 +46,13 @@ def join_predictions(base_rows: list, tuned_rows: list) -> list:
     return joined
 
 
-def train(cfg: DictConfig, plugins, run_dir: Path, components=None) -> dict:
+def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext] = None, components=None) -> dict:
     """Run one fine-tune described by ``cfg``; returns the final metrics.
+
+    ``context`` says which process this is (:class:`~tuneforge.RunContext`;
+    detected from the cluster environment when not given).  Under DDP every
+    process runs this function; only the main one (``context.is_main``)
+    writes the run directory.
 
     ``components`` is the validated run of ``cfg``
     (:func:`tuneforge.host.components.run_components`): each component's spec
@@ -56,9 +63,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, components=None) -> dict:
     ``metrics.json`` (data quality, base and tuned evaluator results, training
     numbers), ``predictions.jsonl`` (prompt, reference, base and tuned output),
     ``report.md`` / ``report.html`` with ``metrics.png`` and
-    ``loss_curves.png``, ``model/`` (adapter in PEFT format, or full
-    safetensors weights, plus the tokenizer) and ``status.json``
-    (``running`` -> ``completed`` or ``failed``).
+    ``loss_curves.png``, ``model/`` (what the adapter saved, plus the
+    tokenizer with the data's chat template) and ``status.json``
+    (``running`` -> ``completed`` or ``failed``).  Then each selected
+    callback's ``on_run_end`` and the ``tuneforge_run_end`` hook run.
     """
     import lightning.pytorch as pl
     import torch
@@ -74,15 +82,21 @@ def train(cfg: DictConfig, plugins, run_dir: Path, components=None) -> dict:
 
         components = run_components(cfg, plugins)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rank_zero = is_rank_zero()
+    if context is None:
+        context = RunContext.detect(run_dir, cfg)
+    elif context.run_dir != run_dir:
+        raise ValueError(f"the run context is for {context.run_dir}, not {run_dir}")
+    context.check_process_count(cfg.trainer.devices, cfg.trainer.num_nodes)  # before any model loads
+    (log.info if context.world_size > 1 else log.debug)("process: %s", context.describe())
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     resume_from = prepare_run_dir(cfg, run_dir)
-    if rank_zero:
+    if context.is_main:
         (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
         write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
-    plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir)
+    plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
@@ -105,7 +119,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, components=None) -> dict:
         quality.check(metrics["quality"], cfg.quality)
 
         loss_fn = components.loss.spec.build(components.loss.config, _loss_context(plugins, tokenizer))
-        callbacks = [c.spec.build(c.config) for c in components.callbacks.values()]
+        callbacks = [build_callback(c.spec, c.config, context) for c in components.callbacks.values()
+                     if c.spec.build is not None]
         throughput = token_counter()
 
         # Base-model evaluation happens once per run: a resumed run reuses the saved result.
@@ -115,9 +130,9 @@ def train(cfg: DictConfig, plugins, run_dir: Path, components=None) -> dict:
             metrics["base"], base_rows = saved["metrics"], saved["predictions"]
         else:
             metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
-                                                        "base")
+                                                        "base", chat_template=splits.chat_template, context=context)
             base_rows = merge_predictions({"base": base_pass})
-            if rank_zero:
+            if context.is_main:
                 write_json(base_file, {"metrics": metrics["base"], "predictions": base_rows})
         module = _fine_tune_module(model, loss_fn, cfg.optim, cfg.trainer.on_nonfinite_loss)
         datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed)
@@ -128,7 +143,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, components=None) -> dict:
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
         resumed_step = _checkpoint_step(resume_from) if resume_from else 0
         trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from), **_no_pickle(trainer))
-        if history and trainer.is_global_zero:  # Lightning's CSV logger starts a fresh file on resume
+        if history and context.is_main:  # Lightning's CSV logger starts a fresh file on resume
             keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
         if checkpointer.interrupted_by:
             status = "interrupted"
@@ -138,10 +153,11 @@ def train(cfg: DictConfig, plugins, run_dir: Path, components=None) -> dict:
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
-                                                      "tuned")
+                                                      "tuned", chat_template=splits.chat_template, context=context)
+        metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
         metrics["wall_time_s"] = time.time() - started
-        if trainer.is_global_zero:
-            save_model(adapter_spec, model, tokenizer, run_dir / "model")
+        if context.is_main:
+            save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
             write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")
         status = "completed"
@@ -153,11 +169,15 @@ def train(cfg: DictConfig, plugins, run_dir: Path, components=None) -> dict:
         error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise
     finally:
-        if rank_zero:
+        if context.is_main:
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
                                                  "wall_time_s": time.time() - started})
-        plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics)
+        for callback in components.callbacks.values():
+            if callback.spec.on_run_end is not None:
+                call_accepting(callback.spec.on_run_end, config=callback.config, metrics=metrics, status=status,
+                               run_dir=run_dir, context=context)
+        plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics, context=context)
 
 
 def _no_pickle(trainer) -> dict:
@@ -189,11 +209,17 @@ def _loss_context(plugins, tokenizer):
         plugins, model_config, key="loss.teacher"))
 
 
-def is_rank_zero() -> bool:
-    """True in the process that writes the run directory (global rank 0, or no distributed launch)."""
-    import os
+def build_callback(spec, config, context: RunContext):
+    """``spec.build(config, context)`` when ``build`` takes a second parameter, else ``spec.build(config)``."""
+    import inspect
 
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+    try:
+        parameters = list(inspect.signature(spec.build).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: the documented minimum
+        return spec.build(config)
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_context = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    return spec.build(config, context) if takes_context else spec.build(config)
 
 
 def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop"):
