@@ -39,11 +39,15 @@ class EvaluationPass:
     template the data was rendered with in training (``data.chat_template``;
     None: the tokenizer's own).  ``predictions``: ``{(set, kind, key): rows}``
     where each row has ``source``, ``prompt``, ``reference`` and ``output``.
+    ``given_outputs``: ``{example source: output text}`` that
+    :func:`generate_predictions` returns instead of generating (for
+    ``tuneforge.testing.run_evaluator``; None in runs).
     """
 
     label: str = "eval"
     chat_template: Optional[str] = None
     predictions: dict = field(default_factory=dict)
+    given_outputs: Optional[dict] = None
 
 
 _CURRENT: contextvars.ContextVar[Optional[EvaluationPass]] = contextvars.ContextVar(
@@ -51,9 +55,10 @@ _CURRENT: contextvars.ContextVar[Optional[EvaluationPass]] = contextvars.Context
 
 
 @contextlib.contextmanager
-def evaluation_pass(label: str = "eval", chat_template: Optional[str] = None) -> Iterator[EvaluationPass]:
+def evaluation_pass(label: str = "eval", chat_template: Optional[str] = None,
+                    given_outputs: Optional[dict] = None) -> Iterator[EvaluationPass]:
     """Run the evaluators of one model state inside this block: generations are shared."""
-    current = EvaluationPass(label=label, chat_template=chat_template)
+    current = EvaluationPass(label=label, chat_template=chat_template, given_outputs=given_outputs)
     token = _CURRENT.set(current)
     try:
         yield current
@@ -181,7 +186,10 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
     active = current_pass()
     if active is not None and key in active.predictions:
         return active.predictions[key]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if active is not None and active.given_outputs is not None:
+        outputs = [active.given_outputs[ex.get("source", "")] for ex in examples]
+    else:
+        outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = [{"source": ex.get("source", ""), "prompt": p, "reference": r, "output": o}
             for ex, p, r, o in zip(examples, prompts, references, outputs)]
     if active is not None:
