@@ -73,11 +73,11 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
     if rank_zero:
         (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
         write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
-    plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir)
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
     try:
+        plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir)  # may refuse the run: then it "failed"
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
         adapter_spec = plugins["adapter"].get(cfg.adapter.name)
