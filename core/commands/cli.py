@@ -37,6 +37,10 @@ commands:
 
   compare    runs side by side (e.g. a data.max_examples sweep): table, comparison.md, data_efficiency.png
                tuneforge compare runs/multirun/<date>
+  config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
+             'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
+  new-plugin write a ready plugin package to start from:
+               tuneforge new-plugin NAME [--kinds dataset,adapter,loss,evaluator,callback] [--dir PATH]
 
 options:
   -h, --help     show this help
@@ -59,6 +63,8 @@ COMMANDS = {
     "chat": "tuneforge.commands.chat:chat_command",
     "export": "tuneforge.commands.export:export_command",
     "compare": "tuneforge.commands.compare:compare_command",
+    "config": "tuneforge.commands.config:config_command",
+    "new-plugin": "tuneforge.commands.new_plugin:new_plugin_command",
 }
 
 
@@ -104,6 +110,9 @@ def main(argv=None) -> None:
 
 
 def train_command(args: list) -> None:
+    if {"-h", "--help"} & set(args):  # tuneforge's own help (groups, choices, field docs): no Hydra, no torch
+        from tuneforge.commands.config import train_help
+        return print(train_help(args), end="")
     import logging
 
     import hydra
