@@ -43,13 +43,13 @@ def test_train_help_shows_groups_and_the_selected_choices_fields_quickly_without
     assert all(f"trainer.{f.name}" in out for f in describe_fields(TrainerConfig))
 
 
-def test_train_help_errors_and_hydra_flags():
+def test_train_help_errors_and_hydra_flags(tmp_path):
     bad = run_cli(["train", "--help", "adapter=lorra"])
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "tuneforge: error: unknown choice 'lorra' for 'adapter' (did you mean 'lora'?); "
         "valid: freeze, full, ia3, lora, prefix, prompt"]
-    job = run_cli(["train", "--cfg", "job", "adapter=ia3"])  # Hydra's own flags still reach Hydra
+    job = run_cli(["train", "--cfg", "job", "adapter=ia3"], cwd=tmp_path)  # Hydra's own flags still reach Hydra
     assert job.returncode == 0 and "adapter:\n  name: ia3" in job.stdout
 
 
@@ -171,3 +171,24 @@ def test_a_scaffolded_plugin_installs_offline_passes_its_tests_and_trains(tmp_pa
     assert trained.returncode == 0, trained.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 3 and 0 < metrics["parameters"]["fraction"] < 0.05
+
+
+def test_the_example_plugin_package_installs_offline_and_passes_its_tests(tmp_path):
+    import shutil
+
+    source = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "tuneforge-tsv-bitfit"
+    package, site = tmp_path / "tuneforge-tsv-bitfit", tmp_path / "site"
+    # a copy: an in-tree build would leave build/ and *.egg-info in the repository
+    shutil.copytree(source, package, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                              "--no-index", "--target", str(site), str(package)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-3000:]
+    assert (site / "tuneforge_tsv_bitfit" / "data" / "sample.tsv").is_file()  # package data installed
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    env.pop("TUNEFORGE_COMMAND", None)
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W",
+                            "ignore::DeprecationWarning"], cwd=package, capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
+    assert re.search(r"\b11 passed", tests.stdout), tests.stdout[-2000:]

@@ -1,4 +1,4 @@
-"""Tests of the ``tsv_bitfit_bitfit`` adapter: what trains, the guards, and a tiny fit."""
+"""Tests of the ``bitfit`` adapter: what trains, the guards, and a tiny fit."""
 
 import pytest
 import torch
@@ -35,7 +35,7 @@ def test_the_fraction_guard():
 
 
 def test_a_tiny_fit_moves_exactly_the_trained_weights(tuneforge_fit):
-    result = tuneforge_fit(plugins=[plugin], overrides=["adapter=tsv_bitfit_bitfit", "optim.lr=1e-2"])
+    result = tuneforge_fit(plugins=[plugin], overrides=["adapter=bitfit", "optim.lr=1e-2"])
     base, _ = tiny_model()  # the same seed: the weights training started from
     expected = trainable_names(base)
     assert result.metrics["parameters"]["trainable"] == sum(p.numel() for n, p in base.named_parameters()
@@ -46,3 +46,12 @@ def test_a_tiny_fit_moves_exactly_the_trained_weights(tuneforge_fit):
             continue
         moved = not torch.equal(tuned[name], parameter.detach())
         assert moved == (name in expected), name
+
+
+def test_extra_trainable_parameters_by_name():
+    model, _ = tiny_model()
+    apply_bitfit(model, BitFitConfig(extra_trainable=["^lm_head\\."], max_trainable_fraction=0.5))
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert "lm_head.weight" in trained and trained - {"lm_head.weight"} == set(trainable_names(model))
+    with pytest.raises(ValueError, match="is not a regular expression"):
+        BitFitConfig(extra_trainable=["lm_head("])

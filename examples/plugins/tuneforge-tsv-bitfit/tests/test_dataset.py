@@ -1,4 +1,4 @@
-"""Tests of the ``tsv_bitfit_tsv`` dataset: reading, errors, label masking, a tiny fit."""
+"""Tests of the ``tsv`` dataset: reading, errors, label masking, a tiny fit."""
 
 import pytest
 
@@ -42,8 +42,18 @@ def test_only_the_answer_and_its_end_of_turn_carry_loss():
 
 
 def test_a_tiny_fit_trains_on_the_dataset(tuneforge_fit):
-    result = tuneforge_fit(plugins=[plugin], overrides=["data=tsv_bitfit_tsv", "data.cache=false"])
+    result = tuneforge_fit(plugins=[plugin], overrides=["data=tsv", "data.cache=false"])
     data = result.metrics["data"]
     assert data["train_records"] + data["val_records"] == len(read_tsv(SAMPLE))
     assert result.metrics["steps"] == 5
-    assert result.config.data.name == "tsv_bitfit_tsv"
+    assert result.config.data.name == "tsv"
+
+
+def test_a_separate_held_out_file(tmp_path, tuneforge_fit):
+    held_out = tmp_path / "held_out.tsv"
+    held_out.write_text("instruction\toutput\nWhat is the capital of Peru?\tLima\nAdd 1 and 1.\t2\n")
+    splits = load_tsv(TsvDataConfig(val_path=str(held_out), cache=False), tiny_tokenizer())
+    assert [ex["record"]["output"] for ex in splits.val] == ["Lima", "2"]
+    assert len(splits.train) == len(read_tsv(SAMPLE))  # nothing of the training file is held out
+    result = tuneforge_fit(plugins=[plugin], overrides=["data=tsv", f"data.val_path={held_out}", "data.cache=false"])
+    assert result.metrics["data"]["val_examples"] == 2

@@ -1,10 +1,11 @@
-"""Dataset ``tsv_bitfit_tsv``: instruction/answer pairs from a tab-separated file.
+"""Dataset ``tsv``: instruction/answer pairs from a tab-separated file.
 
 The file has a header row naming its columns: ``instruction`` and ``output``
 (other names: ``data.instruction_column``, ``data.output_column``), and
 optionally ``input`` and ``system``.  Inside a value ``\t``, ``\n`` and
 ``\\`` stand for a tab, a newline and a backslash.  Each row becomes an
-alpaca record that remembers ``file:line``; tuneforge's shared pipeline
+alpaca record that remembers ``file:line``.  A separate held-out file can be
+given as ``data.val_path``.  tuneforge's shared pipeline
 (:func:`tuneforge.data.prepare_splits`) renders it with the model's chat
 template, masks the prompt (only the answer carries loss), holds out the
 validation share, caches and counts.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import tuneforge
 from tuneforge.data import DataConfig, Record, prepare_splits
@@ -29,12 +31,15 @@ class TsvDataConfig(DataConfig):
     """Instruction/answer pairs from a TSV file with a header row.
 
     path: the ``.tsv`` file (empty: the sample shipped with the plugin).
+    val_path: a separate held-out ``.tsv`` file with the same columns; when unset,
+        ``val_fraction`` or ``val_size`` of ``path`` is held out.
     instruction_column: header of the column holding the prompt.
     output_column: header of the column holding the answer.
-    min_rows: refuse a file with fewer data rows than this (at least 1).
+    min_rows: refuse a training file with fewer data rows than this (at least 1).
     """
 
     path: str = ""
+    val_path: Optional[str] = None
     instruction_column: str = "instruction"
     output_column: str = "output"
     min_rows: int = 2
@@ -93,15 +98,20 @@ def read_tsv(path, instruction_column: str = "instruction", output_column: str =
 
 
 def load_tsv(config: TsvDataConfig, tokenizer):
-    """Read ``config.path`` (or the shipped sample) and prepare the tokenized splits."""
+    """Read ``config.path`` (or the shipped sample), and ``config.val_path``, and prepare the tokenized splits."""
     path = Path(config.path) if config.path else SAMPLE
     records = read_tsv(path, config.instruction_column, config.output_column)
     if len(records) < config.min_rows:
         raise tuneforge.DataError(f"{path}: {len(records)} data rows; data.min_rows is {config.min_rows}")
-    return prepare_splits(records, tokenizer, config, origin=str(path))
+    val_records = None
+    if config.val_path:
+        val_records = read_tsv(config.val_path, config.instruction_column, config.output_column)
+        if not val_records:
+            raise tuneforge.DataError(f"data.val_path={config.val_path}: no data rows")
+    return prepare_splits(records, tokenizer, config, val_records=val_records, origin=str(path))
 
 
 @tuneforge.hookimpl
 def tuneforge_datasets():
-    return [tuneforge.DatasetSpec("tsv_bitfit_tsv", TsvDataConfig, "instruction/answer pairs from a TSV file",
+    return [tuneforge.DatasetSpec("tsv", TsvDataConfig, "instruction/answer pairs from a TSV file",
                                   load=load_tsv)]
