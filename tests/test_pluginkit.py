@@ -125,8 +125,13 @@ def test_a_kind_is_one_template_entry_and_only_the_chosen_kinds_are_written():
     assert '"tuneforge_acme_tools" = ["data/*.tsv"]' in files["pyproject.toml"]
     for text in files.values():
         assert "{{" not in text  # every placeholder filled
-    for template in TEMPLATES.values():  # each entry is complete
-        assert template.module and template.test and template.readme and template.hook.startswith("tuneforge_")
+    from tuneforge import hookspecs
+    from tuneforge.specs import SPEC_KINDS
+
+    kinds = {group: hook for group, hook, _ in SPEC_KINDS.values()}
+    for template in TEMPLATES.values():  # each entry is complete, for a kind that exists
+        assert template.module and template.test and template.readme
+        assert kinds.get(template.group) == template.hook and hasattr(hookspecs, template.hook)
 
 
 def test_the_scaffold_builds_under_the_installed_setuptools():

@@ -21,7 +21,8 @@ losses and evaluators, composed by Hydra and run by Lightning.
 commands:
   train      fine-tune; arguments are Hydra overrides, e.g.
                tuneforge train model=tiny data=jsonl data.path=train.jsonl adapter=lora adapter.r=8
-             'tuneforge train --help' lists config groups and their choices;
+             'tuneforge train --help [group=choice]' lists config groups, their choices and the fields
+             (type, default, doc) of the selected choices;
              '--cfg job' prints the composed config; '-m' sweeps over values.
   plugins    list installed plugins, their versions and the components they contribute
   eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
