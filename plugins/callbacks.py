@@ -79,10 +79,11 @@ def validation_problem(config) -> Optional[str]:
     if trainer.get("limit_val_batches") == 0:
         return "trainer.limit_val_batches is 0"
     data = config.get("data") or {}
-    if "val_fraction" in data and not data.get("val_fraction") and not data.get("val_size") \
-            and not data.get("val_path") and not data.get("val_split"):
-        return (f"data={data.get('name')} holds out no validation data (data.val_fraction is "
-                f"{data.get('val_fraction')}, no data.val_size, data.val_path or data.val_split)")
+    if "val_fraction" in data and not data.get("val_path") and not data.get("val_split"):
+        size = data.get("val_size")  # when set, it replaces val_fraction
+        if (size is not None and size == 0) or (size is None and not data.get("val_fraction")):
+            shown = f"data.val_size is {size}" if size is not None else f"data.val_fraction is {data.get('val_fraction')}"
+            return f"data={data.get('name')} holds out no validation data ({shown}, no data.val_path)"
     return None
 
 

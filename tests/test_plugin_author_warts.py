@@ -41,7 +41,8 @@ class LoadSpy:
 
 
 @pytest.mark.parametrize("override, why", [
-    ("data.val_fraction=0", "data=jsonl holds out no validation data"),
+    ("data.val_fraction=0", "data=jsonl holds out no validation data (data.val_fraction is 0.0"),
+    ("data.val_size=0", "data=jsonl holds out no validation data (data.val_size is 0"),
     ("trainer.limit_val_batches=0", "trainer.limit_val_batches is 0"),
     ("trainer.check_val_every_n_epoch=null", "both null"),
 ])

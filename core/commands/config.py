@@ -324,7 +324,8 @@ def train_help(args: list) -> str:
     groups = collect_groups(plugins)
     selected = parse_selection(overrides, groups)
     width = max(len(name) for name in groups)
-    how = {"list": " (list)", "global": " (+experiment=...)", "one": "", "keys": ""}
+    how = {"list": " (list)", "global": " (+experiment=<name>: sets several groups and keys; --cfg job shows them)",
+           "one": "", "keys": ""}
     lines = [TRAIN_HELP, "config groups (* = selected):"]
     for group in groups.values():
         choices = _selection_marks(group, selected.get(group.name)) if group.choices else \
