@@ -206,7 +206,8 @@ PLUGIN_NAME = "{names['module']}"
 
 
 def _plugin(names: dict, templates: list) -> str:
-    imports = "\n".join(f"from {names['module']}.{t.kind} import {t.hook}  # noqa: F401" for t in templates)
+    imports = "\n".join(f"from {names['module']}.{t.kind} import {t.hook}" for t in templates)
+    exported = ", ".join(f'"{t.hook}"' for t in templates)
     return f'''"""The entry-point module of {names['dist']} (``[project.entry-points.tuneforge]`` in pyproject.toml).
 
 tuneforge imports this module on every command and registers the ``tuneforge_*``
@@ -215,6 +216,8 @@ friends inside their functions only.
 """
 
 {imports}
+
+__all__ = [{exported}]
 '''
 
 

@@ -5,5 +5,7 @@ functions found here.  Keep it cheap: the component modules import torch and
 friends inside their functions only.
 """
 
-from tuneforge_tsv_bitfit.dataset import tuneforge_datasets  # noqa: F401
-from tuneforge_tsv_bitfit.adapter import tuneforge_adapters  # noqa: F401
+from tuneforge_tsv_bitfit.dataset import tuneforge_datasets
+from tuneforge_tsv_bitfit.adapter import tuneforge_adapters
+
+__all__ = ["tuneforge_datasets", "tuneforge_adapters"]
