@@ -65,16 +65,27 @@ def write_module(site: Path, module: str, code: str) -> None:
     (folder / f"{parts[-1]}.py").write_text(code)
 
 
+def _package_modules(top: str) -> list:
+    return [n for n in sys.modules if n == top or n.startswith(top + ".")]
+
+
 def import_fresh(monkeypatch, site: Path, module: str):
-    """Import ``module`` from ``site``, hiding any module of the same top-level package imported before."""
+    """Import ``module`` from ``site``, hiding any module of the same top-level package imported before
+    (monkeypatch puts those back after the test; :func:`forget` drops the example's own)."""
     import importlib
 
-    top = module.split(".")[0]
-    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+    for name in _package_modules(module.split(".")[0]):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     return importlib.import_module(module)
+
+
+def forget(module: str) -> None:
+    """Drop the example's modules, so later tests importing a real package of that name get the real one
+    (e.g. the fixture distribution ``myplug``)."""
+    for name in _package_modules(module.split(".")[0]):
+        del sys.modules[name]
 
 
 def install_entry_point(site: Path, module: str) -> None:
@@ -103,8 +114,11 @@ def test_the_docs_have_one_example_per_kind():
                          ids=[f"{e[0]}:{e[1]}" for e in ALL_EXAMPLES])
 def test_plugin_example_runs_in_a_tiny_fit(tmp_path, monkeypatch, page, module, overrides, expect, code):
     write_module(tmp_path / "site", module, code)
-    plugin = import_fresh(monkeypatch, tmp_path / "site", module)
-    result = run_tiny_fit(tmp_path / "run", plugins=[plugin], overrides=[*overrides, "data.cache=false"])
+    try:
+        plugin = import_fresh(monkeypatch, tmp_path / "site", module)
+        result = run_tiny_fit(tmp_path / "run", plugins=[plugin], overrides=[*overrides, "data.cache=false"])
+    finally:
+        forget(module)
     assert result.metrics["steps"] == 5
     assert json.loads((result.run_dir / "status.json").read_text())["status"] == "completed"
     for override in overrides:
@@ -129,8 +143,7 @@ def test_documented_plugin_tests_pass(pytester, monkeypatch, page, installed):
         if module.startswith("doc_example_"):
             continue  # only the examples given a module name are imported by the page's tests
         write_module(site, module, code)
-        top = module.split(".")[0]
-        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        for name in _package_modules(module.split(".")[0]):  # pytester restores sys.modules after its run
             monkeypatch.delitem(sys.modules, name)
         if installed:
             install_entry_point(site, module)
