@@ -59,6 +59,7 @@ class FitResult:
         ``data`` (``train_examples``, ``val_examples``, ``train_records`` ...), ``quality``
         (the data quality report), ``parameters`` (``trainable``, ``total``, ``fraction``),
         ``throughput`` (``fit_time_s``, ``tokens``, ``tokens_per_s``), ``overfitting``,
+        ``metric_info`` (each reported metric's ``MetricInfo``: section, direction, loss or not),
         ``skipped_nonfinite_batches`` and ``wall_time_s``.
     run_dir: the run directory (``pathlib.Path``): ``config.yaml``, ``metrics.csv``
         (per-step ``train/loss``), ``metrics.json``, ``predictions.jsonl``, ``model/``,
@@ -273,21 +274,26 @@ def run_evaluator(evaluator, examples: Optional[Sequence] = None, *, predictions
     """Run an evaluator once with the tiny model; returns its metrics (``{name: float}``).
 
     ``evaluator``: an :class:`~tuneforge.specs.EvaluatorSpec` or an
-    ``evaluate(model, tokenizer, examples, config)`` function (then pass
-    ``config``).  ``examples``: records (any dataset format) or tokenized
-    examples; default :data:`TOY_RECORDS`.  ``predictions``: instead of
-    examples, rows ``{"prompt", "reference", "output"}`` (or
-    ``(prompt, reference, output)`` tuples): each becomes an example (the
-    prompt as the user turn, the reference as the answer) and
-    ``tuneforge.evaluation.generate_predictions`` returns the given
+    ``evaluate(model, tokenizer, examples, config[, *, evaluation])`` function
+    (then pass ``config``), called as the host calls it (``evaluation=`` an
+    :class:`~tuneforge.evaluation.EvaluationPass` when it takes that keyword).
+    ``examples``: records (any dataset format) or tokenized examples; default
+    :data:`TOY_RECORDS`.  ``predictions``: instead of examples, rows
+    ``{"prompt", "reference", "output"}`` (or ``(prompt, reference, output)``
+    tuples): each becomes an example (the prompt as the user turn, the
+    reference as the answer) and
+    ``generate_predictions(..., evaluation=evaluation)`` returns the given
     ``output`` instead of generating, so a metric can be checked on known
-    outputs (an evaluator that scores with the model itself, e.g. by
+    outputs; that needs an ``evaluate`` taking ``evaluation`` and handing it
+    to the helpers (an evaluator that scores with the model itself, e.g. by
     log-likelihood, still uses the model).  ``config``: a mapping of field
     values or an instance of the evaluator's config class (default its
     defaults).
     """
-    from tuneforge.evaluation import evaluation_pass
-    from tuneforge.specs import EvaluatorSpec
+    import inspect
+
+    from tuneforge.evaluation import EvaluationPass
+    from tuneforge.specs import EvaluatorSpec, call_accepting
 
     if model is None or tokenizer is None:
         model, tokenizer = tiny_model(plugins)
@@ -303,7 +309,12 @@ def run_evaluator(evaluator, examples: Optional[Sequence] = None, *, predictions
         evaluate, config = evaluator.evaluate, _component_config(evaluator, config)
     else:
         evaluate = evaluator
-    with evaluation_pass("test", given_outputs=given):
-        values = evaluate(model, tokenizer, list(examples), config)
+    if given is not None:
+        parameters = inspect.signature(evaluate).parameters.values()
+        assert any(p.name == "evaluation" or p.kind is p.VAR_KEYWORD for p in parameters), (
+            "run_evaluator(predictions=...) needs an evaluate(model, tokenizer, examples, config, *, evaluation) "
+            "that passes evaluation= to generate_predictions; this one takes no 'evaluation' keyword")
+    one_pass = EvaluationPass(label="test", given_outputs=given)
+    values = call_accepting(evaluate, model, tokenizer, list(examples), config, evaluation=one_pass)
     assert isinstance(values, Mapping), f"an evaluator must return a dict of metrics, got {type(values)}"
     return {str(k): float(v) for k, v in values.items()}

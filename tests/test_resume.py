@@ -73,7 +73,6 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_prints_how_to_resume(tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "batches.log"
     env = dict(os.environ, PYTHONPATH=str(FIXTURES / "steplog"))
-    env.pop("TUNEFORGE_COMMAND", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "tuneforge", *RUN, f"callbacks.batch_log.path={log}", "callbacks.batch_log.sleep_s=0.3",
          f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -272,9 +272,9 @@ registered once, in place of its entry point.
   `"???"` and interpolation strings while Hydra checks the types.
 - Import torch, transformers and lightning inside functions, never at module level:
   tuneforge imports `{module}.plugin` on every command.
-- Write files only into `<run_dir>/{module}/` (the run directory is the Lightning
-  trainer's `default_root_dir`, and the `run_dir` argument of the lifecycle hooks),
-  and only in the main process.
+- Write files only into `<run_dir>/{module}/`, and only in the main process: the
+  run context (`tuneforge.RunContext`: `run_dir`, `is_main`) is the second argument
+  of a callback's `build` and the `context` argument of the lifecycle hooks.
 - See tuneforge's `docs/plugins.md` ("What your plugin can rely on") for the
   prediction row keys, the logged metric names and the override quoting rules.
 """

@@ -504,9 +504,10 @@ shares generations with the built-in generation evaluators.  Reported as
 
 Each held-out example's prompt (its messages without the final answer) is
 answered greedily through :func:`tuneforge.evaluation.generate_predictions`
-(shared with other generation evaluators of the same pass, and written to
-``predictions.jsonl``); the answer counts when it equals the reference after
-:func:`normalise`.
+with the evaluation pass the host hands over (``evaluation=``: the training
+chat template, generations shared with other generation evaluators, rows
+written to ``predictions.jsonl``); the answer counts when it equals the
+reference after :func:`normalise`.
 """
 
 from __future__ import annotations
@@ -552,8 +553,10 @@ def score(rows, ignore_punctuation: bool = True) -> dict:
     return {"accuracy": hits / len(rows) if rows else 0.0}
 
 
-def evaluate_exact(model, tokenizer, examples, config: ExactConfig) -> dict:
-    rows = generate_predictions(model, tokenizer, examples, max_new_tokens=config.max_new_tokens)
+def evaluate_exact(model, tokenizer, examples, config: ExactConfig, *, evaluation=None) -> dict:
+    """``evaluation``: the host's evaluation pass (chat template, shared generations, predictions.jsonl)."""
+    rows = generate_predictions(model, tokenizer, examples, max_new_tokens=config.max_new_tokens,
+                                evaluation=evaluation)
     return score(rows, config.ignore_punctuation)
 
 
@@ -612,16 +615,17 @@ A Lightning callback that counts optimizer steps and micro-batches, records
 the logged training loss (`train/loss`, a per-token mean) every
 `every_n_steps` steps, and writes them to `<run_dir>/{{module}}/steps.json`
 when training ends (its own subfolder of the run directory; only the main
-process writes).
+process writes: `context.is_main` of the run context `build` receives).
 
     tuneforge train model=tiny 'callbacks=[{{prefix}}_step_counter]' callbacks.{{prefix}}_step_counter.every_n_steps=2
 """,
     module=r'''"""Callback ``{{prefix}}_step_counter``: count steps, record the training loss, write ``<run_dir>/{{module}}/steps.json``.
 
 A plugin writes only inside its own subfolder of the run directory
-(``<run_dir>/<plugin name>/``), and only in the main process
-(``trainer.is_global_zero``).  The run directory is the trainer's
-``default_root_dir``.  The loss recorded is the logged ``train/loss``
+(``<run_dir>/<plugin name>/``), and only in the main process.  Both come
+from the run context, the second argument of ``build``
+(:class:`tuneforge.RunContext`: ``run_dir``, ``is_main``).  The loss
+recorded is the logged ``train/loss``
 (``trainer.callback_metrics``): the per-token mean of the step's last
 micro-batch, the same value as in ``metrics.csv``.
 """
@@ -657,7 +661,8 @@ def output_path(run_dir) -> Path:
     return Path(run_dir) / PLUGIN_NAME / "steps.json"
 
 
-def build_step_counter(config: StepCounterConfig):
+def build_step_counter(config: StepCounterConfig, context):
+    """The Lightning callback; ``context`` is this process's :class:`tuneforge.RunContext`."""
     import lightning.pytorch as pl
 
     class StepCounter(pl.Callback):
@@ -672,9 +677,9 @@ def build_step_counter(config: StepCounterConfig):
                 self.losses.append({"step": step, "train/loss": float(trainer.callback_metrics["train/loss"])})
 
         def on_train_end(self, trainer, pl_module):
-            if not trainer.is_global_zero:
+            if not context.is_main:
                 return
-            path = output_path(trainer.default_root_dir)
+            path = output_path(context.run_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"optimizer_steps": trainer.global_step, "micro_batches": self.micro_batches,
                                         "losses": self.losses}, indent=2) + "\n")

@@ -100,6 +100,8 @@ def default_text(field: dataclasses.Field) -> str:
 def _yaml_scalar(value: Any) -> str:
     if value is None:
         return "null"
+    if value == "":
+        return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
@@ -142,10 +144,10 @@ def format_fields(prefix: str, cls: type, skip: tuple = ("name",)) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(cls: type) -> str:
+def markdown_table(cls: type, skip: tuple = ("name",)) -> str:
     """A Markdown table of the fields of ``cls``: key, type, default, doc."""
     lines = ["| key | type | default | what it does |", "| --- | --- | --- | --- |"]
-    for row in describe_fields(cls):
+    for row in describe_fields(cls, skip=skip):
         cells = [f"`{row.name}`", f"`{row.type}`", f"`{row.default}`", row.doc or "(undocumented)"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)

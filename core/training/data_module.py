@@ -24,9 +24,11 @@ class FineTuneDataModule(pl.LightningDataModule):
         self.seed = seed
 
     def train_dataloader(self):
-        """Order depends only on (seed, epoch); the position is saved in checkpoints (exact resume)."""
+        """Order depends only on (seed, epoch); the position is saved in checkpoints (exact resume).
+        Each process reads its shard: the rank and world size are the trainer's."""
         sampler = ResumableSampler(len(self.splits.train), self.seed, self.loader_config.shuffle,
-                                   self.loader_config.batch_size)
+                                   self.loader_config.batch_size, rank=self.trainer.global_rank,
+                                   world_size=self.trainer.world_size)
         loader = ResumableDataLoader(self.splits.train, batch_size=self.loader_config.batch_size,
                                      sampler=sampler, collate_fn=self.collate,
                                      num_workers=self.loader_config.num_workers,
