@@ -61,7 +61,7 @@ def test_early_stopping_without_validation_is_refused_before_the_model_loads(tmp
 def test_early_stopping_when_no_validation_ran_is_one_line_on_the_command_line(tmp_path):
     # max_steps=3 ends training inside the first epoch: no validation ran when early stopping first checks
     result = run_cli(["train", "callbacks=[early_stopping]", "trainer.max_steps=3", "trainer.enable_progress_bar=false",
-                      "threads=1", f"run_dir={tmp_path}"])
+                      "threads=1", f"run_dir={tmp_path / 'run'}"], cwd=tmp_path)  # Hydra's log dir lands in cwd
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()  # (library warnings may come before it)
     errors = [line for line in lines if line.startswith("tuneforge: error:")]
