@@ -71,7 +71,8 @@ class GenerationEvalConfig:
 
 @dataclass
 class NormalizedEvalConfig(GenerationEvalConfig):
-    """strip: ignore surrounding whitespace; lowercase: ignore case;
+    """strip: ignore surrounding whitespace.
+    lowercase: ignore case.
     collapse_whitespace: treat any run of whitespace as one space."""
 
     strip: bool = True

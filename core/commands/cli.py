@@ -21,7 +21,8 @@ losses and evaluators, composed by Hydra and run by Lightning.
 commands:
   train      fine-tune; arguments are Hydra overrides, e.g.
                tuneforge train model=tiny data=jsonl data.path=train.jsonl adapter=lora adapter.r=8
-             'tuneforge train --help' lists config groups and their choices;
+             'tuneforge train --help [group=choice]' lists config groups, their choices and the fields
+             (type, default, doc) of the selected choices;
              '--cfg job' prints the composed config; '-m' sweeps over values.
   plugins    list installed plugins, their versions and the components they contribute
   eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
@@ -37,6 +38,10 @@ commands:
 
   compare    runs side by side (e.g. a data.max_examples sweep): table, comparison.md, data_efficiency.png
                tuneforge compare runs/multirun/<date>
+  config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
+             'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
+  new-plugin write a ready plugin package to start from:
+               tuneforge new-plugin NAME [--kinds dataset,adapter,loss,evaluator,callback] [--dir PATH]
 
 options:
   -h, --help     show this help
@@ -58,6 +63,8 @@ COMMANDS = {
     "chat": "tuneforge.commands.chat:chat_command",
     "export": "tuneforge.commands.export:export_command",
     "compare": "tuneforge.commands.compare:compare_command",
+    "config": "tuneforge.commands.config:config_command",
+    "new-plugin": "tuneforge.commands.new_plugin:new_plugin_command",
 }
 
 
@@ -110,6 +117,9 @@ def train_command(args: list, debug: bool = False) -> None:
     the task validates it before anything heavy is imported or a run directory made, then runs
     :func:`tuneforge.training.run.train` with a :class:`~tuneforge.RunContext` for this process
     (``debug``: full tracebacks)."""
+    if {"-h", "--help"} & set(args):  # tuneforge's own help (groups, choices, field docs): no Hydra, no torch
+        from tuneforge.commands.config import train_help
+        return print(train_help(args), end="")
     import functools
     import logging
     from pathlib import Path

@@ -72,6 +72,9 @@ def run_config(run_dir: Path, overrides: list) -> DictConfig:
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
+    from tuneforge.commands.run_loading import plugins_for_run
+
+    check_saved_components(run_dir, saved, chosen, plugins_for_run(saved))
     choices = [f"{g}={saved[g].name}" for g in ("model", "data", "adapter", "loss") if g not in chosen]
     if "evaluators" not in chosen:
         choices.append(f"evaluators=[{','.join(saved.get('evaluators') or {})}]")
@@ -82,6 +85,34 @@ def run_config(run_dir: Path, overrides: list) -> DictConfig:
             OmegaConf.update(final, override.key_or_group, OmegaConf.select(composed, override.key_or_group),
                              merge=False)
     return final
+
+
+#: group -> how to do without a stored component whose plugin is gone
+_WITHOUT = {"evaluators": "or choose others with evaluators=[...]",
+            "callbacks": "or evaluate without the run's callbacks: callbacks=[]",
+            "data": "or evaluate other data with data=<name> data.path=..."}
+
+
+def check_saved_components(run_dir: Path, saved, chosen: set, plugins) -> None:
+    """One-line error when a component stored in the run's config.yaml (and not replaced by an
+    override) is provided by no installed plugin, e.g. a third-party callback since uninstalled."""
+    from tuneforge.errors import ConfigError
+
+    for group in ("model", "data", "adapter", "loss", "evaluators", "callbacks"):
+        node = saved.get(group)
+        if group in chosen or not node:
+            continue
+        entries = node.items() if group in ("evaluators", "callbacks") else [(None, node)]
+        for key, entry in entries:
+            name = entry.get("name") if hasattr(entry, "get") else None
+            if name is None or name in plugins[group].names():
+                continue
+            where = f"{group}.{key}" if key is not None else f"{group}.name"
+            kind = plugins[group].spec_class.kind
+            raise ConfigError(
+                f"run_dir={run_dir} was trained with {kind} '{name}' ({where} in {Path(run_dir) / 'config.yaml'}), "
+                f"which no installed plugin provides (installed: {', '.join(plugins[group].names()) or 'none'}); "
+                f"install the plugin that provides '{name}' again{', ' + _WITHOUT[group] if group in _WITHOUT else ''}")
 
 
 EVAL_USAGE = """\

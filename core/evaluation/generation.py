@@ -45,12 +45,16 @@ class EvaluationPass:
     ``source``, ``prompt``, ``reference`` and ``output``; it is also the
     generation cache of the pass.  ``context``: reserved for the run context
     (which process this is, the run directory); None when there is none.
+    ``given_outputs``: ``{example source: output text}`` that
+    :func:`generate_predictions` returns instead of generating (for
+    ``tuneforge.testing.run_evaluator``; None in runs).
     """
 
     label: str = "eval"
     chat_template: Optional[str] = None
     predictions: dict = field(default_factory=dict)
     context: Any = None
+    given_outputs: Optional[dict] = None
 
 
 # ---------------------------------------------------------------------------
@@ -179,7 +183,10 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
     key = (set_name, "generation", (tuple(prompts), int(max_new_tokens)))
     if evaluation is not None and key in evaluation.predictions:
         return evaluation.predictions[key]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if evaluation is not None and evaluation.given_outputs is not None:
+        outputs = [evaluation.given_outputs[ex.get("source", "")] for ex in examples]
+    else:
+        outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = [{"source": ex.get("source", ""), "prompt": p, "reference": r, "output": o}
             for ex, p, r, o in zip(examples, prompts, references, outputs)]
     if evaluation is not None:

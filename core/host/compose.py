@@ -35,9 +35,7 @@ def plugin_selection(overrides: Sequence[str]) -> PluginSelection:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as exc:
-        bad = str(exc).splitlines()[0].split(": ", 1)[-1]
-        raise ConfigError(f"cannot parse override {bad}; write key=value, group=choice or key=[a,b] "
-                          "(quote the whole argument in the shell)") from None
+        raise ConfigError(override_parse_error(exc)) from None
     for override in parsed:
         key = override.key_or_group
         if key in ("plugins.disable", "plugins.enable", "plugins.autoload"):
@@ -47,6 +45,30 @@ def plugin_selection(overrides: Sequence[str]) -> PluginSelection:
             values[key] = [values[key]]
     return PluginSelection.from_env(disable=values.get("disable", ()), enable=values.get("enable", ()),
                                     autoload=values.get("autoload"))
+
+
+def override_parse_error(exc) -> str:
+    """One line for Hydra's ``OverrideParseException``: the override, what is wrong in it, what to write.
+
+    Hydra's message has several lines (a caret under the bad character, a
+    "See https://hydra.cc/..." link, sometimes "Error parsing override '<it>'"
+    before the cause); they become ``cannot parse override '<it>': <cause>``.
+    """
+    override = getattr(exc, "override", "") or ""
+    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("See https://")]
+    if lines and lines[0].startswith("LexerNoViableAltException: "):
+        caret = next((line for line in lines[1:] if line.strip() == "^"), None)
+        position = len(caret) - len("LexerNoViableAltException: ") - 1 if caret else -1
+        char = override[position] if 0 <= position < len(override) else ""
+        cause = f"unexpected character {char!r} at position {position + 1}" if char else "unexpected character"
+        if char in "'\"" and override.count(char) % 2:
+            cause += " (an unclosed quote)"
+    else:
+        cause = " ".join(line.strip() for line in lines if not line.startswith("Error parsing override"))
+    cause = cause or "not valid override syntax"
+    shown = override.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")  # keep it one line
+    return (f"cannot parse override '{shown}': {cause}; write key=value, group=choice or key=[a,b], and "
+            "quote values with special characters: 'key=\"a,b\"' (see docs/plugins.md, 'Override values')")
 
 
 def load_plugins(overrides: Sequence[str] = (), extra_plugins: Iterable = ()) -> Plugins:
@@ -97,6 +119,11 @@ def explain_composition_error(exc: Exception, overrides: Sequence[str] = ()) -> 
     node and its dataclass), not from composing again; ``overrides`` is not
     needed for that any more and is accepted for existing callers.
     """
+
+    from hydra.errors import OverrideParseException
+
+    if isinstance(exc, OverrideParseException):
+        return override_parse_error(exc)
     text = str(exc)
     cause = str(exc.__cause__ or "")
     missing = re.search(r"Could not (?:find|load) '([^']+)/([^']+)'", text)

@@ -31,7 +31,29 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 
 @dataclass
 class TrainerConfig:
-    """Arguments for ``lightning.Trainer`` (see its docs for each)."""
+    """Arguments for ``lightning.Trainer`` (see its docs for each).
+
+    max_steps: optimizer steps to train (-1: no limit, then set max_epochs).
+    max_epochs: passes over the training data (null: until max_steps).
+    accumulate_grad_batches: micro-batches per optimizer step; the loss is averaged
+        per token over the whole window.
+    precision: ``32-true``, ``bf16-mixed``, ``16-mixed`` ... (Lightning's names).
+    accelerator: ``auto``, ``cpu``, ``gpu``/``cuda``, ``mps``.
+    devices: devices per node (``auto``, a count, or a list of indices).
+    num_nodes: machines; launch one process per device (SLURM ``srun``, ``torchrun``).
+    val_check_interval: validate every N training batches (a whole number > 1); a value in
+        (0, 1] is that fraction of an epoch, so ``1`` means once per epoch (null: at the end
+        of each epoch, see check_val_every_n_epoch).
+    check_val_every_n_epoch: validate after every N-th epoch (null: only by val_check_interval).
+    limit_val_batches: validation batches per check (a count, or a fraction of the split; null: all).
+    gradient_clip_val: clip gradients to this size (null: no clipping).
+    gradient_clip_algorithm: ``norm`` or ``value``.
+    log_every_n_steps: write metrics.csv rows every N steps.
+    enable_progress_bar: show Lightning's progress bar.
+    deterministic: ask torch for deterministic algorithms (slower).
+    on_nonfinite_loss: what a nan/inf training loss does: ``stop`` the run at that step
+        (the last checkpoint stays the good one) or ``skip`` the batch (counted).
+    """
 
     max_steps: int = 100
     max_epochs: Optional[int] = None
@@ -48,8 +70,6 @@ class TrainerConfig:
     log_every_n_steps: int = 1
     enable_progress_bar: bool = True
     deterministic: bool = False
-    #: what a non-finite (nan/inf) training loss does: ``stop`` the run at that
-    #: step (the last checkpoint stays the good one) or ``skip`` the batch (counted)
     on_nonfinite_loss: str = "stop"
 
     def __post_init__(self) -> None:
@@ -73,9 +93,12 @@ class TrainerConfig:
 
 @dataclass
 class StrategyConfig:
-    """A Lightning strategy: ``name`` is a Lightning strategy name (``auto``,
-    ``ddp``, ``ddp_spawn``, ``fsdp``, ``deepspeed_stage_2`` ...); ``kwargs`` go to
-    its class (e.g. ``find_unused_parameters``)."""
+    """A Lightning strategy: how the run uses several devices.
+
+    name: a Lightning strategy name: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``,
+        ``deepspeed_stage_2`` ...
+    kwargs: keyword arguments for its class (e.g. ``{find_unused_parameters: false}``).
+    """
 
     name: str = "auto"
     kwargs: dict = field(default_factory=dict)
@@ -83,7 +106,17 @@ class StrategyConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with a warmup + decay schedule, built over trainable parameters only."""
+    """AdamW with a warmup + decay schedule, built over trainable parameters only.
+
+    lr: peak learning rate.
+    weight_decay: AdamW weight decay of matrices (biases and norms get none).
+    betas: AdamW betas ``[beta1, beta2]``.
+    eps: AdamW epsilon.
+    scheduler: ``constant``, ``linear`` or ``cosine`` decay after the warmup.
+    warmup_steps: linear warmup steps (0: use warmup_ratio).
+    warmup_ratio: warmup as a share of all steps.
+    min_lr_ratio: the learning rate decays to ``lr * min_lr_ratio``.
+    """
 
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -102,7 +135,14 @@ class OptimConfig:
 
 @dataclass
 class LoaderConfig:
-    """Batching of the tokenized data."""
+    """Batching of the tokenized data.
+
+    batch_size: training examples per micro-batch (per device).
+    eval_batch_size: examples per validation batch.
+    num_workers: DataLoader worker processes (0: in the main process).
+    shuffle: shuffle the training examples each epoch (seeded by ``seed``).
+    pad_to_multiple_of: pad batch lengths up to a multiple of this (null: longest in batch).
+    """
 
     batch_size: int = 8
     eval_batch_size: int = 8
@@ -119,7 +159,12 @@ class LoaderConfig:
 class PluginsConfig:
     """Plugin selection.  ``disable`` and ``autoload`` act before plugins are
     imported, so they are read from the command line and the environment
-    (``TUNEFORGE_DISABLE_PLUGINS``, ``TUNEFORGE_PLUGINS_AUTOLOAD``)."""
+    (``TUNEFORGE_DISABLE_PLUGINS``, ``TUNEFORGE_PLUGINS_AUTOLOAD``).
+
+    disable: entry-point names never imported (``plugins.disable=[a,b]``).
+    enable: with autoload off, third-party entry points to load anyway.
+    autoload: load every installed third-party plugin (false: only tuneforge's own and ``enable``).
+    """
 
     disable: list = field(default_factory=list)
     enable: list = field(default_factory=list)
@@ -130,11 +175,13 @@ class PluginsConfig:
 class QualityConfig:
     """The data quality check made before any training (see docs/evaluation.md).
 
-    Serious problems stop the run unless allowed here: ``allow_leakage``
-    (held-out examples that also appear in the training data),
-    ``allow_empty_targets`` (every target empty or whitespace), and fewer than
-    ``min_train_examples`` training examples.  Data with at most ``max_labels``
-    distinct targets counts as classification-like and gets a label balance.
+    Serious problems stop the run unless allowed here.
+
+    allow_leakage: go on although held-out examples also appear in the training data.
+    allow_empty_targets: go on although every target is empty or whitespace.
+    min_train_examples: stop with fewer training examples than this.
+    max_labels: data with at most this many distinct targets counts as
+        classification-like and gets a label balance.
     """
 
     allow_leakage: bool = False
@@ -150,8 +197,8 @@ class QualityConfig:
 class CheckpointConfig:
     """Resumable checkpoints in ``<run_dir>/checkpoints/step-N`` (safetensors + JSON).
 
-    ``every_n_steps``: optimizer steps between checkpoints (0: only at the end
-    and on SIGTERM/SIGINT).  ``keep_last``: how many to keep (0: all).
+    every_n_steps: optimizer steps between checkpoints (0: only at the end and on SIGTERM/SIGINT).
+    keep_last: how many to keep (0: all).
     """
 
     every_n_steps: int = 0
@@ -163,7 +210,14 @@ class CheckpointConfig:
 
 @dataclass
 class TuneforgeConfig:
-    """Root schema.  ``run_dir`` defaults to Hydra's output directory."""
+    """Root schema.  ``run_dir`` defaults to Hydra's output directory.
+
+    resume: ``auto`` (continue the newest valid checkpoint of the run directory), ``never``
+        (start over) or the path of a checkpoint directory.
+    seed: seed of everything random in the run (data order, dropout, initialisation).
+    run_dir: the run directory (null: ``hydra.run.dir``, default ``runs/<date>_<time>``).
+    threads: torch CPU threads (null: torch's default).
+    """
 
     model: Any = MISSING
     data: Any = MISSING
@@ -178,8 +232,6 @@ class TuneforgeConfig:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    #: ``auto``: continue the newest valid checkpoint of the run directory;
-    #: ``never``: start over; or the path of a checkpoint directory
     resume: str = "auto"
     seed: int = 42
     run_dir: Optional[str] = None
@@ -284,14 +336,19 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("pkg", package_path, replace=True)
 
 
+#: root groups whose choices include a schema node (``trainer=default``); YAML presets in
+#: ``conf/<group>/`` add more (``trainer=smoke``)
+SCHEMA_CHOICES = {"trainer": ("default", TrainerConfig), "strategy": ("auto", StrategyConfig)}
+
+
 def register_configs(plugins) -> None:
     """Store the root schema and every component config in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="tuneforge_schema", node=TuneforgeConfig)
-    cs.store(group="trainer", name="default", node=TrainerConfig)
-    cs.store(group="strategy", name="auto", node=StrategyConfig)
+    for group, (name, node) in SCHEMA_CHOICES.items():
+        cs.store(group=group, name=name, node=node)
     for spec_class, (group, _hook, multiple) in SPEC_KINDS.items():
         for spec in plugins[group]:
             package = f"{group}.{spec.name}" if multiple else None

@@ -96,11 +96,12 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     if context.is_main:
         (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
         write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
-    plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
     try:
+        # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
+        plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         model, tokenizer = components.model.spec.load(components.model.config)
         adapter_spec = components.adapter.spec
