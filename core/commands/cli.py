@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 USAGE = """\
 usage: tuneforge <command> [options] [key=value ...]
@@ -133,6 +134,7 @@ def train_command(args: list, debug: bool = False) -> None:
 
     overrides = hydra_overrides(args)
     plugins = load_plugins(overrides)
+    args = [*args, *run_dir_overrides(args, overrides)]
     # Lightning's DDP launcher starts the other processes by re-running sys.argv: they re-enter `train`
     command_line = [sys.argv[0], "train", *(["--debug"] if debug else []), *args]
     invoked_as = sys.argv
@@ -224,6 +226,24 @@ def train_command(args: list, debug: bool = False) -> None:
     finally:
         sys.argv = invoked_as
         _set_env("HYDRA_FULL_ERROR", user_full_error)
+
+
+def run_dir_overrides(args: list, overrides: list) -> list:
+    """``hydra.run.dir=<run_dir>`` when ``run_dir=`` is given for a single run, so Hydra's job log
+    (``train.log``) goes into the run directory and nothing is written to the working directory.
+
+    The directory is checked first (a file, a read-only mount, no permission: one line), since
+    Hydra creates it before tuneforge sees the config.
+    """
+    if {"-m", "--multirun"} & set(args):
+        return []
+    given = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
+    if "run_dir" not in given or given["run_dir"] in ("", "null") or "hydra.run.dir" in given:
+        return []
+    from tuneforge.training.run_lock import check_usable
+
+    check_usable(Path(given["run_dir"]))
+    return [f"hydra.run.dir={given['run_dir']}"]
 
 
 def _is_composition_error(exc: BaseException) -> bool:

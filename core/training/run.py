@@ -18,7 +18,9 @@ from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
-                                        resolved_config_yaml, write_json, write_outputs)
+                                        resolved_config_yaml, segment_history, summed_throughput, write_json,
+                                        write_outputs)
+from tuneforge.training.run_lock import RunLock, ensure_writable_directory
 from tuneforge.training.trainer import build_trainer, token_counter
 
 
@@ -88,14 +90,24 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         raise ValueError(f"the run context is for {context.run_dir}, not {run_dir}")
     context.check_process_count(cfg.trainer.devices, cfg.trainer.num_nodes)  # before any model loads
     (log.info if context.world_size > 1 else log.debug)("process: %s", context.describe())
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    lock = None
+    if context.is_main:  # one writer per run directory: a second run on it stops here, naming the holder
+        ensure_writable_directory(run_dir)
+        lock = RunLock(run_dir, "train").acquire()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    resume_from = prepare_run_dir(cfg, run_dir)
-    if context.is_main:
-        (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
-        write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
+    try:
+        resume_from = prepare_run_dir(cfg, run_dir)
+        earlier_segments = segment_history(run_dir) if resume_from is not None else []
+        if context.is_main:
+            (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
+            write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from),
+                                                 "segments": earlier_segments})
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    segment: dict = {}
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
@@ -143,20 +155,24 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         fit_started = time.time()
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
         resumed_step = _checkpoint_step(resume_from) if resume_from else 0
+        segment.update(started_step=resumed_step, throughput=throughput, fit_started=fit_started, trainer=trainer)
         trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from), **_no_pickle(trainer))
         if history and context.is_main:  # Lightning's CSV logger starts a fresh file on resume
             keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
         if checkpointer.interrupted_by:
             status = "interrupted"
+            metrics["steps"] = int(trainer.global_step)
             raise RunInterrupted(checkpointer.interrupted_by, trainer.global_step, checkpointer.last_saved, run_dir)
         metrics["skipped_nonfinite_batches"] = module.skipped_batches
-        metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
+        segments = [*earlier_segments, _segment_record(segment, started)]
+        metrics["throughput"] = dict(summed_throughput(segments), last_segment=segments[-1])
+        metrics["segments"] = segments
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
                                                       "tuned", chat_template=splits.chat_template, context=context)
         metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
-        metrics["wall_time_s"] = time.time() - started
+        metrics["wall_time_s"] = sum(float(s.get("wall_time_s") or 0) for s in earlier_segments) + time.time() - started
         if context.is_main:
             save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
@@ -171,14 +187,30 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         raise
     finally:
         if context.is_main:
+            segments = metrics.get("segments") or [*earlier_segments, *([_segment_record(segment, started)]
+                                                                        if segment else [])]
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
-                                                 "wall_time_s": time.time() - started})
+                                                 "wall_time_s": time.time() - started, "segments": segments})
         for callback in components.callbacks.values():
             if callback.spec.on_run_end is not None:
                 call_accepting(callback.spec.on_run_end, config=callback.config, metrics=metrics, status=status,
                                run_dir=run_dir, context=context)
-        plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics, context=context)
+        try:
+            plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics,
+                                           context=context)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _segment_record(segment: dict, started: float) -> dict:
+    """One start-or-resume of a run: the steps it trained, its throughput and wall time."""
+    trainer = segment.get("trainer")
+    summary = segment["throughput"].summary(time.time() - segment["fit_started"], trainer.world_size) \
+        if trainer is not None else {}
+    return {"from_step": segment.get("started_step", 0), "to_step": int(trainer.global_step) if trainer else None,
+            "wall_time_s": time.time() - started, **summary}
 
 
 def _no_pickle(trainer) -> dict:
