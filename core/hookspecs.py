@@ -83,7 +83,8 @@ def tuneforge_evaluators():
     describe its metrics (:class:`~tuneforge.specs.MetricInfo`) for the
     report.  Built-ins:
     ``perplexity``, ``exact_match``, ``contains``, ``regex``, ``rouge``,
-    ``bleu``, ``chrf``, ``choice`` and ``forgetting``.
+    ``bleu``, ``chrf``, ``choice``, ``forgetting`` and ``lm_eval``
+    (lm-evaluation-harness tasks; ``pip install "tuneforge[lm-eval]"``).
     """
 
 

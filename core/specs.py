@@ -17,6 +17,7 @@ values in ``__post_init__`` (see :mod:`tuneforge.validation`).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Optional
@@ -222,7 +223,11 @@ class EvaluatorSpec(_Spec):
 
     ``metrics``: :class:`MetricInfo` for the metrics ``evaluate`` returns
     (a metric without an entry counts as higher-is-better, section
-    ``"held-out"``).
+    ``"held-out"``).  An entry whose name holds a shell-style wildcard
+    (``*``, ``?``, ``[...]``; :mod:`fnmatch`) describes every metric it
+    matches, for metrics named only at run time (e.g. ``"*/acc"`` for
+    ``<task>/acc``); an exact name wins over a pattern, and among patterns
+    the first that matches.
 
     An ``evaluate`` with a ``context`` parameter also gets
     ``context=``:class:`tuneforge.RunContext` of the training process (None
@@ -241,8 +246,18 @@ class EvaluatorSpec(_Spec):
             raise TypeError(f"evaluator '{self.name}': 'metrics' must be a tuple of tuneforge.MetricInfo")
 
     def metric_info(self, metric: str) -> MetricInfo:
-        """The declared :class:`MetricInfo` of ``metric``, or the defaults."""
-        return next((info for info in self.metrics if info.name == metric), MetricInfo(metric))
+        """The declared :class:`MetricInfo` of ``metric`` (its own entry, else the first pattern that
+        matches it, renamed to ``metric``), or the defaults."""
+        exact = next((info for info in self.metrics if info.name == metric), None)
+        if exact is not None:
+            return exact
+        pattern = next((info for info in self.metrics if _is_pattern(info.name)
+                        and fnmatch.fnmatchcase(metric, info.name)), None)
+        return dataclasses.replace(pattern, name=metric) if pattern is not None else MetricInfo(metric)
+
+
+def _is_pattern(name: str) -> bool:
+    return any(char in name for char in "*?[")
 
 
 @dataclass(frozen=True)
