@@ -72,10 +72,15 @@ class RunContext:
     :meth:`detect`.
     """
 
+    #: the run directory (written only by the main process)
     run_dir: Path
+    #: this process's rank among all processes of the run (0 is the main one)
     global_rank: int = 0
+    #: this process's rank on its node (selects its GPU)
     local_rank: int = 0
+    #: the index of this process's node
     node_rank: int = 0
+    #: the number of processes of the run
     world_size: int = 1
     #: torch device string this process evaluates on: ``cuda:<index>`` or ``cpu``
     device: str = "cpu"

@@ -38,7 +38,13 @@ def _check_config_class(kind: str, name: str, config: type) -> None:
 
 @dataclass(frozen=True)
 class _Spec:
-    """Common part of every spec: a unique name and its config dataclass."""
+    """Common part of every spec: a unique name and its config dataclass.
+
+    name: what users select on the command line (``adapter=<name>``): letters, digits, ``_``, ``-``.
+    config: the config dataclass; its fields become ``<group>.<field>`` keys, type-checked by Hydra,
+        documented by ``field: doc`` lines in its docstring, validated in ``__post_init__``.
+    description: one line for ``tuneforge plugins`` and ``tuneforge config groups``.
+    """
 
     kind: ClassVar[str] = "component"
     required: ClassVar[tuple[str, ...]] = ()
@@ -120,7 +126,9 @@ class AdapterSpec(_Spec):
     ``export``.  ``base_model`` is the run's base model, freshly loaded from
     its model source, when ``needs_base`` is true (the default); with
     ``needs_base=False`` (self-contained weights) the host skips loading the
-    base and passes ``None``.  When ``load`` is omitted the host reads the
+    base and passes ``None``.
+
+    ``needs_base``: whether ``load`` needs the base model (default true).  When ``load`` is omitted the host reads the
     folder as full weights with
     ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` (what the
     default ``save`` writes for a plain ``transformers`` model) and
@@ -183,15 +191,17 @@ class MetricInfo:
     """What one metric of an evaluator means, for the report and ``tuneforge compare``.
 
     ``name``: the key the evaluator's ``evaluate`` returns (``"loss"``, not
-    ``"perplexity/loss"``).  ``higher_is_better``: the direction of
-    improvement.  ``primary``: a headline metric; when any metric of a run is
-    primary, ``compare`` plots only the primary ones.  ``section``: the report
-    groups metrics by it (free text; ``"held-out"`` is the held-out split's
-    table, anything else, e.g. ``"forgetting"``, gets a table of its own).
-    ``description``: one line shown under the section's table.  ``is_loss``: a
-    held-out loss; the report's overfitting signal compares the first such
-    metric of section ``"held-out"`` with the training loss when no
-    validation ran during training.
+        ``"perplexity/loss"``).
+    ``higher_is_better``: the direction of improvement.
+    ``primary``: a headline metric; when any metric of a run is primary,
+        ``compare`` plots only the primary ones.
+    ``section``: the report groups metrics by it (free text; ``"held-out"`` is
+        the held-out split's table, anything else, e.g. ``"forgetting"``, gets a
+        table of its own).
+    ``description``: one line shown under the section's table.
+    ``is_loss``: a held-out loss; the report's overfitting signal compares the
+        first such metric of section ``"held-out"`` with the training loss when
+        no validation ran during training.
     """
 
     name: str
