@@ -260,12 +260,6 @@ def _set_env(name: str, value) -> None:
         os.environ[name] = value
 
 
-#: environment variables a launcher sets in the processes it starts (Lightning's DDP launcher,
-#: torchrun, srun, jsrun, mpirun); with none of them set this process is the main one of its run
-LAUNCHER_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "WORLD_SIZE", "SLURM_NTASKS", "LSB_JOBID",
-                      "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
-
-
 def worker_hydra_overrides(args: list) -> list:
     """Hydra overrides for a process that is not the main one of its run (an ``srun``/``torchrun``
     task or a DDP child with rank > 0): it logs to the console only, so only the main process
@@ -278,9 +272,10 @@ def worker_hydra_overrides(args: list) -> list:
     """
     if any(arg.startswith(("hydra/job_logging=", "hydra.job_logging")) for arg in args):
         return []
-    if not any(name in os.environ for name in LAUNCHER_VARIABLES):
+    from tuneforge.context import detect_ranks, started_by_a_launcher
+
+    if not started_by_a_launcher():
         return []
-    from tuneforge.context import detect_ranks
 
     return [] if detect_ranks().global_rank == 0 else ["hydra/job_logging=tuneforge_worker"]
 
