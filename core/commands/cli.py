@@ -129,7 +129,7 @@ def train_command(args: list, debug: bool = False) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from tuneforge.errors import ConfigError
-    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, explain_composition_error, load_plugins, run_train
+    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, explain_composition_error, load_plugins
     from tuneforge.host.hydra_dirs import discard_new_output_dir
 
     overrides = hydra_overrides(args)
@@ -184,7 +184,7 @@ def train_command(args: list, debug: bool = False) -> None:
             _fail(str(exc))
 
         from tuneforge.context import RunContext
-        from tuneforge.training.run import RunInterrupted
+        from tuneforge.training.run import RunInterrupted, run_train
         from tuneforge.secrets import install_log_redaction
 
         # Hydra's root handler already prints and files Lightning's messages: avoid doubles

@@ -14,6 +14,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from tuneforge.context import RunContext
+from tuneforge.errors import ConfigError
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
@@ -211,6 +212,19 @@ def _segment_record(segment: dict, started: float) -> dict:
         if trainer is not None else {}
     return {"from_step": segment.get("started_step", 0), "to_step": int(trainer.global_step) if trainer else None,
             "wall_time_s": time.time() - started, **summary}
+
+
+def run_train(cfg, plugins, run_dir: Optional[str] = None, context=None, components=None) -> dict:
+    """Validate ``cfg`` (unless its ``components`` from :func:`~tuneforge.host.components.run_components`
+    are given) and train into ``cfg.run_dir`` (else ``run_dir``); ``context``: the
+    :class:`~tuneforge.RunContext` of this process, detected by ``train`` when None."""
+    from tuneforge.host.components import run_components
+
+    components = components if components is not None else run_components(cfg, plugins)
+    target = components.config.run_dir or run_dir
+    if not target:
+        raise ConfigError("no run directory: set run_dir=<dir>")
+    return train(components.config, plugins, Path(target), context=context, components=components)
 
 
 def _no_pickle(trainer) -> dict:
