@@ -22,6 +22,8 @@ from tuneforge.specs import (
     CallbackSpec,
     DatasetSpec,
     EvaluatorSpec,
+    LoggerContext,
+    LoggerSpec,
     LossSpec,
     ModelSourceSpec,
 )
@@ -33,6 +35,7 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
     "AdapterSpec", "CallbackSpec", "ConfigError", "DataError", "DatasetSpec", "EvaluatorSpec",
+    "LoggerContext", "LoggerSpec",
     "LossSpec", "ModelError", "ModelSourceSpec", "PluginError", "TuneforgeError", "hookimpl",
     "__version__",
 ]

@@ -133,7 +133,7 @@ def validate(cfg, plugins: Plugins) -> None:
     OmegaConf.resolve(cfg)
     for group in ("model", "data", "adapter", "loss"):
         _check_component(plugins, group, group, cfg[group])
-    for group in ("evaluators", "callbacks"):
+    for group in ("evaluators", "callbacks", "loggers"):
         for key, node in cfg[group].items():
             _check_component(plugins, group, f"{group}.{key}", node)
     late = [name for name in cfg.plugins.disable if name in plugins.infos]

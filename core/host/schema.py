@@ -128,6 +128,7 @@ class TuneforgeConfig:
     loss: Any = MISSING
     evaluators: dict = field(default_factory=dict)
     callbacks: dict = field(default_factory=dict)
+    loggers: dict = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

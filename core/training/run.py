@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from tuneforge.evaluation.runner import run_evaluators
 from tuneforge.training.model_io import load_model_from_config, save_model
-from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
+from tuneforge.training.loggers import build_loggers
+from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows, redacted_config,
                                         resolved_config_yaml, write_json, write_outputs)
 from tuneforge.training.trainer import build_trainer, token_counter
 
@@ -53,7 +54,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
     ``report.md`` / ``report.html`` with ``metrics.png`` and
     ``loss_curves.png``, ``model/`` (adapter in PEFT format, or full
     safetensors weights, plus the tokenizer) and ``status.json``
-    (``running`` -> ``completed`` or ``failed``).
+    (``running`` -> ``completed`` or ``failed``).  The loggers selected with
+    ``loggers=[...]`` (trackers) get the training metrics, the redacted config
+    and the evaluator results; their run ids go to ``trackers.json`` and
+    ``metrics.json`` (``trackers``).
     """
     import lightning.pytorch as pl
     import torch
@@ -77,8 +81,14 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
+    loggers = None
     try:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        # Loggers first: a tracker whose library is missing, or whose run cannot start, stops the
+        # run before the model loads.
+        loggers = build_loggers(plugins, cfg, run_dir, resuming=resume_from is not None, is_main=rank_zero)
+        if rank_zero:
+            loggers.start(redacted_config(cfg))
         model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
         adapter_spec = plugins["adapter"].get(cfg.adapter.name)
         model = adapter_spec.apply(model, cfg.adapter)
@@ -113,7 +123,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed)
         checkpointer = CheckpointAndInterrupt(run_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
                                               run_identity(cfg))
-        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer])
+        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer], loggers.lightning_loggers())
         fit_started = time.time()
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
         resumed_step = _checkpoint_step(resume_from) if resume_from else 0
@@ -130,6 +140,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
         metrics["wall_time_s"] = time.time() - started
         if trainer.is_global_zero:
+            metrics["trackers"] = loggers.record()
+            loggers.log_results(metrics, step=metrics["steps"])
             save_model(adapter_spec, model, tokenizer, run_dir / "model")
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
             write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")
@@ -142,6 +154,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise
     finally:
+        if loggers is not None and rank_zero:
+            loggers.finish(status)
         if rank_zero:
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
