@@ -30,6 +30,18 @@ def save_model(adapter_spec, model, tokenizer, directory: Path) -> None:
     tmp.rename(directory)
 
 
+def dtype_keyword() -> str:
+    """The ``from_pretrained`` keyword for the weights' dtype in the installed transformers.
+
+    ``dtype`` from 4.56 on (transformers 5 logs a deprecation for ``torch_dtype``);
+    ``torch_dtype`` before, where ``dtype`` is not understood.
+    """
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("transformers").split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
 def load_tuned_model(base_model, model_dir: Path, trust_remote_code: bool = False):
     """The trained model of a run: a PEFT adapter over ``base_model``, or the saved full weights
     (``base_model`` may then be ``None``)."""
@@ -43,7 +55,7 @@ def load_tuned_model(base_model, model_dir: Path, trust_remote_code: bool = Fals
         from transformers import AutoModelForCausalLM
 
         dtype = base_model.dtype if base_model is not None else "auto"
-        return AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=dtype,
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), **{dtype_keyword(): dtype},
                                                     trust_remote_code=trust_remote_code)
     raise ModelError(f"{model_dir}: no trained model (expected adapter_config.json of a PEFT adapter or "
                      "config.json of full weights); is the run finished?")
