@@ -95,8 +95,9 @@ def final_hidden_states(model, input_ids, attention_mask=None):
     ``length x vocab`` logits are never built.  Raises ``ModelError`` for
     models whose forward does not take that keyword.  ``use_cache`` is left to
     the model's config, as in :func:`causal_lm_logits`: forcing it off breaks
-    peft prefix tuning on transformers < 4.49 (its legacy tuple of past keys
-    is only turned into a cache object when caching is on).
+    peft prefix tuning on older lines (transformers 4.47 with peft 0.13: the
+    prefix's legacy tuple of past keys becomes a cache object only when
+    caching is on).
     """
     from tuneforge.errors import ModelError
 
@@ -107,7 +108,7 @@ def final_hidden_states(model, input_ids, attention_mask=None):
                         **{keep: 1})
     except TypeError as exc:
         raise ModelError(f"loss=chunked_cross_entropy needs a model whose forward accepts {keep} "
-                         f"(transformers >= 4.46 causal LMs); this one does not ({exc}); use "
+                         f"(transformers >= 4.47 causal LMs); this one does not ({exc}); use "
                          "loss=cross_entropy") from exc
     if lm_head is None or outputs.hidden_states is None:
         raise ModelError("loss=chunked_cross_entropy: the model exposes no output embeddings / hidden "
