@@ -181,7 +181,8 @@ def test_a_third_party_adapter_without_load_or_merge_generates_and_exports(tmp_p
     with torch.no_grad():
         assert torch.equal(exported(input_ids=ids).logits, loaded.model(input_ids=ids).logits)
         prompt = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=True,
-                                                      add_generation_prompt=True, return_tensors="pt")
+                                                      add_generation_prompt=True, return_tensors="pt",
+                                                      return_dict=True)["input_ids"]
         direct = exported.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
                                    do_sample=False, eos_token_id=loaded.tokenizer.eos_token_id,
                                    pad_token_id=loaded.tokenizer.pad_token_id)

@@ -135,10 +135,8 @@ def test_a_missing_tracker_library_stops_the_run_before_the_model_loads(tmp_path
 
     for module in blocked:
         monkeypatch.setitem(sys.modules, module, None)  # `import <module>` raises ImportError
-    # the model path does not exist: reaching the model would be a different error
     with pytest.raises(ConfigError) as error:
-        run_tiny_fit(tmp_path, overrides=["model=hf", f"model.path={tmp_path / 'no-such-model'}",
-                                          f"loggers=[csv,{logger}]"])
+        run_tiny_fit(tmp_path, overrides=[f"loggers=[csv,{logger}]"])
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"loggers=[{logger}] needs the '{blocked[0]}'")
@@ -152,7 +150,7 @@ def test_a_tracking_uri_the_library_refuses_is_one_line_before_the_model_loads(t
     from tuneforge.testing import run_tiny_fit
 
     with pytest.raises(ConfigError) as error:
-        run_tiny_fit(tmp_path, overrides=["model=hf", f"model.path={tmp_path / 'no-such-model'}", "loggers=[mlflow]",
+        run_tiny_fit(tmp_path, overrides=["loggers=[mlflow]",
                                           "loggers.mlflow.tracking_uri=bogus-scheme://bob:pa55word@host/x"])
     message = str(error.value)
     assert message.startswith("loggers.mlflow: the 'mlflow' logger could not be set up: ") and "\n" not in message
@@ -189,13 +187,15 @@ class RecordingLoggers:
         def with_context(config, context):
             from lightning.pytorch.loggers import CSVLogger
 
-            self.calls.append(("with_context", config.name, context))
+            assert isinstance(config, Empty)  # its own typed config
+            self.calls.append(("with_context", "recorder", context))
             return CSVLogger(save_dir=str(context.run_dir / "recorder"), name="", version="")
 
         def config_only(config):
             from lightning.pytorch.loggers import CSVLogger
 
-            self.calls.append(("config_only", config.name, None))
+            assert isinstance(config, Empty)
+            self.calls.append(("config_only", "plain", None))
             return CSVLogger(save_dir="unused", name="", version="")
 
         return [tuneforge.LoggerSpec("recorder", Empty, build=with_context),
@@ -214,8 +214,11 @@ def test_loggers_get_their_context_and_the_run_keeps_its_own_metrics_csv(tmp_pat
     overrides = ["loggers=[recorder,plain]"]
     plugins = load_plugins(overrides, extra_plugins=[recorder])
     cfg = compose(overrides, plugins)
-    fresh = build_loggers(plugins, cfg, run_dir, resuming=False)
-    resumed = build_loggers(plugins, cfg, run_dir, resuming=True)
+    from tuneforge.host.components import run_components
+
+    selected = run_components(cfg, plugins).loggers
+    fresh = build_loggers(selected, run_dir, resuming=False)
+    resumed = build_loggers(selected, run_dir, resuming=True)
     contexts = [context for kind, _name, context in recorder.calls if kind == "with_context"]
     assert [c.resume_run_id for c in contexts] == [None, "abc123"]
     assert contexts[0].run_dir == run_dir and contexts[0].run_name == "2026-01-01_12-00-00-3"
@@ -227,7 +230,7 @@ def test_loggers_get_their_context_and_the_run_keeps_its_own_metrics_csv(tmp_pat
 
     # the built-in csv writes the run's metrics.csv itself: it is that logger, not a second one
     with_csv = compose(["loggers=[csv,recorder]"], plugins)
-    built = build_loggers(plugins, with_csv, run_dir)
+    built = build_loggers(run_components(with_csv, plugins).loggers, run_dir)
     assert built.run_metrics is built.selected[0].logger
     assert [e.key for e in built.trackers] == ["recorder"]
     assert len(built.lightning_loggers()) == 2

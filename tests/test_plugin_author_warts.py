@@ -119,7 +119,7 @@ def test_eval_of_a_run_whose_callback_plugin_is_gone(tmp_path, monkeypatch):
     plugins = load_plugins([])
     assert "batch_log" not in plugins["callbacks"].names()
     with pytest.raises(ConfigError) as info:
-        run_config(run.run_dir, [], plugins)
+        run_config(run.run_dir, [])
     message = str(info.value)
     assert "\n" not in message
     assert f"run_dir={run.run_dir} was trained with callback 'batch_log' (callbacks.batch_log in " in message
