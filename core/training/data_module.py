@@ -40,5 +40,8 @@ class FineTuneDataModule(pl.LightningDataModule):
     def val_dataloader(self):
         if not self.splits.val:
             return []
+        # its own generator: starting a validation pass must not draw from the global RNG, or a run resumed
+        # from a checkpoint taken at an epoch's end (before that epoch's validation) would see other dropout
         return DataLoader(self.splits.val, batch_size=self.loader_config.eval_batch_size, shuffle=False,
-                          collate_fn=self.collate, num_workers=self.loader_config.num_workers)
+                          collate_fn=self.collate, num_workers=self.loader_config.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
