@@ -5,7 +5,11 @@ A loss plugin's ``build(config, context)`` returns ``loss_fn(model, batch) -> Lo
 models, e.g. a distillation teacher, through the registered model sources).
 The function runs the forward pass itself.  ``batch`` holds padded tensors
 (``input_ids``, ``attention_mask``, ``labels`` with -100 on untrained tokens,
-and any other fields the dataset produced, e.g. ``chosen_input_ids``).
+and any other fields the dataset produced, e.g. ``chosen_input_ids``).  With
+``loader.packing`` a batch also holds ``position_ids`` (several examples per
+row); :func:`model_inputs` turns any batch into the forward arguments that
+keep packed examples apart, and a loss whose spec says
+``supports_packing=True`` must use it.
 
 Normalisation contract (see docs/losses.md): ``LossOutput.loss`` is the *mean*
 over ``LossOutput.num_tokens`` units (trained tokens, or preference pairs).
@@ -65,36 +69,64 @@ def loss_weight(output: LossOutput) -> float:
 # ---------------------------------------------------------------------------
 
 
-def causal_lm_logits(model, input_ids, attention_mask=None):
+def model_inputs(model, batch) -> dict:
+    """Keyword arguments for ``model``'s forward from a batch: ``input_ids`` and ``attention_mask``,
+    and for a packed batch (one with ``position_ids``, see :mod:`tuneforge.data.packing`) the
+    ``position_ids`` plus the attention arguments that keep its examples apart in this model's
+    attention implementation (a block-diagonal causal 4D mask, or FlashAttention's varlen
+    arguments)."""
+    from tuneforge.data.packing import is_packed, packed_attention_inputs
+
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if is_packed(batch):
+        inputs.update(packed_attention_inputs(model, batch["position_ids"]))
+    return inputs
+
+
+def causal_lm_logits(model, input_ids, attention_mask=None, **inputs):
     """Logits ``(batch, length, vocab)`` aligned with ``input_ids``.
 
-    Adapters that prepend virtual tokens (peft prompt tuning) return longer
-    logits; the extra leading positions are cut off here.
+    ``inputs`` are further forward arguments (``position_ids`` ... from
+    :func:`model_inputs`).  Adapters that prepend virtual tokens (peft prompt
+    tuning) return longer logits; the extra leading positions are cut off here.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **inputs).logits
     return logits[:, -input_ids.size(1):]
 
 
-def final_hidden_states(model, input_ids, attention_mask=None):
+def _hidden_forward(model, input_ids, attention_mask, inputs):
+    """``(outputs, lm_head)`` of a forward asked for hidden states and one position of logits,
+    or ``None`` when the model cannot do that (no ``logits_to_keep``, no hidden states)."""
+    lm_head = model.get_output_embeddings()
+    if lm_head is None:
+        return None
+    try:
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                        logits_to_keep=1, use_cache=False, **inputs)
+    except TypeError:
+        return None
+    if getattr(outputs, "hidden_states", None) is None:
+        return None
+    return outputs, lm_head
+
+
+def final_hidden_states(model, input_ids, attention_mask=None, **inputs):
     """``(hidden, lm_head)``: the last hidden states (after the final norm) and the output layer.
 
     The model is asked for only one position of logits (``logits_to_keep=1``),
-    so the full ``length x vocab`` logits are never built.  Raises
-    ``ModelError`` for models whose forward does not take ``logits_to_keep``.
+    so the full ``length x vocab`` logits are never built.  ``inputs`` are
+    further forward arguments (see :func:`model_inputs`).  Raises
+    ``ModelError`` for models whose forward does not take ``logits_to_keep``
+    or that expose no output layer / hidden states.
     """
     from tuneforge.errors import ModelError
 
-    lm_head = model.get_output_embeddings()
-    try:
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                        logits_to_keep=1, use_cache=False)
-    except TypeError as exc:
-        raise ModelError(f"loss=chunked_cross_entropy needs a model whose forward accepts logits_to_keep "
-                         f"(transformers >= 4.45 causal LMs); this one does not ({exc}); use "
-                         "loss=cross_entropy") from exc
-    if lm_head is None or outputs.hidden_states is None:
-        raise ModelError("loss=chunked_cross_entropy: the model exposes no output embeddings / hidden "
-                         "states; use loss=cross_entropy")
+    result = _hidden_forward(model, input_ids, attention_mask, inputs)
+    if result is None:
+        raise ModelError("loss=chunked_cross_entropy needs a causal LM whose forward accepts logits_to_keep "
+                         "and returns hidden states, with output embeddings (transformers >= 4.45); this "
+                         "one does not: use loss=cross_entropy")
+    outputs, lm_head = result
     hidden = outputs.hidden_states[-1]
     return hidden[:, -input_ids.size(1):], lm_head
 

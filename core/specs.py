@@ -89,13 +89,16 @@ class AdapterSpec(_Spec):
     weights; when omitted the host calls
     ``model.save_pretrained(directory, safe_serialization=True)``, which writes
     PEFT's own adapter format for PEFT models and full safetensors weights
-    otherwise.
+    otherwise.  ``supports_packing``: False for adapters whose model cannot
+    take packed batches (``loader.packing``: a 4D attention mask and
+    per-example ``position_ids``), e.g. ones that prepend virtual tokens.
     """
 
     kind: ClassVar[str] = "adapter"
     required: ClassVar[tuple[str, ...]] = ("apply",)
     apply: Optional[Callable[[Any, Any], Any]] = None
     save: Optional[Callable[[Any, str], None]] = None
+    supports_packing: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,16 @@ class LossSpec(_Spec):
     ``tuneforge.losses.LossContext`` and ``loss_fn(model, batch) ->
     tuneforge.losses.LossOutput``.  The loss runs the forward pass itself, so
     objectives that need extra passes (a reference model, a teacher) fit the
-    same interface.
+    same interface.  ``supports_packing``: True when the loss handles packed
+    batches (``loader.packing``), i.e. it builds its forward arguments with
+    ``tuneforge.losses.model_inputs(model, batch)``; ``loader.packing=true``
+    with any other loss is refused before the model loads.
     """
 
     kind: ClassVar[str] = "loss"
     required: ClassVar[tuple[str, ...]] = ("build",)
     build: Optional[Callable[[Any, Any], Callable]] = None
+    supports_packing: bool = False
 
 
 @dataclass(frozen=True)

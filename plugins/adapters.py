@@ -346,8 +346,10 @@ def apply_freeze(model, config: FreezeAdapterConfig):
 def tuneforge_adapters():
     return [
         tuneforge.AdapterSpec("lora", LoraAdapterConfig, "LoRA / DoRA / rsLoRA through peft", apply=apply_lora),
-        tuneforge.AdapterSpec("prefix", PrefixAdapterConfig, "prefix tuning through peft", apply=apply_prefix),
-        tuneforge.AdapterSpec("prompt", PromptAdapterConfig, "prompt tuning through peft", apply=apply_prompt),
+        tuneforge.AdapterSpec("prefix", PrefixAdapterConfig, "prefix tuning through peft", apply=apply_prefix,
+                              supports_packing=False),
+        tuneforge.AdapterSpec("prompt", PromptAdapterConfig, "prompt tuning through peft", apply=apply_prompt,
+                              supports_packing=False),
         tuneforge.AdapterSpec("ia3", IA3AdapterConfig, "(IA)^3 activation scaling through peft", apply=apply_ia3),
         tuneforge.AdapterSpec("full", FullAdapterConfig, "train every weight", apply=apply_full),
         tuneforge.AdapterSpec("freeze", FreezeAdapterConfig, "train only the top-N layers / named modules",

@@ -140,6 +140,23 @@ def validate(cfg, plugins: Plugins) -> None:
     if late:
         raise ConfigError(f"plugins.disable={late} was set in a config file, after those plugins were "
                           "imported; block them on the command line or with TUNEFORGE_DISABLE_PLUGINS")
+    _check_loader(cfg.loader, plugins, cfg)
+
+
+def _check_loader(loader, plugins: Plugins, cfg) -> None:
+    """Packing needs a loss and an adapter that take packed batches; sizes must be positive."""
+    if loader.pack_length is not None and loader.pack_length < 1:
+        raise ConfigError(f"loader.pack_length is {loader.pack_length}; valid: a positive number of tokens, "
+                          "or null (data.max_length)")
+    if not loader.packing:
+        return
+    for group in ("loss", "adapter"):
+        spec = plugins[group].get(cfg[group].name)
+        if not spec.supports_packing:
+            hint = " (preference losses compare whole sequences)" if group == "loss" else ""
+            supported = [name for name in plugins[group].names() if plugins[group].get(name).supports_packing]
+            raise ConfigError(f"loader.packing=true does not work with {group}={spec.name}{hint}; set "
+                              f"loader.packing=false, or use a {group} that supports packing: {', '.join(supported)}")
 
 
 def _check_component(plugins: Plugins, group: str, path: str, node) -> None:

@@ -69,13 +69,28 @@ class OptimConfig:
 
 @dataclass
 class LoaderConfig:
-    """Batching of the tokenized data."""
+    """Batching of the tokenized data (see docs/performance.md).
+
+    ``batch_size``: training rows per batch and device: examples, or packed
+    rows with ``packing``.  ``packing``: concatenate several training examples
+    into each row of at most ``pack_length`` tokens; every example keeps its
+    own positions and attends only to itself (exact), so no padding is
+    computed inside a row.  SFT losses only (not ``loss=dpo``), not with
+    adapters that prepend virtual tokens (``prefix``, ``prompt``).
+    ``pack_length``: tokens per packed row (null: ``data.max_length``).
+    ``group_by_length``: batches of examples (or rows) of similar length,
+    sorted within mega-batches of 50 batches and shuffled between batches,
+    so less padding is computed.  Validation batches are never packed.
+    """
 
     batch_size: int = 8
     eval_batch_size: int = 8
     num_workers: int = 0
     shuffle: bool = True
     pad_to_multiple_of: Optional[int] = None
+    packing: bool = False
+    pack_length: Optional[int] = None
+    group_by_length: bool = False
 
 
 @dataclass
