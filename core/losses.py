@@ -24,6 +24,7 @@ The helpers below are public: third-party losses may use them.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -131,6 +132,60 @@ def final_hidden_states(model, input_ids, attention_mask=None, **inputs):
     return hidden[:, -input_ids.size(1):], lm_head
 
 
+#: config attributes of models whose logits are not just ``lm_head(hidden)``
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _head_is_plain(model, outputs, lm_head, hidden) -> bool:
+    """True when the model's logits are ``lm_head(last hidden state)`` (no soft-capping or scaling)."""
+    import torch
+
+    config = getattr(model, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return False
+    with torch.no_grad():
+        expected = outputs.logits[:, -1].float()
+        return bool(torch.allclose(lm_head(hidden[:, -1]).float(), expected, rtol=1e-3, atol=1e-4))
+
+
+def trained_logits(model, batch):
+    """``(logits, targets)`` of the trained positions only: ``(tokens, vocab)`` and ``(tokens,)``.
+
+    Position ``t`` is trained when the label at ``t+1`` is not -100.  The
+    model returns its last hidden states (one position of logits,
+    ``logits_to_keep=1``); those of the trained positions are gathered and
+    the output layer is applied to them alone, so neither the full
+    ``length x vocab`` logits nor a shifted copy of them is built.  Models
+    whose logits are more than ``lm_head(hidden)`` (soft-capping, scaling;
+    checked on the config and, once per model, on the returned position) or
+    whose forward lacks ``logits_to_keep`` get the full logits, of which the
+    trained positions are gathered without a shifted copy.
+    """
+    inputs = model_inputs(model, batch)
+    input_ids, attention_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    targets = labels[mask]
+    plain = _PLAIN_HEADS.get(model)
+    if plain is not False:
+        result = _hidden_forward(model, input_ids, attention_mask, inputs)
+        if result is None:
+            _PLAIN_HEADS[model] = False
+        else:
+            outputs, lm_head = result
+            hidden = outputs.hidden_states[-1][:, -input_ids.size(1):]
+            if plain is None:
+                plain = _PLAIN_HEADS[model] = _head_is_plain(model, outputs, lm_head, hidden)
+            if plain:
+                return lm_head(hidden[:, :-1][mask]), targets
+    logits = causal_lm_logits(model, input_ids, attention_mask, **inputs)
+    return logits[:, :-1][mask], targets
+
+
+#: model -> whether its logits are lm_head(hidden) (see :func:`trained_logits`)
+_PLAIN_HEADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 # ---------------------------------------------------------------------------
 # Token-level arithmetic
 # ---------------------------------------------------------------------------
@@ -167,11 +222,16 @@ def cross_entropy_sums(logits, labels, label_smoothing: float = 0.0, with_z: boo
     ``z_sum``: summed ``logsumexp(logits)^2`` of trained tokens (the z-loss of
     PaLM; 0 when ``with_z=False``); ``count``: number of trained tokens.
     """
+    mask = labels != IGNORE_INDEX
+    return picked_cross_entropy_sums(logits[mask], labels[mask], label_smoothing, with_z)
+
+
+def picked_cross_entropy_sums(logits, targets, label_smoothing: float = 0.0, with_z: bool = True):
+    """:func:`cross_entropy_sums` on the ``(tokens, vocab)`` logits of trained tokens and their
+    ``(tokens,)`` targets (e.g. from :func:`trained_logits`)."""
     import torch.nn.functional as F
 
-    mask = labels != IGNORE_INDEX
-    picked = logits[mask].float()
-    targets = labels[mask]
+    picked = logits.float()
     nll = F.cross_entropy(picked, targets, reduction="sum", label_smoothing=label_smoothing)
     z = (picked.logsumexp(-1) ** 2).sum() if with_z else picked.new_zeros(())
     return nll, z, int(targets.numel())

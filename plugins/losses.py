@@ -16,20 +16,24 @@ from tuneforge.losses import (
     LossOutput,
     causal_lm_logits,
     chunked_cross_entropy_sums,
-    cross_entropy_sums,
     dpo_loss,
     final_hidden_states,
     kl_div_sum,
     model_inputs,
+    picked_cross_entropy_sums,
     sequence_logps,
     shift_for_next_token,
     token_nll_sum,
+    trained_logits,
 )
 
 
 @dataclass
 class CrossEntropyConfig:
     """Next-token cross entropy on trained labels (labels of -100 carry no loss).
+
+    The output layer runs on the trained positions only (no full
+    ``length x vocab`` logits, see ``tuneforge.losses.trained_logits``).
 
     label_smoothing: as in ``torch.nn.functional.cross_entropy`` (0 = none).
     z_loss: weight of the z-loss ``mean(logsumexp(logits)^2)`` over trained
@@ -114,9 +118,9 @@ def _ce_output(nll, z, count, z_weight) -> LossOutput:
 
 def build_cross_entropy(config: CrossEntropyConfig, context=None):
     def cross_entropy(model, batch) -> LossOutput:
-        logits = causal_lm_logits(model, **model_inputs(model, batch))
-        logits, labels = shift_for_next_token(logits, batch["labels"])
-        nll, z, count = cross_entropy_sums(logits, labels, config.label_smoothing, with_z=bool(config.z_loss))
+        logits, targets = trained_logits(model, batch)
+        nll, z, count = picked_cross_entropy_sums(logits, targets, config.label_smoothing,
+                                                  with_z=bool(config.z_loss))
         return _ce_output(nll, z, count, config.z_loss)
 
     return cross_entropy
