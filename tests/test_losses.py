@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import tuneforge
 from tuneforge.data import IGNORE_INDEX, DataSplits, pad_batch
 from tuneforge.errors import ConfigError, ModelError
-from tuneforge.losses import LossContext, dpo_loss, kl_div_sum, sequence_logps
+from tuneforge.losses import LossContext, dpo_loss, final_hidden_states, kl_div_sum, sequence_logps
 from tuneforge.plugins import adapters, losses
 from tuneforge.plugins.models import TinyModelConfig, build_tiny_tokenizer, load_tiny
 from tuneforge.testing import run_tiny_fit
@@ -219,7 +219,7 @@ def test_cross_entropy_uses_the_models_own_logits_when_they_are_not_just_the_out
     batch = random_batch(model.config.vocab_size, seed=3)
     with torch.no_grad():
         reference = float(_full_logits_cross_entropy(model, batch))
-        hidden, lm_head = losses.final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
+        hidden, lm_head = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
         head_only = torch.nn.functional.cross_entropy(lm_head(hidden[:, :-1]).flatten(0, 1),
                                                       batch["labels"][:, 1:].flatten())
     assert abs(float(head_only) - reference) > 1e-2  # the output layer alone would give another loss

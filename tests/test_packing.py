@@ -319,6 +319,28 @@ def test_packed_rows_are_sharded_by_rank(monkeypatch):
         assert len(seen) == len(examples)
 
 
+def test_a_checkpoint_of_another_batch_layout_is_refused():
+    from omegaconf import OmegaConf
+
+    from tuneforge.host.schema import LoaderConfig
+    from tuneforge.training.checkpoint import CheckpointError
+    from tuneforge.training.data_module import FineTuneDataModule
+
+    examples = make_examples(SHAPES)
+    loaders = {}
+    for name, options in (("plain", {}), ("packed", {"packing": True, "pack_length": 40})):
+        config = OmegaConf.structured(LoaderConfig(batch_size=2, **options))
+        loaders[name] = FineTuneDataModule(DataSplits(train=examples, val=[]), 0, config, seed=0).train_dataloader()
+    loaders["packed"].position_fn = lambda: 1
+    state = loaders["packed"].state_dict()
+    assert state == {"epoch": 0, "batches": 1, "layout": "packed rows of <= 40 tokens"}
+    with pytest.raises(CheckpointError, match=r"^the checkpoint's data position counts batches of packed rows of "
+                                              r"<= 40 tokens, but this run makes batches of examples; resume with"):
+        loaders["plain"].load_state_dict(state)
+    loaders["plain"].load_state_dict({"epoch": 0, "batches": 1})  # checkpoints from before layouts: examples
+    assert len(list(loaders["plain"].sampler)) == len(examples) - 2  # resumed after one batch of 2
+
+
 def test_packed_rows_dataset_lengths():
     examples = make_examples(SHAPES[:3])
     rows = PackedRows(examples, [[0, 2], [1]])
