@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pluggy
 
+from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError, DataError, ModelError, PluginError, TuneforgeError
 from tuneforge.specs import (
     AdapterSpec,
@@ -23,6 +24,7 @@ from tuneforge.specs import (
     DatasetSpec,
     EvaluatorSpec,
     LossSpec,
+    MetricInfo,
     ModelSourceSpec,
 )
 
@@ -33,6 +35,7 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
     "AdapterSpec", "CallbackSpec", "ConfigError", "DataError", "DatasetSpec", "EvaluatorSpec",
-    "LossSpec", "ModelError", "ModelSourceSpec", "PluginError", "TuneforgeError", "hookimpl",
+    "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError", "RunContext", "TuneforgeError",
+    "hookimpl",
     "__version__",
 ]

@@ -14,7 +14,11 @@ Two kinds of hook exist:
   the configuration is composed; each spec's config dataclass becomes a Hydra
   config group option.
 * **Lifecycle hooks** are called at exactly one place in a run
-  (:func:`tuneforge.training.run.train`).
+  (:func:`tuneforge.training.run.train`), once per process: under DDP
+  (``strategy=ddp``, ``srun``, ``torchrun``) every process of the run calls
+  them.  Their ``context`` argument (:class:`tuneforge.RunContext`) says
+  which process this is; write files or print only where
+  ``context.is_main`` is true.
 """
 
 from __future__ import annotations
@@ -75,7 +79,9 @@ def tuneforge_evaluators():
     """Return :class:`~tuneforge.specs.EvaluatorSpec` objects.
 
     Selected as a list with ``evaluators=[a,b]``; each runs on the held-out
-    split before training (base model) and after (tuned model).  Built-ins:
+    split before training (base model) and after (tuned model), and may
+    describe its metrics (:class:`~tuneforge.specs.MetricInfo`) for the
+    report.  Built-ins:
     ``perplexity``, ``exact_match``, ``contains``, ``regex``, ``rouge``,
     ``bleu``, ``chrf``, ``choice`` and ``forgetting``.
     """
@@ -86,8 +92,9 @@ def tuneforge_callbacks():
     """Return :class:`~tuneforge.specs.CallbackSpec` objects.
 
     Selected as a list with ``callbacks=[a,b]``; each builds a Lightning
-    callback added to the trainer.  Built-ins: ``early_stopping`` and
-    ``targets`` (the demo's pass/fail verdict).
+    callback added to the trainer, acts when the run ends (``on_run_end``,
+    with its own config), or both.  Built-ins: ``early_stopping`` and
+    ``targets`` (the demo's pass/fail verdict, at run end).
     """
 
 
@@ -97,21 +104,39 @@ def tuneforge_callbacks():
 
 
 @hookspec
-def tuneforge_run_start(config, run_dir):
-    """Called once when a training run starts, after the resolved config is saved.
+def tuneforge_run_start(config, run_dir, context):
+    """Called when a training run starts, in every process of the run.
+
+    A single-process run calls it once; under DDP each process calls it
+    once, the main process after saving the resolved ``config.yaml`` (other
+    processes do not wait for that).  Check ``context.is_main`` before
+    writing into ``run_dir``.
 
     :param config: the composed, resolved ``omegaconf.DictConfig`` (read-only).
     :param run_dir: ``pathlib.Path`` of the run directory.
+    :param context: :class:`tuneforge.RunContext` of this process:
+        ``is_main``, ``global_rank``, ``local_rank``, ``node_rank``,
+        ``world_size``, ``device``, ``debug``, ``run_dir``, ``config``.
+        Implementations written before it existed, without a ``context``
+        parameter, keep working.
     """
 
 
 @hookspec
-def tuneforge_run_end(config, run_dir, status, metrics):
-    """Called once when a training run ends, successfully or not.
+def tuneforge_run_end(config, run_dir, status, metrics, context):
+    """Called when a training run ends, successfully or not, in every process.
+
+    Under DDP each process of the run calls it once, with its own
+    ``metrics`` and ``status``; only the main process (``context.is_main``)
+    has written ``run_dir``, so report and write files there only.  Not
+    called when the run stopped before :func:`tuneforge_run_start` (a
+    launch, config or run-directory error).
 
     :param config: the resolved config of the run.
     :param run_dir: ``pathlib.Path`` of the run directory.
     :param status: ``"completed"``, ``"failed"`` or ``"interrupted"``.
     :param metrics: dict of final metrics (``base/...`` and ``tuned/...``
         evaluator results, last training loss); partial for a failed run.
+    :param context: :class:`tuneforge.RunContext` of this process (see
+        :func:`tuneforge_run_start`); optional in implementations.
     """

@@ -14,6 +14,7 @@ which component produced it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
@@ -37,6 +38,7 @@ class _Spec:
 
     kind: ClassVar[str] = "component"
     required: ClassVar[tuple[str, ...]] = ()
+    optional: ClassVar[tuple[str, ...]] = ()  # callables that may be None
     name: str
     config: type
     description: str = ""
@@ -48,6 +50,9 @@ class _Spec:
         for attr in self.required:
             if not callable(getattr(self, attr)):
                 raise TypeError(f"{self.kind} '{self.name}': '{attr}' must be a callable")
+        for attr in self.optional:
+            if getattr(self, attr) is not None and not callable(getattr(self, attr)):
+                raise TypeError(f"{self.kind} '{self.name}': '{attr}' must be a callable or None")
 
 
 @dataclass(frozen=True)
@@ -82,22 +87,47 @@ class DatasetSpec(_Spec):
 
 @dataclass(frozen=True)
 class AdapterSpec(_Spec):
-    """How the model is made trainable (config group ``adapter``).
+    """How the model is made trainable, saved, loaded back and merged (config group ``adapter``).
 
     ``apply(model, config) -> model`` freezes/wraps the model (e.g. returns a
-    ``peft.PeftModel``).  ``save(model, directory)`` writes the trained
-    weights; when omitted the host calls
-    ``model.save_pretrained(directory, safe_serialization=True)``, which writes
-    PEFT's own adapter format for PEFT models and full safetensors weights
-    otherwise.  ``supports_packing``: False for adapters whose model cannot
-    take packed batches (``loader.packing``: a 4D attention mask and
-    per-example ``position_ids``), e.g. ones that prepend virtual tokens.
+    ``peft.PeftModel``).
+
+    ``save(model, directory)`` writes the trained weights into the run's
+    ``model/`` folder; when omitted the host calls
+    ``model.save_pretrained(directory, safe_serialization=True)``.
+
+    ``load(base_model, directory) -> model`` rebuilds the trained model from
+    what ``save`` wrote, for ``tuneforge generate``, ``chat``, ``eval`` and
+    ``export``.  ``base_model`` is the run's base model, freshly loaded from
+    its model source, when ``needs_base`` is true (the default); with
+    ``needs_base=False`` (self-contained weights) the host skips loading the
+    base and passes ``None``.  When ``load`` is omitted the host reads the
+    folder as full weights with
+    ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` (what the
+    default ``save`` writes for a plain ``transformers`` model) and
+    ``needs_base`` is not consulted.
+
+    ``merge(model) -> model`` turns the loaded model into a plain
+    ``transformers`` model that ``save_pretrained`` writes as a standalone
+    Hugging Face folder (``tuneforge export``), e.g. by folding adapter
+    weights into the base weights.  An adapter that cannot be merged (prefix
+    or prompt tuning: virtual tokens, not weight deltas) raises
+    ``tuneforge.errors.ModelError`` with a one-line reason.  When omitted the
+    loaded model is exported as it is.
+
+    ``supports_packing``: False for adapters whose model cannot take packed
+    batches (``loader.packing``: a 4D attention mask and per-example
+    ``position_ids``), e.g. ones that prepend virtual tokens.
     """
 
     kind: ClassVar[str] = "adapter"
     required: ClassVar[tuple[str, ...]] = ("apply",)
+    optional: ClassVar[tuple[str, ...]] = ("save", "load", "merge")
     apply: Optional[Callable[[Any, Any], Any]] = None
     save: Optional[Callable[[Any, str], None]] = None
+    load: Optional[Callable[[Any, str], Any]] = None
+    merge: Optional[Callable[[Any], Any]] = None
+    needs_base: bool = True
     supports_packing: bool = True
 
 
@@ -121,6 +151,38 @@ class LossSpec(_Spec):
     supports_packing: bool = False
 
 
+#: the :attr:`MetricInfo.section` of metrics on the held-out split (the report's first table)
+HELD_OUT = "held-out"
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What one metric of an evaluator means, for the report and ``tuneforge compare``.
+
+    ``name``: the key the evaluator's ``evaluate`` returns (``"loss"``, not
+    ``"perplexity/loss"``).  ``higher_is_better``: the direction of
+    improvement.  ``primary``: a headline metric; when any metric of a run is
+    primary, ``compare`` plots only the primary ones.  ``section``: the report
+    groups metrics by it (free text; ``"held-out"`` is the held-out split's
+    table, anything else, e.g. ``"forgetting"``, gets a table of its own).
+    ``description``: one line shown under the section's table.  ``is_loss``: a
+    held-out loss; the report's overfitting signal compares the first such
+    metric of section ``"held-out"`` with the training loss when no
+    validation ran during training.
+    """
+
+    name: str
+    higher_is_better: bool = True
+    primary: bool = False
+    section: str = HELD_OUT
+    description: str = ""
+    is_loss: bool = False
+
+    def as_dict(self) -> dict:
+        """The fields besides ``name``, as saved under ``metric_info`` in ``metrics.json``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
+
+
 @dataclass(frozen=True)
 class EvaluatorSpec(_Spec):
     """Scores a model on held-out data (config group ``evaluators``; several run).
@@ -128,23 +190,87 @@ class EvaluatorSpec(_Spec):
     ``evaluate(model, tokenizer, examples, config) -> dict[str, float]`` gets
     the validation split (tokenized examples, each also carrying its source
     ``record``) and returns named metrics.  It must not change the model.
+    When ``evaluate`` accepts a keyword argument ``evaluation`` (or
+    ``**kwargs``), the host also passes the
+    :class:`tuneforge.evaluation.EvaluationPass` of this model state: the
+    chat template the data was rendered with and the generations shared by
+    all evaluators of the pass (give it to the helpers in
+    :mod:`tuneforge.evaluation`).  A four-argument ``evaluate`` is called
+    without it.
+
+    ``metrics``: :class:`MetricInfo` for the metrics ``evaluate`` returns
+    (a metric without an entry counts as higher-is-better, section
+    ``"held-out"``).
+
+    An ``evaluate`` with a ``context`` parameter also gets
+    ``context=``:class:`tuneforge.RunContext` of the training process (None
+    under ``tuneforge eval``); under DDP every process evaluates.
     """
 
     kind: ClassVar[str] = "evaluator"
     required: ClassVar[tuple[str, ...]] = ("evaluate",)
     evaluate: Optional[Callable[..., dict]] = None
+    metrics: tuple = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        if not all(isinstance(info, MetricInfo) for info in self.metrics):
+            raise TypeError(f"evaluator '{self.name}': 'metrics' must be a tuple of tuneforge.MetricInfo")
+
+    def metric_info(self, metric: str) -> MetricInfo:
+        """The declared :class:`MetricInfo` of ``metric``, or the defaults."""
+        return next((info for info in self.metrics if info.name == metric), MetricInfo(metric))
 
 
 @dataclass(frozen=True)
 class CallbackSpec(_Spec):
-    """Extra Lightning callbacks (config group ``callbacks``; several run).
+    """Something that acts during or at the end of a training run (config group ``callbacks``;
+    several run).  Give ``build``, ``on_run_end`` or both.
 
-    ``build(config) -> lightning.pytorch.Callback``.
+    ``build(config) -> lightning.pytorch.Callback``: a Lightning callback
+    added to the trainer; or ``build(config, context)`` when it takes a
+    second parameter: ``context`` is the process's :class:`tuneforge.RunContext`
+    (under DDP every process builds its callbacks; write files only where
+    ``context.is_main``).
+
+    ``on_run_end(config, metrics, status, run_dir)``: called once per process
+    when the run ends (after the tuned evaluation and the run directory's
+    outputs, or after a failure), with keyword arguments: ``config`` is this
+    callback's own config node (``callbacks.<name>``), ``metrics`` the run's
+    metrics (as in ``metrics.json``; partial for a failed run), ``status``
+    ``"completed"``, ``"failed"`` or ``"interrupted"``, ``run_dir`` a
+    ``pathlib.Path``, ``context`` the process's :class:`tuneforge.RunContext`.  A function may accept any subset of these (the host
+    passes only the keywords its signature takes, or all with
+    ``**kwargs``), so keywords added in later versions do not break it.
     """
 
     kind: ClassVar[str] = "callback"
-    required: ClassVar[tuple[str, ...]] = ("build",)
-    build: Optional[Callable[[Any], Any]] = None
+    optional: ClassVar[tuple[str, ...]] = ("build", "on_run_end")
+    build: Optional[Callable[..., Any]] = None
+    on_run_end: Optional[Callable[..., None]] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.build is None and self.on_run_end is None:
+            raise TypeError(f"callback '{self.name}': give 'build' (a Lightning callback), 'on_run_end' or both")
+
+
+def call_accepting(function: Callable, *args, **optional):
+    """``function(*args, **kw)`` where ``kw`` are the ``optional`` keywords its signature accepts.
+
+    A keyword is passed when ``function`` has a parameter of that name (not
+    positional-only) or takes ``**kwargs``; so a spec callable written before
+    a keyword existed keeps working.
+    """
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): pass only what is required
+        return function(*args)
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return function(*args, **optional)
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return function(*args, **{key: value for key, value in optional.items() if key in names})
 
 
 #: spec class -> (config group, registration hook name, whether several run at once)

@@ -2,9 +2,12 @@
 
 PEFT adapters are saved in PEFT's own format (``adapter_config.json`` +
 ``adapter_model.safetensors``) and reload with
-``peft.PeftModel.from_pretrained(base_model, directory)``.  ``full`` and
-``freeze`` save the whole model as safetensors weights that
-``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads.
+``peft.PeftModel.from_pretrained(base_model, directory)`` (their spec's
+``load``); ``lora`` and ``ia3`` merge into the base weights with peft's
+``merge_and_unload`` (their ``merge``), ``prefix`` and ``prompt`` refuse to
+merge.  ``full`` and ``freeze`` save the whole model as safetensors weights
+that ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads
+(the host's default load; nothing to merge).
 
 An adapter that does not fit the model (target modules that match nothing,
 more layers than the model has ...) raises ``tuneforge.errors.ModelError``
@@ -342,15 +345,49 @@ def apply_freeze(model, config: FreezeAdapterConfig):
     return model
 
 
+# ---------------------------------------------------------------------------
+# loading a saved PEFT adapter back, and merging it
+# ---------------------------------------------------------------------------
+
+
+def load_peft(base_model, directory: str):
+    """The PEFT adapter saved in ``directory``, put back onto ``base_model``."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, directory)
+
+
+def merge_peft(model):
+    """Fold a PEFT adapter into its base model's weights and return the plain ``transformers`` model.
+
+    Prompt-learning adapters (prefix tuning, prompt tuning, p-tuning) add
+    virtual tokens instead of weight deltas, so there is nothing to merge:
+    they raise :class:`ModelError`.
+    """
+    for name, config in model.peft_config.items():
+        if config.is_prompt_learning:
+            kind = getattr(config.peft_type, "value", config.peft_type)
+            raise ModelError(f"adapter '{name}' is {kind} (virtual tokens, not weight deltas) and cannot be "
+                             "merged into the base weights; use the run directory with tuneforge "
+                             "generate/chat, or load it with peft.PeftModel.from_pretrained")
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, NotImplementedError, ValueError) as exc:
+        raise ModelError(f"the adapter cannot be merged into the base weights: {exc}") from exc
+
+
 @tuneforge.hookimpl
 def tuneforge_adapters():
+    peft = {"load": load_peft, "merge": merge_peft}
     return [
-        tuneforge.AdapterSpec("lora", LoraAdapterConfig, "LoRA / DoRA / rsLoRA through peft", apply=apply_lora),
+        tuneforge.AdapterSpec("lora", LoraAdapterConfig, "LoRA / DoRA / rsLoRA through peft", apply=apply_lora,
+                              **peft),
         tuneforge.AdapterSpec("prefix", PrefixAdapterConfig, "prefix tuning through peft", apply=apply_prefix,
-                              supports_packing=False),
+                              supports_packing=False, **peft),
         tuneforge.AdapterSpec("prompt", PromptAdapterConfig, "prompt tuning through peft", apply=apply_prompt,
-                              supports_packing=False),
-        tuneforge.AdapterSpec("ia3", IA3AdapterConfig, "(IA)^3 activation scaling through peft", apply=apply_ia3),
+                              supports_packing=False, **peft),
+        tuneforge.AdapterSpec("ia3", IA3AdapterConfig, "(IA)^3 activation scaling through peft", apply=apply_ia3,
+                              **peft),
         tuneforge.AdapterSpec("full", FullAdapterConfig, "train every weight", apply=apply_full),
         tuneforge.AdapterSpec("freeze", FreezeAdapterConfig, "train only the top-N layers / named modules",
                               apply=apply_freeze),

@@ -9,7 +9,7 @@ from typing import Optional
 import tuneforge
 from tuneforge.data import IGNORE_INDEX, pad_batch
 from tuneforge.errors import DataError
-from tuneforge.evaluation import prompts_and_references, record_predictions, split_example
+from tuneforge.evaluation import EvaluationPass, prompts_and_references, record_predictions, split_example
 from tuneforge.losses import shift_for_next_token, token_nll_sum
 
 
@@ -117,11 +117,12 @@ def score_continuations(model, tokenizer, pairs: list, batch_size: int = 16) -> 
     return results
 
 
-def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: str = "val") -> dict:
+def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: str = "val", *,
+                    evaluation: Optional[EvaluationPass] = None) -> dict:
     examples = list(examples) if config.limit is None else list(examples)[: int(config.limit)]
     if not examples:
         return {}
-    prompts, _ = prompts_and_references(tokenizer, examples, config.few_shot)
+    prompts, _ = prompts_and_references(tokenizer, examples, config.few_shot, evaluation=evaluation)
     pairs, spans, answers = [], [], []
     for example, prompt in zip(examples, prompts):
         options, answer = choice_options(example, config)
@@ -136,13 +137,22 @@ def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: 
         hits += chosen == answer
         rows.append({"source": example.get("source", ""), "prompt": prompt, "reference": options[answer],
                      "output": options[chosen]})
-    record_predictions(set_name, "choice", tuple(prompts), rows)
+    record_predictions(set_name, "choice", tuple(prompts), rows, evaluation=evaluation)
     return {"accuracy": hits / len(examples)}
+
+
+PERPLEXITY_METRICS = (
+    tuneforge.MetricInfo("loss", higher_is_better=False, is_loss=True,
+                         description="mean token loss of the held-out targets"),
+    tuneforge.MetricInfo("perplexity", higher_is_better=False, description="exp(loss)"),
+)
+CHOICE_ACCURACY = tuneforge.MetricInfo("accuracy", description="share of examples whose most likely option is "
+                                                               "the answer")
 
 
 @tuneforge.hookimpl
 def tuneforge_evaluators():
     return [tuneforge.EvaluatorSpec("perplexity", PerplexityConfig, "held-out loss and perplexity",
-                                    evaluate=evaluate_perplexity),
+                                    evaluate=evaluate_perplexity, metrics=PERPLEXITY_METRICS),
             tuneforge.EvaluatorSpec("choice", ChoiceConfig, "multiple choice by log-likelihood of each option",
-                                    evaluate=evaluate_choice)]
+                                    evaluate=evaluate_choice, metrics=(CHOICE_ACCURACY,))]

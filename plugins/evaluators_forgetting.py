@@ -15,9 +15,10 @@ from typing import Optional
 import tuneforge
 from tuneforge.data import read_jsonl, tokenize_records
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.evaluation import current_pass
-from tuneforge.plugins.evaluators import ChoiceConfig, PerplexityConfig, evaluate_choice, evaluate_perplexity
-from tuneforge.plugins.evaluators_generation import GENERATION_METRICS, predict, score_predictions
+from tuneforge.evaluation import EvaluationPass
+from tuneforge.plugins.evaluators import (CHOICE_ACCURACY, PERPLEXITY_METRICS, ChoiceConfig, PerplexityConfig,
+                                          evaluate_choice, evaluate_perplexity)
+from tuneforge.plugins.evaluators_generation import GENERATION_METRICS, SCORE_KEYS, predict, score_predictions
 
 VALID_METRICS = (*GENERATION_METRICS, "choice", "perplexity")
 
@@ -66,28 +67,29 @@ def _sub_config(config_class, config):
                            if hasattr(config, f.name)})
 
 
-def load_reference_set(config, tokenizer) -> list:
-    """The reference set's examples, rendered with the training chat template of the active pass."""
+def load_reference_set(config, tokenizer, chat_template: Optional[str] = None) -> list:
+    """The reference set's examples, rendered with ``chat_template`` (the training data's; None: the
+    tokenizer's own)."""
     if not config.path:
         raise ConfigError("evaluators.forgetting.path is not set: give a .jsonl file of general tasks the "
                           "base model already handles")
     records = read_jsonl(config.path)
     if not records:
         raise DataError(f"{config.path}: the forgetting reference set holds no records")
-    active = current_pass()
     examples, _ = tokenize_records(records, tokenizer, fmt=config.format, max_length=config.max_length,
-                                   chat_template=active.chat_template if active else None)
+                                   chat_template=chat_template)
     return examples if config.limit is None else examples[: int(config.limit)]
 
 
-def evaluate_forgetting(model, tokenizer, examples, config: ForgettingConfig) -> dict:
+def evaluate_forgetting(model, tokenizer, examples, config: ForgettingConfig, *,
+                        evaluation: Optional[EvaluationPass] = None) -> dict:
     """Metrics on the reference set; ``examples`` (the held-out split) is not used."""
     metrics = list(config.metrics)
     unknown = [m for m in metrics if m not in VALID_METRICS]
     if unknown or not metrics:
         raise ConfigError(f"evaluators.forgetting.metrics={metrics}: unknown {unknown}; "
                           f"valid: {', '.join(VALID_METRICS)}")
-    reference = load_reference_set(config, tokenizer)
+    reference = load_reference_set(config, tokenizer, evaluation.chat_template if evaluation else None)
     results: dict = {}
     rows = None
     for metric in metrics:
@@ -98,18 +100,34 @@ def evaluate_forgetting(model, tokenizer, examples, config: ForgettingConfig) ->
             sub = _sub_config(ChoiceConfig, config)
             sub.limit = None
             results.update({"choice_accuracy": v for v in evaluate_choice(
-                model, tokenizer, reference, sub, set_name="forgetting").values()})
+                model, tokenizer, reference, sub, set_name="forgetting", evaluation=evaluation).values()})
         else:
             if rows is None:
-                rows = predict(model, tokenizer, reference, config, set_name="forgetting")
+                rows = predict(model, tokenizer, reference, config, set_name="forgetting", evaluation=evaluation)
             sub = _sub_config(GENERATION_METRICS[metric][0], config)
             results.update(score_predictions(metric, [r["output"] for r in rows], [r["reference"] for r in rows],
                                              reference, sub))
     return results
 
 
+def _on_reference_set(info: tuneforge.MetricInfo, name: Optional[str] = None) -> tuneforge.MetricInfo:
+    return dataclasses.replace(info, name=name or info.name, section="forgetting",
+                               description=f"{info.description}, on the general reference set: a worse tuned "
+                                           "value is what fine-tuning cost")
+
+
+#: every metric the evaluator can return (``evaluators.forgetting.metrics`` picks them), in report section
+#: ``forgetting``
+FORGETTING_METRICS = (
+    *(_on_reference_set(tuneforge.MetricInfo(SCORE_KEYS[m], description=d))
+      for m, (_config, d) in GENERATION_METRICS.items()),
+    _on_reference_set(CHOICE_ACCURACY, "choice_accuracy"),
+    *(_on_reference_set(info) for info in PERPLEXITY_METRICS),
+)
+
+
 @tuneforge.hookimpl
 def tuneforge_evaluators():
     return [tuneforge.EvaluatorSpec("forgetting", ForgettingConfig,
                                     "the same metrics on a general reference set (base vs tuned)",
-                                    evaluate=evaluate_forgetting)]
+                                    evaluate=evaluate_forgetting, metrics=FORGETTING_METRICS)]

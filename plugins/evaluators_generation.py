@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import tuneforge
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.evaluation import generate_predictions
+from tuneforge.evaluation import EvaluationPass, generate_predictions
 
 
 @dataclass
@@ -216,18 +216,20 @@ def limited(examples, limit):
     return list(examples) if limit is None else list(examples)[: int(limit)]
 
 
-def predict(model, tokenizer, examples, config, set_name: str = "val") -> list:
-    """Generated rows for ``examples`` with the config's generation settings (shared within a pass)."""
+def predict(model, tokenizer, examples, config, set_name: str = "val", *,
+            evaluation: Optional[EvaluationPass] = None) -> list:
+    """Generated rows for ``examples`` with the config's generation settings (shared within ``evaluation``)."""
     return generate_predictions(model, tokenizer, examples, max_new_tokens=config.max_new_tokens,
-                                batch_size=config.batch_size, few_shot=config.few_shot, set_name=set_name)
+                                batch_size=config.batch_size, few_shot=config.few_shot, set_name=set_name,
+                                evaluation=evaluation)
 
 
 def _evaluator(metric: str):
-    def evaluate(model, tokenizer, examples, config) -> dict:
+    def evaluate(model, tokenizer, examples, config, *, evaluation: Optional[EvaluationPass] = None) -> dict:
         examples = limited(examples, config.limit)
         if not examples:
             return {}
-        rows = predict(model, tokenizer, examples, config)
+        rows = predict(model, tokenizer, examples, config, evaluation=evaluation)
         return score_predictions(metric, [r["output"] for r in rows], [r["reference"] for r in rows],
                                  examples, config)
 
@@ -246,6 +248,10 @@ GENERATION_METRICS = {
     "chrf": (ChrfEvalConfig, "corpus chrF, 0-100 (sacrebleu)"),
 }
 
+#: metric name -> the key its score_* function returns
+SCORE_KEYS = {"exact_match": "exact_match", "contains": "contains", "regex": "regex", "rouge": "rougeL",
+              "bleu": "bleu", "chrf": "chrf"}
+
 evaluate_exact_match = _evaluator("exact_match")
 evaluate_contains = _evaluator("contains")
 evaluate_regex = _evaluator("regex")
@@ -258,5 +264,6 @@ evaluate_chrf = _evaluator("chrf")
 def tuneforge_evaluators():
     functions = {"exact_match": evaluate_exact_match, "contains": evaluate_contains, "regex": evaluate_regex,
                  "rouge": evaluate_rouge, "bleu": evaluate_bleu, "chrf": evaluate_chrf}
-    return [tuneforge.EvaluatorSpec(name, config, description, evaluate=functions[name])
+    return [tuneforge.EvaluatorSpec(name, config, description, evaluate=functions[name],
+                                    metrics=(tuneforge.MetricInfo(SCORE_KEYS[name], description=description),))
             for name, (config, description) in GENERATION_METRICS.items()]

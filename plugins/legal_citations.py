@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Optional
 
 import tuneforge
-from tuneforge.data import DataSplits, Record, read_jsonl, tokenize_records
+from tuneforge.data import DataSplits, Record, read_jsonl, resolve_chat_template, tokenize_records
 from tuneforge.errors import DataError
 
 INSTRUCTION = "Write the legal citation for this court decision."
@@ -207,7 +207,8 @@ def load_legal_citations(config: LegalCitationsConfig, tokenizer) -> DataSplits:
              "task_examples": len(train_records), "rehearsal_examples": len(rehearsal),
              "truncated": train_counts["truncated"] + val_counts["truncated"],
              "dropped": train_counts["dropped"] + val_counts["dropped"]}
-    return DataSplits(train=train, val=val, stats=stats)
+    chat_template = resolve_chat_template(tokenizer, config.chat_template) if config.chat_template else None
+    return DataSplits(train=train, val=val, stats=stats, chat_template=chat_template)
 
 
 def _rehearsal_records(config: LegalCitationsConfig) -> list:

@@ -17,19 +17,17 @@ Select it like any callback and list the checks, each ``"<value> <op> <number>"`
 ``steps`` or ``wall_time_s``.  ``<op>`` is one of ``<=``, ``>=``, ``<``,
 ``>``, ``==``.
 
-The checks run in the ``tuneforge_run_end`` hook, after the tuned
-evaluation: a block with PASS or FAIL per check is printed and written to
-``<run_dir>/targets.json`` (``{"passed": bool, "checks": [...]}``).  A
-missing value counts as a failure.  The Lightning callback itself does
-nothing during training; it exists so the checks are configured, type-checked
-and saved with the run like every other component.
+The checks run when a completed run ends (the callback's ``on_run_end``,
+after the tuned evaluation), in the main process only: a block with PASS or
+FAIL per check is printed and written to ``<run_dir>/targets.json``
+(``{"passed": bool, "checks": [...]}``).  A missing value counts as a
+failure.  The callback adds nothing to the trainer.
 """
 
 from __future__ import annotations
 
 import json
 import operator
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,10 @@ class TargetsConfig:
 
     checks: dict = field(default_factory=dict)
     title: str = "targets"
+
+    def __post_init__(self) -> None:
+        for expression in (self.checks or {}).values():
+            parse_check(expression)  # a malformed check is an error when the config is built
 
 
 def parse_check(expression: str) -> tuple[str, str, float]:
@@ -97,32 +99,22 @@ def format_targets(result: dict, title: str = "targets") -> str:
     return "\n".join(lines)
 
 
-def build_targets(config: TargetsConfig):
-    import lightning.pytorch as pl
+def report_targets(config: TargetsConfig, metrics: dict, status: str, run_dir, context=None) -> Optional[dict]:
+    """Check, print and save the targets of a completed run (main process only); returns the result."""
+    if status != "completed" or (context is not None and not context.is_main):
+        return None
+    from omegaconf import OmegaConf
 
-    for expression in config.checks.values():
-        parse_check(expression)  # a malformed check fails before training, not after
-    return pl.Callback()
+    checks = OmegaConf.to_container(config.checks, resolve=True) if OmegaConf.is_config(config.checks) \
+        else dict(config.checks or {})
+    result = check_targets(checks, metrics)
+    Path(run_dir, "targets.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("\n" + format_targets(result, config.title or "targets"), flush=True)
+    return result
 
 
 @tuneforge.hookimpl
 def tuneforge_callbacks():
     return [tuneforge.CallbackSpec("targets", TargetsConfig,
                                    "pass/fail checks on the final metrics, printed when the run ends",
-                                   build=build_targets)]
-
-
-@tuneforge.hookimpl
-def tuneforge_run_end(config, run_dir, status, metrics):
-    if status != "completed" or os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) != "0":
-        return
-    for node in (config.get("callbacks") or {}).values():
-        if node.get("name") != "targets":
-            continue
-        from omegaconf import OmegaConf
-
-        checks = OmegaConf.to_container(node.checks, resolve=True) if node.checks is not None else {}
-        result = check_targets(checks, metrics)
-        text = format_targets(result, node.get("title") or "targets")
-        Path(run_dir, "targets.json").write_text(json.dumps(result, indent=2) + "\n")
-        print("\n" + text, flush=True)
+                                   on_run_end=report_targets)]

@@ -13,7 +13,6 @@ TUNEFORGE = [sys.executable, "-m", "tuneforge"]
 def run_cli(args, *, site_dirs=(), env=None, timeout=300, cwd=None):
     """Run ``python -m tuneforge`` with fixture site directories on PYTHONPATH."""
     full_env = dict(os.environ)
-    full_env.pop("TUNEFORGE_COMMAND", None)
     paths = [str(FIXTURES / d) for d in site_dirs]
     if full_env.get("PYTHONPATH"):
         paths.append(full_env["PYTHONPATH"])

@@ -218,3 +218,100 @@ def test_adapter_that_does_not_fit_names_key_and_valid_values(apply, config, key
 def test_bad_target_module_stops_the_run_with_one_line(tmp_path):
     with pytest.raises(ModelError, match=r"adapter.target_modules: \['attn'\] match no module.*q_proj"):
         run_tiny_fit(tmp_path, overrides=["adapter=lora", "adapter.target_modules=[attn]"])
+
+
+# ---------------------------------------------------------------------------
+# the spec's save -> load -> merge round trip, through the host's functions (what generate, chat, eval and
+# export use)
+# ---------------------------------------------------------------------------
+
+
+def _spec(name):
+    return {s.name: s for s in adapters.tuneforge_adapters()}[name]
+
+
+def _as_if_trained(model):
+    """Move every trainable parameter (LoRA's B starts at zero, IA3's vectors at one: a no-op)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("name, config", [
+    ("lora", adapters.LoraAdapterConfig()),
+    ("ia3", adapters.IA3AdapterConfig()),
+    ("full", adapters.FullAdapterConfig()),
+    ("freeze", adapters.FreezeAdapterConfig(trainable_layers=1, trainable_modules=["lm_head"])),
+])
+def test_saved_adapter_loads_back_and_merges_to_the_same_logits(tmp_path, name, config):
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    from tuneforge.training.model_io import load_saved_model, merge_model, needs_base_model, save_model
+
+    spec = _spec(name)
+    base, tokenizer = load_tiny(TinyModelConfig())
+    model = _as_if_trained(spec.apply(base, config))
+    trained = _probe_logits(model)
+    assert (trained - _probe_logits(tiny_base())).abs().max() > 1e-3
+
+    save_model(spec, model, tokenizer, tmp_path / "model")
+    assert needs_base_model(spec) is (name in ("lora", "ia3"))  # full weights need no base
+    loaded = load_saved_model(spec, tiny_base() if needs_base_model(spec) else None, tmp_path / "model").eval()
+    torch.testing.assert_close(_probe_logits(loaded), trained, atol=1e-5, rtol=1e-5)
+
+    merged = merge_model(spec, loaded)
+    assert isinstance(merged, PreTrainedModel) and not isinstance(merged, PeftModel)
+    torch.testing.assert_close(_probe_logits(merged), trained, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, config, kind", [
+    ("prefix", adapters.PrefixAdapterConfig(num_virtual_tokens=4), "PREFIX_TUNING"),
+    ("prompt", adapters.PromptAdapterConfig(num_virtual_tokens=4), "PROMPT_TUNING"),
+])
+def test_prompt_learning_adapters_load_back_but_refuse_to_merge(tmp_path, name, config, kind):
+    from tuneforge.training.model_io import load_saved_model, merge_model, save_model
+
+    spec = _spec(name)
+    base, tokenizer = load_tiny(TinyModelConfig())
+    model = _as_if_trained(spec.apply(base, config))
+    save_model(spec, model, tokenizer, tmp_path / "model")
+    loaded = load_saved_model(spec, tiny_base(), tmp_path / "model").eval()
+    torch.testing.assert_close(_probe_logits(loaded), _probe_logits(model), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ModelError) as info:
+        merge_model(spec, loaded)
+    message = str(info.value)
+    assert f"is {kind} (virtual tokens, not weight deltas) and cannot be merged" in message
+    assert "\n" not in message
+
+
+def test_an_adapter_spec_without_load_or_merge_gets_the_full_weights_defaults(tmp_path):
+    """A third-party spec written before load/merge existed: save_pretrained, from_pretrained, identity."""
+    from tuneforge.training.model_io import load_saved_model, merge_model, needs_base_model, save_model
+
+    def head_only(model, config):
+        model.requires_grad_(False)
+        model.get_output_embeddings().weight.requires_grad_(True)
+        return model
+
+    spec = tuneforge.AdapterSpec("head_only", CaptureConfig, apply=head_only)
+    assert spec.load is None and spec.merge is None and not needs_base_model(spec)
+    base, tokenizer = load_tiny(TinyModelConfig())
+    model = _as_if_trained(spec.apply(base, None))
+    save_model(spec, model, tokenizer, tmp_path / "model")
+    loaded = load_saved_model(spec, None, tmp_path / "model").eval()
+    torch.testing.assert_close(_probe_logits(loaded), _probe_logits(model), atol=1e-5, rtol=1e-5)
+    assert merge_model(spec, loaded) is loaded
+    with pytest.raises(ModelError, match=r"adapter 'head_only' cannot load the trained model saved there"):
+        load_saved_model(spec, None, tmp_path / "nothing-here")
+
+
+def test_adapter_spec_fields_are_checked():
+    with pytest.raises(TypeError, match="'load' must be a callable or None"):
+        tuneforge.AdapterSpec("x", CaptureConfig, apply=adapters.apply_full, load="peft")
+    spec = tuneforge.AdapterSpec("x", CaptureConfig, apply=adapters.apply_full, load=adapters.load_peft,
+                                 needs_base=False)
+    assert spec.needs_base is False

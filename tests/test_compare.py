@@ -25,3 +25,18 @@ def test_compare_names_a_folder_without_runs(tmp_path):
     result = run_cli(["compare", str(tmp_path)])
     assert result.returncode == 2
     assert result.stderr.strip() == f"tuneforge: error: compare: no completed run (metrics.json) in {tmp_path} or its subfolders"
+
+
+def test_the_plot_follows_the_saved_metric_info():
+    from tuneforge.commands.compare import plotted_metrics
+
+    def row(info):
+        return {"base": {}, "tuned": {"exact_match": 0.5, "perplexity/loss": 2.0, "my/score": 0.1},
+                "metric_info": info}
+
+    lower = {"higher_is_better": False, "is_loss": True}
+    assert plotted_metrics([row({"perplexity/loss": lower})]) == ["exact_match", "my/score"]  # losses left out
+    assert plotted_metrics([row({"perplexity/loss": lower, "my/score": {"primary": True}})]) == ["my/score"]
+    assert plotted_metrics([row({})]) == ["exact_match", "my/score", "perplexity/loss"]  # no info: all scores
+    everything_lower = {n: lower for n in ("exact_match", "perplexity/loss", "my/score")}
+    assert plotted_metrics([row(everything_lower)]) == ["exact_match", "my/score", "perplexity/loss"]

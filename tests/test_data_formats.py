@@ -9,6 +9,7 @@ tokens, so segment-wise tokenization equals tokenizing the whole text).
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -255,7 +256,8 @@ def test_prompt_filling_max_length_is_dropped_counted_and_logged(caplog):
     examples, counts = tokenize_records(records, tiny(), max_length=30)
     assert [e["source"] for e in examples] == ["f:8"]
     assert counts["dropped"] == 1 and counts["truncated"] == 0
-    assert "f:7: dropped: its prompt fills all data.max_length=30 tokens" in caplog.text
+    assert caplog.messages == ["data: 0 example(s) truncated and 1 dropped at data.max_length=30 "
+                               "(data.truncation=truncate; 1 of them because the prompt alone fills the limit): f:7"]
 
 
 def test_a_template_that_renders_no_assistant_text_is_an_error():
@@ -313,14 +315,24 @@ _scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_na
 _json = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                        st.dictionaries(st.text(max_size=6), inner, max_size=3)),
                      max_leaves=8)
+_call = st.fixed_dictionaries({}, optional={
+    "name": st.sampled_from(["f", ""]) | _scalars, "arguments": st.sampled_from(['{"a": 1}', "{", "[1]"]) | _json,
+    "function": st.fixed_dictionaries({}, optional={"name": st.text(max_size=3) | _scalars,
+                                                    "arguments": st.text(max_size=6) | _json}),
+    "type": st.just("function"), "id": _scalars})
 _message = st.fixed_dictionaries({}, optional={
-    "role": st.sampled_from(["user", "assistant", "system", "human", "gpt", "tool", ""]) | _scalars,
-    "content": st.text(max_size=8) | _json, "from": st.sampled_from(["human", "gpt", "x"]),
-    "value": st.text(max_size=8) | _scalars})
-_field_value = st.one_of(_json, st.text(max_size=10), st.lists(_message, max_size=4))
+    "role": st.sampled_from(["user", "assistant", "system", "human", "gpt", "tool", "function_call",
+                             "observation", ""]) | _scalars,
+    "content": st.text(max_size=8) | _json, "from": st.sampled_from(["human", "gpt", "x", "function_call",
+                                                                     "observation"]),
+    "value": st.text(max_size=8) | _scalars | _call.map(json.dumps),
+    "tool_calls": st.lists(_call, max_size=2) | _scalars, "function_call": _call})
+_field_value = st.one_of(_json, st.text(max_size=10), st.lists(_message, max_size=4), _message,
+                         st.lists(_call, max_size=2).map(json.dumps))
 _records = st.dictionaries(
     st.sampled_from(["instruction", "input", "output", "system", "messages", "conversations", "text",
-                     "prompt", "chosen", "rejected", "other"]), _field_value, max_size=5)
+                     "prompt", "chosen", "rejected", "tools", "label", "kto_tag", "images", "other"]),
+    _field_value, max_size=5)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

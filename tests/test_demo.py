@@ -117,8 +117,19 @@ def test_malformed_target_is_a_config_error():
 
     with pytest.raises(tuneforge.ConfigError, match="cannot read check"):
         targets.parse_check("tuned exact match is high")
-    with pytest.raises(tuneforge.ConfigError):
-        targets.build_targets(targets.TargetsConfig(checks={"x": "tuned:exact_match => 0.9"}))
+    with pytest.raises(tuneforge.ConfigError, match="cannot read check 'tuned:exact_match => 0.9'"):
+        targets.TargetsConfig(checks={"x": "tuned:exact_match => 0.9"})
+    spec = {s.name: s for s in targets.tuneforge_callbacks()}["targets"]
+    assert spec.build is None and spec.on_run_end is targets.report_targets  # no Lightning callback needed
+
+
+def test_targets_only_judge_completed_runs(tmp_path, capsys):
+    config = targets.TargetsConfig(checks={"t": "steps >= 1"}, title="demo")
+    assert targets.report_targets(config, {"steps": 0}, "failed", tmp_path) is None
+    assert not (tmp_path / "targets.json").exists()
+    result = targets.report_targets(config, {"steps": 3}, "completed", tmp_path)
+    assert result["passed"] and json.loads((tmp_path / "targets.json").read_text()) == result
+    assert "== demo ==" in capsys.readouterr().out
 
 
 def test_targets_block_lists_pass_and_fail():

@@ -9,7 +9,7 @@ import torch
 from tuneforge.data import Record, tokenize_records
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.evaluation import (
-    evaluation_pass,
+    EvaluationPass,
     few_shot_messages,
     generate,
     generate_predictions,
@@ -136,14 +136,15 @@ def test_generation_is_shared_within_a_pass(tiny):
     handle = model.register_forward_hook(lambda *args: calls.append(1))
     try:
         config = NormalizedEvalConfig(max_new_tokens=4)
-        with evaluation_pass("base") as one_pass:
-            evaluate_exact_match(model, tokenizer, examples, config)
-            after_first = len(calls)
-            evaluate_rouge(model, tokenizer, examples, RougeEvalConfig(max_new_tokens=4))
-            assert len(calls) == after_first > 0  # the second metric generated nothing
+        one_pass = EvaluationPass("base")
+        evaluate_exact_match(model, tokenizer, examples, config, evaluation=one_pass)
+        after_first = len(calls)
+        evaluate_rouge(model, tokenizer, examples, RougeEvalConfig(max_new_tokens=4), evaluation=one_pass)
+        assert len(calls) == after_first > 0  # the second metric generated nothing
         assert len(one_pass.predictions) == 1
-        evaluate_rouge(model, tokenizer, examples, RougeEvalConfig(max_new_tokens=4))  # outside a pass: generates again
+        evaluate_rouge(model, tokenizer, examples, RougeEvalConfig(max_new_tokens=4))  # without the pass: generates again
         assert len(calls) > after_first
+        assert len(one_pass.predictions) == 1  # and keeps nothing
     finally:
         handle.remove()
 
@@ -208,8 +209,9 @@ def test_choice_scores_by_option_log_likelihood(tiny):
         best.append(max(range(len(values)), key=values.__getitem__))
     right = [dict(row, answer=b) for row, b in zip(rows, best)]
     wrong = [dict(row, answer=row["choices"][(b + 1) % len(row["choices"])]) for row, b in zip(rows, best)]
-    with evaluation_pass("base") as one_pass:
-        assert evaluate_choice(model, tokenizer, _examples(tokenizer, right), ChoiceConfig()) == {"accuracy": 1.0}
+    one_pass = EvaluationPass("base")
+    assert evaluate_choice(model, tokenizer, _examples(tokenizer, right), ChoiceConfig(),
+                           evaluation=one_pass) == {"accuracy": 1.0}
     (rows_kept,) = one_pass.predictions.values()
     assert [r["output"] for r in rows_kept] == [row["choices"][b] for row, b in zip(rows, best)]
     assert evaluate_choice(model, tokenizer, _examples(tokenizer, wrong), ChoiceConfig()) == {"accuracy": 0.0}
@@ -227,8 +229,8 @@ def test_forgetting_scores_its_own_reference_set(tiny, tmp_path):
     general = tmp_path / "general.jsonl"
     general.write_text("".join(json.dumps(r) + "\n" for r in QA))
     config = ForgettingConfig(path=str(general), metrics=["exact_match", "perplexity", "rouge"], max_new_tokens=4)
-    with evaluation_pass("base") as one_pass:
-        result = evaluate_forgetting(model, tokenizer, [], config)
+    one_pass = EvaluationPass("base")
+    result = evaluate_forgetting(model, tokenizer, [], config, evaluation=one_pass)
     assert set(result) == {"exact_match", "loss", "perplexity", "rougeL"}
     reference = _examples(tokenizer, QA)
     assert result["loss"] == pytest.approx(evaluate_perplexity(model, tokenizer, reference, PerplexityConfig())["loss"])

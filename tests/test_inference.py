@@ -75,7 +75,6 @@ def direct_greedy(model, tokenizer, messages, max_new_tokens):
 
 def cli(args, stdin=None, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8", TOKENIZERS_PARALLELISM="false")
-    env.pop("TUNEFORGE_COMMAND", None)
     return subprocess.run([sys.executable, "-m", "tuneforge", *args], input=stdin, capture_output=True,
                           text=True, encoding="utf-8", env=env, timeout=timeout)
 
@@ -199,37 +198,48 @@ def test_export_full_fine_tune_is_saved_as_is(full_run, tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-def test_run_chat_template_is_used_and_exported(lora_run, tmp_path):
-    run = copy_run(lora_run, tmp_path / "templated-run")
+def test_run_chat_template_is_saved_with_the_model_used_and_exported(tmp_path):
+    """A run with data.chat_template (a .jinja file) renders evaluation, generate and export prompts with it,
+    from the tokenizer saved in model/: the file is not needed after training."""
+    from transformers import AutoTokenizer
+
     template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                 "{% if add_generation_prompt %}[assistant] {% endif %}")
-    cfg = OmegaConf.load(run / "config.yaml")
-    cfg.data.chat_template = template
-    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (tmp_path / "t.jinja").write_text(template)
+    run = run_tiny_fit(tmp_path / "run", overrides=[
+        *FIT, f"data.chat_template={tmp_path / 't.jinja'}", "evaluators=[exact_match]",
+        "evaluators.exact_match.max_new_tokens=2"]).run_dir
+    (tmp_path / "t.jinja").unlink()
+    assert run_tokenizer(run).chat_template == template
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").open()]
+    assert rows and all(row["prompt"].startswith("[user] ") and row["prompt"].endswith("[assistant] ")
+                        for row in rows)
 
     loaded = load_run(run, device="cpu")
     assert build_prompt(loaded, [{"role": "user", "content": "hi"}]) == "[user] hi\n[assistant] "
     out = export_run(run, tmp_path / "merged")
-    from transformers import AutoTokenizer
-
     assert AutoTokenizer.from_pretrained(str(out)).chat_template == template
 
 
-def test_export_writes_the_text_of_a_template_given_as_a_file(lora_run, tmp_path):
-    import tuneforge.data
+def test_a_run_without_data_chat_template_keeps_the_tokenizers_own(lora_run):
+    from tuneforge.plugins.models import build_tiny_tokenizer
 
-    if not hasattr(tuneforge.data, "resolve_chat_template"):
-        pytest.skip("this tuneforge.data takes data.chat_template as Jinja text only")
-    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-    (tmp_path / "t.jinja").write_text(template)
+    assert run_tokenizer(lora_run).chat_template == build_tiny_tokenizer().chat_template
+
+
+def test_a_run_whose_adapter_plugin_is_gone_is_a_one_line_error(lora_run, tmp_path):
     run = copy_run(lora_run, tmp_path / "run")
     cfg = OmegaConf.load(run / "config.yaml")
-    cfg.data.chat_template = str(tmp_path / "t.jinja")
+    cfg.adapter.name = "vanished_adapter"
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    from transformers import AutoTokenizer
-
-    out = export_run(run, tmp_path / "merged")
-    assert AutoTokenizer.from_pretrained(str(out)).chat_template == template
+    for command in (["generate", f"run_dir={run}", "prompt=hi"], ["export", f"run_dir={run}", f"out={tmp_path / 'x'}"]):
+        result = cli(command, timeout=120)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tuneforge: error: "), result.stderr
+        assert "adapter 'vanished_adapter', which no installed plugin provides" in lines[0]
+        assert "lora" in lines[0]  # the installed ones are listed
+    assert not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------- generate / chat

@@ -273,13 +273,13 @@ def test_group_by_length_cuts_padding_and_sees_every_example_once_per_epoch():
 
 
 @pytest.mark.parametrize("count", [801, 800])
-def test_group_by_length_shards_by_rank_and_resumes_mid_epoch(monkeypatch, count):
+def test_group_by_length_shards_by_rank_and_resumes_mid_epoch(count):
     rng = random.Random(count)
     lengths = [rng.randint(4, 300) for _ in range(count)]
     per_rank = {}
     for rank in (0, 1):
-        monkeypatch.setattr(resilience, "_world", lambda rank=rank: (rank, 2))
-        sampler = resilience.ResumableSampler(count, seed=3, shuffle=True, batch_size=4, lengths=lengths)
+        sampler = resilience.ResumableSampler(count, seed=3, shuffle=True, batch_size=4, rank=rank, world_size=2,
+                                              lengths=lengths)
         per_rank[rank] = _epoch_batches(sampler, 4)
         assert len(list(sampler)) == len(sampler)
         sampler.resume_at(0, 7)  # a resumed sampler continues after the batches already done
@@ -292,7 +292,9 @@ def test_group_by_length_shards_by_rank_and_resumes_mid_epoch(monkeypatch, count
     assert sorted(spreads)[len(spreads) // 2] < 30
 
 
-def test_packed_rows_are_sharded_by_rank(monkeypatch):
+def test_packed_rows_are_sharded_by_rank():
+    """The rows the data module packs, sharded by rank and grouped by length as its sampler does
+    (a real 2-process run with packing: tests/test_cli.py, test_two_process_ddp_equals_one_process...)."""
     from omegaconf import OmegaConf
 
     from tuneforge.host.schema import LoaderConfig
@@ -301,13 +303,14 @@ def test_packed_rows_are_sharded_by_rank(monkeypatch):
     rng = random.Random(60)
     examples = make_examples([(rng.randint(5, 60), 2) for _ in range(60)])
     config = OmegaConf.structured(LoaderConfig(batch_size=2, packing=True, pack_length=64, group_by_length=True))
+    module = FineTuneDataModule(DataSplits(train=examples, val=[]), 0, config, seed=5)
+    rows = module.packed_rows()
     seen = []
     for rank in (0, 1):
-        monkeypatch.setattr(resilience, "_world", lambda rank=rank: (rank, 2))
-        module = FineTuneDataModule(DataSplits(train=examples, val=[]), 0, config, seed=5)
-        loader = module.train_dataloader()
-        assert loader.layout == "packed rows of <= 64 tokens grouped by length"
-        for batch in loader:
+        sampler = resilience.ResumableSampler(len(rows), seed=5, shuffle=True, batch_size=2, rank=rank, world_size=2,
+                                              lengths=rows.lengths())
+        for batch_rows in _epoch_batches(sampler, 2):
+            batch = module.pack_collate([rows[i] for i in batch_rows])
             assert batch["input_ids"].shape[0] <= 2 and batch["input_ids"].shape[1] <= 64
             for row in range(batch["input_ids"].shape[0]):
                 starts = torch.nonzero(batch["position_ids"][row] == 0).flatten().tolist()
@@ -315,7 +318,7 @@ def test_packed_rows_are_sharded_by_rank(monkeypatch):
                 seen += [tuple(batch["input_ids"][row, s:e].tolist())
                          for s, e in zip(starts, [*starts[1:], real]) if s < real]
     assert set(seen) == {tuple(ex["input_ids"]) for ex in examples}
-    if len(module.packed_rows()) % 2 == 0:  # else the second rank repeats one row (padding to the world size)
+    if len(rows) % 2 == 0:  # else the second rank repeats one row (padding to the world size)
         assert len(seen) == len(examples)
 
 
@@ -326,16 +329,23 @@ def test_a_checkpoint_of_another_batch_layout_is_refused():
     from tuneforge.training.checkpoint import CheckpointError
     from tuneforge.training.data_module import FineTuneDataModule
 
+    import lightning.pytorch as pl
+
     examples = make_examples(SHAPES)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
     loaders = {}
-    for name, options in (("plain", {}), ("packed", {"packing": True, "pack_length": 40})):
+    for name, options in (("plain", {}), ("packed", {"packing": True, "pack_length": 40, "group_by_length": True})):
         config = OmegaConf.structured(LoaderConfig(batch_size=2, **options))
-        loaders[name] = FineTuneDataModule(DataSplits(train=examples, val=[]), 0, config, seed=0).train_dataloader()
+        module = FineTuneDataModule(DataSplits(train=examples, val=[]), 0, config, seed=0)
+        module.trainer = trainer  # the data module reads its rank and world size from the trainer
+        loaders[name] = module.train_dataloader()
     loaders["packed"].position_fn = lambda: 1
     state = loaders["packed"].state_dict()
-    assert state == {"epoch": 0, "batches": 1, "layout": "packed rows of <= 40 tokens"}
+    assert state == {"epoch": 0, "batches": 1, "layout": "packed rows of <= 40 tokens grouped by length"}
     with pytest.raises(CheckpointError, match=r"^the checkpoint's data position counts batches of packed rows of "
-                                              r"<= 40 tokens, but this run makes batches of examples; resume with"):
+                                              r"<= 40 tokens grouped by length, but this run makes batches of "
+                                              r"examples; resume with"):
         loaders["plain"].load_state_dict(state)
     loaders["plain"].load_state_dict({"epoch": 0, "batches": 1})  # checkpoints from before layouts: examples
     assert len(list(loaders["plain"].sampler)) == len(examples) - 2  # resumed after one batch of 2

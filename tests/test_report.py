@@ -43,12 +43,17 @@ def test_overfitting_signal_from_metrics_csv(tmp_path):
     csv_path.write_text("\n".join(rows) + "\n")
     curves = read_loss_curves(csv_path)
     assert len(curves["train"]) == 20 and curves["val"] == [(19, 12.5)]
-    signal = overfitting_signal(curves, {"perplexity/loss": 3.0})
+    info = {"perplexity/loss": {"is_loss": True, "section": "held-out", "higher_is_better": False},
+            "forgetting/loss": {"is_loss": True, "section": "forgetting", "higher_is_better": False}}
+    tuned = {"forgetting/loss": 1.0, "perplexity/loss": 3.0}
+    signal = overfitting_signal(curves, tuned, info)
     assert signal["train_loss"] == pytest.approx((-8 + -9) / 2)  # mean of the last tenth (2 of 20 steps)
     assert signal["val_loss"] == 12.5 and signal["val_source"] == "validation during training"
     assert signal["gap"] == pytest.approx(12.5 + 8.5)
-    no_val = overfitting_signal({"train": [(0, 2.0)], "val": []}, {"perplexity/loss": 3.0})
+    no_val = overfitting_signal({"train": [(0, 2.0)], "val": []}, tuned, info)  # the held-out loss, not forgetting's
     assert no_val["gap"] == pytest.approx(1.0) and no_val["val_source"].startswith("perplexity evaluator")
+    undeclared = overfitting_signal({"train": [(0, 2.0)], "val": []}, tuned)  # no metric declared a loss
+    assert undeclared["val_loss"] is None and undeclared["gap"] is None
 
 
 def test_report_files_from_metrics(tmp_path):
@@ -56,7 +61,9 @@ def test_report_files_from_metrics(tmp_path):
     csv_path.write_text("epoch,step,train/loss,val/loss\n0,0,3.0,\n0,1,2.0,\n0,1,,2.5\n")
     metrics = {"base": {"exact_match": 0.0, "forgetting/exact_match": 1.0},
                "tuned": {"exact_match": 1.0, "forgetting/exact_match": 0.96}, "steps": 2,
-               "parameters": {"trainable": 10, "total": 100, "fraction": 0.1}}
+               "parameters": {"trainable": 10, "total": 100, "fraction": 0.1},
+               "metric_info": {"forgetting/exact_match": {"section": "forgetting", "higher_is_better": True,
+                                                          "description": "on the general set"}}}
     predictions = [{"set": "val", "prompt": "Q <b>|", "reference": "A", "base": "x", "tuned": "A"}]
     written = write_report(tmp_path, metrics, config_yaml="seed: 1\n", predictions=predictions, metrics_csv=csv_path)
     for name in ("metrics.png", "loss_curves.png"):
@@ -65,6 +72,9 @@ def test_report_files_from_metrics(tmp_path):
     assert "| metric | base | tuned | change |" in md
     assert "| exact_match | 0.0000 | 1.0000 | +1.0000 |" in md
     assert "## Forgetting" in md and "| forgetting/exact_match | 1.0000 | 0.9600 | -0.0400 |" in md
+    held_out, forgetting = md.split("## Forgetting")
+    assert "| exact_match |" in held_out and "forgetting/exact_match" not in held_out
+    assert "- forgetting/exact_match: on the general set" in forgetting
     assert "Q &lt;b&gt;\\|" in md  # table cells are escaped
     page = (tmp_path / "report.html").read_text()
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
@@ -98,6 +108,12 @@ def test_run_writes_the_report(tiny_run):
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["quality"]["examples"]["val"] == 6
     assert saved["throughput"]["tokens"] > 0 and saved["throughput"]["tokens_per_s"] > 0
+    info = saved["metric_info"]  # what the evaluators declared, saved for compare
+    assert set(info) == set(metrics["base"])
+    assert info["perplexity/loss"] == {"higher_is_better": False, "primary": False, "section": "held-out",
+                                       "description": "mean token loss of the held-out targets", "is_loss": True}
+    assert info["exact_match"]["higher_is_better"] and not info["exact_match"]["is_loss"]
+    assert "- perplexity/loss: mean token loss of the held-out targets (lower is better)" in md
     signal = saved["overfitting"]
     assert signal["val_source"] == "validation during training"
     assert signal["gap"] == pytest.approx(signal["val_loss"] - signal["train_loss"])

@@ -44,7 +44,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, layout):
                       f"hydra.run.dir={reference}"], site_dirs=["steplog"])
     assert result.returncode == 0, result.stderr[-3000:]
 
-    kill_step = random.Random().randint(4, 9)  # after the first checkpoint (step 3)
+    # the kill step is drawn from a seed that is printed, so a failure can be replayed:
+    # RESUME_TEST_SEED=<seed> pytest tests/test_resume.py
+    seed = int(os.environ.get("RESUME_TEST_SEED", str(time.time_ns() % 1_000_000)))
+    kill_step = random.Random(seed).randint(4, 9)  # after the first checkpoint (step 3)
+    print(f"kill step {kill_step} (RESUME_TEST_SEED={seed})")
     killed = run_cli([*run, f"callbacks.batch_log.path={tmp_path / 'crashed.log'}",
                       f"callbacks.batch_log.kill_at_step={kill_step}", f"hydra.run.dir={crashed}"],
                      site_dirs=["steplog"])
@@ -80,7 +84,6 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, layout):
 def test_sigterm_saves_a_checkpoint_and_prints_how_to_resume(tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "batches.log"
     env = dict(os.environ, PYTHONPATH=str(FIXTURES / "steplog"))
-    env.pop("TUNEFORGE_COMMAND", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "tuneforge", *RUN, f"callbacks.batch_log.path={log}", "callbacks.batch_log.sleep_s=0.3",
          f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -59,7 +59,7 @@ def chat_command(args: list) -> None:
     loaded = load_run(values["run_dir"], force=values["force"], device=values["device"])
     from tuneforge.data import has_chat_template
 
-    if not has_chat_template(loaded.tokenizer, loaded.chat_template):
+    if not has_chat_template(loaded.tokenizer):
         print("tuneforge chat: the tokenizer has no chat template and the run set no data.chat_template, so "
               "prompts use the instruction fallback and earlier assistant replies are not shown to the model",
               file=sys.stderr)

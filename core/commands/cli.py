@@ -41,14 +41,13 @@ commands:
 options:
   -h, --help     show this help
   --version      show the version
-  --debug        show full tracebacks (same as HYDRA_FULL_ERROR=1)
+  --debug        show full tracebacks instead of one-line errors (HYDRA_FULL_ERROR=1 does the same)
 
 environment:
   TUNEFORGE_DISABLE_PLUGINS=a,b    never import these plugins (entry-point names)
   TUNEFORGE_PLUGINS_AUTOLOAD=0     load only tuneforge's own plugins (plus plugins.enable=[...])
 """
 
-COMMAND_ENV = "TUNEFORGE_COMMAND"  # lets DDP child processes re-enter `train`
 #: command -> "module:function"; each function takes the remaining argv list.
 #: Modules are imported only when their command runs.
 COMMANDS = {
@@ -69,13 +68,12 @@ def _fail(message: str) -> "NoReturn":  # noqa: F821
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in argv:
-        argv.remove("--debug")
-        os.environ["HYDRA_FULL_ERROR"] = "1"
+    # --debug is passed on explicitly (to commands that take ``debug``), never exported to the environment;
+    # a user's own HYDRA_FULL_ERROR=1 means the same
+    debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    argv = [arg for arg in argv if arg != "--debug"]
     if argv and argv[0] in COMMANDS:
         command, args = argv[0], argv[1:]
-    elif os.environ.get(COMMAND_ENV) in COMMANDS:
-        command, args = os.environ[COMMAND_ENV], argv
     elif not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return
@@ -89,22 +87,27 @@ def main(argv=None) -> None:
 
         _fail(f"unknown command '{argv[0]}'{did_you_mean(argv[0], COMMANDS)}; valid: {', '.join(COMMANDS)}")
     import importlib
+    import inspect
 
     from tuneforge.errors import TuneforgeError
 
     module_name, function_name = COMMANDS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
+    takes_debug = "debug" in inspect.signature(handler).parameters
 
     try:
-        handler(args)
+        handler(args, debug=debug) if takes_debug else handler(args)
     except TuneforgeError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if debug:
             raise
         _fail(str(exc))
 
 
-def train_command(args: list) -> None:
+def train_command(args: list, debug: bool = False) -> None:
+    """``tuneforge train <args>``: Hydra runs :func:`tuneforge.training.run.train` with a
+    :class:`~tuneforge.RunContext` for this process (``debug``: full tracebacks)."""
     import logging
+    from pathlib import Path
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -113,13 +116,29 @@ def train_command(args: list) -> None:
 
     overrides = hydra_overrides(args)
     plugins = load_plugins(overrides)
+    composed = None
     if not {"-m", "--multirun"} & set(args):
-        compose(overrides, plugins)  # one-line errors for bad overrides before Hydra takes over
-    os.environ[COMMAND_ENV] = "train"
-    sys.argv = [sys.argv[0], *args]
+        composed = compose(overrides, plugins)  # one-line errors for bad overrides before Hydra takes over
+    # Lightning's DDP launcher starts the other processes by re-running sys.argv: they re-enter `train`
+    command_line = [sys.argv[0], "train", *(["--debug"] if debug else []), *args]
+    invoked_as = sys.argv
+    sys.argv = [sys.argv[0], *args, *worker_hydra_overrides(args, composed)]  # what Hydra parses
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
     def hydra_train(cfg) -> None:
+        sys.argv = command_line
+        try:
+            _train_in_hydra(cfg)
+        except Exception:
+            if not debug:
+                raise  # Hydra prints it (a short traceback)
+            import traceback
+
+            traceback.print_exc()
+            raise SystemExit(1) from None
+
+    def _train_in_hydra(cfg) -> None:
+        from tuneforge.context import RunContext
         from tuneforge.errors import TuneforgeError
         from tuneforge.training.run import RunInterrupted
         from tuneforge.secrets import install_log_redaction
@@ -132,19 +151,41 @@ def train_command(args: list) -> None:
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
         install_log_redaction()
-        run_dir = cfg.run_dir or HydraConfig.get().runtime.output_dir
+        run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
         try:
-            metrics = run_train(cfg, plugins, run_dir)
-        except RunInterrupted as exc:
-            print(f"tuneforge: {exc}.\nResume with: {resume_command(args, run_dir)}", file=sys.stderr)
-            raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
+            context = RunContext.detect(run_dir, cfg, debug=debug)
+            try:
+                metrics = run_train(cfg, plugins, run_dir, context=context)
+            except RunInterrupted as exc:
+                if context.is_main:
+                    print(f"tuneforge: {exc}.\nResume with: {resume_command(args, run_dir)}", file=sys.stderr)
+                raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
         except TuneforgeError as exc:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if debug:
                 raise
             _fail(str(exc))
-        _print_summary(cfg, metrics)
+        if context.is_main:  # DDP workers: the main process prints
+            _print_summary(cfg, metrics)
 
-    hydra_train()
+    try:
+        hydra_train()
+    finally:
+        sys.argv = invoked_as
+
+
+def worker_hydra_overrides(args: list, cfg=None) -> list:
+    """Hydra overrides for a process that is not the main one of its run (an ``srun``/``torchrun``
+    task or a DDP child with rank > 0): it logs to the console only, so only the main process
+    writes Hydra's job log file into the run directory.  Empty for the main process or when
+    ``args`` choose the job logging themselves."""
+    from tuneforge.context import detect_ranks
+
+    if any(arg.startswith(("hydra/job_logging=", "hydra.job_logging")) for arg in args):
+        return []
+    trainer = cfg.trainer if cfg is not None else {}
+    ranks = detect_ranks(str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto"),
+                         int(trainer.get("num_nodes", 1) or 1))
+    return [] if ranks.global_rank == 0 else ["hydra/job_logging=tuneforge_worker"]
 
 
 #: Hydra's own flags that take a value (``--cfg job``, ``-cn other`` ...)
@@ -175,11 +216,6 @@ def resume_command(args: list, run_dir) -> str:
 
 def _print_summary(cfg, metrics: dict) -> None:
     from tuneforge.evaluation.report import format_comparison
-
-    from tuneforge.training.run import is_rank_zero
-
-    if not is_rank_zero():
-        return  # DDP workers: the main process prints
 
     print(format_comparison(metrics))
     print(f"run directory: {cfg.run_dir or _hydra_output_dir()}")

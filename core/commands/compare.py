@@ -7,8 +7,9 @@ Reads each completed run's ``metrics.json``, prints one row per run (training
 examples, steps, every base and tuned metric) sorted by the number of
 training examples, and writes ``comparison.md`` and ``data_efficiency.png``
 (each tuned score against the number of training examples, base as a dashed
-line; perplexity and loss only when there is nothing else) into the first
-folder given, or ``out=<dir>``.
+line) into the first folder given, or ``out=<dir>``.  Which metrics are
+plotted follows the ``metric_info`` the runs saved (see
+:func:`plotted_metrics`), so no plugin is loaded.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def load_rows(runs: list[Path]) -> list[dict]:
         data = metrics.get("data", {})
         rows.append({"run": str(run), "train_examples": data.get("train_examples", data.get("train_records")),
                      "steps": metrics.get("steps"), "base": metrics.get("base", {}),
-                     "tuned": metrics.get("tuned", {})})
+                     "tuned": metrics.get("tuned", {}), "metric_info": metrics.get("metric_info", {})})
     return sorted(rows, key=lambda r: (r["train_examples"] is None, r["train_examples"] or 0, r["run"]))
 
 
@@ -68,14 +69,28 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def plotted_metrics(rows: list[dict]) -> list[str]:
+    """The tuned metrics the data-efficiency plot shows: the primary ones when any run declares one,
+    else those where higher is better (losses would squash the 0-1 scores), else all of them.
+
+    A metric a run saved no ``metric_info`` for counts as higher-is-better.
+    """
+    names = [n for n in metric_names(rows) if any(n in r["tuned"] for r in rows)]
+    info: dict = {}
+    for row in rows:
+        for name, described in (row.get("metric_info") or {}).items():
+            info.setdefault(name, described)
+    primary = [n for n in names if (info.get(n) or {}).get("primary")]
+    scores = [n for n in names if (info.get(n) or {}).get("higher_is_better", True)]
+    return primary or scores or names
+
+
 def plot_data_efficiency(rows: list[dict], path: Path) -> bool:
     """Tuned score vs training examples (one line per metric, base dashed); False without numbers."""
     from tuneforge.evaluation.report import _figure
 
     points = [r for r in rows if r["train_examples"] is not None]
-    names = [n for n in metric_names(points) if any(n in r["tuned"] for r in points)]
-    scores = [n for n in names if not n.startswith("perplexity")]  # losses would squash the 0-1 scores
-    names = scores or names
+    names = plotted_metrics(points)
     if not points or not names:
         return False
     figure = _figure(6.4, 3.6)

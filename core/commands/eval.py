@@ -8,8 +8,8 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from tuneforge.evaluation.runner import run_evaluators
-from tuneforge.training.model_io import load_tuned_model
+from tuneforge.evaluation.runner import describe_metrics, run_evaluators
+from tuneforge.training.model_io import load_saved_model
 from tuneforge.training.run_dir import write_outputs
 
 
@@ -32,11 +32,17 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
     splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
     metrics: dict = {"data": splits.stats}
-    metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
+    metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base",
+                                                chat_template=splits.chat_template)
     tuned_pass = None
     if run_dir is not None:
-        model = load_tuned_model(model, Path(run_dir) / "model")
-        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
+        from tuneforge.commands.run_loading import run_adapter_spec
+
+        model = load_saved_model(run_adapter_spec(run_dir, cfg, plugins), model, Path(run_dir) / "model",
+                                 trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
+        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned",
+                                                      chat_template=splits.chat_template)
+    metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
     metrics["wall_time_s"] = time.time() - started
     if out_dir is not None:
         write_outputs(Path(out_dir), cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),

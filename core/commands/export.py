@@ -1,10 +1,19 @@
-"""``tuneforge export``: a run's tuned model as a standalone Hugging Face model folder.
+"""``tuneforge export``: a run's tuned model as a standalone Hugging Face model folder, or as one
+GGUF file (``format=gguf``) for llama.cpp, Ollama and LM Studio.
 
-LoRA, IA3 and the other PEFT adapters that can be folded into the weights are
-merged into the base model (``merge_and_unload``); full fine-tunes are copied
-as saved.  The folder holds safetensors weights, ``config.json``, the
-generation config and the tokenizer with the chat template training used, so
+The run's adapter (its spec, found through ``adapter.name`` in the run's
+config) loads the saved model and merges it into a plain ``transformers``
+model (:attr:`tuneforge.specs.AdapterSpec.merge`; the built-in LoRA and IA3
+adapters fold their weights into the base with peft's ``merge_and_unload``,
+full fine-tunes are exported as loaded).  An adapter that cannot be merged
+(prefix or prompt tuning) stops the export before ``out`` is touched.  The
+folder holds safetensors weights, ``config.json``, the generation config and
+the tokenizer with the chat template training used, so
 ``AutoModelForCausalLM.from_pretrained(out)`` loads it without tuneforge.
+With ``format=gguf`` the merged model is written by
+:mod:`tuneforge.commands.gguf_export` (``gguf.dtype=f16|f32|q8_0``) to the
+file ``out`` (e.g. ``tuned.gguf``), with the tokenizer and chat template in
+its metadata.
 
 A base model loaded from a ``.gguf`` file was dequantized by transformers when
 the run loaded it; the export holds those dequantized weights (in the run's
@@ -16,23 +25,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ModelError, TuneforgeError
 from tuneforge.commands.key_values import Option, format_options, parse_bool, parse_key_values, wants_help
 from tuneforge.commands.run_loading import (
-    is_peft_adapter,
     load_run_model,
     load_run_tokenizer,
+    plugins_for_run,
     read_run_config,
-    resolved_chat_template,
-    run_chat_template,
+    run_adapter_spec,
 )
-
-#: files of a PEFT adapter folder that must not end up in an export
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 EXPORT_OPTIONS = {
     "run_dir": Option("run directory written by `tuneforge train`", required=True),
-    "out": Option("folder to write the Hugging Face model to", required=True),
+    "out": Option("folder to write the Hugging Face model to (format=gguf: the .gguf file)", required=True),
+    "format": Option("hf (a Hugging Face model folder) or gguf (one file for llama.cpp/Ollama)", str, "hf"),
+    "gguf.dtype": Option("weights in the GGUF file: f16, f32 or q8_0 (norms stay f32)", str, "f16"),
     "overwrite": Option("replace an earlier export (a folder with config.json) at out", parse_bool, False),
     "force": Option("export a run whose status is running or failed", parse_bool, False),
 }
@@ -61,55 +68,48 @@ def prepare_out_dir(out, run_dir, overwrite: bool) -> Path:
     return out
 
 
-def merge_adapter(model):
-    """Fold a PEFT adapter into its base model's weights and return the plain ``transformers`` model.
+EXPORT_FORMATS = ("hf", "gguf")
 
-    Prompt-learning adapters (prefix tuning, prompt tuning, p-tuning) add
-    virtual tokens instead of weight deltas, so there is nothing to merge:
-    they raise :class:`ExportError`.
-    """
-    for name, config in model.peft_config.items():
-        if config.is_prompt_learning:
-            kind = getattr(config.peft_type, "value", config.peft_type)
-            raise ExportError(f"adapter '{name}' is {kind} (virtual tokens, not weight deltas) and cannot be "
-                              "merged into the base weights; use the run directory with tuneforge "
-                              "generate/chat, or load it with peft.PeftModel.from_pretrained")
+
+def merged_run_model(run_dir, force: bool = False):
+    """``(merged plain transformers model, tokenizer)`` of a run, through its adapter's ``merge``."""
+    from tuneforge.training.model_io import merge_model
+
+    cfg = read_run_config(run_dir, force=force)
+    tokenizer = load_run_tokenizer(run_dir, cfg)
+    plugins = plugins_for_run(cfg)
+    spec = run_adapter_spec(run_dir, cfg, plugins)
     try:
-        return model.merge_and_unload()
-    except (AttributeError, NotImplementedError, ValueError) as exc:
-        raise ExportError(f"the adapter cannot be merged into the base weights: {exc}") from exc
+        model = merge_model(spec, load_run_model(run_dir, cfg, plugins))
+    except ModelError as exc:
+        raise ExportError(str(exc)) from exc
+    return model, tokenizer
 
 
-def save_tokenizer(tokenizer, out: Path, chat_template) -> None:
-    """Save the tokenizer with the chat template training used.
+def export_gguf(run_dir, out, *, dtype: str = "f16", overwrite: bool = False, force: bool = False) -> Path:
+    """Write the run's merged model to the GGUF file ``out``; returns its path."""
+    from tuneforge.commands.gguf_export import GGUF_DTYPES, write_gguf
 
-    ``chat_template`` is the run's ``data.chat_template`` (Jinja text, a
-    built-in template's name or a ``.jinja`` path); when set, its text
-    replaces the tokenizer's own template.
-    """
-    if chat_template:
-        tokenizer.chat_template = resolved_chat_template(tokenizer, chat_template)
-    tokenizer.save_pretrained(str(out))
+    if dtype not in GGUF_DTYPES:
+        raise ExportError(f"gguf.dtype is '{dtype}'; valid: {', '.join(GGUF_DTYPES)}")
+    out = Path(out).expanduser().resolve()
+    if out.is_dir():
+        raise ExportError(f"out={out} is a folder; with format=gguf give the file to write, e.g. out=tuned.gguf")
+    if out.exists() and not overwrite:
+        raise ExportError(f"out={out} exists; pass overwrite=true to replace it")
+    model, tokenizer = merged_run_model(run_dir, force=force)
+    return write_gguf(model, tokenizer, out, dtype=dtype, name=f"tuneforge {Path(run_dir).name}")
 
 
 def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False) -> Path:
     """Write the run's tuned model to ``out`` as a standalone Hugging Face model folder; returns ``out``."""
-    cfg = read_run_config(run_dir, force=force)
-    model_dir = Path(run_dir).expanduser() / "model"
-    tokenizer = load_run_tokenizer(run_dir, cfg)
-    peft = is_peft_adapter(model_dir)
-    model = load_run_model(run_dir, cfg) if peft else None
-    if peft:
-        model = merge_adapter(model)  # before touching out: an unmergeable adapter leaves it alone
+    model, tokenizer = merged_run_model(run_dir, force=force)  # before touching out: an unmergeable adapter
+    if not callable(getattr(model, "save_pretrained", None)):  # leaves it alone
+        raise ExportError(f"the run's adapter merged the model into a {type(model).__name__}, which has no "
+                          "save_pretrained; its merge must return a transformers model")
     out = prepare_out_dir(out, run_dir, overwrite)
-    if peft:
-        model.save_pretrained(str(out), safe_serialization=True)
-    else:
-        if not (model_dir / "config.json").is_file():
-            raise ExportError(f"{model_dir}: holds neither a PEFT adapter nor full weights (config.json)")
-        shutil.copytree(model_dir, out, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(*ADAPTER_FILES))
-    save_tokenizer(tokenizer, out, run_chat_template(cfg))
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))  # the saved tokenizer carries the run's chat template
     return out
 
 
@@ -117,9 +117,16 @@ def export_command(args: list) -> None:
     """``tuneforge export run_dir=<dir> out=<dir> [overwrite=true] [force=true]``."""
     if wants_help(args):
         print(format_options(EXPORT_OPTIONS, "export", "Merge a run's LoRA/IA3 adapter into the base weights "
-                                                        "(or copy full weights) and save a standalone "
+                                                        "(full weights as they are) and save a standalone "
                                                         "Hugging Face model folder."), end="")
         return
     values = parse_key_values(args, EXPORT_OPTIONS, "export")
+    if values["format"] not in EXPORT_FORMATS:
+        raise ExportError(f"format is '{values['format']}'; valid: {', '.join(EXPORT_FORMATS)}")
+    if values["format"] == "gguf":
+        out = export_gguf(values["run_dir"], values["out"], dtype=values["gguf.dtype"],
+                          overwrite=values["overwrite"], force=values["force"])
+        print(f"exported to {out} (llama.cpp: llama-cli -m {out}; transformers: gguf_file=)")
+        return
     out = export_run(values["run_dir"], values["out"], overwrite=values["overwrite"], force=values["force"])
     print(f"exported to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")

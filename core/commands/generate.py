@@ -28,10 +28,11 @@ GENERATE_OPTIONS = {
     **{k: v for k, v in COMMON_OPTIONS.items() if k != "run_dir"},
 }
 def build_prompt(loaded: LoadedRun, messages: list[dict]) -> str:
-    """The conversation rendered exactly as training rendered prompts, ending with the generation prompt."""
+    """The conversation rendered exactly as training rendered prompts, ending with the generation prompt
+    (the saved tokenizer carries the run's chat template)."""
     from tuneforge.data import render_prompt
 
-    return render_prompt(loaded.tokenizer, messages, loaded.chat_template)
+    return render_prompt(loaded.tokenizer, messages)
 
 
 def _stop_token_ids(model, tokenizer) -> list[int]:

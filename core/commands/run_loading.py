@@ -1,12 +1,15 @@
 """A run directory turned back into a model the way the run built it (``generate``, ``chat``,
 ``eval``, ``export``):
 
-1. ``config.yaml`` names the model source; the base model is loaded through
-   the plugin registry (:func:`tuneforge.training.model_io.load_model_from_config`),
-   so a run on a third-party model source needs that plugin installed;
-2. ``model/`` holds what the run's adapter saved, loaded back onto the base;
-3. the tokenizer saved in ``model/`` is used, and prompts are rendered with the
-   same chat template as training.
+1. ``config.yaml`` names the adapter (``adapter.name``) and the model source;
+   both are looked up in the plugin registry, so a run made with a
+   third-party adapter or model source needs that plugin installed;
+2. ``model/`` holds what the run's adapter saved; the adapter spec's ``load``
+   puts it back (onto the base model, loaded through
+   :func:`tuneforge.training.model_io.load_model_from_config`, when the
+   adapter needs one);
+3. the tokenizer saved in ``model/`` is used; it carries the chat template
+   the training data was rendered with.
 
 Importing this module is cheap: torch and transformers are imported inside the
 functions that need them.
@@ -72,26 +75,6 @@ def run_status(run_dir) -> Optional[str]:
         return None
 
 
-def is_peft_adapter(model_dir) -> bool:
-    """True when ``model_dir`` holds a PEFT adapter rather than full weights."""
-    return (Path(model_dir) / "adapter_config.json").is_file()
-
-
-def run_chat_template(cfg) -> Optional[str]:
-    """The chat template the run's dataset used instead of the tokenizer's (None: the tokenizer's)."""
-    data = cfg.get("data") or {}
-    return data.get("chat_template") or None
-
-
-def resolved_chat_template(tokenizer, chat_template: Optional[str]) -> Optional[str]:
-    """The Jinja text of the template prompts are rendered with (``data.chat_template`` may be a name or a path)."""
-    try:
-        from tuneforge.data import resolve_chat_template
-    except ImportError:  # a tuneforge.data where data.chat_template is always the Jinja text itself
-        return chat_template or getattr(tokenizer, "chat_template", None)
-    return resolve_chat_template(tokenizer, chat_template)
-
-
 def plugins_for_run(cfg):
     """The plugin manager with the run's plugin switches (plus the environment's)."""
     from tuneforge.host.plugin_manager import PluginSelection, create_plugin_manager
@@ -117,30 +100,42 @@ def load_run_tokenizer(run_dir, cfg):
     return tokenizer
 
 
-def load_run_model(run_dir, cfg, plugins=None):
-    """The tuned model of a run, in eval mode on the CPU: base + PEFT adapter, or the full weights."""
-    from tuneforge.training.model_io import load_model_from_config, load_tuned_model
+def run_adapter_spec(run_dir, cfg, plugins):
+    """The :class:`~tuneforge.specs.AdapterSpec` the run was trained with (its ``adapter.name``)."""
+    from tuneforge.errors import PluginError
 
-    model_dir = Path(run_dir).expanduser() / "model"
-    if not is_peft_adapter(model_dir) and not (model_dir / "config.json").is_file():
-        raise RunDirectoryError(f"{model_dir}: holds neither a PEFT adapter (adapter_config.json) nor full "
-                                "weights (config.json)")
-    base = None
-    if is_peft_adapter(model_dir):
-        base, _ = load_model_from_config(plugins or plugins_for_run(cfg), cfg.model)
-    model = load_tuned_model(base, model_dir, trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
+    name = (cfg.get("adapter") or {}).get("name")
+    if not name:
+        raise RunDirectoryError(f"{Path(run_dir).expanduser() / 'config.yaml'}: has no adapter.name, so how "
+                                "model/ was saved is unknown")
+    try:
+        return plugins["adapter"].get(name)
+    except PluginError:
+        raise RunDirectoryError(f"run_dir={run_dir} was trained with adapter '{name}', which no installed plugin "
+                                f"provides (installed: {', '.join(plugins['adapter'].names())}); install the "
+                                f"plugin that contributes adapter '{name}' to load its model/") from None
+
+
+def load_run_model(run_dir, cfg, plugins=None):
+    """The tuned model of a run, in eval mode on the CPU, loaded by the run's adapter spec."""
+    from tuneforge.training.model_io import load_model_from_config, load_saved_model, needs_base_model
+
+    plugins = plugins or plugins_for_run(cfg)
+    spec = run_adapter_spec(run_dir, cfg, plugins)
+    base = load_model_from_config(plugins, cfg.model)[0] if needs_base_model(spec) else None
+    model = load_saved_model(spec, base, Path(run_dir).expanduser() / "model",
+                             trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
     model.eval()
     return model
 
 
 @dataclass
 class LoadedRun:
-    """A run's tuned model, tokenizer and the chat template its training used."""
+    """A run's tuned model and its tokenizer (which carries the chat template training used)."""
 
     model: Any
     tokenizer: Any
     config: Any
-    chat_template: Optional[str]
     device: Any
 
 
@@ -162,8 +157,7 @@ def load_run(run_dir, force: bool = False, device: str = "auto") -> LoadedRun:
     target = resolve_device(device)
     tokenizer = load_run_tokenizer(run_dir, cfg)
     model = load_run_model(run_dir, cfg).to(target)
-    return LoadedRun(model=model, tokenizer=tokenizer, config=cfg, chat_template=run_chat_template(cfg),
-                     device=target)
+    return LoadedRun(model=model, tokenizer=tokenizer, config=cfg, device=target)
 
 
 # --------------------------------------------------------------------------- generation

@@ -1,11 +1,13 @@
 """Turning records into training examples: reading, formatting, masking, caching, splitting, batching.
 
 The pipeline is: records (dicts, each remembering ``file:line``; see
-:mod:`tuneforge.data.sources`) -> a deterministic train/validation split ->
-a format (alpaca, chat, completion, preference; see
-:mod:`tuneforge.data.formats`) -> token ids plus labels where only assistant
-tokens carry loss -> an on-disk cache (:mod:`tuneforge.data.cache`) -> padded
-batches (:func:`pad_batch`), or packed rows (:mod:`tuneforge.data.packing`).
+:mod:`tuneforge.data.sources`) -> every record normalized to its format
+(alpaca, chat with or without tool calls, completion, preference; see
+:mod:`tuneforge.data.formats`) in file order, so the first bad one is
+reported -> a deterministic train/validation split -> token ids plus labels
+where only assistant tokens carry loss -> an on-disk cache
+(:mod:`tuneforge.data.cache`) -> padded batches (:func:`pad_batch`), or packed
+rows (:mod:`tuneforge.data.packing`).
 
 This module is the public helper API for dataset plugins: a plugin reads its
 records (:func:`read_records`, :func:`read_hf` or its own code) and hands them
@@ -37,17 +39,25 @@ from tuneforge.data.formats import (
     IGNORE_INDEX,
     Sample,
     assistant_spans,
+    SUPPORTED_LAYOUTS,
     check_columns,
+    check_length_options,
     detect_format,
     has_chat_template,
+    log_length_summary,
+    message_text,
     normalize,
+    normalize_records,
     render_prompt,
     resolve_chat_template,
+    template_supports_tools,
     to_messages,
     tokenize_messages,
     tokenize_records,
     tokenize_sample,
+    tokenize_samples,
     tokenize_text,
+    tool_messages_as_text,
 )
 from tuneforge.data.sources import (
     Record,
@@ -65,11 +75,12 @@ log = logging.getLogger("tuneforge")
 
 __all__ = [
     "ALPACA_PROMPT", "CHATML_TEMPLATE", "DATA_CONFIG_FIELDS", "DataConfig", "DataSplits", "FORMATS",
-    "IGNORE_INDEX", "Record", "Sample", "assistant_spans", "cache_key", "check_columns", "default_cache_dir",
-    "detect_format", "has_chat_template", "hub_reachable", "normalize", "pad_batch", "prepare_splits",
-    "read_csv", "read_hf", "read_json", "read_jsonl", "read_parquet", "read_records", "records_fingerprint",
-    "render_prompt", "resolve_chat_template", "split_records", "to_messages", "tokenize_messages",
-    "tokenize_records", "tokenize_sample", "tokenize_text", "tokenizer_fingerprint",
+    "IGNORE_INDEX", "Record", "SUPPORTED_LAYOUTS", "Sample", "assistant_spans", "cache_key", "check_columns",
+    "default_cache_dir", "detect_format", "has_chat_template", "hub_reachable", "message_text", "normalize", "normalize_records",
+    "pad_batch", "prepare_splits", "read_csv", "read_hf", "read_json", "read_jsonl", "read_parquet",
+    "read_records", "records_fingerprint", "render_prompt", "resolve_chat_template", "split_records",
+    "template_supports_tools", "to_messages", "tokenize_messages", "tokenize_records", "tokenize_sample",
+    "tokenize_text", "tokenizer_fingerprint", "tool_messages_as_text",
 ]
 
 
@@ -80,11 +91,20 @@ class DataSplits:
     ``stats`` holds ``train_records``, ``val_records``, ``train_examples``,
     ``val_examples``, ``truncated``, ``dropped``, ``formats`` (examples per
     format) and ``cache`` (``hit``, ``miss`` or ``off``).
+
+    ``chat_template`` is the Jinja text the examples were rendered with when
+    the dataset chose one (e.g. ``data.chat_template``; see
+    :func:`resolve_chat_template`), or None when the tokenizer's own template
+    (or, without one, the Alpaca prompt) was used.  The run renders
+    evaluation prompts with it and saves it as the chat template of the
+    tokenizer in ``model/``, so ``generate``, ``chat`` and ``export``
+    render prompts as training did.
     """
 
     train: list
     val: list
     stats: dict = field(default_factory=dict)
+    chat_template: Optional[str] = None
 
 
 #: documentation of the :class:`DataConfig` fields, reused in the docstrings of its subclasses
@@ -93,8 +113,8 @@ DATA_CONFIG_FIELDS = """
         ``preference``.
     columns: a mapping canonical field -> your records' key, for data with other key
         names, e.g. ``data.columns={instruction: question, output: answer}`` (null: none).  Canonical fields: instruction, input,
-        output, system, messages, conversations, text, prompt, chosen, rejected, and role,
-        content (the keys inside each message).
+        output, system, messages, conversations, text, prompt, chosen, rejected, tools, and
+        role, content (the keys inside each message).
     val_fraction: share of the records held out for validation when no separate
         validation data is given (at least one record when > 0).
     val_size: number of records held out instead of ``val_fraction`` (0: none).
@@ -161,16 +181,28 @@ def split_records(records: list, *, val_fraction: float = 0.1, val_size: Optiona
 
 def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records: Optional[Sequence[Record]] = None,
                    origin: str = "data") -> DataSplits:
-    """Split, shuffle, limit, tokenize (or load from the cache) and count: the shared dataset loader.
+    """Validate, split, shuffle, limit, tokenize (or load from the cache) and count: the shared dataset loader.
 
     ``records`` are the training records (the validation split is carved out
     of them unless ``val_records`` are given); ``config`` carries the
     :class:`DataConfig` fields (a subclass of it, or any object: absent fields
     take their defaults); ``origin`` names the data in error messages.
+
+    Every record is normalized in file order (``records``, then
+    ``val_records``) before the shuffle, and the used ones are tokenized in
+    that order too, so an error always names the first bad record of the file.
     """
     if not records:
         raise DataError(f"{origin}: no records found")
     config = _Options(config)
+    check_length_options(config.max_length, config.truncation)
+    columns = check_columns(config.columns)
+    in_file_order = list(records) + list(val_records or [])
+    samples = normalize_records(in_file_order, config.format, columns)
+    position, sample_of = {}, {}
+    for index, (record, sample) in enumerate(zip(in_file_order, samples)):
+        position.setdefault(id(record), index)
+        sample_of.setdefault(id(record), sample)
     if val_records is None:
         train_records, val_records = split_records(list(records), val_fraction=config.val_fraction,
                                                    val_size=config.val_size, seed=config.seed,
@@ -185,8 +217,9 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
         train_records = train_records[: config.max_examples]
     options = dict(fmt=config.format, max_length=config.max_length, truncation=config.truncation,
                    chat_template=config.chat_template, train_on_inputs=config.train_on_inputs,
-                   columns=check_columns(config.columns))
+                   columns=columns)
 
+    chosen_template = resolve_chat_template(tokenizer, config.chat_template) if config.chat_template else None
     path, cached = None, None
     if config.cache:
         key = cache_key(records=records_fingerprint(train_records, val_records),
@@ -197,34 +230,38 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
         cached = load_cached(path)
     if cached is not None:
         train, val, counts = cached["train"], cached["val"], cached["counts"]
+        dropped = cached.get("dropped", [])
         cache_state = "hit"
     else:
-        train, train_counts = tokenize_records(train_records, tokenizer, **options)
-        val, val_counts = tokenize_records(val_records, tokenizer, **options)
-        counts = {"truncated": train_counts["truncated"] + val_counts["truncated"],
-                  "dropped": train_counts["dropped"] + val_counts["dropped"],
-                  "formats": {f: train_counts["formats"].get(f, 0) + val_counts["formats"].get(f, 0)
-                              for f in {**train_counts["formats"], **val_counts["formats"]}}}
+        # tokenize in file order (an error names the first bad record), then put each example in its split
+        slots = train_records + val_records
+        order = sorted(range(len(slots)), key=lambda k: position[id(slots[k])])
+        tokenized, counts, dropped = tokenize_samples(
+            [(slots[k], sample_of[id(slots[k])]) for k in order], tokenizer, max_length=config.max_length,
+            truncation=config.truncation, chat_template=config.chat_template,
+            train_on_inputs=config.train_on_inputs)
+        results = [None] * len(slots)
+        for k, example in zip(order, tokenized):
+            results[k] = example
+        train = [example for example in results[: len(train_records)] if example is not None]
+        val = [example for example in results[len(train_records):] if example is not None]
         if train and val and ("chosen_input_ids" in train[0]) != ("chosen_input_ids" in val[0]):
             raise DataError(f"{origin}: the training records are {train[0]['format']} ({train[0]['source']}) but "
                             f"the validation records are {val[0]['format']} ({val[0]['source']}); use one kind")
         cache_state = "off"
         if path is not None:
             cache_state = "miss"
-            save_cached(path, {"train": train, "val": val, "counts": counts})
+            save_cached(path, {"train": train, "val": val, "counts": counts, "dropped": dropped})
     if not train:
         hint = " or set data.truncation=truncate" if config.truncation == "drop" else ""
         raise DataError(f"{origin}: no training example left: all {len(train_records)} were dropped as longer "
                         f"than data.max_length={config.max_length} (raise it{hint})")
     stats = {"train_records": len(train_records), "val_records": len(val_records), "train_examples": len(train),
              "val_examples": len(val), **counts, "cache": cache_state}
-    if counts["truncated"] or counts["dropped"]:
-        log.warning("data: %d example(s) truncated and %d dropped for exceeding data.max_length=%d "
-                    "(data.truncation=%s)", counts["truncated"], counts["dropped"], config.max_length,
-                    config.truncation)
+    log_length_summary(counts, dropped, config.max_length, config.truncation)
     log.info("data: %d train / %d val examples, formats %s, cache %s", len(train), len(val),
              counts["formats"], cache_state + (f" ({path})" if path else ""))
-    return DataSplits(train=train, val=val, stats=stats)
+    return DataSplits(train=train, val=val, stats=stats, chat_template=chosen_template)
 
 
 class _Options:

@@ -7,28 +7,46 @@ normalized into a :class:`Sample` of one of four formats:
   -> a system/user/assistant conversation;
 * ``chat``: OpenAI ``messages`` [{role, content}] or ShareGPT ``conversations``
   [{from, value}] (roles ``human``/``gpt``/``system`` accepted), optional
-  top-level ``system``;
+  top-level ``system``; tool calling in both spellings (OpenAI ``tool_calls``
+  and ``role: tool``, ShareGPT ``function_call``/``observation`` turns) with a
+  top-level ``tools`` list;
 * ``completion``: ``text`` (continued pre-training: every token trained);
-* ``preference``: ``prompt`` + ``chosen`` + ``rejected``, each a string or a
-  message list.
+* ``preference``: ``chosen`` + ``rejected`` (each a string, a message list or
+  one message object) with the prompt in ``prompt``, ``conversations``/``messages``
+  (LLaMA-Factory) or ``instruction`` (+ ``input``).
+
+KTO data (``kto_tag``, or a true/false ``label``, per record) and multimodal
+records are refused: there is no loss that could use the labels, and SFT would
+train on the answers marked undesirable.
+
+Tool calls are normalized to one representation: an assistant message with
+``tool_calls`` = ``[{"type": "function", "function": {"name", "arguments": {...}},
+"id"?}]`` (``content`` a string, often empty), tool results as
+``{"role": "tool", "content", "tool_call_id"?, "name"?}``, and the tools as
+``[{"type": "function", "function": {schema}}]`` in :attr:`Sample.tools`.
 
 Conversations are rendered with the tokenizer's chat template; ``data.chat_template``
 supplies one for a tokenizer that has none (and replaces the tokenizer's own
-when set).  Labels
+when set).  A template that handles tools (its source names ``tools`` or
+``tool_calls``) gets them as they are (``tools=`` of ``apply_chat_template``);
+for any other template tool calls are written as text first
+(:func:`tool_messages_as_text`).  Labels
 are ``IGNORE_INDEX`` (-100) outside assistant turns; every assistant turn (and
-the end-of-turn marker the template writes after it) is trained, and an EOS
-token closes the final target when the template does not write one.
+the end-of-turn marker the template writes after it) is trained, tool-call
+turns included, and an EOS token closes the final target when the template
+does not write one.  Tool results and the tools list are never trained.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tuneforge.data.sources import Record
+from tuneforge.data.sources import Record, json_problem
 from tuneforge.errors import DataError
 
 log = logging.getLogger("tuneforge")
@@ -48,13 +66,23 @@ NAMED_TEMPLATES = {"chatml": CHATML_TEMPLATE}
 FORMATS = ("auto", "alpaca", "chat", "completion", "preference")
 #: field names ``data.columns`` may map (canonical name -> the record's own key)
 RECORD_FIELDS = ("instruction", "input", "output", "system", "messages", "conversations", "text", "prompt",
-                 "chosen", "rejected")
+                 "chosen", "rejected", "tools")
 MESSAGE_FIELDS = ("role", "content")
-#: accepted message roles (OpenAI and ShareGPT spellings) -> role given to the chat template
+#: accepted message roles (OpenAI and ShareGPT spellings) -> role in the normalized conversation;
+#: a ShareGPT ``function_call`` turn becomes an assistant message with ``tool_calls``
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
-                "gpt": "assistant"}
-_FORMAT_HELP = ("'messages' or 'conversations' (chat), 'instruction' + 'output' (alpaca), 'text' (completion), "
-                "'prompt' + 'chosen' + 'rejected' (preference)")
+                "gpt": "assistant", "function_call": "assistant", "tool": "tool", "observation": "tool",
+                "function": "tool"}
+#: the record layouts tuneforge trains, as named in errors about other layouts
+SUPPORTED_LAYOUTS = ("supported layouts: chat ('messages' [{role, content}] or 'conversations' [{from, value}], "
+                     "tool calls included), alpaca ('instruction' + 'output'), completion ('text'), preference "
+                     "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo)")
+#: record keys of multimodal data (LLaMA-Factory), refused when they hold anything
+MEDIA_FIELDS = ("images", "videos", "audios")
+#: an unfilled template placeholder such as ``{{name}}`` in a target
+PLACEHOLDER = re.compile(r"\{\{[^{}\n]{0,80}\}\}")
+#: how many record locations a summary log line names
+SHOWN_PLACES = 5
 
 
 @dataclass
@@ -65,6 +93,8 @@ class Sample:
     ``chosen``/``rejected`` are the preference responses as message lists;
     ``text`` is the completion text.  ``plain`` marks single-turn records that
     may be rendered with :data:`ALPACA_PROMPT` when no chat template exists.
+    ``tools`` are the tool schemas the conversation may call
+    (``[{"type": "function", "function": {...}}]``), or None.
     """
 
     format: str
@@ -73,6 +103,7 @@ class Sample:
     chosen: Optional[list] = None
     rejected: Optional[list] = None
     plain: bool = False
+    tools: Optional[list] = None
 
 
 # ---------------------------------------------------------------------------
@@ -134,8 +165,21 @@ def detect_format(record: Record, columns: Optional[dict] = None) -> str:
     if "text" in keys:
         return "completion"
     raise DataError(f"{record.source}: cannot tell the record's format from its keys "
-                    f"{sorted(map(str, record.data))}; expected {_FORMAT_HELP} "
+                    f"{sorted(map(str, record.data))}; {SUPPORTED_LAYOUTS} "
                     "(map other key names with data.columns, or set data.format)")
+
+
+def _refuse_unsupported(record: Record, view: dict) -> None:
+    """KTO and multimodal records are errors whatever ``data.format`` says: nothing could train them right."""
+    field = "kto_tag" if "kto_tag" in view else "label" if isinstance(view.get("label"), bool) else None
+    if field:
+        raise DataError(f"{record.source}: KTO data ('{field}': true/false per record) is not supported: there is "
+                        f"no kto loss, and SFT would also train on the answers marked undesirable ({field}: false); "
+                        f"{SUPPORTED_LAYOUTS}")
+    media = next((key for key in MEDIA_FIELDS if view.get(key)), None)
+    if media:
+        raise DataError(f"{record.source}: multimodal records ('{media}') are not supported, only text; "
+                        f"{SUPPORTED_LAYOUTS}")
 
 
 # ---------------------------------------------------------------------------
@@ -155,15 +199,107 @@ def _string(record: Record, what: str, value: Any) -> str:
 
 
 def _content(record: Record, what: str, value: Any) -> str:
-    """Message content: a string, or OpenAI content parts ``[{"type": "text", "text": ...}]``."""
-    if isinstance(value, list) and value and all(
-            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-            for part in value):
-        value = "".join(part["text"] for part in value)
+    """Message content: a string, or OpenAI content parts ``[{"type": "text", "text": ...}]``.
+
+    A text part may name its text ``value`` instead of ``text`` (as some
+    converted datasets do); any other part (an image, ...) is an error naming it.
+    """
+    if isinstance(value, list):
+        texts = []
+        for i, part in enumerate(value):
+            if not isinstance(part, dict):
+                raise DataError(f"{record.source}: {what}[{i}] must be a text part {{\"type\": \"text\", \"text\": "
+                                f"...}}, got {type(part).__name__}")
+            if part.get("type") != "text":
+                raise DataError(f"{record.source}: {what}[{i}] is a {part.get('type')!r} part; only text parts "
+                                "({\"type\": \"text\", \"text\": ...}) are supported")
+            text = part.get("text", part.get("value"))
+            if not isinstance(text, str):
+                raise DataError(f"{record.source}: {what}[{i}] needs its text as a string in 'text' (or 'value'); "
+                                f"it has {sorted(map(str, part))}")
+            texts.append(text)
+        if texts:
+            value = "".join(texts)
     if not isinstance(value, str):
-        raise DataError(f"{record.source}: {what} must be a string (or a list of text parts), "
-                        f"got {type(value).__name__}")
+        got = "an empty list" if value == [] else type(value).__name__
+        raise DataError(f"{record.source}: {what} must be a string (or a list of text parts), got {got}")
     return _string(record, what, value)
+
+
+def _json_value(record: Record, what: str, value: Any) -> Any:
+    """``value`` itself, or parsed when it is a string (tool calls and tool lists are often JSON text)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{record.source}: {what} is not valid JSON ({json_problem(exc)})") from None
+    except RecursionError:
+        raise DataError(f"{record.source}: {what}: JSON nested too deeply") from None
+
+
+def _tool_calls(record: Record, what: str, value: Any) -> list[dict]:
+    """Normalize tool calls: OpenAI ``[{"type": "function", "function": {"name", "arguments"}, "id"}]`` or
+    bare ``{"name", "arguments"}`` objects (one or a list; ``arguments``, or ``parameters``, an object or
+    its JSON text; missing or empty: ``{}``)."""
+    calls = [value] if isinstance(value, dict) else value
+    if not isinstance(calls, list) or not calls:
+        raise DataError(f"{record.source}: {what} must be a tool call {{\"name\": ..., \"arguments\": {{...}}}} or a "
+                        f"non-empty list of them, got {'an empty list' if calls == [] else type(calls).__name__}")
+    normalized = []
+    for i, call in enumerate(calls):
+        where = f"{what}[{i}]" if isinstance(value, list) else what
+        function = call.get("function") if isinstance(call, dict) and "function" in call else call
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise DataError(f"{record.source}: {where} must be a tool call with a 'name' (OpenAI: "
+                            "{\"type\": \"function\", \"function\": {\"name\": ..., \"arguments\": ...}}), got "
+                            f"{sorted(map(str, function)) if isinstance(function, dict) else type(function).__name__}")
+        arguments = function.get("arguments", function.get("parameters"))  # Llama 3.1 writes 'parameters'
+        if arguments is None or arguments == "":
+            arguments = {}
+        arguments = _json_value(record, f"{where} arguments", arguments)
+        if not isinstance(arguments, dict):
+            raise DataError(f"{record.source}: {where} arguments must be a JSON object, got {type(arguments).__name__}")
+        entry = {"type": "function", "function": {"name": _string(record, f"{where} name", function["name"]),
+                                                  "arguments": arguments}}
+        if isinstance(call, dict) and isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        normalized.append(entry)
+    return normalized
+
+
+def _tools(record: Record, what: str, value: Any) -> Optional[list]:
+    """Normalize a ``tools`` field: a list of tool schemas, or its JSON text (LLaMA-Factory).
+
+    Bare schemas ``{"name", "description", "parameters"}`` are wrapped as
+    ``{"type": "function", "function": schema}``; empty means no tools (None).
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    tools = _json_value(record, f"field '{what}'", value)
+    tools = [tools] if isinstance(tools, dict) else tools
+    if not isinstance(tools, list):
+        raise DataError(f"{record.source}: field '{what}' must be a list of tool schemas (or its JSON text), "
+                        f"got {type(tools).__name__}")
+    normalized = []
+    for i, tool in enumerate(tools):
+        if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
+            normalized.append(tool if "type" in tool else {"type": "function", **tool})
+        elif isinstance(tool, dict) and isinstance(tool.get("name"), str):
+            normalized.append({"type": "function", "function": tool})
+        else:
+            raise DataError(f"{record.source}: field '{what}'[{i}] must be a tool schema with a 'name' (or "
+                            "{\"type\": \"function\", \"function\": {...}}), got "
+                            f"{sorted(map(str, tool)) if isinstance(tool, dict) else type(tool).__name__}")
+    return normalized or None
+
+
+def _tool_result(record: Record, what: str, value: Any) -> str:
+    """A tool's result as text: a string (or text parts), or a JSON value written as JSON."""
+    if isinstance(value, (dict, list, int, float, bool)) and not (
+            isinstance(value, list) and value and all(isinstance(p, dict) and p.get("type") == "text" for p in value)):
+        value = json.dumps(value, ensure_ascii=False)
+    return _content(record, what, value)
 
 
 def _require(record: Record, view: dict, fields: Sequence[str], fmt: str, columns: dict) -> None:
@@ -175,7 +311,14 @@ def _require(record: Record, view: dict, fields: Sequence[str], fmt: str, column
 
 
 def _message_list(record: Record, what: str, value: Any, columns: dict) -> list[dict]:
-    """Normalize a list of OpenAI ``{role, content}`` or ShareGPT ``{from, value}`` messages."""
+    """Normalize a list of OpenAI ``{role, content}`` or ShareGPT ``{from, value}`` messages.
+
+    Tool calling, in either spelling, becomes assistant messages with
+    ``tool_calls`` (OpenAI ``tool_calls`` / legacy ``function_call`` on an
+    assistant message; a ShareGPT ``function_call`` turn whose value is the call
+    as JSON) and ``tool`` messages (OpenAI ``role: tool``/``function``,
+    ShareGPT ``observation``), which must follow a tool call.
+    """
     if isinstance(value, str) and value.lstrip().startswith("["):  # e.g. a CSV cell holding JSON
         try:
             value = json.loads(value)
@@ -191,8 +334,9 @@ def _message_list(record: Record, what: str, value: Any, columns: dict) -> list[
         if not isinstance(message, dict):
             raise DataError(f"{record.source}: {where} must be an object with 'role' and 'content', "
                             f"got {type(message).__name__}")
-        if role_key in message and content_key in message:
-            role, content = message[role_key], message[content_key]
+        calls = message.get("tool_calls") or message.get("function_call")
+        if role_key in message and (content_key in message or calls):
+            role, content = message[role_key], message.get(content_key)
         elif "from" in message and "value" in message:
             role, content = message["from"], message["value"]
         else:
@@ -200,8 +344,27 @@ def _message_list(record: Record, what: str, value: Any, columns: dict) -> list[
                             f"'from' and 'value' (ShareGPT); it has {sorted(map(str, message))}")
         if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
             raise DataError(f"{record.source}: {where} has role {role!r}; valid: {', '.join(ROLE_ALIASES)}")
-        messages.append({"role": ROLE_ALIASES[role.lower()], "content": _content(record, f"{where} content",
-                                                                                 content)})
+        role = role.lower()
+        if role == "function_call":  # ShareGPT: the turn's value is the call (or a list of calls) as JSON
+            messages.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(
+                record, f"{where} value", _json_value(record, f"{where} value", content))})
+        elif ROLE_ALIASES[role] == "assistant" and calls:
+            key = "tool_calls" if message.get("tool_calls") else "function_call"
+            text = "" if content is None else _content(record, f"{where} content", content)
+            messages.append({"role": "assistant", "content": text,
+                             "tool_calls": _tool_calls(record, f"{where} {key}", calls)})
+        elif ROLE_ALIASES[role] == "tool":
+            if not messages or not (messages[-1].get("tool_calls") or messages[-1]["role"] == "tool"):
+                raise DataError(f"{record.source}: {where} is a tool result ({role!r}) that does not follow a tool "
+                                "call; put it after the assistant turn that calls the tool ('function_call' turn, "
+                                "or 'tool_calls')")
+            result = {"role": "tool", "content": _tool_result(record, f"{where} content", content)}
+            for key in ("tool_call_id", "name"):
+                if isinstance(message.get(key), str):
+                    result[key] = message[key]
+            messages.append(result)
+        else:
+            messages.append({"role": ROLE_ALIASES[role], "content": _content(record, f"{where} content", content)})
     return messages
 
 
@@ -232,7 +395,7 @@ def _chat(record: Record, view: dict, columns: dict) -> Sample:
                                                                  view["system"])})
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{record.source}: chat record has no assistant (or 'gpt') message to learn from")
-    return Sample("chat", messages=messages)
+    return Sample("chat", messages=messages, tools=_tools(record, _key("tools", columns), view.get("tools")))
 
 
 def _completion(record: Record, view: dict, columns: dict) -> Sample:
@@ -244,22 +407,47 @@ def _completion(record: Record, view: dict, columns: dict) -> Sample:
 
 
 def _response(record: Record, what: str, value: Any, prompt: list, columns: dict) -> list:
-    """A preference response as messages, with the prompt removed when the response repeats it."""
+    """A preference response as messages, with the prompt removed when the response repeats it.
+
+    ``value`` is a string, a message list, or one message object (LLaMA-Factory:
+    ``{"from": "gpt", "value": ...}``).
+    """
     if isinstance(value, str):
         return [{"role": "assistant", "content": _string(record, f"preference field '{what}'", value)}]
-    messages = _message_list(record, what, value, columns)
+    messages = _message_list(record, what, [value] if isinstance(value, dict) else value, columns)
     if messages[: len(prompt)] == prompt:
         messages = messages[len(prompt):]
     return messages
 
 
+def _system_first(record: Record, view: dict, columns: dict, prompt: list) -> list:
+    """``prompt`` with the top-level ``system`` field as its first message (unless it has one)."""
+    if view.get("system") and (not prompt or prompt[0]["role"] != "system"):
+        prompt.insert(0, {"role": "system", "content": _string(record, "field " + _name("system", columns),
+                                                               view["system"])})
+    return prompt
+
+
 def _preference(record: Record, view: dict, columns: dict) -> Sample:
+    """A preference pair; the prompt is ``prompt``, else ``conversations``/``messages``, else ``instruction``
+    (+ ``input``), else the part the ``chosen`` and ``rejected`` conversations share."""
     _require(record, view, ("chosen", "rejected"), "preference", columns)
     chosen_key, rejected_key = _key("chosen", columns), _key("rejected", columns)
     prompt_value = view.get("prompt")
-    if prompt_value is None:
+    conversation = next((k for k in ("conversations", "messages") if view.get(k) is not None), None)
+    if prompt_value is None and conversation:
+        # LLaMA-Factory (ShareGPT): the prompt turns in 'conversations', one message object per response
+        prompt = _system_first(record, view, columns,
+                               _message_list(record, _key(conversation, columns), view[conversation], columns))
+    elif prompt_value is None and view.get("instruction") is not None:
+        # LLaMA-Factory (Alpaca): instruction, optional input, chosen and rejected strings
+        text = _string(record, "preference field " + _name("instruction", columns), view["instruction"])
+        if view.get("input"):
+            text = f"{text}\n\n{_string(record, 'preference field ' + _name('input', columns), view['input'])}"
+        prompt = _system_first(record, view, columns, [{"role": "user", "content": text}])
+    elif prompt_value is None:
         # no prompt field: the prompt is what both full conversations share, up to the last user turn
-        if isinstance(view["chosen"], str) or isinstance(view["rejected"], str):
+        if isinstance(view["chosen"], (str, dict)) or isinstance(view["rejected"], (str, dict)):
             _require(record, view, ("prompt",), "preference", columns)
         chosen = _message_list(record, chosen_key, view["chosen"], columns)
         rejected = _message_list(record, rejected_key, view["rejected"], columns)
@@ -273,14 +461,11 @@ def _preference(record: Record, view: dict, columns: dict) -> Sample:
                             "chosen/rejected conversations do not start with a shared prompt")
         prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
     elif isinstance(prompt_value, str):
-        prompt = [{"role": "user", "content": _string(record, "preference field " + _name("prompt", columns),
-                                                      prompt_value)}]
-        if view.get("system"):
-            prompt.insert(0, {"role": "system", "content": _string(record, "field " + _name("system", columns),
-                                                                   view["system"])})
+        prompt = _system_first(record, view, columns, [{"role": "user", "content": _string(
+            record, "preference field " + _name("prompt", columns), prompt_value)}])
     else:
         prompt = _message_list(record, _key("prompt", columns), prompt_value, columns)
-    if prompt_value is not None:
+    if prompt_value is not None or conversation or view.get("instruction") is not None:
         chosen = _response(record, chosen_key, view["chosen"], prompt, columns)
         rejected = _response(record, rejected_key, view["rejected"], prompt, columns)
     for what, response in ((chosen_key, chosen), (rejected_key, rejected)):
@@ -290,8 +475,10 @@ def _preference(record: Record, view: dict, columns: dict) -> Sample:
         raise DataError(f"{record.source}: the preference prompt must end with a user message, not an "
                         "assistant one")
     plain = ([m["role"] for m in prompt if m["role"] != "system"] == ["user"]
-             and len(chosen) == 1 and len(rejected) == 1)
-    return Sample("preference", messages=prompt, chosen=chosen, rejected=rejected, plain=plain)
+             and len(chosen) == 1 and len(rejected) == 1 and not chosen[0].get("tool_calls")
+             and not rejected[0].get("tool_calls"))
+    return Sample("preference", messages=prompt, chosen=chosen, rejected=rejected, plain=plain,
+                  tools=_tools(record, _key("tools", columns), view.get("tools")))
 
 
 _NORMALIZERS = {"alpaca": _alpaca, "chat": _chat, "completion": _completion, "preference": _preference}
@@ -303,6 +490,7 @@ def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None)
     if fmt not in FORMATS:
         raise DataError(f"data.format is '{fmt}'; valid: {', '.join(FORMATS)}")
     view = _view(record, columns)
+    _refuse_unsupported(record, view)
     fmt = detect_format(record, columns) if fmt == "auto" else fmt
     return _NORMALIZERS[fmt](record, view, columns)
 
@@ -348,51 +536,131 @@ def has_chat_template(tokenizer, chat_template: Optional[str] = None) -> bool:
     return bool(getattr(tokenizer, "chat_template", None) or chat_template)
 
 
-def _render(tokenizer, messages: list[dict], template: str, generation_prompt: bool) -> str:
+#: fallback rendering of tools (a template that does not handle them): the text before the tool schemas,
+#: which follow one JSON object a line, then :data:`TOOLS_END`
+TOOLS_PREAMBLE = ("You can call these tools. To call one, reply with "
+                  '<tool_call>{"name": <tool name>, "arguments": <arguments object>}</tool_call>.\n<tools>\n')
+TOOLS_END = "\n</tools>"
+
+
+def template_supports_tools(template: str) -> bool:
+    """Whether a chat template handles tools itself: its Jinja source names ``tools`` or ``tool_calls``."""
+    return bool(re.search(r"\btool_calls\b|\btools\b", template))
+
+
+def _has_tool_parts(messages: Sequence[dict], tools: Optional[list]) -> bool:
+    return bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def message_text(message: dict) -> str:
+    """A message's text; an assistant tool-call turn's is its content, a newline when that is not empty,
+    then ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` per call, one a line (the fallback
+    rendering, also used as the reference text of such a turn by quality checks and evaluators)."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message["content"]
+    text = "\n".join("<tool_call>" + _json_text({"name": call["function"]["name"],
+                                                 "arguments": call["function"]["arguments"]}) + "</tool_call>"
+                     for call in calls)
+    return (message["content"] + "\n" if message["content"] else "") + text
+
+
+def tool_messages_as_text(messages: Sequence[dict], tools: Optional[list] = None) -> list[dict]:
+    """A tool-calling conversation as plain ``{role, content}`` messages, for templates without tool support.
+
+    * ``tools``: the system message gets :data:`TOOLS_PREAMBLE`, each tool
+      schema as one line of JSON, and :data:`TOOLS_END`, after its own content
+      and a blank line (a system message holding just that is added when there
+      is none);
+    * an assistant message with ``tool_calls``: its content, a newline when the
+      content is not empty, then ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+      per call, one a line;
+    * tool results: each run of consecutive ``tool`` messages becomes one
+      ``user`` message of ``<tool_response>{content}</tool_response>`` lines.
+
+    JSON is written with ``json.dumps(..., ensure_ascii=False)``.
+    """
+    out: list[dict] = []
+    for message in messages:
+        if message["role"] == "tool":
+            text = f"<tool_response>{message['content']}</tool_response>"
+            if out and out[-1].get("_tool_results"):
+                out[-1]["content"] += "\n" + text
+            else:
+                out.append({"role": "user", "content": text, "_tool_results": True})
+        elif message.get("tool_calls"):
+            out.append({"role": "assistant", "content": message_text(message)})
+        else:
+            out.append({"role": message["role"], "content": message["content"]})
+    for message in out:
+        message.pop("_tool_results", None)
+    if tools:
+        listing = TOOLS_PREAMBLE + "\n".join(_json_text(tool) for tool in tools) + TOOLS_END
+        if out and out[0]["role"] == "system":
+            out[0]["content"] = (out[0]["content"] + "\n\n" if out[0]["content"] else "") + listing
+        else:
+            out.insert(0, {"role": "system", "content": listing})
+    return out
+
+
+def _render(tokenizer, messages: list[dict], template: str, generation_prompt: bool,
+            tools: Optional[list] = None) -> str:
+    """Render with ``template``; tool calls go to a template that handles them, else through
+    :func:`tool_messages_as_text`."""
     from jinja2.exceptions import TemplateError
 
+    if _has_tool_parts(messages, tools) and not template_supports_tools(template):
+        messages, tools = tool_messages_as_text(messages, tools), None
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                             chat_template=template)
+        return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                             add_generation_prompt=generation_prompt, chat_template=template)
     except TemplateError as exc:
         raise DataError(f"the chat template rejected the conversation ({exc})") from None
 
 
-def render_prompt(tokenizer, messages: list[dict], chat_template: Optional[str] = None) -> str:
+def render_prompt(tokenizer, messages: list[dict], chat_template: Optional[str] = None,
+                  tools: Optional[list] = None) -> str:
     """The text a model sees before it answers: the messages plus the generation prompt.
 
     Uses the same template as training (:func:`resolve_chat_template`: the
-    given ``chat_template``, else the tokenizer's); without any, the Alpaca
+    given ``chat_template``, else the tokenizer's) and the same tool rendering
+    (``tools``: the example's tool schemas); without any template, the Alpaca
     prompt of the system and user contents.
     """
     template = resolve_chat_template(tokenizer, chat_template)
     if template:
-        return _render(tokenizer, messages, template, True)
+        return _render(tokenizer, messages, template, True, tools)
     user = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
     return ALPACA_PROMPT.format(instruction=user)
 
 
-def assistant_spans(tokenizer, messages: list[dict], template: str, train_from: int = 0) -> tuple[str, list]:
+def assistant_spans(tokenizer, messages: list[dict], template: str, train_from: int = 0,
+                    tools: Optional[list] = None) -> tuple[str, list]:
     """Render a conversation and find the character spans of its assistant turns.
 
     Returns ``(text, [(start, end), ...])`` for the assistant messages at index
-    ``train_from`` or later.  A turn's span runs from the end of the generation
-    prompt before it to the end of the render that includes it, so the
-    end-of-turn marker is trained too.
+    ``train_from`` or later (tool-call turns included).  A turn's span runs
+    from the end of the generation prompt before it to the end of the render
+    that includes it, so the end-of-turn marker is trained too.  ``tools`` are
+    rendered with every prefix (so they stay in the masked prompt).
     """
-    text = _render(tokenizer, messages, template, False)
+    text = _render(tokenizer, messages, template, False, tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or i < train_from:
             continue
-        upto = _render(tokenizer, messages[: i + 1], template, False)
+        upto = _render(tokenizer, messages[: i + 1], template, False, tools)
         candidates = []
         try:
-            candidates.append(_render(tokenizer, messages[:i], template, True))
+            candidates.append(_render(tokenizer, messages[:i], template, True, tools))
         except Exception:  # some templates cannot render an empty or assistant-ending prefix
             pass
         if i:
-            candidates.append(_render(tokenizer, messages[:i], template, False))
+            candidates.append(_render(tokenizer, messages[:i], template, False, tools))
         before = next((c for c in candidates if upto.startswith(c)), "" if not i else None)
         if before is None or not text.startswith(upto):
             raise DataError("the chat template does not render conversations prefix by prefix, so assistant "
@@ -438,7 +706,8 @@ def _label_spans(tokenizer, text: str, spans: list, *, special_tokens: bool,
 
 
 def tokenize_messages(tokenizer, messages: list[dict], *, chat_template: Optional[str] = None,
-                      train_on_inputs: bool = False, train_from: int = 0, plain: bool = False) -> dict:
+                      train_on_inputs: bool = False, train_from: int = 0, plain: bool = False,
+                      tools: Optional[list] = None) -> dict:
     """Tokenize a conversation; labels are ``IGNORE_INDEX`` outside the trained assistant turns.
 
     ``chat_template`` is the template to use instead of the tokenizer's
@@ -446,12 +715,13 @@ def tokenize_messages(tokenizer, messages: list[dict], *, chat_template: Optiona
     ``train_from`` skips assistant turns before that message index (a
     preference prompt).  ``plain=True`` allows single-turn conversations to use
     :data:`ALPACA_PROMPT` when no template exists; otherwise that is an error.
+    ``tools`` are the conversation's tool schemas (see :func:`assistant_spans`).
     An end-of-sequence token is appended when the final assistant turn does
     not already contain one, so every target is closed.
     """
     template = resolve_chat_template(tokenizer, chat_template)
     if template:
-        text, spans = assistant_spans(tokenizer, messages, template, train_from)
+        text, spans = assistant_spans(tokenizer, messages, template, train_from, tools)
         special = False
     elif plain:
         text, spans = _plain_spans(tokenizer, messages[:-1], messages[-1]["content"])
@@ -486,26 +756,134 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
     ``chosen_input_ids``, ``chosen_labels``, ``rejected_input_ids``,
     ``rejected_labels`` (prompt tokens always masked), plus ``input_ids`` /
     ``labels`` equal to the chosen ones (so SFT losses and perplexity run on
-    the chosen answer) and ``messages`` = prompt + chosen response.
+    the chosen answer) and ``messages`` = prompt + chosen response.  Samples
+    with tools also get ``tools`` (the schemas, for rendering prompts later).
     """
     if sample.format == "completion":
         return dict(tokenize_text(tokenizer, sample.text), text=sample.text)
+    extra = {"tools": sample.tools} if sample.tools else {}
     if sample.format == "preference":
         out = {}
         for side, response in (("chosen", sample.chosen), ("rejected", sample.rejected)):
             encoded = tokenize_messages(tokenizer, sample.messages + response, chat_template=chat_template,
-                                        train_from=len(sample.messages), plain=sample.plain)
+                                        train_from=len(sample.messages), plain=sample.plain, tools=sample.tools)
             out[f"{side}_input_ids"], out[f"{side}_labels"] = encoded["input_ids"], encoded["labels"]
         out["input_ids"], out["labels"] = list(out["chosen_input_ids"]), list(out["chosen_labels"])
         out["messages"] = sample.messages + sample.chosen
-        return out
+        return dict(out, **extra)
     encoded = tokenize_messages(tokenizer, sample.messages, chat_template=chat_template,
-                                train_on_inputs=train_on_inputs, plain=sample.plain)
-    return dict(encoded, messages=sample.messages)
+                                train_on_inputs=train_on_inputs, plain=sample.plain, tools=sample.tools)
+    return dict(encoded, messages=sample.messages, **extra)
 
 
 def _sequence_keys(example: dict) -> list:
     return [k for k in example if k.endswith(("input_ids", "labels"))]
+
+
+def _places(sources: Sequence[str], shown: int = SHOWN_PLACES) -> str:
+    """The first ``shown`` record locations, comma-separated, and how many more there are."""
+    text = ", ".join(sources[:shown])
+    return text + (f" and {len(sources) - shown} more" if len(sources) > shown else "")
+
+
+def _targets(sample: Sample) -> list[str]:
+    """The texts a sample trains on as answers (assistant contents; not completion text)."""
+    if sample.format == "completion":
+        return []
+    messages = (sample.chosen or []) + (sample.rejected or []) if sample.format == "preference" else sample.messages
+    return [m["content"] for m in messages if m["role"] == "assistant"]
+
+
+def normalize_records(records: Sequence[Record], fmt: str = "auto", columns: Optional[dict] = None) -> list[Sample]:
+    """Normalize records in the order given (file order), so an error names the first bad record.
+
+    Also an error: preference records mixed with other formats (naming the
+    first record of each kind).  Assistant targets holding unfilled template
+    placeholders (``{{name}}``) are logged as ONE warning line with their count
+    and first locations.
+    """
+    columns = check_columns(columns)
+    samples, first_of_kind, placeholders, example = [], {}, [], None
+    for record in records:
+        sample = normalize(record, fmt, columns)
+        kind = "preference" if sample.format == "preference" else "supervised"
+        first_of_kind.setdefault(kind, record.source)
+        if len(first_of_kind) > 1:
+            raise DataError(f"{record.source}: preference records cannot be mixed with other formats in one "
+                            f"dataset (first preference record: {first_of_kind.get('preference')}, first "
+                            f"other: {first_of_kind.get('supervised')})")
+        found = next((m for m in map(PLACEHOLDER.search, _targets(sample)) if m), None)
+        if found:
+            placeholders.append(record.source)
+            example = example or found.group(0)
+        samples.append(sample)
+    if placeholders:
+        log.warning("data: %d of %d records have targets with unfilled template placeholders like %r (%s); the "
+                    "model would learn to write them: fill them in (ignore this if the braces are meant literally)",
+                    len(placeholders), len(samples), example, _places(placeholders))
+    return samples
+
+
+def check_length_options(max_length: Any, truncation: Any) -> None:
+    """``data.max_length`` is an integer >= 2 and ``data.truncation`` is ``truncate`` or ``drop``."""
+    if truncation not in ("truncate", "drop"):
+        raise DataError(f"data.truncation is '{truncation}'; valid: truncate, drop")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise DataError(f"data.max_length is {max_length!r}; it must be an integer of at least 2")
+
+
+def tokenize_samples(pairs: Sequence[tuple], tokenizer, *, max_length: int = 1024, truncation: str = "truncate",
+                     chat_template: Optional[str] = None, train_on_inputs: bool = False) -> tuple[list, dict, list]:
+    """Tokenize ``(record, sample)`` pairs in order; returns ``(results, counts, dropped)``.
+
+    ``results`` is aligned with ``pairs``: an example (see
+    :func:`tokenize_records`) or None where the example was dropped;
+    ``dropped`` lists ``[source, reason]`` per dropped example, the reason
+    ``"too long"`` (``truncation="drop"``) or ``"prompt fills max_length"`` (a
+    truncated example with nothing left to train).
+    """
+    check_length_options(max_length, truncation)
+    results, formats, truncated, dropped = [], {}, 0, []
+    for record, sample in pairs:
+        try:
+            example = tokenize_sample(tokenizer, sample, chat_template=chat_template,
+                                      train_on_inputs=train_on_inputs)
+        except DataError as exc:
+            raise DataError(f"{record.source}: {exc}") from None
+        keys = _sequence_keys(example)
+        was_cut = False
+        if any(len(example[k]) > max_length for k in keys):
+            if truncation == "drop":
+                dropped.append([record.source, "too long"])
+                results.append(None)
+                continue
+            was_cut = True
+            example.update({k: example[k][:max_length] for k in keys})
+        untrained = [k for k in keys if k.endswith("labels") and all(t == IGNORE_INDEX for t in example[k])]
+        if untrained and was_cut:
+            # the prompt alone fills max_length: nothing left to learn from, so leave it out (counted)
+            dropped.append([record.source, "prompt fills max_length"])
+            results.append(None)
+            continue
+        if untrained:
+            raise DataError(f"{record.source}: no token of '{untrained[0]}' is trained (the chat template "
+                            "renders no assistant text to learn from)")
+        truncated += was_cut
+        example.update(record=record.data, source=record.source, format=sample.format)
+        formats[sample.format] = formats.get(sample.format, 0) + 1
+        results.append(example)
+    return results, {"truncated": truncated, "dropped": len(dropped), "formats": formats}, dropped
+
+
+def log_length_summary(counts: dict, dropped: Sequence, max_length: int, truncation: str) -> None:
+    """ONE log line for the truncated and dropped examples: their counts and the first dropped locations."""
+    if not counts["truncated"] and not counts["dropped"]:
+        return
+    filled = sum(reason == "prompt fills max_length" for _, reason in dropped)
+    why = f"; {filled} of them because the prompt alone fills the limit" if filled else ""
+    where = f": {_places([source for source, _ in dropped])}" if dropped else ""
+    log.warning("data: %d example(s) truncated and %d dropped at data.max_length=%d (data.truncation=%s%s)%s",
+                counts["truncated"], counts["dropped"], max_length, truncation, why, where)
 
 
 def tokenize_records(records: Sequence[Record], tokenizer, *, fmt: str = "auto", max_length: int = 1024,
@@ -515,53 +893,21 @@ def tokenize_records(records: Sequence[Record], tokenizer, *, fmt: str = "auto",
 
     Each example holds its tokenized fields (see :func:`tokenize_sample`) plus
     ``record`` (the raw dict), ``source`` (``file:line``) and ``format``.
+    Records are normalized first, in order (:func:`normalize_records`), so the
+    first bad record is the one reported.
     ``truncation="truncate"`` cuts over-long sequences at ``max_length``;
     ``"drop"`` leaves the example out.  Both are counted in ``counts``
-    (``truncated``, ``dropped``, and ``formats``: examples per format).  A
+    (``truncated``, ``dropped``, and ``formats``: examples per format) and
+    summarised in one log line naming the first dropped records.  A
     truncated example whose prompt fills ``max_length`` has nothing left to
-    train on and is dropped (counted, and logged with its source).  An
+    train on and is dropped (counted).  An
     example with no trained token without truncation, or a split mixing
     preference and other records, is an error naming the record.
     """
-    if truncation not in ("truncate", "drop"):
-        raise DataError(f"data.truncation is '{truncation}'; valid: truncate, drop")
-    if not isinstance(max_length, int) or max_length < 2:
-        raise DataError(f"data.max_length is {max_length!r}; it must be an integer of at least 2")
-    columns = check_columns(columns)
-    examples, formats, truncated, dropped = [], {}, 0, 0
-    first_of_kind: dict = {}
-    for record in records:
-        sample = normalize(record, fmt, columns)
-        try:
-            example = tokenize_sample(tokenizer, sample, chat_template=chat_template,
-                                      train_on_inputs=train_on_inputs)
-        except DataError as exc:
-            raise DataError(f"{record.source}: {exc}") from None
-        kind = "preference" if sample.format == "preference" else "supervised"
-        first_of_kind.setdefault(kind, record.source)
-        if len(first_of_kind) > 1:
-            raise DataError(f"{record.source}: preference records cannot be mixed with other formats in one "
-                            f"dataset (first preference record: {first_of_kind.get('preference')}, first "
-                            f"other: {first_of_kind.get('supervised')})")
-        keys = _sequence_keys(example)
-        was_cut = False
-        if any(len(example[k]) > max_length for k in keys):
-            if truncation == "drop":
-                dropped += 1
-                continue
-            was_cut = True
-            example.update({k: example[k][:max_length] for k in keys})
-        untrained = [k for k in keys if k.endswith("labels") and all(t == IGNORE_INDEX for t in example[k])]
-        if untrained and was_cut:
-            # the prompt alone fills max_length: nothing left to learn from, so leave it out (counted)
-            dropped += 1
-            log.warning("%s: dropped: its prompt fills all data.max_length=%d tokens", record.source, max_length)
-            continue
-        if untrained:
-            raise DataError(f"{record.source}: no token of '{untrained[0]}' is trained (the chat template "
-                            "renders no assistant text to learn from)")
-        truncated += was_cut
-        example.update(record=record.data, source=record.source, format=sample.format)
-        formats[sample.format] = formats.get(sample.format, 0) + 1
-        examples.append(example)
-    return examples, {"truncated": truncated, "dropped": dropped, "formats": formats}
+    check_length_options(max_length, truncation)
+    samples = normalize_records(records, fmt, columns)
+    results, counts, dropped = tokenize_samples(list(zip(records, samples)), tokenizer, max_length=max_length,
+                                                truncation=truncation, chat_template=chat_template,
+                                                train_on_inputs=train_on_inputs)
+    log_length_summary(counts, dropped, max_length, truncation)
+    return [example for example in results if example is not None], counts

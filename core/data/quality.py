@@ -8,7 +8,8 @@ balance.  :func:`check` turns the serious problems into one
 
 Examples are compared by their normalised prompt + target text (lowercase,
 whitespace collapsed): the prompt is every message but the final assistant
-turn, the target is that turn.  Examples without ``messages`` (raw token
+turn, the target is that turn (a tool-call turn's text includes its calls,
+see :func:`tuneforge.data.message_text`).  Examples without ``messages`` (raw token
 datasets) are compared by their token ids.
 """
 
@@ -18,7 +19,7 @@ import statistics
 from collections import Counter
 from typing import Optional, Sequence
 
-from tuneforge.data import IGNORE_INDEX
+from tuneforge.data import IGNORE_INDEX, message_text
 from tuneforge.errors import DataError
 
 
@@ -32,8 +33,8 @@ def prompt_and_target(example: dict) -> tuple[str, str]:
     if messages:
         final = messages[-1] if messages[-1]["role"] == "assistant" else None
         prompt_turns = messages[:-1] if final else messages
-        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in prompt_turns)
-        return prompt, final["content"] if final else ""
+        prompt = "\n".join(f"{m['role']}: {message_text(m)}" for m in prompt_turns)
+        return prompt, message_text(final) if final else ""
     ids = example.get("input_ids", [])
     labels = example.get("labels", [])
     return " ".join(map(str, ids)), " ".join(str(t) for t in labels if t != IGNORE_INDEX)

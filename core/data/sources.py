@@ -41,6 +41,16 @@ class Record:
     source: str
 
 
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """What a JSON parse error says, with its column: ``Expecting ',' delimiter at column 42``.
+
+    Some of Python's messages already end in "at" (``Unterminated string
+    starting at``, ``Invalid control character at``); that word is not repeated.
+    """
+    message = exc.msg[: -len(" at")] if exc.msg.endswith(" at") else exc.msg
+    return f"{message} at column {exc.colno}"
+
+
 def _check_object(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
         raise DataError(f"{where}: expected a JSON object (a record with named fields), "
@@ -66,7 +76,7 @@ def read_jsonl(path: str | Path) -> list[Record]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                raise DataError(f"{path}:{lineno}: invalid JSON ({json_problem(exc)}); "
                                 "each line must be one JSON object") from None
             except RecursionError:
                 raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
@@ -91,7 +101,7 @@ def read_json(path: str | Path) -> list[Record]:
         value = json.loads(stripped)
     except json.JSONDecodeError as exc:
         line = exc.lineno + text[: len(text) - len(stripped)].count("\n")
-        raise DataError(f"{path}:{line}: invalid JSON ({exc.msg} at column {exc.colno}); "
+        raise DataError(f"{path}:{line}: invalid JSON ({json_problem(exc)}); "
                         "a .json file must hold an array of objects") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply") from None

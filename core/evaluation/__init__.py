@@ -7,8 +7,6 @@ Evaluator plugins import from here: ``from tuneforge.evaluation import generate_
 
 from tuneforge.evaluation.generation import (
     EvaluationPass,
-    current_pass,
-    evaluation_pass,
     few_shot_messages,
     generate,
     generate_predictions,
@@ -21,7 +19,7 @@ from tuneforge.evaluation.generation import (
 )
 
 __all__ = [
-    "EvaluationPass", "current_pass", "evaluation_pass", "few_shot_messages", "generate", "generate_predictions",
+    "EvaluationPass", "few_shot_messages", "generate", "generate_predictions",
     "merge_predictions", "model_device", "prompts_and_references", "record_predictions", "split_example",
     "with_few_shot",
 ]

@@ -1,69 +1,56 @@
 """Helpers for evaluator plugins: prompts, references, shared greedy generation, predictions.
 
 An evaluator (:class:`tuneforge.specs.EvaluatorSpec`) is called as
-``evaluate(model, tokenizer, examples, config) -> dict[str, float]``.  Each
-example is a dict with ``messages`` (the chat turns the example was trained
-on), ``record`` (the raw record) and ``source`` (``file:line``), besides its
-token ids.  For evaluation an example splits into
+``evaluate(model, tokenizer, examples, config, *, evaluation)`` (or without
+``evaluation`` when its signature does not take it).  Each example is a dict
+with ``messages`` (the chat turns the example was trained on), ``record``
+(the raw record) and ``source`` (``file:line``), besides its token ids.  For
+evaluation an example splits into
 
 * the **prompt**: ``messages`` without the final assistant turn, rendered with
-  the same chat template as training plus the generation prompt, optionally
-  preceded by few-shot turns from the evaluator's config; and
-* the **reference**: the content of that final assistant turn.
+  the same chat template (and tool rendering, from the example's ``tools``)
+  as training plus the generation prompt, optionally preceded by few-shot
+  turns from the evaluator's config; and
+* the **reference**: the content of that final assistant turn (with its tool calls
+  written as ``<tool_call>{json}</tool_call>`` lines when it makes any).
 
 The host runs all evaluators of one model state (``base`` before training,
-``tuned`` after) inside one :func:`evaluation_pass`.  Within a pass
-:func:`generate_predictions` generates each prompt once: every generation
-metric with the same prompts and ``max_new_tokens`` scores the same
-predictions.  The pass also keeps those predictions so the run can write
-``predictions.jsonl`` (prompt, reference, base output, tuned output).
-Outside a pass nothing is cached.
+``tuned`` after) in one :class:`EvaluationPass` and hands it to each
+evaluator as ``evaluation``.  Given that pass, :func:`generate_predictions`
+generates each prompt once: every generation metric with the same prompts and
+``max_new_tokens`` scores the same predictions; prompts are rendered with the
+pass's chat template; and the pass keeps the predictions so the run can write
+``predictions.jsonl`` (prompt, reference, base output, tuned output).  Called
+without a pass, the helpers share and keep nothing and render prompts with
+the tokenizer's own chat template.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
-from tuneforge.data import render_prompt
+from tuneforge.data import message_text, render_prompt
 from tuneforge.errors import ConfigError, DataError
 
 
 @dataclass
 class EvaluationPass:
-    """One evaluation of one model state.
+    """One evaluation of one model state, shared by the evaluators that run on it.
 
     ``label``: ``"base"``, ``"tuned"`` (or any name).  ``chat_template``: the
-    template the data was rendered with in training (``data.chat_template``;
-    None: the tokenizer's own).  ``predictions``: ``{(set, kind, key): rows}``
-    where each row has ``source``, ``prompt``, ``reference`` and ``output``.
+    Jinja text the data was rendered with in training
+    (:attr:`tuneforge.data.DataSplits.chat_template`; None: the tokenizer's
+    own).  ``predictions``: ``{(set, kind, key): rows}`` where each row has
+    ``source``, ``prompt``, ``reference`` and ``output``; it is also the
+    generation cache of the pass.  ``context``: reserved for the run context
+    (which process this is, the run directory); None when there is none.
     """
 
     label: str = "eval"
     chat_template: Optional[str] = None
     predictions: dict = field(default_factory=dict)
-
-
-_CURRENT: contextvars.ContextVar[Optional[EvaluationPass]] = contextvars.ContextVar(
-    "tuneforge_evaluation_pass", default=None)
-
-
-@contextlib.contextmanager
-def evaluation_pass(label: str = "eval", chat_template: Optional[str] = None) -> Iterator[EvaluationPass]:
-    """Run the evaluators of one model state inside this block: generations are shared."""
-    current = EvaluationPass(label=label, chat_template=chat_template)
-    token = _CURRENT.set(current)
-    try:
-        yield current
-    finally:
-        _CURRENT.reset(token)
-
-
-def current_pass() -> Optional[EvaluationPass]:
-    """The active :class:`EvaluationPass`, or None outside one."""
-    return _CURRENT.get()
+    context: Any = None
 
 
 # ---------------------------------------------------------------------------
@@ -72,14 +59,15 @@ def current_pass() -> Optional[EvaluationPass]:
 
 
 def split_example(example: dict) -> tuple[list, str]:
-    """``(prompt messages, reference)``: the messages without the final assistant turn, and its content."""
+    """``(prompt messages, reference)``: the messages without the final assistant turn, and its text
+    (:func:`tuneforge.data.message_text`: a tool-call turn's calls included)."""
     messages = example.get("messages")
     if not messages:
         raise DataError(f"{example.get('source', '<example>')}: the example has no 'messages'; generation and "
                         "choice evaluators need chat or instruction records")
     if messages[-1]["role"] != "assistant":
         return list(messages), ""
-    return list(messages[:-1]), messages[-1]["content"]
+    return list(messages[:-1]), message_text(messages[-1])
 
 
 def few_shot_messages(few_shot: Iterable) -> list:
@@ -109,15 +97,21 @@ def with_few_shot(messages: Sequence[dict], shots: Sequence[dict]) -> list:
 
 
 def prompts_and_references(tokenizer, examples: Sequence[dict], few_shot: Iterable = (),
-                           chat_template: Optional[str] = None) -> tuple[list, list]:
-    """Rendered prompt texts (generation prompt included) and reference texts of ``examples``."""
-    if chat_template is None and current_pass() is not None:
-        chat_template = current_pass().chat_template
+                           chat_template: Optional[str] = None, *,
+                           evaluation: Optional[EvaluationPass] = None) -> tuple[list, list]:
+    """Rendered prompt texts (generation prompt included) and reference texts of ``examples``.
+
+    The template is ``chat_template`` when given, else the one of
+    ``evaluation`` (the training data's), else the tokenizer's own.
+    """
+    if chat_template is None and evaluation is not None:
+        chat_template = evaluation.chat_template
     shots = few_shot_messages(few_shot)
     prompts, references = [], []
     for example in examples:
         messages, reference = split_example(example)
-        prompts.append(render_prompt(tokenizer, with_few_shot(messages, shots), chat_template))
+        prompts.append(render_prompt(tokenizer, with_few_shot(messages, shots), chat_template,
+                                     tools=example.get("tools")))
         references.append(reference)
     return prompts, references
 
@@ -169,31 +163,34 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
 
 
 def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_tokens: int = 64,
-                         batch_size: int = 8, few_shot: Iterable = (), set_name: str = "val") -> list:
+                         batch_size: int = 8, few_shot: Iterable = (), set_name: str = "val",
+                         evaluation: Optional[EvaluationPass] = None) -> list:
     """Rows ``{source, prompt, reference, output}`` for ``examples``, generated once per evaluation pass.
 
-    Inside an :func:`evaluation_pass` the result is cached by (set name,
-    rendered prompts, ``max_new_tokens``): a second generation evaluator with
-    the same settings gets the same rows without generating again.
+    With ``evaluation`` (the pass the host gave the evaluator) prompts use its
+    chat template and the rows are cached in it by (set name, rendered
+    prompts, ``max_new_tokens``): a second generation evaluator with the same
+    settings gets the same rows without generating again, and the rows go to
+    ``predictions.jsonl``.  Without it nothing is cached or kept.
     """
-    prompts, references = prompts_and_references(tokenizer, examples, few_shot)
+    prompts, references = prompts_and_references(tokenizer, examples, few_shot, evaluation=evaluation)
     key = (set_name, "generation", (tuple(prompts), int(max_new_tokens)))
-    active = current_pass()
-    if active is not None and key in active.predictions:
-        return active.predictions[key]
+    if evaluation is not None and key in evaluation.predictions:
+        return evaluation.predictions[key]
     outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = [{"source": ex.get("source", ""), "prompt": p, "reference": r, "output": o}
             for ex, p, r, o in zip(examples, prompts, references, outputs)]
-    if active is not None:
-        active.predictions[key] = rows
+    if evaluation is not None:
+        evaluation.predictions[key] = rows
     return rows
 
 
-def record_predictions(set_name: str, kind: str, key, rows: list) -> None:
-    """Keep ``rows`` (``source``, ``prompt``, ``reference``, ``output``) in the active pass for predictions.jsonl."""
-    active = current_pass()
-    if active is not None:
-        active.predictions[(set_name, kind, key)] = rows
+def record_predictions(set_name: str, kind: str, key, rows: list,
+                       evaluation: Optional[EvaluationPass] = None) -> None:
+    """Keep ``rows`` (``source``, ``prompt``, ``reference``, ``output``) in ``evaluation`` for predictions.jsonl
+    (without a pass they are not kept)."""
+    if evaluation is not None:
+        evaluation.predictions[(set_name, kind, key)] = rows
 
 
 def merge_predictions(passes: dict) -> list:

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from tuneforge.specs import HELD_OUT
+
 #: how many prediction rows the report shows (all are in predictions.jsonl)
 REPORT_PREDICTIONS = 10
 
@@ -66,22 +68,29 @@ def read_loss_curves(metrics_csv: Path) -> dict:
     return curves
 
 
-def overfitting_signal(curves: dict, tuned: dict) -> dict:
+def overfitting_signal(curves: dict, tuned: dict, metric_info: Optional[dict] = None) -> dict:
     """Train vs validation loss at the end of training and their gap (validation minus train).
 
     The train loss is the mean of the last tenth of logged steps; the
     validation loss is the last validation during training, or else the
-    held-out loss of the ``perplexity`` evaluator after training.
+    tuned value of the first held-out loss an evaluator declared
+    (``metric_info``: ``{metric: {"is_loss": True, "section": "held-out", ...}}``,
+    see :class:`tuneforge.specs.MetricInfo`).
     """
     train = [loss for _, loss in curves.get("train", [])]
     signal: dict = {"train_loss": None, "val_loss": None, "gap": None, "val_source": None}
     if train:
         tail = train[-max(1, len(train) // 10):]
         signal["train_loss"] = sum(tail) / len(tail)
+    held_out_losses = [name for name, info in sorted((metric_info or {}).items())
+                       if info.get("is_loss") and info.get("section", HELD_OUT) == HELD_OUT
+                       and tuned.get(name) is not None]
     if curves.get("val"):
         signal["val_loss"], signal["val_source"] = curves["val"][-1][1], "validation during training"
-    elif tuned.get("perplexity/loss") is not None:
-        signal["val_loss"], signal["val_source"] = tuned["perplexity/loss"], "perplexity evaluator after training"
+    elif held_out_losses:
+        name = held_out_losses[0]
+        signal["val_loss"] = tuned[name]
+        signal["val_source"] = f"{name.split('/')[0]} evaluator after training"
     if signal["train_loss"] is not None and signal["val_loss"] is not None:
         signal["gap"] = signal["val_loss"] - signal["train_loss"]
     return signal
@@ -185,27 +194,27 @@ def _short(text, limit: int = 160) -> str:
 
 def build_blocks(metrics: dict, *, config_yaml: str = "", predictions: Sequence[dict] = (),
                  images: Optional[dict] = None, title: str = "tuneforge run report") -> list:
-    """The report as blocks: ``("h1"|"h2"|"p", text)``, ``("table", header, rows)``,
-    ``("img", path, alt)``, ``("pre", text)``."""
+    """The report as blocks: ``("h1"|"h2"|"p", text)``, ``("ul", items)``, ``("table", header, rows)``,
+    ``("img", path, alt)``, ``("pre", text)``.
+
+    Evaluator metrics are grouped by their section (``metrics["metric_info"]``,
+    see :class:`tuneforge.specs.MetricInfo`): the held-out table first, then
+    one table per other section, e.g. ``forgetting``.
+    """
     images = images or {}
     blocks: list = [("h1", title)]
-    rows = comparison_rows(metrics)
+    sections = metric_sections(metrics)
     blocks.append(("h2", "Held-out metrics: base vs tuned"))
-    if rows:
-        val_rows = [r for r in rows if not r[0].startswith("forgetting/")]
-        blocks.append(("table", ["metric", "base", "tuned", "change"],
-                       [[n, _num(b), _num(t), _signed(c)] for n, b, t, c in val_rows]))
+    if sections.get(HELD_OUT):
+        blocks += _metric_table(sections[HELD_OUT], metrics)
     else:
-        blocks.append(("p", "No evaluator metrics."))
+        blocks.append(("p", "No held-out metrics." if sections else "No evaluator metrics."))
     if "metrics" in images:
         blocks.append(("img", images["metrics"], "per-metric bars, base vs tuned"))
-    forgetting = [r for r in rows if r[0].startswith("forgetting/")]
-    if forgetting:
-        blocks.append(("h2", "Forgetting (general reference set)"))
-        blocks.append(("p", "The same metrics on general tasks the base model already handles; a negative "
-                            "change is what fine-tuning cost."))
-        blocks.append(("table", ["metric", "base", "tuned", "change"],
-                       [[n, _num(b), _num(t), _signed(c)] for n, b, t, c in forgetting]))
+    for section, rows in sections.items():
+        if section != HELD_OUT:
+            blocks.append(("h2", section[:1].upper() + section[1:]))
+            blocks += _metric_table(rows, metrics)
 
     quality = metrics.get("quality")
     if quality:
@@ -264,6 +273,35 @@ def build_blocks(metrics: dict, *, config_yaml: str = "", predictions: Sequence[
     return blocks
 
 
+def metric_sections(metrics: dict) -> dict:
+    """``{section: [(metric, base, tuned, change)]}`` grouped by ``metrics["metric_info"]``
+    (a metric without info belongs to the held-out section), sections in order of first metric."""
+    info = metrics.get("metric_info") or {}
+    sections: dict = {}
+    for row in comparison_rows(metrics):
+        sections.setdefault((info.get(row[0]) or {}).get("section") or HELD_OUT, []).append(row)
+    return sections
+
+
+def _metric_table(rows: list, metrics: dict) -> list:
+    """The base/tuned/change table of ``rows``, then one line per metric that has a description or
+    where lower is better."""
+    info = metrics.get("metric_info") or {}
+    blocks: list = [("table", ["metric", "base", "tuned", "change"],
+                     [[n, _num(b), _num(t), _signed(c)] for n, b, t, c in rows])]
+    notes = []
+    for name, *_ in rows:
+        described = info.get(name) or {}
+        text = described.get("description") or ""
+        if described.get("higher_is_better") is False:
+            text = f"{text} (lower is better)" if text else "lower is better"
+        if text:
+            notes.append(f"{name}: {text}")
+    if notes:
+        blocks.append(("ul", notes))
+    return blocks
+
+
 def _md_cell(value) -> str:
     text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return text.replace("|", "\\|").replace("\n", "<br>")
@@ -279,6 +317,8 @@ def render_markdown(blocks: list) -> str:
             out.append(f"## {block[1]}\n")
         elif kind == "p":
             out.append(f"{block[1]}\n")
+        elif kind == "ul":
+            out.append("".join(f"- {_md_cell(item)}\n" for item in block[1]))
         elif kind == "table":
             header, rows = block[1], block[2]
             lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
@@ -307,6 +347,8 @@ def render_html(blocks: list) -> str:
         kind = block[0]
         if kind in ("h1", "h2", "p"):
             out.append(f"<{kind}>{esc(str(block[1]))}</{kind}>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{esc(str(item))}</li>" for item in block[1]) + "</ul>")
         elif kind == "table":
             head = "".join(f"<th>{esc(str(h))}</th>" for h in block[1])
             body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in block[2])

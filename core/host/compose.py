@@ -175,11 +175,13 @@ def _check_component(plugins: Plugins, group: str, path: str, node) -> None:
                               f"{did_you_mean(str(key), valid)}; valid keys: {', '.join(valid)}")
 
 
-def run_train(cfg, plugins: Plugins, run_dir: Optional[str] = None) -> dict:
+def run_train(cfg, plugins: Plugins, run_dir: Optional[str] = None, context=None) -> dict:
+    """Validate ``cfg`` and train into ``cfg.run_dir`` (else ``run_dir``); ``context``: the
+    :class:`~tuneforge.RunContext` of this process, detected by ``train`` when None."""
     from tuneforge.training.run import train
 
     validate(cfg, plugins)
     target = cfg.run_dir or run_dir
     if not target:
         raise ConfigError("no run directory: set run_dir=<dir>")
-    return train(cfg, plugins, Path(target))
+    return train(cfg, plugins, Path(target), context=context)

@@ -46,7 +46,8 @@ class FineTuneDataModule(pl.LightningDataModule):
         return self._packed
 
     def train_dataloader(self):
-        """Order depends only on (seed, epoch); the position is saved in checkpoints (exact resume)."""
+        """Order depends only on (seed, epoch); the position is saved in checkpoints (exact resume).
+        Each process reads its shard: the rank and world size are the trainer's."""
         config = self.loader_config
         dataset, collate, layout = self.splits.train, self.collate, "examples"
         if config.packing:
@@ -56,7 +57,9 @@ class FineTuneDataModule(pl.LightningDataModule):
         if config.group_by_length:
             lengths = dataset.lengths() if config.packing else [len(ex["input_ids"]) for ex in dataset]
             layout += " grouped by length"
-        sampler = ResumableSampler(len(dataset), self.seed, config.shuffle, config.batch_size, lengths=lengths)
+        sampler = ResumableSampler(len(dataset), self.seed, config.shuffle, config.batch_size,
+                                   rank=self.trainer.global_rank, world_size=self.trainer.world_size,
+                                   lengths=lengths)
         loader = ResumableDataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
                                      num_workers=config.num_workers,
                                      generator=torch.Generator().manual_seed(self.seed))

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 
-def save_model(adapter_spec, model, tokenizer, directory: Path) -> None:
-    """Save weights and tokenizer under a temporary name, then rename: never a half-written model/."""
+def save_model(adapter_spec, model, tokenizer, directory: Path, chat_template: Optional[str] = None) -> None:
+    """Save weights and tokenizer under a temporary name, then rename: never a half-written model/.
+
+    ``chat_template`` (the Jinja text the training data was rendered with,
+    :attr:`tuneforge.data.DataSplits.chat_template`) is saved as the
+    tokenizer's chat template, so whatever loads ``model/`` renders prompts
+    as training did; None keeps the tokenizer's own.
+    """
     import shutil
 
     tmp = directory.with_name(directory.name + ".tmp")
@@ -17,7 +24,7 @@ def save_model(adapter_spec, model, tokenizer, directory: Path) -> None:
             adapter_spec.save(model, str(tmp))
         else:
             model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+        _save_tokenizer(tokenizer, tmp, chat_template)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         from tuneforge.errors import TuneforgeError, is_disk_full
@@ -30,23 +37,55 @@ def save_model(adapter_spec, model, tokenizer, directory: Path) -> None:
     tmp.rename(directory)
 
 
-def load_tuned_model(base_model, model_dir: Path, trust_remote_code: bool = False):
-    """The trained model of a run: a PEFT adapter over ``base_model``, or the saved full weights
-    (``base_model`` may then be ``None``)."""
-    from tuneforge.errors import ModelError
+def _save_tokenizer(tokenizer, directory: Path, chat_template: Optional[str]) -> None:
+    """``tokenizer.save_pretrained`` with ``chat_template`` as its template (the tokenizer is left as it was)."""
+    if not chat_template:
+        tokenizer.save_pretrained(str(directory))
+        return
+    own = getattr(tokenizer, "chat_template", None)
+    tokenizer.chat_template = chat_template
+    try:
+        tokenizer.save_pretrained(str(directory))
+    finally:
+        tokenizer.chat_template = own
 
-    if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
 
-        return PeftModel.from_pretrained(base_model, str(model_dir))
-    if (model_dir / "config.json").is_file():
+def load_saved_model(adapter_spec, base_model, model_dir: Path, trust_remote_code: bool = False):
+    """The trained model of a run, from what :func:`save_model` wrote into ``model_dir``.
+
+    ``adapter_spec.load(base_model, model_dir)`` when the run's adapter gives
+    one (with ``base_model=None`` for a spec with ``needs_base=False``);
+    otherwise the full weights that the default save writes, read with
+    ``AutoModelForCausalLM.from_pretrained`` (``base_model`` is then not
+    needed; when given, its dtype is kept).
+    """
+    from tuneforge.errors import ModelError, TuneforgeError
+
+    try:
+        if adapter_spec.load is not None:
+            return adapter_spec.load(base_model if adapter_spec.needs_base else None, str(model_dir))
         from transformers import AutoModelForCausalLM
 
         dtype = base_model.dtype if base_model is not None else "auto"
         return AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=dtype,
                                                     trust_remote_code=trust_remote_code)
-    raise ModelError(f"{model_dir}: no trained model (expected adapter_config.json of a PEFT adapter or "
-                     "config.json of full weights); is the run finished?")
+    except TuneforgeError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{model_dir}: adapter '{adapter_spec.name}' cannot load the trained model saved "
+                         f"there ({first}); is the run finished?") from exc
+
+
+def needs_base_model(adapter_spec) -> bool:
+    """Whether :func:`load_saved_model` needs the run's base model for this adapter."""
+    return adapter_spec.load is not None and adapter_spec.needs_base
+
+
+def merge_model(adapter_spec, model):
+    """``adapter_spec.merge(model)`` (a plain ``transformers`` model), or ``model`` itself when the
+    adapter gives no ``merge``; raises the adapter's ``ModelError`` when it cannot be merged."""
+    return adapter_spec.merge(model) if adapter_spec.merge is not None else model
 
 
 def load_model_from_config(plugins, model_config):

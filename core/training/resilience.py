@@ -4,8 +4,9 @@
   depends only on (seed, epoch) and a loader whose position (epoch, batches
   consumed) is saved in every checkpoint, so a resumed run sees exactly the
   examples an uninterrupted run would have seen.  It shards by rank itself
-  under DDP, and can group items of similar length into the same batches
-  (``loader.group_by_length``); the items may be packed rows (``loader.packing``).
+  under DDP (rank and world size are given to it: the trainer's), and can group
+  items of similar length into the same batches (``loader.group_by_length``);
+  the items may be packed rows (``loader.packing``).
 * :class:`CheckpointAndInterrupt` - saves a checkpoint every N optimizer steps
   and at the end, keeps the last K, and turns SIGTERM/SIGINT into "finish this
   step, checkpoint, stop".
@@ -30,28 +31,28 @@ from tuneforge.training.checkpoint import CHECKPOINT_DIR, CheckpointError, check
 log = logging.getLogger("tuneforge")
 
 
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class ResumableSampler(Sampler):
     """Indices for one epoch: a permutation seeded by ``seed + epoch`` (or the identity),
-    padded to a multiple of the world size and strided by rank; can start mid-epoch.
+    padded to a multiple of ``world_size`` and strided by ``rank``; can start mid-epoch.
+
+    ``rank``/``world_size`` are this process's global rank and the number of
+    processes (``trainer.global_rank`` / ``trainer.world_size``).
 
     With ``lengths`` (one per item) the epoch's order is length-grouped
     (:func:`tuneforge.data.packing.length_grouped_order` over global batches of
-    ``batch_size x world size``): each rank's k-th batch is its slice of the
+    ``batch_size x world_size``): each rank's k-th batch is its slice of the
     same group of similar lengths.  The order still depends only on
     (seed, epoch), so resuming skips exactly the batches already done.
     """
 
-    def __init__(self, length: int, seed: int, shuffle: bool, batch_size: int,
-                 lengths: Optional[Sequence[int]] = None):
+    def __init__(self, length: int, seed: int, shuffle: bool, batch_size: int, rank: int = 0,
+                 world_size: int = 1, lengths: Optional[Sequence[int]] = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size} process(es)")
         if lengths is not None and len(lengths) != length:
             raise ValueError(f"{len(lengths)} lengths for {length} items")
         self.length, self.seed, self.shuffle, self.batch_size = length, seed, shuffle, batch_size
+        self.rank, self.world_size = rank, world_size
         self.lengths = None if lengths is None else list(lengths)
         self.epoch = 0
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches to skip)
@@ -68,12 +69,12 @@ class ResumableSampler(Sampler):
             order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
         else:
             order = list(range(self.length))
-        rank, world = _world()
+        world = self.world_size
         if self.lengths is not None:
             order = length_grouped_order(order, self.lengths, self.batch_size * world, seed=self.seed + epoch,
                                          shuffle=self.shuffle)
         padded = order + order[: (-len(order)) % world]
-        return padded[rank::world]
+        return padded[self.rank::world]
 
     def __iter__(self):
         indices = self.epoch_indices(self.epoch)
@@ -85,8 +86,7 @@ class ResumableSampler(Sampler):
         return iter(indices)
 
     def __len__(self) -> int:
-        _, world = _world()
-        return -(-self.length // world)
+        return -(-self.length // self.world_size)
 
 
 class ResumableDataLoader(DataLoader):

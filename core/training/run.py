@@ -13,7 +13,9 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from tuneforge.evaluation.runner import run_evaluators
+from tuneforge.context import RunContext
+from tuneforge.evaluation.runner import describe_metrics, run_evaluators
+from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
                                         resolved_config_yaml, write_json, write_outputs)
@@ -44,16 +46,22 @@ def join_predictions(base_rows: list, tuned_rows: list) -> list:
     return joined
 
 
-def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
+def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext] = None) -> dict:
     """Run one fine-tune described by ``cfg``; returns the final metrics.
+
+    ``context`` says which process this is (:class:`~tuneforge.RunContext`;
+    detected from the cluster environment when not given).  Under DDP every
+    process runs this function; only the main one (``context.is_main``)
+    writes the run directory.
 
     The run directory receives ``config.yaml`` (resolved), ``metrics.csv``,
     ``metrics.json`` (data quality, base and tuned evaluator results, training
     numbers), ``predictions.jsonl`` (prompt, reference, base and tuned output),
     ``report.md`` / ``report.html`` with ``metrics.png`` and
-    ``loss_curves.png``, ``model/`` (adapter in PEFT format, or full
-    safetensors weights, plus the tokenizer) and ``status.json``
-    (``running`` -> ``completed`` or ``failed``).
+    ``loss_curves.png``, ``model/`` (what the adapter saved, plus the
+    tokenizer with the data's chat template) and ``status.json``
+    (``running`` -> ``completed`` or ``failed``).  Then each selected
+    callback's ``on_run_end`` and the ``tuneforge_run_end`` hook run.
     """
     import lightning.pytorch as pl
     import torch
@@ -65,15 +73,21 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
     from tuneforge.training.resilience import CheckpointAndInterrupt
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rank_zero = is_rank_zero()
+    if context is None:
+        context = RunContext.detect(run_dir, cfg)
+    elif context.run_dir != run_dir:
+        raise ValueError(f"the run context is for {context.run_dir}, not {run_dir}")
+    context.check_process_count(cfg.trainer.devices, cfg.trainer.num_nodes)  # before any model loads
+    (log.info if context.world_size > 1 else log.debug)("process: %s", context.describe())
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     resume_from = prepare_run_dir(cfg, run_dir)
-    if rank_zero:
+    if context.is_main:
         (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
         write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
-    plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir)
+    plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
@@ -100,7 +114,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         quality.check(metrics["quality"], cfg.quality)
 
         loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss, _loss_context(plugins, tokenizer))
-        callbacks = [plugins["callbacks"].get(c.name).build(c) for c in cfg.callbacks.values()]
+        callbacks = [build_callback(spec, node, context) for spec, node in _callbacks(plugins, cfg)
+                     if spec.build is not None]
         throughput = token_counter()
 
         # Base-model evaluation happens once per run: a resumed run reuses the saved result.
@@ -109,9 +124,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
             saved = json.loads(base_file.read_text())
             metrics["base"], base_rows = saved["metrics"], saved["predictions"]
         else:
-            metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base")
+            metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base",
+                                                        chat_template=splits.chat_template, context=context)
             base_rows = merge_predictions({"base": base_pass})
-            if rank_zero:
+            if context.is_main:
                 write_json(base_file, {"metrics": metrics["base"], "predictions": base_rows})
         module = _fine_tune_module(model, loss_fn, cfg.optim, cfg.trainer.on_nonfinite_loss)
         datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed,
@@ -123,7 +139,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
         resumed_step = _checkpoint_step(resume_from) if resume_from else 0
         trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from), **_no_pickle(trainer))
-        if history and trainer.is_global_zero:  # Lightning's CSV logger starts a fresh file on resume
+        if history and context.is_main:  # Lightning's CSV logger starts a fresh file on resume
             keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
         if checkpointer.interrupted_by:
             status = "interrupted"
@@ -132,10 +148,12 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
-        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned")
+        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned",
+                                                      chat_template=splits.chat_template, context=context)
+        metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
         metrics["wall_time_s"] = time.time() - started
-        if trainer.is_global_zero:
-            save_model(adapter_spec, model, tokenizer, run_dir / "model")
+        if context.is_main:
+            save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
             write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")
         status = "completed"
@@ -147,11 +165,20 @@ def train(cfg: DictConfig, plugins, run_dir: Path) -> dict:
         error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise
     finally:
-        if rank_zero:
+        if context.is_main:
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
                                                  "wall_time_s": time.time() - started})
-        plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics)
+        for spec, node in _callbacks(plugins, cfg):
+            if spec.on_run_end is not None:
+                call_accepting(spec.on_run_end, config=node, metrics=metrics, status=status, run_dir=run_dir,
+                               context=context)
+        plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics, context=context)
+
+
+def _callbacks(plugins, cfg: DictConfig) -> list:
+    """``[(CallbackSpec, its own config node)]`` of the selected callbacks, in config order."""
+    return [(plugins["callbacks"].get(node.name), node) for node in cfg.callbacks.values()]
 
 
 def _no_pickle(trainer) -> dict:
@@ -183,11 +210,17 @@ def _loss_context(plugins, tokenizer):
         plugins, model_config))
 
 
-def is_rank_zero() -> bool:
-    """True in the process that writes the run directory (global rank 0, or no distributed launch)."""
-    import os
+def build_callback(spec, config, context: RunContext):
+    """``spec.build(config, context)`` when ``build`` takes a second parameter, else ``spec.build(config)``."""
+    import inspect
 
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+    try:
+        parameters = list(inspect.signature(spec.build).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: the documented minimum
+        return spec.build(config)
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_context = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    return spec.build(config, context) if takes_context else spec.build(config)
 
 
 def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop"):

@@ -86,7 +86,8 @@ def write_outputs(directory: Path, cfg: DictConfig, metrics: dict, predictions: 
 
     directory.mkdir(parents=True, exist_ok=True)
     if metrics_csv is not None:
-        metrics["overfitting"] = overfitting_signal(read_loss_curves(metrics_csv), metrics.get("tuned", {}))
+        metrics["overfitting"] = overfitting_signal(read_loss_curves(metrics_csv), metrics.get("tuned", {}),
+                                                    metrics.get("metric_info"))
     write_json(directory / "metrics.json", metrics)
     write_predictions(directory / "predictions.jsonl", predictions)
     write_report(directory, metrics, config_yaml=resolved_config_yaml(cfg), predictions=predictions,

@@ -1,0 +1,167 @@
+"""What every benchmarked system shares: the spec, the saved batches, the model, the result file.
+
+The orchestrator (``run.py``) writes into its work directory:
+
+* ``spec.json``  - model, optimizer, LoRA and timing settings (one dict, below: :func:`load_spec`);
+* ``batches.safetensors`` - the padded batches, in training order (``input_ids.<step>``,
+  ``attention_mask.<step>``, ``labels.<step>``), built once with tuneforge's data pipeline;
+* ``plan.json`` - per step: the example indices, the real (non-pad) token count and a digest
+  of the batch;
+* ``ordered.jsonl`` - the records of those batches, flattened in training order (what the
+  tuneforge run reads with ``loader.shuffle=false``).
+
+Each system runs in its own process (``python benchmarks/<system>.py <workdir> <result.json>``)
+and writes a result with :func:`write_result`: per-step losses, the ``time.perf_counter()`` at
+the end of every optimizer step, the digest of every batch it trained on, a checksum of the
+initial trainable weights and its peak RSS.  The orchestrator turns these into tokens/s after
+checking that every system trained on the same batches and got the same losses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+#: keys of one saved batch (the order matters for the digest)
+BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def load_spec(workdir) -> dict:
+    """``spec.json`` of a work directory (see ``run.py``: ``write_spec``)."""
+    return json.loads((Path(workdir) / "spec.json").read_text())
+
+
+def setup_process(spec: dict) -> None:
+    """Threads and seeds exactly as a tuneforge run sets them (``threads=``, ``seed_everything``).
+
+    Called first in every child so that loading the model and initialising the LoRA weights
+    consume the same random numbers in every system (the checksum in the result proves it).
+    """
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(int(spec["threads"]))
+    random.seed(spec["seed"])
+    np.random.seed(spec["seed"])
+    torch.manual_seed(spec["seed"])
+
+
+def load_batches(workdir) -> list:
+    """The saved batches, a list of ``{input_ids, attention_mask, labels}`` int64 tensors."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(workdir) / "batches.safetensors"))
+    steps = len({key.rsplit(".", 1)[1] for key in tensors})
+    return [{key: tensors[f"{key}.{step}"] for key in BATCH_KEYS} for step in range(steps)]
+
+
+def batch_digest(batch) -> str:
+    """A short hash of a batch's ``input_ids``, ``attention_mask`` and ``labels`` (names, shapes, values)."""
+    import torch
+
+    digest = hashlib.blake2b(digest_size=8)
+    for key in BATCH_KEYS:
+        if key not in batch:
+            continue
+        digest.update(key.encode())
+        tensor = batch[key].detach().to("cpu", torch.int64).contiguous()
+        digest.update(repr(tuple(tensor.shape)).encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def real_tokens(batch) -> int:
+    """Non-padding tokens of a batch: the sum of its attention mask (all of ``input_ids`` without one)."""
+    mask = batch.get("attention_mask") if hasattr(batch, "get") else None
+    if mask is not None:
+        return int(mask.sum())
+    return int(batch["input_ids"].numel())
+
+
+def load_model(spec: dict):
+    """The base model and tokenizer through the same model source a tuneforge run uses, then LoRA.
+
+    The model comes from tuneforge's ``tiny`` or ``hf`` source functions (so the weights,
+    e.g. SmolLM2 dequantised from its GGUF file, are bit-identical to the tuneforge run's);
+    the adapter is plain ``peft.get_peft_model`` with the spec's ``LoraConfig`` fields.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from tuneforge.plugins.models import HFModelConfig, TinyModelConfig, load_hf, load_tiny
+
+    source, fields = spec["model_source"], dict(spec["model_config"])
+    if source == "tiny":
+        model, tokenizer = load_tiny(TinyModelConfig(**fields))
+    elif source == "hf":
+        model, tokenizer = load_hf(HFModelConfig(**fields))
+    else:
+        raise SystemExit(f"benchmark: model source '{source}' is not supported; valid: tiny, hf")
+    lora = spec["lora"]
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora["r"],
+                                             lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
+                                             target_modules=lora["target_modules"], bias="none"))
+    model.train()
+    return model, tokenizer
+
+
+def trainable_checksum(model) -> list:
+    """``[count, sum, sum of squares]`` of the trainable weights (float64): equal LoRA initialisation."""
+    import torch
+
+    count, total, squares = 0, 0.0, 0.0
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                values = parameter.detach().to("cpu", torch.float64)
+                count += values.numel()
+                total += float(values.sum())
+                squares += float((values * values).sum())
+    return [count, total, squares]
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (``getrusage``; KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def versions() -> dict:
+    """Versions of the libraries that matter for the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "accelerate", "lightning", "trl", "tuneforge"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def write_result(path, system: str, *, losses, step_end, digests, init_checksum, tokens=None, extra=None) -> None:
+    """The result file a child hands back to the orchestrator.
+
+    ``losses``: the training loss of every optimizer step (per-token mean of the batch);
+    ``step_end``: ``time.perf_counter()`` right after each optimizer step; ``digests``:
+    :func:`batch_digest` of each step's batch; ``tokens``: real tokens of each step (only
+    needed when the batches are not the saved ones, i.e. the tuneforge variants).
+    """
+    result = {"system": system, "steps": len(step_end), "losses": [float(x) for x in losses],
+              "step_end": list(step_end), "digests": list(digests), "init_checksum": init_checksum,
+              "tokens": tokens, "peak_rss_mib": peak_rss_mib(), "versions": versions(), "pid": os.getpid(),
+              "finished_at": time.time(), **(extra or {})}
+    Path(path).write_text(json.dumps(result, indent=1))
+
+
+def child_args(argv) -> tuple:
+    """``<workdir> <result.json>`` from a child's command line."""
+    if len(argv) != 2:
+        raise SystemExit("usage: python benchmarks/<system>.py <workdir> <result.json> (started by benchmarks/run.py)")
+    return Path(argv[0]), Path(argv[1])

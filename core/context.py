@@ -1,0 +1,256 @@
+"""Who and where this process is: :class:`RunContext`, built once per run and passed explicitly.
+
+The ranks come from Lightning's cluster environments
+(``lightning.fabric.plugins.environments``), tried in the order Lightning's
+``Trainer`` tries them, so tuneforge and the trainer always agree:
+
+1. ``TorchElasticEnvironment`` - ``torchrun`` (``TORCHELASTIC_RUN_ID`` is set);
+   ranks from ``RANK``, ``LOCAL_RANK``, ``GROUP_RANK``, ``WORLD_SIZE``.
+2. ``SLURMEnvironment`` - a task started by ``srun``: ``SLURM_NTASKS`` is set
+   and the job is not interactive.  Ranks from ``SLURM_PROCID``,
+   ``SLURM_LOCALID``, ``SLURM_NODEID``, world size ``SLURM_NTASKS``.  As in
+   Lightning, a job named ``bash`` or ``interactive`` (``SLURM_JOB_NAME``,
+   e.g. ``salloc`` + ``srun --pty bash``) does *not* count as SLURM: inside
+   such a shell tuneforge, like Lightning, treats the process as a plain one
+   and Lightning starts the other processes itself.
+3. ``LSFEnvironment`` - ``jsrun`` on LSF (``LSB_JOBID``, ``JSM_NAMESPACE_*``).
+4. ``MPIEnvironment`` - ``mpirun`` with ``mpi4py`` installed and more than one
+   MPI process.
+5. otherwise ``LightningEnvironment``: a process started by hand, or one of
+   the processes Lightning's own DDP launcher starts.  Its local rank is
+   ``LOCAL_RANK`` and its node rank ``NODE_RANK`` (both 0 when unset, as in the
+   process the user started); the world size is ``WORLD_SIZE`` when the
+   launcher set it, else what ``trainer.devices`` x ``trainer.num_nodes``
+   will start.  A plain single-process run is rank 0 of 1.
+
+No other module of tuneforge reads rank environment variables: everything
+that needs to know whether it is the main process, or which device it
+evaluates on, receives the :class:`RunContext`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+from tuneforge.errors import ConfigError
+
+#: Lightning's cluster environments that start the processes themselves, in the order
+#: ``lightning.pytorch``'s accelerator connector tries them (the fallback is LightningEnvironment)
+CLUSTER_ENVIRONMENTS = ("TorchElasticEnvironment", "SLURMEnvironment", "LSFEnvironment", "MPIEnvironment")
+LIGHTNING_ENVIRONMENT = "LightningEnvironment"
+
+#: launcher name, and how to start ``devices`` processes per node on ``nodes`` nodes with it
+_LAUNCH_HINTS = {
+    "TorchElasticEnvironment": ("torchrun",
+                                "'torchrun --nproc_per_node={devices} --nnodes={nodes} -m tuneforge train ...'"),
+    "SLURMEnvironment": ("SLURM", "'srun --nodes={nodes} --ntasks-per-node={devices} tuneforge train ...'"),
+    "LSFEnvironment": ("LSF", "jsrun, {devices} task(s) per node on {nodes} node(s)"),
+    "MPIEnvironment": ("MPI", "mpirun, {devices} process(es) per node on {nodes} node(s)"),
+}
+
+
+class ProcessRanks(NamedTuple):
+    """The ranks of this process as the detected cluster environment reports them."""
+
+    global_rank: int
+    local_rank: int
+    node_rank: int
+    world_size: int
+    cluster_environment: str  #: class name of the Lightning cluster environment, e.g. "SLURMEnvironment"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who and where this process is in a run; one per process, passed to what needs it.
+
+    Under DDP every process runs the whole run flow (build, evaluation,
+    fit) with its own context; only the main process (``is_main``, global
+    rank 0) writes the run directory and prints.  Build it with
+    :meth:`detect`.
+    """
+
+    run_dir: Path
+    global_rank: int = 0
+    local_rank: int = 0
+    node_rank: int = 0
+    world_size: int = 1
+    #: torch device string this process evaluates on: ``cuda:<index>`` or ``cpu``
+    device: str = "cpu"
+    #: ``--debug``: show full tracebacks instead of one-line errors
+    debug: bool = False
+    #: the resolved run config (a read-only ``omegaconf.DictConfig``), or None
+    config: Any = field(default=None, repr=False, compare=False)
+    #: the Lightning cluster environment the ranks came from
+    cluster_environment: str = LIGHTNING_ENVIRONMENT
+
+    @property
+    def is_main(self) -> bool:
+        """True in exactly one process of a run: global rank 0, which writes the run directory."""
+        return self.global_rank == 0
+
+    @classmethod
+    def detect(cls, run_dir, config=None, *, debug: bool = False, accelerator: Optional[str] = None,
+               devices: Any = None, num_nodes: Optional[int] = None) -> "RunContext":
+        """The context of this process, from Lightning's cluster environment (see the module docstring).
+
+        ``accelerator``, ``devices`` and ``num_nodes`` default to
+        ``config.trainer``'s; they decide the evaluation device (``cuda:<local
+        rank>``, or the ``local rank``-th of an explicit GPU list, when the
+        trainer would use GPUs; else ``cpu``) and, without a cluster
+        environment, the world size.  Raises :class:`~tuneforge.ConfigError`
+        when the cluster environment's variables are inconsistent.
+        """
+        trainer = _select(config, "trainer") or {}
+        accelerator = str(accelerator if accelerator is not None else trainer.get("accelerator", "auto"))
+        devices = devices if devices is not None else trainer.get("devices", "auto")
+        num_nodes = int(num_nodes if num_nodes is not None else trainer.get("num_nodes", 1) or 1)
+        ranks = detect_ranks(accelerator, devices, num_nodes)
+        return cls(run_dir=Path(run_dir), global_rank=ranks.global_rank, local_rank=ranks.local_rank,
+                   node_rank=ranks.node_rank, world_size=ranks.world_size,
+                   device=evaluation_device(accelerator, devices, ranks.local_rank), debug=bool(debug),
+                   config=_read_only(config), cluster_environment=ranks.cluster_environment)
+
+    def check_process_count(self, devices: Any, num_nodes: Any) -> None:
+        """Stop (one line) when a cluster launcher started another number of processes than
+        ``trainer.devices`` x ``trainer.num_nodes``, naming the launcher flags that match.
+
+        Checked only when a cluster environment (torchrun, SLURM, LSF, MPI)
+        started the processes and both values are explicit (an integer, or a
+        list of device ids, and an integer): with ``devices=auto`` Lightning
+        decides itself.
+        """
+        if self.cluster_environment not in _LAUNCH_HINTS:
+            return
+        per_node, _ = device_request(devices)
+        if per_node is None or isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
+            return
+        expected = per_node * num_nodes
+        if expected == self.world_size:
+            return
+        launcher, hint = _LAUNCH_HINTS[self.cluster_environment]
+        raise ConfigError(
+            f"{launcher} started {self.world_size} process(es) but trainer.devices={devices} x "
+            f"trainer.num_nodes={num_nodes} needs {expected}; launch with "
+            f"{hint.format(devices=per_node, nodes=num_nodes)}, or set trainer.devices and trainer.num_nodes "
+            f"so that devices x num_nodes = {self.world_size}")
+
+    def describe(self) -> str:
+        """E.g. ``"rank 1 of 2 (node 0, local rank 1, SLURMEnvironment), evaluating on cpu"``."""
+        return (f"rank {self.global_rank} of {self.world_size} (node {self.node_rank}, local rank {self.local_rank}, "
+                f"{self.cluster_environment}), evaluating on {self.device}")
+
+
+def detect_ranks(accelerator: str = "auto", devices: Any = "auto", num_nodes: int = 1) -> ProcessRanks:
+    """This process's ranks from the first Lightning cluster environment whose ``detect()`` is true.
+
+    ``accelerator``/``devices``/``num_nodes`` (the trainer's) only matter
+    without a cluster environment, where they give the number of processes
+    Lightning's launcher will start.
+    """
+    from lightning.fabric.plugins import environments
+
+    for name in CLUSTER_ENVIRONMENTS:
+        env_type = getattr(environments, name)
+        if not env_type.detect():
+            continue
+        try:
+            env = env_type()
+            return ProcessRanks(int(env.global_rank()), int(env.local_rank()), int(env.node_rank()),
+                                int(env.world_size()), name)
+        except KeyError as exc:
+            raise ConfigError(f"{name} detected but the environment variable {exc} is not set; start the "
+                              f"processes with the cluster's launcher (srun, torchrun, jsrun, mpirun)") from exc
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{name}: {first}") from exc
+    env = environments.LightningEnvironment()
+    local_rank, node_rank = int(env.local_rank()), int(env.node_rank())
+    nodes = max(int(num_nodes), 1)
+    launched = os.environ.get("WORLD_SIZE")  # set by Lightning's launcher in the processes it starts
+    world_size = int(launched) if launched else _device_count(accelerator, devices) * nodes
+    per_node = max(world_size // nodes, 1)
+    return ProcessRanks(node_rank * per_node + local_rank, local_rank, node_rank, world_size, LIGHTNING_ENVIRONMENT)
+
+
+def evaluation_device(accelerator: str, devices: Any, local_rank: int) -> str:
+    """The torch device this process evaluates on: the GPU Lightning gives it, or ``cpu``.
+
+    With a GPU accelerator (``auto``, ``gpu``, ``cuda``) and CUDA available,
+    local rank ``r`` uses ``cuda:<devices[r]>`` for an explicit list of
+    device ids and ``cuda:<r>`` otherwise, as Lightning assigns them.
+    """
+    if str(accelerator) not in ("auto", "gpu", "cuda"):
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    _, ids = device_request(devices)
+    index = ids[local_rank] if ids and local_rank < len(ids) else local_rank
+    visible = torch.cuda.device_count()
+    if index >= visible:
+        raise ConfigError(f"this process (local rank {local_rank}) would use cuda:{index} but {visible} GPU(s) "
+                          f"are visible; start at most {visible} process(es) per node, or list "
+                          f"trainer.devices=[...] from the visible GPUs")
+    return f"cuda:{index}"
+
+
+def device_request(devices: Any) -> tuple[Optional[int], Optional[list]]:
+    """``(count per node, explicit ids)`` that ``trainer.devices`` asks for, as Lightning reads it.
+
+    ``2`` or ``"2"`` -> ``(2, None)``; ``[0, 3]`` or ``"0,3"`` -> ``(2, [0, 3])``;
+    ``"auto"`` or ``-1`` (Lightning decides) -> ``(None, None)``.
+    """
+    if isinstance(devices, bool):
+        return None, None
+    if isinstance(devices, int):
+        return (None, None) if devices < 0 else (devices, None)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            ids = [int(part) for part in text.split(",") if part.strip().lstrip("-").isdigit()]
+            return len(ids), ids
+        return (int(text), None) if text.isdigit() else (None, None)
+    try:
+        ids = [int(item) for item in devices]
+    except (TypeError, ValueError):
+        return None, None
+    return len(ids), ids
+
+
+def _device_count(accelerator: str, devices: Any) -> int:
+    """Processes per node that Lightning's launcher starts for ``devices`` (``auto``: every visible GPU, or 1)."""
+    count, _ = device_request(devices)
+    if count is not None:
+        return max(count, 1)
+    if str(accelerator) in ("auto", "gpu", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return max(torch.cuda.device_count(), 1)
+    return 1
+
+
+def _select(config, key: str):
+    if config is None:
+        return None
+    try:
+        return config.get(key)
+    except AttributeError:
+        return None
+
+
+def _read_only(config):
+    """A resolved, read-only copy of ``config`` (None stays None)."""
+    if config is None:
+        return None
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(config):
+        config = OmegaConf.create(config)
+    copy = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+    OmegaConf.set_readonly(copy, True)
+    return copy
