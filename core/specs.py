@@ -8,15 +8,19 @@ specs stay cheap to import.
 
 Every config dataclass must give every field a default, and must not declare a
 field called ``name``: the host adds ``name`` itself so that a saved config says
-which component produced it.
+which component produced it.  The work functions receive an instance of exactly
+this class (attribute access, plain ``list``/``dict`` values), built by the host
+from the resolved config before any model loads; a config class may check its
+values in ``__post_init__`` (see :mod:`tuneforge.validation`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Iterable, Optional
 
 
 def _check_config_class(kind: str, name: str, config: type) -> None:
@@ -34,7 +38,13 @@ def _check_config_class(kind: str, name: str, config: type) -> None:
 
 @dataclass(frozen=True)
 class _Spec:
-    """Common part of every spec: a unique name and its config dataclass."""
+    """Common part of every spec: a unique name and its config dataclass.
+
+    name: what users select on the command line (``adapter=<name>``): letters, digits, ``_``, ``-``.
+    config: the config dataclass; its fields become ``<group>.<field>`` keys, type-checked by Hydra,
+        documented by ``field: doc`` lines in its docstring, validated in ``__post_init__``.
+    description: one line for ``tuneforge plugins`` and ``tuneforge config groups``.
+    """
 
     kind: ClassVar[str] = "component"
     required: ClassVar[tuple[str, ...]] = ()
@@ -78,11 +88,26 @@ class DatasetSpec(_Spec):
     with -100 on tokens that carry no loss, optionally more keys such as
     ``chosen_input_ids``).  Bad records raise ``tuneforge.errors.DataError``
     naming file and line; none is dropped silently.
+
+    ``example_kinds(config) -> set of str or None`` (optional) says, cheaply and
+    before any model loads, which kinds of examples ``load`` will produce with
+    this config: the record formats of :mod:`tuneforge.data` (``alpaca``,
+    ``chat``, ``completion``, ``preference``) or names of the plugin's own.
+    ``None`` (or no callable) means "unknown".  The host calls it only when the
+    selected loss declares ``requires``, and refuses the run when a kind is not
+    one the loss accepts.  It may raise ``tuneforge.errors.DataError`` (e.g. an
+    unreadable first record), which is reported like a bad config value.
     """
 
     kind: ClassVar[str] = "dataset"
     required: ClassVar[tuple[str, ...]] = ("load",)
     load: Optional[Callable[[Any, Any], Any]] = None
+    example_kinds: Optional[Callable[[Any], Optional[Iterable[str]]]] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.example_kinds is not None and not callable(self.example_kinds):
+            raise TypeError(f"dataset '{self.name}': 'example_kinds' must be a callable or None")
 
 
 @dataclass(frozen=True)
@@ -101,7 +126,9 @@ class AdapterSpec(_Spec):
     ``export``.  ``base_model`` is the run's base model, freshly loaded from
     its model source, when ``needs_base`` is true (the default); with
     ``needs_base=False`` (self-contained weights) the host skips loading the
-    base and passes ``None``.  When ``load`` is omitted the host reads the
+    base and passes ``None``.
+
+    ``needs_base``: whether ``load`` needs the base model (default true).  When ``load`` is omitted the host reads the
     folder as full weights with
     ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` (what the
     default ``save`` writes for a plain ``transformers`` model) and
@@ -116,8 +143,8 @@ class AdapterSpec(_Spec):
     loaded model is exported as it is.
 
     ``supports_packing``: False for adapters whose model cannot take packed
-    batches (``loader.packing``: a 4D attention mask and per-example
-    ``position_ids``), e.g. ones that prepend virtual tokens.
+        batches (``loader.packing``: a 4D attention mask and per-example
+        ``position_ids``), e.g. ones that prepend virtual tokens.
     """
 
     kind: ClassVar[str] = "adapter"
@@ -139,16 +166,31 @@ class LossSpec(_Spec):
     ``tuneforge.losses.LossContext`` and ``loss_fn(model, batch) ->
     tuneforge.losses.LossOutput``.  The loss runs the forward pass itself, so
     objectives that need extra passes (a reference model, a teacher) fit the
-    same interface.  ``supports_packing``: True when the loss handles packed
-    batches (``loader.packing``), i.e. it builds its forward arguments with
-    ``tuneforge.losses.model_inputs(model, batch)``; ``loader.packing=true``
-    with any other loss is refused before the model loads.
+    same interface.
+
+    ``requires``: the example kinds the loss can train on, e.g.
+    ``("preference",)`` for a loss that needs chosen/rejected pairs (empty:
+    any).  When the dataset tells its kinds (``DatasetSpec.example_kinds``),
+    data with any other kind is refused before the model loads.
+
+    ``supports_packing``: True when the loss handles packed batches
+        (``loader.packing``), i.e. it builds its forward arguments with
+        ``tuneforge.losses.model_inputs(model, batch)``; ``loader.packing=true``
+        with any other loss is refused before the model loads.
     """
 
     kind: ClassVar[str] = "loss"
     required: ClassVar[tuple[str, ...]] = ("build",)
     build: Optional[Callable[[Any, Any], Callable]] = None
+    requires: tuple[str, ...] = ()
     supports_packing: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.requires, str) or not all(isinstance(k, str) and k for k in self.requires):
+            raise TypeError(f"loss '{self.name}': 'requires' must be a tuple of example kinds, "
+                            f"e.g. ('preference',), got {self.requires!r}")
+        object.__setattr__(self, "requires", tuple(self.requires))
 
 
 #: the :attr:`MetricInfo.section` of metrics on the held-out split (the report's first table)
@@ -160,15 +202,17 @@ class MetricInfo:
     """What one metric of an evaluator means, for the report and ``tuneforge compare``.
 
     ``name``: the key the evaluator's ``evaluate`` returns (``"loss"``, not
-    ``"perplexity/loss"``).  ``higher_is_better``: the direction of
-    improvement.  ``primary``: a headline metric; when any metric of a run is
-    primary, ``compare`` plots only the primary ones.  ``section``: the report
-    groups metrics by it (free text; ``"held-out"`` is the held-out split's
-    table, anything else, e.g. ``"forgetting"``, gets a table of its own).
-    ``description``: one line shown under the section's table.  ``is_loss``: a
-    held-out loss; the report's overfitting signal compares the first such
-    metric of section ``"held-out"`` with the training loss when no
-    validation ran during training.
+        ``"perplexity/loss"``).
+    ``higher_is_better``: the direction of improvement.
+    ``primary``: a headline metric; when any metric of a run is primary,
+        ``compare`` plots only the primary ones.
+    ``section``: the report groups metrics by it (free text; ``"held-out"`` is
+        the held-out split's table, anything else, e.g. ``"forgetting"``, gets a
+        table of its own).
+    ``description``: one line shown under the section's table.
+    ``is_loss``: a held-out loss; the report's overfitting signal compares the
+        first such metric of section ``"held-out"`` with the training loss when
+        no validation ran during training.
     """
 
     name: str
@@ -200,7 +244,11 @@ class EvaluatorSpec(_Spec):
 
     ``metrics``: :class:`MetricInfo` for the metrics ``evaluate`` returns
     (a metric without an entry counts as higher-is-better, section
-    ``"held-out"``).
+    ``"held-out"``).  An entry whose name holds a shell-style wildcard
+    (``*``, ``?``, ``[...]``; :mod:`fnmatch`) describes every metric it
+    matches, for metrics named only at run time (e.g. ``"*/acc"`` for
+    ``<task>/acc``); an exact name wins over a pattern, and among patterns
+    the first that matches.
 
     An ``evaluate`` with a ``context`` parameter also gets
     ``context=``:class:`tuneforge.RunContext` of the training process (None
@@ -219,8 +267,18 @@ class EvaluatorSpec(_Spec):
             raise TypeError(f"evaluator '{self.name}': 'metrics' must be a tuple of tuneforge.MetricInfo")
 
     def metric_info(self, metric: str) -> MetricInfo:
-        """The declared :class:`MetricInfo` of ``metric``, or the defaults."""
-        return next((info for info in self.metrics if info.name == metric), MetricInfo(metric))
+        """The declared :class:`MetricInfo` of ``metric`` (its own entry, else the first pattern that
+        matches it, renamed to ``metric``), or the defaults."""
+        exact = next((info for info in self.metrics if info.name == metric), None)
+        if exact is not None:
+            return exact
+        pattern = next((info for info in self.metrics if _is_pattern(info.name)
+                        and fnmatch.fnmatchcase(metric, info.name)), None)
+        return dataclasses.replace(pattern, name=metric) if pattern is not None else MetricInfo(metric)
+
+
+def _is_pattern(name: str) -> bool:
+    return any(char in name for char in "*?[")
 
 
 @dataclass(frozen=True)
@@ -237,7 +295,8 @@ class CallbackSpec(_Spec):
     ``on_run_end(config, metrics, status, run_dir)``: called once per process
     when the run ends (after the tuned evaluation and the run directory's
     outputs, or after a failure), with keyword arguments: ``config`` is this
-    callback's own config node (``callbacks.<name>``), ``metrics`` the run's
+    callback's own config (an instance of its config class, from
+    ``callbacks.<name>``), ``metrics`` the run's
     metrics (as in ``metrics.json``; partial for a failed run), ``status``
     ``"completed"``, ``"failed"`` or ``"interrupted"``, ``run_dir`` a
     ``pathlib.Path``, ``context`` the process's :class:`tuneforge.RunContext`.  A function may accept any subset of these (the host

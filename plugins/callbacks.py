@@ -4,6 +4,13 @@ A thin wrapper over ``lightning.pytorch.callbacks.EarlyStopping``.  It acts
 when validation runs, so set ``trainer.val_check_interval`` (every N steps) or
 ``trainer.check_val_every_n_epoch``: ``callbacks=[early_stopping]
 callbacks.early_stopping.patience=2 trainer.val_check_interval=10``.
+
+A run that cannot validate is refused with one line: before the model loads
+when the config shows it (``tuneforge_run_start``: neither validation
+setting, ``trainer.limit_val_batches=0``, or a dataset with no held-out
+share), and otherwise at the first check when no validation has run yet
+(e.g. ``trainer.max_steps`` ends training inside the first epoch and no
+``trainer.val_check_interval`` is set), instead of Lightning's traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import math
+
 import tuneforge
+from tuneforge.validation import at_least, check, non_empty, one_of
 
 
 @dataclass
@@ -35,16 +45,64 @@ class EarlyStoppingConfig:
     check_finite: bool = True
     strict: bool = True
 
+    def __post_init__(self) -> None:
+        finite = at_least(-math.inf)
+        check(self, monitor=non_empty, mode=one_of("min", "max"), patience=at_least(0), min_delta=at_least(0),
+              stopping_threshold=finite, divergence_threshold=finite)
+
+
+NO_VALIDATION = ("callbacks.early_stopping acts only when validation runs, and {why}; set "
+                 "trainer.val_check_interval=<steps> (e.g. 10) or trainer.check_val_every_n_epoch=<n> with "
+                 "trainer.max_epochs, and give validation data (data.val_fraction > 0, data.val_size or "
+                 "data.val_path)")
+
 
 def build_early_stopping(config: EarlyStoppingConfig):
     from lightning.pytorch.callbacks import EarlyStopping
 
     if config.mode not in ("min", "max"):
         raise tuneforge.ConfigError(f"callbacks.early_stopping.mode is '{config.mode}'; valid: min, max")
-    return EarlyStopping(monitor=config.monitor, mode=config.mode, patience=config.patience,
-                         min_delta=config.min_delta, stopping_threshold=config.stopping_threshold,
-                         divergence_threshold=config.divergence_threshold, check_finite=config.check_finite,
-                         strict=config.strict, verbose=False)
+
+    class ValidatedEarlyStopping(EarlyStopping):
+        def _run_early_stopping_check(self, trainer) -> None:
+            metrics = trainer.callback_metrics
+            if self.strict and self.monitor not in metrics and not any(k.startswith("val/") for k in metrics):
+                why = f"no validation had run by step {trainer.global_step}, when '{self.monitor}' was first checked"
+                if trainer.val_check_interval == 1.0:  # Lightning's value for "unset"
+                    why += " (with trainer.val_check_interval unset, validation runs only after a full epoch)"
+                raise tuneforge.ConfigError(NO_VALIDATION.format(why=why))
+            super()._run_early_stopping_check(trainer)
+
+    return ValidatedEarlyStopping(monitor=config.monitor, mode=config.mode, patience=config.patience,
+                                  min_delta=config.min_delta, stopping_threshold=config.stopping_threshold,
+                                  divergence_threshold=config.divergence_threshold,
+                                  check_finite=config.check_finite, strict=config.strict, verbose=False)
+
+
+def validation_problem(config) -> Optional[str]:
+    """Why a run with this (composed) config never validates, when the config alone shows it; else None."""
+    trainer = config.get("trainer") or {}
+    if trainer.get("val_check_interval") is None and trainer.get("check_val_every_n_epoch") is None:
+        return "trainer.val_check_interval and trainer.check_val_every_n_epoch are both null"
+    if trainer.get("limit_val_batches") == 0:
+        return "trainer.limit_val_batches is 0"
+    data = config.get("data") or {}
+    if "val_fraction" in data and not data.get("val_path") and not data.get("val_split"):
+        size = data.get("val_size")  # when set, it replaces val_fraction
+        if (size is not None and size == 0) or (size is None and not data.get("val_fraction")):
+            shown = f"data.val_size is {size}" if size is not None else f"data.val_fraction is {data.get('val_fraction')}"
+            return f"data={data.get('name')} holds out no validation data ({shown}, no data.val_path)"
+    return None
+
+
+@tuneforge.hookimpl
+def tuneforge_run_start(config, run_dir):
+    """Refuse early stopping without validation before the model loads (when the config shows it)."""
+    if any(node.get("name") == "early_stopping" and node.get("strict", True)
+           for node in (config.get("callbacks") or {}).values()):
+        problem = validation_problem(config)
+        if problem:
+            raise tuneforge.ConfigError(NO_VALIDATION.format(why=problem))
 
 
 @tuneforge.hookimpl

@@ -11,6 +11,8 @@ from tuneforge.data import IGNORE_INDEX, pad_batch
 from tuneforge.errors import DataError
 from tuneforge.evaluation import EvaluationPass, prompts_and_references, record_predictions, split_example
 from tuneforge.losses import shift_for_next_token, token_nll_sum
+from tuneforge.plugins.evaluators_generation import valid_few_shot
+from tuneforge.validation import at_least, check, non_empty
 
 
 @dataclass
@@ -18,6 +20,9 @@ class PerplexityConfig:
     """batch_size: examples per forward pass."""
 
     batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        check(self, batch_size=at_least(1))
 
 
 def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig) -> dict:
@@ -60,6 +65,10 @@ class ChoiceConfig:
     few_shot: list = field(default_factory=list)
     batch_size: int = 16
     limit: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check(self, choices_field=non_empty, answer_field=non_empty, few_shot=valid_few_shot, batch_size=at_least(1),
+              limit=at_least(1))
 
 
 def choice_options(example: dict, config) -> tuple[list, int]:

@@ -12,13 +12,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from omegaconf import MISSING
+
 import tuneforge
 from tuneforge.data import read_jsonl, tokenize_records
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.evaluation import EvaluationPass
 from tuneforge.plugins.evaluators import (CHOICE_ACCURACY, PERPLEXITY_METRICS, ChoiceConfig, PerplexityConfig,
                                           evaluate_choice, evaluate_perplexity)
-from tuneforge.plugins.evaluators_generation import GENERATION_METRICS, SCORE_KEYS, predict, score_predictions
+from tuneforge.plugins.evaluators_generation import (BLEU_TOKENIZERS, GENERATION_METRICS, SCORE_KEYS, predict,
+                                                     score_predictions, valid_few_shot, valid_pattern)
+from tuneforge.validation import at_least, check, existing_path, is_placeholder, non_empty, one_of
 
 VALID_METRICS = (*GENERATION_METRICS, "choice", "perplexity")
 
@@ -31,14 +35,26 @@ class ForgettingConfig:
         ``perplexity``.
     format: ``auto``, ``alpaca`` or ``chat`` (as ``data.format``).
     max_length: token limit when tokenizing the set (for ``perplexity``).
-    The remaining fields mean what they mean for the evaluator of that name
-    (generation: max_new_tokens, batch_size, few_shot, limit; normalisation:
-    strip, lowercase, collapse_whitespace; regex: pattern, pattern_field,
-    fullmatch, ignore_case; rouge: use_stemmer; bleu: tokenize; chrf:
-    word_order; choice: choices_field, answer_field, length_normalize).
+    max_new_tokens: most tokens generated per answer (as for ``exact_match``).
+    batch_size: prompts generated at once.
+    few_shot: demonstration turns put before every prompt (as for ``exact_match``).
+    limit: use only the first N records of the set (None: all).
+    strip: strip whitespace before comparing answers.
+    lowercase: compare answers case-insensitively.
+    collapse_whitespace: treat runs of whitespace as one space when comparing.
+    pattern: the regular expression of the ``regex`` metric (None: each record's ``pattern_field``).
+    pattern_field: the record key holding a per-record pattern for ``regex``.
+    fullmatch: ``regex`` must match the whole answer.
+    ignore_case: ``regex`` matches case-insensitively.
+    use_stemmer: ``rouge`` stems words before matching.
+    tokenize: ``bleu``'s sacrebleu tokenizer (``13a``, ``intl``, ``char`` ...).
+    word_order: ``chrf``'s word n-gram order (0: chrF, 2: chrF++).
+    choices_field: the record key holding the options of the ``choice`` metric.
+    answer_field: the record key holding the correct option (its index or text).
+    length_normalize: ``choice`` compares per-token rather than total log-likelihoods.
     """
 
-    path: Optional[str] = None
+    path: str = MISSING
     metrics: list = field(default_factory=lambda: ["exact_match"])
     format: str = "auto"
     max_length: int = 2048
@@ -60,6 +76,19 @@ class ForgettingConfig:
     answer_field: str = "answer"
     length_normalize: bool = False
 
+    def __post_init__(self) -> None:
+        check(self, path=existing_path("file"), metrics=_metrics_problem, format=one_of("auto", "alpaca", "chat"),
+              max_length=at_least(1), max_new_tokens=at_least(1), batch_size=at_least(1), few_shot=valid_few_shot,
+              limit=at_least(1), pattern=valid_pattern, pattern_field=non_empty, tokenize=one_of(*BLEU_TOKENIZERS),
+              word_order=at_least(0), choices_field=non_empty, answer_field=non_empty)
+
+
+def _metrics_problem(metrics) -> Optional[str]:
+    if not isinstance(metrics, (list, tuple)) or not metrics:
+        return f"must be a non-empty list of metrics; valid: {', '.join(VALID_METRICS)}"
+    unknown = [m for m in metrics if m not in VALID_METRICS]
+    return f"unknown {unknown}; valid: {', '.join(VALID_METRICS)}" if unknown else None
+
 
 def _sub_config(config_class, config):
     """An evaluator's own config built from the matching fields of the forgetting config."""
@@ -70,7 +99,7 @@ def _sub_config(config_class, config):
 def load_reference_set(config, tokenizer, chat_template: Optional[str] = None) -> list:
     """The reference set's examples, rendered with ``chat_template`` (the training data's; None: the
     tokenizer's own)."""
-    if not config.path:
+    if not config.path or is_placeholder(config.path):
         raise ConfigError("evaluators.forgetting.path is not set: give a .jsonl file of general tasks the "
                           "base model already handles")
     records = read_jsonl(config.path)
@@ -84,11 +113,7 @@ def load_reference_set(config, tokenizer, chat_template: Optional[str] = None) -
 def evaluate_forgetting(model, tokenizer, examples, config: ForgettingConfig, *,
                         evaluation: Optional[EvaluationPass] = None) -> dict:
     """Metrics on the reference set; ``examples`` (the held-out split) is not used."""
-    metrics = list(config.metrics)
-    unknown = [m for m in metrics if m not in VALID_METRICS]
-    if unknown or not metrics:
-        raise ConfigError(f"evaluators.forgetting.metrics={metrics}: unknown {unknown}; "
-                          f"valid: {', '.join(VALID_METRICS)}")
+    metrics = list(config.metrics)  # checked when the config was built
     reference = load_reference_set(config, tokenizer, evaluation.chat_template if evaluation else None)
     results: dict = {}
     rows = None

@@ -7,8 +7,11 @@ a per-unit mean over the whole accumulation window (see docs/losses.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
+
+from omegaconf import MISSING
 
 import tuneforge
 from tuneforge.errors import ConfigError, ModelError
@@ -26,6 +29,7 @@ from tuneforge.losses import (
     token_nll_sum,
     trained_logits,
 )
+from tuneforge.validation import at_least, between, check, greater_than, one_of
 
 
 @dataclass
@@ -43,6 +47,9 @@ class CrossEntropyConfig:
     label_smoothing: float = 0.0
     z_loss: float = 0.0
 
+    def __post_init__(self) -> None:
+        check(self, label_smoothing=between(0, 1), z_loss=at_least(0))
+
 
 @dataclass
 class ChunkedCrossEntropyConfig:
@@ -51,13 +58,17 @@ class ChunkedCrossEntropyConfig:
     The model returns its last hidden states; the output layer is applied to
     ``chunk_size`` trained tokens at a time under activation checkpointing, so
     peak logits memory is ``chunk_size x vocab`` instead of ``tokens x vocab``.
-    label_smoothing, z_loss: as for ``cross_entropy``.
+    label_smoothing: as for ``cross_entropy``.
+    z_loss: as for ``cross_entropy``.
     chunk_size: trained tokens per chunk (smaller: less memory, more passes).
     """
 
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        check(self, label_smoothing=between(0, 1), z_loss=at_least(0), chunk_size=at_least(1))
 
 
 @dataclass
@@ -73,12 +84,17 @@ class DPOConfig:
     variant: ``sigmoid`` (the DPO paper) or ``ipo`` (squared loss on
         length-averaged log-probabilities, Azar et al.).
     label_smoothing: assumed fraction of flipped preference labels
-        (conservative DPO, ``sigmoid`` only); 0 = off.
+        (conservative DPO, ``sigmoid`` only); 0 = off, below 0.5 (at 0.5
+        chosen and rejected would weigh the same).
     """
 
     beta: float = 0.1
     variant: str = "sigmoid"
     label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self, beta=greater_than(0), variant=one_of("sigmoid", "ipo"),
+              label_smoothing=between(0, 0.5, include_high=False))
 
 
 @dataclass
@@ -95,9 +111,20 @@ class DistillationConfig:
     alpha: weight of the KL term (1 = pure distillation, 0 = plain CE).
     """
 
-    teacher: Any = None
+    teacher: Any = MISSING
     temperature: float = 2.0
     alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(self, teacher=_teacher_problem, temperature=greater_than(0), alpha=between(0, 1))
+
+
+def _teacher_problem(teacher) -> Optional[str]:
+    if isinstance(teacher, Mapping) and isinstance(teacher.get("name"), str) and teacher.get("name"):
+        return None
+    return ("must be a model-source mapping with a 'name', e.g. "
+            "loss.teacher={name:hf,path:HuggingFaceTB/SmolLM2-360M-Instruct} or {name:tiny,seed:1}; "
+            f"got {teacher!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -127,9 +154,6 @@ def build_cross_entropy(config: CrossEntropyConfig, context=None):
 
 
 def build_chunked_cross_entropy(config: ChunkedCrossEntropyConfig, context=None):
-    if config.chunk_size < 1:
-        raise ConfigError(f"loss.chunk_size is {config.chunk_size}; valid: a positive number of tokens")
-
     def chunked_cross_entropy(model, batch) -> LossOutput:
         hidden, lm_head = final_hidden_states(model, **model_inputs(model, batch))
         nll, z, count = chunked_cross_entropy_sums(hidden, batch["labels"], lm_head, config.chunk_size,
@@ -201,10 +225,6 @@ class _FrozenReference:
 def build_dpo(config: DPOConfig, context=None):
     import torch
 
-    if config.variant not in ("sigmoid", "ipo"):
-        raise ConfigError(f"loss.variant is '{config.variant}'; valid: sigmoid, ipo")
-    if config.beta <= 0:
-        raise ConfigError(f"loss.beta is {config.beta}; valid: a positive number")
     frozen = _FrozenReference()
 
     def logps(model, pairs):
@@ -252,19 +272,11 @@ def _check_same_tokenizer(student_tokenizer, teacher_tokenizer, source) -> None:
 
 def build_distillation(config: DistillationConfig, context):
     import torch
-    from omegaconf import DictConfig, OmegaConf
 
     teacher_config = config.teacher
-    if isinstance(teacher_config, DictConfig):
-        teacher_config = OmegaConf.to_container(teacher_config, resolve=True)
-    if not isinstance(teacher_config, dict) or "name" not in teacher_config:
-        raise ConfigError("loss.teacher must be a model-source mapping with a 'name', e.g. "
-                          "loss.teacher={name:hf,path:HuggingFaceTB/SmolLM2-360M-Instruct} or "
-                          f"{{name:tiny,seed:1}}; got {teacher_config!r}")
-    if not 0.0 <= config.alpha <= 1.0:
-        raise ConfigError(f"loss.alpha is {config.alpha}; valid: a weight between 0 and 1")
-    if config.temperature <= 0:
-        raise ConfigError(f"loss.temperature is {config.temperature}; valid: a positive number")
+    problem = _teacher_problem(teacher_config)
+    if problem:  # a DistillationConfig() built without a teacher (MISSING)
+        raise ConfigError(f"loss.teacher {problem}")
     source = ",".join(f"{k}:{v}" for k, v in teacher_config.items())
     teacher, teacher_tokenizer = context.load_model(teacher_config)
     _check_same_tokenizer(context.tokenizer, teacher_tokenizer, "{" + source + "}")
@@ -301,7 +313,8 @@ def tuneforge_losses():
         tuneforge.LossSpec("chunked_cross_entropy", ChunkedCrossEntropyConfig,
                            "cross entropy without materialising all logits", build=build_chunked_cross_entropy,
                            supports_packing=True),
-        tuneforge.LossSpec("dpo", DPOConfig, "direct preference optimisation (sigmoid, ipo)", build=build_dpo),
+        tuneforge.LossSpec("dpo", DPOConfig, "direct preference optimisation (sigmoid, ipo)", build=build_dpo,
+                           requires=("preference",)),
         tuneforge.LossSpec("distillation", DistillationConfig, "KL to a teacher's logits mixed with CE",
                            build=build_distillation, supports_packing=True),
     ]

@@ -176,7 +176,9 @@ def test_packed_training_step_gradient_equals_unpacked_per_token_mean(implementa
                 captured.update(grads(pl_module.model))
 
     model = copy.deepcopy(base)
-    module = FineTuneModule(model, loss_fn, OmegaConf.structured(OptimConfig(lr=0.0, scheduler="constant")))
+    optim = OmegaConf.structured(OptimConfig(scheduler="constant"))
+    optim.lr = 0.0  # no update, only the accumulated gradients count (a run's optim.lr must be > 0)
+    module = FineTuneModule(model, loss_fn, optim)
     trainer = pl.Trainer(max_steps=1, accumulate_grad_batches=accumulate, gradient_clip_val=None,
                          accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[Grab()],
@@ -363,7 +365,7 @@ def test_packed_rows_dataset_lengths():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["loss=dpo", "data.path=${tuneforge_sample:preference.jsonl}"],
+    (["loss=dpo", "data.path=${pkg:tuneforge.plugins/data/preference.jsonl}"],
      r"loader.packing=true does not work with loss=dpo \(preference losses compare whole sequences\); set "
      r"loader.packing=false, or use a loss that supports packing: chunked_cross_entropy, cross_entropy, "
      r"distillation"),
@@ -386,8 +388,8 @@ def test_cli_trains_with_packing_and_with_length_grouping(tmp_path):
         assert metrics["steps"] == 3
         throughput = metrics["throughput"]
         assert throughput["excludes_warmup_steps"] == 1 and throughput["tokens_per_s"] > 0
-        assert 0 < throughput["measured_tokens"] < throughput["tokens"]
-    refused = run_cli(["train", "loader.packing=true", "loss=dpo", "data.path=${tuneforge_sample:preference.jsonl}",
+        assert 0 < throughput["last_segment"]["timed_tokens"] < throughput["tokens"]
+    refused = run_cli(["train", "loader.packing=true", "loss=dpo", "data.path=${pkg:tuneforge.plugins/data/preference.jsonl}",
                        f"hydra.run.dir={tmp_path / 'dpo'}"])
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].startswith(

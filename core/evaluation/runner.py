@@ -8,11 +8,13 @@ from typing import Optional
 from omegaconf import DictConfig
 
 
-def run_evaluators(plugins, cfg: DictConfig, model, tokenizer, examples, label: str = "eval",
+def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples, label: str = "eval",
                    chat_template: Optional[str] = None, context=None):
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
 
-    ``chat_template`` is the one the data was rendered with
+    ``evaluators`` maps each ``evaluators.<key>`` to its validated component
+    (``RunComponents.evaluators``): the spec and the typed config it is called
+    with.  ``chat_template`` is the one the data was rendered with
     (:attr:`tuneforge.data.DataSplits.chat_template`); it reaches the
     evaluators through the pass.  Returns ``(metrics, pass)``: metrics are
     named ``<evaluator>/<metric>``, or just ``<evaluator>`` when it returns
@@ -34,9 +36,9 @@ def run_evaluators(plugins, cfg: DictConfig, model, tokenizer, examples, label: 
     if device is not None:
         model.to(device)
     try:
-        for name, evaluator_cfg in cfg.evaluators.items():
-            spec = plugins["evaluators"].get(evaluator_cfg.name)
-            values = call_accepting(spec.evaluate, model, tokenizer, examples, evaluator_cfg, evaluation=one_pass,
+        for name, evaluator in evaluators.items():
+            spec = evaluator.spec
+            values = call_accepting(spec.evaluate, model, tokenizer, examples, evaluator.config, evaluation=one_pass,
                                     **({"context": context} if _takes_context(spec.evaluate) else {}))
             for metric, value in values.items():
                 results[metric_name(name, metric, values)] = float(value)

@@ -14,11 +14,14 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from tuneforge.context import RunContext
+from tuneforge.errors import ConfigError
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
-                                        resolved_config_yaml, write_json, write_outputs)
+                                        resolved_config_yaml, segment_history, summed_throughput, write_json,
+                                        write_outputs)
+from tuneforge.training.run_lock import RunLock, ensure_writable_directory
 from tuneforge.training.trainer import build_trainer, token_counter
 
 
@@ -46,13 +49,18 @@ def join_predictions(base_rows: list, tuned_rows: list) -> list:
     return joined
 
 
-def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext] = None) -> dict:
+def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext] = None, components=None) -> dict:
     """Run one fine-tune described by ``cfg``; returns the final metrics.
 
     ``context`` says which process this is (:class:`~tuneforge.RunContext`;
     detected from the cluster environment when not given).  Under DDP every
     process runs this function; only the main one (``context.is_main``)
     writes the run directory.
+
+    ``components`` is the validated run of ``cfg``
+    (:func:`tuneforge.host.components.run_components`): each component's spec
+    and typed config, which the plugins receive.  It is built here when not
+    given, before the run directory is made.
 
     The run directory receives ``config.yaml`` (resolved), ``metrics.csv``,
     ``metrics.json`` (data quality, base and tuned evaluator results, training
@@ -72,6 +80,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     from tuneforge.training.checkpoint import run_identity
     from tuneforge.training.resilience import CheckpointAndInterrupt
 
+    if components is None:
+        from tuneforge.host.components import run_components
+
+        components = run_components(cfg, plugins)
     run_dir = Path(run_dir)
     if context is None:
         context = RunContext.detect(run_dir, cfg)
@@ -79,32 +91,43 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         raise ValueError(f"the run context is for {context.run_dir}, not {run_dir}")
     context.check_process_count(cfg.trainer.devices, cfg.trainer.num_nodes)  # before any model loads
     (log.info if context.world_size > 1 else log.debug)("process: %s", context.describe())
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    lock = None
+    if context.is_main:  # one writer per run directory: a second run on it stops here, naming the holder
+        ensure_writable_directory(run_dir)
+        lock = RunLock(run_dir, "train").acquire()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    resume_from = prepare_run_dir(cfg, run_dir)
-    if context.is_main:
-        (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
-        write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
-    plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
+    try:
+        resume_from = prepare_run_dir(cfg, run_dir)
+        earlier_segments = segment_history(run_dir) if resume_from is not None else []
+        if context.is_main:
+            (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
+            write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from),
+                                                 "segments": earlier_segments})
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    segment: dict = {}
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
     try:
+        # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
+        plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
-        adapter_spec = plugins["adapter"].get(cfg.adapter.name)
-        model = adapter_spec.apply(model, cfg.adapter)
-        if cfg.loader.packing:
+        model, tokenizer = components.model.spec.load(components.model.config)
+        adapter_spec = components.adapter.spec
+        model = adapter_spec.apply(model, components.adapter.config)
+        if components.config.loader.packing:
             from tuneforge.data.packing import check_packing_support
 
             check_packing_support(model)
         params = count_parameters(model)
-        log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", cfg.adapter.name, params["trainable"],
+        log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", adapter_spec.name, params["trainable"],
                  params["total"], 100 * params["fraction"])
         metrics["parameters"] = params
-        splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
+        splits = components.data.spec.load(components.data.config, tokenizer)
         metrics["data"] = splits.stats
 
         # Data quality, before any training: serious problems stop here.
@@ -113,9 +136,9 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
             log.warning("data quality: %s", warning)
         quality.check(metrics["quality"], cfg.quality)
 
-        loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss, _loss_context(plugins, tokenizer))
-        callbacks = [build_callback(spec, node, context) for spec, node in _callbacks(plugins, cfg)
-                     if spec.build is not None]
+        loss_fn = components.loss.spec.build(components.loss.config, _loss_context(plugins, tokenizer))
+        callbacks = [build_callback(c.spec, c.config, context) for c in components.callbacks.values()
+                     if c.spec.build is not None]
         throughput = token_counter()
 
         # Base-model evaluation happens once per run: a resumed run reuses the saved result.
@@ -124,8 +147,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
             saved = json.loads(base_file.read_text())
             metrics["base"], base_rows = saved["metrics"], saved["predictions"]
         else:
-            metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base",
-                                                        chat_template=splits.chat_template, context=context)
+            metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
+                                                        "base", chat_template=splits.chat_template, context=context)
             base_rows = merge_predictions({"base": base_pass})
             if context.is_main:
                 write_json(base_file, {"metrics": metrics["base"], "predictions": base_rows})
@@ -138,20 +161,24 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         fit_started = time.time()
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
         resumed_step = _checkpoint_step(resume_from) if resume_from else 0
+        segment.update(started_step=resumed_step, throughput=throughput, fit_started=fit_started, trainer=trainer)
         trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from), **_no_pickle(trainer))
         if history and context.is_main:  # Lightning's CSV logger starts a fresh file on resume
             keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
         if checkpointer.interrupted_by:
             status = "interrupted"
+            metrics["steps"] = int(trainer.global_step)
             raise RunInterrupted(checkpointer.interrupted_by, trainer.global_step, checkpointer.last_saved, run_dir)
         metrics["skipped_nonfinite_batches"] = module.skipped_batches
-        metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
+        segments = [*earlier_segments, _segment_record(segment, started)]
+        metrics["throughput"] = dict(summed_throughput(segments), last_segment=segments[-1])
+        metrics["segments"] = segments
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
-        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned",
-                                                      chat_template=splits.chat_template, context=context)
+        metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
+                                                      "tuned", chat_template=splits.chat_template, context=context)
         metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
-        metrics["wall_time_s"] = time.time() - started
+        metrics["wall_time_s"] = sum(float(s.get("wall_time_s") or 0) for s in earlier_segments) + time.time() - started
         if context.is_main:
             save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
@@ -166,19 +193,43 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         raise
     finally:
         if context.is_main:
+            segments = metrics.get("segments") or [*earlier_segments, *([_segment_record(segment, started)]
+                                                                        if segment else [])]
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
-                                                 "wall_time_s": time.time() - started})
-        for spec, node in _callbacks(plugins, cfg):
-            if spec.on_run_end is not None:
-                call_accepting(spec.on_run_end, config=node, metrics=metrics, status=status, run_dir=run_dir,
-                               context=context)
-        plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics, context=context)
+                                                 "wall_time_s": time.time() - started, "segments": segments})
+        for callback in components.callbacks.values():
+            if callback.spec.on_run_end is not None:
+                call_accepting(callback.spec.on_run_end, config=callback.config, metrics=metrics, status=status,
+                               run_dir=run_dir, context=context)
+        try:
+            plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics,
+                                           context=context)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
-def _callbacks(plugins, cfg: DictConfig) -> list:
-    """``[(CallbackSpec, its own config node)]`` of the selected callbacks, in config order."""
-    return [(plugins["callbacks"].get(node.name), node) for node in cfg.callbacks.values()]
+def _segment_record(segment: dict, started: float) -> dict:
+    """One start-or-resume of a run: the steps it trained, its throughput and wall time."""
+    trainer = segment.get("trainer")
+    summary = segment["throughput"].summary(time.time() - segment["fit_started"], trainer.world_size) \
+        if trainer is not None else {}
+    return {"from_step": segment.get("started_step", 0), "to_step": int(trainer.global_step) if trainer else None,
+            "wall_time_s": time.time() - started, **summary}
+
+
+def run_train(cfg, plugins, run_dir: Optional[str] = None, context=None, components=None) -> dict:
+    """Validate ``cfg`` (unless its ``components`` from :func:`~tuneforge.host.components.run_components`
+    are given) and train into ``cfg.run_dir`` (else ``run_dir``); ``context``: the
+    :class:`~tuneforge.RunContext` of this process, detected by ``train`` when None."""
+    from tuneforge.host.components import run_components
+
+    components = components if components is not None else run_components(cfg, plugins)
+    target = components.config.run_dir or run_dir
+    if not target:
+        raise ConfigError("no run directory: set run_dir=<dir>")
+    return train(components.config, plugins, Path(target), context=context, components=components)
 
 
 def _no_pickle(trainer) -> dict:
@@ -207,7 +258,7 @@ def _loss_context(plugins, tokenizer):
     from tuneforge.losses import LossContext
 
     return LossContext(tokenizer=tokenizer, load_model=lambda model_config: load_model_from_config(
-        plugins, model_config))
+        plugins, model_config, key="loss.teacher"))
 
 
 def build_callback(spec, config, context: RunContext):

@@ -59,7 +59,8 @@ def token_counter():
     when a batch has none.  The first optimizer step of the fit (warm-up:
     allocations, kernel selection, compilation) is left out of
     ``tokens_per_s``, and so is time spent in validation.  :meth:`summary`
-    says so with ``excludes_warmup_steps`` (1, or 0 for a fit of one step).
+    says so with ``excludes_warmup_steps`` (1, or 0 for a fit of one step),
+    ``timed_tokens`` and ``timed_s`` being the tokens and seconds measured.
     """
     import time
 
@@ -109,7 +110,7 @@ def token_counter():
                 measured = (self.tokens - self._warm[0]) * world
                 elapsed = max(self._end - self._warm[1] - self._validation, 1e-9)
                 return {**result, "tokens_per_s": measured / elapsed, "excludes_warmup_steps": 1,
-                        "measured_tokens": measured, "measured_time_s": elapsed}
+                        "timed_tokens": measured, "timed_s": elapsed}
             return {**result, "tokens_per_s": tokens / max(seconds, 1e-9), "excludes_warmup_steps": 0}
 
     return TokenCounter()
