@@ -27,6 +27,8 @@ from tuneforge.specs import (
     CallbackSpec,
     DatasetSpec,
     EvaluatorSpec,
+    LoggerContext,
+    LoggerSpec,
     LossSpec,
     MetricInfo,
     ModelSourceSpec,
@@ -40,7 +42,7 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
     "AdapterSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec", "EvaluatorSpec",
-    "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError", "RunContext", "TuneforgeError",
-    "hookimpl", "validation",
+    "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError",
+    "RunContext", "TuneforgeError", "hookimpl", "validation",
     "__version__",
 ]

@@ -99,6 +99,19 @@ def tuneforge_callbacks():
     """
 
 
+@hookspec
+def tuneforge_loggers():
+    """Return :class:`~tuneforge.specs.LoggerSpec` objects.
+
+    Selected as a list with ``loggers=[a,b]`` (default ``[csv]``); each builds
+    a Lightning logger that receives the training metrics, the redacted run
+    config as hyperparameters and the base/tuned evaluator results.  The run's
+    own ``metrics.csv`` is written whatever the list holds.  Built-ins:
+    ``csv``, ``tensorboard``, ``mlflow`` and ``wandb`` (the last three need
+    ``pip install 'tuneforge[tensorboard]'`` / ``[mlflow]`` / ``[wandb]``).
+    """
+
+
 # ---------------------------------------------------------------------------
 # Lifecycle hooks
 # ---------------------------------------------------------------------------

@@ -95,15 +95,33 @@ def causal_lm_logits(model, input_ids, attention_mask=None, **inputs):
     return logits[:, -input_ids.size(1):]
 
 
+def _logits_to_keep_keyword() -> str:
+    """``logits_to_keep`` (transformers >= 4.49), ``num_logits_to_keep`` before.
+
+    Older causal LMs swallow unknown keywords into ``**kwargs``, so the wrong
+    name would silently build the full logits instead of failing.
+    """
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("transformers").split(".")[:2])
+    return "logits_to_keep" if (major, minor) >= (4, 49) else "num_logits_to_keep"
+
+
 def _hidden_forward(model, input_ids, attention_mask, inputs):
     """``(outputs, lm_head)`` of a forward asked for hidden states and one position of logits,
-    or ``None`` when the model cannot do that (no ``logits_to_keep``, no hidden states)."""
+    or ``None`` when the model cannot do that (no ``logits_to_keep``, no hidden states).
+
+    ``use_cache`` is left to the model's config, as in :func:`causal_lm_logits`:
+    forcing it off breaks peft prefix tuning on older lines (transformers 4.47
+    with peft 0.13: the prefix's legacy tuple of past keys becomes a cache
+    object only when caching is on).
+    """
     lm_head = model.get_output_embeddings()
     if lm_head is None:
         return None
     try:
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                        logits_to_keep=1, use_cache=False, **inputs)
+                        **{_logits_to_keep_keyword(): 1}, **inputs)
     except TypeError:
         return None
     if getattr(outputs, "hidden_states", None) is None:
@@ -114,19 +132,20 @@ def _hidden_forward(model, input_ids, attention_mask, inputs):
 def final_hidden_states(model, input_ids, attention_mask=None, **inputs):
     """``(hidden, lm_head)``: the last hidden states (after the final norm) and the output layer.
 
-    The model is asked for only one position of logits (``logits_to_keep=1``),
-    so the full ``length x vocab`` logits are never built.  ``inputs`` are
-    further forward arguments (see :func:`model_inputs`).  Raises
-    ``ModelError`` for models whose forward does not take ``logits_to_keep``
-    or that expose no output layer / hidden states.
+    The model is asked for only one position of logits (``logits_to_keep=1``,
+    ``num_logits_to_keep=1`` before transformers 4.49), so the full
+    ``length x vocab`` logits are never built.  ``inputs`` are further forward
+    arguments (see :func:`model_inputs`).  Raises ``ModelError`` for models
+    whose forward does not take that keyword or that expose no output layer /
+    hidden states.
     """
     from tuneforge.errors import ModelError
 
     result = _hidden_forward(model, input_ids, attention_mask, inputs)
     if result is None:
-        raise ModelError("loss=chunked_cross_entropy needs a causal LM whose forward accepts logits_to_keep "
-                         "and returns hidden states, with output embeddings (transformers >= 4.45); this "
-                         "one does not: use loss=cross_entropy")
+        raise ModelError(f"loss=chunked_cross_entropy needs a causal LM whose forward accepts "
+                         f"{_logits_to_keep_keyword()} and returns hidden states, with output embeddings "
+                         "(transformers >= 4.47); this one does not: use loss=cross_entropy")
     outputs, lm_head = result
     hidden = outputs.hidden_states[-1]
     return hidden[:, -input_ids.size(1):], lm_head

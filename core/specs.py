@@ -332,6 +332,59 @@ def call_accepting(function: Callable, *args, **optional):
     return function(*args, **{key: value for key, value in optional.items() if key in names})
 
 
+@dataclass(frozen=True)
+class LoggerSpec(_Spec):
+    """A metrics logger / experiment tracker (config group ``loggers``; several run).
+
+    build: ``build(config, context) -> lightning.pytorch.loggers.Logger``, where
+        ``context`` is a :class:`LoggerContext`; a ``build`` that takes one
+        parameter is called as ``build(config)``.  Called in every process
+        before the model loads, so a missing tracker library stops the run
+        early: raise ``tuneforge.ConfigError`` with the install command.
+        Lightning's loggers write only from global rank zero.
+    run_id: ``run_id(logger) -> str | None``, the tracker's id of this run,
+        recorded in ``metrics.json`` (``trackers``) and ``trackers.json`` and
+        handed back as ``context.resume_run_id`` when the run resumes; default
+        ``logger.version``.
+    finish: ``finish(logger, status)`` closes the tracker run once the
+        tuneforge run ends (main process only), ``status`` being Lightning's
+        ``"success"``, ``"failed"`` or ``"finished"`` (interrupted, resumable);
+        default ``logger.finalize(status)``.
+
+    The host sends the resolved config, secrets redacted, as hyperparameters
+    (``logger.log_hyperparams``) when a tracker run starts, and the base and
+    tuned evaluator results (``base/<metric>``, ``tuned/<metric>``) at the last
+    step.  The run's own ``metrics.csv`` is always written (see
+    docs/trackers.md).
+    """
+
+    kind: ClassVar[str] = "logger"
+    required: ClassVar[tuple[str, ...]] = ("build",)
+    build: Optional[Callable[..., Any]] = None
+    run_id: Optional[Callable[[Any], Optional[str]]] = None
+    finish: Optional[Callable[[Any, str], None]] = None
+
+
+@dataclass(frozen=True)
+class LoggerContext:
+    """What a logger's ``build`` gets besides its config.
+
+    run_dir: the run directory (``pathlib.Path``); keep the logger's local
+        files under it unless its config says otherwise.
+    run_name: a name for the tracker run: the run directory's name (with its
+        parent's for a numbered multirun job, e.g. ``2026-01-01_12-00-00-3``).
+    resume_run_id: when this run resumes from a checkpoint, the tracker run id
+        this logger recorded before (``trackers.json``), so the same tracker run
+        is continued; ``None`` for a new run.
+    is_main: whether this process writes the run directory (global rank zero).
+    """
+
+    run_dir: Any
+    run_name: str
+    resume_run_id: Optional[str] = None
+    is_main: bool = True
+
+
 #: spec class -> (config group, registration hook name, whether several run at once)
 SPEC_KINDS: dict[type, tuple[str, str, bool]] = {
     ModelSourceSpec: ("model", "tuneforge_model_sources", False),
@@ -340,4 +393,5 @@ SPEC_KINDS: dict[type, tuple[str, str, bool]] = {
     LossSpec: ("loss", "tuneforge_losses", False),
     EvaluatorSpec: ("evaluators", "tuneforge_evaluators", True),
     CallbackSpec: ("callbacks", "tuneforge_callbacks", True),
+    LoggerSpec: ("loggers", "tuneforge_loggers", True),
 }

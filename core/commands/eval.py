@@ -83,7 +83,7 @@ def run_config(run_dir: Path, overrides: list) -> DictConfig:
 
     saved = read_run_config(run_dir, force=True)  # eval may look at an interrupted run's last model too
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "trainer", "strategy"}
+    groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
     from tuneforge.commands.run_loading import plugins_for_run
 

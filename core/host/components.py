@@ -35,7 +35,7 @@ from tuneforge.validation import ConfigValueError
 
 #: component groups with one selected component, and those with several (by key)
 SINGLE_GROUPS = ("model", "data", "adapter", "loss")
-MULTIPLE_GROUPS = ("evaluators", "callbacks")
+MULTIPLE_GROUPS = ("evaluators", "callbacks", "loggers")
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ class RunComponents:
     """A validated run: the resolved config and every selected component with its typed config.
 
     ``config`` is a resolved copy of the composed ``DictConfig`` (with the
-    components' ``name`` keys, as saved in ``config.yaml``); ``evaluators``
-    and ``callbacks`` map each config key to its component.
+    components' ``name`` keys, as saved in ``config.yaml``); ``evaluators``,
+    ``callbacks`` and ``loggers`` map each config key to its component.
     """
 
     config: Any
@@ -82,6 +82,7 @@ class RunComponents:
     loss: Component
     evaluators: dict
     callbacks: dict
+    loggers: dict
 
 
 def validate(cfg, plugins) -> list:

@@ -18,7 +18,9 @@ from tuneforge.errors import ConfigError
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
+from tuneforge.training.loggers import build_loggers
 from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
+                                        redacted_config,
                                         resolved_config_yaml, segment_history, summed_throughput, write_json,
                                         write_outputs)
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
@@ -69,7 +71,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     ``loss_curves.png``, ``model/`` (what the adapter saved, plus the
     tokenizer with the data's chat template) and ``status.json``
     (``running`` -> ``completed`` or ``failed``).  Then each selected
-    callback's ``on_run_end`` and the ``tuneforge_run_end`` hook run.
+    callback's ``on_run_end`` and the ``tuneforge_run_end`` hook run.  The loggers selected with
+    ``loggers=[...]`` (trackers) get the training metrics, the redacted config
+    and the evaluator results; their run ids go to ``trackers.json`` and
+    ``metrics.json`` (``trackers``).
     """
     import lightning.pytorch as pl
     import torch
@@ -112,10 +117,16 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
+    loggers = None
     try:
         # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
         plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        # Loggers first: a tracker whose run cannot start stops the run before the model loads.
+        loggers = build_loggers(components.loggers, run_dir, resuming=resume_from is not None,
+                                is_main=context.is_main)
+        if context.is_main:
+            loggers.start(redacted_config(cfg))
         model, tokenizer = components.model.spec.load(components.model.config)
         adapter_spec = components.adapter.spec
         model = adapter_spec.apply(model, components.adapter.config)
@@ -157,7 +168,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
                                   pack_length=cfg.data.get("max_length"))
         checkpointer = CheckpointAndInterrupt(run_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
                                               run_identity(cfg))
-        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer])
+        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer], loggers.lightning_loggers())
         fit_started = time.time()
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
         resumed_step = _checkpoint_step(resume_from) if resume_from else 0
@@ -180,6 +191,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
         metrics["wall_time_s"] = sum(float(s.get("wall_time_s") or 0) for s in earlier_segments) + time.time() - started
         if context.is_main:
+            metrics["trackers"] = loggers.record()
+            loggers.log_results(metrics, step=metrics["steps"])
             save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
             write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")
@@ -192,6 +205,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise
     finally:
+        if loggers is not None and context.is_main:
+            loggers.finish(status)
         if context.is_main:
             segments = metrics.get("segments") or [*earlier_segments, *([_segment_record(segment, started)]
                                                                         if segment else [])]

@@ -20,11 +20,16 @@ def write_json(path: Path, value) -> None:
     tmp.replace(path)
 
 
-def resolved_config_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML with secrets (tokens, API keys) replaced by ``***``."""
+def redacted_config(cfg: DictConfig) -> dict:
+    """The resolved config as plain containers with secrets (tokens, API keys) replaced by ``***``."""
     from tuneforge.secrets import redact
 
-    return OmegaConf.to_yaml(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))))
+    return redact(OmegaConf.to_container(cfg, resolve=True))
+
+
+def resolved_config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML with secrets (tokens, API keys) replaced by ``***``."""
+    return OmegaConf.to_yaml(OmegaConf.create(redacted_config(cfg)))
 
 
 def read_status(run_dir: Path) -> dict:
