@@ -5,7 +5,11 @@ A loss plugin's ``build(config, context)`` returns ``loss_fn(model, batch) -> Lo
 models, e.g. a distillation teacher, through the registered model sources).
 The function runs the forward pass itself.  ``batch`` holds padded tensors
 (``input_ids``, ``attention_mask``, ``labels`` with -100 on untrained tokens,
-and any other fields the dataset produced, e.g. ``chosen_input_ids``).
+and any other fields the dataset produced, e.g. ``chosen_input_ids``).  With
+``loader.packing`` a batch also holds ``position_ids`` (several examples per
+row); :func:`model_inputs` turns any batch into the forward arguments that
+keep packed examples apart, and a loss whose spec says
+``supports_packing=True`` must use it.
 
 Normalisation contract (see docs/losses.md): ``LossOutput.loss`` is the *mean*
 over ``LossOutput.num_tokens`` units (trained tokens, or preference pairs).
@@ -20,6 +24,7 @@ The helpers below are public: third-party losses may use them.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -65,13 +70,28 @@ def loss_weight(output: LossOutput) -> float:
 # ---------------------------------------------------------------------------
 
 
-def causal_lm_logits(model, input_ids, attention_mask=None):
+def model_inputs(model, batch) -> dict:
+    """Keyword arguments for ``model``'s forward from a batch: ``input_ids`` and ``attention_mask``,
+    and for a packed batch (one with ``position_ids``, see :mod:`tuneforge.data.packing`) the
+    ``position_ids`` plus the attention arguments that keep its examples apart in this model's
+    attention implementation (a block-diagonal causal 4D mask, or FlashAttention's varlen
+    arguments)."""
+    from tuneforge.data.packing import is_packed, packed_attention_inputs
+
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if is_packed(batch):
+        inputs.update(packed_attention_inputs(model, batch["position_ids"]))
+    return inputs
+
+
+def causal_lm_logits(model, input_ids, attention_mask=None, **inputs):
     """Logits ``(batch, length, vocab)`` aligned with ``input_ids``.
 
-    Adapters that prepend virtual tokens (peft prompt tuning) return longer
-    logits; the extra leading positions are cut off here.
+    ``inputs`` are further forward arguments (``position_ids`` ... from
+    :func:`model_inputs`).  Adapters that prepend virtual tokens (peft prompt
+    tuning) return longer logits; the extra leading positions are cut off here.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **inputs).logits
     return logits[:, -input_ids.size(1):]
 
 
@@ -87,34 +107,102 @@ def _logits_to_keep_keyword() -> str:
     return "logits_to_keep" if (major, minor) >= (4, 49) else "num_logits_to_keep"
 
 
-def final_hidden_states(model, input_ids, attention_mask=None):
+def _hidden_forward(model, input_ids, attention_mask, inputs):
+    """``(outputs, lm_head)`` of a forward asked for hidden states and one position of logits,
+    or ``None`` when the model cannot do that (no ``logits_to_keep``, no hidden states).
+
+    ``use_cache`` is left to the model's config, as in :func:`causal_lm_logits`:
+    forcing it off breaks peft prefix tuning on older lines (transformers 4.47
+    with peft 0.13: the prefix's legacy tuple of past keys becomes a cache
+    object only when caching is on).
+    """
+    lm_head = model.get_output_embeddings()
+    if lm_head is None:
+        return None
+    try:
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                        **{_logits_to_keep_keyword(): 1}, **inputs)
+    except TypeError:
+        return None
+    if getattr(outputs, "hidden_states", None) is None:
+        return None
+    return outputs, lm_head
+
+
+def final_hidden_states(model, input_ids, attention_mask=None, **inputs):
     """``(hidden, lm_head)``: the last hidden states (after the final norm) and the output layer.
 
     The model is asked for only one position of logits (``logits_to_keep=1``,
     ``num_logits_to_keep=1`` before transformers 4.49), so the full
-    ``length x vocab`` logits are never built.  Raises ``ModelError`` for
-    models whose forward does not take that keyword.  ``use_cache`` is left to
-    the model's config, as in :func:`causal_lm_logits`: forcing it off breaks
-    peft prefix tuning on older lines (transformers 4.47 with peft 0.13: the
-    prefix's legacy tuple of past keys becomes a cache object only when
-    caching is on).
+    ``length x vocab`` logits are never built.  ``inputs`` are further forward
+    arguments (see :func:`model_inputs`).  Raises ``ModelError`` for models
+    whose forward does not take that keyword or that expose no output layer /
+    hidden states.
     """
     from tuneforge.errors import ModelError
 
-    lm_head = model.get_output_embeddings()
-    keep = _logits_to_keep_keyword()
-    try:
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                        **{keep: 1})
-    except TypeError as exc:
-        raise ModelError(f"loss=chunked_cross_entropy needs a model whose forward accepts {keep} "
-                         f"(transformers >= 4.47 causal LMs); this one does not ({exc}); use "
-                         "loss=cross_entropy") from exc
-    if lm_head is None or outputs.hidden_states is None:
-        raise ModelError("loss=chunked_cross_entropy: the model exposes no output embeddings / hidden "
-                         "states; use loss=cross_entropy")
+    result = _hidden_forward(model, input_ids, attention_mask, inputs)
+    if result is None:
+        raise ModelError(f"loss=chunked_cross_entropy needs a causal LM whose forward accepts "
+                         f"{_logits_to_keep_keyword()} and returns hidden states, with output embeddings "
+                         "(transformers >= 4.47); this one does not: use loss=cross_entropy")
+    outputs, lm_head = result
     hidden = outputs.hidden_states[-1]
     return hidden[:, -input_ids.size(1):], lm_head
+
+
+#: config attributes of models whose logits are not just ``lm_head(hidden)``
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _head_is_plain(model, outputs, lm_head, hidden) -> bool:
+    """True when the model's logits are ``lm_head(last hidden state)`` (no soft-capping or scaling)."""
+    import torch
+
+    config = getattr(model, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return False
+    with torch.no_grad():
+        expected = outputs.logits[:, -1].float()
+        return bool(torch.allclose(lm_head(hidden[:, -1]).float(), expected, rtol=1e-3, atol=1e-4))
+
+
+def trained_logits(model, batch):
+    """``(logits, targets)`` of the trained positions only: ``(tokens, vocab)`` and ``(tokens,)``.
+
+    Position ``t`` is trained when the label at ``t+1`` is not -100.  The
+    model returns its last hidden states (one position of logits,
+    ``logits_to_keep=1``); those of the trained positions are gathered and
+    the output layer is applied to them alone, so neither the full
+    ``length x vocab`` logits nor a shifted copy of them is built.  Models
+    whose logits are more than ``lm_head(hidden)`` (soft-capping, scaling;
+    checked on the config and, once per model, on the returned position) or
+    whose forward lacks ``logits_to_keep`` get the full logits, of which the
+    trained positions are gathered without a shifted copy.
+    """
+    inputs = model_inputs(model, batch)
+    input_ids, attention_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    targets = labels[mask]
+    plain = _PLAIN_HEADS.get(model)
+    if plain is not False:
+        result = _hidden_forward(model, input_ids, attention_mask, inputs)
+        if result is None:
+            _PLAIN_HEADS[model] = False
+        else:
+            outputs, lm_head = result
+            hidden = outputs.hidden_states[-1][:, -input_ids.size(1):]
+            if plain is None:
+                plain = _PLAIN_HEADS[model] = _head_is_plain(model, outputs, lm_head, hidden)
+            if plain:
+                return lm_head(hidden[:, :-1][mask]), targets
+    logits = causal_lm_logits(model, input_ids, attention_mask, **inputs)
+    return logits[:, :-1][mask], targets
+
+
+#: model -> whether its logits are lm_head(hidden) (see :func:`trained_logits`)
+_PLAIN_HEADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------
@@ -153,11 +241,16 @@ def cross_entropy_sums(logits, labels, label_smoothing: float = 0.0, with_z: boo
     ``z_sum``: summed ``logsumexp(logits)^2`` of trained tokens (the z-loss of
     PaLM; 0 when ``with_z=False``); ``count``: number of trained tokens.
     """
+    mask = labels != IGNORE_INDEX
+    return picked_cross_entropy_sums(logits[mask], labels[mask], label_smoothing, with_z)
+
+
+def picked_cross_entropy_sums(logits, targets, label_smoothing: float = 0.0, with_z: bool = True):
+    """:func:`cross_entropy_sums` on the ``(tokens, vocab)`` logits of trained tokens and their
+    ``(tokens,)`` targets (e.g. from :func:`trained_logits`)."""
     import torch.nn.functional as F
 
-    mask = labels != IGNORE_INDEX
-    picked = logits[mask].float()
-    targets = labels[mask]
+    picked = logits.float()
     nll = F.cross_entropy(picked, targets, reduction="sum", label_smoothing=label_smoothing)
     z = (picked.logsumexp(-1) ** 2).sum() if with_z else picked.new_zeros(())
     return nll, z, int(targets.numel())

@@ -141,6 +141,10 @@ class AdapterSpec(_Spec):
     or prompt tuning: virtual tokens, not weight deltas) raises
     ``tuneforge.errors.ModelError`` with a one-line reason.  When omitted the
     loaded model is exported as it is.
+
+    ``supports_packing``: False for adapters whose model cannot take packed
+        batches (``loader.packing``: a 4D attention mask and per-example
+        ``position_ids``), e.g. ones that prepend virtual tokens.
     """
 
     kind: ClassVar[str] = "adapter"
@@ -151,6 +155,7 @@ class AdapterSpec(_Spec):
     load: Optional[Callable[[Any, str], Any]] = None
     merge: Optional[Callable[[Any], Any]] = None
     needs_base: bool = True
+    supports_packing: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,12 +172,18 @@ class LossSpec(_Spec):
     ``("preference",)`` for a loss that needs chosen/rejected pairs (empty:
     any).  When the dataset tells its kinds (``DatasetSpec.example_kinds``),
     data with any other kind is refused before the model loads.
+
+    ``supports_packing``: True when the loss handles packed batches
+        (``loader.packing``), i.e. it builds its forward arguments with
+        ``tuneforge.losses.model_inputs(model, batch)``; ``loader.packing=true``
+        with any other loss is refused before the model loads.
     """
 
     kind: ClassVar[str] = "loss"
     required: ClassVar[tuple[str, ...]] = ("build",)
     build: Optional[Callable[[Any, Any], Callable]] = None
     requires: tuple[str, ...] = ()
+    supports_packing: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -19,13 +19,15 @@ from tuneforge.losses import (
     LossOutput,
     causal_lm_logits,
     chunked_cross_entropy_sums,
-    cross_entropy_sums,
     dpo_loss,
     final_hidden_states,
     kl_div_sum,
+    model_inputs,
+    picked_cross_entropy_sums,
     sequence_logps,
     shift_for_next_token,
     token_nll_sum,
+    trained_logits,
 )
 from tuneforge.validation import at_least, between, check, greater_than, one_of
 
@@ -33,6 +35,9 @@ from tuneforge.validation import at_least, between, check, greater_than, one_of
 @dataclass
 class CrossEntropyConfig:
     """Next-token cross entropy on trained labels (labels of -100 carry no loss).
+
+    The output layer runs on the trained positions only (no full
+    ``length x vocab`` logits, see ``tuneforge.losses.trained_logits``).
 
     label_smoothing: as in ``torch.nn.functional.cross_entropy`` (0 = none).
     z_loss: weight of the z-loss ``mean(logsumexp(logits)^2)`` over trained
@@ -140,9 +145,9 @@ def _ce_output(nll, z, count, z_weight) -> LossOutput:
 
 def build_cross_entropy(config: CrossEntropyConfig, context=None):
     def cross_entropy(model, batch) -> LossOutput:
-        logits = causal_lm_logits(model, batch["input_ids"], batch.get("attention_mask"))
-        logits, labels = shift_for_next_token(logits, batch["labels"])
-        nll, z, count = cross_entropy_sums(logits, labels, config.label_smoothing, with_z=bool(config.z_loss))
+        logits, targets = trained_logits(model, batch)
+        nll, z, count = picked_cross_entropy_sums(logits, targets, config.label_smoothing,
+                                                  with_z=bool(config.z_loss))
         return _ce_output(nll, z, count, config.z_loss)
 
     return cross_entropy
@@ -150,7 +155,7 @@ def build_cross_entropy(config: CrossEntropyConfig, context=None):
 
 def build_chunked_cross_entropy(config: ChunkedCrossEntropyConfig, context=None):
     def chunked_cross_entropy(model, batch) -> LossOutput:
-        hidden, lm_head = final_hidden_states(model, batch["input_ids"], batch.get("attention_mask"))
+        hidden, lm_head = final_hidden_states(model, **model_inputs(model, batch))
         nll, z, count = chunked_cross_entropy_sums(hidden, batch["labels"], lm_head, config.chunk_size,
                                                    config.label_smoothing, with_z=bool(config.z_loss))
         return _ce_output(nll, z, count, config.z_loss)
@@ -282,12 +287,12 @@ def build_distillation(config: DistillationConfig, context):
 
     def distillation(model, batch) -> LossOutput:
         nonlocal teacher
-        logits = causal_lm_logits(model, batch["input_ids"], batch.get("attention_mask"))
+        logits = causal_lm_logits(model, **model_inputs(model, batch))
         device = logits.device
         if next(teacher.parameters()).device != device:
             teacher = teacher.to(device)
-        with torch.no_grad():
-            teacher_logits = causal_lm_logits(teacher, batch["input_ids"], batch.get("attention_mask"))
+        with torch.no_grad():  # the teacher's own attention implementation decides its packed inputs
+            teacher_logits = causal_lm_logits(teacher, **model_inputs(teacher, batch))
         # models may pad their output layer beyond the tokenizer; compare real tokens only
         kl, count = kl_div_sum(logits[..., :vocab], teacher_logits[..., :vocab], batch["labels"], temperature)
         nll, _ = token_nll_sum(*shift_for_next_token(logits, batch["labels"]))
@@ -303,11 +308,13 @@ def build_distillation(config: DistillationConfig, context):
 def tuneforge_losses():
     return [
         tuneforge.LossSpec("cross_entropy", CrossEntropyConfig,
-                           "next-token cross entropy (label smoothing, z-loss)", build=build_cross_entropy),
+                           "next-token cross entropy (label smoothing, z-loss)", build=build_cross_entropy,
+                           supports_packing=True),
         tuneforge.LossSpec("chunked_cross_entropy", ChunkedCrossEntropyConfig,
-                           "cross entropy without materialising all logits", build=build_chunked_cross_entropy),
+                           "cross entropy without materialising all logits", build=build_chunked_cross_entropy,
+                           supports_packing=True),
         tuneforge.LossSpec("dpo", DPOConfig, "direct preference optimisation (sigmoid, ipo)", build=build_dpo,
                            requires=("preference",)),
         tuneforge.LossSpec("distillation", DistillationConfig, "KL to a teacher's logits mixed with CE",
-                           build=build_distillation),
+                           build=build_distillation, supports_packing=True),
     ]

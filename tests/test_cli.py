@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from helpers import run_cli, train_losses
@@ -102,11 +103,13 @@ def test_ddp_on_two_cpu_processes_trains_and_saves_once(tmp_path):
     assert event_files and len({f.name.rsplit(".", 2)[1] for f in event_files}) == 1
 
 
-def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("layout", [[], ["loader.packing=true", "loader.pack_length=256",
+                                           "loader.group_by_length=true"]], ids=["examples", "packed_grouped"])
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, layout):
     from safetensors.torch import load_file
 
     common = ["train", "adapter.lora_dropout=0", "loader.shuffle=false", "trainer.max_steps=3", "optim.lr=1e-2",
-              "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "threads=1", "evaluators=[]"]
+              "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "threads=1", "evaluators=[]", *layout]
     single = run_cli([*common, "trainer.devices=1", "loader.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = run_cli([*common, "strategy=ddp", "trainer.devices=2", "loader.batch_size=2",

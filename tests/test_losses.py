@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import tuneforge
 from tuneforge.data import IGNORE_INDEX, DataSplits, pad_batch
 from tuneforge.errors import ConfigError, ModelError
-from tuneforge.losses import LossContext, dpo_loss, kl_div_sum, sequence_logps
+from tuneforge.losses import LossContext, dpo_loss, final_hidden_states, kl_div_sum, sequence_logps
 from tuneforge.plugins import adapters, losses
 from tuneforge.plugins.models import TinyModelConfig, build_tiny_tokenizer, load_tiny
 from tuneforge.testing import run_tiny_fit
@@ -147,6 +147,116 @@ def test_chunked_cross_entropy_peak_memory_is_lower_on_large_vocabulary():
     assert plain_peak > logits_bytes  # the plain loss holds at least one full logits tensor
     assert chunked_peak < logits_bytes / 2, (chunked_peak, plain_peak)
     assert chunked_peak < plain_peak / 4, (chunked_peak, plain_peak)
+
+
+# ---------------------------------------------------------------------------
+# cross entropy on the trained positions only (no full logits)
+# ---------------------------------------------------------------------------
+
+
+def _full_logits_cross_entropy(model, batch, label_smoothing=0.0, z_weight=0.0):
+    """The previous ``cross_entropy``: full logits, shifted, masked (the reference value)."""
+    from tuneforge.losses import causal_lm_logits, cross_entropy_sums, shift_for_next_token
+
+    logits = causal_lm_logits(model, batch["input_ids"], batch["attention_mask"])
+    nll, z, count = cross_entropy_sums(*shift_for_next_token(logits, batch["labels"]), label_smoothing)
+    return nll / count + z_weight * z / count
+
+
+@pytest.mark.parametrize("adapter", ["none", "lora_lm_head", "prompt", "prefix"])
+def test_cross_entropy_on_trained_positions_equals_the_full_logits_loss(adapter):
+    model = tiny_model()
+    if adapter == "lora_lm_head":
+        model = adapters.apply_lora(model, adapters.LoraAdapterConfig(modules_to_save=["lm_head"]))
+    elif adapter == "prompt":
+        model = adapters.apply_prompt(model, adapters.PromptAdapterConfig(num_virtual_tokens=4))
+    elif adapter == "prefix":
+        model = adapters.apply_prefix(model, adapters.PrefixAdapterConfig(num_virtual_tokens=4))
+    model.eval()
+    batch = random_batch(model.config.vocab_size, seed=2)
+    reference = _full_logits_cross_entropy(model, batch, 0.1, 1e-3)
+    reference.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    output = losses.build_cross_entropy(losses.CrossEntropyConfig(label_smoothing=0.1, z_loss=1e-3))(model, batch)
+    output.loss.backward()
+    assert float(output.loss) == pytest.approx(float(reference), abs=1e-5)
+    got = _grads(model)
+    assert set(got) == set(expected) and expected
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _soft_capped_gemma2():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    return Gemma2ForCausalLM(Gemma2Config(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                          initializer_range=0.3, final_logit_softcapping=0.5,
+                                          attn_implementation="eager")).eval()
+
+
+def _scaled_llama():
+    """A causal LM whose logits are 3 x lm_head(hidden): a model-specific head the config does not name."""
+    from transformers import LlamaForCausalLM
+
+    class Scaled(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            outputs = super().forward(*args, **kwargs)
+            outputs.logits = outputs.logits * 3.0
+            return outputs
+
+    base = tiny_model()
+    model = Scaled(base.config)
+    model.load_state_dict(base.state_dict())
+    return model.eval()
+
+
+@pytest.mark.parametrize("build", [_soft_capped_gemma2, _scaled_llama])
+def test_cross_entropy_uses_the_models_own_logits_when_they_are_not_just_the_output_layer(build):
+    model = build()
+    batch = random_batch(model.config.vocab_size, seed=3)
+    with torch.no_grad():
+        reference = float(_full_logits_cross_entropy(model, batch))
+        hidden, lm_head = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
+        head_only = torch.nn.functional.cross_entropy(lm_head(hidden[:, :-1]).flatten(0, 1),
+                                                      batch["labels"][:, 1:].flatten())
+    assert abs(float(head_only) - reference) > 1e-2  # the output layer alone would give another loss
+    loss_fn = losses.build_cross_entropy(losses.CrossEntropyConfig())
+    for _ in range(2):  # the check is cached per model
+        assert float(loss_fn(model, batch).loss) == pytest.approx(reference, abs=1e-5)
+
+
+def test_cross_entropy_peak_memory_is_below_the_full_logits_path():
+    """The output layer runs on the trained positions only: with half of them masked (a prompt), the
+    peak is lower than the previous full-logits loss by more than one full logits tensor."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    vocab, length, batch_size = 32000, 256, 2
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                         tie_word_embeddings=False)).eval()
+    input_ids = torch.randint(0, vocab, (batch_size, length), generator=torch.Generator().manual_seed(0))
+    labels = input_ids.clone()
+    labels[:, : length // 2] = IGNORE_INDEX
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
+    cross_entropy = losses.build_cross_entropy(losses.CrossEntropyConfig())
+    values = {}
+
+    def step(name, loss_fn):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model, batch)
+        loss.backward()
+        values[name] = float(loss)
+
+    step("warmup", lambda m, b: cross_entropy(m, b).loss)
+    before = _peak_cpu_bytes(lambda: step("full", _full_logits_cross_entropy))
+    after = _peak_cpu_bytes(lambda: step("trained", lambda m, b: cross_entropy(m, b).loss))
+    logits_bytes = batch_size * length * vocab * 4
+    assert values["trained"] == pytest.approx(values["full"], abs=1e-5)
+    assert after < before - logits_bytes, (after, before, logits_bytes)
 
 
 # ---------------------------------------------------------------------------

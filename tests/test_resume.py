@@ -29,9 +29,18 @@ def _batches(log_path):
     return [final[key] for key in sorted(final)]
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+#: batch layouts whose position a checkpoint must restore exactly.  packed: 18 rows of <= 256 tokens,
+#: 5 micro-batches and 3 steps per epoch, so every checkpoint falls at an epoch's end; packed_grouped:
+#: 49 rows of <= 128 tokens grouped by length, 13 micro-batches per epoch, checkpoints mid-epoch
+LAYOUTS = {"examples": [], "packed": ["loader.packing=true", "loader.pack_length=256"],
+           "packed_grouped": ["loader.packing=true", "loader.pack_length=128", "loader.group_by_length=true"]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, layout):
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    result = run_cli([*RUN, f"callbacks.batch_log.path={tmp_path / 'reference.log'}",
+    run = [*RUN, *LAYOUTS[layout]]
+    result = run_cli([*run, f"callbacks.batch_log.path={tmp_path / 'reference.log'}",
                       f"hydra.run.dir={reference}"], site_dirs=["steplog"])
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -40,13 +49,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     seed = int(os.environ.get("RESUME_TEST_SEED", str(time.time_ns() % 1_000_000)))
     kill_step = random.Random(seed).randint(4, 9)  # after the first checkpoint (step 3)
     print(f"kill step {kill_step} (RESUME_TEST_SEED={seed})")
-    killed = run_cli([*RUN, f"callbacks.batch_log.path={tmp_path / 'crashed.log'}",
+    killed = run_cli([*run, f"callbacks.batch_log.path={tmp_path / 'crashed.log'}",
                       f"callbacks.batch_log.kill_at_step={kill_step}", f"hydra.run.dir={crashed}"],
                      site_dirs=["steplog"])
     assert killed.returncode == -signal.SIGKILL, (kill_step, killed.stderr[-2000:])
     assert json.loads((crashed / "status.json").read_text())["status"] == "running"
     assert not (crashed / "model").exists()  # a crashed run presents no model
-    resumed = run_cli([*RUN, f"callbacks.batch_log.path={tmp_path / 'crashed.log'}", f"hydra.run.dir={crashed}"],
+    resumed = run_cli([*run, f"callbacks.batch_log.path={tmp_path / 'crashed.log'}", f"hydra.run.dir={crashed}"],
                       site_dirs=["steplog"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     status = json.loads((crashed / "status.json").read_text())
@@ -56,8 +65,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     expected, got = _batches(tmp_path / "reference.log"), _batches(tmp_path / "crashed.log")
     assert [b["ids"] for b in got] == [b["ids"] for b in expected], f"data order differs (killed at {kill_step})"
     assert [b["lr"] for b in got] == pytest.approx([b["lr"] for b in expected], rel=1e-9)
-    # 58 training examples / batch 4 = 15 micro-batches per epoch; 10 steps of 2 (one epoch-end step of 1)
-    assert len(got) == 19 and got[-1]["step"] == 9 and got[-1]["epoch"] == 1
+    # 58 training examples / batch 4 = 15 micro-batches per epoch; 10 steps of 2 (one epoch-end step of 1);
+    # packed: 5 micro-batches per epoch (3 steps each, the last of 1); packed_grouped: 13 (7 steps)
+    count, epoch = {"packed": (17, 3)}.get(layout, (19, 1))
+    assert len(got) == count and got[-1]["step"] == 9 and got[-1]["epoch"] == epoch
     a = load_file(str(reference / "model" / "adapter_model.safetensors"))
     b = load_file(str(crashed / "model" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()

@@ -6,7 +6,8 @@ The pipeline is: records (dicts, each remembering ``file:line``; see
 :mod:`tuneforge.data.formats`) in file order, so the first bad one is
 reported -> a deterministic train/validation split -> token ids plus labels
 where only assistant tokens carry loss -> an on-disk cache
-(:mod:`tuneforge.data.cache`) -> padded batches (:func:`pad_batch`).
+(:mod:`tuneforge.data.cache`) -> padded batches (:func:`pad_batch`), or packed
+rows (:mod:`tuneforge.data.packing`).
 
 This module is the public helper API for dataset plugins: a plugin reads its
 records (:func:`read_records`, :func:`read_hf` or its own code) and hands them

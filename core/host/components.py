@@ -18,6 +18,8 @@ The checks, all made before any model loads:
   ``__post_init__`` may refuse values (:mod:`tuneforge.validation`);
 * a loss that declares ``requires`` gets data of those kinds, when the
   dataset can tell (``DatasetSpec.example_kinds``);
+* ``loader.packing=true`` only with a loss and an adapter whose specs say
+  ``supports_packing``;
 * no plugin in use was blocked too late (in a config file).
 """
 
@@ -139,6 +141,8 @@ def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
                         for key, node in (resolved.get(group) or {}).items()}
     if found["loss"] is not None and found["data"] is not None:
         problems += _kind_problems(found["loss"], found["data"])
+    if resolved.get("loader") is not None and resolved.loader.get("packing"):
+        problems += _packing_problems(plugins, found)
     late = [name for name in (resolved.plugins.disable or []) if name in plugins.infos]
     if late:
         problems.append(Problem("plugins.disable", f"{late} was set in a config file, after those plugins were "
@@ -237,6 +241,21 @@ def _kind_problems(loss: Component, data: Component) -> list:
     wanted = " or ".join(requires)
     return [Problem("loss", f"{loss.name} trains on {wanted} examples, but data={data.name} gives "
                             f"{', '.join(other)} examples; use {wanted} data or another loss")]
+
+
+def _packing_problems(plugins, found: dict) -> list:
+    """``loader.packing=true`` needs a loss and an adapter that take packed batches."""
+    problems = []
+    for group in ("loss", "adapter"):
+        component = found[group]
+        if component is None or component.spec.supports_packing:
+            continue
+        hint = " (preference losses compare whole sequences)" if group == "loss" else ""
+        supported = [name for name in plugins[group].names() if plugins[group].get(name).supports_packing]
+        problems.append(Problem("loader.packing", "", line=(
+            f"loader.packing=true does not work with {group}={component.name}{hint}; set loader.packing=false, "
+            f"or use a {group} that supports packing: {', '.join(supported)}")))
+    return problems
 
 
 def _join(path: str, key: str) -> str:

@@ -135,13 +135,21 @@ class OptimConfig:
 
 @dataclass
 class LoaderConfig:
-    """Batching of the tokenized data.
+    """Batching of the tokenized data (see docs/performance.md).
 
-    batch_size: training examples per micro-batch (per device).
+    batch_size: training rows per micro-batch (per device): examples, or packed rows with ``packing``.
     eval_batch_size: examples per validation batch.
     num_workers: DataLoader worker processes (0: in the main process).
-    shuffle: shuffle the training examples each epoch (seeded by ``seed``).
+    shuffle: shuffle the training examples (or packed rows) each epoch (seeded by ``seed``).
     pad_to_multiple_of: pad batch lengths up to a multiple of this (null: longest in batch).
+    packing: concatenate several training examples into each row of at most ``pack_length`` tokens;
+        every example keeps its own positions and attends only to itself (exact), so no padding is
+        computed inside a row.  Losses and adapters that support it only (not ``loss=dpo``, not the
+        ``prefix``/``prompt`` adapters: refused before the model loads).
+    pack_length: tokens per packed row (null: ``data.max_length``).
+    group_by_length: batches of examples (or packed rows) of similar length, sorted within mega-batches
+        of 50 batches and shuffled between batches, so less padding is computed.  Validation batches
+        are never packed.
     """
 
     batch_size: int = 8
@@ -149,10 +157,13 @@ class LoaderConfig:
     num_workers: int = 0
     shuffle: bool = True
     pad_to_multiple_of: Optional[int] = None
+    packing: bool = False
+    pack_length: Optional[int] = None
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         check(self, batch_size=at_least(1), eval_batch_size=at_least(1), num_workers=at_least(0),
-              pad_to_multiple_of=at_least(1))
+              pad_to_multiple_of=at_least(1), pack_length=at_least(1))
 
 
 @dataclass

@@ -1,40 +1,76 @@
-"""The Lightning data module of a run: tokenized splits served as padded batches, resumably."""
+"""The Lightning data module of a run: tokenized splits served as padded (or packed) batches, resumably."""
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Optional
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
 from tuneforge.data import DataSplits, pad_batch
+from tuneforge.data.packing import PackedRows, pack_batch, pack_examples
 from tuneforge.training.resilience import ResumableDataLoader, ResumableSampler
 
 
 class FineTuneDataModule(pl.LightningDataModule):
-    """Serves the tokenized splits as padded batches."""
+    """Serves the tokenized splits as padded batches.
 
-    def __init__(self, splits: DataSplits, pad_token_id: int, loader_config, seed: int):
+    With ``loader.packing`` the training examples are packed once, before the
+    first epoch, into rows of at most ``pack_length`` tokens
+    (:func:`tuneforge.data.packing.pack_examples`, seeded by ``seed``); a
+    batch is then ``loader.batch_size`` rows, and the rows are what is
+    shuffled, sharded by rank, grouped by length and counted in checkpoints.
+    Validation batches stay padded (one example per row).
+    """
+
+    def __init__(self, splits: DataSplits, pad_token_id: int, loader_config, seed: int,
+                 pack_length: Optional[int] = None):
         super().__init__()
         self.splits = splits
         self.collate = partial(pad_batch, pad_token_id=pad_token_id,
                                pad_to_multiple_of=loader_config.pad_to_multiple_of)
+        self.pack_collate = partial(pack_batch, pad_token_id=pad_token_id,
+                                    pad_to_multiple_of=loader_config.pad_to_multiple_of)
         self.loader_config = loader_config
         self.seed = seed
+        self.pack_length = pack_length
+        self._packed: Optional[PackedRows] = None
+
+    def packed_rows(self) -> PackedRows:
+        """The packed training rows (built once; the same for every epoch)."""
+        if self._packed is None:
+            lengths = [len(example["input_ids"]) for example in self.splits.train]
+            self._packed = PackedRows(self.splits.train, pack_examples(lengths, self.packed_limit(), self.seed))
+        return self._packed
 
     def train_dataloader(self):
         """Order depends only on (seed, epoch); the position is saved in checkpoints (exact resume).
         Each process reads its shard: the rank and world size are the trainer's."""
-        sampler = ResumableSampler(len(self.splits.train), self.seed, self.loader_config.shuffle,
-                                   self.loader_config.batch_size, rank=self.trainer.global_rank,
-                                   world_size=self.trainer.world_size)
-        loader = ResumableDataLoader(self.splits.train, batch_size=self.loader_config.batch_size,
-                                     sampler=sampler, collate_fn=self.collate,
-                                     num_workers=self.loader_config.num_workers,
+        config = self.loader_config
+        dataset, collate, layout = self.splits.train, self.collate, "examples"
+        if config.packing:
+            dataset, collate = self.packed_rows(), self.pack_collate
+            layout = f"packed rows of <= {self.packed_limit()} tokens"
+        lengths = None
+        if config.group_by_length:
+            lengths = dataset.lengths() if config.packing else [len(ex["input_ids"]) for ex in dataset]
+            layout += " grouped by length"
+        sampler = ResumableSampler(len(dataset), self.seed, config.shuffle, config.batch_size,
+                                   rank=self.trainer.global_rank, world_size=self.trainer.world_size,
+                                   lengths=lengths)
+        loader = ResumableDataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
+                                     num_workers=config.num_workers,
                                      generator=torch.Generator().manual_seed(self.seed))
         loader.position_fn = self._batches_done_this_epoch
+        loader.layout = layout
         return loader
+
+    def packed_limit(self) -> int:
+        """The row length packing uses: ``loader.pack_length``, else ``data.max_length``, else the longest example."""
+        lengths = (len(example["input_ids"]) for example in self.splits.train)
+        return self.loader_config.pack_length or self.pack_length or max(lengths)
 
     def _batches_done_this_epoch(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -42,5 +78,8 @@ class FineTuneDataModule(pl.LightningDataModule):
     def val_dataloader(self):
         if not self.splits.val:
             return []
+        # its own generator: starting a validation pass must not draw from the global RNG, or a run resumed
+        # from a checkpoint taken at an epoch's end (before that epoch's validation) would see other dropout
         return DataLoader(self.splits.val, batch_size=self.loader_config.eval_batch_size, shuffle=False,
-                          collate_fn=self.collate, num_workers=self.loader_config.num_workers)
+                          collate_fn=self.collate, num_workers=self.loader_config.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))

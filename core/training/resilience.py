@@ -4,7 +4,9 @@
   depends only on (seed, epoch) and a loader whose position (epoch, batches
   consumed) is saved in every checkpoint, so a resumed run sees exactly the
   examples an uninterrupted run would have seen.  It shards by rank itself
-  under DDP (rank and world size are given to it: the trainer's).
+  under DDP (rank and world size are given to it: the trainer's), and can group
+  items of similar length into the same batches (``loader.group_by_length``);
+  the items may be packed rows (``loader.packing``).
 * :class:`CheckpointAndInterrupt` - saves a checkpoint every N optimizer steps
   and at the end, keeps the last K, and turns SIGTERM/SIGINT into "finish this
   step, checkpoint, stop".
@@ -17,13 +19,14 @@ import random
 import signal
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from tuneforge.training.checkpoint import CHECKPOINT_DIR, checkpoint_name, prune_checkpoints
+from tuneforge.data.packing import length_grouped_order
+from tuneforge.training.checkpoint import CHECKPOINT_DIR, CheckpointError, checkpoint_name, prune_checkpoints
 
 log = logging.getLogger("tuneforge")
 
@@ -34,14 +37,23 @@ class ResumableSampler(Sampler):
 
     ``rank``/``world_size`` are this process's global rank and the number of
     processes (``trainer.global_rank`` / ``trainer.world_size``).
+
+    With ``lengths`` (one per item) the epoch's order is length-grouped
+    (:func:`tuneforge.data.packing.length_grouped_order` over global batches of
+    ``batch_size x world_size``): each rank's k-th batch is its slice of the
+    same group of similar lengths.  The order still depends only on
+    (seed, epoch), so resuming skips exactly the batches already done.
     """
 
     def __init__(self, length: int, seed: int, shuffle: bool, batch_size: int, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, lengths: Optional[Sequence[int]] = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size} process(es)")
+        if lengths is not None and len(lengths) != length:
+            raise ValueError(f"{len(lengths)} lengths for {length} items")
         self.length, self.seed, self.shuffle, self.batch_size = length, seed, shuffle, batch_size
         self.rank, self.world_size = rank, world_size
+        self.lengths = None if lengths is None else list(lengths)
         self.epoch = 0
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches to skip)
 
@@ -58,6 +70,9 @@ class ResumableSampler(Sampler):
         else:
             order = list(range(self.length))
         world = self.world_size
+        if self.lengths is not None:
+            order = length_grouped_order(order, self.lengths, self.batch_size * world, seed=self.seed + epoch,
+                                         shuffle=self.shuffle)
         padded = order + order[: (-len(order)) % world]
         return padded[self.rank::world]
 
@@ -78,16 +93,26 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader Lightning treats as stateful: its position goes into checkpoints.
 
     ``position_fn`` returns how many batches of the current epoch have been
-    consumed (the datamodule wires it to the fit loop's progress).
+    consumed (the datamodule wires it to the fit loop's progress).  ``layout``
+    names what a batch is made of (``examples``, or packed rows, grouped by
+    length or not); it is saved with the position, and a checkpoint written
+    with another layout is refused, since its position counts other batches.
     """
 
     position_fn: Optional[Callable[[], int]] = None
+    layout: str = "examples"
 
     def state_dict(self) -> dict:
         consumed = int(self.position_fn()) if self.position_fn else 0
-        return {"epoch": int(self.sampler.epoch), "batches": consumed}
+        return {"epoch": int(self.sampler.epoch), "batches": consumed, "layout": self.layout}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state.get("layout", "examples")
+        if saved != self.layout:
+            raise CheckpointError(f"the checkpoint's data position counts batches of {saved}, but this run "
+                                  f"makes batches of {self.layout}; resume with the loader.packing / "
+                                  "loader.pack_length / loader.group_by_length the run started with, or "
+                                  "start over with resume=never")
         self.sampler.resume_at(int(state["epoch"]), int(state["batches"]))
 
 

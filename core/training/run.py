@@ -130,6 +130,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         model, tokenizer = components.model.spec.load(components.model.config)
         adapter_spec = components.adapter.spec
         model = adapter_spec.apply(model, components.adapter.config)
+        if components.config.loader.packing:
+            from tuneforge.data.packing import check_packing_support
+
+            check_packing_support(model)
         params = count_parameters(model)
         log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", adapter_spec.name, params["trainable"],
                  params["total"], 100 * params["fraction"])
@@ -160,7 +164,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
             if context.is_main:
                 write_json(base_file, {"metrics": metrics["base"], "predictions": base_rows})
         module = _fine_tune_module(model, loss_fn, cfg.optim, cfg.trainer.on_nonfinite_loss)
-        datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed)
+        datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed,
+                                  pack_length=cfg.data.get("max_length"))
         checkpointer = CheckpointAndInterrupt(run_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
                                               run_identity(cfg))
         trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer], loggers.lightning_loggers())
@@ -290,7 +295,7 @@ def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop"
     return FineTuneModule(model, loss_fn, optim_cfg, on_nonfinite_loss)
 
 
-def _data_module(splits, pad_token_id, loader_cfg, seed):
+def _data_module(splits, pad_token_id, loader_cfg, seed, pack_length=None):
     from tuneforge.training.data_module import FineTuneDataModule
 
-    return FineTuneDataModule(splits, pad_token_id, loader_cfg, seed)
+    return FineTuneDataModule(splits, pad_token_id, loader_cfg, seed, pack_length=pack_length)

@@ -102,7 +102,9 @@ def summed_throughput(segments: list) -> dict:
     timed_tokens = sum(int(s.get("timed_tokens") if s.get("timed_tokens") is not None else s.get("tokens") or 0)
                        for s in segments)
     return {"fit_time_s": seconds, "tokens": tokens, "tokens_per_s": timed_tokens / max(timed, 1e-9),
-            "segments": len(segments)}
+            "segments": len(segments),
+            # the first optimizer step of every segment (its warm-up) is left out of tokens_per_s
+            "excludes_warmup_steps": sum(int(s.get("excludes_warmup_steps") or 0) for s in segments)}
 
 
 def read_metric_rows(path: Path) -> list:

@@ -58,20 +58,65 @@ def _strategy_object(name: str, kwargs: dict):
 
 
 def token_counter():
-    """A Lightning callback counting the non-padding tokens of every training batch (for tokens/s)."""
+    """A Lightning callback counting the real (non-padding) tokens of every training batch, for tokens/s.
+
+    Real tokens are the ones of a batch's 2D ``attention_mask`` (1 = token,
+    0 = padding; packed batches carry one too), or every ``input_ids`` entry
+    when a batch has none.  The first optimizer step of the fit (warm-up:
+    allocations, kernel selection, compilation) is left out of
+    ``tokens_per_s``, and so is time spent in validation.  :meth:`summary`
+    says so with ``excludes_warmup_steps`` (1, or 0 for a fit of one step),
+    ``timed_tokens`` and ``timed_s`` being the tokens and seconds measured.
+    """
+    import time
+
     import lightning.pytorch as pl
 
     class TokenCounter(pl.Callback):
         def __init__(self):
             self.tokens = 0
+            self._first_step = None
+            self._warm = None  # (tokens, time) at the end of the first optimizer step
+            self._end = None
+            self._validation = 0.0
+            self._validation_start = None
+
+        def on_train_start(self, trainer, pl_module):
+            self._first_step = trainer.global_step
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            mask = batch.get("attention_mask") if isinstance(batch, dict) else None
-            if mask is not None:
+            if not isinstance(batch, dict):
+                return
+            mask = batch.get("attention_mask")
+            if mask is not None and mask.ndim == 2:
                 self.tokens += int(mask.sum())
+            elif batch.get("input_ids") is not None:
+                self.tokens += int(batch["input_ids"].numel())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self._warm is None and self._first_step is not None and trainer.global_step > self._first_step:
+                self._warm = (self.tokens, time.perf_counter())
+
+        def on_validation_start(self, trainer, pl_module):
+            self._validation_start = time.perf_counter()
+
+        def on_validation_end(self, trainer, pl_module):
+            if self._warm is not None and self._validation_start is not None:
+                self._validation += time.perf_counter() - self._validation_start
+            self._validation_start = None
+
+        def on_train_end(self, trainer, pl_module):
+            self._end = time.perf_counter()
 
         def summary(self, seconds: float, world_size: int = 1) -> dict:
-            tokens = self.tokens * max(int(world_size), 1)
-            return {"fit_time_s": seconds, "tokens": tokens, "tokens_per_s": tokens / max(seconds, 1e-9)}
+            world = max(int(world_size), 1)
+            tokens = self.tokens * world
+            result = {"fit_time_s": seconds, "tokens": tokens}
+            if self._warm is not None and self._end is not None and self.tokens > self._warm[0]:
+                measured = (self.tokens - self._warm[0]) * world
+                elapsed = max(self._end - self._warm[1] - self._validation, 1e-9)
+                return {**result, "tokens_per_s": measured / elapsed, "excludes_warmup_steps": 1,
+                        "timed_tokens": measured, "timed_s": elapsed}
+            return {**result, "tokens_per_s": tokens / max(seconds, 1e-9), "excludes_warmup_steps": 0}
 
     return TokenCounter()
