@@ -26,6 +26,12 @@ The ranks come from Lightning's cluster environments
 No other module of tuneforge reads rank environment variables: everything
 that needs to know whether it is the main process, or which device it
 evaluates on, receives the :class:`RunContext`.
+
+The job id of the launch (``SLURM_JOB_ID``, torchrun's ``--rdzv-id``,
+``LSB_JOBID``) is read here too: :func:`shared_run_dir` derives the one run
+directory all processes of a multi-process launch agree on from it, and a
+SLURM task's context carries it (:attr:`RunContext.slurm_job_id`) for the
+requeue on ``SIGUSR1``.
 """
 
 from __future__ import annotations
@@ -90,6 +96,9 @@ class RunContext:
     config: Any = field(default=None, repr=False, compare=False)
     #: the Lightning cluster environment the ranks came from
     cluster_environment: str = LIGHTNING_ENVIRONMENT
+    #: the SLURM job to requeue on SIGUSR1 (``"123"``, ``"120_3"`` for an array task) when the
+    #: processes were started by ``srun`` (``SLURMEnvironment``); else None
+    slurm_job_id: Optional[str] = None
 
     @property
     def is_main(self) -> bool:
@@ -116,7 +125,8 @@ class RunContext:
         return cls(run_dir=Path(run_dir), global_rank=ranks.global_rank, local_rank=ranks.local_rank,
                    node_rank=ranks.node_rank, world_size=ranks.world_size,
                    device=evaluation_device(accelerator, devices, ranks.local_rank), debug=bool(debug),
-                   config=_read_only(config), cluster_environment=ranks.cluster_environment)
+                   config=_read_only(config), cluster_environment=ranks.cluster_environment,
+                   slurm_job_id=slurm_job_id() if ranks.cluster_environment == "SLURMEnvironment" else None)
 
     def check_process_count(self, devices: Any, num_nodes: Any) -> None:
         """Stop (one line) when a cluster launcher started another number of processes than
@@ -178,6 +188,59 @@ def detect_ranks(accelerator: str = "auto", devices: Any = "auto", num_nodes: in
     world_size = int(launched) if launched else _device_count(accelerator, devices) * nodes
     per_node = max(world_size // nodes, 1)
     return ProcessRanks(node_rank * per_node + local_rank, local_rank, node_rank, world_size, LIGHTNING_ENVIRONMENT)
+
+
+def slurm_job_id() -> Optional[str]:
+    """The SLURM job of this process, as ``scontrol requeue`` names it: ``SLURM_JOB_ID``, or
+    ``<SLURM_ARRAY_JOB_ID>_<SLURM_ARRAY_TASK_ID>`` for an array task; None outside a SLURM job."""
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and array_task:
+        return f"{array_job}_{array_task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def launch_id() -> Optional[str]:
+    """An id that every process of this launch shares and that a relaunch of the same job keeps:
+    ``slurm-<job>`` (inside a SLURM job, also for torchrun started by it), else ``torchrun-<rdzv id>``
+    (torchrun's ``--rdzv-id``; its placeholder ``none`` does not count), else ``lsf-<LSB_JOBID>``."""
+    job = slurm_job_id()
+    if job:
+        return f"slurm-{job}"
+    rdzv = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if rdzv and rdzv.lower() != "none":
+        return f"torchrun-{rdzv}"
+    lsf = os.environ.get("LSB_JOBID")
+    return f"lsf-{lsf}" if lsf else None
+
+
+def shared_run_dir(ranks: ProcessRanks, num_nodes: int, root: str = "runs") -> Optional[str]:
+    """The run directory of a launch whose processes cannot agree on a timestamped one, or None.
+
+    Hydra's default ``runs/<date_time>`` is computed in each process.  That is
+    safe only when one process computes it and starts the others (a plain run,
+    or Lightning's own launcher with ``trainer.devices=N`` on one machine,
+    which passes ``hydra.run.dir=<its directory>`` to the processes it
+    starts).  When a cluster launcher (torchrun, srun, jsrun, mpirun) starts
+    several processes, or the run spans several nodes, each would pick the
+    second its clock shows; then every process uses ``<root>/<launch id>``
+    (:func:`launch_id`: the SLURM job, torchrun's ``--rdzv-id``, the LSF job),
+    which a requeued job keeps, so ``resume=auto`` continues it.  Without such
+    an id this raises a one-line :class:`~tuneforge.ConfigError` asking for
+    ``run_dir=``.  Call it only when no run directory was given.
+    """
+    external = ranks.cluster_environment in _LAUNCH_HINTS and ranks.world_size > 1
+    multi_node = int(num_nodes or 1) > 1 or ranks.node_rank > 0
+    if not (external or multi_node):
+        return None
+    job = launch_id()
+    if job:
+        return f"{root}/{job}"
+    launcher = _LAUNCH_HINTS.get(ranks.cluster_environment, ("Lightning's launcher",))[0]
+    nodes = f" on {max(int(num_nodes or 1), ranks.node_rank + 1)} nodes" if multi_node else ""
+    hint = " (or give torchrun --rdzv-id=<job id>)" if ranks.cluster_environment == "TorchElasticEnvironment" else ""
+    raise ConfigError(f"{ranks.world_size} processes started by {launcher}{nodes} need one run directory that all "
+                      f"of them agree on, and this launch has no job id to name it after: set run_dir=<dir> on "
+                      f"storage every node sees{hint}")
 
 
 def evaluation_device(accelerator: str, devices: Any, local_rank: int) -> str:

@@ -88,18 +88,20 @@ def test_unknown_command_suggests_the_closest():
 
 
 def test_ddp_on_two_cpu_processes_trains_and_saves_once(tmp_path):
+    # the default runs/<date_time>: Lightning's launcher passes the parent's directory to the child
     result = run_cli(["train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                       "trainer.max_steps=3", "trainer.enable_progress_bar=false", "threads=1",
-                      "loggers=[tensorboard]", f"hydra.run.dir={tmp_path}"], timeout=240)
+                      "loggers=[tensorboard]"], timeout=240, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Starting with 2 processes" in result.stdout + result.stderr
     assert result.stdout.count("run directory:") == 1
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
-    assert len(train_losses(tmp_path)) == 3  # metrics.csv is kept without `csv` in loggers
-    assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+    [run_dir] = (tmp_path / "runs").iterdir()  # one directory for both processes
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert len(train_losses(run_dir)) == 3  # metrics.csv is kept without `csv` in loggers
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
     # only the main process logs to the tracker: every event file comes from one process id
     # (events.out.tfevents.<time>.<host>.<pid>.<n>)
-    event_files = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    event_files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert event_files and len({f.name.rsplit(".", 2)[1] for f in event_files}) == 1
 
 
@@ -115,6 +117,8 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path,
     ddp = run_cli([*common, "strategy=ddp", "trainer.devices=2", "loader.batch_size=2",
                    f"hydra.run.dir={tmp_path / 'two'}"], timeout=240)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    # the logged loss is global (all-reduced, token-weighted): the 1-process loss of the same global batch
+    assert train_losses(tmp_path / "two") == pytest.approx(train_losses(tmp_path / "one"), abs=1e-5)
     one = load_file(str(tmp_path / "one" / "model" / "adapter_model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model" / "adapter_model.safetensors"))
     assert one.keys() == two.keys()

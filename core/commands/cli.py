@@ -234,16 +234,41 @@ def run_dir_overrides(args: list, overrides: list) -> list:
 
     The directory is checked first (a file, a read-only mount, no permission: one line), since
     Hydra creates it before tuneforge sees the config.
+
+    Neither ``run_dir=`` nor ``hydra.run.dir=`` given: ``hydra.run.dir=runs/<launch id>`` when
+    several processes started by a cluster launcher (or spread over several nodes) would otherwise
+    each compute their own ``runs/<date_time>``; a one-line :class:`~tuneforge.ConfigError` for such
+    a launch without a job id (:func:`shared_launch_run_dir`).
     """
     if {"-m", "--multirun"} & set(args):
         return []
     given = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
-    if "run_dir" not in given or given["run_dir"] in ("", "null") or "hydra.run.dir" in given:
+    if "hydra.run.dir" in given:
         return []
+    if "run_dir" not in given or given["run_dir"] in ("", "null"):
+        shared = shared_launch_run_dir(given.get("trainer.num_nodes", "1"))
+        return [] if shared is None else [f"hydra.run.dir={shared}"]
     from tuneforge.training.run_lock import check_usable
 
     check_usable(Path(given["run_dir"]))
     return [f"hydra.run.dir={given['run_dir']}"]
+
+
+def shared_launch_run_dir(num_nodes="1"):
+    """The run directory all processes of a multi-process launch agree on (``runs/<launch id>``),
+    or None when one process decides it (a plain run, Lightning's launcher on one machine);
+    see :func:`tuneforge.context.shared_run_dir`.  ``num_nodes``: the ``trainer.num_nodes=``
+    override (read before Hydra composes the config).  Without launcher variables and one node
+    nothing is imported."""
+    from tuneforge.context import detect_ranks, shared_run_dir, started_by_a_launcher
+
+    try:
+        nodes = int(str(num_nodes).strip())
+    except ValueError:
+        nodes = 1  # Hydra reports the bad value when it composes
+    if not started_by_a_launcher() and nodes <= 1:
+        return None
+    return shared_run_dir(detect_ranks(num_nodes=max(nodes, 1)), nodes)
 
 
 def _is_composition_error(exc: BaseException) -> bool:

@@ -98,6 +98,9 @@ class StrategyConfig:
     name: a Lightning strategy name: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``,
         ``deepspeed_stage_2`` ...
     kwargs: keyword arguments for its class (e.g. ``{find_unused_parameters: false}``).
+
+    What tuneforge refuses before the model loads (FSDP; DeepSpeed's limits):
+    ``tuneforge.training.trainer.check_strategy`` and docs/distributed.md.
     """
 
     name: str = "auto"

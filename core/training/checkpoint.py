@@ -302,6 +302,21 @@ def check_same_run(checkpoint_dir: Path, cfg) -> None:
                               f"{'; '.join(differences)}. Use another run directory, or resume=never to start over")
 
 
+def check_same_world_size(checkpoint_dir: Path, world_size: int) -> None:
+    """Refuse to resume on another number of processes than the checkpoint was written by.
+
+    The data position and every rank's RNG state belong to one way of
+    sharding the data over ranks: resumed on another world size, examples
+    would be repeated or skipped.  Checkpoints written before the world size
+    was recorded are not checked.
+    """
+    state = json.loads((Path(checkpoint_dir) / STATE).read_text())
+    saved = state.get("tuneforge", {}).get("world_size")
+    if saved is not None and int(saved) != int(world_size):
+        raise CheckpointError(f"checkpoint {checkpoint_dir} was written by {saved} rank(s), this launch has "
+                              f"{world_size}: resume with the same number of processes, or resume=never")
+
+
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` complete checkpoints, and leftovers of interrupted saves."""
     folder = Path(run_dir) / CHECKPOINT_DIR

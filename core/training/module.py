@@ -11,7 +11,7 @@ import torch
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.losses import loss_weight
-from tuneforge.training.resilience import rng_states, set_rng_states
+from tuneforge.training.resilience import gather_rng_states, rank_rng_states, set_rng_states
 
 
 class NonFiniteLossError(TuneforgeError):
@@ -30,8 +30,22 @@ class FineTuneModule(pl.LightningModule):
     window's unit count summed over all devices.  So the gradient with
     ``trainer.accumulate_grad_batches=k`` (and/or several devices) equals the
     gradient of one big batch's per-token mean, not a mean of micro-batch
-    means.  Strategies that keep gradients outside ``param.grad`` (DeepSpeed)
-    are not normalised this way.
+    means.  DeepSpeed keeps gradients in its own buffers, outside
+    ``param.grad``: there the loss itself is normalised instead, by the
+    micro-batch's unit count summed over all devices (one all-reduce per
+    micro-batch), which is the same gradient when each optimizer step is one
+    micro-batch; tuneforge refuses DeepSpeed with
+    ``trainer.accumulate_grad_batches`` > 1 (see
+    :func:`tuneforge.training.trainer.check_strategy`).
+
+    Logged training loss: ``train/loss`` at each optimizer step is the
+    per-unit mean over the whole accumulation window on all devices (sum of
+    the per-token losses / total tokens, all-reduced), identical on every
+    rank and equal to the loss one process would log for the same global
+    batch.
+
+    Checkpoints hold every rank's RNG states (a list indexed by global rank);
+    each rank resumes with its own.
     """
 
     #: checkpoints hold only trainable weights (the frozen base comes from the model source)
@@ -49,6 +63,7 @@ class FineTuneModule(pl.LightningModule):
         self.on_nonfinite_loss = on_nonfinite_loss
         self.skipped_batches = 0
         self._window_units = 0.0
+        self._window_loss = 0.0  # sum over the window's micro-batches of loss x units (a tensor once training)
         self._loss_scale = None
         self._pending_rng = None
 
@@ -58,8 +73,9 @@ class FineTuneModule(pl.LightningModule):
         on_step = stage == "train"
         # validation: token-weighted epoch mean (the per-token mean over the whole split)
         log_size = batch_size if on_step else max(int(weight), 1)
-        self.log(f"{stage}/loss", output.loss.detach(), prog_bar=True, on_step=on_step, on_epoch=not on_step,
-                 batch_size=log_size, sync_dist=not on_step)
+        if not on_step:  # train/loss: the global window mean, logged in on_before_optimizer_step
+            self.log(f"{stage}/loss", output.loss.detach(), prog_bar=True, on_step=False, on_epoch=True,
+                     batch_size=log_size, sync_dist=True)
         for key, value in output.metrics.items():
             self.log(f"{stage}/{key}", value, on_step=on_step, on_epoch=not on_step, batch_size=log_size,
                      sync_dist=not on_step)
@@ -78,19 +94,38 @@ class FineTuneModule(pl.LightningModule):
                 f"training loss is {float(loss)} at step {self.global_step + 1} (batch {batch_idx} of epoch "
                 f"{self.current_epoch}); the run stops here and the last checkpoint stays the good one. Lower "
                 "optim.lr, check the data, or set trainer.on_nonfinite_loss=skip")
+        self._window_units += weight
+        self._window_loss = self._window_loss + loss.detach().double() * weight
+        if self._normalise_in_loss:  # DeepSpeed: divide by this micro-batch's units on all devices now
+            units = torch.tensor(weight, dtype=torch.float64, device=self.device)
+            units = float(self.trainer.strategy.reduce(units, reduce_op="sum"))
+            # DeepSpeed averages gradients over ranks: multiply by world_size to get the plain sum back
+            return loss * (weight * self.trainer.world_size / max(units, 1.0))
         if self._loss_scale is None:  # one constant for every rank and step, so the rescale stays exact
             self._loss_scale = float(self.trainer.strategy.broadcast(max(weight, 1.0), src=0))
-        self._window_units += weight
         # Lightning divides the returned loss by accumulate_grad_batches; undo that here and divide by
         # the window's unit count in on_before_optimizer_step instead.
         return loss * (weight * self.trainer.accumulate_grad_batches / self._loss_scale)
 
+    @property
+    def _normalise_in_loss(self) -> bool:
+        """True under DeepSpeed, whose gradients are not in ``param.grad`` (see the class docstring)."""
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        return self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
+
     def on_before_optimizer_step(self, optimizer):
-        units = torch.tensor(self._window_units, dtype=torch.float64, device=self.device)
-        units = self.trainer.strategy.reduce(units, reduce_op="sum")
+        # one all-reduce: [units, sum of loss x units] of the window over all ranks
+        totals = torch.stack([torch.as_tensor(self._window_units, dtype=torch.float64, device=self.device),
+                              torch.as_tensor(self._window_loss, dtype=torch.float64, device=self.device)])
+        units, loss_sum = self.trainer.strategy.reduce(totals, reduce_op="sum").unbind()
+        self._window_units, self._window_loss = 0.0, 0.0
+        if float(units) > 0:
+            self.log("train/loss", (loss_sum / units).float(), prog_bar=True, on_step=True, on_epoch=False)
+        if self._normalise_in_loss or self._loss_scale is None:  # (None: no finite micro-batch yet)
+            return
         # DDP/FSDP average gradients over ranks: multiply by world_size to get the plain sum back
         factor = self._loss_scale * self.trainer.world_size / max(float(units), 1.0)
-        self._window_units = 0.0
         if factor != 1.0:
             for group in optimizer.param_groups:
                 for parameter in group["params"]:
@@ -101,12 +136,14 @@ class FineTuneModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         trainable = {f"model.{name}" for name, p in self.model.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["rng_states"] = rng_states()
+        checkpoint["rng_states"] = gather_rng_states(self.trainer)  # every rank's, indexed by global rank
         checkpoint["loss_scale"] = self._loss_scale
         checkpoint["skipped_batches"] = self.skipped_batches
 
     def on_load_checkpoint(self, checkpoint):
-        self._pending_rng = checkpoint.get("rng_states")
+        saved = checkpoint.get("rng_states")
+        self._pending_rng = None if saved is None else rank_rng_states(saved, self.global_rank,
+                                                                        self.trainer.world_size)
         self._loss_scale = checkpoint.get("loss_scale")
         self.skipped_batches = checkpoint.get("skipped_batches", 0)
 

@@ -8,15 +8,21 @@
   items of similar length into the same batches (``loader.group_by_length``);
   the items may be packed rows (``loader.packing``).
 * :class:`CheckpointAndInterrupt` - saves a checkpoint every N optimizer steps
-  and at the end, keeps the last K, and turns SIGTERM/SIGINT into "finish this
-  step, checkpoint, stop".
+  and at the end, keeps the last K, and turns SIGTERM/SIGINT (and, for a SLURM
+  task, the requeue signal SIGUSR1) into "finish this step, checkpoint, stop".
+  Under DDP the processes agree, at every optimizer step, on whether any of
+  them received a signal, so all of them checkpoint the same step.
+* :func:`gather_rng_states` - the RNG states of every rank, for the checkpoint
+  (each rank resumes with its own).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -36,8 +42,12 @@ class ResumableSampler(Sampler):
     padded to a multiple of ``world_size`` and strided by ``rank``; can start mid-epoch.
 
     ``rank``/``world_size`` are this process's global rank and the number of
-    processes (``trainer.global_rank`` / ``trainer.world_size``).
-
+    processes (``trainer.global_rank`` / ``trainer.world_size``).  Every rank
+    gets exactly ``ceil(length / world_size)`` indices (``len(self)``), so
+    every rank runs the same number of batches, even with fewer examples than
+    ranks.  As in torch's ``DistributedSampler`` the epoch's order is repeated
+    to fill the last round: ``world_size * ceil(length / world_size) - length``
+    examples (fewer than ``world_size``) are seen twice per epoch under DDP.
     With ``lengths`` (one per item) the epoch's order is length-grouped
     (:func:`tuneforge.data.packing.length_grouped_order` over global batches of
     ``batch_size x world_size``): each rank's k-th batch is its slice of the
@@ -73,7 +83,9 @@ class ResumableSampler(Sampler):
         if self.lengths is not None:
             order = length_grouped_order(order, self.lengths, self.batch_size * world, seed=self.seed + epoch,
                                          shuffle=self.shuffle)
-        padded = order + order[: (-len(order)) % world]
+        total = len(self) * world
+        repeats = -(-total // len(order)) if order else 0
+        padded = (order * repeats)[:total]  # the order again (and again, with fewer examples than ranks)
         return padded[self.rank::world]
 
     def __iter__(self):
@@ -126,6 +138,35 @@ def rng_states() -> dict:
     return states
 
 
+def gather_rng_states(trainer) -> list:
+    """``[rng_states() of rank 0, of rank 1, ...]``, the same list on every rank.
+
+    A collective under DDP: every rank must call it (Lightning's
+    ``trainer.save_checkpoint`` runs the checkpoint hooks on all ranks).  The
+    small state dicts travel through ``torch.distributed.all_gather_object``
+    (in memory; the checkpoint itself stays safetensors + JSON).
+    """
+    import torch.distributed as dist
+
+    mine = rng_states()
+    if trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def rank_rng_states(saved, rank: int, world_size: int) -> dict:
+    """This rank's entry of the checkpoint's ``rng_states`` (a list from :func:`gather_rng_states`;
+    a dict in checkpoints written before per-rank states, restored on every rank)."""
+    if isinstance(saved, dict):
+        return saved
+    if len(saved) != world_size:
+        raise CheckpointError(f"checkpoint written by {len(saved)} rank(s), this launch has {world_size}: resume "
+                              "with the same number of processes, or resume=never")
+    return saved[rank]
+
+
 def set_rng_states(states: dict) -> None:
     import numpy as np
 
@@ -142,26 +183,63 @@ class CheckpointAndInterrupt(pl.Callback):
     ``<run_dir>/checkpoints/step-N``, keep the newest ``keep_last``, and stop
     gracefully on SIGTERM/SIGINT after saving one.
 
-    ``identity`` (the run's model/adapter/data config) is stored in each
-    checkpoint so a resume with another config is refused.
+    ``identity`` (the run's model/adapter/data config) and the number of
+    processes are stored in each checkpoint so a resume with another config or
+    another world size is refused.  ``resume_from`` is the checkpoint this
+    process resumes (None: a fresh start); under DDP all processes must
+    resume the same one, which :meth:`setup` checks before anything is
+    restored.  ``requeue_job_id`` (a SLURM task's job id) makes SIGUSR1,
+    SLURM's requeue signal (``#SBATCH --signal=SIGUSR1@90``), checkpoint,
+    ``scontrol requeue`` the job from the main process, and stop.
+
+    Signals are only noted in the handler; at the end of every optimizer step
+    the ranks sum their "signal received" flags (one all-reduce), so all of
+    them checkpoint and stop at the same step whichever rank got the signal.
+    ``save_checkpoints=False`` (DeepSpeed, whose checkpoints bypass the
+    pickle-free CheckpointIO) saves nothing; signals still stop the run.
     """
 
-    def __init__(self, run_dir: Path, every_n_steps: int, keep_last: int, identity: dict):
+    def __init__(self, run_dir: Path, every_n_steps: int, keep_last: int, identity: dict,
+                 resume_from: Optional[Path] = None, requeue_job_id: Optional[str] = None,
+                 save_checkpoints: bool = True):
+        self.save_checkpoints = save_checkpoints
         self.run_dir = Path(run_dir)
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
         self.identity = identity
+        self.resume_from = None if resume_from is None else Path(resume_from)
+        self.requeue_job_id = requeue_job_id
         self.interrupted_by: Optional[str] = None
         self.last_saved: Optional[Path] = None
         self._last_step: Optional[int] = None
         self._saved_step: Optional[int] = None
         self._signal_name: Optional[str] = None
+        self._requeue_signal: Optional[str] = None
         self._previous_handlers: dict = {}
+
+    # -- all ranks resume the same checkpoint ---------------------------------
+    def setup(self, trainer, pl_module, stage) -> None:
+        """Refuse (one line, on every rank) when the ranks would resume different checkpoints."""
+        import torch.distributed as dist
+
+        if trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
+            return
+        mine = (os.path.abspath(self.run_dir), None if self.resume_from is None else self.resume_from.name)
+        views: list = [None] * dist.get_world_size()
+        dist.all_gather_object(views, mine)
+        warning = check_resume_agreement(views)
+        if warning and trainer.is_global_zero:
+            log.warning(warning)
 
     # -- signals ---------------------------------------------------------
     def _handle(self, signum, frame) -> None:
         self._signal_name = signal.Signals(signum).name
         log.warning("received %s: finishing this step, then saving a checkpoint", self._signal_name)
+
+    def _handle_requeue(self, signum, frame) -> None:
+        self._requeue_signal = signal.Signals(signum).name
+        log.warning("received %s (SLURM requeue): finishing this step, then saving a checkpoint and requeueing "
+                    "job %s", self._requeue_signal, self.requeue_job_id)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_step = trainer.global_step
@@ -169,6 +247,8 @@ class CheckpointAndInterrupt(pl.Callback):
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous_handlers[signum] = signal.signal(signum, self._handle)
+            if self.requeue_job_id:  # replaces Lightning's handler, which saves at whatever point each rank is
+                self._previous_handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._handle_requeue)
 
     def teardown(self, trainer, pl_module, stage) -> None:
         for signum, handler in self._previous_handlers.items():
@@ -177,9 +257,13 @@ class CheckpointAndInterrupt(pl.Callback):
 
     # -- saving ----------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        checkpoint["tuneforge"] = {"identity": self.identity, "global_step": trainer.global_step}
+        checkpoint["tuneforge"] = {"identity": self.identity, "global_step": trainer.global_step,
+                                   "world_size": trainer.world_size}
 
-    def save(self, trainer) -> Path:
+    def save(self, trainer) -> Optional[Path]:
+        if not self.save_checkpoints:
+            self._saved_step = trainer.global_step
+            return None
         path = self.run_dir / CHECKPOINT_DIR / checkpoint_name(trainer.global_step)
         trainer.save_checkpoint(str(path))
         self._saved_step = trainer.global_step
@@ -192,13 +276,67 @@ class CheckpointAndInterrupt(pl.Callback):
         if trainer.global_step == self._last_step:
             return  # inside a gradient-accumulation window: no consistent state to save
         self._last_step = trainer.global_step
-        stop = trainer.strategy.reduce_boolean_decision(self._signal_name is not None, all=False)
-        if stop or (self.every_n_steps and trainer.global_step % self.every_n_steps == 0):
+        # one all-reduce per optimizer step: did any rank get a stop / a requeue signal?
+        flags = torch.tensor([float(self._signal_name is not None), float(self._requeue_signal is not None)],
+                             device=trainer.strategy.root_device)
+        flags = trainer.strategy.reduce(flags, reduce_op="sum")
+        stop, requeue = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
+        if stop or requeue or (self.every_n_steps and trainer.global_step % self.every_n_steps == 0):
             self.save(trainer)
-        if stop:
-            self.interrupted_by = self._signal_name or "signal on another rank"
+        if requeue and trainer.is_global_zero:
+            requeue_slurm_job(self.requeue_job_id)
+        if stop or requeue:
+            self.interrupted_by = (self._signal_name or self._requeue_signal
+                                   or ("SIGUSR1" if requeue else "signal on another rank"))
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._saved_step != trainer.global_step:
             self.save(trainer)
+
+
+def check_resume_agreement(views: list) -> Optional[str]:
+    """``views[rank] = (run directory, name of the checkpoint it resumes or None)``.
+
+    Raises a one-line :class:`~tuneforge.training.checkpoint.CheckpointError`
+    when the ranks would not resume one and the same checkpoint (different
+    checkpoints, the same name in different directories, or some resume and
+    others start over): that would train diverging copies and then hang.
+    Returns a warning when all start fresh but were given different run
+    directories (only rank 0's is written), else None.
+    """
+    def describe(view) -> str:
+        directory, checkpoint = view
+        return f"{checkpoint} in {directory}" if checkpoint else f"a fresh start in {directory}"
+
+    groups: dict = {}
+    for rank, view in enumerate(views):
+        groups.setdefault(tuple(view), []).append(rank)
+    if len(groups) > 1 and any(checkpoint for _, checkpoint in groups):
+        listed = "; ".join(f"rank {_ranks(ranks)}: {describe(view)}" for view, ranks in groups.items())
+        raise CheckpointError(f"the processes disagree about what to resume ({listed}): give every process the "
+                              "same run_dir= on storage all of them see, or resume=never")
+    if len(groups) > 1:
+        return (f"the processes were given different run directories ({', '.join(sorted({d for d, _ in groups}))}); "
+                f"only rank 0's, {views[0][0]}, is written")
+    return None
+
+
+def _ranks(ranks: list) -> str:
+    return ",".join(str(r) for r in ranks) if len(ranks) < 5 else f"{ranks[0]}..{ranks[-1]} ({len(ranks)})"
+
+
+def requeue_slurm_job(job_id: str) -> bool:
+    """``scontrol requeue <job_id>`` (what Lightning's auto-requeue runs); False, with a warning, when
+    it fails or ``scontrol`` is not installed."""
+    try:
+        result = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)
+    except OSError as exc:
+        log.warning("cannot requeue SLURM job %s: %s; resume by submitting the job again", job_id, exc)
+        return False
+    if result.returncode != 0:
+        log.warning("scontrol requeue %s failed (exit %d): %s", job_id, result.returncode,
+                    (result.stderr or result.stdout).strip().splitlines()[:1])
+        return False
+    log.warning("requeued SLURM job %s; it resumes from the checkpoint just saved", job_id)
+    return True

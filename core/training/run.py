@@ -24,7 +24,7 @@ from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, re
                                         resolved_config_yaml, segment_history, summed_throughput, write_json,
                                         write_outputs)
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
-from tuneforge.training.trainer import build_trainer, token_counter
+from tuneforge.training.trainer import build_trainer, check_strategy, token_counter, writes_checkpoints
 
 
 log = logging.getLogger("tuneforge")
@@ -95,6 +95,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     elif context.run_dir != run_dir:
         raise ValueError(f"the run context is for {context.run_dir}, not {run_dir}")
     context.check_process_count(cfg.trainer.devices, cfg.trainer.num_nodes)  # before any model loads
+    check_strategy(cfg)
     (log.info if context.world_size > 1 else log.debug)("process: %s", context.describe())
     lock = None
     if context.is_main:  # one writer per run directory: a second run on it stops here, naming the holder
@@ -103,7 +104,12 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     try:
-        resume_from = prepare_run_dir(cfg, run_dir)
+        resume_from = prepare_run_dir(cfg, run_dir, world_size=context.world_size)
+        if resume_from is not None and not writes_checkpoints(cfg):
+            from tuneforge.training.checkpoint import CheckpointError
+
+            raise CheckpointError(f"strategy={cfg.strategy.name} cannot resume tuneforge's checkpoint {resume_from}; "
+                                  "resume=never starts over, or resume it with strategy=ddp")
         earlier_segments = segment_history(run_dir) if resume_from is not None else []
         if context.is_main:
             (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
@@ -167,7 +173,9 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed,
                                   pack_length=cfg.data.get("max_length"))
         checkpointer = CheckpointAndInterrupt(run_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
-                                              run_identity(cfg))
+                                              run_identity(cfg), resume_from=resume_from,
+                                              requeue_job_id=context.slurm_job_id,
+                                              save_checkpoints=writes_checkpoints(cfg))
         trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer], loggers.lightning_loggers())
         fit_started = time.time()
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []

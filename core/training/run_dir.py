@@ -46,7 +46,7 @@ def trained_nothing(status: dict) -> bool:
     return status.get("status") in ("failed", "interrupted") and not status.get("steps")
 
 
-def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
+def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = None) -> Optional[Path]:
     """Check the run directory against ``cfg.resume``; return the checkpoint to resume from.
 
     * A completed run is refused (``resume=never`` or another directory to
@@ -57,8 +57,11 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
       is refused unless ``resume=never`` — except a run that failed before its
       first optimizer step (bad data, say): nothing was trained, so the next
       attempt may reuse the directory with other settings.
+    * A checkpoint written by another number of processes than ``world_size``
+      (when given) is refused: its data position and per-rank RNG states
+      belong to that number.
     """
-    from tuneforge.training.checkpoint import CheckpointError, check_same_run, resolve_resume
+    from tuneforge.training.checkpoint import CheckpointError, check_same_run, check_same_world_size, resolve_resume
 
     never = str(cfg.resume) in ("never", "none", "false")
     status = read_status(run_dir)
@@ -70,6 +73,8 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     checkpoint = resolve_resume(str(cfg.resume), run_dir)
     if checkpoint is not None:
         check_same_run(checkpoint, cfg)
+        if world_size is not None:
+            check_same_world_size(checkpoint, world_size)
         log.info("resuming from %s", checkpoint)
         return checkpoint
     if not (never or trained_nothing(status)):

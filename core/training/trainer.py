@@ -44,11 +44,86 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
         use_distributed_sampler=False)  # ResumableSampler shards by rank itself
 
 
+def check_strategy(cfg: DictConfig) -> None:
+    """Refuse, in one line and before any model loads, a strategy this machine or tuneforge cannot run.
+
+    * ``fsdp*``: Lightning's FSDP needs CUDA GPUs; on GPUs tuneforge refuses
+      it too: Lightning's FSDP rejects norm gradient clipping (the default),
+      and evaluating, saving and pickle-free resuming of sharded weights are
+      not implemented.  ``strategy=ddp`` is the multi-device strategy.
+    * ``deepspeed*``: needs the ``deepspeed`` package (``pip install
+      'tuneforge[deepspeed]'``) and CUDA GPUs; ZeRO stage 1 or 2 only (stage
+      3 partitions the weights that evaluation and saving need whole);
+      ``trainer.accumulate_grad_batches=1`` (the per-token loss normalisation
+      cannot reach DeepSpeed's gradient buffers, see
+      :class:`~tuneforge.training.module.FineTuneModule`); and no periodic
+      checkpoints (DeepSpeed writes its own, with pickle: see
+      :func:`writes_checkpoints`).
+    """
+    name = str(cfg.strategy.name)
+    accelerator = str(cfg.trainer.accelerator)
+    if name.startswith("fsdp"):
+        if not _cuda_run(accelerator):
+            raise ConfigError(f"strategy={name} needs CUDA GPUs (Lightning's FSDP runs only with a GPU accelerator; "
+                              f"trainer.accelerator={accelerator}, no CUDA device here): on CPU use strategy=ddp "
+                              "trainer.devices=N, or strategy=auto for one process")
+        raise ConfigError(f"strategy={name} is not supported: Lightning's FSDP rejects norm gradient clipping "
+                          "(trainer.gradient_clip_algorithm=norm, the default), and tuneforge cannot yet evaluate, "
+                          "save or resume (pickle-free) sharded weights; use strategy=ddp, see docs/distributed.md")
+    if name.startswith("deepspeed"):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(f"strategy={name} needs the deepspeed package, which is not installed: "
+                              "pip install 'tuneforge[deepspeed]' (DeepSpeed runs on CUDA GPUs only)")
+        if not _cuda_run(accelerator):
+            raise ConfigError(f"strategy={name} needs CUDA GPUs (Lightning's DeepSpeed strategy runs only on CUDA; "
+                              f"trainer.accelerator={accelerator}, no CUDA device here): on CPU use strategy=ddp")
+        stage = int((cfg.strategy.kwargs or {}).get("stage", _deepspeed_stage(name)))
+        if stage >= 3:
+            raise ConfigError(f"strategy={name}: ZeRO stage 3 partitions the weights, and tuneforge's evaluation and "
+                              "saving after training need them whole; use strategy=deepspeed_stage_2")
+        if int(cfg.trainer.accumulate_grad_batches) > 1:
+            raise ConfigError(f"strategy={name} with trainer.accumulate_grad_batches="
+                              f"{cfg.trainer.accumulate_grad_batches}: DeepSpeed keeps gradients in its own buffers, "
+                              "so tuneforge cannot divide them by the token count of the whole accumulation window; "
+                              "use trainer.accumulate_grad_batches=1 with a larger loader.batch_size, or strategy=ddp")
+        if int(cfg.checkpoint.every_n_steps):
+            raise ConfigError(f"strategy={name} with checkpoint.every_n_steps={cfg.checkpoint.every_n_steps}: "
+                              "DeepSpeed writes its checkpoints with torch.save (pickle), which tuneforge neither "
+                              "writes nor reads; set checkpoint.every_n_steps=0 (a DeepSpeed run cannot be resumed), "
+                              "or use strategy=ddp")
+
+
+def writes_checkpoints(cfg: DictConfig) -> bool:
+    """False under DeepSpeed, whose strategy saves through its engine (pickle) rather than tuneforge's
+    safetensors CheckpointIO: such runs save no checkpoints and cannot be resumed."""
+    return not str(cfg.strategy.name).startswith("deepspeed")
+
+
+def _deepspeed_stage(name: str) -> int:
+    """ZeRO stage of a Lightning DeepSpeed strategy name (``deepspeed_stage_3_offload`` -> 3; ``deepspeed`` -> 2)."""
+    import re
+
+    found = re.search(r"stage_(\d)", name)
+    return int(found.group(1)) if found else 2
+
+
+def _cuda_run(accelerator: str) -> bool:
+    if accelerator not in ("auto", "gpu", "cuda"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _strategy_object(name: str, kwargs: dict):
     from lightning.pytorch import strategies
 
     classes = {"ddp": strategies.DDPStrategy, "fsdp": strategies.FSDPStrategy,
                "deepspeed": strategies.DeepSpeedStrategy, "ddp_spawn": strategies.DDPStrategy}
+    if name.startswith("deepspeed_stage_") and "offload" not in name:  # the presets' names, with kwargs
+        kwargs, name = dict({"stage": _deepspeed_stage(name)}, **kwargs), "deepspeed"
     if name not in classes:
         raise ConfigError(f"strategy.kwargs are given but strategy.name='{name}' takes none here; "
                           f"valid with kwargs: {sorted(classes)}")

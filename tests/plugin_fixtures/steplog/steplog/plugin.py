@@ -13,7 +13,8 @@ import tuneforge
 
 @dataclass
 class BatchLogConfig:
-    """path: JSON-lines file receiving {step, batch, lr, ids} per micro-batch.
+    """path: JSON-lines file receiving {rank, step, epoch, batch, lr, ids, loss} per micro-batch
+    (loss: the train/loss logged so far, None before the first optimizer step).
     kill_at_step: SIGKILL this process when this optimizer step is about to start.
     sleep_s: pause per micro-batch (to give a test time to send a signal)."""
 
@@ -31,9 +32,11 @@ def build_batch_log(config):
                 os.kill(os.getpid(), signal.SIGKILL)
             digest = hashlib.sha1(batch["input_ids"].numpy().tobytes()).hexdigest()[:16]
             lr = trainer.optimizers[0].param_groups[0]["lr"]
+            loss = trainer.callback_metrics.get("train/loss")
             with open(config.path, "a") as handle:
-                handle.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
-                                         "batch": batch_idx, "lr": lr, "ids": digest}) + "\n")
+                handle.write(json.dumps({"rank": trainer.global_rank, "step": trainer.global_step,
+                                         "epoch": trainer.current_epoch, "batch": batch_idx, "lr": lr,
+                                         "ids": digest, "loss": None if loss is None else float(loss)}) + "\n")
             if config.sleep_s:
                 time.sleep(config.sleep_s)
 

@@ -1,0 +1,359 @@
+"""Multi-process runs (CPU, gloo): exact resume on many ranks, world-size refusal, one run directory,
+the sampler with fewer examples than ranks, SLURM's requeue signal, and strategy checks.
+
+The real multi-process tests start 2 processes (Lightning's launcher, simulated ``srun`` tasks, or two
+``torchrun`` "nodes" on localhost); each keeps to a few optimizer steps of the tiny model.
+"""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tuneforge
+from tuneforge.context import ProcessRanks, shared_run_dir
+from tuneforge.training.checkpoint import CheckpointError
+from tuneforge.training.resilience import ResumableSampler, check_resume_agreement
+
+from helpers import FIXTURES, TUNEFORGE, run_cli, train_losses
+
+#: LoRA with dropout, shuffled data, accumulation 2, warmup: 6 steps of 2 micro-batches of 2 per rank
+DDP_RUN = ["train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "adapter.lora_dropout=0.1",
+           "loader.shuffle=true", "trainer.max_steps=6", "trainer.accumulate_grad_batches=2", "loader.batch_size=2",
+           "optim.lr=5e-3", "optim.warmup_steps=2", "checkpoint.every_n_steps=2", "checkpoint.keep_last=0",
+           "trainer.enable_progress_bar=false", "threads=1", "callbacks=[batch_log]", "evaluators=[]"]
+
+#: what a launcher may have left in the test runner's own environment
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE",
+                    "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "LSB_JOBID", "HYDRA_FULL_ERROR")
+
+
+def _clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES and not k.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batches(log_path) -> dict:
+    """{rank: [row, ...]} in (epoch, batch) order; for a resumed run the later record of a micro-batch wins."""
+    final = {}
+    for line in log_path.read_text().splitlines():
+        row = json.loads(line)
+        final[(row["rank"], row["epoch"], row["batch"])] = row
+    ranks = sorted({key[0] for key in final})
+    return {rank: [final[key] for key in sorted(final) if key[0] == rank] for rank in ranks}
+
+
+def _adapter(run_dir) -> dict:
+    return load_file(str(run_dir / "model" / "adapter_model.safetensors"))
+
+
+def _assert_same_weights(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory):
+    """One uninterrupted 2-process run of DDP_RUN: (run directory, batch log)."""
+    folder = tmp_path_factory.mktemp("ddp_reference")
+    log = folder / "batches.log"
+    result = run_cli([*DDP_RUN, f"callbacks.batch_log.path={log}", f"hydra.run.dir={folder / 'run'}"],
+                     site_dirs=["steplog"], env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run", log
+
+
+# ---------------------------------------------------------------------------
+# Exact resume on two ranks; another world size is refused
+# ---------------------------------------------------------------------------
+
+
+def test_ddp_sigkill_then_resume_matches_the_uninterrupted_two_process_run(ddp_reference, tmp_path):
+    reference, reference_log = ddp_reference
+    # the kill step is drawn from a printed seed, so a failure can be replayed: RESUME_TEST_SEED=<seed>
+    seed = int(os.environ.get("RESUME_TEST_SEED", str(time.time_ns() % 1_000_000)))
+    kill_step = random.Random(seed).randint(3, 5)  # after the first checkpoint (step 2)
+    print(f"kill step {kill_step} (RESUME_TEST_SEED={seed})")
+    crashed, log = tmp_path / "crashed", tmp_path / "crashed.log"
+    killed = run_cli([*DDP_RUN, f"callbacks.batch_log.path={log}", f"callbacks.batch_log.kill_at_step={kill_step}",
+                      f"hydra.run.dir={crashed}"], site_dirs=["steplog"], env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, (kill_step, killed.stderr[-2000:])
+    checkpoint = crashed / "checkpoints" / f"step-{(kill_step // 2) * 2:08d}"
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["tuneforge"]["world_size"] == 2 and len(state["rng_states"]) == 2  # one entry per rank
+
+    # another number of processes is refused in one line, before anything loads or is written
+    other = run_cli([*DDP_RUN, "trainer.devices=1", "strategy=auto", f"callbacks.batch_log.path={log}",
+                     f"hydra.run.dir={crashed}"], site_dirs=["steplog"])
+    assert other.returncode == 2, other.stderr[-2000:]
+    assert other.stderr.strip().splitlines() == [
+        f"tuneforge: error: checkpoint {checkpoint} was written by 2 rank(s), this launch has 1: resume with the "
+        "same number of processes, or resume=never"]
+
+    resumed = run_cli([*DDP_RUN, f"callbacks.batch_log.path={log}", f"hydra.run.dir={crashed}"],
+                      site_dirs=["steplog"], env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    status = json.loads((crashed / "status.json").read_text())
+    assert status["status"] == "completed" and status["steps"] == 6 and status["resumed_from"] == str(checkpoint)
+
+    expected, got = _batches(reference_log), _batches(log)
+    assert sorted(got) == [0, 1]
+    for rank in (0, 1):  # each rank saw the same micro-batches in the same order, with the same learning rate
+        assert [b["ids"] for b in got[rank]] == [b["ids"] for b in expected[rank]], (rank, kill_step)
+        assert [b["lr"] for b in got[rank]] == pytest.approx([b["lr"] for b in expected[rank]], rel=1e-9)
+        assert len(got[rank]) == 12
+    assert set(b["ids"] for b in got[0]).isdisjoint(b["ids"] for b in got[1])  # the ranks read different shards
+    _assert_same_weights(_adapter(crashed), _adapter(reference))  # LoRA dropout 0.1: every rank's RNG resumed
+    assert train_losses(crashed) == pytest.approx(train_losses(reference), abs=1e-6)
+
+
+def test_logged_loss_is_global_and_the_same_on_every_rank(ddp_reference):
+    """train/loss is all-reduced: what rank 1 sees equals what rank 0 logged (the 1-process equality is
+    tests/test_cli.py::test_two_process_ddp_equals_one_process_with_the_same_global_batch)."""
+    reference, log = ddp_reference
+    rows = _batches(log)
+    seen = {rank: {b["step"]: b["loss"] for b in rows[rank] if b["loss"] is not None} for rank in rows}
+    assert seen[0] and seen[0] == seen[1]
+    logged = train_losses(reference)  # row k: the loss of optimizer step k, seen from step k + 1 on
+    assert [seen[0][step] for step in sorted(seen[0])] == pytest.approx(logged[:len(seen[0])], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# SLURM requeue (SIGUSR1): every rank checkpoints the same step
+# ---------------------------------------------------------------------------
+
+#: `srun --nodes=1 --ntasks-per-node=2` task variables (rank filled in per task)
+SRUN = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+        "SLURM_JOB_ID": "123", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "localhost"}
+
+
+def _srun_tasks(tmp_path, args, tag, extra_env=None):
+    """Start two simulated srun tasks in ``tmp_path`` (their cwd); returns [(process, stderr path)]."""
+    base = _clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                      PYTHONPATH=os.pathsep.join([str(FIXTURES / "steplog"), os.environ.get("PYTHONPATH", "")]),
+                      **(extra_env or {}))
+    tasks = []
+    for rank in (0, 1):
+        env = dict(base, **SRUN, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))
+        err = tmp_path / f"{tag}{rank}.err"
+        with err.open("w") as stderr:
+            tasks.append((subprocess.Popen([*TUNEFORGE, *args], env=env, cwd=tmp_path, stdout=stderr,
+                                           stderr=subprocess.STDOUT, text=True), err))
+    return tasks
+
+
+def _wait(tasks, timeout=300):
+    try:
+        for task, _ in tasks:
+            task.wait(timeout=timeout)
+    finally:
+        for task, _ in tasks:
+            if task.poll() is None:
+                task.kill()
+    return [task.returncode for task, _ in tasks], [err.read_text() for _, err in tasks]
+
+
+def test_sigusr1_on_one_slurm_task_checkpoints_the_same_step_on_both_requeues_and_resumes_exactly(
+        ddp_reference, tmp_path):
+    reference, reference_log = ddp_reference
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    # stands in for SLURM's scontrol, which this machine does not have: records how it was called
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    path = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    log = tmp_path / "batches.log"
+    # no run_dir: both tasks derive runs/slurm-123 from the job id (a requeued job keeps it)
+    args = [a for a in DDP_RUN if not a.startswith(("trainer.devices", "strategy"))]
+    args = [*args, "strategy=ddp", "trainer.devices=2", f"callbacks.batch_log.path={log}"]
+    tasks = _srun_tasks(tmp_path, [*args, "callbacks.batch_log.sleep_s=0.4"], "first", path)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(json.loads(line)["rank"] == 1 and json.loads(line)["step"] >= 2
+                                             for line in (log.read_text().splitlines() if log.exists() else [])):
+        time.sleep(0.1)
+    tasks[1][0].send_signal(signal.SIGUSR1)  # only task 1: the other learns it at the end of this step
+    codes, outputs = _wait(tasks)
+    assert codes == [143, 143], outputs[0][-3000:] + outputs[1][-3000:]
+    run = tmp_path / "runs" / "slurm-123"
+    assert calls.read_text() == "requeue 123\n"  # once, from rank 0
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    saved = sorted((run / "checkpoints").iterdir())
+    stopped_at = int(saved[-1].name.split("-")[1])
+    assert (saved[-1] / "COMPLETE").is_file() and 2 < stopped_at < 6
+    assert not list(run.glob("hpc_ckpt_*"))  # Lightning's own handler (which saves wherever each rank is) is off
+    last_step = {rank: max(b["step"] for b in rows) for rank, rows in _batches(log).items()}
+    assert last_step == {0: stopped_at - 1, 1: stopped_at - 1}, last_step  # both stopped after the same step
+    assert f"interrupted by SIGUSR1 at step {stopped_at}" in outputs[0]
+
+    codes, outputs = _wait(_srun_tasks(tmp_path, args, "second", path))  # the requeued job
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    got, expected = _batches(log), _batches(reference_log)
+    for rank in (0, 1):
+        assert [b["ids"] for b in got[rank]] == [b["ids"] for b in expected[rank]]
+    _assert_same_weights(_adapter(run), _adapter(reference))
+
+
+# ---------------------------------------------------------------------------
+# One run directory for all ranks
+# ---------------------------------------------------------------------------
+
+
+def _torchrun_nodes(tmp_path, args, tag):
+    """Two torchrun "nodes" on localhost (static rendezvous on 127.0.0.1, no --rdzv-id), one process each."""
+    port = _free_port()
+    nodes = []
+    for node in (0, 1):
+        err = tmp_path / f"{tag}{node}.log"
+        with err.open("w") as out:
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+                       "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "tuneforge",
+                       "train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
+                       "trainer.max_steps=2", "trainer.enable_progress_bar=false", "threads=1", *args]
+            nodes.append((subprocess.Popen(command, env=_clean_env(), cwd=tmp_path, stdout=out,
+                                           stderr=subprocess.STDOUT, text=True), err))
+    return _wait(nodes)
+
+
+def test_two_node_torchrun_without_run_dir_is_one_line_and_with_it_writes_one_run(tmp_path):
+    codes, outputs = _torchrun_nodes(tmp_path, [], "norundir")
+    message = ("tuneforge: error: 2 processes started by torchrun on 2 nodes need one run directory that all of "
+               "them agree on, and this launch has no job id to name it after: set run_dir=<dir> on storage every "
+               "node sees (or give torchrun --rdzv-id=<job id>)")
+    for code, output in zip(codes, outputs):
+        assert code != 0 and message in output.splitlines(), output[-2000:]
+        assert "Traceback" not in output.split(message)[0]  # the worker's own error comes first, in one line
+    assert not (tmp_path / "runs").exists()
+
+    codes, outputs = _torchrun_nodes(tmp_path, [f"run_dir={tmp_path / 'run'}"], "rundir")
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert sum(output.count("run directory:") for output in outputs) == 1
+    run = tmp_path / "run"
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert (run / "report.md").is_file() and len(train_losses(run)) == 2
+    assert not (tmp_path / "runs").exists()  # no per-node timestamped directory either
+
+
+def _ranks(world, node=0, env="TorchElasticEnvironment"):
+    return ProcessRanks(node, 0, node, world, env)
+
+
+@pytest.mark.parametrize("variables, ranks, nodes, expected", [
+    ({}, _ranks(1, env="LightningEnvironment"), 1, None),  # one process
+    ({}, _ranks(2, env="LightningEnvironment"), 1, None),  # Lightning's launcher passes its directory on
+    ({"SLURM_JOB_ID": "77"}, _ranks(4, env="SLURMEnvironment"), 2, "runs/slurm-77"),
+    ({"SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3"},
+     _ranks(2, env="SLURMEnvironment"), 1, "runs/slurm-70_3"),
+    ({"TORCHELASTIC_RUN_ID": "job-9"}, _ranks(2), 1, "runs/torchrun-job-9"),
+    ({"TORCHELASTIC_RUN_ID": "job-9", "SLURM_JOB_ID": "77"}, _ranks(2), 2, "runs/slurm-77"),  # torchrun in sbatch
+    ({"LSB_JOBID": "5"}, _ranks(2, env="LSFEnvironment"), 1, "runs/lsf-5"),
+    ({"SLURM_JOB_ID": "77"}, _ranks(1, env="SLURMEnvironment"), 1, None),  # one srun task: nothing to agree on
+])
+def test_the_shared_run_directory_comes_from_the_job_id(monkeypatch, variables, ranks, nodes, expected):
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "TORCHELASTIC_RUN_ID", "LSB_JOBID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert shared_run_dir(ranks, nodes) == expected
+
+
+@pytest.mark.parametrize("ranks, nodes", [
+    (_ranks(2), 1),  # torchrun --master_port=... (static rendezvous, id "none")
+    (_ranks(2, node=1), 2),
+    (_ranks(4, env="LightningEnvironment"), 2),  # NODE_RANK=... set by hand on two machines
+    (_ranks(2, env="MPIEnvironment"), 1),
+])
+def test_a_multi_process_launch_without_job_id_must_name_its_run_dir(monkeypatch, ranks, nodes):
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "TORCHELASTIC_RUN_ID", "LSB_JOBID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    with pytest.raises(tuneforge.ConfigError, match=r"set run_dir=<dir>") as caught:
+        shared_run_dir(ranks, nodes)
+    assert "\n" not in str(caught.value)
+
+
+def test_ranks_that_would_resume_different_checkpoints_are_refused_in_one_line():
+    assert check_resume_agreement([("/r", "step-00000004"), ("/r", "step-00000004")]) is None
+    assert "different run directories" in check_resume_agreement([("/a", None), ("/b", None)])
+    with pytest.raises(CheckpointError, match="disagree"):  # same name, other directories: other checkpoints
+        check_resume_agreement([("/a", "step-00000004"), ("/b", "step-00000004")])
+    with pytest.raises(CheckpointError) as caught:
+        check_resume_agreement([("/r", "step-00000004"), ("/r", "step-00000004"), ("/other", None)])
+    assert str(caught.value) == (
+        "the processes disagree about what to resume (rank 0,1: step-00000004 in /r; rank 2: a fresh start in "
+        "/other): give every process the same run_dir= on storage all of them see, or resume=never")
+
+
+# ---------------------------------------------------------------------------
+# The sampler never leaves a rank without a batch
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", range(1, 12))
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_every_rank_gets_the_same_number_of_examples_and_all_are_seen(length, world):
+    for shuffle in (False, True):
+        shards = [list(ResumableSampler(length, seed=1, shuffle=shuffle, batch_size=2, rank=r, world_size=world))
+                  for r in range(world)]
+        per_rank = -(-length // world)
+        assert [len(shard) for shard in shards] == [per_rank] * world
+        assert all(len(ResumableSampler(length, 1, shuffle, 2, r, world)) == per_rank for r in range(world))
+        seen = Counter(index for shard in shards for index in shard)
+        assert set(seen) == set(range(length))  # every example, each at most ceil(world / length) times
+        assert sum(seen.values()) - length == per_rank * world - length < world  # the documented repeats
+
+
+def test_seven_examples_on_four_ranks_pad_by_repeating_one():
+    order = ResumableSampler(7, seed=0, shuffle=True, batch_size=1).epoch_indices(0)
+    shards = [ResumableSampler(7, seed=0, shuffle=True, batch_size=1, rank=r, world_size=4).epoch_indices(0)
+              for r in range(4)]
+    assert shards == [[order[0], order[4]], [order[1], order[5]], [order[2], order[6]], [order[3], order[0]]]
+
+
+# ---------------------------------------------------------------------------
+# Strategies that cannot run are refused before the model loads
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_fsdp_on_cpu_is_one_line_before_the_model_loads(tmp_path):
+    result = run_cli(["train", "strategy=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+                      f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tuneforge: error: strategy=fsdp needs CUDA GPUs (Lightning's FSDP runs only with a GPU accelerator; "
+        "trainer.accelerator=cpu, no CUDA device here): on CPU use strategy=ddp trainer.devices=N, or "
+        "strategy=auto for one process"]
+    assert not (tmp_path / "config.yaml").exists()  # refused before the run directory was written
+
+
+@pytest.mark.parametrize("preset", ["deepspeed_stage_2", "deepspeed_stage_3"])
+def test_deepspeed_without_the_package_names_the_install_command(tmp_path, preset):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
+    result = run_cli(["train", f"strategy={preset}", f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"tuneforge: error: strategy={preset} needs the deepspeed package, which is not installed: "
+        "pip install 'tuneforge[deepspeed]' (DeepSpeed runs on CUDA GPUs only)"]
+    assert not (tmp_path / "config.yaml").exists()
