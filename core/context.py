@@ -85,6 +85,10 @@ class RunContext:
     config: Any = field(default=None, repr=False, compare=False)
     #: the Lightning cluster environment the ranks came from
     cluster_environment: str = LIGHTNING_ENVIRONMENT
+    #: the command that starts the other processes of this run on this node (ddp/fsdp without a
+    #: cluster launcher; :mod:`tuneforge.training.launch`), e.g. ``python -m tuneforge train <this job's
+    #: overrides> hydra.run.dir=<run dir>``; None: Lightning's launcher starts them inside ``fit``
+    child_command: Optional[tuple] = field(default=None, compare=False)
 
     @property
     def is_main(self) -> bool:

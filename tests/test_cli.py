@@ -91,7 +91,7 @@ def test_ddp_on_two_cpu_processes_trains_and_saves_once(tmp_path):
                       "trainer.max_steps=3", "trainer.enable_progress_bar=false", "threads=1",
                       f"hydra.run.dir={tmp_path}"], timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Starting with 2 processes" in result.stdout + result.stderr
+    assert "gloo, all 2 processes registered" in result.stdout + result.stderr
     assert result.stdout.count("run directory:") == 1
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
     assert len(train_losses(tmp_path)) == 3

@@ -99,6 +99,14 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
+    from tuneforge.evaluation.sharding import init_process_group
+    from tuneforge.training.launch import start_local_processes
+
+    # the other processes of a ddp/fsdp run start now, so that the base evaluation is shared out too
+    local_processes = start_local_processes(cfg, context)
+    group_started = str(cfg.strategy.name) in ("ddp", "fsdp") and init_process_group(context)
+    if local_processes is not None:
+        local_processes.group_started = group_started
     try:
         # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
         plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
@@ -179,6 +187,13 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
                 call_accepting(callback.spec.on_run_end, config=callback.config, metrics=metrics, status=status,
                                run_dir=run_dir, context=context)
         plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics, context=context)
+        if local_processes is not None:
+            local_processes.finish(ok=status == "completed")
+        elif group_started:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def _no_pickle(trainer) -> dict:

@@ -65,7 +65,23 @@ def token_counter():
                 self.tokens += int(mask.sum())
 
         def summary(self, seconds: float, world_size: int = 1) -> dict:
-            tokens = self.tokens * max(int(world_size), 1)
+            """Tokens of all processes (summed over the process group when one is initialized; every
+            rank must call it then) over the wall time ``seconds``; ``world_size`` is not used any more
+            for the count (kept for callers)."""
+            tokens = all_reduce_sum(self.tokens)
             return {"fit_time_s": seconds, "tokens": tokens, "tokens_per_s": tokens / max(seconds, 1e-9)}
 
     return TokenCounter()
+
+
+def all_reduce_sum(value: int) -> int:
+    """``value`` summed over the ranks of the initialized default process group (itself without one)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return int(value)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
