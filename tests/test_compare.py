@@ -61,3 +61,33 @@ def test_sweep_with_two_process_ddp_runs_each_job_once(tmp_path):
     lines = compared.stdout.splitlines()
     assert lines[0].split()[:2] == ["run", "optim.lr"]
     assert sorted(line.split()[1] for line in lines[1:3]) == ["0.001", "0.01"]
+
+
+def test_submitit_local_sweep_then_compare(tmp_path):
+    """hydra/launcher=submitit_local: each job runs as its own process; compare reads the sweep."""
+    import pytest
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep_dir = tmp_path / "sweep"
+    sweep = run_cli(["train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                     "adapter.r=2,4", "trainer.max_steps=2", "trainer.enable_progress_bar=false", "threads=1",
+                     f"hydra.sweep.dir={sweep_dir}"], timeout=240, cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json")) == ["0", "1"]
+    assert (sweep_dir / ".submitit").is_dir()  # the jobs ran through submitit
+    compared = run_cli(["compare", str(sweep_dir)])
+    assert compared.returncode == 0, compared.stderr
+    lines = compared.stdout.splitlines()
+    assert lines[0].split()[:2] == ["run", "adapter.r"]
+    assert sorted(line.split()[1] for line in lines[1:3]) == ["2", "4"]
+
+
+def test_slurm_preset_sizes_the_job_from_the_trainer():
+    import pytest
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    shown = run_cli(["train", "hydra/launcher=tuneforge_slurm", "trainer.devices=4", "trainer.num_nodes=2",
+                     "--cfg", "all", "--resolve"])
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "SlurmLauncher" in shown.stdout
+    assert "tasks_per_node: 4" in shown.stdout and "    nodes: 2" in shown.stdout

@@ -16,14 +16,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_world(out: Path, world: int, *extra: str) -> dict:
+def run_world(out: Path, world: int, *extra: str, timeout: float = 120) -> dict:
     port, env = _free_port(), dict(os.environ, OMP_NUM_THREADS="1")
     for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT"):
         env.pop(name, None)
     procs = [subprocess.Popen([sys.executable, WORKER, str(out), str(rank), str(world), str(port), *extra],
                               env=env, stderr=subprocess.PIPE, text=True) for rank in range(world)]
     try:
-        errors = [proc.communicate(timeout=120)[1] for proc in procs]
+        errors = [proc.communicate(timeout=timeout)[1] for proc in procs]
     finally:
         for proc in procs:
             proc.kill()
