@@ -68,8 +68,8 @@ def init_process_group(context, backend: Optional[str] = None) -> bool:
     (``context.cluster_environment``; for processes started by tuneforge or Lightning's launcher,
     ``MASTER_ADDR``/``MASTER_PORT``) and ``nccl`` on CUDA devices, else ``gloo``, as Lightning
     does.  Returns False (nothing done) for a single process, when a group exists already, or when
-    the cluster environment gives no address (e.g. ``LightningEnvironment`` without
-    ``MASTER_PORT``: the other processes do not exist yet).
+    the processes are ``LightningEnvironment`` ones that tuneforge did not start (Lightning's launcher
+    starts them only inside ``fit``).
     """
     import os
 
@@ -80,7 +80,10 @@ def init_process_group(context, backend: Optional[str] = None) -> bool:
         return False
     from lightning.fabric.plugins import environments
 
-    if context.cluster_environment == "LightningEnvironment" and "MASTER_PORT" not in os.environ:
+    # LightningEnvironment: only when tuneforge started the processes (tuneforge.training.launch); children of
+    # Lightning's own launcher start inside the main process's ``fit`` and must not make a group before it
+    if context.cluster_environment == "LightningEnvironment" and os.environ.get(
+            "TUNEFORGE_EARLY_PROCESS_GROUP") != "1":
         return False
     env = getattr(environments, context.cluster_environment)()
     os.environ["MASTER_ADDR"] = str(env.main_address)

@@ -25,7 +25,11 @@ log = logging.getLogger("tuneforge")
 
 #: strategies whose processes are started by re-running the command (Lightning's subprocess launcher)
 SUBPROCESS_STRATEGIES = ("ddp", "fsdp")
-_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+#: set in the processes of a run whose processes tuneforge started (all of them run the whole run flow, so
+#: the process group can be made before the base evaluation); Lightning's own launcher starts its children
+#: only inside ``fit``, where an early group would not match the main process's calls
+EARLY_GROUP_VARIABLE = "TUNEFORGE_EARLY_PROCESS_GROUP"
+_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", EARLY_GROUP_VARIABLE)
 
 
 class LocalProcesses:
@@ -77,7 +81,8 @@ def start_local_processes(cfg, context) -> Optional[LocalProcesses]:
     env = LightningEnvironment()
     saved = {name: os.environ.get(name) for name in _VARIABLES}
     os.environ.update(MASTER_ADDR=str(env.main_address), MASTER_PORT=str(env.main_port),
-                      NODE_RANK=str(context.node_rank), LOCAL_RANK="0", WORLD_SIZE=str(context.world_size))
+                      NODE_RANK=str(context.node_rank), LOCAL_RANK="0", WORLD_SIZE=str(context.world_size),
+                      **{EARLY_GROUP_VARIABLE: "1"})
     procs = []
     for local_rank in range(1, per_node):
         child_env = dict(os.environ, LOCAL_RANK=str(local_rank))
