@@ -21,9 +21,12 @@ def main(hidden="512", layers="4", prompts="64"):
     with tempfile.TemporaryDirectory() as tmp:
         one = run_world(Path(tmp) / "one.json", 1, hidden, layers, prompts, "2", timeout=1800)
         two = run_world(Path(tmp) / "two.json", 2, hidden, layers, prompts, "1", timeout=1800)
+        one_thread = run_world(Path(tmp) / "one1.json", 1, hidden, layers, prompts, "1", timeout=1800)
     result = {"one_rank_2_threads_s": round(one["seconds"], 2), "two_ranks_1_thread_s": round(two["seconds"], 2),
               "ratio_two_over_one": round(two["seconds"] / one["seconds"], 3),
-              "metrics_equal": one["metrics"] == two["metrics"]}
+              "one_rank_1_thread_s": round(one_thread["seconds"], 2),
+              "metrics_equal_1_thread_vs_2_ranks": one_thread["metrics"] == two["metrics"],
+              "metrics_equal_2_threads_vs_2_ranks": one["metrics"] == two["metrics"]}
     print(json.dumps(result))
 
 
