@@ -99,6 +99,10 @@ class RunContext:
     #: the SLURM job to requeue on SIGUSR1 (``"123"``, ``"120_3"`` for an array task) when the
     #: processes were started by ``srun`` (``SLURMEnvironment``); else None
     slurm_job_id: Optional[str] = None
+    #: the command that starts the other processes of this run on this node (ddp/fsdp without a
+    #: cluster launcher; :mod:`tuneforge.training.launch`), e.g. ``python -m tuneforge train <this job's
+    #: overrides> hydra.run.dir=<run dir>``; None: Lightning's launcher starts them inside ``fit``
+    child_command: Optional[tuple] = field(default=None, compare=False)
 
     @property
     def is_main(self) -> bool:

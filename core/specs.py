@@ -252,7 +252,16 @@ class EvaluatorSpec(_Spec):
 
     An ``evaluate`` with a ``context`` parameter also gets
     ``context=``:class:`tuneforge.RunContext` of the training process (None
-    under ``tuneforge eval``); under DDP every process evaluates.
+    under ``tuneforge eval``).
+
+    Under DDP ``evaluate`` is called on every process with all examples.
+    What it computes through the pass-aware helpers
+    (:func:`tuneforge.evaluation.generate_predictions`,
+    :func:`tuneforge.evaluation.map_batches`, the built-in evaluators'
+    scoring) is shared out by batches across the ranks and gathered on every
+    rank, so every rank returns the single-process numbers; work done outside
+    them (an evaluator that does not use them) runs unsharded on every rank.
+    Never call those helpers on only some ranks: they are collectives.
     """
 
     kind: ClassVar[str] = "evaluator"

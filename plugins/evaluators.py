@@ -9,7 +9,8 @@ from typing import Optional
 import tuneforge
 from tuneforge.data import IGNORE_INDEX, pad_batch
 from tuneforge.errors import DataError
-from tuneforge.evaluation import EvaluationPass, prompts_and_references, record_predictions, split_example
+from tuneforge.evaluation import (EvaluationPass, map_batches, prompts_and_references, record_predictions,
+                                  split_example)
 from tuneforge.losses import shift_for_next_token, token_nll_sum
 from tuneforge.plugins.evaluators_generation import valid_few_shot
 from tuneforge.validation import at_least, check, non_empty
@@ -25,21 +26,27 @@ class PerplexityConfig:
         check(self, batch_size=at_least(1))
 
 
-def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig) -> dict:
+def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig, *,
+                        evaluation: Optional[EvaluationPass] = None) -> dict:
+    """Token-weighted mean loss over ``examples``; under DDP the batches are shared out across ranks
+    (:func:`tuneforge.evaluation.map_batches`) and the per-batch sums added in the original order."""
     import torch
 
     if not examples:
         return {}
     device = next(model.parameters()).device
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(examples), config.batch_size):
-            batch = pad_batch(examples[start:start + config.batch_size], tokenizer.pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
+
+    def batch_nll(part):
+        batch = {k: v.to(device) for k, v in pad_batch(part, tokenizer.pad_token_id).items()}
+        with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             nll, n = token_nll_sum(*shift_for_next_token(logits, batch["labels"]))
-            total += float(nll)
-            count += n
+        return float(nll), int(n)
+
+    total, count = 0.0, 0
+    for nll, n in map_batches(batch_nll, list(examples), config.batch_size, evaluation):
+        total += nll
+        count += n
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
@@ -98,8 +105,10 @@ def option_log_likelihoods(model, tokenizer, prompt: str, options: list, batch_s
     return score_continuations(model, tokenizer, [(prompt, o) for o in options], batch_size)
 
 
-def score_continuations(model, tokenizer, pairs: list, batch_size: int = 16) -> list:
-    """Log-likelihood of each continuation given its prompt (texts), batched."""
+def score_continuations(model, tokenizer, pairs: list, batch_size: int = 16,
+                        evaluation: Optional[EvaluationPass] = None) -> list:
+    """``[(log-likelihood, token count)]`` of each continuation given its prompt (texts), batched;
+    with ``evaluation`` under DDP the batches are shared out across ranks and gathered in order."""
     import torch
 
     device = next(model.parameters()).device
@@ -111,19 +120,19 @@ def score_continuations(model, tokenizer, pairs: list, batch_size: int = 16) -> 
             raise DataError(f"choice option {continuation!r} is empty after tokenization")
         sequences.append({"input_ids": prompt_ids + option_ids,
                           "labels": [IGNORE_INDEX] * len(prompt_ids) + option_ids})
-    results = []
-    with torch.no_grad():
-        for start in range(0, len(sequences), batch_size):
-            batch = pad_batch(sequences[start:start + batch_size], tokenizer.pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
+
+    def score(part):
+        batch = {k: v.to(device) for k, v in pad_batch(part, tokenizer.pad_token_id).items()}
+        with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logits, labels = shift_for_next_token(logits, batch["labels"])
             mask = labels != IGNORE_INDEX
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             sums = (picked * mask).sum(-1)
-            results += [(float(s), int(n)) for s, n in zip(sums, mask.sum(-1))]
-    return results
+        return [(float(s), int(n)) for s, n in zip(sums, mask.sum(-1))]
+
+    return [item for part in map_batches(score, sequences, batch_size, evaluation) for item in part]
 
 
 def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: str = "val", *,
@@ -138,7 +147,7 @@ def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: 
         spans.append((len(pairs), options))
         pairs += [(prompt, option) for option in options]
         answers.append(answer)
-    scores = score_continuations(model, tokenizer, pairs, config.batch_size)
+    scores = score_continuations(model, tokenizer, pairs, config.batch_size, evaluation)
     hits, rows = 0, []
     for example, prompt, (offset, options), answer in zip(examples, prompts, spans, answers):
         values = [s / n if config.length_normalize else s for s, n in scores[offset:offset + len(options)]]

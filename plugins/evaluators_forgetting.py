@@ -120,7 +120,8 @@ def evaluate_forgetting(model, tokenizer, examples, config: ForgettingConfig, *,
     for metric in metrics:
         if metric == "perplexity":
             results.update(evaluate_perplexity(model, tokenizer, reference,
-                                               PerplexityConfig(batch_size=config.batch_size)))
+                                               PerplexityConfig(batch_size=config.batch_size),
+                                               evaluation=evaluation))
         elif metric == "choice":
             sub = _sub_config(ChoiceConfig, config)
             sub.limit = None

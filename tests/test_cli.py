@@ -93,7 +93,7 @@ def test_ddp_on_two_cpu_processes_trains_and_saves_once(tmp_path):
                       "trainer.max_steps=3", "trainer.enable_progress_bar=false", "threads=1",
                       "loggers=[tensorboard]"], timeout=240, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Starting with 2 processes" in result.stdout + result.stderr
+    assert "gloo, all 2 processes registered" in result.stdout + result.stderr
     assert result.stdout.count("run directory:") == 1
     [run_dir] = (tmp_path / "runs").iterdir()  # one directory for both processes
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"

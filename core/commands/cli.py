@@ -121,6 +121,7 @@ def train_command(args: list, debug: bool = False) -> None:
     if {"-h", "--help"} & set(args):  # tuneforge's own help (groups, choices, field docs): no Hydra, no torch
         from tuneforge.commands.config import train_help
         return print(train_help(args), end="")
+    import dataclasses
     import functools
     import logging
     from pathlib import Path
@@ -198,6 +199,7 @@ def train_command(args: list, debug: bool = False) -> None:
         run_dir = Path(components.config.run_dir or output_dir)
         try:
             context = RunContext.detect(run_dir, components.config, debug=debug)
+            context = dataclasses.replace(context, child_command=child_command(debug, run_dir))
             try:
                 metrics = run_train(cfg, plugins, run_dir, context=context, components=components)
             except RunInterrupted as exc:
@@ -269,6 +271,18 @@ def shared_launch_run_dir(num_nodes="1"):
     if not started_by_a_launcher() and nodes <= 1:
         return None
     return shared_run_dir(detect_ranks(num_nodes=max(nodes, 1)), nodes)
+
+
+def child_command(debug: bool, run_dir) -> tuple:
+    """The command that starts another process of the current Hydra job's run (a DDP child): a single
+    ``tuneforge train`` with exactly this job's overrides (for a ``-m`` sweep job, its own values, no
+    ``-m``) and its run directory, so the child composes the job's config and never a sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task)
+    where = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
+    return (sys.executable, "-m", "tuneforge", "train", *(["--debug"] if debug else []), *overrides,
+            f"hydra.run.dir='{where}'")
 
 
 def _is_composition_error(exc: BaseException) -> bool:

@@ -49,8 +49,39 @@ def load_rows(runs: list[Path]) -> list[dict]:
         data = metrics.get("data", {})
         rows.append({"run": str(run), "train_examples": data.get("train_examples", data.get("train_records")),
                      "steps": metrics.get("steps"), "base": metrics.get("base", {}),
-                     "tuned": metrics.get("tuned", {}), "metric_info": metrics.get("metric_info", {})})
+                     "tuned": metrics.get("tuned", {}), "metric_info": metrics.get("metric_info", {}),
+                     "config": _flat_config(run / "config.yaml")})
     return sorted(rows, key=lambda r: (r["train_examples"] is None, r["train_examples"] or 0, r["run"]))
+
+
+#: config keys that differ between runs without being a setting that was compared
+_NOT_SETTINGS = ("run_dir",)
+
+
+def _flat_config(path: Path) -> dict:
+    """``{dotted key: value}`` of a run's saved (resolved) ``config.yaml``; empty when it has none."""
+    if not path.is_file():
+        return {}
+    import yaml
+
+    flat: dict = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(yaml.safe_load(path.read_text()) or {}, "")
+    return flat
+
+
+def varied_settings(rows: list[dict]) -> list[str]:
+    """The config keys whose values differ between the runs (the swept settings, e.g. ``optim.lr``)."""
+    keys = sorted({key for row in rows for key in row.get("config", {})})
+    return [key for key in keys if key not in _NOT_SETTINGS
+            and len({json.dumps(row.get("config", {}).get(key), sort_keys=True, default=str) for row in rows}) > 1]
 
 
 def metric_names(rows: list[dict]) -> list[str]:
@@ -58,9 +89,13 @@ def metric_names(rows: list[dict]) -> list[str]:
 
 
 def format_table(rows: list[dict]) -> list[list[str]]:
-    names = metric_names(rows)
-    header = ["run", "train examples", "steps"] + [f"{n} base" for n in names] + [f"{n} tuned" for n in names]
-    body = [[Path(r["run"]).name, str(r["train_examples"]), str(r["steps"])]
+    """Header and one line per run: the settings that differ between runs (from each run's
+    ``config.yaml``), training examples, steps, then every base and tuned metric."""
+    names, settings = metric_names(rows), varied_settings(rows)
+    header = (["run", *settings, "train examples", "steps"] + [f"{n} base" for n in names]
+              + [f"{n} tuned" for n in names])
+    body = [[Path(r["run"]).name, *(str(r.get("config", {}).get(k, "-")) for k in settings),
+             str(r["train_examples"]), str(r["steps"])]
             + [_fmt(r["base"].get(n)) for n in names] + [_fmt(r["tuned"].get(n)) for n in names] for r in rows]
     return [header, *body]
 

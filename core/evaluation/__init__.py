@@ -17,9 +17,10 @@ from tuneforge.evaluation.generation import (
     split_example,
     with_few_shot,
 )
+from tuneforge.evaluation.sharding import batches_of, distributed_world, map_batches
 
 __all__ = [
-    "EvaluationPass", "few_shot_messages", "generate", "generate_predictions",
-    "merge_predictions", "model_device", "prompts_and_references", "record_predictions", "split_example",
+    "EvaluationPass", "batches_of", "distributed_world", "few_shot_messages", "generate", "generate_predictions",
+    "map_batches", "merge_predictions", "model_device", "prompts_and_references", "record_predictions", "split_example",
     "with_few_shot",
 ]

@@ -178,6 +178,11 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
     prompts, ``max_new_tokens``): a second generation evaluator with the same
     settings gets the same rows without generating again, and the rows go to
     ``predictions.jsonl``.  Without it nothing is cached or kept.
+
+    In a multi-process run (an initialized process group) with ``evaluation``
+    given, the batches of prompts are shared out across the ranks and the
+    outputs gathered on every rank (:func:`tuneforge.evaluation.map_batches`):
+    every rank must call it, and every rank gets all rows.
     """
     prompts, references = prompts_and_references(tokenizer, examples, few_shot, evaluation=evaluation)
     key = (set_name, "generation", (tuple(prompts), int(max_new_tokens)))
@@ -186,7 +191,12 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
     if evaluation is not None and evaluation.given_outputs is not None:
         outputs = [evaluation.given_outputs[ex.get("source", "")] for ex in examples]
     else:
-        outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        from tuneforge.evaluation.sharding import map_batches
+
+        # one batch per rank at a time under DDP (the same batches as in one process), gathered in order
+        outputs = [text for batch in map_batches(
+            lambda part: generate(model, tokenizer, part, max_new_tokens=max_new_tokens, batch_size=batch_size),
+            prompts, batch_size, evaluation) for text in batch]
     rows = [{"source": ex.get("source", ""), "prompt": p, "reference": r, "output": o}
             for ex, p, r, o in zip(examples, prompts, references, outputs)]
     if evaluation is not None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from tuneforge.data import DataSplits, pad_batch
 from tuneforge.data.packing import PackedRows, pack_batch, pack_examples
@@ -76,10 +76,30 @@ class FineTuneDataModule(pl.LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self):
+        """Each process validates its shard (:class:`ShardSampler`: examples ``rank, rank + N, ...``, none
+        repeated); the logged ``val/loss`` is synced as the token-weighted mean over all shards."""
         if not self.splits.val:
             return []
-        # its own generator: starting a validation pass must not draw from the global RNG, or a run resumed
-        # from a checkpoint taken at an epoch's end (before that epoch's validation) would see other dropout
-        return DataLoader(self.splits.val, batch_size=self.loader_config.eval_batch_size, shuffle=False,
+        trainer = self.trainer
+        sampler = ShardSampler(len(self.splits.val), rank=trainer.global_rank if trainer else 0,
+                               world_size=trainer.world_size if trainer else 1)
+        return DataLoader(self.splits.val, batch_size=self.loader_config.eval_batch_size, sampler=sampler,
                           collate_fn=self.collate, num_workers=self.loader_config.num_workers,
+                          # its own generator: a validation pass must not draw from the global RNG (exact resume)
                           generator=torch.Generator().manual_seed(self.seed))
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + world_size, ...`` of ``range(length)``, in order: every example is
+    seen by exactly one process (no padding, so no example counts twice)."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size} process(es)")
+        self.length, self.rank, self.world_size = int(length), int(rank), int(world_size)
+
+    def __iter__(self):
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))

@@ -123,6 +123,14 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
+    from tuneforge.evaluation.sharding import init_process_group
+    from tuneforge.training.launch import start_local_processes
+
+    # the other processes of a ddp/fsdp run start now, so that the base evaluation is shared out too
+    local_processes = start_local_processes(cfg, context)
+    group_started = str(cfg.strategy.name) in ("ddp", "fsdp") and init_process_group(context)
+    if local_processes is not None:
+        local_processes.group_started = group_started
     loggers = None
     try:
         # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
@@ -216,7 +224,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         if loggers is not None and context.is_main:
             loggers.finish(status)
         if context.is_main:
-            segments = metrics.get("segments") or [*earlier_segments, *([_segment_record(segment, started)]
+            segments = metrics.get("segments") or [*earlier_segments, *([_segment_record(segment, started, False)]
                                                                         if segment else [])]
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
@@ -228,16 +236,24 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         try:
             plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics,
                                            context=context)
+            if local_processes is not None:
+                local_processes.finish(ok=status == "completed")
+            elif group_started:
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()
         finally:
             if lock is not None:
                 lock.release()
 
 
-def _segment_record(segment: dict, started: float) -> dict:
-    """One start-or-resume of a run: the steps it trained, its throughput and wall time."""
+def _segment_record(segment: dict, started: float, reduce: bool = True) -> dict:
+    """One start-or-resume of a run: the steps it trained, its throughput and wall time.  ``reduce``:
+    every process calls this (the token count is summed over the process group)."""
     trainer = segment.get("trainer")
-    summary = segment["throughput"].summary(time.time() - segment["fit_started"], trainer.world_size) \
-        if trainer is not None else {}
+    summary = segment["throughput"].summary(time.time() - segment["fit_started"], trainer.world_size,
+                                            reduce=reduce) if trainer is not None else {}
     return {"from_step": segment.get("started_step", 0), "to_step": int(trainer.global_step) if trainer else None,
             "wall_time_s": time.time() - started, **summary}
 

@@ -183,15 +183,35 @@ def token_counter():
         def on_train_end(self, trainer, pl_module):
             self._end = time.perf_counter()
 
-        def summary(self, seconds: float, world_size: int = 1) -> dict:
+        def summary(self, seconds: float, world_size: int = 1, reduce: bool = True) -> dict:
+            """Real tokens of all processes over the fit: with ``reduce`` (every rank must call it then)
+            summed over the initialized process group, else this process's count times ``world_size``
+            (a process that summarises alone, e.g. the main one after a failure)."""
             world = max(int(world_size), 1)
-            tokens = self.tokens * world
+            timed = self._warm is not None and self._end is not None and self.tokens > self._warm[0]
+            local_measured = self.tokens - self._warm[0] if timed else 0
+            if reduce:
+                tokens, measured = all_reduce_sum(self.tokens), all_reduce_sum(local_measured)
+            else:
+                tokens, measured = self.tokens * world, local_measured * world
             result = {"fit_time_s": seconds, "tokens": tokens}
-            if self._warm is not None and self._end is not None and self.tokens > self._warm[0]:
-                measured = (self.tokens - self._warm[0]) * world
+            if timed:
                 elapsed = max(self._end - self._warm[1] - self._validation, 1e-9)
                 return {**result, "tokens_per_s": measured / elapsed, "excludes_warmup_steps": 1,
                         "timed_tokens": measured, "timed_s": elapsed}
             return {**result, "tokens_per_s": tokens / max(seconds, 1e-9), "excludes_warmup_steps": 0}
 
     return TokenCounter()
+
+
+def all_reduce_sum(value: int) -> int:
+    """``value`` summed over the ranks of the initialized default process group (itself without one)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return int(value)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())

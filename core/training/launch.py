@@ -1,0 +1,94 @@
+"""Starting the other processes of a multi-process run on this node, before anything is evaluated.
+
+With ``strategy=ddp`` or ``fsdp`` and ``trainer.devices=N`` on a plain process (no torchrun, srun,
+... : Lightning's ``LightningEnvironment``), Lightning's launcher would start the N-1 other
+processes only inside ``trainer.fit`` by re-running ``sys.argv``: the base evaluation could not be
+shared out, and under ``tuneforge train -m ...`` each child would start a sweep of its own.
+tuneforge starts them itself, at the start of the run, with
+:attr:`tuneforge.RunContext.child_command` -- for ``tuneforge train`` that is
+``python -m tuneforge train <this job's overrides> hydra.run.dir=<this job's run dir>``: a
+single run with exactly the composed config of this job (of a sweep job too), never a sweep.  The
+environment is Lightning's (``MASTER_ADDR``, ``MASTER_PORT``, ``NODE_RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``), so Lightning sees the processes as started externally and starts none, and the
+default process group is initialized before the base evaluation
+(:func:`tuneforge.evaluation.sharding.init_process_group`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from typing import Optional
+
+log = logging.getLogger("tuneforge")
+
+#: strategies whose processes are started by re-running the command (Lightning's subprocess launcher)
+SUBPROCESS_STRATEGIES = ("ddp", "fsdp")
+#: set in the processes of a run whose processes tuneforge started (all of them run the whole run flow, so
+#: the process group can be made before the base evaluation); Lightning's own launcher starts its children
+#: only inside ``fit``, where an early group would not match the main process's calls
+EARLY_GROUP_VARIABLE = "TUNEFORGE_EARLY_PROCESS_GROUP"
+_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", EARLY_GROUP_VARIABLE)
+
+
+class LocalProcesses:
+    """The processes this one started (:func:`start_local_processes`) and the environment it changed."""
+
+    def __init__(self, procs: list, saved_env: dict, group_started: bool = False):
+        self.procs, self.saved_env, self.group_started = procs, saved_env, group_started
+
+    def finish(self, ok: bool, timeout: float = 600.0) -> None:
+        """Wait for the children (``ok``) or stop them; then destroy the process group this run made and
+        restore the environment, so that the next job of a sweep in this process starts afresh."""
+        for proc in self.procs:
+            if not ok and proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=timeout if ok else 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        import torch.distributed as dist
+
+        if self.group_started and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for name, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def needs_local_launch(cfg, context) -> bool:
+    """True for the process the user started of a multi-process run that Lightning would launch itself."""
+    return (context.world_size > 1 and context.local_rank == 0 and context.child_command is not None
+            and context.cluster_environment == "LightningEnvironment" and "LOCAL_RANK" not in os.environ
+            and str(cfg.strategy.name) in SUBPROCESS_STRATEGIES)
+
+
+def start_local_processes(cfg, context) -> Optional[LocalProcesses]:
+    """Start local ranks 1..N-1 of this node with ``context.child_command`` (see the module docstring);
+    None when this process does not start any (:func:`needs_local_launch`)."""
+    if not needs_local_launch(cfg, context):
+        return None
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    from tuneforge.context import device_request
+
+    per_node = device_request(cfg.trainer.devices)[0] or context.world_size // max(int(cfg.trainer.num_nodes), 1)
+    env = LightningEnvironment()
+    saved = {name: os.environ.get(name) for name in _VARIABLES}
+    os.environ.update(MASTER_ADDR=str(env.main_address), MASTER_PORT=str(env.main_port),
+                      NODE_RANK=str(context.node_rank), LOCAL_RANK="0", WORLD_SIZE=str(context.world_size),
+                      **{EARLY_GROUP_VARIABLE: "1"})
+    procs = []
+    for local_rank in range(1, per_node):
+        child_env = dict(os.environ, LOCAL_RANK=str(local_rank))
+        procs.append(subprocess.Popen(list(context.child_command), env=child_env))
+    log.info("started %d more process(es): %s", len(procs), " ".join(context.child_command))
+    from lightning.fabric.strategies.launchers.subprocess_script import _launch_process_observer
+
+    _launch_process_observer(procs)  # a child that fails stops the others and this process
+    return LocalProcesses(procs, saved)
