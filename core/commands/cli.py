@@ -242,7 +242,7 @@ def run_dir_overrides(args: list, overrides: list) -> list:
     each compute their own ``runs/<date_time>``; a one-line :class:`~tuneforge.ConfigError` for such
     a launch without a job id (:func:`shared_launch_run_dir`).
     """
-    if {"-m", "--multirun"} & set(args):
+    if {"-m", "--multirun", "--cfg", "-c", "--info", "-i"} & set(args):  # sweeps; printing the config only
         return []
     given = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
     if "hydra.run.dir" in given:
