@@ -20,6 +20,7 @@ from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError, DataError, ModelError, PluginError, TuneforgeError
 from tuneforge.specs import (
     AdapterSpec,
+    BaselineSpec,
     CallbackSpec,
     DatasetSpec,
     EvaluatorSpec,
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
-    "AdapterSpec", "CallbackSpec", "ConfigError", "DataError", "DatasetSpec", "EvaluatorSpec",
+    "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "DataError", "DatasetSpec", "EvaluatorSpec",
     "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError", "RunContext", "TuneforgeError",
     "hookimpl",
     "__version__",

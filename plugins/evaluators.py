@@ -9,8 +9,9 @@ from typing import Optional
 import tuneforge
 from tuneforge.data import IGNORE_INDEX, pad_batch
 from tuneforge.errors import DataError
-from tuneforge.evaluation import EvaluationPass, prompts_and_references, record_predictions, split_example
-from tuneforge.losses import shift_for_next_token, token_nll_sum
+from tuneforge.evaluation import (EvaluationPass, prompts_and_references, record_predictions, record_scores,
+                                  split_example)
+from tuneforge.losses import shift_for_next_token
 
 
 @dataclass
@@ -20,22 +21,34 @@ class PerplexityConfig:
     batch_size: int = 8
 
 
-def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig) -> dict:
+def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig, *,
+                        evaluation: Optional[EvaluationPass] = None) -> dict:
+    """Token-weighted mean loss of the targets; records each example's mean token loss with its token
+    count as weight (their weighted mean is the loss) for the run's interval."""
     import torch
+    import torch.nn.functional as F
 
     if not examples:
         return {}
     device = next(model.parameters()).device
     total, count = 0.0, 0
+    losses, weights = [], []
     with torch.no_grad():
         for start in range(0, len(examples), config.batch_size):
             batch = pad_batch(examples[start:start + config.batch_size], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            nll, n = token_nll_sum(*shift_for_next_token(logits, batch["labels"]))
-            total += float(nll)
-            count += n
+            logits, labels = shift_for_next_token(logits, batch["labels"])
+            token_nll = F.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX,
+                                        reduction="none")
+            row_nll, row_n = token_nll.sum(-1).double(), (labels != IGNORE_INDEX).sum(-1)
+            total += float(row_nll.sum())
+            count += int(row_n.sum())
+            losses += [float(v) / max(int(n), 1) for v, n in zip(row_nll, row_n)]
+            weights += [int(n) for n in row_n]
     loss = total / max(count, 1)
+    if count:
+        record_scores("loss", losses, weights=weights, evaluation=evaluation)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
@@ -130,14 +143,16 @@ def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: 
         pairs += [(prompt, option) for option in options]
         answers.append(answer)
     scores = score_continuations(model, tokenizer, pairs, config.batch_size)
-    hits, rows = 0, []
+    hits, rows, per_example = 0, [], []
     for example, prompt, (offset, options), answer in zip(examples, prompts, spans, answers):
         values = [s / n if config.length_normalize else s for s, n in scores[offset:offset + len(options)]]
         chosen = max(range(len(options)), key=values.__getitem__)
         hits += chosen == answer
+        per_example.append(float(chosen == answer))
         rows.append({"source": example.get("source", ""), "prompt": prompt, "reference": options[answer],
                      "output": options[chosen]})
     record_predictions(set_name, "choice", tuple(prompts), rows, evaluation=evaluation)
+    record_scores("accuracy", per_example, evaluation=evaluation)
     return {"accuracy": hits / len(examples)}
 
 

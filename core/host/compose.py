@@ -133,8 +133,8 @@ def validate(cfg, plugins: Plugins) -> None:
     OmegaConf.resolve(cfg)
     for group in ("model", "data", "adapter", "loss"):
         _check_component(plugins, group, group, cfg[group])
-    for group in ("evaluators", "callbacks"):
-        for key, node in cfg[group].items():
+    for group in ("evaluators", "callbacks", "baselines"):
+        for key, node in (cfg.get(group) or {}).items():
             _check_component(plugins, group, f"{group}.{key}", node)
     late = [name for name in cfg.plugins.disable if name in plugins.infos]
     if late:

@@ -119,6 +119,36 @@ class CheckpointConfig:
 
 
 @dataclass
+class MemorisationConfig:
+    """The held-out evaluators again on a sample of training examples, after training, so the report
+    shows train vs held-out side by side (see docs/evaluation.md).
+
+    sample: how many training examples (drawn with the run's seed; 0: off).
+    flag_gap: a metric whose tuned score on the training sample beats its
+        held-out score by at least this much (in the metric's own units:
+        0.1 = 10 points of a 0-1 score; for a loss, held-out minus train) is
+        flagged when its 95% interval is above zero too (metrics without
+        per-example scores have no interval and are not flagged).
+    """
+
+    sample: int = 30
+    flag_gap: float = 0.1
+
+
+@dataclass
+class UncertaintyConfig:
+    """Bootstrap confidence intervals over examples for every held-out metric and change
+    (:mod:`tuneforge.evaluation.uncertainty`); seeded with the run's ``seed``.
+
+    resamples: bootstrap resamples (0: no intervals).
+    confidence: the interval's coverage (0.95: a 95% interval).
+    """
+
+    resamples: int = 1000
+    confidence: float = 0.95
+
+
+@dataclass
 class TuneforgeConfig:
     """Root schema.  ``run_dir`` defaults to Hydra's output directory."""
 
@@ -128,6 +158,7 @@ class TuneforgeConfig:
     loss: Any = MISSING
     evaluators: dict = field(default_factory=dict)
     callbacks: dict = field(default_factory=dict)
+    baselines: dict = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -135,6 +166,8 @@ class TuneforgeConfig:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     #: ``auto``: continue the newest valid checkpoint of the run directory;
     #: ``never``: start over; or the path of a checkpoint directory
     resume: str = "auto"
