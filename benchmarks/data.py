@@ -88,16 +88,17 @@ def tokenize(records_path, tuneforge_overrides):
     ``tuneforge_overrides`` are the tuneforge run's overrides; ``data.path`` is pointed at
     ``records_path``.  Returns ``(examples, pad_token_id, cfg)``.
     """
+    from tuneforge.host.components import run_components
     from tuneforge.host.compose import compose, load_plugins
 
     overrides = [o for o in tuneforge_overrides if not o.startswith(("data.path=", "callbacks="))]
     overrides.append(f"data.path={records_path}")
     plugins = load_plugins(overrides)
-    cfg = compose(overrides, plugins)
-    model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
+    run = run_components(compose(overrides), plugins)  # the plugins get their typed configs, as in a run
+    model, tokenizer = run.model.spec.load(run.model.config)
     del model
-    splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
-    return splits.train, tokenizer.pad_token_id, cfg
+    splits = run.data.spec.load(run.data.config, tokenizer)
+    return splits.train, tokenizer.pad_token_id, run.config
 
 
 def build_plan(workdir, records: list, tuneforge_overrides, *, batch_size: int, steps: int, seed: int):

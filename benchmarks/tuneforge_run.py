@@ -49,7 +49,7 @@ def main(argv) -> None:
     from tuneforge.host.compose import compose, load_plugins, run_train
 
     plugins = load_plugins(overrides, extra_plugins=[tuneforge_probe])
-    cfg = compose(overrides, plugins)
+    cfg = compose(overrides)  # composed once; run_train validates it, as `tuneforge train` does
     metrics = run_train(cfg, plugins)
     probe = tuneforge_probe.PROBES[-1]
     losses = metric_losses(run_dir)

@@ -8,6 +8,9 @@ Public API for plugin authors::
     def tuneforge_adapters():
         return [tuneforge.AdapterSpec("my_adapter", MyConfig, apply=apply)]
 
+Config dataclasses may check their values in ``__post_init__`` with the rules
+of :mod:`tuneforge.validation` (raising :class:`ConfigValueError`).
+
 Importing this package is cheap: torch, transformers and lightning are
 imported only by the modules that run training.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import pluggy
 
+from tuneforge import validation
 from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError, DataError, ModelError, PluginError, TuneforgeError
 from tuneforge.specs import (
@@ -28,6 +32,7 @@ from tuneforge.specs import (
     MetricInfo,
     ModelSourceSpec,
 )
+from tuneforge.validation import ConfigValueError
 
 __version__ = "0.1.0"
 
@@ -35,8 +40,8 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
-    "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "DataError", "DatasetSpec", "EvaluatorSpec",
+    "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec", "EvaluatorSpec",
     "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError", "RunContext", "TuneforgeError",
-    "hookimpl",
+    "hookimpl", "validation",
     "__version__",
 ]

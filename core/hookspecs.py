@@ -127,7 +127,10 @@ def tuneforge_run_start(config, run_dir, context):
     A single-process run calls it once; under DDP each process calls it
     once, the main process after saving the resolved ``config.yaml`` (other
     processes do not wait for that).  Check ``context.is_main`` before
-    writing into ``run_dir``.
+    writing into ``run_dir``.  It runs before the model loads: raising
+    (e.g. ``tuneforge.ConfigError`` with one line) refuses the run, which
+    then ends ``failed`` with that error, and ``tuneforge_run_end`` is
+    still called.
 
     :param config: the composed, resolved ``omegaconf.DictConfig`` (read-only).
     :param run_dir: ``pathlib.Path`` of the run directory.

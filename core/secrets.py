@@ -13,8 +13,9 @@ import os
 import re
 
 REDACTED = "***"
-SECRET_NAME = re.compile(r"(token|secret|password|passwd|api[_-]?key|access[_-]?key|credential|auth)",
-                         re.IGNORECASE)
+#: names that say a value is secret; ``tokenize``/``tokenizer`` and ``author`` are settings, not secrets
+SECRET_NAME = re.compile(r"(token(?!i[sz])|secret|password|passwd|api[_-]?key|access[_-]?key|credential"
+                         r"|auth(?!or(?!i[sz])))", re.IGNORECASE)
 MIN_SECRET_LENGTH = 6
 
 

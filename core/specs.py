@@ -8,7 +8,10 @@ specs stay cheap to import.
 
 Every config dataclass must give every field a default, and must not declare a
 field called ``name``: the host adds ``name`` itself so that a saved config says
-which component produced it.
+which component produced it.  The work functions receive an instance of exactly
+this class (attribute access, plain ``list``/``dict`` values), built by the host
+from the resolved config before any model loads; a config class may check its
+values in ``__post_init__`` (see :mod:`tuneforge.validation`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Iterable, Optional
 
 
 def _check_config_class(kind: str, name: str, config: type) -> None:
@@ -78,11 +81,26 @@ class DatasetSpec(_Spec):
     with -100 on tokens that carry no loss, optionally more keys such as
     ``chosen_input_ids``).  Bad records raise ``tuneforge.errors.DataError``
     naming file and line; none is dropped silently.
+
+    ``example_kinds(config) -> set of str or None`` (optional) says, cheaply and
+    before any model loads, which kinds of examples ``load`` will produce with
+    this config: the record formats of :mod:`tuneforge.data` (``alpaca``,
+    ``chat``, ``completion``, ``preference``) or names of the plugin's own.
+    ``None`` (or no callable) means "unknown".  The host calls it only when the
+    selected loss declares ``requires``, and refuses the run when a kind is not
+    one the loss accepts.  It may raise ``tuneforge.errors.DataError`` (e.g. an
+    unreadable first record), which is reported like a bad config value.
     """
 
     kind: ClassVar[str] = "dataset"
     required: ClassVar[tuple[str, ...]] = ("load",)
     load: Optional[Callable[[Any, Any], Any]] = None
+    example_kinds: Optional[Callable[[Any], Optional[Iterable[str]]]] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.example_kinds is not None and not callable(self.example_kinds):
+            raise TypeError(f"dataset '{self.name}': 'example_kinds' must be a callable or None")
 
 
 @dataclass(frozen=True)
@@ -135,11 +153,24 @@ class LossSpec(_Spec):
     tuneforge.losses.LossOutput``.  The loss runs the forward pass itself, so
     objectives that need extra passes (a reference model, a teacher) fit the
     same interface.
+
+    ``requires``: the example kinds the loss can train on, e.g.
+    ``("preference",)`` for a loss that needs chosen/rejected pairs (empty:
+    any).  When the dataset tells its kinds (``DatasetSpec.example_kinds``),
+    data with any other kind is refused before the model loads.
     """
 
     kind: ClassVar[str] = "loss"
     required: ClassVar[tuple[str, ...]] = ("build",)
     build: Optional[Callable[[Any, Any], Callable]] = None
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.requires, str) or not all(isinstance(k, str) and k for k in self.requires):
+            raise TypeError(f"loss '{self.name}': 'requires' must be a tuple of example kinds, "
+                            f"e.g. ('preference',), got {self.requires!r}")
+        object.__setattr__(self, "requires", tuple(self.requires))
 
 
 #: the :attr:`MetricInfo.section` of metrics on the held-out split (the report's first table)
@@ -228,7 +259,8 @@ class CallbackSpec(_Spec):
     ``on_run_end(config, metrics, status, run_dir)``: called once per process
     when the run ends (after the tuned evaluation and the run directory's
     outputs, or after a failure), with keyword arguments: ``config`` is this
-    callback's own config node (``callbacks.<name>``), ``metrics`` the run's
+    callback's own config (an instance of its config class, from
+    ``callbacks.<name>``), ``metrics`` the run's
     metrics (as in ``metrics.json``; partial for a failed run), ``status``
     ``"completed"``, ``"failed"`` or ``"interrupted"``, ``run_dir`` a
     ``pathlib.Path``, ``context`` the process's :class:`tuneforge.RunContext`.  A function may accept any subset of these (the host

@@ -9,9 +9,11 @@ merge.  ``full`` and ``freeze`` save the whole model as safetensors weights
 that ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads
 (the host's default load; nothing to merge).
 
-An adapter that does not fit the model (target modules that match nothing,
-more layers than the model has ...) raises ``tuneforge.errors.ModelError``
-naming the config key and what would be valid.
+Each config checks its own values when built (``__post_init__``: ranks,
+dropout, names from a fixed set), so the host refuses bad values before the
+model loads.  An adapter that does not fit the model (target modules that
+match nothing, more layers than the model has ...) raises
+``tuneforge.errors.ModelError`` naming the config key and what would be valid.
 """
 
 from __future__ import annotations
@@ -23,6 +25,26 @@ from typing import Any, Optional
 
 import tuneforge
 from tuneforge.errors import ModelError
+from tuneforge.validation import at_least, between, check, each, greater_than, non_empty, one_of
+
+
+def _module_names(value) -> Optional[str]:
+    """``target_modules``-like values: a regular expression / ``all-linear``, or a non-empty list of names."""
+    if isinstance(value, str):
+        return non_empty(value)
+    if not isinstance(value, (list, tuple)) or not value:
+        return f"must be a module name pattern or a non-empty list of module names, got {value!r}"
+    return each(_name)(value)
+
+
+def _name(value) -> Optional[str]:
+    return None if isinstance(value, str) and value.strip() else f"must be a module name, got {value!r}"
+
+
+def _lora_init(value) -> Optional[str]:
+    if isinstance(value, (bool, str)):
+        return None
+    return f"must be true, false or a peft initialisation name (gaussian, pissa, olora ...), got {value!r}"
 
 
 @dataclass
@@ -59,6 +81,12 @@ class LoraAdapterConfig:
     init_lora_weights: Any = True
     layers_to_transform: Optional[list] = None
 
+    def __post_init__(self) -> None:
+        # dropout 1 would zero the adapter's input: it could never learn
+        check(self, r=at_least(1), lora_alpha=greater_than(0), lora_dropout=between(0, 1, include_high=False),
+              target_modules=_module_names, bias=one_of("none", "all", "lora_only"),
+              modules_to_save=_module_names, init_lora_weights=_lora_init, layers_to_transform=each(at_least(0)))
+
 
 @dataclass
 class PrefixAdapterConfig:
@@ -73,6 +101,9 @@ class PrefixAdapterConfig:
     num_virtual_tokens: int = 16
     prefix_projection: bool = False
     encoder_hidden_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check(self, num_virtual_tokens=at_least(1), encoder_hidden_size=at_least(1))
 
 
 @dataclass
@@ -91,6 +122,9 @@ class PromptAdapterConfig:
     init_text: Optional[str] = None
     tokenizer: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        check(self, num_virtual_tokens=at_least(1), init=one_of("random", "text"))
+
 
 @dataclass
 class IA3AdapterConfig:
@@ -108,6 +142,9 @@ class IA3AdapterConfig:
     target_modules: Any = None
     feedforward_modules: Any = None
     modules_to_save: Optional[list] = None
+
+    def __post_init__(self) -> None:
+        check(self, target_modules=_module_names, feedforward_modules=_module_names, modules_to_save=_module_names)
 
 
 @dataclass
@@ -141,11 +178,8 @@ class FreezeAdapterConfig:
     trainable_modules: list = field(default_factory=list)
     gradient_checkpointing: bool = False
 
-
-def _plain(value):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+    def __post_init__(self) -> None:
+        check(self, trainable_layers=at_least(0), trainable_modules=each(_name))
 
 
 # ---------------------------------------------------------------------------
@@ -211,25 +245,21 @@ def _get_peft_model(model, peft_config, what: str):
 def apply_lora(model, config: LoraAdapterConfig):
     from peft import LoraConfig, TaskType
 
-    targets, to_save = _plain(config.target_modules), _plain(config.modules_to_save)
+    targets, to_save = config.target_modules, config.modules_to_save
     _check_targets(model, "target_modules", targets)
     _check_targets(model, "modules_to_save", to_save, allow_all_linear=False)
-    if config.r < 1:
-        raise ModelError(f"adapter.r is {config.r}; valid: a positive rank")
     lora_config = LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=config.r, lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout, target_modules=targets, bias=config.bias,
         use_dora=config.use_dora, use_rslora=config.use_rslora,
-        modules_to_save=to_save, init_lora_weights=_plain(config.init_lora_weights),
-        layers_to_transform=_plain(config.layers_to_transform))
+        modules_to_save=to_save, init_lora_weights=config.init_lora_weights,
+        layers_to_transform=config.layers_to_transform)
     return _get_peft_model(model, lora_config, "lora")
 
 
 def apply_prefix(model, config: PrefixAdapterConfig):
     from peft import PrefixTuningConfig, TaskType
 
-    if config.num_virtual_tokens < 1:
-        raise ModelError(f"adapter.num_virtual_tokens is {config.num_virtual_tokens}; valid: >= 1")
     kwargs = {}
     if config.encoder_hidden_size:
         kwargs["encoder_hidden_size"] = config.encoder_hidden_size
@@ -241,10 +271,6 @@ def apply_prefix(model, config: PrefixAdapterConfig):
 def apply_prompt(model, config: PromptAdapterConfig):
     from peft import PromptTuningConfig, PromptTuningInit, TaskType
 
-    if config.num_virtual_tokens < 1:
-        raise ModelError(f"adapter.num_virtual_tokens is {config.num_virtual_tokens}; valid: >= 1")
-    if config.init not in ("random", "text"):
-        raise ModelError(f"adapter.init is '{config.init}'; valid: random, text")
     kwargs = {}
     if config.init == "text":
         if not config.init_text:
@@ -267,8 +293,7 @@ def apply_prompt(model, config: PromptAdapterConfig):
 def apply_ia3(model, config: IA3AdapterConfig):
     from peft import IA3Config, TaskType
 
-    targets, feedforward = _plain(config.target_modules), _plain(config.feedforward_modules)
-    to_save = _plain(config.modules_to_save)
+    targets, feedforward, to_save = config.target_modules, config.feedforward_modules, config.modules_to_save
     _check_targets(model, "target_modules", targets)
     _check_targets(model, "feedforward_modules", feedforward, allow_all_linear=False)
     _check_targets(model, "modules_to_save", to_save, allow_all_linear=False)
@@ -318,7 +343,7 @@ def _freeze_hint(model) -> str:
 def apply_freeze(model, config: FreezeAdapterConfig):
     layers = transformer_layers(model)
     count = int(config.trainable_layers)
-    patterns = [str(p) for p in (_plain(config.trainable_modules) or [])]
+    patterns = [str(p) for p in (config.trainable_modules or [])]
     if count < 0 or count > len(layers):
         raise ModelError(f"adapter.trainable_layers is {count}; valid: 0 to {len(layers)} "
                          f"(the model has {len(layers)} transformer layers)")

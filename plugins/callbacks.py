@@ -4,6 +4,17 @@ A thin wrapper over ``lightning.pytorch.callbacks.EarlyStopping``.  It acts
 when validation runs, so set ``trainer.val_check_interval`` (every N steps) or
 ``trainer.check_val_every_n_epoch``: ``callbacks=[early_stopping]
 callbacks.early_stopping.patience=2 trainer.val_check_interval=10``.
+
+A run that cannot validate is refused with one line: before the model loads
+when the config shows it (``tuneforge_run_start``: neither validation
+setting, ``trainer.limit_val_batches=0``, or a dataset with no held-out
+share), and otherwise at the first check when no validation has run yet
+(e.g. ``trainer.max_steps`` ends training inside the first epoch and no
+``trainer.val_check_interval`` is set), instead of Lightning's traceback.
+
+With ``callbacks.early_stopping.restore_best=true`` the trainable weights of
+the best validation are kept in memory and loaded back when training ends,
+so the tuned evaluation and ``model/`` get the best step, not the last.
 """
 
 from __future__ import annotations
@@ -11,7 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import math
+
 import tuneforge
+from tuneforge.validation import at_least, check, non_empty, one_of
 
 
 @dataclass
@@ -26,8 +40,8 @@ class EarlyStoppingConfig:
     strict: a missing ``monitor`` metric is an error (otherwise a warning).
     restore_best: when training ends, load back the trainable weights of the
         validation with the best ``monitor`` value (kept in memory: only the
-        trainable parameters, small for adapters), so the tuned evaluation
-        and ``model/`` get the best step, not the last.
+        trainable parameters, small for adapters); the restored step is the
+        run's ``train/early_stopping/restored_step`` in metrics.json.
     """
 
     monitor: str = "val/loss"
@@ -40,35 +54,43 @@ class EarlyStoppingConfig:
     strict: bool = True
     restore_best: bool = False
 
+    def __post_init__(self) -> None:
+        finite = at_least(-math.inf)
+        check(self, monitor=non_empty, mode=one_of("min", "max"), patience=at_least(0), min_delta=at_least(0),
+              stopping_threshold=finite, divergence_threshold=finite)
 
-def _restoring_early_stopping():
-    """``EarlyStopping`` that keeps the trainable state of each new best validation and loads it back at
-    the end of training; the restored step goes to the run's metrics as ``early_stopping/restored_step``."""
+
+NO_VALIDATION = ("callbacks.early_stopping acts only when validation runs, and {why}; set "
+                 "trainer.val_check_interval=<steps> (e.g. 10) or trainer.check_val_every_n_epoch=<n> with "
+                 "trainer.max_epochs, and give validation data (data.val_fraction > 0, data.val_size or "
+                 "data.val_path)")
+
+
+def build_early_stopping(config: EarlyStoppingConfig):
     import torch
     from lightning.pytorch.callbacks import EarlyStopping
 
-    class RestoringEarlyStopping(EarlyStopping):
-        best_state = None
-        best_step = None
+    if config.mode not in ("min", "max"):
+        raise tuneforge.ConfigError(f"callbacks.early_stopping.mode is '{config.mode}'; valid: min, max")
 
-        def _keep_if_improved(self, before, trainer, pl_module) -> None:
-            if not torch.equal(before, self.best_score.to(before.device)):
-                self.best_step = int(trainer.global_step)
+    class ValidatedEarlyStopping(EarlyStopping):
+        def _run_early_stopping_check(self, trainer) -> None:
+            metrics = trainer.callback_metrics
+            if self.strict and self.monitor not in metrics and not any(k.startswith("val/") for k in metrics):
+                why = f"no validation had run by step {trainer.global_step}, when '{self.monitor}' was first checked"
+                if trainer.val_check_interval == 1.0:  # Lightning's value for "unset"
+                    why += " (with trainer.val_check_interval unset, validation runs only after a full epoch)"
+                raise tuneforge.ConfigError(NO_VALIDATION.format(why=why))
+            before = self.best_score.detach().clone()
+            super()._run_early_stopping_check(trainer)
+            if config.restore_best and not torch.equal(before, self.best_score.to(before.device)):
+                self.best_step = int(trainer.global_step)  # a new best: keep the trainable state
                 self.best_state = {name: p.detach().to("cpu", copy=True)
-                                   for name, p in pl_module.named_parameters() if p.requires_grad}
-
-        def on_validation_end(self, trainer, pl_module) -> None:
-            before = self.best_score.detach().clone()
-            super().on_validation_end(trainer, pl_module)
-            self._keep_if_improved(before, trainer, pl_module)
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            before = self.best_score.detach().clone()
-            super().on_train_epoch_end(trainer, pl_module)
-            self._keep_if_improved(before, trainer, pl_module)
+                                   for name, p in trainer.lightning_module.named_parameters() if p.requires_grad}
 
         def on_train_end(self, trainer, pl_module) -> None:
-            if self.best_state is None:
+            super().on_train_end(trainer, pl_module)
+            if getattr(self, "best_state", None) is None:
                 return
             parameters = dict(pl_module.named_parameters())
             with torch.no_grad():
@@ -76,19 +98,36 @@ def _restoring_early_stopping():
                     parameters[name].copy_(value.to(parameters[name].device))
             trainer.callback_metrics["early_stopping/restored_step"] = torch.tensor(float(self.best_step))
 
-    return RestoringEarlyStopping
+    return ValidatedEarlyStopping(monitor=config.monitor, mode=config.mode, patience=config.patience,
+                                  min_delta=config.min_delta, stopping_threshold=config.stopping_threshold,
+                                  divergence_threshold=config.divergence_threshold,
+                                  check_finite=config.check_finite, strict=config.strict, verbose=False)
 
 
-def build_early_stopping(config: EarlyStoppingConfig):
-    from lightning.pytorch.callbacks import EarlyStopping
+def validation_problem(config) -> Optional[str]:
+    """Why a run with this (composed) config never validates, when the config alone shows it; else None."""
+    trainer = config.get("trainer") or {}
+    if trainer.get("val_check_interval") is None and trainer.get("check_val_every_n_epoch") is None:
+        return "trainer.val_check_interval and trainer.check_val_every_n_epoch are both null"
+    if trainer.get("limit_val_batches") == 0:
+        return "trainer.limit_val_batches is 0"
+    data = config.get("data") or {}
+    if "val_fraction" in data and not data.get("val_path") and not data.get("val_split"):
+        size = data.get("val_size")  # when set, it replaces val_fraction
+        if (size is not None and size == 0) or (size is None and not data.get("val_fraction")):
+            shown = f"data.val_size is {size}" if size is not None else f"data.val_fraction is {data.get('val_fraction')}"
+            return f"data={data.get('name')} holds out no validation data ({shown}, no data.val_path)"
+    return None
 
-    if config.mode not in ("min", "max"):
-        raise tuneforge.ConfigError(f"callbacks.early_stopping.mode is '{config.mode}'; valid: min, max")
-    callback_class = _restoring_early_stopping() if config.restore_best else EarlyStopping
-    return callback_class(monitor=config.monitor, mode=config.mode, patience=config.patience,
-                         min_delta=config.min_delta, stopping_threshold=config.stopping_threshold,
-                         divergence_threshold=config.divergence_threshold, check_finite=config.check_finite,
-                         strict=config.strict, verbose=False)
+
+@tuneforge.hookimpl
+def tuneforge_run_start(config, run_dir):
+    """Refuse early stopping without validation before the model loads (when the config shows it)."""
+    if any(node.get("name") == "early_stopping" and node.get("strict", True)
+           for node in (config.get("callbacks") or {}).values()):
+        problem = validation_problem(config)
+        if problem:
+            raise tuneforge.ConfigError(NO_VALIDATION.format(why=problem))
 
 
 @tuneforge.hookimpl

@@ -2,7 +2,10 @@
 
 All of them read records and hand them to :func:`tuneforge.data.prepare_splits`,
 which detects each record's format (alpaca, chat, completion, preference),
-tokenizes with label masking, splits, caches and counts.
+tokenizes with label masking, splits, caches and counts.  Before any model
+loads, each config checks its values (``__post_init__``) and the file datasets
+tell the host which example kinds they hold from the first record
+(``example_kinds``), so ``loss=dpo`` on instruction data stops at once.
 """
 
 from __future__ import annotations
@@ -12,23 +15,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 import tuneforge
-from tuneforge.data import DATA_CONFIG_FIELDS, DataConfig, DataSplits, prepare_splits, read_hf, read_records
+from tuneforge.data import (DATA_CONFIG_FIELDS, DataConfig, DataSplits, detect_format, first_record, prepare_splits,
+                            read_hf, read_records)
+from tuneforge.validation import at_least, check, existing_path, non_empty
 
 SAMPLE_DIR = Path(__file__).parent / "data"
 
 
 def sample_path(name: str) -> str:
-    """Path of a data file shipped with the built-in plugins (``${tuneforge_sample:sample.jsonl}``)."""
+    """Path of a data file shipped with the built-in plugins (in a config: ``${pkg:tuneforge.plugins/data/<name>}``)."""
     path = SAMPLE_DIR / name
     if not path.is_file():
         raise ValueError(f"no shipped sample '{name}'; available: {sorted(p.name for p in SAMPLE_DIR.iterdir())}")
     return str(path)
-
-
-OmegaConf.register_new_resolver("tuneforge_sample", sample_path, replace=True)
 
 _FILES_FIELDS = """
     path: a data file or a folder of them (read recursively, sorted by path).
@@ -41,8 +43,12 @@ _FILES_FIELDS = """
 class FilesDataConfig(DataConfig):
     """Records from local files."""
 
-    path: str = "${tuneforge_sample:sample.jsonl}"
+    path: str = sample_path("sample.jsonl")
     val_path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self, path=existing_path(), val_path=existing_path())
 
 
 FilesDataConfig.__doc__ = (
@@ -78,6 +84,10 @@ class HFDataConfig(DataConfig):
     hf_cache_dir: Optional[str] = None
     connect_timeout: float = 5.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self, path=non_empty, split=non_empty, val_split=non_empty, connect_timeout=at_least(0))
+
 
 HFDataConfig.__doc__ = """Records from a Hugging Face dataset, loaded with ``datasets.load_dataset``.
 
@@ -104,9 +114,22 @@ def load_files(config: FilesDataConfig, tokenizer, kind: str = "auto") -> DataSp
     return prepare_splits(records, tokenizer, config, val_records=val_records, origin=str(config.path))
 
 
+def files_example_kinds(config: FilesDataConfig, kind: str = "auto") -> Optional[set]:
+    """The record format of ``config.path`` (its first record, or ``data.format``); None: an empty file."""
+    if config.format != "auto":
+        return {config.format}
+    record = first_record(config.path, kind)
+    return None if record is None else {detect_format(record, config.columns)}
+
+
+def hf_example_kinds(config: HFDataConfig) -> Optional[set]:
+    """``data.format`` when set; with ``auto`` unknown until the dataset is loaded."""
+    return None if config.format == "auto" else {config.format}
+
+
 def load_hf(config: HFDataConfig, tokenizer) -> DataSplits:
     """Read ``config.split`` (and ``config.val_split``) of a Hugging Face dataset and prepare the splits."""
-    options = dict(subset=config.subset, data_files=_plain(config.data_files), revision=config.revision,
+    options = dict(subset=config.subset, data_files=config.data_files, revision=config.revision,
                    cache_dir=config.hf_cache_dir, connect_timeout=config.connect_timeout)
     records = read_hf(config.path, config.split, **options)
     val_records = read_hf(config.path, config.val_split, **options) if config.val_split else None
@@ -114,24 +137,19 @@ def load_hf(config: HFDataConfig, tokenizer) -> DataSplits:
                           origin=f"{config.path}[{config.split}]")
 
 
-def _plain(value):
-    """OmegaConf containers -> plain lists/dicts (``datasets`` checks their types)."""
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 @tuneforge.hookimpl
 def tuneforge_datasets():
     files = [
         tuneforge.DatasetSpec("files", FilesDataConfig, ".jsonl/.json/.csv/.parquet files or a folder of them",
-                              load=load_files),
+                              load=load_files, example_kinds=files_example_kinds),
         tuneforge.DatasetSpec("jsonl", FilesDataConfig, "records in .jsonl files",
-                              load=partial(load_files, kind="jsonl")),
+                              load=partial(load_files, kind="jsonl"),
+                              example_kinds=partial(files_example_kinds, kind="jsonl")),
     ]
     for kind, what in (("json", "a .json array"), ("csv", ".csv files with a header"),
                        ("parquet", ".parquet files")):
         files.append(tuneforge.DatasetSpec(kind, TypedFilesDataConfig, f"records in {what}",
-                                           load=partial(load_files, kind=kind)))
+                                           load=partial(load_files, kind=kind),
+                                           example_kinds=partial(files_example_kinds, kind=kind)))
     return [*files, tuneforge.DatasetSpec("hf", HFDataConfig, "a Hugging Face dataset (hub name or local path)",
-                                          load=load_hf)]
+                                          load=load_hf, example_kinds=hf_example_kinds)]

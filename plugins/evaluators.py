@@ -12,6 +12,8 @@ from tuneforge.errors import DataError
 from tuneforge.evaluation import (EvaluationPass, prompts_and_references, record_predictions, record_scores,
                                   split_example)
 from tuneforge.losses import shift_for_next_token
+from tuneforge.plugins.evaluators_generation import valid_few_shot
+from tuneforge.validation import at_least, check, non_empty
 
 
 @dataclass
@@ -19,6 +21,9 @@ class PerplexityConfig:
     """batch_size: examples per forward pass."""
 
     batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        check(self, batch_size=at_least(1))
 
 
 def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig, *,
@@ -73,6 +78,10 @@ class ChoiceConfig:
     few_shot: list = field(default_factory=list)
     batch_size: int = 16
     limit: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check(self, choices_field=non_empty, answer_field=non_empty, few_shot=valid_few_shot, batch_size=at_least(1),
+              limit=at_least(1))
 
 
 def choice_options(example: dict, config) -> tuple[list, int]:

@@ -12,14 +12,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from omegaconf import MISSING
+
 import tuneforge
 from tuneforge.data import read_jsonl, tokenize_records
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.evaluation import EvaluationPass
 from tuneforge.plugins.evaluators import (CHOICE_ACCURACY, PERPLEXITY_METRICS, ChoiceConfig, PerplexityConfig,
                                           evaluate_choice, evaluate_perplexity)
-from tuneforge.plugins.evaluators_generation import (GENERATION_METRICS, SCORE_KEYS, predict, record_example_scores,
-                                                     score_predictions)
+from tuneforge.plugins.evaluators_generation import (BLEU_TOKENIZERS, GENERATION_METRICS, SCORE_KEYS, predict,
+                                                     record_example_scores, score_predictions, valid_few_shot,
+                                                     valid_pattern)
+from tuneforge.validation import at_least, check, existing_path, is_placeholder, non_empty, one_of
 
 VALID_METRICS = (*GENERATION_METRICS, "choice", "perplexity")
 
@@ -39,7 +43,7 @@ class ForgettingConfig:
     word_order; choice: choices_field, answer_field, length_normalize).
     """
 
-    path: Optional[str] = None
+    path: str = MISSING
     metrics: list = field(default_factory=lambda: ["exact_match"])
     format: str = "auto"
     max_length: int = 2048
@@ -61,6 +65,19 @@ class ForgettingConfig:
     answer_field: str = "answer"
     length_normalize: bool = False
 
+    def __post_init__(self) -> None:
+        check(self, path=existing_path("file"), metrics=_metrics_problem, format=one_of("auto", "alpaca", "chat"),
+              max_length=at_least(1), max_new_tokens=at_least(1), batch_size=at_least(1), few_shot=valid_few_shot,
+              limit=at_least(1), pattern=valid_pattern, pattern_field=non_empty, tokenize=one_of(*BLEU_TOKENIZERS),
+              word_order=at_least(0), choices_field=non_empty, answer_field=non_empty)
+
+
+def _metrics_problem(metrics) -> Optional[str]:
+    if not isinstance(metrics, (list, tuple)) or not metrics:
+        return f"must be a non-empty list of metrics; valid: {', '.join(VALID_METRICS)}"
+    unknown = [m for m in metrics if m not in VALID_METRICS]
+    return f"unknown {unknown}; valid: {', '.join(VALID_METRICS)}" if unknown else None
+
 
 def _sub_config(config_class, config):
     """An evaluator's own config built from the matching fields of the forgetting config."""
@@ -71,7 +88,7 @@ def _sub_config(config_class, config):
 def load_reference_set(config, tokenizer, chat_template: Optional[str] = None) -> list:
     """The reference set's examples, rendered with ``chat_template`` (the training data's; None: the
     tokenizer's own)."""
-    if not config.path:
+    if not config.path or is_placeholder(config.path):
         raise ConfigError("evaluators.forgetting.path is not set: give a .jsonl file of general tasks the "
                           "base model already handles")
     records = read_jsonl(config.path)
@@ -85,11 +102,7 @@ def load_reference_set(config, tokenizer, chat_template: Optional[str] = None) -
 def evaluate_forgetting(model, tokenizer, examples, config: ForgettingConfig, *,
                         evaluation: Optional[EvaluationPass] = None) -> dict:
     """Metrics on the reference set; ``examples`` (the held-out split) is not used."""
-    metrics = list(config.metrics)
-    unknown = [m for m in metrics if m not in VALID_METRICS]
-    if unknown or not metrics:
-        raise ConfigError(f"evaluators.forgetting.metrics={metrics}: unknown {unknown}; "
-                          f"valid: {', '.join(VALID_METRICS)}")
+    metrics = list(config.metrics)  # checked when the config was built
     reference = load_reference_set(config, tokenizer, evaluation.chat_template if evaluation else None)
     results: dict = {}
     rows = None

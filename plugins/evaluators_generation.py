@@ -21,7 +21,32 @@ from typing import Optional, Sequence
 
 import tuneforge
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.evaluation import EvaluationPass, generate_predictions, record_scores
+from tuneforge.evaluation import EvaluationPass, few_shot_messages, generate_predictions, record_scores
+from tuneforge.validation import at_least, check, non_empty, one_of
+
+#: sacrebleu's BLEU tokenizers (``sacrebleu.metrics.bleu``)
+BLEU_TOKENIZERS = ("13a", "none", "zh", "intl", "char", "ja-mecab", "ko-mecab", "spm", "flores101", "flores200",
+                   "spBLEU-1K")
+
+
+def valid_few_shot(value) -> Optional[str]:
+    """A rule for ``few_shot`` fields: a list of ``{user, assistant}`` mappings."""
+    if not isinstance(value, (list, tuple)):
+        return f"must be a list of {{user: ..., assistant: ...}} turns, got {value!r}"
+    try:
+        few_shot_messages(value)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def valid_pattern(value) -> Optional[str]:
+    """A rule: a Python regular expression that compiles."""
+    try:
+        re.compile(value)
+    except (re.error, TypeError) as exc:
+        return f"is not a valid regular expression ({exc}): {value!r}"
+    return None
 
 
 @dataclass
@@ -40,10 +65,14 @@ class GenerationEvalConfig:
     few_shot: list = field(default_factory=list)
     limit: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        check(self, max_new_tokens=at_least(1), batch_size=at_least(1), few_shot=valid_few_shot, limit=at_least(1))
+
 
 @dataclass
 class NormalizedEvalConfig(GenerationEvalConfig):
-    """strip: ignore surrounding whitespace; lowercase: ignore case;
+    """strip: ignore surrounding whitespace.
+    lowercase: ignore case.
     collapse_whitespace: treat any run of whitespace as one space."""
 
     strip: bool = True
@@ -63,6 +92,10 @@ class RegexEvalConfig(GenerationEvalConfig):
     fullmatch: bool = False
     ignore_case: bool = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self, pattern=valid_pattern, pattern_field=non_empty)
+
 
 @dataclass
 class RougeEvalConfig(GenerationEvalConfig):
@@ -79,12 +112,20 @@ class BleuEvalConfig(GenerationEvalConfig):
     tokenize: str = "13a"
     lowercase: bool = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self, tokenize=one_of(*BLEU_TOKENIZERS))
+
 
 @dataclass
 class ChrfEvalConfig(GenerationEvalConfig):
     """word_order: 0 for chrF, 2 for chrF++ (sacrebleu's ``word_order``)."""
 
     word_order: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self, word_order=at_least(0))
 
 
 # ---------------------------------------------------------------------------

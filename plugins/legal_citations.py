@@ -43,8 +43,10 @@ from pathlib import Path
 from typing import Optional
 
 import tuneforge
-from tuneforge.data import DataSplits, Record, read_jsonl, resolve_chat_template, tokenize_records
+from tuneforge.data import (DataSplits, Record, detect_format, first_record, read_jsonl, resolve_chat_template,
+                            tokenize_records)
 from tuneforge.errors import DataError
+from tuneforge.validation import at_least, check, existing_path
 
 INSTRUCTION = "Write the legal citation for this court decision."
 
@@ -127,6 +129,10 @@ class LegalCitationsConfig:
     max_length: int = 256
     chat_template: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        check(self, n_train=at_least(1), n_val=at_least(0), max_examples=at_least(1),
+              rehearsal_path=existing_path("file"), n_rehearsal=at_least(0), max_length=at_least(1))
+
 
 def _party(rng: random.Random) -> str:
     if rng.random() < 0.35:
@@ -186,8 +192,6 @@ def generate(n_train: int, n_val: int, seed: int = 0,
 def load_legal_citations(config: LegalCitationsConfig, tokenizer) -> DataSplits:
     train_records, val_records = generate(config.n_train, config.n_val, config.seed, config.instruction)
     if config.max_examples is not None:
-        if config.max_examples < 1:
-            raise DataError(f"data.max_examples must be at least 1, got {config.max_examples}")
         train_records = train_records[: config.max_examples]
     where = f"legal_citations(seed={config.seed})"
     train_sources = [Record(r, f"{where}:train[{i}]") for i, r in enumerate(train_records)]
@@ -211,9 +215,17 @@ def load_legal_citations(config: LegalCitationsConfig, tokenizer) -> DataSplits:
     return DataSplits(train=train, val=val, stats=stats, chat_template=chat_template)
 
 
+def example_kinds(config: LegalCitationsConfig) -> set:
+    """The generated examples are alpaca records; rehearsal records have the format of their file."""
+    kinds = {"alpaca"}
+    if config.n_rehearsal and config.rehearsal_path:
+        record = first_record(config.rehearsal_path, "jsonl")
+        if record is not None:
+            kinds.add(detect_format(record))
+    return kinds
+
+
 def _rehearsal_records(config: LegalCitationsConfig) -> list:
-    if config.n_rehearsal < 0:
-        raise DataError(f"data.n_rehearsal must be >= 0, got {config.n_rehearsal}")
     if not config.n_rehearsal:
         return []
     if not config.rehearsal_path:
@@ -241,7 +253,7 @@ def write_jsonl(directory, n_train: int = 100, n_val: int = 30, seed: int = 0) -
 def tuneforge_datasets():
     return [tuneforge.DatasetSpec("legal_citations", LegalCitationsConfig,
                                   "generated case facts -> legal citations (the demo task)",
-                                  load=load_legal_citations)]
+                                  load=load_legal_citations, example_kinds=example_kinds)]
 
 
 def main(argv=None) -> None:

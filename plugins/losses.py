@@ -7,8 +7,11 @@ a per-unit mean over the whole accumulation window (see docs/losses.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
+
+from omegaconf import MISSING
 
 import tuneforge
 from tuneforge.errors import ConfigError, ModelError
@@ -24,6 +27,7 @@ from tuneforge.losses import (
     shift_for_next_token,
     token_nll_sum,
 )
+from tuneforge.validation import at_least, between, check, greater_than, one_of
 
 
 @dataclass
@@ -37,6 +41,9 @@ class CrossEntropyConfig:
 
     label_smoothing: float = 0.0
     z_loss: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self, label_smoothing=between(0, 1), z_loss=at_least(0))
 
 
 @dataclass
@@ -54,6 +61,9 @@ class ChunkedCrossEntropyConfig:
     z_loss: float = 0.0
     chunk_size: int = 1024
 
+    def __post_init__(self) -> None:
+        check(self, label_smoothing=between(0, 1), z_loss=at_least(0), chunk_size=at_least(1))
+
 
 @dataclass
 class DPOConfig:
@@ -68,12 +78,17 @@ class DPOConfig:
     variant: ``sigmoid`` (the DPO paper) or ``ipo`` (squared loss on
         length-averaged log-probabilities, Azar et al.).
     label_smoothing: assumed fraction of flipped preference labels
-        (conservative DPO, ``sigmoid`` only); 0 = off.
+        (conservative DPO, ``sigmoid`` only); 0 = off, below 0.5 (at 0.5
+        chosen and rejected would weigh the same).
     """
 
     beta: float = 0.1
     variant: str = "sigmoid"
     label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self, beta=greater_than(0), variant=one_of("sigmoid", "ipo"),
+              label_smoothing=between(0, 0.5, include_high=False))
 
 
 @dataclass
@@ -90,9 +105,20 @@ class DistillationConfig:
     alpha: weight of the KL term (1 = pure distillation, 0 = plain CE).
     """
 
-    teacher: Any = None
+    teacher: Any = MISSING
     temperature: float = 2.0
     alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(self, teacher=_teacher_problem, temperature=greater_than(0), alpha=between(0, 1))
+
+
+def _teacher_problem(teacher) -> Optional[str]:
+    if isinstance(teacher, Mapping) and isinstance(teacher.get("name"), str) and teacher.get("name"):
+        return None
+    return ("must be a model-source mapping with a 'name', e.g. "
+            "loss.teacher={name:hf,path:HuggingFaceTB/SmolLM2-360M-Instruct} or {name:tiny,seed:1}; "
+            f"got {teacher!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -122,9 +148,6 @@ def build_cross_entropy(config: CrossEntropyConfig, context=None):
 
 
 def build_chunked_cross_entropy(config: ChunkedCrossEntropyConfig, context=None):
-    if config.chunk_size < 1:
-        raise ConfigError(f"loss.chunk_size is {config.chunk_size}; valid: a positive number of tokens")
-
     def chunked_cross_entropy(model, batch) -> LossOutput:
         hidden, lm_head = final_hidden_states(model, batch["input_ids"], batch.get("attention_mask"))
         nll, z, count = chunked_cross_entropy_sums(hidden, batch["labels"], lm_head, config.chunk_size,
@@ -196,10 +219,6 @@ class _FrozenReference:
 def build_dpo(config: DPOConfig, context=None):
     import torch
 
-    if config.variant not in ("sigmoid", "ipo"):
-        raise ConfigError(f"loss.variant is '{config.variant}'; valid: sigmoid, ipo")
-    if config.beta <= 0:
-        raise ConfigError(f"loss.beta is {config.beta}; valid: a positive number")
     frozen = _FrozenReference()
 
     def logps(model, pairs):
@@ -247,19 +266,11 @@ def _check_same_tokenizer(student_tokenizer, teacher_tokenizer, source) -> None:
 
 def build_distillation(config: DistillationConfig, context):
     import torch
-    from omegaconf import DictConfig, OmegaConf
 
     teacher_config = config.teacher
-    if isinstance(teacher_config, DictConfig):
-        teacher_config = OmegaConf.to_container(teacher_config, resolve=True)
-    if not isinstance(teacher_config, dict) or "name" not in teacher_config:
-        raise ConfigError("loss.teacher must be a model-source mapping with a 'name', e.g. "
-                          "loss.teacher={name:hf,path:HuggingFaceTB/SmolLM2-360M-Instruct} or "
-                          f"{{name:tiny,seed:1}}; got {teacher_config!r}")
-    if not 0.0 <= config.alpha <= 1.0:
-        raise ConfigError(f"loss.alpha is {config.alpha}; valid: a weight between 0 and 1")
-    if config.temperature <= 0:
-        raise ConfigError(f"loss.temperature is {config.temperature}; valid: a positive number")
+    problem = _teacher_problem(teacher_config)
+    if problem:  # a DistillationConfig() built without a teacher (MISSING)
+        raise ConfigError(f"loss.teacher {problem}")
     source = ",".join(f"{k}:{v}" for k, v in teacher_config.items())
     teacher, teacher_tokenizer = context.load_model(teacher_config)
     _check_same_tokenizer(context.tokenizer, teacher_tokenizer, "{" + source + "}")
@@ -294,7 +305,8 @@ def tuneforge_losses():
                            "next-token cross entropy (label smoothing, z-loss)", build=build_cross_entropy),
         tuneforge.LossSpec("chunked_cross_entropy", ChunkedCrossEntropyConfig,
                            "cross entropy without materialising all logits", build=build_chunked_cross_entropy),
-        tuneforge.LossSpec("dpo", DPOConfig, "direct preference optimisation (sigmoid, ipo)", build=build_dpo),
+        tuneforge.LossSpec("dpo", DPOConfig, "direct preference optimisation (sigmoid, ipo)", build=build_dpo,
+                           requires=("preference",)),
         tuneforge.LossSpec("distillation", DistillationConfig, "KL to a teacher's logits mixed with CE",
                            build=build_distillation),
     ]

@@ -9,6 +9,9 @@ from typing import Optional
 
 import tuneforge
 from tuneforge.errors import ModelError
+from tuneforge.validation import ConfigValueError, at_least, check, greater_than, is_placeholder, non_empty, one_of
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
@@ -44,6 +47,18 @@ class HFModelConfig:
     allow_pickle: bool = False
     attn_implementation: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        check(self, path=non_empty, dtype=one_of(*DTYPES))
+        path = self.path
+        if is_placeholder(path):
+            return
+        if path.endswith(".gguf"):
+            if not Path(path).expanduser().is_file():
+                raise ConfigValueError("path", f"GGUF file not found: {Path(path).expanduser()}")
+        elif (path.startswith((".", "/", "~")) or Path(path).exists()) and not Path(path).expanduser().is_dir():
+            raise ConfigValueError("path", f"no such model folder: {path} "
+                                           "(give a Hugging Face id, a folder with config.json, or a .gguf file)")
+
 
 @dataclass
 class TinyModelConfig:
@@ -63,6 +78,19 @@ class TinyModelConfig:
     max_position_embeddings: int = 1024
     initializer_range: float = 0.1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self, hidden_size=at_least(1), intermediate_size=at_least(1), num_hidden_layers=at_least(1),
+              num_attention_heads=at_least(1), num_key_value_heads=at_least(1), max_position_embeddings=at_least(1),
+              initializer_range=greater_than(0))
+        if not all(isinstance(v, int) for v in (self.hidden_size, self.num_attention_heads, self.num_key_value_heads)):
+            return
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigValueError("hidden_size", f"must be a multiple of num_attention_heads "
+                                                  f"({self.num_attention_heads}), got {self.hidden_size}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigValueError("num_key_value_heads", f"must divide num_attention_heads "
+                                                          f"({self.num_attention_heads}), got {self.num_key_value_heads}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,17 +119,11 @@ def load_hf(config: HFModelConfig):
     kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
     if config.token:
         kwargs["token"] = config.token
-    if path.endswith(".gguf"):
+    if path.endswith(".gguf"):  # HFModelConfig checked that local paths exist
         gguf = Path(path).expanduser()
-        if not gguf.is_file():
-            raise ModelError(f"model.path: GGUF file not found: {gguf}")
         source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
     else:
         source = path
-        looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
-        if looks_local and not Path(path).expanduser().is_dir():
-            raise ModelError(f"model.path: no such model folder: {path} "
-                             "(give a Hugging Face id, a folder with config.json, or a .gguf file)")
     model_kwargs = dict(kwargs, **{_dtype_argument(): _dtype(config.dtype)})
     if "gguf_file" not in kwargs and not config.allow_pickle:
         model_kwargs["use_safetensors"] = True

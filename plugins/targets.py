@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Optional
 
 import tuneforge
+from tuneforge.validation import check
 
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 _CHECK = re.compile(r"^\s*(?P<ref>[^\s<>=]+)\s*(?P<op><=|>=|==|<|>)\s*(?P<bound>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*$")
@@ -55,8 +56,19 @@ class TargetsConfig:
     title: str = "targets"
 
     def __post_init__(self) -> None:
-        for expression in (self.checks or {}).values():
-            parse_check(expression)  # a malformed check is an error when the config is built
+        check(self, checks=_checks_problem)
+
+
+def _checks_problem(checks) -> Optional[str]:
+    """Every check must parse, so a malformed one fails before training, not after."""
+    if not isinstance(checks, dict):
+        return f"must be a mapping label -> check, got {checks!r}"
+    for label, expression in checks.items():
+        try:
+            parse_check(expression)
+        except tuneforge.ConfigError as exc:
+            return f"{label!r}: {str(exc).removeprefix('callbacks.targets: ')}"
+    return None
 
 
 def parse_check(expression: str) -> tuple[str, str, float]:
@@ -129,11 +141,7 @@ def report_targets(config: TargetsConfig, metrics: dict, status: str, run_dir, c
     """Check, print and save the targets of a completed run (main process only); returns the result."""
     if status != "completed" or (context is not None and not context.is_main):
         return None
-    from omegaconf import OmegaConf
-
-    checks = OmegaConf.to_container(config.checks, resolve=True) if OmegaConf.is_config(config.checks) \
-        else dict(config.checks or {})
-    result = check_targets(checks, metrics)
+    result = check_targets(dict(config.checks or {}), metrics)
     Path(run_dir, "targets.json").write_text(json.dumps(result, indent=2) + "\n")
     print("\n" + format_targets(result, config.title or "targets"), flush=True)
     return result

@@ -104,7 +104,7 @@ def test_peft_adapter_trains_and_reloads(tmp_path, data_file, case):
 
     # trainable parameters reported at start match peft's own count for the same adapter
     spec = {s.name: s for s in adapters.tuneforge_adapters()}[result.config.adapter.name]
-    reference = spec.apply(load_tiny(TinyModelConfig())[0], result.config.adapter)
+    reference = spec.apply(load_tiny(TinyModelConfig())[0], result.components.adapter.config)
     trainable, total = reference.get_nb_trainable_parameters()
     assert metrics["parameters"]["trainable"] == trainable > 0
     assert metrics["parameters"]["total"] == total

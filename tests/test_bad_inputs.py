@@ -91,7 +91,7 @@ CASES = {
         r"adapter\.target_modules: \['attn_proj'\] match no module of the model; valid: .*q_proj"),
     "bad scheduler": (
         lambda t: ["optim.scheduler=cosin"],
-        r"optim\.scheduler is 'cosin'; valid: constant, linear, cosine"),
+        r"optim\.scheduler: must be one of constant, linear, cosine, got 'cosin'"),
 }
 
 

@@ -106,7 +106,7 @@ def test_old_and_new_style_evaluators_run_side_by_side(contract_run):
         assert result.metrics[label]["count_examples/examples"] == 6.0
         assert result.metrics[label]["answer_length/chars"] >= 0
     assert [p.label for p in plugin.passes] == ["base", "tuned"]
-    assert all(isinstance(p, EvaluationPass) and p.context is None for p in plugin.passes)
+    assert all(isinstance(p, EvaluationPass) and p.context is not None and p.context.is_main for p in plugin.passes)
     assert all(p.chat_template == TEMPLATE for p in plugin.passes)  # the data's template reaches the evaluator
     rows = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").open()]
     mine = [row for row in rows if row["set"] == "mine"]
@@ -137,7 +137,7 @@ def test_callbacks_get_their_own_config_at_run_end(contract_run):
     assert plugin.run_ends[0] == ("end_only", "mine", "completed")
     name, label, keywords, tuned = plugin.run_ends[1]
     assert (name, label) == ("both", "theirs")
-    assert keywords == ["metrics", "run_dir", "status"]
+    assert keywords == ["context", "metrics", "run_dir", "status"]
     assert tuned == result.metrics["tuned"]
     assert len(plugin.run_ends) == 2
 

@@ -276,7 +276,7 @@ def test_data_group_offers_every_source_and_jsonl_keeps_its_fields(tmp_path):
     hf = compose("data=hf", "data.path=json", "data.split=train")
     assert hf.data.name == "hf" and hf.data.val_split is None
     for name in ("files", "json", "parquet"):
-        assert compose(f"data={name}", "data.path=x").data.name == name
+        assert compose(f"data={name}", f"data.path={tmp_path}").data.name == name
 
 
 def test_every_data_config_field_is_documented():
@@ -322,7 +322,7 @@ def test_shipped_preference_sample_trains_with_dpo(tmp_path):
     from tuneforge.testing import run_tiny_fit
 
     result = run_tiny_fit(tmp_path, overrides=[
-        "data=jsonl", "data.path=${tuneforge_sample:preference.jsonl}", f"data.cache_dir={tmp_path / 'cache'}",
+        "data=jsonl", "data.path=${pkg:tuneforge.plugins/data/preference.jsonl}", f"data.cache_dir={tmp_path / 'cache'}",
         "data.val_size=4", "loss=dpo", "adapter=lora", "trainer.max_steps=2", "evaluators=[]"])
     assert result.metrics["steps"] == 2
     assert result.metrics["data"]["formats"] == {"preference": 40}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import tuneforge
 from tuneforge.plugins import legal_citations as lc
 from tuneforge.plugins import targets
 
@@ -139,9 +140,14 @@ def test_targets_block_lists_pass_and_fail():
     assert "PASS  good" in text and "FAIL  bad" in text and "1 of 2 targets missed" in text
 
 
-def test_experiment_config_composes():
+def test_experiment_config_composes(tmp_path, monkeypatch):
     from tuneforge.host.compose import compose, load_plugins
 
+    # validation wants the model file to exist; the fast suite runs without the real GGUF
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"")
+    monkeypatch.delenv("TUNEFORGE_SMOLLM2_GGUF", raising=False)
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path))
     cfg = compose(["+experiment=legal_citations"], load_plugins(["+experiment=legal_citations"]))
     assert cfg.model.name == "hf" and cfg.model.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert cfg.data.name == "legal_citations" and cfg.data.n_train + cfg.data.n_rehearsal <= 100
@@ -149,6 +155,9 @@ def test_experiment_config_composes():
     assert Path(cfg.evaluators.forgetting.path).is_file()
     assert cfg.adapter.name == "lora" and cfg.threads == 2
     assert "tuned:exact_match >= 0.90" in cfg.callbacks.targets.checks.values()
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "elsewhere"))  # no GGUF: refused before loading
+    with pytest.raises(tuneforge.ConfigError, match=r"^model\.path: GGUF file not found: .*elsewhere"):
+        compose(["+experiment=legal_citations"], load_plugins(["+experiment=legal_citations"]))
 
 
 def test_demo_pipeline_on_the_tiny_model(tmp_path, capsys):

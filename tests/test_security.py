@@ -44,6 +44,10 @@ def test_secret_values_are_redacted_from_saved_config_and_log(tmp_path, monkeypa
     assert SECRET not in text and "literal-key-123" not in text
     assert "token: '***'" in text and "note: pushed with ***" in text
     assert redact({"nested": [{"password": "hunter22"}]}) == {"nested": [{"password": "***"}]}
+    # settings whose names merely contain "token"/"auth" stay readable (eval re-validates saved configs)
+    settings = {"tokenizer": "org/tok", "tokenize": "13a", "author": "me"}
+    assert redact(settings) == settings
+    assert redact({"auth_token": "abc", "authorization": "Bearer x"}) == {"auth_token": "***", "authorization": "***"}
 
     import logging
 

@@ -21,7 +21,8 @@ losses and evaluators, composed by Hydra and run by Lightning.
 commands:
   train      fine-tune; arguments are Hydra overrides, e.g.
                tuneforge train model=tiny data=jsonl data.path=train.jsonl adapter=lora adapter.r=8
-             'tuneforge train --help' lists config groups and their choices;
+             'tuneforge train --help [group=choice]' lists config groups, their choices and the fields
+             (type, default, doc) of the selected choices;
              '--cfg job' prints the composed config; '-m' sweeps over values.
   plugins    list installed plugins, their versions and the components they contribute
   eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
@@ -37,6 +38,10 @@ commands:
 
   compare    runs side by side (e.g. a data.max_examples sweep): table, comparison.md, data_efficiency.png
                tuneforge compare runs/multirun/<date>
+  config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
+             'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
+  new-plugin write a ready plugin package to start from:
+               tuneforge new-plugin NAME [--kinds dataset,adapter,loss,evaluator,callback] [--dir PATH]
 
 options:
   -h, --help     show this help
@@ -58,11 +63,15 @@ COMMANDS = {
     "chat": "tuneforge.commands.chat:chat_command",
     "export": "tuneforge.commands.export:export_command",
     "compare": "tuneforge.commands.compare:compare_command",
+    "config": "tuneforge.commands.config:config_command",
+    "new-plugin": "tuneforge.commands.new_plugin:new_plugin_command",
 }
 
 
 def _fail(message: str) -> "NoReturn":  # noqa: F821
-    print(f"tuneforge: error: {message}", file=sys.stderr)
+    """Print each line of ``message`` (one problem a line) as ``tuneforge: error: ...`` and exit 2."""
+    for line in str(message).splitlines() or [""]:
+        print(f"tuneforge: error: {line}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -104,27 +113,49 @@ def main(argv=None) -> None:
 
 
 def train_command(args: list, debug: bool = False) -> None:
-    """``tuneforge train <args>``: Hydra runs :func:`tuneforge.training.run.train` with a
-    :class:`~tuneforge.RunContext` for this process (``debug``: full tracebacks)."""
+    """``tuneforge train <args>``: ``hydra.main`` composes the config (the only composition of the run);
+    the task validates it before anything heavy is imported or a run directory made, then runs
+    :func:`tuneforge.training.run.train` with a :class:`~tuneforge.RunContext` for this process
+    (``debug``: full tracebacks)."""
+    if {"-h", "--help"} & set(args):  # tuneforge's own help (groups, choices, field docs): no Hydra, no torch
+        from tuneforge.commands.config import train_help
+        return print(train_help(args), end="")
+    import functools
     import logging
     from pathlib import Path
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, compose, load_plugins, run_train
+    from tuneforge.errors import ConfigError
+    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, explain_composition_error, load_plugins, run_train
+    from tuneforge.host.hydra_dirs import discard_new_output_dir
 
     overrides = hydra_overrides(args)
     plugins = load_plugins(overrides)
-    composed = None
-    if not {"-m", "--multirun"} & set(args):
-        composed = compose(overrides, plugins)  # one-line errors for bad overrides before Hydra takes over
     # Lightning's DDP launcher starts the other processes by re-running sys.argv: they re-enter `train`
     command_line = [sys.argv[0], "train", *(["--debug"] if debug else []), *args]
     invoked_as = sys.argv
-    sys.argv = [sys.argv[0], *args, *worker_hydra_overrides(args, composed)]  # what Hydra parses
+    sys.argv = [sys.argv[0], *args, *worker_hydra_overrides(args)]  # what Hydra parses
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    task_errors: list = []
+
+    def own_errors(task):
+        """The job reports its own errors as always; only composing a job's config raises to us (below)."""
+        @functools.wraps(task)
+        def job(cfg):
+            _set_env("HYDRA_FULL_ERROR", user_full_error)
+            try:
+                result = task(cfg)
+            except Exception as exc:
+                task_errors.append(exc)
+                raise  # Hydra prints it (a short traceback) unless the user set HYDRA_FULL_ERROR=1
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # for the next job's composition (a -m sweep)
+            return result
+        return job
 
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
+    @own_errors
     def hydra_train(cfg) -> None:
         sys.argv = command_line
         try:
@@ -138,8 +169,19 @@ def train_command(args: list, debug: bool = False) -> None:
             raise SystemExit(1) from None
 
     def _train_in_hydra(cfg) -> None:
-        from tuneforge.context import RunContext
         from tuneforge.errors import TuneforgeError
+        from tuneforge.host.components import run_components
+
+        output_dir = HydraConfig.get().runtime.output_dir
+        try:
+            components = run_components(cfg, plugins)  # before torch is imported, before any run directory
+        except TuneforgeError as exc:
+            discard_new_output_dir(output_dir)  # Hydra made it for this job: a refused run leaves nothing
+            if debug:
+                raise
+            _fail(str(exc))
+
+        from tuneforge.context import RunContext
         from tuneforge.training.run import RunInterrupted
         from tuneforge.secrets import install_log_redaction
 
@@ -151,11 +193,11 @@ def train_command(args: list, debug: bool = False) -> None:
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
         install_log_redaction()
-        run_dir = Path(cfg.run_dir or HydraConfig.get().runtime.output_dir)
+        run_dir = Path(components.config.run_dir or output_dir)
         try:
-            context = RunContext.detect(run_dir, cfg, debug=debug)
+            context = RunContext.detect(run_dir, components.config, debug=debug)
             try:
-                metrics = run_train(cfg, plugins, run_dir, context=context)
+                metrics = run_train(cfg, plugins, run_dir, context=context, components=components)
             except RunInterrupted as exc:
                 if context.is_main:
                     print(f"tuneforge: {exc}.\nResume with: {resume_command(args, run_dir)}", file=sys.stderr)
@@ -165,27 +207,62 @@ def train_command(args: list, debug: bool = False) -> None:
                 raise
             _fail(str(exc))
         if context.is_main:  # DDP workers: the main process prints
-            _print_summary(cfg, metrics)
+            _print_summary(components.config, metrics)
 
+    # With HYDRA_FULL_ERROR=1 Hydra raises a composition error instead of printing it over
+    # several lines; it becomes a one-line ConfigError here.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_train()
+    except Exception as exc:
+        if any(exc is e for e in task_errors) or not _is_composition_error(exc):
+            raise
+        discard_new_output_dir()  # a -m sweep whose jobs could not be composed
+        if debug:
+            raise
+        raise ConfigError(explain_composition_error(exc, overrides)) from None
     finally:
         sys.argv = invoked_as
+        _set_env("HYDRA_FULL_ERROR", user_full_error)
 
 
-def worker_hydra_overrides(args: list, cfg=None) -> list:
+def _is_composition_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, (HydraException, OmegaConfBaseException))
+
+
+def _set_env(name: str, value) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+#: environment variables a launcher sets in the processes it starts (Lightning's DDP launcher,
+#: torchrun, srun, jsrun, mpirun); with none of them set this process is the main one of its run
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "WORLD_SIZE", "SLURM_NTASKS", "LSB_JOBID",
+                      "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+
+
+def worker_hydra_overrides(args: list) -> list:
     """Hydra overrides for a process that is not the main one of its run (an ``srun``/``torchrun``
     task or a DDP child with rank > 0): it logs to the console only, so only the main process
     writes Hydra's job log file into the run directory.  Empty for the main process or when
-    ``args`` choose the job logging themselves."""
-    from tuneforge.context import detect_ranks
+    ``args`` choose the job logging themselves.
 
+    Read before Hydra composes the config, so without it: whether the global rank is 0 does not
+    depend on the trainer's devices (rank = node rank x processes per node + local rank), and
+    without any launcher variable Lightning (and torch) is not imported at all.
+    """
     if any(arg.startswith(("hydra/job_logging=", "hydra.job_logging")) for arg in args):
         return []
-    trainer = cfg.trainer if cfg is not None else {}
-    ranks = detect_ranks(str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto"),
-                         int(trainer.get("num_nodes", 1) or 1))
-    return [] if ranks.global_rank == 0 else ["hydra/job_logging=tuneforge_worker"]
+    if not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        return []
+    from tuneforge.context import detect_ranks
+
+    return [] if detect_ranks().global_rank == 0 else ["hydra/job_logging=tuneforge_worker"]
 
 
 #: Hydra's own flags that take a value (``--cfg job``, ``-cn other`` ...)

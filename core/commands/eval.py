@@ -19,8 +19,13 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     The base model (``cfg.model``) is always scored; with ``run_dir`` the
     run's trained weights (``<run_dir>/model``) are loaded on top and scored
     as ``tuned``.  With ``out_dir`` it receives ``metrics.json``,
-    ``predictions.jsonl`` and the report.
+    ``predictions.jsonl`` and the report.  ``cfg`` is validated first.
     """
+    from tuneforge.host.components import run_components
+
+    components = run_components(cfg, plugins)
+    cfg = components.config
+
     import torch
 
     from tuneforge.evaluation import merge_predictions
@@ -29,10 +34,10 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
-    model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
-    splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
+    model, tokenizer = components.model.spec.load(components.model.config)
+    splits = components.data.spec.load(components.data.config, tokenizer)
     metrics: dict = {"data": splits.stats}
-    metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base",
+    metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val, "base",
                                                 chat_template=splits.chat_template)
     tuned_pass = None
     if run_dir is not None:
@@ -40,8 +45,8 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
         model = load_saved_model(run_adapter_spec(run_dir, cfg, plugins), model, Path(run_dir) / "model",
                                  trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
-        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned",
-                                                      chat_template=splits.chat_template)
+        metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
+                                                      "tuned", chat_template=splits.chat_template)
     metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
     metrics["wall_time_s"] = time.time() - started
     if out_dir is not None:
@@ -50,8 +55,8 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     return metrics
 
 
-def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
-    """The saved config of a finished run, with ``overrides`` applied on top.
+def run_config(run_dir: Path, overrides: list) -> DictConfig:
+    """The saved config of a finished run, with ``overrides`` applied on top (validated by :func:`evaluate`).
 
     Group choices (``model``, ``data``, ``adapter``, ``loss``, ``evaluators``)
     default to the run's; ``evaluators=[...]`` replaces the run's evaluators
@@ -59,7 +64,7 @@ def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from tuneforge.host.compose import compose, validate
+    from tuneforge.host.compose import compose
 
     from tuneforge.commands.run_loading import read_run_config
 
@@ -67,17 +72,47 @@ def run_config(run_dir: Path, overrides: list, plugins) -> DictConfig:
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
+    from tuneforge.commands.run_loading import plugins_for_run
+
+    check_saved_components(run_dir, saved, chosen, plugins_for_run(saved))
     choices = [f"{g}={saved[g].name}" for g in ("model", "data", "adapter", "loss") if g not in chosen]
     if "evaluators" not in chosen:
         choices.append(f"evaluators=[{','.join(saved.get('evaluators') or {})}]")
-    composed = compose([*choices, *overrides], plugins)
+    composed = compose([*choices, *overrides])
     final = OmegaConf.merge(composed, {k: v for k, v in saved.items() if k not in chosen and k in composed})
     for override in parsed:
         if override.key_or_group not in groups and not override.is_delete():
             OmegaConf.update(final, override.key_or_group, OmegaConf.select(composed, override.key_or_group),
                              merge=False)
-    validate(final, plugins)
     return final
+
+
+#: group -> how to do without a stored component whose plugin is gone
+_WITHOUT = {"evaluators": "or choose others with evaluators=[...]",
+            "callbacks": "or evaluate without the run's callbacks: callbacks=[]",
+            "data": "or evaluate other data with data=<name> data.path=..."}
+
+
+def check_saved_components(run_dir: Path, saved, chosen: set, plugins) -> None:
+    """One-line error when a component stored in the run's config.yaml (and not replaced by an
+    override) is provided by no installed plugin, e.g. a third-party callback since uninstalled."""
+    from tuneforge.errors import ConfigError
+
+    for group in ("model", "data", "adapter", "loss", "evaluators", "callbacks"):
+        node = saved.get(group)
+        if group in chosen or not node:
+            continue
+        entries = node.items() if group in ("evaluators", "callbacks") else [(None, node)]
+        for key, entry in entries:
+            name = entry.get("name") if hasattr(entry, "get") else None
+            if name is None or name in plugins[group].names():
+                continue
+            where = f"{group}.{key}" if key is not None else f"{group}.name"
+            kind = plugins[group].spec_class.kind
+            raise ConfigError(
+                f"run_dir={run_dir} was trained with {kind} '{name}' ({where} in {Path(run_dir) / 'config.yaml'}), "
+                f"which no installed plugin provides (installed: {', '.join(plugins[group].names()) or 'none'}); "
+                f"install the plugin that provides '{name}' again{', ' + _WITHOUT[group] if group in _WITHOUT else ''}")
 
 
 EVAL_USAGE = """\
@@ -110,7 +145,7 @@ def eval_command(args: list) -> None:
         else:
             overrides.append(arg)
     plugins = load_plugins(overrides)
-    cfg = run_config(run_dir, overrides, plugins) if run_dir else compose(overrides, plugins)
+    cfg = run_config(run_dir, overrides) if run_dir else compose(overrides)
     if out_dir is None and run_dir is not None:
         out_dir = run_dir / "eval"
     metrics = evaluate(cfg, plugins, run_dir, out_dir)

@@ -36,6 +36,8 @@ from tuneforge.data.formats import (
     CHATML_TEMPLATE,
     FORMATS,
     IGNORE_INDEX,
+    MESSAGE_FIELDS,
+    RECORD_FIELDS,
     Sample,
     assistant_spans,
     SUPPORTED_LAYOUTS,
@@ -60,6 +62,7 @@ from tuneforge.data.formats import (
 )
 from tuneforge.data.sources import (
     Record,
+    first_record,
     hub_reachable,
     read_csv,
     read_hf,
@@ -69,15 +72,16 @@ from tuneforge.data.sources import (
     read_records,
 )
 from tuneforge.errors import DataError
+from tuneforge.validation import at_least, between, check, existing_path, one_of
 
 log = logging.getLogger("tuneforge")
 
 __all__ = [
     "ALPACA_PROMPT", "CHATML_TEMPLATE", "DATA_CONFIG_FIELDS", "DataConfig", "DataSplits", "FORMATS",
     "IGNORE_INDEX", "Record", "SUPPORTED_LAYOUTS", "Sample", "assistant_spans", "cache_key", "check_columns",
-    "default_cache_dir", "detect_format", "has_chat_template", "hub_reachable", "message_text", "normalize", "normalize_records",
-    "pad_batch", "prepare_splits", "read_csv", "read_hf", "read_json", "read_jsonl", "read_parquet",
-    "read_records", "records_fingerprint", "render_prompt", "resolve_chat_template", "split_records",
+    "default_cache_dir", "detect_format", "first_record", "has_chat_template", "hub_reachable", "message_text",
+    "normalize", "normalize_records", "pad_batch", "prepare_splits", "read_csv", "read_hf", "read_json", "read_jsonl",
+    "read_parquet", "read_records", "records_fingerprint", "render_prompt", "resolve_chat_template", "split_records",
     "template_supports_tools", "to_messages", "tokenize_messages", "tokenize_records", "tokenize_sample",
     "tokenize_text", "tokenizer_fingerprint", "tool_messages_as_text",
 ]
@@ -155,8 +159,34 @@ class DataConfig:
     cache: bool = True
     cache_dir: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        check(self, format=one_of(*FORMATS), columns=_columns_problem, val_fraction=between(0, 1, include_high=False),
+              val_size=at_least(0), max_examples=at_least(1), max_length=at_least(1),
+              truncation=one_of("truncate", "drop"), chat_template=_template_file_problem)
+
 
 DataConfig.__doc__ += "\n" + DATA_CONFIG_FIELDS
+
+
+def _columns_problem(columns) -> Optional[str]:
+    """``data.columns``: a mapping canonical field -> record key (the rule of :func:`check_columns`)."""
+    from collections.abc import Mapping
+
+    if not isinstance(columns, Mapping):
+        return f"must be a mapping like {{instruction: question}}, got {columns!r}"
+    for canonical, actual in columns.items():
+        if canonical not in RECORD_FIELDS + MESSAGE_FIELDS:
+            return f"unknown field '{canonical}'; valid: {', '.join(RECORD_FIELDS + MESSAGE_FIELDS)}"
+        if not isinstance(actual, str) or not actual:
+            return f"{canonical} must be a record key name, got {actual!r}"
+    return None
+
+
+def _template_file_problem(template) -> Optional[str]:
+    """``data.chat_template`` naming a ``.jinja``/``.j2`` file: the file must exist."""
+    if isinstance(template, str) and template.endswith((".jinja", ".j2")):
+        return existing_path("file")(template)
+    return None
 
 
 def split_records(records: list, *, val_fraction: float = 0.1, val_size: Optional[int] = None,

@@ -167,33 +167,89 @@ def read_records(path: str | Path, kind: str = "auto") -> list[Record]:
     a folder.  Hidden files and files with other suffixes in a folder are
     skipped (and logged); a folder with no data file is an error.
     """
+    return [record for file in _data_files(path, kind) for record in _read_file(file, kind)]
+
+
+def first_record(path: str | Path, kind: str = "auto") -> Optional[Record]:
+    """The first record :func:`read_records` would return, reading as little as it can (None: no record).
+
+    For a look at the data before it is loaded (e.g. its format): a ``.jsonl``
+    or ``.csv`` file is read up to its first record, a ``.parquet`` file up to
+    its first row, a ``.json`` file whole.  Errors are the ``DataError``\ s of
+    :func:`read_records`.
+    """
+    file = _data_files(path, kind)[0]
+    reader = _reader_kind(file, kind)
+    try:
+        return _peek(file, reader)
+    except Exception:  # noqa: BLE001 - the full reader names the problem (file, line) as a DataError
+        records = READERS[reader](file)
+        return records[0] if records else None
+
+
+def _peek(path: Path, kind: str) -> Optional[Record]:
+    if kind == "jsonl":
+        with path.open("rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                if raw.strip():
+                    value = json.loads(raw.decode("utf-8").lstrip("\ufeff"))
+                    return Record(_check_object(value, f"{path}:{lineno}"), f"{path}:{lineno}")
+        return None
+    if kind == "csv":
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = csv.reader(handle)
+            header = next(rows, None)
+            for row in rows:
+                if row:
+                    if header is None or len(row) != len(header) or len(set(header)) != len(header):
+                        raise ValueError("malformed")
+                    return Record(dict(zip(header, row)), f"{path}:{rows.line_num}")
+        return None
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1):
+            rows = batch.to_pylist()
+            if rows:
+                return Record(rows[0], f"{path}:row 0")
+        return None
+    records = READERS[kind](path)
+    return records[0] if records else None
+
+
+def _data_files(path: str | Path, kind: str) -> list[Path]:
+    """The files :func:`read_records` reads for ``path``: the file itself, or a folder's data files."""
     if kind not in VALID_KINDS:
         raise DataError(f"file kind '{kind}' is not known; valid: {', '.join(VALID_KINDS)}")
     path = Path(str(path)).expanduser()
-    if path.is_dir():
-        suffixes = FILE_KINDS[kind] if kind != "auto" else tuple(s for v in FILE_KINDS.values() for s in v)
-        files, skipped = [], []
-        for candidate in sorted(path.rglob("*")):
-            relative = candidate.relative_to(path)
-            if not candidate.is_file() or any(part.startswith(".") for part in relative.parts):
-                continue
-            (files if candidate.suffix.lower() in suffixes else skipped).append(candidate)
-        if skipped:
-            log.info("data: skipped %d file(s) in %s that are not %s", len(skipped), path, "/".join(suffixes))
-        if not files:
-            raise DataError(f"{path}: the folder holds no data file (looked for {', '.join(suffixes)})")
-        return [record for file in files for record in _read_file(file, kind)]
-    return _read_file(path, kind)
+    if not path.is_dir():
+        return [path]
+    suffixes = FILE_KINDS[kind] if kind != "auto" else tuple(s for v in FILE_KINDS.values() for s in v)
+    files, skipped = [], []
+    for candidate in sorted(path.rglob("*")):
+        relative = candidate.relative_to(path)
+        if not candidate.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        (files if candidate.suffix.lower() in suffixes else skipped).append(candidate)
+    if skipped:
+        log.info("data: skipped %d file(s) in %s that are not %s", len(skipped), path, "/".join(suffixes))
+    if not files:
+        raise DataError(f"{path}: the folder holds no data file (looked for {', '.join(suffixes)})")
+    return files
 
 
-def _read_file(path: Path, kind: str) -> list[Record]:
+def _reader_kind(path: Path, kind: str) -> str:
     if kind == "auto":
         kind = next((k for k, suffixes in FILE_KINDS.items() if path.suffix.lower() in suffixes), "")
         if not kind:
             _existing_file(path)
             raise DataError(f"{path}: cannot tell the file type from its suffix '{path.suffix}'; valid: "
                             ".jsonl, .json, .csv, .parquet (or choose the reader with data=jsonl|json|csv|parquet)")
-    return READERS[kind](path)
+    return kind
+
+
+def _read_file(path: Path, kind: str) -> list[Record]:
+    return READERS[_reader_kind(path, kind)](path)
 
 
 def _existing_file(path: str | Path) -> Path:

@@ -177,13 +177,14 @@ def describe_baseline(spec, config) -> str:
     return str(spec.describe(config))
 
 
-def rewrite_held_out(plugins, cfg, key: str, node, model, tokenizer, splits, context=None) -> list:
-    """One baseline's rewritten, checked and re-tokenized held-out examples."""
+def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=None) -> list:
+    """One baseline's (a validated component: spec and typed config) rewritten, checked and
+    re-tokenized held-out examples."""
     from tuneforge.specs import call_accepting
 
-    spec = plugins["baselines"].get(node.name)
-    rewritten = call_accepting(spec.rewrite, model, tokenizer, list(splits.train), list(splits.val), node,
-                               seed=int(cfg.seed), chat_template=splits.chat_template, context=context)
+    rewritten = call_accepting(baseline.spec.rewrite, model, tokenizer, list(splits.train), list(splits.val),
+                               baseline.config, seed=int(cfg.seed), chat_template=splits.chat_template,
+                               context=context)
     rewritten = check_rewritten(key, splits.val, rewritten)
     return [retokenize(tokenizer, original, new, splits.chat_template) for original, new in zip(splits.val, rewritten)]
 
@@ -206,8 +207,12 @@ def generation_seconds_per_query(timings: dict, set_name: str = "val") -> Option
     return float(timing["seconds"]) / int(timing["queries"])
 
 
-def run_baselines(plugins, cfg, model, tokenizer, splits, context=None, done: Optional[dict] = None) -> tuple:
+def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, splits, context=None,
+                  done: Optional[dict] = None) -> tuple:
     """Every selected baseline as a column: ``({key: column}, skipped reason or None)``.
+
+    ``baselines`` and ``evaluators`` map config keys to validated components
+    (``RunComponents.baselines`` / ``.evaluators``).
 
     Each column is ``{"name", "label", "metrics", "scores", "timings",
     "prompt_tokens", "predictions"}``: the baseline's rewritten held-out
@@ -221,28 +226,27 @@ def run_baselines(plugins, cfg, model, tokenizer, splits, context=None, done: Op
     from tuneforge.evaluation.generation import merge_predictions
     from tuneforge.evaluation.runner import run_evaluators
 
-    selected = dict(cfg.get("baselines") or {})
-    if not selected:
+    if not baselines:
         return {}, None
     reason = baselines_unavailable(tokenizer, splits)
     if reason is not None:
         log.warning("prompting baselines skipped: %s", reason)
         return {}, reason
     columns = {}
-    for key, node in selected.items():
+    for key, baseline in baselines.items():
         if done and key in done:
             columns[key] = done[key]
             continue
-        spec = plugins["baselines"].get(node.name)
-        examples = rewrite_held_out(plugins, cfg, key, node, model, tokenizer, splits, context)
-        values, one_pass = run_evaluators(plugins, cfg, model, tokenizer, examples, key,
+        spec = baseline.spec
+        examples = rewrite_held_out(key, baseline, cfg, model, tokenizer, splits, context)
+        values, one_pass = run_evaluators(evaluators, cfg, model, tokenizer, examples, key,
                                           chat_template=splits.chat_template, context=context, held_out_only=True)
         demonstrations = {ex.get("source", ""): ex["demonstrations"] for ex in examples if "demonstrations" in ex}
         rows = merge_predictions({key: one_pass})
         for row in rows:
             if row["source"] in demonstrations:
                 row["demonstrations"] = demonstrations[row["source"]]
-        columns[key] = {"name": spec.name, "label": describe_baseline(spec, node), "metrics": values,
+        columns[key] = {"name": spec.name, "label": describe_baseline(spec, baseline.config), "metrics": values,
                         "scores": one_pass.example_scores, "timings": one_pass.timings,
                         "prompt_tokens": prompt_tokens_per_query(tokenizer, examples, splits.chat_template),
                         "predictions": rows}

@@ -53,12 +53,16 @@ class EvaluationPass:
     ``{set name: {"seconds", "queries"}}``, the time :func:`generate_predictions`
     spent generating (cache hits cost nothing) and the most prompts one
     generation covered.
+    ``given_outputs``: ``{example source: output text}`` that
+    :func:`generate_predictions` returns instead of generating (for
+    ``tuneforge.testing.run_evaluator``; None in runs).
     """
 
     label: str = "eval"
     chat_template: Optional[str] = None
     predictions: dict = field(default_factory=dict)
     context: Any = None
+    given_outputs: Optional[dict] = None
     scores: dict = field(default_factory=dict)
     example_scores: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -87,9 +91,11 @@ def few_shot_messages(few_shot: Iterable) -> list:
     Each item is ``{"user": ..., "assistant": ...}`` (also accepted:
     ``{"prompt": ..., "response": ...}`` or ``{"instruction", "output"}``).
     """
+    from collections.abc import Mapping
+
     turns = []
-    for i, item in enumerate(_plain(few_shot) or []):
-        if not isinstance(item, dict):
+    for i, item in enumerate(few_shot or []):
+        if not isinstance(item, Mapping):
             raise ConfigError(f"few_shot[{i}] must be a mapping with 'user' and 'assistant', got {item!r}")
         user = item.get("user", item.get("prompt", item.get("instruction")))
         answer = item.get("assistant", item.get("response", item.get("output")))
@@ -189,7 +195,10 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
     if evaluation is not None and key in evaluation.predictions:
         return evaluation.predictions[key]
     started = time.perf_counter()
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if evaluation is not None and evaluation.given_outputs is not None:
+        outputs = [evaluation.given_outputs[ex.get("source", "")] for ex in examples]
+    else:
+        outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     rows = [{"source": ex.get("source", ""), "prompt": p, "reference": r, "output": o}
             for ex, p, r, o in zip(examples, prompts, references, outputs)]
     if evaluation is not None:
@@ -249,9 +258,3 @@ def merge_predictions(passes: dict) -> list:
             for out, row in zip(target, rows):
                 out[label] = row["output"]
     return [row for rows in merged.values() for row in rows]
-
-
-def _plain(value):
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value

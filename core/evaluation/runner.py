@@ -11,11 +11,13 @@ from omegaconf import DictConfig
 log = logging.getLogger("tuneforge")
 
 
-def run_evaluators(plugins, cfg: DictConfig, model, tokenizer, examples, label: str = "eval",
+def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples, label: str = "eval",
                    chat_template: Optional[str] = None, context=None, held_out_only: bool = False):
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
 
-    ``chat_template`` is the one the data was rendered with
+    ``evaluators`` maps each ``evaluators.<key>`` to its validated component
+    (``RunComponents.evaluators``): the spec and the typed config it is called
+    with.  ``chat_template`` is the one the data was rendered with
     (:attr:`tuneforge.data.DataSplits.chat_template`); it reaches the
     evaluators through the pass.  Returns ``(metrics, pass)``: metrics are
     named ``<evaluator>/<metric>``, or just ``<evaluator>`` when it returns
@@ -44,12 +46,12 @@ def run_evaluators(plugins, cfg: DictConfig, model, tokenizer, examples, label: 
     if device is not None:
         model.to(device)
     try:
-        for name, evaluator_cfg in cfg.evaluators.items():
-            spec = plugins["evaluators"].get(evaluator_cfg.name)
+        for name, evaluator in evaluators.items():
+            spec = evaluator.spec
             if held_out_only and not scores_held_out(spec):
                 continue
             one_pass.scores = {}
-            values = call_accepting(spec.evaluate, model, tokenizer, examples, evaluator_cfg, evaluation=one_pass,
+            values = call_accepting(spec.evaluate, model, tokenizer, examples, evaluator.config, evaluation=one_pass,
                                     **({"context": context} if _takes_context(spec.evaluate) else {}))
             for metric, value in values.items():
                 results[metric_name(name, metric, values)] = float(value)

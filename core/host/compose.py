@@ -3,7 +3,12 @@
 Plugins must be loaded before Hydra composes the config (their config
 dataclasses become group options), so the plugin switches
 (``plugins.disable``, ``plugins.enable``, ``plugins.autoload``) are read from
-the overrides and the environment first.
+the overrides and the environment first.  The config is composed once: by
+``hydra.main`` for ``tuneforge train`` (:mod:`tuneforge.commands.cli`), or by
+:func:`compose` (Hydra's compose API) for code that runs without the CLI.
+Composition errors become one-line ``ConfigError``\ s
+(:func:`explain_composition_error`); the composed config is then checked by
+:mod:`tuneforge.host.components`.
 """
 
 from __future__ import annotations
@@ -30,9 +35,7 @@ def plugin_selection(overrides: Sequence[str]) -> PluginSelection:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as exc:
-        bad = str(exc).splitlines()[0].split(": ", 1)[-1]
-        raise ConfigError(f"cannot parse override {bad}; write key=value, group=choice or key=[a,b] "
-                          "(quote the whole argument in the shell)") from None
+        raise ConfigError(override_parse_error(exc)) from None
     for override in parsed:
         key = override.key_or_group
         if key in ("plugins.disable", "plugins.enable", "plugins.autoload"):
@@ -44,17 +47,46 @@ def plugin_selection(overrides: Sequence[str]) -> PluginSelection:
                                     autoload=values.get("autoload"))
 
 
+def override_parse_error(exc) -> str:
+    """One line for Hydra's ``OverrideParseException``: the override, what is wrong in it, what to write.
+
+    Hydra's message has several lines (a caret under the bad character, a
+    "See https://hydra.cc/..." link, sometimes "Error parsing override '<it>'"
+    before the cause); they become ``cannot parse override '<it>': <cause>``.
+    """
+    override = getattr(exc, "override", "") or ""
+    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith("See https://")]
+    if lines and lines[0].startswith("LexerNoViableAltException: "):
+        caret = next((line for line in lines[1:] if line.strip() == "^"), None)
+        position = len(caret) - len("LexerNoViableAltException: ") - 1 if caret else -1
+        char = override[position] if 0 <= position < len(override) else ""
+        cause = f"unexpected character {char!r} at position {position + 1}" if char else "unexpected character"
+        if char in "'\"" and override.count(char) % 2:
+            cause += " (an unclosed quote)"
+    else:
+        cause = " ".join(line.strip() for line in lines if not line.startswith("Error parsing override"))
+    cause = cause or "not valid override syntax"
+    shown = override.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")  # keep it one line
+    return (f"cannot parse override '{shown}': {cause}; write key=value, group=choice or key=[a,b], and "
+            "quote values with special characters: 'key=\"a,b\"' (see docs/plugins.md, 'Override values')")
+
+
 def load_plugins(overrides: Sequence[str] = (), extra_plugins: Iterable = ()) -> Plugins:
-    """Load plugins for a run with these overrides and register their configs with Hydra."""
-    from tuneforge.host.schema import register_configs
+    """Load plugins for a run with these overrides, register their configs and the host's resolvers."""
+    from tuneforge.host.schema import register_configs, register_resolvers
 
     plugins = create_plugin_manager(plugin_selection(overrides), extra_plugins)
     register_configs(plugins)
+    register_resolvers()
     return plugins
 
 
 def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
-    """Compose the config with Hydra's compose API (no working-directory change, no run dir)."""
+    """Compose the config with Hydra's compose API (no working-directory change, no run dir).
+
+    With ``plugins`` the result is also validated (a ``ConfigError`` names
+    every problem); :func:`run_train` validates it itself.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -62,6 +94,9 @@ def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from tuneforge.host.schema import register_resolvers
+
+    register_resolvers()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -71,12 +106,24 @@ def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
     finally:
         GlobalHydra.instance().clear()
     if plugins is not None:
-        validate(cfg, plugins)
+        from tuneforge.host.components import run_components
+
+        run_components(cfg, plugins)
     return cfg
 
 
 def explain_composition_error(exc: Exception, overrides: Sequence[str] = ()) -> str:
-    """One line for a Hydra/OmegaConf composition error: the key or choice, and what is valid."""
+    """One line for a Hydra/OmegaConf composition error: the key or choice, and what is valid.
+
+    The valid keys of an unknown key's node come from the error itself (the
+    node and its dataclass), not from composing again; ``overrides`` is not
+    needed for that any more and is accepted for existing callers.
+    """
+
+    from hydra.errors import OverrideParseException
+
+    if isinstance(exc, OverrideParseException):
+        return override_parse_error(exc)
     text = str(exc)
     cause = str(exc.__cause__ or "")
     missing = re.search(r"Could not (?:find|load) '([^']+)/([^']+)'", text)
@@ -89,7 +136,7 @@ def explain_composition_error(exc: Exception, overrides: Sequence[str] = ()) -> 
     if "not in" in cause and key:
         full_key = key.group(1)
         parent, _, leaf = full_key.rpartition(".")
-        valid = _valid_keys(parent, overrides)
+        valid = _valid_keys(exc.__cause__)
         return (f"unknown config key '{full_key}'{did_you_mean(leaf, valid)}; valid keys"
                 f"{' of ' + parent if parent else ''}: {', '.join(valid)}")
     if key:
@@ -113,58 +160,24 @@ def _group_choices(group: str) -> list:
     return sorted({n[:-5] if n.endswith(".yaml") else n for n in names})
 
 
-def _valid_keys(parent: str, overrides: Sequence[str]) -> list:
-    """Keys of the node ``parent`` in the config composed from the group choices alone."""
-    choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0] and not o.startswith("+")]
-    try:
-        cfg = compose(choices)
-    except ConfigError:
-        cfg = compose()
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return sorted(node.keys()) if hasattr(node, "keys") else []
+def _valid_keys(cause) -> list:
+    """The keys of the node an unknown key was set on: its dataclass's fields, else the node's keys."""
+    object_type = getattr(cause, "object_type", None)
+    if isinstance(object_type, type) and dataclasses.is_dataclass(object_type):
+        return sorted(f.name for f in dataclasses.fields(object_type))
+    node = getattr(cause, "parent_node", None)
+    return sorted(str(k) for k in node.keys() if k != "hydra") if hasattr(node, "keys") else []
 
 
-def validate(cfg, plugins: Plugins) -> None:
-    """Checks Hydra cannot make: every selected component exists and no blocked plugin is in use."""
-    from omegaconf import OmegaConf
-
-    OmegaConf.resolve(cfg)
-    for group in ("model", "data", "adapter", "loss"):
-        _check_component(plugins, group, group, cfg[group])
-    for group in ("evaluators", "callbacks", "baselines"):
-        for key, node in (cfg.get(group) or {}).items():
-            _check_component(plugins, group, f"{group}.{key}", node)
-    late = [name for name in cfg.plugins.disable if name in plugins.infos]
-    if late:
-        raise ConfigError(f"plugins.disable={late} was set in a config file, after those plugins were "
-                          "imported; block them on the command line or with TUNEFORGE_DISABLE_PLUGINS")
-
-
-def _check_component(plugins: Plugins, group: str, path: str, node) -> None:
-    """The node names a registered component and has only that component's keys
-    (``+key=value`` overrides bypass Hydra's own check)."""
-    from tuneforge.host.schema import named_config_class
-
-    if "name" not in node:
-        raise ConfigError(f"'{path}' has no 'name'; select a component with {group}=<name>, "
-                          f"valid: {', '.join(plugins[group].names())}")
-    spec = plugins[group].get(node.name)
-    valid = [f.name for f in dataclasses.fields(named_config_class(spec))]
-    for key in node.keys():
-        if key not in valid:
-            raise ConfigError(f"unknown config key '{path}.{key}' for {group} '{spec.name}'"
-                              f"{did_you_mean(str(key), valid)}; valid keys: {', '.join(valid)}")
-
-
-def run_train(cfg, plugins: Plugins, run_dir: Optional[str] = None, context=None) -> dict:
-    """Validate ``cfg`` and train into ``cfg.run_dir`` (else ``run_dir``); ``context``: the
+def run_train(cfg, plugins: Plugins, run_dir: Optional[str] = None, context=None, components=None) -> dict:
+    """Validate ``cfg`` (unless its ``components`` from :func:`~tuneforge.host.components.run_components`
+    are given) and train into ``cfg.run_dir`` (else ``run_dir``); ``context``: the
     :class:`~tuneforge.RunContext` of this process, detected by ``train`` when None."""
+    from tuneforge.host.components import run_components
     from tuneforge.training.run import train
 
-    validate(cfg, plugins)
-    target = cfg.run_dir or run_dir
+    components = components if components is not None else run_components(cfg, plugins)
+    target = components.config.run_dir or run_dir
     if not target:
         raise ConfigError("no run directory: set run_dir=<dir>")
-    return train(cfg, plugins, Path(target), context=context)
+    return train(components.config, plugins, Path(target), context=context, components=components)

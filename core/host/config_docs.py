@@ -128,15 +128,17 @@ def description(cls: type) -> str:
     return " ".join(doc.split("\n\n", 1)[0].split())
 
 
-def format_fields(prefix: str, cls: type) -> str:
-    """Plain-text lines ``  <prefix>.<field>  <type> = <default>  <doc>`` for terminals."""
-    rows = describe_fields(cls)
+def format_fields(prefix: str, cls: type, skip: tuple = ("name",)) -> str:
+    """Plain-text lines ``  <prefix>.<field>  <type> = <default>  <doc>`` for terminals
+    (``<field>`` alone when ``prefix`` is empty: the root config's own keys)."""
+    rows = describe_fields(cls, skip)
     if not rows:
         return "  (no settings)"
-    width = max(len(f"{prefix}.{row.name}") for row in rows)
+    keys = {row.name: f"{prefix}.{row.name}" if prefix else row.name for row in rows}
+    width = max(len(key) for key in keys.values())
     lines = []
     for row in rows:
-        lines.append(f"  {prefix + '.' + row.name:<{width}}  {row.type} = {row.default}")
+        lines.append(f"  {keys[row.name]:<{width}}  {row.type} = {row.default}")
         if row.doc:
             lines.append(f"  {'':<{width}}    {row.doc}")
     return "\n".join(lines)

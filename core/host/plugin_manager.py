@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata as importlib_metadata
 import os
+import types
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -88,18 +89,31 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
 
     ``extra_plugins`` are objects registered directly (used by
     :mod:`tuneforge.testing` and by embedding applications); they are named
-    after their ``__name__`` or class.
+    after their ``__name__`` or class, and always registered (block lists
+    and autoload do not apply to them).  A passed plugin is never registered
+    twice when it is also installed (see :func:`_passed_replaces`): an entry
+    point whose module *is* a passed module (same module name) is not loaded
+    at all, and the passed module is registered in its place, under the entry
+    point's name and distribution; an entry point that loads an object
+    identical to a passed one counts as that plugin too.
     """
     selection = selection or PluginSelection.from_env()
     pm = _TuneforgePluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
     blocked: list[str] = []
+    extras = list(extra_plugins)
 
     entry_points = sorted(importlib_metadata.entry_points(group=ENTRY_POINT_GROUP),
                           key=lambda ep: (_dist_of(ep)[0] != OWN_DISTRIBUTION, ep.name))
     for ep in entry_points:
         dist_name, dist_version = _dist_of(ep)
+        passed = _passed_replaces(ep, extras)
+        if passed is not None:  # the module under test, also installed: register it once, as installed
+            extras = [p for p in extras if p is not passed]
+            _register(pm, passed, ep.name)
+            infos[ep.name] = PluginInfo(ep.name, dist_name, dist_version, ep.value)
+            continue
         if ep.name in selection.disable:
             blocked.append(ep.name)
             continue
@@ -122,8 +136,9 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
             ) from exc
         _register(pm, module, ep.name)
         infos[ep.name] = PluginInfo(ep.name, dist_name, dist_version, ep.value)
+        extras = [p for p in extras if p is not module]  # the same object passed in: already registered
 
-    for plugin in extra_plugins:
+    for plugin in extras:
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
         _register(pm, plugin, name)
         infos[name] = PluginInfo(name, "<registered in-process>", "", repr(plugin))
@@ -140,6 +155,14 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
         raise PluginError(f"plugin '{name}' implements an unknown hook '{hook}'; valid hooks: "
                           f"{', '.join(_hook_names())}") from exc
     return Plugins(pm, infos, blocked)
+
+
+def _passed_replaces(entry_point, extras: list) -> Any:
+    """The passed module that ``entry_point`` would import (entry point ``pkg.mod``, module named ``pkg.mod``)."""
+    if ":" in entry_point.value:
+        return None
+    target = entry_point.value.strip()
+    return next((p for p in extras if isinstance(p, types.ModuleType) and p.__name__ == target), None)
 
 
 def _hook_names() -> list[str]:

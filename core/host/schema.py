@@ -5,6 +5,10 @@ Every registered component's config dataclass is stored under its group
 (``adapter/lora``, ``data/jsonl``, ``evaluators/perplexity`` ...) with an extra
 ``name`` field, so third-party components are selectable and type-checked
 exactly like built-ins, and a saved config says which component ran.
+
+Each root dataclass checks its own values in ``__post_init__`` (see
+:mod:`tuneforge.validation`); the host builds an instance of each from the
+composed config before anything heavy runs (:mod:`tuneforge.host.components`).
 """
 
 from __future__ import annotations
@@ -17,11 +21,39 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from tuneforge.specs import SPEC_KINDS
+from tuneforge.validation import (at_least, between, check, each, greater_than, is_placeholder,
+                                  one_of)
+
+#: Lightning's precision names (``lightning.fabric.plugins.precision.precision._PRECISION_INPUT``)
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16")
 
 
 @dataclass
 class TrainerConfig:
-    """Arguments for ``lightning.Trainer`` (see its docs for each)."""
+    """Arguments for ``lightning.Trainer`` (see its docs for each).
+
+    max_steps: optimizer steps to train (-1: no limit, then set max_epochs).
+    max_epochs: passes over the training data (null: until max_steps).
+    accumulate_grad_batches: micro-batches per optimizer step; the loss is averaged
+        per token over the whole window.
+    precision: ``32-true``, ``bf16-mixed``, ``16-mixed`` ... (Lightning's names).
+    accelerator: ``auto``, ``cpu``, ``gpu``/``cuda``, ``mps``.
+    devices: devices per node (``auto``, a count, or a list of indices).
+    num_nodes: machines; launch one process per device (SLURM ``srun``, ``torchrun``).
+    val_check_interval: validate every N training batches (a whole number > 1); a value in
+        (0, 1] is that fraction of an epoch, so ``1`` means once per epoch (null: at the end
+        of each epoch, see check_val_every_n_epoch).
+    check_val_every_n_epoch: validate after every N-th epoch (null: only by val_check_interval).
+    limit_val_batches: validation batches per check (a count, or a fraction of the split; null: all).
+    gradient_clip_val: clip gradients to this size (null: no clipping).
+    gradient_clip_algorithm: ``norm`` or ``value``.
+    log_every_n_steps: write metrics.csv rows every N steps.
+    enable_progress_bar: show Lightning's progress bar.
+    deterministic: ask torch for deterministic algorithms (slower).
+    on_nonfinite_loss: what a nan/inf training loss does: ``stop`` the run at that step
+        (the last checkpoint stays the good one) or ``skip`` the batch (counted).
+    """
 
     max_steps: int = 100
     max_epochs: Optional[int] = None
@@ -38,16 +70,35 @@ class TrainerConfig:
     log_every_n_steps: int = 1
     enable_progress_bar: bool = True
     deterministic: bool = False
-    #: what a non-finite (nan/inf) training loss does: ``stop`` the run at that
-    #: step (the last checkpoint stays the good one) or ``skip`` the batch (counted)
     on_nonfinite_loss: str = "stop"
+
+    def __post_init__(self) -> None:
+        check(self, max_steps=self._max_steps_problem, max_epochs=_at_least_or_minus_one(1),
+              accumulate_grad_batches=at_least(1), precision=one_of(*PRECISIONS), devices=_devices,
+              num_nodes=at_least(1), val_check_interval=greater_than(0), check_val_every_n_epoch=at_least(1),
+              limit_val_batches=at_least(0), gradient_clip_val=at_least(0),
+              gradient_clip_algorithm=one_of("norm", "value"), log_every_n_steps=at_least(1),
+              on_nonfinite_loss=one_of("stop", "skip"))
+
+    def _max_steps_problem(self, steps) -> Optional[str]:
+        """``max_steps``: >= 1, or -1 (no step limit) when ``max_epochs`` bounds the run."""
+        epochs = self.max_epochs
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            return f"must be an integer, got {steps!r}"
+        if steps == -1:
+            bounded = isinstance(epochs, int) and epochs >= 1 or is_placeholder(epochs)
+            return None if bounded else "is -1 (no step limit), so max_epochs must be set to >= 1"
+        return None if steps >= 1 else f"must be >= 1 (or -1 with max_epochs set), got {steps}"
 
 
 @dataclass
 class StrategyConfig:
-    """A Lightning strategy: ``name`` is a Lightning strategy name (``auto``,
-    ``ddp``, ``ddp_spawn``, ``fsdp``, ``deepspeed_stage_2`` ...); ``kwargs`` go to
-    its class (e.g. ``find_unused_parameters``)."""
+    """A Lightning strategy: how the run uses several devices.
+
+    name: a Lightning strategy name: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``,
+        ``deepspeed_stage_2`` ...
+    kwargs: keyword arguments for its class (e.g. ``{find_unused_parameters: false}``).
+    """
 
     name: str = "auto"
     kwargs: dict = field(default_factory=dict)
@@ -55,7 +106,17 @@ class StrategyConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with a warmup + decay schedule, built over trainable parameters only."""
+    """AdamW with a warmup + decay schedule, built over trainable parameters only.
+
+    lr: peak learning rate.
+    weight_decay: AdamW weight decay of matrices (biases and norms get none).
+    betas: AdamW betas ``[beta1, beta2]``.
+    eps: AdamW epsilon.
+    scheduler: ``constant``, ``linear`` or ``cosine`` decay after the warmup.
+    warmup_steps: linear warmup steps (0: use warmup_ratio).
+    warmup_ratio: warmup as a share of all steps.
+    min_lr_ratio: the learning rate decays to ``lr * min_lr_ratio``.
+    """
 
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -66,10 +127,22 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     min_lr_ratio: float = 0.0
 
+    def __post_init__(self) -> None:
+        check(self, lr=greater_than(0), weight_decay=at_least(0), betas=_betas, eps=greater_than(0),
+              scheduler=one_of("constant", "linear", "cosine"), warmup_steps=at_least(0),
+              warmup_ratio=between(0, 1), min_lr_ratio=between(0, 1))
+
 
 @dataclass
 class LoaderConfig:
-    """Batching of the tokenized data."""
+    """Batching of the tokenized data.
+
+    batch_size: training examples per micro-batch (per device).
+    eval_batch_size: examples per validation batch.
+    num_workers: DataLoader worker processes (0: in the main process).
+    shuffle: shuffle the training examples each epoch (seeded by ``seed``).
+    pad_to_multiple_of: pad batch lengths up to a multiple of this (null: longest in batch).
+    """
 
     batch_size: int = 8
     eval_batch_size: int = 8
@@ -77,12 +150,21 @@ class LoaderConfig:
     shuffle: bool = True
     pad_to_multiple_of: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        check(self, batch_size=at_least(1), eval_batch_size=at_least(1), num_workers=at_least(0),
+              pad_to_multiple_of=at_least(1))
+
 
 @dataclass
 class PluginsConfig:
     """Plugin selection.  ``disable`` and ``autoload`` act before plugins are
     imported, so they are read from the command line and the environment
-    (``TUNEFORGE_DISABLE_PLUGINS``, ``TUNEFORGE_PLUGINS_AUTOLOAD``)."""
+    (``TUNEFORGE_DISABLE_PLUGINS``, ``TUNEFORGE_PLUGINS_AUTOLOAD``).
+
+    disable: entry-point names never imported (``plugins.disable=[a,b]``).
+    enable: with autoload off, third-party entry points to load anyway.
+    autoload: load every installed third-party plugin (false: only tuneforge's own and ``enable``).
+    """
 
     disable: list = field(default_factory=list)
     enable: list = field(default_factory=list)
@@ -93,11 +175,13 @@ class PluginsConfig:
 class QualityConfig:
     """The data quality check made before any training (see docs/evaluation.md).
 
-    Serious problems stop the run unless allowed here: ``allow_leakage``
-    (held-out examples that also appear in the training data),
-    ``allow_empty_targets`` (every target empty or whitespace), and fewer than
-    ``min_train_examples`` training examples.  Data with at most ``max_labels``
-    distinct targets counts as classification-like and gets a label balance.
+    Serious problems stop the run unless allowed here.
+
+    allow_leakage: go on although held-out examples also appear in the training data.
+    allow_empty_targets: go on although every target is empty or whitespace.
+    min_train_examples: stop with fewer training examples than this.
+    max_labels: data with at most this many distinct targets counts as
+        classification-like and gets a label balance.
     """
 
     allow_leakage: bool = False
@@ -105,17 +189,23 @@ class QualityConfig:
     min_train_examples: int = 4
     max_labels: int = 10
 
+    def __post_init__(self) -> None:
+        check(self, min_train_examples=at_least(0), max_labels=at_least(0))
+
 
 @dataclass
 class CheckpointConfig:
     """Resumable checkpoints in ``<run_dir>/checkpoints/step-N`` (safetensors + JSON).
 
-    ``every_n_steps``: optimizer steps between checkpoints (0: only at the end
-    and on SIGTERM/SIGINT).  ``keep_last``: how many to keep (0: all).
+    every_n_steps: optimizer steps between checkpoints (0: only at the end and on SIGTERM/SIGINT).
+    keep_last: how many to keep (0: all).
     """
 
     every_n_steps: int = 0
     keep_last: int = 2
+
+    def __post_init__(self) -> None:
+        check(self, every_n_steps=at_least(0), keep_last=at_least(0))
 
 
 @dataclass
@@ -134,6 +224,9 @@ class MemorisationConfig:
     sample: int = 30
     flag_gap: float = 0.1
 
+    def __post_init__(self) -> None:
+        check(self, sample=at_least(0), flag_gap=at_least(0))
+
 
 @dataclass
 class UncertaintyConfig:
@@ -147,10 +240,26 @@ class UncertaintyConfig:
     resamples: int = 1000
     confidence: float = 0.95
 
+    def __post_init__(self) -> None:
+        check(self, resamples=at_least(0), confidence=_open_unit_interval)
+
+
+def _open_unit_interval(value) -> Optional[str]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
+        return None
+    return f"must be between 0 and 1 (exclusive), got {value!r}"
+
 
 @dataclass
 class TuneforgeConfig:
-    """Root schema.  ``run_dir`` defaults to Hydra's output directory."""
+    """Root schema.  ``run_dir`` defaults to Hydra's output directory.
+
+    resume: ``auto`` (continue the newest valid checkpoint of the run directory), ``never``
+        (start over) or the path of a checkpoint directory.
+    seed: seed of everything random in the run (data order, dropout, initialisation).
+    run_dir: the run directory (null: ``hydra.run.dir``, default ``runs/<date>_<time>``).
+    threads: torch CPU threads (null: torch's default).
+    """
 
     model: Any = MISSING
     data: Any = MISSING
@@ -168,12 +277,65 @@ class TuneforgeConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
-    #: ``auto``: continue the newest valid checkpoint of the run directory;
-    #: ``never``: start over; or the path of a checkpoint directory
     resume: str = "auto"
     seed: int = 42
     run_dir: Optional[str] = None
     threads: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        """Checks the root values; each section (``trainer`` ...) checks itself."""
+        check(self, seed=between(0, 2 ** 32 - 1), threads=at_least(1), resume=_resume)
+
+
+#: the component groups of the root config; the host checks them against the registries
+COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "evaluators", "callbacks", "baselines")
+#: the root keys typed by their own dataclass (``trainer``, ``optim`` ...)
+ROOT_SECTIONS = tuple(f.name for f in dataclasses.fields(TuneforgeConfig)
+                      if dataclasses.is_dataclass(typing.get_type_hints(TuneforgeConfig)[f.name]))
+#: the other root keys (``resume``, ``seed`` ...), checked by ``TuneforgeConfig.__post_init__``
+ROOT_VALUES = tuple(f.name for f in dataclasses.fields(TuneforgeConfig)
+                    if f.name not in ROOT_SECTIONS and f.name not in COMPONENT_GROUPS)
+
+
+def _at_least_or_minus_one(minimum: int):
+    at_minimum = at_least(minimum)
+
+    def rule(value):
+        if value == -1 or at_minimum(value) is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"must be >= {minimum} or -1 (no limit), got {value}"
+        return at_minimum(value)
+    return rule
+
+
+def _devices(value) -> Optional[str]:
+    """Lightning's ``devices``: ``auto``, a count >= 1, -1 (all), a list of indices or a string of them."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if value == "auto" or value.strip() == "-1" or (parts and all(p.isdigit() for p in parts)):
+            return None
+        return f"must be auto, a number of devices, -1 (all) or device indices like '0,1', got {value!r}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if value >= 1 or value == -1 else f"must be >= 1 (or -1: all, or auto), got {value}"
+    return each(at_least(0))(value)
+
+
+def _betas(value) -> Optional[str]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return f"must be two numbers [beta1, beta2], got {value!r}"
+    return each(between(0, 1, include_high=False))(value)
+
+
+def _resume(value) -> Optional[str]:
+    from pathlib import Path
+
+    if value in ("auto", "never", "none", "false", ""):
+        return None
+    if not Path(str(value)).expanduser().exists():
+        return (f"no such checkpoint directory: {value}; valid: auto, never, or a checkpoint directory "
+                "(<run_dir>/checkpoints/step-N)")
+    return None
 
 
 def named_config_class(spec) -> type:
@@ -189,14 +351,49 @@ def named_config_class(spec) -> type:
     return cls
 
 
+def package_path(spec: str) -> str:
+    """``<package>/<relative path>`` -> the absolute path of that file shipped in the package.
+
+    The ``pkg`` resolver: ``data.path=${pkg:tuneforge.plugins/data/preference.jsonl}``.
+    """
+    import importlib.resources
+
+    package, _, relative = str(spec).partition("/")
+    if not package or not relative:
+        raise ValueError(f"pkg: expected <package>/<path inside it>, got '{spec}'")
+    try:
+        root = importlib.resources.files(package)
+    except (ModuleNotFoundError, TypeError) as exc:
+        raise ValueError(f"pkg: no package '{package}' ({exc})") from None
+    path = root.joinpath(*relative.split("/"))
+    if not path.is_file():
+        folder = path.parent
+        shipped = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise ValueError(f"pkg: package '{package}' ships no file '{relative}'"
+                         + (f"; in {relative.rpartition('/')[0] or '.'}: {', '.join(shipped)}" if shipped else ""))
+    return str(path)
+
+
+def register_resolvers() -> None:
+    """Register the host's OmegaConf resolvers (``pkg``); called before every composition."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("pkg", package_path, replace=True)
+
+
+#: root groups whose choices include a schema node (``trainer=default``); YAML presets in
+#: ``conf/<group>/`` add more (``trainer=smoke``)
+SCHEMA_CHOICES = {"trainer": ("default", TrainerConfig), "strategy": ("auto", StrategyConfig)}
+
+
 def register_configs(plugins) -> None:
     """Store the root schema and every component config in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="tuneforge_schema", node=TuneforgeConfig)
-    cs.store(group="trainer", name="default", node=TrainerConfig)
-    cs.store(group="strategy", name="auto", node=StrategyConfig)
+    for group, (name, node) in SCHEMA_CHOICES.items():
+        cs.store(group=group, name=name, node=node)
     for spec_class, (group, _hook, multiple) in SPEC_KINDS.items():
         for spec in plugins[group]:
             package = f"{group}.{spec.name}" if multiple else None

@@ -88,12 +88,13 @@ def merge_model(adapter_spec, model):
     return adapter_spec.merge(model) if adapter_spec.merge is not None else model
 
 
-def load_model_from_config(plugins, model_config):
-    """``(model, tokenizer)`` from a model-source config mapping that has a ``name``."""
-    from omegaconf import OmegaConf
+def load_model_from_config(plugins, model_config, key: str = "model"):
+    """``(model, tokenizer)`` from a model-source config mapping that has a ``name``.
 
-    from tuneforge.host.schema import named_config_class
+    The source's ``load`` gets an instance of its config class, validated like
+    a run's (``key`` names the mapping in error messages).
+    """
+    from tuneforge.host.components import typed_config
 
     spec = plugins["model"].get(model_config["name"])
-    typed = OmegaConf.merge(OmegaConf.structured(named_config_class(spec)), model_config)
-    return spec.load(typed)
+    return spec.load(typed_config(spec, model_config, key))

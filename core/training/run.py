@@ -49,13 +49,18 @@ def join_predictions(base_rows: list, tuned_rows: list) -> list:
     return joined
 
 
-def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext] = None) -> dict:
+def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext] = None, components=None) -> dict:
     """Run one fine-tune described by ``cfg``; returns the final metrics.
 
     ``context`` says which process this is (:class:`~tuneforge.RunContext`;
     detected from the cluster environment when not given).  Under DDP every
     process runs this function; only the main one (``context.is_main``)
     writes the run directory.
+
+    ``components`` is the validated run of ``cfg``
+    (:func:`tuneforge.host.components.run_components`): each component's spec
+    and typed config, which the plugins receive.  It is built here when not
+    given, before the run directory is made.
 
     The run directory receives ``config.yaml`` (resolved), ``metrics.csv``,
     ``metrics.json`` (data quality, base, prompting-baseline and tuned evaluator
@@ -78,6 +83,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     from tuneforge.training.checkpoint import run_identity
     from tuneforge.training.resilience import CheckpointAndInterrupt
 
+    if components is None:
+        from tuneforge.host.components import run_components
+
+        components = run_components(cfg, plugins)
     run_dir = Path(run_dir)
     if context is None:
         context = RunContext.detect(run_dir, cfg)
@@ -93,20 +102,21 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     if context.is_main:
         (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
         write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
-    plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
     try:
+        # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
+        plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        model, tokenizer = plugins["model"].get(cfg.model.name).load(cfg.model)
-        adapter_spec = plugins["adapter"].get(cfg.adapter.name)
-        model = adapter_spec.apply(model, cfg.adapter)
+        model, tokenizer = components.model.spec.load(components.model.config)
+        adapter_spec = components.adapter.spec
+        model = adapter_spec.apply(model, components.adapter.config)
         params = count_parameters(model)
-        log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", cfg.adapter.name, params["trainable"],
+        log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", adapter_spec.name, params["trainable"],
                  params["total"], 100 * params["fraction"])
         metrics["parameters"] = params
-        splits = plugins["data"].get(cfg.data.name).load(cfg.data, tokenizer)
+        splits = components.data.spec.load(components.data.config, tokenizer)
         metrics["data"] = splits.stats
 
         # Data quality, before any training: serious problems stop here.
@@ -115,9 +125,9 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
             log.warning("data quality: %s", warning)
         quality.check(metrics["quality"], cfg.quality)
 
-        loss_fn = plugins["loss"].get(cfg.loss.name).build(cfg.loss, _loss_context(plugins, tokenizer))
-        callbacks = [build_callback(spec, node, context) for spec, node in _callbacks(plugins, cfg)
-                     if spec.build is not None]
+        loss_fn = components.loss.spec.build(components.loss.config, _loss_context(plugins, tokenizer))
+        callbacks = [build_callback(c.spec, c.config, context) for c in components.callbacks.values()
+                     if c.spec.build is not None]
         throughput = token_counter()
 
         # Base-model evaluation (zero-shot and the prompting baselines) happens once per run: a resumed
@@ -127,12 +137,13 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         if saved is not None:
             metrics["base"], base_rows = saved["metrics"], saved["predictions"]
         else:
-            metrics["base"], base_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "base",
-                                                        chat_template=splits.chat_template, context=context)
+            metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
+                                                        "base", chat_template=splits.chat_template, context=context)
             base_rows = merge_predictions({"base": base_pass})
             saved = {"metrics": metrics["base"], "predictions": base_rows, "scores": base_pass.example_scores,
                      "timings": base_pass.timings}
-        baselines, skipped = run_baselines(plugins, cfg, model, tokenizer, splits, context, saved.get("baselines"))
+        baselines, skipped = run_baselines(components.baselines, components.evaluators, cfg, model, tokenizer,
+                                           splits, context, saved.get("baselines"))
         saved["baselines"] = baselines
         if context.is_main:
             write_json(base_file, saved)
@@ -155,9 +166,9 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
-        metrics["tuned"], tuned_pass = run_evaluators(plugins, cfg, model, tokenizer, splits.val, "tuned",
-                                                      chat_template=splits.chat_template, context=context)
-        memorisation, train_rows = _memorisation(plugins, cfg, model, tokenizer, splits, context)
+        metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
+                                                      "tuned", chat_template=splits.chat_template, context=context)
+        memorisation, train_rows = _memorisation(components, cfg, model, tokenizer, splits, context)
         metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
         metrics["cost"] = _cost(tokenizer, splits, saved, baselines, tuned_pass, metrics["throughput"])
         summarize(metrics, {"base": saved.get("scores") or {}, "tuned": tuned_pass.example_scores,
@@ -182,10 +193,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
                                                  "wall_time_s": time.time() - started})
-        for spec, node in _callbacks(plugins, cfg):
-            if spec.on_run_end is not None:
-                call_accepting(spec.on_run_end, config=node, metrics=metrics, status=status, run_dir=run_dir,
-                               context=context)
+        for callback in components.callbacks.values():
+            if callback.spec.on_run_end is not None:
+                call_accepting(callback.spec.on_run_end, config=callback.config, metrics=metrics, status=status,
+                               run_dir=run_dir, context=context)
         plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics, context=context)
 
 
@@ -198,7 +209,7 @@ def _add_baselines(metrics: dict, baselines: dict, skipped: Optional[str]) -> No
         metrics["baselines_skipped"] = skipped
 
 
-def _memorisation(plugins, cfg: DictConfig, model, tokenizer, splits, context) -> tuple:
+def _memorisation(components, cfg: DictConfig, model, tokenizer, splits, context) -> tuple:
     """The held-out evaluators on ``memorisation.sample`` training examples (drawn with the seed) with the
     tuned model: ``({"sample", "metrics", "scores"} or None, prediction rows of set "train")``."""
     import random
@@ -209,7 +220,7 @@ def _memorisation(plugins, cfg: DictConfig, model, tokenizer, splits, context) -
     if size <= 0:
         return None, []
     sample = random.Random(int(cfg.seed)).sample(list(splits.train), size)
-    values, one_pass = run_evaluators(plugins, cfg, model, tokenizer, sample, "tuned",
+    values, one_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, sample, "tuned",
                                       chat_template=splits.chat_template, context=context, held_out_only=True)
     rows = [dict(row, set="train") for row in merge_predictions({"tuned": one_pass}) if row["set"] == "val"]
     return {"sample": size, "metrics": values, "scores": one_pass.example_scores}, rows
@@ -239,11 +250,6 @@ def _uncertainty_options(cfg: DictConfig) -> dict:
             "flag_gap": float((cfg.get("memorisation") or {}).get("flag_gap", 0.1))}
 
 
-def _callbacks(plugins, cfg: DictConfig) -> list:
-    """``[(CallbackSpec, its own config node)]`` of the selected callbacks, in config order."""
-    return [(plugins["callbacks"].get(node.name), node) for node in cfg.callbacks.values()]
-
-
 def _no_pickle(trainer) -> dict:
     """``weights_only=True`` where Lightning accepts it (>= 2.5); SafeCheckpointIO never unpickles anyway."""
     import inspect
@@ -270,7 +276,7 @@ def _loss_context(plugins, tokenizer):
     from tuneforge.losses import LossContext
 
     return LossContext(tokenizer=tokenizer, load_model=lambda model_config: load_model_from_config(
-        plugins, model_config))
+        plugins, model_config, key="loss.teacher"))
 
 
 def build_callback(spec, config, context: RunContext):

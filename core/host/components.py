@@ -1,0 +1,250 @@
+"""From a composed config to what a run uses: every value checked, every component's config typed.
+
+:func:`validate` reports what is wrong with a composed config without changing
+it; :func:`run_components` returns the checked run as one object,
+:class:`RunComponents`: the resolved config plus, for each selected component
+(``model``, ``data``, ``adapter``, ``loss``, every ``evaluators.<key>``,
+``callbacks.<key>`` and ``baselines.<key>``), its spec and an instance of exactly ``spec.config``
+built from the config node (without the host's ``name`` key).  Those instances
+are what the plugins' work functions receive.
+
+The checks, all made before any model loads:
+
+* the root sections (``trainer``, ``optim``, ``loader`` ...) and root values
+  (``resume``, ``seed`` ...) are built as their dataclasses
+  (:mod:`tuneforge.host.schema`), whose ``__post_init__`` checks the values;
+* each component node names a registered component, has only that
+  component's keys and becomes an instance of its config class, whose
+  ``__post_init__`` may refuse values (:mod:`tuneforge.validation`);
+* a loss that declares ``requires`` gets data of those kinds, when the
+  dataset can tell (``DatasetSpec.example_kinds``);
+* no plugin in use was blocked too late (in a config file).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from tuneforge.errors import ConfigError, PluginError, TuneforgeError, did_you_mean
+from tuneforge.validation import ConfigValueError
+
+#: component groups with one selected component, and those with several (by key)
+SINGLE_GROUPS = ("model", "data", "adapter", "loss")
+MULTIPLE_GROUPS = ("evaluators", "callbacks", "baselines")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: the ``key`` path and a one-line ``message``.
+
+    ``str(problem)`` is ``"<key>: <message>"``, or ``line`` when a message
+    names the key itself.
+    """
+
+    key: str
+    message: str
+    line: Optional[str] = None
+
+    def __str__(self) -> str:
+        return self.line or (f"{self.key}: {self.message}" if self.key else self.message)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A selected component: its spec and its validated config (an instance of ``spec.config``)."""
+
+    spec: Any
+    config: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class RunComponents:
+    """A validated run: the resolved config and every selected component with its typed config.
+
+    ``config`` is a resolved copy of the composed ``DictConfig`` (with the
+    components' ``name`` keys, as saved in ``config.yaml``); ``evaluators``,
+    ``callbacks`` and ``baselines`` map each config key to its component.
+    """
+
+    config: Any
+    model: Component
+    data: Component
+    adapter: Component
+    loss: Component
+    evaluators: dict
+    callbacks: dict
+    baselines: dict = dataclasses.field(default_factory=dict)
+
+
+def validate(cfg, plugins) -> list:
+    """Every :class:`Problem` of the composed config ``cfg`` (empty: it is valid); ``cfg`` is not changed."""
+    return _check(cfg, plugins)[1]
+
+
+def run_components(cfg, plugins) -> RunComponents:
+    """The validated run of ``cfg``; a ``ConfigError`` names every problem, one per line."""
+    components, problems = _check(cfg, plugins)
+    if problems:
+        raise ConfigError("\n".join(str(p) for p in problems))
+    return components
+
+
+def typed_config(spec, values, key: str) -> Any:
+    """An instance of ``spec.config`` from the mapping ``values`` (a ``name`` key is ignored).
+
+    ``key`` names the node in error messages; a ``ConfigError`` names every problem.
+    """
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(values):
+        values = OmegaConf.to_container(values, resolve=True)
+    config, problems = _convert(spec, dict(values), key)
+    if problems:
+        raise ConfigError("\n".join(str(p) for p in problems))
+    return config
+
+
+# ---------------------------------------------------------------------------
+
+
+def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tuneforge.host.schema import ROOT_SECTIONS, ROOT_VALUES, TuneforgeConfig
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)  # unlike OmegaConf.resolve, names a failing key
+        resolved = copy.deepcopy(cfg)
+        OmegaConf.resolve(resolved)
+    except OmegaConfBaseException as exc:
+        return None, [_omegaconf_problem("", exc)]
+    problems: list = []
+    for section in ROOT_SECTIONS:
+        _build(section, lambda: OmegaConf.to_object(resolved[section]), problems)
+    _build("", lambda: TuneforgeConfig(**{key: resolved[key] for key in ROOT_VALUES}), problems)
+
+    found: dict = {}
+    for group in SINGLE_GROUPS:
+        found[group] = _component(plugins, group, group, resolved.get(group), problems)
+    for group in MULTIPLE_GROUPS:
+        found[group] = {str(key): _component(plugins, group, f"{group}.{key}", node, problems)
+                        for key, node in (resolved.get(group) or {}).items()}
+    if found["loss"] is not None and found["data"] is not None:
+        problems += _kind_problems(found["loss"], found["data"])
+    late = [name for name in (resolved.plugins.disable or []) if name in plugins.infos]
+    if late:
+        problems.append(Problem("plugins.disable", f"{late} was set in a config file, after those plugins were "
+                                "imported; block them on the command line or with TUNEFORGE_DISABLE_PLUGINS"))
+    if problems:
+        return None, problems
+    return RunComponents(config=resolved, **found), []
+
+
+def _component(plugins, group: str, path: str, node, problems: list) -> Optional[Component]:
+    """The component a node selects, with its typed config; None (and ``problems``) when it cannot be built.
+
+    A node may carry keys of another component (``+adapter.key=value``
+    overrides bypass Hydra's own check); those are reported here.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from tuneforge.host.schema import named_config_class
+
+    if not isinstance(node, DictConfig) or "name" not in node:
+        problems.append(Problem(path, f"has no 'name'; select a component with {group}=<name>, "
+                                      f"valid: {', '.join(plugins[group].names())}"))
+        return None
+    try:
+        spec = plugins[group].get(node.name)
+    except PluginError as exc:
+        problems.append(Problem(f"{path}.name", str(exc)))
+        return None
+    valid = [f.name for f in dataclasses.fields(named_config_class(spec))]
+    unknown = [str(key) for key in node.keys() if key not in valid]
+    for key in unknown:
+        problems.append(Problem(f"{path}.{key}", "unknown config key", line=(
+            f"unknown config key '{path}.{key}' for {group} '{spec.name}'{did_you_mean(key, valid)}; "
+            f"valid keys: {', '.join(valid)}")))
+    if unknown:
+        return None
+    config, more = _convert(spec, OmegaConf.to_container(node, resolve=True), path)
+    problems += more
+    return None if config is None else Component(spec, config)
+
+
+def _convert(spec, values: dict, path: str) -> tuple[Any, list]:
+    """``values`` (plain, resolved) merged over ``spec.config``'s defaults, as an instance of it."""
+    from omegaconf import OmegaConf
+
+    values = {key: value for key, value in values.items() if key != "name"}
+    problems: list = []
+    config = _build(path, lambda: OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(spec.config), values)),
+                    problems)
+    if config is not None and type(config) is not spec.config:  # pragma: no cover - omegaconf guarantees it
+        raise TypeError(f"{path}: built {type(config).__name__}, expected {spec.config.__name__}")
+    return config, problems
+
+
+def _build(path: str, make: Callable[[], Any], problems: list) -> Any:
+    """``make()``, or None with its failure added to ``problems`` as one-line :class:`Problem`\\ s."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return make()
+    except ConfigValueError as exc:
+        problems += [Problem(_join(path, field), message) for field, message in exc.problems]
+    except OmegaConfBaseException as exc:
+        problems.append(_omegaconf_problem(path, exc))
+    except (TuneforgeError, ValueError, TypeError) as exc:  # a plugin's own check in __post_init__
+        problems.append(Problem(path, _first_line(exc)))
+    return None
+
+
+def _omegaconf_problem(path: str, exc) -> Problem:
+    from omegaconf.errors import MissingMandatoryValue
+
+    key = _join(path, str(getattr(exc, "full_key", "") or ""))
+    if isinstance(exc, MissingMandatoryValue):
+        return Problem(key, f"no value given (it is required); set {key}=<value>")
+    cause = exc.__cause__  # a resolver's own error (``${pkg:...}`` naming a missing file)
+    message = str(cause) if isinstance(cause, ValueError) and str(cause) else str(getattr(exc, "msg", "") or exc)
+    return Problem(key, _first_line(message))
+
+
+def _kind_problems(loss: Component, data: Component) -> list:
+    """The loss's ``requires`` against the example kinds the dataset says it will produce."""
+    requires = tuple(loss.spec.requires)
+    tell = data.spec.example_kinds
+    if not requires or tell is None:
+        return []
+    try:
+        kinds = tell(data.config)
+    except (TuneforgeError, OSError, ValueError) as exc:
+        return [Problem("data", _first_line(exc))]
+    if kinds is None:
+        return []
+    other = sorted(set(kinds) - set(requires))
+    if not other:
+        return []
+    wanted = " or ".join(requires)
+    return [Problem("loss", f"{loss.name} trains on {wanted} examples, but data={data.name} gives "
+                            f"{', '.join(other)} examples; use {wanted} data or another loss")]
+
+
+def _join(path: str, key: str) -> str:
+    if not key or key == path or key.startswith(path + "."):
+        return key or path
+    return f"{path}.{key}" if path else key
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
