@@ -24,13 +24,9 @@ from dataclasses import dataclass
 
 import tuneforge
 from tuneforge.evaluation import demonstration_pool, query_text, with_demonstrations
+from tuneforge.validation import at_least, check
 
 _WORD = re.compile(r"\w+")
-
-
-def _check_k(name: str, k: int) -> None:
-    if int(k) < 1:
-        raise tuneforge.ConfigError(f"baselines.{name}.k is {k}; give the number of demonstrations, >= 1")
 
 
 @dataclass
@@ -43,7 +39,7 @@ class FewShotConfig:
     k: int = 4
 
     def __post_init__(self) -> None:
-        _check_k("few_shot", self.k)
+        check(self, k=at_least(1))
 
 
 @dataclass
@@ -56,7 +52,7 @@ class RetrievalConfig:
     k: int = 4
 
     def __post_init__(self) -> None:
-        _check_k("retrieval", self.k)
+        check(self, k=at_least(1))
 
 
 def _sources(examples) -> list:
@@ -65,7 +61,6 @@ def _sources(examples) -> list:
 
 def rewrite_few_shot(model, tokenizer, train, held_out, config: FewShotConfig, *, seed: int = 0) -> list:
     """Every held-out example after the same ``k`` demonstrations, drawn from the pool with ``seed``."""
-    _check_k("few_shot", config.k)
     pool = demonstration_pool(train, held_out)
     shots = random.Random(seed).sample(pool, min(int(config.k), len(pool)))
     return [dict(with_demonstrations(example, shots), demonstrations=_sources(shots)) for example in held_out]
@@ -96,7 +91,6 @@ def rank_similar(pool, queries, k: int) -> list:
 
 def rewrite_retrieval(model, tokenizer, train, held_out, config: RetrievalConfig) -> list:
     """Every held-out example after its ``k`` most similar training examples, the most similar last."""
-    _check_k("retrieval", config.k)
     pool = demonstration_pool(train, held_out)
     ranked = rank_similar(pool, [query_text(example) for example in held_out], config.k)
     rewritten = []

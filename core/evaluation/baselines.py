@@ -209,7 +209,7 @@ def generation_seconds_per_query(timings: dict, set_name: str = "val") -> Option
 
 def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, splits, context=None,
                   done: Optional[dict] = None) -> tuple:
-    """Every selected baseline as a column: ``({key: column}, skipped reason or None)``.
+    """Every selected baseline as a column: ``({key: column}, {key: why it was skipped})``.
 
     ``baselines`` and ``evaluators`` map config keys to validated components
     (``RunComponents.baselines`` / ``.evaluators``).
@@ -221,24 +221,31 @@ def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, spli
     prompts and are skipped) in one evaluation pass labelled with the key.
     Columns already in ``done`` (a resumed run's saved ones) are reused.
     When the data cannot take demonstrations (:func:`baselines_unavailable`)
-    no baseline runs and the reason is logged and returned.
+    no baseline runs, and a baseline that added no turn to any prompt (no
+    usable demonstration in the training set) gives no column: the reason
+    is logged and returned.
     """
     from tuneforge.evaluation.generation import merge_predictions
     from tuneforge.evaluation.runner import run_evaluators
 
     if not baselines:
-        return {}, None
+        return {}, {}
     reason = baselines_unavailable(tokenizer, splits)
     if reason is not None:
         log.warning("prompting baselines skipped: %s", reason)
-        return {}, reason
-    columns = {}
+        return {}, {key: reason for key in baselines}
+    columns, skipped = {}, {}
     for key, baseline in baselines.items():
         if done and key in done:
             columns[key] = done[key]
             continue
         spec = baseline.spec
         examples = rewrite_held_out(key, baseline, cfg, model, tokenizer, splits, context)
+        if all(len(new["messages"]) == len(old["messages"]) and new["messages"] == old["messages"]
+               for new, old in zip(examples, splits.val)):
+            skipped[key] = "it added nothing to any prompt (no usable demonstration in the training data)"
+            log.warning("baseline %s skipped: %s", key, skipped[key])
+            continue
         values, one_pass = run_evaluators(evaluators, cfg, model, tokenizer, examples, key,
                                           chat_template=splits.chat_template, context=context, held_out_only=True)
         demonstrations = {ex.get("source", ""): ex["demonstrations"] for ex in examples if "demonstrations" in ex}
@@ -252,7 +259,7 @@ def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, spli
                         "predictions": rows}
         log.info("baseline %s: %s", columns[key]["label"],
                  ", ".join(f"{name} {value:.4g}" for name, value in sorted(values.items())) or "no metric")
-    return columns, None
+    return columns, skipped
 
 
 def join_columns(rows: list, columns: dict) -> list:

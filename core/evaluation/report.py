@@ -394,14 +394,14 @@ def _columns_blocks(metrics: dict) -> list:
     """Every column of the held-out metrics with its 95% interval, then the cost per query."""
     from tuneforge.evaluation.comparison import column_label, column_order, column_values
 
-    if not (metrics.get("baselines") or metrics.get("intervals")):
+    if not (metrics.get("baselines") or metrics.get("intervals") or metrics.get("baselines_skipped")):
         return []
     columns = column_order(metrics)
     intervals = metrics.get("intervals") or {}
     names = [row[0] for row in metric_sections(metrics).get(HELD_OUT, [])]
     blocks: list = [("h2", "Prompting baselines vs fine-tuning (held-out, 95% intervals)")]
-    if metrics.get("baselines_skipped"):
-        blocks.append(("p", f"No prompting baseline ran: {metrics['baselines_skipped']}."))
+    for key, why in (metrics.get("baselines_skipped") or {}).items():
+        blocks.append(("p", f"Baseline {key} did not run: {why}."))
     blocks.append(("table", ["metric", *[column_label(metrics, c) for c in columns]],
                    [[n, *[_cell(column_values(metrics, c).get(n), (intervals.get(c) or {}).get(n)) for c in columns]]
                     for n in names]))

@@ -200,8 +200,9 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics, context=context)
 
 
-def _add_baselines(metrics: dict, baselines: dict, skipped: Optional[str]) -> None:
-    """The baseline columns' metrics (``baselines``) and labels (``baseline_info``) into the run's metrics."""
+def _add_baselines(metrics: dict, baselines: dict, skipped: dict) -> None:
+    """The baseline columns' metrics (``baselines``), labels (``baseline_info``) and the reasons of those
+    that gave no column (``baselines_skipped``) into the run's metrics."""
     metrics["baselines"] = {key: column["metrics"] for key, column in baselines.items()}
     metrics["baseline_info"] = {key: {"name": column["name"], "label": column["label"]}
                                 for key, column in baselines.items()}
