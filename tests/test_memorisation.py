@@ -52,5 +52,5 @@ def test_early_stopping_restores_the_adapter_of_the_best_validation(tmp_path, re
         assert result.metrics["train"]["early_stopping/restored_step"] == best_step + 1
         assert "early stopping restored the adapter of step" in (tmp_path / "report.md").read_text()
     else:
-        assert abs(tuned - best_loss) > 0.05  # the adapter of the last step (trained past the last check)
+        assert abs(tuned - best_loss) > 0.005  # the adapter of the last step (trained past the last check)
         assert "early_stopping/restored_step" not in result.metrics["train"]
