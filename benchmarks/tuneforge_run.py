@@ -4,7 +4,7 @@
 
 The run is composed from overrides exactly like ``tuneforge train`` composes it
 (``tuneforge.host.compose.load_plugins`` + ``compose``) and trained by
-``tuneforge.host.compose.run_train`` -> ``tuneforge.training.run.train`` into a fresh run
+``tuneforge.training.run.run_train`` -> ``tuneforge.training.run.train`` into a fresh run
 directory: model source, LoRA adapter, the ``jsonl`` dataset (tokenizing ``ordered.jsonl``),
 the data quality check, the Lightning trainer, checkpoint at the end, model/report writing.
 The only addition is the ``bench_probe`` callback (``tuneforge_probe.py``), registered as an
@@ -46,7 +46,8 @@ def main(argv) -> None:
     overrides.append(f"run_dir={run_dir}")
 
     import tuneforge_probe
-    from tuneforge.host.compose import compose, load_plugins, run_train
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.training.run import run_train
 
     plugins = load_plugins(overrides, extra_plugins=[tuneforge_probe])
     cfg = compose(overrides)  # composed once; run_train validates it, as `tuneforge train` does

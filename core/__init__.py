@@ -28,6 +28,8 @@ from tuneforge.specs import (
     CallbackSpec,
     DatasetSpec,
     EvaluatorSpec,
+    LoggerContext,
+    LoggerSpec,
     LossSpec,
     MetricInfo,
     ModelSourceSpec,
@@ -40,8 +42,8 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
-    "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec", "EvaluatorSpec",
-    "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError", "RunContext", "TuneforgeError",
-    "hookimpl", "validation",
+    "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec",
+    "EvaluatorSpec", "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec",
+    "PluginError", "RunContext", "TuneforgeError", "hookimpl", "validation",
     "__version__",
 ]

@@ -72,10 +72,15 @@ class RunContext:
     :meth:`detect`.
     """
 
+    #: the run directory (written only by the main process)
     run_dir: Path
+    #: this process's rank among all processes of the run (0 is the main one)
     global_rank: int = 0
+    #: this process's rank on its node (selects its GPU)
     local_rank: int = 0
+    #: the index of this process's node
     node_rank: int = 0
+    #: the number of processes of the run
     world_size: int = 1
     #: torch device string this process evaluates on: ``cuda:<index>`` or ``cpu``
     device: str = "cpu"
@@ -254,3 +259,17 @@ def _read_only(config):
     copy = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
     OmegaConf.set_readonly(copy, True)
     return copy
+
+
+#: environment variables a launcher sets in the processes it starts (Lightning's DDP launcher,
+#: torchrun, srun, jsrun, mpirun); with none of them set this process is the main one of its run
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "WORLD_SIZE", "SLURM_NTASKS", "LSB_JOBID",
+                      "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+
+
+def started_by_a_launcher() -> bool:
+    """True when a launcher's variables are set (cheap: no Lightning import); False means a plain
+    single process, which is the main one of its run."""
+    import os
+
+    return any(name in os.environ for name in LAUNCHER_VARIABLES)

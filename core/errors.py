@@ -9,7 +9,8 @@ would be valid.  The CLI prints it without a traceback (``--debug`` or
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import re
+from typing import Iterable, Optional
 
 
 class TuneforgeError(Exception):
@@ -32,13 +33,22 @@ class ModelError(TuneforgeError):
     """A model cannot be loaded or does not fit the chosen adapter."""
 
 
+def os_error_number(exc: BaseException) -> Optional[int]:
+    """The ``errno`` of an ``OSError``, or the OS error code in the message of safetensors' own
+    error type, which wraps one: ``os error 28`` (safetensors >= 0.5) or
+    ``IoError(Os { code: 28, ... })`` (0.4); ``None`` when ``exc`` carries no OS error."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    found = re.search(r"os error (\d+)|Os \{ code: (\d+),", str(exc))
+    return int(found.group(1) or found.group(2)) if found else None
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """True for "no space left" / "quota exceeded", as an ``OSError`` or as safetensors' own
-    error type (which only carries the OS message, e.g. ``os error 28``)."""
+    error type (see :func:`os_error_number`)."""
     import errno
 
-    return (getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-            or f"os error {errno.ENOSPC}" in str(exc) or f"os error {errno.EDQUOT}" in str(exc))
+    return os_error_number(exc) in (errno.ENOSPC, errno.EDQUOT)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

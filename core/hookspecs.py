@@ -83,7 +83,8 @@ def tuneforge_evaluators():
     describe its metrics (:class:`~tuneforge.specs.MetricInfo`) for the
     report.  Built-ins:
     ``perplexity``, ``exact_match``, ``contains``, ``regex``, ``rouge``,
-    ``bleu``, ``chrf``, ``choice`` and ``forgetting``.
+    ``bleu``, ``chrf``, ``choice``, ``forgetting`` and ``lm_eval``
+    (lm-evaluation-harness tasks; ``pip install "tuneforge[lm-eval]"``).
     """
 
 
@@ -95,6 +96,19 @@ def tuneforge_callbacks():
     callback added to the trainer, acts when the run ends (``on_run_end``,
     with its own config), or both.  Built-ins: ``early_stopping`` and
     ``targets`` (the demo's pass/fail verdict, at run end).
+    """
+
+
+@hookspec
+def tuneforge_loggers():
+    """Return :class:`~tuneforge.specs.LoggerSpec` objects.
+
+    Selected as a list with ``loggers=[a,b]`` (default ``[csv]``); each builds
+    a Lightning logger that receives the training metrics, the redacted run
+    config as hyperparameters and the base/tuned evaluator results.  The run's
+    own ``metrics.csv`` is written whatever the list holds.  Built-ins:
+    ``csv``, ``tensorboard``, ``mlflow`` and ``wandb`` (the last three need
+    ``pip install 'tuneforge[tensorboard]'`` / ``[mlflow]`` / ``[wandb]``).
     """
 
 

@@ -75,22 +75,40 @@ def causal_lm_logits(model, input_ids, attention_mask=None):
     return logits[:, -input_ids.size(1):]
 
 
+def _logits_to_keep_keyword() -> str:
+    """``logits_to_keep`` (transformers >= 4.49), ``num_logits_to_keep`` before.
+
+    Older causal LMs swallow unknown keywords into ``**kwargs``, so the wrong
+    name would silently build the full logits instead of failing.
+    """
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("transformers").split(".")[:2])
+    return "logits_to_keep" if (major, minor) >= (4, 49) else "num_logits_to_keep"
+
+
 def final_hidden_states(model, input_ids, attention_mask=None):
     """``(hidden, lm_head)``: the last hidden states (after the final norm) and the output layer.
 
-    The model is asked for only one position of logits (``logits_to_keep=1``),
-    so the full ``length x vocab`` logits are never built.  Raises
-    ``ModelError`` for models whose forward does not take ``logits_to_keep``.
+    The model is asked for only one position of logits (``logits_to_keep=1``,
+    ``num_logits_to_keep=1`` before transformers 4.49), so the full
+    ``length x vocab`` logits are never built.  Raises ``ModelError`` for
+    models whose forward does not take that keyword.  ``use_cache`` is left to
+    the model's config, as in :func:`causal_lm_logits`: forcing it off breaks
+    peft prefix tuning on older lines (transformers 4.47 with peft 0.13: the
+    prefix's legacy tuple of past keys becomes a cache object only when
+    caching is on).
     """
     from tuneforge.errors import ModelError
 
     lm_head = model.get_output_embeddings()
+    keep = _logits_to_keep_keyword()
     try:
         outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                        logits_to_keep=1, use_cache=False)
+                        **{keep: 1})
     except TypeError as exc:
-        raise ModelError(f"loss=chunked_cross_entropy needs a model whose forward accepts logits_to_keep "
-                         f"(transformers >= 4.45 causal LMs); this one does not ({exc}); use "
+        raise ModelError(f"loss=chunked_cross_entropy needs a model whose forward accepts {keep} "
+                         f"(transformers >= 4.47 causal LMs); this one does not ({exc}); use "
                          "loss=cross_entropy") from exc
     if lm_head is None or outputs.hidden_states is None:
         raise ModelError("loss=chunked_cross_entropy: the model exposes no output embeddings / hidden "

@@ -3,7 +3,8 @@
 Secrets are (a) values of config keys whose name says they are secret
 (``token``, ``api_key``, ``password`` ...) and (b) the values of environment
 variables with such names (``HF_TOKEN``, ``WANDB_API_KEY`` ...), wherever they
-appear (a resolved ``${oc.env:HF_TOKEN}`` interpolation, a log line).
+appear (a resolved ``${oc.env:HF_TOKEN}`` interpolation, a log line), and (c)
+the ``user:password`` part of URLs (e.g. a tracker's ``https://user:pw@host``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ REDACTED = "***"
 SECRET_NAME = re.compile(r"(token(?!i[sz])|secret|password|passwd|api[_-]?key|access[_-]?key|credential"
                          r"|auth(?!or(?!i[sz])))", re.IGNORECASE)
 MIN_SECRET_LENGTH = 6
+URL_CREDENTIALS = re.compile(r"(?<=://)[^\s/@:]+:[^\s/@]+(?=@)")
 
 
 def secret_values() -> list[str]:
@@ -28,7 +30,7 @@ def secret_values() -> list[str]:
 def redact_text(text: str, secrets=None) -> str:
     for value in secrets if secrets is not None else secret_values():
         text = text.replace(value, REDACTED)
-    return text
+    return URL_CREDENTIALS.sub(REDACTED, text)
 
 
 def redact(value, secrets=None, key: str = ""):

@@ -17,6 +17,7 @@ values in ``__post_init__`` (see :mod:`tuneforge.validation`).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Optional
@@ -37,7 +38,13 @@ def _check_config_class(kind: str, name: str, config: type) -> None:
 
 @dataclass(frozen=True)
 class _Spec:
-    """Common part of every spec: a unique name and its config dataclass."""
+    """Common part of every spec: a unique name and its config dataclass.
+
+    name: what users select on the command line (``adapter=<name>``): letters, digits, ``_``, ``-``.
+    config: the config dataclass; its fields become ``<group>.<field>`` keys, type-checked by Hydra,
+        documented by ``field: doc`` lines in its docstring, validated in ``__post_init__``.
+    description: one line for ``tuneforge plugins`` and ``tuneforge config groups``.
+    """
 
     kind: ClassVar[str] = "component"
     required: ClassVar[tuple[str, ...]] = ()
@@ -119,7 +126,9 @@ class AdapterSpec(_Spec):
     ``export``.  ``base_model`` is the run's base model, freshly loaded from
     its model source, when ``needs_base`` is true (the default); with
     ``needs_base=False`` (self-contained weights) the host skips loading the
-    base and passes ``None``.  When ``load`` is omitted the host reads the
+    base and passes ``None``.
+
+    ``needs_base``: whether ``load`` needs the base model (default true).  When ``load`` is omitted the host reads the
     folder as full weights with
     ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` (what the
     default ``save`` writes for a plain ``transformers`` model) and
@@ -182,15 +191,17 @@ class MetricInfo:
     """What one metric of an evaluator means, for the report and ``tuneforge compare``.
 
     ``name``: the key the evaluator's ``evaluate`` returns (``"loss"``, not
-    ``"perplexity/loss"``).  ``higher_is_better``: the direction of
-    improvement.  ``primary``: a headline metric; when any metric of a run is
-    primary, ``compare`` plots only the primary ones.  ``section``: the report
-    groups metrics by it (free text; ``"held-out"`` is the held-out split's
-    table, anything else, e.g. ``"forgetting"``, gets a table of its own).
-    ``description``: one line shown under the section's table.  ``is_loss``: a
-    held-out loss; the report's overfitting signal compares the first such
-    metric of section ``"held-out"`` with the training loss when no
-    validation ran during training.
+        ``"perplexity/loss"``).
+    ``higher_is_better``: the direction of improvement.
+    ``primary``: a headline metric; when any metric of a run is primary,
+        ``compare`` plots only the primary ones.
+    ``section``: the report groups metrics by it (free text; ``"held-out"`` is
+        the held-out split's table, anything else, e.g. ``"forgetting"``, gets a
+        table of its own).
+    ``description``: one line shown under the section's table.
+    ``is_loss``: a held-out loss; the report's overfitting signal compares the
+        first such metric of section ``"held-out"`` with the training loss when
+        no validation ran during training.
     """
 
     name: str
@@ -222,7 +233,11 @@ class EvaluatorSpec(_Spec):
 
     ``metrics``: :class:`MetricInfo` for the metrics ``evaluate`` returns
     (a metric without an entry counts as higher-is-better, section
-    ``"held-out"``).
+    ``"held-out"``).  An entry whose name holds a shell-style wildcard
+    (``*``, ``?``, ``[...]``; :mod:`fnmatch`) describes every metric it
+    matches, for metrics named only at run time (e.g. ``"*/acc"`` for
+    ``<task>/acc``); an exact name wins over a pattern, and among patterns
+    the first that matches.
 
     An ``evaluate`` with a ``context`` parameter also gets
     ``context=``:class:`tuneforge.RunContext` of the training process (None
@@ -241,8 +256,18 @@ class EvaluatorSpec(_Spec):
             raise TypeError(f"evaluator '{self.name}': 'metrics' must be a tuple of tuneforge.MetricInfo")
 
     def metric_info(self, metric: str) -> MetricInfo:
-        """The declared :class:`MetricInfo` of ``metric``, or the defaults."""
-        return next((info for info in self.metrics if info.name == metric), MetricInfo(metric))
+        """The declared :class:`MetricInfo` of ``metric`` (its own entry, else the first pattern that
+        matches it, renamed to ``metric``), or the defaults."""
+        exact = next((info for info in self.metrics if info.name == metric), None)
+        if exact is not None:
+            return exact
+        pattern = next((info for info in self.metrics if _is_pattern(info.name)
+                        and fnmatch.fnmatchcase(metric, info.name)), None)
+        return dataclasses.replace(pattern, name=metric) if pattern is not None else MetricInfo(metric)
+
+
+def _is_pattern(name: str) -> bool:
+    return any(char in name for char in "*?[")
 
 
 @dataclass(frozen=True)
@@ -327,6 +352,59 @@ def call_accepting(function: Callable, *args, **optional):
     return function(*args, **{key: value for key, value in optional.items() if key in names})
 
 
+@dataclass(frozen=True)
+class LoggerSpec(_Spec):
+    """A metrics logger / experiment tracker (config group ``loggers``; several run).
+
+    build: ``build(config, context) -> lightning.pytorch.loggers.Logger``, where
+        ``context`` is a :class:`LoggerContext`; a ``build`` that takes one
+        parameter is called as ``build(config)``.  Called in every process
+        before the model loads, so a missing tracker library stops the run
+        early: raise ``tuneforge.ConfigError`` with the install command.
+        Lightning's loggers write only from global rank zero.
+    run_id: ``run_id(logger) -> str | None``, the tracker's id of this run,
+        recorded in ``metrics.json`` (``trackers``) and ``trackers.json`` and
+        handed back as ``context.resume_run_id`` when the run resumes; default
+        ``logger.version``.
+    finish: ``finish(logger, status)`` closes the tracker run once the
+        tuneforge run ends (main process only), ``status`` being Lightning's
+        ``"success"``, ``"failed"`` or ``"finished"`` (interrupted, resumable);
+        default ``logger.finalize(status)``.
+
+    The host sends the resolved config, secrets redacted, as hyperparameters
+    (``logger.log_hyperparams``) when a tracker run starts, and the base and
+    tuned evaluator results (``base/<metric>``, ``tuned/<metric>``) at the last
+    step.  The run's own ``metrics.csv`` is always written (see
+    docs/trackers.md).
+    """
+
+    kind: ClassVar[str] = "logger"
+    required: ClassVar[tuple[str, ...]] = ("build",)
+    build: Optional[Callable[..., Any]] = None
+    run_id: Optional[Callable[[Any], Optional[str]]] = None
+    finish: Optional[Callable[[Any, str], None]] = None
+
+
+@dataclass(frozen=True)
+class LoggerContext:
+    """What a logger's ``build`` gets besides its config.
+
+    run_dir: the run directory (``pathlib.Path``); keep the logger's local
+        files under it unless its config says otherwise.
+    run_name: a name for the tracker run: the run directory's name (with its
+        parent's for a numbered multirun job, e.g. ``2026-01-01_12-00-00-3``).
+    resume_run_id: when this run resumes from a checkpoint, the tracker run id
+        this logger recorded before (``trackers.json``), so the same tracker run
+        is continued; ``None`` for a new run.
+    is_main: whether this process writes the run directory (global rank zero).
+    """
+
+    run_dir: Any
+    run_name: str
+    resume_run_id: Optional[str] = None
+    is_main: bool = True
+
+
 #: spec class -> (config group, registration hook name, whether several run at once)
 SPEC_KINDS: dict[type, tuple[str, str, bool]] = {
     ModelSourceSpec: ("model", "tuneforge_model_sources", False),
@@ -335,5 +413,6 @@ SPEC_KINDS: dict[type, tuple[str, str, bool]] = {
     LossSpec: ("loss", "tuneforge_losses", False),
     EvaluatorSpec: ("evaluators", "tuneforge_evaluators", True),
     CallbackSpec: ("callbacks", "tuneforge_callbacks", True),
+    LoggerSpec: ("loggers", "tuneforge_loggers", True),
     BaselineSpec: ("baselines", "tuneforge_baselines", True),
 }

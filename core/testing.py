@@ -86,7 +86,8 @@ def run_tiny_fit(run_dir, plugins: Iterable = (), overrides: Sequence[str] = ())
     model loads.
     """
     from tuneforge.host.components import run_components
-    from tuneforge.host.compose import compose, load_plugins, run_train
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.training.run import run_train
 
     all_overrides = [*TINY_OVERRIDES, *overrides, f"run_dir={Path(run_dir)}"]
     loaded = load_plugins(all_overrides, extra_plugins=plugins)

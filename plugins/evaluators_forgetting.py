@@ -36,11 +36,23 @@ class ForgettingConfig:
         ``perplexity``.
     format: ``auto``, ``alpaca`` or ``chat`` (as ``data.format``).
     max_length: token limit when tokenizing the set (for ``perplexity``).
-    The remaining fields mean what they mean for the evaluator of that name
-    (generation: max_new_tokens, batch_size, few_shot, limit; normalisation:
-    strip, lowercase, collapse_whitespace; regex: pattern, pattern_field,
-    fullmatch, ignore_case; rouge: use_stemmer; bleu: tokenize; chrf:
-    word_order; choice: choices_field, answer_field, length_normalize).
+    max_new_tokens: most tokens generated per answer (as for ``exact_match``).
+    batch_size: prompts generated at once.
+    few_shot: demonstration turns put before every prompt (as for ``exact_match``).
+    limit: use only the first N records of the set (None: all).
+    strip: strip whitespace before comparing answers.
+    lowercase: compare answers case-insensitively.
+    collapse_whitespace: treat runs of whitespace as one space when comparing.
+    pattern: the regular expression of the ``regex`` metric (None: each record's ``pattern_field``).
+    pattern_field: the record key holding a per-record pattern for ``regex``.
+    fullmatch: ``regex`` must match the whole answer.
+    ignore_case: ``regex`` matches case-insensitively.
+    use_stemmer: ``rouge`` stems words before matching.
+    tokenize: ``bleu``'s sacrebleu tokenizer (``13a``, ``intl``, ``char`` ...).
+    word_order: ``chrf``'s word n-gram order (0: chrF, 2: chrF++).
+    choices_field: the record key holding the options of the ``choice`` metric.
+    answer_field: the record key holding the correct option (its index or text).
+    length_normalize: ``choice`` compares per-token rather than total log-likelihoods.
     """
 
     path: str = MISSING

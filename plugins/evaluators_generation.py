@@ -84,6 +84,7 @@ class NormalizedEvalConfig(GenerationEvalConfig):
 class RegexEvalConfig(GenerationEvalConfig):
     """pattern: a Python regular expression every prediction should match; when
     None each record's ``pattern_field`` gives its own pattern.
+    pattern_field: the record key holding a per-record pattern (used when ``pattern`` is None).
     fullmatch: the whole prediction must match (default: a match anywhere).
     ignore_case: match case-insensitively."""
 

@@ -53,7 +53,8 @@ class ChunkedCrossEntropyConfig:
     The model returns its last hidden states; the output layer is applied to
     ``chunk_size`` trained tokens at a time under activation checkpointing, so
     peak logits memory is ``chunk_size x vocab`` instead of ``tokens x vocab``.
-    label_smoothing, z_loss: as for ``cross_entropy``.
+    label_smoothing: as for ``cross_entropy``.
+    z_loss: as for ``cross_entropy``.
     chunk_size: trained tokens per chunk (smaller: less memory, more passes).
     """
 

@@ -65,9 +65,17 @@ class TinyModelConfig:
     """A small random Llama and a byte-level tokenizer built in memory (no download).
 
     For tests and smoke runs: the weights are drawn from ``seed``.
-    ``initializer_range`` is the weights' standard deviation; larger than a
-    real model's 0.02 so a frozen output layer can still express sharp
-    distributions and adapters visibly learn within a few steps.
+
+    hidden_size: width of the residual stream.
+    intermediate_size: width of each MLP's hidden layer.
+    num_hidden_layers: number of transformer blocks.
+    num_attention_heads: query heads per block (``hidden_size`` must divide by it).
+    num_key_value_heads: key/value heads (grouped-query attention; divides the query heads).
+    max_position_embeddings: longest sequence the rotary embeddings are set up for.
+    initializer_range: standard deviation of the random weights; larger than a
+        real model's 0.02 so a frozen output layer can still express sharp
+        distributions and adapters visibly learn within a few steps.
+    seed: seed of the random weights (the same seed gives the same model).
     """
 
     hidden_size: int = 64

@@ -104,6 +104,7 @@ def test_bad_input_raises_one_line_naming_it(case, tmp_path):
 
 
 def test_pickle_weights_and_remote_code_are_refused(tmp_path):
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tuneforge.plugins.models import build_tiny_tokenizer
@@ -112,7 +113,9 @@ def test_pickle_weights_and_remote_code_are_refused(tmp_path):
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
     pickled = tmp_path / "pickled"
-    model.save_pretrained(pickled, safe_serialization=False)
+    # written by hand: transformers 5's save_pretrained writes safetensors only (no safe_serialization=False)
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
     tokenizer.save_pretrained(pickled)
     with pytest.raises(TuneforgeError, match="refused unless model.allow_pickle=true"):
         run_tiny_fit(tmp_path / "r1", overrides=["model=hf", f"model.path={pickled}"])

@@ -89,13 +89,17 @@ def test_unknown_command_suggests_the_closest():
 def test_ddp_on_two_cpu_processes_trains_and_saves_once(tmp_path):
     result = run_cli(["train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                       "trainer.max_steps=3", "trainer.enable_progress_bar=false", "threads=1",
-                      f"hydra.run.dir={tmp_path}"], timeout=240)
+                      "loggers=[tensorboard]", f"hydra.run.dir={tmp_path}"], timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Starting with 2 processes" in result.stdout + result.stderr
     assert result.stdout.count("run directory:") == 1
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "completed"
-    assert len(train_losses(tmp_path)) == 3
+    assert len(train_losses(tmp_path)) == 3  # metrics.csv is kept without `csv` in loggers
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+    # only the main process logs to the tracker: every event file comes from one process id
+    # (events.out.tfevents.<time>.<host>.<pid>.<n>)
+    event_files = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert event_files and len({f.name.rsplit(".", 2)[1] for f in event_files}) == 1
 
 
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_docs_contain_the_generated_hook_reference():
     docs = (ROOT / "docs" / "plugins.md").read_text()
-    assert render_hook_reference() in docs, "regenerate with: python -m tuneforge.host.hook_docs"
+    assert render_hook_reference() in docs, "regenerate with: python -m tuneforge.host.hook_docs --write docs/plugins.md"
 
 
 def test_every_hook_has_a_docstring_and_is_implemented_or_tested():
@@ -30,3 +30,17 @@ def test_every_lifecycle_hook_has_exactly_one_call_site():
         spec = getattr(hookspecs, name)
         if inspect.signature(spec).parameters:  # lifecycle hooks take arguments
             assert core.count(f"hook.{name}(") == 1, name
+
+
+def test_docs_contain_the_generated_spec_and_component_references():
+    from tuneforge.host.hook_docs import generated_sections
+
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    for begin, _end, rendered in generated_sections():
+        assert rendered in docs, f"stale section after {begin!r}: python -m tuneforge.host.hook_docs --write docs/plugins.md"
+
+
+def test_every_spec_field_and_built_in_config_key_has_a_doc():
+    from tuneforge.host.hook_docs import undocumented_fields
+
+    assert undocumented_fields() == [], "document these fields (a `field: doc` line in the class docstring)"

@@ -64,7 +64,9 @@ def logits(model, ids):
 
 def direct_greedy(model, tokenizer, messages, max_new_tokens):
     """Greedy decoding with plain ``model.generate`` on the chat-template prompt."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_tensors="pt")
+    # return_dict=True: transformers 5 returns a BatchEncoding by default, 4.x a bare tensor
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=tokenizer.eos_token_id,

@@ -104,4 +104,4 @@ def test_resuming_into_another_runs_directory_is_refused(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     other = run_cli(["train", "trainer.max_steps=2", "adapter.r=4", f"hydra.run.dir={tmp_path}"])
     assert other.returncode == 2
-    assert "belongs to a different run: adapter.r (8 -> 4)" in other.stderr.strip().splitlines()[-1]
+    assert "holds a different run: adapter.r (8 -> 4)" in other.stderr.strip().splitlines()[-1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 USAGE = """\
 usage: tuneforge <command> [options] [key=value ...]
@@ -128,11 +129,12 @@ def train_command(args: list, debug: bool = False) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from tuneforge.errors import ConfigError
-    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, explain_composition_error, load_plugins, run_train
+    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, explain_composition_error, load_plugins
     from tuneforge.host.hydra_dirs import discard_new_output_dir
 
     overrides = hydra_overrides(args)
     plugins = load_plugins(overrides)
+    args = [*args, *run_dir_overrides(args, overrides)]
     # Lightning's DDP launcher starts the other processes by re-running sys.argv: they re-enter `train`
     command_line = [sys.argv[0], "train", *(["--debug"] if debug else []), *args]
     invoked_as = sys.argv
@@ -182,7 +184,7 @@ def train_command(args: list, debug: bool = False) -> None:
             _fail(str(exc))
 
         from tuneforge.context import RunContext
-        from tuneforge.training.run import RunInterrupted
+        from tuneforge.training.run import RunInterrupted, run_train
         from tuneforge.secrets import install_log_redaction
 
         # Hydra's root handler already prints and files Lightning's messages: avoid doubles
@@ -226,6 +228,24 @@ def train_command(args: list, debug: bool = False) -> None:
         _set_env("HYDRA_FULL_ERROR", user_full_error)
 
 
+def run_dir_overrides(args: list, overrides: list) -> list:
+    """``hydra.run.dir=<run_dir>`` when ``run_dir=`` is given for a single run, so Hydra's job log
+    (``train.log``) goes into the run directory and nothing is written to the working directory.
+
+    The directory is checked first (a file, a read-only mount, no permission: one line), since
+    Hydra creates it before tuneforge sees the config.
+    """
+    if {"-m", "--multirun"} & set(args):
+        return []
+    given = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
+    if "run_dir" not in given or given["run_dir"] in ("", "null") or "hydra.run.dir" in given:
+        return []
+    from tuneforge.training.run_lock import check_usable
+
+    check_usable(Path(given["run_dir"]))
+    return [f"hydra.run.dir={given['run_dir']}"]
+
+
 def _is_composition_error(exc: BaseException) -> bool:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -240,12 +260,6 @@ def _set_env(name: str, value) -> None:
         os.environ[name] = value
 
 
-#: environment variables a launcher sets in the processes it starts (Lightning's DDP launcher,
-#: torchrun, srun, jsrun, mpirun); with none of them set this process is the main one of its run
-LAUNCHER_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "WORLD_SIZE", "SLURM_NTASKS", "LSB_JOBID",
-                      "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
-
-
 def worker_hydra_overrides(args: list) -> list:
     """Hydra overrides for a process that is not the main one of its run (an ``srun``/``torchrun``
     task or a DDP child with rank > 0): it logs to the console only, so only the main process
@@ -258,9 +272,10 @@ def worker_hydra_overrides(args: list) -> list:
     """
     if any(arg.startswith(("hydra/job_logging=", "hydra.job_logging")) for arg in args):
         return []
-    if not any(name in os.environ for name in LAUNCHER_VARIABLES):
+    from tuneforge.context import detect_ranks, started_by_a_launcher
+
+    if not started_by_a_launcher():
         return []
-    from tuneforge.context import detect_ranks
 
     return [] if detect_ranks().global_rank == 0 else ["hydra/job_logging=tuneforge_worker"]
 

@@ -279,7 +279,7 @@ def format_root() -> str:
 
     hints = typing.get_type_hints(TuneforgeConfig)
     keep = [f for f in dataclasses.fields(TuneforgeConfig)
-            if f.name not in ("model", "data", "adapter", "loss", "evaluators", "callbacks", "baselines")
+            if f.name not in ("model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "baselines")
             and not (isinstance(hints.get(f.name), type) and dataclasses.is_dataclass(hints[f.name]))]
     scalar = dataclasses.make_dataclass(  # the root's own keys: neither a section nor a component
         "RootKeys", [(f.name, hints[f.name], field(default=f.default)) for f in keep])

@@ -62,6 +62,19 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     return metrics
 
 
+def _run_lock(run_dir: Optional[Path], out_dir: Optional[Path]):
+    """The run directory's lock when ``tuneforge eval`` writes into it (``out`` inside ``run_dir``),
+    else a no-op: a run that is still training is never written into by eval."""
+    import contextlib
+
+    from tuneforge.training.run_lock import RunLock
+
+    if run_dir is None or out_dir is None:
+        return contextlib.nullcontext()
+    run, out = Path(run_dir).resolve(), Path(out_dir).resolve()
+    return RunLock(run, "eval") if run == out or run in out.parents else contextlib.nullcontext()
+
+
 def run_config(run_dir: Path, overrides: list) -> DictConfig:
     """The saved config of a finished run, with ``overrides`` applied on top (validated by :func:`evaluate`).
 
@@ -77,7 +90,7 @@ def run_config(run_dir: Path, overrides: list) -> DictConfig:
 
     saved = read_run_config(run_dir, force=True)  # eval may look at an interrupted run's last model too
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "trainer", "strategy"}
+    groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
     from tuneforge.commands.run_loading import plugins_for_run
 
@@ -155,7 +168,8 @@ def eval_command(args: list) -> None:
     cfg = run_config(run_dir, overrides) if run_dir else compose(overrides)
     if out_dir is None and run_dir is not None:
         out_dir = run_dir / "eval"
-    metrics = evaluate(cfg, plugins, run_dir, out_dir)
+    with _run_lock(run_dir, out_dir):
+        metrics = evaluate(cfg, plugins, run_dir, out_dir)
     print(format_comparison(metrics))
     if out_dir is not None:
         print(f"report: {out_dir / 'report.md'}")

@@ -498,7 +498,7 @@ It generates through `tuneforge.evaluation.generate_predictions`, so it
 shares generations with the built-in generation evaluators.  Reported as
 `{{prefix}}_exact/accuracy` for the base and the tuned model.
 
-    tuneforge train model=tiny 'evaluators=[perplexity,{{prefix}}_exact]' evaluators.{{prefix}}_exact.max_new_tokens=16
+    tuneforge train model=tiny 'evaluators=[{{prefix}}_exact]' evaluators.{{prefix}}_exact.max_new_tokens=16
 """,
     module=r'''"""Evaluator ``{{prefix}}_exact``: normalised exact match of generated answers.
 
@@ -598,7 +598,7 @@ def test_max_new_tokens_is_bounded():
 
 def test_a_tiny_fit_reports_the_metric_before_and_after(tuneforge_fit):
     result = tuneforge_fit(plugins=[plugin], overrides=[
-        "evaluators=[perplexity,{{prefix}}_exact]", "evaluators.{{prefix}}_exact.max_new_tokens=4"])
+        "evaluators=[{{prefix}}_exact]", "evaluators.{{prefix}}_exact.max_new_tokens=4"])
     for state in ("base", "tuned"):
         assert 0.0 <= result.metrics[state]["{{prefix}}_exact/accuracy"] <= 1.0
     rows = (result.run_dir / "predictions.jsonl").read_text().splitlines()

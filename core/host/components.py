@@ -33,7 +33,7 @@ from tuneforge.validation import ConfigValueError
 
 #: component groups with one selected component, and those with several (by key)
 SINGLE_GROUPS = ("model", "data", "adapter", "loss")
-MULTIPLE_GROUPS = ("evaluators", "callbacks", "baselines")
+MULTIPLE_GROUPS = ("evaluators", "callbacks", "loggers", "baselines")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class RunComponents:
 
     ``config`` is a resolved copy of the composed ``DictConfig`` (with the
     components' ``name`` keys, as saved in ``config.yaml``); ``evaluators``,
-    ``callbacks`` and ``baselines`` map each config key to its component.
+    ``callbacks``, ``loggers`` and ``baselines`` map each config key to its component.
     """
 
     config: Any
@@ -80,6 +80,7 @@ class RunComponents:
     loss: Component
     evaluators: dict
     callbacks: dict
+    loggers: dict
     baselines: dict = dataclasses.field(default_factory=dict)
 
 

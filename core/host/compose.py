@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from tuneforge.errors import ConfigError, did_you_mean
@@ -167,17 +166,3 @@ def _valid_keys(cause) -> list:
         return sorted(f.name for f in dataclasses.fields(object_type))
     node = getattr(cause, "parent_node", None)
     return sorted(str(k) for k in node.keys() if k != "hydra") if hasattr(node, "keys") else []
-
-
-def run_train(cfg, plugins: Plugins, run_dir: Optional[str] = None, context=None, components=None) -> dict:
-    """Validate ``cfg`` (unless its ``components`` from :func:`~tuneforge.host.components.run_components`
-    are given) and train into ``cfg.run_dir`` (else ``run_dir``); ``context``: the
-    :class:`~tuneforge.RunContext` of this process, detected by ``train`` when None."""
-    from tuneforge.host.components import run_components
-    from tuneforge.training.run import train
-
-    components = components if components is not None else run_components(cfg, plugins)
-    target = components.config.run_dir or run_dir
-    if not target:
-        raise ConfigError("no run directory: set run_dir=<dir>")
-    return train(components.config, plugins, Path(target), context=context, components=components)

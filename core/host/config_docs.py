@@ -52,11 +52,37 @@ class FieldDoc:
         return match.group(1) if match else self.doc
 
 
+_CALLABLE_LINE = re.compile(r"^(?P<indent>\s*)``(?P<name>[A-Za-z_][A-Za-z0-9_]*)\(.*?``")
+
+
 def field_docs(cls: type) -> dict[str, str]:
-    """``{field: doc}`` parsed from the docstrings of ``cls`` and its dataclass bases (subclass wins)."""
+    """``{field: doc}`` of ``cls`` and its dataclass bases (subclass wins), from the class docstring
+    (``field: doc`` lines, or ``\`\`field(args) -> result\`\` ...`` lines for callables) and from
+    ``#: doc`` comments right above a field's annotation."""
     docs: dict[str, str] = {}
     for klass in reversed([k for k in inspect.getmro(cls) if dataclasses.is_dataclass(k)]):
-        docs.update(_parse(inspect.getdoc(klass) or "", {f.name for f in dataclasses.fields(klass)}))
+        names = {f.name for f in dataclasses.fields(klass)}
+        docs.update(_comment_docs(klass, names))
+        docs.update(_parse(inspect.getdoc(klass) or "", names))
+    return docs
+
+
+def _comment_docs(cls: type, names: set) -> dict[str, str]:
+    """``#: doc`` comment lines directly above ``name: type = default`` lines in the class body."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    docs, pending = {}, []
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        match = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*:", stripped)
+        if match and match.group(1) in names and pending:
+            docs[match.group(1)] = " ".join(pending)
+        pending = []
     return docs
 
 
@@ -67,10 +93,15 @@ def _parse(docstring: str, names: set) -> dict[str, str]:
     for line in docstring.splitlines():
         match = _FIELD_LINE.match(line)
         name = match and (match.group("name") or match.group("name2"))
+        called = _CALLABLE_LINE.match(line)
         if match and name in names:
             current = name
             current_indent = len(match.group("indent") or match.group("indent2") or "")
             docs[name] = (match.group("text") or match.group("text2")).strip()
+        elif called and called.group("name") in names and called.group("name") not in docs:
+            current = called.group("name")
+            current_indent = len(called.group("indent"))
+            docs[current] = line.strip()
         elif current and line.strip() and len(line) - len(line.lstrip()) > current_indent:
             docs[current] += " " + line.strip()
         else:
@@ -102,6 +133,8 @@ def _yaml_scalar(value: Any) -> str:
         return "null"
     if value == "":
         return '""'
+    if isinstance(value, str) and value.startswith("/"):
+        return _package_relative(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
@@ -151,3 +184,20 @@ def markdown_table(cls: type, skip: tuple = ("name",)) -> str:
         cells = [f"`{row.name}`", f"`{row.type}`", f"`{row.default}`", row.doc or "(undocumented)"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _package_relative(path: str) -> str:
+    """A default that is a file shipped in a tuneforge package, shown as ``${pkg:<package>/<file>}``
+    (the same on every machine) instead of this installation's absolute path."""
+    import importlib.util
+    from pathlib import Path
+
+    for package in ("tuneforge.plugins", "tuneforge.conf", "tuneforge"):
+        spec = importlib.util.find_spec(package)
+        root = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+        if root is not None:
+            try:
+                return "${pkg:" + package + "/" + Path(path).relative_to(root).as_posix() + "}"
+            except ValueError:
+                continue
+    return path

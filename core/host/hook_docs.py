@@ -73,7 +73,7 @@ def _extra_public_dataclasses() -> list[type]:
     """Other public dataclasses a plugin builds or receives (documented like the specs)."""
     import tuneforge
 
-    names = ("MetricInfo", "RunContext")
+    names = ("MetricInfo", "RunContext", "LoggerContext")
     return [getattr(tuneforge, n) for n in names if dataclasses.is_dataclass(getattr(tuneforge, n, None))]
 
 
@@ -135,7 +135,7 @@ def render_component_reference(plugins=None) -> str:
 def _top_level(schema) -> type:
     """The root schema's scalar keys only (the sections have their own tables)."""
     sections = {name for name, _ in root_config_classes()} | {"model", "data", "adapter", "loss",
-                                                               "evaluators", "callbacks", "baselines"}
+                                                               "evaluators", "callbacks", "loggers", "baselines"}
     fields = [(f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
               for f in dataclasses.fields(schema.TuneforgeConfig) if f.name not in sections]
     cls = dataclasses.make_dataclass("TopLevel", fields)

@@ -267,6 +267,7 @@ class TuneforgeConfig:
     loss: Any = MISSING
     evaluators: dict = field(default_factory=dict)
     callbacks: dict = field(default_factory=dict)
+    loggers: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -288,7 +289,7 @@ class TuneforgeConfig:
 
 
 #: the component groups of the root config; the host checks them against the registries
-COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "evaluators", "callbacks", "baselines")
+COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "baselines")
 #: the root keys typed by their own dataclass (``trainer``, ``optim`` ...)
 ROOT_SECTIONS = tuple(f.name for f in dataclasses.fields(TuneforgeConfig)
                       if dataclasses.is_dataclass(typing.get_type_hints(TuneforgeConfig)[f.name]))

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from tuneforge.errors import TuneforgeError, is_disk_full
+from tuneforge.errors import TuneforgeError, is_disk_full, os_error_number
 
 log = logging.getLogger("tuneforge")
 
@@ -139,7 +139,7 @@ def write_checkpoint(checkpoint: dict, directory: Path) -> None:
         raise
     except Exception as exc:  # OSError, or safetensors' own error type wrapping one
         shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(exc, OSError) and "os error" not in str(exc):
+        if not isinstance(exc, OSError) and os_error_number(exc) is None:
             raise
         if is_disk_full(exc):
             raise CheckpointError(f"disk full while saving checkpoint {directory}: free space, or keep fewer "

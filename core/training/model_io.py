@@ -50,6 +50,18 @@ def _save_tokenizer(tokenizer, directory: Path, chat_template: Optional[str]) ->
         tokenizer.chat_template = own
 
 
+def dtype_keyword() -> str:
+    """The ``from_pretrained`` keyword for the weights' dtype in the installed transformers.
+
+    ``dtype`` from 4.56 on (transformers 5 logs a deprecation for ``torch_dtype``);
+    ``torch_dtype`` before, where ``dtype`` is not understood.
+    """
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("transformers").split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
 def load_saved_model(adapter_spec, base_model, model_dir: Path, trust_remote_code: bool = False):
     """The trained model of a run, from what :func:`save_model` wrote into ``model_dir``.
 
@@ -67,7 +79,7 @@ def load_saved_model(adapter_spec, base_model, model_dir: Path, trust_remote_cod
         from transformers import AutoModelForCausalLM
 
         dtype = base_model.dtype if base_model is not None else "auto"
-        return AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=dtype,
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), **{dtype_keyword(): dtype},
                                                     trust_remote_code=trust_remote_code)
     except TuneforgeError:
         raise

@@ -15,13 +15,18 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from tuneforge.context import RunContext
+from tuneforge.errors import ConfigError
 from tuneforge.evaluation.baselines import join_columns, run_baselines
 from tuneforge.evaluation.comparison import summarize
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
+from tuneforge.training.loggers import build_loggers
 from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
-                                        resolved_config_yaml, write_json, write_outputs)
+                                        redacted_config,
+                                        resolved_config_yaml, segment_history, summed_throughput, write_json,
+                                        write_outputs)
+from tuneforge.training.run_lock import RunLock, ensure_writable_directory
 from tuneforge.training.trainer import build_trainer, token_counter
 
 
@@ -72,7 +77,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     ``loss_curves.png``, ``model/`` (what the adapter saved, plus the
     tokenizer with the data's chat template) and ``status.json``
     (``running`` -> ``completed`` or ``failed``).  Then each selected
-    callback's ``on_run_end`` and the ``tuneforge_run_end`` hook run.
+    callback's ``on_run_end`` and the ``tuneforge_run_end`` hook run.  The loggers selected with
+    ``loggers=[...]`` (trackers) get the training metrics, the redacted config
+    and the evaluator results; their run ids go to ``trackers.json`` and
+    ``metrics.json`` (``trackers``).
     """
     import lightning.pytorch as pl
     import torch
@@ -94,21 +102,37 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         raise ValueError(f"the run context is for {context.run_dir}, not {run_dir}")
     context.check_process_count(cfg.trainer.devices, cfg.trainer.num_nodes)  # before any model loads
     (log.info if context.world_size > 1 else log.debug)("process: %s", context.describe())
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    lock = None
+    if context.is_main:  # one writer per run directory: a second run on it stops here, naming the holder
+        ensure_writable_directory(run_dir)
+        lock = RunLock(run_dir, "train").acquire()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    resume_from = prepare_run_dir(cfg, run_dir)
-    if context.is_main:
-        (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
-        write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from)})
+    try:
+        resume_from = prepare_run_dir(cfg, run_dir)
+        earlier_segments = segment_history(run_dir) if resume_from is not None else []
+        if context.is_main:
+            (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
+            write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from),
+                                                 "segments": earlier_segments})
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    segment: dict = {}
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
+    loggers = None
     try:
         # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
         plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        # Loggers first: a tracker whose run cannot start stops the run before the model loads.
+        loggers = build_loggers(components.loggers, run_dir, resuming=resume_from is not None,
+                                is_main=context.is_main)
+        if context.is_main:
+            loggers.start(redacted_config(cfg))
         model, tokenizer = components.model.spec.load(components.model.config)
         adapter_spec = components.adapter.spec
         model = adapter_spec.apply(model, components.adapter.config)
@@ -152,18 +176,22 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed)
         checkpointer = CheckpointAndInterrupt(run_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
                                               run_identity(cfg))
-        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer])
+        trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer], loggers.lightning_loggers())
         fit_started = time.time()
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
         resumed_step = _checkpoint_step(resume_from) if resume_from else 0
+        segment.update(started_step=resumed_step, throughput=throughput, fit_started=fit_started, trainer=trainer)
         trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from), **_no_pickle(trainer))
         if history and context.is_main:  # Lightning's CSV logger starts a fresh file on resume
             keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
         if checkpointer.interrupted_by:
             status = "interrupted"
+            metrics["steps"] = int(trainer.global_step)
             raise RunInterrupted(checkpointer.interrupted_by, trainer.global_step, checkpointer.last_saved, run_dir)
         metrics["skipped_nonfinite_batches"] = module.skipped_batches
-        metrics["throughput"] = throughput.summary(time.time() - fit_started, trainer.world_size)
+        segments = [*earlier_segments, _segment_record(segment, started)]
+        metrics["throughput"] = dict(summed_throughput(segments), last_segment=segments[-1])
+        metrics["segments"] = segments
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
@@ -174,8 +202,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         summarize(metrics, {"base": saved.get("scores") or {}, "tuned": tuned_pass.example_scores,
                             **{key: column["scores"] for key, column in baselines.items()}},
                   seed=int(cfg.seed), memorisation=memorisation, **_uncertainty_options(cfg))
-        metrics["wall_time_s"] = time.time() - started
+        metrics["wall_time_s"] = sum(float(s.get("wall_time_s") or 0) for s in earlier_segments) + time.time() - started
         if context.is_main:
+            metrics["trackers"] = loggers.record()
+            loggers.log_results(metrics, step=metrics["steps"])
             save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
             predictions = join_columns(predictions, baselines) + train_rows
@@ -189,15 +219,46 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise
     finally:
+        if loggers is not None and context.is_main:
+            loggers.finish(status)
         if context.is_main:
+            segments = metrics.get("segments") or [*earlier_segments, *([_segment_record(segment, started)]
+                                                                        if segment else [])]
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
-                                                 "wall_time_s": time.time() - started})
+                                                 "wall_time_s": time.time() - started, "segments": segments})
         for callback in components.callbacks.values():
             if callback.spec.on_run_end is not None:
                 call_accepting(callback.spec.on_run_end, config=callback.config, metrics=metrics, status=status,
                                run_dir=run_dir, context=context)
-        plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics, context=context)
+        try:
+            plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics,
+                                           context=context)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _segment_record(segment: dict, started: float) -> dict:
+    """One start-or-resume of a run: the steps it trained, its throughput and wall time."""
+    trainer = segment.get("trainer")
+    summary = segment["throughput"].summary(time.time() - segment["fit_started"], trainer.world_size) \
+        if trainer is not None else {}
+    return {"from_step": segment.get("started_step", 0), "to_step": int(trainer.global_step) if trainer else None,
+            "wall_time_s": time.time() - started, **summary}
+
+
+def run_train(cfg, plugins, run_dir: Optional[str] = None, context=None, components=None) -> dict:
+    """Validate ``cfg`` (unless its ``components`` from :func:`~tuneforge.host.components.run_components`
+    are given) and train into ``cfg.run_dir`` (else ``run_dir``); ``context``: the
+    :class:`~tuneforge.RunContext` of this process, detected by ``train`` when None."""
+    from tuneforge.host.components import run_components
+
+    components = components if components is not None else run_components(cfg, plugins)
+    target = components.config.run_dir or run_dir
+    if not target:
+        raise ConfigError("no run directory: set run_dir=<dir>")
+    return train(components.config, plugins, Path(target), context=context, components=components)
 
 
 def _add_baselines(metrics: dict, baselines: dict, skipped: dict) -> None:

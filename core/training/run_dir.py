@@ -20,39 +20,89 @@ def write_json(path: Path, value) -> None:
     tmp.replace(path)
 
 
-def resolved_config_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML with secrets (tokens, API keys) replaced by ``***``."""
+def redacted_config(cfg: DictConfig) -> dict:
+    """The resolved config as plain containers with secrets (tokens, API keys) replaced by ``***``."""
     from tuneforge.secrets import redact
 
-    return OmegaConf.to_yaml(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))))
+    return redact(OmegaConf.to_container(cfg, resolve=True))
+
+
+def resolved_config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML with secrets (tokens, API keys) replaced by ``***``."""
+    return OmegaConf.to_yaml(OmegaConf.create(redacted_config(cfg)))
+
+
+def read_status(run_dir: Path) -> dict:
+    """``<run_dir>/status.json`` as a dict ({} when absent or unreadable)."""
+    try:
+        value = json.loads((Path(run_dir) / "status.json").read_text())
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def trained_nothing(status: dict) -> bool:
+    """True for a run that failed or was interrupted before its first optimizer step."""
+    return status.get("status") in ("failed", "interrupted") and not status.get("steps")
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     """Check the run directory against ``cfg.resume``; return the checkpoint to resume from.
 
-    A directory that already holds another run (different model, adapter or
-    data) or a completed run is refused unless ``resume=never``.
+    * A completed run is refused (``resume=never`` or another directory to
+      train again; ``tuneforge eval`` re-scores it), whatever ``resume`` says
+      otherwise: its final checkpoint would "resume" into a 0-step run that
+      overwrites the real run's metrics and report.
+    * A directory that holds another run (different model, adapter or data)
+      is refused unless ``resume=never`` — except a run that failed before its
+      first optimizer step (bad data, say): nothing was trained, so the next
+      attempt may reuse the directory with other settings.
     """
-    from tuneforge.training.checkpoint import (
-        CheckpointError, check_same_run, identity_differences, resolve_resume, run_identity)
+    from tuneforge.training.checkpoint import CheckpointError, check_same_run, resolve_resume
 
+    never = str(cfg.resume) in ("never", "none", "false")
+    status = read_status(run_dir)
+    if status.get("status") == "completed" and not never:
+        _refuse_another_run(cfg, run_dir)
+        steps = f" ({status['steps']} steps)" if status.get("steps") else ""
+        raise CheckpointError(f"run_dir={run_dir} holds a completed run{steps}; re-score it with `tuneforge eval "
+                              f"run_dir={run_dir}`, or train again with resume=never or another run_dir")
     checkpoint = resolve_resume(str(cfg.resume), run_dir)
     if checkpoint is not None:
         check_same_run(checkpoint, cfg)
         log.info("resuming from %s", checkpoint)
         return checkpoint
-    if str(cfg.resume) in ("never", "none", "false"):
-        return None
-    saved_config, status_file = run_dir / "config.yaml", run_dir / "status.json"
+    if not (never or trained_nothing(status)):
+        _refuse_another_run(cfg, run_dir)
+    return None
+
+
+def _refuse_another_run(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse a directory whose saved config names another model, adapter or data."""
+    from tuneforge.training.checkpoint import CheckpointError, identity_differences, run_identity
+
+    saved_config = run_dir / "config.yaml"
     if saved_config.is_file():
         differences = identity_differences(run_identity(OmegaConf.load(saved_config)), run_identity(cfg))
         if differences:
             raise CheckpointError(f"{run_dir} holds a different run: {'; '.join(differences)}. Use another run "
                                   "directory, or resume=never to overwrite it")
-    if status_file.is_file() and json.loads(status_file.read_text()).get("status") == "completed":
-        raise CheckpointError(f"{run_dir} holds a completed run; use another run directory, or resume=never to "
-                              "train it again from the start")
-    return None
+
+
+def segment_history(run_dir: Path) -> list:
+    """The training segments recorded so far (one per start or resume), from ``status.json``."""
+    return list(read_status(run_dir).get("segments") or [])
+
+
+def summed_throughput(segments: list) -> dict:
+    """Tokens, fit time and tokens/s over all segments of a run (each segment as ``throughput``)."""
+    tokens = sum(int(s.get("tokens") or 0) for s in segments)
+    seconds = sum(float(s.get("fit_time_s") or 0.0) for s in segments)
+    timed = sum(float(s.get("timed_s") or s.get("fit_time_s") or 0.0) for s in segments)
+    timed_tokens = sum(int(s.get("timed_tokens") if s.get("timed_tokens") is not None else s.get("tokens") or 0)
+                       for s in segments)
+    return {"fit_time_s": seconds, "tokens": tokens, "tokens_per_s": timed_tokens / max(timed, 1e-9),
+            "segments": len(segments)}
 
 
 def read_metric_rows(path: Path) -> list:

@@ -54,6 +54,21 @@ def ensure_writable_directory(run_dir: Path) -> Path:
     return run_dir
 
 
+def check_usable(run_dir: Path) -> None:
+    """Like :func:`ensure_writable_directory` but creates nothing: the directory, or the nearest
+    existing folder above it, must be a writable directory on a writable file system."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryUnusable(f"run_dir={run_dir} is a file, not a directory; give a directory path")
+    existing = next(p for p in [run_dir, *run_dir.parents] if p.exists())
+    if not existing.is_dir():
+        raise RunDirectoryUnusable(f"run_dir={run_dir}: {existing} is a file, so the directory cannot be created")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise RunDirectoryUnusable(f"run_dir={run_dir} is on a read-only file system; choose a writable directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirectoryUnusable(f"run_dir={run_dir} is not writable by this user; choose a writable directory")
+
+
 def _explain(run_dir: Path, exc: OSError) -> str:
     if is_disk_full(exc):
         return f"run_dir={run_dir}: no space left on the device; free some space or choose another directory"

@@ -1,21 +1,27 @@
-"""The ``lightning.Trainer`` of a run (strategy, precision, CSV logger, safe checkpoint IO) and its
+"""The ``lightning.Trainer`` of a run (strategy, precision, loggers, safe checkpoint IO) and its
 token-counting callback."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from tuneforge.errors import ConfigError
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
-    """A ``lightning.Trainer`` from ``cfg.trainer`` and ``cfg.strategy``, logging CSV into the run dir."""
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Optional[list] = None):
+    """A ``lightning.Trainer`` from ``cfg.trainer`` and ``cfg.strategy``.
+
+    ``loggers``: Lightning loggers, the one writing ``<run_dir>/metrics.csv``
+    first (:meth:`tuneforge.training.loggers.RunLoggers.lightning_loggers`);
+    default: only that CSV logger.
+    """
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
 
     from tuneforge.training.checkpoint import safe_checkpoint_io
+    from tuneforge.training.loggers import run_metrics_logger
 
     import warnings
 
@@ -33,7 +39,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list):
         gradient_clip_val=t.gradient_clip_val, gradient_clip_algorithm=t.gradient_clip_algorithm,
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
         deterministic=t.deterministic, enable_checkpointing=False, default_root_dir=str(run_dir),
-        logger=CSVLogger(save_dir=str(run_dir), name="", version=""), callbacks=callbacks,
+        logger=loggers if loggers is not None else [run_metrics_logger(run_dir)], callbacks=callbacks,
         num_sanity_val_steps=0, enable_model_summary=False, plugins=[safe_checkpoint_io()],
         use_distributed_sampler=False)  # ResumableSampler shards by rank itself
 

@@ -1,0 +1,87 @@
+"""Fault tests of the run directory: two runs at once, a completed run rerun, a failed run reused,
+unusable directories, nothing written to the working directory, metrics summed over resumes."""
+
+import json
+import subprocess
+import time
+
+from helpers import TUNEFORGE, run_cli
+
+FAST = ["trainer.enable_progress_bar=false", "threads=1", "evaluators=[]"]
+
+
+def _error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("tuneforge: error:")]
+
+
+def test_two_runs_on_one_directory_one_is_refused_at_once(tmp_path):
+    run_dir = tmp_path / "run"
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(__import__("helpers").FIXTURES / "steplog"))
+    slow = ["callbacks=[batch_log]", f"callbacks.batch_log.path={tmp_path / 'batches.log'}",
+            "callbacks.batch_log.sleep_s=0.5"]  # ~10 s of training: the second run starts meanwhile
+    first = subprocess.Popen([*TUNEFORGE, "train", *FAST, *slow, "trainer.max_steps=20", f"run_dir={run_dir}"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "batches.log").is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (tmp_path / "batches.log").is_file(), "the first run never started training"
+        started = time.time()
+        second = run_cli(["train", *FAST, "trainer.max_steps=3", "adapter.r=4", f"run_dir={run_dir}"], cwd=tmp_path)
+        assert first.poll() is None, "the first run ended before the second started: the test proves nothing"
+        took = time.time() - started
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert second.returncode == 2, second.stderr[-2000:]
+    lines = _error_lines(second)
+    assert len(lines) == 1 and "is in use by tuneforge train (pid" in lines[0], second.stderr[-2000:]
+    assert took < 30
+    assert first.returncode == 0, err[-2000:]
+    saved = (run_dir / "config.yaml").read_text()
+    assert "r: 8" in saved and "r: 4" not in saved  # the config is the first run's
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 20
+    assert not (tmp_path / "runs").exists()  # run_dir given: nothing in the working directory
+    assert (run_dir / "train.log").is_file()  # the run's log is in its own directory
+
+
+def test_a_completed_run_is_refused_and_keeps_its_evidence(tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_cli(["train", *FAST, "trainer.max_steps=3", f"run_dir={run_dir}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = (run_dir / "metrics.json").read_text()
+    again = run_cli(["train", *FAST, "trainer.max_steps=3", f"run_dir={run_dir}"], cwd=tmp_path)
+    assert again.returncode == 2
+    lines = _error_lines(again)
+    assert len(lines) == 1 and "holds a completed run (3 steps)" in lines[0] and "tuneforge eval" in lines[0]
+    assert (run_dir / "metrics.json").read_text() == before
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    fresh = run_cli(["train", *FAST, "trainer.max_steps=2", "resume=never", f"run_dir={run_dir}"], cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 2
+
+
+def test_a_run_that_failed_before_training_leaves_a_reusable_directory(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "q", "output": "a"}\n{"instruction": 3}\n')
+    run_dir = tmp_path / "run"
+    failed = run_cli(["train", *FAST, "data=jsonl", f"data.path={bad}", "trainer.max_steps=2",
+                      f"run_dir={run_dir}"], cwd=tmp_path)
+    assert failed.returncode == 2 and len(_error_lines(failed)) == 1, failed.stderr[-2000:]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and not status["steps"]
+    fixed = run_cli(["train", *FAST, "trainer.max_steps=2", "adapter.r=4", f"run_dir={run_dir}"], cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+
+
+def test_unusable_run_directories_are_one_line(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for target, expected in ((taken, "is a file, not a directory"), (taken / "below", "is a file, so")):
+        result = run_cli(["train", *FAST, "trainer.max_steps=1", f"run_dir={target}"], cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = _error_lines(result)
+        assert len(lines) == 1 and expected in lines[0]
+        assert "Traceback" not in result.stderr
