@@ -44,8 +44,8 @@ def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig, *,
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logits, labels = shift_for_next_token(logits, batch["labels"])
-            token_nll = F.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX,
-                                        reduction="none")
+            token_nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+                                        ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
             row_nll, row_n = token_nll.sum(-1).double(), (labels != IGNORE_INDEX).sum(-1)
             total += float(row_nll.sum())
             count += int(row_n.sum())
