@@ -257,8 +257,9 @@ def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, spli
                         "scores": one_pass.example_scores, "timings": one_pass.timings,
                         "prompt_tokens": prompt_tokens_per_query(tokenizer, examples, splits.chat_template),
                         "predictions": rows}
-        log.info("baseline %s: %s", columns[key]["label"],
-                 ", ".join(f"{name} {value:.4g}" for name, value in sorted(values.items())) or "no metric")
+        if context is None or context.is_main:
+            log.info("baseline %s: %s", columns[key]["label"],
+                     ", ".join(f"{name} {value:.4g}" for name, value in sorted(values.items())) or "no metric")
     return columns, skipped
 
 
