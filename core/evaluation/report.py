@@ -304,7 +304,7 @@ def build_blocks(metrics: dict, *, config_yaml: str = "", predictions: Sequence[
     else:
         blocks.append(("p", "No held-out metrics." if sections else "No evaluator metrics."))
     if "metrics" in images:
-        blocks.append(("img", images["metrics"], "per-metric bars, base vs tuned"))
+        blocks.append(("img", images["metrics"], "per-metric bars, every column with its 95% interval"))
     blocks += _columns_blocks(metrics)
     for section, rows in sections.items():
         if section != HELD_OUT:
