@@ -24,6 +24,7 @@ from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError, DataError, ModelError, PluginError, TuneforgeError
 from tuneforge.specs import (
     AdapterSpec,
+    BaselineSpec,
     CallbackSpec,
     DatasetSpec,
     EvaluatorSpec,
@@ -41,8 +42,8 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
-    "AdapterSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec", "EvaluatorSpec",
-    "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec", "PluginError",
-    "RunContext", "TuneforgeError", "hookimpl", "validation",
+    "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec",
+    "EvaluatorSpec", "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec",
+    "PluginError", "RunContext", "TuneforgeError", "hookimpl", "validation",
     "__version__",
 ]

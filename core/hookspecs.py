@@ -112,6 +112,23 @@ def tuneforge_loggers():
     """
 
 
+@hookspec
+def tuneforge_baselines():
+    """Return :class:`~tuneforge.specs.BaselineSpec` objects.
+
+    Selected as a list with ``baselines=[a,b]`` (default
+    ``[few_shot,retrieval]``; ``baselines=[]`` switches them off); each
+    rewrites the held-out prompts for the base model (e.g. demonstrations
+    from the training set before the user turn), and the selected held-out
+    evaluators score the result as one more column next to ``base`` and
+    ``tuned``, with confidence intervals and prompt-token cost, so the run's
+    verdict says whether fine-tuning beat prompting.  Built-ins:
+    ``few_shot`` (k random training examples as demonstrations) and
+    ``retrieval`` (the k training examples most similar to each held-out
+    prompt, ranked by BM25).
+    """
+
+
 # ---------------------------------------------------------------------------
 # Lifecycle hooks
 # ---------------------------------------------------------------------------

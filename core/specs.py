@@ -324,6 +324,37 @@ class CallbackSpec(_Spec):
             raise TypeError(f"callback '{self.name}': give 'build' (a Lightning callback), 'on_run_end' or both")
 
 
+@dataclass(frozen=True)
+class BaselineSpec(_Spec):
+    """A prompting baseline: the base model, prompted better, as a column next to base and tuned
+    (config group ``baselines``; several run, by default ``few_shot`` and ``retrieval``).
+
+    ``rewrite(model, tokenizer, train, held_out, config) -> examples`` gets
+    the base model (before training), its tokenizer, the training examples,
+    the held-out examples and the baseline's own config node, and returns
+    the held-out examples, in the same order, with their ``messages``
+    rewritten: extra turns (demonstrations, a system prompt) before each
+    example's own turns, which stay as they were at the end (so the
+    reference is unchanged).  It may also accept the keywords ``seed`` (the
+    run's), ``chat_template`` (the data's) and ``context`` (the
+    :class:`tuneforge.RunContext`).  It must not change the model or use a
+    held-out example as a demonstration; the host checks both the kept
+    turns and that no held-out (prompt, answer) pair appears among the added
+    turns, re-tokenizes the rewritten examples (loss on the example's own
+    answer only) and scores them with the selected held-out evaluators in
+    one evaluation pass, as the column ``<name>``.
+
+    ``describe(config) -> str``: the column's label in the report and the
+    verdict (e.g. ``"retrieval, k=4"``); the name when omitted.
+    """
+
+    kind: ClassVar[str] = "baseline"
+    required: ClassVar[tuple[str, ...]] = ("rewrite",)
+    optional: ClassVar[tuple[str, ...]] = ("describe",)
+    rewrite: Optional[Callable[..., list]] = None
+    describe: Optional[Callable[[Any], str]] = None
+
+
 def call_accepting(function: Callable, *args, **optional):
     """``function(*args, **kw)`` where ``kw`` are the ``optional`` keywords its signature accepts.
 
@@ -403,4 +434,5 @@ SPEC_KINDS: dict[type, tuple[str, str, bool]] = {
     EvaluatorSpec: ("evaluators", "tuneforge_evaluators", True),
     CallbackSpec: ("callbacks", "tuneforge_callbacks", True),
     LoggerSpec: ("loggers", "tuneforge_loggers", True),
+    BaselineSpec: ("baselines", "tuneforge_baselines", True),
 }

@@ -11,6 +11,10 @@ setting, ``trainer.limit_val_batches=0``, or a dataset with no held-out
 share), and otherwise at the first check when no validation has run yet
 (e.g. ``trainer.max_steps`` ends training inside the first epoch and no
 ``trainer.val_check_interval`` is set), instead of Lightning's traceback.
+
+With ``callbacks.early_stopping.restore_best=true`` the trainable weights of
+the best validation are kept in memory and loaded back when training ends,
+so the tuned evaluation and ``model/`` get the best step, not the last.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ class EarlyStoppingConfig:
     divergence_threshold: stop as soon as the metric is worse than this.
     check_finite: stop when the metric becomes NaN or infinite.
     strict: a missing ``monitor`` metric is an error (otherwise a warning).
+    restore_best: when training ends, load back the trainable weights of the
+        validation with the best ``monitor`` value (kept in memory: only the
+        trainable parameters, small for adapters); the restored step is the
+        run's ``train/early_stopping/restored_step`` in metrics.json.
     """
 
     monitor: str = "val/loss"
@@ -44,6 +52,7 @@ class EarlyStoppingConfig:
     divergence_threshold: Optional[float] = None
     check_finite: bool = True
     strict: bool = True
+    restore_best: bool = False
 
     def __post_init__(self) -> None:
         finite = at_least(-math.inf)
@@ -58,6 +67,7 @@ NO_VALIDATION = ("callbacks.early_stopping acts only when validation runs, and {
 
 
 def build_early_stopping(config: EarlyStoppingConfig):
+    import torch
     from lightning.pytorch.callbacks import EarlyStopping
 
     if config.mode not in ("min", "max"):
@@ -71,7 +81,22 @@ def build_early_stopping(config: EarlyStoppingConfig):
                 if trainer.val_check_interval == 1.0:  # Lightning's value for "unset"
                     why += " (with trainer.val_check_interval unset, validation runs only after a full epoch)"
                 raise tuneforge.ConfigError(NO_VALIDATION.format(why=why))
+            before = self.best_score.detach().clone()
             super()._run_early_stopping_check(trainer)
+            if config.restore_best and not torch.equal(before, self.best_score.to(before.device)):
+                self.best_step = int(trainer.global_step)  # a new best: keep the trainable state
+                self.best_state = {name: p.detach().to("cpu", copy=True)
+                                   for name, p in trainer.lightning_module.named_parameters() if p.requires_grad}
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            super().on_train_end(trainer, pl_module)
+            if getattr(self, "best_state", None) is None:
+                return
+            parameters = dict(pl_module.named_parameters())
+            with torch.no_grad():
+                for name, value in self.best_state.items():
+                    parameters[name].copy_(value.to(parameters[name].device))
+            trainer.callback_metrics["early_stopping/restored_step"] = torch.tensor(float(self.best_step))
 
     return ValidatedEarlyStopping(monitor=config.monitor, mode=config.mode, patience=config.patience,
                                   min_delta=config.min_delta, stopping_threshold=config.stopping_threshold,

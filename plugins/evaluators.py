@@ -10,8 +10,8 @@ import tuneforge
 from tuneforge.data import IGNORE_INDEX, pad_batch
 from tuneforge.errors import DataError
 from tuneforge.evaluation import (EvaluationPass, map_batches, prompts_and_references, record_predictions,
-                                  split_example)
-from tuneforge.losses import shift_for_next_token, token_nll_sum
+                                  record_scores, split_example)
+from tuneforge.losses import shift_for_next_token
 from tuneforge.plugins.evaluators_generation import valid_few_shot
 from tuneforge.validation import at_least, check, non_empty
 
@@ -28,9 +28,12 @@ class PerplexityConfig:
 
 def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig, *,
                         evaluation: Optional[EvaluationPass] = None) -> dict:
-    """Token-weighted mean loss over ``examples``; under DDP the batches are shared out across ranks
-    (:func:`tuneforge.evaluation.map_batches`) and the per-batch sums added in the original order."""
+    """Token-weighted mean loss of the targets; under DDP the batches are shared out across ranks
+    (:func:`tuneforge.evaluation.map_batches`) and gathered in the original order.  Records each
+    example's mean token loss with its token count as weight (their weighted mean is the loss) for
+    the run's interval."""
     import torch
+    import torch.nn.functional as F
 
     if not examples:
         return {}
@@ -40,14 +43,22 @@ def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig, *,
         batch = {k: v.to(device) for k, v in pad_batch(part, tokenizer.pad_token_id).items()}
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            nll, n = token_nll_sum(*shift_for_next_token(logits, batch["labels"]))
-        return float(nll), int(n)
+            logits, labels = shift_for_next_token(logits, batch["labels"])
+            token_nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+                                        ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+            row_nll, row_n = token_nll.sum(-1).double(), (labels != IGNORE_INDEX).sum(-1)
+        return [float(v) for v in row_nll], [int(n) for n in row_n]
 
     total, count = 0.0, 0
-    for nll, n in map_batches(batch_nll, list(examples), config.batch_size, evaluation):
-        total += nll
-        count += n
+    losses, weights = [], []
+    for row_nll, row_n in map_batches(batch_nll, list(examples), config.batch_size, evaluation):
+        total += sum(row_nll)
+        count += sum(row_n)
+        losses += [v / max(n, 1) for v, n in zip(row_nll, row_n)]
+        weights += row_n
     loss = total / max(count, 1)
+    if count:
+        record_scores("loss", losses, weights=weights, evaluation=evaluation)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
@@ -148,14 +159,16 @@ def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: 
         pairs += [(prompt, option) for option in options]
         answers.append(answer)
     scores = score_continuations(model, tokenizer, pairs, config.batch_size, evaluation)
-    hits, rows = 0, []
+    hits, rows, per_example = 0, [], []
     for example, prompt, (offset, options), answer in zip(examples, prompts, spans, answers):
         values = [s / n if config.length_normalize else s for s, n in scores[offset:offset + len(options)]]
         chosen = max(range(len(options)), key=values.__getitem__)
         hits += chosen == answer
+        per_example.append(float(chosen == answer))
         rows.append({"source": example.get("source", ""), "prompt": prompt, "reference": options[answer],
                      "output": options[chosen]})
     record_predictions(set_name, "choice", tuple(prompts), rows, evaluation=evaluation)
+    record_scores("accuracy", per_example, evaluation=evaluation)
     return {"accuracy": hits / len(examples)}
 
 

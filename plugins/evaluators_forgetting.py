@@ -21,7 +21,8 @@ from tuneforge.evaluation import EvaluationPass
 from tuneforge.plugins.evaluators import (CHOICE_ACCURACY, PERPLEXITY_METRICS, ChoiceConfig, PerplexityConfig,
                                           evaluate_choice, evaluate_perplexity)
 from tuneforge.plugins.evaluators_generation import (BLEU_TOKENIZERS, GENERATION_METRICS, SCORE_KEYS, predict,
-                                                     score_predictions, valid_few_shot, valid_pattern)
+                                                     record_example_scores, score_predictions, valid_few_shot,
+                                                     valid_pattern)
 from tuneforge.validation import at_least, check, existing_path, is_placeholder, non_empty, one_of
 
 VALID_METRICS = (*GENERATION_METRICS, "choice", "perplexity")
@@ -127,10 +128,13 @@ def evaluate_forgetting(model, tokenizer, examples, config: ForgettingConfig, *,
             sub.limit = None
             results.update({"choice_accuracy": v for v in evaluate_choice(
                 model, tokenizer, reference, sub, set_name="forgetting", evaluation=evaluation).values()})
+            if evaluation is not None and "accuracy" in evaluation.scores:
+                evaluation.scores["choice_accuracy"] = evaluation.scores.pop("accuracy")
         else:
             if rows is None:
                 rows = predict(model, tokenizer, reference, config, set_name="forgetting", evaluation=evaluation)
             sub = _sub_config(GENERATION_METRICS[metric][0], config)
+            record_example_scores(metric, rows, reference, sub, evaluation)
             results.update(score_predictions(metric, [r["output"] for r in rows], [r["reference"] for r in rows],
                                              reference, sub))
     return results

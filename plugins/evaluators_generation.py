@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import tuneforge
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.evaluation import EvaluationPass, few_shot_messages, generate_predictions
+from tuneforge.evaluation import EvaluationPass, few_shot_messages, generate_predictions, record_scores
 from tuneforge.validation import at_least, check, non_empty, one_of
 
 #: sacrebleu's BLEU tokenizers (``sacrebleu.metrics.bleu``)
@@ -254,6 +254,32 @@ def score_predictions(metric: str, predictions, references, examples, config) ->
     raise ConfigError(f"unknown generation metric '{metric}'; valid: {', '.join(GENERATION_METRICS)}")
 
 
+def example_scores(metric: str, predictions, references, examples, config) -> Optional[list]:
+    """Per-example scores whose mean is the metric (1/0 for a match, the F-measure for ROUGE-L), for
+    the run's confidence intervals; None for the corpus-level ``bleu`` and ``chrf``."""
+    if metric in ("exact_match", "contains"):
+        norm = _norm_options(config)
+        same = (lambda p, r: normalize(p, **norm) == normalize(r, **norm)) if metric == "exact_match" \
+            else (lambda p, r: normalize(r, **norm) in normalize(p, **norm))
+        return [float(same(p, r)) for p, r in zip(predictions, references)]
+    if metric == "regex":
+        patterns = regex_patterns(examples, config)
+        return [score_regex([p], [pattern], fullmatch=config.fullmatch, ignore_case=config.ignore_case)["regex"]
+                for p, pattern in zip(predictions, patterns)]
+    if metric == "rouge":
+        return [score_rouge([p], [r], use_stemmer=config.use_stemmer)["rougeL"]
+                for p, r in zip(predictions, references)]
+    return None
+
+
+def record_example_scores(metric: str, rows: list, examples, config,
+                          evaluation: Optional[EvaluationPass] = None) -> None:
+    """:func:`tuneforge.evaluation.record_scores` of :func:`example_scores` under the metric's key."""
+    values = example_scores(metric, [r["output"] for r in rows], [r["reference"] for r in rows], examples, config)
+    if values is not None:
+        record_scores(SCORE_KEYS[metric], values, evaluation=evaluation)
+
+
 def limited(examples, limit):
     return list(examples) if limit is None else list(examples)[: int(limit)]
 
@@ -272,6 +298,7 @@ def _evaluator(metric: str):
         if not examples:
             return {}
         rows = predict(model, tokenizer, examples, config, evaluation=evaluation)
+        record_example_scores(metric, rows, examples, config, evaluation)
         return score_predictions(metric, [r["output"] for r in rows], [r["reference"] for r in rows],
                                  examples, config)
 

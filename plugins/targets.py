@@ -14,8 +14,14 @@ Select it like any callback and list the checks, each ``"<value> <op> <number>"`
 ``tuned`` (evaluator results, named as in the comparison table), ``change``
 (tuned minus base), ``data`` (dataset counts such as ``train_examples``),
 ``train``, ``throughput``, ``parameters``; or a top-level number such as
-``steps`` or ``wall_time_s``.  ``<op>`` is one of ``<=``, ``>=``, ``<``,
-``>``, ``==``.
+``steps`` or ``wall_time_s``.  A prompting baseline's column is
+``<baseline>:<key>`` (``retrieval:exact_match``) and the change of tuned
+over it ``tuned-<baseline>:<key>``.  The prefixes ``ci_low:`` and
+``ci_high:`` read the bounds of the 95% interval of a column's metric or of
+a change (``"ci_low:change:exact_match >= 0.5"``: tuned beats base by at
+least 50 points even at the interval's low end), and ``p_value:`` the
+McNemar p-value of a change of 0/1 scores.  ``<op>`` is one of ``<=``,
+``>=``, ``<``, ``>``, ``==``.
 
 The checks run when a completed run ends (the callback's ``on_run_end``,
 after the tuned evaluation), in the main process only: a block with PASS or
@@ -74,14 +80,34 @@ def parse_check(expression: str) -> tuple[str, str, float]:
     return match["ref"], match["op"], float(match["bound"])
 
 
+#: prefixes that read a change's or a column's interval, or a change's McNemar p-value
+STATISTICS = {"ci_low": "low", "ci_high": "high", "p_value": "p_value"}
+
+
 def lookup(metrics: dict, ref: str) -> Optional[float]:
-    """The number ``ref`` names in ``metrics`` (``change:<key>`` is tuned minus base); None when absent."""
+    """The number ``ref`` names in ``metrics`` (``change:<key>`` is tuned minus base); None when absent.
+
+    ``ci_low:<ref>`` / ``ci_high:<ref>`` are the bounds of the 95% interval of
+    a column's metric (``tuned:exact_match``) or of a change (``change:...``,
+    ``tuned-<baseline>:...``); ``p_value:<change>:<key>`` is McNemar's p.
+    A baseline's column is ``<baseline>:<key>`` (``retrieval:exact_match``).
+    """
     section, _, key = ref.partition(":")
-    if not key:
+    if section in STATISTICS and key:
+        column, _, name = key.partition(":")
+        if column in (metrics.get("changes") or {}):
+            value = ((metrics["changes"][column] or {}).get(name) or {}).get(STATISTICS[section])
+        else:
+            value = (((metrics.get("intervals") or {}).get(column) or {}).get(name) or {}).get(STATISTICS[section])
+    elif not key:
         value = metrics.get(section)
     elif section == "change":
         base, tuned = lookup(metrics, f"base:{key}"), lookup(metrics, f"tuned:{key}")
         value = None if base is None or tuned is None else tuned - base
+    elif section in (metrics.get("changes") or {}):
+        value = ((metrics["changes"][section] or {}).get(key) or {}).get("value")
+    elif section not in metrics and section in (metrics.get("baselines") or {}):
+        value = (metrics["baselines"][section] or {}).get(key)
     else:
         value = (metrics.get(section) or {}).get(key)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -191,7 +191,7 @@ def test_a_third_party_plugin_receives_its_dataclass_with_plain_lists_and_dicts(
     recorder = Recorder()
     result = run_tiny_fit(tmp_path, plugins=[recorder], overrides=[
         "adapter=recording", "adapter.sizes=[3,4,5]", "evaluators=[recording_eval]", "callbacks=[recording_cb]",
-        "+callbacks.recording_cb.weights.b=2.0", "trainer.max_steps=1"])
+        "+callbacks.recording_cb.weights.b=2.0", "trainer.max_steps=1", "baselines=[]", "memorisation.sample=0"])
     adapter, callback = recorder.seen["adapter"], recorder.seen["callback"]
     assert type(adapter) is RecordingConfig and adapter.sizes == [3, 4, 5] and type(adapter.sizes) is list
     assert type(callback) is RecordingConfig and callback.weights == {"a": 1.0, "b": 2.0} and type(callback.weights) is dict

@@ -228,6 +228,7 @@ def test_glaive_tool_call_file_trains_and_evaluation_prompts_hold_the_tools(tmp_
     assert result.metrics["steps"] == 2
     assert result.metrics["data"]["formats"] == {"chat": 5}
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if row["set"] == "val"]  # not the memorisation sample
     assert len(rows) == 1 and rows[0]["source"].endswith("glaive_toolcall.json:row 0")
     assert "<tools>\n" in rows[0]["prompt"] and '"name": "search_recipes"' in rows[0]["prompt"]
     assert "<tool_response>" in rows[0]["prompt"] and rows[0]["prompt"].endswith("<|im_start|>assistant\n")

@@ -69,6 +69,15 @@ def test_demo_shortened_on_smollm2(tmp_path):
     assert forgetting_base >= 0.8, "the forgetting set should hold questions the base model answers"
     assert metrics["tuned"]["forgetting/contains"] >= forgetting_base - 0.2
 
+    # the prompting baselines ran next to base and tuned, with intervals and a verdict from the numbers
+    assert set(metrics["baselines"]) == {"few_shot", "retrieval"}
+    for column in ("base", "few_shot", "retrieval", "tuned"):
+        interval = metrics["intervals"][column]["exact_match"]
+        assert interval["n"] == 12 and interval["low"] <= interval["high"]
+    assert metrics["cost"]["retrieval"]["prompt_tokens_per_query"] > 2 * metrics["cost"]["tuned"]["prompt_tokens_per_query"]
+    assert metrics["verdict"]["metric"] == "exact_match" and "verdict: " in done.stdout
+    assert metrics["memorisation"]["sample"] == 30
+
     saved = json.loads((run_dir / "targets.json").read_text())
     assert {c["label"] for c in saved["checks"]} >= {"tuned exact match at least 90%",
                                                       "forgetting drop at most 5 points"}

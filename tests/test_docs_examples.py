@@ -181,8 +181,10 @@ def test_documented_run_facts_hold(tmp_path):
     assert len(train_losses(result.run_dir)) == 5  # train/loss, one row per optimizer step
     assert {"perplexity/loss", "exact_match"} <= set(metrics["base"])
     rows = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").read_text().splitlines()]
-    assert rows and all(set(row) == {"set", "kind", "source", "prompt", "reference", "base", "tuned"} for row in rows)
-    assert {row["set"] for row in rows} == {"val"} and {row["kind"] for row in rows} == {"generation"}
+    held_out = [row for row in rows if row["set"] == "val"]  # the rest: the memorisation sample ("train")
+    assert held_out and all({"set", "kind", "source", "prompt", "reference", "base", "tuned", "few_shot",
+                             "retrieval"} <= set(row) for row in held_out)
+    assert {row["set"] for row in rows} == {"val", "train"} and {row["kind"] for row in rows} == {"generation"}
 
 
 @pytest.mark.parametrize("override, value", [

@@ -213,7 +213,7 @@ def test_run_chat_template_is_saved_with_the_model_used_and_exported(tmp_path):
         "evaluators.exact_match.max_new_tokens=2"]).run_dir
     (tmp_path / "t.jinja").unlink()
     assert run_tokenizer(run).chat_template == template
-    rows = [json.loads(line) for line in (run / "predictions.jsonl").open()]
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").open() if json.loads(line)["set"] == "val"]
     assert rows and all(row["prompt"].startswith("[user] ") and row["prompt"].endswith("[assistant] ")
                         for row in rows)
 

@@ -120,14 +120,30 @@ def test_run_writes_the_report(tiny_run):
 
 
 def test_predictions_side_by_side(tiny_run):
-    rows = [json.loads(line) for line in (tiny_run.run_dir / "predictions.jsonl").open()]
+    every = [json.loads(line) for line in (tiny_run.run_dir / "predictions.jsonl").open()]
+    rows = [row for row in every if row["set"] == "val"]
     assert len(rows) == 6  # exact_match and chrf shared one generation per held-out example
+    columns = {f"{b}{suffix}" for b in ("few_shot", "retrieval") for suffix in ("", "_prompt", "_demonstrations")}
     for row in rows:
-        assert set(row) == {"set", "kind", "source", "prompt", "reference", "base", "tuned"}
+        assert set(row) == {"set", "kind", "source", "prompt", "reference", "base", "tuned", *columns}
         assert row["prompt"].endswith("<|im_start|>assistant\n")  # the final assistant turn is left out
         assert f"assistant\n{row['reference']}<|im_end|>" not in row["prompt"]
+        for baseline in ("few_shot", "retrieval"):  # the same question after 4 demonstrations
+            own = row["prompt"].split("<|im_end|>\n", 1)[1] if row["prompt"].startswith("<|im_start|>system") \
+                else row["prompt"]  # the example's turns after its system message
+            assert row[f"{baseline}_prompt"].endswith(own) and len(row[f"{baseline}_prompt"]) > len(row["prompt"])
+            assert len(row[f"{baseline}_demonstrations"]) == 4  # training sources (a chat may have several turns)
+            assert row[f"{baseline}_prompt"].count("<|im_start|>assistant\n") >= 5
+    train = [row for row in every if row["set"] == "train"]  # the memorisation sample, tuned model only
+    assert len(train) == min(30, tiny_run.metrics["data"]["train_examples"])
+    assert all(set(row) == {"set", "kind", "source", "prompt", "reference", "tuned"} for row in train)
     from tuneforge.plugins.evaluators_generation import score_exact_match
 
     for label in ("base", "tuned"):
         expected = score_exact_match([r[label] for r in rows], [r["reference"] for r in rows])["exact_match"]
         assert tiny_run.metrics[label]["exact_match"] == expected
+    for baseline in ("few_shot", "retrieval"):
+        expected = score_exact_match([r[baseline] for r in rows], [r["reference"] for r in rows])["exact_match"]
+        assert tiny_run.metrics["baselines"][baseline]["exact_match"] == expected
+    memorised = score_exact_match([r["tuned"] for r in train], [r["reference"] for r in train])["exact_match"]
+    assert tiny_run.metrics["memorisation"]["train"]["exact_match"] == memorised

@@ -51,7 +51,7 @@ def test_lora_loss_falls_over_20_steps_and_adapter_reloads_with_plain_peft(tmp_p
     probe = LogitProbe()
     result = run_tiny_fit(tmp_path, plugins=[probe], overrides=[
         "adapter=lora", "adapter.r=8", "trainer.max_steps=20", "optim.lr=1e-2",
-        "evaluators=[perplexity,logit_probe]"])
+        "evaluators=[perplexity,logit_probe]", "baselines=[]", "memorisation.sample=0"])  # probe: base, tuned
     losses = train_losses(tmp_path)
     assert len(losses) == 20
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses

@@ -4,10 +4,11 @@
     tuneforge compare runs/multirun/<date>            # or: tuneforge compare runs/a runs/b ...
 
 Reads each completed run's ``metrics.json``, prints one row per run (training
-examples, steps, every base and tuned metric) sorted by the number of
-training examples, and writes ``comparison.md`` and ``data_efficiency.png``
-(each tuned score against the number of training examples, base as a dashed
-line) into the first folder given, or ``out=<dir>``.  Which metrics are
+examples, steps, every base and tuned metric with its 95% bootstrap interval
+when the run saved one) sorted by the number of training examples, and
+writes ``comparison.md`` and ``data_efficiency.png`` (each tuned score
+against the number of training examples, its interval as error bars, base as
+a dashed line) into the first folder given, or ``out=<dir>``.  Which metrics are
 plotted follows the ``metric_info`` the runs saved (see
 :func:`plotted_metrics`), so no plugin is loaded.
 """
@@ -50,7 +51,9 @@ def load_rows(runs: list[Path]) -> list[dict]:
         rows.append({"run": str(run), "train_examples": data.get("train_examples", data.get("train_records")),
                      "steps": metrics.get("steps"), "base": metrics.get("base", {}),
                      "tuned": metrics.get("tuned", {}), "metric_info": metrics.get("metric_info", {}),
-                     "config": _flat_config(run / "config.yaml")})
+                     "config": _flat_config(run / "config.yaml"),
+                     "intervals": metrics.get("intervals", {}),
+                     "change": (metrics.get("changes") or {}).get("change", {})})
     return sorted(rows, key=lambda r: (r["train_examples"] is None, r["train_examples"] or 0, r["run"]))
 
 
@@ -90,18 +93,28 @@ def metric_names(rows: list[dict]) -> list[str]:
 
 def format_table(rows: list[dict]) -> list[list[str]]:
     """Header and one line per run: the settings that differ between runs (from each run's
-    ``config.yaml``), training examples, steps, then every base and tuned metric."""
+    ``config.yaml``), training examples, steps, then every base and tuned metric with its 95%
+    interval when the run saved one (``0.9667 [0.9000, 1.0000]``)."""
     names, settings = metric_names(rows), varied_settings(rows)
     header = (["run", *settings, "train examples", "steps"] + [f"{n} base" for n in names]
               + [f"{n} tuned" for n in names])
     body = [[Path(r["run"]).name, *(str(r.get("config", {}).get(k, "-")) for k in settings),
              str(r["train_examples"]), str(r["steps"])]
-            + [_fmt(r["base"].get(n)) for n in names] + [_fmt(r["tuned"].get(n)) for n in names] for r in rows]
+            + [_fmt(r["base"].get(n), _interval(r, "base", n)) for n in names]
+            + [_fmt(r["tuned"].get(n), _interval(r, "tuned", n)) for n in names] for r in rows]
     return [header, *body]
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _interval(row: dict, column: str, name: str):
+    return ((row.get("intervals") or {}).get(column) or {}).get(name)
+
+
+def _fmt(value, interval=None) -> str:
+    if value is None:
+        return "-"
+    if interval and interval.get("low") is not None:
+        return f"{value:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]"
+    return f"{value:.4f}"
 
 
 def plotted_metrics(rows: list[dict]) -> list[str]:
@@ -131,9 +144,12 @@ def plot_data_efficiency(rows: list[dict], path: Path) -> bool:
     figure = _figure(6.4, 3.6)
     axes = figure.add_subplot(1, 1, 1)
     for name in names:
-        xs = [r["train_examples"] for r in points if name in r["tuned"]]
-        line, = axes.plot(xs, [r["tuned"][name] for r in points if name in r["tuned"]], "o-",
-                          label=f"{name} (tuned)")
+        tuned = [r for r in points if name in r["tuned"]]
+        xs, ys = [r["train_examples"] for r in tuned], [r["tuned"][name] for r in tuned]
+        errors = [[max(0.0, y - (_interval(r, "tuned", name) or {}).get("low", y)) for r, y in zip(tuned, ys)],
+                  [max(0.0, (_interval(r, "tuned", name) or {}).get("high", y) - y) for r, y in zip(tuned, ys)]]
+        line = axes.errorbar(xs, ys, yerr=errors if any(map(any, errors)) else None, fmt="o-", capsize=4,
+                             label=f"{name} (tuned, 95% CI)" if any(map(any, errors)) else f"{name} (tuned)").lines[0]
         base = [r["base"][name] for r in points if name in r["base"]]
         if base:
             axes.axhline(sum(base) / len(base), linestyle="--", color=line.get_color(), alpha=0.6,

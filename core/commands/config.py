@@ -279,7 +279,7 @@ def format_root() -> str:
 
     hints = typing.get_type_hints(TuneforgeConfig)
     keep = [f for f in dataclasses.fields(TuneforgeConfig)
-            if f.name not in ("model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers")
+            if f.name not in ("model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "baselines")
             and not (isinstance(hints.get(f.name), type) and dataclasses.is_dataclass(hints[f.name]))]
     scalar = dataclasses.make_dataclass(  # the root's own keys: neither a section nor a component
         "RootKeys", [(f.name, hints[f.name], field(default=f.default)) for f in keep])
@@ -309,8 +309,8 @@ usage: tuneforge train [group=choice ...] [key=value ...] [-m] [--cfg job] [--de
 
 Fine-tune a model.  Arguments are Hydra overrides: group=choice selects a
 component (adapter=ia3), key=value sets a field (adapter.target_modules=[q_proj]),
-evaluators=[a,b] / callbacks=[a,b] select several, -m sweeps (data.max_examples=25,50),
---cfg job prints the composed config without running.  Values with special
+evaluators=[a,b] / callbacks=[a,b] / baselines=[a,b] select several, -m sweeps
+(data.max_examples=25,50), --cfg job prints the composed config without running.  Values with special
 characters are quoted: 'key="a,b"' (docs/plugins.md, "Override values").
 'tuneforge train --help group=choice ...' shows the fields of those choices;
 'tuneforge config show <group>=<choice>' one choice; 'tuneforge config groups' who provides what.

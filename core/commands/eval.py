@@ -8,6 +8,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from tuneforge.evaluation.comparison import summarize
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.training.model_io import load_saved_model
 from tuneforge.training.run_dir import write_outputs
@@ -18,7 +19,9 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
     The base model (``cfg.model``) is always scored; with ``run_dir`` the
     run's trained weights (``<run_dir>/model``) are loaded on top and scored
-    as ``tuned``.  With ``out_dir`` it receives ``metrics.json``,
+    as ``tuned``; every metric with per-example scores gets its bootstrap
+    interval (``intervals``, ``changes``; no prompting baselines run here).
+    With ``out_dir`` it receives ``metrics.json``,
     ``predictions.jsonl`` and the report.  ``cfg`` is validated first.
     """
     from tuneforge.host.components import run_components
@@ -48,6 +51,10 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
                                                       "tuned", chat_template=splits.chat_template)
     metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
+    settings = cfg.get("uncertainty") or {}
+    summarize(metrics, {"base": base_pass.example_scores, "tuned": tuned_pass.example_scores if tuned_pass else {}},
+              seed=int(cfg.seed), resamples=int(settings.get("resamples", 1000)),
+              confidence=float(settings.get("confidence", 0.95)))
     metrics["wall_time_s"] = time.time() - started
     if out_dir is not None:
         write_outputs(Path(out_dir), cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),

@@ -1,10 +1,17 @@
 """Evaluation: the public helpers for evaluator plugins (prompts, references, shared greedy
-generation, predictions; see :mod:`tuneforge.evaluation.generation`), the evaluator runner
+generation, predictions, per-example scores; see :mod:`tuneforge.evaluation.generation`) and for
+baseline plugins (demonstrations; :mod:`~tuneforge.evaluation.baselines`), the evaluator runner
 (:mod:`~tuneforge.evaluation.runner`) and the run report (:mod:`~tuneforge.evaluation.report`).
 
 Evaluator plugins import from here: ``from tuneforge.evaluation import generate_predictions``.
 """
 
+from tuneforge.evaluation.baselines import (
+    demonstration_pool,
+    demonstration_turns,
+    query_text,
+    with_demonstrations,
+)
 from tuneforge.evaluation.generation import (
     EvaluationPass,
     few_shot_messages,
@@ -14,6 +21,7 @@ from tuneforge.evaluation.generation import (
     model_device,
     prompts_and_references,
     record_predictions,
+    record_scores,
     split_example,
     with_few_shot,
 )
@@ -23,4 +31,5 @@ __all__ = [
     "EvaluationPass", "batches_of", "distributed_world", "few_shot_messages", "generate", "generate_predictions",
     "map_batches", "merge_predictions", "model_device", "prompts_and_references", "record_predictions", "split_example",
     "with_few_shot",
+    "demonstration_pool", "demonstration_turns", "query_text", "record_scores", "with_demonstrations",
 ]

@@ -27,6 +27,7 @@ the tokenizer's own chat template.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
@@ -45,6 +46,13 @@ class EvaluationPass:
     ``source``, ``prompt``, ``reference`` and ``output``; it is also the
     generation cache of the pass.  ``context``: reserved for the run context
     (which process this is, the run directory); None when there is none.
+    ``scores``: the per-example scores the running evaluator recorded
+    (:func:`record_scores`, ``{metric: {"values", "weights"}}``); the host
+    moves them into ``example_scores`` after each evaluator, under the
+    reported metric names (``forgetting/contains``).  ``timings``:
+    ``{set name: {"seconds", "queries"}}``, the time :func:`generate_predictions`
+    spent generating (cache hits cost nothing) and the most prompts one
+    generation covered.
     ``given_outputs``: ``{example source: output text}`` that
     :func:`generate_predictions` returns instead of generating (for
     ``tuneforge.testing.run_evaluator``; None in runs).
@@ -55,6 +63,9 @@ class EvaluationPass:
     predictions: dict = field(default_factory=dict)
     context: Any = None
     given_outputs: Optional[dict] = None
+    scores: dict = field(default_factory=dict)
+    example_scores: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -188,6 +199,7 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
     key = (set_name, "generation", (tuple(prompts), int(max_new_tokens)))
     if evaluation is not None and key in evaluation.predictions:
         return evaluation.predictions[key]
+    started = time.perf_counter()
     if evaluation is not None and evaluation.given_outputs is not None:
         outputs = [evaluation.given_outputs[ex.get("source", "")] for ex in examples]
     else:
@@ -201,7 +213,33 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
             for ex, p, r, o in zip(examples, prompts, references, outputs)]
     if evaluation is not None:
         evaluation.predictions[key] = rows
+        timing = evaluation.timings.setdefault(set_name, {"seconds": 0.0, "queries": 0})
+        timing["seconds"] += time.perf_counter() - started
+        timing["queries"] = max(timing["queries"], len(prompts))
     return rows
+
+
+def record_scores(metric: str, values: Sequence[float], *, weights: Optional[Sequence[float]] = None,
+                  evaluation: Optional[EvaluationPass] = None) -> None:
+    """Keep the per-example scores behind ``metric`` (the name ``evaluate`` returns, e.g. ``exact_match``).
+
+    ``values[i]`` scores the i-th example the evaluator was given, and the
+    returned metric must equal their mean, or with ``weights`` (e.g. each
+    example's token count) the weighted mean ``sum(w * v) / sum(w)``.  The
+    host bootstraps confidence intervals from them (and McNemar's test for
+    0/1 values); a metric returned without recorded scores (a corpus BLEU)
+    simply gets no interval, and scores whose mean does not match the
+    returned value are dropped with a warning.  Without a pass nothing is
+    kept.
+    """
+    if evaluation is None:
+        return
+    values = [float(v) for v in values]
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(values):
+            raise ValueError(f"record_scores({metric!r}): {len(values)} values but {len(weights)} weights")
+    evaluation.scores[metric] = {"values": values, "weights": weights}
 
 
 def record_predictions(set_name: str, kind: str, key, rows: list,

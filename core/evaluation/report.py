@@ -1,4 +1,5 @@
-"""The run report: the base-vs-tuned table, plots, ``report.md`` and a self-contained ``report.html``.
+"""The run report: the base-vs-tuned table, the prompting baselines with intervals and cost, the
+memorisation check and the verdict, plots, ``report.md`` and a self-contained ``report.html``.
 
 :func:`format_comparison` is the table printed at the end of a run.
 :func:`write_report` writes, into a run directory, ``loss_curves.png`` and
@@ -23,7 +24,15 @@ REPORT_PREDICTIONS = 10
 
 
 def format_comparison(metrics: dict) -> str:
-    """A table of every evaluator metric: base, tuned and the change."""
+    """A table of every evaluator metric: base, tuned and the change.
+
+    When the run has prompting baselines or intervals, every column (base
+    zero-shot, each baseline, tuned) is shown with a line of 95% intervals
+    under each metric, then the cost per query, the memorisation check and
+    the verdict paragraph (:func:`format_columns`).
+    """
+    if metrics.get("baselines") or metrics.get("intervals") or metrics.get("verdict"):
+        return format_columns(metrics)
     base, tuned = metrics.get("base", {}), metrics.get("tuned", {})
     names = sorted(set(base) | set(tuned))
     if not names:
@@ -36,6 +45,59 @@ def format_comparison(metrics: dict) -> str:
         fmt = lambda v: f"{v:10.4f}" if v is not None else f"{'-':>10}"  # noqa: E731
         lines.append(f"{name:<{width}}  {fmt(b)}  {fmt(t)}  {change}")
     return "\n".join(lines)
+
+
+def _interval_text(interval) -> str:
+    if not interval or interval.get("low") is None:
+        return "-"
+    return f"{interval['low']:.4f}..{interval['high']:.4f}"
+
+
+def format_columns(metrics: dict, width: int = 100) -> str:
+    """The printed comparison of a run with columns: values and interval lines, cost, memorisation, verdict."""
+    import textwrap
+
+    from tuneforge.evaluation.comparison import column_label, column_order, column_values
+
+    columns = column_order(metrics)
+    names = sorted({n for c in columns for n in column_values(metrics, c)})
+    if not names:
+        return "no evaluator metrics"
+    intervals, change = metrics.get("intervals") or {}, (metrics.get("changes") or {}).get("change") or {}
+    header = ["metric", *[column_label(metrics, c) for c in columns], "change"]
+    body = []
+    for name in names:
+        values = [column_values(metrics, c).get(name) for c in columns]
+        delta = change.get(name, {}).get("value")
+        body.append([name, *[_num(v) for v in values], _signed(delta) if delta is not None else ""])
+        cis = [_interval_text((intervals.get(c) or {}).get(name)) for c in columns]
+        test = change.get(name, {})
+        if any(ci != "-" for ci in cis) or "low" in test:
+            extra = f"  McNemar p={test['p_value']:.2g}" if test.get("p_value") is not None else ""
+            body.append(["  95% CI", *cis, (_interval_text(test) if "low" in test else "") + extra])
+    cost = metrics.get("cost") or {}
+    cost_rows = []
+    for key, title, digits in (("prompt_tokens_per_query", "prompt tokens / query", 1),
+                               ("generation_s_per_query", "generation s / query", 3), ("training_s", "training s", 1)):
+        cells = [(cost.get(c) or {}).get(key) for c in columns]
+        if any(v is not None for v in cells):
+            cost_rows.append([title, *[_num(v, digits) for v in cells], ""])
+    rows = [header, *body, *([["", *[""] * len(columns), ""], *cost_rows] if cost_rows else [])]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:-1], widths[1:])]
+        lines.append(("  ".join(cells) + "  " + row[-1]).rstrip())
+    memorisation = metrics.get("memorisation") or {}
+    for name in memorisation.get("flagged") or []:
+        gap = memorisation["gap"][name]
+        lines.append(f"memorisation: {name} is {gap['value']:.4g} better on {memorisation['sample']} training "
+                     f"examples than held-out (95% CI {_interval_text(gap)}): the tuned model fits what it saw")
+    verdict = metrics.get("verdict") or {}
+    if verdict.get("text"):
+        lines.append("")
+        lines += textwrap.wrap("verdict: " + verdict["text"], width=width)
+    return "\n".join(lines).rstrip()
 
 
 def comparison_rows(metrics: dict) -> list:
@@ -93,6 +155,9 @@ def overfitting_signal(curves: dict, tuned: dict, metric_info: Optional[dict] = 
         signal["val_source"] = f"{name.split('/')[0]} evaluator after training"
     if signal["train_loss"] is not None and signal["val_loss"] is not None:
         signal["gap"] = signal["val_loss"] - signal["train_loss"]
+    best = best_validation(curves)
+    if best is not None:
+        signal["best_val_step"], signal["best_val_loss"] = int(best[0]), float(best[1])
     return signal
 
 
@@ -122,6 +187,11 @@ def plot_loss_curves(curves: dict, path: Path) -> bool:
     if curves.get("val"):
         steps, losses = zip(*curves["val"])
         axes.plot(steps, losses, "o-", label="validation loss", color="tab:orange")
+        best_step, best_loss = best_validation(curves)
+        axes.plot([best_step], [best_loss], marker="*", markersize=14, color="tab:red", linestyle="none",
+                  label=f"lowest validation loss (step {best_step})")
+        axes.annotate(f"step {best_step}: {best_loss:.3g}", (best_step, best_loss), textcoords="offset points",
+                      xytext=(6, 8), fontsize=8, color="tab:red")
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.grid(alpha=0.3)
@@ -131,25 +201,49 @@ def plot_loss_curves(curves: dict, path: Path) -> bool:
     return True
 
 
+def best_validation(curves: dict) -> Optional[tuple]:
+    """``(step, loss)`` of the lowest validation loss during training (the first of equals); None without
+    validation."""
+    if not curves.get("val"):
+        return None
+    return min(curves["val"], key=lambda point: (point[1], point[0]))
+
+
 def plot_metric_bars(metrics: dict, path: Path) -> bool:
-    """One small bar chart per metric, base vs tuned; False (no file) when there is no metric."""
+    """One small bar chart per metric, one bar per column (base, each prompting baseline, tuned) with
+    its 95% interval as an error bar; False (no file) when there is no metric."""
+    from tuneforge.evaluation.comparison import column_order, column_values
+
     rows = comparison_rows(metrics)
     if not rows:
         return False
     columns = min(4, len(rows))
     lines = -(-len(rows) // columns)
-    figure = _figure(2.6 * columns, 2.4 * lines)
-    for i, (name, base, tuned, _change) in enumerate(rows):
+    order = column_order(metrics) or ["base", "tuned"]
+    figure = _figure(max(2.6, 0.7 * len(order)) * columns, 2.4 * lines)
+    intervals = metrics.get("intervals") or {}
+    for i, (name, _base, _tuned, _change) in enumerate(rows):
         axes = figure.add_subplot(lines, columns, i + 1)
-        labels = [label for label, value in (("base", base), ("tuned", tuned)) if value is not None]
-        values = [value for value in (base, tuned) if value is not None]
-        bars = axes.bar(labels, values, color=["tab:gray", "tab:green"][: len(values)])
+        shown = [c for c in order if column_values(metrics, c).get(name) is not None]
+        labels = [c for c in shown]
+        values = [column_values(metrics, c)[name] for c in shown]
+        errors = [[0.0] * len(shown), [0.0] * len(shown)]
+        for j, c in enumerate(shown):
+            interval = (intervals.get(c) or {}).get(name)
+            if interval:
+                errors[0][j] = max(0.0, values[j] - interval["low"])
+                errors[1][j] = max(0.0, interval["high"] - values[j])
+        colors = ["tab:gray" if c == "base" else "tab:green" if c == "tuned" else "tab:blue" for c in shown]
+        bars = axes.bar(labels, values, color=colors, yerr=errors if any(map(any, errors)) else None, capsize=3)
         axes.bar_label(bars, fmt="%.3g", fontsize=8)
+        if len(shown) > 2:
+            axes.tick_params(axis="x", labelrotation=30)
         axes.set_title(name, fontsize=9)
         axes.tick_params(labelsize=8)
         axes.margins(y=0.2)
+        top = max(v + e for v, e in zip(values, errors[1]))
         if min(values) >= 0:
-            axes.set_ylim(0, max(values) * 1.2 or 1.0)
+            axes.set_ylim(0, top * 1.2 or 1.0)
     figure.tight_layout()
     figure.savefig(path, format="png")
     return True
@@ -210,7 +304,8 @@ def build_blocks(metrics: dict, *, config_yaml: str = "", predictions: Sequence[
     else:
         blocks.append(("p", "No held-out metrics." if sections else "No evaluator metrics."))
     if "metrics" in images:
-        blocks.append(("img", images["metrics"], "per-metric bars, base vs tuned"))
+        blocks.append(("img", images["metrics"], "per-metric bars, every column with its 95% interval"))
+    blocks += _columns_blocks(metrics)
     for section, rows in sections.items():
         if section != HELD_OUT:
             blocks.append(("h2", section[:1].upper() + section[1:]))
@@ -256,12 +351,23 @@ def build_blocks(metrics: dict, *, config_yaml: str = "", predictions: Sequence[
             [f"validation loss ({signal.get('val_source') or 'none'})", _num(signal.get("val_loss"))],
             ["gap (validation - train): overfitting signal", _signed(signal.get("gap"))],
         ]
+        if signal.get("best_val_step") is not None:
+            trows.append(["lowest validation loss (marked on the curve)",
+                          f"{_num(signal['best_val_loss'])} at step {signal['best_val_step']}"])
+        restored = (metrics.get("train") or {}).get("early_stopping/restored_step")
+        if restored is not None:
+            trows.append(["early stopping restored the adapter of step", int(restored)])
         blocks.append(("table", ["", "value"], trows))
         if "loss" in images:
             blocks.append(("img", images["loss"], "training and validation loss"))
 
+    blocks += _memorisation_blocks(metrics)
+
     if predictions:
-        labels = [label for label in ("base", "tuned") if any(label in row for row in predictions)]
+        from tuneforge.evaluation.comparison import column_order
+
+        labels = [label for label in (column_order(metrics) or ["base", "tuned"])
+                  if any(label in row for row in predictions)]
         shown = list(predictions)[:REPORT_PREDICTIONS]
         blocks.append(("h2", f"Predictions (first {len(shown)} of {len(predictions)}; all in predictions.jsonl)"))
         blocks.append(("table", ["set", "prompt", "reference", *labels],
@@ -270,6 +376,71 @@ def build_blocks(metrics: dict, *, config_yaml: str = "", predictions: Sequence[
     if config_yaml:
         blocks.append(("h2", "Settings (resolved config)"))
         blocks.append(("pre", config_yaml))
+    if (metrics.get("verdict") or {}).get("text"):
+        blocks.append(("h2", "Verdict: was fine-tuning worth it?"))
+        blocks.append(("p", metrics["verdict"]["text"]))
+    return blocks
+
+
+def _cell(value, interval) -> str:
+    if value is None:
+        return "-"
+    if not interval or interval.get("low") is None:
+        return _num(value)
+    return f"{_num(value)} [{interval['low']:.4f}, {interval['high']:.4f}]"
+
+
+def _columns_blocks(metrics: dict) -> list:
+    """Every column of the held-out metrics with its 95% interval, then the cost per query."""
+    from tuneforge.evaluation.comparison import column_label, column_order, column_values
+
+    if not (metrics.get("baselines") or metrics.get("intervals") or metrics.get("baselines_skipped")):
+        return []
+    columns = column_order(metrics)
+    intervals = metrics.get("intervals") or {}
+    names = [row[0] for row in metric_sections(metrics).get(HELD_OUT, [])]
+    blocks: list = [("h2", "Prompting baselines vs fine-tuning (held-out, 95% intervals)")]
+    for key, why in (metrics.get("baselines_skipped") or {}).items():
+        blocks.append(("p", f"Baseline {key} did not run: {why}."))
+    blocks.append(("table", ["metric", *[column_label(metrics, c) for c in columns]],
+                   [[n, *[_cell(column_values(metrics, c).get(n), (intervals.get(c) or {}).get(n)) for c in columns]]
+                    for n in names]))
+    method = metrics.get("uncertainty") or {}
+    blocks.append(("p", f"Intervals: {method.get('method', 'bootstrap')}, {method.get('resamples', '?')} resamples, "
+                        f"seed {method.get('seed', '?')}. A metric without an interval has no per-example scores "
+                        "(corpus-level scores such as BLEU)."))
+    cost = metrics.get("cost") or {}
+    if cost:
+        rows = []
+        for c in columns:
+            one = cost.get(c) or {}
+            rows.append([column_label(metrics, c), _num(one.get("prompt_tokens_per_query"), 1),
+                         _num(one.get("generation_s_per_query"), 3),
+                         f"{_num(one.get('training_s'), 1)} s" if one.get("training_s") is not None else "-"])
+        blocks.append(("table", ["column", "prompt tokens / query", "generation s / query", "training time"], rows))
+    return blocks
+
+
+def _memorisation_blocks(metrics: dict) -> list:
+    """The tuned model on training examples next to held-out, the gap and the flags."""
+    memorisation = metrics.get("memorisation") or {}
+    if not memorisation.get("train"):
+        return []
+    intervals = (metrics.get("intervals") or {}).get("tuned") or {}
+    rows = []
+    for name in sorted(memorisation["held_out"]):
+        gap = memorisation["gap"].get(name) or {}
+        rows.append([name, _cell(memorisation["train"][name], memorisation["intervals"].get(name)),
+                     _cell(memorisation["held_out"][name], intervals.get(name)), _signed(gap.get("value")),
+                     _interval_text(gap), "FLAG" if name in memorisation["flagged"] else ""])
+    blocks: list = [("h2", f"Memorisation: tuned model on {memorisation['sample']} training examples vs held-out"),
+                    ("table", ["metric", "training sample", "held-out", "gap (train better by)", "95% CI of gap",
+                               "flag"], rows)]
+    for name in memorisation["flagged"]:
+        gap = memorisation["gap"][name]
+        blocks.append(("p", f"Flagged: {name} is {gap['value']:.4g} better on training examples than held-out "
+                            f"(95% CI {_interval_text(gap)}; flagged from {memorisation.get('flag_gap', 0.1):g}): "
+                            "the tuned model does better on what it saw, a sign of memorisation."))
     return blocks
 
 
@@ -284,11 +455,18 @@ def metric_sections(metrics: dict) -> dict:
 
 
 def _metric_table(rows: list, metrics: dict) -> list:
-    """The base/tuned/change table of ``rows``, then one line per metric that has a description or
-    where lower is better."""
+    """The base/tuned/change table of ``rows`` (with the change's 95% interval and McNemar's p when the
+    run has them), then one line per metric that has a description or where lower is better."""
     info = metrics.get("metric_info") or {}
-    blocks: list = [("table", ["metric", "base", "tuned", "change"],
-                     [[n, _num(b), _num(t), _signed(c)] for n, b, t, c in rows])]
+    change = (metrics.get("changes") or {}).get("change") or {}
+    if any("low" in (change.get(n) or {}) for n, *_ in rows):
+        with_p = any((change.get(n) or {}).get("p_value") is not None for n, *_ in rows)
+        header = ["metric", "base", "tuned", "change", "95% CI of change", *(["McNemar p"] if with_p else [])]
+        table = [[n, _num(b), _num(t), _signed(c), _interval_text(change.get(n)),
+                  *([_p(change.get(n))] if with_p else [])] for n, b, t, c in rows]
+    else:
+        header, table = ["metric", "base", "tuned", "change"], [[n, _num(b), _num(t), _signed(c)] for n, b, t, c in rows]
+    blocks: list = [("table", header, table)]
     notes = []
     for name, *_ in rows:
         described = info.get(name) or {}
@@ -300,6 +478,10 @@ def _metric_table(rows: list, metrics: dict) -> list:
     if notes:
         blocks.append(("ul", notes))
     return blocks
+
+
+def _p(entry) -> str:
+    return "-" if not entry or entry.get("p_value") is None else f"{entry['p_value']:.2g}"
 
 
 def _md_cell(value) -> str:

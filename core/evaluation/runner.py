@@ -3,13 +3,16 @@ describing their metrics (:class:`tuneforge.specs.MetricInfo`) for the report an
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from omegaconf import DictConfig
 
+log = logging.getLogger("tuneforge")
+
 
 def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples, label: str = "eval",
-                   chat_template: Optional[str] = None, context=None):
+                   chat_template: Optional[str] = None, context=None, held_out_only: bool = False):
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
 
     ``evaluators`` maps each ``evaluators.<key>`` to its validated component
@@ -24,6 +27,13 @@ def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples
     trainer would use GPUs), and ``context`` is passed to each evaluator
     whose ``evaluate`` has a ``context`` parameter (None outside a training
     run, e.g. ``tuneforge eval``); the pass carries it too.
+
+    Per-example scores the evaluators recorded (:func:`tuneforge.evaluation.record_scores`)
+    end up in ``pass.example_scores`` under the reported names.  With
+    ``held_out_only`` the evaluators whose declared metrics all belong to
+    another section than held-out (``forgetting``: they score their own
+    reference set, not ``examples``) are skipped: the baseline and
+    memorisation columns need only what depends on ``examples``.
     """
     from tuneforge.evaluation import EvaluationPass
     from tuneforge.specs import call_accepting
@@ -38,14 +48,45 @@ def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples
     try:
         for name, evaluator in evaluators.items():
             spec = evaluator.spec
+            if held_out_only and not scores_held_out(spec):
+                continue
+            one_pass.scores = {}
             values = call_accepting(spec.evaluate, model, tokenizer, examples, evaluator.config, evaluation=one_pass,
                                     **({"context": context} if _takes_context(spec.evaluate) else {}))
             for metric, value in values.items():
                 results[metric_name(name, metric, values)] = float(value)
+            for metric, scores in one_pass.scores.items():
+                if metric in values and _consistent(scores, float(values[metric]), f"{name}/{metric}"):
+                    one_pass.example_scores[metric_name(name, metric, values)] = scores
+            one_pass.scores = {}
     finally:
         model.train(was_training)
         model.to(home)
     return results, one_pass
+
+
+def scores_held_out(spec) -> bool:
+    """Whether an evaluator scores the examples it is given: it declares no metrics, or at least one
+    of section held-out."""
+    from tuneforge.specs import HELD_OUT
+
+    return not spec.metrics or any(info.section == HELD_OUT for info in spec.metrics)
+
+
+def _consistent(scores: dict, value: float, name: str) -> bool:
+    """The recorded per-example scores average to the returned metric (else they are dropped, warned)."""
+    from tuneforge.evaluation.uncertainty import weighted_mean
+
+    try:
+        mean = weighted_mean(scores["values"], scores.get("weights"))
+    except ValueError as exc:
+        log.warning("%s: per-example scores ignored (%s)", name, exc)
+        return False
+    if abs(mean - value) > 1e-6 * max(1.0, abs(value)):
+        log.warning("%s: per-example scores average %.6g, not the returned %.6g; no interval for it",
+                    name, mean, value)
+        return False
+    return True
 
 
 def metric_name(evaluator: str, metric: str, values: dict) -> str:

@@ -3,8 +3,8 @@
 :func:`validate` reports what is wrong with a composed config without changing
 it; :func:`run_components` returns the checked run as one object,
 :class:`RunComponents`: the resolved config plus, for each selected component
-(``model``, ``data``, ``adapter``, ``loss``, every ``evaluators.<key>`` and
-``callbacks.<key>``), its spec and an instance of exactly ``spec.config``
+(``model``, ``data``, ``adapter``, ``loss``, every ``evaluators.<key>``,
+``callbacks.<key>`` and ``baselines.<key>``), its spec and an instance of exactly ``spec.config``
 built from the config node (without the host's ``name`` key).  Those instances
 are what the plugins' work functions receive.
 
@@ -35,7 +35,7 @@ from tuneforge.validation import ConfigValueError
 
 #: component groups with one selected component, and those with several (by key)
 SINGLE_GROUPS = ("model", "data", "adapter", "loss")
-MULTIPLE_GROUPS = ("evaluators", "callbacks", "loggers")
+MULTIPLE_GROUPS = ("evaluators", "callbacks", "loggers", "baselines")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class RunComponents:
 
     ``config`` is a resolved copy of the composed ``DictConfig`` (with the
     components' ``name`` keys, as saved in ``config.yaml``); ``evaluators``,
-    ``callbacks`` and ``loggers`` map each config key to its component.
+    ``callbacks``, ``loggers`` and ``baselines`` map each config key to its component.
     """
 
     config: Any
@@ -83,6 +83,7 @@ class RunComponents:
     evaluators: dict
     callbacks: dict
     loggers: dict
+    baselines: dict = dataclasses.field(default_factory=dict)
 
 
 def validate(cfg, plugins) -> list:

@@ -223,6 +223,48 @@ class CheckpointConfig:
 
 
 @dataclass
+class MemorisationConfig:
+    """The held-out evaluators again on a sample of training examples, after training, so the report
+    shows train vs held-out side by side (see docs/evaluation.md).
+
+    sample: how many training examples (drawn with the run's seed; 0: off).
+    flag_gap: a metric whose tuned score on the training sample beats its
+        held-out score by at least this much (in the metric's own units:
+        0.1 = 10 points of a 0-1 score; for a loss, held-out minus train) is
+        flagged when its 95% interval is above zero too (metrics without
+        per-example scores have no interval and are not flagged).
+    """
+
+    sample: int = 30
+    flag_gap: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(self, sample=at_least(0), flag_gap=at_least(0))
+
+
+@dataclass
+class UncertaintyConfig:
+    """Bootstrap confidence intervals over examples for every held-out metric and change
+    (:mod:`tuneforge.evaluation.uncertainty`); seeded with the run's ``seed``.
+
+    resamples: bootstrap resamples (0: no intervals).
+    confidence: the interval's coverage (0.95: a 95% interval).
+    """
+
+    resamples: int = 1000
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        check(self, resamples=at_least(0), confidence=_open_unit_interval)
+
+
+def _open_unit_interval(value) -> Optional[str]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
+        return None
+    return f"must be between 0 and 1 (exclusive), got {value!r}"
+
+
+@dataclass
 class TuneforgeConfig:
     """Root schema.  ``run_dir`` defaults to Hydra's output directory.
 
@@ -240,6 +282,7 @@ class TuneforgeConfig:
     evaluators: dict = field(default_factory=dict)
     callbacks: dict = field(default_factory=dict)
     loggers: dict = field(default_factory=dict)
+    baselines: dict = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -247,6 +290,8 @@ class TuneforgeConfig:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     resume: str = "auto"
     seed: int = 42
     run_dir: Optional[str] = None
@@ -258,7 +303,7 @@ class TuneforgeConfig:
 
 
 #: the component groups of the root config; the host checks them against the registries
-COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers")
+COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "baselines")
 #: the root keys typed by their own dataclass (``trainer``, ``optim`` ...)
 ROOT_SECTIONS = tuple(f.name for f in dataclasses.fields(TuneforgeConfig)
                       if dataclasses.is_dataclass(typing.get_type_hints(TuneforgeConfig)[f.name]))

@@ -1,4 +1,5 @@
-"""One training run, top to bottom: build -> baseline eval -> fit -> tuned eval -> save.
+"""One training run, top to bottom: build -> base eval + prompting baselines -> fit -> tuned eval ->
+memorisation check -> intervals and verdict -> save.
 
 :func:`train` is the single call site of the lifecycle hooks.
 """
@@ -15,6 +16,8 @@ from omegaconf import DictConfig
 
 from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError
+from tuneforge.evaluation.baselines import join_columns, run_baselines
+from tuneforge.evaluation.comparison import summarize
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
@@ -65,8 +68,11 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     given, before the run directory is made.
 
     The run directory receives ``config.yaml`` (resolved), ``metrics.csv``,
-    ``metrics.json`` (data quality, base and tuned evaluator results, training
-    numbers), ``predictions.jsonl`` (prompt, reference, base and tuned output),
+    ``metrics.json`` (data quality, base, prompting-baseline and tuned evaluator
+    results with bootstrap intervals, cost per query, the train-vs-held-out
+    memorisation check, training numbers and the verdict), ``predictions.jsonl``
+    (prompt, reference, base, baseline and tuned outputs; rows of set ``train``
+    for the memorisation sample),
     ``report.md`` / ``report.html`` with ``metrics.png`` and
     ``loss_curves.png``, ``model/`` (what the adapter saved, plus the
     tokenizer with the data's chat template) and ``status.json``
@@ -166,17 +172,24 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
                      if c.spec.build is not None]
         throughput = token_counter()
 
-        # Base-model evaluation happens once per run: a resumed run reuses the saved result.
+        # Base-model evaluation (zero-shot and the prompting baselines) happens once per run: a resumed
+        # run reuses the saved result.
         base_file = run_dir / "base_eval.json"
-        if resume_from is not None and base_file.is_file():
-            saved = json.loads(base_file.read_text())
+        saved = json.loads(base_file.read_text()) if resume_from is not None and base_file.is_file() else None
+        if saved is not None:
             metrics["base"], base_rows = saved["metrics"], saved["predictions"]
         else:
             metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
                                                         "base", chat_template=splits.chat_template, context=context)
             base_rows = merge_predictions({"base": base_pass})
-            if context.is_main:
-                write_json(base_file, {"metrics": metrics["base"], "predictions": base_rows})
+            saved = {"metrics": metrics["base"], "predictions": base_rows, "scores": base_pass.example_scores,
+                     "timings": base_pass.timings}
+        baselines, skipped = run_baselines(components.baselines, components.evaluators, cfg, model, tokenizer,
+                                           splits, context, saved.get("baselines"))
+        saved["baselines"] = baselines
+        if context.is_main:
+            write_json(base_file, saved)
+        _add_baselines(metrics, baselines, skipped)
         module = _fine_tune_module(model, loss_fn, cfg.optim, cfg.trainer.on_nonfinite_loss)
         datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed,
                                   pack_length=cfg.data.get("max_length"))
@@ -204,13 +217,19 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["steps"] = int(trainer.global_step)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
                                                       "tuned", chat_template=splits.chat_template, context=context)
+        memorisation, train_rows = _memorisation(components, cfg, model, tokenizer, splits, context)
         metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
+        metrics["cost"] = _cost(tokenizer, splits, saved, baselines, tuned_pass, metrics["throughput"])
+        summarize(metrics, {"base": saved.get("scores") or {}, "tuned": tuned_pass.example_scores,
+                            **{key: column["scores"] for key, column in baselines.items()}},
+                  seed=int(cfg.seed), memorisation=memorisation, **_uncertainty_options(cfg))
         metrics["wall_time_s"] = sum(float(s.get("wall_time_s") or 0) for s in earlier_segments) + time.time() - started
         if context.is_main:
             metrics["trackers"] = loggers.record()
             loggers.log_results(metrics, step=metrics["steps"])
             save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
+            predictions = join_columns(predictions, baselines) + train_rows
             write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")
         status = "completed"
         return metrics
@@ -269,6 +288,57 @@ def run_train(cfg, plugins, run_dir: Optional[str] = None, context=None, compone
     if not target:
         raise ConfigError("no run directory: set run_dir=<dir>")
     return train(components.config, plugins, Path(target), context=context, components=components)
+
+
+def _add_baselines(metrics: dict, baselines: dict, skipped: dict) -> None:
+    """The baseline columns' metrics (``baselines``), labels (``baseline_info``) and the reasons of those
+    that gave no column (``baselines_skipped``) into the run's metrics."""
+    metrics["baselines"] = {key: column["metrics"] for key, column in baselines.items()}
+    metrics["baseline_info"] = {key: {"name": column["name"], "label": column["label"]}
+                                for key, column in baselines.items()}
+    if skipped:
+        metrics["baselines_skipped"] = skipped
+
+
+def _memorisation(components, cfg: DictConfig, model, tokenizer, splits, context) -> tuple:
+    """The held-out evaluators on ``memorisation.sample`` training examples (drawn with the seed) with the
+    tuned model: ``({"sample", "metrics", "scores"} or None, prediction rows of set "train")``."""
+    import random
+
+    from tuneforge.evaluation import merge_predictions
+
+    size = min(int((cfg.get("memorisation") or {}).get("sample", 30) or 0), len(splits.train))
+    if size <= 0:
+        return None, []
+    sample = random.Random(int(cfg.seed)).sample(list(splits.train), size)
+    values, one_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, sample, "tuned",
+                                      chat_template=splits.chat_template, context=context, held_out_only=True)
+    rows = [dict(row, set="train") for row in merge_predictions({"tuned": one_pass}) if row["set"] == "val"]
+    return {"sample": size, "metrics": values, "scores": one_pass.example_scores}, rows
+
+
+def _cost(tokenizer, splits, saved: dict, baselines: dict, tuned_pass, throughput: dict) -> dict:
+    """Per column: prompt tokens and measured generation seconds per held-out query; the tuned column
+    also its training time."""
+    from tuneforge.evaluation.baselines import generation_seconds_per_query, prompt_tokens_per_query
+
+    zero_shot = prompt_tokens_per_query(tokenizer, splits.val, splits.chat_template) \
+        if all(ex.get("messages") for ex in splits.val) else None
+    cost = {"base": {"prompt_tokens_per_query": zero_shot,
+                     "generation_s_per_query": generation_seconds_per_query(saved.get("timings"))}}
+    for key, column in baselines.items():
+        cost[key] = {"prompt_tokens_per_query": column["prompt_tokens"],
+                     "generation_s_per_query": generation_seconds_per_query(column["timings"])}
+    cost["tuned"] = {"prompt_tokens_per_query": zero_shot,
+                     "generation_s_per_query": generation_seconds_per_query(tuned_pass.timings),
+                     "training_s": throughput.get("fit_time_s")}
+    return cost
+
+
+def _uncertainty_options(cfg: DictConfig) -> dict:
+    settings = cfg.get("uncertainty") or {}
+    return {"resamples": int(settings.get("resamples", 1000)), "confidence": float(settings.get("confidence", 0.95)),
+            "flag_gap": float((cfg.get("memorisation") or {}).get("flag_gap", 0.1))}
 
 
 def _no_pickle(trainer) -> dict:

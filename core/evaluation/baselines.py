@@ -1,0 +1,280 @@
+"""Prompting baselines: helpers for baseline plugins, and the host side that runs them.
+
+A baseline (:class:`tuneforge.BaselineSpec`) answers "was fine-tuning worth
+it, compared with prompting the base model better?".  Its ``rewrite`` gets
+the base model, the tokenizer, the training and the held-out examples and
+returns the held-out examples with extra turns before their own (few-shot
+demonstrations, retrieved examples, a system prompt).  The host
+(:func:`run_baselines`) checks what came back (:func:`check_rewritten`),
+re-tokenizes it and scores it with the selected held-out evaluators in one
+evaluation pass per baseline: one more column of the run's comparison.
+
+Helpers for plugin authors (``from tuneforge.evaluation import ...``):
+:func:`demonstration_pool` (the training examples that can serve as
+demonstrations, never a held-out one), :func:`demonstration_turns`,
+:func:`with_demonstrations` and :func:`query_text`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+from tuneforge.errors import PluginError
+
+log = logging.getLogger("tuneforge")
+
+
+# ---------------------------------------------------------------------------
+# Helpers for baseline plugins
+# ---------------------------------------------------------------------------
+
+
+def _normal(text: str) -> str:
+    return " ".join(str(text).lower().split())
+
+
+def _plain_turn(message: dict) -> bool:
+    return (message.get("role") in ("user", "assistant") and isinstance(message.get("content"), str)
+            and not message.get("tool_calls"))
+
+
+def qa_key(question: str, answer: str) -> str:
+    """The normalised (question, answer) text of one exchange (lowercase, whitespace collapsed)."""
+    return _normal(question) + "\x00" + _normal(answer)
+
+
+def final_exchange_key(example: dict) -> Optional[str]:
+    """:func:`qa_key` of an example's last user turn and its final assistant answer (None when the
+    example does not end with a user turn answered by the assistant)."""
+    messages = example.get("messages") or []
+    if len(messages) < 2 or messages[-1].get("role") != "assistant" or messages[-2].get("role") != "user":
+        return None
+    return qa_key(messages[-2].get("content") or "", messages[-1].get("content") or "")
+
+
+def demonstration_turns(example: dict) -> list:
+    """The example's turns without its system message(s): what it contributes as a demonstration."""
+    return [dict(m) for m in example.get("messages") or [] if m.get("role") != "system"]
+
+
+def demonstration_pool(train: Sequence[dict], held_out: Sequence[dict] = ()) -> list:
+    """The training examples usable as demonstrations, in their order.
+
+    Kept: chat examples whose turns (besides system messages) are plain user
+    and assistant texts (no tool calls, no tool results) ending with the
+    assistant's answer.  Left out: any whose final question and answer are
+    also those of a held-out example (leakage the data check allowed), so a
+    demonstration can never show a held-out answer.
+    """
+    held = {key for key in (final_exchange_key(ex) for ex in held_out) if key is not None}
+    pool = []
+    for example in train:
+        turns = demonstration_turns(example)
+        if not turns or turns[-1]["role"] != "assistant" or not all(_plain_turn(t) for t in turns):
+            continue
+        if final_exchange_key(example) in held:
+            continue
+        pool.append(example)
+    return pool
+
+
+def query_text(example: dict) -> str:
+    """The user side of an example's prompt (its user turns, without the final answer): what
+    retrieval compares."""
+    messages = list(example.get("messages") or [])
+    if messages and messages[-1].get("role") == "assistant":
+        messages = messages[:-1]
+    return "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "user")
+
+
+def with_demonstrations(example: dict, demonstrations: Sequence[dict]) -> dict:
+    """A copy of ``example`` whose messages are its system message(s), then each demonstration's
+    turns (:func:`demonstration_turns`), then its own turns."""
+    messages = list(example.get("messages") or [])
+    head = 0
+    while head < len(messages) and messages[head]["role"] == "system":
+        head += 1
+    turns = [turn for demo in demonstrations for turn in demonstration_turns(demo)]
+    return dict(example, messages=[*messages[:head], *turns, *messages[head:]])
+
+
+# ---------------------------------------------------------------------------
+# The host side
+# ---------------------------------------------------------------------------
+
+
+def baselines_unavailable(tokenizer, splits) -> Optional[str]:
+    """Why no prompting baseline can run on this data (None when they can): they need held-out chat
+    examples ending in an answer, and a chat template to render demonstration turns."""
+    from tuneforge.data import has_chat_template
+
+    if not splits.val:
+        return "there are no held-out examples"
+    if not all((ex.get("messages") or [{}])[-1].get("role") == "assistant" for ex in splits.val):
+        return "the held-out examples are not chat or instruction records ending in an answer"
+    if not has_chat_template(tokenizer, splits.chat_template):
+        return "the tokenizer has no chat template to render demonstration turns (set data.chat_template)"
+    return None
+
+
+def _tail(messages: Sequence[dict]) -> list:
+    head = 0
+    while head < len(messages) and messages[head]["role"] == "system":
+        head += 1
+    return list(messages[head:])
+
+
+def check_rewritten(name: str, held_out: Sequence[dict], rewritten) -> list:
+    """What a baseline returned, checked: one example per held-out example, in order, each ending with
+    that example's own (non-system) turns, and no added turn pair repeating a held-out exchange.
+
+    Raises :class:`tuneforge.PluginError` naming the baseline and the example.
+    """
+    rewritten = list(rewritten or [])
+    if len(rewritten) != len(held_out):
+        raise PluginError(f"baseline '{name}' returned {len(rewritten)} examples for {len(held_out)} held-out ones; "
+                          "rewrite must return every held-out example, in order")
+    held = {}
+    for example in held_out:
+        key = final_exchange_key(example)
+        if key is not None:
+            held[key] = example.get("source", "?")
+    for original, new in zip(held_out, rewritten):
+        source = original.get("source", "?")
+        messages = list((new or {}).get("messages") or [])
+        own = _tail(original["messages"])
+        if len(messages) < len(own) or messages[len(messages) - len(own):] != own:
+            raise PluginError(f"baseline '{name}' changed the turns of held-out example {source}; it may only add "
+                              "turns (demonstrations, a system prompt) before them")
+        added = messages[:len(messages) - len(own)]
+        for question, answer in zip(added, added[1:]):
+            if question.get("role") == "user" and answer.get("role") == "assistant":
+                leaked = held.get(qa_key(question.get("content") or "", answer.get("content") or ""))
+                if leaked is not None:
+                    raise PluginError(f"baseline '{name}' showed held-out example {leaked} as a demonstration "
+                                      f"in the prompt of {source}; demonstrations must come from the training "
+                                      "examples (see tuneforge.evaluation.demonstration_pool)")
+    return rewritten
+
+
+def retokenize(tokenizer, original: dict, rewritten: dict, chat_template: Optional[str] = None) -> dict:
+    """The rewritten example with fresh ``input_ids``/``labels``: the whole conversation rendered, the
+    loss only on the example's own answer turns (not on the demonstrations)."""
+    from tuneforge.data import tokenize_messages
+
+    messages = rewritten["messages"]
+    own_from = len(messages) - len(_tail(original["messages"]))
+    encoded = tokenize_messages(tokenizer, messages, chat_template=chat_template, train_from=own_from,
+                                tools=original.get("tools"))
+    return dict(rewritten, **encoded)
+
+
+def describe_baseline(spec, config) -> str:
+    """The column label: ``spec.describe(config)``, or the baseline's name."""
+    if spec.describe is None:
+        return spec.name
+    return str(spec.describe(config))
+
+
+def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=None) -> list:
+    """One baseline's (a validated component: spec and typed config) rewritten, checked and
+    re-tokenized held-out examples."""
+    from tuneforge.specs import call_accepting
+
+    rewritten = call_accepting(baseline.spec.rewrite, model, tokenizer, list(splits.train), list(splits.val),
+                               baseline.config, seed=int(cfg.seed), chat_template=splits.chat_template,
+                               context=context)
+    rewritten = check_rewritten(key, splits.val, rewritten)
+    return [retokenize(tokenizer, original, new, splits.chat_template) for original, new in zip(splits.val, rewritten)]
+
+
+def prompt_tokens_per_query(tokenizer, examples: Sequence[dict], chat_template: Optional[str] = None) -> float:
+    """Mean token count of the rendered prompts of ``examples`` (generation prompt included)."""
+    from tuneforge.evaluation.generation import prompts_and_references
+
+    if not examples:
+        return 0.0
+    prompts, _ = prompts_and_references(tokenizer, examples, chat_template=chat_template)
+    return sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts)
+
+
+def generation_seconds_per_query(timings: dict, set_name: str = "val") -> Optional[float]:
+    """Measured generation time per held-out prompt of one pass (None when nothing was generated)."""
+    timing = (timings or {}).get(set_name)
+    if not timing or not timing.get("queries"):
+        return None
+    return float(timing["seconds"]) / int(timing["queries"])
+
+
+def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, splits, context=None,
+                  done: Optional[dict] = None) -> tuple:
+    """Every selected baseline as a column: ``({key: column}, {key: why it was skipped})``.
+
+    ``baselines`` and ``evaluators`` map config keys to validated components
+    (``RunComponents.baselines`` / ``.evaluators``).
+
+    Each column is ``{"name", "label", "metrics", "scores", "timings",
+    "prompt_tokens", "predictions"}``: the baseline's rewritten held-out
+    examples scored by the held-out evaluators (those whose metrics all
+    belong to another section, such as ``forgetting``, do not depend on the
+    prompts and are skipped) in one evaluation pass labelled with the key.
+    Columns already in ``done`` (a resumed run's saved ones) are reused.
+    When the data cannot take demonstrations (:func:`baselines_unavailable`)
+    no baseline runs, and a baseline that added no turn to any prompt (no
+    usable demonstration in the training set) gives no column: the reason
+    is logged and returned.
+    """
+    from tuneforge.evaluation.generation import merge_predictions
+    from tuneforge.evaluation.runner import run_evaluators
+
+    if not baselines:
+        return {}, {}
+    reason = baselines_unavailable(tokenizer, splits)
+    if reason is not None:
+        log.warning("prompting baselines skipped: %s", reason)
+        return {}, {key: reason for key in baselines}
+    columns, skipped = {}, {}
+    for key, baseline in baselines.items():
+        if done and key in done:
+            columns[key] = done[key]
+            continue
+        spec = baseline.spec
+        examples = rewrite_held_out(key, baseline, cfg, model, tokenizer, splits, context)
+        if all(len(new["messages"]) == len(old["messages"]) and new["messages"] == old["messages"]
+               for new, old in zip(examples, splits.val)):
+            skipped[key] = "it added nothing to any prompt (no usable demonstration in the training data)"
+            log.warning("baseline %s skipped: %s", key, skipped[key])
+            continue
+        values, one_pass = run_evaluators(evaluators, cfg, model, tokenizer, examples, key,
+                                          chat_template=splits.chat_template, context=context, held_out_only=True)
+        demonstrations = {ex.get("source", ""): ex["demonstrations"] for ex in examples if "demonstrations" in ex}
+        rows = merge_predictions({key: one_pass})
+        for row in rows:
+            if row["source"] in demonstrations:
+                row["demonstrations"] = demonstrations[row["source"]]
+        columns[key] = {"name": spec.name, "label": describe_baseline(spec, baseline.config), "metrics": values,
+                        "scores": one_pass.example_scores, "timings": one_pass.timings,
+                        "prompt_tokens": prompt_tokens_per_query(tokenizer, examples, splits.chat_template),
+                        "predictions": rows}
+        if context is None or context.is_main:
+            log.info("baseline %s: %s", columns[key]["label"],
+                     ", ".join(f"{name} {value:.4g}" for name, value in sorted(values.items())) or "no metric")
+    return columns, skipped
+
+
+def join_columns(rows: list, columns: dict) -> list:
+    """Add each baseline column's output to the row of the same example (same set, kind and source):
+    ``<key>`` (the output), ``<key>_prompt`` (its rewritten prompt) and ``<key>_demonstrations`` (the
+    sources of its demonstrations, when the baseline listed them)."""
+    by_key = {(row["set"], row["kind"], row["source"]): row for row in rows}
+    for key, column in columns.items():
+        for row in column.get("predictions") or []:
+            target = by_key.get((row["set"], row["kind"], row["source"]))
+            if target is None:
+                continue
+            target[key] = row.get(key)
+            target[f"{key}_prompt"] = row["prompt"]
+            if "demonstrations" in row:
+                target[f"{key}_demonstrations"] = row["demonstrations"]
+    return rows

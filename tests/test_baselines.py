@@ -1,0 +1,199 @@
+"""Prompting baselines: retrieval ranks and builds prompts as it should, demonstrations never come from
+the held-out split, the host checks what a baseline returns, a synthetic copy task proves retrieval
+retrieves end to end, a third-party baseline is a column, and ``compare`` shows intervals."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+import tuneforge
+from tuneforge.errors import PluginError
+from tuneforge.evaluation import demonstration_pool, prompts_and_references, record_predictions, record_scores
+from tuneforge.evaluation.baselines import check_rewritten
+from tuneforge.plugins import baselines as builtin
+
+from helpers import run_cli
+
+
+def chat(question, answer, source, system=None):
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"messages": messages, "source": source}
+
+
+LOCKERS = [f"k{i:03d}x" for i in range(40)]
+CODES = [f"{(i * 7919) % 9973:04d}-{chr(65 + i % 26)}{chr(90 - i % 26)}" for i in range(40)]
+
+
+def copy_task(n_train: int = 40, n_val: int = 10):
+    """Training: the code of each locker; held out: the same lockers asked another way, whose answer is
+    exactly the code of the training example with the same locker (so copying it is right)."""
+    train = [{"instruction": f"Which code opens locker {key}?", "output": code}
+             for key, code in zip(LOCKERS[:n_train], CODES[:n_train])]
+    val = [{"instruction": f"Tell me, please: the locker {LOCKERS[i]} opens with what code?", "output": CODES[i]}
+           for i in range(0, n_train, n_train // n_val)][:n_val]
+    return train, val
+
+
+def test_retrieval_ranks_the_training_example_sharing_the_rare_words():
+    train, val = copy_task()
+    pool = [chat(r["instruction"], r["output"], f"train:{i}") for i, r in enumerate(train)]
+    ranked = builtin.rank_similar(pool, [r["instruction"] for r in val], k=3)
+    for record, order in zip(val, ranked):
+        assert len(order) == 3
+        assert pool[order[0]]["messages"][-1]["content"] == record["output"]  # the same locker, first
+    assert builtin.rank_similar([], ["anything"], k=2) == [[]]
+    assert builtin.words("Locker K007x, please!") == ["locker", "k007x", "please"]
+
+
+def test_retrieval_prompt_puts_the_most_similar_demonstration_last_before_the_question():
+    train = [chat("What is the capital of France?", "Paris", "t:0"), chat("Spell cat backwards.", "tac", "t:1"),
+             chat("What is the capital of Italy?", "Rome", "t:2", system="Answer briefly.")]
+    held = chat("What is the capital city of Italy?", "Rome", "v:0", system="Be terse.")
+    out = builtin.rewrite_retrieval(None, None, train, [held], builtin.RetrievalConfig(k=2))[0]
+    assert out["demonstrations"] == ["t:0", "t:2"]  # France second most similar, Italy most similar: last
+    assert out["messages"] == [
+        {"role": "system", "content": "Be terse."},  # the example's own system message stays first
+        {"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris"},
+        {"role": "user", "content": "What is the capital of Italy?"}, {"role": "assistant", "content": "Rome"},
+        {"role": "user", "content": "What is the capital city of Italy?"}, {"role": "assistant", "content": "Rome"}]
+    assert check_rewritten("retrieval", [held], [out]) == [out]
+
+
+def test_demonstrations_never_come_from_the_held_out_split():
+    held = [chat("Q held 1", "A1", "v:0"), chat("Q held 2", "A2", "v:1")]
+    train = [chat(f"Q train {i}", f"T{i}", f"t:{i}") for i in range(12)]
+    train.insert(5, chat("q  HELD 1", "a1", "t:leaked"))  # the same exchange as a held-out one (case, spaces)
+    train.append({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "",
+                                "tool_calls": [{"name": "f"}]}], "source": "t:tool"})
+    pool = demonstration_pool(train, held)
+    assert [ex["source"] for ex in pool] == [f"t:{i}" for i in range(12)]  # no leaked one, no tool call
+    held_sources = {ex["source"] for ex in held}
+    for seed in range(5):
+        for out in builtin.rewrite_few_shot(None, None, train, held, builtin.FewShotConfig(k=12), seed=seed):
+            assert len(out["demonstrations"]) == 12 and not set(out["demonstrations"]) & held_sources
+            assert "t:leaked" not in out["demonstrations"]
+    for out in builtin.rewrite_retrieval(None, None, train, held, builtin.RetrievalConfig(k=13)):
+        assert "t:leaked" not in out["demonstrations"] and len(out["demonstrations"]) == 12
+    first = builtin.rewrite_few_shot(None, None, train, held, builtin.FewShotConfig(k=3), seed=1)
+    again = builtin.rewrite_few_shot(None, None, train, held, builtin.FewShotConfig(k=3), seed=1)
+    other = builtin.rewrite_few_shot(None, None, train, held, builtin.FewShotConfig(k=3), seed=2)
+    assert first == again and first[0]["demonstrations"] != other[0]["demonstrations"]
+    assert first[0]["demonstrations"] == first[1]["demonstrations"]  # the same shots for every prompt
+
+
+def test_the_host_refuses_a_baseline_that_leaks_or_changes_the_question():
+    held = [chat("Q held 1", "A1", "v:0"), chat("Q held 2", "A2", "v:1")]
+    leak = [dict(held[0], messages=[*held[1]["messages"], *held[0]["messages"]]), held[1]]
+    with pytest.raises(PluginError, match=r"baseline 'bad' showed held-out example v:1 as a demonstration in "
+                                          r"the prompt of v:0"):
+        check_rewritten("bad", held, leak)
+    changed = [dict(held[0], messages=[{"role": "user", "content": "Q held 1, and be brief"},
+                                       held[0]["messages"][1]]), held[1]]
+    with pytest.raises(PluginError, match="changed the turns of held-out example v:0"):
+        check_rewritten("bad", held, changed)
+    with pytest.raises(PluginError, match="returned 1 examples for 2 held-out ones"):
+        check_rewritten("bad", held, held[:1])
+
+
+@dataclass
+class DemoCopyConfig:
+    """(no settings)"""
+
+
+class DemoCopy:
+    """An evaluator that answers each prompt with the answer of its last demonstration (the turn right
+    before the question): it scores 1 exactly when that demonstration's answer is the reference."""
+
+    @tuneforge.hookimpl
+    def tuneforge_evaluators(self):
+        def evaluate(model, tokenizer, examples, config, *, evaluation=None):
+            hits, rows = [], []
+            prompts, references = prompts_and_references(tokenizer, examples, evaluation=evaluation)
+            for example, prompt, reference in zip(examples, prompts, references):
+                messages = example["messages"]
+                copied = messages[-3]["content"] if len(messages) >= 3 and messages[-3]["role"] == "assistant" else ""
+                hits.append(float(copied == reference))
+                rows.append({"source": example["source"], "prompt": prompt, "reference": reference, "output": copied})
+            record_scores("copied", hits, evaluation=evaluation)
+            record_predictions("val", "copy", tuple(prompts), rows, evaluation=evaluation)
+            return {"copied": sum(hits) / len(hits)}
+
+        return [tuneforge.EvaluatorSpec("demo_copy", DemoCopyConfig, evaluate=evaluate, metrics=(
+            tuneforge.MetricInfo("copied", primary=True, description="the last demonstration's answer is right"),))]
+
+
+def test_retrieval_retrieves_on_a_copy_task_end_to_end(tmp_path):
+    from tuneforge.testing import run_tiny_fit
+
+    train, val = copy_task()
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
+    result = run_tiny_fit(tmp_path / "run", plugins=[DemoCopy()], overrides=[
+        "data=jsonl", f"data.path={tmp_path / 'train.jsonl'}", f"data.val_path={tmp_path / 'val.jsonl'}",
+        "data.cache=false", "evaluators=[demo_copy]", "trainer.max_steps=1", "memorisation.sample=5",
+        "callbacks=[targets]",
+        '+callbacks.targets.checks={retrieval: "ci_low:retrieval:demo_copy/copied >= 0.5", '
+        'tuned: "ci_high:tuned-retrieval:demo_copy/copied < 0"}'])
+    metrics = result.metrics
+    assert metrics["baselines"]["retrieval"]["demo_copy/copied"] >= 0.9  # the locker's own code was retrieved
+    assert metrics["base"]["demo_copy/copied"] == 0.0 and metrics["tuned"]["demo_copy/copied"] == 0.0  # no demonstration
+    assert metrics["baselines"]["few_shot"]["demo_copy/copied"] <= 0.2  # 4 random lockers of 40
+    assert metrics["intervals"]["retrieval"]["demo_copy/copied"]["n"] == len(val)
+    assert metrics["verdict"]["outcome"] == "prompting_better" and metrics["verdict"]["baseline"] == "retrieval"
+    assert metrics["verdict"]["text"].startswith("Prompting beats the tuned model")
+    assert json.loads((tmp_path / "run" / "targets.json").read_text())["passed"] is True
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").open()]
+    held = [r for r in rows if r["set"] == "val"]
+    held_sources = {r["source"] for r in held}
+    assert len(held_sources) == len(val)
+    assert sum(r["retrieval"] == r["reference"] for r in held) >= 0.9 * len(val)  # the copied answers
+    for row in held:  # the question comes last, after the retrieved demonstrations
+        locker = row["prompt"].split("locker ")[1].split()[0]
+        assert row["retrieval_prompt"].endswith(row["prompt"]) and len(row["retrieval_prompt"]) > len(row["prompt"])
+        assert row["retrieval_prompt"].rsplit("Which code opens locker ", 1)[1].startswith(locker + "?")
+    cost = metrics["cost"]
+    assert cost["retrieval"]["prompt_tokens_per_query"] > 4 * cost["base"]["prompt_tokens_per_query"]
+    assert cost["tuned"]["prompt_tokens_per_query"] == cost["base"]["prompt_tokens_per_query"]
+    assert "## Verdict" in (tmp_path / "run" / "report.md").read_text()
+    saved = json.loads((tmp_path / "run" / "base_eval.json").read_text())["baselines"]
+    for column in ("few_shot", "retrieval"):
+        for row in saved[column]["predictions"]:
+            assert len(row["demonstrations"]) == 4 and not set(row["demonstrations"]) & held_sources
+            assert all("train.jsonl" in source for source in row["demonstrations"])
+
+
+def test_a_third_party_baseline_is_a_column_and_compare_shows_intervals(tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("You answer in one word.\n")
+    run_dir = tmp_path / "run"
+    done = run_cli(["train", "baselines=[few_shot,system_prompt]", f"baselines.system_prompt.path={prompt}",
+                    "evaluators=[perplexity,exact_match]", "evaluators.exact_match.max_new_tokens=2",
+                    "trainer.max_steps=2", "trainer.enable_progress_bar=false", "threads=1", "memorisation.sample=4",
+                    f"run_dir={run_dir}"], site_dirs=["sysprompt"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert list(metrics["baselines"]) == ["few_shot", "system_prompt"]
+    assert metrics["baseline_info"]["system_prompt"] == {"name": "system_prompt", "label": "system prompt (prompt.txt)"}
+    header = next(line for line in done.stdout.splitlines() if line.startswith("metric"))
+    assert header.split("  ")[0] == "metric" and "system prompt (prompt.txt)" in header and "few_shot, k=4" in header
+    assert "  95% CI " in done.stdout and "verdict: " in done.stdout
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").open()]
+    held = [r for r in rows if r["set"] == "val"]
+    assert held and all(r["system_prompt_prompt"].startswith("<|im_start|>system\nYou answer in one word.<|im_end|>")
+                        for r in held)
+    report = (run_dir / "report.md").read_text()
+    assert "| metric | base (zero-shot) | few_shot, k=4 | system prompt (prompt.txt) | tuned |" in report
+
+    compared = run_cli(["compare", str(run_dir)])
+    assert compared.returncode == 0, compared.stderr
+    interval = metrics["intervals"]["tuned"]["perplexity/loss"]
+    cell = f"{metrics['tuned']['perplexity/loss']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]"
+    assert cell in compared.stdout and cell in (run_dir / "comparison.md").read_text()
+
+    missing = run_cli(["train", "baselines=[system_prompt]", f"baselines.system_prompt.path={tmp_path / 'no.txt'}",
+                       f"run_dir={tmp_path / 'bad'}"], site_dirs=["sysprompt"])
+    assert missing.returncode == 2
+    assert missing.stderr.strip().startswith("tuneforge: error: baselines.system_prompt.path: no such file")
