@@ -221,7 +221,8 @@ def run_child(workdir: Path, entry: tuple, repeat: int, threads: int) -> dict:
         raise BenchmarkError(f"{name} (repeat {repeat}) failed with exit code {completed.returncode}; "
                              f"full log: {log_path}")
     result = json.loads(result_path.read_text())
-    result.update(name=name, system=system, variant=variant, repeat=repeat, wall_s=time.time() - started)
+    result.update(name=name, system=system, variant=variant, repeat=repeat, wall_s=time.time() - started,
+                  launched_at=started)
     return result
 
 
@@ -321,6 +322,9 @@ def summarize(runs: list, plan: dict, warmup: int) -> dict:
         window = timed_window(run, plan["tokens"] if fixed else None, warmup)
         run["timing"] = window
         entry = summary.setdefault(run["name"], {"runs": [], "label": label(run)})
+        if run.get("first_step_at"):
+            # process launch (interpreter start, imports, model load, data, setup) to the first step's end
+            window["startup_s"] = run["first_step_at"] - run["launched_at"]
         entry["runs"].append(window)
         entry["peak_rss_mib"] = max(entry.get("peak_rss_mib", 0.0), run["peak_rss_mib"])
         entry["steps"] = run["steps"]
@@ -357,13 +361,16 @@ def print_losses(fixed: list) -> None:
 
 
 def markdown_table(summary: dict, spec: dict, plan: dict) -> str:
-    rows = ["| system | real tokens/s | vs plain loop | vs HF Trainer | s/step | peak RSS (MiB) | steps timed |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| system | real tokens/s | vs plain loop | vs HF Trainer | s/step | peak RSS (MiB) | steps timed "
+            "| launch to first step (s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, entry in summary.items():
         s_per_step = statistics.median(r["s_per_step"] for r in entry["runs"])
+        startups = [r["startup_s"] for r in entry["runs"] if "startup_s" in r]
+        startup = f"{statistics.median(startups):.1f}" if startups else "-"
         rows.append(f"| {entry['label']} | {entry['tokens_per_s']:.0f} | {ratio(summary, name, 'plain')} | "
                     f"{ratio(summary, name, 'hf_trainer')} | {s_per_step:.4f} | {entry['peak_rss_mib']:.0f} | "
-                    f"{entry['runs'][0]['timed_steps']} of {entry['steps']} |")
+                    f"{entry['runs'][0]['timed_steps']} of {entry['steps']} | {startup} |")
     padded = sum(plan["padded_tokens"][: spec["steps"]])
     real = sum(plan["tokens"][: spec["steps"]])
     rows.append("")
