@@ -118,6 +118,26 @@ def test_validate_returns_problems_and_leaves_the_config_as_composed():
     assert validate(compose(), plugins()) == []
 
 
+def test_deselecting_an_experiments_components_drops_their_settings_with_a_warning(caplog):
+    """``+experiment=legal_citations`` sets ``evaluators.perplexity.batch_size`` and ``baselines.few_shot.k``;
+    replacing the selection on the command line leaves those settings behind, which must not stop the run."""
+    from tuneforge.host.components import run_components, validate
+
+    cfg = compose("+experiment=legal_citations", "evaluators=[exact_match]", "~evaluators.forgetting",
+                  "baselines=[]", "callbacks=[]")
+    with caplog.at_level("WARNING", logger="tuneforge"):
+        components = run_components(cfg, plugins())
+    assert set(components.evaluators) == {"exact_match"}
+    assert components.baselines == {} and components.callbacks == {}
+    assert set(components.config.evaluators) == {"exact_match"} and not components.config.baselines
+    assert components.evaluators["exact_match"].config.max_new_tokens == 48  # the experiment's own setting stays
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "evaluators.perplexity" in warned and "baselines.few_shot" in warned and "ignored" in warned
+
+    typo = validate(compose("+evaluators.exact_macth.max_new_tokens=3"), plugins())
+    assert [p.key for p in typo] == ["evaluators.exact_macth"] and "has no 'name'" in str(typo[0])
+
+
 def test_plugins_get_an_instance_of_their_own_config_class():
     from tuneforge.host.components import run_components
     from tuneforge.plugins.adapters import LoraAdapterConfig

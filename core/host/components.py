@@ -134,6 +134,7 @@ def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
         _build(section, lambda: OmegaConf.to_object(resolved[section]), problems)
     _build("", lambda: TuneforgeConfig(**{key: resolved[key] for key in ROOT_VALUES}), problems)
 
+    _drop_deselected_settings(resolved, plugins)
     found: dict = {}
     for group in SINGLE_GROUPS:
         found[group] = _component(plugins, group, group, resolved.get(group), problems)
@@ -151,6 +152,38 @@ def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
     if problems:
         return None, problems
     return RunComponents(config=resolved, **found), []
+
+
+def _drop_deselected_settings(resolved, plugins) -> None:
+    """Remove settings of list-group components that are not selected, with a warning.
+
+    An experiment may set ``evaluators.perplexity.batch_size`` for a component it
+    selects; when the command line then replaces the selection
+    (``evaluators=[exact_match]``, ``baselines=[]``), those settings are left without a
+    ``name``.  A key that names an installed component is such a leftover: it is
+    dropped (and said, on stderr); any other key without a ``name`` stays an error
+    (a typo such as ``evaluators.exact_macth.x=1``).
+    """
+    import logging
+
+    from omegaconf import DictConfig, open_dict
+
+    for group in MULTIPLE_GROUPS:
+        node = resolved.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        names = set(plugins[group].names())
+        leftovers = [str(key) for key, entry in node.items()
+                     if str(key) in names and not (isinstance(entry, DictConfig) and "name" in entry)]
+        if not leftovers:
+            continue
+        with open_dict(node):
+            for key in leftovers:
+                del node[key]
+        selected = ",".join(str(key) for key in node.keys())
+        logging.getLogger("tuneforge").warning(
+            "%s: settings for %s ignored: not selected (%s=[%s])", group,
+            ", ".join(f"{group}.{key}" for key in leftovers), group, selected)
 
 
 def _component(plugins, group: str, path: str, node, problems: list) -> Optional[Component]:
