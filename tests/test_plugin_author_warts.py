@@ -127,3 +127,22 @@ def test_eval_of_a_run_whose_callback_plugin_is_gone(tmp_path, monkeypatch):
     assert "callbacks=[]" in message
     eval_command([f"run_dir={run.run_dir}", "threads=1", "callbacks=[]"])  # the way out the message names
     assert (run.run_dir / "eval" / "metrics.json").is_file()
+
+
+def test_eval_of_a_run_with_non_default_loggers_baselines_and_callbacks(tmp_path):
+    """eval re-selects the run's own list groups, so their saved settings merge onto the same components
+    (it used to merge ``loggers.tensorboard`` onto the default ``loggers=[csv]`` and stop with a KeyError)."""
+    pytest.importorskip("tensorboard")
+    from tuneforge.commands.eval import eval_command, run_config
+
+    run = run_tiny_fit(tmp_path / "run", overrides=[
+        "trainer.max_steps=2", "loggers=[csv,tensorboard]", "baselines=[few_shot]", "baselines.few_shot.k=2",
+        "callbacks=[targets]", "+callbacks.targets.checks.ran='steps >= 1'"])
+    cfg = run_config(run.run_dir, ["threads=1"])
+    assert list(cfg.loggers) == ["csv", "tensorboard"] and list(cfg.baselines) == ["few_shot"]
+    assert cfg.baselines.few_shot.k == 2 and list(cfg.callbacks) == ["targets"]
+    eval_command([f"run_dir={run.run_dir}", "threads=1"])
+    assert (run.run_dir / "eval" / "metrics.json").is_file()
+    eval_command([f"run_dir={run.run_dir}", "threads=1", "baselines=[]", "loggers=[csv]",
+                  f"out={tmp_path / 'again'}"])
+    assert (tmp_path / "again" / "metrics.json").is_file()

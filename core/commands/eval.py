@@ -75,6 +75,10 @@ def _run_lock(run_dir: Optional[Path], out_dir: Optional[Path]):
     return RunLock(run, "eval") if run == out or run in out.parents else contextlib.nullcontext()
 
 
+#: the list groups of a run's config (``evaluators=[a,b]``)
+LIST_GROUPS = ("evaluators", "callbacks", "loggers", "baselines")
+
+
 def run_config(run_dir: Path, overrides: list) -> DictConfig:
     """The saved config of a finished run, with ``overrides`` applied on top (validated by :func:`evaluate`).
 
@@ -90,16 +94,21 @@ def run_config(run_dir: Path, overrides: list) -> DictConfig:
 
     saved = read_run_config(run_dir, force=True)  # eval may look at an interrupted run's last model too
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    groups = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "trainer", "strategy"}
+    groups = {"model", "data", "adapter", "loss", *LIST_GROUPS, "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
     from tuneforge.commands.run_loading import plugins_for_run
 
     check_saved_components(run_dir, saved, chosen, plugins_for_run(saved))
     choices = [f"{g}={saved[g].name}" for g in ("model", "data", "adapter", "loss") if g not in chosen]
-    if "evaluators" not in chosen:
-        choices.append(f"evaluators=[{','.join(saved.get('evaluators') or {})}]")
+    for group in LIST_GROUPS:  # the run's own selection, so that its settings merge onto the same components
+        if group not in chosen:
+            choices.append(f"{group}=[{','.join(saved.get(group) or {})}]")
     composed = compose([*choices, *overrides])
-    final = OmegaConf.merge(composed, {k: v for k, v in saved.items() if k not in chosen and k in composed})
+    from omegaconf import open_dict
+
+    with open_dict(composed):  # a saved dict-valued field (e.g. targets' checks) may hold keys the defaults lack
+        final = OmegaConf.merge(composed, {k: v for k, v in saved.items() if k not in chosen and k in composed})
+    OmegaConf.set_struct(final, True)
     for override in parsed:
         if override.key_or_group not in groups and not override.is_delete():
             OmegaConf.update(final, override.key_or_group, OmegaConf.select(composed, override.key_or_group),
@@ -110,6 +119,8 @@ def run_config(run_dir: Path, overrides: list) -> DictConfig:
 #: group -> how to do without a stored component whose plugin is gone
 _WITHOUT = {"evaluators": "or choose others with evaluators=[...]",
             "callbacks": "or evaluate without the run's callbacks: callbacks=[]",
+            "loggers": "or evaluate with other loggers: loggers=[csv]",
+            "baselines": "or evaluate without the run's baselines: baselines=[]",
             "data": "or evaluate other data with data=<name> data.path=..."}
 
 
@@ -118,11 +129,11 @@ def check_saved_components(run_dir: Path, saved, chosen: set, plugins) -> None:
     override) is provided by no installed plugin, e.g. a third-party callback since uninstalled."""
     from tuneforge.errors import ConfigError
 
-    for group in ("model", "data", "adapter", "loss", "evaluators", "callbacks"):
+    for group in ("model", "data", "adapter", "loss", *LIST_GROUPS):
         node = saved.get(group)
         if group in chosen or not node:
             continue
-        entries = node.items() if group in ("evaluators", "callbacks") else [(None, node)]
+        entries = node.items() if group in LIST_GROUPS else [(None, node)]
         for key, entry in entries:
             name = entry.get("name") if hasattr(entry, "get") else None
             if name is None or name in plugins[group].names():
