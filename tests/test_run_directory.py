@@ -58,9 +58,12 @@ def test_a_completed_run_is_refused_and_keeps_its_evidence(tmp_path):
     assert len(lines) == 1 and "holds a completed run (3 steps)" in lines[0] and "tuneforge eval" in lines[0]
     assert (run_dir / "metrics.json").read_text() == before
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000003"]
     fresh = run_cli(["train", *FAST, "trainer.max_steps=2", "resume=never", f"run_dir={run_dir}"], cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 2
+    # the earlier run's checkpoints are gone, so a later resume=auto cannot pick its step 3
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000002"]
 
 
 def test_a_run_that_failed_before_training_leaves_a_reusable_directory(tmp_path):

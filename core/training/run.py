@@ -22,7 +22,8 @@ from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.loggers import build_loggers
-from tuneforge.training.run_dir import (keep_metric_history, prepare_run_dir, read_metric_rows,
+from tuneforge.training.run_dir import (clear_earlier_checkpoints, keep_metric_history, prepare_run_dir,
+                                        read_metric_rows,
                                         redacted_config,
                                         resolved_config_yaml, segment_history, summed_throughput, write_json,
                                         write_outputs)
@@ -111,6 +112,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         torch.set_num_threads(int(cfg.threads))
     try:
         resume_from = prepare_run_dir(cfg, run_dir, world_size=context.world_size)
+        if context.is_main:
+            clear_earlier_checkpoints(cfg, run_dir)
         if resume_from is not None and not writes_checkpoints(cfg):
             from tuneforge.training.checkpoint import CheckpointError
 

@@ -82,6 +82,28 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = 
     return None
 
 
+def clear_earlier_checkpoints(cfg: DictConfig, run_dir: Path) -> int:
+    """With ``resume=never``, remove the checkpoints an earlier run left in ``run_dir``; return how many.
+
+    ``resume=never`` starts the run over in the same directory; its checkpoints
+    must not sit next to the earlier run's, or a later ``resume=auto`` (after
+    this run is interrupted) would pick the newest of either run.  Called by the
+    main process only, after :func:`prepare_run_dir`, while it holds the run lock.
+    """
+    import shutil
+
+    from tuneforge.training.checkpoint import CHECKPOINT_DIR
+
+    folder = run_dir / CHECKPOINT_DIR
+    if str(cfg.resume) not in ("never", "none", "false") or not folder.is_dir():
+        return 0
+    earlier = [entry for entry in folder.iterdir()]
+    if earlier:
+        shutil.rmtree(folder)
+        log.info("resume=never: removed the %d checkpoint(s) of the earlier run in %s", len(earlier), folder)
+    return len(earlier)
+
+
 def _refuse_another_run(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse a directory whose saved config names another model, adapter or data."""
     from tuneforge.training.checkpoint import CheckpointError, identity_differences, run_identity
