@@ -331,7 +331,7 @@ class BaselineSpec(_Spec):
 
     ``rewrite(model, tokenizer, train, held_out, config) -> examples`` gets
     the base model (before training), its tokenizer, the training examples,
-    the held-out examples and the baseline's own config node, and returns
+    the held-out examples and the baseline's config (an instance of its config class), and returns
     the held-out examples, in the same order, with their ``messages``
     rewritten: extra turns (demonstrations, a system prompt) before each
     example's own turns, which stay as they were at the end (so the

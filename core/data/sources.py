@@ -175,7 +175,7 @@ def first_record(path: str | Path, kind: str = "auto") -> Optional[Record]:
 
     For a look at the data before it is loaded (e.g. its format): a ``.jsonl``
     or ``.csv`` file is read up to its first record, a ``.parquet`` file up to
-    its first row, a ``.json`` file whole.  Errors are the ``DataError``\ s of
+    its first row, a ``.json`` file whole.  Errors are the ``DataError`` errors of
     :func:`read_records`.
     """
     file = _data_files(path, kind)[0]

@@ -6,7 +6,7 @@ dataclasses become group options), so the plugin switches
 the overrides and the environment first.  The config is composed once: by
 ``hydra.main`` for ``tuneforge train`` (:mod:`tuneforge.commands.cli`), or by
 :func:`compose` (Hydra's compose API) for code that runs without the CLI.
-Composition errors become one-line ``ConfigError``\ s
+Composition errors become one-line ``ConfigError`` messages
 (:func:`explain_composition_error`); the composed config is then checked by
 :mod:`tuneforge.host.components`.
 """

@@ -57,7 +57,7 @@ _CALLABLE_LINE = re.compile(r"^(?P<indent>\s*)``(?P<name>[A-Za-z_][A-Za-z0-9_]*)
 
 def field_docs(cls: type) -> dict[str, str]:
     """``{field: doc}`` of ``cls`` and its dataclass bases (subclass wins), from the class docstring
-    (``field: doc`` lines, or ``\`\`field(args) -> result\`\` ...`` lines for callables) and from
+    (``field: doc`` lines, or a line that starts with ``field(args) -> result`` in double backquotes for callables) and from
     ``#: doc`` comments right above a field's annotation."""
     docs: dict[str, str] = {}
     for klass in reversed([k for k in inspect.getmro(cls) if dataclasses.is_dataclass(k)]):
@@ -102,8 +102,8 @@ def _parse(docstring: str, names: set) -> dict[str, str]:
             current = called.group("name")
             current_indent = len(called.group("indent"))
             docs[current] = line.strip()
-        elif current and line.strip() and len(line) - len(line.lstrip()) > current_indent:
-            docs[current] += " " + line.strip()
+        elif current and line.strip() and len(line) - len(line.lstrip()) >= current_indent:
+            docs[current] += " " + line.strip()  # a field's doc runs to the end of its paragraph
         else:
             current = None
     return docs
