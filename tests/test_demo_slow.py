@@ -42,13 +42,24 @@ def train_losses(run_dir: Path) -> list:
     return [float(r[key]) for r in rows if r.get(key)]
 
 
-@pytest.mark.slow
-def test_demo_shortened_on_smollm2(tmp_path):
-    gguf = fetch_smollm2()
-    run_dir = tmp_path / "demo"
-    env = dict(os.environ, TUNEFORGE_SMOLLM2_GGUF=gguf, OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
+def smollm2_env() -> dict:
+    return dict(os.environ, TUNEFORGE_SMOLLM2_GGUF=fetch_smollm2(), OMP_NUM_THREADS="2",
+                TOKENIZERS_PARALLELISM="false")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The shortened demo, trained once for this module: ``(run_dir, completed process, env)``."""
+    env = smollm2_env()
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
     done = subprocess.run([str(TUNEFORGE), "train", "+experiment=legal_citations", *SHORT, f"run_dir={run_dir}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return run_dir, done, env
+
+
+@pytest.mark.slow
+def test_demo_shortened_on_smollm2(demo_run):
+    run_dir, done, _ = demo_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "legal citations demo targets" in done.stdout  # the verdict block is printed
 
@@ -81,3 +92,61 @@ def test_demo_shortened_on_smollm2(tmp_path):
     saved = json.loads((run_dir / "targets.json").read_text())
     assert {c["label"] for c in saved["checks"]} >= {"tuned exact match at least 90%",
                                                       "forgetting drop at most 5 points"}
+
+
+def tuneforge(env, *args, timeout=600) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(TUNEFORGE), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, f"tuneforge {' '.join(args)}:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+    return done
+
+
+def gguf_held_out(env, gguf_path: Path, out: Path) -> tuple:
+    """Held-out exact match and greedy outputs of an exported GGUF, scored as a bare model by ``tuneforge eval``
+    on the demo's held-out cases."""
+    tuneforge(env, "eval", "+experiment=legal_citations", f"model.path={gguf_path}", "data.n_val=12",
+              "evaluators=[exact_match]", "~evaluators.forgetting", "baselines=[]", "callbacks=[]", f"out={out}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    outputs = {r["source"]: r["base"] for r in rows if r.get("kind") == "generation"}
+    return metrics["base"]["exact_match"], outputs
+
+
+@pytest.mark.slow
+def test_gguf_export_of_the_tuned_demo_keeps_its_outputs(demo_run, tmp_path):
+    """Issue 9's round trip on the real tuned model: f32 logits equal the merged model's (<= 1e-4), f16 greedy
+    outputs equal f32's on the held-out prompts, q8_0 loads and its exact match is within 5 points of f32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, done, env = demo_run
+    assert done.returncode == 0, "the shortened demo failed (see test_demo_shortened_on_smollm2)"
+    files = {}
+    for dtype in ("f32", "f16", "q8_0"):
+        files[dtype] = tmp_path / f"tuned-{dtype}.gguf"
+        tuneforge(env, "export", f"run_dir={run_dir}", "format=gguf", f"out={files[dtype]}", f"gguf.dtype={dtype}")
+    merged = tmp_path / "merged"
+    tuneforge(env, "export", f"run_dir={run_dir}", "format=hf", f"out={merged}")
+    assert files["q8_0"].stat().st_size < 0.6 * files["f16"].stat().st_size < 0.6 * files["f32"].stat().st_size
+
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    prompts = [r["prompt"] for r in rows if r.get("set") == "val" and r.get("kind") == "generation"][:4]
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    reference = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(files["f32"].parent, gguf_file=files["f32"].name,
+                                                    dtype=torch.float32).eval()
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+            diff = (reference(**ids).logits - reloaded(**ids).logits).abs().max().item()
+            assert diff <= 1e-4, f"f32 GGUF logits differ from the merged model by {diff}"
+    del reference, reloaded
+
+    scores, outputs = {}, {}
+    for dtype, path in files.items():
+        scores[dtype], outputs[dtype] = gguf_held_out(env, path, tmp_path / f"eval-{dtype}")
+    assert len(outputs["f32"]) == 12
+    assert outputs["f16"] == outputs["f32"], "f16 changed a greedy output on the held-out prompts"
+    assert abs(scores["q8_0"] - scores["f32"]) <= 0.05, scores
+    tuned = json.loads((run_dir / "metrics.json").read_text())["tuned"]["exact_match"]
+    assert abs(scores["f32"] - tuned) <= 0.05, (scores, tuned)
