@@ -75,6 +75,19 @@ class FitResult:
     config: object
     components: object = None
 
+    def load_model(self):
+        """``(model, tokenizer)``: the run's trained model read back from ``<run_dir>/model`` the way
+        ``tuneforge eval``, ``generate`` and ``export`` read it (the model source loads the base, then the
+        adapter's ``load``; full weights with ``from_pretrained``), in eval mode.  To check that an adapter
+        reloads to the logits it trained, compare them with a fresh model's after ``spec.apply``."""
+        from tuneforge.training.model_io import load_saved_model
+
+        model_part, adapter = self.components.model, self.components.adapter
+        base, tokenizer = model_part.spec.load(model_part.config)
+        model = load_saved_model(adapter.spec, base, self.run_dir / "model",
+                                 trust_remote_code=bool(getattr(model_part.config, "trust_remote_code", False)))
+        return model.eval(), tokenizer
+
 
 def run_tiny_fit(run_dir, plugins: Iterable = (), overrides: Sequence[str] = ()) -> FitResult:
     """Compose the config with ``TINY_OVERRIDES`` + ``overrides`` and train the tiny model.

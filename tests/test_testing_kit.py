@@ -134,3 +134,18 @@ def test_run_evaluator_on_given_predictions_and_on_examples():
     run_evaluator(lambda model, tokenizer, examples, config: seen.append((len(examples), config)) or {"n": 1.0},
                   config="cfg")
     assert seen == [(len(TOY_RECORDS), "cfg")]
+
+
+def test_fit_result_loads_the_trained_model_back_like_eval_does(tmp_path):
+    """``FitResult.load_model()``: the run's model/ read back through the adapter's ``load``, in eval mode:
+    trained (not the base model's logits) and the same on every load."""
+    result = run_tiny_fit(tmp_path / "run", overrides=["trainer.max_steps=4", "optim.lr=1e-2", "evaluators=[perplexity]",
+                                                        "baselines=[]"])
+    model, tokenizer = result.load_model()
+    assert not model.training
+    base, _ = result.components.model.spec.load(result.components.model.config)
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, base(input_ids=ids).logits)
+        again, _ = result.load_model()
+        assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
