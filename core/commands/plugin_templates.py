@@ -736,7 +736,7 @@ with the selected evaluators as one more column next to the base and tuned
 model (`metrics.json` `baselines`, the report, the verdict), labelled
 `system prompt (<file name>)`.
 
-    tuneforge train model=tiny 'baselines=[few_shot,{{prefix}}_system_prompt]' baselines.{{prefix}}_system_prompt.path=prompt.txt
+    tuneforge train model=tiny 'baselines=[{{prefix}}_system_prompt]' baselines.{{prefix}}_system_prompt.path=p.txt
 """,
     module=r'''"""Baseline ``{{prefix}}_system_prompt``: the base model with a system prompt read from a file.
 
@@ -812,7 +812,7 @@ def tuneforge_baselines():
     return [tuneforge.BaselineSpec("{{prefix}}_system_prompt", SystemPromptConfig, "a system prompt read from a file",
                                    rewrite=rewrite_system_prompt, describe=describe)]
 ''',
-    test=r'''"""Tests of the ``{{prefix}}_system_prompt`` baseline: the rewritten prompts, the checks, a column in a tiny fit."""
+    test=r'''"""Tests of the ``{{prefix}}_system_prompt`` baseline: the prompts, the checks, a column of a tiny fit."""
 
 import json
 
@@ -887,7 +887,7 @@ and appends to the same file.
 
     tuneforge train model=tiny 'loggers=[csv,{{prefix}}_jsonl]' loggers.{{prefix}}_jsonl.digits=6
 """,
-    module=r'''"""Logger ``{{prefix}}_jsonl``: metric rows as JSON lines in ``<run_dir>/{{module}}/metrics-<run id>.jsonl``.
+    module=r'''"""Logger ``{{prefix}}_jsonl``: metric rows as JSON lines in ``<run_dir>/{{module}}/``.
 
 A logger plugin returns a ``lightning.pytorch.loggers.Logger`` from
 ``build(config, context)``; ``context`` is a :class:`tuneforge.LoggerContext`
@@ -981,7 +981,7 @@ def build_jsonl(config: JsonlLoggerConfig, context: tuneforge.LoggerContext):
         def log_hyperparams(self, params, *args, **kwargs):
             if not config.log_hyperparameters:
                 return
-            params = dict(params) if not hasattr(params, "items") else {k: v for k, v in params.items()}
+            params = dict(params.items()) if hasattr(params, "items") else vars(params)  # a dict or a Namespace
             self.hparams_path.write_text(json.dumps(params, indent=2, default=str) + "\n", encoding="utf-8")
 
         @rank_zero_only
