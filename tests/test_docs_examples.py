@@ -31,7 +31,8 @@ pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 _BLOCK = re.compile(r"^```python\n# doctest: (plugin-example|plugin-test)([^\n]*)\n(.*?)^```", re.M | re.S)
-COMPONENT_GROUPS = {"model", "data", "adapter", "loss", "evaluators", "callbacks"}
+COMPONENT_GROUPS = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "baselines"}
+LIST_GROUPS = {"evaluators", "callbacks", "loggers", "baselines"}
 
 
 def marked_blocks(path: Path) -> list:
@@ -104,7 +105,8 @@ def test_the_docs_have_one_example_per_kind():
     plugins_md = ROOT / "docs" / "plugins.md"
     hooks = "\n".join(code for _, _, _, code in examples(plugins_md))
     for hook in ("tuneforge_datasets", "tuneforge_adapters", "tuneforge_losses", "tuneforge_evaluators",
-                 "tuneforge_callbacks", "tuneforge_run_start", "tuneforge_run_end"):
+                 "tuneforge_callbacks", "tuneforge_loggers", "tuneforge_baselines", "tuneforge_run_start",
+                 "tuneforge_run_end"):
         assert f"def {hook}(" in hooks, hook
     assert any(kind == "plugin-test" for kind, _, _ in marked_blocks(plugins_md))
     assert any(name == "losses.md" for name, *_ in ALL_EXAMPLES)
@@ -125,7 +127,7 @@ def test_plugin_example_runs_in_a_tiny_fit(tmp_path, monkeypatch, page, module, 
         group, _, value = override.partition("=")
         if group in COMPONENT_GROUPS:
             names = value.strip("[]").split(",")
-            selected = list(result.config[group]) if group in ("evaluators", "callbacks") else \
+            selected = list(result.config[group]) if group in LIST_GROUPS else \
                 [result.config[group].name]
             assert set(names) <= set(selected), (override, selected)
     for relative in expect:

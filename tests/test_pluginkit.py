@@ -87,8 +87,8 @@ def test_config_show_a_component_a_root_group_and_errors():
     (["Acme"], "invalid plugin name 'Acme': use lowercase letters and digits"),
     (["9lives"], "invalid plugin name '9lives'"),
     (["class"], "invalid plugin name 'class': 'class' is reserved"),
-    (["acme", "--kinds", "dataset,baseline"], "unknown kind 'baseline' in --kinds; valid: dataset, adapter, loss, "
-                                              "evaluator, callback"),
+    (["acme", "--kinds", "dataset,tracker"], "unknown kind 'tracker' in --kinds; valid: dataset, adapter, loss, "
+                                             "evaluator, callback, baseline, logger"),
     (["acme", "--kinds", "adaptr"], "unknown kind 'adaptr' in --kinds (did you mean 'adapter'?)"),
     (["acme", "--colour"], "unknown option '--colour'"),
     ([], None),
@@ -157,7 +157,7 @@ def test_a_scaffolded_plugin_installs_offline_passes_its_tests_and_trains(tmp_pa
                             "ignore::DeprecationWarning"], cwd=package, capture_output=True, text=True, env=env,
                            timeout=600)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
-    assert re.search(r"\b19 passed", tests.stdout), tests.stdout[-2000:]
+    assert re.search(r"\b25 passed", tests.stdout), tests.stdout[-2000:]
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "tuneforge", *args], capture_output=True, text=True, env=env,
@@ -166,6 +166,7 @@ def test_a_scaffolded_plugin_installs_offline_passes_its_tests_and_trains(tmp_pa
     listed = cli("plugins")
     line = next(line for line in listed.stdout.splitlines() if line.startswith("acme "))
     assert "acme 0.1.0" in line and "adapter: acme_bitfit" in line and "data: acme_tsv" in line
+    assert "baselines: acme_system_prompt" in line and "loggers: acme_jsonl" in line
     shown = cli("config", "show", "adapter=acme_bitfit")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("adapter=acme_bitfit  [plugin 'acme', distribution acme 0.1.0]")

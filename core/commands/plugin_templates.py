@@ -724,5 +724,327 @@ def test_counts_steps_and_records_the_logged_loss(tuneforge_fit):
         assert any(abs(row["train/loss"] - value) < 1e-5 for value in logged)
 ''')
 
+# --------------------------------------------------------------------------- baseline
+
+BASELINE = KindTemplate(
+    kind="baseline", suffix="system_prompt", group="baselines", hook="tuneforge_baselines",
+    readme=r"""### Baseline `baselines=[{{prefix}}_system_prompt]` (`src/{{module}}/baseline.py`)
+
+A prompting baseline: the base model (before training) with a system prompt
+read from a file put before every held-out question.  tuneforge scores it
+with the selected evaluators as one more column next to the base and tuned
+model (`metrics.json` `baselines`, the report, the verdict), labelled
+`system prompt (<file name>)`.
+
+    tuneforge train model=tiny 'baselines=[{{prefix}}_system_prompt]' baselines.{{prefix}}_system_prompt.path=p.txt
+""",
+    module=r'''"""Baseline ``{{prefix}}_system_prompt``: the base model with a system prompt read from a file.
+
+A prompting baseline answers "would a better prompt do as well as
+fine-tuning?".  ``rewrite`` gets the base model, its tokenizer, the training
+and the held-out examples and returns the held-out examples, in order, with
+turns added *before* their own ones (which must stay unchanged: the host
+checks it).  Here the added turn is one system message, the file's text;
+the example's own system message is dropped (``replace_system``) or kept
+after it.  The host re-tokenizes the result and scores it with the selected
+evaluators as the column ``{{prefix}}_system_prompt``, labelled by ``describe``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tuneforge
+from tuneforge.validation import between, check, existing_path
+
+
+@dataclass
+class SystemPromptConfig:
+    """The base model with a system prompt read from a file before every held-out question.
+
+    path: the text file holding the system prompt (required; UTF-8, surrounding whitespace dropped).
+    replace_system: drop each example's own system message; false: keep it after this one.
+    max_chars: refuse a prompt file longer than this many characters (1 to 100000).
+    """
+
+    path: str = "???"
+    replace_system: bool = True
+    max_chars: int = 4000
+
+    def __post_init__(self):
+        # check() skips omegaconf's "???" and interpolation strings while Hydra checks types
+        check(self, path=existing_path("file"), max_chars=between(1, 100_000))
+
+
+def read_prompt(config: SystemPromptConfig) -> str:
+    """The system prompt: the file's text, stripped; an empty or too long file is a ``tuneforge.ConfigError``."""
+    text = Path(config.path).expanduser().read_text(encoding="utf-8").strip()
+    if not text:
+        raise tuneforge.ConfigError(f"baselines.{{prefix}}_system_prompt.path: {config.path} is empty")
+    if len(text) > config.max_chars:
+        raise tuneforge.ConfigError(f"baselines.{{prefix}}_system_prompt.path: {config.path} has {len(text)} "
+                                    f"characters, more than max_chars={config.max_chars}")
+    return text
+
+
+def rewrite_system_prompt(model, tokenizer, train, held_out, config: SystemPromptConfig) -> list:
+    """Every held-out example with the file's text as its (first) system message; its own turns unchanged."""
+    text = read_prompt(config)
+    rewritten = []
+    for example in held_out:
+        messages = list(example["messages"])
+        head = 0
+        while head < len(messages) and messages[head]["role"] == "system":
+            head += 1
+        kept = [] if config.replace_system else messages[:head]
+        rewritten.append(dict(example, messages=[{"role": "system", "content": text}, *kept, *messages[head:]]))
+    return rewritten
+
+
+def describe(config: SystemPromptConfig) -> str:
+    """The column's label in the report and the verdict."""
+    return f"system prompt ({Path(config.path).name})"
+
+
+@tuneforge.hookimpl
+def tuneforge_baselines():
+    return [tuneforge.BaselineSpec("{{prefix}}_system_prompt", SystemPromptConfig, "a system prompt read from a file",
+                                   rewrite=rewrite_system_prompt, describe=describe)]
+''',
+    test=r'''"""Tests of the ``{{prefix}}_system_prompt`` baseline: the prompts, the checks, a column of a tiny fit."""
+
+import json
+
+import pytest
+
+import tuneforge
+from tuneforge.testing import tiny_tokenizer, toy_examples
+
+from {{module}} import plugin
+from {{module}}.baseline import SystemPromptConfig, rewrite_system_prompt
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    path = tmp_path / "prompt.txt"
+    path.write_text("Answer in one word.\n")
+    return path
+
+
+def test_the_prompt_comes_first_and_the_examples_own_turns_stay(prompt_file):
+    examples = toy_examples(tiny_tokenizer(), [{"system": "Be kind.", "instruction": "Say hi.", "output": "hi"},
+                                               {"instruction": "Add 2 and 3.", "output": "5"}])
+    for replace in (True, False):
+        rewritten = rewrite_system_prompt(None, None, [], examples,
+                                          SystemPromptConfig(path=str(prompt_file), replace_system=replace))
+        assert len(rewritten) == len(examples)
+        for before, after in zip(examples, rewritten):
+            own = [m for m in before["messages"] if m["role"] != "system"]
+            assert after["messages"][0] == {"role": "system", "content": "Answer in one word."}
+            assert after["messages"][-len(own):] == own  # the question and the reference answer are unchanged
+        kept = [m["content"] for m in rewritten[0]["messages"] if m["role"] == "system"]
+        assert kept == (["Answer in one word."] if replace else ["Answer in one word.", "Be kind."])
+
+
+def test_the_path_must_exist_and_the_file_fit(tmp_path, prompt_file):
+    with pytest.raises(ValueError, match="no such file"):
+        SystemPromptConfig(path=str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="max_chars"):
+        SystemPromptConfig(path=str(prompt_file), max_chars=0)
+    with pytest.raises(tuneforge.ConfigError, match="more than max_chars=5"):
+        rewrite_system_prompt(None, None, [], [], SystemPromptConfig(path=str(prompt_file), max_chars=5))
+
+
+def test_a_tiny_fit_scores_the_baseline_as_a_column(tuneforge_fit, prompt_file):
+    result = tuneforge_fit(plugins=[plugin], overrides=[
+        "baselines=[{{prefix}}_system_prompt]", f"baselines.{{prefix}}_system_prompt.path={prompt_file}",
+        "evaluators=[perplexity,exact_match]", "evaluators.exact_match.max_new_tokens=2", "trainer.max_steps=2"])
+    metrics = result.metrics
+    assert list(metrics["baselines"]) == ["{{prefix}}_system_prompt"]
+    assert set(metrics["baselines"]["{{prefix}}_system_prompt"]) == set(metrics["base"])  # the same evaluators
+    assert metrics["baseline_info"]["{{prefix}}_system_prompt"]["label"] == "system prompt (prompt.txt)"
+    rows = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").read_text().splitlines()]
+    held = [row for row in rows if row["set"] == "val"]  # the generations: each column's prompt and answer
+    assert held and all(row["{{prefix}}_system_prompt_prompt"].startswith("<|im_start|>system\nAnswer in one word.")
+                        for row in held)
+''')
+
+# --------------------------------------------------------------------------- logger
+
+LOGGER = KindTemplate(
+    kind="logger", suffix="jsonl", group="loggers", hook="tuneforge_loggers",
+    readme=r"""### Logger `loggers=[csv,{{prefix}}_jsonl]` (`src/{{module}}/logger.py`)
+
+A Lightning logger that appends every logged metric row (per-step
+`train/loss`, validation metrics, and at the end the `base/...` and
+`tuned/...` evaluator results) as one JSON line to
+`<run_dir>/{{module}}/metrics-<run id>.jsonl`, and the run's config (secrets
+already redacted by tuneforge) to `<run_dir>/{{module}}/hparams-<run id>.json`.
+The run id (a random hex string) is recorded in `metrics.json` (`trackers`)
+and `trackers.json`; a run resumed from a checkpoint continues the same id
+and appends to the same file.
+
+    tuneforge train model=tiny 'loggers=[csv,{{prefix}}_jsonl]' loggers.{{prefix}}_jsonl.digits=6
+""",
+    module=r'''"""Logger ``{{prefix}}_jsonl``: metric rows as JSON lines in ``<run_dir>/{{module}}/``.
+
+A logger plugin returns a ``lightning.pytorch.loggers.Logger`` from
+``build(config, context)``; ``context`` is a :class:`tuneforge.LoggerContext`
+(``run_dir``, ``run_name``, ``resume_run_id``, ``is_main``).  tuneforge
+records the logger's ``version`` as its run id (``metrics.json`` ``trackers``,
+``trackers.json``) and, when the run resumes from a checkpoint, hands it back
+as ``context.resume_run_id``: the logger then continues the same id and
+appends to the same file.  The hyperparameters tuneforge sends (once, when a
+new run starts) are the resolved config with secrets already redacted;
+write them as given.  Only global rank zero writes (``rank_zero_only``), and
+only into this plugin's own subfolder of the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import tuneforge
+
+from {{module}} import PLUGIN_NAME
+
+
+@dataclass
+class JsonlLoggerConfig:
+    """Metric rows as JSON lines in ``<run_dir>/{{module}}/metrics-<run id>.jsonl``.
+
+    digits: round each metric value to this many significant digits (1 to 17).
+    log_hyperparameters: also write the run's (redacted) config to
+        ``<run_dir>/{{module}}/hparams-<run id>.json``.
+    """
+
+    digits: int = 8
+    log_hyperparameters: bool = True
+
+    def __post_init__(self):
+        # values may still be omegaconf's "???" or an interpolation while Hydra checks types
+        if isinstance(self.digits, int) and not 1 <= self.digits <= 17:
+            raise ValueError(f"digits must be between 1 and 17, got {self.digits}")
+
+
+def folder(run_dir) -> Path:
+    """Where this logger writes: the plugin's own subfolder of the run directory."""
+    return Path(run_dir) / PLUGIN_NAME
+
+
+def rounded(value: float, digits: int) -> float:
+    """``value`` to ``digits`` significant digits (non-finite values pass through)."""
+    value = float(value)
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - int(math.floor(math.log10(abs(value)))))
+
+
+def build_jsonl(config: JsonlLoggerConfig, context: tuneforge.LoggerContext):
+    """The Lightning logger; a resumed run (``context.resume_run_id``) keeps its id and file."""
+    from lightning.pytorch.loggers import Logger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class JsonlLogger(Logger):
+        def __init__(self, directory: Path, run_id: str):
+            super().__init__()
+            self._directory, self._run_id = directory, run_id
+            if context.is_main:
+                directory.mkdir(parents=True, exist_ok=True)
+
+        @property
+        def name(self) -> str:
+            return "{{prefix}}_jsonl"
+
+        @property
+        def version(self) -> str:
+            return self._run_id  # recorded by tuneforge as this logger's run id
+
+        @property
+        def log_dir(self) -> str:
+            return str(self._directory)
+
+        @property
+        def metrics_path(self) -> Path:
+            return self._directory / f"metrics-{self._run_id}.jsonl"
+
+        @property
+        def hparams_path(self) -> Path:
+            return self._directory / f"hparams-{self._run_id}.json"
+
+        @rank_zero_only
+        def log_hyperparams(self, params, *args, **kwargs):
+            if not config.log_hyperparameters:
+                return
+            params = dict(params.items()) if hasattr(params, "items") else vars(params)  # a dict or a Namespace
+            self.hparams_path.write_text(json.dumps(params, indent=2, default=str) + "\n", encoding="utf-8")
+
+        @rank_zero_only
+        def log_metrics(self, metrics, step=None):
+            row = {"step": step, **{key: rounded(value, config.digits) for key, value in metrics.items()}}
+            with self.metrics_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    return JsonlLogger(folder(context.run_dir), context.resume_run_id or uuid.uuid4().hex)
+
+
+@tuneforge.hookimpl
+def tuneforge_loggers():
+    return [tuneforge.LoggerSpec("{{prefix}}_jsonl", JsonlLoggerConfig,
+                                 "metric rows as JSON lines in the run directory", build=build_jsonl)]
+''',
+    test=r'''"""Tests of the ``{{prefix}}_jsonl`` logger: the rows it writes, its run id, resuming, and a tiny fit."""
+
+import json
+
+import pytest
+
+import tuneforge
+
+from {{module}} import plugin
+from {{module}}.logger import JsonlLoggerConfig, build_jsonl, folder, rounded
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_digits_is_bounded_and_rounds():
+    with pytest.raises(ValueError, match="digits must be between 1 and 17"):
+        JsonlLoggerConfig(digits=0)
+    assert rounded(1.23456, 3) == 1.23 and rounded(0.00123456, 2) == 0.0012 and rounded(0.0, 3) == 0.0
+
+
+def test_a_resumed_run_keeps_its_id_and_appends_to_the_same_file(tmp_path):
+    first = build_jsonl(JsonlLoggerConfig(), tuneforge.LoggerContext(run_dir=tmp_path, run_name="run"))
+    assert len(first.version) == 32 and first.log_dir == str(tmp_path / "{{module}}")
+    first.log_metrics({"train/loss": 2.0}, step=1)
+    other = build_jsonl(JsonlLoggerConfig(), tuneforge.LoggerContext(run_dir=tmp_path, run_name="run"))
+    assert other.version != first.version  # a new run gets a new id
+    resumed = build_jsonl(JsonlLoggerConfig(), tuneforge.LoggerContext(run_dir=tmp_path, run_name="run",
+                                                                     resume_run_id=first.version))
+    assert resumed.version == first.version and resumed.metrics_path == first.metrics_path
+    resumed.log_metrics({"train/loss": 1.5}, step=2)
+    assert rows(first.metrics_path) == [{"step": 1, "train/loss": 2.0}, {"step": 2, "train/loss": 1.5}]
+
+
+def test_a_tiny_fit_logs_every_step_the_results_and_the_run_id(tuneforge_fit):
+    result = tuneforge_fit(plugins=[plugin], overrides=["loggers=[csv,{{prefix}}_jsonl]", "trainer.max_steps=3"])
+    tracker = result.metrics["trackers"]["{{prefix}}_jsonl"]
+    run_id = tracker["run_id"]
+    assert tracker["log_dir"] == str(folder(result.run_dir))  # the plugin's own subfolder
+    logged = rows(folder(result.run_dir) / f"metrics-{run_id}.jsonl")
+    assert [row["step"] for row in logged if "train/loss" in row] == [0, 1, 2]
+    assert any(key.startswith("tuned/") for key in logged[-1])  # the evaluator results come last
+    hparams = json.loads((folder(result.run_dir) / f"hparams-{run_id}.json").read_text())
+    assert hparams["model"]["name"] == "tiny" and "{{prefix}}_jsonl" in hparams["loggers"]
+    assert json.loads((result.run_dir / "trackers.json").read_text())["{{prefix}}_jsonl"]["run_id"] == run_id
+''')
+
 #: every kind ``tuneforge new-plugin --kinds`` accepts, in the order they are written
-TEMPLATES = {t.kind: t for t in (DATASET, ADAPTER, LOSS, EVALUATOR, CALLBACK)}
+TEMPLATES = {t.kind: t for t in (DATASET, ADAPTER, LOSS, EVALUATOR, CALLBACK, BASELINE, LOGGER)}
