@@ -103,31 +103,12 @@ def load_model(spec: dict):
         model, tokenizer = load_hf(HFModelConfig(**fields))
     else:
         raise SystemExit(f"benchmark: model source '{source}' is not supported; valid: tiny, hf")
-    drop_gguf_marker(model)
     lora = spec["lora"]
     model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora["r"],
                                              lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
                                              target_modules=lora["target_modules"], bias="none"))
     model.train()
     return model, tokenizer
-
-
-def drop_gguf_marker(model) -> None:
-    """Forget that the weights came from a GGUF file (they are dequantized to fp32 on load).
-
-    transformers marks a ``gguf_file=`` model as quantized with method GGUF, and ``Trainer``
-    (and so TRL) then refuses to train it ("quantization method do not support training"),
-    although every weight is a plain float tensor.  Clearing the marker is what an HF user does
-    to fine-tune such a model; it changes no weight.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
-        return
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
 
 
 def trainable_checksum(model) -> list:

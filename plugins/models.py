@@ -151,10 +151,30 @@ def load_hf(config: HFModelConfig):
         raise ModelError(f"cannot load model.path='{path}': {message}") from exc
     if "gguf_file" in kwargs:
         _special_tokens_from_model_config(tokenizer, model.config)
+        _forget_gguf_quantization(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.train()
     return model, tokenizer
+
+
+def _forget_gguf_quantization(model) -> None:
+    """Mark a model read from a ``.gguf`` file as the plain float model it is.
+
+    transformers dequantizes every tensor on load, but (5.x) keeps a GGUF
+    "quantizer" on the model, and then refuses ``save_pretrained`` ("quantized
+    with gguf and is not serializable": ``tuneforge export format=hf`` of a run on
+    a GGUF base, ``adapter=full``'s saved weights) and ``Trainer`` training.
+    No weight changes.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+        return
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _special_tokens_from_model_config(tokenizer, model_config) -> None:

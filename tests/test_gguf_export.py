@@ -105,3 +105,21 @@ def test_export_command_writes_a_gguf_of_the_tuned_run(tmp_path):
     with pytest.raises(SystemExit) as refused:
         main(["export", f"run_dir={run}", f"out={tmp_path / 'tuned.gguf'}", "format=gguf"])
     assert refused.value.code == 2  # exists: overwrite=true needed
+
+
+def test_a_gguf_base_loaded_by_the_hf_source_saves_as_a_plain_model(tiny, tmp_path):
+    """transformers keeps a GGUF "quantizer" on a dequantized model and then refuses save_pretrained;
+    the hf model source drops it, so `tuneforge export format=hf` (and adapter=full) work on a GGUF base."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.plugins.models import HFModelConfig, load_hf
+
+    model, tokenizer = tiny
+    path = write_gguf(model, tokenizer, tmp_path / "base.gguf", dtype="f32")
+    loaded, _ = load_hf(HFModelConfig(path=str(path), dtype="float32"))
+    assert getattr(loaded, "hf_quantizer", None) is None and not getattr(loaded, "is_quantized", False)
+    loaded.save_pretrained(tmp_path / "folder", safe_serialization=True)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "folder", dtype=torch.float32).eval()
+    ids = torch.tensor([list(PROMPTS[0].encode()[:12])]) % model.config.vocab_size
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, loaded.eval()(input_ids=ids).logits, atol=1e-6)
