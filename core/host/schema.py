@@ -99,8 +99,10 @@ class StrategyConfig:
         ``deepspeed_stage_2`` ...
     kwargs: keyword arguments for its class (e.g. ``{find_unused_parameters: false}``).
 
-    What tuneforge refuses before the model loads (FSDP; DeepSpeed's limits):
-    ``tuneforge.training.trainer.check_strategy`` and docs/distributed.md.
+    ``fsdp`` is FSDP2 (``tuneforge.training.fsdp``; kwargs ``reshard_after_forward``,
+    ``process_group_backend``).  What tuneforge refuses before the model loads (FSDP's
+    precisions, DeepSpeed's limits): ``tuneforge.training.trainer.check_strategy`` and
+    docs/distributed.md.
     """
 
     name: str = "auto"

@@ -46,6 +46,9 @@ class FineTuneModule(pl.LightningModule):
 
     Checkpoints hold every rank's RNG states (a list indexed by global rank);
     each rank resumes with its own.
+
+    Under ``strategy=fsdp`` :meth:`configure_model` shards ``model`` with FSDP2; the gradients
+    are then sharded DTensors, which the rescaling above and norm clipping handle as they are.
     """
 
     #: checkpoints hold only trainable weights (the frozen base comes from the model source)
@@ -151,6 +154,13 @@ class FineTuneModule(pl.LightningModule):
         if self._pending_rng is not None:  # the RNG as it was right after the checkpointed step
             set_rng_states(self._pending_rng)
             self._pending_rng = None
+
+    def configure_model(self):
+        """Under ``strategy=fsdp`` shard the model (FSDP2: each decoder layer, then the root; see
+        :mod:`tuneforge.training.fsdp`) before the optimizer is built; other strategies leave it whole."""
+        shard = getattr(self.trainer.strategy, "shard_module", None)
+        if shard is not None:
+            shard(self.model)
 
     def validation_step(self, batch, batch_idx):
         output = self.loss_fn(self.model, batch)

@@ -28,7 +28,8 @@ from tuneforge.training.run_dir import (clear_earlier_checkpoints, keep_metric_h
                                         resolved_config_yaml, segment_history, summed_throughput, write_json,
                                         write_outputs)
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
-from tuneforge.training.trainer import build_trainer, check_strategy, token_counter, writes_checkpoints
+from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
+                                        writes_checkpoints)
 
 
 log = logging.getLogger("tuneforge")
@@ -218,6 +219,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["segments"] = segments
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
+        if shards_weights(cfg):  # FSDP2: every forward of the sharded model is a collective; use it whole
+            model = _unsharded(model, components)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
                                                       "tuned", chat_template=splits.chat_template, context=context)
         memorisation, train_rows = _memorisation(components, cfg, model, tokenizer, splits, context)
@@ -268,6 +271,18 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _unsharded(model, components):
+    """The trained ``model`` (sharded by ``strategy=fsdp``) whole on every rank, for the tuned evaluation and
+    ``model/``: the same model built again (model source + adapter) with the gathered full state."""
+    from tuneforge.training.fsdp import unsharded_model
+
+    def build():
+        base, _ = components.model.spec.load(components.model.config)
+        return components.adapter.spec.apply(base, components.adapter.config)
+
+    return unsharded_model(model, build)
 
 
 def _segment_record(segment: dict, started: float, reduce: bool = True) -> dict:

@@ -29,8 +29,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     t = cfg.trainer
     strategy = cfg.strategy.name
-    if cfg.strategy.kwargs:
-        strategy = _strategy_object(cfg.strategy.name, OmegaConf.to_container(cfg.strategy.kwargs))
+    if cfg.strategy.kwargs or shards_weights(cfg):
+        strategy = _strategy_object(cfg.strategy.name, strategy_kwargs(cfg))
     return pl.Trainer(
         max_steps=t.max_steps, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
         precision=t.precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -47,10 +47,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
 def check_strategy(cfg: DictConfig) -> None:
     """Refuse, in one line and before any model loads, a strategy this machine or tuneforge cannot run.
 
-    * ``fsdp*``: Lightning's FSDP needs CUDA GPUs; on GPUs tuneforge refuses
-      it too: Lightning's FSDP rejects norm gradient clipping (the default),
-      and evaluating, saving and pickle-free resuming of sharded weights are
-      not implemented.  ``strategy=ddp`` is the multi-device strategy.
+    * ``fsdp``: FSDP2 (:mod:`tuneforge.training.fsdp`) runs on CPU (gloo) and CUDA; refused with a
+      precision ``ModelParallelStrategy`` does not take (``16-mixed``, ``64-true`` ...) and for
+      other ``fsdp*`` names (Lightning's FSDP1 strategies, which cannot save pickle-free
+      checkpoints or clip by norm).
     * ``deepspeed*``: needs the ``deepspeed`` package (``pip install
       'tuneforge[deepspeed]'``) and CUDA GPUs; ZeRO stage 1 or 2 only (stage
       3 partitions the weights that evaluation and saving need whole);
@@ -63,13 +63,17 @@ def check_strategy(cfg: DictConfig) -> None:
     name = str(cfg.strategy.name)
     accelerator = str(cfg.trainer.accelerator)
     if name.startswith("fsdp"):
-        if not _cuda_run(accelerator):
-            raise ConfigError(f"strategy={name} needs CUDA GPUs (Lightning's FSDP runs only with a GPU accelerator; "
-                              f"trainer.accelerator={accelerator}, no CUDA device here): on CPU use strategy=ddp "
-                              "trainer.devices=N, or strategy=auto for one process")
-        raise ConfigError(f"strategy={name} is not supported: Lightning's FSDP rejects norm gradient clipping "
-                          "(trainer.gradient_clip_algorithm=norm, the default), and tuneforge cannot yet evaluate, "
-                          "save or resume (pickle-free) sharded weights; use strategy=ddp, see docs/distributed.md")
+        from tuneforge.training.fsdp import PRECISIONS, check_kwargs
+
+        if name != "fsdp":
+            raise ConfigError(f"strategy={name} is not supported: tuneforge's sharded strategy is strategy=fsdp "
+                              "(FSDP2); Lightning's FSDP1 strategies write pickled checkpoints and reject norm "
+                              "gradient clipping")
+        precision = str(cfg.trainer.precision)
+        if precision not in (*PRECISIONS, "32", "bf16"):  # (Lightning's short names for 32-true, bf16-mixed)
+            raise ConfigError(f"strategy=fsdp with trainer.precision={precision}: FSDP2 (Lightning's "
+                              f"ModelParallelStrategy) takes {', '.join(PRECISIONS)}")
+        check_kwargs(strategy_kwargs(cfg))
     if name.startswith("deepspeed"):
         import importlib.util
 
@@ -93,6 +97,18 @@ def check_strategy(cfg: DictConfig) -> None:
                               "DeepSpeed writes its checkpoints with torch.save (pickle), which tuneforge neither "
                               "writes nor reads; set checkpoint.every_n_steps=0 (a DeepSpeed run cannot be resumed), "
                               "or use strategy=ddp")
+
+
+def strategy_kwargs(cfg: DictConfig) -> dict:
+    """``cfg.strategy.kwargs`` as a plain dict (empty when unset)."""
+    kwargs = cfg.strategy.get("kwargs")
+    return OmegaConf.to_container(kwargs, resolve=True) if kwargs else {}
+
+
+def shards_weights(cfg: DictConfig) -> bool:
+    """True for ``strategy=fsdp``: the weights are sharded over the ranks during training (FSDP2), and the
+    run evaluates and saves an unsharded copy afterwards (:func:`tuneforge.training.fsdp.unsharded_model`)."""
+    return str(cfg.strategy.name) == "fsdp"
 
 
 def writes_checkpoints(cfg: DictConfig) -> bool:
@@ -120,13 +136,17 @@ def _cuda_run(accelerator: str) -> bool:
 def _strategy_object(name: str, kwargs: dict):
     from lightning.pytorch import strategies
 
-    classes = {"ddp": strategies.DDPStrategy, "fsdp": strategies.FSDPStrategy,
-               "deepspeed": strategies.DeepSpeedStrategy, "ddp_spawn": strategies.DDPStrategy}
+    if name == "fsdp":
+        from tuneforge.training.fsdp import fsdp_strategy
+
+        return fsdp_strategy(kwargs)
+    classes = {"ddp": strategies.DDPStrategy, "deepspeed": strategies.DeepSpeedStrategy,
+               "ddp_spawn": strategies.DDPStrategy}
     if name.startswith("deepspeed_stage_") and "offload" not in name:  # the presets' names, with kwargs
         kwargs, name = dict({"stage": _deepspeed_stage(name)}, **kwargs), "deepspeed"
     if name not in classes:
         raise ConfigError(f"strategy.kwargs are given but strategy.name='{name}' takes none here; "
-                          f"valid with kwargs: {sorted(classes)}")
+                          f"valid with kwargs: {sorted([*classes, 'fsdp'])}")
     if name == "ddp_spawn":
         kwargs = dict(kwargs, start_method="spawn")
     return classes[name](**kwargs)
