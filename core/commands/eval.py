@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tuneforge.evaluation.comparison import summarize
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
+from tuneforge.host.components import MULTIPLE_GROUPS
 from tuneforge.training.model_io import load_saved_model
 from tuneforge.training.run_dir import write_outputs
 
@@ -75,10 +76,6 @@ def _run_lock(run_dir: Optional[Path], out_dir: Optional[Path]):
     return RunLock(run, "eval") if run == out or run in out.parents else contextlib.nullcontext()
 
 
-#: the list groups of a run's config (``evaluators=[a,b]``)
-LIST_GROUPS = ("evaluators", "callbacks", "loggers", "baselines")
-
-
 def run_config(run_dir: Path, overrides: list) -> DictConfig:
     """The saved config of a finished run, with ``overrides`` applied on top (validated by :func:`evaluate`).
 
@@ -94,13 +91,13 @@ def run_config(run_dir: Path, overrides: list) -> DictConfig:
 
     saved = read_run_config(run_dir, force=True)  # eval may look at an interrupted run's last model too
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    groups = {"model", "data", "adapter", "loss", *LIST_GROUPS, "trainer", "strategy"}
+    groups = {"model", "data", "adapter", "loss", *MULTIPLE_GROUPS, "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
     from tuneforge.commands.run_loading import plugins_for_run
 
     check_saved_components(run_dir, saved, chosen, plugins_for_run(saved))
     choices = [f"{g}={saved[g].name}" for g in ("model", "data", "adapter", "loss") if g not in chosen]
-    for group in LIST_GROUPS:  # the run's own selection, so that its settings merge onto the same components
+    for group in MULTIPLE_GROUPS:  # the run's own selection, so that its settings merge onto the same components
         if group not in chosen:
             choices.append(f"{group}=[{','.join(saved.get(group) or {})}]")
     composed = compose([*choices, *overrides])
@@ -129,11 +126,11 @@ def check_saved_components(run_dir: Path, saved, chosen: set, plugins) -> None:
     override) is provided by no installed plugin, e.g. a third-party callback since uninstalled."""
     from tuneforge.errors import ConfigError
 
-    for group in ("model", "data", "adapter", "loss", *LIST_GROUPS):
+    for group in ("model", "data", "adapter", "loss", *MULTIPLE_GROUPS):
         node = saved.get(group)
         if group in chosen or not node:
             continue
-        entries = node.items() if group in LIST_GROUPS else [(None, node)]
+        entries = node.items() if group in MULTIPLE_GROUPS else [(None, node)]
         for key, entry in entries:
             name = entry.get("name") if hasattr(entry, "get") else None
             if name is None or name in plugins[group].names():

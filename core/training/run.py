@@ -23,10 +23,8 @@ from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.loggers import build_loggers
 from tuneforge.training.run_dir import (clear_earlier_checkpoints, keep_metric_history, prepare_run_dir,
-                                        read_metric_rows,
-                                        redacted_config,
-                                        resolved_config_yaml, segment_history, summed_throughput, write_json,
-                                        write_outputs)
+                                        read_metric_rows, redacted_config, resolved_config_yaml,
+                                        segment_history, summed_throughput, write_json, write_outputs)
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
                                         writes_checkpoints)

@@ -46,6 +46,11 @@ def trained_nothing(status: dict) -> bool:
     return status.get("status") in ("failed", "interrupted") and not status.get("steps")
 
 
+def starts_over(cfg: DictConfig) -> bool:
+    """True when ``cfg.resume`` says never to resume (``never``, ``none``, ``false``)."""
+    return str(cfg.resume) in ("never", "none", "false")
+
+
 def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = None) -> Optional[Path]:
     """Check the run directory against ``cfg.resume``; return the checkpoint to resume from.
 
@@ -63,7 +68,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = 
     """
     from tuneforge.training.checkpoint import CheckpointError, check_same_run, check_same_world_size, resolve_resume
 
-    never = str(cfg.resume) in ("never", "none", "false")
+    never = starts_over(cfg)
     status = read_status(run_dir)
     if status.get("status") == "completed" and not never:
         _refuse_another_run(cfg, run_dir)
@@ -95,9 +100,9 @@ def clear_earlier_checkpoints(cfg: DictConfig, run_dir: Path) -> int:
     from tuneforge.training.checkpoint import CHECKPOINT_DIR
 
     folder = run_dir / CHECKPOINT_DIR
-    if str(cfg.resume) not in ("never", "none", "false") or not folder.is_dir():
+    if not starts_over(cfg) or not folder.is_dir():
         return 0
-    earlier = [entry for entry in folder.iterdir()]
+    earlier = list(folder.iterdir())
     if earlier:
         shutil.rmtree(folder)
         log.info("resume=never: removed the %d checkpoint(s) of the earlier run in %s", len(earlier), folder)
