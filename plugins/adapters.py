@@ -18,8 +18,10 @@ match nothing, more layers than the model has ...) raises
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -227,11 +229,21 @@ def _check_targets(model, key: str, targets, allow_all_linear: bool = True) -> N
         raise ModelError(f"adapter.{key}: {missing} match no module of the model; valid: {hint}")
 
 
+@contextlib.contextmanager
+def _without_peft_deprecation_noise():
+    """PEFT (<= 0.21) reads transformers 5's deprecated ``is_gradient_checkpointing`` on every model it
+    wraps: a FutureWarning in every run that no user can act on.  Only that warning is hidden."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def _get_peft_model(model, peft_config, what: str):
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, peft_config)
+        with _without_peft_deprecation_noise():
+            return get_peft_model(model, peft_config)
     except (ValueError, TypeError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"adapter={what} does not fit the model ({type(model).__name__}): {first}") from exc
@@ -379,7 +391,8 @@ def load_peft(base_model, directory: str):
     """The PEFT adapter saved in ``directory``, put back onto ``base_model``."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base_model, directory)
+    with _without_peft_deprecation_noise():
+        return PeftModel.from_pretrained(base_model, directory)
 
 
 def merge_peft(model):

@@ -278,6 +278,33 @@ def test_group_by_length_cuts_padding_and_sees_every_example_once_per_epoch():
     assert length_grouped_order(range(10), list(range(10)), 4, seed=0)[-2:] in ([1, 0], [0, 1])  # short batch last
 
 
+def test_small_groups_keep_batches_varied_between_epochs_on_small_data():
+    """100 examples, batch 8: one group of 50 batches sorts the whole epoch, so most pairs of examples that
+    share a batch share one again next epoch; groups of 4 batches mix them and still cut most padding."""
+    import itertools
+
+    rng = random.Random(11)
+    lengths = [rng.randint(116, 145) for _ in range(100)]
+
+    def batch_mates(group_batches, epoch):
+        sampler = resilience.ResumableSampler(100, seed=0, shuffle=True, batch_size=8, lengths=lengths,
+                                              group_batches=group_batches)
+        return {frozenset(pair) for batch in _epoch_batches(sampler, 8, epoch)
+                for pair in itertools.combinations(batch, 2)}
+
+    pairs = len(batch_mates(50, 0))
+    assert len(batch_mates(50, 0) & batch_mates(50, 1)) > pairs / 2  # the same neighbours, epoch after epoch
+    assert len(batch_mates(4, 0) & batch_mates(4, 1)) < pairs / 4
+    plain = resilience.ResumableSampler(100, seed=0, shuffle=True, batch_size=8)
+    small = resilience.ResumableSampler(100, seed=0, shuffle=True, batch_size=8, lengths=lengths, group_batches=4)
+    assert _padding_fraction(_epoch_batches(small, 8), lengths) < _padding_fraction(_epoch_batches(plain, 8),
+                                                                                    lengths) / 2
+    sampler = resilience.ResumableSampler(100, seed=0, shuffle=True, batch_size=8, lengths=lengths, group_batches=4)
+    full = list(sampler)
+    sampler.resume_at(0, 5)
+    assert list(sampler) == full[5 * 8:]  # resumes exactly like the default grouping
+
+
 @pytest.mark.parametrize("count", [801, 800])
 def test_group_by_length_shards_by_rank_and_resumes_mid_epoch(count):
     rng = random.Random(count)
@@ -341,7 +368,8 @@ def test_a_checkpoint_of_another_batch_layout_is_refused():
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     loaders = {}
-    for name, options in (("plain", {}), ("packed", {"packing": True, "pack_length": 40, "group_by_length": True})):
+    for name, options in (("plain", {}), ("packed", {"packing": True, "pack_length": 40, "group_by_length": True}),
+                          ("small_groups", {"group_by_length": True, "group_batches": 4})):
         config = OmegaConf.structured(LoaderConfig(batch_size=2, **options))
         module = FineTuneDataModule(DataSplits(train=examples, val=[]), 0, config, seed=0)
         module.trainer = trainer  # the data module reads its rank and world size from the trainer
@@ -353,6 +381,10 @@ def test_a_checkpoint_of_another_batch_layout_is_refused():
                                               r"<= 40 tokens grouped by length, but this run makes batches of "
                                               r"examples; resume with"):
         loaders["plain"].load_state_dict(state)
+    loaders["small_groups"].position_fn = lambda: 1
+    with pytest.raises(CheckpointError, match=r"counts batches of examples grouped by length \(groups of 4 "
+                                              r"batches\), but this run makes batches of examples;"):
+        loaders["plain"].load_state_dict(loaders["small_groups"].state_dict())
     loaders["plain"].load_state_dict({"epoch": 0, "batches": 1})  # checkpoints from before layouts: examples
     assert len(list(loaders["plain"].sampler)) == len(examples) - 2  # resumed after one batch of 2
 

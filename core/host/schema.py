@@ -153,8 +153,12 @@ class LoaderConfig:
         ``prefix``/``prompt`` adapters: refused before the model loads).
     pack_length: tokens per packed row (null: ``data.max_length``).
     group_by_length: batches of examples (or packed rows) of similar length, sorted within mega-batches
-        of 50 batches and shuffled between batches, so less padding is computed.  Validation batches
-        are never packed.
+        of ``group_batches`` batches and shuffled between batches, so less padding is computed.
+        Validation batches are never packed.
+    group_batches: with ``group_by_length``: batches per mega-batch, a fresh random draw of examples each
+        epoch that is sorted by length and cut into batches.  Larger groups leave less padding; smaller
+        ones keep more variety in which examples share a batch from epoch to epoch (50, as in HF
+        Trainer; with a few hundred examples or fewer, 4-8 keeps each epoch's batches different).
     """
 
     batch_size: int = 8
@@ -165,10 +169,11 @@ class LoaderConfig:
     packing: bool = False
     pack_length: Optional[int] = None
     group_by_length: bool = False
+    group_batches: int = 50
 
     def __post_init__(self) -> None:
         check(self, batch_size=at_least(1), eval_batch_size=at_least(1), num_workers=at_least(0),
-              pad_to_multiple_of=at_least(1), pack_length=at_least(1))
+              pad_to_multiple_of=at_least(1), pack_length=at_least(1), group_batches=at_least(1))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from tuneforge.data import DataSplits, pad_batch
-from tuneforge.data.packing import PackedRows, pack_batch, pack_examples
+from tuneforge.data.packing import MEGABATCH_BATCHES, PackedRows, pack_batch, pack_examples
 from tuneforge.training.resilience import ResumableDataLoader, ResumableSampler
 
 
@@ -57,9 +57,11 @@ class FineTuneDataModule(pl.LightningDataModule):
         if config.group_by_length:
             lengths = dataset.lengths() if config.packing else [len(ex["input_ids"]) for ex in dataset]
             layout += " grouped by length"
+            if config.group_batches != MEGABATCH_BATCHES:  # the default's name is that of older checkpoints
+                layout += f" (groups of {config.group_batches} batches)"
         sampler = ResumableSampler(len(dataset), self.seed, config.shuffle, config.batch_size,
                                    rank=self.trainer.global_rank, world_size=self.trainer.world_size,
-                                   lengths=lengths)
+                                   lengths=lengths, group_batches=config.group_batches)
         loader = ResumableDataLoader(dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
                                      num_workers=config.num_workers,
                                      generator=torch.Generator().manual_seed(self.seed))

@@ -31,7 +31,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from tuneforge.data.packing import length_grouped_order
+from tuneforge.data.packing import MEGABATCH_BATCHES, length_grouped_order
 from tuneforge.training.checkpoint import CHECKPOINT_DIR, CheckpointError, checkpoint_name, prune_checkpoints
 
 log = logging.getLogger("tuneforge")
@@ -51,12 +51,13 @@ class ResumableSampler(Sampler):
     With ``lengths`` (one per item) the epoch's order is length-grouped
     (:func:`tuneforge.data.packing.length_grouped_order` over global batches of
     ``batch_size x world_size``): each rank's k-th batch is its slice of the
-    same group of similar lengths.  The order still depends only on
+    same group of similar lengths; ``group_batches`` global batches are sorted together.  The order still depends only on
     (seed, epoch), so resuming skips exactly the batches already done.
     """
 
     def __init__(self, length: int, seed: int, shuffle: bool, batch_size: int, rank: int = 0,
-                 world_size: int = 1, lengths: Optional[Sequence[int]] = None):
+                 world_size: int = 1, lengths: Optional[Sequence[int]] = None,
+                 group_batches: int = MEGABATCH_BATCHES):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size} process(es)")
         if lengths is not None and len(lengths) != length:
@@ -64,6 +65,7 @@ class ResumableSampler(Sampler):
         self.length, self.seed, self.shuffle, self.batch_size = length, seed, shuffle, batch_size
         self.rank, self.world_size = rank, world_size
         self.lengths = None if lengths is None else list(lengths)
+        self.group_batches = group_batches
         self.epoch = 0
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches to skip)
 
@@ -82,7 +84,7 @@ class ResumableSampler(Sampler):
         world = self.world_size
         if self.lengths is not None:
             order = length_grouped_order(order, self.lengths, self.batch_size * world, seed=self.seed + epoch,
-                                         shuffle=self.shuffle)
+                                         shuffle=self.shuffle, megabatch=self.group_batches)
         total = len(self) * world
         repeats = -(-total // len(order)) if order else 0
         padded = (order * repeats)[:total]  # the order again (and again, with fewer examples than ranks)
@@ -265,7 +267,8 @@ class CheckpointAndInterrupt(pl.Callback):
             self._saved_step = trainer.global_step
             return None
         path = self.run_dir / CHECKPOINT_DIR / checkpoint_name(trainer.global_step)
-        trainer.save_checkpoint(str(path))
+        # the whole training state (optimizer, loops, RNG): said explicitly, or Lightning logs its default
+        trainer.save_checkpoint(str(path), weights_only=False)
         self._saved_step = trainer.global_step
         self.last_saved = path
         if trainer.is_global_zero:

@@ -23,10 +23,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
     from tuneforge.training.checkpoint import safe_checkpoint_io
     from tuneforge.training.loggers import run_metrics_logger
 
+    import logging
     import warnings
 
     # tuneforge writes config.yaml etc. into the run directory first: that is expected
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    # Lightning's own use of a torch >= 2.10 deprecation, in every fit: nothing a user can change
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
     t = cfg.trainer
     strategy = cfg.strategy.name
     if cfg.strategy.kwargs or shards_weights(cfg):
@@ -42,6 +46,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
         logger=loggers if loggers is not None else [run_metrics_logger(run_dir)], callbacks=callbacks,
         num_sanity_val_steps=0, enable_model_summary=False, plugins=[safe_checkpoint_io()],
         use_distributed_sampler=False)  # ResumableSampler shards by rank itself
+
+
+def _not_an_advert(record) -> bool:
+    """Lightning (>= 2.6) logs a "Tip" advertising its cloud logger when a Trainer is built: not about the run."""
+    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
 
 
 def check_strategy(cfg: DictConfig) -> None:
