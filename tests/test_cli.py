@@ -49,6 +49,19 @@ def test_third_party_components_selected_from_the_command_line(tmp_path):
     assert "perplexity/loss" in result.stdout  # the base/tuned table
 
 
+def test_command_line_evaluators_replace_an_experiments_in_a_real_run(tmp_path):
+    """``tuneforge train +experiment=... evaluators=[exact_match]``: the job runs exactly that evaluator
+    (the experiment's forgetting evaluator, added by its defaults, is dropped and said)."""
+    result = run_cli(["train", "+experiment=legal_citations", "model=tiny", "evaluators=[exact_match]",
+                      "callbacks=[]", "baselines=[]", "memorisation.sample=0", "data.n_train=8", "data.n_val=2",
+                      "data.n_rehearsal=0", "evaluators.exact_match.max_new_tokens=2", "trainer.max_steps=1",
+                      "trainer.enable_progress_bar=false", "threads=1", f"run_dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "forgetting dropped" in result.stdout + result.stderr
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())["tuned"]
+    assert set(evaluated) == {"exact_match"}, evaluated
+
+
 def test_readme_training_commands(tmp_path):
     lora = run_cli(["train", "model=tiny", "data=jsonl", "data.path=examples/data/sample.jsonl", "adapter=lora",
                     "adapter.r=8", "trainer.max_steps=20", "trainer.enable_progress_bar=false",

@@ -138,6 +138,25 @@ def test_deselecting_an_experiments_components_drops_their_settings_with_a_warni
     assert [p.key for p in typo] == ["evaluators.exact_macth"] and "has no 'name'" in str(typo[0])
 
 
+def test_a_list_the_command_line_sets_drops_what_the_experiments_defaults_add(caplog):
+    """``legal_citations`` adds exact_match and forgetting with absolute defaults, which Hydra merges after
+    the command line's ``evaluators=[...]``: the run must still get exactly the listed evaluators."""
+    from tuneforge.host.components import run_components
+
+    with caplog.at_level("WARNING", logger="tuneforge"):
+        components = run_components(compose("+experiment=legal_citations", "evaluators=[exact_match]",
+                                            "callbacks=[]"), plugins())
+    assert set(components.evaluators) == {"exact_match"} and components.callbacks == {}
+    assert components.evaluators["exact_match"].config.max_new_tokens == 48  # the experiment's setting stays
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "evaluators=[exact_match] on the command line: forgetting dropped" in warned
+    nothing = run_components(compose("+experiment=legal_citations", "evaluators=[]"), plugins())
+    assert nothing.evaluators == {}
+    # additions and the experiment's own selection are untouched
+    added = run_components(compose("+experiment=legal_citations", "+evaluators=[rouge]"), plugins())
+    assert set(added.evaluators) == {"perplexity", "exact_match", "forgetting", "rouge"}
+
+
 def test_plugins_get_an_instance_of_their_own_config_class():
     from tuneforge.host.components import run_components
     from tuneforge.plugins.adapters import LoraAdapterConfig

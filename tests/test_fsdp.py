@@ -65,11 +65,13 @@ def test_two_process_fsdp_equals_one_process_with_the_same_global_batch(tmp_path
     print(f"fsdp vs one process: max weight difference {_max_difference(sharded, one):.2e}")
     for key in one:  # the DDP test's tolerance: 1 process pads its batches of 4 to other lengths than 2 x 2
         torch.testing.assert_close(sharded[key], one[key], atol=2e-5, rtol=1e-4)
-    # against 2-process DDP (the same batches on each rank), sharding changes nothing: bit for bit
+    # against 2-process DDP (the same batches on each rank), sharding changes only float rounding: gradients
+    # reduce-scattered instead of all-reduced (measured 0.0 on one install, 1.5e-8 on another)
     _train(["strategy=ddp" if arg == "strategy=fsdp" else arg for arg in TWO], tmp_path / "ddp")
     ddp = _adapter(tmp_path / "ddp")
-    assert all(torch.equal(sharded[key], ddp[key]) for key in ddp), _max_difference(sharded, ddp)
-    assert train_losses(tmp_path / "two") == train_losses(tmp_path / "ddp")
+    print(f"fsdp vs ddp: max weight difference {_max_difference(sharded, ddp):.2e}")
+    assert _max_difference(sharded, ddp) <= 1e-6
+    assert train_losses(tmp_path / "two") == pytest.approx(train_losses(tmp_path / "ddp"), abs=1e-6)
     lora_b = [key for key in one if "lora_B" in key]  # B starts at zero: nonzero B means training moved it
     assert lora_b and all(one[key].abs().max() > 1e-4 for key in lora_b)
 

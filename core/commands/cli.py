@@ -130,7 +130,8 @@ def train_command(args: list, debug: bool = False) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from tuneforge.errors import ConfigError
-    from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME, explain_composition_error, load_plugins
+    from tuneforge.host.compose import (CONFIG_MODULE, CONFIG_NAME, explain_composition_error,
+                                        keep_only_listed_components, load_plugins)
     from tuneforge.host.hydra_dirs import discard_new_output_dir
 
     overrides = hydra_overrides(args)
@@ -176,6 +177,7 @@ def train_command(args: list, debug: bool = False) -> None:
         from tuneforge.host.components import run_components
 
         output_dir = HydraConfig.get().runtime.output_dir
+        keep_only_listed_components(cfg, HydraConfig.get().overrides.task)  # this job's own overrides
         try:
             components = run_components(cfg, plugins)  # before torch is imported, before any run directory
         except TuneforgeError as exc:

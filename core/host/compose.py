@@ -80,6 +80,48 @@ def load_plugins(overrides: Sequence[str] = (), extra_plugins: Iterable = ()) ->
     return plugins
 
 
+def keep_only_listed_components(cfg, overrides: Sequence[str]) -> None:
+    """Make a list group that the overrides set (``evaluators=[exact_match]``) hold exactly those components.
+
+    An experiment adds components with absolute defaults (``- /evaluators/forgetting``),
+    which Hydra merges after the command line's choice (and a list group cannot be
+    overridden inside a defaults list), so ``evaluators=[exact_match]`` would still run
+    the experiment's other evaluators.  Those are removed from ``cfg`` here, with a
+    warning naming them; additions (``+evaluators=...``) and sweeps are left alone.
+    """
+    import logging
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import DictConfig, open_dict
+
+    from tuneforge.host.components import MULTIPLE_GROUPS
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # composing already succeeded with these; nothing to narrow
+        return
+    for override in parsed:
+        group = override.key_or_group
+        if (group not in MULTIPLE_GROUPS or override.package is not None or override.is_add()
+                or override.is_delete() or override.is_sweep_override()):
+            continue
+        value = override.value()
+        listed = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        extra = [str(key) for key, entry in node.items()  # nameless leftovers: see components.py
+                 if str(key) not in listed and isinstance(entry, DictConfig) and "name" in entry]
+        if not extra:
+            continue
+        with open_dict(node):
+            for key in extra:
+                del node[key]
+        logging.getLogger("tuneforge").warning(
+            "%s=[%s] on the command line: %s dropped (selected by the experiment's defaults)", group,
+            ",".join(listed), ", ".join(extra))
+
+
 def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
     """Compose the config with Hydra's compose API (no working-directory change, no run dir).
 
@@ -100,6 +142,7 @@ def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+        keep_only_listed_components(cfg, overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(explain_composition_error(exc, overrides)) from exc
     finally:
