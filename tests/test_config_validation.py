@@ -152,6 +152,9 @@ def test_a_list_the_command_line_sets_drops_what_the_experiments_defaults_add(ca
     assert "evaluators=[exact_match] on the command line: forgetting dropped" in warned
     nothing = run_components(compose("+experiment=legal_citations", "evaluators=[]"), plugins())
     assert nothing.evaluators == {}
+    twice = run_components(compose("+experiment=legal_citations", "evaluators=[]", "evaluators=[exact_match,rouge]"),
+                           plugins())
+    assert set(twice.evaluators) == {"exact_match", "rouge"}  # the last setting counts, as in Hydra
     # additions and the experiment's own selection are untouched
     added = run_components(compose("+experiment=legal_citations", "+evaluators=[rouge]"), plugins())
     assert set(added.evaluators) == {"perplexity", "exact_match", "forgetting", "rouge"}

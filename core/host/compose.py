@@ -100,13 +100,16 @@ def keep_only_listed_components(cfg, overrides: Sequence[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception:  # composing already succeeded with these; nothing to narrow
         return
+    last = {}  # a group set twice: Hydra takes the last; a later +group=[...] adds to it
     for override in parsed:
         group = override.key_or_group
-        if (group not in MULTIPLE_GROUPS or override.package is not None or override.is_add()
-                or override.is_delete() or override.is_sweep_override()):
+        if (group not in MULTIPLE_GROUPS or override.package is not None or override.is_delete()
+                or override.is_sweep_override() or (override.is_add() and group not in last)):
             continue
         value = override.value()
-        listed = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        names = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        last[group] = [*last[group], *names] if override.is_add() else names
+    for group, listed in last.items():
         node = cfg.get(group)
         if not isinstance(node, DictConfig):
             continue
