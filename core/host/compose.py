@@ -96,10 +96,7 @@ def keep_only_listed_components(cfg, overrides: Sequence[str]) -> None:
 
     from tuneforge.host.components import MULTIPLE_GROUPS
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception:  # composing already succeeded with these; nothing to narrow
-        return
+    parsed = OverridesParser.create().parse_overrides(list(overrides))  # Hydra composed with them: they parse
     last = {}  # a group set twice: Hydra takes the last; a later +group=[...] adds to it
     for override in parsed:
         group = override.key_or_group

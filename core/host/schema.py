@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from tuneforge.data.packing import MEGABATCH_BATCHES
 from tuneforge.specs import SPEC_KINDS
 from tuneforge.validation import (at_least, between, check, each, greater_than, is_placeholder,
                                   one_of)
@@ -169,7 +170,7 @@ class LoaderConfig:
     packing: bool = False
     pack_length: Optional[int] = None
     group_by_length: bool = False
-    group_batches: int = 50
+    group_batches: int = MEGABATCH_BATCHES
 
     def __post_init__(self) -> None:
         check(self, batch_size=at_least(1), eval_batch_size=at_least(1), num_workers=at_least(0),

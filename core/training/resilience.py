@@ -51,8 +51,9 @@ class ResumableSampler(Sampler):
     With ``lengths`` (one per item) the epoch's order is length-grouped
     (:func:`tuneforge.data.packing.length_grouped_order` over global batches of
     ``batch_size x world_size``): each rank's k-th batch is its slice of the
-    same group of similar lengths; ``group_batches`` global batches are sorted together.  The order still depends only on
-    (seed, epoch), so resuming skips exactly the batches already done.
+    same group of similar lengths; ``group_batches`` global batches are sorted
+    together.  The order still depends only on (seed, epoch), so resuming skips
+    exactly the batches already done.
     """
 
     def __init__(self, length: int, seed: int, shuffle: bool, batch_size: int, rank: int = 0,
