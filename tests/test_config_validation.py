@@ -42,6 +42,7 @@ BAD_VALUES = {
     "optim.scheduler=cosin": ("optim.scheduler", "did you mean 'cosine'"),
     "data.path=/nonexistent": ("data.path", "no such file or folder: /nonexistent"),
     "loader.batch_size=0": ("loader.batch_size", "must be >= 1, got 0"),
+    "loader.group_batches=0": ("loader.group_batches", "must be >= 1, got 0"),
     "trainer.max_steps=0": ("trainer.max_steps", "got 0"),
     "loss=dpo": ("loss", "dpo trains on preference examples, but data=jsonl gives alpaca examples"),
     "adapter.lora_dropout=1.5": ("adapter.lora_dropout", "must be >= 0 and < 1, got 1.5"),
