@@ -69,7 +69,9 @@ def test_demo_shortened_on_smollm2(demo_run):
 
     losses = train_losses(run_dir)
     assert len(losses) >= 3
-    assert losses[-1] < 0.5 * losses[0], losses
+    # batches are grouped by length (rehearsal and citation batches differ in loss): the mean of
+    # the last three logged losses, not the last alone, must fall below half of the first
+    assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
 
     base, tuned = metrics["base"]["exact_match"], metrics["tuned"]["exact_match"]
     assert base <= 0.10, f"the base model already writes {base:.0%} of the citations exactly"
