@@ -146,3 +146,12 @@ def test_hydra_flags_with_values_are_not_overrides():
     result = run_cli(["train", "--cfg", "job", "adapter.r=4"])
     assert result.returncode == 0, result.stderr
     assert "adapter:\n  name: lora\n  r: 4" in result.stdout
+
+
+def test_progress_bar_of_a_run_bounded_by_steps_shows_no_negative_epoch_count(tmp_path):
+    """Lightning's rich bar writes ``Epoch 0/-2`` when only ``trainer.max_steps`` bounds the run."""
+    result = run_cli(["train", "model=tiny", "evaluators=[]", "baselines=[]", "trainer.max_steps=3", "threads=1",
+                      f"run_dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = result.stdout + result.stderr
+    assert "Epoch 0" in shown and "/-2" not in shown, shown[-2000:]

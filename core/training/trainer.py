@@ -19,6 +19,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
     default: only that CSV logger.
     """
     import lightning.pytorch as pl
+    from lightning.pytorch.callbacks.progress import ProgressBar
 
     from tuneforge.training.checkpoint import safe_checkpoint_io
     from tuneforge.training.loggers import run_metrics_logger
@@ -32,6 +33,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
     t = cfg.trainer
+    if t.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):  # a plugin's bar wins
+        callbacks = [*callbacks, *_progress_bar()]
     strategy = cfg.strategy.name
     if cfg.strategy.kwargs or shards_weights(cfg):
         strategy = _strategy_object(cfg.strategy.name, strategy_kwargs(cfg))
@@ -46,6 +49,29 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
         logger=loggers if loggers is not None else [run_metrics_logger(run_dir)], callbacks=callbacks,
         num_sanity_val_steps=0, enable_model_summary=False, plugins=[safe_checkpoint_io()],
         use_distributed_sampler=False)  # ResumableSampler shards by rank itself
+
+
+def _progress_bar() -> list:
+    """Lightning's rich progress bar, without its "Epoch 0/-2" for a run bounded by steps.
+
+    Lightning shows ``Epoch <n>/<max_epochs - 1>``, and a run bounded by
+    ``trainer.max_steps`` has ``max_epochs=-1``; this bar writes ``Epoch <n>``
+    then.  Without ``rich`` Lightning's tqdm bar (which shows no maximum) stays.
+    """
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    if not _RICH_AVAILABLE:
+        return []
+
+    class StepBoundedRichProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 1:
+                return super()._get_train_description(current_epoch)
+            # padded to the validation bar's label, as Lightning does, so the bar does not flicker
+            return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+
+    return [StepBoundedRichProgressBar()]
 
 
 def _not_an_advert(record) -> bool:
