@@ -266,6 +266,40 @@ class UncertaintyConfig:
         check(self, resamples=at_least(0), confidence=_open_unit_interval)
 
 
+@dataclass
+class EvidenceConfig:
+    """How the run decides between tuning and prompting (the verdict; see docs/evaluation.md).
+
+    margin: the equivalence margin of the verdict, in the headline metric's own units (0.05 = 5
+        points of a 0-1 score): prompting "suffices" only when the whole interval of tuned minus
+        the best prompting column lies inside +-margin.
+    forgetting_limit: the largest drop on a forgetting metric (``section="forgetting"``, same
+        units) that still counts as "no forgetting"; a drop whose interval lies beyond it turns
+        "tune" into "tune, at a cost".
+    seeds: train and evaluate this many times with seeds ``seed``, ``seed+1``, ... (each in
+        ``<run_dir>/seed-<k>``) and fold them into mean, spread and a cross-seed verdict.
+    slice_by: a record field (e.g. ``lang``) whose values slice every held-out metric and the
+        verdict (null: no slices).
+    price_per_hour: the price of one hour of the machine that trains and serves (optional; the
+        cost block then shows money next to seconds).
+    price_per_million_tokens: the price of a million prompt+completion tokens at serving time
+        (optional).
+    timing_repeats: how many times each column's generation timing is repeated on a few queries
+        to give the cost an interval.
+    """
+
+    margin: float = 0.05
+    forgetting_limit: float = 0.05
+    seeds: int = 1
+    slice_by: Optional[str] = None
+    price_per_hour: Optional[float] = None
+    price_per_million_tokens: Optional[float] = None
+    timing_repeats: int = 3
+
+    def __post_init__(self) -> None:
+        check(self, margin=at_least(0), forgetting_limit=at_least(0), seeds=at_least(1), timing_repeats=at_least(1))
+
+
 def _open_unit_interval(value) -> Optional[str]:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
         return None
@@ -300,6 +334,7 @@ class TuneforgeConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)
     uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     resume: str = "auto"
     seed: int = 42
     run_dir: Optional[str] = None
