@@ -1,9 +1,62 @@
-"""Shared test settings: one torch thread per test process (2-core CI machine)."""
+"""Shared test settings: one torch thread per test process (2-core CI machine), and model caches that
+start empty for the default suite, as on a fresh machine.
+
+The default suite (``-m 'not slow'``) must pass on a machine that never ran tuneforge: no
+``~/.cache/tuneforge`` and no Hugging Face cache.  So that no test can come to depend on a model a
+developer happens to have cached, :func:`pytest_configure` points ``TUNEFORGE_CACHE`` and the
+Hugging Face caches at an empty private folder and forbids hub downloads, for this process and every
+subprocess a test starts, unless the run selects ``slow`` tests (they fetch the real model with
+``.ci/fetch-smollm2``).  A test that needs the demo experiment's *config* but not its weights uses
+the :func:`smollm2_placeholder` fixture.
+"""
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+#: the file name the ``smollm2`` model preset looks for under ``$TUNEFORGE_CACHE/models``
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: environment variables that would let a default-suite test reach a developer's cached models
+CACHE_VARIABLES = ("TUNEFORGE_CACHE", "TUNEFORGE_SMOLLM2_GGUF", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE",
+                   "TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE")
+
+
+def _selects_slow_tests(config) -> bool:
+    expression = (config.option.markexpr or "").replace(" ", "")
+    return "slow" in expression and "notslow" not in expression
+
+
+def pytest_configure(config):
+    """An empty private model cache and no hub downloads for the default suite (see the module doc)."""
+    if _selects_slow_tests(config) or os.environ.get("TUNEFORGE_TEST_KEEP_CACHES") == "1":
+        return
+    private = Path(tempfile.mkdtemp(prefix="tuneforge-empty-cache-"))
+    config.add_cleanup(lambda: shutil.rmtree(private, ignore_errors=True))
+    for name in CACHE_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ["TUNEFORGE_CACHE"] = str(private / "tuneforge")
+    os.environ["HF_HOME"] = str(private / "huggingface")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+@pytest.fixture
+def smollm2_placeholder(tmp_path, monkeypatch) -> Path:
+    """An empty file where the ``smollm2`` preset looks for the model, for tests of the demo's config
+    (composition, validation) that never load its weights.  Returns the file's path."""
+    models = tmp_path / "tuneforge-cache" / "models"
+    models.mkdir(parents=True)
+    placeholder = models / SMOLLM2_GGUF
+    placeholder.write_bytes(b"")
+    monkeypatch.delenv("TUNEFORGE_SMOLLM2_GGUF", raising=False)
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(models.parent))
+    return placeholder

@@ -119,7 +119,7 @@ def test_validate_returns_problems_and_leaves_the_config_as_composed():
     assert validate(compose(), plugins()) == []
 
 
-def test_deselecting_an_experiments_components_drops_their_settings_with_a_warning(caplog):
+def test_deselecting_an_experiments_components_drops_their_settings_with_a_warning(caplog, smollm2_placeholder):
     """``+experiment=legal_citations`` sets ``evaluators.perplexity.batch_size`` and ``baselines.few_shot.k``;
     replacing the selection on the command line leaves those settings behind, which must not stop the run."""
     from tuneforge.host.components import run_components, validate
@@ -139,7 +139,7 @@ def test_deselecting_an_experiments_components_drops_their_settings_with_a_warni
     assert [p.key for p in typo] == ["evaluators.exact_macth"] and "has no 'name'" in str(typo[0])
 
 
-def test_a_list_the_command_line_sets_drops_what_the_experiments_defaults_add(caplog):
+def test_a_list_the_command_line_sets_drops_what_the_experiments_defaults_add(caplog, smollm2_placeholder):
     """``legal_citations`` adds exact_match and forgetting with absolute defaults, which Hydra merges after
     the command line's ``evaluators=[...]``: the run must still get exactly the listed evaluators."""
     from tuneforge.host.components import run_components

@@ -140,14 +140,10 @@ def test_targets_block_lists_pass_and_fail():
     assert "PASS  good" in text and "FAIL  bad" in text and "1 of 2 targets missed" in text
 
 
-def test_experiment_config_composes(tmp_path, monkeypatch):
+def test_experiment_config_composes(tmp_path, monkeypatch, smollm2_placeholder):
     from tuneforge.host.compose import compose, load_plugins
 
     # validation wants the model file to exist; the fast suite runs without the real GGUF
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"")
-    monkeypatch.delenv("TUNEFORGE_SMOLLM2_GGUF", raising=False)
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path))
     cfg = compose(["+experiment=legal_citations"], load_plugins(["+experiment=legal_citations"]))
     assert cfg.model.name == "hf" and cfg.model.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert cfg.data.name == "legal_citations" and cfg.data.n_train + cfg.data.n_rehearsal <= 100
