@@ -195,6 +195,10 @@ class LossSpec(_Spec):
 
 #: the :attr:`MetricInfo.section` of metrics on the held-out split (the report's first table)
 HELD_OUT = "held-out"
+#: the :attr:`MetricInfo.section` of metrics of general ability that tuning must not lose (a forgetting
+#: set): the verdict compares tuned with base on them, and a significant drop, or one beyond
+#: ``evidence.forgetting_limit``, turns "tune" into "tune, at a cost"
+GENERAL_ABILITY = "forgetting"
 
 
 @dataclass(frozen=True)
@@ -207,8 +211,9 @@ class MetricInfo:
     ``primary``: a headline metric; when any metric of a run is primary,
         ``compare`` plots only the primary ones.
     ``section``: the report groups metrics by it (free text; ``"held-out"`` is
-        the held-out split's table, anything else, e.g. ``"forgetting"``, gets a
-        table of its own).
+        the held-out split's table, anything else gets a table of its own;
+        ``"forgetting"`` (:data:`GENERAL_ABILITY`) marks general ability that the
+        verdict weighs as the cost of tuning).
     ``description``: one line shown under the section's table.
     ``is_loss``: a held-out loss; the report's overfitting signal compares the
         first such metric of section ``"held-out"`` with the training loss when

@@ -141,8 +141,8 @@ def test_retrieval_retrieves_on_a_copy_task_end_to_end(tmp_path):
     assert metrics["base"]["demo_copy/copied"] == 0.0 and metrics["tuned"]["demo_copy/copied"] == 0.0  # no demonstration
     assert metrics["baselines"]["few_shot"]["demo_copy/copied"] <= 0.2  # 4 random lockers of 40
     assert metrics["intervals"]["retrieval"]["demo_copy/copied"]["n"] == len(val)
-    assert metrics["verdict"]["outcome"] == "prompting_better" and metrics["verdict"]["baseline"] == "retrieval"
-    assert metrics["verdict"]["text"].startswith("Prompting beats the tuned model")
+    assert metrics["verdict"]["outcome"] == "prompting_suffices" and metrics["verdict"]["baseline"] == "retrieval"
+    assert metrics["verdict"]["headline"].startswith("Prompting suffices: retrieval")
     assert json.loads((tmp_path / "run" / "targets.json").read_text())["passed"] is True
 
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").open()]

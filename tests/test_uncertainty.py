@@ -69,50 +69,182 @@ def test_mcnemar_against_a_hand_computed_case():
         u.mcnemar_exact([0.5, 1], [1, 0])
 
 
-def _run(tuned, base, retrieval, few_shot=None, train=None):
-    """Metrics and per-example exact-match scores of a run with these columns (lists of 0/1)."""
+def _run(tuned, base, retrieval, few_shot=None, train=None, forgetting=None, extra=None, slices=None, seed=0,
+         margin=0.05, forgetting_limit=0.05):
+    """Metrics and per-example exact-match scores of a run with these columns (lists of 0/1).
+
+    ``forgetting``: ``(base, tuned)`` 0/1 scores on a general set; ``extra``: ``{metric: (tuned, retrieval)}``
+    continuous held-out scores; ``slices``: a ``lang`` label per held-out example."""
     columns = {"base": base, "retrieval": retrieval, "tuned": tuned, **({"few_shot": few_shot} if few_shot else {})}
     metrics = {"base": {"exact_match": float(np.mean(base))}, "tuned": {"exact_match": float(np.mean(tuned))},
                "baselines": {k: {"exact_match": float(np.mean(v))} for k, v in columns.items()
                              if k not in ("base", "tuned")},
                "baseline_info": {"retrieval": {"label": "retrieval, k=4"}, "few_shot": {"label": "few_shot, k=4"}},
-               "metric_info": {"exact_match": {"higher_is_better": True, "section": "held-out"}},
+               "metric_info": {"exact_match": {"higher_is_better": True, "section": "held-out"},
+                               "forgetting/contains": {"higher_is_better": True, "section": "forgetting"}},
                "cost": {"base": {"prompt_tokens_per_query": 100.0}, "retrieval": {"prompt_tokens_per_query": 400.0},
                         "few_shot": {"prompt_tokens_per_query": 420.0},
                         "tuned": {"prompt_tokens_per_query": 100.0, "training_s": 120.0}}}
     scores = {k: {"exact_match": {"values": [float(x) for x in v], "weights": None}} for k, v in columns.items()}
+    if forgetting is not None:
+        for column, values in zip(("base", "tuned"), forgetting):
+            metrics[column]["forgetting/contains"] = float(np.mean(values))
+            scores[column]["forgetting/contains"] = {"values": [float(x) for x in values], "weights": None}
+    for name, (tuned_values, retrieval_values) in (extra or {}).items():
+        for column, values in (("tuned", tuned_values), ("retrieval", retrieval_values)):
+            target = metrics[column] if column == "tuned" else metrics["baselines"]["retrieval"]
+            target[name] = float(np.mean(values))
+            scores[column][name] = {"values": [float(x) for x in values], "weights": None}
     memorisation = None
     if train is not None:
         memorisation = {"sample": len(train), "metrics": {"exact_match": float(np.mean(train))},
                         "scores": {"exact_match": {"values": [float(x) for x in train], "weights": None}}}
-    return summarize(metrics, scores, seed=0, memorisation=memorisation)
+    return summarize(metrics, scores, seed=seed, memorisation=memorisation, margin=margin,
+                     forgetting_limit=forgetting_limit, slice_labels=slices, slice_by="lang" if slices else None)
 
 
 def test_the_verdict_when_tuning_wins():
     metrics = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[1] * 19 + [0] * 11, few_shot=[1] * 3 + [0] * 27)
     verdict = metrics["verdict"]
-    assert verdict["baseline"] == "retrieval" and verdict["outcome"] == "tuning_better"
+    assert verdict["baseline"] == "retrieval" and verdict["outcome"] == verdict["decision"] == "tune"
     assert verdict["change"] == pytest.approx(11 / 30) and verdict["low"] > 0.15 and verdict["high"] <= 11 / 30 + 0.25
+    assert set(verdict["comparisons"]) == {"base", "retrieval", "few_shot"}  # tuned beat every column
     change = metrics["changes"]["tuned-retrieval"]["exact_match"]
     assert change["gained"] == 11 and change["lost"] == 0 and change["p_value"] == pytest.approx(2 / 2 ** 11)
-    text = verdict["text"]
-    assert text.startswith("Tuned exact_match 100.0% vs best prompting baseline (retrieval, k=4) 63.3%: "
-                           "+36.7 points (95% CI +")
-    assert "at 4.0x fewer prompt tokens per query (100 vs 400)" in text and "120 s of training" in text
-    assert text == verdict_text(verdict)  # the text is made from the stored numbers
-    assert metrics["intervals"]["base"]["exact_match"] == {"low": 0.0, "high": 0.0, "n": 30}
-    assert metrics["changes"]["change"]["exact_match"]["low"] == 1.0  # every example gained
+    assert change["method"].startswith("Newcombe") and (change["low"], change["high"]) == (verdict["low"],
+                                                                                            verdict["high"])
+    assert verdict["headline"].startswith("Tune: tuned exact_match 100.0% vs retrieval, k=4 63.3%, +36.7 points "
+                                          "(95% CI +")
+    assert verdict["text"].startswith(verdict["headline"]) and verdict["text"] == verdict_text(verdict)
+    assert "Method: Newcombe paired score (method 10); McNemar exact test." in verdict["text"]
+    # the base model's 0/30 gets a real upper bound (Wilson), not the collapsed [0, 0]
+    assert metrics["intervals"]["base"]["exact_match"] == {"low": 0.0, "high": pytest.approx(wilson(0, 30)[1]),
+                                                            "n": 30, "method": "Wilson score"}
+    assert metrics["changes"]["change"]["exact_match"]["low"] > 0.8  # every example gained
 
 
-def test_the_verdict_when_prompting_reaches_the_tuned_score():
-    metrics = _run(tuned=[1] * 29 + [0], base=[0] * 30, retrieval=[1] * 28 + [0, 1])
+def test_proportion_intervals_at_the_edges_against_known_values():
+    # Clopper-Pearson: 1 - 0.025 ** (1 / 30) at 0/30; 0.3130..0.6870 at 15/30 (published tables)
+    assert u.clopper_pearson_interval(0, 30) == pytest.approx((0.0, 1 - 0.025 ** (1 / 30)))
+    assert u.clopper_pearson_interval(0, 30)[1] == pytest.approx(0.1157, abs=1e-4)
+    assert u.clopper_pearson_interval(15, 30) == pytest.approx((0.3130, 0.6870), abs=1e-4)
+    assert u.clopper_pearson_interval(30, 30) == pytest.approx((0.025 ** (1 / 30), 1.0))
+    for k in (0, 15, 30):
+        assert u.wilson_interval(k, 30) == pytest.approx(tuple(min(1.0, max(0.0, x)) for x in wilson(k, 30)))
+    assert u.wilson_interval(0, 30)[1] == pytest.approx(0.1135, abs=1e-4) and u.wilson_interval(30, 30)[0] > 0.88
+    with pytest.raises(ValueError, match="no per-example values"):
+        u.wilson_interval(0, 0)
+
+
+def test_paired_difference_intervals_at_the_edges_and_their_coverage():
+    ones, zeros = [1.0] * 30, [0.0] * 30
+    low, high = u.newcombe_paired_interval(ones, zeros)  # every example gained
+    assert 0.8 < low < 1.0 and high == 1.0
+    low, high = u.newcombe_paired_interval(ones, ones)  # nothing differs: 0 inside, as wide as 30/30's own doubt
+    doubt = 1 - u.wilson_interval(30, 30)[0]
+    assert (low, high) == pytest.approx((-doubt, doubt))
+    low, high = u.newcombe_paired_interval(zeros, ones)
+    assert low == -1.0 and -1.0 < high < -0.8
+    # validity at small n: the 95% interval covers the true difference at least ~95% of the time (n=18)
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(1000):
+        cells = rng.choice(4, size=18, p=[0.6, 0.2, 0.05, 0.15])  # both, only a, only b, neither: +0.15
+        a, b = np.isin(cells, [0, 1]).astype(float), np.isin(cells, [0, 2]).astype(float)
+        low, high = u.newcombe_paired_interval(a, b)
+        covered += low <= 0.15 <= high
+    assert covered >= 940, covered
+    # continuous scores: the paired t interval equals scipy's, and is a point when every difference is equal
+    from scipy.stats import ttest_rel
+
+    x = np.random.default_rng(1).random(20)
+    y = x + np.random.default_rng(2).normal(0.1, 0.1, 20)
+    assert u.paired_t_interval(y, x) == pytest.approx(tuple(ttest_rel(y, x).confidence_interval()))
+    assert u.paired_t_interval(x + 0.1, x) == pytest.approx((0.1, 0.1))
+    test = u.paired_difference(y, x)
+    assert test["method"].startswith("paired t") and test["p_value"] == pytest.approx(ttest_rel(y, x).pvalue)
+
+
+def test_an_unsettled_lead_is_inconclusive_never_prompting_is_enough():
+    """The case that misled: tuned leads retrieval by 16.7 points at n=18, McNemar p=0.375."""
+    tuned = [1] * 13 + [1] * 4 + [0] * 1                   # 17/18
+    retrieval = [1] * 13 + [0] * 4 + [1] * 1               # 14/18: 4 gained, 1 lost
+    metrics = _run(tuned=tuned, base=[0] * 18, retrieval=retrieval)
     verdict = metrics["verdict"]
-    assert verdict["outcome"] == "prompting_matches" and verdict["low"] < 0 < verdict["high"] + 1e-9
-    assert verdict["text"].startswith("Prompting reaches the tuned score within the interval, tuned exact_match "
-                                      "96.7% vs best prompting baseline (retrieval, k=4) 96.7%")
-    assert "fine-tuning is not needed for this task" in verdict["text"]
+    assert verdict["change"] == pytest.approx(3 / 18) and verdict["p_value"] == pytest.approx(0.375)
+    assert verdict["outcome"] == "inconclusive" and verdict["low"] < 0 < verdict["high"]
+    assert verdict["headline"].startswith("Inconclusive at n=18: tuned exact_match 94.4% vs retrieval, k=4 77.8%")
+    assert "not needed" not in verdict["text"] and "suffices" not in verdict["text"]
+    assert verdict["examples_needed"] > 18 and f"about {verdict['examples_needed']} held-out examples" in \
+        verdict["headline"]
+    for seed in range(20):  # another resampling seed never changes the verdict
+        again = _run(tuned=tuned, base=[0] * 18, retrieval=retrieval, seed=seed)["verdict"]
+        assert again == verdict
+
+
+def test_prompting_suffices_only_when_equivalence_is_shown():
+    same = [1] * 150 + [0] * 50
+    metrics = _run(tuned=same, base=[0] * 200, retrieval=same)  # identical answers on 200 examples
+    verdict = metrics["verdict"]
+    assert verdict["outcome"] == "prompting_suffices" and verdict["equivalent_column"] == "retrieval"
+    assert -0.05 < verdict["equivalence"]["low"] <= 0 <= verdict["equivalence"]["high"] < 0.05
+    assert verdict["headline"].startswith("Prompting suffices: retrieval, k=4 is within ±5.0 of the tuned "
+                                          "exact_match")
+    # the same tie at n=30 cannot show equivalence within 5 points: inconclusive, not "prompting suffices"
+    small = _run(tuned=[1] * 29 + [0], base=[0] * 30, retrieval=[1] * 28 + [0, 1])["verdict"]
+    assert small["outcome"] == "inconclusive" and small["examples_needed"] > 30
+    # a wider margin accepts it
+    wide = _run(tuned=[1] * 29 + [0], base=[0] * 30, retrieval=[1] * 28 + [0, 1], margin=0.2)["verdict"]
+    assert wide["outcome"] == "prompting_suffices"
+    # prompting clearly better: equivalence-or-better is shown as well
     worse = _run(tuned=[0] * 30, base=[0] * 30, retrieval=[1] * 30)["verdict"]
-    assert worse["outcome"] == "prompting_better" and worse["text"].startswith("Prompting beats the tuned model")
+    assert worse["outcome"] == "prompting_suffices" and worse["change"] == -1.0
+
+
+def test_a_significant_forgetting_drop_is_named_in_the_verdict():
+    forgetting_base, forgetting_tuned = [1] * 30, [1] * 22 + [0] * 8     # -26.7 points, McNemar p=0.0078
+    metrics = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[0] * 30,
+                   forgetting=(forgetting_base, forgetting_tuned))
+    verdict = metrics["verdict"]
+    assert verdict["decision"] == "tune" and verdict["outcome"] == "tune_with_cost"
+    [entry] = verdict["forgetting"]
+    assert entry["metric"] == "forgetting/contains" and entry["significant"] and entry["costs"]
+    assert verdict["headline"].startswith("Tune, but it costs 26.7 points of general ability "
+                                          "(forgetting/contains 100.0% -> 73.3%")
+    # a small, non-significant drop within the limit leaves a plain "tune"
+    held = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[0] * 30, forgetting=([1] * 30, [1] * 29 + [0]))["verdict"]
+    assert held["outcome"] == "tune" and not held["forgetting"][0]["costs"]
+    assert "No significant forgetting: forgetting/contains 100.0% -> 96.7%" in held["text"]
+    # beyond the limit though not significant: still a cost
+    beyond = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[0] * 30, forgetting=([1] * 30, [1] * 28 + [0] * 2),
+                  forgetting_limit=0.05)["verdict"]
+    assert beyond["outcome"] == "tune_with_cost" and not beyond["forgetting"][0]["significant"]
+
+
+def test_metrics_that_disagree_with_the_headline_are_named():
+    rng = np.random.default_rng(0)
+    rouge_retrieval = rng.uniform(0.2, 0.5, 18)
+    metrics = _run(tuned=[1] * 15 + [0] * 3, base=[0] * 18, retrieval=[1] * 15 + [0] * 3,
+                   extra={"rouge": (list(rouge_retrieval + 0.36 + rng.normal(0, 0.05, 18)), list(rouge_retrieval))})
+    verdict = metrics["verdict"]
+    assert verdict["metric"] == "exact_match" and verdict["outcome"] == "inconclusive"
+    [d] = verdict["disagreements"]
+    assert d["metric"] == "rouge" and d["direction"] == "better" and d["change"] == pytest.approx(0.36, abs=0.03)
+    assert d["low"] > 0.25 and f"rouge disagrees: tuned is significantly better (+{100 * d['change']:.1f} points" \
+        in verdict["text"]
+
+
+def test_slices_give_every_metric_and_the_verdict_per_value():
+    tuned = [1] * 20 + [1] * 20
+    retrieval = [1] * 20 + [0] * 20                      # retrieval fails only the "zh" half
+    labels = ["en"] * 20 + ["zh"] * 20
+    metrics = _run(tuned=tuned, base=[0] * 40, retrieval=retrieval, slices=labels)
+    slices = metrics["slices"]
+    assert set(slices) == {"en", "zh"} and slices["zh"]["n"] == 20 and slices["zh"]["field"] == "lang"
+    assert slices["zh"]["columns"]["retrieval"]["exact_match"] == 0.0
+    assert slices["zh"]["verdict"]["outcome"] == "tune"
+    assert slices["en"]["verdict"]["outcome"] in ("prompting_suffices", "inconclusive")
+    assert metrics["verdict"]["outcome"] == "tune"
 
 
 def test_memorisation_gap_is_flagged_with_its_size():
@@ -131,7 +263,7 @@ def test_targets_read_intervals_and_p_values():
         "the gain over retrieval is significant": "p_value:tuned-retrieval:exact_match <= 0.01",
         "retrieval alone reaches 60%": "retrieval:exact_match >= 0.6",
         "tuned over retrieval": "tuned-retrieval:exact_match >= 0.3",
-        "tuned interval": "ci_low:tuned:exact_match >= 0.99",
+        "tuned interval": "ci_low:tuned:exact_match >= 0.85",  # Wilson at 30/30: 0.886
         "base interval reaches 20%": "ci_high:base:exact_match >= 0.2",
     }, metrics)
     values = {c["label"]: (c["value"], c["passed"]) for c in result["checks"]}
@@ -143,3 +275,34 @@ def test_targets_read_intervals_and_p_values():
     assert values["base interval reaches 20%"][1] is False
     assert [c["label"] for c in result["checks"] if not c["passed"]] == ["base interval reaches 20%"]
     assert targets.lookup(metrics, "ci_low:nowhere:exact_match") is None
+
+
+def test_cost_of_the_decision_break_even_and_gain_share():
+    from tuneforge.evaluation.cost import cost_text, decision_cost, generation_timing
+
+    timing = generation_timing({"val": {"seconds": 9.0, "queries": 12, "batch_s_per_query": [2.0, 0.5, 0.6, 0.55]}})
+    assert timing == {"s_per_query": pytest.approx(0.575), "low": 0.5, "high": 2.0, "batches": 4}  # a slow first batch
+    metrics = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[1] * 12 + [0] * 18)
+    metrics["cost"]["retrieval"].update(generation_s_per_query=1.5, generation_s_range=[1.4, 1.6],
+                                        completion_tokens_per_query=20.0)
+    metrics["cost"]["tuned"].update(generation_s_per_query=0.5, generation_s_range=[0.45, 0.55],
+                                    completion_tokens_per_query=20.0)
+    decision = decision_cost(metrics, metrics["verdict"])
+    assert decision["column"] == "retrieval" and decision["unit"] == "seconds"
+    assert decision["gain_share"] == pytest.approx(0.4) and decision["query_cost_ratio"] == pytest.approx(3.0)
+    assert decision["break_even_queries"] == 120  # 120 s of training / (1.5 - 0.5) s saved per query
+    assert decision["break_even_range"] == [round(120 / 1.15), round(120 / 0.85)]
+    text = cost_text(decision, "retrieval, k=4")
+    assert text.startswith("Cost: retrieval, k=4 reaches 40% of the tuned gain at 3x the tuned model's cost per query")
+    assert "pays back after about 120 queries (104..141 over the timing spread)" in text
+    # priced by tokens: 420 vs 120 tokens a query at 2 per million; training at 3 an hour
+    priced = decision_cost(metrics, metrics["verdict"], {"price_per_hour": 3.0, "price_per_million_tokens": 2.0})
+    assert priced["unit"] == "money" and priced["training"] == pytest.approx(0.1)
+    assert priced["break_even_queries"] == round(0.1 / ((420 - 120) * 2 / 1e6))
+    # the tuned model slower per query: training never pays back in cost
+    metrics["cost"]["tuned"]["generation_s_per_query"] = 2.0
+    assert "never pays back" in cost_text(decision_cost(metrics, metrics["verdict"]), "retrieval")
+    # without per-query timings nothing is claimed about paying back; summarize puts the cost in the verdict
+    plain = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[1] * 12 + [0] * 18)["verdict"]
+    assert "break_even_queries" not in plain["cost"] and "pays back" not in plain["text"]
+    assert plain["text"].endswith("Cost: retrieval, k=4 reaches 40% of the tuned gain. Training cost 120 s.")

@@ -8,7 +8,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from tuneforge.evaluation.comparison import summarize
+from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.components import MULTIPLE_GROUPS
 from tuneforge.training.model_io import load_saved_model
@@ -52,10 +52,8 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
                                                       "tuned", chat_template=splits.chat_template)
     metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
-    settings = cfg.get("uncertainty") or {}
     summarize(metrics, {"base": base_pass.example_scores, "tuned": tuned_pass.example_scores if tuned_pass else {}},
-              seed=int(cfg.seed), resamples=int(settings.get("resamples", 1000)),
-              confidence=float(settings.get("confidence", 0.95)))
+              seed=int(cfg.seed), **evidence_options(cfg, splits.val))
     metrics["wall_time_s"] = time.time() - started
     if out_dir is not None:
         write_outputs(Path(out_dir), cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),

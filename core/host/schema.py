@@ -21,6 +21,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from tuneforge.data.packing import MEGABATCH_BATCHES
+from tuneforge.evaluation.uncertainty import CONFIDENCE, RESAMPLES
 from tuneforge.specs import SPEC_KINDS
 from tuneforge.validation import (at_least, between, check, each, greater_than, is_placeholder,
                                   one_of)
@@ -252,15 +253,17 @@ class MemorisationConfig:
 
 @dataclass
 class UncertaintyConfig:
-    """Bootstrap confidence intervals over examples for every held-out metric and change
-    (:mod:`tuneforge.evaluation.uncertainty`); seeded with the run's ``seed``.
+    """Confidence intervals for every held-out metric and change (:mod:`tuneforge.evaluation.uncertainty`):
+    Wilson / Newcombe / McNemar for 0/1 scores, BCa bootstrap (seeded with the run's ``seed``) / paired t
+    for continuous ones.  The verdict's tests never resample.
 
-    resamples: bootstrap resamples (0: no intervals).
+    resamples: bootstrap resamples of continuous column intervals and the memorisation gap
+        (0: no intervals).
     confidence: the interval's coverage (0.95: a 95% interval).
     """
 
-    resamples: int = 1000
-    confidence: float = 0.95
+    resamples: int = RESAMPLES
+    confidence: float = CONFIDENCE
 
     def __post_init__(self) -> None:
         check(self, resamples=at_least(0), confidence=_open_unit_interval)
@@ -284,8 +287,6 @@ class EvidenceConfig:
         cost block then shows money next to seconds).
     price_per_million_tokens: the price of a million prompt+completion tokens at serving time
         (optional).
-    timing_repeats: how many times each column's generation timing is repeated on a few queries
-        to give the cost an interval.
     """
 
     margin: float = 0.05
@@ -294,10 +295,9 @@ class EvidenceConfig:
     slice_by: Optional[str] = None
     price_per_hour: Optional[float] = None
     price_per_million_tokens: Optional[float] = None
-    timing_repeats: int = 3
 
     def __post_init__(self) -> None:
-        check(self, margin=at_least(0), forgetting_limit=at_least(0), seeds=at_least(1), timing_repeats=at_least(1))
+        check(self, margin=at_least(0), forgetting_limit=at_least(0), seeds=at_least(1))
 
 
 def _open_unit_interval(value) -> Optional[str]:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation.baselines import join_columns, run_baselines
-from tuneforge.evaluation.comparison import summarize
+from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
@@ -168,6 +168,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         for warning in metrics["quality"]["warnings"]:
             log.warning("data quality: %s", warning)
         quality.check(metrics["quality"], cfg.quality)
+        evidence_options(cfg, splits.val)  # a slice_by field that no held-out record has stops here
 
         loss_fn = components.loss.spec.build(components.loss.config, _loss_context(plugins, tokenizer))
         callbacks = [build_callback(c.spec, c.config, context) for c in components.callbacks.values()
@@ -226,7 +227,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["cost"] = _cost(tokenizer, splits, saved, baselines, tuned_pass, metrics["throughput"])
         summarize(metrics, {"base": saved.get("scores") or {}, "tuned": tuned_pass.example_scores,
                             **{key: column["scores"] for key, column in baselines.items()}},
-                  seed=int(cfg.seed), memorisation=memorisation, **_uncertainty_options(cfg))
+                  seed=int(cfg.seed), memorisation=memorisation, **_uncertainty_options(cfg, splits.val))
         metrics["wall_time_s"] = sum(float(s.get("wall_time_s") or 0) for s in earlier_segments) + time.time() - started
         if context.is_main:
             metrics["trackers"] = loggers.record()
@@ -334,27 +335,26 @@ def _memorisation(components, cfg: DictConfig, model, tokenizer, splits, context
 
 
 def _cost(tokenizer, splits, saved: dict, baselines: dict, tuned_pass, throughput: dict) -> dict:
-    """Per column: prompt tokens and measured generation seconds per held-out query; the tuned column
-    also its training time."""
-    from tuneforge.evaluation.baselines import generation_seconds_per_query, prompt_tokens_per_query
+    """Per column: prompt and completion tokens and measured generation seconds per held-out query (with
+    the spread over batches); the tuned column also its training time."""
+    from tuneforge.evaluation import merge_predictions
+    from tuneforge.evaluation.baselines import prompt_tokens_per_query
+    from tuneforge.evaluation.cost import column_cost
 
     zero_shot = prompt_tokens_per_query(tokenizer, splits.val, splits.chat_template) \
         if all(ex.get("messages") for ex in splits.val) else None
-    cost = {"base": {"prompt_tokens_per_query": zero_shot,
-                     "generation_s_per_query": generation_seconds_per_query(saved.get("timings"))}}
+    cost = {"base": column_cost("base", zero_shot, tokenizer, saved.get("predictions") or [], saved.get("timings"))}
     for key, column in baselines.items():
-        cost[key] = {"prompt_tokens_per_query": column["prompt_tokens"],
-                     "generation_s_per_query": generation_seconds_per_query(column["timings"])}
-    cost["tuned"] = {"prompt_tokens_per_query": zero_shot,
-                     "generation_s_per_query": generation_seconds_per_query(tuned_pass.timings),
-                     "training_s": throughput.get("fit_time_s")}
+        cost[key] = column_cost(key, column["prompt_tokens"], tokenizer, column.get("predictions") or [],
+                                column["timings"])
+    cost["tuned"] = dict(column_cost("tuned", zero_shot, tokenizer, merge_predictions({"tuned": tuned_pass}),
+                                     tuned_pass.timings), training_s=throughput.get("fit_time_s"))
     return cost
 
 
-def _uncertainty_options(cfg: DictConfig) -> dict:
-    settings = cfg.get("uncertainty") or {}
-    return {"resamples": int(settings.get("resamples", 1000)), "confidence": float(settings.get("confidence", 0.95)),
-            "flag_gap": float((cfg.get("memorisation") or {}).get("flag_gap", 0.1))}
+def _uncertainty_options(cfg: DictConfig, val_examples) -> dict:
+    """The :func:`summarize` settings of the run: ``uncertainty``, ``evidence`` and the memorisation gap."""
+    return {**evidence_options(cfg, val_examples), "flag_gap": float(cfg.memorisation.flag_gap)}
 
 
 def _no_pickle(trainer) -> dict:
