@@ -50,9 +50,10 @@ class EvaluationPass:
     (:func:`record_scores`, ``{metric: {"values", "weights"}}``); the host
     moves them into ``example_scores`` after each evaluator, under the
     reported metric names (``forgetting/contains``).  ``timings``:
-    ``{set name: {"seconds", "queries"}}``, the time :func:`generate_predictions`
-    spent generating (cache hits cost nothing) and the most prompts one
-    generation covered.
+    ``{set name: {"seconds", "queries", "batch_s_per_query"}}``, the time
+    :func:`generate_predictions` spent generating (cache hits cost nothing),
+    the most prompts one generation covered, and the seconds per prompt of
+    each batch this process generated (the timing's repeats, for its spread).
     ``given_outputs``: ``{example source: output text}`` that
     :func:`generate_predictions` returns instead of generating (for
     ``tuneforge.testing.run_evaluator``; None in runs).
@@ -200,22 +201,28 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
     if evaluation is not None and key in evaluation.predictions:
         return evaluation.predictions[key]
     started = time.perf_counter()
+    batch_rates: list = []  # seconds per prompt of each batch this process generated: the timing's spread
     if evaluation is not None and evaluation.given_outputs is not None:
         outputs = [evaluation.given_outputs[ex.get("source", "")] for ex in examples]
     else:
         from tuneforge.evaluation.sharding import map_batches
 
+        def timed(part):
+            batch_started = time.perf_counter()
+            texts = generate(model, tokenizer, part, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            batch_rates.append((time.perf_counter() - batch_started) / max(len(part), 1))
+            return texts
+
         # one batch per rank at a time under DDP (the same batches as in one process), gathered in order
-        outputs = [text for batch in map_batches(
-            lambda part: generate(model, tokenizer, part, max_new_tokens=max_new_tokens, batch_size=batch_size),
-            prompts, batch_size, evaluation) for text in batch]
+        outputs = [text for batch in map_batches(timed, prompts, batch_size, evaluation) for text in batch]
     rows = [{"source": ex.get("source", ""), "prompt": p, "reference": r, "output": o}
             for ex, p, r, o in zip(examples, prompts, references, outputs)]
     if evaluation is not None:
         evaluation.predictions[key] = rows
-        timing = evaluation.timings.setdefault(set_name, {"seconds": 0.0, "queries": 0})
+        timing = evaluation.timings.setdefault(set_name, {"seconds": 0.0, "queries": 0, "batch_s_per_query": []})
         timing["seconds"] += time.perf_counter() - started
         timing["queries"] = max(timing["queries"], len(prompts))
+        timing.setdefault("batch_s_per_query", []).extend(batch_rates)
     return rows
 
 
