@@ -163,6 +163,7 @@ def cross_seed_text(v: dict) -> str:
         text = f"verdicts differ across seeds: {parts} -> {outcome_words(v['outcome'])}"
     if v.get("smallest_margin") is not None:
         kind = "" if v.get("margin_is_bound") else " (change; no interval)"
+        kind += "" if v.get("higher_is_better", True) else " (lower is better)"
         text += f"; smallest margin {_delta(share, v['smallest_margin'])}{kind}"
     change = v.get("change")
     if change and change["n"] > 1:
@@ -171,17 +172,31 @@ def cross_seed_text(v: dict) -> str:
     return text
 
 
-def seed_verdict_text(v: dict) -> str:
-    """One seed's verdict on one line: ``seed 43: tune (+63.3 points vs retrieval, 95% CI +50.0..+76.7)``."""
+def verdict_line(v: dict) -> str:
+    """One run's verdict on one line: ``tune (+63.3 points vs retrieval, k=4, 95% CI +50.0..+76.7)``."""
     if v.get("metric") is None or not _number(v.get("change")):
-        return f"seed {v['seed']}: {outcome_words(v['outcome'])}"
+        return outcome_words(v.get("outcome") or "no_comparison")
     share = bool(v.get("share"))
     interval = ""
     if _number(v.get("low")) and _number(v.get("high")):
         bound = (lambda x: f"{100 * x:+.1f}") if share else (lambda x: f"{x:+.4g}")
         interval = f", 95% CI {bound(v['low'])}..{bound(v['high'])}"
     against = v.get("baseline_label") or v.get("baseline") or "best prompting column"
-    return f"seed {v['seed']}: {outcome_words(v['outcome'])} ({_delta(share, v['change'])} vs {against}{interval})"
+    return f"{outcome_words(v['outcome'])} ({_delta(share, v['change'])} vs {against}{interval})"
+
+
+def seed_verdict_text(v: dict) -> str:
+    """``seed 43: tune (+63.3 points vs retrieval, k=4, 95% CI +50.0..+76.7)``."""
+    return f"seed {v['seed']}: {verdict_line(v)}"
+
+
+def seeds_verdict_cell(v: dict) -> str:
+    """The verdict across seeds in a few words: ``tune 3/3``, or ``tune 2/3, inconclusive 1/3 -> inconclusive``."""
+    total = v["seeds"]
+    if v["agree"]:
+        return f"{outcome_words(v['outcome'])} {total}/{total}"
+    parts = ", ".join(f"{outcome_words(o)} {count}/{total}" for o, count in v["counts"].items())
+    return f"{parts} -> {outcome_words(v['outcome'])}"
 
 
 def _num(value) -> str:
