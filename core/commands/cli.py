@@ -234,7 +234,7 @@ def train_command(args: list, debug: bool = False) -> None:
         from tuneforge.context import RunContext
         from tuneforge.evaluation.seeds import format_seed_summary
         from tuneforge.host.components import run_components
-        from tuneforge.training.seed_runs import completed_metrics, seed_runs, write_seed_summary
+        from tuneforge.training.seed_runs import completed_metrics, seed_log, seed_runs, write_seed_summary
 
         runs = seed_runs(components.config, run_dir)
         is_main = RunContext.detect(run_dir, components.config).is_main
@@ -243,8 +243,9 @@ def train_command(args: list, debug: bool = False) -> None:
             metrics = completed_metrics(run)
             if metrics is None:
                 # an interrupted seed resumes with the seeds' own command: completed seeds are skipped then
-                metrics, _ = train_one(run_components(run.config, plugins), run.run_dir, settings=run.overrides(),
-                                       command_dir=run_dir)
+                with seed_log(run, enabled=is_main):
+                    metrics, _ = train_one(run_components(run.config, plugins), run.run_dir,
+                                           settings=run.overrides(), command_dir=run_dir)
             results.append(metrics)
             if is_main:
                 print(f"seed {run.seed} ({number}/{len(runs)}): {run.run_dir}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -107,6 +108,27 @@ def _flat(node, prefix: str = "") -> dict:
     if isinstance(node, dict):
         return {key: value for k, v in node.items() for key, value in _flat(v, f"{prefix}{k}.").items()}
     return {prefix[:-1]: node}
+
+
+@contextmanager
+def seed_log(run: SeedRun, enabled: bool = True):
+    """While a seed trains, the log also goes to ``<seed dir>/train.log`` (formatted like the job log of
+    the command, which keeps the whole log), so the seed's directory holds its own log like any run."""
+    if not enabled:
+        yield
+        return
+    root = logging.getLogger()
+    formats = [h.formatter for h in root.handlers if isinstance(h, logging.FileHandler) and h.formatter]
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run.run_dir / "train.log")
+    handler.setFormatter(formats[0] if formats else logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - "
+                                                                      "%(message)s"))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def write_seed_summary(run_dir: Path, runs: list[SeedRun], metrics: list[dict]) -> dict:
