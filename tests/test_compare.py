@@ -134,7 +134,7 @@ def test_sweep_with_two_process_ddp_runs_each_job_once(tmp_path):
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
     assert [p.name for p in sweep_dir.glob("*/report.md")] == ["report.md"] * 2
     assert list(cwd.iterdir()) == []  # no stray run or sweep directory from a child
-    compared = run_cli(["compare", str(sweep_dir)])
+    compared = run_cli(["compare", str(sweep_dir)], cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()
     assert lines[0].split()[:2] == ["run", "optim.lr"]
@@ -153,7 +153,7 @@ def test_submitit_local_sweep_then_compare(tmp_path):
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json")) == ["0", "1"]
     assert (sweep_dir / ".submitit").is_dir()  # the jobs ran through submitit
-    compared = run_cli(["compare", str(sweep_dir)])
+    compared = run_cli(["compare", str(sweep_dir)], cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()
     assert lines[0].split()[:2] == ["run", "adapter.r"]

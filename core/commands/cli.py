@@ -25,7 +25,8 @@ commands:
                tuneforge train model=tiny data=jsonl data.path=train.jsonl adapter=lora adapter.r=8
              'tuneforge train --help [group=choice]' lists config groups, their choices and the fields
              (type, default, doc) of the selected choices;
-             '--cfg job' prints the composed config; '-m' sweeps over values.
+             '--cfg job' prints the composed config; '-m' sweeps over values;
+             'evidence.seeds=3' trains 3 seeds (<run_dir>/seed-<seed>) and folds them (seeds.json).
   plugins    list installed plugins, their versions and the components they contribute
   eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
                tuneforge eval run_dir=runs/x [evaluators=[exact_match,rouge] data.val_path=...]
@@ -38,7 +39,8 @@ commands:
                tuneforge export run_dir=runs/x out=merged/
              'tuneforge <generate|chat|export> --help' lists their keys.
 
-  compare    runs side by side (e.g. a data.max_examples sweep): table, comparison.md, data_efficiency.png
+  compare    runs side by side (e.g. a data.max_examples sweep, seeds): every column, verdicts, mean and
+             spread over seeds; comparison.md and data_efficiency.png in a new compare-<date>_<time>/ (or out=)
                tuneforge compare runs/multirun/<date>
   config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
              'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
