@@ -163,3 +163,27 @@ def test_seeds_that_disagree_are_inconclusive():
     assert mixed["verdict"]["outcome"] == "tune_with_cost"
     assert mixed["verdict"]["text"].startswith("verdicts differ across seeds: tune 1/2, tune with cost 1/2 -> "
                                                "tune with cost; smallest margin +20.0 points")
+
+
+def test_a_sweep_gives_each_job_its_seeds_and_compare_folds_them(tmp_path):
+    sweep_dir, cwd = tmp_path / "sweep", tmp_path / "cwd"
+    cwd.mkdir()
+    sweep = run_cli(["train", "-m", "data.max_examples=8,40", "evidence.seeds=2", "trainer.max_steps=2",
+                     "trainer.enable_progress_bar=false", "threads=1", f"hydra.sweep.dir={sweep_dir}"], cwd=cwd)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert sweep.stdout.count("run directory:") == 2 and sweep.stdout.count("across seeds: ") == 2
+    for job in ("0", "1"):
+        assert sorted(p.name for p in (sweep_dir / job).glob("seed-*/metrics.json")) == ["metrics.json"] * 2
+        assert sorted(p.parent.name for p in (sweep_dir / job).glob("seed-*/metrics.json")) == ["seed-42", "seed-43"]
+    compared = run_cli(["compare", str(sweep_dir)], cwd=cwd)
+    assert compared.returncode == 0, compared.stderr
+    lines = compared.stdout.splitlines()
+    assert lines[0].split()[:3] == ["run", "data.max_examples", "seed"]
+    assert [line.split("  ")[0].strip() for line in lines[1:7]] == [
+        "0/seed-42", "0/seed-43", "mean of 2 runs", "1/seed-42", "1/seed-43", "mean of 2 runs"]
+    for job, line in (("0", lines[3]), ("1", lines[6])):
+        fold = json.loads((sweep_dir / job / "seeds.json").read_text())
+        spread = fold["metrics"]["tuned"]["perplexity/loss"]
+        assert f"{spread['mean']:.4f} (sd {spread['std']:.4f})" in line
+        verdict = fold["verdict"]
+        assert line.rstrip().endswith(f"{verdict['outcome'].replace('_', ' ')} 2/2") == verdict["agree"]

@@ -77,8 +77,9 @@ def _runs_in(path: Path) -> list[Path]:
     """``[path]`` for a run directory, its seeds' runs for a seeds folder, else nothing."""
     if (path / "metrics.json").is_file():
         return [path]
-    if (path / "seeds.json").is_file():
-        return sorted(p for p in path.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
+    if (path / "seeds.json").is_file():  # the seeds it folded (a later run with fewer seeds leaves others)
+        folders = json.loads((path / "seeds.json").read_text()).get("runs") or [p.name for p in path.iterdir()]
+        return sorted(path / name for name in folders if (path / name / "metrics.json").is_file())
     return []
 
 
