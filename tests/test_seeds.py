@@ -187,3 +187,16 @@ def test_a_sweep_gives_each_job_its_seeds_and_compare_folds_them(tmp_path):
         assert f"{spread['mean']:.4f} (sd {spread['std']:.4f})" in line
         verdict = fold["verdict"]
         assert line.rstrip().endswith(f"{verdict['outcome'].replace('_', ' ')} 2/2") == verdict["agree"]
+
+
+def test_a_seeds_ddp_child_composes_its_own_seed_and_never_a_loop_of_seeds(tmp_path):
+    """A seed's other processes (strategy=ddp) start from the job's overrides with that seed's settings."""
+    from tuneforge.commands.cli import with_settings
+    from tuneforge.training.seed_runs import SeedRun
+
+    where = tmp_path / "it's here" / "seed-43"
+    run = SeedRun(43, where, config=None)
+    job = ["evidence.seeds=3", "seed=42", "strategy=ddp", f"run_dir={tmp_path}", "+evidence.x=1"]
+    quoted = str(where).replace("'", "\\'")
+    assert with_settings(job, run.overrides()) == ["strategy=ddp", "+evidence.x=1", "seed=43", "evidence.seeds=1",
+                                                   f"run_dir='{quoted}'"]

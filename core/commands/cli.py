@@ -324,13 +324,16 @@ def child_command(debug: bool, run_dir, settings: Optional[dict] = None) -> tupl
     ``evidence.seeds=N``: its seed and run directory)."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = list(HydraConfig.get().overrides.task)
-    if settings:
-        overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in settings]
-        overrides += [f"{key}={_quoted(value)}" for key, value in settings.items()]
-    where = _quoted(run_dir)
+    overrides = with_settings(list(HydraConfig.get().overrides.task), settings or {})
     return (sys.executable, "-m", "tuneforge", "train", *(["--debug"] if debug else []), *overrides,
-            f"hydra.run.dir={where}")
+            f"hydra.run.dir={_quoted(run_dir)}")
+
+
+def with_settings(overrides: list, settings: dict) -> list:
+    """``overrides`` with those that set a key of ``settings`` (also as ``+key``/``~key``) replaced by
+    ``key=value`` for each of ``settings`` (a string quoted for Hydra, a number as it is)."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in settings]
+    return kept + [f"{key}={_quoted(value)}" for key, value in settings.items()]
 
 
 def _quoted(value) -> str:
