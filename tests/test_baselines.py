@@ -187,11 +187,11 @@ def test_a_third_party_baseline_is_a_column_and_compare_shows_intervals(tmp_path
     report = (run_dir / "report.md").read_text()
     assert "| metric | base (zero-shot) | few_shot, k=4 | system prompt (prompt.txt) | tuned |" in report
 
-    compared = run_cli(["compare", str(run_dir)])
+    compared = run_cli(["compare", str(run_dir), f"out={tmp_path / 'compared'}"])
     assert compared.returncode == 0, compared.stderr
     interval = metrics["intervals"]["tuned"]["perplexity/loss"]
     cell = f"{metrics['tuned']['perplexity/loss']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]"
-    assert cell in compared.stdout and cell in (run_dir / "comparison.md").read_text()
+    assert cell in compared.stdout and cell in (tmp_path / "compared" / "comparison.md").read_text()
 
     missing = run_cli(["train", "baselines=[system_prompt]", f"baselines.system_prompt.path={tmp_path / 'no.txt'}",
                        f"run_dir={tmp_path / 'bad'}"], site_dirs=["sysprompt"])

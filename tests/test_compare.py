@@ -1,25 +1,103 @@
 """A data-efficiency sweep (Hydra multirun over data.max_examples) compared with `tuneforge compare`."""
 
+import json
+import statistics
+from pathlib import Path
+
+import pytest
 from matplotlib.image import imread
 
 from helpers import run_cli
 
 
 def test_sweep_over_max_examples_then_compare(tmp_path):
+    sweep_dir, cwd = tmp_path / "sweep", tmp_path / "cwd"
+    cwd.mkdir()
     sweep = run_cli(["train", "-m", "data.max_examples=8,40", "trainer.max_steps=3",
-                     "trainer.enable_progress_bar=false", "threads=1", f"hydra.sweep.dir={tmp_path}"])
+                     "trainer.enable_progress_bar=false", "threads=1", f"hydra.sweep.dir={sweep_dir}"])
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert sweep.stdout.count("run directory:") == 2
-    compared = run_cli(["compare", str(tmp_path)])
+    compared = run_cli(["compare", str(sweep_dir)], cwd=cwd)
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()
     # the swept setting is a column of its own (from each run's config.yaml)
     assert lines[0].split()[:5] == ["run", "data.max_examples", "train", "examples", "steps"]
     assert [line.split()[1] for line in lines[1:3]] == ["8", "40"]  # sorted by training examples
-    markdown = (tmp_path / "comparison.md").read_text()
+    # every column of every run (base, each baseline, tuned) and the run's verdict
+    header = [cell.strip() for cell in lines[0].split("  ") if cell.strip()]
+    assert header[4:8] == [f"perplexity/loss {c}" for c in ("base", "few_shot", "retrieval", "tuned")]
+    assert header[-1] == "verdict"
+    verdict = json.loads((sweep_dir / "0" / "metrics.json").read_text())["verdict"]
+    assert lines[1].endswith(f"{verdict['outcome'].replace('_', ' ')} ({verdict['change']:+.4g} vs "
+                             f"{verdict['baseline_label']}, 95% CI {verdict['low']:+.4g}..{verdict['high']:+.4g})")
+    # a new folder in the working directory; nothing written into the sweep or its runs
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["0", "1", "multirun.yaml"]
+    [out] = cwd.iterdir()
+    assert out.name.startswith("compare-") and compared.stdout.rstrip().endswith(str(out / "comparison.md"))
+    markdown = (out / "comparison.md").read_text()
     assert "| 0 | 8 | 8 | 3 |" in markdown and "![data efficiency](data_efficiency.png)" in markdown
-    assert (tmp_path / "data_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert imread(tmp_path / "data_efficiency.png").shape[0] > 100
+    assert (out / "data_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert imread(out / "data_efficiency.png").shape[0] > 100
+    again = run_cli(["compare", str(sweep_dir), f"out={tmp_path / 'mine'}"], cwd=cwd)
+    assert again.returncode == 0 and (tmp_path / "mine" / "comparison.md").read_text() == markdown
+    assert len(list(cwd.iterdir())) == 1
+
+
+def _write_run(folder: Path, seed: int, examples: int, tuned: float, forgetting: float, low=None, high=None):
+    """A finished run's metrics.json and config.yaml, as train writes them (a task and a forgetting metric)."""
+    folder.mkdir(parents=True)
+    metrics = {"data": {"train_examples": examples}, "steps": 10,
+               "base": {"exact_match": 0.1, "forgetting/exact_match": 0.8},
+               "baselines": {"retrieval": {"exact_match": 0.3}},
+               "baseline_info": {"retrieval": {"name": "retrieval", "label": "retrieval, k=4"}},
+               "tuned": {"exact_match": tuned, "forgetting/exact_match": forgetting},
+               "metric_info": {"exact_match": {"section": "held-out", "primary": True},
+                               "forgetting/exact_match": {"section": "forgetting"}},
+               "verdict": {"outcome": "tune", "metric": "exact_match", "baseline": "retrieval",
+                           "baseline_label": "retrieval, k=4", "change": tuned - 0.3, "share": True}}
+    if low is not None:
+        metrics["intervals"] = {"tuned": {"exact_match": {"low": low, "high": high, "n": 30}}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "config.yaml").write_text(f"seed: {seed}\nrun_dir: {folder}\ndata:\n  max_examples: {examples}\n")
+
+
+def test_runs_that_differ_only_by_seed_are_folded_and_forgetting_gets_its_own_panel(tmp_path):
+    from tuneforge.commands.compare import data_efficiency_figure, format_table, group_runs, load_rows
+
+    for i, (seed, tuned, forgetting) in enumerate([(1, 0.8, 0.7), (2, 0.9, 0.6), (3, 0.7, 0.8)]):
+        _write_run(tmp_path / f"a{i}", seed, 20, tuned, forgetting)
+    _write_run(tmp_path / "b", 1, 40, 0.95, 0.75, low=0.9, high=1.0)
+    rows = load_rows([tmp_path / name for name in ("b", "a2", "a0", "a1")])
+    groups = group_runs(rows)
+    assert [[Path(r["run"]).name for r in g] for g in groups] == [["a0", "a1", "a2"], ["b"]]
+    table = format_table(rows)
+    assert table[0][:4] == ["run", "data.max_examples", "seed", "train examples"]
+    assert table[0][5:] == ["exact_match base", "exact_match retrieval", "exact_match tuned",
+                            "forgetting/exact_match base", "forgetting/exact_match retrieval",
+                            "forgetting/exact_match tuned", "verdict"]
+    mean_row = table[4]
+    assert mean_row[:5] == ["mean of 3 runs", "20", "1,2,3", "20", "10"]
+    assert mean_row[7] == f"0.8000 (sd {statistics.stdev([0.8, 0.9, 0.7]):.4f})"
+    assert mean_row[-1] == "tune 3/3"
+    assert table[1][-1] == "tune (+50.0 points vs retrieval, k=4)"
+    assert table[5][7] == "0.9500 [0.9000, 1.0000]"  # one run: its interval
+
+    figure = data_efficiency_figure(rows)
+    task, forgetting_axes = figure.axes
+    assert (task.get_title(), forgetting_axes.get_title()) == ("held-out", "forgetting")
+    assert [c.get_label().split(" (")[0] for c in task.containers] == ["exact_match"] * 3  # base, retrieval, tuned
+    assert [c.get_label() for c in forgetting_axes.containers] == ["forgetting/exact_match (base)",
+                                                                   "forgetting/exact_match (tuned, mean, sd over "
+                                                                   "seeds; one run: 95% CI)"]
+    # the tuned line: the mean of the seeds with one standard deviation as error bars, one run's interval
+    tuned = [c for c in task.containers if c.get_label().startswith("exact_match (tuned")]
+    assert len(tuned) == 1
+    xs, ys = tuned[0].lines[0].get_data()
+    assert list(xs) == [20, 40] and list(ys) == pytest.approx([0.8, 0.95])
+    segments = tuned[0].lines[2][0].get_segments()
+    sd = statistics.stdev([0.8, 0.9, 0.7])
+    assert [tuple(s[:, 1]) for s in segments] == [pytest.approx((0.8 - sd, 0.8 + sd)), pytest.approx((0.9, 1.0))]
+    assert "mean, sd over seeds; one run: 95% CI" in tuned[0].get_label()
 
 
 def test_compare_names_a_folder_without_runs(tmp_path):
@@ -56,7 +134,7 @@ def test_sweep_with_two_process_ddp_runs_each_job_once(tmp_path):
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
     assert [p.name for p in sweep_dir.glob("*/report.md")] == ["report.md"] * 2
     assert list(cwd.iterdir()) == []  # no stray run or sweep directory from a child
-    compared = run_cli(["compare", str(sweep_dir)])
+    compared = run_cli(["compare", str(sweep_dir)], cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()
     assert lines[0].split()[:2] == ["run", "optim.lr"]
@@ -75,7 +153,7 @@ def test_submitit_local_sweep_then_compare(tmp_path):
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json")) == ["0", "1"]
     assert (sweep_dir / ".submitit").is_dir()  # the jobs ran through submitit
-    compared = run_cli(["compare", str(sweep_dir)])
+    compared = run_cli(["compare", str(sweep_dir)], cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()
     assert lines[0].split()[:2] == ["run", "adapter.r"]

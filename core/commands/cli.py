@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 USAGE = """\
 usage: tuneforge <command> [options] [key=value ...]
@@ -24,7 +25,8 @@ commands:
                tuneforge train model=tiny data=jsonl data.path=train.jsonl adapter=lora adapter.r=8
              'tuneforge train --help [group=choice]' lists config groups, their choices and the fields
              (type, default, doc) of the selected choices;
-             '--cfg job' prints the composed config; '-m' sweeps over values.
+             '--cfg job' prints the composed config; '-m' sweeps over values;
+             'evidence.seeds=3' trains 3 seeds (<run_dir>/seed-<seed>) and folds them (seeds.json).
   plugins    list installed plugins, their versions and the components they contribute
   eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
                tuneforge eval run_dir=runs/x [evaluators=[exact_match,rouge] data.val_path=...]
@@ -37,7 +39,8 @@ commands:
                tuneforge export run_dir=runs/x out=merged/
              'tuneforge <generate|chat|export> --help' lists their keys.
 
-  compare    runs side by side (e.g. a data.max_examples sweep): table, comparison.md, data_efficiency.png
+  compare    runs side by side (e.g. a data.max_examples sweep, seeds): every column, verdicts, mean and
+             spread over seeds; comparison.md and data_efficiency.png in a new compare-<date>_<time>/ (or out=)
                tuneforge compare runs/multirun/<date>
   config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
              'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
@@ -186,8 +189,6 @@ def train_command(args: list, debug: bool = False) -> None:
                 raise
             _fail(str(exc))
 
-        from tuneforge.context import RunContext
-        from tuneforge.training.run import RunInterrupted, run_train
         from tuneforge.secrets import install_log_redaction
 
         # Hydra's root handler already prints and files Lightning's messages: avoid doubles
@@ -200,20 +201,60 @@ def train_command(args: list, debug: bool = False) -> None:
         install_log_redaction()
         run_dir = Path(components.config.run_dir or output_dir)
         try:
-            context = RunContext.detect(run_dir, components.config, debug=debug)
-            context = dataclasses.replace(context, child_command=child_command(debug, run_dir))
-            try:
-                metrics = run_train(cfg, plugins, run_dir, context=context, components=components)
-            except RunInterrupted as exc:
-                if context.is_main:
-                    print(f"tuneforge: {exc}.\nResume with: {resume_command(args, run_dir)}", file=sys.stderr)
-                raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
+            if components.config.evidence.seeds > 1:
+                train_seeds(components, run_dir)
+                return
+            metrics, context = train_one(components, run_dir)
         except TuneforgeError as exc:
             if debug:
                 raise
             _fail(str(exc))
         if context.is_main:  # DDP workers: the main process prints
             _print_summary(components.config, metrics)
+
+    def train_one(components, run_dir: Path, settings=None, command_dir=None) -> tuple:
+        """One run in ``run_dir``: ``(metrics, run context)``.  ``settings``: the overrides that make this
+        job's composed config the run's (a seed's), for the processes the run starts (DDP children);
+        ``command_dir``: the run directory of this command (the seeds', when not ``run_dir``), which the
+        printed resume command names."""
+        from tuneforge.context import RunContext
+        from tuneforge.training.run import RunInterrupted, run_train
+
+        context = RunContext.detect(run_dir, components.config, debug=debug)
+        context = dataclasses.replace(context, child_command=child_command(debug, run_dir, settings))
+        try:
+            return run_train(components.config, plugins, run_dir, context=context, components=components), context
+        except RunInterrupted as exc:
+            if context.is_main:
+                print(f"tuneforge: {exc}.\nResume with: {resume_command(args, command_dir or run_dir)}",
+                      file=sys.stderr)
+            raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
+
+    def train_seeds(components, run_dir: Path) -> None:
+        """``evidence.seeds=N``: each seed's run in ``<run_dir>/seed-<seed>`` (a completed one is reused),
+        then ``seeds.json``/``seeds.md`` and the summary across seeds."""
+        from tuneforge.context import RunContext
+        from tuneforge.evaluation.seeds import format_seed_summary
+        from tuneforge.host.components import run_components
+        from tuneforge.training.seed_runs import completed_metrics, seed_log, seed_runs, write_seed_summary
+
+        runs = seed_runs(components.config, run_dir)
+        is_main = RunContext.detect(run_dir, components.config).is_main
+        results = []
+        for number, run in enumerate(runs, 1):
+            metrics = completed_metrics(run)
+            if metrics is None:
+                # an interrupted seed resumes with the seeds' own command: completed seeds are skipped then
+                with seed_log(run, enabled=is_main):
+                    metrics, _ = train_one(run_components(run.config, plugins), run.run_dir,
+                                           settings=run.overrides(), command_dir=run_dir)
+            results.append(metrics)
+            if is_main:
+                print(f"seed {run.seed} ({number}/{len(runs)}): {run.run_dir}")
+        if is_main:
+            fold = write_seed_summary(run_dir, runs, results)
+            print(format_seed_summary(fold))
+            print(f"run directory: {run_dir} (seeds.json, seeds.md)")
 
     # With HYDRA_FULL_ERROR=1 Hydra raises a composition error instead of printing it over
     # several lines; it becomes a one-line ConfigError here.
@@ -275,16 +316,32 @@ def shared_launch_run_dir(num_nodes="1"):
     return shared_run_dir(detect_ranks(num_nodes=max(nodes, 1)), nodes)
 
 
-def child_command(debug: bool, run_dir) -> tuple:
+def child_command(debug: bool, run_dir, settings: Optional[dict] = None) -> tuple:
     """The command that starts another process of the current Hydra job's run (a DDP child): a single
     ``tuneforge train`` with exactly this job's overrides (for a ``-m`` sweep job, its own values, no
-    ``-m``) and its run directory, so the child composes the job's config and never a sweep."""
+    ``-m``) and its run directory, so the child composes the job's config and never a sweep.
+    ``settings``: ``{key: value}`` overrides that replace the job's own for these keys (one seed of
+    ``evidence.seeds=N``: its seed and run directory)."""
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = list(HydraConfig.get().overrides.task)
-    where = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
+    overrides = with_settings(list(HydraConfig.get().overrides.task), settings or {})
     return (sys.executable, "-m", "tuneforge", "train", *(["--debug"] if debug else []), *overrides,
-            f"hydra.run.dir='{where}'")
+            f"hydra.run.dir={_quoted(run_dir)}")
+
+
+def with_settings(overrides: list, settings: dict) -> list:
+    """``overrides`` with those that set a key of ``settings`` (also as ``+key``/``~key``) replaced by
+    ``key=value`` for each of ``settings`` (a string quoted for Hydra, a number as it is)."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in settings]
+    return kept + [f"{key}={_quoted(value)}" for key, value in settings.items()]
+
+
+def _quoted(value) -> str:
+    """``value`` as a Hydra override value: a path or string quoted, a number as it is."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
 
 
 def _is_composition_error(exc: BaseException) -> bool:

@@ -279,8 +279,9 @@ class EvidenceConfig:
     forgetting_limit: the largest drop on a forgetting metric (``section="forgetting"``, same
         units) that still counts as "no forgetting"; a drop whose interval lies beyond it turns
         "tune" into "tune, at a cost".
-    seeds: train and evaluate this many times with seeds ``seed``, ``seed+1``, ... (each in
-        ``<run_dir>/seed-<k>``) and fold them into mean, spread and a cross-seed verdict.
+    seeds: train and evaluate this many times with seeds ``seed``, ``seed+1``, ... (each a run of its
+        own in ``<run_dir>/seed-<seed>``; a rerun reuses completed seeds) and fold them into mean,
+        spread and a cross-seed verdict (``<run_dir>/seeds.json``).
     slice_by: a record field (e.g. ``lang``) whose values slice every held-out metric and the
         verdict (null: no slices).
     price_per_hour: the price of one hour of the machine that trains and serves (optional; the
