@@ -277,7 +277,7 @@ def record_example_scores(metric: str, rows: list, examples, config,
     """:func:`tuneforge.evaluation.record_scores` of :func:`example_scores` under the metric's key."""
     values = example_scores(metric, [r["output"] for r in rows], [r["reference"] for r in rows], examples, config)
     if values is not None:
-        record_scores(SCORE_KEYS[metric], values, evaluation=evaluation)
+        record_scores(SCORE_KEYS[metric], values, evaluation=evaluation, rows=rows)
 
 
 def limited(examples, limit):
