@@ -348,7 +348,17 @@ def test_eval_command_reproduces_the_runs_metrics(tmp_path, capsys):
                   f"out={tmp_path / 'other'}"])
     other = json.loads((tmp_path / "other" / "metrics.json").read_text())
     assert set(other["base"]) == set(other["tuned"]) == {"contains"}
+    assert again["setup"]["run_dir"] == str(run.run_dir) and again["setup"]["steps"] == metrics["steps"]
+    capsys.readouterr()
     eval_command(["model=tiny", "evaluators=[perplexity]", f"out={tmp_path / 'bare'}"])
     bare = json.loads((tmp_path / "bare" / "metrics.json").read_text())
     assert "tuned" not in bare
+    # nothing to compare: said where the verdict would be, printed and in the report
+    printed = capsys.readouterr().out
+    assert "verdict: Nothing to compare: only the base model was evaluated" in printed
+    assert "No verdict" not in printed
+    report = [line for line in (tmp_path / "bare" / "report.md").read_text().splitlines() if line.strip()]
+    assert report[0].startswith("# tuneforge evaluation report: tiny on jsonl (")
+    assert report[1] == "## Verdict" and report[2].startswith("**Nothing to compare: only the base model")
+    assert report[3].startswith("Evaluated tiny on jsonl: ") and "held-out" in report[3]
     assert bare["base"]["perplexity/loss"] == pytest.approx(metrics["base"]["perplexity/loss"], rel=1e-5)

@@ -273,10 +273,13 @@ def test_html_report_shows_the_verdict_above_the_fold(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("report-run")
+    from tuneforge.plugins.datasets import sample_path
+
     return run_tiny_fit(run_dir, overrides=[
-        "evaluators=[perplexity,exact_match,chrf]", "evaluators.exact_match.max_new_tokens=4",
-        "evaluators.chrf.max_new_tokens=4", "optim.lr=0.01", "trainer.max_steps=6", "trainer.val_check_interval=3",
-        "trainer.limit_val_batches=1"])
+        "evaluators=[perplexity,exact_match,chrf,forgetting]", "evaluators.exact_match.max_new_tokens=4",
+        "evaluators.chrf.max_new_tokens=4", f"evaluators.forgetting.path={sample_path('forgetting_general.jsonl')}",
+        "evaluators.forgetting.limit=4", "evaluators.forgetting.max_new_tokens=4", "optim.lr=0.01",
+        "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=1"])
 
 
 def test_run_writes_the_report(tiny_run):
@@ -313,8 +316,14 @@ def test_predictions_side_by_side(tiny_run):
     assert len(rows) == 6  # exact_match and chrf shared one generation per held-out example
     columns = {f"{b}{suffix}" for b in ("few_shot", "retrieval") for suffix in ("", "_prompt", "_demonstrations")}
     for row in rows:
-        assert set(row) == {"set", "kind", "source", "prompt", "reference", "base", "tuned", *columns}
+        assert set(row) == {"set", "kind", "source", "prompt", "message", "reference", "base", "tuned", "scores",
+                            *columns}
         assert row["prompt"].endswith("<|im_start|>assistant\n")  # the final assistant turn is left out
+        # the user's message as written: the last user turn inside the rendered prompt, without the template
+        assert "<|im_start|>" not in row["message"] and row["message"].strip()
+        assert row["prompt"].endswith(f"<|im_start|>user\n{row['message']}<|im_end|>\n<|im_start|>assistant\n")
+        for label in ("base", "few_shot", "retrieval", "tuned"):  # each column's score of this example
+            assert row["scores"][label]["exact_match"] == float(row[label] == row["reference"])
         assert f"assistant\n{row['reference']}<|im_end|>" not in row["prompt"]
         for baseline in ("few_shot", "retrieval"):  # the same question after 4 demonstrations
             own = row["prompt"].split("<|im_end|>\n", 1)[1] if row["prompt"].startswith("<|im_start|>system") \
@@ -324,7 +333,8 @@ def test_predictions_side_by_side(tiny_run):
             assert row[f"{baseline}_prompt"].count("<|im_start|>assistant\n") >= 5
     train = [row for row in every if row["set"] == "train"]  # the memorisation sample, tuned model only
     assert len(train) == min(30, tiny_run.metrics["data"]["train_examples"])
-    assert all(set(row) == {"set", "kind", "source", "prompt", "reference", "tuned"} for row in train)
+    assert all(set(row) == {"set", "kind", "source", "prompt", "message", "reference", "tuned", "scores"}
+               for row in train)
     from tuneforge.plugins.evaluators_generation import score_exact_match
 
     for label in ("base", "tuned"):
@@ -335,3 +345,30 @@ def test_predictions_side_by_side(tiny_run):
         assert tiny_run.metrics["baselines"][baseline]["exact_match"] == expected
     memorised = score_exact_match([r["tuned"] for r in train], [r["reference"] for r in train])["exact_match"]
     assert tiny_run.metrics["memorisation"]["train"]["exact_match"] == memorised
+
+
+def test_run_report_shows_messages_and_forgetting_failures(tiny_run):
+    md = (tiny_run.run_dir / "report.md").read_text()
+    lines = [line for line in md.splitlines() if line.strip()]
+    assert lines[0].startswith("# tuneforge run report: tiny + lora r=8 on jsonl (")
+    assert lines[0].endswith(f"examples), {tiny_run.metrics['steps']} steps")
+    assert lines[1] == "## Verdict" and lines[2].startswith("**") and "Nothing to compare" not in lines[2]
+    setup = next(i for i, line in enumerate(lines) if line.startswith("Tuned tiny with "))
+    assert setup in (3, 4) and not any(line.startswith("## ") for line in lines[2:setup])  # right after the verdict
+    assert lines[setup].startswith("Tuned tiny with lora (r=8, lora_alpha=16, lora_dropout=0.05, "
+                                   "target_modules=all-linear;")
+    assert "training examples from sample.jsonl" in lines[setup] and "6 held-out split from it" in lines[setup]
+    assert "<|im_start|>" not in md.split("## Settings", 1)[0] and "im_start" not in md.split("## Predictions")[1]
+    every = [json.loads(line) for line in (tiny_run.run_dir / "predictions.jsonl").open()]
+    forgetting = [row for row in every if row["set"] == "forgetting"]
+    assert len(forgetting) == 4 and all("forgetting/exact_match" in row["scores"]["tuned"] for row in forgetting)
+    failures = md.split("## Notable failures", 1)[1].split("\n## ", 1)[0]
+    missed = [row for row in forgetting if row["scores"]["tuned"]["forgetting/exact_match"] == 0.0]
+    lost = [row for row in missed if row["scores"]["base"]["forgetting/exact_match"] == 1.0]
+    assert (f"Forgetting (forgetting/exact_match): the tuned model misses {len(missed)} of 4; {len(lost)} of them "
+            "the base model got right") in failures
+    for row in missed:  # the general questions the tuned model gets wrong, as the user asked them
+        assert f"| {row['message']} | {row['reference']} |" in failures
+    held_out = [row for row in every if row["set"] == "val"]
+    misses = sum(row["scores"]["tuned"]["exact_match"] == 0.0 for row in held_out)
+    assert f"tuned {misses} of 6." in failures
