@@ -137,7 +137,7 @@ def _section_blocks(section: str, metric: str, rows: list, base: Optional[str]) 
     kept = [r for r in misses if r not in lost]
     text = f"{title} ({metric}): the tuned model misses {len(misses)} of {len(rows)}"
     if base:
-        text += f"; {len(lost)} of them the base model got right (listed first)"
+        text += f"; {len(lost)} of them the base model got right" + (" (listed first)" if lost else "")
     shown = (lost + kept)[:SHOWN]
     return [("p", text + (f"; the first {SHOWN}:" if len(misses) > SHOWN else ":")),
             _table(shown, [*([base] if base else []), "tuned"], [*(["base"] if base else []), "tuned"])]
@@ -158,6 +158,6 @@ def _table(rows: list, columns: list, labels: list, metric: Optional[str] = None
             if metric is not None and _score(row, column, metric) is not None:
                 text += f" ({_score(row, column, metric):.2f})"
             outputs.append(text)
-        body.append([_short_source(row.get("source", "")), _clip(_message(row)), _clip(row.get("reference"), 160),
+        body.append([_short_source(row.get("source", "")), _clip(_message(row), 320), _clip(row.get("reference"), 160),
                      *outputs])
     return ("table", header, body)
