@@ -397,7 +397,7 @@ GENERATION_METRICS = {
     "exact_match": (NormalizedEvalConfig, "generated answer equals the reference (optionally normalised)"),
     "contains": (NormalizedEvalConfig, "generated answer contains the reference"),
     "regex": (RegexEvalConfig, "generated answer matches a regular expression"),
-    "rouge": (RougeEvalConfig, "ROUGE-L F-measure (rouge-score; CJK scored by characters)"),
+    "rouge": (RougeEvalConfig, "ROUGE-L F-measure (rouge-score)"),
     "bleu": (BleuEvalConfig, "corpus BLEU, 0-100 (sacrebleu)"),
     "chrf": (ChrfEvalConfig, "corpus chrF, 0-100 (sacrebleu)"),
 }
