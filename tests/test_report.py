@@ -91,9 +91,9 @@ def _decided_run() -> tuple:
     metrics = {
         "setup": {"model": {"name": "hf", "source": "/cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"},
                   "data": {"name": "legal_citations", "files": {"rehearsal_path": "/pkg/data/rehearsal_general.jsonl"},
-                           "train_examples": 100, "val_examples": 30, "parts": {"task": 75, "rehearsal": 25}},
-                  "adapter": {"name": "lora", "settings": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
-                                                           "target_modules": "all-linear"}},
+                           "train_examples": 100, "val_examples": 30, "parts": [["task", 75], ["rehearsal", 25]]},
+                  "adapter": {"name": "lora", "settings": [["r", 16], ["lora_alpha", 32], ["lora_dropout", 0.0],
+                                                           ["target_modules", "all-linear"]]},
                   "machine": {"cpu": "AMD EPYC 7B13", "gpu": None, "devices": 1, "threads": 2},
                   "steps": 30, "training_s": 61.6},
         "parameters": {"trainable": 4884480, "total": 139400000, "fraction": 0.035},
@@ -174,7 +174,8 @@ def test_report_leads_with_the_answer(tmp_path):
     assert "retrieval, k=4 misses 22 that the tuned model gets right; the first 3:" in failures
     assert ("Forgetting (forgetting/contains): the tuned model misses 1 of 10; 1 of them the base model got right "
             "(listed first):") in failures
-    assert "| forgetting_general.jsonl:1 | Capital of country 0? | Lima | Lima | The capital is Quillacota |" in failures
+    assert "| forgetting_general.jsonl:1 | Capital of country 0? | Lima | Lima | The capital is Quillacota |" \
+        in failures
     shown = md.split("## Predictions", 1)[1].split("## Settings", 1)[0]
     assert "<|im_start|>" not in shown and "&lt;\\|im_start" not in shown and "im_start" not in shown
     assert "| val | Write the citation.<br><br>Case: Smith0 v. Jones |" in shown
@@ -195,7 +196,7 @@ def test_bare_model_evaluation_has_nothing_to_compare():
                                                                "both the tuned model and a prompting column."},
                "setup": {"model": {"name": "tiny", "source": None},
                          "data": {"name": "jsonl", "files": {"path": "/d/train.jsonl"}, "train_examples": 9,
-                                  "val_examples": 1, "parts": {}},
+                                  "val_examples": 1, "parts": []},
                          "machine": {"cpu": "CPU X", "gpu": None, "devices": 1, "threads": 1}}}
     printed = format_comparison(metrics)
     assert "verdict: Nothing to compare: only the base model was evaluated" in printed and "No verdict" not in printed
@@ -223,8 +224,8 @@ def _browser():
 
 
 _MEASURE = """<script>
-for (const [id, el] of [["verdict", document.getElementById("verdict")],
-                        ["settings", [...document.querySelectorAll("h2")].find(h => h.textContent.startsWith("Settings"))]]) {
+const settings = [...document.querySelectorAll("h2")].find(h => h.textContent.startsWith("Settings"));
+for (const [id, el] of [["verdict", document.getElementById("verdict")], ["settings", settings]]) {
   const box = el.getBoundingClientRect();
   document.documentElement.setAttribute("data-" + id + "-top", box.top);
   document.documentElement.setAttribute("data-" + id + "-bottom", box.bottom);
@@ -372,3 +373,21 @@ def test_run_report_shows_messages_and_forgetting_failures(tiny_run):
     held_out = [row for row in every if row["set"] == "val"]
     misses = sum(row["scores"]["tuned"]["exact_match"] == 0.0 for row in held_out)
     assert f"tuned {misses} of 6." in failures
+
+
+def test_run_report_is_rebuilt_from_metrics_json_and_predictions_alone(tiny_run):
+    """Everything the report shows (the verdict with its inputs, the setup, the failures) is in metrics.json and
+    predictions.jsonl: rendering those again gives the same report.md."""
+    run_dir = tiny_run.run_dir
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["verdict"]["metric"] == "exact_match" and saved["verdict"]["baseline"] in ("base", "few_shot",
+                                                                                           "retrieval")
+    assert saved["setup"]["adapter"]["settings"][0] == ["r", 8] and saved["setup"]["data"]["val_examples"] == 6
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").open()]
+    images = {"metrics": run_dir / "metrics.png", "loss": run_dir / "loss_curves.png"}
+    again = render_markdown(build_blocks(saved, config_yaml=(run_dir / "config.yaml").read_text(), predictions=rows,
+                                         images=images))
+    assert again == (run_dir / "report.md").read_text()
+    if _browser() is not None:  # the real run's page, in a real browser: the verdict is on the first screen
+        box = _layout(run_dir / "report.html")
+        assert 0 <= box["verdict-top"] < box["verdict-bottom"] <= box["viewport"] < box["settings-top"]

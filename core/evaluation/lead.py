@@ -40,13 +40,18 @@ def _count(n, what: str) -> str:
     return f"{n} {what}" if n is not None else what
 
 
-def _settings_text(settings: dict) -> str:
+def _settings_text(settings) -> str:
     def plain(value):
         if isinstance(value, (list, tuple)):
             return "[" + ",".join(map(str, value)) + "]"
         return str(value)
 
-    return ", ".join(f"{key}={plain(value)}" for key, value in settings.items())
+    return ", ".join(f"{key}={plain(value)}" for key, value in _pairs(settings))
+
+
+def _pairs(items) -> list:
+    """``[(name, value)]`` of a list of pairs (as ``setup`` stores them) or of a mapping."""
+    return list(items.items()) if isinstance(items, dict) else [tuple(pair) for pair in items or []]
 
 
 def _model_text(setup: dict) -> str:
@@ -58,11 +63,11 @@ def _data_text(setup: dict) -> str:
     """``legal_citations: 100 training examples (75 task, 25 rehearsal from rehearsal_general.jsonl),
     30 held-out``: the data's name, example counts and the files they came from."""
     data = setup.get("data") or {}
-    files, parts = dict(data.get("files") or {}), data.get("parts") or {}
+    files, parts = dict(data.get("files") or {}), _pairs(data.get("parts"))
     train = _count(data.get("train_examples"), "training examples")
     if parts:
         pieces = []
-        for part, count in parts.items():
+        for part, count in parts:
             source = files.pop(f"{part}_path", None)
             pieces.append(f"{count} {part}" + (f" from {_basename(source)}" if source else ""))
         train += " (" + ", ".join(pieces) + ")"
@@ -131,7 +136,7 @@ def report_title(metrics: dict, prefix: str) -> str:
     adapter = setup.get("adapter")
     if not adapter:
         return f"{prefix}: {model} on {where}"
-    key = list((adapter.get("settings") or {}).items())[:1]
+    key = _pairs(adapter.get("settings"))[:1]
     adapter_text = str(adapter.get("name")) + (f" {key[0][0]}={key[0][1]}" if key else "")
     steps = setup.get("steps", metrics.get("steps"))
     return f"{prefix}: {model} + {adapter_text} on {where}" + (f", {steps} steps" if steps is not None else "")

@@ -47,34 +47,36 @@ def _model_source(model) -> Optional[str]:
 def data_summary(data, stats: dict) -> dict:
     """The data section: its plugin ``name``; ``files``, ``{field: path}`` of every set ``path``-like field
     (``path``, ``val_path``, ``rehearsal_path`` ...); ``train_examples`` and ``val_examples``; ``parts``,
-    ``{part: count}`` from the stats' other ``<part>_examples`` counts (e.g. ``task`` and ``rehearsal``)."""
+    ``[[part, count], ...]`` from the stats' other ``<part>_examples`` counts in the dataset's order (e.g.
+    ``task`` and ``rehearsal``; pairs, so that ``metrics.json``'s sorted keys keep the order)."""
     files = {}
     for key in (data.keys() if hasattr(data, "keys") else []):
         value = data.get(key)
         if (key == "path" or key.endswith("_path")) and isinstance(value, str) and value and value != "???":
             files[key] = value
-    parts = {key[: -len("_examples")]: int(value) for key, value in (stats or {}).items()
+    parts = [[key[: -len("_examples")], int(value)] for key, value in (stats or {}).items()
              if key.endswith("_examples") and key not in ("train_examples", "val_examples")
-             and isinstance(value, int)}
+             and isinstance(value, int)]
     return {"name": str(data.get("name")) if hasattr(data, "get") else None, "files": files,
             "train_examples": (stats or {}).get("train_examples"), "val_examples": (stats or {}).get("val_examples"),
             "parts": parts}
 
 
-def adapter_settings(config: Any) -> dict:
-    """The adapter config's key settings: its first :data:`ADAPTER_LEADING_FIELDS` fields that are set,
-    then every later field whose value differs from its default (plain values: lists and mappings as
+def adapter_settings(config: Any) -> list:
+    """The adapter config's key settings as ``[[field, value], ...]`` in declaration order (pairs, so that
+    ``metrics.json``'s sorted keys keep the order): its first :data:`ADAPTER_LEADING_FIELDS` fields that are
+    set, then every later field whose value differs from its default (plain values: lists and mappings as
     themselves, anything else as text)."""
     if not dataclasses.is_dataclass(config):
-        return {}
-    settings = {}
+        return []
+    settings = []
     for index, item in enumerate(dataclasses.fields(config)):
         value = getattr(config, item.name)
         if value is None:
             continue
         if index >= ADAPTER_LEADING_FIELDS and value == _default(item):
             continue
-        settings[item.name] = _plain(value)
+        settings.append([item.name, _plain(value)])
     return settings
 
 
