@@ -209,21 +209,24 @@ def test_bare_model_evaluation_has_nothing_to_compare():
 
 
 def _browser():
-    """A headless Chromium: ``("playwright", None)`` when playwright-python and its browser work,
-    ``("chromium", path)`` for a chromium binary on PATH, else None."""
+    """A headless Chromium: ``("chromium", path)`` for a Chromium or Chrome binary on PATH, else
+    ``("playwright", None)`` when playwright-python and its downloaded Chromium are installed, else None."""
     import shutil
+    from pathlib import Path
 
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         if shutil.which(name):
             return "chromium", shutil.which(name)
     try:
-        from playwright.sync_api import sync_playwright  # noqa: F401
+        from playwright.sync_api import sync_playwright
     except ImportError:
         return None
-    return "playwright", None
+    with sync_playwright() as p:
+        installed = Path(p.chromium.executable_path).is_file()
+    return ("playwright", None) if installed else None
 
 
-_MEASURE = """<script>
+_MEASURE = """
 const settings = [...document.querySelectorAll("h2")].find(h => h.textContent.startsWith("Settings"));
 for (const [id, el] of [["verdict", document.getElementById("verdict")], ["settings", settings]]) {
   const box = el.getBoundingClientRect();
@@ -231,7 +234,7 @@ for (const [id, el] of [["verdict", document.getElementById("verdict")], ["setti
   document.documentElement.setAttribute("data-" + id + "-bottom", box.bottom);
 }
 document.documentElement.setAttribute("data-viewport", window.innerHeight);
-</script>"""
+"""
 
 
 def _layout(page, width: int = 1280, height: int = 800) -> dict:
@@ -246,12 +249,12 @@ def _layout(page, width: int = 1280, height: int = 800) -> dict:
             browser = p.chromium.launch()
             view = browser.new_page(viewport={"width": width, "height": height})
             view.goto(page.as_uri())
-            view.evaluate(_MEASURE.removeprefix("<script>").removesuffix("</script>"))
+            view.evaluate("() => {" + _MEASURE + "}")
             dom = view.content()
             browser.close()
     else:
         measured = page.with_name("measured.html")
-        measured.write_text(page.read_text().replace("</body>", _MEASURE + "</body>"))
+        measured.write_text(page.read_text().replace("</body>", f"<script>{_MEASURE}</script></body>"))
         done = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},{height}",
                                "--dump-dom", measured.as_uri()], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
