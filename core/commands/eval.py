@@ -70,15 +70,16 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
 
 def _training_record(run_dir: Path) -> dict:
-    """``steps`` and ``training_s`` of the run whose model is evaluated, from its ``metrics.json`` (empty when
-    the run has none, e.g. an interrupted one)."""
+    """``steps``, ``training_s`` and the ``machine`` it trained on, of the run whose model is evaluated, from
+    its ``metrics.json`` (empty when the run has none, e.g. an interrupted one)."""
     import json
 
     try:
         saved = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return {}
-    record = {"steps": saved.get("steps"), "training_s": (saved.get("throughput") or {}).get("fit_time_s")}
+    record = {"steps": saved.get("steps"), "training_s": (saved.get("throughput") or {}).get("fit_time_s"),
+              "machine": (saved.get("setup") or {}).get("machine")}
     return {key: value for key, value in record.items() if value is not None}
 
 
