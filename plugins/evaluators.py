@@ -10,7 +10,7 @@ import tuneforge
 from tuneforge.data import IGNORE_INDEX, pad_batch
 from tuneforge.errors import DataError
 from tuneforge.evaluation import (EvaluationPass, map_batches, prompts_and_references, record_predictions,
-                                  record_scores, split_example)
+                                  record_scores, split_example, user_message)
 from tuneforge.losses import shift_for_next_token
 from tuneforge.plugins.evaluators_generation import valid_few_shot
 from tuneforge.validation import at_least, check, non_empty
@@ -165,10 +165,11 @@ def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: 
         chosen = max(range(len(options)), key=values.__getitem__)
         hits += chosen == answer
         per_example.append(float(chosen == answer))
-        rows.append({"source": example.get("source", ""), "prompt": prompt, "reference": options[answer],
+        rows.append({"source": example.get("source", ""), "prompt": prompt,
+                     "message": user_message(example.get("messages") or []), "reference": options[answer],
                      "output": options[chosen]})
     record_predictions(set_name, "choice", tuple(prompts), rows, evaluation=evaluation)
-    record_scores("accuracy", per_example, evaluation=evaluation)
+    record_scores("accuracy", per_example, evaluation=evaluation, rows=rows)
     return {"accuracy": hits / len(examples)}
 
 

@@ -130,6 +130,8 @@ def evaluate_forgetting(model, tokenizer, examples, config: ForgettingConfig, *,
                 model, tokenizer, reference, sub, set_name="forgetting", evaluation=evaluation).values()})
             if evaluation is not None and "accuracy" in evaluation.scores:
                 evaluation.scores["choice_accuracy"] = evaluation.scores.pop("accuracy")
+                if "accuracy" in evaluation.scored_rows:
+                    evaluation.scored_rows["choice_accuracy"] = evaluation.scored_rows.pop("accuracy")
         else:
             if rows is None:
                 rows = predict(model, tokenizer, reference, config, set_name="forgetting", evaluation=evaluation)

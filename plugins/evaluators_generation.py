@@ -9,7 +9,9 @@ template, optionally after few-shot turns) and compares it with the reference
 per model state.
 
 The ``score_*`` functions take predictions and references and are usable on
-their own.  ROUGE-L comes from ``rouge-score``, BLEU and chrF from
+their own.  ROUGE-L comes from ``rouge-score`` (with :class:`RougeTokenizer`:
+CJK characters count as tokens instead of being dropped, and a warning says
+when most of the references' text is still discarded), BLEU and chrF from
 ``sacrebleu``.
 """
 
@@ -100,7 +102,12 @@ class RegexEvalConfig(GenerationEvalConfig):
 
 @dataclass
 class RougeEvalConfig(GenerationEvalConfig):
-    """use_stemmer: Porter-stem words before matching (rouge-score's option)."""
+    """use_stemmer: Porter-stem words before matching (rouge-score's option).
+
+    Text is tokenized as rouge-score does (lowercased ASCII letters and
+    digits), plus each CJK character as a token; other scripts are discarded
+    by that tokenizer, and a warning gives the share when it discards most of
+    a reference."""
 
     use_stemmer: bool = False
 
@@ -183,16 +190,95 @@ def score_regex(predictions, patterns, *, fullmatch: bool = False, ignore_case: 
     return {"regex": hits / len(predictions)}
 
 
-def score_rouge(predictions, references, *, use_stemmer: bool = False) -> dict:
-    """``{"rougeL": mean F-measure}`` of ROUGE-L (``rouge_score``)."""
+#: characters of the CJK scripts (Han, kana, Hangul): rouge-score's own tokenizer drops them (it keeps
+#: ``[a-z0-9]`` only); :class:`RougeTokenizer` makes each one a token
+CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f]")
+#: a reference whose letters and digits the tokenizer keeps less than half of is reported
+KEPT_AT_LEAST = 0.5
+
+
+class RougeTokenizer:
+    """rouge-score's default tokenization (lowercased ASCII letters and digits, Porter-stemmed with
+    ``use_stemmer``), plus every CJK character as a token of its own, so that Chinese, Japanese and
+    Korean text is scored by characters instead of dropped.  English text gets exactly rouge-score's
+    tokens."""
+
+    def __init__(self, use_stemmer: bool = False):
+        from rouge_score import tokenizers
+
+        self._default = tokenizers.DefaultTokenizer(use_stemmer=use_stemmer)
+
+    def tokenize(self, text: str) -> list:
+        tokens: list = []
+        start = 0
+        for match in CJK.finditer(text):
+            if match.start() > start:
+                tokens += self._default.tokenize(text[start:match.start()])
+            tokens.append(match.group())
+            start = match.end()
+        if start < len(text):
+            tokens += self._default.tokenize(text[start:])
+        return tokens
+
+
+def dropped_characters(text: str) -> tuple[int, int]:
+    """``(dropped, total)``: the letters and digits of ``text``, and how many of them
+    :class:`RougeTokenizer` discards (neither ASCII nor CJK: Cyrillic, Arabic, Thai, accented Latin ...)."""
+    total = dropped = 0
+    for char in text:
+        if char.isalnum():
+            total += 1
+            if not (char.isascii() or CJK.match(char)):
+                dropped += 1
+    return dropped, total
+
+
+#: reference sets already warned about (one warning per set, however often it is scored)
+_WARNED: set = set()
+
+
+def warn_dropped_text(references: Sequence[str]) -> Optional[str]:
+    """Log, once per set of ``references``, how many of them ROUGE-L's tokenizer keeps less than
+    :data:`KEPT_AT_LEAST` of (their letters and digits), with the share of text it discards and the
+    scripts concerned; returns the warning (None when every reference is mostly kept)."""
+    import logging
+    import unicodedata
+    from collections import Counter
+
+    counts = [dropped_characters(r) for r in references]
+    poor = [i for i, (dropped, total) in enumerate(counts) if total and dropped / total > 1 - KEPT_AT_LEAST]
+    if not poor:
+        return None
+    key = hash(tuple(references))
+    scripts = Counter(unicodedata.name(char, "UNKNOWN").split()[0].title() for i in poor for char in references[i]
+                      if char.isalnum() and not (char.isascii() or CJK.match(char)))
+    share = sum(counts[i][0] for i in poor) / sum(counts[i][1] for i in poor)
+    message = (f"rouge: its tokenizer keeps only ASCII letters, digits and CJK characters; it discards "
+               f"{100 * share:.0f}% of the letters of {len(poor)} of {len(references)} references "
+               f"({', '.join(name for name, _ in scripts.most_common(3))} text), so ROUGE-L says little about "
+               "them: compare with chrf (characters) instead")
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logging.getLogger("tuneforge").warning("%s", message)
+    return message
+
+
+def rouge_scores(predictions, references, *, use_stemmer: bool = False) -> list:
+    """The ROUGE-L F-measure of every prediction against its reference (``rouge_score`` with
+    :class:`RougeTokenizer`); warns when the tokenizer discards most of the references' text
+    (:func:`warn_dropped_text`)."""
     from rouge_score import rouge_scorer
 
     _check_lengths(predictions, references)
-    if not predictions:
-        return {}
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-    scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
-    return {"rougeL": sum(scores) / len(scores)}
+    warn_dropped_text(list(references))
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=RougeTokenizer(use_stemmer))
+    return [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
+
+
+def score_rouge(predictions, references, *, use_stemmer: bool = False) -> dict:
+    """``{"rougeL": mean F-measure}`` of ROUGE-L (:func:`rouge_scores`)."""
+    scores = rouge_scores(predictions, references, use_stemmer=use_stemmer)
+    return {"rougeL": sum(scores) / len(scores)} if scores else {}
 
 
 def score_bleu(predictions, references, *, tokenize: str = "13a", lowercase: bool = False) -> dict:
@@ -267,8 +353,7 @@ def example_scores(metric: str, predictions, references, examples, config) -> Op
         return [score_regex([p], [pattern], fullmatch=config.fullmatch, ignore_case=config.ignore_case)["regex"]
                 for p, pattern in zip(predictions, patterns)]
     if metric == "rouge":
-        return [score_rouge([p], [r], use_stemmer=config.use_stemmer)["rougeL"]
-                for p, r in zip(predictions, references)]
+        return rouge_scores(predictions, references, use_stemmer=config.use_stemmer)
     return None
 
 
@@ -277,7 +362,7 @@ def record_example_scores(metric: str, rows: list, examples, config,
     """:func:`tuneforge.evaluation.record_scores` of :func:`example_scores` under the metric's key."""
     values = example_scores(metric, [r["output"] for r in rows], [r["reference"] for r in rows], examples, config)
     if values is not None:
-        record_scores(SCORE_KEYS[metric], values, evaluation=evaluation)
+        record_scores(SCORE_KEYS[metric], values, evaluation=evaluation, rows=rows)
 
 
 def limited(examples, limit):

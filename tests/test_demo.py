@@ -174,6 +174,26 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path, capsys):
     assert by_label["tuned exact match at least 90%"]["passed"] is False  # a random model writes no citation
     assert saved["passed"] is False
     assert "legal citations demo targets" in capsys.readouterr().out
+    # the report leads with the answer: the verdict, then what was tuned on which data and machine
+    md = (tmp_path / "run" / "report.md").read_text()
+    lines = [line for line in md.splitlines() if line.strip()]
+    assert lines[0] == "# tuneforge run report: tiny + lora r=16 on legal_citations (10 examples), 2 steps"
+    assert lines[1] == "## Verdict" and lines[2].startswith("**")
+    assert result.metrics["verdict"].get("headline", result.metrics["verdict"]["text"]) in lines[2]
+    setup = next(i for i, line in enumerate(lines) if line.startswith("Tuned "))
+    assert setup in (3, 4) and not any(line.startswith("## ") for line in lines[2:setup])
+    assert lines[setup].startswith("Tuned tiny with lora (r=16, lora_alpha=32, lora_dropout=0.0, "
+                                   "target_modules=all-linear; ")
+    assert ("on legal_citations: 10 training examples (8 task, 2 rehearsal from rehearsal_general.jsonl), "
+            "3 held-out; 2 steps in ") in lines[setup]
+    assert lines[setup].endswith("(1 CPU thread).")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["setup"]["machine"]["threads"] == 1
+    # prompts as the user wrote them (no chat template), and the forgetting misses among the notable failures
+    before_config = md.split("## Settings (resolved config)", 1)[0]
+    assert "im_start" not in before_config and "Case: " in before_config.split("## Predictions", 1)[1]
+    failures = before_config.split("## Notable failures", 1)[1].split("\n## ", 1)[0]
+    assert "Forgetting (forgetting/contains): the tuned model misses " in failures
+    assert "Answer in a few words." in failures  # a general question of the forgetting set
 
 
 def test_rehearsal_records_are_mixed_in_and_counted():

@@ -80,6 +80,72 @@ def test_rouge_bleu_chrf_known_values():
         score_rouge(["a", "b"], ["a"])
 
 
+def test_rouge_scores_chinese_by_characters_and_warns_when_text_is_discarded(caplog):
+    from rouge_score import rouge_scorer
+
+    from tuneforge.plugins import evaluators_generation as generation
+
+    # rouge-score's own tokenizer keeps no Chinese character: every Chinese pair scores 0
+    default = rouge_scorer.RougeScorer(["rougeL"])
+    assert default.score("中国的首都是北京", "北京是中国的首都")["rougeL"].fmeasure == 0.0
+    # by characters: LCS of 中国的首都 (5) in 8 and 8 characters -> F = 5/8
+    assert score_rouge(["北京是中国的首都"], ["中国的首都是北京"])["rougeL"] == pytest.approx(5 / 8)
+    # mixed text: the Latin words are rouge-score's tokens, each Han character one more
+    assert generation.RougeTokenizer().tokenize("Hello, 北京 World 2024年") == ["hello", "北", "京", "world", "2024",
+                                                                             "年"]
+    assert score_rouge(["the cat sat"], ["the cat sat on the mat"])["rougeL"] == pytest.approx(
+        default.score("the cat sat on the mat", "the cat sat")["rougeL"].fmeasure)  # English as before
+    generation._WARNED.clear()
+    with caplog.at_level("INFO"):
+        references = ["Москва столица России", "Paris is the capital", "Берлин"]
+        for _ in range(3):  # base, baselines, tuned: the same references warn once
+            score_rouge(["Москва", "Paris", "Berlin"], references)
+        assert score_rouge(["a"], ["the cat"])["rougeL"] == 0.0  # English: no warning
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rouge:")]
+    assert warnings == ["rouge: its tokenizer keeps only ASCII letters, digits and CJK characters; it discards "
+                        "100% of the letters of 2 of 3 references (Cyrillic text), so ROUGE-L says little about "
+                        "them: compare with chrf (characters) instead"]
+    assert generation.dropped_characters("Café au lait") == (1, 10)
+    assert generation.warn_dropped_text(["北京", "Café"]) is None  # CJK is kept, and 1 of 4 letters is not most
+    # rouge-score logs "Using default tokenizer." (absl, INFO) for every scorer built without a tokenizer
+    assert not [r for r in caplog.records if "default tokenizer" in r.getMessage()]
+    with caplog.at_level("INFO"):
+        rouge_scorer.RougeScorer(["rougeL"])
+    assert [r.getMessage() for r in caplog.records if "default tokenizer" in r.getMessage()] == [
+        "Using default tokenizer."]
+
+
+def test_partial_characters_are_trimmed_at_the_cut_off(tiny):
+    from tuneforge.evaluation import decode_outputs
+
+    _, tokenizer = tiny  # byte-level: "é" is two tokens, one per UTF-8 byte
+    ids = tokenizer("café", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 5 and tokenizer.decode(ids[:-1]) == "caf\ufffd"
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stops = {eos, pad}
+    middle = tokenizer("a", add_special_tokens=False)["input_ids"] + ids[3:4] + ids[:1]  # a broken byte inside
+    assert decode_outputs(tokenizer, [ids[:-1], ids, middle], stops) == ["caf", "café", "a\ufffdc"]
+    # a sequence that stopped by itself (end of turn, then padding) keeps what the model wrote
+    assert decode_outputs(tokenizer, [ids[:-1] + [eos, pad]], stops) == ["caf\ufffd"]
+    # generate() on the tiny random model: raw byte outputs cut mid-character lose the partial character
+    model, _ = tiny
+    prompts = [f"<|im_start|>user\nquestion {i}<|im_end|>\n<|im_start|>assistant\n" for i in range(12)]
+    outputs = generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=12)
+    assert not any(text.endswith("\ufffd") for text in outputs)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        raw = model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=pad, eos_token_id=[eos])
+    decoded = tokenizer.batch_decode(raw[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    cut = [i for i, text in enumerate(decoded) if text.strip().endswith("\ufffd")]
+    assert cut  # the random model does write partial characters at the cut-off
+    for i in cut:
+        assert outputs[i] == decoded[i].strip().rstrip("\ufffd").rstrip()
+
+
 # ---------------------------------------------------------------------------
 # Prompts, generation and sharing on the tiny model
 # ---------------------------------------------------------------------------
@@ -286,7 +352,17 @@ def test_eval_command_reproduces_the_runs_metrics(tmp_path, capsys):
                   f"out={tmp_path / 'other'}"])
     other = json.loads((tmp_path / "other" / "metrics.json").read_text())
     assert set(other["base"]) == set(other["tuned"]) == {"contains"}
+    assert again["setup"]["run_dir"] == str(run.run_dir) and again["setup"]["steps"] == metrics["steps"]
+    capsys.readouterr()
     eval_command(["model=tiny", "evaluators=[perplexity]", f"out={tmp_path / 'bare'}"])
     bare = json.loads((tmp_path / "bare" / "metrics.json").read_text())
     assert "tuned" not in bare
+    # nothing to compare: said where the verdict would be, printed and in the report
+    printed = capsys.readouterr().out
+    assert "verdict: Nothing to compare: only the base model was evaluated" in printed
+    assert "No verdict" not in printed
+    report = [line for line in (tmp_path / "bare" / "report.md").read_text().splitlines() if line.strip()]
+    assert report[0].startswith("# tuneforge evaluation report: tiny on jsonl (")
+    assert report[1] == "## Verdict" and report[2].startswith("**Nothing to compare: only the base model")
+    assert report[3].startswith("Evaluated tiny on jsonl: ") and "held-out" in report[3]
     assert bare["base"]["perplexity/loss"] == pytest.approx(metrics["base"]["perplexity/loss"], rel=1e-5)

@@ -7,10 +7,13 @@ import re
 import matplotlib.image
 import pytest
 
+from tuneforge.evaluation.lead import NOTHING_TO_COMPARE
 from tuneforge.evaluation.report import (
+    build_blocks,
     format_comparison,
     overfitting_signal,
     read_loss_curves,
+    render_markdown,
     write_report,
 )
 from tuneforge.testing import run_tiny_fit
@@ -82,13 +85,205 @@ def test_report_files_from_metrics(tmp_path):
     assert "<td>Q &lt;b&gt;|</td>" in page and not re.search(r"src=['\"](?!data:)", page)
 
 
+def _decided_run() -> tuple:
+    """The metrics of a finished run as metrics.json holds them (the verdict with its headline, intervals
+    with their methods, the setup), and its prediction rows with per-example scores."""
+    metrics = {
+        "setup": {"model": {"name": "hf", "source": "/cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"},
+                  "data": {"name": "legal_citations", "files": {"rehearsal_path": "/pkg/data/rehearsal_general.jsonl"},
+                           "train_examples": 100, "val_examples": 30, "parts": [["task", 75], ["rehearsal", 25]]},
+                  "adapter": {"name": "lora", "settings": [["r", 16], ["lora_alpha", 32], ["lora_dropout", 0.0],
+                                                           ["target_modules", "all-linear"]]},
+                  "machine": {"cpu": "AMD EPYC 7B13", "gpu": None, "devices": 1, "threads": 2},
+                  "steps": 30, "training_s": 61.6},
+        "parameters": {"trainable": 4884480, "total": 139400000, "fraction": 0.035},
+        "steps": 30, "throughput": {"fit_time_s": 61.6},
+        "base": {"exact_match": 0.0, "forgetting/contains": 1.0},
+        "baselines": {"retrieval": {"exact_match": 0.2667}},
+        "baseline_info": {"retrieval": {"name": "retrieval", "label": "retrieval, k=4"}},
+        "tuned": {"exact_match": 0.9667, "forgetting/contains": 0.9},
+        "metric_info": {"exact_match": {"section": "held-out", "higher_is_better": True},
+                        "forgetting/contains": {"section": "forgetting", "higher_is_better": True}},
+        "intervals": {c: {"exact_match": {"low": 0.0, "high": 0.5, "n": 30, "method": "Wilson score"}}
+                      for c in ("base", "retrieval", "tuned")},
+        "changes": {"tuned-retrieval": {"exact_match": {"value": 0.7, "low": 0.499, "high": 0.867, "n": 30,
+                                                        "p_value": 5.7e-06, "method": "Newcombe paired"}},
+                    "change": {"exact_match": {"value": 0.9667, "low": 0.8, "high": 1.0, "n": 30,
+                                               "method": "Newcombe paired"}}},
+        "verdict": {"outcome": "tune", "metric": "exact_match", "baseline": "retrieval", "n": 30,
+                    "headline": "Tune: tuned exact match 96.7% vs retrieval 26.7%, +70.0 points (95% CI +49.9..+86.7)",
+                    "text": "Tuned exact_match 96.7% vs best prompting baseline (retrieval, k=4) 26.7%: +70.0 points "
+                            "(95% CI +49.9..+86.7, n=30; McNemar p=5.7e-06): fine-tuning is worth it."},
+    }
+    template = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM<|im_end|>\n<|im_start|>user\n{}" \
+               "<|im_end|>\n<|im_start|>assistant\n"
+    predictions = []
+    for i in range(30):
+        question = f"Write the citation.\n\nCase: Smith{i} v. Jones"
+        right = f"Smith{i} v. Jones, 1 U.S. 1 (1999)"
+        tuned_right, retrieval_right = i != 7, i < 8
+        predictions.append({"set": "val", "kind": "generation", "source": f"/data/generated:{i + 1}",
+                            "prompt": template.format(question), "message": question, "reference": right,
+                            "base": "I cannot", "retrieval": right if retrieval_right else "Smith v. Jones",
+                            "tuned": right if tuned_right else "Smith7 v. Jones, 2 U.S. 1 (1999)",
+                            "scores": {"base": {"exact_match": 0.0},
+                                       "retrieval": {"exact_match": float(retrieval_right)},
+                                       "tuned": {"exact_match": float(tuned_right)}}})
+    for i, (city, tuned) in enumerate([("Lima", "Quillacota"), ("Paris", "Paris")] + [("Rome", "Rome")] * 8):
+        predictions.append({"set": "forgetting", "kind": "generation", "source": f"forgetting_general.jsonl:{i + 1}",
+                            "prompt": template.format(f"Capital of country {i}?"),
+                            "message": f"Capital of country {i}?", "reference": city,
+                            "base": city, "tuned": f"The capital is {tuned}",
+                            "scores": {"base": {"forgetting/contains": 1.0},
+                                       "tuned": {"forgetting/contains": float(city == tuned)}}})
+    return metrics, predictions
+
+
+def _sections(md: str) -> list:
+    return [line for line in md.splitlines() if line.startswith("## ")]
+
+
+def test_report_leads_with_the_answer(tmp_path):
+    metrics, predictions = _decided_run()
+    write_report(tmp_path, metrics, config_yaml="seed: 0\n" * 160, predictions=predictions)
+    md = (tmp_path / "report.md").read_text()
+    lines = [line for line in md.splitlines() if line.strip()]
+    assert lines[0] == ("# tuneforge run report: SmolLM2-135M-Instruct.Q4_1.gguf + lora r=16 on legal_citations "
+                        "(100 examples), 30 steps")
+    assert lines[1] == "## Verdict"
+    assert lines[2] == f"**{metrics['verdict']['headline']}**"
+    assert lines[3] == metrics["verdict"]["text"]
+    assert lines[4] == ("Tuned SmolLM2-135M-Instruct.Q4_1.gguf with lora (r=16, lora_alpha=32, lora_dropout=0.0, "
+                        "target_modules=all-linear; 3.50% of 139,400,000 parameters trained) on legal_citations: 100 "
+                        "training examples (75 task, 25 rehearsal from rehearsal_general.jsonl), 30 held-out; 30 "
+                        "steps in 62 s, on AMD EPYC 7B13 (2 CPU threads).")
+    assert lines[5] == "## Tuned vs the best prompting baseline: retrieval, k=4"
+    assert lines[6] == "| metric | retrieval, k=4 | tuned | change | 95% CI of change | p | method |"
+    assert lines[8] == "| exact_match | 0.2667 | 0.9667 | +0.7000 | +0.4990..+0.8670 | 5.7e-06 | Newcombe paired |"
+    headings = _sections(md)
+    assert headings[-1] == "## Settings (resolved config)" and md.rstrip().endswith("```")
+    assert headings.index("## Notable failures") < headings.index("## Predictions (first 10 of 40; all in "
+                                                                   "predictions.jsonl, with the rendered prompts)")
+    assert ("Intervals by metric: exact_match: Wilson score (each column); Newcombe paired (changes)." in md)
+
+    failures = md.split("## Notable failures", 1)[1].split("\n## ", 1)[0]
+    assert ("Held-out misses on exact_match: base (zero-shot) 30 of 30, retrieval, k=4 22 of 30, tuned 1 of 30."
+            in failures)
+    assert "| generated:8 | Write the citation.<br><br>Case: Smith7 v. Jones | Smith7 v. Jones, 1 U.S. 1 (1999) | " \
+           "Smith7 v. Jones, 2 U.S. 1 (1999) | Smith7 v. Jones, 1 U.S. 1 (1999) |" in failures  # retrieval got it
+    assert "retrieval, k=4 misses 22 that the tuned model gets right; the first 3:" in failures
+    assert ("Forgetting (forgetting/contains): the tuned model misses 1 of 10; 1 of them the base model got right "
+            "(listed first):") in failures
+    assert "| forgetting_general.jsonl:1 | Capital of country 0? | Lima | Lima | The capital is Quillacota |" \
+        in failures
+    shown = md.split("## Predictions", 1)[1].split("## Settings", 1)[0]
+    assert "<|im_start|>" not in shown and "&lt;\\|im_start" not in shown and "im_start" not in shown
+    assert "| val | Write the citation.<br><br>Case: Smith0 v. Jones |" in shown
+
+    page = (tmp_path / "report.html").read_text()
+    assert page.index("<section id='verdict'>") < page.index("<h2>Tuned vs the best prompting baseline")
+    assert page.index("<h2>Notable failures</h2>") < page.index("<h2>Settings (resolved config)</h2>")
+
+    del metrics["verdict"]["headline"]  # a verdict without a headline: its paragraph leads
+    md = render_markdown(build_blocks(metrics))
+    assert [line for line in md.splitlines() if line.strip()][1:3] == ["## Verdict",
+                                                                       f"**{metrics['verdict']['text']}**"]
+
+
+def test_bare_model_evaluation_has_nothing_to_compare():
+    metrics = {"base": {"exact_match": 0.2}, "intervals": {"base": {"exact_match": {"low": 0.1, "high": 0.3}}},
+               "verdict": {"outcome": "no_comparison", "text": "No verdict: no held-out metric was measured for "
+                                                               "both the tuned model and a prompting column."},
+               "setup": {"model": {"name": "tiny", "source": None},
+                         "data": {"name": "jsonl", "files": {"path": "/d/train.jsonl"}, "train_examples": 9,
+                                  "val_examples": 1, "parts": []},
+                         "machine": {"cpu": "CPU X", "gpu": None, "devices": 1, "threads": 1}}}
+    printed = format_comparison(metrics)
+    assert "verdict: Nothing to compare: only the base model was evaluated" in printed and "No verdict" not in printed
+    lines = [line for line in render_markdown(build_blocks(metrics, title="tuneforge evaluation report")).splitlines()
+             if line.strip()]
+    assert lines[0] == "# tuneforge evaluation report: tiny on jsonl (9 examples)"
+    assert lines[1:3] == ["## Verdict", f"**{NOTHING_TO_COMPARE}**"]
+    assert lines[3] == "Evaluated tiny on jsonl: 9 training examples from train.jsonl, 1 held-out split from it; " \
+                       "on CPU X (1 CPU thread)."
+
+
+def _browser():
+    """A headless Chromium: ``("chromium", path)`` for a Chromium or Chrome binary on PATH, else
+    ``("playwright", None)`` when playwright-python and its downloaded Chromium are installed, else None."""
+    import shutil
+    from pathlib import Path
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return "chromium", shutil.which(name)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    with sync_playwright() as p:
+        installed = Path(p.chromium.executable_path).is_file()
+    return ("playwright", None) if installed else None
+
+
+_MEASURE = """
+const settings = [...document.querySelectorAll("h2")].find(h => h.textContent.startsWith("Settings"));
+for (const [id, el] of [["verdict", document.getElementById("verdict")], ["settings", settings]]) {
+  const box = el.getBoundingClientRect();
+  document.documentElement.setAttribute("data-" + id + "-top", box.top);
+  document.documentElement.setAttribute("data-" + id + "-bottom", box.bottom);
+}
+document.documentElement.setAttribute("data-viewport", window.innerHeight);
+"""
+
+
+def _layout(page, width: int = 1280, height: int = 800) -> dict:
+    """The verdict's and the settings heading's boxes in a real browser window of ``width`` x ``height``."""
+    import subprocess
+
+    kind, binary = _browser()
+    if kind == "playwright":
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch()
+            view = browser.new_page(viewport={"width": width, "height": height})
+            view.goto(page.as_uri())
+            view.evaluate("() => {" + _MEASURE + "}")
+            dom = view.content()
+            browser.close()
+    else:
+        measured = page.with_name("measured.html")
+        measured.write_text(page.read_text().replace("</body>", f"<script>{_MEASURE}</script></body>"))
+        done = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},{height}",
+                               "--dump-dom", measured.as_uri()], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        dom = done.stdout
+    found = dict(re.findall(r'data-([a-z-]+)="([0-9.e+-]+)"', dom))
+    return {key: float(value) for key, value in found.items()}
+
+
+def test_html_report_shows_the_verdict_above_the_fold(tmp_path):
+    if _browser() is None:
+        pytest.skip("no headless browser: install chromium (apt-get install chromium) or playwright")
+    metrics, predictions = _decided_run()
+    write_report(tmp_path, metrics, config_yaml="seed: 0\n" * 160, predictions=predictions)
+    box = _layout(tmp_path / "report.html")
+    assert box["viewport"] > 600  # the window size took effect
+    assert 0 <= box["verdict-top"] < box["verdict-bottom"] <= box["viewport"]  # the whole verdict, unscrolled
+    assert box["settings-top"] > 3 * box["viewport"]  # the config is far below: the measurement sees layout
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("report-run")
+    from tuneforge.plugins.datasets import sample_path
+
     return run_tiny_fit(run_dir, overrides=[
-        "evaluators=[perplexity,exact_match,chrf]", "evaluators.exact_match.max_new_tokens=4",
-        "evaluators.chrf.max_new_tokens=4", "optim.lr=0.01", "trainer.max_steps=6", "trainer.val_check_interval=3",
-        "trainer.limit_val_batches=1"])
+        "evaluators=[perplexity,exact_match,chrf,forgetting]", "evaluators.exact_match.max_new_tokens=4",
+        "evaluators.chrf.max_new_tokens=4", f"evaluators.forgetting.path={sample_path('forgetting_general.jsonl')}",
+        "evaluators.forgetting.limit=4", "evaluators.forgetting.max_new_tokens=4", "optim.lr=0.01",
+        "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=1"])
 
 
 def test_run_writes_the_report(tiny_run):
@@ -125,8 +320,14 @@ def test_predictions_side_by_side(tiny_run):
     assert len(rows) == 6  # exact_match and chrf shared one generation per held-out example
     columns = {f"{b}{suffix}" for b in ("few_shot", "retrieval") for suffix in ("", "_prompt", "_demonstrations")}
     for row in rows:
-        assert set(row) == {"set", "kind", "source", "prompt", "reference", "base", "tuned", *columns}
+        assert set(row) == {"set", "kind", "source", "prompt", "message", "reference", "base", "tuned", "scores",
+                            *columns}
         assert row["prompt"].endswith("<|im_start|>assistant\n")  # the final assistant turn is left out
+        # the user's message as written: the last user turn inside the rendered prompt, without the template
+        assert "<|im_start|>" not in row["message"] and row["message"].strip()
+        assert row["prompt"].endswith(f"<|im_start|>user\n{row['message']}<|im_end|>\n<|im_start|>assistant\n")
+        for label in ("base", "few_shot", "retrieval", "tuned"):  # each column's score of this example
+            assert row["scores"][label]["exact_match"] == float(row[label] == row["reference"])
         assert f"assistant\n{row['reference']}<|im_end|>" not in row["prompt"]
         for baseline in ("few_shot", "retrieval"):  # the same question after 4 demonstrations
             own = row["prompt"].split("<|im_end|>\n", 1)[1] if row["prompt"].startswith("<|im_start|>system") \
@@ -136,7 +337,8 @@ def test_predictions_side_by_side(tiny_run):
             assert row[f"{baseline}_prompt"].count("<|im_start|>assistant\n") >= 5
     train = [row for row in every if row["set"] == "train"]  # the memorisation sample, tuned model only
     assert len(train) == min(30, tiny_run.metrics["data"]["train_examples"])
-    assert all(set(row) == {"set", "kind", "source", "prompt", "reference", "tuned"} for row in train)
+    assert all(set(row) == {"set", "kind", "source", "prompt", "message", "reference", "tuned", "scores"}
+               for row in train)
     from tuneforge.plugins.evaluators_generation import score_exact_match
 
     for label in ("base", "tuned"):
@@ -147,3 +349,48 @@ def test_predictions_side_by_side(tiny_run):
         assert tiny_run.metrics["baselines"][baseline]["exact_match"] == expected
     memorised = score_exact_match([r["tuned"] for r in train], [r["reference"] for r in train])["exact_match"]
     assert tiny_run.metrics["memorisation"]["train"]["exact_match"] == memorised
+
+
+def test_run_report_shows_messages_and_forgetting_failures(tiny_run):
+    md = (tiny_run.run_dir / "report.md").read_text()
+    lines = [line for line in md.splitlines() if line.strip()]
+    assert lines[0].startswith("# tuneforge run report: tiny + lora r=8 on jsonl (")
+    assert lines[0].endswith(f"examples), {tiny_run.metrics['steps']} steps")
+    assert lines[1] == "## Verdict" and lines[2].startswith("**") and "Nothing to compare" not in lines[2]
+    setup = next(i for i, line in enumerate(lines) if line.startswith("Tuned tiny with "))
+    assert setup in (3, 4) and not any(line.startswith("## ") for line in lines[2:setup])  # right after the verdict
+    assert lines[setup].startswith("Tuned tiny with lora (r=8, lora_alpha=16, lora_dropout=0.05, "
+                                   "target_modules=all-linear;")
+    assert "training examples from sample.jsonl" in lines[setup] and "6 held-out split from it" in lines[setup]
+    assert "<|im_start|>" not in md.split("## Settings", 1)[0] and "im_start" not in md.split("## Predictions")[1]
+    every = [json.loads(line) for line in (tiny_run.run_dir / "predictions.jsonl").open()]
+    forgetting = [row for row in every if row["set"] == "forgetting"]
+    assert len(forgetting) == 4 and all("forgetting/exact_match" in row["scores"]["tuned"] for row in forgetting)
+    failures = md.split("## Notable failures", 1)[1].split("\n## ", 1)[0]
+    missed = [row for row in forgetting if row["scores"]["tuned"]["forgetting/exact_match"] == 0.0]
+    lost = [row for row in missed if row["scores"]["base"]["forgetting/exact_match"] == 1.0]
+    assert (f"Forgetting (forgetting/exact_match): the tuned model misses {len(missed)} of 4; {len(lost)} of them "
+            "the base model got right") in failures
+    for row in missed:  # the general questions the tuned model gets wrong, as the user asked them
+        assert f"| {row['message']} | {row['reference']} |" in failures
+    held_out = [row for row in every if row["set"] == "val"]
+    misses = sum(row["scores"]["tuned"]["exact_match"] == 0.0 for row in held_out)
+    assert f"tuned {misses} of 6." in failures
+
+
+def test_run_report_is_rebuilt_from_metrics_json_and_predictions_alone(tiny_run):
+    """Everything the report shows (the verdict with its inputs, the setup, the failures) is in metrics.json and
+    predictions.jsonl: rendering those again gives the same report.md."""
+    run_dir = tiny_run.run_dir
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["verdict"]["metric"] == "exact_match" and saved["verdict"]["baseline"] in ("base", "few_shot",
+                                                                                           "retrieval")
+    assert saved["setup"]["adapter"]["settings"][0] == ["r", 8] and saved["setup"]["data"]["val_examples"] == 6
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").open()]
+    images = {"metrics": run_dir / "metrics.png", "loss": run_dir / "loss_curves.png"}
+    again = render_markdown(build_blocks(saved, config_yaml=(run_dir / "config.yaml").read_text(), predictions=rows,
+                                         images=images))
+    assert again == (run_dir / "report.md").read_text()
+    if _browser() is not None:  # the real run's page, in a real browser: the verdict is on the first screen
+        box = _layout(run_dir / "report.html")
+        assert 0 <= box["verdict-top"] < box["verdict-bottom"] <= box["viewport"] < box["settings-top"]

@@ -13,6 +13,7 @@ from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.components import MULTIPLE_GROUPS
 from tuneforge.training.model_io import load_saved_model
 from tuneforge.training.run_dir import write_outputs
+from tuneforge.training.setup_summary import describe_setup
 
 
 def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: Optional[Path] = None) -> dict:
@@ -32,6 +33,7 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
     import torch
 
+    from tuneforge.context import evaluation_device
     from tuneforge.evaluation import merge_predictions
 
     started = time.time()
@@ -41,6 +43,10 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     model, tokenizer = components.model.spec.load(components.model.config)
     splits = components.data.spec.load(components.data.config, tokenizer)
     metrics: dict = {"data": splits.stats}
+    metrics["setup"] = describe_setup(cfg, splits.stats, adapter_config=components.adapter.config if run_dir else None,
+                                      device=evaluation_device(cfg.trainer.accelerator, cfg.trainer.devices, 0))
+    if run_dir is not None:
+        metrics["setup"].update(run_dir=str(run_dir), **_training_record(Path(run_dir)))
     metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val, "base",
                                                 chat_template=splits.chat_template)
     tuned_pass = None
@@ -59,6 +65,20 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
         write_outputs(Path(out_dir), cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),
                       title="tuneforge evaluation report")
     return metrics
+
+
+def _training_record(run_dir: Path) -> dict:
+    """``steps``, ``training_s`` and the ``machine`` it trained on, of the run whose model is evaluated, from
+    its ``metrics.json`` (empty when the run has none, e.g. an interrupted one)."""
+    import json
+
+    try:
+        saved = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    record = {"steps": saved.get("steps"), "training_s": (saved.get("throughput") or {}).get("fit_time_s"),
+              "machine": (saved.get("setup") or {}).get("machine")}
+    return {key: value for key, value in record.items() if value is not None}
 
 
 def _run_lock(run_dir: Optional[Path], out_dir: Optional[Path]):

@@ -14,6 +14,7 @@ from tuneforge.evaluation.baselines import (
 )
 from tuneforge.evaluation.generation import (
     EvaluationPass,
+    decode_outputs,
     few_shot_messages,
     generate,
     generate_predictions,
@@ -23,13 +24,14 @@ from tuneforge.evaluation.generation import (
     record_predictions,
     record_scores,
     split_example,
+    user_message,
     with_few_shot,
 )
 from tuneforge.evaluation.sharding import batches_of, distributed_world, map_batches
 
 __all__ = [
-    "EvaluationPass", "batches_of", "distributed_world", "few_shot_messages", "generate", "generate_predictions",
-    "map_batches", "merge_predictions", "model_device", "prompts_and_references", "record_predictions", "split_example",
-    "with_few_shot",
+    "EvaluationPass", "batches_of", "decode_outputs", "distributed_world", "few_shot_messages", "generate",
+    "generate_predictions", "map_batches", "merge_predictions", "model_device", "prompts_and_references",
+    "record_predictions", "split_example", "user_message", "with_few_shot",
     "demonstration_pool", "demonstration_turns", "query_text", "record_scores", "with_demonstrations",
 ]

@@ -266,7 +266,8 @@ def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, spli
 def join_columns(rows: list, columns: dict) -> list:
     """Add each baseline column's output to the row of the same example (same set, kind and source):
     ``<key>`` (the output), ``<key>_prompt`` (its rewritten prompt) and ``<key>_demonstrations`` (the
-    sources of its demonstrations, when the baseline listed them)."""
+    sources of its demonstrations, when the baseline listed them), and its per-example scores under
+    ``scores[<key>]``."""
     by_key = {(row["set"], row["kind"], row["source"]): row for row in rows}
     for key, column in columns.items():
         for row in column.get("predictions") or []:
@@ -275,6 +276,8 @@ def join_columns(rows: list, columns: dict) -> list:
                 continue
             target[key] = row.get(key)
             target[f"{key}_prompt"] = row["prompt"]
+            if (row.get("scores") or {}).get(key):
+                target.setdefault("scores", {})[key] = row["scores"][key]
             if "demonstrations" in row:
                 target[f"{key}_demonstrations"] = row["demonstrations"]
     return rows

@@ -20,9 +20,10 @@ evaluator as ``evaluation``.  Given that pass, :func:`generate_predictions`
 generates each prompt once: every generation metric with the same prompts and
 ``max_new_tokens`` scores the same predictions; prompts are rendered with the
 pass's chat template; and the pass keeps the predictions so the run can write
-``predictions.jsonl`` (prompt, reference, base output, tuned output).  Called
-without a pass, the helpers share and keep nothing and render prompts with
-the tokenizer's own chat template.
+``predictions.jsonl`` (the rendered prompt, the user's message, reference,
+base output, tuned output, and each example's scores).  Called without a
+pass, the helpers share and keep nothing and render prompts with the
+tokenizer's own chat template.
 """
 
 from __future__ import annotations
@@ -43,17 +44,23 @@ class EvaluationPass:
     Jinja text the data was rendered with in training
     (:attr:`tuneforge.data.DataSplits.chat_template`; None: the tokenizer's
     own).  ``predictions``: ``{(set, kind, key): rows}`` where each row has
-    ``source``, ``prompt``, ``reference`` and ``output``; it is also the
+    ``source``, ``prompt`` (rendered), ``message`` (the user's last turn, as
+    the user wrote it), ``reference`` and ``output``, and ``scores``
+    (``{reported metric: this example's score}``) once an evaluator recorded
+    scores for the rows (:func:`record_scores` with ``rows``); it is also the
     generation cache of the pass.  ``context``: reserved for the run context
     (which process this is, the run directory); None when there is none.
     ``scores``: the per-example scores the running evaluator recorded
     (:func:`record_scores`, ``{metric: {"values", "weights"}}``); the host
     moves them into ``example_scores`` after each evaluator, under the
-    reported metric names (``forgetting/contains``).  ``timings``:
-    ``{set name: {"seconds", "queries", "batch_s_per_query"}}``, the time
-    :func:`generate_predictions` spent generating (cache hits cost nothing),
-    the most prompts one generation covered, and the seconds per prompt of
-    each batch this process generated (the timing's repeats, for its spread).
+    reported metric names (``forgetting/contains``).  ``scored_rows``: the
+    prediction rows each of those scores belongs to (when the evaluator gave
+    them), where the host writes each row's score under the reported name.
+    ``timings``: ``{set name: {"seconds", "queries", "batch_s_per_query"}}``,
+    the time :func:`generate_predictions` spent generating (cache hits cost
+    nothing), the most prompts one generation covered, and the seconds per
+    prompt of each batch this process generated (the timing's repeats, for
+    its spread).
     ``given_outputs``: ``{example source: output text}`` that
     :func:`generate_predictions` returns instead of generating (for
     ``tuneforge.testing.run_evaluator``; None in runs).
@@ -65,6 +72,7 @@ class EvaluationPass:
     context: Any = None
     given_outputs: Optional[dict] = None
     scores: dict = field(default_factory=dict)
+    scored_rows: dict = field(default_factory=dict)
     example_scores: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
@@ -84,6 +92,15 @@ def split_example(example: dict) -> tuple[list, str]:
     if messages[-1]["role"] != "assistant":
         return list(messages), ""
     return list(messages[:-1]), message_text(messages[-1])
+
+
+def user_message(messages: Sequence[dict]) -> str:
+    """The text of the last user turn of ``messages`` (what the user asked, without the chat template
+    or any few-shot turns before it); ``""`` when there is none."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message_text(message)
+    return ""
 
 
 def few_shot_messages(few_shot: Iterable) -> list:
@@ -147,7 +164,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     """Greedy continuations of ``prompts`` (texts), generated in left-padded batches.
 
     Special tokens are removed from the outputs and surrounding whitespace is
-    stripped.  The model is put in eval mode for the call and restored after.
+    stripped; an output cut at ``max_new_tokens`` in the middle of a
+    multi-byte character loses the partial character (:func:`decode_outputs`).
+    The model is put in eval mode for the call and restored after.
     """
     import torch
     from transformers import GenerationConfig
@@ -173,17 +192,42 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
                 generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                            generation_config=settings)
                 new_tokens = generated[:, batch["input_ids"].shape[1]:]
-                outputs += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+                outputs += decode_outputs(tokenizer, new_tokens.tolist(), eos | {tokenizer.pad_token_id})
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
     return outputs
 
 
+#: what a byte-level tokenizer decodes an incomplete UTF-8 sequence to
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def decode_outputs(tokenizer, sequences: Sequence[Sequence[int]], stop_ids: Iterable) -> list:
+    """Decoded, stripped texts of generated token ``sequences``.
+
+    A sequence that ends in none of ``stop_ids`` (end-of-turn or padding: the
+    generation was cut by ``max_new_tokens``) may end inside a multi-byte
+    character, which a byte-level tokenizer decodes to U+FFFD: those trailing
+    replacement characters are removed.  One inside the text, or at the end
+    of a sequence that stopped by itself, is what the model wrote and stays.
+    """
+    stops = {i for i in stop_ids if i is not None}
+    texts = tokenizer.batch_decode(list(sequences), skip_special_tokens=True)
+    outputs = []
+    for ids, text in zip(sequences, texts):
+        text = text.strip()
+        if len(ids) and ids[-1] not in stops:
+            text = text.rstrip(REPLACEMENT_CHARACTER).rstrip()
+        outputs.append(text)
+    return outputs
+
+
 def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_tokens: int = 64,
                          batch_size: int = 8, few_shot: Iterable = (), set_name: str = "val",
                          evaluation: Optional[EvaluationPass] = None) -> list:
-    """Rows ``{source, prompt, reference, output}`` for ``examples``, generated once per evaluation pass.
+    """Rows ``{source, prompt, message, reference, output}`` for ``examples``, generated once per evaluation
+    pass (``message``: the user's last turn, :func:`user_message`).
 
     With ``evaluation`` (the pass the host gave the evaluator) prompts use its
     chat template and the rows are cached in it by (set name, rendered
@@ -215,8 +259,8 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
 
         # one batch per rank at a time under DDP (the same batches as in one process), gathered in order
         outputs = [text for batch in map_batches(timed, prompts, batch_size, evaluation) for text in batch]
-    rows = [{"source": ex.get("source", ""), "prompt": p, "reference": r, "output": o}
-            for ex, p, r, o in zip(examples, prompts, references, outputs)]
+    rows = [{"source": ex.get("source", ""), "prompt": p, "message": user_message(ex.get("messages") or []),
+             "reference": r, "output": o} for ex, p, r, o in zip(examples, prompts, references, outputs)]
     if evaluation is not None:
         evaluation.predictions[key] = rows
         timing = evaluation.timings.setdefault(set_name, {"seconds": 0.0, "queries": 0, "batch_s_per_query": []})
@@ -227,7 +271,7 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
 
 
 def record_scores(metric: str, values: Sequence[float], *, weights: Optional[Sequence[float]] = None,
-                  evaluation: Optional[EvaluationPass] = None) -> None:
+                  evaluation: Optional[EvaluationPass] = None, rows: Optional[Sequence[dict]] = None) -> None:
     """Keep the per-example scores behind ``metric`` (the name ``evaluate`` returns, e.g. ``exact_match``).
 
     ``values[i]`` scores the i-th example the evaluator was given, and the
@@ -236,8 +280,11 @@ def record_scores(metric: str, values: Sequence[float], *, weights: Optional[Seq
     host bootstraps confidence intervals from them (and McNemar's test for
     0/1 values); a metric returned without recorded scores (a corpus BLEU)
     simply gets no interval, and scores whose mean does not match the
-    returned value are dropped with a warning.  Without a pass nothing is
-    kept.
+    returned value are dropped with a warning.  ``rows``: the prediction
+    rows the values score (:func:`generate_predictions`' rows, same order):
+    each row then gets its score under the reported metric name in
+    ``row["scores"]``, so that ``predictions.jsonl`` and the report's notable
+    failures show which examples missed.  Without a pass nothing is kept.
     """
     if evaluation is None:
         return
@@ -246,7 +293,11 @@ def record_scores(metric: str, values: Sequence[float], *, weights: Optional[Seq
         weights = [float(w) for w in weights]
         if len(weights) != len(values):
             raise ValueError(f"record_scores({metric!r}): {len(values)} values but {len(weights)} weights")
+    if rows is not None and len(rows) != len(values):
+        raise ValueError(f"record_scores({metric!r}): {len(values)} values but {len(rows)} rows")
     evaluation.scores[metric] = {"values": values, "weights": weights}
+    if rows is not None:
+        evaluation.scored_rows[metric] = list(rows)
 
 
 def record_predictions(set_name: str, kind: str, key, rows: list,
@@ -261,8 +312,9 @@ def merge_predictions(passes: dict) -> list:
     """Side-by-side rows from several passes (``{"base": pass, "tuned": pass}``).
 
     Rows of the same example (same set, kind and prompts) are joined: each has
-    ``set``, ``kind``, ``source``, ``prompt``, ``reference`` and one output
-    column per pass label.
+    ``set``, ``kind``, ``source``, ``prompt``, ``message``, ``reference``, one
+    output column per pass label and, when evaluators recorded them,
+    ``scores``: ``{label: {metric: score}}``.
     """
     merged: dict = {}
     for label, one_pass in passes.items():
@@ -271,7 +323,10 @@ def merge_predictions(passes: dict) -> list:
         for (set_name, kind, key), rows in one_pass.predictions.items():
             target = merged.setdefault((set_name, kind, key), [
                 {"set": set_name, "kind": kind, "source": r["source"], "prompt": r["prompt"],
-                 "reference": r["reference"]} for r in rows])
+                 **({"message": r["message"]} if "message" in r else {}), "reference": r["reference"]}
+                for r in rows])
             for out, row in zip(target, rows):
                 out[label] = row["output"]
+                if row.get("scores"):
+                    out.setdefault("scores", {})[label] = dict(row["scores"])
     return [row for rows in merged.values() for row in rows]

@@ -1,5 +1,7 @@
-"""The run report: the base-vs-tuned table, the prompting baselines with intervals and cost, the
-memorisation check and the verdict, plots, ``report.md`` and a self-contained ``report.html``.
+"""The run report, answer first: the verdict, what was tuned, the best baseline vs tuned (see
+:mod:`tuneforge.evaluation.lead`), then every column with intervals and cost, the base-vs-tuned
+tables, the notable failures (:mod:`tuneforge.evaluation.failures`), the memorisation check, plots,
+predictions and the config last, as ``report.md`` and a self-contained ``report.html``.
 
 :func:`format_comparison` is the table printed at the end of a run.
 :func:`write_report` writes, into a run directory, ``loss_curves.png`` and
@@ -93,10 +95,14 @@ def format_columns(metrics: dict, width: int = 100) -> str:
         gap = memorisation["gap"][name]
         lines.append(f"memorisation: {name} is {gap['value']:.4g} better on {memorisation['sample']} training "
                      f"examples than held-out (95% CI {_interval_text(gap)}): the tuned model fits what it saw")
-    verdict = metrics.get("verdict") or {}
-    if verdict.get("text"):
+    from tuneforge.evaluation.lead import verdict_lead
+
+    headline, paragraph = verdict_lead(metrics)
+    if headline:
         lines.append("")
-        lines += textwrap.wrap("verdict: " + verdict["text"], width=width)
+        lines += textwrap.wrap("verdict: " + headline, width=width)
+        if paragraph:
+            lines += textwrap.wrap(paragraph, width=width)
     return "\n".join(lines).rstrip()
 
 
@@ -288,97 +294,126 @@ def _short(text, limit: int = 160) -> str:
 
 def build_blocks(metrics: dict, *, config_yaml: str = "", predictions: Sequence[dict] = (),
                  images: Optional[dict] = None, title: str = "tuneforge run report") -> list:
-    """The report as blocks: ``("h1"|"h2"|"p", text)``, ``("ul", items)``, ``("table", header, rows)``,
-    ``("img", path, alt)``, ``("pre", text)``.
+    """The report as blocks: ``("h1"|"h2"|"p", text)``, ``("verdict", headline, paragraph or None)``,
+    ``("ul", items)``, ``("table", header, rows)``, ``("img", path, alt)``, ``("pre", text)``.
 
-    Evaluator metrics are grouped by their section (``metrics["metric_info"]``,
-    see :class:`tuneforge.specs.MetricInfo`): the held-out table first, then
-    one table per other section, e.g. ``forgetting``.
+    The answer comes first: the title names the model, data, adapter and
+    steps (``metrics["setup"]``, :func:`tuneforge.evaluation.lead.report_title`),
+    then the verdict (its headline, then its paragraph), one line on what was
+    tuned where, and the tuned model against the best prompting baseline.
+    Then the details: every column with its interval and the method behind
+    it, the cost per query, the base-vs-tuned table of each section of
+    metrics (``metrics["metric_info"]``, see :class:`tuneforge.specs.MetricInfo`:
+    held-out first, then e.g. ``forgetting``), the notable failures, the
+    memorisation check, data quality, training, the predictions (the user's
+    message, not the rendered prompt), and the resolved config last.
     """
+    from tuneforge.evaluation.failures import failure_blocks
+    from tuneforge.evaluation.lead import best_baseline_blocks, held_out_names, report_title, setup_line, verdict_lead
+
     images = images or {}
-    blocks: list = [("h1", title)]
+    blocks: list = [("h1", report_title(metrics, title))]
+    headline, paragraph = verdict_lead(metrics)
+    if headline:
+        blocks.append(("verdict", headline, paragraph))
+    line = setup_line(metrics)
+    if line:
+        blocks.append(("p", line))
     sections = metric_sections(metrics)
+    blocks += best_baseline_blocks(metrics, held_out_names(metrics))
+    blocks += _columns_blocks(metrics)
+    if "metrics" in images:
+        blocks.append(("img", images["metrics"], "per-metric bars, every column with its 95% interval"))
     blocks.append(("h2", "Held-out metrics: base vs tuned"))
     if sections.get(HELD_OUT):
         blocks += _metric_table(sections[HELD_OUT], metrics)
     else:
         blocks.append(("p", "No held-out metrics." if sections else "No evaluator metrics."))
-    if "metrics" in images:
-        blocks.append(("img", images["metrics"], "per-metric bars, every column with its 95% interval"))
-    blocks += _columns_blocks(metrics)
     for section, rows in sections.items():
         if section != HELD_OUT:
             blocks.append(("h2", section[:1].upper() + section[1:]))
             blocks += _metric_table(rows, metrics)
-
-    quality = metrics.get("quality")
-    if quality:
-        blocks.append(("h2", "Data quality"))
-        tokens = quality["tokens"]
-        qrows = [
-            ["records", quality["records"]["train"], quality["records"]["val"]],
-            ["examples", quality["examples"]["train"], quality["examples"]["val"]],
-            ["tokens per example (min / median / max)",
-             f"{tokens['train']['min']} / {_num(tokens['train']['median'], 1)} / {tokens['train']['max']}",
-             f"{tokens['val']['min']} / {_num(tokens['val']['median'], 1)} / {tokens['val']['max']}"],
-            ["exact duplicates", quality["duplicates"], quality["val_duplicates"]],
-            ["empty or whitespace-only targets", quality["empty_targets"]["train"],
-             quality["empty_targets"]["val"]],
-            ["over max length: truncated / dropped (both splits)", f"{quality['truncated']} / {quality['dropped']}",
-             ""],
-            ["held-out examples also in training (leakage)", "", quality["leakage"]],
-        ]
-        blocks.append(("table", ["check", "train", "held-out"], qrows))
-        if quality.get("labels"):
-            blocks.append(("p", "Label balance (training targets):"))
-            blocks.append(("table", ["label", "count"], [[k, v] for k, v in quality["labels"].items()]))
-        for warning in quality.get("warnings", []):
-            blocks.append(("p", f"Warning: {warning}"))
-
-    if "steps" in metrics or "parameters" in metrics:
-        blocks.append(("h2", "Training"))
-        params = metrics.get("parameters", {})
-        signal = metrics.get("overfitting", {})
-        throughput = metrics.get("throughput", {})
-        trows = [
-            ["trainable parameters", f"{params.get('trainable', 0):,} of {params.get('total', 0):,} "
-                                     f"({100 * params.get('fraction', 0):.4f}%)"],
-            ["optimizer steps", metrics.get("steps", "-")],
-            ["wall time (whole run)", f"{_num(metrics.get('wall_time_s'), 1)} s"],
-            ["training time", f"{_num(throughput.get('fit_time_s'), 1)} s"],
-            ["training tokens / s", _num(throughput.get("tokens_per_s"), 1)],
-            ["final train loss (mean of last tenth of steps)", _num(signal.get("train_loss"))],
-            [f"validation loss ({signal.get('val_source') or 'none'})", _num(signal.get("val_loss"))],
-            ["gap (validation - train): overfitting signal", _signed(signal.get("gap"))],
-        ]
-        if signal.get("best_val_step") is not None:
-            trows.append(["lowest validation loss (marked on the curve)",
-                          f"{_num(signal['best_val_loss'])} at step {signal['best_val_step']}"])
-        restored = (metrics.get("train") or {}).get("early_stopping/restored_step")
-        if restored is not None:
-            trows.append(["early stopping restored the adapter of step", int(restored)])
-        blocks.append(("table", ["", "value"], trows))
-        if "loss" in images:
-            blocks.append(("img", images["loss"], "training and validation loss"))
-
+    blocks += failure_blocks(metrics, predictions)
     blocks += _memorisation_blocks(metrics)
-
+    blocks += _quality_blocks(metrics)
+    blocks += _training_blocks(metrics, images)
     if predictions:
         from tuneforge.evaluation.comparison import column_order
 
         labels = [label for label in (column_order(metrics) or ["base", "tuned"])
                   if any(label in row for row in predictions)]
         shown = list(predictions)[:REPORT_PREDICTIONS]
-        blocks.append(("h2", f"Predictions (first {len(shown)} of {len(predictions)}; all in predictions.jsonl)"))
-        blocks.append(("table", ["set", "prompt", "reference", *labels],
-                       [[row.get("set", ""), _short(row.get("prompt")), _short(row.get("reference")),
+        blocks.append(("h2", f"Predictions (first {len(shown)} of {len(predictions)}; all in predictions.jsonl, "
+                             "with the rendered prompts)"))
+        blocks.append(("table", ["set", "user's message", "reference", *labels],
+                       [[row.get("set", ""), _short(_user_text(row), 300), _short(row.get("reference")),
                          *[_short(row.get(label)) for label in labels]] for row in shown]))
     if config_yaml:
         blocks.append(("h2", "Settings (resolved config)"))
         blocks.append(("pre", config_yaml))
-    if (metrics.get("verdict") or {}).get("text"):
-        blocks.append(("h2", "Verdict: was fine-tuning worth it?"))
-        blocks.append(("p", metrics["verdict"]["text"]))
+    return blocks
+
+
+def _user_text(row: dict) -> str:
+    """What the user asked in a prediction row: its ``message``, or (rows written before it was recorded)
+    the rendered prompt."""
+    return row["message"] if row.get("message") is not None else row.get("prompt", "")
+
+
+def _quality_blocks(metrics: dict) -> list:
+    quality = metrics.get("quality")
+    if not quality:
+        return []
+    blocks: list = [("h2", "Data quality")]
+    tokens = quality["tokens"]
+    qrows = [
+        ["records", quality["records"]["train"], quality["records"]["val"]],
+        ["examples", quality["examples"]["train"], quality["examples"]["val"]],
+        ["tokens per example (min / median / max)",
+         f"{tokens['train']['min']} / {_num(tokens['train']['median'], 1)} / {tokens['train']['max']}",
+         f"{tokens['val']['min']} / {_num(tokens['val']['median'], 1)} / {tokens['val']['max']}"],
+        ["exact duplicates", quality["duplicates"], quality["val_duplicates"]],
+        ["empty or whitespace-only targets", quality["empty_targets"]["train"],
+         quality["empty_targets"]["val"]],
+        ["over max length: truncated / dropped (both splits)", f"{quality['truncated']} / {quality['dropped']}",
+         ""],
+        ["held-out examples also in training (leakage)", "", quality["leakage"]],
+    ]
+    blocks.append(("table", ["check", "train", "held-out"], qrows))
+    if quality.get("labels"):
+        blocks.append(("p", "Label balance (training targets):"))
+        blocks.append(("table", ["label", "count"], [[k, v] for k, v in quality["labels"].items()]))
+    for warning in quality.get("warnings", []):
+        blocks.append(("p", f"Warning: {warning}"))
+    return blocks
+
+
+def _training_blocks(metrics: dict, images: dict) -> list:
+    if "steps" not in metrics and "parameters" not in metrics:
+        return []
+    params = metrics.get("parameters", {})
+    signal = metrics.get("overfitting", {})
+    throughput = metrics.get("throughput", {})
+    trows = [
+        ["trainable parameters", f"{params.get('trainable', 0):,} of {params.get('total', 0):,} "
+                                 f"({100 * params.get('fraction', 0):.4f}%)"],
+        ["optimizer steps", metrics.get("steps", "-")],
+        ["wall time (whole run)", f"{_num(metrics.get('wall_time_s'), 1)} s"],
+        ["training time", f"{_num(throughput.get('fit_time_s'), 1)} s"],
+        ["training tokens / s", _num(throughput.get("tokens_per_s"), 1)],
+        ["final train loss (mean of last tenth of steps)", _num(signal.get("train_loss"))],
+        [f"validation loss ({signal.get('val_source') or 'none'})", _num(signal.get("val_loss"))],
+        ["gap (validation - train): overfitting signal", _signed(signal.get("gap"))],
+    ]
+    if signal.get("best_val_step") is not None:
+        trows.append(["lowest validation loss (marked on the curve)",
+                      f"{_num(signal['best_val_loss'])} at step {signal['best_val_step']}"])
+    restored = (metrics.get("train") or {}).get("early_stopping/restored_step")
+    if restored is not None:
+        trows.append(["early stopping restored the adapter of step", int(restored)])
+    blocks: list = [("h2", "Training"), ("table", ["", "value"], trows)]
+    if "loss" in images:
+        blocks.append(("img", images["loss"], "training and validation loss"))
     return blocks
 
 
@@ -399,16 +434,23 @@ def _columns_blocks(metrics: dict) -> list:
     columns = column_order(metrics)
     intervals = metrics.get("intervals") or {}
     names = [row[0] for row in metric_sections(metrics).get(HELD_OUT, [])]
-    blocks: list = [("h2", "Prompting baselines vs fine-tuning (held-out, 95% intervals)")]
+    blocks: list = [("h2", "Every column (held-out, 95% intervals)")]
     for key, why in (metrics.get("baselines_skipped") or {}).items():
         blocks.append(("p", f"Baseline {key} did not run: {why}."))
     blocks.append(("table", ["metric", *[column_label(metrics, c) for c in columns]],
                    [[n, *[_cell(column_values(metrics, c).get(n), (intervals.get(c) or {}).get(n)) for c in columns]]
                     for n in names]))
-    method = metrics.get("uncertainty") or {}
-    blocks.append(("p", f"Intervals: {method.get('method', 'bootstrap')}, {method.get('resamples', '?')} resamples, "
-                        f"seed {method.get('seed', '?')}. A metric without an interval has no per-example scores "
-                        "(corpus-level scores such as BLEU)."))
+    from tuneforge.evaluation.lead import interval_methods
+
+    methods = interval_methods(metrics, names)
+    if methods:
+        blocks.append(("p", "Intervals by metric: " + "; ".join(f"{m}" for m in methods) + ". A metric without "
+                            "an interval has no per-example scores (corpus-level scores such as BLEU)."))
+    else:
+        method = metrics.get("uncertainty") or {}
+        blocks.append(("p", f"Intervals: {method.get('method', 'bootstrap')}, {method.get('resamples', '?')} "
+                            f"resamples, seed {method.get('seed', '?')}. A metric without an interval has no "
+                            "per-example scores (corpus-level scores such as BLEU)."))
     cost = metrics.get("cost") or {}
     if cost:
         rows = []
@@ -499,6 +541,11 @@ def render_markdown(blocks: list) -> str:
             out.append(f"## {block[1]}\n")
         elif kind == "p":
             out.append(f"{block[1]}\n")
+        elif kind == "verdict":
+            out.append("## Verdict\n")
+            out.append(f"**{block[1]}**\n")
+            if block[2]:
+                out.append(f"{block[2]}\n")
         elif kind == "ul":
             out.append("".join(f"- {_md_cell(item)}\n" for item in block[1]))
         elif kind == "table":
@@ -517,7 +564,9 @@ def render_markdown(blocks: list) -> str:
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
           "table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.3em .6em;"
           "text-align:left;vertical-align:top;font-size:.9em}th{background:#f3f3f3}"
-          "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}img{max-width:100%}")
+          "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}img{max-width:100%}"
+          "h1{font-size:1.5em}#verdict{border-left:4px solid #2a7;background:#f4fbf7;padding:.2em 1em;margin:1em 0}"
+          "#verdict h2{margin:.4em 0;font-size:1.1em}.headline{font-size:1.2em;font-weight:600}")
 
 
 def render_html(blocks: list) -> str:
@@ -529,6 +578,10 @@ def render_html(blocks: list) -> str:
         kind = block[0]
         if kind in ("h1", "h2", "p"):
             out.append(f"<{kind}>{esc(str(block[1]))}</{kind}>")
+        elif kind == "verdict":
+            paragraph = f"<p>{esc(str(block[2]))}</p>" if block[2] else ""
+            out.append(f"<section id='verdict'><h2>Verdict</h2><p class='headline'>{esc(str(block[1]))}</p>"
+                       f"{paragraph}</section>")
         elif kind == "ul":
             out.append("<ul>" + "".join(f"<li>{esc(str(item))}</li>" for item in block[1]) + "</ul>")
         elif kind == "table":

@@ -29,7 +29,8 @@ def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples
     run, e.g. ``tuneforge eval``); the pass carries it too.
 
     Per-example scores the evaluators recorded (:func:`tuneforge.evaluation.record_scores`)
-    end up in ``pass.example_scores`` under the reported names.  With
+    end up in ``pass.example_scores`` under the reported names, and in the
+    ``scores`` of the prediction rows they were recorded for.  With
     ``held_out_only`` the evaluators whose declared metrics all belong to
     another section than held-out (``forgetting``: they score their own
     reference set, not ``examples``) are skipped: the baseline and
@@ -50,15 +51,18 @@ def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples
             spec = evaluator.spec
             if held_out_only and not scores_held_out(spec):
                 continue
-            one_pass.scores = {}
+            one_pass.scores, one_pass.scored_rows = {}, {}
             values = call_accepting(spec.evaluate, model, tokenizer, examples, evaluator.config, evaluation=one_pass,
                                     **({"context": context} if _takes_context(spec.evaluate) else {}))
             for metric, value in values.items():
                 results[metric_name(name, metric, values)] = float(value)
             for metric, scores in one_pass.scores.items():
                 if metric in values and _consistent(scores, float(values[metric]), f"{name}/{metric}"):
-                    one_pass.example_scores[metric_name(name, metric, values)] = scores
-            one_pass.scores = {}
+                    reported = metric_name(name, metric, values)
+                    one_pass.example_scores[reported] = scores
+                    for row, value in zip(one_pass.scored_rows.get(metric) or [], scores["values"]):
+                        row.setdefault("scores", {})[reported] = value
+            one_pass.scores, one_pass.scored_rows = {}, {}
     finally:
         model.train(was_training)
         model.to(home)

@@ -26,6 +26,7 @@ from tuneforge.training.run_dir import (clear_earlier_checkpoints, keep_metric_h
                                         read_metric_rows, redacted_config, resolved_config_yaml,
                                         segment_history, summed_throughput, write_json, write_outputs)
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
+from tuneforge.training.setup_summary import describe_setup
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
                                         writes_checkpoints)
 
@@ -43,12 +44,16 @@ class RunInterrupted(Exception):
 
 
 def join_predictions(base_rows: list, tuned_rows: list) -> list:
-    """Add each base output (saved before training) to the tuned row of the same prompt."""
+    """Add each base output (saved before training), and its scores, to the tuned row of the same prompt."""
     def key(row):
         return row["set"], row["kind"], row["source"], row["prompt"]
 
-    base_by_key = {key(row): row.get("base") for row in base_rows}
-    joined = [dict(row, base=base_by_key.get(key(row))) for row in tuned_rows]
+    base_by_key = {key(row): row for row in base_rows}
+    joined = []
+    for row in tuned_rows:
+        base = base_by_key.get(key(row)) or {}
+        scores = {**(base.get("scores") or {}), **(row.get("scores") or {})}
+        joined.append(dict(row, base=base.get("base"), **({"scores": scores} if scores else {})))
     seen = {key(row) for row in tuned_rows}
     joined += [row for row in base_rows if key(row) not in seen]
     return joined
@@ -68,8 +73,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     given, before the run directory is made.
 
     The run directory receives ``config.yaml`` (resolved), ``metrics.csv``,
-    ``metrics.json`` (data quality, base, prompting-baseline and tuned evaluator
-    results with bootstrap intervals, cost per query, the train-vs-held-out
+    ``metrics.json`` (what was tuned where: ``setup``; data quality, base,
+    prompting-baseline and tuned evaluator results with bootstrap intervals, cost per query, the train-vs-held-out
     memorisation check, training numbers and the verdict), ``predictions.jsonl``
     (prompt, reference, base, baseline and tuned outputs; rows of set ``train``
     for the memorisation sample),
@@ -162,6 +167,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["parameters"] = params
         splits = components.data.spec.load(components.data.config, tokenizer)
         metrics["data"] = splits.stats
+        metrics["setup"] = describe_setup(cfg, splits.stats, adapter_config=components.adapter.config,
+                                          device=context.device, processes=context.world_size)
 
         # Data quality, before any training: serious problems stop here.
         metrics["quality"] = quality.assess(splits, cfg.quality.max_labels)
@@ -218,6 +225,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["segments"] = segments
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
+        metrics["setup"].update(steps=metrics["steps"], training_s=metrics["throughput"].get("fit_time_s"))
         if shards_weights(cfg):  # FSDP2: every forward of the sharded model is a collective; use it whole
             model = _unsharded(model, components)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
