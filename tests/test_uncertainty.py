@@ -1,6 +1,7 @@
 """Bootstrap intervals, McNemar's test, the run's comparison (changes, memorisation gap, verdict) and
 the ``ci_low:`` / ``ci_high:`` / ``p_value:`` target checks, on numbers whose answer is known."""
 
+import json
 import math
 
 import numpy as np
@@ -306,3 +307,40 @@ def test_cost_of_the_decision_break_even_and_gain_share():
     plain = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[1] * 12 + [0] * 18)["verdict"]
     assert "break_even_queries" not in plain["cost"] and "pays back" not in plain["text"]
     assert plain["text"].endswith("Cost: retrieval, k=4 reaches 40% of the tuned gain. Training cost 120 s.")
+
+
+def _bilingual(tmp_path):
+    rows = []
+    for i in range(24):
+        lang = "zh" if i % 2 else "en"
+        question = f"把数字 {i} 写成汉字" if lang == "zh" else f"Write the number {i} in words"
+        rows.append({"instruction": question, "output": f"answer {i}", "lang": lang})
+    path = tmp_path / "bilingual.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_evidence_slice_by_slices_a_real_run_and_a_missing_field_stops_it_before_training(tmp_path):
+    import tuneforge
+    from tuneforge.testing import run_tiny_fit
+
+    data = _bilingual(tmp_path)
+    common = ["data=jsonl", f"data.path={data}", "data.val_size=8", "evaluators=[exact_match,perplexity]",
+              "evaluators.exact_match.max_new_tokens=2", "baselines=[]", "memorisation.sample=0",
+              "trainer.max_steps=1"]
+    result = run_tiny_fit(tmp_path / "run", overrides=[*common, "evidence.slice_by=lang"])
+    slices = json.loads((tmp_path / "run" / "metrics.json").read_text())["slices"]
+    assert set(slices) == {"en", "zh"} and slices["en"]["n"] + slices["zh"]["n"] == 8
+    assert result.metrics["slices"]["zh"]["verdict"]["outcome"] in verdict_outcomes()
+    assert set(slices["zh"]["columns"]["tuned"]) == {"exact_match", "perplexity/loss"}
+    with pytest.raises(tuneforge.ConfigError, match=r"^evidence\.slice_by: no held-out record has a field 'langue' "
+                                                     r"\(their fields: .*lang"):
+        run_tiny_fit(tmp_path / "bad", overrides=[*common, "evidence.slice_by=langue"])
+    status = json.loads((tmp_path / "bad" / "status.json").read_text())
+    assert status["status"] == "failed" and not (tmp_path / "bad" / "checkpoints").exists()  # before training
+
+
+def verdict_outcomes():
+    from tuneforge.evaluation.verdict import OUTCOME_WORDS
+
+    return set(OUTCOME_WORDS)
