@@ -154,9 +154,22 @@ def text_paragraphs(text: str, location: str = "line", first_line: int = 1, head
     return paragraphs
 
 
+_LINE_ITEM = re.compile(r"^\s*(?:[-*+]\s|\d+[.)]\s|\|)")
+
+
 def _one_line(text: str) -> str:
-    """A paragraph's lines joined by single spaces (hard-wrapped text reads as one paragraph)."""
-    return " ".join(text.split())
+    """A paragraph's lines joined by single spaces (hard-wrapped text reads as one paragraph), except
+    that list items and table rows (``- ``, ``* ``, ``1. ``, ``|``) keep their own lines."""
+    lines = []
+    for line in text.splitlines():
+        words = " ".join(line.split())
+        if not words:
+            continue
+        if lines and not _LINE_ITEM.match(line):
+            lines[-1] = f"{lines[-1]} {words}"
+        else:
+            lines.append(words)
+    return "\n".join(lines)
 
 
 def markdown_paragraphs(text: str) -> list:
