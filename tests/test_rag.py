@@ -125,6 +125,13 @@ def test_bm25_keeps_the_order_of_ties_and_scores_zero_without_shared_terms():
     assert ranked == [[1, 0], [0, 1], [0, 1]] and ties == [1, 2]
     assert rank_all(retriever, [], ["beta"], k=2) == ([[]], [])
 
+    class OffByOne(BM25Retriever):
+        def search(self, query, k):
+            return [(i + 1, s) for i, s in super().search(query, k)]
+
+    with pytest.raises(tuneforge.PluginError, match=r"search returned passage position 2 for 2 passages"):
+        rank_all(OffByOne(BM25Config()), ["alpha", "beta"], ["alpha"], k=2)
+
 
 # ---------------------------------------------------------------------------
 # Documents and chunks
@@ -460,7 +467,11 @@ def test_rag_is_a_column_end_to_end(tmp_path):
     assert info["label"] == "rag (docs, bm25), k=2" and info["documents"] == 1 and info["skipped_files"] == 1
     assert info["tie_only_queries"] == 0 and info["queries"] == 20
     assert info["leaked_answers"] == 0  # the 8-character codes are shorter than leak_min_chars (12)
-    assert metrics["baseline_info"]["retrieval"]["queries"] == 20  # the third-party retriever ran
+    # the third-party retriever ranked the training questions ("Spell <name> backwards."): a question
+    # whose longest word is "access" (a name of at most 6 letters) matched none, and the run says so
+    no_match = sum(len(name) <= len("access") for name in NAMES_EN[:20])
+    assert metrics["baseline_info"]["retrieval"]["queries"] == 20 and 10 < no_match < 20
+    assert metrics["baseline_info"]["retrieval"]["tie_only_queries"] == no_match
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["baseline_info"]["rag"]["chunks"] == info["chunks"] > 20
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").open()]
