@@ -260,6 +260,10 @@ def _selection_problems(plugins, config, path: str) -> list:
         if group is None:
             continue
         key = f"{path}.{field.name}"
+        if group not in plugins.registries:
+            problems.append(Problem(key, f"selects a component kind '{group}' that no spec kind has; valid: "
+                                         f"{', '.join(sorted(plugins.registries))} (a bug of the plugin)"))
+            continue
         try:
             selected_component(plugins[group], getattr(config, field.name), key)
         except ConfigError as exc:
