@@ -224,6 +224,18 @@ def test_pdf_pages_are_read_with_pypdf(tmp_path):
         documents.read_paragraphs(tmp_path / "broken.pdf")
 
 
+def test_pdf_without_pypdf_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "rules.pdf").write_bytes(minimal_pdf(["x"]))
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"rules.pdf: reading PDF documents needs pypdf: pip install 'tuneforge\[rag\]'"):
+        documents.read_paragraphs(tmp_path / "rules.pdf")
+    with pytest.raises(ConfigError, match=r"corpus: has PDF documents, and reading them needs pypdf: "
+                                          r"pip install 'tuneforge\[rag\]'"):
+        rag.RagConfig(corpus=str(tmp_path))
+
+
 def test_corpus_files_and_their_errors(tmp_path):
     (tmp_path / "docs" / "sub").mkdir(parents=True)
     (tmp_path / "docs" / "a.md").write_text("# A\n\nalpha")
