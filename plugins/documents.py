@@ -363,6 +363,7 @@ def read_corpus(corpus, size: int, overlap: int, key: str = "corpus") -> tuple:
     chunks, documents = [], {}
     for path, name in corpus_files(corpus, key):
         paragraphs = read_paragraphs(path)
-        documents[name] = "\n\n".join([*{h for p in paragraphs for h in p.headings}, *(p.text for p in paragraphs)])
+        headings = dict.fromkeys(h for p in paragraphs for h in p.headings)
+        documents[name] = "\n\n".join([*headings, *(p.text for p in paragraphs)])
         chunks += chunk_paragraphs(paragraphs, size, overlap, source=name)
     return chunks, documents

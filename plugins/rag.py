@@ -83,7 +83,8 @@ def _corpus_problem(corpus) -> Optional[str]:
         path = Path(entry).expanduser()
         if not path.exists():
             return f"no such file or folder: {path}"
-        pdfs = pdfs or path.suffix.lower() == ".pdf" or (path.is_dir() and any(path.rglob("*.pdf")))
+        pdfs = pdfs or path.suffix.lower() == ".pdf" or (
+            path.is_dir() and any(p.suffix.lower() == ".pdf" for p in path.rglob("*")))
         if path.is_file() and path.suffix.lower() not in FORMATS:
             return f"{path} is not a document format the rag baseline reads; valid: {', '.join(sorted(FORMATS))}"
     if pdfs:
