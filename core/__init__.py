@@ -33,6 +33,7 @@ from tuneforge.specs import (
     LossSpec,
     MetricInfo,
     ModelSourceSpec,
+    RetrieverSpec,
 )
 from tuneforge.validation import ConfigValueError
 
@@ -44,6 +45,6 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 __all__ = [
     "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec",
     "EvaluatorSpec", "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec",
-    "PluginError", "RunContext", "TuneforgeError", "hookimpl", "validation",
+    "PluginError", "RetrieverSpec", "RunContext", "TuneforgeError", "hookimpl", "validation",
     "__version__",
 ]

@@ -123,9 +123,29 @@ def tuneforge_baselines():
     evaluators score the result as one more column next to ``base`` and
     ``tuned``, with confidence intervals and prompt-token cost, so the run's
     verdict says whether fine-tuning beat prompting.  Built-ins:
-    ``few_shot`` (k random training examples as demonstrations) and
+    ``few_shot`` (k random training examples as demonstrations),
     ``retrieval`` (the k training examples most similar to each held-out
-    prompt, ranked by BM25).
+    prompt, ranked by BM25) and ``rag`` (the k passages of the user's own
+    documents, ``baselines.rag.corpus=<folder or files>``, most similar to
+    each held-out prompt, put into its system message).
+    """
+
+
+@hookspec
+def tuneforge_retrievers():
+    """Return :class:`~tuneforge.specs.RetrieverSpec` objects.
+
+    Not a config group of their own: a component selects one with its
+    ``retriever`` setting, by name (``baselines.rag.retriever=dense``) or by
+    a mapping with ``name`` and the retriever's keys
+    (``baselines.rag.retriever={name: dense, model: ./all-MiniLM-L6-v2}``);
+    the host checks both with the rest of the config.  A retriever indexes
+    a list of passages and returns the positions of the k most similar to a
+    query, so dense embeddings or the user's own vector store can replace
+    BM25.  Built-ins: ``bm25`` (``bm25s`` over words, and character bigrams
+    of Chinese, Japanese and Korean text) and ``dense``
+    (``sentence-transformers`` embeddings, cosine similarity; needs
+    ``pip install sentence-transformers``).
     """
 
 

@@ -341,8 +341,13 @@ class BaselineSpec(_Spec):
     rewritten: extra turns (demonstrations, a system prompt) before each
     example's own turns, which stay as they were at the end (so the
     reference is unchanged).  It may also accept the keywords ``seed`` (the
-    run's), ``chat_template`` (the data's) and ``context`` (the
-    :class:`tuneforge.RunContext`).  It must not change the model or use a
+    run's), ``chat_template`` (the data's), ``context`` (the
+    :class:`tuneforge.RunContext`), ``info`` (an empty dict the baseline may
+    fill with JSON-serialisable facts about its run, e.g. how many queries
+    retrieval could only tie-break, saved under ``baseline_info[<key>]`` in
+    ``metrics.json``) and ``build_retriever`` (``build_retriever(setting) ->
+    retriever``: the registered :class:`RetrieverSpec` that ``setting``
+    selects, a name or a mapping with ``name``, built from its config).  It must not change the model or use a
     held-out example as a demonstration; the host checks both the kept
     turns and that no held-out (prompt, answer) pair appears among the added
     turns, re-tokenizes the rewritten examples (loss on the example's own
@@ -358,6 +363,35 @@ class BaselineSpec(_Spec):
     optional: ClassVar[tuple[str, ...]] = ("describe",)
     rewrite: Optional[Callable[..., list]] = None
     describe: Optional[Callable[[Any], str]] = None
+
+
+@dataclass(frozen=True)
+class RetrieverSpec(_Spec):
+    """A retriever: ranks passages for a query (a lexical index, dense embeddings, the user's own
+    vector store).  Not a root config group: a component's ``retriever`` setting selects one by
+    name (the ``rag`` baseline's ``baselines.rag.retriever=<name>``), or by a mapping with ``name``
+    and the retriever's own keys (``baselines.rag.retriever={name: dense, model: ./minilm}``).
+
+    ``build(config) -> retriever`` returns a fresh retriever, an object with the methods ``index`` and ``search``.
+
+    A retriever's methods:
+
+    * ``index(passages)``: ``passages`` is a list of texts (corpus chunks, training questions);
+      a second call replaces the index;
+    * ``search(query, k) -> [(index, score), ...]``: at most ``k`` positions into ``passages``,
+      best first, with their scores (higher is more similar).  Passages with equal scores keep
+      their order; a lexical retriever gives 0 to a passage sharing no term with the query, so
+      a query whose every score is 0 was only a tie-break (the baselines count and report
+      such queries).
+
+    ``build`` may raise ``tuneforge.ConfigError`` with one line, e.g. naming a package to
+    install.  It runs when the component that uses it does (the ``rag`` baseline: after the base
+    evaluation); its name and keys are checked with the rest of the config.
+    """
+
+    kind: ClassVar[str] = "retriever"
+    required: ClassVar[tuple[str, ...]] = ("build",)
+    build: Optional[Callable[[Any], Any]] = None
 
 
 def call_accepting(function: Callable, *args, **optional):
@@ -440,4 +474,24 @@ SPEC_KINDS: dict[type, tuple[str, str, bool]] = {
     CallbackSpec: ("callbacks", "tuneforge_callbacks", True),
     LoggerSpec: ("loggers", "tuneforge_loggers", True),
     BaselineSpec: ("baselines", "tuneforge_baselines", True),
+    RetrieverSpec: ("retriever", "tuneforge_retrievers", False),
 }
+
+#: spec kinds that are not a root config group: a component's own setting selects one by name
+#: (kind -> how, for the docs); the host checks such a setting where the component's config
+#: dataclass marks it with :func:`selects`
+SELECTED_BY_SETTING: dict[type, str] = {
+    RetrieverSpec: "a component's `retriever` setting, e.g. `baselines.rag.retriever=<name>` or "
+                   "`baselines.rag.retriever={name: <name>, <key>: <value>}`",
+}
+
+
+def selects(group: str, default: Any) -> Any:
+    """A config dataclass field that selects a component of ``group`` (a kind of
+    :data:`SELECTED_BY_SETTING`, e.g. ``"retriever"``) by name, or by a mapping with ``name`` and
+    that component's keys: ``retriever: Any = selects("retriever", "bm25")``.
+
+    The host checks the value with the rest of the config, before any model loads: the name is
+    registered and the keys are that component's (an instance of its config class is built).
+    """
+    return dataclasses.field(default=default, metadata={"tuneforge_selects": group})

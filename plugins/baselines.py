@@ -6,27 +6,35 @@ answer) before each held-out example's own turns, after its system message:
 * ``few_shot``: the same k examples for every prompt, drawn at random with the
   run's seed;
 * ``retrieval``: for each held-out prompt the k training examples whose
-  questions are most similar to it, ranked by BM25 (``rank-bm25``) over
-  lowercased word tokens; the most similar comes last, right before the
-  question (RAG over the training set).
+  questions are most similar to it, ranked by the retriever its ``retriever``
+  setting selects (default ``bm25``: BM25 with ``bm25s`` over lowercased words
+  and CJK character bigrams, :mod:`tuneforge.plugins.retrievers`); the most
+  similar comes last, right before the question (RAG over the training set).
+  Queries that matched no training question (every score 0: the order is the
+  training set's) are counted in ``baseline_info.retrieval.tie_only_queries``
+  and warned about.
 
 Demonstrations come only from :func:`tuneforge.evaluation.demonstration_pool`
 (training chat examples; never one whose question and answer are a held-out
 example's), and each rewritten example lists their sources under
-``demonstrations`` (``predictions.jsonl`` shows them).
+``demonstrations`` (``predictions.jsonl`` shows them).  The ``rag`` baseline
+(:mod:`tuneforge.plugins.rag`) retrieves passages of the user's documents instead.
 """
 
 from __future__ import annotations
 
+import logging
 import random
-import re
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import tuneforge
 from tuneforge.evaluation import demonstration_pool, query_text, with_demonstrations
+from tuneforge.evaluation.retrieval import rank_all, search_terms
+from tuneforge.specs import selects
 from tuneforge.validation import at_least, check
 
-_WORD = re.compile(r"\w+")
+log = logging.getLogger("tuneforge")
 
 
 @dataclass
@@ -47,9 +55,12 @@ class RetrievalConfig:
     """The base model with the k training examples most similar to each held-out prompt (BM25).
 
     k: how many retrieved demonstrations per prompt.
+    retriever: the retriever ranking training questions: a name (bm25, dense, a plugin's) or a
+        mapping with name and its keys, e.g. {name: bm25, k1: 1.2}.
     """
 
     k: int = 4
+    retriever: Any = selects("retriever", "bm25")
 
     def __post_init__(self) -> None:
         check(self, k=at_least(1))
@@ -67,32 +78,51 @@ def rewrite_few_shot(model, tokenizer, train, held_out, config: FewShotConfig, *
 
 
 def words(text: str) -> list:
-    """Lowercased word tokens (what BM25 counts)."""
-    return _WORD.findall(text.lower())
+    """The terms BM25 counts (:func:`tuneforge.evaluation.retrieval.search_terms`): lowercased
+    words, and character unigrams and bigrams of Chinese, Japanese and Korean text."""
+    return search_terms(text)
 
 
-def rank_similar(pool, queries, k: int) -> list:
-    """For each query text, the indices into ``pool`` of its ``k`` most similar examples by BM25
-    (:class:`rank_bm25.BM25Okapi` over :func:`words` of each example's :func:`query_text`),
-    most similar first; ties keep the pool's order."""
-    import numpy as np
-    from rank_bm25 import BM25Okapi
+def default_retriever(setting, build_retriever=None):
+    """The retriever ``setting`` selects: built by the host's ``build_retriever`` in a run; the
+    built-in ``bm25`` with its defaults when called directly (no host)."""
+    if build_retriever is not None:
+        return build_retriever(setting)
+    from tuneforge.plugins.retrievers import BM25Config, BM25Retriever
 
-    if not pool:
-        return [[] for _ in queries]
-    corpus = [words(query_text(example)) or [""] for example in pool]
-    index = BM25Okapi(corpus)
-    ranked = []
-    for query in queries:
-        scores = np.asarray(index.get_scores(words(query)), dtype=float)
-        ranked.append([int(i) for i in np.argsort(-scores, kind="stable")[: int(k)]])
+    if setting not in ("bm25", None):
+        raise tuneforge.ConfigError(f"retriever {setting!r} needs the host's build_retriever (run it in tuneforge)")
+    return BM25Retriever(BM25Config())
+
+
+def rank_similar(pool, queries, k: int, retriever=None) -> list:
+    """For each query text, the indices into ``pool`` of its ``k`` most similar examples, most
+    similar first (``retriever``, default BM25 over :func:`words` of each example's
+    :func:`query_text`; ties keep the pool's order)."""
+    ranked, _ties = rank_all(retriever or default_retriever("bm25"), [query_text(example) for example in pool],
+                             list(queries), k)
     return ranked
 
 
-def rewrite_retrieval(model, tokenizer, train, held_out, config: RetrievalConfig) -> list:
+def report_ties(name: str, ties: list, queries: int, what: str, info: Optional[dict], context=None) -> None:
+    """Count the queries that retrieval could only tie-break into ``info`` (``tie_only_queries``,
+    ``queries``) and warn when there are any."""
+    if info is not None:
+        info.update(tie_only_queries=len(ties), queries=queries)
+    if ties and (context is None or context.is_main):
+        log.warning("baseline %s: %d of %d held-out prompts matched no %s (every score 0): what they got is "
+                    "the first in order, not the most similar", name, len(ties), queries, what)
+
+
+def rewrite_retrieval(model, tokenizer, train, held_out, config: RetrievalConfig, *, info: Optional[dict] = None,
+                      build_retriever=None, context=None) -> list:
     """Every held-out example after its ``k`` most similar training examples, the most similar last."""
     pool = demonstration_pool(train, held_out)
-    ranked = rank_similar(pool, [query_text(example) for example in held_out], config.k)
+    queries = [query_text(example) for example in held_out]
+    ranked, ties = rank_all(default_retriever(config.retriever, build_retriever),
+                            [query_text(example) for example in pool], queries, config.k)
+    if pool:
+        report_ties("retrieval", ties, len(queries), "training question", info, context)
     rewritten = []
     for example, order in zip(held_out, ranked):
         shots = [pool[i] for i in reversed(order)]

@@ -151,6 +151,8 @@ def test_experiment_config_composes(tmp_path, monkeypatch, smollm2_placeholder):
     assert Path(cfg.evaluators.forgetting.path).is_file()
     assert cfg.adapter.name == "lora" and cfg.threads == 2
     assert "tuned:exact_match >= 0.90" in cfg.callbacks.targets.checks.values()
+    assert list(cfg.baselines) == ["few_shot", "retrieval", "rag"] and cfg.baselines.rag.leak_check == "refuse"
+    assert Path(cfg.baselines.rag.corpus).name == "citation_rules.md" and Path(cfg.baselines.rag.corpus).is_file()
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "elsewhere"))  # no GGUF: refused before loading
     with pytest.raises(tuneforge.ConfigError, match=r"^model\.path: GGUF file not found: .*elsewhere"):
         compose(["+experiment=legal_citations"], load_plugins(["+experiment=legal_citations"]))
@@ -194,6 +196,10 @@ def test_demo_pipeline_on_the_tiny_model(tmp_path, capsys):
     failures = before_config.split("## Notable failures", 1)[1].split("\n## ", 1)[0]
     assert "Forgetting (forgetting/contains): the tuned model misses " in failures
     assert "Answer in a few words." in failures  # a general question of the forgetting set
+    rag = result.metrics["baseline_info"]["rag"]  # the document-RAG column, over the citation rules
+    assert "exact_match" in result.metrics["baselines"]["rag"]
+    assert rag["documents"] == 1 and rag["chunks"] >= 5 and rag["leaked_answers"] == 0
+    assert rag["tie_only_queries"] == 0 and rag["queries"] == 3
 
 
 def test_rehearsal_records_are_mixed_in_and_counted():

@@ -83,8 +83,10 @@ def test_demo_shortened_on_smollm2(demo_run):
     assert metrics["tuned"]["forgetting/contains"] >= forgetting_base - 0.2
 
     # the prompting baselines ran next to base and tuned, with intervals and a verdict from the numbers
-    assert set(metrics["baselines"]) == {"few_shot", "retrieval"}
-    for column in ("base", "few_shot", "retrieval", "tuned"):
+    assert set(metrics["baselines"]) == {"few_shot", "retrieval", "rag"}
+    rag = metrics["baseline_info"]["rag"]  # document RAG over the citation rules, none of them a held-out answer
+    assert rag["leaked_answers"] == 0 and rag["tie_only_queries"] == 0 and rag["queries"] == 12
+    for column in ("base", "few_shot", "retrieval", "rag", "tuned"):
         interval = metrics["intervals"][column]["exact_match"]
         assert interval["n"] == 12 and interval["low"] <= interval["high"]
     assert metrics["cost"]["retrieval"]["prompt_tokens_per_query"] > 2 * metrics["cost"]["tuned"]["prompt_tokens_per_query"]

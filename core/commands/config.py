@@ -124,11 +124,13 @@ def collect_groups(plugins) -> dict:
     """Every config group with its choices, in the order users meet them."""
     from tuneforge import __version__
     from tuneforge.host.schema import SCHEMA_CHOICES, TuneforgeConfig
-    from tuneforge.specs import SPEC_KINDS
+    from tuneforge.specs import SELECTED_BY_SETTING, SPEC_KINDS
 
     own = f"tuneforge {__version__}"
     groups: dict = {}
-    for _spec_class, (group, _hook, multiple) in SPEC_KINDS.items():
+    for spec_class, (group, _hook, multiple) in SPEC_KINDS.items():
+        if spec_class in SELECTED_BY_SETTING:  # not a group: a component's setting selects one
+            continue
         registry = plugins[group]
         choices = {}
         for spec in registry:

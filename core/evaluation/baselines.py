@@ -177,14 +177,19 @@ def describe_baseline(spec, config) -> str:
     return str(spec.describe(config))
 
 
-def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=None) -> list:
+def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=None, retrievers=None,
+                     info: Optional[dict] = None) -> list:
     """One baseline's (a validated component: spec and typed config) rewritten, checked and
-    re-tokenized held-out examples."""
+    re-tokenized held-out examples.  ``retrievers`` is the plugins' ``retriever`` registry (for the
+    baseline's ``build_retriever``); ``info`` the dict the baseline may fill."""
+    from tuneforge.evaluation.retrieval import retriever_builder
     from tuneforge.specs import call_accepting
 
+    build_retriever = None if retrievers is None else retriever_builder(retrievers, f"baselines.{key}.retriever")
     rewritten = call_accepting(baseline.spec.rewrite, model, tokenizer, list(splits.train), list(splits.val),
                                baseline.config, seed=int(cfg.seed), chat_template=splits.chat_template,
-                               context=context)
+                               context=context, info=info if info is not None else {},
+                               build_retriever=build_retriever)
     rewritten = check_rewritten(key, splits.val, rewritten)
     return [retokenize(tokenizer, original, new, splits.chat_template) for original, new in zip(splits.val, rewritten)]
 
@@ -208,14 +213,17 @@ def generation_seconds_per_query(timings: dict, set_name: str = "val") -> Option
 
 
 def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, splits, context=None,
-                  done: Optional[dict] = None) -> tuple:
+                  done: Optional[dict] = None, retrievers=None) -> tuple:
     """Every selected baseline as a column: ``({key: column}, {key: why it was skipped})``.
 
     ``baselines`` and ``evaluators`` map config keys to validated components
-    (``RunComponents.baselines`` / ``.evaluators``).
+    (``RunComponents.baselines`` / ``.evaluators``); ``retrievers`` is the
+    plugins' ``retriever`` registry, from which a baseline's
+    ``build_retriever`` builds.
 
-    Each column is ``{"name", "label", "metrics", "scores", "timings",
-    "prompt_tokens", "predictions"}``: the baseline's rewritten held-out
+    Each column is ``{"name", "label", "info", "metrics", "scores", "timings",
+    "prompt_tokens", "predictions"}`` (``info``: what the baseline's rewrite
+    reported about itself): the baseline's rewritten held-out
     examples scored by the held-out evaluators (those whose metrics all
     belong to another section, such as ``forgetting``, do not depend on the
     prompts and are skipped) in one evaluation pass labelled with the key.
@@ -240,7 +248,8 @@ def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, spli
             columns[key] = done[key]
             continue
         spec = baseline.spec
-        examples = rewrite_held_out(key, baseline, cfg, model, tokenizer, splits, context)
+        info: dict = {}
+        examples = rewrite_held_out(key, baseline, cfg, model, tokenizer, splits, context, retrievers, info)
         if all(len(new["messages"]) == len(old["messages"]) and new["messages"] == old["messages"]
                for new, old in zip(examples, splits.val)):
             skipped[key] = "it added nothing to any prompt (no usable demonstration in the training data)"
@@ -253,7 +262,8 @@ def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, spli
         for row in rows:
             if row["source"] in demonstrations:
                 row["demonstrations"] = demonstrations[row["source"]]
-        columns[key] = {"name": spec.name, "label": describe_baseline(spec, baseline.config), "metrics": values,
+        columns[key] = {"name": spec.name, "label": describe_baseline(spec, baseline.config), "info": info,
+                        "metrics": values,
                         "scores": one_pass.example_scores, "timings": one_pass.timings,
                         "prompt_tokens": prompt_tokens_per_query(tokenizer, examples, splits.chat_template),
                         "predictions": rows}

@@ -114,6 +114,34 @@ def typed_config(spec, values, key: str) -> Any:
     return config
 
 
+def selected_component(registry, setting, key: str) -> tuple:
+    """``(spec, config)`` of the component a setting selects in ``registry`` (e.g. a baseline's
+    ``retriever``, see :func:`tuneforge.specs.selects`): ``setting`` is a name or a mapping with
+    ``name`` and that component's keys.  A :class:`ConfigError` (one line per problem) names
+    ``key`` when it selects nothing valid."""
+    from omegaconf import OmegaConf
+
+    from tuneforge.host.schema import named_config_class
+
+    kind = registry.spec_class.kind
+    if OmegaConf.is_config(setting):
+        setting = OmegaConf.to_container(setting, resolve=True)
+    values = {"name": setting} if isinstance(setting, str) else setting
+    if not isinstance(values, dict) or not isinstance(values.get("name"), str) or not values["name"]:
+        raise ConfigError(f"{key}: expected a {kind} name or a mapping with 'name' "
+                          f"(valid names: {', '.join(registry.names())}), got {setting!r}")
+    try:
+        spec = registry.get(values["name"])
+    except PluginError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    valid = [f.name for f in dataclasses.fields(named_config_class(spec))]
+    unknown = [str(name) for name in values if name not in valid]
+    if unknown:
+        raise ConfigError(f"{key}: unknown key '{unknown[0]}' for {kind} '{spec.name}'"
+                          f"{did_you_mean(unknown[0], valid)}; valid keys: {', '.join(valid)}")
+    return spec, typed_config(spec, values, key)
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -215,7 +243,32 @@ def _component(plugins, group: str, path: str, node, problems: list) -> Optional
         return None
     config, more = _convert(spec, OmegaConf.to_container(node, resolve=True), path)
     problems += more
+    if config is not None:
+        more = _selection_problems(plugins, config, path)
+        problems += more
+        if more:
+            return None
     return None if config is None else Component(spec, config)
+
+
+def _selection_problems(plugins, config, path: str) -> list:
+    """The fields of ``config`` that select another component by name (:func:`tuneforge.specs.selects`,
+    e.g. a baseline's ``retriever``), checked against that kind's registry and config class."""
+    problems = []
+    for field in dataclasses.fields(config):
+        group = field.metadata.get("tuneforge_selects")
+        if group is None:
+            continue
+        key = f"{path}.{field.name}"
+        if group not in plugins.registries:
+            problems.append(Problem(key, f"selects a component kind '{group}' that no spec kind has; valid: "
+                                         f"{', '.join(sorted(plugins.registries))} (a bug of the plugin)"))
+            continue
+        try:
+            selected_component(plugins[group], getattr(config, field.name), key)
+        except ConfigError as exc:
+            problems += [Problem(key, "", line=line) for line in str(exc).splitlines()]
+    return problems
 
 
 def _convert(spec, values: dict, path: str) -> tuple[Any, list]:

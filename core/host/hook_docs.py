@@ -54,12 +54,13 @@ def spec_classes() -> list[type]:
 def render_spec_reference() -> str:
     """Every spec class: its group and hook, its docstring, and a table of its fields."""
     from tuneforge.host.config_docs import markdown_table
-    from tuneforge.specs import SPEC_KINDS
+    from tuneforge.specs import SELECTED_BY_SETTING, SPEC_KINDS
 
     parts = [SPECS_BEGIN, ""]
     for spec_class in spec_classes():
         group, hook, multiple = SPEC_KINDS[spec_class]
         selection = f"`{group}=[a,b]` (several)" if multiple else f"`{group}=<name>`"
+        selection = SELECTED_BY_SETTING.get(spec_class, selection)
         parts += [f"### `tuneforge.{spec_class.__name__}`", "",
                   f"Returned from `{hook}()`; selected with {selection}.", "",
                   _summary(spec_class), "", markdown_table(spec_class, skip=()), ""]
@@ -112,7 +113,7 @@ def render_component_reference(plugins=None) -> str:
     from tuneforge.host import schema
     from tuneforge.host.config_docs import description, markdown_table
     from tuneforge.host.plugin_manager import OWN_DISTRIBUTION, PluginSelection, create_plugin_manager
-    from tuneforge.specs import SPEC_KINDS
+    from tuneforge.specs import SELECTED_BY_SETTING, SPEC_KINDS
 
     if plugins is None:
         plugins = create_plugin_manager(PluginSelection(autoload=False))
@@ -125,9 +126,14 @@ def render_component_reference(plugins=None) -> str:
                 continue
             spec = plugins[group].get(name)
             key = f"{group}.{name}" if SPEC_KINDS[spec_class][2] else group
-            parts += [f"#### `{group}={name}`" if not SPEC_KINDS[spec_class][2] else f"#### `{group}=[{name}]`",
-                      "", spec.description or description(spec.config), "",
-                      f"Keys are set as `{key}.<key>=...`.", "", markdown_table(spec.config), ""]
+            if spec_class in SELECTED_BY_SETTING:
+                heading, keys = f"#### {group} `{name}`", (f"Selected by {SELECTED_BY_SETTING[spec_class]}; "
+                                                           f"its keys go in that mapping.")
+            else:
+                heading = f"#### `{group}={name}`" if not SPEC_KINDS[spec_class][2] else f"#### `{group}=[{name}]`"
+                keys = f"Keys are set as `{key}.<key>=...`."
+            parts += [heading, "", spec.description or description(spec.config), "", keys, "",
+                      markdown_table(spec.config), ""]
     parts.append(COMPONENTS_END)
     return "\n".join(parts)
 

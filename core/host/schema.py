@@ -22,7 +22,7 @@ from omegaconf import MISSING
 
 from tuneforge.data.packing import MEGABATCH_BATCHES
 from tuneforge.evaluation.uncertainty import CONFIDENCE, RESAMPLES
-from tuneforge.specs import SPEC_KINDS
+from tuneforge.specs import SELECTED_BY_SETTING, SPEC_KINDS
 from tuneforge.validation import (at_least, between, check, each, greater_than, is_placeholder,
                                   one_of)
 
@@ -454,6 +454,8 @@ def register_configs(plugins) -> None:
     for group, (name, node) in SCHEMA_CHOICES.items():
         cs.store(group=group, name=name, node=node)
     for spec_class, (group, _hook, multiple) in SPEC_KINDS.items():
+        if spec_class in SELECTED_BY_SETTING:  # chosen by a component's setting, not a config group
+            continue
         for spec in plugins[group]:
             package = f"{group}.{spec.name}" if multiple else None
             cs.store(group=group, name=spec.name, node=named_config_class(spec), package=package,

@@ -195,7 +195,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
             saved = {"metrics": metrics["base"], "predictions": base_rows, "scores": base_pass.example_scores,
                      "timings": base_pass.timings}
         baselines, skipped = run_baselines(components.baselines, components.evaluators, cfg, model, tokenizer,
-                                           splits, context, saved.get("baselines"))
+                                           splits, context, saved.get("baselines"), plugins["retriever"])
         saved["baselines"] = baselines
         if context.is_main:
             write_json(base_file, saved)
@@ -319,7 +319,7 @@ def _add_baselines(metrics: dict, baselines: dict, skipped: dict) -> None:
     """The baseline columns' metrics (``baselines``), labels (``baseline_info``) and the reasons of those
     that gave no column (``baselines_skipped``) into the run's metrics."""
     metrics["baselines"] = {key: column["metrics"] for key, column in baselines.items()}
-    metrics["baseline_info"] = {key: {"name": column["name"], "label": column["label"]}
+    metrics["baseline_info"] = {key: {**(column.get("info") or {}), "name": column["name"], "label": column["label"]}
                                 for key, column in baselines.items()}
     if skipped:
         metrics["baselines_skipped"] = skipped
