@@ -97,6 +97,37 @@ def test_demo_shortened_on_smollm2(demo_run):
     assert {c["label"] for c in saved["checks"]} >= {"tuned exact match at least 90%",
                                                       "forgetting drop at most 5 points"}
 
+    # the base model's 0/12 has a real upper bound, and the report leads with the verdict and the setup
+    assert metrics["intervals"]["base"]["exact_match"]["high"] > 0.1
+    lines = [line for line in (run_dir / "report.md").read_text().splitlines() if line.strip()]
+    assert lines[1] == "## Verdict" and metrics["verdict"]["headline"] in lines[2]
+    assert any(line.startswith("Tuned ") and "SmolLM2-135M-Instruct" in line for line in lines[3:5])
+    before_config = (run_dir / "report.md").read_text().split("## Settings (resolved config)", 1)[0]
+    assert "<|im_start|>" not in before_config
+    assert_verdict_is_stable(run_dir, metrics)
+
+
+def assert_verdict_is_stable(run_dir: Path, metrics: dict) -> None:
+    """The verdict recomputed from the per-example scores in predictions.jsonl is the same under 20
+    resampling seeds, and the same decision as the run's."""
+    from tuneforge.evaluation.comparison import summarize
+
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    scores: dict = {}
+    for row in rows:
+        if row.get("set") not in ("val", "forgetting"):
+            continue
+        for column, values in (row.get("scores") or {}).items():
+            for name, value in values.items():
+                scores.setdefault(column, {}).setdefault(name, {"values": [], "weights": None})["values"].append(
+                    float(value))
+    keep = ("base", "tuned", "baselines", "baseline_info", "metric_info", "cost")
+    verdicts = [summarize({k: json.loads(json.dumps(metrics[k])) for k in keep if k in metrics}, scores,
+                          seed=seed)["verdict"] for seed in range(20)]
+    assert all(v == verdicts[0] for v in verdicts[1:])
+    assert verdicts[0]["decision"] == metrics["verdict"]["decision"], (verdicts[0]["headline"],
+                                                                       metrics["verdict"]["headline"])
+
 
 def tuneforge(env, *args, timeout=600) -> subprocess.CompletedProcess:
     done = subprocess.run([str(TUNEFORGE), *args], cwd=ROOT, env=env, capture_output=True, text=True,
