@@ -38,8 +38,10 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
-    model, tokenizer = components.model.spec.load(components.model.config)
-    splits = components.data.spec.load(components.data.config, tokenizer)
+    from tuneforge.host.guard import spec_call
+
+    model, tokenizer = spec_call(components.model.spec, "load", components.model.spec.load, components.model.config)
+    splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer)
     metrics: dict = {"data": splits.stats}
     metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val, "base",
                                                 chat_template=splits.chat_template)

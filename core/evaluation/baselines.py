@@ -174,7 +174,9 @@ def describe_baseline(spec, config) -> str:
     """The column label: ``spec.describe(config)``, or the baseline's name."""
     if spec.describe is None:
         return spec.name
-    return str(spec.describe(config))
+    from tuneforge.host.guard import spec_call
+
+    return str(spec_call(spec, "describe", spec.describe, config))
 
 
 def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=None) -> list:
@@ -182,9 +184,11 @@ def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=
     re-tokenized held-out examples."""
     from tuneforge.specs import call_accepting
 
-    rewritten = call_accepting(baseline.spec.rewrite, model, tokenizer, list(splits.train), list(splits.val),
-                               baseline.config, seed=int(cfg.seed), chat_template=splits.chat_template,
-                               context=context)
+    from tuneforge.host.guard import spec_call
+
+    rewritten = spec_call(baseline.spec, "rewrite", call_accepting, baseline.spec.rewrite, model, tokenizer,
+                          list(splits.train), list(splits.val), baseline.config, seed=int(cfg.seed),
+                          chat_template=splits.chat_template, context=context)
     rewritten = check_rewritten(key, splits.val, rewritten)
     return [retokenize(tokenizer, original, new, splits.chat_template) for original, new in zip(splits.val, rewritten)]
 

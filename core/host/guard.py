@@ -32,11 +32,33 @@ DISABLE_ENV = "TUNEFORGE_DISABLE_PLUGINS"
 OWN_DISTRIBUTION = "tuneforge"
 
 
+#: the attribute the host sets on every registered spec: the ``PluginInfo`` of the plugin that returned it
+ORIGIN_ATTRIBUTE = "_tuneforge_origin"
+
+
+def set_origin(spec: Any, origin) -> None:
+    """Record on ``spec`` (a frozen dataclass) which plugin registered it (not a field: equality, ``repr``
+    and the config are unchanged)."""
+    object.__setattr__(spec, ORIGIN_ATTRIBUTE, origin)
+
+
+def origin_of(spec: Any):
+    """The ``PluginInfo`` of the plugin that registered ``spec``; None for a spec never registered."""
+    return getattr(spec, ORIGIN_ATTRIBUTE, None)
+
+
+def spec_call(spec: Any, phase: str, function: Callable, *args, **kwargs) -> Any:
+    """``function(*args, **kwargs)`` (one of ``spec``'s callables) as plugin code of the plugin that
+    registered ``spec``, named ``<kind> '<name>', <phase>``."""
+    with plugin_code(origin_of(spec), f"{spec.kind} '{spec.name}', {phase}"):
+        return function(*args, **kwargs)
+
+
 def describe_plugin(origin) -> str:
     """``plugin 'x' (distribution 'dist 1.0')`` for a :class:`~tuneforge.host.plugin_manager.PluginInfo`
     (or a plain plugin name)."""
     if origin is None:
-        return "a plugin"
+        return "plugin code"
     if isinstance(origin, str):
         return f"plugin '{origin}'"
     dist = f"{origin.distribution} {origin.version}".strip()

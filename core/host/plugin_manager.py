@@ -19,7 +19,7 @@ import pluggy
 
 from tuneforge import hookspecs
 from tuneforge.errors import PluginError, did_you_mean
-from tuneforge.host.guard import plugin_error
+from tuneforge.host.guard import plugin_error, set_origin
 from tuneforge.specs import SPEC_KINDS
 
 ENTRY_POINT_GROUP = "tuneforge"
@@ -318,6 +318,7 @@ class Plugins:
                 continue
             for registry, spec in contributed:
                 registry.add(spec, origin)
+                set_origin(spec, origin)
 
     def _registered_specs(self, plugin_name: str, origin: PluginInfo) -> list:
         """``(registry, spec)`` for every spec one plugin's registration hooks return, each hook guarded."""
@@ -335,6 +336,23 @@ class Plugins:
 
     def __getitem__(self, group: str) -> Registry:
         return self.registries[group]
+
+    def call_lifecycle_hook(self, hook_name: str, **kwargs) -> None:
+        """Call the lifecycle hook ``hook_name`` with ``kwargs`` on every plugin implementing it, in
+        pluggy's order (last registered first), each implementation as plugin code of its own plugin
+        (:mod:`tuneforge.host.guard`), with the arguments its signature names."""
+        from tuneforge.host.guard import plugin_code
+
+        hook = getattr(self.pm.hook, hook_name)
+        impls = hook.get_hookimpls()
+        if any(getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False) for impl in impls):
+            with plugin_code(None, f"hook {hook_name}"):  # wrappers: pluggy's own call, plugin unknown
+                hook(**kwargs)
+            return
+        for impl in reversed(impls):
+            origin = self.infos.get(impl.plugin_name) or impl.plugin_name
+            with plugin_code(origin, f"hook {hook_name}"):
+                impl.function(*[kwargs[name] for name in impl.argnames])
 
     def contributions(self, plugin_name: str) -> dict[str, list[str]]:
         """Component names each kind got from one plugin (for ``tuneforge plugins``)."""
