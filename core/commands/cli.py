@@ -42,7 +42,7 @@ commands:
   config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
              'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
   new-plugin write a ready plugin package to start from:
-               tuneforge new-plugin NAME [--kinds dataset,adapter,loss,evaluator,callback,baseline,logger] [--dir PATH]
+               tuneforge new-plugin NAME [--kinds model,dataset,adapter,loss,evaluator,callback,baseline,logger] [--dir PATH]
 
 options:
   -h, --help     show this help
