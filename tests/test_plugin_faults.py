@@ -196,3 +196,29 @@ def test_a_failed_run_finalizes_its_logger_once_with_failed(tmp_path):
     assert [call for call in recorder.calls if call[0] == "finalize"] == [("finalize", "failed")]
     assert recorder.calls[-1] == ("finalize", "failed")
     assert json.loads((tmp_path / "status.json").read_text())["error"] == str(info.value)
+
+
+def test_the_console_summary_groups_by_section_and_marks_lower_is_better():
+    from tuneforge.evaluation.report import format_columns, format_comparison
+
+    metrics = {"base": {"exact_match": 0.1, "perplexity/loss": 2.0, "forgetting/contains": 1.0},
+               "tuned": {"exact_match": 0.9, "perplexity/loss": 0.5, "forgetting/contains": 0.8},
+               "metric_info": {"perplexity/loss": {"higher_is_better": False, "section": "held-out"},
+                               "forgetting/contains": {"higher_is_better": True, "section": "forgetting"},
+                               "exact_match": {"higher_is_better": True, "section": "held-out"}}}
+    lines = format_comparison(metrics).splitlines()
+    assert [line.split("  ")[0] for line in lines] == [
+        "metric", "held-out:", "", "", "forgetting:", ""]
+    assert [line.split()[0] for line in lines[1:]] == ["held-out:", "exact_match", "perplexity/loss", "forgetting:",
+                                                       "forgetting/contains"]
+    assert lines[3].split() == ["perplexity/loss", "(lower", "is", "better)", "2.0000", "0.5000", "-1.5000"]
+    assert "lower is better" not in lines[2] and "lower is better" not in lines[5]
+    columns = format_columns(dict(metrics, intervals={"tuned": {"perplexity/loss": {"low": 0.4, "high": 0.6}}}))
+    rows = columns.splitlines()
+    at = next(i for i, row in enumerate(rows) if row.strip().startswith("perplexity/loss (lower is better)"))
+    assert rows[at + 1].startswith("    95% CI") and rows.index("forgetting:") > at
+    # one section: no section rows
+    single = {key: value for key, value in metrics.items()}
+    single["base"] = {"perplexity/loss": 2.0}
+    single["tuned"] = {"perplexity/loss": 0.5}
+    assert format_comparison(single).splitlines()[1].startswith("perplexity/loss (lower is better)")
