@@ -222,3 +222,13 @@ def test_the_console_summary_groups_by_section_and_marks_lower_is_better():
     single["base"] = {"perplexity/loss": 2.0}
     single["tuned"] = {"perplexity/loss": 0.5}
     assert format_comparison(single).splitlines()[1].startswith("perplexity/loss (lower is better)")
+
+
+def test_config_show_and_train_help_show_each_evaluators_metrics():
+    from tuneforge.commands.config import show, train_help
+
+    shown = show(["evaluators=[perplexity,forgetting]"]).splitlines()
+    assert "  metric loss: lower is better, section held-out; mean token loss of the held-out targets" in shown
+    assert any(line.startswith("  metric contains: higher is better, section forgetting; ") for line in shown)
+    helped = train_help(["evaluators=[perplexity]"]).splitlines()
+    assert "  metric perplexity: lower is better, section held-out; exp(loss)" in helped

@@ -87,7 +87,7 @@ def test_config_show_a_component_a_root_group_and_errors():
     (["Acme"], "invalid plugin name 'Acme': use lowercase letters and digits"),
     (["9lives"], "invalid plugin name '9lives'"),
     (["class"], "invalid plugin name 'class': 'class' is reserved"),
-    (["acme", "--kinds", "dataset,tracker"], "unknown kind 'tracker' in --kinds; valid: dataset, adapter, loss, "
+    (["acme", "--kinds", "dataset,tracker"], "unknown kind 'tracker' in --kinds; valid: model, dataset, adapter, loss, "
                                              "evaluator, callback, baseline, logger"),
     (["acme", "--kinds", "adaptr"], "unknown kind 'adaptr' in --kinds (did you mean 'adapter'?)"),
     (["acme", "--colour"], "unknown option '--colour'"),
