@@ -121,8 +121,11 @@ def test_evaluator_values_are_checked_per_metric():
         checked_metric_values(spec, {"score": 1.0, "verdict": "good"})
     with pytest.raises(PluginError, match=r"evaluate returned list \[1, 2\], not a dict"):
         checked_metric_values(spec, [1, 2])
-    with pytest.raises(PluginError, match=r"returned True \(bool\) for metric 'score'"):
-        checked_metric_values(spec, {"score": True})
+    with pytest.raises(PluginError, match=r"returned \[0.5\] \(list\) for metric 'score'"):
+        checked_metric_values(spec, {"score": [0.5]})
+    with pytest.raises(PluginError, match=r"returned tensor\(\[1., 2.\]\) \(Tensor\) for metric 'score'"):
+        checked_metric_values(spec, {"score": torch.tensor([1.0, 2.0])})
+    assert checked_metric_values(spec, {"score": True}) == {"score": 1.0}
 
 
 @dataclass

@@ -92,7 +92,7 @@ def checked_metric_values(spec, values) -> dict:
     for metric, value in values.items():
         if not isinstance(metric, str):
             raise refuse(f"the key {_shown(metric)} ({type(metric).__name__}), not a metric name")
-        if value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        if value is None or isinstance(value, numbers.Real):  # a bool counts as 0/1
             checked[metric] = None if value is None else float(value)
             continue
         item = getattr(value, "item", None)  # a 0-d tensor, a numpy scalar
@@ -101,7 +101,7 @@ def checked_metric_values(spec, values) -> dict:
                 number = item()
             except (TypeError, ValueError, RuntimeError):
                 number = None
-            if isinstance(number, numbers.Real) and not isinstance(number, bool):
+            if isinstance(number, numbers.Real):
                 checked[metric] = float(number)
                 continue
         raise refuse(f"{_shown(value)} ({type(value).__name__}) for metric '{metric}'"
