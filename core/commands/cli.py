@@ -25,7 +25,8 @@ commands:
              'tuneforge train --help [group=choice]' lists config groups, their choices and the fields
              (type, default, doc) of the selected choices;
              '--cfg job' prints the composed config; '-m' sweeps over values.
-  plugins    list installed plugins, their versions and the components they contribute
+  plugins    list installed plugins, their versions and the components they contribute; a broken plugin
+             is listed with its one-line reason, an entry point in a wrong group as 'not loaded'
   eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
                tuneforge eval run_dir=runs/x [evaluators=[exact_match,rouge] data.val_path=...]
                tuneforge eval model=hf model.path=... data.path=... [out=<dir>]
