@@ -161,12 +161,28 @@ class CallRecorder:
         return [tuneforge.LoggerSpec("recording", _Empty, build=lambda config: Recording())]
 
 
-def test_a_logger_is_finalized_once_after_its_last_row(tmp_path):
+class RunEndRaises:
+    """A plugin whose ``tuneforge_run_end`` raises (after the run's outputs are written)."""
+
+    __name__ = "run_end_raises"
+
+    def tuneforge_run_end(self, status):
+        raise OSError(f"cannot upload the {status} run")
+
+
+def test_a_logger_is_finalized_once_after_its_last_row_and_a_failing_run_end_leaves_a_clean_run(tmp_path):
     from tuneforge.testing import run_tiny_fit
 
     recorder = CallRecorder()
-    run_tiny_fit(tmp_path, plugins=[recorder], overrides=["loggers=[csv,recording]", "trainer.max_steps=2",
-                                                         "baselines=[]", "evaluators=[perplexity]"])
+    with pytest.raises(PluginError) as info:
+        run_tiny_fit(tmp_path, plugins=[recorder, RunEndRaises()], overrides=[
+            "loggers=[csv,recording]", "trainer.max_steps=2", "baselines=[]", "evaluators=[perplexity]"])
+    line = str(info.value)
+    assert line.startswith("plugin 'run_end_raises' (distribution '<registered in-process>'): hook "
+                           "tuneforge_run_end: OSError: cannot upload the completed run; block it with ")
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"] == line and status["steps"] == 2
+    assert (tmp_path / ".lock").read_text() == "" and (tmp_path / "metrics.json").is_file()
     kinds = [kind for kind, _ in recorder.calls]
     assert kinds.count("finalize") == 1 and kinds[-1] == "finalize", kinds
     assert recorder.calls[-1] == ("finalize", "success")
