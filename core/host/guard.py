@@ -13,7 +13,8 @@ where it happened.  A ``TuneforgeError`` a plugin raises on purpose (a
 ``ConfigError`` refusing a value, a ``DataError`` naming a file and line) is
 already one line for the user and passes unchanged, as do ``KeyboardInterrupt``
 and ``SystemExit``.  tuneforge's own plugins (distribution ``tuneforge``) are
-not wrapped: their errors are tuneforge's and keep their own handling.
+not wrapped: their errors are tuneforge's and keep their own handling; nor is a
+spec that was never registered (no plugin to name, e.g. one built in a test).
 
 Every call site goes through :func:`plugin_code` (a context manager) or
 :func:`call_plugin`; :func:`guard_lightning_callback` puts every Lightning hook
@@ -92,14 +93,17 @@ def is_own(origin) -> bool:
 
 
 @contextlib.contextmanager
-def plugin_code(origin, where: str):
-    """Run the ``with`` body as plugin code of ``origin`` (a ``PluginInfo``, a name or None) at ``where``."""
+def plugin_code(origin, where: str, unknown_too: bool = False):
+    """Run the ``with`` body as plugin code of ``origin`` (a ``PluginInfo`` or a plugin name) at ``where``.
+
+    ``origin`` None (a spec used without being registered, e.g. built directly in a test) leaves
+    exceptions as they are, unless ``unknown_too`` (plugin code whose plugin pluggy does not say)."""
     try:
         yield
     except TuneforgeError:
         raise
     except Exception as exc:
-        if is_own(origin):
+        if is_own(origin) or (origin is None and not unknown_too):
             raise
         raise plugin_error(origin, where, exc) from exc
 
@@ -112,7 +116,7 @@ def call_plugin(origin, where: str, function: Callable, *args, **kwargs) -> Any:
 
 def guarded_function(origin, where: str, function: Optional[Callable]) -> Optional[Callable]:
     """``function`` wrapped so that each call is plugin code (None stays None; own plugins unwrapped)."""
-    if function is None or is_own(origin):
+    if function is None or origin is None or is_own(origin):
         return function
 
     @functools.wraps(function)
@@ -136,7 +140,7 @@ def guard_lightning_callback(callback: Any, origin, component: str) -> Any:
     """Put every Lightning hook that ``callback``'s class overrides behind the guard, on the instance
     itself (its class, ``isinstance`` and ``state_key`` stay as they are).  ``on_exception`` is left
     alone: it runs while an error is already being handled."""
-    if is_own(origin):
+    if origin is None or is_own(origin):
         return callback
     from lightning.pytorch import Callback
 

@@ -346,7 +346,7 @@ class Plugins:
         hook = getattr(self.pm.hook, hook_name)
         impls = hook.get_hookimpls()
         if any(getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False) for impl in impls):
-            with plugin_code(None, f"hook {hook_name}"):  # wrappers: pluggy's own call, plugin unknown
+            with plugin_code(None, f"hook {hook_name}", unknown_too=True):  # wrappers: pluggy calls, plugin unknown
                 hook(**kwargs)
             return
         for impl in reversed(impls):
