@@ -18,7 +18,9 @@ class TuneforgeError(Exception):
 
 
 class PluginError(TuneforgeError):
-    """A plugin failed to import, collided with another, or broke the hook API."""
+    """A plugin failed to import, collided with another, broke the hook API, or raised in its own code
+    (one line naming the plugin, its distribution, the component and the hook or phase; see
+    :mod:`tuneforge.host.guard`)."""
 
 
 class ConfigError(TuneforgeError):

@@ -164,7 +164,9 @@ def tuneforge_run_start(config, run_dir, context):
     writing into ``run_dir``.  It runs before the model loads: raising
     (e.g. ``tuneforge.ConfigError`` with one line) refuses the run, which
     then ends ``failed`` with that error, and ``tuneforge_run_end`` is
-    still called.
+    still called.  Any other exception is a bug of the plugin: it ends the
+    run the same way, as a one-line ``tuneforge.PluginError`` naming the
+    plugin, its distribution and this hook.
 
     :param config: the composed, resolved ``omegaconf.DictConfig`` (read-only).
     :param run_dir: ``pathlib.Path`` of the run directory.

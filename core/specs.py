@@ -40,7 +40,7 @@ def _check_config_class(kind: str, name: str, config: type) -> None:
 class _Spec:
     """Common part of every spec: a unique name and its config dataclass.
 
-    name: what users select on the command line (``adapter=<name>``): letters, digits, ``_``, ``-``.
+    name: what users select on the command line (``<group>=<name>``): letters, digits, ``_``, ``-``.
     config: the config dataclass; its fields become ``<group>.<field>`` keys, type-checked by Hydra,
         documented by ``field: doc`` lines in its docstring, validated in ``__post_init__``.
     description: one line for ``tuneforge plugins`` and ``tuneforge config groups``.
@@ -306,7 +306,7 @@ class CallbackSpec(_Spec):
     (under DDP every process builds its callbacks; write files only where
     ``context.is_main``).
 
-    ``on_run_end(config, metrics, status, run_dir)``: called once per process
+    ``on_run_end(config, metrics, status, run_dir, context)``: called once per process
     when the run ends (after the tuned evaluation and the run directory's
     outputs, or after a failure), with keyword arguments: ``config`` is this
     callback's own config (an instance of its config class, from

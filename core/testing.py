@@ -104,10 +104,45 @@ def run_tiny_fit(run_dir, plugins: Iterable = (), overrides: Sequence[str] = ())
 
     all_overrides = [*TINY_OVERRIDES, *overrides, f"run_dir={Path(run_dir)}"]
     loaded = load_plugins(all_overrides, extra_plugins=plugins)
+    all_overrides = _without_disabling_passed_plugins(all_overrides, loaded)
     cfg = compose(all_overrides)
     components = run_components(cfg, loaded)
     metrics = run_train(cfg, loaded, components=components)
     return FitResult(metrics=metrics, run_dir=Path(run_dir), config=cfg, components=components)
+
+
+def _without_disabling_passed_plugins(overrides: Sequence[str], loaded) -> list:
+    """``overrides`` without the names in ``plugins.disable=[...]`` of plugins registered anyway (passed in
+    ``plugins=``), with a ``DeprecationWarning``.
+
+    tuneforge 0.1's testing kit needed ``plugins.disable=[<own package>]`` when the package under test was
+    also installed (the passed module collided with its entry point); the passed module now takes the
+    entry point's place, so the override is not needed.  It keeps working, with this warning, until
+    tuneforge 0.3 (see docs/plugins.md, "Compatibility").
+    """
+    import warnings
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not any(o.lstrip("+~").startswith("plugins.disable") for o in overrides):
+        return list(overrides)
+    kept = []
+    for text, parsed in zip(overrides, OverridesParser.create().parse_overrides(list(overrides))):
+        if parsed.key_or_group != "plugins.disable" or parsed.is_delete():
+            kept.append(text)
+            continue
+        value = parsed.value()
+        names = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        passed = [name for name in names if name in loaded.infos]
+        if not passed:
+            kept.append(text)
+            continue
+        warnings.warn(f"plugins.disable={passed} in the overrides of tuneforge_fit/run_tiny_fit is not needed any "
+                      f"more: a plugin passed in plugins= replaces its installed entry point; drop it (it will be "
+                      f"refused from tuneforge 0.3)", DeprecationWarning, stacklevel=3)
+        rest = [name for name in names if name not in passed]
+        kept.append(f"{text.split('=', 1)[0]}=[{','.join(rest)}]")
+    return kept
 
 
 try:

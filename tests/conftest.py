@@ -23,6 +23,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# the fixture plugin packages' own test suites run in their own pytest process (test_plugin_compatibility.py)
+collect_ignore_glob = ["plugin_fixtures/*"]
+
 #: the file name the ``smollm2`` model preset looks for under ``$TUNEFORGE_CACHE/models``
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: environment variables that would let a default-suite test reach a developer's cached models

@@ -29,7 +29,7 @@ def test_every_lifecycle_hook_has_exactly_one_call_site():
     for name in hook_names():
         spec = getattr(hookspecs, name)
         if inspect.signature(spec).parameters:  # lifecycle hooks take arguments
-            assert core.count(f"hook.{name}(") == 1, name
+            assert core.count(f"hook.{name}(") + core.count(f'call_lifecycle_hook("{name}"') == 1, name
 
 
 def test_docs_contain_the_generated_spec_and_component_references():
@@ -44,3 +44,65 @@ def test_every_spec_field_and_built_in_config_key_has_a_doc():
     from tuneforge.host.hook_docs import undocumented_fields
 
     assert undocumented_fields() == [], "document these fields (a `field: doc` line in the class docstring)"
+
+
+def _paragraphs(text: str) -> list:
+    blocks, current = [], []
+    for line in text.splitlines():
+        if line.strip():
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    return blocks + ([current] if current else [])
+
+
+def _is_prose(block: list) -> bool:
+    first = block[0]
+    return not first.startswith(("|", "#", "<!--", "    ", "- ", "* ", "```", ":param"))
+
+
+def fragments(text: str) -> list:
+    """Prose paragraphs of ``text`` that start in the middle of a sentence (a lower-case word, an opening
+    parenthesis) or stop in the middle of one (no closing punctuation)."""
+    found = []
+    for block in _paragraphs(text):
+        if not _is_prose(block):
+            continue
+        first, last = block[0].lstrip(), block[-1].rstrip()
+        if first[:1].islower() or first.startswith("("):
+            found.append(f"starts mid-sentence: {first!r}")
+        if not last.endswith((".", ":", "!", "?", ")", "`", ".)")):
+            found.append(f"stops mid-sentence: {last!r}")
+    return found
+
+
+def test_the_fragment_check_catches_cut_paragraphs():
+    assert fragments("Whole sentence.\n\nfolder as full weights.\n\n(a metric without an entry counts.)") == [
+        "starts mid-sentence: 'folder as full weights.'",
+        "starts mid-sentence: '(a metric without an entry counts.)'"]
+    assert fragments("An ``evaluate`` with a\n\n| a | table |") == ["stops mid-sentence: 'An ``evaluate`` with a'"]
+
+
+def test_the_generated_references_read_in_whole_sentences_and_keep_every_docstring_line():
+    import dataclasses
+    import re
+
+    from tuneforge.host.config_docs import _FIELD_LINE
+    from tuneforge.host.hook_docs import (_extra_public_dataclasses, render_hook_reference, render_spec_reference,
+                                          spec_classes)
+
+    for rendered in (render_hook_reference(), render_spec_reference()):
+        assert fragments(rendered) == []
+    rendered = re.sub(r"\s+", " ", render_spec_reference().replace("\\|", "|"))
+    for cls in [*spec_classes(), *_extra_public_dataclasses()]:
+        for line in (inspect.getdoc(cls) or "").splitlines():
+            if not line.strip():
+                continue
+            text = re.sub(r"\s+", " ", line.strip()).replace("``<group>=<name>``", "")
+            field = _FIELD_LINE.match(line)
+            shown = field and re.sub(r"\s+", " ", (field.group("text") or field.group("text2")).strip())
+            assert any(part in rendered for part in (text, shown) if part), f"{cls.__name__}: lost {line!r}"
+    # the `name` row says each kind's own group
+    assert "(``loss=<name>``)" in rendered and "(``evaluators=[<name>]``)" in rendered
+    assert "(``adapter=<name>``)" in rendered and rendered.count("(``adapter=<name>``)") == 1

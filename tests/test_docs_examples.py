@@ -104,7 +104,7 @@ ALL_EXAMPLES = [(path.name, *example) for path in DOCS for example in examples(p
 def test_the_docs_have_one_example_per_kind():
     plugins_md = ROOT / "docs" / "plugins.md"
     hooks = "\n".join(code for _, _, _, code in examples(plugins_md))
-    for hook in ("tuneforge_datasets", "tuneforge_adapters", "tuneforge_losses", "tuneforge_evaluators",
+    for hook in ("tuneforge_model_sources", "tuneforge_datasets", "tuneforge_adapters", "tuneforge_losses", "tuneforge_evaluators",
                  "tuneforge_callbacks", "tuneforge_loggers", "tuneforge_baselines", "tuneforge_run_start",
                  "tuneforge_run_end"):
         assert f"def {hook}(" in hooks, hook

@@ -87,7 +87,7 @@ def test_config_show_a_component_a_root_group_and_errors():
     (["Acme"], "invalid plugin name 'Acme': use lowercase letters and digits"),
     (["9lives"], "invalid plugin name '9lives'"),
     (["class"], "invalid plugin name 'class': 'class' is reserved"),
-    (["acme", "--kinds", "dataset,tracker"], "unknown kind 'tracker' in --kinds; valid: dataset, adapter, loss, "
+    (["acme", "--kinds", "dataset,tracker"], "unknown kind 'tracker' in --kinds; valid: model, dataset, adapter, loss, "
                                              "evaluator, callback, baseline, logger"),
     (["acme", "--kinds", "adaptr"], "unknown kind 'adaptr' in --kinds (did you mean 'adapter'?)"),
     (["acme", "--colour"], "unknown option '--colour'"),
@@ -157,7 +157,7 @@ def test_a_scaffolded_plugin_installs_offline_passes_its_tests_and_trains(tmp_pa
                             "ignore::DeprecationWarning"], cwd=package, capture_output=True, text=True, env=env,
                            timeout=600)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
-    assert re.search(r"\b25 passed", tests.stdout), tests.stdout[-2000:]
+    assert re.search(r"\b28 passed", tests.stdout), tests.stdout[-2000:]
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "tuneforge", *args], capture_output=True, text=True, env=env,
@@ -197,4 +197,4 @@ def test_the_example_plugin_package_installs_offline_and_passes_its_tests(tmp_pa
                             "ignore::DeprecationWarning"], cwd=package, capture_output=True, text=True, env=env,
                            timeout=600)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
-    assert re.search(r"\b11 passed", tests.stdout), tests.stdout[-2000:]
+    assert re.search(r"\b14 passed", tests.stdout), tests.stdout[-2000:]

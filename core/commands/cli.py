@@ -27,7 +27,8 @@ commands:
              (type, default, doc) of the selected choices;
              '--cfg job' prints the composed config; '-m' sweeps over values;
              'evidence.seeds=3' trains 3 seeds (<run_dir>/seed-<seed>) and folds them (seeds.json).
-  plugins    list installed plugins, their versions and the components they contribute
+  plugins    list installed plugins, their versions and the components they contribute; a broken plugin
+             is listed with its one-line reason, an entry point in a wrong group as 'not loaded'
   eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
                tuneforge eval run_dir=runs/x [evaluators=[exact_match,rouge] data.val_path=...]
                tuneforge eval model=hf model.path=... data.path=... [out=<dir>]
@@ -45,7 +46,7 @@ commands:
   config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
              'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
   new-plugin write a ready plugin package to start from:
-               tuneforge new-plugin NAME [--kinds dataset,adapter,loss,evaluator,callback,baseline,logger] [--dir PATH]
+               tuneforge new-plugin NAME [--kinds model,dataset,adapter,loss,evaluator,callback,baseline,logger] [--dir PATH]
 
 options:
   -h, --help     show this help
@@ -418,16 +419,27 @@ def _hydra_output_dir() -> str:
 
 
 def plugins_command(args: list) -> None:
+    """``tuneforge plugins``: every installed plugin with its distribution and contributions.  It always
+    lists: a broken plugin (failing import, registration hook or config class) is shown as ``broken``
+    with its one-line reason, and entry points in a near-miss group as ``not loaded: wrong group``."""
     from tuneforge.host.compose import plugin_selection
-    from tuneforge.host.plugin_manager import create_plugin_manager
+    from tuneforge.host.plugin_manager import ENTRY_POINT_GROUP, create_plugin_manager
+    from tuneforge.host.schema import register_configs
 
-    plugins = create_plugin_manager(plugin_selection(args))
-    width = max(len("plugin"), *(len(name) for name in plugins.infos))
+    plugins = create_plugin_manager(plugin_selection(args), tolerate_broken=True)
+    register_configs(plugins, broken=plugins.broken)  # a config class Hydra refuses breaks its plugin too
+    loaded = {name: info for name, info in plugins.infos.items() if name not in plugins.broken}
+    width = max(len("plugin"), *(len(name) for name in [*loaded, *plugins.broken]))
     print(f"{'plugin':<{width}}  {'distribution':<20}  contributes")
-    for name, info in plugins.infos.items():
+    for name, info in loaded.items():
         dist = f"{info.distribution} {info.version}".strip()
         contributes = "; ".join(f"{group}: {', '.join(names)}"
                                 for group, names in plugins.contributions(name).items())
         print(f"{name:<{width}}  {dist:<20}  {contributes or '(lifecycle hooks only)'}")
+    for name, reason in plugins.broken.items():
+        print(f"{name:<{width}}  broken: {reason}")
+    for group, name, value, dist in plugins.misplaced:
+        print(f"{name:<{width}}  not loaded: wrong group: entry point '{name} = {value}' of distribution "
+              f"'{dist}' is in group '{group}'; tuneforge loads the group '{ENTRY_POINT_GROUP}'")
     if plugins.blocked:
         print(f"blocked (not imported): {', '.join(plugins.blocked)}")

@@ -49,6 +49,8 @@ class Choice:
     #: a preset: the choice it extends and the values it sets
     base: Optional[str] = None
     preset: dict = field(default_factory=dict)
+    #: an evaluator: the :class:`~tuneforge.MetricInfo` of the metrics it declares
+    metrics: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ def collect_groups(plugins) -> dict:
             distribution = f"{origin.distribution} {origin.version}".strip()
             choices[spec.name] = Choice(group, spec.name, spec.config,
                                         spec.description or config_docs.description(spec.config),
-                                        f"plugin '{origin.name}', distribution {distribution}", origin.name, distribution)
+                                        f"plugin '{origin.name}', distribution {distribution}", origin.name, distribution,
+                                        metrics=tuple(getattr(spec, "metrics", ()) or ()))
         _add_presets(groups, group, choices, own)
         groups[group] = Group(group, dict(sorted(choices.items())), "list" if multiple else "one")
 
@@ -223,8 +226,10 @@ def _choice(group: Group, name: str) -> Choice:
         if not valid:
             raise ConfigError(f"'{group.name}' has no choices; set its keys instead ({group.name}.<key>=value; "
                               f"tuneforge config show {group.name})")
+        from tuneforge.host.plugin_manager import misplaced_note
+
         raise ConfigError(f"unknown choice '{name}' for '{group.name}'{did_you_mean(name, valid)}; "
-                          f"valid: {', '.join(valid)}")
+                          f"valid: {', '.join(valid)}{misplaced_note()}")
     return group.choices[name]
 
 
@@ -246,6 +251,7 @@ def format_choice(choice: Choice, prefix: Optional[str] = None) -> str:
     lines = [f"{choice.group}={choice.name}  [{choice.provider}]"]
     if choice.description:
         lines.append(f"  {choice.description}")
+    lines += [f"  {line}" for line in metric_lines(choice.metrics)]
     if choice.base:
         lines.append(f"  a preset of {choice.group}={choice.base}: the defaults below include the values it sets "
                      f"({', '.join(str(k) for k in choice.preset)})")
@@ -256,6 +262,19 @@ def format_choice(choice: Choice, prefix: Optional[str] = None) -> str:
     elif choice.group == "experiment":
         lines.append("  sets: " + ", ".join(str(k) for k in choice.preset if k != "defaults"))
     return "\n".join(lines)
+
+
+def metric_lines(metrics) -> list:
+    """One line per declared metric of an evaluator: name, direction, section, primary, description
+    (``metric loss: lower is better, section held-out, primary; mean token loss``)."""
+    lines = []
+    for info in metrics:
+        facts = ["higher is better" if info.higher_is_better else "lower is better", f"section {info.section}"]
+        if info.primary:
+            facts.append("primary")
+        text = f"metric {info.name}: {', '.join(facts)}"
+        lines.append(f"{text}; {info.description}" if info.description else text)
+    return lines
 
 
 def _with_defaults(cls: type, values: dict) -> type:

@@ -40,8 +40,10 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
-    model, tokenizer = components.model.spec.load(components.model.config)
-    splits = components.data.spec.load(components.data.config, tokenizer)
+    from tuneforge.host.guard import spec_call
+
+    model, tokenizer = spec_call(components.model.spec, "load", components.model.spec.load, components.model.config)
+    splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer)
     metrics: dict = {"data": splits.stats}
     metrics["setup"] = describe_setup(cfg, splits.stats, adapter_config=components.adapter.config if run_dir else None,
                                       device=evaluation_device(cfg.trainer.accelerator, cfg.trainer.devices, 0))

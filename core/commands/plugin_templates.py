@@ -42,6 +42,139 @@ class KindTemplate:
     package_data: tuple = ()
 
 
+# --------------------------------------------------------------------------- model source
+
+MODEL = KindTemplate(
+    kind="model", suffix="local", group="model", hook="tuneforge_model_sources",
+    readme=r"""### Model source `model={{prefix}}_local` (`src/{{module}}/model.py`)
+
+A causal language model from a local Hugging Face folder (`config.json`,
+weights, tokenizer files), no download.  What every model source must give
+tuneforge, and this one does:
+
+- `load(config) -> (model, tokenizer)`: a `transformers` causal LM in train
+  mode and its tokenizer with a `pad_token` (the end-of-sequence token when the
+  folder has none) and a chat template (`model.chat_template` when the folder's
+  tokenizer has none): chat data, the prompting baselines and generation render
+  prompts with it.
+- `load` runs once per process: under DDP every process loads its own copy,
+  and `tuneforge eval`, `generate`, `chat` and `export` call it again (in their
+  own process) to rebuild the base model the adapter's weights go on.  Keep it
+  deterministic and free of side effects.
+
+    tuneforge train model={{prefix}}_local model.path=/models/my-llama adapter=lora
+""",
+    module=r'''"""Model source ``{{prefix}}_local``: a causal LM and its tokenizer from a local Hugging Face folder.
+
+tuneforge calls ``load`` once per process of a training run (every DDP process
+loads its own copy) and again in ``tuneforge eval``, ``generate``, ``chat`` and
+``export``, to rebuild the base model that the run's adapter weights go on: it
+must give the same model every time and have no side effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tuneforge
+
+#: ChatML, used when the folder's tokenizer has no chat template of its own
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+          "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+          "{% endif %}")
+
+
+@dataclass
+class LocalModelConfig:
+    """A model saved with ``save_pretrained`` in a local folder.
+
+    path: the folder holding ``config.json``, the weights and the tokenizer files.
+    chat_template: the Jinja chat template given to a tokenizer that has none (default ChatML);
+        a tokenizer's own template is kept.
+    dtype: the weights' dtype: float32, bfloat16 or float16.
+    """
+
+    path: str = "???"
+    chat_template: str = CHATML
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        # values may still be omegaconf's "???" or an interpolation while Hydra checks types
+        if self.dtype not in ("float32", "bfloat16", "float16") and not str(self.dtype).startswith(("???", "${")):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        path = str(self.path)
+        if path and not path.startswith(("???", "${")) and not (Path(path).expanduser() / "config.json").is_file():
+            raise ValueError(f"path {path!r} is not a model folder (no config.json in it)")
+
+
+def load_local(config: LocalModelConfig):
+    """``(model, tokenizer)``: the model in train mode, the tokenizer with a pad token and a chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = str(Path(config.path).expanduser())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = config.chat_template
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=getattr(torch, config.dtype))
+    model.train()
+    return model, tokenizer
+
+
+@tuneforge.hookimpl
+def tuneforge_model_sources():
+    return [tuneforge.ModelSourceSpec("{{prefix}}_local", LocalModelConfig, "a causal LM from a local folder",
+                                      load=load_local)]
+''',
+    test=r'''"""Tests of the ``{{prefix}}_local`` model source: what ``load`` gives, the guards, a tiny fit and the reload."""
+
+import pytest
+import torch
+
+from tuneforge.testing import tiny_model
+
+from {{module}} import plugin
+from {{module}}.model import CHATML, LocalModelConfig, load_local
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """The tiny model saved as a local folder, its tokenizer without chat template (as many base models)."""
+    model, tokenizer = tiny_model()
+    tokenizer.chat_template = None
+    model.save_pretrained(str(tmp_path / "tiny"))
+    tokenizer.save_pretrained(str(tmp_path / "tiny"))
+    return tmp_path / "tiny"
+
+
+def test_load_gives_a_training_model_and_a_tokenizer_with_pad_token_and_chat_template(folder):
+    model, tokenizer = load_local(LocalModelConfig(path=str(folder)))
+    assert model.training and tokenizer.pad_token is not None and tokenizer.chat_template == CHATML
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                           add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    again, _ = load_local(LocalModelConfig(path=str(folder)))  # eval/generate/export load it again: same weights
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_the_config_refuses_a_folder_without_a_model_and_an_unknown_dtype(tmp_path):
+    with pytest.raises(ValueError, match="is not a model folder"):
+        LocalModelConfig(path=str(tmp_path))
+    with pytest.raises(ValueError, match="dtype must be float32, bfloat16 or float16"):
+        LocalModelConfig(path="???", dtype="int8")
+
+
+def test_a_tiny_fit_trains_it_and_the_run_reloads_it(tuneforge_fit, folder):
+    result = tuneforge_fit(plugins=[plugin], overrides=["model={{prefix}}_local", f"model.path={folder}",
+                                                        "trainer.max_steps=2", "baselines=[]"])
+    assert result.metrics["steps"] == 2 and result.config.model.name == "{{prefix}}_local"
+    model, tokenizer = result.load_model()  # what tuneforge eval/generate/export do: load, then the adapter
+    assert not model.training and tokenizer.chat_template
+''')
+
 # --------------------------------------------------------------------------- dataset
 
 _SAMPLE_TSV = "instruction\toutput\n" + "".join(f"{q}\t{a}\n" for q, a in [
@@ -1047,4 +1180,4 @@ def test_a_tiny_fit_logs_every_step_the_results_and_the_run_id(tuneforge_fit):
 ''')
 
 #: every kind ``tuneforge new-plugin --kinds`` accepts, in the order they are written
-TEMPLATES = {t.kind: t for t in (DATASET, ADAPTER, LOSS, EVALUATOR, CALLBACK, BASELINE, LOGGER)}
+TEMPLATES = {t.kind: t for t in (MODEL, DATASET, ADAPTER, LOSS, EVALUATOR, CALLBACK, BASELINE, LOGGER)}

@@ -174,7 +174,9 @@ def describe_baseline(spec, config) -> str:
     """The column label: ``spec.describe(config)``, or the baseline's name."""
     if spec.describe is None:
         return spec.name
-    return str(spec.describe(config))
+    from tuneforge.host.guard import spec_call
+
+    return str(spec_call(spec, "describe", spec.describe, config))
 
 
 def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=None, retrievers=None,
@@ -185,11 +187,13 @@ def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=
     from tuneforge.evaluation.retrieval import retriever_builder
     from tuneforge.specs import call_accepting
 
+    from tuneforge.host.guard import spec_call
+
     build_retriever = None if retrievers is None else retriever_builder(retrievers, f"baselines.{key}.retriever")
-    rewritten = call_accepting(baseline.spec.rewrite, model, tokenizer, list(splits.train), list(splits.val),
-                               baseline.config, seed=int(cfg.seed), chat_template=splits.chat_template,
-                               context=context, info=info if info is not None else {},
-                               build_retriever=build_retriever)
+    rewritten = spec_call(baseline.spec, "rewrite", call_accepting, baseline.spec.rewrite, model, tokenizer,
+                          list(splits.train), list(splits.val), baseline.config, seed=int(cfg.seed),
+                          chat_template=splits.chat_template, context=context, info=info if info is not None else {},
+                          build_retriever=build_retriever)
     rewritten = check_rewritten(key, splits.val, rewritten)
     return [retokenize(tokenizer, original, new, splits.chat_template) for original, new in zip(splits.val, rewritten)]
 

@@ -36,17 +36,43 @@ def format_comparison(metrics: dict) -> str:
     if metrics.get("baselines") or metrics.get("intervals") or metrics.get("verdict"):
         return format_columns(metrics)
     base, tuned = metrics.get("base", {}), metrics.get("tuned", {})
-    names = sorted(set(base) | set(tuned))
-    if not names:
+    rows = console_rows(metrics, set(base) | set(tuned))
+    if not rows:
         return "no evaluator metrics"
-    width = max(len("metric"), *(len(n) for n in names))
+    width = max(len("metric"), *(len(label) for label, _name in rows))
     lines = [f"{'metric':<{width}}  {'base':>10}  {'tuned':>10}  {'change':>10}"]
-    for name in names:
+    for label, name in rows:
+        if name is None:
+            lines.append(label)
+            continue
         b, t = base.get(name), tuned.get(name)
         change = f"{t - b:+10.4f}" if b is not None and t is not None else f"{'':>10}"
         fmt = lambda v: f"{v:10.4f}" if v is not None else f"{'-':>10}"  # noqa: E731
-        lines.append(f"{name:<{width}}  {fmt(b)}  {fmt(t)}  {change}")
+        lines.append(f"{label:<{width}}  {fmt(b)}  {fmt(t)}  {change}")
     return "\n".join(lines)
+
+
+#: the console tables' mark of a metric whose lower values are better (``MetricInfo.higher_is_better=False``)
+LOWER_IS_BETTER = " (lower is better)"
+
+
+def console_rows(metrics: dict, names) -> list:
+    """``[(label, metric or None)]`` for the console tables: metrics grouped by section like the report
+    (held-out first, then the other sections in order of first metric; a ``<section>:`` label row
+    before each when there are several), each labelled with its name, marked when lower is better."""
+    info = metrics.get("metric_info") or {}
+    sections: dict = {}
+    for name in sorted(names):
+        sections.setdefault((info.get(name) or {}).get("section") or HELD_OUT, []).append(name)
+    order = sorted(sections, key=lambda section: section != HELD_OUT)  # stable: held-out, then as met
+    rows = []
+    for section in order:
+        if len(sections) > 1:
+            rows.append((f"{section}:", None))
+        for name in sections[section]:
+            lower = (info.get(name) or {}).get("higher_is_better") is False
+            rows.append((f"{'  ' if len(sections) > 1 else ''}{name}{LOWER_IS_BETTER if lower else ''}", name))
+    return rows
 
 
 def _interval_text(interval) -> str:
@@ -62,21 +88,25 @@ def format_columns(metrics: dict, width: int = 100) -> str:
     from tuneforge.evaluation.comparison import column_label, column_order, column_values
 
     columns = column_order(metrics)
-    names = sorted({n for c in columns for n in column_values(metrics, c)})
-    if not names:
+    rows_of_names = console_rows(metrics, {n for c in columns for n in column_values(metrics, c)})
+    if not rows_of_names:
         return "no evaluator metrics"
     intervals, change = metrics.get("intervals") or {}, (metrics.get("changes") or {}).get("change") or {}
     header = ["metric", *[column_label(metrics, c) for c in columns], "change"]
     body = []
-    for name in names:
+    for label, name in rows_of_names:
+        if name is None:
+            body.append([label, *[""] * len(columns), ""])
+            continue
         values = [column_values(metrics, c).get(name) for c in columns]
         delta = change.get(name, {}).get("value")
-        body.append([name, *[_num(v) for v in values], _signed(delta) if delta is not None else ""])
+        body.append([label, *[_num(v) for v in values], _signed(delta) if delta is not None else ""])
         cis = [_interval_text((intervals.get(c) or {}).get(name)) for c in columns]
         test = change.get(name, {})
         if any(ci != "-" for ci in cis) or "low" in test:
             extra = f"  McNemar p={test['p_value']:.2g}" if test.get("p_value") is not None else ""
-            body.append(["  95% CI", *cis, (_interval_text(test) if "low" in test else "") + extra])
+            indent = " " * (len(label) - len(label.lstrip()))  # under its metric (inside a section)
+            body.append([f"{indent}  95% CI", *cis, (_interval_text(test) if "low" in test else "") + extra])
     cost = metrics.get("cost") or {}
     cost_rows = []
     for key, title, digits in (("prompt_tokens_per_query", "prompt tokens / query", 1),

@@ -37,6 +37,7 @@ def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples
     memorisation columns need only what depends on ``examples``.
     """
     from tuneforge.evaluation import EvaluationPass
+    from tuneforge.host.guard import spec_call
     from tuneforge.specs import call_accepting
 
     results = {}
@@ -52,12 +53,15 @@ def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples
             if held_out_only and not scores_held_out(spec):
                 continue
             one_pass.scores, one_pass.scored_rows = {}, {}
-            values = call_accepting(spec.evaluate, model, tokenizer, examples, evaluator.config, evaluation=one_pass,
-                                    **({"context": context} if _takes_context(spec.evaluate) else {}))
+            values = spec_call(spec, "evaluate", call_accepting, spec.evaluate, model, tokenizer, examples,
+                               evaluator.config, evaluation=one_pass,
+                               **({"context": context} if _takes_context(spec.evaluate) else {}))
+            values = checked_metric_values(spec, values)
             for metric, value in values.items():
-                results[metric_name(name, metric, values)] = float(value)
+                if value is not None:
+                    results[metric_name(name, metric, values)] = value
             for metric, scores in one_pass.scores.items():
-                if metric in values and _consistent(scores, float(values[metric]), f"{name}/{metric}"):
+                if values.get(metric) is not None and _consistent(scores, float(values[metric]), f"{name}/{metric}"):
                     reported = metric_name(name, metric, values)
                     one_pass.example_scores[reported] = scores
                     for row, value in zip(one_pass.scored_rows.get(metric) or [], scores["values"]):
@@ -67,6 +71,56 @@ def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples
         model.train(was_training)
         model.to(home)
     return results, one_pass
+
+
+def checked_metric_values(spec, values) -> dict:
+    """What an evaluator's ``evaluate`` returned, as ``{metric: float or None}``: a mapping of metric
+    names to real numbers (a 0-d tensor or a numpy scalar counts) or None (no value this time).
+    Anything else is a one-line :class:`~tuneforge.PluginError` naming the plugin, the evaluator and
+    the metric (:mod:`tuneforge.host.guard`)."""
+    import numbers
+    from collections.abc import Mapping
+
+    from tuneforge.host.guard import describe_plugin, hint, origin_of
+    from tuneforge.errors import PluginError
+
+    origin = origin_of(spec)
+
+    def refuse(what: str):
+        return PluginError(f"{describe_plugin(origin)}: evaluator '{spec.name}', evaluate returned {what}; it must "
+                           f"return {{metric name: number or None}}; {hint(origin)}")
+
+    if not isinstance(values, Mapping):
+        raise refuse(f"{type(values).__name__} {_shown(values)}, not a dict")
+    checked = {}
+    for metric, value in values.items():
+        if not isinstance(metric, str):
+            raise refuse(f"the key {_shown(metric)} ({type(metric).__name__}), not a metric name")
+        if value is None or isinstance(value, numbers.Real):  # a bool counts as 0/1
+            checked[metric] = None if value is None else float(value)
+            continue
+        item = getattr(value, "item", None)  # a 0-d tensor, a numpy scalar
+        if callable(item) and getattr(value, "ndim", 0) == 0:
+            try:
+                number = item()
+            except (TypeError, ValueError, RuntimeError):
+                number = None
+            if isinstance(number, numbers.Real):
+                checked[metric] = float(number)
+                continue
+        raise refuse(f"{_shown(value)} ({type(value).__name__}) for metric '{metric}'"
+                     f"{_declared(spec, metric)}")
+    return checked
+
+
+def _shown(value, limit: int = 60) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _declared(spec, metric: str) -> str:
+    declared = [info.name for info in spec.metrics]
+    return f" (declared: {', '.join(declared)})" if declared and metric not in declared else ""
 
 
 def scores_held_out(spec) -> bool:

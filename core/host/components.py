@@ -278,15 +278,20 @@ def _convert(spec, values: dict, path: str) -> tuple[Any, list]:
     values = {key: value for key, value in values.items() if key != "name"}
     problems: list = []
     config = _build(path, lambda: OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(spec.config), values)),
-                    problems)
+                    problems, spec=spec)
     if config is not None and type(config) is not spec.config:  # pragma: no cover - omegaconf guarantees it
         raise TypeError(f"{path}: built {type(config).__name__}, expected {spec.config.__name__}")
     return config, problems
 
 
-def _build(path: str, make: Callable[[], Any], problems: list) -> Any:
-    """``make()``, or None with its failure added to ``problems`` as one-line :class:`Problem`\\ s."""
+def _build(path: str, make: Callable[[], Any], problems: list, spec: Any = None) -> Any:
+    """``make()``, or None with its failure added to ``problems`` as one-line :class:`Problem`\\ s.
+
+    ``spec``: the component whose config class ``make`` builds; any other exception from its
+    ``__post_init__`` is a plugin fault, named by :mod:`tuneforge.host.guard`."""
     from omegaconf.errors import OmegaConfBaseException
+
+    from tuneforge.host.guard import is_own, origin_of, plugin_error
 
     try:
         return make()
@@ -296,6 +301,12 @@ def _build(path: str, make: Callable[[], Any], problems: list) -> Any:
         problems.append(_omegaconf_problem(path, exc))
     except (TuneforgeError, ValueError, TypeError) as exc:  # a plugin's own check in __post_init__
         problems.append(Problem(path, _first_line(exc)))
+    except Exception as exc:
+        origin = origin_of(spec) if spec is not None else None
+        if origin is None or is_own(origin):
+            raise
+        problems.append(Problem(path, str(plugin_error(origin, f"{spec.kind} '{spec.name}', config class "
+                                                               f"{spec.config.__name__}", exc))))
     return None
 
 
@@ -312,12 +323,15 @@ def _omegaconf_problem(path: str, exc) -> Problem:
 
 def _kind_problems(loss: Component, data: Component) -> list:
     """The loss's ``requires`` against the example kinds the dataset says it will produce."""
+    from tuneforge.host.guard import origin_of, plugin_code
+
     requires = tuple(loss.spec.requires)
     tell = data.spec.example_kinds
     if not requires or tell is None:
         return []
     try:
-        kinds = tell(data.config)
+        with plugin_code(origin_of(data.spec), f"dataset '{data.name}', example_kinds"):
+            kinds = tell(data.config)
     except (TuneforgeError, OSError, ValueError) as exc:
         return [Problem("data", _first_line(exc))]
     if kinds is None:

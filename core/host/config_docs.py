@@ -87,10 +87,18 @@ def _comment_docs(cls: type, names: set) -> dict[str, str]:
 
 
 def _parse(docstring: str, names: set) -> dict[str, str]:
+    return parse_field_lines(docstring, names)[0]
+
+
+def parse_field_lines(docstring: str, names: set) -> tuple[dict[str, str], set]:
+    """``({field: doc}, indices of the docstring lines those docs were read from})``: a field's doc starts
+    at its ``field: doc`` (or ````field(args)```` ) line and runs to the end of its paragraph, through
+    the lines indented at least as deep."""
     docs: dict[str, str] = {}
+    consumed: set = set()
     current: Optional[str] = None
     current_indent = 0
-    for line in docstring.splitlines():
+    for index, line in enumerate(docstring.splitlines()):
         match = _FIELD_LINE.match(line)
         name = match and (match.group("name") or match.group("name2"))
         called = _CALLABLE_LINE.match(line)
@@ -106,7 +114,9 @@ def _parse(docstring: str, names: set) -> dict[str, str]:
             docs[current] += " " + line.strip()  # a field's doc runs to the end of its paragraph
         else:
             current = None
-    return docs
+            continue
+        consumed.add(index)
+    return docs, consumed
 
 
 def type_name(annotation: Any) -> str:

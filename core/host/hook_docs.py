@@ -61,9 +61,13 @@ def render_spec_reference() -> str:
         group, hook, multiple = SPEC_KINDS[spec_class]
         selection = f"`{group}=[a,b]` (several)" if multiple else f"`{group}=<name>`"
         selection = SELECTED_BY_SETTING.get(spec_class, selection)
+        choice = f"``{group}=[<name>]``" if multiple else f"``{group}=<name>``"
+        if spec_class in SELECTED_BY_SETTING:
+            choice = "its ``retriever`` setting" if group == "retriever" else f"a ``{group}`` setting"
         parts += [f"### `tuneforge.{spec_class.__name__}`", "",
                   f"Returned from `{hook}()`; selected with {selection}.", "",
-                  _summary(spec_class), "", markdown_table(spec_class, skip=()), ""]
+                  _summary(spec_class), "",
+                  markdown_table(spec_class, skip=()).replace("``<group>=<name>``", choice), ""]
     for extra in _extra_public_dataclasses():
         parts += [f"### `tuneforge.{extra.__name__}`", "", _summary(extra), "", markdown_table(extra, skip=()), ""]
     parts.append(SPECS_END)
@@ -79,19 +83,18 @@ def _extra_public_dataclasses() -> list[type]:
 
 
 def _summary(cls: type) -> str:
-    """The docstring's text without its ``field: doc`` lines (those are in the table)."""
-    from tuneforge.host.config_docs import field_docs
+    """The docstring's text without the paragraphs that document fields (those are in the table, read
+    by the same parser, :func:`tuneforge.host.config_docs.parse_field_lines`), blank runs collapsed."""
+    from tuneforge.host.config_docs import parse_field_lines
 
-    documented = set(field_docs(cls))
-    kept, skipping = [], False
-    for line in (inspect.getdoc(cls) or "").splitlines():
-        head = line.split(":", 1)[0].strip().strip("`")
-        if ":" in line and head in documented and not line.startswith(" "):
-            skipping = True
+    docstring = inspect.getdoc(cls) or ""
+    names = {f.name for klass in inspect.getmro(cls) if dataclasses.is_dataclass(klass)
+             for f in dataclasses.fields(klass)}
+    _docs, consumed = parse_field_lines(docstring, names)
+    kept: list = []
+    for index, line in enumerate(docstring.splitlines()):
+        if index in consumed or (not line.strip() and (not kept or not kept[-1].strip())):
             continue
-        if skipping and (line.startswith(" ") and line.strip()):
-            continue
-        skipping = False
         kept.append(line)
     return "\n".join(kept).strip()
 

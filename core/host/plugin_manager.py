@@ -8,6 +8,7 @@ distribution, and blocked plugins are never imported.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as importlib_metadata
 import os
 import types
@@ -18,6 +19,7 @@ import pluggy
 
 from tuneforge import hookspecs
 from tuneforge.errors import PluginError, did_you_mean
+from tuneforge.host.guard import plugin_error, set_origin
 from tuneforge.specs import SPEC_KINDS
 
 ENTRY_POINT_GROUP = "tuneforge"
@@ -84,7 +86,7 @@ def _dist_of(entry_point) -> tuple[str, str]:
 
 
 def create_plugin_manager(selection: Optional[PluginSelection] = None,
-                          extra_plugins: Iterable[Any] = ()) -> "Plugins":
+                          extra_plugins: Iterable[Any] = (), tolerate_broken: bool = False) -> "Plugins":
     """Discover, import and register plugins, then verify them against the hook specs.
 
     ``extra_plugins`` are objects registered directly (used by
@@ -96,23 +98,36 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
     at all, and the passed module is registered in its place, under the entry
     point's name and distribution; an entry point that loads an object
     identical to a passed one counts as that plugin too.
+
+    A plugin that fails to import, implements an unknown hook, raises in a
+    registration hook, returns something that is not a spec, or collides with
+    another plugin's name is *broken*: a one-line :class:`PluginError` naming
+    it (:mod:`tuneforge.host.guard`).  By default the first broken plugin is
+    raised; with ``tolerate_broken`` (``tuneforge plugins``) broken plugins are
+    left out and listed in :attr:`Plugins.broken` with their reasons, and the
+    others load.  Entry points in a near-miss group (``tuneforge.plugins``,
+    ``tuneforge_plugins`` ...) are never loaded; they are listed in
+    :attr:`Plugins.misplaced`.
     """
     selection = selection or PluginSelection.from_env()
     pm = _TuneforgePluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
+    broken: dict[str, str] = {}
     blocked: list[str] = []
     extras = list(extra_plugins)
+    all_entry_points = importlib_metadata.entry_points()
+    misplaced = _misplaced_entry_points(all_entry_points)
 
-    entry_points = sorted(importlib_metadata.entry_points(group=ENTRY_POINT_GROUP),
+    entry_points = sorted(all_entry_points.select(group=ENTRY_POINT_GROUP),
                           key=lambda ep: (_dist_of(ep)[0] != OWN_DISTRIBUTION, ep.name))
     for ep in entry_points:
         dist_name, dist_version = _dist_of(ep)
+        info = PluginInfo(ep.name, dist_name, dist_version, ep.value)
         passed = _passed_replaces(ep, extras)
         if passed is not None:  # the module under test, also installed: register it once, as installed
             extras = [p for p in extras if p is not passed]
-            _register(pm, passed, ep.name)
-            infos[ep.name] = PluginInfo(ep.name, dist_name, dist_version, ep.value)
+            _register(pm, passed, info, infos, broken)
             continue
         if ep.name in selection.disable:
             blocked.append(ep.name)
@@ -121,40 +136,66 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
             continue
         if ep.name in infos:
             other = infos[ep.name]
-            raise PluginError(
+            broken[ep.name] = (
                 f"two plugins are named '{ep.name}': from distributions "
                 f"'{other.distribution}' and '{dist_name}'; uninstall one or block it with "
-                f"{DISABLE_ENV}={ep.name}"
-            )
+                f"{DISABLE_ENV}={ep.name}")
+            continue
         try:
             module = ep.load()
         except Exception as exc:  # the plugin's own bug: report it by name
-            raise PluginError(
-                f"plugin '{ep.name}' (distribution '{dist_name} {dist_version}', "
-                f"entry point '{ep.value}') failed to import: {type(exc).__name__}: {exc}. "
-                f"Block it with {DISABLE_ENV}={ep.name}"
-            ) from exc
-        _register(pm, module, ep.name)
-        infos[ep.name] = PluginInfo(ep.name, dist_name, dist_version, ep.value)
+            broken[ep.name] = str(plugin_error(info, f"importing entry point '{ep.value}'", exc))
+            continue
+        _register(pm, module, info, infos, broken)
         extras = [p for p in extras if p is not module]  # the same object passed in: already registered
 
     for plugin in extras:
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
-        _register(pm, plugin, name)
-        infos[name] = PluginInfo(name, "<registered in-process>", "", repr(plugin))
+        _register(pm, plugin, PluginInfo(name, "<registered in-process>", "", repr(plugin)), infos, broken)
 
-    unknown_enabled = [n for n in selection.enable if n not in infos]
+    unknown_enabled = [n for n in selection.enable if n not in infos and n not in broken]
     if unknown_enabled:
         raise PluginError(f"plugins.enable names {unknown_enabled} but no such entry point "
                           f"is installed; installed: {sorted(infos)}")
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) or repr(exc.plugin)
-        hook = str(exc).split("'")[1] if "'" in str(exc) else str(exc)
-        raise PluginError(f"plugin '{name}' implements an unknown hook '{hook}'; valid hooks: "
-                          f"{', '.join(_hook_names())}") from exc
-    return Plugins(pm, infos, blocked)
+    _drop_unknown_hooks(pm, infos, broken)
+    plugins = Plugins(pm, infos, blocked, broken=broken, misplaced=misplaced)
+    if plugins.broken and not tolerate_broken:
+        raise PluginError(next(iter(plugins.broken.values())))
+    return plugins
+
+
+#: entry-point groups that are not ``tuneforge`` but look meant for it, normalised (lower case, letters only)
+def _is_near_miss_group(group: str) -> bool:
+    letters = "".join(ch for ch in group.lower() if ch.isalpha())
+    if group == ENTRY_POINT_GROUP or group == "pytest11":
+        return False
+    return letters.startswith(ENTRY_POINT_GROUP) or bool(
+        difflib.get_close_matches(letters, [ENTRY_POINT_GROUP, ENTRY_POINT_GROUP + "plugins"], n=1, cutoff=0.8))
+
+
+def _misplaced_entry_points(all_entry_points) -> list:
+    """``(group, name, value, distribution)`` of every entry point in a near-miss group: never loaded."""
+    found = []
+    for group in sorted(all_entry_points.groups):
+        if _is_near_miss_group(group):
+            for ep in all_entry_points.select(group=group):
+                found.append((group, ep.name, ep.value, _dist_of(ep)[0]))
+    return found
+
+
+def _drop_unknown_hooks(pm: pluggy.PluginManager, infos: dict, broken: dict) -> None:
+    """Every plugin implementing a ``tuneforge_*`` hook that does not exist (a misspelling) is broken."""
+    while True:
+        try:
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            hook = str(exc).split("'")[1] if "'" in str(exc) else str(exc)
+            broken[name] = (f"plugin '{name}' implements an unknown hook '{hook}'"
+                            f"{did_you_mean(hook, _hook_names())}; valid hooks: {', '.join(_hook_names())}")
+            pm.unregister(exc.plugin)
+            infos.pop(name, None)
 
 
 def _passed_replaces(entry_point, extras: list) -> Any:
@@ -169,13 +210,18 @@ def _hook_names() -> list[str]:
     return sorted(n for n in dir(hookspecs) if n.startswith("tuneforge_"))
 
 
-def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+def _register(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo, infos: dict, broken: dict) -> None:
+    """Register ``plugin`` as ``info.name``; one that does not fit the hook API is broken instead."""
+    name = info.name
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin '{name}' does not match the tuneforge hook API: {exc}") from exc
+        broken[name] = f"plugin '{name}' does not match the tuneforge hook API: {exc}"
+        return
     except ValueError as exc:
-        raise PluginError(f"plugin '{name}' cannot be registered: {exc}") from exc
+        broken[name] = f"plugin '{name}' cannot be registered: {exc}"
+        return
+    infos[name] = info
 
 
 class Registry:
@@ -187,7 +233,8 @@ class Registry:
         self._specs: dict[str, Any] = {}
         self._origin: dict[str, PluginInfo] = {}
 
-    def add(self, spec: Any, origin: PluginInfo) -> None:
+    def check(self, spec: Any, origin: PluginInfo) -> None:
+        """Raise :class:`PluginError` when ``spec`` is not of this kind or its name is taken."""
         if not isinstance(spec, self.spec_class):
             raise PluginError(
                 f"plugin '{origin.name}' returned {type(spec).__name__} from {self.hook_name}; "
@@ -198,6 +245,9 @@ class Registry:
                 f"two {spec.kind}s are named '{spec.name}': one from plugin '{first.name}' "
                 f"(distribution '{first.distribution}'), one from plugin '{origin.name}' "
                 f"(distribution '{origin.distribution}'); block one with {DISABLE_ENV}")
+
+    def add(self, spec: Any, origin: PluginInfo) -> None:
+        self.check(spec, origin)
         self._specs[spec.name] = spec
         self._origin[spec.name] = origin
 
@@ -207,7 +257,7 @@ class Registry:
         except KeyError:
             raise PluginError(
                 f"unknown {self.spec_class.kind} '{name}'{did_you_mean(name, self._specs)}; "
-                f"valid choices for '{self.group}': {sorted(self._specs)}") from None
+                f"valid choices for '{self.group}': {sorted(self._specs)}{misplaced_note()}") from None
 
     def origin(self, name: str) -> PluginInfo:
         return self._origin[name]
@@ -219,26 +269,90 @@ class Registry:
         return iter(self._specs.values())
 
 
-class Plugins:
-    """The plugin manager plus one registry per component kind."""
+#: the near-miss entry points of the last plugin load, for the note on an unknown choice
+_LAST_MISPLACED: list = []
 
-    def __init__(self, pm: pluggy.PluginManager, infos: dict[str, PluginInfo], blocked: list[str]):
+
+def misplaced_note() -> str:
+    """``"; note: ..."`` naming entry points registered under a near-miss group (never loaded), or ``""``."""
+    if not _LAST_MISPLACED:
+        return ""
+    shown = ", ".join(f"'{name}' of '{dist}' in group '{group}'" for group, name, _value, dist in _LAST_MISPLACED)
+    return (f"; note: entry point {shown} is not loaded: wrong group (tuneforge loads the entry-point group "
+            f"'{ENTRY_POINT_GROUP}')")
+
+
+class Plugins:
+    """The plugin manager plus one registry per component kind.
+
+    ``broken``: ``{plugin name: one-line reason}`` of the plugins left out
+    (see :func:`create_plugin_manager`); ``misplaced``: ``(group, name,
+    value, distribution)`` of entry points in a near-miss group.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, infos: dict[str, PluginInfo], blocked: list[str],
+                 broken: Optional[dict] = None, misplaced: Iterable = ()):
         self.pm = pm
         self.hook = pm.hook
         self.infos = infos
         self.blocked = blocked
-        self.registries: dict[str, Registry] = {}
-        for spec_class in SPEC_KINDS:
-            registry = Registry(spec_class)
-            hook = getattr(pm.hook, registry.hook_name)
-            for impl in reversed(hook.get_hookimpls()):  # registration order
-                result = impl.function() or ()
-                for spec in result:
-                    registry.add(spec, infos[impl.plugin_name])
-            self.registries[registry.group] = registry
+        self.broken: dict[str, str] = dict(broken or {})
+        self.misplaced = list(misplaced)
+        _LAST_MISPLACED[:] = self.misplaced
+        self.registries: dict[str, Registry] = {SPEC_KINDS[spec_class][0]: Registry(spec_class)
+                                                for spec_class in SPEC_KINDS}
+        for plugin_name, plugin in list(pm.list_name_plugin()):
+            if plugin_name not in infos:
+                continue
+            origin = infos[plugin_name]
+            try:
+                contributed = self._registered_specs(plugin_name, origin)
+                for registry, spec in contributed:
+                    registry.check(spec, origin)
+                    if sum(1 for r, s in contributed if r is registry and s.name == spec.name) > 1:
+                        raise PluginError(f"plugin '{plugin_name}' returned two {spec.kind}s named '{spec.name}'")
+            except PluginError as exc:
+                self.broken[plugin_name] = str(exc)
+                pm.unregister(plugin)
+                del infos[plugin_name]
+                continue
+            for registry, spec in contributed:
+                registry.add(spec, origin)
+                set_origin(spec, origin)
+
+    def _registered_specs(self, plugin_name: str, origin: PluginInfo) -> list:
+        """``(registry, spec)`` for every spec one plugin's registration hooks return, each hook guarded."""
+        from tuneforge.host.guard import plugin_code
+
+        found = []
+        for registry in self.registries.values():
+            hook = getattr(self.pm.hook, registry.hook_name)
+            for impl in hook.get_hookimpls():
+                if impl.plugin_name != plugin_name:
+                    continue
+                with plugin_code(origin, f"registration hook {registry.hook_name}"):
+                    found += [(registry, spec) for spec in (impl.function() or ())]
+        return found
 
     def __getitem__(self, group: str) -> Registry:
         return self.registries[group]
+
+    def call_lifecycle_hook(self, hook_name: str, **kwargs) -> None:
+        """Call the lifecycle hook ``hook_name`` with ``kwargs`` on every plugin implementing it, in
+        pluggy's order (last registered first), each implementation as plugin code of its own plugin
+        (:mod:`tuneforge.host.guard`), with the arguments its signature names."""
+        from tuneforge.host.guard import plugin_code
+
+        hook = getattr(self.pm.hook, hook_name)
+        impls = hook.get_hookimpls()
+        if any(getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False) for impl in impls):
+            with plugin_code(None, f"hook {hook_name}", unknown_too=True):  # wrappers: pluggy calls, plugin unknown
+                hook(**kwargs)
+            return
+        for impl in reversed(impls):
+            origin = self.infos.get(impl.plugin_name) or impl.plugin_name
+            with plugin_code(origin, f"hook {hook_name}"):
+                impl.function(*[kwargs[name] for name in impl.argnames])
 
     def contributions(self, plugin_name: str) -> dict[str, list[str]]:
         """Component names each kind got from one plugin (for ``tuneforge plugins``)."""

@@ -445,9 +445,19 @@ def register_resolvers() -> None:
 SCHEMA_CHOICES = {"trainer": ("default", TrainerConfig), "strategy": ("auto", StrategyConfig)}
 
 
-def register_configs(plugins) -> None:
-    """Store the root schema and every component config in Hydra's ConfigStore."""
+def register_configs(plugins, broken: Optional[dict] = None) -> None:
+    """Store the root schema and every component config in Hydra's ConfigStore.
+
+    A plugin's config class that Hydra cannot take (an unsupported field
+    type, an annotation that does not resolve) is a one-line
+    :class:`~tuneforge.PluginError` naming the plugin; with ``broken`` (a
+    dict, as :attr:`Plugins.broken`) it is recorded there instead and the
+    other configs are stored.
+    """
     from hydra.core.config_store import ConfigStore
+
+    from tuneforge.errors import PluginError
+    from tuneforge.host.guard import plugin_code
 
     cs = ConfigStore.instance()
     cs.store(name="tuneforge_schema", node=TuneforgeConfig)
@@ -457,6 +467,16 @@ def register_configs(plugins) -> None:
         if spec_class in SELECTED_BY_SETTING:  # chosen by a component's setting, not a config group
             continue
         for spec in plugins[group]:
+            origin = plugins[group].origin(spec.name)
+            if broken is not None and origin.name in broken:
+                continue
             package = f"{group}.{spec.name}" if multiple else None
-            cs.store(group=group, name=spec.name, node=named_config_class(spec), package=package,
-                     provider=plugins[group].origin(spec.name).distribution)
+            try:
+                with plugin_code(origin, f"{spec.kind} '{spec.name}', config class "
+                                         f"{getattr(spec.config, '__name__', spec.config)!s}"):
+                    cs.store(group=group, name=spec.name, node=named_config_class(spec), package=package,
+                             provider=origin.distribution)
+            except PluginError as exc:
+                if broken is None:
+                    raise
+                broken[origin.name] = str(exc)

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.host.guard import (describe_plugin, guarded_function, is_own, origin_of, plugin_error,
+                             spec_call)
 from tuneforge.specs import LoggerContext
 
 log = logging.getLogger("tuneforge")
@@ -90,17 +92,21 @@ def build_loggers(components: dict, run_dir: Path, resuming: bool = False, is_ma
         spec, node = component.spec, component.config
         context = LoggerContext(run_dir=run_dir, run_name=run_name(run_dir), resume_run_id=previous.get(key),
                                 is_main=is_main)
+        origin = origin_of(spec)
         try:
             logger = _call_build(spec.build, node, context)
         except TuneforgeError:
             raise
-        except ImportError as exc:  # a third-party logger that does not check its library itself
+        except ImportError as exc:  # a logger that does not check its library itself
             raise ConfigError(f"loggers.{key}: the '{spec.name}' logger cannot import its library "
-                              f"({_first_line(exc)}); install it, or leave '{key}' out of loggers=[...]") from exc
+                              f"({_first_line(exc)}); install it, or leave '{key}' out of loggers=[...]"
+                              f"{_named(origin)}") from exc
         except Exception as exc:  # e.g. a tracking URI the library refuses
+            if not is_own(origin) and origin is not None:
+                raise plugin_error(origin, f"logger '{spec.name}', build", exc) from exc
             raise ConfigError(f"loggers.{key}: the '{spec.name}' logger could not be set up: "
                               f"{_first_line(exc)}") from exc
-        selected.append(SelectedLogger(key, spec, context, logger))
+        selected.append(SelectedLogger(key, spec, context, guard_lightning_logger(logger, origin, spec.name)))
     own = next((s.logger for s in selected if writes_run_metrics(s.logger, run_dir)), None)
     return RunLoggers(run_dir, own if own is not None else run_metrics_logger(run_dir), selected)
 
@@ -133,7 +139,13 @@ class RunLoggers:
 
     def lightning_loggers(self) -> list:
         """For ``lightning.Trainer(logger=...)``: the run's ``metrics.csv`` logger first (it is
-        ``trainer.log_dir``), then the trackers."""
+        ``trainer.log_dir``), then the trackers.
+
+        Lightning calls ``finalize("success")`` on its loggers at the end of ``fit`` (``"failed"`` when
+        fit raises); a tracker's ``finalize`` is held back until :meth:`finish`, so it is called once,
+        after the last row (the base/tuned results of :meth:`log_results`)."""
+        for entry in self.trackers:
+            _hold_finalize(entry.logger)
         return [self.run_metrics, *(s.logger for s in self.trackers)]
 
     def start(self, hyperparameters: dict) -> None:
@@ -180,20 +192,65 @@ class RunLoggers:
         for entry in self.trackers:
             if not entry.started:
                 continue
+            _release_finalize(entry.logger)
             try:
                 if entry.spec.finish is not None:
                     entry.spec.finish(entry.logger, lightning_status)
                 else:
                     entry.logger.finalize(lightning_status)
             except Exception as exc:  # noqa: BLE001 - the run's own outcome must stand
-                log.warning("logger '%s' did not close cleanly: %s", entry.key, _first_line(exc))
+                log.warning("logger '%s'%s did not close cleanly: %s", entry.key, _named(origin_of(entry.spec)),
+                            _first_line(exc))
             entry.started = False
+
+
+#: the methods of a Lightning ``Logger`` the trainer and the host call
+LOGGER_METHODS = ("log_metrics", "log_hyperparams", "log_graph", "save", "finalize", "after_save_checkpoint")
+
+
+def guard_lightning_logger(logger, origin, name: str):
+    """Put the Lightning methods of a plugin's logger behind the plugin guard, on the instance itself
+    (:mod:`tuneforge.host.guard`); tuneforge's own loggers are left as they are."""
+    if origin is None or is_own(origin):
+        return logger
+    for method in LOGGER_METHODS:
+        bound = getattr(logger, method, None)
+        if callable(bound):
+            setattr(logger, method, guarded_function(origin, f"logger '{name}', {method}", bound))
+    return logger
+
+
+def _hold_finalize(logger) -> None:
+    """Make ``logger.finalize`` a no-op until :func:`_release_finalize` (Lightning's end-of-fit call)."""
+    if "_tuneforge_finalize" in vars(logger):
+        return
+    logger._tuneforge_finalize = vars(logger).get("finalize")  # the guard's wrapper, or None (the class's)
+    logger.finalize = lambda status="success": None
+
+
+def _release_finalize(logger) -> None:
+    """Give ``logger`` its own ``finalize`` back (see :func:`_hold_finalize`)."""
+    if "_tuneforge_finalize" not in vars(logger):
+        return
+    own = vars(logger).pop("_tuneforge_finalize")
+    if own is None:
+        del logger.finalize
+    else:
+        logger.finalize = own
+
+
+def _named(origin) -> str:
+    """`` (plugin 'x', distribution 'd 1.0')`` for a third-party plugin, else ``""``."""
+    if origin is None or is_own(origin):
+        return ""
+    return f" ({describe_plugin(origin)})"
 
 
 def _record_row(entry: SelectedLogger) -> dict:
     """One logger's ``{"logger": name, "run_id": ..., "log_dir": ...}`` (empty values left out)."""
     logger = entry.logger
-    run_id = entry.spec.run_id(logger) if entry.spec.run_id else getattr(logger, "version", None)
+    run_id = spec_call(entry.spec, "run_id", entry.spec.run_id, logger) if entry.spec.run_id \
+        else getattr(logger, "version", None)
     row = {"logger": entry.spec.name}
     if run_id not in (None, ""):
         row["run_id"] = str(run_id)

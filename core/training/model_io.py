@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from tuneforge.host.guard import is_own, origin_of, plugin_error, spec_call
+
 
 def save_model(adapter_spec, model, tokenizer, directory: Path, chat_template: Optional[str] = None) -> None:
     """Save weights and tokenizer under a temporary name, then rename: never a half-written model/.
@@ -21,7 +23,7 @@ def save_model(adapter_spec, model, tokenizer, directory: Path, chat_template: O
     tmp.mkdir(parents=True)
     try:
         if adapter_spec.save is not None:
-            adapter_spec.save(model, str(tmp))
+            spec_call(adapter_spec, "save", adapter_spec.save, model, str(tmp))
         else:
             model.save_pretrained(str(tmp), safe_serialization=True)
         _save_tokenizer(tokenizer, tmp, chat_template)
@@ -29,7 +31,7 @@ def save_model(adapter_spec, model, tokenizer, directory: Path, chat_template: O
         shutil.rmtree(tmp, ignore_errors=True)
         from tuneforge.errors import TuneforgeError, is_disk_full
 
-        if is_disk_full(exc):
+        if is_disk_full(exc) or (exc.__cause__ is not None and is_disk_full(exc.__cause__)):
 
             raise TuneforgeError(f"disk full while saving the trained model to {directory}") from exc
         raise
@@ -87,6 +89,11 @@ def load_saved_model(adapter_spec, base_model, model_dir: Path, trust_remote_cod
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{model_dir}: adapter '{adapter_spec.name}' cannot load the trained model saved "
                          f"there ({first}); is the run finished?") from exc
+    except Exception as exc:  # another error in the adapter's own load: a plugin fault (one line)
+        origin = origin_of(adapter_spec)
+        if adapter_spec.load is None or origin is None or is_own(origin):
+            raise
+        raise plugin_error(origin, f"adapter '{adapter_spec.name}', load", exc) from exc
 
 
 def needs_base_model(adapter_spec) -> bool:
@@ -97,7 +104,9 @@ def needs_base_model(adapter_spec) -> bool:
 def merge_model(adapter_spec, model):
     """``adapter_spec.merge(model)`` (a plain ``transformers`` model), or ``model`` itself when the
     adapter gives no ``merge``; raises the adapter's ``ModelError`` when it cannot be merged."""
-    return adapter_spec.merge(model) if adapter_spec.merge is not None else model
+    if adapter_spec.merge is None:
+        return model
+    return spec_call(adapter_spec, "merge", adapter_spec.merge, model)
 
 
 def load_model_from_config(plugins, model_config, key: str = "model"):
@@ -109,4 +118,4 @@ def load_model_from_config(plugins, model_config, key: str = "model"):
     from tuneforge.host.components import typed_config
 
     spec = plugins["model"].get(model_config["name"])
-    return spec.load(typed_config(spec, model_config, key))
+    return spec_call(spec, "load", spec.load, typed_config(spec, model_config, key))

@@ -15,10 +15,11 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from tuneforge.context import RunContext
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, PluginError
 from tuneforge.evaluation.baselines import join_columns, run_baselines
 from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
+from tuneforge.host.guard import guard_lightning_callback, guarded_function, origin_of, spec_call
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.loggers import build_loggers
@@ -147,16 +148,17 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     loggers = None
     try:
         # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
-        plugins.hook.tuneforge_run_start(config=cfg, run_dir=run_dir, context=context)
+        plugins.call_lifecycle_hook("tuneforge_run_start", config=cfg, run_dir=run_dir, context=context)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         # Loggers first: a tracker whose run cannot start stops the run before the model loads.
         loggers = build_loggers(components.loggers, run_dir, resuming=resume_from is not None,
                                 is_main=context.is_main)
         if context.is_main:
             loggers.start(redacted_config(cfg))
-        model, tokenizer = components.model.spec.load(components.model.config)
+        model, tokenizer = spec_call(components.model.spec, "load", components.model.spec.load,
+                                     components.model.config)
         adapter_spec = components.adapter.spec
-        model = adapter_spec.apply(model, components.adapter.config)
+        model = spec_call(adapter_spec, "apply", adapter_spec.apply, model, components.adapter.config)
         if components.config.loader.packing:
             from tuneforge.data.packing import check_packing_support
 
@@ -165,7 +167,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", adapter_spec.name, params["trainable"],
                  params["total"], 100 * params["fraction"])
         metrics["parameters"] = params
-        splits = components.data.spec.load(components.data.config, tokenizer)
+        splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer)
         metrics["data"] = splits.stats
         metrics["setup"] = describe_setup(cfg, splits.stats, adapter_config=components.adapter.config,
                                           device=context.device, processes=context.world_size)
@@ -177,7 +179,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         quality.check(metrics["quality"], cfg.quality)
         evidence_options(cfg, splits.val)  # a slice_by field that no held-out record has stops here
 
-        loss_fn = components.loss.spec.build(components.loss.config, _loss_context(plugins, tokenizer))
+        loss_spec = components.loss.spec
+        loss_fn = guarded_function(origin_of(loss_spec), f"loss '{loss_spec.name}', loss_fn",
+                                   spec_call(loss_spec, "build", loss_spec.build, components.loss.config,
+                                             _loss_context(plugins, tokenizer)))
         callbacks = [build_callback(c.spec, c.config, context) for c in components.callbacks.values()
                      if c.spec.build is not None]
         throughput = token_counter()
@@ -261,23 +266,43 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
             write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
                                                  "resumed_from": _str(resume_from),
                                                  "wall_time_s": time.time() - started, "segments": segments})
-        for callback in components.callbacks.values():
-            if callback.spec.on_run_end is not None:
-                call_accepting(callback.spec.on_run_end, config=callback.config, metrics=metrics, status=status,
-                               run_dir=run_dir, context=context)
+        end_error = None
         try:
-            plugins.hook.tuneforge_run_end(config=cfg, run_dir=run_dir, status=status, metrics=metrics,
-                                           context=context)
-            if local_processes is not None:
-                local_processes.finish(ok=status == "completed")
-            elif group_started:
-                import torch.distributed as dist
+            try:
+                for callback in components.callbacks.values():
+                    if callback.spec.on_run_end is not None:
+                        spec_call(callback.spec, "on_run_end", call_accepting, callback.spec.on_run_end,
+                                  config=callback.config, metrics=metrics, status=status, run_dir=run_dir,
+                                  context=context)
+                plugins.call_lifecycle_hook("tuneforge_run_end", config=cfg, run_dir=run_dir, status=status,
+                                            metrics=metrics, context=context)
+            except PluginError as exc:  # the run's outputs stand; status.json says why the command failed
+                end_error = exc
+                if context.is_main and status == "completed":
+                    _mark_failed(run_dir, str(exc))
+                raise
+            finally:
+                if local_processes is not None:
+                    local_processes.finish(ok=status == "completed" and end_error is None)
+                elif group_started:
+                    import torch.distributed as dist
 
-                if dist.is_initialized():
-                    dist.destroy_process_group()
+                    if dist.is_initialized():
+                        dist.destroy_process_group()
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _mark_failed(run_dir: Path, error: str) -> None:
+    """Turn a completed ``status.json`` into ``failed`` with ``error`` (a callback's ``on_run_end`` or a
+    ``tuneforge_run_end`` hook raised after the run's outputs were written)."""
+    path = run_dir / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        status = {}
+    write_json(path, dict(status, status="failed", error=error))
 
 
 def _unsharded(model, components):
@@ -286,8 +311,9 @@ def _unsharded(model, components):
     from tuneforge.training.fsdp import unsharded_model
 
     def build():
-        base, _ = components.model.spec.load(components.model.config)
-        return components.adapter.spec.apply(base, components.adapter.config)
+        base, _ = spec_call(components.model.spec, "load", components.model.spec.load, components.model.config)
+        return spec_call(components.adapter.spec, "apply", components.adapter.spec.apply, base,
+                         components.adapter.config)
 
     return unsharded_model(model, build)
 
@@ -395,16 +421,23 @@ def _loss_context(plugins, tokenizer):
 
 
 def build_callback(spec, config, context: RunContext):
-    """``spec.build(config, context)`` when ``build`` takes a second parameter, else ``spec.build(config)``."""
+    """``spec.build(config, context)`` when ``build`` takes a second parameter, else ``spec.build(config)``;
+    the Lightning callback it returns runs each of its hooks behind the plugin guard
+    (:func:`tuneforge.host.guard.guard_lightning_callback`)."""
     import inspect
 
     try:
         parameters = list(inspect.signature(spec.build).parameters.values())
     except (TypeError, ValueError):  # a builtin or C callable without a signature: the documented minimum
-        return spec.build(config)
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    takes_context = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
-    return spec.build(config, context) if takes_context else spec.build(config)
+        parameters = None
+    if parameters is None:
+        takes_context = False
+    else:
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        takes_context = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+    arguments = (config, context) if takes_context else (config,)
+    callback = spec_call(spec, "build", spec.build, *arguments)
+    return guard_lightning_callback(callback, origin_of(spec), f"callback '{spec.name}'")
 
 
 def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop"):

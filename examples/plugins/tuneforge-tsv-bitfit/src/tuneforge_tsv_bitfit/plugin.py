@@ -7,5 +7,6 @@ friends inside their functions only.
 
 from tuneforge_tsv_bitfit.dataset import tuneforge_datasets
 from tuneforge_tsv_bitfit.adapter import tuneforge_adapters
+from tuneforge_tsv_bitfit.model import tuneforge_model_sources
 
-__all__ = ["tuneforge_datasets", "tuneforge_adapters"]
+__all__ = ["tuneforge_datasets", "tuneforge_adapters", "tuneforge_model_sources"]
