@@ -491,3 +491,42 @@ def test_rag_is_a_column_end_to_end(tmp_path):
     assert len(held) == 20 and all(r["rag_demonstrations"][0].startswith("vaults.md:line ") for r in held)
     assert sum(r["reference"] in r["rag_prompt"] for r in held) >= 18
     assert metrics["cost"]["rag"]["prompt_tokens_per_query"] > metrics["cost"]["base"]["prompt_tokens_per_query"]
+
+
+class FailingRetriever:
+    """A third-party retriever whose search raises, as a plugin author's bug would."""
+
+    @tuneforge.hookimpl
+    def tuneforge_retrievers(self):
+        from dataclasses import dataclass
+
+        @dataclass
+        class FailingConfig:
+            """(no settings)"""
+
+        class Failing:
+            def __init__(self, config):
+                pass
+
+            def index(self, passages):
+                self.count = len(passages)
+
+            def search(self, query, k):
+                raise KeyError("no such shard")
+
+        return [tuneforge.RetrieverSpec("failing", FailingConfig, "raises", build=Failing)]
+
+
+def test_a_third_party_retrievers_mistake_under_a_built_in_baseline_is_one_line_naming_it(tmp_path):
+    from tuneforge.testing import run_tiny_fit
+
+    train = [{"instruction": f"Spell {w} backwards.", "output": w[::-1]} for w in NAMES_EN]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    with pytest.raises(tuneforge.PluginError) as raised:
+        run_tiny_fit(tmp_path / "run", plugins=[FailingRetriever()], overrides=[
+            "data=jsonl", f"data.path={tmp_path / 'train.jsonl'}", "data.val_size=4", "data.cache=false",
+            "evaluators=[exact_match]", "evaluators.exact_match.max_new_tokens=2", "trainer.max_steps=1",
+            "baselines=[retrieval]", "baselines.retrieval.retriever=failing"])
+    line = str(raised.value)
+    assert "\n" not in line and "retriever 'failing', search" in line and "KeyError" in line, line
+    assert "no such shard" in line and "rerun with --debug" in line

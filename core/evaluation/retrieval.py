@@ -54,12 +54,34 @@ def retriever_builder(registry, key: str) -> Callable[[Any], Any]:
     ``key`` names the setting in error messages (``baselines.rag.retriever``).
     """
     from tuneforge.host.components import selected_component
+    from tuneforge.host.guard import spec_call
 
     def build_retriever(setting):
         spec, config = selected_component(registry, setting, key)
-        return spec.build(config)
+        return _Guarded(spec, spec_call(spec, "build", spec.build, config))
 
     return build_retriever
+
+
+class _Guarded:
+    """A plugin's retriever whose ``index`` and ``search`` run as that plugin's code (a mistake in them is
+    one line naming the retriever's plugin, also under a built-in baseline)."""
+
+    def __init__(self, spec, retriever):
+        self._spec, self._retriever = spec, retriever
+
+    def index(self, passages):
+        from tuneforge.host.guard import spec_call
+
+        return spec_call(self._spec, "index", self._retriever.index, passages)
+
+    def search(self, query, k):
+        from tuneforge.host.guard import spec_call
+
+        return spec_call(self._spec, "search", self._retriever.search, query, k)
+
+    def __getattr__(self, name):
+        return getattr(self._retriever, name)
 
 
 def rank_all(retriever, passages: Sequence[str], queries: Sequence[str], k: int) -> tuple:
