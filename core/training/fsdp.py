@@ -107,7 +107,8 @@ class FullyShardedStrategy(ModelParallelStrategy):
 def check_kwargs(kwargs: dict) -> None:
     """One-line error for ``strategy.kwargs`` that :class:`FullyShardedStrategy` does not take (e.g. the
     ``sharding_strategy`` / ``use_orig_params`` of Lightning's FSDP1 strategy)."""
-    valid = [name for name in inspect.signature(FullyShardedStrategy.__init__).parameters if name != "self"]
+    valid = [name for name in inspect.signature(FullyShardedStrategy.__init__).parameters
+             if name not in ("self", "timeout")]  # timeout: trainer.collective_timeout_s
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ConfigError(f"strategy.kwargs {', '.join(unknown)}: not options of strategy=fsdp (FSDP2, torch's "

@@ -14,10 +14,67 @@ log = logging.getLogger("tuneforge")
 
 
 def write_json(path: Path, value) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write JSON atomically (temporary file, then rename); a failed write (a full disk) leaves no
+    temporary file behind when it can be removed."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+
+
+#: status.json is padded to leave at least this many bytes free, so that the final status (failed, with
+#: its error) can overwrite it in place when the disk is full (no new block needed; :func:`write_status`)
+STATUS_RESERVE = 4096
+
+
+def write_status(run_dir: Path, value: dict) -> None:
+    """``<run_dir>/status.json``, atomically, padded with spaces for the next status to fit in place.
+
+    When the atomic write fails because the disk is full, the status is written over the old file in
+    place, which needs no new space while it fits the padding; only when that fails too is the
+    ``OSError`` raised (the next start then reports that the last status could not be written).
+    """
+    path = Path(run_dir) / "status.json"
+    text = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+    size = -(-(len(text) + STATUS_RESERVE) // 4096) * 4096
+    tmp = path.with_suffix(".json.tmp")
+    try:
+        tmp.write_bytes(text + b" " * (size - len(text)))
+        tmp.replace(path)
+        return
+    except OSError as exc:
+        from tuneforge.errors import is_disk_full
+
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if not is_disk_full(exc) or not _overwrite_in_place(path, text):
+            raise
+
+
+def _overwrite_in_place(path: Path, text: bytes) -> bool:
+    """Write ``text`` over the start of the existing ``path`` (spaces after it) when it fits; True if done."""
+    import os
+
+    try:
+        with path.open("r+b") as handle:
+            room = handle.seek(0, os.SEEK_END)
+            if len(text) > room:
+                return False
+            handle.seek(0)
+            handle.write(text + b" " * (room - len(text)))
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
+    except OSError:
+        return False
 
 
 def redacted_config(cfg: DictConfig) -> dict:
@@ -87,26 +144,62 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = 
     return None
 
 
-def clear_earlier_checkpoints(cfg: DictConfig, run_dir: Path) -> int:
-    """With ``resume=never``, remove the checkpoints an earlier run left in ``run_dir``; return how many.
+#: what stays in place when ``resume=never`` moves an earlier run's outputs aside: the lock, this
+#: command's own job log (Hydra opened it before the run started) and the earlier runs moved aside before
+KEPT_IN_PLACE = (".lock", "train.log")
+PREVIOUS_PREFIX = "previous-"
 
-    ``resume=never`` starts the run over in the same directory; its checkpoints
-    must not sit next to the earlier run's, or a later ``resume=auto`` (after
-    this run is interrupted) would pick the newest of either run.  Called by the
-    main process only, after :func:`prepare_run_dir`, while it holds the run lock.
+
+def move_earlier_outputs(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
+    """With ``resume=never``, move everything an earlier run left in ``run_dir`` into
+    ``<run_dir>/previous-<n>/`` (n = 1, 2, ...) before anything new is written; return that folder
+    (None when there was nothing to move).
+
+    So a retrain that fails never leaves a mixed directory (the earlier ``model/`` and report next to
+    the new ``config.yaml``), and a later ``resume=auto`` finds only the new run's checkpoints.
+    Called by the main process only, after :func:`prepare_run_dir`, while it holds the run lock.
     """
-    import shutil
+    if not starts_over(cfg) or not run_dir.is_dir():
+        return None
+    earlier = [p for p in run_dir.iterdir()
+               if p.name not in KEPT_IN_PLACE and not p.name.startswith((PREVIOUS_PREFIX, ".write-test-"))]
+    if not earlier:
+        return None
+    taken = [int(p.name[len(PREVIOUS_PREFIX):]) for p in run_dir.glob(f"{PREVIOUS_PREFIX}*")
+             if p.name[len(PREVIOUS_PREFIX):].isdigit()]
+    target = run_dir / f"{PREVIOUS_PREFIX}{max(taken, default=0) + 1}"
+    target.mkdir()
+    for path in earlier:
+        path.rename(target / path.name)
+    log.info("resume=never: moved the earlier run's %d output(s) to %s", len(earlier), target)
+    return target
 
-    from tuneforge.training.checkpoint import CHECKPOINT_DIR
 
-    folder = run_dir / CHECKPOINT_DIR
-    if not starts_over(cfg) or not folder.is_dir():
-        return 0
-    earlier = list(folder.iterdir())
-    if earlier:
-        shutil.rmtree(folder)
-        log.info("resume=never: removed the %d checkpoint(s) of the earlier run in %s", len(earlier), folder)
-    return len(earlier)
+def report_previous_end(run_dir: Path, status: dict) -> Optional[str]:
+    """What the previous start left behind, said once by the next start (the caller holds the lock, so no
+    live process is writing): a ``status.json`` that still says ``running`` (the process died: SIGKILL,
+    out of memory, a lost node), and a ``status.json.tmp`` (its last status could not be written, e.g. a
+    full disk).  Leftover ``*.tmp`` files of interrupted writes are removed.  Returns the warning, or None."""
+    notes = []
+    if status.get("status") == "running":
+        reached = f" after step {status['steps']}" if status.get("steps") else ""
+        notes.append(f"the previous run in {run_dir} was interrupted (the process died{reached}: its status.json "
+                     "still said 'running')")
+    if (run_dir / "status.json.tmp").exists():
+        notes.append(f"the previous run in {run_dir} could not write its last status (status.json.tmp was left "
+                     "behind: was the disk full?)")
+    for leftover in run_dir.glob("*.tmp"):
+        if leftover.is_dir():
+            import shutil
+
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    if notes:
+        message = "; ".join(notes)
+        log.warning(message)
+        return message
+    return None
 
 
 def _refuse_another_run(cfg: DictConfig, run_dir: Path) -> None:
