@@ -173,6 +173,20 @@ def train_command(args: list, debug: bool = False) -> None:
             raise SystemExit(1) from None
 
     def _train_in_hydra(cfg) -> None:
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            return _train_one(cfg)
+        from tuneforge.commands.sweep import record_failed_job
+
+        try:  # a sweep job: its failure is recorded in its own directory, and the sweep goes on
+            _train_one(cfg, in_sweep=True)
+        except Exception as exc:
+            if debug:
+                raise
+            record_failed_job(exc, HydraConfig.get(), cfg.get("run_dir"))
+
+    def _train_one(cfg, in_sweep: bool = False) -> None:
         from tuneforge.errors import TuneforgeError
         from tuneforge.host.components import run_components
 
@@ -181,6 +195,8 @@ def train_command(args: list, debug: bool = False) -> None:
         try:
             components = run_components(cfg, plugins)  # before torch is imported, before any run directory
         except TuneforgeError as exc:
+            if in_sweep:
+                raise  # recorded in the job's directory (kept)
             discard_new_output_dir(output_dir)  # Hydra made it for this job: a refused run leaves nothing
             if debug:
                 raise
@@ -209,7 +225,7 @@ def train_command(args: list, debug: bool = False) -> None:
                     print(f"tuneforge: {exc}.\nResume with: {resume_command(args, run_dir)}", file=sys.stderr)
                 raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
         except TuneforgeError as exc:
-            if debug:
+            if debug or in_sweep:
                 raise
             _fail(str(exc))
         if context.is_main:  # DDP workers: the main process prints
@@ -218,8 +234,16 @@ def train_command(args: list, debug: bool = False) -> None:
     # With HYDRA_FULL_ERROR=1 Hydra raises a composition error instead of printing it over
     # several lines; it becomes a one-line ConfigError here.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    sweep_started = __import__("time").time()
     try:
         hydra_train()
+        if {"-m", "--multirun"} & set(args):
+            from tuneforge.commands.sweep import SweepFailed, failed_jobs, swept_keys
+            from tuneforge.host.hydra_dirs import current_sweep_dir
+
+            failed = failed_jobs(current_sweep_dir(), since=sweep_started, keys=swept_keys(overrides))
+            if failed:
+                raise SweepFailed("\n".join(failed))
     except Exception as exc:
         if any(exc is e for e in task_errors) or not _is_composition_error(exc):
             raise

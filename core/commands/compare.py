@@ -43,6 +43,23 @@ def find_runs(paths: list) -> list[Path]:
     return runs
 
 
+def find_failed_runs(paths: list) -> list[tuple[Path, str]]:
+    """``(run directory, its error)`` of the runs among ``paths`` and one level below them whose
+    ``status.json`` says ``failed`` (e.g. a sweep job that failed; it has no metrics.json to compare)."""
+    failed = []
+    for path in map(Path, paths):
+        candidates = [path] if (path / "status.json").is_file() else sorted(
+            p for p in path.iterdir() if (p / "status.json").is_file()) if path.is_dir() else []
+        for run in candidates:
+            try:
+                status = json.loads((run / "status.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(status, dict) and status.get("status") == "failed":
+                failed.append((run, str(status.get("error") or "no error recorded")))
+    return failed
+
+
 def load_rows(runs: list[Path]) -> list[dict]:
     rows = []
     for run in runs:
@@ -178,6 +195,12 @@ def compare_command(args: list) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
     markdown = ["# Run comparison", "", "| " + " | ".join(table[0]) + " |",
                 "|" + "---|" * len(table[0])] + ["| " + " | ".join(row) + " |" for row in table[1:]]
+    failed = find_failed_runs(paths)
+    for run, error in failed:
+        print(f"FAILED  {run.name}  {error}")
+    if failed:
+        markdown += ["", "Failed runs (not in the table):", ""] + [f"- FAILED `{run.name}`: {error}"
+                                                                   for run, error in failed]
     if plot_data_efficiency(rows, out / "data_efficiency.png"):
         markdown += ["", "![data efficiency](data_efficiency.png)"]
     (out / "comparison.md").write_text("\n".join(markdown) + "\n")
