@@ -39,6 +39,8 @@ commands:
 
   compare    runs side by side (e.g. a data.max_examples sweep): table, comparison.md, data_efficiency.png
                tuneforge compare runs/multirun/<date>
+  status     how runs ended (completed, failed with its error, interrupted, running):
+               tuneforge status runs/<run> | runs/multirun/<date>
   config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
              'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
   new-plugin write a ready plugin package to start from:
@@ -64,6 +66,7 @@ COMMANDS = {
     "chat": "tuneforge.commands.chat:chat_command",
     "export": "tuneforge.commands.export:export_command",
     "compare": "tuneforge.commands.compare:compare_command",
+    "status": "tuneforge.commands.status:status_command",
     "config": "tuneforge.commands.config:config_command",
     "new-plugin": "tuneforge.commands.new_plugin:new_plugin_command",
 }

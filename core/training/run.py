@@ -315,7 +315,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         if context.is_main:
             metrics["trackers"] = loggers.record()
             loggers.log_results(metrics, step=metrics["steps"])
-            save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
+            save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template,
+                       config=cfg)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
             predictions = join_columns(predictions, baselines) + train_rows
             write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")

@@ -181,13 +181,12 @@ def report_previous_end(run_dir: Path, status: dict) -> Optional[str]:
     out of memory, a lost node), and a ``status.json.tmp`` (its last status could not be written, e.g. a
     full disk).  Leftover ``*.tmp`` files of interrupted writes are removed.  Returns the warning, or None."""
     notes = []
-    if status.get("status") == "running":
-        reached = f" after step {status['steps']}" if status.get("steps") else ""
-        notes.append(f"the previous run in {run_dir} was interrupted (the process died{reached}: its status.json "
-                     "still said 'running')")
     if (run_dir / "status.json.tmp").exists():
-        notes.append(f"the previous run in {run_dir} could not write its last status (status.json.tmp was left "
-                     "behind: was the disk full?)")
+        notes.append(f"the previous run in {run_dir} ended without writing its last status (status.json.tmp was "
+                     "left behind: was the disk full?)")
+    elif status.get("status") == "running":
+        notes.append(f"the previous run in {run_dir} was interrupted (the process died: its status.json still "
+                     "said 'running')")
     for leftover in run_dir.glob("*.tmp"):
         if leftover.is_dir():
             import shutil
