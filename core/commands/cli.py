@@ -248,6 +248,11 @@ def train_command(args: list, debug: bool = False) -> None:
             if failed:
                 raise SweepFailed("\n".join(failed))
     except Exception as exc:
+        from tuneforge.host.compose import yaml_syntax_error
+
+        if not any(exc is e for e in task_errors) and yaml_syntax_error(exc) and not debug:
+            discard_new_output_dir()
+            raise ConfigError(yaml_syntax_error(exc)) from None  # a config file Hydra read: file:line:column
         if any(exc is e for e in task_errors) or not _is_composition_error(exc):
             raise
         discard_new_output_dir()  # a -m sweep whose jobs could not be composed
