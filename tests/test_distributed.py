@@ -85,6 +85,8 @@ def ddp_reference(tmp_path_factory):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.fault(fault="a 2-process DDP run SIGKILLed mid-training",
+                   outcome="the same command resumes it; micro-batches and final weights equal the uninterrupted run's")
 def test_ddp_sigkill_then_resume_matches_the_uninterrupted_two_process_run(ddp_reference, tmp_path):
     reference, reference_log = ddp_reference
     # the kill step is drawn from a printed seed, so a failure can be replayed: RESUME_TEST_SEED=<seed>
@@ -170,6 +172,8 @@ def _wait(tasks, timeout=300):
     return [task.returncode for task, _ in tasks], [err.read_text() for _, err in tasks]
 
 
+@pytest.mark.fault(fault="SLURM's requeue signal (SIGUSR1) on one task of a 2-task job",
+                   outcome="both ranks checkpoint the same step, rank 0 requeues the job once, the requeued job resumes exactly")
 def test_sigusr1_on_one_slurm_task_checkpoints_the_same_step_on_both_requeues_and_resumes_exactly(
         ddp_reference, tmp_path):
     reference, reference_log = ddp_reference
