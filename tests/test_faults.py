@@ -52,10 +52,11 @@ def _copy(run_dir, target):
 # ---------------------------------------------------------------------------
 
 
-def _disk_fills_at_first_checkpoint(monkeypatch, status_in_place_fails=False):
+def _disk_fills_at_first_checkpoint(monkeypatch, nothing_frees_space=False):
     """From the first checkpoint save on, every new file fails with ENOSPC after a partial write (as a
-    full disk does); removing files still works; with ``status_in_place_fails`` so does the in-place
-    rewrite of status.json, and the half-written status.json.tmp cannot be removed."""
+    full disk does) until the run deletes the space it kept for its status (.status-reserve); with
+    ``nothing_frees_space`` the disk stays full even then (another writer took the space), and the
+    half-written status.json.tmp cannot be removed either."""
     import peft  # noqa: F401  (imported first: modules that bind save_file at import keep the real one)
     import safetensors.torch
     import transformers.modeling_utils  # noqa: F401
@@ -71,7 +72,7 @@ def _disk_fills_at_first_checkpoint(monkeypatch, status_in_place_fails=False):
         raise no_space(filename)
 
     real_write_bytes, real_write_text = pathlib.Path.write_bytes, pathlib.Path.write_text
-    real_unlink, real_open = pathlib.Path.unlink, pathlib.Path.open
+    real_unlink = pathlib.Path.unlink
 
     def write_bytes(self, data):
         if full["on"]:
@@ -86,25 +87,21 @@ def _disk_fills_at_first_checkpoint(monkeypatch, status_in_place_fails=False):
         return real_write_text(self, data, *args, **kwargs)
 
     def unlink(self, missing_ok=False):
-        if status_in_place_fails and self.name == "status.json.tmp":
+        if nothing_frees_space and self.name == "status.json.tmp":
             raise OSError(errno.EIO, "Input/output error", str(self))
-        return real_unlink(self, missing_ok=missing_ok)
-
-    def open_(self, mode="r", *args, **kwargs):
-        if status_in_place_fails and full["on"] and self.name == "status.json" and "+" in mode:
-            raise no_space(self)
-        return real_open(self, mode, *args, **kwargs)
+        real_unlink(self, missing_ok=missing_ok)
+        if self.name == ".status-reserve" and not nothing_frees_space:
+            full["on"] = False  # its blocks are free again
 
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
     monkeypatch.setattr(pathlib.Path, "write_text", write_text)
     monkeypatch.setattr(pathlib.Path, "unlink", unlink)
-    monkeypatch.setattr(pathlib.Path, "open", open_)
 
 
 @pytest.mark.fault(fault="disk full while a checkpoint is saved (and the status file cannot be written anew)",
                    outcome="one line (`disk full while saving checkpoint ...`); status.json says failed with that "
-                           "line (rewritten in place); no partial checkpoint and no `.tmp` file left")
+                           "line (written in the space the run kept for it); no partial checkpoint, no `.tmp` file")
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_status_says_failed(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     _disk_fills_at_first_checkpoint(monkeypatch)
@@ -118,13 +115,13 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_status_says_failed(tmp_path
     assert not (run_dir / "checkpoints").exists() or list((run_dir / "checkpoints").iterdir()) == []
 
 
-@pytest.mark.fault(fault="disk full, and even status.json cannot be rewritten",
+@pytest.mark.fault(fault="disk full, and even status.json cannot be written",
                    outcome="the run's own one-line error still shows; the next start says the previous run ended "
                            "without writing its last status, and removes the `.tmp` files")
 def test_when_not_even_the_status_can_be_written_the_next_start_says_so(tmp_path, monkeypatch, caplog):
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
-        _disk_fills_at_first_checkpoint(patch, status_in_place_fails=True)
+        _disk_fills_at_first_checkpoint(patch, nothing_frees_space=True)
         with pytest.raises(CheckpointError, match="^disk full while saving checkpoint"):
             run_tiny_fit(run_dir, overrides=[*FAST, "checkpoint.every_n_steps=1"])
     assert _status(run_dir)["status"] == "running"

@@ -28,53 +28,41 @@ def write_json(path: Path, value) -> None:
         raise
 
 
-#: status.json is padded to leave at least this many bytes free, so that the final status (failed, with
-#: its error) can overwrite it in place when the disk is full (no new block needed; :func:`write_status`)
-STATUS_RESERVE = 4096
+#: a small file kept next to status.json while a run writes it: deleting it frees the space the final
+#: status needs when the disk is full (:func:`write_status`)
+STATUS_RESERVE = ".status-reserve"
+STATUS_RESERVE_BYTES = 8192
 
 
 def write_status(run_dir: Path, value: dict) -> None:
-    """``<run_dir>/status.json``, atomically, padded with spaces for the next status to fit in place.
+    """``<run_dir>/status.json``, atomically.
 
-    When the atomic write fails because the disk is full, the status is written over the old file in
-    place, which needs no new space while it fits the padding; only when that fails too is the
-    ``OSError`` raised (the next start then reports that the last status could not be written).
+    The first call also writes :data:`STATUS_RESERVE` (8 KiB).  When a write fails because the disk
+    is full, that reserve is deleted and the write tried once more, so the final status (``failed``,
+    with the run's one-line error) still gets written; only when that fails too is the ``OSError``
+    raised (the next start then reports that the last status could not be written).
     """
+    from tuneforge.errors import is_disk_full
+
     path = Path(run_dir) / "status.json"
-    text = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
-    size = -(-(len(text) + STATUS_RESERVE) // 4096) * 4096
-    tmp = path.with_suffix(".json.tmp")
+    reserve = Path(run_dir) / STATUS_RESERVE
     try:
-        tmp.write_bytes(text + b" " * (size - len(text)))
-        tmp.replace(path)
-        return
+        write_json(path, value)
     except OSError as exc:
-        from tuneforge.errors import is_disk_full
-
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if not is_disk_full(exc) or not _overwrite_in_place(path, text):
+        if not is_disk_full(exc) or not reserve.exists():
             raise
-
-
-def _overwrite_in_place(path: Path, text: bytes) -> bool:
-    """Write ``text`` over the start of the existing ``path`` (spaces after it) when it fits; True if done."""
-    import os
-
-    try:
-        with path.open("r+b") as handle:
-            room = handle.seek(0, os.SEEK_END)
-            if len(text) > room:
-                return False
-            handle.seek(0)
-            handle.write(text + b" " * (room - len(text)))
-            handle.flush()
-            os.fsync(handle.fileno())
-        return True
-    except OSError:
-        return False
+        reserve.unlink()
+        log.warning("the disk is full: freed the space kept for the run's status (%s)", reserve)
+        write_json(path, value)
+        return
+    if not reserve.exists():
+        try:
+            reserve.write_bytes(b"\0" * STATUS_RESERVE_BYTES)
+        except OSError:
+            try:
+                reserve.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def redacted_config(cfg: DictConfig) -> dict:
