@@ -420,3 +420,19 @@ def test_a_rank_that_never_arrives_is_named_after_the_collective_timeout(tmp_pat
                      "within 3 s (trainer.collective_timeout_s); see rank 0's output (it may have stopped, or not "
                      "started)"], result.stderr[-3000:]
     assert time.monotonic() - started < 60
+
+
+def test_a_collective_broken_by_a_lost_rank_is_one_line_naming_the_phase(tmp_path):
+    from tuneforge.context import RunContext
+    from tuneforge.training.run import _lost_ranks
+
+    context = RunContext(run_dir=tmp_path, global_rank=1, world_size=2)
+    lost = _lost_ranks(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by "
+                                    "peer [127.0.0.1]:40123\nmore torch detail"), context, "evaluating the base model",
+                       1800)
+    assert str(lost) == ("rank 1 of 2 stops while evaluating the base model: another rank stopped, or did not answer "
+                         "within 1800 s (trainer.collective_timeout_s); see the other ranks' output "
+                         "([../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                         "[127.0.0.1]:40123)")
+    assert _lost_ranks(RuntimeError("CUDA out of memory"), context, "training", 1800) is None
+    assert _lost_ranks(RuntimeError("Connection closed by peer"), RunContext(run_dir=tmp_path), "training", 1) is None

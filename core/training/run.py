@@ -332,7 +332,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         error = str(interrupted)
         raise interrupted from None
     except Exception as exc:
-        failure = _one_line_disk_full(exc, run_dir)
+        failure = _one_line_disk_full(exc, run_dir) or _lost_ranks(exc, context, phase, timeout_s)
         error = str(failure or exc).splitlines()[0] if str(failure or exc) else type(exc).__name__
         if failure is not None:
             raise failure from exc
@@ -364,6 +364,27 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         finally:
             if lock is not None:
                 lock.release()
+
+
+def _lost_ranks(exc: BaseException, context: RunContext, phase: str, timeout_s: float) -> Optional[TuneforgeError]:
+    """One line for a collective that failed because another rank is gone (it stopped, was killed, or did
+    not arrive within ``trainer.collective_timeout_s``); None for any other error."""
+    if context.world_size <= 1 or isinstance(exc, TuneforgeError):
+        return None
+    import torch.distributed as dist
+
+    text = str(exc)
+    lost = isinstance(exc, getattr(dist, "DistError", ())) or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+                                  "gloo/transport", "NCCL communicator was aborted", "Socket Timeout"))
+    if not lost:
+        return None
+    from tuneforge.training.rank_agreement import RanksDisagree
+
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    return RanksDisagree(f"rank {context.global_rank} of {context.world_size} stops while {phase}: another rank "
+                         f"stopped, or did not answer within {timeout_s:g} s (trainer.collective_timeout_s); see "
+                         f"the other ranks' output ({first})")
 
 
 def _final_status(run_dir: Path, value: dict) -> None:
