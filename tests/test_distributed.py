@@ -436,3 +436,18 @@ def test_a_collective_broken_by_a_lost_rank_is_one_line_naming_the_phase(tmp_pat
                          "[127.0.0.1]:40123)")
     assert _lost_ranks(RuntimeError("CUDA out of memory"), context, "training", 1800) is None
     assert _lost_ranks(RuntimeError("Connection closed by peer"), RunContext(run_dir=tmp_path), "training", 1) is None
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_collective_timeout_reaches_the_strategy_and_strategy_kwargs_timeout_is_refused(strategy, tmp_path):
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.training.trainer import build_trainer, check_strategy
+
+    overrides = [f"strategy={strategy}", "trainer.accelerator=cpu", "trainer.devices=1",
+                 "trainer.collective_timeout_s=7.5"]
+    load_plugins(overrides)
+    trainer = build_trainer(compose(overrides), tmp_path, [])
+    assert trainer.strategy._timeout.total_seconds() == 7.5
+    with pytest.raises(tuneforge.ConfigError, match=r"^strategy.kwargs.timeout: the collective timeout is "
+                                                    r"trainer.collective_timeout_s=<seconds> \(now 7.5\)"):
+        check_strategy(compose([*overrides, "+strategy.kwargs.timeout=60"]))

@@ -116,8 +116,8 @@ def check_kwargs(kwargs: dict) -> None:
 
 
 def fsdp_strategy(kwargs: dict) -> FullyShardedStrategy:
-    """:class:`FullyShardedStrategy` from ``strategy.kwargs``."""
-    check_kwargs(kwargs)
+    """:class:`FullyShardedStrategy` from ``strategy.kwargs`` (plus ``timeout``: trainer.collective_timeout_s)."""
+    check_kwargs({key: value for key, value in kwargs.items() if key != "timeout"})
     return FullyShardedStrategy(**kwargs)
 
 
