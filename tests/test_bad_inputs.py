@@ -141,3 +141,28 @@ def test_cli_prints_one_line_and_exits_2_without_traceback(tmp_path):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
     debug = run_cli(["--debug", "train", f"data.path={bad}", f"hydra.run.dir={tmp_path / 'run2'}"])
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.fault(fault="a YAML syntax error in an experiment file",
+                   outcome="one line `<file>:<line>:<column>: invalid YAML: ...`, exit 2, no run directory")
+def test_a_yaml_syntax_error_in_an_experiment_file_is_one_line_with_file_line_and_column(tmp_path):
+    experiment = tmp_path / "conf" / "experiment" / "broken.yaml"
+    experiment.parent.mkdir(parents=True)
+    experiment.write_text("trainer:\n  max_steps: 3\n  devices: [1, 2\nadapter:\n  r: 4\n")
+    result = run_cli(["train", "--config-dir", str(tmp_path / "conf"), "+experiment=broken",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"tuneforge: error: {experiment}:4:8: invalid YAML: expected ',' or ']', but got ':' (while parsing a flow "
+        "sequence at line 3, column 12)"]
+    assert not (tmp_path / "run").exists()
+    from tuneforge.errors import ConfigError
+    from tuneforge.host.compose import yaml_syntax_error
+
+    import yaml
+
+    with pytest.raises(yaml.YAMLError) as raised:
+        yaml.safe_load(experiment.read_text())
+    assert yaml_syntax_error(ConfigError("wrapped").with_traceback(None)) is None
+    assert yaml_syntax_error(raised.value).endswith("4:8: invalid YAML: expected ',' or ']', but got ':' (while "
+                                                    "parsing a flow sequence at line 3, column 12)")

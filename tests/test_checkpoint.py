@@ -76,6 +76,8 @@ def test_rng_states_restore_the_same_random_stream(tmp_path):
     assert random.random() == expected[1] and np.random.rand() == expected[2]
 
 
+@pytest.mark.fault(fault="a checkpoint cut short (no COMPLETE marker) or corrupted (checksum mismatch)",
+                   outcome="resume=auto skips it with a warning naming why and resumes the newest valid one")
 def test_partial_and_corrupt_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
     folder = tmp_path / "checkpoints"
     write_checkpoint({"x": torch.ones(2)}, folder / checkpoint_name(2))
@@ -129,6 +131,8 @@ def test_resuming_another_runs_checkpoint_names_the_differences(tmp_path):
         check_same_run(tmp_path / "c", changed)
 
 
+@pytest.mark.fault(fault="a real full file system (64 KiB tmpfs) while a checkpoint is written",
+                   outcome="one line `disk full while saving checkpoint ...`; no partial checkpoint left")
 def test_disk_full_while_saving_is_a_clear_error_and_leaves_nothing_half_written(tmp_path):
     mount_point = tmp_path / "small"
     mount_point.mkdir()

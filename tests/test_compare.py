@@ -169,3 +169,31 @@ def test_slurm_preset_sizes_the_job_from_the_trainer():
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "SlurmLauncher" in shown.stdout
     assert "tasks_per_node: 4" in shown.stdout and "    nodes: 2" in shown.stdout
+
+
+@pytest.mark.fault(fault="one job of a `-m` sweep fails in the run (its data file is malformed)",
+                   outcome="the other jobs run; the failed job's status.json holds its one line; the sweep ends "
+                           "with one line per failed job (exit 2); `tuneforge compare` lists it as FAILED")
+def test_a_failing_sweep_job_is_recorded_the_others_run_and_compare_marks_it(tmp_path):
+    import json
+
+    import tuneforge.plugins
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "q", "output": "a"}\n{"instruction": 3}\n')
+    good = Path(tuneforge.plugins.__file__).parent / "data" / "sample.jsonl"
+    sweep_dir = tmp_path / "sweep"
+    sweep = run_cli(["train", "-m", f"data.path={bad},{good}", "trainer.max_steps=1", "trainer.enable_progress_bar=false",
+                     "threads=1", "evaluators=[]", "baselines=[]", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert sweep.returncode == 2, sweep.stderr[-3000:]
+    assert sweep.stdout.count("run directory:") == 1  # job 1 ran to the end
+    status = json.loads((sweep_dir / "0" / "status.json").read_text())
+    assert status["status"] == "failed" and f"{bad}:2" in status["error"], status
+    summary = sweep.stderr.strip().splitlines()[-1]
+    assert summary == (f"tuneforge: error: sweep job 0 (data.path={bad}) failed: {status['error']} "
+                       f"[{sweep_dir / '0'}]"), sweep.stderr[-3000:]
+    assert json.loads((sweep_dir / "1" / "status.json").read_text())["status"] == "completed"
+    compared = run_cli(["compare", str(sweep_dir)])
+    assert compared.returncode == 0, compared.stderr
+    assert f"FAILED  0  {status['error']}" in compared.stdout.splitlines()
+    assert f"- FAILED `0`: {status['error']}" in (sweep_dir / "comparison.md").read_text()

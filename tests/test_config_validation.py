@@ -1,6 +1,7 @@
 """Every value is checked before anything heavy: one composition, one validation, typed component configs."""
 
 import functools
+import json
 import math
 import subprocess
 import sys
@@ -87,12 +88,23 @@ def test_refused_run_keeps_an_existing_run_directory(tmp_path):
     assert (existing / "notes.txt").read_text() == "mine"  # Hydra's output dir existed: it stays
 
 
-def test_refused_sweep_leaves_no_sweep_directory(tmp_path):
-    result = run_cli(["train", "-m", "adapter.r=0,4"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert [line for line in result.stderr.splitlines() if line.startswith("tuneforge: error:")] == [
-        "tuneforge: error: adapter.r: must be >= 1, got 0"]
-    assert list(tmp_path.iterdir()) == []
+@pytest.mark.fault(fault="one job of a `-m` sweep has an invalid setting (adapter.r=0)",
+                   outcome="that job's one line is printed and recorded in its directory's status.json; the other "
+                           "jobs run; at the end one line per failed job, exit status 2")
+def test_a_sweep_job_refused_by_validation_is_recorded_and_the_others_run(tmp_path):
+    result = run_cli(["train", "-m", "adapter.r=0,4", "trainer.max_steps=1", "trainer.enable_progress_bar=false",
+                      "threads=1", "evaluators=[]", "baselines=[]", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tuneforge: error:")]
+    assert errors == ["tuneforge: error: sweep job 0: adapter.r: must be >= 1, got 0",
+                      "tuneforge: error: sweep job 0 (adapter.r=0) failed: adapter.r: must be >= 1, got 0 "
+                      f"[{tmp_path / 'sweep' / '0'}]"], result.stderr[-3000:]
+    status = json.loads((tmp_path / "sweep" / "0" / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"] == "adapter.r: must be >= 1, got 0"
+    assert status["job"]["num"] == 0 and status["job"]["overrides"][0] == "adapter.r=0"
+    assert json.loads((tmp_path / "sweep" / "1" / "metrics.json").read_text())["steps"] == 1  # job 1 ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
 
 
 def test_cfg_job_still_prints_the_composed_config():

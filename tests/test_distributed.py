@@ -85,6 +85,8 @@ def ddp_reference(tmp_path_factory):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.fault(fault="a 2-process DDP run SIGKILLed mid-training",
+                   outcome="the same command resumes it; micro-batches and final weights equal the uninterrupted run's")
 def test_ddp_sigkill_then_resume_matches_the_uninterrupted_two_process_run(ddp_reference, tmp_path):
     reference, reference_log = ddp_reference
     # the kill step is drawn from a printed seed, so a failure can be replayed: RESUME_TEST_SEED=<seed>
@@ -170,6 +172,8 @@ def _wait(tasks, timeout=300):
     return [task.returncode for task, _ in tasks], [err.read_text() for _, err in tasks]
 
 
+@pytest.mark.fault(fault="SLURM's requeue signal (SIGUSR1) on one task of a 2-task job",
+                   outcome="both ranks checkpoint the same step, rank 0 requeues the job once, the requeued job resumes exactly")
 def test_sigusr1_on_one_slurm_task_checkpoints_the_same_step_on_both_requeues_and_resumes_exactly(
         ddp_reference, tmp_path):
     reference, reference_log = ddp_reference
@@ -338,7 +342,7 @@ def test_seven_examples_on_four_ranks_pad_by_repeating_one():
                                    "ModelParallelStrategy) takes 32-true, bf16-mixed, bf16-true, 16-true"),
     ("+strategy.kwargs.sharding_strategy=FULL_SHARD",
      "strategy.kwargs sharding_strategy: not options of strategy=fsdp (FSDP2, torch's fully_shard); valid: "
-     "reshard_after_forward, process_group_backend, timeout")], ids=["precision", "fsdp1_kwargs"])
+     "reshard_after_forward, process_group_backend")], ids=["precision", "fsdp1_kwargs"])
 def test_what_fsdp_cannot_run_is_one_line_before_the_model_loads(tmp_path, override, line):
     result = run_cli(["train", "strategy=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", override,
                       f"hydra.run.dir={tmp_path}"])
@@ -359,3 +363,91 @@ def test_deepspeed_without_the_package_names_the_install_command(tmp_path, prese
         f"tuneforge: error: strategy={preset} needs the deepspeed package, which is not installed: "
         "pip install 'tuneforge[deepspeed]' (DeepSpeed runs on CUDA GPUs only)"]
     assert not (tmp_path / "config.yaml").exists()
+
+
+# ---------------------------------------------------------------------------
+# A failure of one rank stops every rank (no rank waits for a rank that is gone)
+# ---------------------------------------------------------------------------
+
+#: holds a run directory's lock the way a live `tuneforge train` does
+HOLD_LOCK = ("import sys, time; from tuneforge.training.run_lock import RunLock; "
+             "lock = RunLock(sys.argv[1], 'train').acquire(); print('held', flush=True); time.sleep(300)")
+
+
+def _error_lines(output: str) -> list:
+    return [line for line in output.splitlines() if line.startswith("tuneforge: error:")]
+
+
+@pytest.mark.fault(fault="the same srun job submitted twice (the run directory is in use)",
+                   outcome="every task of the second job stops within seconds with one line: rank 0 names the "
+                           "run holding the directory, the other ranks name rank 0 and its error")
+def test_a_duplicate_srun_job_ends_all_its_tasks_within_60_s_each_with_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first_job = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first_job.stdout.readline().strip() == "held"
+        args = ["train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+                "trainer.enable_progress_bar=false", "threads=1", "evaluators=[]", f"run_dir={run_dir}"]
+        started = time.monotonic()
+        codes, outputs = _wait(_srun_tasks(tmp_path, args, "duplicate"), timeout=60)
+        took = time.monotonic() - started
+    finally:
+        first_job.kill()
+        first_job.wait()
+    assert took < 60 and codes == [2, 2], (codes, outputs)
+    rank0, rank1 = (_error_lines(output) for output in outputs)
+    assert len(rank0) == 1 and f"is in use by tuneforge train (pid {first_job.pid}" in rank0[0], outputs[0]
+    assert len(rank1) == 1, outputs[1]
+    assert "rank 1 of 2 stops: rank 0 could not start the run: run_dir=" in rank1[0] and "is in use" in rank1[0]
+    assert "Traceback" not in outputs[0] + outputs[1]
+    assert not (run_dir / "config.yaml").exists()  # nothing of the second job was written
+
+
+@pytest.mark.fault(fault="a rank that never arrives (its task did not start, or died before the meeting)",
+                   outcome="the ranks that did arrive stop after trainer.collective_timeout_s with one line "
+                           "naming the rank that did not arrive")
+def test_a_rank_that_never_arrives_is_named_after_the_collective_timeout(tmp_path):
+    base = _clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env = dict(base, **SRUN, SLURM_PROCID="1", SLURM_LOCALID="1")  # rank 1 alone: rank 0 never comes
+    args = ["train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+            "trainer.collective_timeout_s=3", "threads=1", "evaluators=[]", f"run_dir={tmp_path / 'run'}"]
+    started = time.monotonic()
+    result = subprocess.run([*TUNEFORGE, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = _error_lines(result.stderr)
+    assert lines == [f"tuneforge: error: rank 1 of 2: rank 0 did not arrive at 127.0.0.1:{base['MASTER_PORT']} "
+                     "within 3 s (trainer.collective_timeout_s); see rank 0's output (it may have stopped, or not "
+                     "started)"], result.stderr[-3000:]
+    assert time.monotonic() - started < 60
+
+
+def test_a_collective_broken_by_a_lost_rank_is_one_line_naming_the_phase(tmp_path):
+    from tuneforge.context import RunContext
+    from tuneforge.training.run import _lost_ranks
+
+    context = RunContext(run_dir=tmp_path, global_rank=1, world_size=2)
+    lost = _lost_ranks(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by "
+                                    "peer [127.0.0.1]:40123\nmore torch detail"), context, "evaluating the base model",
+                       1800)
+    assert str(lost) == ("rank 1 of 2 stops while evaluating the base model: another rank stopped, or did not answer "
+                         "within 1800 s (trainer.collective_timeout_s); see the other ranks' output "
+                         "([../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                         "[127.0.0.1]:40123)")
+    assert _lost_ranks(RuntimeError("CUDA out of memory"), context, "training", 1800) is None
+    assert _lost_ranks(RuntimeError("Connection closed by peer"), RunContext(run_dir=tmp_path), "training", 1) is None
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_collective_timeout_reaches_the_strategy_and_strategy_kwargs_timeout_is_refused(strategy, tmp_path):
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.training.trainer import build_trainer, check_strategy
+
+    overrides = [f"strategy={strategy}", "trainer.accelerator=cpu", "trainer.devices=1",
+                 "trainer.collective_timeout_s=7.5"]
+    load_plugins(overrides)
+    trainer = build_trainer(compose(overrides), tmp_path, [])
+    assert trainer.strategy._timeout.total_seconds() == 7.5
+    with pytest.raises(tuneforge.ConfigError, match=r"^strategy.kwargs.timeout: the collective timeout is "
+                                                    r"trainer.collective_timeout_s=<seconds> \(now 7.5\)"):
+        check_strategy(compose([*overrides, "+strategy.kwargs.timeout=60"]))

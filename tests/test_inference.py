@@ -234,6 +234,8 @@ def test_a_run_whose_adapter_plugin_is_gone_is_a_one_line_error(lora_run, tmp_pa
     cfg = OmegaConf.load(run / "config.yaml")
     cfg.adapter.name = "vanished_adapter"
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    record = json.loads((run / "model" / "run_config.json").read_text())  # what trained model/ says the same
+    (run / "model" / "run_config.json").write_text(json.dumps(dict(record, **{"adapter.name": "vanished_adapter"})))
     for command in (["generate", f"run_dir={run}", "prompt=hi"], ["export", f"run_dir={run}", f"out={tmp_path / 'x'}"]):
         result = cli(command, timeout=120)
         assert result.returncode == 2, result.stderr

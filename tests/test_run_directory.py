@@ -5,6 +5,8 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from helpers import TUNEFORGE, run_cli
 
 FAST = ["trainer.enable_progress_bar=false", "threads=1", "evaluators=[]"]
@@ -14,6 +16,8 @@ def _error_lines(result):
     return [line for line in result.stderr.splitlines() if line.startswith("tuneforge: error:")]
 
 
+@pytest.mark.fault(fault="a second `tuneforge train` on a run directory in use",
+                   outcome="one line naming the live holder (pid, host, since), within seconds; the first run is untouched")
 def test_two_runs_on_one_directory_one_is_refused_at_once(tmp_path):
     run_dir = tmp_path / "run"
     import os
@@ -47,6 +51,8 @@ def test_two_runs_on_one_directory_one_is_refused_at_once(tmp_path):
     assert (run_dir / "train.log").is_file()  # the run's log is in its own directory
 
 
+@pytest.mark.fault(fault="the command of a completed run run again",
+                   outcome="one line pointing to `tuneforge eval` or resume=never; the completed run's files are untouched")
 def test_a_completed_run_is_refused_and_keeps_its_evidence(tmp_path):
     run_dir = tmp_path / "run"
     first = run_cli(["train", *FAST, "trainer.max_steps=3", f"run_dir={run_dir}"], cwd=tmp_path)
@@ -79,6 +85,8 @@ def test_a_run_that_failed_before_training_leaves_a_reusable_directory(tmp_path)
     assert fixed.returncode == 0, fixed.stderr[-2000:]
 
 
+@pytest.mark.fault(fault="run_dir is a file, or below a file",
+                   outcome="one line saying so, exit 2, no traceback")
 def test_unusable_run_directories_are_one_line(tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("a file")

@@ -43,6 +43,8 @@ commands:
   compare    runs side by side (e.g. a data.max_examples sweep, seeds): every column, verdicts, mean and
              spread over seeds; comparison.md and data_efficiency.png in a new compare-<date>_<time>/ (or out=)
                tuneforge compare runs/multirun/<date>
+  status     how runs ended (completed, failed with its error, interrupted, running):
+               tuneforge status runs/<run> | runs/multirun/<date>
   config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
              'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
   new-plugin write a ready plugin package to start from:
@@ -68,6 +70,7 @@ COMMANDS = {
     "chat": "tuneforge.commands.chat:chat_command",
     "export": "tuneforge.commands.export:export_command",
     "compare": "tuneforge.commands.compare:compare_command",
+    "status": "tuneforge.commands.status:status_command",
     "config": "tuneforge.commands.config:config_command",
     "new-plugin": "tuneforge.commands.new_plugin:new_plugin_command",
 }
@@ -177,6 +180,20 @@ def train_command(args: list, debug: bool = False) -> None:
             raise SystemExit(1) from None
 
     def _train_in_hydra(cfg) -> None:
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            return _train_one(cfg)
+        from tuneforge.commands.sweep import record_failed_job
+
+        try:  # a sweep job: its failure is recorded in its own directory, and the sweep goes on
+            _train_one(cfg, in_sweep=True)
+        except Exception as exc:
+            if debug:
+                raise
+            record_failed_job(exc, HydraConfig.get(), cfg.get("run_dir"))
+
+    def _train_one(cfg, in_sweep: bool = False) -> None:
         from tuneforge.errors import TuneforgeError
         from tuneforge.host.components import run_components
 
@@ -185,6 +202,8 @@ def train_command(args: list, debug: bool = False) -> None:
         try:
             components = run_components(cfg, plugins)  # before torch is imported, before any run directory
         except TuneforgeError as exc:
+            if in_sweep:
+                raise  # recorded in the job's directory (kept)
             discard_new_output_dir(output_dir)  # Hydra made it for this job: a refused run leaves nothing
             if debug:
                 raise
@@ -207,7 +226,7 @@ def train_command(args: list, debug: bool = False) -> None:
                 return
             metrics, context = train_one(components, run_dir)
         except TuneforgeError as exc:
-            if debug:
+            if debug or in_sweep:
                 raise
             _fail(str(exc))
         if context.is_main:  # DDP workers: the main process prints
@@ -260,9 +279,22 @@ def train_command(args: list, debug: bool = False) -> None:
     # With HYDRA_FULL_ERROR=1 Hydra raises a composition error instead of printing it over
     # several lines; it becomes a one-line ConfigError here.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    sweep_started = __import__("time").time()
     try:
         hydra_train()
+        if {"-m", "--multirun"} & set(args):
+            from tuneforge.commands.sweep import SweepFailed, failed_jobs, swept_keys
+            from tuneforge.host.hydra_dirs import current_sweep_dir
+
+            failed = failed_jobs(current_sweep_dir(), since=sweep_started, keys=swept_keys(overrides))
+            if failed:
+                raise SweepFailed("\n".join(failed))
     except Exception as exc:
+        from tuneforge.host.compose import yaml_syntax_error
+
+        if not any(exc is e for e in task_errors) and yaml_syntax_error(exc) and not debug:
+            discard_new_output_dir()
+            raise ConfigError(yaml_syntax_error(exc)) from None  # a config file Hydra read: file:line:column
         if any(exc is e for e in task_errors) or not _is_composition_error(exc):
             raise
         discard_new_output_dir()  # a -m sweep whose jobs could not be composed

@@ -83,6 +83,23 @@ def _runs_in(path: Path) -> list[Path]:
     return []
 
 
+def find_failed_runs(paths: list) -> list[tuple[Path, str]]:
+    """``(run directory, its error)`` of the runs among ``paths`` and one level below them whose
+    ``status.json`` says ``failed`` (e.g. a sweep job that failed; it has no metrics.json to compare)."""
+    failed = []
+    for path in map(Path, paths):
+        candidates = [path] if (path / "status.json").is_file() else sorted(
+            p for p in path.iterdir() if (p / "status.json").is_file()) if path.is_dir() else []
+        for run in candidates:
+            try:
+                status = json.loads((run / "status.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(status, dict) and status.get("status") == "failed":
+                failed.append((run, str(status.get("error") or "no error recorded")))
+    return failed
+
+
 def load_rows(runs: list[Path]) -> list[dict]:
     """One row per run: its ``metrics.json`` (``metrics``), flattened ``config``, ``seed``, training
     examples and steps; sorted by the number of training examples."""
@@ -369,12 +386,16 @@ def new_output_dir(parent: Path) -> Path:
     raise TuneforgeError(f"compare: could not make a new folder compare-{stamp} in {parent}; give out=<dir>")
 
 
-def comparison_markdown(rows: list[dict], table: list[list[str]], plotted: bool) -> str:
-    """``comparison.md``: the table, each group's verdict across seeds, the plot."""
+def comparison_markdown(rows: list[dict], table: list[list[str]], plotted: bool, failed: list = ()) -> str:
+    """``comparison.md``: the table, the failed runs (``(run directory, error)``), each group's verdict
+    across seeds, the plot."""
     from tuneforge.evaluation.seeds import seed_verdict_text
 
     lines = ["# Run comparison", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
     lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+    if failed:
+        lines += ["", "Failed runs (not in the table):", ""] + [f"- FAILED `{run.name}`: {error}"
+                                                                for run, error in failed]
     folds = [(group, fold) for group in group_runs(rows) if (fold := fold_group(group)) is not None]
     if folds:
         lines += ["", "## Across seeds", ""]
@@ -403,6 +424,9 @@ def compare_command(args: list) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    failed = find_failed_runs(paths)
+    for run, error in failed:
+        print(f"FAILED  {run.name}  {error}")
     plotted = plot_data_efficiency(rows, out / "data_efficiency.png")
-    (out / "comparison.md").write_text(comparison_markdown(rows, table, plotted))
+    (out / "comparison.md").write_text(comparison_markdown(rows, table, plotted, failed))
     print(f"comparison: {out / 'comparison.md'}")

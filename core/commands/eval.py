@@ -96,7 +96,7 @@ def _run_lock(run_dir: Optional[Path], out_dir: Optional[Path]):
     return RunLock(run, "eval") if run == out or run in out.parents else contextlib.nullcontext()
 
 
-def run_config(run_dir: Path, overrides: list) -> DictConfig:
+def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfig:
     """The saved config of a finished run, with ``overrides`` applied on top (validated by :func:`evaluate`).
 
     Group choices (``model``, ``data``, ``adapter``, ``loss``, ``evaluators``)
@@ -109,7 +109,9 @@ def run_config(run_dir: Path, overrides: list) -> DictConfig:
 
     from tuneforge.commands.run_loading import read_run_config
 
-    saved = read_run_config(run_dir, force=True)  # eval may look at an interrupted run's last model too
+    # eval may look at an interrupted run's last model too; a failed run's, or a model/ that config.yaml
+    # did not train, only with force=true
+    saved = read_run_config(run_dir, force=force, allow_interrupted=True)
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups = {"model", "data", "adapter", "loss", *MULTIPLE_GROUPS, "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
@@ -172,7 +174,9 @@ and its trained model/ are both scored (base, tuned, change) with the run's
 data and evaluator config; overrides such as evaluators=[exact_match,rouge] or
 data.val_path=held_out.jsonl change it.  Without run_dir a bare model is
 scored.  Results go to out (default <run_dir>/eval; none for a bare model):
-metrics.json, predictions.jsonl, report.md, report.html.
+metrics.json, predictions.jsonl, report.md, report.html.  A run that failed, or
+whose model/ was saved with another config than its config.yaml, is refused
+unless force=true.
 """
 
 
@@ -181,19 +185,28 @@ def eval_command(args: list) -> None:
     from tuneforge.host.compose import compose, load_plugins
     from tuneforge.evaluation.report import format_comparison
 
-    run_dir, out_dir, overrides = None, None, []
+    run_dir, out_dir, overrides, force = None, None, [], False
     for arg in args:
         if arg in ("-h", "--help"):
             print(EVAL_USAGE, end="")
             return
-        if arg.startswith("run_dir="):
+        if arg.startswith("force="):
+            from tuneforge.commands.key_values import parse_bool
+
+            try:
+                force = parse_bool(arg.split("=", 1)[1])
+            except ValueError as exc:
+                from tuneforge.errors import ConfigError
+
+                raise ConfigError(f"force: {exc}") from None
+        elif arg.startswith("run_dir="):
             run_dir = Path(arg.split("=", 1)[1])
         elif arg.startswith("out="):
             out_dir = Path(arg.split("=", 1)[1])
         else:
             overrides.append(arg)
     plugins = load_plugins(overrides)
-    cfg = run_config(run_dir, overrides) if run_dir else compose(overrides)
+    cfg = run_config(run_dir, overrides, force=force) if run_dir else compose(overrides)
     if out_dir is None and run_dir is not None:
         out_dir = run_dir / "eval"
     with _run_lock(run_dir, out_dir):

@@ -26,9 +26,6 @@ from tuneforge.commands.key_values import ArgumentError
 from tuneforge.errors import TuneforgeError
 
 
-#: statuses in ``status.json`` that mean the saved model may be missing or stale
-UNFINISHED_STATUSES = ("running", "failed")
-
 
 class RunDirectoryError(TuneforgeError):
     """The directory is not a usable tuneforge run directory."""
@@ -37,34 +34,79 @@ class RunDirectoryError(TuneforgeError):
 # --------------------------------------------------------------------------- arguments
 
 
-def read_run_config(run_dir, force: bool = False):
+def read_run_config(run_dir, force: bool = False, allow_interrupted: bool = False):
     """The resolved config of a finished run, after checking the directory is a run directory.
 
-    Raises :class:`RunDirectoryError` when ``run_dir`` lacks ``config.yaml`` or
-    ``model/``, or when ``status.json`` says ``running`` or ``failed`` and
-    ``force`` is false.
+    Raises :class:`RunDirectoryError` (one line) when ``run_dir`` lacks ``config.yaml`` or ``model/``;
+    and, unless ``force``, when ``status.json`` says ``failed`` (its ``model/`` may be an earlier
+    run's), ``running`` (``allow_interrupted``: only while a live process holds the run), or
+    ``interrupted`` (unless ``allow_interrupted``), or when ``model/`` was saved by a run with another
+    model, adapter or data config than ``config.yaml`` says (:func:`model_config_differences`).  A
+    run whose status says ``running`` but whose process is gone is reported as "interrupted (the
+    process died)".
     """
     from omegaconf import OmegaConf
+
+    from tuneforge.training.run_lock import DIED, describe_status
 
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise RunDirectoryError(f"run_dir={run_dir} does not exist (give a directory written by tuneforge train)")
+    status = run_status(run_dir)
+    state = describe_status(run_dir, status)
+    said = f"the run's status is '{status}'" + (f": it was {DIED}" if state == DIED else "")
+    if state in (DIED, "failed", "running", "interrupted") and not (run_dir / "model").is_dir():
+        error = _status_error(run_dir)
+        raise RunDirectoryError(f"run_dir={run_dir}: {said}{error} and it saved no model/; train it again (or "
+                                "resume it with the same tuneforge train command)")
     missing = [name for name, ok in (("config.yaml", (run_dir / "config.yaml").is_file()),
                                      ("model/", (run_dir / "model").is_dir())) if not ok]
     if missing:
         raise RunDirectoryError(f"run_dir={run_dir} is not a tuneforge run directory: no {' and no '.join(missing)} "
                                 "(give a directory written by tuneforge train)")
-    status = run_status(run_dir)
-    if status in UNFINISHED_STATUSES and not force:
-        raise RunDirectoryError(f"run_dir={run_dir}: the run's status is '{status}', so its model may be missing "
-                                "or stale; pass force=true to use it anyway")
+    refused = ("failed",) + (("running",) if allow_interrupted else ("running", "interrupted", DIED))
+    if state in refused and not force:
+        raise RunDirectoryError(f"run_dir={run_dir}: {said}{_status_error(run_dir)}, so its model may be missing, "
+                                "stale or an earlier run's; pass force=true to use it anyway")
+    if state == DIED:
+        import logging
+
+        logging.getLogger("tuneforge").warning("run_dir=%s: %s; using the model/ it saved before", run_dir, said)
     try:
         cfg = OmegaConf.load(run_dir / "config.yaml")
     except Exception as exc:  # yaml errors come in several classes
         raise RunDirectoryError(f"{run_dir / 'config.yaml'}: cannot read: {exc}".splitlines()[0]) from exc
     if "model" not in cfg or "name" not in cfg.model:
         raise RunDirectoryError(f"{run_dir / 'config.yaml'}: has no model.name, so the base model is unknown")
+    differences = model_config_differences(run_dir, cfg)
+    if differences and not force:
+        raise RunDirectoryError(f"run_dir={run_dir}: model/ was saved by a run with another config than its "
+                                f"config.yaml ({'; '.join(differences)}), so it is not this run's model; train "
+                                "again, or pass force=true to use it anyway")
     return cfg
+
+
+def model_config_differences(run_dir, cfg) -> list:
+    """How the config that saved ``<run_dir>/model`` (its ``run_config.json``, written with it) differs
+    from ``cfg`` in the model, adapter and data sections; [] when they agree or ``model/`` has no
+    record (saved by an older tuneforge)."""
+    from tuneforge.training.checkpoint import identity_differences
+    from tuneforge.training.model_io import MODEL_CONFIG_RECORD, model_config_identity
+
+    record = Path(run_dir).expanduser() / "model" / MODEL_CONFIG_RECORD
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return []
+    return identity_differences(saved, model_config_identity(cfg)) if isinstance(saved, dict) else []
+
+
+def _status_error(run_dir) -> str:
+    try:
+        error = json.loads((Path(run_dir) / "status.json").read_text()).get("error")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" ({error})" if error else ""
 
 
 def run_status(run_dir) -> Optional[str]:

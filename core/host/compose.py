@@ -152,7 +152,12 @@ def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
         keep_only_listed_components(cfg, overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(explain_composition_error(exc, overrides)) from exc
+        raise ConfigError(yaml_syntax_error(exc) or explain_composition_error(exc, overrides)) from exc
+    except Exception as exc:
+        line = yaml_syntax_error(exc)
+        if line is None:
+            raise
+        raise ConfigError(line) from exc
     finally:
         GlobalHydra.instance().clear()
     if plugins is not None:
@@ -160,6 +165,28 @@ def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
 
         run_components(cfg, plugins)
     return cfg
+
+
+def yaml_syntax_error(exc: BaseException) -> Optional[str]:
+    """One line for a YAML syntax error in a config file (an experiment, a preset, a ``--config-dir``
+    file) found in ``exc`` or its causes: ``<file>:<line>:<column>: invalid YAML: <problem> (<context>
+    at line L, column C)``; None when ``exc`` is not one."""
+    import yaml
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+            mark = exc.problem_mark
+            where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}"
+            context = ""
+            if exc.context and exc.context_mark is not None:
+                context = f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+            return f"{where}: invalid YAML: {exc.problem or 'syntax error'}{context}"
+        if isinstance(exc, yaml.YAMLError):
+            return f"invalid YAML: {(str(exc).splitlines() or ['syntax error'])[0]}"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def explain_composition_error(exc: Exception, overrides: Sequence[str] = ()) -> str:

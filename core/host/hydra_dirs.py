@@ -47,6 +47,11 @@ class OutputDirWatch(Callback):
         _NEW["sweep_dir"] = Path(str(config.hydra.sweep.dir)).absolute()
 
 
+def current_sweep_dir() -> Optional[Path]:
+    """The sweep directory of the ``-m`` sweep this command ran (None before one started)."""
+    return _NEW.get("sweep_dir")
+
+
 def _inside(path: Path, root: Optional[Path]) -> bool:
     return root is not None and (path == root or root in path.parents)
 

@@ -107,7 +107,8 @@ class FullyShardedStrategy(ModelParallelStrategy):
 def check_kwargs(kwargs: dict) -> None:
     """One-line error for ``strategy.kwargs`` that :class:`FullyShardedStrategy` does not take (e.g. the
     ``sharding_strategy`` / ``use_orig_params`` of Lightning's FSDP1 strategy)."""
-    valid = [name for name in inspect.signature(FullyShardedStrategy.__init__).parameters if name != "self"]
+    valid = [name for name in inspect.signature(FullyShardedStrategy.__init__).parameters
+             if name not in ("self", "timeout")]  # timeout: trainer.collective_timeout_s
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ConfigError(f"strategy.kwargs {', '.join(unknown)}: not options of strategy=fsdp (FSDP2, torch's "
@@ -115,8 +116,8 @@ def check_kwargs(kwargs: dict) -> None:
 
 
 def fsdp_strategy(kwargs: dict) -> FullyShardedStrategy:
-    """:class:`FullyShardedStrategy` from ``strategy.kwargs``."""
-    check_kwargs(kwargs)
+    """:class:`FullyShardedStrategy` from ``strategy.kwargs`` (plus ``timeout``: trainer.collective_timeout_s)."""
+    check_kwargs({key: value for key, value in kwargs.items() if key != "timeout"})
     return FullyShardedStrategy(**kwargs)
 
 

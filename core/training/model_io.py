@@ -8,14 +8,41 @@ from typing import Optional
 from tuneforge.host.guard import is_own, origin_of, plugin_error, spec_call
 
 
-def save_model(adapter_spec, model, tokenizer, directory: Path, chat_template: Optional[str] = None) -> None:
+#: the file in ``model/`` recording the model, adapter and data config that saved it
+#: (:func:`model_config_identity`), so ``eval``/``export`` can tell a model/ of another run
+MODEL_CONFIG_RECORD = "run_config.json"
+
+
+def model_config_identity(cfg) -> dict:
+    """The ``model``, ``adapter`` and ``data`` sections of ``cfg`` as flat ``{dotted key: value}``
+    (secrets redacted): what makes a saved model this run's."""
+    from omegaconf import OmegaConf
+
+    from tuneforge.secrets import redact
+
+    def flatten(value, prefix):
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}.{key}").items()}
+        return {prefix: value}
+
+    identity: dict = {}
+    for section in ("model", "adapter", "data"):
+        if section in cfg:
+            identity.update(flatten(redact(OmegaConf.to_container(cfg[section], resolve=True), key=section), section))
+    return identity
+
+
+def save_model(adapter_spec, model, tokenizer, directory: Path, chat_template: Optional[str] = None,
+               config=None) -> None:
     """Save weights and tokenizer under a temporary name, then rename: never a half-written model/.
 
     ``chat_template`` (the Jinja text the training data was rendered with,
     :attr:`tuneforge.data.DataSplits.chat_template`) is saved as the
     tokenizer's chat template, so whatever loads ``model/`` renders prompts
-    as training did; None keeps the tokenizer's own.
+    as training did; None keeps the tokenizer's own.  ``config`` (the run's)
+    is recorded in ``model/run_config.json`` (:data:`MODEL_CONFIG_RECORD`).
     """
+    import json
     import shutil
 
     tmp = directory.with_name(directory.name + ".tmp")
@@ -27,6 +54,9 @@ def save_model(adapter_spec, model, tokenizer, directory: Path, chat_template: O
         else:
             model.save_pretrained(str(tmp), safe_serialization=True)
         _save_tokenizer(tokenizer, tmp, chat_template)
+        if config is not None:
+            (tmp / MODEL_CONFIG_RECORD).write_text(json.dumps(model_config_identity(config), indent=2,
+                                                              sort_keys=True, default=str) + "\n")
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         from tuneforge.errors import TuneforgeError, is_disk_full

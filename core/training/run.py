@@ -6,8 +6,11 @@ memorisation check -> intervals and verdict -> save.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -15,7 +18,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from tuneforge.context import RunContext
-from tuneforge.errors import ConfigError, PluginError
+from tuneforge.errors import ConfigError, PluginError, TuneforgeError, is_disk_full
 from tuneforge.evaluation.baselines import join_columns, run_baselines
 from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
@@ -23,9 +26,10 @@ from tuneforge.host.guard import guard_lightning_callback, guarded_function, ori
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.loggers import build_loggers
-from tuneforge.training.run_dir import (clear_earlier_checkpoints, keep_metric_history, prepare_run_dir,
-                                        read_metric_rows, redacted_config, resolved_config_yaml,
-                                        segment_history, summed_throughput, write_json, write_outputs)
+from tuneforge.training.run_dir import (keep_metric_history, move_earlier_outputs, prepare_run_dir, read_metric_rows,
+                                        read_status, redacted_config, report_previous_end, resolved_config_yaml,
+                                        segment_history, summed_throughput, write_json, write_outputs,
+                                        write_status)
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
 from tuneforge.training.setup_summary import describe_setup
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
@@ -36,12 +40,60 @@ log = logging.getLogger("tuneforge")
 
 
 class RunInterrupted(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+    """The run stopped on SIGTERM/SIGINT: during training after saving a checkpoint, or in another
+    phase (``phase``: loading the model, loading the data, the base evaluation ...), where the
+    checkpoint is the last one saved (None: nothing trained yet)."""
 
-    def __init__(self, signal_name: str, step: int, checkpoint: Optional[Path], run_dir: Path):
+    def __init__(self, signal_name: str, step: int, checkpoint: Optional[Path], run_dir: Path,
+                 phase: Optional[str] = None):
         self.signal_name, self.step, self.checkpoint, self.run_dir = signal_name, step, checkpoint, run_dir
-        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (stopped before training)"
-        super().__init__(f"interrupted by {signal_name} at step {step}; saved {where}")
+        self.phase = phase
+        if phase is None:
+            where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (stopped before training)"
+            super().__init__(f"interrupted by {signal_name} at step {step}; saved {where}")
+        else:
+            where = f"the last checkpoint is {checkpoint}" if checkpoint else "nothing was trained yet"
+            super().__init__(f"interrupted by {signal_name} while {phase} (step {step}); {where}")
+
+
+class DiskFull(TuneforgeError):
+    """A write of the run failed because the disk (or the quota) is full."""
+
+
+class _StopSignal(BaseException):
+    """Raised by the SIGTERM/SIGINT handler outside the training loop (which checkpoints first)."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextlib.contextmanager
+def _signals_stop_the_run():
+    """SIGTERM and SIGINT stop the run in any phase: outside ``fit`` (whose checkpointing callback
+    installs its own handlers for the time it trains) they raise :class:`_StopSignal` at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _StopSignal(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _one_line_disk_full(exc: BaseException, run_dir: Path) -> Optional[DiskFull]:
+    """A :class:`DiskFull` for an ``OSError`` (or safetensors' error) saying no space / quota; else None."""
+    if isinstance(exc, TuneforgeError) or not is_disk_full(exc):
+        return None
+    where = getattr(exc, "filename", None) or run_dir
+    return DiskFull(f"no space left on the device while writing {where}: free some space (or choose another "
+                    "run_dir), then run the same command again to resume")
 
 
 def join_predictions(base_rows: list, tuned_rows: list) -> list:
@@ -109,16 +161,23 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     context.check_process_count(cfg.trainer.devices, cfg.trainer.num_nodes)  # before any model loads
     check_strategy(cfg)
     (log.info if context.world_size > 1 else log.debug)("process: %s", context.describe())
+    from tuneforge.training.rank_agreement import meet_ranks, meets_before_collectives
+
+    timeout_s = float(cfg.trainer.collective_timeout_s)
+    # processes started by a cluster launcher meet first, so that a failure of rank 0 alone (the lock, the
+    # run directory) stops every rank at once instead of leaving them in init_process_group
+    meeting = meet_ranks(context, timeout_s) if meets_before_collectives(cfg, context) else None
     lock = None
-    if context.is_main:  # one writer per run directory: a second run on it stops here, naming the holder
-        ensure_writable_directory(run_dir)
-        lock = RunLock(run_dir, "train").acquire()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
     try:
+        if context.is_main:  # one writer per run directory: a second run on it stops here, naming the holder
+            ensure_writable_directory(run_dir)
+            lock = RunLock(run_dir, "train").acquire()
+            report_previous_end(run_dir, read_status(run_dir))
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
         resume_from = prepare_run_dir(cfg, run_dir, world_size=context.world_size)
         if context.is_main:
-            clear_earlier_checkpoints(cfg, run_dir)
+            move_earlier_outputs(cfg, run_dir)  # resume=never: the earlier run's outputs go to previous-<n>/
         if resume_from is not None and not writes_checkpoints(cfg):
             from tuneforge.training.checkpoint import CheckpointError
 
@@ -127,26 +186,45 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         earlier_segments = segment_history(run_dir) if resume_from is not None else []
         if context.is_main:
             (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
-            write_json(run_dir / "status.json", {"status": "running", "resumed_from": _str(resume_from),
-                                                 "segments": earlier_segments})
-    except BaseException:
+            write_status(run_dir, {"status": "running", "resumed_from": _str(resume_from),
+                                   "segments": earlier_segments})
+    except BaseException as exc:
         if lock is not None:
             lock.release()
+        failure = _one_line_disk_full(exc, run_dir)
+        if meeting is not None:  # tell the other ranks before leaving (they stop too, naming this rank)
+            with contextlib.suppress(Exception):  # this rank's own error is the one to report
+                meeting.agree(failure=(str(failure or exc).splitlines() or [type(exc).__name__])[0])
+        if failure is not None:
+            raise failure from exc
         raise
+    if meeting is not None:
+        try:
+            meeting.agree()  # raises (one line) when another rank could not start
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
     segment: dict = {}
     metrics: dict = {}
     status, error = "failed", None
     started = time.time()
+    phase = "starting the other processes"
     from tuneforge.evaluation.sharding import init_process_group
     from tuneforge.training.launch import start_local_processes
 
-    # the other processes of a ddp/fsdp run start now, so that the base evaluation is shared out too
-    local_processes = start_local_processes(cfg, context)
-    group_started = str(cfg.strategy.name) in ("ddp", "fsdp") and init_process_group(context)
-    if local_processes is not None:
-        local_processes.group_started = group_started
+    local_processes, group_started = None, False
     loggers = None
+    stop_on_signals = _signals_stop_the_run()
+    stop_on_signals.__enter__()
     try:
+        # the other processes of a ddp/fsdp run start now, so that the base evaluation is shared out too
+        local_processes = start_local_processes(cfg, context)
+        group_started = str(cfg.strategy.name) in ("ddp", "fsdp") and init_process_group(
+            context, store=meeting.store if meeting is not None else None, timeout_s=timeout_s)
+        if local_processes is not None:
+            local_processes.group_started = group_started
+        phase = "starting the run"
         # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
         plugins.call_lifecycle_hook("tuneforge_run_start", config=cfg, run_dir=run_dir, context=context)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -155,6 +233,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
                                 is_main=context.is_main)
         if context.is_main:
             loggers.start(redacted_config(cfg))
+        phase = "loading the model"
         model, tokenizer = spec_call(components.model.spec, "load", components.model.spec.load,
                                      components.model.config)
         adapter_spec = components.adapter.spec
@@ -167,6 +246,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", adapter_spec.name, params["trainable"],
                  params["total"], 100 * params["fraction"])
         metrics["parameters"] = params
+        phase = "loading the data"
         splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer)
         metrics["data"] = splits.stats
         metrics["setup"] = describe_setup(cfg, splits.stats, adapter_config=components.adapter.config,
@@ -189,6 +269,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
 
         # Base-model evaluation (zero-shot and the prompting baselines) happens once per run: a resumed
         # run reuses the saved result.
+        phase = "evaluating the base model"
         base_file = run_dir / "base_eval.json"
         saved = json.loads(base_file.read_text()) if resume_from is not None and base_file.is_file() else None
         if saved is not None:
@@ -217,6 +298,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
         resumed_step = _checkpoint_step(resume_from) if resume_from else 0
         segment.update(started_step=resumed_step, throughput=throughput, fit_started=fit_started, trainer=trainer)
+        phase = "training"
         trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from), **_no_pickle(trainer))
         if history and context.is_main:  # Lightning's CSV logger starts a fresh file on resume
             keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
@@ -231,6 +313,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["steps"] = int(trainer.global_step)
         metrics["setup"].update(steps=metrics["steps"], training_s=metrics["throughput"].get("fit_time_s"))
+        phase = "evaluating the tuned model"
         if shards_weights(cfg):  # FSDP2: every forward of the sharded model is a collective; use it whole
             model = _unsharded(model, components)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
@@ -242,30 +325,42 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
                             **{key: column["scores"] for key, column in baselines.items()}},
                   seed=int(cfg.seed), memorisation=memorisation, **_uncertainty_options(cfg, splits.val))
         metrics["wall_time_s"] = sum(float(s.get("wall_time_s") or 0) for s in earlier_segments) + time.time() - started
+        phase = "saving the results"
         if context.is_main:
             metrics["trackers"] = loggers.record()
             loggers.log_results(metrics, step=metrics["steps"])
-            save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template)
+            save_model(adapter_spec, model, tokenizer, run_dir / "model", chat_template=splits.chat_template,
+                       config=cfg)
             predictions = join_predictions(base_rows, merge_predictions({"tuned": tuned_pass}))
             predictions = join_columns(predictions, baselines) + train_rows
             write_outputs(run_dir, cfg, metrics, predictions, metrics_csv=run_dir / "metrics.csv")
         status = "completed"
         return metrics
-    except KeyboardInterrupt:
-        status, error = "interrupted", "KeyboardInterrupt before training started or after it ended"
-        raise
+    except (_StopSignal, KeyboardInterrupt) as stop:
+        name = stop.signal_name if isinstance(stop, _StopSignal) else "SIGINT"
+        status = "interrupted"
+        trainer = segment.get("trainer")
+        step = int(trainer.global_step) if trainer is not None else (_checkpoint_step(resume_from) if resume_from
+                                                                     else 0)
+        interrupted = RunInterrupted(name, step, _last_checkpoint(run_dir) or resume_from, run_dir, phase=phase)
+        error = str(interrupted)
+        raise interrupted from None
     except Exception as exc:
-        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        failure = _one_line_disk_full(exc, run_dir) or _lost_ranks(exc, context, phase, timeout_s)
+        error = str(failure or exc).splitlines()[0] if str(failure or exc) else type(exc).__name__
+        if failure is not None:
+            raise failure from exc
         raise
     finally:
+        stop_on_signals.__exit__(None, None, None)
         if loggers is not None and context.is_main:
             loggers.finish(status)
         if context.is_main:
             segments = metrics.get("segments") or [*earlier_segments, *([_segment_record(segment, started, False)]
                                                                         if segment else [])]
-            write_json(run_dir / "status.json", {"status": status, "error": error, "steps": metrics.get("steps"),
-                                                 "resumed_from": _str(resume_from),
-                                                 "wall_time_s": time.time() - started, "segments": segments})
+            _final_status(run_dir, {"status": status, "error": error, "steps": metrics.get("steps"),
+                                    "resumed_from": _str(resume_from), "wall_time_s": time.time() - started,
+                                    "segments": segments})
         end_error = None
         try:
             try:
@@ -302,7 +397,48 @@ def _mark_failed(run_dir: Path, error: str) -> None:
         status = json.loads(path.read_text())
     except (OSError, ValueError):
         status = {}
-    write_json(path, dict(status, status="failed", error=error))
+    write_status(run_dir, dict(status, status="failed", error=error))
+
+
+def _lost_ranks(exc: BaseException, context: RunContext, phase: str, timeout_s: float) -> Optional[TuneforgeError]:
+    """One line for a collective that failed because another rank is gone (it stopped, was killed, or did
+    not arrive within ``trainer.collective_timeout_s``); None for any other error."""
+    if context.world_size <= 1 or isinstance(exc, TuneforgeError):
+        return None
+    import torch.distributed as dist
+
+    text = str(exc)
+    lost = isinstance(exc, getattr(dist, "DistError", ())) or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+                                  "gloo/transport", "NCCL communicator was aborted", "Socket Timeout"))
+    if not lost:
+        return None
+    from tuneforge.training.rank_agreement import RanksDisagree
+
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    return RanksDisagree(f"rank {context.global_rank} of {context.world_size} stops while {phase}: another rank "
+                         f"stopped, or did not answer within {timeout_s:g} s (trainer.collective_timeout_s); see "
+                         f"the other ranks' output ({first})")
+
+
+def _final_status(run_dir: Path, value: dict) -> None:
+    """Write the run's final ``status.json``; when even that fails (a full disk, see
+    :func:`~tuneforge.training.run_dir.write_status`) say so in one log line instead of hiding the run's
+    own error, and the next start reports it."""
+    try:
+        write_status(run_dir, value)
+    except OSError as exc:
+        log.error("could not write %s (%s): it still says 'running'; the next start reports this run as "
+                  "interrupted", run_dir / "status.json", exc.strerror or exc)
+
+
+def _last_checkpoint(run_dir: Path) -> Optional[Path]:
+    from tuneforge.training.checkpoint import latest_valid_checkpoint
+
+    try:
+        return latest_valid_checkpoint(run_dir)
+    except OSError:
+        return None
 
 
 def _unsharded(model, components):

@@ -14,10 +14,55 @@ log = logging.getLogger("tuneforge")
 
 
 def write_json(path: Path, value) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write JSON atomically (temporary file, then rename); a failed write (a full disk) leaves no
+    temporary file behind when it can be removed."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+
+
+#: a small file kept next to status.json while a run writes it: deleting it frees the space the final
+#: status needs when the disk is full (:func:`write_status`)
+STATUS_RESERVE = ".status-reserve"
+STATUS_RESERVE_BYTES = 8192
+
+
+def write_status(run_dir: Path, value: dict) -> None:
+    """``<run_dir>/status.json``, atomically.
+
+    The first call also writes :data:`STATUS_RESERVE` (8 KiB).  When a write fails because the disk
+    is full, that reserve is deleted and the write tried once more, so the final status (``failed``,
+    with the run's one-line error) still gets written; only when that fails too is the ``OSError``
+    raised (the next start then reports that the last status could not be written).
+    """
+    from tuneforge.errors import is_disk_full
+
+    path = Path(run_dir) / "status.json"
+    reserve = Path(run_dir) / STATUS_RESERVE
+    try:
+        write_json(path, value)
+    except OSError as exc:
+        if not is_disk_full(exc) or not reserve.exists():
+            raise
+        reserve.unlink()
+        log.warning("the disk is full: freed the space kept for the run's status (%s)", reserve)
+        write_json(path, value)
+        return
+    if not reserve.exists():
+        try:
+            reserve.write_bytes(b"\0" * STATUS_RESERVE_BYTES)
+        except OSError:
+            try:
+                reserve.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def redacted_config(cfg: DictConfig) -> dict:
@@ -87,26 +132,61 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = 
     return None
 
 
-def clear_earlier_checkpoints(cfg: DictConfig, run_dir: Path) -> int:
-    """With ``resume=never``, remove the checkpoints an earlier run left in ``run_dir``; return how many.
+#: what stays in place when ``resume=never`` moves an earlier run's outputs aside: the lock, this
+#: command's own job log (Hydra opened it before the run started) and the earlier runs moved aside before
+KEPT_IN_PLACE = (".lock", "train.log")
+PREVIOUS_PREFIX = "previous-"
 
-    ``resume=never`` starts the run over in the same directory; its checkpoints
-    must not sit next to the earlier run's, or a later ``resume=auto`` (after
-    this run is interrupted) would pick the newest of either run.  Called by the
-    main process only, after :func:`prepare_run_dir`, while it holds the run lock.
+
+def move_earlier_outputs(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
+    """With ``resume=never``, move everything an earlier run left in ``run_dir`` into
+    ``<run_dir>/previous-<n>/`` (n = 1, 2, ...) before anything new is written; return that folder
+    (None when there was nothing to move).
+
+    So a retrain that fails never leaves a mixed directory (the earlier ``model/`` and report next to
+    the new ``config.yaml``), and a later ``resume=auto`` finds only the new run's checkpoints.
+    Called by the main process only, after :func:`prepare_run_dir`, while it holds the run lock.
     """
-    import shutil
+    if not starts_over(cfg) or not run_dir.is_dir():
+        return None
+    earlier = [p for p in run_dir.iterdir()
+               if p.name not in KEPT_IN_PLACE and not p.name.startswith((PREVIOUS_PREFIX, ".write-test-"))]
+    if not earlier:
+        return None
+    taken = [int(p.name[len(PREVIOUS_PREFIX):]) for p in run_dir.glob(f"{PREVIOUS_PREFIX}*")
+             if p.name[len(PREVIOUS_PREFIX):].isdigit()]
+    target = run_dir / f"{PREVIOUS_PREFIX}{max(taken, default=0) + 1}"
+    target.mkdir()
+    for path in earlier:
+        path.rename(target / path.name)
+    log.info("resume=never: moved the earlier run's %d output(s) to %s", len(earlier), target)
+    return target
 
-    from tuneforge.training.checkpoint import CHECKPOINT_DIR
 
-    folder = run_dir / CHECKPOINT_DIR
-    if not starts_over(cfg) or not folder.is_dir():
-        return 0
-    earlier = list(folder.iterdir())
-    if earlier:
-        shutil.rmtree(folder)
-        log.info("resume=never: removed the %d checkpoint(s) of the earlier run in %s", len(earlier), folder)
-    return len(earlier)
+def report_previous_end(run_dir: Path, status: dict) -> Optional[str]:
+    """What the previous start left behind, said once by the next start (the caller holds the lock, so no
+    live process is writing): a ``status.json`` that still says ``running`` (the process died: SIGKILL,
+    out of memory, a lost node), and a ``status.json.tmp`` (its last status could not be written, e.g. a
+    full disk).  Leftover ``*.tmp`` files of interrupted writes are removed.  Returns the warning, or None."""
+    notes = []
+    if (run_dir / "status.json.tmp").exists():
+        notes.append(f"the previous run in {run_dir} ended without writing its last status (status.json.tmp was "
+                     "left behind: was the disk full?)")
+    elif status.get("status") == "running":
+        notes.append(f"the previous run in {run_dir} was interrupted (the process died: its status.json still "
+                     "said 'running')")
+    for leftover in run_dir.glob("*.tmp"):
+        if leftover.is_dir():
+            import shutil
+
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    if notes:
+        message = "; ".join(notes)
+        log.warning(message)
+        return message
+    return None
 
 
 def _refuse_another_run(cfg: DictConfig, run_dir: Path) -> None:

@@ -157,3 +157,40 @@ def read_holder(path: Path) -> Optional[dict]:
         return json.loads(text) if text else None
     except (OSError, ValueError):
         return None
+
+
+def held_by_a_live_process(run_dir: Path) -> bool:
+    """True when a live process holds ``<run_dir>/.lock`` (a ``tuneforge train`` or ``eval`` writing it).
+
+    Probed with a non-blocking lock attempt on a read-only handle, released at once; nothing is
+    written.  A directory without a lock file (or one this user cannot open) counts as not held.
+    """
+    import fcntl
+
+    path = Path(run_dir).expanduser() / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+#: what :func:`describe_status` says of a run whose status.json says ``running`` but whose lock no live
+#: process holds: it was killed (SIGKILL, out of memory, a lost node) before it could write its status
+DIED = "interrupted (the process died)"
+
+
+def describe_status(run_dir: Path, status: Optional[str]) -> Optional[str]:
+    """``status`` (from status.json) as the user should read it: ``running`` only while a live process
+    holds the run's lock, else :data:`DIED`."""
+    if status == "running" and not held_by_a_live_process(run_dir):
+        return DIED
+    return status

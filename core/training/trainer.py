@@ -36,8 +36,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
     if t.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):  # a plugin's bar wins
         callbacks = [*callbacks, *_progress_bar()]
     strategy = cfg.strategy.name
-    if cfg.strategy.kwargs or shards_weights(cfg):
-        strategy = _strategy_object(cfg.strategy.name, strategy_kwargs(cfg))
+    if cfg.strategy.kwargs or shards_weights(cfg) or takes_timeout(strategy):
+        kwargs = strategy_kwargs(cfg)
+        if takes_timeout(strategy):  # every collective of the process group Lightning makes waits at most this
+            from datetime import timedelta
+
+            kwargs["timeout"] = timedelta(seconds=float(t.collective_timeout_s))
+        strategy = _strategy_object(cfg.strategy.name, kwargs)
     return pl.Trainer(
         max_steps=t.max_steps, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
         precision=t.precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -97,6 +102,9 @@ def check_strategy(cfg: DictConfig) -> None:
     """
     name = str(cfg.strategy.name)
     accelerator = str(cfg.trainer.accelerator)
+    if "timeout" in strategy_kwargs(cfg):
+        raise ConfigError(f"strategy.kwargs.timeout: the collective timeout is trainer.collective_timeout_s=<seconds> "
+                          f"(now {cfg.trainer.collective_timeout_s:g}); remove strategy.kwargs.timeout")
     if name.startswith("fsdp"):
         from tuneforge.training.fsdp import PRECISIONS, check_kwargs
 
@@ -132,6 +140,14 @@ def check_strategy(cfg: DictConfig) -> None:
                               "DeepSpeed writes its checkpoints with torch.save (pickle), which tuneforge neither "
                               "writes nor reads; set checkpoint.every_n_steps=0 (a DeepSpeed run cannot be resumed), "
                               "or use strategy=ddp")
+
+
+def takes_timeout(name: str) -> bool:
+    """True for the strategies tuneforge builds with ``timeout=trainer.collective_timeout_s``: ``ddp``,
+    ``ddp_spawn``, ``fsdp``, ``deepspeed`` and the ``deepspeed_stage_N`` presets (without offload)."""
+    name = str(name)
+    return name in ("ddp", "ddp_spawn", "fsdp", "deepspeed") or (name.startswith("deepspeed_stage_")
+                                                                 and "offload" not in name)
 
 
 def strategy_kwargs(cfg: DictConfig) -> dict:

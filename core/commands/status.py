@@ -1,0 +1,52 @@
+"""``tuneforge status <run dir or sweep dir> ...``: how each run ended, read from its ``status.json``.
+
+A run whose status says ``running`` while no live process holds its lock is shown as
+"interrupted (the process died)" (SIGKILL, out of memory, a lost node).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tuneforge.errors import TuneforgeError
+
+USAGE = """\
+usage: tuneforge status <run dir or sweep dir> [more ...]
+
+How each run ended (completed, failed with its error, interrupted, running), from its
+status.json; a sweep directory lists its jobs.
+"""
+
+
+def run_line(run_dir: Path) -> str:
+    """``<run dir>  <state>[  <steps> steps][  <error>]`` for one run directory."""
+    from tuneforge.training.run_lock import describe_status
+
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        status = {}
+    status = status if isinstance(status, dict) else {}
+    state = describe_status(run_dir, status.get("status")) or "unknown (no readable status.json)"
+    parts = [str(run_dir), state]
+    if status.get("steps"):
+        parts.append(f"{status['steps']} steps")
+    if status.get("error"):
+        parts.append(str(status["error"]))
+    return "  ".join(parts)
+
+
+def status_command(args: list) -> None:
+    if not args or any(a in ("-h", "--help") for a in args):
+        print(USAGE, end="")
+        return
+    for path in map(Path, args):
+        if not path.is_dir():
+            raise TuneforgeError(f"status: {path} is not a directory")
+        runs = [path] if (path / "status.json").is_file() else sorted(
+            p for p in path.iterdir() if (p / "status.json").is_file())
+        if not runs:
+            raise TuneforgeError(f"status: no run (status.json) in {path} or its subfolders")
+        for run in runs:
+            print(run_line(run))

@@ -1,0 +1,91 @@
+"""Sweeps that finish: in ``tuneforge train -m ...`` a failing job is recorded, and the others run.
+
+A job of a ``-m`` sweep that fails (a one-line error such as bad data, or any other exception) does
+not stop the sweep: :func:`record_failed_job` prints its one line, and writes it into the job's own
+directory as ``status.json`` (``"status": "failed"``, ``"error"``, and ``"job"``: its number and
+overrides), next to what the run itself wrote.  This happens inside the job, so it holds for Hydra's
+basic launcher (jobs one after another in this process) and for submitit's (each job a process of its
+own).  When the sweep has ended, :func:`failed_jobs` reads those files back, and ``tuneforge train``
+prints one line per failed job and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from tuneforge.errors import TuneforgeError
+
+log = logging.getLogger("tuneforge")
+
+
+class SweepFailed(TuneforgeError):
+    """Some jobs of a sweep failed (one line per failed job)."""
+
+
+def record_failed_job(exc: BaseException, hydra_config, run_dir=None) -> None:
+    """Print the one-line error of a failed sweep job and record it in the job's directory."""
+    from tuneforge.training.run_dir import read_status, write_status
+
+    error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if not isinstance(exc, TuneforgeError):  # a bug, not bad input: its traceback goes to the job's log
+        log.error("sweep job %s failed", hydra_config.job.num, exc_info=exc)
+        error = f"{type(exc).__name__}: {error}"
+    job = {"num": int(hydra_config.job.num), "overrides": list(hydra_config.overrides.task)}
+    print(f"tuneforge: error: sweep job {job['num']}: {error}", file=sys.stderr, flush=True)
+    job_dir = Path(str(hydra_config.runtime.output_dir))
+    for directory in {job_dir, *([Path(str(run_dir))] if run_dir else [])}:
+        status = read_status(directory)
+        if status.get("status") not in ("failed", "interrupted"):  # the run did not get to write its own
+            status = {"status": "failed", "error": error, "steps": None}
+        status.update(job=job, **({"run_dir": str(run_dir)} if run_dir and directory == job_dir else {}))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            write_status(directory, status)
+        except OSError as write_error:
+            log.error("could not record the failure of sweep job %s in %s: %s", job["num"], directory,
+                      write_error.strerror or write_error)
+
+
+def swept_keys(overrides: list) -> set:
+    """The keys that a sweep varies among its command line's ``overrides`` (``key=a,b``, ``range(...)``,
+    ``choice(...)``, ``glob(...)``)."""
+    keys = set()
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if "," in value or value.strip().startswith(("range(", "choice(", "glob(", "interval(")):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def failed_jobs(sweep_dir: Optional[Path], since: float = 0.0, keys: Optional[set] = None) -> list:
+    """One line per job of the sweep in ``sweep_dir`` whose ``status.json`` (written after ``since``)
+    says ``failed``: its number, overrides (those of ``keys`` when given: the swept ones), error and
+    directory."""
+    if sweep_dir is None or not Path(sweep_dir).is_dir():
+        return []
+    lines = []
+    for path in sorted(Path(sweep_dir).rglob("status.json"), key=_job_order):
+        if any(part.startswith("previous-") for part in path.relative_to(sweep_dir).parts):
+            continue
+        try:
+            if path.stat().st_mtime < since:
+                continue
+            status = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(status, dict) or status.get("status") != "failed":
+            continue
+        job = status.get("job") or {}
+        shown = [o for o in job.get("overrides") or [] if keys is None or o.partition("=")[0].lstrip("+~") in keys]
+        which = f"sweep job {job['num']} ({' '.join(shown)})" if "num" in job else f"sweep job in {path.parent}"
+        lines.append(f"{which} failed: {status.get('error') or 'no error recorded'} [{path.parent}]")
+    return lines
+
+
+def _job_order(path: Path):
+    name = path.parent.name
+    return (0, int(name), "") if name.isdigit() else (1, 0, str(path))

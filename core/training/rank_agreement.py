@@ -1,0 +1,135 @@
+"""Every rank stops when one rank cannot go on.
+
+When a cluster launcher (``srun``, ``torchrun``, ``jsrun``, ``mpirun``) starts the processes of a
+``ddp``/``fsdp`` run, they start together and independently.  Some decisions are taken by rank 0
+alone: the run directory is writable, its lock (a second job on the same directory), the resume
+decision, ``config.yaml`` and ``status.json``.  If rank 0 stopped there while the other ranks went
+on into ``init_process_group``, they would wait for a rank 0 that is gone (torch's default: 30
+minutes, holding the allocation).
+
+So before any collective the ranks *meet* (:func:`meet_ranks`) at the job's key-value store -- the
+``TCPStore`` at ``MASTER_ADDR:MASTER_PORT`` that the process group is then built on -- and each rank
+posts the outcome of its start (:meth:`RankMeeting.agree`): ``ok``, or its one-line error.  Every
+rank reads all outcomes; a failure on any rank stops every rank at once, each with one line (the
+failing rank with its own error, the others naming that rank and its error).
+
+Every wait is bounded by ``trainer.collective_timeout_s``: a rank that never arrives (killed,
+stuck, started on the wrong port) is named in one line by the ranks that did, instead of a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Optional
+
+from tuneforge.errors import TuneforgeError
+
+log = logging.getLogger("tuneforge")
+
+#: the key a rank posts its start outcome under (the process group's own keys are prefixed elsewhere)
+_OUTCOME = "tuneforge/start/{rank}"
+#: counts the ranks that have read every outcome (rank 0 hosts the store and waits for them before leaving)
+_READ = "tuneforge/start/read"
+OK = "ok"
+
+
+class RanksDisagree(TuneforgeError):
+    """Another rank of the run stopped it, or did not arrive within ``trainer.collective_timeout_s``."""
+
+
+def meets_before_collectives(cfg, context) -> bool:
+    """True for a multi-process ``ddp``/``fsdp`` run whose processes a cluster launcher started: the
+    run whose process group is formed before training (:func:`tuneforge.evaluation.sharding.init_process_group`)
+    by processes that start independently.  (Processes that tuneforge starts itself are started by rank 0
+    after its decisions; Lightning's own launcher starts them inside ``fit``.)"""
+    from tuneforge.context import CLUSTER_ENVIRONMENTS
+
+    return (context.world_size > 1 and context.cluster_environment in CLUSTER_ENVIRONMENTS
+            and str(cfg.strategy.name) in ("ddp", "fsdp"))
+
+
+def meet_ranks(context, timeout_s: float) -> "RankMeeting":
+    """Connect this process to the job's store (rank 0 hosts it), waiting at most ``timeout_s``."""
+    import torch.distributed as dist
+
+    from tuneforge.evaluation.sharding import set_main_address
+
+    address = set_main_address(context)
+    try:
+        store, _, _ = next(dist.rendezvous(f"env://?rank={context.global_rank}&world_size={context.world_size}",
+                                           timeout=timedelta(seconds=timeout_s)))
+    except Exception as exc:  # DistStoreError / TimeoutError / RuntimeError, by torch version
+        raise RanksDisagree(_not_met(context, address, timeout_s, exc)) from None
+    return RankMeeting(store, context.global_rank, context.world_size, timeout_s)
+
+
+def _not_met(context, address: str, timeout_s: float, exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    me = f"rank {context.global_rank} of {context.world_size}"
+    if context.global_rank == 0:
+        if "address already in use" in first.lower() or "EADDRINUSE" in first:
+            return (f"{me}: the job's store address {address} is already in use (another job on this node?); "
+                    "give this launch its own MASTER_PORT")
+        return (f"{me}: the other rank(s) did not arrive at {address} within {timeout_s:g} s "
+                f"(trainer.collective_timeout_s): {first}; check that all tasks started (and see their output)")
+    return (f"{me}: rank 0 did not arrive at {address} within {timeout_s:g} s (trainer.collective_timeout_s); "
+            "see rank 0's output (it may have stopped, or not started)")
+
+
+class RankMeeting:
+    """The ranks of one launch, connected to its store; :meth:`agree` once, then :attr:`store` is the
+    one the process group is built on."""
+
+    def __init__(self, store, rank: int, world_size: int, timeout_s: float):
+        self.store, self.rank, self.world_size, self.timeout_s = store, rank, world_size, float(timeout_s)
+
+    def agree(self, failure: Optional[str] = None) -> None:
+        """Post this rank's outcome (None: it can go on; else its one-line error) and read everyone's.
+
+        Returns when every rank can go on.  Raises :class:`RanksDisagree` (one line) when another
+        rank failed or a rank did not post within the timeout.  A rank that failed itself
+        (``failure`` given) returns after telling the others, and its caller raises its own error.
+        """
+        self.store.set(_OUTCOME.format(rank=self.rank), OK if failure is None else f"failed: {failure}")
+        keys = [_OUTCOME.format(rank=rank) for rank in range(self.world_size)]
+        try:
+            self.store.wait(keys, timedelta(seconds=self.timeout_s))
+        except Exception:  # a rank that never posted
+            missing = [rank for rank, key in enumerate(keys) if not self._has(key)]
+            raise RanksDisagree(f"rank {self.rank} of {self.world_size}: rank(s) {_listed(missing)} did not arrive "
+                                f"within {self.timeout_s:g} s (trainer.collective_timeout_s); see their output"
+                                ) from None
+        outcomes = {rank: self.store.get(key).decode() for rank, key in enumerate(keys)}
+        self.store.add(_READ, 1)
+        if self.rank == 0:
+            self._wait_until_all_have_read()
+        if failure is not None:
+            return
+        failed = {rank: text.split(": ", 1)[1] for rank, text in outcomes.items() if text != OK}
+        if failed:
+            rank, error = next(iter(failed.items()))
+            others = f" (and rank(s) {_listed(list(failed)[1:])})" if len(failed) > 1 else ""
+            raise RanksDisagree(f"rank {self.rank} of {self.world_size} stops: rank {rank}{others} could not start "
+                                f"the run: {error}")
+
+    def _has(self, key: str) -> bool:
+        try:
+            return bool(self.store.check([key]))
+        except Exception:
+            return False
+
+    def _wait_until_all_have_read(self) -> None:
+        """Rank 0 hosts the store: it stays until every rank has read the outcomes (bounded), so a rank 0
+        that stops right after does not take them away unread."""
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if int(self.store.add(_READ, 0)) >= self.world_size:
+                return
+            time.sleep(0.05)
+        log.warning("not every rank read the start outcome within %g s", self.timeout_s)
+
+
+def _listed(ranks: list) -> str:
+    return ", ".join(str(rank) for rank in ranks)
