@@ -204,15 +204,20 @@ class QualityConfig:
     min_train_examples: stop with fewer training examples than this.
     max_labels: data with at most this many distinct targets counts as
         classification-like and gets a label balance.
+    identical_pair_share: warn when more than this share of the preference pairs have
+        the same chosen and rejected response (they teach nothing); when all of them
+        do, the run stops.
     """
 
     allow_leakage: bool = False
     allow_empty_targets: bool = False
     min_train_examples: int = 4
     max_labels: int = 10
+    identical_pair_share: float = 0.1
 
     def __post_init__(self) -> None:
-        check(self, min_train_examples=at_least(0), max_labels=at_least(0))
+        check(self, min_train_examples=at_least(0), max_labels=at_least(0),
+              identical_pair_share=between(0, 1))
 
 
 @dataclass

@@ -164,7 +164,7 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["data"] = splits.stats
 
         # Data quality, before any training: serious problems stop here.
-        metrics["quality"] = quality.assess(splits, cfg.quality.max_labels)
+        metrics["quality"] = quality.assess(splits, cfg.quality.max_labels, cfg.quality.identical_pair_share)
         for warning in metrics["quality"]["warnings"]:
             log.warning("data quality: %s", warning)
         quality.check(metrics["quality"], cfg.quality)
