@@ -252,10 +252,12 @@ def run_dir_overrides(args: list, overrides: list) -> list:
     if "run_dir" not in given or given["run_dir"] in ("", "null"):
         shared = shared_launch_run_dir(given.get("trainer.num_nodes", "1"))
         return [] if shared is None else [f"hydra.run.dir={shared}"]
+    from tuneforge.host.paths import setting_path
     from tuneforge.training.run_lock import check_usable
 
-    check_usable(Path(given["run_dir"]))
-    return [f"hydra.run.dir={given['run_dir']}"]
+    run_dir = setting_path(given["run_dir"])  # "~/x" is the home folder's x for Hydra too, not ./~/x
+    check_usable(Path(run_dir))
+    return [f"hydra.run.dir={run_dir}"]
 
 
 def shared_launch_run_dir(num_nodes="1"):

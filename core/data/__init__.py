@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 from tuneforge.data.cache import (
     cache_key,
@@ -159,6 +159,10 @@ class DataConfig:
     chat_template: Optional[str] = None
     cache: bool = True
     cache_dir: Optional[str] = None
+
+    #: fields naming data files (a ``.jinja`` template here; subclasses add theirs): their paths are made
+    #: absolute and their content hashed into the run's identity (:mod:`tuneforge.host.paths`)
+    DATA_FILES: ClassVar[tuple] = ("chat_template",)
 
     def __post_init__(self) -> None:
         check(self, format=one_of(*FORMATS), columns=_columns_problem, val_fraction=between(0, 1, include_high=False),

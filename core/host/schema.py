@@ -320,6 +320,8 @@ class TuneforgeConfig:
     seed: seed of everything random in the run (data order, dropout, initialisation).
     run_dir: the run directory (null: ``hydra.run.dir``, default ``runs/<date>_<time>``).
     threads: torch CPU threads (null: torch's default).
+    allow_changed_data: resume (and ``tuneforge eval``) although a data file's content changed
+        since the checkpoint was written (by default that is refused, naming the file).
     """
 
     model: Any = MISSING
@@ -344,6 +346,7 @@ class TuneforgeConfig:
     seed: int = 42
     run_dir: Optional[str] = None
     threads: Optional[int] = None
+    allow_changed_data: bool = False
 
     def __post_init__(self) -> None:
         """Checks the root values; each section (``trainer`` ...) checks itself."""
