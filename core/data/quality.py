@@ -85,7 +85,8 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
     Returns ``records`` and ``examples`` per split, ``tokens`` (min, median,
     max, total) per split, ``duplicates`` (train examples repeating an earlier
     one) and ``val_duplicates``, ``empty_targets`` per split, ``truncated`` and
-    ``dropped`` (over ``data.max_length``, from the dataset's stats),
+    ``dropped`` (over ``data.max_length``, from the dataset's stats), ``oversized``
+    (records left out as over ``data.max_record_chars``),
     ``leakage`` (held-out examples whose text also occurs in training, with up
     to 5 ``leakage_sources``), ``labels`` (label balance or None) and
     ``warnings``.  Preference data also gets ``preference_pairs`` and
@@ -109,6 +110,7 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
         "empty_targets": {"train": _empty_targets(train), "val": _empty_targets(val)},
         "truncated": int(stats.get("truncated", 0)),
         "dropped": int(stats.get("dropped", 0)),
+        "oversized": int(stats.get("oversized", 0)),
         "leakage": len(leaked),
         "leakage_sources": leaked[:5],
         "labels": label_balance(train, max_labels),
@@ -126,6 +128,8 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
     if report["truncated"] or report["dropped"]:
         warnings.append(f"{report['truncated']} examples truncated and {report['dropped']} dropped "
                         "as longer than data.max_length")
+    if report["oversized"]:
+        warnings.append(f"{report['oversized']} records left out as over data.max_record_chars")
     if not val:
         warnings.append("no held-out examples: evaluators have nothing to score")
     pairs, same_count = report.get("preference_pairs"), report.get("identical_pairs")
