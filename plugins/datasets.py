@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import MISSING
 
@@ -45,6 +45,8 @@ class FilesDataConfig(DataConfig):
 
     path: str = sample_path("sample.jsonl")
     val_path: Optional[str] = None
+
+    DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path", "val_path")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +85,9 @@ class HFDataConfig(DataConfig):
     revision: Optional[str] = None
     hf_cache_dir: Optional[str] = None
     connect_timeout: float = 5.0
+
+    #: a local file or folder in ``path`` is hashed (a hub name is not)
+    DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from omegaconf import MISSING
 
@@ -76,6 +76,9 @@ class ForgettingConfig:
     choices_field: str = "choices"
     answer_field: str = "answer"
     length_normalize: bool = False
+
+    #: data files (absolute in config.yaml; their content hashes identify the run's data)
+    DATA_FILES: ClassVar[tuple] = ("path",)
 
     def __post_init__(self) -> None:
         check(self, path=existing_path("file"), metrics=_metrics_problem, format=one_of("auto", "alpaca", "chat"),

@@ -33,7 +33,7 @@ import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import tuneforge
 from tuneforge.errors import ConfigError
@@ -98,6 +98,9 @@ class LmEvalConfig:
     apply_chat_template: bool = False
     bootstrap_iters: int = 0
     offline: bool = True
+
+    #: data files (absolute in config.yaml; their content hashes identify the run's data)
+    DATA_FILES: ClassVar[tuple] = ("include_path",)
 
     def __post_init__(self) -> None:
         _check_bounds(self)

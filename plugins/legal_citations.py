@@ -40,7 +40,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import tuneforge
 from tuneforge.data import (DataSplits, Record, detect_format, first_record, read_jsonl, resolve_chat_template,
@@ -128,6 +128,9 @@ class LegalCitationsConfig:
     n_rehearsal: int = 0
     max_length: int = 256
     chat_template: Optional[str] = None
+
+    #: data files (absolute in config.yaml; their content hashes identify the run's data)
+    DATA_FILES: ClassVar[tuple] = ("rehearsal_path", "chat_template")
 
     def __post_init__(self) -> None:
         check(self, n_train=at_least(1), n_val=at_least(0), max_examples=at_least(1),

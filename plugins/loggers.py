@@ -41,11 +41,13 @@ class CSVConfig:
     save_dir: null: the run directory, whose ``metrics.csv`` is the file the
         report, ``tuneforge compare`` and resume read; a folder: a separate
         ``metrics.csv`` there (the run's own is written as well).
-    flush_logs_every_n_steps: write buffered rows to disk every N steps (and at the end).
+    flush_logs_every_n_steps: write buffered rows to disk every N steps (and at the end, and
+        around every checkpoint).  1: every row is on disk as soon as it is logged, so a run
+        killed at any moment keeps its whole loss history.
     """
 
     save_dir: Optional[str] = None
-    flush_logs_every_n_steps: int = 100
+    flush_logs_every_n_steps: int = 1
 
 
 def build_csv(config: CSVConfig, context: tuneforge.LoggerContext):

@@ -55,6 +55,9 @@ class HFModelConfig:
         if path.endswith(".gguf"):
             if not Path(path).expanduser().is_file():
                 raise ConfigValueError("path", f"GGUF file not found: {Path(path).expanduser()}")
+        elif Path(path).expanduser().is_file():
+            raise ConfigValueError("path", f"{path} is a file, not a model: give a folder with config.json (and "
+                                           "its weights), a .gguf file, or a Hugging Face id")
         elif (path.startswith((".", "/", "~")) or Path(path).exists()) and not Path(path).expanduser().is_dir():
             raise ConfigValueError("path", f"no such model folder: {path} "
                                            "(give a Hugging Face id, a folder with config.json, or a .gguf file)")

@@ -11,11 +11,17 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.testing import run_tiny_fit
 
 GOOD = {"instruction": "Say hi", "output": "hi"}
+BOM = b"\xef\xbb\xbf"
 
 
 def _jsonl(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+def _bytes(path, content: bytes):
+    path.write_bytes(content)
+    return str(path)
 
 
 def _data(tmp_path, rows, name="data.jsonl"):
@@ -71,6 +77,18 @@ CASES = {
     "nonexistent data path": (
         lambda t: [f"data.path={t / 'missing.jsonl'}"],
         r"missing\.jsonl"),
+    "byte-order mark only (jsonl)": (
+        lambda t: ["data.path=" + _bytes(t / "bom.jsonl", BOM)],
+        r"bom\.jsonl: no records found"),
+    "byte-order mark only (json)": (
+        lambda t: ["data=json", "data.path=" + _bytes(t / "bom.json", BOM + b"\n")],
+        r"bom\.json: no records found"),
+    "byte-order mark only (csv)": (
+        lambda t: ["data=csv", "data.path=" + _bytes(t / "bom.csv", BOM)],
+        r"bom\.csv: no records found"),
+    "model path is a file that is not a model": (
+        lambda t: ["model=hf", "model.path=" + _bytes(t / "weights.bin", b"not a model")],
+        r"model\.path: .*weights\.bin is a file, not a model: give a folder with config\.json"),
     "nonexistent model path": (
         lambda t: ["model=hf", f"model.path={t / 'no-model'}"],
         r"model\.path: no such model folder: .*no-model"),

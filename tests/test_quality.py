@@ -118,3 +118,40 @@ def test_cli_prints_one_line_error(fixture_files, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("tuneforge: error:")]
     assert len(errors) == 1 and "leakage" in errors[0] and "quality.allow_leakage=true" in errors[0]
+
+
+def _pair(i, chosen, rejected):
+    return {"prompt": f"Question {i}?", "chosen": chosen, "rejected": rejected}
+
+
+def test_identical_preference_pairs_warn_over_the_share_and_stop_when_all_are(tmp_path):
+    val = _write(tmp_path / "pv.jsonl", [_pair(99, "yes", "no")])
+    some = [_pair(i, "same", "same") if i < 3 else _pair(i, f"good {i}", f"bad {i}") for i in range(10)]
+    report = quality.assess(_splits(_write(tmp_path / "some.jsonl", some), val))
+    assert (report["preference_pairs"], report["identical_pairs"]) == (10, 3)
+    assert sorted(s.rsplit(":", 1)[1] for s in report["identical_pair_sources"]) == ["1", "2", "3"]
+    warning = [w for w in report["warnings"] if "same chosen and rejected" in w]
+    assert len(warning) == 1 and warning[0].startswith("3 of 10 preference pairs") and "some.jsonl:" in warning[0]
+    quality.check(report, QualityConfig())  # a warning only
+    quiet = quality.assess(_splits(_write(tmp_path / "some2.jsonl", some), val), identical_pair_share=0.5)
+    assert not [w for w in quiet["warnings"] if "same chosen and rejected" in w]
+
+    every = quality.assess(_splits(_write(tmp_path / "all.jsonl", [_pair(i, "x", "x") for i in range(6)]), val))
+    assert every["identical_pairs"] == every["preference_pairs"] == 6
+    with pytest.raises(DataError, match=r"all 6 preference pairs have the same chosen and rejected response "
+                                        r"\(e\.g\. .*all\.jsonl:\d+\)") as info:
+        quality.check(every, QualityConfig())
+    assert "\n" not in str(info.value)
+    assert "identical_pairs" not in quality.assess(_splits(*_default_files(tmp_path)))
+
+
+def _default_files(tmp_path):
+    return (_write(tmp_path / "n.jsonl", [_qa(f"q{i}", f"a{i}") for i in range(5)]),
+            _write(tmp_path / "nv.jsonl", [_qa("other", "x")]))
+
+
+def test_dpo_on_identical_pairs_stops_before_training(tmp_path):
+    rows = [_pair(i, f"answer {i}", f"answer {i}") for i in range(8)]
+    with pytest.raises(DataError, match="all 7 preference pairs have the same chosen and rejected"):
+        run_tiny_fit(tmp_path / "run", overrides=[f"data.path={_write(tmp_path / 'p.jsonl', rows)}", "loss=dpo",
+                                                  "data.val_size=1", "trainer.max_steps=1"])

@@ -116,3 +116,51 @@ def test_resuming_into_another_runs_directory_is_refused(tmp_path):
     other = run_cli(["train", "trainer.max_steps=2", "adapter.r=4", f"hydra.run.dir={tmp_path}"])
     assert other.returncode == 2
     assert "holds a different run: adapter.r (8 -> 4)" in other.stderr.strip().splitlines()[-1]
+
+
+def _csv_steps(run_dir):
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [(int(row["step"]), row.get("train/loss") or None, row.get("val/loss") or None)
+                for row in csv.DictReader(handle)]
+
+
+def test_history_survives_repeated_sigkills_including_one_mid_checkpoint_write(tmp_path):
+    """Killed at step 5, killed again while writing the step-6 checkpoint (so it resumes from 3 again), killed a
+    third time at step 8 (after the step-6 checkpoint of that segment): the final metrics.csv holds every row of
+    the uninterrupted run exactly once, status.json lists all four segments, the weights are equal."""
+    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
+    result = run_cli([*RUN, f"callbacks.batch_log.path={tmp_path / 'reference.log'}",
+                      f"hydra.run.dir={reference}"], site_dirs=["steplog"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = f"callbacks.batch_log.path={tmp_path / 'crashed.log'}"
+    for kill in ("callbacks.batch_log.kill_at_step=5", "callbacks.batch_log.kill_in_checkpoint_at_step=6",
+                 "callbacks.batch_log.kill_at_step=8"):
+        killed = run_cli([*RUN, log, kill, f"hydra.run.dir={crashed}"], site_dirs=["steplog"])
+        assert killed.returncode == -signal.SIGKILL, (kill, killed.stderr[-2000:])
+        if "checkpoint" in kill:  # the interrupted save left no usable step-6 checkpoint
+            assert not (crashed / "checkpoints" / "step-00000006" / "COMPLETE").exists()
+    resumed = run_cli([*RUN, log, f"hydra.run.dir={crashed}"], site_dirs=["steplog"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    expected, got = _csv_steps(reference), _csv_steps(crashed)
+    assert [row[0] for row in got] == [row[0] for row in expected]
+    train_steps = [step for step, train, _ in got if train]
+    assert train_steps == sorted(set(train_steps)) and len(train_steps) == 10  # every step exactly once
+    assert [float(row[1]) for row in got if row[1]] == pytest.approx([float(row[1]) for row in expected if row[1]],
+                                                                       abs=1e-6)
+    assert not (crashed / "metrics_history.csv").exists()
+
+    status = json.loads((crashed / "status.json").read_text())
+    assert status["status"] == "completed"
+    segments = status["segments"]
+    assert [(s["from_step"], s["status"]) for s in segments] == [
+        (0, "interrupted"), (3, "interrupted"), (3, "interrupted"), (6, "completed")]
+    # as far as each got by its logged rows (the second was killed while saving step 6, before logging it)
+    assert [s["to_step"] for s in segments] == [5, 5, 8, 10]
+    assert all(s.get("killed") for s in segments[:3])
+
+    a = load_file(str(reference / "model" / "adapter_model.safetensors"))
+    b = load_file(str(crashed / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

@@ -24,7 +24,7 @@ def test_two_runs_on_one_directory_one_is_refused_at_once(tmp_path):
 
     env = dict(os.environ, PYTHONPATH=str(__import__("helpers").FIXTURES / "steplog"))
     slow = ["callbacks=[batch_log]", f"callbacks.batch_log.path={tmp_path / 'batches.log'}",
-            "callbacks.batch_log.sleep_s=0.5"]  # ~10 s of training: the second run starts meanwhile
+            "callbacks.batch_log.sleep_s=1.0"]  # ~20 s of training: the second run starts meanwhile
     first = subprocess.Popen([*TUNEFORGE, "train", *FAST, *slow, "trainer.max_steps=20", f"run_dir={run_dir}"],
                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -326,10 +326,16 @@ def run_dir_overrides(args: list, overrides: list) -> list:
     if "run_dir" not in given or given["run_dir"] in ("", "null"):
         shared = shared_launch_run_dir(given.get("trainer.num_nodes", "1"))
         return [] if shared is None else [f"hydra.run.dir={shared}"]
+    from tuneforge.host.paths import setting_path
     from tuneforge.training.run_lock import check_usable
 
-    check_usable(Path(given["run_dir"]))
-    return [f"hydra.run.dir={given['run_dir']}"]
+    value = given["run_dir"]
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":  # run_dir="~/x": Hydra's quoting
+        value = value[1:-1]
+    run_dir = setting_path(value)  # "~/x" is the home folder's x for Hydra too, not ./~/x
+    check_usable(Path(run_dir))
+    quoted = run_dir if all(c.isalnum() or c in "_./-" for c in run_dir) or '"' in run_dir else f'"{run_dir}"'
+    return [f"hydra.run.dir={quoted}"]
 
 
 def shared_launch_run_dir(num_nodes="1"):

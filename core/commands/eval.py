@@ -30,6 +30,15 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
     components = run_components(cfg, plugins)
     cfg = components.config
+    if run_dir is not None:  # the run's data files must hold what it trained on (training/data_files.py)
+        import logging
+
+        from tuneforge.training.data_files import check_run_data, data_file_hashes
+
+        change = check_run_data(Path(run_dir), data_file_hashes(components), bool(cfg.get("allow_changed_data")))
+        if change:
+            logging.getLogger("tuneforge").warning("evaluating on changed data (allow_changed_data=true): %s",
+                                                   change)
 
     import torch
 
@@ -183,6 +192,7 @@ unless force=true.
 def eval_command(args: list) -> None:
     """``tuneforge eval``: evaluators on a finished run or on a bare base model."""
     from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.host.paths import setting_path
     from tuneforge.evaluation.report import format_comparison
 
     run_dir, out_dir, overrides, force = None, None, [], False
@@ -200,9 +210,9 @@ def eval_command(args: list) -> None:
 
                 raise ConfigError(f"force: {exc}") from None
         elif arg.startswith("run_dir="):
-            run_dir = Path(arg.split("=", 1)[1])
+            run_dir = Path(setting_path(arg.split("=", 1)[1]))
         elif arg.startswith("out="):
-            out_dir = Path(arg.split("=", 1)[1])
+            out_dir = Path(setting_path(arg.split("=", 1)[1]))
         else:
             overrides.append(arg)
     plugins = load_plugins(overrides)

@@ -236,6 +236,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import tuneforge
 from tuneforge.data import DataConfig, Record, prepare_splits
@@ -259,6 +260,9 @@ class TsvDataConfig(DataConfig):
     instruction_column: str = "instruction"
     output_column: str = "output"
     min_rows: int = 2
+
+    #: fields naming data files: tuneforge records them as absolute paths and checks their content on resume
+    DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path")
 
     def __post_init__(self):
         parent = getattr(super(), "__post_init__", None)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 from tuneforge.data.cache import (
     cache_key,
@@ -139,6 +139,13 @@ DATA_CONFIG_FIELDS = """
         (records, tokenizer, template, options) changed.
     cache_dir: folder of that cache (default ``~/.cache/tuneforge/data``, or
         ``$XDG_CACHE_HOME/tuneforge/data``).
+    max_record_chars: the most characters (all text fields together) one record may hold
+        (null: 1,000,000, or 64 x ``max_length`` when that is more).  A longer record is
+        reported with its ``file:line`` and follows ``oversized_records``; records under it
+        are cut to what ``max_length`` tokens can use before tokenization, so memory stays
+        bounded.
+    oversized_records: ``error`` (stop, naming the first such record) or ``drop`` (leave
+        such records out, counted in the data stats and named in one log line).
 """
 
 
@@ -159,11 +166,18 @@ class DataConfig:
     chat_template: Optional[str] = None
     cache: bool = True
     cache_dir: Optional[str] = None
+    max_record_chars: Optional[int] = None
+    oversized_records: str = "error"
+
+    #: fields naming data files (a ``.jinja`` template here; subclasses add theirs): their paths are made
+    #: absolute and their content hashed into the run's identity (:mod:`tuneforge.host.paths`)
+    DATA_FILES: ClassVar[tuple] = ("chat_template",)
 
     def __post_init__(self) -> None:
         check(self, format=one_of(*FORMATS), columns=_columns_problem, val_fraction=between(0, 1, include_high=False),
               val_size=at_least(0), max_examples=at_least(1), max_length=at_least(1),
-              truncation=one_of("truncate", "drop"), chat_template=_template_file_problem)
+              truncation=one_of("truncate", "drop"), chat_template=_template_file_problem,
+              max_record_chars=at_least(1), oversized_records=one_of("error", "drop"))
 
 
 DataConfig.__doc__ += "\n" + DATA_CONFIG_FIELDS
@@ -226,6 +240,14 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
         raise DataError(f"{origin}: no records found")
     config = _Options(config)
     check_length_options(config.max_length, config.truncation)
+    limit = record_char_limit(config.max_record_chars, config.max_length)
+    records, oversized = _within_size(records, limit, config.oversized_records)
+    if val_records is not None:
+        val_records, oversized_val = _within_size(val_records, limit, config.oversized_records)
+        oversized += oversized_val
+    if not records:
+        raise DataError(f"{origin}: no records left: all were over data.max_record_chars={limit:,} "
+                        "(data.oversized_records=drop)")
     columns = check_columns(config.columns)
     in_file_order = list(records) + list(val_records or [])
     samples = normalize_records(in_file_order, config.format, columns)
@@ -287,11 +309,55 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
         raise DataError(f"{origin}: no training example left: all {len(train_records)} were dropped as longer "
                         f"than data.max_length={config.max_length} (raise it{hint})")
     stats = {"train_records": len(train_records), "val_records": len(val_records), "train_examples": len(train),
-             "val_examples": len(val), **counts, "cache": cache_state}
+             "val_examples": len(val), **counts, "oversized": len(oversized), "cache": cache_state}
     log_length_summary(counts, dropped, config.max_length, config.truncation)
     log.info("data: %d train / %d val examples, formats %s, cache %s", len(train), len(val),
              counts["formats"], cache_state + (f" ({path})" if path else ""))
     return DataSplits(train=train, val=val, stats=stats, chat_template=chosen_template)
+
+
+#: the smallest default of ``data.max_record_chars``
+DEFAULT_MAX_RECORD_CHARS = 1_000_000
+
+
+def record_char_limit(max_record_chars: Optional[int], max_length: int) -> int:
+    """``data.max_record_chars``, or its default: 1,000,000 characters, or 64 per token of ``max_length``."""
+    if max_record_chars:
+        return int(max_record_chars)
+    return max(DEFAULT_MAX_RECORD_CHARS, 64 * int(max_length))
+
+
+def record_chars(value: Any) -> int:
+    """Characters in every string (keys included) of a record's values, nested lists and dicts too."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(str(key)) + record_chars(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(record_chars(item) for item in value)
+    return 0
+
+
+def _within_size(records: Sequence[Record], limit: int, action: str) -> tuple[list, list]:
+    """``(records within limit, [(source, characters)] of those over it)``; with ``action="error"`` the
+    first one over it is a one-line ``DataError`` naming its ``file:line``."""
+    kept, over = [], []
+    for record in records:
+        size = record_chars(record.data)
+        if size <= limit:
+            kept.append(record)
+            continue
+        if action != "drop":
+            raise DataError(f"{record.source}: the record holds {size:,} characters, over data.max_record_chars="
+                            f"{limit:,}; remove or split it, raise data.max_record_chars, or leave such records "
+                            "out with data.oversized_records=drop")
+        over.append((record.source, size))
+    if over:
+        shown = ", ".join(f"{source} ({size:,} characters)" for source, size in over[:5])
+        more = f" and {len(over) - 5} more" if len(over) > 5 else ""
+        log.warning("data: left out %d record(s) over data.max_record_chars=%s (data.oversized_records=drop): %s%s",
+                    len(over), f"{limit:,}", shown, more)
+    return kept, over
 
 
 class _Options:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -832,9 +833,48 @@ def check_length_options(max_length: Any, truncation: Any) -> None:
         raise DataError(f"data.max_length is {max_length!r}; it must be an integer of at least 2")
 
 
+def longest_token_chars(tokenizer) -> int:
+    """The most characters one token of ``tokenizer`` stands for (at most the length of its longest
+    vocabulary entry: byte-level and SentencePiece tokens never decode to more characters than they spell)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        return 64
+    return max((len(token) for token in vocab), default=1) or 1
+
+
+def cut_length(tokenizer, max_length: int) -> int:
+    """Characters a text field may keep before tokenization without changing the first ``max_length``
+    tokens: ``max_length + 1`` tokens of the tokenizer's longest kind.  A longer text still makes more
+    than ``max_length`` tokens, so it is truncated or dropped (and counted) exactly as the whole text
+    would be, while the tokenizer never sees more than this (a 50 MB record stays a few kB of work)."""
+    return (int(max_length) + 1) * longest_token_chars(tokenizer)
+
+
+def cut_sample(sample: Sample, limit: int) -> Sample:
+    """``sample`` with every message content and the completion text cut to ``limit`` characters (the
+    same object when nothing is longer)."""
+    def cut_messages(messages):
+        if not messages or all(len(m.get("content") or "") <= limit for m in messages):
+            return messages
+        return [dict(m, content=m["content"][:limit]) if isinstance(m.get("content"), str) else m
+                for m in messages]
+
+    fields = {"messages": cut_messages(sample.messages), "chosen": cut_messages(sample.chosen),
+              "rejected": cut_messages(sample.rejected),
+              "text": sample.text[:limit] if isinstance(sample.text, str) and len(sample.text) > limit else sample.text}
+    if all(fields[key] is getattr(sample, key) for key in fields):
+        return sample
+    return dataclasses.replace(sample, **fields)
+
+
 def tokenize_samples(pairs: Sequence[tuple], tokenizer, *, max_length: int = 1024, truncation: str = "truncate",
                      chat_template: Optional[str] = None, train_on_inputs: bool = False) -> tuple[list, dict, list]:
     """Tokenize ``(record, sample)`` pairs in order; returns ``(results, counts, dropped)``.
+
+    Every text is first cut to :func:`cut_length` characters, which leaves the
+    first ``max_length`` tokens as they are: memory stays bounded whatever
+    the record's size.
 
     ``results`` is aligned with ``pairs``: an example (see
     :func:`tokenize_records`) or None where the example was dropped;
@@ -843,11 +883,17 @@ def tokenize_samples(pairs: Sequence[tuple], tokenizer, *, max_length: int = 102
     truncated example with nothing left to train).
     """
     check_length_options(max_length, truncation)
+    limit = cut_length(tokenizer, max_length)
     results, formats, truncated, dropped = [], {}, 0, []
     for record, sample in pairs:
         try:
-            example = tokenize_sample(tokenizer, sample, chat_template=chat_template,
+            short = cut_sample(sample, limit)
+            example = tokenize_sample(tokenizer, short, chat_template=chat_template,
                                       train_on_inputs=train_on_inputs)
+            if short is not sample:  # the tokens come from the cut text; the example keeps the record's own
+                example.update({key: value for key, value in (
+                    ("messages", sample.messages + sample.chosen if sample.format == "preference"
+                     else sample.messages), ("text", sample.text)) if key in example})
         except DataError as exc:
             raise DataError(f"{record.source}: {exc}") from None
         keys = _sequence_keys(example)

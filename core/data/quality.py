@@ -62,6 +62,15 @@ def _empty_targets(examples: Sequence[dict]) -> int:
     return sum(not prompt_and_target(ex)[1].strip() for ex in examples)
 
 
+def identical_pairs(examples: Sequence[dict]) -> Optional[list]:
+    """Sources of the preference examples whose chosen and rejected responses are the same tokens
+    (None: no preference examples).  Such a pair teaches nothing: its DPO loss stays at ln 2."""
+    pairs = [ex for ex in examples if "chosen_input_ids" in ex and "rejected_input_ids" in ex]
+    if not pairs:
+        return None
+    return [ex.get("source", "?") for ex in pairs if ex["chosen_input_ids"] == ex["rejected_input_ids"]]
+
+
 def label_balance(examples: Sequence[dict], max_labels: int = 10) -> Optional[dict]:
     """``{target: count}`` when the data looks like classification (few distinct, repeated targets)."""
     targets = Counter(prompt_and_target(ex)[1].strip() for ex in examples)
@@ -70,16 +79,21 @@ def label_balance(examples: Sequence[dict], max_labels: int = 10) -> Optional[di
     return dict(targets.most_common())
 
 
-def assess(splits, max_labels: int = 10) -> dict:
+def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> dict:
     """Counts for the data report from a :class:`tuneforge.data.DataSplits`.
 
     Returns ``records`` and ``examples`` per split, ``tokens`` (min, median,
     max, total) per split, ``duplicates`` (train examples repeating an earlier
     one) and ``val_duplicates``, ``empty_targets`` per split, ``truncated`` and
-    ``dropped`` (over ``data.max_length``, from the dataset's stats),
+    ``dropped`` (over ``data.max_length``, from the dataset's stats), ``oversized``
+    (records left out as over ``data.max_record_chars``),
     ``leakage`` (held-out examples whose text also occurs in training, with up
     to 5 ``leakage_sources``), ``labels`` (label balance or None) and
-    ``warnings``.
+    ``warnings``.  Preference data also gets ``preference_pairs`` and
+    ``identical_pairs`` (training pairs whose chosen and rejected responses are
+    the same, with up to 5 ``identical_pair_sources``): a warning when more than
+    ``identical_pair_share`` of the pairs are, a serious problem (:func:`problems`)
+    when all are.
     """
     train, val = list(splits.train), list(splits.val)
     stats = dict(getattr(splits, "stats", None) or {})
@@ -96,10 +110,16 @@ def assess(splits, max_labels: int = 10) -> dict:
         "empty_targets": {"train": _empty_targets(train), "val": _empty_targets(val)},
         "truncated": int(stats.get("truncated", 0)),
         "dropped": int(stats.get("dropped", 0)),
+        "oversized": int(stats.get("oversized", 0)),
         "leakage": len(leaked),
         "leakage_sources": leaked[:5],
         "labels": label_balance(train, max_labels),
     }
+    same = identical_pairs(train)
+    if same is not None:
+        report["identical_pairs"] = len(same)
+        report["identical_pair_sources"] = same[:5]
+        report["preference_pairs"] = sum("chosen_input_ids" in ex for ex in train)
     warnings = []
     if report["duplicates"]:
         warnings.append(f"{report['duplicates']} training examples repeat an earlier one")
@@ -108,8 +128,15 @@ def assess(splits, max_labels: int = 10) -> dict:
     if report["truncated"] or report["dropped"]:
         warnings.append(f"{report['truncated']} examples truncated and {report['dropped']} dropped "
                         "as longer than data.max_length")
+    if report["oversized"]:
+        warnings.append(f"{report['oversized']} records left out as over data.max_record_chars")
     if not val:
         warnings.append("no held-out examples: evaluators have nothing to score")
+    pairs, same_count = report.get("preference_pairs"), report.get("identical_pairs")
+    if same_count and same_count < pairs and same_count > identical_pair_share * pairs:
+        warnings.append(f"{same_count} of {pairs} preference pairs have the same chosen and rejected response "
+                        f"(e.g. {report['identical_pair_sources'][0]}); they teach nothing (over "
+                        f"quality.identical_pair_share={identical_pair_share})")
     if report["labels"] and len(report["labels"]) > 1:
         counts = list(report["labels"].values())
         if max(counts) > 3 * min(counts):
@@ -129,6 +156,11 @@ def problems(report: dict, config) -> list:
     if train_examples and report["empty_targets"]["train"] == train_examples and not config.allow_empty_targets:
         found.append("every training target is empty or whitespace; set quality.allow_empty_targets=true "
                      "if that is intended")
+    pairs = report.get("preference_pairs")
+    if pairs and report.get("identical_pairs") == pairs:
+        found.append(f"all {pairs} preference pairs have the same chosen and rejected response (e.g. "
+                     f"{report['identical_pair_sources'][0]}): a preference loss learns nothing from them; give "
+                     "each pair a different rejected response")
     if train_examples < config.min_train_examples:
         found.append(f"only {train_examples} training examples, fewer than quality.min_train_examples="
                      f"{config.min_train_examples}; add data or lower the minimum")

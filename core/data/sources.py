@@ -69,10 +69,10 @@ def read_jsonl(path: str | Path) -> list[Record]:
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line); "
                                 "save the file as UTF-8") from None
+            if lineno == 1:
+                line = line.lstrip("\ufeff")  # a byte-order mark: a file holding only one has no records
             if not line.strip():
                 continue
-            if lineno == 1:
-                line = line.lstrip("\ufeff")
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -89,6 +89,8 @@ def read_json(path: str | Path) -> list[Record]:
     path = _existing_file(path)
     text = _read_text(path)
     stripped = text.lstrip("\ufeff \t\r\n")
+    if not stripped:  # empty, or only a byte-order mark / whitespace: no records
+        return []
     if stripped.startswith("{"):
         try:
             value = json.loads(stripped)
@@ -117,10 +119,10 @@ def read_csv(path: str | Path) -> list[Record]:
     Sources are ``path:LINE`` where LINE is the file line on which the row starts.
     """
     path = _existing_file(path)
-    text = _read_text(path)
-    if not text.strip():
+    text = _read_text(path).lstrip("\ufeff")
+    if not text.strip():  # empty, or only a byte-order mark / whitespace: no records
         return []
-    rows = csv.reader(text.lstrip("\ufeff").splitlines(keepends=True))
+    rows = csv.reader(text.splitlines(keepends=True))
     records = []
     try:
         header = next(rows)

@@ -21,6 +21,10 @@ The checks, all made before any model loads:
 * ``loader.packing=true`` only with a loss and an adapter whose specs say
   ``supports_packing``;
 * no plugin in use was blocked too late (in a config file).
+
+Before the checks, ``~`` in path settings is expanded and relative paths are
+made absolute (:mod:`tuneforge.host.paths`), so ``config.yaml`` and every typed
+config hold absolute paths.
 """
 
 from __future__ import annotations
@@ -157,6 +161,9 @@ def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
         OmegaConf.resolve(resolved)
     except OmegaConfBaseException as exc:
         return None, [_omegaconf_problem("", exc)]
+    from tuneforge.host.paths import absolute_root_paths
+
+    absolute_root_paths(resolved)  # ~ expanded, relative paths made absolute: once, here (host/paths.py)
     problems: list = []
     for section in ROOT_SECTIONS:
         _build(section, lambda: OmegaConf.to_object(resolved[section]), problems)
@@ -241,6 +248,9 @@ def _component(plugins, group: str, path: str, node, problems: list) -> Optional
             f"valid keys: {', '.join(valid)}")))
     if unknown:
         return None
+    from tuneforge.host.paths import absolute_component_paths
+
+    absolute_component_paths(node, spec.config)
     config, more = _convert(spec, OmegaConf.to_container(node, resolve=True), path)
     problems += more
     if config is not None:

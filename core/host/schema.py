@@ -210,15 +210,20 @@ class QualityConfig:
     min_train_examples: stop with fewer training examples than this.
     max_labels: data with at most this many distinct targets counts as
         classification-like and gets a label balance.
+    identical_pair_share: warn when more than this share of the preference pairs have
+        the same chosen and rejected response (they teach nothing); when all of them
+        do, the run stops.
     """
 
     allow_leakage: bool = False
     allow_empty_targets: bool = False
     min_train_examples: int = 4
     max_labels: int = 10
+    identical_pair_share: float = 0.1
 
     def __post_init__(self) -> None:
-        check(self, min_train_examples=at_least(0), max_labels=at_least(0))
+        check(self, min_train_examples=at_least(0), max_labels=at_least(0),
+              identical_pair_share=between(0, 1))
 
 
 @dataclass
@@ -321,6 +326,8 @@ class TuneforgeConfig:
     seed: seed of everything random in the run (data order, dropout, initialisation).
     run_dir: the run directory (null: ``hydra.run.dir``, default ``runs/<date>_<time>``).
     threads: torch CPU threads (null: torch's default).
+    allow_changed_data: resume (and ``tuneforge eval``) although a data file's content changed
+        since the checkpoint was written (by default that is refused, naming the file).
     """
 
     model: Any = MISSING
@@ -345,6 +352,7 @@ class TuneforgeConfig:
     seed: int = 42
     run_dir: Optional[str] = None
     threads: Optional[int] = None
+    allow_changed_data: bool = False
 
     def __post_init__(self) -> None:
         """Checks the root values; each section (``trainer`` ...) checks itself."""

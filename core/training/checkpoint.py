@@ -268,10 +268,21 @@ def _flatten(value, prefix: str) -> dict:
 
 
 def identity_differences(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between a checkpoint's identity and the current config."""
+    """Keys whose values differ between a checkpoint's identity and the current config.
+
+    A relative path saved by a run from before paths were recorded absolute equals its absolute form
+    (resolved against the working directory, as that run read it)."""
+    from tuneforge.host.paths import setting_path
+
+    def same(before, now) -> bool:
+        if before == now:
+            return True
+        return (isinstance(before, str) and isinstance(now, str) and os.path.isabs(now)
+                and not os.path.isabs(before) and setting_path(before) == now)
+
     keys = sorted(set(saved) | set(current))
     return [f"{k} ({saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r})" for k in keys
-            if saved.get(k, "<unset>") != current.get(k, "<unset>")]
+            if not same(saved.get(k, "<unset>"), current.get(k, "<unset>"))]
 
 
 def resolve_resume(resume: str, run_dir: Path) -> Optional[Path]:

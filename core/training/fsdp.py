@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 import logging
 from datetime import timedelta
 from typing import Any, Callable, Optional
@@ -65,6 +66,23 @@ class FullyShardedStrategy(ModelParallelStrategy):
         layers = shard_model(module, self.device_mesh["data_parallel"], self.reshard_after_forward)
         if self.is_global_zero:
             log.info("fsdp: %d decoder layer(s) and the root sharded over %d process(es)", layers, self.world_size)
+
+    @contextmanager
+    def block_backward_sync(self):
+        """Gradient accumulation: the micro-batches before the optimizer step keep their gradients local
+        (``set_requires_gradient_sync(False)``), so one reduce-scatter per optimizer step sums every
+        rank's accumulated gradient, as DDP's ``no_sync`` does: the same sums, in the same order, as DDP
+        (and one collective instead of one per micro-batch)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded = [m for m in (self.model.modules() if self.model is not None else ()) if isinstance(m, FSDPModule)]
+        for module in sharded:
+            module.set_requires_gradient_sync(False, recurse=False)
+        try:
+            yield None
+        finally:
+            for module in sharded:
+                module.set_requires_gradient_sync(True, recurse=False)
 
     # -- checkpoints: whole on rank 0, through tuneforge's CheckpointIO (safetensors + JSON) --
     def lightning_module_state_dict(self) -> dict:

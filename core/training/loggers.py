@@ -48,10 +48,11 @@ class SelectedLogger:
 
 
 def run_metrics_logger(run_dir: Path):
-    """The Lightning ``CSVLogger`` writing ``<run_dir>/metrics.csv``."""
+    """The Lightning ``CSVLogger`` writing ``<run_dir>/metrics.csv``, every row as soon as it is logged
+    (a killed run keeps its history; see :func:`tuneforge.training.run_dir.save_metric_history`)."""
     from lightning.pytorch.loggers import CSVLogger
 
-    return CSVLogger(save_dir=str(run_dir), name="", version="")
+    return CSVLogger(save_dir=str(run_dir), name="", version="", flush_logs_every_n_steps=1)
 
 
 def writes_run_metrics(logger, run_dir: Path) -> bool:

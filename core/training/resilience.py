@@ -186,9 +186,10 @@ class CheckpointAndInterrupt(pl.Callback):
     ``<run_dir>/checkpoints/step-N``, keep the newest ``keep_last``, and stop
     gracefully on SIGTERM/SIGINT after saving one.
 
-    ``identity`` (the run's model/adapter/data config) and the number of
-    processes are stored in each checkpoint so a resume with another config or
-    another world size is refused.  ``resume_from`` is the checkpoint this
+    ``identity`` (the run's model/adapter/data config), ``data_files`` (the
+    content hashes of its data files) and the number of processes are stored in
+    each checkpoint so a resume with another config, other data or another
+    world size is refused.  ``resume_from`` is the checkpoint this
     process resumes (None: a fresh start); under DDP all processes must
     resume the same one, which :meth:`setup` checks before anything is
     restored.  ``requeue_job_id`` (a SLURM task's job id) makes SIGUSR1,
@@ -204,8 +205,9 @@ class CheckpointAndInterrupt(pl.Callback):
 
     def __init__(self, run_dir: Path, every_n_steps: int, keep_last: int, identity: dict,
                  resume_from: Optional[Path] = None, requeue_job_id: Optional[str] = None,
-                 save_checkpoints: bool = True):
+                 save_checkpoints: bool = True, data_files: Optional[dict] = None):
         self.save_checkpoints = save_checkpoints
+        self.data_files = dict(data_files or {})
         self.run_dir = Path(run_dir)
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
@@ -219,6 +221,7 @@ class CheckpointAndInterrupt(pl.Callback):
         self._signal_name: Optional[str] = None
         self._requeue_signal: Optional[str] = None
         self._previous_handlers: dict = {}
+        self._flush_pending = False
 
     # -- all ranks resume the same checkpoint ---------------------------------
     def setup(self, trainer, pl_module, stage) -> None:
@@ -261,13 +264,17 @@ class CheckpointAndInterrupt(pl.Callback):
     # -- saving ----------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         checkpoint["tuneforge"] = {"identity": self.identity, "global_step": trainer.global_step,
-                                   "world_size": trainer.world_size}
+                                   "world_size": trainer.world_size, "data_files": self.data_files}
 
     def save(self, trainer) -> Optional[Path]:
         if not self.save_checkpoints:
             self._saved_step = trainer.global_step
             return None
         path = self.run_dir / CHECKPOINT_DIR / checkpoint_name(trainer.global_step)
+        # the metric rows logged so far go to disk before the checkpoint that a resume starts after; the
+        # row of this very step is logged after this hook, and flushed at the next batch's start
+        flush_loggers(trainer)
+        self._flush_pending = True
         # the whole training state (optimizer, loops, RNG): said explicitly, or Lightning logs its default
         trainer.save_checkpoint(str(path), weights_only=False)
         self._saved_step = trainer.global_step
@@ -275,6 +282,16 @@ class CheckpointAndInterrupt(pl.Callback):
         if trainer.is_global_zero:
             prune_checkpoints(self.run_dir, self.keep_last)
         return path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._flush_pending:
+            flush_loggers(trainer)
+            self._flush_pending = False
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self._flush_pending:  # validation may take long: the step's row goes to disk first
+            flush_loggers(trainer)
+            self._flush_pending = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self._last_step:
@@ -297,6 +314,15 @@ class CheckpointAndInterrupt(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self._saved_step != trainer.global_step:
             self.save(trainer)
+
+
+def flush_loggers(trainer) -> None:
+    """Write every logger's buffered rows to disk (``Logger.save``; Lightning's loggers do it on rank 0)."""
+    for logger in trainer.loggers:
+        try:
+            logger.save()
+        except Exception as exc:  # noqa: BLE001 - a tracker's flush must not stop training
+            log.warning("could not flush logger %s: %s", type(logger).__name__, str(exc).splitlines()[:1])
 
 
 def check_resume_agreement(views: list) -> Optional[str]:

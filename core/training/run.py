@@ -26,10 +26,11 @@ from tuneforge.host.guard import guard_lightning_callback, guarded_function, ori
 from tuneforge.specs import call_accepting
 from tuneforge.training.model_io import load_model_from_config, save_model
 from tuneforge.training.loggers import build_loggers
-from tuneforge.training.run_dir import (keep_metric_history, move_earlier_outputs, prepare_run_dir, read_metric_rows,
-                                        read_status, redacted_config, report_previous_end, resolved_config_yaml,
-                                        segment_history, summed_throughput, write_json, write_outputs,
-                                        write_status)
+from tuneforge.training.run_dir import (close_killed_segments, keep_metric_history, move_earlier_outputs,
+                                        prepare_run_dir, reached_step, read_metric_rows, read_status,
+                                        redacted_config, report_previous_end, resolved_config_yaml,
+                                        save_metric_history, segment_history, summed_throughput, write_json,
+                                        write_outputs, write_status)
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
 from tuneforge.training.setup_summary import describe_setup
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
@@ -168,6 +169,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     # run directory) stops every rank at once instead of leaving them in init_process_group
     meeting = meet_ranks(context, timeout_s) if meets_before_collectives(cfg, context) else None
     lock = None
+    from tuneforge.training.data_files import DATA_FILES_FILE, data_file_hashes
+
     try:
         if context.is_main:  # one writer per run directory: a second run on it stops here, naming the holder
             ensure_writable_directory(run_dir)
@@ -175,7 +178,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
             report_previous_end(run_dir, read_status(run_dir))
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
-        resume_from = prepare_run_dir(cfg, run_dir, world_size=context.world_size)
+        data_files = data_file_hashes(components)  # content of every declared data file (training/data_files.py)
+        resume_from = prepare_run_dir(cfg, run_dir, world_size=context.world_size, data_files=data_files)
         if context.is_main:
             move_earlier_outputs(cfg, run_dir)  # resume=never: the earlier run's outputs go to previous-<n>/
         if resume_from is not None and not writes_checkpoints(cfg):
@@ -183,11 +187,17 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
 
             raise CheckpointError(f"strategy={cfg.strategy.name} cannot resume tuneforge's checkpoint {resume_from}; "
                                   "resume=never starts over, or resume it with strategy=ddp")
-        earlier_segments = segment_history(run_dir) if resume_from is not None else []
+        resumed_step = _checkpoint_step(resume_from) if resume_from is not None else 0
+        # a segment still marked running was killed (SIGKILL, a crash): recorded as interrupted, with its steps
+        earlier_segments = close_killed_segments(segment_history(run_dir), reached_step(run_dir, resumed_step)) \
+            if resume_from is not None else []
         if context.is_main:
+            # the rows before the checkpoint, kept before Lightning's CSV logger starts metrics.csv afresh
+            save_metric_history(run_dir, resumed_step)
             (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
+            write_json(run_dir / DATA_FILES_FILE, {"files": data_files})
             write_status(run_dir, {"status": "running", "resumed_from": _str(resume_from),
-                                   "segments": earlier_segments})
+                                   "segments": [*earlier_segments, {"from_step": resumed_step, "status": "running"}]})
     except BaseException as exc:
         if lock is not None:
             lock.release()
@@ -251,9 +261,10 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         metrics["data"] = splits.stats
         metrics["setup"] = describe_setup(cfg, splits.stats, adapter_config=components.adapter.config,
                                           device=context.device, processes=context.world_size)
+        metrics["data_files"] = data_files
 
         # Data quality, before any training: serious problems stop here.
-        metrics["quality"] = quality.assess(splits, cfg.quality.max_labels)
+        metrics["quality"] = quality.assess(splits, cfg.quality.max_labels, cfg.quality.identical_pair_share)
         for warning in metrics["quality"]["warnings"]:
             log.warning("data quality: %s", warning)
         quality.check(metrics["quality"], cfg.quality)
@@ -290,18 +301,16 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         datamodule = _data_module(splits, tokenizer.pad_token_id, cfg.loader, cfg.seed,
                                   pack_length=cfg.data.get("max_length"))
         checkpointer = CheckpointAndInterrupt(run_dir, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last,
-                                              run_identity(cfg), resume_from=resume_from,
+                                              run_identity(cfg), resume_from=resume_from, data_files=data_files,
                                               requeue_job_id=context.slurm_job_id,
                                               save_checkpoints=writes_checkpoints(cfg))
         trainer = build_trainer(cfg, run_dir, [*callbacks, throughput, checkpointer], loggers.lightning_loggers())
         fit_started = time.time()
-        history = read_metric_rows(run_dir / "metrics.csv") if resume_from else []
-        resumed_step = _checkpoint_step(resume_from) if resume_from else 0
         segment.update(started_step=resumed_step, throughput=throughput, fit_started=fit_started, trainer=trainer)
         phase = "training"
         trainer.fit(module, datamodule=datamodule, ckpt_path=_str(resume_from), **_no_pickle(trainer))
-        if history and context.is_main:  # Lightning's CSV logger starts a fresh file on resume
-            keep_metric_history(run_dir / "metrics.csv", history, before_step=resumed_step)
+        if context.is_main:  # Lightning's CSV logger started a fresh file on resume: the earlier rows go back
+            keep_metric_history(run_dir)
         if checkpointer.interrupted_by:
             status = "interrupted"
             metrics["steps"] = int(trainer.global_step)
@@ -356,7 +365,8 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
         if loggers is not None and context.is_main:
             loggers.finish(status)
         if context.is_main:
-            segments = metrics.get("segments") or [*earlier_segments, *([_segment_record(segment, started, False)]
+            segments = metrics.get("segments") or [*earlier_segments, *([_segment_record(segment, started, False,
+                                                                                         status)]
                                                                         if segment else [])]
             _final_status(run_dir, {"status": status, "error": error, "steps": metrics.get("steps"),
                                     "resumed_from": _str(resume_from), "wall_time_s": time.time() - started,
@@ -454,14 +464,14 @@ def _unsharded(model, components):
     return unsharded_model(model, build)
 
 
-def _segment_record(segment: dict, started: float, reduce: bool = True) -> dict:
-    """One start-or-resume of a run: the steps it trained, its throughput and wall time.  ``reduce``:
-    every process calls this (the token count is summed over the process group)."""
+def _segment_record(segment: dict, started: float, reduce: bool = True, status: str = "completed") -> dict:
+    """One start-or-resume of a run: the steps it trained, its throughput, wall time and how it ended
+    (``status``).  ``reduce``: every process calls this (the token count is summed over the process group)."""
     trainer = segment.get("trainer")
     summary = segment["throughput"].summary(time.time() - segment["fit_started"], trainer.world_size,
                                             reduce=reduce) if trainer is not None else {}
     return {"from_step": segment.get("started_step", 0), "to_step": int(trainer.global_step) if trainer else None,
-            "wall_time_s": time.time() - started, **summary}
+            "wall_time_s": time.time() - started, "status": status, **summary}
 
 
 def run_train(cfg, plugins, run_dir: Optional[str] = None, context=None, components=None) -> dict:

@@ -96,7 +96,8 @@ def starts_over(cfg: DictConfig) -> bool:
     return str(cfg.resume) in ("never", "none", "false")
 
 
-def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = None) -> Optional[Path]:
+def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = None,
+                    data_files: Optional[dict] = None) -> Optional[Path]:
     """Check the run directory against ``cfg.resume``; return the checkpoint to resume from.
 
     * A completed run is refused (``resume=never`` or another directory to
@@ -110,6 +111,9 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = 
     * A checkpoint written by another number of processes than ``world_size``
       (when given) is refused: its data position and per-rank RNG states
       belong to that number.
+    * A checkpoint trained on other data file contents than ``data_files``
+      (``{file: sha256}``, when given; :mod:`tuneforge.training.data_files`) is
+      refused unless ``cfg.allow_changed_data``.
     """
     from tuneforge.training.checkpoint import CheckpointError, check_same_run, check_same_world_size, resolve_resume
 
@@ -125,6 +129,12 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = 
         check_same_run(checkpoint, cfg)
         if world_size is not None:
             check_same_world_size(checkpoint, world_size)
+        if data_files is not None:
+            from tuneforge.training.data_files import check_same_data
+
+            change = check_same_data(checkpoint, data_files, bool(cfg.get("allow_changed_data", False)))
+            if change:
+                log.warning("resuming on changed data (allow_changed_data=true): %s", change)
         log.info("resuming from %s", checkpoint)
         return checkpoint
     if not (never or trained_nothing(status)):
@@ -219,28 +229,103 @@ def summed_throughput(segments: list) -> dict:
             "excludes_warmup_steps": sum(int(s.get("excludes_warmup_steps") or 0) for s in segments)}
 
 
+#: the rows of a run's earlier segments while a resumed segment trains (Lightning's CSV logger starts
+#: ``metrics.csv`` afresh on resume); merged back into ``metrics.csv`` when the segment ends
+HISTORY_FILE = "metrics_history.csv"
+
+
 def read_metric_rows(path: Path) -> list:
     import csv
 
     if not path.is_file():
         return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with path.open(newline="") as handle:
+            return [row for row in csv.DictReader(handle) if _step(row) is not None]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
 
 
-def keep_metric_history(path: Path, history: list, before_step: int) -> None:
-    """Put the rows logged before a resume (steps < ``before_step``) back in front of the new ones."""
+def _step(row: dict) -> Optional[int]:
+    try:
+        return int(float(row.get("step")))
+    except (TypeError, ValueError):
+        return None
+
+
+def _write_rows(path: Path, rows: list) -> None:
+    """``rows`` as CSV at ``path``, atomically (temporary file, fsync, rename)."""
     import csv
+    import os
 
-    earlier = [row for row in history if row.get("step") and int(row["step"]) < before_step]
-    later = read_metric_rows(path)
-    columns = list(dict.fromkeys([*(history[0] if history else {}), *(later[0] if later else {})]))
-    tmp = path.with_suffix(".csv.tmp")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(earlier + later)
+        writer.writerows(rows)
+        handle.flush()
+        os.fsync(handle.fileno())
     tmp.replace(path)
+
+
+def merged_metric_rows(run_dir: Path, before_step: Optional[int] = None) -> list:
+    """Every metric row of the run so far, each logged step once: the saved history of earlier segments
+    (``metrics_history.csv``) up to where ``metrics.csv`` starts, then ``metrics.csv``; only the rows of
+    steps below ``before_step`` when given (a resume logs the later ones again).
+
+    Holds after a kill at any moment: before the logger truncated ``metrics.csv`` (it still holds the
+    killed segment's rows), after (the history has the earlier ones), and after the final merge (then
+    ``metrics.csv`` starts at step 0 and the history adds nothing).
+    """
+    run_dir = Path(run_dir)
+    earlier = read_metric_rows(run_dir / HISTORY_FILE)
+    current = read_metric_rows(run_dir / "metrics.csv")
+    if current:
+        start = min(_step(row) for row in current)
+        earlier = [row for row in earlier if _step(row) < start]
+    rows = earlier + current
+    return rows if before_step is None else [row for row in rows if _step(row) < before_step]
+
+
+def save_metric_history(run_dir: Path, before_step: int) -> list:
+    """Main process, before a resumed segment's fit: keep the rows of steps below ``before_step`` in
+    ``metrics_history.csv`` (atomically), so that Lightning's CSV logger may start ``metrics.csv`` afresh;
+    returns them.  A fresh start (``before_step`` 0) removes an old history."""
+    run_dir = Path(run_dir)
+    rows = merged_metric_rows(run_dir, before_step) if before_step > 0 else []
+    if rows:
+        _write_rows(run_dir / HISTORY_FILE, rows)
+    else:
+        (run_dir / HISTORY_FILE).unlink(missing_ok=True)
+    return rows
+
+
+def keep_metric_history(run_dir: Path) -> None:
+    """Main process, after a segment's fit: ``metrics.csv`` = the history of earlier segments + this
+    segment's rows (atomically), then the history file goes."""
+    run_dir = Path(run_dir)
+    if (run_dir / HISTORY_FILE).is_file():
+        _write_rows(run_dir / "metrics.csv", merged_metric_rows(run_dir))
+        (run_dir / HISTORY_FILE).unlink(missing_ok=True)
+
+
+def reached_step(run_dir: Path, checkpoint_step: int) -> int:
+    """How far a killed segment got: the higher of its last checkpoint and its last logged row."""
+    steps = [_step(row) + 1 for row in read_metric_rows(Path(run_dir) / "metrics.csv")]
+    return max([checkpoint_step, *steps])
+
+
+def close_killed_segments(segments: list, reached: int) -> list:
+    """The recorded segments with one still marked ``running`` (its process died: SIGKILL, a crash, a lost
+    node) marked ``interrupted``, ``to_step`` = ``reached`` (at least its ``from_step``)."""
+    closed = []
+    for segment in segments:
+        if segment.get("status") == "running":
+            segment = dict(segment, status="interrupted", killed=True,
+                           to_step=max(int(segment.get("from_step") or 0), int(reached)))
+        closed.append(segment)
+    return closed
 
 
 def write_outputs(directory: Path, cfg: DictConfig, metrics: dict, predictions: list,

@@ -16,10 +16,13 @@ class BatchLogConfig:
     """path: JSON-lines file receiving {rank, step, epoch, batch, lr, ids, loss} per micro-batch
     (loss: the train/loss logged so far, None before the first optimizer step).
     kill_at_step: SIGKILL this process when this optimizer step is about to start.
+    kill_in_checkpoint_at_step: SIGKILL this process in the middle of writing the checkpoint of this
+        step (its tensors written, its state and COMPLETE marker not).
     sleep_s: pause per micro-batch (to give a test time to send a signal)."""
 
     path: str = "???"
     kill_at_step: Optional[int] = None
+    kill_in_checkpoint_at_step: Optional[int] = None
     sleep_s: float = 0.0
 
 
@@ -39,6 +42,19 @@ def build_batch_log(config):
                                          "ids": digest, "loss": None if loss is None else float(loss)}) + "\n")
             if config.sleep_s:
                 time.sleep(config.sleep_s)
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            if config.kill_in_checkpoint_at_step is None or trainer.global_step != config.kill_in_checkpoint_at_step:
+                return
+            import safetensors.torch
+
+            real_save_file = safetensors.torch.save_file
+
+            def save_then_die(*args, **kwargs):  # the checkpoint writer's first file, then nothing more
+                real_save_file(*args, **kwargs)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            safetensors.torch.save_file = save_then_die
 
     return BatchLog()
 

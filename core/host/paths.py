@@ -1,0 +1,99 @@
+"""Path settings made absolute once, where the config is validated, so every writer and reader agrees.
+
+A run directory must be usable from anywhere: ``tuneforge eval run_dir=...``
+from another working directory reads the run's ``config.yaml``, so the paths in
+it are absolute.  And ``~`` must mean the home folder for every writer (Hydra's
+output folder, the checkpoints, ``metrics.csv`` ...), not a folder named ``~``.
+:func:`absolute_component_paths` and :func:`setting_path` are the one place
+where both happen; :func:`tuneforge.host.components.run_components` calls them
+on the resolved config before any component config is built, so the typed
+configs, ``config.yaml`` and the checkpoint identity all hold the same
+absolute paths.
+
+Which values are paths:
+
+* the root ``run_dir`` and a ``resume`` that names a checkpoint;
+* the fields a component's config class lists in ``DATA_FILES`` (a
+  ``ClassVar``, e.g. ``("path", "val_path")``), when their value starts with
+  ``~``, ``.`` or ``/`` or names an existing file or folder (a hub dataset
+  name stays as it is); these are also the files whose content hashes
+  identify the run's data (:mod:`tuneforge.training.data_files`);
+* any other string field of a component that starts with ``~``, or that names
+  an existing file or folder relative to the working directory and looks like
+  a path (it holds a ``/`` or a file suffix such as ``train.tsv``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+#: the ``ClassVar`` of a component config class naming its data-file fields
+DATA_FILES_ATTRIBUTE = "DATA_FILES"
+#: ``resume`` values that are not paths
+RESUME_WORDS = ("auto", "never", "none", "false", "")
+
+
+def setting_path(value: str) -> str:
+    """``value`` with ``~`` expanded, as an absolute path (symbolic links kept as written)."""
+    return os.path.abspath(os.path.expanduser(str(value)))
+
+
+def looks_like_path(value: Any) -> bool:
+    """True for a string that starts with ``~``, or that names an existing file or folder (relative to the
+    working directory) and holds a ``/`` or a file suffix."""
+    if not isinstance(value, str) or not value or "://" in value or "${" in value or value == "???":
+        return False
+    if value.startswith("~"):
+        return True
+    if os.path.isabs(value):
+        return False
+    name = os.path.basename(value.rstrip("/"))
+    return (os.sep in value or "/" in value or "." in name.strip(".")) and os.path.exists(value)
+
+
+def declared_data_fields(config_class) -> tuple:
+    """The field names a component config class lists in ``DATA_FILES`` (empty when none)."""
+    return tuple(getattr(config_class, DATA_FILES_ATTRIBUTE, ()) or ())
+
+
+def absolute_component_paths(node, config_class) -> None:
+    """Rewrite the path values of one component's config ``node`` (a resolved ``DictConfig``) in place:
+    the ``DATA_FILES`` fields when set, and every other top-level string that :func:`looks_like_path`."""
+    from omegaconf import open_dict
+
+    from omegaconf import ListConfig
+
+    declared = set(declared_data_fields(config_class))
+    with open_dict(node):
+        for key in list(node.keys()):
+            if key == "name":
+                continue
+            value = node.get(key)
+            if isinstance(value, str):
+                node[key] = _absolute(value, str(key) in declared)
+            elif isinstance(value, ListConfig) and str(key) in declared:
+                node[key] = [_absolute(item, True) if isinstance(item, str) else item for item in value]
+
+
+def _absolute(value: str, declared: bool) -> str:
+    """``value`` as an absolute path when it is one (see the module docstring), else unchanged.  A
+    declared data field's value is a path when it starts with ``~``, ``.`` or ``/`` or exists (a hub
+    dataset name stays as it is)."""
+    if not value or value == "???" or "://" in value or "${" in value:
+        return value
+    if looks_like_path(value) or (declared and (value.startswith((".", "/", "~")) or os.path.exists(value))):
+        return setting_path(value)
+    return value
+
+
+def absolute_root_paths(resolved) -> None:
+    """``run_dir`` and a checkpoint path in ``resume`` of the resolved root config, in place."""
+    from omegaconf import open_dict
+
+    with open_dict(resolved):
+        if resolved.get("run_dir"):
+            resolved.run_dir = setting_path(resolved.run_dir)
+        resume = resolved.get("resume")
+        if isinstance(resume, str) and resume not in RESUME_WORDS:
+            resolved.resume = setting_path(resume)
