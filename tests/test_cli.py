@@ -85,13 +85,18 @@ def test_bad_choice_is_one_line_with_valid_choices_and_no_traceback():
 
 
 def test_broken_plugin_stops_with_its_name_and_can_be_blocked():
-    broken = run_cli(["plugins"], site_dirs=["broken"])
+    # `tuneforge plugins` still lists, the broken plugin with its one-line reason (issue 22)
+    listed = run_cli(["plugins"], site_dirs=["broken"])
+    assert listed.returncode == 0 and "Traceback" not in listed.stdout + listed.stderr
+    [line] = [line for line in listed.stdout.splitlines() if line.startswith("badplug")]
+    assert "broken: plugin 'badplug' (distribution 'badplug 0.2.0'" in line
+    assert "RuntimeError: badplug cannot find its model zoo" in line
+    broken = run_cli(["config", "groups"], site_dirs=["broken"])  # every other command stops, naming it
     assert broken.returncode == 2 and "Traceback" not in broken.stderr
-    assert "plugin 'badplug' (distribution 'badplug 0.2.0'" in broken.stderr
-    assert "RuntimeError: badplug cannot find its model zoo" in broken.stderr
+    assert broken.stderr.strip().splitlines() == [line.split("broken: ", 1)[1].join(("tuneforge: error: ", ""))]
     blocked = run_cli(["plugins"], site_dirs=["broken"], env={"TUNEFORGE_DISABLE_PLUGINS": "badplug"})
     assert blocked.returncode == 0 and "blocked (not imported): badplug" in blocked.stdout
-    debug = run_cli(["--debug", "plugins"], site_dirs=["broken"])
+    debug = run_cli(["--debug", "config", "groups"], site_dirs=["broken"])
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 

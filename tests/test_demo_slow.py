@@ -25,6 +25,11 @@ SHORT = [
     "data.n_val=12",
     "evaluators.forgetting.limit=12",
     "trainer.enable_progress_bar=false",
+    # sized for the slowest CPUs CI runs on (AVX2-only, ~55 GFLOP/s fp32 on 2 threads, 5x below the AMX
+    # machines): the two retrieving columns with 2 passages each, and a memorisation sample of 12
+    "baselines=[retrieval,rag]",
+    "baselines.rag.k=2",
+    "memorisation.sample=12",
 ]
 
 
@@ -53,7 +58,7 @@ def demo_run(tmp_path_factory):
     env = smollm2_env()
     run_dir = tmp_path_factory.mktemp("demo") / "run"
     done = subprocess.run([str(TUNEFORGE), "train", "+experiment=legal_citations", *SHORT, f"run_dir={run_dir}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     return run_dir, done, env
 
 
@@ -83,15 +88,15 @@ def test_demo_shortened_on_smollm2(demo_run):
     assert metrics["tuned"]["forgetting/contains"] >= forgetting_base - 0.2
 
     # the prompting baselines ran next to base and tuned, with intervals and a verdict from the numbers
-    assert set(metrics["baselines"]) == {"few_shot", "retrieval", "rag"}
+    assert set(metrics["baselines"]) == {"retrieval", "rag"}
     rag = metrics["baseline_info"]["rag"]  # document RAG over the citation rules, none of them a held-out answer
     assert rag["leaked_answers"] == 0 and rag["tie_only_queries"] == 0 and rag["queries"] == 12
-    for column in ("base", "few_shot", "retrieval", "rag", "tuned"):
+    for column in ("base", "retrieval", "rag", "tuned"):
         interval = metrics["intervals"][column]["exact_match"]
         assert interval["n"] == 12 and interval["low"] <= interval["high"]
     assert metrics["cost"]["retrieval"]["prompt_tokens_per_query"] > 2 * metrics["cost"]["tuned"]["prompt_tokens_per_query"]
     assert metrics["verdict"]["metric"] == "exact_match" and "verdict: " in done.stdout
-    assert metrics["memorisation"]["sample"] == 30
+    assert metrics["memorisation"]["sample"] == 12
 
     saved = json.loads((run_dir / "targets.json").read_text())
     assert {c["label"] for c in saved["checks"]} >= {"tuned exact match at least 90%",
