@@ -193,7 +193,7 @@ def test_a_failing_sweep_job_is_recorded_the_others_run_and_compare_marks_it(tmp
     assert summary == (f"tuneforge: error: sweep job 0 (data.path={bad}) failed: {status['error']} "
                        f"[{sweep_dir / '0'}]"), sweep.stderr[-3000:]
     assert json.loads((sweep_dir / "1" / "status.json").read_text())["status"] == "completed"
-    compared = run_cli(["compare", str(sweep_dir)])
+    compared = run_cli(["compare", str(sweep_dir), f"out={tmp_path / 'compared'}"], cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr
     assert f"FAILED  0  {status['error']}" in compared.stdout.splitlines()
-    assert f"- FAILED `0`: {status['error']}" in (sweep_dir / "comparison.md").read_text()
+    assert f"- FAILED `0`: {status['error']}" in (tmp_path / "compared" / "comparison.md").read_text()
