@@ -50,8 +50,19 @@ BAD_VALUES = {
 }
 
 
+@pytest.fixture(scope="module")
+def composing_seconds(tmp_path_factory) -> float:
+    """How long this machine takes to start the CLI and compose a config without running it (``--cfg
+    job``): the yardstick of "refused before anything runs" (a fixed 3 s failed on AVX2-only CPUs, where
+    the start alone takes that long)."""
+    started = time.perf_counter()
+    result = run_cli(["train", "--cfg", "job"], cwd=tmp_path_factory.mktemp("compose"))
+    assert result.returncode == 0, result.stderr
+    return time.perf_counter() - started
+
+
 @pytest.mark.parametrize("override", sorted(BAD_VALUES))
-def test_bad_value_is_one_line_naming_the_key_before_anything_runs(override, tmp_path):
+def test_bad_value_is_one_line_naming_the_key_before_anything_runs(override, tmp_path, composing_seconds):
     key, message = BAD_VALUES[override]
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -61,7 +72,8 @@ def test_bad_value_is_one_line_naming_the_key_before_anything_runs(override, tmp
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"tuneforge: error: {key}: ") and message in lines[0], lines
-    assert elapsed < 3.0, f"{override} took {elapsed:.1f} s"
+    # no model, data or trainer: about as long as composing alone (a tiny run takes several times that)
+    assert elapsed < composing_seconds + 1.5, f"{override} took {elapsed:.1f} s, composing {composing_seconds:.1f} s"
     assert not (tmp_path / "r").exists()
     assert list(cwd.iterdir()) == []  # no runs/<date>/ from Hydra either
 
