@@ -23,6 +23,7 @@ def main(out, rank, world, port, hidden=64, layers=2, prompts=12, threads=1):
     from omegaconf import OmegaConf
 
     from tuneforge.data import Record, tokenize_records
+    from tuneforge.specs import EvaluatorSpec
     from tuneforge.evaluation import merge_predictions
     from tuneforge.evaluation.runner import run_evaluators
     from tuneforge.plugins.evaluators import ChoiceConfig, PerplexityConfig, evaluate_choice, evaluate_perplexity
@@ -42,7 +43,9 @@ def main(out, rank, world, port, hidden=64, layers=2, prompts=12, threads=1):
     examples = tokenize_records([Record(row, f"shard:{i}") for i, row in enumerate(rows)], tokenizer)[0]
 
     def component(fn, config):
-        return SimpleNamespace(spec=SimpleNamespace(evaluate=fn), config=config)
+        name = fn.__name__.removeprefix("evaluate_")
+        spec = EvaluatorSpec(name, type(config), f"{name} (shard test)", evaluate=fn)
+        return SimpleNamespace(spec=spec, config=config)
 
     evaluators = {"perplexity": component(evaluate_perplexity, PerplexityConfig(batch_size=3)),
                   "choice": component(evaluate_choice, ChoiceConfig(batch_size=4)),
