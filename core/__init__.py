@@ -45,6 +45,20 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 __all__ = [
     "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec",
     "EvaluatorSpec", "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec",
-    "PluginError", "RetrieverSpec", "RunContext", "TuneforgeError", "hookimpl", "validation",
-    "__version__",
+    "PluginError", "RetrieverSpec", "RunConfig", "RunContext", "RunSettings", "TuneforgeError", "hookimpl",
+    "validation", "__version__",
 ]
+
+#: public names defined in modules that ``import tuneforge`` does not load until they are used
+_LAZY = {"RunConfig": "tuneforge.host.components", "RunSettings": "tuneforge.host.components",
+         "Component": "tuneforge.host.components"}
+
+
+def __getattr__(name: str):
+    """``tuneforge.RunConfig`` (the validated run the lifecycle hooks receive) and ``RunSettings``,
+    imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tuneforge' has no attribute '{name}'")

@@ -155,7 +155,7 @@ def tuneforge_retrievers():
 
 
 @hookspec
-def tuneforge_run_start(config, run_dir, context):
+def tuneforge_run_start(config, run_dir, context, run_config):
     """Called when a training run starts, in every process of the run.
 
     A single-process run calls it once; under DDP each process calls it
@@ -168,18 +168,27 @@ def tuneforge_run_start(config, run_dir, context):
     run the same way, as a one-line ``tuneforge.PluginError`` naming the
     plugin, its distribution and this hook.
 
-    :param config: the composed, resolved ``omegaconf.DictConfig`` (read-only).
+    :param config: the composed, resolved ``omegaconf.DictConfig`` (read-only);
+        prefer ``run_config``, whose values are typed and checked.
     :param run_dir: ``pathlib.Path`` of the run directory.
     :param context: :class:`tuneforge.RunContext` of this process:
         ``is_main``, ``global_rank``, ``local_rank``, ``node_rank``,
         ``world_size``, ``device``, ``debug``, ``run_dir``, ``config``.
         Implementations written before it existed, without a ``context``
         parameter, keep working.
+    :param run_config: :class:`tuneforge.RunConfig`, the validated run:
+        ``run_config.settings`` (the host's typed sections: ``trainer``,
+        ``loader``, ``optim``, ``checkpoint``, ``evidence`` ..., and ``seed``,
+        ``resume``, ``run_dir``) and each selected component with its spec and
+        typed config (``run_config.data.spec``, ``run_config.data.config``;
+        ``run_config.callbacks[key]``).  A plugin that needs a fact about
+        another component asks that component's spec (e.g.
+        ``DatasetSpec.no_validation``) rather than reading its keys.
     """
 
 
 @hookspec
-def tuneforge_run_end(config, run_dir, status, metrics, context):
+def tuneforge_run_end(config, run_dir, status, metrics, context, run_config):
     """Called when a training run ends, successfully or not, in every process.
 
     Under DDP each process of the run calls it once, with its own
@@ -195,4 +204,6 @@ def tuneforge_run_end(config, run_dir, status, metrics, context):
         evaluator results, last training loss); partial for a failed run.
     :param context: :class:`tuneforge.RunContext` of this process (see
         :func:`tuneforge_run_start`); optional in implementations.
+    :param run_config: :class:`tuneforge.RunConfig`, the validated run (see
+        :func:`tuneforge_run_start`).
     """

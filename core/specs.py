@@ -97,17 +97,26 @@ class DatasetSpec(_Spec):
     selected loss declares ``requires``, and refuses the run when a kind is not
     one the loss accepts.  It may raise ``tuneforge.errors.DataError`` (e.g. an
     unreadable first record), which is reported like a bad config value.
+
+    ``no_validation(config) -> str or None`` (optional) says, from the config
+    alone, whether ``load`` will hold out validation examples: None when it
+    will (or cannot tell before loading), else one line saying why not, naming
+    the keys (``"data.val_size is 0"``).  Other plugins ask it instead of
+    reading this dataset's keys (the ``early_stopping`` callback refuses a run
+    that never validates with it).
     """
 
     kind: ClassVar[str] = "dataset"
     required: ClassVar[tuple[str, ...]] = ("load",)
     load: Optional[Callable[[Any, Any], Any]] = None
     example_kinds: Optional[Callable[[Any], Optional[Iterable[str]]]] = None
+    no_validation: Optional[Callable[[Any], Optional[str]]] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.example_kinds is not None and not callable(self.example_kinds):
-            raise TypeError(f"dataset '{self.name}': 'example_kinds' must be a callable or None")
+        for name in ("example_kinds", "no_validation"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise TypeError(f"dataset '{self.name}': '{name}' must be a callable or None")
 
 
 @dataclass(frozen=True)

@@ -104,28 +104,28 @@ def build_early_stopping(config: EarlyStoppingConfig):
                                   check_finite=config.check_finite, strict=config.strict, verbose=False)
 
 
-def validation_problem(config) -> Optional[str]:
-    """Why a run with this (composed) config never validates, when the config alone shows it; else None."""
-    trainer = config.get("trainer") or {}
-    if trainer.get("val_check_interval") is None and trainer.get("check_val_every_n_epoch") is None:
+def validation_problem(run_config) -> Optional[str]:
+    """Why a run never validates, when its typed config (:class:`tuneforge.RunConfig`) shows it; else None.
+    The trainer settings are the host's; whether the data holds out validation records is the dataset's
+    own declaration (``DatasetSpec.no_validation``), not a reading of its keys."""
+    trainer = run_config.settings.trainer
+    if trainer.val_check_interval is None and trainer.check_val_every_n_epoch is None:
         return "trainer.val_check_interval and trainer.check_val_every_n_epoch are both null"
-    if trainer.get("limit_val_batches") == 0:
+    if trainer.limit_val_batches == 0:
         return "trainer.limit_val_batches is 0"
-    data = config.get("data") or {}
-    if "val_fraction" in data and not data.get("val_path") and not data.get("val_split"):
-        size = data.get("val_size")  # when set, it replaces val_fraction
-        if (size is not None and size == 0) or (size is None and not data.get("val_fraction")):
-            shown = f"data.val_size is {size}" if size is not None else f"data.val_fraction is {data.get('val_fraction')}"
-            return f"data={data.get('name')} holds out no validation data ({shown}, no data.val_path)"
+    data = run_config.data
+    reason = data.spec.no_validation(data.config) if data.spec.no_validation is not None else None
+    if reason:
+        return f"data={data.name} holds out no validation data ({reason}, no data.val_path)"
     return None
 
 
 @tuneforge.hookimpl
-def tuneforge_run_start(config, run_dir):
+def tuneforge_run_start(run_config):
     """Refuse early stopping without validation before the model loads (when the config shows it)."""
-    if any(node.get("name") == "early_stopping" and node.get("strict", True)
-           for node in (config.get("callbacks") or {}).values()):
-        problem = validation_problem(config)
+    if any(component.name == "early_stopping" and component.config.strict
+           for component in run_config.callbacks.values()):
+        problem = validation_problem(run_config)
         if problem:
             raise tuneforge.ConfigError(NO_VALIDATION.format(why=problem))
 

@@ -146,15 +146,26 @@ def load_hf(config: HFDataConfig, tokenizer) -> DataSplits:
 def tuneforge_datasets():
     files = [
         tuneforge.DatasetSpec("files", FilesDataConfig, ".jsonl/.json/.csv/.parquet files or a folder of them",
-                              load=load_files, example_kinds=files_example_kinds),
+                              load=load_files, example_kinds=files_example_kinds, no_validation=no_validation),
         tuneforge.DatasetSpec("jsonl", FilesDataConfig, "records in .jsonl files",
                               load=partial(load_files, kind="jsonl"),
-                              example_kinds=partial(files_example_kinds, kind="jsonl")),
+                              example_kinds=partial(files_example_kinds, kind="jsonl"), no_validation=no_validation),
     ]
     for kind, what in (("json", "a .json array"), ("csv", ".csv files with a header"),
                        ("parquet", ".parquet files")):
         files.append(tuneforge.DatasetSpec(kind, TypedFilesDataConfig, f"records in {what}",
                                            load=partial(load_files, kind=kind),
-                                           example_kinds=partial(files_example_kinds, kind=kind)))
+                                           example_kinds=partial(files_example_kinds, kind=kind),
+                                           no_validation=no_validation))
     return [*files, tuneforge.DatasetSpec("hf", HFDataConfig, "a Hugging Face dataset (hub name or local path)",
-                                          load=load_hf, example_kinds=hf_example_kinds)]
+                                          load=load_hf, example_kinds=hf_example_kinds, no_validation=no_validation)]
+
+
+def no_validation(config) -> Optional[str]:
+    """Why this config holds out no validation records (no ``val_path``/``val_split``, and
+    ``val_size`` 0 or ``val_fraction`` 0); None when it does."""
+    if getattr(config, "val_path", None) or getattr(config, "val_split", None):
+        return None
+    if config.val_size is not None:
+        return f"data.val_size is {config.val_size}" if config.val_size == 0 else None
+    return None if config.val_fraction else f"data.val_fraction is {config.val_fraction}"

@@ -440,14 +440,17 @@ def test_a_collective_broken_by_a_lost_rank_is_one_line_naming_the_phase(tmp_pat
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_the_collective_timeout_reaches_the_strategy_and_strategy_kwargs_timeout_is_refused(strategy, tmp_path):
+    from tuneforge.host.components import run_settings
     from tuneforge.host.compose import compose, load_plugins
     from tuneforge.training.trainer import build_trainer, check_strategy
 
     overrides = [f"strategy={strategy}", "trainer.accelerator=cpu", "trainer.devices=1",
                  "trainer.collective_timeout_s=7.5"]
     load_plugins(overrides)
-    trainer = build_trainer(compose(overrides), tmp_path, [])
+    settings = run_settings(compose(overrides))
+    trainer = build_trainer(settings.trainer, settings.strategy, tmp_path, [])
     assert trainer.strategy._timeout.total_seconds() == 7.5
+    refused = run_settings(compose([*overrides, "+strategy.kwargs.timeout=60"]))
     with pytest.raises(tuneforge.ConfigError, match=r"^strategy.kwargs.timeout: the collective timeout is "
                                                     r"trainer.collective_timeout_s=<seconds> \(now 7.5\)"):
-        check_strategy(compose([*overrides, "+strategy.kwargs.timeout=60"]))
+        check_strategy(refused.strategy, refused.trainer, refused.checkpoint)

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from tuneforge.errors import ConfigError, PluginError, TuneforgeError, did_you_mean
+from tuneforge.host.schema import (CheckpointConfig, EvidenceConfig, LoaderConfig, MemorisationConfig, OptimConfig,
+                                   PluginsConfig, QualityConfig, StrategyConfig, TrainerConfig, UncertaintyConfig)
 from tuneforge.validation import ConfigValueError
 
 #: component groups with one selected component, and those with several (by key)
@@ -71,12 +73,40 @@ class Component:
 
 
 @dataclass(frozen=True)
-class RunComponents:
-    """A validated run: the resolved config and every selected component with its typed config.
+class RunSettings:
+    """The run's own settings, typed and checked: one instance of each root section's dataclass
+    (:mod:`tuneforge.host.schema`) and the root values.  Every default lives in that dataclass."""
 
-    ``config`` is a resolved copy of the composed ``DictConfig`` (with the
-    components' ``name`` keys, as saved in ``config.yaml``); ``evaluators``,
-    ``callbacks``, ``loggers`` and ``baselines`` map each config key to its component.
+    trainer: TrainerConfig
+    strategy: StrategyConfig
+    optim: OptimConfig
+    loader: LoaderConfig
+    plugins: PluginsConfig
+    quality: QualityConfig
+    checkpoint: CheckpointConfig
+    memorisation: MemorisationConfig
+    uncertainty: UncertaintyConfig
+    evidence: EvidenceConfig
+    resume: str
+    seed: int
+    run_dir: Optional[str]
+    threads: Optional[int]
+    allow_changed_data: bool
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run, built and checked once (:func:`run_components`): the typed settings and every
+    selected component with its typed config.
+
+    ``settings``: :class:`RunSettings` (``settings.trainer.max_steps``, ``settings.seed`` ...);
+    ``model``, ``data``, ``adapter``, ``loss``: the selected :class:`Component` (its ``spec`` and
+    ``config``, an instance of ``spec.config``); ``evaluators``, ``callbacks``, ``loggers`` and
+    ``baselines`` map each config key to its component.  ``config`` is the resolved ``DictConfig`` the
+    run was composed as (with the components' ``name`` keys), kept for what saves it whole
+    (``config.yaml``, the loggers' copy, the checkpoint's identity).
+
+    Lifecycle hooks receive it as ``run_config``.
     """
 
     config: Any
@@ -88,6 +118,11 @@ class RunComponents:
     callbacks: dict
     loggers: dict
     baselines: dict = dataclasses.field(default_factory=dict)
+    settings: Optional[RunSettings] = None
+
+
+#: the name the host's modules used before the typed settings joined it
+RunComponents = RunConfig
 
 
 def validate(cfg, plugins) -> list:
@@ -101,6 +136,36 @@ def run_components(cfg, plugins) -> RunComponents:
     if problems:
         raise ConfigError("\n".join(str(p) for p in problems))
     return components
+
+
+def run_settings(cfg) -> RunSettings:
+    """Only the typed settings of the composed config ``cfg`` (the root sections and values; no
+    component is looked up); a ``ConfigError`` names every problem, one per line."""
+    from omegaconf import OmegaConf
+
+    resolved = copy.deepcopy(cfg)
+    OmegaConf.resolve(resolved)
+    problems: list = []
+    settings = _settings(resolved, problems)
+    if problems:
+        raise ConfigError("\n".join(str(p) for p in problems))
+    return settings
+
+
+def _settings(resolved, problems: list) -> Optional[RunSettings]:
+    """Each root section of ``resolved`` built as its dataclass, and the root values checked; None (and
+    ``problems``) when one fails."""
+    from omegaconf import OmegaConf
+
+    from tuneforge.host.schema import ROOT_SECTIONS, ROOT_VALUES, TuneforgeConfig
+
+    before = len(problems)
+    sections = {section: _build(section, lambda: OmegaConf.to_object(resolved[section]), problems)
+                for section in ROOT_SECTIONS}
+    root = _build("", lambda: TuneforgeConfig(**{key: resolved[key] for key in ROOT_VALUES}), problems)
+    if len(problems) > before:
+        return None
+    return RunSettings(**sections, **{key: getattr(root, key) for key in ROOT_VALUES})
 
 
 def typed_config(spec, values, key: str) -> Any:
@@ -153,8 +218,6 @@ def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from tuneforge.host.schema import ROOT_SECTIONS, ROOT_VALUES, TuneforgeConfig
-
     try:
         OmegaConf.to_container(cfg, resolve=True)  # unlike OmegaConf.resolve, names a failing key
         resolved = copy.deepcopy(cfg)
@@ -165,9 +228,7 @@ def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
 
     absolute_root_paths(resolved)  # ~ expanded, relative paths made absolute: once, here (host/paths.py)
     problems: list = []
-    for section in ROOT_SECTIONS:
-        _build(section, lambda: OmegaConf.to_object(resolved[section]), problems)
-    _build("", lambda: TuneforgeConfig(**{key: resolved[key] for key in ROOT_VALUES}), problems)
+    settings = _settings(resolved, problems)
 
     _drop_deselected_settings(resolved, plugins)
     found: dict = {}
@@ -178,7 +239,7 @@ def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
                         for key, node in (resolved.get(group) or {}).items()}
     if found["loss"] is not None and found["data"] is not None:
         problems += _kind_problems(found["loss"], found["data"])
-    if resolved.get("loader") is not None and resolved.loader.get("packing"):
+    if settings is not None and settings.loader.packing:
         problems += _packing_problems(plugins, found)
     late = [name for name in (resolved.plugins.disable or []) if name in plugins.infos]
     if late:
@@ -186,7 +247,7 @@ def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
                                 "imported; block them on the command line or with TUNEFORGE_DISABLE_PLUGINS"))
     if problems:
         return None, problems
-    return RunComponents(config=resolved, **found), []
+    return RunConfig(config=resolved, settings=settings, **found), []
 
 
 def _drop_deselected_settings(resolved, plugins) -> None:

@@ -39,15 +39,15 @@ class RanksDisagree(TuneforgeError):
     """Another rank of the run stopped it, or did not arrive within ``trainer.collective_timeout_s``."""
 
 
-def meets_before_collectives(cfg, context) -> bool:
-    """True for a multi-process ``ddp``/``fsdp`` run whose processes a cluster launcher started: the
+def meets_before_collectives(strategy, context) -> bool:
+    """True for a multi-process ``ddp``/``fsdp`` run (``strategy``: its strategy settings) whose processes a cluster launcher started: the
     run whose process group is formed before training (:func:`tuneforge.evaluation.sharding.init_process_group`)
     by processes that start independently.  (Processes that tuneforge starts itself are started by rank 0
     after its decisions; Lightning's own launcher starts them inside ``fit``.)"""
     from tuneforge.context import CLUSTER_ENVIRONMENTS
 
     return (context.world_size > 1 and context.cluster_environment in CLUSTER_ENVIRONMENTS
-            and str(cfg.strategy.name) in ("ddp", "fsdp"))
+            and str(strategy.name) in ("ddp", "fsdp"))
 
 
 def meet_ranks(context, timeout_s: float) -> "RankMeeting":

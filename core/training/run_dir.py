@@ -91,9 +91,9 @@ def trained_nothing(status: dict) -> bool:
     return status.get("status") in ("failed", "interrupted") and not status.get("steps")
 
 
-def starts_over(cfg: DictConfig) -> bool:
-    """True when ``cfg.resume`` says never to resume (``never``, ``none``, ``false``)."""
-    return str(cfg.resume) in ("never", "none", "false")
+def starts_over(resume) -> bool:
+    """True when the ``resume`` setting says never to resume (``never``, ``none``, ``false``)."""
+    return str(resume) in ("never", "none", "false")
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = None,
@@ -117,7 +117,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = 
     """
     from tuneforge.training.checkpoint import CheckpointError, check_same_run, check_same_world_size, resolve_resume
 
-    never = starts_over(cfg)
+    never = starts_over(cfg.resume)
     status = read_status(run_dir)
     if status.get("status") == "completed" and not never:
         _refuse_another_run(cfg, run_dir)
@@ -148,8 +148,8 @@ KEPT_IN_PLACE = (".lock", "train.log")
 PREVIOUS_PREFIX = "previous-"
 
 
-def move_earlier_outputs(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
-    """With ``resume=never``, move everything an earlier run left in ``run_dir`` into
+def move_earlier_outputs(resume: str, run_dir: Path) -> Optional[Path]:
+    """With ``resume=never`` (the run's ``resume`` setting), move everything an earlier run left in ``run_dir`` into
     ``<run_dir>/previous-<n>/`` (n = 1, 2, ...) before anything new is written; return that folder
     (None when there was nothing to move).
 
@@ -157,7 +157,7 @@ def move_earlier_outputs(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     the new ``config.yaml``), and a later ``resume=auto`` finds only the new run's checkpoints.
     Called by the main process only, after :func:`prepare_run_dir`, while it holds the run lock.
     """
-    if not starts_over(cfg) or not run_dir.is_dir():
+    if not starts_over(resume) or not run_dir.is_dir():
         return None
     earlier = [p for p in run_dir.iterdir()
                if p.name not in KEPT_IN_PLACE and not p.name.startswith((PREVIOUS_PREFIX, ".write-test-"))]

@@ -78,7 +78,7 @@ def completed_metrics(run: SeedRun) -> Optional[dict]:
     from tuneforge.training.run_dir import read_status, starts_over
 
     metrics_file = run.run_dir / "metrics.json"
-    if starts_over(run.config) or read_status(run.run_dir).get("status") != "completed" \
+    if starts_over(run.config.resume) or read_status(run.run_dir).get("status") != "completed" \
             or not metrics_file.is_file():
         return None
     differences = _setting_differences(run.run_dir / "config.yaml", run.config)

@@ -6,13 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING
 
 from tuneforge.errors import ConfigError
 
+if TYPE_CHECKING:
+    from tuneforge.host.schema import CheckpointConfig, StrategyConfig, TrainerConfig
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Optional[list] = None):
-    """A ``lightning.Trainer`` from ``cfg.trainer`` and ``cfg.strategy``.
+
+def build_trainer(trainer: "TrainerConfig", strategy: "StrategyConfig", run_dir: Path, callbacks: list,
+                  loggers: Optional[list] = None):
+    """A ``lightning.Trainer`` from the run's ``trainer`` and ``strategy`` settings.
 
     ``loggers``: Lightning loggers, the one writing ``<run_dir>/metrics.csv``
     first (:meth:`tuneforge.training.loggers.RunLoggers.lightning_loggers`);
@@ -32,17 +36,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: Opti
     # Lightning's own use of a torch >= 2.10 deprecation, in every fit: nothing a user can change
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
-    t = cfg.trainer
+    t = trainer
     if t.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):  # a plugin's bar wins
         callbacks = [*callbacks, *_progress_bar()]
-    strategy = cfg.strategy.name
-    if cfg.strategy.kwargs or shards_weights(cfg) or takes_timeout(strategy):
-        kwargs = strategy_kwargs(cfg)
+    settings, strategy = strategy, strategy.name
+    if settings.kwargs or shards_weights(settings) or takes_timeout(strategy):
+        kwargs = strategy_kwargs(settings)
         if takes_timeout(strategy):  # every collective of the process group Lightning makes waits at most this
             from datetime import timedelta
 
             kwargs["timeout"] = timedelta(seconds=float(t.collective_timeout_s))
-        strategy = _strategy_object(cfg.strategy.name, kwargs)
+        strategy = _strategy_object(settings.name, kwargs)
     return pl.Trainer(
         max_steps=t.max_steps, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
         precision=t.precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -84,7 +88,7 @@ def _not_an_advert(record) -> bool:
     return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
 
 
-def check_strategy(cfg: DictConfig) -> None:
+def check_strategy(strategy: "StrategyConfig", trainer: "TrainerConfig", checkpoint: "CheckpointConfig") -> None:
     """Refuse, in one line and before any model loads, a strategy this machine or tuneforge cannot run.
 
     * ``fsdp``: FSDP2 (:mod:`tuneforge.training.fsdp`) runs on CPU (gloo) and CUDA; refused with a
@@ -100,11 +104,11 @@ def check_strategy(cfg: DictConfig) -> None:
       checkpoints (DeepSpeed writes its own, with pickle: see
       :func:`writes_checkpoints`).
     """
-    name = str(cfg.strategy.name)
-    accelerator = str(cfg.trainer.accelerator)
-    if "timeout" in strategy_kwargs(cfg):
+    name = str(strategy.name)
+    accelerator = str(trainer.accelerator)
+    if "timeout" in strategy_kwargs(strategy):
         raise ConfigError(f"strategy.kwargs.timeout: the collective timeout is trainer.collective_timeout_s=<seconds> "
-                          f"(now {cfg.trainer.collective_timeout_s:g}); remove strategy.kwargs.timeout")
+                          f"(now {trainer.collective_timeout_s:g}); remove strategy.kwargs.timeout")
     if name.startswith("fsdp"):
         from tuneforge.training.fsdp import PRECISIONS, check_kwargs
 
@@ -112,11 +116,11 @@ def check_strategy(cfg: DictConfig) -> None:
             raise ConfigError(f"strategy={name} is not supported: tuneforge's sharded strategy is strategy=fsdp "
                               "(FSDP2); Lightning's FSDP1 strategies write pickled checkpoints and reject norm "
                               "gradient clipping")
-        precision = str(cfg.trainer.precision)
+        precision = str(trainer.precision)
         if precision not in (*PRECISIONS, "32", "bf16"):  # (Lightning's short names for 32-true, bf16-mixed)
             raise ConfigError(f"strategy=fsdp with trainer.precision={precision}: FSDP2 (Lightning's "
                               f"ModelParallelStrategy) takes {', '.join(PRECISIONS)}")
-        check_kwargs(strategy_kwargs(cfg))
+        check_kwargs(strategy_kwargs(strategy))
     if name.startswith("deepspeed"):
         import importlib.util
 
@@ -126,17 +130,17 @@ def check_strategy(cfg: DictConfig) -> None:
         if not _cuda_run(accelerator):
             raise ConfigError(f"strategy={name} needs CUDA GPUs (Lightning's DeepSpeed strategy runs only on CUDA; "
                               f"trainer.accelerator={accelerator}, no CUDA device here): on CPU use strategy=ddp")
-        stage = int((cfg.strategy.kwargs or {}).get("stage", _deepspeed_stage(name)))
+        stage = int(strategy_kwargs(strategy).get("stage", _deepspeed_stage(name)))
         if stage >= 3:
             raise ConfigError(f"strategy={name}: ZeRO stage 3 partitions the weights, and tuneforge's evaluation and "
                               "saving after training need them whole; use strategy=deepspeed_stage_2")
-        if int(cfg.trainer.accumulate_grad_batches) > 1:
+        if int(trainer.accumulate_grad_batches) > 1:
             raise ConfigError(f"strategy={name} with trainer.accumulate_grad_batches="
-                              f"{cfg.trainer.accumulate_grad_batches}: DeepSpeed keeps gradients in its own buffers, "
+                              f"{trainer.accumulate_grad_batches}: DeepSpeed keeps gradients in its own buffers, "
                               "so tuneforge cannot divide them by the token count of the whole accumulation window; "
                               "use trainer.accumulate_grad_batches=1 with a larger loader.batch_size, or strategy=ddp")
-        if int(cfg.checkpoint.every_n_steps):
-            raise ConfigError(f"strategy={name} with checkpoint.every_n_steps={cfg.checkpoint.every_n_steps}: "
+        if int(checkpoint.every_n_steps):
+            raise ConfigError(f"strategy={name} with checkpoint.every_n_steps={checkpoint.every_n_steps}: "
                               "DeepSpeed writes its checkpoints with torch.save (pickle), which tuneforge neither "
                               "writes nor reads; set checkpoint.every_n_steps=0 (a DeepSpeed run cannot be resumed), "
                               "or use strategy=ddp")
@@ -150,22 +154,26 @@ def takes_timeout(name: str) -> bool:
                                                                  and "offload" not in name)
 
 
-def strategy_kwargs(cfg: DictConfig) -> dict:
-    """``cfg.strategy.kwargs`` as a plain dict (empty when unset)."""
-    kwargs = cfg.strategy.get("kwargs")
-    return OmegaConf.to_container(kwargs, resolve=True) if kwargs else {}
+def strategy_kwargs(strategy: "StrategyConfig") -> dict:
+    """``strategy.kwargs`` as a plain dict (a copy; empty when unset)."""
+    from omegaconf import OmegaConf
+
+    kwargs = strategy.kwargs
+    if OmegaConf.is_config(kwargs):
+        return OmegaConf.to_container(kwargs, resolve=True)
+    return dict(kwargs or {})
 
 
-def shards_weights(cfg: DictConfig) -> bool:
+def shards_weights(strategy: "StrategyConfig") -> bool:
     """True for ``strategy=fsdp``: the weights are sharded over the ranks during training (FSDP2), and the
     run evaluates and saves an unsharded copy afterwards (:func:`tuneforge.training.fsdp.unsharded_model`)."""
-    return str(cfg.strategy.name) == "fsdp"
+    return str(strategy.name) == "fsdp"
 
 
-def writes_checkpoints(cfg: DictConfig) -> bool:
+def writes_checkpoints(strategy: "StrategyConfig") -> bool:
     """False under DeepSpeed, whose strategy saves through its engine (pickle) rather than tuneforge's
     safetensors CheckpointIO: such runs save no checkpoints and cannot be resumed."""
-    return not str(cfg.strategy.name).startswith("deepspeed")
+    return not str(strategy.name).startswith("deepspeed")
 
 
 def _deepspeed_stage(name: str) -> int:

@@ -1,0 +1,141 @@
+"""How a run stops other than by completing: SIGTERM/SIGINT in any phase, a full disk, a lost rank,
+and the ``status.json`` it leaves (:func:`tuneforge.training.run.train` uses these)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+from tuneforge.context import RunContext
+from tuneforge.errors import TuneforgeError, is_disk_full
+from tuneforge.training.run_dir import write_status
+
+log = logging.getLogger("tuneforge")
+
+
+class RunInterrupted(Exception):
+    """The run stopped on SIGTERM/SIGINT: during training after saving a checkpoint, or in another
+    phase (``phase``: loading the model, loading the data, the base evaluation ...), where the
+    checkpoint is the last one saved (None: nothing trained yet)."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Optional[Path], run_dir: Path,
+                 phase: Optional[str] = None):
+        self.signal_name, self.step, self.checkpoint, self.run_dir = signal_name, step, checkpoint, run_dir
+        self.phase = phase
+        if phase is None:
+            where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (stopped before training)"
+            super().__init__(f"interrupted by {signal_name} at step {step}; saved {where}")
+        else:
+            where = f"the last checkpoint is {checkpoint}" if checkpoint else "nothing was trained yet"
+            super().__init__(f"interrupted by {signal_name} while {phase} (step {step}); {where}")
+
+
+class DiskFull(TuneforgeError):
+    """A write of the run failed because the disk (or the quota) is full."""
+
+
+class StopSignal(BaseException):
+    """Raised by the SIGTERM/SIGINT handler outside the training loop (which checkpoints first)."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextlib.contextmanager
+def signals_stop_the_run():
+    """SIGTERM and SIGINT stop the run in any phase: outside ``fit`` (whose checkpointing callback
+    installs its own handlers for the time it trains) they raise :class:`StopSignal` at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise StopSignal(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def one_line_disk_full(exc: BaseException, run_dir: Path) -> Optional[DiskFull]:
+    """A :class:`DiskFull` for an ``OSError`` (or safetensors' error) saying no space / quota; else None."""
+    if isinstance(exc, TuneforgeError) or not is_disk_full(exc):
+        return None
+    where = getattr(exc, "filename", None) or run_dir
+    return DiskFull(f"no space left on the device while writing {where}: free some space (or choose another "
+                    "run_dir), then run the same command again to resume")
+
+
+def lost_ranks(exc: BaseException, context: RunContext, phase: str, timeout_s: float) -> Optional[TuneforgeError]:
+    """One line for a collective that failed because another rank is gone (it stopped, was killed, or did
+    not arrive within ``trainer.collective_timeout_s``); None for any other error."""
+    if context.world_size <= 1 or isinstance(exc, TuneforgeError):
+        return None
+    import torch.distributed as dist
+
+    text = str(exc)
+    lost = isinstance(exc, getattr(dist, "DistError", ())) or any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+                                  "gloo/transport", "NCCL communicator was aborted", "Socket Timeout"))
+    if not lost:
+        return None
+    from tuneforge.training.rank_agreement import RanksDisagree
+
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    return RanksDisagree(f"rank {context.global_rank} of {context.world_size} stops while {phase}: another rank "
+                         f"stopped, or did not answer within {timeout_s:g} s (trainer.collective_timeout_s); see "
+                         f"the other ranks' output ({first})")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def final_status(run_dir: Path, value: dict) -> None:
+    """Write the run's final ``status.json``; when even that fails (a full disk, see
+    :func:`~tuneforge.training.run_dir.write_status`) say so in one log line instead of hiding the run's
+    own error, and the next start reports it."""
+    try:
+        write_status(run_dir, value)
+    except OSError as exc:
+        log.error("could not write %s (%s): it still says 'running'; the next start reports this run as "
+                  "interrupted", run_dir / "status.json", exc.strerror or exc)
+
+
+def mark_failed(run_dir: Path, error: str) -> None:
+    """Turn a completed ``status.json`` into ``failed`` with ``error`` (a callback's ``on_run_end`` or a
+    ``tuneforge_run_end`` hook raised after the run's outputs were written)."""
+    path = run_dir / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        status = {}
+    write_status(run_dir, dict(status, status="failed", error=error))
+
+
+def last_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest valid checkpoint of ``run_dir`` (None: none, or the directory cannot be read)."""
+    from tuneforge.training.checkpoint import latest_valid_checkpoint
+
+    try:
+        return latest_valid_checkpoint(run_dir)
+    except OSError:
+        return None
+
+
+def checkpoint_step(checkpoint: Optional[Path]) -> int:
+    """The optimizer step a checkpoint was saved at (0 for None)."""
+    if checkpoint is None:
+        return 0
+    state = json.loads((checkpoint / "state.json").read_text())
+    return int(state.get("global_step", 0))
