@@ -191,7 +191,7 @@ def test_a_sweep_gives_each_job_its_seeds_and_compare_folds_them(tmp_path):
 
 def test_a_seeds_ddp_child_composes_its_own_seed_and_never_a_loop_of_seeds(tmp_path):
     """A seed's other processes (strategy=ddp) start from the job's overrides with that seed's settings."""
-    from tuneforge.commands.cli import with_settings
+    from tuneforge.commands.train import with_settings
     from tuneforge.training.seed_runs import SeedRun
 
     where = tmp_path / "it's here" / "seed-43"

@@ -1,0 +1,395 @@
+"""``tuneforge train``: Hydra composes the config (the only composition of the run), the job validates
+it before anything heavy is imported or a run directory made, then trains.
+
+A :class:`TrainCommand` carries one invocation through its phases: ``compose`` (``hydra.main``, and
+Hydra's errors as one line), ``job`` (one Hydra job; a ``-m`` sweep job's failure recorded and the
+sweep going on), ``validate`` (the typed run, or a one-line refusal that leaves nothing behind),
+``train_one`` / ``train_seeds`` (the run, or one run per seed) and ``summary``.
+The helpers below it read the command line before Hydra does (run directory, worker logging, the
+commands that start a DDP child or resume a run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from tuneforge.commands.cli import _fail
+
+
+def train_command(args: list, debug: bool = False) -> None:
+    """``tuneforge train <args>`` (``debug``: full tracebacks)."""
+    if {"-h", "--help"} & set(args):  # tuneforge's own help (groups, choices, field docs): no Hydra, no torch
+        from tuneforge.commands.config import train_help
+        return print(train_help(args), end="")
+    TrainCommand(args, debug).run()
+
+
+class TrainCommand:
+    """One ``tuneforge train`` invocation: its arguments, the plugins they load and the Hydra jobs it runs."""
+
+    def __init__(self, args: list, debug: bool = False):
+        from tuneforge.host.compose import load_plugins
+
+        self.debug = debug
+        self.overrides = hydra_overrides(args)
+        self.plugins = load_plugins(self.overrides)
+        self.args = [*args, *run_dir_overrides(args, self.overrides)]
+        # Lightning's DDP launcher starts the other processes by re-running sys.argv: they re-enter `train`
+        self.command_line = [sys.argv[0], "train", *(["--debug"] if debug else []), *self.args]
+        self.user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+        #: the exceptions a job raised (Hydra re-raises them; they are not composition errors)
+        self.job_errors: list = []
+
+    # -- compose: Hydra runs the job(s) ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run Hydra on the arguments; a composition error becomes one ``ConfigError`` line, a sweep with
+        failed jobs a ``SweepFailed`` naming each."""
+        import time
+
+        import hydra
+
+        from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME
+
+        @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
+        def hydra_train(cfg) -> None:
+            self.job(cfg)
+
+        invoked_as = sys.argv
+        sys.argv = [sys.argv[0], *self.args, *worker_hydra_overrides(self.args)]  # what Hydra parses
+        # With HYDRA_FULL_ERROR=1 Hydra raises a composition error instead of printing it over
+        # several lines; it becomes a one-line ConfigError here.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        started = time.time()
+        try:
+            hydra_train()
+            self._check_sweep(started)
+        except Exception as exc:
+            self._explain(exc)
+        finally:
+            sys.argv = invoked_as
+            _set_env("HYDRA_FULL_ERROR", self.user_full_error)
+
+    def _check_sweep(self, started: float) -> None:
+        if not {"-m", "--multirun"} & set(self.args):
+            return
+        from tuneforge.commands.sweep import SweepFailed, failed_jobs, swept_keys
+        from tuneforge.host.hydra_dirs import current_sweep_dir
+
+        failed = failed_jobs(current_sweep_dir(), since=started, keys=swept_keys(self.overrides))
+        if failed:
+            raise SweepFailed("\n".join(failed))
+
+    def _explain(self, exc: Exception) -> None:
+        """Re-raise ``exc``: a job's own error as it is, Hydra's composition errors as one line."""
+        from tuneforge.errors import ConfigError
+        from tuneforge.host.compose import explain_composition_error, yaml_syntax_error
+        from tuneforge.host.hydra_dirs import discard_new_output_dir
+
+        from_job = any(exc is e for e in self.job_errors)
+        if not from_job and yaml_syntax_error(exc) and not self.debug:
+            discard_new_output_dir()
+            raise ConfigError(yaml_syntax_error(exc)) from None  # a config file Hydra read: file:line:column
+        if from_job or not _is_composition_error(exc):
+            raise exc
+        discard_new_output_dir()  # a -m sweep whose jobs could not be composed
+        if self.debug:
+            raise exc
+        raise ConfigError(explain_composition_error(exc, self.overrides)) from None
+
+    # -- job: one composed config ---------------------------------------------------------------------
+
+    def job(self, cfg) -> None:
+        """One Hydra job.  It reports its own errors as always (Hydra prints a short traceback unless
+        ``--debug``); only composing a job's config raises to :meth:`run`."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        _set_env("HYDRA_FULL_ERROR", self.user_full_error)
+        sys.argv = self.command_line
+        try:
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                self.train_job(cfg)
+            else:
+                self.sweep_job(cfg)
+        except Exception as exc:
+            self.job_errors.append(exc)
+            if not self.debug:
+                raise  # Hydra prints it (a short traceback)
+            import traceback
+
+            traceback.print_exc()
+            raise SystemExit(1) from None
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # for the next job's composition (a -m sweep)
+
+    def sweep_job(self, cfg) -> None:
+        """A ``-m`` sweep job: its failure is recorded in its own directory, and the sweep goes on."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from tuneforge.commands.sweep import record_failed_job
+
+        try:
+            self.train_job(cfg, in_sweep=True)
+        except Exception as exc:
+            if self.debug:
+                raise
+            record_failed_job(exc, HydraConfig.get(), cfg.get("run_dir"))
+
+    def train_job(self, cfg, in_sweep: bool = False) -> None:
+        """Validate the job's config, then train it (once, or once per seed) and print the summary."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from tuneforge.errors import TuneforgeError
+
+        components = self.validate(cfg, HydraConfig.get().runtime.output_dir, in_sweep)
+        _route_library_logs()
+        run_dir = Path(components.settings.run_dir or HydraConfig.get().runtime.output_dir)
+        try:
+            if components.settings.evidence.seeds > 1:
+                self.train_seeds(components, run_dir)
+                return
+            metrics, context = self.train_one(components, run_dir)
+        except TuneforgeError as exc:
+            if self.debug or in_sweep:
+                raise
+            _fail(str(exc))
+        if context.is_main:  # DDP workers: the main process prints
+            _print_summary(components.settings, metrics)
+
+    def validate(self, cfg, output_dir: str, in_sweep: bool):
+        """The typed run of ``cfg`` (before torch is imported, before any run directory); a refusal is one
+        line, and Hydra's new output directory is removed (a sweep job keeps it to record the error)."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from tuneforge.errors import TuneforgeError
+        from tuneforge.host.components import run_components
+        from tuneforge.host.compose import keep_only_listed_components
+        from tuneforge.host.hydra_dirs import discard_new_output_dir
+
+        keep_only_listed_components(cfg, HydraConfig.get().overrides.task)  # this job's own overrides
+        try:
+            return run_components(cfg, self.plugins)
+        except TuneforgeError as exc:
+            if in_sweep:
+                raise  # recorded in the job's directory (kept)
+            discard_new_output_dir(output_dir)  # Hydra made it for this job: a refused run leaves nothing
+            if self.debug:
+                raise
+            _fail(str(exc))
+
+    # -- the run(s) -----------------------------------------------------------------------------------
+
+    def train_one(self, components, run_dir: Path, settings=None, command_dir=None) -> tuple:
+        """One run in ``run_dir``: ``(metrics, run context)``.  ``settings``: the overrides that make this
+        job's composed config the run's (a seed's), for the processes the run starts (DDP children);
+        ``command_dir``: the run directory of this command (the seeds', when not ``run_dir``), which the
+        printed resume command names."""
+        import dataclasses
+
+        from tuneforge.context import RunContext
+        from tuneforge.training.run import RunInterrupted, run_train
+
+        context = RunContext.detect(run_dir, components.config, debug=self.debug)
+        context = dataclasses.replace(context, child_command=child_command(self.debug, run_dir, settings))
+        try:
+            return run_train(components.config, self.plugins, run_dir, context=context,
+                             components=components), context
+        except RunInterrupted as exc:
+            if context.is_main:
+                print(f"tuneforge: {exc}.\nResume with: {resume_command(self.args, command_dir or run_dir)}",
+                      file=sys.stderr)
+            raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
+
+    def train_seeds(self, components, run_dir: Path) -> None:
+        """``evidence.seeds=N``: each seed's run in ``<run_dir>/seed-<seed>`` (a completed one is reused),
+        then ``seeds.json``/``seeds.md`` and the summary across seeds."""
+        from tuneforge.context import RunContext
+        from tuneforge.evaluation.seeds import format_seed_summary
+        from tuneforge.host.components import run_components
+        from tuneforge.training.seed_runs import completed_metrics, seed_log, seed_runs, write_seed_summary
+
+        runs = seed_runs(components.config, run_dir)
+        is_main = RunContext.detect(run_dir, components.config).is_main
+        results = []
+        for number, run in enumerate(runs, 1):
+            metrics = completed_metrics(run)
+            if metrics is None:
+                # an interrupted seed resumes with the seeds' own command: completed seeds are skipped then
+                with seed_log(run, enabled=is_main):
+                    metrics, _ = self.train_one(run_components(run.config, self.plugins), run.run_dir,
+                                                settings=run.overrides(), command_dir=run_dir)
+            results.append(metrics)
+            if is_main:
+                print(f"seed {run.seed} ({number}/{len(runs)}): {run.run_dir}")
+        if is_main:
+            fold = write_seed_summary(run_dir, runs, results)
+            print(format_seed_summary(fold))
+            print(f"run directory: {run_dir} (seeds.json, seeds.md)")
+
+
+def _route_library_logs() -> None:
+    """Hydra's root handler already prints and files Lightning's messages: avoid doubles (Lightning adds
+    its own console handler when first imported, so import it first); secrets are redacted from logs."""
+    import logging
+
+    import lightning.pytorch  # noqa: F401
+
+    from tuneforge.secrets import install_log_redaction
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    install_log_redaction()
+
+
+def run_dir_overrides(args: list, overrides: list) -> list:
+    """``hydra.run.dir=<run_dir>`` when ``run_dir=`` is given for a single run, so Hydra's job log
+    (``train.log``) goes into the run directory and nothing is written to the working directory.
+
+    The directory is checked first (a file, a read-only mount, no permission: one line), since
+    Hydra creates it before tuneforge sees the config.
+
+    Neither ``run_dir=`` nor ``hydra.run.dir=`` given: ``hydra.run.dir=runs/<launch id>`` when
+    several processes started by a cluster launcher (or spread over several nodes) would otherwise
+    each compute their own ``runs/<date_time>``; a one-line :class:`~tuneforge.ConfigError` for such
+    a launch without a job id (:func:`shared_launch_run_dir`).
+    """
+    if {"-m", "--multirun", "--cfg", "-c", "--info", "-i"} & set(args):  # sweeps; printing the config only
+        return []
+    given = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
+    if "hydra.run.dir" in given:
+        return []
+    if "run_dir" not in given or given["run_dir"] in ("", "null"):
+        shared = shared_launch_run_dir(given.get("trainer.num_nodes", "1"))
+        return [] if shared is None else [f"hydra.run.dir={shared}"]
+    from tuneforge.host.paths import setting_path
+    from tuneforge.training.run_lock import check_usable
+
+    value = given["run_dir"]
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":  # run_dir="~/x": Hydra's quoting
+        value = value[1:-1]
+    run_dir = setting_path(value)  # "~/x" is the home folder's x for Hydra too, not ./~/x
+    check_usable(Path(run_dir))
+    quoted = run_dir if all(c.isalnum() or c in "_./-" for c in run_dir) or '"' in run_dir else f'"{run_dir}"'
+    return [f"hydra.run.dir={quoted}"]
+
+
+def shared_launch_run_dir(num_nodes="1"):
+    """The run directory all processes of a multi-process launch agree on (``runs/<launch id>``),
+    or None when one process decides it (a plain run, Lightning's launcher on one machine);
+    see :func:`tuneforge.context.shared_run_dir`.  ``num_nodes``: the ``trainer.num_nodes=``
+    override (read before Hydra composes the config).  Without launcher variables and one node
+    nothing is imported."""
+    from tuneforge.context import detect_ranks, shared_run_dir, started_by_a_launcher
+
+    try:
+        nodes = int(str(num_nodes).strip())
+    except ValueError:
+        nodes = 1  # Hydra reports the bad value when it composes
+    if not started_by_a_launcher() and nodes <= 1:
+        return None
+    return shared_run_dir(detect_ranks(num_nodes=max(nodes, 1)), nodes)
+
+
+def child_command(debug: bool, run_dir, settings: Optional[dict] = None) -> tuple:
+    """The command that starts another process of the current Hydra job's run (a DDP child): a single
+    ``tuneforge train`` with exactly this job's overrides (for a ``-m`` sweep job, its own values, no
+    ``-m``) and its run directory, so the child composes the job's config and never a sweep.
+    ``settings``: ``{key: value}`` overrides that replace the job's own for these keys (one seed of
+    ``evidence.seeds=N``: its seed and run directory)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = with_settings(list(HydraConfig.get().overrides.task), settings or {})
+    return (sys.executable, "-m", "tuneforge", "train", *(["--debug"] if debug else []), *overrides,
+            f"hydra.run.dir={_quoted(run_dir)}")
+
+
+def with_settings(overrides: list, settings: dict) -> list:
+    """``overrides`` with those that set a key of ``settings`` (also as ``+key``/``~key``) replaced by
+    ``key=value`` for each of ``settings`` (a string quoted for Hydra, a number as it is)."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in settings]
+    return kept + [f"{key}={_quoted(value)}" for key, value in settings.items()]
+
+
+def _quoted(value) -> str:
+    """``value`` as a Hydra override value: a path or string quoted, a number as it is."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def _is_composition_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, (HydraException, OmegaConfBaseException))
+
+
+def _set_env(name: str, value) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def worker_hydra_overrides(args: list) -> list:
+    """Hydra overrides for a process that is not the main one of its run (an ``srun``/``torchrun``
+    task or a DDP child with rank > 0): it logs to the console only, so only the main process
+    writes Hydra's job log file into the run directory.  Empty for the main process or when
+    ``args`` choose the job logging themselves.
+
+    Read before Hydra composes the config, so without it: whether the global rank is 0 does not
+    depend on the trainer's devices (rank = node rank x processes per node + local rank), and
+    without any launcher variable Lightning (and torch) is not imported at all.
+    """
+    if any(arg.startswith(("hydra/job_logging=", "hydra.job_logging")) for arg in args):
+        return []
+    from tuneforge.context import detect_ranks, started_by_a_launcher
+
+    if not started_by_a_launcher():
+        return []
+
+    return [] if detect_ranks().global_rank == 0 else ["hydra/job_logging=tuneforge_worker"]
+
+
+#: Hydra's own flags that take a value (``--cfg job``, ``-cn other`` ...)
+HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                          "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def hydra_overrides(args: list) -> list:
+    """The ``key=value`` overrides among ``train``'s arguments (Hydra's flags and their values left out)."""
+    overrides, skip_next = [], False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg in HYDRA_FLAGS_WITH_VALUE:
+            skip_next = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
+
+
+def resume_command(args: list, run_dir) -> str:
+    """The command that continues an interrupted run: same arguments, same run directory."""
+    import shlex
+
+    kept = [a for a in args if not a.startswith(("hydra.run.dir=", "run_dir=", "resume="))]
+    return shlex.join(["tuneforge", "train", *kept, f"hydra.run.dir={run_dir}"])
+
+
+def _print_summary(settings, metrics: dict) -> None:
+    from tuneforge.evaluation.report import format_comparison
+
+    print(format_comparison(metrics))
+    print(f"run directory: {settings.run_dir or _hydra_output_dir()}")
+
+
+def _hydra_output_dir() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.output_dir
