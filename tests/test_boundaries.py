@@ -169,5 +169,5 @@ def test_core_importing_a_plugin_fails_the_check():
 def test_reading_or_writing_a_rank_variable_fails_the_check():
     source = ("import os\nrank = os.environ.get('LOCAL_RANK')\nos.environ.update(MASTER_PORT='1')\n"
               "job = os.getenv('SLURM_JOB_ID')\nhome = os.environ['HOME']\n")
-    assert rank_variable_uses("core/x.py", source) == ["core/x.py:2: names LOCAL_RANK", "core/x.py:3: names MASTER_PORT",
-                                                       "core/x.py:4: names SLURM_JOB_ID"]
+    assert rank_variable_uses("core/x.py", source) == [
+        "core/x.py:2: names LOCAL_RANK", "core/x.py:3: names MASTER_PORT", "core/x.py:4: names SLURM_JOB_ID"]
