@@ -19,11 +19,27 @@ Two kinds of hook exist:
   them.  Their ``context`` argument (:class:`tuneforge.RunContext`) says
   which process this is; write files or print only where
   ``context.is_main`` is true.
+
+The annotations name the types (pytest's ``hookspec.py`` is the model); they
+are strings at run time (``from __future__ import annotations``), so this
+module imports neither omegaconf nor the run context.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Iterable
+
 import pluggy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from omegaconf import DictConfig
+
+    from tuneforge.context import RunContext
+    from tuneforge.host.components import RunConfig
+    from tuneforge.specs import (AdapterSpec, BaselineSpec, CallbackSpec, DatasetSpec, EvaluatorSpec, LoggerSpec,
+                                 LossSpec, ModelSourceSpec, RetrieverSpec)
 
 PROJECT_NAME = "tuneforge"
 
@@ -36,7 +52,7 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 
 @hookspec
-def tuneforge_model_sources():
+def tuneforge_model_sources() -> Iterable[ModelSourceSpec]:
     """Return :class:`~tuneforge.specs.ModelSourceSpec` objects.
 
     Selected with ``model=<name>``; the spec's config fields are set with
@@ -46,7 +62,7 @@ def tuneforge_model_sources():
 
 
 @hookspec
-def tuneforge_datasets():
+def tuneforge_datasets() -> Iterable[DatasetSpec]:
     """Return :class:`~tuneforge.specs.DatasetSpec` objects.
 
     Selected with ``data=<name>``.  Built-ins: ``files`` (any local file or
@@ -57,7 +73,7 @@ def tuneforge_datasets():
 
 
 @hookspec
-def tuneforge_adapters():
+def tuneforge_adapters() -> Iterable[AdapterSpec]:
     """Return :class:`~tuneforge.specs.AdapterSpec` objects.
 
     Selected with ``adapter=<name>``.  Built-ins: ``lora`` (also DoRA and
@@ -66,7 +82,7 @@ def tuneforge_adapters():
 
 
 @hookspec
-def tuneforge_losses():
+def tuneforge_losses() -> Iterable[LossSpec]:
     """Return :class:`~tuneforge.specs.LossSpec` objects.
 
     Selected with ``loss=<name>``.  Built-ins: ``cross_entropy``,
@@ -75,7 +91,7 @@ def tuneforge_losses():
 
 
 @hookspec
-def tuneforge_evaluators():
+def tuneforge_evaluators() -> Iterable[EvaluatorSpec]:
     """Return :class:`~tuneforge.specs.EvaluatorSpec` objects.
 
     Selected as a list with ``evaluators=[a,b]``; each runs on the held-out
@@ -89,7 +105,7 @@ def tuneforge_evaluators():
 
 
 @hookspec
-def tuneforge_callbacks():
+def tuneforge_callbacks() -> Iterable[CallbackSpec]:
     """Return :class:`~tuneforge.specs.CallbackSpec` objects.
 
     Selected as a list with ``callbacks=[a,b]``; each builds a Lightning
@@ -100,7 +116,7 @@ def tuneforge_callbacks():
 
 
 @hookspec
-def tuneforge_loggers():
+def tuneforge_loggers() -> Iterable[LoggerSpec]:
     """Return :class:`~tuneforge.specs.LoggerSpec` objects.
 
     Selected as a list with ``loggers=[a,b]`` (default ``[csv]``); each builds
@@ -113,7 +129,7 @@ def tuneforge_loggers():
 
 
 @hookspec
-def tuneforge_baselines():
+def tuneforge_baselines() -> Iterable[BaselineSpec]:
     """Return :class:`~tuneforge.specs.BaselineSpec` objects.
 
     Selected as a list with ``baselines=[a,b]`` (default
@@ -132,7 +148,7 @@ def tuneforge_baselines():
 
 
 @hookspec
-def tuneforge_retrievers():
+def tuneforge_retrievers() -> Iterable[RetrieverSpec]:
     """Return :class:`~tuneforge.specs.RetrieverSpec` objects.
 
     Not a config group of their own: a component selects one with its
@@ -155,7 +171,7 @@ def tuneforge_retrievers():
 
 
 @hookspec
-def tuneforge_run_start(config, run_dir, context, run_config):
+def tuneforge_run_start(config: DictConfig, run_dir: Path, context: RunContext, run_config: RunConfig) -> None:
     """Called when a training run starts, in every process of the run.
 
     A single-process run calls it once; under DDP each process calls it
@@ -188,7 +204,8 @@ def tuneforge_run_start(config, run_dir, context, run_config):
 
 
 @hookspec
-def tuneforge_run_end(config, run_dir, status, metrics, context, run_config):
+def tuneforge_run_end(config: DictConfig, run_dir: Path, status: str, metrics: dict[str, Any],
+                      context: RunContext, run_config: RunConfig) -> None:
     """Called when a training run ends, successfully or not, in every process.
 
     Under DDP each process of the run calls it once, with its own

@@ -20,7 +20,47 @@ import dataclasses
 import fnmatch
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, Protocol
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tuneforge.data import DataSplits
+    from tuneforge.losses import LossContext, LossOutput
+
+
+# --------------------------------------------------------------------------- the spec callables' signatures
+# (for readers and type checkers; the host calls them positionally, as written in each spec's docstring)
+
+
+class LoadModel(Protocol):
+    """:attr:`ModelSourceSpec.load`: the causal LM (train mode) and its tokenizer (``pad_token`` set)."""
+
+    def __call__(self, config: Any, /) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]: ...
+
+
+class LoadData(Protocol):
+    """:attr:`DatasetSpec.load`: the tokenized splits of the data this config names."""
+
+    def __call__(self, config: Any, tokenizer: PreTrainedTokenizerBase, /) -> DataSplits: ...
+
+
+class ApplyAdapter(Protocol):
+    """:attr:`AdapterSpec.apply`: the model made trainable (frozen, wrapped: e.g. a ``peft.PeftModel``)."""
+
+    def __call__(self, model: PreTrainedModel, config: Any, /) -> PreTrainedModel: ...
+
+
+class LossFunction(Protocol):
+    """What :attr:`LossSpec.build` returns: runs the forward pass(es) on one batch."""
+
+    def __call__(self, model: PreTrainedModel, batch: dict, /) -> LossOutput: ...
+
+
+class BuildLoss(Protocol):
+    """:attr:`LossSpec.build`: the loss function for this config and run."""
+
+    def __call__(self, config: Any, context: LossContext, /) -> LossFunction: ...
 
 
 def _check_config_class(kind: str, name: str, config: type) -> None:
@@ -76,7 +116,7 @@ class ModelSourceSpec(_Spec):
 
     kind: ClassVar[str] = "model source"
     required: ClassVar[tuple[str, ...]] = ("load",)
-    load: Optional[Callable[[Any], tuple]] = None
+    load: Optional[LoadModel] = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +148,7 @@ class DatasetSpec(_Spec):
 
     kind: ClassVar[str] = "dataset"
     required: ClassVar[tuple[str, ...]] = ("load",)
-    load: Optional[Callable[[Any, Any], Any]] = None
+    load: Optional[LoadData] = None
     example_kinds: Optional[Callable[[Any], Optional[Iterable[str]]]] = None
     no_validation: Optional[Callable[[Any], Optional[str]]] = None
 
@@ -159,7 +199,7 @@ class AdapterSpec(_Spec):
     kind: ClassVar[str] = "adapter"
     required: ClassVar[tuple[str, ...]] = ("apply",)
     optional: ClassVar[tuple[str, ...]] = ("save", "load", "merge")
-    apply: Optional[Callable[[Any, Any], Any]] = None
+    apply: Optional[ApplyAdapter] = None
     save: Optional[Callable[[Any, str], None]] = None
     load: Optional[Callable[[Any, str], Any]] = None
     merge: Optional[Callable[[Any], Any]] = None
@@ -190,7 +230,7 @@ class LossSpec(_Spec):
 
     kind: ClassVar[str] = "loss"
     required: ClassVar[tuple[str, ...]] = ("build",)
-    build: Optional[Callable[[Any, Any], Callable]] = None
+    build: Optional[BuildLoss] = None
     requires: tuple[str, ...] = ()
     supports_packing: bool = False
 
@@ -403,21 +443,49 @@ class RetrieverSpec(_Spec):
     build: Optional[Callable[[Any], Any]] = None
 
 
-def call_accepting(function: Callable, *args, **optional):
-    """``function(*args, **kw)`` where ``kw`` are the ``optional`` keywords its signature accepts.
+def call_accepting(function: Callable, *args, optional_args: tuple = (), optional_args_if_unreadable: bool = False,
+                   named_only: tuple = (), **optional):
+    """Call a plugin's callable with what its signature takes: the one way the host calls plugin code
+    written before an argument existed, so arguments can be added later.
 
-    A keyword is passed when ``function`` has a parameter of that name (not
-    positional-only) or takes ``**kwargs``; so a spec callable written before
-    a keyword existed keeps working.
+    - ``args``: always passed, positionally.
+    - ``optional_args``: passed positionally after ``args`` as far as the signature has room
+      (positional parameters beyond ``args``, all of them with ``*args``); e.g. a callback's
+      ``build(config)`` or ``build(config, context)``:
+      ``call_accepting(build, config, optional_args=(context,))``.
+    - ``optional`` keywords: each passed when ``function`` accepts it (:func:`accepts_keyword`: a
+      parameter of that name, not positional-only, or ``**kwargs``); those named in ``named_only``
+      only to a parameter of that name (``**kwargs`` alone does not get them).
+    - a signature that cannot be read (some builtins): ``args`` only, plus ``optional_args`` when
+      ``optional_args_if_unreadable`` (a callable whose documented form includes them).
     """
     try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):  # no signature to read (some builtins): pass only what is required
-        return function(*args)
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return function(*args, **optional)
-    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return function(*args, **{key: value for key, value in optional.items() if key in names})
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some builtins): pass only what is documented
+        return function(*args, *optional_args) if optional_args_if_unreadable else function(*args)
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        room = len(optional_args)
+    else:
+        room = len([p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) - len(args)
+    keywords = {key: value for key, value in optional.items()
+                if _accepts(parameters, key, via_kwargs=key not in named_only)}
+    return function(*args, *optional_args[:max(room, 0)], **keywords)
+
+
+def accepts_keyword(function: Callable, name: str, via_kwargs: bool = True) -> bool:
+    """Whether :func:`call_accepting` passes the keyword ``name`` to ``function``: it has a parameter of
+    that name that is not positional-only, or (``via_kwargs``) it takes ``**kwargs``.  False when the
+    signature cannot be read."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return _accepts(parameters, name, via_kwargs)
+
+
+def _accepts(parameters: list, name: str, via_kwargs: bool) -> bool:
+    return any((p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+               or (via_kwargs and p.kind is p.VAR_KEYWORD) for p in parameters)
 
 
 @dataclass(frozen=True)

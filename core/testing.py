@@ -347,10 +347,8 @@ def run_evaluator(evaluator, examples: Optional[Sequence] = None, *, predictions
     values or an instance of the evaluator's config class (default its
     defaults).
     """
-    import inspect
-
     from tuneforge.evaluation import EvaluationPass
-    from tuneforge.specs import EvaluatorSpec, call_accepting
+    from tuneforge.specs import EvaluatorSpec, accepts_keyword, call_accepting
 
     if model is None or tokenizer is None:
         model, tokenizer = tiny_model(plugins)
@@ -367,8 +365,7 @@ def run_evaluator(evaluator, examples: Optional[Sequence] = None, *, predictions
     else:
         evaluate = evaluator
     if given is not None:
-        parameters = inspect.signature(evaluate).parameters.values()
-        assert any(p.name == "evaluation" or p.kind is p.VAR_KEYWORD for p in parameters), (
+        assert accepts_keyword(evaluate, "evaluation"), (
             "run_evaluator(predictions=...) needs an evaluate(model, tokenizer, examples, config, *, evaluation) "
             "that passes evaluation= to generate_predictions; this one takes no 'evaluation' keyword")
     one_pass = EvaluationPass(label="test", given_outputs=given)

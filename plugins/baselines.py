@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import tuneforge
-from tuneforge.evaluation import demonstration_pool, query_text, with_demonstrations
-from tuneforge.evaluation.retrieval import rank_all, search_terms
+from tuneforge.evaluation import demonstration_pool, query_text, rank_all, search_terms, with_demonstrations
 from tuneforge.specs import selects
 from tuneforge.validation import at_least, check
 

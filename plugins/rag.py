@@ -27,8 +27,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 import tuneforge
-from tuneforge.evaluation import query_text
-from tuneforge.evaluation.retrieval import rank_all
+from tuneforge.evaluation import query_text, rank_all
 from tuneforge.plugins.baselines import default_retriever, report_ties
 from tuneforge.plugins.documents import FORMATS, PDF_EXTRA, read_corpus, skipped_files
 from tuneforge.specs import selects

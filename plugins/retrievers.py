@@ -19,7 +19,7 @@ from typing import Optional
 
 import tuneforge
 from tuneforge.errors import ConfigError
-from tuneforge.evaluation.retrieval import search_terms
+from tuneforge.evaluation import search_terms
 from tuneforge.validation import at_least, between, check, greater_than, non_empty, one_of
 
 

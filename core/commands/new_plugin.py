@@ -16,8 +16,10 @@ The package (``NAME/``) installs with ``pip install -e NAME`` (offline:
 
 ``<module>`` is NAME with ``-`` turned into ``_``; components are named
 ``<prefix>_<what>`` where the prefix is the module name without a leading
-``tuneforge_`` (``acme_bitfit``, ``acme_tsv`` ...).  The kinds and their files
-are the table :data:`tuneforge.commands.plugin_templates.TEMPLATES`.
+``tuneforge_`` (``acme_bitfit``, ``acme_tsv`` ...).  Every file is rendered from
+a template file in ``core/commands/plugin_template/``; the kinds are the table
+:data:`tuneforge.commands.plugin_templates.TEMPLATES`, whose docstring lists the
+template files and their variables.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import re
 from pathlib import Path
 
 from tuneforge.commands.key_values import ArgumentError
-from tuneforge.commands.plugin_templates import TEMPLATES
+from tuneforge.commands.plugin_templates import TEMPLATES, render_file
 from tuneforge.errors import did_you_mean
 
 #: the setuptools the scaffold's build needs: PEP 660 editable installs (``pip install -e``) arrived in 64
@@ -78,29 +80,24 @@ def parse_kinds(text: str) -> list:
     return [k for k in TEMPLATES if k in kinds]
 
 
-def render(text: str, names: dict) -> str:
-    for key, value in names.items():
-        text = text.replace("{{" + key + "}}", value)
-    return text
-
-
 def package_files(names: dict, kinds: list) -> dict:
-    """``{relative path: text}`` of the whole package for these kinds."""
+    """``{relative path: text}`` of the whole package for these kinds, rendered from ``plugin_template/``."""
     templates = [TEMPLATES[k] for k in kinds]
-    module = names["module"]
-    files = {
-        "pyproject.toml": _pyproject(names, templates),
-        "README.md": _readme(names, templates),
-        ".gitignore": "__pycache__/\n*.egg-info/\nbuild/\ndist/\n",
-        f"src/{module}/__init__.py": _init(names, templates),
-        f"src/{module}/plugin.py": _plugin(names, templates),
-    }
+    common = {**names, **_common_variables(names, templates)}
+    outputs = {"pyproject.toml.tmpl": "pyproject.toml", "README.md.tmpl": "README.md",
+               "gitignore.tmpl": ".gitignore", "src/module/__init__.py.tmpl": "src/module/__init__.py",
+               "src/module/plugin.py.tmpl": "src/module/plugin.py"}
+    files = {_target(target, names): render_file(source, common) for source, target in outputs.items()}
     for template in templates:
-        files[f"src/{module}/{template.kind}.py"] = render(template.module, names)
-        files[f"tests/test_{template.kind}.py"] = render(template.test, names)
-        for relative, text in template.files.items():
-            files[f"src/{module}/{relative}"] = render(text, names)
+        variables = template.variables(names)
+        files.update({_target(target, names): render_file(source, variables)
+                      for source, target in template.outputs().items()})
     return files
+
+
+def _target(path: str, names: dict) -> str:
+    """A template's target path in the package: ``src/module/`` is ``src/<module>/``."""
+    return f"src/{names['module']}/{path[len('src/module/'):]}" if path.startswith("src/module/") else path
 
 
 def write_package(name: str, kinds: list, parent: Path) -> Path:
@@ -156,125 +153,20 @@ def new_plugin_command(args: list) -> None:
 # --------------------------------------------------------------------------- the common files
 
 
-def _pyproject(names: dict, templates: list) -> str:
+def _common_variables(names: dict, templates: list) -> dict:
+    """The variables of the common files (pyproject.toml, README.md, ``__init__.py``, ``plugin.py``) for these kinds."""
     data = sorted({glob for t in templates for glob in t.package_data})
-    package_data = (f'\n[tool.setuptools.package-data]\n"{names["module"]}" = [{", ".join(repr(g) for g in data)}]\n'
-                    .replace("'", '"') if data else "")
-    return f"""\
-# The build backend must be importable by pip: online it is fetched into an isolated build
-# environment; offline install with `pip install --no-build-isolation -e .`, which uses the
-# setuptools of the current environment (>= {SETUPTOOLS_FLOOR}, for editable installs).
-[build-system]
-requires = ["setuptools>={SETUPTOOLS_FLOOR}"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "{names['dist']}"
-version = "0.1.0"
-description = "tuneforge plugin: {', '.join(f"{t.kind} {names['prefix']}_{t.suffix}" for t in templates)}"
-readme = "README.md"
-requires-python = ">=3.10"
-dependencies = ["tuneforge"]
-
-[project.optional-dependencies]
-test = ["pytest>=8"]
-
-# tuneforge finds plugins through this entry-point group: name = module with the hooks
-[project.entry-points.tuneforge]
-{names['module']} = "{names['module']}.plugin"
-
-[tool.setuptools.packages.find]
-where = ["src"]
-{package_data}
-[tool.pytest.ini_options]
-testpaths = ["tests"]
-# the tests also run from a checkout that is not installed (tuneforge.testing registers the module)
-pythonpath = ["src"]
-"""
-
-
-def _init(names: dict, templates: list) -> str:
-    return f'''"""{names['dist']}: a tuneforge plugin ({', '.join(t.kind for t in templates)}).
-
-The entry-point module is :mod:`{names['module']}.plugin`; each component lives in its own module.
-"""
-
-#: the entry-point name (``tuneforge plugins`` shows it); files this plugin writes into a
-#: run go to ``<run_dir>/<PLUGIN_NAME>/``
-PLUGIN_NAME = "{names['module']}"
-'''
-
-
-def _plugin(names: dict, templates: list) -> str:
-    imports = "\n".join(f"from {names['module']}.{t.kind} import {t.hook}" for t in templates)
-    exported = ", ".join(f'"{t.hook}"' for t in templates)
-    return f'''"""The entry-point module of {names['dist']} (``[project.entry-points.tuneforge]`` in pyproject.toml).
-
-tuneforge imports this module on every command and registers the ``tuneforge_*``
-functions found here.  Keep it cheap: the component modules import torch and
-friends inside their functions only.
-"""
-
-{imports}
-
-__all__ = [{exported}]
-'''
-
-
-def _readme(names: dict, templates: list) -> str:
-    dist, module = names["dist"], names["module"]
-    components = "\n".join(render(t.readme, names) for t in templates)
-    example = next((f"{t.group}={names['prefix']}_{t.suffix}" for t in templates if t.group in ("adapter", "data",
-                                                                                                   "loss")), "")
-    show = next((f"{t.group}={names['prefix']}_{t.suffix}" for t in templates), "")
-    return f"""\
-# {dist}
-
-A tuneforge plugin, generated by `tuneforge new-plugin {dist}`.
-tuneforge finds it through the entry point `{module} = "{module}.plugin"` in
-`pyproject.toml`.
-
-## Install
-
-    pip install -e .                          # from this folder; or pip install -e path/to/{dist}
-
-Offline (no package index to fetch the build backend from), build with the
-setuptools already installed (>= {SETUPTOOLS_FLOOR}) instead of an isolated build environment:
-
-    pip install --no-build-isolation -e .
-
-Check that tuneforge sees it, and what it configures:
-
-    tuneforge plugins                         # {module}  {dist} 0.1.0  ...
-    tuneforge config show {show}
-    tuneforge train model=tiny {example} trainer.max_steps=3
-
-## Test
-
-    python -m pytest
-
-The tests use `tuneforge.testing` (installed with tuneforge): the `tuneforge_fit`
-fixture runs a tiny CPU fine-tune (a random 2-layer Llama, no download) with
-this plugin registered; `assert_labels`, `run_loss` and `run_evaluator` check
-one component without training.  They pass whether or not the package is
-installed: a module passed as `plugins=[plugin]` that is also installed is
-registered once, in place of its entry point.
-
-## Components
-
-{components}
-## Writing more
-
-- Document every config field in the dataclass docstring, one `<field>: <what it does>`
-  line each (continuation lines indented deeper): `tuneforge config show`,
-  `tuneforge train --help` and the docs read them from there.
-- Validate values in `__post_init__` and raise `ValueError`; tolerate omegaconf's
-  `"???"` and interpolation strings while Hydra checks the types.
-- Import torch, transformers and lightning inside functions, never at module level:
-  tuneforge imports `{module}.plugin` on every command.
-- Write files only into `<run_dir>/{module}/`, and only in the main process: the
-  run context (`tuneforge.RunContext`: `run_dir`, `is_main`) is the second argument
-  of a callback's `build` and the `context` argument of the lifecycle hooks.
-- See tuneforge's `docs/plugins.md` ("What your plugin can rely on") for the
-  prediction row keys, the logged metric names and the override quoting rules.
-"""
+    globs = ", ".join(f'"{glob}"' for glob in data)
+    package_data = f'\n[tool.setuptools.package-data]\n"{names["module"]}" = [{globs}]\n' if data else ""
+    components = [f"{t.group}={names['prefix']}_{t.suffix}" for t in templates]
+    return {
+        "setuptools_floor": SETUPTOOLS_FLOOR,
+        "description": ", ".join(f"{t.kind} {names['prefix']}_{t.suffix}" for t in templates),
+        "package_data": package_data,
+        "kinds": ", ".join(t.kind for t in templates),
+        "imports": "\n".join(f"from {names['module']}.{t.kind} import {t.hook}" for t in templates),
+        "exported": ", ".join(f'"{t.hook}"' for t in templates),
+        "show": components[0] if components else "",
+        "example": next((c for t, c in zip(templates, components) if t.group in ("adapter", "data", "loss")), ""),
+        "components": "\n".join(render_file(f"readme/{t.kind}.md.tmpl", t.variables(names)) for t in templates),
+    }

@@ -1,6 +1,7 @@
 """Evaluation: the public helpers for evaluator plugins (prompts, references, shared greedy
 generation, predictions, per-example scores; see :mod:`tuneforge.evaluation.generation`) and for
-baseline plugins (demonstrations; :mod:`~tuneforge.evaluation.baselines`), the evaluator runner
+baseline plugins (demonstrations; :mod:`~tuneforge.evaluation.baselines`) and retriever plugins
+(search terms, ranking; :mod:`~tuneforge.evaluation.retrieval`), the evaluator runner
 (:mod:`~tuneforge.evaluation.runner`) and the run report (:mod:`~tuneforge.evaluation.report`).
 
 Evaluator plugins import from here: ``from tuneforge.evaluation import generate_predictions``.
@@ -27,6 +28,7 @@ from tuneforge.evaluation.generation import (
     user_message,
     with_few_shot,
 )
+from tuneforge.evaluation.retrieval import rank_all, search_terms
 from tuneforge.evaluation.sharding import batches_of, distributed_world, map_batches
 
 __all__ = [
@@ -34,4 +36,5 @@ __all__ = [
     "generate_predictions", "map_batches", "merge_predictions", "model_device", "prompts_and_references",
     "record_predictions", "split_example", "user_message", "with_few_shot",
     "demonstration_pool", "demonstration_turns", "query_text", "record_scores", "with_demonstrations",
+    "rank_all", "search_terms",
 ]

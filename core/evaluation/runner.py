@@ -54,8 +54,7 @@ def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples
                 continue
             one_pass.scores, one_pass.scored_rows = {}, {}
             values = spec_call(spec, "evaluate", call_accepting, spec.evaluate, model, tokenizer, examples,
-                               evaluator.config, evaluation=one_pass,
-                               **({"context": context} if _takes_context(spec.evaluate) else {}))
+                               evaluator.config, evaluation=one_pass, context=context, named_only=("context",))
             values = checked_metric_values(spec, values)
             for metric, value in values.items():
                 if value is not None:
@@ -184,14 +183,3 @@ def _evaluation_device(cfg: DictConfig, context=None):
     else:
         device = evaluation_device(cfg.trainer.accelerator, cfg.trainer.devices, local_rank=0)
     return None if device == "cpu" else torch.device(device)
-
-
-def _takes_context(evaluate) -> bool:
-    """True when ``evaluate`` has a parameter named ``context`` that can be passed by keyword."""
-    import inspect
-
-    try:
-        parameter = inspect.signature(evaluate).parameters.get("context")
-    except (TypeError, ValueError):
-        return False
-    return parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)

@@ -34,12 +34,21 @@ def hook_names() -> list[str]:
     return [f.__name__ for f in sorted(functions, key=lambda f: f.__code__.co_firstlineno)]
 
 
+def hook_signature(function) -> str:
+    """``(name: type, ...) -> type`` of a hook spec, its annotations as written in :mod:`tuneforge.hookspecs`
+    (strings there, ``from __future__ import annotations``; shown without quotes)."""
+    signature = inspect.signature(function)
+    parameters = ", ".join(p.name if p.annotation is p.empty else f"{p.name}: {p.annotation}"
+                           for p in signature.parameters.values())
+    returns = "" if signature.return_annotation is signature.empty else f" -> {signature.return_annotation}"
+    return f"({parameters}){returns}"
+
+
 def render_hook_reference() -> str:
     parts = [BEGIN, ""]
     for name in hook_names():
         function = getattr(hookspecs, name)
-        signature = str(inspect.signature(function))
-        parts += [f"### `{name}{signature}`", "", inspect.cleandoc(function.__doc__ or ""), ""]
+        parts += [f"### `{name}{hook_signature(function)}`", "", inspect.cleandoc(function.__doc__ or ""), ""]
     parts.append(END)
     return "\n".join(parts)
 

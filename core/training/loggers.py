@@ -15,7 +15,6 @@ the tracker runs.  A logger that cannot be built or started is a one-line
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import numbers
@@ -26,7 +25,7 @@ from typing import Any
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.host.guard import (describe_plugin, guarded_function, is_own, origin_of, plugin_error,
                              spec_call)
-from tuneforge.specs import LoggerContext
+from tuneforge.specs import LoggerContext, call_accepting
 
 log = logging.getLogger("tuneforge")
 
@@ -95,7 +94,8 @@ def build_loggers(components: dict, run_dir: Path, resuming: bool = False, is_ma
                                 is_main=is_main)
         origin = origin_of(spec)
         try:
-            logger = _call_build(spec.build, node, context)
+            # build(config, context), or build(config) when it takes one parameter
+            logger = call_accepting(spec.build, node, optional_args=(context,), optional_args_if_unreadable=True)
         except TuneforgeError:
             raise
         except ImportError as exc:  # a logger that does not check its library itself
@@ -110,18 +110,6 @@ def build_loggers(components: dict, run_dir: Path, resuming: bool = False, is_ma
         selected.append(SelectedLogger(key, spec, context, guard_lightning_logger(logger, origin, spec.name)))
     own = next((s.logger for s in selected if writes_run_metrics(s.logger, run_dir)), None)
     return RunLoggers(run_dir, own if own is not None else run_metrics_logger(run_dir), selected)
-
-
-def _call_build(build, config, context: LoggerContext):
-    """``build(config, context)``, or ``build(config)`` when ``build`` takes a single parameter."""
-    try:
-        parameters = list(inspect.signature(build).parameters.values())
-    except (TypeError, ValueError):  # no signature (builtin): the documented two-argument form
-        return build(config, context)
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters):
-        return build(config, context)
-    return build(config)
 
 
 class RunLoggers:
