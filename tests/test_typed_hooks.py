@@ -45,15 +45,18 @@ def test_the_hook_annotations_are_the_types_the_host_passes_and_expects():
     from omegaconf import DictConfig
 
     from tuneforge.context import RunContext
+    from tuneforge.host.components import RunConfig
 
     for spec_class, (_group, hook, _several) in SPEC_KINDS.items():
         assert _hints(getattr(hookspecs, hook), hookspecs)["return"] == typing.Iterable[spec_class], hook
     start = _hints(hookspecs.tuneforge_run_start, hookspecs)
-    assert start == {"config": DictConfig, "run_dir": Path, "context": RunContext, "return": type(None)}
+    assert start == {"config": DictConfig, "run_dir": Path, "context": RunContext, "run_config": RunConfig,
+                     "return": type(None)}
     end = _hints(hookspecs.tuneforge_run_end, hookspecs)
     assert end["status"] is str and end["metrics"] == dict[str, typing.Any] and end["context"] is RunContext
+    assert end["run_config"] is RunConfig
     assert hook_signature(hookspecs.tuneforge_run_start) == \
-        "(config: DictConfig, run_dir: Path, context: RunContext) -> None"  # as docs/plugins.md shows it
+        "(config: DictConfig, run_dir: Path, context: RunContext, run_config: RunConfig) -> None"  # as docs show
 
 
 def test_the_spec_callables_protocols_name_their_arguments_and_results():

@@ -468,22 +468,10 @@ def run_train(cfg, plugins, run_dir: Optional[str] = None, context=None, compone
 
 
 def build_callback(spec, config, context: RunContext):
-    """``spec.build(config, context)`` when ``build`` takes a second parameter, else ``spec.build(config)``;
-    the Lightning callback it returns runs each of its hooks behind the plugin guard
-    (:func:`tuneforge.host.guard.guard_lightning_callback`)."""
-    import inspect
-
-    try:
-        parameters = list(inspect.signature(spec.build).parameters.values())
-    except (TypeError, ValueError):  # a builtin or C callable without a signature: the documented minimum
-        parameters = None
-    if parameters is None:
-        takes_context = False
-    else:
-        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        takes_context = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
-    arguments = (config, context) if takes_context else (config,)
-    callback = spec_call(spec, "build", spec.build, *arguments)
+    """``spec.build(config, context)`` when ``build`` takes a second parameter, else ``spec.build(config)``
+    (:func:`tuneforge.specs.call_accepting`); the Lightning callback it returns runs each of its hooks behind
+    the plugin guard (:func:`tuneforge.host.guard.guard_lightning_callback`)."""
+    callback = spec_call(spec, "build", call_accepting, spec.build, config, optional_args=(context,))
     return guard_lightning_callback(callback, origin_of(spec), f"callback '{spec.name}'")
 
 
