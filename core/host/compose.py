@@ -4,7 +4,7 @@ Plugins must be loaded before Hydra composes the config (their config
 dataclasses become group options), so the plugin switches
 (``plugins.disable``, ``plugins.enable``, ``plugins.autoload``) are read from
 the overrides and the environment first.  The config is composed once: by
-``hydra.main`` for ``tuneforge train`` (:mod:`tuneforge.commands.cli`), or by
+``hydra.main`` for ``tuneforge train`` (:mod:`tuneforge.commands.train`), or by
 :func:`compose` (Hydra's compose API) for code that runs without the CLI.
 Composition errors become one-line ``ConfigError`` messages
 (:func:`explain_composition_error`); the composed config is then checked by
