@@ -268,3 +268,20 @@ def test_a_model_that_its_config_did_not_train_is_refused_unless_forced(complete
     assert "\n" not in str(refused.value)
     assert read_run_config(mixed, force=True).adapter.r == 16
     assert read_run_config(completed_run).adapter.r == 8  # its own model: accepted
+
+
+@pytest.mark.fault(fault="SIGTERM while the run is being prepared (the run directory, the resume decision, "
+                         "waiting for the other ranks)",
+                   outcome="`interrupted by SIGTERM while preparing the run directory (step 0); nothing was "
+                           "trained yet`; status.json says interrupted; the lock is released")
+def test_sigterm_while_the_run_is_prepared_is_interrupted_with_its_phase(tmp_path, monkeypatch):
+    from tuneforge.training.run_lock import RunLock
+
+    _sigterm_during(monkeypatch, "tuneforge.training.run:save_metric_history")  # after status.json says running
+    with pytest.raises(RunInterrupted) as stopped:
+        run_tiny_fit(tmp_path / "run", overrides=["trainer.max_steps=2", "baselines=[]"])
+    line = "interrupted by SIGTERM while preparing the run directory (step 0); nothing was trained yet"
+    assert str(stopped.value) == line
+    assert _status(tmp_path / "run")["status"] == "interrupted" and _status(tmp_path / "run")["error"] == line
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    RunLock(tmp_path / "run", "train").acquire().release()  # nobody holds the lock any more

@@ -76,9 +76,16 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     ``trackers.json`` and ``metrics.json`` (``trackers``).
     """
     state = _new_state(cfg, plugins, Path(run_dir), context, components)
-    prepare(state)
     stop_on_signals = signals_stop_the_run()
     stop_on_signals.__enter__()
+    try:
+        prepare(state)
+    except (StopSignal, KeyboardInterrupt) as stop:  # before the run started: no hooks, the lock is released
+        stop_on_signals.__exit__(None, None, None)
+        raise _interrupted_while_preparing(state, stop) from None
+    except BaseException:
+        stop_on_signals.__exit__(None, None, None)
+        raise
     try:
         start(state)
         build(state)
@@ -133,7 +140,9 @@ def prepare(state: RunState) -> None:
     # processes started by a cluster launcher meet first, so that a failure of rank 0 alone (the lock, the
     # run directory) stops every rank at once instead of leaving them in init_process_group
     if meets_before_collectives(settings.strategy, context):
+        state.phase = "waiting for the other ranks to start"
         state.meeting = meet_ranks(context, state.timeout_s)
+    state.phase = "preparing the run directory"
     try:
         _prepare_run_dir(state)
     except BaseException as exc:
@@ -148,6 +157,7 @@ def prepare(state: RunState) -> None:
             raise failure from exc
         raise
     if state.meeting is not None:
+        state.phase = "waiting for the other ranks to start"
         try:
             state.meeting.agree()  # raises (one line) when another rank could not start
         except BaseException:
@@ -191,6 +201,7 @@ def _prepare_run_dir(state: RunState) -> None:
         write_status(run_dir, {"status": "running", "resumed_from": _str(state.resume_from),
                                "segments": [*state.earlier_segments,
                                             {"from_step": state.resumed_step, "status": "running"}]})
+        state.wrote_running = True
 
 
 def _release_lock(state: RunState) -> None:
@@ -394,6 +405,18 @@ def _interrupted(state: RunState, stop: BaseException) -> RunInterrupted:
     interrupted = RunInterrupted(name, step, last_checkpoint(state.run_dir) or state.resume_from, state.run_dir,
                                  phase=state.phase)
     state.error = str(interrupted)
+    return interrupted
+
+
+def _interrupted_while_preparing(state: RunState, stop: BaseException) -> RunInterrupted:
+    """SIGTERM/SIGINT while the run was being prepared (waiting for the other ranks, locking, deciding the
+    resume): the one line with the phase, ``status.json`` interrupted when this start had written it."""
+    interrupted = _interrupted(state, stop)
+    _release_lock(state)
+    if state.context.is_main and state.wrote_running:
+        final_status(state.run_dir, {"status": "interrupted", "error": state.error, "steps": state.resumed_step,
+                                     "resumed_from": _str(state.resume_from), "segments": state.earlier_segments,
+                                     "wall_time_s": time.time() - state.started})
     return interrupted
 
 
