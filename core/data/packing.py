@@ -36,7 +36,7 @@ import bisect
 import random
 from typing import Optional, Sequence
 
-from tuneforge.data.formats import IGNORE_INDEX
+from tuneforge.data.tokenization import IGNORE_INDEX
 from tuneforge.errors import ModelError
 
 #: length grouping sorts within mega-batches of this many (global) batches
