@@ -27,7 +27,7 @@ attention row is empty).  Losses build their forward arguments with
 
 Length grouping (``loader.group_by_length=true``) is
 :func:`length_grouped_order`: batches of similar lengths, used by
-:class:`tuneforge.training.resilience.ResumableSampler`.
+:class:`tuneforge.training.resumable_sampler.ResumableSampler`.
 """
 
 from __future__ import annotations
