@@ -72,9 +72,9 @@ def init_process_group(context, backend: Optional[str] = None, store=None, timeo
     collective of the group (``trainer.collective_timeout_s``; None: torch's default).  Returns False
     (nothing done) for a single process, when a group exists already, or when the processes are
     ``LightningEnvironment`` ones that tuneforge does not start (Lightning's launcher starts them only
-    inside ``fit``; :attr:`tuneforge.RunContext.process_group_before_fit`).  For ``ddp``/``fsdp``
-    runs: under those strategies the process the user started starts the others
-    (:mod:`tuneforge.training.launch`) before this is called.
+    inside ``fit``; :attr:`tuneforge.RunContext.process_group_before_fit`).  Call it for ``ddp``/``fsdp``
+    runs only, after :func:`tuneforge.training.launch.start_local_processes`: under those strategies
+    the process the user started has then started the others, so it makes the group with them.
     """
     from datetime import timedelta
 
