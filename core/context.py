@@ -23,9 +23,13 @@ The ranks come from Lightning's cluster environments
    launcher set it, else what ``trainer.devices`` x ``trainer.num_nodes``
    will start.  A plain single-process run is rank 0 of 1.
 
-No other module of tuneforge reads rank environment variables: everything
-that needs to know whether it is the main process, or which device it
-evaluates on, receives the :class:`RunContext`.
+No other module of tuneforge reads or writes rank or process-group
+environment variables: everything that needs to know whether it is the main
+process, which device it evaluates on, or whether tuneforge started the
+processes of its node (:attr:`RunContext.starts_local_processes`,
+:attr:`RunContext.early_process_group`) receives the :class:`RunContext`; the
+processes tuneforge starts get their environment from it
+(:meth:`RunContext.child_environment`).
 
 The job id of the launch (``SLURM_JOB_ID``, torchrun's ``--rdzv-id``,
 ``LSB_JOBID``) is read here too: :func:`shared_run_dir` derives the one run
@@ -47,6 +51,11 @@ from tuneforge.errors import ConfigError
 #: ``lightning.pytorch``'s accelerator connector tries them (the fallback is LightningEnvironment)
 CLUSTER_ENVIRONMENTS = ("TorchElasticEnvironment", "SLURMEnvironment", "LSFEnvironment", "MPIEnvironment")
 LIGHTNING_ENVIRONMENT = "LightningEnvironment"
+
+#: set in the processes tuneforge starts itself (:meth:`RunContext.child_environment`): all of them run the
+#: whole run flow, so the process group can be made before the base evaluation; Lightning's own launcher
+#: starts its children only inside ``fit``, where an early group would not match the main process's calls
+EARLY_GROUP_VARIABLE = "TUNEFORGE_EARLY_PROCESS_GROUP"
 
 #: launcher name, and how to start ``devices`` processes per node on ``nodes`` nodes with it
 _LAUNCH_HINTS = {
@@ -103,11 +112,62 @@ class RunContext:
     #: cluster launcher; :mod:`tuneforge.training.launch`), e.g. ``python -m tuneforge train <this job's
     #: overrides> hydra.run.dir=<run dir>``; None: Lightning's launcher starts them inside ``fit``
     child_command: Optional[tuple] = field(default=None, compare=False)
+    #: a launcher set this process's local rank (``LOCAL_RANK``: Lightning's or tuneforge's launcher,
+    #: torchrun); False in a process the user started by hand
+    local_rank_from_launcher: bool = False
+    #: tuneforge started this process with the other processes of its node
+    #: (:mod:`tuneforge.training.launch`), so their process group is made before the base evaluation
+    early_process_group: bool = False
 
     @property
     def is_main(self) -> bool:
         """True in exactly one process of a run: global rank 0, which writes the run directory."""
         return self.global_rank == 0
+
+    @property
+    def starts_local_processes(self) -> bool:
+        """True for the process the user started of a multi-process run that no launcher started
+        (``LightningEnvironment``, no local rank from a launcher) and that knows how to start the others
+        (:attr:`child_command`): under ``ddp``/``fsdp`` it starts local ranks 1..N-1 itself
+        (:mod:`tuneforge.training.launch`), where Lightning's launcher would start them inside ``fit``."""
+        return (self.world_size > 1 and self.local_rank == 0 and self.child_command is not None
+                and self.cluster_environment == LIGHTNING_ENVIRONMENT and not self.local_rank_from_launcher)
+
+    @property
+    def process_group_before_fit(self) -> bool:
+        """Whether a ``ddp``/``fsdp`` run may make its process group before ``fit`` (so that the base
+        evaluation is shared out): when a cluster launcher started the processes, or tuneforge did (the
+        process that starts them, :attr:`starts_local_processes`, and those it started,
+        :attr:`early_process_group`); not for the children of Lightning's own launcher, which start
+        inside the main process's ``fit``."""
+        if self.cluster_environment != LIGHTNING_ENVIRONMENT:
+            return True
+        return self.early_process_group or self.starts_local_processes
+
+    def launch_variables(self, main_address: str, main_port: int, local_rank: int = 0) -> dict:
+        """The variables of Lightning's launch protocol (``LightningEnvironment``) for local rank
+        ``local_rank`` of this node, in a run whose processes tuneforge starts: ``MASTER_ADDR`` and
+        ``MASTER_PORT`` (the main process's), ``NODE_RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``.  With
+        them Lightning sees the processes as started externally and starts none."""
+        return {"MASTER_ADDR": str(main_address), "MASTER_PORT": str(main_port), "NODE_RANK": str(self.node_rank),
+                "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(self.world_size)}
+
+    def child_environment(self, local_rank: int, main_address: str, main_port: int) -> dict:
+        """The environment of the process of local rank ``local_rank`` that this process starts: this
+        one's environment, the launch variables of that rank (:meth:`launch_variables`) and the flag
+        that gives its context :attr:`early_process_group`."""
+        return dict(os.environ, **self.launch_variables(main_address, main_port, local_rank),
+                    **{EARLY_GROUP_VARIABLE: "1"})
+
+    def set_main_address(self) -> str:
+        """Set ``MASTER_ADDR``/``MASTER_PORT`` from the Lightning cluster environment the ranks came from
+        (:attr:`cluster_environment`); returns ``"address:port"``."""
+        from lightning.fabric.plugins import environments
+
+        env = getattr(environments, self.cluster_environment)()
+        os.environ["MASTER_ADDR"] = str(env.main_address)
+        os.environ["MASTER_PORT"] = str(env.main_port)
+        return f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
 
     @classmethod
     def detect(cls, run_dir, config=None, *, debug: bool = False, accelerator: Optional[str] = None,
@@ -130,7 +190,9 @@ class RunContext:
                    node_rank=ranks.node_rank, world_size=ranks.world_size,
                    device=evaluation_device(accelerator, devices, ranks.local_rank), debug=bool(debug),
                    config=_read_only(config), cluster_environment=ranks.cluster_environment,
-                   slurm_job_id=slurm_job_id() if ranks.cluster_environment == "SLURMEnvironment" else None)
+                   slurm_job_id=slurm_job_id() if ranks.cluster_environment == "SLURMEnvironment" else None,
+                   local_rank_from_launcher="LOCAL_RANK" in os.environ,
+                   early_process_group=os.environ.get(EARLY_GROUP_VARIABLE) == "1")
 
     def check_process_count(self, devices: Any, num_nodes: Any) -> None:
         """Stop (one line) when a cluster launcher started another number of processes than
@@ -340,3 +402,16 @@ def started_by_a_launcher() -> bool:
     import os
 
     return any(name in os.environ for name in LAUNCHER_VARIABLES)
+
+
+def set_environment(variables: dict) -> dict:
+    """Set ``variables`` in this process's environment (a value of None removes the variable, e.g. the
+    launch variables of a run whose processes tuneforge started); returns the values they had before, which
+    this function sets back."""
+    before = {name: os.environ.get(name) for name in variables}
+    for name, value in variables.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
+    return before

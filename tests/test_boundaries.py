@@ -120,7 +120,6 @@ def test_the_plugin_families_name_existing_plugin_modules():
     assert set().union(*PLUGIN_FAMILIES) <= modules
 
 
-@pytest.mark.xfail(strict=True, reason="launch.py/sharding.py move pending")
 def test_only_the_run_context_names_rank_environment_variables():
     uses = [v for folder in ("core", "plugins") for path, source in _sources(folder)
             if path != "core/context.py" for v in rank_variable_uses(path, source)]

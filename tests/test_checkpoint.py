@@ -20,7 +20,8 @@ from tuneforge.training.checkpoint import (
     safe_checkpoint_io,
     write_checkpoint,
 )
-from tuneforge.training.resilience import ResumableSampler, rng_states, set_rng_states
+from tuneforge.training.resumable_sampler import ResumableSampler
+from tuneforge.training.rng_state import rng_states, set_rng_states
 
 
 def _optimizer_state():

@@ -1,5 +1,6 @@
 """The run context: which process this is (from Lightning's cluster environments), passed explicitly."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -75,6 +76,76 @@ def test_lightning_launcher_child_is_not_main(launch_env, tmp_path):
     launch_env({"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"})  # what Lightning's DDP launcher sets
     context = RunContext.detect(tmp_path, accelerator="cpu", devices=2)
     assert not context.is_main and (context.global_rank, context.world_size) == (1, 2)
+
+
+def _config(strategy: str = "ddp", devices: int = 2):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"strategy": {"name": strategy},
+                             "trainer": {"accelerator": "cpu", "devices": devices, "num_nodes": 1}})
+
+
+def test_the_process_the_user_started_starts_the_others_and_gives_them_their_environment(launch_env, tmp_path):
+    from tuneforge.context import EARLY_GROUP_VARIABLE
+    from tuneforge.training.launch import needs_local_launch
+
+    main = dataclasses.replace(RunContext.detect(tmp_path, _config()), child_command=("tuneforge", "train"))
+    assert main.is_main and main.world_size == 2
+    assert not main.local_rank_from_launcher and not main.early_process_group
+    assert main.starts_local_processes and main.process_group_before_fit
+    assert needs_local_launch(_config("ddp"), main) and needs_local_launch(_config("fsdp"), main)
+    assert not needs_local_launch(_config("deepspeed_stage_2"), main)
+    assert not dataclasses.replace(main, child_command=None).starts_local_processes  # Lightning's launcher does
+    single = dataclasses.replace(RunContext.detect(tmp_path, _config(devices=1)), child_command=("tuneforge",))
+    assert not single.starts_local_processes and not needs_local_launch(_config(), single)
+
+    env = main.child_environment(1, "127.0.0.1", 29512)
+    launched = {name: env[name] for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE",
+                                             EARLY_GROUP_VARIABLE)}
+    assert launched == {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29512", "NODE_RANK": "0", "LOCAL_RANK": "1",
+                        "WORLD_SIZE": "2", EARLY_GROUP_VARIABLE: "1"}
+    assert env["PATH"] == os.environ["PATH"]  # the rest of this process's environment goes along
+    assert EARLY_GROUP_VARIABLE not in main.launch_variables("127.0.0.1", 29512)  # this process's own: rank 0
+    assert main.launch_variables("127.0.0.1", 29512)["LOCAL_RANK"] == "0"
+
+    launch_env(launched)  # the child, detected from the environment it was given
+    child = dataclasses.replace(RunContext.detect(tmp_path, _config()), child_command=("tuneforge", "train"))
+    assert (child.global_rank, child.local_rank, child.world_size, child.is_main) == (1, 1, 2, False)
+    assert child.local_rank_from_launcher and child.early_process_group
+    assert not child.starts_local_processes and child.process_group_before_fit
+    assert not needs_local_launch(_config(), child)
+
+
+def test_children_of_lightnings_own_launcher_make_no_early_process_group(launch_env, tmp_path):
+    from tuneforge.evaluation.sharding import init_process_group
+
+    launch_env({"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"})  # Lightning's launcher, inside fit
+    child = dataclasses.replace(RunContext.detect(tmp_path, _config()), child_command=("tuneforge", "train"))
+    assert child.local_rank_from_launcher and not child.early_process_group
+    assert not child.process_group_before_fit and not child.starts_local_processes
+    assert init_process_group(child) is False  # returns at once: no group, no waiting for a rank 0
+    launch_env({"LOCAL_RANK": "0"})  # Lightning's launcher sets it in the main process too
+    main = dataclasses.replace(RunContext.detect(tmp_path, _config()), child_command=("tuneforge", "train"))
+    assert main.is_main and not main.starts_local_processes and not main.process_group_before_fit
+
+
+def test_a_cluster_launchers_processes_make_their_group_early_and_start_no_others(launch_env, tmp_path):
+    launch_env(TORCHRUN_RANK_1)
+    context = dataclasses.replace(RunContext.detect(tmp_path, _config()), child_command=("tuneforge", "train"))
+    assert context.local_rank_from_launcher and not context.early_process_group
+    assert context.process_group_before_fit and not context.starts_local_processes
+
+
+def test_set_environment_sets_and_restores(monkeypatch):
+    from tuneforge.context import set_environment
+
+    monkeypatch.setenv("TUNEFORGE_TEST_A", "old")
+    monkeypatch.delenv("TUNEFORGE_TEST_B", raising=False)
+    saved = set_environment({"TUNEFORGE_TEST_A": "new", "TUNEFORGE_TEST_B": 7})
+    assert (os.environ["TUNEFORGE_TEST_A"], os.environ["TUNEFORGE_TEST_B"]) == ("new", "7")
+    assert saved == {"TUNEFORGE_TEST_A": "old", "TUNEFORGE_TEST_B": None}
+    set_environment(saved)
+    assert os.environ["TUNEFORGE_TEST_A"] == "old" and "TUNEFORGE_TEST_B" not in os.environ
 
 
 def test_plain_process_is_main_rank_zero_of_one(launch_env, tmp_path):

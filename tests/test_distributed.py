@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 import tuneforge
 from tuneforge.context import ProcessRanks, shared_run_dir
 from tuneforge.training.checkpoint import CheckpointError
-from tuneforge.training.resilience import ResumableSampler, check_resume_agreement
+from tuneforge.training.checkpoint_callback import check_resume_agreement
+from tuneforge.training.resumable_sampler import ResumableSampler
 
 from helpers import FIXTURES, TUNEFORGE, run_cli, train_losses
 

@@ -18,7 +18,7 @@ from tuneforge.errors import ConfigError, ModelError
 from tuneforge.losses import model_inputs
 from tuneforge.plugins import losses
 from tuneforge.testing import run_tiny_fit
-from tuneforge.training import resilience
+from tuneforge.training import resumable_sampler
 
 VOCAB = 300
 
@@ -264,8 +264,8 @@ def _epoch_batches(sampler, batch_size, epoch=0):
 def test_group_by_length_cuts_padding_and_sees_every_example_once_per_epoch():
     rng = random.Random(5)
     lengths = [rng.choice([8, 30, 120, 400]) + rng.randint(0, 20) for _ in range(800)]
-    plain = resilience.ResumableSampler(800, seed=1, shuffle=True, batch_size=8)
-    grouped = resilience.ResumableSampler(800, seed=1, shuffle=True, batch_size=8, lengths=lengths)
+    plain = resumable_sampler.ResumableSampler(800, seed=1, shuffle=True, batch_size=8)
+    grouped = resumable_sampler.ResumableSampler(800, seed=1, shuffle=True, batch_size=8, lengths=lengths)
     random_fraction = _padding_fraction(_epoch_batches(plain, 8), lengths)
     for epoch in (0, 1):
         batches = _epoch_batches(grouped, 8, epoch)
@@ -287,7 +287,7 @@ def test_small_groups_keep_batches_varied_between_epochs_on_small_data():
     lengths = [rng.randint(116, 145) for _ in range(100)]
 
     def batch_mates(group_batches, epoch):
-        sampler = resilience.ResumableSampler(100, seed=0, shuffle=True, batch_size=8, lengths=lengths,
+        sampler = resumable_sampler.ResumableSampler(100, seed=0, shuffle=True, batch_size=8, lengths=lengths,
                                               group_batches=group_batches)
         return {frozenset(pair) for batch in _epoch_batches(sampler, 8, epoch)
                 for pair in itertools.combinations(batch, 2)}
@@ -295,11 +295,11 @@ def test_small_groups_keep_batches_varied_between_epochs_on_small_data():
     pairs = len(batch_mates(50, 0))
     assert len(batch_mates(50, 0) & batch_mates(50, 1)) > pairs / 2  # the same neighbours, epoch after epoch
     assert len(batch_mates(4, 0) & batch_mates(4, 1)) < pairs / 4
-    plain = resilience.ResumableSampler(100, seed=0, shuffle=True, batch_size=8)
-    small = resilience.ResumableSampler(100, seed=0, shuffle=True, batch_size=8, lengths=lengths, group_batches=4)
+    plain = resumable_sampler.ResumableSampler(100, seed=0, shuffle=True, batch_size=8)
+    small = resumable_sampler.ResumableSampler(100, seed=0, shuffle=True, batch_size=8, lengths=lengths, group_batches=4)
     assert _padding_fraction(_epoch_batches(small, 8), lengths) < _padding_fraction(_epoch_batches(plain, 8),
                                                                                     lengths) / 2
-    sampler = resilience.ResumableSampler(100, seed=0, shuffle=True, batch_size=8, lengths=lengths, group_batches=4)
+    sampler = resumable_sampler.ResumableSampler(100, seed=0, shuffle=True, batch_size=8, lengths=lengths, group_batches=4)
     full = list(sampler)
     sampler.resume_at(0, 5)
     assert list(sampler) == full[5 * 8:]  # resumes exactly like the default grouping
@@ -311,7 +311,7 @@ def test_group_by_length_shards_by_rank_and_resumes_mid_epoch(count):
     lengths = [rng.randint(4, 300) for _ in range(count)]
     per_rank = {}
     for rank in (0, 1):
-        sampler = resilience.ResumableSampler(count, seed=3, shuffle=True, batch_size=4, rank=rank, world_size=2,
+        sampler = resumable_sampler.ResumableSampler(count, seed=3, shuffle=True, batch_size=4, rank=rank, world_size=2,
                                               lengths=lengths)
         per_rank[rank] = _epoch_batches(sampler, 4)
         assert len(list(sampler)) == len(sampler)
@@ -340,7 +340,7 @@ def test_packed_rows_are_sharded_by_rank():
     rows = module.packed_rows()
     seen = []
     for rank in (0, 1):
-        sampler = resilience.ResumableSampler(len(rows), seed=5, shuffle=True, batch_size=2, rank=rank, world_size=2,
+        sampler = resumable_sampler.ResumableSampler(len(rows), seed=5, shuffle=True, batch_size=2, rank=rank, world_size=2,
                                               lengths=rows.lengths())
         for batch_rows in _epoch_batches(sampler, 2):
             batch = module.pack_collate([rows[i] for i in batch_rows])

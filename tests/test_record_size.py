@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 from tuneforge.data import Record, prepare_splits
-from tuneforge.data.formats import cut_length, longest_token_chars, normalize, tokenize_sample, tokenize_samples
+from tuneforge.data.samples import normalize
+from tuneforge.data.tokenization import cut_length, longest_token_chars, tokenize_sample, tokenize_samples
 from tuneforge.errors import DataError
 from tuneforge.plugins.datasets import FilesDataConfig
 from tuneforge.plugins.models import build_tiny_tokenizer

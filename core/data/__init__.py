@@ -3,9 +3,11 @@
 The pipeline is: records (dicts, each remembering ``file:line``; see
 :mod:`tuneforge.data.sources`) -> every record normalized to its format
 (alpaca, chat with or without tool calls, completion, preference; see
-:mod:`tuneforge.data.formats`) in file order, so the first bad one is
-reported -> a deterministic train/validation split -> token ids plus labels
-where only assistant tokens carry loss -> an on-disk cache
+:mod:`tuneforge.data.columns` and :mod:`tuneforge.data.samples`) in file
+order, so the first bad one is reported -> a deterministic train/validation
+split -> token ids plus labels where only assistant tokens carry loss
+(rendered with :mod:`tuneforge.data.chat_templates`, tokenized by
+:mod:`tuneforge.data.tokenization`) -> an on-disk cache
 (:mod:`tuneforge.data.cache`) -> padded batches (:func:`pad_batch`), or packed
 rows (:mod:`tuneforge.data.packing`).
 
@@ -32,35 +34,26 @@ from tuneforge.data.cache import (
     save_cached,
     tokenizer_fingerprint,
 )
-from tuneforge.data.formats import (
+from tuneforge.data.chat_templates import (
     ALPACA_PROMPT,
     CHATML_TEMPLATE,
-    FORMATS,
-    IGNORE_INDEX,
-    MESSAGE_FIELDS,
-    RECORD_FIELDS,
-    Sample,
     assistant_spans,
-    SUPPORTED_LAYOUTS,
-    check_columns,
-    check_length_options,
-    detect_format,
     has_chat_template,
-    log_length_summary,
     message_text,
-    normalize,
-    normalize_records,
     render_prompt,
     resolve_chat_template,
     template_supports_tools,
-    to_messages,
-    tokenize_messages,
-    tokenize_records,
-    tokenize_sample,
-    tokenize_samples,
-    tokenize_text,
     tool_messages_as_text,
 )
+from tuneforge.data.columns import (
+    FORMATS,
+    MESSAGE_FIELDS,
+    RECORD_FIELDS,
+    SUPPORTED_LAYOUTS,
+    check_columns,
+    detect_format,
+)
+from tuneforge.data.samples import Sample, normalize, normalize_records, to_messages
 from tuneforge.data.sources import (
     Record,
     first_record,
@@ -71,6 +64,16 @@ from tuneforge.data.sources import (
     read_jsonl,
     read_parquet,
     read_records,
+)
+from tuneforge.data.tokenization import (
+    IGNORE_INDEX,
+    check_length_options,
+    log_length_summary,
+    tokenize_messages,
+    tokenize_records,
+    tokenize_sample,
+    tokenize_samples,
+    tokenize_text,
 )
 from tuneforge.errors import DataError
 from tuneforge.validation import at_least, between, check, existing_path, one_of

@@ -27,7 +27,7 @@ attention row is empty).  Losses build their forward arguments with
 
 Length grouping (``loader.group_by_length=true``) is
 :func:`length_grouped_order`: batches of similar lengths, used by
-:class:`tuneforge.training.resilience.ResumableSampler`.
+:class:`tuneforge.training.resumable_sampler.ResumableSampler`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import bisect
 import random
 from typing import Optional, Sequence
 
-from tuneforge.data.formats import IGNORE_INDEX
+from tuneforge.data.tokenization import IGNORE_INDEX
 from tuneforge.errors import ModelError
 
 #: length grouping sorts within mega-batches of this many (global) batches

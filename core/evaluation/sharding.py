@@ -60,34 +60,22 @@ def map_batches(fn: Callable[[list], Any], items: Sequence, batch_size: int, eva
     return [merged[index] for index in range(len(batches))]
 
 
-def set_main_address(context) -> str:
-    """Set ``MASTER_ADDR``/``MASTER_PORT`` from the Lightning cluster environment the ranks came from
-    (``context.cluster_environment``); returns ``"address:port"``."""
-    import os
-
-    from lightning.fabric.plugins import environments
-
-    env = getattr(environments, context.cluster_environment)()
-    os.environ["MASTER_ADDR"] = str(env.main_address)
-    os.environ["MASTER_PORT"] = str(env.main_port)
-    return f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-
-
 def init_process_group(context, backend: Optional[str] = None, store=None, timeout_s: Optional[float] = None) -> bool:
     """Initialize the default process group of a multi-process run before training, so that the
     base evaluation is sharded too (Lightning's DDP/FSDP strategies reuse an initialized group).
 
     Uses the address and port of the Lightning cluster environment the ranks came from
-    (``context.cluster_environment``; for processes started by tuneforge or Lightning's launcher,
-    ``MASTER_ADDR``/``MASTER_PORT``) and ``nccl`` on CUDA devices, else ``gloo``, as Lightning
-    does; or ``store``, the job's store the ranks already met at
-    (:func:`tuneforge.training.rank_agreement.meet_ranks`).  ``timeout_s`` bounds every collective
-    of the group (``trainer.collective_timeout_s``; None: torch's default).  Returns False (nothing
-    done) for a single process, when a group exists already, or when the processes are
-    ``LightningEnvironment`` ones that tuneforge did not start (Lightning's launcher starts them only
-    inside ``fit``).
+    (``context.cluster_environment``, :meth:`tuneforge.RunContext.set_main_address`; for processes
+    started by tuneforge or Lightning's launcher, ``MASTER_ADDR``/``MASTER_PORT``) and ``nccl`` on
+    CUDA devices, else ``gloo``, as Lightning does; or ``store``, the job's store the ranks already
+    met at (:func:`tuneforge.training.rank_agreement.meet_ranks`).  ``timeout_s`` bounds every
+    collective of the group (``trainer.collective_timeout_s``; None: torch's default).  Returns False
+    (nothing done) for a single process, when a group exists already, or when the processes are
+    ``LightningEnvironment`` ones that tuneforge does not start (Lightning's launcher starts them only
+    inside ``fit``; :attr:`tuneforge.RunContext.process_group_before_fit`).  Call it for ``ddp``/``fsdp``
+    runs only, after :func:`tuneforge.training.launch.start_local_processes`: under those strategies
+    the process the user started has then started the others, so it makes the group with them.
     """
-    import os
     from datetime import timedelta
 
     import torch
@@ -95,13 +83,12 @@ def init_process_group(context, backend: Optional[str] = None, store=None, timeo
 
     if context.world_size <= 1 or not dist.is_available() or dist.is_initialized():
         return False
-    # LightningEnvironment: only when tuneforge started the processes (tuneforge.training.launch); children of
+    # LightningEnvironment: only when tuneforge starts the processes (tuneforge.training.launch); children of
     # Lightning's own launcher start inside the main process's ``fit`` and must not make a group before it
-    if context.cluster_environment == "LightningEnvironment" and os.environ.get(
-            "TUNEFORGE_EARLY_PROCESS_GROUP") != "1":
+    if not context.process_group_before_fit:
         return False
     if store is None:
-        set_main_address(context)
+        context.set_main_address()
     if backend is None:
         backend = "nccl" if str(context.device).startswith("cuda") else "gloo"
     if backend == "nccl":

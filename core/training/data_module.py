@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from tuneforge.data import DataSplits, pad_batch
 from tuneforge.data.packing import MEGABATCH_BATCHES, PackedRows, pack_batch, pack_examples
-from tuneforge.training.resilience import ResumableDataLoader, ResumableSampler
+from tuneforge.training.resumable_sampler import ResumableDataLoader, ResumableSampler
 
 
 class FineTuneDataModule(pl.LightningDataModule):

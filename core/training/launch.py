@@ -7,17 +7,17 @@ shared out, and under ``tuneforge train -m ...`` each child would start a sweep 
 tuneforge starts them itself, at the start of the run, with
 :attr:`tuneforge.RunContext.child_command` -- for ``tuneforge train`` that is
 ``python -m tuneforge train <this job's overrides> hydra.run.dir=<this job's run dir>``: a
-single run with exactly the composed config of this job (of a sweep job too), never a sweep.  The
-environment is Lightning's (``MASTER_ADDR``, ``MASTER_PORT``, ``NODE_RANK``, ``LOCAL_RANK``,
-``WORLD_SIZE``), so Lightning sees the processes as started externally and starts none, and the
-default process group is initialized before the base evaluation
+single run with exactly the composed config of this job (of a sweep job too), never a sweep.  Each
+child's environment comes from the run context (:meth:`tuneforge.RunContext.child_environment`):
+Lightning's launch variables, so Lightning sees the processes as started externally and starts
+none, and the mark that makes their contexts' :attr:`~tuneforge.RunContext.early_process_group`
+true, so the default process group is initialized before the base evaluation
 (:func:`tuneforge.evaluation.sharding.init_process_group`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 from typing import Optional
 
@@ -25,11 +25,6 @@ log = logging.getLogger("tuneforge")
 
 #: strategies whose processes are started by re-running the command (Lightning's subprocess launcher)
 SUBPROCESS_STRATEGIES = ("ddp", "fsdp")
-#: set in the processes of a run whose processes tuneforge started (all of them run the whole run flow, so
-#: the process group can be made before the base evaluation); Lightning's own launcher starts its children
-#: only inside ``fit``, where an early group would not match the main process's calls
-EARLY_GROUP_VARIABLE = "TUNEFORGE_EARLY_PROCESS_GROUP"
-_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", EARLY_GROUP_VARIABLE)
 
 
 class LocalProcesses:
@@ -54,39 +49,36 @@ class LocalProcesses:
 
         if self.group_started and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-        for name, value in self.saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        from tuneforge.context import set_environment
+
+        set_environment(self.saved_env)
 
 
 def needs_local_launch(cfg, context) -> bool:
-    """True for the process the user started of a multi-process run that Lightning would launch itself."""
-    return (context.world_size > 1 and context.local_rank == 0 and context.child_command is not None
-            and context.cluster_environment == "LightningEnvironment" and "LOCAL_RANK" not in os.environ
-            and str(cfg.strategy.name) in SUBPROCESS_STRATEGIES)
+    """True for the process the user started of a multi-process run that Lightning would launch itself
+    (:attr:`tuneforge.RunContext.starts_local_processes` under a ``ddp``/``fsdp`` strategy)."""
+    return context.starts_local_processes and str(cfg.strategy.name) in SUBPROCESS_STRATEGIES
 
 
 def start_local_processes(cfg, context) -> Optional[LocalProcesses]:
     """Start local ranks 1..N-1 of this node with ``context.child_command`` (see the module docstring);
-    None when this process does not start any (:func:`needs_local_launch`)."""
+    None when this process does not start any (:func:`needs_local_launch`).  This process gets local
+    rank 0's launch variables (:meth:`tuneforge.RunContext.launch_variables`) until
+    :meth:`LocalProcesses.finish`."""
     if not needs_local_launch(cfg, context):
         return None
     from lightning.fabric.plugins.environments import LightningEnvironment
 
-    from tuneforge.context import device_request
+    from tuneforge.context import device_request, set_environment
 
     per_node = device_request(cfg.trainer.devices)[0] or context.world_size // max(int(cfg.trainer.num_nodes), 1)
     env = LightningEnvironment()
-    saved = {name: os.environ.get(name) for name in _VARIABLES}
-    os.environ.update(MASTER_ADDR=str(env.main_address), MASTER_PORT=str(env.main_port),
-                      NODE_RANK=str(context.node_rank), LOCAL_RANK="0", WORLD_SIZE=str(context.world_size),
-                      **{EARLY_GROUP_VARIABLE: "1"})
+    address, port = env.main_address, env.main_port
+    saved = set_environment(context.launch_variables(address, port))
     procs = []
     for local_rank in range(1, per_node):
-        child_env = dict(os.environ, LOCAL_RANK=str(local_rank))
-        procs.append(subprocess.Popen(list(context.child_command), env=child_env))
+        procs.append(subprocess.Popen(list(context.child_command),
+                                      env=context.child_environment(local_rank, address, port)))
     log.info("started %d more process(es): %s", len(procs), " ".join(context.child_command))
     from lightning.fabric.strategies.launchers.subprocess_script import _launch_process_observer
 

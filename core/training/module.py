@@ -11,7 +11,7 @@ import torch
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.losses import loss_weight
-from tuneforge.training.resilience import gather_rng_states, rank_rng_states, set_rng_states
+from tuneforge.training.rng_state import gather_rng_states, rank_rng_states, set_rng_states
 
 
 class NonFiniteLossError(TuneforgeError):

@@ -54,9 +54,7 @@ def meet_ranks(context, timeout_s: float) -> "RankMeeting":
     """Connect this process to the job's store (rank 0 hosts it), waiting at most ``timeout_s``."""
     import torch.distributed as dist
 
-    from tuneforge.evaluation.sharding import set_main_address
-
-    address = set_main_address(context)
+    address = context.set_main_address()
     try:
         store, _, _ = next(dist.rendezvous(f"env://?rank={context.global_rank}&world_size={context.world_size}",
                                            timeout=timedelta(seconds=timeout_s)))

@@ -315,7 +315,7 @@ def fit(state: RunState) -> None:
     """``lightning.Trainer.fit`` with the run's checkpointing (resumed from ``resume_from``); an interrupt
     during training saves a checkpoint first and raises :class:`RunInterrupted`."""
     from tuneforge.training.checkpoint import run_identity
-    from tuneforge.training.resilience import CheckpointAndInterrupt
+    from tuneforge.training.checkpoint_callback import CheckpointAndInterrupt
 
     run, settings, context, run_dir = state.run, state.settings, state.context, state.run_dir
     state.module = _fine_tune_module(state.model, state.loss_fn, settings.optim, settings.trainer.on_nonfinite_loss)
