@@ -34,6 +34,7 @@ from typing import Optional
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.comparison import column_order, column_values
+from tuneforge.evaluation.metrics_file import RunMetrics, metric_interval, read_metrics
 from tuneforge.specs import HELD_OUT
 
 USAGE = """\
@@ -101,11 +102,12 @@ def find_failed_runs(paths: list) -> list[tuple[Path, str]]:
 
 
 def load_rows(runs: list[Path]) -> list[dict]:
-    """One row per run: its ``metrics.json`` (``metrics``), flattened ``config``, ``seed``, training
+    """One row per run: its ``metrics.json`` (``metrics``, read by
+    :func:`~tuneforge.evaluation.metrics_file.read_metrics`), flattened ``config``, ``seed``, training
     examples and steps; sorted by the number of training examples."""
     rows = []
     for run in runs:
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = read_metrics(run / "metrics.json")
         data, config = metrics.get("data", {}), _flat_config(run / "config.yaml")
         rows.append({"run": str(run), "train_examples": data.get("train_examples", data.get("train_records")),
                      "steps": metrics.get("steps"), "seed": config.get("seed"), "config": config,
@@ -180,7 +182,7 @@ def columns(rows: list[dict]) -> list[str]:
     return sorted(found, key=lambda c: (c == "tuned", c != "base"))
 
 
-def _metrics(row: dict) -> dict:
+def _metrics(row: dict) -> RunMetrics:
     """The run's metrics.json (rows built by hand may carry only ``base``/``tuned``)."""
     return row.get("metrics") or {"base": row.get("base") or {}, "tuned": row.get("tuned") or {}}
 
@@ -237,7 +239,7 @@ def run_name(run: str) -> str:
 
 
 def _interval(row: dict, column: str, name: str):
-    return ((_metrics(row).get("intervals") or {}).get(column) or {}).get(name)
+    return metric_interval(_metrics(row), column, name)
 
 
 def _fmt(value, interval=None) -> str:
