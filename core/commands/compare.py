@@ -332,7 +332,7 @@ def data_efficiency_figure(rows: list[dict]):
     """Each column's score vs training examples, one panel per metric section (``held-out``,
     ``forgetting`` ...): tuned solid with error bars (seed spread for a mean of seeds, else the 95%
     interval), base and baselines dashed; None without numbers."""
-    from tuneforge.evaluation.report import _figure
+    from tuneforge.evaluation.curves import agg_figure
 
     groups = [(group, fold_group(group)) for group in group_runs(rows)]
     panels = [(section, plotted_metrics(rows, section)) for section in sections(rows)]
@@ -343,7 +343,7 @@ def data_efficiency_figure(rows: list[dict]):
     bars = "mean, sd over seeds" if seeded else "95% CI"
     if seeded and any(fold is None for _, fold in groups):
         bars += "; one run: 95% CI"
-    figure = _figure(6.4 * len(panels), 3.8)
+    figure = agg_figure(6.4 * len(panels), 3.8)
     for index, (section, names) in enumerate(panels, 1):
         axes = figure.add_subplot(1, len(panels), index)
         for name in names:

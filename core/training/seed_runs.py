@@ -14,7 +14,6 @@ and ``<run_dir>/seeds.md``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
