@@ -82,7 +82,7 @@ def test_a_metrics_json_without_a_version_still_loads(tmp_path):
     path.write_text(json.dumps({"base": {"exact_match": 0.25}, "tuned": {"exact_match": 0.75},
                                 "change": {"exact_match": 0.5}, "steps": 3}))
     metrics = read_metrics(path)
-    assert metrics["schema_version"] == SCHEMA_VERSION
+    assert "schema_version" not in metrics  # version 0, upgraded in memory
     assert metric_change(metrics, "change", "exact_match") == {"value": 0.5}  # the oldest layout's top-level change
     assert "change" not in metrics and metrics["steps"] == 3
     assert metric_interval(metrics, "tuned", "exact_match") == {}

@@ -478,7 +478,7 @@ def write_metrics(path: Union[str, Path], metrics: RunMetrics) -> Path:
 
 def read_metrics(path: Union[str, Path]) -> RunMetrics:
     """The ``metrics.json`` at ``path`` (a file, or the run directory holding it), upgraded in memory to the
-    current layout (``schema_version`` = :data:`SCHEMA_VERSION`).
+    current layout (:func:`upgrade`; ``schema_version`` stays what the file says, absent for version 0).
 
     An ``OSError`` (no such file ...) propagates; a file that is not a JSON
     object, or whose ``schema_version`` this tuneforge does not know, is a
@@ -505,7 +505,7 @@ def read_metrics(path: Union[str, Path]) -> RunMetrics:
 
 
 def upgrade(metrics: dict, version: int) -> RunMetrics:
-    """``metrics`` of layout ``version`` in the current layout (``schema_version`` set to it).
+    """``metrics`` of layout ``version`` in the current layout (its ``schema_version``, if any, kept).
 
     Version 0 (files written before ``schema_version``): the oldest ones held
     the tuned-minus-base differences as a top-level ``change`` (``{metric:
@@ -516,5 +516,4 @@ def upgrade(metrics: dict, version: int) -> RunMetrics:
         if isinstance(old_change, dict) and "changes" not in metrics:
             metrics["changes"] = {"change": {name: {"value": value} for name, value in old_change.items()
                                              if isinstance(value, (int, float))}}
-    metrics["schema_version"] = SCHEMA_VERSION
     return metrics  # type: ignore[return-value]
