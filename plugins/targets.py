@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Optional
 
 import tuneforge
+from tuneforge.evaluation import RunMetrics, metric_change, metric_interval
 from tuneforge.validation import check
 
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
@@ -84,7 +85,7 @@ def parse_check(expression: str) -> tuple[str, str, float]:
 STATISTICS = {"ci_low": "low", "ci_high": "high", "p_value": "p_value"}
 
 
-def lookup(metrics: dict, ref: str) -> Optional[float]:
+def lookup(metrics: RunMetrics, ref: str) -> Optional[float]:
     """The number ``ref`` names in ``metrics`` (``change:<key>`` is tuned minus base); None when absent.
 
     ``ci_low:<ref>`` / ``ci_high:<ref>`` are the bounds of the 95% interval of
@@ -93,27 +94,28 @@ def lookup(metrics: dict, ref: str) -> Optional[float]:
     A baseline's column is ``<baseline>:<key>`` (``retrieval:exact_match``).
     """
     section, _, key = ref.partition(":")
+    changes, baselines = metrics.get("changes") or {}, metrics.get("baselines") or {}
     if section in STATISTICS and key:
         column, _, name = key.partition(":")
-        if column in (metrics.get("changes") or {}):
-            value = ((metrics["changes"][column] or {}).get(name) or {}).get(STATISTICS[section])
+        if column in changes:
+            value = metric_change(metrics, column, name).get(STATISTICS[section])
         else:
-            value = (((metrics.get("intervals") or {}).get(column) or {}).get(name) or {}).get(STATISTICS[section])
+            value = metric_interval(metrics, column, name).get(STATISTICS[section])
     elif not key:
         value = metrics.get(section)
     elif section == "change":
         base, tuned = lookup(metrics, f"base:{key}"), lookup(metrics, f"tuned:{key}")
         value = None if base is None or tuned is None else tuned - base
-    elif section in (metrics.get("changes") or {}):
-        value = ((metrics["changes"][section] or {}).get(key) or {}).get("value")
-    elif section not in metrics and section in (metrics.get("baselines") or {}):
-        value = (metrics["baselines"][section] or {}).get(key)
+    elif section in changes:
+        value = metric_change(metrics, section, key).get("value")
+    elif section not in metrics and section in baselines:
+        value = (baselines[section] or {}).get(key)
     else:
         value = (metrics.get(section) or {}).get(key)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def check_targets(checks: dict, metrics: dict) -> dict:
+def check_targets(checks: dict, metrics: RunMetrics) -> dict:
     """``{"passed": bool, "checks": [{label, expression, value, passed}]}`` for ``checks`` on ``metrics``."""
     rows = []
     for label, expression in checks.items():

@@ -63,3 +63,26 @@ def smollm2_placeholder(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("TUNEFORGE_SMOLLM2_GGUF", raising=False)
     monkeypatch.setenv("TUNEFORGE_CACHE", str(models.parent))
     return placeholder
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every ``metrics.json`` this session's tests produced (under pytest's base temporary directory)
+    validates against ``docs/metrics.schema.json``; otherwise the session fails, naming each file and
+    its problem."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    basetemp = getattr(factory, "_basetemp", None)
+    if basetemp is None or not Path(basetemp).is_dir():
+        return
+    from schema_check import produced_metrics_problems
+
+    problems = produced_metrics_problems(Path(basetemp))
+    if not problems:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = ["metrics.json files that do not validate against docs/metrics.schema.json:", *problems[:50]]
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line, red=True)
+        else:
+            print(line)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

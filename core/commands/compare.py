@@ -34,6 +34,7 @@ from typing import Optional
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation.comparison import column_order, column_values
+from tuneforge.evaluation.metrics_file import RunMetrics, metric_interval, read_metrics
 from tuneforge.specs import HELD_OUT
 
 USAGE = """\
@@ -101,11 +102,12 @@ def find_failed_runs(paths: list) -> list[tuple[Path, str]]:
 
 
 def load_rows(runs: list[Path]) -> list[dict]:
-    """One row per run: its ``metrics.json`` (``metrics``), flattened ``config``, ``seed``, training
+    """One row per run: its ``metrics.json`` (``metrics``, read by
+    :func:`~tuneforge.evaluation.metrics_file.read_metrics`), flattened ``config``, ``seed``, training
     examples and steps; sorted by the number of training examples."""
     rows = []
     for run in runs:
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = read_metrics(run / "metrics.json")
         data, config = metrics.get("data", {}), _flat_config(run / "config.yaml")
         rows.append({"run": str(run), "train_examples": data.get("train_examples", data.get("train_records")),
                      "steps": metrics.get("steps"), "seed": config.get("seed"), "config": config,
@@ -180,7 +182,7 @@ def columns(rows: list[dict]) -> list[str]:
     return sorted(found, key=lambda c: (c == "tuned", c != "base"))
 
 
-def _metrics(row: dict) -> dict:
+def _metrics(row: dict) -> RunMetrics:
     """The run's metrics.json (rows built by hand may carry only ``base``/``tuned``)."""
     return row.get("metrics") or {"base": row.get("base") or {}, "tuned": row.get("tuned") or {}}
 
@@ -237,7 +239,7 @@ def run_name(run: str) -> str:
 
 
 def _interval(row: dict, column: str, name: str):
-    return ((_metrics(row).get("intervals") or {}).get(column) or {}).get(name)
+    return metric_interval(_metrics(row), column, name)
 
 
 def _fmt(value, interval=None) -> str:
@@ -330,7 +332,7 @@ def data_efficiency_figure(rows: list[dict]):
     """Each column's score vs training examples, one panel per metric section (``held-out``,
     ``forgetting`` ...): tuned solid with error bars (seed spread for a mean of seeds, else the 95%
     interval), base and baselines dashed; None without numbers."""
-    from tuneforge.evaluation.report import _figure
+    from tuneforge.evaluation.curves import agg_figure
 
     groups = [(group, fold_group(group)) for group in group_runs(rows)]
     panels = [(section, plotted_metrics(rows, section)) for section in sections(rows)]
@@ -341,7 +343,7 @@ def data_efficiency_figure(rows: list[dict]):
     bars = "mean, sd over seeds" if seeded else "95% CI"
     if seeded and any(fold is None for _, fold in groups):
         bars += "; one run: 95% CI"
-    figure = _figure(6.4 * len(panels), 3.8)
+    figure = agg_figure(6.4 * len(panels), 3.8)
     for index, (section, names) in enumerate(panels, 1):
         axes = figure.add_subplot(1, len(panels), index)
         for name in names:

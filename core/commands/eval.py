@@ -9,6 +9,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from tuneforge.evaluation.comparison import evidence_options, summarize
+from tuneforge.evaluation.metrics_file import RunMetrics, read_metrics
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.components import MULTIPLE_GROUPS
 from tuneforge.training.model_io import load_saved_model
@@ -16,7 +17,7 @@ from tuneforge.training.run_dir import write_outputs
 from tuneforge.training.setup_summary import describe_setup
 
 
-def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: Optional[Path] = None) -> dict:
+def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: Optional[Path] = None) -> RunMetrics:
     """Evaluators on the held-out split of ``cfg.data``, without training.
 
     The base model (``cfg.model``) is always scored; with ``run_dir`` the
@@ -53,7 +54,7 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
     model, tokenizer = spec_call(components.model.spec, "load", components.model.spec.load, components.model.config)
     splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer)
-    metrics: dict = {"data": splits.stats}
+    metrics: RunMetrics = {"data": splits.stats}
     metrics["setup"] = describe_setup(cfg, splits.stats, adapter_config=components.adapter.config if run_dir else None,
                                       device=evaluation_device(cfg.trainer.accelerator, cfg.trainer.devices, 0))
     if run_dir is not None:
@@ -80,15 +81,14 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
 def _training_record(run_dir: Path) -> dict:
     """``steps``, ``training_s`` and the ``machine`` it trained on, of the run whose model is evaluated, from
-    its ``metrics.json`` (empty when the run has none, e.g. an interrupted one)."""
-    import json
-
+    its ``metrics.json`` (empty when the run has none, e.g. an interrupted one; a file this tuneforge cannot
+    read is a one-line :class:`~tuneforge.evaluation.metrics_file.MetricsFileError`)."""
     try:
-        saved = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
+        saved = read_metrics(run_dir)
+    except OSError:
         return {}
-    record = {"steps": saved.get("steps"), "training_s": (saved.get("throughput") or {}).get("fit_time_s"),
-              "machine": (saved.get("setup") or {}).get("machine")}
+    record = {"steps": saved.get("steps"), "training_s": saved.get("throughput", {}).get("fit_time_s"),
+              "machine": saved.get("setup", {}).get("machine")}
     return {key: value for key, value in record.items() if value is not None}
 
 

@@ -4,6 +4,10 @@ baseline plugins (demonstrations; :mod:`~tuneforge.evaluation.baselines`) and re
 (search terms, ranking; :mod:`~tuneforge.evaluation.retrieval`), the evaluator runner
 (:mod:`~tuneforge.evaluation.runner`) and the run report (:mod:`~tuneforge.evaluation.report`).
 
+A run's ``metrics.json`` is read with :func:`read_metrics` into its typed model :class:`RunMetrics`
+(:mod:`~tuneforge.evaluation.metrics_file`; :func:`metric_interval`, :func:`metric_change` and
+:func:`metric_description` read one metric's interval, change and declaration out of it).
+
 Evaluator plugins import from here: ``from tuneforge.evaluation import generate_predictions``.
 """
 
@@ -28,6 +32,15 @@ from tuneforge.evaluation.generation import (
     user_message,
     with_few_shot,
 )
+from tuneforge.evaluation.metrics_file import (
+    SCHEMA_VERSION,
+    MetricsFileError,
+    RunMetrics,
+    metric_change,
+    metric_description,
+    metric_interval,
+    read_metrics,
+)
 from tuneforge.evaluation.retrieval import rank_all, search_terms
 from tuneforge.evaluation.sharding import batches_of, distributed_world, map_batches
 
@@ -37,4 +50,6 @@ __all__ = [
     "record_predictions", "split_example", "user_message", "with_few_shot",
     "demonstration_pool", "demonstration_turns", "query_text", "record_scores", "with_demonstrations",
     "rank_all", "search_terms",
+    "SCHEMA_VERSION", "MetricsFileError", "RunMetrics", "metric_change", "metric_description", "metric_interval",
+    "read_metrics",
 ]

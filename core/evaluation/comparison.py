@@ -31,8 +31,12 @@ from typing import Optional, Sequence
 
 from tuneforge.evaluation import uncertainty
 from tuneforge.evaluation.cost import cost_text, decision_cost
-from tuneforge.evaluation.verdict import (BASE, TUNED, column_label, column_order, column_values, decide,  # noqa: F401
-                                          headline_metric, slice_verdicts, verdict_text)
+from tuneforge.evaluation.verdict import (BASE, FORGETTING_LIMIT, MARGIN, TUNED, column_label,  # noqa: F401
+                                          column_order, column_values, decide, headline_metric, slice_verdicts,
+                                          verdict_text)
+
+#: the default smallest train-vs-held-out gap that is flagged (``memorisation.flag_gap``)
+FLAG_GAP = 0.1
 
 
 def _higher(metrics: dict, name: str) -> bool:
@@ -41,7 +45,7 @@ def _higher(metrics: dict, name: str) -> bool:
 
 def summarize(metrics: dict, scores: dict, *, seed: int = 0, resamples: int = uncertainty.RESAMPLES,
               confidence: float = uncertainty.CONFIDENCE, memorisation: Optional[dict] = None,
-              flag_gap: float = 0.1, margin: float = 0.05, forgetting_limit: float = 0.05,
+              flag_gap: float = FLAG_GAP, margin: float = MARGIN, forgetting_limit: float = FORGETTING_LIMIT,
               slice_labels: Optional[Sequence] = None, slice_by: Optional[str] = None,
               prices: Optional[dict] = None) -> dict:
     """Add ``intervals``, ``changes``, ``memorisation``, ``uncertainty``, ``verdict`` (and ``slices``) to

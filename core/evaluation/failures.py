@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Optional, Sequence
 
+from tuneforge.evaluation.metrics_file import RunMetrics, metric_description
 from tuneforge.specs import HELD_OUT
 
 #: rows shown per table
@@ -44,24 +45,23 @@ def _is_binary(rows: Sequence[dict], columns: Sequence[str], metric: str) -> boo
     return all(v in (0.0, 1.0) for v in values if v is not None)
 
 
-def _section_metrics(metrics: dict, rows: Sequence[dict]) -> dict:
+def _section_metrics(metrics: RunMetrics, rows: Sequence[dict]) -> dict:
     """``{section: [metric]}`` of the higher-is-better metrics that prediction rows carry scores of."""
-    info = metrics.get("metric_info") or {}
     scored = {name for row in rows for column in (row.get("scores") or {}).values() for name in column}
     sections: dict = {}
     for name in sorted(scored):
-        described = info.get(name) or {}
+        described = metric_description(metrics, name)
         if described.get("higher_is_better", True) and not described.get("is_loss", False):
             sections.setdefault(described.get("section") or HELD_OUT, []).append(name)
     return sections
 
 
-def _held_out_metric(metrics: dict, names: list) -> Optional[str]:
+def _held_out_metric(metrics: RunMetrics, names: list) -> Optional[str]:
     chosen = (metrics.get("verdict") or {}).get("metric")
     return chosen if chosen in names else (names[0] if names else None)
 
 
-def failure_blocks(metrics: dict, predictions: Sequence[dict]) -> list:
+def failure_blocks(metrics: RunMetrics, predictions: Sequence[dict]) -> list:
     """The "Notable failures" section (report blocks); empty when no prediction row carries scores or there
     is no tuned column."""
     from tuneforge.evaluation.comparison import column_label, column_order

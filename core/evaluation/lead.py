@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Optional
 
+from tuneforge.evaluation.metrics_file import RunMetrics, metric_change, metric_description
 from tuneforge.specs import HELD_OUT
 
 #: the verdict's place when only the base model was evaluated (``tuneforge eval`` without ``run_dir``)
@@ -19,7 +20,7 @@ NOTHING_TO_COMPARE = ("Nothing to compare: only the base model was evaluated, so
                       "tuneforge eval run_dir=<run>.")
 
 
-def verdict_lead(metrics: dict) -> tuple[Optional[str], Optional[str]]:
+def verdict_lead(metrics: RunMetrics) -> tuple[Optional[str], Optional[str]]:
     """``(headline, paragraph)`` of the verdict: ``verdict["headline"]`` (the answer in one sentence) and
     ``verdict["text"]``; without a headline the text is the headline and there is no paragraph.  With no
     tuned column the headline is :data:`NOTHING_TO_COMPARE`; ``(None, None)`` when there is no verdict."""
@@ -109,7 +110,7 @@ def _seconds(value) -> str:
     return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
-def setup_line(metrics: dict) -> Optional[str]:
+def setup_line(metrics: RunMetrics) -> Optional[str]:
     """One line on what was tuned where: model, data with counts and files, adapter with its key
     settings, steps, training time, machine; None without ``metrics["setup"]``."""
     setup = metrics.get("setup")
@@ -124,7 +125,7 @@ def setup_line(metrics: dict) -> Optional[str]:
     return f"Tuned {model} with {_adapter_text(setup, metrics)} on {data}; {training}, on {machine}."
 
 
-def report_title(metrics: dict, prefix: str) -> str:
+def report_title(metrics: RunMetrics, prefix: str) -> str:
     """``<prefix>: <model> + <adapter> on <data> (<n> examples), <steps> steps``; ``prefix`` alone without
     ``metrics["setup"]``."""
     setup = metrics.get("setup")
@@ -142,7 +143,7 @@ def report_title(metrics: dict, prefix: str) -> str:
     return f"{prefix}: {model} + {adapter_text} on {where}" + (f", {steps} steps" if steps is not None else "")
 
 
-def best_baseline(metrics: dict) -> Optional[str]:
+def best_baseline(metrics: RunMetrics) -> Optional[str]:
     """The column the verdict weighs the tuned model against (``verdict["baseline"]``), or ``base`` when a
     tuned column exists and the verdict names none; None without a tuned column."""
     from tuneforge.evaluation.comparison import column_order
@@ -158,7 +159,7 @@ def change_key(column: str) -> str:
     return "change" if column == "base" else f"tuned-{column}"
 
 
-def interval_methods(metrics: dict, names) -> list:
+def interval_methods(metrics: RunMetrics, names) -> list:
     """``["exact_match: Wilson score (each column); Newcombe paired (changes)", ...]``: the method
     behind each metric's intervals (their ``method`` field), for the metrics among ``names`` that
     have one."""
@@ -176,7 +177,7 @@ def interval_methods(metrics: dict, names) -> list:
     return notes
 
 
-def best_baseline_blocks(metrics: dict, held_out_names: list) -> list:
+def best_baseline_blocks(metrics: RunMetrics, held_out_names: list) -> list:
     """The tuned model against the best prompting column, metric by metric: both values, the change with
     its interval, the p value and the method (blocks for :func:`tuneforge.evaluation.report.build_blocks`)."""
     from tuneforge.evaluation.comparison import column_label, column_values
@@ -188,15 +189,15 @@ def best_baseline_blocks(metrics: dict, held_out_names: list) -> list:
     names = [n for n in held_out_names if n in tuned and n in other]
     if not names:
         return []
-    changes = (metrics.get("changes") or {}).get(change_key(column)) or {}
+    changes = {n: metric_change(metrics, change_key(column), n) for n in names}
     label = column_label(metrics, column)
-    with_p = any((changes.get(n) or {}).get("p_value") is not None for n in names)
-    with_method = any((changes.get(n) or {}).get("method") for n in names)
+    with_p = any(changes[n].get("p_value") is not None for n in names)
+    with_method = any(changes[n].get("method") for n in names)
     header = ["metric", label, "tuned", "change", "95% CI of change", *(["p"] if with_p else []),
               *(["method"] if with_method else [])]
     rows = []
     for name in names:
-        entry = changes.get(name) or {}
+        entry = changes[name]
         value = entry.get("value", tuned[name] - other[name])
         interval = (f"{entry['low']:+.4f}..{entry['high']:+.4f}" if entry.get("low") is not None
                     and entry.get("high") is not None else "-")
@@ -208,8 +209,7 @@ def best_baseline_blocks(metrics: dict, held_out_names: list) -> list:
     return [("h2", title), ("table", header, rows)]
 
 
-def held_out_names(metrics: dict) -> list:
+def held_out_names(metrics: RunMetrics) -> list:
     """The held-out metrics of the run, sorted (section ``held-out`` in ``metric_info`` or undeclared)."""
-    info = metrics.get("metric_info") or {}
     names = set(metrics.get("base") or {}) | set(metrics.get("tuned") or {})
-    return sorted(n for n in names if ((info.get(n) or {}).get("section") or HELD_OUT) == HELD_OUT)
+    return sorted(n for n in names if (metric_description(metrics, n).get("section") or HELD_OUT) == HELD_OUT)

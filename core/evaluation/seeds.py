@@ -29,6 +29,7 @@ from collections import Counter
 from typing import Optional, Sequence
 
 from tuneforge.evaluation.comparison import column_label, column_order, column_values
+from tuneforge.evaluation.metrics_file import RunMetrics, metric_change
 
 #: outcomes in which tuning beats every prompting column (``tuning_better``: the name before the
 #: three-way verdict)
@@ -48,7 +49,7 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def fold_seed_runs(runs: Sequence[dict], seeds: Optional[Sequence] = None) -> dict:
+def fold_seed_runs(runs: Sequence[RunMetrics], seeds: Optional[Sequence] = None) -> dict:
     """The ``metrics.json`` dicts of ``runs`` (one per seed) folded into mean, spread and verdicts.
 
     ``seeds`` labels the runs (their seeds; default 0, 1, ...).  A metric a seed
@@ -70,8 +71,8 @@ def fold_seed_runs(runs: Sequence[dict], seeds: Optional[Sequence] = None) -> di
             folded[key] = {name: spread(v) for name, v in values.items()}
     changes: dict = {}
     for change in dict.fromkeys(name for run in runs for name in (run.get("changes") or {})):
-        values = _collect({name: (entry or {}).get("value") for name, entry in
-                           ((run.get("changes") or {}).get(change) or {}).items()} for run in runs)
+        values = _collect({name: metric_change(run, change, name).get("value")
+                           for name in (run.get("changes") or {}).get(change) or {}} for run in runs)
         if values:
             changes[change] = {name: spread(v) for name, v in values.items()}
     verdicts = [dict(_seed_verdict(run.get("verdict") or {}), seed=seed) for run, seed in zip(runs, seeds)]

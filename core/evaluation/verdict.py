@@ -38,6 +38,10 @@ BASE, TUNED = "base", "tuned"
 ALPHA = 0.05
 #: the power the sample-size estimate of an inconclusive verdict aims at
 POWER = 0.8
+#: the default equivalence margin (``evidence.margin``; the config's default is this constant)
+MARGIN = 0.05
+#: the default largest general-ability drop that is not a cost (``evidence.forgetting_limit``)
+FORGETTING_LIMIT = 0.05
 #: the outcomes, in the words the report leads with
 OUTCOME_WORDS = {"tune": "Tune", "tune_with_cost": "Tune, at a cost", "prompting_suffices": "Prompting suffices",
                  "inconclusive": "Inconclusive", "no_comparison": "No verdict"}
@@ -141,7 +145,7 @@ def examples_to_settle(test: dict, higher: bool, margin: float) -> Optional[int]
     return max(int(math.ceil(min(sizes))), int(test.get("n") or 0) + 1) if sizes else None
 
 
-def decide(metrics: dict, scores: dict, *, margin: float = 0.05, forgetting_limit: float = 0.05) -> dict:
+def decide(metrics: dict, scores: dict, *, margin: float = MARGIN, forgetting_limit: float = FORGETTING_LIMIT) -> dict:
     """The verdict's numbers (see the module doc).  ``scores``: ``{column: {metric: {"values",
     "weights"}}}``.  Keys: ``outcome``, ``decision`` (tune / prompting_suffices / inconclusive /
     no_comparison), ``metric``, ``baseline`` (the best prompting column) with ``baseline_label`` and

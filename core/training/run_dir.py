@@ -330,14 +330,16 @@ def close_killed_segments(segments: list, reached: int) -> list:
 
 def write_outputs(directory: Path, cfg: DictConfig, metrics: dict, predictions: list,
                   metrics_csv: Optional[Path] = None, title: str = "tuneforge run report") -> None:
-    """``metrics.json``, ``predictions.jsonl`` and the report (``report.md``, ``report.html``, PNG plots)."""
+    """``metrics.json`` (through its one writer, :func:`tuneforge.evaluation.metrics_file.write_metrics`, which
+    sets ``schema_version``), ``predictions.jsonl`` and the report (``report.md``, ``report.html``, PNG plots)."""
+    from tuneforge.evaluation.metrics_file import write_metrics
     from tuneforge.evaluation.report import overfitting_signal, read_loss_curves, write_predictions, write_report
 
     directory.mkdir(parents=True, exist_ok=True)
     if metrics_csv is not None:
         metrics["overfitting"] = overfitting_signal(read_loss_curves(metrics_csv), metrics.get("tuned", {}),
                                                     metrics.get("metric_info"))
-    write_json(directory / "metrics.json", metrics)
+    write_metrics(directory / "metrics.json", metrics)
     write_predictions(directory / "predictions.jsonl", predictions)
     write_report(directory, metrics, config_yaml=resolved_config_yaml(cfg), predictions=predictions,
                  metrics_csv=metrics_csv, title=title)

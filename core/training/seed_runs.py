@@ -14,7 +14,6 @@ and ``<run_dir>/seeds.md``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,7 +87,9 @@ def completed_metrics(run: SeedRun) -> Optional[dict]:
         raise CheckpointError(f"{run.run_dir} holds a completed run with other settings: {'; '.join(differences)}; "
                               "train the seeds again with resume=never, or use another run_dir")
     log.info("seed %d: completed in %s, its metrics are reused", run.seed, run.run_dir)
-    return json.loads(metrics_file.read_text())
+    from tuneforge.evaluation.metrics_file import read_metrics
+
+    return read_metrics(metrics_file)
 
 
 def _setting_differences(saved_config: Path, cfg) -> list[str]:
