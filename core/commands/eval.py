@@ -30,13 +30,13 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     from tuneforge.host.components import run_components
 
     components = run_components(cfg, plugins)
-    cfg = components.config
+    cfg, settings = components.config, components.settings
     if run_dir is not None:  # the run's data files must hold what it trained on (training/data_files.py)
         import logging
 
         from tuneforge.training.data_files import check_run_data, data_file_hashes
 
-        change = check_run_data(Path(run_dir), data_file_hashes(components), bool(cfg.get("allow_changed_data")))
+        change = check_run_data(Path(run_dir), data_file_hashes(components), settings.allow_changed_data)
         if change:
             logging.getLogger("tuneforge").warning("evaluating on changed data (allow_changed_data=true): %s",
                                                    change)
@@ -47,31 +47,31 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     from tuneforge.evaluation import merge_predictions
 
     started = time.time()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    torch.manual_seed(cfg.seed)
+    if settings.threads:
+        torch.set_num_threads(int(settings.threads))
+    torch.manual_seed(settings.seed)
     from tuneforge.host.guard import spec_call
 
     model, tokenizer = spec_call(components.model.spec, "load", components.model.spec.load, components.model.config)
     splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer)
     metrics: RunMetrics = {"data": splits.stats}
     metrics["setup"] = describe_setup(cfg, splits.stats, adapter_config=components.adapter.config if run_dir else None,
-                                      device=evaluation_device(cfg.trainer.accelerator, cfg.trainer.devices, 0))
+                                      device=evaluation_device(settings.trainer.accelerator, settings.trainer.devices, 0))
     if run_dir is not None:
         metrics["setup"].update(run_dir=str(run_dir), **_training_record(Path(run_dir)))
-    metrics["base"], base_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val, "base",
+    metrics["base"], base_pass = run_evaluators(components.evaluators, settings, model, tokenizer, splits.val, "base",
                                                 chat_template=splits.chat_template)
     tuned_pass = None
     if run_dir is not None:
         from tuneforge.commands.run_loading import run_adapter_spec
 
         model = load_saved_model(run_adapter_spec(run_dir, cfg, plugins), model, Path(run_dir) / "model",
-                                 trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
-        metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, cfg, model, tokenizer, splits.val,
+                                 trust_remote_code=bool(getattr(components.model.config, "trust_remote_code", False)))
+        metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, settings, model, tokenizer, splits.val,
                                                       "tuned", chat_template=splits.chat_template)
-    metrics["metric_info"] = describe_metrics(plugins, cfg, metrics)
+    metrics["metric_info"] = describe_metrics(components.evaluators, metrics)
     summarize(metrics, {"base": base_pass.example_scores, "tuned": tuned_pass.example_scores if tuned_pass else {}},
-              seed=int(cfg.seed), **evidence_options(cfg, splits.val))
+              seed=int(settings.seed), **evidence_options(components.settings, splits.val))
     metrics["wall_time_s"] = time.time() - started
     if out_dir is not None:
         write_outputs(Path(out_dir), cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),

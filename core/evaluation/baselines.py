@@ -179,7 +179,7 @@ def describe_baseline(spec, config) -> str:
     return str(spec_call(spec, "describe", spec.describe, config))
 
 
-def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=None, retrievers=None,
+def rewrite_held_out(key: str, baseline, settings, model, tokenizer, splits, context=None, retrievers=None,
                      info: Optional[dict] = None) -> list:
     """One baseline's (a validated component: spec and typed config) rewritten, checked and
     re-tokenized held-out examples.  ``retrievers`` is the plugins' ``retriever`` registry (for the
@@ -191,7 +191,7 @@ def rewrite_held_out(key: str, baseline, cfg, model, tokenizer, splits, context=
 
     build_retriever = None if retrievers is None else retriever_builder(retrievers, f"baselines.{key}.retriever")
     rewritten = spec_call(baseline.spec, "rewrite", call_accepting, baseline.spec.rewrite, model, tokenizer,
-                          list(splits.train), list(splits.val), baseline.config, seed=int(cfg.seed),
+                          list(splits.train), list(splits.val), baseline.config, seed=int(settings.seed),
                           chat_template=splits.chat_template, context=context, info=info if info is not None else {},
                           build_retriever=build_retriever)
     rewritten = check_rewritten(key, splits.val, rewritten)
@@ -216,7 +216,7 @@ def generation_seconds_per_query(timings: dict, set_name: str = "val") -> Option
     return float(timing["seconds"]) / int(timing["queries"])
 
 
-def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, splits, context=None,
+def run_baselines(baselines: dict, evaluators: dict, settings, model, tokenizer, splits, context=None,
                   done: Optional[dict] = None, retrievers=None) -> tuple:
     """Every selected baseline as a column: ``({key: column}, {key: why it was skipped})``.
 
@@ -253,13 +253,13 @@ def run_baselines(baselines: dict, evaluators: dict, cfg, model, tokenizer, spli
             continue
         spec = baseline.spec
         info: dict = {}
-        examples = rewrite_held_out(key, baseline, cfg, model, tokenizer, splits, context, retrievers, info)
+        examples = rewrite_held_out(key, baseline, settings, model, tokenizer, splits, context, retrievers, info)
         if all(len(new["messages"]) == len(old["messages"]) and new["messages"] == old["messages"]
                for new, old in zip(examples, splits.val)):
             skipped[key] = "it added nothing to any prompt (no usable demonstration in the training data)"
             log.warning("baseline %s skipped: %s", key, skipped[key])
             continue
-        values, one_pass = run_evaluators(evaluators, cfg, model, tokenizer, examples, key,
+        values, one_pass = run_evaluators(evaluators, settings, model, tokenizer, examples, key,
                                           chat_template=splits.chat_template, context=context, held_out_only=True)
         demonstrations = {ex.get("source", ""): ex["demonstrations"] for ex in examples if "demonstrations" in ex}
         rows = merge_predictions({key: one_pass})

@@ -153,15 +153,16 @@ def slice_labels(field: str, examples: Sequence) -> list:
     return ["(none)" if label is None else str(label) for label in labels]
 
 
-def evidence_options(cfg, val_examples: Sequence) -> dict:
-    """:func:`summarize`'s keyword arguments from a run config's ``uncertainty`` and ``evidence`` sections
-    (the slices' labels from ``val_examples`` when ``evidence.slice_by`` is set)."""
-    evidence, settings = cfg.evidence, cfg.uncertainty
-    options = {"resamples": int(settings.resamples), "confidence": float(settings.confidence),
+def evidence_options(settings, val_examples: Sequence) -> dict:
+    """:func:`summarize`'s keyword arguments from a run's typed ``uncertainty`` and ``evidence`` settings
+    (``settings``: :class:`~tuneforge.host.components.RunSettings`; the slices' labels from
+    ``val_examples`` when ``evidence.slice_by`` is set)."""
+    evidence, intervals = settings.evidence, settings.uncertainty
+    options = {"resamples": int(intervals.resamples), "confidence": float(intervals.confidence),
                "margin": float(evidence.margin), "forgetting_limit": float(evidence.forgetting_limit),
-               "prices": {"price_per_hour": evidence.get("price_per_hour"),
-                          "price_per_million_tokens": evidence.get("price_per_million_tokens")}}
-    if evidence.get("slice_by"):
+               "prices": {"price_per_hour": evidence.price_per_hour,
+                          "price_per_million_tokens": evidence.price_per_million_tokens}}
+    if evidence.slice_by:
         options.update(slice_by=str(evidence.slice_by), slice_labels=slice_labels(str(evidence.slice_by),
                                                                                    val_examples))
     return options

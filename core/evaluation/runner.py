@@ -4,14 +4,15 @@ describing their metrics (:class:`tuneforge.specs.MetricInfo`) for the report an
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from tuneforge.host.components import RunSettings
 
 log = logging.getLogger("tuneforge")
 
 
-def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples, label: str = "eval",
+def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, examples, label: str = "eval",
                    chat_template: Optional[str] = None, context=None, held_out_only: bool = False):
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
 
@@ -43,7 +44,7 @@ def run_evaluators(evaluators: dict, cfg: DictConfig, model, tokenizer, examples
     results = {}
     one_pass = EvaluationPass(label=label, chat_template=chat_template, context=context)
     was_training = model.training
-    home, device = next(model.parameters()).device, _evaluation_device(cfg, context)
+    home, device = next(model.parameters()).device, _evaluation_device(settings, context)
     model.eval()
     if device is not None:
         model.to(device)
@@ -152,8 +153,9 @@ def metric_name(evaluator: str, metric: str, values: dict) -> str:
     return evaluator if len(values) == 1 and metric == evaluator else f"{evaluator}/{metric}"
 
 
-def describe_metrics(plugins, cfg: DictConfig, metrics: dict) -> dict:
-    """``{reported name: MetricInfo fields}`` for every metric in ``metrics["base"]`` and ``["tuned"]``.
+def describe_metrics(evaluators: dict, metrics: dict) -> dict:
+    """``{reported name: MetricInfo fields}`` for every metric in ``metrics["base"]`` and ``["tuned"]``
+    (``evaluators``: the run's selected evaluators by config key, each with its spec).
 
     The info comes from each evaluator's :attr:`~tuneforge.specs.EvaluatorSpec.metrics`
     (defaults for a metric it does not describe); it is saved as
@@ -162,16 +164,15 @@ def describe_metrics(plugins, cfg: DictConfig, metrics: dict) -> dict:
     """
     from tuneforge.specs import MetricInfo
 
-    evaluators = {key: node.name for key, node in (cfg.get("evaluators") or {}).items()}
     info = {}
     for name in sorted({*metrics.get("base", {}), *metrics.get("tuned", {})}):
         key, _, metric = name.partition("/")
-        spec = plugins["evaluators"].get(evaluators[key]) if key in evaluators else None
+        spec = evaluators[key].spec if key in evaluators else None
         info[name] = (spec.metric_info(metric or key) if spec is not None else MetricInfo(name)).as_dict()
     return info
 
 
-def _evaluation_device(cfg: DictConfig, context=None):
+def _evaluation_device(settings: "RunSettings", context=None):
     """The GPU to evaluate on when the trainer would use one (Lightning returns the model on CPU):
     ``context.device``, or without a context the one of local rank 0; None for the CPU."""
     import torch
@@ -181,5 +182,5 @@ def _evaluation_device(cfg: DictConfig, context=None):
     if context is not None:
         device = context.device
     else:
-        device = evaluation_device(cfg.trainer.accelerator, cfg.trainer.devices, local_rank=0)
+        device = evaluation_device(settings.trainer.accelerator, settings.trainer.devices, local_rank=0)
     return None if device == "cpu" else torch.device(device)

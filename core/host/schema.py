@@ -21,7 +21,9 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from tuneforge.data.packing import MEGABATCH_BATCHES
+from tuneforge.evaluation.comparison import FLAG_GAP
 from tuneforge.evaluation.uncertainty import CONFIDENCE, RESAMPLES
+from tuneforge.evaluation.verdict import FORGETTING_LIMIT, MARGIN
 from tuneforge.specs import SELECTED_BY_SETTING, SPEC_KINDS
 from tuneforge.validation import (at_least, between, check, each, greater_than, is_placeholder,
                                   one_of)
@@ -255,7 +257,7 @@ class MemorisationConfig:
     """
 
     sample: int = 30
-    flag_gap: float = 0.1
+    flag_gap: float = FLAG_GAP
 
     def __post_init__(self) -> None:
         check(self, sample=at_least(0), flag_gap=at_least(0))
@@ -300,8 +302,8 @@ class EvidenceConfig:
         (optional).
     """
 
-    margin: float = 0.05
-    forgetting_limit: float = 0.05
+    margin: float = MARGIN
+    forgetting_limit: float = FORGETTING_LIMIT
     seeds: int = 1
     slice_by: Optional[str] = None
     price_per_hour: Optional[float] = None

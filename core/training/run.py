@@ -20,6 +20,7 @@ from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError, PluginError
 from tuneforge.evaluation.baselines import join_columns, run_baselines
 from tuneforge.evaluation.comparison import evidence_options, summarize
+from tuneforge.evaluation.metrics_file import RunMetrics
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.guard import guard_lightning_callback, guarded_function, origin_of, spec_call
 from tuneforge.specs import call_accepting
@@ -47,7 +48,8 @@ log = logging.getLogger("tuneforge")
 _lost_ranks = lost_ranks  # the name tests and earlier releases imported from here
 
 
-def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext] = None, components=None) -> dict:
+def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext] = None,
+          components=None) -> RunMetrics:
     """Run one fine-tune described by ``cfg``; returns the final metrics.
 
     ``context`` says which process this is (:class:`~tuneforge.RunContext`;
@@ -269,7 +271,7 @@ def build(state: RunState) -> None:
     for warning in metrics["quality"]["warnings"]:
         log.warning("data quality: %s", warning)
     quality.check(metrics["quality"], settings.quality)
-    evidence_options(run.config, splits.val)  # a slice_by field that no held-out record has stops here
+    evidence_options(settings, splits.val)  # a slice_by field that no held-out record has stops here
     loss = run.loss.spec
     state.loss_fn = guarded_function(origin_of(loss), f"loss '{loss.name}', loss_fn",
                                      spec_call(loss, "build", loss.build, run.loss.config,
@@ -362,13 +364,13 @@ def evaluate_tuned(state: RunState) -> None:
                                                         context=state.context)
     memorisation, state.train_rows = memorisation_sample(run, state.model, state.tokenizer, state.splits,
                                                          state.context)
-    metrics["metric_info"] = describe_metrics(state.plugins, run.config, metrics)
+    metrics["metric_info"] = describe_metrics(run.evaluators, metrics)
     metrics["cost"] = column_costs(state.tokenizer, state.splits, state.base, state.baselines, state.tuned_pass,
                                    metrics["throughput"])
     scores = {"base": state.base.get("scores") or {}, "tuned": state.tuned_pass.example_scores,
               **{key: column["scores"] for key, column in state.baselines.items()}}
     summarize(metrics, scores, seed=int(state.settings.seed), memorisation=memorisation,
-              **evidence_options(run.config, state.splits.val),
+              **evidence_options(state.settings, state.splits.val),
               flag_gap=float(state.settings.memorisation.flag_gap))
     metrics["wall_time_s"] = sum(float(s.get("wall_time_s") or 0) for s in state.earlier_segments) \
         + time.time() - state.started
@@ -477,7 +479,7 @@ def _stop_processes(state: RunState, ok: bool) -> None:
 # ---------------------------------------------------------------------------
 
 
-def run_train(cfg, plugins, run_dir: Optional[str] = None, context=None, components=None) -> dict:
+def run_train(cfg, plugins, run_dir: Optional[str] = None, context=None, components=None) -> RunMetrics:
     """Validate ``cfg`` (unless its ``components`` from :func:`~tuneforge.host.components.run_components`
     are given) and train into ``cfg.run_dir`` (else ``run_dir``); ``context``: the
     :class:`~tuneforge.RunContext` of this process, detected by ``train`` when None."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tuneforge.context import RunContext
+from tuneforge.evaluation.metrics_file import RunMetrics
 
 
 @dataclass
@@ -38,7 +39,7 @@ class RunState:
     status: str = "failed"
     error: Optional[str] = None
     started: float = field(default_factory=time.time)
-    metrics: dict = field(default_factory=dict)
+    metrics: RunMetrics = field(default_factory=dict)
     lock: Any = None
     meeting: Any = None
     data_files: dict = field(default_factory=dict)
