@@ -273,15 +273,30 @@ def test_a_model_that_its_config_did_not_train_is_refused_unless_forced(complete
 @pytest.mark.fault(fault="SIGTERM while the run is being prepared (the run directory, the resume decision, "
                          "waiting for the other ranks)",
                    outcome="`interrupted by SIGTERM while preparing the run directory (step 0); nothing was "
-                           "trained yet`; status.json says interrupted; the lock is released")
-def test_sigterm_while_the_run_is_prepared_is_interrupted_with_its_phase(tmp_path, monkeypatch):
+                           "trained yet`; status.json says interrupted once this start had marked it running "
+                           "(else it is left as it was); the lock is released")
+@pytest.mark.parametrize("after_status", [False, True])
+def test_sigterm_while_the_run_is_prepared_is_interrupted_with_its_phase(tmp_path, monkeypatch, after_status):
+    import tuneforge.training.run as run
     from tuneforge.training.run_lock import RunLock
 
-    _sigterm_during(monkeypatch, "tuneforge.training.run:save_metric_history")  # after status.json says running
+    if after_status:  # the signal arrives just after status.json says running
+        original = run.write_status
+
+        def write_then_stop(*args, **kwargs):
+            original(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(run, "write_status", write_then_stop)
+    else:  # before anything of this start is written
+        _sigterm_during(monkeypatch, "tuneforge.training.run:save_metric_history")
     with pytest.raises(RunInterrupted) as stopped:
         run_tiny_fit(tmp_path / "run", overrides=["trainer.max_steps=2", "baselines=[]"])
     line = "interrupted by SIGTERM while preparing the run directory (step 0); nothing was trained yet"
     assert str(stopped.value) == line
-    assert _status(tmp_path / "run")["status"] == "interrupted" and _status(tmp_path / "run")["error"] == line
+    if after_status:
+        assert _status(tmp_path / "run")["status"] == "interrupted" and _status(tmp_path / "run")["error"] == line
+    else:
+        assert not (tmp_path / "run" / "status.json").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     RunLock(tmp_path / "run", "train").acquire().release()  # nobody holds the lock any more

@@ -200,10 +200,10 @@ def _prepare_run_dir(state: RunState) -> None:
         save_metric_history(run_dir, state.resumed_step)
         (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
         write_json(run_dir / DATA_FILES_FILE, {"files": state.data_files})
+        state.wrote_running = True  # (before the write: a signal may arrive right after it)
         write_status(run_dir, {"status": "running", "resumed_from": _str(state.resume_from),
                                "segments": [*state.earlier_segments,
                                             {"from_step": state.resumed_step, "status": "running"}]})
-        state.wrote_running = True
 
 
 def _release_lock(state: RunState) -> None:
