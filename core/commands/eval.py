@@ -55,8 +55,9 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     model, tokenizer = spec_call(components.model.spec, "load", components.model.spec.load, components.model.config)
     splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer)
     metrics: RunMetrics = {"data": splits.stats}
-    metrics["setup"] = describe_setup(cfg, splits.stats, adapter_config=components.adapter.config if run_dir else None,
-                                      device=evaluation_device(settings.trainer.accelerator, settings.trainer.devices, 0))
+    metrics["setup"] = describe_setup(components, splits.stats, with_adapter=run_dir is not None,
+                                      device=evaluation_device(settings.trainer.accelerator,
+                                                               settings.trainer.devices, 0))
     if run_dir is not None:
         metrics["setup"].update(run_dir=str(run_dir), **_training_record(Path(run_dir)))
     metrics["base"], base_pass = run_evaluators(components.evaluators, settings, model, tokenizer, splits.val, "base",

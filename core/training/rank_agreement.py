@@ -40,9 +40,9 @@ class RanksDisagree(TuneforgeError):
 
 
 def meets_before_collectives(strategy, context) -> bool:
-    """True for a multi-process ``ddp``/``fsdp`` run (``strategy``: its strategy settings) whose processes a cluster launcher started: the
-    run whose process group is formed before training (:func:`tuneforge.evaluation.sharding.init_process_group`)
-    by processes that start independently.  (Processes that tuneforge starts itself are started by rank 0
+    """True for a multi-process ``ddp``/``fsdp`` run (``strategy``: its strategy settings) whose
+    processes a cluster launcher started: the run whose process group is formed before training
+    (:func:`tuneforge.evaluation.sharding.init_process_group`) by processes that start independently.  (Processes that tuneforge starts itself are started by rank 0
     after its decisions; Lightning's own launcher starts them inside ``fit``.)"""
     from tuneforge.context import CLUSTER_ENVIRONMENTS
 

@@ -264,8 +264,8 @@ def build(state: RunState) -> None:
     state.phase = "loading the data"
     splits = state.splits = spec_call(run.data.spec, "load", run.data.spec.load, run.data.config, state.tokenizer)
     metrics["data"] = splits.stats
-    metrics["setup"] = describe_setup(run.config, splits.stats, adapter_config=run.adapter.config,
-                                      device=state.context.device, processes=state.context.world_size)
+    metrics["setup"] = describe_setup(run, splits.stats, device=state.context.device,
+                                      processes=state.context.world_size)
     metrics["data_files"] = state.data_files
     metrics["quality"] = quality.assess(splits, settings.quality.max_labels, settings.quality.identical_pair_share)
     for warning in metrics["quality"]["warnings"]:

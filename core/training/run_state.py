@@ -20,7 +20,8 @@ class RunState:
 
     ``prepare``: ``lock`` (main process), ``meeting`` (the ranks' agreement, a cluster launch),
     ``data_files`` (``{file: sha256}``), ``resume_from`` (the checkpoint, or None), ``resumed_step``,
-    ``earlier_segments``, ``wrote_running`` (this start's ``status.json`` says running).  ``start``: ``local_processes``, ``group_started``, ``loggers``.
+    ``earlier_segments``, ``wrote_running`` (this start's ``status.json`` says running).
+    ``start``: ``local_processes``, ``group_started``, ``loggers``.
     ``build``: ``model``, ``tokenizer``, ``splits``, ``loss_fn``, ``callbacks``.
     ``evaluate_base``: ``base`` (the saved base evaluation: ``metrics``, ``predictions``, ``scores``,
     ``timings``, ``baselines``), ``base_rows``, ``baselines``.  ``fit``: ``trainer``, ``module``,

@@ -18,46 +18,46 @@ from typing import Any, Optional
 ADAPTER_LEADING_FIELDS = 4
 
 
-def describe_setup(cfg, data_stats: dict, *, adapter_config: Any = None, device: str = "cpu",
+def describe_setup(run, data_stats: dict, *, with_adapter: bool = True, device: str = "cpu",
                    processes: int = 1) -> dict:
     """``{"model", "data", "adapter", "machine"}`` of a run.
 
-    ``cfg``: the validated config (``model``, ``data`` and ``adapter``
-    sections); ``data_stats``: the dataset's :attr:`~tuneforge.data.DataSplits.stats`;
-    ``adapter_config``: the adapter's typed config (None: no adapter, e.g. an
-    evaluation of a bare model); ``device``: the torch device the model ran
-    on (``cpu``, ``cuda:0``); ``processes``: how many processes trained.
+    ``run``: the :class:`~tuneforge.host.components.RunConfig` (its ``model``, ``data`` and ``adapter``
+    components, each a spec with its typed config); ``data_stats``: the dataset's
+    :attr:`~tuneforge.data.DataSplits.stats`; ``with_adapter``: describe the adapter (False: an
+    evaluation of a bare model); ``device``: the torch device the model ran on (``cpu``, ``cuda:0``);
+    ``processes``: how many processes trained.
     """
-    model = cfg.get("model") or {}
-    setup = {"model": {"name": str(model.get("name")), "source": _model_source(model)},
-             "data": data_summary(cfg.get("data") or {}, data_stats),
+    setup = {"model": {"name": run.model.name, "source": _model_source(run.model.config)},
+             "data": data_summary(run.data, data_stats),
              "machine": machine_summary(device, processes)}
-    if adapter_config is not None:
-        setup["adapter"] = {"name": str((cfg.get("adapter") or {}).get("name")),
-                            "settings": adapter_settings(adapter_config)}
+    if with_adapter:
+        setup["adapter"] = {"name": run.adapter.name, "settings": adapter_settings(run.adapter.config)}
     return setup
 
 
-def _model_source(model) -> Optional[str]:
-    """The model's path or hub id (``model.path``), None when the model plugin takes none (``tiny``)."""
-    path = model.get("path") if hasattr(model, "get") else None
+def _model_source(config) -> Optional[str]:
+    """The model's path or hub id (its ``path`` setting), None when the model plugin takes none (``tiny``)."""
+    path = getattr(config, "path", None)
     return str(path) if isinstance(path, str) and path and path != "???" else None
 
 
 def data_summary(data, stats: dict) -> dict:
     """The data section: its plugin ``name``; ``files``, ``{field: path}`` of every set ``path``-like field
-    (``path``, ``val_path``, ``rehearsal_path`` ...); ``train_examples`` and ``val_examples``; ``parts``,
-    ``[[part, count], ...]`` from the stats' other ``<part>_examples`` counts in the dataset's order (e.g.
-    ``task`` and ``rehearsal``; pairs, so that ``metrics.json``'s sorted keys keep the order)."""
+    (``path``, ``val_path``, ``rehearsal_path`` ...) of the dataset's typed config; ``train_examples`` and
+    ``val_examples``; ``parts``, ``[[part, count], ...]`` from the stats' other ``<part>_examples`` counts in
+    the dataset's order (e.g. ``task`` and ``rehearsal``; pairs, so that ``metrics.json``'s sorted keys keep
+    the order).  ``data``: the selected dataset component."""
     files = {}
-    for key in (data.keys() if hasattr(data, "keys") else []):
-        value = data.get(key)
-        if (key == "path" or key.endswith("_path")) and isinstance(value, str) and value and value != "???":
-            files[key] = value
+    for item in (dataclasses.fields(data.config) if dataclasses.is_dataclass(data.config) else ()):
+        value = getattr(data.config, item.name)
+        if (item.name == "path" or item.name.endswith("_path")) and isinstance(value, str) and value \
+                and value != "???":
+            files[item.name] = value
     parts = [[key[: -len("_examples")], int(value)] for key, value in (stats or {}).items()
              if key.endswith("_examples") and key not in ("train_examples", "val_examples")
              and isinstance(value, int)]
-    return {"name": str(data.get("name")) if hasattr(data, "get") else None, "files": files,
+    return {"name": data.name, "files": files,
             "train_examples": (stats or {}).get("train_examples"), "val_examples": (stats or {}).get("val_examples"),
             "parts": parts}
 
