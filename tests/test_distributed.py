@@ -455,3 +455,43 @@ def test_the_collective_timeout_reaches_the_strategy_and_strategy_kwargs_timeout
     with pytest.raises(tuneforge.ConfigError, match=r"^strategy.kwargs.timeout: the collective timeout is "
                                                     r"trainer.collective_timeout_s=<seconds> \(now 7.5\)"):
         check_strategy(refused.strategy, refused.trainer, refused.checkpoint)
+
+
+@pytest.mark.fault(fault="SIGTERM while a rank waits at the start meeting for the others",
+                   outcome="the wait ends within a second and the run stops `interrupted` with the phase "
+                           "(waiting for the other ranks to start); during the store rendezvous itself the "
+                           "process ends at once (the system's default action)")
+def test_a_rank_waiting_at_the_meeting_stops_at_once_on_sigterm():
+    # rank 1 never posts: rank 0 waits at most collective_timeout_s (30 s here), but a SIGTERM ends the
+    # wait within about a second (the store is polled in slices, so the run's handler gets to run)
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from tuneforge.training.rank_agreement import RankMeeting
+    from tuneforge.training.run_stop import StopSignal, signals_stop_the_run
+
+    store = dist.TCPStore("127.0.0.1", 0, 1, True, timedelta(seconds=30), wait_for_workers=False)
+    meeting = RankMeeting(store, rank=0, world_size=2, timeout_s=30)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    started = time.monotonic()
+    with signals_stop_the_run():
+        timer.start()
+        with pytest.raises(StopSignal):
+            meeting.agree()
+    assert time.monotonic() - started < 5
+
+
+def test_a_rank_that_never_posts_is_named_after_the_timeout():
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from tuneforge.training.rank_agreement import RankMeeting, RanksDisagree
+
+    store = dist.TCPStore("127.0.0.1", 0, 1, True, timedelta(seconds=30), wait_for_workers=False)
+    started = time.monotonic()
+    with pytest.raises(RanksDisagree, match=r"^rank 0 of 3: rank\(s\) 1, 2 did not arrive within 2 s"):
+        RankMeeting(store, rank=0, world_size=3, timeout_s=2).agree()
+    assert 1.5 < time.monotonic() - started < 6

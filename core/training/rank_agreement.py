@@ -92,9 +92,7 @@ class RankMeeting:
         """
         self.store.set(_OUTCOME.format(rank=self.rank), OK if failure is None else f"failed: {failure}")
         keys = [_OUTCOME.format(rank=rank) for rank in range(self.world_size)]
-        try:
-            self.store.wait(keys, timedelta(seconds=self.timeout_s))
-        except Exception:  # a rank that never posted
+        if not self._wait_for(keys):  # a rank that never posted
             missing = [rank for rank, key in enumerate(keys) if not self._has(key)]
             raise RanksDisagree(f"rank {self.rank} of {self.world_size}: rank(s) {_listed(missing)} did not arrive "
                                 f"within {self.timeout_s:g} s (trainer.collective_timeout_s); see their output"
@@ -111,6 +109,18 @@ class RankMeeting:
             others = f" (and rank(s) {_listed(list(failed)[1:])})" if len(failed) > 1 else ""
             raise RanksDisagree(f"rank {self.rank} of {self.world_size} stops: rank {rank}{others} could not start "
                                 f"the run: {error}")
+
+    def _wait_for(self, keys: list) -> bool:
+        """Wait until every key is set, at most ``timeout_s``; False when one is still missing then.  Polls
+        the store (a non-blocking ``check`` every 50 ms) rather than one blocking ``wait``, so that a
+        SIGTERM/SIGINT handler runs at once instead of when the wait returns (a timed-out ``wait`` would
+        also leave the store's connection unusable)."""
+        deadline = time.monotonic() + self.timeout_s
+        while not self.store.check(keys):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def _has(self, key: str) -> bool:
         try:

@@ -37,7 +37,7 @@ from tuneforge.training.run_results import (add_baselines, column_costs, count_p
 from tuneforge.training.run_state import RunState
 from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, checkpoint_step, final_status,
                                          first_line, last_checkpoint, lost_ranks, mark_failed, one_line_disk_full,
-                                         signals_stop_the_run)
+                                         signals_end_the_process, signals_stop_the_run)
 from tuneforge.training.setup_summary import describe_setup
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
                                         writes_checkpoints)
@@ -143,7 +143,8 @@ def prepare(state: RunState) -> None:
     # run directory) stops every rank at once instead of leaving them in init_process_group
     if meets_before_collectives(settings.strategy, context):
         state.phase = "waiting for the other ranks to start"
-        state.meeting = meet_ranks(context, state.timeout_s)
+        with signals_end_the_process():  # the rendezvous blocks in C code
+            state.meeting = meet_ranks(context, state.timeout_s)
     state.phase = "preparing the run directory"
     try:
         _prepare_run_dir(state)

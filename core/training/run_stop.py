@@ -66,6 +66,22 @@ def signals_stop_the_run():
             signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def signals_end_the_process():
+    """SIGTERM and SIGINT with the system's default action for a while (the process ends at once): around
+    a blocking wait in C code (the store rendezvous of a cluster launch), where a Python handler would
+    only run when the wait returns, up to ``trainer.collective_timeout_s`` later."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def one_line_disk_full(exc: BaseException, run_dir: Path) -> Optional[DiskFull]:
     """A :class:`DiskFull` for an ``OSError`` (or safetensors' error) saying no space / quota; else None."""
     if isinstance(exc, TuneforgeError) or not is_disk_full(exc):
