@@ -221,7 +221,7 @@ def run_baselines(baselines: dict, evaluators: dict, settings, model, tokenizer,
     """Every selected baseline as a column: ``({key: column}, {key: why it was skipped})``.
 
     ``baselines`` and ``evaluators`` map config keys to validated components
-    (``RunComponents.baselines`` / ``.evaluators``); ``retrievers`` is the
+    (``RunConfig.baselines`` / ``.evaluators``); ``retrievers`` is the
     plugins' ``retriever`` registry, from which a baseline's
     ``build_retriever`` builds.
 

@@ -17,7 +17,7 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
 
     ``evaluators`` maps each ``evaluators.<key>`` to its validated component
-    (``RunComponents.evaluators``): the spec and the typed config it is called
+    (``RunConfig.evaluators``): the spec and the typed config it is called
     with.  ``chat_template`` is the one the data was rendered with
     (:attr:`tuneforge.data.DataSplits.chat_template`); it reaches the
     evaluators through the pass.  Returns ``(metrics, pass)``: metrics are

@@ -2,7 +2,8 @@
 
 :func:`validate` reports what is wrong with a composed config without changing
 it; :func:`run_components` returns the checked run as one object,
-:class:`RunComponents`: the resolved config plus, for each selected component
+:class:`RunConfig`: the typed settings (:class:`RunSettings`, one instance of
+each root section's dataclass and the root values), the resolved config, and for each selected component
 (``model``, ``data``, ``adapter``, ``loss``, every ``evaluators.<key>``,
 ``callbacks.<key>`` and ``baselines.<key>``), its spec and an instance of exactly ``spec.config``
 built from the config node (without the host's ``name`` key).  Those instances
@@ -130,7 +131,7 @@ def validate(cfg, plugins) -> list:
     return _check(cfg, plugins)[1]
 
 
-def run_components(cfg, plugins) -> RunComponents:
+def run_components(cfg, plugins) -> RunConfig:
     """The validated run of ``cfg``; a ``ConfigError`` names every problem, one per line."""
     components, problems = _check(cfg, plugins)
     if problems:
@@ -214,7 +215,7 @@ def selected_component(registry, setting, key: str) -> tuple:
 # ---------------------------------------------------------------------------
 
 
-def _check(cfg, plugins) -> tuple[Optional[RunComponents], list]:
+def _check(cfg, plugins) -> tuple[Optional[RunConfig], list]:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 

@@ -34,7 +34,7 @@ SHOWN_DIGITS = 12
 
 def declared_data_paths(components) -> list[str]:
     """The existing files and folders named by the ``DATA_FILES`` fields of every selected component
-    (:class:`~tuneforge.host.components.RunComponents`), in config order, each once."""
+    (:class:`~tuneforge.host.components.RunConfig`), in config order, each once."""
     selected = [components.model, components.data, components.adapter, components.loss]
     for group in ("evaluators", "callbacks", "loggers", "baselines"):
         selected += list((getattr(components, group, None) or {}).values())

@@ -79,7 +79,7 @@ def read_tracker_ids(run_dir: Path) -> dict:
 
 def build_loggers(components: dict, run_dir: Path, resuming: bool = False, is_main: bool = True) -> "RunLoggers":
     """Build the selected loggers (``{config key: Component}`` from
-    :attr:`tuneforge.host.components.RunComponents.loggers`), in every process;
+    :attr:`tuneforge.host.components.RunConfig.loggers`), in every process;
     Lightning's loggers write only from rank zero.
 
     ``resuming``: the run continues from a checkpoint, so each logger gets the
