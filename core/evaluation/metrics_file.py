@@ -463,16 +463,9 @@ def write_metrics(path: Union[str, Path], metrics: RunMetrics) -> Path:
     if path.is_dir():
         path = path / METRICS_FILE
     metrics["schema_version"] = SCHEMA_VERSION
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-    except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise
+    from tuneforge.atomic import write_json
+
+    write_json(path, metrics)
     return path
 
 

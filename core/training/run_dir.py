@@ -10,22 +10,9 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from tuneforge.atomic import write_json  # noqa: F401 - re-exported: the run directory's JSON writer
+
 log = logging.getLogger("tuneforge")
-
-
-def write_json(path: Path, value) -> None:
-    """Write JSON atomically (temporary file, then rename); a failed write (a full disk) leaves no
-    temporary file behind when it can be removed."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-    except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise
 
 
 #: a small file kept next to status.json while a run writes it: deleting it frees the space the final
