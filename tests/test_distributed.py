@@ -425,7 +425,7 @@ def test_a_rank_that_never_arrives_is_named_after_the_collective_timeout(tmp_pat
 
 def test_a_collective_broken_by_a_lost_rank_is_one_line_naming_the_phase(tmp_path):
     from tuneforge.context import RunContext
-    from tuneforge.training.run import _lost_ranks
+    from tuneforge.training.run_stop import lost_ranks as _lost_ranks
 
     context = RunContext(run_dir=tmp_path, global_rank=1, world_size=2)
     lost = _lost_ranks(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by "

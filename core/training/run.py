@@ -45,7 +45,6 @@ from tuneforge.training.trainer import (build_trainer, check_strategy, shards_we
 __all__ = ["DiskFull", "RunInterrupted", "RunState", "join_predictions", "run_train", "train"]
 
 log = logging.getLogger("tuneforge")
-_lost_ranks = lost_ranks  # the name tests and earlier releases imported from here
 
 
 def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext] = None,

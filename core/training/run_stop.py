@@ -48,38 +48,34 @@ class StopSignal(BaseException):
 
 
 @contextlib.contextmanager
-def signals_stop_the_run():
-    """SIGTERM and SIGINT stop the run in any phase: outside ``fit`` (whose checkpointing callback
-    installs its own handlers for the time it trains) they raise :class:`StopSignal` at once."""
+def _stop_signals_handled_by(handler):
+    """SIGTERM and SIGINT handled by ``handler`` for the time of the ``with`` block, then the handlers
+    they had before (signal handlers can only be set from the main thread: elsewhere nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def stop(signum, frame):
-        raise StopSignal(signal.Signals(signum).name)
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
 
 
-@contextlib.contextmanager
+def signals_stop_the_run():
+    """SIGTERM and SIGINT stop the run in any phase: outside ``fit`` (whose checkpointing callback
+    installs its own handlers for the time it trains) they raise :class:`StopSignal` at once."""
+    def stop(signum, frame):
+        raise StopSignal(signal.Signals(signum).name)
+
+    return _stop_signals_handled_by(stop)
+
+
 def signals_end_the_process():
     """SIGTERM and SIGINT with the system's default action for a while (the process ends at once): around
     a blocking wait in C code (the store rendezvous of a cluster launch), where a Python handler would
     only run when the wait returns, up to ``trainer.collective_timeout_s`` later."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    return _stop_signals_handled_by(signal.SIG_DFL)
 
 
 def one_line_disk_full(exc: BaseException, run_dir: Path) -> Optional[DiskFull]:
