@@ -33,6 +33,7 @@ from tuneforge.specs import (
     LossSpec,
     MetricInfo,
     ModelSourceSpec,
+    OptimizerSpec,
     RetrieverSpec,
 )
 from tuneforge.validation import ConfigValueError
@@ -45,7 +46,7 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 __all__ = [
     "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec",
     "EvaluatorSpec", "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec",
-    "PluginError", "RetrieverSpec", "RunConfig", "RunContext", "RunSettings", "TuneforgeError", "hookimpl",
+    "OptimizerSpec", "PluginError", "RetrieverSpec", "RunConfig", "RunContext", "RunSettings", "TuneforgeError", "hookimpl",
     "validation", "__version__",
 ]
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from tuneforge.context import RunContext
     from tuneforge.host.components import RunConfig
     from tuneforge.specs import (AdapterSpec, BaselineSpec, CallbackSpec, DatasetSpec, EvaluatorSpec, LoggerSpec,
-                                 LossSpec, ModelSourceSpec, RetrieverSpec)
+                                 LossSpec, ModelSourceSpec, OptimizerSpec, RetrieverSpec)
 
 PROJECT_NAME = "tuneforge"
 
@@ -87,6 +87,17 @@ def tuneforge_losses() -> Iterable[LossSpec]:
 
     Selected with ``loss=<name>``.  Built-ins: ``cross_entropy``,
     ``chunked_cross_entropy``, ``dpo`` and ``distillation``.
+    """
+
+
+@hookspec
+def tuneforge_optimizers() -> Iterable[OptimizerSpec]:
+    """Return :class:`~tuneforge.specs.OptimizerSpec` objects.
+
+    Selected with ``optimizer=<name>``; the learning rate, weight decay and
+    schedule stay in the ``optim`` section.  Built-ins: ``adamw`` (the default),
+    ``adamw_8bit``, ``paged_adamw_8bit`` and ``lion_8bit`` (bitsandbytes),
+    ``adafactor`` (transformers) and ``sgd``.
     """
 
 

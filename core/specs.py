@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, Protocol
 
@@ -27,6 +26,8 @@ if TYPE_CHECKING:
 
     from tuneforge.data import DataSplits
     from tuneforge.losses import LossContext, LossOutput
+
+from tuneforge.calling import accepts_keyword, call_accepting  # noqa: F401  (public through this module)
 
 
 # --------------------------------------------------------------------------- the spec callables' signatures
@@ -112,11 +113,22 @@ class ModelSourceSpec(_Spec):
     ``load(config) -> (model, tokenizer)`` returns a ``transformers``
     causal-LM ``PreTrainedModel`` in train mode and a ``PreTrainedTokenizerBase``
     whose ``pad_token`` is set.
+
+    ``base_quantization(config) -> str or None`` (optional) says, from the config alone, how
+    ``load`` will quantize the base weights: ``"nf4"``, ``"fp4"`` or ``"int8"`` (bitsandbytes,
+    trained through an adapter only), or None for full-precision weights.  The host asks it
+    before the model loads, to refuse adapters and strategies that cannot train such a base.
+
+    ``model_config(config) -> transformers.PretrainedConfig`` (optional) reads the model's
+    architecture only, never its weights (``tuneforge plan`` sizes a run from it).
     """
 
     kind: ClassVar[str] = "model source"
     required: ClassVar[tuple[str, ...]] = ("load",)
+    optional: ClassVar[tuple[str, ...]] = ("base_quantization", "model_config")
     load: Optional[LoadModel] = None
+    base_quantization: Optional[Callable[[Any], Optional[str]]] = None
+    model_config: Optional[Callable[[Any], Any]] = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +206,10 @@ class AdapterSpec(_Spec):
     ``supports_packing``: False for adapters whose model cannot take packed
         batches (``loader.packing``: a 4D attention mask and per-example
         ``position_ids``), e.g. ones that prepend virtual tokens.
+
+    ``trains_quantized_base``: True for adapters that train only weights of their own
+        on top of a frozen base, so the base may be loaded quantized (``model.quantization``,
+        QLoRA); the host refuses a quantized base with any other adapter before the model loads.
     """
 
     kind: ClassVar[str] = "adapter"
@@ -205,6 +221,7 @@ class AdapterSpec(_Spec):
     merge: Optional[Callable[[Any], Any]] = None
     needs_base: bool = True
     supports_packing: bool = True
+    trains_quantized_base: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,6 +257,43 @@ class LossSpec(_Spec):
             raise TypeError(f"loss '{self.name}': 'requires' must be a tuple of example kinds, "
                             f"e.g. ('preference',), got {self.requires!r}")
         object.__setattr__(self, "requires", tuple(self.requires))
+
+
+class BuildOptimizer(Protocol):
+    """:attr:`OptimizerSpec.build`: a ``torch.optim.Optimizer`` over the parameter groups."""
+
+    def __call__(self, parameter_groups: list[dict], settings: Any, config: Any, /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class OptimizerSpec(_Spec):
+    """An optimizer (config group ``optimizer``).
+
+    ``build(parameter_groups, settings, config) -> torch.optim.Optimizer``:
+    ``parameter_groups`` are the trainable parameters as torch parameter groups
+    (``{"params": [...], "weight_decay": ...}``: matrices get ``optim.weight_decay``,
+    biases and norms none); ``settings`` is the run's ``optim`` section
+    (:class:`tuneforge.host.schema.OptimConfig`: ``lr``, ``weight_decay``, ``betas``,
+    ``eps``, the schedule); ``config`` is this optimizer's own config.  The host
+    wraps it in the ``optim.scheduler`` schedule and saves and restores its
+    ``state_dict`` with every checkpoint, so that state must round-trip exactly.
+
+    ``state_bytes_per_parameter``: bytes of optimizer state kept per trainable
+        parameter (AdamW in fp32: 8; 8-bit Adam: 2; SGD with momentum: 4), for
+        ``tuneforge plan``'s memory estimate.
+    """
+
+    kind: ClassVar[str] = "optimizer"
+    required: ClassVar[tuple[str, ...]] = ("build",)
+    build: Optional[BuildOptimizer] = None
+    state_bytes_per_parameter: float = 8.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        value = self.state_bytes_per_parameter
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise TypeError(f"optimizer '{self.name}': 'state_bytes_per_parameter' must be a number >= 0, "
+                            f"got {value!r}")
 
 
 #: the :attr:`MetricInfo.section` of metrics on the held-out split (the report's first table)
@@ -443,51 +497,6 @@ class RetrieverSpec(_Spec):
     build: Optional[Callable[[Any], Any]] = None
 
 
-def call_accepting(function: Callable, *args, optional_args: tuple = (), optional_args_if_unreadable: bool = False,
-                   named_only: tuple = (), **optional):
-    """Call a plugin's callable with what its signature takes: the one way the host calls plugin code
-    written before an argument existed, so arguments can be added later.
-
-    - ``args``: always passed, positionally.
-    - ``optional_args``: passed positionally after ``args`` as far as the signature has room
-      (positional parameters beyond ``args``, all of them with ``*args``); e.g. a callback's
-      ``build(config)`` or ``build(config, context)``:
-      ``call_accepting(build, config, optional_args=(context,))``.
-    - ``optional`` keywords: each passed when ``function`` accepts it (:func:`accepts_keyword`: a
-      parameter of that name, not positional-only, or ``**kwargs``); those named in ``named_only``
-      only to a parameter of that name (``**kwargs`` alone does not get them).
-    - a signature that cannot be read (some builtins): ``args`` only, plus ``optional_args`` when
-      ``optional_args_if_unreadable`` (a callable whose documented form includes them).
-    """
-    try:
-        parameters = list(inspect.signature(function).parameters.values())
-    except (TypeError, ValueError):  # no signature to read (some builtins): pass only what is documented
-        return function(*args, *optional_args) if optional_args_if_unreadable else function(*args)
-    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
-        room = len(optional_args)
-    else:
-        room = len([p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) - len(args)
-    keywords = {key: value for key, value in optional.items()
-                if _accepts(parameters, key, via_kwargs=key not in named_only)}
-    return function(*args, *optional_args[:max(room, 0)], **keywords)
-
-
-def accepts_keyword(function: Callable, name: str, via_kwargs: bool = True) -> bool:
-    """Whether :func:`call_accepting` passes the keyword ``name`` to ``function``: it has a parameter of
-    that name that is not positional-only, or (``via_kwargs``) it takes ``**kwargs``.  False when the
-    signature cannot be read."""
-    try:
-        parameters = list(inspect.signature(function).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    return _accepts(parameters, name, via_kwargs)
-
-
-def _accepts(parameters: list, name: str, via_kwargs: bool) -> bool:
-    return any((p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-               or (via_kwargs and p.kind is p.VAR_KEYWORD) for p in parameters)
-
-
 @dataclass(frozen=True)
 class LoggerSpec(_Spec):
     """A metrics logger / experiment tracker (config group ``loggers``; several run).
@@ -547,6 +556,7 @@ SPEC_KINDS: dict[type, tuple[str, str, bool]] = {
     DatasetSpec: ("data", "tuneforge_datasets", False),
     AdapterSpec: ("adapter", "tuneforge_adapters", False),
     LossSpec: ("loss", "tuneforge_losses", False),
+    OptimizerSpec: ("optimizer", "tuneforge_optimizers", False),
     EvaluatorSpec: ("evaluators", "tuneforge_evaluators", True),
     CallbackSpec: ("callbacks", "tuneforge_callbacks", True),
     LoggerSpec: ("loggers", "tuneforge_loggers", True),
