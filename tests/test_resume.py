@@ -118,6 +118,30 @@ def test_resuming_into_another_runs_directory_is_refused(tmp_path):
     assert "holds a different run: adapter.r (8 -> 4)" in other.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.fault(fault="SIGKILL after a checkpoint is complete, before that step's metrics row is logged",
+                   outcome="the resume restores the row from the checkpoint: metrics.csv equals the uninterrupted run's")
+def test_a_kill_between_a_checkpoint_and_its_steps_row_loses_no_row(tmp_path):
+    """Killed after the step-6 checkpoint is complete but before Lightning logs step 6's row: the resume starts
+    after step 6, so it never logs that row again; the checkpoint keeps it, and the final metrics.csv has it."""
+    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
+    result = run_cli([*RUN, f"callbacks.batch_log.path={tmp_path / 'reference.log'}",
+                      f"hydra.run.dir={reference}"], site_dirs=["steplog"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = f"callbacks.batch_log.path={tmp_path / 'crashed.log'}"
+    killed = run_cli([*RUN, log, "callbacks.batch_log.kill_after_checkpoint_at_step=6", f"hydra.run.dir={crashed}"],
+                     site_dirs=["steplog"])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (crashed / "checkpoints" / "step-00000006" / "COMPLETE").is_file()
+    assert 5 not in [step for step, train, _ in _csv_steps(crashed) if train]  # the row of the 6th step (step 5)
+    resumed = run_cli([*RUN, log, f"hydra.run.dir={crashed}"], site_dirs=["steplog"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    expected, got = _csv_steps(reference), _csv_steps(crashed)
+    assert [row[0] for row in got] == [row[0] for row in expected]
+    assert [float(row[1]) for row in got if row[1]] == pytest.approx([float(row[1]) for row in expected if row[1]],
+                                                                       abs=1e-6)
+
+
 def _csv_steps(run_dir):
     import csv
 

@@ -109,7 +109,8 @@ class CheckpointAndInterrupt(pl.Callback):
     # -- saving ----------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         checkpoint["tuneforge"] = {"identity": self.identity, "global_step": trainer.global_step,
-                                   "world_size": trainer.world_size, "data_files": self.data_files}
+                                   "world_size": trainer.world_size, "data_files": self.data_files,
+                                   "step_row": pending_step_row(trainer)}
 
     def save(self, trainer) -> Optional[Path]:
         if not self.save_checkpoints:
@@ -159,6 +160,31 @@ class CheckpointAndInterrupt(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self._saved_step != trainer.global_step:
             self.save(trainer)
+
+
+def pending_step_row(trainer) -> Optional[dict]:
+    """The metrics row Lightning will log for this optimizer step, or None.
+
+    Lightning logs a step's row right after ``on_train_batch_end``, so after the
+    checkpoint this callback writes in that hook.  The row is kept in the
+    checkpoint: a process killed between the two loses no row, because the resume
+    puts it back (:func:`tuneforge.training.run_dir.save_metric_history`).  The
+    same values as Lightning's own logging (its logger connector), read the same way.
+    """
+    try:
+        from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
+
+        connector = trainer._logger_connector
+        if not connector.should_update_logs:  # (log_every_n_steps: Lightning logs no row this step)
+            return None
+        metrics = convert_tensors_to_scalars(dict(connector.metrics["log"]))
+        step = int(metrics.pop("step")) if "step" in metrics else int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    except Exception:  # noqa: BLE001 - another Lightning version: no row kept, as before
+        return None
+    if not metrics:
+        return None
+    metrics.setdefault("epoch", trainer.current_epoch)
+    return {**{key: float(value) for key, value in metrics.items()}, "step": step}
 
 
 def flush_loggers(trainer) -> None:

@@ -35,8 +35,8 @@ from tuneforge.training.run_lock import RunLock, ensure_writable_directory
 from tuneforge.training.run_results import (add_baselines, column_costs, count_parameters, join_predictions,
                                             memorisation_sample, pack_length, segment_record, unsharded)
 from tuneforge.training.run_state import RunState
-from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, checkpoint_step, final_status,
-                                         first_line, last_checkpoint, lost_ranks, mark_failed, one_line_disk_full,
+from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, checkpoint_step, checkpoint_step_row,
+                                         final_status, first_line, last_checkpoint, lost_ranks, mark_failed, one_line_disk_full,
                                          signals_end_the_process, signals_stop_the_run)
 from tuneforge.training.setup_summary import describe_setup
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
@@ -197,7 +197,7 @@ def _prepare_run_dir(state: RunState) -> None:
                                                        reached_step(run_dir, state.resumed_step))
     if state.context.is_main:
         # the rows before the checkpoint, kept before Lightning's CSV logger starts metrics.csv afresh
-        save_metric_history(run_dir, state.resumed_step)
+        save_metric_history(run_dir, state.resumed_step, checkpoint_step_row(state.resume_from))
         (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
         write_json(run_dir / DATA_FILES_FILE, {"files": state.data_files})
         state.wrote_running = True  # (before the write: a signal may arrive right after it)

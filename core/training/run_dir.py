@@ -275,17 +275,35 @@ def merged_metric_rows(run_dir: Path, before_step: Optional[int] = None) -> list
     return rows if before_step is None else [row for row in rows if _step(row) < before_step]
 
 
-def save_metric_history(run_dir: Path, before_step: int) -> list:
+def save_metric_history(run_dir: Path, before_step: int, checkpoint_row: Optional[dict] = None) -> list:
     """Main process, before a resumed segment's fit: keep the rows of steps below ``before_step`` in
     ``metrics_history.csv`` (atomically), so that Lightning's CSV logger may start ``metrics.csv`` afresh;
-    returns them.  A fresh start (``before_step`` 0) removes an old history."""
+    returns them.  A fresh start (``before_step`` 0) removes an old history.
+
+    ``checkpoint_row``: the row of the resumed checkpoint's own step, kept in the checkpoint
+    (:func:`~tuneforge.training.checkpoint_callback.pending_step_row`); added when the process was killed
+    after writing the checkpoint but before logging that row."""
     run_dir = Path(run_dir)
     rows = merged_metric_rows(run_dir, before_step) if before_step > 0 else []
+    if before_step > 0 and checkpoint_row:
+        rows = _with_row(rows, checkpoint_row, before_step)
     if rows:
         _write_rows(run_dir / HISTORY_FILE, rows)
     else:
         (run_dir / HISTORY_FILE).unlink(missing_ok=True)
     return rows
+
+
+def _with_row(rows: list, row: dict, before_step: int) -> list:
+    """``rows`` with ``row`` in step order, unless a row of its step already holds its metrics."""
+    step = _step(row)
+    if step is None or step >= before_step:
+        return rows
+    metrics = [key for key in row if key not in ("step", "epoch")]
+    if any(_step(r) == step and all(r.get(key) not in (None, "") for key in metrics) for r in rows):
+        return rows
+    position = next((i for i, r in enumerate(rows) if _step(r) > step), len(rows))
+    return [*rows[:position], {key: str(value) for key, value in row.items()}, *rows[position:]]
 
 
 def keep_metric_history(run_dir: Path) -> None:

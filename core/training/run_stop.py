@@ -145,6 +145,15 @@ def last_checkpoint(run_dir: Path) -> Optional[Path]:
         return None
 
 
+def checkpoint_step_row(checkpoint: Optional[Path]) -> Optional[dict]:
+    """The metrics row of a checkpoint's own step, as kept in it (None: none kept, or no checkpoint)."""
+    if checkpoint is None:
+        return None
+    state = json.loads((checkpoint / "state.json").read_text())
+    row = (state.get("tuneforge") or {}).get("step_row")
+    return row if isinstance(row, dict) else None
+
+
 def checkpoint_step(checkpoint: Optional[Path]) -> int:
     """The optimizer step a checkpoint was saved at (0 for None)."""
     if checkpoint is None:

@@ -18,11 +18,14 @@ class BatchLogConfig:
     kill_at_step: SIGKILL this process when this optimizer step is about to start.
     kill_in_checkpoint_at_step: SIGKILL this process in the middle of writing the checkpoint of this
         step (its tensors written, its state and COMPLETE marker not).
+    kill_after_checkpoint_at_step: SIGKILL this process right after the checkpoint of this step is
+        complete, before Lightning logs that step's metrics row.
     sleep_s: pause per micro-batch (to give a test time to send a signal)."""
 
     path: str = "???"
     kill_at_step: Optional[int] = None
     kill_in_checkpoint_at_step: Optional[int] = None
+    kill_after_checkpoint_at_step: Optional[int] = None
     sleep_s: float = 0.0
 
 
@@ -44,6 +47,16 @@ def build_batch_log(config):
                 time.sleep(config.sleep_s)
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            if config.kill_after_checkpoint_at_step == trainer.global_step:
+                from tuneforge.training import checkpoint_callback
+
+                real_prune = checkpoint_callback.prune_checkpoints
+
+                def prune_then_die(*args, **kwargs):  # runs once the checkpoint is complete and renamed
+                    real_prune(*args, **kwargs)
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+                checkpoint_callback.prune_checkpoints = prune_then_die
             if config.kill_in_checkpoint_at_step is None or trainer.global_step != config.kill_in_checkpoint_at_step:
                 return
             import safetensors.torch
