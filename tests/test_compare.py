@@ -175,6 +175,17 @@ def test_slurm_preset_sizes_the_job_from_the_trainer():
                    outcome="the other jobs run; the failed job's status.json holds its one line; the sweep ends "
                            "with one line per failed job (exit 2); `tuneforge compare` lists it as FAILED")
 def test_a_failing_sweep_job_is_recorded_the_others_run_and_compare_marks_it(tmp_path):
+    _check_a_sweep_with_one_failing_job(tmp_path, [])
+
+
+def test_a_failing_submitit_sweep_job_is_recorded_and_the_others_run(tmp_path):
+    """The same with hydra/launcher=submitit_local: each job is a process of its own, whose output goes to
+    submitit's logs; the sweep's own process reads the failed job's status.json back."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    _check_a_sweep_with_one_failing_job(tmp_path, ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"])
+
+
+def _check_a_sweep_with_one_failing_job(tmp_path, launcher: list) -> None:
     import json
 
     import tuneforge.plugins
@@ -183,10 +194,14 @@ def test_a_failing_sweep_job_is_recorded_the_others_run_and_compare_marks_it(tmp
     bad.write_text('{"instruction": "q", "output": "a"}\n{"instruction": 3}\n')
     good = Path(tuneforge.plugins.__file__).parent / "data" / "sample.jsonl"
     sweep_dir = tmp_path / "sweep"
-    sweep = run_cli(["train", "-m", f"data.path={bad},{good}", "trainer.max_steps=1", "trainer.enable_progress_bar=false",
-                     "threads=1", "evaluators=[]", "baselines=[]", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    sweep = run_cli(["train", "-m", *launcher, f"data.path={bad},{good}", "trainer.max_steps=1",
+                     "trainer.enable_progress_bar=false", "threads=1", "evaluators=[]", "baselines=[]",
+                     f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, timeout=300)
     assert sweep.returncode == 2, sweep.stderr[-3000:]
-    assert sweep.stdout.count("run directory:") == 1  # job 1 ran to the end
+    if not launcher:
+        assert sweep.stdout.count("run directory:") == 1  # job 1 ran to the end
+    else:
+        assert (sweep_dir / ".submitit").is_dir()  # the jobs ran through submitit
     status = json.loads((sweep_dir / "0" / "status.json").read_text())
     assert status["status"] == "failed" and f"{bad}:2" in status["error"], status
     summary = sweep.stderr.strip().splitlines()[-1]
