@@ -439,6 +439,54 @@ def test_a_collective_broken_by_a_lost_rank_is_one_line_naming_the_phase(tmp_pat
     assert _lost_ranks(RuntimeError("Connection closed by peer"), RunContext(run_dir=tmp_path), "training", 1) is None
 
 
+@pytest.mark.fault(fault="one task of a 2-task srun DDP job SIGKILLed mid-training",
+                   outcome="the other rank stops at its next collective with one line naming the lost rank and the "
+                           "phase; status.json says failed")
+def test_a_rank_killed_mid_run_is_named_by_the_rank_that_stays(tmp_path):
+    """Two simulated srun tasks (independent processes, as on a cluster); rank 1 is SIGKILLed at step 3, rank 0
+    stops at its next collective with one line naming rank 1."""
+    args = [*DDP_RUN[1:], f"callbacks.batch_log.path={tmp_path / 'batches.log'}", "callbacks.batch_log.kill_at_step=3",
+            "callbacks.batch_log.kill_rank=1", "trainer.collective_timeout_s=60", f"run_dir={tmp_path / 'run'}"]
+    codes, outputs = _wait(_srun_tasks(tmp_path, ["train", *args], "lost"), timeout=240)
+    assert codes[1] == -signal.SIGKILL and codes[0] == 2, (codes, outputs[0][-3000:])
+    lines = _error_lines(outputs[0])
+    assert len(lines) == 1 and lines[0].startswith(
+        "tuneforge: error: rank 0 of 2 stops while training: rank 1 is gone (no sign of life for 3 s: killed, out "
+        "of memory, or its node was lost); see its output ("), outputs[0][-3000:]
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
+
+
+def test_the_rank_watch_names_a_silent_rank_a_stopped_rank_and_a_lost_store():
+    import socket
+
+    from torch.distributed import TCPStore
+
+    from tuneforge.training import rank_watch
+    from tuneforge.training.rank_watch import RankWatch
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host = TCPStore("127.0.0.1", port, 3, True, wait_for_workers=False)
+    clients = [TCPStore("127.0.0.1", port, 3, False) for _ in range(2)]
+    watches = [RankWatch(store, rank, 3, beat_s=0.05).start() for rank, store in enumerate([host, *clients])]
+    assert watches[0].describe_lost() is None and watches[2].describe_lost() is None  # all alive
+    watches[1].close()  # rank 1 goes silent (as if killed)
+    watches[2].post_stopped("tuneforge: error: data.path: no such file")
+    watches[2].close()
+    silent_s = 0.05 * rank_watch.SILENT_BEATS
+    assert watches[0].describe_lost() == (
+        f"rank 2 stopped: tuneforge: error: data.path: no such file; rank 1 is gone (no sign of life for {silent_s:g} "
+        "s: killed, out of memory, or its node was lost)")
+    watches[0].close()
+    del watches, host  # rank 0's store goes with it
+    import gc
+
+    gc.collect()
+    survivor = RankWatch(clients[1], 2, 3, beat_s=0.05)
+    assert survivor.describe_lost() == "rank 0 is gone (the job's store it hosted no longer answers)"
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_the_collective_timeout_reaches_the_strategy_and_strategy_kwargs_timeout_is_refused(strategy, tmp_path):
     from tuneforge.host.components import run_settings

@@ -34,6 +34,7 @@ from tuneforge.training.run_dir import (close_killed_segments, keep_metric_histo
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
 from tuneforge.training.run_results import (add_baselines, column_costs, count_parameters, join_predictions,
                                             memorisation_sample, pack_length, segment_record, unsharded)
+from tuneforge.training.rank_watch import watch_ranks
 from tuneforge.training.run_state import RunState
 from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, checkpoint_step, checkpoint_step_row,
                                          final_status, first_line, last_checkpoint, lost_ranks, mark_failed, one_line_disk_full,
@@ -99,9 +100,11 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     except (StopSignal, KeyboardInterrupt) as stop:
         raise _interrupted(state, stop) from None
     except Exception as exc:
-        failure = one_line_disk_full(exc, state.run_dir) or lost_ranks(exc, state.context, state.phase,
-                                                                        state.timeout_s)
+        lost = lost_ranks(exc, state.context, state.phase, state.timeout_s, state.rank_watch)
+        failure = one_line_disk_full(exc, state.run_dir) or lost
         state.error = first_line(failure or exc)
+        if lost is None and state.rank_watch is not None:  # this rank's own error: the others name it
+            state.rank_watch.post_stopped(state.error)
         if failure is not None:
             raise failure from exc
         raise
@@ -233,6 +236,7 @@ def start(state: RunState) -> None:
         context, store=state.meeting.store if state.meeting is not None else None, timeout_s=state.timeout_s)
     if state.local_processes is not None:
         state.local_processes.group_started = state.group_started
+    state.rank_watch = watch_ranks(context)  # so that a rank lost mid-run is named by the others
     state.phase = "starting the run"
     # may refuse the run (a one-line error): it then ends "failed", and tuneforge_run_end still runs
     state.plugins.call_lifecycle_hook("tuneforge_run_start", config=state.run.config, run_config=state.run,
@@ -467,6 +471,8 @@ def _run_end_hooks(state: RunState) -> None:
 
 
 def _stop_processes(state: RunState, ok: bool) -> None:
+    if state.rank_watch is not None:
+        state.rank_watch.close()
     if state.local_processes is not None:
         state.local_processes.finish(ok=ok)
     elif state.group_started:

@@ -21,7 +21,8 @@ class RunState:
     ``prepare``: ``lock`` (main process), ``meeting`` (the ranks' agreement, a cluster launch),
     ``data_files`` (``{file: sha256}``), ``resume_from`` (the checkpoint, or None), ``resumed_step``,
     ``earlier_segments``, ``wrote_running`` (this start's ``status.json`` says running).
-    ``start``: ``local_processes``, ``group_started``, ``loggers``.
+    ``start``: ``local_processes``, ``group_started``, ``rank_watch`` (this rank's signs of life, a
+    multi-process run), ``loggers``.
     ``build``: ``model``, ``tokenizer``, ``splits``, ``loss_fn``, ``callbacks``.
     ``evaluate_base``: ``base`` (the saved base evaluation: ``metrics``, ``predictions``, ``scores``,
     ``timings``, ``baselines``), ``base_rows``, ``baselines``.  ``fit``: ``trainer``, ``module``,
@@ -50,6 +51,7 @@ class RunState:
     wrote_running: bool = False
     local_processes: Any = None
     group_started: bool = False
+    rank_watch: Any = None
     loggers: Any = None
     model: Any = None
     tokenizer: Any = None

@@ -87,9 +87,11 @@ def one_line_disk_full(exc: BaseException, run_dir: Path) -> Optional[DiskFull]:
                     "run_dir), then run the same command again to resume")
 
 
-def lost_ranks(exc: BaseException, context: RunContext, phase: str, timeout_s: float) -> Optional[TuneforgeError]:
+def lost_ranks(exc: BaseException, context: RunContext, phase: str, timeout_s: float,
+               watch=None) -> Optional[TuneforgeError]:
     """One line for a collective that failed because another rank is gone (it stopped, was killed, or did
-    not arrive within ``trainer.collective_timeout_s``); None for any other error."""
+    not arrive within ``trainer.collective_timeout_s``); None for any other error.  ``watch`` (this rank's
+    :class:`~tuneforge.training.rank_watch.RankWatch`) names the rank that is gone, where it can tell."""
     if context.world_size <= 1 or isinstance(exc, TuneforgeError):
         return None
     import torch.distributed as dist
@@ -103,6 +105,10 @@ def lost_ranks(exc: BaseException, context: RunContext, phase: str, timeout_s: f
     from tuneforge.training.rank_agreement import RanksDisagree
 
     first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    named = watch.describe_lost() if watch is not None else None
+    if named:
+        return RanksDisagree(f"rank {context.global_rank} of {context.world_size} stops while {phase}: {named}; "
+                             f"see its output ({first})")
     return RanksDisagree(f"rank {context.global_rank} of {context.world_size} stops while {phase}: another rank "
                          f"stopped, or did not answer within {timeout_s:g} s (trainer.collective_timeout_s); see "
                          f"the other ranks' output ({first})")

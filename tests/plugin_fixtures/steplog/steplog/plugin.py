@@ -16,6 +16,7 @@ class BatchLogConfig:
     """path: JSON-lines file receiving {rank, step, epoch, batch, lr, ids, loss} per micro-batch
     (loss: the train/loss logged so far, None before the first optimizer step).
     kill_at_step: SIGKILL this process when this optimizer step is about to start.
+    kill_rank: with kill_at_step: only the process of this global rank (None: every process).
     kill_in_checkpoint_at_step: SIGKILL this process in the middle of writing the checkpoint of this
         step (its tensors written, its state and COMPLETE marker not).
     kill_after_checkpoint_at_step: SIGKILL this process right after the checkpoint of this step is
@@ -24,6 +25,7 @@ class BatchLogConfig:
 
     path: str = "???"
     kill_at_step: Optional[int] = None
+    kill_rank: Optional[int] = None
     kill_in_checkpoint_at_step: Optional[int] = None
     kill_after_checkpoint_at_step: Optional[int] = None
     sleep_s: float = 0.0
@@ -34,7 +36,8 @@ def build_batch_log(config):
 
     class BatchLog(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if config.kill_at_step is not None and trainer.global_step == config.kill_at_step:
+            if (config.kill_at_step is not None and trainer.global_step == config.kill_at_step
+                    and config.kill_rank in (None, trainer.global_rank)):
                 os.kill(os.getpid(), signal.SIGKILL)
             digest = hashlib.sha1(batch["input_ids"].numpy().tobytes()).hexdigest()[:16]
             lr = trainer.optimizers[0].param_groups[0]["lr"]
