@@ -63,8 +63,10 @@ def build_schedule(optimizer, settings, total: int):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     from transformers import get_scheduler
 
-    return get_scheduler(settings.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total,
-                         scheduler_specific_kwargs=transformers_schedule_arguments(settings, warmup, total))
+    arguments = transformers_schedule_arguments(settings, warmup, total)
+    steps = None if "num_stable_steps" in arguments else total  # given both, transformers 5 warns and takes these
+    return get_scheduler(settings.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps,
+                         scheduler_specific_kwargs=arguments)
 
 
 def transformers_schedule_arguments(settings, warmup: int, total: int) -> dict:
