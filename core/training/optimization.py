@@ -76,6 +76,9 @@ def transformers_schedule_arguments(settings, warmup: int, total: int) -> dict:
     if kind == "cosine_with_restarts":
         return {"num_cycles": settings.num_cycles}
     if kind == "polynomial":
+        if settings.min_lr_ratio >= 1:
+            raise ConfigError("optim.scheduler=polynomial decays to lr * optim.min_lr_ratio, which must be below 1 "
+                              f"(got {settings.min_lr_ratio}); use optim.scheduler=constant for a constant rate")
         return {"lr_end": settings.lr * settings.min_lr_ratio, "power": settings.power}
     if kind == "inverse_sqrt":
         return {"timescale": settings.timescale}
