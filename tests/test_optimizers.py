@@ -286,6 +286,11 @@ def test_a_third_party_optimizer_is_selected_by_name_and_trains(optplug, tmp_pat
     main(["config", "groups"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert ["optimizer", "halfadam", "plugin", "'halfadam',", "distribution", "optplug", "0.1.0"] in rows
+    assert ["optimizer", "adamw", "plugin", "'optimizers',", "distribution", "tuneforge", tuneforge.__version__] in rows
+    main(["plugins"])
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "optplug 0.1.0" in listed["halfadam"] and listed["halfadam"].endswith("optimizer: halfadam")
+    assert listed["optimizers"].endswith("optimizer: adafactor, adamw, adamw_8bit, lion_8bit, paged_adamw_8bit, sgd")
     main(["train", *TINY_RUN, "optimizer=halfadam", "optimizer.scale=0.5", "optim.lr=2e-2", f"run_dir={tmp_path}"])
     losses = train_losses(tmp_path)
     assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2]) - 0.1, losses
@@ -322,3 +327,14 @@ def test_a_spec_with_a_bad_field_is_a_type_error_at_registration(monkeypatch, ca
     assert line.startswith("tuneforge: error: plugin 'badstate' (distribution 'optplug 0.1.0'): registration hook "
                            "tuneforge_optimizers: TypeError: optimizer 'textstate': 'state_bytes_per_parameter' "
                            "must be a number >= 0, got '8 bytes'")
+
+
+def test_a_checkpoint_from_before_the_optimizer_group_resumes_with_the_default():
+    from tuneforge.training.checkpoint import identity_differences
+
+    before = {"model.name": "tiny", "adapter.r": 8}  # the identity such a checkpoint recorded: no optimizer keys
+    now = {**before, "optimizer.name": "adamw", "optimizer.amsgrad": False}
+    assert identity_differences(before, now) == []
+    assert identity_differences({**before, "optimizer.name": "adamw"}, {**before, "optimizer.name": "sgd"}) == [
+        "optimizer.name ('adamw' -> 'sgd')"]
+    assert identity_differences(before, {**now, "adapter.r": 4}) == ["adapter.r (8 -> 4)"]
