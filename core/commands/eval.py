@@ -110,8 +110,9 @@ def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfi
     """The saved config of a finished run, with ``overrides`` applied on top (validated by :func:`evaluate`).
 
     Group choices (``model``, ``data``, ``adapter``, ``loss``, ``optimizer``, ``evaluators`` ...)
-    default to the run's (a run saved before a group existed gets that group's default); ``evaluators=[...]`` replaces the run's evaluators
-    and ``key=value`` overrides win over the saved values.
+    default to the run's (a run saved before a group existed gets that group's default);
+    ``evaluators=[...]`` replaces the run's evaluators and ``key=value`` overrides win over
+    the saved values.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -102,7 +102,8 @@ class RunConfig:
 
     ``settings``: :class:`RunSettings` (``settings.trainer.max_steps``, ``settings.seed`` ...);
     ``model``, ``data``, ``adapter``, ``loss``, ``optimizer``: the selected :class:`Component` (its ``spec``
-    and ``config``, an instance of ``spec.config``); ``evaluators``, ``callbacks``, ``loggers`` and
+    and ``config``, an instance of ``spec.config``; ``optimizer`` is last and may be None only in a
+    RunConfig built by hand, which then cannot train); ``evaluators``, ``callbacks``, ``loggers`` and
     ``baselines`` map each config key to its component.  ``config`` is the resolved ``DictConfig`` the
     run was composed as (with the components' ``name`` keys), kept for what saves it whole
     (``config.yaml``, the loggers' copy, the checkpoint's identity).

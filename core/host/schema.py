@@ -131,14 +131,13 @@ class OptimConfig:
 
     lr: peak learning rate.
     weight_decay: weight decay of matrices (biases and norms get none).
-    betas: ``[beta1, beta2]`` of the Adam-style optimizers (``adamw``, ``adamw_8bit``, ``paged_adamw_8bit``,
-        ``lion_8bit``; the others have no betas).
-    eps: epsilon of the Adam-style optimizers.
+    betas: ``[beta1, beta2]`` of the optimizers that have them (the Adam family, Lion; docs/optimizers.md).
+    eps: epsilon of the optimizers that have one (the Adam family).
     scheduler: the learning rate after the warmup: ``constant``, ``linear`` or ``cosine`` decay to
         ``lr * min_lr_ratio``; or, through ``transformers.get_scheduler``: ``cosine_with_restarts``
         (``num_cycles`` cosine decays to 0, each restarting at ``lr``), ``polynomial`` (to
-        ``lr * min_lr_ratio`` with exponent ``power``), ``inverse_sqrt`` (``lr / sqrt(step / timescale)``,
-        no end) or ``warmup_stable_decay`` (``lr`` until the last ``decay_ratio`` of the steps, then a
+        ``lr * min_lr_ratio`` with exponent ``power``), ``inverse_sqrt`` (``lr / sqrt((n + timescale) / timescale)``
+        at the n-th step after the warmup, no end) or ``warmup_stable_decay`` (``lr`` until the last ``decay_ratio`` of the steps, then a
         cosine decay to ``lr * min_lr_ratio``).
     warmup_steps: linear warmup steps (0: use warmup_ratio).
     warmup_ratio: warmup as a share of all steps.
