@@ -6,7 +6,6 @@ always used (bit for bit), 8-bit state survives the checkpoint format exactly, t
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import sys
@@ -21,7 +20,7 @@ import tuneforge
 from helpers import FIXTURES, train_losses
 from tuneforge.commands.cli import main
 from tuneforge.data import pad_batch
-from tuneforge.errors import ConfigError, PluginError
+from tuneforge.errors import ConfigError
 from tuneforge.host.components import Component
 from tuneforge.host.schema import OptimConfig
 from tuneforge.testing import tiny_model, toy_examples
@@ -305,7 +304,8 @@ def test_resuming_with_another_optimizer_is_refused_in_one_line(optplug, tmp_pat
     main(["train", *run, "optimizer=halfadam", "checkpoint.every_n_steps=1"])
     line = _error_line(capsys, ["train", *run, "trainer.max_steps=4", "optimizer=adamw"])
     assert f"{tmp_path} holds a different run: optimizer.amsgrad ('<unset>' -> False); optimizer.name ('halfadam' " \
-           "-> 'adamw'); optimizer.scale (0.5 -> '<unset>')" in line and line.endswith("or resume=never to overwrite it")
+           "-> 'adamw'); optimizer.scale (0.5 -> '<unset>')" in line
+    assert line.endswith("or resume=never to overwrite it")
 
 
 def test_a_build_that_returns_no_optimizer_is_one_line_naming_the_plugin(optplug, tmp_path, capsys):

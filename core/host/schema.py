@@ -136,9 +136,10 @@ class OptimConfig:
     scheduler: the learning rate after the warmup: ``constant``, ``linear`` or ``cosine`` decay to
         ``lr * min_lr_ratio``; or, through ``transformers.get_scheduler``: ``cosine_with_restarts``
         (``num_cycles`` cosine decays to 0, each restarting at ``lr``), ``polynomial`` (to
-        ``lr * min_lr_ratio`` with exponent ``power``), ``inverse_sqrt`` (``lr / sqrt((n + timescale) / timescale)``
-        at the n-th step after the warmup, no end) or ``warmup_stable_decay`` (``lr`` until the last ``decay_ratio`` of the steps, then a
-        cosine decay to ``lr * min_lr_ratio``).
+        ``lr * min_lr_ratio`` with exponent ``power``), ``inverse_sqrt``
+        (``lr / sqrt((n + timescale) / timescale)`` at the n-th step after the warmup, no end) or
+        ``warmup_stable_decay`` (``lr`` until the last ``decay_ratio`` of the steps, then a cosine decay
+        to ``lr * min_lr_ratio``).
     warmup_steps: linear warmup steps (0: use warmup_ratio).
     warmup_ratio: warmup as a share of all steps.
     min_lr_ratio: the learning rate decays to ``lr * min_lr_ratio`` (``linear``, ``cosine``, ``polynomial``,
