@@ -26,3 +26,12 @@ def train_losses(run_dir) -> list:
     """The per-step ``train/loss`` column of a run's metrics.csv."""
     with open(Path(run_dir) / "metrics.csv") as handle:
         return [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+
+
+def adamw_component():
+    """The built-in ``optimizer=adamw`` as the run gives it to ``FineTuneModule`` (spec + typed config)."""
+    import tuneforge
+    from tuneforge.host.components import Component
+    from tuneforge.plugins.optimizers import AdamWConfig, build_adamw
+
+    return Component(tuneforge.OptimizerSpec("adamw", AdamWConfig, build=build_adamw), AdamWConfig())

@@ -349,7 +349,7 @@ def test_configs_tolerate_placeholders_and_their_defaults_are_valid():
         config_class()  # a required field still MISSING ("???") is the host's to report
     FilesDataConfig(path="${pkg:tuneforge.plugins/data/sample.jsonl}", max_length="${loader.batch_size}")
     OmegaConf.structured(TuneforgeConfig)
-    for spec_kind in ("model", "data", "adapter", "loss", "evaluators", "callbacks"):
+    for spec_kind in ("model", "data", "adapter", "loss", "optimizer", "evaluators", "callbacks"):
         for spec in plugins()[spec_kind]:
             try:
                 spec.config()

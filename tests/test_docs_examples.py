@@ -31,7 +31,8 @@ pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 _BLOCK = re.compile(r"^```python\n# doctest: (plugin-example|plugin-test)([^\n]*)\n(.*?)^```", re.M | re.S)
-COMPONENT_GROUPS = {"model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "baselines"}
+COMPONENT_GROUPS = {"model", "data", "adapter", "loss", "optimizer", "evaluators", "callbacks", "loggers",
+                    "baselines"}
 LIST_GROUPS = {"evaluators", "callbacks", "loggers", "baselines"}
 
 

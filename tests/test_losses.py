@@ -21,6 +21,8 @@ from tuneforge.plugins import adapters, losses
 from tuneforge.plugins.models import TinyModelConfig, build_tiny_tokenizer, load_tiny
 from tuneforge.testing import run_tiny_fit
 
+from helpers import adamw_component
+
 WORDS = ["forest", "maple", "garden", "stone", "cloud", "river", "candle", "planet", "silver", "window",
          "bridge", "orange", "pencil", "rabbit", "castle", "dragon", "meadow", "harbor", "lantern", "marble",
          "needle", "oyster", "pepper", "quartz", "saddle", "thunder", "velvet", "walnut", "yellow", "zephyr"]
@@ -293,7 +295,7 @@ def test_gradient_accumulation_equals_one_big_batch_per_token_mean():
     model = copy.deepcopy(base)
     optim = OmegaConf.structured(OptimConfig(scheduler="constant"))
     optim.lr = 0.0  # no update, only the accumulated gradients count (a run's optim.lr must be > 0)
-    module = FineTuneModule(model, loss_fn, optim)
+    module = FineTuneModule(model, loss_fn, optim, optimizer=adamw_component())
     loader = torch.utils.data.DataLoader(examples, batch_size=2, shuffle=False,
                                          collate_fn=partial(pad_batch, pad_token_id=pad))
     trainer = pl.Trainer(max_steps=1, accumulate_grad_batches=2, gradient_clip_val=None, accelerator="cpu",

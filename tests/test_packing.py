@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import adamw_component, run_cli
 from tuneforge.data import IGNORE_INDEX, DataSplits, pad_batch
 from tuneforge.data.packing import (PackedRows, block_causal_mask, length_grouped_order, pack_batch,
                                     pack_examples, varlen_arguments)
@@ -178,7 +178,7 @@ def test_packed_training_step_gradient_equals_unpacked_per_token_mean(implementa
     model = copy.deepcopy(base)
     optim = OmegaConf.structured(OptimConfig(scheduler="constant"))
     optim.lr = 0.0  # no update, only the accumulated gradients count (a run's optim.lr must be > 0)
-    module = FineTuneModule(model, loss_fn, optim)
+    module = FineTuneModule(model, loss_fn, optim, optimizer=adamw_component())
     trainer = pl.Trainer(max_steps=1, accumulate_grad_batches=accumulate, gradient_clip_val=None,
                          accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[Grab()],

@@ -63,7 +63,7 @@ def test_config_groups_names_the_plugin_and_distribution_of_every_choice():
     assert by_choice[("model", "smollm2")].startswith("preset conf/model/smollm2.yaml")
     assert by_choice[("trainer", "default")] == "tuneforge schema TrainerConfig"
     plugins = create_plugin_manager(PluginSelection())
-    for group in ("model", "data", "adapter", "loss", "evaluators", "callbacks"):
+    for group in ("model", "data", "adapter", "loss", "optimizer", "evaluators", "callbacks"):
         assert {(group, n) for n in plugins[group].names()} <= set(by_choice), group
 
 
@@ -88,7 +88,7 @@ def test_config_show_a_component_a_root_group_and_errors():
     (["9lives"], "invalid plugin name '9lives'"),
     (["class"], "invalid plugin name 'class': 'class' is reserved"),
     (["acme", "--kinds", "dataset,tracker"], "unknown kind 'tracker' in --kinds; valid: model, dataset, adapter, loss, "
-                                             "evaluator, callback, baseline, logger"),
+                                             "optimizer, evaluator, callback, baseline, logger"),
     (["acme", "--kinds", "adaptr"], "unknown kind 'adaptr' in --kinds (did you mean 'adapter'?)"),
     (["acme", "--colour"], "unknown option '--colour'"),
     ([], None),
@@ -157,7 +157,7 @@ def test_a_scaffolded_plugin_installs_offline_passes_its_tests_and_trains(tmp_pa
                             "ignore::DeprecationWarning"], cwd=package, capture_output=True, text=True, env=env,
                            timeout=600)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
-    assert re.search(r"\b28 passed", tests.stdout), tests.stdout[-2000:]
+    assert re.search(r"\b31 passed", tests.stdout), tests.stdout[-2000:]
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "tuneforge", *args], capture_output=True, text=True, env=env,

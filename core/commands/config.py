@@ -296,11 +296,11 @@ def format_section(group: Group) -> str:
 
 def format_root() -> str:
     """The root config's own keys (``seed``, ``resume``, ``run_dir``, ``threads``)."""
-    from tuneforge.host.schema import TuneforgeConfig
+    from tuneforge.host.schema import COMPONENT_GROUPS, TuneforgeConfig
 
     hints = typing.get_type_hints(TuneforgeConfig)
     keep = [f for f in dataclasses.fields(TuneforgeConfig)
-            if f.name not in ("model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "baselines")
+            if f.name not in COMPONENT_GROUPS
             and not (isinstance(hints.get(f.name), type) and dataclasses.is_dataclass(hints[f.name]))]
     scalar = dataclasses.make_dataclass(  # the root's own keys: neither a section nor a component
         "RootKeys", [(f.name, hints[f.name], field(default=f.default)) for f in keep])

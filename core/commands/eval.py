@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.metrics_file import RunMetrics, read_metrics
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
-from tuneforge.host.components import MULTIPLE_GROUPS
+from tuneforge.host.components import MULTIPLE_GROUPS, SINGLE_GROUPS
 from tuneforge.training.model_io import load_saved_model
 from tuneforge.training.run_dir import write_outputs
 from tuneforge.training.setup_summary import describe_setup
@@ -109,9 +109,10 @@ def _run_lock(run_dir: Optional[Path], out_dir: Optional[Path]):
 def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfig:
     """The saved config of a finished run, with ``overrides`` applied on top (validated by :func:`evaluate`).
 
-    Group choices (``model``, ``data``, ``adapter``, ``loss``, ``evaluators``)
-    default to the run's; ``evaluators=[...]`` replaces the run's evaluators
-    and ``key=value`` overrides win over the saved values.
+    Group choices (``model``, ``data``, ``adapter``, ``loss``, ``optimizer``, ``evaluators`` ...)
+    default to the run's (a run saved before a group existed gets that group's default);
+    ``evaluators=[...]`` replaces the run's evaluators and ``key=value`` overrides win over
+    the saved values.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -123,12 +124,12 @@ def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfi
     # did not train, only with force=true
     saved = read_run_config(run_dir, force=force, allow_interrupted=True)
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    groups = {"model", "data", "adapter", "loss", *MULTIPLE_GROUPS, "trainer", "strategy"}
+    groups = {*SINGLE_GROUPS, *MULTIPLE_GROUPS, "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
     from tuneforge.commands.run_loading import plugins_for_run
 
     check_saved_components(run_dir, saved, chosen, plugins_for_run(saved))
-    choices = [f"{g}={saved[g].name}" for g in ("model", "data", "adapter", "loss") if g not in chosen]
+    choices = [f"{g}={saved[g].name}" for g in SINGLE_GROUPS if g not in chosen and g in saved]
     for group in MULTIPLE_GROUPS:  # the run's own selection, so that its settings merge onto the same components
         if group not in chosen:
             choices.append(f"{group}=[{','.join(saved.get(group) or {})}]")
@@ -158,7 +159,7 @@ def check_saved_components(run_dir: Path, saved, chosen: set, plugins) -> None:
     override) is provided by no installed plugin, e.g. a third-party callback since uninstalled."""
     from tuneforge.errors import ConfigError
 
-    for group in ("model", "data", "adapter", "loss", *MULTIPLE_GROUPS):
+    for group in (*SINGLE_GROUPS, *MULTIPLE_GROUPS):
         node = saved.get(group)
         if group in chosen or not node:
             continue

@@ -122,6 +122,7 @@ TEMPLATES = {t.kind: t for t in (
                  package_data=("data/*.tsv",)),
     KindTemplate("adapter", "bitfit", "adapter", "tuneforge_adapters"),
     KindTemplate("loss", "smoothed_ce", "loss", "tuneforge_losses"),
+    KindTemplate("optimizer", "signum", "optimizer", "tuneforge_optimizers"),
     KindTemplate("evaluator", "exact", "evaluators", "tuneforge_evaluators"),
     KindTemplate("callback", "step_counter", "callbacks", "tuneforge_callbacks"),
     KindTemplate("baseline", "system_prompt", "baselines", "tuneforge_baselines"),

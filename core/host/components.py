@@ -4,7 +4,7 @@
 it; :func:`run_components` returns the checked run as one object,
 :class:`RunConfig`: the typed settings (:class:`RunSettings`, one instance of
 each root section's dataclass and the root values), the resolved config, and for each selected component
-(``model``, ``data``, ``adapter``, ``loss``, every ``evaluators.<key>``,
+(``model``, ``data``, ``adapter``, ``loss``, ``optimizer``, every ``evaluators.<key>``,
 ``callbacks.<key>`` and ``baselines.<key>``), its spec and an instance of exactly ``spec.config``
 built from the config node (without the host's ``name`` key).  Those instances
 are what the plugins' work functions receive.
@@ -41,7 +41,7 @@ from tuneforge.host.schema import (CheckpointConfig, EvidenceConfig, LoaderConfi
 from tuneforge.validation import ConfigValueError
 
 #: component groups with one selected component, and those with several (by key)
-SINGLE_GROUPS = ("model", "data", "adapter", "loss")
+SINGLE_GROUPS = ("model", "data", "adapter", "loss", "optimizer")
 MULTIPLE_GROUPS = ("evaluators", "callbacks", "loggers", "baselines")
 
 
@@ -101,8 +101,9 @@ class RunConfig:
     selected component with its typed config.
 
     ``settings``: :class:`RunSettings` (``settings.trainer.max_steps``, ``settings.seed`` ...);
-    ``model``, ``data``, ``adapter``, ``loss``: the selected :class:`Component` (its ``spec`` and
-    ``config``, an instance of ``spec.config``); ``evaluators``, ``callbacks``, ``loggers`` and
+    ``model``, ``data``, ``adapter``, ``loss``, ``optimizer``: the selected :class:`Component` (its ``spec``
+    and ``config``, an instance of ``spec.config``; ``optimizer`` is last and may be None only in a
+    RunConfig built by hand, which then cannot train); ``evaluators``, ``callbacks``, ``loggers`` and
     ``baselines`` map each config key to its component.  ``config`` is the resolved ``DictConfig`` the
     run was composed as (with the components' ``name`` keys), kept for what saves it whole
     (``config.yaml``, the loggers' copy, the checkpoint's identity).
@@ -120,6 +121,7 @@ class RunConfig:
     loggers: dict
     baselines: dict = dataclasses.field(default_factory=dict)
     settings: Optional[RunSettings] = None
+    optimizer: Optional[Component] = None
 
 
 #: the name the host's modules used before the typed settings joined it

@@ -152,8 +152,7 @@ def render_component_reference(plugins=None) -> str:
 
 def _top_level(schema) -> type:
     """The root schema's scalar keys only (the sections have their own tables)."""
-    sections = {name for name, _ in root_config_classes()} | {"model", "data", "adapter", "loss",
-                                                               "evaluators", "callbacks", "loggers", "baselines"}
+    sections = {name for name, _ in root_config_classes()} | set(schema.COMPONENT_GROUPS)
     fields = [(f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
               for f in dataclasses.fields(schema.TuneforgeConfig) if f.name not in sections]
     cls = dataclasses.make_dataclass("TopLevel", fields)

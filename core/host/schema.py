@@ -33,6 +33,11 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
               "transformer-engine-float16", "64", "32", "16", "bf16")
 
 
+#: ``optim.scheduler``: tuneforge's own schedules, then those built by ``transformers.get_scheduler``
+SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt",
+              "warmup_stable_decay")
+
+
 @dataclass
 class TrainerConfig:
     """Arguments for ``lightning.Trainer`` (see its docs for each).
@@ -120,31 +125,50 @@ class StrategyConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with a warmup + decay schedule, built over trainable parameters only.
+    """The optimizer's learning rate and decay, and the learning-rate schedule, over trainable parameters
+    only.  Which optimizer uses them is the ``optimizer`` group (``optimizer=adamw`` by default; its own
+    keys go in ``optimizer.<key>``; docs/optimizers.md).
 
     lr: peak learning rate.
-    weight_decay: AdamW weight decay of matrices (biases and norms get none).
-    betas: AdamW betas ``[beta1, beta2]``.
-    eps: AdamW epsilon.
-    scheduler: ``constant``, ``linear`` or ``cosine`` decay after the warmup.
+    weight_decay: weight decay of matrices (biases and norms get none).
+    betas: ``[beta1, beta2]`` of the optimizers that have them (the Adam family, Lion; docs/optimizers.md).
+    eps: epsilon of the optimizers that have one (the Adam family).
+    scheduler: the learning rate after the warmup: ``constant``, ``linear`` or ``cosine`` decay to
+        ``lr * min_lr_ratio``; or, through ``transformers.get_scheduler``: ``cosine_with_restarts``
+        (``num_cycles`` cosine decays to 0, each restarting at ``lr``), ``polynomial`` (to
+        ``lr * min_lr_ratio`` with exponent ``power``), ``inverse_sqrt``
+        (``lr / sqrt((n + timescale) / timescale)`` at the n-th step after the warmup, no end) or
+        ``warmup_stable_decay`` (``lr`` until the last ``decay_ratio`` of the steps, then a cosine decay
+        to ``lr * min_lr_ratio``).
     warmup_steps: linear warmup steps (0: use warmup_ratio).
     warmup_ratio: warmup as a share of all steps.
-    min_lr_ratio: the learning rate decays to ``lr * min_lr_ratio``.
+    min_lr_ratio: the learning rate decays to ``lr * min_lr_ratio`` (``linear``, ``cosine``, ``polynomial``,
+        ``warmup_stable_decay``).
+    num_cycles: ``cosine_with_restarts``: the number of cosine decays (hard restarts) after the warmup.
+    power: ``polynomial``: the exponent of the decay (1: linear).
+    timescale: ``inverse_sqrt``: steps over which the rate falls by sqrt (null: the warmup steps, or
+        10000 without a warmup).
+    decay_ratio: ``warmup_stable_decay``: the share of all steps spent decaying at the end.
     """
 
     lr: float = 2e-4
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    scheduler: str = "cosine"  # constant | linear | cosine
+    scheduler: str = "cosine"
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     min_lr_ratio: float = 0.0
+    num_cycles: int = 1
+    power: float = 1.0
+    timescale: Optional[int] = None
+    decay_ratio: float = 0.1
 
     def __post_init__(self) -> None:
         check(self, lr=greater_than(0), weight_decay=at_least(0), betas=_betas, eps=greater_than(0),
-              scheduler=one_of("constant", "linear", "cosine"), warmup_steps=at_least(0),
-              warmup_ratio=between(0, 1), min_lr_ratio=between(0, 1))
+              scheduler=one_of(*SCHEDULERS), warmup_steps=at_least(0), warmup_ratio=between(0, 1),
+              min_lr_ratio=between(0, 1), num_cycles=at_least(1), power=greater_than(0), timescale=at_least(1),
+              decay_ratio=between(0, 1))
 
 
 @dataclass
@@ -336,6 +360,7 @@ class TuneforgeConfig:
     data: Any = MISSING
     adapter: Any = MISSING
     loss: Any = MISSING
+    optimizer: Any = MISSING
     evaluators: dict = field(default_factory=dict)
     callbacks: dict = field(default_factory=dict)
     loggers: dict = field(default_factory=dict)
@@ -362,7 +387,7 @@ class TuneforgeConfig:
 
 
 #: the component groups of the root config; the host checks them against the registries
-COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "evaluators", "callbacks", "loggers", "baselines")
+COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "optimizer", "evaluators", "callbacks", "loggers", "baselines")
 #: the root keys typed by their own dataclass (``trainer``, ``optim`` ...)
 ROOT_SECTIONS = tuple(f.name for f in dataclasses.fields(TuneforgeConfig)
                       if dataclasses.is_dataclass(typing.get_type_hints(TuneforgeConfig)[f.name]))

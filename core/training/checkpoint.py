@@ -31,8 +31,12 @@ CHECKPOINT_DIR = "checkpoints"
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 COMPLETE = "COMPLETE"
-#: config sections whose change makes a checkpoint belong to a different run
-IDENTITY_SECTIONS = ("model", "adapter", "data")
+#: config sections whose change makes a checkpoint belong to a different run (``optimizer``: its state in
+#: the checkpoint is that optimizer's, so resuming with another one, or other settings of it, is refused)
+IDENTITY_SECTIONS = ("model", "adapter", "data", "optimizer")
+#: identity sections added after checkpoints were first written: one that a saved identity does not record
+#: at all was written before the section existed (then always the section's default, ``adamw``), not compared
+LATER_SECTIONS = ("optimizer",)
 
 
 class CheckpointError(TuneforgeError):
@@ -253,6 +257,8 @@ def run_identity(cfg) -> dict:
 
     identity = {}
     for section in IDENTITY_SECTIONS:
+        if section not in cfg:  # a config saved before the section existed (LATER_SECTIONS)
+            continue
         container = redact(OmegaConf.to_container(cfg[section], resolve=True), key=section)
         identity.update(_flatten(container, section))
     return identity
@@ -280,7 +286,9 @@ def identity_differences(saved: dict, current: dict) -> list[str]:
         return (isinstance(before, str) and isinstance(now, str) and os.path.isabs(now)
                 and not os.path.isabs(before) and setting_path(before) == now)
 
-    keys = sorted(set(saved) | set(current))
+    recorded = {key.split(".", 1)[0] for key in saved}
+    keys = sorted(key for key in set(saved) | set(current)
+                  if key.split(".", 1)[0] in recorded or key.split(".", 1)[0] not in LATER_SECTIONS)
     return [f"{k} ({saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r})" for k in keys
             if not same(saved.get(k, "<unset>"), current.get(k, "<unset>"))]
 
@@ -304,7 +312,7 @@ def resolve_resume(resume: str, run_dir: Path) -> Optional[Path]:
 
 
 def check_same_run(checkpoint_dir: Path, cfg) -> None:
-    """Refuse to resume a checkpoint written by a run with another model, adapter or data."""
+    """Refuse to resume a checkpoint written by a run with another model, adapter, data or optimizer."""
     state = json.loads((Path(checkpoint_dir) / STATE).read_text())
     saved = decode(state.get("tuneforge", {}).get("identity", {}), {})
     differences = identity_differences(saved, run_identity(cfg))

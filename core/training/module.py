@@ -3,9 +3,6 @@ the optimizer and learning-rate schedule, non-finite loss handling and checkpoin
 
 from __future__ import annotations
 
-import math
-from functools import partial
-
 import lightning.pytorch as pl
 import torch
 
@@ -54,7 +51,7 @@ class FineTuneModule(pl.LightningModule):
     #: checkpoints hold only trainable weights (the frozen base comes from the model source)
     strict_loading = False
 
-    def __init__(self, model, loss_fn, optim_config, on_nonfinite_loss: str = "stop"):
+    def __init__(self, model, loss_fn, optim_config, on_nonfinite_loss: str = "stop", optimizer=None):
         super().__init__()
         if on_nonfinite_loss not in ("stop", "skip"):
             from tuneforge.errors import ConfigError
@@ -63,6 +60,7 @@ class FineTuneModule(pl.LightningModule):
         self.model = model
         self.loss_fn = loss_fn
         self.optim_config = optim_config
+        self.optimizer_component = optimizer
         self.on_nonfinite_loss = on_nonfinite_loss
         self.skipped_batches = 0
         self._window_units = 0.0
@@ -168,17 +166,17 @@ class FineTuneModule(pl.LightningModule):
         return output.loss
 
     def configure_optimizers(self):
+        """The selected optimizer (``optimizer``, a :class:`~tuneforge.host.components.Component` of an
+        :class:`~tuneforge.specs.OptimizerSpec`) over the trainable parameters, in the ``optim.scheduler``
+        schedule stepped every optimizer step (:mod:`tuneforge.training.optimization`)."""
+        from tuneforge.training.optimization import build_optimizer, build_schedule, parameter_groups
+
+        if self.optimizer_component is None:
+            raise TypeError("FineTuneModule needs optimizer=<the run's optimizer component> to train "
+                            "(RunConfig.optimizer, or a Component of an OptimizerSpec)")
         cfg = self.optim_config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total)
-        schedule = partial(lr_factor, kind=cfg.scheduler, warmup=warmup, total=total, floor=cfg.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer = build_optimizer(self.optimizer_component, parameter_groups(self.model, cfg.weight_decay), cfg)
+        scheduler = build_schedule(optimizer, cfg, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -188,19 +186,3 @@ def _batch_size(batch) -> int:
         if isinstance(value, torch.Tensor) and value.ndim:
             return int(value.size(0))
     return 1
-
-
-def lr_factor(step: int, *, kind: str, warmup: int, total: int, floor: float) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if kind == "linear":
-        return floor + (1 - floor) * (1 - progress)
-    if kind == "cosine":
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    from tuneforge.errors import ConfigError
-
-    raise ConfigError(f"optim.scheduler is '{kind}'; valid: constant, linear, cosine")

@@ -324,7 +324,8 @@ def fit(state: RunState) -> None:
     from tuneforge.training.checkpoint_callback import CheckpointAndInterrupt
 
     run, settings, context, run_dir = state.run, state.settings, state.context, state.run_dir
-    state.module = _fine_tune_module(state.model, state.loss_fn, settings.optim, settings.trainer.on_nonfinite_loss)
+    state.module = _fine_tune_module(state.model, state.loss_fn, settings.optim, settings.trainer.on_nonfinite_loss,
+                                     run.optimizer)
     datamodule = _data_module(state.splits, state.tokenizer.pad_token_id, settings.loader, settings.seed,
                               pack_length=pack_length(run))
     checkpointer = CheckpointAndInterrupt(run_dir, settings.checkpoint.every_n_steps, settings.checkpoint.keep_last,
@@ -524,10 +525,10 @@ def _loss_context(plugins, tokenizer):
         plugins, model_config, key="loss.teacher"))
 
 
-def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop"):
+def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop", optimizer=None):
     from tuneforge.training.module import FineTuneModule
 
-    return FineTuneModule(model, loss_fn, optim_cfg, on_nonfinite_loss)
+    return FineTuneModule(model, loss_fn, optim_cfg, on_nonfinite_loss, optimizer=optimizer)
 
 
 def _data_module(splits, pad_token_id, loader_cfg, seed, pack_length=None):

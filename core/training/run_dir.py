@@ -187,7 +187,7 @@ def report_previous_end(run_dir: Path, status: dict) -> Optional[str]:
 
 
 def _refuse_another_run(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse a directory whose saved config names another model, adapter or data."""
+    """Refuse a directory whose saved config names another model, adapter, data or optimizer."""
     from tuneforge.training.checkpoint import CheckpointError, identity_differences, run_identity
 
     saved_config = run_dir / "config.yaml"

@@ -1,0 +1,1 @@
+"""Fixture optimizer plugins (tests/test_optimizers.py)."""
