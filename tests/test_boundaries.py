@@ -12,7 +12,6 @@ lines, so a synthetic file shows that it fails (the last tests).
 import ast
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -85,7 +85,6 @@ def test_the_fragment_check_catches_cut_paragraphs():
 
 
 def test_the_generated_references_read_in_whole_sentences_and_keep_every_docstring_line():
-    import dataclasses
     import re
 
     from tuneforge.host.config_docs import _FIELD_LINE

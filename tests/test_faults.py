@@ -18,7 +18,7 @@ import signal
 import pytest
 
 from tuneforge.commands.run_loading import RunDirectoryError, read_run_config
-from tuneforge.errors import DataError, TuneforgeError
+from tuneforge.errors import DataError
 from tuneforge.testing import run_tiny_fit
 from tuneforge.training.checkpoint import CheckpointError
 from tuneforge.training.run import RunInterrupted
