@@ -33,9 +33,13 @@ TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 
 def bitsandbytes_installed() -> bool:
+    """Whether ``bitsandbytes`` can be imported (found without importing it: that would import torch)."""
     import importlib.util
 
-    return importlib.util.find_spec("bitsandbytes") is not None
+    try:
+        return importlib.util.find_spec("bitsandbytes") is not None
+    except (ImportError, ValueError):  # ValueError: blocked (sys.modules entry None)
+        return False
 
 
 @dataclass

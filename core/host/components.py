@@ -456,25 +456,25 @@ def _quantization_problems(plugins, found: dict, settings: Optional[RunSettings]
     if quantization is None:
         return []
     model, adapter = found["model"], found["adapter"]
-    loads = f"model={model.name} loads the base quantized ({quantization})"
+    base = f"the {quantization}-quantized base that model={model.name} loads"
     problems = []
     if adapter is not None and not adapter.spec.trains_quantized_base:
         able = [name for name in plugins["adapter"].names() if plugins["adapter"].get(name).trains_quantized_base]
         problems.append(Problem("adapter", "", line=(
-            f"adapter={adapter.name} cannot train a quantized base ({loads}): it trains the base weights, which "
-            f"are frozen in {quantization}; use an adapter that trains over a quantized base "
+            f"adapter={adapter.name} cannot train {base}: it trains the base weights themselves, and quantized "
+            f"weights cannot train; use an adapter that trains over a quantized base "
             f"({', '.join(able) or 'none is installed'}), or load the base unquantized")))
     if settings is None:
         return problems
     strategy, accelerator = str(settings.strategy.name), str(settings.trainer.accelerator)
     if strategy.startswith("fsdp"):
         problems.append(Problem("strategy", "", line=(
-            f"strategy={strategy} cannot train a quantized base ({loads}): FSDP shards every weight across the "
-            "ranks, and bitsandbytes' packed quantized weights cannot be sharded; use strategy=ddp")))
+            f"strategy={strategy} cannot train {base}: its sharding (FSDP2 fully_shard) does not handle "
+            "packed quantized weights; use strategy=ddp")))
     elif strategy.startswith("deepspeed") and accelerator == "cpu":
         problems.append(Problem("strategy", "", line=(
-            f"strategy={strategy} with trainer.accelerator=cpu cannot train a quantized base ({loads}): "
-            "DeepSpeed runs on CUDA GPUs only; on the CPU use strategy=ddp")))
+            f"strategy={strategy} with trainer.accelerator=cpu cannot train {base}: DeepSpeed runs on CUDA "
+            "GPUs only; on the CPU use strategy=ddp")))
     return problems
 
 
