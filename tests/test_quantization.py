@@ -1,7 +1,8 @@
 """Quantized bases (``model.quantization``, ``adapter=qlora``; bitsandbytes on the CPU): the layers are
 bitsandbytes', the adapter trains over them, evaluation/generate/chat use them, export merges into a
 dequantized base that plain transformers loads, and what cannot work is refused in one line before the
-model loads.  Resume after SIGKILL: tests/test_resume.py; two DDP processes: tests/test_distributed.py."""
+model loads.  Resume after SIGKILL: tests/test_resume.py; two DDP processes: tests/test_cli.py; FSDP:
+tests/test_fsdp.py."""
 
 import io
 import sys
@@ -200,7 +201,6 @@ REFUSED = {
                     "weights themselves, and quantized weights cannot train; use an adapter that trains over a "
                     "quantized base (ia3, lora, prefix, prompt), or load the base unquantized",
     "adapter=freeze": "adapter=freeze cannot train the nf4-quantized base",
-    "strategy=fsdp": "strategy=fsdp cannot train the nf4-quantized base that model=tiny loads: its sharding",
     "strategy=deepspeed_stage_2 trainer.accelerator=cpu": "strategy=deepspeed_stage_2 with trainer.accelerator=cpu "
                                                           "cannot train the nf4-quantized base",
 }
@@ -214,8 +214,9 @@ def test_what_cannot_train_a_quantized_base_is_refused_before_the_model_loads(bn
 
 
 def test_the_adapters_that_train_over_a_quantized_base_pass_validation(bnb):
+    """fsdp too: it trains a quantized base exactly like ddp (tests/test_fsdp.py)."""
     for adapter in ("lora", "ia3", "prefix", "prompt", "qlora"):
-        run = _validate([f"adapter={adapter}", "model.quantization=nf4", "strategy=ddp"])
+        run = _validate([f"adapter={adapter}", "model.quantization=nf4", "strategy=fsdp"])
         assert run.adapter.spec.trains_quantized_base and run.model.config.quantization == "nf4"
 
 

@@ -23,7 +23,7 @@ The checks, all made before any model loads:
   ``supports_packing``;
 * a base the model source loads quantized (``ModelSourceSpec.base_quantization``)
   only with an adapter whose spec says ``trains_quantized_base``, and not with
-  ``strategy=fsdp`` or, on the CPU, ``deepspeed*``;
+  ``deepspeed*`` on the CPU;
 * no plugin in use was blocked too late (in a config file).
 
 Before the checks, ``~`` in path settings is expanded and relative paths are
@@ -466,12 +466,9 @@ def _quantization_problems(plugins, found: dict, settings: Optional[RunSettings]
             f"({', '.join(able) or 'none is installed'}), or load the base unquantized")))
     if settings is None:
         return problems
+    # (strategy=fsdp shards a quantized base too: tests/test_fsdp.py; DeepSpeed needs CUDA)
     strategy, accelerator = str(settings.strategy.name), str(settings.trainer.accelerator)
-    if strategy.startswith("fsdp"):
-        problems.append(Problem("strategy", "", line=(
-            f"strategy={strategy} cannot train {base}: its sharding (FSDP2 fully_shard) does not handle "
-            "packed quantized weights; use strategy=ddp")))
-    elif strategy.startswith("deepspeed") and accelerator == "cpu":
+    if strategy.startswith("deepspeed") and accelerator == "cpu":
         problems.append(Problem("strategy", "", line=(
             f"strategy={strategy} with trainer.accelerator=cpu cannot train {base}: DeepSpeed runs on CUDA "
             "GPUs only; on the CPU use strategy=ddp")))
