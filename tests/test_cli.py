@@ -81,7 +81,7 @@ def test_bad_choice_is_one_line_with_valid_choices_and_no_traceback():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "tuneforge: error: unknown choice 'lorra' for 'adapter' (did you mean 'lora'?); "
-        "valid: freeze, full, ia3, lora, prefix, prompt"]
+        "valid: freeze, full, ia3, lora, prefix, prompt, qlora"]
 
 
 def test_broken_plugin_stops_with_its_name_and_can_be_blocked():
