@@ -123,7 +123,8 @@ def _preset_values(group: str, content: dict) -> tuple[dict, dict]:
     ``# @package _global_`` file that puts its base at ``@<group>`` (``- lora@adapter``): then its
     ``<group>:`` node holds them and its other top-level nodes set other groups' keys."""
     values = {k: v for k, v in content.items() if k != "defaults"}
-    global_base = any(isinstance(entry, str) and entry.endswith(f"@{group}") for entry in content.get("defaults") or ())
+    global_base = any(isinstance(entry, str) and entry.endswith(f"@{group}")
+                      for entry in content.get("defaults") or ())
     if not global_base:
         return values, {}
     own = values.pop(group, None) or {}
@@ -198,8 +199,8 @@ def _add_presets(groups: dict, group: str, choices: dict, own: str) -> None:
         base_choice = choices.get(base)
         choices[name] = Choice(group, name, base_choice.config if base_choice else None,
                                description or (base_choice.description if base_choice else ""),
-                               f"preset conf/{group}/{name}.yaml, distribution {own}", "", own, base=base, preset=values,
-                               also_sets=also_sets)
+                               f"preset conf/{group}/{name}.yaml, distribution {own}", "", own, base=base,
+                               preset=values, also_sets=also_sets)
 
 
 def _plugins_for(overrides: list):
@@ -282,7 +283,8 @@ def format_choice(choice: Choice, prefix: Optional[str] = None) -> str:
         lines.append(f"  a preset of {choice.group}={choice.base}: the defaults below include the values it sets "
                      f"({', '.join(str(k) for k in choice.preset)})")
     if choice.also_sets:
-        lines.append("  it also sets: " + ", ".join(f"{key}={_shown(value)}" for key, value in choice.also_sets.items()))
+        also = ", ".join(f"{key}={_shown(value)}" for key, value in choice.also_sets.items())
+        lines.append(f"  it also sets: {also}")
     if choice.config is not None:  # a schema node's own `name` (strategy.name) is a real key
         schema = choice.provider.startswith("tuneforge schema") or choice.group in ("trainer", "strategy")
         cls = _with_defaults(choice.config, choice.preset) if choice.preset else choice.config
