@@ -9,6 +9,12 @@ merge.  ``full`` and ``freeze`` save the whole model as safetensors weights
 that ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads
 (the host's default load; nothing to merge).
 
+The PEFT adapters also train over a base quantized by bitsandbytes
+(``model.quantization``, QLoRA; their specs say ``trains_quantized_base``):
+``lora`` and ``ia3`` through peft's bitsandbytes layers, ``prefix`` and
+``prompt`` with virtual tokens that never touch the base weights.  ``full``
+and ``freeze`` train base weights, which a quantized base cannot.
+
 Each config checks its own values when built (``__post_init__``: ranks,
 dropout, names from a fixed set), so the host refuses bad values before the
 model loads.  An adapter that does not fit the model (target modules that
@@ -416,7 +422,10 @@ def merge_peft(model):
 
 @tuneforge.hookimpl
 def tuneforge_adapters():
-    peft = {"load": load_peft, "merge": merge_peft}
+    # every peft adapter here trains weights of its own over a frozen base, so the base may be
+    # quantized (model.quantization; peft's bitsandbytes layers for lora/ia3, virtual tokens for
+    # prefix/prompt); full and freeze train the base weights themselves
+    peft = {"load": load_peft, "merge": merge_peft, "trains_quantized_base": True}
     return [
         tuneforge.AdapterSpec("lora", LoraAdapterConfig, "LoRA / DoRA / rsLoRA through peft", apply=apply_lora,
                               **peft),

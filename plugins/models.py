@@ -1,4 +1,12 @@
-"""Model sources: ``hf`` (Hugging Face id, local folder or ``.gguf`` file) and ``tiny``."""
+"""Model sources: ``hf`` (Hugging Face id, local folder or ``.gguf`` file) and ``tiny``.
+
+Both can load the base quantized by bitsandbytes (``model.quantization=nf4|fp4|int8``, QLoRA):
+built with transformers' ``BitsAndBytesConfig`` and prepared for training an adapter on top with
+``peft.prepare_model_for_kbit_training``.  A folder or hub id is quantized as ``from_pretrained``
+reads it; a model that is first built in memory (``tiny``, or a ``.gguf`` file, which transformers
+dequantizes and cannot quantize again while reading) is quantized by ``from_pretrained`` from its
+state dict.  No quantization code of tuneforge's own.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,10 @@ from tuneforge.errors import ModelError
 from tuneforge.validation import ConfigValueError, at_least, check, greater_than, is_placeholder, non_empty, one_of
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+#: ``model.quantization``: how the base weights are loaded (bitsandbytes); "none": as they are
+QUANTIZATIONS = ("none", "nf4", "fp4", "int8")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATION_EXTRA = "pip install 'tuneforge[quantization]'"
 
 TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
@@ -20,8 +32,125 @@ TINY_CHAT_TEMPLATE = (
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 
+def bitsandbytes_installed() -> bool:
+    """Whether ``bitsandbytes`` can be imported (found without importing it: that would import torch)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("bitsandbytes") is not None
+    except (ImportError, ValueError):  # ValueError: blocked (sys.modules entry None)
+        return False
+
+
 @dataclass
-class HFModelConfig:
+class QuantizedBaseConfig:
+    """The quantization settings both model sources share (QLoRA: see docs/quantization.md).
+
+    quantization: load the base weights quantized by bitsandbytes: ``none`` (as stored), ``nf4``
+        or ``fp4`` (4-bit), ``int8`` (8-bit).  A quantized base trains only through an adapter
+        that trains weights of its own on top of it (``lora``, ``ia3``, ``prefix``, ``prompt``;
+        ``adapter=qlora``); needs ``pip install 'tuneforge[quantization]'``.
+    double_quant: 4-bit only: quantize the quantization constants too (about 0.4 bits per weight
+        less; QLoRA's "double quantization").
+    compute_dtype: 4-bit only: the dtype the 4-bit layers compute in: ``float32`` (CPU),
+        ``bfloat16`` or ``float16`` (GPU).  8-bit layers compute with bitsandbytes' int8 matmul.
+    """
+
+    quantization: str = "none"
+    double_quant: bool = False
+    compute_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        check(self, quantization=one_of(*QUANTIZATIONS), compute_dtype=one_of(*COMPUTE_DTYPES))
+        if self.quantization == "none":
+            if self.double_quant:
+                raise ConfigValueError("double_quant", "applies to a 4-bit base only; set model.quantization=nf4 "
+                                                       "(or fp4), or model.double_quant=false")
+            return
+        if self.double_quant and self.quantization == "int8":
+            raise ConfigValueError("double_quant", "applies to a 4-bit base (nf4, fp4) only, not int8; set "
+                                                   "model.double_quant=false")
+        if not bitsandbytes_installed():
+            raise ConfigValueError("quantization", f"{self.quantization} needs the bitsandbytes package, which is "
+                                                   f"not installed: {QUANTIZATION_EXTRA}")
+
+
+def base_quantization(config: QuantizedBaseConfig) -> Optional[str]:
+    """``nf4``, ``fp4``, ``int8``, or None for a full-precision base (:attr:`ModelSourceSpec.base_quantization`)."""
+    return None if config.quantization == "none" else config.quantization
+
+
+def quantization_config(config: QuantizedBaseConfig):
+    """transformers' ``BitsAndBytesConfig`` for the config's quantization (None: none)."""
+    if config.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if config.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quantization,
+                              bnb_4bit_use_double_quant=bool(config.double_quant),
+                              bnb_4bit_compute_dtype=_dtype(config.compute_dtype))
+
+
+def _quantized_load_arguments(config: QuantizedBaseConfig) -> dict:
+    """``from_pretrained`` keywords that load the base quantized ({} for none); the weights stay on the
+    CPU (Lightning moves the model to the run's device)."""
+    quantization = quantization_config(config)
+    return {} if quantization is None else {"quantization_config": quantization, "device_map": {"": "cpu"}}
+
+
+class _OnceFilter:
+    """Lets a log message whose text starts with ``prefix`` through once per process."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+def _int8_cast_said_once() -> None:
+    """bitsandbytes logs "MatMul8bitLt: inputs will be cast ... to float16" on every forward of every
+    8-bit layer (an int8 base in float32 on the CPU): once per process says it."""
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _OnceFilter) for f in logger.filters):
+        logger.addFilter(_OnceFilter("MatMul8bitLt: inputs will be cast"))
+
+
+def _prepared(model, config: QuantizedBaseConfig):
+    """A quantized base made ready for an adapter to train on top of it (peft's
+    ``prepare_model_for_kbit_training``: frozen, norms in float32); the adapter's own
+    ``gradient_checkpointing`` decides about checkpointing.  A full-precision base as it is."""
+    if config.quantization == "none":
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    if config.quantization == "int8":
+        _int8_cast_said_once()
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _quantize_in_memory(model, config: QuantizedBaseConfig):
+    """A model built in memory (``tiny``, a dequantized ``.gguf``), quantized by transformers'
+    ``from_pretrained`` from its state dict (transformers cannot quantize a GGUF file while reading it)."""
+    arguments = _quantized_load_arguments(config)
+    if not arguments:
+        return model
+    name = model.config.name_or_path  # from_pretrained(None) would record the string "None"
+    quantized = type(model).from_pretrained(None, config=model.config, state_dict=model.state_dict(),
+                                            **{_dtype_argument(): model.dtype}, **arguments)
+    quantized.config.name_or_path = quantized.name_or_path = name
+    return quantized
+
+
+@dataclass
+class HFModelConfig(QuantizedBaseConfig):
     """A pretrained causal LM loaded with ``AutoModelForCausalLM``.
 
     path: Hugging Face model id, a local folder, or a ``.gguf`` file (loaded
@@ -48,6 +177,7 @@ class HFModelConfig:
     attn_implementation: Optional[str] = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self, path=non_empty, dtype=one_of(*DTYPES))
         path = self.path
         if is_placeholder(path):
@@ -64,7 +194,7 @@ class HFModelConfig:
 
 
 @dataclass
-class TinyModelConfig:
+class TinyModelConfig(QuantizedBaseConfig):
     """A small random Llama and a byte-level tokenizer built in memory (no download).
 
     For tests and smoke runs: the weights are drawn from ``seed``.
@@ -91,6 +221,7 @@ class TinyModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self, hidden_size=at_least(1), intermediate_size=at_least(1), num_hidden_layers=at_least(1),
               num_attention_heads=at_least(1), num_key_value_heads=at_least(1), max_position_embeddings=at_least(1),
               initializer_range=greater_than(0))
@@ -138,6 +269,8 @@ def load_hf(config: HFModelConfig):
     model_kwargs = dict(kwargs, **{_dtype_argument(): _dtype(config.dtype)})
     if "gguf_file" not in kwargs and not config.allow_pickle:
         model_kwargs["use_safetensors"] = True
+    if "gguf_file" not in kwargs:  # a GGUF file is read dequantized, then quantized below
+        model_kwargs.update(_quantized_load_arguments(config))
     if config.attn_implementation:
         model_kwargs["attn_implementation"] = config.attn_implementation
     try:
@@ -155,8 +288,10 @@ def load_hf(config: HFModelConfig):
     if "gguf_file" in kwargs:
         _special_tokens_from_model_config(tokenizer, model.config)
         _forget_gguf_quantization(model)
+        model = _quantize_in_memory(model, config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    model = _prepared(model, config)
     model.train()
     return model, tokenizer
 
@@ -231,6 +366,7 @@ def load_tiny(config: TinyModelConfig):
     torch.manual_seed(config.seed)
     model = LlamaForCausalLM(model_config)
     torch.random.set_rng_state(generator_state)
+    model = _prepared(_quantize_in_memory(model, config), config)
     model.train()
     return model, tokenizer
 
@@ -239,7 +375,7 @@ def load_tiny(config: TinyModelConfig):
 def tuneforge_model_sources():
     return [
         tuneforge.ModelSourceSpec("hf", HFModelConfig, "Hugging Face id, local folder or .gguf file",
-                                  load=load_hf),
+                                  load=load_hf, base_quantization=base_quantization),
         tuneforge.ModelSourceSpec("tiny", TinyModelConfig, "small random Llama for tests, no download",
-                                  load=load_tiny),
+                                  load=load_tiny, base_quantization=base_quantization),
     ]

@@ -81,7 +81,7 @@ def test_bad_choice_is_one_line_with_valid_choices_and_no_traceback():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "tuneforge: error: unknown choice 'lorra' for 'adapter' (did you mean 'lora'?); "
-        "valid: freeze, full, ia3, lora, prefix, prompt"]
+        "valid: freeze, full, ia3, lora, prefix, prompt, qlora"]
 
 
 def test_broken_plugin_stops_with_its_name_and_can_be_blocked():
@@ -124,10 +124,13 @@ def test_ddp_on_two_cpu_processes_trains_and_saves_once(tmp_path):
 
 
 @pytest.mark.parametrize("layout", [[], ["loader.packing=true", "loader.pack_length=256",
-                                           "loader.group_by_length=true"]], ids=["examples", "packed_grouped"])
+                                           "loader.group_by_length=true"], ["adapter=qlora"]],
+                         ids=["examples", "packed_grouped", "qlora"])
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, layout):
     from safetensors.torch import load_file
 
+    if "adapter=qlora" in layout:  # LoRA over a 4-bit base (bitsandbytes, the `quantization` extra)
+        pytest.importorskip("bitsandbytes")
     common = ["train", "adapter.lora_dropout=0", "loader.shuffle=false", "trainer.max_steps=3", "optim.lr=1e-2",
               "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "threads=1", "evaluators=[]", *layout]
     single = run_cli([*common, "trainer.devices=1", "loader.batch_size=4", f"hydra.run.dir={tmp_path / 'one'}"])
@@ -140,8 +143,11 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path,
     one = load_file(str(tmp_path / "one" / "model" / "adapter_model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model" / "adapter_model.safetensors"))
     assert one.keys() == two.keys()
+    # 4-bit layers (bitsandbytes dequantizes, then multiplies) sum in another order for batches of 2 than of 4;
+    # AdamW's normalised step turns that into up to ~1e-4 on a weight whose gradient is near zero (steps are 1e-2)
+    atol = 2e-4 if "adapter=qlora" in layout else 2e-5
     for key in one:
-        torch.testing.assert_close(two[key], one[key], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(two[key], one[key], atol=atol, rtol=1e-4)
     # LoRA B matrices start at zero (A starts random): a nonzero B proves that training moved the adapter
     lora_b = [key for key in one if "lora_B" in key]
     assert lora_b and all(one[key].abs().max() > 1e-4 for key in lora_b)

@@ -48,7 +48,7 @@ def test_train_help_errors_and_hydra_flags(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         "tuneforge: error: unknown choice 'lorra' for 'adapter' (did you mean 'lora'?); "
-        "valid: freeze, full, ia3, lora, prefix, prompt"]
+        "valid: freeze, full, ia3, lora, prefix, prompt, qlora"]
     job = run_cli(["train", "--cfg", "job", "adapter=ia3"], cwd=tmp_path)  # Hydra's own flags still reach Hydra
     assert job.returncode == 0 and "adapter:\n  name: ia3" in job.stdout
 

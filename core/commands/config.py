@@ -49,6 +49,9 @@ class Choice:
     #: a preset: the choice it extends and the values it sets
     base: Optional[str] = None
     preset: dict = field(default_factory=dict)
+    #: a preset that also sets keys of other groups (a ``# @package _global_`` file, e.g.
+    #: ``adapter=qlora`` sets ``model.quantization``): ``{dotted key: value}``
+    also_sets: dict = field(default_factory=dict)
     #: an evaluator: the :class:`~tuneforge.MetricInfo` of the metrics it declares
     metrics: tuple = ()
 
@@ -105,10 +108,33 @@ def _presets(group: str) -> dict:
 
 
 def _preset_base(content: dict) -> Optional[str]:
+    """The choice a preset extends: its first plain defaults entry (``- hf``; a global preset's
+    ``- lora@adapter`` is ``lora``)."""
     for entry in content.get("defaults") or ():
         if isinstance(entry, str) and entry != "_self_" and "/" not in entry:
-            return entry
+            return entry.split("@", 1)[0]
     return None
+
+
+def _preset_values(group: str, content: dict) -> tuple[dict, dict]:
+    """``(values of the group's own keys, {dotted key: value} set in other groups)`` of a preset.
+
+    A preset in ``conf/<group>/`` sets its group's keys at its top level, unless it is a
+    ``# @package _global_`` file that puts its base at ``@<group>`` (``- lora@adapter``): then its
+    ``<group>:`` node holds them and its other top-level nodes set other groups' keys."""
+    values = {k: v for k, v in content.items() if k != "defaults"}
+    global_base = any(isinstance(entry, str) and entry.endswith(f"@{group}")
+                      for entry in content.get("defaults") or ())
+    if not global_base:
+        return values, {}
+    own = values.pop(group, None) or {}
+
+    def flatten(value, prefix):
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}.{key}").items()}
+        return {prefix: value}
+
+    return dict(own), {k: v for key, item in values.items() for k, v in flatten(item, str(key)).items()}
 
 
 def default_choices() -> dict:
@@ -169,11 +195,12 @@ def collect_groups(plugins) -> dict:
 def _add_presets(groups: dict, group: str, choices: dict, own: str) -> None:
     for name, (content, description) in _presets(group).items():
         base = _preset_base(content)
-        values = {k: v for k, v in content.items() if k != "defaults"}
+        values, also_sets = _preset_values(group, content)
         base_choice = choices.get(base)
         choices[name] = Choice(group, name, base_choice.config if base_choice else None,
                                description or (base_choice.description if base_choice else ""),
-                               f"preset conf/{group}/{name}.yaml, distribution {own}", "", own, base=base, preset=values)
+                               f"preset conf/{group}/{name}.yaml, distribution {own}", "", own, base=base,
+                               preset=values, also_sets=also_sets)
 
 
 def _plugins_for(overrides: list):
@@ -255,6 +282,9 @@ def format_choice(choice: Choice, prefix: Optional[str] = None) -> str:
     if choice.base:
         lines.append(f"  a preset of {choice.group}={choice.base}: the defaults below include the values it sets "
                      f"({', '.join(str(k) for k in choice.preset)})")
+    if choice.also_sets:
+        also = ", ".join(f"{key}={_shown(value)}" for key, value in choice.also_sets.items())
+        lines.append(f"  it also sets: {also}")
     if choice.config is not None:  # a schema node's own `name` (strategy.name) is a real key
         schema = choice.provider.startswith("tuneforge schema") or choice.group in ("trainer", "strategy")
         cls = _with_defaults(choice.config, choice.preset) if choice.preset else choice.config
@@ -262,6 +292,11 @@ def format_choice(choice: Choice, prefix: Optional[str] = None) -> str:
     elif choice.group == "experiment":
         lines.append("  sets: " + ", ".join(str(k) for k in choice.preset if k != "defaults"))
     return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    """A preset's value as on the command line (``true``, ``nf4``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def metric_lines(metrics) -> list:

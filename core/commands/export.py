@@ -17,7 +17,11 @@ its metadata.
 
 A base model loaded from a ``.gguf`` file was dequantized by transformers when
 the run loaded it; the export holds those dequantized weights (in the run's
-``model.dtype``), not a quantized model.
+``model.dtype``), not a quantized model.  A base the run trained quantized
+(QLoRA, ``model.quantization``: the model source's ``base_quantization``) is
+dequantized with transformers' ``PreTrainedModel.dequantize`` before the
+adapter merges into it, so the export holds plain full-precision layers (no
+bitsandbytes module) that compute what the quantized base and adapter did.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ def merged_run_model(run_dir, force: bool = False):
     plugins = plugins_for_run(cfg)
     spec = run_adapter_spec(run_dir, cfg, plugins)
     try:
-        model = merge_model(spec, load_run_model(run_dir, cfg, plugins))
+        model = merge_model(spec, load_run_model(run_dir, cfg, plugins, dequantize=True))
     except ModelError as exc:
         raise ExportError(str(exc)) from exc
     return model, tokenizer

@@ -158,13 +158,21 @@ def run_adapter_spec(run_dir, cfg, plugins):
                                 f"plugin that contributes adapter '{name}' to load its model/") from None
 
 
-def load_run_model(run_dir, cfg, plugins=None):
-    """The tuned model of a run, in eval mode on the CPU, loaded by the run's adapter spec."""
-    from tuneforge.training.model_io import load_model_from_config, load_saved_model, needs_base_model
+def load_run_model(run_dir, cfg, plugins=None, dequantize: bool = False):
+    """The tuned model of a run, in eval mode on the CPU, loaded by the run's adapter spec.
+
+    ``dequantize``: a base that the model source loads quantized (its spec's ``base_quantization``)
+    is dequantized first (transformers' ``PreTrainedModel.dequantize``: the weights the quantized
+    layers compute with, as plain ``nn.Linear``), so the adapter merges into full-precision weights
+    (``export``)."""
+    from tuneforge.training.model_io import (dequantized_base, load_model_from_config, load_saved_model,
+                                             needs_base_model)
 
     plugins = plugins or plugins_for_run(cfg)
     spec = run_adapter_spec(run_dir, cfg, plugins)
     base = load_model_from_config(plugins, cfg.model)[0] if needs_base_model(spec) else None
+    if dequantize and base is not None:
+        base = dequantized_base(plugins, cfg.model, base)
     model = load_saved_model(spec, base, Path(run_dir).expanduser() / "model",
                              trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
     model.eval()

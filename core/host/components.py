@@ -21,6 +21,9 @@ The checks, all made before any model loads:
   dataset can tell (``DatasetSpec.example_kinds``);
 * ``loader.packing=true`` only with a loss and an adapter whose specs say
   ``supports_packing``;
+* a base the model source loads quantized (``ModelSourceSpec.base_quantization``)
+  only with an adapter whose spec says ``trains_quantized_base``, and not with
+  ``deepspeed*`` on the CPU;
 * no plugin in use was blocked too late (in a config file).
 
 Before the checks, ``~`` in path settings is expanded and relative paths are
@@ -244,6 +247,8 @@ def _check(cfg, plugins) -> tuple[Optional[RunConfig], list]:
         problems += _kind_problems(found["loss"], found["data"])
     if settings is not None and settings.loader.packing:
         problems += _packing_problems(plugins, found)
+    if found["model"] is not None:
+        problems += _quantization_problems(plugins, found, settings)
     late = [name for name in (resolved.plugins.disable or []) if name in plugins.infos]
     if late:
         problems.append(Problem("plugins.disable", f"{late} was set in a config file, after those plugins were "
@@ -430,6 +435,45 @@ def _packing_problems(plugins, found: dict) -> list:
         problems.append(Problem("loader.packing", "", line=(
             f"loader.packing=true does not work with {group}={component.name}{hint}; set loader.packing=false, "
             f"or use a {group} that supports packing: {', '.join(supported)}")))
+    return problems
+
+
+def base_quantization(model: Component) -> Optional[str]:
+    """How the selected model source will quantize the base weights (``"nf4"``, ``"int8"`` ...; its
+    spec's ``base_quantization``), or None for a full-precision base (or a source that does not say)."""
+    from tuneforge.host.guard import spec_call
+
+    tell = model.spec.base_quantization
+    if tell is None:
+        return None
+    return spec_call(model.spec, "base_quantization", tell, model.config) or None
+
+
+def _quantization_problems(plugins, found: dict, settings: Optional[RunSettings]) -> list:
+    """A quantized base needs an adapter that trains over it, and a strategy that can run it."""
+    try:
+        quantization = base_quantization(found["model"])
+    except (TuneforgeError, ValueError) as exc:
+        return [Problem("model", _first_line(exc))]
+    if quantization is None:
+        return []
+    model, adapter = found["model"], found["adapter"]
+    base = f"the {quantization}-quantized base that model={model.name} loads"
+    problems = []
+    if adapter is not None and not adapter.spec.trains_quantized_base:
+        able = [name for name in plugins["adapter"].names() if plugins["adapter"].get(name).trains_quantized_base]
+        problems.append(Problem("adapter", "", line=(
+            f"adapter={adapter.name} cannot train {base}: it trains the base weights themselves, and quantized "
+            f"weights cannot train; use an adapter that trains over a quantized base "
+            f"({', '.join(able) or 'none is installed'}), or load the base unquantized")))
+    if settings is None:
+        return problems
+    # (strategy=fsdp shards a quantized base too: tests/test_fsdp.py; DeepSpeed needs CUDA)
+    strategy, accelerator = str(settings.strategy.name), str(settings.trainer.accelerator)
+    if strategy.startswith("deepspeed") and accelerator == "cpu":
+        problems.append(Problem("strategy", "", line=(
+            f"strategy={strategy} with trainer.accelerator=cpu cannot train {base}: DeepSpeed runs on CUDA "
+            "GPUs only; on the CPU use strategy=ddp")))
     return problems
 
 

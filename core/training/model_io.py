@@ -139,6 +139,26 @@ def merge_model(adapter_spec, model):
     return spec_call(adapter_spec, "merge", adapter_spec.merge, model)
 
 
+def dequantized_base(plugins, model_config, base):
+    """``base`` as full-precision weights when its model source (``model_config``'s ``name``) says it
+    loads the base quantized (:attr:`~tuneforge.specs.ModelSourceSpec.base_quantization`): transformers'
+    ``PreTrainedModel.dequantize`` turns each quantized layer into a plain ``nn.Linear`` holding the
+    weights it computed with; otherwise ``base`` itself."""
+    from tuneforge.errors import ModelError
+    from tuneforge.host.components import Component, base_quantization, typed_config
+
+    spec = plugins["model"].get(model_config["name"])
+    quantization = base_quantization(Component(spec, typed_config(spec, model_config, "model")))
+    if quantization is None:
+        return base
+    try:
+        return base.dequantize()
+    except (AttributeError, ValueError, NotImplementedError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the {quantization} base of model={spec.name} cannot be dequantized by transformers "
+                         f"({first}), so the adapter cannot be merged into full-precision weights") from exc
+
+
 def load_model_from_config(plugins, model_config, key: str = "model"):
     """``(model, tokenizer)`` from a model-source config mapping that has a ``name``.
 
