@@ -6,7 +6,6 @@ tests/test_fsdp.py."""
 
 import io
 import sys
-from pathlib import Path
 
 import pytest
 import torch
