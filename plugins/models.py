@@ -213,13 +213,11 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def load_tiny(config: TinyModelConfig):
-    """A random ``LlamaForCausalLM`` sized by the config, deterministic in ``seed``."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _tiny_llama_config(config: TinyModelConfig, tokenizer):
+    """The ``LlamaConfig`` of the tiny model (its vocabulary is ``tokenizer``'s)."""
+    from transformers import LlamaConfig
 
-    tokenizer = build_tiny_tokenizer()
-    model_config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
@@ -227,6 +225,15 @@ def load_tiny(config: TinyModelConfig):
         initializer_range=config.initializer_range,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
+
+
+def load_tiny(config: TinyModelConfig):
+    """A random ``LlamaForCausalLM`` sized by the config, deterministic in ``seed``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    model_config = _tiny_llama_config(config, tokenizer)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(config.seed)
     model = LlamaForCausalLM(model_config)
@@ -235,11 +242,42 @@ def load_tiny(config: TinyModelConfig):
     return model, tokenizer
 
 
+def tiny_model_config(config: TinyModelConfig):
+    """The tiny model's architecture (the ``LlamaConfig`` :func:`load_tiny` builds; float32 weights)."""
+    return _tiny_llama_config(config, build_tiny_tokenizer())
+
+
+def hf_model_config(config: HFModelConfig):
+    """The architecture of ``model.path`` without its weights: ``config.json`` of a folder or hub id
+    (``AutoConfig``), or the metadata of a ``.gguf`` file (no tensor is read or dequantized).  Its
+    dtype is the one :func:`load_hf` gives the weights (``model.dtype``; ``auto``: the checkpoint's)."""
+    from transformers import AutoConfig
+
+    path = str(config.path)
+    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if config.token:
+        kwargs["token"] = config.token
+    source = path
+    if path.endswith(".gguf"):
+        gguf = Path(path).expanduser()
+        source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
+    try:
+        model_config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"cannot read the config of model.path='{path}': {message}") from exc
+    if config.dtype != "auto":
+        setattr(model_config, _dtype_argument(), _dtype(config.dtype))
+    elif "gguf_file" in kwargs:  # transformers dequantizes GGUF tensors to float32
+        setattr(model_config, _dtype_argument(), _dtype("float32"))
+    return model_config
+
+
 @tuneforge.hookimpl
 def tuneforge_model_sources():
     return [
         tuneforge.ModelSourceSpec("hf", HFModelConfig, "Hugging Face id, local folder or .gguf file",
-                                  load=load_hf),
+                                  load=load_hf, model_config=hf_model_config),
         tuneforge.ModelSourceSpec("tiny", TinyModelConfig, "small random Llama for tests, no download",
-                                  load=load_tiny),
+                                  load=load_tiny, model_config=tiny_model_config),
     ]
