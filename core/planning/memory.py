@@ -30,18 +30,27 @@ NF4_BYTES = 0.5 + 4 / 64
 NF4_DOUBLE_QUANT_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 
 #: activation elements kept per token and transformer layer, as multiples of the hidden size, of the
-#: key/value width (kv heads x head dim) and of the MLP width: norms, q/k/v and their rotary copies,
-#: attention output, residuals, the gated MLP's four intermediates and the adapter's inputs.  Counted
-#: for a Llama-type block and checked against measured peaks (docs/memory.md).
-LAYER_ACTIVATIONS = {"hidden": 20.0, "kv": 4.0, "intermediate": 5.0}
+#: key/value width (kv heads x head dim) and of the MLP width.  Counted with
+#: ``torch.autograd.graph.saved_tensors_hooks`` on a Llama block with LoRA on every linear layer (peft,
+#: dropout 0.05) on the CPU, varying one width at a time (docs/memory.md): the norms, q/k/v and their
+#: rotary copies, the attention output, residuals, the gated MLP's intermediates and the adapter's
+#: dropped-out inputs.
+LAYER_ACTIVATIONS = {"hidden": 18.5, "kv": 4.3, "intermediate": 8.4}
+#: the peak holds more than the saved tensors: the gradients of the layer the backward pass is in and
+#: the allocator's slack (fitted to SmolLM2's measured peaks, docs/memory.md)
+BACKWARD_SLACK = 1.1
+#: bytes per token and vocabulary entry at the start of the backward pass, besides the logits themselves
+#: (in the activation dtype): their float32 copy, the log-probabilities and the gradient
+LOGIT_EXTRA_BYTES = 12
 
 #: resident memory of a CPU training process besides its tensors: Python, torch, transformers, peft,
-#: Lightning, tuneforge, the tokenizer and the tokenized data (measured, docs/memory.md)
-CPU_RUNTIME_BYTES = int(0.6 * 2 ** 30)
+#: Lightning, tuneforge, the tokenizer and the tokenized data (the measured peaks' intercept at batch 0
+#: minus the weights, docs/memory.md)
+CPU_RUNTIME_BYTES = int(0.72 * 2 ** 30)
 #: a GPU process's memory besides tensors: the CUDA context and kernels (cuBLAS workspaces)
 GPU_RUNTIME_BYTES = int(0.75 * 2 ** 30)
 #: share of the tensor memory a GPU's caching allocator holds on top (fragmentation)
-GPU_ALLOCATOR_OVERHEAD = 0.10
+GPU_ALLOCATOR_OVERHEAD = 0.05
 
 #: Lightning precision -> (bytes per weight element after the conversion or None: as loaded,
 #: bytes per activation element)
@@ -135,8 +144,9 @@ def estimate(facts: ModelFacts, work: Workload) -> MemoryEstimate:
 
 
 def activations(facts: ModelFacts, work: Workload, element_bytes: int) -> float:
-    """Bytes the forward pass keeps for backward on one device (see :data:`LAYER_ACTIVATIONS`), plus the
-    logits and their gradient in float32 (every token counted as trained: the most a batch can need)."""
+    """Bytes the forward pass keeps for backward on one device (see :data:`LAYER_ACTIVATIONS`,
+    :data:`BACKWARD_SLACK`), plus the logits with their float32 copies and gradient (every token counted as
+    trained: the most a batch of full rows can need)."""
     tokens = work.batch_size * work.sequence_length
     kv_width = facts.num_kv_heads * facts.head_dim
     layer = (LAYER_ACTIVATIONS["hidden"] * facts.hidden_size + LAYER_ACTIVATIONS["kv"] * kv_width
@@ -145,8 +155,8 @@ def activations(facts: ModelFacts, work: Workload, element_bytes: int) -> float:
         per_token = facts.num_layers * facts.hidden_size + layer
     else:
         per_token = facts.num_layers * layer + facts.hidden_size
-    logits = tokens * facts.vocab_size * (element_bytes + 4 + 4)
-    return tokens * per_token * element_bytes + logits
+    logits = tokens * facts.vocab_size * (element_bytes + LOGIT_EXTRA_BYTES)
+    return tokens * per_token * element_bytes * BACKWARD_SLACK + logits
 
 
 def _sharded_parts(strategy: str) -> tuple:

@@ -92,9 +92,17 @@ def read_architecture(model) -> Any:
 
 
 def _facts(run) -> ModelFacts:
-    import torch
+    import warnings
 
     architecture = read_architecture(run.model)
+    with warnings.catch_warnings():  # deprecations of the libraries the adapter calls: not about the user's run
+        warnings.simplefilter("ignore")
+        return _facts_of(run, architecture)
+
+
+def _facts_of(run, architecture) -> ModelFacts:
+    import torch
+
     model = meta_model(architecture)
     architecture_name = type(model).__name__
     base = _count(model.parameters())
