@@ -192,3 +192,21 @@ def test_train_does_not_warn_when_it_fits(tmp_path, caplog):
         run_tiny_fit(tmp_path, overrides=["trainer.max_steps=1", "baselines=[]", "memorisation.sample=0"])
     assert not [r for r in caplog.records if r.getMessage().startswith("memory:")]
     assert not [r for r in caplog.records if "memory estimate skipped" in r.getMessage()]
+
+
+@pytest.mark.slow
+def test_smollm2_is_planned_from_its_gguf_metadata_in_seconds():
+    """The real model (``bash .ci/fetch-smollm2``): its GGUF file's metadata only, no tensor dequantized."""
+    from tuneforge.plugins.models import HFModelConfig, hf_model_config
+
+    overrides = ("model=smollm2", f"data.path={SAMPLE}", "data.max_length=256", "baselines=[]")
+    plan_run(planned_run(*overrides, "adapter.r=4")[0])  # the libraries imported once (torch, peft, gguf ...)
+    started = time.perf_counter()
+    run, _ = planned_run(*overrides)
+    plan = plan_run(run)
+    assert time.perf_counter() - started < 15  # about 3 s unloaded: composing, 30 layers built, LoRA on 210 layers
+    facts = plan.facts
+    assert (facts.hidden_size, facts.num_layers, facts.num_heads, facts.num_kv_heads) == (576, 30, 9, 3)
+    assert facts.base_parameters == 134_515_008 and facts.weight_bytes == 4  # tied embeddings: counted once
+    assert plan.fits
+    assert hf_model_config(HFModelConfig(path=run.model.config.path)).vocab_size == 49152
