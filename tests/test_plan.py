@@ -210,3 +210,39 @@ def test_smollm2_is_planned_from_its_gguf_metadata_in_seconds():
     assert facts.base_parameters == 134_515_008 and facts.weight_bytes == 4  # tied embeddings: counted once
     assert plan.fits
     assert hf_model_config(HFModelConfig(path=run.model.config.path)).vocab_size == 49152
+
+
+def test_a_gguf_files_architecture_is_read_from_its_header_as_transformers_reads_it(tmp_path):
+    """The quick header reader of the hf source (the vocabulary skipped) gives transformers' config."""
+    import numpy as np
+    from gguf import GGUFWriter
+    from transformers import AutoConfig
+
+    from tuneforge.plugins.models import _gguf_architecture
+
+    path = tmp_path / "small.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_name("small")
+    for add, number in ((writer.add_context_length, 256), (writer.add_embedding_length, 64),
+                        (writer.add_block_count, 2), (writer.add_feed_forward_length, 128),
+                        (writer.add_head_count, 4), (writer.add_head_count_kv, 2), (writer.add_rope_dimension_count, 16)):
+        add(number)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(300)])
+    writer.add_token_merges(["t 1", "t 2"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_tensor("token_embd.weight", np.zeros((300, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    quick = _gguf_architecture(path).to_dict()
+    full = AutoConfig.from_pretrained(str(tmp_path), gguf_file=path.name).to_dict()
+    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps",
+            "tie_word_embeddings", "bos_token_id", "eos_token_id")
+    assert {key: quick.get(key) for key in keys} == {key: full.get(key) for key in keys}
+    assert quick["vocab_size"] == 300 and quick["tie_word_embeddings"] is True
