@@ -97,8 +97,10 @@ class MemoryEstimate:
 def estimate(facts: ModelFacts, work: Workload) -> MemoryEstimate:
     """The :class:`MemoryEstimate` of ``facts`` under ``work``."""
     param_bytes, activation_bytes = PRECISION_BYTES.get(str(work.precision), (None, 4))
-    weight_bytes = param_bytes or facts.weight_bytes
     trainable = facts.trainable_parameters
+    # bytes per trainable element as built (adapter weights may be float32 over a 16-bit base); a "-true"
+    # precision converts every parameter
+    trainable_bytes = param_bytes or (facts.trainable_bytes / trainable if trainable else facts.weight_bytes)
     details = {}
     if work.quantization:
         quantized = facts.linear_weights
@@ -115,13 +117,13 @@ def estimate(facts: ModelFacts, work: Workload) -> MemoryEstimate:
                               f"{' (double quant)' if work.double_quant and per_weight else ''} "
                               f"+ {format_count(rest)} others in float32")
     else:
-        weights = facts.frozen_parameters * weight_bytes
-        trainable_bytes = weight_bytes
-        details["weights"] = f"{format_count(facts.frozen_parameters)} frozen x {weight_bytes} B"
+        weights = facts.frozen_parameters * param_bytes if param_bytes else facts.frozen_bytes
+        details["weights"] = (f"{format_count(facts.frozen_parameters)} frozen x "
+                              f"{param_bytes or facts.frozen_bytes / max(facts.frozen_parameters, 1):g} B")
     parts = {"weights": weights, "trainable weights": trainable * trainable_bytes,
              "gradients": trainable * trainable_bytes, "optimizer state": trainable * work.state_bytes}
-    details["trainable weights"] = f"{format_count(trainable)} x {trainable_bytes} B"
-    details["gradients"] = f"{format_count(trainable)} x {trainable_bytes} B"
+    details["trainable weights"] = f"{format_count(trainable)} x {trainable_bytes:g} B"
+    details["gradients"] = f"{format_count(trainable)} x {trainable_bytes:g} B"
     details["optimizer state"] = f"{work.optimizer}: {work.state_bytes:g} B per trainable parameter"
     sharded = _sharded_parts(work.strategy)
     if work.world_size > 1 and sharded:

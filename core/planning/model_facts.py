@@ -32,6 +32,8 @@ class ModelFacts:
     ``linear_weights`` / ``linear_rows``: elements and output rows of the linear-layer weights that
     bitsandbytes quantizes (every ``nn.Linear`` except the output layer; embeddings and norms are not
     linear layers).  ``weight_bytes``: bytes per element of the loaded weights (the config's dtype).
+    ``frozen_bytes`` / ``trainable_bytes``: their bytes at the dtypes the parameters have after the adapter
+    (the model is built in the weights' dtype; peft keeps adapter weights in float32 over a 16-bit base).
     ``checkpointing``: the adapter turned gradient checkpointing on.  ``exact``: False when the adapter
     could not run on the meta device (``note`` says why) and every parameter is counted as trainable.
     """
@@ -49,6 +51,8 @@ class ModelFacts:
     num_heads: int
     num_kv_heads: int
     vocab_size: int
+    frozen_bytes: int = 0
+    trainable_bytes: int = 0
     checkpointing: bool = False
     exact: bool = True
     note: str = ""
@@ -103,7 +107,9 @@ def _facts(run) -> ModelFacts:
 def _facts_of(run, architecture) -> ModelFacts:
     import torch
 
+    weight_bytes = _dtype_bytes(architecture, torch)
     model = meta_model(architecture)
+    model.to({2: torch.bfloat16, 8: torch.float64}.get(weight_bytes, torch.float32))  # as the source loads it
     architecture_name = type(model).__name__
     base = _count(model.parameters())
     linear_weights, linear_rows = _quantizable_linears(model)
@@ -116,13 +122,16 @@ def _facts_of(run, architecture) -> ModelFacts:
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); every parameter is "
                 "counted as trainable (an upper bound)")
         log.debug("plan: %s", note)
-    parameters = list(model.parameters())
+    parameters = list({id(p): p for p in model.parameters()}.values())
     total = _count(parameters)
     trainable = _count(p for p in parameters if p.requires_grad) if exact else total
+    trainable_bytes = sum(p.numel() * p.element_size() for p in parameters if p.requires_grad or not exact)
+    frozen_bytes = sum(p.numel() * p.element_size() for p in parameters) - trainable_bytes
     return ModelFacts(
         architecture=architecture_name,
         base_parameters=base, adapter_parameters=total - base, trainable_parameters=trainable,
-        linear_weights=linear_weights, linear_rows=linear_rows, weight_bytes=_dtype_bytes(architecture, torch),
+        linear_weights=linear_weights, linear_rows=linear_rows, weight_bytes=weight_bytes,
+        frozen_bytes=frozen_bytes, trainable_bytes=trainable_bytes,
         hidden_size=int(_field(architecture, "hidden_size", "n_embd", "d_model")),
         intermediate_size=int(_field(architecture, "intermediate_size", "n_inner", "ffn_dim", default=0)
                               or 4 * _field(architecture, "hidden_size", "n_embd", "d_model")),

@@ -199,7 +199,7 @@ def format_plan(plan: Plan) -> str:
              f"{'on' if work.checkpointing else 'off'}, optimizer {work.optimizer}, strategy {work.strategy} on "
              f"{work.world_size} {work.device_kind.upper()} device{'s' if work.world_size > 1 else ''}",
              "",
-             f"  {'memory per device':<20} {'':>11}"]
+             "  memory per device"]
     for name, size in parts.parts.items():
         lines.append(f"  {name:<20} {format_bytes(size):>11}   {parts.details.get(name, '')}")
     lines.append(f"  {'total':<20} {format_bytes(parts.total):>11}")
