@@ -143,9 +143,8 @@ def _expand(candidate: tuple, plan: Plan, run) -> list:
     present = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in candidate if "{" not in o}
     if present.get("adapter.gradient_checkpointing") == "true" and work.checkpointing and "adapter" not in present:
         return []
-    if present.get("trainer.precision") and work.precision not in ("32-true", "32") or (
-            present.get("trainer.precision") and work.device_kind != "gpu"):
-        return []
+    if "trainer.precision" in present and (work.device_kind != "gpu" or work.precision not in ("32-true", "32")):
+        return []  # 16-bit activations: for 32-bit GPU runs (on the CPU bfloat16 is slow)
     if present.get("adapter") == "qlora" and work.quantization:
         return []
     if "optimizer" in present and present["optimizer"] == work.optimizer:
