@@ -11,7 +11,7 @@ UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kb": 2 ** 10, "kib": 2 ** 10, "m": 2 ** 2
          "g": 2 ** 30, "gb": 2 ** 30, "gib": 2 ** 30, "t": 2 ** 40, "tb": 2 ** 40, "tib": 2 ** 40}
 
 
-def parse_memory(text, key: str = "plan.device_memory") -> int:
+def parse_memory(text, key: str = "--memory") -> int:
     """``text`` (``24GiB``, ``24GB``, ``24 G``, ``1.5TiB``, ``512MiB`` or a plain number of bytes) in bytes;
     a one-line :class:`~tuneforge.ConfigError` naming ``key`` for anything else."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
