@@ -348,13 +348,11 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def load_tiny(config: TinyModelConfig):
-    """A random ``LlamaForCausalLM`` sized by the config, deterministic in ``seed``."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _tiny_llama_config(config: TinyModelConfig, tokenizer):
+    """The ``LlamaConfig`` of the tiny model (its vocabulary is ``tokenizer``'s)."""
+    from transformers import LlamaConfig
 
-    tokenizer = build_tiny_tokenizer()
-    model_config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
@@ -362,6 +360,15 @@ def load_tiny(config: TinyModelConfig):
         initializer_range=config.initializer_range,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
+
+
+def load_tiny(config: TinyModelConfig):
+    """A random ``LlamaForCausalLM`` sized by the config, deterministic in ``seed``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    model_config = _tiny_llama_config(config, tokenizer)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(config.seed)
     model = LlamaForCausalLM(model_config)
@@ -371,11 +378,128 @@ def load_tiny(config: TinyModelConfig):
     return model, tokenizer
 
 
+def tiny_model_config(config: TinyModelConfig):
+    """The tiny model's architecture (the ``LlamaConfig`` :func:`load_tiny` builds; float32 weights)."""
+    return _tiny_llama_config(config, build_tiny_tokenizer())
+
+
+def hf_model_config(config: HFModelConfig):
+    """The architecture of ``model.path`` without its weights: ``config.json`` of a folder or hub id
+    (``AutoConfig``), or the metadata of a ``.gguf`` file (no tensor is read or dequantized).  Its
+    dtype is the one :func:`load_hf` gives the weights (``model.dtype``; ``auto``: the checkpoint's)."""
+    from transformers import AutoConfig
+
+    path = str(config.path)
+    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if config.token:
+        kwargs["token"] = config.token
+    source = path
+    if path.endswith(".gguf"):
+        gguf = Path(path).expanduser()
+        source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
+    try:
+        model_config = None
+        if "gguf_file" in kwargs:  # the header only: transformers' reader parses the whole vocabulary too
+            model_config = _gguf_architecture(Path(source) / kwargs["gguf_file"])
+        if model_config is None:
+            model_config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"cannot read the config of model.path='{path}': {message}") from exc
+    if config.dtype != "auto":
+        setattr(model_config, _dtype_argument(), _dtype(config.dtype))
+    elif "gguf_file" in kwargs:  # transformers dequantizes GGUF tensors to float32
+        setattr(model_config, _dtype_argument(), _dtype("float32"))
+    return model_config
+
+
+#: GGUF architectures whose config transformers maps key by key (others: transformers' own, slower reader)
+_PLAIN_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "starcoder2", "nemotron")
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def _gguf_architecture(path: Path):
+    """The transformers config of a GGUF file of a plain decoder architecture, read from its header (the
+    key/value metadata and the tensor names; arrays such as the vocabulary are skipped, no tensor data is
+    read), with transformers' own key mapping; None for other architectures."""
+    import mmap
+    import struct
+
+    from transformers import AutoConfig
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        offset = 0
+
+        def read(fmt):
+            nonlocal offset
+            (number,) = struct.unpack_from(fmt, data, offset)
+            offset += struct.calcsize(fmt)
+            return number
+
+        def text():
+            nonlocal offset
+            size = read("<Q")
+            offset += size
+            return bytes(data[offset - size:offset]).decode("utf-8", "replace")
+
+        def value(kind):
+            nonlocal offset
+            if kind == 8:
+                return text()
+            if kind == 9:  # an array: its length only
+                item, count = read("<I"), read("<Q")
+                if item == 8:  # strings: a length and the bytes, skipped in a tight loop (the vocabulary)
+                    length, position = struct.Struct("<Q").unpack_from, offset
+                    for _ in range(count):
+                        position += 8 + length(data, position)[0]
+                    offset = position
+                elif item == 9:
+                    for _ in range(count):
+                        value(9)
+                else:
+                    offset += count * struct.calcsize(_GGUF_SCALARS[item])
+                return ("array", count)
+            return read(_GGUF_SCALARS[kind])
+
+        if bytes(data[:4]) != b"GGUF":
+            return None
+        offset = 4
+        if read("<I") < 2:
+            return None
+        tensors, pairs = read("<Q"), read("<Q")
+        metadata = {}
+        for _ in range(pairs):
+            key = text()
+            metadata[key] = value(read("<I"))
+        names = []
+        for _ in range(tensors):
+            names.append(text())
+            dimensions = read("<I")
+            offset += 8 * dimensions + 4 + 8  # dimensions, type, offset
+    architecture = metadata.get("general.architecture")
+    if architecture not in _PLAIN_GGUF_ARCHITECTURES or "mistral" in str(metadata.get("general.name", "")).lower():
+        return None
+    values = {"tie_word_embeddings": "output.weight" not in names}
+    for key, item in metadata.items():
+        prefix, _, rest = key.partition(".")
+        target = GGUF_CONFIG_MAPPING.get(prefix, {}).get(rest) if prefix in (architecture,) else None
+        if target not in (None, -1) and not isinstance(item, tuple):
+            values[target] = item
+    if "vocab_size" not in values and isinstance(metadata.get("tokenizer.ggml.tokens"), tuple):
+        values["vocab_size"] = metadata["tokenizer.ggml.tokens"][1]
+    for token, name in (("bos", "bos"), ("eos", "eos"), ("padding", "pad"), ("unknown", "unk")):
+        if f"tokenizer.ggml.{token}_token_id" in metadata:
+            values[f"{name}_token_id"] = metadata[f"tokenizer.ggml.{token}_token_id"]
+    return AutoConfig.for_model(architecture, **values)
+
+
 @tuneforge.hookimpl
 def tuneforge_model_sources():
     return [
         tuneforge.ModelSourceSpec("hf", HFModelConfig, "Hugging Face id, local folder or .gguf file",
-                                  load=load_hf, base_quantization=base_quantization),
+                                  load=load_hf, base_quantization=base_quantization, model_config=hf_model_config),
         tuneforge.ModelSourceSpec("tiny", TinyModelConfig, "small random Llama for tests, no download",
-                                  load=load_tiny, base_quantization=base_quantization),
+                                  load=load_tiny, base_quantization=base_quantization,
+                                  model_config=tiny_model_config),
     ]

@@ -35,7 +35,7 @@ def test_train_help_shows_groups_and_the_selected_choices_fields_quickly_without
     assert "HEAVY []" in out
     assert float(out.rsplit("CPU ", 1)[1]) < 1.0
     assert "usage: tuneforge train" in out
-    assert re.search(r"^  adapter +freeze, full, \*ia3, lora, prefix, prompt$", out, re.M)
+    assert re.search(r"^  adapter +freeze, full, \*ia3, lora, prefix, prompt, qlora$", out, re.M)
     assert re.search(r"^  trainer +\*default, smoke$", out, re.M)
     ia3 = _fields("adapter", "ia3")
     assert ia3 and all(f"adapter.{f.name}" in out and f.doc in out for f in ia3)  # ia3's fields, with their docs

@@ -1,6 +1,7 @@
 """The ``tuneforge`` command line.
 
     tuneforge train [--debug] [key=value ...]   fine-tune (Hydra overrides; -m for sweeps)
+    tuneforge plan [--memory SIZE] [key=value ...]  memory per device before a run (docs/memory.md)
     tuneforge plugins                           installed plugins and what each contributes
     tuneforge --help | --version
 
@@ -25,6 +26,9 @@ commands:
              (type, default, doc) of the selected choices;
              '--cfg job' prints the composed config; '-m' sweeps over values;
              'evidence.seeds=3' trains 3 seeds (<run_dir>/seed-<seed>) and folds them (seeds.json).
+  plan       the memory a run needs per device, estimated from the model's config before anything loads,
+             against the device's memory, and the cheapest changes that make it fit; train's overrides:
+               tuneforge plan model=smollm2 adapter=lora [--memory 24GiB]   (docs/memory.md)
   plugins    list installed plugins, their versions and the components they contribute; a broken plugin
              is listed with its one-line reason, an entry point in a wrong group as 'not loaded'
   eval       run the evaluators on a finished run (base vs tuned) or on a bare model:
@@ -62,6 +66,7 @@ environment:
 #: Modules are imported only when their command runs.
 COMMANDS = {
     "train": "tuneforge.commands.train:train_command",
+    "plan": "tuneforge.commands.plan:plan_command",
     "plugins": "tuneforge.commands.cli:plugins_command",
     "eval": "tuneforge.commands.eval:eval_command",
     "generate": "tuneforge.commands.generate:generate_command",

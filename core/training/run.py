@@ -138,6 +138,10 @@ def prepare(state: RunState) -> None:
     settings, context = state.settings, state.context
     context.check_process_count(settings.trainer.devices, settings.trainer.num_nodes)  # before any model loads
     check_strategy(settings.strategy, settings.trainer, settings.checkpoint)
+    if context.is_main:  # the memory estimate of `tuneforge plan`: a warning when it will not fit, never a stop
+        from tuneforge.planning.plan import warn_if_it_will_not_fit
+
+        warn_if_it_will_not_fit(state.run)
     (log.info if context.world_size > 1 else log.debug)("process: %s", context.describe())
     from tuneforge.training.rank_agreement import meet_ranks, meets_before_collectives
 
