@@ -147,15 +147,19 @@ def test_the_plan_command_for_a_gpu_it_does_not_have_suggests_overrides():
     completed = run_cli(["plan", "model=hf", f"model.path={LLAMA_8B}", "model.dtype=bfloat16", f"data.path={SAMPLE}",
                          "adapter=full", "trainer.accelerator=gpu", "trainer.precision=bf16-true",
                          "--memory", "24GiB"])
-    assert completed.returncode == 1, completed.stderr[-2000:]
+    assert completed.returncode == 0, completed.stderr[-2000:]  # the plan is the answer
     assert "does not fit" in completed.stdout and "24.00 GiB" in completed.stdout
+    checked = run_cli(["plan", "model=hf", f"model.path={LLAMA_8B}", "model.dtype=bfloat16", f"data.path={SAMPLE}",
+                       "adapter=full", "trainer.accelerator=gpu", "trainer.precision=bf16-true",
+                       "--memory", "24GiB", "--check"])
+    assert checked.returncode == 1 and "does not fit" in checked.stdout, checked.stderr[-2000:]
 
 
 @pytest.mark.parametrize("args, expected", [
     (["--memory", "lots"], "--memory='lots' is not a memory size"),
     (["--memory=0GiB"], "--memory='0GiB' is not a memory size"),
     (["--memory"], "--memory needs a size"),
-    (["--gpus", "2"], "unknown option '--gpus'"),
+    (["--gpus", "2"], "unknown option '--gpus'; valid: --memory SIZE, --check, --help"),
 ])
 def test_a_bad_memory_argument_is_one_line_and_exit_2(args, expected, capsys):
     from tuneforge.commands.cli import main
