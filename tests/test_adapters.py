@@ -139,6 +139,31 @@ def test_lora_options_reach_peft(tmp_path):
     assert layer.scaling["default"] == pytest.approx(config.lora_alpha / config.r ** 0.5)
 
 
+def test_lora_with_gradient_checkpointing_gives_the_same_gradients():
+    """adapter.gradient_checkpointing recomputes activations in the backward pass: same loss and LoRA
+    gradients as without it (float32, no dropout), and the decoder layers are marked as checkpointed."""
+    def gradients(checkpointing: bool):
+        model = load_tiny(TinyModelConfig())[0]
+        torch.manual_seed(0)  # the same random adapter both times
+        peft_model = adapters.apply_lora(model, adapters.LoraAdapterConfig(lora_dropout=0.0, init_lora_weights="gaussian",
+                                                                            gradient_checkpointing=checkpointing))
+        peft_model.train()
+        ids = torch.arange(3, 40).reshape(1, -1)
+        loss = peft_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        layers = peft_model.base_model.model.model.layers
+        return loss.item(), {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}, \
+            all(layer.gradient_checkpointing for layer in layers)
+
+    plain_loss, plain, plain_marked = gradients(False)
+    loss, checkpointed, marked = gradients(True)
+    assert marked and not plain_marked
+    assert loss == pytest.approx(plain_loss, abs=1e-6)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
 def test_all_linear_targets_every_linear_layer_but_the_output():
     peft_model = adapters.apply_lora(load_tiny(TinyModelConfig())[0], adapters.LoraAdapterConfig())
     adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in peft_model.named_parameters() if "lora_A" in n}
