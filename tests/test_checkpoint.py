@@ -132,6 +132,25 @@ def test_resuming_another_runs_checkpoint_names_the_differences(tmp_path):
         check_same_run(tmp_path / "c", changed)
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_while_that_setting_is_at_its_default(tmp_path):
+    """Settings added later (model.quantization, adapter.gradient_checkpointing, ...) are missing from an older
+    checkpoint's identity: unchanged while at their defaults, a difference once set otherwise."""
+    from omegaconf import OmegaConf
+
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.training.checkpoint import run_identity
+
+    load_plugins([])
+    cfg = compose(["model=tiny", "adapter=lora"])
+    older = {key: value for key, value in run_identity(cfg).items()
+             if key not in ("model.quantization", "model.compute_dtype", "adapter.gradient_checkpointing")}
+    write_checkpoint({"tuneforge": {"identity": older}}, tmp_path / "c")
+    check_same_run(tmp_path / "c", cfg)
+    changed = OmegaConf.merge(cfg, {"adapter": {"gradient_checkpointing": True}})
+    with pytest.raises(CheckpointError, match=r"different run: adapter.gradient_checkpointing \('<unset>' -> True\)"):
+        check_same_run(tmp_path / "c", changed)
+
+
 @pytest.mark.fault(fault="a real full file system (64 KiB tmpfs) while a checkpoint is written",
                    outcome="one line `disk full while saving checkpoint ...`; no partial checkpoint left")
 def test_disk_full_while_saving_is_a_clear_error_and_leaves_nothing_half_written(tmp_path):

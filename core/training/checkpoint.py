@@ -273,11 +273,31 @@ def _flatten(value, prefix: str) -> dict:
     return {prefix: value}
 
 
-def identity_differences(saved: dict, current: dict) -> list[str]:
+def identity_defaults(cfg) -> dict:
+    """The default of every plain setting of the identity sections, flattened like :func:`run_identity`
+    (``{"adapter.r": 8, ...}``), from the config classes the composed ``cfg`` was typed with."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    defaults = {}
+    for section in IDENTITY_SECTIONS:
+        config_class = OmegaConf.get_type(cfg[section]) if section in cfg else None
+        if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
+            continue
+        for field in dataclasses.fields(config_class):
+            if field.default is not dataclasses.MISSING and not isinstance(field.default, (dict, list)):
+                defaults[f"{section}.{field.name}"] = field.default
+    return defaults
+
+
+def identity_differences(saved: dict, current: dict, defaults: Optional[dict] = None) -> list[str]:
     """Keys whose values differ between a checkpoint's identity and the current config.
 
     A relative path saved by a run from before paths were recorded absolute equals its absolute form
-    (resolved against the working directory, as that run read it)."""
+    (resolved against the working directory, as that run read it).  A key the checkpoint does not have
+    (a setting added to tuneforge or a plugin after it was written) is unchanged when its current value
+    is its default (``defaults``, :func:`identity_defaults`): the run trains as the checkpoint's did."""
     from tuneforge.host.paths import setting_path
 
     def same(before, now) -> bool:
@@ -289,8 +309,13 @@ def identity_differences(saved: dict, current: dict) -> list[str]:
     recorded = {key.split(".", 1)[0] for key in saved}
     keys = sorted(key for key in set(saved) | set(current)
                   if key.split(".", 1)[0] in recorded or key.split(".", 1)[0] not in LATER_SECTIONS)
+    defaults = defaults or {}
+
+    def added_at_default(key) -> bool:
+        return key not in saved and key in current and key in defaults and same(defaults[key], current[key])
+
     return [f"{k} ({saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r})" for k in keys
-            if not same(saved.get(k, "<unset>"), current.get(k, "<unset>"))]
+            if not same(saved.get(k, "<unset>"), current.get(k, "<unset>")) and not added_at_default(k)]
 
 
 def resolve_resume(resume: str, run_dir: Path) -> Optional[Path]:
@@ -315,7 +340,7 @@ def check_same_run(checkpoint_dir: Path, cfg) -> None:
     """Refuse to resume a checkpoint written by a run with another model, adapter, data or optimizer."""
     state = json.loads((Path(checkpoint_dir) / STATE).read_text())
     saved = decode(state.get("tuneforge", {}).get("identity", {}), {})
-    differences = identity_differences(saved, run_identity(cfg))
+    differences = identity_differences(saved, run_identity(cfg), identity_defaults(cfg))
     if differences:
         raise CheckpointError(f"checkpoint {checkpoint_dir} belongs to a different run: "
                               f"{'; '.join(differences)}. Use another run directory, or resume=never to start over")

@@ -188,11 +188,12 @@ def report_previous_end(run_dir: Path, status: dict) -> Optional[str]:
 
 def _refuse_another_run(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse a directory whose saved config names another model, adapter, data or optimizer."""
-    from tuneforge.training.checkpoint import CheckpointError, identity_differences, run_identity
+    from tuneforge.training.checkpoint import CheckpointError, identity_defaults, identity_differences, run_identity
 
     saved_config = run_dir / "config.yaml"
     if saved_config.is_file():
-        differences = identity_differences(run_identity(OmegaConf.load(saved_config)), run_identity(cfg))
+        differences = identity_differences(run_identity(OmegaConf.load(saved_config)), run_identity(cfg),
+                                           identity_defaults(cfg))
         if differences:
             raise CheckpointError(f"{run_dir} holds a different run: {'; '.join(differences)}. Use another run "
                                   "directory, or resume=never to overwrite it")
