@@ -109,7 +109,8 @@ CASES = {
         r"adapter\.target_modules: \['attn_proj'\] match no module of the model; valid: .*q_proj"),
     "bad scheduler": (
         lambda t: ["optim.scheduler=cosin"],
-        r"optim\.scheduler: must be one of constant, linear, cosine, got 'cosin'"),
+        r"optim\.scheduler: must be one of constant, linear, cosine, cosine_with_restarts, polynomial, inverse_sqrt, "
+        r"warmup_stable_decay, got 'cosin' \(did you mean 'cosine'\?\)"),
 }
 
 
