@@ -311,8 +311,10 @@ def identity_differences(saved: dict, current: dict, defaults: Optional[dict] = 
                   if key.split(".", 1)[0] in recorded or key.split(".", 1)[0] not in LATER_SECTIONS)
     defaults = defaults or {}
 
-    def added_at_default(key) -> bool:
-        return key not in saved and key in current and key in defaults and same(defaults[key], current[key])
+    def added_at_default(key) -> bool:  # (within the same component: another one differs by its name already)
+        name = f"{key.split('.', 1)[0]}.name"
+        return (key not in saved and key in current and key in defaults and same(defaults[key], current[key])
+                and saved.get(name) == current.get(name))
 
     return [f"{k} ({saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r})" for k in keys
             if not same(saved.get(k, "<unset>"), current.get(k, "<unset>")) and not added_at_default(k)]
