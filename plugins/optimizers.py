@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import tuneforge
 from tuneforge.errors import ConfigError
@@ -49,42 +49,33 @@ def _require_bitsandbytes(optimizer: str) -> None:
 
 
 @dataclass
-class AdamW8bitConfig:
+class EightBitConfig:
     """min_8bit_size: tensors with fewer elements than this keep 32-bit state (bitsandbytes' default: 4096;
         small LoRA matrices are below it, 0 quantizes every state).
     """
 
+    #: the optimizer's name, for the missing-bitsandbytes line
+    optimizer: ClassVar[str] = ""
     min_8bit_size: int = 4096
 
     def __post_init__(self) -> None:
-        _require_bitsandbytes("adamw_8bit")
+        _require_bitsandbytes(self.optimizer)
         check(self, min_8bit_size=at_least(0))
 
 
 @dataclass
-class PagedAdamW8bitConfig:
-    """min_8bit_size: tensors with fewer elements than this keep 32-bit state (bitsandbytes' default: 4096;
-        small LoRA matrices are below it, 0 quantizes every state).
-    """
-
-    min_8bit_size: int = 4096
-
-    def __post_init__(self) -> None:
-        _require_bitsandbytes("paged_adamw_8bit")
-        check(self, min_8bit_size=at_least(0))
+class AdamW8bitConfig(EightBitConfig):
+    optimizer: ClassVar[str] = "adamw_8bit"
 
 
 @dataclass
-class Lion8bitConfig:
-    """min_8bit_size: tensors with fewer elements than this keep 32-bit state (bitsandbytes' default: 4096;
-        small LoRA matrices are below it, 0 quantizes every state).
-    """
+class PagedAdamW8bitConfig(EightBitConfig):
+    optimizer: ClassVar[str] = "paged_adamw_8bit"
 
-    min_8bit_size: int = 4096
 
-    def __post_init__(self) -> None:
-        _require_bitsandbytes("lion_8bit")
-        check(self, min_8bit_size=at_least(0))
+@dataclass
+class Lion8bitConfig(EightBitConfig):
+    optimizer: ClassVar[str] = "lion_8bit"
 
 
 def build_adamw_8bit(parameter_groups, settings, config: AdamW8bitConfig):
