@@ -40,6 +40,8 @@ def _selects_slow_tests(config) -> bool:
 
 def pytest_configure(config):
     """An empty private model cache and no hub downloads for the default suite (see the module doc)."""
+    global _IS_WORKER
+    _IS_WORKER = hasattr(config, "workerinput")
     if _selects_slow_tests(config) or os.environ.get("TUNEFORGE_TEST_KEEP_CACHES") == "1":
         return
     private = Path(tempfile.mkdtemp(prefix="tuneforge-empty-cache-"))
@@ -86,3 +88,21 @@ def pytest_sessionfinish(session, exitstatus):
         else:
             print(line)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+#: whether this process is an xdist worker (its reports reach the controller, which writes them)
+_IS_WORKER = False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report):
+    """A failing test's traceback is written at once, to the terminal's own file descriptor, besides the
+    summary at the end: a later crash of the test process (which never reaches the summary) or a CI log
+    that keeps only the tail of the output still shows why it failed."""
+    if not report.failed or _IS_WORKER:
+        return
+    text = report.longreprtext[-4000:]
+    try:
+        os.write(2, f"\n=== FAILED {report.nodeid} ({report.when}) ===\n{text}\n".encode(errors="replace"))
+    except OSError:
+        pass
