@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tuneforge.losses import LossContext, LossOutput
 
 from tuneforge.calling import accepts_keyword, call_accepting  # noqa: F401  (public through this module)
+from tuneforge.model_heads import CAUSAL_LM, MODEL_HEADS, checked_heads  # noqa: F401  (public through this module)
 
 
 # --------------------------------------------------------------------------- the spec callables' signatures
@@ -62,21 +63,6 @@ class BuildLoss(Protocol):
     """:attr:`LossSpec.build`: the loss function for this config and run."""
 
     def __call__(self, config: Any, context: LossContext, /) -> LossFunction: ...
-
-
-#: the head a causal language model has (next-token logits): what every model source loads by default
-CAUSAL_LM = "causal_lm"
-#: the model heads a loss may train (:attr:`LossSpec.model_head`), each with the ``transformers`` auto
-#: class that reads such a model's saved weights back: ``causal_lm`` (next-token logits) and
-#: ``sequence_classification`` (one score per sequence, read at its last non-padding token)
-MODEL_HEADS = {CAUSAL_LM: "AutoModelForCausalLM", "sequence_classification": "AutoModelForSequenceClassification"}
-
-
-def _check_heads(kind: str, name: str, attribute: str, heads) -> tuple:
-    if isinstance(heads, str) or not heads or any(head not in MODEL_HEADS for head in heads):
-        raise TypeError(f"{kind} '{name}': '{attribute}' must be a tuple of model heads among "
-                        f"{sorted(MODEL_HEADS)}, got {heads!r}")
-    return tuple(heads)
 
 
 def _check_config_class(kind: str, name: str, config: type) -> None:
@@ -119,6 +105,9 @@ class _Spec:
         for attr in self.optional:
             if getattr(self, attr) is not None and not callable(getattr(self, attr)):
                 raise TypeError(f"{self.kind} '{self.name}': '{attr}' must be a callable or None")
+        for attr in ("heads", "model_heads"):  # ModelSourceSpec, EvaluatorSpec
+            if hasattr(self, attr):
+                object.__setattr__(self, attr, checked_heads(self.kind, self.name, attr, getattr(self, attr)))
 
 
 @dataclass(frozen=True)
@@ -136,14 +125,7 @@ class ModelSourceSpec(_Spec):
 
     ``model_config(config) -> transformers.PretrainedConfig`` (optional) reads the model's
     architecture only, never its weights (``tuneforge plan`` sizes a run from it).
-
-    ``heads``: the model heads (:data:`MODEL_HEADS`) ``load`` can put on the model's body (default
-    ``("causal_lm",)``).  When the run's loss trains another head (:attr:`LossSpec.model_head`, e.g.
-    ``sequence_classification``), the host calls ``load(config, head=<head>)``, also where a run
-    directory's model is loaded back; ``sequence_classification`` is a ``transformers``
-    ``...ForSequenceClassification`` model with ``num_labels=1`` and ``config.pad_token_id`` set (its
-    score is read at each sequence's last non-padding token).  A source whose ``heads`` lack the
-    loss's head is refused before any model loads.
+    ``heads``: the heads ``load`` can build (:mod:`tuneforge.model_heads`: ``load(config, head=...)``).
     """
 
     kind: ClassVar[str] = "model source"
@@ -153,10 +135,6 @@ class ModelSourceSpec(_Spec):
     base_quantization: Optional[Callable[[Any], Optional[str]]] = None
     model_config: Optional[Callable[[Any], Any]] = None
     heads: tuple = (CAUSAL_LM,)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "heads", _check_heads(self.kind, self.name, "heads", self.heads))
 
 
 @dataclass(frozen=True)
@@ -271,21 +249,9 @@ class LossSpec(_Spec):
         (``loader.packing``), i.e. it builds its forward arguments with
         ``tuneforge.losses.model_inputs(model, batch)``; ``loader.packing=true``
         with any other loss is refused before the model loads.
-
-    ``model_head``: the head the loss trains (:data:`MODEL_HEADS`; default
-        ``causal_lm``).  The model source loads the model with it
-        (:attr:`ModelSourceSpec.heads`), and the run's evaluators must score
-        such a model (:attr:`EvaluatorSpec.model_heads`); with any head but
-        ``causal_lm`` the prompting baselines (which prompt a causal LM) are
-        refused.  Checked before any model loads, one line each.
-
-    ``save_trained(model, tokenizer, run_dir, config)`` (optional): called once,
-        on the main process, after the run's ``model/`` is saved, with the
-        trained model merged into a plain ``transformers`` model (a copy,
-        through the adapter's ``merge``; the run's own model is untouched), its
-        tokenizer (carrying the data's chat template), the run directory
-        (``pathlib.Path``) and this loss's config: it writes what the trained
-        model is for besides ``model/`` (e.g. a reward model folder).
+    ``model_head``: the head the loss trains (:mod:`tuneforge.model_heads`; default ``causal_lm``).
+    ``save_trained(model, tokenizer, run_dir, config)`` (optional): writes outputs besides ``model/``
+        from a merged copy of the trained model, on the main process (:mod:`tuneforge.model_heads`).
     """
 
     kind: ClassVar[str] = "loss"
@@ -299,9 +265,7 @@ class LossSpec(_Spec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.model_head not in MODEL_HEADS:
-            raise TypeError(f"loss '{self.name}': 'model_head' must be one of {sorted(MODEL_HEADS)}, "
-                            f"got {self.model_head!r}")
+        checked_heads(self.kind, self.name, "model_head", (self.model_head,))
         if isinstance(self.requires, str) or not all(isinstance(k, str) and k for k in self.requires):
             raise TypeError(f"loss '{self.name}': 'requires' must be a tuple of example kinds, "
                             f"e.g. ('preference',), got {self.requires!r}")
@@ -419,11 +383,7 @@ class EvaluatorSpec(_Spec):
     rank, so every rank returns the single-process numbers; work done outside
     them (an evaluator that does not use them) runs unsharded on every rank.
     Never call those helpers on only some ranks: they are collectives.
-
-    ``model_heads``: the model heads (:data:`MODEL_HEADS`) whose models
-    ``evaluate`` can score (default ``("causal_lm",)``); a run whose loss
-    trains another head (:attr:`LossSpec.model_head`) refuses the evaluators
-    that do not list it, before any model loads.
+    ``model_heads``: the heads whose models ``evaluate`` can score (:mod:`tuneforge.model_heads`).
     """
 
     kind: ClassVar[str] = "evaluator"
@@ -434,7 +394,6 @@ class EvaluatorSpec(_Spec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "model_heads", _check_heads(self.kind, self.name, "model_heads", self.model_heads))
         object.__setattr__(self, "metrics", tuple(self.metrics))
         if not all(isinstance(info, MetricInfo) for info in self.metrics):
             raise TypeError(f"evaluator '{self.name}': 'metrics' must be a tuple of tuneforge.MetricInfo")
