@@ -162,6 +162,18 @@ def test_reward_model_folder_loads_with_transformers_and_scores_as_the_run(rewar
     assert reward_model.score_texts(trained, tokenizer, texts, batch_size=1) == pytest.approx(scores, abs=1e-5)
 
 
+def test_tuneforge_eval_rescores_a_reward_run(reward_run):
+    from tuneforge.commands.eval import eval_command
+
+    run_dir, _ = reward_run
+    eval_command([f"run_dir={run_dir}"])
+    again = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    for column in ("base", "tuned"):
+        assert again[column]["reward_accuracy/mean_margin"] == pytest.approx(
+            trained[column]["reward_accuracy/mean_margin"], abs=1e-5)
+
+
 def test_reward_run_resumes_exactly_after_an_interruption(tmp_path, monkeypatch):
     from tuneforge.training.module import FineTuneModule
 
