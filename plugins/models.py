@@ -315,7 +315,8 @@ def load_hf(config: HFModelConfig, head: str = "causal_lm"):
         model = _quantize_in_memory(model, config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    _with_pad_token_id(model, tokenizer)
+    if head != "causal_lm":
+        _with_pad_token_id(model, tokenizer)
     model = _prepared(model, config)
     model.train()
     return model, tokenizer
