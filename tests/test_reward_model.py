@@ -106,6 +106,33 @@ def test_score_texts_ignores_padding():
     assert len(set(round(v, 6) for v in together)) == 3
 
 
+def test_hf_source_loads_a_folder_with_a_scalar_head_on_the_same_body(tmp_path):
+    from tuneforge.plugins.models import HFModelConfig, load_hf
+
+    causal, tokenizer = load_tiny(TinyModelConfig())
+    causal.config.pad_token_id = None  # a checkpoint that does not say: the tokenizer's is used
+    causal.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    model, loaded_tokenizer = load_hf(HFModelConfig(path=str(tmp_path / "lm")), head="sequence_classification")
+    assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.num_labels == 1
+    assert model.config.pad_token_id == loaded_tokenizer.pad_token_id
+    body = causal.model.state_dict()
+    assert all(torch.equal(body[k], v) for k, v in model.model.state_dict().items())
+    assert model.score.weight.shape == (1, causal.config.hidden_size)
+    assert load_hf(HFModelConfig(path=str(tmp_path / "lm")))[0].config.pad_token_id is None  # causal LM untouched
+
+
+def test_lora_trains_the_head_in_full_and_the_body_through_low_rank_matrices():
+    from tuneforge.plugins.adapters import LoraAdapterConfig, apply_lora
+
+    model, _ = seq_cls_tiny()
+    trainable = [name for name, p in apply_lora(model, LoraAdapterConfig()).named_parameters() if p.requires_grad]
+    head = [name for name in trainable if ".score." in name]
+    assert head and all("modules_to_save" in name for name in head)  # a trained copy, not LoRA on the head
+    assert not any("score.lora" in name for name in trainable)
+    assert set(trainable) - set(head) and all("lora_" in name for name in set(trainable) - set(head))
+
+
 # ---------------------------------------------------------------------------
 # a reward run
 # ---------------------------------------------------------------------------
