@@ -293,3 +293,19 @@ def test_bad_settings_are_refused_in_one_line(tmp_path):
     causal, _ = load_tiny(TinyModelConfig())
     with pytest.raises(TuneforgeError, match="one score per sequence"):
         reward_model.score_texts(causal, tokenizer, ["text"])
+
+
+def test_plan_counts_the_reward_models_parameters(tmp_path):
+    from tuneforge.host.components import run_components
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.planning.model_facts import model_facts
+
+    overrides = ["model=tiny", *reward_overrides(write_pairs(tmp_path / "pairs.jsonl"))]
+    plugins = load_plugins(overrides)  # first: it registers the config groups compose reads
+    run = run_components(compose(overrides), plugins)
+    facts = model_facts(run)
+    model, _ = run.model.spec.load(run.model.config, head=run.loss.spec.model_head)
+    model = run.adapter.spec.apply(model, run.adapter.config)
+    assert facts.architecture == "LlamaForSequenceClassification"
+    assert facts.trainable_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert facts.total_parameters == sum(p.numel() for p in model.parameters())
