@@ -289,6 +289,13 @@ def test_bad_settings_are_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="^loss=reward writes a merged reward model, but the adapter is "
                                           "PREFIX_TUNING .*use adapter=lora, ia3, full or freeze$"):
         reward_model.build_reward(reward_model.RewardConfig())(prefixed, pad_batch(_token_pairs(tokenizer), tokenizer.pad_token_id))
+    # data whose kinds the dataset could not tell: the first batch, and the base evaluation, say so
+    plain = {"input_ids": torch.tensor([[5, 6, 7]]), "labels": torch.tensor([[5, 6, 7]])}
+    with pytest.raises(ConfigError, match=r"^loss=reward needs preference batches .*use preference data"):
+        reward_model.build_reward(reward_model.RewardConfig())(model, plain)
+    with pytest.raises(TuneforgeError, match=r"^row 3: evaluators=\[reward_accuracy\] needs preference pairs"):
+        reward_model.evaluate_reward_accuracy(model, tokenizer, [{"input_ids": [5, 6], "source": "row 3"}],
+                                              reward_model.RewardAccuracyConfig())
     # a causal LM (no scalar head) is not a reward model
     causal, _ = load_tiny(TinyModelConfig())
     with pytest.raises(TuneforgeError, match="one score per sequence"):
