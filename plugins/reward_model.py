@@ -164,14 +164,14 @@ def build_reward(config: RewardConfig, context=None):
 def score_texts(model, tokenizer, texts, batch_size: int = 8) -> list:
     """The reward of each text, without gradients: ``texts`` are whole sequences as training saw them
     (the chat template applied, e.g. ``tokenizer.apply_chat_template(messages, tokenize=False)``),
-    tokenized without added special tokens, right-padded with the tokenizer's pad token in batches of
+    tokenized without added special tokens, right-padded with the model's ``pad_token_id`` in batches of
     ``batch_size``; the score is read at each text's last real token, so padding does not change it."""
     import torch
 
-    texts = list(texts)
-    if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+    texts = None if isinstance(texts, str) else list(texts)
+    if texts is None or not all(isinstance(text, str) for text in texts):
         raise TypeError("score_texts takes a list of strings")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _pad_token_id(model)
+    pad = _pad_token_id(model)  # the token the model's head skips when it looks for the last real one
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

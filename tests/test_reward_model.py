@@ -104,6 +104,8 @@ def test_score_texts_ignores_padding():
     alone = [reward_model.score_texts(model, tokenizer, [text])[0] for text in texts]
     assert together == pytest.approx(alone, abs=1e-5)
     assert len(set(round(v, 6) for v in together)) == 3
+    with pytest.raises(TypeError, match="a list of strings"):
+        reward_model.score_texts(model, tokenizer, "one text")
 
 
 def test_hf_source_loads_a_folder_with_a_scalar_head_on_the_same_body(tmp_path):
