@@ -17,7 +17,8 @@ prompting baselines (they prompt a causal LM).
 
 ``LossSpec.save_trained(model, tokenizer, run_dir, config)`` (optional) is called once, on the main
 process, after ``model/`` is saved, with the trained model merged into a plain ``transformers`` model (a
-deep copy through the adapter's ``merge``: the run's model is untouched), the tokenizer (carrying the
+deep copy through the adapter's ``merge``: the run's model is untouched; over a quantized base, the base
+loaded again and dequantized with the saved adapter merged in, as ``export`` does), the tokenizer (carrying the
 data's chat template), the run directory (``pathlib.Path``) and the loss's config: it writes what the
 trained model is for besides ``model/`` (the ``reward`` loss: ``<run_dir>/reward_model/``).
 """

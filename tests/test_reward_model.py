@@ -163,32 +163,49 @@ def test_reward_run_raises_held_out_pairwise_accuracy(reward_run):
     assert metrics["metric_info"]["reward_accuracy/pairwise_accuracy"]["primary"] is True
 
 
-def test_reward_model_folder_loads_with_transformers_and_scores_as_the_run(reward_run):
+def folder_scores(run_dir: Path, tolerance: float):
+    """The reward model folder, read by ``transformers`` alone, scoring the run's held-out pairs as texts:
+    their mean margin is the run's tuned ``mean_margin``.  Returns ``(model, tokenizer, cfg, texts, scores)``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tuneforge.commands.run_loading import load_run_model, plugins_for_run, read_run_config
+    from tuneforge.commands.run_loading import plugins_for_run, read_run_config
     from tuneforge.host.components import typed_config
 
-    run_dir, _ = reward_run
     folder = run_dir / "reward_model"
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert model.config.num_labels == 1 and model.config.pad_token_id == tokenizer.pad_token_id
     assert not any("lora" in name for name, _ in model.named_parameters())  # merged
+    assert getattr(model.config, "quantization_config", None) is None  # plain weights
 
-    # the held-out pairs as the run read them, scored from the folder as text: the run's own mean margin
     cfg = read_run_config(run_dir)
-    plugins = plugins_for_run(cfg)
-    spec = plugins["data"].get(cfg.data.name)
+    spec = plugins_for_run(cfg)["data"].get(cfg.data.name)
     held_out = spec.load(typed_config(spec, cfg.data, "data"), tokenizer).val
     texts = [tokenizer.decode(example[f"{side}_input_ids"]) for example in held_out for side in ("chosen", "rejected")]
     scores = reward_model.score_texts(model, tokenizer, texts, batch_size=4)
     margins = [c - r for c, r in zip(scores[::2], scores[1::2])]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert sum(margins) / len(margins) == pytest.approx(metrics["tuned"]["reward_accuracy/mean_margin"], abs=1e-5)
+    assert sum(margins) / len(margins) == pytest.approx(metrics["tuned"]["reward_accuracy/mean_margin"],
+                                                        abs=tolerance)
+    return model, tokenizer, cfg, texts, scores
+
+
+def test_reward_model_folder_loads_with_transformers_and_scores_as_the_run(reward_run):
+    from tuneforge.commands.run_loading import load_run_model
+
+    run_dir, _ = reward_run
+    model, tokenizer, cfg, texts, scores = folder_scores(run_dir, tolerance=1e-5)
     # and text by text equal to the run's trained model (base + LoRA adapter, loaded back by tuneforge)
     trained = load_run_model(run_dir, cfg)
     assert reward_model.score_texts(trained, tokenizer, texts, batch_size=1) == pytest.approx(scores, abs=1e-5)
+
+
+def test_a_qlora_reward_run_writes_a_dequantized_reward_model(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    result = run_tiny_fit(tmp_path / "run", overrides=[*reward_overrides(data), "model.quantization=nf4"])
+    assert result.metrics["tuned"]["reward_accuracy/pairwise_accuracy"] == 1.0
+    folder_scores(tmp_path / "run", tolerance=1e-4)  # the 4-bit weights as they computed, LoRA merged
 
 
 def test_tuneforge_eval_rescores_a_reward_run(reward_run):

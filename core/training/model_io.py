@@ -198,20 +198,35 @@ def trained_head(plugins, cfg) -> str:
     return plugins["loss"].get(name).model_head
 
 
-def save_trained_outputs(loss_spec, loss_config, adapter_spec, model, tokenizer, run_dir: Path,
-                         chat_template: Optional[str] = None) -> None:
-    """The loss's ``save_trained`` (when it has one) with a merged copy of the trained model
-    (:func:`merge_model` on a deep copy: ``model`` itself is left as it is) and the tokenizer carrying
-    ``chat_template``."""
-    import copy
-
+def save_trained_outputs(run, plugins, model, tokenizer, run_dir: Path, chat_template: Optional[str] = None) -> None:
+    """The run's loss's ``save_trained`` (when it has one; ``run``: the
+    :class:`~tuneforge.host.components.RunConfig`) with the trained model merged (:func:`merged_copy`) and
+    the tokenizer carrying ``chat_template``."""
+    loss_spec = run.loss.spec
     if loss_spec.save_trained is None:
         return
-    merged = merge_model(adapter_spec, copy.deepcopy(model))
+    merged = merged_copy(run, plugins, model, Path(run_dir) / "model")
     own = getattr(tokenizer, "chat_template", None)
     if chat_template:
         tokenizer.chat_template = chat_template
     try:
-        spec_call(loss_spec, "save_trained", loss_spec.save_trained, merged, tokenizer, Path(run_dir), loss_config)
+        spec_call(loss_spec, "save_trained", loss_spec.save_trained, merged, tokenizer, Path(run_dir), run.loss.config)
     finally:
         tokenizer.chat_template = own
+
+
+def merged_copy(run, plugins, model, model_dir: Path):
+    """The trained model as a plain ``transformers`` model, ``model`` itself left as it is: the adapter's
+    ``merge`` on a deep copy; over a quantized base (the source's ``base_quantization``) the base is
+    loaded again, dequantized, and the saved ``model_dir`` merged into it, as ``tuneforge export`` does,
+    so the result holds plain full-precision layers."""
+    import copy
+
+    from tuneforge.host.components import base_quantization
+
+    adapter_spec = run.adapter.spec
+    if base_quantization(run.model) is None:
+        return merge_model(adapter_spec, copy.deepcopy(model))
+    head = run.loss.spec.model_head
+    base = dequantized_base(plugins, run.config.model, load_source_model(run.model.spec, run.model.config, head)[0])
+    return merge_model(adapter_spec, load_saved_model(adapter_spec, base, model_dir, head=head))

@@ -398,8 +398,8 @@ def save(state: RunState) -> None:
     state.loggers.log_results(metrics, step=metrics["steps"])
     save_model(state.run.adapter.spec, state.model, state.tokenizer, state.run_dir / "model",
                chat_template=splits.chat_template, config=state.run.config)
-    save_trained_outputs(state.run.loss.spec, state.run.loss.config, state.run.adapter.spec, state.model,
-                         state.tokenizer, state.run_dir, chat_template=splits.chat_template)
+    save_trained_outputs(state.run, state.plugins, state.model, state.tokenizer, state.run_dir,
+                         chat_template=splits.chat_template)
     predictions = join_predictions(state.base_rows, merge_predictions({"tuned": state.tuned_pass}))
     predictions = join_columns(predictions, state.baselines) + state.train_rows
     write_outputs(state.run_dir, state.run.config, metrics, predictions, metrics_csv=state.run_dir / "metrics.csv")
