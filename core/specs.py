@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tuneforge.losses import LossContext, LossOutput
 
 from tuneforge.calling import accepts_keyword, call_accepting  # noqa: F401  (public through this module)
+from tuneforge.model_heads import CAUSAL_LM, MODEL_HEADS, checked_heads  # noqa: F401  (public through this module)
 
 
 # --------------------------------------------------------------------------- the spec callables' signatures
@@ -104,6 +105,9 @@ class _Spec:
         for attr in self.optional:
             if getattr(self, attr) is not None and not callable(getattr(self, attr)):
                 raise TypeError(f"{self.kind} '{self.name}': '{attr}' must be a callable or None")
+        for attr in ("heads", "model_heads"):  # ModelSourceSpec, EvaluatorSpec
+            if hasattr(self, attr):
+                object.__setattr__(self, attr, checked_heads(self.kind, self.name, attr, getattr(self, attr)))
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class ModelSourceSpec(_Spec):
 
     ``model_config(config) -> transformers.PretrainedConfig`` (optional) reads the model's
     architecture only, never its weights (``tuneforge plan`` sizes a run from it).
+    ``heads``: the heads ``load`` can build (:mod:`tuneforge.model_heads`: ``load(config, head=...)``).
     """
 
     kind: ClassVar[str] = "model source"
@@ -129,6 +134,7 @@ class ModelSourceSpec(_Spec):
     load: Optional[LoadModel] = None
     base_quantization: Optional[Callable[[Any], Optional[str]]] = None
     model_config: Optional[Callable[[Any], Any]] = None
+    heads: tuple = (CAUSAL_LM,)
 
 
 @dataclass(frozen=True)
@@ -243,16 +249,23 @@ class LossSpec(_Spec):
         (``loader.packing``), i.e. it builds its forward arguments with
         ``tuneforge.losses.model_inputs(model, batch)``; ``loader.packing=true``
         with any other loss is refused before the model loads.
+    ``model_head``: the head the loss trains (:mod:`tuneforge.model_heads`; default ``causal_lm``).
+    ``save_trained(model, tokenizer, run_dir, config)`` (optional): writes outputs besides ``model/``
+        from a merged copy of the trained model, on the main process (:mod:`tuneforge.model_heads`).
     """
 
     kind: ClassVar[str] = "loss"
     required: ClassVar[tuple[str, ...]] = ("build",)
+    optional: ClassVar[tuple[str, ...]] = ("save_trained",)
     build: Optional[BuildLoss] = None
     requires: tuple[str, ...] = ()
     supports_packing: bool = False
+    model_head: str = CAUSAL_LM
+    save_trained: Optional[Callable[..., None]] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        checked_heads(self.kind, self.name, "model_head", (self.model_head,))
         if isinstance(self.requires, str) or not all(isinstance(k, str) and k for k in self.requires):
             raise TypeError(f"loss '{self.name}': 'requires' must be a tuple of example kinds, "
                             f"e.g. ('preference',), got {self.requires!r}")
@@ -370,12 +383,14 @@ class EvaluatorSpec(_Spec):
     rank, so every rank returns the single-process numbers; work done outside
     them (an evaluator that does not use them) runs unsharded on every rank.
     Never call those helpers on only some ranks: they are collectives.
+    ``model_heads``: the heads whose models ``evaluate`` can score (:mod:`tuneforge.model_heads`).
     """
 
     kind: ClassVar[str] = "evaluator"
     required: ClassVar[tuple[str, ...]] = ("evaluate",)
     evaluate: Optional[Callable[..., dict]] = None
     metrics: tuple = ()
+    model_heads: tuple = (CAUSAL_LM,)
 
     def __post_init__(self) -> None:
         super().__post_init__()

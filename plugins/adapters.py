@@ -248,6 +248,15 @@ def _without_peft_deprecation_noise():
         yield
 
 
+def _task_type(model):
+    """peft's task type for the model's head: ``SEQ_CLS`` for a sequence classifier (a reward model: peft
+    then trains its ``score``/``classifier`` head in full, as ``modules_to_save``, and ``all-linear`` leaves
+    it out), ``CAUSAL_LM`` otherwise."""
+    from peft import TaskType
+
+    return TaskType.SEQ_CLS if type(model).__name__.endswith("ForSequenceClassification") else TaskType.CAUSAL_LM
+
+
 def _get_peft_model(model, peft_config, what: str):
     from peft import get_peft_model
 
@@ -265,13 +274,13 @@ def _get_peft_model(model, peft_config, what: str):
 
 
 def apply_lora(model, config: LoraAdapterConfig):
-    from peft import LoraConfig, TaskType
+    from peft import LoraConfig
 
     targets, to_save = config.target_modules, config.modules_to_save
     _check_targets(model, "target_modules", targets)
     _check_targets(model, "modules_to_save", to_save, allow_all_linear=False)
     lora_config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM, r=config.r, lora_alpha=config.lora_alpha,
+        task_type=_task_type(model), r=config.r, lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout, target_modules=targets, bias=config.bias,
         use_dora=config.use_dora, use_rslora=config.use_rslora,
         modules_to_save=to_save, init_lora_weights=config.init_lora_weights,
@@ -282,18 +291,18 @@ def apply_lora(model, config: LoraAdapterConfig):
 
 
 def apply_prefix(model, config: PrefixAdapterConfig):
-    from peft import PrefixTuningConfig, TaskType
+    from peft import PrefixTuningConfig
 
     kwargs = {}
     if config.encoder_hidden_size:
         kwargs["encoder_hidden_size"] = config.encoder_hidden_size
-    peft_config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens,
+    peft_config = PrefixTuningConfig(task_type=_task_type(model), num_virtual_tokens=config.num_virtual_tokens,
                                      prefix_projection=config.prefix_projection, **kwargs)
     return _get_peft_model(model, peft_config, "prefix")
 
 
 def apply_prompt(model, config: PromptAdapterConfig):
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+    from peft import PromptTuningConfig, PromptTuningInit
 
     kwargs = {}
     if config.init == "text":
@@ -305,7 +314,7 @@ def apply_prompt(model, config: PromptAdapterConfig):
                              "tokenizer id or folder (the model has no name_or_path)")
         kwargs = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": config.init_text,
                   "tokenizer_name_or_path": tokenizer}
-    peft_config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens,
+    peft_config = PromptTuningConfig(task_type=_task_type(model), num_virtual_tokens=config.num_virtual_tokens,
                                      **kwargs)
     try:
         return _get_peft_model(model, peft_config, "prompt")
@@ -315,13 +324,13 @@ def apply_prompt(model, config: PromptAdapterConfig):
 
 
 def apply_ia3(model, config: IA3AdapterConfig):
-    from peft import IA3Config, TaskType
+    from peft import IA3Config
 
     targets, feedforward, to_save = config.target_modules, config.feedforward_modules, config.modules_to_save
     _check_targets(model, "target_modules", targets)
     _check_targets(model, "feedforward_modules", feedforward, allow_all_linear=False)
     _check_targets(model, "modules_to_save", to_save, allow_all_linear=False)
-    peft_config = IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets,
+    peft_config = IA3Config(task_type=_task_type(model), target_modules=targets,
                             feedforward_modules=feedforward, modules_to_save=to_save)
     return _get_peft_model(model, peft_config, "ia3")
 

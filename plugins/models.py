@@ -6,6 +6,10 @@ built with transformers' ``BitsAndBytesConfig`` and prepared for training an ada
 reads it; a model that is first built in memory (``tiny``, or a ``.gguf`` file, which transformers
 dequantizes and cannot quantize again while reading) is quantized by ``from_pretrained`` from its
 state dict.  No quantization code of tuneforge's own.
+
+Both load the model with the head the run's loss trains (``ModelSourceSpec.heads``): a causal LM, or a
+sequence classifier with one label (``load(config, head="sequence_classification")``: a reward model's
+scalar head on the same body, ``config.pad_token_id`` set so the score is read at the last real token).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Optional
 
 import tuneforge
 from tuneforge.errors import ModelError
+from tuneforge.specs import MODEL_HEADS
 from tuneforge.validation import ConfigValueError, at_least, check, greater_than, is_placeholder, non_empty, one_of
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -253,9 +258,27 @@ def _dtype(name: str):
     return valid[name]
 
 
-def load_hf(config: HFModelConfig):
-    """Load model and tokenizer from a hub id, a folder or a ``.gguf`` file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _head_arguments(head: str) -> dict:
+    """``from_pretrained`` keywords of a head: one score per sequence for ``sequence_classification``."""
+    return {"num_labels": 1} if head == "sequence_classification" else {}
+
+
+def _with_pad_token_id(model, tokenizer):
+    """A sequence classifier reads its score at the last token that is not ``config.pad_token_id``: set it
+    from the tokenizer when the checkpoint does not say."""
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def load_hf(config: HFModelConfig, head: str = "causal_lm"):
+    """Load model and tokenizer from a hub id, a folder or a ``.gguf`` file; ``head``: ``causal_lm``
+    (``AutoModelForCausalLM``) or ``sequence_classification`` (``AutoModelForSequenceClassification``
+    with one label: a reward model's scalar head, newly initialised unless the checkpoint has one)."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    auto_class = getattr(transformers, MODEL_HEADS[head])
 
     path = str(config.path)
     kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
@@ -273,9 +296,10 @@ def load_hf(config: HFModelConfig):
         model_kwargs.update(_quantized_load_arguments(config))
     if config.attn_implementation:
         model_kwargs["attn_implementation"] = config.attn_implementation
+    model_kwargs.update(_head_arguments(head))
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+        model = auto_class.from_pretrained(source, **model_kwargs)
     except (OSError, ValueError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not config.allow_pickle and "safetensors" in str(exc).lower():
@@ -291,6 +315,8 @@ def load_hf(config: HFModelConfig):
         model = _quantize_in_memory(model, config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if head != "causal_lm":
+        _with_pad_token_id(model, tokenizer)
     model = _prepared(model, config)
     model.train()
     return model, tokenizer
@@ -362,16 +388,21 @@ def _tiny_llama_config(config: TinyModelConfig, tokenizer):
         pad_token_id=tokenizer.pad_token_id)
 
 
-def load_tiny(config: TinyModelConfig):
-    """A random ``LlamaForCausalLM`` sized by the config, deterministic in ``seed``."""
+def load_tiny(config: TinyModelConfig, head: str = "causal_lm"):
+    """A random ``LlamaForCausalLM`` sized by the config, deterministic in ``seed``; with
+    ``head="sequence_classification"`` a ``LlamaForSequenceClassification`` with one label, whose body
+    equals the causal LM's of the same seed (the score layer is drawn after it, in place of ``lm_head``)."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     tokenizer = build_tiny_tokenizer()
     model_config = _tiny_llama_config(config, tokenizer)
+    model_class = LlamaForCausalLM
+    if head == "sequence_classification":
+        model_config.num_labels, model_class = 1, LlamaForSequenceClassification
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(config.seed)
-    model = LlamaForCausalLM(model_config)
+    model = model_class(model_config)
     torch.random.set_rng_state(generator_state)
     model = _prepared(_quantize_in_memory(model, config), config)
     model.train()
@@ -498,8 +529,9 @@ def _gguf_architecture(path: Path):
 def tuneforge_model_sources():
     return [
         tuneforge.ModelSourceSpec("hf", HFModelConfig, "Hugging Face id, local folder or .gguf file",
-                                  load=load_hf, base_quantization=base_quantization, model_config=hf_model_config),
+                                  load=load_hf, base_quantization=base_quantization, model_config=hf_model_config,
+                                  heads=tuple(MODEL_HEADS)),
         tuneforge.ModelSourceSpec("tiny", TinyModelConfig, "small random Llama for tests, no download",
                                   load=load_tiny, base_quantization=base_quantization,
-                                  model_config=tiny_model_config),
+                                  model_config=tiny_model_config, heads=tuple(MODEL_HEADS)),
     ]

@@ -12,7 +12,7 @@ from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.metrics_file import RunMetrics, read_metrics
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.components import MULTIPLE_GROUPS, SINGLE_GROUPS
-from tuneforge.training.model_io import load_saved_model
+from tuneforge.training.model_io import load_saved_model, load_source_model
 from tuneforge.training.run_dir import write_outputs
 from tuneforge.training.setup_summary import describe_setup
 
@@ -52,7 +52,8 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     torch.manual_seed(settings.seed)
     from tuneforge.host.guard import spec_call
 
-    model, tokenizer = spec_call(components.model.spec, "load", components.model.spec.load, components.model.config)
+    head = components.loss.spec.model_head  # the head the run's loss trained (tuneforge.model_heads)
+    model, tokenizer = load_source_model(components.model.spec, components.model.config, head)
     splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer)
     metrics: RunMetrics = {"data": splits.stats}
     metrics["setup"] = describe_setup(components, splits.stats, with_adapter=run_dir is not None,
@@ -67,7 +68,8 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
         from tuneforge.commands.run_loading import run_adapter_spec
 
         model = load_saved_model(run_adapter_spec(run_dir, cfg, plugins), model, Path(run_dir) / "model",
-                                 trust_remote_code=bool(getattr(components.model.config, "trust_remote_code", False)))
+                                 trust_remote_code=bool(getattr(components.model.config, "trust_remote_code", False)),
+                                 head=head)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, settings, model, tokenizer, splits.val,
                                                       "tuned", chat_template=splits.chat_template)
     metrics["metric_info"] = describe_metrics(components.evaluators, metrics)

@@ -166,15 +166,16 @@ def load_run_model(run_dir, cfg, plugins=None, dequantize: bool = False):
     layers compute with, as plain ``nn.Linear``), so the adapter merges into full-precision weights
     (``export``)."""
     from tuneforge.training.model_io import (dequantized_base, load_model_from_config, load_saved_model,
-                                             needs_base_model)
+                                             needs_base_model, trained_head)
 
     plugins = plugins or plugins_for_run(cfg)
     spec = run_adapter_spec(run_dir, cfg, plugins)
-    base = load_model_from_config(plugins, cfg.model)[0] if needs_base_model(spec) else None
+    head = trained_head(plugins, cfg)
+    base = load_model_from_config(plugins, cfg.model, head=head)[0] if needs_base_model(spec) else None
     if dequantize and base is not None:
         base = dequantized_base(plugins, cfg.model, base)
     model = load_saved_model(spec, base, Path(run_dir).expanduser() / "model",
-                             trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
+                             trust_remote_code=bool(cfg.model.get("trust_remote_code", False)), head=head)
     model.eval()
     return model
 

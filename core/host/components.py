@@ -24,6 +24,9 @@ The checks, all made before any model loads:
 * a base the model source loads quantized (``ModelSourceSpec.base_quantization``)
   only with an adapter whose spec says ``trains_quantized_base``, and not with
   ``deepspeed*`` on the CPU;
+* a loss that trains another head than a causal LM's (``LossSpec.model_head``)
+  only with a model source that loads it, evaluators that score it and no
+  prompting baselines;
 * no plugin in use was blocked too late (in a config file).
 
 Before the checks, ``~`` in path settings is expanded and relative paths are
@@ -249,6 +252,8 @@ def _check(cfg, plugins) -> tuple[Optional[RunConfig], list]:
         problems += _packing_problems(plugins, found)
     if found["model"] is not None:
         problems += _quantization_problems(plugins, found, settings)
+    if found["loss"] is not None:
+        problems += _head_problems(plugins, found)
     late = [name for name in (resolved.plugins.disable or []) if name in plugins.infos]
     if late:
         problems.append(Problem("plugins.disable", f"{late} was set in a config file, after those plugins were "
@@ -435,6 +440,37 @@ def _packing_problems(plugins, found: dict) -> list:
         problems.append(Problem("loader.packing", "", line=(
             f"loader.packing=true does not work with {group}={component.name}{hint}; set loader.packing=false, "
             f"or use a {group} that supports packing: {', '.join(supported)}")))
+    return problems
+
+
+def _head_problems(plugins, found: dict) -> list:
+    """A loss that trains another head than a causal LM's (``LossSpec.model_head``) needs a model source
+    that loads it, evaluators that score such a model, and no prompting baselines (they prompt a causal LM)."""
+    from tuneforge.specs import CAUSAL_LM
+
+    loss = found["loss"]
+    head = loss.spec.model_head
+    if head == CAUSAL_LM:
+        return []
+    trains = f"loss={loss.name} trains a {head} model"
+    problems = []
+    model = found["model"]
+    if model is not None and head not in model.spec.heads:
+        able = [name for name in plugins["model"].names() if head in plugins["model"].get(name).heads]
+        problems.append(Problem("model", "", line=(
+            f"model={model.name} cannot load a {head} model (it loads: {', '.join(model.spec.heads)}), but "
+            f"{trains}; use a model source that can ({', '.join(able) or 'none is installed'})")))
+    unable = [name for name, c in (found.get("evaluators") or {}).items() if c is not None
+              and head not in c.spec.model_heads]
+    if unable:
+        able = [name for name in plugins["evaluators"].names() if head in plugins["evaluators"].get(name).model_heads]
+        problems.append(Problem("evaluators", "", line=(
+            f"evaluators=[{','.join(unable)}] cannot score a {head} model, but {trains}; set "
+            f"'evaluators=[{','.join(able)}]'")))
+    if found.get("baselines"):
+        problems.append(Problem("baselines", "", line=(
+            f"baselines=[{','.join(found['baselines'])}] prompt the base model as a causal LM, but {trains}; "
+            "set 'baselines=[]'")))
     return problems
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.errors import ConfigError
+from tuneforge.model_heads import CAUSAL_LM, MODEL_HEADS
 
 log = logging.getLogger("tuneforge")
 
@@ -108,7 +109,7 @@ def _facts_of(run, architecture) -> ModelFacts:
     import torch
 
     weight_bytes = _dtype_bytes(architecture, torch)
-    model = meta_model(architecture)
+    model = meta_model(architecture, run.loss.spec.model_head)
     model.to({2: torch.bfloat16, 8: torch.float64}.get(weight_bytes, torch.float32))  # as the source loads it
     architecture_name = type(model).__name__
     base = _count(model.parameters())
@@ -144,15 +145,21 @@ def _facts_of(run, architecture) -> ModelFacts:
         exact=exact, note=note)
 
 
-def meta_model(architecture):
-    """A causal LM of ``architecture`` on the meta device: every parameter has its shape and no storage."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def meta_model(architecture, head: str = CAUSAL_LM):
+    """A model of ``architecture`` with ``head`` (a causal LM, or a one-label sequence classifier:
+    :mod:`tuneforge.model_heads`) on the meta device: every parameter has its shape and no storage."""
+    import copy
 
+    import torch
+    import transformers
+
+    auto_class = getattr(transformers, MODEL_HEADS[head])
+    if head != CAUSAL_LM:
+        architecture = copy.copy(architecture)
+        architecture.num_labels = 1
     with torch.device("meta"):
         # a config with code of its own (auto_map) was read with trust_remote_code=true by its source
-        return AutoModelForCausalLM.from_config(architecture,
-                                                trust_remote_code=bool(getattr(architecture, "auto_map", None)))
+        return auto_class.from_config(architecture, trust_remote_code=bool(getattr(architecture, "auto_map", None)))
 
 
 def _quantizable_linears(model) -> tuple:

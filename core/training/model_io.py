@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from tuneforge.host.guard import is_own, origin_of, plugin_error, spec_call
+from tuneforge.specs import CAUSAL_LM, MODEL_HEADS
 
 
 #: the file in ``model/`` recording the model, adapter and data config that saved it
@@ -94,25 +95,28 @@ def dtype_keyword() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def load_saved_model(adapter_spec, base_model, model_dir: Path, trust_remote_code: bool = False):
+def load_saved_model(adapter_spec, base_model, model_dir: Path, trust_remote_code: bool = False,
+                     head: str = CAUSAL_LM):
     """The trained model of a run, from what :func:`save_model` wrote into ``model_dir``.
 
     ``adapter_spec.load(base_model, model_dir)`` when the run's adapter gives
     one (with ``base_model=None`` for a spec with ``needs_base=False``);
-    otherwise the full weights that the default save writes, read with
-    ``AutoModelForCausalLM.from_pretrained`` (``base_model`` is then not
-    needed; when given, its dtype is kept).
+    otherwise the full weights that the default save writes, read with the
+    ``transformers`` auto class of the run's model ``head``
+    (:data:`tuneforge.specs.MODEL_HEADS`: ``AutoModelForCausalLM`` for a causal
+    LM; ``base_model`` is then not needed; when given, its dtype is kept).
     """
+    import transformers
+
     from tuneforge.errors import ModelError, TuneforgeError
 
     try:
         if adapter_spec.load is not None:
             return adapter_spec.load(base_model if adapter_spec.needs_base else None, str(model_dir))
-        from transformers import AutoModelForCausalLM
-
+        auto_class = getattr(transformers, MODEL_HEADS[head])
         dtype = base_model.dtype if base_model is not None else "auto"
-        return AutoModelForCausalLM.from_pretrained(str(model_dir), **{dtype_keyword(): dtype},
-                                                    trust_remote_code=trust_remote_code)
+        return auto_class.from_pretrained(str(model_dir), **{dtype_keyword(): dtype},
+                                          trust_remote_code=trust_remote_code)
     except TuneforgeError:
         raise
     except (OSError, ValueError, KeyError) as exc:
@@ -159,13 +163,70 @@ def dequantized_base(plugins, model_config, base):
                          f"({first}), so the adapter cannot be merged into full-precision weights") from exc
 
 
-def load_model_from_config(plugins, model_config, key: str = "model"):
+def load_model_from_config(plugins, model_config, key: str = "model", head: str = CAUSAL_LM):
     """``(model, tokenizer)`` from a model-source config mapping that has a ``name``.
 
     The source's ``load`` gets an instance of its config class, validated like
-    a run's (``key`` names the mapping in error messages).
+    a run's (``key`` names the mapping in error messages), and the model
+    ``head`` (see :func:`load_source_model`).
     """
     from tuneforge.host.components import typed_config
 
     spec = plugins["model"].get(model_config["name"])
-    return spec_call(spec, "load", spec.load, typed_config(spec, model_config, key))
+    return load_source_model(spec, typed_config(spec, model_config, key), head)
+
+
+def load_source_model(spec, config, head: str = CAUSAL_LM):
+    """``(model, tokenizer)`` from the model source ``spec``: ``load(config)`` for a causal LM,
+    ``load(config, head=head)`` for a model with another head (:attr:`tuneforge.specs.LossSpec.model_head`;
+    a source whose ``heads`` lack it is a one-line ``ModelError``)."""
+    from tuneforge.errors import ModelError
+
+    if head == CAUSAL_LM:
+        return spec_call(spec, "load", spec.load, config)
+    if head not in spec.heads:
+        raise ModelError(f"model={spec.name} cannot load a {head} model (it loads: {', '.join(spec.heads)})")
+    return spec_call(spec, "load", spec.load, config, head=head)
+
+
+def trained_head(plugins, cfg) -> str:
+    """The model head a run's loss trains (``LossSpec.model_head`` of ``cfg.loss.name``); a causal LM when
+    the config names no loss or the loss is not installed (its head is then unknown)."""
+    name = (cfg.get("loss") or {}).get("name") if hasattr(cfg, "get") else None
+    if not name or name not in plugins["loss"].names():
+        return CAUSAL_LM
+    return plugins["loss"].get(name).model_head
+
+
+def save_trained_outputs(run, plugins, model, tokenizer, run_dir: Path, chat_template: Optional[str] = None) -> None:
+    """The run's loss's ``save_trained`` (when it has one; ``run``: the
+    :class:`~tuneforge.host.components.RunConfig`) with the trained model merged (:func:`merged_copy`) and
+    the tokenizer carrying ``chat_template``."""
+    loss_spec = run.loss.spec
+    if loss_spec.save_trained is None:
+        return
+    merged = merged_copy(run, plugins, model, Path(run_dir) / "model")
+    own = getattr(tokenizer, "chat_template", None)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    try:
+        spec_call(loss_spec, "save_trained", loss_spec.save_trained, merged, tokenizer, Path(run_dir), run.loss.config)
+    finally:
+        tokenizer.chat_template = own
+
+
+def merged_copy(run, plugins, model, model_dir: Path):
+    """The trained model as a plain ``transformers`` model, ``model`` itself left as it is: the adapter's
+    ``merge`` on a deep copy; over a quantized base (the source's ``base_quantization``) the base is
+    loaded again, dequantized, and the saved ``model_dir`` merged into it, as ``tuneforge export`` does,
+    so the result holds plain full-precision layers."""
+    import copy
+
+    from tuneforge.host.components import base_quantization
+
+    adapter_spec = run.adapter.spec
+    if base_quantization(run.model) is None:
+        return merge_model(adapter_spec, copy.deepcopy(model))
+    head = run.loss.spec.model_head
+    base = dequantized_base(plugins, run.config.model, load_source_model(run.model.spec, run.model.config, head)[0])
+    return merge_model(adapter_spec, load_saved_model(adapter_spec, base, model_dir, head=head))

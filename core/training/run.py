@@ -25,7 +25,7 @@ from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.guard import guard_lightning_callback, guarded_function, origin_of, spec_call
 from tuneforge.specs import call_accepting
 from tuneforge.training.loggers import build_loggers
-from tuneforge.training.model_io import load_model_from_config, save_model
+from tuneforge.training.model_io import load_model_from_config, load_source_model, save_model, save_trained_outputs
 from tuneforge.training.run_dir import (close_killed_segments, keep_metric_history, move_earlier_outputs,
                                         prepare_run_dir, reached_step, read_status, redacted_config,
                                         report_previous_end, resolved_config_yaml, save_metric_history,
@@ -259,7 +259,7 @@ def build(state: RunState) -> None:
 
     run, settings, metrics = state.run, state.settings, state.metrics
     state.phase = "loading the model"
-    model, state.tokenizer = spec_call(run.model.spec, "load", run.model.spec.load, run.model.config)
+    model, state.tokenizer = load_source_model(run.model.spec, run.model.config, run.loss.spec.model_head)
     state.model = spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, model, run.adapter.config)
     if settings.loader.packing:
         from tuneforge.data.packing import check_packing_support
@@ -398,6 +398,8 @@ def save(state: RunState) -> None:
     state.loggers.log_results(metrics, step=metrics["steps"])
     save_model(state.run.adapter.spec, state.model, state.tokenizer, state.run_dir / "model",
                chat_template=splits.chat_template, config=state.run.config)
+    save_trained_outputs(state.run, state.plugins, state.model, state.tokenizer, state.run_dir,
+                         chat_template=splits.chat_template)
     predictions = join_predictions(state.base_rows, merge_predictions({"tuned": state.tuned_pass}))
     predictions = join_columns(predictions, state.baselines) + state.train_rows
     write_outputs(state.run_dir, state.run.config, metrics, predictions, metrics_csv=state.run_dir / "metrics.csv")
