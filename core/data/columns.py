@@ -1,10 +1,11 @@
 """Which record layout a record has, seen through the column mapping (``data.columns``).
 
 A record's keys name its format (:func:`detect_format`): ``chosen``/``rejected``
--> ``preference``, ``messages``/``conversations`` -> ``chat``,
+-> ``preference``, ``kto_tag`` or ``completion`` -> ``kto`` (unpaired
+desirable/undesirable answers), ``messages``/``conversations`` -> ``chat``,
 ``instruction``/``output`` -> ``alpaca``, ``text`` -> ``completion``.
 ``data.columns`` maps the canonical field names to a dataset's own keys
-(:func:`check_columns`, :func:`record_view`).  KTO and multimodal records are
+(:func:`check_columns`, :func:`record_view`).  Multimodal records are
 refused here whatever ``data.format`` says (:func:`refuse_unsupported`).
 Normalizing a record into a :class:`~tuneforge.data.samples.Sample` is
 :mod:`tuneforge.data.samples`.
@@ -17,15 +18,23 @@ from typing import Optional
 from tuneforge.data.sources import Record
 from tuneforge.errors import DataError
 
-FORMATS = ("auto", "alpaca", "chat", "completion", "preference")
+FORMATS = ("auto", "alpaca", "chat", "completion", "preference", "kto")
 #: field names ``data.columns`` may map (canonical name -> the record's own key)
 RECORD_FIELDS = ("instruction", "input", "output", "system", "messages", "conversations", "text", "prompt",
-                 "chosen", "rejected", "tools")
+                 "chosen", "rejected", "tools", "completion", "label", "kto_tag")
 MESSAGE_FIELDS = ("role", "content")
 #: the record layouts tuneforge trains, as named in errors about other layouts
 SUPPORTED_LAYOUTS = ("supported layouts: chat ('messages' [{role, content}] or 'conversations' [{from, value}], "
                      "tool calls included), alpaca ('instruction' + 'output'), completion ('text'), preference "
-                     "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo)")
+                     "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo, orpo, "
+                     "simpo), kto ('prompt' + 'completion' + 'label' true/false, or an alpaca/chat record with "
+                     "'kto_tag' true/false; loss=kto)")
+#: example kinds that only a loss naming them in ``LossSpec.requires`` may train on -> why any other
+#: loss must not (the host refuses the run in one line naming the losses that do)
+KINDS_NEEDING_THEIR_LOSS = {
+    "kto": "its answers are marked desirable or undesirable (label/kto_tag true/false), and a loss that does "
+           "not read the mark, such as SFT, would also train the model to write the undesirable ones",
+}
 #: record keys of multimodal data (LLaMA-Factory), refused when they hold anything
 MEDIA_FIELDS = ("images", "videos", "audios")
 
@@ -73,8 +82,10 @@ def field_name(field: str, columns: dict) -> str:
 
 
 def detect_format(record: Record, columns: Optional[dict] = None) -> str:
-    """The format a record's keys announce: ``preference``, ``chat``, ``alpaca`` or ``completion``."""
+    """The format a record's keys announce: ``preference``, ``kto``, ``chat``, ``alpaca`` or ``completion``."""
     keys = record_view(record, dict(columns or {})).keys()
+    if "kto_tag" in keys or "completion" in keys:
+        return "kto"
     if "chosen" in keys or "rejected" in keys:
         return "preference"
     if "messages" in keys or "conversations" in keys:
@@ -89,12 +100,7 @@ def detect_format(record: Record, columns: Optional[dict] = None) -> str:
 
 
 def refuse_unsupported(record: Record, view: dict) -> None:
-    """KTO and multimodal records are errors whatever ``data.format`` says: nothing could train them right."""
-    field = "kto_tag" if "kto_tag" in view else "label" if isinstance(view.get("label"), bool) else None
-    if field:
-        raise DataError(f"{record.source}: KTO data ('{field}': true/false per record) is not supported: there is "
-                        f"no kto loss, and SFT would also train on the answers marked undesirable ({field}: false); "
-                        f"{SUPPORTED_LAYOUTS}")
+    """Multimodal records are errors whatever ``data.format`` says: nothing could train them right."""
     media = next((key for key in MEDIA_FIELDS if view.get(key)), None)
     if media:
         raise DataError(f"{record.source}: multimodal records ('{media}') are not supported, only text; "
