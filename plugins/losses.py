@@ -451,7 +451,8 @@ def build_kto(config: KTOConfig, context=None):
         losses = kto_loss(policy, reference, desirable, kl, beta=config.beta,
                           desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
         rewards = config.beta * (policy - reference).detach()
-        return LossOutput(loss=losses.mean(), num_tokens=desirable.numel(), metrics=_kto_metrics(rewards, desirable, kl))
+        return LossOutput(loss=losses.mean(), num_tokens=desirable.numel(),
+                          metrics=_kto_metrics(rewards, desirable, kl))
 
     return kto
 

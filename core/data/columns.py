@@ -1,12 +1,13 @@
 """Which record layout a record has, seen through the column mapping (``data.columns``).
 
 A record's keys name its format (:func:`detect_format`): ``chosen``/``rejected``
--> ``preference``, ``kto_tag`` or ``completion`` -> ``kto`` (unpaired
-desirable/undesirable answers), ``messages``/``conversations`` -> ``chat``,
+-> ``preference``, ``kto_tag``, a true/false ``label`` or ``completion`` ->
+``kto`` (unpaired desirable/undesirable answers, :func:`kto_mark_key`), ``messages``/``conversations`` -> ``chat``,
 ``instruction``/``output`` -> ``alpaca``, ``text`` -> ``completion``.
 ``data.columns`` maps the canonical field names to a dataset's own keys
 (:func:`check_columns`, :func:`record_view`).  Multimodal records are
-refused here whatever ``data.format`` says (:func:`refuse_unsupported`).
+refused here whatever ``data.format`` says, and so is KTO data read as another
+format (:func:`refuse_unsupported`).
 Normalizing a record into a :class:`~tuneforge.data.samples.Sample` is
 :mod:`tuneforge.data.samples`.
 """
@@ -83,8 +84,9 @@ def field_name(field: str, columns: dict) -> str:
 
 def detect_format(record: Record, columns: Optional[dict] = None) -> str:
     """The format a record's keys announce: ``preference``, ``kto``, ``chat``, ``alpaca`` or ``completion``."""
-    keys = record_view(record, dict(columns or {})).keys()
-    if "kto_tag" in keys or "completion" in keys:
+    view = record_view(record, dict(columns or {}))
+    keys = view.keys()
+    if kto_mark_key(view) or "completion" in keys:
         return "kto"
     if "chosen" in keys or "rejected" in keys:
         return "preference"
@@ -99,8 +101,21 @@ def detect_format(record: Record, columns: Optional[dict] = None) -> str:
                     "(map other key names with data.columns, or set data.format)")
 
 
-def refuse_unsupported(record: Record, view: dict) -> None:
-    """Multimodal records are errors whatever ``data.format`` says: nothing could train them right."""
+def kto_mark_key(view: dict) -> Optional[str]:
+    """The key holding a record's KTO mark: ``kto_tag`` (LLaMA-Factory), or ``label`` when it is true/false
+    (TRL; LLaMA-Factory's ``kto_en_demo``); None for a record without one (a string ``label`` is a class)."""
+    if "kto_tag" in view:
+        return "kto_tag"
+    return "label" if isinstance(view.get("label"), bool) else None
+
+
+def refuse_unsupported(record: Record, view: dict, fmt: str = "auto") -> None:
+    """Multimodal records are errors whatever ``data.format`` says (nothing could train them right), and so is
+    a KTO record read as another format (SFT would train on the answers marked undesirable)."""
+    mark = kto_mark_key(view)
+    if mark and fmt not in ("auto", "kto"):
+        raise DataError(f"{record.source}: a KTO record ('{mark}': true/false) read as data.format={fmt}: "
+                        f"{KINDS_NEEDING_THEIR_LOSS['kto']}; set data.format=kto (or auto) and use loss=kto")
     media = next((key for key in MEDIA_FIELDS if view.get(key)), None)
     if media:
         raise DataError(f"{record.source}: multimodal records ('{media}') are not supported, only text; "

@@ -48,6 +48,7 @@ from tuneforge.data.columns import (
     check_columns,
     detect_format,
     field_name,
+    kto_mark_key,
     record_key,
     record_view,
     refuse_unsupported,
@@ -407,7 +408,8 @@ def _kto_mark(record: Record, view: dict, columns: dict, key: str) -> bool:
 def _kto(record: Record, view: dict, columns: dict) -> Sample:
     """An unpaired answer with its mark: TRL's ``prompt``/``completion``/``label``, or LLaMA-Factory's alpaca or
     chat record with ``kto_tag``; the answer is the final assistant turn."""
-    if view.get("completion") is not None or "kto_tag" not in view:
+    mark = kto_mark_key(view)
+    if view.get("completion") is not None or mark is None and view.get("prompt") is not None:
         _require(record, view, ("prompt", "completion"), "kto", columns)
         desirable = _kto_mark(record, view, columns, "label")
         prompt_value, completion_value = view["prompt"], view["completion"]
@@ -419,7 +421,7 @@ def _kto(record: Record, view: dict, columns: dict) -> Sample:
         completion = _response(record, record_key("completion", columns), completion_value, prompt, columns)
         tools = _tools(record, record_key("tools", columns), view.get("tools"))
     else:
-        desirable = _kto_mark(record, view, columns, "kto_tag")
+        desirable = _kto_mark(record, view, columns, mark or "kto_tag")
         has_chat = view.get("messages") is not None or view.get("conversations") is not None
         base = _chat(record, view, columns) if has_chat else _alpaca(record, view, columns)
         messages, tools = base.messages, base.tools
@@ -447,7 +449,7 @@ def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None)
     if fmt not in FORMATS:
         raise DataError(f"data.format is '{fmt}'; valid: {', '.join(FORMATS)}")
     view = record_view(record, columns)
-    refuse_unsupported(record, view)
+    refuse_unsupported(record, view, fmt)
     fmt = detect_format(record, columns) if fmt == "auto" else fmt
     return _NORMALIZERS[fmt](record, view, columns)
 
@@ -486,16 +488,17 @@ def normalize_records(records: Sequence[Record], fmt: str = "auto", columns: Opt
     and first locations.
     """
     columns = check_columns(columns)
-    samples, first_of_kind, placeholders, example = [], {}, [], None
+    samples, first_of_kind, placeholders, example, mark_key = [], {}, [], None, None
     for record in records:
         sample = normalize(record, fmt, columns)
         kind = sample.format if sample.format in ("preference", "kto") else "supervised"
         first_of_kind.setdefault(kind, record.source)
+        if kind == "kto" and mark_key is None:
+            mark_key = kto_mark_key(record_view(record, columns)) or "label"
         if len(first_of_kind) > 1 and "kto" in first_of_kind:
             first = first_of_kind["kto"]
-            raise DataError(f"{record.source}: KTO record without its mark: {field_name('kto_tag', columns)} "
-                            f"(true/false) is missing, and a KTO dataset (first KTO record: {first}) cannot mix in "
-                            "other records" if kind != "kto" else
+            raise DataError(f"{record.source}: KTO record without its mark: {field_name(mark_key or 'label', columns)} "
+                            f"(true/false) is missing (first KTO record of the dataset: {first})" if kind != "kto" else
                             f"{record.source}: KTO records cannot be mixed with other formats in one dataset "
                             f"(first other record: {next(v for k, v in first_of_kind.items() if k != 'kto')})")
         if len(first_of_kind) > 1:
