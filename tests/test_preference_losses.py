@@ -233,11 +233,11 @@ LAYOUTS = {"orpo": (lf_preference_rows, ["loss=orpo", "loss.beta=0.5"]),
            "simpo": (lf_preference_rows, ["loss=simpo", "loss.beta=2.0", "loss.gamma=0.5"]),
            "kto_llamafactory": (lf_kto_rows, ["loss=kto", "loss.beta=0.5"]),
            "kto_trl": (trl_kto_rows, ["loss=kto", "loss.beta=0.5"])}
-#: 20 train / 4 held-out examples, batches of 4: 5 micro-batches an epoch; validation after every 5
+#: 20 train / 4 held-out examples, batches of 4: 5 micro-batches an epoch, validated at its end
 RUN = ["data.val_size=4", "data.cache=false", "data.chat_template=chatml", "evaluators=[]", "baselines=[]",
        "adapter=lora", "adapter.lora_dropout=0.0", "optim.lr=2e-2", "optim.scheduler=constant",
-       "trainer.max_steps=8", "trainer.val_check_interval=5", "checkpoint.every_n_steps=3",
-       "quality.min_train_examples=2", "memorisation.sample_size=0"]
+       "trainer.max_steps=6", "checkpoint.every_n_steps=2",
+       "quality.min_train_examples=2", "memorisation.sample=0"]
 
 
 def _overrides(tmp_path, name):
@@ -250,7 +250,7 @@ def test_preference_loss_trains_reports_held_out_metrics_and_resumes_exactly(tmp
     overrides = _overrides(tmp_path, name)
     reference = run_tiny_fit(tmp_path / "reference", overrides=overrides)
     losses_ = train_losses(tmp_path / "reference")
-    assert len(losses_) == 8 and sum(losses_[-2:]) < sum(losses_[:2]), losses_
+    assert len(losses_) == 6 and sum(losses_[-2:]) < sum(losses_[:2]), losses_
     held_out = json.loads((tmp_path / "reference" / "metrics.json").read_text())["train"]
     assert {"val/loss", "val/reward_margin", "val/reward_accuracy"} <= set(held_out), sorted(held_out)
     assert held_out["val/reward_margin"] > 0 and held_out["val/reward_accuracy"] > 0.5, held_out
@@ -261,7 +261,7 @@ def test_preference_loss_trains_reports_held_out_metrics_and_resumes_exactly(tmp
         assert {"val/reward_chosen", "val/reward_rejected"} <= set(held_out)
         assert reference.metrics["data"]["formats"] == {"preference": 24}
 
-    # interrupted (SIGTERM) after step 4: a checkpoint at step 3, then the same command resumes it
+    # interrupted (SIGTERM) in step 4: a checkpoint there (or at step 2), then the same command resumes it
     from tuneforge.training import module as module_file
     from tuneforge.training.run_stop import RunInterrupted
 
@@ -270,7 +270,7 @@ def test_preference_loss_trains_reports_held_out_metrics_and_resumes_exactly(tmp
 
     def stop_once(self, optimizer):
         original(self, optimizer)
-        if self.global_step == 4 and not fired:
+        if self.global_step == 3 and not fired:
             fired.append(True)
             os.kill(os.getpid(), signal.SIGTERM)
 
