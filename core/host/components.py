@@ -411,6 +411,8 @@ def _kind_problems(plugins, loss: Component, data: Component) -> list:
         with plugin_code(origin_of(data.spec), f"dataset '{data.name}', example_kinds"):
             kinds = tell(data.config)
     except (TuneforgeError, OSError, ValueError) as exc:
+        if not loss.spec.requires:  # a loss that takes most kinds: loading the data reports the problem
+            return []
         return [Problem("data", _first_line(exc))]
     problem = loss_kind_problem(plugins, loss.name, loss.spec, kinds, f"data={data.name}")
     return [] if problem is None else [Problem("loss", problem)]
