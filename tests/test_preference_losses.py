@@ -130,7 +130,7 @@ def test_simpo_equals_trl(label_smoothing):
     torch.testing.assert_close(ours, trl_losses.float(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("seed, kl_clamped", [(3, False), (0, True)])
+@pytest.mark.parametrize("seed, kl_clamped", [(5, False), (0, True)])
 def test_kto_equals_trl(seed, kl_clamped):
     """The same batch (TRL tokenizes and collates it, and builds its mismatched pairs), the same LoRA policy and
     the same reference (the adapter disabled): tuneforge's kto loss equals TRL's KTOTrainer loss."""
@@ -154,7 +154,8 @@ def test_kto_equals_trl(seed, kl_clamped):
         for name, parameter in trainer.model.named_parameters():
             if "lora_" in name and ".default." in name:
                 parameter.add_(0.3 * torch.randn_like(parameter))
-    batch = next(iter(trainer.get_train_dataloader()))
+    # in the dataset's order (the train loader would shuffle, changing which answers the mismatched pairs get)
+    batch = next(iter(trainer.get_eval_dataloader(trainer.train_dataset)))
     trainer.model.eval()
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(trainer.model, batch))
