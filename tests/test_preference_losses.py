@@ -255,6 +255,8 @@ def test_preference_loss_trains_reports_held_out_metrics_and_resumes_exactly(tmp
     held_out = json.loads((tmp_path / "reference" / "metrics.json").read_text())["train"]
     assert {"val/loss", "val/reward_margin", "val/reward_accuracy"} <= set(held_out), sorted(held_out)
     assert held_out["val/reward_margin"] > 0 and held_out["val/reward_accuracy"] > 0.5, held_out
+    report = (tmp_path / "reference" / "report.md").read_text()
+    assert "Held-out training-objective metrics (last validation)" in report and "| reward_accuracy |" in report
     if name.startswith("kto"):
         assert {"val/reward_desirable", "val/reward_undesirable", "val/kl"} <= set(held_out)
         assert reference.metrics["data"]["formats"] == {"kto": 24}
