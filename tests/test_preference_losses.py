@@ -324,3 +324,34 @@ def test_sft_on_kto_data_is_refused_in_one_line_naming_loss_kto(tmp_path):
     with pytest.raises(ConfigError, match="kto trains on kto examples, but data=jsonl gives preference examples"):
         run_tiny_fit(tmp_path / "run2", overrides=[f"data.path={_write(tmp_path / 'p.jsonl', lf_preference_rows())}",
                                                     "loss=kto"])
+
+
+class KtoRecordsPlugin:
+    """A dataset that cannot tell its example kinds before loading (no ``example_kinds``): KTO records."""
+
+    @staticmethod
+    def tuneforge_datasets():
+        from dataclasses import dataclass as config_class
+
+        import tuneforge
+        from tuneforge.data import DataConfig, Record, prepare_splits
+
+        @config_class
+        class KtoRecordsConfig(DataConfig):
+            """KTO records built in memory."""
+
+        def load(config, tokenizer):
+            records = [Record(row, f"memory:{i}") for i, row in enumerate(trl_kto_rows(), 1)]
+            return prepare_splits(records, tokenizer, config, origin="memory")
+
+        return [tuneforge.DatasetSpec("kto_records", KtoRecordsConfig, load=load)]
+
+
+def test_sft_on_kto_data_found_only_when_loading_is_refused_after_the_data_loads(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        run_tiny_fit(tmp_path / "run", plugins=[KtoRecordsPlugin()], overrides=[
+            "data=kto_records", "data.chat_template=chatml", "data.cache=false", "loss=cross_entropy"])
+    assert str(info.value) == ("loss: loss=cross_entropy cannot train on the kto examples data=kto_records gives: "
+                               "its answers are marked desirable or undesirable (label/kto_tag true/false), and a "
+                               "loss that does not read the mark, such as SFT, would also train the model to write "
+                               "the undesirable ones; use loss=kto")
