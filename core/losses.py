@@ -348,3 +348,59 @@ def kl_div_sum(student_logits, teacher_logits, labels, temperature: float = 1.0)
     teacher_logp = (teacher_logits[mask].float() / temperature).log_softmax(-1)
     kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum()
     return kl, int(mask.sum())
+
+
+def log1mexp(x):
+    """``log(1 - exp(x))`` for ``x < 0``, computed without cancellation (branch at ``-log 2``)."""
+    import torch
+
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_loss(chosen_avg_logps, rejected_avg_logps, *, beta: float):
+    """Per-pair ORPO loss (Hong et al. 2024) and the log odds ratio, from *length-averaged* log-probabilities.
+
+    ``loss = -chosen_avg_logp - beta * log sigmoid(log_odds)`` with
+    ``log_odds = log(p_c / (1 - p_c)) - log(p_r / (1 - p_r))`` and ``p = exp(avg logp)``:
+    the chosen answer's mean token NLL plus ``beta`` (the paper's lambda) times the odds-ratio term.
+    """
+    import torch.nn.functional as F
+
+    chosen, rejected = chosen_avg_logps.float(), rejected_avg_logps.float()
+    log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
+    return -chosen - beta * F.logsigmoid(log_odds), log_odds
+
+
+def simpo_loss(chosen_avg_logps, rejected_avg_logps, *, beta: float, gamma: float, label_smoothing: float = 0.0):
+    """Per-pair SimPO loss (Meng et al. 2024) from *length-averaged* log-probabilities.
+
+    ``-log sigmoid(z)`` with ``z = beta * (avg logp chosen - avg logp rejected) - gamma``; with
+    label smoothing ``eps``: ``-(1-eps) log sigmoid(z) - eps log sigmoid(-z)`` (as TRL's CPO ``simpo``).
+    """
+    import torch.nn.functional as F
+
+    z = beta * (chosen_avg_logps.float() - rejected_avg_logps.float()) - gamma
+    return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+
+
+def kto_loss(policy_logps, reference_logps, desirable, kl, *, beta: float, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0):
+    """Per-example KTO loss (Ethayarajh et al. 2024, eq. 7) from summed answer log-probabilities.
+
+    ``desirable`` is a bool tensor (the mark), ``kl`` the reference point (a detached scalar, >= 0: see
+    :func:`kto_reference_point`).  With ``r = policy - reference``: a desirable answer costs
+    ``desirable_weight * (1 - sigmoid(beta * (r - kl)))``, an undesirable one
+    ``undesirable_weight * (1 - sigmoid(beta * (kl - r)))``.
+    """
+    import torch
+
+    ratio = policy_logps.float() - reference_logps.float()
+    good = desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl)))
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio)))
+    return torch.where(desirable.bool(), good, bad)
+
+
+def kto_reference_point(policy_mismatched_logps, reference_mismatched_logps):
+    """KTO's reference point: the batch mean of ``policy - reference`` log-probabilities of *mismatched*
+    (prompt, answer) pairs, an estimate of KL(policy || reference), clamped at 0 and detached."""
+    return (policy_mismatched_logps.float() - reference_mismatched_logps.float()).mean().detach().clamp(min=0)

@@ -150,7 +150,7 @@ class DatasetSpec(_Spec):
     ``example_kinds(config) -> set of str or None`` (optional) says, cheaply and
     before any model loads, which kinds of examples ``load`` will produce with
     this config: the record formats of :mod:`tuneforge.data` (``alpaca``,
-    ``chat``, ``completion``, ``preference``) or names of the plugin's own.
+    ``chat``, ``completion``, ``preference``, ``kto``) or names of the plugin's own.
     ``None`` (or no callable) means "unknown".  The host calls it only when the
     selected loss declares ``requires``, and refuses the run when a kind is not
     one the loss accepts.  It may raise ``tuneforge.errors.DataError`` (e.g. an
@@ -241,9 +241,13 @@ class LossSpec(_Spec):
     same interface.
 
     ``requires``: the example kinds the loss can train on, e.g.
-    ``("preference",)`` for a loss that needs chosen/rejected pairs (empty:
-    any).  When the dataset tells its kinds (``DatasetSpec.example_kinds``),
-    data with any other kind is refused before the model loads.
+    ``("preference",)`` for a loss that needs chosen/rejected pairs,
+    ``("kto",)`` for one that reads unpaired desirable/undesirable marks
+    (empty: any kind but ``kto``, whose marks only a loss requiring them
+    reads).  When the dataset tells its kinds (``DatasetSpec.example_kinds``),
+    data with another kind is refused before the model loads; otherwise
+    right after the data loads, when its ``stats["formats"]`` names the
+    kinds (as the built-in datasets' do).
 
     ``supports_packing``: True when the loss handles packed batches
         (``loader.packing``), i.e. it builds its forward arguments with

@@ -1,4 +1,5 @@
-"""Losses: ``cross_entropy``, ``chunked_cross_entropy``, ``dpo`` and ``distillation``.
+"""Losses: ``cross_entropy``, ``chunked_cross_entropy``, the preference losses ``dpo``, ``orpo``, ``simpo`` and
+``kto`` (in :mod:`tuneforge.plugins.losses_preference`), and ``distillation``.
 
 Each ``build(config, context)`` returns ``loss_fn(model, batch) -> LossOutput``
 whose ``loss`` is a mean over ``num_tokens`` units; the trainer turns that into
@@ -14,6 +15,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 import tuneforge
+from tuneforge.data import IGNORE_INDEX
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.losses import (
     LossOutput,
@@ -22,10 +24,14 @@ from tuneforge.losses import (
     dpo_loss,
     final_hidden_states,
     kl_div_sum,
+    kto_loss,
+    kto_reference_point,
     model_inputs,
+    orpo_loss,
     picked_cross_entropy_sums,
     sequence_logps,
     shift_for_next_token,
+    simpo_loss,
     token_nll_sum,
     trained_logits,
 )
@@ -95,6 +101,74 @@ class DPOConfig:
     def __post_init__(self) -> None:
         check(self, beta=greater_than(0), variant=one_of("sigmoid", "ipo"),
               label_smoothing=between(0, 0.5, include_high=False))
+
+
+@dataclass
+class ORPOConfig:
+    """Odds-ratio preference optimisation (Hong et al. 2024) on ``chosen_*`` / ``rejected_*`` batches.
+
+    Reference-free (no reference forward pass): the chosen answer's mean token
+    NLL plus ``beta`` times ``-log sigmoid(log odds ratio)`` of chosen over
+    rejected, on length-averaged log-probabilities.
+    beta: weight of the odds-ratio term (the paper's lambda; TRL's ``beta``);
+        0 = plain SFT on the chosen answers.
+    """
+
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(self, beta=at_least(0))
+
+
+@dataclass
+class SimPOConfig:
+    """Simple preference optimisation (Meng et al. 2024) on ``chosen_*`` / ``rejected_*`` batches.
+
+    Reference-free: ``-log sigmoid(beta * (avg logp chosen - avg logp
+    rejected) - gamma)`` on length-averaged log-probabilities.
+    beta: scale of the reward difference (the paper uses 2.0 to 2.5).
+    gamma: target reward margin subtracted inside the sigmoid (the paper:
+        gamma/beta around 0.5).
+    label_smoothing: assumed fraction of flipped preference labels (as
+        TRL's CPO ``simpo``); 0 = off, below 0.5.
+    sft_weight: weight of an added mean token NLL of the chosen answer (TRL's
+        ``cpo_alpha``); 0 = pure SimPO.
+    """
+
+    beta: float = 2.0
+    gamma: float = 1.0
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self, beta=greater_than(0), gamma=at_least(0), label_smoothing=between(0, 0.5, include_high=False),
+              sft_weight=at_least(0))
+
+
+@dataclass
+class KTOConfig:
+    """Kahneman-Tversky optimisation (Ethayarajh et al. 2024) on unpaired ``kto`` examples (an answer marked
+    desirable or undesirable).
+
+    The reference model is the base model with the adapter disabled, as for
+    ``dpo`` (a frozen copy with ``adapter=full`` / ``freeze``).  The reference
+    point is KL(policy || reference) estimated in the batch from mismatched
+    pairs (prompt i with the answer of example i-1), clamped at 0 and not
+    differentiated; a batch of one example pairs it with itself.
+    beta: strength of the implicit KL penalty to the reference (higher = stay
+        closer).
+    desirable_weight: weight of the desirable examples' loss (lambda_D).
+    undesirable_weight: weight of the undesirable examples' loss (lambda_U);
+        the paper keeps ``desirable_weight * n_desirable /
+        (undesirable_weight * n_undesirable)`` between 1 and 4/3.
+    """
+
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(self, beta=greater_than(0), desirable_weight=greater_than(0), undesirable_weight=greater_than(0))
 
 
 @dataclass
@@ -176,13 +250,13 @@ def _pad_right(tensor, length, value):
     return F.pad(tensor, (0, length - tensor.size(1)), value=value)
 
 
-def _pair_batch(batch):
+def _pair_batch(batch, loss: str = "dpo"):
     """Chosen and rejected stacked into one ``(2*pairs, length)`` batch (one forward pass)."""
     import torch
 
     missing = [key for key in PREFERENCE_KEYS if key not in batch]
     if missing:
-        raise ConfigError(f"loss=dpo needs preference batches with {', '.join(PREFERENCE_KEYS)}; the batch "
+        raise ConfigError(f"loss={loss} needs preference batches with {', '.join(PREFERENCE_KEYS)}; the batch "
                           f"lacks {missing} (has {sorted(batch)}): use a preference dataset")
     length = max(batch["chosen_input_ids"].size(1), batch["rejected_input_ids"].size(1))
     parts = {"input_ids": [], "labels": [], "attention_mask": []}
@@ -222,9 +296,27 @@ class _FrozenReference:
         return self.copy
 
 
-def build_dpo(config: DPOConfig, context=None):
+def _reference_logps(model, frozen: _FrozenReference, logps, *inputs):
+    """``logps(reference model, *inputs)`` without gradients; the reference is the model with its PEFT adapter
+    disabled, or a frozen copy of a non-PEFT model."""
     import torch
 
+    with torch.no_grad():
+        if _is_peft(model):
+            with model.disable_adapter():
+                return logps(model, *inputs)
+        return logps(frozen.get(model), *inputs)
+
+
+def _pair_metrics(chosen_reward, rejected_reward) -> dict:
+    """Reward metrics of preference pairs (the loss's own implicit rewards, detached)."""
+    chosen_reward, rejected_reward = chosen_reward.detach(), rejected_reward.detach()
+    return {"reward_chosen": chosen_reward.mean(), "reward_rejected": rejected_reward.mean(),
+            "reward_margin": (chosen_reward - rejected_reward).mean(),
+            "reward_accuracy": (chosen_reward > rejected_reward).float().mean()}
+
+
+def build_dpo(config: DPOConfig, context=None):
     frozen = _FrozenReference()
 
     def logps(model, pairs):
@@ -238,23 +330,131 @@ def build_dpo(config: DPOConfig, context=None):
         pairs = _pair_batch(batch)
         n = batch["chosen_input_ids"].size(0)
         policy = logps(model, pairs)
-        with torch.no_grad():
-            if _is_peft(model):
-                with model.disable_adapter():
-                    reference = logps(model, pairs)
-            else:
-                reference = logps(frozen.get(model), pairs)
+        reference = _reference_logps(model, frozen, logps, pairs)
         losses = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], beta=config.beta,
                           variant=config.variant, label_smoothing=config.label_smoothing)
-        chosen_reward = config.beta * (policy[:n] - reference[:n]).detach()
-        rejected_reward = config.beta * (policy[n:] - reference[n:]).detach()
-        metrics = {"reward_chosen": chosen_reward.mean(), "reward_rejected": rejected_reward.mean(),
-                   "reward_margin": (chosen_reward - rejected_reward).mean(),
-                   "reward_accuracy": (chosen_reward > rejected_reward).float().mean(),
-                   "logp_margin": (policy[:n] - policy[n:]).detach().mean()}
+        metrics = _pair_metrics(config.beta * (policy[:n] - reference[:n]), config.beta * (policy[n:] - reference[n:]))
+        metrics["logp_margin"] = (policy[:n] - policy[n:]).detach().mean()
         return LossOutput(loss=losses.mean(), num_tokens=n, metrics=metrics)
 
     return dpo
+
+
+# ---------------------------------------------------------------------------
+# ORPO, SimPO (reference-free), KTO (unpaired)
+# ---------------------------------------------------------------------------
+
+
+def _average_pair_logps(model, batch, loss: str):
+    """``(chosen, rejected)`` length-averaged log-probabilities of a preference batch (one forward pass)."""
+    pairs = _pair_batch(batch, loss)
+    n = batch["chosen_input_ids"].size(0)
+    logits = causal_lm_logits(model, pairs["input_ids"], pairs["attention_mask"])
+    total, count = sequence_logps(logits, pairs["labels"])
+    average = total / count.clamp(min=1)
+    return average[:n], average[n:]
+
+
+def build_orpo(config: ORPOConfig, context=None):
+    def orpo(model, batch) -> LossOutput:
+        chosen, rejected = _average_pair_logps(model, batch, "orpo")
+        losses, log_odds = orpo_loss(chosen, rejected, beta=config.beta)
+        metrics = _pair_metrics(config.beta * chosen, config.beta * rejected)
+        metrics.update(nll=-chosen.detach().mean(), log_odds_ratio=log_odds.detach().mean())
+        return LossOutput(loss=losses.mean(), num_tokens=chosen.size(0), metrics=metrics)
+
+    return orpo
+
+
+def build_simpo(config: SimPOConfig, context=None):
+    def simpo(model, batch) -> LossOutput:
+        chosen, rejected = _average_pair_logps(model, batch, "simpo")
+        losses = simpo_loss(chosen, rejected, beta=config.beta, gamma=config.gamma,
+                            label_smoothing=config.label_smoothing)
+        if config.sft_weight:
+            losses = losses - config.sft_weight * chosen
+        metrics = _pair_metrics(config.beta * chosen, config.beta * rejected)
+        metrics["nll"] = -chosen.detach().mean()
+        return LossOutput(loss=losses.mean(), num_tokens=chosen.size(0), metrics=metrics)
+
+    return simpo
+
+
+KTO_KEYS = ("input_ids", "labels", "kto_label")
+
+
+def _mismatched_batch(batch):
+    """Each prompt with the answer of the example before it (the first with the last's): the pairs KTO's
+    reference point is estimated on.  Prompt = the tokens before the first trained label."""
+    import torch
+
+    labels, ids = batch["labels"], batch["input_ids"]
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    starts = [int((row != IGNORE_INDEX).nonzero()[0]) for row in labels]
+    rows = []
+    for i in range(ids.size(0)):
+        j = (i - 1) % ids.size(0)
+        prompt = ids[i, :starts[i]]
+        answer_ids, answer_labels = ids[j, starts[j]:lengths[j]], labels[j, starts[j]:lengths[j]]
+        rows.append((torch.cat([prompt, answer_ids]),
+                     torch.cat([torch.full_like(prompt, IGNORE_INDEX), answer_labels])))
+    length = max(len(r[0]) for r in rows)
+    return {"input_ids": torch.stack([_pad_right(r[0][None], length, 0)[0] for r in rows]),
+            "labels": torch.stack([_pad_right(r[1][None], length, IGNORE_INDEX)[0] for r in rows]),
+            "attention_mask": torch.stack([_pad_right(torch.ones_like(r[0])[None], length, 0)[0] for r in rows])}
+
+
+def _kto_metrics(rewards, desirable, kl) -> dict:
+    """Desirable and undesirable mean rewards, their margin, and the share of examples whose reward has the
+    sign of its mark (KTO data has no pairs: see docs/losses.md)."""
+    metrics = {"kl": kl}
+    good, bad = rewards[desirable], rewards[~desirable]
+    if good.numel():
+        metrics["reward_desirable"] = good.mean()
+    if bad.numel():
+        metrics["reward_undesirable"] = bad.mean()
+    if good.numel() and bad.numel():
+        metrics["reward_margin"] = good.mean() - bad.mean()
+    metrics["reward_accuracy"] = _sign_accuracy(rewards, desirable)
+    return metrics
+
+
+def _sign_accuracy(rewards, desirable):
+    """Share of examples whose reward is above 0 when desirable, below 0 when undesirable."""
+    return ((rewards > 0) & desirable | (rewards < 0) & ~desirable).float().mean()
+
+
+def build_kto(config: KTOConfig, context=None):
+    frozen = _FrozenReference()
+
+    def logps(model, batch):
+        logits = causal_lm_logits(model, batch["input_ids"], batch["attention_mask"])
+        return sequence_logps(logits, batch["labels"])[0]
+
+    def both(model, batch, mismatched):
+        return logps(model, batch), logps(model, mismatched)
+
+    def kto(model, batch) -> LossOutput:
+        import torch
+
+        missing = [key for key in KTO_KEYS if key not in batch]
+        if missing:
+            raise ConfigError(f"loss=kto needs kto batches with {', '.join(KTO_KEYS)}; the batch lacks {missing} "
+                              f"(has {sorted(batch)}): use KTO data (records with a true/false 'label' or 'kto_tag')")
+        desirable = batch["kto_label"][:, 0].bool()
+        mismatched = _mismatched_batch(batch)
+        policy = logps(model, batch)
+        with torch.no_grad():
+            policy_mismatched = logps(model, mismatched)
+        reference, reference_mismatched = _reference_logps(model, frozen, both, batch, mismatched)
+        kl = kto_reference_point(policy_mismatched, reference_mismatched)
+        losses = kto_loss(policy, reference, desirable, kl, beta=config.beta,
+                          desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
+        rewards = config.beta * (policy - reference).detach()
+        return LossOutput(loss=losses.mean(), num_tokens=desirable.numel(),
+                          metrics=_kto_metrics(rewards, desirable, kl))
+
+    return kto
 
 
 # ---------------------------------------------------------------------------
@@ -315,6 +515,12 @@ def tuneforge_losses():
                            supports_packing=True),
         tuneforge.LossSpec("dpo", DPOConfig, "direct preference optimisation (sigmoid, ipo)", build=build_dpo,
                            requires=("preference",)),
+        tuneforge.LossSpec("orpo", ORPOConfig, "odds-ratio preference optimisation (reference-free)",
+                           build=build_orpo, requires=("preference",)),
+        tuneforge.LossSpec("simpo", SimPOConfig, "simple preference optimisation (reference-free)",
+                           build=build_simpo, requires=("preference",)),
+        tuneforge.LossSpec("kto", KTOConfig, "Kahneman-Tversky optimisation on unpaired desirable/undesirable "
+                           "answers", build=build_kto, requires=("kto",)),
         tuneforge.LossSpec("distillation", DistillationConfig, "KL to a teacher's logits mixed with CE",
                            build=build_distillation, supports_packing=True),
     ]

@@ -31,7 +31,7 @@ def test_plugins_lists_builtins_and_third_party_with_components():
     assert "tuneforge 0.1.0" in lines["adapters"]
     assert "model: hf, tiny" in lines["models"]
     assert "data: csv, files, hf, json, jsonl, parquet" in lines["datasets"]
-    assert "loss: chunked_cross_entropy, cross_entropy, distillation, dpo" in lines["losses"]
+    assert "loss: chunked_cross_entropy, cross_entropy, distillation, dpo, kto, orpo, simpo" in lines["losses"]
     assert "evaluators: bleu, chrf, contains, exact_match, regex, rouge" in lines["evaluators_generation"]
     assert "myplug 0.1.0" in lines["myplug"] and "adapter: my_adapter" in lines["myplug"]
 

@@ -337,7 +337,7 @@ _records = st.dictionaries(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=st.lists(_records, min_size=1, max_size=3), fmt=st.sampled_from(["auto", "alpaca", "chat",
-                                                                                "completion", "preference"]))
+                                                                                "completion", "preference", "kto"]))
 def test_garbled_records_raise_only_data_error(records, fmt):
     try:
         examples, _ = tokenize_records([Record(r, f"g:{i}") for i, r in enumerate(records, 1)], tiny(), fmt=fmt,

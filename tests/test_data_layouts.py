@@ -27,7 +27,7 @@ from tuneforge.data import (
     template_supports_tools,
     tokenize_records,
 )
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.plugins.models import TINY_CHAT_TEMPLATE, build_tiny_tokenizer
 from tuneforge.testing import run_tiny_fit
 
@@ -287,23 +287,33 @@ def test_llamafactory_preference_file_trains_with_dpo(tmp_path):
 
 
 @pytest.mark.parametrize("name, where, field", [("lf_kto.json", "row 0", "label"), ("kto_tag.jsonl", "1", "kto_tag")])
-def test_kto_data_is_refused_in_one_line_naming_the_supported_layouts(tmp_path, name, where, field):
-    for i, extra in enumerate(([], ["data.format=chat"])):
-        with pytest.raises(DataError) as info:
-            run_tiny_fit(tmp_path / f"run{i}", overrides=["data=files", f"data.path={FIXTURES / name}", *extra])
-        message = str(info.value)
-        assert message.startswith(f"{FIXTURES / name}:{where}: KTO data ('{field}': true/false per record) is not "
-                                  "supported: there is no kto loss, and SFT would also train on the answers marked "
-                                  f"undesirable ({field}: false); supported layouts: chat")
-        assert "preference ('chosen' + 'rejected'" in message and "\n" not in message
+def test_kto_data_with_another_loss_or_format_is_refused_in_one_line_naming_loss_kto(tmp_path, name, where, field):
+    with pytest.raises(ConfigError) as info:  # SFT on KTO data: before the model loads
+        run_tiny_fit(tmp_path / "run0", overrides=["data=files", f"data.path={FIXTURES / name}"])
+    message = str(info.value)
+    assert "loss: loss=cross_entropy cannot train on the kto examples data=files gives: its answers are marked " \
+           "desirable or undesirable" in message and message.endswith("; use loss=kto") and "\n" not in message
+    with pytest.raises(DataError) as info:  # read as chat, it would be SFT on the undesirable answers too
+        run_tiny_fit(tmp_path / "run1", overrides=["data=files", f"data.path={FIXTURES / name}", "data.format=chat"])
+    message = str(info.value)
+    assert message.startswith(f"{FIXTURES / name}:{where}: a KTO record ('{field}': true/false) read as "
+                              "data.format=chat: ") and message.endswith("set data.format=kto (or auto) and use loss=kto")
+    assert "\n" not in message
 
 
-def test_kto_refusal_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+def test_kto_data_trains_with_loss_kto(tmp_path):
+    result = run_tiny_fit(tmp_path / "run", overrides=[
+        "data=files", f"data.path={FIXTURES / 'kto_tag.jsonl'}", "data.val_size=1", "data.cache=false",
+        "loss=kto", "trainer.max_steps=2", "evaluators=[]", "baselines=[]", "quality.min_train_examples=2"])
+    assert result.metrics["steps"] == 2 and result.metrics["data"]["formats"] == {"kto": 3}
+
+
+def test_sft_on_kto_data_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     result = run_cli(["train", "data=files", f"data.path={FIXTURES / 'lf_kto.json'}",
                       f"hydra.run.dir={tmp_path / 'run'}"])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("tuneforge: error:")]
-    assert len(lines) == 1 and "KTO data ('label': true/false per record) is not supported" in lines[0]
+    assert len(lines) == 1 and "cannot train on the kto examples" in lines[0] and "use loss=kto" in lines[0]
 
 
 def test_a_classification_label_is_not_mistaken_for_kto():

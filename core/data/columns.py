@@ -1,11 +1,13 @@
 """Which record layout a record has, seen through the column mapping (``data.columns``).
 
 A record's keys name its format (:func:`detect_format`): ``chosen``/``rejected``
--> ``preference``, ``messages``/``conversations`` -> ``chat``,
+-> ``preference``, ``kto_tag``, a true/false ``label`` or ``completion`` ->
+``kto`` (unpaired desirable/undesirable answers, :func:`kto_mark_key`), ``messages``/``conversations`` -> ``chat``,
 ``instruction``/``output`` -> ``alpaca``, ``text`` -> ``completion``.
 ``data.columns`` maps the canonical field names to a dataset's own keys
-(:func:`check_columns`, :func:`record_view`).  KTO and multimodal records are
-refused here whatever ``data.format`` says (:func:`refuse_unsupported`).
+(:func:`check_columns`, :func:`record_view`).  Multimodal records are
+refused here whatever ``data.format`` says, and so is KTO data read as another
+format (:func:`refuse_unsupported`).
 Normalizing a record into a :class:`~tuneforge.data.samples.Sample` is
 :mod:`tuneforge.data.samples`.
 """
@@ -17,15 +19,23 @@ from typing import Optional
 from tuneforge.data.sources import Record
 from tuneforge.errors import DataError
 
-FORMATS = ("auto", "alpaca", "chat", "completion", "preference")
+FORMATS = ("auto", "alpaca", "chat", "completion", "preference", "kto")
 #: field names ``data.columns`` may map (canonical name -> the record's own key)
 RECORD_FIELDS = ("instruction", "input", "output", "system", "messages", "conversations", "text", "prompt",
-                 "chosen", "rejected", "tools")
+                 "chosen", "rejected", "tools", "completion", "label", "kto_tag")
 MESSAGE_FIELDS = ("role", "content")
 #: the record layouts tuneforge trains, as named in errors about other layouts
 SUPPORTED_LAYOUTS = ("supported layouts: chat ('messages' [{role, content}] or 'conversations' [{from, value}], "
                      "tool calls included), alpaca ('instruction' + 'output'), completion ('text'), preference "
-                     "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo)")
+                     "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo, orpo, "
+                     "simpo), kto ('prompt' + 'completion' + 'label' true/false, or an alpaca/chat record with "
+                     "'kto_tag' true/false; loss=kto)")
+#: example kinds that only a loss naming them in ``LossSpec.requires`` may train on -> why any other
+#: loss must not (the host refuses the run in one line naming the losses that do)
+KINDS_NEEDING_THEIR_LOSS = {
+    "kto": "its answers are marked desirable or undesirable (label/kto_tag true/false), and a loss that does "
+           "not read the mark, such as SFT, would also train the model to write the undesirable ones",
+}
 #: record keys of multimodal data (LLaMA-Factory), refused when they hold anything
 MEDIA_FIELDS = ("images", "videos", "audios")
 
@@ -73,8 +83,11 @@ def field_name(field: str, columns: dict) -> str:
 
 
 def detect_format(record: Record, columns: Optional[dict] = None) -> str:
-    """The format a record's keys announce: ``preference``, ``chat``, ``alpaca`` or ``completion``."""
-    keys = record_view(record, dict(columns or {})).keys()
+    """The format a record's keys announce: ``preference``, ``kto``, ``chat``, ``alpaca`` or ``completion``."""
+    view = record_view(record, dict(columns or {}))
+    keys = view.keys()
+    if kto_mark_key(view) or "completion" in keys:
+        return "kto"
     if "chosen" in keys or "rejected" in keys:
         return "preference"
     if "messages" in keys or "conversations" in keys:
@@ -88,13 +101,21 @@ def detect_format(record: Record, columns: Optional[dict] = None) -> str:
                     "(map other key names with data.columns, or set data.format)")
 
 
-def refuse_unsupported(record: Record, view: dict) -> None:
-    """KTO and multimodal records are errors whatever ``data.format`` says: nothing could train them right."""
-    field = "kto_tag" if "kto_tag" in view else "label" if isinstance(view.get("label"), bool) else None
-    if field:
-        raise DataError(f"{record.source}: KTO data ('{field}': true/false per record) is not supported: there is "
-                        f"no kto loss, and SFT would also train on the answers marked undesirable ({field}: false); "
-                        f"{SUPPORTED_LAYOUTS}")
+def kto_mark_key(view: dict) -> Optional[str]:
+    """The key holding a record's KTO mark: ``kto_tag`` (LLaMA-Factory), or ``label`` when it is true/false
+    (TRL; LLaMA-Factory's ``kto_en_demo``); None for a record without one (a string ``label`` is a class)."""
+    if "kto_tag" in view:
+        return "kto_tag"
+    return "label" if isinstance(view.get("label"), bool) else None
+
+
+def refuse_unsupported(record: Record, view: dict, fmt: str = "auto") -> None:
+    """Multimodal records are errors whatever ``data.format`` says (nothing could train them right), and so is
+    a KTO record read as another format (SFT would train on the answers marked undesirable)."""
+    mark = kto_mark_key(view)
+    if mark and fmt not in ("auto", "kto"):
+        raise DataError(f"{record.source}: a KTO record ('{mark}': true/false) read as data.format={fmt}: "
+                        f"{KINDS_NEEDING_THEIR_LOSS['kto']}; set data.format=kto (or auto) and use loss=kto")
     media = next((key for key in MEDIA_FIELDS if view.get(key)), None)
     if media:
         raise DataError(f"{record.source}: multimodal records ('{media}') are not supported, only text; "

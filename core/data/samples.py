@@ -14,11 +14,16 @@ of four formats:
 * ``completion``: ``text`` (continued pre-training: every token trained);
 * ``preference``: ``chosen`` + ``rejected`` (each a string, a message list or
   one message object) with the prompt in ``prompt``, ``conversations``/``messages``
-  (LLaMA-Factory) or ``instruction`` (+ ``input``).
+  (LLaMA-Factory) or ``instruction`` (+ ``input``);
+* ``kto``: one answer marked desirable or not, unpaired: TRL's ``prompt`` +
+  ``completion`` + ``label`` (true/false; prompt and completion strings or
+  message lists), or LLaMA-Factory's alpaca (``instruction``/``input``/``output``)
+  or chat (``conversations``/``messages``, the last assistant turn is the
+  answer) record with ``kto_tag`` (true/false).  Only a loss declaring
+  ``requires=("kto",)`` trains on it (SFT would also learn the undesirable
+  answers; the host refuses that, see :data:`~tuneforge.data.columns.KINDS_NEEDING_THEIR_LOSS`).
 
-KTO data (``kto_tag``, or a true/false ``label``, per record) and multimodal
-records are refused: there is no loss that could use the labels, and SFT would
-train on the answers marked undesirable.
+Multimodal records are refused.
 
 Tool calls are normalized to one representation: an assistant message with
 ``tool_calls`` = ``[{"type": "function", "function": {"name", "arguments": {...}},
@@ -43,6 +48,7 @@ from tuneforge.data.columns import (
     check_columns,
     detect_format,
     field_name,
+    kto_mark_key,
     record_key,
     record_view,
     refuse_unsupported,
@@ -69,7 +75,8 @@ class Sample:
 
     ``messages`` is the conversation (alpaca, chat) or the prompt (preference);
     ``chosen``/``rejected`` are the preference responses as message lists;
-    ``text`` is the completion text.  ``plain`` marks single-turn records that
+    ``text`` is the completion text.  ``completion`` is a kto answer (messages
+    after the prompt in ``messages``) and ``desirable`` its mark.  ``plain`` marks single-turn records that
     may be rendered with :data:`~tuneforge.data.chat_templates.ALPACA_PROMPT`
     when no chat template exists.
     ``tools`` are the tool schemas the conversation may call
@@ -83,6 +90,8 @@ class Sample:
     rejected: Optional[list] = None
     plain: bool = False
     tools: Optional[list] = None
+    completion: Optional[list] = None
+    desirable: Optional[bool] = None
 
 
 def _string(record: Record, what: str, value: Any) -> str:
@@ -379,7 +388,59 @@ def _preference(record: Record, view: dict, columns: dict) -> Sample:
                   tools=_tools(record, record_key("tools", columns), view.get("tools")))
 
 
-_NORMALIZERS = {"alpaca": _alpaca, "chat": _chat, "completion": _completion, "preference": _preference}
+#: spellings of a KTO mark accepted besides JSON booleans (CSV and parquet files give strings or 0/1)
+_MARKS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _kto_mark(record: Record, view: dict, columns: dict, key: str) -> bool:
+    """The record's desirable/undesirable mark in ``key`` (``label`` or ``kto_tag``), as a bool."""
+    value = view.get(key)
+    if value is None:
+        raise DataError(f"{record.source}: KTO record has no {field_name(key, columns)} (true for a desirable "
+                        f"answer, false for an undesirable one); every KTO record needs it")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, int)) and str(value).strip().lower() in _MARKS:
+        return _MARKS[str(value).strip().lower()]
+    raise DataError(f"{record.source}: KTO field {field_name(key, columns)} must be true or false, got {value!r}")
+
+
+def _kto(record: Record, view: dict, columns: dict) -> Sample:
+    """An unpaired answer with its mark: TRL's ``prompt``/``completion``/``label``, or LLaMA-Factory's alpaca or
+    chat record with ``kto_tag``; the answer is the final assistant turn."""
+    mark = kto_mark_key(view)
+    if view.get("completion") is not None or mark is None and view.get("prompt") is not None:
+        _require(record, view, ("prompt", "completion"), "kto", columns)
+        desirable = _kto_mark(record, view, columns, "label")
+        prompt_value, completion_value = view["prompt"], view["completion"]
+        if isinstance(prompt_value, str):
+            prompt = _system_first(record, view, columns, [{"role": "user", "content": _string(
+                record, "kto field " + field_name("prompt", columns), prompt_value)}])
+        else:
+            prompt = _message_list(record, record_key("prompt", columns), prompt_value, columns)
+        completion = _response(record, record_key("completion", columns), completion_value, prompt, columns)
+        tools = _tools(record, record_key("tools", columns), view.get("tools"))
+    else:
+        desirable = _kto_mark(record, view, columns, mark or "kto_tag")
+        has_chat = view.get("messages") is not None or view.get("conversations") is not None
+        base = _chat(record, view, columns) if has_chat else _alpaca(record, view, columns)
+        messages, tools = base.messages, base.tools
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{record.source}: a KTO conversation must end with the assistant answer that "
+                            f"{field_name('kto_tag', columns)} marks")
+        prompt, completion = messages[:-1], messages[-1:]
+    if not completion or completion[-1]["role"] != "assistant":
+        raise DataError(f"{record.source}: KTO field {field_name('completion', columns)} must end with an assistant "
+                        "answer")
+    if not prompt or prompt[-1]["role"] == "assistant":
+        raise DataError(f"{record.source}: the KTO prompt must end with a user message")
+    plain = ([m["role"] for m in prompt if m["role"] != "system"] == ["user"] and len(completion) == 1
+             and not completion[0].get("tool_calls"))
+    return Sample("kto", messages=prompt, completion=completion, desirable=desirable, plain=plain, tools=tools)
+
+
+_NORMALIZERS = {"alpaca": _alpaca, "chat": _chat, "completion": _completion, "preference": _preference,
+                "kto": _kto}
 
 
 def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None) -> Sample:
@@ -388,17 +449,18 @@ def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None)
     if fmt not in FORMATS:
         raise DataError(f"data.format is '{fmt}'; valid: {', '.join(FORMATS)}")
     view = record_view(record, columns)
-    refuse_unsupported(record, view)
+    refuse_unsupported(record, view, fmt)
     fmt = detect_format(record, columns) if fmt == "auto" else fmt
     return _NORMALIZERS[fmt](record, view, columns)
 
 
 def to_messages(record: Record, fmt: str = "auto", columns: Optional[dict] = None) -> list[dict]:
-    """A record as ``{"role", "content"}`` messages (for preference: the prompt plus the chosen response)."""
+    """A record as ``{"role", "content"}`` messages (for preference: the prompt plus the chosen response;
+    kto: the prompt plus the answer)."""
     sample = normalize(record, fmt, columns)
     if sample.format == "completion":
         raise DataError(f"{record.source}: a completion record has no messages")
-    return sample.messages + (sample.chosen or [])
+    return sample.messages + (sample.chosen or sample.completion or [])
 
 
 def record_places(sources: Sequence[str], shown: int = SHOWN_PLACES) -> str:
@@ -411,24 +473,34 @@ def _targets(sample: Sample) -> list[str]:
     """The texts a sample trains on as answers (assistant contents; not completion text)."""
     if sample.format == "completion":
         return []
-    messages = (sample.chosen or []) + (sample.rejected or []) if sample.format == "preference" else sample.messages
+    messages = ((sample.chosen or []) + (sample.rejected or []) if sample.format == "preference"
+                else sample.completion if sample.format == "kto" else sample.messages)
     return [m["content"] for m in messages if m["role"] == "assistant"]
 
 
 def normalize_records(records: Sequence[Record], fmt: str = "auto", columns: Optional[dict] = None) -> list[Sample]:
     """Normalize records in the order given (file order), so an error names the first bad record.
 
-    Also an error: preference records mixed with other formats (naming the
-    first record of each kind).  Assistant targets holding unfilled template
+    Also an error: preference or kto records mixed with other formats (naming
+    the first record of each kind; an alpaca/chat record in a kto dataset is
+    one whose ``kto_tag`` is missing).  Assistant targets holding unfilled template
     placeholders (``{{name}}``) are logged as ONE warning line with their count
     and first locations.
     """
     columns = check_columns(columns)
-    samples, first_of_kind, placeholders, example = [], {}, [], None
+    samples, first_of_kind, placeholders, example, mark_key = [], {}, [], None, None
     for record in records:
         sample = normalize(record, fmt, columns)
-        kind = "preference" if sample.format == "preference" else "supervised"
+        kind = sample.format if sample.format in ("preference", "kto") else "supervised"
         first_of_kind.setdefault(kind, record.source)
+        if kind == "kto" and mark_key is None:
+            mark_key = kto_mark_key(record_view(record, columns)) or "label"
+        if len(first_of_kind) > 1 and "kto" in first_of_kind:
+            first = first_of_kind["kto"]
+            raise DataError(f"{record.source}: KTO record without its mark: {field_name(mark_key or 'label', columns)} "
+                            f"(true/false) is missing (first KTO record of the dataset: {first})" if kind != "kto" else
+                            f"{record.source}: KTO records cannot be mixed with other formats in one dataset "
+                            f"(first other record: {next(v for k, v in first_of_kind.items() if k != 'kto')})")
         if len(first_of_kind) > 1:
             raise DataError(f"{record.source}: preference records cannot be mixed with other formats in one "
                             f"dataset (first preference record: {first_of_kind.get('preference')}, first "

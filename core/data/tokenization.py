@@ -112,7 +112,10 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
     ``chosen_input_ids``, ``chosen_labels``, ``rejected_input_ids``,
     ``rejected_labels`` (prompt tokens always masked), plus ``input_ids`` /
     ``labels`` equal to the chosen ones (so SFT losses and perplexity run on
-    the chosen answer) and ``messages`` = prompt + chosen response.  Samples
+    the chosen answer) and ``messages`` = prompt + chosen response.  kto:
+    ``input_ids``, ``labels`` (the answer trained, the prompt masked),
+    ``kto_label`` (``[1]`` desirable, ``[0]`` undesirable) and ``messages`` =
+    prompt + answer.  Samples
     with tools also get ``tools`` (the schemas, for rendering prompts later).
     """
     if sample.format == "completion":
@@ -127,6 +130,11 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
         out["input_ids"], out["labels"] = list(out["chosen_input_ids"]), list(out["chosen_labels"])
         out["messages"] = sample.messages + sample.chosen
         return dict(out, **extra)
+    if sample.format == "kto":
+        encoded = tokenize_messages(tokenizer, sample.messages + sample.completion, chat_template=chat_template,
+                                    train_from=len(sample.messages), plain=sample.plain, tools=sample.tools)
+        return dict(encoded, kto_label=[int(sample.desirable)], messages=sample.messages + sample.completion,
+                    **extra)
     encoded = tokenize_messages(tokenizer, sample.messages, chat_template=chat_template,
                                 train_on_inputs=train_on_inputs, plain=sample.plain, tools=sample.tools)
     return dict(encoded, messages=sample.messages, **extra)
@@ -173,7 +181,7 @@ def cut_sample(sample: Sample, limit: int) -> Sample:
                 for m in messages]
 
     fields = {"messages": cut_messages(sample.messages), "chosen": cut_messages(sample.chosen),
-              "rejected": cut_messages(sample.rejected),
+              "rejected": cut_messages(sample.rejected), "completion": cut_messages(sample.completion),
               "text": sample.text[:limit] if isinstance(sample.text, str) and len(sample.text) > limit else sample.text}
     if all(fields[key] is getattr(sample, key) for key in fields):
         return sample
@@ -204,8 +212,9 @@ def tokenize_samples(pairs: Sequence[tuple], tokenizer, *, max_length: int = 102
                                       train_on_inputs=train_on_inputs)
             if short is not sample:  # the tokens come from the cut text; the example keeps the record's own
                 example.update({key: value for key, value in (
-                    ("messages", sample.messages + sample.chosen if sample.format == "preference"
-                     else sample.messages), ("text", sample.text)) if key in example})
+                    ("messages", sample.messages + (sample.chosen or sample.completion)
+                     if sample.format in ("preference", "kto") else sample.messages),
+                    ("text", sample.text)) if key in example})
         except DataError as exc:
             raise DataError(f"{record.source}: {exc}") from None
         keys = _sequence_keys(example)

@@ -118,7 +118,21 @@ def _training_blocks(metrics: RunMetrics, images: dict) -> list:
     blocks: list = [("h2", "Training"), ("table", ["", "value"], trows)]
     if "loss" in images:
         blocks.append(("img", images["loss"], "training and validation loss"))
-    return blocks
+    return blocks + _objective_blocks(metrics)
+
+
+def _objective_blocks(metrics: RunMetrics) -> list:
+    """The metrics the loss itself reports on the held-out split at the last validation (``val/<name>`` other
+    than the loss, e.g. a preference loss's reward margin and accuracy; their meaning: docs/losses.md)."""
+    held_out = {key[len("val/"):]: value for key, value in (metrics.get("train") or {}).items()
+                if key.startswith("val/") and key != "val/loss"}
+    if not held_out:
+        return []
+    rows = [[name, number_text(value)] for name, value in sorted(held_out.items())]
+    return [("h2", "Held-out training-objective metrics (last validation)"),
+            ("p", "What the loss reports on the held-out split, e.g. a preference loss's implicit rewards: "
+                  "reward_margin and reward_accuracy (docs/losses.md, Preference metrics)."),
+            ("table", ["metric", "tuned (last validation)"], rows)]
 
 
 def _columns_blocks(metrics: RunMetrics) -> list:

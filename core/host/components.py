@@ -247,7 +247,7 @@ def _check(cfg, plugins) -> tuple[Optional[RunConfig], list]:
         found[group] = {str(key): _component(plugins, group, f"{group}.{key}", node, problems)
                         for key, node in (resolved.get(group) or {}).items()}
     if found["loss"] is not None and found["data"] is not None:
-        problems += _kind_problems(found["loss"], found["data"])
+        problems += _kind_problems(plugins, found["loss"], found["data"])
     if settings is not None and settings.loader.packing:
         problems += _packing_problems(plugins, found)
     if found["model"] is not None:
@@ -405,27 +405,48 @@ def _omegaconf_problem(path: str, exc) -> Problem:
     return Problem(key, _first_line(message))
 
 
-def _kind_problems(loss: Component, data: Component) -> list:
+def _kind_problems(plugins, loss: Component, data: Component) -> list:
     """The loss's ``requires`` against the example kinds the dataset says it will produce."""
     from tuneforge.host.guard import origin_of, plugin_code
 
-    requires = tuple(loss.spec.requires)
     tell = data.spec.example_kinds
-    if not requires or tell is None:
+    if tell is None:
         return []
     try:
         with plugin_code(origin_of(data.spec), f"dataset '{data.name}', example_kinds"):
             kinds = tell(data.config)
     except (TuneforgeError, OSError, ValueError) as exc:
+        if not loss.spec.requires:  # a loss that takes most kinds: loading the data reports the problem
+            return []
         return [Problem("data", _first_line(exc))]
+    problem = loss_kind_problem(plugins, loss.name, loss.spec, kinds, f"data={data.name}")
+    return [] if problem is None else [Problem("loss", problem)]
+
+
+def loss_kind_problem(plugins, loss_name: str, loss_spec, kinds, source: str) -> Optional[str]:
+    """Why loss ``loss_name`` cannot train on examples of ``kinds`` (from ``source``, e.g. ``data=jsonl``), or
+    None.  A loss with ``requires`` takes only those kinds; any loss takes the other kinds, except those of
+    :data:`tuneforge.data.columns.KINDS_NEEDING_THEIR_LOSS`, which need a loss that names them."""
+    from tuneforge.data.columns import KINDS_NEEDING_THEIR_LOSS
+
     if kinds is None:
-        return []
-    other = sorted(set(kinds) - set(requires))
-    if not other:
-        return []
-    wanted = " or ".join(requires)
-    return [Problem("loss", f"{loss.name} trains on {wanted} examples, but data={data.name} gives "
-                            f"{', '.join(other)} examples; use {wanted} data or another loss")]
+        return None
+    requires = tuple(loss_spec.requires)
+    if requires:
+        other = sorted(set(kinds) - set(requires))
+        if not other:
+            return None
+        wanted = " or ".join(requires)
+        return (f"{loss_name} trains on {wanted} examples, but {source} gives {', '.join(other)} examples; use "
+                f"{wanted} data or another loss")
+    special = sorted(kind for kind in set(kinds) if kind in KINDS_NEEDING_THEIR_LOSS)
+    if not special:
+        return None
+    kind = special[0]
+    able = [name for name in plugins["loss"].names() if kind in plugins["loss"].get(name).requires]
+    use = f"use loss={' or loss='.join(able)}" if able else "no installed loss trains on it"
+    return (f"loss={loss_name} cannot train on the {kind} examples {source} gives: "
+            f"{KINDS_NEEDING_THEIR_LOSS[kind]}; {use}")
 
 
 def _packing_problems(plugins, found: dict) -> list:

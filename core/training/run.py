@@ -272,6 +272,7 @@ def build(state: RunState) -> None:
     state.phase = "loading the data"
     splits = state.splits = spec_call(run.data.spec, "load", run.data.spec.load, run.data.config, state.tokenizer)
     metrics["data"] = splits.stats
+    _check_example_kinds(state)
     metrics["setup"] = describe_setup(run, splits.stats, device=state.context.device,
                                       processes=state.context.world_size)
     metrics["data_files"] = state.data_files
@@ -286,6 +287,19 @@ def build(state: RunState) -> None:
                                                _loss_context(state.plugins, state.tokenizer)))
     state.callbacks = [build_callback(c.spec, c.config, state.context) for c in run.callbacks.values()
                        if c.spec.build is not None]
+
+
+def _check_example_kinds(state: RunState) -> None:
+    """The loss against the example kinds the data held (``stats["formats"]``), for datasets that could not
+    tell them before loading (the config check did it for the others)."""
+    from tuneforge.host.components import loss_kind_problem
+
+    formats = state.splits.stats.get("formats") if isinstance(state.splits.stats, dict) else None
+    loss = state.run.loss
+    problem = loss_kind_problem(state.plugins, loss.name, loss.spec, list(formats) if formats else None,
+                                f"data={state.run.data.name}")
+    if problem:
+        raise ConfigError(f"loss: {problem}")
 
 
 # ---------------------------------------------------------------------------
