@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from tuneforge.data import DataSplits
     from tuneforge.losses import LossContext, LossOutput
+    from tuneforge.rewards import RewardContext
 
 from tuneforge.calling import accepts_keyword, call_accepting  # noqa: F401  (public through this module)
 
@@ -243,6 +244,14 @@ class LossSpec(_Spec):
         (``loader.packing``), i.e. it builds its forward arguments with
         ``tuneforge.losses.model_inputs(model, batch)``; ``loader.packing=true``
         with any other loss is refused before the model loads.
+
+    ``needs_rewards``: True for an objective that scores text with the run's
+        rewards (``rewards=[...]``, :class:`RewardSpec`), e.g. online RL: a run
+        that selects none is refused before the model loads; the loss gets them
+        as ``LossContext.rewards`` (:class:`tuneforge.rewards.Rewards`) and each
+        training batch also carries ``records``, the source records of its
+        examples (a list of dicts, in batch order), whose fields the rewards
+        compare with (a reference answer).
     """
 
     kind: ClassVar[str] = "loss"
@@ -250,6 +259,7 @@ class LossSpec(_Spec):
     build: Optional[BuildLoss] = None
     requires: tuple[str, ...] = ()
     supports_packing: bool = False
+    needs_rewards: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -294,6 +304,59 @@ class OptimizerSpec(_Spec):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise TypeError(f"optimizer '{self.name}': 'state_bytes_per_parameter' must be a number >= 0, "
                             f"got {value!r}")
+
+
+class ScoreCompletions(Protocol):
+    """What :attr:`RewardSpec.build` returns: one number per completion."""
+
+    def __call__(self, prompts: list, completions: list, records: list, /) -> Iterable[float]: ...
+
+
+class BuildReward(Protocol):
+    """:attr:`RewardSpec.build`: the scoring function for this config and run."""
+
+    def __call__(self, config: Any, context: RewardContext, /) -> ScoreCompletions: ...
+
+
+@dataclass
+class RewardConfig:
+    """The keys every reward has (a reward's config class subclasses it).
+
+    weight: this reward's weight in the run's total reward, the weighted sum of the selected
+        rewards (``rewards.<name>.weight=0.5``; negative: a penalty counted as a reward).
+    """
+
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class RewardSpec(_Spec):
+    """A reward: scores a generated completion with a number (config group ``rewards``; several
+    run, summed with their ``weight``s), for online objectives (``loss=grpo``) and the ``reward``
+    evaluator.
+
+    ``build(config, context) -> score`` runs once per run, when the run's components are built
+    (``context``: :class:`tuneforge.rewards.RewardContext`: the tokenizer, the device, the run
+    directory); it may load what the reward needs (a reward model) and raise
+    ``tuneforge.ConfigError`` with one line.  ``score(prompts, completions, records)`` gets three
+    lists of equal length: the prompt each completion answers (the rendered prompt text), the
+    completion (generated text, special tokens removed) and the source record of the example (a
+    dict: the reference fields, e.g. ``reference`` or alpaca ``output``), and returns one finite
+    number per completion (higher is better).  Anything else (a string, None, NaN, a list of
+    another length) stops the run in one line naming the reward and what it returned.
+
+    ``config`` must subclass :class:`RewardConfig` (its ``weight`` key).
+    """
+
+    kind: ClassVar[str] = "reward"
+    required: ClassVar[tuple[str, ...]] = ("build",)
+    build: Optional[BuildReward] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not issubclass(self.config, RewardConfig):
+            raise TypeError(f"reward '{self.name}': config must subclass tuneforge.RewardConfig (its 'weight' key), "
+                            f"got {self.config.__name__}")
 
 
 #: the :attr:`MetricInfo.section` of metrics on the held-out split (the report's first table)
@@ -562,6 +625,7 @@ SPEC_KINDS: dict[type, tuple[str, str, bool]] = {
     LoggerSpec: ("loggers", "tuneforge_loggers", True),
     BaselineSpec: ("baselines", "tuneforge_baselines", True),
     RetrieverSpec: ("retriever", "tuneforge_retrievers", False),
+    RewardSpec: ("rewards", "tuneforge_rewards", True),
 }
 
 #: spec kinds that are not a root config group: a component's own setting selects one by name

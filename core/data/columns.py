@@ -2,7 +2,8 @@
 
 A record's keys name its format (:func:`detect_format`): ``chosen``/``rejected``
 -> ``preference``, ``messages``/``conversations`` -> ``chat``,
-``instruction``/``output`` -> ``alpaca``, ``text`` -> ``completion``.
+``instruction``/``output`` -> ``alpaca``, ``text`` -> ``completion``, ``prompt`` alone (no
+responses) -> ``prompt``.
 ``data.columns`` maps the canonical field names to a dataset's own keys
 (:func:`check_columns`, :func:`record_view`).  KTO and multimodal records are
 refused here whatever ``data.format`` says (:func:`refuse_unsupported`).
@@ -17,7 +18,10 @@ from typing import Optional
 from tuneforge.data.sources import Record
 from tuneforge.errors import DataError
 
-FORMATS = ("auto", "alpaca", "chat", "completion", "preference")
+FORMATS = ("auto", "alpaca", "chat", "completion", "preference", "prompt")
+#: example kinds that only a loss listing them in its ``requires`` trains on (``prompt``: no answer to learn;
+#: an online objective generates it); any other loss is refused on them
+REQUESTED_KINDS = ("prompt",)
 #: field names ``data.columns`` may map (canonical name -> the record's own key)
 RECORD_FIELDS = ("instruction", "input", "output", "system", "messages", "conversations", "text", "prompt",
                  "chosen", "rejected", "tools")
@@ -25,7 +29,8 @@ MESSAGE_FIELDS = ("role", "content")
 #: the record layouts tuneforge trains, as named in errors about other layouts
 SUPPORTED_LAYOUTS = ("supported layouts: chat ('messages' [{role, content}] or 'conversations' [{from, value}], "
                      "tool calls included), alpaca ('instruction' + 'output'), completion ('text'), preference "
-                     "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo)")
+                     "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo), prompt ('prompt' "
+                     "alone, plus any reference fields; loss=grpo)")
 #: record keys of multimodal data (LLaMA-Factory), refused when they hold anything
 MEDIA_FIELDS = ("images", "videos", "audios")
 
@@ -73,7 +78,7 @@ def field_name(field: str, columns: dict) -> str:
 
 
 def detect_format(record: Record, columns: Optional[dict] = None) -> str:
-    """The format a record's keys announce: ``preference``, ``chat``, ``alpaca`` or ``completion``."""
+    """The format a record's keys announce: ``preference``, ``chat``, ``alpaca``, ``completion`` or ``prompt``."""
     keys = record_view(record, dict(columns or {})).keys()
     if "chosen" in keys or "rejected" in keys:
         return "preference"
@@ -83,6 +88,8 @@ def detect_format(record: Record, columns: Optional[dict] = None) -> str:
         return "alpaca"
     if "text" in keys:
         return "completion"
+    if "prompt" in keys:
+        return "prompt"
     raise DataError(f"{record.source}: cannot tell the record's format from its keys "
                     f"{sorted(map(str, record.data))}; {SUPPORTED_LAYOUTS} "
                     "(map other key names with data.columns, or set data.format)")

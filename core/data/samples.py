@@ -14,7 +14,11 @@ of four formats:
 * ``completion``: ``text`` (continued pre-training: every token trained);
 * ``preference``: ``chosen`` + ``rejected`` (each a string, a message list or
   one message object) with the prompt in ``prompt``, ``conversations``/``messages``
-  (LLaMA-Factory) or ``instruction`` (+ ``input``).
+  (LLaMA-Factory) or ``instruction`` (+ ``input``);
+* ``prompt``: ``prompt`` alone (a string or a message list ending with a user
+  turn), optional ``system``; its other fields are reference fields that
+  rewards read from the record (online objectives such as ``loss=grpo``
+  generate the answers; no other loss trains on such examples).
 
 KTO data (``kto_tag``, or a true/false ``label``, per record) and multimodal
 records are refused: there is no loss that could use the labels, and SFT would
@@ -379,7 +383,28 @@ def _preference(record: Record, view: dict, columns: dict) -> Sample:
                   tools=_tools(record, record_key("tools", columns), view.get("tools")))
 
 
-_NORMALIZERS = {"alpaca": _alpaca, "chat": _chat, "completion": _completion, "preference": _preference}
+def _prompt(record: Record, view: dict, columns: dict) -> Sample:
+    """A prompt without an answer (online objectives generate it); the other fields stay in the record."""
+    _require(record, view, ("prompt",), "prompt", columns)
+    value = view["prompt"]
+    if isinstance(value, str):
+        text = _string(record, "prompt field " + field_name("prompt", columns), value)
+        if not text.strip():
+            raise DataError(f"{record.source}: prompt field {field_name('prompt', columns)} is empty")
+        prompt = _system_first(record, view, columns, [{"role": "user", "content": text}])
+    else:
+        prompt = _system_first(record, view, columns,
+                               _message_list(record, record_key("prompt", columns), value, columns))
+    if prompt[-1]["role"] != "user":
+        raise DataError(f"{record.source}: the prompt must end with a user message, not a "
+                        f"{prompt[-1]['role']} one")
+    plain = [m["role"] for m in prompt if m["role"] != "system"] == ["user"]
+    return Sample("prompt", messages=prompt, plain=plain,
+                  tools=_tools(record, record_key("tools", columns), view.get("tools")))
+
+
+_NORMALIZERS = {"alpaca": _alpaca, "chat": _chat, "completion": _completion, "preference": _preference,
+                "prompt": _prompt}
 
 
 def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None) -> Sample:

@@ -365,6 +365,7 @@ class TuneforgeConfig:
     callbacks: dict = field(default_factory=dict)
     loggers: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
+    rewards: dict = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -387,7 +388,8 @@ class TuneforgeConfig:
 
 
 #: the component groups of the root config; the host checks them against the registries
-COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "optimizer", "evaluators", "callbacks", "loggers", "baselines")
+COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "optimizer", "evaluators", "callbacks", "loggers", "baselines",
+                    "rewards")
 #: the root keys typed by their own dataclass (``trainer``, ``optim`` ...)
 ROOT_SECTIONS = tuple(f.name for f in dataclasses.fields(TuneforgeConfig)
                       if dataclasses.is_dataclass(typing.get_type_hints(TuneforgeConfig)[f.name]))
