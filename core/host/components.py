@@ -98,6 +98,7 @@ class RunSettings:
     run_dir: Optional[str]
     threads: Optional[int]
     allow_changed_data: bool
+    init_from: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,10 @@ def build(state: RunState) -> None:
     state.phase = "loading the model"
     model, state.tokenizer = spec_call(run.model.spec, "load", run.model.spec.load, run.model.config)
     state.model = spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, model, run.adapter.config)
+    if settings.init_from:  # a second stage: the earlier run's trained adapter, not a fresh one
+        from tuneforge.training.init_from import initialise_from_run
+
+        initialise_from_run(state.model, run, settings.init_from)
     if settings.loader.packing:
         from tuneforge.data.packing import check_packing_support
 
