@@ -382,3 +382,38 @@ def test_init_from_starts_from_the_earlier_runs_adapter(tmp_path):
         run_tiny_fit(tmp_path / "third", overrides=[*common, "adapter.r=4", f"init_from={tmp_path / 'sft'}"])
     with pytest.raises(ConfigError, match="init_from: .* holds no trained adapter"):
         run_tiny_fit(tmp_path / "fourth", overrides=[*common, f"init_from={tmp_path}"])
+
+
+# --------------------------------------------------------------------------- the demo experiment
+
+
+def test_the_grpo_demo_experiment_composes_and_its_pattern_accepts_every_reference(smollm2_placeholder):
+    import re
+
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.plugins.legal_citations import generate
+
+    overrides = ["+experiment=legal_citations_grpo"]
+    cfg = compose(overrides, load_plugins(overrides))
+    assert cfg.loss.name == "grpo" and list(cfg.rewards) == ["regex", "length"] and "reward" in cfg.evaluators
+    assert cfg.data.n_rehearsal == 0 and list(cfg.baselines) == ["few_shot", "retrieval"]
+    sft = compose(["+experiment=legal_citations"], load_plugins(["+experiment=legal_citations"]))
+    assert dict(cfg.adapter) == dict(sft.adapter)  # init_from=<a demo SFT run> fits
+    train, val = generate(100, 30, 0)
+    assert all(re.fullmatch(cfg.rewards.regex.pattern, r["output"]) for r in train + val)
+    for wrong in ("Garrison v. Fairbanks, 682 Federal Reporter 34 (9th Cir. 2003)",
+                  "Garrison v. Fairbanks, 682 F.3d 34 (Ninth Circuit 2003)", "Garrison v. Fairbanks"):
+        assert not re.fullmatch(cfg.rewards.regex.pattern, wrong)
+
+
+def test_the_grpo_demo_pipeline_on_the_tiny_model(tmp_path):
+    result = run_tiny_fit(tmp_path / "run", overrides=[
+        "+experiment=legal_citations_grpo", "model=tiny", "data.n_train=8", "data.n_val=4", "trainer.max_steps=1",
+        "loss.group_size=2", "loss.max_new_tokens=4", "loader.batch_size=2", "evaluators.reward.max_new_tokens=4",
+        "evaluators.exact_match.max_new_tokens=4", "baselines.few_shot.k=1", "baselines.retrieval.k=1",
+        "threads=1"])
+    metrics = result.metrics
+    for column in ("base", "tuned"):
+        assert "reward/regex" in metrics[column] and "reward/length" in metrics[column]
+    assert {"few_shot", "retrieval"} <= set(metrics["baselines"])
+    assert "reward/regex" in metrics["baselines"]["few_shot"] and "reward/regex" in metrics["intervals"]["tuned"]
