@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
     from tuneforge.data import DataSplits
     from tuneforge.losses import LossContext, LossOutput
-    from tuneforge.rewards import RewardContext
 
 from tuneforge.calling import accepts_keyword, call_accepting  # noqa: F401  (public through this module)
+from tuneforge.metric_info import GENERAL_ABILITY, HELD_OUT, MetricInfo  # noqa: F401  (public through this module)
 
 
 # --------------------------------------------------------------------------- the spec callables' signatures
@@ -245,13 +245,10 @@ class LossSpec(_Spec):
         ``tuneforge.losses.model_inputs(model, batch)``; ``loader.packing=true``
         with any other loss is refused before the model loads.
 
-    ``needs_rewards``: True for an objective that scores text with the run's
-        rewards (``rewards=[...]``, :class:`RewardSpec`), e.g. online RL: a run
-        that selects none is refused before the model loads; the loss gets them
-        as ``LossContext.rewards`` (:class:`tuneforge.rewards.Rewards`) and each
-        training batch also carries ``records``, the source records of its
-        examples (a list of dicts, in batch order), whose fields the rewards
-        compare with (a reference answer).
+    ``needs_rewards``: True for an objective that scores text with the run's rewards
+        (``rewards=[...]``): a run with none is refused before the model loads; the loss gets
+        them as ``LossContext.rewards`` and each training batch carries ``records`` (the
+        examples' source records, a list of dicts, for the rewards' reference fields).
     """
 
     kind: ClassVar[str] = "loss"
@@ -306,18 +303,6 @@ class OptimizerSpec(_Spec):
                             f"got {value!r}")
 
 
-class ScoreCompletions(Protocol):
-    """What :attr:`RewardSpec.build` returns: one number per completion."""
-
-    def __call__(self, prompts: list, completions: list, records: list, /) -> Iterable[float]: ...
-
-
-class BuildReward(Protocol):
-    """:attr:`RewardSpec.build`: the scoring function for this config and run."""
-
-    def __call__(self, config: Any, context: RewardContext, /) -> ScoreCompletions: ...
-
-
 @dataclass
 class RewardConfig:
     """The keys every reward has (a reward's config class subclasses it).
@@ -350,52 +335,13 @@ class RewardSpec(_Spec):
 
     kind: ClassVar[str] = "reward"
     required: ClassVar[tuple[str, ...]] = ("build",)
-    build: Optional[BuildReward] = None
+    build: Optional[Callable[[Any, Any], Callable[[list, list, list], Iterable[float]]]] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not issubclass(self.config, RewardConfig):
             raise TypeError(f"reward '{self.name}': config must subclass tuneforge.RewardConfig (its 'weight' key), "
                             f"got {self.config.__name__}")
-
-
-#: the :attr:`MetricInfo.section` of metrics on the held-out split (the report's first table)
-HELD_OUT = "held-out"
-#: the :attr:`MetricInfo.section` of metrics of general ability that tuning must not lose (a forgetting
-#: set): the verdict compares tuned with base on them, and a significant drop, or one beyond
-#: ``evidence.forgetting_limit``, turns "tune" into "tune, at a cost"
-GENERAL_ABILITY = "forgetting"
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """What one metric of an evaluator means, for the report and ``tuneforge compare``.
-
-    ``name``: the key the evaluator's ``evaluate`` returns (``"loss"``, not
-        ``"perplexity/loss"``).
-    ``higher_is_better``: the direction of improvement.
-    ``primary``: a headline metric; when any metric of a run is primary,
-        ``compare`` plots only the primary ones.
-    ``section``: the report groups metrics by it (free text; ``"held-out"`` is
-        the held-out split's table, anything else gets a table of its own;
-        ``"forgetting"`` (:data:`GENERAL_ABILITY`) marks general ability that the
-        verdict weighs as the cost of tuning).
-    ``description``: one line shown under the section's table.
-    ``is_loss``: a held-out loss; the report's overfitting signal compares the
-        first such metric of section ``"held-out"`` with the training loss when
-        no validation ran during training.
-    """
-
-    name: str
-    higher_is_better: bool = True
-    primary: bool = False
-    section: str = HELD_OUT
-    description: str = ""
-    is_loss: bool = False
-
-    def as_dict(self) -> dict:
-        """The fields besides ``name``, as saved under ``metric_info`` in ``metrics.json``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
 
 
 @dataclass(frozen=True)
