@@ -310,16 +310,14 @@ def test_config_groups_and_plugins_list_the_rewards_and_a_third_party_reward_is_
     assert result.metrics["tuned"]["reward/mean"] == result.metrics["tuned"]["reward/vowels"]
 
 
-def test_a_third_party_reward_returning_words_stops_the_run_in_one_line(tmp_path):
-    result = run_cli(["train", "model=tiny", *grpo_overrides(write_prompts(tmp_path), rewards=("rewards=[wordy]",)),
-                      f"run_dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false"], site_dirs=["rewards"])
-    assert result.returncode != 0
-    errors = [text for text in result.stderr.splitlines() if text.startswith("tuneforge: error:")]
-    assert errors == [f"tuneforge: error: plugin 'wordy' (distribution 'rewplug 0.1.0'): reward 'wordy' "
-                      f"(rewards.wordy) returned {errors[0].split('returned ')[1].split(' (str)')[0]} (str) for "
-                      "completion 0; a reward's score() must return one finite number per completion"], \
-        result.stderr[-2000:]
-    assert "'high'" in errors[0] or "'low'" in errors[0]
+def test_a_third_party_reward_returning_words_stops_the_run_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(FIXTURES / "rewards"))
+    with pytest.raises(PluginError) as error:
+        run_tiny_fit(tmp_path / "run", overrides=grpo_overrides(write_prompts(tmp_path), rewards=("rewards=[wordy]",)))
+    line = str(error.value)
+    assert line.startswith("plugin 'wordy' (distribution 'rewplug 0.1.0'): reward 'wordy' (rewards.wordy) returned ")
+    assert line.endswith(" (str) for completion 0; a reward's score() must return one finite number per completion")
+    assert "'high'" in line or "'low'" in line
 
 
 def test_a_grpo_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(tmp_path):
