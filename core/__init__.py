@@ -35,6 +35,8 @@ from tuneforge.specs import (
     ModelSourceSpec,
     OptimizerSpec,
     RetrieverSpec,
+    RewardConfig,
+    RewardSpec,
 )
 from tuneforge.validation import ConfigValueError
 
@@ -46,7 +48,7 @@ hookimpl = pluggy.HookimplMarker("tuneforge")
 __all__ = [
     "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec",
     "EvaluatorSpec", "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec",
-    "OptimizerSpec", "PluginError", "RetrieverSpec", "RunConfig", "RunContext", "RunSettings", "TuneforgeError", "hookimpl",
+    "OptimizerSpec", "PluginError", "RetrieverSpec", "RewardConfig", "RewardSpec", "RunConfig", "RunContext", "RunSettings", "TuneforgeError", "hookimpl",
     "validation", "__version__",
 ]
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from tuneforge.context import RunContext
     from tuneforge.host.components import RunConfig
     from tuneforge.specs import (AdapterSpec, BaselineSpec, CallbackSpec, DatasetSpec, EvaluatorSpec, LoggerSpec,
-                                 LossSpec, ModelSourceSpec, OptimizerSpec, RetrieverSpec)
+                                 LossSpec, ModelSourceSpec, OptimizerSpec, RetrieverSpec, RewardSpec)
 
 PROJECT_NAME = "tuneforge"
 
@@ -173,6 +173,24 @@ def tuneforge_retrievers() -> Iterable[RetrieverSpec]:
     of Chinese, Japanese and Korean text) and ``dense``
     (``sentence-transformers`` embeddings, cosine similarity; needs
     ``pip install sentence-transformers``).
+    """
+
+
+@hookspec
+def tuneforge_rewards() -> Iterable[RewardSpec]:
+    """Return :class:`~tuneforge.specs.RewardSpec` objects.
+
+    Selected as a list with ``rewards=[a,b]`` (default none), each with its
+    keys and a ``weight`` (``'rewards=[regex,length]'
+    rewards.regex.pattern=... rewards.length.weight=0.5``); a reward scores
+    a generated completion (given its prompt and the example's record) with
+    a number, and the selected ones add up, weighted, to the run's reward.
+    Online objectives (``loss=grpo``) train on it, and the ``reward``
+    evaluator reports it on held-out prompts for the base model, the
+    prompting baselines and the tuned model.  Built-ins: ``regex``,
+    ``exact``, ``contains``, ``length``, ``model`` (a sequence-classification
+    checkpoint, e.g. a ``loss=reward`` run's) and ``python`` (a function
+    named by its dotted path).
     """
 
 

@@ -54,10 +54,14 @@ class LossContext:
     ``load_model(model_config)`` loads ``(model, tokenizer)`` with a registered
     model source; ``model_config`` is a mapping with ``name`` (the source, e.g.
     ``hf`` or ``tiny``) and that source's fields.
+
+    ``rewards``: the run's selected rewards (:class:`tuneforge.rewards.Rewards`),
+    built, for a loss whose spec says ``needs_rewards``; None for the others.
     """
 
     tokenizer: Any
     load_model: Callable[[Any], tuple]
+    rewards: Any = None
 
 
 def loss_weight(output: LossOutput) -> float:

@@ -19,50 +19,13 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, Protocol
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-    from tuneforge.data import DataSplits
-    from tuneforge.losses import LossContext, LossOutput
+from typing import Any, Callable, ClassVar, Iterable, Optional
 
 from tuneforge.calling import accepts_keyword, call_accepting  # noqa: F401  (public through this module)
 from tuneforge.model_heads import CAUSAL_LM, MODEL_HEADS, checked_heads  # noqa: F401  (public through this module)
-
-
-# --------------------------------------------------------------------------- the spec callables' signatures
-# (for readers and type checkers; the host calls them positionally, as written in each spec's docstring)
-
-
-class LoadModel(Protocol):
-    """:attr:`ModelSourceSpec.load`: the causal LM (train mode) and its tokenizer (``pad_token`` set)."""
-
-    def __call__(self, config: Any, /) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]: ...
-
-
-class LoadData(Protocol):
-    """:attr:`DatasetSpec.load`: the tokenized splits of the data this config names."""
-
-    def __call__(self, config: Any, tokenizer: PreTrainedTokenizerBase, /) -> DataSplits: ...
-
-
-class ApplyAdapter(Protocol):
-    """:attr:`AdapterSpec.apply`: the model made trainable (frozen, wrapped: e.g. a ``peft.PeftModel``)."""
-
-    def __call__(self, model: PreTrainedModel, config: Any, /) -> PreTrainedModel: ...
-
-
-class LossFunction(Protocol):
-    """What :attr:`LossSpec.build` returns: runs the forward pass(es) on one batch."""
-
-    def __call__(self, model: PreTrainedModel, batch: dict, /) -> LossOutput: ...
-
-
-class BuildLoss(Protocol):
-    """:attr:`LossSpec.build`: the loss function for this config and run."""
-
-    def __call__(self, config: Any, context: LossContext, /) -> LossFunction: ...
+from tuneforge.metric_info import GENERAL_ABILITY, HELD_OUT, MetricInfo  # noqa: F401  (public through this module)
+from tuneforge.spec_signatures import (  # noqa: F401  (public through this module)
+    ApplyAdapter, BuildLoss, BuildOptimizer, LoadData, LoadModel, LossFunction)
 
 
 def _check_config_class(kind: str, name: str, config: type) -> None:
@@ -256,6 +219,11 @@ class LossSpec(_Spec):
     ``model_head``: the head the loss trains (:mod:`tuneforge.model_heads`; default ``causal_lm``).
     ``save_trained(model, tokenizer, run_dir, config)`` (optional): writes outputs besides ``model/``
         from a merged copy of the trained model, on the main process (:mod:`tuneforge.model_heads`).
+
+    ``needs_rewards``: True for an objective that scores text with the run's rewards
+        (``rewards=[...]``): a run with none is refused before the model loads; the loss gets
+        them as ``LossContext.rewards`` and each training batch carries ``records`` (the
+        examples' source records, a list of dicts, for the rewards' reference fields).
     """
 
     kind: ClassVar[str] = "loss"
@@ -266,6 +234,7 @@ class LossSpec(_Spec):
     supports_packing: bool = False
     model_head: str = CAUSAL_LM
     save_trained: Optional[Callable[..., None]] = None
+    needs_rewards: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -274,12 +243,6 @@ class LossSpec(_Spec):
             raise TypeError(f"loss '{self.name}': 'requires' must be a tuple of example kinds, "
                             f"e.g. ('preference',), got {self.requires!r}")
         object.__setattr__(self, "requires", tuple(self.requires))
-
-
-class BuildOptimizer(Protocol):
-    """:attr:`OptimizerSpec.build`: a ``torch.optim.Optimizer`` over the parameter groups."""
-
-    def __call__(self, parameter_groups: list[dict], settings: Any, config: Any, /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -313,43 +276,45 @@ class OptimizerSpec(_Spec):
                             f"got {value!r}")
 
 
-#: the :attr:`MetricInfo.section` of metrics on the held-out split (the report's first table)
-HELD_OUT = "held-out"
-#: the :attr:`MetricInfo.section` of metrics of general ability that tuning must not lose (a forgetting
-#: set): the verdict compares tuned with base on them, and a significant drop, or one beyond
-#: ``evidence.forgetting_limit``, turns "tune" into "tune, at a cost"
-GENERAL_ABILITY = "forgetting"
+@dataclass
+class RewardConfig:
+    """The keys every reward has (a reward's config class subclasses it).
+
+    weight: this reward's weight in the run's total reward, the weighted sum of the selected
+        rewards (``rewards.<name>.weight=0.5``; negative: a penalty counted as a reward).
+    """
+
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
-class MetricInfo:
-    """What one metric of an evaluator means, for the report and ``tuneforge compare``.
+class RewardSpec(_Spec):
+    """A reward: scores a generated completion with a number (config group ``rewards``; several
+    run, summed with their ``weight``s), for online objectives (``loss=grpo``) and the ``reward``
+    evaluator.
 
-    ``name``: the key the evaluator's ``evaluate`` returns (``"loss"``, not
-        ``"perplexity/loss"``).
-    ``higher_is_better``: the direction of improvement.
-    ``primary``: a headline metric; when any metric of a run is primary,
-        ``compare`` plots only the primary ones.
-    ``section``: the report groups metrics by it (free text; ``"held-out"`` is
-        the held-out split's table, anything else gets a table of its own;
-        ``"forgetting"`` (:data:`GENERAL_ABILITY`) marks general ability that the
-        verdict weighs as the cost of tuning).
-    ``description``: one line shown under the section's table.
-    ``is_loss``: a held-out loss; the report's overfitting signal compares the
-        first such metric of section ``"held-out"`` with the training loss when
-        no validation ran during training.
+    ``build(config, context) -> score`` runs once per run, when the run's components are built
+    (``context``: :class:`tuneforge.rewards.RewardContext`: the tokenizer, the device, the run
+    directory); it may load what the reward needs (a reward model) and raise
+    ``tuneforge.ConfigError`` with one line.  ``score(prompts, completions, records)`` gets three
+    lists of equal length: the prompt each completion answers (the rendered prompt text), the
+    completion (generated text, special tokens removed) and the source record of the example (a
+    dict: the reference fields, e.g. ``reference`` or alpaca ``output``), and returns one finite
+    number per completion (higher is better).  Anything else (a string, None, NaN, a list of
+    another length) stops the run in one line naming the reward and what it returned.
+
+    ``config`` must subclass :class:`RewardConfig` (its ``weight`` key).
     """
 
-    name: str
-    higher_is_better: bool = True
-    primary: bool = False
-    section: str = HELD_OUT
-    description: str = ""
-    is_loss: bool = False
+    kind: ClassVar[str] = "reward"
+    required: ClassVar[tuple[str, ...]] = ("build",)
+    build: Optional[Callable[[Any, Any], Callable[[list, list, list], Iterable[float]]]] = None
 
-    def as_dict(self) -> dict:
-        """The fields besides ``name``, as saved under ``metric_info`` in ``metrics.json``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not issubclass(self.config, RewardConfig):
+            raise TypeError(f"reward '{self.name}': config must subclass tuneforge.RewardConfig (its 'weight' key), "
+                            f"got {self.config.__name__}")
 
 
 @dataclass(frozen=True)
@@ -581,6 +546,7 @@ SPEC_KINDS: dict[type, tuple[str, str, bool]] = {
     LoggerSpec: ("loggers", "tuneforge_loggers", True),
     BaselineSpec: ("baselines", "tuneforge_baselines", True),
     RetrieverSpec: ("retriever", "tuneforge_retrievers", False),
+    RewardSpec: ("rewards", "tuneforge_rewards", True),
 }
 
 #: spec kinds that are not a root config group: a component's own setting selects one by name

@@ -157,7 +157,7 @@ def test_a_scaffolded_plugin_installs_offline_passes_its_tests_and_trains(tmp_pa
                             "ignore::DeprecationWarning"], cwd=package, capture_output=True, text=True, env=env,
                            timeout=600)
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
-    assert re.search(r"\b31 passed", tests.stdout), tests.stdout[-2000:]
+    assert re.search(r"\b34 passed", tests.stdout), tests.stdout[-2000:]
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "tuneforge", *args], capture_output=True, text=True, env=env,
@@ -167,6 +167,7 @@ def test_a_scaffolded_plugin_installs_offline_passes_its_tests_and_trains(tmp_pa
     line = next(line for line in listed.stdout.splitlines() if line.startswith("acme "))
     assert "acme 0.1.0" in line and "adapter: acme_bitfit" in line and "data: acme_tsv" in line
     assert "baselines: acme_system_prompt" in line and "loggers: acme_jsonl" in line
+    assert "rewards: acme_keyword" in line
     shown = cli("config", "show", "adapter=acme_bitfit")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("adapter=acme_bitfit  [plugin 'acme', distribution acme 0.1.0]")

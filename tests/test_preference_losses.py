@@ -4,7 +4,6 @@ exactly after an interruption."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -13,7 +12,6 @@ import tempfile
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tuneforge.errors import ConfigError, DataError

@@ -61,8 +61,13 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
                                                                settings.trainer.devices, 0))
     if run_dir is not None:
         metrics["setup"].update(run_dir=str(run_dir), **_training_record(Path(run_dir)))
+    from tuneforge.rewards import RewardContext, build_rewards
+
+    rewards = build_rewards(components.rewards, RewardContext(tokenizer=tokenizer, device=str(
+        next(model.parameters()).device), run_dir=None if run_dir is None else Path(run_dir))) \
+        if components.rewards else None
     metrics["base"], base_pass = run_evaluators(components.evaluators, settings, model, tokenizer, splits.val, "base",
-                                                chat_template=splits.chat_template)
+                                                chat_template=splits.chat_template, rewards=rewards)
     tuned_pass = None
     if run_dir is not None:
         from tuneforge.commands.run_loading import run_adapter_spec
@@ -71,7 +76,7 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
                                  trust_remote_code=bool(getattr(components.model.config, "trust_remote_code", False)),
                                  head=head)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, settings, model, tokenizer, splits.val,
-                                                      "tuned", chat_template=splits.chat_template)
+                                                      "tuned", chat_template=splits.chat_template, rewards=rewards)
     metrics["metric_info"] = describe_metrics(components.evaluators, metrics)
     summarize(metrics, {"base": base_pass.example_scores, "tuned": tuned_pass.example_scores if tuned_pass else {}},
               seed=int(settings.seed), **evidence_options(components.settings, splits.val))

@@ -127,4 +127,5 @@ TEMPLATES = {t.kind: t for t in (
     KindTemplate("callback", "step_counter", "callbacks", "tuneforge_callbacks"),
     KindTemplate("baseline", "system_prompt", "baselines", "tuneforge_baselines"),
     KindTemplate("logger", "jsonl", "loggers", "tuneforge_loggers"),
+    KindTemplate("reward", "keyword", "rewards", "tuneforge_rewards"),
 )}

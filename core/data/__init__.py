@@ -47,6 +47,7 @@ from tuneforge.data.chat_templates import (
 )
 from tuneforge.data.columns import (
     FORMATS,
+    ANSWERLESS_KINDS,
     MESSAGE_FIELDS,
     RECORD_FIELDS,
     SUPPORTED_LAYOUTS,
@@ -82,7 +83,7 @@ log = logging.getLogger("tuneforge")
 
 __all__ = [
     "ALPACA_PROMPT", "CHATML_TEMPLATE", "DATA_CONFIG_FIELDS", "DataConfig", "DataSplits", "FORMATS",
-    "IGNORE_INDEX", "Record", "SUPPORTED_LAYOUTS", "Sample", "assistant_spans", "cache_key", "check_columns",
+    "IGNORE_INDEX", "ANSWERLESS_KINDS", "Record", "SUPPORTED_LAYOUTS", "Sample", "assistant_spans", "cache_key", "check_columns",
     "default_cache_dir", "detect_format", "first_record", "has_chat_template", "hub_reachable", "message_text",
     "normalize", "normalize_records", "pad_batch", "prepare_splits", "read_csv", "read_hf", "read_json", "read_jsonl",
     "read_parquet", "read_records", "records_fingerprint", "render_prompt", "resolve_chat_template", "split_records",
@@ -116,8 +117,8 @@ class DataSplits:
 
 #: documentation of the :class:`DataConfig` fields, reused in the docstrings of its subclasses
 DATA_CONFIG_FIELDS = """
-    format: ``auto`` (each record's keys decide), ``alpaca``, ``chat``, ``completion`` or
-        ``preference``.
+    format: ``auto`` (each record's keys decide), ``alpaca``, ``chat``, ``completion``,
+        ``preference`` or ``prompt`` (prompts alone, for online objectives such as ``loss=grpo``).
     columns: a mapping canonical field -> your records' key, for data with other key
         names, e.g. ``data.columns={instruction: question, output: answer}`` (null: none).  Canonical fields: instruction, input,
         output, system, messages, conversations, text, prompt, chosen, rejected, tools, and

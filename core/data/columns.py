@@ -3,7 +3,8 @@
 A record's keys name its format (:func:`detect_format`): ``chosen``/``rejected``
 -> ``preference``, ``kto_tag``, a true/false ``label`` or ``completion`` ->
 ``kto`` (unpaired desirable/undesirable answers, :func:`kto_mark_key`), ``messages``/``conversations`` -> ``chat``,
-``instruction``/``output`` -> ``alpaca``, ``text`` -> ``completion``.
+``instruction``/``output`` -> ``alpaca``, ``text`` -> ``completion``, ``prompt`` alone (no
+responses) -> ``prompt``.
 ``data.columns`` maps the canonical field names to a dataset's own keys
 (:func:`check_columns`, :func:`record_view`).  Multimodal records are
 refused here whatever ``data.format`` says, and so is KTO data read as another
@@ -19,7 +20,7 @@ from typing import Optional
 from tuneforge.data.sources import Record
 from tuneforge.errors import DataError
 
-FORMATS = ("auto", "alpaca", "chat", "completion", "preference", "kto")
+FORMATS = ("auto", "alpaca", "chat", "completion", "preference", "kto", "prompt")
 #: field names ``data.columns`` may map (canonical name -> the record's own key)
 RECORD_FIELDS = ("instruction", "input", "output", "system", "messages", "conversations", "text", "prompt",
                  "chosen", "rejected", "tools", "completion", "label", "kto_tag")
@@ -29,13 +30,17 @@ SUPPORTED_LAYOUTS = ("supported layouts: chat ('messages' [{role, content}] or '
                      "tool calls included), alpaca ('instruction' + 'output'), completion ('text'), preference "
                      "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo, orpo, "
                      "simpo), kto ('prompt' + 'completion' + 'label' true/false, or an alpaca/chat record with "
-                     "'kto_tag' true/false; loss=kto)")
+                     "'kto_tag' true/false; loss=kto), prompt ('prompt' alone, plus any reference fields; loss=grpo)")
 #: example kinds that only a loss naming them in ``LossSpec.requires`` may train on -> why any other
 #: loss must not (the host refuses the run in one line naming the losses that do)
 KINDS_NEEDING_THEIR_LOSS = {
     "kto": "its answers are marked desirable or undesirable (label/kto_tag true/false), and a loss that does "
            "not read the mark, such as SFT, would also train the model to write the undesirable ones",
+    "prompt": "they are prompts without an answer to learn (an online objective such as loss=grpo generates "
+              "the answers)",
 }
+#: example kinds without an answer to train on (the data quality report's target checks skip them)
+ANSWERLESS_KINDS = ("prompt",)
 #: record keys of multimodal data (LLaMA-Factory), refused when they hold anything
 MEDIA_FIELDS = ("images", "videos", "audios")
 
@@ -83,7 +88,7 @@ def field_name(field: str, columns: dict) -> str:
 
 
 def detect_format(record: Record, columns: Optional[dict] = None) -> str:
-    """The format a record's keys announce: ``preference``, ``kto``, ``chat``, ``alpaca`` or ``completion``."""
+    """The format a record's keys announce: ``preference``, ``kto``, ``chat``, ``alpaca``, ``completion`` or ``prompt``."""
     view = record_view(record, dict(columns or {}))
     keys = view.keys()
     if kto_mark_key(view) or "completion" in keys:
@@ -96,6 +101,8 @@ def detect_format(record: Record, columns: Optional[dict] = None) -> str:
         return "alpaca"
     if "text" in keys:
         return "completion"
+    if "prompt" in keys:
+        return "prompt"
     raise DataError(f"{record.source}: cannot tell the record's format from its keys "
                     f"{sorted(map(str, record.data))}; {SUPPORTED_LAYOUTS} "
                     "(map other key names with data.columns, or set data.format)")

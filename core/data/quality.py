@@ -19,7 +19,7 @@ import statistics
 from collections import Counter
 from typing import Optional, Sequence
 
-from tuneforge.data import IGNORE_INDEX, message_text
+from tuneforge.data import IGNORE_INDEX, ANSWERLESS_KINDS, message_text
 from tuneforge.errors import DataError
 
 
@@ -58,8 +58,13 @@ def _duplicates(keys: Sequence[str]) -> int:
     return len(keys) - len(set(keys))
 
 
+def _with_targets(examples: Sequence[dict]) -> list:
+    """The examples that carry a target (not the prompts an online objective answers itself)."""
+    return [ex for ex in examples if ex.get("format") not in ANSWERLESS_KINDS]
+
+
 def _empty_targets(examples: Sequence[dict]) -> int:
-    return sum(not prompt_and_target(ex)[1].strip() for ex in examples)
+    return sum(not prompt_and_target(ex)[1].strip() for ex in _with_targets(examples))
 
 
 def identical_pairs(examples: Sequence[dict]) -> Optional[list]:
@@ -73,6 +78,7 @@ def identical_pairs(examples: Sequence[dict]) -> Optional[list]:
 
 def label_balance(examples: Sequence[dict], max_labels: int = 10) -> Optional[dict]:
     """``{target: count}`` when the data looks like classification (few distinct, repeated targets)."""
+    examples = _with_targets(examples)
     targets = Counter(prompt_and_target(ex)[1].strip() for ex in examples)
     if not examples or len(targets) > max_labels or len(targets) * 2 > len(examples):
         return None

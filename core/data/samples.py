@@ -22,6 +22,10 @@ of four formats:
   answer) record with ``kto_tag`` (true/false).  Only a loss declaring
   ``requires=("kto",)`` trains on it (SFT would also learn the undesirable
   answers; the host refuses that, see :data:`~tuneforge.data.columns.KINDS_NEEDING_THEIR_LOSS`).
+* ``prompt``: ``prompt`` alone (a string or a message list ending with a user
+  turn), optional ``system``; its other fields are reference fields that
+  rewards read from the record (online objectives such as ``loss=grpo``
+  generate the answers; no other loss trains on such examples).
 
 Multimodal records are refused.
 
@@ -439,8 +443,28 @@ def _kto(record: Record, view: dict, columns: dict) -> Sample:
     return Sample("kto", messages=prompt, completion=completion, desirable=desirable, plain=plain, tools=tools)
 
 
+def _prompt(record: Record, view: dict, columns: dict) -> Sample:
+    """A prompt without an answer (online objectives generate it); the other fields stay in the record."""
+    _require(record, view, ("prompt",), "prompt", columns)
+    value = view["prompt"]
+    if isinstance(value, str):
+        text = _string(record, "prompt field " + field_name("prompt", columns), value)
+        if not text.strip():
+            raise DataError(f"{record.source}: prompt field {field_name('prompt', columns)} is empty")
+        prompt = _system_first(record, view, columns, [{"role": "user", "content": text}])
+    else:
+        prompt = _system_first(record, view, columns,
+                               _message_list(record, record_key("prompt", columns), value, columns))
+    if prompt[-1]["role"] != "user":
+        raise DataError(f"{record.source}: the prompt must end with a user message, not a "
+                        f"{prompt[-1]['role']} one")
+    plain = [m["role"] for m in prompt if m["role"] != "system"] == ["user"]
+    return Sample("prompt", messages=prompt, plain=plain,
+                  tools=_tools(record, record_key("tools", columns), view.get("tools")))
+
+
 _NORMALIZERS = {"alpaca": _alpaca, "chat": _chat, "completion": _completion, "preference": _preference,
-                "kto": _kto}
+                "kto": _kto, "prompt": _prompt}
 
 
 def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None) -> Sample:

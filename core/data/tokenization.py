@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from typing import Any, Optional, Sequence
 
-from tuneforge.data.chat_templates import ALPACA_PROMPT, assistant_spans, resolve_chat_template
+from tuneforge.data.chat_templates import ALPACA_PROMPT, assistant_spans, render_prompt, resolve_chat_template
 from tuneforge.data.samples import Sample, normalize_records, record_places
 from tuneforge.data.sources import Record
 from tuneforge.errors import DataError
@@ -107,6 +107,11 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
                     train_on_inputs: bool = False) -> dict:
     """The tokenized fields of one sample (without ``record``/``source``).
 
+    prompt: ``input_ids`` of the rendered prompt with the generation prompt (as
+    generation sees it, :func:`~tuneforge.data.chat_templates.render_prompt`),
+    ``labels`` all ``IGNORE_INDEX`` (nothing to learn: an online objective
+    generates the answer), ``messages``.
+
     alpaca/chat: ``input_ids``, ``labels``, ``messages``.  completion:
     ``input_ids``, ``labels`` (all trained), ``text``.  preference:
     ``chosen_input_ids``, ``chosen_labels``, ``rejected_input_ids``,
@@ -121,6 +126,13 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
     if sample.format == "completion":
         return dict(tokenize_text(tokenizer, sample.text), text=sample.text)
     extra = {"tools": sample.tools} if sample.tools else {}
+    if sample.format == "prompt":
+        if not sample.plain and not resolve_chat_template(tokenizer, chat_template):
+            raise DataError("the tokenizer has no chat template to render this conversation; set "
+                            "data.chat_template (a Jinja template, or 'chatml')")
+        ids = list(tokenizer(render_prompt(tokenizer, sample.messages, chat_template, tools=sample.tools),
+                             add_special_tokens=False)["input_ids"])
+        return dict(input_ids=ids, labels=[IGNORE_INDEX] * len(ids), messages=sample.messages, **extra)
     if sample.format == "preference":
         out = {}
         for side, response in (("chosen", sample.chosen), ("rejected", sample.rejected)):
@@ -220,13 +232,15 @@ def tokenize_samples(pairs: Sequence[tuple], tokenizer, *, max_length: int = 102
         keys = _sequence_keys(example)
         was_cut = False
         if any(len(example[k]) > max_length for k in keys):
-            if truncation == "drop":
+            if truncation == "drop" or sample.format == "prompt":  # a cut prompt loses its generation prompt
                 dropped.append([record.source, "too long"])
                 results.append(None)
                 continue
             was_cut = True
             example.update({k: example[k][:max_length] for k in keys})
         untrained = [k for k in keys if k.endswith("labels") and all(t == IGNORE_INDEX for t in example[k])]
+        if untrained and sample.format == "prompt":
+            untrained = []  # a prompt trains nothing by itself
         if untrained and was_cut:
             # the prompt alone fills max_length: nothing left to learn from, so leave it out (counted)
             dropped.append([record.source, "prompt fills max_length"])

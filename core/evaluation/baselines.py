@@ -217,13 +217,14 @@ def generation_seconds_per_query(timings: dict, set_name: str = "val") -> Option
 
 
 def run_baselines(baselines: dict, evaluators: dict, settings, model, tokenizer, splits, context=None,
-                  done: Optional[dict] = None, retrievers=None) -> tuple:
+                  done: Optional[dict] = None, retrievers=None, rewards=None) -> tuple:
     """Every selected baseline as a column: ``({key: column}, {key: why it was skipped})``.
 
     ``baselines`` and ``evaluators`` map config keys to validated components
     (``RunConfig.baselines`` / ``.evaluators``); ``retrievers`` is the
     plugins' ``retriever`` registry, from which a baseline's
-    ``build_retriever`` builds.
+    ``build_retriever`` builds; ``rewards``: the run's built rewards, for the evaluators that score with
+    them (``evaluation.rewards``).
 
     Each column is ``{"name", "label", "info", "metrics", "scores", "timings",
     "prompt_tokens", "predictions"}`` (``info``: what the baseline's rewrite
@@ -260,7 +261,8 @@ def run_baselines(baselines: dict, evaluators: dict, settings, model, tokenizer,
             log.warning("baseline %s skipped: %s", key, skipped[key])
             continue
         values, one_pass = run_evaluators(evaluators, settings, model, tokenizer, examples, key,
-                                          chat_template=splits.chat_template, context=context, held_out_only=True)
+                                          chat_template=splits.chat_template, context=context, held_out_only=True,
+                                          rewards=rewards)
         demonstrations = {ex.get("source", ""): ex["demonstrations"] for ex in examples if "demonstrations" in ex}
         rows = merge_predictions({key: one_pass})
         for row in rows:

@@ -64,6 +64,9 @@ class EvaluationPass:
     ``given_outputs``: ``{example source: output text}`` that
     :func:`generate_predictions` returns instead of generating (for
     ``tuneforge.testing.run_evaluator``; None in runs).
+    ``rewards``: the run's selected rewards (:class:`tuneforge.rewards.Rewards`,
+    ``rewards=[...]``), for evaluators that score generations with them; None
+    when the run selects none.
     """
 
     label: str = "eval"
@@ -75,6 +78,7 @@ class EvaluationPass:
     scored_rows: dict = field(default_factory=dict)
     example_scores: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    rewards: Any = None
 
 
 # ---------------------------------------------------------------------------

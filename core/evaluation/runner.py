@@ -13,7 +13,8 @@ log = logging.getLogger("tuneforge")
 
 
 def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, examples, label: str = "eval",
-                   chat_template: Optional[str] = None, context=None, held_out_only: bool = False):
+                   chat_template: Optional[str] = None, context=None, held_out_only: bool = False,
+                   rewards=None):
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
 
     ``evaluators`` maps each ``evaluators.<key>`` to its validated component
@@ -35,14 +36,15 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
     ``held_out_only`` the evaluators whose declared metrics all belong to
     another section than held-out (``forgetting``: they score their own
     reference set, not ``examples``) are skipped: the baseline and
-    memorisation columns need only what depends on ``examples``.
+    memorisation columns need only what depends on ``examples``.  ``rewards``: the run's built
+    rewards (:class:`tuneforge.rewards.Rewards`), given to the evaluators as ``evaluation.rewards``.
     """
     from tuneforge.evaluation import EvaluationPass
     from tuneforge.host.guard import spec_call
     from tuneforge.specs import call_accepting
 
     results = {}
-    one_pass = EvaluationPass(label=label, chat_template=chat_template, context=context)
+    one_pass = EvaluationPass(label=label, chat_template=chat_template, context=context, rewards=rewards)
     was_training = model.training
     home, device = next(model.parameters()).device, _evaluation_device(settings, context)
     model.eval()

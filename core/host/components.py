@@ -5,7 +5,7 @@ it; :func:`run_components` returns the checked run as one object,
 :class:`RunConfig`: the typed settings (:class:`RunSettings`, one instance of
 each root section's dataclass and the root values), the resolved config, and for each selected component
 (``model``, ``data``, ``adapter``, ``loss``, ``optimizer``, every ``evaluators.<key>``,
-``callbacks.<key>`` and ``baselines.<key>``), its spec and an instance of exactly ``spec.config``
+``callbacks.<key>``, ``baselines.<key>`` and ``rewards.<key>``), its spec and an instance of exactly ``spec.config``
 built from the config node (without the host's ``name`` key).  Those instances
 are what the plugins' work functions receive.
 
@@ -19,6 +19,8 @@ The checks, all made before any model loads:
   ``__post_init__`` may refuse values (:mod:`tuneforge.validation`);
 * a loss that declares ``requires`` gets data of those kinds, when the
   dataset can tell (``DatasetSpec.example_kinds``);
+* a loss that scores with rewards (``LossSpec.needs_rewards``) only with some selected
+  (``rewards=[...]``);
 * ``loader.packing=true`` only with a loss and an adapter whose specs say
   ``supports_packing``;
 * a base the model source loads quantized (``ModelSourceSpec.base_quantization``)
@@ -48,7 +50,7 @@ from tuneforge.validation import ConfigValueError
 
 #: component groups with one selected component, and those with several (by key)
 SINGLE_GROUPS = ("model", "data", "adapter", "loss", "optimizer")
-MULTIPLE_GROUPS = ("evaluators", "callbacks", "loggers", "baselines")
+MULTIPLE_GROUPS = ("evaluators", "callbacks", "loggers", "baselines", "rewards")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class RunSettings:
     run_dir: Optional[str]
     threads: Optional[int]
     allow_changed_data: bool
+    init_from: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,8 @@ class RunConfig:
     ``settings``: :class:`RunSettings` (``settings.trainer.max_steps``, ``settings.seed`` ...);
     ``model``, ``data``, ``adapter``, ``loss``, ``optimizer``: the selected :class:`Component` (its ``spec``
     and ``config``, an instance of ``spec.config``; ``optimizer`` is last and may be None only in a
-    RunConfig built by hand, which then cannot train); ``evaluators``, ``callbacks``, ``loggers`` and
-    ``baselines`` map each config key to its component.  ``config`` is the resolved ``DictConfig`` the
+    RunConfig built by hand, which then cannot train); ``evaluators``, ``callbacks``, ``loggers``,
+    ``baselines`` and ``rewards`` map each config key to its component.  ``config`` is the resolved ``DictConfig`` the
     run was composed as (with the components' ``name`` keys), kept for what saves it whole
     (``config.yaml``, the loggers' copy, the checkpoint's identity).
 
@@ -128,6 +131,7 @@ class RunConfig:
     baselines: dict = dataclasses.field(default_factory=dict)
     settings: Optional[RunSettings] = None
     optimizer: Optional[Component] = None
+    rewards: dict = dataclasses.field(default_factory=dict)
 
 
 #: the name the host's modules used before the typed settings joined it
@@ -248,6 +252,8 @@ def _check(cfg, plugins) -> tuple[Optional[RunConfig], list]:
                         for key, node in (resolved.get(group) or {}).items()}
     if found["loss"] is not None and found["data"] is not None:
         problems += _kind_problems(plugins, found["loss"], found["data"])
+    if found["loss"] is not None and found["loss"].spec.needs_rewards and not (resolved.get("rewards") or {}):
+        problems.append(_no_rewards_problem(plugins, found["loss"]))
     if settings is not None and settings.loader.packing:
         problems += _packing_problems(plugins, found)
     if found["model"] is not None:
@@ -447,6 +453,15 @@ def loss_kind_problem(plugins, loss_name: str, loss_spec, kinds, source: str) ->
     use = f"use loss={' or loss='.join(able)}" if able else "no installed loss trains on it"
     return (f"loss={loss_name} cannot train on the {kind} examples {source} gives: "
             f"{KINDS_NEEDING_THEIR_LOSS[kind]}; {use}")
+
+
+def _no_rewards_problem(plugins, loss: Component) -> Problem:
+    """A loss that trains on the run's rewards, in a run that selects none."""
+    names = plugins["rewards"].names()
+    return Problem("rewards", "", line=(
+        f"loss={loss.name} trains on rewards, but the run selects none; select some with rewards=[<name>,...] "
+        f"and their keys, e.g. 'rewards=[regex]' rewards.regex.pattern=<pattern> (installed: "
+        f"{', '.join(names) or 'none'})"))
 
 
 def _packing_problems(plugins, found: dict) -> list:

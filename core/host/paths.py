@@ -88,12 +88,14 @@ def _absolute(value: str, declared: bool) -> str:
 
 
 def absolute_root_paths(resolved) -> None:
-    """``run_dir`` and a checkpoint path in ``resume`` of the resolved root config, in place."""
+    """``run_dir``, ``init_from`` and a checkpoint path in ``resume`` of the resolved root config, in place."""
     from omegaconf import open_dict
 
     with open_dict(resolved):
         if resolved.get("run_dir"):
             resolved.run_dir = setting_path(resolved.run_dir)
+        if resolved.get("init_from"):
+            resolved.init_from = setting_path(resolved.init_from)
         resume = resolved.get("resume")
         if isinstance(resume, str) and resume not in RESUME_WORDS:
             resolved.resume = setting_path(resume)

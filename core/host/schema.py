@@ -354,6 +354,9 @@ class TuneforgeConfig:
     threads: torch CPU threads (null: torch's default).
     allow_changed_data: resume (and ``tuneforge eval``) although a data file's content changed
         since the checkpoint was written (by default that is refused, naming the file).
+    init_from: the directory of an earlier run whose trained adapter (``model/``) this run starts from
+        instead of a fresh one (e.g. a short SFT run before ``loss=grpo``); its model and adapter
+        settings must be this run's (null: start from the adapter's own initialisation).
     """
 
     model: Any = MISSING
@@ -365,6 +368,7 @@ class TuneforgeConfig:
     callbacks: dict = field(default_factory=dict)
     loggers: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
+    rewards: dict = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -380,14 +384,16 @@ class TuneforgeConfig:
     run_dir: Optional[str] = None
     threads: Optional[int] = None
     allow_changed_data: bool = False
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         """Checks the root values; each section (``trainer`` ...) checks itself."""
-        check(self, seed=between(0, 2 ** 32 - 1), threads=at_least(1), resume=_resume)
+        check(self, seed=between(0, 2 ** 32 - 1), threads=at_least(1), resume=_resume, init_from=_init_from)
 
 
 #: the component groups of the root config; the host checks them against the registries
-COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "optimizer", "evaluators", "callbacks", "loggers", "baselines")
+COMPONENT_GROUPS = ("model", "data", "adapter", "loss", "optimizer", "evaluators", "callbacks", "loggers", "baselines",
+                    "rewards")
 #: the root keys typed by their own dataclass (``trainer``, ``optim`` ...)
 ROOT_SECTIONS = tuple(f.name for f in dataclasses.fields(TuneforgeConfig)
                       if dataclasses.is_dataclass(typing.get_type_hints(TuneforgeConfig)[f.name]))
@@ -424,6 +430,17 @@ def _betas(value) -> Optional[str]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         return f"must be two numbers [beta1, beta2], got {value!r}"
     return each(between(0, 1, include_high=False))(value)
+
+
+def _init_from(value) -> Optional[str]:
+    from pathlib import Path
+
+    if value is None or (Path(str(value)).expanduser() / "model").is_dir():
+        return None
+    if not Path(str(value)).expanduser().is_dir():
+        return f"no such run directory: {value}; give the directory of an earlier tuneforge train run"
+    return (f"{value} holds no trained adapter (no model/ folder): give the directory of a finished tuneforge "
+            "train run")
 
 
 def _resume(value) -> Optional[str]:

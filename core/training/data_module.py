@@ -23,14 +23,20 @@ class FineTuneDataModule(pl.LightningDataModule):
     batch is then ``loader.batch_size`` rows, and the rows are what is
     shuffled, sharded by rank, grouped by length and counted in checkpoints.
     Validation batches stay padded (one example per row).
+
+    ``with_records``: every batch also carries ``records``, the source record of each example
+    (a list of dicts, in batch order), for losses that score text against them
+    (``LossSpec.needs_rewards``).
     """
 
     def __init__(self, splits: DataSplits, pad_token_id: int, loader_config, seed: int,
-                 pack_length: Optional[int] = None):
+                 pack_length: Optional[int] = None, with_records: bool = False):
         super().__init__()
         self.splits = splits
         self.collate = partial(pad_batch, pad_token_id=pad_token_id,
                                pad_to_multiple_of=loader_config.pad_to_multiple_of)
+        if with_records:
+            self.collate = partial(_with_records, self.collate)
         self.pack_collate = partial(pack_batch, pad_token_id=pad_token_id,
                                     pad_to_multiple_of=loader_config.pad_to_multiple_of)
         self.loader_config = loader_config
@@ -89,6 +95,14 @@ class FineTuneDataModule(pl.LightningDataModule):
                           collate_fn=self.collate, num_workers=self.loader_config.num_workers,
                           # its own generator: a validation pass must not draw from the global RNG (exact resume)
                           generator=torch.Generator().manual_seed(self.seed))
+
+
+def _with_records(collate, examples) -> dict:
+    """``collate(examples)`` plus ``records``: each example's source record."""
+    examples = list(examples)
+    batch = collate(examples)
+    batch["records"] = [example.get("record") or {} for example in examples]
+    return batch
 
 
 class ShardSampler(Sampler):

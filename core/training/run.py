@@ -254,13 +254,17 @@ def start(state: RunState) -> None:
 
 def build(state: RunState) -> None:
     """The model (source, then adapter), the data (with its quality check: serious problems stop here),
-    the loss and the plugins' callbacks."""
+    the rewards, the loss and the plugins' callbacks."""
     from tuneforge.data import quality
 
     run, settings, metrics = state.run, state.settings, state.metrics
     state.phase = "loading the model"
     model, state.tokenizer = load_source_model(run.model.spec, run.model.config, run.loss.spec.model_head)
     state.model = spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, model, run.adapter.config)
+    if settings.init_from:  # a second stage: the earlier run's trained adapter, not a fresh one
+        from tuneforge.training.init_from import initialise_from_run
+
+        initialise_from_run(state.model, run, settings.init_from)
     if settings.loader.packing:
         from tuneforge.data.packing import check_packing_support
 
@@ -281,10 +285,17 @@ def build(state: RunState) -> None:
         log.warning("data quality: %s", warning)
     quality.check(metrics["quality"], settings.quality)
     evidence_options(settings, splits.val)  # a slice_by field that no held-out record has stops here
+    if run.rewards:
+        from tuneforge.rewards import RewardContext, build_rewards
+
+        state.phase = "building the rewards"
+        state.rewards = build_rewards(run.rewards, RewardContext(tokenizer=state.tokenizer, device=state.context.device,
+                                                                 run_dir=state.run_dir))
     loss = run.loss.spec
     state.loss_fn = guarded_function(origin_of(loss), f"loss '{loss.name}', loss_fn",
                                      spec_call(loss, "build", loss.build, run.loss.config,
-                                               _loss_context(state.plugins, state.tokenizer)))
+                                               _loss_context(state.plugins, state.tokenizer,
+                                                             state.rewards if loss.needs_rewards else None)))
     state.callbacks = [build_callback(c.spec, c.config, state.context) for c in run.callbacks.values()
                        if c.spec.build is not None]
 
@@ -321,13 +332,13 @@ def evaluate_base(state: RunState) -> None:
     else:
         metrics["base"], base_pass = run_evaluators(run.evaluators, state.settings, state.model, state.tokenizer,
                                                     state.splits.val, "base", chat_template=state.splits.chat_template,
-                                                    context=state.context)
+                                                    context=state.context, rewards=state.rewards)
         state.base_rows = merge_predictions({"base": base_pass})
         saved = {"metrics": metrics["base"], "predictions": state.base_rows, "scores": base_pass.example_scores,
                  "timings": base_pass.timings}
     baselines, skipped = run_baselines(run.baselines, run.evaluators, state.settings, state.model, state.tokenizer,
                                        state.splits, state.context, saved.get("baselines"),
-                                       state.plugins["retriever"])
+                                       state.plugins["retriever"], rewards=state.rewards)
     saved["baselines"] = state.baselines = baselines
     state.base = saved
     if state.context.is_main:
@@ -345,7 +356,7 @@ def fit(state: RunState) -> None:
     state.module = _fine_tune_module(state.model, state.loss_fn, settings.optim, settings.trainer.on_nonfinite_loss,
                                      run.optimizer)
     datamodule = _data_module(state.splits, state.tokenizer.pad_token_id, settings.loader, settings.seed,
-                              pack_length=pack_length(run))
+                              pack_length=pack_length(run), with_records=run.loss.spec.needs_rewards)
     checkpointer = CheckpointAndInterrupt(run_dir, settings.checkpoint.every_n_steps, settings.checkpoint.keep_last,
                                           run_identity(run.config), resume_from=state.resume_from,
                                           data_files=state.data_files, requeue_job_id=context.slurm_job_id,
@@ -384,9 +395,9 @@ def evaluate_tuned(state: RunState) -> None:
     metrics["tuned"], state.tuned_pass = run_evaluators(run.evaluators, state.settings, state.model,
                                                         state.tokenizer, state.splits.val, "tuned",
                                                         chat_template=state.splits.chat_template,
-                                                        context=state.context)
+                                                        context=state.context, rewards=state.rewards)
     memorisation, state.train_rows = memorisation_sample(run, state.model, state.tokenizer, state.splits,
-                                                         state.context)
+                                                         state.context, rewards=state.rewards)
     metrics["metric_info"] = describe_metrics(run.evaluators, metrics)
     metrics["cost"] = column_costs(state.tokenizer, state.splits, state.base, state.baselines, state.tuned_pass,
                                    metrics["throughput"])
@@ -538,11 +549,11 @@ def _str(path: Optional[Path]) -> Optional[str]:
     return None if path is None else str(path)
 
 
-def _loss_context(plugins, tokenizer):
+def _loss_context(plugins, tokenizer, rewards=None):
     from tuneforge.losses import LossContext
 
     return LossContext(tokenizer=tokenizer, load_model=lambda model_config: load_model_from_config(
-        plugins, model_config, key="loss.teacher"))
+        plugins, model_config, key="loss.teacher"), rewards=rewards)
 
 
 def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop", optimizer=None):
@@ -551,7 +562,8 @@ def _fine_tune_module(model, loss_fn, optim_cfg, on_nonfinite_loss: str = "stop"
     return FineTuneModule(model, loss_fn, optim_cfg, on_nonfinite_loss, optimizer=optimizer)
 
 
-def _data_module(splits, pad_token_id, loader_cfg, seed, pack_length=None):
+def _data_module(splits, pad_token_id, loader_cfg, seed, pack_length=None, with_records=False):
     from tuneforge.training.data_module import FineTuneDataModule
 
-    return FineTuneDataModule(splits, pad_token_id, loader_cfg, seed, pack_length=pack_length)
+    return FineTuneDataModule(splits, pad_token_id, loader_cfg, seed, pack_length=pack_length,
+                              with_records=with_records)

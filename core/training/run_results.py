@@ -55,10 +55,10 @@ def segment_record(segment: dict, started: float, reduce: bool = True, status: s
             "wall_time_s": time.time() - started, "status": status, **summary}
 
 
-def memorisation_sample(run, model, tokenizer, splits, context) -> tuple:
+def memorisation_sample(run, model, tokenizer, splits, context, rewards=None) -> tuple:
     """The held-out evaluators on ``memorisation.sample`` training examples (drawn with the seed) with the
     tuned model: ``({"sample", "metrics", "scores"} or None, prediction rows of set "train")``.
-    ``run``: the :class:`~tuneforge.host.components.RunConfig`."""
+    ``run``: the :class:`~tuneforge.host.components.RunConfig`; ``rewards``: its built rewards."""
     from tuneforge.evaluation import merge_predictions
 
     size = min(int(run.settings.memorisation.sample or 0), len(splits.train))
@@ -66,7 +66,8 @@ def memorisation_sample(run, model, tokenizer, splits, context) -> tuple:
         return None, []
     sample = random.Random(int(run.settings.seed)).sample(list(splits.train), size)
     values, one_pass = run_evaluators(run.evaluators, run.settings, model, tokenizer, sample, "tuned",
-                                      chat_template=splits.chat_template, context=context, held_out_only=True)
+                                      chat_template=splits.chat_template, context=context, held_out_only=True,
+                                      rewards=rewards)
     rows = [dict(row, set="train") for row in merge_predictions({"tuned": one_pass}) if row["set"] == "val"]
     return {"sample": size, "metrics": values, "scores": one_pass.example_scores}, rows
 

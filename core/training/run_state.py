@@ -23,7 +23,8 @@ class RunState:
     ``earlier_segments``, ``wrote_running`` (this start's ``status.json`` says running).
     ``start``: ``local_processes``, ``group_started``, ``rank_watch`` (this rank's signs of life, a
     multi-process run), ``loggers``.
-    ``build``: ``model``, ``tokenizer``, ``splits``, ``loss_fn``, ``callbacks``.
+    ``build``: ``model``, ``tokenizer``, ``splits``, ``rewards`` (the built rewards, or None), ``loss_fn``,
+    ``callbacks``.
     ``evaluate_base``: ``base`` (the saved base evaluation: ``metrics``, ``predictions``, ``scores``,
     ``timings``, ``baselines``), ``base_rows``, ``baselines``.  ``fit``: ``trainer``, ``module``,
     ``segment``.  ``evaluate_tuned``: ``tuned_pass``, ``train_rows``.
@@ -57,6 +58,7 @@ class RunState:
     tokenizer: Any = None
     splits: Any = None
     loss_fn: Any = None
+    rewards: Any = None
     callbacks: list = field(default_factory=list)
     base: dict = field(default_factory=dict)
     base_rows: list = field(default_factory=list)
