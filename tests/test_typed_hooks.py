@@ -60,6 +60,7 @@ def test_the_hook_annotations_are_the_types_the_host_passes_and_expects():
 
 
 def test_the_spec_callables_protocols_name_their_arguments_and_results():
+    from tuneforge import spec_signatures
     from tuneforge.data import DataSplits
     from tuneforge.losses import LossContext, LossOutput
 
@@ -70,7 +71,7 @@ def test_the_spec_callables_protocols_name_their_arguments_and_results():
                       ("DatasetSpec", "load"): typing.Optional[specs.LoadData],
                       ("AdapterSpec", "apply"): typing.Optional[specs.ApplyAdapter],
                       ("LossSpec", "build"): typing.Optional[specs.BuildLoss]}
-    names = {**vars(specs), **_type_checking_names(specs)}
+    names = {**vars(spec_signatures), **_type_checking_names(spec_signatures)}
     assert typing.get_type_hints(specs.LoadData.__call__, globalns=names)["return"] is DataSplits
     build = typing.get_type_hints(specs.BuildLoss.__call__, globalns=names)
     assert build["context"] is LossContext and build["return"] is specs.LossFunction

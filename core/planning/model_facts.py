@@ -76,8 +76,9 @@ _CACHE: dict = {}
 
 def model_facts(run) -> ModelFacts:
     """The :class:`ModelFacts` of a validated run's model and adapter (:class:`~tuneforge.host.components.RunConfig`),
-    cached per (model config, adapter config)."""
-    key = (run.model.name, repr(run.model.config), run.adapter.name, repr(run.adapter.config))
+    cached per (model config, adapter config, the loss's model head)."""
+    key = (run.model.name, repr(run.model.config), run.adapter.name, repr(run.adapter.config),
+           run.loss.spec.model_head)
     if key not in _CACHE:
         _CACHE[key] = _facts(run)
     return _CACHE[key]
