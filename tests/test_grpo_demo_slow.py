@@ -13,6 +13,7 @@ from test_demo_slow import ROOT, TUNEFORGE, smollm2_env
 
 
 @pytest.mark.slow
+@pytest.mark.unmeasured  # not in CI's bounded slow step until its time on 2 CPU cores is measured
 def test_grpo_raises_held_out_citation_shape_compliance_on_smollm2(tmp_path):
     run_dir = tmp_path / "run"
     done = subprocess.run([str(TUNEFORGE), "train", "+experiment=legal_citations_grpo", f"run_dir={run_dir}",
