@@ -69,6 +69,44 @@ def loss_weight(output: LossOutput) -> float:
     return 1.0 if output.num_tokens is None else float(output.num_tokens)
 
 
+class ReferenceModel:
+    """The reference of an objective that keeps the policy close to the base model (``dpo``, ``kto``,
+    ``grpo``): the trained model with its PEFT adapter disabled (no second copy of the weights), or, for a
+    model without a PEFT adapter (``adapter=full``/``freeze``), a frozen copy taken the first time it is
+    needed (before the first optimizer step).  One instance per built loss."""
+
+    def __init__(self):
+        self._source_id, self._copy = None, None
+
+    def run(self, model, forward, *inputs):
+        """``forward(reference, *inputs)`` without gradients, ``reference`` being ``model``'s reference."""
+        import torch
+
+        with torch.no_grad():
+            if is_peft_model(model):
+                with model.disable_adapter():
+                    return forward(model, *inputs)
+            return forward(self._frozen_copy(model), *inputs)
+
+    def _frozen_copy(self, model):
+        import copy
+
+        if self._copy is None or self._source_id != id(model):
+            self._copy = copy.deepcopy(model).eval()
+            self._copy.requires_grad_(False)
+            self._source_id = id(model)
+        return self._copy
+
+
+def is_peft_model(model) -> bool:
+    """Whether ``model`` is a ``peft.PeftModel`` (its adapter can be switched off)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
 # ---------------------------------------------------------------------------
 # Forward passes
 # ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Optional
 import tuneforge
 from tuneforge.data import IGNORE_INDEX
 from tuneforge.errors import ConfigError
-from tuneforge.losses import LossOutput
+from tuneforge.losses import LossOutput, ReferenceModel
 from tuneforge.validation import at_least, check, greater_than, one_of
 
 
@@ -176,30 +176,6 @@ def left_padded(rows: list, pad_id: int, device):
     return ids, mask
 
 
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)
-
-
-class _FrozenReference:
-    """A frozen copy of a non-PEFT model (``adapter=full``/``freeze``), taken the first time it is needed."""
-
-    def __init__(self):
-        self.source_id, self.copy = None, None
-
-    def get(self, model):
-        import copy
-
-        if self.copy is None or self.source_id != id(model):
-            self.copy = copy.deepcopy(model).eval()
-            self.copy.requires_grad_(False)
-            self.source_id = id(model)
-        return self.copy
-
-
 def _stop_ids(model, tokenizer) -> list:
     stops = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -217,7 +193,7 @@ def build_grpo(config: GRPOConfig, context):
         raise ConfigError("loss=grpo trains on rewards, but the run selects none; select some with "
                           "'rewards=[regex]' rewards.regex.pattern=<pattern>")
     tokenizer = context.tokenizer
-    frozen = _FrozenReference()
+    reference_model = ReferenceModel()
     group = config.group_size
 
     def sample(model, ids, mask, stops):
@@ -269,12 +245,7 @@ def build_grpo(config: GRPOConfig, context):
         logps = logps_of(model, ids, mask, completions)
         ref_logps = None
         if config.beta:
-            with torch.no_grad():
-                if _is_peft(model):
-                    with model.disable_adapter():
-                        ref_logps = logps_of(model, ids, mask, completions)
-                else:
-                    ref_logps = logps_of(frozen.get(model), ids, mask, completions)
+            ref_logps = reference_model.run(model, logps_of, ids, mask, completions)
         losses = per_token_loss(logps, logps.detach(), advantages, ref_logps, epsilon=config.epsilon,
                                 epsilon_high=config.epsilon_high, beta=config.beta)
         loss, units = aggregate(losses, done, config.aggregation)

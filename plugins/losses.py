@@ -19,6 +19,7 @@ from tuneforge.data import IGNORE_INDEX
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.losses import (
     LossOutput,
+    ReferenceModel,
     causal_lm_logits,
     chunked_cross_entropy_sums,
     dpo_loss,
@@ -271,43 +272,6 @@ def _pair_batch(batch, loss: str = "dpo"):
     return {key: torch.cat(value) for key, value in parts.items()}
 
 
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)
-
-
-class _FrozenReference:
-    """A frozen copy of a non-PEFT model, taken the first time it is needed."""
-
-    def __init__(self):
-        self.source_id = None
-        self.copy = None
-
-    def get(self, model):
-        import copy
-
-        if self.copy is None or self.source_id != id(model):
-            self.copy = copy.deepcopy(model).eval()
-            self.copy.requires_grad_(False)
-            self.source_id = id(model)
-        return self.copy
-
-
-def _reference_logps(model, frozen: _FrozenReference, logps, *inputs):
-    """``logps(reference model, *inputs)`` without gradients; the reference is the model with its PEFT adapter
-    disabled, or a frozen copy of a non-PEFT model."""
-    import torch
-
-    with torch.no_grad():
-        if _is_peft(model):
-            with model.disable_adapter():
-                return logps(model, *inputs)
-        return logps(frozen.get(model), *inputs)
-
-
 def _pair_metrics(chosen_reward, rejected_reward) -> dict:
     """Reward metrics of preference pairs (the loss's own implicit rewards, detached)."""
     chosen_reward, rejected_reward = chosen_reward.detach(), rejected_reward.detach()
@@ -317,7 +281,7 @@ def _pair_metrics(chosen_reward, rejected_reward) -> dict:
 
 
 def build_dpo(config: DPOConfig, context=None):
-    frozen = _FrozenReference()
+    reference_model = ReferenceModel()
 
     def logps(model, pairs):
         logits = causal_lm_logits(model, pairs["input_ids"], pairs["attention_mask"])
@@ -330,7 +294,7 @@ def build_dpo(config: DPOConfig, context=None):
         pairs = _pair_batch(batch)
         n = batch["chosen_input_ids"].size(0)
         policy = logps(model, pairs)
-        reference = _reference_logps(model, frozen, logps, pairs)
+        reference = reference_model.run(model, logps, pairs)
         losses = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], beta=config.beta,
                           variant=config.variant, label_smoothing=config.label_smoothing)
         metrics = _pair_metrics(config.beta * (policy[:n] - reference[:n]), config.beta * (policy[n:] - reference[n:]))
@@ -425,7 +389,7 @@ def _sign_accuracy(rewards, desirable):
 
 
 def build_kto(config: KTOConfig, context=None):
-    frozen = _FrozenReference()
+    reference_model = ReferenceModel()
 
     def logps(model, batch):
         logits = causal_lm_logits(model, batch["input_ids"], batch["attention_mask"])
@@ -446,7 +410,7 @@ def build_kto(config: KTOConfig, context=None):
         policy = logps(model, batch)
         with torch.no_grad():
             policy_mismatched = logps(model, mismatched)
-        reference, reference_mismatched = _reference_logps(model, frozen, both, batch, mismatched)
+        reference, reference_mismatched = reference_model.run(model, both, batch, mismatched)
         kl = kto_reference_point(policy_mismatched, reference_mismatched)
         losses = kto_loss(policy, reference, desirable, kl, beta=config.beta,
                           desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
