@@ -262,9 +262,10 @@ def test_full_fine_tuning_trains_a_reward_model_that_eval_reads_back(tmp_path):
     assert type(saved).__name__ == "LlamaForSequenceClassification"
     for (name, a), (_, b) in zip(folder.state_dict().items(), saved.state_dict().items()):
         assert torch.equal(a, b), name
-    from tuneforge.commands.export import export_run  # tuneforge export writes the same reward model
+    from tuneforge.commands.export import auto_class_of, export_run  # export writes the same reward model
 
     exported = AutoModelForSequenceClassification.from_pretrained(export_run(tmp_path / "run", tmp_path / "out"))
+    assert auto_class_of(tmp_path / "out") == "AutoModelForSequenceClassification"  # what export tells to load it with
     assert all(torch.equal(a, b) for a, b in zip(folder.state_dict().values(), exported.state_dict().values()))
 
 

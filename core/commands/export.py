@@ -9,7 +9,8 @@ full fine-tunes are exported as loaded).  An adapter that cannot be merged
 (prefix or prompt tuning) stops the export before ``out`` is touched.  The
 folder holds safetensors weights, ``config.json``, the generation config and
 the tokenizer with the chat template training used, so
-``AutoModelForCausalLM.from_pretrained(out)`` loads it without tuneforge.
+``AutoModelForCausalLM.from_pretrained(out)`` (a reward model: ``AutoModelForSequenceClassification``) loads
+it without tuneforge.
 With ``format=gguf`` the merged model is written by
 :mod:`tuneforge.commands.gguf_export` (``gguf.dtype=f16|f32|q8_0``) to the
 file ``out`` (e.g. ``tuned.gguf``), with the tokenizer and chat template in
@@ -133,4 +134,23 @@ def export_command(args: list) -> None:
         print(f"exported to {out} (llama.cpp: llama-cli -m {out}; transformers: gguf_file=)")
         return
     out = export_run(values["run_dir"], values["out"], overwrite=values["overwrite"], force=values["force"])
-    print(f"exported to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    print(f"exported to {out} (load with transformers.{auto_class_of(out)}.from_pretrained)")
+
+
+def auto_class_of(folder: Path) -> str:
+    """The ``transformers`` auto class that loads the model saved in ``folder``: the one of
+    :data:`tuneforge.model_heads.MODEL_HEADS` whose head its architecture ends with (a reward model:
+    ``AutoModelForSequenceClassification``), else ``AutoModelForCausalLM``."""
+    import json
+
+    from tuneforge.model_heads import CAUSAL_LM, MODEL_HEADS
+
+    try:
+        architectures = json.loads((Path(folder) / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        architectures = []
+    for auto_class in MODEL_HEADS.values():
+        suffix = auto_class[len("AutoModel"):]
+        if any(str(name).endswith(suffix) for name in architectures):
+            return auto_class
+    return MODEL_HEADS[CAUSAL_LM]
