@@ -128,7 +128,7 @@ def test_simpo_equals_trl(label_smoothing):
     torch.testing.assert_close(ours, trl_losses.float(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("seed, kl_clamped", [(5, False), (0, True)])
+@pytest.mark.parametrize("seed, kl_clamped", [(0, False), (5, True)])
 def test_kto_equals_trl(seed, kl_clamped):
     """The same batch (TRL tokenizes and collates it, and builds its mismatched pairs), the same LoRA policy and
     the same reference (the adapter disabled): tuneforge's kto loss equals TRL's KTOTrainer loss."""
@@ -136,6 +136,7 @@ def test_kto_equals_trl(seed, kl_clamped):
     from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
+    torch.manual_seed(0)  # the LoRA initialisation too: not whatever the tests before left in the generator
     base, tokenizer = load_tiny(TinyModelConfig())
     model = adapters.apply_lora(base, adapters.LoraAdapterConfig(lora_dropout=0.0))
     config = losses.KTOConfig(beta=0.3, desirable_weight=1.0, undesirable_weight=1.5)
