@@ -81,11 +81,11 @@ class Rewards:
         if not len(prompts) == len(completions) == len(records):
             raise ValueError(f"Rewards.score: {len(prompts)} prompts, {len(completions)} completions and "
                              f"{len(records)} records; give one of each per completion")
+        from tuneforge.host.guard import spec_call
+
         total = [0.0] * len(completions)
         each = {}
         for reward in self._rewards:
-            from tuneforge.host.guard import spec_call
-
             values = spec_call(reward.spec, "score", reward.score, list(prompts), list(completions), list(records))
             values = checked_scores(reward, values, len(completions))
             each[reward.key] = values

@@ -30,6 +30,7 @@ from typing import Optional
 import tuneforge
 from tuneforge.data import IGNORE_INDEX
 from tuneforge.errors import ConfigError
+from tuneforge.evaluation.generation import stop_token_ids
 from tuneforge.losses import LossOutput, ReferenceModel
 from tuneforge.validation import at_least, check, greater_than, one_of
 
@@ -176,14 +177,6 @@ def left_padded(rows: list, pad_id: int, device):
     return ids, mask
 
 
-def _stop_ids(model, tokenizer) -> list:
-    stops = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    stops |= set(configured if isinstance(configured, (list, tuple)) else [configured])
-    stops.discard(None)
-    return sorted(stops)
-
-
 def build_grpo(config: GRPOConfig, context):
     import torch
     from transformers import GenerationConfig
@@ -229,7 +222,7 @@ def build_grpo(config: GRPOConfig, context):
         device = batch["input_ids"].device
         repeated = [row for row in prompts for _ in range(group)]
         prompt_ids, prompt_mask = left_padded(repeated, tokenizer.pad_token_id, device)
-        stops = _stop_ids(model, tokenizer)
+        stops = stop_token_ids(model, tokenizer)
         draw = sample if training else sample_outside_training
         completions = draw(model, prompt_ids, prompt_mask, stops)
         done = completion_mask(completions, stops)

@@ -164,6 +164,16 @@ def model_device(model):
     return next(model.parameters()).device
 
 
+def stop_token_ids(model, tokenizer) -> list:
+    """The token ids that end a generation: the tokenizer's end-of-sequence token and those of the model's
+    generation config (one id or a list), sorted."""
+    stops = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops |= set(configured if isinstance(configured, (list, tuple)) else [configured])
+    stops.discard(None)
+    return sorted(stops)
+
+
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 64, batch_size: int = 8) -> list:
     """Greedy continuations of ``prompts`` (texts), generated in left-padded batches.
 
@@ -177,10 +187,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
 
     if max_new_tokens < 1 or batch_size < 1:
         raise ConfigError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
-    eos = {tokenizer.eos_token_id}
-    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos |= set(model_eos if isinstance(model_eos, (list, tuple)) else [model_eos])
-    eos.discard(None)
+    eos = set(stop_token_ids(model, tokenizer))
     settings = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=False, num_beams=1,
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
     device = model_device(model)
