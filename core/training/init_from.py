@@ -38,14 +38,14 @@ def initialise_from_run(model, run, init_from) -> int:
     import torch
 
     from tuneforge.commands.run_loading import read_run_config
-    from tuneforge.host.guard import spec_call
-    from tuneforge.training.model_io import load_saved_model
+    from tuneforge.training.model_io import load_saved_model, load_source_model
 
     folder = Path(init_from)
     earlier = read_run_config(folder)
     same_model_and_adapter(earlier, run.config, init_from)
-    base, _ = spec_call(run.model.spec, "load", run.model.spec.load, run.model.config)
-    trained = dict(load_saved_model(run.adapter.spec, base, folder / "model").named_parameters())
+    head = run.loss.spec.model_head
+    base, _ = load_source_model(run.model.spec, run.model.config, head)
+    trained = dict(load_saved_model(run.adapter.spec, base, folder / "model", head=head).named_parameters())
     wanted = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
     missing = [name for name, _ in wanted if name not in trained]
     if missing or not wanted:
