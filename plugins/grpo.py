@@ -30,7 +30,7 @@ from typing import Optional
 import tuneforge
 from tuneforge.data import IGNORE_INDEX
 from tuneforge.errors import ConfigError
-from tuneforge.evaluation.generation import stop_token_ids
+from tuneforge.evaluation import stop_token_ids
 from tuneforge.losses import LossOutput, ReferenceModel
 from tuneforge.validation import at_least, check, greater_than, one_of
 

@@ -29,6 +29,7 @@ from tuneforge.evaluation.generation import (
     record_predictions,
     record_scores,
     split_example,
+    stop_token_ids,
     user_message,
     with_few_shot,
 )
@@ -47,7 +48,7 @@ from tuneforge.evaluation.sharding import batches_of, distributed_world, map_bat
 __all__ = [
     "EvaluationPass", "batches_of", "decode_outputs", "distributed_world", "few_shot_messages", "generate",
     "generate_predictions", "map_batches", "merge_predictions", "model_device", "prompts_and_references",
-    "record_predictions", "split_example", "user_message", "with_few_shot",
+    "record_predictions", "split_example", "stop_token_ids", "user_message", "with_few_shot",
     "demonstration_pool", "demonstration_turns", "query_text", "record_scores", "with_demonstrations",
     "rank_all", "search_terms",
     "SCHEMA_VERSION", "MetricsFileError", "RunMetrics", "metric_change", "metric_description", "metric_interval",
