@@ -30,7 +30,7 @@ from typing import Optional
 import tuneforge
 from tuneforge.data import IGNORE_INDEX
 from tuneforge.errors import ConfigError
-from tuneforge.evaluation import stop_token_ids
+from tuneforge.evaluation import decode_outputs, stop_token_ids
 from tuneforge.losses import LossOutput, ReferenceModel
 from tuneforge.validation import at_least, check, greater_than, one_of
 
@@ -226,10 +226,11 @@ def build_grpo(config: GRPOConfig, context):
         draw = sample if training else sample_outside_training
         completions = draw(model, prompt_ids, prompt_mask, stops)
         done = completion_mask(completions, stops)
-        texts = tokenizer.batch_decode([c[:int(m.sum())].tolist() for c, m in zip(completions, done)],
-                                       skip_special_tokens=True)
+        # as the evaluation decodes: a completion cut inside a multi-byte character loses the partial character
+        texts = decode_outputs(tokenizer, [c[:int(m.sum())].tolist() for c, m in zip(completions, done)],
+                               [*stops, tokenizer.pad_token_id])
         prompt_texts = tokenizer.batch_decode(prompts, skip_special_tokens=False)
-        scores = rewards.score([text for text in prompt_texts for _ in range(group)], [t.strip() for t in texts],
+        scores = rewards.score([text for text in prompt_texts for _ in range(group)], texts,
                                [record for record in records for _ in range(group)])
         reward = torch.tensor(scores.total, dtype=torch.float32, device=device)
         advantages = group_advantages(reward, group, config.scale_rewards, config.std_eps)

@@ -97,6 +97,36 @@ def test_one_step_on_the_objective_raises_the_likelihood_of_the_better_completio
     assert change[0] > 0 and change[3] > 0 and change[1] < 0 and change[2] < 0, change
 
 
+def test_sampled_completions_are_decoded_as_the_evaluation_decodes_them(tmp_path, monkeypatch):
+    """A completion cut by max_new_tokens inside a multi-byte character reaches the rewards without the
+    partial character (U+FFFD), as the held-out evaluation decodes it; one that stopped keeps its text."""
+    from tuneforge.losses import LossContext
+    from tuneforge.plugins.models import TinyModelConfig, load_tiny
+
+    (tmp_path / "seen_rewards.py").write_text("SEEN = []\ndef record(prompt, completion, record):\n"
+                                              "    SEEN.append(completion)\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import seen_rewards
+
+    torch.manual_seed(0)
+    model, tokenizer = load_tiny(TinyModelConfig())
+    cut = tokenizer.encode("ok é", add_special_tokens=False)[:-1]  # ends inside the two bytes of "é"
+    stopped = tokenizer.encode("ok", add_special_tokens=False) + [tokenizer.eos_token_id]
+    width = len(cut)
+    assert len(stopped) <= width
+    fixed = torch.tensor([cut, stopped + [tokenizer.pad_token_id] * (width - len(stopped))])
+    monkeypatch.setattr(model, "generate", lambda input_ids, **_: torch.cat([input_ids, fixed[:input_ids.size(0)]], 1))
+    rewards = _rewards(python=builtin.PythonRewardConfig(function="seen_rewards:record"))
+    loss_fn = grpo.build_grpo(grpo.GRPOConfig(group_size=2, max_new_tokens=width, beta=0.0),
+                              LossContext(tokenizer=tokenizer, load_model=None, rewards=rewards))
+    prompt = tokenizer.encode("Say ok:", add_special_tokens=False)
+    batch = {"input_ids": torch.tensor([prompt]), "attention_mask": torch.ones(1, len(prompt), dtype=torch.long),
+             "labels": torch.full((1, len(prompt)), -100)}
+    loss_fn(model, batch)
+    assert seen_rewards.SEEN == ["ok", "ok"], seen_rewards.SEEN
+    assert tokenizer.decode(cut).endswith("\ufffd")  # what the rewards saw before
+
+
 def _trl_loss(loss_type, logps, old, ref, advantages, mask, beta, epsilon):
     """TRL's GRPOTrainer._compute_loss on given log-probabilities (its own code, with a stand-in for the
     trainer's state)."""
