@@ -72,6 +72,10 @@ class ModelFacts:
 
 
 _CACHE: dict = {}
+#: architectures read per model component (a GGUF base's header takes a second to parse), and the
+#: meta-device base models built from them per head: a plan's suggestions size the same model again
+_ARCHITECTURES: dict = {}
+_BASE_MODELS: dict = {}
 
 
 def model_facts(run) -> ModelFacts:
@@ -86,7 +90,14 @@ def model_facts(run) -> ModelFacts:
 
 def read_architecture(model) -> Any:
     """The ``transformers`` config of the run's model source (``model`` is the run's model component),
-    read without the weights; :class:`PlanUnavailable` when the source cannot."""
+    read without the weights (once per model component); :class:`PlanUnavailable` when the source cannot."""
+    key = (model.name, repr(model.config))
+    if key not in _ARCHITECTURES:
+        _ARCHITECTURES[key] = _read_architecture(model)
+    return _ARCHITECTURES[key]
+
+
+def _read_architecture(model) -> Any:
     from tuneforge.host.guard import spec_call
 
     spec = model.spec
@@ -109,9 +120,15 @@ def _facts(run) -> ModelFacts:
 def _facts_of(run, architecture) -> ModelFacts:
     import torch
 
+    import copy
+
     weight_bytes = _dtype_bytes(architecture, torch)
-    model = meta_model(architecture, run.loss.spec.model_head)
-    model.to({2: torch.bfloat16, 8: torch.float64}.get(weight_bytes, torch.float32))  # as the source loads it
+    base_key = (id(architecture), run.loss.spec.model_head)
+    if base_key not in _BASE_MODELS:
+        base_model = meta_model(architecture, run.loss.spec.model_head)
+        base_model.to({2: torch.bfloat16, 8: torch.float64}.get(weight_bytes, torch.float32))  # as the source loads it
+        _BASE_MODELS[base_key] = (architecture, base_model)  # the architecture kept alive: its id stays its own
+    model = copy.deepcopy(_BASE_MODELS[base_key][1])  # the adapter changes the model it is given
     architecture_name = type(model).__name__
     base = _count(model.parameters())
     linear_weights, linear_rows = _quantizable_linears(model)
