@@ -1,4 +1,5 @@
-"""Evaluators ``perplexity`` (held-out loss) and ``choice`` (multiple choice by option log-likelihood)."""
+"""Evaluators ``perplexity`` (held-out loss), ``choice`` (multiple choice by option log-likelihood) and
+``preference`` (held-out preference pairs by answer log-likelihood)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tuneforge.data import IGNORE_INDEX, pad_batch
 from tuneforge.errors import DataError
 from tuneforge.evaluation import (EvaluationPass, map_batches, prompts_and_references, record_predictions,
                                   record_scores, split_example, user_message)
-from tuneforge.losses import shift_for_next_token
+from tuneforge.losses import causal_lm_logits, sequence_logps, shift_for_next_token
 from tuneforge.plugins.evaluators_generation import valid_few_shot
 from tuneforge.validation import at_least, check, non_empty
 
@@ -173,6 +174,60 @@ def evaluate_choice(model, tokenizer, examples, config: ChoiceConfig, set_name: 
     return {"accuracy": hits / len(examples)}
 
 
+@dataclass
+class PreferenceConfig:
+    """batch_size: preference pairs per forward pass (each pair is two sequences)."""
+
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        check(self, batch_size=at_least(1))
+
+
+PAIR_KEYS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+
+
+def evaluate_preference(model, tokenizer, examples, config: PreferenceConfig, *,
+                        evaluation: Optional[EvaluationPass] = None) -> dict:
+    """On held-out preference pairs: ``accuracy``, the share of pairs whose chosen answer has the higher mean
+    log-probability per answer token (a tie counts as wrong), and ``logp_margin``, the mean of that difference.
+    The same measure for the base model and the tuned one, whatever the loss (the loss's own ``val/reward_*``
+    are relative to its reference, zero for the base model by definition); per-pair scores are recorded for
+    the run's intervals."""
+    import torch
+
+    examples = list(examples)
+    if not examples:
+        return {}
+    for example in examples:
+        if any(key not in example for key in PAIR_KEYS):
+            raise DataError(f"{example.get('source', '<held-out example>')}: evaluators=[preference] needs "
+                            "preference pairs (chosen + rejected answers); this held-out example is not one")
+    device = next(model.parameters()).device
+
+    def average_logps(part, side):
+        rows = [{key: example[f"{side}_{key}"] for key in ("input_ids", "labels")} for example in part]
+        batch = {k: v.to(device) for k, v in pad_batch(rows, tokenizer.pad_token_id).items()}
+        logits = causal_lm_logits(model, batch["input_ids"], batch["attention_mask"])
+        total, count = sequence_logps(logits, batch["labels"])
+        return total / count.clamp(min=1)
+
+    def margins(part):
+        with torch.no_grad():
+            return [float(v) for v in average_logps(part, "chosen") - average_logps(part, "rejected")]
+
+    was_training = model.training
+    model.eval()
+    try:
+        values = [v for part in map_batches(margins, examples, config.batch_size, evaluation) for v in part]
+    finally:
+        model.train(was_training)
+    hits = [1.0 if v > 0 else 0.0 for v in values]
+    record_scores("accuracy", hits, evaluation=evaluation)
+    record_scores("logp_margin", values, evaluation=evaluation)
+    return {"accuracy": sum(hits) / len(hits), "logp_margin": sum(values) / len(values)}
+
+
 PERPLEXITY_METRICS = (
     tuneforge.MetricInfo("loss", higher_is_better=False, is_loss=True,
                          description="mean token loss of the held-out targets"),
@@ -180,6 +235,12 @@ PERPLEXITY_METRICS = (
 )
 CHOICE_ACCURACY = tuneforge.MetricInfo("accuracy", description="share of examples whose most likely option is "
                                                                "the answer")
+PREFERENCE_METRICS = (
+    tuneforge.MetricInfo("accuracy", primary=True,
+                         description="share of held-out pairs whose chosen answer is likelier (mean log-prob per token)"),
+    tuneforge.MetricInfo("logp_margin", description="mean log-prob per token of the chosen answer minus the "
+                                                    "rejected one's"),
+)
 
 
 @tuneforge.hookimpl
@@ -187,4 +248,7 @@ def tuneforge_evaluators():
     return [tuneforge.EvaluatorSpec("perplexity", PerplexityConfig, "held-out loss and perplexity",
                                     evaluate=evaluate_perplexity, metrics=PERPLEXITY_METRICS),
             tuneforge.EvaluatorSpec("choice", ChoiceConfig, "multiple choice by log-likelihood of each option",
-                                    evaluate=evaluate_choice, metrics=(CHOICE_ACCURACY,))]
+                                    evaluate=evaluate_choice, metrics=(CHOICE_ACCURACY,)),
+            tuneforge.EvaluatorSpec("preference", PreferenceConfig,
+                                    "held-out preference pairs: how often the chosen answer is the likelier one",
+                                    evaluate=evaluate_preference, metrics=PREFERENCE_METRICS)]

@@ -291,6 +291,28 @@ def test_preference_loss_trains_reports_held_out_metrics_and_resumes_exactly(tmp
     assert train_losses(tmp_path / "crashed") == pytest.approx(losses_, abs=1e-5)
 
 
+def test_the_preference_evaluator_compares_base_and_tuned_on_held_out_pairs(tmp_path):
+    """evaluators=[preference]: base and tuned get the same held-out measure, with intervals; on KTO data
+    (no pairs) it is one line naming the evaluator."""
+    overrides = [arg if not arg.startswith("evaluators=") else "evaluators=[preference]"
+                 for arg in _overrides(tmp_path, "simpo")]
+    result = run_tiny_fit(tmp_path / "run", overrides=overrides)
+    base, tuned = result.metrics["base"], result.metrics["tuned"]
+    assert tuned["preference/logp_margin"] > base["preference/logp_margin"] + 0.1, (base, tuned)
+    assert tuned["preference/accuracy"] >= base["preference/accuracy"]
+    assert 0 <= tuned["preference/accuracy"] <= 1
+    change = result.metrics["changes"]["change"]["preference/logp_margin"]
+    assert change["low"] <= change["value"] <= change["high"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "preference/accuracy" in report
+
+    kto = [arg if not arg.startswith("evaluators=") else "evaluators=[preference]"
+           for arg in _overrides(tmp_path, "kto_trl")]
+    with pytest.raises(DataError) as error:
+        run_tiny_fit(tmp_path / "kto", overrides=kto)
+    assert "\n" not in str(error.value) and "evaluators=[preference] needs preference pairs" in str(error.value)
+
+
 # ---------------------------------------------------------------------------
 # KTO data: the layouts, labels, and what other losses do with it
 # ---------------------------------------------------------------------------
