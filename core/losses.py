@@ -442,7 +442,19 @@ def kto_loss(policy_logps, reference_logps, desirable, kl, *, beta: float, desir
     return torch.where(desirable.bool(), good, bad)
 
 
-def kto_reference_point(policy_mismatched_logps, reference_mismatched_logps):
+def kto_reference_point(policy_mismatched_logps, reference_mismatched_logps, *, across_processes: bool = False):
     """KTO's reference point: the batch mean of ``policy - reference`` log-probabilities of *mismatched*
-    (prompt, answer) pairs, an estimate of KL(policy || reference), clamped at 0 and detached."""
-    return (policy_mismatched_logps.float() - reference_mismatched_logps.float()).mean().detach().clamp(min=0)
+    (prompt, answer) pairs, an estimate of KL(policy || reference), clamped at 0 and detached.
+
+    ``across_processes``: in a process group (DDP), the mean of every process's estimate, as TRL gathers
+    it, so that all ranks train against one reference point.  Every rank must then call it together
+    (training steps do; a validation pass, whose batches may differ per rank, should not)."""
+    import torch
+
+    estimate = (policy_mismatched_logps.float() - reference_mismatched_logps.float()).mean().detach()
+    if across_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        if world > 1:
+            torch.distributed.all_reduce(estimate, op=torch.distributed.ReduceOp.SUM)
+            estimate = estimate / world
+    return estimate.clamp(min=0)

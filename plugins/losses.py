@@ -411,7 +411,7 @@ def build_kto(config: KTOConfig, context=None):
         with torch.no_grad():
             policy_mismatched = logps(model, mismatched)
         reference, reference_mismatched = reference_model.run(model, both, batch, mismatched)
-        kl = kto_reference_point(policy_mismatched, reference_mismatched)
+        kl = kto_reference_point(policy_mismatched, reference_mismatched, across_processes=model.training)
         losses = kto_loss(policy, reference, desirable, kl, beta=config.beta,
                           desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight)
         rewards = config.beta * (policy - reference).detach()

@@ -66,6 +66,33 @@ def test_kto_on_a_hand_computed_case():
     assert float(kto_reference_point(torch.tensor([-3.0, -3.0]), torch.tensor([-2.0, -2.0]))) == 0.0
 
 
+def _reference_point_on_rank(rank, address, results):
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=2)
+    try:
+        # rank 0 estimates 1.5, rank 1 -0.5: the point is their mean (0.5), clamped only after averaging
+        mismatched = torch.tensor([-0.5, -0.5]) if rank == 0 else torch.tensor([-2.5, -2.5])
+        together = kto_reference_point(mismatched, torch.tensor([-2.0, -2.0]), across_processes=True)
+        alone = kto_reference_point(mismatched, torch.tensor([-2.0, -2.0]))
+        results[rank] = (float(together), float(alone))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_kto_reference_point_is_the_mean_of_every_processs_estimate():
+    """Under DDP every rank trains against one reference point, the mean of the ranks' estimates (TRL
+    gathers it the same way); without across_processes each rank keeps its own."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_reference_point_on_rank, args=(f"tcp://127.0.0.1:{port}", results), nprocs=2)
+    assert results[0] == pytest.approx((0.5, 1.5)) and results[1] == pytest.approx((0.5, 0.0))
+
+
 def test_bad_settings_are_refused_naming_the_key_and_the_valid_values():
     with pytest.raises(ConfigError, match="beta: must be > 0"):
         losses.SimPOConfig(beta=0)
