@@ -101,3 +101,27 @@ def test_tilde_run_dir_is_the_home_folder_for_every_writer(tmp_path):
         assert (run_dir / name).exists(), name
     assert list(work.iterdir()) == []  # no literal ./~ folder
     assert OmegaConf.load(run_dir / "config.yaml").run_dir == str(run_dir)
+
+
+def test_a_rag_corpus_is_part_of_the_runs_data_identity(tmp_path, monkeypatch):
+    """baselines.rag.corpus (a folder here, given relative) is hashed file by file like data.path, and
+    recorded absolute: eval (as a resume) after a document changed is refused as after a data edit."""
+    data = _copy_sample(tmp_path / "project")
+    corpus = tmp_path / "project" / "docs"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("# Vaults\n\nThe vault code of Alba is 1234.\n")
+    (corpus / "b.txt").write_text("The vault code of Brno is 5678.\n")
+    monkeypatch.chdir(tmp_path / "project")
+    run_tiny_fit(Path("run"), overrides=[*[arg for arg in SHORT if not arg.startswith("baselines=")],
+                                         "data.path=data.jsonl", "baselines=[rag]", "baselines.rag.corpus=docs"])
+    run_dir = tmp_path / "project" / "run"
+    assert OmegaConf.load(run_dir / "config.yaml").baselines.rag.corpus == str(corpus)
+    expected = {str(data): file_sha256(data), str(corpus / "a.md"): file_sha256(corpus / "a.md"),
+                str(corpus / "b.txt"): file_sha256(corpus / "b.txt")}
+    assert json.loads((run_dir / "data_files.json").read_text())["files"] == expected
+    from tuneforge.commands.eval import eval_command
+
+    edited = corpus / "b.txt"
+    edited.write_text("The vault code of Brno is 9999.\n")
+    with pytest.raises(TuneforgeError, match=rf"{edited} changed \(sha256 {expected[str(edited)][:12]}\.\.\. then"):
+        eval_command([f"run_dir={run_dir}", "evaluators=[perplexity]", "uncertainty.resamples=0"])
