@@ -33,6 +33,10 @@ def _edit(path: Path) -> None:
     path.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
 
 
+@pytest.mark.fault(fault="`tuneforge eval`, from another working directory, of a run trained on a relative "
+                         "`data.path` that then changed",
+                   outcome="works from any directory (`config.yaml` holds absolute paths); once the file changed, the"
+                           " same one line as a resume (`allow_changed_data=true` evaluates anyway)")
 def test_relative_paths_are_recorded_absolute_and_eval_works_from_another_directory(tmp_path, monkeypatch):
     from tuneforge.commands.eval import eval_command
 
@@ -64,6 +68,9 @@ def test_relative_paths_are_recorded_absolute_and_eval_works_from_another_direct
                   "allow_changed_data=true"])
 
 
+@pytest.mark.fault(fault="`resume=auto` after the data file was edited in place",
+                   outcome="one line naming the file and both sha256 prefixes, with `resume=never` / "
+                           "`allow_changed_data=true` as the ways out")
 def test_resume_auto_onto_edited_data_is_refused_in_one_line(tmp_path):
     data = _copy_sample(tmp_path)
     run_dir = tmp_path / "run"
@@ -89,6 +96,9 @@ def test_resume_auto_onto_edited_data_is_refused_in_one_line(tmp_path):
     assert json.loads((run_dir / "data_files.json").read_text())["files"] == {str(data): file_sha256(data)}
 
 
+@pytest.mark.fault(fault="`run_dir=\"~/x\"` (quoted)",
+                   outcome="everything (job log, `metrics.csv`, checkpoints, `model/`, report) in `$HOME/x`; no `./~`"
+                           " folder")
 def test_tilde_run_dir_is_the_home_folder_for_every_writer(tmp_path):
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
@@ -103,6 +113,9 @@ def test_tilde_run_dir_is_the_home_folder_for_every_writer(tmp_path):
     assert OmegaConf.load(run_dir / "config.yaml").run_dir == str(run_dir)
 
 
+@pytest.mark.fault(fault="a document of the RAG corpus (`baselines.rag.corpus`) edited after the run",
+                   outcome="`tuneforge eval` (and `resume=auto`) refuse in one line naming the document and both "
+                           "sha256 prefixes")
 def test_a_rag_corpus_is_part_of_the_runs_data_identity(tmp_path, monkeypatch):
     """baselines.rag.corpus (a folder here, given relative) is hashed file by file like data.path, and
     recorded absolute: eval (as a resume) after a document changed is refused as after a data edit."""
