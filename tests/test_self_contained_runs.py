@@ -138,3 +138,24 @@ def test_a_rag_corpus_is_part_of_the_runs_data_identity(tmp_path, monkeypatch):
     edited.write_text("The vault code of Brno is 9999.\n")
     with pytest.raises(TuneforgeError, match=rf"{edited} changed \(sha256 {expected[str(edited)][:12]}\.\.\. then"):
         eval_command([f"run_dir={run_dir}", "evaluators=[perplexity]", "uncertainty.resamples=0"])
+
+
+@pytest.mark.parametrize("form", ["string", "list", "mapping"])
+def test_local_data_files_of_a_builder_dataset_are_hashed(tmp_path, monkeypatch, form):
+    """data=hf with a builder name (``json``) reads its records from ``data.data_files``: a file, a list, or a
+    mapping split -> file(s); each local file is made absolute and hashed into the run's identity."""
+    from tuneforge.host.components import run_components
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.training.data_files import data_file_hashes
+
+    train, val = _copy_sample(tmp_path / "a"), _copy_sample(tmp_path / "b")
+    monkeypatch.chdir(tmp_path)
+    given = {"string": "a/data.jsonl", "list": "[a/data.jsonl,b/data.jsonl]",
+             "mapping": "{train:a/data.jsonl,validation:[b/data.jsonl]}"}[form]
+    plugins = load_plugins()
+    components = run_components(compose(["data=hf", "data.path=json", f"data.data_files={given}"], plugins), plugins)
+    expected = {str(train): file_sha256(train)} | ({} if form == "string" else {str(val): file_sha256(val)})
+    assert data_file_hashes(components) == expected
+    files = components.data.config.data_files
+    assert files == {"string": str(train), "list": [str(train), str(val)],
+                     "mapping": {"train": str(train), "validation": [str(val)]}}[form]
