@@ -86,8 +86,9 @@ class HFDataConfig(DataConfig):
     hf_cache_dir: Optional[str] = None
     connect_timeout: float = 5.0
 
-    #: a local file or folder in ``path`` is hashed (a hub name is not)
-    DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path")
+    #: a local file or folder in ``path`` is hashed (a hub name is not), and so are the local files of
+    #: ``data_files`` (a builder name's records)
+    DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path", "data_files")
 
     def __post_init__(self) -> None:
         super().__post_init__()

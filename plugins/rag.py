@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import MISSING
 
@@ -61,6 +61,9 @@ class RagConfig:
     preamble: str = PREAMBLE
     leak_check: str = "warn"
     leak_min_chars: int = 12
+
+    #: the corpus is part of the run's data: made absolute, hashed into its identity (resume, eval)
+    DATA_FILES: ClassVar[tuple] = ("corpus",)
 
     def __post_init__(self) -> None:
         check(self, k=at_least(1), chunk_chars=at_least(50), overlap_chars=at_least(0),

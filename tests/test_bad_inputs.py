@@ -114,6 +114,11 @@ CASES = {
 }
 
 
+@pytest.mark.fault(fault="bad input (each case of the table): malformed JSON, a file holding only a byte-order "
+                         "mark, a `model.path` that is a file but not a model (garbage `.bin`), unknown keys ...",
+                   outcome="one line `tuneforge: error: ...` naming what, where (`file:line` or the key) and what is "
+                           "valid (`...: no records found`; `model.path: ... is a file, not a model: give a folder "
+                           "with config.json ...`)")
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_raises_one_line_naming_it(case, tmp_path):
     make_overrides, pattern = CASES[case]

@@ -187,6 +187,9 @@ def test_tuned_evaluation_sees_whole_weights_and_generation_does_not_hang(tmp_pa
     assert predicted and predicted == replayed  # greedy generations of the in-run model == of the saved one
 
 
+@pytest.mark.fault(fault="`strategy=fsdp` vs `ddp` with LoRA dropout 0.1, accumulation 2, lr 5e-3",
+                   outcome="adapter weights within 1e-6 of DDP (1.2e-7 on 6 steps; 5.7e-6 before FSDP kept "
+                           "accumulated gradients local); see docs/distributed.md")
 def test_fsdp_with_gradient_accumulation_and_dropout_stays_within_1e_6_of_ddp(tmp_path):
     """Accumulation 2, LoRA dropout 0.1, lr 5e-3: the micro-batches keep their gradients local until the
     optimizer step (as DDP's no_sync), so the sums are DDP's (5.7e-6 apart when every micro-batch was

@@ -124,6 +124,9 @@ def _pair(i, chosen, rejected):
     return {"prompt": f"Question {i}?", "chosen": chosen, "rejected": rejected}
 
 
+@pytest.mark.fault(fault="some preference pairs with identical chosen and rejected",
+                   outcome="more than `quality.identical_pair_share` of them: one warning naming the count and an "
+                           "example `file:line`")
 def test_identical_preference_pairs_warn_over_the_share_and_stop_when_all_are(tmp_path):
     val = _write(tmp_path / "pv.jsonl", [_pair(99, "yes", "no")])
     some = [_pair(i, "same", "same") if i < 3 else _pair(i, f"good {i}", f"bad {i}") for i in range(10)]
@@ -150,6 +153,9 @@ def _default_files(tmp_path):
             _write(tmp_path / "nv.jsonl", [_qa("other", "x")]))
 
 
+@pytest.mark.fault(fault="`loss=dpo` on pairs whose chosen and rejected are all identical",
+                   outcome="one line `data quality: all N preference pairs have the same chosen and rejected response"
+                           " (e.g. file:line) ...` before training")
 def test_dpo_on_identical_pairs_stops_before_training(tmp_path):
     rows = [_pair(i, f"answer {i}", f"answer {i}") for i in range(8)]
     with pytest.raises(DataError, match="all 7 preference pairs have the same chosen and rejected"):

@@ -180,6 +180,9 @@ def _csv_steps(run_dir):
                 for row in csv.DictReader(handle)]
 
 
+@pytest.mark.fault(fault="three SIGKILLs (one while a checkpoint is written), then the same command",
+                   outcome="`metrics.csv` holds every step once, equal to the uninterrupted run; `status.json` lists "
+                           "all four segments, the killed ones `interrupted`; weights bit-for-bit equal")
 def test_history_survives_repeated_sigkills_including_one_mid_checkpoint_write(tmp_path):
     """Killed at step 5, killed again while writing the step-6 checkpoint (so it resumes from 3 again), killed a
     third time at step 8 (after the step-6 checkpoint of that segment): the final metrics.csv holds every row of

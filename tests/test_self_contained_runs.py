@@ -33,6 +33,10 @@ def _edit(path: Path) -> None:
     path.write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
 
 
+@pytest.mark.fault(fault="`tuneforge eval`, from another working directory, of a run trained on a relative "
+                         "`data.path` that then changed",
+                   outcome="works from any directory (`config.yaml` holds absolute paths); once the file changed, the"
+                           " same one line as a resume (`allow_changed_data=true` evaluates anyway)")
 def test_relative_paths_are_recorded_absolute_and_eval_works_from_another_directory(tmp_path, monkeypatch):
     from tuneforge.commands.eval import eval_command
 
@@ -64,6 +68,9 @@ def test_relative_paths_are_recorded_absolute_and_eval_works_from_another_direct
                   "allow_changed_data=true"])
 
 
+@pytest.mark.fault(fault="`resume=auto` after the data file was edited in place",
+                   outcome="one line naming the file and both sha256 prefixes, with `resume=never` / "
+                           "`allow_changed_data=true` as the ways out")
 def test_resume_auto_onto_edited_data_is_refused_in_one_line(tmp_path):
     data = _copy_sample(tmp_path)
     run_dir = tmp_path / "run"
@@ -89,6 +96,9 @@ def test_resume_auto_onto_edited_data_is_refused_in_one_line(tmp_path):
     assert json.loads((run_dir / "data_files.json").read_text())["files"] == {str(data): file_sha256(data)}
 
 
+@pytest.mark.fault(fault="`run_dir=\"~/x\"` (quoted)",
+                   outcome="everything (job log, `metrics.csv`, checkpoints, `model/`, report) in `$HOME/x`; no `./~`"
+                           " folder")
 def test_tilde_run_dir_is_the_home_folder_for_every_writer(tmp_path):
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
@@ -101,3 +111,51 @@ def test_tilde_run_dir_is_the_home_folder_for_every_writer(tmp_path):
         assert (run_dir / name).exists(), name
     assert list(work.iterdir()) == []  # no literal ./~ folder
     assert OmegaConf.load(run_dir / "config.yaml").run_dir == str(run_dir)
+
+
+@pytest.mark.fault(fault="a document of the RAG corpus (`baselines.rag.corpus`) edited after the run",
+                   outcome="`tuneforge eval` (and `resume=auto`) refuse in one line naming the document and both "
+                           "sha256 prefixes")
+def test_a_rag_corpus_is_part_of_the_runs_data_identity(tmp_path, monkeypatch):
+    """baselines.rag.corpus (a folder here, given relative) is hashed file by file like data.path, and
+    recorded absolute: eval (as a resume) after a document changed is refused as after a data edit."""
+    data = _copy_sample(tmp_path / "project")
+    corpus = tmp_path / "project" / "docs"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("# Vaults\n\nThe vault code of Alba is 1234.\n")
+    (corpus / "b.txt").write_text("The vault code of Brno is 5678.\n")
+    monkeypatch.chdir(tmp_path / "project")
+    run_tiny_fit(Path("run"), overrides=[*[arg for arg in SHORT if not arg.startswith("baselines=")],
+                                         "data.path=data.jsonl", "baselines=[rag]", "baselines.rag.corpus=docs"])
+    run_dir = tmp_path / "project" / "run"
+    assert OmegaConf.load(run_dir / "config.yaml").baselines.rag.corpus == str(corpus)
+    expected = {str(data): file_sha256(data), str(corpus / "a.md"): file_sha256(corpus / "a.md"),
+                str(corpus / "b.txt"): file_sha256(corpus / "b.txt")}
+    assert json.loads((run_dir / "data_files.json").read_text())["files"] == expected
+    from tuneforge.commands.eval import eval_command
+
+    edited = corpus / "b.txt"
+    edited.write_text("The vault code of Brno is 9999.\n")
+    with pytest.raises(TuneforgeError, match=rf"{edited} changed \(sha256 {expected[str(edited)][:12]}\.\.\. then"):
+        eval_command([f"run_dir={run_dir}", "evaluators=[perplexity]", "uncertainty.resamples=0"])
+
+
+@pytest.mark.parametrize("form", ["string", "list", "mapping"])
+def test_local_data_files_of_a_builder_dataset_are_hashed(tmp_path, monkeypatch, form):
+    """data=hf with a builder name (``json``) reads its records from ``data.data_files``: a file, a list, or a
+    mapping split -> file(s); each local file is made absolute and hashed into the run's identity."""
+    from tuneforge.host.components import run_components
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.training.data_files import data_file_hashes
+
+    train, val = _copy_sample(tmp_path / "a"), _copy_sample(tmp_path / "b")
+    monkeypatch.chdir(tmp_path)
+    given = {"string": "a/data.jsonl", "list": "[a/data.jsonl,b/data.jsonl]",
+             "mapping": "{train:a/data.jsonl,validation:[b/data.jsonl]}"}[form]
+    plugins = load_plugins()
+    components = run_components(compose(["data=hf", "data.path=json", f"data.data_files={given}"], plugins), plugins)
+    expected = {str(train): file_sha256(train)} | ({} if form == "string" else {str(val): file_sha256(val)})
+    assert data_file_hashes(components) == expected
+    files = components.data.config.data_files
+    assert files == {"string": str(train), "list": [str(train), str(val)],
+                     "mapping": {"train": str(train), "validation": [str(val)]}}[form]

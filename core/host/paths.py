@@ -14,7 +14,8 @@ Which values are paths:
 
 * the root ``run_dir`` and a ``resume`` that names a checkpoint;
 * the fields a component's config class lists in ``DATA_FILES`` (a
-  ``ClassVar``, e.g. ``("path", "val_path")``), when their value starts with
+  ``ClassVar``, e.g. ``("path", "val_path")``; a value may also be a list, or a
+  mapping of names to paths or lists of them), when their value starts with
   ``~``, ``.`` or ``/`` or names an existing file or folder (a hub dataset
   name stays as it is); these are also the files whose content hashes
   identify the run's data (:mod:`tuneforge.training.data_files`);
@@ -62,7 +63,15 @@ def absolute_component_paths(node, config_class) -> None:
     the ``DATA_FILES`` fields when set, and every other top-level string that :func:`looks_like_path`."""
     from omegaconf import open_dict
 
-    from omegaconf import ListConfig
+    from omegaconf import DictConfig, ListConfig
+
+    def declared_items(value):
+        """A declared field's list, or mapping of names to paths or lists of them, with each path absolute."""
+        if isinstance(value, DictConfig):
+            return {name: declared_items(item) for name, item in value.items()}
+        if isinstance(value, ListConfig):
+            return [declared_items(item) for item in value]
+        return _absolute(value, True) if isinstance(value, str) else value
 
     declared = set(declared_data_fields(config_class))
     with open_dict(node):
@@ -72,8 +81,8 @@ def absolute_component_paths(node, config_class) -> None:
             value = node.get(key)
             if isinstance(value, str):
                 node[key] = _absolute(value, str(key) in declared)
-            elif isinstance(value, ListConfig) and str(key) in declared:
-                node[key] = [_absolute(item, True) if isinstance(item, str) else item for item in value]
+            elif isinstance(value, (ListConfig, DictConfig)) and str(key) in declared:
+                node[key] = declared_items(value)
 
 
 def _absolute(value: str, declared: bool) -> str:
