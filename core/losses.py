@@ -126,15 +126,20 @@ def model_inputs(model, batch) -> dict:
     return inputs
 
 
-def causal_lm_logits(model, input_ids, attention_mask=None, **inputs):
+def causal_lm_logits(model, input_ids, attention_mask=None, *, last: Optional[int] = None, **inputs):
     """Logits ``(batch, length, vocab)`` aligned with ``input_ids``.
 
     ``inputs`` are further forward arguments (``position_ids`` ... from
     :func:`model_inputs`).  Adapters that prepend virtual tokens (peft prompt
     tuning) return longer logits; the extra leading positions are cut off here.
+    ``last``: only the logits of the last ``last`` positions ``(batch, last, vocab)``, which the
+    model then computes alone (transformers' ``logits_to_keep``): the LM head's output is the
+    largest tensor of a forward pass, and a loss on completions needs no logits over the prompt.
     """
+    if last is not None:
+        inputs[_logits_to_keep_keyword()] = int(last)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, **inputs).logits
-    return logits[:, -input_ids.size(1):]
+    return logits[:, -(input_ids.size(1) if last is None else int(last)):]
 
 
 def _logits_to_keep_keyword() -> str:

@@ -31,7 +31,7 @@ import tuneforge
 from tuneforge.data import IGNORE_INDEX
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation import decode_outputs, stop_token_ids
-from tuneforge.losses import LossOutput, ReferenceModel
+from tuneforge.losses import LossOutput, ReferenceModel, causal_lm_logits
 from tuneforge.validation import at_least, check, greater_than, one_of
 
 
@@ -211,9 +211,10 @@ def build_grpo(config: GRPOConfig, context):
 
     def logps_of(model, ids, mask, completions):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         width = completions.size(1)
-        return token_logps(logits[:, -width - 1:-1], completions, config.temperature)
+        # the LM head on the completion's positions alone (the last prompt token predicts the first one)
+        logits = causal_lm_logits(model, ids, mask, last=width + 1, position_ids=positions)
+        return token_logps(logits[:, :-1], completions, config.temperature)
 
     def grpo(model, batch) -> LossOutput:
         training = model.training

@@ -127,6 +127,25 @@ def test_sampled_completions_are_decoded_as_the_evaluation_decodes_them(tmp_path
     assert tokenizer.decode(cut).endswith("\ufffd")  # what the rewards saw before
 
 
+def test_the_completion_logits_alone_equal_the_full_forwards():
+    """grpo's policy and reference passes compute the LM head on the completion's positions alone
+    (causal_lm_logits(last=)): the same values as the full logits cut to those positions."""
+    from tuneforge.losses import causal_lm_logits
+    from tuneforge.plugins.models import TinyModelConfig, load_tiny
+
+    torch.manual_seed(0)
+    model, _ = load_tiny(TinyModelConfig())
+    ids = torch.randint(3, 200, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding, as grpo's prompts have
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = causal_lm_logits(model, ids, mask, position_ids=positions)
+        last = causal_lm_logits(model, ids, mask, last=5, position_ids=positions)
+    assert last.shape == (3, 5, full.size(-1))
+    torch.testing.assert_close(last, full[:, -5:], atol=1e-5, rtol=1e-5)
+
+
 def _trl_loss(loss_type, logps, old, ref, advantages, mask, beta, epsilon):
     """TRL's GRPOTrainer._compute_loss on given log-probabilities (its own code, with a stand-in for the
     trainer's state)."""
