@@ -244,7 +244,7 @@ def create_app(registry, worker: BatchingWorker, settings: ServeSettings) -> Fas
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "queued": worker.queued()}
+        return {"status": "ok", "queued": worker.queued(), **worker.stats}
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def models():

@@ -43,8 +43,9 @@ class BatchingWorker:
         self._stopping = False
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="tuneforge-serve-worker", daemon=True)
-        self.batches = 0  # generate calls so far (for tests and the log)
-        self.largest_batch = 0
+        #: ``batches``: generate calls so far; ``largest_batch``: the most sequences one of them held;
+        #: ``abandoned``: sequences ended (or dropped unstarted) because their client went away
+        self.stats = {"batches": 0, "largest_batch": 0, "abandoned": 0}
 
     def start(self) -> None:
         self._thread.start()
@@ -92,6 +93,7 @@ class BatchingWorker:
                     batch.append(job)
                     size += job.n
             taken = {id(job) for job in batch}
+            self.stats["abandoned"] += sum(j.n for j in self._pending if j.cancelled)
             self._pending = collections.deque(j for j in self._pending if id(j) not in taken and not j.cancelled)
             return batch
 
@@ -99,10 +101,10 @@ class BatchingWorker:
         while (batch := self._take_batch()) is not None:
             if not batch:
                 continue
-            self.batches += 1
-            self.largest_batch = max(self.largest_batch, sum(j.n for j in batch))
+            self.stats["batches"] += 1
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], sum(j.n for j in batch))
             try:
-                generate_batch(self.registry, batch)
+                self.stats["abandoned"] += generate_batch(self.registry, batch)
             except Exception as exc:  # a failed generation fails its requests, not the server
                 log.exception("generation failed")
                 message = f"generation failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

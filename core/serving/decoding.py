@@ -69,6 +69,7 @@ class SequenceFollower:
         self.ids: list = []
         self.sent = ""
         self.done = False
+        self.abandoned = False  # ended because its client went away
 
     def _text(self) -> tuple[str, Optional[int]]:
         """The reply so far, and where a stop string starts in it (None when none does)."""
@@ -91,7 +92,7 @@ class SequenceFollower:
         if self.done:
             return
         if self.job.cancelled:
-            self.done = True
+            self.done = self.abandoned = True
             return
         self.ids.append(token)
         text, stop_at = self._text()
@@ -127,8 +128,9 @@ def _stopping_criterion(followers: list, prompt_length: int):
     return BatchFollower()
 
 
-def generate_batch(registry, jobs: list) -> None:
-    """Generate every sequence of ``jobs`` (which share one :attr:`Job.batch_key`) in one ``generate`` call."""
+def generate_batch(registry, jobs: list) -> int:
+    """Generate every sequence of ``jobs`` (which share one :attr:`Job.batch_key`) in one ``generate`` call;
+    returns how many sequences ended early because their client went away."""
     import torch
 
     from tuneforge.commands.generate import reply_generation_config
@@ -154,3 +156,4 @@ def generate_batch(registry, jobs: list) -> None:
         if not follower.done and not follower.job.cancelled:
             text, _ = follower._text()
             follower._finish(text, "length")
+    return sum(follower.abandoned for follower in followers)
