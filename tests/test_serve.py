@@ -321,3 +321,32 @@ def test_api_key_then_sigterm_during_a_stream(runs):
             httpx.get(f"{served.url}/health", timeout=2)
     finally:
         served.stop()
+
+
+# ----------------------------------------------------------------------------- the command's arguments
+
+
+def test_serve_arguments_repeat_run_dir_and_take_the_serve_prefix(monkeypatch):
+    from tuneforge.commands.key_values import ArgumentError
+    from tuneforge.commands.serve import parse_serve_args
+
+    monkeypatch.setenv("TUNEFORGE_SERVE_API_KEY", "from-the-env")
+    values = parse_serve_args(["run_dir=runs/a", "serve.max_batch_size=3", "run_dir=runs/b", "port=9001"])
+    assert values["run_dir"] == ["runs/a", "runs/b"]
+    assert (values["max_batch_size"], values["port"], values["host"]) == (3, 9001, "127.0.0.1")
+    assert values["api_key"] == "from-the-env"
+    assert parse_serve_args(["run_dir=a", "api_key=given"])["api_key"] == "given"
+    for args, message in ((["run_dir=a", "max_batch=2"], "unknown key 'max_batch' (did you mean 'max_batch_size'?)"),
+                          (["port=80"], "missing required run_dir=..."),
+                          (["run_dir=a", "port=70000"], "port='70000' is invalid: must be in 1..65535"),
+                          (["run_dir=a", "log_level=loud"], "log_level='loud' is invalid")):
+        with pytest.raises(ArgumentError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+            parse_serve_args(args)
+
+
+def test_serve_help_lists_its_keys():
+    done = subprocess.run([sys.executable, "-m", "tuneforge", "serve", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0
+    for key in ("run_dir", "host", "port", "api_key", "max_batch_size", "max_queue", "max_body_bytes"):
+        assert f"  {key} " in done.stdout

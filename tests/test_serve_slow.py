@@ -1,0 +1,57 @@
+"""``tuneforge serve`` on the demo's SmolLM2 run (``-m slow``): served greedy answers to the 30 held-out
+prompts equal ``tuneforge generate``'s (its ``generate_reply``), one request at a time.
+
+The run is the demo shortened to 10 steps with only the exact-match evaluator (whose
+predictions.jsonl rows give the held-out user messages); SmolLM2 is fetched as in
+tests/test_demo_slow.py.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from test_demo_slow import ROOT, TUNEFORGE, smollm2_env
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+SHORT = ["trainer.max_steps=10", "evaluators=[exact_match]", "baselines=[]", "memorisation.sample=0",
+         "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def short_demo(tmp_path_factory):
+    env = smollm2_env()
+    run_dir = tmp_path_factory.mktemp("serve-demo") / "citations"
+    done = subprocess.run([str(TUNEFORGE), "train", "+experiment=legal_citations", *SHORT, f"run_dir={run_dir}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run_dir, env
+
+
+@pytest.mark.slow
+def test_served_answers_equal_generate_on_the_held_out_prompts(short_demo, monkeypatch):
+    from test_serve import Server
+
+    from tuneforge.commands.generate import generate_reply
+    from tuneforge.commands.run_loading import load_run
+
+    run_dir, env = short_demo
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    messages = list(dict.fromkeys(row["message"] for row in rows if row.get("kind") == "generation"))
+    assert len(messages) == 30
+    for key in ("TUNEFORGE_SMOLLM2_GGUF",):
+        monkeypatch.setenv(key, env[key])
+    loaded = load_run(run_dir, device="cpu")
+    expected = [generate_reply(loaded, [{"role": "user", "content": m}], max_new_tokens=48) for m in messages]
+    server = Server([run_dir], "threads=2")
+    try:
+        client = server.client()
+        served = [client.chat.completions.create(model="citations", messages=[{"role": "user", "content": m}],
+                                                 max_tokens=48, temperature=0).choices[0].message.content
+                  for m in messages]
+    finally:
+        server.stop()
+    assert served == expected
+    assert sum(", " in answer and "(" in answer for answer in served) >= 15  # the tuned model writes citations
