@@ -13,8 +13,8 @@ import os
 import signal
 import sys
 
-from tuneforge.commands.key_values import (ArgumentError, Option, _positive_int, format_options, parse_bool,
-                                           parse_key_values, wants_help)
+from tuneforge.commands.key_values import (ArgumentError, Option, _non_negative_int, _positive_int, format_options,
+                                           parse_bool, parse_key_values, wants_help)
 
 #: the environment variable holding the API key (used when ``api_key=`` is not given)
 API_KEY_VARIABLE = "TUNEFORGE_SERVE_API_KEY"
@@ -24,13 +24,6 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 < value < 65536:
         raise ValueError("must be in 1..65535")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
     return value
 
 

@@ -69,7 +69,8 @@ def token_budget(request, prompt_lengths: list, context: int, default_max_tokens
     asked, longest = request.token_limit, max(prompt_lengths)
     limit_field = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
     if asked is not None and asked >= context:
-        raise APIError(400, f"{limit_field}={asked} is above the model's context of {context} tokens", limit_field)
+        raise APIError(400, f"{limit_field}={asked} does not fit the model's context of {context} tokens (the "
+                       "prompt needs some too)", limit_field)
     if longest >= context:
         raise APIError(400, f"the prompt has {longest} tokens, which fills the model's context of {context} tokens; "
                        "shorten it", prompt_field, code="context_length_exceeded")
@@ -120,11 +121,21 @@ class Submission:
         for job in self.jobs:
             job.cancelled = True
 
-    async def collect(self) -> dict:
+    async def _next_event(self, request: Optional[Request]):
+        """The next event; while waiting, a client that closed its connection cancels the jobs."""
+        while True:
+            try:
+                return await asyncio.wait_for(self.events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if request is not None and await request.is_disconnected():
+                    self.cancel()
+                    raise APIError(400, "the client closed the connection") from None
+
+    async def collect(self, request: Optional[Request] = None) -> dict:
         texts, reasons, completion = [""] * self.choices, [None] * self.choices, 0
         try:
             while any(reason is None for reason in reasons):
-                event = await self.events.get()
+                event = await self._next_event(request)
                 if event.error:
                     raise APIError(500, event.error, type="server_error")
                 texts[event.choice] += event.text
@@ -160,6 +171,20 @@ class Submission:
             self.cancel()
 
 
+def render_chat(tokenizer, messages: list) -> str:
+    """The conversation as ``tuneforge generate`` renders it; a 400 when the run's chat template refuses it
+    (e.g. a template that wants user and assistant turns to alternate)."""
+    from jinja2 import TemplateError
+
+    from tuneforge.data import render_prompt
+
+    try:
+        return render_prompt(tokenizer, messages)
+    except (TemplateError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise APIError(400, f"messages: the run's chat template refuses them: {first}", "messages") from None
+
+
 async def answer(app_state, request: Request, schema: type):
     """Parse, check, queue and answer one completion request (chat or text)."""
     settings, registry, worker = app_state.settings, app_state.registry, app_state.worker
@@ -169,12 +194,9 @@ async def answer(app_state, request: Request, schema: type):
         raise APIError(404, f"model '{parsed.model}' is not served here; served: {', '.join(registry.models)}",
                        "model", code="model_not_found")
     chat = schema is ChatRequest
-    if chat:
-        from tuneforge.data import render_prompt
-
-        texts = [render_prompt(served.tokenizer, parsed.conversation())]
-    else:
-        texts = parsed.prompt
+    if parsed.n > worker.max_batch_size:
+        raise APIError(400, f"n={parsed.n} is above the server's max_batch_size of {worker.max_batch_size}", "n")
+    texts = [render_chat(served.tokenizer, parsed.conversation())] if chat else parsed.prompt
     prompts = [served.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     budget = token_budget(parsed, [len(p) for p in prompts], registry.context_length, settings.default_max_tokens,
                           "messages" if chat else "prompt")
@@ -183,7 +205,7 @@ async def answer(app_state, request: Request, schema: type):
     if parsed.stream:
         return StreamingResponse(submission.stream(shape, parsed.include_usage_chunk), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    result = await submission.collect()
+    result = await submission.collect(request)
     return shape.completion(result["texts"], result["reasons"], result["usage"])
 
 

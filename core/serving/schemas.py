@@ -11,9 +11,9 @@ nothing a client asks for is silently ignored.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class APIError(Exception):
@@ -27,6 +27,16 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _refuse_when_set(value):
+    if value:
+        raise ValueError("is not supported by tuneforge serve (leave it out)")
+    return value
+
+
+#: an OpenAI field tuneforge does not implement: accepted only when absent, null, false or empty
+Unsupported = AfterValidator(_refuse_when_set)
 
 
 class _Request(BaseModel):
@@ -45,21 +55,14 @@ class _Request(BaseModel):
     # OpenAI fields accepted only at their no-op values (validated below)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    logprobs: Optional[Any] = None
-    logit_bias: Optional[dict] = None
+    logprobs: Annotated[Optional[Any], Unsupported] = None
+    logit_bias: Annotated[Optional[dict], Unsupported] = None
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
     def _no_penalty(cls, value):
         if value != 0:
             raise ValueError("is not supported by tuneforge serve (give 0 or leave it out)")
-        return value
-
-    @field_validator("logprobs", "logit_bias")
-    @classmethod
-    def _not_requested(cls, value):
-        if value:
-            raise ValueError("is not supported by tuneforge serve (leave it out)")
         return value
 
     @field_validator("stop")
@@ -112,16 +115,9 @@ class CompletionRequest(_Request):
     """``POST /v1/completions`` (text prompts; a list of prompts gives ``n`` choices for each)."""
 
     prompt: Union[str, list[str]]
-    echo: bool = False
+    echo: Annotated[bool, Unsupported] = False
     best_of: Optional[int] = None
-    suffix: Optional[str] = None
-
-    @field_validator("echo", "suffix")
-    @classmethod
-    def _not_echoed(cls, value):
-        if value:
-            raise ValueError("is not supported by tuneforge serve (leave it out)")
-        return value
+    suffix: Annotated[Optional[str], Unsupported] = None
 
     @field_validator("best_of")
     @classmethod
