@@ -1,12 +1,12 @@
 """``tuneforge serve`` on the demo's SmolLM2 run (``-m slow``): served greedy answers to the 30 held-out
 prompts equal ``tuneforge generate``'s (its ``generate_reply``), one request at a time.
 
-The run is the demo shortened to 10 steps with only the exact-match evaluator (whose
-predictions.jsonl rows give the held-out user messages); SmolLM2 is fetched as in
-tests/test_demo_slow.py.
+The run is the demo shortened to 10 steps without evaluators; the held-out prompts are the
+demo's 30 held-out cases (``tuneforge.plugins.legal_citations.generate``, as the data plugin
+draws them) written as the user turn the alpaca normalization makes of them.  SmolLM2 is
+fetched as in tests/test_demo_slow.py.
 """
 
-import json
 import subprocess
 
 import pytest
@@ -16,7 +16,7 @@ from test_demo_slow import ROOT, TUNEFORGE, smollm2_env
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-SHORT = ["trainer.max_steps=10", "evaluators=[exact_match]", "baselines=[]", "memorisation.sample=0",
+SHORT = ["trainer.max_steps=10", "evaluators=[]", "baselines=[]", "memorisation.sample=0",
          "trainer.enable_progress_bar=false"]
 
 
@@ -37,10 +37,11 @@ def test_served_answers_equal_generate_on_the_held_out_prompts(short_demo, monke
     from tuneforge.commands.generate import generate_reply
     from tuneforge.commands.run_loading import load_run
 
+    from tuneforge.plugins.legal_citations import generate
+
     run_dir, env = short_demo
-    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-    messages = list(dict.fromkeys(row["message"] for row in rows if row.get("kind") == "generation"))
-    assert len(messages) == 30
+    _, held_out = generate(75, 30, seed=0)
+    messages = [f"{record['instruction']}\n\n{record['input']}" for record in held_out]
     for key in ("TUNEFORGE_SMOLLM2_GGUF",):
         monkeypatch.setenv(key, env[key])
     loaded = load_run(run_dir, device="cpu")
