@@ -40,7 +40,10 @@ commands:
                tuneforge chat run_dir=runs/x [system=... temperature=0]
   export     merge the run's LoRA/IA3 adapter into the base weights and save a Hugging Face model folder:
                tuneforge export run_dir=runs/x out=merged/
-             'tuneforge <generate|chat|export> --help' lists their keys.
+  serve      an OpenAI-compatible HTTP server (chat/completions, completions, models) for one or more runs
+             of one base, each run's adapter by name plus 'base' (docs/serving.md):
+               tuneforge serve run_dir=runs/a [run_dir=runs/b] [host=127.0.0.1 port=8000 api_key=...]
+             'tuneforge <generate|chat|export|serve> --help' lists their keys.
 
   compare    runs side by side (e.g. a data.max_examples sweep, seeds): every column, verdicts, mean and
              spread over seeds; comparison.md and data_efficiency.png in a new compare-<date>_<time>/ (or out=)
@@ -72,6 +75,7 @@ COMMANDS = {
     "generate": "tuneforge.commands.generate:generate_command",
     "chat": "tuneforge.commands.chat:chat_command",
     "export": "tuneforge.commands.export:export_command",
+    "serve": "tuneforge.commands.serve:serve_command",
     "compare": "tuneforge.commands.compare:compare_command",
     "status": "tuneforge.commands.status:status_command",
     "config": "tuneforge.commands.config:config_command",

@@ -43,6 +43,22 @@ def _stop_token_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
+def reply_generation_config(model, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float):
+    """The model's generation config set up for a reply (``generate``, ``chat`` and ``serve`` share it):
+    greedy at ``temperature=0``, else sampling with ``temperature`` and ``top_p``; stops at the
+    tokenizer's and the model's EOS ids and pads with the tokenizer's pad token."""
+    import copy
+
+    config = copy.deepcopy(model.generation_config)
+    config.max_new_tokens = max_new_tokens
+    config.do_sample = temperature > 0
+    config.temperature = temperature if temperature > 0 else 1.0
+    config.top_p = top_p if temperature > 0 else 1.0
+    config.eos_token_id = _stop_token_ids(model, tokenizer)
+    config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
 def make_streamer(tokenizer, out: TextIO):
     """A ``transformers.TextStreamer`` that writes the reply (not the prompt) to ``out`` word by word."""
     from transformers import TextStreamer
@@ -64,21 +80,14 @@ def generate_reply(loaded: LoadedRun, messages: list[dict], *, max_new_tokens: i
     ``temperature=0`` decodes greedily; otherwise tokens are sampled with
     ``temperature`` and ``top_p`` (reproducibly when ``seed`` is set).
     """
-    import copy
-
     import torch
 
     tokenizer, model = loaded.tokenizer, loaded.model
     prompt = build_prompt(loaded, messages)
     encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     inputs = {key: encoded[key].to(loaded.device) for key in ("input_ids", "attention_mask")}
-    config = copy.deepcopy(model.generation_config)
-    config.max_new_tokens = max_new_tokens
-    config.do_sample = temperature > 0
-    config.temperature = temperature if temperature > 0 else 1.0
-    config.top_p = top_p if temperature > 0 else 1.0
-    config.eos_token_id = _stop_token_ids(model, tokenizer)
-    config.pad_token_id = tokenizer.pad_token_id
+    config = reply_generation_config(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
+                                     top_p=top_p)
     if seed is not None:
         torch.manual_seed(seed)
     streamer = make_streamer(tokenizer, out) if out is not None else None
