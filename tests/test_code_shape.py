@@ -62,3 +62,20 @@ def test_the_typed_settings_are_built_once_from_the_composed_config():
     assert isinstance(run.settings.trainer, TrainerConfig) and run.settings.trainer.max_steps == 7
     assert isinstance(run.settings.loader, LoaderConfig) and run.settings.loader.batch_size == 3
     assert run.settings.seed == 5 and run.settings.trainer.collective_timeout_s == TrainerConfig().collective_timeout_s
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """pyproject.toml lists the packages by hand (core/ installs as tuneforge/): a new sub-package left out
+    works in the editable install the tests use and is missing from a wheel (tuneforge.planning was)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    folders = {name: Path(folder) for name, folder in setup["package-dir"].items()}
+    found = set()
+    for name, folder in folders.items():
+        for init in (root / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(root / folder).parts
+            found.add(".".join((name, *relative)))
+    assert found - listed == set(), f"package folders missing from pyproject.toml's packages: {found - listed}"
