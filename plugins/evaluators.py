@@ -237,7 +237,8 @@ CHOICE_ACCURACY = tuneforge.MetricInfo("accuracy", description="share of example
                                                                "the answer")
 PREFERENCE_METRICS = (
     tuneforge.MetricInfo("accuracy", primary=True,
-                         description="share of held-out pairs whose chosen answer is likelier (mean log-prob per token)"),
+                         description="share of held-out pairs whose chosen answer is likelier "
+                                     "(mean log-prob per token)"),
     tuneforge.MetricInfo("logp_margin", description="mean log-prob per token of the chosen answer minus the "
                                                     "rejected one's"),
 )
