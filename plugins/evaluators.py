@@ -11,7 +11,7 @@ import tuneforge
 from tuneforge.data import IGNORE_INDEX, pad_batch
 from tuneforge.errors import DataError
 from tuneforge.evaluation import (EvaluationPass, map_batches, prompts_and_references, record_predictions,
-                                  record_scores, split_example, user_message)
+                                  record_scores, score_pairs, split_example, user_message)
 from tuneforge.losses import causal_lm_logits, sequence_logps, shift_for_next_token
 from tuneforge.plugins.evaluators_generation import valid_few_shot
 from tuneforge.validation import at_least, check, non_empty
@@ -216,16 +216,7 @@ def evaluate_preference(model, tokenizer, examples, config: PreferenceConfig, *,
         with torch.no_grad():
             return [float(v) for v in average_logps(part, "chosen") - average_logps(part, "rejected")]
 
-    was_training = model.training
-    model.eval()
-    try:
-        values = [v for part in map_batches(margins, examples, config.batch_size, evaluation) for v in part]
-    finally:
-        model.train(was_training)
-    hits = [1.0 if v > 0 else 0.0 for v in values]
-    record_scores("accuracy", hits, evaluation=evaluation)
-    record_scores("logp_margin", values, evaluation=evaluation)
-    return {"accuracy": sum(hits) / len(hits), "logp_margin": sum(values) / len(values)}
+    return score_pairs(model, margins, examples, config.batch_size, evaluation, margin="logp_margin")
 
 
 PERPLEXITY_METRICS = (

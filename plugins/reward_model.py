@@ -23,7 +23,7 @@ from typing import Optional
 
 import tuneforge
 from tuneforge.errors import ConfigError, DataError, ModelError
-from tuneforge.evaluation import EvaluationPass, map_batches, record_scores
+from tuneforge.evaluation import EvaluationPass, score_pairs
 from tuneforge.losses import LossOutput
 from tuneforge.validation import at_least, check
 
@@ -243,16 +243,8 @@ def evaluate_reward_accuracy(model, tokenizer, examples, config: RewardAccuracyC
             chosen, rejected = paired_rewards(model, batch)
         return [float(v) for v in chosen - rejected]
 
-    was_training = model.training
-    model.eval()
-    try:
-        values = [v for part in map_batches(margins, examples, config.batch_size, evaluation) for v in part]
-    finally:
-        model.train(was_training)
-    hits = [1.0 if v > 0 else 0.0 for v in values]
-    record_scores("pairwise_accuracy", hits, evaluation=evaluation)
-    record_scores("mean_margin", values, evaluation=evaluation)
-    return {"pairwise_accuracy": sum(hits) / len(hits), "mean_margin": sum(values) / len(values)}
+    return score_pairs(model, margins, examples, config.batch_size, evaluation, accuracy="pairwise_accuracy",
+                       margin="mean_margin")
 
 
 REWARD_METRICS = (

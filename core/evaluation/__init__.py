@@ -42,6 +42,7 @@ from tuneforge.evaluation.metrics_file import (
     metric_interval,
     read_metrics,
 )
+from tuneforge.evaluation.pairs import score_pairs
 from tuneforge.evaluation.retrieval import rank_all, search_terms
 from tuneforge.evaluation.sharding import batches_of, distributed_world, map_batches
 
@@ -50,7 +51,7 @@ __all__ = [
     "generate_predictions", "map_batches", "merge_predictions", "model_device", "prompts_and_references",
     "record_predictions", "split_example", "stop_token_ids", "user_message", "with_few_shot",
     "demonstration_pool", "demonstration_turns", "query_text", "record_scores", "with_demonstrations",
-    "rank_all", "search_terms",
+    "rank_all", "search_terms", "score_pairs",
     "SCHEMA_VERSION", "MetricsFileError", "RunMetrics", "metric_change", "metric_description", "metric_interval",
     "read_metrics",
 ]
