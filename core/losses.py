@@ -456,10 +456,11 @@ def kto_reference_point(policy_mismatched_logps, reference_mismatched_logps, *, 
     (training steps do; a validation pass, whose batches may differ per rank, should not)."""
     import torch
 
+    from tuneforge.evaluation.sharding import distributed_world
+
     estimate = (policy_mismatched_logps.float() - reference_mismatched_logps.float()).mean().detach()
-    if across_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
-        world = torch.distributed.get_world_size()
-        if world > 1:
-            torch.distributed.all_reduce(estimate, op=torch.distributed.ReduceOp.SUM)
-            estimate = estimate / world
+    world = distributed_world()[1] if across_processes else 1
+    if world > 1:
+        torch.distributed.all_reduce(estimate, op=torch.distributed.ReduceOp.SUM)
+        estimate = estimate / world
     return estimate.clamp(min=0)

@@ -118,9 +118,9 @@ def _facts(run) -> ModelFacts:
 
 
 def _facts_of(run, architecture) -> ModelFacts:
-    import torch
-
     import copy
+
+    import torch
 
     weight_bytes = _dtype_bytes(architecture, torch)
     base_key = (id(architecture), run.loss.spec.model_head)
