@@ -52,13 +52,18 @@ def smollm2_env() -> dict:
                 TOKENIZERS_PARALLELISM="false")
 
 
+def train_smollm2(overrides: list, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """``tuneforge train <overrides>`` on the real SmolLM2 (``env`` from :func:`smollm2_env`), output captured."""
+    return subprocess.run([str(TUNEFORGE), "train", *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """The shortened demo, trained once for this module: ``(run_dir, completed process, env)``."""
     env = smollm2_env()
     run_dir = tmp_path_factory.mktemp("demo") / "run"
-    done = subprocess.run([str(TUNEFORGE), "train", "+experiment=legal_citations", *SHORT, f"run_dir={run_dir}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    done = train_smollm2(["+experiment=legal_citations", *SHORT, f"run_dir={run_dir}"], env, timeout=1200)
     return run_dir, done, env
 
 

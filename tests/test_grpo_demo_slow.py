@@ -7,11 +7,10 @@ more than the 95% interval of the change, and the prompting baselines are scored
 """
 
 import json
-import subprocess
 
 import pytest
 
-from test_demo_slow import ROOT, TUNEFORGE, smollm2_env
+from test_demo_slow import smollm2_env, train_smollm2
 
 #: the short SFT stage: the demo's own run, stopped early, with nothing evaluated (GRPO's run evaluates)
 SFT_STAGE = ["+experiment=legal_citations", "trainer.max_steps=8", "evaluators=[]", "baselines=[]",
@@ -19,8 +18,7 @@ SFT_STAGE = ["+experiment=legal_citations", "trainer.max_steps=8", "evaluators=[
 
 
 def _train(overrides, timeout):
-    done = subprocess.run([str(TUNEFORGE), "train", *overrides, "trainer.enable_progress_bar=false"], cwd=ROOT,
-                          env=smollm2_env(), capture_output=True, text=True, timeout=timeout)
+    done = train_smollm2([*overrides, "trainer.enable_progress_bar=false"], smollm2_env(), timeout)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -7,11 +7,10 @@ draws them) written as the user turn the alpaca normalization makes of them.  Sm
 fetched as in tests/test_demo_slow.py.
 """
 
-import subprocess
 
 import pytest
 
-from test_demo_slow import ROOT, TUNEFORGE, smollm2_env
+from test_demo_slow import smollm2_env, train_smollm2
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
@@ -24,8 +23,7 @@ SHORT = ["trainer.max_steps=10", "evaluators=[]", "baselines=[]", "memorisation.
 def short_demo(tmp_path_factory):
     env = smollm2_env()
     run_dir = tmp_path_factory.mktemp("serve-demo") / "citations"
-    done = subprocess.run([str(TUNEFORGE), "train", "+experiment=legal_citations", *SHORT, f"run_dir={run_dir}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    done = train_smollm2(["+experiment=legal_citations", *SHORT, f"run_dir={run_dir}"], env, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return run_dir, env
 
