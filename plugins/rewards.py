@@ -1,4 +1,4 @@
-"""Rewards: ``regex``, ``exact``, ``contains``, ``length``, ``model`` and ``python``; and the ``reward``
+"""Rewards: ``regex``, ``exact``, ``contains``, ``similarity``, ``length``, ``model`` and ``python``; and the ``reward``
 evaluator, which reports the run's rewards on generations for the held-out prompts.
 
 Each reward's ``build(config, context)`` returns ``score(prompts, completions, records)``: one
@@ -8,6 +8,7 @@ times its ``weight``, to the run's reward.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 import string
@@ -127,6 +128,23 @@ def build_contains(config: ReferenceRewardConfig, context=None):
                 for c, r in zip(completions, records)]
 
     return contains
+
+
+def build_similarity(config: ReferenceRewardConfig, context=None):
+    """Partial credit between 0 and 1: difflib's ratio of matching characters (``2 * matches / total length``).
+
+    An answer with one field wrong still earns most of the reward, so GRPO's groups keep a signal
+    that ranks a nearly right answer above a wrong one; ``exact`` gives 1 only to the whole answer.
+    """
+    def similarity(prompts, completions, records):
+        scores = []
+        for completion, record in zip(completions, records):
+            reference = normalise(_reference(record, config, "similarity"), config)
+            scores.append(difflib.SequenceMatcher(None, normalise(completion, config), reference,
+                                                  autojunk=False).ratio())
+        return scores
+
+    return similarity
 
 
 @dataclass
@@ -295,6 +313,9 @@ def tuneforge_rewards():
                              build=build_exact),
         tuneforge.RewardSpec("contains", ReferenceRewardConfig,
                              "1 when the completion contains the record's reference", build=build_contains),
+        tuneforge.RewardSpec("similarity", ReferenceRewardConfig,
+                             "partial credit (0..1): the share of characters matching the record's reference",
+                             build=build_similarity),
         tuneforge.RewardSpec("length", LengthRewardConfig, "a penalty per token (or character) beyond a target",
                              build=build_length),
         tuneforge.RewardSpec("model", ModelRewardConfig,

@@ -220,6 +220,19 @@ def test_built_in_rewards_score_and_combine_with_weights(tmp_path):
         _rewards(exact=builtin.ReferenceRewardConfig(field="answer")).score(["p"], ["x"], [{"prompt": "p"}])
 
 
+def test_the_similarity_reward_gives_partial_credit_that_ranks_a_nearly_right_answer_above_a_wrong_one():
+    rewards = _rewards(similarity=builtin.ReferenceRewardConfig(field="reference"))
+    reference = "Roe v. Wade, 410 U.S. 113 (1973)"
+    completions = [reference, "Roe v. Wade, 410 U.S. 114 (1973)", "roe  v. wade, 410 u.s. 113 (1973) ",
+                   "Marbury v. Madison, 5 U.S. 137 (1803)", ""]
+    scores = rewards.score([""] * 5, completions, [{"reference": reference}] * 5).each["similarity"]
+    assert scores[0] == scores[2] == 1.0  # case and whitespace normalised, as for exact
+    assert scores[1] == pytest.approx(2 * 31 / 64)  # one character of 32 differs
+    assert scores[1] > scores[3] > scores[4] == 0.0
+    with pytest.raises(ConfigError, match=r"rewards.similarity.field='reference': a record has no such key"):
+        rewards.score(["p"], ["x"], [{"prompt": "p"}])
+
+
 def test_the_python_reward_and_its_bad_paths(tmp_path, monkeypatch):
     (tmp_path / "myrewards.py").write_text("def shout(prompt, completion, record):\n"
                                            "    return float(completion.isupper())\n")
@@ -348,7 +361,7 @@ def test_config_groups_and_plugins_list_the_rewards_and_a_third_party_reward_is_
     listed = run_cli(["config", "groups"], site_dirs=["rewards"])
     assert listed.returncode == 0, listed.stderr
     rows = [line.split()[:2] for line in listed.stdout.splitlines()]
-    for name in ("regex", "exact", "contains", "length", "model", "python", "vowels"):
+    for name in ("regex", "exact", "contains", "similarity", "length", "model", "python", "vowels"):
         assert ["rewards", name] in rows
     monkeypatch.syspath_prepend(str(FIXTURES / "rewards"))
     result = run_tiny_fit(tmp_path / "run", overrides=[

@@ -3,7 +3,8 @@ in the two stages docs/alignment.md ("GRPO") measures: a short SFT run, then GRP
 
 It asserts what the docs report: the held-out citation-shape compliance (``reward/regex``) after GRPO is
 above the compliance of the model GRPO started from (the run's ``base`` column: the SFT run's adapter) by
-more than the 95% interval of the change, and the prompting baselines are scored the same way.
+more than the 95% interval of the change, that exact match does not drop significantly (the
+``similarity`` reward checks the content), and the prompting baselines are scored the same way.
 """
 
 import json
@@ -33,5 +34,7 @@ def test_grpo_after_a_short_sft_run_raises_held_out_citation_shape_compliance_on
     change = metrics["changes"]["change"]["reward/regex"]
     assert metrics["tuned"]["reward/regex"] > metrics["base"]["reward/regex"]
     assert change["low"] > 0, change  # the whole 95% interval of the change is above 0
+    # the similarity reward checks the content: the shape is not learnt at the cost of the right citation
+    assert metrics["changes"]["change"]["exact_match"]["high"] > 0, metrics["changes"]["change"]["exact_match"]
     for name, column in metrics["baselines"].items():
         assert "reward/regex" in column, name
