@@ -46,19 +46,21 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = [
-    "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec",
-    "EvaluatorSpec", "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec",
+    "AdapterCount", "AdapterSpec", "BaselineSpec", "CallbackSpec", "ConfigError", "ConfigValueError", "DataError", "DatasetSpec",
+    "DecoderShapes", "EvaluatorSpec", "LinearShape", "LoggerContext", "LoggerSpec", "LossSpec", "MetricInfo", "ModelError", "ModelSourceSpec",
     "OptimizerSpec", "PluginError", "RetrieverSpec", "RewardConfig", "RewardSpec", "RunConfig", "RunContext", "RunSettings", "TuneforgeError", "hookimpl",
     "validation", "__version__",
 ]
 
 #: public names defined in modules that ``import tuneforge`` does not load until they are used
 _LAZY = {"RunConfig": "tuneforge.host.components", "RunSettings": "tuneforge.host.components",
-         "Component": "tuneforge.host.components"}
+         "Component": "tuneforge.host.components", "AdapterCount": "tuneforge.planning.decoder_shapes",
+         "DecoderShapes": "tuneforge.planning.decoder_shapes", "LinearShape": "tuneforge.planning.decoder_shapes"}
 
 
 def __getattr__(name: str):
-    """``tuneforge.RunConfig`` (the validated run the lifecycle hooks receive) and ``RunSettings``,
+    """``tuneforge.RunConfig`` (the validated run the lifecycle hooks receive), ``RunSettings``, and the
+    shapes an adapter's ``count_parameters`` counts on (``DecoderShapes``, ``LinearShape``, ``AdapterCount``),
     imported on first use."""
     if name in _LAZY:
         import importlib

@@ -88,15 +88,21 @@ class ModelSourceSpec(_Spec):
 
     ``model_config(config) -> transformers.PretrainedConfig`` (optional) reads the model's
     architecture only, never its weights (``tuneforge plan`` sizes a run from it).
+    ``config_fields(config) -> dict or None`` (optional) gives the same architecture as plain
+    ``config.json`` fields (with ``model_type``, and ``dtype`` as ``load`` gives the weights) without
+    importing torch or transformers' models, or None when it cannot (e.g. a hub id); ``tuneforge
+    plan`` then sizes the common decoder families in well under a second
+    (:mod:`tuneforge.planning.decoder_shapes`) and falls back to ``model_config`` otherwise.
     ``heads``: the heads ``load`` can build (:mod:`tuneforge.model_heads`: ``load(config, head=...)``).
     """
 
     kind: ClassVar[str] = "model source"
     required: ClassVar[tuple[str, ...]] = ("load",)
-    optional: ClassVar[tuple[str, ...]] = ("base_quantization", "model_config")
+    optional: ClassVar[tuple[str, ...]] = ("base_quantization", "model_config", "config_fields")
     load: Optional[LoadModel] = None
     base_quantization: Optional[Callable[[Any], Optional[str]]] = None
     model_config: Optional[Callable[[Any], Any]] = None
+    config_fields: Optional[Callable[[Any], Optional[dict]]] = None
     heads: tuple = (CAUSAL_LM,)
 
 
@@ -179,15 +185,22 @@ class AdapterSpec(_Spec):
     ``trains_quantized_base``: True for adapters that train only weights of their own
         on top of a frozen base, so the base may be loaded quantized (``model.quantization``,
         QLoRA); the host refuses a quantized base with any other adapter before the model loads.
+
+    ``count_parameters(shapes, config) -> AdapterCount or None`` (optional): what the adapter would
+        add and train on a model of known shapes (``tuneforge.DecoderShapes`` in,
+        ``tuneforge.AdapterCount`` out), without torch, for ``tuneforge plan``; None for settings
+        it does not count.  Without it (or on None) the plan applies ``apply`` to the
+        model built on torch's meta device, which is exact but imports torch and the model first.
     """
 
     kind: ClassVar[str] = "adapter"
     required: ClassVar[tuple[str, ...]] = ("apply",)
-    optional: ClassVar[tuple[str, ...]] = ("save", "load", "merge")
+    optional: ClassVar[tuple[str, ...]] = ("save", "load", "merge", "count_parameters")
     apply: Optional[ApplyAdapter] = None
     save: Optional[Callable[[Any, str], None]] = None
     load: Optional[Callable[[Any, str], Any]] = None
     merge: Optional[Callable[[Any], Any]] = None
+    count_parameters: Optional[Callable[[Any, Any], Any]] = None
     needs_base: bool = True
     supports_packing: bool = True
     trains_quantized_base: bool = False

@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import tuneforge
 from tuneforge.errors import ModelError
+from tuneforge.plugins.adapter_counts import count_freeze, count_full, count_lora
 from tuneforge.validation import at_least, between, check, each, greater_than, non_empty, one_of
 
 
@@ -443,14 +444,15 @@ def tuneforge_adapters():
     peft = {"load": load_peft, "merge": merge_peft, "trains_quantized_base": True}
     return [
         tuneforge.AdapterSpec("lora", LoraAdapterConfig, "LoRA / DoRA / rsLoRA through peft", apply=apply_lora,
-                              **peft),
+                              count_parameters=count_lora, **peft),
         tuneforge.AdapterSpec("prefix", PrefixAdapterConfig, "prefix tuning through peft", apply=apply_prefix,
                               supports_packing=False, **peft),
         tuneforge.AdapterSpec("prompt", PromptAdapterConfig, "prompt tuning through peft", apply=apply_prompt,
                               supports_packing=False, **peft),
         tuneforge.AdapterSpec("ia3", IA3AdapterConfig, "(IA)^3 activation scaling through peft", apply=apply_ia3,
                               **peft),
-        tuneforge.AdapterSpec("full", FullAdapterConfig, "train every weight", apply=apply_full),
+        tuneforge.AdapterSpec("full", FullAdapterConfig, "train every weight", apply=apply_full,
+                              count_parameters=count_full),
         tuneforge.AdapterSpec("freeze", FreezeAdapterConfig, "train only the top-N layers / named modules",
-                              apply=apply_freeze),
+                              apply=apply_freeze, count_parameters=count_freeze),
     ]

@@ -444,85 +444,45 @@ def hf_model_config(config: HFModelConfig):
     return model_config
 
 
-#: GGUF architectures whose config transformers maps key by key (others: transformers' own, slower reader)
-_PLAIN_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "starcoder2", "nemotron")
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
 def _gguf_architecture(path: Path):
-    """The transformers config of a GGUF file of a plain decoder architecture, read from its header (the
-    key/value metadata and the tensor names; arrays such as the vocabulary are skipped, no tensor data is
-    read), with transformers' own key mapping; None for other architectures."""
-    import mmap
-    import struct
-
+    """The transformers config of a GGUF file of a plain decoder architecture, from its header
+    (:func:`~tuneforge.plugins.gguf_header.gguf_config_fields`); None for other architectures."""
     from transformers import AutoConfig
-    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        offset = 0
+    from tuneforge.plugins.gguf_header import gguf_config_fields
 
-        def read(fmt):
-            nonlocal offset
-            (number,) = struct.unpack_from(fmt, data, offset)
-            offset += struct.calcsize(fmt)
-            return number
-
-        def text():
-            nonlocal offset
-            size = read("<Q")
-            offset += size
-            return bytes(data[offset - size:offset]).decode("utf-8", "replace")
-
-        def value(kind):
-            nonlocal offset
-            if kind == 8:
-                return text()
-            if kind == 9:  # an array: its length only
-                item, count = read("<I"), read("<Q")
-                if item == 8:  # strings: a length and the bytes, skipped in a tight loop (the vocabulary)
-                    length, position = struct.Struct("<Q").unpack_from, offset
-                    for _ in range(count):
-                        position += 8 + length(data, position)[0]
-                    offset = position
-                elif item == 9:
-                    for _ in range(count):
-                        value(9)
-                else:
-                    offset += count * struct.calcsize(_GGUF_SCALARS[item])
-                return ("array", count)
-            return read(_GGUF_SCALARS[kind])
-
-        if bytes(data[:4]) != b"GGUF":
-            return None
-        offset = 4
-        if read("<I") < 2:
-            return None
-        tensors, pairs = read("<Q"), read("<Q")
-        metadata = {}
-        for _ in range(pairs):
-            key = text()
-            metadata[key] = value(read("<I"))
-        names = []
-        for _ in range(tensors):
-            names.append(text())
-            dimensions = read("<I")
-            offset += 8 * dimensions + 4 + 8  # dimensions, type, offset
-    architecture = metadata.get("general.architecture")
-    if architecture not in _PLAIN_GGUF_ARCHITECTURES or "mistral" in str(metadata.get("general.name", "")).lower():
+    fields = gguf_config_fields(path)
+    if fields is None:
         return None
-    values = {"tie_word_embeddings": "output.weight" not in names}
-    for key, item in metadata.items():
-        prefix, _, rest = key.partition(".")
-        target = GGUF_CONFIG_MAPPING.get(prefix, {}).get(rest) if prefix in (architecture,) else None
-        if target not in (None, -1) and not isinstance(item, tuple):
-            values[target] = item
-    if "vocab_size" not in values and isinstance(metadata.get("tokenizer.ggml.tokens"), tuple):
-        values["vocab_size"] = metadata["tokenizer.ggml.tokens"][1]
-    for token, name in (("bos", "bos"), ("eos", "eos"), ("padding", "pad"), ("unknown", "unk")):
-        if f"tokenizer.ggml.{token}_token_id" in metadata:
-            values[f"{name}_token_id"] = metadata[f"tokenizer.ggml.{token}_token_id"]
-    return AutoConfig.for_model(architecture, **values)
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def hf_config_fields(config: HFModelConfig) -> Optional[dict]:
+    """The architecture of ``model.path`` as ``config.json`` fields, read without torch: a local folder's
+    ``config.json`` or a ``.gguf`` file's header; None for a hub id or a config that only transformers
+    reads (``tuneforge plan`` then uses :func:`hf_model_config`).  ``dtype`` is the one :func:`load_hf`
+    gives the weights."""
+    import json
+
+    from tuneforge.plugins.gguf_header import gguf_config_fields
+
+    path = Path(str(config.path)).expanduser()
+    if path.suffix == ".gguf":
+        fields = gguf_config_fields(path) if path.is_file() else None
+        checkpoint_dtype = "float32"  # transformers dequantizes GGUF tensors to float32
+    else:
+        try:
+            fields = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # a hub id, or a file transformers will say more about
+            return None
+        checkpoint_dtype = None
+    if not isinstance(fields, dict) or not isinstance(fields.get("model_type"), str):
+        return None
+    if config.dtype != "auto":
+        fields["dtype"] = config.dtype
+    elif checkpoint_dtype:
+        fields["dtype"] = checkpoint_dtype
+    return fields
 
 
 @tuneforge.hookimpl
@@ -530,7 +490,7 @@ def tuneforge_model_sources():
     return [
         tuneforge.ModelSourceSpec("hf", HFModelConfig, "Hugging Face id, local folder or .gguf file",
                                   load=load_hf, base_quantization=base_quantization, model_config=hf_model_config,
-                                  heads=tuple(MODEL_HEADS)),
+                                  config_fields=hf_config_fields, heads=tuple(MODEL_HEADS)),
         tuneforge.ModelSourceSpec("tiny", TinyModelConfig, "small random Llama for tests, no download",
                                   load=load_tiny, base_quantization=base_quantization,
                                   model_config=tiny_model_config, heads=tuple(MODEL_HEADS)),

@@ -1,6 +1,11 @@
 """What the memory estimate needs to know about a model, read from its architecture alone.
 
-The model source's ``model_config(config)`` (:class:`~tuneforge.specs.ModelSourceSpec`) gives the
+The quick way, without torch: when the model source gives its config's fields
+(``ModelSourceSpec.config_fields``), the architecture is a plain decoder family
+(:mod:`tuneforge.planning.decoder_shapes`) and the adapter counts its own parameters on those shapes
+(``AdapterSpec.count_parameters``), the counts are arithmetic on the config's numbers.
+
+Otherwise, the exact way for any model and adapter: the model source's ``model_config(config)`` (:class:`~tuneforge.specs.ModelSourceSpec`) gives the
 architecture; the model is built from it on the meta device (``torch.device("meta")``: shapes and
 dtypes, no storage, nothing read from disk) and the selected adapter's own ``apply`` runs on it, so
 the trainable parameters are counted exactly, for any adapter, with no table of adapters here.  An
@@ -12,10 +17,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from tuneforge.errors import ConfigError
 from tuneforge.model_heads import CAUSAL_LM, MODEL_HEADS
+from tuneforge.planning.decoder_shapes import decoder_shapes
 
 log = logging.getLogger("tuneforge")
 
@@ -72,6 +78,8 @@ class ModelFacts:
 
 
 _CACHE: dict = {}
+#: config fields read per model component (None: the source cannot give them)
+_FIELDS: dict = {}
 #: architectures read per model component (a GGUF base's header takes a second to parse), and the
 #: meta-device base models built from them per head: a plan's suggestions size the same model again
 _ARCHITECTURES: dict = {}
@@ -111,6 +119,9 @@ def _read_architecture(model) -> Any:
 def _facts(run) -> ModelFacts:
     import warnings
 
+    quick = _facts_from_fields(run)
+    if quick is not None:
+        return quick
     architecture = read_architecture(run.model)
     with warnings.catch_warnings():  # deprecations of the libraries the adapter calls: not about the user's run
         warnings.simplefilter("ignore")
@@ -161,6 +172,36 @@ def _facts_of(run, architecture) -> ModelFacts:
         vocab_size=int(_field(architecture, "vocab_size")),
         checkpointing=exact and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()),
         exact=exact, note=note)
+
+
+def _facts_from_fields(run) -> Optional[ModelFacts]:
+    """The facts counted on the shapes of the model's config fields (no torch), or None when the source,
+    the architecture, the head or the adapter is not one that can be counted this way."""
+    from tuneforge.host.guard import spec_call
+
+    source, adapter = run.model.spec, run.adapter.spec
+    if run.loss.spec.model_head != CAUSAL_LM or source.config_fields is None or adapter.count_parameters is None:
+        return None
+    key = (run.model.name, repr(run.model.config))
+    if key not in _FIELDS:
+        _FIELDS[key] = spec_call(source, "config_fields", source.config_fields, run.model.config)
+    shapes = decoder_shapes(_FIELDS[key]) if _FIELDS[key] else None
+    if shapes is None:
+        return None
+    counted = spec_call(adapter, "count_parameters", adapter.count_parameters, shapes, run.adapter.config)
+    if counted is None:
+        return None
+    base, trained_base = shapes.base_parameters, counted.trainable_base_parameters
+    return ModelFacts(
+        architecture=shapes.architecture, base_parameters=base, adapter_parameters=counted.adapter_parameters,
+        trainable_parameters=counted.adapter_parameters + trained_base,
+        linear_weights=sum(linear.in_features * linear.out_features for linear in shapes.linears),
+        linear_rows=sum(linear.out_features for linear in shapes.linears), weight_bytes=shapes.weight_bytes,
+        frozen_bytes=(base - trained_base) * shapes.weight_bytes,
+        trainable_bytes=trained_base * shapes.weight_bytes + counted.adapter_parameters * counted.adapter_bytes,
+        hidden_size=shapes.hidden_size, intermediate_size=shapes.intermediate_size, num_layers=shapes.num_layers,
+        num_heads=shapes.num_heads, num_kv_heads=shapes.num_kv_heads, vocab_size=shapes.vocab_size,
+        checkpointing=bool(counted.checkpointing))
 
 
 def meta_model(architecture, head: str = CAUSAL_LM):

@@ -1,0 +1,99 @@
+"""The header of a GGUF file read quickly: its key/value metadata and tensor names, no tensor data.
+
+transformers' own reader parses every array (the vocabulary and merges too) through the ``gguf``
+package; ``tuneforge plan`` needs only the architecture's numbers, so arrays of strings are skipped in a
+tight loop and nothing here imports torch (transformers' top-level package gives the key mapping).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+#: GGUF architectures whose config transformers maps key by key (others: transformers' own, slower reader)
+PLAIN_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "starcoder2", "nemotron")
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def read_gguf_header(path: Path) -> Optional[tuple]:
+    """``(metadata, tensor names)`` of a GGUF file (version 2 or later); an array's value is
+    ``("array", length)``.  None when the file is not GGUF."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        offset = 0
+
+        def read(fmt):
+            nonlocal offset
+            (number,) = struct.unpack_from(fmt, data, offset)
+            offset += struct.calcsize(fmt)
+            return number
+
+        def text():
+            nonlocal offset
+            size = read("<Q")
+            offset += size
+            return bytes(data[offset - size:offset]).decode("utf-8", "replace")
+
+        def value(kind):
+            nonlocal offset
+            if kind == 8:
+                return text()
+            if kind == 9:  # an array: its length only
+                item, count = read("<I"), read("<Q")
+                if item == 8:  # strings: a length and the bytes, skipped in a tight loop (the vocabulary)
+                    length, position = struct.Struct("<Q").unpack_from, offset
+                    for _ in range(count):
+                        position += 8 + length(data, position)[0]
+                    offset = position
+                elif item == 9:
+                    for _ in range(count):
+                        value(9)
+                else:
+                    offset += count * struct.calcsize(_GGUF_SCALARS[item])
+                return ("array", count)
+            return read(_GGUF_SCALARS[kind])
+
+        if bytes(data[:4]) != b"GGUF":
+            return None
+        offset = 4
+        if read("<I") < 2:
+            return None
+        tensors, pairs = read("<Q"), read("<Q")
+        metadata = {}
+        for _ in range(pairs):
+            key = text()
+            metadata[key] = value(read("<I"))
+        names = []
+        for _ in range(tensors):
+            names.append(text())
+            dimensions = read("<I")
+            offset += 8 * dimensions + 4 + 8  # dimensions, type, offset
+    return metadata, names
+
+
+def gguf_config_fields(path: Path) -> Optional[dict]:
+    """The ``config.json`` fields (with ``model_type``) transformers' GGUF reader gives a file of a plain
+    decoder architecture, mapped with transformers' own table; None for other architectures."""
+    header = read_gguf_header(path)
+    if header is None:
+        return None
+    metadata, names = header
+    architecture = metadata.get("general.architecture")
+    if architecture not in PLAIN_GGUF_ARCHITECTURES or "mistral" in str(metadata.get("general.name", "")).lower():
+        return None
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    values = {"model_type": architecture, "tie_word_embeddings": "output.weight" not in names}
+    for key, item in metadata.items():
+        prefix, _, rest = key.partition(".")
+        target = GGUF_CONFIG_MAPPING.get(prefix, {}).get(rest) if prefix == architecture else None
+        if target not in (None, -1) and not isinstance(item, tuple):
+            values[target] = item
+    if "vocab_size" not in values and isinstance(metadata.get("tokenizer.ggml.tokens"), tuple):
+        values["vocab_size"] = metadata["tokenizer.ggml.tokens"][1]
+    for token, name in (("bos", "bos"), ("eos", "eos"), ("padding", "pad"), ("unknown", "unk")):
+        if f"tokenizer.ggml.{token}_token_id" in metadata:
+            values[f"{name}_token_id"] = metadata[f"tokenizer.ggml.{token}_token_id"]
+    return values
