@@ -2,7 +2,10 @@
 
 transformers' own reader parses every array (the vocabulary and merges too) through the ``gguf``
 package; ``tuneforge plan`` needs only the architecture's numbers, so arrays of strings are skipped in a
-tight loop and nothing here imports torch (transformers' top-level package gives the key mapping).
+tight loop and nothing here imports torch.  The key mapping is transformers' own table
+(``transformers.integrations.ggml``), except for the decoders ``tuneforge plan`` sizes by itself, whose
+few keys are listed here (:data:`DECODER_GGUF_KEYS`): importing transformers takes a second, a quarter of
+a quick plan (tests/test_plan_quick.py checks the list against transformers' table).
 """
 
 from __future__ import annotations
@@ -12,6 +15,15 @@ from typing import Optional
 
 #: GGUF architectures whose config transformers maps key by key (others: transformers' own, slower reader)
 PLAIN_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "starcoder2", "nemotron")
+_COMMON_KEYS = {"context_length": "max_position_embeddings", "block_count": "num_hidden_layers",
+                "feed_forward_length": "intermediate_size", "embedding_length": "hidden_size",
+                "rope.freq_base": "rope_theta", "attention.head_count": "num_attention_heads",
+                "attention.head_count_kv": "num_key_value_heads",
+                "attention.layer_norm_rms_epsilon": "rms_norm_eps", "vocab_size": "vocab_size"}
+#: GGUF keys (after ``<architecture>.``) -> config fields, as transformers maps them, for the decoder
+#: families of :mod:`tuneforge.planning.decoder_shapes` (GGUF calls Mistral models ``llama``)
+DECODER_GGUF_KEYS = {"llama": {**_COMMON_KEYS, "rope.dimension_count": "head_dim"},
+                     "qwen2": _COMMON_KEYS, "qwen3": _COMMON_KEYS}
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
@@ -83,12 +95,15 @@ def gguf_config_fields(path: Path) -> Optional[dict]:
     architecture = metadata.get("general.architecture")
     if architecture not in PLAIN_GGUF_ARCHITECTURES or "mistral" in str(metadata.get("general.name", "")).lower():
         return None
-    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+    mapping = DECODER_GGUF_KEYS.get(architecture)
+    if mapping is None:
+        from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
+        mapping = GGUF_CONFIG_MAPPING.get(architecture, {})
     values = {"model_type": architecture, "tie_word_embeddings": "output.weight" not in names}
     for key, item in metadata.items():
         prefix, _, rest = key.partition(".")
-        target = GGUF_CONFIG_MAPPING.get(prefix, {}).get(rest) if prefix == architecture else None
+        target = mapping.get(rest) if prefix == architecture else None
         if target not in (None, -1) and not isinstance(item, tuple):
             values[target] = item
     if "vocab_size" not in values and isinstance(metadata.get("tokenizer.ggml.tokens"), tuple):

@@ -94,6 +94,16 @@ def test_unknown_families_and_incomplete_configs_are_not_guessed():
     assert set(DECODER_FAMILIES) == {"llama", "mistral", "qwen2", "qwen3"}
 
 
+def test_the_gguf_keys_of_the_sized_decoders_are_transformers_own():
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    from tuneforge.plugins.gguf_header import DECODER_GGUF_KEYS
+
+    for architecture, keys in DECODER_GGUF_KEYS.items():
+        assert keys == {key: field for key, field in GGUF_CONFIG_MAPPING[architecture].items()
+                        if field not in (None, -1)}, architecture
+
+
 def test_the_plan_command_imports_no_torch_and_reads_no_weights(tmp_path):
     """A config-only Llama-3-8B folder planned for a 24 GiB GPU: no torch, transformers' models or peft."""
     script = (
