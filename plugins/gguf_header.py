@@ -29,7 +29,17 @@ _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 
 
 def read_gguf_header(path: Path) -> Optional[tuple]:
     """``(metadata, tensor names)`` of a GGUF file (version 2 or later); an array's value is
-    ``("array", length)``.  None when the file is not GGUF."""
+    ``("array", length)``.  None when the file is not GGUF; ``ValueError`` when its header is cut short
+    or holds a value type GGUF does not have."""
+    import struct
+
+    try:
+        return _read_header(path)
+    except (struct.error, KeyError) as exc:
+        raise ValueError(f"{path} is not a readable GGUF file: its header is damaged or cut short ({exc})") from exc
+
+
+def _read_header(path: Path) -> Optional[tuple]:
     import mmap
     import struct
 

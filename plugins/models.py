@@ -468,7 +468,10 @@ def hf_config_fields(config: HFModelConfig) -> Optional[dict]:
 
     path = Path(str(config.path)).expanduser()
     if path.suffix == ".gguf":
-        fields = gguf_config_fields(path) if path.is_file() else None
+        try:
+            fields = gguf_config_fields(path)
+        except Exception:  # noqa: BLE001 - not a readable GGUF: hf_model_config says what is wrong with it
+            return None
         checkpoint_dtype = "float32"  # transformers dequantizes GGUF tensors to float32
     else:
         try:

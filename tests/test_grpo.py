@@ -454,7 +454,8 @@ def test_the_grpo_demo_experiment_composes_and_its_pattern_accepts_every_referen
 
     overrides = ["+experiment=legal_citations_grpo"]
     cfg = compose(overrides, load_plugins(overrides))
-    assert cfg.loss.name == "grpo" and list(cfg.rewards) == ["regex", "length"] and "reward" in cfg.evaluators
+    assert cfg.loss.name == "grpo" and list(cfg.rewards) == ["regex", "similarity", "length"]
+    assert cfg.rewards.similarity.field == "output" and "reward" in cfg.evaluators  # the content, not the shape alone
     assert cfg.data.n_rehearsal == 0 and list(cfg.baselines) == ["few_shot", "retrieval"]
     sft = compose(["+experiment=legal_citations"], load_plugins(["+experiment=legal_citations"]))
     assert dict(cfg.adapter) == dict(sft.adapter)  # init_from=<a demo SFT run> fits

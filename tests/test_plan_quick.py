@@ -94,6 +94,19 @@ def test_unknown_families_and_incomplete_configs_are_not_guessed():
     assert set(DECODER_FAMILIES) == {"llama", "mistral", "qwen2", "qwen3"}
 
 
+def test_a_damaged_gguf_file_is_one_line_naming_it_not_a_traceback(tmp_path):
+    from tuneforge.errors import ModelError
+    from tuneforge.plugins.models import HFModelConfig, hf_config_fields, hf_model_config
+
+    damaged = tmp_path / "cut.gguf"
+    damaged.write_bytes(b"GGUF\x03\x00\x00\x00\x05\x00")  # the header stops inside the tensor count
+    config = HFModelConfig(path=str(damaged))
+    assert hf_config_fields(config) is None  # the quick way steps aside; the config reader says what is wrong
+    with pytest.raises(ModelError, match=r"cannot read the config of model.path='.*cut.gguf': .*cut.gguf is not a "
+                                         r"readable GGUF file: its header is damaged or cut short"):
+        hf_model_config(config)
+
+
 def test_the_gguf_keys_of_the_sized_decoders_are_transformers_own():
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
