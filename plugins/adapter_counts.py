@@ -4,7 +4,7 @@ These are the ``count_parameters`` of the ``lora`` (and so ``qlora``), ``full`` 
 ``tuneforge plan`` uses them on a decoder's :class:`~tuneforge.planning.decoder_shapes.DecoderShapes`
 instead of building the model on the meta device.  Each returns None for settings it does not model
 (``modules_to_save``, module patterns, layer choices peft refuses), and the plan then applies the adapter
-to the meta-device model, as before.  tests/test_plan.py checks every count here against peft.
+to the meta-device model, as before.  tests/test_plan_quick.py checks every count here against peft.
 """
 
 from __future__ import annotations

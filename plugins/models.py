@@ -470,7 +470,7 @@ def hf_config_fields(config: HFModelConfig) -> Optional[dict]:
     if path.suffix == ".gguf":
         try:
             fields = gguf_config_fields(path)
-        except Exception:  # noqa: BLE001 - not a readable GGUF: hf_model_config says what is wrong with it
+        except (OSError, ValueError):  # not a readable GGUF: hf_model_config says what is wrong with it
             return None
         checkpoint_dtype = "float32"  # transformers dequantizes GGUF tensors to float32
     else:

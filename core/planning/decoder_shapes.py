@@ -5,7 +5,7 @@ loading anything (:attr:`~tuneforge.specs.ModelSourceSpec.config_fields`), the a
 :data:`DECODER_FAMILIES` and the adapter can count its own parameters on them
 (:attr:`~tuneforge.specs.AdapterSpec.count_parameters`).  Otherwise the model is built on torch's meta
 device (:mod:`tuneforge.planning.model_facts`), which is exact for any architecture and adapter but
-imports torch, transformers and peft first (seconds on a small CPU).  tests/test_plan.py compares both
+imports torch, transformers and peft first (seconds on a small CPU).  tests/test_plan_quick.py compares both
 ways on every family here, parameter count by parameter count.
 """
 
@@ -14,16 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-#: the families sized from their fields: transformers' ``model_type`` -> the defaults its config class
-#: gives the fields that shape the model when config.json leaves them out (``None``: derived, see
-#: :func:`decoder_shapes`), and whether q/k/v always have a bias (Qwen2) and whether q and k are
-#: normalised per head (Qwen3)
+#: the families sized from their fields: transformers' ``model_type`` -> its causal LM class, the
+#: defaults its config class gives the fields that shape the model when config.json leaves them out
+#: (``None``: derived, see :func:`decoder_shapes`), and whether q/k/v always have a bias (Qwen2) and
+#: whether q and k are normalised per head (Qwen3)
 DECODER_FAMILIES = {
-    "llama": {"defaults": {"num_key_value_heads": None, "head_dim": None, "attention_bias": False,
+    "llama": {"class": "LlamaForCausalLM",
+              "defaults": {"num_key_value_heads": None, "head_dim": None, "attention_bias": False,
                            "mlp_bias": False, "tie_word_embeddings": False}},
-    "mistral": {"defaults": {"num_key_value_heads": 8, "head_dim": None, "tie_word_embeddings": False}},
-    "qwen2": {"defaults": {"num_key_value_heads": 32, "tie_word_embeddings": False}, "qkv_bias": True},
-    "qwen3": {"defaults": {"num_key_value_heads": 32, "head_dim": 128, "attention_bias": False,
+    "mistral": {"class": "MistralForCausalLM",
+                "defaults": {"num_key_value_heads": 8, "head_dim": None, "tie_word_embeddings": False}},
+    "qwen2": {"class": "Qwen2ForCausalLM",
+              "defaults": {"num_key_value_heads": 32, "tie_word_embeddings": False}, "qkv_bias": True},
+    "qwen3": {"class": "Qwen3ForCausalLM",
+              "defaults": {"num_key_value_heads": 32, "head_dim": 128, "attention_bias": False,
                            "tie_word_embeddings": False}, "qk_norm": True},
 }
 #: the fields every family needs; a config without one of them is sized on the meta device
@@ -123,16 +127,12 @@ def decoder_shapes(fields: dict) -> Optional[DecoderShapes]:
     vocab = fields["vocab_size"]
     dtype = str(fields.get("dtype") or fields.get("torch_dtype") or "float32").replace("torch.", "")
     return DecoderShapes(
-        model_type=fields["model_type"], architecture=_class_name(fields["model_type"]),
+        model_type=fields["model_type"], architecture=family["class"],
         linears=tuple(linears), output=LinearShape("lm_head", hidden, vocab, False),
         tied=bool(value("tie_word_embeddings")), other_parameters=vocab * hidden + layers * norms_per_layer + hidden,
         layer_norm_parameters=norms_per_layer,
         weight_bytes=DTYPE_BYTES.get(dtype, 4), hidden_size=hidden, intermediate_size=inner, num_layers=layers,
         num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab)
-
-
-def _class_name(model_type: str) -> str:
-    return {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[model_type] + "ForCausalLM"
 
 
 @dataclass(frozen=True)

@@ -99,10 +99,15 @@ def model_facts(run) -> ModelFacts:
 def read_architecture(model) -> Any:
     """The ``transformers`` config of the run's model source (``model`` is the run's model component),
     read without the weights (once per model component); :class:`PlanUnavailable` when the source cannot."""
+    return _once_per_model(_ARCHITECTURES, model, _read_architecture)
+
+
+def _once_per_model(cache: dict, model, read) -> Any:
+    """``read(model)`` for the run's model component ``model``, computed once per model name and config."""
     key = (model.name, repr(model.config))
-    if key not in _ARCHITECTURES:
-        _ARCHITECTURES[key] = _read_architecture(model)
-    return _ARCHITECTURES[key]
+    if key not in cache:
+        cache[key] = read(model)
+    return cache[key]
 
 
 def _read_architecture(model) -> Any:
@@ -182,10 +187,9 @@ def _facts_from_fields(run) -> Optional[ModelFacts]:
     source, adapter = run.model.spec, run.adapter.spec
     if run.loss.spec.model_head != CAUSAL_LM or source.config_fields is None or adapter.count_parameters is None:
         return None
-    key = (run.model.name, repr(run.model.config))
-    if key not in _FIELDS:
-        _FIELDS[key] = spec_call(source, "config_fields", source.config_fields, run.model.config)
-    shapes = decoder_shapes(_FIELDS[key]) if _FIELDS[key] else None
+    fields = _once_per_model(_FIELDS, run.model,
+                             lambda model: spec_call(source, "config_fields", source.config_fields, model.config))
+    shapes = decoder_shapes(fields) if fields else None
     if shapes is None:
         return None
     counted = spec_call(adapter, "count_parameters", adapter.count_parameters, shapes, run.adapter.config)
