@@ -12,7 +12,7 @@ from tuneforge.data import IGNORE_INDEX, pad_batch
 from tuneforge.errors import DataError
 from tuneforge.evaluation import (EvaluationPass, map_batches, prompts_and_references, record_predictions,
                                   record_scores, score_pairs, split_example, user_message)
-from tuneforge.losses import causal_lm_logits, sequence_logps, shift_for_next_token
+from tuneforge.losses import causal_lm_logits, sequence_logps, trained_logits
 from tuneforge.plugins.evaluators_generation import valid_few_shot
 from tuneforge.validation import at_least, check, non_empty
 
@@ -27,14 +27,31 @@ class PerplexityConfig:
         check(self, batch_size=at_least(1))
 
 
+def target_nll_per_row(model, batch) -> tuple:
+    """``(nll, count)`` per row of a padded batch: the summed negative log-likelihood (float64) and the
+    number of its target tokens (labels other than -100).  The output layer runs on the target
+    positions alone (:func:`tuneforge.losses.trained_logits`), so a long prompt adds no
+    ``length x vocab`` logits: on SmolLM2 a batch of 10 prompts of 800 tokens would hold three 1.5 GiB
+    copies of them."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        logits, targets = trained_logits(model, batch)
+        token_nll = F.cross_entropy(logits.float(), targets, reduction="none").double()
+        rows = (batch["labels"][:, 1:] != IGNORE_INDEX).nonzero()[:, 0]  # each target's row, in order
+        size = batch["labels"].size(0)
+        row_nll = torch.zeros(size, dtype=torch.float64, device=token_nll.device).index_add_(0, rows, token_nll)
+        return row_nll, torch.bincount(rows, minlength=size)
+
+
 def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig, *,
                         evaluation: Optional[EvaluationPass] = None) -> dict:
-    """Token-weighted mean loss of the targets; under DDP the batches are shared out across ranks
+    """Token-weighted mean loss of the targets, from the logits of the target positions alone
+    (:func:`target_nll_per_row`); under DDP the batches are shared out across ranks
     (:func:`tuneforge.evaluation.map_batches`) and gathered in the original order.  Records each
     example's mean token loss with its token count as weight (their weighted mean is the loss) for
     the run's interval."""
-    import torch
-    import torch.nn.functional as F
 
     if not examples:
         return {}
@@ -42,12 +59,7 @@ def evaluate_perplexity(model, tokenizer, examples, config: PerplexityConfig, *,
 
     def batch_nll(part):
         batch = {k: v.to(device) for k, v in pad_batch(part, tokenizer.pad_token_id).items()}
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits, labels = shift_for_next_token(logits, batch["labels"])
-            token_nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                                        ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
-            row_nll, row_n = token_nll.sum(-1).double(), (labels != IGNORE_INDEX).sum(-1)
+        row_nll, row_n = target_nll_per_row(model, batch)
         return [float(v) for v in row_nll], [int(n) for n in row_n]
 
     total, count = 0.0, 0
@@ -121,7 +133,6 @@ def score_continuations(model, tokenizer, pairs: list, batch_size: int = 16,
                         evaluation: Optional[EvaluationPass] = None) -> list:
     """``[(log-likelihood, token count)]`` of each continuation given its prompt (texts), batched;
     with ``evaluation`` under DDP the batches are shared out across ranks and gathered in order."""
-    import torch
 
     device = next(model.parameters()).device
     sequences = []
@@ -135,14 +146,8 @@ def score_continuations(model, tokenizer, pairs: list, batch_size: int = 16,
 
     def score(part):
         batch = {k: v.to(device) for k, v in pad_batch(part, tokenizer.pad_token_id).items()}
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits, labels = shift_for_next_token(logits, batch["labels"])
-            mask = labels != IGNORE_INDEX
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
-            picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            sums = (picked * mask).sum(-1)
-        return [(float(s), int(n)) for s, n in zip(sums, mask.sum(-1))]
+        row_nll, row_n = target_nll_per_row(model, batch)
+        return [(-float(v), int(n)) for v, n in zip(row_nll, row_n)]
 
     return [item for part in map_batches(score, sequences, batch_size, evaluation) for item in part]
 

@@ -260,6 +260,35 @@ def _manual_log_likelihood(model, tokenizer, prompt, option):
     return sum(float(log_probs[len(prompt_ids) - 1 + i, t]) for i, t in enumerate(option_ids))
 
 
+def _full_logits_loss(model, tokenizer, example) -> tuple:
+    """One example's summed target NLL and target count from the model's full logits, unbatched."""
+    ids, labels = torch.tensor([example["input_ids"]]), torch.tensor(example["labels"])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    targets = [(t - 1, int(label)) for t, label in enumerate(labels) if t > 0 and label != -100]
+    return -sum(float(log_probs[t, label]) for t, label in targets), len(targets)
+
+
+@pytest.mark.parametrize("adapter", [None, "prefix"])
+def test_perplexity_from_the_target_positions_equals_the_full_logits(tiny, adapter):
+    """The output layer runs on the target positions alone; padded batches and an adapter's virtual
+    tokens give the same loss as the full logits of each example alone."""
+    model, tokenizer = tiny
+    if adapter == "prefix":
+        from peft import PrefixTuningConfig, get_peft_model
+
+        model = get_peft_model(load_tiny(TinyModelConfig())[0], PrefixTuningConfig(task_type="CAUSAL_LM",
+                                                                                  num_virtual_tokens=4)).eval()
+    examples = _examples(tokenizer, QA)
+    assert len({len(e["input_ids"]) for e in examples}) > 1  # the batch is padded
+    one_pass = EvaluationPass("base")
+    result = evaluate_perplexity(model, tokenizer, examples, PerplexityConfig(batch_size=3), evaluation=one_pass)
+    expected = [_full_logits_loss(model, tokenizer, e) for e in examples]
+    assert result["loss"] == pytest.approx(sum(v for v, _ in expected) / sum(n for _, n in expected), rel=1e-5)
+    assert one_pass.scores["loss"]["values"] == pytest.approx([v / n for v, n in expected], rel=1e-5)
+    assert one_pass.scores["loss"]["weights"] == [n for _, n in expected]
+
+
 def test_choice_scores_by_option_log_likelihood(tiny):
     model, tokenizer = tiny
     rows = [{"instruction": "Is the sky blue?", "output": "yes", "choices": ["yes", "no", "maybe not"]},

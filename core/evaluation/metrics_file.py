@@ -339,6 +339,48 @@ class Throughput(TypedDict, total=False):
 
 
 @open_section
+class MemoryMark(TypedDict, total=False):
+    """The process's memory after one step of the run (:mod:`tuneforge.memory_marks`).
+
+    phase: the run's phase (``loading the model``, ``evaluating the base model``, ``training`` ...).
+    after: the step just done (``exact_match on the base column``, ``end of training`` ...).
+    time_s: seconds since the run started.
+    rss_bytes: resident memory now (null where the system does not tell).
+    peak_rss_bytes: the peak resident memory so far.
+    gpu_allocated_bytes: torch's allocated bytes on the current GPU now (runs on a GPU).
+    gpu_peak_bytes: torch's peak allocated bytes on the current GPU so far (runs on a GPU).
+    """
+
+    phase: str
+    after: str
+    time_s: float
+    rss_bytes: Optional[int]
+    peak_rss_bytes: Optional[int]
+    gpu_allocated_bytes: int
+    gpu_peak_bytes: int
+
+
+@open_section
+class Memory(TypedDict, total=False):
+    """The run's peak memory and where it was reached (this process: the main rank; this start of the run).
+
+    source: where the figures come from (``VmRSS/VmHWM (/proc/self/status)``, ``ru_maxrss (getrusage)``).
+    peak_rss_bytes: the process's peak resident memory up to the saved model.
+    peak_reached: ``<phase>: <step>``, the first mark whose peak so far is the peak.
+    gpu_peak_bytes: torch's peak allocated bytes on the GPU (runs on a GPU).
+    gpu_peak_reached: ``<phase>: <step>`` of the GPU peak.
+    marks: the memory after each phase and each evaluator's pass, in order.
+    """
+
+    source: str
+    peak_rss_bytes: int
+    peak_reached: str
+    gpu_peak_bytes: int
+    gpu_peak_reached: str
+    marks: List[MemoryMark]
+
+
+@open_section
 class Quality(TypedDict, total=False):
     """The data quality report (:mod:`tuneforge.data.quality`); the run stops on leakage or empty targets.
 
@@ -398,6 +440,7 @@ class RunMetrics(TypedDict, total=False):
     verdict: the verdict and its inputs.
     slices: ``{value: slice}`` with ``evidence.slice_by``.
     overfitting: train vs validation loss at the end of training.
+    memory: the peak memory of the run's main process and the phase that reached it.
     """
 
     schema_version: int
@@ -427,6 +470,7 @@ class RunMetrics(TypedDict, total=False):
     verdict: Verdict
     slices: Dict[str, Slice]
     overfitting: Overfitting
+    memory: Memory
 
 
 # ---------------------------------------------------------------------------

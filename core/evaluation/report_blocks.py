@@ -105,6 +105,7 @@ def _training_blocks(metrics: RunMetrics, images: dict) -> list:
         ["wall time (whole run)", f"{number_text(metrics.get('wall_time_s'), 1)} s"],
         ["training time", f"{number_text(throughput.get('fit_time_s'), 1)} s"],
         ["training tokens / s", number_text(throughput.get("tokens_per_s"), 1)],
+        *_memory_rows(metrics.get("memory") or {}),
         ["final train loss (mean of last tenth of steps)", number_text(signal.get("train_loss"))],
         [f"validation loss ({signal.get('val_source') or 'none'})", number_text(signal.get("val_loss"))],
         ["gap (validation - train): overfitting signal", signed_text(signal.get("gap"))],
@@ -119,6 +120,18 @@ def _training_blocks(metrics: RunMetrics, images: dict) -> list:
     if "loss" in images:
         blocks.append(("img", images["loss"], "training and validation loss"))
     return blocks + _objective_blocks(metrics)
+
+
+def _memory_rows(memory: dict) -> list:
+    """The peak resident (and GPU) memory rows, each with the step that reached it (``metrics.json`` memory)."""
+    from tuneforge.planning.sizes import format_bytes
+
+    rows = []
+    for key, where, label in (("peak_rss_bytes", "peak_reached", "peak resident memory (main process)"),
+                              ("gpu_peak_bytes", "gpu_peak_reached", "peak GPU memory (torch, main process)")):
+        if memory.get(key) is not None:
+            rows.append([label, f"{format_bytes(memory[key])}, reached in {memory.get(where) or '-'}"])
+    return rows
 
 
 def _objective_blocks(metrics: RunMetrics) -> list:

@@ -39,6 +39,7 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
     memorisation columns need only what depends on ``examples``.  ``rewards``: the run's built
     rewards (:class:`tuneforge.rewards.Rewards`), given to the evaluators as ``evaluation.rewards``.
     """
+    from tuneforge import memory_marks
     from tuneforge.evaluation import EvaluationPass
     from tuneforge.host.guard import spec_call
     from tuneforge.specs import call_accepting
@@ -69,6 +70,7 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
                     for row, value in zip(one_pass.scored_rows.get(metric) or [], scores["values"]):
                         row.setdefault("scores", {})[reported] = value
             one_pass.scores, one_pass.scored_rows = {}, {}
+            memory_marks.mark(f"{name} on the {label} column")
     finally:
         model.train(was_training)
         model.to(home)

@@ -16,6 +16,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from tuneforge import memory_marks
 from tuneforge.context import RunContext
 from tuneforge.errors import ConfigError, PluginError
 from tuneforge.evaluation.baselines import join_columns, run_baselines
@@ -77,7 +78,14 @@ def train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext]
     redacted config and the evaluator results; their run ids go to
     ``trackers.json`` and ``metrics.json`` (``trackers``).
     """
-    state = _new_state(cfg, plugins, Path(run_dir), context, components)
+    with memory_marks.recording() as marks:
+        return _train(cfg, plugins, Path(run_dir), context, components, marks)
+
+
+def _train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext], components, marks) -> RunMetrics:
+    """:func:`train`'s phases, with ``marks`` the run's active :class:`~tuneforge.memory_marks.MemoryMarks`."""
+    state = _new_state(cfg, plugins, run_dir, context, components)
+    state.memory = marks
     stop_on_signals = signals_stop_the_run()
     stop_on_signals.__enter__()
     try:
@@ -396,6 +404,7 @@ def evaluate_tuned(state: RunState) -> None:
                                                         state.tokenizer, state.splits.val, "tuned",
                                                         chat_template=state.splits.chat_template,
                                                         context=state.context, rewards=state.rewards)
+    state.phase = "scoring the memorisation sample"
     memorisation, state.train_rows = memorisation_sample(run, state.model, state.tokenizer, state.splits,
                                                          state.context, rewards=state.rewards)
     metrics["metric_info"] = describe_metrics(run.evaluators, metrics)
@@ -425,6 +434,8 @@ def save(state: RunState) -> None:
                chat_template=splits.chat_template, config=state.run.config)
     save_trained_outputs(state.run, state.plugins, state.model, state.tokenizer, state.run_dir,
                          chat_template=splits.chat_template)
+    state.memory.mark("saving the model")
+    metrics["memory"] = state.memory.record()
     predictions = join_predictions(state.base_rows, merge_predictions({"tuned": state.tuned_pass}))
     predictions = join_columns(predictions, state.baselines) + state.train_rows
     write_outputs(state.run_dir, state.run.config, metrics, predictions, metrics_csv=state.run_dir / "metrics.csv")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tuneforge import memory_marks
 from tuneforge.context import RunContext
 from tuneforge.evaluation.metrics_file import RunMetrics
 
@@ -31,7 +32,8 @@ class RunState:
 
     Throughout: ``phase`` (what the run is doing, in words: named by a one-line error or an interrupt),
     ``status`` (``failed`` until the run completes or is interrupted), ``error`` and ``metrics`` (what
-    ``metrics.json`` will hold).
+    ``metrics.json`` will hold); ``memory``, the run's :class:`~tuneforge.memory_marks.MemoryMarks`: setting
+    ``phase`` marks the memory at the end of the phase before.
     """
 
     run: Any
@@ -68,6 +70,12 @@ class RunState:
     segment: dict = field(default_factory=dict)
     tuned_pass: Any = None
     train_rows: list = field(default_factory=list)
+    memory: Any = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "phase" and value != self.__dict__.get("phase"):
+            memory_marks.enter_phase(value)
+        super().__setattr__(name, value)
 
     @property
     def settings(self):
