@@ -11,6 +11,10 @@ Linux, ``ru_maxrss`` elsewhere (no current figure there).  It is read, never res
 On a GPU the marks also hold torch's allocated and peak-allocated bytes on the current device, read only
 when torch has already initialised CUDA.
 
+The high-water mark is the process's: when runs follow one another in one process
+(``evidence.seeds``, a Hydra ``-m`` sweep), a later run whose own peak stays below an earlier one's
+cannot tell its own peak, and says so (:data:`EARLIER_RUN`).
+
 Marks are recorded by the run that :func:`recording` is active for; :func:`mark` outside one does
 nothing, so evaluation code calls it unconditionally.  Resident memory is the process's, so one run at a
 time per process is all there is to record.
@@ -28,6 +32,8 @@ __all__ = ["MemoryMarks", "mark", "read_resident", "recording"]
 
 _STATUS_FIELD = re.compile(r"^(VmRSS|VmHWM):\s+(\d+)\s+kB", re.MULTILINE)
 _active: Optional["MemoryMarks"] = None
+#: ``peak_reached`` when the process's peak was set before this run started
+EARLIER_RUN = "before this run started (an earlier run in the same process: evidence.seeds, a -m sweep)"
 
 
 def read_resident() -> tuple:
@@ -65,7 +71,7 @@ class MemoryMarks:
         self.started = time.time()
         self.phase = "starting"
         self.marks: list = []
-        self.source = "unavailable"
+        _, self.peak_before, self.source = read_resident()
 
     def mark(self, step: str) -> None:
         """Record the memory now, after ``step`` (within the current :attr:`phase`)."""
@@ -76,6 +82,8 @@ class MemoryMarks:
     def record(self) -> dict:
         """The ``memory`` section: the peak, the phase and step during which it was reached, every mark."""
         out: dict = {"source": self.source, "marks": list(self.marks)}
+        if self.peak_before is not None:
+            out["peak_before_run_bytes"] = self.peak_before
         for key, where in (("peak_rss_bytes", "peak_reached"), ("gpu_peak_bytes", "gpu_peak_reached")):
             peaks = [m.get(key) for m in self.marks if m.get(key) is not None]
             if not peaks:
@@ -83,6 +91,9 @@ class MemoryMarks:
             out[key] = max(peaks)
             first = next(m for m in self.marks if m.get(key) == out[key])
             out[where] = f"{first['phase']}: {first['after']}"
+        if self.peak_before is not None and out.get("peak_rss_bytes", 0) <= self.peak_before:
+            # a high-water mark is the process's: an earlier run in it (evidence.seeds, a -m sweep) set it
+            out["peak_reached"] = EARLIER_RUN
         return out
 
 

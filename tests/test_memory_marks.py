@@ -49,6 +49,18 @@ def test_the_step_that_reached_the_peak_is_named_and_the_peak_is_never_reset():
     assert "gpu_peak_bytes" not in record  # no CUDA in use
 
 
+@linux_only
+def test_a_run_after_a_larger_one_in_the_same_process_says_it_cannot_tell_its_own_peak():
+    resident, peak, _ = memory_marks.read_resident()
+    held = _touch(peak - resident + 128 * 2 ** 20)  # a first run's peak
+    del held
+    with memory_marks.recording() as marks:
+        memory_marks.mark("small step")
+    record = marks.record()
+    assert record["peak_reached"] == memory_marks.EARLIER_RUN
+    assert record["peak_before_run_bytes"] >= peak + 120 * 2 ** 20
+
+
 def test_marks_outside_a_run_record_nothing_and_runs_do_not_share_marks():
     memory_marks.mark("nobody listens")
     memory_marks.enter_phase("nobody listens")
