@@ -33,7 +33,8 @@ __all__ = ["MemoryMarks", "mark", "read_resident", "recording"]
 _STATUS_FIELD = re.compile(r"^(VmRSS|VmHWM):\s+(\d+)\s+kB", re.MULTILINE)
 _active: Optional["MemoryMarks"] = None
 #: ``peak_reached`` when the process's peak was set before this run started
-EARLIER_RUN = "before this run started (an earlier run in the same process: evidence.seeds, a -m sweep)"
+EARLIER_RUN = ("before this run started (this run stayed below the process's earlier peak: an earlier run in "
+               "the same process, e.g. evidence.seeds or a -m sweep)")
 
 
 def read_resident() -> tuple:
@@ -76,6 +77,9 @@ class MemoryMarks:
     def mark(self, step: str) -> None:
         """Record the memory now, after ``step`` (within the current :attr:`phase`)."""
         resident, peak, self.source = read_resident()
+        earlier = self.marks[-1]["peak_rss_bytes"] if self.marks else None
+        if peak is not None and earlier is not None:  # the kernel syncs its per-thread counters lazily:
+            peak = max(peak, earlier)                 # a reading may dip by a few pages; a peak only rises
         self.marks.append({"phase": self.phase, "after": step, "time_s": round(time.time() - self.started, 3),
                            "rss_bytes": resident, "peak_rss_bytes": peak, **_gpu_bytes()})
 
