@@ -32,6 +32,9 @@ __all__ = ["MemoryMarks", "mark", "read_resident", "recording"]
 
 _STATUS_FIELD = re.compile(r"^(VmRSS|VmHWM):\s+(\d+)\s+kB", re.MULTILINE)
 _active: Optional["MemoryMarks"] = None
+#: how far a reading may lag: the kernel syncs each thread's resident-page count every 64 page faults, so
+#: the first mark within this of the peak is where it was reached
+COUNTER_SLACK_BYTES = 4 * 2 ** 20
 #: ``peak_reached`` when the process's peak was set before this run started
 EARLIER_RUN = ("before this run started (this run stayed below the process's earlier peak: an earlier run in "
                "the same process, e.g. evidence.seeds or a -m sweep)")
@@ -93,9 +96,9 @@ class MemoryMarks:
             if not peaks:
                 continue
             out[key] = max(peaks)
-            first = next(m for m in self.marks if m.get(key) == out[key])
+            first = next(m for m in self.marks if (m.get(key) or 0) >= out[key] - COUNTER_SLACK_BYTES)
             out[where] = f"{first['phase']}: {first['after']}"
-        if self.peak_before is not None and out.get("peak_rss_bytes", 0) <= self.peak_before:
+        if self.peak_before is not None and out.get("peak_rss_bytes", 0) <= self.peak_before + COUNTER_SLACK_BYTES:
             # a high-water mark is the process's: an earlier run in it (evidence.seeds, a -m sweep) set it
             out["peak_reached"] = EARLIER_RUN
         return out
