@@ -3,7 +3,8 @@
 A training run (:func:`tuneforge.training.run.train`) records a *mark* after every phase and after every
 evaluator's pass (base, each baseline, tuned, the memorisation sample): the resident memory at that
 moment and the peak so far.  ``metrics.json`` gets them as its ``memory`` section, with the step during
-which the final peak was reached: the first mark whose peak-so-far equals it.
+which the final peak was reached: the first mark whose peak-so-far is within :data:`COUNTER_SLACK_BYTES`
+of it (the kernel's counts lag by a few pages).
 
 The peak is the kernel's high-water mark of resident memory: ``VmHWM`` in ``/proc/self/status`` on
 Linux, ``ru_maxrss`` elsewhere (no current figure there).  It is read, never reset: resetting it

@@ -366,8 +366,8 @@ class Memory(TypedDict, total=False):
 
     source: where the figures come from (``VmRSS/VmHWM (/proc/self/status)``, ``ru_maxrss (getrusage)``).
     peak_rss_bytes: the process's peak resident memory up to the saved model.
-    peak_reached: ``<phase>: <step>``, the first mark whose peak so far is the peak (or that the peak was set
-        before this run started, by an earlier run in the same process).
+    peak_reached: ``<phase>: <step>``, the first mark whose peak so far is within 4 MiB of the peak (or that
+        the peak was set before this run started, by an earlier run in the same process).
     peak_before_run_bytes: the process's peak resident memory when this run started.
     gpu_peak_bytes: torch's peak allocated bytes on the GPU (runs on a GPU).
     gpu_peak_reached: ``<phase>: <step>`` of the GPU peak.
