@@ -309,6 +309,7 @@ class Segment(TypedDict, total=False):
     fit_time_s: its training time in seconds.
     tokens: the tokens it trained on (all processes).
     tokens_per_s: its training tokens per second, after the warm-up steps.
+    precision: the Lightning precision it trained in (a resumed run keeps its first segment's).
     """
 
     from_step: int
@@ -318,6 +319,7 @@ class Segment(TypedDict, total=False):
     fit_time_s: float
     tokens: int
     tokens_per_s: Optional[float]
+    precision: str
 
 
 @open_section
@@ -358,6 +360,40 @@ class MemoryMark(TypedDict, total=False):
     peak_rss_bytes: Optional[int]
     gpu_allocated_bytes: int
     gpu_peak_bytes: int
+
+
+@open_section
+class PrecisionCalibration(TypedDict, total=False):
+    """The timing behind ``precision=auto`` on a CPU with bfloat16 units (:mod:`tuneforge.training.precision`).
+
+    tokens: rows of the timed batch.
+    fp32_s: seconds for one pass over the model's linear layers in float32.
+    bf16_s: the same under autocast bfloat16 (casts included).
+    speedup: ``fp32_s / bf16_s``.
+    shapes: ``[in_features, out_features, count]`` of the timed layers.
+    """
+
+    tokens: int
+    fp32_s: float
+    bf16_s: float
+    speedup: float
+    shapes: List[List[int]]
+
+
+@open_section
+class Precision(TypedDict, total=False):
+    """The precision the run trained in, and why (``trainer.precision=auto`` is decided per machine).
+
+    requested: ``trainer.precision`` as set (``auto``, ``32-true``, ``bf16-mixed`` ...).
+    chosen: the Lightning precision the trainer used.
+    reason: why, in one sentence.
+    calibration: the float32/bfloat16 timing, when one decided (null otherwise).
+    """
+
+    requested: str
+    chosen: str
+    reason: str
+    calibration: Optional[PrecisionCalibration]
 
 
 @open_section
@@ -444,6 +480,7 @@ class RunMetrics(TypedDict, total=False):
     slices: ``{value: slice}`` with ``evidence.slice_by``.
     overfitting: train vs validation loss at the end of training.
     memory: the peak memory of the run's main process and the phase that reached it.
+    precision: the precision the run trained in and why (``trainer.precision=auto`` decides per machine).
     """
 
     schema_version: int
@@ -474,6 +511,7 @@ class RunMetrics(TypedDict, total=False):
     slices: Dict[str, Slice]
     overfitting: Overfitting
     memory: Memory
+    precision: Precision
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from tuneforge.planning.device import Device, plan_device
 from tuneforge.planning.memory import MemoryEstimate, Workload, estimate
 from tuneforge.planning.model_facts import ModelFacts, model_facts
 from tuneforge.planning.sizes import format_bytes, format_count
+from tuneforge.training.precision import planned_precision
 
 log = logging.getLogger("tuneforge")
 
@@ -61,7 +62,7 @@ def workload(run, device: Device) -> Workload:
     quantize = run.model.spec.base_quantization
     return Workload(
         batch_size=int(settings.loader.batch_size), sequence_length=int(length),
-        precision=str(settings.trainer.precision),
+        precision=planned_precision(str(settings.trainer.precision), device.kind),
         quantization=quantize(run.model.config) if quantize is not None else None,
         double_quant=getattr(run.model.config, "double_quant", False) is True,
         checkpointing=facts.checkpointing, optimizer=optimizer.name if optimizer is not None else "adamw",
@@ -144,7 +145,7 @@ def _expand(candidate: tuple, plan: Plan, run) -> list:
     if present.get("adapter.gradient_checkpointing") == "true" and work.checkpointing and "adapter" not in present:
         return []
     if "trainer.precision" in present and (work.device_kind != "gpu" or work.precision not in ("32-true", "32")):
-        return []  # 16-bit activations: for 32-bit GPU runs (on the CPU bfloat16 is slow)
+        return []  # 16-bit activations: for 32-bit GPU runs (on the CPU, precision=auto picks bf16 where it pays)
     if present.get("adapter") == "qlora" and work.quantization:
         return []
     if "optimizer" in present and present["optimizer"] == work.optimizer:

@@ -46,13 +46,15 @@ def add_baselines(metrics: dict, baselines: dict, skipped: dict) -> None:
 
 
 def segment_record(segment: dict, started: float, reduce: bool = True, status: str = "completed") -> dict:
-    """One start-or-resume of a run: the steps it trained, its throughput, wall time and how it ended
-    (``status``).  ``reduce``: every process calls this (the token count is summed over the process group)."""
+    """One start-or-resume of a run: the steps it trained, its throughput, wall time, how it ended
+    (``status``) and the precision it trained in.  ``reduce``: every process calls this (the token count is
+    summed over the process group)."""
     trainer = segment.get("trainer")
     summary = segment["throughput"].summary(time.time() - segment["fit_started"], trainer.world_size,
                                             reduce=reduce) if trainer is not None else {}
     return {"from_step": segment.get("started_step", 0), "to_step": int(trainer.global_step) if trainer else None,
-            "wall_time_s": time.time() - started, "status": status, **summary}
+            "wall_time_s": time.time() - started, "status": status, **summary,
+            **({"precision": segment["precision"]} if segment.get("precision") else {})}
 
 
 def memorisation_sample(run, model, tokenizer, splits, context, rewards=None) -> tuple:

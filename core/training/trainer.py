@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 
 
 def build_trainer(trainer: "TrainerConfig", strategy: "StrategyConfig", run_dir: Path, callbacks: list,
-                  loggers: Optional[list] = None):
+                  loggers: Optional[list] = None, precision: Optional[str] = None):
     """A ``lightning.Trainer`` from the run's ``trainer`` and ``strategy`` settings.
+
+    ``precision``: the Lightning precision to train in, where ``trainer.precision`` is ``auto``
+    (:func:`tuneforge.training.run.run_precision` resolves it); default: ``trainer.precision``.
 
     ``loggers``: Lightning loggers, the one writing ``<run_dir>/metrics.csv``
     first (:meth:`tuneforge.training.loggers.RunLoggers.lightning_loggers`);
@@ -49,7 +52,7 @@ def build_trainer(trainer: "TrainerConfig", strategy: "StrategyConfig", run_dir:
         strategy = _strategy_object(settings.name, kwargs)
     return pl.Trainer(
         max_steps=t.max_steps, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
-        precision=t.precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        precision=precision or t.precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=strategy, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=t.check_val_every_n_epoch, limit_val_batches=t.limit_val_batches,
         gradient_clip_val=t.gradient_clip_val, gradient_clip_algorithm=t.gradient_clip_algorithm,
@@ -117,7 +120,7 @@ def check_strategy(strategy: "StrategyConfig", trainer: "TrainerConfig", checkpo
                               "(FSDP2); Lightning's FSDP1 strategies write pickled checkpoints and reject norm "
                               "gradient clipping")
         precision = str(trainer.precision)
-        if precision not in (*PRECISIONS, "32", "bf16"):  # (Lightning's short names for 32-true, bf16-mixed)
+        if precision not in (*PRECISIONS, "32", "bf16", "auto"):  # (auto becomes 32-true or bf16-mixed)  # (Lightning's short names for 32-true, bf16-mixed)
             raise ConfigError(f"strategy=fsdp with trainer.precision={precision}: FSDP2 (Lightning's "
                               f"ModelParallelStrategy) takes {', '.join(PRECISIONS)}")
         check_kwargs(strategy_kwargs(strategy))
