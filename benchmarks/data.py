@@ -1,9 +1,13 @@
 """The benchmark's data: alpaca records, tokenized by tuneforge, cut into one fixed list of batches.
 
-* :func:`generate_records` - ``n`` alpaca records of varied length from a seeded generator
-  (word-list tasks: upper-case, reverse, sort, first letters, count, copy; the input has
-  3 to ``max_words`` words, log-uniformly, so batch padding is realistic).  Same arguments,
-  same records, on every machine: no download.
+* :func:`generate_records` - ``n`` alpaca records whose instruction, input and output lengths are
+  those of real instruction data: each record takes the three lengths of one record of
+  ``alpaca_lengths.json``, drawn by a seeded generator (the lengths of the 999 alpaca records
+  that LLaMA-Factory's PyPI sdist ships as ``data/alpaca_en_demo.json``, counted with
+  SmolLM2's tokenizer; ``record_lengths.py`` wrote the file and says how).  The text is filler
+  built so that SmolLM2's tokenizer reads it as exactly that many tokens (words that are one
+  token each, and ``.``/``,``), so the prompt/response split and the padding of the batches
+  are those of the real data.  Same arguments, same records, on every machine: no download.
 * :func:`read_alpaca` - the alpaca rows of a local ``.jsonl`` file (e.g. the shipped
   ``plugins/data/sample.jsonl``; chat rows are left out).
 * :func:`build_plan` - tokenize with tuneforge's own ``jsonl`` dataset (the same options the
@@ -11,50 +15,73 @@
   ``batch_size`` until there are ``steps`` of them, and pad each with
   :func:`tuneforge.data.pad_batch` (the collator tuneforge's loader uses).  Saved as
   ``batches.safetensors`` + ``plan.json``, and the records in that order as ``ordered.jsonl``.
+* :func:`shares` - the trained-position share and the padding share of a list of batches.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+#: the recorded lengths (tokens of SmolLM2's tokenizer) of real alpaca records: see record_lengths.py
+LENGTHS_FILE = HERE / "alpaca_lengths.json"
+
+#: words that SmolLM2's tokenizer reads as exactly one token after a space (" apple"), checked with
+#: the tokenizer of SmolLM2-135M-Instruct; other BPE tokenizers of similar size read them as about one
 WORDS = (
     "apple river stone cloud forest garden window silver tiger ocean planet bridge candle desert "
     "engine falcon guitar harbor island jacket kettle lemon marble needle orange pencil quartz rabbit "
     "saddle tunnel umbrella valley wagon yellow zebra anchor basket castle dragon eagle feather glacier "
-    "hammer igloo jungle kitten ladder meadow nickel orchid parrot quiver rocket shadow thunder violin "
+    "hammer jungle kitten ladder meadow nickel orchid parrot rocket shadow thunder violin "
     "walnut lantern mirror puzzle blanket compass harvest journey library morning notebook picture "
     "station teacher village weather blossom cabinet diamond fountain gravity horizon"
 ).split()
-
-TASKS = (
-    ("Write the words in capital letters.", lambda words: " ".join(w.upper() for w in words)),
-    ("Write the words in reverse order.", lambda words: " ".join(reversed(words))),
-    ("Sort the words alphabetically.", lambda words: " ".join(sorted(words))),
-    ("Give the first letter of every word.", lambda words: "".join(w[0] for w in words)),
-    ("How many words are there?", lambda words: str(len(words))),
-    ("Copy the text exactly.", lambda words: " ".join(words)),
-)
+#: the words of WORDS that are one token without a space too: a field's first word
+FIRST_WORDS = ("apple river stone cloud forest window ocean planet bridge engine orange yellow anchor castle "
+               "harvest library picture station teacher weather gravity").split()
 
 
-def generate_records(n: int, seed: int = 0, max_words: int = 120) -> list:
-    """``n`` alpaca records (``instruction``, ``input``, ``output``); every fifth one has no ``input``
-    (the words are in the instruction).  Deterministic in ``(n, seed, max_words)``."""
-    if n < 1 or max_words < 3:
-        raise ValueError(f"generate_records: need n >= 1 and max_words >= 3, got n={n}, max_words={max_words}")
+def recorded_lengths(path=LENGTHS_FILE) -> tuple:
+    """``(lengths, source)``: the ``[instruction, input, output]`` token counts of the recorded
+    records and where they came from (``alpaca_lengths.json``)."""
+    document = json.loads(Path(path).read_text())
+    return [tuple(int(x) for x in row) for row in document["lengths"]], document["source"]
+
+
+def filler(rng: random.Random, tokens: int) -> str:
+    """Text of exactly ``tokens`` SmolLM2 tokens (one-token words, some followed by ``.`` or ``,``)."""
+    if tokens <= 0:
+        return ""
+    parts = [rng.choice(FIRST_WORDS)]
+    while len(parts) < tokens:
+        if parts[-1] not in (".", ",") and rng.random() < 0.12:
+            parts.append("." if rng.random() < 0.6 else ",")
+        else:
+            parts.append(" " + rng.choice(WORDS))
+    return "".join(parts)
+
+
+def generate_records(n: int, seed: int = 0, max_field_tokens: int = 0) -> list:
+    """``n`` alpaca records (``instruction``, ``input`` where the drawn record had one, ``output``)
+    whose field lengths in SmolLM2 tokens are those of records drawn (with replacement, seeded)
+    from ``alpaca_lengths.json``; ``max_field_tokens`` > 0 caps every field at that many tokens
+    (the smoke run's tiny byte-level model).  Deterministic in ``(n, seed, max_field_tokens)``."""
+    if n < 1 or max_field_tokens < 0:
+        raise ValueError(f"generate_records: need n >= 1 and max_field_tokens >= 0, got n={n}, "
+                         f"max_field_tokens={max_field_tokens}")
+    lengths, _ = recorded_lengths()
     rng = random.Random(seed)
     records = []
-    for index in range(n):
-        count = int(round(math.exp(rng.uniform(math.log(3), math.log(max_words)))))
-        words = [rng.choice(WORDS) for _ in range(count)]
-        instruction, answer = TASKS[index % len(TASKS)]
-        text = " ".join(words)
-        if index % 5 == 4:
-            records.append({"instruction": f"{instruction} Words: {text}", "output": answer(words)})
-        else:
-            records.append({"instruction": instruction, "input": text, "output": answer(words)})
+    for _ in range(n):
+        instruction, extra, output = (min(x, max_field_tokens) if max_field_tokens else x
+                                      for x in rng.choice(lengths))
+        record = {"instruction": filler(rng, max(instruction, 1))}
+        if extra:
+            record["input"] = filler(rng, extra)
+        record["output"] = filler(rng, max(output, 1))
+        records.append(record)
     return records
 
 
@@ -146,3 +173,17 @@ def build_plan(workdir, records: list, tuneforge_overrides, *, batch_size: int, 
             "digests": [batch_digest(b) for b in padded], "pad_token_id": pad_token_id}
     (workdir / "plan.json").write_text(json.dumps(plan))
     return plan, cfg
+
+
+def shares(real, positions, trained) -> dict:
+    """The shares of a list of batches, from their per-batch counts (sums are taken here):
+
+    ``trained``: trained positions (those whose next-token label is not -100, i.e. ``labels[:, 1:]
+    != -100``) over all positions of the padded batches (batch x padded length), which is the part
+    of the output layer a loss on trained positions only computes; ``trained_of_real``: the same
+    over the real (attention-mask) tokens; ``padding``: padding positions over all positions.
+    """
+    real, positions, trained = sum(real), sum(positions), sum(trained)
+    return {"trained": trained / max(positions, 1), "trained_of_real": trained / max(real, 1),
+            "padding": (positions - real) / max(positions, 1), "real_tokens": real, "positions": positions,
+            "trained_positions": trained}

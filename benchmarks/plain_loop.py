@@ -1,11 +1,18 @@
 """System (a): a plain PyTorch + PEFT training loop over the saved batches.
 
-    python benchmarks/plain_loop.py <workdir> <result.json>     (started by benchmarks/run.py)
+    python benchmarks/plain_loop.py <workdir> <result.json> [trained_loss]     (started by benchmarks/run.py)
 
 What a careful user writes by hand: iterate the batch list, forward, next-token cross
 entropy (mean over trained tokens), backward, clip the gradient norm, ``torch.optim.AdamW``
 step at a constant learning rate.  No framework, no logging, no checkpoints: the floor the
 others are measured against.
+
+With ``trained_loss`` (the benchmark's ``plain_trained_loss`` system) the loss is computed the
+way tuneforge's ``cross_entropy`` computes it: the model body runs on the whole batch, then the
+hidden states at the positions whose (shifted) label is not -100 are gathered and only those go
+through the LM head and the cross entropy.  The loss is mathematically the same (the mean over
+the same trained positions), so it passes the same loss check; the difference in speed is what
+that one trick is worth.
 """
 
 from __future__ import annotations
@@ -13,16 +20,46 @@ from __future__ import annotations
 import sys
 import time
 
-from common import (batch_digest, child_args, load_batches, load_model, load_spec, setup_process,
-                    trainable_checksum, write_result)
+from common import (batch_digest, load_batches, load_model, load_spec, setup_process, trainable_checksum,
+                    write_result)
+
+IGNORE_INDEX = -100
+
+
+def full_logits_loss(model, batch):
+    """Logits on every position (``model(...).logits``), then cross entropy with ``ignore_index``."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shifted_logits, shifted_labels = logits[:, :-1], batch["labels"][:, 1:]
+    return F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.size(-1)).float(),
+                           shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def trained_positions_loss(model, batch):
+    """The body on the whole batch; the LM head and cross entropy on the trained positions only."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model()  # PEFT's LoRA layers sit inside it: calling its parts trains them
+    body = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    trained = labels != IGNORE_INDEX
+    logits = base.get_output_embeddings()(hidden[:, :-1][trained])
+    return F.cross_entropy(logits.float(), labels[trained])
 
 
 def main(argv) -> None:
-    workdir, result_path = child_args(argv)
+    if len(argv) not in (2, 3) or (len(argv) == 3 and argv[2] != "trained_loss"):
+        raise SystemExit("usage: python benchmarks/plain_loop.py <workdir> <result.json> [trained_loss] "
+                         "(started by benchmarks/run.py)")
+    from pathlib import Path
+
+    workdir, result_path = Path(argv[0]), Path(argv[1])
+    trained_only = len(argv) == 3
     spec = load_spec(workdir)
     setup_process(spec)
     import torch
-    import torch.nn.functional as F
 
     model, _ = load_model(spec)
     batches = load_batches(workdir)[: spec["steps"]]
@@ -30,13 +67,11 @@ def main(argv) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], betas=tuple(spec["betas"]), eps=spec["eps"],
                                   weight_decay=spec["weight_decay"])
+    compute_loss = trained_positions_loss if trained_only else full_logits_loss
     losses, step_end, digests = [], [], []
     for batch in batches:
         digests.append(batch_digest(batch))
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shifted_logits, shifted_labels = logits[:, :-1], batch["labels"][:, 1:]
-        loss = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.size(-1)).float(),
-                               shifted_labels.reshape(-1), ignore_index=-100)
+        loss = compute_loss(model, batch)
         loss.backward()
         if spec["max_grad_norm"]:
             torch.nn.utils.clip_grad_norm_(params, spec["max_grad_norm"])
@@ -44,8 +79,8 @@ def main(argv) -> None:
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())
         step_end.append(time.perf_counter())
-    write_result(result_path, "plain", losses=[float(x) for x in losses], step_end=step_end, digests=digests,
-                 init_checksum=checksum)
+    write_result(result_path, "plain_trained_loss" if trained_only else "plain", losses=[float(x) for x in losses],
+                 step_end=step_end, digests=digests, init_checksum=checksum)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/run.py --help                  # every option
 
 Every system trains the same model (same weights, same LoRA initialisation: r=16 on all
-linear layers) on the SAME batches - built once here with tuneforge's data pipeline and a
+linear layers) on the SAME batches (by default: generated records whose instruction, input and
+output lengths are drawn from real alpaca data, ``data.py``) - built once here with tuneforge's data pipeline and a
 seeded permutation, saved, and consumed in that order by every system - with AdamW (same
 betas, eps, no weight decay), a constant learning rate without warmup, the same gradient
 clipping, fp32, on the CPU with the same thread count.  Each run is its own subprocess; the
@@ -16,11 +17,19 @@ trained on exactly the saved batches (digests), started from the same trainable 
 (checksum), and has the same loss at every step (relative tolerance ``--tolerance``).  On a
 mismatch the first differing step is printed and the script exits 1.  Then, per system: real
 (non-pad) tokens per second, peak RSS, the per-step losses, the ratios against the plain loop
-and HF Trainer, and a Markdown table.
+and HF Trainer, the share of the CPU's limit (``cpu_limit.py``: fp32 and bf16 matrix-product
+throughput on the model's Linear shapes, turned into real tokens/s), the trained-position and
+padding shares of the batches, and a Markdown table.
 
-tuneforge with ``loader.group_by_length=true`` / ``loader.packing=true`` (when this tuneforge
-has those keys) train the same examples for one epoch and batch them their own way: their
-losses differ by construction, so they are compared on real tokens/s only.
+``plain_trained_loss`` is the plain loop with tuneforge's loss trick (LM head and cross entropy
+on the trained positions only): the same losses, so it is checked like the others.
+
+tuneforge variants are names mapped to lists of overrides (:data:`VARIANTS`, ``--variant``).
+Those with ``loader.group_by_length=true`` / ``loader.packing=true`` train the same examples for
+one epoch and batch them their own way: their losses differ by construction, so they are
+compared on real tokens/s only.  Other variants (e.g. ``trainer.precision=auto``) train on the
+saved batches (digests checked); their losses are reported, not checked (another precision
+changes them).  A variant whose overrides this tuneforge rejects is skipped with a note.
 
 Not collected by pytest (``tests/test_benchmark_smoke.py`` runs ``--smoke``).  See
 docs/performance.md, section "Benchmark".
@@ -43,18 +52,28 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-#: system name -> (child script, label in the tables)
+#: system name -> (child script, label in the tables, extra arguments of the child)
 SYSTEMS = {
-    "plain": ("plain_loop.py", "plain PyTorch+PEFT loop"),
-    "hf_trainer": ("hf_trainer.py", "HF Trainer"),
-    "trl_sft": ("trl_sft.py", "TRL SFTTrainer"),
-    "tuneforge": ("tuneforge_run.py", "tuneforge"),
+    "plain": ("plain_loop.py", "plain PyTorch+PEFT loop", ()),
+    "plain_trained_loss": ("plain_loop.py", "plain loop, loss on trained positions only", ("trained_loss",)),
+    "hf_trainer": ("hf_trainer.py", "HF Trainer", ()),
+    "trl_sft": ("trl_sft.py", "TRL SFTTrainer", ()),
+    "tuneforge": ("tuneforge_run.py", "tuneforge", ()),
 }
-#: tuneforge variant -> the loader key it needs
-VARIANTS = {"group_by_length": "group_by_length", "packing": "packing"}
+#: tuneforge variant -> its overrides (added after the fixed-batch run's; a later one wins)
+VARIANTS = {
+    "group_by_length": ["loader.group_by_length=true"],
+    "packing": ["loader.packing=true"],
+    "packing_auto": ["loader.packing=true", "trainer.precision=auto"],
+    "packing_bf16": ["loader.packing=true", "trainer.precision=bf16-mixed"],
+    "auto": ["trainer.precision=auto"],
+    "bf16": ["trainer.precision=bf16-mixed"],
+}
+#: overrides that make a variant batch the examples its own way (then: one epoch, its own batches)
+REBATCHING = ("loader.packing=true", "loader.group_by_length=true")
 
-SMOKE = dict(model="tiny", steps=3, warmup=1, repeats=1, batch_size=4, records=16, max_words=30, threads=1,
-             systems="plain,hf_trainer,tuneforge", variants="none")
+SMOKE = dict(model="tiny", steps=3, warmup=1, repeats=1, batch_size=4, records=16, max_field_tokens=24, threads=1,
+             systems="plain,plain_trained_loss,hf_trainer,tuneforge", variants="none")
 
 
 class BenchmarkError(Exception):
@@ -73,19 +92,28 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=2, help="runs per system, in alternating order")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--data", default="generated",
-                        help="'generated' (seeded alpaca records, see --records), 'sample' (the alpaca rows of "
+                        help="'generated' (seeded alpaca records with the field lengths of real alpaca data, "
+                             "benchmarks/alpaca_lengths.json; see --records), 'sample' (the alpaca rows of "
                              "plugins/data/sample.jsonl) or the path of an alpaca .jsonl file")
     parser.add_argument("--records", type=int, default=200, help="generated records")
-    parser.add_argument("--max-words", type=int, default=120, help="longest generated input, in words")
+    parser.add_argument("--max-field-tokens", type=int, default=0,
+                        help="cap every generated field at this many tokens (0: the recorded lengths, uncapped)")
     parser.add_argument("--max-length", type=int, default=1024, help="data.max_length (longer examples truncated)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: none)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every run (and OMP_NUM_THREADS)")
     parser.add_argument("--seed", type=int, default=0, help="model/LoRA seed and the batch permutation seed")
-    parser.add_argument("--systems", default="plain,hf_trainer,trl_sft,tuneforge",
+    parser.add_argument("--systems", default="plain,plain_trained_loss,hf_trainer,trl_sft,tuneforge",
                         help=f"comma-separated, from {','.join(SYSTEMS)} (trl_sft is skipped without trl)")
     parser.add_argument("--variants", default="group_by_length,packing",
-                        help="tuneforge loader variants to time ('none' for none); skipped when absent")
+                        help="tuneforge variants to time, comma-separated ('none' for none), from: " + "; ".join(
+                            f"{name} = {' '.join(overrides)}" for name, overrides in VARIANTS.items())
+                        + ". Skipped with a note when this tuneforge rejects their overrides")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[;OVERRIDE...]",
+                        help="one more tuneforge variant, timed after --variants (repeatable), e.g. "
+                             "'packing_32=loader.packing=true;trainer.precision=32-true'")
+    parser.add_argument("--no-limit", action="store_true",
+                        help="skip measuring the CPU's matrix-product throughput (the limit columns)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="relative tolerance of the loss check")
     parser.add_argument("--out", help="work directory (default: a new temporary directory); results.json goes here")
     if "--smoke" in argv:  # smoke values become the defaults: options given explicitly still win
@@ -96,11 +124,19 @@ def parse_args(argv):
     unknown = [s for s in args.systems.split(",") if s not in SYSTEMS]
     if unknown:
         parser.error(f"--systems: unknown {unknown}; valid: {','.join(SYSTEMS)}")
-    variants = [] if args.variants in ("", "none") else args.variants.split(",")
-    bad = [v for v in variants if v not in VARIANTS]
+    names = [] if args.variants in ("", "none") else args.variants.split(",")
+    bad = [v for v in names if v not in VARIANTS]
     if bad:
         parser.error(f"--variants: unknown {bad}; valid: {','.join(VARIANTS)} or none")
-    args.variant_list = variants
+    variants = {name: list(VARIANTS[name]) for name in names}
+    for definition in args.variant:
+        name, _, overrides = definition.partition("=")
+        overrides = [o.strip() for o in overrides.split(";") if o.strip()]
+        if not name.strip() or not name.strip().replace("_", "").replace("-", "").isalnum() or not overrides:
+            parser.error(f"--variant {definition!r}: expected NAME=OVERRIDE[;OVERRIDE...] (NAME: letters, digits, "
+                         "_ or -)")
+        variants[name.strip()] = overrides
+    args.variant_overrides = variants
     return args
 
 
@@ -131,11 +167,14 @@ def tuneforge_overrides(args, workdir: Path) -> list:
 
 def load_records(args) -> tuple:
     """``(records, description)`` for ``--data``."""
-    from data import generate_records, read_alpaca
+    from data import generate_records, read_alpaca, recorded_lengths
 
     if args.data == "generated":
-        return (generate_records(args.records, args.seed, args.max_words),
-                f"{args.records} generated alpaca records (seed {args.seed}, 3..{args.max_words} words)")
+        lengths, source = recorded_lengths()
+        cap = f", capped at {args.max_field_tokens} tokens a field" if args.max_field_tokens else ""
+        return (generate_records(args.records, args.seed, args.max_field_tokens),
+                f"{args.records} generated alpaca records (seed {args.seed}; field lengths of the {len(lengths)} "
+                f"records of {source}{cap})")
     path = HERE.parent / "plugins" / "data" / "sample.jsonl" if args.data == "sample" else Path(args.data)
     if not path.is_file():
         raise BenchmarkError(f"--data {args.data}: no such file {path}")
@@ -143,8 +182,23 @@ def load_records(args) -> tuple:
     return records, f"{len(records)} alpaca records of {path}"
 
 
-def loader_keys(cfg) -> set:
-    return set(cfg.loader.keys())
+def is_rebatching(overrides) -> bool:
+    return any(o.replace(" ", "").lower() in REBATCHING for o in overrides)
+
+
+def variant_problem(base_overrides: list, overrides: list):
+    """``None`` when this tuneforge composes and validates the run with the variant's overrides,
+    else the first line of what it says (the variant is then skipped)."""
+    from tuneforge.host.components import validate
+    from tuneforge.host.compose import compose, load_plugins
+
+    composed = [o for o in base_overrides if not o.startswith("callbacks=")] + overrides
+    try:
+        plugins = load_plugins(composed)  # first: it registers the configs that compose reads
+        problems = validate(compose(composed), plugins)
+    except Exception as exc:  # Hydra's and tuneforge's errors: a key or value this tuneforge does not have
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return str(problems[0]).splitlines()[0] if problems else None
 
 
 def prepare(args, workdir: Path) -> tuple:
@@ -165,15 +219,16 @@ def prepare(args, workdir: Path) -> tuple:
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     source = model_config.pop("name")
     variants, notes = {}, []
-    for variant in args.variant_list:
-        key = VARIANTS[variant]
-        if key in loader_keys(cfg):
-            # one epoch over exactly the examples of the fixed batches, batched the variant's way
-            variants[variant] = [f"loader.{key}=true", "loader.shuffle=true", "trainer.max_steps=-1",
-                                 "trainer.max_epochs=1"]
-        else:
-            notes.append(f"tuneforge[{variant}]: skipped, this tuneforge has no loader.{key} "
-                         f"(loader keys: {', '.join(sorted(loader_keys(cfg)))})")
+    for name, added in args.variant_overrides.items():
+        rebatched = is_rebatching(added)
+        # a re-batching variant: one epoch over exactly the examples of the fixed batches, batched its way
+        full = (["loader.shuffle=true", "trainer.max_steps=-1", "trainer.max_epochs=1"] if rebatched else []) + added
+        problem = variant_problem(overrides, full)
+        if problem:
+            notes.append(f"tuneforge[{name}]: skipped, this tuneforge rejects {' '.join(added)}: {problem}")
+            continue
+        variants[name] = {"overrides": full, "added": added, "rebatched": rebatched,
+                          "label": "tuneforge, " + ", ".join(f"`{o}`" for o in added)}
     spec = {
         "model": args.model, "model_source": source, "model_config": model_config,
         "seed": args.seed, "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
@@ -208,7 +263,8 @@ def run_child(workdir: Path, entry: tuple, repeat: int, threads: int) -> dict:
     name = system if variant is None else f"tuneforge-{variant}"
     result_path = workdir / f"{name}-{repeat}.json"
     log_path = workdir / f"{name}-{repeat}.log"
-    command = [sys.executable, str(HERE / SYSTEMS[system][0]), str(workdir), str(result_path)]
+    command = [sys.executable, str(HERE / SYSTEMS[system][0]), str(workdir), str(result_path),
+               *SYSTEMS[system][2]]
     if variant:
         command.append(variant)
     started = time.time()
@@ -224,6 +280,19 @@ def run_child(workdir: Path, entry: tuple, repeat: int, threads: int) -> dict:
     result.update(name=name, system=system, variant=variant, repeat=repeat, wall_s=time.time() - started,
                   launched_at=started)
     return result
+
+
+def measure_limit(workdir: Path, threads: int) -> dict:
+    """``cpu_limit.py`` in a fresh process with the benchmark's threads (nothing else of ours runs)."""
+    result_path, log_path = workdir / "cpu_limit.json", workdir / "cpu_limit.log"
+    with open(log_path, "w") as log:
+        completed = subprocess.run([sys.executable, str(HERE / "cpu_limit.py"), str(workdir), str(result_path)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=child_env(threads), cwd=str(HERE.parent))
+    if completed.returncode != 0 or not result_path.is_file():
+        print("\n".join(log_path.read_text().strip().splitlines()[-15:]), file=sys.stderr)
+        raise BenchmarkError(f"measuring the CPU's limit failed with exit code {completed.returncode}; "
+                             f"full log: {log_path}")
+    return json.loads(result_path.read_text())
 
 
 def run_order(entries: list, repeats: int) -> list:
@@ -261,13 +330,14 @@ def max_relative_difference(reference: list, other: list) -> float:
 
 
 def check_runs(fixed: list, variants: list, plan: dict, steps: int, rtol: float) -> list:
-    """Raise :class:`BenchmarkError` unless every fixed-batch run trained on the saved batches,
-    all runs started from the same trainable weights and the fixed-batch losses agree.
-    Returns the lines that say what was checked."""
+    """Raise :class:`BenchmarkError` unless every fixed-batch run (and every variant run that is not
+    re-batched, ``rebatched: false``) trained on the saved batches, all runs started from the same
+    trainable weights and the fixed-batch losses agree.  Returns the lines that say what was checked."""
     if not fixed:
         raise BenchmarkError("no fixed-batch run to check")
     expected = plan["digests"][:steps]
-    for run in fixed:
+    same_batches = [run for run in variants if run.get("rebatched") is False]
+    for run in fixed + same_batches:
         if run["steps"] != steps:
             raise BenchmarkError(f"{run['name']} (repeat {run['repeat']}) ran {run['steps']} steps, expected {steps}")
         for step, (want, got) in enumerate(zip(expected, run["digests"]), 1):
@@ -289,11 +359,16 @@ def check_runs(fixed: list, variants: list, plan: dict, steps: int, rtol: float)
                                  f"{a!r} vs {run['name']} (repeat {run['repeat']}) {b!r} (rtol {rtol}); no speed "
                                  "ratio is printed for runs that did not do the same work")
         worst = max(worst, max_relative_difference(reference["losses"], run["losses"]))
-    return [f"{len(fixed)} fixed-batch runs x {steps} steps: every batch equals the saved one (digest)",
-            f"{len(fixed) + len(variants)} runs start from the same trainable weights "
-            f"({reference['init_checksum'][0]} values, checksum)",
-            f"per-step losses of {len(compared)} systems agree within rtol {rtol:g} (largest relative difference "
-            f"{worst:.2e})" if len(fixed) > 1 else "one run only: no losses to compare"]
+    lines = [f"{len(fixed)} fixed-batch runs x {steps} steps: every batch equals the saved one (digest)",
+             f"{len(fixed) + len(variants)} runs start from the same trainable weights "
+             f"({reference['init_checksum'][0]} values, checksum)",
+             f"per-step losses of {len(compared)} systems agree within rtol {rtol:g} (largest relative difference "
+             f"{worst:.2e})" if len(fixed) > 1 else "one run only: no losses to compare"]
+    for run in same_batches:
+        lines.append(f"{run['name']} (repeat {run['repeat']}): the saved batches (digests); its losses differ from "
+                     f"{reference['name']}'s by up to {max_relative_difference(reference['losses'], run['losses']):.2e} "
+                     "(relative; not checked: its overrides may change the arithmetic)")
+    return lines
 
 
 # ---------------------------------------------------------------------------
@@ -313,15 +388,45 @@ def timed_window(run: dict, plan_tokens, warmup: int) -> dict:
             "tokens_per_s": counted / max(seconds, 1e-12), "s_per_step": seconds / (len(ends) - warmup)}
 
 
-def summarize(runs: list, plan: dict, warmup: int) -> dict:
-    """Per system/variant: median tokens/s over repeats, max peak RSS, the runs' numbers."""
+def run_shares(run: dict, plan: dict) -> dict:
+    """Trained-position and padding shares of the batches a run trained on (``data.shares``): the
+    plan's for a fixed-batch system, the run's own (probe counts) for a tuneforge variant."""
+    from data import shares
+
+    if run["variant"] is None or not run.get("positions"):
+        return shares(plan["tokens"], plan["padded_tokens"], plan["trained_tokens"])
+    return shares(run["tokens"], run["positions"], run["trained"])
+
+
+def limit_shares(entry: dict, limit) -> dict:
+    """The entry's real tokens/s as a share of the CPU's fp32 and bf16 limits (``cpu_limit.py``)."""
+    if not limit:
+        return {}
+    from cpu_limit import limit_tokens_per_s
+
+    trained_of_real = entry["shares"]["trained_of_real"]
+    return {precision: entry["tokens_per_s"] / limit_tokens_per_s(limit, precision, trained_of_real)
+            for precision in ("fp32", "bf16")}
+
+
+def summarize(runs: list, plan: dict, warmup: int, labels: dict | None = None, limit: dict | None = None,
+              notes: list | None = None) -> dict:
+    """Per system/variant: median tokens/s over repeats, max peak RSS, the runs' numbers, the shares
+    of its batches and its share of the CPU's limits.  ``labels``: variant name -> table label.
+    A variant run with no step after the warm-up is left out with a line in ``notes``."""
     summary = {}
     total = sum(plan["tokens"])
     for run in runs:
         fixed = run["variant"] is None
+        if not fixed and len(run["step_end"]) <= warmup:
+            if notes is not None:
+                notes.append(f"{run['name']} (repeat {run['repeat']}): {len(run['step_end'])} steps in its epoch, "
+                             f"none after the {warmup} warm-up steps: not timed (more --records, or --warmup)")
+            continue
         window = timed_window(run, plan["tokens"] if fixed else None, warmup)
         run["timing"] = window
-        entry = summary.setdefault(run["name"], {"runs": [], "label": label(run)})
+        entry = summary.setdefault(run["name"], {"runs": [], "label": label(run, labels),
+                                                 "shares": run_shares(run, plan)})
         if run.get("first_step_at"):
             # process launch (interpreter start, imports, model load, data, setup) to the first step's end
             window["startup_s"] = run["first_step_at"] - run["launched_at"]
@@ -331,15 +436,45 @@ def summarize(runs: list, plan: dict, warmup: int) -> dict:
         if not fixed and sum(run["tokens"]) != total:
             entry["note"] = (f"trained {sum(run['tokens'])} real tokens in one epoch, the fixed runs {total}: "
                              "its batches do not expose an attention mask that counts them")
+        if run.get("precision"):
+            entry["precision"] = run["precision"]
     for entry in summary.values():
         entry["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in entry["runs"])
+        entry["of_limit"] = limit_shares(entry, limit)
     return summary
 
 
-def label(run: dict) -> str:
+def label(run: dict, labels: dict | None = None) -> str:
     if run["variant"]:
-        return f"tuneforge, loader.{VARIANTS[run['variant']]}=true"
+        return (labels or {}).get(run["variant"], f"tuneforge[{run['variant']}]")
     return SYSTEMS[run["system"]][1]
+
+
+def percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def shares_text(shares: dict) -> str:
+    return (f"trained positions {percent(shares['trained'])} of all positions ({percent(shares['trained_of_real'])} "
+            f"of real tokens), padding {percent(shares['padding'])} of all positions")
+
+
+def limit_lines(limit: dict, trained_of_real: float) -> list:
+    """What the CPU's limit is and how it was measured, for the output and the table's notes."""
+    from cpu_limit import flops_per_token, limit_tokens_per_s
+
+    units = ", ".join(limit["bf16_units"]) or "none"
+    lines = [f"CPU limit for LoRA training ({limit['threads']} threads; {flops_per_token(limit, trained_of_real) / 1e9:.3g} "
+             f"GFLOP per real token = 4 x {limit['body_linear_params'] / 1e6:.3g}M body linear parameters + "
+             f"4 x {limit['head_params'] / 1e6:.3g}M LM head x {trained_of_real:.3f} trained per real token; "
+             f"products timed at {limit['tokens']} rows, the head at {limit['head_tokens']}; "
+             f"{limit['seconds']:.1f} s):"]
+    for precision in ("fp32", "bf16"):
+        part = limit[precision]
+        extra = f" (bf16 matrix units: {units})" if precision == "bf16" else ""
+        lines.append(f"  {precision}: body {part['body_gflops']:.1f} GFLOP/s, LM head {part['head_gflops']:.1f} GFLOP/s"
+                     f" -> {limit_tokens_per_s(limit, precision, trained_of_real):.0f} real tokens/s{extra}")
+    return lines
 
 
 def ratio(summary: dict, name: str, base: str) -> str:
@@ -360,24 +495,39 @@ def print_losses(fixed: list) -> None:
                                            for n in names))
 
 
-def markdown_table(summary: dict, spec: dict, plan: dict) -> str:
-    rows = ["| system | real tokens/s | vs plain loop | vs HF Trainer | s/step | peak RSS (MiB) | steps timed "
-            "| launch to first step (s) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+def markdown_table(summary: dict, spec: dict, plan: dict, limit: dict | None = None) -> str:
+    rows = ["| system | real tokens/s | vs plain loop | vs HF Trainer | of fp32 limit | of bf16 limit | padding "
+            "| s/step | peak RSS (MiB) | steps timed | launch to first step (s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, entry in summary.items():
         s_per_step = statistics.median(r["s_per_step"] for r in entry["runs"])
         startups = [r["startup_s"] for r in entry["runs"] if "startup_s" in r]
         startup = f"{statistics.median(startups):.1f}" if startups else "-"
+        of_limit = entry.get("of_limit") or {}
         rows.append(f"| {entry['label']} | {entry['tokens_per_s']:.0f} | {ratio(summary, name, 'plain')} | "
-                    f"{ratio(summary, name, 'hf_trainer')} | {s_per_step:.4f} | {entry['peak_rss_mib']:.0f} | "
-                    f"{entry['runs'][0]['timed_steps']} of {entry['steps']} | {startup} |")
-    padded = sum(plan["padded_tokens"][: spec["steps"]])
-    real = sum(plan["tokens"][: spec["steps"]])
+                    f"{ratio(summary, name, 'hf_trainer')} | {percent(of_limit.get('fp32'))} | "
+                    f"{percent(of_limit.get('bf16'))} | {percent(entry['shares']['padding'])} | {s_per_step:.4f} | "
+                    f"{entry['peak_rss_mib']:.0f} | {entry['runs'][0]['timed_steps']} of {entry['steps']} | {startup} |")
+    from data import shares
+
+    fixed = shares(plan["tokens"][: spec["steps"]], plan["padded_tokens"][: spec["steps"]],
+                   plan["trained_tokens"][: spec["steps"]])
     rows.append("")
     rows.append(f"model={spec['model']}, {spec['data']}; {spec['steps']} steps of batch {spec['batch_size']} "
-                f"({real} real of {padded} padded tokens), first {spec['warmup']} not timed; LoRA r=16 all-linear, "
-                f"AdamW lr {spec['lr']:g} constant, clip {spec['max_grad_norm']:g}, fp32, {spec['threads']} threads; "
+                f"({fixed['real_tokens']} real of {fixed['positions']} padded tokens: {shares_text(fixed)}), "
+                f"first {spec['warmup']} not timed; LoRA r=16 all-linear, AdamW lr {spec['lr']:g} constant, "
+                f"clip {spec['max_grad_norm']:g}, fp32, {spec['threads']} threads; "
                 f"median of {len(next(iter(summary.values()))['runs'])} runs per system")
+    if limit:
+        from cpu_limit import limit_tokens_per_s
+
+        rows.append("")
+        rows.append(f"Limits: {limit_tokens_per_s(limit, 'fp32', fixed['trained_of_real']):.0f} (fp32) and "
+                    f"{limit_tokens_per_s(limit, 'bf16', fixed['trained_of_real']):.0f} (bf16) real tokens/s: "
+                    f"matrix products at {limit['fp32']['body_gflops']:.1f} / {limit['bf16']['body_gflops']:.1f} "
+                    f"GFLOP/s (body) and {limit['fp32']['head_gflops']:.1f} / {limit['bf16']['head_gflops']:.1f} "
+                    f"GFLOP/s (LM head) on the model's Linear shapes, {limit['threads']} threads; 4 x linear "
+                    "parameters FLOPs per real token, the LM head on trained positions only (benchmarks/cpu_limit.py)")
     return "\n".join(rows)
 
 
@@ -403,18 +553,30 @@ def _main(args, workdir: Path) -> int:
     print(f"benchmark work directory: {workdir}")
     spec, plan = prepare(args, workdir)
     notes += spec["notes"]
-    entries = [(s, None) for s in systems] + [("tuneforge", v) for v in spec["tuneforge"]["variants"]]
+    variants = spec["tuneforge"]["variants"]
+    entries = [(s, None) for s in systems] + [("tuneforge", v) for v in variants]
+    fixed_shares = run_shares({"variant": None}, plan)
     print(f"data: {spec['data']} -> {plan['examples']} examples; {args.steps} batches of {args.batch_size} "
           f"({plan['epochs']} epoch(s) of a seeded permutation); {sum(plan['tokens'])} real of "
           f"{sum(plan['padded_tokens'])} padded tokens")
+    print(f"shares of the fixed batches: {shares_text(fixed_shares)}")
+    for note in spec["notes"]:
+        print(f"note: {note}")
+    limit = None
+    if not args.no_limit:
+        limit = measure_limit(workdir, args.threads)
+        print("\n".join(limit_lines(limit, fixed_shares["trained_of_real"])))
     runs = []
     for entry, repeat in run_order(entries, args.repeats):
         run = run_child(workdir, entry, repeat, args.threads)
+        if run["variant"] is not None:
+            run["rebatched"] = variants[run["variant"]]["rebatched"]
         print(f"  {run['name']:<26} repeat {repeat}: {run['steps']} steps, {run['wall_s']:.1f} s wall")
         runs.append(run)
     fixed = [r for r in runs if r["variant"] is None]
     variant_runs = [r for r in runs if r["variant"] is not None]
-    results = {"spec": spec, "plan": plan, "runs": runs,
+    same_batches = [r for r in variant_runs if r.get("rebatched") is False]
+    results = {"spec": spec, "plan": plan, "shares": fixed_shares, "cpu_limit": limit, "runs": runs,
                "notes": notes, "versions": runs[0]["versions"]}
     results_path = workdir / "results.json"
     try:
@@ -422,27 +584,33 @@ def _main(args, workdir: Path) -> int:
     except BenchmarkError as exc:
         results["check"] = {"ok": False, "error": str(exc)}
         results_path.write_text(json.dumps(results, indent=1))
-        print_losses(fixed)
+        print_losses(fixed + same_batches)
         raise
     results["check"] = {"ok": True, "lines": checked}
     print("\ncheck passed:")
     for line in checked:
         print(f"  {line}")
-    print_losses(fixed)
-    summary = summarize(runs, plan, args.warmup)
+    print_losses(fixed + same_batches)
+    labels = {name: variant["label"] for name, variant in variants.items()}
+    summary = summarize(runs, plan, args.warmup, labels, limit, notes)
     results["summary"] = summary
     results_path.write_text(json.dumps(results, indent=1))
-    print("\nper system (median over repeats):")
+    print("\nper system (median over repeats; limits: benchmarks/cpu_limit.py):")
     for name, entry in summary.items():
-        print(f"  {entry['label']:<36} {entry['tokens_per_s']:10.1f} real tokens/s   peak RSS "
+        of_limit = entry.get("of_limit") or {}
+        print(f"  {entry['label']:<44} {entry['tokens_per_s']:10.1f} real tokens/s   peak RSS "
               f"{entry['peak_rss_mib']:7.0f} MiB   x{ratio(summary, name, 'plain')} vs plain, "
-              f"x{ratio(summary, name, 'hf_trainer')} vs HF Trainer" + (f"   NOTE: {entry['note']}"
-                                                                          if entry.get("note") else ""))
+              f"x{ratio(summary, name, 'hf_trainer')} vs HF Trainer   of fp32 limit {percent(of_limit.get('fp32'))}, "
+              f"of bf16 limit {percent(of_limit.get('bf16'))}   padding {percent(entry['shares']['padding'])}, "
+              f"trained {percent(entry['shares']['trained'])}"
+              + (f"   precision {entry['precision'].get('chosen')}" if isinstance(entry.get("precision"), dict)
+                 else "")
+              + (f"   NOTE: {entry['note']}" if entry.get("note") else ""))
     for note in notes:
         print(f"note: {note}")
     print(f"versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}")
     print("\nMarkdown (ratios: real tokens/s of the row / of the column's system; > 1 is faster):\n")
-    print(markdown_table(summary, spec, plan))
+    print(markdown_table(summary, spec, plan, limit))
     print(f"\nresults: {results_path}")
     return 0
 

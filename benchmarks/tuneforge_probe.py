@@ -3,7 +3,8 @@
 Registered in-process by ``tuneforge_run.py`` (``load_plugins(..., extra_plugins=[this
 module])``) and selected with ``callbacks=[bench_probe]``, it watches a real ``tuneforge``
 training run without changing it: the checksum of the trainable weights when training starts,
-and for every training batch its digest and real-token count (when it starts) and the
+and for every training batch its digest, real-token count, positions (batch x padded length) and
+trained positions (``labels[:, 1:] != -100``) when it starts, and the
 ``time.perf_counter()`` when its optimizer step is done.  The losses are read afterwards from
 the run's own ``metrics.csv``.
 """
@@ -33,6 +34,7 @@ def build_probe(config: ProbeConfig):
         def __init__(self):
             self.init_checksum = None
             self.digests, self.tokens, self.step_end = [], [], []
+            self.positions, self.trained = [], []
 
         def on_train_start(self, trainer, pl_module):
             self.init_checksum = trainable_checksum(pl_module.model)
@@ -40,6 +42,8 @@ def build_probe(config: ProbeConfig):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.digests.append(batch_digest(batch))
             self.tokens.append(real_tokens(batch))
+            self.positions.append(int(batch["input_ids"].numel()))
+            self.trained.append(int((batch["labels"][..., 1:] != -100).sum()))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.step_end.append(time.perf_counter())

@@ -12,9 +12,10 @@ in-process plugin; the evaluators are off (``evaluators=[]``) since they are not
 
 ``ordered.jsonl`` holds the records of the saved batches in training order, and the run reads
 them with ``data.shuffle=false`` and ``loader.shuffle=false``: so tuneforge's own loader
-builds the saved batches (the probe's digests prove it).  ``variant`` (``group_by_length``,
-``packing``) adds that variant's overrides from the spec: those runs batch the same examples
-their own way, for one epoch.
+builds the saved batches (the probe's digests prove it).  ``variant`` (a name of the spec's
+``tuneforge.variants``, e.g. ``packing``) adds that variant's overrides: a variant that packs or
+groups by length batches the same examples its own way, for one epoch; any other trains on the
+saved batches with its overrides (e.g. another ``trainer.precision``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main(argv) -> None:
     spec = load_spec(workdir)
     overrides = list(spec["tuneforge"]["overrides"])
     if variant:
-        overrides += spec["tuneforge"]["variants"][variant]
+        overrides += spec["tuneforge"]["variants"][variant]["overrides"]
     run_dir = workdir / f"run-{result_path.stem}"
     overrides.append(f"run_dir={run_dir}")
 
@@ -59,7 +60,9 @@ def main(argv) -> None:
                          f"{len(probe.step_end)} steps; trainer.log_every_n_steps must be 1")
     write_result(result_path, "tuneforge" if not variant else f"tuneforge[{variant}]", losses=losses,
                  step_end=probe.step_end, digests=probe.digests, init_checksum=probe.init_checksum,
-                 tokens=probe.tokens, extra={"run_dir": str(run_dir), "tuneforge_steps": metrics.get("steps")})
+                 tokens=probe.tokens, extra={"run_dir": str(run_dir), "tuneforge_steps": metrics.get("steps"),
+                                             "positions": probe.positions, "trained": probe.trained,
+                                             "precision": metrics.get("precision")})
 
 
 if __name__ == "__main__":
