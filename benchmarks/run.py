@@ -86,7 +86,8 @@ def parse_args(argv):
     parser.add_argument("--smoke", action="store_true",
                         help="smallest mode: " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in SMOKE.items()))
     parser.add_argument("--model", default="smollm2",
-                        help="tuneforge model preset: tiny (random, no download) or smollm2 (bash .ci/fetch-smollm2)")
+                        help="tuneforge model preset: tiny (random, no download) or smollm2 (bash .ci/fetch-smollm2), "
+                             "or a model folder (safetensors) or .gguf file")
     parser.add_argument("--steps", type=int, default=24, help="optimizer steps per run (batches in the plan)")
     parser.add_argument("--warmup", type=int, default=4, help="first steps not timed (at least 1)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per system, in alternating order")
@@ -148,7 +149,7 @@ def parse_args(argv):
 def tuneforge_overrides(args, workdir: Path) -> list:
     """The tuneforge run's overrides: everything the comparison holds equal, in tuneforge's terms."""
     return [
-        f"model={args.model}",
+        *model_overrides(args.model),
         "data=jsonl", f"data.path={workdir / 'ordered.jsonl'}", "data.format=alpaca", "data.shuffle=false",
         "data.val_size=0", "data.cache=false", f"data.max_length={args.max_length}", "data.truncation=truncate",
         "adapter=lora", "adapter.r=16", "adapter.lora_alpha=32", "adapter.lora_dropout=0.0",
@@ -163,6 +164,14 @@ def tuneforge_overrides(args, workdir: Path) -> list:
         "checkpoint.every_n_steps=0", "checkpoint.keep_last=1", "resume=never",
         f"seed={args.seed}", f"threads={args.threads}",
     ]
+
+
+def model_overrides(model: str) -> list:
+    """``--model`` in tuneforge's terms: a preset name (``tiny``, ``smollm2``), or a model folder or ``.gguf``
+    file (``model=hf model.path=...``, e.g. SmolLM2 saved as safetensors, which loads as HF Trainer users load)."""
+    if "/" in model or model.endswith(".gguf"):
+        return ["model=hf", f"model.path={Path(model).resolve()}"]
+    return [f"model={model}"]
 
 
 def load_records(args) -> tuple:
