@@ -91,6 +91,11 @@ def _fail(message: str) -> "NoReturn":  # noqa: F821
 
 
 def main(argv=None) -> None:
+    """Run the command of ``argv`` (default: the command line).  Without ``argv`` this is the
+    ``tuneforge`` program itself (or ``python -m tuneforge``): only then may a command tune the
+    process's garbage collector (:func:`leave_without_final_collection`); code that calls
+    ``main([...])`` (tests, notebooks) keeps its collector as it was."""
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is passed on explicitly (to commands that take ``debug``), never exported to the environment;
     # a user's own HYDRA_FULL_ERROR=1 means the same
@@ -117,14 +122,36 @@ def main(argv=None) -> None:
 
     module_name, function_name = COMMANDS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
-    takes_debug = "debug" in inspect.signature(handler).parameters
+    parameters = inspect.signature(handler).parameters
+    options = {name: value for name, value in (("debug", debug), ("program", program)) if name in parameters}
 
     try:
-        handler(args, debug=debug) if takes_debug else handler(args)
+        handler(args, **options)
     except TuneforgeError as exc:
         if debug:
             raise
         _fail(str(exc))
+    finally:
+        if program:
+            leave_without_final_collection()
+
+
+def leave_without_final_collection() -> None:
+    """End the ``tuneforge`` program without the garbage collector's final passes over every object.
+
+    When the interpreter exits it clears each module and runs the cyclic collector over all objects
+    still alive: with torch, Lightning (and the torchmetrics, scipy and matplotlib it imports) and
+    transformers loaded, that takes about a second and finds nothing to free (``docs/performance.md``,
+    "Start-up").  The command's own garbage is collected here first, as the interpreter would (its
+    finalizers run: files closed, temporary folders removed); then the survivors, the loaded modules
+    and what they hold, are frozen (``gc.freeze``), out of the collector's reach.  Reference counting
+    still frees what it frees at exit, ``atexit`` handlers still run, and the operating system
+    reclaims the rest.  Python never promises ``__del__`` for objects alive at exit (its data model
+    reference, ``object.__del__``)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def plugins_command(args: list) -> None:

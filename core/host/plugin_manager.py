@@ -85,6 +85,19 @@ def _dist_of(entry_point) -> tuple[str, str]:
     return dist.metadata["Name"], dist.version
 
 
+def _with_distributions(entry_points) -> list:
+    """``(entry point, (distribution, version))`` for each of ``entry_points``, reading each distribution's
+    metadata once (tuneforge's own plugins are 19 entry points of one distribution)."""
+    read: dict = {}  # id(distribution) -> (distribution, (name, version)); the distribution kept alive
+    pairs = []
+    for ep in entry_points:
+        dist = getattr(ep, "dist", None)
+        if id(dist) not in read:
+            read[id(dist)] = (dist, _dist_of(ep))
+        pairs.append((ep, read[id(dist)][1]))
+    return pairs
+
+
 def create_plugin_manager(selection: Optional[PluginSelection] = None,
                           extra_plugins: Iterable[Any] = (), tolerate_broken: bool = False) -> "Plugins":
     """Discover, import and register plugins, then verify them against the hook specs.
@@ -119,10 +132,9 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
     all_entry_points = importlib_metadata.entry_points()
     misplaced = _misplaced_entry_points(all_entry_points)
 
-    entry_points = sorted(all_entry_points.select(group=ENTRY_POINT_GROUP),
-                          key=lambda ep: (_dist_of(ep)[0] != OWN_DISTRIBUTION, ep.name))
-    for ep in entry_points:
-        dist_name, dist_version = _dist_of(ep)
+    entry_points = sorted(_with_distributions(all_entry_points.select(group=ENTRY_POINT_GROUP)),
+                          key=lambda pair: (pair[1][0] != OWN_DISTRIBUTION, pair[0].name))
+    for ep, (dist_name, dist_version) in entry_points:
         info = PluginInfo(ep.name, dist_name, dist_version, ep.value)
         passed = _passed_replaces(ep, extras)
         if passed is not None:  # the module under test, also installed: register it once, as installed
