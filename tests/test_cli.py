@@ -144,8 +144,9 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path,
     two = load_file(str(tmp_path / "two" / "model" / "adapter_model.safetensors"))
     assert one.keys() == two.keys()
     # 4-bit layers (bitsandbytes dequantizes, then multiplies) sum in another order for batches of 2 than of 4;
-    # AdamW's normalised step turns that into up to ~1e-4 on a weight whose gradient is near zero (steps are 1e-2)
-    atol = 2e-4 if "adapter=qlora" in layout else 2e-5
+    # AdamW's normalised step turns that into up to ~1e-4 on a weight whose gradient is near zero (steps are 1e-2;
+    # 2.3e-4 on one of 512 weights on an AVX-512/AMX CPU, whose bitsandbytes kernels sum in yet another order)
+    atol = 5e-4 if "adapter=qlora" in layout else 2e-5
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=atol, rtol=1e-4)
     # LoRA B matrices start at zero (A starts random): a nonzero B proves that training moved the adapter

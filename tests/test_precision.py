@@ -76,6 +76,14 @@ def test_several_processes_decide_on_the_cpu_alone_so_every_rank_agrees():
     assert choice.precision == "bf16-mixed" and "4 processes" in choice.reason
 
 
+def test_a_tiny_model_stays_at_float32_in_several_processes_too():
+    """Every rank of a DDP run on an AMX machine makes the single-process choice for a small model."""
+    small = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    choice = choose_precision("auto", accelerator="cpu", model=small, processes=2,
+                              bf16_units=lambda: ["amx_bf16"], timings=_must_not_run)
+    assert choice.precision == "32-true"
+
+
 def test_a_set_precision_and_a_resumed_run_are_kept():
     assert choose_precision("bf16-mixed", accelerator="cpu", bf16_units=_must_not_run).precision == "bf16-mixed"
     kept = choose_precision("auto", accelerator="cpu", model=_Body(), earlier="bf16-mixed",

@@ -13,8 +13,8 @@ becomes one of them when training starts, by :func:`choose_precision`:
   faster, ``32-true`` otherwise.  Models with fewer than :data:`MIN_CALIBRATED_PARAMETERS` parameters in
   their linear layers (the tests' tiny models) stay at ``32-true`` without calibrating: their steps are
   overheads that bfloat16 does not shrink;
-* **several processes** (DDP, several nodes): on the CPU's capability alone, so every rank makes the
-  same choice (a timing could differ between ranks);
+* **several processes** (DDP, several nodes): on the CPU's capability and the model's size alone, so
+  every rank makes the same choice (a timing could differ between ranks);
 * **other accelerators** (``mps``): ``32-true``.
 
 A resumed run keeps the precision its first segment trained in (recorded in ``metrics.json``'s
@@ -181,14 +181,14 @@ def choose_precision(requested: str, *, accelerator: str, model=None, tokens: in
         return PrecisionChoice("32-true", AUTO, "the CPU has no bfloat16 matrix units (AMX-BF16 or AVX512-BF16), "
                                                 "where bfloat16 is slower than float32")
     named = " and ".join(units)
-    if processes > 1:
-        return PrecisionChoice("bf16-mixed", AUTO, f"the CPU has {named} ({processes} processes: chosen on the "
-                                                   "CPU's capability alone, the same on every rank)")
     shapes = linear_shapes(model) if model is not None else {}
     parameters = sum(fan_in * fan_out * count for (fan_in, fan_out), count in shapes.items())
     if parameters < MIN_CALIBRATED_PARAMETERS:
         return PrecisionChoice("32-true", AUTO, f"the model's linear layers hold {parameters:,} parameters "
                                                 f"(< {MIN_CALIBRATED_PARAMETERS:,}): too small for bfloat16 to pay")
+    if processes > 1:  # (the size above is the same on every rank; a timing might not be)
+        return PrecisionChoice("bf16-mixed", AUTO, f"the CPU has {named} ({processes} processes: chosen on the "
+                                                   "CPU's capability alone, the same on every rank)")
     measured = (timings or calibrate)(shapes, max(1, min(int(tokens), CALIBRATION_TOKENS)))
     speedup = float(measured["speedup"])
     if speedup >= MIN_SPEEDUP:
