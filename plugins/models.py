@@ -138,7 +138,22 @@ def _prepared(model, config: QuantizedBaseConfig):
 
     if config.quantization == "int8":
         _int8_cast_said_once()
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return _without_cpu_repacking(prepare_model_for_kbit_training(model, use_gradient_checkpointing=False))
+
+
+def _without_cpu_repacking(model):
+    """``model`` with bitsandbytes' CPU repacking of 4-bit layers turned off.
+
+    On CPUs with AVX512-BF16 (the AMX machines), bitsandbytes >= 0.48 repacks a ``Linear4bit``'s weight in
+    place for its own CPU kernel the first time the layer runs in eval mode without gradients, which a
+    run's base-model evaluation does before training.  The repacked layer computes other numbers than the
+    unpacked one (an export's dequantized merge no longer matches it), and training, resuming and FSDP
+    on the repacked weights then fail or differ (found by the test suite on an AMX machine).  With the
+    switch off, a 4-bit base computes as on every other CPU."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def _quantize_in_memory(model, config: QuantizedBaseConfig):

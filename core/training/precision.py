@@ -208,3 +208,32 @@ def planned_precision(requested: str, device_kind: str) -> str:
     if device_kind == "gpu" or (device_kind == "cpu" and cpu_bf16_units()):
         return "bf16-mixed"
     return "32-true"
+
+
+def run_precision(state) -> PrecisionChoice:
+    """What ``trainer.precision`` means for this segment of a run (``state``: its
+    :class:`~tuneforge.training.run_state.RunState`, with the model loaded): :func:`choose_precision` for
+    the run's device, processes and batch, logged, recorded in ``metrics.json`` ``precision`` and in the
+    running segment of ``status.json`` (so a segment killed later still tells a resume its precision); a
+    resumed run keeps the precision of its first segment."""
+    from tuneforge.training.run_dir import write_status
+    from tuneforge.training.run_results import pack_length
+
+    settings, context, earlier_segments = state.settings, state.context, state.earlier_segments
+    earlier = next((s["precision"] for s in earlier_segments if s.get("precision")), None)
+    if earlier_segments and earlier is None:
+        earlier = "32-true"  # segments written before precision=auto existed trained at the default then
+    length = pack_length(state.run) or 512
+    choice = choose_precision(str(settings.trainer.precision), accelerator=context.device.split(":")[0],
+                              model=state.model, tokens=int(settings.loader.batch_size) * length,
+                              processes=context.world_size, earlier=earlier)
+    if choice.requested != choice.precision or choice.calibration:
+        log.info("trainer.precision=%s: %s, because %s", choice.requested, choice.precision, choice.reason)
+    state.metrics["precision"] = choice.record()
+    if context.is_main:
+        resumed_from = None if state.resume_from is None else str(state.resume_from)
+        write_status(state.run_dir, {"status": "running", "resumed_from": resumed_from,
+                                     "segments": [*earlier_segments, {"from_step": state.resumed_step,
+                                                                      "status": "running",
+                                                                      "precision": choice.precision}]})
+    return choice

@@ -27,6 +27,7 @@ from tuneforge.host.guard import guard_lightning_callback, guarded_function, ori
 from tuneforge.specs import call_accepting
 from tuneforge.training.loggers import build_loggers
 from tuneforge.training.model_io import load_model_from_config, load_source_model, save_model, save_trained_outputs
+from tuneforge.training.precision import run_precision
 from tuneforge.training.run_dir import (close_killed_segments, keep_metric_history, move_earlier_outputs,
                                         prepare_run_dir, reached_step, read_status, redacted_config,
                                         report_previous_end, resolved_config_yaml, save_metric_history,
@@ -370,7 +371,7 @@ def fit(state: RunState) -> None:
                                           data_files=state.data_files, requeue_job_id=context.slurm_job_id,
                                           save_checkpoints=writes_checkpoints(settings.strategy))
     throughput = token_counter()
-    precision = run_precision(state)
+    precision = run_precision(state)  # (tuneforge.training.precision)
     trainer = state.trainer = build_trainer(settings.trainer, settings.strategy, run_dir,
                                             [*state.callbacks, throughput, checkpointer],
                                             state.loggers.lightning_loggers(), precision=precision.precision)
@@ -392,31 +393,6 @@ def fit(state: RunState) -> None:
     metrics["train"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["steps"] = int(trainer.global_step)
     metrics["setup"].update(steps=metrics["steps"], training_s=metrics["throughput"].get("fit_time_s"))
-
-
-def run_precision(state: RunState):
-    """What ``trainer.precision`` means for this segment (:func:`tuneforge.training.precision.choose_precision`:
-    ``auto`` by the device, the CPU's bfloat16 units and a calibration on the model), logged and recorded in
-    ``metrics.json`` ``precision``; a resumed run keeps the precision of its first segment."""
-    from tuneforge.training.precision import choose_precision
-
-    settings, context, earlier_segments = state.settings, state.context, state.earlier_segments
-    earlier = next((s["precision"] for s in earlier_segments if s.get("precision")), None)
-    if earlier_segments and earlier is None:
-        earlier = "32-true"  # segments written before precision=auto existed trained at the default then
-    length = pack_length(state.run) or 512
-    choice = choose_precision(str(settings.trainer.precision), accelerator=context.device.split(":")[0],
-                              model=state.model, tokens=int(settings.loader.batch_size) * length,
-                              processes=context.world_size, earlier=earlier)
-    if choice.requested != choice.precision or choice.calibration:
-        log.info("trainer.precision=%s: %s, because %s", choice.requested, choice.precision, choice.reason)
-    state.metrics["precision"] = choice.record()
-    if context.is_main:  # a segment killed later still tells a resume which precision it trained in
-        write_status(state.run_dir, {"status": "running", "resumed_from": _str(state.resume_from),
-                                     "segments": [*earlier_segments, {"from_step": state.resumed_step,
-                                                                      "status": "running",
-                                                                      "precision": choice.precision}]})
-    return choice
 
 
 def evaluate_tuned(state: RunState) -> None:

@@ -52,7 +52,7 @@ def build_trainer(trainer: "TrainerConfig", strategy: "StrategyConfig", run_dir:
         strategy = _strategy_object(settings.name, kwargs)
     return pl.Trainer(
         max_steps=t.max_steps, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
-        precision=precision or t.precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        precision=precision or _without_auto(t), accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=strategy, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=t.check_val_every_n_epoch, limit_val_batches=t.limit_val_batches,
         gradient_clip_val=t.gradient_clip_val, gradient_clip_algorithm=t.gradient_clip_algorithm,
@@ -61,6 +61,21 @@ def build_trainer(trainer: "TrainerConfig", strategy: "StrategyConfig", run_dir:
         logger=loggers if loggers is not None else [run_metrics_logger(run_dir)], callbacks=callbacks,
         num_sanity_val_steps=0, enable_model_summary=False, plugins=[safe_checkpoint_io()],
         use_distributed_sampler=False)  # ResumableSampler shards by rank itself
+
+
+def _without_auto(trainer: "TrainerConfig") -> str:
+    """``trainer.precision`` as Lightning takes it when no run resolved ``auto`` (a trainer built without a
+    model): ``auto`` as :func:`tuneforge.training.precision.choose_precision` decides it without one."""
+    if trainer.precision != "auto":
+        return trainer.precision
+    from tuneforge.training.precision import choose_precision
+
+    accelerator = str(trainer.accelerator)
+    if accelerator in ("auto", "gpu"):
+        import torch
+
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    return choose_precision("auto", accelerator=accelerator).precision
 
 
 def _progress_bar() -> list:
