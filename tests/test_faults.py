@@ -281,13 +281,13 @@ def test_sigterm_while_the_run_is_prepared_is_interrupted_with_its_phase(tmp_pat
     from tuneforge.training.run_lock import RunLock
 
     if after_status:  # the signal arrives just after status.json says running
-        original = run.write_status
+        original = run.write_running_status
 
         def write_then_stop(*args, **kwargs):
             original(*args, **kwargs)
             os.kill(os.getpid(), signal.SIGTERM)
 
-        monkeypatch.setattr(run, "write_status", write_then_stop)
+        monkeypatch.setattr(run, "write_running_status", write_then_stop)
     else:  # before anything of this start is written
         _sigterm_during(monkeypatch, "tuneforge.training.run:save_metric_history")
     with pytest.raises(RunInterrupted) as stopped:

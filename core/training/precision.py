@@ -216,7 +216,7 @@ def run_precision(state) -> PrecisionChoice:
     the run's device, processes and batch, logged, recorded in ``metrics.json`` ``precision`` and in the
     running segment of ``status.json`` (so a segment killed later still tells a resume its precision); a
     resumed run keeps the precision of its first segment."""
-    from tuneforge.training.run_dir import write_status
+    from tuneforge.training.run_dir import write_running_status
     from tuneforge.training.run_results import pack_length
 
     settings, context, earlier_segments = state.settings, state.context, state.earlier_segments
@@ -231,9 +231,6 @@ def run_precision(state) -> PrecisionChoice:
         log.info("trainer.precision=%s: %s, because %s", choice.requested, choice.precision, choice.reason)
     state.metrics["precision"] = choice.record()
     if context.is_main:
-        resumed_from = None if state.resume_from is None else str(state.resume_from)
-        write_status(state.run_dir, {"status": "running", "resumed_from": resumed_from,
-                                     "segments": [*earlier_segments, {"from_step": state.resumed_step,
-                                                                      "status": "running",
-                                                                      "precision": choice.precision}]})
+        write_running_status(state.run_dir, state.resume_from, earlier_segments, state.resumed_step,
+                             precision=choice.precision)
     return choice

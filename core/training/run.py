@@ -32,7 +32,7 @@ from tuneforge.training.run_dir import (close_killed_segments, keep_metric_histo
                                         prepare_run_dir, reached_step, read_status, redacted_config,
                                         report_previous_end, resolved_config_yaml, save_metric_history,
                                         segment_history, summed_throughput, write_json, write_outputs,
-                                        write_status)
+                                        write_running_status)
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
 from tuneforge.training.run_results import (add_baselines, column_costs, count_parameters, join_predictions,
                                             memorisation_sample, pack_length, segment_record, unsharded)
@@ -217,9 +217,7 @@ def _prepare_run_dir(state: RunState) -> None:
         (run_dir / "config.yaml").write_text(resolved_config_yaml(cfg))
         write_json(run_dir / DATA_FILES_FILE, {"files": state.data_files})
         state.wrote_running = True  # (before the write: a signal may arrive right after it)
-        write_status(run_dir, {"status": "running", "resumed_from": _str(state.resume_from),
-                               "segments": [*state.earlier_segments,
-                                            {"from_step": state.resumed_step, "status": "running"}]})
+        write_running_status(run_dir, state.resume_from, state.earlier_segments, state.resumed_step)
 
 
 def _release_lock(state: RunState) -> None:

@@ -199,6 +199,14 @@ def _refuse_another_run(cfg: DictConfig, run_dir: Path) -> None:
                                   "directory, or resume=never to overwrite it")
 
 
+def write_running_status(run_dir: Path, resumed_from, earlier_segments: list, from_step: int, **segment) -> None:
+    """``status.json`` of a run that is running: its earlier ``segments`` and this one, from ``from_step``,
+    marked ``running`` (with ``segment``'s fields, e.g. its ``precision``), so that a process killed
+    later leaves what a resume needs to close it (:func:`close_killed_segments`)."""
+    write_status(run_dir, {"status": "running", "resumed_from": None if resumed_from is None else str(resumed_from),
+                           "segments": [*earlier_segments, {"from_step": from_step, "status": "running", **segment}]})
+
+
 def segment_history(run_dir: Path) -> list:
     """The training segments recorded so far (one per start or resume), from ``status.json``."""
     return list(read_status(run_dir).get("segments") or [])

@@ -19,7 +19,7 @@ def build_trainer(trainer: "TrainerConfig", strategy: "StrategyConfig", run_dir:
     """A ``lightning.Trainer`` from the run's ``trainer`` and ``strategy`` settings.
 
     ``precision``: the Lightning precision to train in, where ``trainer.precision`` is ``auto``
-    (:func:`tuneforge.training.run.run_precision` resolves it); default: ``trainer.precision``.
+    (:func:`tuneforge.training.precision.run_precision` resolves it); default: ``trainer.precision``.
 
     ``loggers``: Lightning loggers, the one writing ``<run_dir>/metrics.csv``
     first (:meth:`tuneforge.training.loggers.RunLoggers.lightning_loggers`);
@@ -52,7 +52,8 @@ def build_trainer(trainer: "TrainerConfig", strategy: "StrategyConfig", run_dir:
         strategy = _strategy_object(settings.name, kwargs)
     return pl.Trainer(
         max_steps=t.max_steps, max_epochs=t.max_epochs, accumulate_grad_batches=t.accumulate_grad_batches,
-        precision=precision or _without_auto(t), accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        precision=precision or _without_auto(t), accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes,
         strategy=strategy, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=t.check_val_every_n_epoch, limit_val_batches=t.limit_val_batches,
         gradient_clip_val=t.gradient_clip_val, gradient_clip_algorithm=t.gradient_clip_algorithm,
@@ -68,14 +69,11 @@ def _without_auto(trainer: "TrainerConfig") -> str:
     model): ``auto`` as :func:`tuneforge.training.precision.choose_precision` decides it without one."""
     if trainer.precision != "auto":
         return trainer.precision
+    from tuneforge.context import evaluation_device
     from tuneforge.training.precision import choose_precision
 
-    accelerator = str(trainer.accelerator)
-    if accelerator in ("auto", "gpu"):
-        import torch
-
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    return choose_precision("auto", accelerator=accelerator).precision
+    device = evaluation_device(trainer.accelerator, trainer.devices, 0)  # (the device a run's rank 0 uses)
+    return choose_precision("auto", accelerator=device.split(":")[0]).precision
 
 
 def _progress_bar() -> list:
@@ -135,7 +133,8 @@ def check_strategy(strategy: "StrategyConfig", trainer: "TrainerConfig", checkpo
                               "(FSDP2); Lightning's FSDP1 strategies write pickled checkpoints and reject norm "
                               "gradient clipping")
         precision = str(trainer.precision)
-        if precision not in (*PRECISIONS, "32", "bf16", "auto"):  # (auto becomes 32-true or bf16-mixed)  # (Lightning's short names for 32-true, bf16-mixed)
+        # (32, bf16: Lightning's short names for 32-true, bf16-mixed; auto becomes 32-true or bf16-mixed)
+        if precision not in (*PRECISIONS, "32", "bf16", "auto"):
             raise ConfigError(f"strategy=fsdp with trainer.precision={precision}: FSDP2 (Lightning's "
                               f"ModelParallelStrategy) takes {', '.join(PRECISIONS)}")
         check_kwargs(strategy_kwargs(strategy))
