@@ -163,8 +163,13 @@ def write_result(path, system: str, *, losses, step_end, digests, init_checksum,
     Path(path).write_text(json.dumps(result, indent=1))
 
 
-def child_args(argv) -> tuple:
-    """``<workdir> <result.json>`` from a child's command line."""
-    if len(argv) != 2:
-        raise SystemExit("usage: python benchmarks/<system>.py <workdir> <result.json> (started by benchmarks/run.py)")
-    return Path(argv[0]), Path(argv[1])
+def child_args(argv, optional: str = "") -> tuple:
+    """``(workdir, result.json)`` from a child's command line ``<workdir> <result.json>``; with ``optional``
+    (its name in the usage line) the line may end with one more argument: ``(workdir, result.json, it or
+    None)``."""
+    if not (len(argv) == 2 or optional and len(argv) == 3):
+        extra = f" [{optional}]" if optional else ""
+        raise SystemExit(f"usage: python benchmarks/<system>.py <workdir> <result.json>{extra} "
+                         "(started by benchmarks/run.py)")
+    paths = (Path(argv[0]), Path(argv[1]))
+    return (*paths, argv[2] if len(argv) == 3 else None) if optional else paths

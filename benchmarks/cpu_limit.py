@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import load_spec, setup_process
+from common import child_args, load_spec, setup_process
 
 MAX_TOKENS = 1024
 MAX_HEAD_TOKENS = 512
@@ -52,19 +52,17 @@ def model_config(spec: dict):
 
 
 def linear_shapes(config) -> tuple:
-    """``({(in, out): count}, (hidden, vocab))``: the body's Linear layers and the LM head's shape."""
+    """``({(in, out): count}, (hidden, vocab))``: the body's Linear layers and the LM head's shape (the
+    architecture built on the ``meta`` device; the body's shapes as ``precision=auto`` times them)."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from tuneforge.training.precision import linear_shapes as body_shapes
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     head = model.get_output_embeddings()
-    body: dict = {}
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module is not head:
-            key = (module.in_features, module.out_features)
-            body[key] = body.get(key, 0) + 1
-    return body, (head.in_features, head.out_features)
+    return body_shapes(model), (head.in_features, head.out_features)
 
 
 def throughput(rows: int, inner: int, columns: int, dtype) -> float:
@@ -74,31 +72,19 @@ def throughput(rows: int, inner: int, columns: int, dtype) -> float:
     import torch
     import torch.nn.functional as F
 
+    from tuneforge.training.precision import fastest_call_seconds
+
     x = torch.randn(rows, inner).to(dtype)
     weight = torch.randn(columns, inner).to(dtype)
-    F.linear(x, weight)  # warm-up (the library picks and prepares its kernel)
-    calls, best, spent = 0, float("inf"), 0.0
-    while spent < MIN_SECONDS and calls < MAX_CALLS:
-        start = time.perf_counter()
-        F.linear(x, weight)
-        took = time.perf_counter() - start
-        calls, best, spent = calls + 1, min(best, took), spent + took
+    best = fastest_call_seconds(lambda: F.linear(x, weight), MIN_SECONDS, MAX_CALLS)
     return 2.0 * rows * inner * columns / best / 1e9
-
-
-def bf16_units() -> list:
-    """The CPU's bfloat16 matrix units as ``/proc/cpuinfo`` names them (``amx_bf16``, ``avx512_bf16``)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
 
 
 def measure(spec: dict, plan: dict) -> dict:
     """The limit (see the module docstring) as a JSON-ready dict."""
     import torch
+
+    from tuneforge.training.precision import cpu_bf16_units
 
     started = time.perf_counter()
     body, (hidden, vocab) = linear_shapes(model_config(spec))
@@ -107,7 +93,7 @@ def measure(spec: dict, plan: dict) -> dict:
     head_tokens = max(16, min(MAX_HEAD_TOKENS, round(sum(plan["trained_tokens"]) / steps)))
     head_columns = min(vocab, MAX_HEAD_COLUMNS)
     result = {"threads": torch.get_num_threads(), "tokens": tokens, "head_tokens": head_tokens,
-              "head_columns": head_columns, "bf16_units": bf16_units(),
+              "head_columns": head_columns, "bf16_units": cpu_bf16_units(),
               "body_linear_params": sum(i * o * n for (i, o), n in body.items()),
               "head_params": hidden * vocab, "shapes": [], "head": {"in": hidden, "out": vocab}}
     per_token = {"fp32": 0.0, "bf16": 0.0}
@@ -147,9 +133,7 @@ def flops_per_token(limit: dict, trained_of_real: float) -> float:
 def main(argv) -> None:
     import json
 
-    if len(argv) != 2:
-        raise SystemExit("usage: python benchmarks/cpu_limit.py <workdir> <result.json> (started by benchmarks/run.py)")
-    workdir, result_path = Path(argv[0]), Path(argv[1])
+    workdir, result_path = child_args(argv)
     spec = load_spec(workdir)
     setup_process(spec)
     plan = json.loads((workdir / "plan.json").read_text())

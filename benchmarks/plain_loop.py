@@ -20,8 +20,8 @@ from __future__ import annotations
 import sys
 import time
 
-from common import (batch_digest, load_batches, load_model, load_spec, setup_process, trainable_checksum,
-                    write_result)
+from common import (batch_digest, child_args, load_batches, load_model, load_spec, setup_process,
+                    trainable_checksum, write_result)
 
 IGNORE_INDEX = -100
 
@@ -50,13 +50,10 @@ def trained_positions_loss(model, batch):
 
 
 def main(argv) -> None:
-    if len(argv) not in (2, 3) or (len(argv) == 3 and argv[2] != "trained_loss"):
-        raise SystemExit("usage: python benchmarks/plain_loop.py <workdir> <result.json> [trained_loss] "
-                         "(started by benchmarks/run.py)")
-    from pathlib import Path
-
-    workdir, result_path = Path(argv[0]), Path(argv[1])
-    trained_only = len(argv) == 3
+    workdir, result_path, mode = child_args(argv, optional="trained_loss")
+    if mode not in (None, "trained_loss"):
+        raise SystemExit(f"benchmarks/plain_loop.py: the third argument may only be trained_loss, got {mode!r}")
+    trained_only = mode is not None
     spec = load_spec(workdir)
     setup_process(spec)
     import torch

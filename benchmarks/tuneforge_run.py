@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import sys
 
-from common import load_spec, write_result
+from common import child_args, load_spec, write_result
 
 
 def metric_losses(run_dir) -> list:
@@ -33,12 +33,7 @@ def metric_losses(run_dir) -> list:
 
 
 def main(argv) -> None:
-    if len(argv) not in (2, 3):
-        raise SystemExit("usage: python benchmarks/tuneforge_run.py <workdir> <result.json> [variant]")
-    from pathlib import Path
-
-    workdir, result_path = Path(argv[0]), Path(argv[1])
-    variant = argv[2] if len(argv) == 3 else None
+    workdir, result_path, variant = child_args(argv, optional="variant")
     spec = load_spec(workdir)
     overrides = list(spec["tuneforge"]["overrides"])
     if variant:

@@ -16,6 +16,15 @@ def run_python(code: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
+def run_main(argv: list, cwd, printed: str = "") -> subprocess.CompletedProcess:
+    """A fresh interpreter that runs ``tuneforge.commands.cli.main(argv)``, then prints ``HEAVY`` and the heavy
+    modules it imported, then ``printed`` (more expressions, with ``gc`` and ``sys`` imported)."""
+    return run_python("import gc, sys\n"
+                      "from tuneforge.commands.cli import main\n"
+                      f"main({argv!r})\n"
+                      f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules){printed})\n", cwd)
+
+
 def test_composition_and_validation_import_none_of_the_heavy_libraries(tmp_path):
     code = ("import sys\n"
             "from tuneforge.host.compose import compose, load_plugins\n"
@@ -29,11 +38,8 @@ def test_composition_and_validation_import_none_of_the_heavy_libraries(tmp_path)
 
 
 def test_printing_the_composed_config_imports_none_of_them_and_leaves_the_collector_on(tmp_path):
-    code = ("import gc, sys\n"
-            "from tuneforge.commands.cli import main\n"
-            "main(['train', '--cfg', 'job', 'model=tiny', 'trainer.max_steps=1'])\n"
-            f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), gc.isenabled(), gc.get_freeze_count())\n")
-    result = run_python(code, tmp_path)
+    result = run_main(['train', '--cfg', 'job', 'model=tiny', 'trainer.max_steps=1'], tmp_path,
+                      ", gc.isenabled(), gc.get_freeze_count()")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max_steps: 1" in result.stdout
     # main([...]) called by code is not the program: its collector is on again and nothing is frozen
@@ -42,11 +48,7 @@ def test_printing_the_composed_config_imports_none_of_them_and_leaves_the_collec
 
 
 def test_train_help_imports_none_of_them(tmp_path):
-    code = ("import sys\n"
-            "from tuneforge.commands.cli import main\n"
-            "main(['train', '--help', 'adapter=lora'])\n"
-            f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
-    result = run_python(code, tmp_path)
+    result = run_main(['train', '--help', 'adapter=lora'], tmp_path)
     assert result.returncode == 0 and "adapter" in result.stdout, result.stderr[-3000:]
     assert "HEAVY []" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
 

@@ -128,27 +128,29 @@ def calibrate(shapes: dict, tokens: int, threads: Optional[int] = None) -> dict:
     for (fan_in, fan_out), count in shapes.items():
         weight = torch.randn(fan_out, fan_in, generator=generator) * fan_in ** -0.5
         inputs = torch.randn(tokens, fan_in, generator=generator)
-        totals["fp32_s"] += count * _seconds_per_call(lambda: F.linear(inputs, weight))
+        totals["fp32_s"] += count * fastest_call_seconds(lambda: F.linear(inputs, weight))
 
         def in_bf16():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return F.linear(inputs, weight)
 
-        totals["bf16_s"] += count * _seconds_per_call(in_bf16)
+        totals["bf16_s"] += count * fastest_call_seconds(in_bf16)
     speedup = totals["fp32_s"] / totals["bf16_s"] if totals["bf16_s"] > 0 else 0.0
     return {"tokens": tokens, **totals, "speedup": round(speedup, 3),
             "shapes": [[fan_in, fan_out, count] for (fan_in, fan_out), count in sorted(shapes.items())]}
 
 
-def _seconds_per_call(call: Callable) -> float:
-    """The fastest of repeated calls, after one warm-up, over at least :data:`CALIBRATION_SECONDS`."""
+def fastest_call_seconds(call: Callable, min_seconds: float = CALIBRATION_SECONDS,
+                         max_calls: Optional[int] = None) -> float:
+    """Seconds of the fastest of repeated calls, after one warm-up call, made for ``min_seconds`` (at most
+    ``max_calls``): what the machine can do, since another process's burst slows only some calls."""
     call()
-    best, spent = float("inf"), 0.0
-    while spent < CALIBRATION_SECONDS:
+    best, spent, calls = float("inf"), 0.0, 0
+    while spent < min_seconds and (max_calls is None or calls < max_calls):
         start = time.perf_counter()
         call()
         took = time.perf_counter() - start
-        best, spent = min(best, took), spent + took
+        best, spent, calls = min(best, took), spent + took, calls + 1
     return best
 
 
