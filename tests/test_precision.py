@@ -184,3 +184,11 @@ def test_a_fresh_run_records_its_choice_and_why(tmp_path, monkeypatch):
     assert recorded["chosen"] == "bf16-mixed" and recorded["calibration"]["speedup"] == 3.0
     assert recorded["reason"].startswith("the CPU has amx_bf16 and autocast bfloat16 ran")
     assert result.metrics["segments"][-1]["precision"] == "bf16-mixed"
+
+
+def test_an_unknown_precision_is_refused_in_one_line_naming_the_key_and_auto(tmp_path):
+    from tuneforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"trainer\.precision: must be one of auto, 32-true, .*got 'fp8'"):
+        run_tiny_fit(tmp_path / "run", overrides=["trainer.precision=fp8"])
+    assert not (tmp_path / "run" / "model").exists()
