@@ -214,13 +214,41 @@ def _head_is_plain(model, outputs, lm_head, hidden) -> bool:
         return bool(torch.allclose(lm_head(hidden[:, -1]).float(), expected, rtol=1e-3, atol=1e-4))
 
 
-def trained_logits(model, batch):
-    """``(logits, targets)`` of the trained positions only: ``(tokens, vocab)`` and ``(tokens,)``.
+@dataclass
+class TrainedPositions:
+    """The trained positions of a batch (position ``t`` is trained when the label at ``t+1`` is not -100).
 
-    Position ``t`` is trained when the label at ``t+1`` is not -100.  The
-    model returns its last hidden states (one position of logits,
-    ``logits_to_keep=1``); those of the trained positions are gathered and
-    the output layer is applied to them alone, so neither the full
+    ``targets`` ``(tokens,)``: their next tokens.  Either ``hidden`` ``(tokens, dim)`` and ``lm_head``
+    (the model's logits are ``lm_head(hidden)``, and the output layer has not been applied yet), or
+    ``logits`` ``(tokens, vocab)`` for models whose logits are more than that.
+    """
+
+    targets: Any
+    hidden: Any = None
+    lm_head: Any = None
+    logits: Any = None
+
+    def trained_logits(self):
+        """``(tokens, vocab)`` logits of the trained positions."""
+        return self.logits if self.logits is not None else self.lm_head(self.hidden)
+
+    def cross_entropy_sums(self, label_smoothing: float = 0.0, with_z: bool = False):
+        """``(nll_sum, z_sum, count)`` as :func:`picked_cross_entropy_sums` computes them on
+        :meth:`trained_logits`; with a plain output layer the logits are never all built
+        (:func:`tuneforge.linear_cross_entropy.linear_cross_entropy_sums`)."""
+        from tuneforge.linear_cross_entropy import fusable_output_layer, linear_cross_entropy_sums
+
+        if self.logits is None and fusable_output_layer(self.lm_head):
+            return linear_cross_entropy_sums(self.hidden, self.lm_head, self.targets, label_smoothing, with_z)
+        return picked_cross_entropy_sums(self.trained_logits(), self.targets, label_smoothing, with_z)
+
+
+def trained_positions(model, batch) -> TrainedPositions:
+    """The forward pass of a causal-LM loss, kept to the trained positions (:class:`TrainedPositions`).
+
+    The model returns its last hidden states (one position of logits,
+    ``logits_to_keep=1``); those of the trained positions are gathered, and
+    the output layer is left for the loss to apply, so neither the full
     ``length x vocab`` logits nor a shifted copy of them is built.  Models
     whose logits are more than ``lm_head(hidden)`` (soft-capping, scaling;
     checked on the config and, once per model, on the returned position) or
@@ -243,9 +271,16 @@ def trained_logits(model, batch):
             if plain is None:
                 plain = _PLAIN_HEADS[model] = _head_is_plain(model, outputs, lm_head, hidden)
             if plain:
-                return lm_head(hidden[:, :-1][mask]), targets
+                return TrainedPositions(targets, hidden=hidden[:, :-1][mask], lm_head=lm_head)
     logits = causal_lm_logits(model, input_ids, attention_mask, **inputs)
-    return logits[:, :-1][mask], targets
+    return TrainedPositions(targets, logits=logits[:, :-1][mask])
+
+
+def trained_logits(model, batch):
+    """``(logits, targets)`` of the trained positions only: ``(tokens, vocab)`` and ``(tokens,)``
+    (:func:`trained_positions` with the output layer applied)."""
+    positions = trained_positions(model, batch)
+    return positions.trained_logits(), positions.targets
 
 
 #: model -> whether its logits are lm_head(hidden) (see :func:`trained_logits`)

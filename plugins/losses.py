@@ -29,12 +29,11 @@ from tuneforge.losses import (
     kto_reference_point,
     model_inputs,
     orpo_loss,
-    picked_cross_entropy_sums,
     sequence_logps,
     shift_for_next_token,
     simpo_loss,
     token_nll_sum,
-    trained_logits,
+    trained_positions,
 )
 from tuneforge.validation import at_least, between, check, greater_than, one_of
 
@@ -44,7 +43,8 @@ class CrossEntropyConfig:
     """Next-token cross entropy on trained labels (labels of -100 carry no loss).
 
     The output layer runs on the trained positions only (no full
-    ``length x vocab`` logits, see ``tuneforge.losses.trained_logits``).
+    ``length x vocab`` logits, see ``tuneforge.losses.trained_positions``), a chunk of them at
+    a time, so not even their logits are kept (``tuneforge.linear_cross_entropy``).
 
     label_smoothing: as in ``torch.nn.functional.cross_entropy`` (0 = none).
     z_loss: weight of the z-loss ``mean(logsumexp(logits)^2)`` over trained
@@ -220,9 +220,8 @@ def _ce_output(nll, z, count, z_weight) -> LossOutput:
 
 def build_cross_entropy(config: CrossEntropyConfig, context=None):
     def cross_entropy(model, batch) -> LossOutput:
-        logits, targets = trained_logits(model, batch)
-        nll, z, count = picked_cross_entropy_sums(logits, targets, config.label_smoothing,
-                                                  with_z=bool(config.z_loss))
+        nll, z, count = trained_positions(model, batch).cross_entropy_sums(config.label_smoothing,
+                                                                           with_z=bool(config.z_loss))
         return _ce_output(nll, z, count, config.z_loss)
 
     return cross_entropy

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import tuneforge
 from tuneforge.data import IGNORE_INDEX, DataSplits, pad_batch
 from tuneforge.errors import ConfigError, ModelError
-from tuneforge.losses import LossContext, dpo_loss, final_hidden_states, kl_div_sum, sequence_logps
+from tuneforge.losses import LossContext, LossOutput, dpo_loss, final_hidden_states, kl_div_sum, sequence_logps
 from tuneforge.plugins import adapters, losses
 from tuneforge.plugins.models import TinyModelConfig, build_tiny_tokenizer, load_tiny
 from tuneforge.testing import run_tiny_fit
@@ -121,7 +121,9 @@ def _peak_cpu_bytes(fn) -> int:
     return peak
 
 
-def test_chunked_cross_entropy_peak_memory_is_lower_on_large_vocabulary():
+def test_chunked_and_default_cross_entropy_keep_no_full_logits_on_large_vocabulary():
+    """``chunked_cross_entropy`` (checkpointed chunks) and the default ``cross_entropy`` (chunks of the
+    output layer and loss fused, ``tuneforge.linear_cross_entropy``) against the full logits."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -133,6 +135,10 @@ def test_chunked_cross_entropy_peak_memory_is_lower_on_large_vocabulary():
     batch = {"input_ids": input_ids, "labels": input_ids.clone(), "attention_mask": torch.ones_like(input_ids)}
     plain = losses.build_cross_entropy(losses.CrossEntropyConfig())
     chunked = losses.build_chunked_cross_entropy(losses.ChunkedCrossEntropyConfig(chunk_size=64))
+
+    def full_logits(model, batch):
+        return LossOutput(_full_logits_cross_entropy(model, batch))
+
     values = {}
 
     def step(name, loss_fn):
@@ -142,13 +148,17 @@ def test_chunked_cross_entropy_peak_memory_is_lower_on_large_vocabulary():
         values[name] = float(output.loss)
 
     step("warmup", chunked)  # first-call allocations (thread pools, caches) out of the measurement
+    step("warmup", plain)
+    full_peak = _peak_cpu_bytes(lambda: step("full", full_logits))
     plain_peak = _peak_cpu_bytes(lambda: step("plain", plain))
     chunked_peak = _peak_cpu_bytes(lambda: step("chunked", chunked))
     logits_bytes = batch_size * length * vocab * 4
-    assert values["chunked"] == pytest.approx(values["plain"], abs=1e-5)
-    assert plain_peak > logits_bytes  # the plain loss holds at least one full logits tensor
-    assert chunked_peak < logits_bytes / 2, (chunked_peak, plain_peak)
-    assert chunked_peak < plain_peak / 4, (chunked_peak, plain_peak)
+    assert values["chunked"] == pytest.approx(values["full"], abs=1e-5)
+    assert values["plain"] == pytest.approx(values["full"], abs=1e-5)
+    assert full_peak > logits_bytes  # the full logits loss holds at least one full logits tensor
+    for peak in (chunked_peak, plain_peak):
+        assert peak < logits_bytes / 2, (peak, full_peak)
+        assert peak < full_peak / 4, (peak, full_peak)
 
 
 # ---------------------------------------------------------------------------
