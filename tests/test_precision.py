@@ -192,3 +192,36 @@ def test_an_unknown_precision_is_refused_in_one_line_naming_the_key_and_auto(tmp
     with pytest.raises(ConfigError, match=r"trainer\.precision: must be one of auto, 32-true, .*got 'fp8'"):
         run_tiny_fit(tmp_path / "run", overrides=["trainer.precision=fp8"])
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_peft_input_casts_are_skipped_only_under_autocast_and_change_no_number():
+    """bfloat16 -> float32 -> bfloat16 is exact: the same loss and gradients with the casts off."""
+    import torch
+
+    from tuneforge.plugins import adapters
+    from tuneforge.plugins.models import TinyModelConfig, load_tiny
+    from tuneforge.training.precision import input_casts_under_autocast
+
+    model = adapters.apply_lora(load_tiny(TinyModelConfig())[0], adapters.LoraAdapterConfig(lora_dropout=0.0))
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers
+    batch = torch.randint(4, model.config.vocab_size, (2, 12))
+
+    def loss_and_grads(skip):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if skip:
+                with input_casts_under_autocast(model):
+                    assert not any(layer.cast_input_dtype_enabled for layer in layers)
+                    loss = model(input_ids=batch, labels=batch).loss
+            else:
+                loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain, skipped = loss_and_grads(False), loss_and_grads(True)
+    assert all(layer.cast_input_dtype_enabled for layer in layers)  # restored
+    assert torch.equal(plain[0], skipped[0])
+    assert all(torch.equal(a, b) for a, b in zip(plain[1], skipped[1]))
+    with input_casts_under_autocast(model):  # no autocast: nothing is switched
+        assert all(layer.cast_input_dtype_enabled for layer in layers)

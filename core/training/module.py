@@ -82,8 +82,16 @@ class FineTuneModule(pl.LightningModule):
                      sync_dist=not on_step)
         return weight
 
+    def _loss(self, batch):
+        """The loss on ``batch``; under autocast without peft's redundant input casts
+        (:func:`tuneforge.training.precision.input_casts_under_autocast`)."""
+        from tuneforge.training.precision import input_casts_under_autocast
+
+        with input_casts_under_autocast(self.model):
+            return self.loss_fn(self.model, batch)
+
     def training_step(self, batch, batch_idx):
-        output = self.loss_fn(self.model, batch)
+        output = self._loss(batch)
         weight = self._log_output(output, batch, "train")
         loss = output.loss
         if not torch.isfinite(loss):
@@ -161,7 +169,7 @@ class FineTuneModule(pl.LightningModule):
             shard(self.model)
 
     def validation_step(self, batch, batch_idx):
-        output = self.loss_fn(self.model, batch)
+        output = self._loss(batch)
         self._log_output(output, batch, "val")
         return output.loss
 

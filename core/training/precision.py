@@ -26,8 +26,10 @@ differences from float32 on a fixed batch are measured in docs/performance.md ("
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -236,3 +238,54 @@ def run_precision(state) -> PrecisionChoice:
         write_running_status(state.run_dir, state.resume_from, earlier_segments, state.resumed_step,
                              precision=choice.precision)
     return choice
+
+
+def input_casts_under_autocast(model) -> "contextlib.AbstractContextManager":
+    """A context for one forward pass of ``model``: while autocast is on, peft's adapter layers stop
+    casting their input to the adapter weights' dtype.
+
+    A LoRA layer casts its input to its weights' dtype (float32) before its ``lora_A``; under autocast
+    that input is often bfloat16 already (the attention output, the MLP product), and autocast casts
+    the float32 copy straight back to bfloat16 for the product.  bfloat16 -> float32 -> bfloat16 is
+    exact, so skipping both casts changes no number; on SmolLM2 on an AMX CPU it made a packed
+    ``bf16-mixed`` step about 6% faster.  Without autocast nothing changes (there the cast is what
+    makes a bfloat16 base and float32 adapter weights fit together).
+    """
+    layers = _casting_layers(model)
+    if not layers or not _autocast_on():
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def casts_off():
+        before = [layer.cast_input_dtype_enabled for layer in layers]
+        for layer in layers:
+            layer.cast_input_dtype_enabled = False
+        try:
+            yield
+        finally:
+            for layer, value in zip(layers, before):
+                layer.cast_input_dtype_enabled = value
+
+    return casts_off()
+
+
+def _casting_layers(model) -> list:
+    """The modules of ``model`` with peft's ``cast_input_dtype_enabled`` switch (peft >= 0.15), found once."""
+    found = _CASTING_LAYERS.get(model)
+    if found is None:
+        found = [module for module in model.modules() if hasattr(module, "cast_input_dtype_enabled")]
+        _CASTING_LAYERS[model] = found
+    return found
+
+
+def _autocast_on() -> bool:
+    import torch
+
+    try:
+        return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() or torch.is_autocast_enabled()
+
+
+#: model -> its layers with peft's input-cast switch (a model's adapter layers do not change during a run)
+_CASTING_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
