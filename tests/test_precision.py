@@ -70,6 +70,17 @@ def test_a_tiny_model_is_not_calibrated():
     assert choice.precision == "32-true" and "too small" in choice.reason
 
 
+def test_a_quantized_base_keeps_float32_and_says_why():
+    """A 4-bit or 8-bit base has no float matrix product to time; the reason names that, not a size."""
+    body = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(18)])
+    for layer in body:
+        layer.weight = torch.nn.Parameter(torch.zeros(512 * 512 // 2, 1, dtype=torch.uint8), requires_grad=False)
+    choice = choose_precision("auto", accelerator="cpu", model=body, bf16_units=lambda: ["amx_bf16"],
+                              timings=_must_not_run)
+    assert choice.precision == "32-true"
+    assert "quantized (18 4-/8-bit layers)" in choice.reason and "too small" not in choice.reason
+
+
 def test_several_processes_decide_on_the_cpu_alone_so_every_rank_agrees():
     choice = choose_precision("auto", accelerator="cpu", model=_Body(), processes=4,
                               bf16_units=lambda: ["amx_bf16"], timings=_must_not_run)

@@ -156,6 +156,14 @@ def fastest_call_seconds(call: Callable, min_seconds: float = CALIBRATION_SECOND
     return best
 
 
+def quantized_linears(model) -> int:
+    """How many of the model's ``torch.nn.Linear`` layers hold a quantized (non-float) weight."""
+    import torch
+
+    return sum(1 for module in model.modules() if isinstance(module, torch.nn.Linear)
+               and not module.weight.is_floating_point())
+
+
 def choose_precision(requested: str, *, accelerator: str, model=None, tokens: int = CALIBRATION_TOKENS,
                      processes: int = 1, earlier: Optional[str] = None,
                      bf16_units: Optional[Callable[[], list]] = None,
@@ -187,6 +195,11 @@ def choose_precision(requested: str, *, accelerator: str, model=None, tokens: in
     named = " and ".join(units)
     shapes = linear_shapes(model) if model is not None else {}
     parameters = sum(fan_in * fan_out * count for (fan_in, fan_out), count in shapes.items())
+    if parameters < MIN_CALIBRATED_PARAMETERS and model is not None and quantized_linears(model):
+        return PrecisionChoice("32-true", AUTO, f"the model's linear layers are quantized ({quantized_linears(model)} "
+                                                "4-/8-bit layers): bitsandbytes computes them in "
+                                                "model.compute_dtype, and no float matrix product is left to "
+                                                "speed up")
     if parameters < MIN_CALIBRATED_PARAMETERS:
         return PrecisionChoice("32-true", AUTO, f"the model's linear layers hold {parameters:,} parameters "
                                                 f"(< {MIN_CALIBRATED_PARAMETERS:,}): too small for bfloat16 to pay")
