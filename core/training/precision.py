@@ -195,8 +195,9 @@ def choose_precision(requested: str, *, accelerator: str, model=None, tokens: in
     named = " and ".join(units)
     shapes = linear_shapes(model) if model is not None else {}
     parameters = sum(fan_in * fan_out * count for (fan_in, fan_out), count in shapes.items())
-    if parameters < MIN_CALIBRATED_PARAMETERS and model is not None and quantized_linears(model):
-        return PrecisionChoice("32-true", AUTO, f"the model's linear layers are quantized ({quantized_linears(model)} "
+    quantized = quantized_linears(model) if model is not None and parameters < MIN_CALIBRATED_PARAMETERS else 0
+    if quantized:
+        return PrecisionChoice("32-true", AUTO, f"the model's linear layers are quantized ({quantized} "
                                                 "4-/8-bit layers): bitsandbytes computes them in "
                                                 "model.compute_dtype, and no float matrix product is left to "
                                                 "speed up")
