@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CHUNK_BYTES", "fusable_output_layer", "linear_cross_entropy_sums"]
+__all__ = ["CHUNK_BYTES", "autocast_dtype", "fusable_output_layer", "linear_cross_entropy_sums"]
 
 #: the float32 logits of one chunk stay under this size: on the CPU below glibc's largest mmap threshold
 #: (32 MiB), so the chunk's memory is reused from one chunk to the next instead of being faulted in
@@ -70,7 +70,7 @@ def linear_cross_entropy_sums(hidden, lm_head, targets, label_smoothing: float =
     return nll, z, int(targets.numel())
 
 
-def _autocast_dtype(device_type: str):
+def autocast_dtype(device_type: str):
     """The dtype autocast computes matrix products in on ``device_type`` now, or ``None`` when it is off."""
     try:
         enabled = torch.is_autocast_enabled(device_type)
@@ -90,7 +90,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, label_smoothing, with_z, rows):
         device_type = hidden.device.type
-        dtype = _autocast_dtype(device_type) if hidden.is_floating_point() else None
+        dtype = autocast_dtype(device_type) if hidden.is_floating_point() else None
         dtype = dtype or torch.promote_types(hidden.dtype, weight.dtype)
         exact = torch.promote_types(dtype, torch.float32)  # the softmax's dtype: float32, or float64 in checks
         cast_weight = weight.to(dtype)
@@ -132,7 +132,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # would make a reference cycle through the autograd graph, which holds every activation of the
         # step until the garbage collector breaks it
         ctx.gradients = {name: piece.gradients for name, piece in sums.items()}
-        ctx.dtypes = sums["nll"].dtypes
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         z = sums["z"].value if with_z else sums["nll"].value.new_zeros(())
         return sums["nll"].value, z
 
@@ -159,7 +159,6 @@ class _Sum:
     def __init__(self, hidden, weight, bias, wanted, exact):
         want_hidden, want_weight, want_bias = wanted
         self.value = torch.zeros((), dtype=exact, device=hidden.device)
-        self.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         self.gradients = [
             torch.empty(hidden.shape, dtype=exact, device=hidden.device) if want_hidden else None,
             torch.zeros(weight.shape, dtype=exact, device=weight.device) if want_weight else None,

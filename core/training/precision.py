@@ -293,12 +293,9 @@ def _casting_layers(model) -> list:
 
 
 def _autocast_on() -> bool:
-    import torch
+    from tuneforge.linear_cross_entropy import autocast_dtype
 
-    try:
-        return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled() or torch.is_autocast_enabled()
+    return any(autocast_dtype(device) is not None for device in ("cpu", "cuda"))
 
 
 #: model -> its layers with peft's input-cast switch (a model's adapter layers do not change during a run)
