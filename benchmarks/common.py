@@ -12,8 +12,13 @@ The orchestrator (``run.py``) writes into its work directory:
 
 Each system runs in its own process (``python benchmarks/<system>.py <workdir> <result.json>``)
 and writes a result with :func:`write_result`: per-step losses, the ``time.perf_counter()`` at
-the end of every optimizer step, the digest of every batch it trained on, a checksum of the
-initial trainable weights and its peak RSS.  The orchestrator turns these into tokens/s after
+the end of every optimizer step (:func:`step_clock`: after the GPU's queued work is done), the digest of
+every batch it trained on, a checksum of the initial trainable weights, its peak RSS and, on a GPU, its
+peak GPU memory.
+
+``spec["device"]`` (``cpu`` or ``cuda``) and ``spec["precision"]`` (``32-true`` or ``bf16-mixed``) say
+where and how every system trains (:func:`device`, :func:`bf16_mixed`); specs written before they
+existed mean ``cpu`` and ``32-true``.  The orchestrator turns these into tokens/s after
 checking that every system trained on the same batches and got the same losses.
 """
 
@@ -31,6 +36,37 @@ from pathlib import Path
 
 #: keys of one saved batch (the order matters for the digest)
 BATCH_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def device(spec: dict) -> str:
+    """``cpu`` or ``cuda``: where every system of this spec trains."""
+    return spec.get("device", "cpu")
+
+
+def bf16_mixed(spec: dict) -> bool:
+    """Whether every system trains under bfloat16 autocast (``precision: bf16-mixed``) rather than in float32."""
+    return spec.get("precision", "32-true") == "bf16-mixed"
+
+
+def step_clock() -> float:
+    """``time.perf_counter()`` once the work queued so far has run: on a GPU the clock waits for it
+    (``torch.cuda.synchronize``), else a step's end would be when its kernels were queued."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def peak_gpu_mib() -> dict:
+    """Peak GPU memory of this process (torch's allocator): ``{"allocated": MiB, "reserved": MiB}``, or ``{}``
+    when the process never used CUDA."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    return {"allocated": torch.cuda.max_memory_allocated() / 2 ** 20,
+            "reserved": torch.cuda.max_memory_reserved() / 2 ** 20}
 
 
 def load_spec(workdir) -> dict:
@@ -155,7 +191,7 @@ def write_result(path, system: str, *, losses, step_end, digests, init_checksum,
     """
     result = {"system": system, "steps": len(step_end), "losses": [float(x) for x in losses],
               "step_end": list(step_end), "digests": list(digests), "init_checksum": init_checksum,
-              "tokens": tokens, "peak_rss_mib": peak_rss_mib(), "versions": versions(), "pid": os.getpid(),
+              "tokens": tokens, "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": peak_gpu_mib(), "versions": versions(), "pid": os.getpid(),
               "finished_at": time.time(),
               # wall-clock time of the first optimizer step's end (run.py: launch -> first step)
               "first_step_at": time.time() - (time.perf_counter() - step_end[0]) if step_end else None,

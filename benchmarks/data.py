@@ -170,7 +170,9 @@ def build_plan(workdir, records: list, tuneforge_overrides, *, batch_size: int, 
     plan = {"examples": len(examples), "epochs": epoch, "batch_size": batch_size, "batches": batches,
             "tokens": [real_tokens(b) for b in padded], "padded_tokens": [int(b["input_ids"].numel()) for b in padded],
             "trained_tokens": [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in padded],
-            "digests": [batch_digest(b) for b in padded], "pad_token_id": pad_token_id}
+            "digests": [batch_digest(b) for b in padded], "pad_token_id": pad_token_id,
+            # sum of the squared example lengths per batch (attention's FLOPs grow with them: gpu_limit.py)
+            "squared_lengths": [int((b["attention_mask"].sum(1) ** 2).sum()) for b in padded]}
     (workdir / "plan.json").write_text(json.dumps(plan))
     return plan, cfg
 

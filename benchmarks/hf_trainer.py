@@ -8,7 +8,8 @@ sampler instead of its random one) and the collator unwraps that row, so the Tra
 exactly the saved batches.  The loss is the model's own (``labels`` in the batch, per-token
 mean).  The optimizer is ``adamw_torch`` (``torch.optim.AdamW``, like the other systems; the
 Trainer's default on torch >= 2.8 is the fused variant), constant learning rate, no warmup,
-the same gradient clipping, fp32, no gradient checkpointing.  Logging is left at the
+the same gradient clipping, fp32 (``bf16=True`` when the spec's precision is ``bf16-mixed``), on the
+spec's device (``use_cpu`` only for ``cpu``), no gradient checkpointing.  Logging is left at the
 Trainer's default; checkpoints, evaluation and reporting are off.
 
 ``trl_sft.py`` reuses :func:`recording_trainer`, :func:`batch_dataset` and
@@ -18,10 +19,9 @@ Trainer's default; checkpoints, evaluation and reporting are off.
 from __future__ import annotations
 
 import sys
-import time
 
-from common import (batch_digest, child_args, load_batches, load_model, load_spec, setup_process,
-                    trainable_checksum, write_result)
+from common import (batch_digest, bf16_mixed, child_args, device, load_batches, load_model, load_spec,
+                    setup_process, step_clock, trainable_checksum, write_result)
 
 
 def batch_dataset(batches):
@@ -50,7 +50,7 @@ def recording_trainer(base):
             self.step_end = []
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.step_end.append(time.perf_counter())
+            self.step_end.append(step_clock())
 
     class Recording(base):
         def __init__(self, *args, **kwargs):
@@ -79,8 +79,8 @@ def common_arguments(spec: dict, output_dir) -> dict:
         output_dir=str(output_dir), per_device_train_batch_size=1, max_steps=spec["steps"],
         learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=spec["weight_decay"],
         adam_beta1=spec["betas"][0], adam_beta2=spec["betas"][1], adam_epsilon=spec["eps"],
-        max_grad_norm=spec["max_grad_norm"] or 0.0, optim="adamw_torch", bf16=False, fp16=False,
-        gradient_checkpointing=False, use_cpu=True, seed=spec["seed"], report_to="none", save_strategy="no",
+        max_grad_norm=spec["max_grad_norm"] or 0.0, optim="adamw_torch", bf16=bf16_mixed(spec), fp16=False,
+        gradient_checkpointing=False, use_cpu=device(spec) == "cpu", seed=spec["seed"], report_to="none", save_strategy="no",
         eval_strategy="no", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
         remove_unused_columns=False, label_names=["labels"])
 

@@ -4,7 +4,8 @@
 
 What a careful user writes by hand: iterate the batch list, forward, next-token cross
 entropy (mean over trained tokens), backward, clip the gradient norm, ``torch.optim.AdamW``
-step at a constant learning rate.  No framework, no logging, no checkpoints: the floor the
+step at a constant learning rate; on the spec's device, under bfloat16 autocast when its precision
+is ``bf16-mixed`` (what ``torch.autocast`` users write).  No framework, no logging, no checkpoints: the floor the
 others are measured against.
 
 With ``trained_loss`` (the benchmark's ``plain_trained_loss`` system) the loss is computed the
@@ -18,10 +19,9 @@ that one trick is worth.
 from __future__ import annotations
 
 import sys
-import time
 
-from common import (batch_digest, child_args, load_batches, load_model, load_spec, setup_process,
-                    trainable_checksum, write_result)
+from common import (batch_digest, bf16_mixed, child_args, device, load_batches, load_model, load_spec,
+                    setup_process, step_clock, trainable_checksum, write_result)
 
 IGNORE_INDEX = -100
 
@@ -56,11 +56,16 @@ def main(argv) -> None:
     trained_only = mode is not None
     spec = load_spec(workdir)
     setup_process(spec)
+    import contextlib
+
     import torch
 
     model, _ = load_model(spec)
-    batches = load_batches(workdir)[: spec["steps"]]
+    target = torch.device(device(spec))
+    batches = [{key: value.to(target) for key, value in batch.items()}
+               for batch in load_batches(workdir)[: spec["steps"]]]
     checksum = trainable_checksum(model)
+    model.to(target)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], betas=tuple(spec["betas"]), eps=spec["eps"],
                                   weight_decay=spec["weight_decay"])
@@ -68,14 +73,17 @@ def main(argv) -> None:
     losses, step_end, digests = [], [], []
     for batch in batches:
         digests.append(batch_digest(batch))
-        loss = compute_loss(model, batch)
+        autocast = (torch.autocast(target.type, dtype=torch.bfloat16) if bf16_mixed(spec)
+                    else contextlib.nullcontext())
+        with autocast:
+            loss = compute_loss(model, batch)
         loss.backward()
         if spec["max_grad_norm"]:
             torch.nn.utils.clip_grad_norm_(params, spec["max_grad_norm"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())
-        step_end.append(time.perf_counter())
+        step_end.append(step_clock())
     write_result(result_path, "plain_trained_loss" if trained_only else "plain", losses=[float(x) for x in losses],
                  step_end=step_end, digests=digests, init_checksum=checksum)
 

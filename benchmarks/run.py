@@ -9,7 +9,8 @@ linear layers) on the SAME batches (by default: generated records whose instruct
 output lengths are drawn from real alpaca data, ``data.py``) - built once here with tuneforge's data pipeline and a
 seeded permutation, saved, and consumed in that order by every system - with AdamW (same
 betas, eps, no weight decay), a constant learning rate without warmup, the same gradient
-clipping, fp32, on the CPU with the same thread count.  Each run is its own subprocess; the
+clipping, fp32, on the CPU with the same thread count (``--device cuda --precision bf16-mixed``: on the GPU,
+under bfloat16 autocast, every system alike).  Each run is its own subprocess; the
 runs alternate their order over the repeats; the first ``--warmup`` steps are not timed.
 
 Before any speed is printed, the runs are checked against each other: every fixed-batch run
@@ -19,7 +20,10 @@ mismatch the first differing step is printed and the script exits 1.  Then, per 
 (non-pad) tokens per second, peak RSS, the per-step losses, the ratios against the plain loop
 and HF Trainer, the share of the CPU's limit (``cpu_limit.py``: fp32 and bf16 matrix-product
 throughput on the model's Linear shapes, turned into real tokens/s), the trained-position and
-padding shares of the batches, and a Markdown table.
+padding shares of the batches, and a Markdown table.  On a GPU (``--device cuda``) the limit is the GPU's
+bfloat16 peak instead (``gpu_limit.py``: its published dense figure, and a measured large matrix product),
+given as MFU, and every system's peak GPU memory is printed next to ``tuneforge plan``'s estimate of the
+same run.
 
 ``plain_trained_loss`` is the plain loop with tuneforge's loss trick (LM head and cross entropy
 on the trained positions only): the same losses, so it is checked like the others.
@@ -115,7 +119,22 @@ def parse_args(argv):
                              "'packing_32=loader.packing=true;trainer.precision=32-true'")
     parser.add_argument("--no-limit", action="store_true",
                         help="skip measuring the CPU's matrix-product throughput (the limit columns)")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="relative tolerance of the loss check")
+    parser.add_argument("--limit", choices=("cpu", "peak"), default=None,
+                        help="cpu: the CPU's limit (cpu_limit.py, the default on cpu); peak: MFU against the device's "
+                             "bf16 peak and peak GPU memory against tuneforge plan (gpu_limit.py, the default on cuda)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="relative tolerance of the loss check (default: 1e-4 in 32-true, 5e-2 in bf16-mixed, "
+                             "whose systems round differently and drift apart over the steps)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where every system trains (cuda: the first GPU; --threads still sets the CPU threads)")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
+                        help="every system's precision: float32, or bfloat16 autocast over float32 LoRA weights")
+    parser.add_argument("--model-dtype", choices=("float32", "bfloat16"), default=None,
+                        help="dtype of the frozen base weights (model.dtype; --model folders and .gguf files only); "
+                             "default: float32 (the tuneforge default)")
+    parser.add_argument("--attn-implementation", default=None,
+                        help="model.attn_implementation of every system (sdpa, eager, flash_attention_2; default: "
+                             "the model's)")
     parser.add_argument("--out", help="work directory (default: a new temporary directory); results.json goes here")
     if "--smoke" in argv:  # smoke values become the defaults: options given explicitly still win
         parser.set_defaults(**SMOKE)
@@ -138,6 +157,12 @@ def parse_args(argv):
                          "_ or -)")
         variants[name.strip()] = overrides
     args.variant_overrides = variants
+    if args.limit is None:
+        args.limit = "peak" if args.device == "cuda" else "cpu"
+    if args.tolerance is None:
+        args.tolerance = 5e-2 if args.precision == "bf16-mixed" else 1e-4
+    if (args.model_dtype or args.attn_implementation) and model_overrides(args.model)[0] != "model=hf":
+        parser.error("--model-dtype and --attn-implementation need --model to be a model folder or .gguf file")
     return args
 
 
@@ -148,8 +173,13 @@ def parse_args(argv):
 
 def tuneforge_overrides(args, workdir: Path) -> list:
     """The tuneforge run's overrides: everything the comparison holds equal, in tuneforge's terms."""
+    model = model_overrides(args.model)
+    if args.model_dtype:
+        model.append(f"model.dtype={args.model_dtype}")
+    if args.attn_implementation:
+        model.append(f"model.attn_implementation={args.attn_implementation}")
     return [
-        *model_overrides(args.model),
+        *model,
         "data=jsonl", f"data.path={workdir / 'ordered.jsonl'}", "data.format=alpaca", "data.shuffle=false",
         "data.val_size=0", "data.cache=false", f"data.max_length={args.max_length}", "data.truncation=truncate",
         "adapter=lora", "adapter.r=16", "adapter.lora_alpha=32", "adapter.lora_dropout=0.0",
@@ -159,7 +189,8 @@ def tuneforge_overrides(args, workdir: Path) -> list:
         f"loader.batch_size={args.batch_size}", "loader.shuffle=false",
         f"trainer.max_steps={args.steps}", "trainer.accumulate_grad_batches=1",
         f"trainer.gradient_clip_val={args.max_grad_norm if args.max_grad_norm else 'null'}",
-        "trainer.gradient_clip_algorithm=norm", "trainer.precision=32-true", "trainer.accelerator=cpu",
+        "trainer.gradient_clip_algorithm=norm", f"trainer.precision={args.precision}",
+        f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
         "trainer.devices=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
         "checkpoint.every_n_steps=0", "checkpoint.keep_last=1", "resume=never",
         f"seed={args.seed}", f"threads={args.threads}",
@@ -244,12 +275,34 @@ def prepare(args, workdir: Path) -> tuple:
         "batch_size": args.batch_size, "lr": args.lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,
         "max_grad_norm": args.max_grad_norm,
         "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"},
-        "data": description, "max_length": args.max_length,
+        "data": description, "max_length": args.max_length, "device": args.device, "precision": args.precision,
         "tuneforge": {"overrides": overrides, "variants": variants},
         "notes": notes,
     }
+    if args.limit == "peak":
+        spec["plan_mib"] = plan_estimates(overrides, variants, spec["notes"])
     (workdir / "spec.json").write_text(json.dumps(spec, indent=1))
     return spec, plan
+
+
+def plan_estimates(overrides: list, variants: dict, notes: list) -> dict:
+    """``tuneforge plan``'s memory estimate (MiB per device) of the fixed-batch run (key ``tuneforge``, which the
+    other fixed-batch systems also train) and of each variant (``tuneforge-<name>``); a run it cannot plan is
+    left out with a note."""
+    from tuneforge.host.components import run_components
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.planning.plan import plan_run
+
+    runs = {"tuneforge": overrides,
+            **{f"tuneforge-{name}": overrides + variant["overrides"] for name, variant in variants.items()}}
+    estimates = {}
+    for name, composed in runs.items():
+        composed = [o for o in composed if not o.startswith("callbacks=")]
+        try:
+            estimates[name] = plan_run(run_components(compose(composed), load_plugins(composed))).estimate.total / 2 ** 20
+        except Exception as exc:  # the estimate is a column of the table, not a reason to stop the benchmark
+            notes.append(f"{name}: tuneforge plan failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    return estimates
 
 
 # ---------------------------------------------------------------------------
@@ -291,15 +344,17 @@ def run_child(workdir: Path, entry: tuple, repeat: int, threads: int) -> dict:
     return result
 
 
-def measure_limit(workdir: Path, threads: int) -> dict:
-    """``cpu_limit.py`` in a fresh process with the benchmark's threads (nothing else of ours runs)."""
-    result_path, log_path = workdir / "cpu_limit.json", workdir / "cpu_limit.log"
+def measure_limit(workdir: Path, threads: int, script: str = "cpu_limit.py") -> dict:
+    """``cpu_limit.py`` (or ``gpu_limit.py``) in a fresh process with the benchmark's threads (nothing else of
+    ours runs)."""
+    stem = Path(script).stem
+    result_path, log_path = workdir / f"{stem}.json", workdir / f"{stem}.log"
     with open(log_path, "w") as log:
-        completed = subprocess.run([sys.executable, str(HERE / "cpu_limit.py"), str(workdir), str(result_path)],
+        completed = subprocess.run([sys.executable, str(HERE / script), str(workdir), str(result_path)],
                                    stdout=log, stderr=subprocess.STDOUT, env=child_env(threads), cwd=str(HERE.parent))
     if completed.returncode != 0 or not result_path.is_file():
         print("\n".join(log_path.read_text().strip().splitlines()[-15:]), file=sys.stderr)
-        raise BenchmarkError(f"measuring the CPU's limit failed with exit code {completed.returncode}; "
+        raise BenchmarkError(f"measuring the limit ({script}) failed with exit code {completed.returncode}; "
                              f"full log: {log_path}")
     return json.loads(result_path.read_text())
 
@@ -408,9 +463,14 @@ def run_shares(run: dict, plan: dict) -> dict:
 
 
 def limit_shares(entry: dict, limit) -> dict:
-    """The entry's real tokens/s as a share of the CPU's fp32 and bf16 limits (``cpu_limit.py``)."""
+    """The entry's real tokens/s as a share of the CPU's fp32 and bf16 limits (``cpu_limit.py``), or on a GPU
+    its MFU (``gpu_limit.py``: ``published``, ``measured``, ``six_n``)."""
     if not limit:
         return {}
+    if limit.get("kind") in ("gpu", "cpu"):
+        from gpu_limit import mfu
+
+        return mfu(limit, entry["tokens_per_s"], entry["shares"]["trained_of_real"])
     from cpu_limit import limit_tokens_per_s
 
     trained_of_real = entry["shares"]["trained_of_real"]
@@ -441,6 +501,8 @@ def summarize(runs: list, plan: dict, warmup: int, labels: dict | None = None, l
             window["startup_s"] = run["first_step_at"] - run["launched_at"]
         entry["runs"].append(window)
         entry["peak_rss_mib"] = max(entry.get("peak_rss_mib", 0.0), run["peak_rss_mib"])
+        if run.get("peak_gpu_mib"):
+            entry["peak_gpu_mib"] = max(entry.get("peak_gpu_mib", 0.0), run["peak_gpu_mib"]["allocated"])
         entry["steps"] = run["steps"]
         if not fixed and sum(run["tokens"]) != total:
             entry["note"] = (f"trained {sum(run['tokens'])} real tokens in one epoch, the fixed runs {total}: "
@@ -504,7 +566,50 @@ def print_losses(fixed: list) -> None:
                                            for n in names))
 
 
+def plan_estimate(spec: dict, name: str):
+    """``tuneforge plan``'s MiB for a summary entry: the variant's own, else the fixed-batch run's (which every
+    fixed-batch system trains)."""
+    estimates = spec.get("plan_mib") or {}
+    return estimates.get(name, estimates.get("tuneforge"))
+
+
+def gpu_markdown_table(summary: dict, spec: dict, plan: dict, limit: dict) -> str:
+    """The table of a ``--device cuda`` run: tokens/s, ratios, MFU, peak GPU memory against the plan."""
+    rows = ["| system | real tokens/s | vs HF Trainer | MFU | MFU (measured peak) | MFU (6N) | padding | s/step "
+            "| peak GPU memory (MiB) | tuneforge plan (MiB) | peak / plan | steps timed |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, entry in summary.items():
+        s_per_step = statistics.median(r["s_per_step"] for r in entry["runs"])
+        mfu = entry.get("of_limit") or {}
+        peak, estimate = entry.get("peak_gpu_mib"), plan_estimate(spec, name)
+        within = f"{peak / estimate:.2f}" if peak and estimate else "-"
+        rows.append(f"| {entry['label']} | {entry['tokens_per_s']:.0f} | {ratio(summary, name, 'hf_trainer')} | "
+                    f"{percent(mfu.get('published'))} | {percent(mfu.get('measured'))} | {percent(mfu.get('six_n'))} | "
+                    f"{percent(entry['shares']['padding'])} | {s_per_step:.4f} | "
+                    f"{f'{peak:.0f}' if peak else '-'} | {f'{estimate:.0f}' if estimate else '-'} | {within} | "
+                    f"{entry['runs'][0]['timed_steps']} of {entry['steps']} |")
+    from data import shares
+    from gpu_limit import flops_per_token
+
+    fixed = shares(plan["tokens"][: spec["steps"]], plan["padded_tokens"][: spec["steps"]],
+                   plan["trained_tokens"][: spec["steps"]])
+    published = (f"{limit['published_peak'] / 1e12:.0f} TFLOP/s ({limit['published_source']})"
+                 if limit.get("published_peak") else "not in the table (gpu_limit.PUBLISHED_BF16_PEAKS)")
+    rows += ["", f"model={spec['model']}, {spec['data']}; {spec['steps']} steps of batch {spec['batch_size']}, max "
+                 f"length {spec['max_length']} ({shares_text(fixed)}), first {spec['warmup']} not timed; LoRA r=16 "
+                 f"all-linear, AdamW lr {spec['lr']:g} constant, clip {spec['max_grad_norm']:g}, {spec['precision']} "
+                 f"on {limit['device_name']}; median of {len(next(iter(summary.values()))['runs'])} runs per system",
+             "", f"MFU: useful FLOPs per real token ({flops_per_token(limit, fixed['trained_of_real']) / 1e9:.2f} GFLOP: "
+                 f"4 x body Linear, 4 x LM head on trained positions, attention at a mean context of "
+                 f"{limit['mean_context']:.0f}) x tokens/s over the bf16 peak: published {published}, measured "
+                 f"{limit['measured_peak'] / 1e12:.0f} TFLOP/s ({limit['matmul_size']}^3 bf16 product). 6N: 6 x all "
+                 "Linear parameters per token over the published peak. Peak GPU memory: torch's max allocated."]
+    return "\n".join(rows)
+
+
 def markdown_table(summary: dict, spec: dict, plan: dict, limit: dict | None = None) -> str:
+    if limit and "measured_peak" in limit:
+        return gpu_markdown_table(summary, spec, plan, limit)
     rows = ["| system | real tokens/s | vs plain loop | vs HF Trainer | of fp32 limit | of bf16 limit | padding "
             "| s/step | peak RSS (MiB) | steps timed | launch to first step (s) |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -525,7 +630,7 @@ def markdown_table(summary: dict, spec: dict, plan: dict, limit: dict | None = N
     rows.append(f"model={spec['model']}, {spec['data']}; {spec['steps']} steps of batch {spec['batch_size']} "
                 f"({fixed['real_tokens']} real of {fixed['positions']} padded tokens: {shares_text(fixed)}), "
                 f"first {spec['warmup']} not timed; LoRA r=16 all-linear, AdamW lr {spec['lr']:g} constant, "
-                f"clip {spec['max_grad_norm']:g}, fp32, {spec['threads']} threads; "
+                f"clip {spec['max_grad_norm']:g}, {spec.get('precision', '32-true')}, {spec['threads']} threads; "
                 f"median of {len(next(iter(summary.values()))['runs'])} runs per system")
     if limit:
         from cpu_limit import limit_tokens_per_s
@@ -572,7 +677,11 @@ def _main(args, workdir: Path) -> int:
     for note in spec["notes"]:
         print(f"note: {note}")
     limit = None
-    if not args.no_limit:
+    if args.limit == "peak":
+        limit = measure_limit(workdir, args.threads, "gpu_limit.py")
+        print(f"GPU: {limit['device_name']}, bf16 peak published {limit['published_peak'] or '-'} FLOP/s, measured "
+              f"{limit['measured_peak']:.3g} FLOP/s")
+    elif not args.no_limit:
         limit = measure_limit(workdir, args.threads)
         print("\n".join(limit_lines(limit, fixed_shares["trained_of_real"])))
     runs = []
@@ -585,7 +694,8 @@ def _main(args, workdir: Path) -> int:
     fixed = [r for r in runs if r["variant"] is None]
     variant_runs = [r for r in runs if r["variant"] is not None]
     same_batches = [r for r in variant_runs if r.get("rebatched") is False]
-    results = {"spec": spec, "plan": plan, "shares": fixed_shares, "cpu_limit": limit, "runs": runs,
+    results = {"spec": spec, "plan": plan, "shares": fixed_shares, "runs": runs,
+               ("gpu_limit" if args.limit == "peak" else "cpu_limit"): limit,
                "notes": notes, "versions": runs[0]["versions"]}
     results_path = workdir / "results.json"
     try:
@@ -607,10 +717,14 @@ def _main(args, workdir: Path) -> int:
     print("\nper system (median over repeats; limits: benchmarks/cpu_limit.py):")
     for name, entry in summary.items():
         of_limit = entry.get("of_limit") or {}
+        limit_text = (f"MFU {percent(of_limit.get('published'))} (measured peak {percent(of_limit.get('measured'))})"
+                      f"   peak GPU {entry.get('peak_gpu_mib', 0):.0f} MiB (plan {plan_estimate(spec, name) or 0:.0f})"
+                      if args.limit == "peak" else
+                      f"of fp32 limit {percent(of_limit.get('fp32'))}, of bf16 limit {percent(of_limit.get('bf16'))}")
         print(f"  {entry['label']:<44} {entry['tokens_per_s']:10.1f} real tokens/s   peak RSS "
               f"{entry['peak_rss_mib']:7.0f} MiB   x{ratio(summary, name, 'plain')} vs plain, "
-              f"x{ratio(summary, name, 'hf_trainer')} vs HF Trainer   of fp32 limit {percent(of_limit.get('fp32'))}, "
-              f"of bf16 limit {percent(of_limit.get('bf16'))}   padding {percent(entry['shares']['padding'])}, "
+              f"x{ratio(summary, name, 'hf_trainer')} vs HF Trainer   {limit_text}   "
+              f"padding {percent(entry['shares']['padding'])}, "
               f"trained {percent(entry['shares']['trained'])}"
               + (f"   precision {entry['precision'].get('chosen')}" if isinstance(entry.get("precision"), dict)
                  else "")
@@ -618,8 +732,10 @@ def _main(args, workdir: Path) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}")
+    results["markdown"] = markdown_table(summary, spec, plan, limit)
+    results_path.write_text(json.dumps(results, indent=1))
     print("\nMarkdown (ratios: real tokens/s of the row / of the column's system; > 1 is faster):\n")
-    print(markdown_table(summary, spec, plan, limit))
+    print(results["markdown"])
     print(f"\nresults: {results_path}")
     return 0
 

@@ -5,13 +5,12 @@ module])``) and selected with ``callbacks=[bench_probe]``, it watches a real ``t
 training run without changing it: the checksum of the trainable weights when training starts,
 and for every training batch its digest, real-token count, positions (batch x padded length) and
 trained positions (``labels[:, 1:] != -100``) when it starts, and the
-``time.perf_counter()`` when its optimizer step is done.  The losses are read afterwards from
+``time.perf_counter()`` when its optimizer step is done (on a GPU: once its kernels have run).  The losses are read afterwards from
 the run's own ``metrics.csv``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import tuneforge
@@ -28,7 +27,7 @@ class ProbeConfig:
 def build_probe(config: ProbeConfig):
     import lightning.pytorch as pl
 
-    from common import batch_digest, real_tokens, trainable_checksum
+    from common import batch_digest, real_tokens, step_clock, trainable_checksum
 
     class BenchProbe(pl.Callback):
         def __init__(self):
@@ -46,7 +45,7 @@ def build_probe(config: ProbeConfig):
             self.trained.append(int((batch["labels"][..., 1:] != -100).sum()))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.step_end.append(time.perf_counter())
+            self.step_end.append(step_clock())
 
     probe = BenchProbe()
     PROBES.append(probe)

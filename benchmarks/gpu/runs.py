@@ -1,0 +1,425 @@
+"""The GPU check's steps that run tuneforge as users do: ``python -m tuneforge train`` processes on the model
+folders of ``models.py``, and ``benchmarks/run.py`` for the speed against HF Trainer.
+
+Each step returns its result (``summary``, ``details``, ``targets``, ``markdown``) or raises
+:class:`outcome.Failed` (with the tail of the run's log as ``output``) or :class:`outcome.Skipped`.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from models import SHAPES, build_folder
+from outcome import Failed, Skipped, relative_difference, require
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = HERE.parent
+#: a step's ``tuneforge train`` process is stopped after this many seconds
+TRAIN_TIMEOUT_S = {"gpu": 180, "cpu": 300}
+#: packages whose versions the results record
+PACKAGES = ("torch", "transformers", "peft", "lightning", "pluggy", "hydra-core", "bitsandbytes", "flash-attn",
+            "deepspeed", "tuneforge")
+#: run sizes per mode: steps, batch and the length of the Llama-1B runs
+SIZES = {"gpu": dict(steps=12, batch=8, checkpoint_every=4, kill_after=8, long_length=2048, long_batch=8,
+                     long_steps=8, speed_steps=96, speed_warmup=4, speed_records=800, threads=8),
+         "cpu": dict(steps=6, batch=4, checkpoint_every=2, kill_after=4, long_length=256, long_batch=4,
+                     long_steps=3, speed_steps=8, speed_warmup=2, speed_records=48, threads=2)}
+#: the speed runs' loss check (benchmarks/run.py --tolerance): in bf16 HF Trainer's full logits and tuneforge's
+#: loss round differently, and over 96 steps the runs drift apart; the first steps' losses (printed) show the
+#: rounding alone, and the batches themselves are checked exactly (digests)
+SPEED_LOSS_TOLERANCE = 0.1
+#: speed targets of the GPU run (issue 28): MFU of the packed Llama-1B run, tuneforge against HF Trainer, memory vs plan
+MFU_TARGET, HF_RATIO_TARGET, PLAN_TOLERANCE = 0.35, 1.0, 0.20
+
+
+def package_version(name: str):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def sample_data() -> Path:
+    import tuneforge.plugins
+
+    return Path(tuneforge.plugins.__file__).parent / "data" / "sample.jsonl"
+
+
+# ---------------------------------------------------------------------------
+# environment and models
+# ---------------------------------------------------------------------------
+
+
+def environment(context) -> dict:
+    import torch
+
+    versions = {name: package_version(name) for name in PACKAGES}
+    versions = {name: found for name, found in versions.items() if found}
+    versions["cuda"] = torch.version.cuda
+    details = {"versions": versions, "cpus": os.cpu_count(), "device": context.device}
+    if context.device == "cuda":
+        properties = torch.cuda.get_device_properties(0)
+        details.update(device_name=properties.name, memory_gib=round(properties.total_memory / 2 ** 30, 1),
+                       capability=f"sm_{properties.major}{properties.minor}",
+                       bf16_supported=torch.cuda.is_bf16_supported(), devices=torch.cuda.device_count())
+        require(details["bf16_supported"], f"{properties.name} does not support bfloat16", details=details)
+        summary = (f"{properties.name}, {details['memory_gib']} GiB, {details['capability']}, torch "
+                   f"{versions['torch']} (CUDA {versions['cuda']})")
+    else:
+        details["device_name"] = "CPU (dry run)"
+        summary = f"dry run on {os.cpu_count()} CPUs, torch {versions['torch']}"
+    return {"summary": summary, "details": details}
+
+
+def build_models(context) -> dict:
+    """The model folders (SmolLM2 and Llama-1B architectures, random bf16 weights) and the records of the
+    length-2048 runs."""
+    from data import generate_records, write_jsonl
+
+    details = {}
+    for name, shape in SHAPES[context.mode].items():
+        started = time.monotonic()
+        folder = context.work / "models" / name
+        details[name] = {**build_folder(folder, shape, context.device, context.tokenizer),
+                         "seconds": round(time.monotonic() - started, 1), "shape": shape}
+        context.folders[name] = folder
+    sizes = SIZES[context.mode]
+    records = context.work / "records-long.jsonl"
+    write_jsonl(records, generate_records(sizes["long_batch"] * sizes["long_steps"] * 2, seed=2,
+                                          max_field_tokens=0 if context.tokenizer else 12))
+    context.folders["records"] = records
+    tokenizer = "SmolLM2's" if context.tokenizer else "tuneforge's byte-level"
+    return {"summary": ", ".join(f"{name} {d['parameters'] / 1e6:.0f}M parameters ({d['seconds']} s)"
+                                 for name, d in details.items()) + f"; {tokenizer} tokenizer",
+            "details": details}
+
+
+# ---------------------------------------------------------------------------
+# tuneforge train processes
+# ---------------------------------------------------------------------------
+
+
+def train_overrides(context, model: str, *, steps=None, batch=None, precision="bf16-mixed", extra=()) -> list:
+    """A LoRA run on one of the model folders, evaluation off, on the check's device."""
+    sizes = SIZES[context.mode]
+    return ["model=hf", f"model.path={context.folders[model]}", "data=jsonl", f"data.path={sample_data()}",
+            "data.max_length=512", "adapter=lora", "adapter.r=16", "adapter.lora_alpha=32",
+            "adapter.target_modules=all-linear", "optim.lr=1e-3", f"loader.batch_size={batch or sizes['batch']}",
+            f"trainer.max_steps={steps or sizes['steps']}", f"trainer.precision={precision}",
+            f"trainer.accelerator={'gpu' if context.device == 'cuda' else 'cpu'}", "trainer.devices=1",
+            "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "evaluators=[]", "baselines=[]",
+            "checkpoint.every_n_steps=0", "resume=never", f"threads={sizes['threads']}", *extra]
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env.pop("TUNEFORGE_COMMAND", None)
+    env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+
+class TrainRun:
+    """One ``python -m tuneforge train`` process: its run directory and log, started and waited for."""
+
+    def __init__(self, context, name: str, overrides: list, fresh: bool = True):
+        self.context, self.name = context, name
+        self.run_dir = context.work / "runs" / name
+        self.log = context.work / "logs" / f"{name}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        if fresh and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        self.command = [sys.executable, "-m", "tuneforge", "train", *overrides, f"hydra.run.dir={self.run_dir}"]
+
+    def start(self, attempt: str = "") -> subprocess.Popen:
+        handle = open(self.log, "a")
+        handle.write(f"$ {' '.join(self.command)}{'  # ' + attempt if attempt else ''}\n")
+        handle.flush()
+        # a session of its own: a SIGKILL reaches the whole process group (data-loader workers too)
+        return subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
+                                cwd=str(BENCHMARKS.parent), start_new_session=True)
+
+    def wait(self, process: subprocess.Popen) -> int:
+        try:
+            return process.wait(timeout=TRAIN_TIMEOUT_S[self.context.mode])
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise Failed(f"{self.name}: no result within {TRAIN_TIMEOUT_S[self.context.mode]} s", output=log_tail(self.log))
+
+    def run(self, attempt: str = "") -> "TrainRun":
+        """Start, wait, and require a completed run (exit 0, ``status.json`` completed)."""
+        code = self.wait(self.start(attempt))
+        status = self.status()
+        require(code == 0 and status.get("status") == "completed",
+                f"{self.name}: tuneforge train exited {code}, status {status.get('status')!r}"
+                + (f": {status.get('error')}" if status.get("error") else ""), output=log_tail(self.log))
+        return self
+
+    def status(self) -> dict:
+        path = self.run_dir / "status.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def metrics(self) -> dict:
+        return json.loads((self.run_dir / "metrics.json").read_text())
+
+    def losses(self) -> list:
+        with open(self.run_dir / "metrics.csv") as handle:
+            return [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+
+    def gpu_peak_mib(self):
+        peak = self.metrics().get("memory", {}).get("gpu_peak_bytes")
+        return peak / 2 ** 20 if peak else None
+
+
+def trained(run: TrainRun, steps: int) -> dict:
+    """Require ``steps`` finite losses whose last three average below the first three; the run's numbers."""
+    losses = run.losses()
+    require(len(losses) == steps and all(math.isfinite(x) for x in losses),
+            f"{run.name}: expected {steps} finite training losses, got {losses}", output=log_tail(run.log))
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    require(last < first, f"{run.name}: the loss did not fall ({first:.4f} over the first 3 steps, {last:.4f} over "
+                          "the last 3)", details={"losses": losses})
+    metrics = run.metrics()
+    precision = metrics.get("precision", {})
+    return {"losses": losses, "precision": precision.get("chosen") if isinstance(precision, dict) else precision,
+            "gpu_peak_mib": run.gpu_peak_mib(), "throughput": metrics.get("throughput")}
+
+
+def plan_mib(overrides: list):
+    """``tuneforge plan``'s estimate (MiB per device) of the run with these overrides, or ``None`` with the
+    reason it could not be made."""
+    from tuneforge.host.components import run_components
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.planning.plan import plan_run
+
+    try:
+        plan = plan_run(run_components(compose(overrides), load_plugins(overrides)))
+    except Exception as exc:  # recorded, not fatal: the comparison is a measurement
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return plan.estimate.total / 2 ** 20, None
+
+
+def plan_target(peak, estimate) -> dict:
+    within = abs(peak / estimate - 1) if peak and estimate else None
+    return {"target": f"peak GPU memory within {PLAN_TOLERANCE:.0%} of tuneforge plan",
+            "measured": f"{peak:.0f} MiB vs {estimate:.0f} MiB planned" if within is not None else "-",
+            "met": within is not None and within <= PLAN_TOLERANCE}
+
+
+def lora_smollm2(context) -> dict:
+    """bf16 LoRA with evaluation (perplexity, exact match with generation) on the SmolLM2 architecture."""
+    steps = SIZES[context.mode]["steps"]
+    run = TrainRun(context, "lora-smollm2", train_overrides(
+        context, "smollm2", extra=("evaluators=[perplexity,exact_match]", "evaluators.exact_match.max_new_tokens=16",
+                                   "data.val_size=8"))).run()
+    details = trained(run, steps)
+    metrics = run.metrics()
+    require(details["precision"] == "bf16-mixed", f"the run trained in {details['precision']}, not bf16-mixed",
+            details=details)
+    require("tuned" in metrics and "base" in metrics, "metrics.json has no base/tuned evaluation",
+            details={"keys": sorted(metrics)})
+    peak = f", peak GPU {details['gpu_peak_mib']:.0f} MiB" if details["gpu_peak_mib"] else ""
+    return {"summary": f"{steps} steps, loss {details['losses'][0]:.3f} -> {details['losses'][-1]:.3f}, "
+                       f"evaluated base and tuned{peak}", "details": details}
+
+
+def lora_llama_1b(context) -> dict:
+    sizes = SIZES[context.mode]
+    overrides = train_overrides(context, "llama_1b", steps=sizes["long_steps"], batch=sizes["long_batch"], extra=(
+        f"data.path={context.folders['records']}", f"data.max_length={sizes['long_length']}", "data.val_size=0",
+        "model.dtype=bfloat16", "model.attn_implementation=sdpa"))
+    estimate, problem = plan_mib(overrides)
+    run = TrainRun(context, "lora-llama-1b", overrides).run()
+    losses = run.losses()
+    require(len(losses) == sizes["long_steps"] and all(math.isfinite(x) for x in losses),
+            f"expected {sizes['long_steps']} finite losses, got {losses}", output=log_tail(run.log))
+    peak = run.gpu_peak_mib()
+    details = {"losses": losses, "gpu_peak_mib": peak, "plan_mib": estimate, "plan_problem": problem,
+               "throughput": run.metrics().get("throughput")}
+    result = {"summary": f"{len(losses)} steps at max length {sizes['long_length']}, loss {losses[0]:.3f} -> "
+                         f"{losses[-1]:.3f}" + (f", peak GPU {peak:.0f} MiB" if peak else "")
+                         + (f", plan {estimate:.0f} MiB" if estimate else f", no plan ({problem})"),
+              "details": details}
+    if context.device == "cuda":
+        result["targets"] = [plan_target(peak, estimate)]
+    return result
+
+
+def qlora(context) -> dict:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise Skipped("bitsandbytes is not installed (pip install 'tuneforge[quantization]'; check.sh carries its wheel)")
+    steps = SIZES[context.mode]["steps"]
+    # on the CPU bitsandbytes' 4-bit layers compute in float32 (docs/quantization.md); on a GPU in bfloat16
+    extra = (("adapter=qlora", "model.compute_dtype=bfloat16") if context.device == "cuda"
+             else ("adapter=qlora",))
+    precision = "bf16-mixed" if context.device == "cuda" else "32-true"
+    run = TrainRun(context, "qlora", train_overrides(context, "smollm2", precision=precision, extra=extra)).run()
+    details = trained(run, steps)
+    setup = run.metrics().get("setup", {})
+    details["setup"] = setup
+    return {"summary": f"NF4 base, {steps} steps, loss {details['losses'][0]:.3f} -> {details['losses'][-1]:.3f}"
+                       + (f", peak GPU {details['gpu_peak_mib']:.0f} MiB" if details["gpu_peak_mib"] else ""),
+            "details": details}
+
+
+def resume_after_sigkill(context) -> dict:
+    """An uninterrupted run, and the same run SIGKILLed once its second checkpoint is complete, then resumed
+    with the same command: equal losses at every step and equal adapter weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    sizes = SIZES[context.mode]
+    overrides = train_overrides(context, "smollm2", extra=(
+        f"checkpoint.every_n_steps={sizes['checkpoint_every']}", "checkpoint.keep_last=2",
+        "trainer.deterministic=true", "adapter.lora_dropout=0.1", "resume=auto"))
+    overrides = [o for o in overrides if o not in ("checkpoint.every_n_steps=0", "resume=never")]
+    reference = TrainRun(context, "resume-reference", overrides).run()
+    crashed = TrainRun(context, "resume-crashed", overrides)
+    complete = crashed.run_dir / "checkpoints" / f"step-{sizes['kill_after']:08d}" / "COMPLETE"
+    process = crashed.start("killed once the checkpoint is complete")
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S[context.mode]
+    while not complete.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    require(process.poll() is None, f"the run ended (exit {process.returncode}) before its step-{sizes['kill_after']} "
+                                    "checkpoint could be killed", output=log_tail(crashed.log))
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    status = crashed.status().get("status")
+    require(status == "running", f"after SIGKILL status.json says {status!r}, expected 'running'")
+    crashed = TrainRun(context, "resume-crashed", overrides, fresh=False).run("the resume")
+    resumed_from = crashed.status().get("resumed_from") or ""
+    expected_losses, losses = reference.losses(), crashed.losses()
+    a = load_file(str(reference.run_dir / "model" / "adapter_model.safetensors"))
+    b = load_file(str(crashed.run_dir / "model" / "adapter_model.safetensors"))
+    largest = max(float((a[key].float() - b[key].float()).abs().max()) for key in a) if a.keys() == b.keys() else None
+    loss_difference = max((relative_difference(x, y) for x, y in zip(expected_losses, losses)), default=0.0)
+    details = {"killed_after_step": sizes["kill_after"], "resumed_from": resumed_from, "losses": losses,
+               "reference_losses": expected_losses, "largest_weight_difference": largest,
+               "largest_loss_relative_difference": loss_difference}
+    require(resumed_from.endswith(f"step-{sizes['kill_after']:08d}"),
+            f"resumed from {resumed_from!r}, expected the step-{sizes['kill_after']} checkpoint", details=details)
+    require(len(losses) == len(expected_losses) and loss_difference <= 1e-5,
+            f"the resumed run's losses differ from the uninterrupted run's by up to {loss_difference:.2e} (relative)",
+            details=details)
+    require(largest is not None and largest <= 1e-5 and all(torch.isfinite(t).all() for t in b.values()),
+            f"the adapter weights differ by up to {largest} from the uninterrupted run's", details=details)
+    return {"summary": f"killed after the step-{sizes['kill_after']} checkpoint, resumed from it: {len(losses)} losses "
+                       f"equal within {loss_difference:.1e}, adapter weights within {largest:.1e}",
+            "details": details}
+
+
+def strategy_run(context, strategy: str) -> dict:
+    steps = SIZES[context.mode]["steps"]
+    run = TrainRun(context, f"strategy-{strategy}", train_overrides(context, "smollm2", extra=(
+        f"strategy={strategy}",))).run()
+    details = trained(run, steps)
+    return {"summary": f"strategy={strategy}, 1 process: {steps} steps, loss {details['losses'][0]:.3f} -> "
+                       f"{details['losses'][-1]:.3f}", "details": details}
+
+
+def strategy_ddp(context) -> dict:
+    return strategy_run(context, "ddp")
+
+
+def strategy_fsdp(context) -> dict:
+    return strategy_run(context, "fsdp")
+
+
+def strategy_deepspeed(context) -> dict:
+    if context.device != "cuda":
+        raise Skipped("deepspeed_stage_2 runs on CUDA GPUs only (the dry run has none)")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise Skipped("deepspeed is not installed (pip install 'tuneforge[deepspeed]'; check.sh carries a wheel "
+                      "built with benchmarks/gpu/fetch-wheels.sh)")
+    return strategy_run(context, "deepspeed_stage_2")
+
+
+# ---------------------------------------------------------------------------
+# speed: benchmarks/run.py on the Llama-1B architecture
+# ---------------------------------------------------------------------------
+
+
+def speed(context, attention: str, name: str) -> dict:
+    sizes = SIZES[context.mode]
+    out = context.work / name
+    command = [sys.executable, str(BENCHMARKS / "run.py"), "--model", str(context.folders["llama_1b"]),
+               "--model-dtype", "bfloat16", "--attn-implementation", attention, "--precision", "bf16-mixed",
+               "--device", context.device, "--limit", "peak", "--max-length", str(sizes["long_length"]),
+               "--batch-size", str(sizes["long_batch"]), "--steps", str(sizes["speed_steps"]),
+               "--warmup", str(sizes["speed_warmup"]), "--repeats", "1", "--records", str(sizes["speed_records"]),
+               "--systems", "hf_trainer,tuneforge", "--variants", "packing", "--threads", str(sizes["threads"]),
+               "--tolerance", str(SPEED_LOSS_TOLERANCE), "--out", str(out)]
+    if not context.tokenizer:
+        command += ["--max-field-tokens", "12"]
+    log = context.work / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as handle:
+        handle.write(f"$ {' '.join(command)}\n")
+        handle.flush()
+        try:
+            completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
+                                       cwd=str(BENCHMARKS.parent), timeout=TRAIN_TIMEOUT_S[context.mode] * 2)
+        except subprocess.TimeoutExpired:
+            raise Failed(f"benchmarks/run.py gave no result within {TRAIN_TIMEOUT_S[context.mode] * 2} s",
+                         output=log_tail(log)) from None
+    results_path = out / "results.json"
+    require(completed.returncode == 0 and results_path.is_file(),
+            f"benchmarks/run.py exited {completed.returncode}", output=log_tail(log))
+    results = json.loads(results_path.read_text())
+    summary, limit = results["summary"], results["gpu_limit"]
+    rows = {key: {"tokens_per_s": entry["tokens_per_s"], "mfu": entry.get("of_limit"),
+                  "peak_gpu_mib": entry.get("peak_gpu_mib"),
+                  "plan_mib": (results["spec"].get("plan_mib") or {}).get(key, (results["spec"].get("plan_mib") or {})
+                                                                         .get("tuneforge"))}
+            for key, entry in summary.items()}
+    details = {"rows": rows, "device_name": limit["device_name"], "published_peak": limit["published_peak"],
+               "measured_peak": limit["measured_peak"], "check": results.get("check"), "notes": results.get("notes")}
+    packed = rows.get("tuneforge-packing", {})
+    ratio = (rows["tuneforge"]["tokens_per_s"] / rows["hf_trainer"]["tokens_per_s"]
+             if "tuneforge" in rows and "hf_trainer" in rows else None)
+    mfu = (packed.get("mfu") or {}).get("published")
+    result = {"details": details, "markdown": results.get("markdown", ""),
+              "summary": f"tuneforge {rows.get('tuneforge', {}).get('tokens_per_s', 0):.0f}, packed "
+                         f"{packed.get('tokens_per_s', 0):.0f}, HF Trainer "
+                         f"{rows.get('hf_trainer', {}).get('tokens_per_s', 0):.0f} real tokens/s"
+                         + (f"; x{ratio:.2f} HF Trainer" if ratio else "")
+                         + (f"; packed MFU {mfu:.1%}" if mfu is not None else "")}
+    if context.device == "cuda":
+        result["targets"] = [
+            {"target": f"MFU >= {MFU_TARGET:.0%}, Llama-1B packed, bf16 ({attention})",
+             "measured": f"{mfu:.1%}" if mfu is not None else "no published peak for this GPU",
+             "met": mfu is not None and mfu >= MFU_TARGET},
+            {"target": f"tuneforge >= {HF_RATIO_TARGET}x HF Trainer on the same batches ({attention})",
+             "measured": f"{ratio:.2f}x" if ratio else "-", "met": ratio is not None and ratio >= HF_RATIO_TARGET},
+            *[{**plan_target(row["peak_gpu_mib"], row["plan_mib"]), "target": f"{key}: peak GPU memory within "
+               f"{PLAN_TOLERANCE:.0%} of tuneforge plan"} for key, row in rows.items() if key.startswith("tuneforge")]]
+    return result
+
+
+def speed_sdpa(context) -> dict:
+    return speed(context, "sdpa", "speed-sdpa")
+
+
+def speed_flash_attention(context) -> dict:
+    if context.device != "cuda":
+        raise Skipped("FlashAttention-2 runs on CUDA GPUs only (the dry run has none)")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise Skipped("flash-attn is not installed: its wheels are built per torch/CUDA version and are larger than "
+                      "the 64 MiB a device run can carry")
+    return speed(context, "flash_attention_2", "speed-flash-attention-2")
