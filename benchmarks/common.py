@@ -209,3 +209,13 @@ def child_args(argv, optional: str = "") -> tuple:
                          "(started by benchmarks/run.py)")
     paths = (Path(argv[0]), Path(argv[1]))
     return (*paths, argv[2] if len(argv) == 3 else None) if optional else paths
+
+
+def limit_child(argv, measure) -> None:
+    """The main of a limit child (``cpu_limit.py``, ``gpu_limit.py``): ``measure(spec, plan)`` of the work
+    directory, written as the result file."""
+    workdir, result_path = child_args(argv)
+    spec = load_spec(workdir)
+    setup_process(spec)
+    plan = json.loads((Path(workdir) / "plan.json").read_text())
+    Path(result_path).write_text(json.dumps(measure(spec, plan), indent=1))

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-from common import child_args, load_spec, setup_process
+from common import limit_child
 
 MAX_TOKENS = 1024
 MAX_HEAD_TOKENS = 512
@@ -131,13 +130,7 @@ def flops_per_token(limit: dict, trained_of_real: float) -> float:
 
 
 def main(argv) -> None:
-    import json
-
-    workdir, result_path = child_args(argv)
-    spec = load_spec(workdir)
-    setup_process(spec)
-    plan = json.loads((workdir / "plan.json").read_text())
-    Path(result_path).write_text(json.dumps(measure(spec, plan), indent=1))
+    limit_child(argv, measure)
 
 
 if __name__ == "__main__":

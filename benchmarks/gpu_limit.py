@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-from common import child_args, device, load_spec, setup_process
+from common import device, limit_child
 
 #: dense bfloat16 tensor-core peak FLOP/s from the vendors' datasheets (no sparsity), by a part of the name
 #: torch reports; the first match wins, so more specific names come first
@@ -115,13 +114,7 @@ def measure(spec: dict, plan: dict) -> dict:
 
 
 def main(argv) -> None:
-    import json
-
-    workdir, result_path = child_args(argv)
-    spec = load_spec(workdir)
-    setup_process(spec)
-    plan = json.loads((workdir / "plan.json").read_text())
-    Path(result_path).write_text(json.dumps(measure(spec, plan), indent=1))
+    limit_child(argv, measure)
 
 
 if __name__ == "__main__":

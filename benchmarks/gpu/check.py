@@ -68,8 +68,6 @@ STEPS = [
          checks.chunked_loss, seconds={"gpu": 15, "cpu": 8}),
     Step("speed_1b_sdpa", "Llama-1B architecture, max length 2048: tuneforge (unpacked, packed) vs HF Trainer, "
          "tokens/s, MFU, peak memory vs plan", runs.speed_sdpa, needs=("models",), seconds={"gpu": 110, "cpu": 45}),
-    Step("lora_bf16_llama_1b", "bf16 LoRA on the Llama-1B architecture at length 2048; peak memory vs plan",
-         runs.lora_llama_1b, needs=("models",), seconds={"gpu": 40, "cpu": 10}),
     Step("qlora_nf4", "QLoRA: LoRA over an NF4 base (bitsandbytes)", runs.qlora, needs=("models",),
          seconds={"gpu": 40, "cpu": 15}),
     Step("resume_sigkill", "SIGKILL after a checkpoint, resume: equals the uninterrupted run", runs.resume_after_sigkill,
@@ -80,6 +78,8 @@ STEPS = [
          seconds={"gpu": 30, "cpu": 10}),
     Step("strategy_deepspeed_stage_2", "strategy=deepspeed_stage_2, one process", runs.strategy_deepspeed,
          needs=("models",), seconds={"gpu": 45, "cpu": 1}),
+    Step("lora_bf16_llama_1b", "bf16 LoRA on the Llama-1B architecture at length 2048; peak memory vs plan",
+         runs.lora_llama_1b, needs=("models",), seconds={"gpu": 40, "cpu": 10}),
     Step("speed_1b_flash_attention_2", "as speed_1b_sdpa with FlashAttention-2", runs.speed_flash_attention,
          needs=("models",), seconds={"gpu": 90, "cpu": 1}),
 ]

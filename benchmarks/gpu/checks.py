@@ -6,9 +6,8 @@ Each returns a step result (``summary``, ``details``) or raises :class:`outcome.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 
-from outcome import Failed, Skipped, relative_difference
+from outcome import FLASH_ATTN_MISSING, Failed, needs_cuda_and, relative_difference
 
 #: relative tolerance of a packed against an unpacked loss sum, per precision
 PACKING_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}
@@ -106,11 +105,7 @@ def packing_sdpa(context) -> dict:
 
 
 def packing_flash_attention(context) -> dict:
-    if context.dry_run:
-        raise Skipped("FlashAttention-2 runs on CUDA GPUs only (the dry run has none)")
-    if importlib.util.find_spec("flash_attn") is None:
-        raise Skipped("flash-attn is not installed: its wheels are built per torch/CUDA version and are larger than "
-                      "the 64 MiB a device run can carry")
+    needs_cuda_and(context, "FlashAttention-2", "flash_attn", FLASH_ATTN_MISSING)
     return compare_packing(context, "flash_attention_2", ("bf16",))
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+#: why flash-attn is missing on the lent GPU machine
+FLASH_ATTN_MISSING = ("flash-attn is not installed: its wheels are built per torch/CUDA version and are larger than "
+                      "the 64 MiB a device run can carry")
+
 
 class Skipped(Exception):
     """The step cannot run here; the message says why (a package not installed, a GPU-only feature)."""
@@ -24,3 +30,12 @@ def require(condition: bool, message: str, **extra) -> None:
 
 def relative_difference(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def needs_cuda_and(context, feature: str, module: str, missing: str) -> None:
+    """Raise :class:`Skipped` in a dry run (``feature`` runs on CUDA GPUs only) or when ``module`` cannot be
+    imported (``missing`` says why)."""
+    if context.device != "cuda":
+        raise Skipped(f"{feature} runs on CUDA GPUs only (the dry run has none)")
+    if importlib.util.find_spec(module) is None:
+        raise Skipped(missing)

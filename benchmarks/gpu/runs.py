@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from models import SHAPES, build_folder
-from outcome import Failed, Skipped, relative_difference, require
+from outcome import FLASH_ATTN_MISSING, Failed, Skipped, needs_cuda_and, relative_difference, require
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent
@@ -342,11 +342,8 @@ def strategy_fsdp(context) -> dict:
 
 
 def strategy_deepspeed(context) -> dict:
-    if context.device != "cuda":
-        raise Skipped("deepspeed_stage_2 runs on CUDA GPUs only (the dry run has none)")
-    if importlib.util.find_spec("deepspeed") is None:
-        raise Skipped("deepspeed is not installed (pip install 'tuneforge[deepspeed]'; check.sh carries a wheel "
-                      "built with benchmarks/gpu/fetch-wheels.sh)")
+    needs_cuda_and(context, "deepspeed_stage_2", "deepspeed", "deepspeed is not installed (pip install "
+                   "'tuneforge[deepspeed]'; check.sh installs the wheel benchmarks/gpu/prepare.sh built)")
     return strategy_run(context, "deepspeed_stage_2")
 
 
@@ -417,9 +414,5 @@ def speed_sdpa(context) -> dict:
 
 
 def speed_flash_attention(context) -> dict:
-    if context.device != "cuda":
-        raise Skipped("FlashAttention-2 runs on CUDA GPUs only (the dry run has none)")
-    if importlib.util.find_spec("flash_attn") is None:
-        raise Skipped("flash-attn is not installed: its wheels are built per torch/CUDA version and are larger than "
-                      "the 64 MiB a device run can carry")
+    needs_cuda_and(context, "FlashAttention-2", "flash_attn", FLASH_ATTN_MISSING)
     return speed(context, "flash_attention_2", "speed-flash-attention-2")
