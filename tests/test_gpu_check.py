@@ -137,3 +137,24 @@ def test_without_a_gpu_the_check_says_to_use_the_dry_run(tmp_path):
 def test_the_device_scripts_are_valid_bash():
     for script in ("check.sh", "prepare.sh"):
         assert subprocess.run(["bash", "-n", str(GPU / script)]).returncode == 0, script
+
+
+def test_a_hanging_run_is_killed_at_the_budget(check_module, tmp_path, monkeypatch):
+    """A `tuneforge train` process that hangs (here: `sleep`) is killed once the check's budget (plus its grace)
+    is spent, with its whole process group, and the step fails saying so."""
+    import time
+
+    import runs
+    from outcome import Failed
+
+    monkeypatch.setattr(runs, "BUDGET_GRACE_S", 1)
+    context = check_module.Context(mode="gpu", device="cuda", work=tmp_path, out=tmp_path,
+                                   deadline=time.monotonic() + 1)
+    run = runs.TrainRun(context, "hangs", [])
+    run.command = ["bash", "-c", "sleep 60 & sleep 60"]
+    started = time.monotonic()
+    with pytest.raises(Failed, match="budget ran out"):
+        run.wait(run.start())
+    assert time.monotonic() - started < 20
+    assert runs.timeout(check_module.Context(mode="gpu", device="cuda", work=tmp_path, out=tmp_path,
+                                             deadline=float("inf"))) == runs.TRAIN_TIMEOUT_S["gpu"]

@@ -27,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent
 #: a step's ``tuneforge train`` process is stopped after this many seconds
 TRAIN_TIMEOUT_S = {"gpu": 180, "cpu": 300}
+#: how far past the budget a running process may go before it is stopped
+BUDGET_GRACE_S = 20
 #: packages whose versions the results record
 PACKAGES = ("torch", "transformers", "peft", "lightning", "pluggy", "hydra-core", "bitsandbytes", "flash-attn",
             "deepspeed", "tuneforge")
@@ -41,6 +43,18 @@ SIZES = {"gpu": dict(steps=12, batch=8, checkpoint_every=4, kill_after=8, long_l
 SPEED_LOSS_TOLERANCE = 0.1
 #: speed targets of the GPU run (issue 28): MFU of the packed Llama-1B run, tuneforge against HF Trainer, memory vs plan
 MFU_TARGET, HF_RATIO_TARGET, PLAN_TOLERANCE = 0.35, 1.0, 0.20
+
+
+def timeout(context, runs: int = 1) -> float:
+    """Seconds a step's process may take: :data:`TRAIN_TIMEOUT_S` per ``runs``, but not past the check's budget
+    (plus :data:`BUDGET_GRACE_S`), so that the whole check ends near its budget even when a process hangs."""
+    return max(min(TRAIN_TIMEOUT_S[context.mode] * runs, context.seconds_left() + BUDGET_GRACE_S), 1.0)
+
+
+def timeout_reason(context, runs: int = 1) -> str:
+    if timeout(context, runs) < TRAIN_TIMEOUT_S[context.mode] * runs:
+        return "the check's time budget ran out while it ran"
+    return f"no result within the {TRAIN_TIMEOUT_S[context.mode] * runs} s a run is given: a hang, or far too slow"
 
 
 def package_version(name: str):
@@ -156,11 +170,12 @@ class TrainRun:
 
     def wait(self, process: subprocess.Popen) -> int:
         try:
-            return process.wait(timeout=TRAIN_TIMEOUT_S[self.context.mode])
+            return process.wait(timeout=timeout(self.context))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            raise Failed(f"{self.name}: no result within {TRAIN_TIMEOUT_S[self.context.mode]} s", output=log_tail(self.log))
+            raise Failed(f"{self.name}: stopped after {timeout(self.context):.0f} s ({timeout_reason(self.context)})",
+                         output=log_tail(self.log)) from None
 
     def run(self, attempt: str = "") -> "TrainRun":
         """Start, wait, and require a completed run (exit 0, ``status.json`` completed)."""
@@ -293,7 +308,7 @@ def resume_after_sigkill(context) -> dict:
     crashed = TrainRun(context, "resume-crashed", overrides)
     complete = crashed.run_dir / "checkpoints" / f"step-{sizes['kill_after']:08d}" / "COMPLETE"
     process = crashed.start("killed once the checkpoint is complete")
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S[context.mode]
+    deadline = time.monotonic() + timeout(context)
     while not complete.is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     require(process.poll() is None, f"the run ended (exit {process.returncode}) before its step-{sizes['kill_after']} "
@@ -371,9 +386,9 @@ def speed(context, attention: str, name: str) -> dict:
         handle.flush()
         try:
             completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
-                                       cwd=str(BENCHMARKS.parent), timeout=TRAIN_TIMEOUT_S[context.mode] * 2)
+                                       cwd=str(BENCHMARKS.parent), timeout=timeout(context, 2))
         except subprocess.TimeoutExpired:
-            raise Failed(f"benchmarks/run.py gave no result within {TRAIN_TIMEOUT_S[context.mode] * 2} s",
+            raise Failed(f"benchmarks/run.py stopped after {timeout(context, 2):.0f} s ({timeout_reason(context, 2)})",
                          output=log_tail(log)) from None
     results_path = out / "results.json"
     require(completed.returncode == 0 and results_path.is_file(),
