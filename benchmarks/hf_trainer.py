@@ -2,7 +2,7 @@
 
     python benchmarks/hf_trainer.py <workdir> <result.json>     (started by benchmarks/run.py)
 
-The saved batches become a ``datasets.Dataset`` with one pre-padded batch per row; the
+The saved batches become a dataset with one pre-padded batch per row (:class:`BatchRows`); the
 Trainer draws one row per step (``per_device_train_batch_size=1``) in order (a sequential
 sampler instead of its random one) and the collator unwraps that row, so the Trainer trains on
 exactly the saved batches.  The loss is the model's own (``labels`` in the batch, per-token
@@ -12,7 +12,7 @@ the same gradient clipping, fp32 (``bf16=True`` when the spec's precision is ``b
 spec's device (``use_cpu`` only for ``cpu``), no gradient checkpointing.  Logging is left at the
 Trainer's default; checkpoints, evaluation and reporting are off.
 
-``trl_sft.py`` reuses :func:`recording_trainer`, :func:`batch_dataset` and
+``trl_sft.py`` reuses :func:`recording_trainer`, :func:`batch_dataset` (a ``datasets.Dataset``) and
 :func:`common_arguments` for TRL's ``SFTTrainer``.
 """
 
@@ -25,11 +25,26 @@ from common import (batch_digest, bf16_mixed, child_args, device, load_batches, 
 
 
 def batch_dataset(batches):
-    """A ``datasets.Dataset`` with one row per saved batch (torch format: rows are ``[batch, length]`` tensors)."""
+    """A ``datasets.Dataset`` with one row per saved batch (torch format: rows are ``[batch, length]`` tensors);
+    TRL's ``SFTTrainer`` wants one."""
     from datasets import Dataset
 
     columns = {key: [batch[key].tolist() for batch in batches] for key in ("input_ids", "attention_mask", "labels")}
     return Dataset.from_dict(columns).with_format("torch")
+
+
+class BatchRows:
+    """One saved batch per row, as the saved tensors: what the Trainer reads (a map-style dataset; no
+    ``datasets`` conversion per step, and no ``datasets`` package needed, e.g. on the GPU machine)."""
+
+    def __init__(self, batches):
+        self.batches = [{key: batch[key] for key in ("input_ids", "attention_mask", "labels")} for batch in batches]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.batches[index]
 
 
 def unwrap_row(rows):
@@ -100,7 +115,7 @@ def main(argv) -> None:
 
     model, tokenizer = load_model(spec)
     checksum = trainable_checksum(model)
-    dataset = batch_dataset(load_batches(workdir)[: spec["steps"]])
+    dataset = BatchRows(load_batches(workdir)[: spec["steps"]])
     args = TrainingArguments(**common_arguments(spec, workdir / "hf_trainer_output"))
     trainer = recording_trainer(Trainer)(model=model, args=args, train_dataset=dataset, data_collator=unwrap_row,
                                          processing_class=tokenizer)
