@@ -9,10 +9,10 @@ shows why) or is ``skipped`` with the reason (a package that is not installed, a
 run, the time budget).  A failing step does not stop the others.  ``results.json`` and ``summary.md`` are
 rewritten after every step, so a run cut short still leaves what it did.
 
-The steps (:data:`STEPS`) are in ``checks.py`` (in-process comparisons: packed against unpacked loss,
-the chunked losses against full logits at a 128k vocabulary) and ``runs.py`` (``tuneforge train``
-runs on the model folders of ``models.py``: bf16 LoRA, QLoRA, resume after SIGKILL, the strategies, and
-the speed of ``benchmarks/run.py`` against HF Trainer).  ``--dry-run`` is what the default test suite
+The steps (:data:`STEPS`) are in ``machine.py`` (versions, the GPU), ``models.py`` (the model folders),
+``checks.py`` (in-process comparisons: packed against unpacked loss, the chunked losses against full
+logits at a 128k vocabulary), ``runs.py`` (``tuneforge train`` runs on the model folders: bf16 LoRA,
+QLoRA, resume after SIGKILL, the strategies) and ``speed.py`` (``benchmarks/run.py`` against HF Trainer).  ``--dry-run`` is what the default test suite
 runs (``tests/test_gpu_check.py``), so the script cannot rot between GPU runs.
 """
 
@@ -34,7 +34,10 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import checks  # noqa: E402  (after the path set-up: the step modules sit beside this file)
+import machine  # noqa: E402
+import models  # noqa: E402
 import runs  # noqa: E402
+import speed  # noqa: E402
 from outcome import Failed, Skipped  # noqa: E402
 
 #: the default time budget of a GPU run: the lent machine gives 15 minutes in all, start-up included
@@ -55,9 +58,9 @@ class Step:
 
 
 STEPS = [
-    Step("environment", "versions, the GPU, its bf16 support", runs.environment, seconds={"gpu": 5, "cpu": 2}),
+    Step("environment", "versions, the GPU, its bf16 support", machine.environment, seconds={"gpu": 5, "cpu": 2}),
     Step("models", "SmolLM2-135M and Llama-3.2-1B architectures with random weights, saved as model folders",
-         runs.build_models, seconds={"gpu": 25, "cpu": 5}),
+         models.build_models, seconds={"gpu": 25, "cpu": 5}),
     Step("lora_bf16_smollm2", "bf16 LoRA on the SmolLM2 architecture through `tuneforge train`, with evaluation",
          runs.lora_smollm2, needs=("models",), seconds={"gpu": 40, "cpu": 15}),
     Step("packing_sdpa", "packed loss equals unpacked loss (SDPA, bf16 and fp32)", checks.packing_sdpa,
@@ -67,7 +70,7 @@ STEPS = [
     Step("chunked_loss_128k", "cross_entropy and chunked_cross_entropy against full logits at a 128k vocabulary",
          checks.chunked_loss, seconds={"gpu": 15, "cpu": 8}),
     Step("speed_1b_sdpa", "Llama-1B architecture, max length 2048: tuneforge (unpacked, packed) vs HF Trainer, "
-         "tokens/s, MFU, peak memory vs plan", runs.speed_sdpa, needs=("models",), seconds={"gpu": 110, "cpu": 45}),
+         "tokens/s, MFU, peak memory vs plan", speed.speed_sdpa, needs=("models",), seconds={"gpu": 110, "cpu": 45}),
     Step("qlora_nf4", "QLoRA: LoRA over an NF4 base (bitsandbytes)", runs.qlora, needs=("models",),
          seconds={"gpu": 40, "cpu": 15}),
     Step("resume_sigkill", "SIGKILL after a checkpoint, resume: equals the uninterrupted run", runs.resume_after_sigkill,
@@ -80,7 +83,7 @@ STEPS = [
          needs=("models",), seconds={"gpu": 45, "cpu": 1}),
     Step("lora_bf16_llama_1b", "bf16 LoRA on the Llama-1B architecture at length 2048; peak memory vs plan",
          runs.lora_llama_1b, needs=("models",), seconds={"gpu": 40, "cpu": 10}),
-    Step("speed_1b_flash_attention_2", "as speed_1b_sdpa with FlashAttention-2", runs.speed_flash_attention,
+    Step("speed_1b_flash_attention_2", "as speed_1b_sdpa with FlashAttention-2", speed.speed_flash_attention,
          needs=("models",), seconds={"gpu": 90, "cpu": 1}),
 ]
 

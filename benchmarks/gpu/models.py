@@ -17,6 +17,7 @@ step is: what the check asks.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 #: architecture -> LlamaConfig fields, per mode (``gpu``: the real sizes; ``cpu``: the dry run's)
@@ -88,3 +89,28 @@ def build_folder(folder: Path, shape: dict, device: str, tokenizer_source=None, 
         done.write_text(str(parameters))
     files = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors")
     return {"parameters": int(done.read_text()), "bytes": files}
+
+
+def build_models(context) -> dict:
+    """The model folders (SmolLM2 and Llama-1B architectures, random bf16 weights) and the records of the
+    length-2048 runs."""
+    from data import generate_records, write_jsonl
+
+    details = {}
+    for name, shape in SHAPES[context.mode].items():
+        started = time.monotonic()
+        folder = context.work / "models" / name
+        details[name] = {**build_folder(folder, shape, context.device, context.tokenizer),
+                         "seconds": round(time.monotonic() - started, 1), "shape": shape}
+        context.folders[name] = folder
+    from runs import SIZES  # the run sizes say how many records the length-2048 runs read
+
+    sizes = SIZES[context.mode]
+    records = context.work / "records-long.jsonl"
+    write_jsonl(records, generate_records(sizes["long_batch"] * sizes["long_steps"] * 2, seed=2,
+                                          max_field_tokens=0 if context.tokenizer else 12))
+    context.folders["records"] = records
+    tokenizer = "SmolLM2's" if context.tokenizer else "tuneforge's byte-level"
+    return {"summary": ", ".join(f"{name} {d['parameters'] / 1e6:.0f}M parameters ({d['seconds']} s)"
+                                 for name, d in details.items()) + f"; {tokenizer} tokenizer",
+            "details": details}
