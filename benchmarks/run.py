@@ -299,7 +299,8 @@ def plan_estimates(overrides: list, variants: dict, notes: list) -> dict:
     for name, composed in runs.items():
         composed = [o for o in composed if not o.startswith("callbacks=")]
         try:
-            estimates[name] = plan_run(run_components(compose(composed), load_plugins(composed))).estimate.total / 2 ** 20
+            plugins = load_plugins(composed)  # first: it registers the configs that compose reads
+            estimates[name] = plan_run(run_components(compose(composed), plugins)).estimate.total / 2 ** 20
         except Exception as exc:  # the estimate is a column of the table, not a reason to stop the benchmark
             notes.append(f"{name}: tuneforge plan failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     return estimates

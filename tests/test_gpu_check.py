@@ -158,3 +158,23 @@ def test_a_hanging_run_is_killed_at_the_budget(check_module, tmp_path, monkeypat
     assert time.monotonic() - started < 20
     assert runs.timeout(check_module.Context(mode="gpu", device="cuda", work=tmp_path, out=tmp_path,
                                              deadline=float("inf"))) == runs.TRAIN_TIMEOUT_S["gpu"]
+
+
+def test_every_gpu_run_of_the_check_composes_and_validates(dry_run, check_module):
+    """The overrides of the GPU-only branches (accelerator=gpu, QLoRA's bfloat16 compute, the DeepSpeed preset)
+    are composed and validated here, so a mistyped key does not wait for a GPU to show."""
+    import runs
+    from tuneforge.host.components import validate
+    from tuneforge.host.compose import compose, load_plugins
+
+    _, _, out = dry_run
+    work = out / "work"
+    context = check_module.Context(mode="gpu", device="cuda", work=work, out=out, deadline=float("inf"))
+    context.folders = {"smollm2": work / "models" / "smollm2", "llama_1b": work / "models" / "llama_1b",
+                       "records": work / "records-long.jsonl"}
+    overrides = runs.run_overrides(context)
+    assert {"lora-smollm2", "lora-llama-1b", "qlora", "resume", "strategy-deepspeed_stage_2"} <= set(overrides)
+    for name, run in overrides.items():
+        assert "trainer.accelerator=gpu" in run and "trainer.precision=bf16-mixed" in run, name
+        plugins = load_plugins(run)
+        assert validate(compose(run), plugins) == [], name

@@ -71,6 +71,30 @@ def train_overrides(context, model: str, *, steps=None, batch=None, precision="b
             "checkpoint.every_n_steps=0", "resume=never", f"threads={sizes['threads']}", *extra]
 
 
+def run_overrides(context) -> dict:
+    """Every ``tuneforge train`` run of the check, by name, as its overrides (``tests/test_gpu_check.py``
+    validates the GPU ones on the CPU: a mistyped key in a GPU-only branch would otherwise wait for a GPU)."""
+    sizes = SIZES[context.mode]
+    cuda = context.device == "cuda"
+    resume = train_overrides(context, "smollm2", extra=(
+        f"checkpoint.every_n_steps={sizes['checkpoint_every']}", "checkpoint.keep_last=2",
+        "trainer.deterministic=true", "adapter.lora_dropout=0.1", "resume=auto"))
+    return {
+        "lora-smollm2": train_overrides(context, "smollm2", extra=(
+            "evaluators=[perplexity,exact_match]", "evaluators.exact_match.max_new_tokens=16", "data.val_size=8")),
+        "lora-llama-1b": train_overrides(context, "llama_1b", steps=sizes["long_steps"], batch=sizes["long_batch"],
+                                         extra=(f"data.path={context.folders['records']}",
+                                                f"data.max_length={sizes['long_length']}", "data.val_size=0",
+                                                "model.dtype=bfloat16", "model.attn_implementation=sdpa")),
+        # on the CPU bitsandbytes' 4-bit layers compute in float32 (docs/quantization.md); on a GPU in bfloat16
+        "qlora": train_overrides(context, "smollm2", precision="bf16-mixed" if cuda else "32-true",
+                                 extra=("adapter=qlora", *(("model.compute_dtype=bfloat16",) if cuda else ()))),
+        "resume": [o for o in resume if o not in ("checkpoint.every_n_steps=0", "resume=never")],
+        **{f"strategy-{strategy}": train_overrides(context, "smollm2", extra=(f"strategy={strategy}",))
+           for strategy in ("ddp", "fsdp", "deepspeed_stage_2")},
+    }
+
+
 def child_env() -> dict:
     env = dict(os.environ)
     env.pop("TUNEFORGE_COMMAND", None)
@@ -159,7 +183,8 @@ def plan_mib(overrides: list):
     from tuneforge.planning.plan import plan_run
 
     try:
-        plan = plan_run(run_components(compose(overrides), load_plugins(overrides)))
+        plugins = load_plugins(overrides)  # first: it registers the configs that compose reads
+        plan = plan_run(run_components(compose(overrides), plugins))
     except Exception as exc:  # recorded, not fatal: the comparison is a measurement
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return plan.estimate.total / 2 ** 20, None
@@ -175,9 +200,7 @@ def plan_target(peak, estimate) -> dict:
 def lora_smollm2(context) -> dict:
     """bf16 LoRA with evaluation (perplexity, exact match with generation) on the SmolLM2 architecture."""
     steps = SIZES[context.mode]["steps"]
-    run = TrainRun(context, "lora-smollm2", train_overrides(
-        context, "smollm2", extra=("evaluators=[perplexity,exact_match]", "evaluators.exact_match.max_new_tokens=16",
-                                   "data.val_size=8"))).run()
+    run = TrainRun(context, "lora-smollm2", run_overrides(context)["lora-smollm2"]).run()
     details = trained(run, steps)
     metrics = run.metrics()
     require(details["precision"] == "bf16-mixed", f"the run trained in {details['precision']}, not bf16-mixed",
@@ -191,9 +214,7 @@ def lora_smollm2(context) -> dict:
 
 def lora_llama_1b(context) -> dict:
     sizes = SIZES[context.mode]
-    overrides = train_overrides(context, "llama_1b", steps=sizes["long_steps"], batch=sizes["long_batch"], extra=(
-        f"data.path={context.folders['records']}", f"data.max_length={sizes['long_length']}", "data.val_size=0",
-        "model.dtype=bfloat16", "model.attn_implementation=sdpa"))
+    overrides = run_overrides(context)["lora-llama-1b"]
     estimate, problem = plan_mib(overrides)
     run = TrainRun(context, "lora-llama-1b", overrides).run()
     losses = run.losses()
@@ -215,11 +236,7 @@ def qlora(context) -> dict:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise Skipped("bitsandbytes is not installed (pip install 'tuneforge[quantization]'; check.sh carries its wheel)")
     steps = SIZES[context.mode]["steps"]
-    # on the CPU bitsandbytes' 4-bit layers compute in float32 (docs/quantization.md); on a GPU in bfloat16
-    extra = (("adapter=qlora", "model.compute_dtype=bfloat16") if context.device == "cuda"
-             else ("adapter=qlora",))
-    precision = "bf16-mixed" if context.device == "cuda" else "32-true"
-    run = TrainRun(context, "qlora", train_overrides(context, "smollm2", precision=precision, extra=extra)).run()
+    run = TrainRun(context, "qlora", run_overrides(context)["qlora"]).run()
     details = trained(run, steps)
     setup = run.metrics().get("setup", {})
     details["setup"] = setup
@@ -235,10 +252,7 @@ def resume_after_sigkill(context) -> dict:
     from safetensors.torch import load_file
 
     sizes = SIZES[context.mode]
-    overrides = train_overrides(context, "smollm2", extra=(
-        f"checkpoint.every_n_steps={sizes['checkpoint_every']}", "checkpoint.keep_last=2",
-        "trainer.deterministic=true", "adapter.lora_dropout=0.1", "resume=auto"))
-    overrides = [o for o in overrides if o not in ("checkpoint.every_n_steps=0", "resume=never")]
+    overrides = run_overrides(context)["resume"]
     reference = TrainRun(context, "resume-reference", overrides).run()
     crashed = TrainRun(context, "resume-crashed", overrides)
     complete = crashed.run_dir / "checkpoints" / f"step-{sizes['kill_after']:08d}" / "COMPLETE"
@@ -276,8 +290,7 @@ def resume_after_sigkill(context) -> dict:
 
 def strategy_run(context, strategy: str) -> dict:
     steps = SIZES[context.mode]["steps"]
-    run = TrainRun(context, f"strategy-{strategy}", train_overrides(context, "smollm2", extra=(
-        f"strategy={strategy}",))).run()
+    run = TrainRun(context, f"strategy-{strategy}", run_overrides(context)[f"strategy-{strategy}"]).run()
     details = trained(run, steps)
     return {"summary": f"strategy={strategy}, 1 process: {steps} steps, loss {details['losses'][0]:.3f} -> "
                        f"{details['losses'][-1]:.3f}", "details": details}
