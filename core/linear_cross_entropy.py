@@ -29,12 +29,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from tuneforge.losses import CHUNK_BYTES, fused_chunk_rows
+
 __all__ = ["CHUNK_BYTES", "autocast_dtype", "fusable_output_layer", "linear_cross_entropy_sums"]
 
-#: the float32 logits of one chunk stay under this size: on the CPU below glibc's largest mmap threshold
-#: (32 MiB), so the chunk's memory is reused from one chunk to the next instead of being faulted in
-#: again; on a GPU, whose caching allocator reuses memory anyway, larger chunks mean fewer kernel launches
-CHUNK_BYTES = {"cpu": 16 * 2 ** 20, "other": 256 * 2 ** 20}
 
 
 def fusable_output_layer(lm_head) -> bool:
@@ -61,10 +59,10 @@ def linear_cross_entropy_sums(hidden, lm_head, targets, label_smoothing: float =
     result equals ``picked_cross_entropy_sums(lm_head(hidden), targets, ...)``: the summed
     (label-smoothed) cross entropy, the summed ``logsumexp(logits) ** 2`` when ``with_z`` (else 0),
     and the number of tokens.  ``chunk`` rows per step default to what keeps a chunk's float32
-    logits under :data:`CHUNK_BYTES` for the device.
+    logits under :data:`CHUNK_BYTES` for the device (``tuneforge plan`` counts the same:
+    :func:`tuneforge.losses.cross_entropy_logits_bytes`).
     """
-    budget = CHUNK_BYTES["cpu" if hidden.device.type == "cpu" else "other"]
-    rows = chunk or max(16, budget // (4 * lm_head.weight.size(0)))
+    rows = chunk or fused_chunk_rows(lm_head.weight.size(0), hidden.device.type)
     nll, z = _LinearCrossEntropy.apply(hidden, lm_head.weight, lm_head.bias, targets, float(label_smoothing),
                                        bool(with_z), int(rows))
     return nll, z, int(targets.numel())

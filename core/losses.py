@@ -30,6 +30,15 @@ from typing import Any, Callable, Optional
 
 from tuneforge.data import IGNORE_INDEX
 
+#: the float32 logits of one chunk of the default loss (:mod:`tuneforge.linear_cross_entropy`) stay under
+#: this size: on the CPU below glibc's largest mmap threshold (32 MiB), so the chunk's memory is reused from
+#: one chunk to the next instead of being faulted in again; on a GPU, whose caching allocator reuses memory
+#: anyway, larger chunks mean fewer kernel launches
+CHUNK_BYTES = {"cpu": 16 * 2 ** 20, "other": 256 * 2 ** 20}
+#: bytes per position and vocabulary entry that plain autograd holds at the peak besides the logits
+#: themselves (in the activation dtype): their float32 copy, the log-probabilities and the gradient
+LOGIT_EXTRA_BYTES = 12
+
 
 @dataclass
 class LossOutput:
@@ -105,6 +114,63 @@ def is_peft_model(model) -> bool:
     except ImportError:  # pragma: no cover - peft is a dependency
         return False
     return isinstance(model, PeftModel)
+
+
+# ---------------------------------------------------------------------------
+# The memory of the output layer and the logits, for ``tuneforge plan`` (LossSpec.logits_bytes)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogitsWork:
+    """What the memory of a loss's output layer and logits depends on, as ``tuneforge plan`` sees a step:
+    ``tokens`` positions per device (batch x length, every one counted as trained: the most a batch can
+    need), the model's ``vocab_size`` and ``hidden_size``, ``element_bytes`` of an activation (2 under
+    16-bit autocast, 4 in float32), the ``device_kind`` (``cpu`` or ``gpu``) and ``weight_bytes`` of the
+    loaded weights (an output layer already in the activation dtype needs no cast copy)."""
+
+    tokens: int
+    vocab_size: int
+    hidden_size: int
+    element_bytes: int
+    device_kind: str = "cpu"
+    weight_bytes: int = 4
+
+
+def full_logits_bytes(work: LogitsWork) -> float:
+    """Every position's logits built with plain autograd (the default of a loss that declares nothing: DPO,
+    distillation, an output layer with its own forward): the logits, their float32 copy, the
+    log-probabilities and the gradient (:data:`LOGIT_EXTRA_BYTES`)."""
+    return work.tokens * work.vocab_size * (work.element_bytes + LOGIT_EXTRA_BYTES)
+
+
+def chunked_logits_bytes(work: LogitsWork, rows: int, entry_bytes: Optional[float] = None) -> float:
+    """The output layer applied ``rows`` positions at a time: one chunk's logits at ``entry_bytes`` per
+    vocabulary entry (default: what plain autograd holds, the activation bytes + :data:`LOGIT_EXTRA_BYTES`,
+    as ``chunked_cross_entropy``'s checkpointed chunks do), the gathered hidden states with their float32
+    gradient, and the output layer's weight cast to the activation dtype when it is loaded in another.  (A
+    trained output layer's own gradient is counted with the other gradients.)"""
+    per_entry = work.element_bytes + LOGIT_EXTRA_BYTES if entry_bytes is None else entry_bytes
+    chunk = min(rows, work.tokens) * work.vocab_size * per_entry
+    hidden = work.tokens * work.hidden_size * (work.element_bytes + 4)
+    cast = work.element_bytes != work.weight_bytes
+    cast_weight = work.vocab_size * work.hidden_size * work.element_bytes if cast else 0
+    return chunk + hidden + cast_weight
+
+
+def fused_chunk_rows(vocab_size: int, device_kind: str) -> int:
+    """Rows per chunk of :func:`tuneforge.linear_cross_entropy.linear_cross_entropy_sums`: what keeps one
+    chunk's float32 logits under :data:`CHUNK_BYTES` for the device (at least 16)."""
+    return max(16, CHUNK_BYTES["cpu" if device_kind == "cpu" else "other"] // (4 * vocab_size))
+
+
+def cross_entropy_logits_bytes(work: LogitsWork) -> float:
+    """The default loss's (``loss=cross_entropy``) on a plain output layer: chunks of :func:`fused_chunk_rows`
+    whose logits are reused in place (:mod:`tuneforge.linear_cross_entropy`): in the activation dtype, in
+    float32 and as a gradient, 8 bytes per entry beyond the activation's (measured with torch's profiler on
+    the CPU: about 10 per entry under bf16 autocast, 7 in float32, where the float32 copy is the logits
+    themselves)."""
+    return chunked_logits_bytes(work, fused_chunk_rows(work.vocab_size, work.device_kind), work.element_bytes + 8)
 
 
 # ---------------------------------------------------------------------------

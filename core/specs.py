@@ -233,6 +233,12 @@ class LossSpec(_Spec):
     ``save_trained(model, tokenizer, run_dir, config)`` (optional): writes outputs besides ``model/``
         from a merged copy of the trained model, on the main process (:mod:`tuneforge.model_heads`).
 
+    ``logits_bytes(config, work) -> bytes`` (optional): the memory the loss's output layer and logits
+        hold at a step's peak, for ``tuneforge plan``; ``work`` is a ``tuneforge.losses.LogitsWork``
+        (positions, vocabulary and hidden size, activation bytes, device kind).  Without it the plan
+        counts every position's full logits with autograd's copies
+        (``tuneforge.losses.full_logits_bytes``), the most any loss needs; a loss that builds fewer
+        (``tuneforge.losses.chunked_logits_bytes``) says so here.
     ``needs_rewards``: True for an objective that scores text with the run's rewards
         (``rewards=[...]``): a run with none is refused before the model loads; the loss gets
         them as ``LossContext.rewards`` and each training batch carries ``records`` (the
@@ -241,13 +247,14 @@ class LossSpec(_Spec):
 
     kind: ClassVar[str] = "loss"
     required: ClassVar[tuple[str, ...]] = ("build",)
-    optional: ClassVar[tuple[str, ...]] = ("save_trained",)
+    optional: ClassVar[tuple[str, ...]] = ("save_trained", "logits_bytes")
     build: Optional[BuildLoss] = None
     requires: tuple[str, ...] = ()
     supports_packing: bool = False
     model_head: str = CAUSAL_LM
     save_trained: Optional[Callable[..., None]] = None
     needs_rewards: bool = False
+    logits_bytes: Optional[Callable[[Any, Any], float]] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -22,6 +22,8 @@ from tuneforge.losses import (
     ReferenceModel,
     causal_lm_logits,
     chunked_cross_entropy_sums,
+    chunked_logits_bytes,
+    cross_entropy_logits_bytes,
     dpo_loss,
     final_hidden_states,
     kl_div_sum,
@@ -225,6 +227,16 @@ def build_cross_entropy(config: CrossEntropyConfig, context=None):
         return _ce_output(nll, z, count, config.z_loss)
 
     return cross_entropy
+
+
+def _cross_entropy_logits_bytes(config: CrossEntropyConfig, work) -> float:
+    # a plain output layer runs in chunks (tuneforge.linear_cross_entropy); one with its own forward (soft-capped
+    # logits, an adapter on it) builds the trained positions' logits, which the plan then undercounts
+    return cross_entropy_logits_bytes(work)
+
+
+def _chunked_logits_bytes(config: ChunkedCrossEntropyConfig, work) -> float:
+    return chunked_logits_bytes(work, config.chunk_size)
 
 
 def build_chunked_cross_entropy(config: ChunkedCrossEntropyConfig, context=None):
@@ -472,10 +484,10 @@ def tuneforge_losses():
     return [
         tuneforge.LossSpec("cross_entropy", CrossEntropyConfig,
                            "next-token cross entropy (label smoothing, z-loss)", build=build_cross_entropy,
-                           supports_packing=True),
+                           supports_packing=True, logits_bytes=_cross_entropy_logits_bytes),
         tuneforge.LossSpec("chunked_cross_entropy", ChunkedCrossEntropyConfig,
                            "cross entropy without materialising all logits", build=build_chunked_cross_entropy,
-                           supports_packing=True),
+                           supports_packing=True, logits_bytes=_chunked_logits_bytes),
         tuneforge.LossSpec("dpo", DPOConfig, "direct preference optimisation (sigmoid, ipo)", build=build_dpo,
                            requires=("preference",)),
         tuneforge.LossSpec("orpo", ORPOConfig, "odds-ratio preference optimisation (reference-free)",

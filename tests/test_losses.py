@@ -161,6 +161,45 @@ def test_chunked_and_default_cross_entropy_keep_no_full_logits_on_large_vocabula
         assert peak < full_peak / 4, (peak, full_peak)
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_the_plan_counts_the_logits_each_loss_really_allocates(precision):
+    """``LossSpec.logits_bytes`` (what ``tuneforge plan`` counts for the output layer and logits) against the
+    peak of live tensor bytes of a step measured with torch's profiler, on a 32k vocabulary where the
+    logits are most of a step: within a factor of the measured peak, and never far below it."""
+    import contextlib
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.losses import LogitsWork, full_logits_bytes
+
+    torch.manual_seed(0)
+    vocab, length, batch_size, hidden = 32000, 256, 2, 32
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                         tie_word_embeddings=False)).eval()
+    input_ids = torch.randint(0, vocab, (batch_size, length), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": input_ids, "labels": input_ids.clone(), "attention_mask": torch.ones_like(input_ids)}
+    bf16 = precision == "bf16-mixed"
+    work = LogitsWork(batch_size * length, vocab, hidden, 2 if bf16 else 4, "cpu", weight_bytes=4)
+
+    def step(loss_fn):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss_fn(model, batch).loss.backward()
+
+    specs = {spec.name: spec for spec in losses.tuneforge_losses()}
+    configs = {"cross_entropy": losses.CrossEntropyConfig(),
+               "chunked_cross_entropy": losses.ChunkedCrossEntropyConfig(chunk_size=64)}
+    for name, config in configs.items():
+        loss_fn = specs[name].build(config, None)
+        step(loss_fn)  # first-call allocations out of the measurement
+        measured = _peak_cpu_bytes(lambda: step(loss_fn))
+        planned = specs[name].logits_bytes(config, work)
+        assert 0.8 * measured <= planned <= 2.0 * measured, (name, measured / 2 ** 20, planned / 2 ** 20)
+        assert planned < full_logits_bytes(work) / 4, name
+    assert specs["dpo"].logits_bytes is None  # builds full logits: the plan's default counts them
+
+
 # ---------------------------------------------------------------------------
 # cross entropy on the trained positions only (no full logits)
 # ---------------------------------------------------------------------------

@@ -250,3 +250,52 @@ def test_a_gguf_files_architecture_is_read_from_its_header_as_transformers_reads
             "tie_word_embeddings", "bos_token_id", "eos_token_id")
     assert {key: quick.get(key) for key in keys} == {key: full.get(key) for key in keys}
     assert quick["vocab_size"] == 300 and quick["tie_word_embeddings"] is True
+
+
+def test_the_default_loss_is_planned_as_it_computes_its_logits_in_chunks():
+    """At Llama-3-8B's 128k vocabulary the default loss never holds a step's full logits (it runs the output
+    layer in chunks, tuneforge.linear_cross_entropy): the plan counts what LossSpec.logits_bytes says, and
+    a loss that declares nothing (dpo) still gets every position's full logits."""
+    import dataclasses
+
+    from tuneforge.losses import LogitsWork, cross_entropy_logits_bytes, full_logits_bytes
+    from tuneforge.planning.plan import workload
+
+    overrides = [*TINY[1:], "model=hf", f"model.path={LLAMA_8B}", "model.dtype=bfloat16", "trainer.accelerator=gpu",
+                 "trainer.precision=bf16-mixed", "loader.batch_size=1", "data.max_length=2048"]
+    run, _ = planned_run(*overrides)
+    plan = plan_run(run, memory=24 * GiB)
+    work = LogitsWork(2048, 128256, 4096, 2, "gpu", weight_bytes=2)
+    assert plan.work.logits_bytes == pytest.approx(cross_entropy_logits_bytes(work))
+    assert "loss=cross_entropy" in plan.estimate.details["activations"]
+    full = estimate(plan.facts, dataclasses.replace(plan.work, logits_bytes=None))
+    saved = full.parts["activations"] - plan.estimate.parts["activations"]
+    assert saved == pytest.approx(full_logits_bytes(work) - cross_entropy_logits_bytes(work), rel=1e-6)
+    assert saved > 2 * GiB  # 3.4 GiB of logits counted before, 0.5 GiB of one chunk and hidden states now
+    chunked = plan_run(planned_run(*overrides, "loss=chunked_cross_entropy", "loss.chunk_size=512")[0],
+                       memory=24 * GiB)
+    assert chunked.estimate.parts["activations"] < full.parts["activations"]
+    preference = ROOT / "plugins" / "data" / "preference.jsonl"
+    dpo, _ = planned_run(*overrides, "loss=dpo", f"data.path={preference}")
+    assert workload(dpo, plan.device).logits_bytes is None
+
+
+def test_a_loss_whose_logits_estimate_breaks_is_planned_with_full_logits(caplog):
+    """A third-party LossSpec.logits_bytes that raises or returns nonsense never stops a plan: it is logged
+    and the plan counts full logits (the safe side)."""
+    from types import SimpleNamespace
+
+    from tuneforge.losses import LogitsWork
+    from tuneforge.planning.plan import loss_logits
+
+    work = LogitsWork(512, 1000, 64, 4)
+
+    def broken(config, work):
+        raise KeyError("chunk")
+
+    for measure in (broken, lambda config, work: float("nan"), lambda config, work: -1):
+        run = SimpleNamespace(loss=SimpleNamespace(spec=SimpleNamespace(name="acme_loss", logits_bytes=measure),
+                                                   config=None))
+        with caplog.at_level(logging.WARNING, logger="tuneforge"):
+            assert loss_logits(run, None, work) == (None, "")
+    assert caplog.text.count("loss 'acme_loss': logits_bytes") == 3 and "KeyError" in caplog.text

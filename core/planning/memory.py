@@ -9,7 +9,8 @@ and a :class:`Workload` (see docs/memory.md for the formulas, their sources and 
 - trainable weights, their gradients (same dtype) and the optimizer state
   (:attr:`~tuneforge.specs.OptimizerSpec.state_bytes_per_parameter`; AdamW's 8 when the run selects none);
 - activations: what the forward pass keeps for the backward pass, per token and layer
-  (:data:`LAYER_ACTIVATIONS`), plus the logits and their gradient in float32; with gradient checkpointing
+  (:data:`LAYER_ACTIVATIONS`), plus the loss's output layer and logits (``LossSpec.logits_bytes``; by
+  default every position's logits and their gradient in float32); with gradient checkpointing
   each layer keeps only its input and one layer's activations are rebuilt at a time;
 - the runtime: what the process holds besides tensors (:data:`CPU_RUNTIME_BYTES`, :data:`GPU_RUNTIME_BYTES`);
 - strategies: DDP replicates everything; FSDP shards weights, gradients and optimizer state over the
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from tuneforge.losses import LogitsWork, full_logits_bytes
 from tuneforge.planning.model_facts import ModelFacts
 from tuneforge.planning.sizes import format_count
 
@@ -39,9 +41,6 @@ LAYER_ACTIVATIONS = {"hidden": 18.5, "kv": 4.3, "intermediate": 8.4}
 #: the peak holds more than the saved tensors: the gradients of the layer the backward pass is in and
 #: the allocator's slack (fitted to SmolLM2's measured peaks, docs/memory.md)
 BACKWARD_SLACK = 1.1
-#: bytes per token and vocabulary entry at the start of the backward pass, besides the logits themselves
-#: (in the activation dtype): their float32 copy, the log-probabilities and the gradient
-LOGIT_EXTRA_BYTES = 12
 
 #: resident memory of a CPU training process besides its tensors: Python, torch, transformers, peft,
 #: Lightning, tuneforge, the tokenizer and the tokenized data (the measured peaks' intercept at batch 0
@@ -66,7 +65,9 @@ class Workload:
     """How a run uses one device: ``batch_size`` rows of ``sequence_length`` tokens, ``precision``
     (Lightning's name), the base's ``quantization`` (``nf4``/``fp4``/``int8``/None, ``double_quant``),
     ``checkpointing``, ``optimizer`` (name) and its ``state_bytes`` per trainable parameter, the
-    ``strategy`` name, ``world_size`` (devices x nodes) and the ``device_kind`` (``cpu``/``gpu``)."""
+    ``strategy`` name, ``world_size`` (devices x nodes), the ``device_kind`` (``cpu``/``gpu``), and the bytes
+    of the loss's output layer and logits (``logits_bytes``, from ``LossSpec.logits_bytes``; None: every
+    position's full logits, :func:`tuneforge.losses.full_logits_bytes`) with what they are (``logits_note``)."""
 
     batch_size: int
     sequence_length: int
@@ -79,6 +80,8 @@ class Workload:
     strategy: str = "auto"
     world_size: int = 1
     device_kind: str = "cpu"
+    logits_bytes: Optional[float] = None
+    logits_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,9 +135,11 @@ def estimate(facts: ModelFacts, work: Workload) -> MemoryEstimate:
             details[name] += f", / {work.world_size} devices ({work.strategy})"
     parts["activations"] = activations(facts, work, activation_bytes)
     tokens = work.batch_size * work.sequence_length
+    logits = (work.logits_note if work.logits_bytes is not None
+              else f"logits {format_count(tokens)} x {format_count(facts.vocab_size)}")
     details["activations"] = (f"{work.batch_size} x {work.sequence_length} tokens, {facts.num_layers} layers, "
                               f"{activation_bytes} B each{', checkpointed' if work.checkpointing else ''}; "
-                              f"logits {format_count(tokens)} x {format_count(facts.vocab_size)}")
+                              f"{logits}")
     if work.device_kind == "gpu":
         tensors = sum(parts.values())
         parts["runtime"] = GPU_RUNTIME_BYTES + GPU_ALLOCATOR_OVERHEAD * tensors
@@ -147,8 +152,9 @@ def estimate(facts: ModelFacts, work: Workload) -> MemoryEstimate:
 
 def activations(facts: ModelFacts, work: Workload, element_bytes: int) -> float:
     """Bytes the forward pass keeps for backward on one device (see :data:`LAYER_ACTIVATIONS`,
-    :data:`BACKWARD_SLACK`), plus the logits with their float32 copies and gradient (every token counted as
-    trained: the most a batch of full rows can need)."""
+    :data:`BACKWARD_SLACK`), plus the loss's output layer and logits: ``work.logits_bytes``, or every
+    position's full logits with their float32 copies and gradient (every token counted as trained: the
+    most a batch of full rows can need)."""
     tokens = work.batch_size * work.sequence_length
     kv_width = facts.num_kv_heads * facts.head_dim
     layer = (LAYER_ACTIVATIONS["hidden"] * facts.hidden_size + LAYER_ACTIVATIONS["kv"] * kv_width
@@ -157,7 +163,10 @@ def activations(facts: ModelFacts, work: Workload, element_bytes: int) -> float:
         per_token = facts.num_layers * facts.hidden_size + layer
     else:
         per_token = facts.num_layers * layer + facts.hidden_size
-    logits = tokens * facts.vocab_size * (element_bytes + LOGIT_EXTRA_BYTES)
+    logits = work.logits_bytes
+    if logits is None:
+        logits = full_logits_bytes(LogitsWork(tokens, facts.vocab_size, facts.hidden_size, element_bytes,
+                                              work.device_kind))
     return tokens * per_token * element_bytes * BACKWARD_SLACK + logits
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from tuneforge.planning.device import Device, plan_device
-from tuneforge.planning.memory import MemoryEstimate, Workload, estimate
+from tuneforge.losses import LogitsWork
+from tuneforge.planning.memory import PRECISION_BYTES, MemoryEstimate, Workload, estimate
 from tuneforge.planning.model_facts import ModelFacts, model_facts
 from tuneforge.planning.sizes import format_bytes, format_count
 from tuneforge.training.precision import planned_precision
@@ -60,15 +61,38 @@ def workload(run, device: Device) -> Workload:
     length = length or getattr(run.data.config, "max_length", None) or 1024
     optimizer = getattr(run, "optimizer", None)
     quantize = run.model.spec.base_quantization
+    precision = planned_precision(str(settings.trainer.precision), device.kind)
+    logits_bytes, logits_note = loss_logits(run, facts, LogitsWork(
+        int(settings.loader.batch_size) * int(length), facts.vocab_size, facts.hidden_size,
+        PRECISION_BYTES.get(precision, (None, 4))[1], device.kind, facts.weight_bytes))
     return Workload(
-        batch_size=int(settings.loader.batch_size), sequence_length=int(length),
-        precision=planned_precision(str(settings.trainer.precision), device.kind),
+        batch_size=int(settings.loader.batch_size), sequence_length=int(length), precision=precision,
         quantization=quantize(run.model.config) if quantize is not None else None,
         double_quant=getattr(run.model.config, "double_quant", False) is True,
         checkpointing=facts.checkpointing, optimizer=optimizer.name if optimizer is not None else "adamw",
         state_bytes=optimizer_state_bytes(optimizer.spec if optimizer is not None else None),
         strategy=str(settings.strategy.name), world_size=device.count * int(settings.trainer.num_nodes),
-        device_kind=device.kind)
+        device_kind=device.kind, logits_bytes=logits_bytes, logits_note=logits_note)
+
+
+def loss_logits(run, facts: ModelFacts, work: LogitsWork) -> tuple:
+    """``(bytes, note)`` of the selected loss's output layer and logits (``LossSpec.logits_bytes``), or
+    ``(None, note)`` when the loss declares none or its estimate fails: the plan then counts every position's
+    full logits, the most any loss needs."""
+    loss = getattr(run, "loss", None)
+    measure = getattr(loss.spec, "logits_bytes", None) if loss is not None else None
+    if measure is None:
+        return None, ""
+    try:
+        value = float(measure(loss.config, work))
+    except Exception as exc:  # a plugin's estimate: never the reason a plan fails; the safe side instead
+        log.warning("loss '%s': logits_bytes failed (%s: %s); the plan counts full logits",
+                       loss.spec.name, type(exc).__name__, exc)
+        return None, ""
+    if not value >= 0:  # also NaN
+        log.warning("loss '%s': logits_bytes gave %r; the plan counts full logits", loss.spec.name, value)
+        return None, ""
+    return value, f"output layer and logits as loss={loss.spec.name} computes them ({format_bytes(value)})"
 
 
 def optimizer_state_bytes(spec) -> float:
