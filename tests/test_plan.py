@@ -299,3 +299,21 @@ def test_a_loss_whose_logits_estimate_breaks_is_planned_with_full_logits(caplog)
         with caplog.at_level(logging.WARNING, logger="tuneforge"):
             assert loss_logits(run, None, work) == (None, "")
     assert caplog.text.count("loss 'acme_loss': logits_bytes") == 3 and "KeyError" in caplog.text
+
+
+def test_autocast_activations_are_planned_at_the_measured_share_of_float32():
+    """Under bf16-mixed the norms' outputs and the residual stream stay float32: the layers' activations are
+    planned at 2.5 bytes an element (measured 2.46 on SmolLM2, docs/memory.md), not 2; bf16-true at 2."""
+    from tuneforge.planning.memory import MIXED_ACTIVATION_BYTES
+
+    run, _ = planned_run(*TINY)
+    facts = model_facts(run)
+
+    def layers(precision):
+        work = Workload(batch_size=8, sequence_length=256, precision=precision, logits_bytes=0.0)
+        return estimate(facts, work)
+
+    fp32, mixed, true16 = layers("32-true"), layers("bf16-mixed"), layers("bf16-true")
+    assert mixed.parts["activations"] == pytest.approx(fp32.parts["activations"] * MIXED_ACTIVATION_BYTES / 4)
+    assert true16.parts["activations"] == pytest.approx(fp32.parts["activations"] / 2)
+    assert "2.5 B each (autocast: part float32)" in mixed.details["activations"]

@@ -236,3 +236,16 @@ def test_peft_input_casts_are_skipped_only_under_autocast_and_change_no_number()
     assert all(torch.equal(a, b) for a, b in zip(plain[1], skipped[1]))
     with input_casts_under_autocast(model):  # no autocast: nothing is switched
         assert all(layer.cast_input_dtype_enabled for layer in layers)
+
+
+def test_the_plan_assumes_what_auto_will_choose(monkeypatch):
+    """``tuneforge plan`` cannot calibrate, but it follows auto's rules: bf16-mixed on a GPU and on a CPU with
+    bfloat16 units, float32 on a CPU without, and float32 over a 4-/8-bit base on the CPU (bitsandbytes
+    computes those layers in model.compute_dtype), as choose_precision decides."""
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: ["amx_bf16"])
+    assert precision.planned_precision("auto", "cpu") == "bf16-mixed"
+    assert precision.planned_precision("auto", "cpu", quantized=True) == "32-true"
+    assert precision.planned_precision("auto", "gpu", quantized=True) == "bf16-mixed"
+    assert precision.planned_precision("bf16-true", "cpu", quantized=True) == "bf16-true"
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: [])
+    assert precision.planned_precision("auto", "cpu") == "32-true"

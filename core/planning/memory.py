@@ -51,13 +51,20 @@ GPU_RUNTIME_BYTES = int(0.75 * 2 ** 30)
 #: share of the tensor memory a GPU's caching allocator holds on top (fragmentation)
 GPU_ALLOCATOR_OVERHEAD = 0.05
 
+#: bytes per kept activation element under autocast (the ``-mixed`` precisions): the matrix products'
+#: outputs are 16-bit, but the norms' outputs, the residual stream and the softmax inputs stay float32.
+#: Measured: SmolLM2, LoRA, 8 x 256 on the CPU, bf16-mixed kept 0.61 of float32's activations
+#: (3.47 against 5.65 GiB, benchmarks/memory_peaks.py, docs/memory.md): 2.46 bytes an element
+MIXED_ACTIVATION_BYTES = 2.5
 #: Lightning precision -> (bytes per weight element after the conversion or None: as loaded,
-#: bytes per activation element)
+#: bytes per activation element of the 16-bit dtype the matrix products give)
 PRECISION_BYTES = {
     "32-true": (None, 4), "32": (None, 4), "64-true": (8, 8), "64": (8, 8),
     "16-mixed": (None, 2), "16": (None, 2), "bf16-mixed": (None, 2), "bf16": (None, 2),
     "16-true": (2, 2), "bf16-true": (2, 2), "transformer-engine": (None, 2), "transformer-engine-float16": (None, 2),
 }
+#: the precisions that compute under autocast over float32 activations (:data:`MIXED_ACTIVATION_BYTES`)
+MIXED_PRECISIONS = ("16-mixed", "16", "bf16-mixed", "bf16", "transformer-engine", "transformer-engine-float16")
 
 
 @dataclass(frozen=True)
@@ -133,12 +140,15 @@ def estimate(facts: ModelFacts, work: Workload) -> MemoryEstimate:
         for name in sharded:
             parts[name] = parts[name] / work.world_size
             details[name] += f", / {work.world_size} devices ({work.strategy})"
-    parts["activations"] = activations(facts, work, activation_bytes)
+    mixed = str(work.precision) in MIXED_PRECISIONS
+    kept_bytes = MIXED_ACTIVATION_BYTES if mixed else activation_bytes
+    parts["activations"] = activations(facts, work, kept_bytes, activation_bytes)
     tokens = work.batch_size * work.sequence_length
     logits = (work.logits_note if work.logits_bytes is not None
               else f"logits {format_count(tokens)} x {format_count(facts.vocab_size)}")
     details["activations"] = (f"{work.batch_size} x {work.sequence_length} tokens, {facts.num_layers} layers, "
-                              f"{activation_bytes} B each{', checkpointed' if work.checkpointing else ''}; "
+                              f"{kept_bytes:g} B each{' (autocast: part float32)' if mixed else ''}"
+                              f"{', checkpointed' if work.checkpointing else ''}; "
                               f"{logits}")
     if work.device_kind == "gpu":
         tensors = sum(parts.values())
@@ -150,11 +160,12 @@ def estimate(facts: ModelFacts, work: Workload) -> MemoryEstimate:
     return MemoryEstimate(parts={k: int(v) for k, v in parts.items()}, details=details)
 
 
-def activations(facts: ModelFacts, work: Workload, element_bytes: int) -> float:
+def activations(facts: ModelFacts, work: Workload, element_bytes: float, logit_bytes: Optional[int] = None) -> float:
     """Bytes the forward pass keeps for backward on one device (see :data:`LAYER_ACTIVATIONS`,
-    :data:`BACKWARD_SLACK`), plus the loss's output layer and logits: ``work.logits_bytes``, or every
-    position's full logits with their float32 copies and gradient (every token counted as trained: the
-    most a batch of full rows can need)."""
+    :data:`BACKWARD_SLACK`) at ``element_bytes`` an element, plus the loss's output layer and logits:
+    ``work.logits_bytes``, or every position's full logits in the ``logit_bytes`` dtype (default:
+    ``element_bytes``) with their float32 copies and gradient (every token counted as trained: the most a
+    batch of full rows can need)."""
     tokens = work.batch_size * work.sequence_length
     kv_width = facts.num_kv_heads * facts.head_dim
     layer = (LAYER_ACTIVATIONS["hidden"] * facts.hidden_size + LAYER_ACTIVATIONS["kv"] * kv_width
@@ -165,8 +176,8 @@ def activations(facts: ModelFacts, work: Workload, element_bytes: int) -> float:
         per_token = facts.num_layers * layer + facts.hidden_size
     logits = work.logits_bytes
     if logits is None:
-        logits = full_logits_bytes(LogitsWork(tokens, facts.vocab_size, facts.hidden_size, element_bytes,
-                                              work.device_kind))
+        logits = full_logits_bytes(LogitsWork(tokens, facts.vocab_size, facts.hidden_size,
+                                              int(logit_bytes or element_bytes), work.device_kind))
     return tokens * per_token * element_bytes * BACKWARD_SLACK + logits
 
 

@@ -61,13 +61,16 @@ def workload(run, device: Device) -> Workload:
     length = length or getattr(run.data.config, "max_length", None) or 1024
     optimizer = getattr(run, "optimizer", None)
     quantize = run.model.spec.base_quantization
-    precision = planned_precision(str(settings.trainer.precision), device.kind)
+    quantization = quantize(run.model.config) if quantize is not None else None
+    precision = planned_precision(str(settings.trainer.precision), device.kind, quantized=bool(quantization))
     logits_bytes, logits_note = loss_logits(run, facts, LogitsWork(
         int(settings.loader.batch_size) * int(length), facts.vocab_size, facts.hidden_size,
-        PRECISION_BYTES.get(precision, (None, 4))[1], device.kind, facts.weight_bytes))
+        PRECISION_BYTES.get(precision, (None, 4))[1], device.kind,
+        # over a quantized base the output layer is float32 (peft's prepare_model_for_kbit_training)
+        4 if quantization else facts.weight_bytes))
     return Workload(
         batch_size=int(settings.loader.batch_size), sequence_length=int(length), precision=precision,
-        quantization=quantize(run.model.config) if quantize is not None else None,
+        quantization=quantization,
         double_quant=getattr(run.model.config, "double_quant", False) is True,
         checkpointing=facts.checkpointing, optimizer=optimizer.name if optimizer is not None else "adamw",
         state_bytes=optimizer_state_bytes(optimizer.spec if optimizer is not None else None),

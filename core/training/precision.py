@@ -217,13 +217,14 @@ def choose_precision(requested: str, *, accelerator: str, model=None, tokens: in
                                             f"(< {MIN_SPEEDUP}x)", measured)
 
 
-def planned_precision(requested: str, device_kind: str) -> str:
+def planned_precision(requested: str, device_kind: str, quantized: bool = False) -> str:
     """The precision a memory plan assumes for ``requested`` on a ``device_kind`` (``cpu``/``gpu``) device,
     without loading the model: ``auto`` is ``bf16-mixed`` on GPUs and on CPUs with bfloat16 matrix units
-    (which the calibration may still turn down), ``32-true`` otherwise."""
+    (which the calibration may still turn down), ``32-true`` otherwise, and on a CPU over a ``quantized``
+    (4-/8-bit) base, as :func:`choose_precision` decides there."""
     if requested != AUTO:
         return requested
-    if device_kind == "gpu" or (device_kind == "cpu" and cpu_bf16_units()):
+    if device_kind == "gpu" or (device_kind == "cpu" and not quantized and cpu_bf16_units()):
         return "bf16-mixed"
     return "32-true"
 
