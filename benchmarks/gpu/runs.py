@@ -32,9 +32,17 @@ BUDGET_GRACE_S = 20
 SIZES = {"gpu": dict(steps=12, batch=8, checkpoint_every=4, kill_after=8, long_length=2048, long_batch=4,
                      long_steps=8, speed_steps=96, speed_warmup=4, speed_records=800, threads=8),
          "cpu": dict(steps=6, batch=4, checkpoint_every=2, kill_after=4, long_length=256, long_batch=4,
-                     long_steps=3, speed_steps=8, speed_warmup=2, speed_records=48, threads=2)}
+                     long_steps=3, speed_steps=8, speed_warmup=2, speed_records=48, threads=None)}
 #: issue 28's target: a run's peak GPU memory within this share of tuneforge plan's estimate
 PLAN_TOLERANCE = 0.20
+
+
+def threads(context) -> int:
+    """CPU threads of each process a step starts: the mode's (``SIZES``), or in the dry run this process's own
+    (``OMP_NUM_THREADS``: where the suite shares the cores between workers, a child must not take more)."""
+    import torch
+
+    return SIZES[context.mode]["threads"] or torch.get_num_threads()
 
 
 def timeout(context, runs: int = 1) -> float:
@@ -69,7 +77,7 @@ def train_overrides(context, model: str, *, steps=None, batch=None, precision="b
             f"trainer.max_steps={steps or sizes['steps']}", f"trainer.precision={precision}",
             f"trainer.accelerator={'gpu' if context.device == 'cuda' else 'cpu'}", "trainer.devices=1",
             "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "evaluators=[]", "baselines=[]",
-            "checkpoint.every_n_steps=0", "resume=never", f"threads={sizes['threads']}", *extra]
+            "checkpoint.every_n_steps=0", "resume=never", f"threads={threads(context)}", *extra]
 
 
 def run_overrides(context) -> dict:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from outcome import FLASH_ATTN_MISSING, Failed, needs_cuda_and, require
-from runs import BENCHMARKS, PLAN_TOLERANCE, SIZES, child_env, log_tail, plan_target, timeout, timeout_reason
+from runs import BENCHMARKS, PLAN_TOLERANCE, SIZES, child_env, log_tail, plan_target, threads, timeout, timeout_reason
 
 #: the speed runs' loss check (benchmarks/run.py --tolerance): in bf16 HF Trainer's full logits and tuneforge's
 #: loss round differently, and over 96 steps the runs drift apart; the first steps' losses (printed) show the
@@ -27,7 +27,7 @@ def speed(context, attention: str, name: str) -> dict:
                "--device", context.device, "--limit", "peak", "--max-length", str(sizes["long_length"]),
                "--batch-size", str(sizes["long_batch"]), "--steps", str(sizes["speed_steps"]),
                "--warmup", str(sizes["speed_warmup"]), "--repeats", "1", "--records", str(sizes["speed_records"]),
-               "--systems", "hf_trainer,tuneforge", "--variants", "packing", "--threads", str(sizes["threads"]),
+               "--systems", "hf_trainer,tuneforge", "--variants", "packing", "--threads", str(threads(context)),
                "--tolerance", str(SPEED_LOSS_TOLERANCE), "--out", str(out)]
     if not context.tokenizer:
         command += ["--max-field-tokens", "12"]
