@@ -297,7 +297,7 @@ def test_a_loss_whose_logits_estimate_breaks_is_planned_with_full_logits(caplog)
         run = SimpleNamespace(loss=SimpleNamespace(spec=SimpleNamespace(name="acme_loss", logits_bytes=measure),
                                                    config=None))
         with caplog.at_level(logging.WARNING, logger="tuneforge"):
-            assert loss_logits(run, None, work) == (None, "")
+            assert loss_logits(run, work) == (None, "")
     assert caplog.text.count("loss 'acme_loss': logits_bytes") == 3 and "KeyError" in caplog.text
 
 

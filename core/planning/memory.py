@@ -63,8 +63,10 @@ PRECISION_BYTES = {
     "16-mixed": (None, 2), "16": (None, 2), "bf16-mixed": (None, 2), "bf16": (None, 2),
     "16-true": (2, 2), "bf16-true": (2, 2), "transformer-engine": (None, 2), "transformer-engine-float16": (None, 2),
 }
-#: the precisions that compute under autocast over float32 activations (:data:`MIXED_ACTIVATION_BYTES`)
-MIXED_PRECISIONS = ("16-mixed", "16", "bf16-mixed", "bf16", "transformer-engine", "transformer-engine-float16")
+#: the precisions that compute under autocast over float32 activations (:data:`MIXED_ACTIVATION_BYTES`): the
+#: weights stay as loaded and the matrix products give 16-bit outputs
+MIXED_PRECISIONS = tuple(name for name, (weights, products) in PRECISION_BYTES.items()
+                         if weights is None and products == 2)
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,12 @@ def estimate(facts: ModelFacts, work: Workload) -> MemoryEstimate:
             details[name] += f", / {work.world_size} devices ({work.strategy})"
     mixed = str(work.precision) in MIXED_PRECISIONS
     kept_bytes = MIXED_ACTIVATION_BYTES if mixed else activation_bytes
-    parts["activations"] = activations(facts, work, kept_bytes, activation_bytes)
     tokens = work.batch_size * work.sequence_length
+    logits_bytes = work.logits_bytes
+    if logits_bytes is None:  # the loss says nothing: every position's full logits, in the products' dtype
+        logits_bytes = full_logits_bytes(LogitsWork(tokens, facts.vocab_size, facts.hidden_size, activation_bytes,
+                                                    work.device_kind))
+    parts["activations"] = layer_activations(facts, work, kept_bytes) + logits_bytes
     logits = (work.logits_note if work.logits_bytes is not None
               else f"logits {format_count(tokens)} x {format_count(facts.vocab_size)}")
     details["activations"] = (f"{work.batch_size} x {work.sequence_length} tokens, {facts.num_layers} layers, "
@@ -160,12 +166,10 @@ def estimate(facts: ModelFacts, work: Workload) -> MemoryEstimate:
     return MemoryEstimate(parts={k: int(v) for k, v in parts.items()}, details=details)
 
 
-def activations(facts: ModelFacts, work: Workload, element_bytes: float, logit_bytes: Optional[int] = None) -> float:
-    """Bytes the forward pass keeps for backward on one device (see :data:`LAYER_ACTIVATIONS`,
-    :data:`BACKWARD_SLACK`) at ``element_bytes`` an element, plus the loss's output layer and logits:
-    ``work.logits_bytes``, or every position's full logits in the ``logit_bytes`` dtype (default:
-    ``element_bytes``) with their float32 copies and gradient (every token counted as trained: the most a
-    batch of full rows can need)."""
+def layer_activations(facts: ModelFacts, work: Workload, element_bytes: float) -> float:
+    """Bytes the transformer layers' forward pass keeps for backward on one device (see
+    :data:`LAYER_ACTIVATIONS`, :data:`BACKWARD_SLACK`) at ``element_bytes`` an element; the loss's output
+    layer and logits come on top (:func:`estimate`)."""
     tokens = work.batch_size * work.sequence_length
     kv_width = facts.num_kv_heads * facts.head_dim
     layer = (LAYER_ACTIVATIONS["hidden"] * facts.hidden_size + LAYER_ACTIVATIONS["kv"] * kv_width
@@ -174,11 +178,7 @@ def activations(facts: ModelFacts, work: Workload, element_bytes: float, logit_b
         per_token = facts.num_layers * facts.hidden_size + layer
     else:
         per_token = facts.num_layers * layer + facts.hidden_size
-    logits = work.logits_bytes
-    if logits is None:
-        logits = full_logits_bytes(LogitsWork(tokens, facts.vocab_size, facts.hidden_size,
-                                              int(logit_bytes or element_bytes), work.device_kind))
-    return tokens * per_token * element_bytes * BACKWARD_SLACK + logits
+    return tokens * per_token * element_bytes * BACKWARD_SLACK
 
 
 def _sharded_parts(strategy: str) -> tuple:

@@ -63,7 +63,7 @@ def workload(run, device: Device) -> Workload:
     quantize = run.model.spec.base_quantization
     quantization = quantize(run.model.config) if quantize is not None else None
     precision = planned_precision(str(settings.trainer.precision), device.kind, quantized=bool(quantization))
-    logits_bytes, logits_note = loss_logits(run, facts, LogitsWork(
+    logits_bytes, logits_note = loss_logits(run, LogitsWork(
         int(settings.loader.batch_size) * int(length), facts.vocab_size, facts.hidden_size,
         PRECISION_BYTES.get(precision, (None, 4))[1], device.kind,
         # over a quantized base the output layer is float32 (peft's prepare_model_for_kbit_training)
@@ -78,7 +78,7 @@ def workload(run, device: Device) -> Workload:
         device_kind=device.kind, logits_bytes=logits_bytes, logits_note=logits_note)
 
 
-def loss_logits(run, facts: ModelFacts, work: LogitsWork) -> tuple:
+def loss_logits(run, work: LogitsWork) -> tuple:
     """``(bytes, note)`` of the selected loss's output layer and logits (``LossSpec.logits_bytes``), or
     ``(None, note)`` when the loss declares none or its estimate fails: the plan then counts every position's
     full logits, the most any loss needs."""
@@ -90,7 +90,7 @@ def loss_logits(run, facts: ModelFacts, work: LogitsWork) -> tuple:
         value = float(measure(loss.config, work))
     except Exception as exc:  # a plugin's estimate: never the reason a plan fails; the safe side instead
         log.warning("loss '%s': logits_bytes failed (%s: %s); the plan counts full logits",
-                       loss.spec.name, type(exc).__name__, exc)
+                    loss.spec.name, type(exc).__name__, exc)
         return None, ""
     if not value >= 0:  # also NaN
         log.warning("loss '%s': logits_bytes gave %r; the plan counts full logits", loss.spec.name, value)
