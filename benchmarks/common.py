@@ -168,12 +168,16 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def versions() -> dict:
-    """Versions of the libraries that matter for the numbers."""
+#: the libraries whose versions matter for the benchmark's numbers
+VERSION_PACKAGES = ("torch", "transformers", "peft", "accelerate", "lightning", "trl", "tuneforge")
+
+
+def versions(packages=VERSION_PACKAGES) -> dict:
+    """Python's version and those of the installed ``packages`` (distribution names; missing ones left out)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "accelerate", "lightning", "trl", "tuneforge"):
+    for name in packages:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -191,7 +195,8 @@ def write_result(path, system: str, *, losses, step_end, digests, init_checksum,
     """
     result = {"system": system, "steps": len(step_end), "losses": [float(x) for x in losses],
               "step_end": list(step_end), "digests": list(digests), "init_checksum": init_checksum,
-              "tokens": tokens, "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": peak_gpu_mib(), "versions": versions(), "pid": os.getpid(),
+              "tokens": tokens, "peak_rss_mib": peak_rss_mib(), "peak_gpu_mib": peak_gpu_mib(), "versions": versions(),
+              "pid": os.getpid(),
               "finished_at": time.time(),
               # wall-clock time of the first optimizer step's end (run.py: launch -> first step)
               "first_step_at": time.time() - (time.perf_counter() - step_end[0]) if step_end else None,
@@ -219,3 +224,18 @@ def limit_child(argv, measure) -> None:
     setup_process(spec)
     plan = json.loads((Path(workdir) / "plan.json").read_text())
     Path(result_path).write_text(json.dumps(measure(spec, plan), indent=1))
+
+
+def plan_mib(overrides: list) -> tuple:
+    """``(MiB per device, None)``: ``tuneforge plan``'s estimate of the run with these ``tuneforge train``
+    overrides, or ``(None, the first line of why)`` when it cannot be made (the estimate is a column next to
+    a measurement, never a reason to stop)."""
+    from tuneforge.host.components import run_components
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.planning.plan import plan_run
+
+    try:
+        plugins = load_plugins(overrides)  # first: it registers the configs that compose reads
+        return plan_run(run_components(compose(overrides), plugins)).estimate.total / 2 ** 20, None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -26,14 +26,15 @@ from common import (batch_digest, bf16_mixed, child_args, device, load_batches, 
 IGNORE_INDEX = -100
 
 
-def full_logits_loss(model, batch):
-    """Logits on every position (``model(...).logits``), then cross entropy with ``ignore_index``."""
+def full_logits_loss(model, batch, reduction: str = "mean"):
+    """Logits on every position (``model(...).logits``), then float32 cross entropy with ``ignore_index``
+    (``reduction``: the mean over trained tokens, or their ``sum``)."""
     import torch.nn.functional as F
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     shifted_logits, shifted_labels = logits[:, :-1], batch["labels"][:, 1:]
     return F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.size(-1)).float(),
-                           shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+                           shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
 def trained_positions_loss(model, batch):

@@ -289,20 +289,17 @@ def plan_estimates(overrides: list, variants: dict, notes: list) -> dict:
     """``tuneforge plan``'s memory estimate (MiB per device) of the fixed-batch run (key ``tuneforge``, which the
     other fixed-batch systems also train) and of each variant (``tuneforge-<name>``); a run it cannot plan is
     left out with a note."""
-    from tuneforge.host.components import run_components
-    from tuneforge.host.compose import compose, load_plugins
-    from tuneforge.planning.plan import plan_run
+    from common import plan_mib
 
     runs = {"tuneforge": overrides,
             **{f"tuneforge-{name}": overrides + variant["overrides"] for name, variant in variants.items()}}
     estimates = {}
     for name, composed in runs.items():
-        composed = [o for o in composed if not o.startswith("callbacks=")]
-        try:
-            plugins = load_plugins(composed)  # first: it registers the configs that compose reads
-            estimates[name] = plan_run(run_components(compose(composed), plugins)).estimate.total / 2 ** 20
-        except Exception as exc:  # the estimate is a column of the table, not a reason to stop the benchmark
-            notes.append(f"{name}: tuneforge plan failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        estimate, problem = plan_mib([o for o in composed if not o.startswith("callbacks=")])
+        if estimate is None:
+            notes.append(f"{name}: tuneforge plan failed: {problem}")
+        else:
+            estimates[name] = estimate
     return estimates
 
 
@@ -463,12 +460,17 @@ def run_shares(run: dict, plan: dict) -> dict:
     return shares(run["tokens"], run["positions"], run["trained"])
 
 
+def is_peak_limit(limit) -> bool:
+    """Whether ``limit`` is ``gpu_limit.py``'s (a device's bf16 peak: MFU) rather than ``cpu_limit.py``'s."""
+    return bool(limit) and "measured_peak" in limit
+
+
 def limit_shares(entry: dict, limit) -> dict:
     """The entry's real tokens/s as a share of the CPU's fp32 and bf16 limits (``cpu_limit.py``), or on a GPU
     its MFU (``gpu_limit.py``: ``published``, ``measured``, ``six_n``)."""
     if not limit:
         return {}
-    if limit.get("kind") in ("gpu", "cpu"):
+    if is_peak_limit(limit):
         from gpu_limit import mfu
 
         return mfu(limit, entry["tokens_per_s"], entry["shares"]["trained_of_real"])
@@ -609,7 +611,7 @@ def gpu_markdown_table(summary: dict, spec: dict, plan: dict, limit: dict) -> st
 
 
 def markdown_table(summary: dict, spec: dict, plan: dict, limit: dict | None = None) -> str:
-    if limit and "measured_peak" in limit:
+    if is_peak_limit(limit):
         return gpu_markdown_table(summary, spec, plan, limit)
     rows = ["| system | real tokens/s | vs plain loop | vs HF Trainer | of fp32 limit | of bf16 limit | padding "
             "| s/step | peak RSS (MiB) | steps timed | launch to first step (s) |",
@@ -714,6 +716,7 @@ def _main(args, workdir: Path) -> int:
     labels = {name: variant["label"] for name, variant in variants.items()}
     summary = summarize(runs, plan, args.warmup, labels, limit, notes)
     results["summary"] = summary
+    results["markdown"] = markdown_table(summary, spec, plan, limit)
     results_path.write_text(json.dumps(results, indent=1))
     print("\nper system (median over repeats; limits: benchmarks/cpu_limit.py):")
     for name, entry in summary.items():
@@ -733,8 +736,6 @@ def _main(args, workdir: Path) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}")
-    results["markdown"] = markdown_table(summary, spec, plan, limit)
-    results_path.write_text(json.dumps(results, indent=1))
     print("\nMarkdown (ratios: real tokens/s of the row / of the column's system; > 1 is faster):\n")
     print(results["markdown"])
     print(f"\nresults: {results_path}")

@@ -6,8 +6,10 @@ Each returns a step result (``summary``, ``details``) or raises :class:`outcome.
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 from outcome import FLASH_ATTN_MISSING, Failed, needs_cuda_and, relative_difference
+from plain_loop import full_logits_loss  # the reference: every position's logits, float32 cross entropy
 
 #: relative tolerance of a packed against an unpacked loss sum, per precision
 PACKING_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}
@@ -76,11 +78,11 @@ def compare_packing(context, implementation: str, precisions: tuple) -> dict:
     details = {"examples": len(examples), "packed_rows": len(rows), "padded_shape": list(padded["input_ids"].shape),
                "packed_shape": list(packed["input_ids"].shape), "attn_implementation": implementation}
     problems = []
+    # float32 weights, under bf16 autocast for bf16 (as bf16-mixed trains); FlashAttention needs 16-bit inputs,
+    # which autocast gives it
+    model, _ = load_hf(HFModelConfig(path=str(folder), dtype="float32", attn_implementation=implementation))
+    model.to(context.device).eval()
     for precision in precisions:
-        # float32 weights under bf16 autocast (as bf16-mixed trains); FlashAttention needs 16-bit inputs, which
-        # autocast gives it
-        model, _ = load_hf(HFModelConfig(path=str(folder), dtype="float32", attn_implementation=implementation))
-        model.to(context.device).eval()
         with torch.no_grad(), autocast(context.device, precision):
             unpacked_sum, unpacked_count = loss_sum(loss, model, padded)
             packed_sum, packed_count = loss_sum(loss, model, packed)
@@ -92,7 +94,6 @@ def compare_packing(context, implementation: str, precisions: tuple) -> dict:
             problems.append(f"{precision}: packed {packed_sum / packed_count:.6f} vs unpacked "
                             f"{unpacked_sum / unpacked_count:.6f} ({packed_count} vs {unpacked_count} trained tokens; "
                             f"relative difference {difference:.2e} > {PACKING_TOLERANCE[precision]:g})")
-        del model
     summary = "; ".join(f"{p}: packed {details[p]['packed_loss']:.5f} = unpacked {details[p]['unpacked_loss']:.5f} "
                         f"(rel. diff {details[p]['relative_difference']:.1e})" for p in precisions)
     if problems:
@@ -140,15 +141,6 @@ def loss_batch(context) -> dict:
                      context.device)
 
 
-def full_logits_loss(model, batch):
-    """The reference: every position's logits (``model(...).logits``), float32 cross entropy, summed."""
-    import torch.nn.functional as F
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), batch["labels"][:, 1:].reshape(-1),
-                           ignore_index=-100, reduction="sum")
-
-
 def loss_and_gradient(context, model, batch, compute, precision: str) -> dict:
     """Summed loss, the flattened gradient of every parameter and the peak memory (CUDA) of one backward."""
     import torch
@@ -189,7 +181,7 @@ def chunked_loss(context) -> dict:
     details, problems = {"vocabulary": VOCABULARY, "tokens": int(batch["input_ids"].numel()),
                          "trained": int((batch["labels"][:, 1:] != -100).sum())}, []
     for precision in ("fp32", "bf16"):
-        reference = loss_and_gradient(context, model, batch, full_logits_loss, precision)
+        reference = loss_and_gradient(context, model, batch, partial(full_logits_loss, reduction="sum"), precision)
         norm = float(reference["gradient"].norm())
         row = {"full_logits": {"loss": reference["loss"], "peak_mib": reference.get("peak_mib")}}
         loss_tolerance, gradient_tolerance = LOSS_TOLERANCE[precision]

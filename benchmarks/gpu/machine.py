@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from importlib.metadata import PackageNotFoundError, version
 
+import common
 from outcome import require
 
 #: packages whose versions the results record
@@ -12,19 +12,10 @@ PACKAGES = ("torch", "transformers", "peft", "lightning", "pluggy", "hydra-core"
             "deepspeed", "tuneforge")
 
 
-def package_version(name: str):
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def environment(context) -> dict:
     import torch
 
-    versions = {name: package_version(name) for name in PACKAGES}
-    versions = {name: found for name, found in versions.items() if found}
-    versions["cuda"] = torch.version.cuda
+    versions = {**common.versions(PACKAGES), "cuda": torch.version.cuda}
     details = {"versions": versions, "cpus": os.cpu_count(), "device": context.device}
     if context.device == "cuda":
         properties = torch.cuda.get_device_properties(0)

@@ -7,7 +7,6 @@ Each step returns its result (``summary``, ``details``, ``targets``, ``markdown`
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import math
@@ -19,7 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from common import plan_mib
 from outcome import Failed, Skipped, needs_cuda_and, relative_difference, require
+from run import child_env as benchmark_env
+from tuneforge_run import metric_losses
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent
@@ -104,12 +106,10 @@ def run_overrides(context) -> dict:
     }
 
 
-def child_env() -> dict:
-    env = dict(os.environ)
-    env.pop("TUNEFORGE_COMMAND", None)
-    env.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    return env
+def child_env(context) -> dict:
+    """The environment of a process a step starts: the benchmark's (:func:`run.child_env`: offline, the
+    step's threads) with unbuffered output, so a killed run's log still ends where it stopped."""
+    return dict(benchmark_env(threads(context)), PYTHONUNBUFFERED="1")
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -133,7 +133,7 @@ class TrainRun:
         handle.write(f"$ {' '.join(self.command)}{'  # ' + attempt if attempt else ''}\n")
         handle.flush()
         # a session of its own: a SIGKILL reaches the whole process group (data-loader workers too)
-        return subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
+        return subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(self.context),
                                 cwd=str(BENCHMARKS.parent), start_new_session=True)
 
     def wait(self, process: subprocess.Popen) -> int:
@@ -162,8 +162,7 @@ class TrainRun:
         return json.loads((self.run_dir / "metrics.json").read_text())
 
     def losses(self) -> list:
-        with open(self.run_dir / "metrics.csv") as handle:
-            return [float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")]
+        return metric_losses(self.run_dir)
 
     def gpu_peak_mib(self):
         peak = self.metrics().get("memory", {}).get("gpu_peak_bytes")
@@ -182,21 +181,6 @@ def trained(run: TrainRun, steps: int) -> dict:
     precision = metrics.get("precision", {})
     return {"losses": losses, "precision": precision.get("chosen") if isinstance(precision, dict) else precision,
             "gpu_peak_mib": run.gpu_peak_mib(), "throughput": metrics.get("throughput")}
-
-
-def plan_mib(overrides: list):
-    """``tuneforge plan``'s estimate (MiB per device) of the run with these overrides, or ``None`` with the
-    reason it could not be made."""
-    from tuneforge.host.components import run_components
-    from tuneforge.host.compose import compose, load_plugins
-    from tuneforge.planning.plan import plan_run
-
-    try:
-        plugins = load_plugins(overrides)  # first: it registers the configs that compose reads
-        plan = plan_run(run_components(compose(overrides), plugins))
-    except Exception as exc:  # recorded, not fatal: the comparison is a measurement
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return plan.estimate.total / 2 ** 20, None
 
 
 def plan_target(peak, estimate) -> dict:

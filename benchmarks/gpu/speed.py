@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from outcome import FLASH_ATTN_MISSING, Failed, needs_cuda_and, require
+from run import plan_estimate
 from runs import BENCHMARKS, PLAN_TOLERANCE, SIZES, child_env, log_tail, plan_target, threads, timeout, timeout_reason
 
 #: the speed runs' loss check (benchmarks/run.py --tolerance): in bf16 HF Trainer's full logits and tuneforge's
@@ -37,7 +38,7 @@ def speed(context, attention: str, name: str) -> dict:
         handle.write(f"$ {' '.join(command)}\n")
         handle.flush()
         try:
-            completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
+            completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env(context),
                                        cwd=str(BENCHMARKS.parent), timeout=timeout(context, 2))
         except subprocess.TimeoutExpired:
             raise Failed(f"benchmarks/run.py stopped after {timeout(context, 2):.0f} s ({timeout_reason(context, 2)})",
@@ -49,8 +50,7 @@ def speed(context, attention: str, name: str) -> dict:
     summary, limit = results["summary"], results["gpu_limit"]
     rows = {key: {"tokens_per_s": entry["tokens_per_s"], "mfu": entry.get("of_limit"),
                   "peak_gpu_mib": entry.get("peak_gpu_mib"),
-                  "plan_mib": (results["spec"].get("plan_mib") or {}).get(key, (results["spec"].get("plan_mib") or {})
-                                                                         .get("tuneforge"))}
+                  "plan_mib": plan_estimate(results["spec"], key)}
             for key, entry in summary.items()}
     details = {"rows": rows, "device_name": limit["device_name"], "published_peak": limit["published_peak"],
                "measured_peak": limit["measured_peak"], "check": results.get("check"), "notes": results.get("notes")}
