@@ -26,11 +26,11 @@ peft's: it is applied to the input before the fused product, drawing the same ra
 from __future__ import annotations
 
 import contextlib
-import weakref
 
 import torch
 
 from tuneforge.linear_cross_entropy import autocast_dtype
+from tuneforge.training.precision import modules_where
 
 __all__ = ["fused_lora_layers"]
 
@@ -88,7 +88,7 @@ class _LoraLinear(torch.autograd.Function):
 def fused_lora_layers(model):
     """A context for one forward pass of ``model`` (and its backward, which may come after): its eligible
     peft LoRA layers run as :class:`_LoraLinear`; on leaving, every layer has its own forward again."""
-    layers = _fusable_layers(model)
+    layers = modules_where(model, _fusable)
     earlier = [layer.__dict__.get("forward") for layer in layers]
     for layer in layers:
         layer.forward = _fused_forward(layer, layer.forward)
@@ -102,19 +102,9 @@ def fused_lora_layers(model):
                 layer.forward = forward
 
 
-def _fusable_layers(model) -> list:
-    """The layers of ``model`` that :func:`_fusable` accepts, found once per model (a run's adapter
-    layers do not change while it trains)."""
-    found = _FUSABLE_LAYERS.get(model)
-    if found is None:
-        found = [module for module in model.modules() if _fusable(module)]
-        _FUSABLE_LAYERS[model] = found
-    return found
-
-
 def _fusable(layer) -> bool:
     """Whether ``layer`` is peft's plain LoRA ``Linear`` over a ``torch.nn.Linear`` (what the fused
-    operation computes); the per-call conditions are :func:`_fused_call_adapter`'s."""
+    operation computes); the per-call conditions are :func:`_fused_call`'s."""
     try:
         from peft.tuners.lora.layer import Linear
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -124,28 +114,30 @@ def _fusable(layer) -> bool:
 
 
 def _fused_forward(layer, peft_forward):
-    """``layer``'s forward while fused: :class:`_LoraLinear` where :func:`_fused_call_adapter` allows
+    """``layer``'s forward while fused: :class:`_LoraLinear` where :func:`_fused_call` allows
     it, ``peft_forward`` (peft's own) otherwise."""
 
     def forward(x, *args, **kwargs):
-        adapter = None if args or kwargs else _fused_call_adapter(layer, x)
-        if adapter is None:
+        fused = None if args or kwargs else _fused_call(layer, x)
+        if fused is None:
             return peft_forward(x, *args, **kwargs)
+        adapter, dtype = fused
         base = layer.base_layer
         dropout = layer.lora_dropout[adapter]
         dropped = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
         return _LoraLinear.apply(x, None if dropped is x else dropped, base.weight, base.bias,
                                  layer.lora_A[adapter].weight, layer.lora_B[adapter].weight,
-                                 layer.scaling[adapter], _compute_dtype(x))
+                                 layer.scaling[adapter], dtype)
 
     return forward
 
 
-def _fused_call_adapter(layer, x):
-    """The one active adapter of ``layer`` when this call can be fused, else ``None``: on the CPU, the
-    adapter unmerged and enabled, vanilla LoRA (no variant such as DoRA, no ``lora_bias``), a frozen
-    base weight, plain tensors, and dtypes that fit (one dtype without autocast; float32 or autocast's
-    dtype under it)."""
+def _fused_call(layer, x):
+    """``(adapter, dtype)`` when this call of ``layer`` can be fused, else ``None``: the one active
+    adapter and the dtype the products run in (autocast's on the CPU when it is on, else the input's).
+    A call is fused on the CPU, the adapter unmerged and enabled, vanilla LoRA (no variant such as DoRA,
+    no ``lora_bias``), a frozen base weight, plain tensors, and dtypes that fit (one dtype without
+    autocast; float32 or autocast's dtype under it)."""
     if x.device.type != "cpu" or layer.merged or layer.disable_adapters or len(layer.active_adapters) != 1:
         return None
     adapter = layer.active_adapters[0]
@@ -158,15 +150,7 @@ def _fused_call_adapter(layer, x):
         tensors.append(base.bias)
     if base.weight.requires_grad or any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors):
         return None
-    dtype = _compute_dtype(x)
-    allowed = {dtype} if autocast_dtype("cpu") is None else {dtype, torch.float32}
-    return adapter if all(t.dtype in allowed for t in tensors) else None
-
-
-def _compute_dtype(x):
-    """The dtype the layer's products run in: autocast's on the CPU when it is on, else the input's."""
-    return autocast_dtype("cpu") or x.dtype
-
-
-#: model -> its layers that can run fused
-_FUSABLE_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    autocast = autocast_dtype("cpu")
+    dtype = autocast or x.dtype
+    allowed = {dtype} if autocast is None else {dtype, torch.float32}
+    return (adapter, dtype) if all(t.dtype in allowed for t in tensors) else None

@@ -286,11 +286,20 @@ def input_casts_under_autocast(model) -> "contextlib.AbstractContextManager":
 
 def _casting_layers(model) -> list:
     """The modules of ``model`` with peft's ``cast_input_dtype_enabled`` switch (peft >= 0.15), found once."""
-    found = _CASTING_LAYERS.get(model)
-    if found is None:
-        found = [module for module in model.modules() if hasattr(module, "cast_input_dtype_enabled")]
-        _CASTING_LAYERS[model] = found
-    return found
+    return modules_where(model, _has_cast_switch)
+
+
+def _has_cast_switch(module) -> bool:
+    return hasattr(module, "cast_input_dtype_enabled")
+
+
+def modules_where(model, test) -> list:
+    """The modules of ``model`` for which ``test(module)`` holds, found once per (model, test): a run's
+    adapter layers do not change while it trains, and the loss call asks for them at every step."""
+    per_test = _MODULES_WHERE.setdefault(model, {})
+    if test not in per_test:
+        per_test[test] = [module for module in model.modules() if test(module)]
+    return per_test[test]
 
 
 def _autocast_on() -> bool:
@@ -299,5 +308,5 @@ def _autocast_on() -> bool:
     return any(autocast_dtype(device) is not None for device in ("cpu", "cuda"))
 
 
-#: model -> its layers with peft's input-cast switch (a model's adapter layers do not change during a run)
-_CASTING_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: model -> {test: its modules that pass it} (:func:`modules_where`)
+_MODULES_WHERE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
