@@ -86,11 +86,14 @@ class FineTuneModule(pl.LightningModule):
         """The loss on ``batch``, with peft's LoRA layers fused on the CPU
         (:func:`tuneforge.training.lora_fused.fused_lora_layers`) and, for those left unfused, under
         autocast without peft's redundant input casts
-        (:func:`tuneforge.training.precision.input_casts_under_autocast`)."""
+        (:func:`tuneforge.training.precision.input_casts_under_autocast`); grouped-query attention
+        without copies of the keys and values on the CPU
+        (:func:`tuneforge.training.grouped_query_attention.grouped_query_sdpa`)."""
+        from tuneforge.training.grouped_query_attention import grouped_query_sdpa
         from tuneforge.training.lora_fused import fused_lora_layers
         from tuneforge.training.precision import input_casts_under_autocast
 
-        with input_casts_under_autocast(self.model), fused_lora_layers(self.model):
+        with input_casts_under_autocast(self.model), fused_lora_layers(self.model), grouped_query_sdpa(self.model):
             return self.loss_fn(self.model, batch)
 
     def training_step(self, batch, batch_idx):
