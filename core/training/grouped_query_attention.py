@@ -23,6 +23,7 @@ gradients agree to rounding (tests/test_grouped_query_attention.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -73,6 +74,8 @@ def _on_cpu(module) -> bool:
     return parameter is not None and parameter.device.type == "cpu"
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_has_enable_gqa() -> bool:
+    """Whether this torch's SDPA takes ``enable_gqa`` (2.5 and later); read once, not at every loss call."""
     version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
     return version >= (2, 5)
