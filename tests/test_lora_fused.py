@@ -172,3 +172,22 @@ def test_a_conv1d_base_layer_is_not_fused():
 
     model = get_peft_model(_Gpt2Like(), LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
     assert not [m for m in model.modules() if lora_fused._fusable(m)]
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_gradient_checkpointing_trains_with_the_training_steps_swaps(tmp_path, precision):
+    """A checkpointed layer is run again in the backward pass, and torch checks that the recompute saves
+    the same tensors as the forward: the fused layers, the input casts and grouped-query attention hold
+    for the backward pass too (FineTuneModule.on_before_backward), or the recompute meets peft's own
+    layers and the run fails ("Recomputed values ... have different metadata")."""
+    from helpers import run_cli, train_losses
+
+    runs = {}
+    for checkpointing in ("false", "true"):
+        run_dir = tmp_path / f"{precision}-{checkpointing}"
+        result = run_cli(["train", f"adapter.gradient_checkpointing={checkpointing}", f"trainer.precision={precision}",
+                          "loader.packing=true", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+                          "baselines=[]", "evaluators=[]", "threads=2", f"run_dir={run_dir}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[checkpointing] = train_losses(run_dir)
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-5 if precision == "32-true" else 1e-2)

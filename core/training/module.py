@@ -3,6 +3,8 @@ the optimizer and learning-rate schedule, non-finite loss handling and checkpoin
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning.pytorch as pl
 import torch
 
@@ -67,6 +69,8 @@ class FineTuneModule(pl.LightningModule):
         self._window_loss = 0.0  # sum over the window's micro-batches of loss x units (a tensor once training)
         self._loss_scale = None
         self._pending_rng = None
+        self._loss_autocast = False  # whether the last loss call ran under autocast
+        self._backward_swaps = None  # the forward swaps held open for a backward pass
 
     def _log_output(self, output, batch, stage: str) -> float:
         weight = loss_weight(output)
@@ -83,18 +87,49 @@ class FineTuneModule(pl.LightningModule):
         return weight
 
     def _loss(self, batch):
-        """The loss on ``batch``, with peft's LoRA layers fused on the CPU
+        """The loss on ``batch`` inside :meth:`_forward_swaps`."""
+        from tuneforge.training.precision import autocast_is_on
+
+        self._leave_backward_swaps()
+        self._loss_autocast = autocast_is_on()
+        with self._forward_swaps(self._loss_autocast):
+            return self.loss_fn(self.model, batch)
+
+    def _forward_swaps(self, autocast: bool):
+        """What the model's forward runs with in a loss call: peft's LoRA layers fused on the CPU
         (:func:`tuneforge.training.lora_fused.fused_lora_layers`) and, for those left unfused, under
-        autocast without peft's redundant input casts
+        autocast (``autocast``: whether the loss call is under it) without peft's redundant input casts
         (:func:`tuneforge.training.precision.input_casts_under_autocast`); grouped-query attention
         without copies of the keys and values on the CPU
-        (:func:`tuneforge.training.grouped_query_attention.grouped_query_sdpa`)."""
+        (:func:`tuneforge.training.grouped_query_attention.grouped_query_sdpa`).
+
+        Gradient checkpointing runs parts of the forward again inside the backward pass and checks that
+        they save the same tensors: so the backward pass runs inside the same swaps
+        (:meth:`on_before_backward` to :meth:`on_after_backward`)."""
         from tuneforge.training.grouped_query_attention import grouped_query_sdpa
         from tuneforge.training.lora_fused import fused_lora_layers
         from tuneforge.training.precision import input_casts_under_autocast
 
-        with input_casts_under_autocast(self.model), fused_lora_layers(self.model), grouped_query_sdpa(self.model):
-            return self.loss_fn(self.model, batch)
+        with contextlib.ExitStack() as stack:  # a context that fails to enter leaves the earlier ones
+            for context in (input_casts_under_autocast(self.model, autocast=autocast), fused_lora_layers(self.model),
+                            grouped_query_sdpa(self.model)):
+                stack.enter_context(context)
+            return stack.pop_all()
+
+    def on_before_backward(self, loss):
+        """Enter the training step's forward swaps for the backward pass (see :meth:`_forward_swaps`);
+        Lightning calls this for every strategy, DeepSpeed included."""
+        self._leave_backward_swaps()
+        self._backward_swaps = self._forward_swaps(self._loss_autocast)
+
+    def on_after_backward(self):
+        self._leave_backward_swaps()
+
+    def _leave_backward_swaps(self):
+        """Leave the backward pass's swaps, if a backward pass left them open (it raised)."""
+        swaps, self._backward_swaps = self._backward_swaps, None
+        if swaps is not None:
+            swaps.close()
 
     def training_step(self, batch, batch_idx):
         output = self._loss(batch)

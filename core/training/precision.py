@@ -255,9 +255,11 @@ def run_precision(state) -> PrecisionChoice:
     return choice
 
 
-def input_casts_under_autocast(model) -> "contextlib.AbstractContextManager":
+def input_casts_under_autocast(model, autocast: Optional[bool] = None) -> "contextlib.AbstractContextManager":
     """A context for one forward pass of ``model``: while autocast is on, peft's adapter layers stop
-    casting their input to the adapter weights' dtype.
+    casting their input to the adapter weights' dtype.  ``autocast``: whether the forward pass runs
+    under autocast (default: whether it is on now; a backward pass that recomputes a checkpointed
+    forward passes the forward's, since autocast is off around the backward but on in the recompute).
 
     A LoRA layer casts its input to its weights' dtype (float32) before its ``lora_A``; under autocast
     that input is often bfloat16 already (the attention output, the MLP product), and autocast casts
@@ -267,7 +269,7 @@ def input_casts_under_autocast(model) -> "contextlib.AbstractContextManager":
     makes a bfloat16 base and float32 adapter weights fit together).
     """
     layers = _casting_layers(model)
-    if not layers or not _autocast_on():
+    if not layers or not (autocast_is_on() if autocast is None else autocast):
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
@@ -302,7 +304,8 @@ def modules_where(model, test) -> list:
     return per_test[test]
 
 
-def _autocast_on() -> bool:
+def autocast_is_on() -> bool:
+    """Whether autocast is on for the CPU or CUDA here."""
     from tuneforge.linear_cross_entropy import autocast_dtype
 
     return any(autocast_dtype(device) is not None for device in ("cpu", "cuda"))
