@@ -69,6 +69,7 @@ VARIANTS = {
     "group_by_length": ["loader.group_by_length=true"],
     "packing": ["loader.packing=true"],
     "packing_auto": ["loader.packing=true", "trainer.precision=auto"],
+    "packing_auto_compile": ["loader.packing=true", "trainer.precision=auto", "trainer.compile=true"],
     "packing_bf16": ["loader.packing=true", "trainer.precision=bf16-mixed"],
     "auto": ["trainer.precision=auto"],
     "bf16": ["trainer.precision=bf16-mixed"],

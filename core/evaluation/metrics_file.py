@@ -1,8 +1,9 @@
 """``metrics.json``: its typed model, its one writer and its one reader.
 
 A run directory's ``metrics.json`` (and ``tuneforge eval``'s) is one JSON
-object, :class:`RunMetrics`; each section is a ``TypedDict`` below whose
-docstring says what every key holds (``key: what it holds``).  The run
+object, :class:`RunMetrics`; each section is a ``TypedDict`` below (the training
+sections: :mod:`tuneforge.evaluation.metrics_training`) whose docstring says what
+every key holds (``key: what it holds``).  The run
 builds it as a plain dict (the same object the ``on_run_end`` callbacks and
 the ``tuneforge_run_end`` hook receive), :func:`write_metrics` stamps it with
 ``schema_version`` (:data:`SCHEMA_VERSION`) and writes it atomically, and
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, TypedDict, Union
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.evaluation.metrics_training import (Compile, Memory, Precision, Segment, Setup, Throughput,
+                                                   open_section)
 
 #: the version of the layout written by :func:`write_metrics` (``metrics.json`` ``schema_version``)
 SCHEMA_VERSION = 1
@@ -40,12 +43,6 @@ Scores = Dict[str, float]
 
 class MetricsFileError(TuneforgeError):
     """A ``metrics.json`` that this tuneforge cannot read: not JSON, not an object, or a newer schema version."""
-
-
-def open_section(cls: type) -> type:
-    """Mark a section class *open*: the file may hold keys it does not list (the schema allows them)."""
-    cls.__open_section__ = True
-    return cls
 
 
 class Interval(TypedDict, total=False):
@@ -277,149 +274,6 @@ class ColumnCost(TypedDict, total=False):
 
 
 @open_section
-class Setup(TypedDict, total=False):
-    """What was tuned where, the report's title and setup line (:mod:`tuneforge.training.setup_summary`).
-
-    model: the model source's name and what it loaded.
-    data: the dataset's name, files and example counts.
-    adapter: the adapter's name and its leading settings.
-    machine: the device, GPU, CPU and threads it ran on.
-    steps: the optimizer steps trained.
-    training_s: the training time in seconds.
-    run_dir: ``tuneforge eval`` only: the run whose model was evaluated.
-    """
-
-    model: Dict[str, Any]
-    data: Dict[str, Any]
-    adapter: Optional[Dict[str, Any]]
-    machine: Dict[str, Any]
-    steps: int
-    training_s: Optional[float]
-    run_dir: str
-
-
-@open_section
-class Segment(TypedDict, total=False):
-    """One start or resume of the run: the steps it trained, its throughput and how it ended.
-
-    from_step: the global step it started at.
-    to_step: the global step it reached (null when it stopped before the trainer was built).
-    wall_time_s: its wall time in seconds.
-    status: ``completed``, ``interrupted`` or ``failed``.
-    fit_time_s: its training time in seconds.
-    tokens: the tokens it trained on (all processes).
-    tokens_per_s: its training tokens per second, after the warm-up steps.
-    precision: the Lightning precision it trained in (a resumed run keeps its first segment's).
-    """
-
-    from_step: int
-    to_step: Optional[int]
-    wall_time_s: float
-    status: str
-    fit_time_s: float
-    tokens: int
-    tokens_per_s: Optional[float]
-    precision: str
-
-
-@open_section
-class Throughput(TypedDict, total=False):
-    """The training throughput summed over the run's segments.
-
-    fit_time_s: the training time in seconds, all segments.
-    tokens: the training tokens, all segments.
-    tokens_per_s: training tokens per second, after the warm-up steps.
-    segments: how many segments (starts and resumes) trained.
-    last_segment: the last segment's own record.
-    """
-
-    fit_time_s: float
-    tokens: int
-    tokens_per_s: Optional[float]
-    segments: int
-    last_segment: Segment
-
-
-@open_section
-class MemoryMark(TypedDict, total=False):
-    """The process's memory after one step of the run (:mod:`tuneforge.memory_marks`).
-
-    phase: the run's phase (``loading the model``, ``evaluating the base model``, ``training`` ...).
-    after: the step just done (``exact_match on the base column``, ``end of training`` ...).
-    time_s: seconds since the run started.
-    rss_bytes: resident memory now (null where the system does not tell).
-    peak_rss_bytes: the peak resident memory so far.
-    gpu_allocated_bytes: torch's allocated bytes on the current GPU now (runs on a GPU).
-    gpu_peak_bytes: torch's peak allocated bytes on the current GPU so far (runs on a GPU).
-    """
-
-    phase: str
-    after: str
-    time_s: float
-    rss_bytes: Optional[int]
-    peak_rss_bytes: Optional[int]
-    gpu_allocated_bytes: int
-    gpu_peak_bytes: int
-
-
-@open_section
-class PrecisionCalibration(TypedDict, total=False):
-    """The timing behind ``precision=auto`` on a CPU with bfloat16 units (:mod:`tuneforge.training.precision`).
-
-    tokens: rows of the timed batch.
-    fp32_s: seconds for one pass over the model's linear layers in float32.
-    bf16_s: the same under autocast bfloat16 (casts included).
-    speedup: ``fp32_s / bf16_s``.
-    shapes: ``[in_features, out_features, count]`` of the timed layers.
-    """
-
-    tokens: int
-    fp32_s: float
-    bf16_s: float
-    speedup: float
-    shapes: List[List[int]]
-
-
-@open_section
-class Precision(TypedDict, total=False):
-    """The precision the run trained in, and why (``trainer.precision=auto`` is decided per machine).
-
-    requested: ``trainer.precision`` as set (``auto``, ``32-true``, ``bf16-mixed`` ...).
-    chosen: the Lightning precision the trainer used.
-    reason: why, in one sentence.
-    calibration: the float32/bfloat16 timing, when one decided (null otherwise).
-    """
-
-    requested: str
-    chosen: str
-    reason: str
-    calibration: Optional[PrecisionCalibration]
-
-
-@open_section
-class Memory(TypedDict, total=False):
-    """The run's peak memory and where it was reached (this process: the main rank; this start of the run).
-
-    source: where the figures come from (``VmRSS/VmHWM (/proc/self/status)``, ``ru_maxrss (getrusage)``).
-    peak_rss_bytes: the process's peak resident memory up to the saved model.
-    peak_reached: ``<phase>: <step>``, the first mark whose peak so far is within 4 MiB of the peak (or that
-        the peak was set before this run started, by an earlier run in the same process).
-    peak_before_run_bytes: the process's peak resident memory when this run started.
-    gpu_peak_bytes: torch's peak allocated bytes on the GPU (runs on a GPU).
-    gpu_peak_reached: ``<phase>: <step>`` of the GPU peak.
-    marks: the memory after each phase and each evaluator's pass, in order.
-    """
-
-    source: str
-    peak_rss_bytes: int
-    peak_reached: str
-    peak_before_run_bytes: int
-    gpu_peak_bytes: int
-    gpu_peak_reached: str
-    marks: List[MemoryMark]
-
-
-@open_section
 class Quality(TypedDict, total=False):
     """The data quality report (:mod:`tuneforge.data.quality`); the run stops on leakage or empty targets.
 
@@ -481,6 +335,7 @@ class RunMetrics(TypedDict, total=False):
     overfitting: train vs validation loss at the end of training.
     memory: the peak memory of the run's main process and the phase that reached it.
     precision: the precision the run trained in and why (``trainer.precision=auto`` decides per machine).
+    compile: whether the decoder layers were compiled (``trainer.compile``).
     """
 
     schema_version: int
@@ -512,6 +367,7 @@ class RunMetrics(TypedDict, total=False):
     overfitting: Overfitting
     memory: Memory
     precision: Precision
+    compile: Compile
 
 
 # ---------------------------------------------------------------------------

@@ -69,6 +69,8 @@ class FineTuneModule(pl.LightningModule):
         self._window_loss = 0.0  # sum over the window's micro-batches of loss x units (a tensor once training)
         self._loss_scale = None
         self._pending_rng = None
+        #: compiled decoder layers for the loss calls (``trainer.compile``, tuneforge.training.compiled_blocks)
+        self.block_compiler = None
         self._loss_autocast = False  # whether the last loss call ran under autocast
         self._backward_swaps = None  # the forward swaps held open for a backward pass
 
@@ -101,18 +103,20 @@ class FineTuneModule(pl.LightningModule):
         autocast (``autocast``: whether the loss call is under it) without peft's redundant input casts
         (:func:`tuneforge.training.precision.input_casts_under_autocast`); grouped-query attention
         without copies of the keys and values on the CPU
-        (:func:`tuneforge.training.grouped_query_attention.grouped_query_sdpa`).
+        (:func:`tuneforge.training.grouped_query_attention.grouped_query_sdpa`); with ``trainer.compile``,
+        the decoder layers compiled (:func:`tuneforge.training.compiled_blocks.compiled_blocks`).
 
         Gradient checkpointing runs parts of the forward again inside the backward pass and checks that
         they save the same tensors: so the backward pass runs inside the same swaps
         (:meth:`on_before_backward` to :meth:`on_after_backward`)."""
+        from tuneforge.training.compiled_blocks import compiled_blocks
         from tuneforge.training.grouped_query_attention import grouped_query_sdpa
         from tuneforge.training.lora_fused import fused_lora_layers
         from tuneforge.training.precision import input_casts_under_autocast
 
         with contextlib.ExitStack() as stack:  # a context that fails to enter leaves the earlier ones
             for context in (input_casts_under_autocast(self.model, autocast=autocast), fused_lora_layers(self.model),
-                            grouped_query_sdpa(self.model)):
+                            grouped_query_sdpa(self.model), compiled_blocks(self.model, self.block_compiler)):
                 stack.enter_context(context)
             return stack.pop_all()
 

@@ -25,6 +25,7 @@ from tuneforge.evaluation.metrics_file import RunMetrics
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.guard import guard_lightning_callback, guarded_function, origin_of, spec_call
 from tuneforge.specs import call_accepting
+from tuneforge.training.compiled_blocks import run_compile
 from tuneforge.training.loggers import build_loggers
 from tuneforge.training.model_io import load_model_from_config, load_source_model, save_model, save_trained_outputs
 from tuneforge.training.precision import run_precision
@@ -370,6 +371,7 @@ def fit(state: RunState) -> None:
                                           save_checkpoints=writes_checkpoints(settings.strategy))
     throughput = token_counter()
     precision = run_precision(state)  # (tuneforge.training.precision)
+    run_compile(state)  # trainer.compile (tuneforge.training.compiled_blocks)
     trainer = state.trainer = build_trainer(settings.trainer, settings.strategy, run_dir,
                                             [*state.callbacks, throughput, checkpointer],
                                             state.loggers.lightning_loggers(), precision=precision.precision)

@@ -1,0 +1,211 @@
+"""``trainer.compile=true``: the model's repeated blocks (its decoder layers) run through
+:func:`torch.compile` in the training and validation loss (regional compilation).
+
+Compiling the whole model traces transformers' wrappers around it (output capturing, masks, the
+cache), which break the graph and recompile; compiling the parts of each repeated block (its
+attention, MLP and norms, :func:`compiled_parts`) gives one graph per kind of part that all blocks
+share (the blocks differ only in their weights, which the compiled code takes as inputs), so the
+compile time is that of one block, not of the model.  On the CPU the compiled
+block fuses what eager runs one operation at a time (RMSNorm, rotary embeddings, SiLU times the up
+projection, the casts of ``bf16-mixed``): about a fifth of a packed SmolLM2 step, after 10-45 s of
+compiling (docs/performance.md, *Compiled blocks*).
+
+* :func:`choose_compile` decides, for ``trainer.compile`` and a loaded model, which blocks compile,
+  and refuses what cannot work (no repeated blocks, a prefix adapter, no C++ compiler for the CPU);
+* :class:`BlockCompiler` holds each part's compiled ``forward`` (made on first use);
+* :func:`compiled_blocks` is the context of one loss call (:meth:`FineTuneModule._loss
+  <tuneforge.training.module.FineTuneModule._loss>`): the parts' ``forward`` is the compiled one and
+  the model's key/value cache is off; leaving it restores both, also after an error.  Generation in
+  the evaluators, merging and saving never see the compiled code.
+
+Only ``forward`` is compiled, not the module call around it: hooks on the blocks and their parts
+(FSDP2's gathers, transformers' output capturing) keep running eagerly outside the compiled code.  The cache is off
+because each layer's cache update takes its layer index, which the compiled code would guard on,
+compiling every layer again (torch stops at 8 and runs the rest eagerly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+__all__ = ["BlockCompiler", "CompileChoice", "choose_compile", "compiled_blocks", "repeated_blocks", "run_compile"]
+
+log = logging.getLogger("tuneforge")
+
+
+@dataclass
+class CompileChoice:
+    """What ``trainer.compile`` became for a run: ``enabled``, the compiled ``blocks`` (their count and
+    class) and ``reason`` (one sentence for the log and ``metrics.json``)."""
+
+    requested: bool
+    enabled: bool
+    reason: str
+    blocks: list = field(default_factory=list, repr=False)
+
+    def record(self) -> dict:
+        """The ``metrics.json`` ``compile`` section."""
+        names = sorted({type(block).__name__ for block in self.blocks})
+        return {"requested": self.requested, "enabled": self.enabled, "reason": self.reason,
+                "blocks": len(self.blocks), "block_classes": names}
+
+
+def repeated_blocks(model: torch.nn.Module) -> list:
+    """The blocks of ``model`` to compile one by one: the modules whose class a transformers model
+    inside ``model`` lists in ``_no_split_modules`` (e.g. ``LlamaDecoderLayer``, the same classes
+    ``strategy=fsdp`` shards one by one); empty for other models."""
+    from tuneforge.training.fsdp import decoder_layer_classes
+
+    names = decoder_layer_classes(model)
+    return [module for module in model.modules() if _plain_class_name(module) in names]
+
+
+def _plain_class_name(module) -> str:
+    """The class name of ``module``, or of the class FSDP2 derived it from (``FSDPLlamaDecoderLayer``)."""
+    cls = type(module)
+    if cls.__name__.startswith("FSDP") and len(cls.__bases__) > 1:
+        return cls.__bases__[-1].__name__
+    return cls.__name__
+
+
+def choose_compile(requested: bool, model: torch.nn.Module, accelerator: str = "cpu") -> CompileChoice:
+    """:class:`CompileChoice` for ``trainer.compile=requested`` on ``model``; raises ``ConfigError`` with
+    what would be valid when ``requested`` cannot be done."""
+    from tuneforge.errors import ConfigError
+
+    if not requested:
+        return CompileChoice(False, False, "trainer.compile is false")
+    blocks = repeated_blocks(model)
+    if not blocks:
+        raise ConfigError(
+            f"trainer.compile=true: the model ({type(model).__name__}) names no repeated blocks to compile "
+            "(a transformers model lists its decoder layer class in _no_split_modules); valid: "
+            "trainer.compile=false, or a transformers causal LM")
+    if _uses_prefix_adapter(model):
+        raise ConfigError(
+            "trainer.compile=true with adapter=prefix: the prefix reaches every layer through the key/value "
+            "cache, whose per-layer index makes torch.compile compile each layer again; valid: "
+            "trainer.compile=false, or adapter=lora/ia3/prompt/full")
+    if accelerator == "cpu":
+        problem = _cpu_compiler_problem()
+        if problem:
+            raise ConfigError(f"trainer.compile=true on the CPU: {problem}; install g++ (Debian/Ubuntu: "
+                              "apt install g++), or set trainer.compile=false")
+    count, name = len(blocks), _plain_class_name(blocks[0])
+    return CompileChoice(True, True, f"{count} {name} block(s) compiled with torch.compile", blocks)
+
+
+def _uses_prefix_adapter(model) -> bool:
+    """Whether ``model`` is a peft model whose active adapter is prefix tuning."""
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict):
+        return False
+    active = configs.get(getattr(model, "active_adapter", None))
+    kind = getattr(active, "peft_type", None)
+    return str(getattr(kind, "value", kind)) == "PREFIX_TUNING"
+
+
+def _cpu_compiler_problem() -> Optional[str]:
+    """``None`` when torch's inductor finds the C++ compiler it builds CPU kernels with, else what is
+    missing (it looks for ``torch._inductor.config.cpp.cxx``, ``g++`` by default)."""
+    try:
+        from torch._inductor import cpp_builder
+    except ImportError as exc:  # pragma: no cover - inductor ships with torch >= 2.0
+        return f"torch's inductor cannot be imported ({exc})"
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as exc:  # inductor's InvalidCxxCompiler, or an older torch's other error
+        return f"torch's inductor found no C++ compiler ({type(exc).__name__}: {str(exc).strip()[:200]})"
+    return None
+
+
+class BlockCompiler:
+    """The compiled ``forward`` of the parts of ``blocks`` (:func:`compiled_parts`), each made on first
+    use (:meth:`compiled`).
+
+    Each part gets its own ``torch.compile`` wrapper of its class's ``forward`` bound to it; parts of
+    one class share torch's compiled code, so only the first of them compiles (plus once for an input
+    without gradient, as the first block's, and once for validation's no-gradient pass).  The code is
+    compiled for any batch size and length (``dynamic=True``): padded batches change length at every
+    step, and an epoch's last packed batch has fewer rows, which would otherwise compile again
+    (measured: a 14-18 s step for SmolLM2's last packed batch), while the steady step was as fast."""
+
+    def __init__(self, blocks: list):
+        self.blocks = list(blocks)
+        self.parts = [part for block in self.blocks for part in compiled_parts(block)]
+        self._compiled: dict = {}
+
+    def compiled(self, part):
+        """``part``'s compiled ``forward``."""
+        key = id(part)
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(type(part).forward.__get__(part), dynamic=True)
+        return self._compiled[key]
+
+
+def compiled_parts(block: torch.nn.Module) -> list:
+    """What of ``block`` compiles: its direct children that hold weights (attention, MLP, norms), or
+    ``block`` itself when it has none.
+
+    A decoder layer's own call reaches its attention through the attention module's hooks
+    (transformers' output capturing reads a context variable torch.compile cannot trace), which would
+    split a compiled layer into pieces compiled again for each caller; compiling the children keeps
+    every hook outside the compiled code and leaves only the residual additions eager."""
+    children = [child for child in block.children() if next(child.parameters(), None) is not None]
+    return children or [block]
+
+
+@contextlib.contextmanager
+def compiled_blocks(model: torch.nn.Module, compiler: Optional[BlockCompiler]):
+    """A context for one loss call of ``model``: with a ``compiler``, its blocks run their compiled
+    ``forward`` and the key/value cache is off (see the module docstring); without one, nothing
+    changes."""
+    if compiler is None:
+        yield
+        return
+    configs = _cache_configs(model)
+    earlier_cache = [config.use_cache for config in configs]
+    earlier_forward = [part.__dict__.get("forward") for part in compiler.parts]
+    try:
+        for config in configs:
+            config.use_cache = False
+        for part in compiler.parts:
+            part.forward = compiler.compiled(part)
+        yield
+    finally:
+        for config, value in zip(configs, earlier_cache):
+            config.use_cache = value
+        for part, forward in zip(compiler.parts, earlier_forward):
+            if forward is None:
+                part.__dict__.pop("forward", None)
+            else:
+                part.forward = forward
+
+
+def _cache_configs(model) -> list:
+    """The distinct model configs inside ``model`` that have a ``use_cache`` setting."""
+    found: dict = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "use_cache"):
+            found.setdefault(id(config), config)
+    return list(found.values())
+
+
+def run_compile(state) -> CompileChoice:
+    """``trainer.compile`` for a run (``state``: its :class:`~tuneforge.training.run_state.RunState`, with
+    the model loaded and the Lightning module built): decided, logged, recorded in ``metrics.json``
+    ``compile``, and handed to the module, whose loss calls then use the compiled blocks."""
+    settings, context = state.settings, state.context
+    choice = choose_compile(bool(settings.trainer.compile), state.model,
+                            accelerator=context.device.split(":")[0])
+    if choice.enabled:
+        log.info("trainer.compile=true: %s; the first steps include compiling", choice.reason)
+        state.module.block_compiler = BlockCompiler(choice.blocks)
+    state.metrics["compile"] = choice.record()
+    return choice

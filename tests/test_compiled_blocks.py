@@ -1,0 +1,155 @@
+"""``trainer.compile`` (tuneforge.training.compiled_blocks): which parts compile, what is refused and
+why, the context that swaps the compiled code in and out, and compiled training that computes the
+same loss and gradients as eager (with packing, bf16 autocast and gradient checkpointing)."""
+
+import pytest
+import torch
+from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+
+from tuneforge.data.packing import packed_attention_inputs
+from tuneforge.errors import ConfigError
+from tuneforge.plugins.models import TinyModelConfig, load_tiny
+from tuneforge.training import compiled_blocks as compiled
+from tuneforge.training.compiled_blocks import (BlockCompiler, choose_compile, compiled_blocks, compiled_parts,
+                                                repeated_blocks)
+
+
+def _lora_model(**tiny):
+    model, _ = load_tiny(TinyModelConfig(**tiny))
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():  # lora_B starts at zero: give the adapters an effect on the gradients
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    return model.train()
+
+
+def _packed_batch(model, vocab: int):
+    """Two rows of 24 tokens, each three packed sequences (the block-causal mask)."""
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, vocab, (2, 24), generator=generator)
+    position_ids = torch.tensor([list(range(10)) + list(range(8)) + list(range(6)),
+                                 list(range(5)) + list(range(12)) + list(range(7))])
+    return {"input_ids": ids, "labels": ids.clone(), **packed_attention_inputs(model, position_ids)}
+
+
+def _loss_and_grads(model, batch, compiler=None, bf16: bool = False):
+    """Loss and gradients with the compiled parts in the forward and the backward pass, as
+    FineTuneModule holds them (a checkpointed layer's recompute must meet the same code)."""
+    model.zero_grad(set_to_none=True)
+    with compiled_blocks(model, compiler):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return loss.detach().float(), grads
+
+
+def test_the_decoder_layers_attention_mlp_and_norms_are_what_compiles():
+    model = _lora_model()
+    blocks = repeated_blocks(model)
+    assert [type(b).__name__ for b in blocks] == ["LlamaDecoderLayer"] * model.config.num_hidden_layers
+    parts = {type(p).__name__ for p in compiled_parts(blocks[0])}
+    assert parts == {"LlamaAttention", "LlamaMLP", "LlamaRMSNorm"}
+    record = choose_compile(True, model).record()
+    assert record["enabled"] and record["blocks"] == len(blocks) and record["block_classes"] == ["LlamaDecoderLayer"]
+    off = choose_compile(False, model).record()
+    assert off == {"requested": False, "enabled": False, "reason": "trainer.compile is false", "blocks": 0,
+                   "block_classes": []}
+
+
+def test_what_cannot_compile_is_refused_with_what_would_do(monkeypatch):
+    with pytest.raises(ConfigError, match=r"names no repeated blocks.*valid: trainer.compile=false"):
+        choose_compile(True, torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+    base, _ = load_tiny(TinyModelConfig())
+    prefix = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    with pytest.raises(ConfigError, match=r"adapter=prefix.*valid: trainer.compile=false, or adapter=lora"):
+        choose_compile(True, prefix)
+
+    def no_compiler():
+        raise RuntimeError("no working C++ compiler found")
+
+    from torch._inductor import cpp_builder
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(ConfigError, match=r"no C\+\+ compiler.*install g\+\+.*or set trainer.compile=false"):
+        choose_compile(True, _lora_model(), accelerator="cpu")
+    assert choose_compile(True, _lora_model(), accelerator="cuda").enabled  # GPUs compile with triton instead
+
+
+def test_the_context_swaps_forward_and_cache_in_and_restores_them_after_an_error():
+    model = _lora_model()
+    compiler = BlockCompiler(repeated_blocks(model))
+    keys = list(model.state_dict())
+    assert model.config.use_cache is True
+    with compiled_blocks(model, compiler):
+        assert all("forward" in part.__dict__ for part in compiler.parts)
+        assert model.config.use_cache is False
+    assert not any("forward" in part.__dict__ for part in compiler.parts) and model.config.use_cache is True
+
+    marker = compiler.parts[0].forward = lambda *a, **k: None  # someone else's patch stays theirs
+    with pytest.raises(KeyError), compiled_blocks(model, compiler):
+        raise KeyError("boom")
+    assert compiler.parts[0].__dict__["forward"] is marker and model.config.use_cache is True
+    del compiler.parts[0].forward
+    assert list(model.state_dict()) == keys  # nothing renamed (no _orig_mod): checkpoints and adapters load
+    with compiled_blocks(model, None):
+        assert model.config.use_cache is True
+
+
+def test_compiled_training_equals_eager_with_packing_bf16_and_checkpointing():
+    """One compile for all three (parts of one class share torch's compiled code): float32 equal to
+    rounding, bfloat16 as close to float32 as eager's, and gradient checkpointing unchanged; no graph
+    breaks, so every part runs compiled."""
+    from torch._dynamo.utils import counters
+
+    model = _lora_model()
+    batch = _packed_batch(model, model.config.vocab_size)
+    compiler = BlockCompiler(repeated_blocks(model))
+    counters.clear()
+
+    eager_loss, eager_grads = _loss_and_grads(model, batch)
+    loss, grads = _loss_and_grads(model, batch, compiler)
+    assert torch.allclose(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == eager_grads.keys() and len(grads) > 0
+    for name, grad in grads.items():
+        assert torch.allclose(grad, eager_grads[name], rtol=1e-4, atol=1e-6), name
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+    bf16_eager, _ = _loss_and_grads(model, batch, bf16=True)
+    bf16_compiled, _ = _loss_and_grads(model, batch, compiler, bf16=True)
+    assert abs(float(bf16_compiled - eager_loss)) <= 2 * abs(float(bf16_eager - eager_loss)) + 1e-3
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    checkpointed_loss, checkpointed_grads = _loss_and_grads(model, batch, compiler)
+    assert torch.allclose(checkpointed_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in checkpointed_grads.items():
+        assert torch.allclose(grad, eager_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_a_run_with_trainer_compile_records_it_and_trains_like_eager(tmp_path):
+    from helpers import run_cli, train_losses
+
+    common = ["train", "loader.packing=true", "trainer.max_steps=3", "trainer.enable_progress_bar=false",
+              "baselines=[]", "evaluators=[]", "threads=2"]
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["trainer.compile=true"])):
+        result = run_cli([*common, *extra, f"run_dir={tmp_path / name}"], timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = tmp_path / name
+    import json
+
+    record = json.loads((runs["compiled"] / "metrics.json").read_text())["compile"]
+    assert record["enabled"] and record["blocks"] == 2 and record["block_classes"] == ["LlamaDecoderLayer"]
+    assert json.loads((runs["eager"] / "metrics.json").read_text())["compile"]["enabled"] is False
+    assert train_losses(runs["compiled"]) == pytest.approx(train_losses(runs["eager"]), rel=1e-4)
+    assert (runs["compiled"] / "adapter" / "adapter_model.safetensors").exists() or \
+        any(runs["compiled"].rglob("adapter_model.safetensors"))
+
+
+def test_the_compiled_parts_are_the_block_when_it_has_no_weighted_children():
+    block = torch.nn.Linear(3, 3)
+    assert compiled_parts(block) == [block]
+    assert compiled._plain_class_name(block) == "Linear"
