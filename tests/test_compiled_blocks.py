@@ -153,3 +153,30 @@ def test_the_compiled_parts_are_the_block_when_it_has_no_weighted_children():
     block = torch.nn.Linear(3, 3)
     assert compiled_parts(block) == [block]
     assert compiled._plain_class_name(block) == "Linear"
+
+
+def test_calls_without_gradients_stay_eager_and_a_copy_runs_its_own_weights():
+    """Validation, reference models and grpo's sampling run under no_grad inside the loss call: they
+    compile nothing.  A deep copy taken inside the call (a frozen reference of adapter=full) gets
+    parts bound to itself, so it computes with its own weights after the original trains on."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    model = _lora_model(num_hidden_layers=1)
+    batch = _packed_batch(model, model.config.vocab_size)
+    compiler = BlockCompiler(repeated_blocks(model))
+    counters.clear()
+    with compiled_blocks(model, compiler), torch.no_grad():
+        eager_loss = model(**batch).loss
+        reference = copy.deepcopy(model)
+    assert not counters["stats"]["unique_graphs"]
+    copied_parts = [p for p in reference.modules() if "forward" in p.__dict__]
+    assert len(copied_parts) == len(compiler.parts)
+    assert all(p.forward.__self__ is p for p in copied_parts)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(1.0)  # the original trains on; the copy must not follow
+        assert torch.allclose(reference(**batch).loss, eager_loss)
+        assert not torch.allclose(model(**batch).loss, eager_loss)

@@ -68,8 +68,8 @@ class TrainerConfig:
         start (the ranks meet and agree that every one can go on) and in every collective of the
         process group; a rank that does not arrive in time is named in a one-line error instead of
         a hang (torch's default is 1800).
-    compile: run the model's decoder layers through ``torch.compile`` in the training and validation
-        loss (one compiled graph shared by all layers).  The first steps include compiling (10-45 s
+    compile: run the model's decoder layers through ``torch.compile`` in the training loss (one
+        compiled graph shared by all layers; validation and other calls without gradients stay eager).  The first steps include compiling (10-45 s
         for SmolLM2 on 2 CPU cores, less once torch's cache holds it); after that a packed bf16 step
         on the CPU ran about 1.2x faster, so it pays in runs of a few hundred steps and more, best
         with fixed shapes (``loader.packing=true``).  Needs a C++ compiler on the CPU (``g++``);

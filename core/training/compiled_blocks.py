@@ -1,5 +1,5 @@
 """``trainer.compile=true``: the model's repeated blocks (its decoder layers) run through
-:func:`torch.compile` in the training and validation loss (regional compilation).
+:func:`torch.compile` in the training loss (regional compilation; calls without gradients stay eager).
 
 Compiling the whole model traces transformers' wrappers around it (output capturing, masks, the
 cache), which break the graph and recompile; compiling the parts of each repeated block (its
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import types
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -125,27 +126,41 @@ def _cpu_compiler_problem() -> Optional[str]:
 
 
 class BlockCompiler:
-    """The compiled ``forward`` of the parts of ``blocks`` (:func:`compiled_parts`), each made on first
-    use (:meth:`compiled`).
+    """The compiled ``forward`` of the parts of ``blocks`` (:func:`compiled_parts`): one
+    ``torch.compile`` of each part class's ``forward`` (:meth:`forward_of`), made on first use.
 
-    Each part gets its own ``torch.compile`` wrapper of its class's ``forward`` bound to it; parts of
-    one class share torch's compiled code, so only the first of them compiles (plus once for an input
-    without gradient, as the first block's, and once for validation's no-gradient pass).  The code is
-    compiled for any batch size and length (``dynamic=True``): padded batches change length at every
-    step, and an epoch's last packed batch has fewer rows, which would otherwise compile again
-    (measured: a 14-18 s step for SmolLM2's last packed batch), while the steady step was as fast."""
+    The part is an argument of the compiled function, so all parts of one class share its compiled
+    code: only the first compiles (plus once for an input without gradient, as the first block's).  It
+    is compiled for any batch size and length (``dynamic=True``): padded batches change length at
+    every step and compile once for all lengths (measured: no step compiled again over 14 padded
+    SmolLM2 batches); a batch of one row still compiles once more (torch specialises sizes 0 and 1).
+
+    Only calls with gradients run compiled: validation, a reference model's forward and the
+    generation of ``loss=grpo`` run under ``torch.no_grad`` inside the loss call and stay eager, so
+    they compile nothing (generation's one-token steps and key/value cache would compile many more
+    graphs)."""
 
     def __init__(self, blocks: list):
         self.blocks = list(blocks)
         self.parts = [part for block in self.blocks for part in compiled_parts(block)]
         self._compiled: dict = {}
 
-    def compiled(self, part):
-        """``part``'s compiled ``forward``."""
-        key = id(part)
-        if key not in self._compiled:
-            self._compiled[key] = torch.compile(type(part).forward.__get__(part), dynamic=True)
-        return self._compiled[key]
+    def forward_of(self, part):
+        """``part``'s ``forward`` while compiled: a method bound to ``part`` (so a copy of the model made
+        inside the loss call, as a frozen reference model, runs its own weights)."""
+        cls = type(part)
+        if cls not in self._compiled:
+            self._compiled[cls] = _grad_only(torch.compile(cls.forward, dynamic=True), cls.forward)
+        return types.MethodType(self._compiled[cls], part)
+
+
+def _grad_only(compiled, eager):
+    """A function that runs ``compiled`` where gradients are on, ``eager`` elsewhere."""
+
+    def forward(self, *args, **kwargs):
+        return (compiled if torch.is_grad_enabled() else eager)(self, *args, **kwargs)
+
+    return forward
 
 
 def compiled_parts(block: torch.nn.Module) -> list:
@@ -175,7 +190,7 @@ def compiled_blocks(model: torch.nn.Module, compiler: Optional[BlockCompiler]):
         for config in configs:
             config.use_cache = False
         for part in compiler.parts:
-            part.forward = compiler.compiled(part)
+            part.forward = compiler.forward_of(part)
         yield
     finally:
         for config, value in zip(configs, earlier_cache):
