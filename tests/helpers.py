@@ -35,3 +35,33 @@ def adamw_component():
     from tuneforge.plugins.optimizers import AdamWConfig, build_adamw
 
     return Component(tuneforge.OptimizerSpec("adamw", AdamWConfig, build=build_adamw), AdamWConfig())
+
+
+def tiny_lora_model(**tiny):
+    """The tiny random Llama (``TinyModelConfig(**tiny)``) with LoRA r=4 on every linear layer, in train
+    mode; ``lora_B`` drawn instead of zero, so the adapters change the output and get gradients."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tuneforge.plugins.models import TinyModelConfig, load_tiny
+
+    model, _ = load_tiny(TinyModelConfig(**tiny))
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    return model.train()
+
+
+def packed_tiny_batch(model, vocab: int):
+    """Two rows of 24 tokens, each three packed sequences (the block-causal mask), labels = inputs."""
+    import torch
+
+    from tuneforge.data.packing import packed_attention_inputs
+
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, vocab, (2, 24), generator=generator)
+    position_ids = torch.tensor([list(range(10)) + list(range(8)) + list(range(6)),
+                                 list(range(5)) + list(range(12)) + list(range(7))])
+    return {"input_ids": ids, "labels": ids.clone(), **packed_attention_inputs(model, position_ids)}

@@ -4,33 +4,14 @@ same loss and gradients as eager (with packing, bf16 autocast and gradient check
 
 import pytest
 import torch
-from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+from helpers import packed_tiny_batch, tiny_lora_model
+from peft import PrefixTuningConfig, get_peft_model
 
-from tuneforge.data.packing import packed_attention_inputs
 from tuneforge.errors import ConfigError
 from tuneforge.plugins.models import TinyModelConfig, load_tiny
 from tuneforge.training import compiled_blocks as compiled
 from tuneforge.training.compiled_blocks import (BlockCompiler, choose_compile, compiled_blocks, compiled_parts,
                                                 repeated_blocks)
-
-
-def _lora_model(**tiny):
-    model, _ = load_tiny(TinyModelConfig(**tiny))
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    with torch.no_grad():  # lora_B starts at zero: give the adapters an effect on the gradients
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.1)
-    return model.train()
-
-
-def _packed_batch(model, vocab: int):
-    """Two rows of 24 tokens, each three packed sequences (the block-causal mask)."""
-    generator = torch.Generator().manual_seed(3)
-    ids = torch.randint(5, vocab, (2, 24), generator=generator)
-    position_ids = torch.tensor([list(range(10)) + list(range(8)) + list(range(6)),
-                                 list(range(5)) + list(range(12)) + list(range(7))])
-    return {"input_ids": ids, "labels": ids.clone(), **packed_attention_inputs(model, position_ids)}
 
 
 def _loss_and_grads(model, batch, compiler=None, bf16: bool = False):
@@ -46,7 +27,7 @@ def _loss_and_grads(model, batch, compiler=None, bf16: bool = False):
 
 
 def test_the_decoder_layers_attention_mlp_and_norms_are_what_compiles():
-    model = _lora_model()
+    model = tiny_lora_model()
     blocks = repeated_blocks(model)
     assert [type(b).__name__ for b in blocks] == ["LlamaDecoderLayer"] * model.config.num_hidden_layers
     parts = {type(p).__name__ for p in compiled_parts(blocks[0])}
@@ -74,12 +55,12 @@ def test_what_cannot_compile_is_refused_with_what_would_do(monkeypatch):
 
     monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
     with pytest.raises(ConfigError, match=r"no C\+\+ compiler.*install g\+\+.*or set trainer.compile=false"):
-        choose_compile(True, _lora_model(), accelerator="cpu")
-    assert choose_compile(True, _lora_model(), accelerator="cuda").enabled  # GPUs compile with triton instead
+        choose_compile(True, tiny_lora_model(), accelerator="cpu")
+    assert choose_compile(True, tiny_lora_model(), accelerator="cuda").enabled  # GPUs compile with triton instead
 
 
 def test_the_context_swaps_forward_and_cache_in_and_restores_them_after_an_error():
-    model = _lora_model()
+    model = tiny_lora_model()
     compiler = BlockCompiler(repeated_blocks(model))
     keys = list(model.state_dict())
     assert model.config.use_cache is True
@@ -104,8 +85,8 @@ def test_compiled_training_equals_eager_with_packing_bf16_and_checkpointing():
     breaks, so every part runs compiled."""
     from torch._dynamo.utils import counters
 
-    model = _lora_model()
-    batch = _packed_batch(model, model.config.vocab_size)
+    model = tiny_lora_model()
+    batch = packed_tiny_batch(model, model.config.vocab_size)
     compiler = BlockCompiler(repeated_blocks(model))
     counters.clear()
 
@@ -163,8 +144,8 @@ def test_calls_without_gradients_stay_eager_and_a_copy_runs_its_own_weights():
 
     from torch._dynamo.utils import counters
 
-    model = _lora_model(num_hidden_layers=1)
-    batch = _packed_batch(model, model.config.vocab_size)
+    model = tiny_lora_model(num_hidden_layers=1)
+    batch = packed_tiny_batch(model, model.config.vocab_size)
     compiler = BlockCompiler(repeated_blocks(model))
     counters.clear()
     with compiled_blocks(model, compiler), torch.no_grad():

@@ -6,10 +6,9 @@ import os
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from helpers import packed_tiny_batch, tiny_lora_model
 from torch.overrides import TorchFunctionMode
 
-from tuneforge.data.packing import packed_attention_inputs
 from tuneforge.plugins.models import TinyModelConfig, load_tiny
 from tuneforge.training import grouped_query_attention
 from tuneforge.training.grouped_query_attention import FORCE_GQA_VARIABLE, grouped_query_sdpa
@@ -28,25 +27,6 @@ class _SdpaCalls(TorchFunctionMode):
         if func is torch.nn.functional.scaled_dot_product_attention:
             self.calls.append((kwargs.get("enable_gqa", False), args[0].shape[1], args[1].shape[1]))
         return func(*args, **kwargs)
-
-
-def _model(**tiny):
-    model, _ = load_tiny(TinyModelConfig(**tiny))
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    with torch.no_grad():  # lora_B starts at zero: give the adapters an effect on the gradients
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.1)
-    return model.train()
-
-
-def _packed_batch(model, vocab: int):
-    """Two rows of 24 tokens, each three packed sequences (the block-causal mask)."""
-    generator = torch.Generator().manual_seed(3)
-    ids = torch.randint(5, vocab, (2, 24), generator=generator)
-    position_ids = torch.tensor([list(range(10)) + list(range(8)) + list(range(6)),
-                                 list(range(5)) + list(range(12)) + list(range(7))])
-    return {"input_ids": ids, "labels": ids.clone(), **packed_attention_inputs(model, position_ids)}
 
 
 def _padded_batch(vocab: int):
@@ -79,9 +59,9 @@ def _variable_unset(monkeypatch):
 
 @pytest.mark.parametrize("batch_kind", ["packed", "padded"])
 def test_float32_grouped_heads_give_the_copies_loss_and_gradients(batch_kind):
-    model = _model()
+    model = tiny_lora_model()
     vocab = model.config.vocab_size
-    batch = _packed_batch(model, vocab) if batch_kind == "packed" else _padded_batch(vocab)
+    batch = packed_tiny_batch(model, vocab) if batch_kind == "packed" else _padded_batch(vocab)
     loss, grads, calls = _loss_and_grads(model, batch, grouped=False)
     grouped_loss, grouped_grads, grouped_calls = _loss_and_grads(model, batch, grouped=True)
     assert calls == [(False, 4, 4)] * 2  # transformers copied the 2 key/value heads to 4
@@ -94,8 +74,8 @@ def test_float32_grouped_heads_give_the_copies_loss_and_gradients(batch_kind):
 
 
 def test_under_cpu_autocast_grouped_heads_are_as_close_to_float32_as_the_copies():
-    model = _model()
-    batch = _packed_batch(model, model.config.vocab_size)
+    model = tiny_lora_model()
+    batch = packed_tiny_batch(model, model.config.vocab_size)
     loss, grads, _ = _loss_and_grads(model, batch, grouped=False)
     copies_loss, copies_grads, _ = _loss_and_grads(model, batch, grouped=False, bf16=True)
     grouped_loss, grouped_grads, calls = _loss_and_grads(model, batch, grouped=True, bf16=True)
@@ -110,7 +90,7 @@ def test_under_cpu_autocast_grouped_heads_are_as_close_to_float32_as_the_copies(
 
 
 def test_the_environment_is_restored_after_an_error():
-    model = _model()
+    model = tiny_lora_model()
     with pytest.raises(RuntimeError, match="inside"):
         with grouped_query_sdpa(model):
             assert os.environ[FORCE_GQA_VARIABLE] == "1"
@@ -121,8 +101,8 @@ def test_the_environment_is_restored_after_an_error():
 @pytest.mark.parametrize("value", ["0", "1"])
 def test_a_value_the_user_set_is_kept(value, monkeypatch):
     monkeypatch.setenv(FORCE_GQA_VARIABLE, value)
-    model = _model()
-    _, _, calls = _loss_and_grads(model, _packed_batch(model, model.config.vocab_size), grouped=True)
+    model = tiny_lora_model()
+    _, _, calls = _loss_and_grads(model, packed_tiny_batch(model, model.config.vocab_size), grouped=True)
     assert calls == [(value == "1", 4, 2 if value == "1" else 4)] * 2
     assert os.environ[FORCE_GQA_VARIABLE] == value
 
@@ -132,12 +112,12 @@ def test_no_change_without_grouped_heads_with_eager_attention_or_an_old_torch(mo
         with grouped_query_sdpa(model):
             return os.environ.get(FORCE_GQA_VARIABLE)
 
-    assert variable_inside(_model(num_key_value_heads=4)) is None  # as many key/value heads as query heads
-    eager = _model()
+    assert variable_inside(tiny_lora_model(num_key_value_heads=4)) is None  # as many key/value heads as query heads
+    eager = tiny_lora_model()
     eager.config._attn_implementation = "eager"
     assert variable_inside(eager) is None
     assert variable_inside(torch.nn.Linear(3, 3)) is None  # not a transformers model
-    model = _model()
+    model = tiny_lora_model()
     assert variable_inside(model) == "1"
     monkeypatch.setattr(grouped_query_attention, "_torch_has_enable_gqa", lambda: False)
     assert variable_inside(model) is None
@@ -154,10 +134,10 @@ def test_the_training_step_runs_attention_on_the_grouped_heads():
     from tuneforge.training.module import FineTuneModule
     from tuneforge.plugins.losses import CrossEntropyConfig, build_cross_entropy
 
-    model = _model()
+    model = tiny_lora_model()
     module = FineTuneModule(model, build_cross_entropy(CrossEntropyConfig()), optim_config=None)
     recorder = _SdpaCalls()
     with recorder:
-        module._loss(_packed_batch(model, model.config.vocab_size))
+        module._loss(packed_tiny_batch(model, model.config.vocab_size))
     assert recorder.calls == [(True, 4, 2)] * 2
     assert FORCE_GQA_VARIABLE not in os.environ
