@@ -42,6 +42,10 @@ def test_the_decoder_layers_attention_mlp_and_norms_are_what_compiles():
 def test_what_cannot_compile_is_refused_with_what_would_do(monkeypatch):
     with pytest.raises(ConfigError, match=r"names no repeated blocks.*valid: trainer.compile=false"):
         choose_compile(True, torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    with monkeypatch.context() as patch:
+        patch.setattr(compiled, "_torch_shares_part_graphs", lambda: False)
+        with pytest.raises(ConfigError, match=r"needs torch >= 2.5 \(this is .*valid: trainer.compile=false"):
+            choose_compile(True, tiny_lora_model())
 
     base, _ = load_tiny(TinyModelConfig())
     prefix = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))

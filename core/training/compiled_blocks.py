@@ -11,7 +11,8 @@ projection, the casts of ``bf16-mixed``): about a fifth of a packed SmolLM2 step
 compiling (docs/performance.md, *Compiled blocks*).
 
 * :func:`choose_compile` decides, for ``trainer.compile`` and a loaded model, which blocks compile,
-  and refuses what cannot work (no repeated blocks, a prefix adapter, no C++ compiler for the CPU);
+  and refuses what cannot work (torch < 2.5, no repeated blocks, a prefix adapter, no C++ compiler
+  for the CPU);
 * :class:`BlockCompiler` holds each part's compiled ``forward`` (made on first use);
 * :func:`compiled_blocks` is the context of one loss call (:meth:`FineTuneModule._loss
   <tuneforge.training.module.FineTuneModule._loss>`): the parts' ``forward`` is the compiled one and
@@ -81,6 +82,11 @@ def choose_compile(requested: bool, model: torch.nn.Module, accelerator: str = "
 
     if not requested:
         return CompileChoice(False, False, "trainer.compile is false")
+    if not _torch_shares_part_graphs():
+        raise ConfigError(
+            f"trainer.compile=true needs torch >= 2.5 (this is {torch.__version__}): before it, torch.compile "
+            "compiled every layer's parts separately, past its limit of 8, and ran the rest uncompiled; valid: "
+            "trainer.compile=false, or torch >= 2.5")
     blocks = repeated_blocks(model)
     if not blocks:
         raise ConfigError(
@@ -99,6 +105,14 @@ def choose_compile(requested: bool, model: torch.nn.Module, accelerator: str = "
                               "apt install g++), or set trainer.compile=false")
     count, name = len(blocks), _plain_class_name(blocks[0])
     return CompileChoice(True, True, f"{count} {name} block(s) compiled with torch.compile", blocks)
+
+
+def _torch_shares_part_graphs() -> bool:
+    """Whether torch.compile treats a module passed to the compiled function as its weights (torch >= 2.5,
+    ``inline_inbuilt_nn_modules``), so the parts of all layers share one graph."""
+    from tuneforge.training.precision import torch_at_least
+
+    return torch_at_least(2, 5)
 
 
 def _uses_prefix_adapter(model) -> bool:

@@ -26,9 +26,7 @@ import contextlib
 import functools
 import os
 
-import torch
-
-from tuneforge.training.precision import modules_where
+from tuneforge.training.precision import modules_where, torch_at_least
 
 __all__ = ["grouped_query_sdpa", "FORCE_GQA_VARIABLE"]
 
@@ -77,5 +75,4 @@ def _on_cpu(module) -> bool:
 @functools.lru_cache(maxsize=None)
 def _torch_has_enable_gqa() -> bool:
     """Whether this torch's SDPA takes ``enable_gqa`` (2.5 and later); read once, not at every loss call."""
-    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    return version >= (2, 5)
+    return torch_at_least(2, 5)

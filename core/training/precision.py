@@ -304,6 +304,14 @@ def modules_where(model, test) -> list:
     return per_test[test]
 
 
+def torch_at_least(major: int, minor: int) -> bool:
+    """Whether the installed torch is ``major.minor`` or later."""
+    import torch
+
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return version >= (major, minor)
+
+
 def autocast_is_on() -> bool:
     """Whether autocast is on for the CPU or CUDA here."""
     from tuneforge.linear_cross_entropy import autocast_dtype
