@@ -69,11 +69,12 @@ class TrainerConfig:
         process group; a rank that does not arrive in time is named in a one-line error instead of
         a hang (torch's default is 1800).
     compile: run the model's decoder layers through ``torch.compile`` in the training loss (one
-        compiled graph shared by all layers; validation and other calls without gradients stay eager).  The first steps include compiling (10-45 s
-        for SmolLM2 on 2 CPU cores, less once torch's cache holds it); after that a packed bf16 step
-        on the CPU ran about 1.2x faster, so it pays in runs of a few hundred steps and more, best
-        with fixed shapes (``loader.packing=true``).  Needs torch >= 2.5 and, on the CPU, a C++ compiler
-        (``g++``); refused with ``adapter=prefix``.  ``metrics.json`` ``compile`` records it.
+        compiled graph shared by all layers; validation and other calls without gradients stay
+        eager).  The first steps include compiling (10-45 s for SmolLM2 on 2 CPU cores, less once
+        torch's cache holds it); after that a packed bf16 step on the CPU ran about 1.2x faster, so
+        it pays in runs of a few hundred steps and more, best with fixed shapes
+        (``loader.packing=true``).  Needs torch >= 2.5 and, on the CPU, a C++ compiler (``g++``);
+        refused with ``adapter=prefix``.  ``metrics.json`` ``compile`` records it.
     """
 
     max_steps: int = 100

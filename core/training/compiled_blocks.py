@@ -5,10 +5,10 @@ Compiling the whole model traces transformers' wrappers around it (output captur
 cache), which break the graph and recompile; compiling the parts of each repeated block (its
 attention, MLP and norms, :func:`compiled_parts`) gives one graph per kind of part that all blocks
 share (the blocks differ only in their weights, which the compiled code takes as inputs), so the
-compile time is that of one block, not of the model.  On the CPU the compiled
-block fuses what eager runs one operation at a time (RMSNorm, rotary embeddings, SiLU times the up
+compile time is that of one block, not of the model.  On the CPU the compiled code fuses what eager
+runs one operation at a time (RMSNorm, rotary embeddings, SiLU times the up
 projection, the casts of ``bf16-mixed``): about a fifth of a packed SmolLM2 step, after 10-45 s of
-compiling (docs/performance.md, *Compiled blocks*).
+compiling (docs/performance.md, *Compiled layers*).
 
 * :func:`choose_compile` decides, for ``trainer.compile`` and a loaded model, which blocks compile,
   and refuses what cannot work (torch < 2.5, no repeated blocks, a prefix adapter, no C++ compiler
@@ -20,9 +20,9 @@ compiling (docs/performance.md, *Compiled blocks*).
   the evaluators, merging and saving never see the compiled code.
 
 Only ``forward`` is compiled, not the module call around it: hooks on the blocks and their parts
-(FSDP2's gathers, transformers' output capturing) keep running eagerly outside the compiled code.  The cache is off
-because each layer's cache update takes its layer index, which the compiled code would guard on,
-compiling every layer again (torch stops at 8 and runs the rest eagerly).
+(FSDP2's gathers, transformers' output capturing) keep running eagerly outside the compiled code.
+The cache is off because each layer's cache update takes its layer index, which the compiled code
+would guard on, compiling every layer again (torch stops at 8 and runs the rest eagerly).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["BlockCompiler", "CompileChoice", "choose_compile", "compiled_blocks", "repeated_blocks", "run_compile"]
+__all__ = ["BlockCompiler", "CompileChoice", "choose_compile", "compiled_blocks", "run_compile"]
 
 log = logging.getLogger("tuneforge")
 
@@ -57,24 +57,6 @@ class CompileChoice:
                 "blocks": len(self.blocks), "block_classes": names}
 
 
-def repeated_blocks(model: torch.nn.Module) -> list:
-    """The blocks of ``model`` to compile one by one: the modules whose class a transformers model
-    inside ``model`` lists in ``_no_split_modules`` (e.g. ``LlamaDecoderLayer``, the same classes
-    ``strategy=fsdp`` shards one by one); empty for other models."""
-    from tuneforge.training.fsdp import decoder_layer_classes
-
-    names = decoder_layer_classes(model)
-    return [module for module in model.modules() if _plain_class_name(module) in names]
-
-
-def _plain_class_name(module) -> str:
-    """The class name of ``module``, or of the class FSDP2 derived it from (``FSDPLlamaDecoderLayer``)."""
-    cls = type(module)
-    if cls.__name__.startswith("FSDP") and len(cls.__bases__) > 1:
-        return cls.__bases__[-1].__name__
-    return cls.__name__
-
-
 def choose_compile(requested: bool, model: torch.nn.Module, accelerator: str = "cpu") -> CompileChoice:
     """:class:`CompileChoice` for ``trainer.compile=requested`` on ``model``; raises ``ConfigError`` with
     what would be valid when ``requested`` cannot be done."""
@@ -87,7 +69,9 @@ def choose_compile(requested: bool, model: torch.nn.Module, accelerator: str = "
             f"trainer.compile=true needs torch >= 2.5 (this is {torch.__version__}): before it, torch.compile "
             "compiled every layer's parts separately, past its limit of 8, and ran the rest uncompiled; valid: "
             "trainer.compile=false, or torch >= 2.5")
-    blocks = repeated_blocks(model)
+    from tuneforge.training.fsdp import decoder_layers, unsharded_class_name
+
+    blocks = decoder_layers(model)
     if not blocks:
         raise ConfigError(
             f"trainer.compile=true: the model ({type(model).__name__}) names no repeated blocks to compile "
@@ -103,7 +87,7 @@ def choose_compile(requested: bool, model: torch.nn.Module, accelerator: str = "
         if problem:
             raise ConfigError(f"trainer.compile=true on the CPU: {problem}; install g++ (Debian/Ubuntu: "
                               "apt install g++), or set trainer.compile=false")
-    count, name = len(blocks), _plain_class_name(blocks[0])
+    count, name = len(blocks), unsharded_class_name(blocks[0])
     return CompileChoice(True, True, f"{count} {name} block(s) compiled with torch.compile", blocks)
 
 
@@ -217,13 +201,16 @@ def compiled_blocks(model: torch.nn.Module, compiler: Optional[BlockCompiler]):
 
 
 def _cache_configs(model) -> list:
-    """The distinct model configs inside ``model`` that have a ``use_cache`` setting."""
-    found: dict = {}
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "use_cache"):
-            found.setdefault(id(config), config)
+    """The distinct model configs inside ``model`` that have a ``use_cache`` setting (its modules found
+    once per model: this runs twice a training step, for the forward and the backward pass)."""
+    from tuneforge.training.precision import modules_where
+
+    found = {id(module.config): module.config for module in modules_where(model, _has_cache_setting)}
     return list(found.values())
+
+
+def _has_cache_setting(module) -> bool:
+    return hasattr(getattr(module, "config", None), "use_cache")
 
 
 def run_compile(state) -> CompileChoice:

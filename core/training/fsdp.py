@@ -150,6 +150,22 @@ def decoder_layer_classes(model: torch.nn.Module) -> set:
     return names
 
 
+def decoder_layers(model: torch.nn.Module) -> list:
+    """The decoder layers of ``model``: its modules whose class, or the class FSDP2 derived it from
+    (``FSDPLlamaDecoderLayer``, :func:`unsharded_class_name`), is one of :func:`decoder_layer_classes`;
+    what ``strategy=fsdp`` shards one by one and ``trainer.compile`` compiles."""
+    names = decoder_layer_classes(model)
+    return [module for module in model.modules() if unsharded_class_name(module) in names]
+
+
+def unsharded_class_name(module: torch.nn.Module) -> str:
+    """The class name of ``module``, or of the class FSDP2 derived it from (``FSDPLlamaDecoderLayer``)."""
+    cls = type(module)
+    if cls.__name__.startswith("FSDP") and len(cls.__bases__) > 1:
+        return cls.__bases__[-1].__name__
+    return cls.__name__
+
+
 def shard_model(model: torch.nn.Module, mesh, reshard_after_forward: Optional[bool] = None) -> int:
     """``fully_shard`` each decoder layer of ``model``, then ``model`` itself, over ``mesh``; returns the
     number of layers sharded separately.  A model sharded already is left as it is.
@@ -162,8 +178,7 @@ def shard_model(model: torch.nn.Module, mesh, reshard_after_forward: Optional[bo
     if isinstance(model, FSDPModule):  # configure_model may be called again (e.g. a second fit)
         return 0
     options = {} if reshard_after_forward is None else {"reshard_after_forward": bool(reshard_after_forward)}
-    names = decoder_layer_classes(model)
-    layers = [module for module in model.modules() if type(module).__name__ in names]
+    layers = decoder_layers(model)  # none sharded yet: the root and its layers are sharded together
     for layer in layers:
         fully_shard(layer, mesh=mesh, **options)
     fully_shard(model, mesh=mesh)

@@ -23,7 +23,6 @@ gradients agree to rounding (tests/test_grouped_query_attention.py).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 
 from tuneforge.training.precision import modules_where, torch_at_least
@@ -72,7 +71,7 @@ def _on_cpu(module) -> bool:
     return parameter is not None and parameter.device.type == "cpu"
 
 
-@functools.lru_cache(maxsize=None)
 def _torch_has_enable_gqa() -> bool:
-    """Whether this torch's SDPA takes ``enable_gqa`` (2.5 and later); read once, not at every loss call."""
+    """Whether this torch's SDPA takes ``enable_gqa`` (2.5 and later; :func:`torch_at_least` parses the
+    version once, not at every loss call)."""
     return torch_at_least(2, 5)

@@ -27,6 +27,7 @@ differences from float32 on a fixed batch are measured in docs/performance.md ("
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import weakref
@@ -304,8 +305,9 @@ def modules_where(model, test) -> list:
     return per_test[test]
 
 
+@functools.lru_cache(maxsize=None)
 def torch_at_least(major: int, minor: int) -> bool:
-    """Whether the installed torch is ``major.minor`` or later."""
+    """Whether the installed torch is ``major.minor`` or later (parsed once per version asked)."""
     import torch
 
     version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
