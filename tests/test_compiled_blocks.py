@@ -164,3 +164,17 @@ def test_calls_without_gradients_stay_eager_and_a_copy_runs_its_own_weights():
                 param.add_(1.0)  # the original trains on; the copy must not follow
         assert torch.allclose(reference(**batch).loss, eager_loss)
         assert not torch.allclose(model(**batch).loss, eager_loss)
+
+
+def test_a_refused_compile_stops_the_run_in_one_line_before_the_data_and_the_base_evaluation(tmp_path):
+    from helpers import run_cli
+
+    run_dir = tmp_path / "run"
+    result = run_cli(["train", "adapter=prefix", "trainer.compile=true", "trainer.max_steps=1",
+                      "trainer.enable_progress_bar=false", f"run_dir={run_dir}"])
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tuneforge: error:")]
+    assert len(errors) == 1 and "trainer.compile=true with adapter=prefix" in errors[0]
+    assert "valid: trainer.compile=false" in errors[0]
+    assert not (run_dir / "base_eval.json").exists()
+    assert " val examples" not in result.stderr  # the data's log line: the data never loaded

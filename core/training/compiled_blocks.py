@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["BlockCompiler", "CompileChoice", "choose_compile", "compiled_blocks", "run_compile"]
+__all__ = ["BlockCompiler", "CompileChoice", "choose_compile", "choose_run_compile", "compiled_blocks"]
 
 log = logging.getLogger("tuneforge")
 
@@ -213,15 +213,15 @@ def _has_cache_setting(module) -> bool:
     return hasattr(getattr(module, "config", None), "use_cache")
 
 
-def run_compile(state) -> CompileChoice:
+def choose_run_compile(state) -> CompileChoice:
     """``trainer.compile`` for a run (``state``: its :class:`~tuneforge.training.run_state.RunState`, with
-    the model loaded and the Lightning module built): decided, logged, recorded in ``metrics.json``
-    ``compile``, and handed to the module, whose loss calls then use the compiled blocks."""
+    the model loaded): decided as soon as the model is (so a refusal comes before the data loads and the
+    base model is evaluated), logged, and recorded in ``metrics.json`` ``compile``; ``fit`` hands the
+    compiled blocks to the Lightning module, whose loss calls then use them."""
     settings, context = state.settings, state.context
     choice = choose_compile(bool(settings.trainer.compile), state.model,
                             accelerator=context.device.split(":")[0])
     if choice.enabled:
         log.info("trainer.compile=true: %s; the first steps include compiling", choice.reason)
-        state.module.block_compiler = BlockCompiler(choice.blocks)
     state.metrics["compile"] = choice.record()
     return choice

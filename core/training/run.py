@@ -25,7 +25,7 @@ from tuneforge.evaluation.metrics_file import RunMetrics
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.guard import guard_lightning_callback, guarded_function, origin_of, spec_call
 from tuneforge.specs import call_accepting
-from tuneforge.training.compiled_blocks import run_compile
+from tuneforge.training.compiled_blocks import BlockCompiler, choose_run_compile
 from tuneforge.training.loggers import build_loggers
 from tuneforge.training.model_io import load_model_from_config, load_source_model, save_model, save_trained_outputs
 from tuneforge.training.precision import run_precision
@@ -277,6 +277,7 @@ def build(state: RunState) -> None:
         from tuneforge.data.packing import check_packing_support
 
         check_packing_support(state.model)
+    state.compile = choose_run_compile(state)  # trainer.compile, refused before the data and base evaluation
     params = count_parameters(state.model)
     log.info("adapter %s: %d trainable of %d parameters (%.4f%%)", run.adapter.name, params["trainable"],
              params["total"], 100 * params["fraction"])
@@ -371,7 +372,8 @@ def fit(state: RunState) -> None:
                                           save_checkpoints=writes_checkpoints(settings.strategy))
     throughput = token_counter()
     precision = run_precision(state)  # (tuneforge.training.precision)
-    run_compile(state)  # trainer.compile (tuneforge.training.compiled_blocks)
+    if state.compile.enabled:  # (tuneforge.training.compiled_blocks)
+        state.module.block_compiler = BlockCompiler(state.compile.blocks)
     trainer = state.trainer = build_trainer(settings.trainer, settings.strategy, run_dir,
                                             [*state.callbacks, throughput, checkpointer],
                                             state.loggers.lightning_loggers(), precision=precision.precision)

@@ -24,8 +24,8 @@ class RunState:
     ``earlier_segments``, ``wrote_running`` (this start's ``status.json`` says running).
     ``start``: ``local_processes``, ``group_started``, ``rank_watch`` (this rank's signs of life, a
     multi-process run), ``loggers``.
-    ``build``: ``model``, ``tokenizer``, ``splits``, ``rewards`` (the built rewards, or None), ``loss_fn``,
-    ``callbacks``.
+    ``build``: ``model``, ``tokenizer``, ``compile`` (what ``trainer.compile`` became, decided as soon as the
+    model is loaded), ``splits``, ``rewards`` (the built rewards, or None), ``loss_fn``, ``callbacks``.
     ``evaluate_base``: ``base`` (the saved base evaluation: ``metrics``, ``predictions``, ``scores``,
     ``timings``, ``baselines``), ``base_rows``, ``baselines``.  ``fit``: ``trainer``, ``module``,
     ``segment``.  ``evaluate_tuned``: ``tuned_pass``, ``train_rows``.
@@ -58,6 +58,7 @@ class RunState:
     loggers: Any = None
     model: Any = None
     tokenizer: Any = None
+    compile: Any = None
     splits: Any = None
     loss_fn: Any = None
     rewards: Any = None
