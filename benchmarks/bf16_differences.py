@@ -12,6 +12,9 @@ does; weights and gradients stay float32).  Printed per batch, then as the media
   (``|g_bf16 - g_fp32| / |g_fp32|``);
 * after ``--steps`` AdamW steps from the same start on the same batches, the last loss of each.
 
+bfloat16 is computed twice: with the training step's attention of short rows as matrix products
+(``trainer.cpu_attention=auto``, the default; ``products``) and with torch's SDPA kernel (``kernel``).
+
     .venv/bin/python benchmarks/bf16_differences.py                 # SmolLM2 (bash .ci/fetch-smollm2)
     .venv/bin/python benchmarks/bf16_differences.py --model tiny    # a random tiny model, seconds
 """
@@ -60,14 +63,16 @@ def batches(count: int, size: int, length: int, trained_share: float, vocab: int
     return out
 
 
-def loss_and_gradient(model, batch, bf16: bool):
-    """tuneforge's default loss on ``batch`` (fp32 or under autocast bf16) and the flat LoRA gradient."""
+def loss_and_gradient(model, batch, bf16: bool, products: bool = True):
+    """tuneforge's default loss on ``batch`` (fp32 or under autocast bf16, with attention as matrix
+    products where they apply or with torch's kernel) and the flat LoRA gradient."""
     import torch
 
     from tuneforge.losses import trained_logits
+    from tuneforge.training.matmul_attention import matmul_attention
 
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), matmul_attention(model, enabled=products):
         logits, targets = trained_logits(model, batch)
         loss = torch.nn.functional.cross_entropy(logits.float(), targets)
     loss.backward()
@@ -75,18 +80,22 @@ def loss_and_gradient(model, batch, bf16: bool):
     return float(loss), gradient
 
 
-def train(model, fixed: list, steps: int, bf16: bool) -> list:
+def train(model, fixed: list, steps: int, bf16: bool, products: bool = True) -> list:
     """Losses of ``steps`` AdamW steps (lr 5e-4) over ``fixed`` in order, from the model's current weights."""
     import torch
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=0.0)
     losses = []
     for step in range(steps):
-        loss, _ = loss_and_gradient(model, fixed[step % len(fixed)], bf16)
+        loss, _ = loss_and_gradient(model, fixed[step % len(fixed)], bf16, products)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         losses.append(loss)
     return losses
+
+
+#: the two ways bfloat16 attention is computed: (name, as matrix products where they apply)
+ATTENTIONS = (("products", True), ("kernel", False))
 
 
 def main(argv=None) -> int:
@@ -109,26 +118,31 @@ def main(argv=None) -> int:
     rows = []
     for index, batch in enumerate(fixed):
         loss32, grad32 = loss_and_gradient(model, batch, bf16=False)
-        loss16, grad16 = loss_and_gradient(model, batch, bf16=True)
-        row = {"batch": index, "loss_fp32": loss32, "loss_bf16": loss16,
-               "loss_rel_diff": abs(loss16 - loss32) / abs(loss32),
-               "grad_cosine": float(torch.nn.functional.cosine_similarity(grad16, grad32, dim=0)),
-               "grad_rel_error": float((grad16 - grad32).norm() / grad32.norm())}
-        rows.append(row)
-        print(f"batch {index}: loss fp32 {loss32:.5f} bf16 {loss16:.5f} (rel. diff {row['loss_rel_diff']:.2e}); "
-              f"gradient cosine {row['grad_cosine']:.5f}, rel. error {row['grad_rel_error']:.3f}", flush=True)
-    summary = {key: statistics.median(r[key] for r in rows) for key in ("loss_rel_diff", "grad_cosine",
-                                                                         "grad_rel_error")}
-    print(f"median: loss rel. diff {summary['loss_rel_diff']:.2e}, gradient cosine {summary['grad_cosine']:.5f}, "
-          f"gradient rel. error {summary['grad_rel_error']:.3f}")
+        for attention, products in ATTENTIONS:
+            loss16, grad16 = loss_and_gradient(model, batch, bf16=True, products=products)
+            row = {"batch": index, "attention": attention, "loss_fp32": loss32, "loss_bf16": loss16,
+                   "loss_rel_diff": abs(loss16 - loss32) / abs(loss32),
+                   "grad_cosine": float(torch.nn.functional.cosine_similarity(grad16, grad32, dim=0)),
+                   "grad_rel_error": float((grad16 - grad32).norm() / grad32.norm())}
+            rows.append(row)
+            print(f"batch {index}, bf16 {attention}: loss fp32 {loss32:.5f} bf16 {loss16:.5f} (rel. diff "
+                  f"{row['loss_rel_diff']:.2e}); gradient cosine {row['grad_cosine']:.5f}, rel. error "
+                  f"{row['grad_rel_error']:.3f}", flush=True)
+    summary = {}
+    for attention, _ in ATTENTIONS:
+        mine = [r for r in rows if r["attention"] == attention]
+        summary[attention] = {key: statistics.median(r[key] for r in mine)
+                              for key in ("loss_rel_diff", "grad_cosine", "grad_rel_error")}
+        print(f"median, bf16 {attention}: loss rel. diff {summary[attention]['loss_rel_diff']:.2e}, gradient cosine "
+              f"{summary[attention]['grad_cosine']:.5f}, gradient rel. error {summary[attention]['grad_rel_error']:.3f}")
     trajectories = {}
     if args.steps:
-        for name, bf16 in (("fp32", False), ("bf16", True)):
+        for name, bf16, products in (("fp32", False, True), *((f"bf16 {a}", True, p) for a, p in ATTENTIONS)):
             with torch.no_grad():
                 for param_name, p in model.named_parameters():
                     if param_name in start:
                         p.copy_(start[param_name])
-            trajectories[name] = train(model, fixed, args.steps, bf16)
+            trajectories[name] = train(model, fixed, args.steps, bf16, products)
         print("losses over", args.steps, "steps:")
         for name, losses in trajectories.items():
             print(f"  {name}: " + " ".join(f"{x:.4f}" for x in losses))

@@ -70,6 +70,7 @@ VARIANTS = {
     "packing": ["loader.packing=true"],
     "packing_auto": ["loader.packing=true", "trainer.precision=auto"],
     "packing_auto_compile": ["loader.packing=true", "trainer.precision=auto", "trainer.compile=true"],
+    "packing_auto_kernel": ["loader.packing=true", "trainer.precision=auto", "trainer.cpu_attention=kernel"],
     "packing_bf16": ["loader.packing=true", "trainer.precision=bf16-mixed"],
     "auto": ["trainer.precision=auto"],
     "bf16": ["trainer.precision=bf16-mixed"],

@@ -71,6 +71,8 @@ class FineTuneModule(pl.LightningModule):
         self._pending_rng = None
         #: compiled decoder layers for the loss calls (``trainer.compile``, tuneforge.training.compiled_blocks)
         self.block_compiler = None
+        #: ``trainer.cpu_attention``: ``auto`` (short bfloat16 rows as matrix products) or ``kernel``
+        self.cpu_attention = "auto"
         self._loss_autocast = False  # whether the last loss call ran under autocast
         self._backward_swaps = None  # the forward swaps held open for a backward pass
 
@@ -103,7 +105,9 @@ class FineTuneModule(pl.LightningModule):
         autocast (``autocast``: whether the loss call is under it) without peft's redundant input casts
         (:func:`tuneforge.training.precision.input_casts_under_autocast`); grouped-query attention
         without copies of the keys and values on the CPU
-        (:func:`tuneforge.training.grouped_query_attention.grouped_query_sdpa`); with ``trainer.compile``,
+        (:func:`tuneforge.training.grouped_query_attention.grouped_query_sdpa`); the attention of short bfloat16 rows
+        as matrix products on the CPU (:func:`tuneforge.training.matmul_attention.matmul_attention`,
+        ``trainer.cpu_attention``); with ``trainer.compile``,
         the decoder layers compiled (:func:`tuneforge.training.compiled_blocks.compiled_blocks`).
 
         Gradient checkpointing runs parts of the forward again inside the backward pass and checks that
@@ -112,11 +116,14 @@ class FineTuneModule(pl.LightningModule):
         from tuneforge.training.compiled_blocks import compiled_blocks
         from tuneforge.training.grouped_query_attention import grouped_query_sdpa
         from tuneforge.training.lora_fused import fused_lora_layers
+        from tuneforge.training.matmul_attention import matmul_attention
         from tuneforge.training.precision import input_casts_under_autocast
 
         with contextlib.ExitStack() as stack:  # a context that fails to enter leaves the earlier ones
             for context in (input_casts_under_autocast(self.model, autocast=autocast), fused_lora_layers(self.model),
-                            grouped_query_sdpa(self.model), compiled_blocks(self.model, self.block_compiler)):
+                            grouped_query_sdpa(self.model),
+                            matmul_attention(self.model, enabled=self.cpu_attention == "auto"),
+                            compiled_blocks(self.model, self.block_compiler)):
                 stack.enter_context(context)
             return stack.pop_all()
 

@@ -374,6 +374,7 @@ def fit(state: RunState) -> None:
     precision = run_precision(state)  # (tuneforge.training.precision)
     if state.compile.enabled:  # (tuneforge.training.compiled_blocks)
         state.module.block_compiler = BlockCompiler(state.compile.blocks)
+    state.module.cpu_attention = settings.trainer.cpu_attention  # (tuneforge.training.matmul_attention)
     trainer = state.trainer = build_trainer(settings.trainer, settings.strategy, run_dir,
                                             [*state.callbacks, throughput, checkpointer],
                                             state.loggers.lightning_loggers(), precision=precision.precision)
