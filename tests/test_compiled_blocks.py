@@ -116,6 +116,7 @@ def test_compiled_training_equals_eager_with_packing_bf16_and_checkpointing():
         assert torch.allclose(grad, eager_grads[name], rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.slow  # ~45 s of compiling on 2 cores: CI's slow step runs it
 def test_a_run_with_trainer_compile_records_it_and_trains_like_eager(tmp_path):
     from helpers import run_cli, train_losses
 

@@ -137,6 +137,7 @@ def test_norm_clipping_that_bites_is_global_over_the_shards(tmp_path):
     assert difference <= 1e-5
 
 
+@pytest.mark.slow  # three two-process runs, ~50 s: CI's slow step runs it (DDP's is in the default suite)
 def test_fsdp_sigkill_then_resume_matches_the_uninterrupted_two_process_run(tmp_path):
     reference, reference_log = tmp_path / "reference", tmp_path / "reference.log"
     _train([*FSDP_RUN, f"callbacks.batch_log.path={reference_log}"], reference, site_dirs=["steplog"], timeout=300)

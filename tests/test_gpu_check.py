@@ -38,6 +38,7 @@ def dry_run(tmp_path_factory):
     return completed, results, out
 
 
+@pytest.mark.slow  # the dry run takes ~2.5 minutes: CI's slow step runs it
 def test_the_dry_run_runs_every_step_or_names_why_not(dry_run, check_module):
     completed, results, out = dry_run
     assert results is not None, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -57,6 +58,7 @@ def test_the_dry_run_runs_every_step_or_names_why_not(dry_run, check_module):
     assert all(f"`{name}`" in summary for name in steps)
 
 
+@pytest.mark.slow
 def test_the_dry_run_measured_what_the_gpu_run_reports(dry_run):
     _, results, _ = dry_run
     steps = {step["name"]: step for step in results["steps"]}

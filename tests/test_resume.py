@@ -43,6 +43,9 @@ OPTIMIZERS = {"adamw_8bit": ["optimizer=adamw_8bit", "optimizer.min_8bit_size=0"
               "adafactor": ["optimizer=adafactor"], "sgd": ["optimizer=sgd", "optim.lr=0.05"]}
 #: quantized bases (bitsandbytes): the adapter trains over frozen 4-bit / 8-bit weights
 QUANTIZED = {"nf4": ["model.quantization=nf4"], "int8": ["model.quantization=int8"], "qlora": ["adapter=qlora"]}
+#: the optimizers and bases resumed in the default suite (one 8-bit paged optimizer, one with factored state, a
+#: 4-bit base with its adapter); the others are marked ``slow`` (~25 s each), so CI runs them in its slow step
+DEFAULT_SUITE = {"paged_adamw_8bit", "adafactor", "qlora"}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -53,14 +56,16 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, layout):
     _sigkill_then_resume(tmp_path, [*RUN, *LAYOUTS[layout]], count, epoch)
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", [name if name in DEFAULT_SUITE else pytest.param(name, marks=pytest.mark.slow)
+                                       for name in OPTIMIZERS])
 def test_sigkill_then_resume_with_another_optimizer_matches_an_uninterrupted_run(tmp_path, optimizer):
     if "8bit" in optimizer:
         pytest.importorskip("bitsandbytes")
     assert _sigkill_then_resume(tmp_path, [*RUN, *OPTIMIZERS[optimizer]], 19, 1) <= 1e-6
 
 
-@pytest.mark.parametrize("base", QUANTIZED)
+@pytest.mark.parametrize("base", [name if name in DEFAULT_SUITE else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in QUANTIZED])
 def test_sigkill_then_resume_on_a_quantized_base_matches_an_uninterrupted_run(tmp_path, base):
     pytest.importorskip("bitsandbytes")
     assert _sigkill_then_resume(tmp_path, [*RUN, *QUANTIZED[base], "baselines=[]"], 19, 1) <= 1e-6
