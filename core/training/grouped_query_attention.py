@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from tuneforge.training.precision import modules_where, torch_at_least
+from tuneforge.training.precision import modules_where, on_cpu, torch_at_least
 
 __all__ = ["grouped_query_sdpa", "FORCE_GQA_VARIABLE"]
 
@@ -56,19 +56,13 @@ def _applies(model) -> bool:
     if not _torch_has_enable_gqa() or attention_implementation(model) != "sdpa":
         return False
     grouped = modules_where(model, _has_grouped_heads)
-    return bool(grouped) and _on_cpu(grouped[0])
+    return bool(grouped) and on_cpu(grouped[0])
 
 
 def _has_grouped_heads(module) -> bool:
     """An attention module of transformers with more query heads than key/value heads."""
     groups = getattr(module, "num_key_value_groups", 1)
     return isinstance(groups, int) and groups > 1
-
-
-def _on_cpu(module) -> bool:
-    """Whether ``module``'s first parameter is on the CPU."""
-    parameter = next(module.parameters(), None)
-    return parameter is not None and parameter.device.type == "cpu"
 
 
 def _torch_has_enable_gqa() -> bool:

@@ -28,8 +28,9 @@ along the rows of one product.  The mask goes into the first product (``baddbmm`
 mask and reused by every layer of the forward pass.  Numbers: the scores are rounded to bfloat16 before
 the softmax (the kernel keeps them in float32), as in transformers' ``eager`` attention under autocast;
 docs/performance.md ("Attention as matrix products") measures what that changes in the loss and the
-gradients.  Masked positions get bfloat16's lowest finite value, not ``-inf``, so a row with no allowed
-position (padding) gets finite, unused probabilities instead of NaN.
+gradients.  Masked positions get bfloat16's lowest finite value, not ``-inf``, so a query with no
+allowed position (left padding) gets finite probabilities instead of NaN, which a 0/1 factor then
+sets to 0, as torch's kernel gives such a query an output of 0.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import Optional
 import torch
 
 from tuneforge.linear_cross_entropy import autocast_dtype
+from tuneforge.training.precision import on_cpu
 
 __all__ = ["matmul_attention", "MAX_LENGTH"]
 
@@ -86,10 +88,7 @@ def _applies(model) -> bool:
     """Whether ``model`` attends with ``sdpa`` and its first weight is on the CPU."""
     from tuneforge.data.packing import attention_implementation
 
-    if attention_implementation(model) != SDPA:
-        return False
-    parameter = next(model.parameters(), None)
-    return parameter is not None and parameter.device.type == "cpu"
+    return attention_implementation(model) == SDPA and on_cpu(model)
 
 
 class _Attention:
@@ -128,7 +127,7 @@ class _Attention:
             return _mask_rows(mask, batch, kv_heads, groups, length, find_empty_rows=False)
         layout = (getattr(mask, "_version", None), batch, kv_heads, groups, length)
         if self._mask_key is None or self._mask_key[0] is not mask or self._mask_key[1] != layout:
-            self._mask_key, self._mask_rows = None, _mask_rows(mask, batch, kv_heads, groups, length)
+            self._mask_rows = _mask_rows(mask, batch, kv_heads, groups, length)
             self._mask_key = (mask, layout)
         return self._mask_rows
 

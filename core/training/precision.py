@@ -305,6 +305,12 @@ def modules_where(model, test) -> list:
     return per_test[test]
 
 
+def on_cpu(module) -> bool:
+    """Whether ``module``'s first parameter is on the CPU (``False`` without parameters)."""
+    parameter = next(module.parameters(), None)
+    return parameter is not None and parameter.device.type == "cpu"
+
+
 @functools.lru_cache(maxsize=None)
 def torch_at_least(major: int, minor: int) -> bool:
     """Whether the installed torch is ``major.minor`` or later (parsed once per version asked)."""
