@@ -82,13 +82,92 @@ def test_under_cpu_autocast_fused_is_as_close_to_float32_as_peft_is(dropout, fus
     reference, reference_x_grad, reference_grads = _pass(model, x, fused=False)
     peft_out, peft_x_grad, peft_grads = _pass(model, x, fused=False, bf16=True)
     out, x_grad, grads = _pass(model, x, fused=True, bf16=True)
-    assert fused_calls and fused_calls[0][-1] == torch.bfloat16
+    assert fused_calls and fused_calls[0][-2] == torch.bfloat16
     assert x_grad.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads.values())
     assert _relative(out, reference) <= 2 * _relative(peft_out, reference) + 1e-3
     assert _relative(x_grad, reference_x_grad) <= 2 * _relative(peft_x_grad, reference_x_grad) + 1e-3
     for name in reference_grads:
         assert _relative(grads[name], reference_grads[name]) <= 2 * _relative(peft_grads[name],
                                                                               reference_grads[name]) + 1e-3
+
+
+class _Fork(torch.nn.Module):
+    """Two layers reading one input, as a decoder layer's query, key and value projections read one norm
+    output; a third reads their sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.left = torch.nn.Linear(48, 48)
+        self.right = torch.nn.Linear(48, 48, bias=False)
+        self.out = torch.nn.Linear(48, 48)
+
+    def forward(self, x):
+        return self.out(self.left(x) + self.right(x))
+
+
+def _fork_pass(model, x, *, share: bool, weight_casts=None):
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with fused_lora_layers(model, weight_casts, share_casts=share):
+            out = model(x)
+    (out.float() ** 2).sum().backward()
+    return out.detach(), x.grad, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_shared_casts_change_no_number_and_are_kept_once(fused_calls):
+    """Layers reading one input share its bfloat16 cast, and the frozen weights' casts are kept for the next
+    context: the output and every gradient are bit for bit those of a cast in every call; the input's
+    gradient stays float32 (each layer's added in float32)."""
+    torch.manual_seed(0)
+    model = get_peft_model(_Fork(), LoraConfig(r=4, lora_alpha=8, target_modules=["left", "right", "out"])).train()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)
+    x = torch.randn(3, 7, 48)
+    expected = _fork_pass(model, x, share=False)
+    weight_casts = lora_fused.WeightCasts()
+    for _ in range(2):  # the second pass uses the weights' casts kept from the first
+        got = _fork_pass(model, x, share=True, weight_casts=weight_casts)
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], expected[1], rtol=0, atol=0)
+        assert got[1].dtype == torch.float32
+        assert got[2].keys() == expected[2].keys()
+        for name in expected[2]:
+            torch.testing.assert_close(got[2][name], expected[2][name], rtol=0, atol=0)
+    assert len(weight_casts) == 3
+    left, right = fused_calls[-3][0], fused_calls[-2][0]
+    assert left is right  # the two layers got the same input; the casts below show it was cast once
+    casts = fused_calls[-1][-1]
+    assert casts.input(left, torch.bfloat16) is casts.input(left, torch.bfloat16)
+
+
+def test_kept_weight_casts_follow_the_weight():
+    weight = torch.nn.Parameter(torch.randn(8, 4), requires_grad=False)
+    casts = lora_fused.WeightCasts()
+    first = casts.get(weight, torch.bfloat16)
+    assert first.dtype == torch.bfloat16 and casts.get(weight, torch.bfloat16) is first
+    with torch.no_grad():
+        weight.mul_(2)  # in place: a new version
+    second = casts.get(weight, torch.bfloat16)
+    torch.testing.assert_close(second, (weight * 1).bfloat16(), rtol=0, atol=0)
+    weight.data = torch.randn(8, 4)  # another storage
+    torch.testing.assert_close(casts.get(weight, torch.bfloat16), weight.detach().bfloat16(), rtol=0, atol=0)
+    assert casts.get(weight, torch.float32) is weight  # no cast to its own dtype
+    casts.clear()
+    assert len(casts) == 0
+
+
+def test_an_input_changed_in_place_is_cast_again():
+    casts = lora_fused.Casts()
+    x = torch.randn(4, 8)
+    first = casts.input(x, torch.bfloat16)
+    assert casts.input(x, torch.bfloat16) is first
+    x.add_(1)
+    torch.testing.assert_close(casts.input(x, torch.bfloat16), x.bfloat16(), rtol=0, atol=0)
+    unshared = lora_fused.Casts(shared=False)
+    assert unshared.input(x, torch.bfloat16) is not unshared.input(x, torch.bfloat16)
 
 
 def _unfusable_cases():

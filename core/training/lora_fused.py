@@ -21,6 +21,13 @@ weights (not sharded ``DTensor`` s); a call is fused when it is on the CPU with 
 and, without autocast, the input and every weight share one dtype.  Anything else, layer or call, runs
 peft's own forward, so the context never changes what an unusual layer computes.  LoRA dropout stays
 peft's: it is applied to the input before the fused product, drawing the same random numbers.
+
+Casts are shared (:class:`Casts`) where that changes no number: layers that read the same input (a
+decoder layer's query, key and value projections read one norm output, the gate and up projections
+another) use one cast of it, which backward also keeps once instead of once a layer; and a frozen base
+weight's cast is kept from one step to the next (in :class:`WeightCasts`, owned by the caller) until
+the weight changes.  Each layer still returns its own float32 input gradient, so autograd adds the
+layers' gradients in float32 as before.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch
 from tuneforge.linear_cross_entropy import autocast_dtype
 from tuneforge.training.precision import modules_where
 
-__all__ = ["fused_lora_layers"]
+__all__ = ["Casts", "WeightCasts", "fused_lora_layers"]
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -43,11 +50,11 @@ class _LoraLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, dropped, weight, bias, lora_a, lora_b, scaling, dtype):
+    def forward(ctx, x, dropped, weight, bias, lora_a, lora_b, scaling, dtype, casts):
         with torch.autocast(x.device.type, enabled=False):
-            rows = x.reshape(-1, x.shape[-1]).to(dtype)
+            rows = casts.input(x, dtype).reshape(-1, x.shape[-1])
             lora_rows = rows if dropped is None else dropped.reshape(-1, x.shape[-1]).to(dtype)
-            w = weight.to(dtype)
+            w = casts.weight(weight, dtype)
             a = lora_a.to(dtype)
             b = (lora_b * scaling).to(dtype)
             low_rank = lora_rows @ a.t()
@@ -81,17 +88,72 @@ class _LoraLinear(torch.autograd.Function):
                 else:
                     grad_dropped = (grad_low_rank @ a).reshape(ctx.input_shape).to(ctx.input_dtype)
                 grad_x = grad_rows_in.reshape(ctx.input_shape).to(ctx.input_dtype)
-        return grad_x, grad_dropped, None, grad_bias, grad_a, grad_b, None, None
+        return grad_x, grad_dropped, None, grad_bias, grad_a, grad_b, None, None, None
+
+
+class WeightCasts:
+    """Frozen weights cast to the products' dtype, kept between training steps: a weight is cast again
+    only when it changed (another tensor, storage or in-place version).  The owner :meth:`clear` s it
+    when training ends, which frees the copies (about half the frozen linear weights' float32 size for
+    bfloat16; backward keeps these casts during a step anyway, so a step's peak memory is the same)."""
+
+    def __init__(self):
+        self._casts = {}  # id(weight) -> (weight, data pointer, version, dtype, cast)
+
+    def get(self, weight, dtype):
+        if weight.dtype == dtype:
+            return weight
+        kept = self._casts.get(id(weight))
+        if kept is not None and kept[0] is weight and kept[1:4] == (weight.data_ptr(), weight._version, dtype):
+            return kept[4]
+        cast = weight.detach().to(dtype)
+        self._casts[id(weight)] = (weight, weight.data_ptr(), weight._version, dtype, cast)
+        return cast
+
+    def clear(self) -> None:
+        self._casts.clear()
+
+    def __len__(self) -> int:
+        return len(self._casts)
+
+
+class Casts:
+    """The casts of one :func:`fused_lora_layers` context: the last input cast (so the layers reading the
+    same input share it; a new input, or the same one changed in place, is cast anew) and the weights'
+    (a :class:`WeightCasts` kept by the caller between steps, or one of this context's own).  With
+    ``shared=False`` every call casts afresh (plain ``.to``, which ``torch.compile`` traces)."""
+
+    def __init__(self, weights: "WeightCasts | None" = None, shared: bool = True):
+        self._weights = WeightCasts() if weights is None else weights
+        self._shared = shared
+        self._last = None  # (input, version, dtype, cast)
+
+    def input(self, x, dtype):
+        if not self._shared or x.dtype == dtype:
+            return x.to(dtype)
+        last = self._last
+        if last is not None and last[0] is x and last[1:3] == (x._version, dtype):
+            return last[3]
+        cast = x.detach().to(dtype)
+        self._last = (x, x._version, dtype, cast)
+        return cast
+
+    def weight(self, weight, dtype):
+        return self._weights.get(weight, dtype) if self._shared else weight.to(dtype)
 
 
 @contextlib.contextmanager
-def fused_lora_layers(model):
+def fused_lora_layers(model, weight_casts: "WeightCasts | None" = None, share_casts: bool = True):
     """A context for one forward pass of ``model`` (and its backward, which may come after): its eligible
-    peft LoRA layers run as :class:`_LoraLinear`; on leaving, every layer has its own forward again."""
+    peft LoRA layers run as :class:`_LoraLinear`; on leaving, every layer has its own forward again.
+    ``weight_casts`` keeps the frozen weights' casts for the next context (without it, they are cast
+    in every context); ``share_casts=False`` casts in every call (for layers that ``torch.compile``
+    traces, see :class:`Casts`)."""
     layers = modules_where(model, _fusable)
     earlier = [layer.__dict__.get("forward") for layer in layers]
+    casts = Casts(weight_casts, shared=share_casts)
     for layer in layers:
-        layer.forward = _fused_forward(layer, layer.forward)
+        layer.forward = _fused_forward(layer, layer.forward, casts)
     try:
         yield
     finally:
@@ -113,9 +175,9 @@ def _fusable(layer) -> bool:
             and not getattr(layer, "fan_in_fan_out", False))
 
 
-def _fused_forward(layer, peft_forward):
-    """``layer``'s forward while fused: :class:`_LoraLinear` where :func:`_fused_call` allows
-    it, ``peft_forward`` (peft's own) otherwise."""
+def _fused_forward(layer, peft_forward, casts: Casts):
+    """``layer``'s forward while fused: :class:`_LoraLinear` (sharing ``casts``) where :func:`_fused_call`
+    allows it, ``peft_forward`` (peft's own) otherwise."""
 
     def forward(x, *args, **kwargs):
         fused = None if args or kwargs else _fused_call(layer, x)
@@ -127,7 +189,7 @@ def _fused_forward(layer, peft_forward):
         dropped = None if isinstance(dropout, torch.nn.Identity) else dropout(x)
         return _LoraLinear.apply(x, None if dropped is x else dropped, base.weight, base.bias,
                                  layer.lora_A[adapter].weight, layer.lora_B[adapter].weight,
-                                 layer.scaling[adapter], dtype)
+                                 layer.scaling[adapter], dtype, casts)
 
     return forward
 

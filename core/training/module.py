@@ -75,6 +75,7 @@ class FineTuneModule(pl.LightningModule):
         self.cpu_attention = "auto"
         self._loss_autocast = False  # whether the last loss call ran under autocast
         self._backward_swaps = None  # the forward swaps held open for a backward pass
+        self._weight_casts = None  # the fused LoRA layers' frozen weights cast, kept between steps
 
     def _log_output(self, output, batch, stage: str) -> float:
         weight = loss_weight(output)
@@ -101,7 +102,8 @@ class FineTuneModule(pl.LightningModule):
 
     def _forward_swaps(self, autocast: bool):
         """What the model's forward runs with in a loss call: peft's LoRA layers fused on the CPU
-        (:func:`tuneforge.training.lora_fused.fused_lora_layers`) and, for those left unfused, under
+        (:func:`tuneforge.training.lora_fused.fused_lora_layers`, their frozen weights' casts kept
+        between steps until training ends) and, for those left unfused, under
         autocast (``autocast``: whether the loss call is under it) without peft's redundant input casts
         (:func:`tuneforge.training.precision.input_casts_under_autocast`); grouped-query attention
         without copies of the keys and values on the CPU
@@ -115,12 +117,15 @@ class FineTuneModule(pl.LightningModule):
         (:meth:`on_before_backward` to :meth:`on_after_backward`)."""
         from tuneforge.training.compiled_blocks import compiled_blocks
         from tuneforge.training.grouped_query_attention import grouped_query_sdpa
-        from tuneforge.training.lora_fused import fused_lora_layers
+        from tuneforge.training.lora_fused import WeightCasts, fused_lora_layers
         from tuneforge.training.matmul_attention import matmul_attention
         from tuneforge.training.precision import input_casts_under_autocast
 
+        if self._weight_casts is None:
+            self._weight_casts = WeightCasts()
+        fused = fused_lora_layers(self.model, self._weight_casts, share_casts=self.block_compiler is None)
         with contextlib.ExitStack() as stack:  # a context that fails to enter leaves the earlier ones
-            for context in (input_casts_under_autocast(self.model, autocast=autocast), fused_lora_layers(self.model),
+            for context in (input_casts_under_autocast(self.model, autocast=autocast), fused,
                             grouped_query_sdpa(self.model),
                             matmul_attention(self.model, enabled=self.cpu_attention == "auto"),
                             compiled_blocks(self.model, self.block_compiler)):
@@ -207,6 +212,12 @@ class FineTuneModule(pl.LightningModule):
                                                                         self.trainer.world_size)
         self._loss_scale = checkpoint.get("loss_scale")
         self.skipped_batches = checkpoint.get("skipped_batches", 0)
+
+    def on_train_end(self):
+        """Free the frozen weights' casts kept between steps (see :meth:`_forward_swaps`): what runs after
+        training (evaluation, generation) does not use them."""
+        if self._weight_casts is not None:
+            self._weight_casts.clear()
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._pending_rng is not None:  # the RNG as it was right after the checkpointed step
