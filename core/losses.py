@@ -73,6 +73,36 @@ class LossContext:
     rewards: Any = None
 
 
+def loss_output_problem(output: Any) -> Optional[str]:
+    """What is wrong with ``output`` as a loss function's result (None: nothing), worded to follow
+    "returned" (see :data:`LOSS_OUTPUT`): not a :class:`LossOutput`, a ``loss`` that is not a one-element
+    floating-point tensor, a ``loss`` without a gradient while gradients are on (training: it was
+    detached from the model's output, or computed under ``torch.no_grad``), or a ``num_tokens`` that is
+    not a count."""
+    import torch
+
+    from tuneforge.host.guard import type_name
+
+    if not isinstance(output, LossOutput):
+        return type_name(output)
+    loss, units = output.loss, output.num_tokens
+    if not isinstance(loss, torch.Tensor):
+        return f"a LossOutput whose loss is {type_name(loss)}"
+    if loss.numel() != 1 or not loss.is_floating_point():
+        return f"a LossOutput whose loss is a {loss.dtype} tensor of shape {tuple(loss.shape)}"
+    if torch.is_grad_enabled() and not loss.requires_grad:
+        return ("a LossOutput whose loss has no gradient (detached from the model's output, or computed "
+                "under torch.no_grad)")
+    if units is not None:
+        if isinstance(units, torch.Tensor):
+            units = units.item() if units.numel() == 1 else units
+        if isinstance(units, bool) or not isinstance(units, (int, float)) or units < 0:
+            return f"a LossOutput whose num_tokens is {units!r}"
+    if not isinstance(output.metrics, dict):
+        return f"a LossOutput whose metrics is {type_name(output.metrics)}"
+    return None
+
+
 def loss_weight(output: LossOutput) -> float:
     """How many units ``output.loss`` averages over (1 when the loss did not say)."""
     return 1.0 if output.num_tokens is None else float(output.num_tokens)

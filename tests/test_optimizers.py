@@ -313,7 +313,7 @@ def test_resuming_with_another_optimizer_is_refused_in_one_line(optplug, tmp_pat
 def test_a_build_that_returns_no_optimizer_is_one_line_naming_the_plugin(optplug, tmp_path, capsys):
     line = _error_line(capsys, ["train", *TINY_RUN, "evaluators=[]", "optimizer=groups_only", f"run_dir={tmp_path}"])
     assert line == ("tuneforge: error: plugin 'notoptim' (distribution 'optplug 0.1.0'): optimizer 'groups_only', "
-                    "build returned list; it must return a torch.optim.Optimizer over the parameter groups it was "
+                    "build returned list of 2; it must return a torch.optim.Optimizer over the parameter groups it was "
                     "given")
 
 

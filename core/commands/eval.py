@@ -54,7 +54,10 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
     head = components.loss.spec.model_head  # the head the run's loss trained (tuneforge.model_heads)
     model, tokenizer = load_source_model(components.model.spec, components.model.config, head)
-    splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer)
+    from tuneforge.host.plugin_returns import data_splits
+
+    splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer,
+                       returns=data_splits())
     metrics: RunMetrics = {"data": splits.stats}
     metrics["setup"] = describe_setup(components, splits.stats, with_adapter=run_dir is not None,
                                       device=evaluation_device(settings.trainer.accelerator,

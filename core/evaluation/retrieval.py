@@ -58,7 +58,9 @@ def retriever_builder(registry, key: str) -> Callable[[Any], Any]:
 
     def build_retriever(setting):
         spec, config = selected_component(registry, setting, key)
-        return _Guarded(spec, spec_call(spec, "build", spec.build, config))
+        from tuneforge.host.plugin_returns import retriever
+
+        return _Guarded(spec, spec_call(spec, "build", spec.build, config, returns=retriever()))
 
     return build_retriever
 

@@ -19,12 +19,20 @@ spec that was never registered (no plugin to name, e.g. one built in a test).
 Every call site goes through :func:`plugin_code` (a context manager) or
 :func:`call_plugin`; :func:`guard_lightning_callback` puts every Lightning hook
 of a plugin's callback behind it.
+
+What plugin code returns is checked where the host depends on it (a :class:`Returns`
+given to :func:`spec_call` or :func:`guarded_function`): a wrong value is the same
+kind of one line, saying what came back and what is valid, for every plugin::
+
+    plugin 'myplug' (distribution 'myplug 0.1.0'): dataset 'qa', load returned list; it must return
+    tuneforge.data.DataSplits (train, validation and held-out splits), e.g. from tuneforge.data.prepare_splits
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from tuneforge.errors import PluginError, TuneforgeError
@@ -48,11 +56,49 @@ def origin_of(spec: Any):
     return getattr(spec, ORIGIN_ATTRIBUTE, None)
 
 
-def spec_call(spec: Any, phase: str, function: Callable, *args, **kwargs) -> Any:
+@dataclass(frozen=True)
+class Returns:
+    """What a plugin callable must return.  ``problem(result)`` describes a wrong result as it would follow
+    "returned" (e.g. ``"None"``, ``"list"``), or gives None for a valid one; ``expected`` is what is
+    valid, as it would follow "it must return"."""
+
+    problem: Callable[[Any], Optional[str]]
+    expected: str
+
+
+def type_name(value: Any) -> str:
+    """``value``'s type as a result is described: ``None``, ``list``, ``tuple of 3`` ..."""
+    if value is None:
+        return "None"
+    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def instance_of(types, expected: str) -> Returns:
+    """A :class:`Returns` accepting instances of ``types`` (a type or a tuple of types)."""
+    return Returns(lambda result: None if isinstance(result, types) else type_name(result), expected)
+
+
+def checked_result(origin, where: str, result: Any, returns: Optional[Returns]) -> Any:
+    """``result`` of plugin code at ``where``, or the one-line :class:`PluginError` when ``returns`` says it
+    is wrong (for every plugin: a wrong return is never a deliberate ``TuneforgeError``)."""
+    if returns is not None:
+        problem = returns.problem(result)
+        if problem is not None:
+            raise PluginError(f"{describe_plugin(origin)}: {where} returned {problem}; it must return "
+                              f"{returns.expected}")
+    return result
+
+
+def spec_call(spec: Any, phase: str, function: Callable, *args, returns: Optional[Returns] = None,
+              **kwargs) -> Any:
     """``function(*args, **kwargs)`` (one of ``spec``'s callables) as plugin code of the plugin that
-    registered ``spec``, named ``<kind> '<name>', <phase>``."""
-    with plugin_code(origin_of(spec), f"{spec.kind} '{spec.name}', {phase}"):
-        return function(*args, **kwargs)
+    registered ``spec``, named ``<kind> '<name>', <phase>``; its result checked against ``returns``."""
+    where = f"{spec.kind} '{spec.name}', {phase}"
+    with plugin_code(origin_of(spec), where):
+        result = function(*args, **kwargs)
+    return checked_result(origin_of(spec), where, result, returns)
 
 
 def describe_plugin(origin) -> str:
@@ -114,15 +160,18 @@ def call_plugin(origin, where: str, function: Callable, *args, **kwargs) -> Any:
         return function(*args, **kwargs)
 
 
-def guarded_function(origin, where: str, function: Optional[Callable]) -> Optional[Callable]:
-    """``function`` wrapped so that each call is plugin code (None stays None; own plugins unwrapped)."""
-    if function is None or origin is None or is_own(origin):
+def guarded_function(origin, where: str, function: Optional[Callable],
+                     returns: Optional[Returns] = None) -> Optional[Callable]:
+    """``function`` wrapped so that each call is plugin code and its result is checked against ``returns``
+    (None stays None; own plugins and unregistered ones unwrapped unless there is a result to check)."""
+    if function is None or (returns is None and (origin is None or is_own(origin))):
         return function
 
     @functools.wraps(function)
     def guarded(*args, **kwargs):
         with plugin_code(origin, where):
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+        return checked_result(origin, where, result, returns)
 
     return guarded
 

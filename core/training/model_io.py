@@ -112,7 +112,12 @@ def load_saved_model(adapter_spec, base_model, model_dir: Path, trust_remote_cod
 
     try:
         if adapter_spec.load is not None:
-            return adapter_spec.load(base_model if adapter_spec.needs_base else None, str(model_dir))
+            from tuneforge.host.guard import checked_result
+            from tuneforge.host.plugin_returns import model as a_model
+
+            loaded = adapter_spec.load(base_model if adapter_spec.needs_base else None, str(model_dir))
+            return checked_result(origin_of(adapter_spec), f"adapter '{adapter_spec.name}', load", loaded,
+                                  a_model("the trained model"))
         auto_class = getattr(transformers, MODEL_HEADS[head])
         dtype = base_model.dtype if base_model is not None else "auto"
         return auto_class.from_pretrained(str(model_dir), **{dtype_keyword(): dtype},
@@ -140,7 +145,9 @@ def merge_model(adapter_spec, model):
     adapter gives no ``merge``; raises the adapter's ``ModelError`` when it cannot be merged."""
     if adapter_spec.merge is None:
         return model
-    return spec_call(adapter_spec, "merge", adapter_spec.merge, model)
+    from tuneforge.host.plugin_returns import model as a_model
+
+    return spec_call(adapter_spec, "merge", adapter_spec.merge, model, returns=a_model("the merged model"))
 
 
 def dequantized_base(plugins, model_config, base):
@@ -182,11 +189,13 @@ def load_source_model(spec, config, head: str = CAUSAL_LM):
     a source whose ``heads`` lack it is a one-line ``ModelError``)."""
     from tuneforge.errors import ModelError
 
+    from tuneforge.host.plugin_returns import model_and_tokenizer
+
     if head == CAUSAL_LM:
-        return spec_call(spec, "load", spec.load, config)
+        return spec_call(spec, "load", spec.load, config, returns=model_and_tokenizer())
     if head not in spec.heads:
         raise ModelError(f"model={spec.name} cannot load a {head} model (it loads: {', '.join(spec.heads)})")
-    return spec_call(spec, "load", spec.load, config, head=head)
+    return spec_call(spec, "load", spec.load, config, head=head, returns=model_and_tokenizer())
 
 
 def trained_head(plugins, cfg) -> str:

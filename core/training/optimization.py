@@ -19,7 +19,7 @@ import math
 from functools import partial
 from typing import Any
 
-from tuneforge.errors import ConfigError, PluginError
+from tuneforge.errors import ConfigError
 
 #: ``optim.scheduler`` values tuneforge computes itself (:func:`lr_factor`)
 OWN_SCHEDULES = ("constant", "linear", "cosine")
@@ -39,15 +39,12 @@ def build_optimizer(component, groups: list[dict], settings) -> Any:
     ``torch.optim.Optimizer`` coming back is a one-line :class:`PluginError` naming the plugin."""
     import torch
 
-    from tuneforge.host.guard import describe_plugin, origin_of, spec_call
+    from tuneforge.host.guard import instance_of, spec_call
 
     spec = component.spec
-    optimizer = spec_call(spec, "build", spec.build, groups, settings, component.config)
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise PluginError(f"{describe_plugin(origin_of(spec))}: optimizer '{spec.name}', build returned "
-                          f"{type(optimizer).__name__}; it must return a torch.optim.Optimizer over the "
-                          "parameter groups it was given")
-    return optimizer
+    return spec_call(spec, "build", spec.build, groups, settings, component.config,
+                     returns=instance_of(torch.optim.Optimizer, "a torch.optim.Optimizer over the parameter "
+                                                                "groups it was given"))
 
 
 def build_schedule(optimizer, settings, total: int):

@@ -23,6 +23,7 @@ from tuneforge.evaluation.baselines import join_columns, run_baselines
 from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.metrics_file import RunMetrics
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
+from tuneforge.host import plugin_returns
 from tuneforge.host.guard import guard_lightning_callback, guarded_function, origin_of, spec_call
 from tuneforge.specs import call_accepting
 from tuneforge.training.compiled_blocks import BlockCompiler, choose_run_compile
@@ -268,7 +269,8 @@ def build(state: RunState) -> None:
     run, settings, metrics = state.run, state.settings, state.metrics
     state.phase = "loading the model"
     model, state.tokenizer = load_source_model(run.model.spec, run.model.config, run.loss.spec.model_head)
-    state.model = spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, model, run.adapter.config)
+    state.model = spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, model, run.adapter.config,
+                            returns=plugin_returns.model("the model with the adapter applied"))
     if settings.init_from:  # a second stage: the earlier run's trained adapter, not a fresh one
         from tuneforge.training.init_from import initialise_from_run
 
@@ -283,7 +285,8 @@ def build(state: RunState) -> None:
              params["total"], 100 * params["fraction"])
     metrics["parameters"] = params
     state.phase = "loading the data"
-    splits = state.splits = spec_call(run.data.spec, "load", run.data.spec.load, run.data.config, state.tokenizer)
+    splits = state.splits = spec_call(run.data.spec, "load", run.data.spec.load, run.data.config, state.tokenizer,
+                                      returns=plugin_returns.data_splits())
     metrics["data"] = splits.stats
     _check_example_kinds(state)
     metrics["setup"] = describe_setup(run, splits.stats, device=state.context.device,
@@ -301,10 +304,11 @@ def build(state: RunState) -> None:
         state.rewards = build_rewards(run.rewards, RewardContext(tokenizer=state.tokenizer, device=state.context.device,
                                                                  run_dir=state.run_dir))
     loss = run.loss.spec
-    state.loss_fn = guarded_function(origin_of(loss), f"loss '{loss.name}', loss_fn",
-                                     spec_call(loss, "build", loss.build, run.loss.config,
-                                               _loss_context(state.plugins, state.tokenizer,
-                                                             state.rewards if loss.needs_rewards else None)))
+    loss_fn = spec_call(loss, "build", loss.build, run.loss.config,
+                        _loss_context(state.plugins, state.tokenizer, state.rewards if loss.needs_rewards else None),
+                        returns=plugin_returns.loss_function())
+    state.loss_fn = guarded_function(origin_of(loss), f"loss '{loss.name}', loss_fn", loss_fn,
+                                     returns=plugin_returns.loss_output())
     state.callbacks = [build_callback(c.spec, c.config, state.context) for c in run.callbacks.values()
                        if c.spec.build is not None]
 
@@ -550,7 +554,8 @@ def build_callback(spec, config, context: RunContext):
     """``spec.build(config, context)`` when ``build`` takes a second parameter, else ``spec.build(config)``
     (:func:`tuneforge.specs.call_accepting`); the Lightning callback it returns runs each of its hooks behind
     the plugin guard (:func:`tuneforge.host.guard.guard_lightning_callback`)."""
-    callback = spec_call(spec, "build", call_accepting, spec.build, config, optional_args=(context,))
+    callback = spec_call(spec, "build", call_accepting, spec.build, config, optional_args=(context,),
+                         returns=plugin_returns.lightning_callback())
     return guard_lightning_callback(callback, origin_of(spec), f"callback '{spec.name}'")
 
 

@@ -99,8 +99,12 @@ def unsharded(model, run) -> "object":
     from tuneforge.training.fsdp import unsharded_model
 
     def build():
-        base, _ = spec_call(run.model.spec, "load", run.model.spec.load, run.model.config)
-        return spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, base, run.adapter.config)
+        from tuneforge.host.plugin_returns import model as a_model
+        from tuneforge.training.model_io import load_source_model
+
+        base, _ = load_source_model(run.model.spec, run.model.config, run.loss.spec.model_head)
+        return spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, base, run.adapter.config,
+                         returns=a_model("the model with the adapter applied"))
 
     return unsharded_model(model, build)
 

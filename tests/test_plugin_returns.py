@@ -1,0 +1,85 @@
+"""A plugin function that returns the wrong thing is one line naming the plugin, what came back and what
+is valid (fixture package ``plugreturns``), not a traceback from where the host first uses the value."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import FIXTURES
+from tuneforge.commands.cli import main
+from tuneforge.errors import PluginError
+from tuneforge.host.guard import Returns, checked_result, instance_of, spec_call, type_name
+from tuneforge.losses import LossOutput, loss_output_problem
+
+PLUGIN = "plugin 'wrongreturns' (distribution 'plugreturns 0.1.0')"
+COMMON = ["trainer.max_steps=1", "threads=1", "trainer.enable_progress_bar=false", "baselines=[]",
+          "evaluators=[]", "memorisation.sample=0"]
+
+CASES = {
+    "dataset": (["model=tiny", "data=listsplits"],
+                "dataset 'listsplits', load returned list of 1; it must return tuneforge.data.DataSplits"),
+    "model source": (["model=modelonly"],
+                     "model source 'modelonly', load returned the model alone (LlamaForCausalLM); it must return "
+                     "a tuple (model, tokenizer)"),
+    "adapter": (["model=tiny", "adapter=noapply"],
+                "adapter 'noapply', apply returned None; it must return the model with the adapter applied"),
+    "loss build": (["model=tiny", "loss=badloss", "loss.mistake=build_none"],
+                   "loss 'badloss', build returned None; it must return the loss function"),
+    "bare tensor": (["model=tiny", "loss=badloss", "loss.mistake=bare_tensor"],
+                    "loss 'badloss', loss_fn returned Tensor; it must return tuneforge.LossOutput("),
+    "vector": (["model=tiny", "loss=badloss", "loss.mistake=vector"],
+               "loss 'badloss', loss_fn returned a LossOutput whose loss is a torch.float32 tensor of shape (2,)"),
+    "detached": (["model=tiny", "loss=badloss", "loss.mistake=detached"],
+                 "loss 'badloss', loss_fn returned a LossOutput whose loss has no gradient (detached"),
+    "num_tokens": (["model=tiny", "loss=badloss", "loss.mistake=num_tokens"],
+                   "loss 'badloss', loss_fn returned a LossOutput whose num_tokens is 'many'"),
+    "callback": (["model=tiny", "callbacks=[notacallback]"],
+                 "callback 'notacallback', build returned object; it must return a lightning.pytorch.Callback"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_wrong_return_stops_the_run_with_one_line(monkeypatch, capsys, tmp_path, case):
+    monkeypatch.syspath_prepend(str(FIXTURES / "returns"))
+    monkeypatch.delenv("TUNEFORGE_DISABLE_PLUGINS", raising=False)
+    overrides, expected = CASES[case]
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exited:
+        main(["train", *overrides, *COMMON, f"run_dir={run_dir}"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    errors = [line[len("tuneforge: error: "):] for line in err.splitlines() if line.startswith("tuneforge: error:")]
+    assert len(errors) == 1, err[-3000:]
+    assert errors[0].startswith(f"{PLUGIN}: {expected}"), errors[0]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"] == errors[0]
+
+
+def test_loss_output_problems_say_what_is_wrong():
+    leaf = torch.ones(1, requires_grad=True)
+    good = LossOutput(loss=(leaf * 2).sum(), num_tokens=3)
+    assert loss_output_problem(good) is None
+    assert loss_output_problem(LossOutput(loss=(leaf * 2).sum(), num_tokens=torch.tensor(4))) is None
+    with torch.no_grad():  # validation: no gradient expected
+        assert loss_output_problem(LossOutput(loss=(leaf * 2).sum())) is None
+    assert loss_output_problem({"loss": 1.0}) == "dict"
+    assert loss_output_problem(LossOutput(loss=0.5)) == "a LossOutput whose loss is float"
+    assert "num_tokens is True" in loss_output_problem(LossOutput(loss=(leaf * 2).sum(), num_tokens=True))
+    assert "num_tokens is -1" in loss_output_problem(LossOutput(loss=(leaf * 2).sum(), num_tokens=-1))
+    assert "metrics is list" in loss_output_problem(LossOutput(loss=(leaf * 2).sum(), metrics=[1]))
+    assert "torch.int64 tensor" in loss_output_problem(LossOutput(loss=torch.tensor(3)))
+
+
+def test_checked_results_name_an_unregistered_spec_as_plugin_code():
+    class Spec:
+        kind, name = "retriever", "mine"
+
+    with pytest.raises(PluginError, match=r"^plugin code: retriever 'mine', build returned None; it must return "
+                                          r"a thing$"):
+        spec_call(Spec(), "build", lambda: None, returns=instance_of(int, "a thing"))
+    assert spec_call(Spec(), "build", lambda: 3, returns=instance_of(int, "a thing")) == 3
+    assert checked_result(None, "x", [1], None) == [1]
+    assert checked_result(None, "x", 1, Returns(lambda r: None, "anything")) == 1
+    assert [type_name(v) for v in (None, (1, 2), [], {}, "s")] == ["None", "tuple of 2", "list of 0", "dict", "str"]
