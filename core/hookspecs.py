@@ -9,10 +9,15 @@ called with keyword arguments.
 
 Two kinds of hook exist:
 
-* **Registration hooks** return an iterable of typed specs
-  (:mod:`tuneforge.specs`).  They are called once per run, per plugin, before
-  the configuration is composed; each spec's config dataclass becomes a Hydra
-  config group option.
+* **Registration hooks** return a list (or another iterable) of typed
+  specs (:mod:`tuneforge.specs`; an empty list for none).  They are called
+  once per run, per plugin, before the configuration is composed; each
+  spec's config dataclass becomes a Hydra config group option.  ``None``, a
+  spec not in a list, a mapping or a string stops the run in one line
+  naming the plugin, its distribution and the hook.  These docstrings do not list the built-in components:
+  ``tuneforge plugins`` lists every installed one with its plugin, and the
+  hook reference of docs/plugins.md, generated from the registered
+  components (:mod:`tuneforge.host.hook_docs`), names tuneforge's own.
 * **Lifecycle hooks** are called at exactly one place in a run
   (:func:`tuneforge.training.run.train`), once per process: under DDP
   (``strategy=ddp``, ``srun``, ``torchrun``) every process of the run calls
@@ -56,8 +61,7 @@ def tuneforge_model_sources() -> Iterable[ModelSourceSpec]:
     """Return :class:`~tuneforge.specs.ModelSourceSpec` objects.
 
     Selected with ``model=<name>``; the spec's config fields are set with
-    ``model.<field>=...``.  Built-ins: ``hf`` (Hugging Face id, local folder or
-    ``.gguf`` file) and ``tiny`` (a small random Llama, no download).
+    ``model.<field>=...``.
     """
 
 
@@ -65,10 +69,9 @@ def tuneforge_model_sources() -> Iterable[ModelSourceSpec]:
 def tuneforge_datasets() -> Iterable[DatasetSpec]:
     """Return :class:`~tuneforge.specs.DatasetSpec` objects.
 
-    Selected with ``data=<name>``.  Built-ins: ``files`` (any local file or
-    folder), ``jsonl``, ``json``, ``csv``, ``parquet`` and ``hf`` (Hugging Face
-    ``datasets``), each reading alpaca, chat (OpenAI or ShareGPT), completion
-    and preference records; ``legal_citations`` (the demo's seeded generator).
+    Selected with ``data=<name>``; the spec's config fields are set with
+    ``data.<field>=...``.  The record formats that
+    :func:`tuneforge.data.prepare_splits` reads are in docs/data.md.
     """
 
 
@@ -76,8 +79,8 @@ def tuneforge_datasets() -> Iterable[DatasetSpec]:
 def tuneforge_adapters() -> Iterable[AdapterSpec]:
     """Return :class:`~tuneforge.specs.AdapterSpec` objects.
 
-    Selected with ``adapter=<name>``.  Built-ins: ``lora`` (also DoRA and
-    rsLoRA), ``prefix``, ``prompt``, ``ia3``, ``full`` and ``freeze``.
+    Selected with ``adapter=<name>``; the spec's config fields are set with
+    ``adapter.<field>=...``.
     """
 
 
@@ -85,8 +88,8 @@ def tuneforge_adapters() -> Iterable[AdapterSpec]:
 def tuneforge_losses() -> Iterable[LossSpec]:
     """Return :class:`~tuneforge.specs.LossSpec` objects.
 
-    Selected with ``loss=<name>``.  Built-ins: ``cross_entropy``,
-    ``chunked_cross_entropy``, ``dpo`` and ``distillation``.
+    Selected with ``loss=<name>``; the spec's config fields are set with
+    ``loss.<field>=...``.
     """
 
 
@@ -95,9 +98,7 @@ def tuneforge_optimizers() -> Iterable[OptimizerSpec]:
     """Return :class:`~tuneforge.specs.OptimizerSpec` objects.
 
     Selected with ``optimizer=<name>``; the learning rate, weight decay and
-    schedule stay in the ``optim`` section.  Built-ins: ``adamw`` (the default),
-    ``adamw_8bit``, ``paged_adamw_8bit`` and ``lion_8bit`` (bitsandbytes),
-    ``adafactor`` (transformers) and ``sgd``.
+    schedule stay in the ``optim`` section.
     """
 
 
@@ -108,10 +109,7 @@ def tuneforge_evaluators() -> Iterable[EvaluatorSpec]:
     Selected as a list with ``evaluators=[a,b]``; each runs on the held-out
     split before training (base model) and after (tuned model), and may
     describe its metrics (:class:`~tuneforge.specs.MetricInfo`) for the
-    report.  Built-ins:
-    ``perplexity``, ``exact_match``, ``contains``, ``regex``, ``rouge``,
-    ``bleu``, ``chrf``, ``choice``, ``forgetting`` and ``lm_eval``
-    (lm-evaluation-harness tasks; ``pip install "tuneforge[lm-eval]"``).
+    report.
     """
 
 
@@ -121,8 +119,7 @@ def tuneforge_callbacks() -> Iterable[CallbackSpec]:
 
     Selected as a list with ``callbacks=[a,b]``; each builds a Lightning
     callback added to the trainer, acts when the run ends (``on_run_end``,
-    with its own config), or both.  Built-ins: ``early_stopping`` and
-    ``targets`` (the demo's pass/fail verdict, at run end).
+    with its own config), or both.
     """
 
 
@@ -133,9 +130,7 @@ def tuneforge_loggers() -> Iterable[LoggerSpec]:
     Selected as a list with ``loggers=[a,b]`` (default ``[csv]``); each builds
     a Lightning logger that receives the training metrics, the redacted run
     config as hyperparameters and the base/tuned evaluator results.  The run's
-    own ``metrics.csv`` is written whatever the list holds.  Built-ins:
-    ``csv``, ``tensorboard``, ``mlflow`` and ``wandb`` (the last three need
-    ``pip install 'tuneforge[tensorboard]'`` / ``[mlflow]`` / ``[wandb]``).
+    own ``metrics.csv`` is written whatever the list holds.
     """
 
 
@@ -149,12 +144,7 @@ def tuneforge_baselines() -> Iterable[BaselineSpec]:
     from the training set before the user turn), and the selected held-out
     evaluators score the result as one more column next to ``base`` and
     ``tuned``, with confidence intervals and prompt-token cost, so the run's
-    verdict says whether fine-tuning beat prompting.  Built-ins:
-    ``few_shot`` (k random training examples as demonstrations),
-    ``retrieval`` (the k training examples most similar to each held-out
-    prompt, ranked by BM25) and ``rag`` (the k passages of the user's own
-    documents, ``baselines.rag.corpus=<folder or files>``, most similar to
-    each held-out prompt, put into its system message).
+    verdict says whether fine-tuning beat prompting.
     """
 
 
@@ -169,10 +159,7 @@ def tuneforge_retrievers() -> Iterable[RetrieverSpec]:
     the host checks both with the rest of the config.  A retriever indexes
     a list of passages and returns the positions of the k most similar to a
     query, so dense embeddings or the user's own vector store can replace
-    BM25.  Built-ins: ``bm25`` (``bm25s`` over words, and character bigrams
-    of Chinese, Japanese and Korean text) and ``dense``
-    (``sentence-transformers`` embeddings, cosine similarity; needs
-    ``pip install sentence-transformers``).
+    BM25.
     """
 
 
@@ -187,10 +174,7 @@ def tuneforge_rewards() -> Iterable[RewardSpec]:
     a number, and the selected ones add up, weighted, to the run's reward.
     Online objectives (``loss=grpo``) train on it, and the ``reward``
     evaluator reports it on held-out prompts for the base model, the
-    prompting baselines and the tuned model.  Built-ins: ``regex``,
-    ``exact``, ``contains``, ``length``, ``model`` (a sequence-classification
-    checkpoint, e.g. a ``loss=reward`` run's) and ``python`` (a function
-    named by its dotted path).
+    prompting baselines and the tuned model.
     """
 
 

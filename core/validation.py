@@ -2,9 +2,11 @@
 
 The host turns each selected component's config node into an instance of the
 spec's config class before anything heavy runs; a ``__post_init__`` that
-raises :class:`ConfigValueError` (or any ``ValueError``) stops the run with one
+raises :class:`ConfigValueError` (as :func:`check` does) stops the run with one
 line per problem, naming the key, e.g. ``tuneforge: error: adapter.r: must be
->= 1, got 0``::
+>= 1, got 0``.  Any other ``ValueError`` stops it too, with one line naming
+only the config's group and the first line of its message
+(``tuneforge: error: adapter: <message>``)::
 
     from dataclasses import dataclass
 

@@ -1,8 +1,8 @@
 """Built-in datasets: local files (``files``, and ``jsonl``/``json``/``csv``/``parquet`` by name) and ``hf``.
 
 All of them read records and hand them to :func:`tuneforge.data.prepare_splits`,
-which detects each record's format (alpaca, chat, completion, preference),
-tokenizes with label masking, splits, caches and counts.  Before any model
+which detects each record's format (``tuneforge.data.FORMATS``: alpaca, chat,
+completion, preference, kto, prompt), tokenizes with label masking, splits, caches and counts.  Before any model
 loads, each config checks its values (``__post_init__``) and the file datasets
 tell the host which example kinds they hold from the first record
 (``example_kinds``), so ``loss=dpo`` on instruction data stops at once.

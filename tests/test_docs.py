@@ -105,3 +105,39 @@ def test_the_generated_references_read_in_whole_sentences_and_keep_every_docstri
     # the `name` row says each kind's own group
     assert "(``loss=<name>``)" in rendered and "(``evaluators=[<name>]``)" in rendered
     assert "(``adapter=<name>``)" in rendered and rendered.count("(``adapter=<name>``)") == 1
+
+
+def test_the_hook_reference_names_every_built_in_component_under_its_hook():
+    """The built-ins are read from the registry, not written in the hook docstrings (where they went stale)."""
+    from tuneforge.host.plugin_manager import OWN_DISTRIBUTION, PluginSelection, create_plugin_manager
+    from tuneforge.specs import SPEC_KINDS
+
+    plugins = create_plugin_manager(PluginSelection(autoload=False))
+    sections = {part.split("(", 1)[0]: part for part in render_hook_reference(plugins).split("### `")[1:]}
+    for group, hook, _multiple in SPEC_KINDS.values():
+        own = [n for n in plugins[group].names() if plugins[group].origin(n).distribution == OWN_DISTRIBUTION]
+        assert own, group
+        missing = [n for n in own if f"``{n}``" not in sections[hook]]
+        assert missing == [], f"{hook} does not name the built-in {missing}"
+        assert "Built-in" not in inspect.getdoc(getattr(hookspecs, hook)), f"{hook}: a hand-written list of built-ins"
+    assert all(f"``{n}``" in sections["tuneforge_losses"] for n in ("orpo", "simpo", "kto", "reward", "grpo"))
+
+
+def test_data_docs_name_every_format_and_column_field_the_code_reads():
+    """docs/data.md and ``tuneforge config show data=...`` (the DataConfig docs) against the parser's own lists."""
+    import re
+
+    from tuneforge.data import FORMATS, MESSAGE_FIELDS, RECORD_FIELDS, DataConfig
+    from tuneforge.host.config_docs import describe_fields
+
+    data_md = (ROOT / "docs" / "data.md").read_text()
+    format_row = next(line for line in data_md.splitlines() if line.startswith("| `format` |"))
+    canonical = re.sub(r"\s+", " ", data_md.split("Canonical fields:", 1)[1].split("(the keys inside", 1)[0])
+    shown = {row.name: row.doc for row in describe_fields(DataConfig)}
+    for name in FORMATS:
+        assert f"`{name}`" in format_row, f"docs/data.md: format row lacks {name}"
+        assert f"``{name}``" in shown["format"], f"DataConfig doc of format lacks {name}"
+    assert f"data.format={'|'.join(n for n in FORMATS if n != 'auto')}`" in data_md  # the Formats section
+    for name in RECORD_FIELDS + MESSAGE_FIELDS:
+        assert f"`{name}`" in canonical, f"docs/data.md: canonical fields lack {name}"
+        assert re.search(rf"\b{name}\b", shown["columns"].split("Canonical fields:", 1)[1]), name

@@ -208,3 +208,59 @@ def test_a_bare_comma_value_is_refused():
 
     with pytest.raises(ConfigError, match="Ambiguous value"):
         compose(["data.chat_template=a,b"], load_plugins([]))
+
+
+def test_the_testing_helpers_table_gives_each_helper_s_real_parameters_and_tiny_model_s_tuple():
+    import inspect
+
+    import torch
+
+    import tuneforge.testing as testing
+
+    section = PLUGINS_MD.split("Smaller checks without a training run:", 1)[1].split("```", 1)[0]
+    rows = re.findall(r"^\| `(\w+)\(([^`]*)\)` \| (.*) \|$", section, re.M)
+    assert {name for name, _, _ in rows} >= {"tiny_model", "tiny_tokenizer", "toy_examples", "assert_labels",
+                                             "run_loss", "run_evaluator"}
+    for name, args, _ in rows:
+        documented = [a.strip().split("=")[0] for a in args.split(",") if a.strip() not in ("", "*")]
+        assert documented == list(inspect.signature(getattr(testing, name)).parameters), name
+    model, tokenizer = testing.tiny_model()
+    assert isinstance(model, torch.nn.Module) and type(tokenizer) is type(testing.tiny_tokenizer())
+    assert "a tuple `(model, tokenizer)`" in dict((n, what) for n, _, what in rows)["tiny_model"]
+
+
+def test_the_config_class_error_lines_are_what_the_host_prints(monkeypatch, tmp_path):
+    """docs/plugins.md, "Config classes": ``check``/``ConfigValueError`` name the dotted key (the five-minute
+    example), a plain ``ValueError`` only the group."""
+    from dataclasses import dataclass
+
+    import tuneforge
+    from tuneforge.host.components import validate
+    from tuneforge.host.compose import compose, load_plugins
+
+    [(module, _, _, code)] = [e for e in examples(ROOT / "docs" / "plugins.md") if e[0] == "myplug.plugin"]
+    write_module(tmp_path / "site", module, code)
+
+    @dataclass
+    class PlainConfig:
+        some_field: int = 1
+
+        def __post_init__(self):
+            if isinstance(self.some_field, int) and self.some_field < 1:
+                raise ValueError(f"some_field must be at least 1, got {self.some_field}")
+
+    class Plain:
+        __name__ = "plain_plugin"
+
+        def tuneforge_adapters(self):
+            return [tuneforge.AdapterSpec("plain", PlainConfig, apply=lambda model, config: model)]
+
+    try:
+        five_minutes = import_fresh(monkeypatch, tmp_path / "site", module)
+        loaded = load_plugins([], extra_plugins=[five_minutes, Plain()])
+        for adapter in ("my_adapter", "plain"):
+            overrides = [f"adapter={adapter}", "adapter.some_field=0"]
+            [problem] = validate(compose(overrides), loaded)
+            assert f"    tuneforge: error: {problem}\n" in PLUGINS_MD, problem
+    finally:
+        forget(module)

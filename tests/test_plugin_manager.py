@@ -47,6 +47,9 @@ def test_two_components_with_one_name_collide(monkeypatch):
     message = str(info.value)
     assert "two adapters are named 'lora'" in message
     assert "distribution 'tuneforge'" in message and "distribution 'dupplug'" in message
+    # the way out blocks the third-party plugin, never the built-in one (that would drop every adapter)
+    assert message.endswith("rename the adapter of plugin 'dupplug' or block that plugin with "
+                            "TUNEFORGE_DISABLE_PLUGINS=dupplug")
 
 
 def test_blocked_plugin_is_never_imported(monkeypatch, tmp_path):
@@ -91,6 +94,90 @@ def test_unknown_hook_argument_is_an_error_naming_the_plugin():
     with pytest.raises(PluginError) as info:
         create_plugin_manager(PluginSelection(), extra_plugins=[WrongArgs()])
     assert "wrong_args" in str(info.value) and "run_directory" in str(info.value)
+    assert "TUNEFORGE_DISABLE_PLUGINS" not in str(info.value)  # a block list does not apply to a passed plugin
+
+
+def _install(site, monkeypatch, distribution: str, code: str, entry_point: str = None):
+    """A fake pip-installed distribution in ``site``: module ``<distribution>_mod`` holding ``code``, advertised
+    as entry point ``entry_point`` (default: the distribution's name) in the ``tuneforge`` group."""
+    module = f"{distribution}_mod"
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text("import tuneforge\nfrom dataclasses import dataclass\n" + code)
+    info = site / f"{distribution}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[tuneforge]\n{entry_point or distribution} = {module}\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, module, raising=False)  # and again after the test (monkeypatch undo)
+
+
+LOSS = ("@dataclass\nclass C:\n    beta: float = 0.0\n"
+        "SPEC = tuneforge.LossSpec('my_ce', C, build=lambda config, context: None)\n")
+HOOK_ARGS = "valid arguments of tuneforge_run_start: config, run_dir, context, run_config (any subset, by these names)"
+
+
+def test_a_hook_argument_the_hook_does_not_pass_is_one_line_with_the_valid_arguments(tmp_path, monkeypatch):
+    _install(tmp_path, monkeypatch, "argplug", "def tuneforge_run_start(cfg, run_dir, verbose):\n    pass\n")
+    with pytest.raises(PluginError) as info:
+        create_plugin_manager(PluginSelection())
+    assert str(info.value) == (
+        "plugin 'argplug' (distribution 'argplug 0.1.0'): hook tuneforge_run_start takes arguments 'cfg' (did you "
+        f"mean 'config'?), 'verbose', which the hook does not pass; {HOOK_ARGS}; block it with "
+        "TUNEFORGE_DISABLE_PLUGINS=argplug")
+    plugins = create_plugin_manager(PluginSelection(), tolerate_broken=True)
+    assert plugins.broken["argplug"] == str(info.value) and "argplug" not in plugins.infos
+
+
+@pytest.mark.parametrize("returned, what", [
+    ("None", "None"), ("SPEC", "a single LossSpec (not in a list)"), ("{'my_ce': SPEC}", "dict"),
+    ("'my_ce'", "str"), ("[{'name': 'my_ce'}]", "a list holding dict"),
+])
+def test_a_registration_hook_must_return_a_list_of_specs(tmp_path, monkeypatch, returned, what):
+    _install(tmp_path, monkeypatch, "retplug", LOSS + f"def tuneforge_losses():\n    return {returned}\n")
+    expected = (f"plugin 'retplug' (distribution 'retplug 0.1.0'): registration hook tuneforge_losses returned "
+                f"{what}; it must return a list of tuneforge.LossSpec (an empty list for none); block it with "
+                "TUNEFORGE_DISABLE_PLUGINS=retplug")
+    with pytest.raises(PluginError) as info:
+        create_plugin_manager(PluginSelection())
+    assert str(info.value) == expected
+    plugins = create_plugin_manager(PluginSelection(), tolerate_broken=True)  # `tuneforge plugins`: listed, broken
+    assert plugins.broken == {"retplug": expected} and "cross_entropy" in plugins["loss"].names()
+
+
+@pytest.mark.parametrize("returned", ["[]", "(SPEC,)", "(s for s in [SPEC])"])
+def test_a_registration_hook_may_return_any_iterable_of_specs(tmp_path, monkeypatch, returned):
+    _install(tmp_path, monkeypatch, "iterplug", LOSS + f"def tuneforge_losses():\n    return {returned}\n")
+    plugins = create_plugin_manager(PluginSelection())
+    assert plugins.contributions("iterplug") == ({} if returned == "[]" else {"loss": ["my_ce"]})
+
+
+def test_an_entry_point_named_like_a_built_in_plugin_says_to_rename_it_not_to_block_it(tmp_path, monkeypatch, capsys):
+    from tuneforge.commands.cli import main
+
+    _install(tmp_path, monkeypatch, "clashplug", LOSS + "def tuneforge_losses():\n    return [SPEC]\n",
+             entry_point="losses")
+    expected = ("plugin 'losses' of distribution 'clashplug' has the name of tuneforge's own plugin 'losses', so "
+                "it is not loaded; rename its entry point in group 'tuneforge' (in the "
+                "[project.entry-points.tuneforge] table of its pyproject.toml, e.g. clashplug_losses = "
+                "\"clashplug_mod\") or uninstall clashplug")
+    with pytest.raises(PluginError) as info:
+        create_plugin_manager(PluginSelection())
+    assert str(info.value) == expected and "TUNEFORGE_DISABLE_PLUGINS" not in str(info.value)
+    main(["plugins"])  # the built-in stays listed with its components, the clash on a line of its own
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("losses ") and "cross_entropy" in line for line in lines)
+    assert any(line.startswith("losses (clashplug)") and line.endswith(f"broken: {expected}") for line in lines)
+
+
+def test_two_third_party_entry_points_of_one_name_are_not_told_to_block_it(tmp_path, monkeypatch):
+    for distribution in ("twin_a", "twin_b"):
+        _install(tmp_path, monkeypatch, distribution, "", entry_point="twin")
+    with pytest.raises(PluginError) as info:
+        create_plugin_manager(PluginSelection())
+    assert str(info.value) == (
+        "two plugins are named 'twin': from distributions 'twin_a' and 'twin_b'; uninstall one, or rename the entry "
+        "point of one in group 'tuneforge' (the [project.entry-points.tuneforge] table of its pyproject.toml); "
+        "TUNEFORGE_DISABLE_PLUGINS=twin would block both")
 
 
 def test_registry_suggests_the_closest_name():

@@ -2,8 +2,9 @@
 
 The pipeline is: records (dicts, each remembering ``file:line``; see
 :mod:`tuneforge.data.sources`) -> every record normalized to its format
-(alpaca, chat with or without tool calls, completion, preference; see
-:mod:`tuneforge.data.columns` and :mod:`tuneforge.data.samples`) in file
+(alpaca, chat with or without tool calls, completion, preference, kto,
+prompt: :data:`FORMATS`; see :mod:`tuneforge.data.columns` and
+:mod:`tuneforge.data.samples`) in file
 order, so the first bad one is reported -> a deterministic train/validation
 split -> token ids plus labels where only assistant tokens carry loss
 (rendered with :mod:`tuneforge.data.chat_templates`, tokenized by
@@ -115,15 +116,25 @@ class DataSplits:
     chat_template: Optional[str] = None
 
 
-#: documentation of the :class:`DataConfig` fields, reused in the docstrings of its subclasses
-DATA_CONFIG_FIELDS = """
-    format: ``auto`` (each record's keys decide), ``alpaca``, ``chat``, ``completion``,
-        ``preference`` or ``prompt`` (prompts alone, for online objectives such as ``loss=grpo``).
+#: notes on some formats for the ``format`` doc below; the formats themselves are read from ``FORMATS``
+_FORMAT_NOTES = {
+    "auto": "each record's keys decide",
+    "kto": "answers marked desirable or undesirable, for ``loss=kto``",
+    "prompt": "prompts alone, for online objectives such as ``loss=grpo``",
+}
+_FORMAT_CHOICES = ", ".join(f"``{name}``" + (f" ({_FORMAT_NOTES[name]})" if name in _FORMAT_NOTES else "")
+                            for name in FORMATS)
+
+#: documentation of the :class:`DataConfig` fields, reused in the docstrings of its subclasses; the format
+#: names and the canonical column fields are those the code reads (``FORMATS``, ``RECORD_FIELDS``)
+DATA_CONFIG_FIELDS = f"""
+    format: the records' format, one of
+        {_FORMAT_CHOICES}.
     columns: a mapping canonical field -> your records' key, for data with other key
-        names, e.g. ``data.columns={instruction: question, output: answer}`` (null: none).  Canonical fields: instruction, input,
-        output, system, messages, conversations, text, prompt, chosen, rejected, tools, and
-        role, content (the keys inside each message).
-    val_fraction: share of the records held out for validation when no separate
+        names, e.g. ``data.columns={{instruction: question, output: answer}}`` (null: none).
+        Canonical fields: {", ".join(RECORD_FIELDS)}, and
+        {", ".join(MESSAGE_FIELDS)} (the keys inside each message).
+""" + """    val_fraction: share of the records held out for validation when no separate
         validation data is given (at least one record when > 0).
     val_size: number of records held out instead of ``val_fraction`` (0: none).
     shuffle: shuffle the records, seeded by ``seed`` (so always the same order), before

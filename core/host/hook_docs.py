@@ -1,6 +1,7 @@
 """Render the generated parts of docs/plugins.md from the code, so the docs cannot drift:
 
-* the **hook reference**, from the hook specs' docstrings (:mod:`tuneforge.hookspecs`);
+* the **hook reference**, from the hook specs' docstrings (:mod:`tuneforge.hookspecs`), with the
+  built-in components of each registration hook read from the registry;
 * the **spec reference**, every field and callable of every spec class (:mod:`tuneforge.specs`);
 * the **component reference**, every built-in component's config keys (name, type, default and
   the one-line doc from its dataclass, see :mod:`tuneforge.host.config_docs`) and the root
@@ -44,13 +45,36 @@ def hook_signature(function) -> str:
     return f"({parameters}){returns}"
 
 
-def render_hook_reference() -> str:
+def render_hook_reference(plugins=None) -> str:
+    """Every hook: its signature and docstring; a registration hook also the names of the built-in
+    components it registers (read from the registry, so the list cannot go stale)."""
     parts = [BEGIN, ""]
+    built_in = built_in_components(plugins)
     for name in hook_names():
         function = getattr(hookspecs, name)
         parts += [f"### `{name}{hook_signature(function)}`", "", inspect.cleandoc(function.__doc__ or ""), ""]
+        if built_in.get(name):
+            parts += [f"Built-ins: {', '.join(f'``{n}``' for n in built_in[name])} (keys in the component "
+                      f"reference below; ``tuneforge plugins`` lists every installed one).", ""]
     parts.append(END)
     return "\n".join(parts)
+
+
+def built_in_components(plugins=None) -> dict[str, list[str]]:
+    """``{registration hook: names of the components tuneforge's own plugins register through it}``."""
+    from tuneforge.host.plugin_manager import OWN_DISTRIBUTION
+    from tuneforge.specs import SPEC_KINDS
+
+    plugins = plugins if plugins is not None else _own_plugins()
+    return {hook: [n for n in plugins[group].names() if plugins[group].origin(n).distribution == OWN_DISTRIBUTION]
+            for group, hook, _multiple in SPEC_KINDS.values()}
+
+
+def _own_plugins():
+    """tuneforge's own plugins only (third-party autoloading off), as the generated docs describe them."""
+    from tuneforge.host.plugin_manager import PluginSelection, create_plugin_manager
+
+    return create_plugin_manager(PluginSelection(autoload=False))
 
 
 def spec_classes() -> list[type]:
@@ -184,8 +208,9 @@ def undocumented_fields(plugins=None) -> list[str]:
 
 def generated_sections() -> list[tuple[str, str, str]]:
     """``[(begin marker, end marker, text)]`` of every generated part of docs/plugins.md."""
-    return [(BEGIN, END, render_hook_reference()), (SPECS_BEGIN, SPECS_END, render_spec_reference()),
-            (COMPONENTS_BEGIN, COMPONENTS_END, render_component_reference())]
+    plugins = _own_plugins()
+    return [(BEGIN, END, render_hook_reference(plugins)), (SPECS_BEGIN, SPECS_END, render_spec_reference()),
+            (COMPONENTS_BEGIN, COMPONENTS_END, render_component_reference(plugins))]
 
 
 def write_docs(path: Path) -> None:

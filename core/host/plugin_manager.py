@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata as importlib_metadata
+import inspect
 import os
 import types
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
 
 import pluggy
 
 from tuneforge import hookspecs
 from tuneforge.errors import PluginError, did_you_mean
-from tuneforge.host.guard import plugin_error, set_origin
+from tuneforge.host.guard import describe_plugin, plugin_error, set_origin
 from tuneforge.specs import SPEC_KINDS
 
 ENTRY_POINT_GROUP = "tuneforge"
 DISABLE_ENV = "TUNEFORGE_DISABLE_PLUGINS"
 AUTOLOAD_ENV = "TUNEFORGE_PLUGINS_AUTOLOAD"
 OWN_DISTRIBUTION = "tuneforge"
+#: the distribution of a plugin passed in as an object (``extra_plugins``): no entry point, not blockable
+IN_PROCESS = "<registered in-process>"
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,11 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
     point's name and distribution; an entry point that loads an object
     identical to a passed one counts as that plugin too.
 
-    A plugin that fails to import, implements an unknown hook, raises in a
-    registration hook, returns something that is not a spec, or collides with
-    another plugin's name is *broken*: a one-line :class:`PluginError` naming
-    it (:mod:`tuneforge.host.guard`).  By default the first broken plugin is
+    A plugin that fails to import, implements an unknown hook or takes an
+    argument its hook does not pass, raises in a registration hook, returns
+    something that is not a list of specs (:func:`returned_specs`), or collides
+    with another plugin's name (:func:`name_clash`) is *broken*: a one-line
+    :class:`PluginError` naming it (:mod:`tuneforge.host.guard`).  By default the first broken plugin is
     raised; with ``tolerate_broken`` (``tuneforge plugins``) broken plugins are
     left out and listed in :attr:`Plugins.broken` with their reasons, and the
     others load.  Entry points in a near-miss group (``tuneforge.plugins``,
@@ -133,7 +138,7 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
     misplaced = _misplaced_entry_points(all_entry_points)
 
     entry_points = sorted(_with_distributions(all_entry_points.select(group=ENTRY_POINT_GROUP)),
-                          key=lambda pair: (pair[1][0] != OWN_DISTRIBUTION, pair[0].name))
+                          key=lambda pair: (pair[1][0] != OWN_DISTRIBUTION, pair[0].name, pair[1][0]))
     for ep, (dist_name, dist_version) in entry_points:
         info = PluginInfo(ep.name, dist_name, dist_version, ep.value)
         passed = _passed_replaces(ep, extras)
@@ -147,11 +152,7 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
         if not selection.autoload and dist_name != OWN_DISTRIBUTION and ep.name not in selection.enable:
             continue
         if ep.name in infos:
-            other = infos[ep.name]
-            broken[ep.name] = (
-                f"two plugins are named '{ep.name}': from distributions "
-                f"'{other.distribution}' and '{dist_name}'; uninstall one or block it with "
-                f"{DISABLE_ENV}={ep.name}")
+            broken[f"{ep.name} ({dist_name})"] = name_clash(infos[ep.name], info)  # both names stay visible
             continue
         try:
             module = ep.load()
@@ -163,7 +164,7 @@ def create_plugin_manager(selection: Optional[PluginSelection] = None,
 
     for plugin in extras:
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
-        _register(pm, plugin, PluginInfo(name, "<registered in-process>", "", repr(plugin)), infos, broken)
+        _register(pm, plugin, PluginInfo(name, IN_PROCESS, "", repr(plugin)), infos, broken)
 
     unknown_enabled = [n for n in selection.enable if n not in infos and n not in broken]
     if unknown_enabled:
@@ -195,6 +196,22 @@ def _misplaced_entry_points(all_entry_points) -> list:
     return found
 
 
+def name_clash(first: PluginInfo, second: PluginInfo) -> str:
+    """The one line for two entry points of one name (the first one loaded, the second left out).
+
+    Blocking by name (``TUNEFORGE_DISABLE_PLUGINS``) would block both, so it is never the advice: when
+    one is tuneforge's own, the other distribution must rename its entry point or be uninstalled."""
+    where = f"the [project.entry-points.{ENTRY_POINT_GROUP}] table of its pyproject.toml"
+    if first.distribution == OWN_DISTRIBUTION:
+        return (f"plugin '{second.name}' of distribution '{second.distribution}' has the name of tuneforge's own "
+                f"plugin '{first.name}', so it is not loaded; rename its entry point in group "
+                f"'{ENTRY_POINT_GROUP}' (in {where}, e.g. {second.distribution}_{second.name} = "
+                f"\"{second.module}\") or uninstall {second.distribution}")
+    return (f"two plugins are named '{first.name}': from distributions '{first.distribution}' and "
+            f"'{second.distribution}'; uninstall one, or rename the entry point of one in group "
+            f"'{ENTRY_POINT_GROUP}' ({where}); {DISABLE_ENV}={first.name} would block both")
+
+
 def _drop_unknown_hooks(pm: pluggy.PluginManager, infos: dict, broken: dict) -> None:
     """Every plugin implementing a ``tuneforge_*`` hook that does not exist (a misspelling) is broken."""
     while True:
@@ -204,7 +221,7 @@ def _drop_unknown_hooks(pm: pluggy.PluginManager, infos: dict, broken: dict) -> 
         except pluggy.PluginValidationError as exc:
             name = pm.get_name(exc.plugin) or repr(exc.plugin)
             hook = str(exc).split("'")[1] if "'" in str(exc) else str(exc)
-            broken[name] = (f"plugin '{name}' implements an unknown hook '{hook}'"
+            broken[name] = (f"{describe_plugin(infos.get(name, name))} implements an unknown hook '{hook}'"
                             f"{did_you_mean(hook, _hook_names())}; valid hooks: {', '.join(_hook_names())}")
             pm.unregister(exc.plugin)
             infos.pop(name, None)
@@ -228,12 +245,76 @@ def _register(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo, infos: di
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
-        broken[name] = f"plugin '{name}' does not match the tuneforge hook API: {exc}"
+        broken[name] = hook_api_mismatch(plugin, info, exc)
         return
     except ValueError as exc:
         broken[name] = f"plugin '{name}' cannot be registered: {exc}"
         return
     infos[name] = info
+
+
+def hook_api_mismatch(plugin: Any, info: PluginInfo, exc: pluggy.PluginValidationError) -> str:
+    """The one line for a plugin pluggy refused: a hook implementation taking an argument its hook does not
+    pass names the hook, those arguments and the hook's own; another refusal is pluggy's text on one line."""
+    for hook in _hook_names():
+        function = getattr(plugin, hook, None)
+        if not callable(function):
+            continue
+        valid = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+        unknown = [arg for arg in _required_arguments(function) if arg not in valid]
+        if unknown:
+            shown = ", ".join(f"'{arg}'{did_you_mean(arg, valid)}" for arg in unknown)
+            return (f"{describe_plugin(info)}: hook {hook} takes {'arguments' if len(unknown) > 1 else 'argument'} "
+                    f"{shown}, which the hook does not pass; valid arguments of {hook}: "
+                    f"{', '.join(valid) or 'none'} (any subset, by these names){_block_hint(info)}")
+    return f"{describe_plugin(info)} does not match the tuneforge hook API: {' '.join(str(exc).split())}"
+
+
+def _required_arguments(function: Any) -> list:
+    """The parameters pluggy passes by name: positional ones without a default (``self`` of a bound
+    method excluded), as pluggy's own check reads them."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if p.default is p.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def returned_specs(returned: Any, registry: "Registry", origin: PluginInfo) -> list:
+    """What one registration hook returned, as a list: a list, tuple or other iterable passes (its items are
+    checked by :meth:`Registry.check`); None, a lone spec, a mapping or a string is a :class:`PluginError`
+    naming the plugin, its distribution and the hook, never read as "no components"."""
+    if isinstance(returned, Iterable) and not isinstance(returned, (str, bytes, Mapping)):
+        return list(returned)
+    what = "None" if returned is None else (
+        f"a single {type(returned).__name__} (not in a list)" if isinstance(returned, registry.spec_class)
+        else type(returned).__name__)
+    raise PluginError(f"{describe_plugin(origin)}: registration hook {registry.hook_name} returned {what}; "
+                      f"{registry.expected()}{_block_hint(origin)}")
+
+
+def component_clash(kind: str, name: str, first: PluginInfo, second: PluginInfo) -> str:
+    """The one line for two components of one kind and name; the way out never blocks tuneforge's own plugin
+    (that would take every component it gives away)."""
+    both = (f"two {kind}s are named '{name}': one from plugin '{first.name}' (distribution "
+            f"'{first.distribution}'), one from plugin '{second.name}' (distribution '{second.distribution}')")
+    third_party = [o for o in (first, second) if o.distribution != OWN_DISTRIBUTION]
+    if not third_party:
+        return both
+    blocks = " or ".join(f"{DISABLE_ENV}={o.name}" for o in third_party if o.distribution != IN_PROCESS)
+    way_out = f"rename the {kind} of plugin '{third_party[-1].name}'"
+    if blocks:
+        way_out += f" or block {'that plugin' if len(third_party) == 1 else 'a plugin'} with {blocks}"
+    return f"{both}; {way_out}"
+
+
+def _block_hint(origin: PluginInfo) -> str:
+    """``"; block it with ..."`` for an installed third-party plugin (tuneforge's own are never to be blocked,
+    and a block list does not apply to a plugin passed in-process)."""
+    if origin.distribution in (OWN_DISTRIBUTION, IN_PROCESS):
+        return ""
+    return f"; block it with {DISABLE_ENV}={origin.name}"
 
 
 class Registry:
@@ -249,14 +330,15 @@ class Registry:
         """Raise :class:`PluginError` when ``spec`` is not of this kind or its name is taken."""
         if not isinstance(spec, self.spec_class):
             raise PluginError(
-                f"plugin '{origin.name}' returned {type(spec).__name__} from {self.hook_name}; "
-                f"expected {self.spec_class.__name__}")
+                f"{describe_plugin(origin)}: registration hook {self.hook_name} returned a list holding "
+                f"{type(spec).__name__}; {self.expected()}{_block_hint(origin)}")
         if spec.name in self._specs:
             first = self._origin[spec.name]
-            raise PluginError(
-                f"two {spec.kind}s are named '{spec.name}': one from plugin '{first.name}' "
-                f"(distribution '{first.distribution}'), one from plugin '{origin.name}' "
-                f"(distribution '{origin.distribution}'); block one with {DISABLE_ENV}")
+            raise PluginError(component_clash(spec.kind, spec.name, first, origin))
+
+    def expected(self) -> str:
+        """What the registration hook of this kind must return, as the end of an error line."""
+        return f"it must return a list of tuneforge.{self.spec_class.__name__} (an empty list for none)"
 
     def add(self, spec: Any, origin: PluginInfo) -> None:
         self.check(spec, origin)
@@ -343,7 +425,7 @@ class Plugins:
                 if impl.plugin_name != plugin_name:
                     continue
                 with plugin_code(origin, f"registration hook {registry.hook_name}"):
-                    found += [(registry, spec) for spec in (impl.function() or ())]
+                    found += [(registry, spec) for spec in returned_specs(impl.function(), registry, origin)]
         return found
 
     def __getitem__(self, group: str) -> Registry:
