@@ -22,14 +22,16 @@ empty to test the installed package exactly as ``tuneforge train`` sees it.
 Smaller checks, without a training run: :func:`assert_labels` (which text
 spans of a tokenized example carry loss), :func:`run_loss` (a loss on a toy
 batch with the tiny model) and :func:`run_evaluator` (an evaluator on toy
-examples or on given predictions); :func:`tiny_model` and
-:func:`tiny_tokenizer` give the tiny model and its tokenizer.
+examples or on given predictions); :func:`tiny_model` gives the tiny model
+and its tokenizer as a tuple ``(model, tokenizer)``, :func:`tiny_tokenizer` the
+tokenizer alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable, Mapping, Optional, Sequence
 
 #: Overrides that make a run small enough for a unit test on one CPU core; ``run_tiny_fit``
@@ -328,7 +330,7 @@ def run_loss(loss, batch: Optional[Mapping] = None, *, config=None, model=None, 
 
 def run_evaluator(evaluator, examples: Optional[Sequence] = None, *, predictions: Optional[Sequence] = None,
                   config=None, model=None, tokenizer=None, plugins: Iterable = ()) -> dict:
-    """Run an evaluator once with the tiny model; returns its metrics (``{name: float}``).
+    """Run an evaluator once with the tiny model; returns its metrics (``{name: float or None}``).
 
     ``evaluator``: an :class:`~tuneforge.specs.EvaluatorSpec` or an
     ``evaluate(model, tokenizer, examples, config[, *, evaluation])`` function
@@ -343,32 +345,71 @@ def run_evaluator(evaluator, examples: Optional[Sequence] = None, *, predictions
     ``output`` instead of generating, so a metric can be checked on known
     outputs; that needs an ``evaluate`` taking ``evaluation`` and handing it
     to the helpers (an evaluator that scores with the model itself, e.g. by
-    log-likelihood, still uses the model).  ``config``: a mapping of field
+    log-likelihood, still uses the model); predictions of another shape are a
+    one-line ``ValueError`` saying the expected form.  ``config``: a mapping of field
     values or an instance of the evaluator's config class (default its
-    defaults).
+    defaults).  What the evaluator returns and records is checked as in a run
+    (:func:`tuneforge.evaluation.runner.checked_metric_values` and
+    :func:`~tuneforge.evaluation.runner.checked_example_scores`: finite
+    numbers, not bools; one per-example score per example): a mistake is the
+    run's one-line :class:`~tuneforge.PluginError`.
     """
     from tuneforge.evaluation import EvaluationPass
-    from tuneforge.specs import EvaluatorSpec, accepts_keyword, call_accepting
+    from tuneforge.evaluation.runner import checked_example_scores, checked_metric_values
+    from tuneforge.specs import EvaluatorSpec, MetricInfo, accepts_keyword, call_accepting
 
     if model is None or tokenizer is None:
         model, tokenizer = tiny_model(plugins)
     given = None
     if predictions is not None:
-        rows = [r if isinstance(r, Mapping) else dict(zip(("prompt", "reference", "output"), r))
-                for r in predictions]
+        rows = _prediction_rows(predictions)
         examples = toy_examples(tokenizer, [{"instruction": r["prompt"], "output": r["reference"]} for r in rows])
         given = {ex["source"]: str(r["output"]) for ex, r in zip(examples, rows)}
     elif examples is None or not examples or "input_ids" not in examples[0]:
         examples = toy_examples(tokenizer, examples)
     if isinstance(evaluator, EvaluatorSpec):
-        evaluate, config = evaluator.evaluate, _component_config(evaluator, config)
-    else:
+        spec, evaluate, config = evaluator, evaluator.evaluate, _component_config(evaluator, config)
+    else:  # a bare function: checked as an evaluator of its name that declares no metrics
         evaluate = evaluator
+        spec = SimpleNamespace(name=getattr(evaluate, "__name__", "evaluate"), metrics=(), metric_info=MetricInfo)
     if given is not None:
         assert accepts_keyword(evaluate, "evaluation"), (
             "run_evaluator(predictions=...) needs an evaluate(model, tokenizer, examples, config, *, evaluation) "
             "that passes evaluation= to generate_predictions; this one takes no 'evaluation' keyword")
     one_pass = EvaluationPass(label="test", given_outputs=given)
-    values = call_accepting(evaluate, model, tokenizer, list(examples), config, evaluation=one_pass)
-    assert isinstance(values, Mapping), f"an evaluator must return a dict of metrics, got {type(values)}"
-    return {str(k): float(v) for k, v in values.items()}
+    examples = list(examples)
+    values = checked_metric_values(spec, call_accepting(evaluate, model, tokenizer, examples, config,
+                                                        evaluation=one_pass))
+    checked_example_scores(spec, one_pass.scores, one_pass.scored_rows, len(examples))
+    return values
+
+
+#: what ``run_evaluator(predictions=...)`` takes, as its errors say
+PREDICTION_FORM = ("a list of (prompt, reference, output) tuples or of {'prompt', 'reference', 'output'} dicts, "
+                   "e.g. [('2+2?', '4', '4')]")
+
+
+def _prediction_rows(predictions) -> list:
+    """``predictions`` as ``[{"prompt", "reference", "output"}]``; anything else is a one-line ValueError."""
+    if isinstance(predictions, (str, bytes, Mapping)) or not isinstance(predictions, Iterable):
+        raise ValueError(f"run_evaluator(predictions=...) got {type(predictions).__name__} "
+                         f"{_short(predictions)}; it takes {PREDICTION_FORM}")
+    rows = []
+    for i, row in enumerate(predictions):
+        if isinstance(row, Mapping):
+            missing = [key for key in ("prompt", "reference", "output") if key not in row]
+            problem = f"lacks {', '.join(repr(k) for k in missing)}" if missing else None
+        elif isinstance(row, Sequence) and not isinstance(row, (str, bytes)):
+            problem = None if len(row) == 3 else f"has {len(row)} items, not 3"
+        else:
+            problem = f"is a {type(row).__name__}"
+        if problem:
+            raise ValueError(f"run_evaluator(predictions=...): row {i} {_short(row)} {problem}; it takes "
+                             f"{PREDICTION_FORM}")
+        rows.append(row if isinstance(row, Mapping) else dict(zip(("prompt", "reference", "output"), row)))
+    return rows
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -369,8 +369,9 @@ def evaluate_reward(model, tokenizer, examples, config: RewardEvaluatorConfig, e
     return results
 
 
-def _mean(values) -> float:
-    return sum(values) / len(values) if values else float("nan")
+def _mean(values) -> Optional[float]:
+    """The mean of ``values``; None (no value this time) without any, never nan (the host refuses it)."""
+    return sum(values) / len(values) if values else None
 
 
 @tuneforge.hookimpl

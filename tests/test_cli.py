@@ -23,6 +23,20 @@ def test_help_is_fast_because_nothing_heavy_is_imported():
     assert module.returncode == 0 and "commands:" in module.stdout
 
 
+def test_the_bitsandbytes_kernel_notice_is_silenced_and_its_other_messages_are_not():
+    """bitsandbytes (imported by peft) warns on every import without the optional ``kernels`` package; the
+    command line drops that one message and lets the logger's other warnings and errors through."""
+    code = ("import logging, sys; from tuneforge.commands.cli import main; main(['config', 'groups']); "
+            "logging.basicConfig(stream=sys.stdout, format='%(levelname)s %(message)s'); "
+            "log = logging.getLogger('bitsandbytes.backends.cpu.ops'); "
+            "log.warning('Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you "
+            "already `pip install kernels` and the kernels >= 0.11.1', \"No module named 'kernels'\"); "
+            "log.warning('Failed to load something else'); log.error('gemm failed')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "gemm_4bit_forward" not in out
+    assert "WARNING Failed to load something else" in out and "ERROR gemm failed" in out
+
+
 def test_plugins_lists_builtins_and_third_party_with_components():
     result = run_cli(["plugins"], site_dirs=["good"])
     assert result.returncode == 0, result.stderr

@@ -125,7 +125,89 @@ def test_evaluator_values_are_checked_per_metric():
         checked_metric_values(spec, {"score": [0.5]})
     with pytest.raises(PluginError, match=r"returned tensor\(\[1., 2.\]\) \(Tensor\) for metric 'score'"):
         checked_metric_values(spec, {"score": torch.tensor([1.0, 2.0])})
-    assert checked_metric_values(spec, {"score": True}) == {"score": 1.0}
+    with pytest.raises(PluginError, match=r"returned True \(bool\) for metric 'score'; it must return "
+                                          r"\{metric name: finite number \(not a bool\) or None\}"):
+        checked_metric_values(spec, {"score": True})
+
+
+@pytest.mark.parametrize("value, shown", [(float("nan"), r"nan \(float\)"), (float("-inf"), r"-inf \(float\)"),
+                                          (False, r"False \(bool\)"), ("numpy_nan", r"(np\.float64\()?nan\)? \(float64\)"),
+                                          ("tensor_inf", r"tensor\(inf\) \(Tensor\)"),
+                                          ("numpy_bool", r"(np\.)?True_? \(bool_?\)")])
+def test_a_nan_inf_or_bool_metric_is_one_line_naming_the_plugin_evaluator_and_metric(value, shown):
+    import numpy
+    import torch
+
+    import tuneforge
+    from tuneforge.evaluation.runner import checked_metric_values
+    from tuneforge.host.guard import set_origin
+
+    value = {"numpy_nan": numpy.float64("nan"), "tensor_inf": torch.tensor(float("inf")),
+             "numpy_bool": numpy.bool_(True)}.get(value, value) if isinstance(value, str) else value
+    spec = tuneforge.EvaluatorSpec("judge", _Empty, evaluate=lambda *a: {})
+    set_origin(spec, "acme")
+    cause = r" \(nan and inf also come from a model whose outputs are not finite\)"
+    if "bool" in shown:
+        cause = ""
+    with pytest.raises(PluginError, match=rf"^plugin 'acme': evaluator 'judge', evaluate returned {shown} for metric "
+                                          rf"'score'{cause}; it must return \{{metric name: finite number \(not a "
+                                          r"bool\) or None\}; block it with TUNEFORGE_DISABLE_PLUGINS=acme") as refused:
+        checked_metric_values(spec, {"ok": 0.5, "score": value})
+    assert "\n" not in str(refused.value)
+
+
+def test_recorded_example_scores_are_finite_numbers_one_per_example_given():
+    import torch
+
+    import tuneforge
+    from tuneforge.evaluation.runner import checked_example_scores
+
+    spec = tuneforge.EvaluatorSpec("judge", _Empty, evaluate=lambda *a: {}, metrics=(
+        tuneforge.MetricInfo("hit"), tuneforge.MetricInfo("general", section="forgetting")))
+
+    def check(values, weights=None, rows=None, metric="hit", count=3):
+        return checked_example_scores(spec, {metric: {"values": values, "weights": weights}},
+                                      {metric: rows} if rows is not None else {}, count)
+
+    assert check([1, 0.5, torch.tensor(0.0)], weights=[3, 1, 2]) == {
+        "hit": {"values": [1.0, 0.5, 0.0], "weights": [3.0, 1.0, 2.0]}}
+    assert check([1.0], rows=[{}]) == {"hit": {"values": [1.0], "weights": None}}  # rows: those examples
+    assert check([1.0] * 5, metric="general")["general"]["values"] == [1.0] * 5  # its own reference set
+    with pytest.raises(PluginError, match=r"evaluator 'judge', record_scores\('hit'\) got 2 values for the 3 "
+                                          r"examples evaluate was given; it needs one per example, in order"):
+        check([1.0, 0.0])
+    with pytest.raises(PluginError, match=r"record_scores\('hit'\) got 4 values for the 3 examples"):
+        check([1.0, 0.0, 1.0, 1.0])
+    with pytest.raises(PluginError, match=r"record_scores\('hit'\) got nan \(float\) as values\[1\] of 3; each "
+                                          r"must be a finite number \(not a bool: 1.0 or 0.0"):
+        check([1.0, float("nan"), 0.0])
+    with pytest.raises(PluginError, match=r"record_scores\('hit'\) got True \(bool\) as values\[0\] of 3"):
+        check([True, False, True])
+    with pytest.raises(PluginError, match=r"record_scores\('hit'\) got inf \(float\) as weights\[2\] of 3"):
+        check([1.0, 0.0, 1.0], weights=[1, 1, float("inf")])
+
+
+def test_the_run_refuses_an_evaluator_that_records_too_few_scores():
+    """The runner checks what each evaluator recorded: 2 scores for 3 held-out examples stop the evaluation
+    with one line, not a verdict at n=2."""
+    from types import SimpleNamespace
+
+    import tuneforge
+    from omegaconf import OmegaConf
+    from tuneforge.evaluation import record_scores
+    from tuneforge.evaluation.runner import run_evaluators
+    from tuneforge.testing import TOY_RECORDS, tiny_model, toy_examples
+
+    def evaluate(model, tokenizer, examples, config, *, evaluation=None):
+        record_scores("hit", [1.0, 0.0], evaluation=evaluation)
+        return {"hit": 0.5}
+
+    model, tokenizer = tiny_model()
+    spec = tuneforge.EvaluatorSpec("judge", _Empty, evaluate=evaluate)
+    settings = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 1}})
+    examples = toy_examples(tokenizer, TOY_RECORDS[:3])
+    with pytest.raises(PluginError, match=r"evaluator 'judge', record_scores\('hit'\) got 2 values for the 3 "):
+        run_evaluators({"judge": SimpleNamespace(spec=spec, config=_Empty())}, settings, model, tokenizer, examples)
 
 
 @dataclass

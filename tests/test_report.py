@@ -40,6 +40,29 @@ def test_comparison_table_values():
     assert format_comparison({}) == "no evaluator metrics"
 
 
+def test_the_p_value_is_named_by_the_test_each_change_used():
+    """Each change's p value is labelled with the test metrics.json records as its method: McNemar for 0/1
+    scores, the paired t test for a loss (not McNemar for every metric)."""
+    mcnemar = "Newcombe paired score (method 10); McNemar exact test"
+    metrics = {"base": {"exact_match": 0.2, "perplexity/loss": 2.0, "other": 1.0},
+               "tuned": {"exact_match": 0.6, "perplexity/loss": 1.5, "other": 2.0},
+               "metric_info": {"perplexity/loss": {"higher_is_better": False, "section": "held-out"}},
+               "intervals": {c: {"exact_match": {"low": 0.1, "high": 0.8, "n": 30, "method": "Wilson score"}}
+                             for c in ("base", "tuned")},
+               "changes": {"change": {
+                   "exact_match": {"value": 0.4, "low": 0.2, "high": 0.6, "n": 30, "p_value": 0.0061, "method": mcnemar},
+                   "perplexity/loss": {"value": -0.5, "low": -1.2, "high": 0.2, "n": 30, "p_value": 0.19,
+                                       "method": "paired t (interval and test)"},
+                   "other": {"value": 1.0, "low": 0.5, "high": 1.5, "n": 30, "p_value": 0.5}}}}
+    intervals = [line for line in format_comparison(metrics).splitlines() if "95% CI" in line]
+    assert [line.rsplit("  ", 1)[1] for line in intervals] == [
+        "McNemar p=0.0061", "p=0.5", "paired t p=0.19"]  # exact_match, other, perplexity/loss
+    table = render_markdown(build_blocks(metrics))
+    assert "| metric | base | tuned | change | 95% CI of change | test |" in table
+    assert "| perplexity/loss | 2.0000 | 1.5000 | -0.5000 | -1.2000..0.2000 | paired t p=0.19 |" in table
+    assert "| exact_match | 0.2000 | 0.6000 | +0.4000 | 0.2000..0.6000 | McNemar p=0.0061 |" in table
+
+
 def test_overfitting_signal_from_metrics_csv(tmp_path):
     csv_path = tmp_path / "metrics.csv"
     rows = ["epoch,step,train/loss,val/loss"] + [f"0,{s},{10 - s},," for s in range(20)] + ["0,19,,12.5"]

@@ -136,6 +136,40 @@ def test_run_evaluator_on_given_predictions_and_on_examples():
     assert seen == [(len(TOY_RECORDS), "cfg")]
 
 
+def test_run_evaluator_says_the_expected_form_of_predictions():
+    exact = create_plugin_manager(PluginSelection())["evaluators"].get("exact_match")
+    form = r"it takes a list of \(prompt, reference, output\) tuples or of \{'prompt', 'reference', 'output'\} dicts"
+    cases = [([("a", "b")], r"row 0 \('a', 'b'\) has 2 items, not 3"),
+             ([("a", "b", "c"), ["a", "b", "c", "d"]], r"row 1 \['a', 'b', 'c', 'd'\] has 4 items, not 3"),
+             ([{"prompt": "a", "reference": "b"}], r"row 0 \{.*\} lacks 'output'"),
+             (["abc"], r"row 0 'abc' is a str"),
+             ("abc", r"got str 'abc'"),
+             ({"prompt": "a", "reference": "b", "output": "c"}, r"got dict \{'prompt': 'a', .*\}")]
+    for predictions, problem in cases:
+        with pytest.raises(ValueError, match=rf"^run_evaluator\(predictions=\.\.\.\):? {problem}; {form}, e\.g\. "):
+            run_evaluator(exact, predictions=predictions)
+
+
+def test_run_evaluator_refuses_what_the_run_would_refuse():
+    """Non-finite or bool metrics and per-example scores, and a count of scores that is not one per example,
+    fail a plugin author's test as they would fail the run."""
+    from tuneforge.errors import PluginError
+    from tuneforge.evaluation import record_scores
+
+    def judge(model, tokenizer, examples, config, *, evaluation=None):
+        values = config(len(examples))
+        record_scores("hit", values, evaluation=evaluation)
+        return {"hit": sum(values) / len(values)}
+
+    assert run_evaluator(judge, config=lambda n: [1.0] * n) == {"hit": 1.0}
+    with pytest.raises(PluginError, match=r"evaluator 'judge', record_scores\('hit'\) got 3 values for the 4 "):
+        run_evaluator(judge, config=lambda n: [1.0] * (n - 1))
+    with pytest.raises(PluginError, match=r"evaluator 'judge', record_scores\('hit'\) got True \(bool\) as "):
+        run_evaluator(judge, config=lambda n: [True] * n)
+    with pytest.raises(PluginError, match=r"evaluator 'judge', evaluate returned nan \(float\) for metric 'hit'"):
+        run_evaluator(judge, config=lambda n: [float("nan")] * n)
+
+
 def test_fit_result_loads_the_trained_model_back_like_eval_does(tmp_path):
     """``FitResult.load_model()``: the run's model/ read back through the adapter's ``load``, in eval mode:
     trained (not the base model's logits) and the same on every load."""

@@ -309,6 +309,43 @@ def test_cost_of_the_decision_break_even_and_gain_share():
     assert plain["text"].endswith("Cost: retrieval, k=4 reaches 40% of the tuned gain. Training cost 120 s.")
 
 
+def test_no_pay_back_is_claimed_without_a_gain_over_zero_shot():
+    """Tuned equal to zero-shot (+0.0): the tuned model's queries may be cheaper, but training bought nothing,
+    so no break-even and no share of a gain; a real gain still gets both, also where lower is better."""
+    from tuneforge.evaluation.cost import cost_text, decision_cost
+
+    metrics = _run(tuned=[1] * 15 + [0] * 15, base=[1] * 15 + [0] * 15, retrieval=[1] * 15 + [0] * 15)
+    column = metrics["verdict"]["baseline"]
+    metrics["cost"][column].update(generation_s_per_query=1.5, generation_s_range=[1.4, 1.6])
+    metrics["cost"]["tuned"].update(generation_s_per_query=0.5, generation_s_range=[0.45, 0.55])
+    decision = decision_cost(metrics, metrics["verdict"])
+    assert "break_even_queries" not in decision and "break_even_range" not in decision
+    assert "gain_share" not in decision and decision["query_cost_ratio"] == pytest.approx(3.0)
+    assert cost_text(decision, "retrieval, k=4") == "Training cost 120 s."
+    cost = {"tuned": {"generation_s_per_query": 0.5, "training_s": 100.0},
+            "retrieval": {"generation_s_per_query": 1.5}}
+    verdict = {"outcome": "inconclusive", "baseline": "retrieval", "metric": "loss", "baseline_value": 1.8,
+               "higher_is_better": False}
+    lower = decision_cost({"base": {"loss": 2.0}, "cost": cost}, {**verdict, "tuned": 1.5})
+    assert lower["break_even_queries"] == 100 and lower["gain_share"] == pytest.approx(0.4)
+    worse = decision_cost({"base": {"loss": 2.0}, "cost": cost}, {**verdict, "tuned": 2.1})
+    assert "break_even_queries" not in worse and "gain_share" not in worse
+
+
+def test_the_console_and_the_report_give_the_verdict_once():
+    """metrics.json's verdict text starts with its headline; printed after the headline it must not repeat it."""
+    from tuneforge.evaluation.report import build_blocks, format_comparison, render_markdown
+
+    metrics = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[1] * 12 + [0] * 18)
+    headline, text = metrics["verdict"]["headline"], metrics["verdict"]["text"]
+    assert text.startswith(headline) and len(text) > len(headline)
+    printed = " ".join(format_comparison(metrics).split())
+    assert printed.count(headline) == 1 and f"verdict: {headline}" in printed
+    assert printed.endswith(text[len(headline):].strip())  # the rest of the paragraph, once
+    report = " ".join(render_markdown(build_blocks(metrics)).split())
+    assert report.count(headline) == 1 and text[len(headline):].strip() in report
+
+
 def _bilingual(tmp_path):
     rows = []
     for i in range(24):

@@ -120,6 +120,7 @@ def main(argv=None) -> None:
 
     from tuneforge.errors import TuneforgeError
 
+    quiet_optional_kernel_notice()
     module_name, function_name = COMMANDS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
     parameters = inspect.signature(handler).parameters
@@ -134,6 +135,26 @@ def main(argv=None) -> None:
     finally:
         if program:
             leave_without_final_collection()
+
+
+#: the logger and the start of the one message :func:`quiet_optional_kernel_notice` silences
+KERNEL_NOTICE = ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+def _not_the_kernel_notice(record) -> bool:
+    return not str(record.msg).startswith(KERNEL_NOTICE[1])
+
+
+def quiet_optional_kernel_notice() -> None:
+    """Silence the one warning bitsandbytes (imported by peft) logs on every import on a CPU with
+    AVX512-BF16 when the optional ``kernels`` package is missing, "Failed to load CPU gemm_4bit_forward
+    from kernels-community": its CPU 4-bit layers then use its own slower path, and runs that quantize
+    nothing never reach them.  A filter on that logger drops this message only, so bitsandbytes' other
+    warnings and errors still show; set here, before any command imports peft, and once however often
+    ``main`` runs."""
+    import logging
+
+    logging.getLogger(KERNEL_NOTICE[0]).addFilter(_not_the_kernel_notice)  # adding it again is a no-op
 
 
 def leave_without_final_collection() -> None:

@@ -16,6 +16,10 @@ the tuned model on the verdict's metric:
   back by the cheaper queries of the tuned model (None when the tuned model
   is not cheaper per query), with the range from the timing spread.
 
+``gain_share`` and the break-even are left out when training gained nothing
+over zero-shot on the verdict's metric (:func:`tuned_gain`: the tuned value
+is not better): there is no gain to share or to pay back.
+
 Costs are in seconds of this machine unless prices are set
 (``evidence.price_per_hour``: machine time; ``evidence.price_per_million_tokens``:
 serving by tokens).
@@ -99,16 +103,14 @@ def decision_cost(metrics: dict, verdict: dict, prices: Optional[dict] = None) -
     out: dict = {"column": column, "unit": unit, "prices": prices,
                  "training": _training(tuned, prices), "tuned_per_query": _per_query(tuned, prices),
                  "column_per_query": _per_query(other, prices)}
-    base_value = (metrics.get(BASE) or {}).get(verdict["metric"])
-    gain = verdict["tuned"] - base_value if base_value is not None else None
+    gain = tuned_gain(metrics, verdict)
     if gain:
-        reached = verdict["baseline_value"] - base_value
-        out["gain_share"] = reached / gain
+        out["gain_share"] = (verdict["baseline_value"] - metrics[BASE][verdict["metric"]]) / gain
     if out["tuned_per_query"] and out["column_per_query"] is not None:
         out["query_cost_ratio"] = out["column_per_query"] / out["tuned_per_query"]
     saving = (out["column_per_query"] - out["tuned_per_query"]) if None not in (
         out["column_per_query"], out["tuned_per_query"]) else None
-    if out["training"] is not None and saving is not None:
+    if out["training"] is not None and saving is not None and gain:
         out["break_even_queries"] = int(round(out["training"] / saving)) if saving > 0 else None
         if not prices.get("price_per_million_tokens"):
             worst = _per_query(other, prices, "low") - _per_query(tuned, prices, "high")
@@ -116,6 +118,17 @@ def decision_cost(metrics: dict, verdict: dict, prices: Optional[dict] = None) -
             out["break_even_range"] = [int(round(out["training"] / best)) if best > 0 else None,
                                        int(round(out["training"] / worst)) if worst > 0 else None]
     return out
+
+
+def tuned_gain(metrics: dict, verdict: dict) -> Optional[float]:
+    """Tuned minus zero-shot base on the verdict's metric when the tuned value is better (higher, or lower
+    for a metric where lower is better); None when it is not, or without a base value."""
+    base_value = (metrics.get(BASE) or {}).get(verdict["metric"])
+    if base_value is None:
+        return None
+    gain = verdict["tuned"] - base_value
+    better = gain > 0 if verdict.get("higher_is_better", True) else gain < 0
+    return gain if better else None
 
 
 def _amount(value: float, unit: str) -> str:

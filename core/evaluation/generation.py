@@ -51,8 +51,8 @@ class EvaluationPass:
     generation cache of the pass.  ``context``: reserved for the run context
     (which process this is, the run directory); None when there is none.
     ``scores``: the per-example scores the running evaluator recorded
-    (:func:`record_scores`, ``{metric: {"values", "weights"}}``); the host
-    moves them into ``example_scores`` after each evaluator, under the
+    (:func:`record_scores`, ``{metric: {"values", "weights"}}``, as given); the
+    host checks them and moves them into ``example_scores`` (as floats) after each evaluator, under the
     reported metric names (``forgetting/contains``).  ``scored_rows``: the
     prediction rows each of those scores belongs to (when the evaluator gave
     them), where the host writes each row's score under the reported name.
@@ -285,9 +285,11 @@ def record_scores(metric: str, values: Sequence[float], *, weights: Optional[Seq
                   evaluation: Optional[EvaluationPass] = None, rows: Optional[Sequence[dict]] = None) -> None:
     """Keep the per-example scores behind ``metric`` (the name ``evaluate`` returns, e.g. ``exact_match``).
 
-    ``values[i]`` scores the i-th example the evaluator was given, and the
-    returned metric must equal their mean, or with ``weights`` (e.g. each
-    example's token count) the weighted mean ``sum(w * v) / sum(w)``.  The
+    ``values[i]`` scores the i-th example the evaluator was given (one value
+    per example), and the returned metric must equal their mean, or with
+    ``weights`` (e.g. each example's token count) the weighted mean
+    ``sum(w * v) / sum(w)``.  Every value and weight is a finite number (a
+    bool, nan or inf is not; 1.0/0.0 for a hit/miss).  The
     host bootstraps confidence intervals from them (and McNemar's test for
     0/1 values); a metric returned without recorded scores (a corpus BLEU)
     simply gets no interval, and scores whose mean does not match the
@@ -295,13 +297,18 @@ def record_scores(metric: str, values: Sequence[float], *, weights: Optional[Seq
     rows the values score (:func:`generate_predictions`' rows, same order):
     each row then gets its score under the reported metric name in
     ``row["scores"]``, so that ``predictions.jsonl`` and the report's notable
-    failures show which examples missed.  Without a pass nothing is kept.
+    failures show which examples missed; with ``rows`` the values may score
+    fewer examples than were given (those rows).  When the evaluator returns,
+    the host checks the values and their count (one line naming the plugin,
+    the evaluator and the metric:
+    :func:`tuneforge.evaluation.runner.checked_example_scores`).  Without a
+    pass nothing is kept.
     """
     if evaluation is None:
         return
-    values = [float(v) for v in values]
+    values = list(values)
     if weights is not None:
-        weights = [float(w) for w in weights]
+        weights = list(weights)
         if len(weights) != len(values):
             raise ValueError(f"record_scores({metric!r}): {len(values)} values but {len(weights)} weights")
     if rows is not None and len(rows) != len(values):

@@ -22,15 +22,18 @@ NOTHING_TO_COMPARE = ("Nothing to compare: only the base model was evaluated, so
 
 def verdict_lead(metrics: RunMetrics) -> tuple[Optional[str], Optional[str]]:
     """``(headline, paragraph)`` of the verdict: ``verdict["headline"]`` (the answer in one sentence) and
-    ``verdict["text"]``; without a headline the text is the headline and there is no paragraph.  With no
-    tuned column the headline is :data:`NOTHING_TO_COMPARE`; ``(None, None)`` when there is no verdict."""
+    the rest of ``verdict["text"]``, which starts with the headline (so that it reads on its own): the
+    paragraph leaves it out, and the headline is shown once.  Without a headline the text is the
+    headline and there is no paragraph.  With no tuned column the headline is
+    :data:`NOTHING_TO_COMPARE`; ``(None, None)`` when there is no verdict."""
     if not metrics.get("tuned"):
         return NOTHING_TO_COMPARE, None
     verdict = metrics.get("verdict") or {}
     headline, text = verdict.get("headline"), verdict.get("text")
     if not headline:
         return (text or None), None
-    return headline, (text if text and text != headline else None)
+    rest = (text or "").removeprefix(headline).strip()
+    return headline, (rest or None)
 
 
 def _basename(path: str) -> str:

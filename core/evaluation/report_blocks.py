@@ -211,12 +211,13 @@ def _memorisation_blocks(metrics: RunMetrics) -> list:
 
 
 def _metric_table(rows: list, metrics: RunMetrics) -> list:
-    """The base/tuned/change table of ``rows`` (with the change's 95% interval and McNemar's p when the
-    run has them), then one line per metric that has a description or where lower is better."""
+    """The base/tuned/change table of ``rows`` (with the change's 95% interval and its test's p, named by
+    the test, when the run has them), then one line per metric that has a description or where lower is
+    better."""
     change = {n: metric_change(metrics, "change", n) for n, *_ in rows}
     if any("low" in change[n] for n, *_ in rows):
         with_p = any(change[n].get("p_value") is not None for n, *_ in rows)
-        header = ["metric", "base", "tuned", "change", "95% CI of change", *(["McNemar p"] if with_p else [])]
+        header = ["metric", "base", "tuned", "change", "95% CI of change", *(["test"] if with_p else [])]
         table = [[n, number_text(b), number_text(t), signed_text(c), interval_text(change[n]),
                   *([p_value_text(change[n])] if with_p else [])] for n, b, t, c in rows]
     else:

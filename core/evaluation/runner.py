@@ -1,5 +1,6 @@
-"""Running the selected evaluators on one model state (base or tuned) in one shared pass, and
-describing their metrics (:class:`tuneforge.specs.MetricInfo`) for the report and ``compare``."""
+"""Running the selected evaluators on one model state (base or tuned) in one shared pass, checking what
+each returns and records (finite numbers; one per-example score per example), and describing their
+metrics (:class:`tuneforge.specs.MetricInfo`) for the report and ``compare``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
     whose ``evaluate`` has a ``context`` parameter (None outside a training
     run, e.g. ``tuneforge eval``); the pass carries it too.
 
+    What each evaluator returns and the per-example scores it recorded are checked when it returns
+    (:func:`checked_metric_values`, :func:`checked_example_scores`).
     Per-example scores the evaluators recorded (:func:`tuneforge.evaluation.record_scores`)
     end up in ``pass.example_scores`` under the reported names, and in the
     ``scores`` of the prediction rows they were recorded for.  With
@@ -60,10 +63,11 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
             values = spec_call(spec, "evaluate", call_accepting, spec.evaluate, model, tokenizer, examples,
                                evaluator.config, evaluation=one_pass, context=context, named_only=("context",))
             values = checked_metric_values(spec, values)
+            recorded = checked_example_scores(spec, one_pass.scores, one_pass.scored_rows, len(examples))
             for metric, value in values.items():
                 if value is not None:
                     results[metric_name(name, metric, values)] = value
-            for metric, scores in one_pass.scores.items():
+            for metric, scores in recorded.items():
                 if values.get(metric) is not None and _consistent(scores, float(values[metric]), f"{name}/{metric}"):
                     reported = metric_name(name, metric, values)
                     one_pass.example_scores[reported] = scores
@@ -79,20 +83,14 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
 
 def checked_metric_values(spec, values) -> dict:
     """What an evaluator's ``evaluate`` returned, as ``{metric: float or None}``: a mapping of metric
-    names to real numbers (a 0-d tensor or a numpy scalar counts) or None (no value this time).
-    Anything else is a one-line :class:`~tuneforge.PluginError` naming the plugin, the evaluator and
-    the metric (:mod:`tuneforge.host.guard`)."""
-    import numbers
+    names to finite real numbers (a 0-d tensor or a numpy scalar counts; a bool, nan and inf do not)
+    or None (no value this time).  Anything else is a one-line :class:`~tuneforge.PluginError` naming
+    the plugin, the evaluator and the metric (:mod:`tuneforge.host.guard`)."""
     from collections.abc import Mapping
 
-    from tuneforge.host.guard import describe_plugin, hint, origin_of
-    from tuneforge.errors import PluginError
-
-    origin = origin_of(spec)
-
     def refuse(what: str):
-        return PluginError(f"{describe_plugin(origin)}: evaluator '{spec.name}', evaluate returned {what}; it must "
-                           f"return {{metric name: number or None}}; {hint(origin)}")
+        return _evaluator_error(spec, f"evaluate returned {what}; it must return {{metric name: finite number "
+                                      "(not a bool) or None}")
 
     if not isinstance(values, Mapping):
         raise refuse(f"{type(values).__name__} {_shown(values)}, not a dict")
@@ -100,21 +98,88 @@ def checked_metric_values(spec, values) -> dict:
     for metric, value in values.items():
         if not isinstance(metric, str):
             raise refuse(f"the key {_shown(metric)} ({type(metric).__name__}), not a metric name")
-        if value is None or isinstance(value, numbers.Real):  # a bool counts as 0/1
-            checked[metric] = None if value is None else float(value)
-            continue
-        item = getattr(value, "item", None)  # a 0-d tensor, a numpy scalar
-        if callable(item) and getattr(value, "ndim", 0) == 0:
-            try:
-                number = item()
-            except (TypeError, ValueError, RuntimeError):
-                number = None
-            if isinstance(number, numbers.Real):
-                checked[metric] = float(number)
-                continue
-        raise refuse(f"{_shown(value)} ({type(value).__name__}) for metric '{metric}'"
-                     f"{_declared(spec, metric)}")
+        number = None if value is None else _finite_number(value)
+        if value is not None and number is None:
+            cause = " (nan and inf also come from a model whose outputs are not finite)" \
+                if _not_finite(value) else ""
+            raise refuse(f"{_shown(value)} ({type(value).__name__}) for metric '{metric}'"
+                         f"{_declared(spec, metric)}{cause}")
+        checked[metric] = number
     return checked
+
+
+def checked_example_scores(spec, scores: dict, scored_rows: dict, count: int) -> dict:
+    """The per-example scores an evaluator recorded (:func:`tuneforge.evaluation.record_scores`;
+    ``{metric: {"values", "weights"}}``) with every value and weight a finite float.
+
+    Each value and weight must be a finite real number (a 0-d tensor or a numpy scalar counts; a bool,
+    nan and inf do not), and a held-out metric recorded without ``rows`` needs one value per example
+    the evaluator was given (``count``): ``values[i]`` scores ``examples[i]``.  (With ``rows`` the
+    values score those prediction rows; a metric of another section, e.g. ``forgetting``, scores the
+    evaluator's own reference set.)  Anything else is a one-line :class:`~tuneforge.PluginError`
+    naming the plugin, the evaluator and the metric."""
+    from tuneforge.specs import HELD_OUT
+
+    checked = {}
+    for metric, recorded in scores.items():
+        where = f"record_scores({metric!r})"
+        numbers = {}
+        for part in ("values", "weights"):
+            given = recorded.get(part)
+            if given is None:
+                numbers[part] = None
+                continue
+            numbers[part] = [_finite_number(value) for value in given]
+            if None in numbers[part]:
+                i = numbers[part].index(None)
+                raise _evaluator_error(spec, f"{where} got {_shown(given[i])} ({type(given[i]).__name__}) as "
+                                             f"{part}[{i}] of {len(given)}; each must be a finite number "
+                                             "(not a bool: 1.0 or 0.0 for a hit or a miss)")
+        if (metric not in scored_rows and len(numbers["values"]) != count
+                and spec.metric_info(metric).section == HELD_OUT):
+            raise _evaluator_error(spec, f"{where} got {len(numbers['values'])} values for the {count} examples "
+                                         "evaluate was given; it needs one per example, in order (or the scored "
+                                         "prediction rows as rows=...)")
+        checked[metric] = numbers
+    return checked
+
+
+def _finite_number(value) -> Optional[float]:
+    """``value`` as a float when it is a finite real number (a 0-d tensor or a numpy scalar counts; a bool,
+    nan and inf do not); None otherwise."""
+    import math
+    import numbers
+
+    if not isinstance(value, numbers.Real):
+        item = getattr(value, "item", None)  # a 0-d tensor, a numpy scalar
+        if not callable(item) or getattr(value, "ndim", 0) != 0:
+            return None
+        try:
+            value = item()
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _not_finite(value) -> bool:
+    """Whether ``value`` is a real number (or a 0-d tensor or numpy scalar) that is nan or infinite."""
+    import math
+
+    try:
+        return not isinstance(value, bool) and not math.isfinite(float(value))
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _evaluator_error(spec, problem: str):
+    """The one-line :class:`~tuneforge.PluginError` for ``problem`` of the evaluator ``spec``."""
+    from tuneforge.errors import PluginError
+    from tuneforge.host.guard import describe_plugin, hint, origin_of
+
+    origin = origin_of(spec)
+    return PluginError(f"{describe_plugin(origin)}: evaluator '{spec.name}', {problem}; {hint(origin)}")
 
 
 def _shown(value, limit: int = 60) -> str:

@@ -80,7 +80,7 @@ def format_columns(metrics: RunMetrics, width: int = 100) -> str:
         body.append([label, *[number_text(v) for v in values], signed_text(delta) if delta is not None else ""])
         cis = [interval_text(metric_interval(metrics, c, name)) for c in columns]
         if any(ci != "-" for ci in cis) or "low" in test:
-            extra = f"  McNemar p={test['p_value']:.2g}" if test.get("p_value") is not None else ""
+            extra = f"  {p_value_text(test)}" if test.get("p_value") is not None else ""
             indent = " " * (len(label) - len(label.lstrip()))  # under its metric (inside a section)
             body.append([f"{indent}  95% CI", *cis, (interval_text(test) if "low" in test else "") + extra])
     cost = metrics.get("cost") or {}
@@ -166,5 +166,12 @@ def value_with_interval(value, interval) -> str:
 
 
 def p_value_text(entry) -> str:
-    return "-" if not entry or entry.get("p_value") is None else f"{entry['p_value']:.2g}"
+    """``McNemar p=0.0061``, ``paired t p=0.19``: a change's p value named by the test its ``method`` used
+    (:func:`tuneforge.evaluation.uncertainty.p_value_test`); ``-`` without one."""
+    from tuneforge.evaluation.uncertainty import p_value_test
+
+    if not entry or entry.get("p_value") is None:
+        return "-"
+    test = p_value_test(entry.get("method"))
+    return f"{test + ' ' if test else ''}p={entry['p_value']:.2g}"
 

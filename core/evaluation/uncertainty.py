@@ -282,6 +282,16 @@ WILSON, NEWCOMBE, PAIRED_T, BCA = ("Wilson score", "Newcombe paired score (metho
                                    "BCa bootstrap")
 
 
+def p_value_test(method) -> str:
+    """The short name of the test behind a change's ``p_value``, read from its ``method`` (as
+    :func:`paired_difference` writes it and ``metrics.json`` keeps it): ``"McNemar"``, ``"paired t"``,
+    or ``""`` when the method names neither."""
+    method = method or ""
+    if "McNemar" in method:
+        return "McNemar"
+    return "paired t" if method.startswith(PAIRED_T) else ""
+
+
 def column_interval(values: Sequence[float], weights: Optional[Sequence[float]] = None, *,
                     confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0) -> dict:
     """``{"low", "high", "n", "method"}`` of one column's metric: Wilson for unweighted 0/1 scores, else BCa."""

@@ -113,9 +113,10 @@ def describe_plugin(origin) -> str:
 
 
 def hint(origin) -> str:
-    """What the user can do about a broken plugin."""
+    """What the user can do about a broken plugin (blocking it, unless it is tuneforge's own: that would
+    take all its components away)."""
     name = origin if isinstance(origin, str) else getattr(origin, "name", None)
-    block = f"block it with {DISABLE_ENV}={name}, or " if name else ""
+    block = f"block it with {DISABLE_ENV}={name}, or " if name and not is_own(origin) else ""
     return f"{block}rerun with --debug for the traceback"
 
 
