@@ -93,17 +93,21 @@ class ModelSourceSpec(_Spec):
     importing torch or transformers' models, or None when it cannot (e.g. a hub id); ``tuneforge
     plan`` then sizes the common decoder families in well under a second
     (:mod:`tuneforge.planning.decoder_shapes`) and falls back to ``model_config`` otherwise.
+    ``load_tokenizer(config) -> tokenizer`` (optional) loads the tokenizer alone, exactly as ``load``
+    gives it (``pad_token`` set), without reading the weights; ``tuneforge data show`` uses it (without
+    it, ``load`` runs and the model is left unused).
     ``heads``: the heads ``load`` can build (:mod:`tuneforge.model_heads`: ``load(config, head=...)``).
     """
 
     kind: ClassVar[str] = "model source"
     required: ClassVar[tuple[str, ...]] = ("load",)
-    optional: ClassVar[tuple[str, ...]] = ("base_quantization", "model_config", "config_fields")
+    optional: ClassVar[tuple[str, ...]] = ("base_quantization", "model_config", "config_fields", "load_tokenizer")
     load: Optional[LoadModel] = None
     base_quantization: Optional[Callable[[Any], Optional[str]]] = None
     model_config: Optional[Callable[[Any], Any]] = None
     config_fields: Optional[Callable[[Any], Optional[dict]]] = None
     heads: tuple = (CAUSAL_LM,)
+    load_tokenizer: Optional[Callable[[Any], Any]] = None
 
 
 @dataclass(frozen=True)

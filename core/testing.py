@@ -266,16 +266,9 @@ def assert_labels(example: Mapping, tokenizer, trained: Sequence[str], prefix: s
 
 
 def _marked_text(example: Mapping, tokenizer, prefix: str) -> str:
-    from tuneforge.data import IGNORE_INDEX
+    from tuneforge.data import marked_text
 
-    out, trained_run = [], False
-    for token, label in zip(example[f"{prefix}input_ids"], example[f"{prefix}labels"]):
-        trained = label != IGNORE_INDEX
-        if trained != trained_run:
-            out.append("[[" if trained else "]]")
-            trained_run = trained
-        out.append(tokenizer.decode([token], skip_special_tokens=False))
-    return "".join(out) + ("]]" if trained_run else "")
+    return marked_text(example, tokenizer, prefix)
 
 
 def run_loss(loss, batch: Optional[Mapping] = None, *, config=None, model=None, tokenizer=None,

@@ -2,8 +2,8 @@
 
 All of them read records and hand them to :func:`tuneforge.data.prepare_splits`,
 which detects each record's format (``tuneforge.data.FORMATS``: alpaca, chat,
-completion, preference, kto, prompt), tokenizes with label masking, splits, caches and counts.  Before any model
-loads, each config checks its values (``__post_init__``) and the file datasets
+completion, preference, kto, prompt_completion, prompt), tokenizes with label masking, splits, caches and
+counts.  Before any model loads, each config checks its values (``__post_init__``) and the file datasets
 tell the host which example kinds they hold from the first record
 (``example_kinds``), so ``loss=dpo`` on instruction data stops at once.
 """
@@ -36,6 +36,9 @@ _FILES_FIELDS = """
     path: a data file or a folder of them (read recursively, sorted by path).
     val_path: a separate held-out file or folder; when unset, ``val_fraction`` or
         ``val_size`` of ``path`` is held out.
+    field: for a ``.json`` file holding one object that wraps the records, e.g.
+        ``{"data": [...]}``: the key holding the array of records (``data.field=data``;
+        null: the file holds the array itself, or JSON lines).
 """
 
 
@@ -45,18 +48,20 @@ class FilesDataConfig(DataConfig):
 
     path: str = sample_path("sample.jsonl")
     val_path: Optional[str] = None
+    field: Optional[str] = None
 
     DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path", "val_path")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self, path=existing_path(), val_path=existing_path())
+        check(self, path=existing_path(), val_path=existing_path(), field=non_empty)
 
 
 FilesDataConfig.__doc__ = (
     "Records from local ``.jsonl``, ``.json`` (an array of objects, or JSON lines), ``.csv`` (with a\n"
-    "    header row) or ``.parquet`` files, or a folder of them.  ``data=files`` picks the reader by\n"
-    "    suffix; ``data=jsonl|json|csv|parquet`` use that reader.  ``path`` defaults to a small\n"
+    "    header row) or ``.parquet`` files, or a folder of them; ``.jsonl``, ``.json`` and ``.csv`` may be\n"
+    "    gzip-compressed (``train.jsonl.gz``).  ``data=files`` picks the reader by suffix;\n"
+    "    ``data=jsonl|json|csv|parquet`` use that reader.  ``path`` defaults to a small\n"
     "    shipped sample of alpaca and chat records.\n" + _FILES_FIELDS + DATA_CONFIG_FIELDS)
 
 
@@ -115,8 +120,9 @@ HFDataConfig.__doc__ = """Records from a Hugging Face dataset, loaded with ``dat
 
 def load_files(config: FilesDataConfig, tokenizer, kind: str = "auto") -> DataSplits:
     """Read ``config.path`` (and ``config.val_path``) with the ``kind`` reader and prepare the splits."""
-    records = read_records(config.path, kind)
-    val_records = read_records(config.val_path, kind) if config.val_path else None
+    options = dict(field=config.field, columns=config.columns)
+    records = read_records(config.path, kind, **options)
+    val_records = read_records(config.val_path, kind, **options) if config.val_path else None
     return prepare_splits(records, tokenizer, config, val_records=val_records, origin=str(config.path))
 
 
@@ -124,7 +130,7 @@ def files_example_kinds(config: FilesDataConfig, kind: str = "auto") -> Optional
     """The record format of ``config.path`` (its first record, or ``data.format``); None: an empty file."""
     if config.format != "auto":
         return {config.format}
-    record = first_record(config.path, kind)
+    record = first_record(config.path, kind, field=config.field, columns=config.columns)
     return None if record is None else {detect_format(record, config.columns)}
 
 
@@ -146,7 +152,8 @@ def load_hf(config: HFDataConfig, tokenizer) -> DataSplits:
 @tuneforge.hookimpl
 def tuneforge_datasets():
     files = [
-        tuneforge.DatasetSpec("files", FilesDataConfig, ".jsonl/.json/.csv/.parquet files or a folder of them",
+        tuneforge.DatasetSpec("files", FilesDataConfig,
+                              ".jsonl/.json/.csv/.parquet files (.gz too) or a folder of them",
                               load=load_files, example_kinds=files_example_kinds, no_validation=no_validation),
         tuneforge.DatasetSpec("jsonl", FilesDataConfig, "records in .jsonl files",
                               load=partial(load_files, kind="jsonl"),

@@ -296,14 +296,7 @@ def load_hf(config: HFModelConfig, head: str = "causal_lm"):
     auto_class = getattr(transformers, MODEL_HEADS[head])
 
     path = str(config.path)
-    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
-    if config.token:
-        kwargs["token"] = config.token
-    if path.endswith(".gguf"):  # HFModelConfig checked that local paths exist
-        gguf = Path(path).expanduser()
-        source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
-    else:
-        source = path
+    source, kwargs = _hf_source(config)
     model_kwargs = dict(kwargs, **{_dtype_argument(): _dtype(config.dtype)})
     if "gguf_file" not in kwargs and not config.allow_pickle:
         model_kwargs["use_safetensors"] = True
@@ -335,6 +328,37 @@ def load_hf(config: HFModelConfig, head: str = "causal_lm"):
     model = _prepared(model, config)
     model.train()
     return model, tokenizer
+
+
+def _hf_source(config: HFModelConfig) -> tuple:
+    """``(folder or hub id, from_pretrained keyword arguments)`` of ``model.path`` (a ``.gguf`` file: its
+    folder and ``gguf_file``)."""
+    path = str(config.path)
+    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if config.token:
+        kwargs["token"] = config.token
+    if path.endswith(".gguf"):  # HFModelConfig checked that local paths exist
+        gguf = Path(path).expanduser()
+        return str(gguf.parent), dict(kwargs, gguf_file=gguf.name)
+    return path, kwargs
+
+
+def load_hf_tokenizer(config: HFModelConfig):
+    """The tokenizer :func:`load_hf` gives, without the weights (a ``.gguf`` file's end tokens from its
+    metadata, as ``load_hf`` takes them from the model's config)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    source, kwargs = _hf_source(config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or source, **kwargs)
+        if "gguf_file" in kwargs:
+            _special_tokens_from_model_config(tokenizer, AutoConfig.from_pretrained(source, **kwargs))
+    except (OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"cannot load the tokenizer of model.path='{config.path}': {message}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _forget_gguf_quantization(model) -> None:
@@ -424,6 +448,11 @@ def load_tiny(config: TinyModelConfig, head: str = "causal_lm"):
     return model, tokenizer
 
 
+def load_tiny_tokenizer(config: TinyModelConfig):
+    """The tokenizer :func:`load_tiny` gives (built in memory; the same for every config)."""
+    return build_tiny_tokenizer()
+
+
 def tiny_model_config(config: TinyModelConfig):
     """The tiny model's architecture (the ``LlamaConfig`` :func:`load_tiny` builds; float32 weights)."""
     return _tiny_llama_config(config, build_tiny_tokenizer())
@@ -508,8 +537,10 @@ def tuneforge_model_sources():
     return [
         tuneforge.ModelSourceSpec("hf", HFModelConfig, "Hugging Face id, local folder or .gguf file",
                                   load=load_hf, base_quantization=base_quantization, model_config=hf_model_config,
-                                  config_fields=hf_config_fields, heads=tuple(MODEL_HEADS)),
+                                  config_fields=hf_config_fields, heads=tuple(MODEL_HEADS),
+                                  load_tokenizer=load_hf_tokenizer),
         tuneforge.ModelSourceSpec("tiny", TinyModelConfig, "small random Llama for tests, no download",
                                   load=load_tiny, base_quantization=base_quantization,
-                                  model_config=tiny_model_config, heads=tuple(MODEL_HEADS)),
+                                  model_config=tiny_model_config, heads=tuple(MODEL_HEADS),
+                                  load_tokenizer=load_tiny_tokenizer),
     ]

@@ -326,19 +326,22 @@ _message = st.fixed_dictionaries({}, optional={
     "content": st.text(max_size=8) | _json, "from": st.sampled_from(["human", "gpt", "x", "function_call",
                                                                      "observation"]),
     "value": st.text(max_size=8) | _scalars | _call.map(json.dumps),
-    "tool_calls": st.lists(_call, max_size=2) | _scalars, "function_call": _call})
+    "tool_calls": st.lists(_call, max_size=2) | _scalars, "function_call": _call,
+    "weight": st.sampled_from([0, 1, 0.5]) | _scalars, "train": _scalars})
 _field_value = st.one_of(_json, st.text(max_size=10), st.lists(_message, max_size=4), _message,
-                         st.lists(_call, max_size=2).map(json.dumps))
+                         st.lists(_call, max_size=2).map(json.dumps),
+                         st.lists(st.lists(st.text(max_size=4) | _scalars, max_size=3), max_size=3))
 _records = st.dictionaries(
     st.sampled_from(["instruction", "input", "output", "system", "messages", "conversations", "text",
-                     "prompt", "chosen", "rejected", "tools", "label", "kto_tag", "images", "other"]),
+                     "prompt", "chosen", "rejected", "tools", "label", "kto_tag", "images", "history",
+                     "completion", "other"]),
     _field_value, max_size=5)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=st.lists(_records, min_size=1, max_size=3), fmt=st.sampled_from(["auto", "alpaca", "chat",
                                                                                 "completion", "preference", "kto",
-                                                                                "prompt"]))
+                                                                                "prompt_completion", "prompt"]))
 def test_garbled_records_raise_only_data_error(records, fmt):
     try:
         examples, _ = tokenize_records([Record(r, f"g:{i}") for i, r in enumerate(records, 1)], tiny(), fmt=fmt,

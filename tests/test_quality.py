@@ -60,7 +60,11 @@ def test_each_problem_is_counted(fixture_files):
     tokens = report["tokens"]["train"]
     assert tokens["max"] == 64 and tokens["min"] < tokens["median"] < tokens["max"]
     assert report["labels"] is None  # six rows, five distinct targets: not classification-like
-    assert any("1 training examples repeat" in w for w in report["warnings"])
+    train = fixture_files[0]
+    assert report["duplicate_sources"] == [f"{train}:2 = {train}:1"]
+    assert report["empty_target_sources"] == [f"{train}:4"]
+    assert f"1 training example repeats an earlier one (e.g. {train}:2 = {train}:1)" in report["warnings"]
+    assert f"1 training example has an empty target (e.g. {train}:4)" in report["warnings"]
 
     dropped = quality.assess(_splits(*fixture_files, truncation="drop"))
     assert (dropped["truncated"], dropped["dropped"], dropped["examples"]["train"]) == (0, 1, 5)
@@ -161,3 +165,17 @@ def test_dpo_on_identical_pairs_stops_before_training(tmp_path):
     with pytest.raises(DataError, match="all 7 preference pairs have the same chosen and rejected"):
         run_tiny_fit(tmp_path / "run", overrides=[f"data.path={_write(tmp_path / 'p.jsonl', rows)}", "loss=dpo",
                                                   "data.val_size=1", "trainer.max_steps=1"])
+
+
+def test_warnings_name_the_first_places_in_file_order_and_agree_in_number(tmp_path):
+    """They named no place ("2 training examples repeat an earlier one") and said "1 ... examples have"."""
+    rows = ([_qa(f"q{i}", "a") for i in range(12)] + [_qa("q0", "a"), _qa("q1", "a")]
+            + [_qa(f"e{i}", "") for i in range(5)])
+    train = _write(tmp_path / "t.jsonl", rows)
+    report = quality.assess(_splits(train, _write(tmp_path / "v.jsonl", [_qa("other", "x")])))
+    assert report["duplicate_sources"] == [f"{train}:13 = {train}:1", f"{train}:14 = {train}:2"]
+    assert f"2 training examples repeat an earlier one (e.g. {train}:13 = {train}:1, {train}:14 = {train}:2)" \
+        in report["warnings"]
+    assert report["empty_target_sources"] == [f"{train}:{line}" for line in range(15, 20)]
+    assert (f"5 training examples have an empty target (e.g. {train}:15, {train}:16, {train}:17 and 2 more)"
+            in report["warnings"])

@@ -3,6 +3,7 @@
     tuneforge train [--debug] [key=value ...]   fine-tune (Hydra overrides; -m for sweeps)
     tuneforge plan [--memory SIZE] [key=value ...]  memory per device before a run (docs/memory.md)
     tuneforge plugins                           installed plugins and what each contributes
+    tuneforge data show [key=value ...]         the data as a run trains on it, trained tokens marked
     tuneforge --help | --version
 
 This module imports nothing heavy at import time, so ``--help`` is instant.
@@ -50,6 +51,9 @@ commands:
                tuneforge compare runs/multirun/<date>
   status     how runs ended (completed, failed with its error, interrupted, running):
                tuneforge status runs/<run> | runs/multirun/<date>
+  data       your data as a run trains on it: stats, the first examples with their file:line, token counts
+             and the trained tokens marked [[...]], and the quality warnings; train's overrides:
+               tuneforge data show model=tiny data=jsonl data.path=train.jsonl [--n 3] [--val]
   config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
              'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
   new-plugin write a ready plugin package to start from:
@@ -79,6 +83,7 @@ COMMANDS = {
     "compare": "tuneforge.commands.compare:compare_command",
     "status": "tuneforge.commands.status:status_command",
     "config": "tuneforge.commands.config:config_command",
+    "data": "tuneforge.commands.data:data_command",
     "new-plugin": "tuneforge.commands.new_plugin:new_plugin_command",
 }
 

@@ -56,8 +56,11 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     model, tokenizer = load_source_model(components.model.spec, components.model.config, head)
     from tuneforge.host.plugin_returns import data_splits
 
-    splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config, tokenizer,
-                       returns=data_splits())
+    from tuneforge.data.record_keys import record_keys_read_elsewhere, run_record_keys
+
+    with record_keys_read_elsewhere(run_record_keys(components)):  # not reported as unused record keys
+        splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config,
+                           tokenizer, returns=data_splits())
     metrics: RunMetrics = {"data": splits.stats}
     metrics["setup"] = describe_setup(components, splits.stats, with_adapter=run_dir is not None,
                                       device=evaluation_device(settings.trainer.accelerator,

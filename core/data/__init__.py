@@ -10,7 +10,8 @@ split -> token ids plus labels where only assistant tokens carry loss
 (rendered with :mod:`tuneforge.data.chat_templates`, tokenized by
 :mod:`tuneforge.data.tokenization`) -> an on-disk cache
 (:mod:`tuneforge.data.cache`) -> padded batches (:func:`pad_batch`), or packed
-rows (:mod:`tuneforge.data.packing`).
+rows (:mod:`tuneforge.data.packing`).  :func:`marked_text` shows which tokens of an
+example are trained (:mod:`tuneforge.data.trained_text`).
 
 This module is the public helper API for dataset plugins: a plugin reads its
 records (:func:`read_records`, :func:`read_hf` or its own code) and hands them
@@ -55,6 +56,7 @@ from tuneforge.data.columns import (
     check_columns,
     detect_format,
 )
+from tuneforge.data.record_keys import unused_key_summary
 from tuneforge.data.samples import Sample, normalize, normalize_records, to_messages
 from tuneforge.data.sources import (
     Record,
@@ -77,6 +79,7 @@ from tuneforge.data.tokenization import (
     tokenize_samples,
     tokenize_text,
 )
+from tuneforge.data.trained_text import label_runs, marked_text, token_counts
 from tuneforge.errors import DataError
 from tuneforge.validation import at_least, between, check, existing_path, one_of
 
@@ -85,11 +88,11 @@ log = logging.getLogger("tuneforge")
 __all__ = [
     "ALPACA_PROMPT", "CHATML_TEMPLATE", "DATA_CONFIG_FIELDS", "DataConfig", "DataSplits", "FORMATS",
     "IGNORE_INDEX", "ANSWERLESS_KINDS", "Record", "SUPPORTED_LAYOUTS", "Sample", "assistant_spans", "cache_key", "check_columns",
-    "default_cache_dir", "detect_format", "first_record", "has_chat_template", "hub_reachable", "message_text",
-    "normalize", "normalize_records", "pad_batch", "prepare_splits", "read_csv", "read_hf", "read_json", "read_jsonl",
-    "read_parquet", "read_records", "records_fingerprint", "render_prompt", "resolve_chat_template", "split_records",
+    "default_cache_dir", "detect_format", "first_record", "has_chat_template", "hub_reachable", "label_runs",
+    "marked_text", "message_text", "normalize", "normalize_records", "pad_batch", "prepare_splits", "read_csv",
+    "read_hf", "read_json", "read_jsonl", "read_parquet", "read_records", "records_fingerprint", "render_prompt", "resolve_chat_template", "split_records",
     "template_supports_tools", "to_messages", "tokenize_messages", "tokenize_records", "tokenize_sample",
-    "tokenize_text", "tokenizer_fingerprint", "tool_messages_as_text",
+    "token_counts", "tokenize_text", "tokenizer_fingerprint", "tool_messages_as_text",
 ]
 
 
@@ -99,7 +102,9 @@ class DataSplits:
 
     ``stats`` holds ``train_records``, ``val_records``, ``train_examples``,
     ``val_examples``, ``truncated``, ``dropped``, ``formats`` (examples per
-    format) and ``cache`` (``hit``, ``miss`` or ``off``).
+    format), ``unused_keys`` (record keys nothing read: ``{key: {"records": n,
+    "first": source}}``, :mod:`tuneforge.data.record_keys`) and ``cache``
+    (``hit``, ``miss`` or ``off``).
 
     ``chat_template`` is the Jinja text the examples were rendered with when
     the dataset chose one (e.g. ``data.chat_template``; see
@@ -120,6 +125,7 @@ class DataSplits:
 _FORMAT_NOTES = {
     "auto": "each record's keys decide",
     "kto": "answers marked desirable or undesirable, for ``loss=kto``",
+    "prompt_completion": "TRL's ``prompt`` + ``completion`` without a ``label``: supervised, the prompt masked",
     "prompt": "prompts alone, for online objectives such as ``loss=grpo``",
 }
 _FORMAT_CHOICES = ", ".join(f"``{name}``" + (f" ({_FORMAT_NOTES[name]})" if name in _FORMAT_NOTES else "")
@@ -266,6 +272,7 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
     columns = check_columns(config.columns)
     in_file_order = list(records) + list(val_records or [])
     samples = normalize_records(in_file_order, config.format, columns)
+    unused = unused_key_summary([record.source for record in in_file_order], [sample.unused for sample in samples])
     position, sample_of = {}, {}
     for index, (record, sample) in enumerate(zip(in_file_order, samples)):
         position.setdefault(id(record), index)
@@ -324,7 +331,8 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
         raise DataError(f"{origin}: no training example left: all {len(train_records)} were dropped as longer "
                         f"than data.max_length={config.max_length} (raise it{hint})")
     stats = {"train_records": len(train_records), "val_records": len(val_records), "train_examples": len(train),
-             "val_examples": len(val), **counts, "oversized": len(oversized), "cache": cache_state}
+             "val_examples": len(val), **counts, "oversized": len(oversized), "unused_keys": unused,
+             "cache": cache_state}
     log_length_summary(counts, dropped, config.max_length, config.truncation)
     log.info("data: %d train / %d val examples, formats %s, cache %s", len(train), len(val),
              counts["formats"], cache_state + (f" ({path})" if path else ""))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 from tuneforge.errors import DataError
 
@@ -162,11 +162,12 @@ def render_prompt(tokenizer, messages: list[dict], chat_template: Optional[str] 
 
 
 def assistant_spans(tokenizer, messages: list[dict], template: str, train_from: int = 0,
-                    tools: Optional[list] = None) -> tuple[str, list]:
+                    tools: Optional[list] = None, skip: Collection[int] = ()) -> tuple[str, list]:
     """Render a conversation and find the character spans of its assistant turns.
 
     Returns ``(text, [(start, end), ...])`` for the assistant messages at index
-    ``train_from`` or later (tool-call turns included).  A turn's span runs
+    ``train_from`` or later (tool-call turns included), except those whose
+    index is in ``skip`` (turns marked not to train).  A turn's span runs
     from the end of the generation prompt before it to the end of the render
     that includes it, so the end-of-turn marker is trained too.  ``tools`` are
     rendered with every prefix (so they stay in the masked prompt).
@@ -174,7 +175,7 @@ def assistant_spans(tokenizer, messages: list[dict], template: str, train_from: 
     text = _render(tokenizer, messages, template, False, tools)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant" or i < train_from:
+        if message["role"] != "assistant" or i < train_from or i in skip:
             continue
         upto = _render(tokenizer, messages[: i + 1], template, False, tools)
         candidates = []

@@ -1,8 +1,10 @@
 """Which record layout a record has, seen through the column mapping (``data.columns``).
 
-A record's keys name its format (:func:`detect_format`): ``chosen``/``rejected``
--> ``preference``, ``kto_tag``, a true/false ``label`` or ``completion`` ->
-``kto`` (unpaired desirable/undesirable answers, :func:`kto_mark_key`), ``messages``/``conversations`` -> ``chat``,
+A record's keys name its format (:func:`detect_format`): ``kto_tag``, a
+true/false ``label``, or ``completion`` with a ``label`` -> ``kto`` (unpaired
+desirable/undesirable answers, :func:`kto_mark_key`), ``chosen``/``rejected``
+-> ``preference``, ``completion`` without a label -> ``prompt_completion``
+(TRL's prompt-completion SFT layout), ``messages``/``conversations`` -> ``chat``,
 ``instruction``/``output`` -> ``alpaca``, ``text`` -> ``completion``, ``prompt`` alone (no
 responses) -> ``prompt``.
 ``data.columns`` maps the canonical field names to a dataset's own keys
@@ -20,14 +22,15 @@ from typing import Optional
 from tuneforge.data.sources import Record
 from tuneforge.errors import DataError
 
-FORMATS = ("auto", "alpaca", "chat", "completion", "preference", "kto", "prompt")
+FORMATS = ("auto", "alpaca", "chat", "completion", "preference", "kto", "prompt_completion", "prompt")
 #: field names ``data.columns`` may map (canonical name -> the record's own key)
-RECORD_FIELDS = ("instruction", "input", "output", "system", "messages", "conversations", "text", "prompt",
-                 "chosen", "rejected", "tools", "completion", "label", "kto_tag")
+RECORD_FIELDS = ("instruction", "input", "output", "system", "history", "messages", "conversations", "text",
+                 "prompt", "chosen", "rejected", "tools", "completion", "label", "kto_tag")
 MESSAGE_FIELDS = ("role", "content")
 #: the record layouts tuneforge trains, as named in errors about other layouts
 SUPPORTED_LAYOUTS = ("supported layouts: chat ('messages' [{role, content}] or 'conversations' [{from, value}], "
-                     "tool calls included), alpaca ('instruction' + 'output'), completion ('text'), preference "
+                     "tool calls included), alpaca ('instruction' + 'output', optional 'history'), completion "
+                     "('text'), prompt_completion ('prompt' + 'completion', no 'label'), preference "
                      "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo, orpo, "
                      "simpo), kto ('prompt' + 'completion' + 'label' true/false, or an alpaca/chat record with "
                      "'kto_tag' true/false; loss=kto), prompt ('prompt' alone, plus any reference fields; loss=grpo)")
@@ -88,13 +91,17 @@ def field_name(field: str, columns: dict) -> str:
 
 
 def detect_format(record: Record, columns: Optional[dict] = None) -> str:
-    """The format a record's keys announce: ``preference``, ``kto``, ``chat``, ``alpaca``, ``completion`` or ``prompt``."""
+    """The format a record's keys announce: ``kto``, ``preference``, ``prompt_completion``, ``chat``,
+    ``alpaca``, ``completion`` or ``prompt``.  ``completion`` with a ``label`` (of any value) is KTO, so a
+    record with a mark that is not true/false is refused as KTO rather than trained as SFT."""
     view = record_view(record, dict(columns or {}))
     keys = view.keys()
-    if kto_mark_key(view) or "completion" in keys:
+    if kto_mark_key(view) or "completion" in keys and view.get("label") is not None:
         return "kto"
     if "chosen" in keys or "rejected" in keys:
         return "preference"
+    if "completion" in keys:
+        return "prompt_completion"
     if "messages" in keys or "conversations" in keys:
         return "chat"
     if "instruction" in keys or "output" in keys:
@@ -118,8 +125,11 @@ def kto_mark_key(view: dict) -> Optional[str]:
 
 def refuse_unsupported(record: Record, view: dict, fmt: str = "auto") -> None:
     """Multimodal records are errors whatever ``data.format`` says (nothing could train them right), and so is
-    a KTO record read as another format (SFT would train on the answers marked undesirable)."""
+    a KTO record read as another format (SFT would train on the answers marked undesirable; for
+    ``prompt_completion`` also a ``label`` spelled ``"true"``/``"false"``/``1``/``0``)."""
     mark = kto_mark_key(view)
+    if fmt == "prompt_completion" and str(view.get("label")).strip().lower() in ("true", "false", "1", "0"):
+        mark = "label"  # a KTO mark as CSV or parquet spell it: training it as SFT would learn the bad answers
     if mark and fmt not in ("auto", "kto"):
         raise DataError(f"{record.source}: a KTO record ('{mark}': true/false) read as data.format={fmt}: "
                         f"{KINDS_NEEDING_THEIR_LOSS['kto']}; set data.format=kto (or auto) and use loss=kto")

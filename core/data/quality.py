@@ -15,6 +15,7 @@ datasets) are compared by their token ids.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 from typing import Optional, Sequence
@@ -58,13 +59,51 @@ def _duplicates(keys: Sequence[str]) -> int:
     return len(keys) - len(set(keys))
 
 
+def _place_order(source: str) -> tuple:
+    """A sort key of a record's place that orders line and row numbers as numbers (``d.jsonl:9`` before
+    ``d.jsonl:10``): file order."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", source))
+
+
+def repeated_sources(examples: Sequence[dict], keys: Sequence[str]) -> list:
+    """``"<source> = <source of the first>"`` for each example whose text an example earlier in the file
+    has too (``keys``: their :func:`example_key`), in file order."""
+    first, repeats = {}, []
+    for source, key in sorted(((ex.get("source", "?"), key) for ex, key in zip(examples, keys)),
+                              key=lambda pair: _place_order(pair[0])):
+        if key in first:
+            repeats.append(f"{source} = {first[key]}")
+        else:
+            first[key] = source
+    return repeats
+
+
 def _with_targets(examples: Sequence[dict]) -> list:
     """The examples that carry a target (not the prompts an online objective answers itself)."""
     return [ex for ex in examples if ex.get("format") not in ANSWERLESS_KINDS]
 
 
+def _empty_target_sources(examples: Sequence[dict]) -> list:
+    """The sources of the examples whose target is empty or whitespace, in file order."""
+    return sorted((ex.get("source", "?") for ex in _with_targets(examples) if not prompt_and_target(ex)[1].strip()),
+                  key=_place_order)
+
+
 def _empty_targets(examples: Sequence[dict]) -> int:
-    return sum(not prompt_and_target(ex)[1].strip() for ex in _with_targets(examples))
+    return len(_empty_target_sources(examples))
+
+
+def _count_phrase(count: int, singular: str, plural: str) -> str:
+    """``"1 training example has"`` / ``"2 training examples have"``: ``count`` and the phrase that agrees."""
+    return f"{count} {singular if count == 1 else plural}"
+
+
+def _for_instance(places: Sequence[str], shown: int = 3) -> str:
+    """`` (e.g. a.jsonl:8, a.jsonl:9 and 4 more)`` for the first ``shown`` places; "" for none."""
+    if not places:
+        return ""
+    more = f" and {len(places) - shown} more" if len(places) > shown else ""
+    return f" (e.g. {', '.join(places[:shown])}{more})"
 
 
 def identical_pairs(examples: Sequence[dict]) -> Optional[list]:
@@ -91,8 +130,11 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
     Returns ``records`` and ``examples`` per split, ``tokens`` (min, median,
     max, total) per split, ``duplicates`` (train examples repeating an earlier
     one) and ``val_duplicates``, ``empty_targets`` per split, ``truncated`` and
-    ``dropped`` (over ``data.max_length``, from the dataset's stats), ``oversized``
-    (records left out as over ``data.max_record_chars``),
+    ``dropped`` (over ``data.max_length``, from the dataset's stats), ``duplicate_sources`` and
+    ``empty_target_sources`` (up to 5 training examples each, a repeat as ``"<source> = <source of
+    the first>"``), ``oversized``
+    (records left out as over ``data.max_record_chars``), ``unused_keys`` (record keys that nothing
+    read, from the dataset's stats: ``{key: {"records", "first"}}``; logged once when the data loads),
     ``leakage`` (held-out examples whose text also occurs in training, with up
     to 5 ``leakage_sources``), ``labels`` (label balance or None) and
     ``warnings``.  Preference data also gets ``preference_pairs`` and
@@ -107,16 +149,20 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
     val_keys = [example_key(ex) for ex in val]
     seen = set(train_keys)
     leaked = [ex.get("source", "?") for ex, key in zip(val, val_keys) if key in seen]
+    empty, repeats = _empty_target_sources(train), repeated_sources(train, train_keys)
     report = {
         "records": {"train": stats.get("train_records", len(train)), "val": stats.get("val_records", len(val))},
         "examples": {"train": len(train), "val": len(val)},
         "tokens": {"train": _token_stats(train), "val": _token_stats(val)},
         "duplicates": _duplicates(train_keys),
         "val_duplicates": _duplicates(val_keys),
-        "empty_targets": {"train": _empty_targets(train), "val": _empty_targets(val)},
+        "empty_targets": {"train": len(empty), "val": _empty_targets(val)},
+        "duplicate_sources": repeats[:5],
+        "empty_target_sources": empty[:5],
         "truncated": int(stats.get("truncated", 0)),
         "dropped": int(stats.get("dropped", 0)),
         "oversized": int(stats.get("oversized", 0)),
+        "unused_keys": dict(stats.get("unused_keys") or {}),
         "leakage": len(leaked),
         "leakage_sources": leaked[:5],
         "labels": label_balance(train, max_labels),
@@ -128,9 +174,11 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
         report["preference_pairs"] = sum("chosen_input_ids" in ex for ex in train)
     warnings = []
     if report["duplicates"]:
-        warnings.append(f"{report['duplicates']} training examples repeat an earlier one")
+        warnings.append(_count_phrase(report["duplicates"], "training example repeats", "training examples repeat")
+                        + " an earlier one" + _for_instance(repeats))
     if report["empty_targets"]["train"]:
-        warnings.append(f"{report['empty_targets']['train']} training examples have an empty target")
+        warnings.append(_count_phrase(len(empty), "training example has", "training examples have")
+                        + " an empty target" + _for_instance(empty))
     if report["truncated"] or report["dropped"]:
         warnings.append(f"{report['truncated']} examples truncated and {report['dropped']} dropped "
                         "as longer than data.max_length")

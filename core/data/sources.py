@@ -1,22 +1,26 @@
-"""Reading raw records: local ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` files, folders of
-them, and Hugging Face ``datasets``.
+"""Reading raw records: local ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` files (the first three
+also gzip-compressed, ``.jsonl.gz`` ...), folders of them, and Hugging Face ``datasets``.
 
 Every reader returns :class:`Record` objects that remember where they came
 from, so any later error can name the place: ``path:LINE`` (1-based line of a
 JSON-lines or CSV file, or of a JSON array element's parse error) or
 ``path:row N`` (0-based index in a JSON array, a Parquet table or a Hugging Face
-split).  Anything unreadable raises :class:`tuneforge.errors.DataError` with a
-one-line message; nothing is skipped silently.
+split).  A gzip-compressed file (told by its first bytes, whatever its suffix) is read
+as the text it holds, with the same line numbers.  Anything unreadable raises
+:class:`tuneforge.errors.DataError` with a one-line message; nothing is skipped silently.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import logging
 import os
 import socket
 import threading
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,10 @@ log = logging.getLogger("tuneforge")
 FILE_KINDS = {"jsonl": (".jsonl",), "json": (".json",), "csv": (".csv",), "parquet": (".parquet",)}
 #: accepted values of the ``kind`` argument of :func:`read_records`
 VALID_KINDS = ("auto", *FILE_KINDS)
+#: the kinds also read gzip-compressed, from files named ``<suffix>.gz`` (``train.jsonl.gz``)
+GZIP_KINDS = ("jsonl", "json", "csv")
+#: the first two bytes of every gzip file
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass
@@ -41,14 +49,15 @@ class Record:
     source: str
 
 
-def json_problem(exc: json.JSONDecodeError) -> str:
-    """What a JSON parse error says, with its column: ``Expecting ',' delimiter at column 42``.
+def json_problem(exc: json.JSONDecodeError, column: Optional[int] = None) -> str:
+    """What a JSON parse error says, with its column: ``Expecting ',' delimiter at column 42``
+    (``column``: that column instead of the error's own).
 
     Some of Python's messages already end in "at" (``Unterminated string
     starting at``, ``Invalid control character at``); that word is not repeated.
     """
     message = exc.msg[: -len(" at")] if exc.msg.endswith(" at") else exc.msg
-    return f"{message} at column {exc.colno}"
+    return f"{message} at column {exc.colno if column is None else column}"
 
 
 def _check_object(value: Any, where: str) -> dict:
@@ -62,8 +71,8 @@ def read_jsonl(path: str | Path) -> list[Record]:
     """Read a JSON-lines file; a malformed line raises ``DataError`` naming ``file:line``."""
     path = _existing_file(path)
     records = []
-    with path.open("rb") as handle:
-        for lineno, raw in enumerate(handle, start=1):
+    with _open_bytes(path) as handle:
+        for lineno, raw in _numbered_lines(path, handle):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -76,7 +85,10 @@ def read_jsonl(path: str | Path) -> list[Record]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({json_problem(exc)}); "
+                # an error past the line's end (json skips the newline, then says "line 2 column 1") is at
+                # its end: the column just after the last character
+                column = min(exc.pos, len(line.rstrip("\r\n"))) + 1
+                raise DataError(f"{path}:{lineno}: invalid JSON ({json_problem(exc, column)}); "
                                 "each line must be one JSON object") from None
             except RecursionError:
                 raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
@@ -84,33 +96,79 @@ def read_jsonl(path: str | Path) -> list[Record]:
     return records
 
 
-def read_json(path: str | Path) -> list[Record]:
-    """Read a ``.json`` file holding an array of objects (or JSON lines, as many ``.json`` files are)."""
+def read_json(path: str | Path, *, field: Optional[str] = None, columns: Optional[dict] = None) -> list[Record]:
+    """Read a ``.json`` file holding an array of objects (or JSON lines, as many ``.json`` files are).
+
+    ``field`` (``data.field``): the file is one object and its ``field`` key holds the array.  Without
+    it, a file holding one object is one record, unless none of its keys is a record field (canonical,
+    or one ``columns`` maps) and a key holds a list of objects: such a wrapper
+    (``{"data": [...]}``) is a one-line error naming the key to pick.
+    """
     path = _existing_file(path)
-    text = _read_text(path)
-    stripped = text.lstrip("\ufeff \t\r\n")
-    if not stripped:  # empty, or only a byte-order mark / whitespace: no records
+    text = _read_text(path).lstrip("\ufeff")
+    if not text.strip():  # empty, or only a byte-order mark / whitespace: no records
         return []
-    if stripped.startswith("{"):
+    if text.lstrip().startswith("{") and field is None:
         try:
-            value = json.loads(stripped)
+            value = json.loads(text)
         except json.JSONDecodeError:
             return read_jsonl(path)  # several objects, one per line
         except RecursionError:
             raise DataError(f"{path}: JSON nested too deeply") from None
-        return [Record(value, f"{path}:row 0")]
+        return [_single_object(path, value, columns)]
     try:
-        value = json.loads(stripped)
+        value = json.loads(text)  # leading whitespace is JSON's too: lines and columns are the file's
     except json.JSONDecodeError as exc:
-        line = exc.lineno + text[: len(text) - len(stripped)].count("\n")
-        raise DataError(f"{path}:{line}: invalid JSON ({json_problem(exc)}); "
-                        "a .json file must hold an array of objects") from None
+        shape = f"one object with the key data.field={field}" if field is not None else "an array of objects"
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({json_problem(exc)}); "
+                        f"a .json file must hold {shape}") from None
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply") from None
-    if not isinstance(value, list):
+    if field is not None:
+        value = _field_value(path, value, field)
+    elif not isinstance(value, list):
         raise DataError(f"{path}: a .json data file must hold an array of objects (or one object "
                         f"per line), got a top-level {type(value).__name__}")
     return [Record(_check_object(item, f"{path}:row {i}"), f"{path}:row {i}") for i, item in enumerate(value)]
+
+
+def _record_lists(value: dict) -> list:
+    """The keys of ``value`` that hold a non-empty list of objects."""
+    return [str(key) for key, item in value.items()
+            if isinstance(item, list) and item and all(isinstance(entry, dict) for entry in item)]
+
+
+def _single_object(path: Path, value: dict, columns: Optional[dict]) -> Record:
+    """A ``.json`` file holding one object: one record, or (no record field, a key holding a list of
+    objects) a wrapper of the records, refused in one line that names the key."""
+    from tuneforge.data.columns import RECORD_FIELDS
+
+    record_keys = set(RECORD_FIELDS) | {key for key in (columns or {}).values() if isinstance(key, str)}
+    lists = _record_lists(value)
+    if not lists or record_keys & set(map(str, value)):
+        return Record(value, f"{path}:row 0")
+    found = f"found an object with keys {sorted(map(str, value))}"
+    if len(lists) == 1:
+        hint = (f"its '{lists[0]}' holds a list of {len(value[lists[0]])} objects: read them with "
+                f"data.field={lists[0]}, or save that list alone as the file")
+    else:
+        hint = f"{', '.join(repr(k) for k in lists)} hold lists of objects: choose one with data.field=<key>"
+    raise DataError(f"{path}: a .json file must hold an array of records (or JSON Lines, one record per "
+                    f"line); {found}, and {hint}")
+
+
+def _field_value(path: Path, value: Any, field: str) -> list:
+    """The list of records under ``field`` (``data.field``) of a ``.json`` file's top-level object."""
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: data.field={field} reads the records under a key of the file's top-level "
+                        f"object, but the file holds a {type(value).__name__}; unset data.field")
+    if field not in value:
+        raise DataError(f"{path}: data.field={field}: the file's top-level object has no key '{field}'; "
+                        f"its keys: {sorted(map(str, value))}")
+    if not isinstance(value[field], list):
+        raise DataError(f"{path}: data.field={field}: '{field}' holds a {type(value[field]).__name__}, not an "
+                        "array of records")
+    return value[field]
 
 
 def read_csv(path: str | Path) -> list[Record]:
@@ -146,6 +204,9 @@ def read_csv(path: str | Path) -> list[Record]:
 def read_parquet(path: str | Path) -> list[Record]:
     """Read a ``.parquet`` file with pyarrow; sources are ``path:row N`` (0-based)."""
     path = _existing_file(path)
+    if _is_gzip(path):
+        raise DataError(f"{path}: a gzip-compressed file; Parquet is read uncompressed (it compresses its "
+                        "own columns): decompress it with gunzip")
     try:
         import pyarrow.parquet as pq
 
@@ -160,19 +221,24 @@ def read_parquet(path: str | Path) -> list[Record]:
 READERS = {"jsonl": read_jsonl, "json": read_json, "csv": read_csv, "parquet": read_parquet}
 
 
-def read_records(path: str | Path, kind: str = "auto") -> list[Record]:
+def read_records(path: str | Path, kind: str = "auto", *, field: Optional[str] = None,
+                 columns: Optional[dict] = None) -> list[Record]:
     """Records of a data file or of every data file in a folder (recursively, sorted by path).
 
     ``kind="auto"`` picks the reader from each file's suffix (``.jsonl``,
-    ``.json``, ``.csv``, ``.parquet``); a named kind reads a single file with
-    that reader whatever its suffix, and reads only files with that suffix from
-    a folder.  Hidden files and files with other suffixes in a folder are
-    skipped (and logged); a folder with no data file is an error.
+    ``.json``, ``.csv``, ``.parquet``; ``.jsonl.gz``, ``.json.gz``, ``.csv.gz``
+    gzip-compressed); a named kind reads a single file with that reader
+    whatever its suffix (compressed or not), and reads only files with that
+    suffix from a folder.  Hidden files and files with other suffixes in a
+    folder are skipped (and logged); a folder with no data file is an error.
+    ``field`` and ``columns`` go to :func:`read_json` (``field`` is refused
+    for the other kinds).
     """
-    return [record for file in _data_files(path, kind) for record in _read_file(file, kind)]
+    return [record for file in _data_files(path, kind) for record in _read_file(file, kind, field, columns)]
 
 
-def first_record(path: str | Path, kind: str = "auto") -> Optional[Record]:
+def first_record(path: str | Path, kind: str = "auto", *, field: Optional[str] = None,
+                 columns: Optional[dict] = None) -> Optional[Record]:
     """The first record :func:`read_records` would return, reading as little as it can (None: no record).
 
     For a look at the data before it is loaded (e.g. its format): a ``.jsonl``
@@ -182,6 +248,9 @@ def first_record(path: str | Path, kind: str = "auto") -> Optional[Record]:
     """
     file = _data_files(path, kind)[0]
     reader = _reader_kind(file, kind)
+    if reader == "json" or field is not None:
+        records = _read_file(file, kind, field, columns)
+        return records[0] if records else None
     try:
         return _peek(file, reader)
     except Exception:  # noqa: BLE001 - the full reader names the problem (file, line) as a DataError
@@ -191,14 +260,14 @@ def first_record(path: str | Path, kind: str = "auto") -> Optional[Record]:
 
 def _peek(path: Path, kind: str) -> Optional[Record]:
     if kind == "jsonl":
-        with path.open("rb") as handle:
+        with _open_bytes(path) as handle:
             for lineno, raw in enumerate(handle, start=1):
                 if raw.strip():
                     value = json.loads(raw.decode("utf-8").lstrip("\ufeff"))
                     return Record(_check_object(value, f"{path}:{lineno}"), f"{path}:{lineno}")
         return None
     if kind == "csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        with io.TextIOWrapper(_open_bytes(path), encoding="utf-8-sig", newline="") as handle:
             rows = csv.reader(handle)
             header = next(rows, None)
             for row in rows:
@@ -215,8 +284,24 @@ def _peek(path: Path, kind: str) -> Optional[Record]:
             if rows:
                 return Record(rows[0], f"{path}:row 0")
         return None
-    records = READERS[kind](path)
-    return records[0] if records else None
+    raise ValueError(f"no quick look for {kind}")
+
+
+def file_kind(path: Path) -> str:
+    """The file kind a file's name announces (``train.jsonl`` and ``train.jsonl.gz``: ``jsonl``); "" when none."""
+    name = path.name.lower()
+    for kind, suffixes in FILE_KINDS.items():
+        ends = [*suffixes, *(suffix + ".gz" for suffix in suffixes if kind in GZIP_KINDS)]
+        if name.endswith(tuple(ends)):
+            return kind
+    return ""
+
+
+def _suffixes(kind: str) -> str:
+    """The file names a kind (or ``auto``: every kind) reads, for messages: ``.jsonl, .jsonl.gz``."""
+    kinds = FILE_KINDS if kind == "auto" else [kind]
+    return ", ".join([s for k in kinds for s in FILE_KINDS[k]]
+                     + [s + ".gz" for k in kinds if k in GZIP_KINDS for s in FILE_KINDS[k]])
 
 
 def _data_files(path: str | Path, kind: str) -> list[Path]:
@@ -226,32 +311,39 @@ def _data_files(path: str | Path, kind: str) -> list[Path]:
     path = Path(str(path)).expanduser()
     if not path.is_dir():
         return [path]
-    suffixes = FILE_KINDS[kind] if kind != "auto" else tuple(s for v in FILE_KINDS.values() for s in v)
     files, skipped = [], []
     for candidate in sorted(path.rglob("*")):
         relative = candidate.relative_to(path)
         if not candidate.is_file() or any(part.startswith(".") for part in relative.parts):
             continue
-        (files if candidate.suffix.lower() in suffixes else skipped).append(candidate)
+        found = file_kind(candidate)
+        (files if found and kind in ("auto", found) else skipped).append(candidate)
     if skipped:
-        log.info("data: skipped %d file(s) in %s that are not %s", len(skipped), path, "/".join(suffixes))
+        log.info("data: skipped %d file(s) in %s that are not %s", len(skipped), path, _suffixes(kind))
     if not files:
-        raise DataError(f"{path}: the folder holds no data file (looked for {', '.join(suffixes)})")
+        raise DataError(f"{path}: the folder holds no data file (looked for {_suffixes(kind)})")
     return files
 
 
 def _reader_kind(path: Path, kind: str) -> str:
     if kind == "auto":
-        kind = next((k for k, suffixes in FILE_KINDS.items() if path.suffix.lower() in suffixes), "")
+        kind = file_kind(path)
         if not kind:
             _existing_file(path)
-            raise DataError(f"{path}: cannot tell the file type from its suffix '{path.suffix}'; valid: "
-                            ".jsonl, .json, .csv, .parquet (or choose the reader with data=jsonl|json|csv|parquet)")
+            suffix = "".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix
+            raise DataError(f"{path}: cannot tell the file type from its suffix '{suffix}'; valid: "
+                            f"{_suffixes('auto')} (or choose the reader with data=jsonl|json|csv|parquet)")
     return kind
 
 
-def _read_file(path: Path, kind: str) -> list[Record]:
-    return READERS[_reader_kind(path, kind)](path)
+def _read_file(path: Path, kind: str, field: Optional[str] = None, columns: Optional[dict] = None) -> list[Record]:
+    reader = _reader_kind(path, kind)
+    if reader == "json":
+        return read_json(path, field=field, columns=columns)
+    if field is not None:
+        raise DataError(f"{path}: data.field={field} picks the records under a key of a .json file; this is "
+                        f"a {reader} file (unset data.field, or read it with data=json)")
+    return READERS[reader](path)
 
 
 def _existing_file(path: str | Path) -> Path:
@@ -261,8 +353,39 @@ def _existing_file(path: str | Path) -> Path:
     return path
 
 
+def _is_gzip(path: Path) -> bool:
+    """Whether the file starts with the gzip magic bytes."""
+    with path.open("rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
+
+
+def _open_bytes(path: Path):
+    """The file opened for reading bytes; a gzip-compressed one is decompressed as it is read."""
+    return gzip.open(path, "rb") if _is_gzip(path) else path.open("rb")
+
+
+#: what a damaged gzip file raises while it is read
+GZIP_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def _numbered_lines(path: Path, handle) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, line)`` of an open file; damaged gzip data is a one-line ``DataError``."""
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(handle, start=1):
+            yield lineno, raw
+    except GZIP_ERRORS as exc:
+        raise DataError(f"{path}:{lineno + 1}: cannot read the file after line {lineno} ({_first_line(exc)}); "
+                        "a gzip file may be damaged or cut short") from None
+
+
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except GZIP_ERRORS as exc:
+            raise DataError(f"{path}: damaged gzip data ({_first_line(exc)}); check it with gzip -t") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

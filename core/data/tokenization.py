@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 from tuneforge.data.chat_templates import ALPACA_PROMPT, assistant_spans, render_prompt, resolve_chat_template
 from tuneforge.data.samples import Sample, normalize_records, record_places
@@ -63,21 +63,22 @@ def _label_spans(tokenizer, text: str, spans: list, *, special_tokens: bool,
 
 def tokenize_messages(tokenizer, messages: list[dict], *, chat_template: Optional[str] = None,
                       train_on_inputs: bool = False, train_from: int = 0, plain: bool = False,
-                      tools: Optional[list] = None) -> dict:
+                      tools: Optional[list] = None, skip: Collection[int] = ()) -> dict:
     """Tokenize a conversation; labels are ``IGNORE_INDEX`` outside the trained assistant turns.
 
     ``chat_template`` is the template to use instead of the tokenizer's
     (needed when the tokenizer has none).
     ``train_from`` skips assistant turns before that message index (a
-    preference prompt).  ``plain=True`` allows single-turn conversations to use
+    preference prompt); ``skip`` names the indices of assistant turns that are
+    not trained (marked ``weight: 0`` / ``train: false``).  ``plain=True`` allows single-turn conversations to use
     :data:`ALPACA_PROMPT` when no template exists; otherwise that is an error.
     ``tools`` are the conversation's tool schemas (see :func:`assistant_spans`).
-    An end-of-sequence token is appended when the final assistant turn does
-    not already contain one, so every target is closed.
+    An end-of-sequence token is appended when the final assistant turn is
+    trained and does not already contain one, so every target is closed.
     """
     template = resolve_chat_template(tokenizer, chat_template)
     if template:
-        text, spans = assistant_spans(tokenizer, messages, template, train_from, tools)
+        text, spans = assistant_spans(tokenizer, messages, template, train_from, tools, skip)
         special = False
     elif plain:
         text, spans = _plain_spans(tokenizer, messages[:-1], messages[-1]["content"])
@@ -88,7 +89,8 @@ def tokenize_messages(tokenizer, messages: list[dict], *, chat_template: Optiona
     ids, labels, last_turn = _label_spans(tokenizer, text, spans, special_tokens=special,
                                           train_on_inputs=train_on_inputs)
     eos = tokenizer.eos_token_id
-    if eos is not None and messages[-1]["role"] == "assistant" and eos not in last_turn:
+    if eos is not None and messages[-1]["role"] == "assistant" and len(messages) - 1 not in skip \
+            and eos not in last_turn:
         ids.append(eos)
         labels.append(eos)
     return {"input_ids": ids, "labels": labels}
@@ -120,9 +122,16 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
     the chosen answer) and ``messages`` = prompt + chosen response.  kto:
     ``input_ids``, ``labels`` (the answer trained, the prompt masked),
     ``kto_label`` (``[1]`` desirable, ``[0]`` undesirable) and ``messages`` =
-    prompt + answer.  Samples
+    prompt + answer; prompt_completion: the same without ``kto_label`` (and
+    ``train_on_inputs`` trains the prompt too).  Samples
     with tools also get ``tools`` (the schemas, for rendering prompts later).
+    Assistant turns marked not to train (``sample.untrained``) stay masked;
+    with ``train_on_inputs``, which trains every token, they are an error.
     """
+    if sample.untrained and train_on_inputs:
+        raise DataError("the record marks assistant turns not to train ('weight': 0 / 'train': false), but "
+                        "data.train_on_inputs=true trains every token; remove the marks or set "
+                        "data.train_on_inputs=false")
     if sample.format == "completion":
         return dict(tokenize_text(tokenizer, sample.text), text=sample.text)
     extra = {"tools": sample.tools} if sample.tools else {}
@@ -142,13 +151,16 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
         out["input_ids"], out["labels"] = list(out["chosen_input_ids"]), list(out["chosen_labels"])
         out["messages"] = sample.messages + sample.chosen
         return dict(out, **extra)
-    if sample.format == "kto":
+    if sample.format in ("kto", "prompt_completion"):
         encoded = tokenize_messages(tokenizer, sample.messages + sample.completion, chat_template=chat_template,
-                                    train_from=len(sample.messages), plain=sample.plain, tools=sample.tools)
-        return dict(encoded, kto_label=[int(sample.desirable)], messages=sample.messages + sample.completion,
-                    **extra)
+                                    train_on_inputs=train_on_inputs and sample.format != "kto",
+                                    train_from=len(sample.messages), plain=sample.plain, tools=sample.tools,
+                                    skip=sample.untrained)
+        mark = {"kto_label": [int(sample.desirable)]} if sample.format == "kto" else {}
+        return dict(encoded, **mark, messages=sample.messages + sample.completion, **extra)
     encoded = tokenize_messages(tokenizer, sample.messages, chat_template=chat_template,
-                                train_on_inputs=train_on_inputs, plain=sample.plain, tools=sample.tools)
+                                train_on_inputs=train_on_inputs, plain=sample.plain, tools=sample.tools,
+                                skip=sample.untrained)
     return dict(encoded, messages=sample.messages, **extra)
 
 
@@ -225,7 +237,7 @@ def tokenize_samples(pairs: Sequence[tuple], tokenizer, *, max_length: int = 102
             if short is not sample:  # the tokens come from the cut text; the example keeps the record's own
                 example.update({key: value for key, value in (
                     ("messages", sample.messages + (sample.chosen or sample.completion)
-                     if sample.format in ("preference", "kto") else sample.messages),
+                     if sample.format in ("preference", "kto", "prompt_completion") else sample.messages),
                     ("text", sample.text)) if key in example})
         except DataError as exc:
             raise DataError(f"{record.source}: {exc}") from None

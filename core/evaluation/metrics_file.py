@@ -287,6 +287,8 @@ class Quality(TypedDict, total=False):
     dropped: examples dropped for being over the maximum length (both splits).
     leakage: held-out examples that are also training examples.
     labels: the training targets' label counts when they look like labels, else null.
+    unused_keys: ``{key: {"records": count, "first": source}}``, the record keys (``"<key> in <list>"`` for
+        keys of messages) that no part of the run read, so nothing trained on them.
     warnings: the quality warnings printed during the run.
     """
 
@@ -300,6 +302,7 @@ class Quality(TypedDict, total=False):
     dropped: int
     leakage: int
     labels: Optional[Dict[str, int]]
+    unused_keys: Dict[str, Dict[str, Any]]
     warnings: List[str]
 
 
@@ -308,7 +311,7 @@ class RunMetrics(TypedDict, total=False):
 
     schema_version: the layout's version (:data:`SCHEMA_VERSION`; a file without it is version 0).
     parameters: the model's parameter counts (training runs).
-    data: the dataset's counts (``train_examples``, ``val_examples``, ``train_records`` ...; open).
+    data: the dataset's counts (``train_examples``, ``val_examples``, ``train_records``, ``unused_keys`` ...; open).
     setup: what was tuned where.
     data_files: ``{path: sha256}`` of every data file the run read.
     quality: the data quality report (training runs).

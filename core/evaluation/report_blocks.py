@@ -87,6 +87,10 @@ def _quality_blocks(metrics: RunMetrics) -> list:
     if quality.get("labels"):
         blocks.append(("p", "Label balance (training targets):"))
         blocks.append(("table", ["label", "count"], [[k, v] for k, v in quality["labels"].items()]))
+    if quality.get("unused_keys"):
+        from tuneforge.data.record_keys import unused_keys_text
+
+        blocks.append(("p", "Record keys not used for training: " + unused_keys_text(quality["unused_keys"])))
     for warning in quality.get("warnings", []):
         blocks.append(("p", f"Warning: {warning}"))
     return blocks

@@ -72,3 +72,9 @@ def retriever() -> Returns:
         return None if not missing else f"{type_name(result)} (no {' or '.join(missing)} method)"
 
     return Returns(problem, "a retriever: an object with index(passages) and search(query, k) methods")
+
+
+def tokenizer() -> Returns:
+    """A model source's ``load_tokenizer``: the tokenizer."""
+    return Returns(lambda result: None if callable(getattr(result, "decode", None)) else type_name(result),
+                   "the tokenizer (a transformers tokenizer, pad_token set), as load gives it")

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from tuneforge import memory_marks
 from tuneforge.context import RunContext
+from tuneforge.data.record_keys import record_keys_read_elsewhere, run_record_keys
 from tuneforge.errors import ConfigError, PluginError
 from tuneforge.evaluation.baselines import join_columns, run_baselines
 from tuneforge.evaluation.comparison import evidence_options, summarize
@@ -285,8 +286,9 @@ def build(state: RunState) -> None:
              params["total"], 100 * params["fraction"])
     metrics["parameters"] = params
     state.phase = "loading the data"
-    splits = state.splits = spec_call(run.data.spec, "load", run.data.spec.load, run.data.config, state.tokenizer,
-                                      returns=plugin_returns.data_splits())
+    with record_keys_read_elsewhere(run_record_keys(run)):  # not reported as unused record keys
+        splits = state.splits = spec_call(run.data.spec, "load", run.data.spec.load, run.data.config,
+                                          state.tokenizer, returns=plugin_returns.data_splits())
     metrics["data"] = splits.stats
     _check_example_kinds(state)
     metrics["setup"] = describe_setup(run, splits.stats, device=state.context.device,

@@ -1,0 +1,365 @@
+"""Data layouts of other projects: OpenAI/Axolotl per-message ``weight``/``train``, LLaMA-Factory alpaca
+``history``, TRL prompt-completion SFT, implicit-prompt preference pairs, and the warning that names the
+record keys nothing reads.
+
+As in ``test_data_formats.py``, expectations are the ChatML text each segment
+renders to, tokenized segment by segment on the tiny byte-level tokenizer
+(one token per byte plus special tokens), independently of the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+
+from tuneforge.data import (
+    IGNORE_INDEX,
+    DataConfig,
+    Record,
+    detect_format,
+    prepare_splits,
+    read_records,
+    tokenize_records,
+)
+from tuneforge.data.record_keys import record_keys_read_elsewhere, run_record_keys
+from tuneforge.errors import DataError
+from tuneforge.testing import assert_labels, tiny_tokenizer
+
+M = IGNORE_INDEX
+GEN = "<|im_start|>assistant\n"
+END = "<|im_end|>\n"
+
+
+def enc(text: str) -> list:
+    return tiny_tokenizer()(text, add_special_tokens=False)["input_ids"]
+
+
+def turn(role: str, content: str) -> str:
+    return f"<|im_start|>{role}\n{content}{END}"
+
+
+def expected(segments) -> tuple[list, list]:
+    """``segments`` = [(text, trained)]: the ids of their texts, and labels -100 where not trained."""
+    ids, labels = [], []
+    for text, trained in segments:
+        ids += enc(text)
+        labels += enc(text) if trained else [M] * len(enc(text))
+    return ids, labels
+
+
+def one(data: dict, **options) -> dict:
+    examples, _ = tokenize_records([Record(data, "mem.jsonl:3")], tiny_tokenizer(), **options)
+    assert len(examples) == 1
+    return examples[0]
+
+
+def refused(data: dict, **options) -> str:
+    with pytest.raises(DataError) as info:
+        one(data, **options)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("mem.jsonl:3: "), message
+    return message
+
+
+def user(text: str, **extra) -> dict:
+    return {"role": "user", "content": text, **extra}
+
+
+def bot(text: str, **extra) -> dict:
+    return {"role": "assistant", "content": text, **extra}
+
+
+# ---------------------------------------------------------------------------
+# 1. Per-message training marks: OpenAI ``weight``, Axolotl ``train``
+# ---------------------------------------------------------------------------
+
+TWO_TURNS = [("<|im_start|>system\nS" + END + turn("user", "U1") + GEN, False), ("NOTRAIN" + END, False),
+             (turn("user", "U2") + GEN, False), ("YES" + END, True)]
+
+
+@pytest.mark.parametrize("mark", [{"weight": 0}, {"train": False}, {"weight": 0.0}, {"weight": 0, "train": False}])
+def test_an_assistant_turn_marked_not_to_train_is_masked_and_the_others_are_trained(mark):
+    ex = one({"messages": [{"role": "system", "content": "S"}, user("U1"), bot("NOTRAIN", **mark), user("U2"),
+                           bot("YES", weight=1)]})
+    assert (ex["input_ids"], ex["labels"]) == expected(TWO_TURNS)
+    assert ex["messages"][2] == {"role": "assistant", "content": "NOTRAIN"}  # the mark is not passed on
+
+
+def test_sharegpt_conversations_read_train_false_too():
+    ex = one({"system": "S", "conversations": [{"from": "human", "value": "U1"},
+                                               {"from": "gpt", "value": "NOTRAIN", "train": False},
+                                               {"from": "human", "value": "U2"}, {"from": "gpt", "value": "YES"}]})
+    assert (ex["input_ids"], ex["labels"]) == expected(TWO_TURNS)
+
+
+@pytest.mark.parametrize("mark", [{}, {"weight": 1}, {"train": True}, {"weight": None}, {"train": None}])
+def test_weight_1_train_true_or_no_mark_keep_the_default(mark):
+    ex = one({"messages": [user("U1"), bot("A", **mark), user("U2"), bot("B")]})
+    assert (ex["input_ids"], ex["labels"]) == expected([(turn("user", "U1") + GEN, False), ("A" + END, True),
+                                                        (turn("user", "U2") + GEN, False), ("B" + END, True)])
+
+
+def test_a_final_turn_not_trained_gets_no_trained_eos():
+    ex = one({"messages": [user("U1"), bot("A"), user("U2"), bot("B", train=False)]})
+    assert (ex["input_ids"], ex["labels"]) == expected([(turn("user", "U1") + GEN, False), ("A" + END, True),
+                                                        (turn("user", "U2") + GEN + "B" + END, False)])
+
+
+def test_weight_0_or_train_false_on_a_user_turn_is_what_happens_anyway():
+    ex = one({"messages": [user("U1", weight=0), bot("A"), user("U2", train=False), bot("B")]})
+    assert ex["input_ids"] == one({"messages": [user("U1"), bot("A"), user("U2"), bot("B")]})["input_ids"]
+    assert ex["labels"] == one({"messages": [user("U1"), bot("A"), user("U2"), bot("B")]})["labels"]
+
+
+@pytest.mark.parametrize("mark, pattern", [
+    ({"weight": 0.5}, r"messages\[1\] has 'weight': 0\.5; valid: 0 \(the turn is not trained\) or 1"),
+    ({"weight": "0"}, r"messages\[1\] has 'weight': \"0\"; valid: 0 .* or 1"),
+    ({"weight": True}, r"messages\[1\] has 'weight': true; valid: 0 .* or 1"),
+    ({"train": "no"}, r"messages\[1\] has 'train': \"no\"; valid: false \(the turn is not trained\) or true"),
+    ({"train": 0}, r"messages\[1\] has 'train': 0; valid: false .* or true"),
+    ({"weight": 0, "train": True}, r"messages\[1\] has 'weight': 0 and 'train': true, which disagree"),
+])
+def test_other_mark_values_are_one_line_errors_naming_the_message_and_the_valid_values(mark, pattern):
+    with pytest.raises(DataError, match=r"^mem\.jsonl:3: " + pattern):
+        one({"messages": [user("U"), bot("A", **mark), user("U2"), bot("B")]})
+
+
+def test_a_true_mark_on_a_user_turn_is_refused_not_ignored():
+    message = refused({"messages": [user("U", train=True), bot("A")]})
+    assert "messages[0] is a user message with 'train': true; only assistant turns are trained" in message
+    assert "data.train_on_inputs=true" in message
+    assert "messages[0] is a system message with 'weight': 1" in refused(
+        {"messages": [{"role": "system", "content": "S", "weight": 1}, user("U"), bot("A")]})
+
+
+def test_nothing_left_to_train_and_marks_with_train_on_inputs_are_errors():
+    assert "every assistant turn of the chat record is marked not to train" in refused(
+        {"messages": [user("U"), bot("A", weight=0)]})
+    assert "data.train_on_inputs=true trains every token" in refused(
+        {"messages": [user("U"), bot("A", weight=0), user("U2"), bot("B")]}, train_on_inputs=True)
+
+
+def test_a_preference_response_marked_not_to_train_is_refused_a_marked_prompt_turn_is_not():
+    message = refused({"prompt": "p", "chosen": [bot("C", weight=0)], "rejected": "R"})
+    assert "chosen[0] is marked not to train" in message and "trains its answers whole" in message
+    ex = one({"prompt": [user("U"), bot("X", weight=0), user("U2")], "chosen": "C", "rejected": "R"})
+    prompt = turn("user", "U") + turn("assistant", "X") + turn("user", "U2") + GEN
+    assert (ex["chosen_input_ids"], ex["chosen_labels"]) == expected([(prompt, False), ("C" + END, True)])
+
+
+def test_the_openai_weight_file_trains_only_the_weight_1_turns(tmp_path):
+    path = tmp_path / "oai.jsonl"
+    path.write_text("\n".join(json.dumps({"messages": [user(f"U{i}"), bot(f"NOTRAIN{i}", weight=0), user("again"),
+                                                       bot(f"YES{i}", weight=1)]}) for i in range(3)) + "\n")
+    splits = prepare_splits(read_records(path), tiny_tokenizer(), DataConfig(val_size=0, shuffle=False, cache=False))
+    for i, ex in enumerate(splits.train):
+        assert_labels(ex, tiny_tokenizer(), [f"YES{i}{END}"])
+    assert splits.stats["unused_keys"] == {}
+
+
+# ---------------------------------------------------------------------------
+# 2. LLaMA-Factory alpaca ``history``
+# ---------------------------------------------------------------------------
+
+HISTORY = {"system": "S", "instruction": "Q3", "input": "", "output": "A3", "history": [["Q1", "A1"], ["Q2", "A2"]]}
+HISTORY_TRAINED = [(turn("system", "S") + turn("user", "Q1") + GEN, False), ("A1" + END, True),
+                   (turn("user", "Q2") + GEN, False), ("A2" + END, True), (turn("user", "Q3") + GEN, False),
+                   ("A3" + END, True)]
+
+
+def test_history_pairs_become_earlier_turns_after_the_system_and_every_answer_is_trained():
+    ex = one(HISTORY)
+    assert (ex["input_ids"], ex["labels"]) == expected(HISTORY_TRAINED)
+    assert ex["format"] == "alpaca" and [m["content"] for m in ex["messages"]] == ["S", "Q1", "A1", "Q2", "A2",
+                                                                                    "Q3", "A3"]
+
+
+def test_history_under_another_key_json_text_and_empty_history():
+    mapped = one({"system": "S", "q": "Q3", "a": "A3", "turns": [["Q1", "A1"], ["Q2", "A2"]]},
+                 columns={"instruction": "q", "output": "a", "history": "turns"})
+    assert (mapped["input_ids"], mapped["labels"]) == expected(HISTORY_TRAINED)
+    as_text = one(dict(HISTORY, history=json.dumps(HISTORY["history"])))  # a CSV cell
+    assert (as_text["input_ids"], as_text["labels"]) == expected(HISTORY_TRAINED)
+    for empty in ([], None):
+        ex = one({"instruction": "Q", "output": "A", "history": empty})
+        assert (ex["input_ids"], ex["labels"]) == expected([(turn("user", "Q") + GEN, False), ("A" + END, True)])
+
+
+@pytest.mark.parametrize("history, pattern", [
+    ("Q1", r"field 'history' must be a list of \[question, answer\] pairs, got str"),
+    ({"Q1": "A1"}, r"field 'history' must be a list of \[question, answer\] pairs, got dict"),
+    ([["Q1", "A1"], ["Q2"]], r"field 'history'\[1\] must be a \[question, answer\] pair of strings, got a list of 1"),
+    ([["Q1", "A1", "x"]], r"field 'history'\[0\] must be .* got a list of 3"),
+    ([["Q1", 2]], r"field 'history'\[0\] must be .* got \[str, int\]"),
+    (["Q1", "A1"], r"field 'history'\[0\] must be .* got str"),
+])
+def test_malformed_history_is_a_one_line_error_naming_the_pair_and_what_is_valid(history, pattern):
+    message = refused({"instruction": "Q", "output": "A", "history": history})
+    assert re.search(pattern, message), message
+    assert "valid: 'history' as a list of [question, answer] string pairs" in message
+
+
+def test_history_is_prompt_in_kto_and_preference_records():
+    kto = one({"instruction": "Q", "output": "A", "history": [["Q1", "A1"]], "kto_tag": True})
+    assert (kto["input_ids"], kto["labels"]) == expected([(turn("user", "Q1") + turn("assistant", "A1") +
+                                                           turn("user", "Q") + GEN, False), ("A" + END, True)])
+    pair = one({"instruction": "Q", "chosen": "C", "rejected": "R", "history": [["Q1", "A1"]]})
+    prompt = turn("user", "Q1") + turn("assistant", "A1") + turn("user", "Q") + GEN
+    assert (pair["rejected_input_ids"], pair["rejected_labels"]) == expected([(prompt, False), ("R" + END, True)])
+
+
+# ---------------------------------------------------------------------------
+# 3. Keys nothing reads: one warning line, kept in the stats
+# ---------------------------------------------------------------------------
+
+def load(records, **options):
+    config = DataConfig(val_size=0, shuffle=False, cache=False, **options)
+    return prepare_splits([Record(r, f"train.jsonl:{i}") for i, r in enumerate(records, 1)], tiny_tokenizer(),
+                          config)
+
+
+def unused_lines(caplog) -> list:
+    return [m for m in caplog.messages if m.startswith("data: keys not used for training")]
+
+
+def test_unused_record_and_message_keys_are_logged_once_with_counts_and_kept_in_the_stats(caplog):
+    records = [{"instruction": "Q", "output": "A", "extra": "x"},
+               {"instruction": "Q", "output": "A", "extra": "y", "meta": {"k": 1}},
+               {"messages": [user("U", name="bob"), bot("A")]}]
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        splits = load(records)
+    assert unused_lines(caplog) == [
+        "data: keys not used for training: extra (2 records, first train.jsonl:1), meta (1 record, first "
+        "train.jsonl:2), name in messages (1 record, first train.jsonl:3); map a key that holds training data "
+        "to its field with data.columns (docs/data.md), or remove it"]
+    assert splits.stats["unused_keys"] == {"extra": {"records": 2, "first": "train.jsonl:1"},
+                                           "meta": {"records": 1, "first": "train.jsonl:2"},
+                                           "name in messages": {"records": 1, "first": "train.jsonl:3"}}
+
+
+def test_keys_that_are_read_empty_or_read_elsewhere_are_not_reported(caplog):
+    records = [{"id": 7, "instruction": "Q", "input": "", "output": "A", "system": None, "tools": [], "lang": "en"},
+               {"messages": [user("U", weight=0), bot("A", tool_calls=[], refusal=None)]},
+               {"q": "Q", "a": "A", "h": [["Q1", "A1"]]}]
+    with caplog.at_level(logging.WARNING, logger="tuneforge"), record_keys_read_elsewhere(["lang"]):
+        splits = load(records[:2])
+        mapped = load(records[2:], columns={"instruction": "q", "output": "a", "history": "h"})
+    assert unused_lines(caplog) == [] and splits.stats["unused_keys"] == mapped.stats["unused_keys"] == {}
+    prompts, _ = tokenize_records([Record({"prompt": "P", "reference": "R", "answer": 4}, "g:1")], tiny_tokenizer())
+    assert prompts[0]["format"] == "prompt"  # a prompt record's other keys are its reward references
+
+
+def test_a_key_the_layout_skips_is_reported(caplog):
+    records = [{"output": "A", "answer": "B", "instruction": "Q"},  # output mapped away from: unread
+               {"system": "TOP", "conversations": [{"from": "system", "value": "IN"}, {"from": "human", "value": "U"},
+                                                   {"from": "gpt", "value": "A"}]},  # the inner system wins
+               {"prompt": "P", "chosen": "C", "rejected": "R", "messages": [user("U")]},  # prompt wins
+               {"messages": [user("U"), bot("A")], "conversations": [user("V"), bot("B")]}]
+    found = [load([r], columns={"output": "answer"} if i == 0 else None).stats["unused_keys"]
+             for i, r in enumerate(records)]
+    assert [list(f) for f in found] == [["output"], ["system"], ["messages"], ["conversations"]]
+
+
+def test_the_run_names_the_record_keys_its_evaluators_rewards_and_evidence_read():
+    from tuneforge.host.components import run_components
+    from tuneforge.host.compose import compose, load_plugins
+
+    overrides = ["evidence.slice_by=lang", "evaluators=[choice]", "evaluators.choice.answer_field=gold"]
+    plugins = load_plugins(overrides)
+    run = run_components(compose(overrides), plugins)
+    assert {"lang", "choices", "gold"} <= run_record_keys(run)
+
+
+def test_the_quality_report_and_the_run_report_show_the_unused_keys():
+    from tuneforge.data import quality
+    from tuneforge.evaluation.report_blocks import _quality_blocks
+
+    splits = load([{"instruction": "Q", "output": "A", "extra": "x"}, {"instruction": "Q2", "output": "A2"}])
+    report = quality.assess(splits)
+    assert report["unused_keys"] == {"extra": {"records": 1, "first": "train.jsonl:1"}}
+    assert ("p", "Record keys not used for training: extra (1 record, first train.jsonl:1)") in _quality_blocks(
+        {"quality": report})
+
+
+# ---------------------------------------------------------------------------
+# 4. TRL prompt-completion SFT data
+# ---------------------------------------------------------------------------
+
+def test_plain_prompt_and_completion_without_a_label_are_supervised_data():
+    record = {"prompt": "The sky is", "completion": " blue."}
+    assert detect_format(Record(record, "x:1")) == "prompt_completion"
+    ex = one(record)
+    assert (ex["input_ids"], ex["labels"]) == expected([(turn("user", "The sky is") + GEN, False),
+                                                        (" blue." + END, True)])
+    assert ex["format"] == "prompt_completion" and "kto_label" not in ex
+    assert ex["messages"] == [user("The sky is"), bot(" blue.")]
+    all_trained = one(record, train_on_inputs=True)
+    assert all_trained["labels"] == all_trained["input_ids"] == ex["input_ids"]
+
+
+def test_conversational_prompt_and_completion_train_only_the_completions_assistant_turns():
+    ex = one({"prompt": [{"role": "system", "content": "S"}, user("U"), bot("OLD"), user("U2")],
+              "completion": [bot("C1"), user("U3"), bot("C2", weight=0), user("U4"), bot("C3")]})
+    assert (ex["input_ids"], ex["labels"]) == expected([
+        (turn("system", "S") + turn("user", "U") + turn("assistant", "OLD") + turn("user", "U2") + GEN, False),
+        ("C1" + END, True), (turn("user", "U3") + GEN + "C2" + END + turn("user", "U4") + GEN, False),
+        ("C3" + END, True)])
+
+
+def test_with_a_label_prompt_and_completion_stay_kto():
+    ex = one({"prompt": "P", "completion": "C", "label": False})
+    assert ex["format"] == "kto" and ex["kto_label"] == [0]
+    assert detect_format(Record({"prompt": "P", "completion": "C", "label": "false"}, "x:1")) == "kto"
+    assert "set data.format=prompt_completion" in refused({"prompt": "P", "completion": "C", "label": "sports"})
+    assert "read as data.format=prompt_completion" in refused({"prompt": "P", "completion": "C", "label": "true"},
+                                                              fmt="prompt_completion")
+    named = one({"prompt": "P", "completion": "C", "label": "sports"}, fmt="prompt_completion")
+    assert (named["input_ids"], named["labels"]) == expected([(turn("user", "P") + GEN, False), ("C" + END, True)])
+
+
+def test_prompt_completion_mixes_with_alpaca_but_a_missing_kto_label_is_named():
+    examples, counts = tokenize_records([Record({"instruction": "Q", "output": "A"}, "f:1"),
+                                         Record({"prompt": "P", "completion": "C"}, "f:2")], tiny_tokenizer())
+    assert counts["formats"] == {"alpaca": 1, "prompt_completion": 1}
+    kto, plain = {"prompt": "P", "completion": "C", "label": True}, {"prompt": "P", "completion": "C"}
+    with pytest.raises(DataError, match=r"^f:2: KTO record without its mark: 'label' \(true/false\) is missing "
+                                        r"\(first KTO record of the dataset: f:1\)$"):
+        tokenize_records([Record(kto, "f:1"), Record(plain, "f:2")], tiny_tokenizer())
+    with pytest.raises(DataError, match=r"^f:2: KTO records cannot be mixed .* \(first other record: f:1, a "
+                                        r"prompt/completion record without 'label': give every record its label\)$"):
+        tokenize_records([Record(plain, "f:1"), Record(kto, "f:2")], tiny_tokenizer())
+
+
+def test_prompt_completion_errors_name_the_record():
+    assert "must end with an assistant answer" in refused({"prompt": [user("U")], "completion": [user("V")]})
+    assert "must end with a user message" in refused({"prompt": [user("U"), bot("A")], "completion": "C"})
+    assert "prompt_completion record is missing 'prompt'" in refused({"completion": "C"}, fmt="prompt_completion")
+    assert "KTO record has no 'label' (true for a desirable answer" in refused({"prompt": "P", "completion": "C"},
+                                                                               fmt="kto")
+
+
+# ---------------------------------------------------------------------------
+# 5. Implicit-prompt preference pairs that do not share their prompt
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rejected, first", [
+    ([{"role": "system", "content": "SYS-B"}, user("u0"), bot("BAD")], 0),  # another system prompt
+    ([{"role": "system", "content": "SYS-A"}, user("other"), bot("BAD")], 1),  # another question
+])
+def test_pairs_that_differ_before_the_final_turn_say_what_would_be_valid(rejected, first):
+    message = refused({"chosen": [{"role": "system", "content": "SYS-A"}, user("u0"), bot("GOOD")],
+                       "rejected": rejected})
+    assert f"do not start with a shared prompt (they differ from message {first} on: chosen[{first}] vs " \
+           f"rejected[{first}]); valid: give the prompt in 'prompt'" in message
+    assert "make both conversations share every message before their final assistant turn" in message
+
+
+def test_pairs_sharing_every_message_before_the_final_turn_still_load():
+    shared = [{"role": "system", "content": "S"}, user("u"), bot("a"), user("u2")]
+    ex = one({"chosen": shared + [bot("GOOD")], "rejected": shared + [bot("BAD")]})
+    prompt = turn("system", "S") + turn("user", "u") + turn("assistant", "a") + turn("user", "u2") + GEN
+    assert (ex["chosen_input_ids"], ex["chosen_labels"]) == expected([(prompt, False), ("GOOD" + END, True)])
+    assert (ex["rejected_input_ids"], ex["rejected_labels"]) == expected([(prompt, False), ("BAD" + END, True)])
