@@ -22,6 +22,23 @@ def run_cli(args, *, site_dirs=(), env=None, timeout=300, cwd=None):
                           timeout=timeout, cwd=cwd)
 
 
+def assert_read_or_refused_in_one_line(path: Path, content: bytes, tokenizer) -> None:
+    """Write ``content`` to ``path``: reading it and preparing its records either works (records of dicts)
+    or raises a one-line ``DataError``, never another exception."""
+    from tuneforge.data import DataConfig, Record, prepare_splits, read_records
+    from tuneforge.errors import DataError
+
+    path.write_bytes(content)
+    try:
+        records = read_records(path)
+        if records:
+            prepare_splits(records, tokenizer, DataConfig(val_size=0, cache=False, max_length=32))
+    except DataError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert all(isinstance(r, Record) and isinstance(r.data, dict) for r in records)
+
+
 def train_losses(run_dir) -> list:
     """The per-step ``train/loss`` column of a run's metrics.csv."""
     with open(Path(run_dir) / "metrics.csv") as handle:

@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import FIXTURES
-from tuneforge.commands.cli import main
+from helpers import run_cli
 from tuneforge.errors import PluginError
 from tuneforge.host.guard import Returns, checked_result, instance_of, spec_call, type_name
 from tuneforge.losses import LossOutput, loss_output_problem
@@ -40,15 +39,15 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_wrong_return_stops_the_run_with_one_line(monkeypatch, capsys, tmp_path, case):
-    monkeypatch.syspath_prepend(str(FIXTURES / "returns"))
-    monkeypatch.delenv("TUNEFORGE_DISABLE_PLUGINS", raising=False)
+def test_a_wrong_return_stops_the_run_with_one_line(tmp_path, case):
+    """Through the CLI in a process of its own (a run sets up Hydra's logging, which must not outlive
+    the test's captured streams)."""
     overrides, expected = CASES[case]
     run_dir = tmp_path / "run"
-    with pytest.raises(SystemExit) as exited:
-        main(["train", *overrides, *COMMON, f"run_dir={run_dir}"])
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
+    result = run_cli(["train", *overrides, *COMMON, f"run_dir={run_dir}"], site_dirs=["returns"],
+                     env={"TUNEFORGE_DISABLE_PLUGINS": "", "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    err = result.stderr
     assert "Traceback" not in err, err[-3000:]
     errors = [line[len("tuneforge: error: "):] for line in err.splitlines() if line.startswith("tuneforge: error:")]
     assert len(errors) == 1, err[-3000:]
