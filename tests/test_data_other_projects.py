@@ -20,6 +20,7 @@ from tuneforge.data import (
     DataConfig,
     Record,
     detect_format,
+    marked_text,
     prepare_splits,
     read_records,
     tokenize_records,
@@ -363,3 +364,104 @@ def test_pairs_sharing_every_message_before_the_final_turn_still_load():
     prompt = turn("system", "S") + turn("user", "u") + turn("assistant", "a") + turn("user", "u2") + GEN
     assert (ex["chosen_input_ids"], ex["chosen_labels"]) == expected([(prompt, False), ("GOOD" + END, True)])
     assert (ex["rejected_input_ids"], ex["rejected_labels"]) == expected([(prompt, False), ("BAD" + END, True)])
+
+
+# ---------------------------------------------------------------------------
+# 6. Axolotl's template-free input_output: raw segments, trained where labelled true
+# ---------------------------------------------------------------------------
+
+def segs(*pairs) -> dict:
+    return {"segments": [{"label": label, "text": text} for label, text in pairs]}
+
+
+def test_input_output_trains_exactly_the_segments_labelled_true_raw_and_without_an_added_eos():
+    data = segs((False, "<s>Q: hello "), (True, "ANSWER</s>"), (False, "\nmore "), (True, "B<|im_end|>"))
+    assert detect_format(Record(data, "m:1")) == "input_output"
+    example = one(data)
+    assert (example["input_ids"], example["labels"]) == expected(
+        [("<s>Q: hello ", False), ("ANSWER</s>", True), ("\nmore ", False), ("B<|im_end|>", True)])
+    assert example["format"] == "input_output" and example["text"] == "<s>Q: hello ANSWER</s>\nmore B<|im_end|>"
+    assert example["input_ids"][-1] == tiny_tokenizer().convert_tokens_to_ids("<|im_end|>")  # the text's own
+    assert "messages" not in example
+    assert_labels(example, tiny_tokenizer(), ["ANSWER</s>", "B<|im_end|>"])
+    assert marked_text(example, tiny_tokenizer()) == "<s>Q: hello [[ANSWER</s>]]\nmore [[B<|im_end|>]]"
+    everything = one(data, train_on_inputs=True)
+    assert everything["labels"] == everything["input_ids"]
+    mapped = one({"parts": data["segments"]}, columns={"segments": "parts"})
+    assert mapped["labels"] == example["labels"]
+
+
+class _BosTokenizer:
+    """The tiny tokenizer, starting every encoding with its BOS token (as Llama's do)."""
+
+    def __init__(self):
+        self.inner = tiny_tokenizer()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, text, add_special_tokens=True, **options):
+        encoded = dict(self.inner(text, add_special_tokens=False, **options))
+        if add_special_tokens:
+            encoded["input_ids"] = [self.inner.bos_token_id] + list(encoded["input_ids"])
+        return encoded
+
+
+def test_input_output_gets_one_untrained_bos_from_a_tokenizer_that_adds_it_never_two():
+    tokenizer, bos = _BosTokenizer(), tiny_tokenizer().bos_token
+    examples, _ = tokenize_records([Record(segs((False, "Q "), (True, "A")), "m:1"),
+                                    Record(segs((False, bos + "Q "), (True, "A")), "m:2")], tokenizer)
+    ids, labels = expected([("Q ", False), ("A", True)])
+    assert examples[0]["input_ids"] == [tokenizer.bos_token_id] + ids and examples[0]["labels"] == [M] + labels
+    assert examples[1]["input_ids"] == examples[0]["input_ids"] and examples[1]["labels"] == [M] + labels
+    assert one(segs((False, "Q "), (True, "A")))["input_ids"] == ids  # the tiny tokenizer adds no BOS
+
+
+@pytest.mark.parametrize("data, pattern", [
+    ({"segments": []}, r"input_output field 'segments' must be a non-empty list of segments, got an empty list; "
+                       r"valid: a non-empty list of \{\"label\": true\|false, \"text\": \"...\"\} objects"),
+    ({"segments": "Q A"}, r"must be a non-empty list of segments, got str; valid"),
+    ({"segments": ["Q"]}, r"'segments'\[0\] must be an object, got str; valid"),
+    ({"segments": [{"label": True}]}, r"'segments'\[0\] has no 'text' \(its keys: label\); valid"),
+    ({"segments": [{"label": True, "text": 5}]}, r"'segments'\[0\]\['text'\] must be a string, got int"),
+    ({"segments": [{"label": 1, "text": "A"}]}, r"'segments'\[0\] has 'label' 1; each segment's 'label' must be true "
+                                                r"\(trained\) or false \(not trained\), a JSON boolean"),
+    ({"segments": [{"label": "false", "text": "A"}]}, r"has 'label' 'false'; each segment's 'label' must be true"),
+    ({"segments": [{"text": "A"}]}, r"'segments'\[0\] has no 'label'; each segment's 'label' must be true"),
+    ({"segments": [{"label": False, "text": "Q"}, {"label": True, "text": ""}]},
+     r"no segment of input_output field 'segments' is trained \('label': true with a non-empty 'text'\)"),
+])
+def test_malformed_input_output_records_are_one_line_errors_naming_what_is_valid(data, pattern):
+    assert re.search(pattern, refused(data)), refused(data)
+
+
+def test_input_output_truncation_and_drops_are_counted_like_the_other_formats(caplog):
+    records = [Record(segs((False, "QQ"), (True, "A" * 20)), "m:1"), Record(segs((False, "Q" * 20), (True, "A")), "m:2")]
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        examples, counts = tokenize_records(records, tiny_tokenizer(), max_length=8)
+    assert [e["source"] for e in examples] == ["m:1"] and counts["truncated"] == 1 and counts["dropped"] == 1
+    assert examples[0]["labels"] == [M, M] + enc("A" * 6) and examples[0]["text"] == "QQ" + "A" * 20
+    assert any("1 example(s) truncated and 1 dropped" in m and "prompt alone fills" in m for m in caplog.messages)
+    _, counts = tokenize_records(records, tiny_tokenizer(), max_length=8, truncation="drop")
+    assert counts["dropped"] == 2 and counts["truncated"] == 0
+
+
+def test_input_output_segment_keys_are_read_and_others_reported(caplog):
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        splits = load([segs((False, "Q"), (True, "A")),
+                       {"segments": [{"label": True, "text": "A", "weight": 2}], "instruction_id": 3}])
+    assert splits.stats["unused_keys"] == {"weight in segments": {"records": 1, "first": "train.jsonl:2"},
+                                           "instruction_id": {"records": 1, "first": "train.jsonl:2"}}
+
+
+@pytest.mark.parametrize("loss, kind", [("dpo", "preference"), ("kto", "kto")])
+def test_preference_and_kto_losses_refuse_input_output_data(tmp_path, loss, kind):
+    from tuneforge.errors import ConfigError
+    from tuneforge.testing import run_tiny_fit
+
+    path = tmp_path / "io.jsonl"
+    path.write_text("\n".join(json.dumps(segs((False, f"Q{i} "), (True, f"A{i}"))) for i in range(4)) + "\n")
+    with pytest.raises(ConfigError) as info:
+        run_tiny_fit(tmp_path / "run", overrides=[f"data.path={path}", f"loss={loss}"])
+    assert f"{loss} trains on {kind} examples, but data=" in str(info.value)
+    assert "gives input_output examples" in str(info.value) and "\n" not in str(info.value)

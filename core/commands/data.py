@@ -138,7 +138,9 @@ def stats_lines(run, splits, tokenizer, report: dict, color: bool) -> list:
         if tokens["total"]:
             lines.append(f"tokens per {split} example: min {tokens['min']}, median {tokens['median']:g}, "
                          f"max {tokens['max']} ({tokens['total']} in all)")
-    if splits.chat_template:
+    if formats and set(stats["formats"]) <= {"completion", "input_output"}:
+        rendering = "no chat template (raw text)"
+    elif splits.chat_template:
         rendering = "the chat template data.chat_template gives"
     elif has_chat_template(tokenizer):
         rendering = "the tokenizer's own chat template"

@@ -2,7 +2,7 @@
 
 The pipeline is: records (dicts, each remembering ``file:line``; see
 :mod:`tuneforge.data.sources`) -> every record normalized to its format
-(alpaca, chat with or without tool calls, completion, preference, kto,
+(alpaca, chat with or without tool calls, completion, input_output, preference, kto,
 prompt: :data:`FORMATS`; see :mod:`tuneforge.data.columns` and
 :mod:`tuneforge.data.samples`) in file
 order, so the first bad one is reported -> a deterministic train/validation
@@ -127,6 +127,7 @@ _FORMAT_NOTES = {
     "kto": "answers marked desirable or undesirable, for ``loss=kto``",
     "prompt_completion": "TRL's ``prompt`` + ``completion`` without a ``label``: supervised, the prompt masked",
     "prompt": "prompts alone, for online objectives such as ``loss=grpo``",
+    "input_output": "Axolotl's template-free ``segments``: raw text, trained where ``label`` is true",
 }
 _FORMAT_CHOICES = ", ".join(f"``{name}``" + (f" ({_FORMAT_NOTES[name]})" if name in _FORMAT_NOTES else "")
                             for name in FORMATS)

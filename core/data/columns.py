@@ -5,8 +5,8 @@ true/false ``label``, or ``completion`` with a ``label`` -> ``kto`` (unpaired
 desirable/undesirable answers, :func:`kto_mark_key`), ``chosen``/``rejected``
 -> ``preference``, ``completion`` without a label -> ``prompt_completion``
 (TRL's prompt-completion SFT layout), ``messages``/``conversations`` -> ``chat``,
-``instruction``/``output`` -> ``alpaca``, ``text`` -> ``completion``, ``prompt`` alone (no
-responses) -> ``prompt``.
+``instruction``/``output`` -> ``alpaca``, ``segments`` -> ``input_output`` (Axolotl's template-free
+layout), ``text`` -> ``completion``, ``prompt`` alone (no responses) -> ``prompt``.
 ``data.columns`` maps the canonical field names to a dataset's own keys
 (:func:`check_columns`, :func:`record_view`).  Multimodal records are
 refused here whatever ``data.format`` says, and so is KTO data read as another
@@ -22,10 +22,12 @@ from typing import Optional
 from tuneforge.data.sources import Record
 from tuneforge.errors import DataError
 
-FORMATS = ("auto", "alpaca", "chat", "completion", "preference", "kto", "prompt_completion", "prompt")
+FORMATS = ("auto", "alpaca", "chat", "completion", "preference", "kto", "prompt_completion", "prompt",
+           "input_output")
 #: field names ``data.columns`` may map (canonical name -> the record's own key)
 RECORD_FIELDS = ("instruction", "input", "output", "system", "history", "messages", "conversations", "text",
-                 "prompt", "chosen", "rejected", "tools", "completion", "label", "kto_tag")
+                 "prompt", "chosen", "rejected", "tools", "completion", "label", "kto_tag",
+                 "segments")
 MESSAGE_FIELDS = ("role", "content")
 #: the record layouts tuneforge trains, as named in errors about other layouts
 SUPPORTED_LAYOUTS = ("supported layouts: chat ('messages' [{role, content}] or 'conversations' [{from, value}], "
@@ -33,7 +35,8 @@ SUPPORTED_LAYOUTS = ("supported layouts: chat ('messages' [{role, content}] or '
                      "('text'), prompt_completion ('prompt' + 'completion', no 'label'), preference "
                      "('chosen' + 'rejected' with 'prompt', 'conversations' or 'instruction'; loss=dpo, orpo, "
                      "simpo), kto ('prompt' + 'completion' + 'label' true/false, or an alpaca/chat record with "
-                     "'kto_tag' true/false; loss=kto), prompt ('prompt' alone, plus any reference fields; loss=grpo)")
+                     "'kto_tag' true/false; loss=kto), prompt ('prompt' alone, plus any reference fields; loss=grpo), "
+                     "input_output ('segments' [{label: true/false, text}], Axolotl's template-free raw text)")
 #: example kinds that only a loss naming them in ``LossSpec.requires`` may train on -> why any other
 #: loss must not (the host refuses the run in one line naming the losses that do)
 KINDS_NEEDING_THEIR_LOSS = {
@@ -92,7 +95,7 @@ def field_name(field: str, columns: dict) -> str:
 
 def detect_format(record: Record, columns: Optional[dict] = None) -> str:
     """The format a record's keys announce: ``kto``, ``preference``, ``prompt_completion``, ``chat``,
-    ``alpaca``, ``completion`` or ``prompt``.  ``completion`` with a ``label`` (of any value) is KTO, so a
+    ``alpaca``, ``input_output``, ``completion`` or ``prompt``.  ``completion`` with a ``label`` (of any value) is KTO, so a
     record with a mark that is not true/false is refused as KTO rather than trained as SFT."""
     view = record_view(record, dict(columns or {}))
     keys = view.keys()
@@ -106,6 +109,8 @@ def detect_format(record: Record, columns: Optional[dict] = None) -> str:
         return "chat"
     if "instruction" in keys or "output" in keys:
         return "alpaca"
+    if "segments" in keys:
+        return "input_output"
     if "text" in keys:
         return "completion"
     if "prompt" in keys:

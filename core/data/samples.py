@@ -29,6 +29,9 @@ of these formats (message lists and tool calls: :mod:`tuneforge.data.messages`):
   assistant answer (rendered with the chat template, as every other prompt
   and answer), message lists a conversation; the completion's assistant turns
   are trained, the prompt is not.
+* ``input_output``: Axolotl's template-free layout, ``segments``
+  [{``label``: true/false, ``text``}]: the texts are the raw example (no chat
+  template, no EOS added), the segments labelled true are trained.
 * ``prompt``: ``prompt`` alone (a string or a message list ending with a user
   turn), optional ``system``; its other fields are reference fields that
   rewards read from the record (online objectives such as ``loss=grpo``
@@ -86,7 +89,8 @@ class Sample:
 
     ``messages`` is the conversation (alpaca, chat) or the prompt (preference,
     kto, prompt_completion); ``chosen``/``rejected`` are the preference
-    responses as message lists; ``text`` is the completion text.
+    responses as message lists; ``text`` is the completion text (input_output: the segments' texts
+    joined); ``segments`` the input_output ``(trained, text)`` pairs.
     ``completion`` is a kto or prompt_completion answer (messages after the
     prompt in ``messages``) and ``desirable`` a kto mark.  ``plain`` marks single-turn records that
     may be rendered with :data:`~tuneforge.data.chat_templates.ALPACA_PROMPT`
@@ -108,6 +112,7 @@ class Sample:
     desirable: Optional[bool] = None
     untrained: tuple = ()
     unused: tuple = ()
+    segments: Optional[list] = None
 
 
 def _require(record: Record, view: dict, fields: Sequence[str], fmt: str, columns: dict) -> None:
@@ -191,6 +196,43 @@ def _completion(record: Record, view: dict, columns: dict) -> Sample:
     if not text:
         raise DataError(f"{record.source}: completion field {field_name('text', columns)} is empty")
     return Sample("completion", text=text)
+
+
+def _input_output(record: Record, view: dict, columns: dict) -> Sample:
+    """Axolotl's template-free record: ``segments`` [{label: true/false, text}], the texts concatenated as
+    raw text, the tokens of the segments labelled true trained.  A label must be a JSON boolean (not 0/1 or
+    "true": Axolotl reads any truthy value, which would train a segment marked "false")."""
+    _require(record, view, ("segments",), "input_output", columns)
+    what = "input_output field " + field_name("segments", columns)
+    value = view["segments"]
+    if isinstance(value, str) and value.lstrip().startswith("["):  # e.g. a CSV cell holding JSON
+        value = json_value(record, what, value)
+    valid = "valid: a non-empty list of {\"label\": true|false, \"text\": \"...\"} objects"
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if isinstance(value, list) else type(value).__name__
+        raise DataError(f"{record.source}: {what} must be a non-empty list of segments, got {got}; {valid}")
+    key, segments = record_key("segments", columns), []
+    for i, segment in enumerate(value):
+        place = f"{what}[{i}]"
+        if not isinstance(segment, dict):
+            raise DataError(f"{record.source}: {place} must be an object, got {type(segment).__name__}; {valid}")
+        if "text" not in segment or segment["text"] is None:
+            raise DataError(f"{record.source}: {place} has no 'text' (its keys: "
+                            f"{', '.join(sorted(map(str, segment))) or 'none'}); {valid}")
+        text = as_string(record, f"{place}['text']", segment["text"])
+        label = segment.get("label")
+        if not isinstance(label, bool):
+            got = "no 'label'" if label is None else f"'label' {label!r}"
+            raise DataError(f"{record.source}: {place} has {got}; each segment's 'label' must be true (trained) "
+                            "or false (not trained), a JSON boolean (0/1 and strings are refused)")
+        if isinstance(view, KeyReads):
+            view.unread_in(key, segment, ("label", "text"))
+        segments.append((label, text))
+    if not any(label and text for label, text in segments):
+        raise DataError(f"{record.source}: no segment of {what} is trained ('label': true with a non-empty "
+                        "'text'), so the record has nothing to learn from; label at least one true, or remove "
+                        "the record")
+    return Sample("input_output", text="".join(text for _, text in segments), segments=segments)
 
 
 def _response(record: Record, what: str, value: Any, prompt: list, columns: dict, view: dict) -> tuple:
@@ -382,7 +424,8 @@ def _prompt(record: Record, view: dict, columns: dict) -> Sample:
 
 
 _NORMALIZERS = {"alpaca": _alpaca, "chat": _chat, "completion": _completion, "preference": _preference,
-                "kto": _kto, "prompt_completion": _prompt_completion, "prompt": _prompt}
+                "kto": _kto, "prompt_completion": _prompt_completion, "prompt": _prompt,
+                "input_output": _input_output}
 
 
 def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None) -> Sample:
@@ -404,8 +447,9 @@ def to_messages(record: Record, fmt: str = "auto", columns: Optional[dict] = Non
     """A record as ``{"role", "content"}`` messages (for preference: the prompt plus the chosen response;
     kto, prompt_completion: the prompt plus the answer)."""
     sample = normalize(record, fmt, columns)
-    if sample.format == "completion":
-        raise DataError(f"{record.source}: a completion record has no messages")
+    if sample.format in ("completion", "input_output"):
+        raise DataError(f"{record.source}: a{'n' if sample.format[0] == 'i' else ''} {sample.format} record has "
+                        "no messages")
     return sample.messages + (sample.chosen or sample.completion or [])
 
 
@@ -416,10 +460,12 @@ def record_places(sources: Sequence[str], shown: int = SHOWN_PLACES) -> str:
 
 
 def _targets(sample: Sample) -> list[str]:
-    """The texts a sample trains on as answers (assistant contents, not those marked not to train; not
-    completion text)."""
+    """The texts a sample trains on as answers (assistant contents, not those marked not to train; the
+    trained input_output segments; not completion text)."""
     if sample.format == "completion":
         return []
+    if sample.format == "input_output":
+        return [text for trained, text in sample.segments if trained]
     if sample.format == "preference":
         return [m["content"] for m in (sample.chosen or []) + (sample.rejected or []) if m["role"] == "assistant"]
     messages = sample.messages + (sample.completion or [])

@@ -5,7 +5,8 @@ are ``IGNORE_INDEX`` (-100) outside assistant turns; every assistant turn (and
 the end-of-turn marker the template writes after it) is trained, tool-call
 turns included, and an EOS token closes the final target when the template
 does not write one.  Tool results and the tools list are never trained.
-Completion text is trained whole.  Over-long examples are truncated or dropped
+Completion text is trained whole.  Axolotl's template-free input_output
+segments are tokenized one by one, raw, and trained where labelled true.  Over-long examples are truncated or dropped
 at ``data.max_length`` (counted, and summarised in one log line); every text is
 cut before tokenization so a huge record costs no more than a long one.
 """
@@ -105,6 +106,30 @@ def tokenize_text(tokenizer, text: str) -> dict:
     return {"input_ids": ids, "labels": list(ids)}
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer starts its encodings with its BOS token (``add_special_tokens=True``)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and list(tokenizer("a", add_special_tokens=True)["input_ids"][:1]) == [bos] \
+        and list(tokenizer("a", add_special_tokens=False)["input_ids"][:1]) != [bos]
+
+
+def tokenize_segments(tokenizer, segments: Sequence[tuple], *, train_on_inputs: bool = False) -> dict:
+    """Tokenize Axolotl input_output ``(trained, text)`` segments as Axolotl does: each segment on its own,
+    raw (no special tokens added; special-token text such as ``</s>`` in a segment is that token), its
+    tokens trained when the segment is (every one with ``train_on_inputs``).  No EOS is appended: write it
+    in the text.  A tokenizer that starts encodings with BOS gets one BOS first (not trained), unless the
+    first segment already starts with it."""
+    ids, labels = [], []
+    for trained, text in segments:
+        piece = list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        ids += piece
+        labels += piece if (trained or train_on_inputs) else [IGNORE_INDEX] * len(piece)
+    if adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids.insert(0, tokenizer.bos_token_id)
+        labels.insert(0, IGNORE_INDEX)
+    return {"input_ids": ids, "labels": labels}
+
+
 def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] = None,
                     train_on_inputs: bool = False) -> dict:
     """The tokenized fields of one sample (without ``record``/``source``).
@@ -115,7 +140,8 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
     generates the answer), ``messages``.
 
     alpaca/chat: ``input_ids``, ``labels``, ``messages``.  completion:
-    ``input_ids``, ``labels`` (all trained), ``text``.  preference:
+    ``input_ids``, ``labels`` (all trained), ``text``.  input_output: ``input_ids``, ``labels`` (the
+    segments labelled true trained, :func:`tokenize_segments`), ``text`` (the segments joined).  preference:
     ``chosen_input_ids``, ``chosen_labels``, ``rejected_input_ids``,
     ``rejected_labels`` (prompt tokens always masked), plus ``input_ids`` /
     ``labels`` equal to the chosen ones (so SFT losses and perplexity run on
@@ -134,6 +160,9 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
                         "data.train_on_inputs=false")
     if sample.format == "completion":
         return dict(tokenize_text(tokenizer, sample.text), text=sample.text)
+    if sample.format == "input_output":
+        return dict(tokenize_segments(tokenizer, sample.segments, train_on_inputs=train_on_inputs),
+                    text=sample.text)
     extra = {"tools": sample.tools} if sample.tools else {}
     if sample.format == "prompt":
         if not sample.plain and not resolve_chat_template(tokenizer, chat_template):
@@ -196,17 +225,29 @@ def cut_length(tokenizer, max_length: int) -> int:
 
 
 def cut_sample(sample: Sample, limit: int) -> Sample:
-    """``sample`` with every message content and the completion text cut to ``limit`` characters (the
-    same object when nothing is longer)."""
+    """``sample`` with every message content and the completion text cut to ``limit`` characters, and the
+    input_output segments to ``limit`` characters together (the same object when nothing is longer)."""
     def cut_messages(messages):
         if not messages or all(len(m.get("content") or "") <= limit for m in messages):
             return messages
         return [dict(m, content=m["content"][:limit]) if isinstance(m.get("content"), str) else m
                 for m in messages]
 
+    def cut_segments(segments):
+        if not segments or sum(len(text) for _, text in segments) <= limit:
+            return segments
+        kept, left = [], limit
+        for trained, text in segments:
+            kept.append((trained, text[:left]))
+            left -= len(kept[-1][1])
+            if not left:
+                break
+        return kept
+
     fields = {"messages": cut_messages(sample.messages), "chosen": cut_messages(sample.chosen),
               "rejected": cut_messages(sample.rejected), "completion": cut_messages(sample.completion),
-              "text": sample.text[:limit] if isinstance(sample.text, str) and len(sample.text) > limit else sample.text}
+              "text": sample.text[:limit] if isinstance(sample.text, str) and len(sample.text) > limit else sample.text,
+              "segments": cut_segments(sample.segments)}
     if all(fields[key] is getattr(sample, key) for key in fields):
         return sample
     return dataclasses.replace(sample, **fields)
