@@ -381,3 +381,16 @@ def verdict_outcomes():
     from tuneforge.evaluation.verdict import OUTCOME_WORDS
 
     return set(OUTCOME_WORDS)
+
+
+def test_the_zero_shot_column_claims_no_share_of_the_gain_and_no_share_reads_minus_zero():
+    """Without a prompting baseline the verdict's column is the zero-shot base, which reaches none of the gain
+    by definition: the cost sentence leaves the share out (it read "reaches -0% of the tuned gain")."""
+    from tuneforge.evaluation.cost import cost_text, decision_cost
+
+    metrics = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[1] * 12 + [0] * 18)
+    verdict = dict(metrics["verdict"], baseline="base", baseline_value=metrics["base"]["exact_match"])
+    decision = decision_cost(metrics, verdict)
+    assert "gain_share" not in decision
+    assert "of the tuned gain" not in cost_text(decision, "base (zero-shot)")
+    assert "reaches 0% of the tuned gain" in cost_text(dict(decision, gain_share=-0.001), "retrieval")

@@ -104,7 +104,7 @@ def decision_cost(metrics: dict, verdict: dict, prices: Optional[dict] = None) -
                  "training": _training(tuned, prices), "tuned_per_query": _per_query(tuned, prices),
                  "column_per_query": _per_query(other, prices)}
     gain = tuned_gain(metrics, verdict)
-    if gain:
+    if gain and column != BASE:  # the zero-shot base reaches none of the gain by definition
         out["gain_share"] = (verdict["baseline_value"] - metrics[BASE][verdict["metric"]]) / gain
     if out["tuned_per_query"] and out["column_per_query"] is not None:
         out["query_cost_ratio"] = out["column_per_query"] / out["tuned_per_query"]
@@ -144,7 +144,8 @@ def cost_text(decision: Optional[dict], label: str) -> str:
     if decision.get("gain_share") is not None:
         ratio = decision.get("query_cost_ratio")
         cost = f" at {ratio:.2g}x the tuned model's cost per query and no training" if ratio else ""
-        parts.append(f"Cost: {label} reaches {100 * decision['gain_share']:.0f}% of the tuned gain{cost}.")
+        share = round(100 * decision["gain_share"])  # an int: never "-0"
+        parts.append(f"Cost: {label} reaches {share}% of the tuned gain{cost}.")
     if decision.get("training") is not None:
         training = f"Training cost {_amount(decision['training'], unit)}"
         if "break_even_queries" not in decision:
