@@ -75,7 +75,7 @@ class LossContext:
 
 def loss_output_problem(output: Any) -> Optional[str]:
     """What is wrong with ``output`` as a loss function's result (None: nothing), worded to follow
-    "returned" (see :data:`LOSS_OUTPUT`): not a :class:`LossOutput`, a ``loss`` that is not a one-element
+    "returned" (see :func:`tuneforge.host.plugin_returns.loss_output`): not a :class:`LossOutput`, a ``loss`` that is not a one-element
     floating-point tensor, a ``loss`` without a gradient while gradients are on (training: it was
     detached from the model's output, or computed under ``torch.no_grad``), or a ``num_tokens`` that is
     not a count."""

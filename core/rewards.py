@@ -124,16 +124,13 @@ def _shown(value: Any, limit: int = 60) -> str:
 def build_rewards(components: dict, context: RewardContext) -> Rewards:
     """The run's rewards from ``RunConfig.rewards`` (``{key: Component}``): each spec's ``build`` called
     with its typed config and ``context``, behind the plugin guard."""
-    from tuneforge.host.guard import spec_call
+    from tuneforge.host.guard import Returns, spec_call, type_name
 
+    a_score = Returns(lambda result: None if callable(result) else type_name(result),
+                      "a function score(prompts, completions, records)")
     built = []
     for key, component in components.items():
         spec = component.spec
-        score = spec_call(spec, "build", spec.build, component.config, context)
-        if not callable(score):
-            from tuneforge.host.guard import describe_plugin, origin_of
-
-            raise PluginError(f"{describe_plugin(origin_of(spec))}: reward '{spec.name}', build returned "
-                              f"{type(score).__name__}, not a function score(prompts, completions, records)")
+        score = spec_call(spec, "build", spec.build, component.config, context, returns=a_score)
         built.append(_Reward(str(key), spec, float(component.config.weight), score))
     return Rewards(built)

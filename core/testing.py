@@ -384,9 +384,11 @@ PREDICTION_FORM = ("a list of (prompt, reference, output) tuples or of {'prompt'
 
 def _prediction_rows(predictions) -> list:
     """``predictions`` as ``[{"prompt", "reference", "output"}]``; anything else is a one-line ValueError."""
+    from tuneforge.host.guard import shown
+
     if isinstance(predictions, (str, bytes, Mapping)) or not isinstance(predictions, Iterable):
         raise ValueError(f"run_evaluator(predictions=...) got {type(predictions).__name__} "
-                         f"{_short(predictions)}; it takes {PREDICTION_FORM}")
+                         f"{shown(predictions)}; it takes {PREDICTION_FORM}")
     rows = []
     for i, row in enumerate(predictions):
         if isinstance(row, Mapping):
@@ -397,12 +399,7 @@ def _prediction_rows(predictions) -> list:
         else:
             problem = f"is a {type(row).__name__}"
         if problem:
-            raise ValueError(f"run_evaluator(predictions=...): row {i} {_short(row)} {problem}; it takes "
+            raise ValueError(f"run_evaluator(predictions=...): row {i} {shown(row)} {problem}; it takes "
                              f"{PREDICTION_FORM}")
         rows.append(row if isinstance(row, Mapping) else dict(zip(("prompt", "reference", "output"), row)))
     return rows
-
-
-def _short(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."

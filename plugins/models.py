@@ -317,12 +317,10 @@ def load_hf(config: HFModelConfig, head: str = "causal_lm"):
             raise ModelError(f"model '{path}' ships its own code; rerun with "
                              f"model.trust_remote_code=true if you trust it ({message})") from exc
         raise ModelError(f"cannot load model.path='{path}': {message}") from exc
+    _finish_tokenizer(tokenizer, model.config if "gguf_file" in kwargs else None)
     if "gguf_file" in kwargs:
-        _special_tokens_from_model_config(tokenizer, model.config)
         _forget_gguf_quantization(model)
         model = _quantize_in_memory(model, config)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if head != "causal_lm":
         _with_pad_token_id(model, tokenizer)
     model = _prepared(model, config)
@@ -351,11 +349,19 @@ def load_hf_tokenizer(config: HFModelConfig):
     source, kwargs = _hf_source(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or source, **kwargs)
-        if "gguf_file" in kwargs:
-            _special_tokens_from_model_config(tokenizer, AutoConfig.from_pretrained(source, **kwargs))
+        gguf_config = AutoConfig.from_pretrained(source, **kwargs) if "gguf_file" in kwargs else None
     except (OSError, ValueError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"cannot load the tokenizer of model.path='{config.path}': {message}") from exc
+    return _finish_tokenizer(tokenizer, gguf_config)
+
+
+def _finish_tokenizer(tokenizer, gguf_model_config=None):
+    """What :func:`load_hf` and :func:`load_hf_tokenizer` do to a loaded tokenizer: a GGUF file's end and
+    padding tokens from its model config (``gguf_model_config``, None for other files), and the end token
+    as the padding token when there is none."""
+    if gguf_model_config is not None:
+        _special_tokens_from_model_config(tokenizer, gguf_model_config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

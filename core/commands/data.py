@@ -83,18 +83,14 @@ def show_options(args: list) -> tuple:
 def show(overrides: list, count: int = 3, val: bool = False, color: bool = False) -> str:
     """The text ``tuneforge data show`` prints for these overrides."""
     from tuneforge.data import quality
-    from tuneforge.data.record_keys import record_keys_read_elsewhere, run_record_keys
-    from tuneforge.host import plugin_returns
     from tuneforge.host.components import run_components
     from tuneforge.host.compose import compose, load_plugins
-    from tuneforge.host.guard import spec_call
+    from tuneforge.training.model_io import load_run_data
 
     plugins = load_plugins(overrides)
     run = run_components(compose(overrides), plugins)
     tokenizer = run_tokenizer(run)
-    with record_keys_read_elsewhere(run_record_keys(run)):  # as a run loads it (not reported as unused keys)
-        splits = spec_call(run.data.spec, "load", run.data.spec.load, run.data.config, tokenizer,
-                           returns=plugin_returns.data_splits())
+    splits = load_run_data(run, tokenizer)  # as a run loads it
     settings = run.settings.quality
     report = quality.assess(splits, settings.max_labels, settings.identical_pair_share)
     lines = [*stats_lines(run, splits, tokenizer, report, color)]
@@ -155,8 +151,9 @@ def example_lines(example: dict, tokenizer, title: str, color: bool) -> list:
     """One example: its place, format and token counts, then its text with the trained tokens marked
     (both sides of a preference pair)."""
     from tuneforge.data import marked_text, token_counts
+    from tuneforge.data.trained_text import TRAINED_MARKS
 
-    marks = COLOR_MARKS if color else ("[[", "]]")
+    marks = COLOR_MARKS if color else TRAINED_MARKS
     head = f"--- {title}: {example.get('source', '?')} ({example.get('format', '?')})"
     if "kto_label" in example:
         head += ", desirable" if example["kto_label"] and example["kto_label"][0] else ", undesirable"

@@ -12,7 +12,7 @@ from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.metrics_file import RunMetrics, read_metrics
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.components import MULTIPLE_GROUPS, SINGLE_GROUPS
-from tuneforge.training.model_io import load_saved_model, load_source_model
+from tuneforge.training.model_io import load_run_data, load_saved_model, load_source_model
 from tuneforge.training.run_dir import write_outputs
 from tuneforge.training.setup_summary import describe_setup
 
@@ -50,17 +50,10 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     if settings.threads:
         torch.set_num_threads(int(settings.threads))
     torch.manual_seed(settings.seed)
-    from tuneforge.host.guard import spec_call
 
     head = components.loss.spec.model_head  # the head the run's loss trained (tuneforge.model_heads)
     model, tokenizer = load_source_model(components.model.spec, components.model.config, head)
-    from tuneforge.host.plugin_returns import data_splits
-
-    from tuneforge.data.record_keys import record_keys_read_elsewhere, run_record_keys
-
-    with record_keys_read_elsewhere(run_record_keys(components)):  # not reported as unused record keys
-        splits = spec_call(components.data.spec, "load", components.data.spec.load, components.data.config,
-                           tokenizer, returns=data_splits())
+    splits = load_run_data(components, tokenizer)
     metrics: RunMetrics = {"data": splits.stats}
     metrics["setup"] = describe_setup(components, splits.stats, with_adapter=run_dir is not None,
                                       device=evaluation_device(settings.trainer.accelerator,

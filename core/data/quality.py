@@ -100,10 +100,9 @@ def _count_phrase(count: int, singular: str, plural: str) -> str:
 
 def _for_instance(places: Sequence[str], shown: int = 3) -> str:
     """`` (e.g. a.jsonl:8, a.jsonl:9 and 4 more)`` for the first ``shown`` places; "" for none."""
-    if not places:
-        return ""
-    more = f" and {len(places) - shown} more" if len(places) > shown else ""
-    return f" (e.g. {', '.join(places[:shown])}{more})"
+    from tuneforge.data.samples import record_places
+
+    return f" (e.g. {record_places(places, shown)})" if places else ""
 
 
 def identical_pairs(examples: Sequence[dict]) -> Optional[list]:
@@ -154,7 +153,7 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
         "records": {"train": stats.get("train_records", len(train)), "val": stats.get("val_records", len(val))},
         "examples": {"train": len(train), "val": len(val)},
         "tokens": {"train": _token_stats(train), "val": _token_stats(val)},
-        "duplicates": _duplicates(train_keys),
+        "duplicates": len(repeats),
         "val_duplicates": _duplicates(val_keys),
         "empty_targets": {"train": len(empty), "val": _empty_targets(val)},
         "duplicate_sources": repeats[:5],

@@ -287,21 +287,21 @@ def _peek(path: Path, kind: str) -> Optional[Record]:
     raise ValueError(f"no quick look for {kind}")
 
 
+def _name_endings(kinds) -> list:
+    """The file name endings of these kinds: their suffixes, then the gzip-compressed ones (``.jsonl.gz``)."""
+    return ([s for k in kinds for s in FILE_KINDS[k]]
+            + [s + ".gz" for k in kinds if k in GZIP_KINDS for s in FILE_KINDS[k]])
+
+
 def file_kind(path: Path) -> str:
     """The file kind a file's name announces (``train.jsonl`` and ``train.jsonl.gz``: ``jsonl``); "" when none."""
     name = path.name.lower()
-    for kind, suffixes in FILE_KINDS.items():
-        ends = [*suffixes, *(suffix + ".gz" for suffix in suffixes if kind in GZIP_KINDS)]
-        if name.endswith(tuple(ends)):
-            return kind
-    return ""
+    return next((kind for kind in FILE_KINDS if name.endswith(tuple(_name_endings([kind])))), "")
 
 
 def _suffixes(kind: str) -> str:
     """The file names a kind (or ``auto``: every kind) reads, for messages: ``.jsonl, .jsonl.gz``."""
-    kinds = FILE_KINDS if kind == "auto" else [kind]
-    return ", ".join([s for k in kinds for s in FILE_KINDS[k]]
-                     + [s + ".gz" for k in kinds if k in GZIP_KINDS for s in FILE_KINDS[k]])
+    return ", ".join(_name_endings(FILE_KINDS if kind == "auto" else [kind]))
 
 
 def _data_files(path: str | Path, kind: str) -> list[Path]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Optional
 
+from tuneforge.host.guard import shown
+
 if TYPE_CHECKING:
     from tuneforge.host.components import RunSettings
 
@@ -93,16 +95,16 @@ def checked_metric_values(spec, values) -> dict:
                                       "(not a bool) or None}")
 
     if not isinstance(values, Mapping):
-        raise refuse(f"{type(values).__name__} {_shown(values)}, not a dict")
+        raise refuse(f"{type(values).__name__} {shown(values)}, not a dict")
     checked = {}
     for metric, value in values.items():
         if not isinstance(metric, str):
-            raise refuse(f"the key {_shown(metric)} ({type(metric).__name__}), not a metric name")
+            raise refuse(f"the key {shown(metric)} ({type(metric).__name__}), not a metric name")
         number = None if value is None else _finite_number(value)
         if value is not None and number is None:
             cause = " (nan and inf also come from a model whose outputs are not finite)" \
                 if _not_finite(value) else ""
-            raise refuse(f"{_shown(value)} ({type(value).__name__}) for metric '{metric}'"
+            raise refuse(f"{shown(value)} ({type(value).__name__}) for metric '{metric}'"
                          f"{_declared(spec, metric)}{cause}")
         checked[metric] = number
     return checked
@@ -132,7 +134,7 @@ def checked_example_scores(spec, scores: dict, scored_rows: dict, count: int) ->
             numbers[part] = [_finite_number(value) for value in given]
             if None in numbers[part]:
                 i = numbers[part].index(None)
-                raise _evaluator_error(spec, f"{where} got {_shown(given[i])} ({type(given[i]).__name__}) as "
+                raise _evaluator_error(spec, f"{where} got {shown(given[i])} ({type(given[i]).__name__}) as "
                                              f"{part}[{i}] of {len(given)}; each must be a finite number "
                                              "(not a bool: 1.0 or 0.0 for a hit or a miss)")
         if (metric not in scored_rows and len(numbers["values"]) != count
@@ -180,11 +182,6 @@ def _evaluator_error(spec, problem: str):
 
     origin = origin_of(spec)
     return PluginError(f"{describe_plugin(origin)}: evaluator '{spec.name}', {problem}; {hint(origin)}")
-
-
-def _shown(value, limit: int = 60) -> str:
-    text = repr(value).replace("\n", " ")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _declared(spec, metric: str) -> str:

@@ -75,6 +75,12 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters: a value plugin code gave, in an error."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def instance_of(types, expected: str) -> Returns:
     """A :class:`Returns` accepting instances of ``types`` (a type or a tuple of types)."""
     return Returns(lambda result: None if isinstance(result, types) else type_name(result), expected)

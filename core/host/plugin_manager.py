@@ -21,7 +21,7 @@ import pluggy
 
 from tuneforge import hookspecs
 from tuneforge.errors import PluginError, did_you_mean
-from tuneforge.host.guard import describe_plugin, plugin_error, set_origin
+from tuneforge.host.guard import describe_plugin, is_own, plugin_error, set_origin
 from tuneforge.specs import SPEC_KINDS
 
 ENTRY_POINT_GROUP = "tuneforge"
@@ -312,7 +312,7 @@ def component_clash(kind: str, name: str, first: PluginInfo, second: PluginInfo)
 def _block_hint(origin: PluginInfo) -> str:
     """``"; block it with ..."`` for an installed third-party plugin (tuneforge's own are never to be blocked,
     and a block list does not apply to a plugin passed in-process)."""
-    if origin.distribution in (OWN_DISTRIBUTION, IN_PROCESS):
+    if is_own(origin) or origin.distribution == IN_PROCESS:
         return ""
     return f"; block it with {DISABLE_ENV}={origin.name}"
 

@@ -188,7 +188,6 @@ def load_source_model(spec, config, head: str = CAUSAL_LM):
     ``load(config, head=head)`` for a model with another head (:attr:`tuneforge.specs.LossSpec.model_head`;
     a source whose ``heads`` lack it is a one-line ``ModelError``)."""
     from tuneforge.errors import ModelError
-
     from tuneforge.host.plugin_returns import model_and_tokenizer
 
     if head == CAUSAL_LM:
@@ -196,6 +195,26 @@ def load_source_model(spec, config, head: str = CAUSAL_LM):
     if head not in spec.heads:
         raise ModelError(f"model={spec.name} cannot load a {head} model (it loads: {', '.join(spec.heads)})")
     return spec_call(spec, "load", spec.load, config, head=head, returns=model_and_tokenizer())
+
+
+def apply_adapter(run, model):
+    """``model`` with the run's adapter applied (the adapter's ``apply``, its result checked)."""
+    from tuneforge.host.plugin_returns import model as a_model
+
+    return spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, model, run.adapter.config,
+                     returns=a_model("the model with the adapter applied"))
+
+
+def load_run_data(run, tokenizer):
+    """The run's :class:`~tuneforge.data.DataSplits` from its dataset's ``load`` (the result checked), with the
+    record keys the run's other components read (:func:`tuneforge.data.record_keys.run_record_keys`) not
+    reported as unused; ``run``: the run's components (``RunConfig``)."""
+    from tuneforge.data.record_keys import record_keys_read_elsewhere, run_record_keys
+    from tuneforge.host.plugin_returns import data_splits
+
+    with record_keys_read_elsewhere(run_record_keys(run)):
+        return spec_call(run.data.spec, "load", run.data.spec.load, run.data.config, tokenizer,
+                         returns=data_splits())
 
 
 def trained_head(plugins, cfg) -> str:

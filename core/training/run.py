@@ -18,7 +18,6 @@ from omegaconf import DictConfig
 
 from tuneforge import memory_marks
 from tuneforge.context import RunContext
-from tuneforge.data.record_keys import record_keys_read_elsewhere, run_record_keys
 from tuneforge.errors import ConfigError, PluginError
 from tuneforge.evaluation.baselines import join_columns, run_baselines
 from tuneforge.evaluation.comparison import evidence_options, summarize
@@ -29,7 +28,8 @@ from tuneforge.host.guard import guard_lightning_callback, guarded_function, ori
 from tuneforge.specs import call_accepting
 from tuneforge.training.compiled_blocks import BlockCompiler, choose_run_compile
 from tuneforge.training.loggers import build_loggers
-from tuneforge.training.model_io import load_model_from_config, load_source_model, save_model, save_trained_outputs
+from tuneforge.training.model_io import (apply_adapter, load_model_from_config, load_run_data, load_source_model,
+                                         save_model, save_trained_outputs)
 from tuneforge.training.precision import run_precision
 from tuneforge.training.run_dir import (close_killed_segments, keep_metric_history, move_earlier_outputs,
                                         prepare_run_dir, reached_step, read_status, redacted_config,
@@ -270,8 +270,7 @@ def build(state: RunState) -> None:
     run, settings, metrics = state.run, state.settings, state.metrics
     state.phase = "loading the model"
     model, state.tokenizer = load_source_model(run.model.spec, run.model.config, run.loss.spec.model_head)
-    state.model = spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, model, run.adapter.config,
-                            returns=plugin_returns.model("the model with the adapter applied"))
+    state.model = apply_adapter(run, model)
     if settings.init_from:  # a second stage: the earlier run's trained adapter, not a fresh one
         from tuneforge.training.init_from import initialise_from_run
 
@@ -286,9 +285,7 @@ def build(state: RunState) -> None:
              params["total"], 100 * params["fraction"])
     metrics["parameters"] = params
     state.phase = "loading the data"
-    with record_keys_read_elsewhere(run_record_keys(run)):  # not reported as unused record keys
-        splits = state.splits = spec_call(run.data.spec, "load", run.data.spec.load, run.data.config,
-                                          state.tokenizer, returns=plugin_returns.data_splits())
+    splits = state.splits = load_run_data(run, state.tokenizer)
     metrics["data"] = splits.stats
     _check_example_kinds(state)
     metrics["setup"] = describe_setup(run, splits.stats, device=state.context.device,

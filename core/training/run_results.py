@@ -9,7 +9,6 @@ import time
 from typing import Optional
 
 from tuneforge.evaluation.runner import run_evaluators
-from tuneforge.host.guard import spec_call
 
 
 def count_parameters(model) -> dict:
@@ -99,12 +98,10 @@ def unsharded(model, run) -> "object":
     from tuneforge.training.fsdp import unsharded_model
 
     def build():
-        from tuneforge.host.plugin_returns import model as a_model
-        from tuneforge.training.model_io import load_source_model
+        from tuneforge.training.model_io import apply_adapter, load_source_model
 
         base, _ = load_source_model(run.model.spec, run.model.config, run.loss.spec.model_head)
-        return spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, base, run.adapter.config,
-                         returns=a_model("the model with the adapter applied"))
+        return apply_adapter(run, base)
 
     return unsharded_model(model, build)
 
