@@ -8,8 +8,12 @@
   built so that SmolLM2's tokenizer reads it as exactly that many tokens (words that are one
   token each, and ``.``/``,``), so the prompt/response split and the padding of the batches
   are those of the real data.  Same arguments, same records, on every machine: no download.
-* :func:`read_alpaca` - the alpaca rows of a local ``.jsonl`` file (e.g. the shipped
-  ``plugins/data/sample.jsonl``; chat rows are left out).
+* :func:`read_records` - the records of a local data file (any file kind tuneforge reads) in any format
+  tuneforge trains with its default loss (alpaca, chat / ShareGPT / OpenAI messages, completion,
+  prompt/completion, Axolotl's input_output): the user's own data, detected as a tuneforge run
+  detects it.  Preference and KTO records are refused (the benchmark trains with cross entropy).
+* :func:`read_alpaca` - the alpaca rows of a ``.jsonl`` file (``--data sample``: the shipped
+  ``plugins/data/sample.jsonl``, whose other rows are chat, preference and KTO examples).
 * :func:`build_plan` - tokenize with tuneforge's own ``jsonl`` dataset (the same options the
   tuneforge run uses), draw a seeded permutation per epoch, cut it into full batches of
   ``batch_size`` until there are ``steps`` of them, and pad each with
@@ -103,6 +107,36 @@ def read_alpaca(path) -> list:
     return records
 
 
+#: record formats the benchmark's cross-entropy runs can train (tuneforge.data.detect_format's names)
+SFT_FORMATS = ("alpaca", "chat", "completion", "prompt_completion", "input_output")
+
+
+def read_records(path) -> tuple:
+    """``(records, formats)``: the records of a data file in file order, read by tuneforge's own reader
+    (``.jsonl``, ``.json``, ``.csv``, ``.parquet``, gzipped too), and ``{format: count}`` as tuneforge
+    detects them.  Errors name the place (``file:line``) of the first record whose format cannot be told
+    or that the default loss cannot train (preference, KTO)."""
+    from tuneforge.data import detect_format
+    from tuneforge.data.sources import read_records as read_file_records
+    from tuneforge.errors import TuneforgeError
+
+    try:
+        rows = read_file_records(path)
+        records, formats = [], {}
+        for row in rows:
+            kind = detect_format(row)
+            if kind not in SFT_FORMATS:
+                raise ValueError(f"{row.source}: a {kind} record; the benchmark trains with cross entropy on "
+                                 f"{', '.join(SFT_FORMATS)} records")
+            records.append(row.data)
+            formats[kind] = formats.get(kind, 0) + 1
+    except TuneforgeError as exc:
+        raise ValueError(str(exc).splitlines()[0]) from None
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records, formats
+
+
 def write_jsonl(path, records) -> None:
     with open(path, "w") as handle:
         for record in records:
@@ -131,7 +165,8 @@ def tokenize(records_path, tuneforge_overrides):
 def build_plan(workdir, records: list, tuneforge_overrides, *, batch_size: int, steps: int, seed: int):
     """Tokenize ``records``, fix the batch sequence and save it (see the module docstring).
 
-    Returns ``(plan, cfg)``: the ``plan.json`` content (per step: example indices, real,
+    Records that give no example at ``data.max_length`` (the prompt alone fills it) are left out, with a
+    printed count.  Returns ``(plan, cfg)``: the ``plan.json`` content (per step: example indices, real,
     padded and trained token counts, digest) and the composed tuneforge config.
     """
     import torch
@@ -143,14 +178,19 @@ def build_plan(workdir, records: list, tuneforge_overrides, *, batch_size: int, 
     workdir = Path(workdir)
     write_jsonl(workdir / "records.jsonl", records)
     examples, pad_token_id, cfg = tokenize(workdir / "records.jsonl", tuneforge_overrides)
-    if len(examples) != len(records):
-        raise ValueError(f"tokenizing {len(records)} records gave {len(examples)} examples (some dropped); "
-                         "raise --max-length")
+    dropped = len(records) - len(examples)
+    if dropped:  # tuneforge said which and why (its data line above); the plan holds the others only
+        print(f"benchmark: {dropped} of {len(records)} records left out (no example at --max-length); "
+              f"{len(examples)} remain", flush=True)
+        records = [example["record"] for example in examples]
     for index, example in enumerate(examples):
         labels = example["labels"]
         if labels[0] != IGNORE_INDEX or all(t == IGNORE_INDEX for t in labels[1:]):
-            raise ValueError(f"record {index}: its first token must be an untrained prompt token and some "
-                             "later token trained (HF's loss counts labels before the shift); check the data")
+            what = "trains nothing" if all(t == IGNORE_INDEX for t in labels[1:]) else "is trained from its first token"
+            raise ValueError(f"record {index + 1} {what}; the benchmark needs records that start with an untrained "
+                             "prompt and train some later token (HF Trainer's loss counts every label, the first "
+                             "included, where the others count the labels after the shift), so plain text "
+                             "('text' records) cannot be compared: give prompt/completion, chat or alpaca records")
     if len(examples) < batch_size:
         raise ValueError(f"{len(examples)} examples are fewer than one batch of {batch_size}")
     batches, epoch = [], 0
@@ -167,7 +207,7 @@ def build_plan(workdir, records: list, tuneforge_overrides, *, batch_size: int, 
     save_file({f"{key}.{step}": batch[key].to(torch.int64).contiguous() for step, batch in enumerate(padded)
                for key in BATCH_KEYS}, str(workdir / "batches.safetensors"))
     write_jsonl(workdir / "ordered.jsonl", [records[i] for indices in batches for i in indices])
-    plan = {"examples": len(examples), "epochs": epoch, "batch_size": batch_size, "batches": batches,
+    plan = {"examples": len(examples), "dropped_records": dropped, "epochs": epoch, "batch_size": batch_size, "batches": batches,
             "tokens": [real_tokens(b) for b in padded], "padded_tokens": [int(b["input_ids"].numel()) for b in padded],
             "trained_tokens": [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in padded],
             "digests": [batch_digest(b) for b in padded], "pad_token_id": pad_token_id,

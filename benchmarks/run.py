@@ -101,7 +101,9 @@ def parse_args(argv):
     parser.add_argument("--data", default="generated",
                         help="'generated' (seeded alpaca records with the field lengths of real alpaca data, "
                              "benchmarks/alpaca_lengths.json; see --records), 'sample' (the alpaca rows of "
-                             "plugins/data/sample.jsonl) or the path of an alpaca .jsonl file")
+                             "plugins/data/sample.jsonl) or your own data file or folder: any file tuneforge reads "
+                             "(.jsonl, .json, .csv, .parquet), records in any format its default loss trains "
+                             "(alpaca, chat/ShareGPT/OpenAI messages, text, prompt/completion, input_output)")
     parser.add_argument("--records", type=int, default=200, help="generated records")
     parser.add_argument("--max-field-tokens", type=int, default=0,
                         help="cap every generated field at this many tokens (0: the recorded lengths, uncapped)")
@@ -173,8 +175,9 @@ def parse_args(argv):
 # ---------------------------------------------------------------------------
 
 
-def tuneforge_overrides(args, workdir: Path) -> list:
-    """The tuneforge run's overrides: everything the comparison holds equal, in tuneforge's terms."""
+def tuneforge_overrides(args, workdir: Path, data_format: str = "alpaca") -> list:
+    """The tuneforge run's overrides: everything the comparison holds equal, in tuneforge's terms
+    (``data_format``: the records' ``data.format``, ``auto`` for a file of several formats)."""
     model = model_overrides(args.model)
     if args.model_dtype:
         model.append(f"model.dtype={args.model_dtype}")
@@ -182,7 +185,7 @@ def tuneforge_overrides(args, workdir: Path) -> list:
         model.append(f"model.attn_implementation={args.attn_implementation}")
     return [
         *model,
-        "data=jsonl", f"data.path={workdir / 'ordered.jsonl'}", "data.format=alpaca", "data.shuffle=false",
+        "data=jsonl", f"data.path={workdir / 'ordered.jsonl'}", f"data.format={data_format}", "data.shuffle=false",
         "data.val_size=0", "data.cache=false", f"data.max_length={args.max_length}", "data.truncation=truncate",
         "adapter=lora", "adapter.r=16", "adapter.lora_alpha=32", "adapter.lora_dropout=0.0",
         "adapter.target_modules=all-linear", "loss=cross_entropy", "evaluators=[]", "callbacks=[bench_probe]",
@@ -208,20 +211,28 @@ def model_overrides(model: str) -> list:
 
 
 def load_records(args) -> tuple:
-    """``(records, description)`` for ``--data``."""
-    from data import generate_records, read_alpaca, recorded_lengths
+    """``(records, description, data_format)`` for ``--data``."""
+    from data import generate_records, read_alpaca, read_records, recorded_lengths
 
     if args.data == "generated":
         lengths, source = recorded_lengths()
         cap = f", capped at {args.max_field_tokens} tokens a field" if args.max_field_tokens else ""
         return (generate_records(args.records, args.seed, args.max_field_tokens),
                 f"{args.records} generated alpaca records (seed {args.seed}; field lengths of the {len(lengths)} "
-                f"records of {source}{cap})")
-    path = HERE.parent / "plugins" / "data" / "sample.jsonl" if args.data == "sample" else Path(args.data)
-    if not path.is_file():
-        raise BenchmarkError(f"--data {args.data}: no such file {path}")
-    records = read_alpaca(path)
-    return records, f"{len(records)} alpaca records of {path}"
+                f"records of {source}{cap})", "alpaca")
+    if args.data == "sample":
+        path = HERE.parent / "plugins" / "data" / "sample.jsonl"
+        records = read_alpaca(path)
+        return records, f"{len(records)} alpaca records of {path}", "alpaca"
+    path = Path(args.data)
+    if not path.exists():
+        raise BenchmarkError(f"--data {args.data}: no such file or folder")
+    try:
+        records, formats = read_records(path)
+    except ValueError as exc:
+        raise BenchmarkError(f"--data {args.data}: {exc}") from None
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(formats.items()))
+    return records, f"{len(records)} records of {path} ({kinds})", next(iter(formats)) if len(formats) == 1 else "auto"
 
 
 def is_rebatching(overrides) -> bool:
@@ -250,8 +261,8 @@ def prepare(args, workdir: Path) -> tuple:
     from data import build_plan
     from tuneforge.errors import TuneforgeError
 
-    records, description = load_records(args)
-    overrides = tuneforge_overrides(args, workdir)
+    records, description, data_format = load_records(args)
+    overrides = tuneforge_overrides(args, workdir, data_format)
     try:
         plan, cfg = build_plan(workdir, records, overrides, batch_size=args.batch_size, steps=args.steps,
                                seed=args.seed)

@@ -207,3 +207,58 @@ def test_first_loss_mismatch(bench_run):
     assert mismatch([5.0, 4.0], [5.0, 4.01], 1e-4) == (2, 4.0, 4.01)
     assert mismatch([5.0, 4.0], [5.0], 1e-4) == (2, 4.0, None)
     assert mismatch([float("nan")], [float("nan")], 1e-4) is not None
+
+
+def test_a_users_own_data_file_is_read_in_any_format_the_default_loss_trains(benchmarks_path, tmp_path, bench_run):
+    from data import read_records
+
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    sharegpt = {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
+    completion = {"prompt": "2+2=", "completion": "4"}
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(json.dumps(r) for r in (chat, sharegpt, completion)) + "\n\n")
+    records, formats = read_records(mixed)
+    assert records == [chat, sharegpt, completion] and formats == {"chat": 2, "prompt_completion": 1}
+    listed = tmp_path / "listed.json"  # LLaMA-Factory's files are JSON lists
+    listed.write_text(json.dumps([sharegpt, sharegpt]))
+    assert read_records(listed) == ([sharegpt, sharegpt], {"chat": 2})
+
+    preference = tmp_path / "pairs.jsonl"
+    preference.write_text(json.dumps(chat) + "\n" + json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(ValueError, match=r"pairs\.jsonl:2: a preference record; the benchmark trains with cross "
+                                         r"entropy on alpaca, chat"):
+        read_records(preference)
+    unknown = tmp_path / "odd.jsonl"
+    unknown.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(ValueError, match=r"odd\.jsonl:1: cannot tell the record's format"):
+        read_records(unknown)
+
+    args = bench_run.parse_args(["--smoke", "--data", str(mixed)])
+    records, description, data_format = bench_run.load_records(args)
+    assert len(records) == 3 and "(2 chat, 1 prompt_completion)" in description and data_format == "auto"
+    args = bench_run.parse_args(["--smoke", "--data", str(listed)])
+    assert bench_run.load_records(args)[2] == "chat"
+    assert "data.format=chat" in bench_run.tuneforge_overrides(args, tmp_path, "chat")
+    with pytest.raises(bench_run.BenchmarkError, match="no such file or folder"):
+        bench_run.load_records(bench_run.parse_args(["--smoke", "--data", str(tmp_path / "missing.jsonl")]))
+
+
+def test_records_without_an_example_at_max_length_are_left_out_and_text_records_are_refused(bench_run, tmp_path,
+                                                                                            capsys):
+    from data import build_plan, generate_records
+
+    args = bench_run.parse_args(["--smoke", "--max-length", "256"])
+    records = generate_records(8, seed=0, max_field_tokens=4)
+    long_prompt = {"instruction": "word " * 400, "output": "short"}
+    overrides = bench_run.tuneforge_overrides(args, tmp_path)
+    plan, _ = build_plan(tmp_path, [long_prompt, *records], overrides, batch_size=4, steps=2, seed=0)
+    assert plan["examples"] == 8 and plan["dropped_records"] == 1
+    assert "1 of 9 records left out (no example at --max-length); 8 remain" in capsys.readouterr().out
+    ordered = [json.loads(line) for line in (tmp_path / "ordered.jsonl").read_text().splitlines()]
+    assert long_prompt not in ordered and len(ordered) == 8
+
+    text = [{"text": f"plain text number {i}"} for i in range(4)]
+    with pytest.raises(ValueError, match=r"record 1 is trained from its first token; .*plain text \('text' "
+                                         r"records\) cannot be compared"):
+        build_plan(tmp_path, text, bench_run.tuneforge_overrides(args, tmp_path, "completion"), batch_size=2,
+                   steps=1, seed=0)
