@@ -81,7 +81,8 @@ TWO_TURNS = [("<|im_start|>system\nS" + END + turn("user", "U1") + GEN, False), 
              (turn("user", "U2") + GEN, False), ("YES" + END, True)]
 
 
-@pytest.mark.parametrize("mark", [{"weight": 0}, {"train": False}, {"weight": 0.0}, {"weight": 0, "train": False}])
+@pytest.mark.parametrize("mark", [{"weight": 0}, {"train": False}, {"weight": 0.0}, {"weight": 0, "train": False},
+                                  {"loss_weight": 0.0}, {"loss_weight": 0, "weight": 0}])
 def test_an_assistant_turn_marked_not_to_train_is_masked_and_the_others_are_trained(mark):
     ex = one({"messages": [{"role": "system", "content": "S"}, user("U1"), bot("NOTRAIN", **mark), user("U2"),
                            bot("YES", weight=1)]})
@@ -96,7 +97,8 @@ def test_sharegpt_conversations_read_train_false_too():
     assert (ex["input_ids"], ex["labels"]) == expected(TWO_TURNS)
 
 
-@pytest.mark.parametrize("mark", [{}, {"weight": 1}, {"train": True}, {"weight": None}, {"train": None}])
+@pytest.mark.parametrize("mark", [{}, {"weight": 1}, {"train": True}, {"weight": None}, {"train": None},
+                                  {"loss_weight": 1.0}])
 def test_weight_1_train_true_or_no_mark_keep_the_default(mark):
     ex = one({"messages": [user("U1"), bot("A", **mark), user("U2"), bot("B")]})
     assert (ex["input_ids"], ex["labels"]) == expected([(turn("user", "U1") + GEN, False), ("A" + END, True),
@@ -122,6 +124,10 @@ def test_weight_0_or_train_false_on_a_user_turn_is_what_happens_anyway():
     ({"train": "no"}, r"messages\[1\] has 'train': \"no\"; valid: false \(the turn is not trained\) or true"),
     ({"train": 0}, r"messages\[1\] has 'train': 0; valid: false .* or true"),
     ({"weight": 0, "train": True}, r"messages\[1\] has 'weight': 0 and 'train': true, which disagree"),
+    ({"loss_weight": 0.5}, r"messages\[1\] has 'loss_weight': 0\.5; valid: 0 .* or 1 .*\(a fractional weight cannot "
+                           r"be trained"),
+    ({"loss_weight": 1.0, "train": False}, r"messages\[1\] has 'loss_weight': 1\.0 and 'train': false, which "
+                                           r"disagree"),
 ])
 def test_other_mark_values_are_one_line_errors_naming_the_message_and_the_valid_values(mark, pattern):
     with pytest.raises(DataError, match=r"^mem\.jsonl:3: " + pattern):
@@ -149,6 +155,22 @@ def test_a_preference_response_marked_not_to_train_is_refused_a_marked_prompt_tu
     ex = one({"prompt": [user("U"), bot("X", weight=0), user("U2")], "chosen": "C", "rejected": "R"})
     prompt = turn("user", "U") + turn("assistant", "X") + turn("user", "U2") + GEN
     assert (ex["chosen_input_ids"], ex["chosen_labels"]) == expected([(prompt, False), ("C" + END, True)])
+
+
+def test_llama_factory_v1_messages_with_content_parts_and_loss_weight_train_the_weighted_turns(tmp_path):
+    """LLaMA-Factory's v1 SFT files (data/v1_sft_demo.jsonl): content as [{type: text, value}] parts, and a
+    loss_weight of 0.0 on user turns and 1.0 on assistant turns; 0.0 on an assistant turn masks it."""
+    def part(text):
+        return [{"type": "text", "value": text}]
+
+    record = {"messages": [{"role": "user", "content": part("U1"), "loss_weight": 0.0},
+                           {"role": "assistant", "content": part("NOTRAIN"), "loss_weight": 0.0},
+                           {"role": "user", "content": part("U2"), "loss_weight": 0.0},
+                           {"role": "assistant", "content": part("YES"), "loss_weight": 1.0}]}
+    path = tmp_path / "v1_sft.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    splits = prepare_splits(read_records(path), tiny_tokenizer(), DataConfig(val_size=0, shuffle=False, cache=False))
+    assert_labels(splits.train[0], tiny_tokenizer(), [f"YES{END}"])
 
 
 def test_the_openai_weight_file_trains_only_the_weight_1_turns(tmp_path):

@@ -8,7 +8,8 @@ spelling, becomes assistant messages with ``tool_calls`` =
 tools become ``[{"type": "function", "function": {schema}}]`` (:func:`normalize_tools`).
 
 A message may carry a training mark (:func:`message_mark`): OpenAI's
-``weight`` (0 or 1) or Axolotl's ``train`` (false or true).  On an assistant
+``weight`` (0 or 1), LLaMA-Factory's ``loss_weight`` (0.0 or 1.0) or Axolotl's
+``train`` (false or true).  On an assistant
 message 0/false means the turn is not trained; 1/true (or no mark) keeps the
 default.  On any other message only 0/false (what happens anyway) is valid:
 tuneforge trains no user, system or tool turn by itself.
@@ -28,8 +29,13 @@ from tuneforge.errors import DataError
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
                 "gpt": "assistant", "function_call": "assistant", "tool": "tool", "observation": "tool",
                 "function": "tool"}
-#: per-message training marks: OpenAI fine-tuning's ``weight`` and Axolotl's ``train``
-MARK_KEYS = ("weight", "train")
+#: per-message training marks: OpenAI fine-tuning's ``weight``, LLaMA-Factory's ``loss_weight`` (its v1
+#: messages) and Axolotl's ``train``
+MARK_KEYS = ("weight", "loss_weight", "train")
+#: the marks written as numbers (0 or 1); ``train`` is a JSON boolean
+NUMERIC_MARK_KEYS = ("weight", "loss_weight")
+#: how errors write "marked not to train"
+UNTRAINED_MARKS = "'weight': 0 / 'loss_weight': 0 / 'train': false"
 
 
 def as_string(record: Record, what: str, value: Any) -> str:
@@ -149,31 +155,35 @@ def tool_result(record: Record, what: str, value: Any) -> str:
 
 
 def message_mark(record: Record, where: str, message: dict, role: str) -> Optional[bool]:
-    """A message's training mark: False (``weight: 0`` / ``train: false``), True (``weight: 1`` /
-    ``train: true``) or None (no mark, or null).  Other values, two marks that disagree, and a true mark
-    on a message that is not an assistant's are one-line errors naming the message."""
-    marks = []
-    weight, train = message.get("weight"), message.get("train")
-    if weight is not None:
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1):
-            raise DataError(f"{record.source}: {where} has 'weight': {json.dumps(weight)}; valid: 0 (the turn is "
-                            "not trained) or 1 (trained, the default), on assistant messages")
-        marks.append(("weight", json.dumps(weight), bool(weight)))
-    if train is not None:
-        if not isinstance(train, bool):
-            raise DataError(f"{record.source}: {where} has 'train': {json.dumps(train)}; valid: false (the turn "
+    """A message's training mark: False (``weight: 0`` / ``loss_weight: 0.0`` / ``train: false``), True
+    (``weight: 1`` / ``loss_weight: 1.0`` / ``train: true``) or None (no mark, or null).  Other values, marks
+    that disagree, and a true mark on a message that is not an assistant's are one-line errors naming the
+    message."""
+    marks = []  # (key, the value as written, trained)
+    for key in MARK_KEYS:
+        value = message.get(key)
+        if value is None:
+            continue
+        if key in NUMERIC_MARK_KEYS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in (0, 1):
+                fractional = " (a fractional weight cannot be trained: tuneforge's losses weight every trained " \
+                             "token alike)" if isinstance(value, float) and 0 < value < 1 else ""
+                raise DataError(f"{record.source}: {where} has '{key}': {json.dumps(value)}; valid: 0 (the turn is "
+                                f"not trained) or 1 (trained, the default), on assistant messages{fractional}")
+        elif not isinstance(value, bool):
+            raise DataError(f"{record.source}: {where} has '{key}': {json.dumps(value)}; valid: false (the turn "
                             "is not trained) or true (trained, the default), on assistant messages")
-        marks.append(("train", json.dumps(train), train))
-    if len(marks) == 2 and marks[0][2] != marks[1][2]:
-        raise DataError(f"{record.source}: {where} has 'weight': {marks[0][1]} and 'train': {marks[1][1]}, which "
-                        "disagree; keep one of them")
+        marks.append((key, json.dumps(value), bool(value)))
+    if len({trained for _, _, trained in marks}) > 1:
+        written = " and ".join(f"'{key}': {shown}" for key, shown, _ in marks)
+        raise DataError(f"{record.source}: {where} has {written}, which disagree; keep one of them")
     if not marks:
         return None
     key, shown, trained = marks[0]
     if trained and role != "assistant":
         raise DataError(f"{record.source}: {where} is a {role} message with '{key}': {shown}; only assistant "
                         f"turns are trained, so '{key}' on another message may only be "
-                        f"{'0' if key == 'weight' else 'false'} (to train prompts too, set data.train_on_inputs=true)")
+                        f"{'false' if key == 'train' else '0'} (to train prompts too, set data.train_on_inputs=true)")
     return trained
 
 
@@ -276,7 +286,7 @@ def refuse_untrained(record: Record, what: str, messages: list, marks: list, sta
     trains its answers whole and would ignore the mark."""
     for i in range(start, len(messages)):
         if marks[i] is False and messages[i]["role"] == "assistant":
-            raise DataError(f"{record.source}: {what}[{i}] is marked not to train ('weight': 0 / 'train': false), "
+            raise DataError(f"{record.source}: {what}[{i}] is marked not to train ({UNTRAINED_MARKS}), "
                             "but only chat records and the completion of prompt/completion records read that "
                             "mark; this layout trains its answers whole: remove the mark or the turn")
 

@@ -63,6 +63,7 @@ from tuneforge.data.columns import (
     refuse_unsupported,
 )
 from tuneforge.data.messages import (
+    UNTRAINED_MARKS,
     as_string,
     json_value,
     message_list,
@@ -184,7 +185,7 @@ def _chat(record: Record, view: dict, columns: dict) -> Sample:
     untrained = untrained_turns(messages, marks)
     if untrained and all(i in untrained for i, m in enumerate(messages) if m["role"] == "assistant"):
         raise DataError(f"{record.source}: every assistant turn of the chat record is marked not to train "
-                        "('weight': 0 / 'train': false), so it has nothing to learn from; mark at least one "
+                        f"({UNTRAINED_MARKS}), so it has nothing to learn from; mark at least one "
                         "with weight 1 (or leave its mark out), or remove the record")
     return Sample("chat", messages=messages, untrained=untrained,
                   tools=normalize_tools(record, record_key("tools", columns), view.get("tools")))
@@ -373,7 +374,7 @@ def _kto(record: Record, view: dict, columns: dict) -> Sample:
                             f"{field_name('kto_tag', columns)} marks")
         if len(messages) - 1 in base.untrained:
             raise DataError(f"{record.source}: the answer of a KTO record (its last assistant turn) is marked not "
-                            "to train ('weight': 0 / 'train': false); the KTO mark says how to learn from it: "
+                            f"to train ({UNTRAINED_MARKS}); the KTO mark says how to learn from it: "
                             "remove the per-message mark")
         prompt, completion = messages[:-1], messages[-1:]
     if not completion or completion[-1]["role"] != "assistant":
@@ -402,7 +403,7 @@ def _prompt_completion(record: Record, view: dict, columns: dict) -> Sample:
     untrained = untrained_turns(completion, marks, offset=len(prompt))
     if len(untrained) == sum(m["role"] == "assistant" for m in completion):
         raise DataError(f"{record.source}: every assistant turn of {field_name('completion', columns)} is marked "
-                        "not to train ('weight': 0 / 'train': false), so the record has nothing to learn from")
+                        f"not to train ({UNTRAINED_MARKS}), so the record has nothing to learn from")
     plain = ([m["role"] for m in prompt if m["role"] != "system"] == ["user"] and len(completion) == 1
              and not completion[0].get("tool_calls"))
     return Sample("prompt_completion", messages=prompt, completion=completion, plain=plain, untrained=untrained,

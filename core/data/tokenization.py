@@ -18,6 +18,7 @@ import logging
 from typing import Any, Collection, Optional, Sequence
 
 from tuneforge.data.chat_templates import ALPACA_PROMPT, assistant_spans, render_prompt, resolve_chat_template
+from tuneforge.data.messages import UNTRAINED_MARKS
 from tuneforge.data.samples import Sample, normalize_records, record_places
 from tuneforge.data.sources import Record
 from tuneforge.errors import DataError
@@ -155,7 +156,7 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
     with ``train_on_inputs``, which trains every token, they are an error.
     """
     if sample.untrained and train_on_inputs:
-        raise DataError("the record marks assistant turns not to train ('weight': 0 / 'train': false), but "
+        raise DataError(f"the record marks assistant turns not to train ({UNTRAINED_MARKS}), but "
                         "data.train_on_inputs=true trains every token; remove the marks or set "
                         "data.train_on_inputs=false")
     if sample.format == "completion":
