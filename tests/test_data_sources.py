@@ -319,3 +319,15 @@ def test_shipped_preference_sample_trains_with_dpo(tmp_path):
     assert result.metrics["steps"] == 2
     assert result.metrics["data"]["formats"] == {"preference": 40}
     assert result.metrics["data"]["train_examples"] == 36 and result.metrics["data"]["cache"] == "miss"
+
+
+def test_the_default_jsonl_reader_on_a_json_array_file_says_which_reader_reads_it(tmp_path):
+    path = tmp_path / "alpaca_en_demo.json"  # LLaMA-Factory's files are JSON arrays, pretty-printed
+    path.write_text(json.dumps(ROWS, indent=2))
+    with pytest.raises(DataError) as info:
+        load_files(FilesDataConfig(path=str(path), cache=False), tiny(), kind="jsonl")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}:1: invalid JSON")
+    assert message.endswith("alpaca_en_demo.json is named as a json file: read it with data=json, or data=files "
+                            "(the reader from each file's suffix)")
+    assert len(load_files(FilesDataConfig(path=str(path), cache=False), tiny(), kind="json").train) > 0

@@ -338,12 +338,20 @@ def _reader_kind(path: Path, kind: str) -> str:
 
 def _read_file(path: Path, kind: str, field: Optional[str] = None, columns: Optional[dict] = None) -> list[Record]:
     reader = _reader_kind(path, kind)
-    if reader == "json":
-        return read_json(path, field=field, columns=columns)
-    if field is not None:
-        raise DataError(f"{path}: data.field={field} picks the records under a key of a .json file; this is "
-                        f"a {reader} file (unset data.field, or read it with data=json)")
-    return READERS[reader](path)
+    try:
+        if reader == "json":
+            return read_json(path, field=field, columns=columns)
+        if field is not None:
+            raise DataError(f"{path}: data.field={field} picks the records under a key of a .json file; this is "
+                            f"a {reader} file (unset data.field, or read it with data=json)")
+        return READERS[reader](path)
+    except DataError as exc:
+        named = file_kind(path)
+        if named in ("", reader):
+            raise
+        # a named reader (data=jsonl, the default) on a file whose name says another kind: say which reads it
+        raise DataError(f"{exc}; {path.name} is named as a {named} file: read it with data={named}, or data=files "
+                        "(the reader from each file's suffix)") from None
 
 
 def _existing_file(path: str | Path) -> Path:
