@@ -35,6 +35,15 @@ class ModelError(TuneforgeError):
     """A model cannot be loaded or does not fit the chosen adapter."""
 
 
+def first_line(error) -> str:
+    """The first line of an exception's (or a message's) text, stripped; an exception with no text gives
+    its type's name."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0].strip()
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
 def os_error_number(exc: BaseException) -> Optional[int]:
     """The ``errno`` of an ``OSError``, or the OS error code in the message of safetensors' own
     error type, which wraps one: ``os error 28`` (safetensors >= 0.5) or

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import tuneforge
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, first_line
 from tuneforge.evaluation import EvaluationPass
 
 log = logging.getLogger("tuneforge")
@@ -265,14 +265,14 @@ def evaluate_lm_eval(model, tokenizer, examples, config, *, evaluation: Optional
                 apply_chat_template=bool(config.apply_chat_template),
                 fewshot_as_multiturn=bool(config.apply_chat_template))
     except FileNotFoundError as exc:
-        raise ConfigError(f"{KEY}: a task's data file is missing: {_first_line(exc)} (relative data_files paths "
+        raise ConfigError(f"{KEY}: a task's data file is missing: {first_line(exc)} (relative data_files paths "
                           f"in a task YAML are read from the working directory, {os.getcwd()}; write absolute "
                           "paths or run from the folder they are relative to)") from exc
     except ConnectionError as exc:  # what `datasets` raises for a hub dataset it may not fetch
         if not config.offline:
             raise
         raise ConfigError(f"{KEY}: a task's data is on the Hugging Face hub and {KEY}.offline is true: "
-                          f"{_first_line(exc)}; use local data files (dataset_path: json), or set "
+                          f"{first_line(exc)}; use local data files (dataset_path: json), or set "
                           f"{KEY}.offline=false to download it") from exc
     finally:
         model.train(was_training)
@@ -325,10 +325,6 @@ def _check_directions(output: dict, metrics: dict) -> None:
         if isinstance(said, bool) and said != declared:
             log.warning("lm_eval: %s is %s-is-better for lm-eval but the report treats it as %s-is-better", name,
                         "higher" if said else "lower", "higher" if declared else "lower")
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import urlparse
 
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, first_line
 
 log = logging.getLogger("tuneforge")
 
@@ -214,7 +214,7 @@ def read_parquet(path: str | Path) -> list[Record]:
     except ImportError:
         raise DataError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
     except Exception as exc:  # pyarrow raises its own ArrowException family and OSError
-        raise DataError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     return [Record(row, f"{path}:row {i}") for i, row in enumerate(rows)]
 
 
@@ -383,7 +383,7 @@ def _numbered_lines(path: Path, handle) -> Iterator[tuple[int, bytes]]:
         for lineno, raw in enumerate(handle, start=1):
             yield lineno, raw
     except GZIP_ERRORS as exc:
-        raise DataError(f"{path}:{lineno + 1}: cannot read the file after line {lineno} ({_first_line(exc)}); "
+        raise DataError(f"{path}:{lineno + 1}: cannot read the file after line {lineno} ({first_line(exc)}); "
                         "a gzip file may be damaged or cut short") from None
 
 
@@ -393,17 +393,12 @@ def _read_text(path: Path) -> str:
         try:
             data = gzip.decompress(data)
         except GZIP_ERRORS as exc:
-            raise DataError(f"{path}: damaged gzip data ({_first_line(exc)}); check it with gzip -t") from None
+            raise DataError(f"{path}: damaged gzip data ({first_line(exc)}); check it with gzip -t") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 text (byte offset {exc.start}); save the file as UTF-8") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------
@@ -501,11 +496,11 @@ def read_hf(path: str, split: str = "train", *, subset: Optional[str] = None, da
             raise DataError(f"cannot load Hugging Face dataset '{path}': offline (the hub is unreachable or "
                             "HF_HUB_OFFLINE=1) and it is not in the local datasets cache; download it once "
                             "with network access, or point data.path at local files") from None
-        raise DataError(f"cannot load Hugging Face dataset '{path}': {_first_line(exc)}") from None
+        raise DataError(f"cannot load Hugging Face dataset '{path}': {first_line(exc)}") from None
     except (OSError, ValueError, TypeError, datasets.exceptions.DatasetsError) as exc:
         hint = " (set data.split / data.val_split)" if "split" in str(exc).lower() else ""
         raise DataError(f"cannot load Hugging Face dataset '{path}' split '{split}': "
-                        f"{_first_line(exc)}{hint}") from None
+                        f"{first_line(exc)}{hint}") from None
     if not isinstance(dataset, datasets.Dataset):
         raise DataError(f"Hugging Face dataset '{path}': data.split='{split}' did not select one split "
                         f"(got {type(dataset).__name__})")

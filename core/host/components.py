@@ -43,7 +43,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from tuneforge.errors import ConfigError, PluginError, TuneforgeError, did_you_mean
+from tuneforge.errors import ConfigError, PluginError, TuneforgeError, did_you_mean, first_line
 from tuneforge.host.schema import (CheckpointConfig, EvidenceConfig, LoaderConfig, MemorisationConfig, OptimConfig,
                                    PluginsConfig, QualityConfig, StrategyConfig, TrainerConfig, UncertaintyConfig)
 from tuneforge.validation import ConfigValueError
@@ -390,7 +390,7 @@ def _build(path: str, make: Callable[[], Any], problems: list, spec: Any = None)
     except OmegaConfBaseException as exc:
         problems.append(_omegaconf_problem(path, exc))
     except (TuneforgeError, ValueError, TypeError) as exc:  # a plugin's own check in __post_init__
-        problems.append(Problem(path, _first_line(exc)))
+        problems.append(Problem(path, first_line(exc)))
     except Exception as exc:
         origin = origin_of(spec) if spec is not None else None
         if origin is None or is_own(origin):
@@ -408,7 +408,7 @@ def _omegaconf_problem(path: str, exc) -> Problem:
         return Problem(key, f"no value given (it is required); set {key}=<value>")
     cause = exc.__cause__  # a resolver's own error (``${pkg:...}`` naming a missing file)
     message = str(cause) if isinstance(cause, ValueError) and str(cause) else str(getattr(exc, "msg", "") or exc)
-    return Problem(key, _first_line(message))
+    return Problem(key, first_line(message))
 
 
 def _kind_problems(plugins, loss: Component, data: Component) -> list:
@@ -424,7 +424,7 @@ def _kind_problems(plugins, loss: Component, data: Component) -> list:
     except (TuneforgeError, OSError, ValueError) as exc:
         if not loss.spec.requires:  # a loss that takes most kinds: loading the data reports the problem
             return []
-        return [Problem("data", _first_line(exc))]
+        return [Problem("data", first_line(exc))]
     problem = loss_kind_problem(plugins, loss.name, loss.spec, kinds, f"data={data.name}")
     return [] if problem is None else [Problem("loss", problem)]
 
@@ -526,7 +526,7 @@ def _quantization_problems(plugins, found: dict, settings: Optional[RunSettings]
     try:
         quantization = base_quantization(found["model"])
     except (TuneforgeError, ValueError) as exc:
-        return [Problem("model", _first_line(exc))]
+        return [Problem("model", first_line(exc))]
     if quantization is None:
         return []
     model, adapter = found["model"], found["adapter"]
@@ -555,6 +555,3 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _first_line(exc) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

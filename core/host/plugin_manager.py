@@ -21,13 +21,11 @@ import pluggy
 
 from tuneforge import hookspecs
 from tuneforge.errors import PluginError, did_you_mean
-from tuneforge.host.guard import describe_plugin, is_own, plugin_error, set_origin
+from tuneforge.host.guard import DISABLE_ENV, OWN_DISTRIBUTION, describe_plugin, is_own, plugin_error, set_origin
 from tuneforge.specs import SPEC_KINDS
 
 ENTRY_POINT_GROUP = "tuneforge"
-DISABLE_ENV = "TUNEFORGE_DISABLE_PLUGINS"
 AUTOLOAD_ENV = "TUNEFORGE_PLUGINS_AUTOLOAD"
-OWN_DISTRIBUTION = "tuneforge"
 #: the distribution of a plugin passed in as an object (``extra_plugins``): no entry point, not blockable
 IN_PROCESS = "<registered in-process>"
 

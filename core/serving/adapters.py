@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from tuneforge.commands.run_loading import (LoadedRun, RunDirectoryError, load_run, load_run_tokenizer,
                                             read_run_config)
+from tuneforge.errors import first_line
 
 #: the ``model`` name that selects the base model without any adapter
 BASE = "base"
@@ -136,9 +137,8 @@ def _load_extra_adapter(registry: AdapterRegistry, run_dir: Path, name: str, pef
     try:
         registry.model.load_adapter(str(run_dir / "model"), adapter_name=peft_name)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunDirectoryError(f"run_dir={run_dir}: its adapter cannot be added to run_dir={first_dir}'s base: "
-                                f"{first_line}") from None
+                                f"{first_line(exc)}") from None
     return ServedModel(name, load_run_tokenizer(run_dir, cfg), peft_name, run_dir)
 
 

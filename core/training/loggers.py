@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError, first_line
 from tuneforge.host.guard import (describe_plugin, guarded_function, is_own, origin_of, plugin_error,
                              spec_call)
 from tuneforge.specs import LoggerContext, call_accepting
@@ -253,4 +253,4 @@ def _first_line(exc: BaseException) -> str:
     """The error's first line, secrets (URL credentials, secret env values) redacted."""
     from tuneforge.secrets import redact_text
 
-    return redact_text((str(exc).strip().splitlines() or [type(exc).__name__])[0].strip())
+    return redact_text(first_line(exc))

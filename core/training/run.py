@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from tuneforge import memory_marks
 from tuneforge.context import RunContext
-from tuneforge.errors import ConfigError, PluginError
+from tuneforge.errors import ConfigError, PluginError, first_line
 from tuneforge.evaluation.baselines import join_columns, run_baselines
 from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.metrics_file import RunMetrics
@@ -42,7 +42,7 @@ from tuneforge.training.run_results import (add_baselines, column_costs, count_p
 from tuneforge.training.rank_watch import watch_ranks
 from tuneforge.training.run_state import RunState
 from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, checkpoint_step, checkpoint_step_row,
-                                         final_status, first_line, last_checkpoint, lost_ranks, mark_failed, one_line_disk_full,
+                                         final_status, last_checkpoint, lost_ranks, mark_failed, one_line_disk_full,
                                          signals_end_the_process, signals_stop_the_run)
 from tuneforge.training.setup_summary import describe_setup
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,

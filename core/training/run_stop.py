@@ -114,11 +114,6 @@ def lost_ranks(exc: BaseException, context: RunContext, phase: str, timeout_s: f
                          f"the other ranks' output ({first})")
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of ``exc``'s message (its type's name when it has none)."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def final_status(run_dir: Path, value: dict) -> None:
     """Write the run's final ``status.json``; when even that fails (a full disk, see
     :func:`~tuneforge.training.run_dir.write_status`) say so in one log line instead of hiding the run's
