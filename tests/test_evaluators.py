@@ -377,6 +377,15 @@ def test_eval_command_reproduces_the_runs_metrics(tmp_path, capsys):
             assert again[label][name] == pytest.approx(value, rel=1e-4, abs=1e-5), (label, name)
     predictions = [json.loads(line) for line in (run.run_dir / "eval" / "predictions.jsonl").open()]
     assert predictions and all({"base", "tuned", "prompt", "reference"} <= set(row) for row in predictions)
+    # the prompting baselines run again, so the verdict weighs tuning against them as the run's did
+    assert set(metrics["baselines"]) == set(again["baselines"]) == {"few_shot", "retrieval"}
+    for key, values in metrics["baselines"].items():
+        for name, value in values.items():
+            assert again["baselines"][key][name] == pytest.approx(value, rel=1e-4, abs=1e-5), (key, name)
+    assert again["verdict"]["decision"] == metrics["verdict"]["decision"]
+    assert again["verdict"]["baseline"] == metrics["verdict"]["baseline"]
+    held_out = [row for row in predictions if row.get("set") == "val"]
+    assert held_out and all({"few_shot", "retrieval"} <= set(row) for row in held_out)
 
     # overriding the evaluators of a run, and a bare base model with no run
     eval_command([f"run_dir={run.run_dir}", "evaluators=[contains]", "evaluators.contains.max_new_tokens=2",
@@ -385,6 +394,9 @@ def test_eval_command_reproduces_the_runs_metrics(tmp_path, capsys):
     assert set(other["base"]) == set(other["tuned"]) == {"contains"}
     assert again["setup"]["run_dir"] == str(run.run_dir) and again["setup"]["steps"] == metrics["steps"]
     capsys.readouterr()
+    with pytest.raises(ConfigError, match=r"^baselines: the prompting baselines run in tuneforge eval only with "
+                                          r"run_dir=<a run>"):
+        eval_command(["model=tiny", "baselines=[few_shot]"])
     eval_command(["model=tiny", "evaluators=[perplexity]", f"out={tmp_path / 'bare'}"])
     bare = json.loads((tmp_path / "bare" / "metrics.json").read_text())
     assert "tuned" not in bare

@@ -22,8 +22,9 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
     The base model (``cfg.model``) is always scored; with ``run_dir`` the
     run's trained weights (``<run_dir>/model``) are loaded on top and scored
-    as ``tuned``; every metric with per-example scores gets its bootstrap
-    interval (``intervals``, ``changes``; no prompting baselines run here).
+    as ``tuned``, and the prompting baselines (``baselines``, the run's unless overridden) run on the base
+    model first, so the verdict weighs tuning against prompting as the run's own did; every metric with
+    per-example scores gets its interval (``intervals``, ``changes``).
     With ``out_dir`` it receives ``metrics.json``,
     ``predictions.jsonl`` and the report.  ``cfg`` is validated first.
     """
@@ -67,22 +68,30 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
         if components.rewards else None
     metrics["base"], base_pass = run_evaluators(components.evaluators, settings, model, tokenizer, splits.val, "base",
                                                 chat_template=splits.chat_template, rewards=rewards)
-    tuned_pass = None
-    if run_dir is not None:
+    tuned_pass, baselines = None, {}
+    if run_dir is not None:  # the prompting baselines, on the base model before the trained weights go on it
         from tuneforge.commands.run_loading import run_adapter_spec
+        from tuneforge.evaluation.baselines import run_baselines
+        from tuneforge.training.run_results import add_baselines
 
+        baselines, skipped = run_baselines(components.baselines, components.evaluators, settings, model, tokenizer,
+                                           splits, retrievers=plugins["retriever"], rewards=rewards)
+        add_baselines(metrics, baselines, skipped)
         model = load_saved_model(run_adapter_spec(run_dir, cfg, plugins), model, Path(run_dir) / "model",
                                  trust_remote_code=bool(getattr(components.model.config, "trust_remote_code", False)),
                                  head=head)
         metrics["tuned"], tuned_pass = run_evaluators(components.evaluators, settings, model, tokenizer, splits.val,
                                                       "tuned", chat_template=splits.chat_template, rewards=rewards)
     metrics["metric_info"] = describe_metrics(components.evaluators, metrics)
-    summarize(metrics, {"base": base_pass.example_scores, "tuned": tuned_pass.example_scores if tuned_pass else {}},
+    summarize(metrics, {"base": base_pass.example_scores, "tuned": tuned_pass.example_scores if tuned_pass else {},
+                        **{key: column["scores"] for key, column in baselines.items()}},
               seed=int(settings.seed), **evidence_options(components.settings, splits.val))
     metrics["wall_time_s"] = time.time() - started
     if out_dir is not None:
-        write_outputs(Path(out_dir), cfg, metrics, merge_predictions({"base": base_pass, "tuned": tuned_pass}),
-                      title="tuneforge evaluation report")
+        from tuneforge.evaluation.baselines import join_columns
+
+        predictions = join_columns(merge_predictions({"base": base_pass, "tuned": tuned_pass}), baselines)
+        write_outputs(Path(out_dir), cfg, metrics, predictions, title="tuneforge evaluation report")
     return metrics
 
 
@@ -186,9 +195,10 @@ EVAL_USAGE = """\
 usage: tuneforge eval run_dir=<dir> [out=<dir>] [key=value ...]
        tuneforge eval model=<source> model.path=... data.path=... [out=<dir>] [key=value ...]
 
-Run the evaluators on the held-out split.  With run_dir, the run's base model
-and its trained model/ are both scored (base, tuned, change) with the run's
-data and evaluator config; overrides such as evaluators=[exact_match,rouge] or
+Run the evaluators on the held-out split.  With run_dir, the run's base model,
+its prompting baselines and its trained model/ are scored (base, baselines,
+tuned, change, verdict) with the run's data, evaluator and baseline config
+(baselines=[] skips the baselines); overrides such as evaluators=[exact_match,rouge] or
 data.val_path=held_out.jsonl change it.  Without run_dir a bare model is
 scored.  Results go to out (default <run_dir>/eval; none for a bare model):
 metrics.json, predictions.jsonl, report.md, report.html.  A run that failed, or
@@ -223,6 +233,11 @@ def eval_command(args: list) -> None:
             out_dir = Path(setting_path(arg.split("=", 1)[1]))
         else:
             overrides.append(arg)
+    if run_dir is None and any(o.lstrip("+~").split("=")[0].split(".")[0] == "baselines" for o in overrides):
+        from tuneforge.errors import ConfigError
+
+        raise ConfigError("baselines: the prompting baselines run in tuneforge eval only with run_dir=<a run> (they "
+                          "are weighed against its tuned model); a bare model is scored alone")
     plugins = load_plugins(overrides)
     cfg = run_config(run_dir, overrides, force=force) if run_dir else compose(overrides)
     if out_dir is None and run_dir is not None:
