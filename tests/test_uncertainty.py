@@ -183,6 +183,47 @@ def test_an_unsettled_lead_is_inconclusive_never_prompting_is_enough():
         assert again == verdict
 
 
+def test_an_interval_past_0_with_an_exact_test_short_of_it_is_explained_and_forgetting_leads_the_headline():
+    """A task kept aside: 23/30 vs retrieval's 16/30 (9 gained, 2 lost): Newcombe's interval excludes 0,
+    McNemar's exact p is 0.065; and the general-ability set fell from 30/30 to 4/30."""
+    tuned = [1] * 14 + [1] * 9 + [0] * 2 + [0] * 5
+    retrieval = [1] * 14 + [0] * 9 + [1] * 2 + [0] * 5
+    metrics = _run(tuned=tuned, base=[0] * 30, retrieval=retrieval, forgetting=([1] * 30, [1] * 4 + [0] * 26))
+    verdict = metrics["verdict"]
+    assert verdict["outcome"] == "inconclusive" and verdict["low"] > 0 and verdict["p_value"] == pytest.approx(
+        2 * (1 + 11 + 55) / 2 ** 11)
+    text = verdict["text"]
+    assert "neither excludes 0" not in text, "the old fixed sentence contradicted the interval"
+    assert (f"against retrieval, k=4 the 95% interval (+{100 * verdict['low']:.1f}..+{100 * verdict['high']:.1f}) "
+            "excludes 0 but the McNemar p=0.065 is not below 0.05, and a gain counts only when both show it") in text
+    assert "against base" not in text, "the zero-shot base is beaten: only the unsettled comparison is named"
+    assert "Nor is prompting shown to be enough" in text and "Not significant is not equivalent." in text
+    # the significant forgetting is in the headline, not only in the paragraph
+    assert verdict["headline"].startswith("Inconclusive at n=30: ")
+    assert "; and tuning costs 86.7 points of general ability (forgetting/contains 100.0% -> 13.3%" in \
+        verdict["headline"]
+    assert text.count("86.7 points") == 1
+    # the one-line form (compare, seeds) names the test's p and the cost too
+    from tuneforge.evaluation.seeds import verdict_line
+
+    line = verdict_line(verdict)
+    assert line.startswith("inconclusive (+23.3 points vs retrieval, k=4, 95% CI +") and "McNemar p=0.065" in line
+    assert "forgetting/contains -86.7 points" in line
+    # an interval that includes 0 says so
+    close = _run(tuned=[1] * 14 + [1] * 4 + [0] * 2 + [0] * 10, base=[0] * 30,
+                 retrieval=[1] * 14 + [0] * 4 + [1] * 2 + [0] * 10)["verdict"]
+    assert close["outcome"] == "inconclusive" and close["low"] < 0
+    assert "against retrieval, k=4 the 95% interval (" in close["text"] and ") includes 0" in close["text"]
+
+
+def test_the_cost_headline_keeps_the_gains_interval():
+    metrics = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[0] * 30, forgetting=([1] * 30, [1] * 22 + [0] * 8))
+    verdict = metrics["verdict"]
+    assert verdict["outcome"] == "tune_with_cost"
+    assert "vs base (zero-shot) 0.0%, +100.0 points (95% CI +83.9..+100.0, n=30; McNemar p=" in verdict["headline"]
+    assert "McNemar p=" in verdict["headline"] and verdict["text"].count("26.7 points") == 1
+
+
 def test_prompting_suffices_only_when_equivalence_is_shown():
     same = [1] * 150 + [0] * 50
     metrics = _run(tuned=same, base=[0] * 200, retrieval=same)  # identical answers on 200 examples
@@ -215,7 +256,13 @@ def test_a_significant_forgetting_drop_is_named_in_the_verdict():
     # a small, non-significant drop within the limit leaves a plain "tune"
     held = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[0] * 30, forgetting=([1] * 30, [1] * 29 + [0]))["verdict"]
     assert held["outcome"] == "tune" and not held["forgetting"][0]["costs"]
-    assert "No significant forgetting: forgetting/contains 100.0% -> 96.7%" in held["text"]
+    # not significant, yet 29/30 cannot rule out a drop beyond the 5-point limit: said so, not "no cost"
+    assert "No significant forgetting, but not ruled out: forgetting/contains 100.0% -> 96.7%" in held["text"]
+    assert "the interval allows a drop of up to" in held["text"] and "more general-ability examples" in held["text"]
+    # 300 of 300 kept: the interval rules out more than the limit
+    kept = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[0] * 30, forgetting=([1] * 300, [1] * 300))["verdict"]
+    assert "No forgetting: forgetting/contains 100.0% -> 100.0%" in kept["text"]
+    assert "the interval rules out a drop of more than 5.0 points" in kept["text"]
     # beyond the limit though not significant: still a cost
     beyond = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[0] * 30, forgetting=([1] * 30, [1] * 28 + [0] * 2),
                   forgetting_limit=0.05)["verdict"]
@@ -231,8 +278,9 @@ def test_metrics_that_disagree_with_the_headline_are_named():
     assert verdict["metric"] == "exact_match" and verdict["outcome"] == "inconclusive"
     [d] = verdict["disagreements"]
     assert d["metric"] == "rouge" and d["direction"] == "better" and d["change"] == pytest.approx(0.36, abs=0.03)
-    assert d["low"] > 0.25 and f"rouge disagrees: tuned is significantly better (+{100 * d['change']:.1f} points" \
-        in verdict["text"]
+    assert d["low"] > 0.25 and f"rouge favours tuning: tuned is significantly better (+{100 * d['change']:.1f} " \
+        "points" in verdict["text"]
+    assert "unlike exact_match, which it does not show" in verdict["text"] and "disagrees" not in verdict["text"]
 
 
 def test_slices_give_every_metric_and_the_verdict_per_value():

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 from tuneforge.evaluation.comparison import column_label, column_order, column_values
 from tuneforge.evaluation.metrics_file import RunMetrics, metric_change
+from tuneforge.evaluation.uncertainty import p_value_test
 
 #: outcomes in which tuning beats every prompting column (``tuning_better``: the name before the
 #: three-way verdict)
@@ -174,7 +175,8 @@ def cross_seed_text(v: dict) -> str:
 
 
 def verdict_line(v: dict) -> str:
-    """One run's verdict on one line: ``tune (+63.3 points vs retrieval, k=4, 95% CI +50.0..+76.7)``."""
+    """One run's verdict on one line: ``tune (+63.3 points vs retrieval, k=4, 95% CI +50.0..+76.7; McNemar
+    p=0.0001)``, with the first general-ability cost (``; forgetting/contains -86.7 points``) when it has one."""
     if v.get("metric") is None or not _number(v.get("change")):
         return outcome_words(v.get("outcome") or "no_comparison")
     share = bool(v.get("share"))
@@ -182,6 +184,12 @@ def verdict_line(v: dict) -> str:
     if _number(v.get("low")) and _number(v.get("high")):
         bound = (lambda x: f"{100 * x:+.1f}") if share else (lambda x: f"{x:+.4g}")
         interval = f", 95% CI {bound(v['low'])}..{bound(v['high'])}"
+    if _number(v.get("p_value")):
+        name = p_value_test(v.get("method"))
+        interval += f"; {name + ' ' if name else ''}p={v['p_value']:.2g}"
+    cost = next((f for f in v.get("forgetting") or [] if f.get("costs") and _number(f.get("change"))), None)
+    if cost is not None:
+        interval += f"; {cost['metric']} {_delta(bool(cost.get('share')), cost['change'])}"
     against = v.get("baseline_label") or v.get("baseline") or "best prompting column"
     return f"{outcome_words(v['outcome'])} ({_delta(share, v['change'])} vs {against}{interval})"
 

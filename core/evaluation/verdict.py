@@ -172,6 +172,7 @@ def decide(metrics: dict, scores: dict, *, margin: float = MARGIN, forgetting_li
         "low": headline_test.get("low"), "high": headline_test.get("high"), "n": headline_test.get("n"),
         "p_value": headline_test.get("p_value"), "method": headline_test.get("method"),
         "comparisons": {c: _public(t) for c, t in comparisons.items() if t},
+        "labels": {c: column_label(metrics, c) for c in prompting},
     })
     if any(t is None for t in comparisons.values()):
         missing = [c for c, t in comparisons.items() if t is None]
@@ -277,9 +278,26 @@ def _interval(share: bool, test: dict, level: str = "95%") -> str:
     if test.get("n"):
         text += f", n={test['n']}"
     if test.get("p_value") is not None:
-        test_name = "McNemar p" if "McNemar" in (test.get("method") or "") else "p"
-        text += f"; {test_name}={test['p_value']:.2g}"
+        text += f"; {_p_text(test)}"
     return text
+
+
+def _p_text(test: dict) -> str:
+    """``McNemar p=0.065`` / ``paired t p=0.01`` / ``p=0.2``: the p-value named by its test."""
+    name = uncertainty.p_value_test(test.get("method"))
+    return f"{name + ' ' if name else ''}p={test['p_value']:.2g}"
+
+
+def _first_cost(v: dict) -> Optional[dict]:
+    """The first general-ability metric whose change costs (the one the headline names), or None."""
+    return next((f for f in v.get("forgetting") or [] if f["costs"]), None)
+
+
+def _cost_clause(v: dict) -> str:
+    """``; and tuning costs 86.7 points of general ability (...)`` for a headline that is not already about
+    the cost, or ""."""
+    cost = _first_cost(v)
+    return f"; and tuning costs {_forgetting_text(cost)}" if cost is not None else ""
 
 
 def _forgetting_text(entry: dict) -> str:
@@ -307,8 +325,8 @@ def headline_text(v: dict) -> str:
     if outcome in ("tune", "tune_with_cost"):
         head = f"Tune: {gap}, {_delta(share, v['change'])} ({_interval(share, v)})"
         if outcome == "tune_with_cost":
-            cost = [f for f in v["forgetting"] if f["costs"]][0]
-            head = f"Tune, but it costs {_forgetting_text(cost)}: {gap}, {_delta(share, v['change'])}"
+            head = (f"Tune, but it costs {_forgetting_text(_first_cost(v))}: {gap}, {_delta(share, v['change'])} "
+                    f"({_interval(share, v)})")
         return head + "."
     if outcome == "prompting_suffices":
         column = v["equivalent_column"]
@@ -316,11 +334,11 @@ def headline_text(v: dict) -> str:
         label = v.get("equivalent_label") or column
         return (f"Prompting suffices: {label} is within ±{_bound(share, v['margin']).lstrip('+')} of the tuned "
                 f"{metric} ({int(round(eq['confidence'] * 100))}% CI of tuned minus it "
-                f"{_bound(share, eq['low'])}..{_bound(share, eq['high'])}).")
+                f"{_bound(share, eq['low'])}..{_bound(share, eq['high'])}){_cost_clause(v)}.")
     needed = v.get("examples_needed")
     settle = f"; about {needed} held-out examples would likely settle it" if needed else ""
     n = f" at n={v['n']}" if v.get("n") else ""
-    return f"Inconclusive{n}: {gap}, {_delta(share, v['change'])} ({_interval(share, v)}){settle}."
+    return f"Inconclusive{n}: {gap}, {_delta(share, v['change'])} ({_interval(share, v)}){settle}{_cost_clause(v)}."
 
 
 def verdict_text(v: dict) -> str:
@@ -337,28 +355,70 @@ def verdict_text(v: dict) -> str:
             parts.append(f"It beats every prompting column ({len(others) + 1} of {len(others) + 1}), "
                          f"each difference significant.")
     elif v["decision"] == "inconclusive":
-        parts.append(f"Not significant is not equivalent: the interval neither excludes 0 nor lies within "
-                     f"±{_bound(share, v['margin']).lstrip('+')} (evidence.margin), so neither tuning nor "
-                     "prompting is shown to be enough.")
+        parts.append(_unsettled_text(v))
     if not v.get("baselines_run"):
         parts.append("No prompting baseline ran: the comparison is with the zero-shot base model only.")
     for d in v.get("disagreements") or []:
-        parts.append(f"{d['metric']} disagrees: tuned is significantly {d['direction']} "
-                     f"({_delta(d['share'], d['change'])}, 95% CI {_bound(d['share'], d['low'])}.."
-                     f"{_bound(d['share'], d['high'])}).")
+        parts.append(_disagreement_text(v, d))
+    named = _first_cost(v)  # the headline names the first cost
     for f in v.get("forgetting") or []:
-        if f["costs"] and v["outcome"] != "tune_with_cost":
-            parts.append(f"Tuning costs {_forgetting_text(f)}.")
-        elif f["costs"]:
-            continue
+        if f["costs"]:
+            if f is not named:
+                parts.append(f"Tuning also costs {_forgetting_text(f)}.")
         elif f.get("low") is not None:
-            parts.append(f"No significant forgetting: {f['metric']} {_value(f['share'], f['base'])} -> "
-                         f"{_value(f['share'], f['tuned'])} ({_interval(f['share'], f)}).")
+            parts.append(_kept_text(f, v["forgetting_limit"]))
     if v.get("method"):
         parts.append(f"Method: {v['method']}.")
     if v.get("cost_text"):
         parts.append(v["cost_text"])
     return " ".join(parts)
+
+
+def _unsettled_text(v: dict) -> str:
+    """Why an inconclusive verdict is neither "tune" nor "prompting suffices", comparison by comparison:
+    an interval that includes 0, or an interval past 0 whose exact test does not reach p < ALPHA (the
+    Newcombe interval is a score approximation, McNemar's test exact: near the edge they can disagree,
+    and a gain counts only when both show it)."""
+    share, higher = v["share"], v["higher_is_better"]
+    reasons = []
+    for column, test in (v.get("comparisons") or {}).items():
+        if _significant(test, higher, better=True):
+            continue
+        label = (v.get("labels") or {}).get(column, column)
+        interval = f"{_bound(share, test['low'])}..{_bound(share, test['high'])}"
+        if _signed(test, higher)["low"] > 0:
+            reasons.append(f"against {label} the 95% interval ({interval}) excludes 0 but the {_p_text(test)} "
+                           f"is not below {ALPHA:g}, and a gain counts only when both show it")
+        else:
+            reasons.append(f"against {label} the 95% interval ({interval}) includes 0")
+    margin = _bound(share, v["margin"]).lstrip("+")
+    shown = f"A gain over prompting is not shown: {'; '.join(reasons)}. " if reasons else ""
+    return (f"{shown}Nor is prompting shown to be enough: no prompting column is within ±{margin} of the tuned "
+            "model (evidence.margin). Not significant is not equivalent.")
+
+
+def _disagreement_text(v: dict, d: dict) -> str:
+    """Another held-out metric whose test points away from the decision."""
+    interval = f"{_delta(d['share'], d['change'])}, 95% CI {_bound(d['share'], d['low'])}..{_bound(d['share'], d['high'])}"
+    if d["direction"] == "worse":
+        return f"{d['metric']} points the other way: tuned is significantly worse ({interval})."
+    unless = ("which it does not show" if v["decision"] == "inconclusive"
+              else "where it finds prompting as good")
+    return f"{d['metric']} favours tuning: tuned is significantly better ({interval}), unlike {v['metric']}, {unless}."
+
+
+def _kept_text(f: dict, limit: float) -> str:
+    """A general-ability metric without a significant drop: whether its interval also rules out a drop
+    beyond ``limit`` (evidence.forgetting_limit), or still allows one."""
+    share, higher = f["share"], f["higher_is_better"]
+    worst = -f["low"] if higher else f["high"]  # the largest drop the interval allows
+    change = f"{f['metric']} {_value(share, f['base'])} -> {_value(share, f['tuned'])} ({_interval(share, f)})"
+    amount = (lambda x: f"{100 * x:.1f} points") if share else (lambda x: f"{x:.4g}")
+    if worst <= limit + 1e-12:
+        return f"No forgetting: {change}; the interval rules out a drop of more than {amount(limit)}."
+    return (f"No significant forgetting, but not ruled out: {change}; the interval allows a drop of up to "
+            f"{amount(worst)}, more than evidence.forgetting_limit ({amount(limit)}): more general-ability "
+            "examples would tell.")
 
 
 def slice_verdicts(metrics: dict, scores: dict, labels: list, *, margin: float, forgetting_limit: float,
