@@ -78,3 +78,17 @@ def test_data_show_arguments_and_errors():
     result = run_cli(["data", "show", "data=jsonl", "data.path=/no/such.jsonl"])
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "usage: tuneforge data show" in run_cli(["data", "--help"]).stdout
+
+
+def test_data_show_prints_the_label_balance_of_a_classification_set(tmp_path):
+    labels = ["billing"] * 5 + ["shipping"] * 3 + ["returns"] * 2
+    rows = [{"messages": [{"role": "user", "content": f"ticket {i}"}, {"role": "assistant", "content": label}]}
+            for i, label in enumerate(labels)]
+    rows.append({"messages": [{"role": "user", "content": "Capital of France?"},
+                              {"role": "assistant", "content": "Paris."}]})  # a rehearsal row
+    train = _write(tmp_path / "tickets.jsonl", rows)
+    result = run_cli(["data", "show", "model=tiny", f"data.path={train}", "data.val_size=0", "data.cache=false",
+                      "--n", "0"], env={"OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("label balance (training targets): 'billing' 5, 'shipping' 3, 'returns' 2, and 1 targets that occur "
+            "once\n") in result.stdout

@@ -100,6 +100,14 @@ def test_all_empty_targets_and_label_balance(tmp_path):
     assert any("imbalanced" in w for w in balanced["warnings"])
     assert quality.assess(_splits(_write(tmp_path / "c2.jsonl", rows), tmp_path / "cv.jsonl"),
                           max_labels=1)["labels"] is None
+    # rehearsal rows (each answer once) mixed into a classification set: the labels still count
+    rehearsal = [_qa(f"General question {i}?", f"answer number {i}") for i in range(4)]
+    mixed = quality.assess(_splits(_write(tmp_path / "m.jsonl", rows + rehearsal), tmp_path / "cv.jsonl"))
+    assert mixed["labels"] == {"positive": 8, "negative": 2} and mixed["label_others"] == 4
+    # mostly open-ended answers: not classification
+    open_ended = [_qa(f"Q{i}?", f"free answer {i}") for i in range(10)]
+    assert quality.assess(_splits(_write(tmp_path / "o.jsonl", rows + open_ended), tmp_path / "cv.jsonl"))[
+        "labels"] is None
 
 
 def test_leakage_stops_the_run_before_training(fixture_files, tmp_path):

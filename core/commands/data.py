@@ -98,6 +98,10 @@ def show(overrides: list, count: int = 3, val: bool = False, color: bool = False
         for number, example in enumerate(examples[:count], start=1):
             lines += ["", *example_lines(example, tokenizer, f"{name} {number} of {len(examples)}", color)]
     lines.append("")
+    if report.get("labels"):
+        others = f", and {report['label_others']} targets that occur once" if report.get("label_others") else ""
+        lines.append("label balance (training targets): "
+                     + ", ".join(f"{label!r} {count}" for label, count in report["labels"].items()) + others)
     lines += [f"data quality: {warning}" for warning in report["warnings"]] or ["data quality: no warnings"]
     lines += [f"data quality: {problem} (training stops here)" for problem in quality.problems(report, settings)]
     return "\n".join(lines) + "\n"

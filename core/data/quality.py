@@ -114,13 +114,17 @@ def identical_pairs(examples: Sequence[dict]) -> Optional[list]:
     return [ex.get("source", "?") for ex in pairs if ex["chosen_input_ids"] == ex["rejected_input_ids"]]
 
 
-def label_balance(examples: Sequence[dict], max_labels: int = 10) -> Optional[dict]:
-    """``{target: count}`` when the data looks like classification (few distinct, repeated targets)."""
+def label_balance(examples: Sequence[dict], max_labels: int = 10) -> tuple:
+    """``({target: count}, others)`` when the data is mostly classification: at most ``max_labels`` targets
+    that repeat, covering at least two thirds of the examples (``others``: the examples whose target occurs
+    once, e.g. general-ability rehearsal rows mixed in); ``(None, 0)`` otherwise."""
     examples = _with_targets(examples)
     targets = Counter(prompt_and_target(ex)[1].strip() for ex in examples)
-    if not examples or len(targets) > max_labels or len(targets) * 2 > len(examples):
-        return None
-    return dict(targets.most_common())
+    repeated = {target: count for target, count in targets.most_common() if count > 1}
+    covered = sum(repeated.values())
+    if not repeated or len(repeated) > max_labels or 3 * covered < 2 * len(examples):
+        return None, 0
+    return repeated, len(examples) - covered
 
 
 def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> dict:
@@ -135,7 +139,8 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
     (records left out as over ``data.max_record_chars``), ``unused_keys`` (record keys that nothing
     read, from the dataset's stats: ``{key: {"records", "first"}}``; logged once when the data loads),
     ``leakage`` (held-out examples whose text also occurs in training, with up
-    to 5 ``leakage_sources``), ``labels`` (label balance or None) and
+    to 5 ``leakage_sources``), ``labels`` (label balance or None; ``label_others``: the
+    examples outside it, :func:`label_balance`) and
     ``warnings``.  Preference data also gets ``preference_pairs`` and
     ``identical_pairs`` (training pairs whose chosen and rejected responses are
     the same, with up to 5 ``identical_pair_sources``): a warning when more than
@@ -164,7 +169,7 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
         "unused_keys": dict(stats.get("unused_keys") or {}),
         "leakage": len(leaked),
         "leakage_sources": leaked[:5],
-        "labels": label_balance(train, max_labels),
+        **dict(zip(("labels", "label_others"), label_balance(train, max_labels))),
     }
     same = identical_pairs(train)
     if same is not None:

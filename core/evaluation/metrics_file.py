@@ -286,7 +286,9 @@ class Quality(TypedDict, total=False):
     truncated: examples cut to the maximum length (both splits).
     dropped: examples dropped for being over the maximum length (both splits).
     leakage: held-out examples that are also training examples.
-    labels: the training targets' label counts when they look like labels, else null.
+    labels: the training targets' label counts when they look like labels (at most ``quality.max_labels``
+        repeated targets covering two thirds of the examples), else null.
+    label_others: the training examples outside ``labels`` (targets that occur once, e.g. rehearsal rows).
     unused_keys: ``{key: {"records": count, "first": source}}``, the record keys (``"<key> in <list>"`` for
         keys of messages) that no part of the run read, so nothing trained on them.
     warnings: the quality warnings printed during the run.
@@ -302,6 +304,7 @@ class Quality(TypedDict, total=False):
     dropped: int
     leakage: int
     labels: Optional[Dict[str, int]]
+    label_others: int
     unused_keys: Dict[str, Dict[str, Any]]
     warnings: List[str]
 

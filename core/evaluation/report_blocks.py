@@ -86,7 +86,8 @@ def _quality_blocks(metrics: RunMetrics) -> list:
     blocks.append(("table", ["check", "train", "held-out"], qrows))
     if quality.get("labels"):
         blocks.append(("p", "Label balance (training targets):"))
-        blocks.append(("table", ["label", "count"], [[k, v] for k, v in quality["labels"].items()]))
+        others = [["(targets that occur once)", quality["label_others"]]] if quality.get("label_others") else []
+        blocks.append(("table", ["label", "count"], [[k, v] for k, v in quality["labels"].items()] + others))
     if quality.get("unused_keys"):
         from tuneforge.data.record_keys import unused_keys_text
 

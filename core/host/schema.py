@@ -251,8 +251,8 @@ class QualityConfig:
     allow_leakage: go on although held-out examples also appear in the training data.
     allow_empty_targets: go on although every target is empty or whitespace.
     min_train_examples: stop with fewer training examples than this.
-    max_labels: data with at most this many distinct targets counts as
-        classification-like and gets a label balance.
+    max_labels: data whose repeated targets are at most this many and cover two thirds of the
+        training examples counts as classification-like and gets a label balance.
     identical_pair_share: warn when more than this share of the preference pairs have
         the same chosen and rejected response (they teach nothing); when all of them
         do, the run stops.
