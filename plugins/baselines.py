@@ -4,7 +4,8 @@ Both put k training examples as demonstration turns (user question, assistant
 answer) before each held-out example's own turns, after its system message:
 
 * ``few_shot``: the same k examples for every prompt, drawn at random with the
-  run's seed;
+  run's seed; for a classification set (the answers are a few labels) one of each
+  label first, among the labelled examples (``cover_labels``);
 * ``retrieval``: for each held-out prompt the k training examples whose
   questions are most similar to it, ranked by the retriever its ``retriever``
   setting selects (default ``bm25``: BM25 with ``bm25s`` over lowercased words
@@ -41,12 +42,25 @@ class FewShotConfig:
     """The base model with k random training examples as demonstrations.
 
     k: how many demonstrations (fewer when the training set has fewer usable examples).
+    cover_labels: auto (the default), true or false.  When the training answers are labels (a
+        classification set: tuneforge.data.quality.label_balance), the demonstrations are drawn among the
+        examples with a label (not rehearsal rows mixed in) and show every label at least once, so k
+        grows to the number of labels where it is smaller; the rest of k is drawn at random.  auto does
+        so for classification sets, true also insists (an error when the answers are not labels), false
+        never does.
     """
 
     k: int = 4
+    cover_labels: Any = "auto"
 
     def __post_init__(self) -> None:
-        check(self, k=at_least(1))
+        check(self, k=at_least(1), cover_labels=_auto_or_bool)
+
+
+def _auto_or_bool(value) -> Optional[str]:
+    if value == "auto" or isinstance(value, bool):
+        return None
+    return f"must be one of auto, true, false, got {value!r}"
 
 
 @dataclass
@@ -69,11 +83,48 @@ def _sources(examples) -> list:
     return [ex.get("source", "") for ex in examples]
 
 
-def rewrite_few_shot(model, tokenizer, train, held_out, config: FewShotConfig, *, seed: int = 0) -> list:
-    """Every held-out example after the same ``k`` demonstrations, drawn from the pool with ``seed``."""
+def rewrite_few_shot(model, tokenizer, train, held_out, config: FewShotConfig, *, seed: int = 0,
+                     info: Optional[dict] = None) -> list:
+    """Every held-out example after the same ``k`` demonstrations, drawn from the pool with ``seed`` (one per
+    label first for a classification set: ``config.cover_labels``)."""
     pool = demonstration_pool(train, held_out)
-    shots = random.Random(seed).sample(pool, min(int(config.k), len(pool)))
+    rng = random.Random(seed)
+    shots = labelled_shots(pool, config, rng, info)
+    if shots is None:
+        shots = rng.sample(pool, min(int(config.k), len(pool)))
     return [dict(with_demonstrations(example, shots), demonstrations=_sources(shots)) for example in held_out]
+
+
+def labelled_shots(pool: list, config: FewShotConfig, rng: random.Random, info: Optional[dict] = None):
+    """Demonstrations that show every label of a classification pool (one drawn per label, in label order,
+    then the rest of ``k`` at random among the labelled examples, all shuffled), or None when the pool's
+    answers are not labels (or ``cover_labels`` is false)."""
+    from tuneforge.data.quality import label_balance, prompt_and_target
+
+    if config.cover_labels is False:
+        return None
+    labels, _ = label_balance(pool)
+    if not labels or len(labels) < 2:
+        if config.cover_labels is True:
+            raise tuneforge.ConfigError("baselines.few_shot.cover_labels=true, but the training answers are not "
+                                        "labels (a few answers repeated over most examples); set it to auto or false")
+        return None
+    by_label: dict = {label: [] for label in sorted(labels)}
+    for example in pool:
+        answer = prompt_and_target(example)[1].strip()
+        if answer in by_label:
+            by_label[answer].append(example)
+    shots = [rng.choice(examples) for examples in by_label.values()]
+    chosen = {id(example) for example in shots}
+    rest = [example for examples in by_label.values() for example in examples if id(example) not in chosen]
+    shots += rng.sample(rest, min(max(int(config.k) - len(shots), 0), len(rest)))
+    rng.shuffle(shots)
+    if info is not None:
+        info.update(labels=len(labels), demonstrations=len(shots))
+    if len(labels) > int(config.k):
+        log.info("few_shot: the training answers are %d labels, more than k=%d: one demonstration of each",
+                 len(labels), int(config.k))
+    return shots
 
 
 def words(text: str) -> list:

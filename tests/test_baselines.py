@@ -83,6 +83,33 @@ def test_demonstrations_never_come_from_the_held_out_split():
     assert first[0]["demonstrations"] == first[1]["demonstrations"]  # the same shots for every prompt
 
 
+def test_few_shot_shows_every_label_of_a_classification_set_and_no_rehearsal_row():
+    labels = ["billing", "shipping", "returns", "technical", "account"]
+    train = [chat(f"ticket {i}", labels[i % 5], f"t:{i}") for i in range(40)]
+    train += [chat(f"General question {i}?", f"General answer {i}.", f"r:{i}") for i in range(8)]  # rehearsal
+    held = [chat("held ticket", "billing", "v:0")]
+    for seed in range(10):
+        info: dict = {}
+        [out] = builtin.rewrite_few_shot(None, None, train, held, builtin.FewShotConfig(k=4), seed=seed, info=info)
+        shown = [int(source.split(":")[1]) for source in out["demonstrations"] if source.startswith("t:")]
+        assert len(out["demonstrations"]) == len(shown) == 5, "one per label: k=4 grows to the 5 labels"
+        assert {labels[i % 5] for i in shown} == set(labels) and info == {"labels": 5, "demonstrations": 5}
+    [out] = builtin.rewrite_few_shot(None, None, train, held, builtin.FewShotConfig(k=8), seed=0)
+    assert len(out["demonstrations"]) == 8 and all(s.startswith("t:") for s in out["demonstrations"])
+    again = builtin.rewrite_few_shot(None, None, train, held, builtin.FewShotConfig(k=8), seed=0)
+    assert again == [out]
+    # false: the plain random draw (rehearsal rows included); true on open answers: an error
+    plain = builtin.rewrite_few_shot(None, None, train, held, builtin.FewShotConfig(k=4, cover_labels=False), seed=0)
+    assert len(plain[0]["demonstrations"]) == 4
+    open_ended = [chat(f"Q{i}", f"A{i}", f"o:{i}") for i in range(10)]
+    assert len(builtin.rewrite_few_shot(None, None, open_ended, held, builtin.FewShotConfig(k=3), seed=0)[0][
+        "demonstrations"]) == 3
+    with pytest.raises(tuneforge.ConfigError, match="cover_labels=true, but the training answers are not labels"):
+        builtin.rewrite_few_shot(None, None, open_ended, held, builtin.FewShotConfig(k=3, cover_labels=True))
+    with pytest.raises(tuneforge.ConfigError, match=r"cover_labels: must be one of auto, true, false, got 'yes'"):
+        builtin.FewShotConfig(cover_labels="yes")
+
+
 def test_the_host_refuses_a_baseline_that_leaks_or_changes_the_question():
     held = [chat("Q held 1", "A1", "v:0"), chat("Q held 2", "A2", "v:1")]
     leak = [dict(held[0], messages=[*held[1]["messages"], *held[0]["messages"]]), held[1]]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Optional, TextIO
 
-from tuneforge.commands.generate import COMMON_OPTIONS, _generation_kwargs, generate_reply, start_messages
+from tuneforge.commands.generate import (COMMON_OPTIONS, _generation_kwargs, generate_reply, resolve_system,
+                                         set_threads, start_messages)
 from tuneforge.commands.key_values import format_options, parse_key_values, wants_help
 from tuneforge.commands.run_loading import LoadedRun, load_run
 
@@ -49,14 +50,17 @@ def chat_loop(loaded: LoadedRun, lines: TextIO, out: TextIO, *, system: Optional
 
 
 def chat_command(args: list) -> None:
-    """``tuneforge chat run_dir=<dir>``: a conversation on stdin/stdout; ``/exit`` or EOF ends it."""
+    """``tuneforge chat run_dir=<dir>``: a conversation on stdin/stdout; ``/exit`` or EOF ends it.  Without
+    ``system=`` the run's training system prompt is used, when it recorded one (:func:`resolve_system`)."""
     if wants_help(args):
         print(format_options(CHAT_OPTIONS, "chat", "Chat with a run's tuned model: one user turn per line "
                                                     "on stdin, '/reset' clears the history, '/exit' or "
                                                     "end of input quits."), end="")
         return
     values = parse_key_values(args, CHAT_OPTIONS, "chat")
+    set_threads(values["threads"])
     loaded = load_run(values["run_dir"], force=values["force"], device=values["device"])
+    system = resolve_system(loaded, values["system"])
     from tuneforge.data import has_chat_template
 
     if not has_chat_template(loaded.tokenizer):
@@ -67,7 +71,7 @@ def chat_command(args: list) -> None:
     if interactive:
         print("chatting with the tuned model; '/reset' clears the history, '/exit' or Ctrl-D quits")
     try:
-        chat_loop(loaded, sys.stdin, sys.stdout, system=values["system"], show_prompt=interactive,
+        chat_loop(loaded, sys.stdin, sys.stdout, system=system, show_prompt=interactive,
                   **_generation_kwargs(values))
     except KeyboardInterrupt:
         print()

@@ -12,7 +12,9 @@ saved configs differ only by ``seed`` (:func:`group_runs`) are followed by one
 row of their mean and sample standard deviation over the seeds and the
 verdict across seeds, folded by :func:`tuneforge.evaluation.seeds.fold_seed_runs`
 (the same fold as ``seeds.json``).  Rows are sorted by the number of training
-examples.
+examples.  A run sliced by a record field (``evidence.slice_by``) gets a short
+table after it: per value, n, the headline metric of every column and the
+slice's outcome (:func:`slice_tables`; each seed's run on its own).
 
 It writes ``comparison.md`` and ``data_efficiency.png`` (each column's score
 against the number of training examples: tuned as a solid line with error
@@ -262,6 +264,30 @@ def _verdict_cell(verdict: Optional[dict]) -> str:
     return verdict_line(verdict) if verdict else "-"
 
 
+def slice_tables(rows: list[dict]) -> list[tuple[str, list[list[str]]]]:
+    """``(title, header and rows)`` of every run sliced by a record field (``evidence.slice_by``), in the
+    table's order: per value, n, the headline metric of each column and the slice's outcome
+    (:func:`tuneforge.evaluation.slices.slice_table`).  Each seed's run has its own; slices are not folded
+    across seeds."""
+    from tuneforge.evaluation.seeds import outcome_words
+    from tuneforge.evaluation.slices import slice_field, slice_metric, slice_table
+
+    tables = []
+    for row in (row for group in group_runs(rows) for row in group):
+        metrics = _metrics(row)
+        table = slice_table(metrics, verdict=lambda v: outcome_words(v.get("outcome") or "no_comparison"))
+        if table is not None:
+            title = f"{run_name(row['run'])}: by {slice_field(metrics)} ({slice_metric(metrics)})"
+            tables.append((title, [table[0], *table[1]]))
+    return tables
+
+
+def aligned(table: list[list[str]]) -> list[str]:
+    """The rows of ``table`` as printed lines, each column padded to its widest cell."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+
+
 # ---------------------------------------------------------------------------
 # The data-efficiency plot
 # ---------------------------------------------------------------------------
@@ -405,6 +431,14 @@ def comparison_markdown(rows: list[dict], table: list[list[str]], plotted: bool,
             settings = ", ".join(f"{k}={group[0]['config'].get(k)}" for k in varied_settings(rows) if k != "seed")
             lines += [f"- {settings + ': ' if settings else ''}{fold['verdict']['text']}"]
             lines += [f"  - {seed_verdict_text(v)}" for v in fold["verdicts"]]
+    sliced = slice_tables(rows)
+    if sliced:
+        from tuneforge.evaluation.slices import WEAKER
+
+        lines += ["", "## By slice (evidence.slice_by)", "", f"Per-slice n is small: {WEAKER}."]
+        for title, table in sliced:
+            lines += ["", f"### {title}", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+            lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
     if plotted:
         lines += ["", "![data efficiency](data_efficiency.png)"]
     return "\n".join(lines) + "\n"
@@ -423,12 +457,13 @@ def compare_command(args: list) -> None:
     else:
         out = new_output_dir(Path.cwd())
     table = format_table(rows)
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print("\n".join(aligned(table)))
     failed = find_failed_runs(paths)
     for run, error in failed:
         print(f"FAILED  {run.name}  {error}")
+    for title, sliced in slice_tables(rows):
+        print(f"\n{title}; per-slice n is small, so each verdict is weaker than the run's:")
+        print("\n".join(f"  {line}" for line in aligned(sliced)))
     plotted = plot_data_efficiency(rows, out / "data_efficiency.png")
     (out / "comparison.md").write_text(comparison_markdown(rows, table, plotted, failed))
     print(f"comparison: {out / 'comparison.md'}")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from typing import Optional, TextIO
 
-from tuneforge.commands.key_values import (Option, _non_negative_float, _positive_int, _probability,
-                                           format_options, parse_bool, parse_key_values, wants_help)
+from tuneforge.commands.key_values import (Option, _non_negative_float, _non_negative_int, _positive_int,
+                                           _probability, format_options, parse_bool, parse_key_values, wants_help)
 from tuneforge.commands.run_loading import LoadedRun, load_run
 
 
@@ -17,9 +17,11 @@ COMMON_OPTIONS = {
     "max_new_tokens": Option("most tokens generated per reply", _positive_int, 256),
     "temperature": Option("sampling temperature; 0 = greedy decoding", _non_negative_float, 0.0),
     "top_p": Option("nucleus sampling probability mass (with temperature > 0)", _probability, 1.0),
-    "system": Option("system message put before the conversation", str, None),
+    "system": Option("system message put before the conversation (default: the one every training example "
+                     "started with, when they all shared one; system=\"\" for none)", str, None),
     "seed": Option("random seed for sampling", int, None),
     "device": Option("auto (cuda when available), cpu, cuda, cuda:N ...", str, "auto"),
+    "threads": Option("torch CPU threads (0: torch's default)", _non_negative_int, 0),
     "force": Option("use a run whose status is running or failed", parse_bool, False),
 }
 GENERATE_OPTIONS = {
@@ -101,6 +103,40 @@ def start_messages(system: Optional[str]) -> list[dict]:
     return [{"role": "system", "content": system}] if system else []
 
 
+def describe_system_prompt(text: str, width: int = 60) -> str:
+    """One line naming the training system prompt used by default: its start (whitespace collapsed) and length."""
+    shown = " ".join(text.split())
+    shown = shown if len(shown) <= width else shown[:width - 3].rstrip() + "..."
+    return f'system prompt: the one every training example had ("{shown}", {len(text)} chars); system="" for none'
+
+
+def resolve_system(loaded: LoadedRun, given: Optional[str], out: Optional[TextIO] = None) -> Optional[str]:
+    """The system prompt of ``generate`` and ``chat``: ``given`` when the user gave ``system=`` (``""``: none);
+    else the one every training example started with (:attr:`LoadedRun.system_prompt`), announced in one line
+    on ``out`` (default stderr, so stdout keeps the reply alone); else none."""
+    if given is not None:
+        return given or None
+    if loaded.system_prompt:
+        print(describe_system_prompt(loaded.system_prompt), file=out or sys.stderr, flush=True)
+    return loaded.system_prompt
+
+
+def with_system(messages: list[dict], system: Optional[str]) -> list[dict]:
+    """``messages`` with ``system`` as a first system message, unless they hold a system message of their own
+    (or ``system`` is None or empty)."""
+    if not system or any(m.get("role") == "system" for m in messages):
+        return messages
+    return start_messages(system) + messages
+
+
+def set_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)``; 0 leaves torch's default (which follows ``OMP_NUM_THREADS``)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _generation_kwargs(values: dict) -> dict:
     return {key: values[key] for key in ("max_new_tokens", "temperature", "top_p", "seed")}
 
@@ -109,14 +145,17 @@ def _generation_kwargs(values: dict) -> dict:
 
 
 def generate_command(args: list) -> None:
-    """``tuneforge generate run_dir=<dir> prompt="..." [max_new_tokens= temperature= top_p= system= ...]``."""
+    """``tuneforge generate run_dir=<dir> prompt="..." [max_new_tokens= temperature= top_p= system= threads= ...]``;
+    without ``system=`` the run's training system prompt is used, when it recorded one (:func:`resolve_system`)."""
     if wants_help(args):
         print(format_options(GENERATE_OPTIONS, "generate", "Answer one prompt with a run's tuned model, "
                                                             "streaming the reply to stdout."), end="")
         return
     values = parse_key_values(args, GENERATE_OPTIONS, "generate")
+    set_threads(values["threads"])
     loaded = load_run(values["run_dir"], force=values["force"], device=values["device"])
-    messages = start_messages(values["system"]) + [{"role": "user", "content": values["prompt"]}]
+    system = resolve_system(loaded, values["system"])
+    messages = start_messages(system) + [{"role": "user", "content": values["prompt"]}]
     generate_reply(loaded, messages, out=sys.stdout, **_generation_kwargs(values))
     sys.stdout.write("\n")
     sys.stdout.flush()

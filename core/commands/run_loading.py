@@ -9,7 +9,10 @@
    :func:`tuneforge.training.model_io.load_model_from_config`, when the
    adapter needs one);
 3. the tokenizer saved in ``model/`` is used; it carries the chat template
-   the training data was rendered with.
+   the training data was rendered with;
+4. ``model/system_prompt.json``, when the run wrote it, holds the system
+   prompt every training example started with (:func:`recorded_system_prompt`):
+   the default system prompt of ``generate``, ``chat`` and ``serve``.
 
 Importing this module is cheap: torch and transformers are imported inside the
 functions that need them.
@@ -180,14 +183,31 @@ def load_run_model(run_dir, cfg, plugins=None, dequantize: bool = False):
     return model
 
 
+def recorded_system_prompt(run_dir) -> Optional[str]:
+    """The system prompt every training example of the run started with (``model/system_prompt.json``,
+    which training writes only when they all started with the same one); None when the run wrote none
+    (its examples differed or had none, or an older tuneforge saved ``model/``) or the file is unreadable."""
+    from tuneforge.training.model_io import SYSTEM_PROMPT_RECORD
+
+    try:
+        record = json.loads((Path(run_dir).expanduser() / "model" / SYSTEM_PROMPT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    text = record.get("system_prompt") if isinstance(record, dict) else None
+    return text if isinstance(text, str) and text else None
+
+
 @dataclass
 class LoadedRun:
-    """A run's tuned model and its tokenizer (which carries the chat template training used)."""
+    """A run's tuned model and its tokenizer (which carries the chat template training used);
+    ``system_prompt``: the one every training example started with (:func:`recorded_system_prompt`),
+    or None."""
 
     model: Any
     tokenizer: Any
     config: Any
     device: Any
+    system_prompt: Optional[str] = None
 
 
 def resolve_device(name: str):
@@ -208,7 +228,8 @@ def load_run(run_dir, force: bool = False, device: str = "auto") -> LoadedRun:
     target = resolve_device(device)
     tokenizer = load_run_tokenizer(run_dir, cfg)
     model = load_run_model(run_dir, cfg).to(target)
-    return LoadedRun(model=model, tokenizer=tokenizer, config=cfg, device=target)
+    return LoadedRun(model=model, tokenizer=tokenizer, config=cfg, device=target,
+                     system_prompt=recorded_system_prompt(run_dir))
 
 
 # --------------------------------------------------------------------------- generation

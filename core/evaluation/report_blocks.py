@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 from tuneforge.evaluation.metrics_file import RunMetrics, metric_change, metric_description, metric_interval
 from tuneforge.evaluation.predictions import prediction_blocks
+from tuneforge.evaluation.slices import slice_blocks
 from tuneforge.evaluation.tables import (interval_text, metric_sections, number_text, p_value_text, signed_text,
                                          value_with_interval)
 from tuneforge.specs import HELD_OUT
@@ -24,7 +25,8 @@ def build_blocks(metrics: RunMetrics, *, config_yaml: str = "", predictions: Seq
     Then the details: every column with its interval and the method behind
     it, the cost per query, the base-vs-tuned table of each section of
     metrics (``metrics["metric_info"]``, see :class:`tuneforge.specs.MetricInfo`:
-    held-out first, then e.g. ``forgetting``), the notable failures, the
+    held-out first, with the run's slices after it (``evidence.slice_by``,
+    :mod:`tuneforge.evaluation.slices`), then e.g. ``forgetting``), the notable failures, the
     memorisation check, data quality, training, the predictions (the user's
     message, not the rendered prompt), and the resolved config last.
     """
@@ -47,6 +49,7 @@ def build_blocks(metrics: RunMetrics, *, config_yaml: str = "", predictions: Seq
     blocks.append(("h2", "Held-out metrics: base vs tuned"))
     if sections.get(HELD_OUT):
         blocks += _metric_table(sections[HELD_OUT], metrics)
+        blocks += slice_blocks(metrics)
     else:
         blocks.append(("p", "No held-out metrics." if sections else "No evaluator metrics."))
     for section, rows in sections.items():

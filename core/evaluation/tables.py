@@ -13,8 +13,8 @@ def format_comparison(metrics: RunMetrics) -> str:
 
     When the run has prompting baselines or intervals, every column (base
     zero-shot, each baseline, tuned) is shown with a line of 95% intervals
-    under each metric, then the cost per query, the memorisation check and
-    the verdict paragraph (:func:`format_columns`).
+    under each metric, then the cost per query, the memorisation check, the
+    slices and the verdict paragraph (:func:`format_columns`).
     """
     if metrics.get("baselines") or metrics.get("intervals") or metrics.get("verdict"):
         return format_columns(metrics)
@@ -59,7 +59,8 @@ def console_rows(metrics: RunMetrics, names) -> list:
 
 
 def format_columns(metrics: RunMetrics, width: int = 100) -> str:
-    """The printed comparison of a run with columns: values and interval lines, cost, memorisation, verdict."""
+    """The printed comparison of a run with columns: values and interval lines, cost, memorisation, the slices
+    (``evidence.slice_by``: :func:`tuneforge.evaluation.slices.slice_lines`), verdict."""
     import textwrap
 
     from tuneforge.evaluation.comparison import column_label, column_order, column_values
@@ -102,7 +103,11 @@ def format_columns(metrics: RunMetrics, width: int = 100) -> str:
         lines.append(f"memorisation: {name} is {gap['value']:.4g} better on {memorisation['sample']} training "
                      f"examples than held-out (95% CI {interval_text(gap)}): the tuned model fits what it saw")
     from tuneforge.evaluation.lead import verdict_lead
+    from tuneforge.evaluation.slices import slice_lines
 
+    sliced = slice_lines(metrics)
+    if sliced:
+        lines += ["", *sliced]
     headline, paragraph = verdict_lead(metrics)
     if headline:
         lines.append("")

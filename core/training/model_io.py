@@ -13,6 +13,11 @@ from tuneforge.specs import CAUSAL_LM, MODEL_HEADS
 #: (:func:`model_config_identity`), so ``eval``/``export`` can tell a model/ of another run
 MODEL_CONFIG_RECORD = "run_config.json"
 
+#: the file in ``model/`` holding the system prompt every training example started with, written only when
+#: they all started with the same one (:func:`shared_system_prompt`); ``generate``, ``chat`` and ``serve``
+#: use it when the user gives none
+SYSTEM_PROMPT_RECORD = "system_prompt.json"
+
 
 def model_config_identity(cfg) -> dict:
     """The ``model``, ``adapter`` and ``data`` sections of ``cfg`` as flat ``{dotted key: value}``
@@ -33,15 +38,33 @@ def model_config_identity(cfg) -> dict:
     return identity
 
 
+def shared_system_prompt(examples) -> Optional[str]:
+    """The system message every example of ``examples`` (tokenized examples with their ``messages``)
+    starts with, when they all start with the same non-empty one; None when there are no examples, or
+    one starts with another system message, with none, or has no ``messages`` (a text example)."""
+    shared = None
+    for example in examples:
+        messages = example.get("messages") if isinstance(example, dict) else None
+        first = messages[0] if isinstance(messages, list) and messages else None
+        content = first.get("content") if isinstance(first, dict) and first.get("role") == "system" else None
+        if not isinstance(content, str) or not content or (shared is not None and content != shared):
+            return None
+        shared = content
+    return shared
+
+
 def save_model(adapter_spec, model, tokenizer, directory: Path, chat_template: Optional[str] = None,
-               config=None) -> None:
+               config=None, system_prompt: Optional[str] = None) -> None:
     """Save weights and tokenizer under a temporary name, then rename: never a half-written model/.
 
     ``chat_template`` (the Jinja text the training data was rendered with,
     :attr:`tuneforge.data.DataSplits.chat_template`) is saved as the
     tokenizer's chat template, so whatever loads ``model/`` renders prompts
     as training did; None keeps the tokenizer's own.  ``config`` (the run's)
-    is recorded in ``model/run_config.json`` (:data:`MODEL_CONFIG_RECORD`).
+    is recorded in ``model/run_config.json`` (:data:`MODEL_CONFIG_RECORD`);
+    ``system_prompt`` (the one every training example started with,
+    :func:`shared_system_prompt`) in ``model/system_prompt.json``
+    (:data:`SYSTEM_PROMPT_RECORD`), nothing when None.
     """
     import json
     import shutil
@@ -58,6 +81,9 @@ def save_model(adapter_spec, model, tokenizer, directory: Path, chat_template: O
         if config is not None:
             (tmp / MODEL_CONFIG_RECORD).write_text(json.dumps(model_config_identity(config), indent=2,
                                                               sort_keys=True, default=str) + "\n")
+        if system_prompt:
+            (tmp / SYSTEM_PROMPT_RECORD).write_text(json.dumps({"system_prompt": system_prompt}, indent=2,
+                                                               ensure_ascii=False) + "\n", encoding="utf-8")
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         from tuneforge.errors import TuneforgeError, is_disk_full

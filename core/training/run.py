@@ -29,7 +29,7 @@ from tuneforge.specs import call_accepting
 from tuneforge.training.compiled_blocks import BlockCompiler, choose_run_compile
 from tuneforge.training.loggers import build_loggers
 from tuneforge.training.model_io import (apply_adapter, load_model_from_config, load_run_data, load_source_model,
-                                         save_model, save_trained_outputs)
+                                         save_model, save_trained_outputs, shared_system_prompt)
 from tuneforge.training.precision import run_precision
 from tuneforge.training.run_dir import (close_killed_segments, keep_metric_history, move_earlier_outputs,
                                         prepare_run_dir, reached_step, read_status, redacted_config,
@@ -439,7 +439,8 @@ def save(state: RunState) -> None:
     metrics["trackers"] = state.loggers.record()
     state.loggers.log_results(metrics, step=metrics["steps"])
     save_model(state.run.adapter.spec, state.model, state.tokenizer, state.run_dir / "model",
-               chat_template=splits.chat_template, config=state.run.config)
+               chat_template=splits.chat_template, config=state.run.config,
+               system_prompt=shared_system_prompt(splits.train))
     save_trained_outputs(state.run, state.plugins, state.model, state.tokenizer, state.run_dir,
                          chat_template=splits.chat_template)
     state.memory.mark("saving the model")
