@@ -174,6 +174,48 @@ def test_split_by_fraction_count_or_file_is_deterministic(tmp_path):
         load_files(FilesDataConfig(**base, val_size=20), tiny())
 
 
+def test_a_stratified_split_holds_out_every_label_in_proportion(tmp_path):
+    from collections import Counter
+
+    from tuneforge.data import split_records
+    from tuneforge.data.quality import assess
+
+    labels = ["billing"] * 40 + ["shipping"] * 30 + ["returns"] * 20 + ["account"] * 8 + ["rare"] * 2
+    rows = [{"messages": [{"role": "user", "content": f"ticket {i}"}, {"role": "assistant", "content": label}]}
+            for i, label in enumerate(labels)]
+    path = write_jsonl(tmp_path / "tickets.jsonl", rows)
+    base = dict(path=str(path), cache=False, val_fraction=0.2)
+    plain = load_files(FilesDataConfig(**base), tiny())
+    strat = load_files(FilesDataConfig(**base, stratify=True), tiny())
+    held = Counter(ex["record"]["messages"][-1]["content"] for ex in strat.val)
+    assert len(strat.val) == len(plain.val) == 20 and len(strat.train) == 80
+    assert held == {"billing": 8, "shipping": 6, "returns": 4, "account": 2}, "20% of each, 'rare' stays in training"
+    assert not {e["source"] for e in strat.val} & {e["source"] for e in strat.train}
+    again = load_files(FilesDataConfig(**base, stratify=True), tiny())
+    assert [e["source"] for e in again.val] == [e["source"] for e in strat.val]
+    # the plain split is the one it always was (the same seeded shuffle of the same records)
+    import random
+
+    records = [f"r{i}" for i in range(10)]
+    shuffled = list(records)
+    random.Random(5).shuffle(shuffled)
+    assert split_records(records, val_size=3, seed=5) == (shuffled[3:], shuffled[:3])
+    # open answers (one record each) still give the requested count
+    assert len(split_records(list(range(10)), val_size=3, labels=[str(i) for i in range(10)])[1]) == 3
+    # the quality report counts held-out examples per label and warns when one has too few
+    report = assess(plain)
+    assert set(report["val_labels"]) == set(report["labels"]) and sum(report["val_labels"].values()) == 20
+    thin = [w for w in assess(strat)["warnings"] if w.startswith("held-out examples per label")]
+    assert thin and "'account' has 2" in thin[0] and "data.stratify=true" in thin[0]
+    # records without an answer, and a separate held-out file, are refused
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": f"plain {i}"} for i in range(10)])
+    with pytest.raises(DataError, match=r"text\.jsonl:\d+: data\.stratify=true splits by each record's answer"):
+        load_files(FilesDataConfig(path=str(text), cache=False, stratify=True), tiny())
+    with pytest.raises(DataError, match=r"data\.stratify=true splits the records of data\.path, but the held-out "
+                                         r"records are given separately"):
+        load_files(FilesDataConfig(path=str(path), val_path=str(path), cache=False, stratify=True), tiny())
+
+
 def test_truncation_and_drop_are_counted_in_stats(tmp_path):
     rows = [{"instruction": "q", "output": "x" * 200}, {"instruction": "q", "output": "y"}]
     path = write_jsonl(tmp_path / "d.jsonl", rows)

@@ -144,6 +144,9 @@ DATA_CONFIG_FIELDS = f"""
 """ + """    val_fraction: share of the records held out for validation when no separate
         validation data is given (at least one record when > 0).
     val_size: number of records held out instead of ``val_fraction`` (0: none).
+    stratify: hold out every label in proportion (a classifier's records, labelled by their answer: the
+        last assistant turn), so each class is in both splits; for a split of ``path``, not with separate
+        held-out records.
     shuffle: shuffle the records, seeded by ``seed`` (so always the same order), before
         the split and ``max_examples``.
     seed: seed of that shuffle.
@@ -179,6 +182,7 @@ class DataConfig:
     columns: Any = None
     val_fraction: float = 0.1
     val_size: Optional[int] = None
+    stratify: bool = False
     shuffle: bool = True
     seed: int = 0
     max_examples: Optional[int] = None
@@ -227,13 +231,14 @@ def _template_file_problem(template) -> Optional[str]:
 
 
 def split_records(records: list, *, val_fraction: float = 0.1, val_size: Optional[int] = None,
-                  seed: int = 0, shuffle: bool = True) -> tuple[list, list]:
-    """Deterministically split records into (train, validation)."""
+                  seed: int = 0, shuffle: bool = True, labels: Optional[Sequence[str]] = None) -> tuple[list, list]:
+    """Deterministically split records into (train, validation); with ``labels`` (one per record) every
+    label is held out in proportion (:func:`tuneforge.data.stratify.stratified_split`)."""
     if not 0 <= val_fraction < 1:
         raise DataError(f"data.val_fraction is {val_fraction}; it must be >= 0 and < 1")
     if val_size is not None and val_size < 0:
         raise DataError(f"data.val_size is {val_size}; it must be >= 0")
-    order = list(records)
+    order = list(range(len(records)))
     if shuffle:
         random.Random(seed).shuffle(order)
     n_val = val_size if val_size is not None else int(round(len(order) * val_fraction))
@@ -242,7 +247,13 @@ def split_records(records: list, *, val_fraction: float = 0.1, val_size: Optiona
     if n_val >= len(order):
         raise DataError(f"a validation split of {n_val} leaves no training records out of {len(order)}; "
                         "lower data.val_fraction / data.val_size or give data.val_path")
-    return order[n_val:], order[:n_val]
+    if labels is None:
+        train, val = order[n_val:], order[:n_val]
+    else:
+        from tuneforge.data.stratify import stratified_split
+
+        train, val = stratified_split(labels, order, n_val)
+    return [records[i] for i in train], [records[i] for i in val]
 
 
 def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records: Optional[Sequence[Record]] = None,
@@ -281,8 +292,12 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
     if val_records is None:
         train_records, val_records = split_records(list(records), val_fraction=config.val_fraction,
                                                    val_size=config.val_size, seed=config.seed,
-                                                   shuffle=config.shuffle)
+                                                   shuffle=config.shuffle,
+                                                   labels=_stratify_labels(records, sample_of, config.stratify))
     else:
+        if config.stratify:
+            raise DataError(f"{origin}: data.stratify=true splits the records of data.path, but the held-out "
+                            "records are given separately (data.val_path / data.val_split): unset one of them")
         train_records, val_records = list(records), list(val_records)
         if config.shuffle:
             random.Random(config.seed).shuffle(train_records)
@@ -382,6 +397,24 @@ def _within_size(records: Sequence[Record], limit: int, action: str) -> tuple[li
         log.warning("data: left out %d record(s) over data.max_record_chars=%s (data.oversized_records=drop): %s%s",
                     len(over), f"{limit:,}", shown, more)
     return kept, over
+
+
+def _stratify_labels(records: Sequence[Record], sample_of: dict, stratify: bool) -> Optional[list]:
+    """Each record's answer label for ``data.stratify`` (None when it is off); a record without an answer
+    (completion text, preference pairs) is an error naming it."""
+    if not stratify:
+        return None
+    from tuneforge.data.stratify import answer_label
+
+    labels = []
+    for record in records:
+        label = answer_label(sample_of[id(record)])
+        if label is None:
+            raise DataError(f"{record.source}: data.stratify=true splits by each record's answer (its last "
+                            f"assistant turn), and this {sample_of[id(record)].format} record has none; "
+                            "set data.stratify=false")
+        labels.append(label)
+    return labels
 
 
 class _Options:

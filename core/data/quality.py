@@ -114,6 +114,10 @@ def identical_pairs(examples: Sequence[dict]) -> Optional[list]:
     return [ex.get("source", "?") for ex in pairs if ex["chosen_input_ids"] == ex["rejected_input_ids"]]
 
 
+#: fewer held-out examples of a training label than this is warned about (per-label results need some)
+MIN_HELD_OUT_PER_LABEL = 3
+
+
 def label_balance(examples: Sequence[dict], max_labels: int = 10) -> tuple:
     """``({target: count}, others)`` when the data is mostly classification: at most ``max_labels`` targets
     that repeat, covering at least two thirds of the examples (``others``: the examples whose target occurs
@@ -140,7 +144,7 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
     read, from the dataset's stats: ``{key: {"records", "first"}}``; logged once when the data loads),
     ``leakage`` (held-out examples whose text also occurs in training, with up
     to 5 ``leakage_sources``), ``labels`` (label balance or None; ``label_others``: the
-    examples outside it, :func:`label_balance`) and
+    examples outside it, :func:`label_balance`; ``val_labels``: the held-out examples of each label) and
     ``warnings``.  Preference data also gets ``preference_pairs`` and
     ``identical_pairs`` (training pairs whose chosen and rejected responses are
     the same, with up to 5 ``identical_pair_sources``): a warning when more than
@@ -171,6 +175,9 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
         "leakage_sources": leaked[:5],
         **dict(zip(("labels", "label_others"), label_balance(train, max_labels))),
     }
+    if report["labels"] and val:
+        held = Counter(prompt_and_target(ex)[1].strip() for ex in _with_targets(val))
+        report["val_labels"] = {label: held.get(label, 0) for label in report["labels"]}
     same = identical_pairs(train)
     if same is not None:
         report["identical_pairs"] = len(same)
@@ -199,6 +206,12 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
         counts = list(report["labels"].values())
         if max(counts) > 3 * min(counts):
             warnings.append(f"labels are imbalanced: {report['labels']}")
+    thin = {label: n for label, n in (report.get("val_labels") or {}).items() if n < MIN_HELD_OUT_PER_LABEL}
+    if thin and len(report.get("val_labels") or {}) > 1:
+        warnings.append(f"held-out examples per label: {report['val_labels']}; "
+                        + ", ".join(f"'{label}' has {n}" for label, n in thin.items())
+                        + ", too few to tell how the tuned model does on it (data.stratify=true holds out every "
+                        "label in proportion; or hold out more)")
     report["warnings"] = warnings
     return report
 

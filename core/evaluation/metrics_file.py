@@ -289,6 +289,7 @@ class Quality(TypedDict, total=False):
     labels: the training targets' label counts when they look like labels (at most ``quality.max_labels``
         repeated targets covering two thirds of the examples), else null.
     label_others: the training examples outside ``labels`` (targets that occur once, e.g. rehearsal rows).
+    val_labels: the held-out examples of each label of ``labels``.
     unused_keys: ``{key: {"records": count, "first": source}}``, the record keys (``"<key> in <list>"`` for
         keys of messages) that no part of the run read, so nothing trained on them.
     warnings: the quality warnings printed during the run.
@@ -305,6 +306,7 @@ class Quality(TypedDict, total=False):
     leakage: int
     labels: Optional[Dict[str, int]]
     label_others: int
+    val_labels: Dict[str, int]
     unused_keys: Dict[str, Dict[str, Any]]
     warnings: List[str]
 
