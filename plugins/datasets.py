@@ -20,6 +20,7 @@ from omegaconf import MISSING
 import tuneforge
 from tuneforge.data import (DATA_CONFIG_FIELDS, DataConfig, DataSplits, detect_format, first_record, prepare_splits,
                             read_hf, read_records)
+from tuneforge.errors import DataError
 from tuneforge.validation import at_least, check, existing_path, non_empty
 
 SAMPLE_DIR = Path(__file__).parent / "data"
@@ -39,6 +40,11 @@ _FILES_FIELDS = """
     field: for a ``.json`` file holding one object that wraps the records, e.g.
         ``{"data": [...]}``: the key holding the array of records (``data.field=data``;
         null: the file holds the array itself, or JSON lines).
+    rehearsal_path: a data file of general-ability examples (e.g. the shipped
+        ``${pkg:tuneforge.plugins/data/rehearsal_general.jsonl}``: questions answered by the base
+        model itself) mixed into the training split only, spread evenly, against forgetting;
+        never held out.  null: none.
+    rehearsal_count: how many of its records to mix in, from its start (null: all).
 """
 
 
@@ -49,12 +55,15 @@ class FilesDataConfig(DataConfig):
     path: str = sample_path("sample.jsonl")
     val_path: Optional[str] = None
     field: Optional[str] = None
+    rehearsal_path: Optional[str] = None
+    rehearsal_count: Optional[int] = None
 
-    DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path", "val_path")
+    DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path", "val_path", "rehearsal_path")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self, path=existing_path(), val_path=existing_path(), field=non_empty)
+        check(self, path=existing_path(), val_path=existing_path(), field=non_empty,
+              rehearsal_path=existing_path("file"), rehearsal_count=at_least(1))
 
 
 FilesDataConfig.__doc__ = (
@@ -123,7 +132,22 @@ def load_files(config: FilesDataConfig, tokenizer, kind: str = "auto") -> DataSp
     options = dict(field=config.field, columns=config.columns)
     records = read_records(config.path, kind, **options)
     val_records = read_records(config.val_path, kind, **options) if config.val_path else None
-    return prepare_splits(records, tokenizer, config, val_records=val_records, origin=str(config.path))
+    return prepare_splits(records, tokenizer, config, val_records=val_records, origin=str(config.path),
+                          rehearsal=rehearsal_records(config))
+
+
+def rehearsal_records(config: FilesDataConfig) -> list:
+    """The first ``rehearsal_count`` records (all when null) of ``rehearsal_path``; none without it."""
+    if config.rehearsal_path is None:
+        if config.rehearsal_count is not None:
+            raise DataError(f"data.rehearsal_count={config.rehearsal_count} needs data.rehearsal_path (a data "
+                            "file of general-ability examples)")
+        return []
+    records = read_records(config.rehearsal_path)
+    if config.rehearsal_count is not None and len(records) < config.rehearsal_count:
+        raise DataError(f"{config.rehearsal_path}: data.rehearsal_count={config.rehearsal_count} but the file holds "
+                        f"only {len(records)} records")
+    return records[: config.rehearsal_count]
 
 
 def files_example_kinds(config: FilesDataConfig, kind: str = "auto") -> Optional[set]:
@@ -131,7 +155,11 @@ def files_example_kinds(config: FilesDataConfig, kind: str = "auto") -> Optional
     if config.format != "auto":
         return {config.format}
     record = first_record(config.path, kind, field=config.field, columns=config.columns)
-    return None if record is None else {detect_format(record, config.columns)}
+    if record is None:
+        return None
+    kinds = {detect_format(record, config.columns)}
+    rehearsal = first_record(config.rehearsal_path) if config.rehearsal_path else None
+    return kinds | ({detect_format(rehearsal, config.columns)} if rehearsal is not None else set())
 
 
 def hf_example_kinds(config: HFDataConfig) -> Optional[set]:

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 import tuneforge
-from tuneforge.data import (DataSplits, Record, detect_format, first_record, read_jsonl, resolve_chat_template,
-                            tokenize_records)
+from tuneforge.data import (DataSplits, Record, detect_format, first_record, interleave, read_jsonl,
+                            resolve_chat_template, tokenize_records)
 from tuneforge.errors import DataError
 from tuneforge.validation import at_least, check, existing_path
 
@@ -199,11 +199,7 @@ def load_legal_citations(config: LegalCitationsConfig, tokenizer) -> DataSplits:
     where = f"legal_citations(seed={config.seed})"
     train_sources = [Record(r, f"{where}:train[{i}]") for i, r in enumerate(train_records)]
     rehearsal = _rehearsal_records(config)
-    if rehearsal:
-        # spread the rehearsal records evenly through the task examples (the loader shuffles too)
-        step = len(train_sources) / len(rehearsal)
-        for k, record in reversed(list(enumerate(rehearsal))):
-            train_sources.insert(int(k * step), record)
+    train_sources = interleave(train_sources, rehearsal)  # spread evenly (the loader shuffles too)
     options = dict(fmt="auto", max_length=config.max_length, truncation="truncate",
                    chat_template=config.chat_template)
     train, train_counts = tokenize_records(train_sources, tokenizer, **options)

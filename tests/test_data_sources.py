@@ -373,3 +373,27 @@ def test_the_default_jsonl_reader_on_a_json_array_file_says_which_reader_reads_i
     assert message.endswith("alpaca_en_demo.json is named as a json file: read it with data=json, or data=files "
                             "(the reader from each file's suffix)")
     assert len(load_files(FilesDataConfig(path=str(path), cache=False), tiny(), kind="json").train) > 0
+
+
+def test_rehearsal_records_join_the_training_split_only_spread_evenly(tmp_path):
+    rows = [{"instruction": f"task {i}", "output": f"answer {i}"} for i in range(20)]
+    path = write_jsonl(tmp_path / "task.jsonl", rows)
+    general = write_jsonl(tmp_path / "general.jsonl", [
+        {"messages": [{"role": "user", "content": f"General {i}?"}, {"role": "assistant", "content": f"G{i}."}]}
+        for i in range(6)])
+    base = dict(path=str(path), cache=False, val_size=5)
+    mixed = load_files(FilesDataConfig(**base, rehearsal_path=str(general), rehearsal_count=4), tiny())
+    sources = [ex["source"] for ex in mixed.train]
+    rehearsed = [i for i, source in enumerate(sources) if source.startswith(str(general))]
+    assert len(mixed.train) == 15 + 4 and len(mixed.val) == 5 and rehearsed == [0, 4, 9, 14]
+    assert [sources[i] for i in rehearsed] == [f"{general}:{k}" for k in range(1, 5)]  # its first 4, in order
+    assert not any(ex["source"].startswith(str(general)) for ex in mixed.val)
+    assert mixed.stats["rehearsal_records"] == 4
+    plain = load_files(FilesDataConfig(**base), tiny())
+    assert [ex["source"] for ex in plain.val] == [ex["source"] for ex in mixed.val], "the split is unchanged"
+    limited = load_files(FilesDataConfig(**base, max_examples=3, rehearsal_path=str(general)), tiny())
+    assert len(limited.train) == 3 + 6, "max_examples limits the task records, not the rehearsal ones"
+    with pytest.raises(DataError, match=r"data\.rehearsal_count=9 but the file holds only 6 records"):
+        load_files(FilesDataConfig(**base, rehearsal_path=str(general), rehearsal_count=9), tiny())
+    with pytest.raises(DataError, match=r"data\.rehearsal_count=2 needs data\.rehearsal_path"):
+        load_files(FilesDataConfig(**base, rehearsal_count=2), tiny())

@@ -202,7 +202,7 @@ def test_an_interval_past_0_with_an_exact_test_short_of_it_is_explained_and_forg
     assert verdict["headline"].startswith("Inconclusive at n=30: ")
     assert "; and tuning costs 86.7 points of general ability (forgetting/contains 100.0% -> 13.3%" in \
         verdict["headline"]
-    assert text.count("86.7 points") == 1
+    assert text.count("86.7 points") == 1 and "data.rehearsal_path" in text
     # the one-line form (compare, seeds) names the test's p and the cost too
     from tuneforge.evaluation.seeds import verdict_line
 

@@ -88,7 +88,7 @@ log = logging.getLogger("tuneforge")
 __all__ = [
     "ALPACA_PROMPT", "CHATML_TEMPLATE", "DATA_CONFIG_FIELDS", "DataConfig", "DataSplits", "FORMATS",
     "IGNORE_INDEX", "ANSWERLESS_KINDS", "Record", "SUPPORTED_LAYOUTS", "Sample", "assistant_spans", "cache_key", "check_columns",
-    "default_cache_dir", "detect_format", "first_record", "has_chat_template", "hub_reachable", "label_runs",
+    "default_cache_dir", "detect_format", "first_record", "has_chat_template", "hub_reachable", "interleave", "label_runs",
     "marked_text", "message_text", "normalize", "normalize_records", "pad_batch", "prepare_splits", "read_csv",
     "read_hf", "read_json", "read_jsonl", "read_parquet", "read_records", "records_fingerprint", "render_prompt", "resolve_chat_template", "split_records",
     "template_supports_tools", "to_messages", "tokenize_messages", "tokenize_records", "tokenize_sample",
@@ -257,7 +257,7 @@ def split_records(records: list, *, val_fraction: float = 0.1, val_size: Optiona
 
 
 def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records: Optional[Sequence[Record]] = None,
-                   origin: str = "data") -> DataSplits:
+                   origin: str = "data", rehearsal: Sequence[Record] = ()) -> DataSplits:
     """Validate, split, shuffle, limit, tokenize (or load from the cache) and count: the shared dataset loader.
 
     ``records`` are the training records (the validation split is carved out
@@ -278,11 +278,13 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
     if val_records is not None:
         val_records, oversized_val = _within_size(val_records, limit, config.oversized_records)
         oversized += oversized_val
+    rehearsal, oversized_rehearsal = _within_size(rehearsal, limit, config.oversized_records)
+    oversized += oversized_rehearsal
     if not records:
         raise DataError(f"{origin}: no records left: all were over data.max_record_chars={limit:,} "
                         "(data.oversized_records=drop)")
     columns = check_columns(config.columns)
-    in_file_order = list(records) + list(val_records or [])
+    in_file_order = list(records) + list(val_records or []) + list(rehearsal)
     samples = normalize_records(in_file_order, config.format, columns)
     unused = unused_key_summary([record.source for record in in_file_order], [sample.unused for sample in samples])
     position, sample_of = {}, {}
@@ -305,6 +307,7 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
         if config.max_examples < 1:
             raise DataError(f"data.max_examples is {config.max_examples}; it must be at least 1 (or null)")
         train_records = train_records[: config.max_examples]
+    train_records = interleave(train_records, rehearsal)
     options = dict(fmt=config.format, max_length=config.max_length, truncation=config.truncation,
                    chat_template=config.chat_template, train_on_inputs=config.train_on_inputs,
                    columns=columns)
@@ -346,7 +349,8 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
         hint = " or set data.truncation=truncate" if config.truncation == "drop" else ""
         raise DataError(f"{origin}: no training example left: all {len(train_records)} were dropped as longer "
                         f"than data.max_length={config.max_length} (raise it{hint})")
-    stats = {"train_records": len(train_records), "val_records": len(val_records), "train_examples": len(train),
+    stats = {"train_records": len(train_records), "val_records": len(val_records),
+             **({"rehearsal_records": len(rehearsal)} if rehearsal else {}), "train_examples": len(train),
              "val_examples": len(val), **counts, "oversized": len(oversized), "unused_keys": unused,
              "cache": cache_state}
     log_length_summary(counts, dropped, config.max_length, config.truncation)
@@ -397,6 +401,15 @@ def _within_size(records: Sequence[Record], limit: int, action: str) -> tuple[li
         log.warning("data: left out %d record(s) over data.max_record_chars=%s (data.oversized_records=drop): %s%s",
                     len(over), f"{limit:,}", shown, more)
     return kept, over
+
+
+def interleave(records: list, extra: Sequence) -> list:
+    """``records`` with ``extra`` spread evenly through them (the k-th of n before record ``k * len / n``)."""
+    out = list(records)
+    step = len(out) / len(extra) if extra else 0
+    for k, record in reversed(list(enumerate(extra))):
+        out.insert(int(k * step), record)
+    return out
 
 
 def _stratify_labels(records: Sequence[Record], sample_of: dict, stratify: bool) -> Optional[list]:

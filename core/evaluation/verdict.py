@@ -346,7 +346,6 @@ def verdict_text(v: dict) -> str:
     parts = [v.get("headline") or headline_text(v)]
     if v.get("outcome") == "no_comparison":
         return parts[0]
-    share = v["share"]
     if v.get("reason"):
         parts.append(f"No decision: {v['reason']}.")
     elif v["decision"] in ("tune",):
@@ -367,11 +366,19 @@ def verdict_text(v: dict) -> str:
                 parts.append(f"Tuning also costs {_forgetting_text(f)}.")
         elif f.get("low") is not None:
             parts.append(_kept_text(f, v["forgetting_limit"]))
+    if named is not None:
+        parts.append(REHEARSAL_HINT)
     if v.get("method"):
         parts.append(f"Method: {v['method']}.")
     if v.get("cost_text"):
         parts.append(v["cost_text"])
     return " ".join(parts)
+
+
+#: what the verdict suggests when tuning costs general ability
+REHEARSAL_HINT = ("Rehearsal usually wins general ability back: mix general examples the base model answers "
+                  "well into training (data.rehearsal_path, e.g. "
+                  "${pkg:tuneforge.plugins/data/rehearsal_general.jsonl}; docs/evaluation.md, forgetting).")
 
 
 def _unsettled_text(v: dict) -> str:
