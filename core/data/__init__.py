@@ -274,12 +274,8 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
     config = _Options(config)
     check_length_options(config.max_length, config.truncation)
     limit = record_char_limit(config.max_record_chars, config.max_length)
-    records, oversized = _within_size(records, limit, config.oversized_records)
-    if val_records is not None:
-        val_records, oversized_val = _within_size(val_records, limit, config.oversized_records)
-        oversized += oversized_val
-    rehearsal, oversized_rehearsal = _within_size(rehearsal, limit, config.oversized_records)
-    oversized += oversized_rehearsal
+    (records, val_records, rehearsal), oversized = _all_within_size((records, val_records, rehearsal), limit,
+                                                                    config.oversized_records)
     if not records:
         raise DataError(f"{origin}: no records left: all were over data.max_record_chars={limit:,} "
                         "(data.oversized_records=drop)")
@@ -379,6 +375,20 @@ def record_chars(value: Any) -> int:
     if isinstance(value, (list, tuple)):
         return sum(record_chars(item) for item in value)
     return 0
+
+
+def _all_within_size(groups: tuple, limit: int, action: str) -> tuple[tuple, list]:
+    """:func:`_within_size` on each group of records (None stays None): the groups kept, and every record
+    over the limit."""
+    kept, oversized = [], []
+    for group in groups:
+        if group is None:
+            kept.append(None)
+            continue
+        within, over = _within_size(group, limit, action)
+        kept.append(within)
+        oversized += over
+    return tuple(kept), oversized
 
 
 def _within_size(records: Sequence[Record], limit: int, action: str) -> tuple[list, list]:
