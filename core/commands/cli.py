@@ -36,9 +36,10 @@ commands:
                tuneforge eval run_dir=runs/x [evaluators=[exact_match,rouge] data.val_path=...]
                tuneforge eval model=hf model.path=... data.path=... [out=<dir>]
   generate   answer one prompt with a run's tuned model, streaming to stdout:
-               tuneforge generate run_dir=runs/x prompt="..." [max_new_tokens=256 temperature=0 top_p=1 system=...]
+               tuneforge generate run_dir=runs/x prompt="..." [max_new_tokens=256 temperature=0 top_p=1 system=... threads=N]
+               (system: default the training system prompt when every training example had the same one)
   chat       chat with a run's tuned model on stdin (keeps the history; /exit or EOF quits):
-               tuneforge chat run_dir=runs/x [system=... temperature=0]
+               tuneforge chat run_dir=runs/x [system=... temperature=0 threads=N]
   export     merge the run's LoRA/IA3 adapter into the base weights and save a Hugging Face model folder:
                tuneforge export run_dir=runs/x out=merged/
   serve      an OpenAI-compatible HTTP server (chat/completions, completions, models) for one or more runs

@@ -103,11 +103,12 @@ def start_messages(system: Optional[str]) -> list[dict]:
     return [{"role": "system", "content": system}] if system else []
 
 
-def describe_system_prompt(text: str, width: int = 60) -> str:
-    """One line naming the training system prompt used by default: its start (whitespace collapsed) and length."""
+def describe_system_prompt(text: str, hint: str = 'system="" for none', width: int = 60) -> str:
+    """One line naming the training system prompt used by default: its start (whitespace collapsed), its
+    length, then ``hint``."""
     shown = " ".join(text.split())
     shown = shown if len(shown) <= width else shown[:width - 3].rstrip() + "..."
-    return f'system prompt: the one every training example had ("{shown}", {len(text)} chars); system="" for none'
+    return f'system prompt: the one every training example had ("{shown}", {len(text)} chars); {hint}'
 
 
 def resolve_system(loaded: LoadedRun, given: Optional[str], out: Optional[TextIO] = None) -> Optional[str]:
@@ -122,10 +123,14 @@ def resolve_system(loaded: LoadedRun, given: Optional[str], out: Optional[TextIO
 
 
 def with_system(messages: list[dict], system: Optional[str]) -> list[dict]:
-    """``messages`` with ``system`` as a first system message, unless they hold a system message of their own
-    (or ``system`` is None or empty)."""
-    if not system or any(m.get("role") == "system" for m in messages):
+    """``messages`` with the default ``system`` (the training system prompt; None or empty: none) as a first
+    system message, unless they hold a system message of their own (``serve``).  Own system messages that
+    are all empty ask for none: with a default they are dropped, as ``system=""`` asks ``generate``."""
+    own = [m for m in messages if m.get("role") == "system"]
+    if not system or any(m.get("content") for m in own):
         return messages
+    if own:
+        return [m for m in messages if m.get("role") != "system"]
     return start_messages(system) + messages
 
 

@@ -75,6 +75,17 @@ def _require_serve_extra() -> None:
         raise ArgumentError(f"tuneforge serve needs {' and '.join(missing)}: pip install 'tuneforge[serve]'")
 
 
+def announce_system_prompts(registry) -> None:
+    """One line on stderr for each served model whose chat requests get a training system prompt by default."""
+    from tuneforge.commands.generate import describe_system_prompt
+
+    for name, served in registry.models.items():
+        if served.system_prompt:
+            hint = "chat requests without a system message get it"
+            print(f"tuneforge serve: model {name}: {describe_system_prompt(served.system_prompt, hint)}",
+                  file=sys.stderr, flush=True)
+
+
 def serve_command(args: list) -> None:
     """``tuneforge serve run_dir=<run> [run_dir=<run> ...] [host=127.0.0.1 port=8000 ...]``."""
     if wants_help(args):
@@ -98,6 +109,7 @@ def serve_command(args: list) -> None:
     settings = ServeSettings(api_key=values["api_key"], max_body_bytes=values["max_body_bytes"],
                              default_max_tokens=values["max_tokens"])
     app = create_app(registry, worker, settings)
+    announce_system_prompts(registry)
     print(f"tuneforge serve: models {', '.join(registry.models)} on http://{values['host']}:{values['port']}/v1"
           f"{' (API key required)' if settings.api_key else ''}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=values["host"], port=values["port"], log_level=values["log_level"],

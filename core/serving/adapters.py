@@ -7,7 +7,9 @@ run must have trained an adapter that peft saved (``model/adapter_config.json``)
 ``load_adapter`` under a name of its own, so the base weights are in memory once.  A request's
 ``model`` field picks the run by its name (the run directory's name) or ``base``: the model with
 the adapters disabled.  Each run keeps its own tokenizer, which carries the chat template it was
-trained with; ``base`` uses the first run's.
+trained with, and its own training system prompt (``model/system_prompt.json``, when every training
+example started with the same one), which a chat request without a system message gets; ``base``
+uses the first run's tokenizer and system prompt, so base and tuned are asked alike.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tuneforge.commands.run_loading import (LoadedRun, RunDirectoryError, load_run, load_run_tokenizer,
-                                            read_run_config)
+                                            read_run_config, recorded_system_prompt)
 from tuneforge.errors import first_line
 
 #: the ``model`` name that selects the base model without any adapter
@@ -28,12 +30,14 @@ BASE = "base"
 @dataclass
 class ServedModel:
     """One name a request can give as ``model``: its tokenizer (with the run's chat template), the peft
-    adapter it activates (None for ``base`` or a run without a peft adapter), and its run directory."""
+    adapter it activates (None for ``base`` or a run without a peft adapter), its run directory, and the
+    system prompt a chat request without a system message gets (the run's training one, or None)."""
 
     name: str
     tokenizer: Any
     adapter: Optional[str]
     run_dir: Optional[Path]
+    system_prompt: Optional[str] = None
 
 
 class AdapterRegistry:
@@ -139,7 +143,7 @@ def _load_extra_adapter(registry: AdapterRegistry, run_dir: Path, name: str, pef
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise RunDirectoryError(f"run_dir={run_dir}: its adapter cannot be added to run_dir={first_dir}'s base: "
                                 f"{first_line(exc)}") from None
-    return ServedModel(name, load_run_tokenizer(run_dir, cfg), peft_name, run_dir)
+    return ServedModel(name, load_run_tokenizer(run_dir, cfg), peft_name, run_dir, recorded_system_prompt(run_dir))
 
 
 def load_registry(paths, force: bool = False, device: str = "auto") -> AdapterRegistry:
@@ -154,12 +158,12 @@ def load_registry(paths, force: bool = False, device: str = "auto") -> AdapterRe
         raise RunDirectoryError(f"run_dir={first_dir} trained no peft adapter (adapter={adapter}), so other runs "
                                 "cannot share its base; serve it alone, or list a LoRA run first")
     first_adapter = getattr(loaded.model, "active_adapter", None) if peft else None
-    models = {names[0]: ServedModel(names[0], loaded.tokenizer, first_adapter, first_dir)}
+    models = {names[0]: ServedModel(names[0], loaded.tokenizer, first_adapter, first_dir, loaded.system_prompt)}
     registry = AdapterRegistry(loaded, models)
     for index, (run_dir, name) in enumerate(zip(run_dirs[1:], names[1:]), start=1):
         models[name] = _load_extra_adapter(registry, run_dir, name, f"served_{index}", force, first_dir)
     if peft:
-        models[BASE] = ServedModel(BASE, loaded.tokenizer, None, None)
+        models[BASE] = ServedModel(BASE, loaded.tokenizer, None, None, loaded.system_prompt)
         loaded.model.set_adapter(first_adapter)
     loaded.model.eval()
     return registry

@@ -2,7 +2,8 @@
 and ``GET /health``.
 
 Each completion request is read (at most ``max_body_bytes``), parsed (:mod:`.schemas`), rendered
-with the chat template of the run it names (the template ``tuneforge generate`` uses), checked
+with the chat template of the run it names (the template ``tuneforge generate`` uses; a chat
+request without a system message gets the run's training system prompt first, as in ``generate``), checked
 against the model's context, and queued on the worker (:mod:`.batching`) as one job per prompt.
 The reply comes back whole, or as server-sent events with ``stream=true``; every reply carries
 its token usage.  With an API key set, every endpoint but ``/health`` wants
@@ -26,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tuneforge.commands.generate import with_system
 from tuneforge.serving.batching import BatchingWorker, QueueFull, ShuttingDown
 from tuneforge.serving.decoding import Job
 from tuneforge.serving.responses import Shape, model_list, sse, usage
@@ -196,7 +198,8 @@ async def answer(app_state, request: Request, schema: type):
     chat = schema is ChatRequest
     if parsed.n > worker.max_batch_size:
         raise APIError(400, f"n={parsed.n} is above the server's max_batch_size of {worker.max_batch_size}", "n")
-    texts = [render_chat(served.tokenizer, parsed.conversation())] if chat else parsed.prompt
+    texts = [render_chat(served.tokenizer, with_system(parsed.conversation(), served.system_prompt))] if chat \
+        else parsed.prompt
     prompts = [served.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     budget = token_budget(parsed, [len(p) for p in prompts], registry.context_length, settings.default_max_tokens,
                           "messages" if chat else "prompt")
