@@ -11,6 +11,8 @@ from helpers import run_cli
 
 
 def test_sweep_over_max_examples_then_compare(tmp_path):
+    from tuneforge.evaluation.uncertainty import p_value_test
+
     sweep_dir, cwd = tmp_path / "sweep", tmp_path / "cwd"
     cwd.mkdir()
     sweep = run_cli(["train", "-m", "data.max_examples=8,40", "trainer.max_steps=3",
@@ -28,8 +30,10 @@ def test_sweep_over_max_examples_then_compare(tmp_path):
     assert header[4:8] == [f"perplexity/loss {c}" for c in ("base", "few_shot", "retrieval", "tuned")]
     assert header[-1] == "verdict"
     verdict = json.loads((sweep_dir / "0" / "metrics.json").read_text())["verdict"]
+    test = p_value_test(verdict.get("method"))
+    p = f"; {test + ' ' if test else ''}p={verdict['p_value']:.2g}" if verdict.get("p_value") is not None else ""
     assert lines[1].endswith(f"{verdict['outcome'].replace('_', ' ')} ({verdict['change']:+.4g} vs "
-                             f"{verdict['baseline_label']}, 95% CI {verdict['low']:+.4g}..{verdict['high']:+.4g})")
+                             f"{verdict['baseline_label']}, 95% CI {verdict['low']:+.4g}..{verdict['high']:+.4g}{p})")
     # a new folder in the working directory; nothing written into the sweep or its runs
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["0", "1", "multirun.yaml"]
     [out] = cwd.iterdir()
@@ -98,6 +102,31 @@ def test_runs_that_differ_only_by_seed_are_folded_and_forgetting_gets_its_own_pa
     sd = statistics.stdev([0.8, 0.9, 0.7])
     assert [tuple(s[:, 1]) for s in segments] == [pytest.approx((0.8 - sd, 0.8 + sd)), pytest.approx((0.9, 1.0))]
     assert "mean, sd over seeds; one run: 95% CI" in tuned[0].get_label()
+
+
+def test_a_sliced_run_gets_its_table_per_value_in_print_and_in_comparison_md(tmp_path, capsys):
+    from test_report import _sliced_run
+
+    from tuneforge.commands.compare import compare_command
+
+    sliced = _sliced_run()
+    _write_run(tmp_path / "plain", 1, 20, 0.8, 0.7)
+    (tmp_path / "sliced").mkdir()
+    (tmp_path / "sliced" / "metrics.json").write_text(json.dumps(dict(sliced, data={"train_examples": 90}, steps=10)))
+    compare_command([str(tmp_path / "plain"), str(tmp_path / "sliced"), f"out={tmp_path / 'out'}"])
+    printed = capsys.readouterr().out.splitlines()
+    start = printed.index("sliced: by label (exact_match); per-slice n is small, so each verdict is weaker than "
+                          "the run's:")
+    assert printed[start + 1].startswith("  label ")  # indented under its title
+    header = [cell.strip() for cell in printed[start + 1].split("  ") if cell.strip()]
+    assert header == ["label", "n", "base (zero-shot)", "retrieval, k=4", "few_shot, k=4", "tuned", "verdict"]
+    assert printed[start + 2].split() == ["class0", "6", "0.0%", "50.0%", "66.7%", "100.0%", "inconclusive"]
+    assert printed[start + 6].split()[:6] == ["class4", "6", "0.0%", "50.0%", "66.7%", "33.3%"]
+    assert not any(line.startswith("plain: by") for line in printed)  # a run without slices has none
+    markdown = (tmp_path / "out" / "comparison.md").read_text()
+    assert "## By slice (evidence.slice_by)" in markdown and "### sliced: by label (exact_match)" in markdown
+    assert "| label | n | base (zero-shot) | retrieval, k=4 | few_shot, k=4 | tuned | verdict |" in markdown
+    assert "| class4 | 6 | 0.0% | 50.0% | 66.7% | 33.3% | inconclusive |" in markdown
 
 
 def test_compare_names_a_folder_without_runs(tmp_path):

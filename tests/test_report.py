@@ -185,8 +185,10 @@ def test_report_leads_with_the_answer(tmp_path):
     assert lines[8] == "| exact_match | 0.2667 | 0.9667 | +0.7000 | +0.4990..+0.8670 | 5.7e-06 | Newcombe paired |"
     headings = _sections(md)
     assert headings[-1] == "## Settings (resolved config)" and md.rstrip().endswith("```")
-    assert headings.index("## Notable failures") < headings.index("## Predictions (first 10 of 40; all in "
-                                                                   "predictions.jsonl, with the rendered prompts)")
+    assert headings.index("## Notable failures") < headings.index("## Predictions (first 10 of 40 prediction rows: "
+                                                                   "30 held-out, 10 general-ability (forgetting))")
+    assert ("The set column: val = held-out, forgetting = general-ability (forgetting). The rows count evaluated "
+            "examples, not the training set. All rows are in predictions.jsonl, with the rendered prompts.") in md
     assert ("Intervals by metric: exact_match: Wilson score (each column); Newcombe paired (changes)." in md)
 
     failures = md.split("## Notable failures", 1)[1].split("\n## ", 1)[0]
@@ -211,6 +213,81 @@ def test_report_leads_with_the_answer(tmp_path):
     md = render_markdown(build_blocks(metrics))
     assert [line for line in md.splitlines() if line.strip()][1:3] == ["## Verdict",
                                                                        f"**{metrics['verdict']['text']}**"]
+
+
+def test_the_predictions_heading_counts_its_rows_by_set():
+    """90 rows of 30 held-out, 30 general-ability and 30 memorisation-sample examples read as what they are, not
+    as the 90 training examples."""
+    metrics, _ = _decided_run()
+    rows = [{"set": name, "message": f"q{i}", "reference": "r", "tuned": "t"}
+            for name in ("val", "forgetting", "train") for i in range(30)]
+    md = render_markdown(build_blocks(metrics, predictions=rows))
+    assert ("## Predictions (first 10 of 90 prediction rows: 30 held-out, 30 general-ability (forgetting), "
+            "30 training sample (memorisation))") in _sections(md)
+    assert ("The set column: val = held-out, forgetting = general-ability (forgetting), train = training sample "
+            "(memorisation). The rows count evaluated examples, not the training set.") in md
+    few = render_markdown(build_blocks(metrics, predictions=rows[:4] + [dict(rows[0], set="mine")]))
+    assert "## Predictions (all 5 prediction rows: 4 held-out, 1 mine)" in _sections(few)
+
+
+def _sliced_run(values: int = 5, per_value: int = 6) -> dict:
+    """A 5-class router's metrics sliced by ``label``: the tuned model, retrieval and few-shot per class."""
+    from test_uncertainty import _run
+
+    labels = [f"class{v}" for v in range(values) for _ in range(per_value)]
+    tuned = [1] * (len(labels) - 4) + [0] * 4
+    retrieval = [1, 0] * (len(labels) // 2)
+    metrics = _run(tuned=tuned, base=[0] * len(labels), retrieval=retrieval, few_shot=[1, 1, 0] * (len(labels) // 3),
+                   slices=labels)
+    for one in metrics["slices"].values():
+        one["field"] = "label"
+    return metrics
+
+
+def test_the_report_shows_every_slice_with_every_column_and_its_verdict(tmp_path):
+    from tuneforge.evaluation.seeds import verdict_line
+
+    metrics = _sliced_run()
+    write_report(tmp_path, metrics)
+    md = (tmp_path / "report.md").read_text()
+    headings = _sections(md)
+    held_out = headings.index("## Held-out metrics: base vs tuned")
+    assert headings[held_out + 1] == "## By label"  # right after the main table
+    section = md.split("## By label", 1)[1].split("\n## ", 1)[0]
+    assert "Per value of label (evidence.slice_by): exact_match of every column and the verdict" in section
+    assert "Per-slice n is small" in section and "verdict weaker than the run's" in section
+    assert "| label | n | base (zero-shot) | retrieval, k=4 | few_shot, k=4 | tuned | verdict |" in section
+    rows = [line for line in section.splitlines() if line.startswith("| class")]
+    assert [row.split(" | ")[0] for row in rows] == [f"| class{v}" for v in range(5)]  # as stored
+    last = metrics["slices"]["class4"]
+    assert rows[-1] == (f"| class4 | 6 | 0.0% | 50.0% | 66.7% | 33.3% | "
+                        f"{verdict_line(last['verdict']).replace('|', chr(92) + '|')} |")
+    assert "<h2>By label</h2>" in (tmp_path / "report.html").read_text()
+    del metrics["slices"]
+    assert "## By" not in render_markdown(build_blocks(metrics))
+
+
+def test_the_printed_table_ends_with_the_slices_then_the_verdict():
+    from tuneforge.evaluation.slices import slice_line, slice_lines
+
+    metrics = _sliced_run()
+    printed = format_comparison(metrics).splitlines()
+    start = printed.index("by label (exact_match; per-slice n is small, so each verdict is weaker than the run's):")
+    assert printed[start + 1] == "  class0 (n=6): tuned 100.0%, best prompting 66.7% (few_shot, k=4) -> inconclusive"
+    assert printed[start + 5].startswith("  class4 (n=6): tuned 33.3%, best prompting 66.7% (few_shot, k=4) -> ")
+    assert printed[start + 6] == "" and printed[start + 7].startswith("verdict: ")
+    many = _sliced_run(values=24, per_value=2)
+    lines = slice_lines(many)
+    assert len(lines) == 1 + 20 + 1 and lines[-1] == "  and 4 more in metrics.json (slices)"
+    assert "and 4 more" in format_comparison(many)
+    alone = {"n": 3, "columns": {"tuned": {"m": 1.0}},
+             "verdict": {"baseline": "base", "baseline_value": 0.0, "outcome": "prompting_suffices"}}
+    assert slice_line("x", alone, True, "m") == "x (n=3): tuned 100.0%, best prompting 0.0% (zero-shot base) -> " \
+                                                "prompting suffices"
+    assert slice_line("y", {"n": 2, "verdict": {"outcome": "no_comparison"}}, False, "m") == \
+        "y (n=2): tuned - -> no comparison"
+    del metrics["slices"]
+    assert slice_lines(metrics) == [] and "by label" not in format_comparison(metrics)
 
 
 def test_bare_model_evaluation_has_nothing_to_compare():

@@ -418,6 +418,8 @@ def test_evidence_slice_by_slices_a_real_run_and_a_missing_field_stops_it_before
     assert set(slices) == {"en", "zh"} and slices["en"]["n"] + slices["zh"]["n"] == 8
     assert result.metrics["slices"]["zh"]["verdict"]["outcome"] in verdict_outcomes()
     assert set(slices["zh"]["columns"]["tuned"]) == {"exact_match", "perplexity/loss"}
+    report = (tmp_path / "run" / "report.md").read_text()  # shown, not only stored
+    assert "\n## By lang\n" in report and "\n| en | " in report and "\n| zh | " in report
     with pytest.raises(tuneforge.ConfigError, match=r"^evidence\.slice_by: no held-out record has a field 'langue' "
                                                      r"\(their fields: .*lang"):
         run_tiny_fit(tmp_path / "bad", overrides=[*common, "evidence.slice_by=langue"])

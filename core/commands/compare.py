@@ -12,8 +12,8 @@ saved configs differ only by ``seed`` (:func:`group_runs`) are followed by one
 row of their mean and sample standard deviation over the seeds and the
 verdict across seeds, folded by :func:`tuneforge.evaluation.seeds.fold_seed_runs`
 (the same fold as ``seeds.json``).  Rows are sorted by the number of training
-examples.  A run sliced by a record field (``evidence.slice_by``) gets a short
-table after it: per value, n, the headline metric of every column and the
+examples.  Each run sliced by a record field (``evidence.slice_by``) gets a
+short table after the main one: per value, n, the headline metric of every column and the
 slice's outcome (:func:`slice_tables`; each seed's run on its own).
 
 It writes ``comparison.md`` and ``data_efficiency.png`` (each column's score
@@ -46,7 +46,8 @@ Compare completed runs (e.g. a Hydra multirun over data.max_examples, with or
 without evidence.seeds=N): a table of the settings that differ, training
 examples, steps, every column's metrics (base, prompting baselines, tuned) and
 each run's verdict; runs that differ only by seed also get their mean, spread
-and the verdict across seeds.  Writes comparison.md and data_efficiency.png to
+and the verdict across seeds; a run sliced by evidence.slice_by also gets a
+table with a row per value of that field.  Writes comparison.md and data_efficiency.png to
 a new folder compare-<date>_<time> in the current directory, or to out=<dir>.
 """
 
@@ -436,9 +437,9 @@ def comparison_markdown(rows: list[dict], table: list[list[str]], plotted: bool,
         from tuneforge.evaluation.slices import WEAKER
 
         lines += ["", "## By slice (evidence.slice_by)", "", f"Per-slice n is small: {WEAKER}."]
-        for title, table in sliced:
-            lines += ["", f"### {title}", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-            lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+        for title, (header, *values) in sliced:
+            lines += ["", f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in values]
     if plotted:
         lines += ["", "![data efficiency](data_efficiency.png)"]
     return "\n".join(lines) + "\n"

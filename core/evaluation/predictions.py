@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -11,6 +12,9 @@ from tuneforge.evaluation.tables import short_text
 
 #: how many prediction rows the report shows (all are in predictions.jsonl)
 REPORT_PREDICTIONS = 10
+#: what the rows of each prediction set are, in the report's words (another set is named as it is)
+SET_WORDS = {"val": "held-out", "forgetting": "general-ability (forgetting)",
+             "train": "training sample (memorisation)"}
 
 
 def write_predictions(path: Path, rows: Iterable[dict]) -> int:
@@ -25,7 +29,9 @@ def write_predictions(path: Path, rows: Iterable[dict]) -> int:
 
 def prediction_blocks(metrics: RunMetrics, predictions: Sequence[dict]) -> list:
     """The report's table of the first :data:`REPORT_PREDICTIONS` prediction rows: the set, the user's
-    message (not the rendered prompt), the reference and every column's output; none without rows."""
+    message (not the rendered prompt), the reference and every column's output; none without rows.  The
+    heading counts the rows by set (:data:`SET_WORDS`: held-out, general-ability, the memorisation sample),
+    so that their total is not read as the number of training examples."""
     if not predictions:
         return []
     from tuneforge.evaluation.comparison import column_order
@@ -33,8 +39,13 @@ def prediction_blocks(metrics: RunMetrics, predictions: Sequence[dict]) -> list:
     labels = [label for label in (column_order(metrics) or ["base", "tuned"])
               if any(label in row for row in predictions)]
     shown = list(predictions)[:REPORT_PREDICTIONS]
-    return [("h2", f"Predictions (first {len(shown)} of {len(predictions)}; all in predictions.jsonl, "
-                   "with the rendered prompts)"),
+    counts = Counter(str(row.get("set", "")) for row in predictions)
+    which = "all" if len(shown) == len(predictions) else f"first {len(shown)} of"
+    kinds = ", ".join(f"{count} {SET_WORDS.get(name, name or 'unnamed set')}" for name, count in counts.items())
+    sets = ", ".join(f"{name} = {SET_WORDS[name]}" for name in counts if name in SET_WORDS)
+    return [("h2", f"Predictions ({which} {len(predictions)} prediction rows: {kinds})"),
+            ("p", (f"The set column: {sets}. " if sets else "") + "The rows count evaluated examples, not the "
+                  "training set. All rows are in predictions.jsonl, with the rendered prompts."),
             ("table", ["set", "user's message", "reference", *labels],
              [[row.get("set", ""), short_text(user_text(row), 300), short_text(row.get("reference")),
                *[short_text(row.get(label)) for label in labels]] for row in shown])]
