@@ -96,3 +96,75 @@ def test_unusable_run_directories_are_one_line(tmp_path):
         lines = _error_lines(result)
         assert len(lines) == 1 and expected in lines[0]
         assert "Traceback" not in result.stderr
+
+
+def _as_if_killed(run_dir, keep_checkpoints=()):
+    """Make a finished run look like one whose process died while training: status 'running', and only the
+    named checkpoints left (none: the default checkpoint.every_n_steps=0 had written none yet)."""
+    import shutil
+
+    status = json.loads((run_dir / "status.json").read_text())
+    status.update(status="running")
+    (run_dir / "status.json").write_text(json.dumps(status))
+    for checkpoint in (run_dir / "checkpoints").iterdir():
+        if checkpoint.name not in keep_checkpoints:
+            shutil.rmtree(checkpoint)
+
+
+@pytest.mark.fault(fault="a run killed before any checkpoint, then the same command run again",
+                   outcome="it starts over with a warning, and the killed run's files are kept in previous-1/")
+def test_a_killed_run_without_a_checkpoint_is_set_aside_not_overwritten(tmp_path):
+    run_dir = tmp_path / "run"
+    command = ["train", *FAST, "trainer.max_steps=3", f"run_dir={run_dir}"]
+    assert run_cli(command, cwd=tmp_path).returncode == 0
+    _as_if_killed(run_dir)
+    rows = (run_dir / "metrics.csv").read_text()
+    again = run_cli(command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    said = again.stdout + again.stderr
+    assert "left no checkpoint to resume from" in said and "killed while running at step 3" in said
+    assert f"its files are kept in {run_dir / 'previous-1'}" in said
+    assert (run_dir / "previous-1" / "metrics.csv").read_text() == rows  # the history is kept as it was
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+
+
+def test_resuming_into_a_shorter_run_is_refused_and_another_length_is_warned_about(tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["train", *FAST, "checkpoint.every_n_steps=2", f"run_dir={run_dir}"]
+    assert run_cli([*base, "trainer.max_steps=4"], cwd=tmp_path).returncode == 0
+    _as_if_killed(run_dir, keep_checkpoints=("step-00000002",))
+    shorter = run_cli([*base, "trainer.max_steps=1"], cwd=tmp_path)
+    assert shorter.returncode == 2
+    [line] = _error_lines(shorter)
+    assert "step-00000002 is at step 2, past trainer.max_steps=1" in line and "trainer.max_steps >= 2" in line
+    longer = run_cli([*base, "trainer.max_steps=5"], cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert "trainer.max_steps was 4 when this run started and is 5 now: the learning-rate schedule" in \
+        longer.stdout + longer.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 5
+
+
+@pytest.mark.fault(fault="a run resumed on changed held-out data (allow_changed_data=true)",
+                   outcome="the base model is scored again on the new held-out examples, not compared from the old ones")
+def test_a_base_evaluation_of_other_held_out_examples_is_not_reused(tmp_path):
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train.write_text("".join(json.dumps({"instruction": f"Say {i}", "output": f"Item {i}."}) + "\n"
+                             for i in range(12)))
+    val.write_text("".join(json.dumps({"instruction": f"Name {i}", "output": f"Thing {i}."}) + "\n" for i in range(4)))
+    run_dir = tmp_path / "run"
+    base = ["train", "trainer.enable_progress_bar=false", "threads=1", "evaluators=[perplexity]", "baselines=[]",
+            "data=jsonl", f"data.path={train}", f"data.val_path={val}", "checkpoint.every_n_steps=2",
+            "trainer.max_steps=4", f"run_dir={run_dir}"]
+    assert run_cli(base, cwd=tmp_path).returncode == 0
+    _as_if_killed(run_dir, keep_checkpoints=("step-00000002",))
+    before = json.loads((run_dir / "base_eval.json").read_text())
+    val.write_text("".join(json.dumps({"instruction": f"Other {i}", "output": "Something else entirely."}) + "\n"
+                           for i in range(3)))
+    resumed = run_cli([*base, "allow_changed_data=true"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "the held-out examples changed since the base model was scored" in resumed.stdout + resumed.stderr
+    after = json.loads((run_dir / "base_eval.json").read_text())
+    assert after["held_out"] != before["held_out"]
+    assert after["metrics"]["perplexity/loss"] != before["metrics"]["perplexity/loss"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["base"] == after["metrics"] and metrics["data"]["val_examples"] == 3

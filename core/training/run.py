@@ -37,8 +37,9 @@ from tuneforge.training.run_dir import (close_killed_segments, keep_metric_histo
                                         segment_history, summed_throughput, write_json, write_outputs,
                                         write_running_status)
 from tuneforge.training.run_lock import RunLock, ensure_writable_directory
-from tuneforge.training.run_results import (add_baselines, column_costs, count_parameters, join_predictions,
-                                            memorisation_sample, pack_length, segment_record, unsharded)
+from tuneforge.training.run_results import (add_baselines, column_costs, count_parameters, examples_digest,
+                                            join_predictions, memorisation_sample, pack_length, segment_record,
+                                            unsharded)
 from tuneforge.training.rank_watch import watch_ranks
 from tuneforge.training.run_state import RunState
 from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, checkpoint_step, checkpoint_step_row,
@@ -203,7 +204,8 @@ def _prepare_run_dir(state: RunState) -> None:
     state.resume_from = prepare_run_dir(cfg, run_dir, world_size=state.context.world_size,
                                         data_files=state.data_files)
     if state.context.is_main:
-        move_earlier_outputs(settings.resume, run_dir)  # resume=never: earlier outputs go to previous-<n>/
+        # resume=never, or nothing to resume from although an earlier run trained: its outputs go to previous-<n>/
+        move_earlier_outputs(settings.resume, run_dir, resuming=state.resume_from is not None)
     if state.resume_from is not None and not writes_checkpoints(settings.strategy):
         from tuneforge.training.checkpoint import CheckpointError
 
@@ -339,6 +341,11 @@ def evaluate_base(state: RunState) -> None:
     state.phase = "evaluating the base model"
     base_file = state.run_dir / "base_eval.json"
     saved = json.loads(base_file.read_text()) if state.resume_from is not None and base_file.is_file() else None
+    held_out = examples_digest(state.splits.val)
+    if saved is not None and saved.get("held_out") != held_out:  # allow_changed_data: scored on other examples
+        log.warning("the held-out examples changed since the base model was scored (%s): scoring it and the "
+                    "baselines again, so base and tuned are compared on the same examples", base_file)
+        saved = None
     if saved is not None:
         metrics["base"], state.base_rows = saved["metrics"], saved["predictions"]
     else:
@@ -347,7 +354,7 @@ def evaluate_base(state: RunState) -> None:
                                                     context=state.context, rewards=state.rewards)
         state.base_rows = merge_predictions({"base": base_pass})
         saved = {"metrics": metrics["base"], "predictions": state.base_rows, "scores": base_pass.example_scores,
-                 "timings": base_pass.timings}
+                 "timings": base_pass.timings, "held_out": held_out}
     baselines, skipped = run_baselines(run.baselines, run.evaluators, state.settings, state.model, state.tokenizer,
                                        state.splits, state.context, saved.get("baselines"),
                                        state.plugins["retriever"], rewards=state.rewards)

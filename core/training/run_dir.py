@@ -122,11 +122,37 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = 
             change = check_same_data(checkpoint, data_files, bool(cfg.get("allow_changed_data", False)))
             if change:
                 log.warning("resuming on changed data (allow_changed_data=true): %s", change)
+        check_resumed_length(cfg, run_dir, checkpoint)
         log.info("resuming from %s", checkpoint)
         return checkpoint
     if not (never or trained_nothing(status)):
         _refuse_another_run(cfg, run_dir)
     return None
+
+
+def check_resumed_length(cfg: DictConfig, run_dir: Path, checkpoint: Path) -> None:
+    """A checkpoint past ``trainer.max_steps`` is refused (the run would report more steps than its config
+    says; one at it is a run interrupted after training, which resumes into its evaluation); a run length other than the one the run started with is
+    warned about: the learning-rate schedule is rebuilt for the new length, so the rate jumps."""
+    from tuneforge.training.checkpoint import CheckpointError
+    from tuneforge.training.run_stop import checkpoint_step
+
+    step, max_steps = checkpoint_step(checkpoint), int(OmegaConf.select(cfg, "trainer.max_steps", default=-1))
+    if 0 < max_steps < step:
+        raise CheckpointError(f"{checkpoint} is at step {step}, past trainer.max_steps={max_steps}: it cannot be "
+                              f"resumed into a shorter run; set trainer.max_steps >= {step} to continue, or start "
+                              "over with resume=never")
+    saved_config = run_dir / "config.yaml"
+    if not saved_config.is_file():
+        return
+    saved = OmegaConf.load(saved_config)
+    for key in ("trainer.max_steps", "trainer.max_epochs"):
+        before, now = OmegaConf.select(saved, key, default=None), OmegaConf.select(cfg, key, default=None)
+        if before != now:
+            scheduler = OmegaConf.select(cfg, "optim.scheduler", default=None)
+            log.warning("%s was %s when this run started and is %s now: the learning-rate schedule "
+                        "(optim.scheduler=%s) is rebuilt for the new run length, so from step %d the learning rate "
+                        "follows another curve than the checkpoint's", key, before, now, scheduler, step)
 
 
 #: what stays in place when ``resume=never`` moves an earlier run's outputs aside: the lock, this
@@ -135,16 +161,21 @@ KEPT_IN_PLACE = (".lock", "train.log")
 PREVIOUS_PREFIX = "previous-"
 
 
-def move_earlier_outputs(resume: str, run_dir: Path) -> Optional[Path]:
+def move_earlier_outputs(resume: str, run_dir: Path, resuming: bool = False) -> Optional[Path]:
     """With ``resume=never`` (the run's ``resume`` setting), move everything an earlier run left in ``run_dir`` into
     ``<run_dir>/previous-<n>/`` (n = 1, 2, ...) before anything new is written; return that folder
-    (None when there was nothing to move).
+    (None when there was nothing to move).  The same, with a warning, when ``resume=auto`` finds no
+    checkpoint to resume from (``resuming`` false) although an earlier run trained there (:func:`lost_progress`):
+    the run starts over, and the earlier run's history is kept instead of being overwritten.
 
     So a retrain that fails never leaves a mixed directory (the earlier ``model/`` and report next to
     the new ``config.yaml``), and a later ``resume=auto`` finds only the new run's checkpoints.
     Called by the main process only, after :func:`prepare_run_dir`, while it holds the run lock.
     """
-    if not starts_over(resume) or not run_dir.is_dir():
+    if not run_dir.is_dir():
+        return None
+    lost = None if starts_over(resume) or resuming or str(resume) != "auto" else lost_progress(run_dir)
+    if not starts_over(resume) and lost is None:
         return None
     earlier = [p for p in run_dir.iterdir()
                if p.name not in KEPT_IN_PLACE and not p.name.startswith((PREVIOUS_PREFIX, ".write-test-"))]
@@ -156,8 +187,26 @@ def move_earlier_outputs(resume: str, run_dir: Path) -> Optional[Path]:
     target.mkdir()
     for path in earlier:
         path.rename(target / path.name)
-    log.info("resume=never: moved the earlier run's %d output(s) to %s", len(earlier), target)
+    if lost is not None:
+        log.warning("the earlier run in %s (%s) left no checkpoint to resume from (checkpoint.every_n_steps=0, the "
+                    "default, saves one only at the end and on SIGTERM/SIGINT; a killed process or a full disk "
+                    "saves none): starting over; its files are kept in %s", run_dir, lost, target)
+    else:
+        log.info("resume=never: moved the earlier run's %d output(s) to %s", len(earlier), target)
     return target
+
+
+def lost_progress(run_dir: Path) -> Optional[str]:
+    """How far an earlier run in ``run_dir`` got, when it trained (``"interrupted at step 94"``, the process
+    killed while running, or failed after training began); None when there is none, it completed, or it
+    failed before its first step (nothing to keep)."""
+    status = read_status(run_dir)
+    state = status.get("status")
+    if state == "running" or (state in ("interrupted", "failed") and not trained_nothing(status)):
+        steps = max(int(status.get("steps") or 0), reached_step(run_dir, 0))
+        ended = "killed while running" if state == "running" else state
+        return f"{ended} at step {steps}" if steps else ended
+    return None
 
 
 def report_previous_end(run_dir: Path, status: dict) -> Optional[str]:

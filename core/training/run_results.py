@@ -4,6 +4,7 @@ prediction rows."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from typing import Optional
@@ -32,6 +33,18 @@ def join_predictions(base_rows: list, tuned_rows: list) -> list:
     seen = {key(row) for row in tuned_rows}
     joined += [row for row in base_rows if key(row) not in seen]
     return joined
+
+
+def examples_digest(examples) -> str:
+    """A sha256 of tokenized examples (each one's source and token-id fields, in order): what a saved base
+    evaluation was scored on, compared when a run resumes (``base_eval.json``'s ``held_out``)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for example in examples:
+        fields = {key: value for key, value in example.items() if key.endswith(("input_ids", "labels"))}
+        digest.update(json.dumps([example.get("source"), fields], sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def add_baselines(metrics: dict, baselines: dict, skipped: dict) -> None:

@@ -83,8 +83,11 @@ def one_line_disk_full(exc: BaseException, run_dir: Path) -> Optional[DiskFull]:
     if isinstance(exc, TuneforgeError) or not is_disk_full(exc):
         return None
     where = getattr(exc, "filename", None) or run_dir
+    then = ("then run the same command again to resume" if last_checkpoint(run_dir) is not None else
+            "then run the same command again: no checkpoint was written yet, so it starts over (this run's files "
+            "are kept in previous-<n>/; checkpoint.every_n_steps=N saves progress every N steps)")
     return DiskFull(f"no space left on the device while writing {where}: free some space (or choose another "
-                    "run_dir), then run the same command again to resume")
+                    f"run_dir), {then}")
 
 
 def lost_ranks(exc: BaseException, context: RunContext, phase: str, timeout_s: float,
