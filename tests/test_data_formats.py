@@ -217,6 +217,8 @@ def test_missing_fields_are_named_with_the_record():
         one({"prompt": "p", "chosen": "c"})
     with pytest.raises(DataError, match=r"missing 'answer' \(data.columns.output\)"):
         one({"question": "q"}, columns={"instruction": "question", "output": "answer"})
+    with pytest.raises(DataError, match=r"mem.jsonl:1: alpaca record has 'output' set to null; give it a value"):
+        one({"instruction": "x", "output": None})
 
 
 def test_wrong_types_and_roles_are_errors_naming_the_place():

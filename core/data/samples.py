@@ -121,6 +121,10 @@ def _require(record: Record, view: dict, fields: Sequence[str], fmt: str, column
     missing = [field for field in fields if view.get(field) is None]
     if missing:
         names = ", ".join(field_name(field, columns) for field in missing)
+        null = [field_name(field, columns) for field in missing if field in view]
+        if null:  # the key is there, its value is JSON null
+            raise DataError(f"{record.source}: {fmt} record has {', '.join(null)} set to null; give it a value (a "
+                            "string), or leave the record out")
         raise DataError(f"{record.source}: {fmt} record is missing {names} (its keys: "
                         f"{', '.join(sorted(map(str, record.data)))}); map other key names with data.columns")
 

@@ -330,8 +330,11 @@ def resolve_resume(resume: str, run_dir: Path) -> Optional[Path]:
     if not path.exists():
         raise CheckpointError(f"resume={resume}: no such checkpoint directory")
     if path.is_file():
-        raise CheckpointError(f"resume={resume} is a single-file (pickle) checkpoint; tuneforge resumes only "
-                              "from its own safetensors checkpoint directories (<run_dir>/checkpoints/step-N)")
+        what = "a single-file (pickle) checkpoint" if path.suffix in (".ckpt", ".pt", ".pth", ".bin") else \
+            "a file, not a checkpoint directory"
+        raise CheckpointError(f"resume={resume} is {what}; tuneforge resumes only from its own safetensors "
+                              "checkpoint directories (<run_dir>/checkpoints/step-N), or resume=auto (the run "
+                              "directory's newest)")
     problem = verify_checkpoint(path)
     if problem:
         raise CheckpointError(f"resume={resume}: checkpoint is {problem}")
