@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tuneforge.evaluation.comparison import evidence_options, summarize
 from tuneforge.evaluation.metrics_file import RunMetrics, read_metrics
@@ -138,6 +138,7 @@ def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfi
     # eval may look at an interrupted run's last model too; a failed run's, or a model/ that config.yaml
     # did not train, only with force=true
     saved = read_run_config(run_dir, force=force, allow_interrupted=True)
+    _drop_retired_settings(saved)
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     groups = {*SINGLE_GROUPS, *MULTIPLE_GROUPS, "trainer", "strategy"}
     chosen = {o.key_or_group for o in parsed if o.key_or_group in groups}
@@ -149,7 +150,6 @@ def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfi
         if group not in chosen:
             choices.append(f"{group}=[{','.join(saved.get(group) or {})}]")
     composed = compose([*choices, *overrides])
-    from omegaconf import open_dict
 
     with open_dict(composed):  # a saved dict-valued field (e.g. targets' checks) may hold keys the defaults lack
         final = OmegaConf.merge(composed, {k: v for k, v in saved.items() if k not in chosen and k in composed})
@@ -159,6 +159,24 @@ def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfi
             OmegaConf.update(final, override.key_or_group, OmegaConf.select(composed, override.key_or_group),
                              merge=False)
     return final
+
+
+def _drop_retired_settings(saved: DictConfig) -> None:
+    """Settings of the run's saved ``config.yaml`` that this tuneforge no longer has (a run trained by an
+    older release): left out with a log line, so the run can still be evaluated (a key typed on the command
+    line is checked on its own, and refused as a typo)."""
+    import logging
+
+    from tuneforge.host.config_checks import unknown_key_problems
+
+    for problem in unknown_key_problems(saved):
+        parent, _, leaf = problem.key.rpartition(".")
+        node = OmegaConf.select(saved, parent) if parent else saved
+        if node is not None and leaf in node:
+            with open_dict(node):
+                del node[leaf]
+            logging.getLogger("tuneforge").warning("%s in the run's config.yaml is not a setting of this "
+                                                   "tuneforge (an older release's?): left out", problem.key)
 
 
 #: group -> how to do without a stored component whose plugin is gone
@@ -210,7 +228,7 @@ unless force=true.
 def eval_command(args: list) -> None:
     """``tuneforge eval``: evaluators on a finished run or on a bare base model."""
     from tuneforge.host.compose import compose, load_plugins
-    from tuneforge.host.paths import setting_path
+    from tuneforge.host.paths import argument_path
     from tuneforge.evaluation.report import format_comparison
 
     run_dir, out_dir, overrides, force = None, None, [], False
@@ -227,10 +245,10 @@ def eval_command(args: list) -> None:
                 from tuneforge.errors import ConfigError
 
                 raise ConfigError(f"force: {exc}") from None
-        elif arg.startswith("run_dir="):
-            run_dir = Path(setting_path(arg.split("=", 1)[1]))
+        elif arg.startswith("run_dir="):  # quoted as train takes it ('run_dir="/runs/a b"') or not
+            run_dir = Path(argument_path(arg.split("=", 1)[1]))
         elif arg.startswith("out="):
-            out_dir = Path(setting_path(arg.split("=", 1)[1]))
+            out_dir = Path(argument_path(arg.split("=", 1)[1]))
         else:
             overrides.append(arg)
     if run_dir is None and any(o.lstrip("+~").split("=")[0].split(".")[0] == "baselines" for o in overrides):

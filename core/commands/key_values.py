@@ -37,10 +37,16 @@ class Option:
     required: bool = False
 
 
+#: keys whose value is a path that ``tuneforge train`` takes through Hydra's override grammar, so it may come
+#: quoted the way train needs it; one level of matching quotes is taken off (:func:`run_dir_argument`)
+PATH_KEYS = ("run_dir",)
+
+
 def parse_key_values(args: Sequence[str], options: dict[str, Option], command: str) -> dict:
     """Turn ``["key=value", ...]`` into ``{key: converted value}`` with every option present.
 
-    The value is everything after the first ``=`` (so ``prompt="a=b"`` works).
+    The value is everything after the first ``=`` (so ``prompt="a=b"`` works); a ``run_dir`` value may be
+    quoted as ``tuneforge train`` takes it (:data:`PATH_KEYS`).
     Unknown keys, arguments without ``=``, repeated keys, values that do not
     convert and missing required keys raise :class:`ArgumentError` with a
     one-line message naming the key and the valid keys.
@@ -57,6 +63,8 @@ def parse_key_values(args: Sequence[str], options: dict[str, Option], command: s
                                 f"valid keys: {valid}")
         if key in values:
             raise ArgumentError(f"tuneforge {command}: key '{key}' is given twice")
+        if key in PATH_KEYS:  # quoted as `tuneforge train` takes it ('run_dir="/runs/a b"') or not
+            raw = run_dir_argument(raw)
         try:
             values[key] = options[key].convert(raw)
         except ValueError as exc:
@@ -78,6 +86,14 @@ def format_options(options: dict[str, Option], command: str, summary: str) -> st
 
 def wants_help(args: Sequence[str]) -> bool:
     return any(arg in ("-h", "--help") for arg in args)
+
+
+def run_dir_argument(text: str) -> str:
+    """A ``run_dir=`` value: quoted as ``tuneforge train`` takes it (``'run_dir="/runs/a b"'``, Hydra's
+    quoting) or not; one level of matching quotes is taken off (:func:`tuneforge.host.paths.unquoted`)."""
+    from tuneforge.host.paths import unquoted
+
+    return unquoted(text)
 
 
 def _positive_int(text: str) -> int:

@@ -16,7 +16,7 @@ import signal
 import sys
 
 from tuneforge.commands.key_values import (ArgumentError, Option, _non_negative_int, _positive_int, format_options,
-                                           parse_bool, parse_key_values, wants_help)
+                                           parse_bool, parse_key_values, run_dir_argument, wants_help)
 
 #: the environment variable holding the API key (used when ``api_key=`` is not given)
 API_KEY_VARIABLE = "TUNEFORGE_SERVE_API_KEY"
@@ -53,7 +53,7 @@ SERVE_OPTIONS = {
 def parse_serve_args(args: list) -> dict:
     """The values of ``args`` (``serve.`` prefixes dropped); ``run_dir`` is a list, the only repeatable key."""
     plain = [arg[len("serve."):] if arg.startswith("serve.") else arg for arg in args]
-    run_dirs = [arg.partition("=")[2] for arg in plain if arg.partition("=")[0].strip() == "run_dir"]
+    run_dirs = [run_dir_argument(arg.partition("=")[2]) for arg in plain if arg.partition("=")[0].strip() == "run_dir"]
     others = [arg for arg in plain if arg.partition("=")[0].strip() != "run_dir"]
     values = parse_key_values(others + [f"run_dir={run_dirs[0]}"] if run_dirs else others, SERVE_OPTIONS, "serve")
     if any(not path for path in run_dirs):

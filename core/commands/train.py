@@ -104,14 +104,29 @@ class TrainCommand:
         # several lines; it becomes a one-line ConfigError here.
         os.environ["HYDRA_FULL_ERROR"] = "1"
         started = time.time()
+        from tuneforge.host.hydra_dirs import RUN_START_CHECKS, RefusedBeforeRun
+
+        RUN_START_CHECKS.append(self._run_dir_check)
         try:
             hydra_train()
             self._check_sweep(started)
+        except RefusedBeforeRun as exc:  # before Hydra made a directory (run_dir in a data folder, shared by a sweep)
+            from tuneforge.errors import ConfigError
+
+            raise ConfigError(str(exc)) from None
         except Exception as exc:
             self._explain(exc)
         finally:
+            RUN_START_CHECKS.remove(self._run_dir_check)
             sys.argv = invoked_as
             _set_env("HYDRA_FULL_ERROR", self.user_full_error)
+
+    def _run_dir_check(self, config) -> list:
+        """Before Hydra makes the run directory (and writes its log there): a run directory inside a folder
+        the run reads as data is refused (:mod:`tuneforge.host.config_checks`)."""
+        from tuneforge.host.config_checks import composed_run_dir_data_problems
+
+        return [str(problem) for problem in composed_run_dir_data_problems(config, self.plugins)]
 
     def _check_sweep(self, started: float) -> None:
         if not {"-m", "--multirun"} & set(self.args):
@@ -198,6 +213,12 @@ class TrainCommand:
             if self.debug or in_sweep:
                 raise
             _fail(str(exc))
+        except OSError as exc:  # a file-system error the run did not explain itself: one line, as cli.main does
+            if self.debug or in_sweep:
+                raise
+            from tuneforge.commands.cli import describe_os_error
+
+            _fail(describe_os_error(exc, "train"))
         if context.is_main:  # DDP workers: the main process prints
             _print_summary(components.settings, metrics)
 
@@ -209,11 +230,15 @@ class TrainCommand:
         from tuneforge.errors import TuneforgeError
         from tuneforge.host.components import run_components
         from tuneforge.host.compose import keep_only_listed_components
+        from tuneforge.host.config_checks import check_run_dir_outside_data
         from tuneforge.host.hydra_dirs import discard_new_output_dir
 
         keep_only_listed_components(cfg, HydraConfig.get().overrides.task)  # this job's own overrides
         try:
-            return run_components(cfg, self.plugins)
+            components = run_components(cfg, self.plugins)
+            if not components.settings.run_dir:  # the run goes into Hydra's output directory
+                check_run_dir_outside_data(output_dir, components)
+            return components
         except TuneforgeError as exc:
             if in_sweep:
                 raise  # recorded in the job's directory (kept)
@@ -307,16 +332,13 @@ def run_dir_overrides(args: list, overrides: list) -> list:
     if "run_dir" not in given or given["run_dir"] in ("", "null"):
         shared = shared_launch_run_dir(given.get("trainer.num_nodes", "1"))
         return [] if shared is None else [f"hydra.run.dir={shared}"]
-    from tuneforge.host.paths import setting_path
+    from tuneforge.host.paths import argument_path, override_value
     from tuneforge.training.run_lock import check_usable
 
-    value = given["run_dir"]
-    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":  # run_dir="~/x": Hydra's quoting
-        value = value[1:-1]
-    run_dir = setting_path(value)  # "~/x" is the home folder's x for Hydra too, not ./~/x
+    # run_dir="~/x": Hydra's quoting taken off; "~/x" is the home folder's x for Hydra too, not ./~/x
+    run_dir = argument_path(given["run_dir"])
     check_usable(Path(run_dir))
-    quoted = run_dir if all(c.isalnum() or c in "_./-" for c in run_dir) or '"' in run_dir else f'"{run_dir}"'
-    return [f"hydra.run.dir={quoted}"]
+    return [f"hydra.run.dir={override_value(run_dir)}"]  # quoted for Hydra as the path needs
 
 
 def shared_launch_run_dir(num_nodes="1"):
@@ -357,11 +379,13 @@ def with_settings(overrides: list, settings: dict) -> list:
 
 
 def _quoted(value) -> str:
-    """``value`` as a Hydra override value: a path or string quoted, a number as it is."""
+    """``value`` as a Hydra override value: a path or string quoted (as Hydra's grammar reads it back
+    exactly, :func:`tuneforge.host.paths.override_value`), a number as it is."""
+    from tuneforge.host.paths import quoted_override_string
+
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
+    return quoted_override_string(str(value), "'")
 
 
 def _is_composition_error(exc: BaseException) -> bool:
@@ -417,11 +441,15 @@ def hydra_overrides(args: list) -> list:
 
 
 def resume_command(args: list, run_dir) -> str:
-    """The command that continues an interrupted run: same arguments, same run directory."""
+    """The command that continues an interrupted run: same arguments, same run directory; it works pasted
+    into a shell as printed (quoted for the shell, the run directory also for Hydra's override grammar:
+    spaces, ``é``, ``,``, ``=`` and quotes in its name)."""
     import shlex
 
+    from tuneforge.host.paths import override_value
+
     kept = [a for a in args if not a.startswith(("hydra.run.dir=", "run_dir=", "resume="))]
-    return shlex.join(["tuneforge", "train", *kept, f"hydra.run.dir={run_dir}"])
+    return shlex.join(["tuneforge", "train", *kept, f"hydra.run.dir={override_value(run_dir)}"])
 
 
 def _print_summary(settings, metrics: dict) -> None:

@@ -240,7 +240,9 @@ def _check(cfg, plugins) -> tuple[Optional[RunConfig], list]:
     from tuneforge.host.paths import absolute_root_paths
 
     absolute_root_paths(resolved)  # ~ expanded, relative paths made absolute: once, here (host/paths.py)
-    problems: list = []
+    from tuneforge.host.config_checks import run_dir_data_problems, selected_components, unknown_key_problems
+
+    problems: list = unknown_key_problems(resolved)  # +key=value adds keys Hydra does not check
     settings = _settings(resolved, problems)
 
     _drop_deselected_settings(resolved, plugins)
@@ -250,7 +252,9 @@ def _check(cfg, plugins) -> tuple[Optional[RunConfig], list]:
     for group in MULTIPLE_GROUPS:
         found[group] = {str(key): _component(plugins, group, f"{group}.{key}", node, problems)
                         for key, node in (resolved.get(group) or {}).items()}
-    if found["loss"] is not None and found["data"] is not None:
+    inside_data = run_dir_data_problems(settings.run_dir, selected_components(found)) if settings else []
+    problems += inside_data  # (the run directory Hydra makes is checked by `tuneforge train` itself)
+    if found["loss"] is not None and found["data"] is not None and not inside_data:  # data not read then
         problems += _kind_problems(plugins, found["loss"], found["data"])
     if found["loss"] is not None and found["loss"].spec.needs_rewards and not (resolved.get("rewards") or {}):
         problems.append(_no_rewards_problem(plugins, found["loss"]))

@@ -39,12 +39,107 @@ class OutputDirWatch(Callback):
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         _NEW.clear()
+        problems = [problem for check in RUN_START_CHECKS for problem in check(config)]
+        if problems:  # Hydra turns a callback's Exception into a warning: this one passes
+            raise RefusedBeforeRun("\n".join(problems))
         _NEW["run"] = _outermost_missing(config.hydra.run.dir)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         _NEW.clear()
+        problem = sweep_run_dir_problem(config)
+        if problem is not None:
+            raise RefusedBeforeRun(problem)
         _NEW["sweep"] = _outermost_missing(config.hydra.sweep.dir)
         _NEW["sweep_dir"] = Path(str(config.hydra.sweep.dir)).absolute()
+
+
+#: checks of a single run's composed config (with its ``hydra`` node) made before Hydra makes the run
+#: directory and opens its log there: each returns its problems as lines (``tuneforge train`` adds one
+#: while it runs: a run directory inside a data folder, :mod:`tuneforge.host.config_checks`)
+RUN_START_CHECKS: list = []
+
+
+class RefusedBeforeRun(BaseException):
+    """A run or ``-m`` sweep refused before Hydra makes any directory for it (one problem a line): raised
+    by :class:`OutputDirWatch` (Hydra catches a callback's ``Exception`` and only warns), turned into a
+    ``ConfigError`` by :class:`tuneforge.commands.train.TrainCommand`."""
+
+
+#: Hydra values that differ from job to job of a sweep (``${hydra:job.num}`` ...)
+PER_JOB_HYDRA_VALUES = ("job.num", "job.id", "job.override_dirname", "runtime.output_dir", "sweep.subdir")
+
+
+def sweep_run_dir_problem(config) -> Optional[str]:
+    """Why the ``run_dir`` of a ``-m`` sweep (``config``: the sweep's config as Hydra composes it before
+    the jobs, its ``hydra.overrides.task`` holding the sweep overrides) would put several jobs into one
+    directory, or None: a fixed ``run_dir`` (on the command line or in a config file), or a swept one
+    with fewer values than jobs, unless it interpolates something that differs per job (a Hydra job
+    value, :data:`PER_JOB_HYDRA_VALUES`, or a key the sweep sets: ``runs/lr_${optim.lr}``)."""
+    import re
+
+    sweeps = _sweeps(config)
+    if "run_dir" in sweeps:
+        values = sweeps.pop("run_dir")
+    else:
+        node = config._get_node("run_dir", throw_on_missing_key=False)
+        raw = None if node is None else node._value()
+        values = [] if raw in (None, "", "null") else [str(raw)]
+    dotted = next((found for value in values for found in re.findall(r"\$\{\s*hydra\.[^${}]*\}", value)), None)
+    if dotted is not None:  # the job's config has no hydra node: only Hydra's resolver reads it
+        return (f"run_dir={','.join(values)}: {dotted} cannot be read in a job's config (Hydra takes its hydra "
+                f"node out); write it with Hydra's resolver: {dotted.replace('hydra.', 'hydra:', 1)}")
+    if not values or all(_per_job(str(value), sweeps) for value in values):
+        return None
+    jobs = len(values)
+    for size in sweeps.values():
+        jobs *= max(len(size), 1) if size is not None else 2
+    if jobs <= len(set(values)):
+        return None
+    counted = all(size is not None for size in sweeps.values())
+    if len(values) == 1:
+        shared = f"run_dir={values[0]} is shared by {f'all {jobs}' if counted else 'all'} jobs of this -m sweep"
+    else:
+        distinct = len(set(values))
+        shared = (f"run_dir={','.join(values)} gives {distinct} director{'y' if distinct == 1 else 'ies'} to "
+                  f"{f'the {jobs}' if counted else 'more'} jobs of this -m sweep")
+    return (f"{shared}, so a later job would find an earlier job's run there; leave run_dir out (each job then "
+            "runs in <hydra.sweep.dir>/<job number>, by default runs/multirun/<date_time>/<n>) or make it per "
+            f"job: 'run_dir={values[0]}/${{hydra:job.num}}'")
+
+
+def _sweeps(config) -> dict:
+    """``{key: [value, ...]}`` of the sweep's swept keys (the command line's and ``hydra.sweeper.params``;
+    a value list is None where it cannot be counted without the config groups, a glob)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    if params:
+        overrides += [f"{key}={value}" for key, value in OmegaConf.to_container(params, resolve=False).items()]
+    sweeps: dict = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            continue
+        try:
+            values = [str(getattr(value, "text", value)) for value in override.sweep_iterator()]
+        except Exception:  # a glob over a config group, an unbounded range: more than one job all the same
+            values = None
+        sweeps[override.key_or_group] = values
+    return sweeps
+
+
+def _per_job(value: str, sweeps: dict) -> bool:
+    """Whether ``value`` interpolates a Hydra value that differs per job, or a key the sweep sets."""
+    import re
+
+    for body in re.findall(r"\$\{([^${}]*)\}", value):
+        body = body.strip()
+        if body.startswith("hydra:") and body[len("hydra:"):].strip() in PER_JOB_HYDRA_VALUES:
+            return True
+        if any(body == key or body.startswith(key + ".") or key.startswith(body + ".") for key in sweeps):
+            return True
+    return False
 
 
 def current_sweep_dir() -> Optional[Path]:

@@ -40,6 +40,60 @@ def setting_path(value: str) -> str:
     return os.path.abspath(os.path.expanduser(str(value)))
 
 
+def unquoted(value: str) -> str:
+    """A command-line value with one level of matching quotes taken off, as Hydra's override grammar reads
+    a quoted value: ``"/runs/a b"`` and ``'/runs/a b'`` give ``/runs/a b``; inside them a backslash escapes
+    only a quote (or the backslashes before one, and before the closing quote), so ``"a\\"b"`` gives
+    ``a"b``.  Anything else is returned as it is, so ``run_dir=/runs/a`` and ``run_dir="/runs/a"`` name
+    the same directory in every command (``train`` hands the value to Hydra, which takes the quotes off)."""
+    import re
+
+    text = str(value)
+    if len(text) < 2 or text[0] != text[-1] or text[0] not in "'\"":
+        return text
+    quote = text[0]
+    inner = text[1:-1]
+    # Hydra's rule (hydra.core.override_parser.overrides_visitor._unescape_quoted_string): a run of
+    # backslashes followed by the quote (or by the closing quote, i.e. the end) is halved
+    return re.sub(r"(\\+)(%s|\Z)" % re.escape(quote),
+                  lambda m: m.group(1)[: len(m.group(1)) // 2] + m.group(2), inner)
+
+
+def argument_path(value: str) -> str:
+    """A path given on the command line (``run_dir=``, ``out=``): :func:`unquoted`, then
+    :func:`setting_path` (``~`` expanded, absolute)."""
+    return setting_path(unquoted(value))
+
+
+#: characters a path may hold and still be written unquoted in a Hydra override (``/runs/a_b-1.2``)
+_PLAIN_OVERRIDE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./-")
+
+
+def override_value(path) -> str:
+    """``path`` as the value of a Hydra override (``hydra.run.dir=<it>``) that reads back exactly as
+    ``path``: an absolute path of letters, digits and ``_./-`` as it is; anything else (spaces, ``é``,
+    ``,``, ``=``, quotes, backslashes ...) a double-quoted string with Hydra's escapes (a quote, and the
+    backslashes before a quote or the end, get a backslash each; ``${`` is escaped for OmegaConf)."""
+    text = str(path)
+    if text.startswith("/") and set(text) <= _PLAIN_OVERRIDE_CHARS:
+        return text
+    return quoted_override_string(text)
+
+
+def quoted_override_string(text: str, quote: str = '"') -> str:
+    """``text`` as a quoted string of Hydra's override grammar (``quote``: ``"`` or ``'``) that reads back
+    as ``text`` (:func:`unquoted` too, but for the ``${`` escape): the quote, and a run of backslashes
+    before a quote or at the end, get a backslash each; ``${`` is escaped so that OmegaConf keeps it
+    literal."""
+    import re
+
+    def escaped(match) -> str:  # backslashes before a quote or the end doubled, the quote escaped
+        return match.group(1) * 2 + ("\\" if match.group(2) else "") + match.group(2)
+
+    text = re.sub(r"(\\*)(%s|\Z)" % re.escape(quote), escaped, str(text))
+    return quote + text.replace("${", "\\${") + quote
+
+
 def looks_like_path(value: Any) -> bool:
     """True for a string that starts with ``~``, or that names an existing file or folder (relative to the
     working directory) and holds a ``/`` or a file suffix."""
