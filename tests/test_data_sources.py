@@ -144,6 +144,73 @@ def test_missing_and_unknown_files_are_clear_errors(tmp_path):
         read_records(tmp_path / "bad.parquet")
 
 
+def _within(seconds, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` in a thread: its result or exception, failing the test when it does not
+    return within ``seconds`` (a FIFO opened for reading waits for a writer forever)."""
+    import threading
+
+    outcome = {}
+
+    def call():
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{function.__name__} still waiting after {seconds}s (it opened the FIFO)"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize("kind", ["auto", "jsonl", "csv", "parquet"])
+def test_a_fifo_or_a_device_is_refused_in_one_line_without_being_opened(tmp_path, kind):
+    from tuneforge.data import first_record
+    from tuneforge.training.data_files import hash_paths
+
+    fifo = tmp_path / "train.jsonl"
+    os.mkfifo(fifo)
+    expected = (rf"^{fifo} is not a regular file \(a FIFO, a named pipe\): give a data file or a folder of them "
+                r"\(data.path\)$")
+    for read in (read_records, first_record):
+        with pytest.raises(DataError, match=expected):
+            _within(20, read, fifo, kind)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(fifo)
+    with pytest.raises(DataError, match="a FIFO"):
+        _within(20, read_records, link, kind)
+    assert _within(20, hash_paths, [str(fifo)]) == {}  # the run's data hashes skip it too
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "folder" / "more.jsonl")
+    write_jsonl(tmp_path / "folder" / "d.jsonl", ROWS)  # in a folder it is not a data file: skipped
+    assert len(_within(20, read_records, tmp_path / "folder")) == len(ROWS)
+    if os.path.exists("/dev/null"):  # it exists: not "data file not found"
+        with pytest.raises(DataError, match=r"^/dev/null is not a regular file \(a character device\)"):
+            read_records("/dev/null", kind)
+
+
+@pytest.mark.fault(fault='a FIFO (or /dev/null, a device) as `data.path`',
+                   outcome='one line `<path> is not a regular file (a FIFO, a named pipe): give a data file or a '
+                           'folder of them (data.path)`; never opened, so nothing hangs')
+def test_a_fifo_as_data_path_stops_a_run_in_one_line(tmp_path):
+    from helpers import run_cli
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this system")
+    os.mkfifo(tmp_path / "train.jsonl")
+    result = run_cli(["train", "model=tiny", "threads=1", "baselines=[]", "data=jsonl",
+                      f"data.path={tmp_path / 'train.jsonl'}", f"run_dir={tmp_path / 'run'}", "trainer.max_steps=1"],
+                     env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"tuneforge: error: {tmp_path / 'train.jsonl'} is not a regular file (a FIFO, a named pipe): give a data "
+        "file or a folder of them (data.path)")
+
+
 def test_named_kind_reads_a_file_whatever_its_suffix(tmp_path):
     path = write_jsonl(tmp_path / "train.txt", ROWS)
     splits = load_files(FilesDataConfig(path=str(path), cache=False), tiny(), kind="jsonl")

@@ -1,5 +1,6 @@
 """``tuneforge generate`` / ``chat`` / ``export`` on tiny runs: numbers checked against direct computation."""
 
+import errno
 import io
 import json
 import os
@@ -198,6 +199,76 @@ def test_export_full_fine_tune_is_saved_as_is(full_run, tmp_path):
         export_run(full_run, out)
     export_run(full_run, out, overwrite=True)
     assert (out / "model.safetensors").is_file()
+
+
+def _disk_fills_while_the_weights_are_written(monkeypatch):
+    """safetensors' own error for a full disk, after part of the file was written (as a full disk does)."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\0" * 16384)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)
+
+
+@pytest.mark.fault(fault='`tuneforge export` onto a full disk (safetensors: No space left on device)',
+                   outcome='one line `no space left on the device while writing <out>; nothing was left at out= '
+                           '...`; no half-written folder (written into a temporary sibling, renamed when complete); '
+                           'an earlier export replaced with overwrite=true stays whole')
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_nothing_half_written(lora_run, tmp_path, monkeypatch):
+    out = tmp_path / "merged"
+    with monkeypatch.context() as patch:
+        _disk_fills_while_the_weights_are_written(patch)
+        with pytest.raises(ExportError) as failed:
+            export_run(lora_run, out)
+    line = str(failed.value)
+    assert "\n" not in line and line.startswith(f"no space left on the device while writing {out}"), line
+    assert list(tmp_path.iterdir()) == []  # no config.json-only folder, no temporary folder
+    # an earlier export stays whole when its replacement fails
+    export_run(lora_run, out)
+    before = sorted(p.name for p in out.iterdir())
+    with monkeypatch.context() as patch:
+        _disk_fills_while_the_weights_are_written(patch)
+        with pytest.raises(ExportError, match="^no space left on the device"):
+            export_run(lora_run, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == before and "model.safetensors" in before
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+
+
+@pytest.mark.fault(fault='`tuneforge export out=` in a read-only folder',
+                   outcome='one line `cannot write the export to out=...: <folder> is not writable (Read-only file '
+                           'system); ...`; nothing written')
+def test_an_export_into_a_read_only_folder_is_one_line(lora_run, tmp_path, monkeypatch):
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # as in a read-only mount: nothing can be created in tmp_path/ro
+        if self.parent == tmp_path / "ro":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    with pytest.raises(ExportError) as failed:
+        export_run(lora_run, tmp_path / "ro" / "x")
+    assert str(failed.value) == (f"cannot write the export to out={tmp_path / 'ro' / 'x'}: {tmp_path / 'ro'} is "
+                                 "not writable (Read-only file system); choose a folder you can write to")
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+@pytest.mark.fault(fault='`tuneforge export out=<a file>/x` (hf or gguf)',
+                   outcome='one line `out=...: <file> is a file, not a folder; ...`, exit 2')
+def test_an_export_under_a_file_is_one_line(lora_run, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    for fmt, out in (("hf", tmp_path / "a-file" / "x"), ("gguf", tmp_path / "a-file" / "x.gguf")):
+        result = cli(["export", f"run_dir={lora_run}", f"out={out}", f"format={fmt}"], timeout=120)
+        assert result.returncode == 2 and result.stdout == ""
+        lines = result.stderr.strip().splitlines()
+        assert lines == [f"tuneforge: error: out={out}: {tmp_path / 'a-file'} is a file, not a folder; give out= a "
+                         "path under a folder"], result.stderr
 
 
 def test_run_chat_template_is_saved_with_the_model_used_and_exported(tmp_path):

@@ -138,9 +138,95 @@ def main(argv=None) -> None:
         if debug:
             raise
         _fail(str(exc))
+    except OSError as exc:  # the last resort: a file-system error no command explained (a read-only folder)
+        if debug:
+            raise
+        _fail(describe_os_error(exc, command))
+    except KeyboardInterrupt:
+        if debug or command == "train":  # train stops on SIGINT itself (a checkpoint, the resume command)
+            raise
+        print(f"tuneforge: {command} interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if program:
             leave_without_final_collection()
+
+
+#: function names (in the traceback, innermost first) -> what was being done when an OSError was raised
+OS_OPERATIONS = (
+    (("mkdir", "makedirs"), "cannot create the folder"),
+    (("rename", "replace", "move", "copytree", "copy", "copy2", "copyfile"), "cannot move or copy"),
+    (("unlink", "remove", "rmtree", "rmdir"), "cannot remove"),
+    (("write_text", "write_bytes", "write", "dump", "savefig", "save", "save_file", "save_pretrained"),
+     "cannot write"),
+    (("read_text", "read_bytes", "load", "load_file", "iterdir", "scandir", "listdir", "stat"), "cannot read"),
+)
+
+
+def describe_os_error(exc: OSError, command: str = "") -> str:
+    """One line for an ``OSError`` that reached the command line: ``<what failed>: <path> (<reason>); <hint>``.
+
+    What failed comes from the functions it passed through (creating a folder, writing, reading) or else
+    from its error number; the hint says what to change (a writable folder, free space, a folder in place
+    of a file).  An error without a path (a network error) is its type and first line."""
+    import errno
+
+    from tuneforge.errors import first_line, is_disk_full
+
+    number = exc.errno
+    reason = exc.strerror or first_line(exc)
+    path = exc.filename
+    if path is None:
+        text = first_line(exc)
+        return f"{type(exc).__name__}: {text}" + ("" if text.endswith(")") else "; rerun with --debug for the "
+                                                                                   "traceback")
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    shown = os.path.abspath(str(path))
+    if exc.filename2 is not None:
+        shown += f" -> {os.path.abspath(os.fsdecode(exc.filename2))}"
+    operation = _failed_operation(exc)
+    if is_disk_full(exc):
+        return (f"no space left on the device while writing {shown} ({reason}); free space on it, or write "
+                f"elsewhere{_where_to_write(command)}")
+    if number in (errno.EACCES, errno.EPERM) and operation == "cannot read":
+        return f"{operation}: {shown} ({reason}); make it readable, or give another path"
+    if number in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{operation or 'cannot write'}: {shown} ({reason}); give a directory you can write to"
+                f"{_where_to_write(command)}")
+    if number == errno.EEXIST:
+        return (f"{operation or 'cannot create'}: {shown} ({reason}): a file of that name is in the way; give "
+                "a folder, or a path that does not exist yet")
+    if number == errno.ENOTDIR:
+        return f"{operation or 'cannot open'}: {shown} ({reason}): a part of the path is a file, not a folder"
+    if number == errno.EISDIR:
+        return f"{operation or 'cannot open'}: {shown} ({reason}): give a file, not a folder"
+    if number == errno.ENOENT:
+        return f"{operation or 'cannot open'}: {shown} ({reason}); check the path"
+    return f"{operation or 'file system error'}: {shown} ({reason})"
+
+
+def _failed_operation(exc: BaseException) -> str:
+    """What :data:`OS_OPERATIONS` says the innermost function of ``exc``'s traceback that it names was
+    doing; "" when none is named."""
+    import traceback
+
+    names = [frame.name for frame in traceback.extract_tb(exc.__traceback__)][::-1]
+    for name in names:
+        for functions, operation in OS_OPERATIONS:
+            if name in functions:
+                return operation
+    return ""
+
+
+def _where_to_write(command: str) -> str:
+    """Where a command's output folder is chosen, for the hint of a write that failed."""
+    if command == "train":
+        return (" (run_dir=<folder>, or run from a writable working directory: runs go to ./runs by default; "
+                "hydra.run.dir= sets Hydra's job folder)")
+    if command in ("export", "eval", "compare"):
+        return " (out=<folder>)"
+    return ""
 
 
 #: the logger and the start of the one message :func:`quiet_optional_kernel_notice` silences

@@ -27,7 +27,8 @@ bitsandbytes module) that compute what the quantized base and adapter did.
 
 from __future__ import annotations
 
-import shutil
+import os
+import re
 from pathlib import Path
 
 from tuneforge.errors import ModelError, TuneforgeError
@@ -55,22 +56,78 @@ class ExportError(TuneforgeError):
 
 
 def prepare_out_dir(out, run_dir, overwrite: bool) -> Path:
-    """Check ``out`` may be written (empty, or ``overwrite``) and is not inside the run's model folder."""
+    """Check ``out`` may be written (absent, empty, or ``overwrite`` of an earlier export) and is not inside
+    the run's model folder; returns it resolved.  Nothing is created or deleted here: :func:`export_run`
+    writes the export into a temporary folder next to ``out`` and renames it into place when complete."""
     out = Path(out).expanduser().resolve()
     model_dir = (Path(run_dir).expanduser() / "model").resolve()
     if out == model_dir or model_dir in out.parents or out in model_dir.parents:
         raise ExportError(f"out={out} overlaps the run's model folder {model_dir}; choose another folder")
+    blocking = _file_in_the_way(out)
+    if blocking is not None and blocking != out:
+        raise ExportError(f"out={out}: {blocking} is a file, not a folder; give out= a path under a folder")
     if out.exists() and not out.is_dir():
-        raise ExportError(f"out={out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+        raise ExportError(f"out={out} exists and is not a folder; give a new or empty folder")
+    try:
+        holds_files = out.is_dir() and any(out.iterdir())
+    except OSError as exc:
+        raise ExportError(export_write_problem(exc, out)) from None
+    if holds_files:
         if not overwrite:
             raise ExportError(f"out={out} is not empty; pass overwrite=true to replace an earlier export")
         if not (out / "config.json").is_file():
             raise ExportError(f"out={out} is not empty and holds no model (config.json), so overwrite=true "
                               "will not delete it; choose an empty or new folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _file_in_the_way(path: Path):
+    """``path`` itself or the first of its parent folders that exists and is not a folder (None: none, or
+    a folder that cannot be looked into, which the write then reports)."""
+    try:
+        for candidate in [*reversed(path.parents), path]:
+            if not candidate.exists():
+                return None
+            if not candidate.is_dir():
+                return candidate
+    except OSError:
+        return None
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest parent folder that exists: the folder a write under ``path`` creates in."""
+    for candidate in [path, *path.parents]:
+        try:
+            if candidate.exists():
+                return candidate
+        except OSError:
+            continue
+    return path
+
+
+def export_write_problem(exc: BaseException, out: Path) -> str:
+    """One line for an ``OSError`` (or safetensors' error wrapping one) met while writing the export to
+    ``out``: a full disk, a read-only or forbidden folder, a file in the way."""
+    import errno
+
+    from tuneforge.errors import is_disk_full, os_error_number
+
+    number = os_error_number(exc)
+    # numpy's tofile (the GGUF writer's) says a full disk as "<n> requested and <m> written", without errno
+    short_write = number is None and re.search(r"\d+ requested and \d+ written", str(exc)) is not None
+    if is_disk_full(exc) or short_write:
+        return (f"no space left on the device while writing {out}; nothing was left at out= (the export is "
+                "written under a temporary name and renamed only when complete): free space, or choose out= on "
+                "another disk")
+    reason = getattr(exc, "strerror", None) or (os.strerror(number) if number else str(exc).strip())
+    if number in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write the export to out={out}: {_nearest_existing(out.parent)} is not writable "
+                f"({reason}); choose a folder you can write to")
+    if number == errno.ENOTDIR:
+        return f"cannot write the export to out={out}: a part of the path is a file, not a folder ({reason})"
+    where = getattr(exc, "filename", None)
+    return f"cannot write the export to out={out}: {f'{where}: ' if where else ''}{reason}"
 
 
 EXPORT_FORMATS = ("hf", "gguf")
@@ -102,19 +159,38 @@ def export_gguf(run_dir, out, *, dtype: str = "f16", overwrite: bool = False, fo
         raise ExportError(f"out={out} is a folder; with format=gguf give the file to write, e.g. out=tuned.gguf")
     if out.exists() and not overwrite:
         raise ExportError(f"out={out} exists; pass overwrite=true to replace it")
+    blocking = _file_in_the_way(out.parent)
+    if blocking is not None:
+        raise ExportError(f"out={out}: {blocking} is a file, not a folder; give out= a path under a folder")
     model, tokenizer = merged_run_model(run_dir, force=force)
-    return write_gguf(model, tokenizer, out, dtype=dtype, name=f"tuneforge {Path(run_dir).name}")
+    try:
+        return write_gguf(model, tokenizer, out, dtype=dtype, name=f"tuneforge {Path(run_dir).name}")
+    except OSError as exc:  # write_gguf writes a temporary file renamed when complete: nothing is left at out
+        raise ExportError(export_write_problem(exc, out)) from exc
 
 
 def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False) -> Path:
-    """Write the run's tuned model to ``out`` as a standalone Hugging Face model folder; returns ``out``."""
+    """Write the run's tuned model to ``out`` as a standalone Hugging Face model folder; returns ``out``.
+
+    The folder is written into a temporary sibling (``.<name>.tmp-<pid>``) and renamed to ``out`` when
+    complete (an earlier export replaced only then, with ``overwrite``): a failed export (a full disk, a
+    read-only folder) is one :class:`ExportError` line and leaves ``out`` as it was, never half-written."""
+    from tuneforge.atomic import atomic_dir
+    from tuneforge.errors import os_error_number
+
     model, tokenizer = merged_run_model(run_dir, force=force)  # before touching out: an unmergeable adapter
     if not callable(getattr(model, "save_pretrained", None)):  # leaves it alone
         raise ExportError(f"the run's adapter merged the model into a {type(model).__name__}, which has no "
                           "save_pretrained; its merge must return a transformers model")
     out = prepare_out_dir(out, run_dir, overwrite)
-    model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))  # the saved tokenizer carries the run's chat template
+    try:
+        with atomic_dir(out, replace=overwrite) as folder:
+            model.save_pretrained(str(folder), safe_serialization=True)
+            tokenizer.save_pretrained(str(folder))  # the saved tokenizer carries the run's chat template
+    except Exception as exc:  # OSError, or safetensors' own error type wrapping one
+        if not isinstance(exc, OSError) and os_error_number(exc) is None:
+            raise
+        raise ExportError(export_write_problem(exc, out)) from exc
     return out
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 import zlib
 from contextlib import contextmanager
@@ -309,6 +310,7 @@ def _data_files(path: str | Path, kind: str) -> list[Path]:
     if kind not in VALID_KINDS:
         raise DataError(f"file kind '{kind}' is not known; valid: {', '.join(VALID_KINDS)}")
     path = Path(str(path)).expanduser()
+    _refuse_special_file(path)
     if not path.is_dir():
         return [path]
     files, skipped = [], []
@@ -356,9 +358,30 @@ def _read_file(path: Path, kind: str, field: Optional[str] = None, columns: Opti
 
 def _existing_file(path: str | Path) -> Path:
     path = Path(str(path)).expanduser()
+    _refuse_special_file(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path} (set data.path to an existing file or folder)")
     return path
+
+
+#: what :func:`_refuse_special_file` calls a path that exists but is neither a regular file nor a folder
+SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO, a named pipe"), (stat.S_ISCHR, "a character device"),
+                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_special_file(path: Path) -> None:
+    """A one-line ``DataError`` when ``path`` exists (through links) but is not a regular file or a folder:
+    a FIFO, a device (``/dev/null``), a socket.  Such a path is never opened (reading a FIFO waits for a
+    writer, forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # absent (the readers say "not found"), or a name the system refuses
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = next((name for test, name in SPECIAL_FILES if test(mode)), "a special file")
+    raise DataError(f"{path} is not a regular file ({kind}): give a data file or a folder of them "
+                    "(data.path)")
 
 
 def _is_gzip(path: Path) -> bool:

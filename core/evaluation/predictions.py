@@ -18,9 +18,12 @@ SET_WORDS = {"val": "held-out", "forgetting": "general-ability (forgetting)",
 
 
 def write_predictions(path: Path, rows: Iterable[dict]) -> int:
-    """Write prediction rows (set, kind, source, prompt, reference, base, tuned) as JSON lines."""
+    """Write prediction rows (set, kind, source, prompt, reference, base, tuned) as JSON lines, atomically
+    (a temporary file renamed when complete: a full disk leaves no cut file, :mod:`tuneforge.atomic`)."""
+    from tuneforge.atomic import open_atomic
+
     count = 0
-    with open(path, "w", encoding="utf-8") as handle:
+    with open_atomic(path, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1

@@ -21,8 +21,9 @@ modules use are importable from here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
+from tuneforge.atomic import write_text
 from tuneforge.evaluation.curves import (best_validation, overfitting_signal, plot_loss_curves,
                                          plot_metric_bars, read_loss_curves)
 from tuneforge.evaluation.metrics_file import RunMetrics
@@ -40,16 +41,35 @@ __all__ = ["LOWER_IS_BETTER", "REPORT_PREDICTIONS", "best_validation", "build_bl
 
 def write_report(directory: Path, metrics: RunMetrics, *, config_yaml: str = "", predictions: Sequence[dict] = (),
                  metrics_csv: Optional[Path] = None, title: str = "tuneforge run report") -> dict:
-    """Write the plots, ``report.md`` and ``report.html`` into ``directory``; returns their paths by file name."""
+    """Write the plots, ``report.md`` and ``report.html`` into ``directory``; returns their paths by file name.
+
+    Every file is written atomically (a temporary file, synced, renamed: :mod:`tuneforge.atomic`): a full
+    disk or an interrupt leaves the earlier file or none, never a cut one; the ``OSError`` propagates."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     images = {}
-    if plot_metric_bars(metrics, directory / "metrics.png"):
+    if _plot_atomically(lambda path: plot_metric_bars(metrics, path), directory / "metrics.png"):
         images["metrics"] = directory / "metrics.png"
-    if metrics_csv is not None and plot_loss_curves(read_loss_curves(metrics_csv), directory / "loss_curves.png"):
+    if metrics_csv is not None and _plot_atomically(
+            lambda path: plot_loss_curves(read_loss_curves(metrics_csv), path), directory / "loss_curves.png"):
         images["loss"] = directory / "loss_curves.png"
     blocks = build_blocks(metrics, config_yaml=config_yaml, predictions=predictions, images=images, title=title)
-    (directory / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
-    (directory / "report.html").write_text(render_html(blocks), encoding="utf-8")
+    write_text(directory / "report.md", render_markdown(blocks))
+    write_text(directory / "report.html", render_html(blocks))
     return {"report.md": directory / "report.md", "report.html": directory / "report.html",
             **{path.name: path for path in images.values()}}
+
+
+def _plot_atomically(plot: Callable[[Path], bool], path: Path) -> bool:
+    """``plot(file)`` into a temporary file, synced and renamed to ``path`` when it drew one (True); False
+    (nothing drawn) leaves ``path`` as it was.  The temporary file never stays behind."""
+    from tuneforge.atomic import commit_file, temporary_name
+
+    tmp = temporary_name(path)
+    try:
+        drawn = bool(plot(tmp))
+        if drawn:
+            commit_file(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return drawn

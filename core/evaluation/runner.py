@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Optional
 
+from tuneforge.errors import ModelError, PluginError
 from tuneforge.host.guard import shown
 
 if TYPE_CHECKING:
@@ -64,8 +65,12 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
             one_pass.scores, one_pass.scored_rows = {}, {}
             values = spec_call(spec, "evaluate", call_accepting, spec.evaluate, model, tokenizer, examples,
                                evaluator.config, evaluation=one_pass, context=context, named_only=("context",))
-            values = checked_metric_values(spec, values)
-            recorded = checked_example_scores(spec, one_pass.scores, one_pass.scored_rows, len(examples))
+            try:
+                values = checked_metric_values(spec, values)
+                recorded = checked_example_scores(spec, one_pass.scores, one_pass.scored_rows, len(examples))
+            except NonFiniteValue as refused:
+                # nan or inf: the model's own weights or outputs, when they are not finite, not the evaluator
+                raise (model_not_finite(model, examples, label, spec.name, refused.value) or refused) from None
             for metric, value in values.items():
                 if value is not None:
                     results[metric_name(name, metric, values)] = value
@@ -81,6 +86,75 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
         model.train(was_training)
         model.to(home)
     return results, one_pass
+
+
+class NonFiniteValue(PluginError):
+    """An evaluator returned or recorded nan or inf (``value``): its plugin is blamed unless the model
+    itself is not finite (:func:`model_not_finite`)."""
+
+    def __init__(self, message: str, value):
+        super().__init__(message)
+        self.value = value
+
+
+class NonFiniteModelError(ModelError):
+    """The evaluated model's weights, or its outputs, are not finite (a diverged training run)."""
+
+
+def model_not_finite(model, examples, label: str, evaluator: str, value) -> Optional[NonFiniteModelError]:
+    """The one-line error for an evaluator's nan or inf ``value`` caused by the model: a weight that is nan
+    or inf, or (weights finite but huge, e.g. after a learning rate far too high) nan or inf logits on the
+    first example.  None when the model is finite, so the evaluator is to blame."""
+    import torch
+
+    problem = None
+    largest, largest_name = 0.0, ""
+    try:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if parameter.is_meta or not parameter.numel():
+                    continue
+                if not parameter.is_floating_point():
+                    continue
+                if not bool(torch.isfinite(parameter).all()):
+                    problem = f"its weights are not finite (nan or inf in {name})"
+                    break
+                peak = float(parameter.abs().max())
+                if peak > largest:
+                    largest, largest_name = peak, name
+            if problem is None and not _finite_outputs(model, examples):
+                problem = (f"its weights are so large (up to {largest:.3g}, in {largest_name}) that its outputs "
+                           "are nan or inf")
+    except Exception:  # noqa: BLE001 - a model that cannot be inspected: the evaluator's error stands
+        return None
+    if problem is None:
+        return None
+    scored = shown(value)
+    if label == "tuned":
+        return NonFiniteModelError(
+            f"the trained model is not finite: {problem}, so evaluator '{evaluator}' scored {scored}; training "
+            "diverged: lower optim.lr, or set trainer.on_nonfinite_loss=stop to stop at the first nan/inf loss "
+            "(skip goes on without a usable model)")
+    return NonFiniteModelError(
+        f"the model evaluated for the '{label}' column is not finite: {problem}, so evaluator '{evaluator}' "
+        f"scored {scored}; check the model source (model.path) and model.dtype (float16 overflows where "
+        "bfloat16 and float32 do not)")
+
+
+def _finite_outputs(model, examples) -> bool:
+    """Whether the model's logits on (the first 64 tokens of) the first example are all finite; True when
+    there is no example with ``input_ids`` to try or the model gives no ``logits``."""
+    import torch
+
+    example = next((e for e in examples if isinstance(e, dict) and e.get("input_ids") is not None), None)
+    if example is None:
+        return True
+    ids = torch.as_tensor(example["input_ids"]).reshape(-1)[:64]
+    if not ids.numel():
+        return True
+    device = next(model.parameters()).device
+    logits = getattr(model(input_ids=ids.unsqueeze(0).to(device)), "logits", None)
+    return logits is None or bool(torch.isfinite(logits.float()).all())
 
 
 def checked_metric_values(spec, values) -> dict:
@@ -104,8 +178,11 @@ def checked_metric_values(spec, values) -> dict:
         if value is not None and number is None:
             cause = " (nan and inf also come from a model whose outputs are not finite)" \
                 if _not_finite(value) else ""
-            raise refuse(f"{shown(value)} ({type(value).__name__}) for metric '{metric}'"
-                         f"{_declared(spec, metric)}{cause}")
+            refused = refuse(f"{shown(value)} ({type(value).__name__}) for metric '{metric}'"
+                             f"{_declared(spec, metric)}{cause}")
+            if cause:
+                raise NonFiniteValue(str(refused), value)
+            raise refused
         checked[metric] = number
     return checked
 
@@ -134,9 +211,12 @@ def checked_example_scores(spec, scores: dict, scored_rows: dict, count: int) ->
             numbers[part] = [_finite_number(value) for value in given]
             if None in numbers[part]:
                 i = numbers[part].index(None)
-                raise _evaluator_error(spec, f"{where} got {shown(given[i])} ({type(given[i]).__name__}) as "
-                                             f"{part}[{i}] of {len(given)}; each must be a finite number "
-                                             "(not a bool: 1.0 or 0.0 for a hit or a miss)")
+                refused = _evaluator_error(spec, f"{where} got {shown(given[i])} ({type(given[i]).__name__}) as "
+                                                 f"{part}[{i}] of {len(given)}; each must be a finite number "
+                                                 "(not a bool: 1.0 or 0.0 for a hit or a miss)")
+                if _not_finite(given[i]):
+                    raise NonFiniteValue(str(refused), given[i])
+                raise refused
         if (metric not in scored_rows and len(numbers["values"]) != count
                 and spec.metric_info(metric).section == HELD_OUT):
             raise _evaluator_error(spec, f"{where} got {len(numbers['values'])} values for the {count} examples "

@@ -72,14 +72,15 @@ def file_sha256(path: Path) -> str:
 
 def hash_paths(paths) -> dict:
     """``{absolute file path: sha256}`` of each file, and of every file inside each folder (hidden
-    files and folders left out, as the data readers leave them out)."""
+    files and folders left out, as the data readers leave them out).  A path that is not a regular file
+    (a FIFO, a device) is never opened (reading a FIFO waits forever): the data readers refuse it."""
     hashes: dict = {}
     for path in map(Path, paths):
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file()
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
         else:
-            files = [path]
+            files = [path] if path.is_file() else []
         for file in files:
             hashes.setdefault(os.path.abspath(file), file_sha256(file))
     return hashes

@@ -157,7 +157,7 @@ class FineTuneModule(pl.LightningModule):
                 self.log("train/skipped_batches", float(self.skipped_batches), on_step=True)
                 return None  # Lightning skips backward and the optimizer step for this batch
             raise NonFiniteLossError(
-                f"training loss is {float(loss)} at step {self.global_step + 1} (batch {batch_idx} of epoch "
+                f"training loss is {loss.detach().item()} at step {self.global_step + 1} (batch {batch_idx} of epoch "
                 f"{self.current_epoch}); the run stops here and the last checkpoint stays the good one. Lower "
                 "optim.lr, check the data, or set trainer.on_nonfinite_loss=skip")
         self._window_units += weight
@@ -188,6 +188,8 @@ class FineTuneModule(pl.LightningModule):
         self._window_units, self._window_loss = 0.0, 0.0
         if float(units) > 0:
             self.log("train/loss", (loss_sum / units).float(), prog_bar=True, on_step=True, on_epoch=False)
+        else:  # every micro-batch of the window skipped (on_nonfinite_loss=skip): no train/loss this step
+            self._forget_logged("train/loss")
         if self._normalise_in_loss or self._loss_scale is None:  # (None: no finite micro-batch yet)
             return
         # DDP/FSDP average gradients over ranks: multiply by world_size to get the plain sum back
@@ -197,6 +199,23 @@ class FineTuneModule(pl.LightningModule):
                 for parameter in group["params"]:
                     if parameter.grad is not None:
                         parameter.grad.mul_(factor)
+
+    def _forget_logged(self, name: str) -> None:
+        """Drop the value of ``name`` this hook logged at an earlier step: Lightning logs (and shows in the
+        progress bar) the last value of an ``on_step`` metric at every step until the epoch ends, so a
+        step that logs none would repeat a stale one.  Its record is reset as at the end of an epoch and
+        it leaves the progress bar; the next :meth:`log` of ``name`` fills both again.  (The run's final
+        ``train/loss`` stays the last one logged.)"""
+        if self._trainer is None:
+            return
+        results = getattr(self._trainer, "_results", None)
+        for result in list((results or {}).values()):
+            meta = getattr(result, "meta", None)
+            if meta is not None and meta.name == name and meta.fx == "on_before_optimizer_step":
+                result.reset()
+        shown = getattr(getattr(self._trainer, "_logger_connector", None), "_progress_bar_metrics", None)
+        if isinstance(shown, dict):
+            shown.pop(name, None)
 
     # -- checkpoints: trainable weights, RNG states and the loss scale ---------
     def on_save_checkpoint(self, checkpoint):
