@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import tuneforge
-from tuneforge.evaluation import demonstration_pool, query_text, rank_all, search_terms, with_demonstrations
+from tuneforge.evaluation import (demonstration_pool, examples_by_label, query_text, rank_all, search_terms,
+                                  with_demonstrations)
 from tuneforge.specs import selects
 from tuneforge.validation import at_least, check
 
@@ -43,7 +44,7 @@ class FewShotConfig:
 
     k: how many demonstrations (fewer when the training set has fewer usable examples).
     cover_labels: auto (the default), true or false.  When the training answers are labels (a
-        classification set: tuneforge.data.quality.label_balance), the demonstrations are drawn among the
+        classification set: tuneforge.evaluation.examples_by_label), the demonstrations are drawn among the
         examples with a label (not rehearsal rows mixed in) and show every label at least once, so k
         grows to the number of labels where it is smaller; the rest of k is drawn at random.  auto does
         so for classification sets, true also insists (an error when the answers are not labels), false
@@ -99,31 +100,24 @@ def labelled_shots(pool: list, config: FewShotConfig, rng: random.Random, info: 
     """Demonstrations that show every label of a classification pool (one drawn per label, in label order,
     then the rest of ``k`` at random among the labelled examples, all shuffled), or None when the pool's
     answers are not labels (or ``cover_labels`` is false)."""
-    from tuneforge.data.quality import label_balance, prompt_and_target
-
     if config.cover_labels is False:
         return None
-    labels, _ = label_balance(pool)
-    if not labels or len(labels) < 2:
+    by_label = examples_by_label(pool)
+    if by_label is None:
         if config.cover_labels is True:
             raise tuneforge.ConfigError("baselines.few_shot.cover_labels=true, but the training answers are not "
                                         "labels (a few answers repeated over most examples); set it to auto or false")
         return None
-    by_label: dict = {label: [] for label in sorted(labels)}
-    for example in pool:
-        answer = prompt_and_target(example)[1].strip()
-        if answer in by_label:
-            by_label[answer].append(example)
     shots = [rng.choice(examples) for examples in by_label.values()]
     chosen = {id(example) for example in shots}
     rest = [example for examples in by_label.values() for example in examples if id(example) not in chosen]
     shots += rng.sample(rest, min(max(int(config.k) - len(shots), 0), len(rest)))
     rng.shuffle(shots)
     if info is not None:
-        info.update(labels=len(labels), demonstrations=len(shots))
-    if len(labels) > int(config.k):
+        info.update(labels=len(by_label), demonstrations=len(shots))
+    if len(by_label) > int(config.k):
         log.info("few_shot: the training answers are %d labels, more than k=%d: one demonstration of each",
-                 len(labels), int(config.k))
+                 len(by_label), int(config.k))
     return shots
 
 

@@ -107,6 +107,10 @@ def test_ctrl_c_in_a_command_ends_it_with_one_line(tmp_path):
         import tuneforge.commands.status as status
         from tuneforge.commands.cli import main
 
+        # as in a terminal: a job started in the background of a non-interactive shell (CI scripts, nohup)
+        # inherits SIGINT ignored, and Python then raises no KeyboardInterrupt at all
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
         def status_command(args):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(30)

@@ -79,6 +79,23 @@ def demonstration_pool(train: Sequence[dict], held_out: Sequence[dict] = ()) -> 
     return pool
 
 
+def examples_by_label(pool: Sequence[dict], max_labels: int = 10) -> Optional[dict]:
+    """``{label: [examples whose answer it is]}`` (labels sorted) when the pool's answers are labels (a
+    classification set: :func:`tuneforge.data.quality.label_balance`; examples with other answers, e.g.
+    rehearsal rows, are left out); None when they are not, or there is only one label."""
+    from tuneforge.data.quality import label_balance, prompt_and_target
+
+    labels, _ = label_balance(pool, max_labels)
+    if not labels or len(labels) < 2:
+        return None
+    grouped: dict = {label: [] for label in sorted(labels)}
+    for example in pool:
+        answer = prompt_and_target(example)[1].strip()
+        if answer in grouped:
+            grouped[answer].append(example)
+    return grouped
+
+
 def query_text(example: dict) -> str:
     """The user side of an example's prompt (its user turns, without the final answer): what
     retrieval compares."""
