@@ -397,6 +397,11 @@ def test_eval_command_reproduces_the_runs_metrics(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"^baselines: the prompting baselines run in tuneforge eval only with "
                                           r"run_dir=<a run>"):
         eval_command(["model=tiny", "baselines=[few_shot]"])
+    with pytest.raises(ConfigError, match=r"^baselines: the prompting baselines run"):
+        eval_command(["model=tiny", "baselines.few_shot.k=8"])
+    from tuneforge.commands.eval import _selects_baselines
+
+    assert not any(_selects_baselines(o) for o in ("baselines=[]", "~baselines", "baselines=null", "optim.lr=1"))
     eval_command(["model=tiny", "evaluators=[perplexity]", f"out={tmp_path / 'bare'}"])
     bare = json.loads((tmp_path / "bare" / "metrics.json").read_text())
     assert "tuned" not in bare

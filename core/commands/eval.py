@@ -95,6 +95,15 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
     return metrics
 
 
+def _selects_baselines(override: str) -> bool:
+    """True for an override that selects or configures prompting baselines (``baselines=[few_shot]``,
+    ``baselines.few_shot.k=8``); turning them off (``baselines=[]``, ``~baselines``) is not."""
+    key, _, value = override.partition("=")
+    if key.lstrip("+~").split(".")[0] != "baselines" or key.startswith("~"):
+        return False
+    return key.lstrip("+") != "baselines" or value.strip() not in ("[]", "null", "")
+
+
 def _training_record(run_dir: Path) -> dict:
     """``steps``, ``training_s`` and the ``machine`` it trained on, of the run whose model is evaluated, from
     its ``metrics.json`` (empty when the run has none, e.g. an interrupted one; a file this tuneforge cannot
@@ -251,7 +260,7 @@ def eval_command(args: list) -> None:
             out_dir = Path(argument_path(arg.split("=", 1)[1]))
         else:
             overrides.append(arg)
-    if run_dir is None and any(o.lstrip("+~").split("=")[0].split(".")[0] == "baselines" for o in overrides):
+    if run_dir is None and any(_selects_baselines(o) for o in overrides):
         from tuneforge.errors import ConfigError
 
         raise ConfigError("baselines: the prompting baselines run in tuneforge eval only with run_dir=<a run> (they "
