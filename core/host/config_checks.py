@@ -71,11 +71,11 @@ def run_dir_data_problems(run_dir, selected: Iterable[tuple]) -> list:
     """A :class:`~tuneforge.host.components.Problem` for each data folder the run directory ``run_dir``
     is (inside) of: the existing folders named by the ``DATA_FILES`` fields (:mod:`tuneforge.host.paths`)
     of the ``selected`` components (``(config key, Component)`` pairs, e.g. ``("data", <files>)``)."""
-    from tuneforge.host.paths import declared_data_fields
+    from tuneforge.host.paths import declared_data_fields, path_values
 
     named = [(f"{key}.{field}", path) for key, component in selected if component is not None
              for field in declared_data_fields(type(component.config))
-             for path in _path_values(getattr(component.config, field, None))]
+             for path in path_values(getattr(component.config, field, None))]
     return _inside_problems(run_dir, named)
 
 
@@ -88,7 +88,7 @@ def composed_run_dir_data_problems(config, plugins) -> list:
     from omegaconf import DictConfig, OmegaConf
 
     from tuneforge.host.components import MULTIPLE_GROUPS, SINGLE_GROUPS
-    from tuneforge.host.paths import _absolute, declared_data_fields, setting_path
+    from tuneforge.host.paths import _absolute, declared_data_fields, path_values, setting_path
 
     try:
         run_dir = config.get("run_dir") or OmegaConf.select(config, "hydra.run.dir")
@@ -103,7 +103,7 @@ def composed_run_dir_data_problems(config, plugins) -> list:
             for field in declared_data_fields(spec.config):
                 value = node.get(field)
                 value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-                named += [(f"{key}.{field}", _absolute(path, True)) for path in _path_values(value)]
+                named += [(f"{key}.{field}", _absolute(path, True)) for path in path_values(value)]
     except Exception:  # noqa: BLE001 - validation names it, one line
         return []
     return _inside_problems(setting_path(run_dir) if run_dir else None, named)
@@ -148,12 +148,3 @@ def selected_components(found) -> list:
     return pairs
 
 
-def _path_values(value) -> list:
-    """The strings of a declared field's value: itself, a list's items, a mapping's values, in order."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Mapping):
-        return [item for nested in value.values() for item in _path_values(nested)]
-    if isinstance(value, (list, tuple)):
-        return [item for nested in value for item in _path_values(nested)]
-    return []

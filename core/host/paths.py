@@ -162,3 +162,17 @@ def absolute_root_paths(resolved) -> None:
         resume = resolved.get("resume")
         if isinstance(resume, str) and resume not in RESUME_WORDS:
             resolved.resume = setting_path(resume)
+
+
+def path_values(value) -> list:
+    """The strings of a declared data-file field's value: itself, a list's items, a mapping's values (each a
+    string or a list), in order."""
+    from collections.abc import Mapping
+
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [item for nested in value.values() for item in path_values(nested)]
+    if isinstance(value, (list, tuple)):
+        return [item for nested in value for item in path_values(nested)]
+    return []

@@ -21,11 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-from tuneforge.host.paths import declared_data_fields
+from tuneforge.host.paths import declared_data_fields, path_values
 
 #: the file in the run directory holding the data files' hashes of the run's latest start
 DATA_FILES_FILE = "data_files.json"
@@ -44,22 +43,12 @@ def declared_data_paths(components) -> list[str]:
         if component is None:
             continue
         for field in declared_data_fields(type(component.config)):
-            for item in _path_values(getattr(component.config, field, None)):
+            for item in path_values(getattr(component.config, field, None)):
                 if item and os.path.exists(item) and item not in paths:
                     paths.append(item)
     return paths
 
 
-def _path_values(value) -> list:
-    """The strings of a declared field's value: itself, a list's items, a mapping's values (each a string
-    or a list), in order."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Mapping):
-        return [item for nested in value.values() for item in _path_values(nested)]
-    if isinstance(value, (list, tuple)):
-        return [item for nested in value for item in _path_values(nested)]
-    return []
 
 
 def file_sha256(path: Path) -> str:
