@@ -82,3 +82,20 @@ def packed_tiny_batch(model, vocab: int):
     position_ids = torch.tensor([list(range(10)) + list(range(8)) + list(range(6)),
                                  list(range(5)) + list(range(12)) + list(range(7))])
     return {"input_ids": ids, "labels": ids.clone(), **packed_attention_inputs(model, position_ids)}
+
+
+def sigterm_while_the_model_loads(tmp_path) -> Path:
+    """A site folder (put it on PYTHONPATH) whose sitecustomize makes the tuneforge process send itself
+    SIGTERM while the model loads, so the run stops at once, before training."""
+    hook = Path(tmp_path) / "site" / "sitecustomize.py"
+    hook.parent.mkdir()
+    hook.write_text("import os, signal\n"
+                    "def _patch():\n"
+                    "    import tuneforge.training.run as run\n"
+                    "    original = run.count_parameters\n"
+                    "    def stop(*a, **k):\n"
+                    "        os.kill(os.getpid(), signal.SIGTERM)\n"
+                    "        return original(*a, **k)\n"
+                    "    run.count_parameters = stop\n"
+                    "_patch()\n")
+    return hook.parent

@@ -23,7 +23,7 @@ from tuneforge.testing import run_tiny_fit
 from tuneforge.training.checkpoint import CheckpointError
 from tuneforge.training.run import RunInterrupted
 
-from helpers import run_cli
+from helpers import run_cli, sigterm_while_the_model_loads
 
 FAST = ["trainer.max_steps=2", "evaluators=[]", "baselines=[]"]
 
@@ -173,20 +173,10 @@ def test_sigterm_before_training_is_interrupted_with_its_phase(tmp_path, monkeyp
 
 def test_sigterm_while_the_model_loads_prints_the_line_and_the_resume_command(tmp_path):
     # the signal comes from a sitecustomize in the tuneforge process, sent while the model is being loaded
-    hook = tmp_path / "site" / "sitecustomize.py"
-    hook.parent.mkdir()
-    hook.write_text("import os, signal\n"
-                    "def _patch():\n"
-                    "    import tuneforge.training.run as run\n"
-                    "    original = run.count_parameters\n"
-                    "    def stop(*a, **k):\n"
-                    "        os.kill(os.getpid(), signal.SIGTERM)\n"
-                    "        return original(*a, **k)\n"
-                    "    run.count_parameters = stop\n"
-                    "_patch()\n")
+    site = sigterm_while_the_model_loads(tmp_path)
     run_dir = tmp_path / "run"
     result = run_cli(["train", *FAST, "trainer.enable_progress_bar=false", f"run_dir={run_dir}"], cwd=tmp_path,
-                     env={"PYTHONPATH": os.pathsep.join([str(hook.parent), os.environ.get("PYTHONPATH", "")])})
+                     env={"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])})
     assert result.returncode == 143, result.stderr[-3000:]
     tail = result.stderr.strip().splitlines()[-2:]
     resume = shlex.join(["tuneforge", "train", *FAST, "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"])

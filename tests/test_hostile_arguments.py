@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, sigterm_while_the_model_loads
 
 FAST = ["model=tiny", "threads=1", "baselines=[]", "evaluators=[]", "trainer.enable_progress_bar=false"]
 
@@ -54,22 +54,6 @@ def test_the_resume_command_reads_back_as_the_run_directory_in_the_shell_and_in_
             assert unquoted(quoted_override_string(name, quote)) == name
 
 
-def _interrupt_hook(tmp_path) -> str:
-    """A site folder whose sitecustomize sends SIGTERM while the model loads (the run stops at once)."""
-    hook = tmp_path / "site" / "sitecustomize.py"
-    hook.parent.mkdir()
-    hook.write_text("import os, signal\n"
-                    "def _patch():\n"
-                    "    import tuneforge.training.run as run\n"
-                    "    original = run.count_parameters\n"
-                    "    def stop(*a, **k):\n"
-                    "        os.kill(os.getpid(), signal.SIGTERM)\n"
-                    "        return original(*a, **k)\n"
-                    "    run.count_parameters = stop\n"
-                    "_patch()\n")
-    return str(hook.parent)
-
-
 @pytest.mark.fault(fault="a run directory named with spaces, é, ',', '=' or quotes, interrupted",
                    outcome="the printed 'Resume with:' command, pasted into a shell as it is, resumes the run")
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
@@ -77,7 +61,7 @@ def test_the_printed_resume_command_works_verbatim_for_hostile_run_directory_nam
     from tuneforge.host.paths import quoted_override_string
 
     run_dir = tmp_path / name
-    hook = _interrupt_hook(tmp_path)
+    hook = str(sigterm_while_the_model_loads(tmp_path))
     stopped = run_cli(["train", *FAST, "trainer.max_steps=1", f"run_dir={quoted_override_string(str(run_dir))}"],
                       cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join([hook, os.environ.get("PYTHONPATH", "")])})
     assert stopped.returncode == 143, stopped.stderr[-3000:]
