@@ -162,18 +162,19 @@ def test_a_hanging_run_is_killed_at_the_budget(check_module, tmp_path, monkeypat
                                              deadline=float("inf"))) == runs.TRAIN_TIMEOUT_S["gpu"]
 
 
-def test_every_gpu_run_of_the_check_composes_and_validates(dry_run, check_module):
+def test_every_gpu_run_of_the_check_composes_and_validates(check_module, tmp_path):
     """The overrides of the GPU-only branches (accelerator=gpu, QLoRA's bfloat16 compute, the DeepSpeed preset)
-    are composed and validated here, so a mistyped key does not wait for a GPU to show."""
+    are composed and validated here, so a mistyped key does not wait for a GPU to show.  The model folders
+    and records are the dry run's (its ``models`` step, CPU-sized: seconds, not the whole dry run)."""
+    import models
     import runs
     from tuneforge.host.components import validate
     from tuneforge.host.compose import compose, load_plugins
 
-    _, _, out = dry_run
-    work = out / "work"
-    context = check_module.Context(mode="gpu", device="cuda", work=work, out=out, deadline=float("inf"))
-    context.folders = {"smollm2": work / "models" / "smollm2", "llama_1b": work / "models" / "llama_1b",
-                       "records": work / "records-long.jsonl"}
+    built = check_module.Context(mode="cpu", device="cpu", work=tmp_path, out=tmp_path, deadline=float("inf"))
+    models.build_models(built)
+    context = check_module.Context(mode="gpu", device="cuda", work=tmp_path, out=tmp_path, deadline=float("inf"))
+    context.folders = dict(built.folders)
     overrides = runs.run_overrides(context)
     assert {"lora-smollm2", "lora-llama-1b", "qlora", "resume", "strategy-deepspeed_stage_2"} <= set(overrides)
     for name, run in overrides.items():
