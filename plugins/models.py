@@ -21,6 +21,7 @@ from typing import Optional
 
 import tuneforge
 from tuneforge.errors import ModelError
+from tuneforge.plugins.model_hub import hub_arguments
 from tuneforge.specs import MODEL_HEADS
 from tuneforge.validation import ConfigValueError, at_least, check, greater_than, is_placeholder, non_empty, one_of
 
@@ -174,7 +175,10 @@ class HFModelConfig(QuantizedBaseConfig):
     """A pretrained causal LM loaded with ``AutoModelForCausalLM``.
 
     path: Hugging Face model id, a local folder, or a ``.gguf`` file (loaded
-        through transformers' ``gguf_file=``, dequantized).
+        through transformers' ``gguf_file=``, dequantized).  A model id that is
+        not in the local cache (``HF_HOME``) stops the run at once, in one line,
+        when offline mode is on (``HF_HUB_OFFLINE=1``) or the hub does not answer
+        within 5 s; a cached one then loads from the cache alone.
     tokenizer: tokenizer id/folder when it differs from ``path``.
     revision: git revision of a hub model.
     dtype: ``float32`` (CPU default), ``bfloat16``, ``float16`` or ``auto``.
@@ -305,6 +309,8 @@ def load_hf(config: HFModelConfig, head: str = "causal_lm"):
     if config.attn_implementation:
         model_kwargs["attn_implementation"] = config.attn_implementation
     model_kwargs.update(_head_arguments(head))
+    if kwargs.get("local_files_only"):  # the auto classes ask the hub for a PEFT adapter_config.json without it
+        model_kwargs["adapter_kwargs"] = {"local_files_only": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or source, **kwargs)
         model = auto_class.from_pretrained(source, **model_kwargs)
@@ -330,9 +336,10 @@ def load_hf(config: HFModelConfig, head: str = "causal_lm"):
 
 def _hf_source(config: HFModelConfig) -> tuple:
     """``(folder or hub id, from_pretrained keyword arguments)`` of ``model.path`` (a ``.gguf`` file: its
-    folder and ``gguf_file``)."""
+    folder and ``gguf_file``); a hub id that is not cached and cannot be downloaded fails here, in one line
+    (:func:`~tuneforge.plugins.model_hub.hub_arguments`)."""
     path = str(config.path)
-    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code, **hub_arguments(config)}
     if config.token:
         kwargs["token"] = config.token
     if path.endswith(".gguf"):  # HFModelConfig checked that local paths exist
@@ -471,7 +478,8 @@ def hf_model_config(config: HFModelConfig):
     from transformers import AutoConfig
 
     path = str(config.path)
-    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code,
+              **hub_arguments(config, fields=("path",))}
     if config.token:
         kwargs["token"] = config.token
     source = path

@@ -25,7 +25,7 @@ PUBLIC_MODULES = {"tuneforge", "tuneforge.data", "tuneforge.evaluation", "tunefo
 #: the prompting baselines with their retrievers and document reader (docs/architecture.md)
 PLUGIN_FAMILIES = ({"evaluators", "evaluators_generation", "evaluators_forgetting"},
                    {"baselines", "retrievers", "rag", "documents"}, {"adapters", "adapter_counts"},
-                   {"models", "gguf_header"})
+                   {"models", "gguf_header", "model_hub"})
 
 #: rank and process-group environment variables; only core/context.py names them
 RANK_VARIABLES = {"RANK", "LOCAL_RANK", "GLOBAL_RANK", "GROUP_RANK", "NODE_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
