@@ -1,6 +1,6 @@
 """The training system prompt: recorded in ``model/system_prompt.json`` when every training example starts
-with the same one, and used by ``generate``, ``chat`` and ``serve`` when the user gives none; plus
-``threads=`` for ``generate`` and ``chat``."""
+with the same one, and used by ``generate``, ``chat`` and ``serve`` when the user gives none, also when they are
+given the folder ``tuneforge export`` wrote (which copies it); plus ``threads=`` for ``generate`` and ``chat``."""
 
 import io
 import json
@@ -247,3 +247,51 @@ def test_serve_gives_the_training_system_prompt_to_chat_requests_without_one(sam
         output = process.communicate(timeout=60)[0]
     hint = "chat requests without a system message get it"
     assert f"tuneforge serve: model {same_run.name}: {describe_system_prompt(SYSTEM, hint)}" in output.splitlines()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@pytest.fixture(scope="module")
+def exported(same_run, tmp_path_factory):
+    """The real ``tuneforge export`` of the run whose training examples all started with ``SYSTEM``."""
+    out = tmp_path_factory.mktemp("export") / "tickets-model"
+    result = cli(["export", f"run_dir={same_run}", f"out={out}"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_export_carries_the_training_system_prompt_and_generate_uses_it(exported):
+    assert json.loads((exported / SYSTEM_PROMPT_RECORD).read_text(encoding="utf-8")) == {"system_prompt": SYSTEM}
+    loaded = load_run(exported, device="cpu")  # the merged model, no adapter
+    assert loaded.system_prompt == SYSTEM and not hasattr(loaded.model, "peft_config")
+    prompt = "I was double charged"
+    result = cli(["generate", f"run_dir={exported}", f"prompt={prompt}", "max_new_tokens=12", "device=cpu",
+                  "threads=1"])
+    assert result.returncode == 0, result.stderr
+    expected = generate_reply(loaded, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+                              max_new_tokens=12)
+    assert result.stdout == expected + "\n"
+    assert describe_system_prompt(SYSTEM) in result.stderr.splitlines()
+
+
+def test_chat_and_serve_of_an_export_use_its_system_prompt(exported, same_run, replies, monkeypatch):
+    from tuneforge.commands.run_loading import RunDirectoryError
+    from tuneforge.serving.adapters import load_registry
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\n"))
+    chat_module.chat_command([f"run_dir={exported}", "device=cpu", "threads=1"])
+    assert replies == [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hello"}]]
+    registry = load_registry([exported], device="cpu")
+    assert list(registry.models) == [exported.name]  # a merged model: no adapter to switch off for "base"
+    assert registry.models[exported.name].system_prompt == SYSTEM
+    with pytest.raises(RunDirectoryError, match="is an exported \\(merged\\) model, so it cannot share a base"):
+        load_registry([same_run, exported], device="cpu")
+
+
+def test_an_export_of_a_run_without_a_shared_system_prompt_has_none(differing_run, tmp_path):
+    from tuneforge.commands.export import export_run
+
+    out = export_run(differing_run, tmp_path / "export")
+    assert not (out / SYSTEM_PROMPT_RECORD).exists()
+    assert load_run(out, device="cpu").system_prompt is None

@@ -10,7 +10,9 @@ full fine-tunes are exported as loaded).  An adapter that cannot be merged
 folder holds safetensors weights, ``config.json``, the generation config and
 the tokenizer with the chat template training used, so
 ``AutoModelForCausalLM.from_pretrained(out)`` (a reward model: ``AutoModelForSequenceClassification``) loads
-it without tuneforge.
+it without tuneforge; and the run's ``model/system_prompt.json`` when it recorded one (the system prompt
+every training example started with), which ``generate``, ``chat`` and ``serve`` given ``run_dir=<out>``
+use as they use a run's (:mod:`tuneforge.commands.export_folder`).
 With ``format=gguf`` the merged model is written by
 :mod:`tuneforge.commands.gguf_export` (``gguf.dtype=f16|f32|q8_0``) to the
 file ``out`` (e.g. ``tuned.gguf``), with the tokenizer and chat template in
@@ -176,6 +178,7 @@ def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False) ->
     complete (an earlier export replaced only then, with ``overwrite``): a failed export (a full disk, a
     read-only folder) is one :class:`ExportError` line and leaves ``out`` as it was, never half-written."""
     from tuneforge.atomic import atomic_dir
+    from tuneforge.commands.export_folder import copy_system_prompt
     from tuneforge.errors import os_error_number
 
     model, tokenizer = merged_run_model(run_dir, force=force)  # before touching out: an unmergeable adapter
@@ -187,6 +190,7 @@ def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False) ->
         with atomic_dir(out, replace=overwrite) as folder:
             model.save_pretrained(str(folder), safe_serialization=True)
             tokenizer.save_pretrained(str(folder))  # the saved tokenizer carries the run's chat template
+            copy_system_prompt(run_dir, folder)
     except Exception as exc:  # OSError, or safetensors' own error type wrapping one
         if not isinstance(exc, OSError) and os_error_number(exc) is None:
             raise

@@ -13,7 +13,8 @@ from tuneforge.commands.run_loading import LoadedRun, load_run
 
 #: options shared by ``generate`` and ``chat``
 COMMON_OPTIONS = {
-    "run_dir": Option("run directory written by `tuneforge train`", required=True),
+    "run_dir": Option("run directory written by `tuneforge train`, or a model folder written by "
+                      "`tuneforge export`", required=True),
     "max_new_tokens": Option("most tokens generated per reply", _positive_int, 256),
     "temperature": Option("sampling temperature; 0 = greedy decoding", _non_negative_float, 0.0),
     "top_p": Option("nucleus sampling probability mass (with temperature > 0)", _probability, 1.0),

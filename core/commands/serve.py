@@ -30,8 +30,9 @@ def _port(text: str) -> int:
 
 
 SERVE_OPTIONS = {
-    "run_dir": Option("run directory written by `tuneforge train`, or a folder of them; repeat the key to serve "
-                      "several runs of one base", required=True),
+    "run_dir": Option("run directory written by `tuneforge train`, or a folder of them, or a model folder "
+                      "written by `tuneforge export` (served alone); repeat the key to serve several runs of "
+                      "one base", required=True),
     "host": Option("address to listen on; 0.0.0.0 listens on every interface", str, "127.0.0.1"),
     "port": Option("TCP port", _port, 8000),
     "device": Option("auto (cuda when available), cpu, cuda, cuda:N ...", str, "auto"),

@@ -1,7 +1,8 @@
 """The runs a server answers for: one base model, each run's adapter on it by name, and ``base``.
 
 The first run is loaded exactly as ``tuneforge generate`` loads it
-(:func:`tuneforge.commands.run_loading.load_run`: its adapter plugin's ``load``).  Every further
+(:func:`tuneforge.commands.run_loading.load_run`: its adapter plugin's ``load``; a model folder written by
+``tuneforge export``, with its ``system_prompt.json``, is served alone).  Every further
 run must have trained an adapter that peft saved (``model/adapter_config.json``) on the same base
 (the same ``model.*`` config); its adapter is added to the first run's peft model with
 ``load_adapter`` under a name of its own, so the base weights are in memory once.  A request's
@@ -85,12 +86,14 @@ def is_peft_model(model) -> bool:
 
 
 def find_run_dirs(paths) -> list[Path]:
-    """Each path as a run directory, or, for a folder that is not one, the run directories in it
-    (sorted by name); a path that is neither is a one-line error."""
+    """Each path as a run directory (or a model folder ``tuneforge export`` wrote), or, for a folder that is
+    neither, the run directories in it (sorted by name); a path that is none of these is a one-line error."""
+    from tuneforge.commands.export_folder import is_export_folder
+
     found: list[Path] = []
     for given in paths:
         path = Path(given).expanduser()
-        if (path / "config.yaml").is_file() or not path.is_dir():
+        if (path / "config.yaml").is_file() or is_export_folder(path) or not path.is_dir():
             found.append(path)  # read_run_config reports what is wrong with it
             continue
         runs = sorted(child for child in path.iterdir() if (child / "config.yaml").is_file() and (child / "model").is_dir())
@@ -132,6 +135,11 @@ def _check_same_base(first_dir, first_cfg, run_dir, cfg) -> None:
 
 def _load_extra_adapter(registry: AdapterRegistry, run_dir: Path, name: str, peft_name: str, force: bool,
                         first_dir: Path) -> ServedModel:
+    from tuneforge.commands.export_folder import is_export_folder
+
+    if is_export_folder(run_dir):
+        raise RunDirectoryError(f"run_dir={run_dir} is an exported (merged) model, so it cannot share a base with "
+                                "other runs; serve it alone")
     cfg = read_run_config(run_dir, force=force)
     _check_same_base(first_dir, registry.loaded.config, run_dir, cfg)
     if not (run_dir / "model" / "adapter_config.json").is_file():
@@ -155,8 +163,9 @@ def load_registry(paths, force: bool = False, device: str = "auto") -> AdapterRe
     peft = is_peft_model(loaded.model)
     if len(run_dirs) > 1 and not peft:
         adapter = (loaded.config.get("adapter") or {}).get("name")
-        raise RunDirectoryError(f"run_dir={first_dir} trained no peft adapter (adapter={adapter}), so other runs "
-                                "cannot share its base; serve it alone, or list a LoRA run first")
+        what = f"trained no peft adapter (adapter={adapter})" if adapter else "is an exported (merged) model"
+        raise RunDirectoryError(f"run_dir={first_dir} {what}, so other runs cannot share its base; serve it alone, "
+                                "or list a LoRA run first")
     first_adapter = getattr(loaded.model, "active_adapter", None) if peft else None
     models = {names[0]: ServedModel(names[0], loaded.tokenizer, first_adapter, first_dir, loaded.system_prompt)}
     registry = AdapterRegistry(loaded, models)
