@@ -263,8 +263,8 @@ def test_a_model_that_its_config_did_not_train_is_refused_unless_forced(complete
 @pytest.mark.fault(fault="SIGTERM while the run is being prepared (the run directory, the resume decision, "
                          "waiting for the other ranks)",
                    outcome="`interrupted by SIGTERM while preparing the run directory (step 0); nothing was "
-                           "trained yet`; status.json says interrupted once this start had marked it running "
-                           "(else it is left as it was); the lock is released")
+                           "trained yet`; status.json says interrupted, with the phase (an earlier run's status.json "
+                           "that this start had not replaced yet is left as it was); the lock is released")
 @pytest.mark.parametrize("after_status", [False, True])
 def test_sigterm_while_the_run_is_prepared_is_interrupted_with_its_phase(tmp_path, monkeypatch, after_status):
     import tuneforge.training.run as run
@@ -284,9 +284,17 @@ def test_sigterm_while_the_run_is_prepared_is_interrupted_with_its_phase(tmp_pat
         run_tiny_fit(tmp_path / "run", overrides=["trainer.max_steps=2", "baselines=[]"])
     line = "interrupted by SIGTERM while preparing the run directory (step 0); nothing was trained yet"
     assert str(stopped.value) == line
-    if after_status:
-        assert _status(tmp_path / "run")["status"] == "interrupted" and _status(tmp_path / "run")["error"] == line
-    else:
-        assert not (tmp_path / "run" / "status.json").exists()
+    status = _status(tmp_path / "run")  # before status.json said running too: the directory held none
+    assert status["status"] == "interrupted" and status["error"] == line and not status["steps"]
+    assert status["phase"] == "preparing the run directory"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     RunLock(tmp_path / "run", "train").acquire().release()  # nobody holds the lock any more
+
+
+def test_sigterm_while_preparing_leaves_an_earlier_runs_status_as_it_was(completed_run, tmp_path, monkeypatch):
+    run_dir = _copy(completed_run, tmp_path / "run")
+    before = (run_dir / "status.json").read_text()
+    _sigterm_during(monkeypatch, "tuneforge.training.run:prepare_run_dir")  # before resume=never moves it aside
+    with pytest.raises(RunInterrupted, match="while preparing the run directory"):
+        run_tiny_fit(run_dir, overrides=[*FAST, "resume=never"])
+    assert (run_dir / "status.json").read_text() == before  # it still describes what the directory holds

@@ -130,6 +130,30 @@ def _run_lock(run_dir: Optional[Path], out_dir: Optional[Path]):
     return RunLock(run, "eval") if run == out or run in out.parents else contextlib.nullcontext()
 
 
+def check_out_writable(out_dir: Path, run_dir: Optional[Path]) -> None:
+    """One line, before anything is loaded, when the results cannot be written to ``out_dir``: its nearest
+    existing folder is on a read-only file system or not writable by this user (a run directory on a
+    read-only mount, where the default ``out`` is ``<run_dir>/eval``); it suggests ``out=<a writable folder>``."""
+    import os
+
+    from tuneforge.errors import ConfigError
+
+    out = Path(out_dir).absolute()
+    existing = next(folder for folder in [out, *out.parents] if folder.exists())
+    if not existing.is_dir():
+        return  # a file in the way: said when the results are written
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        why = "is on a read-only file system"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not writable by this user"
+    else:
+        return
+    run = None if run_dir is None else Path(run_dir).absolute()
+    where = f"run_dir={run}" if run is not None and (existing == run or run in existing.parents) else str(existing)
+    raise ConfigError(f"tuneforge eval cannot write its results to out={out}: {where} {why}; give out=<a writable "
+                      "folder> to write them elsewhere")
+
+
 def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfig:
     """The saved config of a finished run, with ``overrides`` applied on top (validated by :func:`evaluate`).
 
@@ -228,7 +252,8 @@ tuned, change, verdict) with the run's data, evaluator and baseline config
 (baselines=[] skips the baselines); overrides such as evaluators=[exact_match,rouge] or
 data.val_path=held_out.jsonl change it.  Without run_dir a bare model is
 scored.  Results go to out (default <run_dir>/eval; none for a bare model):
-metrics.json, predictions.jsonl, report.md, report.html.  A run that failed, or
+metrics.json, predictions.jsonl, report.md, report.html; give out=<a writable
+folder> for a run directory you cannot write to.  A run that failed, or
 whose model/ was saved with another config than its config.yaml, is refused
 unless force=true.
 """
@@ -269,6 +294,8 @@ def eval_command(args: list) -> None:
     cfg = run_config(run_dir, overrides, force=force) if run_dir else compose(overrides)
     if out_dir is None and run_dir is not None:
         out_dir = run_dir / "eval"
+    if out_dir is not None:
+        check_out_writable(out_dir, run_dir)
     with _run_lock(run_dir, out_dir):
         metrics = evaluate(cfg, plugins, run_dir, out_dir)
     print(format_comparison(metrics))

@@ -14,6 +14,9 @@
    prompt every training example started with (:func:`recorded_system_prompt`):
    the default system prompt of ``generate``, ``chat`` and ``serve``.
 
+A model folder written by ``tuneforge export`` (which copies ``system_prompt.json``
+into it) is read by :func:`load_run` too (:mod:`tuneforge.commands.export_folder`).
+
 Importing this module is cheap: torch and transformers are imported inside the
 functions that need them.
 """
@@ -41,15 +44,15 @@ def read_run_config(run_dir, force: bool = False, allow_interrupted: bool = Fals
     """The resolved config of a finished run, after checking the directory is a run directory.
 
     Raises :class:`RunDirectoryError` (one line) when ``run_dir`` lacks ``config.yaml`` or ``model/``;
-    and, unless ``force``, when ``status.json`` says ``failed`` (its ``model/`` may be an earlier
-    run's), ``running`` (``allow_interrupted``: only while a live process holds the run), or
+    when a live process is still training it (:func:`still_training`; with ``force`` and a ``model/``
+    it is read all the same); and, unless ``force``, when ``status.json`` says ``failed`` (its ``model/``
+    may be an earlier run's), ``running`` (``allow_interrupted``: only while a live process holds the run), or
     ``interrupted`` (unless ``allow_interrupted``), or when ``model/`` was saved by a run with another
     model, adapter or data config than ``config.yaml`` says (:func:`model_config_differences`).  A
     run whose status says ``running`` but whose process is gone is reported as "interrupted (the
     process died)".
     """
-    from omegaconf import OmegaConf
-
+    from tuneforge.training.run_dir import ForeignConfig, saved_config
     from tuneforge.training.run_lock import DIED, describe_status
 
     run_dir = Path(run_dir).expanduser()
@@ -57,6 +60,8 @@ def read_run_config(run_dir, force: bool = False, allow_interrupted: bool = Fals
         raise RunDirectoryError(f"run_dir={run_dir} does not exist (give a directory written by tuneforge train)")
     status = run_status(run_dir)
     state = describe_status(run_dir, status)
+    if state == "running" and not (force and (run_dir / "model").is_dir()):
+        raise RunDirectoryError(still_training(run_dir))
     said = f"the run's status is '{status}'" + (f": it was {DIED}" if state == DIED else "")
     if state in (DIED, "failed", "running", "interrupted") and not (run_dir / "model").is_dir():
         error = _status_error(run_dir)
@@ -76,17 +81,27 @@ def read_run_config(run_dir, force: bool = False, allow_interrupted: bool = Fals
 
         logging.getLogger("tuneforge").warning("run_dir=%s: %s; using the model/ it saved before", run_dir, said)
     try:
-        cfg = OmegaConf.load(run_dir / "config.yaml")
-    except Exception as exc:  # yaml errors come in several classes
-        raise RunDirectoryError(f"{run_dir / 'config.yaml'}: cannot read: {exc}".splitlines()[0]) from exc
-    if "model" not in cfg or "name" not in cfg.model:
-        raise RunDirectoryError(f"{run_dir / 'config.yaml'}: has no model.name, so the base model is unknown")
+        cfg = saved_config(run_dir, "give the run_dir of a tuneforge train run")
+    except ForeignConfig as exc:  # a user's own config.yaml
+        raise RunDirectoryError(str(exc)) from None
     differences = model_config_differences(run_dir, cfg)
     if differences and not force:
         raise RunDirectoryError(f"run_dir={run_dir}: model/ was saved by a run with another config than its "
                                 f"config.yaml ({'; '.join(differences)}), so it is not this run's model; train "
                                 "again, or pass force=true to use it anyway")
     return cfg
+
+
+def still_training(run_dir: Path) -> str:
+    """The one line for a run that a live process is still training (it holds the run's lock and its
+    ``status.json`` says ``running``): who holds it, and to wait for it or give a finished run."""
+    from tuneforge.training.run_lock import LOCK_FILE, describe_holder
+
+    saved = (" (or pass force=true to use the model/ it holds now)" if (run_dir / "model").is_dir()
+             else ", so it has no model/ yet")
+    return (f"run_dir={run_dir} is still training: {describe_holder(run_dir / LOCK_FILE)} holds it and its "
+            f"status.json says running{saved}; wait for that run to finish (`tuneforge status {run_dir}` says "
+            "when) and run this again, or give the run_dir of a finished run")
 
 
 def model_config_differences(run_dir, cfg) -> list:
@@ -187,10 +202,16 @@ def recorded_system_prompt(run_dir) -> Optional[str]:
     """The system prompt every training example of the run started with (``model/system_prompt.json``,
     which training writes only when they all started with the same one); None when the run wrote none
     (its examples differed or had none, or an older tuneforge saved ``model/``) or the file is unreadable."""
+    return system_prompt_in(Path(run_dir).expanduser() / "model")
+
+
+def system_prompt_in(folder) -> Optional[str]:
+    """The system prompt recorded in ``<folder>/system_prompt.json`` (a run's ``model/``, or a folder
+    ``tuneforge export`` wrote, which copies it); None without one or when it is unreadable."""
     from tuneforge.training.model_io import SYSTEM_PROMPT_RECORD
 
     try:
-        record = json.loads((Path(run_dir).expanduser() / "model" / SYSTEM_PROMPT_RECORD).read_text(encoding="utf-8"))
+        record = json.loads((Path(folder) / SYSTEM_PROMPT_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     text = record.get("system_prompt") if isinstance(record, dict) else None
@@ -223,7 +244,12 @@ def resolve_device(name: str):
 
 
 def load_run(run_dir, force: bool = False, device: str = "auto") -> LoadedRun:
-    """Load everything needed to generate with a run (see the module docstring)."""
+    """Load everything needed to generate with a run (see the module docstring); ``run_dir`` may also be
+    a model folder written by ``tuneforge export`` (:mod:`tuneforge.commands.export_folder`)."""
+    from tuneforge.commands.export_folder import is_export_folder, load_export_folder
+
+    if is_export_folder(run_dir):
+        return load_export_folder(run_dir, device=device)
     cfg = read_run_config(run_dir, force=force)
     target = resolve_device(device)
     tokenizer = load_run_tokenizer(run_dir, cfg)

@@ -323,21 +323,31 @@ def run_dir_overrides(args: list, overrides: list) -> list:
     several processes started by a cluster launcher (or spread over several nodes) would otherwise
     each compute their own ``runs/<date_time>``; a one-line :class:`~tuneforge.ConfigError` for such
     a launch without a job id (:func:`shared_launch_run_dir`).
+
+    The length of the directory's ``train.log`` is noted before Hydra opens it for this command
+    (:func:`tuneforge.training.run_dir.note_log_start`), so that ``resume=never`` can move the earlier
+    runs' lines aside.
     """
     if {"-m", "--multirun", "--cfg", "-c", "--info", "-i"} & set(args):  # sweeps; printing the config only
         return []
+    from tuneforge.host.paths import argument_path, override_value
+    from tuneforge.training.run_dir import note_log_start
+
     given = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith(("+", "~")))
     if "hydra.run.dir" in given:
+        note_log_start(argument_path(given["hydra.run.dir"]))
         return []
     if "run_dir" not in given or given["run_dir"] in ("", "null"):
         shared = shared_launch_run_dir(given.get("trainer.num_nodes", "1"))
+        if shared is not None:
+            note_log_start(shared)
         return [] if shared is None else [f"hydra.run.dir={shared}"]
-    from tuneforge.host.paths import argument_path, override_value
     from tuneforge.training.run_lock import check_usable
 
     # run_dir="~/x": Hydra's quoting taken off; "~/x" is the home folder's x for Hydra too, not ./~/x
     run_dir = argument_path(given["run_dir"])
     check_usable(Path(run_dir))
+    note_log_start(run_dir)
     return [f"hydra.run.dir={override_value(run_dir)}"]  # quoted for Hydra as the path needs
 
 

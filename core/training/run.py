@@ -44,7 +44,7 @@ from tuneforge.training.rank_watch import watch_ranks
 from tuneforge.training.run_state import RunState
 from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, checkpoint_step, checkpoint_step_row,
                                          final_status, last_checkpoint, lost_ranks, mark_failed, one_line_disk_full,
-                                         signals_end_the_process, signals_stop_the_run)
+                                         record_stop_while_preparing, signals_end_the_process, signals_stop_the_run)
 from tuneforge.training.setup_summary import describe_setup
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
                                         writes_checkpoints)
@@ -474,14 +474,13 @@ def _interrupted(state: RunState, stop: BaseException) -> RunInterrupted:
 
 
 def _interrupted_while_preparing(state: RunState, stop: BaseException) -> RunInterrupted:
-    """SIGTERM/SIGINT while the run was being prepared (waiting for the other ranks, locking, deciding the
-    resume): the one line with the phase, ``status.json`` interrupted when this start had written it."""
+    """SIGTERM/SIGINT while the run was being prepared (waiting for the other ranks, locking, hashing the data,
+    deciding the resume): the one line with the phase, and ``status.json`` interrupted with it
+    (:func:`~tuneforge.training.run_stop.record_stop_while_preparing`)."""
     interrupted = _interrupted(state, stop)
+    if state.context.is_main:
+        record_stop_while_preparing(state)
     _release_lock(state)
-    if state.context.is_main and state.wrote_running:
-        final_status(state.run_dir, {"status": "interrupted", "error": state.error, "steps": state.resumed_step,
-                                     "resumed_from": _str(state.resume_from), "segments": state.earlier_segments,
-                                     "wall_time_s": time.time() - state.started})
     return interrupted
 
 
@@ -513,9 +512,10 @@ def _write_final_status(state: RunState) -> None:
     segments = state.metrics.get("segments") or [
         *state.earlier_segments,
         *([segment_record(state.segment, state.started, False, state.status)] if state.segment else [])]
+    phase = {"phase": state.phase} if state.status == "interrupted" else {}  # what it was doing when stopped
     final_status(state.run_dir, {"status": state.status, "error": state.error, "steps": state.metrics.get("steps"),
-                                 "resumed_from": _str(state.resume_from),
-                                 "wall_time_s": time.time() - state.started, "segments": segments})
+                                 "resumed_from": _str(state.resume_from), "wall_time_s": time.time() - state.started,
+                                 "segments": segments, **phase})
 
 
 def _run_end_hooks(state: RunState) -> None:

@@ -11,6 +11,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from tuneforge.atomic import write_json  # noqa: F401 - re-exported: the run directory's JSON writer
+from tuneforge.errors import TuneforgeError, first_line
 
 log = logging.getLogger("tuneforge")
 
@@ -130,6 +131,43 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, world_size: Optional[int] = 
     return None
 
 
+#: the sections every ``config.yaml`` tuneforge writes holds, each a mapping with a ``name``
+RUN_CONFIG_SECTIONS = ("model", "adapter", "data")
+
+
+class ForeignConfig(TuneforgeError):
+    """A run directory's ``config.yaml`` that tuneforge did not write (a user's own file)."""
+
+
+def saved_config(run_dir: Path, then: str) -> DictConfig:
+    """``<run_dir>/config.yaml``, the resolved config a run saved.  :class:`ForeignConfig` (one line ending
+    with ``then``: what the caller's user can do) when it is not one tuneforge wrote: not YAML, not a
+    mapping, or without the :data:`RUN_CONFIG_SECTIONS` every run's config holds (e.g. ``model: foo``)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+    except OSError:
+        raise
+    except Exception as exc:  # yaml's errors come in several classes
+        raise ForeignConfig(f"{path} is not a tuneforge run config: it cannot be read as YAML "
+                            f"({first_line(exc)}); {then}") from None
+    missing = [section for section in RUN_CONFIG_SECTIONS if not _named_section(cfg, section)]
+    if missing:
+        named = " or ".join(filter(None, [", ".join(missing[:-1]), missing[-1]]))
+        raise ForeignConfig(f"{path} was not written by tuneforge: it has no {named} section with a name, as "
+                            f"every tuneforge run's config.yaml has; {then}")
+    return cfg
+
+
+def _named_section(cfg, section: str) -> bool:
+    """True when ``cfg`` is a mapping whose ``section`` is a mapping with a ``name``."""
+    try:
+        node = cfg.get(section) if isinstance(cfg, DictConfig) else None
+        return isinstance(node, DictConfig) and bool(node.get("name"))
+    except Exception:  # an interpolation that does not resolve, a value marked missing (???)
+        return False
+
+
 def check_resumed_length(cfg: DictConfig, run_dir: Path, checkpoint: Path) -> None:
     """A checkpoint past ``trainer.max_steps`` is refused (the run would report more steps than its config
     says; one at it is a run interrupted after training, which resumes into its evaluation); a run length other than the one the run started with is
@@ -142,10 +180,9 @@ def check_resumed_length(cfg: DictConfig, run_dir: Path, checkpoint: Path) -> No
         raise CheckpointError(f"{checkpoint} is at step {step}, past trainer.max_steps={max_steps}: it cannot be "
                               f"resumed into a shorter run; set trainer.max_steps >= {step} to continue, or start "
                               "over with resume=never")
-    saved_config = run_dir / "config.yaml"
-    if not saved_config.is_file():
+    if not (run_dir / "config.yaml").is_file():
         return
-    saved = OmegaConf.load(saved_config)
+    saved = saved_config(run_dir, _NOT_THIS_RUN)
     for key in ("trainer.max_steps", "trainer.max_epochs"):
         before, now = OmegaConf.select(saved, key, default=None), OmegaConf.select(cfg, key, default=None)
         if before != now:
@@ -155,10 +192,31 @@ def check_resumed_length(cfg: DictConfig, run_dir: Path, checkpoint: Path) -> No
                         "follows another curve than the checkpoint's", key, before, now, scheduler, step)
 
 
-#: what stays in place when ``resume=never`` moves an earlier run's outputs aside: the lock, this
-#: command's own job log (Hydra opened it before the run started) and the earlier runs moved aside before
+#: what stays in place when ``resume=never`` moves an earlier run's outputs aside: the lock, the job log
+#: (:data:`LOG_FILE`: only its earlier runs' part moves, :func:`move_earlier_log`) and the earlier runs
+#: moved aside before
 KEPT_IN_PLACE = (".lock", "train.log")
 PREVIOUS_PREFIX = "previous-"
+#: the job log Hydra writes into the run directory (``<job name>.log``, the job being ``train``)
+LOG_FILE = "train.log"
+#: ``{train.log path: its size when this command started}``, noted before the command's log handler opened
+#: it (:func:`note_log_start`): the bytes before that size are earlier commands' lines
+_LOG_STARTS: dict = {}
+
+
+def note_log_start(log_dir) -> None:
+    """Note how long ``<log_dir>/train.log`` is now (0: absent), before this command's log handler opens it
+    for appending (``tuneforge train`` calls this before Hydra sets up logging, :func:`move_earlier_log`
+    reads it).  ``log_dir``: the directory Hydra writes the job log into (``hydra.run.dir``)."""
+    path = _log_key(Path(log_dir) / LOG_FILE)
+    try:
+        _LOG_STARTS[path] = path.stat().st_size
+    except OSError:
+        _LOG_STARTS[path] = 0
+
+
+def _log_key(path: Path) -> Path:
+    return Path(path).expanduser().resolve()
 
 
 def move_earlier_outputs(resume: str, run_dir: Path, resuming: bool = False) -> Optional[Path]:
@@ -167,6 +225,8 @@ def move_earlier_outputs(resume: str, run_dir: Path, resuming: bool = False) -> 
     (None when there was nothing to move).  The same, with a warning, when ``resume=auto`` finds no
     checkpoint to resume from (``resuming`` false) although an earlier run trained there (:func:`lost_progress`):
     the run starts over, and the earlier run's history is kept instead of being overwritten.
+    ``train.log`` stays in place with this command's lines only; the earlier ones go to
+    ``previous-<n>/train.log`` (:func:`move_earlier_log`).
 
     So a retrain that fails never leaves a mixed directory (the earlier ``model/`` and report next to
     the new ``config.yaml``), and a later ``resume=auto`` finds only the new run's checkpoints.
@@ -179,7 +239,8 @@ def move_earlier_outputs(resume: str, run_dir: Path, resuming: bool = False) -> 
         return None
     earlier = [p for p in run_dir.iterdir()
                if p.name not in KEPT_IN_PLACE and not p.name.startswith((PREVIOUS_PREFIX, ".write-test-"))]
-    if not earlier:
+    earlier_log = earlier_log_size(run_dir)
+    if not earlier and not earlier_log:
         return None
     taken = [int(p.name[len(PREVIOUS_PREFIX):]) for p in run_dir.glob(f"{PREVIOUS_PREFIX}*")
              if p.name[len(PREVIOUS_PREFIX):].isdigit()]
@@ -187,6 +248,7 @@ def move_earlier_outputs(resume: str, run_dir: Path, resuming: bool = False) -> 
     target.mkdir()
     for path in earlier:
         path.rename(target / path.name)
+    move_earlier_log(run_dir, target, earlier_log)
     if lost is not None:
         log.warning("the earlier run in %s (%s) left no checkpoint to resume from (checkpoint.every_n_steps=0, the "
                     "default, saves one only at the end and on SIGTERM/SIGINT; a killed process or a full disk "
@@ -194,6 +256,58 @@ def move_earlier_outputs(resume: str, run_dir: Path, resuming: bool = False) -> 
     else:
         log.info("resume=never: moved the earlier run's %d output(s) to %s", len(earlier), target)
     return target
+
+
+def _log_handlers(path: Path) -> list:
+    """The root logger's file handlers that write ``path`` (Hydra's job log, a seed's log)."""
+    return [h for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler) and _log_key(Path(h.baseFilename)) == _log_key(path)]
+
+
+def earlier_log_size(run_dir: Path) -> int:
+    """How many bytes at the start of ``<run_dir>/train.log`` earlier commands wrote: all of it when no log
+    handler of this process writes it, else what it held when this command started (:func:`note_log_start`);
+    0 when that was not noted, or a handler opened it other than for appending (so it emptied it): the file
+    is then left as it is."""
+    path = run_dir / LOG_FILE
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    handlers = _log_handlers(path)
+    if not handlers:
+        return size
+    if any("a" not in handler.mode for handler in handlers):
+        return 0
+    return min(size, _LOG_STARTS.get(_log_key(path), 0))
+
+
+def move_earlier_log(run_dir: Path, target: Path, earlier: int) -> None:
+    """The first ``earlier`` bytes of ``<run_dir>/train.log`` (earlier commands' lines) moved to
+    ``<target>/train.log``: the file is rewritten in place with the rest, this command's lines, while its
+    log handlers are held, so the handler that has it open goes on writing this command's log.  The handler
+    appends (``FileHandler`` opens ``"a"``: ``O_APPEND``), so each later line goes to the new end."""
+    path = run_dir / LOG_FILE
+    if earlier <= 0:
+        return
+    handlers = _log_handlers(path)
+    if not handlers:  # nobody writes it: the whole file is an earlier run's
+        path.rename(target / LOG_FILE)
+        return
+    for handler in handlers:
+        handler.acquire()
+    try:
+        for handler in handlers:
+            handler.flush()
+        with path.open("r+b") as live:
+            text = live.read()
+            (target / LOG_FILE).write_bytes(text[:earlier])
+            live.seek(0)
+            live.write(text[earlier:])
+            live.truncate()
+    finally:
+        for handler in handlers:
+            handler.release()
 
 
 def lost_progress(run_dir: Path) -> Optional[str]:
@@ -235,13 +349,17 @@ def report_previous_end(run_dir: Path, status: dict) -> Optional[str]:
     return None
 
 
+#: what to do about a run directory whose config.yaml tuneforge did not write (:func:`saved_config`)
+_NOT_THIS_RUN = ("give another run_dir, or move config.yaml out of the directory (resume=never moves everything "
+                 "in it to previous-<n>/)")
+
+
 def _refuse_another_run(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse a directory whose saved config names another model, adapter, data or optimizer."""
     from tuneforge.training.checkpoint import CheckpointError, identity_defaults, identity_differences, run_identity
 
-    saved_config = run_dir / "config.yaml"
-    if saved_config.is_file():
-        differences = identity_differences(run_identity(OmegaConf.load(saved_config)), run_identity(cfg),
+    if (run_dir / "config.yaml").is_file():
+        differences = identity_differences(run_identity(saved_config(run_dir, _NOT_THIS_RUN)), run_identity(cfg),
                                            identity_defaults(cfg))
         if differences:
             raise CheckpointError(f"{run_dir} holds a different run: {'; '.join(differences)}. Use another run "

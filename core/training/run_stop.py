@@ -128,6 +128,51 @@ def final_status(run_dir: Path, value: dict) -> None:
                   "interrupted", run_dir / "status.json", exc.strerror or exc)
 
 
+def record_stop_while_preparing(state) -> None:
+    """``status.json`` of a main process stopped by SIGTERM/SIGINT before its run started (``state``: the
+    run's :class:`~tuneforge.training.run_state.RunState`, whose ``error`` holds the one line): ``interrupted``
+    with the ``phase`` and the steps of the checkpoint it was to resume from (0: nothing trained, so the
+    directory may be reused with other settings, :func:`~tuneforge.training.run_dir.trained_nothing`).
+
+    Written when this start had marked the run ``running``, or when the directory holds no ``status.json``
+    at all (the signal came before that, e.g. while the data files were hashed) and no other process holds
+    its lock; a ``status.json`` an earlier run left is kept as it is: it still describes what the directory
+    holds."""
+    import time
+
+    value = {"status": "interrupted", "error": state.error, "phase": state.phase, "steps": state.resumed_step,
+             "resumed_from": None if state.resume_from is None else str(state.resume_from),
+             "segments": state.earlier_segments, "wall_time_s": time.time() - state.started}
+    if state.wrote_running:
+        final_status(state.run_dir, value)
+        return
+    if not Path(state.run_dir).is_dir() or (Path(state.run_dir) / "status.json").exists():
+        return
+    with _holding_the_lock(state) as held:
+        if held:
+            final_status(state.run_dir, value)
+
+
+@contextlib.contextmanager
+def _holding_the_lock(state):
+    """Yields True while this process holds the run directory's lock: the run's own (``state.lock``), else
+    one taken now and released after (False: another process holds it, or it cannot be taken)."""
+    if state.lock is not None:
+        yield True
+        return
+    from tuneforge.training.run_lock import RunLock
+
+    try:
+        lock = RunLock(state.run_dir, "train").acquire()
+    except (TuneforgeError, OSError):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def mark_failed(run_dir: Path, error: str) -> None:
     """Turn a completed ``status.json`` into ``failed`` with ``error`` (a callback's ``on_run_end`` or a
     ``tuneforge_run_end`` hook raised after the run's outputs were written)."""

@@ -121,7 +121,10 @@ def seed_log(run: SeedRun, enabled: bool = True):
     root = logging.getLogger()
     formats = [h.formatter for h in root.handlers if isinstance(h, logging.FileHandler) and h.formatter]
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run.run_dir / "train.log")
+    from tuneforge.training.run_dir import LOG_FILE, note_log_start
+
+    note_log_start(run.run_dir)  # what came before is an earlier run's (resume=never moves it aside)
+    handler = logging.FileHandler(run.run_dir / LOG_FILE)
     handler.setFormatter(formats[0] if formats else logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - "
                                                                       "%(message)s"))
     root.addHandler(handler)
