@@ -40,6 +40,9 @@ _FILES_FIELDS = """
     field: for a ``.json`` file holding one object that wraps the records, e.g.
         ``{"data": [...]}``: the key holding the array of records (``data.field=data``;
         null: the file holds the array itself, or JSON lines).
+"""
+
+_REHEARSAL_FIELDS = """
     rehearsal_path: a data file of general-ability examples (e.g. the shipped
         ``${pkg:tuneforge.plugins/data/rehearsal_general.jsonl}``: questions answered by the base
         model itself) mixed into the training split only, spread evenly, against forgetting;
@@ -71,7 +74,7 @@ FilesDataConfig.__doc__ = (
     "    header row) or ``.parquet`` files, or a folder of them; ``.jsonl``, ``.json`` and ``.csv`` may be\n"
     "    gzip-compressed (``train.jsonl.gz``).  ``data=files`` picks the reader by suffix;\n"
     "    ``data=jsonl|json|csv|parquet`` use that reader.  ``path`` defaults to a small\n"
-    "    shipped sample of alpaca and chat records.\n" + _FILES_FIELDS + DATA_CONFIG_FIELDS)
+    "    shipped sample of alpaca and chat records.\n" + _FILES_FIELDS + _REHEARSAL_FIELDS + DATA_CONFIG_FIELDS)
 
 
 @dataclass
@@ -84,7 +87,7 @@ class TypedFilesDataConfig(FilesDataConfig):
 TypedFilesDataConfig.__doc__ = (
     "Records from local files of one type (``data=json``, ``csv`` or ``parquet``): a file is read\n"
     "    with that reader whatever its suffix; from a folder, only files with that suffix are read.\n"
-    + _FILES_FIELDS + DATA_CONFIG_FIELDS)
+    + _FILES_FIELDS + _REHEARSAL_FIELDS + DATA_CONFIG_FIELDS)
 
 
 @dataclass
@@ -99,14 +102,17 @@ class HFDataConfig(DataConfig):
     revision: Optional[str] = None
     hf_cache_dir: Optional[str] = None
     connect_timeout: float = 5.0
+    rehearsal_path: Optional[str] = None
+    rehearsal_count: Optional[int] = None
 
     #: a local file or folder in ``path`` is hashed (a hub name is not), and so are the local files of
-    #: ``data_files`` (a builder name's records)
-    DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path", "data_files")
+    #: ``data_files`` (a builder name's records) and the rehearsal file
+    DATA_FILES: ClassVar[tuple] = (*DataConfig.DATA_FILES, "path", "data_files", "rehearsal_path")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self, path=non_empty, split=non_empty, val_split=non_empty, connect_timeout=at_least(0))
+        check(self, path=non_empty, split=non_empty, val_split=non_empty, connect_timeout=at_least(0),
+              rehearsal_path=existing_path("file"), rehearsal_count=at_least(1))
 
 
 HFDataConfig.__doc__ = """Records from a Hugging Face dataset, loaded with ``datasets.load_dataset``.
@@ -124,7 +130,7 @@ HFDataConfig.__doc__ = """Records from a Hugging Face dataset, loaded with ``dat
     connect_timeout: seconds to wait for the hub before loading from the local cache only;
         with ``HF_HUB_OFFLINE=1`` the hub is never contacted.  A hub dataset that is not
         cached then fails at once with a clear message.
-""" + DATA_CONFIG_FIELDS
+""" + _REHEARSAL_FIELDS.replace("a data file of", "a local data file (any file ``data=files`` reads) of") + DATA_CONFIG_FIELDS
 
 
 def load_files(config: FilesDataConfig, tokenizer, kind: str = "auto") -> DataSplits:
@@ -136,8 +142,9 @@ def load_files(config: FilesDataConfig, tokenizer, kind: str = "auto") -> DataSp
                           rehearsal=rehearsal_records(config))
 
 
-def rehearsal_records(config: FilesDataConfig) -> list:
-    """The first ``rehearsal_count`` records (all when null) of ``rehearsal_path``; none without it."""
+def rehearsal_records(config) -> list:
+    """The first ``rehearsal_count`` records (all when null) of ``rehearsal_path`` (a local file, for
+    every dataset here: files and ``hf``); none without it."""
     if config.rehearsal_path is None:
         if config.rehearsal_count is not None:
             raise DataError(f"data.rehearsal_count={config.rehearsal_count} needs data.rehearsal_path (a data "
@@ -157,14 +164,19 @@ def files_example_kinds(config: FilesDataConfig, kind: str = "auto") -> Optional
     record = first_record(config.path, kind, field=config.field, columns=config.columns)
     if record is None:
         return None
-    kinds = {detect_format(record, config.columns)}
+    return {detect_format(record, config.columns)} | rehearsal_kinds(config)
+
+
+def rehearsal_kinds(config) -> set:
+    """The format of ``rehearsal_path``'s first record (empty without one)."""
     rehearsal = first_record(config.rehearsal_path) if config.rehearsal_path else None
-    return kinds | ({detect_format(rehearsal, config.columns)} if rehearsal is not None else set())
+    return {detect_format(rehearsal, config.columns)} if rehearsal is not None else set()
 
 
 def hf_example_kinds(config: HFDataConfig) -> Optional[set]:
-    """``data.format`` when set; with ``auto`` unknown until the dataset is loaded."""
-    return None if config.format == "auto" else {config.format}
+    """``data.format`` (and the rehearsal file's format) when set; with ``auto`` unknown until the dataset
+    is loaded."""
+    return None if config.format == "auto" else {config.format} | rehearsal_kinds(config)
 
 
 def load_hf(config: HFDataConfig, tokenizer) -> DataSplits:
@@ -174,7 +186,7 @@ def load_hf(config: HFDataConfig, tokenizer) -> DataSplits:
     records = read_hf(config.path, config.split, **options)
     val_records = read_hf(config.path, config.val_split, **options) if config.val_split else None
     return prepare_splits(records, tokenizer, config, val_records=val_records,
-                          origin=f"{config.path}[{config.split}]")
+                          origin=f"{config.path}[{config.split}]", rehearsal=rehearsal_records(config))
 
 
 @tuneforge.hookimpl

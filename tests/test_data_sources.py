@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tuneforge.data import DataConfig, prepare_splits, read_hf, read_records
 from helpers import assert_read_or_refused_in_one_line
 from tuneforge.errors import DataError
-from tuneforge.plugins.datasets import FilesDataConfig, HFDataConfig, load_files, load_hf
+from tuneforge.plugins.datasets import FilesDataConfig, HFDataConfig, hf_example_kinds, load_files, load_hf
 from tuneforge.plugins.models import build_tiny_tokenizer
 
 ROWS = [{"instruction": f"Upper-case word {i}.", "input": f"w{i}", "output": f"W{i}"} for i in range(6)]
@@ -320,6 +320,26 @@ def test_hf_local_folder_and_builder_with_data_files(tmp_path):
     assert built.stats["train_records"] == 5
     with pytest.raises(DataError, match="Unknown split"):
         read_hf(str(data), "test", cache_dir=cache)
+
+
+def test_hf_dataset_takes_rehearsal_records_into_its_training_split_only(tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", [{"instruction": f"task {i}", "output": f"answer {i}"}
+                                                  for i in range(12)])
+    general = write_jsonl(tmp_path / "general.jsonl", [
+        {"messages": [{"role": "user", "content": f"General {i}?"}, {"role": "assistant", "content": f"G{i}."}]}
+        for i in range(5)])
+    base = dict(path="json", data_files=str(data), hf_cache_dir=str(tmp_path / "hf-cache"), cache=False, val_size=4)
+    mixed = load_hf(HFDataConfig(**base, rehearsal_path=str(general), rehearsal_count=3), tiny())
+    rehearsed = [ex["source"] for ex in mixed.train if ex["source"].startswith(str(general))]
+    assert len(mixed.train) == 8 + 3 and rehearsed == [f"{general}:{k}" for k in range(1, 4)]
+    assert not any(ex["source"].startswith(str(general)) for ex in mixed.val)
+    assert mixed.stats["rehearsal_records"] == 3
+    plain = load_hf(HFDataConfig(**base), tiny())
+    assert [ex["source"] for ex in plain.val] == [ex["source"] for ex in mixed.val], "the split is unchanged"
+    assert hf_example_kinds(HFDataConfig(**dict(base, format="alpaca"), rehearsal_path=str(general))) == {
+        "alpaca", "chat"}
+    with pytest.raises(DataError, match=r"data\.rehearsal_count=2 needs data\.rehearsal_path"):
+        load_hf(HFDataConfig(**base, rehearsal_count=2), tiny())
 
 
 def test_hf_hub_name_fails_fast_and_clearly_when_the_hub_cannot_be_reached(tmp_path):
