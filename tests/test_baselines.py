@@ -224,3 +224,113 @@ def test_a_third_party_baseline_is_a_column_and_compare_shows_intervals(tmp_path
                        f"run_dir={tmp_path / 'bad'}"], site_dirs=["sysprompt"])
     assert missing.returncode == 2
     assert missing.stderr.strip().startswith("tuneforge: error: baselines.system_prompt.path: no such file")
+
+
+# ---------------------------------------------------------------------------
+# few_shot with the user's own demonstrations (baselines.few_shot.path)
+# ---------------------------------------------------------------------------
+
+
+def write_records(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+DEMOS = [{"instruction": "Capital of Peru?", "output": "Lima", "system": "ignored as a demonstration"},
+         {"messages": [{"role": "user", "content": "Spell dog backwards."}, {"role": "assistant", "content": "god"}]},
+         {"prompt": "2 + 2?", "completion": "4"}]
+
+
+def test_few_shot_path_shows_the_files_demonstrations_in_file_order(tmp_path, caplog):
+    from tuneforge.evaluation.baselines import retokenize
+    from tuneforge.testing import tiny_tokenizer, toy_examples
+
+    demos = write_records(tmp_path / "demos.jsonl", DEMOS)
+    tokenizer = tiny_tokenizer()
+    held = toy_examples(tokenizer, [{"instruction": "Capital of Chile?", "output": "Santiago"},
+                                    {"instruction": "Spell cat backwards.", "output": "tac"}])
+    labels = ["yes", "no"]  # a classification training set: cover_labels does not apply with path
+    train = [chat(f"t{i}", labels[i % 2], f"t:{i}") for i in range(20)]
+    info: dict = {}
+    with caplog.at_level("INFO", logger="tuneforge"):
+        out = builtin.rewrite_few_shot(None, tokenizer, train, held, builtin.FewShotConfig(path=str(demos)), info=info)
+    assert [o["demonstrations"] for o in out] == [[f"{demos}:1", f"{demos}:2", f"{demos}:3"]] * 2
+    assert out[0]["messages"][:6] == [
+        {"role": "user", "content": "Capital of Peru?"}, {"role": "assistant", "content": "Lima"},
+        {"role": "user", "content": "Spell dog backwards."}, {"role": "assistant", "content": "god"},
+        {"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]
+    assert info == {"path": str(demos), "file_records": 3, "demonstrations": 3, "held_out_questions": 0}
+    assert f"all 3 demonstrations of {demos}, in file order" in caplog.text
+    assert check_rewritten("few_shot", held, out) == out
+    encoded = retokenize(tokenizer, held[0], out[0])  # the host re-tokenizes: loss only on the own answer
+    assert tokenizer.decode([t for t in encoded["labels"] if t >= 0]).startswith("Santiago")
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tuneforge"):
+        first = builtin.rewrite_few_shot(None, tokenizer, train, held, builtin.FewShotConfig(k=2, path=str(demos)))
+    assert first[0]["demonstrations"] == [f"{demos}:1", f"{demos}:2"]
+    assert f"the first 2 of the 3 demonstrations of {demos} (k=2)" in caplog.text
+    assert builtin.rewrite_few_shot(None, tokenizer, train, held, builtin.FewShotConfig(k=9, path=str(demos))) == out
+
+    describe = builtin.describe_few_shot
+    assert describe(builtin.FewShotConfig(path=str(demos))) == "few_shot, 3 from demos.jsonl"
+    assert describe(builtin.FewShotConfig(k=2, path=str(demos))) == "few_shot, 2 from demos.jsonl"
+    assert describe(builtin.FewShotConfig()) == "few_shot, k=4" and describe(builtin.FewShotConfig(k=8)) == "few_shot, k=8"
+
+
+def test_few_shot_path_refuses_bad_files_and_held_out_answers(tmp_path, caplog):
+    from tuneforge.errors import DataError
+    from tuneforge.validation import ConfigValueError
+
+    held = [chat("Capital of Chile?", "Santiago", "val.jsonl:4")]
+    with pytest.raises(ConfigValueError, match=r"^path: no such file: .*missing\.jsonl"):
+        builtin.FewShotConfig(path=str(tmp_path / "missing.jsonl"))
+    demos = write_records(tmp_path / "demos.jsonl", DEMOS)
+    with pytest.raises(ConfigValueError, match=r"^cover_labels: true does not apply with baselines\.few_shot\.path"):
+        builtin.FewShotConfig(path=str(demos), cover_labels=True)
+    assert builtin.FewShotConfig(path=str(demos), cover_labels=False).path == str(demos)
+
+    def refused(records, name="bad.jsonl"):
+        path = write_records(tmp_path / name, records)
+        with pytest.raises(DataError) as raised:
+            builtin.rewrite_few_shot(None, None, [], held, builtin.FewShotConfig(path=str(path)))
+        message = str(raised.value)
+        assert "\n" not in message and message.startswith("baselines.few_shot.path: ")
+        return message
+
+    assert "empty.jsonl holds no records" in refused([], "empty.jsonl") and "valid: alpaca" in refused([], "e.jsonl")
+    pair = {"prompt": "Q?", "chosen": "good", "rejected": "bad"}
+    message = refused([DEMOS[0], pair])
+    assert f"{tmp_path / 'bad.jsonl'}:2 is a preference pair" in message and "valid: alpaca (instruction, output)" in message
+    assert "bad.jsonl:1 is a prompt without an answer" in refused([{"prompt": "Q?"}])
+    assert "bad.jsonl:1 is a conversation that does not go from a user turn" in refused(
+        [{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "Q?"}]}])
+
+    leak = refused([DEMOS[1], {"instruction": "capital of  CHILE?", "output": "santiago"}])
+    assert "bad.jsonl:2 is held-out example val.jsonl:4 (the same question and answer)" in leak
+    with caplog.at_level("WARNING", logger="tuneforge"):
+        asked = write_records(tmp_path / "asked.jsonl", [{"instruction": "Capital of Chile?", "output": "Lima"}])
+        info: dict = {}
+        [out] = builtin.rewrite_few_shot(None, None, [], held, builtin.FewShotConfig(path=str(asked)), info=info)
+    assert out["demonstrations"] == [f"{asked}:1"] and info["held_out_questions"] == 1
+    assert f"first: {asked}:1 asks the question of held-out example val.jsonl:4" in caplog.text
+
+
+def test_few_shot_path_composes_from_the_command_line_and_is_a_data_file_of_the_run(tmp_path):
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.host.components import run_components, validate
+    from tuneforge.training.data_files import declared_data_paths
+
+    plugins = load_plugins([])
+    demos = write_records(tmp_path / "demos.jsonl", DEMOS)
+    cfg = compose(["baselines=[few_shot]", f"baselines.few_shot.path={demos}"])
+    assert validate(cfg, plugins) == []
+    components = run_components(cfg, plugins)
+    config = components.baselines["few_shot"].config
+    assert config.path == str(demos) and config.k is None
+    assert str(demos) in declared_data_paths(components)  # hashed with the data files (resume, eval)
+    problems = validate(compose(["baselines=[few_shot]", f"baselines.few_shot.path={demos}",
+                                 "baselines.few_shot.cover_labels=true"]), plugins)
+    assert [p.key for p in problems] == ["baselines.few_shot.cover_labels"]
+    missing = validate(compose(["baselines=[few_shot]", f"baselines.few_shot.path={tmp_path / 'no.jsonl'}"]), plugins)
+    assert [p.key for p in missing] == ["baselines.few_shot.path"] and "no such file" in str(missing[0])
