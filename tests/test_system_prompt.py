@@ -126,11 +126,17 @@ def test_describe_system_prompt_is_one_short_line():
 def test_generate_uses_the_training_system_prompt_by_default(same_run, same_loaded):
     """The real command in a subprocess (with threads=1): the reply is generate_reply's with the training system
     message first, and stderr says which system prompt was used."""
+    _generate_replies_with_the_system_prompt(same_run, same_loaded)
+
+
+def _generate_replies_with_the_system_prompt(run_dir, loaded) -> None:
+    """``tuneforge generate run_dir=<run_dir>`` (a subprocess) replies as ``loaded`` does with the training
+    system message first, and says on stderr which system prompt it used."""
     prompt = "I was double charged"
-    result = cli(["generate", f"run_dir={same_run}", f"prompt={prompt}", "max_new_tokens=12", "device=cpu",
+    result = cli(["generate", f"run_dir={run_dir}", f"prompt={prompt}", "max_new_tokens=12", "device=cpu",
                   "threads=1"])
     assert result.returncode == 0, result.stderr
-    expected = generate_reply(same_loaded, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+    expected = generate_reply(loaded, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
                               max_new_tokens=12)
     assert result.stdout == expected + "\n"
     assert describe_system_prompt(SYSTEM) in result.stderr.splitlines()
@@ -265,14 +271,7 @@ def test_export_carries_the_training_system_prompt_and_generate_uses_it(exported
     assert json.loads((exported / SYSTEM_PROMPT_RECORD).read_text(encoding="utf-8")) == {"system_prompt": SYSTEM}
     loaded = load_run(exported, device="cpu")  # the merged model, no adapter
     assert loaded.system_prompt == SYSTEM and not hasattr(loaded.model, "peft_config")
-    prompt = "I was double charged"
-    result = cli(["generate", f"run_dir={exported}", f"prompt={prompt}", "max_new_tokens=12", "device=cpu",
-                  "threads=1"])
-    assert result.returncode == 0, result.stderr
-    expected = generate_reply(loaded, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
-                              max_new_tokens=12)
-    assert result.stdout == expected + "\n"
-    assert describe_system_prompt(SYSTEM) in result.stderr.splitlines()
+    _generate_replies_with_the_system_prompt(exported, loaded)
 
 
 def test_chat_and_serve_of_an_export_use_its_system_prompt(exported, same_run, replies, monkeypatch):
