@@ -46,8 +46,17 @@ def hub_arguments(config, fields=("path", "tokenizer")) -> dict:
         if problem:
             raise ModelError(f"model.{field}='{value}' is not in the local Hugging Face cache {_cache_folder()} "
                              f"and {problem}; give model.{field} {alternatives}, or download it first with "
-                             f"network (hf download {value}) and run again")
+                             f"network ({download_command(value)}) and run again")
     return {"local_files_only": True} if _why_not_downloadable() else {}
+
+
+def download_command(repo_id: str) -> str:
+    """The shell command that downloads ``repo_id`` with the installed huggingface_hub: ``hf download`` from
+    0.34 on, ``huggingface-cli download`` before (the oldest supported release has only that one)."""
+    from huggingface_hub import __version__
+
+    major, minor = (int(part) for part in __version__.split(".")[:2])
+    return f"{'hf' if (major, minor) >= (0, 34) else 'huggingface-cli'} download {repo_id}"
 
 
 def is_hub_id(value: str) -> bool:

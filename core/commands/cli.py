@@ -58,7 +58,8 @@ commands:
   config     what can be configured: 'tuneforge config groups' (choices and the plugin providing each),
              'tuneforge config show adapter=lora' (a choice's fields with type, default and doc)
   new-plugin write a ready plugin package to start from:
-               tuneforge new-plugin NAME [--kinds model,dataset,adapter,loss,evaluator,callback,baseline,logger] [--dir PATH]
+               tuneforge new-plugin NAME [--dir PATH]
+                 [--kinds model,dataset,adapter,loss,evaluator,callback,baseline,logger,optimizer,reward]
 
 options:
   -h, --help     show this help

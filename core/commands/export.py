@@ -49,7 +49,7 @@ EXPORT_OPTIONS = {
     "format": Option("hf (a Hugging Face model folder) or gguf (one file for llama.cpp/Ollama)", str, "hf"),
     "gguf.dtype": Option("weights in the GGUF file: f16, f32 or q8_0 (norms stay f32)", str, "f16"),
     "overwrite": Option("replace an earlier export (a folder with config.json) at out", parse_bool, False),
-    "force": Option("export a run whose status is running or failed", parse_bool, False),
+    "force": Option("export a run whose status is running, failed or interrupted", parse_bool, False),
 }
 
 

@@ -23,7 +23,7 @@ COMMON_OPTIONS = {
     "seed": Option("random seed for sampling", int, None),
     "device": Option("auto (cuda when available), cpu, cuda, cuda:N ...", str, "auto"),
     "threads": Option("torch CPU threads (0: torch's default)", _non_negative_int, 0),
-    "force": Option("use a run whose status is running or failed", parse_bool, False),
+    "force": Option("use a run whose status is running, failed or interrupted", parse_bool, False),
 }
 GENERATE_OPTIONS = {
     "run_dir": COMMON_OPTIONS["run_dir"],

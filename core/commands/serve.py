@@ -36,7 +36,7 @@ SERVE_OPTIONS = {
     "host": Option("address to listen on; 0.0.0.0 listens on every interface", str, "127.0.0.1"),
     "port": Option("TCP port", _port, 8000),
     "device": Option("auto (cuda when available), cpu, cuda, cuda:N ...", str, "auto"),
-    "force": Option("serve runs whose status is running or failed", parse_bool, False),
+    "force": Option("serve runs whose status is running, failed or interrupted", parse_bool, False),
     "api_key": Option(f"key clients must send as 'Authorization: Bearer <key>' (default: ${API_KEY_VARIABLE}; "
                       "unset: no key)", str, None),
     "max_batch_size": Option("most sequences generated together in one batch", _positive_int, 8),
