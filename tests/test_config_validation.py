@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -117,6 +118,18 @@ def test_a_sweep_job_refused_by_validation_is_recorded_and_the_others_run(tmp_pa
     assert status["job"]["num"] == 0 and status["job"]["overrides"][0] == "adapter.r=0"
     assert json.loads((tmp_path / "sweep" / "1" / "metrics.json").read_text())["steps"] == 1  # job 1 ran
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+
+
+def test_cfg_job_prints_what_the_run_keeps_of_an_experiments_list_groups():
+    """``evaluators=[exact_match]`` over an experiment that adds ``forgetting`` (and sets
+    ``evaluators.perplexity.batch_size``): the run drops both, so the printed config does not show them."""
+    result = run_cli(["train", "--cfg", "job", "+experiment=legal_citations", "evaluators=[exact_match]"])
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert list(printed["evaluators"]) == ["exact_match"] and "targets" in printed["callbacks"]
+    assert "forgetting dropped" in result.stderr and "evaluators.perplexity ignored" in result.stderr
+    resolved = run_cli(["train", "--cfg", "job", "evaluators=[exact_match]", "--resolve"])
+    assert resolved.returncode == 0 and "${" not in resolved.stdout, resolved.stderr
 
 
 def test_cfg_job_still_prints_the_composed_config():

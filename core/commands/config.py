@@ -366,8 +366,8 @@ usage: tuneforge train [group=choice ...] [key=value ...] [-m] [--cfg job] [--de
 Fine-tune a model.  Arguments are Hydra overrides: group=choice selects a
 component (adapter=ia3), key=value sets a field (adapter.target_modules=[q_proj]),
 evaluators=[a,b] / callbacks=[a,b] / baselines=[a,b] / rewards=[a,b] select several, -m sweeps
-(data.max_examples=25,50), --cfg job prints Hydra's composed config without running (before a list such
-as evaluators=[a] drops an experiment's other components: the run's log names what it drops).  Values with special
+(data.max_examples=25,50), --cfg job prints the composed config without running (as the run keeps it: a
+list such as evaluators=[a] drops an experiment's other components).  Values with special
 characters are quoted: 'key="a,b"' (docs/plugins.md, "Override values").
 'tuneforge train --help group=choice ...' shows the fields of those choices;
 'tuneforge config show <group>=<choice>' one choice; 'tuneforge config groups' who provides what.

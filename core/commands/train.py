@@ -25,6 +25,8 @@ def train_command(args: list, debug: bool = False, program: bool = False) -> Non
     if {"-h", "--help"} & set(args):  # tuneforge's own help (groups, choices, field docs): no Hydra, no torch
         from tuneforge.commands.config import train_help
         return print(train_help(args), end="")
+    if print_pruned_job(args):
+        return
     collector = StartupCollector(freeze=program)
     try:
         TrainCommand(args, debug, collector).run()
@@ -435,6 +437,39 @@ def worker_hydra_overrides(args: list) -> list:
 #: Hydra's own flags that take a value (``--cfg job``, ``-cn other`` ...)
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                           "--config-dir", "-cd", "--experimental-rerun"}
+
+
+#: Hydra flags after which ``--cfg job`` is left to Hydra (another package, config path or name, a sweep)
+_LEFT_TO_HYDRA = {"--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                  "-m", "--multirun", "--info", "-i", "--experimental-rerun"}
+
+
+def print_pruned_job(args: list) -> bool:
+    """``train --cfg job`` (or ``-c job``) with a list group on the command line (``evaluators=[exact_match]``):
+    print the config the run will use, after :func:`~tuneforge.host.compose.keep_only_listed_components`
+    drops the components an experiment added that the list leaves out, and without the settings it left for
+    them (``evaluators.perplexity.batch_size``); Hydra's own print shows both still.
+    ``--resolve`` resolves interpolations, as Hydra's does.  False (nothing printed) in every other case,
+    which Hydra prints itself."""
+    flags = [arg for arg in args if arg.startswith("-")]
+    wants_job = any(arg in ("--cfg", "-c") and value == "job" for arg, value in zip(args, args[1:]))
+    overrides = hydra_overrides(args)
+    from tuneforge.host.compose import _override_key
+    from tuneforge.host.components import MULTIPLE_GROUPS
+
+    if not wants_job or _LEFT_TO_HYDRA & set(flags) or not any(_override_key(o) in MULTIPLE_GROUPS
+                                                                for o in overrides):
+        return False
+    from omegaconf import OmegaConf
+
+    from tuneforge.host.components import drop_deselected_settings
+    from tuneforge.host.compose import compose, load_plugins
+
+    plugins = load_plugins(overrides)
+    cfg = compose(overrides)
+    drop_deselected_settings(cfg, plugins)
+    print(OmegaConf.to_yaml(cfg, resolve="--resolve" in flags), end="")
+    return True
 
 
 def hydra_overrides(args: list) -> list:

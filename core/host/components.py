@@ -245,7 +245,7 @@ def _check(cfg, plugins) -> tuple[Optional[RunConfig], list]:
     problems: list = unknown_key_problems(resolved)  # +key=value adds keys Hydra does not check
     settings = _settings(resolved, problems)
 
-    _drop_deselected_settings(resolved, plugins)
+    drop_deselected_settings(resolved, plugins)
     found: dict = {}
     for group in SINGLE_GROUPS:
         found[group] = _component(plugins, group, group, resolved.get(group), problems)
@@ -273,7 +273,7 @@ def _check(cfg, plugins) -> tuple[Optional[RunConfig], list]:
     return RunConfig(config=resolved, settings=settings, **found), []
 
 
-def _drop_deselected_settings(resolved, plugins) -> None:
+def drop_deselected_settings(resolved, plugins) -> None:
     """Remove settings of list-group components that are not selected, with a warning.
 
     An experiment may set ``evaluators.perplexity.batch_size`` for a component it
