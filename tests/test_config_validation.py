@@ -515,3 +515,39 @@ def test_pkg_resolver_gives_shipped_files_and_names_what_is_missing():
     (problem,) = validate(compose("data.path=${pkg:tuneforge.plugins/data/nope.jsonl}"), plugins())
     assert problem.key == "data.path" and "ships no file 'data/nope.jsonl'" in problem.message
     assert "preference.jsonl" in problem.message
+
+
+@dataclass
+class BadDefaultConfig:
+    warm_steps: int = 0.5  # a float default on an int field: the plugin author's mistake
+
+
+class BadDefaultPlugin:
+    __name__ = "bad_default_plugin"
+
+    @tuneforge.hookimpl
+    def tuneforge_adapters(self):
+        return [tuneforge.AdapterSpec("bad_default", BadDefaultConfig, apply=lambda model, config: model)]
+
+
+def test_a_config_default_of_the_wrong_type_names_the_field():
+    from tuneforge.host.compose import load_plugins
+
+    with pytest.raises(tuneforge.PluginError) as caught:
+        load_plugins([], extra_plugins=[BadDefaultPlugin()])
+    message = str(caught.value)
+    assert "adapter 'bad_default', config class BadDefaultConfig" in message
+    assert "field 'warm_steps': its default does not fit its type (Value '0.5' of type 'float'" in message
+    assert "give it a default of its type" in message and "\n" not in message
+
+
+def test_an_unknown_choice_that_is_not_a_typo_says_where_plugin_choices_come_from():
+    from tuneforge.host.plugin_manager import unknown_choice_note
+
+    valid = ["adafactor", "adamw", "sgd"]
+    assert unknown_choice_note("adamw_warm", valid).startswith("; a plugin's choice is listed once its package is "
+                                                               "installed with an entry point in group 'tuneforge'")
+    assert unknown_choice_note("instruction_prompt", valid) != ""
+    assert unknown_choice_note("adamv", valid) == ""  # a typo: the did-you-mean says enough
+    result = run_cli(["train", "optimizer=adamw_warm"])
+    assert result.returncode == 2 and "entry point in group 'tuneforge'" in result.stderr

@@ -253,10 +253,10 @@ def _choice(group: Group, name: str) -> Choice:
         if not valid:
             raise ConfigError(f"'{group.name}' has no choices; set its keys instead ({group.name}.<key>=value; "
                               f"tuneforge config show {group.name})")
-        from tuneforge.host.plugin_manager import misplaced_note
+        from tuneforge.host.plugin_manager import unknown_choice_note
 
         raise ConfigError(f"unknown choice '{name}' for '{group.name}'{did_you_mean(name, valid)}; "
-                          f"valid: {', '.join(valid)}{misplaced_note()}")
+                          f"valid: {', '.join(valid)}{unknown_choice_note(name, valid)}")
     return group.choices[name]
 
 

@@ -18,7 +18,7 @@ import re
 from typing import Iterable, Optional, Sequence
 
 from tuneforge.errors import ConfigError, did_you_mean
-from tuneforge.host.plugin_manager import PluginSelection, Plugins, create_plugin_manager, misplaced_note
+from tuneforge.host.plugin_manager import PluginSelection, Plugins, create_plugin_manager, unknown_choice_note
 
 CONFIG_MODULE = "tuneforge.conf"
 CONFIG_NAME = "config"
@@ -208,7 +208,7 @@ def explain_composition_error(exc: Exception, overrides: Sequence[str] = ()) -> 
         group, choice = missing.groups()
         valid = _group_choices(group)
         return (f"unknown choice '{choice}' for '{group}'{did_you_mean(choice, valid)}; "
-                f"valid: {', '.join(valid) or '(none installed)'}{misplaced_note()}")
+                f"valid: {', '.join(valid) or '(none installed)'}{unknown_choice_note(choice, valid)}")
     key = re.search(r"full_key: (\S+)", cause)
     if "not in" in cause and key:
         full_key = key.group(1)

@@ -365,6 +365,23 @@ class Registry:
 _LAST_MISPLACED: list = []
 
 
+def unknown_choice_note(name: str, valid) -> str:
+    """What to add to "unknown choice '<name>'": :func:`misplaced_note` when an entry point was registered
+    under a near-miss group; else, unless ``name`` looks like a typo of a valid choice (a close match that
+    is not part of it: ``lorra`` for ``lora``, not ``adamw_warm`` for ``adamw``), where a plugin's choice
+    comes from, since a package installed without its entry point is the usual cause."""
+    import difflib
+
+    misplaced = misplaced_note()
+    if misplaced:
+        return misplaced
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    if close and close[0] not in name:
+        return ""
+    return (f"; a plugin's choice is listed once its package is installed with an entry point in group "
+            f"'{ENTRY_POINT_GROUP}' (tuneforge plugins lists the plugins loaded)")
+
+
 def misplaced_note() -> str:
     """``"; note: ..."`` naming entry points registered under a near-miss group (never loaded), or ``""``."""
     if not _LAST_MISPLACED:

@@ -13,6 +13,7 @@ composed config before anything heavy runs (:mod:`tuneforge.host.components`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -519,6 +520,24 @@ def register_resolvers() -> None:
 SCHEMA_CHOICES = {"trainer": ("default", TrainerConfig), "strategy": ("auto", StrategyConfig)}
 
 
+@contextlib.contextmanager
+def _default_types_checked():
+    """A config class whose field default does not fit the field's type (``warm_steps: int = 0.5``): a
+    ``TypeError`` naming the field and what to write, instead of OmegaConf's message cut after its first
+    line (which names no field)."""
+    from omegaconf.errors import ValidationError
+
+    try:
+        yield
+    except ValidationError as exc:
+        field_name = exc.full_key or exc.key
+        if not field_name:
+            raise
+        problem = str(exc.msg).splitlines()[0].strip()
+        raise TypeError(f"field '{field_name}': its default does not fit its type ({problem}); give it a default of "
+                        "its type, or None with Optional[...]") from exc
+
+
 def register_configs(plugins, broken: Optional[dict] = None) -> None:
     """Store the root schema and every component config in Hydra's ConfigStore.
 
@@ -548,8 +567,9 @@ def register_configs(plugins, broken: Optional[dict] = None) -> None:
             try:
                 with plugin_code(origin, f"{spec.kind} '{spec.name}', config class "
                                          f"{getattr(spec.config, '__name__', spec.config)!s}"):
-                    cs.store(group=group, name=spec.name, node=named_config_class(spec), package=package,
-                             provider=origin.distribution)
+                    with _default_types_checked():
+                        cs.store(group=group, name=spec.name, node=named_config_class(spec), package=package,
+                                 provider=origin.distribution)
             except PluginError as exc:
                 if broken is None:
                     raise
