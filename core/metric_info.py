@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 
 #: the :attr:`MetricInfo.section` of metrics on the held-out split (the report's first table)
@@ -32,6 +33,11 @@ class MetricInfo:
     ``is_loss``: a held-out loss; the report's overfitting signal compares the
         first such metric of section ``"held-out"`` with the training loss when
         no validation ran during training.
+    ``share``: whether the metric is a share of examples (an accuracy, a rate),
+        shown as a percentage with changes and the verdict's margin in points.
+        None (the default): inferred (every column's value between 0 and 1, higher
+        better, not a loss); False for a score on its own scale that may happen to
+        lie between 0 and 1 (a mean reward); True to insist.
     """
 
     name: str
@@ -40,6 +46,7 @@ class MetricInfo:
     section: str = HELD_OUT
     description: str = ""
     is_loss: bool = False
+    share: Optional[bool] = None
 
     def as_dict(self) -> dict:
         """The fields besides ``name``, as saved under ``metric_info`` in ``metrics.json``."""

@@ -327,7 +327,9 @@ class RewardSpec(_Spec):
     number per completion (higher is better).  Anything else (a string, None, NaN, a list of
     another length) stops the run in one line naming the reward and what it returned.
 
-    ``config`` must subclass :class:`RewardConfig` (its ``weight`` key).
+    ``config`` must subclass ``tuneforge.RewardConfig`` (its ``weight`` key; it has no ``__post_init__``
+    of its own, so a subclass's ``__post_init__`` need not call one).  The run's rewards are used by
+    ``loss=grpo`` and by the ``reward`` evaluator (``rewards=[...] evaluators=[reward]``, with any loss).
     """
 
     kind: ClassVar[str] = "reward"

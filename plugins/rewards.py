@@ -333,8 +333,9 @@ def tuneforge_rewards():
 
 @dataclass
 class RewardEvaluatorConfig:
-    """The run's rewards (``rewards=[...]``) on greedy generations for the held-out prompts: the mean total
-    reward (``reward/mean``, with its interval) and each reward's mean (``reward/<key>``, unweighted).
+    """The run's rewards (``rewards=[...]``, which it needs; with any loss) on greedy generations for the
+    held-out prompts: the mean total reward (``reward/mean``, with its interval; the evaluator's primary
+    metric, on the rewards' own scale, not in percent) and each reward's mean (``reward/<key>``, unweighted).
 
     max_new_tokens: the longest generation scored.
     batch_size: prompts generated at once.
@@ -379,8 +380,8 @@ def tuneforge_evaluators():
     return [tuneforge.EvaluatorSpec(
         "reward", RewardEvaluatorConfig, "the run's rewards on held-out generations (mean, per reward)",
         evaluate=evaluate_reward,
-        metrics=(tuneforge.MetricInfo("mean", higher_is_better=True, primary=True,
+        metrics=(tuneforge.MetricInfo("mean", higher_is_better=True, primary=True, share=False,
                                       description="mean total reward (weighted sum of the run's rewards) of greedy "
                                                   "generations for the held-out prompts"),
-                 tuneforge.MetricInfo("*", higher_is_better=True,
+                 tuneforge.MetricInfo("*", higher_is_better=True, share=False,
                                       description="one reward's mean (unweighted) on the same generations")))]

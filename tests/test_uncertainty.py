@@ -444,3 +444,21 @@ def test_the_zero_shot_column_claims_no_share_of_the_gain_and_no_share_reads_min
     assert "gain_share" not in decision
     assert "of the tuned gain" not in cost_text(decision, "base (zero-shot)")
     assert "reaches 0% of the tuned gain" in cost_text(dict(decision, gain_share=-0.001), "retrieval")
+
+
+def test_an_evaluator_can_say_a_metric_in_0_1_is_not_a_share():
+    """A mean reward of 0.15 is on the reward's own scale: the verdict's margin and changes are not 'points'
+    when the evaluator declares ``MetricInfo(share=False)``; undeclared, a 0-1 metric is still inferred."""
+    from tuneforge.evaluation.verdict import is_share
+
+    metrics = {"base": {"reward/mean": 0.12, "exact_match": 0.4}, "tuned": {"reward/mean": 0.15, "exact_match": 0.6},
+               "metric_info": {"reward/mean": {"higher_is_better": True, "share": False},
+                               "exact_match": {"higher_is_better": True, "share": None}}}
+    assert not is_share(metrics, "reward/mean") and is_share(metrics, "exact_match")
+    metrics["metric_info"]["exact_match"]["share"] = True
+    metrics["tuned"]["exact_match"] = 1.5  # declared: no longer inferred from the values
+    assert is_share(metrics, "exact_match")
+    from tuneforge.plugins.rewards import tuneforge_evaluators
+
+    (spec,) = tuneforge_evaluators()
+    assert spec.metric_info("mean").share is False and spec.metric_info("format").share is False

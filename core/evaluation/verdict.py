@@ -81,10 +81,13 @@ def column_label(metrics: dict, column: str) -> str:
 
 
 def is_share(metrics: dict, name: str) -> bool:
-    """A 0-1 score shown as a percentage (changes in points)."""
+    """A 0-1 score shown as a percentage (changes in points): as the evaluator declared it
+    (``MetricInfo.share``), else inferred from the values."""
+    info = _info(metrics, name)
+    if info.get("share") is not None:
+        return bool(info["share"])
     values = [column_values(metrics, c).get(name) for c in column_order(metrics)]
     values = [v for v in values if v is not None]
-    info = _info(metrics, name)
     return bool(values) and all(0.0 <= v <= 1.0 for v in values) and info.get("higher_is_better", True) \
         and not info.get("is_loss", False)
 
