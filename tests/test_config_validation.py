@@ -551,3 +551,22 @@ def test_an_unknown_choice_that_is_not_a_typo_says_where_plugin_choices_come_fro
     assert unknown_choice_note("adamv", valid) == ""  # a typo: the did-you-mean says enough
     result = run_cli(["train", "optimizer=adamw_warm"])
     assert result.returncode == 2 and "entry point in group 'tuneforge'" in result.stderr
+
+
+class MisspeltSpecFieldPlugin:
+    __name__ = "misspelt_spec_field_plugin"
+
+    @tuneforge.hookimpl
+    def tuneforge_baselines(self):
+        return [tuneforge.BaselineSpec("bare_prompt", BadDefaultConfig, rewrite=lambda *a, **k: [],
+                                       describ=lambda config: "bare")]
+
+
+def test_a_misspelt_spec_field_is_named_with_the_fields_it_has():
+    from tuneforge.host.compose import load_plugins
+
+    with pytest.raises(tuneforge.PluginError) as caught:
+        load_plugins([], extra_plugins=[MisspeltSpecFieldPlugin()])
+    message = str(caught.value)
+    assert ("registration hook tuneforge_baselines: TypeError: tuneforge.BaselineSpec has no field 'describ' "
+            "(did you mean 'describe'?); its fields: name, config, description") in message

@@ -8,10 +8,13 @@ distribution, and blocked plugins are never imported.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import importlib.metadata as importlib_metadata
 import inspect
 import os
+import re
 import types
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
@@ -315,6 +318,22 @@ def _block_hint(origin: PluginInfo) -> str:
     return f"; block it with {DISABLE_ENV}={origin.name}"
 
 
+@contextlib.contextmanager
+def _spec_fields_named():
+    """A spec built with a field it does not have (``BaselineSpec(..., describ=...)``): the ``TypeError``
+    says which field was meant and the spec's fields, not only Python's "unexpected keyword argument"."""
+    try:
+        yield
+    except TypeError as exc:
+        found = re.match(r"(\w+Spec)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(exc))
+        spec_class = {cls.__name__: cls for cls in SPEC_KINDS}.get(found.group(1)) if found else None
+        if spec_class is None:
+            raise
+        fields = [f.name for f in dataclasses.fields(spec_class)]
+        raise TypeError(f"tuneforge.{spec_class.__name__} has no field '{found.group(2)}'"
+                        f"{did_you_mean(found.group(2), fields)}; its fields: {', '.join(fields)}") from exc
+
+
 class Registry:
     """Components of one kind (e.g. all adapters), by name, with their origin plugin."""
 
@@ -439,7 +458,7 @@ class Plugins:
             for impl in hook.get_hookimpls():
                 if impl.plugin_name != plugin_name:
                     continue
-                with plugin_code(origin, f"registration hook {registry.hook_name}"):
+                with plugin_code(origin, f"registration hook {registry.hook_name}"), _spec_fields_named():
                     found += [(registry, spec) for spec in returned_specs(impl.function(), registry, origin)]
         return found
 
