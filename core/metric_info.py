@@ -49,5 +49,7 @@ class MetricInfo:
     share: Optional[bool] = None
 
     def as_dict(self) -> dict:
-        """The fields besides ``name``, as saved under ``metric_info`` in ``metrics.json``."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
+        """The fields besides ``name``, as saved under ``metric_info`` in ``metrics.json`` (``share`` only when
+        the evaluator declared it: undeclared, it is inferred from the values)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "name" and not (f.name == "share" and self.share is None)}

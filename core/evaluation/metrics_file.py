@@ -93,7 +93,7 @@ class MetricDescription(TypedDict, total=False):
     is_loss: a held-out loss (the report's overfitting signal uses the first one).
     primary: the evaluator's headline metric (the verdict prefers it).
     section: where the metric belongs: ``held-out`` or a general-ability section such as ``forgetting``.
-    share: whether it is a share of examples shown in percent (null: inferred from the values).
+    share: whether it is a share of examples shown in percent (absent: inferred from the values).
     """
 
     description: str
@@ -101,7 +101,7 @@ class MetricDescription(TypedDict, total=False):
     is_loss: bool
     primary: bool
     section: str
-    share: Optional[bool]
+    share: bool
 
 
 class Parameters(TypedDict):
