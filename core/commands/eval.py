@@ -134,19 +134,15 @@ def check_out_writable(out_dir: Path, run_dir: Optional[Path]) -> None:
     """One line, before anything is loaded, when the results cannot be written to ``out_dir``: its nearest
     existing folder is on a read-only file system or not writable by this user (a run directory on a
     read-only mount, where the default ``out`` is ``<run_dir>/eval``); it suggests ``out=<a writable folder>``."""
-    import os
-
     from tuneforge.errors import ConfigError
+    from tuneforge.training.run_lock import nearest_existing, why_not_writable
 
     out = Path(out_dir).absolute()
-    existing = next(folder for folder in [out, *out.parents] if folder.exists())
+    existing = nearest_existing(out)
     if not existing.is_dir():
         return  # a file in the way: said when the results are written
-    if os.statvfs(existing).f_flag & os.ST_RDONLY:
-        why = "is on a read-only file system"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        why = "is not writable by this user"
-    else:
+    why = why_not_writable(existing)
+    if why is None:
         return
     run = None if run_dir is None else Path(run_dir).absolute()
     where = f"run_dir={run}" if run is not None and (existing == run or run in existing.parents) else str(existing)

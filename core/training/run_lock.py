@@ -60,13 +60,27 @@ def check_usable(run_dir: Path) -> None:
     run_dir = Path(run_dir).expanduser().absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryUnusable(f"run_dir={run_dir} is a file, not a directory; give a directory path")
-    existing = next(p for p in [run_dir, *run_dir.parents] if p.exists())
+    existing = nearest_existing(run_dir)
     if not existing.is_dir():
         raise RunDirectoryUnusable(f"run_dir={run_dir}: {existing} is a file, so the directory cannot be created")
-    if os.statvfs(existing).f_flag & os.ST_RDONLY:
-        raise RunDirectoryUnusable(f"run_dir={run_dir} is on a read-only file system; choose a writable directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunDirectoryUnusable(f"run_dir={run_dir} is not writable by this user; choose a writable directory")
+    why = why_not_writable(existing)
+    if why:
+        raise RunDirectoryUnusable(f"run_dir={run_dir} {why}; choose a writable directory")
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself when it exists, else its nearest existing parent (the folder it would be made in)."""
+    return next(p for p in [path, *path.parents] if p.exists())
+
+
+def why_not_writable(folder: Path) -> Optional[str]:
+    """Why nothing can be written in the existing directory ``folder`` (``"is on a read-only file system"``,
+    ``"is not writable by this user"``), or None when it can."""
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return "is on a read-only file system"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "is not writable by this user"
+    return None
 
 
 def _explain(run_dir: Path, exc: OSError) -> str:
