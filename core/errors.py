@@ -62,7 +62,13 @@ def is_disk_full(exc: BaseException) -> bool:
     return os_error_number(exc) in (errno.ENOSPC, errno.EDQUOT)
 
 
+def closest(word: str, choices: Iterable[str]) -> Optional[str]:
+    """The choice closest to ``word`` (difflib's closest match), or None when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return close[0] if close else None
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    close = closest(word, choices)
+    return f" (did you mean '{close}'?)" if close else ""

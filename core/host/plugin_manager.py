@@ -23,7 +23,7 @@ from typing import Any, Optional
 import pluggy
 
 from tuneforge import hookspecs
-from tuneforge.errors import PluginError, did_you_mean
+from tuneforge.errors import PluginError, closest, did_you_mean
 from tuneforge.host.guard import DISABLE_ENV, OWN_DISTRIBUTION, describe_plugin, is_own, plugin_error, set_origin
 from tuneforge.specs import SPEC_KINDS
 
@@ -389,13 +389,11 @@ def unknown_choice_note(name: str, valid) -> str:
     under a near-miss group; else, unless ``name`` looks like a typo of a valid choice (a close match that
     is not part of it: ``lorra`` for ``lora``, not ``adamw_warm`` for ``adamw``), where a plugin's choice
     comes from, since a package installed without its entry point is the usual cause."""
-    import difflib
-
     misplaced = misplaced_note()
     if misplaced:
         return misplaced
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    if close and close[0] not in name:
+    close = closest(name, valid)
+    if close and close not in name:
         return ""
     return (f"; a plugin's choice is listed once its package is installed with an entry point in group "
             f"'{ENTRY_POINT_GROUP}' (tuneforge plugins lists the plugins loaded)")

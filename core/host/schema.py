@@ -527,15 +527,16 @@ def _default_types_checked():
     line (which names no field)."""
     from omegaconf.errors import ValidationError
 
+    from tuneforge.errors import first_line
+
     try:
         yield
     except ValidationError as exc:
         field_name = exc.full_key or exc.key
         if not field_name:
             raise
-        problem = str(exc.msg).splitlines()[0].strip()
-        raise TypeError(f"field '{field_name}': its default does not fit its type ({problem}); give it a default of "
-                        "its type, or None with Optional[...]") from exc
+        raise TypeError(f"field '{field_name}': its default does not fit its type ({first_line(exc.msg)}); give it "
+                        "a default of its type, or None with Optional[...]") from exc
 
 
 def register_configs(plugins, broken: Optional[dict] = None) -> None:
