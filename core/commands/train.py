@@ -440,8 +440,7 @@ HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-c
 
 
 #: Hydra flags after which ``--cfg job`` is left to Hydra (another package, config path or name, a sweep)
-_LEFT_TO_HYDRA = {"--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                  "-m", "--multirun", "--info", "-i", "--experimental-rerun"}
+_LEFT_TO_HYDRA = (HYDRA_FLAGS_WITH_VALUE - {"--cfg", "-c"}) | {"-m", "--multirun", "--info", "-i"}
 
 
 def print_pruned_job(args: list) -> bool:
@@ -454,11 +453,9 @@ def print_pruned_job(args: list) -> bool:
     flags = [arg for arg in args if arg.startswith("-")]
     wants_job = any(arg in ("--cfg", "-c") and value == "job" for arg, value in zip(args, args[1:]))
     overrides = hydra_overrides(args)
-    from tuneforge.host.compose import _override_key
-    from tuneforge.host.components import MULTIPLE_GROUPS
+    from tuneforge.host.compose import sets_list_group
 
-    if not wants_job or _LEFT_TO_HYDRA & set(flags) or not any(_override_key(o) in MULTIPLE_GROUPS
-                                                                for o in overrides):
+    if not wants_job or _LEFT_TO_HYDRA & set(flags) or not sets_list_group(overrides):
         return False
     from omegaconf import OmegaConf
 

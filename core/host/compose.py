@@ -86,6 +86,13 @@ def load_plugins(overrides: Sequence[str] = (), extra_plugins: Iterable = ()) ->
     return plugins
 
 
+def sets_list_group(overrides: Sequence[str]) -> bool:
+    """Whether an override sets a list group (``evaluators=[...]``, ``+callbacks=[...]``)."""
+    from tuneforge.host.components import MULTIPLE_GROUPS
+
+    return any(_override_key(o) in MULTIPLE_GROUPS for o in overrides)
+
+
 def keep_only_listed_components(cfg, overrides: Sequence[str]) -> None:
     """Make a list group that the overrides set (``evaluators=[exact_match]``) hold exactly those components.
 
@@ -102,7 +109,7 @@ def keep_only_listed_components(cfg, overrides: Sequence[str]) -> None:
 
     from tuneforge.host.components import MULTIPLE_GROUPS
 
-    if not any(_override_key(o) in MULTIPLE_GROUPS for o in overrides):
+    if not sets_list_group(overrides):
         return
     parsed = OverridesParser.create().parse_overrides(list(overrides))  # Hydra composed with them: they parse
     last = {}  # a group set twice: Hydra takes the last; a later +group=[...] adds to it
