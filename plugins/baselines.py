@@ -35,8 +35,8 @@ from typing import Any, ClassVar, Optional
 import tuneforge
 from tuneforge.data import normalize, read_records
 from tuneforge.errors import DataError
-from tuneforge.evaluation import (demonstration_pool, demonstration_turns, examples_by_label, query_text, rank_all,
-                                  search_terms, with_demonstrations)
+from tuneforge.evaluation import (demonstration_pool, demonstration_turns, examples_by_label, held_out_overlaps,
+                                  is_plain_turn, query_text, rank_all, search_terms, with_demonstrations)
 from tuneforge.specs import selects
 from tuneforge.validation import at_least, check, existing_path
 
@@ -177,8 +177,7 @@ def _demonstration_problem(format_name: str, turns: list) -> Optional[str]:
     """Why a normalized record cannot be a demonstration (None when it can)."""
     if format_name in _NOT_A_DEMONSTRATION:
         return _NOT_A_DEMONSTRATION[format_name]
-    if any(turn.get("role") not in ("user", "assistant") or turn.get("tool_calls")
-           or not isinstance(turn.get("content"), str) for turn in turns):
+    if not all(is_plain_turn(turn) for turn in turns):
         return "a conversation with tool calls or tool results"
     if not turns or turns[-1]["role"] != "assistant" or turns[0]["role"] != "user":
         return "a conversation that does not go from a user turn to the assistant's answer"
@@ -215,34 +214,16 @@ def read_demonstrations(path: str) -> list:
     return examples
 
 
-def _normal(text: Any) -> str:
-    return " ".join(str(text or "").lower().split())
-
-
 def check_demonstration_leaks(shots: list, held_out, context=None) -> list:
     """Refuse a demonstration holding a held-out example's final question and answer (the baseline
     would see the answer: a :class:`DataError` naming both); warn about one asking a held-out question
-    with another answer.  Returns the warned ``[(demonstration source, held-out source)]``."""
-    answers, questions = {}, {}
-    for example in held_out:
-        messages = example.get("messages") or []
-        if len(messages) >= 2 and messages[-1].get("role") == "assistant" and messages[-2].get("role") == "user":
-            question, source = _normal(messages[-2].get("content")), example.get("source", "?")
-            answers.setdefault((question, _normal(messages[-1].get("content"))), source)
-            questions.setdefault(question, source)
-    warned = []
-    for shot in shots:
-        turns = demonstration_turns(shot)
-        for question, answer in zip(turns, turns[1:]):
-            if question["role"] != "user" or answer["role"] != "assistant":
-                continue
-            leaked = answers.get((_normal(question["content"]), _normal(answer["content"])))
-            if leaked is not None:
-                raise DataError(f"baselines.few_shot.path: {shot['source']} is held-out example {leaked} (the same "
-                                "question and answer): the baseline would see the answer; remove it from the file")
-            asked = questions.get(_normal(question["content"]))
-            if asked is not None:
-                warned.append((shot["source"], asked))
+    with another answer (:func:`tuneforge.evaluation.held_out_overlaps`).  Returns the warned
+    ``[(demonstration source, held-out source)]``."""
+    answered, warned = held_out_overlaps(shots, held_out)
+    if answered:
+        shot, leaked = answered[0]
+        raise DataError(f"baselines.few_shot.path: {shot} is held-out example {leaked} (the same question and "
+                        "answer): the baseline would see the answer; remove it from the file")
     if warned and (context is None or context.is_main):
         log.warning("baseline few_shot: %d demonstration(s) of baselines.few_shot.path ask a held-out question "
                     "(first: %s asks the question of held-out example %s, with another answer): the prompt shows "

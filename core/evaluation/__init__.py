@@ -15,6 +15,8 @@ from tuneforge.evaluation.baselines import (
     demonstration_pool,
     examples_by_label,
     demonstration_turns,
+    held_out_overlaps,
+    is_plain_turn,
     query_text,
     with_demonstrations,
 )
@@ -51,7 +53,8 @@ __all__ = [
     "EvaluationPass", "batches_of", "decode_outputs", "distributed_world", "few_shot_messages", "generate",
     "generate_predictions", "map_batches", "merge_predictions", "model_device", "prompts_and_references",
     "record_predictions", "split_example", "stop_token_ids", "user_message", "with_few_shot",
-    "demonstration_pool", "demonstration_turns", "examples_by_label", "query_text", "record_scores", "with_demonstrations",
+    "demonstration_pool", "demonstration_turns", "examples_by_label", "held_out_overlaps", "is_plain_turn", "query_text",
+    "record_scores", "with_demonstrations",
     "rank_all", "search_terms", "score_pairs",
     "SCHEMA_VERSION", "MetricsFileError", "RunMetrics", "metric_change", "metric_description", "metric_interval",
     "read_metrics",

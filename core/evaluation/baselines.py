@@ -12,7 +12,9 @@ evaluation pass per baseline: one more column of the run's comparison.
 Helpers for plugin authors (``from tuneforge.evaluation import ...``):
 :func:`demonstration_pool` (the training examples that can serve as
 demonstrations, never a held-out one), :func:`demonstration_turns`,
-:func:`with_demonstrations` and :func:`query_text`.
+:func:`with_demonstrations`, :func:`query_text`, :func:`examples_by_label`,
+:func:`is_plain_turn` and :func:`held_out_overlaps` (demonstrations from
+elsewhere checked against the held-out examples as the pool is).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def _normal(text: str) -> str:
     return " ".join(str(text).lower().split())
 
 
-def _plain_turn(message: dict) -> bool:
+def is_plain_turn(message: dict) -> bool:
+    """Whether a message can be part of a demonstration: a user or assistant turn of plain text (no tool
+    calls, no tool results)."""
     return (message.get("role") in ("user", "assistant") and isinstance(message.get("content"), str)
             and not message.get("tool_calls"))
 
@@ -44,13 +48,46 @@ def qa_key(question: str, answer: str) -> str:
     return _normal(question) + "\x00" + _normal(answer)
 
 
-def final_exchange_key(example: dict) -> Optional[str]:
-    """:func:`qa_key` of an example's last user turn and its final assistant answer (None when the
+def _final_exchange(example: dict) -> Optional[tuple]:
+    """``(question, answer)``: an example's last user turn and its final assistant answer (None when the
     example does not end with a user turn answered by the assistant)."""
     messages = example.get("messages") or []
     if len(messages) < 2 or messages[-1].get("role") != "assistant" or messages[-2].get("role") != "user":
         return None
-    return qa_key(messages[-2].get("content") or "", messages[-1].get("content") or "")
+    return messages[-2].get("content") or "", messages[-1].get("content") or ""
+
+
+def final_exchange_key(example: dict) -> Optional[str]:
+    """:func:`qa_key` of an example's final exchange (None when it does not end with a user turn answered
+    by the assistant)."""
+    exchange = _final_exchange(example)
+    return None if exchange is None else qa_key(*exchange)
+
+
+def held_out_overlaps(demonstrations: Sequence[dict], held_out: Sequence[dict]) -> tuple:
+    """``(answered, asked)``: ``(demonstration source, held-out source)`` pairs, in the demonstrations' order,
+    where an exchange of a demonstration (a user turn and the assistant's answer right after it) is a
+    held-out example's final question and answer (``answered``: it would show the answer; compared as
+    :func:`demonstration_pool` compares, by :func:`qa_key`), or asks that question with another answer
+    (``asked``).  For demonstrations that do not come from the pool (a baseline's own file)."""
+    answers, questions = {}, {}
+    for example in held_out:
+        exchange = _final_exchange(example)
+        if exchange is not None:
+            answers.setdefault(qa_key(*exchange), example.get("source", "?"))
+            questions.setdefault(_normal(exchange[0]), example.get("source", "?"))
+    answered, asked = [], []
+    for shot in demonstrations:
+        turns = demonstration_turns(shot)
+        for question, answer in zip(turns, turns[1:]):
+            if question.get("role") != "user" or answer.get("role") != "assistant":
+                continue
+            asked_text, answer_text = question.get("content") or "", answer.get("content") or ""
+            if qa_key(asked_text, answer_text) in answers:
+                answered.append((shot.get("source", "?"), answers[qa_key(asked_text, answer_text)]))
+            elif _normal(asked_text) in questions:
+                asked.append((shot.get("source", "?"), questions[_normal(asked_text)]))
+    return answered, asked
 
 
 def demonstration_turns(example: dict) -> list:
@@ -71,7 +108,7 @@ def demonstration_pool(train: Sequence[dict], held_out: Sequence[dict] = ()) -> 
     pool = []
     for example in train:
         turns = demonstration_turns(example)
-        if not turns or turns[-1]["role"] != "assistant" or not all(_plain_turn(t) for t in turns):
+        if not turns or turns[-1]["role"] != "assistant" or not all(is_plain_turn(t) for t in turns):
             continue
         if final_exchange_key(example) in held:
             continue
