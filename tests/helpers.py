@@ -84,18 +84,23 @@ def packed_tiny_batch(model, vocab: int):
     return {"input_ids": ids, "labels": ids.clone(), **packed_attention_inputs(model, position_ids)}
 
 
-def sigterm_while_the_model_loads(tmp_path) -> Path:
+def sigterm_when_called(tmp_path, module: str, function: str) -> Path:
     """A site folder (put it on PYTHONPATH) whose sitecustomize makes the tuneforge process send itself
-    SIGTERM while the model loads, so the run stops at once, before training."""
+    SIGTERM when ``module.function`` is called (the call then goes on), to stop a run in a chosen phase."""
     hook = Path(tmp_path) / "site" / "sitecustomize.py"
     hook.parent.mkdir()
     hook.write_text("import os, signal\n"
                     "def _patch():\n"
-                    "    import tuneforge.training.run as run\n"
-                    "    original = run.count_parameters\n"
+                    f"    import {module} as patched\n"
+                    f"    original = patched.{function}\n"
                     "    def stop(*a, **k):\n"
                     "        os.kill(os.getpid(), signal.SIGTERM)\n"
                     "        return original(*a, **k)\n"
-                    "    run.count_parameters = stop\n"
+                    f"    patched.{function} = stop\n"
                     "_patch()\n")
     return hook.parent
+
+
+def sigterm_while_the_model_loads(tmp_path) -> Path:
+    """:func:`sigterm_when_called` while the model loads, so the run stops at once, before training."""
+    return sigterm_when_called(tmp_path, "tuneforge.training.run", "count_parameters")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, sigterm_when_called
 
 FAST = ["model=tiny", "threads=1", "baselines=[]", "evaluators=[]", "trainer.enable_progress_bar=false"]
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -94,18 +94,9 @@ def test_train_log_holds_only_this_runs_lines_after_resume_never(tmp_path):
 # ---------------------------------------------------------------------------
 
 def _sigterm_while_hashing_the_data(tmp_path: Path) -> str:
-    """A site folder whose sitecustomize sends the tuneforge process SIGTERM while it hashes the data
+    """PYTHONPATH with a sitecustomize that sends the tuneforge process SIGTERM while it hashes the data
     files: after it took the run's lock, before status.json says running."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import os, signal\n"
-        "import tuneforge.training.data_files as data_files\n"
-        "_hashes = data_files.data_file_hashes\n"
-        "def _stop(*args, **kwargs):\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    return _hashes(*args, **kwargs)\n"
-        "data_files.data_file_hashes = _stop\n")
+    site = sigterm_when_called(tmp_path, "tuneforge.training.data_files", "data_file_hashes")
     return os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
 
 

@@ -192,13 +192,13 @@ def check_resumed_length(cfg: DictConfig, run_dir: Path, checkpoint: Path) -> No
                         "follows another curve than the checkpoint's", key, before, now, scheduler, step)
 
 
+#: the job log Hydra writes into the run directory (``<job name>.log``, the job being ``train``)
+LOG_FILE = "train.log"
 #: what stays in place when ``resume=never`` moves an earlier run's outputs aside: the lock, the job log
 #: (:data:`LOG_FILE`: only its earlier runs' part moves, :func:`move_earlier_log`) and the earlier runs
 #: moved aside before
-KEPT_IN_PLACE = (".lock", "train.log")
+KEPT_IN_PLACE = (".lock", LOG_FILE)
 PREVIOUS_PREFIX = "previous-"
-#: the job log Hydra writes into the run directory (``<job name>.log``, the job being ``train``)
-LOG_FILE = "train.log"
 #: ``{train.log path: its size when this command started}``, noted before the command's log handler opened
 #: it (:func:`note_log_start`): the bytes before that size are earlier commands' lines
 _LOG_STARTS: dict = {}
