@@ -159,7 +159,10 @@ def test_override_errors_name_the_key_and_the_choices(tmp_path):
                                  r"converted to Integer",
         "trainr.max_steps=3": r"unknown config key 'trainr' \(did you mean 'trainer'\?\)",
         "evaluators=[perplexit]": r"unknown choice 'perplexit' for 'evaluators' \(did you mean 'perplexity'\?\)",
+        "adapter.name=ia3": r"^adapter.name=ia3 does not switch the adapter: the other settings are lora's; "
+                            r"choose a component with adapter=ia3",
     }
     for override, pattern in cases.items():
-        with pytest.raises(ConfigError, match=pattern):
+        with pytest.raises(ConfigError, match=pattern) as raised:
             run_tiny_fit(tmp_path, overrides=[override])
+        assert "name" not in str(raised.value).partition("valid keys")[2].replace(",", " ").split(), override

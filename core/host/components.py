@@ -305,6 +305,19 @@ def drop_deselected_settings(resolved, plugins) -> None:
             ", ".join(f"{group}.{key}" for key in leftovers), group, selected)
 
 
+def _owner_of_settings(plugins, group: str, name: str, keys: list) -> Optional[str]:
+    """The other component of ``group`` that has every one of ``keys``, when a node's ``name`` was
+    changed by hand (``adapter.name=ia3`` over lora's settings); None when no other one has them all."""
+    from tuneforge.host.schema import named_config_class
+
+    for other in plugins[group].names():
+        if other != name:
+            fields = {f.name for f in dataclasses.fields(named_config_class(plugins[group].get(other)))}
+            if set(keys) <= fields:
+                return other
+    return None
+
+
 def _component(plugins, group: str, path: str, node, problems: list) -> Optional[Component]:
     """The component a node selects, with its typed config; None (and ``problems``) when it cannot be built.
 
@@ -326,10 +339,18 @@ def _component(plugins, group: str, path: str, node, problems: list) -> Optional
         return None
     valid = [f.name for f in dataclasses.fields(named_config_class(spec))]
     unknown = [str(key) for key in node.keys() if key not in valid]
+    owner = _owner_of_settings(plugins, group, spec.name, [str(key) for key in node.keys()]) if unknown else None
+    if owner is not None:
+        choose = f"{group}={spec.name}" if path == group else f"{group}=[...,{spec.name}]"
+        problems.append(Problem(f"{path}.name", "name changed", line=(
+            f"{path}.name={spec.name} does not switch the {group}: the other settings are {owner}'s; "
+            f"choose a component with {choose}, which brings its own settings")))
+        return None
+    settable = [key for key in valid if key != "name"]  # name is the choice: <group>=<name>
     for key in unknown:
         problems.append(Problem(f"{path}.{key}", "unknown config key", line=(
-            f"unknown config key '{path}.{key}' for {group} '{spec.name}'{did_you_mean(key, valid)}; "
-            f"valid keys: {', '.join(valid)}")))
+            f"unknown config key '{path}.{key}' for {group} '{spec.name}'{did_you_mean(key, settable)}; "
+            f"valid keys: {', '.join(settable)}")))
     if unknown:
         return None
     from tuneforge.host.paths import absolute_component_paths

@@ -221,6 +221,10 @@ def explain_composition_error(exc: Exception, overrides: Sequence[str] = ()) -> 
         full_key = key.group(1)
         parent, _, leaf = full_key.rpartition(".")
         valid = _valid_keys(exc.__cause__)
+        from tuneforge.host.schema import COMPONENT_GROUPS
+
+        if parent.split(".")[0] in COMPONENT_GROUPS:
+            valid = [k for k in valid if k != "name"]  # the choice itself: set with <group>=<choice>
         return (f"unknown config key '{full_key}'{did_you_mean(leaf, valid)}; valid keys"
                 f"{' of ' + parent if parent else ''}: {', '.join(valid)}")
     if key:
