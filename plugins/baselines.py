@@ -76,13 +76,23 @@ class FewShotConfig:
 
     def __post_init__(self) -> None:
         check(self, k=at_least(1), cover_labels=[_auto_or_bool, self._labels_with_path],
-              path=existing_path("file"))
+              path=[existing_path("file"), _demonstrations_problem])
 
     def _labels_with_path(self, value) -> Optional[str]:
         if value is True and self.path is not None:
             return ("true does not apply with baselines.few_shot.path (its demonstrations are used as written, "
                     "in file order); valid with path: auto or false")
         return None
+
+
+def _demonstrations_problem(path) -> Optional[str]:
+    """Why the records of ``path`` cannot be demonstrations, checked with the config (before the model
+    loads); whether one repeats a held-out example is checked when the baseline runs."""
+    try:
+        read_demonstrations(str(path))
+    except DataError as exc:
+        return str(exc).removeprefix("baselines.few_shot.path: ")
+    return None
 
 
 #: the number of random training demonstrations when ``k`` is null

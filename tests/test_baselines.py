@@ -290,12 +290,12 @@ def test_few_shot_path_refuses_bad_files_and_held_out_answers(tmp_path, caplog):
         builtin.FewShotConfig(path=str(demos), cover_labels=True)
     assert builtin.FewShotConfig(path=str(demos), cover_labels=False).path == str(demos)
 
-    def refused(records, name="bad.jsonl"):
+    def refused(records, name="bad.jsonl"):  # with the config, before any model loads
         path = write_records(tmp_path / name, records)
-        with pytest.raises(DataError) as raised:
-            builtin.rewrite_few_shot(None, None, [], held, builtin.FewShotConfig(path=str(path)))
+        with pytest.raises(ConfigValueError) as raised:
+            builtin.FewShotConfig(path=str(path))
         message = str(raised.value)
-        assert "\n" not in message and message.startswith("baselines.few_shot.path: ")
+        assert "\n" not in message and message.startswith(f"path: {path}")
         return message
 
     assert "empty.jsonl holds no records" in refused([], "empty.jsonl") and "valid: alpaca" in refused([], "e.jsonl")
@@ -306,8 +306,12 @@ def test_few_shot_path_refuses_bad_files_and_held_out_answers(tmp_path, caplog):
     assert "bad.jsonl:1 is a conversation that does not go from a user turn" in refused(
         [{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "Q?"}]}])
 
-    leak = refused([DEMOS[1], {"instruction": "capital of  CHILE?", "output": "santiago"}])
-    assert "bad.jsonl:2 is held-out example val.jsonl:4 (the same question and answer)" in leak
+    leaking = write_records(tmp_path / "leak.jsonl", [DEMOS[1], {"instruction": "capital of  CHILE?", "output": "santiago"}])
+    with pytest.raises(DataError) as raised:  # when the baseline runs: the held-out split is known then
+        builtin.rewrite_few_shot(None, None, [], held, builtin.FewShotConfig(path=str(leaking)))
+    leak = str(raised.value)
+    assert "\n" not in leak and leak.startswith("baselines.few_shot.path: ")
+    assert "leak.jsonl:2 is held-out example val.jsonl:4 (the same question and answer)" in leak
     with caplog.at_level("WARNING", logger="tuneforge"):
         asked = write_records(tmp_path / "asked.jsonl", [{"instruction": "Capital of Chile?", "output": "Lima"}])
         info: dict = {}
@@ -334,3 +338,6 @@ def test_few_shot_path_composes_from_the_command_line_and_is_a_data_file_of_the_
     assert [p.key for p in problems] == ["baselines.few_shot.cover_labels"]
     missing = validate(compose(["baselines=[few_shot]", f"baselines.few_shot.path={tmp_path / 'no.jsonl'}"]), plugins)
     assert [p.key for p in missing] == ["baselines.few_shot.path"] and "no such file" in str(missing[0])
+    pairs = write_records(tmp_path / "pairs.jsonl", [{"prompt": "Q?", "chosen": "good", "rejected": "bad"}])
+    bad = validate(compose(["baselines=[few_shot]", f"baselines.few_shot.path={pairs}"]), plugins)
+    assert [p.key for p in bad] == ["baselines.few_shot.path"] and "pairs.jsonl:1 is a preference pair" in str(bad[0])
