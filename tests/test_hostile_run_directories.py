@@ -89,6 +89,21 @@ def test_train_log_holds_only_this_runs_lines_after_resume_never(tmp_path):
     assert all(line in restart.stdout for line in log.splitlines())
 
 
+@pytest.mark.fault(fault="a `-m` sweep run again into the same `hydra.sweep.dir` with `resume=never`",
+                   outcome="each job's train.log holds this sweep's lines only; the earlier ones are in "
+                           "previous-<n>/train.log")
+def test_a_sweep_jobs_train_log_holds_only_this_sweeps_lines_after_resume_never(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = ["train", "-m", *FAST, "trainer.max_steps=1", f"hydra.sweep.dir={sweep}", "optim.lr=1e-3"]
+    assert run_cli(command, cwd=tmp_path, env=ENV).returncode == 0
+    first = (sweep / "0" / "train.log").read_bytes()
+    again = run_cli([*command, "resume=never"], cwd=tmp_path, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (sweep / "0" / "previous-1" / "train.log").read_bytes() == first
+    log = (sweep / "0" / "train.log").read_bytes()
+    assert _first_message(log).startswith("resume=never: moved the earlier run's")
+
+
 # ---------------------------------------------------------------------------
 # 2. SIGTERM after the lock, before status.json said running
 # ---------------------------------------------------------------------------

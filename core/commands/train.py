@@ -165,8 +165,12 @@ class TrainCommand:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from tuneforge.training.run_dir import note_log_start
+
         _set_env("HYDRA_FULL_ERROR", self.user_full_error)
         sys.argv = self.command_line
+        # a sweep's job log (and one noted nowhere before Hydra): Hydra opened it, this job wrote nothing yet
+        note_log_start(HydraConfig.get().runtime.output_dir, unless_noted=True)
         try:
             if HydraConfig.get().mode != RunMode.MULTIRUN:
                 self.train_job(cfg)

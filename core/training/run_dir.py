@@ -204,11 +204,15 @@ PREVIOUS_PREFIX = "previous-"
 _LOG_STARTS: dict = {}
 
 
-def note_log_start(log_dir) -> None:
+def note_log_start(log_dir, unless_noted: bool = False) -> None:
     """Note how long ``<log_dir>/train.log`` is now (0: absent), before this command's log handler opens it
     for appending (``tuneforge train`` calls this before Hydra sets up logging, :func:`move_earlier_log`
-    reads it).  ``log_dir``: the directory Hydra writes the job log into (``hydra.run.dir``)."""
+    reads it).  ``log_dir``: the directory Hydra writes the job log into (``hydra.run.dir``).
+    ``unless_noted``: keep a length noted earlier; a job calls it so when it starts (its log handler is open
+    but has written nothing yet), for the logs noted nowhere before (a ``-m`` sweep's jobs)."""
     path = _log_key(Path(log_dir) / LOG_FILE)
+    if unless_noted and path in _LOG_STARTS:
+        return
     try:
         _LOG_STARTS[path] = path.stat().st_size
     except OSError:
