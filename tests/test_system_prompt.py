@@ -294,3 +294,58 @@ def test_an_export_of_a_run_without_a_shared_system_prompt_has_none(differing_ru
     out = export_run(differing_run, tmp_path / "export")
     assert not (out / SYSTEM_PROMPT_RECORD).exists()
     assert load_run(out, device="cpu").system_prompt is None
+
+
+def test_an_exports_chat_template_defaults_to_the_training_system_prompt(exported, same_run, same_loaded, tmp_path):
+    """transformers, vLLM, SGLang (and llama.cpp from a GGUF's metadata) render the export's template
+    without tuneforge: a conversation without a system message gets the training one, as in training."""
+    import transformers
+
+    from tuneforge.commands.export import export_run
+
+    trained = same_loaded.tokenizer  # the run's tokenizer: the chat template training used
+    assert isinstance(trained.chat_template, str)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(exported))
+    user = [{"role": "user", "content": "I was double charged"}]
+    own = [{"role": "system", "content": "Answer in French."}, *user]
+
+    def rendered(tok, messages):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    assert rendered(tokenizer, user) == rendered(trained, [{"role": "system", "content": SYSTEM}, *user])
+    assert rendered(tokenizer, own) == rendered(trained, own)  # a system message of the request wins
+    # tuneforge's own commands add the system prompt themselves (system="" means none): the template as trained
+    assert load_run(exported, device="cpu").tokenizer.chat_template == trained.chat_template
+    plain = export_run(same_run, tmp_path / "plain", system_prompt=False)
+    assert transformers.AutoTokenizer.from_pretrained(str(plain)).chat_template == trained.chat_template
+
+
+def test_the_default_system_prompt_survives_quotes_newlines_and_jinja_syntax_in_it(same_loaded):
+    from tuneforge.commands.export_folder import with_default_system, without_default_system
+
+    tokenizer = same_loaded.tokenizer
+    template = tokenizer.chat_template
+    tricky = 'Say "yes" or \'no\'.\nNever print {{ x }}, {% raw %} or %} \\n literally. Ünïcode ✓'
+    user = [{"role": "user", "content": "Hi"}]
+    tokenizer.chat_template = with_default_system(with_default_system(template, "an earlier prompt"), tricky)
+    try:
+        assert "an earlier prompt" not in tokenizer.chat_template  # wrapped anew, not twice
+        wrapped = tokenizer.apply_chat_template(user, tokenize=False)
+        tokenizer.chat_template = template
+        assert wrapped == tokenizer.apply_chat_template([{"role": "system", "content": tricky}, *user], tokenize=False)
+    finally:
+        tokenizer.chat_template = template
+    assert without_default_system(with_default_system(template, tricky)) == template
+    assert without_default_system(None) is None
+
+
+def test_a_gguf_exports_chat_template_defaults_to_the_training_system_prompt(same_run, same_loaded, tmp_path):
+    import transformers
+
+    from tuneforge.commands.export import export_gguf
+
+    path = export_gguf(same_run, tmp_path / "tickets.gguf", dtype="f32")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    user = [{"role": "user", "content": "The app crashes on start"}]
+    assert (tokenizer.apply_chat_template(user, tokenize=False)
+            == same_loaded.tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}, *user], tokenize=False))

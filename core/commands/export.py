@@ -50,6 +50,9 @@ EXPORT_OPTIONS = {
     "gguf.dtype": Option("weights in the GGUF file: f16, f32 or q8_0 (norms stay f32)", str, "f16"),
     "overwrite": Option("replace an earlier export (a folder with config.json) at out", parse_bool, False),
     "force": Option("export a run whose status is running, failed or interrupted", parse_bool, False),
+    "system_prompt": Option("put the run's training system prompt (model/system_prompt.json) in the exported chat "
+                            "template, for conversations without a system message (false: the template as is)",
+                            parse_bool, True),
 }
 
 
@@ -150,8 +153,11 @@ def merged_run_model(run_dir, force: bool = False):
     return model, tokenizer
 
 
-def export_gguf(run_dir, out, *, dtype: str = "f16", overwrite: bool = False, force: bool = False) -> Path:
-    """Write the run's merged model to the GGUF file ``out``; returns its path."""
+def export_gguf(run_dir, out, *, dtype: str = "f16", overwrite: bool = False, force: bool = False,
+                system_prompt: bool = True) -> Path:
+    """Write the run's merged model to the GGUF file ``out``; returns its path.  ``system_prompt``: the chat
+    template in its metadata defaults to the run's training system prompt (:func:`put_system_prompt_in_template`)."""
+    from tuneforge.commands.export_folder import put_system_prompt_in_template
     from tuneforge.commands.gguf_export import GGUF_DTYPES, write_gguf
 
     if dtype not in GGUF_DTYPES:
@@ -165,20 +171,24 @@ def export_gguf(run_dir, out, *, dtype: str = "f16", overwrite: bool = False, fo
     if blocking is not None:
         raise ExportError(f"out={out}: {blocking} is a file, not a folder; give out= a path under a folder")
     model, tokenizer = merged_run_model(run_dir, force=force)
+    if system_prompt:
+        put_system_prompt_in_template(tokenizer, run_dir)
     try:
         return write_gguf(model, tokenizer, out, dtype=dtype, name=f"tuneforge {Path(run_dir).name}")
     except OSError as exc:  # write_gguf writes a temporary file renamed when complete: nothing is left at out
         raise ExportError(export_write_problem(exc, out)) from exc
 
 
-def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False) -> Path:
+def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False, system_prompt: bool = True) -> Path:
     """Write the run's tuned model to ``out`` as a standalone Hugging Face model folder; returns ``out``.
+    ``system_prompt``: its chat template defaults to the run's training system prompt
+    (:func:`tuneforge.commands.export_folder.put_system_prompt_in_template`).
 
     The folder is written into a temporary sibling (``.<name>.tmp-<pid>``) and renamed to ``out`` when
     complete (an earlier export replaced only then, with ``overwrite``): a failed export (a full disk, a
     read-only folder) is one :class:`ExportError` line and leaves ``out`` as it was, never half-written."""
     from tuneforge.atomic import atomic_dir
-    from tuneforge.commands.export_folder import copy_system_prompt
+    from tuneforge.commands.export_folder import copy_system_prompt, put_system_prompt_in_template
     from tuneforge.errors import os_error_number
 
     model, tokenizer = merged_run_model(run_dir, force=force)  # before touching out: an unmergeable adapter
@@ -186,6 +196,8 @@ def export_run(run_dir, out, *, overwrite: bool = False, force: bool = False) ->
         raise ExportError(f"the run's adapter merged the model into a {type(model).__name__}, which has no "
                           "save_pretrained; its merge must return a transformers model")
     out = prepare_out_dir(out, run_dir, overwrite)
+    if system_prompt:
+        put_system_prompt_in_template(tokenizer, run_dir)
     try:
         with atomic_dir(out, replace=overwrite) as folder:
             model.save_pretrained(str(folder), safe_serialization=True)
@@ -210,10 +222,11 @@ def export_command(args: list) -> None:
         raise ExportError(f"format is '{values['format']}'; valid: {', '.join(EXPORT_FORMATS)}")
     if values["format"] == "gguf":
         out = export_gguf(values["run_dir"], values["out"], dtype=values["gguf.dtype"],
-                          overwrite=values["overwrite"], force=values["force"])
+                          overwrite=values["overwrite"], force=values["force"], system_prompt=values["system_prompt"])
         print(f"exported to {out} (llama.cpp: llama-cli -m {out}; transformers: gguf_file=)")
         return
-    out = export_run(values["run_dir"], values["out"], overwrite=values["overwrite"], force=values["force"])
+    out = export_run(values["run_dir"], values["out"], overwrite=values["overwrite"], force=values["force"],
+                     system_prompt=values["system_prompt"])
     print(f"exported to {out} (load with transformers.{auto_class_of(out)}.from_pretrained)")
 
 

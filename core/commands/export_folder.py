@@ -33,6 +33,45 @@ def copy_system_prompt(run_dir, folder) -> None:
         shutil.copyfile(record, Path(folder) / SYSTEM_PROMPT_RECORD)
 
 
+#: opens the chat template an export writes when the run recorded a training system prompt (the template
+#: then puts that prompt first in a conversation that has no system message); closed by DEFAULT_SYSTEM_END
+DEFAULT_SYSTEM_MARK = "{#- tuneforge export: the training system prompt when a conversation has none -#}"
+DEFAULT_SYSTEM_END = "{#- tuneforge export: end -#}"
+
+
+def with_default_system(template: str, system_prompt: str) -> str:
+    """``template`` (a Jinja chat template) preceded by a part that puts ``system_prompt`` first in a
+    conversation without a system message, so that transformers, vLLM, SGLang and llama.cpp (a GGUF file's
+    metadata) prompt the exported model as training did; a system message in the conversation wins.
+    A template already wrapped is wrapped anew (the recorded prompt replaces the earlier one)."""
+    import json
+
+    literal = json.dumps(system_prompt, ensure_ascii=False)  # a Jinja string literal: quotes, \n escaped
+    head = ("{%- if not messages or messages[0]['role'] != 'system' -%}"
+            "{%- set messages = [{'role': 'system', 'content': " + literal + "}] + messages -%}"
+            "{%- endif -%}")
+    return f"{DEFAULT_SYSTEM_MARK}{head}{DEFAULT_SYSTEM_END}{without_default_system(template)}"
+
+
+def without_default_system(template):
+    """``template`` without the part :func:`with_default_system` put before it (as training used it); any
+    other value as it is.  tuneforge's own commands add the system prompt themselves (``system=""``: none)."""
+    if isinstance(template, str) and template.startswith(DEFAULT_SYSTEM_MARK) and DEFAULT_SYSTEM_END in template:
+        return template.split(DEFAULT_SYSTEM_END, 1)[1]
+    return template
+
+
+def put_system_prompt_in_template(tokenizer, run_dir) -> bool:
+    """Make ``tokenizer``'s chat template (when it is one string) default to the run's training system
+    prompt (``model/system_prompt.json``); returns whether it did (no recorded prompt, no template: no)."""
+    system_prompt = system_prompt_in(Path(run_dir).expanduser() / "model")
+    template = getattr(tokenizer, "chat_template", None)
+    if system_prompt is None or not isinstance(template, str):
+        return False
+    tokenizer.chat_template = with_default_system(template, system_prompt)
+    return True
+
+
 def load_export_folder(folder, device: str = "auto") -> LoadedRun:
     """The model and tokenizer of an export ``folder`` (safetensors weights only), on ``device``, with the
     system prompt of its ``system_prompt.json`` (None without one)."""
@@ -57,6 +96,7 @@ def load_export_folder(folder, device: str = "auto") -> LoadedRun:
                                 f"{first_line(exc)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = without_default_system(tokenizer.chat_template)  # system_prompt below instead
     model.to(target).eval()
     return LoadedRun(model=model, tokenizer=tokenizer, config=OmegaConf.create({}), device=target,
                      system_prompt=system_prompt_in(folder))
