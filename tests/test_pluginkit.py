@@ -53,6 +53,19 @@ def test_train_help_errors_and_hydra_flags(tmp_path):
     assert job.returncode == 0 and "adapter:\n  name: ia3" in job.stdout
 
 
+def test_train_help_with_an_experiment_marks_its_choices_and_lists_what_it_sets():
+    result = run_cli(["train", "--help", "+experiment=legal_citations", "adapter.r=4"])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"^  model +\*hf, smollm2, tiny$", out, re.M)  # the experiment's choices, not the defaults
+    assert re.search(r"^  data +.*\*legal_citations", out, re.M) and "*jsonl" not in out
+    assert re.search(r"^  evaluators +.*\*exact_match, \*forgetting", out, re.M)
+    assert "set by +experiment=legal_citations (defaults below are the choices' own):" in out
+    assert "  adapter.lora_alpha = 32  (default 16)" in out and "  data.n_train = 75  (default 100)" in out
+    assert "  adapter.r = " not in out  # the command line's own value is not the experiment's
+    assert "  model.name" not in out  # a choice is marked above, not listed
+
+
 def test_config_groups_names_the_plugin_and_distribution_of_every_choice():
     result = run_cli(["config", "groups"], site_dirs=["good"])
     assert result.returncode == 0, result.stderr

@@ -380,14 +380,21 @@ def train_help(args: list) -> str:
     plugins = _plugins_for(overrides)
     groups = collect_groups(plugins)
     selected = parse_selection(overrides, groups)
+    from tuneforge.commands.experiment_help import experiment_effect
+
+    chosen_by_experiment, experiment_lines = experiment_effect(overrides)
+    selected.update(chosen_by_experiment)
     width = max(len(name) for name in groups)
-    how = {"list": " (list)", "global": " (+experiment=<name>: sets several groups and keys; --cfg job shows them)",
+    how = {"list": " (list)", "global": " (+experiment=<name>: sets several groups and keys; --help +experiment=<name> lists them)",
            "one": "", "keys": ""}
     lines = [TRAIN_HELP, "config groups (* = selected):"]
     for group in groups.values():
         choices = _selection_marks(group, selected.get(group.name)) if group.choices else \
             f"(no choices: set {group.name}.<key>=value)"
         lines.append(f"  {group.name:<{width}}  {choices}{how[group.selection]}")
+    if experiment_lines:
+        experiment = next(o for o in overrides if o.lstrip("+").startswith("experiment="))
+        lines += ["", f"set by {experiment} (defaults below are the choices' own):", *experiment_lines]
     lines += ["", "settings of the selected choices:", ""]
     for group in groups.values():
         if group.selection == "global":

@@ -98,16 +98,17 @@ def _setting_differences(saved_config: Path, cfg) -> list[str]:
 
     from tuneforge.training.run_dir import resolved_config_yaml
 
-    saved = _flat(yaml.safe_load(saved_config.read_text()) if saved_config.is_file() else {})
-    now = _flat(yaml.safe_load(resolved_config_yaml(cfg)))
+    saved = flat_settings(yaml.safe_load(saved_config.read_text()) if saved_config.is_file() else {})
+    now = flat_settings(yaml.safe_load(resolved_config_yaml(cfg)))
     keys = sorted(k for k in set(saved) | set(now) if k not in _NOT_SETTINGS)
     return [f"{k} ({saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r})" for k in keys
             if saved.get(k, "<unset>") != now.get(k, "<unset>")]
 
 
-def _flat(node, prefix: str = "") -> dict:
+def flat_settings(node, prefix: str = "") -> dict:
+    """``{dotted key: value}`` of the leaves of a nested dict (a config as plain containers)."""
     if isinstance(node, dict):
-        return {key: value for k, v in node.items() for key, value in _flat(v, f"{prefix}{k}.").items()}
+        return {key: value for k, v in node.items() for key, value in flat_settings(v, f"{prefix}{k}.").items()}
     return {prefix[:-1]: node}
 
 
