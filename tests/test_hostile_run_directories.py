@@ -108,6 +108,25 @@ def test_a_sweep_jobs_train_log_holds_only_this_sweeps_lines_after_resume_never(
 # 2. SIGTERM after the lock, before status.json said running
 # ---------------------------------------------------------------------------
 
+@pytest.mark.fault(fault="SIGTERM while `tuneforge train` starts (loading plugins, composing, importing), before "
+                         "the run took its lock",
+                   outcome="one line `interrupted by SIGTERM while starting, before its run began: nothing was "
+                           "trained or written; run the same command again`, exit 143; the run directory Hydra "
+                           "made for it is removed")
+@pytest.mark.parametrize("module, function", [("tuneforge.host.compose", "load_plugins"),
+                                              ("tuneforge.commands.train", "_route_library_logs")])
+def test_sigterm_while_train_starts_is_one_line_and_leaves_no_directory(tmp_path, module, function):
+    run_dir = tmp_path / "run"
+    site = sigterm_when_called(tmp_path, module, function)
+    stopped = run_cli(["train", *FAST, "trainer.max_steps=1", f"run_dir={run_dir}"], cwd=tmp_path,
+                      env={**ENV, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])})
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines() == [
+        "tuneforge: train interrupted by SIGTERM while starting, before its run began: nothing was trained or "
+        "written; run the same command again"]
+    assert not run_dir.exists()
+
+
 def _sigterm_while_hashing_the_data(tmp_path: Path) -> str:
     """PYTHONPATH with a sitecustomize that sends the tuneforge process SIGTERM while it hashes the data
     files: after it took the run's lock, before status.json says running."""

@@ -27,9 +27,13 @@ def train_command(args: list, debug: bool = False, program: bool = False) -> Non
         return print(train_help(args), end="")
     if print_pruned_job(args):
         return
+    from tuneforge.commands.train_signals import one_line_on_stop_signals
+
     collector = StartupCollector(freeze=program)
+    runs_begun: list = []
     try:
-        TrainCommand(args, debug, collector).run()
+        with one_line_on_stop_signals(runs_begun):  # before the run's own handling, and after it
+            TrainCommand(args, debug, collector, runs_begun).run()
     finally:
         collector.resume()  # a command that ran no job (a refused config, --cfg job): on again all the same
 
@@ -70,10 +74,13 @@ class StartupCollector:
 class TrainCommand:
     """One ``tuneforge train`` invocation: its arguments, the plugins they load and the Hydra jobs it runs."""
 
-    def __init__(self, args: list, debug: bool = False, collector: Optional[StartupCollector] = None):
+    def __init__(self, args: list, debug: bool = False, collector: Optional[StartupCollector] = None,
+                 runs_begun: Optional[list] = None):
         from tuneforge.host.compose import load_plugins
 
         self.debug = debug
+        #: the run directories whose run this command began (train_one), newest last
+        self.runs_begun = [] if runs_begun is None else runs_begun
         #: resumed once Lightning is imported (the end of start-up), see :class:`StartupCollector`
         self.collector = collector
         self.overrides = hydra_overrides(args)
@@ -267,6 +274,7 @@ class TrainCommand:
 
         context = RunContext.detect(run_dir, components.config, debug=self.debug)
         context = dataclasses.replace(context, child_command=child_command(self.debug, run_dir, settings))
+        self.runs_begun.append(run_dir)
         try:
             return run_train(components.config, self.plugins, run_dir, context=context,
                              components=components), context

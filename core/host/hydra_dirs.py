@@ -170,3 +170,9 @@ def discard_new_output_dir(output_dir=None) -> None:
     if _NEW.get("sweep") is not None and sweep_dir.is_dir() and all(
             p.name == "multirun.yaml" for p in sweep_dir.iterdir()):
         shutil.rmtree(_NEW["sweep"], ignore_errors=True)
+
+
+def discard_new_run_dir() -> None:
+    """Remove the single run's directory if this command created it (a run stopped while starting)."""
+    if _NEW.get("run") is not None:
+        discard_new_output_dir(_NEW["run"])

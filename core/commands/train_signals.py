@@ -1,0 +1,47 @@
+"""SIGTERM/SIGINT outside a run's own handling: while ``tuneforge train`` starts (imports, Hydra composing,
+validating) and after its run ended.
+
+A run handles these signals itself from when it takes its run directory's lock (a checkpoint, the resume
+command, ``status.json``: :mod:`tuneforge.training.run_stop`).  Before that, the default action would end the
+process silently (exit 143, no message, an empty run directory with Hydra's ``train.log``); here the
+signal ends the command with one line instead, and the run directory Hydra made for it is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+@contextlib.contextmanager
+def one_line_on_stop_signals(runs_begun: list):
+    """SIGTERM/SIGINT raise :class:`~tuneforge.training.run_stop.StopSignal` for the ``with`` block (a run
+    installs its own handlers inside it and gives these back after); one that reaches this block ends the
+    command with one line and exit status 143 (SIGTERM) or 130 (SIGINT).  ``runs_begun``: the run
+    directories whose run this command began, the last one named in the message."""
+    from tuneforge.training.run_stop import StopSignal, signals_stop_the_run
+
+    try:
+        with signals_stop_the_run():
+            yield
+    except StopSignal as stop:
+        print(f"tuneforge: train {_where(stop.signal_name, runs_begun[-1] if runs_begun else None)}",
+              file=sys.stderr)
+        raise SystemExit(130 if stop.signal_name == "SIGINT" else 143) from None
+
+
+def _where(signal_name: str, run_dir: Optional[Path]) -> str:
+    """What the signal interrupted: the start of the command (nothing trained; the new run directory
+    removed) or what follows a run that ended."""
+    from tuneforge.training.run_dir import read_status
+
+    status = read_status(Path(run_dir)).get("status") if run_dir is not None else None
+    if status is not None:
+        return f"interrupted by {signal_name} after its run ended ({run_dir}: {status})"
+    from tuneforge.host.hydra_dirs import discard_new_run_dir
+
+    discard_new_run_dir()
+    return (f"interrupted by {signal_name} while starting, before its run began: nothing was trained or "
+            "written; run the same command again")
