@@ -154,8 +154,8 @@ class DatasetSpec(_Spec):
 class AdapterSpec(_Spec):
     """How the model is made trainable, saved, loaded back and merged (config group ``adapter``).
 
-    ``apply(model, config) -> model`` freezes/wraps the model (e.g. returns a
-    ``peft.PeftModel``).
+    ``apply(model, config) -> model`` freezes/wraps the model (e.g. returns a ``peft.PeftModel``), leaving
+    the parameters to train with ``requires_grad=True`` (a model with none is refused in one line).
 
     ``save(model, directory)`` writes the trained weights into the run's
     ``model/`` folder; when omitted the host calls
@@ -168,19 +168,17 @@ class AdapterSpec(_Spec):
     ``needs_base=False`` (self-contained weights) the host skips loading the
     base and passes ``None``.
 
-    ``needs_base``: whether ``load`` needs the base model (default true).  When ``load`` is omitted the host reads the
-    folder as full weights with
-    ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` (what the
-    default ``save`` writes for a plain ``transformers`` model) and
-    ``needs_base`` is not consulted.
+    ``needs_base``: whether ``load`` needs the base model (default true).  When ``load`` is omitted it is not
+    consulted: a folder holding peft's ``adapter_config.json`` (what the default ``save`` writes for a peft
+    model) is put onto the run's freshly loaded base with ``peft.PeftModel.from_pretrained(base, directory)``,
+    any other is read as full weights with ``transformers.AutoModelForCausalLM.from_pretrained(directory)``.
 
-    ``merge(model) -> model`` turns the loaded model into a plain
-    ``transformers`` model that ``save_pretrained`` writes as a standalone
-    Hugging Face folder (``tuneforge export``), e.g. by folding adapter
-    weights into the base weights.  An adapter that cannot be merged (prefix
-    or prompt tuning: virtual tokens, not weight deltas) raises
-    ``tuneforge.errors.ModelError`` with a one-line reason.  When omitted the
-    loaded model is exported as it is.
+    ``merge(model) -> model`` turns the loaded model into a plain ``transformers`` model that
+    ``save_pretrained`` writes as a standalone Hugging Face folder (``tuneforge export``), e.g. by folding
+    adapter weights into the base weights (peft: ``model.merge_and_unload()``; a peft model returned
+    unmerged is refused in one line).  An adapter that cannot be merged (prefix or prompt tuning: virtual
+    tokens, not weight deltas) raises ``tuneforge.errors.ModelError`` with a one-line reason.  When omitted,
+    a peft model is merged with its ``merge_and_unload()`` and any other is exported as it is.
 
     ``supports_packing``: False for adapters whose model cannot take packed
         batches (``loader.packing``: a 4D attention mask and per-example

@@ -340,3 +340,62 @@ def test_adapter_spec_fields_are_checked():
     spec = tuneforge.AdapterSpec("x", CaptureConfig, apply=adapters.apply_full, load=adapters.load_peft,
                                  needs_base=False)
     assert spec.needs_base is False
+
+
+def _apply_loha(model, config):
+    """What a docs-only plugin author writes for a peft adapter tuneforge has no built-in for."""
+    from peft import LoHaConfig, get_peft_model
+
+    return get_peft_model(model, LoHaConfig(r=2, alpha=2, target_modules=["q_proj", "v_proj"]))
+
+
+def test_a_peft_adapter_spec_without_load_or_merge_gets_the_peft_defaults(tmp_path):
+    """``apply`` alone returning a peft model: the default save writes peft's adapter folder, the default load
+    puts it back on the base (not from_pretrained on the adapter folder), the default merge folds it in."""
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    from tuneforge.training.model_io import load_saved_model, merge_model, needs_base_model, save_model
+
+    spec = tuneforge.AdapterSpec("loha", CaptureConfig, apply=_apply_loha)
+    base, tokenizer = load_tiny(TinyModelConfig())
+    model = _as_if_trained(spec.apply(base, None))
+    trained = _probe_logits(model)
+    assert (trained - _probe_logits(tiny_base())).abs().max() > 1e-3
+    save_model(spec, model, tokenizer, tmp_path / "model")
+    assert (tmp_path / "model" / "adapter_config.json").is_file()
+    assert needs_base_model(spec, tmp_path / "model") and not needs_base_model(spec)
+    loaded = load_saved_model(spec, tiny_base(), tmp_path / "model").eval()
+    assert isinstance(loaded, PeftModel)
+    torch.testing.assert_close(_probe_logits(loaded), trained, atol=1e-5, rtol=1e-5)
+    merged = merge_model(spec, loaded)
+    assert isinstance(merged, PreTrainedModel) and not isinstance(merged, PeftModel)
+    torch.testing.assert_close(_probe_logits(merged), trained, atol=1e-5, rtol=1e-5)
+
+
+def test_the_default_merge_refuses_a_prompt_learning_peft_model_in_one_line():
+    from peft import PromptTuningConfig, get_peft_model
+
+    from tuneforge.training.model_io import merge_model
+
+    spec = tuneforge.AdapterSpec("soft", CaptureConfig, apply=lambda model, config: model)
+    model = get_peft_model(tiny_base(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    with pytest.raises(ModelError, match=r"^adapter 'soft' is PROMPT_TUNING \(virtual tokens, not weight deltas\) "
+                                         r"and cannot be merged into the base weights; .*$"):
+        merge_model(spec, model)
+
+
+def test_a_merge_that_returns_the_peft_model_unmerged_is_one_line_saying_what_merge_must_return():
+    from tuneforge.errors import PluginError
+    from tuneforge.training.model_io import merge_model
+
+    spec = tuneforge.AdapterSpec("loha", CaptureConfig, apply=_apply_loha, merge=lambda model: model)
+    with pytest.raises(PluginError) as info:
+        merge_model(spec, _apply_loha(tiny_base(), None))
+    assert str(info.value) == (
+        "plugin code: adapter 'loha', merge returned PeftModel, a peft model whose adapter is not merged into the "
+        "base weights; it must return the merged model: a plain transformers model that save_pretrained writes "
+        "whole (for a peft model, model.merge_and_unload())")
+    wrong = tuneforge.AdapterSpec("loha", CaptureConfig, apply=_apply_loha, merge=lambda model: torch.nn.Linear(1, 1))
+    with pytest.raises(PluginError, match=r"merge returned Linear, which has no save_pretrained; it must return"):
+        merge_model(wrong, tiny_base())

@@ -160,6 +160,34 @@ def test_call_accepting_passes_only_the_keywords_a_function_takes():
     assert call_accepting(lambda a, x, /: (a, x), 1, 2, x=3) == (1, 2)  # positional-only is not a keyword
 
 
+def test_a_third_party_peft_adapter_without_load_or_merge_loads_and_exports_through_the_peft_defaults(
+        tmp_path, monkeypatch):
+    """``loha`` (tests/plugin_fixtures/peftdefaults) gives only ``apply``, returning peft's LoHa model: eval,
+    generate and chat load it onto the base (no "couldn't connect to huggingface.co" from from_pretrained on
+    an adapter folder), and export merges it into a standalone model with the trained logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.commands.export import export_run
+    from tuneforge.commands.run_loading import load_run
+    from tuneforge.plugins.models import TinyModelConfig, load_tiny
+
+    monkeypatch.syspath_prepend(str(FIXTURES / "peftdefaults"))
+    importlib.invalidate_caches()
+    run = run_tiny_fit(tmp_path / "run", overrides=["adapter=loha", "trainer.max_steps=2", "optim.lr=0.05",
+                                                    "baselines=[]", "evaluators=[]", "memorisation.sample=0"]).run_dir
+    assert (run / "model" / "adapter_config.json").is_file()
+    loaded = load_run(run, device="cpu")
+    assert isinstance(loaded.model, PeftModel)
+    out = export_run(run, tmp_path / "exported")
+    exported = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ids = torch.arange(10, 30).view(1, 20)
+    with torch.no_grad():
+        tuned, base = loaded.model(input_ids=ids).logits, load_tiny(TinyModelConfig())[0].eval()(input_ids=ids).logits
+        assert (tuned - base).abs().max() > 1e-4, "the trained adapter should matter"
+        torch.testing.assert_close(exported(input_ids=ids).logits, tuned, atol=1e-5, rtol=1e-5)
+
+
 def test_a_third_party_adapter_without_load_or_merge_generates_and_exports(tmp_path, monkeypatch):
     """``my_adapter`` (tests/plugin_fixtures/good) gives only ``apply``: the host's defaults (full weights
     saved with save_pretrained, loaded with from_pretrained, exported as loaded) carry it through."""

@@ -171,6 +171,26 @@ def test_a_bad_memory_argument_is_one_line_and_exit_2(args, expected, capsys):
     assert len(lines) == 1 and expected in lines[0], lines
 
 
+def test_an_adapter_that_does_not_fit_the_model_is_refused_by_plan_as_by_train(capsys):
+    """Target modules that match nothing are the adapter's ModelError, the line `tuneforge train` gives; not a
+    meta-device note with every parameter counted as trainable and "fits"."""
+    from tuneforge.commands.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", *TINY, "adapter.target_modules=[attn]"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tuneforge: error: adapter.target_modules: ['attn'] match no "
+                                                   "module of the model; valid: 'all-linear' or names among"), lines
+
+
+def test_an_adapter_that_needs_real_weights_is_still_planned_as_an_upper_bound():
+    run, _ = planned_run(*TINY, "adapter.init_lora_weights=pissa")  # an SVD of the weights: not on the meta device
+    facts = model_facts(run)
+    assert not facts.exact and "cannot be applied on the meta device" in facts.note
+    assert facts.trainable_parameters == facts.total_parameters
+
+
 def test_memory_sizes_parse():
     assert parse_memory("24GiB") == parse_memory("24GB") == parse_memory("24 g") == 24 * GiB
     assert parse_memory("512MiB") == 512 * 2 ** 20

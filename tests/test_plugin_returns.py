@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import FIXTURES, run_cli
 from tuneforge.errors import PluginError
 from tuneforge.host.guard import Returns, checked_result, instance_of, spec_call, type_name
 from tuneforge.losses import LossOutput, loss_output_problem
@@ -23,6 +23,13 @@ CASES = {
                      "a tuple (model, tokenizer)"),
     "adapter": (["model=tiny", "adapter=noapply"],
                 "adapter 'noapply', apply returned None; it must return the model with the adapter applied"),
+    # blamed on the adapter, before the data loads, not on the loss at the first step ("has no gradient")
+    "adapter with nothing to train": (["model=tiny", "adapter=frozen"],
+                                      "adapter 'frozen', apply returned a LlamaForCausalLM with no parameter to "
+                                      "train (all 107,328 have requires_grad=False); it must return the model with "
+                                      "the adapter applied (a torch.nn.Module) and the parameters to train left "
+                                      "with requires_grad=True: freeze only the rest, or wrap the model with "
+                                      "peft.get_peft_model"),
     "loss build": (["model=tiny", "loss=badloss", "loss.mistake=build_none"],
                    "loss 'badloss', build returned None; it must return the loss function"),
     "bare tensor": (["model=tiny", "loss=badloss", "loss.mistake=bare_tensor"],
@@ -82,3 +89,28 @@ def test_checked_results_name_an_unregistered_spec_as_plugin_code():
     assert checked_result(None, "x", [1], None) == [1]
     assert checked_result(None, "x", 1, Returns(lambda r: None, "anything")) == 1
     assert [type_name(v) for v in (None, (1, 2), [], {}, "s")] == ["None", "tuple of 2", "list of 0", "dict", "str"]
+
+
+def test_export_of_an_adapter_whose_merge_returns_the_peft_model_unmerged_is_one_line_and_writes_nothing(
+        tmp_path, monkeypatch, capsys):
+    """Adapter ``unmerged`` gives ``merge=lambda model: model``: exporting its peft model would write only the
+    adapter files (``base_model_name_or_path: null``), a folder nothing can load, and report success."""
+    import importlib
+
+    from tuneforge.commands.cli import main
+    from tuneforge.testing import run_tiny_fit
+
+    monkeypatch.syspath_prepend(str(FIXTURES / "returns"))
+    importlib.invalidate_caches()
+    run = run_tiny_fit(tmp_path / "run", overrides=["adapter=unmerged", *COMMON]).run_dir
+    capsys.readouterr()
+    out = tmp_path / "exported"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", f"run_dir={run}", f"out={out}"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"tuneforge: error: {PLUGIN}: adapter 'unmerged', merge returned PeftModel, a peft model whose "
+                     "adapter is not merged into the base weights; it must return the merged model: a plain "
+                     "transformers model that save_pretrained writes whole (for a peft model, "
+                     "model.merge_and_unload())"], lines
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -189,10 +189,11 @@ def load_run_model(run_dir, cfg, plugins=None, dequantize: bool = False):
     plugins = plugins or plugins_for_run(cfg)
     spec = run_adapter_spec(run_dir, cfg, plugins)
     head = trained_head(plugins, cfg)
-    base = load_model_from_config(plugins, cfg.model, head=head)[0] if needs_base_model(spec) else None
+    model_dir = Path(run_dir).expanduser() / "model"
+    base = load_model_from_config(plugins, cfg.model, head=head)[0] if needs_base_model(spec, model_dir) else None
     if dequantize and base is not None:
         base = dequantized_base(plugins, cfg.model, base)
-    model = load_saved_model(spec, base, Path(run_dir).expanduser() / "model",
+    model = load_saved_model(spec, base, model_dir,
                              trust_remote_code=bool(cfg.model.get("trust_remote_code", False)), head=head)
     model.eval()
     return model

@@ -36,6 +36,24 @@ def model(what: str) -> Returns:
     return instance_of(torch.nn.Module, f"{what} (a torch.nn.Module)")
 
 
+def adapted_model() -> Returns:
+    """An adapter's ``apply``: a ``torch.nn.Module`` with parameters left to train (``requires_grad``)."""
+    import torch
+
+    def problem(result):
+        if not isinstance(result, torch.nn.Module):
+            return type_name(result)
+        parameters = list(result.parameters())
+        if any(parameter.requires_grad for parameter in parameters):
+            return None
+        return (f"a {type(result).__name__} with no parameter to train (all "
+                f"{sum(parameter.numel() for parameter in parameters):,} have requires_grad=False)")
+
+    return Returns(problem, "the model with the adapter applied (a torch.nn.Module) and the parameters to train "
+                            "left with requires_grad=True: freeze only the rest, or wrap the model with "
+                            "peft.get_peft_model")
+
+
 def data_splits() -> Returns:
     """A dataset's ``load``: :class:`tuneforge.data.DataSplits`."""
     from tuneforge.data import DataSplits

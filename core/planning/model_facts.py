@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, ModelError
 from tuneforge.model_heads import CAUSAL_LM, MODEL_HEADS
 from tuneforge.planning.decoder_shapes import decoder_shapes
 
@@ -152,6 +152,8 @@ def _facts_of(run, architecture) -> ModelFacts:
     try:
         model = run.adapter.spec.apply(model, run.adapter.config)
     except Exception as exc:  # an adapter that needs real weights (e.g. one that reads them to initialise)
+        if _refuses_the_config(exc):
+            raise
         exact = False
         note = (f"adapter={run.adapter.name} cannot be applied on the meta device "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); every parameter is "
@@ -177,6 +179,15 @@ def _facts_of(run, architecture) -> ModelFacts:
         vocab_size=int(_field(architecture, "vocab_size")),
         checkpointing=exact and any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()),
         exact=exact, note=note)
+
+
+def _refuses_the_config(exc: BaseException) -> bool:
+    """Whether an adapter's ``apply`` failed on the meta device for a reason ``tuneforge train`` stops on too:
+    a :class:`~tuneforge.errors.ModelError` (the adapter does not fit the model: target modules that match
+    nothing, more layers than the model has ...) that does not say it is about the meta device."""
+    import re
+
+    return isinstance(exc, ModelError) and re.search(r"\bmeta\b", str(exc), re.IGNORECASE) is None
 
 
 def _facts_from_fields(run) -> Optional[ModelFacts]:

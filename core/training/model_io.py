@@ -127,16 +127,22 @@ def load_saved_model(adapter_spec, base_model, model_dir: Path, trust_remote_cod
 
     ``adapter_spec.load(base_model, model_dir)`` when the run's adapter gives
     one (with ``base_model=None`` for a spec with ``needs_base=False``);
-    otherwise the full weights that the default save writes, read with the
-    ``transformers`` auto class of the run's model ``head``
-    (:data:`tuneforge.specs.MODEL_HEADS`: ``AutoModelForCausalLM`` for a causal
-    LM; ``base_model`` is then not needed; when given, its dtype is kept).
+    otherwise, when the default save wrote a peft adapter (``adapter_config.json``),
+    that adapter put back onto ``base_model`` with ``peft.PeftModel.from_pretrained``
+    (:mod:`tuneforge.training.adapter_defaults`); otherwise the full weights that
+    the default save writes, read with the ``transformers`` auto class of the
+    run's model ``head`` (:data:`tuneforge.specs.MODEL_HEADS`:
+    ``AutoModelForCausalLM`` for a causal LM; ``base_model`` is then not needed;
+    when given, its dtype is kept).
     """
     import transformers
 
     from tuneforge.errors import ModelError, TuneforgeError
+    from tuneforge.training.adapter_defaults import holds_peft_adapter, load_peft_adapter
 
     try:
+        if adapter_spec.load is None and holds_peft_adapter(model_dir):
+            return load_peft_adapter(adapter_spec, base_model, model_dir)
         if adapter_spec.load is not None:
             from tuneforge.host.guard import checked_result
             from tuneforge.host.plugin_returns import model as a_model
@@ -161,19 +167,25 @@ def load_saved_model(adapter_spec, base_model, model_dir: Path, trust_remote_cod
         raise plugin_error(origin, f"adapter '{adapter_spec.name}', load", exc) from exc
 
 
-def needs_base_model(adapter_spec) -> bool:
-    """Whether :func:`load_saved_model` needs the run's base model for this adapter."""
-    return adapter_spec.load is not None and adapter_spec.needs_base
+def needs_base_model(adapter_spec, model_dir=None) -> bool:
+    """Whether :func:`load_saved_model` needs the run's base model for this adapter: its ``load`` with
+    ``needs_base``, or (no ``load``) a peft adapter saved in ``model_dir`` by the default save."""
+    from tuneforge.training.adapter_defaults import holds_peft_adapter
+
+    if adapter_spec.load is None:
+        return holds_peft_adapter(model_dir)
+    return adapter_spec.needs_base
 
 
 def merge_model(adapter_spec, model):
-    """``adapter_spec.merge(model)`` (a plain ``transformers`` model), or ``model`` itself when the
-    adapter gives no ``merge``; raises the adapter's ``ModelError`` when it cannot be merged."""
-    if adapter_spec.merge is None:
-        return model
-    from tuneforge.host.plugin_returns import model as a_model
+    """``adapter_spec.merge(model)`` (a plain ``transformers`` model: a peft model coming back unmerged is
+    a one-line ``PluginError``); when the adapter gives no ``merge``, a peft model merged with peft's
+    ``merge_and_unload`` and any other model as it is; raises a ``ModelError`` when it cannot be merged."""
+    from tuneforge.training.adapter_defaults import default_merge, merged_model
 
-    return spec_call(adapter_spec, "merge", adapter_spec.merge, model, returns=a_model("the merged model"))
+    if adapter_spec.merge is None:
+        return default_merge(adapter_spec, model)
+    return spec_call(adapter_spec, "merge", adapter_spec.merge, model, returns=merged_model())
 
 
 def dequantized_base(plugins, model_config, base):
@@ -225,10 +237,10 @@ def load_source_model(spec, config, head: str = CAUSAL_LM):
 
 def apply_adapter(run, model):
     """``model`` with the run's adapter applied (the adapter's ``apply``, its result checked)."""
-    from tuneforge.host.plugin_returns import model as a_model
+    from tuneforge.host.plugin_returns import adapted_model
 
     return spec_call(run.adapter.spec, "apply", run.adapter.spec.apply, model, run.adapter.config,
-                     returns=a_model("the model with the adapter applied"))
+                     returns=adapted_model())
 
 
 def load_run_data(run, tokenizer):

@@ -1,5 +1,6 @@
 """Mistakes: plugin functions that return the wrong thing (one component per kind; ``loss=badloss``
-returns a different wrong value for each ``loss.mistake``)."""
+returns a different wrong value for each ``loss.mistake``; adapter ``frozen`` applies to a model with no
+parameter left to train, adapter ``unmerged`` merges a peft LoRA model into itself, unmerged)."""
 
 from dataclasses import dataclass
 
@@ -57,9 +58,29 @@ def tuneforge_model_sources():
     return [tuneforge.ModelSourceSpec("modelonly", NoOptions, "load returns the model alone", load=_load_model_alone)]
 
 
+def _freeze_everything(model, config):
+    model.requires_grad_(False)
+    return model
+
+
+def _apply_lora(model, config):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+
+
+def _load_lora(base_model, directory):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, directory)
+
+
 @tuneforge.hookimpl
 def tuneforge_adapters():
-    return [tuneforge.AdapterSpec("noapply", NoOptions, "apply returns None", apply=lambda model, config: None)]
+    return [tuneforge.AdapterSpec("noapply", NoOptions, "apply returns None", apply=lambda model, config: None),
+            tuneforge.AdapterSpec("frozen", NoOptions, "apply leaves nothing to train", apply=_freeze_everything),
+            tuneforge.AdapterSpec("unmerged", NoOptions, "merge returns the peft model unmerged", apply=_apply_lora,
+                                  load=_load_lora, merge=lambda model: model)]
 
 
 @tuneforge.hookimpl
