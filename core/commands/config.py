@@ -204,8 +204,10 @@ def _add_presets(groups: dict, group: str, choices: dict, own: str) -> None:
 
 
 def _plugins_for(overrides: list):
-    """The plugin manager with the plugin switches named in simple ``plugins.*=`` overrides."""
+    """The plugin manager with the plugin switches named in simple ``plugins.*=`` overrides, its config
+    classes checked as ``train`` registers them (a class Hydra refuses is the same one-line error)."""
     from tuneforge.host.plugin_manager import PluginSelection, create_plugin_manager
+    from tuneforge.host.schema import check_configs
 
     values = {}
     for override in overrides:
@@ -214,9 +216,11 @@ def _plugins_for(overrides: list):
             values[key.split(".")[1]] = value
     as_list = lambda text: [v.strip() for v in (text or "").strip("[]").split(",") if v.strip()]  # noqa: E731
     autoload = values.get("autoload")
-    return create_plugin_manager(PluginSelection.from_env(
+    plugins = create_plugin_manager(PluginSelection.from_env(
         disable=as_list(values.get("disable")), enable=as_list(values.get("enable")),
         autoload=None if autoload is None else autoload.strip().lower() not in ("0", "false", "no", "off")))
+    check_configs(plugins)
+    return plugins
 
 
 # ---------------------------------------------------------------------------

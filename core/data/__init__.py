@@ -60,6 +60,7 @@ from tuneforge.data.record_keys import unused_key_summary
 from tuneforge.data.samples import Sample, normalize, normalize_records, to_messages
 from tuneforge.data.sources import (
     Record,
+    as_records,
     first_record,
     hub_reachable,
     read_csv,
@@ -256,12 +257,13 @@ def split_records(records: list, *, val_fraction: float = 0.1, val_size: Optiona
     return [records[i] for i in train], [records[i] for i in val]
 
 
-def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records: Optional[Sequence[Record]] = None,
+def prepare_splits(records: Sequence[Record | dict], tokenizer, config, *, val_records: Optional[Sequence] = None,
                    origin: str = "data", rehearsal: Sequence[Record] = ()) -> DataSplits:
     """Validate, split, shuffle, limit, tokenize (or load from the cache) and count: the shared dataset loader.
 
     ``records`` are the training records (the validation split is carved out
-    of them unless ``val_records`` are given); ``config`` carries the
+    of them unless ``val_records`` are given), each a :class:`Record` or a dict (named
+    ``<origin>:row N``, N its index: :func:`~tuneforge.data.sources.as_records`); ``config`` carries the
     :class:`DataConfig` fields (a subclass of it, or any object: absent fields
     take their defaults); ``origin`` names the data in error messages.
 
@@ -269,6 +271,8 @@ def prepare_splits(records: Sequence[Record], tokenizer, config, *, val_records:
     ``val_records``) before the shuffle, and the used ones are tokenized in
     that order too, so an error always names the first bad record of the file.
     """
+    records, val_records, rehearsal = (as_records(records, origin), as_records(val_records, origin, "val_records"),
+                                       as_records(rehearsal, origin, "rehearsal"))  # plain dicts too
     if not records:
         raise DataError(f"{origin}: no records found")
     config = _Options(config)

@@ -50,6 +50,28 @@ class Record:
     source: str
 
 
+def as_records(items, origin: str, argument: str = "records") -> Optional[list]:
+    """``items`` (records handed to ``prepare_splits``) as :class:`Record`\\ s: a ``Record`` as it is, a
+    plain dict wrapped with the source ``<origin>:row N`` (its 0-based index; ``<origin>:<argument> row N``
+    for another ``argument`` than ``records``); None stays None.  Anything else is a one-line ``TypeError``
+    naming the argument, the index and the type (a dataset plugin's mistake, which the host's guard names)."""
+    if items is None:
+        return None
+    where = origin if argument == "records" else f"{origin}:{argument}"
+    records = []
+    for index, item in enumerate(items):
+        if isinstance(item, Record):
+            records.append(item)
+        elif isinstance(item, dict):
+            records.append(Record(item, f"{where}{':' if where == origin else ' '}row {index}"))
+        else:
+            text = repr(item).replace("\n", " ")
+            raise TypeError(f"{origin}: {argument}[{index}] is {type(item).__name__} "
+                            f"({text if len(text) <= 40 else text[:37] + '...'}); prepare_splits takes each record as "
+                            "a dict or a tuneforge.data.Record(data, source)")
+    return records
+
+
 def json_problem(exc: json.JSONDecodeError, column: Optional[int] = None) -> str:
     """What a JSON parse error says, with its column: ``Expecting ',' delimiter at column 42``
     (``column``: that column instead of the error's own).

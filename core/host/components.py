@@ -416,13 +416,25 @@ def _build(path: str, make: Callable[[], Any], problems: list, spec: Any = None)
         problems.append(_omegaconf_problem(path, exc))
     except (TuneforgeError, ValueError, TypeError) as exc:  # a plugin's own check in __post_init__
         problems.append(Problem(path, first_line(exc)))
+    except AssertionError as exc:  # a plain assert in __post_init__: a check too, read as a ValueError's
+        problems.append(Problem(path, first_line(exc) if str(exc).strip() else _failed_assert(exc, spec)))
     except Exception as exc:
         origin = origin_of(spec) if spec is not None else None
         if origin is None or is_own(origin):
             raise
-        problems.append(Problem(path, str(plugin_error(origin, f"{spec.kind} '{spec.name}', config class "
-                                                               f"{spec.config.__name__}", exc))))
+        line = str(plugin_error(origin, f"{spec.kind} '{spec.name}', config class {spec.config.__name__}", exc))
+        problems.append(Problem(path, line, line=line))  # it names the component itself: no "<path>: " before it
     return None
+
+
+def _failed_assert(exc: AssertionError, spec: Any) -> str:
+    """What a config class's ``assert <check>`` without a message says: the check, as written."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    check = (frames[-1].line or f"the assert at {frames[-1].filename}:{frames[-1].lineno}") if frames else "an assert"
+    where = f"config class {spec.config.__name__}" if spec is not None else "the config class"
+    return f"{where} refused the values: {check} failed"
 
 
 def _omegaconf_problem(path: str, exc) -> Problem:

@@ -25,6 +25,7 @@ import pluggy
 from tuneforge import hookspecs
 from tuneforge.errors import PluginError, closest, did_you_mean
 from tuneforge.host.guard import DISABLE_ENV, OWN_DISTRIBUTION, describe_plugin, is_own, plugin_error, set_origin
+from tuneforge.host.spec_checks import arguments_not_passed, spec_problem
 from tuneforge.specs import SPEC_KINDS
 
 ENTRY_POINT_GROUP = "tuneforge"
@@ -222,8 +223,10 @@ def _drop_unknown_hooks(pm: pluggy.PluginManager, infos: dict, broken: dict) -> 
         except pluggy.PluginValidationError as exc:
             name = pm.get_name(exc.plugin) or repr(exc.plugin)
             hook = str(exc).split("'")[1] if "'" in str(exc) else str(exc)
-            broken[name] = (f"{describe_plugin(infos.get(name, name))} implements an unknown hook '{hook}'"
-                            f"{did_you_mean(hook, _hook_names())}; valid hooks: {', '.join(_hook_names())}")
+            info = infos.get(name, name)
+            broken[name] = (f"{describe_plugin(info)} implements an unknown hook '{hook}'"
+                            f"{did_you_mean(hook, _hook_names())}; valid hooks: {', '.join(_hook_names())}"
+                            f"{_block_hint(info) if isinstance(info, PluginInfo) else ''}")
             pm.unregister(exc.plugin)
             infos.pop(name, None)
 
@@ -249,7 +252,7 @@ def _register(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo, infos: di
         broken[name] = hook_api_mismatch(plugin, info, exc)
         return
     except ValueError as exc:
-        broken[name] = f"plugin '{name}' cannot be registered: {exc}"
+        broken[name] = f"{describe_plugin(info)} cannot be registered: {' '.join(str(exc).split())}{_block_hint(info)}"
         return
     infos[name] = info
 
@@ -264,11 +267,11 @@ def hook_api_mismatch(plugin: Any, info: PluginInfo, exc: pluggy.PluginValidatio
         valid = list(inspect.signature(getattr(hookspecs, hook)).parameters)
         unknown = [arg for arg in _required_arguments(function) if arg not in valid]
         if unknown:
-            shown = ", ".join(f"'{arg}'{did_you_mean(arg, valid)}" for arg in unknown)
-            return (f"{describe_plugin(info)}: hook {hook} takes {'arguments' if len(unknown) > 1 else 'argument'} "
-                    f"{shown}, which the hook does not pass; valid arguments of {hook}: "
-                    f"{', '.join(valid) or 'none'} (any subset, by these names){_block_hint(info)}")
-    return f"{describe_plugin(info)} does not match the tuneforge hook API: {' '.join(str(exc).split())}"
+            described = f"{', '.join(valid) or 'none'} (any subset, by these names)"
+            problem = arguments_not_passed(f"hook {hook}", unknown, valid, described, "hook")
+            return f"{describe_plugin(info)}: {problem}{_block_hint(info)}"
+    return (f"{describe_plugin(info)} does not match the tuneforge hook API: {' '.join(str(exc).split())}"
+            f"{_block_hint(info)}")
 
 
 def _required_arguments(function: Any) -> list:
@@ -352,6 +355,9 @@ class Registry:
         if spec.name in self._specs:
             first = self._origin[spec.name]
             raise PluginError(component_clash(spec.kind, spec.name, first, origin))
+        problem = spec_problem(spec)  # a config attribute that is no field, a callable the host cannot call
+        if problem is not None:
+            raise PluginError(f"{describe_plugin(origin)}: {problem}{_block_hint(origin)}")
 
     def expected(self) -> str:
         """What the registration hook of this kind must return, as the end of an error line."""

@@ -550,13 +550,27 @@ def register_configs(plugins, broken: Optional[dict] = None) -> None:
     """
     from hydra.core.config_store import ConfigStore
 
-    from tuneforge.errors import PluginError
-    from tuneforge.host.guard import plugin_code
-
     cs = ConfigStore.instance()
     cs.store(name="tuneforge_schema", node=TuneforgeConfig)
     for group, (name, node) in SCHEMA_CHOICES.items():
         cs.store(group=group, name=name, node=node)
+    _each_component_config(plugins, broken, lambda group, spec, package, provider: cs.store(
+        group=group, name=spec.name, node=named_config_class(spec), package=package, provider=provider))
+
+
+def check_configs(plugins) -> None:
+    """Refuse what :func:`register_configs` refuses, without importing Hydra (``tuneforge config show``)."""
+    from omegaconf import OmegaConf
+
+    _each_component_config(plugins, None, lambda group, spec, package, provider: OmegaConf.structured(
+        named_config_class(spec)))
+
+
+def _each_component_config(plugins, broken: Optional[dict], act) -> None:
+    """``act(group, spec, package, provider)`` for every component config, as plugin code of its plugin."""
+    from tuneforge.errors import PluginError
+    from tuneforge.host.guard import plugin_code
+
     for spec_class, (group, _hook, multiple) in SPEC_KINDS.items():
         if spec_class in SELECTED_BY_SETTING:  # chosen by a component's setting, not a config group
             continue
@@ -564,13 +578,11 @@ def register_configs(plugins, broken: Optional[dict] = None) -> None:
             origin = plugins[group].origin(spec.name)
             if broken is not None and origin.name in broken:
                 continue
-            package = f"{group}.{spec.name}" if multiple else None
             try:
                 with plugin_code(origin, f"{spec.kind} '{spec.name}', config class "
                                          f"{getattr(spec.config, '__name__', spec.config)!s}"):
                     with _default_types_checked():
-                        cs.store(group=group, name=spec.name, node=named_config_class(spec), package=package,
-                                 provider=origin.distribution)
+                        act(group, spec, f"{group}.{spec.name}" if multiple else None, origin.distribution)
             except PluginError as exc:
                 if broken is None:
                     raise
