@@ -171,6 +171,9 @@ def _sweep_config(run_dir, task, params=None):
     ("/x/${hydra:job.num}", ["optim.lr=1,2"], None, None),
     ("/x/lr_${optim.lr}", ["optim.lr=1,2"], None, None),
     ("/x/${model.name}", ["model=tiny,hf"], None, None),
+    ("/x/${hydra:runtime.choices.model}", ["model=tiny,hf"], None, None),  # the group's choice, per job
+    ("/x/${hydra:job.override_dirname}", ["optim.lr=1,2"], None, None),
+    ("/x/${hydra:overrides.task}", ["optim.lr=1,2"], None, None),
     (None, ["run_dir=/a,/b"], None, None),
     (None, ["run_dir=/a/${hydra:job.id},/b/${hydra:job.id}", "optim.lr=1,2"], None, None),
     ("/x", ["optim.lr=1,2"], None, "run_dir=/x is shared by all 2 jobs"),

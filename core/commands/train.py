@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -76,7 +77,7 @@ class TrainCommand:
 
     def __init__(self, args: list, debug: bool = False, collector: Optional[StartupCollector] = None,
                  runs_begun: Optional[list] = None):
-        from tuneforge.host.compose import load_plugins
+        from tuneforge.host.compose import check_config_dirs, load_plugins
 
         self.debug = debug
         #: the run directories whose run this command began (train_one), newest last
@@ -84,6 +85,8 @@ class TrainCommand:
         #: resumed once Lightning is imported (the end of start-up), see :class:`StartupCollector`
         self.collector = collector
         self.overrides = hydra_overrides(args)
+        #: the user's config folders (--config-dir, hydra.searchpath); a file a built-in one shadows is refused
+        self.config_dirs = check_config_dirs(args, self.overrides)
         self.plugins = load_plugins(self.overrides)
         self.args = [*args, *run_dir_overrides(args, self.overrides)]
         # Lightning's DDP launcher starts the other processes by re-running sys.argv: they re-enter `train`
@@ -97,18 +100,18 @@ class TrainCommand:
     def run(self) -> None:
         """Run Hydra on the arguments; a composition error becomes one ``ConfigError`` line, a sweep with
         failed jobs a ``SweepFailed`` naming each."""
-        import time
-
         import hydra
 
         from tuneforge.host.compose import CONFIG_MODULE, CONFIG_NAME
+        from tuneforge.host.config_files import saved_run_args
 
         @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")
         def hydra_train(cfg) -> None:
             self.job(cfg)
 
         invoked_as = sys.argv
-        sys.argv = [sys.argv[0], *self.args, *worker_hydra_overrides(self.args)]  # what Hydra parses
+        hydra_args = saved_run_args(self.args, self.config_dirs)  # a run's saved config.yaml copied: re-run it
+        sys.argv = [sys.argv[0], *hydra_args, *worker_hydra_overrides(self.args)]  # what Hydra parses
         # With HYDRA_FULL_ERROR=1 Hydra raises a composition error instead of printing it over
         # several lines; it becomes a one-line ConfigError here.
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -141,28 +144,28 @@ class TrainCommand:
         if not {"-m", "--multirun"} & set(self.args):
             return
         from tuneforge.commands.sweep import SweepFailed, failed_jobs, swept_keys
-        from tuneforge.host.hydra_dirs import current_sweep_dir
+        from tuneforge.host.hydra_dirs import current_sweep_dir, discard_new_output_dir
 
         failed = failed_jobs(current_sweep_dir(), since=started, keys=swept_keys(self.overrides))
+        discard_new_output_dir()  # all jobs ran in run_dirs of their own: nothing but multirun.yaml left in it
         if failed:
             raise SweepFailed("\n".join(failed))
 
     def _explain(self, exc: Exception) -> None:
         """Re-raise ``exc``: a job's own error as it is, Hydra's composition errors as one line."""
         from tuneforge.errors import ConfigError
-        from tuneforge.host.compose import explain_composition_error, yaml_syntax_error
+        from tuneforge.host.compose import explain_config_error
         from tuneforge.host.hydra_dirs import discard_new_output_dir
 
         from_job = any(exc is e for e in self.job_errors)
-        if not from_job and yaml_syntax_error(exc) and not self.debug:
-            discard_new_output_dir()
-            raise ConfigError(yaml_syntax_error(exc)) from None  # a config file Hydra read: file:line:column
-        if from_job or not _is_composition_error(exc):
+        # a config file's YAML (file:line:column), a defaults-list cycle, Hydra's composition errors
+        line = None if from_job else explain_config_error(exc, self.overrides, self.config_dirs)
+        if line is None:
             raise exc
         discard_new_output_dir()  # a -m sweep whose jobs could not be composed
         if self.debug:
             raise exc
-        raise ConfigError(explain_composition_error(exc, self.overrides)) from None
+        raise ConfigError(line) from None
 
     # -- job: one composed config ---------------------------------------------------------------------
 
@@ -199,12 +202,13 @@ class TrainCommand:
 
         from tuneforge.commands.sweep import record_failed_job
 
+        began = time.monotonic_ns()
         try:
             self.train_job(cfg, in_sweep=True)
         except Exception as exc:
             if self.debug:
                 raise
-            record_failed_job(exc, HydraConfig.get(), cfg.get("run_dir"))
+            record_failed_job(exc, HydraConfig.get(), cfg.get("run_dir"), began)
 
     def train_job(self, cfg, in_sweep: bool = False) -> None:
         """Validate the job's config, then train it (once, or once per seed) and print the summary."""
@@ -213,6 +217,10 @@ class TrainCommand:
         from tuneforge.errors import TuneforgeError
 
         components = self.validate(cfg, HydraConfig.get().runtime.output_dir, in_sweep)
+        if components.settings.run_dir:  # one Hydra did not know before it opened the job log: the log goes there
+            from tuneforge.commands.job_log import move_job_log
+
+            move_job_log(HydraConfig.get().runtime.output_dir, components.settings.run_dir)
         _route_library_logs()
         if self.collector is not None:  # the heavy imports are done: the collector runs again
             self.collector.resume()
@@ -412,13 +420,6 @@ def _quoted(value) -> str:
     return quoted_override_string(str(value), "'")
 
 
-def _is_composition_error(exc: BaseException) -> bool:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    return isinstance(exc, (HydraException, OmegaConfBaseException))
-
-
 def _set_env(name: str, value) -> None:
     if value is None:
         os.environ.pop(name, None)
@@ -449,6 +450,10 @@ def worker_hydra_overrides(args: list) -> list:
 #: Hydra's own flags that take a value (``--cfg job``, ``-cn other`` ...)
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                           "--config-dir", "-cd", "--experimental-rerun"}
+
+
+#: what Hydra's ``--info`` (``-i``) prints; its value is optional: ``--info defaults`` or ``--info=defaults``
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
 
 #: Hydra flags after which ``--cfg job`` is left to Hydra (another package, config path or name, a sweep)
@@ -484,10 +489,10 @@ def print_pruned_job(args: list) -> bool:
 def hydra_overrides(args: list) -> list:
     """The ``key=value`` overrides among ``train``'s arguments (Hydra's flags and their values left out)."""
     overrides, skip_next = [], False
-    for arg in args:
+    for arg, after in zip(args, [*args[1:], None]):
         if skip_next:
             skip_next = False
-        elif arg in HYDRA_FLAGS_WITH_VALUE:
+        elif arg in HYDRA_FLAGS_WITH_VALUE or (arg in ("--info", "-i") and after in INFO_CHOICES):
             skip_next = True
         elif not arg.startswith("-"):
             overrides.append(arg)

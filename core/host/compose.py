@@ -147,24 +147,20 @@ def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     from tuneforge.host.schema import register_resolvers
 
     register_resolvers()
+    dirs = check_config_dirs((), overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
         keep_only_listed_components(cfg, overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(yaml_syntax_error(exc) or explain_composition_error(exc, overrides)) from exc
     except Exception as exc:
-        line = yaml_syntax_error(exc)
+        line = explain_config_error(exc, overrides, dirs)
         if line is None:
             raise
-        raise ConfigError(line) from exc
+        raise ConfigError(line) from (None if _recursion(exc) else exc)
     finally:
         GlobalHydra.instance().clear()
     if plugins is not None:
@@ -196,12 +192,56 @@ def yaml_syntax_error(exc: BaseException) -> Optional[str]:
     return None
 
 
-def explain_composition_error(exc: Exception, overrides: Sequence[str] = ()) -> str:
+def check_config_dirs(args: Sequence[str], overrides: Sequence[str]) -> list:
+    """The user's config folders (``--config-dir`` among ``args``, ``hydra.searchpath`` among ``overrides``),
+    checked before Hydra composes: a file a built-in one shadows is a ``ConfigError``; a selected file that
+    sets a list group to ``{}`` (it changes nothing) a warning (:mod:`tuneforge.host.config_files`)."""
+    import logging
+
+    from tuneforge.host.config_files import check_user_configs, config_dirs, config_name, empty_list_group_warnings
+
+    dirs = config_dirs(args, overrides)
+    check_user_configs(dirs, config_name(args))
+    for warning in empty_list_group_warnings(overrides, dirs):
+        logging.getLogger("tuneforge").warning("%s", warning)
+    return dirs
+
+
+def explain_config_error(exc: BaseException, overrides: Sequence[str] = (), config_dirs: Sequence = ()) -> Optional[str]:
+    """One line for an error raised while composing the config: a YAML syntax error, a defaults list that
+    recurses without end, or a Hydra/OmegaConf composition error; None for any other error."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if _recursion(exc):
+        from tuneforge.host.config_files import defaults_cycle
+
+        return defaults_cycle(config_dirs)
+    line = yaml_syntax_error(exc)
+    if line is None and isinstance(exc, (HydraException, OmegaConfBaseException)):
+        line = explain_composition_error(exc, overrides, config_dirs)
+    return line
+
+
+def _recursion(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or was caused by) a RecursionError: Hydra following a defaults-list cycle."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, RecursionError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def explain_composition_error(exc: Exception, overrides: Sequence[str] = (), config_dirs: Sequence = ()) -> str:
     """One line for a Hydra/OmegaConf composition error: the key or choice, and what is valid.
 
     The valid keys of an unknown key's node come from the error itself (the
     node and its dataclass), not from composing again; ``overrides`` is not
-    needed for that any more and is accepted for existing callers.
+    needed for that any more and is accepted for existing callers.  An error in
+    a config file (an experiment, a preset in ``config_dirs``) names the file
+    (:func:`tuneforge.host.config_files.explain_user_file_error`).
     """
 
     from hydra.errors import OverrideParseException
@@ -210,6 +250,9 @@ def explain_composition_error(exc: Exception, overrides: Sequence[str] = ()) -> 
         return override_parse_error(exc)
     text = str(exc)
     cause = str(exc.__cause__ or "")
+    in_file = _user_file_error(exc, config_dirs)
+    if in_file:
+        return in_file
     missing = re.search(r"Could not (?:find|load) '([^']+)/([^']+)'", text)
     if missing:
         group, choice = missing.groups()
@@ -218,20 +261,48 @@ def explain_composition_error(exc: Exception, overrides: Sequence[str] = ()) -> 
                 f"valid: {', '.join(valid) or '(none installed)'}{unknown_choice_note(choice, valid)}")
     key = re.search(r"full_key: (\S+)", cause)
     if "not in" in cause and key:
-        full_key = key.group(1)
-        parent, _, leaf = full_key.rpartition(".")
-        valid = _valid_keys(exc.__cause__)
-        from tuneforge.host.schema import COMPONENT_GROUPS
-
-        if parent.split(".")[0] in COMPONENT_GROUPS:
-            valid = [k for k in valid if k != "name"]  # the choice itself: set with <group>=<choice>
-        return (f"unknown config key '{full_key}'{did_you_mean(leaf, valid)}; valid keys"
-                f"{' of ' + parent if parent else ''}: {', '.join(valid)}")
+        return unknown_key_line(key.group(1), exc.__cause__)
     if key:
         problem = cause.splitlines()[0]
         return f"bad value for '{key.group(1)}': {problem}"
     return " ".join(line.strip() for line in text.splitlines() if line.strip()
                     and not line.startswith(("Config search path", "\tprovider=")))
+
+
+def unknown_key_line(full_key: str, cause, where: str = "") -> str:
+    """``unknown config key 'trainer.max_stepz'<where> (did you mean 'max_steps'?); valid keys of trainer:
+    ...``: the valid keys from the OmegaConf error ``cause`` (:func:`_valid_keys`)."""
+    from tuneforge.host.schema import COMPONENT_GROUPS
+
+    parent, _, leaf = full_key.rpartition(".")
+    valid = _valid_keys(cause)
+    if parent.split(".")[0] in COMPONENT_GROUPS:
+        valid = [k for k in valid if k != "name"]  # the choice itself: set with <group>=<choice>
+    return (f"unknown config key '{full_key}'{where}{did_you_mean(leaf, valid)}; valid keys"
+            f"{' of ' + parent if parent else ''}: {', '.join(valid)}")
+
+
+def _user_file_error(exc: BaseException, config_dirs: Sequence) -> Optional[str]:
+    """One line naming the config file for Hydra's "In '<config>': <Error> raised while composing config"
+    (the OmegaConf error is the exception's context) and "Multiple values for <group>"; None otherwise."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tuneforge.host.config_files import explain_user_file_error, multiple_values_error
+
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for i, link in enumerate(chain):
+        found = re.match(r"In '([^']+)': \w+ raised while composing config:", str(link))
+        error = next((e for e in chain[i + 1:] if isinstance(e, OmegaConfBaseException)), None)
+        if found and error is not None:
+            return explain_user_file_error(found.group(1), error, list(config_dirs), unknown_key_line)
+        multiple = multiple_values_error(str(link), config_dirs)
+        if multiple:
+            return multiple
+    return None
 
 
 def _group_choices(group: str) -> list:

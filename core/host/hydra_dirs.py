@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 #: what the callback noted for the current command: the outermost missing directory of
 #: ``hydra.run.dir`` (``run``) or ``hydra.sweep.dir`` (``sweep``), and the sweep directory itself
@@ -46,7 +47,7 @@ class OutputDirWatch(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         _NEW.clear()
-        problem = sweep_run_dir_problem(config)
+        problem = sweep_run_dir_problem(config) or shared_resolved_run_dir(config)
         if problem is not None:
             raise RefusedBeforeRun(problem)
         _NEW["sweep"] = _outermost_missing(config.hydra.sweep.dir)
@@ -65,8 +66,10 @@ class RefusedBeforeRun(BaseException):
     ``ConfigError`` by :class:`tuneforge.commands.train.TrainCommand`."""
 
 
-#: Hydra values that differ from job to job of a sweep (``${hydra:job.num}`` ...)
-PER_JOB_HYDRA_VALUES = ("job.num", "job.id", "job.override_dirname", "runtime.output_dir", "sweep.subdir")
+#: Hydra values that differ from job to job of a sweep (``${hydra:job.num}`` ...; a value under one of them too:
+#: ``${hydra:runtime.choices.model}``, the config chosen for the job's ``model`` group)
+PER_JOB_HYDRA_VALUES = ("job.num", "job.id", "job.override_dirname", "runtime.output_dir", "runtime.choices",
+                        "sweep.subdir", "overrides.task")
 
 
 def sweep_run_dir_problem(config) -> Optional[str]:
@@ -135,11 +138,100 @@ def _per_job(value: str, sweeps: dict) -> bool:
 
     for body in re.findall(r"\$\{([^${}]*)\}", value):
         body = body.strip()
-        if body.startswith("hydra:") and body[len("hydra:"):].strip() in PER_JOB_HYDRA_VALUES:
+        value = body[len("hydra:"):].strip() if body.startswith("hydra:") else None
+        if value is not None and any(value == v or value.startswith(v + ".") for v in PER_JOB_HYDRA_VALUES):
             return True
         if any(body == key or body.startswith(key + ".") or key.startswith(body + ".") for key in sweeps):
             return True
     return False
+
+
+def shared_resolved_run_dir(config) -> Optional[str]:
+    """Why two jobs of a ``-m`` sweep would run in one directory, found by composing each job's config (as
+    Hydra's basic sweeper does before it launches them) and resolving its ``run_dir``: ``runs/seed${model.seed}``
+    with ``model=tiny,mytiny`` gives both jobs ``runs/seed0``.  None when no two do, or this cannot be told
+    here: another sweeper than Hydra's basic one, no ``run_dir``, a job that cannot be composed (Hydra reports
+    it) or a ``run_dir`` that needs Hydra's job context (``${hydra:job.num}``: per job anyway)."""
+    jobs = _job_overrides(config)
+    node = config._get_node("run_dir", throw_on_missing_key=False)
+    given = _sweeps(config).get("run_dir") or (
+        [] if node is None or node._value() in (None, "", "null") else [str(node._value())])
+    if len(jobs) < 2 or not given or all(_unique_per_job(value) for value in given):
+        return None
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    by_dir: dict = {}
+    for overrides in jobs:
+        run_dir = _resolved_run_dir(loader, config, overrides)
+        if run_dir is not None:
+            by_dir.setdefault(run_dir, []).append(overrides)
+    shared = next(((run_dir, found) for run_dir, found in by_dir.items() if len(found) > 1), None)
+    if shared is None:
+        return None
+    run_dir, found = shared
+    swept = {o.partition("=")[0] for o in jobs[0] if any(o not in job for job in jobs)} or None
+    named = [" ".join(_unescaped(o) for o in job if swept is None or o.partition("=")[0] in swept) or
+             "(no overrides)" for job in found]
+    given = next((_unescaped(o.partition("=")[2]) for o in found[0] if o.partition("=")[0].lstrip("+~") == "run_dir"
+                  and len(given) > 1), given[0])
+    return (f"run_dir={given} gives the jobs {' and '.join(named)} of this -m sweep the same directory {run_dir}, "
+            "so a later job would find an earlier job's run there; make it differ per job (a key the sweep sets, "
+            f"or 'run_dir={given}/${{hydra:job.num}}'), or leave run_dir out")
+
+
+def _unescaped(override: str) -> str:
+    """An override as the user wrote it: Hydra's sweeper writes ``${`` as ``$\\{`` (and ``}`` as ``\\}``)."""
+    return override.replace("$\\{", "${").replace("\\}", "}")
+
+
+def _unique_per_job(value: str) -> bool:
+    """Whether ``value`` interpolates a Hydra value that no two jobs share (``${hydra:job.num}`` ...)."""
+    import re
+
+    unique = ("job.num", "job.id", "job.override_dirname", "runtime.output_dir", "sweep.subdir")
+    return any(body.strip()[len("hydra:"):].strip() in unique
+               for body in re.findall(r"\$\{([^${}]*)\}", value) if body.strip().startswith("hydra:"))
+
+
+def _job_overrides(config) -> list:
+    """Each job's overrides, as Hydra's basic sweeper makes them (``[]`` for another sweeper, or a sweep it
+    cannot expand: Hydra reports that)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != \
+            f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
+        return []
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    arguments = [f"{key}={value}" for key, value in
+                 (OmegaConf.to_container(params, resolve=False).items() if params else ())]
+    arguments += [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    except Exception:  # a sweep the basic sweeper cannot expand: it says so itself
+        return []
+
+
+def _resolved_run_dir(loader, config, overrides: list) -> Optional[Path]:
+    """The absolute ``run_dir`` of the job with ``overrides``, resolved without Hydra's job context (None
+    when unset, when the job cannot be composed, or when it needs that context: ``${hydra:...}``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_config = HydraConfig.instance()
+    context, hydra_config.cfg = hydra_config.cfg, None  # ${hydra:...} raises: that is the job's own value
+    try:
+        value = OmegaConf.select(loader.load_sweep_config(config, list(overrides)), "run_dir", default=None)
+    except Exception:
+        return None
+    finally:
+        hydra_config.cfg = context
+    if value in (None, "", "null"):
+        return None
+    from tuneforge.host.paths import setting_path
+
+    return Path(setting_path(str(value)))
 
 
 def current_sweep_dir() -> Optional[Path]:
@@ -170,6 +262,22 @@ def discard_new_output_dir(output_dir=None) -> None:
     if _NEW.get("sweep") is not None and sweep_dir.is_dir() and all(
             p.name == "multirun.yaml" for p in sweep_dir.iterdir()):
         shutil.rmtree(_NEW["sweep"], ignore_errors=True)
+
+
+def discard_empty_output_dir(output_dir) -> None:
+    """Remove the job's output directory when nothing is left in it (its log went to the run directory,
+    :func:`tuneforge.commands.job_log.move_job_log`), and the folders above it that this command made for a
+    single run and that are empty then.  A sweep's directory stays until the sweep ends
+    (:func:`discard_new_output_dir`)."""
+    path = Path(str(output_dir)).absolute()
+    top = _NEW.get("run") if _inside(path, _NEW.get("run")) else path
+    try:
+        path.rmdir()  # only when empty
+        while path != top:
+            path = path.parent
+            path.rmdir()
+    except OSError:
+        pass
 
 
 def discard_new_run_dir() -> None:

@@ -370,10 +370,24 @@ def _refuse_another_run(cfg: DictConfig, run_dir: Path) -> None:
                                   "directory, or resume=never to overwrite it")
 
 
+#: ``{run directory: time.monotonic_ns() when this process last started a run there}`` (:func:`started_since`)
+_RUN_STARTS: dict = {}
+
+
+def started_since(run_dir, since_ns: int) -> bool:
+    """Whether this process started a run of its own in ``run_dir`` (wrote ``running`` into its status.json)
+    at ``since_ns`` (``time.monotonic_ns()``) or later: a ``-m`` sweep job records its failure in its run
+    directory only then, never in one that holds another run it was refused (:mod:`tuneforge.commands.sweep`)."""
+    return _RUN_STARTS.get(_log_key(Path(run_dir)), -1) >= since_ns
+
+
 def write_running_status(run_dir: Path, resumed_from, earlier_segments: list, from_step: int, **segment) -> None:
     """``status.json`` of a run that is running: its earlier ``segments`` and this one, from ``from_step``,
     marked ``running`` (with ``segment``'s fields, e.g. its ``precision``), so that a process killed
     later leaves what a resume needs to close it (:func:`close_killed_segments`)."""
+    import time
+
+    _RUN_STARTS[_log_key(Path(run_dir))] = time.monotonic_ns()
     write_status(run_dir, {"status": "running", "resumed_from": None if resumed_from is None else str(resumed_from),
                            "segments": [*earlier_segments, {"from_step": from_step, "status": "running", **segment}]})
 

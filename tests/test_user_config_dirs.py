@@ -1,0 +1,196 @@
+"""A user's own config folder (``--config-dir``, ``hydra.searchpath``): files that tuneforge's built-in ones
+would shadow are refused, a saved run's config re-runs, and mistakes inside the user's files are one line
+naming the file."""
+
+import functools
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import run_cli
+from tuneforge.errors import ConfigError
+
+
+@functools.lru_cache(maxsize=None)
+def plugins():
+    from tuneforge.host.compose import load_plugins
+
+    return load_plugins([])
+
+
+def compose(folder, *overrides):
+    """The config composed with ``folder`` on Hydra's search path (as ``--config-dir`` puts it)."""
+    from tuneforge.host.compose import compose as compose_config
+
+    plugins()  # plugin configs are in Hydra's ConfigStore before composing
+    return compose_config([f"hydra.searchpath=[file://{folder}]", *overrides])
+
+
+def write(folder: Path, relative: str, text: str) -> Path:
+    path = folder / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def refusal(folder, *overrides) -> str:
+    with pytest.raises(ConfigError) as caught:
+        compose(folder, *overrides)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+# ---------------------------------------------------------------------------
+# A user file at a built-in file's path
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("relative, select", [("trainer/smoke.yaml", "trainer=my_smoke"),
+                                              ("experiment/legal_citations.yaml", "+experiment=my_legal_citations"),
+                                              ("config.yaml", "--config-name my_config")])
+def test_a_user_file_a_built_in_one_shadows_is_refused_naming_both_and_another_name(tmp_path, relative, select):
+    from tuneforge.host.config_files import builtin_dir
+
+    ours = (builtin_dir() / relative).read_text()
+    write(tmp_path, relative, ours)  # an identical copy changes nothing: harmless
+    compose(tmp_path)
+    path = write(tmp_path, relative, ours + "\nseed: 3\n")
+    message = refusal(tmp_path)
+    assert f"{path} is ignored: tuneforge's built-in {relative} has the same name" in message
+    assert select in message
+
+
+def saved_run_config(tmp_path, *overrides) -> Path:
+    """A run's ``config.yaml`` as tuneforge saves it: the resolved config, no defaults list."""
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    cfg = compose(tmp_path, *overrides, f"run_dir={run_dir}")
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    return run_dir
+
+
+def test_a_saved_run_config_is_refused_as_config_and_re_runs_under_another_name(tmp_path):
+    run_dir = saved_run_config(tmp_path, "model=tiny", "adapter=ia3", "baselines=[retrieval]",
+                               "evaluators=[perplexity]", "trainer.max_steps=1", "threads=1", "data.max_examples=20")
+    refused = run_cli(["train", "--config-dir", str(run_dir), "--config-name", "config", "--cfg", "job"],
+                      cwd=tmp_path)
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    copy = run_dir / "my_run.yaml"
+    assert f"cp {run_dir / 'config.yaml'} {copy} && tuneforge train --config-dir {run_dir} --config-name my_run" \
+        in refused.stderr
+    copy.write_bytes((run_dir / "config.yaml").read_bytes())
+    again = tmp_path / "again"
+    result = run_cli(["train", "--config-dir", str(run_dir), "--config-name", "my_run", f"run_dir={again}"],
+                     cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    saved, rerun = (yaml.safe_load((d / "config.yaml").read_text()) for d in (run_dir, again))
+    assert rerun.pop("run_dir") == str(again) and saved.pop("run_dir") == str(run_dir)
+    assert rerun == saved  # the same components, every saved key accepted as it was
+    assert rerun["adapter"]["name"] == "ia3" and list(rerun["baselines"]) == ["retrieval"]
+
+
+# ---------------------------------------------------------------------------
+# Defaults lists that recurse
+# ---------------------------------------------------------------------------
+
+def test_a_preset_that_lists_itself_is_one_line_naming_it_and_another_name(tmp_path):
+    path = write(tmp_path, "model/tiny.yaml", "defaults:\n  - tiny\n  - _self_\nhidden_size: 16\n")
+    message = refusal(tmp_path)
+    assert f"{path} lists itself in its defaults list" in message
+    assert "my_tiny.yaml" in message and "model=my_tiny" in message
+    write(tmp_path, "model/my_tiny.yaml", "defaults:\n  - tiny\n  - _self_\nhidden_size: 16\n")
+    (tmp_path / "model" / "tiny.yaml").unlink()
+    assert compose(tmp_path, "model=my_tiny").model.hidden_size == 16  # what the message says works
+
+
+def test_two_presets_listing_each_other_are_named(tmp_path):
+    loop1 = write(tmp_path, "model/loop1.yaml", "defaults: [loop2]\n")
+    loop2 = write(tmp_path, "model/loop2.yaml", "defaults: [loop1]\n")
+    message = refusal(tmp_path, "model=loop1")
+    assert "cycle" in message and str(loop1) in message and str(loop2) in message
+
+
+def test_a_defaults_cycle_on_the_command_line_is_one_line(tmp_path):
+    write(tmp_path, "conf/model/tiny.yaml", "defaults:\n  - tiny\n  - _self_\n")
+    result = run_cli(["train", "--config-dir", str(tmp_path / "conf"), "--cfg", "job"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr[-2000:]
+    assert "lists itself in its defaults list" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Mistakes inside the user's files
+# ---------------------------------------------------------------------------
+
+GLOBAL = "# @package _global_\n"
+FILE_MISTAKES = {
+    "unknown key": ("experiment/typo.yaml", GLOBAL + "trainer:\n  max_stepz: 2\n", "+experiment=typo",
+                    ["unknown config key 'trainer.max_stepz' in {file}:3", "did you mean 'max_steps'",
+                     "valid keys of trainer: "]),
+    "bad value": ("experiment/typo.yaml", GLOBAL + "adapter:\n  r: eight\n", "+experiment=typo",
+                  ["bad value for 'adapter.r' in {file}:3: ", "'eight'"]),
+    "no header": ("experiment/typo.yaml", "trainer:\n  max_steps: 2\n", "+experiment=typo",
+                  ["{file} has no '# @package _global_' header", "as its first line"]),
+    "empty": ("experiment/typo.yaml", "", "+experiment=typo", ["{file}", "'# @package _global_'"]),
+    "a list": ("experiment/typo.yaml", "- a\n- b\n", "+experiment=typo", ["{file} holds a YAML list"]),
+    "list group value": ("experiment/typo.yaml", GLOBAL + "evaluators: [exact_match]\n", "+experiment=typo",
+                         ["'evaluators: [exact_match]' in {file}:2", "'- override /evaluators: [exact_match]'"]),
+    "no baselines value": ("experiment/typo.yaml", GLOBAL + "baselines: []\n", "+experiment=typo",
+                           ["{file}:2", "'- override /baselines: []'"]),
+    "nested": ("trainer/nested.yaml", "trainer:\n  max_steps: 1\n", "trainer=nested",
+               ["the keys of {file}:1 are already inside 'trainer'"]),
+    "global group file": ("trainer/glob.yaml", GLOBAL + "max_steps: 1\n", "trainer=glob",
+                          ["{file} starts with '# @package _global_'", "only experiment files"]),
+    "global group file with defaults": ("trainer/glob.yaml", GLOBAL + "defaults:\n  - default\n  - _self_\n",
+                                        "trainer=glob", ["{file} starts with '# @package _global_'"]),
+    "choice twice": ("experiment/typo.yaml", GLOBAL + "defaults:\n  - /model: mytiny\n", "+experiment=typo",
+                     ["{file}: its defaults list chooses 'model' again", "'- override /model: mytiny'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_MISTAKES))
+def test_a_mistake_in_a_user_file_is_one_line_naming_the_file(tmp_path, case):
+    relative, text, select, expected = FILE_MISTAKES[case]
+    write(tmp_path, "model/mytiny.yaml", "defaults:\n  - tiny\n  - _self_\n")
+    path = write(tmp_path, relative, text)
+    message = refusal(tmp_path, select)
+    for part in expected:
+        assert part.format(file=path) in message, message
+
+
+def test_a_mistake_in_a_user_file_is_named_by_tuneforge_train(tmp_path):
+    path = write(tmp_path, "conf/experiment/typo.yaml", GLOBAL + "trainer:\n  max_stepz: 2\n")
+    result = run_cli(["train", "--config-dir", str(tmp_path / "conf"), "+experiment=typo", "--cfg", "job"],
+                     cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"unknown config key 'trainer.max_stepz' in {path}:3 (did you mean 'max_steps'?)" in result.stderr
+
+
+def test_an_empty_list_group_mapping_in_an_experiment_warns(tmp_path, caplog):
+    path = write(tmp_path, "experiment/none.yaml", GLOBAL + "baselines: {}\n")
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        cfg = compose(tmp_path, "+experiment=none")
+    assert sorted(cfg.baselines) == ["few_shot", "retrieval"]  # what Hydra makes of it
+    assert f"'baselines: {{}}' in {path}:2 changes nothing" in caplog.text
+    assert "'- override /baselines: []'" in caplog.text
+    write(tmp_path, "experiment/none.yaml", GLOBAL + "defaults:\n  - override /baselines: []\n  - _self_\n")
+    assert dict(compose(tmp_path, "+experiment=none").baselines) == {}  # what the warning says works
+
+
+# ---------------------------------------------------------------------------
+# Hydra's flags
+# ---------------------------------------------------------------------------
+
+def test_info_takes_its_value_as_the_next_argument(tmp_path):
+    from tuneforge.commands.train import hydra_overrides
+
+    assert hydra_overrides(["--info", "defaults", "model=tiny"]) == ["model=tiny"]
+    assert hydra_overrides(["-i", "searchpath"]) == []
+    assert hydra_overrides(["--info", "model=tiny"]) == ["model=tiny"]
+    result = run_cli(["train", "--info", "searchpath", "--config-dir", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "pkg://tuneforge.conf" in result.stdout and str(tmp_path) in result.stdout
