@@ -194,3 +194,30 @@ def test_info_takes_its_value_as_the_next_argument(tmp_path):
     result = run_cli(["train", "--info", "searchpath", "--config-dir", str(tmp_path)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "pkg://tuneforge.conf" in result.stdout and str(tmp_path) in result.stdout
+
+
+def test_config_dir_reaches_help_config_plan_and_data_show_and_valid_choices_list_the_users_presets(tmp_path):
+    conf = tmp_path / "conf"
+    write(conf, "model/mytiny.yaml", "defaults: [tiny, _self_]\nhidden_size: 32\nnum_attention_heads: 2\n"
+                                      "num_key_value_heads: 1\n")
+    write(conf, "experiment/exp1.yaml", "# @package _global_\ndefaults:\n  - override /model: mytiny\n  - _self_\n"
+                                        "adapter: {r: 4}\n")
+    helped = run_cli(["train", "--config-dir", str(conf), "--help", "model=mytiny"], cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "  model         hf, *mytiny, smollm2, tiny" in helped.stdout
+    experiment = run_cli(["train", "--config-dir", str(conf), "--help", "+experiment=exp1"], cwd=tmp_path)
+    assert "  model.hidden_size = 32  (default 64)" in experiment.stdout  # the preset's values, which it selects
+    assert "  adapter.r = 4  (default 8)" in experiment.stdout, experiment.stderr
+    groups = run_cli(["config", "groups", f"--config-dir={conf}"], cwd=tmp_path)
+    assert f"preset {conf / 'model' / 'mytiny.yaml'} (your config folder)" in groups.stdout, groups.stderr
+    shown = run_cli(["config", "show", "-cd", str(conf), "model=mytiny"], cwd=tmp_path)
+    assert shown.stdout.startswith("model=mytiny  [preset "), shown.stderr
+    planned = run_cli(["plan", "--config-dir", str(conf), "model=mytiny"], cwd=tmp_path)
+    assert planned.returncode == 0 and "fits" in planned.stdout, planned.stderr
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"instruction": "q{i}", "output": "a{i}"}}\n' for i in range(12)))
+    show = run_cli(["data", "show", "--config-dir", str(conf), "model=mytiny", f"data.path={data}"], cwd=tmp_path)
+    assert show.returncode == 0, show.stderr
+    typo = run_cli(["train", "--config-dir", str(conf), "model=mytyni"], cwd=tmp_path)
+    assert typo.stderr.startswith("tuneforge: error: unknown choice 'mytyni' for 'model' (did you mean 'mytiny'?); "
+                                  "valid: hf, mytiny, smollm2, tiny"), typo.stderr

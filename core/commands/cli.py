@@ -128,6 +128,10 @@ def main(argv=None) -> None:
     from tuneforge.errors import TuneforgeError
 
     quiet_optional_kernel_notice()
+    if command in COMPOSE_API_COMMANDS or (command == "train" and {"-h", "--help"} & set(args)):
+        from tuneforge.host.config_files import config_dir_as_searchpath
+
+        args = config_dir_as_searchpath(args)  # Hydra's --config-dir, for commands that compose without hydra.main
     module_name, function_name = COMMANDS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
     parameters = inspect.signature(handler).parameters
@@ -151,6 +155,10 @@ def main(argv=None) -> None:
     finally:
         if program:
             leave_without_final_collection()
+
+
+#: the commands that compose the config with Hydra's compose API: ``--config-dir`` becomes ``hydra.searchpath``
+COMPOSE_API_COMMANDS = ("data", "plan", "eval", "config")
 
 
 #: function names (in the traceback, innermost first) -> what was being done when an OSError was raised

@@ -95,15 +95,19 @@ def _read_yaml(resource) -> tuple[dict, str]:
     return yaml.safe_load(text) or {}, " ".join(" ".join(comment).split())
 
 
-def _presets(group: str) -> dict:
-    """``{name: (content, description)}`` of the YAML presets in ``conf/<group>/``."""
+def _presets(group: str, config_dirs=()) -> dict:
+    """``{name: (content, description, where)}`` of the YAML presets in ``conf/<group>/`` and in the user's
+    ``config_dirs`` (``--config-dir``, ``hydra.searchpath``; a built-in name stays the built-in's, as in Hydra)."""
+    from tuneforge.host.config_files import user_preset_files
+
     folder = _conf_files() / group
-    if not folder.is_dir():
-        return {}
     out = {}
-    for resource in sorted(folder.iterdir(), key=lambda r: r.name):
-        if resource.name.endswith(".yaml"):
-            out[resource.name[:-5]] = _read_yaml(resource)
+    if folder.is_dir():
+        for resource in sorted(folder.iterdir(), key=lambda r: r.name):
+            if resource.name.endswith(".yaml"):
+                out[resource.name[:-5]] = (*_read_yaml(resource), f"conf/{group}/{resource.name}")
+    for name, path in user_preset_files(group, config_dirs).items():
+        out.setdefault(name, (*_read_yaml(path), str(path)))
     return out
 
 
@@ -148,8 +152,9 @@ def default_choices() -> dict:
     return selected
 
 
-def collect_groups(plugins) -> dict:
-    """Every config group with its choices, in the order users meet them."""
+def collect_groups(plugins, config_dirs=()) -> dict:
+    """Every config group with its choices, in the order users meet them (presets also from the user's
+    ``config_dirs``)."""
     from tuneforge import __version__
     from tuneforge.host.schema import SCHEMA_CHOICES, TuneforgeConfig
     from tuneforge.specs import SELECTED_BY_SETTING, SPEC_KINDS
@@ -168,7 +173,7 @@ def collect_groups(plugins) -> dict:
                                         spec.description or config_docs.description(spec.config),
                                         f"plugin '{origin.name}', distribution {distribution}", origin.name, distribution,
                                         metrics=tuple(getattr(spec, "metrics", ()) or ()))
-        _add_presets(groups, group, choices, own)
+        _add_presets(groups, group, choices, own, config_dirs)
         groups[group] = Group(group, dict(sorted(choices.items())), "list" if multiple else "one")
 
     hints = typing.get_type_hints(TuneforgeConfig)
@@ -181,25 +186,30 @@ def collect_groups(plugins) -> dict:
             name, node = SCHEMA_CHOICES[section.name]
             choices[name] = Choice(section.name, name, node, config_docs.description(node),
                                    f"tuneforge schema {node.__name__}", "", own)
-        _add_presets(groups, section.name, choices, own)
+        _add_presets(groups, section.name, choices, own, config_dirs)
         groups[section.name] = Group(section.name, dict(sorted(choices.items())), "one" if choices else "keys",
                                      cls, config_docs.description(cls))
-    experiments = {name: Choice("experiment", name, None, description, f"preset conf/experiment/{name}.yaml, distribution {own}",
+    experiments = {name: Choice("experiment", name, None, description, _preset_provider(where, own),
                                 "", own, preset=content)
-                   for name, (content, description) in _presets("experiment").items()}
+                   for name, (content, description, where) in _presets("experiment", config_dirs).items()}
     groups["experiment"] = Group("experiment", experiments, "global", None,
                                  "whole-run presets (they set several groups and keys)")
     return groups
 
 
-def _add_presets(groups: dict, group: str, choices: dict, own: str) -> None:
-    for name, (content, description) in _presets(group).items():
+def _preset_provider(where: str, own: str) -> str:
+    """Who provides a preset: a file of tuneforge's conf/ (its distribution), or one of the user's."""
+    return f"preset {where}, distribution {own}" if where.startswith("conf/") else f"preset {where} (your config folder)"
+
+
+def _add_presets(groups: dict, group: str, choices: dict, own: str, config_dirs=()) -> None:
+    for name, (content, description, where) in _presets(group, config_dirs).items():
         base = _preset_base(content)
         values, also_sets = _preset_values(group, content)
         base_choice = choices.get(base)
         choices[name] = Choice(group, name, base_choice.config if base_choice else None,
                                description or (base_choice.description if base_choice else ""),
-                               f"preset conf/{group}/{name}.yaml, distribution {own}", "", own, base=base,
+                               _preset_provider(where, own), "", own, base=base,
                                preset=values, also_sets=also_sets)
 
 
@@ -380,9 +390,11 @@ characters are quoted: 'key="a,b"' (docs/plugins.md, "Override values").
 
 def train_help(args: list) -> str:
     """The text of ``tuneforge train --help [group=choice ...]``."""
+    from tuneforge.host.config_files import config_dirs
+
     overrides = [a for a in args if not a.startswith("-")]
     plugins = _plugins_for(overrides)
-    groups = collect_groups(plugins)
+    groups = collect_groups(plugins, config_dirs((), overrides))
     selected = parse_selection(overrides, groups)
     from tuneforge.commands.experiment_help import experiment_effect
 
@@ -435,13 +447,17 @@ def show(args: list) -> str:
     if not args:
         raise ConfigError("config show needs <group>=<choice>, <group> or root, e.g. "
                           "'tuneforge config show adapter=lora'")
+    from tuneforge.host.config_files import config_dirs
+
     plugins = _plugins_for(args)
-    groups = collect_groups(plugins)
+    groups = collect_groups(plugins, config_dirs((), args))
     defaults = default_choices()
     parts = []
     for arg in args:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+")
+        if key == "hydra.searchpath":  # the user's config folders: read above
+            continue
         if key == "root" and not sep:
             parts.append(format_root())
             continue
@@ -468,8 +484,10 @@ def config_command(args: list) -> None:
         print(CONFIG_USAGE, end="")
         return
     if args[0] == "groups":
+        from tuneforge.host.config_files import config_dirs
+
         plugins = _plugins_for(args[1:])
-        print(format_groups(collect_groups(plugins)))
+        print(format_groups(collect_groups(plugins, config_dirs((), args[1:]))))
     elif args[0] == "show":
         print(show(args[1:]), end="")
     else:

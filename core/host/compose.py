@@ -256,7 +256,7 @@ def explain_composition_error(exc: Exception, overrides: Sequence[str] = (), con
     missing = re.search(r"Could not (?:find|load) '([^']+)/([^']+)'", text)
     if missing:
         group, choice = missing.groups()
-        valid = _group_choices(group)
+        valid = _group_choices(group, config_dirs)
         return (f"unknown choice '{choice}' for '{group}'{did_you_mean(choice, valid)}; "
                 f"valid: {', '.join(valid) or '(none installed)'}{unknown_choice_note(choice, valid)}")
     key = re.search(r"full_key: (\S+)", cause)
@@ -305,8 +305,11 @@ def _user_file_error(exc: BaseException, config_dirs: Sequence) -> Optional[str]
     return None
 
 
-def _group_choices(group: str) -> list:
+def _group_choices(group: str, config_dirs: Sequence = ()) -> list:
+    """The choices of ``group``: components, built-in presets and the presets of the user's ``config_dirs``."""
     from hydra.core.config_store import ConfigStore
+
+    from tuneforge.host.config_files import user_preset_files
     from hydra.core.global_hydra import GlobalHydra
     from hydra import initialize_config_module
 
@@ -316,6 +319,7 @@ def _group_choices(group: str) -> list:
             names |= set(GlobalHydra.instance().config_loader().get_group_options(group))
     finally:
         GlobalHydra.instance().clear()
+    names |= set(user_preset_files(group, config_dirs))
     return sorted({n[:-5] if n.endswith(".yaml") else n for n in names})
 
 

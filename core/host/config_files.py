@@ -66,6 +66,42 @@ def config_dirs(args: Sequence[str] = (), overrides: Sequence[str] = ()) -> list
     return dirs
 
 
+def config_dir_as_searchpath(args: Sequence[str]) -> list:
+    """``args`` with Hydra's ``--config-dir X`` (``-cd X``, ``--config-dir=X``) as the override
+    ``hydra.searchpath=[file://<X absolute>]`` (added to one already given), for the commands that compose
+    the config with Hydra's compose API (``data show``, ``plan``, ``eval``, ``config``, ``train --help``),
+    which has no such flag: they then read the user's config folder as ``train`` does."""
+    given = _flag_value(args, ("--config-dir", "-cd"))
+    if given is None:
+        return list(args)
+    rest, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--config-dir", "-cd"):
+            skip = True
+        elif not arg.split("=", 1)[0] in ("--config-dir", "-cd"):
+            rest.append(arg)
+    entry = "file://" + str(Path(given).expanduser().absolute())
+    for i, arg in enumerate(rest):
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "hydra.searchpath":
+            listed = value.strip()
+            inner = listed[1:-1].strip() if listed.startswith("[") and listed.endswith("]") else listed
+            rest[i] = f"{key}=[{inner + ',' if inner else ''}{entry}]"
+            return rest
+    return [*rest, f"hydra.searchpath=[{entry}]"]
+
+
+def user_preset_files(group: str, dirs: Iterable[Path]) -> dict:
+    """``{name: file}`` of the presets a user's config folders hold for ``group`` (``<dir>/<group>/*.yaml``)."""
+    found: dict = {}
+    for folder in dirs:
+        for path in sorted((Path(folder) / group).glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
 def config_name(args: Sequence[str]) -> Optional[str]:
     """The ``--config-name``/``-cn`` among ``args`` (None: the root config)."""
     return _flag_value(args, ("--config-name", "-cn"))
