@@ -221,3 +221,15 @@ def test_config_dir_reaches_help_config_plan_and_data_show_and_valid_choices_lis
     typo = run_cli(["train", "--config-dir", str(conf), "model=mytyni"], cwd=tmp_path)
     assert typo.stderr.startswith("tuneforge: error: unknown choice 'mytyni' for 'model' (did you mean 'mytiny'?); "
                                   "valid: hf, mytiny, smollm2, tiny"), typo.stderr
+
+
+def test_cfg_job_with_a_config_dir_prints_the_config_the_run_keeps(tmp_path):
+    conf = tmp_path / "conf"
+    write(conf, "experiment/ev.yaml", "# @package _global_\ndefaults:\n  - override /evaluators: [exact_match, rouge]\n"
+                                      "  - _self_\nevaluators:\n  exact_match: {max_new_tokens: 4}\n")
+    job = run_cli(["train", "--config-dir", str(conf), "+experiment=ev", "evaluators=[perplexity]", "--cfg", "job"],
+                  cwd=tmp_path)
+    assert job.returncode == 0, job.stderr
+    evaluators = yaml.safe_load(job.stdout)["evaluators"]
+    assert list(evaluators) == ["perplexity"]  # neither rouge nor exact_match's leftover setting
+    assert "settings for evaluators.exact_match ignored: not selected (evaluators=[perplexity])" in job.stderr

@@ -466,7 +466,10 @@ def print_pruned_job(args: list) -> bool:
     drops the components an experiment added that the list leaves out, and without the settings it left for
     them (``evaluators.perplexity.batch_size``); Hydra's own print shows both still.
     ``--resolve`` resolves interpolations, as Hydra's does.  False (nothing printed) in every other case,
-    which Hydra prints itself."""
+    which Hydra prints itself.  A ``--config-dir`` is read as ``hydra.searchpath``, as the compose API takes it."""
+    from tuneforge.host.config_files import config_dir_as_searchpath
+
+    args = config_dir_as_searchpath(args)
     flags = [arg for arg in args if arg.startswith("-")]
     wants_job = any(arg in ("--cfg", "-c") and value == "job" for arg, value in zip(args, args[1:]))
     overrides = hydra_overrides(args)
