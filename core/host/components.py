@@ -329,8 +329,9 @@ def _component(plugins, group: str, path: str, node, problems: list) -> Optional
     from tuneforge.host.schema import named_config_class
 
     if not isinstance(node, DictConfig) or "name" not in node:
-        problems.append(Problem(path, f"has no 'name'; select a component with {group}=<name>, "
-                                      f"valid: {', '.join(plugins[group].names())}"))
+        problems.append(Problem(path, f"has no 'name'; select a component with {group}=<name>, valid: "
+                                      f"{', '.join(plugins[group].names())} (a preset file of yours extends one: "
+                                      f"'defaults: [<component>, _self_]' first)"))
         return None
     try:
         spec = plugins[group].get(node.name)
