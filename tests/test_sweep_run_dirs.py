@@ -75,6 +75,18 @@ def test_a_sweep_run_again_leaves_the_runs_it_completed_as_they_were(tmp_path):
     assert list(cwd.iterdir()) == []
 
 
+@pytest.mark.fault(fault="a first `-m` sweep with `run_dir=runs/r${adapter.r}` in a folder without `runs/` (Hydra's "
+                         "sweep folder runs/multirun/<date> and the runs share the new runs/)",
+                   outcome="the runs stay; only the sweep folder, left holding multirun.yaml alone, and the empty "
+                           "folders above it that the command made are removed")
+def test_a_first_sweep_into_a_new_runs_folder_keeps_its_runs(tmp_path):
+    result = run_cli(["train", "-m", *FAST, "adapter.r=2,4", "run_dir=runs/r${adapter.r}"], cwd=tmp_path, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r2", "r4"]  # no runs/multirun left either
+    for r in (2, 4):
+        assert json.loads((tmp_path / "runs" / f"r{r}" / "status.json").read_text())["status"] == "completed"
+
+
 def test_a_failed_sweep_job_leaves_another_runs_status_as_it_is(tmp_path):
     """:func:`record_failed_job` writes into a run directory only when the job started its own run there."""
     from tuneforge.commands.sweep import FAILED_JOB_FILE, failed_jobs, record_failed_job

@@ -44,6 +44,7 @@ class OutputDirWatch(Callback):
         if problems:  # Hydra turns a callback's Exception into a warning: this one passes
             raise RefusedBeforeRun("\n".join(problems))
         _NEW["run"] = _outermost_missing(config.hydra.run.dir)
+        _NEW["run_dir"] = Path(str(config.hydra.run.dir)).absolute()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         _NEW.clear()
@@ -246,14 +247,17 @@ def _inside(path: Path, root: Optional[Path]) -> bool:
 def discard_new_output_dir(output_dir=None) -> None:
     """Remove the job's output directory if this command created it (a refused run leaves nothing).
 
-    In a sweep only the job's own directory goes, and the sweep directory when
-    nothing but Hydra's ``multirun.yaml`` is left in it (also when a job's
-    config could not be composed: ``output_dir`` None).
+    Only what this command made goes: the run's (or the sweep job's) own directory, then the folders above
+    it that this command made too and that are empty by then, and the sweep directory when nothing but
+    Hydra's ``multirun.yaml`` is left in it (also when a job's config could not be composed:
+    ``output_dir`` None).  A folder that holds anything else (the run directories a sweep's jobs trained
+    in under ``runs/``, another command's run) is never removed.
     """
     if output_dir is not None:
         output_dir = Path(str(output_dir)).absolute()
         if _inside(output_dir, _NEW.get("run")):
-            shutil.rmtree(_NEW["run"], ignore_errors=True)
+            shutil.rmtree(output_dir, ignore_errors=True)
+            _remove_empty_up_to(output_dir.parent, _NEW["run"])
             return
         if not _inside(output_dir, _NEW.get("sweep")):
             return
@@ -261,7 +265,21 @@ def discard_new_output_dir(output_dir=None) -> None:
     sweep_dir = _NEW.get("sweep_dir")
     if _NEW.get("sweep") is not None and sweep_dir.is_dir() and all(
             p.name == "multirun.yaml" for p in sweep_dir.iterdir()):
-        shutil.rmtree(_NEW["sweep"], ignore_errors=True)
+        (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+        _remove_empty_up_to(sweep_dir, _NEW["sweep"])
+
+
+def _remove_empty_up_to(path: Path, top: Path) -> None:
+    """Remove ``path`` and its parents up to ``top`` (included) while each is empty (a folder this command
+    made and nothing else wrote into)."""
+    try:
+        while _inside(path, top):
+            path.rmdir()  # only when empty
+            if path == top:
+                return
+            path = path.parent
+    except OSError:
+        pass
 
 
 def discard_empty_output_dir(output_dir) -> None:
@@ -270,17 +288,10 @@ def discard_empty_output_dir(output_dir) -> None:
     single run and that are empty then.  A sweep's directory stays until the sweep ends
     (:func:`discard_new_output_dir`)."""
     path = Path(str(output_dir)).absolute()
-    top = _NEW.get("run") if _inside(path, _NEW.get("run")) else path
-    try:
-        path.rmdir()  # only when empty
-        while path != top:
-            path = path.parent
-            path.rmdir()
-    except OSError:
-        pass
+    _remove_empty_up_to(path, _NEW.get("run") if _inside(path, _NEW.get("run")) else path)
 
 
 def discard_new_run_dir() -> None:
     """Remove the single run's directory if this command created it (a run stopped while starting)."""
-    if _NEW.get("run") is not None:
-        discard_new_output_dir(_NEW["run"])
+    if _NEW.get("run_dir") is not None and _NEW.get("run") is not None:
+        discard_new_output_dir(_NEW["run_dir"])
