@@ -91,6 +91,12 @@ def test_a_saved_run_config_is_refused_as_config_and_re_runs_under_another_name(
     assert rerun.pop("run_dir") == str(again) and saved.pop("run_dir") == str(run_dir)
     assert rerun == saved  # the same components, every saved key accepted as it was
     assert rerun["adapter"]["name"] == "ia3" and list(rerun["baselines"]) == ["retrieval"]
+    other = run_cli(["train", "--config-dir", str(run_dir), "--config-name", "my_run", "adapter=lora", "--cfg", "job"],
+                    cwd=tmp_path)  # ia3's settings are saved in the file: another component is refused naming it
+    [line] = other.stderr.strip().splitlines()
+    assert line.startswith("tuneforge: error: unknown config key 'adapter.feedforward_modules'"), line
+    assert line.endswith(f" in {copy} (a run's saved config: it keeps its components' settings, so override values, "
+                         "not components; for another component write a config of your own)"), line
 
 
 # ---------------------------------------------------------------------------
@@ -233,3 +239,17 @@ def test_cfg_job_with_a_config_dir_prints_the_config_the_run_keeps(tmp_path):
     evaluators = yaml.safe_load(job.stdout)["evaluators"]
     assert list(evaluators) == ["perplexity"]  # neither rouge nor exact_match's leftover setting
     assert "settings for evaluators.exact_match ignored: not selected (evaluators=[perplexity])" in job.stderr
+
+
+def test_eval_of_a_run_takes_a_config_dir(tmp_path):
+    conf = tmp_path / "conf"
+    write(conf, "model/mytiny.yaml", "defaults: [tiny, _self_]\nhidden_size: 32\nnum_attention_heads: 2\n"
+                                      "num_key_value_heads: 1\n")
+    run = tmp_path / "run"
+    trained = run_cli(["train", "--config-dir", str(conf), "model=mytiny", "trainer.max_steps=1", "baselines=[]",
+                       "threads=1", f"run_dir={run}"], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    evaluated = run_cli(["eval", "--config-dir", str(conf), f"run_dir={run}", f"out={tmp_path / 'eval'}",
+                         "baselines=[]"], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert (tmp_path / "eval" / "report.md").is_file()

@@ -183,8 +183,9 @@ def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfi
     with open_dict(composed):  # a saved dict-valued field (e.g. targets' checks) may hold keys the defaults lack
         final = OmegaConf.merge(composed, {k: v for k, v in saved.items() if k not in chosen and k in composed})
     OmegaConf.set_struct(final, True)
-    for override in parsed:
-        if override.key_or_group not in groups and not override.is_delete():
+    for override in parsed:  # hydra.* (hydra.searchpath, from --config-dir) is Hydra's, not the run's
+        if (override.key_or_group not in groups and not override.is_delete()
+                and not override.key_or_group.startswith("hydra.")):
             OmegaConf.update(final, override.key_or_group, OmegaConf.select(composed, override.key_or_group),
                              merge=False)
     return final

@@ -27,6 +27,10 @@ def one_line_on_stop_signals(runs_begun: list):
         with signals_stop_the_run():
             yield
     except StopSignal as stop:
+        import logging
+
+        # torch's exit hooks log at INFO (FakeTensor cache stats) to the run's handlers: the one line stays one
+        logging.getLogger("torch").setLevel(logging.WARNING)
         print(f"tuneforge: train {_where(stop.signal_name, runs_begun[-1] if runs_begun else None)}",
               file=sys.stderr)
         raise SystemExit(130 if stop.signal_name == "SIGINT" else 143) from None

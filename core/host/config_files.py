@@ -24,6 +24,8 @@ from tuneforge.errors import ConfigError
 
 #: the name the composed config of a saved run's config file is stored under (:func:`saved_run_args`)
 SAVED_RUN_CONFIG = "tuneforge_saved_run"
+#: the user's file stored as SAVED_RUN_CONFIG by this command (named in errors instead of that name)
+_SAVED_RUN_FILE: dict = {}
 _GLOBAL_HEADER = re.compile(r"^\s*#\s*@package\s+_global_\s*$")
 
 
@@ -221,6 +223,7 @@ def saved_run_args(args: Sequence[str], dirs: Sequence[Path]) -> list:
             defaults.append({f"override {group}": [str(key) for key in data[group]]})
     values = {key: value for key, value in data.items() if key != "run_dir"}
     ConfigStore.instance().store(name=SAVED_RUN_CONFIG, node={"defaults": [*defaults, "_self_"], **values})
+    _SAVED_RUN_FILE["path"] = found
     rewritten, skip = [], False
     for arg in args:
         if skip:
@@ -325,12 +328,23 @@ def multiple_values_error(text: str, dirs: Iterable[Path]) -> Optional[str]:
             f"'- override /{group}: {choice}'")
 
 
+def _explain_saved_run_error(error, unknown_key_line) -> str:
+    full_key = getattr(error, "full_key", None) or ""
+    if isinstance(error, KeyError) and full_key:
+        return unknown_key_line(full_key, error).split(";")[0]
+    return str(error).splitlines()[0].strip() if str(error).strip() else type(error).__name__
+
+
 def explain_user_file_error(config_path: str, error, dirs: Sequence[Path], unknown_key_line) -> str:
     """One line for an OmegaConf ``error`` raised while Hydra merged the file of ``config_path``
     (``experiment/typo``): what is wrong, the file (and line), and what to write.  ``unknown_key_line``
     formats an unknown key as on the command line (:func:`tuneforge.host.compose.unknown_key_line`)."""
     from tuneforge.host.components import MULTIPLE_GROUPS
 
+    if config_path == SAVED_RUN_CONFIG and _SAVED_RUN_FILE.get("path") is not None:
+        return (f"{_explain_saved_run_error(error, unknown_key_line)} in {_SAVED_RUN_FILE['path']} (a run's saved "
+                "config: it keeps its components' settings, so override values, not components; for another "
+                "component write a config of your own)")
     path = locate(config_path, dirs)
     where = str(path) if path is not None else f"'{config_path}'"
     group = config_path.rpartition("/")[0]
