@@ -114,3 +114,10 @@ def test_export_of_an_adapter_whose_merge_returns_the_peft_model_unmerged_is_one
                      "transformers model that save_pretrained writes whole (for a peft model, "
                      "model.merge_and_unload())"], lines
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_plan_refuses_an_adapter_that_leaves_nothing_to_train_as_train_does(tmp_path):
+    result = run_cli(["plan", "model=tiny", "adapter=frozen"], site_dirs=["returns"],
+                     env={"TUNEFORGE_DISABLE_PLUGINS": "", "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.startswith(f"tuneforge: error: {PLUGIN}: {CASES['adapter with nothing to train'][1][:60]}")

@@ -159,6 +159,11 @@ def _facts_of(run, architecture) -> ModelFacts:
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); every parameter is "
                 "counted as trainable (an upper bound)")
         log.debug("plan: %s", note)
+    else:  # an apply that leaves nothing to train: refused as train refuses it
+        from tuneforge.host.guard import checked_result, origin_of
+        from tuneforge.host.plugin_returns import adapted_model
+
+        checked_result(origin_of(run.adapter.spec), f"adapter '{run.adapter.name}', apply", model, adapted_model())
     parameters = list({id(p): p for p in model.parameters()}.values())
     total = _count(parameters)
     trainable = _count(p for p in parameters if p.requires_grad) if exact else total
