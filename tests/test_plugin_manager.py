@@ -184,3 +184,12 @@ def test_registry_suggests_the_closest_name():
     plugins = create_plugin_manager(PluginSelection())
     with pytest.raises(PluginError, match=r"unknown adapter 'lorra' \(did you mean 'lora'\?\)"):
         plugins["adapter"].get("lorra")
+
+
+def test_a_renamed_entry_point_suggestion_is_a_snake_case_name():
+    from tuneforge.host.plugin_manager import PluginInfo, name_clash
+
+    fields = {f.name: None for f in __import__("dataclasses").fields(PluginInfo)}
+    own = PluginInfo(**{**fields, "name": "adapters", "distribution": "tuneforge"})
+    theirs = PluginInfo(**{**fields, "name": "adapters", "distribution": "acme-bad.Adapters", "module": "acme"})
+    assert "e.g. acme_bad_adapters_adapters = \"acme\"" in name_clash(own, theirs)

@@ -198,6 +198,11 @@ def _misplaced_entry_points(all_entry_points) -> list:
     return found
 
 
+def _snake(distribution: str) -> str:
+    """A distribution's name as an entry-point name part (``acme-adapters`` -> ``acme_adapters``)."""
+    return re.sub(r"[^0-9A-Za-z_]+", "_", distribution).lower()
+
+
 def name_clash(first: PluginInfo, second: PluginInfo) -> str:
     """The one line for two entry points of one name (the first one loaded, the second left out).
 
@@ -207,7 +212,7 @@ def name_clash(first: PluginInfo, second: PluginInfo) -> str:
     if first.distribution == OWN_DISTRIBUTION:
         return (f"plugin '{second.name}' of distribution '{second.distribution}' has the name of tuneforge's own "
                 f"plugin '{first.name}', so it is not loaded; rename its entry point in group "
-                f"'{ENTRY_POINT_GROUP}' (in {where}, e.g. {second.distribution}_{second.name} = "
+                f"'{ENTRY_POINT_GROUP}' (in {where}, e.g. {_snake(second.distribution)}_{second.name} = "
                 f"\"{second.module}\") or uninstall {second.distribution}")
     return (f"two plugins are named '{first.name}': from distributions '{first.distribution}' and "
             f"'{second.distribution}'; uninstall one, or rename the entry point of one in group "
