@@ -104,3 +104,17 @@ def sigterm_when_called(tmp_path, module: str, function: str) -> Path:
 def sigterm_while_the_model_loads(tmp_path) -> Path:
     """:func:`sigterm_when_called` while the model loads, so the run stops at once, before training."""
     return sigterm_when_called(tmp_path, "tuneforge.training.run", "count_parameters")
+
+
+def install_fake_distribution(site: Path, monkeypatch, distribution: str, code: str, entry_point: str = None):
+    """A fake pip-installed distribution in ``site``: module ``<distribution>_mod`` holding ``code``, advertised
+    as entry point ``entry_point`` (default: the distribution's name) in the ``tuneforge`` group."""
+    module = f"{distribution}_mod"
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text("import tuneforge\nfrom dataclasses import dataclass\n" + code)
+    info = site / f"{distribution}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[tuneforge]\n{entry_point or distribution} = {module}\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, module, raising=False)  # and again after the test (monkeypatch undo)

@@ -3,32 +3,19 @@ attribute without a type annotation, a spec callable taking an argument the host
 handed to ``prepare_splits``, an ``assert`` in a config's ``__post_init__`` and a misspelt hook name."""
 
 import linecache
-import sys
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 import pytest
 
 import tuneforge
-from helpers import run_cli
+from helpers import run_cli, install_fake_distribution
 from tuneforge.data import DataConfig, prepare_splits
 from tuneforge.errors import ConfigError, DataError, PluginError
 from tuneforge.host.plugin_manager import PluginSelection, create_plugin_manager
 from tuneforge.specs import SPEC_KINDS
 
 
-def _install(site, monkeypatch, distribution: str, code: str) -> None:
-    """A fake pip-installed distribution in ``site``: module ``<distribution>_mod`` holding ``code``, advertised
-    as entry point ``<distribution>`` in the ``tuneforge`` group (as tests/test_plugin_manager.py does)."""
-    module = f"{distribution}_mod"
-    site.mkdir(exist_ok=True)
-    (site / f"{module}.py").write_text("import tuneforge\nfrom dataclasses import dataclass\n" + code)
-    info = site / f"{distribution}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text(f"[tuneforge]\n{distribution} = {module}\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delitem(sys.modules, module, raising=False)
 
 
 def _one_error_line(text: str) -> str:
@@ -69,7 +56,7 @@ def tuneforge_adapters():
 
 
 def test_a_config_attribute_without_annotation_is_one_line_when_the_plugin_loads(tmp_path, monkeypatch):
-    _install(tmp_path, monkeypatch, "noannot", UNANNOTATED)
+    install_fake_distribution(tmp_path, monkeypatch, "noannot", UNANNOTATED)
     expected = ("plugin 'noannot' (distribution 'noannot 0.1.0'): config class Cfg of adapter 'acme_noannot': "
                 "'r = 8' has no type annotation, so it is not a config field; write 'r: int = 8' (or ClassVar[...] "
                 "for a constant); block it with TUNEFORGE_DISABLE_PLUGINS=noannot")
@@ -152,7 +139,7 @@ def tuneforge_adapters():
 
 
 def test_config_show_refuses_a_default_that_does_not_fit_its_type_as_train_does(tmp_path, monkeypatch):
-    _install(tmp_path, monkeypatch, "listnone", LIST_NONE)
+    install_fake_distribution(tmp_path, monkeypatch, "listnone", LIST_NONE)
     shown = run_cli(["config", "show", "adapter=acme_listnone"], site_dirs=[str(tmp_path)], cwd=tmp_path)
     assert shown.returncode == 2, shown.stdout
     line = _one_error_line(shown.stderr)
@@ -178,7 +165,7 @@ ON_RUN_END_ARGS = ("valid arguments of on_run_end: config, metrics, status, run_
 
 
 def test_an_on_run_end_with_a_wrong_parameter_name_is_refused_before_the_run(tmp_path, monkeypatch):
-    _install(tmp_path, monkeypatch, "cbsig", '''
+    install_fake_distribution(tmp_path, monkeypatch, "cbsig", '''
 @dataclass
 class Cfg:
     """x: unused."""
@@ -364,7 +351,7 @@ def test_an_assert_in_post_init_reads_like_the_other_config_errors():
 
 
 def test_a_misspelt_hook_says_how_to_block_the_plugin(tmp_path, monkeypatch):
-    _install(tmp_path, monkeypatch, "typo2", "def tuneforge_adaptors():\n    return []\n")
+    install_fake_distribution(tmp_path, monkeypatch, "typo2", "def tuneforge_adaptors():\n    return []\n")
     with pytest.raises(PluginError) as info:
         create_plugin_manager(PluginSelection())
     message = str(info.value)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from helpers import FIXTURES
+from helpers import FIXTURES, install_fake_distribution
 from tuneforge.host.compose import plugin_selection
 from tuneforge.errors import PluginError
 from tuneforge.host.plugin_manager import PluginSelection, create_plugin_manager
@@ -97,18 +97,6 @@ def test_unknown_hook_argument_is_an_error_naming_the_plugin():
     assert "TUNEFORGE_DISABLE_PLUGINS" not in str(info.value)  # a block list does not apply to a passed plugin
 
 
-def _install(site, monkeypatch, distribution: str, code: str, entry_point: str = None):
-    """A fake pip-installed distribution in ``site``: module ``<distribution>_mod`` holding ``code``, advertised
-    as entry point ``entry_point`` (default: the distribution's name) in the ``tuneforge`` group."""
-    module = f"{distribution}_mod"
-    site.mkdir(exist_ok=True)
-    (site / f"{module}.py").write_text("import tuneforge\nfrom dataclasses import dataclass\n" + code)
-    info = site / f"{distribution}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text(f"[tuneforge]\n{entry_point or distribution} = {module}\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delitem(sys.modules, module, raising=False)  # and again after the test (monkeypatch undo)
 
 
 LOSS = ("@dataclass\nclass C:\n    beta: float = 0.0\n"
@@ -117,7 +105,7 @@ HOOK_ARGS = "valid arguments of tuneforge_run_start: config, run_dir, context, r
 
 
 def test_a_hook_argument_the_hook_does_not_pass_is_one_line_with_the_valid_arguments(tmp_path, monkeypatch):
-    _install(tmp_path, monkeypatch, "argplug", "def tuneforge_run_start(cfg, run_dir, verbose):\n    pass\n")
+    install_fake_distribution(tmp_path, monkeypatch, "argplug", "def tuneforge_run_start(cfg, run_dir, verbose):\n    pass\n")
     with pytest.raises(PluginError) as info:
         create_plugin_manager(PluginSelection())
     assert str(info.value) == (
@@ -133,7 +121,7 @@ def test_a_hook_argument_the_hook_does_not_pass_is_one_line_with_the_valid_argum
     ("'my_ce'", "str"), ("[{'name': 'my_ce'}]", "a list holding dict"),
 ])
 def test_a_registration_hook_must_return_a_list_of_specs(tmp_path, monkeypatch, returned, what):
-    _install(tmp_path, monkeypatch, "retplug", LOSS + f"def tuneforge_losses():\n    return {returned}\n")
+    install_fake_distribution(tmp_path, monkeypatch, "retplug", LOSS + f"def tuneforge_losses():\n    return {returned}\n")
     expected = (f"plugin 'retplug' (distribution 'retplug 0.1.0'): registration hook tuneforge_losses returned "
                 f"{what}; it must return a list of tuneforge.LossSpec (an empty list for none); block it with "
                 "TUNEFORGE_DISABLE_PLUGINS=retplug")
@@ -146,7 +134,7 @@ def test_a_registration_hook_must_return_a_list_of_specs(tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("returned", ["[]", "(SPEC,)", "(s for s in [SPEC])"])
 def test_a_registration_hook_may_return_any_iterable_of_specs(tmp_path, monkeypatch, returned):
-    _install(tmp_path, monkeypatch, "iterplug", LOSS + f"def tuneforge_losses():\n    return {returned}\n")
+    install_fake_distribution(tmp_path, monkeypatch, "iterplug", LOSS + f"def tuneforge_losses():\n    return {returned}\n")
     plugins = create_plugin_manager(PluginSelection())
     assert plugins.contributions("iterplug") == ({} if returned == "[]" else {"loss": ["my_ce"]})
 
@@ -154,7 +142,7 @@ def test_a_registration_hook_may_return_any_iterable_of_specs(tmp_path, monkeypa
 def test_an_entry_point_named_like_a_built_in_plugin_says_to_rename_it_not_to_block_it(tmp_path, monkeypatch, capsys):
     from tuneforge.commands.cli import main
 
-    _install(tmp_path, monkeypatch, "clashplug", LOSS + "def tuneforge_losses():\n    return [SPEC]\n",
+    install_fake_distribution(tmp_path, monkeypatch, "clashplug", LOSS + "def tuneforge_losses():\n    return [SPEC]\n",
              entry_point="losses")
     expected = ("plugin 'losses' of distribution 'clashplug' has the name of tuneforge's own plugin 'losses', so "
                 "it is not loaded; rename its entry point in group 'tuneforge' (in the "
@@ -171,7 +159,7 @@ def test_an_entry_point_named_like_a_built_in_plugin_says_to_rename_it_not_to_bl
 
 def test_two_third_party_entry_points_of_one_name_are_not_told_to_block_it(tmp_path, monkeypatch):
     for distribution in ("twin_a", "twin_b"):
-        _install(tmp_path, monkeypatch, distribution, "", entry_point="twin")
+        install_fake_distribution(tmp_path, monkeypatch, distribution, "", entry_point="twin")
     with pytest.raises(PluginError) as info:
         create_plugin_manager(PluginSelection())
     assert str(info.value) == (

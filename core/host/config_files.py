@@ -42,6 +42,19 @@ def _flag_value(args: Sequence[str], names: tuple) -> Optional[str]:
     return value
 
 
+def _without_flag(args: Sequence[str], names: tuple) -> list:
+    """``args`` without Hydra's flags ``names`` and their values (``-cd X`` or ``--config-dir=X``)."""
+    rest, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif arg.split("=", 1)[0] not in names:
+            rest.append(arg)
+    return rest
+
+
 def config_dirs(args: Sequence[str] = (), overrides: Sequence[str] = ()) -> list:
     """The user's config folders: ``--config-dir``/``-cd`` among ``args`` and the ``file://`` (or plain)
     entries of a ``hydra.searchpath=[...]`` override, as absolute paths."""
@@ -76,14 +89,7 @@ def config_dir_as_searchpath(args: Sequence[str]) -> list:
     given = _flag_value(args, ("--config-dir", "-cd"))
     if given is None:
         return list(args)
-    rest, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in ("--config-dir", "-cd"):
-            skip = True
-        elif not arg.split("=", 1)[0] in ("--config-dir", "-cd"):
-            rest.append(arg)
+    rest = _without_flag(args, ("--config-dir", "-cd"))
     entry = "file://" + str(Path(given).expanduser().absolute())
     for i, arg in enumerate(rest):
         key, _, value = arg.partition("=")
@@ -224,15 +230,7 @@ def saved_run_args(args: Sequence[str], dirs: Sequence[Path]) -> list:
     values = {key: value for key, value in data.items() if key != "run_dir"}
     ConfigStore.instance().store(name=SAVED_RUN_CONFIG, node={"defaults": [*defaults, "_self_"], **values})
     _SAVED_RUN_FILE["path"] = found
-    rewritten, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in ("--config-name", "-cn"):
-            skip = True
-        elif arg.split("=", 1)[0] not in ("--config-name", "-cn"):
-            rewritten.append(arg)
-    return [*rewritten, "--config-name", SAVED_RUN_CONFIG]
+    return [*_without_flag(args, ("--config-name", "-cn")), "--config-name", SAVED_RUN_CONFIG]
 
 
 # -- Hydra's errors about a user's file ----------------------------------------------------------------
