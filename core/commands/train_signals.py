@@ -21,7 +21,7 @@ def one_line_on_stop_signals(runs_begun: list):
     installs its own handlers inside it and gives these back after); one that reaches this block ends the
     command with one line and exit status 143 (SIGTERM) or 130 (SIGINT).  ``runs_begun``: the run
     directories whose run this command began, the last one named in the message."""
-    from tuneforge.training.run_stop import StopSignal, requested_stop, signals_stop_the_run
+    from tuneforge.training.run_stop import StopSignal, signals_stop_the_run
 
     try:
         with signals_stop_the_run():
@@ -29,7 +29,6 @@ def one_line_on_stop_signals(runs_begun: list):
     except StopSignal as stop:
         import logging
 
-        requested_stop()  # handled here
         # torch's exit hooks log at INFO (FakeTensor cache stats) to the run's handlers: the one line stays one
         logging.getLogger("torch").setLevel(logging.WARNING)
         print(f"tuneforge: train {_where(stop.signal_name, runs_begun[-1] if runs_begun else None)}",

@@ -100,12 +100,6 @@ class CheckpointAndInterrupt(pl.Callback):
                 self._previous_handlers[signum] = signal.signal(signum, self._handle)
             if self.requeue_job_id:  # replaces Lightning's handler, which saves at whatever point each rank is
                 self._previous_handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._handle_requeue)
-            from tuneforge.training.run_stop import requested_stop
-
-            lost = requested_stop()  # a stop signal before fit whose exception Python dropped
-            if lost is not None:
-                self._signal_name = lost
-                log.warning("received %s before training: saving a checkpoint after this step", lost)
 
     def teardown(self, trainer, pl_module, stage) -> None:
         for signum, handler in self._previous_handlers.items():

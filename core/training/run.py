@@ -44,8 +44,7 @@ from tuneforge.training.rank_watch import watch_ranks
 from tuneforge.training.run_state import RunState
 from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, checkpoint_step, checkpoint_step_row,
                                          final_status, last_checkpoint, lost_ranks, mark_failed, one_line_disk_full,
-                                         record_stop_while_preparing, requested_stop, signals_end_the_process,
-                                         signals_stop_the_run)
+                                         record_stop_while_preparing, signals_end_the_process, signals_stop_the_run)
 from tuneforge.training.setup_summary import describe_setup
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
                                         writes_checkpoints)
@@ -97,7 +96,6 @@ def _train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext
     try:
         prepare(state)
     except (StopSignal, KeyboardInterrupt) as stop:  # before the run started: no hooks, the lock is released
-        requested_stop()  # handled here
         stop_on_signals.__exit__(None, None, None)
         raise _interrupted_while_preparing(state, stop) from None
     except BaseException:
@@ -113,7 +111,6 @@ def _train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext
         state.status = "completed"
         return state.metrics
     except (StopSignal, KeyboardInterrupt) as stop:
-        requested_stop()  # handled here
         raise _interrupted(state, stop) from None
     except Exception as exc:
         lost = lost_ranks(exc, state.context, state.phase, state.timeout_s, state.rank_watch)

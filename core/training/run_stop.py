@@ -62,34 +62,13 @@ def _stop_signals_handled_by(handler):
             signal.signal(signum, earlier)
 
 
-#: the stop signals whose :class:`StopSignal` may have been lost: Python drops an exception raised while it
-#: runs a garbage-collection callback or ``__del__`` ("Exception ignored in ..."), so the handler also notes
-#: the signal here, and the next phase that takes the signals over honours it (:func:`requested_stop`)
-_REQUESTED: list = []
-
-
-def requested_stop() -> Optional[str]:
-    """The last stop signal noted and not yet handled (its name), forgetting it; None when there is none.
-    Whoever catches a :class:`StopSignal` calls it too, so that a handled stop is not honoured twice."""
-    name = _REQUESTED[-1] if _REQUESTED else None
-    _REQUESTED.clear()
-    return name
-
-
-@contextlib.contextmanager
 def signals_stop_the_run():
     """SIGTERM and SIGINT stop the run in any phase: outside ``fit`` (whose checkpointing callback
-    installs its own handlers for the time it trains) they raise :class:`StopSignal` at once.  A stop
-    noted earlier whose exception was lost (:data:`_REQUESTED`) is raised on entering."""
+    installs its own handlers for the time it trains) they raise :class:`StopSignal` at once."""
     def stop(signum, frame):
-        _REQUESTED.append(signal.Signals(signum).name)
         raise StopSignal(signal.Signals(signum).name)
 
-    with _stop_signals_handled_by(stop):
-        lost = requested_stop()
-        if lost is not None:
-            raise StopSignal(lost)
-        yield
+    return _stop_signals_handled_by(stop)
 
 
 def signals_end_the_process():
