@@ -23,7 +23,7 @@ def holds_peft_adapter(model_dir) -> bool:
     return model_dir is not None and (Path(model_dir) / PEFT_ADAPTER_CONFIG).is_file()
 
 
-def is_peft_model(model) -> bool:
+def holds_unmerged_adapter(model) -> bool:
     """Whether ``model`` still carries an unmerged adapter: a peft wrapper (``peft.PeftModel``, a tuner
     model) or a ``transformers`` model with an adapter loaded into it (``load_adapter``), whose
     ``save_pretrained`` writes only the adapter."""
@@ -60,7 +60,7 @@ def default_merge(adapter_spec, model):
     """``model`` merged as the default ``merge`` does: a peft model folded into its base weights with
     ``merge_and_unload``; any other model as it is.  A prompt-learning adapter (prefix or prompt tuning:
     virtual tokens, not weight deltas) is a one-line ``ModelError``."""
-    if not is_peft_model(model):
+    if not holds_unmerged_adapter(model):
         return model
     from tuneforge.errors import ModelError
 
@@ -90,7 +90,7 @@ def merged_model():
     def problem(result):
         if not isinstance(result, torch.nn.Module):
             return type_name(result)
-        if is_peft_model(result):
+        if holds_unmerged_adapter(result):
             return f"{type(result).__name__}, a peft model whose adapter is not merged into the base weights"
         if not callable(getattr(result, "save_pretrained", None)):
             return f"{type(result).__name__}, which has no save_pretrained"
