@@ -101,6 +101,27 @@ def sigterm_when_called(tmp_path, module: str, function: str) -> Path:
     return hook.parent
 
 
+def sigterm_inside_a_del_when_called(tmp_path, module: str, function: str) -> Path:
+    """As :func:`sigterm_when_called`, but the signal is sent from inside an object's ``__del__``, so that its
+    handler runs there too, and Python drops the exception it raises ("Exception ignored in ...")."""
+    hook = Path(tmp_path) / "site" / "sitecustomize.py"
+    hook.parent.mkdir()
+    hook.write_text("import os, signal\n"
+                    "class _Dropping:\n"
+                    "    def __del__(self):\n"
+                    "        os.kill(os.getpid(), signal.SIGTERM)\n"
+                    "        sum(range(1000))  # the handler runs here, inside __del__\n"
+                    "def _patch():\n"
+                    f"    import {module} as patched\n"
+                    f"    original = patched.{function}\n"
+                    "    def stop(*a, **k):\n"
+                    "        _Dropping()\n"
+                    "        return original(*a, **k)\n"
+                    f"    patched.{function} = stop\n"
+                    "_patch()\n")
+    return hook.parent
+
+
 def sigterm_while_the_model_loads(tmp_path) -> Path:
     """:func:`sigterm_when_called` while the model loads, so the run stops at once, before training."""
     return sigterm_when_called(tmp_path, "tuneforge.training.run", "count_parameters")

@@ -21,11 +21,12 @@ def one_line_on_stop_signals(runs_begun: list):
     installs its own handlers inside it and gives these back after); one that reaches this block ends the
     command with one line and exit status 143 (SIGTERM) or 130 (SIGINT).  ``runs_begun``: the run
     directories whose run this command began, the last one named in the message."""
-    from tuneforge.training.run_stop import StopSignal, signals_stop_the_run
+    from tuneforge.training.run_stop import StopSignal, raise_dropped_stop, signals_stop_the_run
 
     try:
         with signals_stop_the_run():
             yield
+            raise_dropped_stop()  # one whose exception Python dropped after the last phase that checks
     except StopSignal as stop:
         import logging
 

@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 
 from tuneforge.training.checkpoint import CHECKPOINT_DIR, CheckpointError, checkpoint_name, prune_checkpoints
+from tuneforge.training.run_stop import take_dropped_stop
 
 log = logging.getLogger("tuneforge")
 
@@ -100,6 +101,10 @@ class CheckpointAndInterrupt(pl.Callback):
                 self._previous_handlers[signum] = signal.signal(signum, self._handle)
             if self.requeue_job_id:  # replaces Lightning's handler, which saves at whatever point each rank is
                 self._previous_handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._handle_requeue)
+            dropped = take_dropped_stop()  # one that came before these handlers, its exception dropped by Python
+            if dropped is not None:
+                self._signal_name = dropped
+                log.warning("received %s: finishing this step, then saving a checkpoint", dropped)
 
     def teardown(self, trainer, pl_module, stage) -> None:
         for signum, handler in self._previous_handlers.items():

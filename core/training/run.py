@@ -44,7 +44,8 @@ from tuneforge.training.rank_watch import watch_ranks
 from tuneforge.training.run_state import RunState
 from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, checkpoint_step, checkpoint_step_row,
                                          final_status, last_checkpoint, lost_ranks, mark_failed, one_line_disk_full,
-                                         record_stop_while_preparing, signals_end_the_process, signals_stop_the_run)
+                                         raise_dropped_stop, record_stop_while_preparing, signals_end_the_process,
+                                         signals_stop_the_run)
 from tuneforge.training.setup_summary import describe_setup
 from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
                                         writes_checkpoints)
@@ -102,12 +103,9 @@ def _train(cfg: DictConfig, plugins, run_dir: Path, context: Optional[RunContext
         stop_on_signals.__exit__(None, None, None)
         raise
     try:
-        start(state)
-        build(state)
-        evaluate_base(state)
-        fit(state)
-        evaluate_tuned(state)
-        save(state)
+        for phase in (start, build, evaluate_base, fit, evaluate_tuned, save):
+            raise_dropped_stop()  # a stop signal whose exception Python dropped in the phase before
+            phase(state)
         state.status = "completed"
         return state.metrics
     except (StopSignal, KeyboardInterrupt) as stop:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
@@ -62,13 +63,70 @@ def _stop_signals_handled_by(handler):
             signal.signal(signum, earlier)
 
 
+@contextlib.contextmanager
 def signals_stop_the_run():
     """SIGTERM and SIGINT stop the run in any phase: outside ``fit`` (whose checkpointing callback
-    installs its own handlers for the time it trains) they raise :class:`StopSignal` at once."""
+    installs its own handlers for the time it trains) they raise :class:`StopSignal` at once.
+
+    Python drops an exception raised while it runs a ``__del__``, a weak-reference or a garbage-collection
+    callback ("Exception ignored in ...", through ``sys.unraisablehook``): a signal arriving then would be
+    lost, and the run would train to the end.  For the time of the outermost such block, a dropped
+    :class:`StopSignal` is noted instead (:class:`_DroppedStops`), and raised again on entering a nested
+    block and wherever :func:`raise_dropped_stop` is called (between the run's phases; the training
+    loop's checkpointing callback takes it as its own signal: :func:`take_dropped_stop`)."""
     def stop(signum, frame):
         raise StopSignal(signal.Signals(signum).name)
 
-    return _stop_signals_handled_by(stop)
+    with _stop_signals_handled_by(stop), _DROPPED.noting():
+        raise_dropped_stop()
+        yield
+
+
+class _DroppedStops:
+    """The stop signal whose :class:`StopSignal` Python dropped, noted by a ``sys.unraisablehook`` that is
+    installed while a :func:`signals_stop_the_run` block is open, and forgotten when the outermost one
+    closes (a later run in the same process starts clean)."""
+
+    def __init__(self):
+        self.signal_name: Optional[str] = None
+        self._depth = 0
+        self._previous_hook = None
+
+    @contextlib.contextmanager
+    def noting(self):
+        if self._depth == 0:
+            self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                sys.unraisablehook, self._previous_hook = self._previous_hook, None
+                self.signal_name = None
+
+    def _hook(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, StopSignal):
+            self.signal_name = unraisable.exc_value.signal_name
+            return
+        (self._previous_hook or sys.__unraisablehook__)(unraisable)
+
+
+_DROPPED = _DroppedStops()
+
+
+def take_dropped_stop() -> Optional[str]:
+    """The name of a stop signal whose exception Python dropped (see :func:`signals_stop_the_run`), forgetting
+    it; None when there is none."""
+    name, _DROPPED.signal_name = _DROPPED.signal_name, None
+    return name
+
+
+def raise_dropped_stop() -> None:
+    """Raise, once, the :class:`StopSignal` that Python dropped (see :func:`signals_stop_the_run`), if any."""
+    name = take_dropped_stop()
+    if name is not None:
+        raise StopSignal(name)
 
 
 def signals_end_the_process():
