@@ -40,7 +40,7 @@ from tuneforge.specs import (
 )
 from tuneforge.validation import ConfigValueError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: decorator marking a function as a tuneforge hook implementation
 hookimpl = pluggy.HookimplMarker("tuneforge")

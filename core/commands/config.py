@@ -42,7 +42,7 @@ class Choice:
     #: the dataclass of its fields (a preset: the one of the choice it extends; None: no fields)
     config: Optional[type]
     description: str
-    #: who provides it, e.g. ``plugin 'adapters', distribution tuneforge 0.1.0``
+    #: who provides it, e.g. ``plugin 'adapters', distribution tuneforge 0.2.0``
     provider: str
     plugin: str = ""
     distribution: str = ""
