@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import tuneforge
+
 from helpers import run_cli, train_losses
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ def test_plugins_lists_builtins_and_third_party_with_components():
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert "adapter: freeze, full, ia3, lora, prefix, prompt" in lines["adapters"]
-    assert "tuneforge 0.2.0" in lines["adapters"]
+    assert f"tuneforge {tuneforge.__version__}" in lines["adapters"]
     assert "model: hf, tiny" in lines["models"]
     assert "data: csv, files, hf, json, jsonl, parquet" in lines["datasets"]
     assert "loss: chunked_cross_entropy, cross_entropy, distillation, dpo, kto, orpo, simpo" in lines["losses"]

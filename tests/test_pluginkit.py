@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import tuneforge
+
 from helpers import run_cli
 from tuneforge.commands.new_plugin import package_files, plugin_names
 from tuneforge.commands.plugin_templates import TEMPLATES
@@ -57,7 +59,7 @@ def test_train_help_with_an_experiment_marks_its_choices_and_lists_what_it_sets(
     result = run_cli(["train", "--help", "+experiment=legal_citations", "adapter.r=4"])
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert re.search(r"^  model +\*hf, smollm2, tiny$", out, re.M)  # the experiment's choices, not the defaults
+    assert re.search(r"^  model +hf, \*smollm2, tiny$", out, re.M)  # the experiment's choices (a preset), not the defaults
     assert re.search(r"^  data +.*\*legal_citations", out, re.M) and "*jsonl" not in out
     assert re.search(r"^  evaluators +.*\*exact_match, \*forgetting", out, re.M)
     assert "set by +experiment=legal_citations (defaults below are the choices' own):" in out
@@ -71,7 +73,7 @@ def test_config_groups_names_the_plugin_and_distribution_of_every_choice():
     assert result.returncode == 0, result.stderr
     rows = [line.split(None, 2) for line in result.stdout.splitlines()[1:]]
     by_choice = {(r[0], r[1]): r[2] for r in rows}
-    assert by_choice[("adapter", "lora")] == "plugin 'adapters', distribution tuneforge 0.1.0"
+    assert by_choice[("adapter", "lora")] == f"plugin 'adapters', distribution tuneforge {tuneforge.__version__}"
     assert by_choice[("adapter", "my_adapter")] == "plugin 'myplug', distribution myplug 0.1.0"
     assert by_choice[("model", "smollm2")].startswith("preset conf/model/smollm2.yaml")
     assert by_choice[("trainer", "default")] == "tuneforge schema TrainerConfig"
@@ -84,7 +86,7 @@ def test_config_show_a_component_a_root_group_and_errors():
     result = run_cli(["config", "show", "adapter=lora", "optim", "root", "evaluators=[exact_match]"])
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.startswith("adapter=lora  [plugin 'adapters', distribution tuneforge 0.1.0]\n")
+    assert out.startswith(f"adapter=lora  [plugin 'adapters', distribution tuneforge {tuneforge.__version__}]\n")
     for row in _fields("adapter", "lora"):
         assert f"adapter.{row.name}" in out and f"{row.type} = {row.default}" in out and row.doc in out
     assert "optim.lr            float = 0.0002" in out and "peak learning rate." in out

@@ -212,12 +212,19 @@ def test_config_dir_reaches_help_config_plan_and_data_show_and_valid_choices_lis
     assert helped.returncode == 0, helped.stderr
     assert "  model         hf, *mytiny, smollm2, tiny" in helped.stdout
     experiment = run_cli(["train", "--config-dir", str(conf), "--help", "+experiment=exp1"], cwd=tmp_path)
-    assert "  model.hidden_size = 32  (default 64)" in experiment.stdout  # the preset's values, which it selects
+    # the preset the experiment selects is marked and shown with its own values, not the component it extends
+    assert "  model         hf, *mytiny, smollm2, tiny" in experiment.stdout, experiment.stderr
+    assert "\nmodel=mytiny  [preset " in experiment.stdout and "  model.hidden_size              int = 32" in \
+        experiment.stdout
+    assert "  model.hidden_size = " not in experiment.stdout  # the preset's own value, not the experiment's
     assert "  adapter.r = 4  (default 8)" in experiment.stdout, experiment.stderr
     groups = run_cli(["config", "groups", f"--config-dir={conf}"], cwd=tmp_path)
     assert f"preset {conf / 'model' / 'mytiny.yaml'} (your config folder)" in groups.stdout, groups.stderr
     shown = run_cli(["config", "show", "-cd", str(conf), "model=mytiny"], cwd=tmp_path)
     assert shown.stdout.startswith("model=mytiny  [preset "), shown.stderr
+    write(tmp_path / "other", "model/bare.yaml", "defaults: [tiny]\n")
+    bare = run_cli(["config", "show", "-cd", str(tmp_path / "other"), "model=bare"], cwd=tmp_path)
+    assert "  a preset of model=tiny: it sets no values of its own\n" in bare.stdout, bare.stderr
     planned = run_cli(["plan", "--config-dir", str(conf), "model=mytiny"], cwd=tmp_path)
     assert planned.returncode == 0 and "fits" in planned.stdout, planned.stderr
     data = tmp_path / "d.jsonl"

@@ -294,8 +294,9 @@ def format_choice(choice: Choice, prefix: Optional[str] = None) -> str:
         lines.append(f"  {choice.description}")
     lines += [f"  {line}" for line in metric_lines(choice.metrics)]
     if choice.base:
-        lines.append(f"  a preset of {choice.group}={choice.base}: the defaults below include the values it sets "
-                     f"({', '.join(str(k) for k in choice.preset)})")
+        own = (f"the defaults below include the values it sets ({', '.join(str(k) for k in choice.preset)})"
+               if choice.preset else "it sets no values of its own")
+        lines.append(f"  a preset of {choice.group}={choice.base}: {own}")
     if choice.also_sets:
         also = ", ".join(f"{key}={_shown(value)}" for key, value in choice.also_sets.items())
         lines.append(f"  it also sets: {also}")

@@ -27,12 +27,13 @@ def experiment_effect(overrides: Sequence[str]) -> tuple[dict, list[str]]:
     from tuneforge.training.seed_runs import flat_settings
 
     load_plugins(overrides)  # their config classes, as train registers them
-    composed = compose(list(overrides))
+    files: dict = {}  # the file chosen in each group: a user's preset, not the component it extends
+    composed = compose(list(overrides), choices=files)
     selected: dict = {}
     for group in (*SINGLE_GROUPS, *MULTIPLE_GROUPS):
         node = composed.get(group)
         if isinstance(node, DictConfig) and group in SINGLE_GROUPS and "name" in node:
-            selected[group] = str(node.name)
+            selected[group] = str(files.get(group) or node.name)
         elif isinstance(node, DictConfig) and group in MULTIPLE_GROUPS:
             selected[group] = [str(key) for key in node.keys()]
     # the same choices without the experiment: what is left is what it sets beyond choosing

@@ -137,11 +137,13 @@ def keep_only_listed_components(cfg, overrides: Sequence[str]) -> None:
             ",".join(listed), ", ".join(extra))
 
 
-def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
+def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None, choices: Optional[dict] = None):
     """Compose the config with Hydra's compose API (no working-directory change, no run dir).
 
     With ``plugins`` the result is also validated (a ``ConfigError`` names
-    every problem); :func:`run_train` validates it itself.
+    every problem); :func:`run_train` validates it itself.  A ``choices`` dict
+    receives each config group's chosen file as Hydra resolved it (``model:
+    mytiny`` for a user's preset whose ``name`` is ``tiny``).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -154,7 +156,15 @@ def compose(overrides: Sequence[str] = (), plugins: Optional[Plugins] = None):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides),
+                                return_hydra_config=choices is not None)
+        if choices is not None:
+            from omegaconf import open_dict
+
+            choices.update({group: chosen for group, chosen in cfg.hydra.runtime.choices.items()
+                            if not group.startswith("hydra/")})
+            with open_dict(cfg):
+                del cfg["hydra"]
         keep_only_listed_components(cfg, overrides)
     except Exception as exc:
         line = explain_config_error(exc, overrides, dirs)
