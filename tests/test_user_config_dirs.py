@@ -95,8 +95,12 @@ def test_a_saved_run_config_is_refused_as_config_and_re_runs_under_another_name(
                     cwd=tmp_path)  # ia3's settings are saved in the file: another component is refused naming it
     [line] = other.stderr.strip().splitlines()
     assert line.startswith("tuneforge: error: unknown config key 'adapter.feedforward_modules'"), line
-    assert line.endswith(f" in {copy} (a run's saved config: it keeps its components' settings, so override values, "
-                         "not components; for another component write a config of your own)"), line
+    from tuneforge.host.config_files import key_line
+
+    assert line.endswith(f" in {copy}{key_line(copy, 'adapter.feedforward_modules')} (a run's saved config: it keeps "
+                         "its components' settings, so override values, not components; for another component write "
+                         "a config of your own)"), line
+    assert key_line(copy, "adapter.feedforward_modules")  # the line of the key
 
 
 # ---------------------------------------------------------------------------
@@ -138,7 +142,7 @@ FILE_MISTAKES = {
                     ["unknown config key 'trainer.max_stepz' in {file}:3", "did you mean 'max_steps'",
                      "valid keys of trainer: "]),
     "bad value": ("experiment/typo.yaml", GLOBAL + "adapter:\n  r: eight\n", "+experiment=typo",
-                  ["bad value for 'adapter.r' in {file}:3: ", "'eight'"]),
+                  ["bad value for 'adapter.r' in {file}:3: ", "'eight'", "; adapter.r takes int"]),
     "no header": ("experiment/typo.yaml", "trainer:\n  max_steps: 2\n", "+experiment=typo",
                   ["{file} has no '# @package _global_' header", "as its first line"]),
     "empty": ("experiment/typo.yaml", "", "+experiment=typo", ["{file}", "'# @package _global_'"]),
@@ -260,3 +264,196 @@ def test_eval_of_a_run_takes_a_config_dir(tmp_path):
                          "baselines=[]"], cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert (tmp_path / "eval" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------------------
+# The --config-dir flag itself
+# ---------------------------------------------------------------------------
+
+MY_TINY = "defaults: [tiny, _self_]\nhidden_size: 32\nnum_attention_heads: 2\nnum_key_value_heads: 1\n"
+
+
+@pytest.mark.parametrize("name", ["my conf", "conf é", "a,b", "it's \"here\"", "x=${y}", "back\\slash"])
+def test_a_config_dir_of_any_name_is_a_searchpath_entry_hydra_reads_back(tmp_path, name):
+    from tuneforge.commands.train import hydra_overrides
+    from tuneforge.host.config_files import config_dir_as_searchpath, config_dirs
+
+    folder = tmp_path / name
+    write(folder, "model/mytiny.yaml", MY_TINY)
+    overrides = hydra_overrides(config_dir_as_searchpath(["--config-dir", str(folder), "model=mytiny"]))
+    assert config_dirs((), overrides) == [folder]
+    from tuneforge.host.compose import compose as compose_config
+
+    plugins()
+    assert compose_config(overrides).model.hidden_size == 32  # Hydra found the preset in that folder
+
+
+def test_a_config_dir_with_a_space_an_accent_and_a_comma_reaches_every_command(tmp_path):
+    conf = tmp_path / "my conf, é"
+    write(conf, "model/mytiny.yaml", MY_TINY)
+    shown = run_cli(["config", "show", "--config-dir", str(conf), "model=mytiny"], cwd=tmp_path)
+    assert shown.stdout.startswith(f"model=mytiny  [preset {conf / 'model' / 'mytiny.yaml'}"), shown.stderr
+    groups = run_cli(["config", "groups", f"--config-dir={conf}"], cwd=tmp_path)
+    assert f"preset {conf / 'model' / 'mytiny.yaml'} (your config folder)" in groups.stdout, groups.stderr
+    helped = run_cli(["train", "-cd", str(conf), "--help", "model=mytiny"], cwd=tmp_path)
+    assert "  model         hf, *mytiny, smollm2, tiny" in helped.stdout, helped.stderr
+    job = run_cli(["train", "--config-dir", str(conf), "model=mytiny", "--cfg", "job"], cwd=tmp_path)
+    assert job.returncode == 0 and yaml.safe_load(job.stdout)["model"]["hidden_size"] == 32, job.stderr
+    planned = run_cli(["plan", "--config-dir", str(conf), "model=mytiny"], cwd=tmp_path)
+    assert planned.returncode == 0 and "fits" in planned.stdout, planned.stderr
+
+
+def test_two_config_dirs_are_refused_naming_both_with_a_command_that_reads_both(tmp_path):
+    import shlex
+
+    from tuneforge.host.config_files import given_config_dir
+
+    first, second = tmp_path / "conf", tmp_path / "more conf"
+    write(first, "experiment/exp1.yaml", "# @package _global_\nadapter: {r: 4}\n")
+    write(second, "model/mytiny.yaml", MY_TINY)
+    assert given_config_dir(["-cd", str(first), f"--config-dir={first}/"]) == first  # the same folder twice: fine
+    for command in (["train", "--cfg", "job"], ["plan"], ["config", "show", "model=tiny"]):
+        refused = run_cli([*command, "--config-dir", str(first), "-cd", str(second)], cwd=tmp_path)
+        [line] = refused.stderr.strip().splitlines()
+        assert line.startswith(f"tuneforge: error: --config-dir is given 2 times ({first}, {second}), and Hydra "
+                               "would read the last one only; "), line
+    suggested = shlex.split(line.split("as hydra.searchpath: ", 1)[1])
+    assert suggested == ["--config-dir", str(first), f'hydra.searchpath=["file://{second}"]']
+    job = run_cli(["train", *suggested, "model=mytiny", "+experiment=exp1", "--cfg", "job"], cwd=tmp_path)
+    assert job.returncode == 0, job.stderr
+    assert yaml.safe_load(job.stdout)["model"]["hidden_size"] == 32 and yaml.safe_load(job.stdout)["adapter"]["r"] == 4
+    shown = run_cli(["config", "show", *suggested, "model=mytiny", "+experiment=exp1"], cwd=tmp_path)
+    assert shown.returncode == 0 and "(your config folder)" in shown.stdout, shown.stderr
+
+
+def test_a_config_dir_that_is_a_file_or_no_folder_is_one_line_saying_so(tmp_path):
+    preset = write(tmp_path, "conf/experiment/exp1.yaml", "# @package _global_\nadapter: {r: 4}\n")
+    other = write(tmp_path, "my_run.yaml", "seed: 1\n")
+    for command in (["train", "--cfg", "job"], ["plan"], ["train", "--help"], ["config", "groups"]):
+        result = run_cli([*command, "--config-dir", str(preset)], cwd=tmp_path)
+        assert result.stderr.strip() == (f"tuneforge: error: --config-dir {preset} is a file; --config-dir takes the "
+                                         "folder that holds your config files; to select this one: --config-dir "
+                                         f"{tmp_path / 'conf'} +experiment=exp1"), result.stderr
+    result = run_cli(["train", "--config-dir", str(other), "--cfg", "job"], cwd=tmp_path)
+    assert result.stderr.strip().endswith(f"to select this one: --config-dir {tmp_path} --config-name my_run")
+    searchpath = run_cli(["plan", f"hydra.searchpath=[file://{other}]"], cwd=tmp_path)
+    assert f"hydra.searchpath entry {other} is a file; hydra.searchpath lists folders" in searchpath.stderr
+    for command in (["train", "--cfg", "job"], ["plan"]):  # plan used to go on without a word
+        missing = run_cli([*command, "--config-dir", str(tmp_path / "nope")], cwd=tmp_path)
+        assert missing.stderr.strip() == (f"tuneforge: error: --config-dir {tmp_path / 'nope'}: no such folder; give "
+                                          "the folder that holds your config files (e.g. conf, with "
+                                          "conf/model/my_tiny.yaml, conf/experiment/my_run.yaml)"), missing.stderr
+
+
+# ---------------------------------------------------------------------------
+# A run's saved config re-run: mistakes in it, its run_dir, a run of several seeds
+# ---------------------------------------------------------------------------
+
+def saved_copy(tmp_path, replace: tuple = (), *overrides) -> tuple:
+    """A run's saved ``config.yaml`` copied as ``<run_dir>/my_run.yaml`` with the text ``replace``
+    (``(old, new)``) replaced: ``(file, line number of new)``."""
+    run_dir = saved_run_config(tmp_path, "model=tiny", "trainer.max_steps=1", "threads=1", *overrides)
+    text = (run_dir / "config.yaml").read_text()
+    if replace:
+        assert replace[0] in text
+        text = text.replace(replace[0], replace[1], 1)
+    copy = run_dir / "my_run.yaml"
+    copy.write_text(text)
+    start = text.index(replace[1]) + len(replace[1]) - len(replace[1].lstrip("\n")) if replace else 0
+    line = text[:start].count("\n") + 1 if replace else None
+    return copy, line
+
+
+SAVED_MISTAKES = {
+    "bad value": (("\n  r: 8\n", "\n  r: eight\n"), ["bad value for 'adapter.r' in {file}:{line}: Value 'eight'",
+                                                     "; adapter.r takes int"]),
+    "root value": (("\nseed: 42\n", "\nseed: abc\n"), ["bad value for 'seed' in {file}:{line}: ",
+                                                       "; seed takes int"]),
+    "list for a number": (("\n  max_steps: 1\n", "\n  max_steps: [1, 2]\n"),
+                          ["bad value for 'trainer.max_steps' in {file}:{line}: Value '[1, 2]'",
+                           "trainer.max_steps takes int"]),
+    "list group as a list": (("\nevaluators:\n  perplexity:\n", "\nevaluators: [exact_match]\nold:\n  perplexity:\n"),
+                             ["'evaluators: [exact_match]' in {file}:{line} is a list; in a run's saved config "
+                              "evaluators is a mapping of each chosen one to its settings: "
+                              "'evaluators: {{exact_match: {{}}}}'"]),
+    "section as a list": (("\ntrainer:\n", "\ntrainer: [1]\nold:\n"),
+                          ["'trainer' in {file}:{line} is a list; in a run's saved config 'trainer' is a mapping"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAVED_MISTAKES))
+def test_a_mistake_in_a_saved_run_config_is_one_line_naming_file_line_key_and_what_is_valid(tmp_path, case):
+    replace, expected = SAVED_MISTAKES[case]
+    copy, line = saved_copy(tmp_path, replace)
+    result = run_cli(["train", "--config-dir", str(copy.parent), "--config-name", "my_run", "--cfg", "job"],
+                     cwd=tmp_path)
+    [said] = result.stderr.strip().splitlines()
+    for part in expected:
+        assert part.format(file=copy, line=line) in said, said
+
+
+def test_a_saved_run_config_value_the_run_refuses_names_the_file_and_line(tmp_path):
+    copy, line = saved_copy(tmp_path, ("\n  scheduler: cosine\n", "\n  scheduler: cosinus\n"))
+    result = run_cli(["train", "--config-dir", str(copy.parent), "--config-name", "my_run"], cwd=tmp_path,
+                     env={"OMP_NUM_THREADS": "1"})
+    [said] = result.stderr.strip().splitlines()
+    assert said.startswith("tuneforge: error: optim.scheduler: must be one of "), said
+    assert said.endswith(f"got 'cosinus' (did you mean 'cosine'?) (in {copy}:{line})"), said
+
+
+def test_an_edited_run_dir_in_a_saved_run_config_is_not_used_and_says_what_to_do(tmp_path, caplog):
+    from tuneforge.host.config_files import saved_run_args
+
+    copy, _ = saved_copy(tmp_path)
+    args = ["--config-dir", str(copy.parent), "--config-name", "my_run"]
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        saved_run_args(args, [copy.parent])  # the saved run's own run_dir: a new one, without a word
+    assert not caplog.records
+    edited = tmp_path / "new run é"
+    text = copy.read_text().replace(f"run_dir: {copy.parent}", f"run_dir: {edited}")
+    copy.write_text(text)
+    line = text[:text.index(f"run_dir: {edited}")].count("\n") + 1
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        saved_run_args([*args, f"run_dir={edited}"], [copy.parent])  # chosen on the command line: no warning
+        assert not caplog.records
+        saved_run_args(args, [copy.parent])
+    [record] = caplog.records
+    assert record.getMessage() == (f"run_dir: {edited} in {copy}:{line} is not used: a re-run of a saved config gets "
+                                   "a new run directory, as a run without run_dir= does (the file's run_dir is the "
+                                   f"saved run's); to train in {edited}, give it on the command line: "
+                                   f"'run_dir=\"{edited}\"'")
+    job = run_cli(["train", *args, "--cfg", "job"], cwd=tmp_path)
+    assert yaml.safe_load(job.stdout)["run_dir"] is None and "is not used" in job.stderr, job.stderr
+    job = run_cli(["train", *args, f'run_dir="{edited}"', "--cfg", "job"], cwd=tmp_path)
+    assert yaml.safe_load(job.stdout)["run_dir"] == str(edited) and "is not used" not in job.stderr, job.stderr
+
+
+def test_a_seed_runs_saved_config_re_runs_every_seed_as_readme_says(tmp_path):
+    """README: an ``evidence.seeds=N`` run has no ``config.yaml`` of its own; its first seed's, re-run with
+    ``evidence.seeds=N``, is the command's config again."""
+    from omegaconf import OmegaConf
+
+    from tuneforge.training.run_dir import resolved_config_yaml
+    from tuneforge.training.seed_runs import seed_runs
+
+    command = ["model=tiny", "trainer.max_steps=1", "evidence.seeds=2", "seed=7"]
+    cfg = compose(tmp_path, *command, f"run_dir={tmp_path / 'seeds'}")
+    first = seed_runs(cfg, tmp_path / "seeds")[0]
+    conf = write(tmp_path, "conf/my_run.yaml", resolved_config_yaml(first.config)).parent
+    job = run_cli(["train", "--config-dir", str(conf), "--config-name", "my_run", "evidence.seeds=2", "--cfg", "job"],
+                  cwd=tmp_path)
+    assert job.returncode == 0, job.stderr
+    rerun = yaml.safe_load(job.stdout)
+    original = yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True))
+    assert rerun.pop("run_dir") is None and original.pop("run_dir") == str(tmp_path / "seeds")
+    assert rerun == original  # the seeds' command: seed 7 first, 2 seeds
+
+
+def test_a_ddp_child_composes_with_the_commands_config_dir_and_config_name(tmp_path):
+    from tuneforge.commands.train import config_flags
+
+    conf = tmp_path / "conf é"
+    conf.mkdir()
+    assert config_flags(["model=tiny", f"--config-dir={conf}/", "-cn", "my_run", "seed=1"]) == [
+        "--config-dir", str(conf), "--config-name", "my_run"]
+    assert config_flags(["model=tiny"]) == []

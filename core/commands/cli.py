@@ -128,16 +128,16 @@ def main(argv=None) -> None:
     from tuneforge.errors import TuneforgeError
 
     quiet_optional_kernel_notice()
-    if command in COMPOSE_API_COMMANDS or (command == "train" and {"-h", "--help"} & set(args)):
-        from tuneforge.host.config_files import config_dir_as_searchpath
-
-        args = config_dir_as_searchpath(args)  # Hydra's --config-dir, for commands that compose without hydra.main
     module_name, function_name = COMMANDS[command].split(":")
     handler = getattr(importlib.import_module(module_name), function_name)
     parameters = inspect.signature(handler).parameters
     options = {name: value for name, value in (("debug", debug), ("program", program)) if name in parameters}
 
     try:
+        if command in COMPOSE_API_COMMANDS or (command == "train" and {"-h", "--help"} & set(args)):
+            from tuneforge.host.config_files import config_dir_as_searchpath
+
+            args = config_dir_as_searchpath(args)  # Hydra's --config-dir, for commands that compose without hydra.main
         handler(args, **options)
     except TuneforgeError as exc:
         if debug:

@@ -266,7 +266,9 @@ class TrainCommand:
             discard_new_output_dir(output_dir)  # Hydra made it for this job: a refused run leaves nothing
             if self.debug:
                 raise
-            _fail(str(exc))
+            from tuneforge.host.config_files import in_saved_run_file
+
+            _fail(in_saved_run_file(str(exc), self.overrides))  # a re-run saved config's key: its file and line
 
     # -- the run(s) -----------------------------------------------------------------------------------
 
@@ -281,7 +283,8 @@ class TrainCommand:
         from tuneforge.training.run import RunInterrupted, run_train
 
         context = RunContext.detect(run_dir, components.config, debug=self.debug)
-        context = dataclasses.replace(context, child_command=child_command(self.debug, run_dir, settings))
+        context = dataclasses.replace(context, child_command=child_command(self.debug, run_dir, settings,
+                                                                           config_flags(self.args)))
         self.runs_begun.append(run_dir)
         try:
             return run_train(components.config, self.plugins, run_dir, context=context,
@@ -390,17 +393,28 @@ def shared_launch_run_dir(num_nodes="1"):
     return shared_run_dir(detect_ranks(num_nodes=max(nodes, 1)), nodes)
 
 
-def child_command(debug: bool, run_dir, settings: Optional[dict] = None) -> tuple:
+def child_command(debug: bool, run_dir, settings: Optional[dict] = None, flags=()) -> tuple:
     """The command that starts another process of the current Hydra job's run (a DDP child): a single
     ``tuneforge train`` with exactly this job's overrides (for a ``-m`` sweep job, its own values, no
     ``-m``) and its run directory, so the child composes the job's config and never a sweep.
     ``settings``: ``{key: value}`` overrides that replace the job's own for these keys (one seed of
-    ``evidence.seeds=N``: its seed and run directory)."""
+    ``evidence.seeds=N``: its seed and run directory); ``flags``: the command's ``--config-dir`` and
+    ``--config-name`` (:func:`config_flags`), which are no overrides of the job."""
     from hydra.core.hydra_config import HydraConfig
 
     overrides = with_settings(list(HydraConfig.get().overrides.task), settings or {})
-    return (sys.executable, "-m", "tuneforge", "train", *(["--debug"] if debug else []), *overrides,
+    return (sys.executable, "-m", "tuneforge", "train", *(["--debug"] if debug else []), *flags, *overrides,
             f"hydra.run.dir={_quoted(run_dir)}")
+
+
+def config_flags(args: list) -> list:
+    """Hydra's ``--config-dir`` (absolute) and ``--config-name`` among ``train``'s ``args``, as a process
+    that composes the same config again (a DDP child) needs them: the user's config folder and a re-run
+    saved config (whose file the child reads again)."""
+    from tuneforge.host.config_files import config_name, given_config_dir
+
+    folder, name = given_config_dir(args), config_name(args)
+    return [*(["--config-dir", str(folder)] if folder else []), *(["--config-name", name] if name else [])]
 
 
 def with_settings(overrides: list, settings: dict) -> list:

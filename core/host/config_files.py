@@ -6,12 +6,19 @@ a user adds, so a user file at the path of a built-in file (``config.yaml``, ``t
 that before anything runs.  Component configs (``adapter/lora``, ``model/tiny``) are no files but
 ConfigStore entries, which Hydra searches last, so a user file of that name does replace them.
 
+``--config-dir`` is one folder (:func:`given_config_dir`: two different ones, a file or a missing
+folder are one line each, for ``train`` as for the compose-API commands, which get it as a quoted
+``hydra.searchpath`` entry, :func:`config_dir_as_searchpath`).
+
 A run's saved ``config.yaml`` copied under another name is a complete config without a defaults
 list; :func:`saved_run_args` composes it on top of tuneforge's root config with the run's own
-component choices, so ``--config-dir <dir> --config-name <name>`` re-runs it.
+component choices, so ``--config-dir <dir> --config-name <name>`` re-runs it.  Its ``run_dir`` is the
+saved run's and is not read: the re-run's directory is chosen as any run's (``run_dir=``, else a new
+one); one edited to another folder is a warning saying so.  An ``evidence.seeds=N`` run has a saved
+config per seed (``seed-<seed>/config.yaml``): the first seed's with ``evidence.seeds=N`` is the command.
 
-The rest turns Hydra's errors about a user's file into one line naming the file (and line):
-:func:`explain_user_file_error`, :func:`defaults_cycle`.
+The rest turns Hydra's errors about a user's file into one line naming the file (and line) and key:
+:func:`explain_user_file_error`, :func:`defaults_cycle`, :func:`in_saved_run_file`.
 """
 
 from __future__ import annotations
@@ -26,20 +33,28 @@ from tuneforge.errors import ConfigError
 SAVED_RUN_CONFIG = "tuneforge_saved_run"
 #: the user's file stored as SAVED_RUN_CONFIG by this command (named in errors instead of that name)
 _SAVED_RUN_FILE: dict = {}
+#: a key the saved config does not set (:func:`in_saved_run_file`)
+_ABSENT = object()
 _GLOBAL_HEADER = re.compile(r"^\s*#\s*@package\s+_global_\s*$")
 
 
 # -- where the user's config files are ---------------------------------------------------------------
 
-def _flag_value(args: Sequence[str], names: tuple) -> Optional[str]:
-    """The value of the last of Hydra's flags ``names`` in ``args`` (``-cd X`` or ``--config-dir=X``)."""
-    value = None
+def _flag_values(args: Sequence[str], names: tuple) -> list:
+    """The values of Hydra's flags ``names`` in ``args`` (``-cd X`` or ``--config-dir=X``), in order."""
+    values = []
     for i, arg in enumerate(args):
         if arg in names and i + 1 < len(args):
-            value = args[i + 1]
+            values.append(args[i + 1])
         elif "=" in arg and arg.split("=", 1)[0] in names:
-            value = arg.split("=", 1)[1]
-    return value
+            values.append(arg.split("=", 1)[1])
+    return values
+
+
+def _flag_value(args: Sequence[str], names: tuple) -> Optional[str]:
+    """The value of the last of Hydra's flags ``names`` in ``args`` (``-cd X`` or ``--config-dir=X``)."""
+    values = _flag_values(args, names)
+    return values[-1] if values else None
 
 
 def _without_flag(args: Sequence[str], names: tuple) -> list:
@@ -55,13 +70,84 @@ def _without_flag(args: Sequence[str], names: tuple) -> list:
     return rest
 
 
+#: Hydra's flag for a user's config folder, long and short
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def searchpath_entry(folder) -> str:
+    """``file://<folder>`` as an entry of a ``hydra.searchpath=[...]`` override that Hydra's override grammar
+    reads back exactly: a folder of letters, digits and ``_./-`` as it is, any other (a space, ``é``, ``,``,
+    quotes) a quoted string (:func:`tuneforge.host.paths.override_value`; Hydra takes the entry as it is,
+    so ``${`` stays unescaped)."""
+    from tuneforge.host.paths import override_value, quoted_override_string
+
+    text = str(folder)
+    if override_value(text) == text:
+        return f"file://{text}"
+    return quoted_override_string(f"file://{text}", interpolation=False)
+
+
+def given_config_dir(args: Sequence[str]) -> Optional[Path]:
+    """The ``--config-dir``/``-cd`` among ``args`` as an absolute path (None: not given).  A ``ConfigError``
+    (one line) when it is given twice with two folders (Hydra would read the last only), names a file, or
+    no folder at all."""
+    import shlex
+
+    given = list(dict.fromkeys(Path(v).expanduser().absolute() for v in _flag_values(args, CONFIG_DIR_FLAGS)))
+    if not given:
+        return None
+    if len(given) > 1:
+        more = ",".join(searchpath_entry(folder) for folder in given[1:])
+        raise ConfigError(f"--config-dir is given {len(given)} times ({', '.join(str(f) for f in given)}), and "
+                          "Hydra would read the last one only; give one --config-dir and the other folders as "
+                          f"hydra.searchpath: --config-dir {shlex.quote(str(given[0]))} "
+                          f"{shlex.quote(f'hydra.searchpath=[{more}]')}")
+    folder = given[0]
+    if folder.is_file():
+        raise ConfigError(f"--config-dir {folder} is a file; --config-dir takes the folder that holds your config "
+                          f"files{_file_as_selection(folder)}")
+    if not folder.is_dir():
+        raise ConfigError(f"--config-dir {folder}: no such folder; give the folder that holds your config files "
+                          "(e.g. conf, with conf/model/my_tiny.yaml, conf/experiment/my_run.yaml)")
+    return folder
+
+
+def _file_as_selection(path: Path) -> str:
+    """How a config file given as ``--config-dir`` is selected from its folder (``""`` for no YAML file)."""
+    if path.suffix not in (".yaml", ".yml"):
+        return ""
+    import shlex
+
+    from tuneforge.host.components import MULTIPLE_GROUPS, SINGLE_GROUPS
+
+    group = path.parent.name
+    groups = {*SINGLE_GROUPS, *MULTIPLE_GROUPS, "strategy"} | {p.name for p in builtin_dir().iterdir() if p.is_dir()}
+    if group in groups and path.suffix == ".yaml":
+        plus = "+" if group == "experiment" else ""
+        return f"; to select this one: --config-dir {shlex.quote(str(path.parent.parent))} {plus}{group}={path.stem}"
+    return f"; to select this one: --config-dir {shlex.quote(str(path.parent))} --config-name {path.stem}"
+
+
+def _absolute_config_dir(args: Sequence[str]) -> list:
+    """``args`` with the value of each ``--config-dir``/``-cd`` the absolute folder it names."""
+    given = given_config_dir(args)
+    result = list(args)
+    for i, arg in enumerate(result):
+        if given is not None and arg in CONFIG_DIR_FLAGS and i + 1 < len(result):
+            result[i + 1] = str(given)
+        elif given is not None and arg.split("=", 1)[0] in CONFIG_DIR_FLAGS and "=" in arg:
+            result[i] = f"{arg.split('=', 1)[0]}={given}"
+    return result
+
+
 def config_dirs(args: Sequence[str] = (), overrides: Sequence[str] = ()) -> list:
-    """The user's config folders: ``--config-dir``/``-cd`` among ``args`` and the ``file://`` (or plain)
-    entries of a ``hydra.searchpath=[...]`` override, as absolute paths."""
+    """The user's config folders: ``--config-dir``/``-cd`` among ``args`` (:func:`given_config_dir`) and the
+    ``file://`` (or plain) entries of a ``hydra.searchpath=[...]`` override, as absolute paths; an entry
+    that is a file is a ``ConfigError`` (one line)."""
     dirs = []
-    given = _flag_value(args, ("--config-dir", "-cd"))
-    if given:
-        dirs.append(Path(given).expanduser().absolute())
+    given = given_config_dir(args)
+    if given is not None:
+        dirs.append(given)
     searchpath = [o for o in overrides if o.lstrip("+").split("=", 1)[0].strip() == "hydra.searchpath"]
     if searchpath:
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -77,20 +163,26 @@ def config_dirs(args: Sequence[str] = (), overrides: Sequence[str] = ()) -> list
                 entry = entry[len("file://"):]
             elif "://" in entry:
                 continue  # pkg://: another package's configs
-            dirs.append(Path(entry).expanduser().absolute())
+            folder = Path(entry).expanduser().absolute()
+            if folder.is_file():
+                raise ConfigError(f"hydra.searchpath entry {folder} is a file; hydra.searchpath lists folders that "
+                                  f"hold config files{_file_as_selection(folder)}")
+            dirs.append(folder)
     return dirs
 
 
 def config_dir_as_searchpath(args: Sequence[str]) -> list:
     """``args`` with Hydra's ``--config-dir X`` (``-cd X``, ``--config-dir=X``) as the override
-    ``hydra.searchpath=[file://<X absolute>]`` (added to one already given), for the commands that compose
-    the config with Hydra's compose API (``data show``, ``plan``, ``eval``, ``config``, ``train --help``),
-    which has no such flag: they then read the user's config folder as ``train`` does."""
-    given = _flag_value(args, ("--config-dir", "-cd"))
+    ``hydra.searchpath=[file://<X absolute>]`` (added to one already given; quoted as Hydra's grammar needs,
+    :func:`searchpath_entry`), for the commands that compose the config with Hydra's compose API
+    (``data show``, ``plan``, ``eval``, ``config``, ``train --help``), which has no such flag: they then read
+    the user's config folder as ``train`` does.  A bad ``--config-dir`` is a ``ConfigError``
+    (:func:`given_config_dir`)."""
+    given = given_config_dir(args)
     if given is None:
         return list(args)
-    rest = _without_flag(args, ("--config-dir", "-cd"))
-    entry = "file://" + str(Path(given).expanduser().absolute())
+    rest = _without_flag(args, CONFIG_DIR_FLAGS)
+    entry = searchpath_entry(given)
     for i, arg in enumerate(rest):
         key, _, value = arg.partition("=")
         if key.lstrip("+") == "hydra.searchpath":
@@ -207,7 +299,11 @@ def saved_run_args(args: Sequence[str], dirs: Sequence[Path]) -> list:
     """``args`` for Hydra: when ``--config-name`` selects a run's saved ``config.yaml`` (copied under
     another name into a user config folder), it is stored composed on tuneforge's root config, with the
     run's component choices (``- override model: <its model.name>`` ...) and its values on top, and
-    ``--config-name`` names that instead; the run directory is the new run's, not the saved one."""
+    ``--config-name`` names that instead; the run directory is the new run's, not the saved one.  The
+    ``--config-dir`` is the absolute folder :func:`given_config_dir` checked (``~`` expanded, which Hydra
+    does not do)."""
+    args = _absolute_config_dir(args)
+    _SAVED_RUN_FILE.clear()
     name = config_name(args)
     if not name:
         return list(args)
@@ -227,10 +323,55 @@ def saved_run_args(args: Sequence[str], dirs: Sequence[Path]) -> list:
     for group in MULTIPLE_GROUPS:
         if isinstance(data.get(group), dict):
             defaults.append({f"override {group}": [str(key) for key in data[group]]})
-    values = {key: value for key, value in data.items() if key != "run_dir"}
+    values = {key: value for key, value in data.items() if key != "run_dir"}  # the saved run's (see below)
     ConfigStore.instance().store(name=SAVED_RUN_CONFIG, node={"defaults": [*defaults, "_self_"], **values})
-    _SAVED_RUN_FILE["path"] = found
+    _SAVED_RUN_FILE.update(path=found, data=data)
+    warning = _saved_run_dir_warning(args, found, data)
+    if warning:
+        import logging
+
+        logging.getLogger("tuneforge").warning("%s", warning)
     return [*_without_flag(args, ("--config-name", "-cn")), "--config-name", SAVED_RUN_CONFIG]
+
+
+def _saved_run_dir_warning(args: Sequence[str], found: Path, data: dict) -> Optional[str]:
+    """A warning when the saved config's ``run_dir`` was edited (it names no run's directory) and the
+    command line chooses none: a re-run's directory is chosen as any run's (``run_dir=`` on the command
+    line, else a new one), never by the file, whose ``run_dir`` is the saved run's own: re-running into it
+    would resume (or, ``resume=never``, move aside) that run."""
+    saved = data.get("run_dir")
+    if not isinstance(saved, str) or not saved.strip() or (Path(saved).expanduser() / "config.yaml").is_file():
+        return None  # unset, or a run's own directory (the saved run's): the re-run gets a new one, as documented
+    chosen = ("run_dir", "hydra.run.dir", "hydra.sweep.dir")
+    if {"-m", "--multirun"} & set(args) or any(a.lstrip("+").split("=", 1)[0] in chosen for a in args):
+        return None
+    import shlex
+
+    from tuneforge.host.paths import override_value
+
+    return (f"run_dir: {saved} in {found}{key_line(found, 'run_dir')} is not used: a re-run of a saved config gets "
+            "a new run directory, as a run without run_dir= does (the file's run_dir is the saved run's); to train "
+            f"in {saved}, give it on the command line: {shlex.quote('run_dir=' + override_value(saved))}")
+
+
+def in_saved_run_file(message: str, overrides: Sequence[str]) -> str:
+    """``message`` (a refusal of the composed config, one ``<key>: <problem>`` a line) with the file and
+    line of each key that the run's saved config re-run by this command sets (and the command line does
+    not): ``optim.scheduler: must be one of ... (in <file>:<line>)``."""
+    path, data = _SAVED_RUN_FILE.get("path"), _SAVED_RUN_FILE.get("data")
+    if path is None:
+        return message
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    lines = []
+    for line in message.splitlines():
+        key = re.match(r"([A-Za-z_][\w.]*): ", line)
+        node = data
+        for part in key.group(1).split(".") if key else ():
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if key and node is not _ABSENT and key.group(1) not in given:
+            line = f"{line} (in {path}{key_line(path, key.group(1))})"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 # -- Hydra's errors about a user's file ----------------------------------------------------------------
@@ -291,7 +432,7 @@ def _find_cycle(node: str, edges: dict, path: list) -> Optional[list]:
 
 def key_line(path: Optional[Path], full_key: str) -> str:
     """``:<line>`` of ``full_key``'s last key in the file (after its parents' lines where they are
-    there), or ``""`` when it is not found."""
+    there; its first key at the top level of the file where it is there), or ``""`` when it is not found."""
     if path is None:
         return ""
     try:
@@ -299,9 +440,11 @@ def key_line(path: Optional[Path], full_key: str) -> str:
     except (OSError, UnicodeDecodeError):
         return ""
     found, start = None, 0
-    for part in full_key.split("."):
-        pattern = re.compile(rf"(^|[\s{{,]){re.escape(part)}\s*:")
-        at = next((i for i in range(start, len(lines))
+    for n, part in enumerate(full_key.split(".")):
+        patterns = [re.compile(rf"(^|[\s{{,]){re.escape(part)}\s*:")]
+        if n == 0:  # a root key (seed) before a section's key of the same name (model.seed)
+            patterns.insert(0, re.compile(rf"^{re.escape(part)}\s*:"))
+        at = next((i for pattern in patterns for i in range(start, len(lines))
                    if pattern.search(lines[i]) and not lines[i].lstrip().startswith("#")), None)
         if at is not None:
             found, start = at, at
@@ -326,11 +469,49 @@ def multiple_values_error(text: str, dirs: Iterable[Path]) -> Optional[str]:
             f"'- override /{group}: {choice}'")
 
 
-def _explain_saved_run_error(error, unknown_key_line) -> str:
+def _saved_run_error(error, unknown_key_line) -> str:
+    """One line for an OmegaConf ``error`` in a run's saved config (re-run with ``--config-name``): the key,
+    the file and line, and what is valid."""
+    path, data = _SAVED_RUN_FILE["path"], _SAVED_RUN_FILE.get("data")
     full_key = getattr(error, "full_key", None) or ""
+    message = str(error).splitlines()[0].strip() if str(error).strip() else type(error).__name__
     if isinstance(error, KeyError) and full_key:
-        return unknown_key_line(full_key, error).split(";")[0]
-    return str(error).splitlines()[0].strip() if str(error).strip() else type(error).__name__
+        return (f"{unknown_key_line(full_key, error).split(';')[0]} in {path}{key_line(path, full_key)} (a run's "
+                "saved config: it keeps its components' settings, so override values, not components; for "
+                "another component write a config of your own)")
+    if full_key:
+        return f"bad value for '{full_key}' in {path}{key_line(path, full_key)}: {message}{_takes(error, full_key)}"
+    listed = [key for key, value in (data.items() if isinstance(data, dict) else ()) if isinstance(value, list)]
+    if listed and ("ListConfig" in message or "list is not a subclass of" in message):
+        from tuneforge.host.components import MULTIPLE_GROUPS
+
+        key = listed[0]
+        if key in MULTIPLE_GROUPS:
+            chosen = ", ".join(str(v) for v in data[key])
+            mapping = ", ".join(f"{v}: {{}}" for v in data[key])
+            return (f"'{key}: [{chosen}]' in {path}{key_line(path, key)} is a list; in a run's saved config {key} "
+                    f"is a mapping of each chosen one to its settings: '{key}: {{{mapping}}}' ({{}}: its defaults)")
+        return (f"'{key}' in {path}{key_line(path, key)} is a list; in a run's saved config '{key}' is a mapping "
+                f"of settings ({key}: {{...}}), as the run saved it")
+    return f"{path}: {message}"
+
+
+def _takes(error, full_key: str) -> str:
+    """``; <key> takes <type>`` (as ``train --help`` writes it) from the dataclass field the error's key is
+    (``""`` when unknown)."""
+    import dataclasses
+    import typing
+
+    from tuneforge.host.config_docs import type_name
+
+    object_type = getattr(error, "object_type", None)
+    if not (isinstance(object_type, type) and dataclasses.is_dataclass(object_type)):
+        return ""
+    try:
+        kind = typing.get_type_hints(object_type).get(full_key.rpartition(".")[2])
+    except Exception:  # an annotation that does not resolve: say nothing more
+        return ""
+    return f"; {full_key} takes {type_name(kind)}" if kind not in (None, typing.Any) else ""
 
 
 def explain_user_file_error(config_path: str, error, dirs: Sequence[Path], unknown_key_line) -> str:
@@ -340,9 +521,7 @@ def explain_user_file_error(config_path: str, error, dirs: Sequence[Path], unkno
     from tuneforge.host.components import MULTIPLE_GROUPS
 
     if config_path == SAVED_RUN_CONFIG and _SAVED_RUN_FILE.get("path") is not None:
-        return (f"{_explain_saved_run_error(error, unknown_key_line)} in {_SAVED_RUN_FILE['path']} (a run's saved "
-                "config: it keeps its components' settings, so override values, not components; for another "
-                "component write a config of your own)")
+        return _saved_run_error(error, unknown_key_line)
     path = locate(config_path, dirs)
     where = str(path) if path is not None else f"'{config_path}'"
     group = config_path.rpartition("/")[0]
@@ -381,7 +560,7 @@ def explain_user_file_error(config_path: str, error, dirs: Sequence[Path], unkno
                     f"none; leave that line out of a {group} preset (only experiment files need it)")
         return unknown_key_line(full_key, error, f" in {where}{key_line(path, full_key)}")
     if full_key:
-        return f"bad value for '{full_key}' in {where}{key_line(path, full_key)}: {message}"
+        return f"bad value for '{full_key}' in {where}{key_line(path, full_key)}: {message}{_takes(error, full_key)}"
     return f"{where}: {message}"
 
 

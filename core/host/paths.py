@@ -80,18 +80,19 @@ def override_value(path) -> str:
     return quoted_override_string(text)
 
 
-def quoted_override_string(text: str, quote: str = '"') -> str:
+def quoted_override_string(text: str, quote: str = '"', interpolation: bool = True) -> str:
     """``text`` as a quoted string of Hydra's override grammar (``quote``: ``"`` or ``'``) that reads back
     as ``text`` (:func:`unquoted` too, but for the ``${`` escape): the quote, and a run of backslashes
     before a quote or at the end, get a backslash each; ``${`` is escaped so that OmegaConf keeps it
-    literal."""
+    literal (``interpolation=False``: not, for a value Hydra takes as it is and OmegaConf never resolves,
+    an entry of ``hydra.searchpath``)."""
     import re
 
     def escaped(match) -> str:  # backslashes before a quote or the end doubled, the quote escaped
         return match.group(1) * 2 + ("\\" if match.group(2) else "") + match.group(2)
 
     text = re.sub(r"(\\*)(%s|\Z)" % re.escape(quote), escaped, str(text))
-    return quote + text.replace("${", "\\${") + quote
+    return quote + (text.replace("${", "\\${") if interpolation else text) + quote
 
 
 def looks_like_path(value: Any) -> bool:
