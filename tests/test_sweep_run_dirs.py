@@ -1,7 +1,8 @@
 """``-m`` sweeps whose jobs run in run directories of their own (``run_dir=runs/r${adapter.r}``): run again,
-the sweep leaves the runs it finished as they are; two jobs that would share a directory are refused
-before any job runs; each run's job log is ``<run_dir>/train.log`` (also for a ``run_dir`` an experiment
-file sets), and no Hydra folder is left that would hold only that log."""
+the sweep skips the runs it finished (with other settings, it is refused them) and leaves them as they are;
+two jobs that would share a directory are refused before any job runs; each run's job log is
+``<run_dir>/train.log`` (also for a ``run_dir`` an experiment file sets), and no Hydra folder is left that
+would hold only that log."""
 
 import json
 from pathlib import Path
@@ -35,10 +36,11 @@ def _user_conf(tmp_path: Path) -> Path:
 
 @pytest.mark.fault(fault="a `-m` sweep with `run_dir=runs/r${adapter.r}` run again (its jobs find the runs it "
                          "completed)",
-                   outcome="each job is refused in one line, recorded as failed in its own Hydra job folder; the "
-                           "completed runs' status.json stay as they were (`tuneforge status` says completed); "
-                           "each run's train.log is in its run directory and no Hydra folder is left in the "
-                           "working directory")
+                   outcome="each job whose run completed with the same settings is skipped (one line each, exit "
+                           "0); with a setting changed (seed=7) each job is refused in one line, recorded as failed in "
+                           "its own Hydra job folder; either way the completed runs' status.json stay as they were "
+                           "(`tuneforge status` says completed); each run's train.log is in its run directory and no "
+                           "Hydra folder is left in the working directory")
 def test_a_sweep_run_again_leaves_the_runs_it_completed_as_they_were(tmp_path):
     cwd, runs = tmp_path / "cwd", tmp_path / "runs"
     cwd.mkdir()
@@ -50,7 +52,15 @@ def test_a_sweep_run_again_leaves_the_runs_it_completed_as_they_were(tmp_path):
     assert list(cwd.iterdir()) == []  # no runs/multirun/<date>/<n> holding only a log
     statuses = {r: (runs / f"r{r}" / "status.json").read_bytes() for r in (2, 4)}
 
+    same = run_cli([*command, f"hydra.sweep.dir={tmp_path / 'same'}"], cwd=cwd, env=ENV)  # a sweep resumed
+    assert same.returncode == 0, same.stderr[-3000:]
+    for num, r in enumerate((2, 4)):
+        assert f"sweep job {num} (adapter.r={r}): completed in {runs / f'r{r}'}; skipped" in same.stdout, same.stdout
+    assert {r: (runs / f"r{r}" / "status.json").read_bytes() for r in (2, 4)} == statuses  # untouched
+    assert list(cwd.iterdir()) == []
+
     sweep = tmp_path / "sweep"
+    command = [*command, "seed=7"]  # another setting: the completed runs are not this sweep's
     again = run_cli([*command, f"hydra.sweep.dir={sweep}"], cwd=cwd, env=ENV)
     assert again.returncode == 2, again.stderr[-3000:]
     assert {r: (runs / f"r{r}" / "status.json").read_bytes() for r in (2, 4)} == statuses  # untouched
@@ -155,3 +165,44 @@ def test_a_run_dir_set_in_an_experiment_file_gets_the_job_log(tmp_path):
     log = (run_dir / "train.log").read_text()
     assert "`Trainer.fit` stopped" in log and "adapter lora" in log  # from the job's first line on
     assert list(cwd.iterdir()) == []
+
+
+def test_the_moved_job_log_and_a_seeds_log_are_opened_like_the_job_log(tmp_path):
+    """:func:`open_log_file`, which the moved job log (job_log) and a seed's log (seed_runs) are written by:
+    appending, like the handler it replaces (format, level, filters, encoding), or like the job log."""
+    import ast
+    import logging
+
+    from tuneforge.training.run_dir import LOG_FORMAT, log_handlers, open_log_file, same_place
+
+    job_log = logging.FileHandler(tmp_path / "train.log", encoding="utf-8")
+    job_log.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    job_log.setLevel(logging.WARNING)
+    job_log.addFilter(kept := logging.Filter("tuneforge"))
+    root = logging.getLogger()
+    handlers, root.handlers = root.handlers, [job_log]  # the job log alone (pytest's own handlers set aside)
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "train.log").write_text("earlier\n")
+        moved = open_log_file(tmp_path / "run" / "train.log", like=job_log)
+        assert (moved.mode, moved.encoding, moved.formatter, moved.level, moved.filters) == \
+            ("a", "utf-8", job_log.formatter, logging.WARNING, [kept])
+        seed = open_log_file(tmp_path / "seed.log")  # a seed's own log: the job log's format, every level
+        assert (seed.mode, seed.formatter, seed.level, seed.filters) == ("a", job_log.formatter, logging.NOTSET, [])
+        assert log_handlers(tmp_path / "x" / ".." / "train.log") == [job_log]
+        assert same_place(tmp_path / "run", tmp_path / "run" / ".." / "run")
+        root.handlers = []
+        bare = open_log_file(tmp_path / "bare.log")  # no job log: Hydra's format
+        assert bare.formatter._fmt == LOG_FORMAT
+        for handler in (moved, seed, bare):
+            handler.close()
+    finally:
+        root.handlers = handlers
+        job_log.close()
+    assert (tmp_path / "run" / "train.log").read_text() == "earlier\n"  # appended to, never emptied
+    core = Path(__file__).resolve().parents[1] / "core"
+    for module in ("commands/job_log.py", "training/seed_runs.py"):  # run_dir's public functions only
+        imported = [alias.name for node in ast.walk(ast.parse((core / module).read_text()))
+                    if isinstance(node, ast.ImportFrom) and node.module == "tuneforge.training.run_dir"
+                    for alias in node.names]
+        assert imported and not [name for name in imported if name.startswith("_")], (module, imported)

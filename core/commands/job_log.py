@@ -26,11 +26,11 @@ def move_job_log(output_dir, run_dir) -> None:
     ``output_dir``, or no handler of this process writes the job log (a worker process logs to the console
     only); when the run directory cannot be written the log stays where it is (the run says why)."""
     from tuneforge.host.hydra_dirs import discard_empty_output_dir
-    from tuneforge.training.run_dir import LOG_FILE, _log_handlers, _log_key, earlier_log_size, note_log_start
+    from tuneforge.training.run_dir import LOG_FILE, earlier_log_size, log_handlers, note_log_start, same_place
 
     source, target = Path(str(output_dir)) / LOG_FILE, Path(str(run_dir)).expanduser() / LOG_FILE
-    handlers = _log_handlers(source)
-    if _log_key(source.parent) == _log_key(target.parent) or not handlers:
+    handlers = log_handlers(source)
+    if same_place(source.parent, target.parent) or not handlers:
         return
     earlier = earlier_log_size(source.parent)  # what earlier commands wrote into Hydra's log: it stays
     try:
@@ -60,11 +60,8 @@ def move_job_log(output_dir, run_dir) -> None:
 def _reopen(handler: logging.FileHandler, path: Path) -> None:
     """Put a handler like ``handler`` (format, level, filters), appending to ``path``, in its place on the
     root logger; ``handler`` is closed."""
+    from tuneforge.training.run_dir import open_log_file
+
     root = logging.getLogger()
-    moved = logging.FileHandler(path, mode="a", encoding=handler.encoding)
-    moved.setFormatter(handler.formatter)
-    moved.setLevel(handler.level)
-    for kept in handler.filters:
-        moved.addFilter(kept)
-    root.handlers[root.handlers.index(handler)] = moved
+    root.handlers[root.handlers.index(handler)] = open_log_file(path, like=handler)
     handler.close()

@@ -9,6 +9,11 @@ another run, one that another process trains) stays as it was.  This happens ins
 basic launcher (jobs one after another in this process) and for submitit's (each job a process of its
 own).  When the sweep has ended, :func:`failed_jobs` reads those files back, and ``tuneforge train``
 prints one line per failed job and exits with status 2.
+
+A sweep interrupted by SIGTERM/SIGINT prints the command that resumes it: the same ``-m`` command into the
+same ``hydra.sweep.dir`` (:func:`tuneforge.commands.train.resume_command`).  Run so, a job whose run completed
+is skipped (:func:`skip_completed_job`), the interrupted job resumes from its checkpoint (``resume=auto``) and
+the jobs the sweep had not reached run.
 """
 
 from __future__ import annotations
@@ -67,6 +72,31 @@ def record_failed_job(exc: BaseException, hydra_config, run_dir=None, began_ns: 
         records.append((job_dir / name, dict(failed, job=job)))
     for path, status in records:
         _write_record(path, status, job["num"])
+
+
+def skip_completed_job(config, run_dir: Path, hydra_config, keys: Optional[set] = None) -> bool:
+    """Whether the sweep job of ``config`` (its validated run config) skips its run: ``run_dir`` holds this
+    job's completed run (``status.json`` completed, its ``metrics.json``, and the same settings in its
+    ``config.yaml`` but for ``run_dir`` and ``resume``), so a sweep resumed (the ``Resume with:`` command of
+    an interrupted job), or run again into its ``hydra.sweep.dir``, leaves it as it is and goes on with the
+    next job.  Logs one line saying so (``keys``: the swept keys, the overrides it names).  Not with
+    ``resume=never`` (the run starts over), nor for a run with other settings, which the run refuses as it
+    refuses any completed run (the job is then recorded as failed)."""
+    from tuneforge.training.run_dir import read_status, starts_over
+    from tuneforge.training.seed_runs import setting_differences
+
+    if starts_over(config.resume) or read_status(run_dir).get("status") != "completed" \
+            or not (run_dir / "metrics.json").is_file():
+        return False
+    try:
+        if setting_differences(run_dir / "config.yaml", config):
+            return False
+    except Exception:  # a config.yaml that is not one tuneforge wrote: the run says so
+        return False
+    overrides = [o for o in hydra_config.overrides.task if keys is None or o.partition("=")[0].lstrip("+~") in keys]
+    which = f"sweep job {hydra_config.job.num}" + (f" ({' '.join(overrides)})" if overrides else "")
+    log.info("%s: completed in %s; skipped (resume=never trains it again)", which, run_dir)
+    return True
 
 
 def _write_record(path: Path, status: dict, num: int) -> None:

@@ -225,6 +225,11 @@ class TrainCommand:
         if self.collector is not None:  # the heavy imports are done: the collector runs again
             self.collector.resume()
         run_dir = Path(components.settings.run_dir or HydraConfig.get().runtime.output_dir)
+        if in_sweep:  # a job whose run completed (a sweep resumed, or run again into its hydra.sweep.dir)
+            from tuneforge.commands.sweep import skip_completed_job, swept_keys
+
+            if skip_completed_job(components.config, run_dir, HydraConfig.get(), swept_keys(self.overrides)):
+                return
         try:
             if components.settings.evidence.seeds > 1:
                 self.train_seeds(components, run_dir)
@@ -291,8 +296,8 @@ class TrainCommand:
                              components=components), context
         except RunInterrupted as exc:
             if context.is_main:
-                print(f"tuneforge: {exc}.\nResume with: {resume_command(self.args, command_dir or run_dir)}",
-                      file=sys.stderr)
+                command = resume_command(self.args, command_dir or run_dir, _sweep_dir())
+                print(f"tuneforge: {exc}.\nResume with: {command}", file=sys.stderr)
             raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
 
     def train_seeds(self, components, run_dir: Path) -> None:
@@ -516,16 +521,34 @@ def hydra_overrides(args: list) -> list:
     return overrides
 
 
-def resume_command(args: list, run_dir) -> str:
+def resume_command(args: list, run_dir, sweep_dir=None) -> str:
     """The command that continues an interrupted run: same arguments, same run directory; it works pasted
     into a shell as printed (quoted for the shell, the run directory also for Hydra's override grammar:
-    spaces, ``é``, ``,``, ``=`` and quotes in its name)."""
+    spaces, ``é``, ``,``, ``=`` and quotes in its name).
+
+    ``sweep_dir``: the run is a job of the ``-m`` sweep in that directory, and the command resumes the sweep:
+    the same ``-m`` arguments (a per-job ``run_dir`` pattern kept) into the same ``hydra.sweep.dir``, so the
+    jobs that completed are skipped (:func:`tuneforge.commands.sweep.skip_completed_job`), the interrupted one
+    resumes from its checkpoint and the jobs it had not reached run.  ``resume=`` is left out of both (a
+    ``resume=never`` would start the runs over)."""
     import shlex
 
     from tuneforge.host.paths import override_value
 
+    if sweep_dir is not None:
+        kept = [a for a in args if not a.startswith(("hydra.sweep.dir=", "hydra.run.dir=", "resume="))]
+        return shlex.join(["tuneforge", "train", *kept, f"hydra.sweep.dir={override_value(sweep_dir)}"])
     kept = [a for a in args if not a.startswith(("hydra.run.dir=", "run_dir=", "resume="))]
     return shlex.join(["tuneforge", "train", *kept, f"hydra.run.dir={override_value(run_dir)}"])
+
+
+def _sweep_dir() -> Optional[Path]:
+    """The directory of the ``-m`` sweep whose job this is (absolute), or None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_config = HydraConfig.get()
+    return Path(str(hydra_config.sweep.dir)).absolute() if hydra_config.mode == RunMode.MULTIRUN else None
 
 
 def _print_summary(settings, metrics: dict) -> None:

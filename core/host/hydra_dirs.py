@@ -8,11 +8,15 @@ composed config.  :class:`OutputDirWatch`, a Hydra callback configured in
 validation refuses the run (or a sweep job's config cannot be composed),
 :func:`discard_new_output_dir` removes what Hydra made for it -- never a
 directory that existed before the command started (an existing
-``hydra.run.dir`` given to resume a run stays as it was).
+``hydra.run.dir`` given to resume a run stays as it was).  A sweep whose
+``hydra.sweep.dir`` holds a ``multirun.yaml`` that no Hydra sweep wrote (the
+user's own, which Hydra's sweeper would overwrite) is refused before any job
+(:func:`foreign_sweep_file`).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -48,7 +52,7 @@ class OutputDirWatch(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         _NEW.clear()
-        problem = sweep_run_dir_problem(config) or shared_resolved_run_dir(config)
+        problem = foreign_sweep_file(config) or sweep_run_dir_problem(config) or shared_resolved_run_dir(config)
         if problem is not None:
             raise RefusedBeforeRun(problem)
         _NEW["sweep"] = _outermost_missing(config.hydra.sweep.dir)
@@ -65,6 +69,44 @@ class RefusedBeforeRun(BaseException):
     """A run or ``-m`` sweep refused before Hydra makes any directory for it (one problem a line): raised
     by :class:`OutputDirWatch` (Hydra catches a callback's ``Exception`` and only warns), turned into a
     ``ConfigError`` by :class:`tuneforge.commands.train.TrainCommand`."""
+
+
+#: the file into which Hydra's basic sweeper saves the sweep's config, in ``hydra.sweep.dir``
+SWEEP_FILE = "multirun.yaml"
+
+
+def foreign_sweep_file(config) -> Optional[str]:
+    """Why the ``-m`` sweep cannot start in its ``hydra.sweep.dir``, or None: a :data:`SWEEP_FILE` there that no
+    Hydra sweep wrote (not YAML, or no ``hydra`` section with ``run`` and ``sweep``: the user's own file, which
+    Hydra would overwrite with the sweep's config) or something else of that name (a folder).  One that a
+    sweep wrote (an earlier run of this sweep: the command that resumes it) and an empty one (nothing to lose)
+    Hydra replaces as always."""
+    import yaml
+
+    from tuneforge.errors import first_line
+
+    sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+    path = sweep_dir / SWEEP_FILE
+    if not os.path.lexists(path):
+        return None
+    why = None
+    if not path.is_file():
+        why = "it is not a file"
+    else:
+        try:
+            text = path.read_text(errors="replace")
+            saved = yaml.safe_load(text)
+            hydra = saved.get("hydra") if isinstance(saved, dict) else None
+            if text.strip() and not (isinstance(hydra, dict) and "run" in hydra and "sweep" in hydra):
+                why = "it has no hydra section with run and sweep, as every sweep's multirun.yaml has"
+        except (OSError, yaml.YAMLError) as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            why = f"it cannot be read as YAML: {getattr(exc, 'problem', None) or first_line(exc)}{where}"
+    if why is None:
+        return None
+    return (f"hydra.sweep.dir={sweep_dir} holds a {SWEEP_FILE} that no Hydra sweep wrote ({why}); the sweep would "
+            f"overwrite it with its own config: move {path} out of the folder, or give another hydra.sweep.dir")
 
 
 #: Hydra values that differ from job to job of a sweep (``${hydra:job.num}`` ...; a value under one of them too:
@@ -264,8 +306,8 @@ def discard_new_output_dir(output_dir=None) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
     sweep_dir = _NEW.get("sweep_dir")
     if _NEW.get("sweep") is not None and sweep_dir.is_dir() and all(
-            p.name == "multirun.yaml" for p in sweep_dir.iterdir()):
-        (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+            p.name == SWEEP_FILE for p in sweep_dir.iterdir()):
+        (sweep_dir / SWEEP_FILE).unlink(missing_ok=True)
         _remove_empty_up_to(sweep_dir, _NEW["sweep"])
 
 

@@ -262,10 +262,39 @@ def move_earlier_outputs(resume: str, run_dir: Path, resuming: bool = False) -> 
     return target
 
 
-def _log_handlers(path: Path) -> list:
+def log_handlers(path: Path) -> list:
     """The root logger's file handlers that write ``path`` (Hydra's job log, a seed's log)."""
     return [h for h in logging.getLogger().handlers
-            if isinstance(h, logging.FileHandler) and _log_key(Path(h.baseFilename)) == _log_key(path)]
+            if isinstance(h, logging.FileHandler) and same_place(h.baseFilename, path)]
+
+
+def same_place(path, other) -> bool:
+    """Whether ``path`` and ``other`` name one file or folder (``~`` expanded, links and ``..`` resolved)."""
+    return _log_key(Path(path)) == _log_key(Path(other))
+
+
+#: the format of a log file when no file handler of the job log gives one (Hydra's job log format)
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+def open_log_file(path: Path, like: Optional[logging.FileHandler] = None) -> logging.FileHandler:
+    """A file handler appending to ``path`` (not yet on any logger) that writes like ``like``: its format,
+    level, filters and encoding.  Without ``like``, in the format of the job log (the root logger's first
+    file handler that has one; :data:`LOG_FORMAT` when none has), at every level.  The job log moved into
+    the run directory (:func:`tuneforge.commands.job_log.move_job_log`) and a seed's own log
+    (:func:`tuneforge.training.seed_runs.seed_log`) are written by one of these."""
+    if like is None:
+        formats = [h.formatter for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)
+                   and h.formatter]
+        handler = logging.FileHandler(path)
+        handler.setFormatter(formats[0] if formats else logging.Formatter(LOG_FORMAT))
+        return handler
+    handler = logging.FileHandler(path, mode="a", encoding=like.encoding)
+    handler.setFormatter(like.formatter)
+    handler.setLevel(like.level)
+    for kept in like.filters:
+        handler.addFilter(kept)
+    return handler
 
 
 def earlier_log_size(run_dir: Path) -> int:
@@ -278,7 +307,7 @@ def earlier_log_size(run_dir: Path) -> int:
         size = path.stat().st_size
     except OSError:
         return 0
-    handlers = _log_handlers(path)
+    handlers = log_handlers(path)
     if not handlers:
         return size
     if any("a" not in handler.mode for handler in handlers):
@@ -294,7 +323,7 @@ def move_earlier_log(run_dir: Path, target: Path, earlier: int) -> None:
     path = run_dir / LOG_FILE
     if earlier <= 0:
         return
-    handlers = _log_handlers(path)
+    handlers = log_handlers(path)
     if not handlers:  # nobody writes it: the whole file is an earlier run's
         path.rename(target / LOG_FILE)
         return

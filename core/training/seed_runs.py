@@ -80,7 +80,7 @@ def completed_metrics(run: SeedRun) -> Optional[dict]:
     if starts_over(run.config.resume) or read_status(run.run_dir).get("status") != "completed" \
             or not metrics_file.is_file():
         return None
-    differences = _setting_differences(run.run_dir / "config.yaml", run.config)
+    differences = setting_differences(run.run_dir / "config.yaml", run.config)
     if differences:
         from tuneforge.training.checkpoint import CheckpointError
 
@@ -92,8 +92,9 @@ def completed_metrics(run: SeedRun) -> Optional[dict]:
     return read_metrics(metrics_file)
 
 
-def _setting_differences(saved_config: Path, cfg) -> list[str]:
-    """``key (saved -> now)`` for each setting of the saved ``config.yaml`` that ``cfg`` changes."""
+def setting_differences(saved_config: Path, cfg) -> list[str]:
+    """``key (saved -> now)`` for each setting of the saved ``config.yaml`` that ``cfg`` changes (``run_dir`` and
+    ``resume`` may differ: a completed seed, or a completed sweep job, run again)."""
     import yaml
 
     from tuneforge.training.run_dir import resolved_config_yaml
@@ -120,14 +121,11 @@ def seed_log(run: SeedRun, enabled: bool = True):
         yield
         return
     root = logging.getLogger()
-    formats = [h.formatter for h in root.handlers if isinstance(h, logging.FileHandler) and h.formatter]
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    from tuneforge.training.run_dir import LOG_FILE, note_log_start
+    from tuneforge.training.run_dir import LOG_FILE, note_log_start, open_log_file
 
     note_log_start(run.run_dir)  # what came before is an earlier run's (resume=never moves it aside)
-    handler = logging.FileHandler(run.run_dir / LOG_FILE)
-    handler.setFormatter(formats[0] if formats else logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - "
-                                                                      "%(message)s"))
+    handler = open_log_file(run.run_dir / LOG_FILE)  # formatted like the job log
     root.addHandler(handler)
     try:
         yield
