@@ -198,3 +198,59 @@ def test_data_field_errors_and_what_stays_one_record(tmp_path):
         read_records(path)
     with pytest.raises(ValueError, match="must not be empty"):
         FilesDataConfig(path=str(path), field=" ")
+
+
+# ---------------------------------------------------------------------------
+# Files of other projects that hold no records
+# ---------------------------------------------------------------------------
+
+
+def test_llama_factorys_dataset_info_json_is_named_and_translated_into_data_settings(tmp_path):
+    """A LLaMA-Factory data folder holds dataset_info.json; read as data it was "cannot tell the record's
+    format from its keys ['my_alpaca', 'my_chat']" with every layout listed."""
+    folder = tmp_path / "lf"
+    folder.mkdir()
+    (folder / "alpaca.json").write_text(json.dumps([{"q": r["instruction"], "a": r["output"]} for r in ROWS]))
+    info = {"my_alpaca": {"file_name": "alpaca.json", "columns": {"prompt": "q", "response": "a"}},
+            "my_chat": {"file_name": "chat.json", "formatting": "sharegpt", "columns": {"messages": "dialog"},
+                        "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "USER"}}}
+    (folder / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    for path in (folder, folder / "dataset_info.json"):
+        with pytest.raises(DataError) as caught:
+            load_files(FilesDataConfig(path=str(path), cache=False), tiny())
+        assert str(caught.value) == (
+            f"{folder / 'dataset_info.json'}: this is LLaMA-Factory's dataset list (dataset_info.json), not "
+            "records; tuneforge reads the data files themselves, with their column mapping as data.columns: for "
+            f"its entry 'my_alpaca', data.path={folder / 'alpaca.json'} 'data.columns={{instruction: q, output: a}}'"
+            " (and 1 more entry); a data folder given as data.path must not hold it")
+    # what it says loads
+    splits = load_files(FilesDataConfig(path=str(folder / "alpaca.json"), columns={"instruction": "q", "output": "a"},
+                                        cache=False, val_size=1), tiny())
+    assert len(splits.train) == 5
+    # the chat entry: message keys and role names it cannot map are said too
+    (folder / "dataset_info.json").write_text(json.dumps({"my_chat": info["my_chat"]}))
+    with pytest.raises(DataError, match=r"data.path=\S+chat.json 'data.columns=\{conversations: dialog, role: "
+                                        r"speaker, content: text\}' \(its role names USER are not read: rename them "
+                                        r"to user/assistant/system in the file\); a data folder"):
+        read_records(folder / "dataset_info.json")
+
+
+def test_a_json_array_under_a_jsonl_name_says_which_reader_reads_it(tmp_path):
+    """A .json array saved as train.jsonl was "expected a JSON object ..., got list", or for an indented one
+    "invalid JSON (Expecting value at column 2)", without saying what reads it."""
+    one_line = tmp_path / "train.jsonl"
+    one_line.write_text(json.dumps(ROWS))
+    indented = tmp_path / "pretty.jsonl"
+    indented.write_text(json.dumps(ROWS, indent=2))
+    hint = "(the file holds a JSON array: read it with data=json, or name it .json and use data=files)"
+    for path, problem in ((one_line, "expected a JSON object (a record with named fields), got list"),
+                          (indented, "invalid JSON (Expecting value at column 2); each line must be one JSON object")):
+        with pytest.raises(DataError) as caught:
+            read_records(path)
+        assert str(caught.value) == f"{path}:1: {problem} {hint}"
+        assert [r.data for r in read_records(path, "json")] == ROWS
+    later = tmp_path / "later.jsonl"
+    later.write_text(LINES + "[1, 2]\n")
+    with pytest.raises(DataError, match=r"later.jsonl:7: expected a JSON object \(a record with named fields\), "
+                                        r"got list$"):
+        read_records(later)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -108,6 +109,22 @@ def test_sharegpt_top_level_system_field_becomes_the_system_turn():
     assert ex["labels"] == masked(prompt) + enc("A<|im_end|>\n")
 
 
+DEFAULT_SYSTEM_TEMPLATE = (  # as Qwen's: a default system turn when the conversation has none
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nDefault.<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("template, opening", [(None, ""), (DEFAULT_SYSTEM_TEMPLATE, turn("system", "Default."))])
+def test_a_conversation_opening_with_an_assistant_turn_trains_its_text_not_its_role_header(template, opening):
+    # a greeting first (ShareGPT bot logs): the header before it is prompt, as before every other turn
+    ex = one({"conversations": [{"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "Hi"},
+                                {"from": "gpt", "value": "Yo"}]}, chat_template=template)
+    assert ex["input_ids"] == enc(opening + GEN + "Hello!<|im_end|>\n" + turn("user", "Hi") + GEN + "Yo<|im_end|>\n")
+    assert ex["labels"] == (masked(opening + GEN) + enc("Hello!<|im_end|>\n") + masked(turn("user", "Hi") + GEN)
+                            + enc("Yo<|im_end|>\n"))
+
+
 def test_openai_text_content_parts_are_joined():
     ex = one({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
                            {"role": "assistant", "content": "c"}]})
@@ -185,6 +202,33 @@ def test_unknown_column_name_is_an_error_listing_valid_ones():
         one({"instruction": "Q", "output": "A"}, columns={"question": "q"})
 
 
+def test_a_reversed_column_mapping_says_which_way_it_goes():
+    """Axolotl's and LLaMA-Factory's mappings read your key -> field; the error listed the fields only."""
+    from tuneforge.data import DataConfig
+
+    hint = "(data.columns maps tuneforge's field to your key; did you mean data.columns={instruction: q, output: a}?)"
+    with pytest.raises(DataError) as info:
+        one({"q": "Q", "a": "A"}, columns={"q": "instruction", "a": "output"})
+    assert str(info.value).endswith(hint) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=re.escape(hint)):  # the config check, before the model loads
+        DataConfig(columns={"q": "instruction", "output": "a"})
+    with pytest.raises(DataError) as plain:
+        one({"q": "Q"}, columns={"question": "q"})
+    assert "did you mean" not in str(plain.value)
+
+
+def test_torchtune_input_output_records_are_told_how_to_map_the_prompt():
+    hint = "(the prompt in 'input', as torchtune's input/output records: data.columns={instruction: input})"
+    with pytest.raises(DataError) as info:
+        one({"input": "2 + 2?", "output": "4"})
+    assert str(info.value).endswith(hint)
+    mapped = one({"input": "2 + 2?", "output": "4"}, columns={"instruction": "input"})
+    assert mapped["input_ids"] == enc(turn("user", "2 + 2?") + GEN + "4<|im_end|>\n")
+    with pytest.raises(DataError) as other:
+        one({"output": "4"})
+    assert "torchtune" not in str(other.value)
+
+
 def test_explicit_format_overrides_detection():
     # 'output' alone would be detected as alpaca; naming the format reads 'text'
     ex = one({"text": "abc", "output": "x"}, fmt="completion")
@@ -200,6 +244,23 @@ def test_explicit_format_overrides_detection():
 ])
 def test_format_detection_from_keys(data, fmt):
     assert detect_format(Record(data, "x:1")) == fmt
+
+
+def test_keys_holding_null_do_not_decide_the_format():
+    """A Hugging Face dataset of a mixed file gives every record every column (null where it had none): an
+    alpaca record with 'prompt': null, 'completion': null was read as prompt_completion and refused."""
+    nulls = {"messages": None, "conversations": None, "prompt": None, "completion": None, "text": None,
+             "segments": None, "chosen": None, "rejected": None}
+    cases = [({"instruction": "a", "output": "b"}, "alpaca"), ({"text": "t"}, "completion"),
+             ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "chat"),
+             ({"prompt": "p", "completion": "c"}, "prompt_completion")]
+    for data, fmt in cases:
+        record = dict(nulls, **data)
+        assert detect_format(Record(record, "x:1")) == fmt
+        assert one(record)["input_ids"] == one(data)["input_ids"]
+    # only null fields: still named as a field set to null
+    with pytest.raises(DataError, match=r"mem.jsonl:1: completion record has 'text' set to null"):
+        one({"text": None})
 
 
 def test_undetectable_record_names_keys_source_and_valid_formats():

@@ -83,6 +83,50 @@ def test_csv_multiline_cells_keep_their_start_line_and_json_message_cells_parse(
     assert splits.train[0]["messages"] == messages
 
 
+@pytest.mark.parametrize("quoted", [False, True])
+def test_csv_cells_holding_unicode_line_separators_stay_one_cell_on_their_line(tmp_path, quoted):
+    """Rows were cut at U+2028, U+2029, form feeds ... (str.splitlines), as Python's csv module writes them
+    unquoted: 'row has 1 cells but the header names 2 columns', and later lines numbered wrong when quoted."""
+    answers = ["one\u2028two", "page\x0cbreak", "para\u2029graph", "sep\x1crecord", "plain"]
+    rows = [{"instruction": f"q{i}", "output": answer} for i, answer in enumerate(answers)]
+    path = tmp_path / "scraped.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["instruction", "output"],
+                                quoting=csv.QUOTE_ALL if quoted else csv.QUOTE_MINIMAL)
+        writer.writeheader()
+        writer.writerows(rows)
+    records = read_records(path)
+    assert [r.data for r in records] == rows
+    assert [r.source for r in records] == [f"{path}:{line}" for line in range(2, 7)]
+
+
+def test_csv_headers_of_other_tools_say_what_is_wrong(tmp_path):
+    semicolons = tmp_path / "excel.csv"
+    semicolons.write_text("instruction;output\nq;a\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        read_records(semicolons)
+    assert str(info.value) == (f"{semicolons}:1: the CSV header is one column 'instruction;output': the file looks "
+                               "separated by ';'; save it with ',' between cells (comma-separated CSV)")
+    pandas = tmp_path / "pandas.csv"
+    pandas.write_text(",instruction,output\n0,q,a\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"pandas.csv:1: the CSV header must name every column once, got \['', "
+                                        r"'instruction', 'output'\] \(an unnamed first column is a pandas index: "
+                                        r"save with to_csv\(\.\.\., index=False\)\)$"):
+        read_records(pandas)
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("instruction, output\nq, a\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"spaced.csv:2: alpaca record is missing 'output' .* \(its key ' output' "
+                                        r"has spaces around the name: remove them, in a CSV header too, or map it "
+                                        r"with data.columns\)$"):
+        prepare_splits(read_records(spaced), tiny(), DataConfig(val_size=0, cache=False))
+    trailing = tmp_path / "trailing.csv"  # a whitespace line is blank, as in JSON Lines
+    trailing.write_text("instruction,output\nq,a\n   \n\n", encoding="utf-8")
+    assert [r.data for r in read_records(trailing)] == [{"instruction": "q", "output": "a"}]
+    single = tmp_path / "text.csv"  # one column is fine
+    single.write_text("text\nhello; world\n", encoding="utf-8")
+    assert [r.data for r in read_records(single)] == [{"text": "hello; world"}]
+
+
 def test_folder_reads_every_data_file_sorted_and_skips_others(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", ROWS[:2])
     (tmp_path / "b").mkdir()
@@ -320,6 +364,35 @@ def test_hf_local_folder_and_builder_with_data_files(tmp_path):
     assert built.stats["train_records"] == 5
     with pytest.raises(DataError, match="Unknown split"):
         read_hf(str(data), "test", cache_dir=cache)
+
+
+def test_hf_reads_a_local_data_file_as_documented(tmp_path):
+    """docs/data.md: data.path may be "a local folder or file"; a file was "Couldn't find any data file at ..."."""
+    import gzip
+
+    cache = str(tmp_path / "hf-cache")
+    files = [write_jsonl(tmp_path / "train.jsonl", ROWS), write_csv(tmp_path / "train.csv", ROWS),
+             write_parquet(tmp_path / "train.parquet", ROWS), tmp_path / "train.json", tmp_path / "t.jsonl.gz"]
+    files[3].write_text(json.dumps(ROWS), encoding="utf-8")
+    files[4].write_bytes(gzip.compress(files[0].read_bytes()))
+    for path in files:
+        records = read_hf(str(path), "train", cache_dir=cache)
+        assert [r.data for r in records] == ROWS and records[2].source == f"{path}[train]:row 2", path
+    splits = load_hf(HFDataConfig(path=str(files[0]), hf_cache_dir=cache, cache=False, val_size=2), tiny())
+    assert (splits.stats["train_records"], splits.stats["val_records"]) == (4, 2)
+    # a file mixing layouts (docs/data.md: a split may mix alpaca, chat, completion, prompt_completion): the
+    # dataset gives every row every column, null where the record had none
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [ROWS[0], {"text": "plain text"}, {"prompt": "p", "completion": "c"},
+                                                   {"messages": [{"role": "user", "content": "q"},
+                                                                 {"role": "assistant", "content": "a"}]}])
+    loaded = load_hf(HFDataConfig(path=str(mixed), hf_cache_dir=cache, cache=False, val_size=0, shuffle=False), tiny())
+    assert [e["format"] for e in loaded.train] == ["alpaca", "completion", "prompt_completion", "chat"]
+    assert loaded.stats["unused_keys"] == {}
+    other = tmp_path / "notes.md"
+    other.write_text("x")
+    with pytest.raises(DataError, match=r"^data.path: \S+notes.md: data=hf reads a local file by its suffix; valid: "
+                                        r"\.json, \.jsonl, \.csv, \.parquet, \.txt, \.arrow \(also \.gz\)"):
+        read_hf(str(other), cache_dir=cache)
 
 
 def test_hf_dataset_takes_rehearsal_records_into_its_training_split_only(tmp_path):

@@ -187,3 +187,29 @@ def test_warnings_name_the_first_places_in_file_order_and_agree_in_number(tmp_pa
     assert report["empty_target_sources"] == [f"{train}:{line}" for line in range(15, 20)]
     assert (f"5 training examples have an empty target (e.g. {train}:15, {train}:16, {train}:17 and 2 more)"
             in report["warnings"])
+
+
+def test_a_conversation_ending_with_a_user_turn_is_named_as_such_not_as_an_empty_answer(tmp_path):
+    """Scraped ShareGPT logs often end with the user's unanswered message: the earlier answers are trained, so
+    "has an empty target" was wrong; the warning says what is wrong and what would be valid."""
+    chat = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+             + ([{"role": "user", "content": "thanks!"}] if i in (2, 4) else [])} for i in range(6)]
+    train = _write(tmp_path / "t.jsonl", chat + [_qa("blank", " ")])
+    report = quality.assess(_splits(train, _write(tmp_path / "v.jsonl", [_qa("other", "x")])))
+    assert report["empty_targets"]["train"] == 3  # held out, their reference would be empty
+    assert f"1 training example has an empty target (e.g. {train}:7)" in report["warnings"]
+    trailing = [w for w in report["warnings"] if "not the assistant's" in w]
+    assert trailing == [f"2 training conversations end with a turn that is not the assistant's (e.g. {train}:3, "
+                        f"{train}:5): turns after the last answer train nothing, and held out such a conversation "
+                        "is scored against an empty reference; end each conversation with its assistant turn"]
+
+
+def test_label_balance_reads_answers_as_text_never_token_ids(tmp_path):
+    """Template-free segments and completion text have no answer text: their repeated trained tokens were shown
+    as labels ('68 224 24 16 ...') and warned about per label."""
+    rows = [{"segments": [{"label": False, "text": f"Review {i}: "}, {"label": True, "text": "positive"}]}
+            for i in range(10)]
+    val = [{"segments": [{"label": False, "text": "Review x: "}, {"label": True, "text": "negative"}]}]
+    report = quality.assess(_splits(_write(tmp_path / "s.jsonl", rows), _write(tmp_path / "sv.jsonl", val)))
+    assert report["labels"] is None and "val_labels" not in report
+    assert not [w for w in report["warnings"] if "label" in w]

@@ -214,11 +214,14 @@ def _columns_problem(columns) -> Optional[str]:
     """``data.columns``: a mapping canonical field -> record key (the rule of :func:`check_columns`)."""
     from collections.abc import Mapping
 
+    from tuneforge.data.columns import reversed_columns_hint
+
     if not isinstance(columns, Mapping):
         return f"must be a mapping like {{instruction: question}}, got {columns!r}"
     for canonical, actual in columns.items():
         if canonical not in RECORD_FIELDS + MESSAGE_FIELDS:
-            return f"unknown field '{canonical}'; valid: {', '.join(RECORD_FIELDS + MESSAGE_FIELDS)}"
+            return (f"unknown field '{canonical}'; valid: {', '.join(RECORD_FIELDS + MESSAGE_FIELDS)}"
+                    + reversed_columns_hint(dict(columns)))
         if not isinstance(actual, str) or not actual:
             return f"{canonical} must be a record key name, got {actual!r}"
     return None

@@ -161,6 +161,24 @@ def render_prompt(tokenizer, messages: list[dict], chat_template: Optional[str] 
     return ALPACA_PROMPT.format(instruction=user)
 
 
+def _opening_header(tokenizer, upto: str, template: str, tools: Optional[list]) -> str:
+    """The text up to and including the generation prompt (``<|im_start|>assistant\n``) before an assistant
+    turn that opens the conversation (``upto``: its render), so that header is not trained.
+
+    Used when the template cannot render the empty prefix (transformers 5 refuses an empty conversation):
+    the generation prompt is what rendering a probe user turn with it adds; ``""`` when it cannot be told.
+    """
+    probe = [{"role": "user", "content": "\x00probe"}]
+    try:
+        with_prompt = _render(tokenizer, probe, template, True, tools)
+        without = _render(tokenizer, probe, template, False, tools)
+    except Exception:  # a template that cannot render the probe: train from the start, as before
+        return ""
+    header = with_prompt[len(without):] if with_prompt.startswith(without) else ""
+    at = upto.find(header) if header.strip() else -1
+    return upto[: at + len(header)] if at >= 0 else ""
+
+
 def assistant_spans(tokenizer, messages: list[dict], template: str, train_from: int = 0,
                     tools: Optional[list] = None, skip: Collection[int] = ()) -> tuple[str, list]:
     """Render a conversation and find the character spans of its assistant turns.
@@ -185,6 +203,8 @@ def assistant_spans(tokenizer, messages: list[dict], template: str, train_from: 
             pass
         if i:
             candidates.append(_render(tokenizer, messages[:i], template, False, tools))
+        else:
+            candidates.append(_opening_header(tokenizer, upto, template, tools))
         before = next((c for c in candidates if upto.startswith(c)), "" if not i else None)
         if before is None or not text.startswith(upto):
             raise DataError("the chat template does not render conversations prefix by prefix, so assistant "

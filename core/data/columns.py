@@ -51,6 +51,18 @@ ANSWERLESS_KINDS = ("prompt",)
 MEDIA_FIELDS = ("images", "videos", "audios")
 
 
+def reversed_columns_hint(columns: dict) -> str:
+    """`` (data.columns maps ... did you mean {instruction: question}?)`` when ``columns`` reads as the reverse
+    mapping (your key -> tuneforge's field, as Axolotl's and LLaMA-Factory's read); "" otherwise."""
+    fields = RECORD_FIELDS + MESSAGE_FIELDS
+    if not any(key not in fields and value in fields for key, value in columns.items()):
+        return ""
+    swapped = {(value if value in fields else key): (key if value in fields else value)
+               for key, value in columns.items()}
+    return (" (data.columns maps tuneforge's field to your key; did you mean data.columns={"
+            + ", ".join(f"{field}: {key}" for field, key in swapped.items()) + "}?)")
+
+
 def check_columns(columns: Optional[dict]) -> dict:
     """Validate ``data.columns`` (canonical field -> record key) and return it as a plain dict."""
     from collections.abc import Mapping
@@ -61,7 +73,8 @@ def check_columns(columns: Optional[dict]) -> dict:
     for canonical, actual in columns.items():
         if canonical not in RECORD_FIELDS + MESSAGE_FIELDS:
             raise DataError(f"data.columns has unknown field '{canonical}'; valid: "
-                            f"{', '.join(RECORD_FIELDS + MESSAGE_FIELDS)} (map each to your record's key)")
+                            f"{', '.join(RECORD_FIELDS + MESSAGE_FIELDS)} (map each to your record's key)"
+                            + reversed_columns_hint(columns))
         if not isinstance(actual, str) or not actual:
             raise DataError(f"data.columns.{canonical} must be a record key name, got {actual!r}")
     return columns
@@ -98,26 +111,27 @@ def detect_format(record: Record, columns: Optional[dict] = None) -> str:
     ``alpaca``, ``input_output``, ``completion`` or ``prompt``.  ``completion`` with a ``label`` (of any value) is KTO, so a
     record with a mark that is not true/false is refused as KTO rather than trained as SFT."""
     view = record_view(record, dict(columns or {}))
-    keys = view.keys()
-    if kto_mark_key(view) or "completion" in keys and view.get("label") is not None:
-        return "kto"
-    if "chosen" in keys or "rejected" in keys:
-        return "preference"
-    if "completion" in keys:
-        return "prompt_completion"
-    if "messages" in keys or "conversations" in keys:
-        return "chat"
-    if "instruction" in keys or "output" in keys:
-        return "alpaca"
-    if "segments" in keys:
-        return "input_output"
-    if "text" in keys:
-        return "completion"
-    if "prompt" in keys:
-        return "prompt"
+    # keys holding null say nothing (a Hugging Face dataset gives every record every column of a mixed file,
+    # null where it had none); a record with only null fields is named by them, as a field set to null
+    found = (_format_of({key for key, value in view.items() if value is not None}, view)
+             or _format_of(set(view), view))
+    if found:
+        return found
     raise DataError(f"{record.source}: cannot tell the record's format from its keys "
                     f"{sorted(map(str, record.data))}; {SUPPORTED_LAYOUTS} "
                     "(map other key names with data.columns, or set data.format)")
+
+
+def _format_of(keys: set, view: dict) -> Optional[str]:
+    """The format these keys of a record announce, in the documented order (None: none)."""
+    if kto_mark_key(view) or "completion" in keys and view.get("label") is not None:
+        return "kto"
+    for fmt, announcing in (("preference", ("chosen", "rejected")), ("prompt_completion", ("completion",)),
+                            ("chat", ("messages", "conversations")), ("alpaca", ("instruction", "output")),
+                            ("input_output", ("segments",)), ("completion", ("text",)), ("prompt", ("prompt",))):
+        if any(key in keys for key in announcing):
+            return fmt
+    return None
 
 
 def kto_mark_key(view: dict) -> Optional[str]:

@@ -93,6 +93,14 @@ def _empty_targets(examples: Sequence[dict]) -> int:
     return len(_empty_target_sources(examples))
 
 
+def _trailing_turn_sources(examples: Sequence[dict]) -> list:
+    """The sources of the conversations that end with a turn that is not the assistant's (a user turn left
+    unanswered), in file order: nothing after their last answer is trained, and their reference is empty."""
+    return sorted((ex.get("source", "?") for ex in _with_targets(examples)
+                   if (ex.get("messages") or [{"role": "assistant"}])[-1].get("role") != "assistant"),
+                  key=_place_order)
+
+
 def _count_phrase(count: int, singular: str, plural: str) -> str:
     """``"1 training example has"`` / ``"2 training examples have"``: ``count`` and the phrase that agrees."""
     return f"{count} {singular if count == 1 else plural}"
@@ -122,7 +130,7 @@ def label_balance(examples: Sequence[dict], max_labels: int = 10) -> tuple:
     """``({target: count}, others)`` when the data is mostly classification: at most ``max_labels`` targets
     that repeat, covering at least two thirds of the examples (``others``: the examples whose target occurs
     once, e.g. general-ability rehearsal rows mixed in); ``(None, 0)`` otherwise."""
-    examples = _with_targets(examples)
+    examples = [ex for ex in _with_targets(examples) if ex.get("messages")]  # answers as text, not token ids
     targets = Counter(prompt_and_target(ex)[1].strip() for ex in examples)
     repeated = {target: count for target, count in targets.most_common() if count > 1}
     covered = sum(repeated.values())
@@ -187,9 +195,16 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
     if report["duplicates"]:
         warnings.append(_count_phrase(report["duplicates"], "training example repeats", "training examples repeat")
                         + " an earlier one" + _for_instance(repeats))
-    if report["empty_targets"]["train"]:
-        warnings.append(_count_phrase(len(empty), "training example has", "training examples have")
-                        + " an empty target" + _for_instance(empty))
+    trailing = _trailing_turn_sources(train)
+    empty_answers = [source for source in empty if source not in set(trailing)]
+    if empty_answers:
+        warnings.append(_count_phrase(len(empty_answers), "training example has", "training examples have")
+                        + " an empty target" + _for_instance(empty_answers))
+    if trailing:
+        warnings.append(_count_phrase(len(trailing), "training conversation ends", "training conversations end")
+                        + " with a turn that is not the assistant's" + _for_instance(trailing) + ": turns after "
+                        "the last answer train nothing, and held out such a conversation is scored against an empty "
+                        "reference; end each conversation with its assistant turn")
     if report["truncated"] or report["dropped"]:
         warnings.append(f"{report['truncated']} examples truncated and {report['dropped']} dropped "
                         "as longer than data.max_length")
@@ -208,7 +223,7 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
             warnings.append(f"labels are imbalanced: {report['labels']}")
     thin = {label: n for label, n in (report.get("val_labels") or {}).items() if n < MIN_HELD_OUT_PER_LABEL}
     if thin and len(report.get("val_labels") or {}) > 1:
-        warnings.append(f"held-out examples per label: {report['val_labels']}; "
+        warnings.append(f"held-out examples per label (of {len(report['val_labels'])} labels): "
                         + ", ".join(f"'{label}' has {n}" for label, n in thin.items())
                         + ", too few to tell how the tuned model does on it (data.stratify=true holds out every "
                         "label in proportion; or hold out more)")

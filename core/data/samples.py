@@ -125,8 +125,17 @@ def _require(record: Record, view: dict, fields: Sequence[str], fmt: str, column
         if null:  # the key is there, its value is JSON null
             raise DataError(f"{record.source}: {fmt} record has {', '.join(null)} set to null; give it a value (a "
                             "string), or leave the record out")
+        prompt_in_input = (fmt == "alpaca" and "instruction" in missing and "instruction" not in columns
+                           and isinstance(view.get("input"), str) and view["input"].strip())
+        hint = (" (the prompt in 'input', as torchtune's input/output records: data.columns={instruction: input})"
+                if prompt_in_input else "")
+        spaced = [str(key) for key in record.data if str(key) != str(key).strip()
+                  and str(key).strip() in [columns.get(field, field) for field in missing]]
+        if spaced:
+            hint += (f" (its key {spaced[0]!r} has spaces around the name: remove them, in a CSV header too, or "
+                     f"map it with data.columns)")
         raise DataError(f"{record.source}: {fmt} record is missing {names} (its keys: "
-                        f"{', '.join(sorted(map(str, record.data)))}); map other key names with data.columns")
+                        f"{', '.join(sorted(map(str, record.data)))}); map other key names with data.columns{hint}")
 
 
 def _history(record: Record, view: dict, columns: dict) -> list[dict]:

@@ -83,10 +83,10 @@ def json_problem(exc: json.JSONDecodeError, column: Optional[int] = None) -> str
     return f"{message} at column {exc.colno if column is None else column}"
 
 
-def _check_object(value: Any, where: str) -> dict:
+def _check_object(value: Any, where: str, hint: str = "") -> dict:
     if not isinstance(value, dict):
         raise DataError(f"{where}: expected a JSON object (a record with named fields), "
-                        f"got {type(value).__name__}")
+                        f"got {type(value).__name__}{hint}")
     return value
 
 
@@ -112,11 +112,20 @@ def read_jsonl(path: str | Path) -> list[Record]:
                 # its end: the column just after the last character
                 column = min(exc.pos, len(line.rstrip("\r\n"))) + 1
                 raise DataError(f"{path}:{lineno}: invalid JSON ({json_problem(exc, column)}); "
-                                "each line must be one JSON object") from None
+                                f"each line must be one JSON object{_array_hint(line, lineno)}") from None
             except RecursionError:
                 raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
-            records.append(Record(_check_object(value, f"{path}:{lineno}"), f"{path}:{lineno}"))
+            hint = _array_hint(line, lineno) if isinstance(value, list) else ""
+            records.append(Record(_check_object(value, f"{path}:{lineno}", hint), f"{path}:{lineno}"))
     return records
+
+
+def _array_hint(line: str, lineno: int) -> str:
+    """For a JSON Lines file whose first line opens a JSON array (a .json array under a .jsonl name): the reader
+    that reads it; "" otherwise."""
+    if lineno != 1 or not line.lstrip().startswith("["):
+        return ""
+    return " (the file holds a JSON array: read it with data=json, or name it .json and use data=files)"
 
 
 def read_json(path: str | Path, *, field: Optional[str] = None, columns: Optional[dict] = None) -> list[Record]:
@@ -165,7 +174,11 @@ def _single_object(path: Path, value: dict, columns: Optional[dict]) -> Record:
     """A ``.json`` file holding one object: one record, or (no record field, a key holding a list of
     objects) a wrapper of the records, refused in one line that names the key."""
     from tuneforge.data.columns import RECORD_FIELDS
+    from tuneforge.data.registries import registry_problem
 
+    problem = registry_problem(path, value)
+    if problem:
+        raise DataError(problem)
     record_keys = set(RECORD_FIELDS) | {key for key in (columns or {}).values() if isinstance(key, str)}
     lists = _record_lists(value)
     if not lists or record_keys & set(map(str, value)):
@@ -203,16 +216,15 @@ def read_csv(path: str | Path) -> list[Record]:
     text = _read_text(path).lstrip("\ufeff")
     if not text.strip():  # empty, or only a byte-order mark / whitespace: no records
         return []
-    rows = csv.reader(text.splitlines(keepends=True))
+    rows = csv.reader(io.StringIO(text, newline=""))  # lines end at \n, \r\n or \r only (not U+2028, \f ...)
     records = []
     try:
         header = next(rows)
-        if len(set(header)) != len(header) or not all(name.strip() for name in header):
-            raise DataError(f"{path}:1: the CSV header must name every column once, got {header}")
+        _check_header(path, header)
         line_after = rows.line_num
         for row in rows:
             start, line_after = line_after + 1, rows.line_num
-            if not row:
+            if not row or len(row) == 1 < len(header) and not row[0].strip():  # a blank or whitespace line
                 continue
             where = f"{path}:{start}"
             if len(row) != len(header):
@@ -222,6 +234,20 @@ def read_csv(path: str | Path) -> list[Record]:
     except csv.Error as exc:
         raise DataError(f"{path}:{rows.line_num}: malformed CSV ({exc})") from None
     return records
+
+
+def _check_header(path: Path, header: list) -> None:
+    """A CSV header names every column once; one that is a pandas index or uses another separator says so."""
+    if len(header) == 1:
+        separator = next((sep for sep in (";", "\t", "|") if len(header[0].split(sep)) > 1
+                          and all(part.strip() for part in header[0].split(sep))), None)
+        if separator:
+            raise DataError(f"{path}:1: the CSV header is one column {header[0]!r}: the file looks separated by "
+                            f"{separator!r}; save it with ',' between cells (comma-separated CSV)")
+    if len(set(header)) != len(header) or not all(name.strip() for name in header):
+        index = (" (an unnamed first column is a pandas index: save with to_csv(..., index=False))"
+                 if not header[0].strip() and len(header) > 1 and all(name.strip() for name in header[1:]) else "")
+        raise DataError(f"{path}:1: the CSV header must name every column once, got {header}{index}")
 
 
 def read_parquet(path: str | Path) -> list[Record]:
@@ -504,6 +530,22 @@ def hf_offline_mode() -> Iterator[None]:
         datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
+#: the ``datasets`` builder that reads a local data file, by suffix (``.gz`` around it too)
+HF_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text",
+               ".arrow": "arrow"}
+
+
+def _hf_builder(path: Path) -> str:
+    """The builder for ``data=hf data.path=<a local file>`` (load_dataset reads it as that builder's data_files)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    suffix = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else (suffixes[-1] if suffixes else "")
+    if suffix not in HF_BUILDERS:
+        raise DataError(f"data.path: {path}: data=hf reads a local file by its suffix; valid: "
+                        f"{', '.join(HF_BUILDERS)} (also .gz), or give the builder as data.path (json, csv, parquet, "
+                        "text) with the file as data.data_files")
+    return HF_BUILDERS[suffix]
+
+
 def read_hf(path: str, split: str = "train", *, subset: Optional[str] = None, data_files: Any = None,
             revision: Optional[str] = None, cache_dir: Optional[str] = None,
             connect_timeout: float = 5.0) -> list[Record]:
@@ -529,6 +571,8 @@ def read_hf(path: str, split: str = "train", *, subset: Optional[str] = None, da
     offline = local or hf_offline_configured() or not hub_reachable(connect_timeout)
     kwargs = dict(path=str(on_disk) if on_disk.exists() else path, name=subset, split=split,
                   data_files=data_files, revision=revision, cache_dir=cache_dir)
+    if on_disk.is_file() and data_files is None:  # load_dataset takes a folder or a builder, not a data file
+        kwargs.update(path=_hf_builder(on_disk), data_files=str(on_disk))
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     try:
         if offline:
