@@ -123,3 +123,40 @@ def test_a_users_own_multirun_yaml_in_the_sweep_dir_is_refused_not_overwritten(t
     assert f"move {sweep / 'multirun.yaml'} out of the folder, or give another hydra.sweep.dir" in lines[0]
     assert (sweep / "multirun.yaml").read_text() == content
     assert [p.name for p in sweep.iterdir()] == ["multirun.yaml"] and "Launching" not in result.stderr
+
+
+@pytest.mark.fault(fault="SIGTERM while a `-m` sweep goes on to its next job (the first job completed, the second "
+                         "one starting, before its run took its lock)",
+                   outcome="exit 143 and one line saying the sweep was between runs, the completed runs kept, then "
+                           "'Resume with:' the same -m command with hydra.sweep.dir=<the sweep dir>; run as printed, "
+                           "the completed job is skipped and the other one trains; exit 0")
+def test_a_sweep_stopped_between_its_runs_says_how_to_resume_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(  # SIGTERM when the second job starts (its log routing)
+        "import os, signal\n"
+        "def _patch():\n"
+        "    import tuneforge.commands.train as patched\n"
+        "    original, calls = patched._route_library_logs, []\n"
+        "    def stop(*a, **k):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 2:\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        return original(*a, **k)\n"
+        "    patched._route_library_logs = stop\n"
+        "_patch()\n")
+    command = ["train", "-m", *FAST, "trainer.max_steps=1", "adapter.r=2,4", f"hydra.sweep.dir={sweep}"]
+    stopped = run_cli(command, cwd=tmp_path,
+                      env={**ENV, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])})
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    *_, line, resume = stopped.stderr.strip().splitlines()
+    assert line == (f"tuneforge: train interrupted by SIGTERM while its -m sweep was between runs (the last run "
+                    f"began: {sweep / '0'}, completed); the runs that completed are kept and are skipped when the "
+                    "sweep resumes.")
+    assert resume.startswith("Resume with: tuneforge train -m ") and resume.endswith(f"hydra.sweep.dir={sweep}")
+    assert _status(sweep / "0")["status"] == "completed" and not _status(sweep / "1")
+    resumed = run_cli(shlex.split(resume.split("Resume with: ", 1)[1])[1:], cwd=tmp_path, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"sweep job 0 (adapter.r=2): completed in {sweep / '0'}; skipped" in resumed.stdout
+    assert _status(sweep / "1")["status"] == "completed"

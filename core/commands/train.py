@@ -28,10 +28,10 @@ def train_command(args: list, debug: bool = False, program: bool = False) -> Non
         return print(train_help(args), end="")
     if print_pruned_job(args):
         return
-    from tuneforge.commands.train_signals import one_line_on_stop_signals
+    from tuneforge.commands.train_signals import RunsBegun, one_line_on_stop_signals
 
     collector = StartupCollector(freeze=program)
-    runs_begun: list = []
+    runs_begun = RunsBegun()
     try:
         with one_line_on_stop_signals(runs_begun):  # before the run's own handling, and after it
             TrainCommand(args, debug, collector, runs_begun).run()
@@ -203,6 +203,8 @@ class TrainCommand:
         from tuneforge.commands.sweep import record_failed_job
 
         began = time.monotonic_ns()
+        if hasattr(self.runs_begun, "resume_sweep"):  # what a stop between two of its runs prints
+            self.runs_begun.resume_sweep = resume_command(self.args, None, _sweep_dir())
         try:
             self.train_job(cfg, in_sweep=True)
         except Exception as exc:
