@@ -213,7 +213,8 @@ def test_llama_factorys_dataset_info_json_is_named_and_translated_into_data_sett
     (folder / "alpaca.json").write_text(json.dumps([{"q": r["instruction"], "a": r["output"]} for r in ROWS]))
     info = {"my_alpaca": {"file_name": "alpaca.json", "columns": {"prompt": "q", "response": "a"}},
             "my_chat": {"file_name": "chat.json", "formatting": "sharegpt", "columns": {"messages": "dialog"},
-                        "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "USER"}}}
+                        "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "USER",
+                                 "assistant_tag": "model", "observation_tag": "observation"}}}
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=2))
     for path in (folder, folder / "dataset_info.json"):
         with pytest.raises(DataError) as caught:
@@ -227,12 +228,34 @@ def test_llama_factorys_dataset_info_json_is_named_and_translated_into_data_sett
     splits = load_files(FilesDataConfig(path=str(folder / "alpaca.json"), columns={"instruction": "q", "output": "a"},
                                         cache=False, val_size=1), tiny())
     assert len(splits.train) == 5
-    # the chat entry: message keys and role names it cannot map are said too
+    # the chat entry: message keys as data.columns, role names tuneforge does not read as they are as data.roles
+    # (USER is 'user' in any case, 'observation' is read as it is; 'model' was "not read: rename them")
     (folder / "dataset_info.json").write_text(json.dumps({"my_chat": info["my_chat"]}))
     with pytest.raises(DataError, match=r"data.path=\S+chat.json 'data.columns=\{conversations: dialog, role: "
-                                        r"speaker, content: text\}' \(its role names USER are not read: rename them "
-                                        r"to user/assistant/system in the file\); a data folder"):
+                                        r"speaker, content: text\}' 'data.roles=\{model: assistant\}'; a data folder"):
         read_records(folder / "dataset_info.json")
+    # and what it says loads
+    (folder / "dataset_info.json").unlink()
+    chat = [{"dialog": [{"speaker": "USER", "text": f"Q{i}"}, {"speaker": "model", "text": f"A{i}"}]} for i in range(3)]
+    (folder / "chat.json").write_text(json.dumps(chat))
+    splits = load_files(FilesDataConfig(path=str(folder / "chat.json"), cache=False, val_size=0,
+                                        columns={"conversations": "dialog", "role": "speaker", "content": "text"},
+                                        roles={"model": "assistant"}), tiny())
+    assert [m["role"] for m in splits.train[0]["messages"]] == ["user", "assistant"]
+
+
+def test_llama_factory_role_tags_become_data_roles_only_where_tuneforge_reads_the_name_otherwise():
+    from pathlib import Path
+
+    from tuneforge.data.registries import registry_problem
+
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "Human", "assistant_tag": "gpt",
+            "system_tag": "sys", "observation_tag": "tool_output", "function_tag": "function_call"}
+    problem = registry_problem(Path("lf/dataset_info.json"), {"e": {"file_name": "d.json", "tags": tags}})
+    assert "data.path=lf/d.json 'data.roles={sys: system, tool_output: observation}'; a data folder" in problem
+    # a function tag named like another role is a tool-call turn, not a plain answer
+    problem = registry_problem(Path("i.json"), {"e": {"file_name": "d.json", "tags": {"function_tag": "gpt"}}})
+    assert "'data.roles={gpt: function_call}'" in problem
 
 
 def test_a_json_array_under_a_jsonl_name_says_which_reader_reads_it(tmp_path):

@@ -487,3 +487,94 @@ def test_preference_and_kto_losses_refuse_input_output_data(tmp_path, loss, kind
         run_tiny_fit(tmp_path / "run", overrides=[f"data.path={path}", f"loss={loss}"])
     assert f"{loss} trains on {kind} examples, but data=" in str(info.value)
     assert "gives input_output examples" in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# 6. Role names of other projects: data.roles (your role name -> tuneforge's role)
+# ---------------------------------------------------------------------------
+
+def _roles_config(roles, tmp_path=None, **options) -> DataConfig:
+    return DataConfig(roles=roles, val_size=0, cache=tmp_path is not None,
+                      cache_dir=str(tmp_path / "cache") if tmp_path else None, **options)
+
+
+def test_gemini_model_and_custom_role_names_are_read_with_data_roles():
+    """Gemini writes the answer as role 'model', other datasets 'BOT': both were refused with no way to map
+    them; with data.roles they train exactly as 'assistant' turns."""
+    gemini = {"messages": [user("Hi"), {"role": "model", "content": "Hello."}]}
+    want = [(turn("user", "Hi") + GEN, False), ("Hello." + END, True)]
+    message = refused(gemini)
+    assert ("messages[1] has role 'model'; valid: system, user, human, assistant, gpt, function_call, tool, "
+            "observation, function; map another name with data.roles={model: assistant} (your role name -> "
+            "tuneforge's: system, user, assistant, tool, function_call)") in message
+    assert "data.roles={narrator: <role>}, <role> one of system, user" in refused(
+        {"messages": [user("Hi"), {"role": "narrator", "content": "x"}]})
+    example = one(gemini, roles={"model": "assistant"})
+    assert (example["input_ids"], example["labels"]) == expected(want)
+    assert example["messages"][1]["role"] == "assistant"
+    custom = {"conversations": [{"from": "USER", "value": "Hi"}, {"from": "BOT", "value": "Hello."}]}
+    assert "has role 'BOT'" in refused(custom) and "data.roles={BOT: assistant}" in refused(custom)
+    example = one(custom, roles={"BOT": "assistant"})  # USER is 'user' in any case already
+    assert (example["input_ids"], example["labels"]) == expected(want)
+    # through the shared loader (prepare_splits reads data.roles from the dataset config), names in any case
+    splits = prepare_splits([Record(custom, "m:1"), Record(gemini, "m:2")], tiny_tokenizer(),
+                            _roles_config({"bot": "Assistant", "MODEL": "assistant"}))
+    assert [ex["messages"][1]["role"] for ex in splits.train] == ["assistant", "assistant"]
+
+
+def test_axolotls_roles_mapping_and_tool_roles_map_too():
+    """Axolotl's `roles:` lists your names under tuneforge's role; a mapped tool name keeps its meaning."""
+    record = {"messages": [{"role": "human", "content": "Weather?"},
+                           {"role": "caller", "content": '{"name": "weather", "arguments": {}}'},
+                           {"role": "tool_output", "content": "sunny"}, {"role": "model", "content": "Sunny."}]}
+    roles = {"assistant": ["model", "bot"], "function_call": ["caller"], "tool": ["tool_output"]}
+    example = one(record, roles=roles)
+    assert [m["role"] for m in example["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert example["messages"][1]["tool_calls"][0]["function"]["name"] == "weather"
+
+
+@pytest.mark.parametrize("roles, problem", [
+    ({"model": "bot"}, "data.roles: 'model' maps to 'bot', not a role tuneforge reads; valid: system, user, "
+                       "assistant, tool, function_call"),
+    ({"assistant": "model"}, "(data.roles maps your role name to tuneforge's; did you mean data.roles={model: "
+                             "assistant}?)"),
+    ({"model": "assistant", "MODEL": "user"}, "data.roles: 'MODEL' is mapped to both assistant and user; keep one"),
+    ({"bot": ["model"]}, "data.roles: 'bot' holds a list of role names (Axolotl's form: tuneforge's role -> your "
+                         "names), so it must be one of system, user, assistant, tool, function_call"),
+    (["model"], "data.roles: must be a mapping your role name -> tuneforge's role, like {model: assistant}"),
+])
+def test_bad_data_roles_are_refused_when_the_config_is_checked_in_one_line(roles, problem):
+    from tuneforge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:  # the host names it data.roles (tuneforge: error: data.roles: ...)
+        DataConfig(roles=roles)
+    assert info.value.field == "roles" and "\n" not in str(info.value), str(info.value)
+    assert problem.replace("data.roles: ", "roles: ") in str(info.value)
+    with pytest.raises(DataError) as info:  # the shared loader checks a config that was not (any object)
+        one({"messages": [user("Hi"), bot("x")]}, roles=roles)
+    assert problem in str(info.value)
+
+
+def test_data_roles_are_part_of_the_cache_key(tmp_path):
+    records = [Record({"messages": [user("Hi"), {"role": "model", "content": f"Hello {i}."}]}, f"m:{i}")
+               for i in range(3)]
+    first = prepare_splits(records, tiny_tokenizer(), _roles_config({"model": "assistant"}, tmp_path))
+    again = prepare_splits(records, tiny_tokenizer(), _roles_config({"MODEL": "assistant"}, tmp_path))
+    assert (first.stats["cache"], again.stats["cache"]) == ("miss", "hit")
+    swapped = [Record({"messages": [{"role": "model", "content": "Hi"}, {"role": "ai", "content": "Yo."}]}, "s:1")]
+    as_user = prepare_splits(swapped, tiny_tokenizer(), _roles_config({"model": "user", "ai": "assistant"}, tmp_path))
+    as_system = prepare_splits(swapped, tiny_tokenizer(),
+                               _roles_config({"model": "system", "ai": "assistant"}, tmp_path))
+    assert (as_user.stats["cache"], as_system.stats["cache"]) == ("miss", "miss")
+    assert as_user.train[0]["input_ids"] != as_system.train[0]["input_ids"]
+
+
+def test_data_roles_is_a_data_setting_of_every_dataset_on_the_command_line(tmp_path):
+    from tuneforge.commands.data import show
+
+    path = tmp_path / "gemini.jsonl"
+    path.write_text("".join(json.dumps({"contents": [user(f"Q{i}"), {"role": "model", "content": f"A{i}"}]}) + "\n"
+                            for i in range(4)))
+    text = show(["model=tiny", "data=jsonl", f"data.path={path}", "data.columns={messages: contents}",
+                 "data.roles={model: assistant}", "data.cache=false", "data.shuffle=false"], count=1)
+    assert "<|im_start|>assistant\n[[A1<|im_end|>\n]]" in text

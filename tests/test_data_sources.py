@@ -154,6 +154,53 @@ def test_bad_json_line_names_file_and_line(tmp_path):
         read_records(path)
 
 
+@pytest.mark.parametrize("encoding, shown, sign", [
+    ("utf-16", "UTF-16", "it starts with a UTF-16 byte-order mark"),
+    ("utf-16-le", "UTF-16LE", "UTF-16LE without a byte-order mark: every other byte of its text is NUL"),
+    ("utf-16-be", "UTF-16BE", "UTF-16BE without a byte-order mark: every other byte of its text is NUL"),
+    ("utf-32", "UTF-32", "it starts with a UTF-32 byte-order mark"),
+    ("utf-32-le", "UTF-32LE", "UTF-32LE without a byte-order mark: three bytes in four of its text are NUL"),
+])
+@pytest.mark.parametrize("name", ["train.jsonl", "train.csv", "train.json", "train.jsonl.gz"])
+def test_a_utf16_or_utf32_file_is_named_as_such_with_how_to_convert_it(tmp_path, encoding, shown, sign, name):
+    """Excel's "Unicode text" and Windows tools save UTF-16: it was "not UTF-8 text (byte 0 of the line)", or
+    without a byte-order mark "invalid JSON (Expecting property name ...)", saying neither what nor how."""
+    import gzip
+
+    text = ("instruction,output\n" + "".join(f"{r['instruction']},{r['output']}\n" for r in ROWS)
+            if name.endswith(".csv") else json.dumps(ROWS) if name.endswith(".json")
+            else "".join(json.dumps(r) + "\n" for r in ROWS))
+    path = tmp_path / name
+    data = text.encode(encoding)
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    family = shown[:6]
+    plain = name.removesuffix(".gz")
+    utf8 = plain.replace("train.", "train.utf8.")
+    convert = (f"gunzip -c {name} | iconv -f {shown} -t UTF-8 > {utf8}" if name.endswith(".gz")
+               else f"iconv -f {shown} -t UTF-8 {name} > {utf8}")
+    for kind in ("auto", "jsonl" if name.startswith("train.jsonl") else name.rsplit(".", 1)[1]):
+        with pytest.raises(DataError) as info:
+            read_records(path, kind)
+        assert str(info.value) == (f"{path}:1: the file is {family} text, not UTF-8 ({sign}); convert it to "
+                                   f"UTF-8, e.g. {convert}")
+    if name.endswith(".gz"):
+        return
+    converted = tmp_path / "converted" / name
+    converted.parent.mkdir()
+    converted.write_bytes(data.decode(encoding).encode("utf-8"))  # what iconv writes
+    assert len(read_records(converted)) == len(ROWS)
+
+
+def test_utf8_text_with_wide_characters_is_not_taken_for_utf16(tmp_path):
+    from tuneforge.data.encodings import wide_encoding
+
+    rows = [{"text": "日本語のテキスト 🌤️ " * 3}, {"text": "Ünïcödé"}, {"text": "x"}]
+    path = tmp_path / "u.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8-sig")
+    assert [r.data for r in read_records(path)] == rows
+    assert wide_encoding(path.read_bytes()) is None and wide_encoding(b"") is None and wide_encoding(b"{}") is None
+
+
 def test_bad_json_array_and_csv_rows_name_their_line(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('[\n {"text": "a"},\n {"text": }\n]', encoding="utf-8")

@@ -196,12 +196,81 @@ def test_a_conversation_ending_with_a_user_turn_is_named_as_such_not_as_an_empty
              + ([{"role": "user", "content": "thanks!"}] if i in (2, 4) else [])} for i in range(6)]
     train = _write(tmp_path / "t.jsonl", chat + [_qa("blank", " ")])
     report = quality.assess(_splits(train, _write(tmp_path / "v.jsonl", [_qa("other", "x")])))
-    assert report["empty_targets"]["train"] == 3  # held out, their reference would be empty
+    assert report["empty_targets"]["train"] == 1  # the trailing conversations' target is their last answer
     assert f"1 training example has an empty target (e.g. {train}:7)" in report["warnings"]
     trailing = [w for w in report["warnings"] if "not the assistant's" in w]
     assert trailing == [f"2 training conversations end with a turn that is not the assistant's (e.g. {train}:3, "
                         f"{train}:5): turns after the last answer train nothing, and held out such a conversation "
-                        "is scored against an empty reference; end each conversation with its assistant turn"]
+                        "is scored on its last answer, the turns after it left out of the prompt; end each "
+                        "conversation with its assistant turn"]
+
+
+def test_a_held_out_conversation_ending_with_a_user_turn_is_scored_on_its_last_answer(tmp_path):
+    """It was scored against an empty reference (every generation a miss, whatever the model learned), with
+    the unanswered turn as the prompt: the reference is the last answer, the prompt the turns before it, as
+    in training; the data report reads it the same way (duplicates, leakage, labels) and stratify too."""
+    from tuneforge.evaluation import prompts_and_references, split_example
+
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of Peru?"},
+             {"role": "assistant", "content": "Lima"}, {"role": "user", "content": "thanks!"},
+             {"role": "user", "content": "bye"}]
+    val = _write(tmp_path / "v.jsonl", [{"messages": turns}])
+    splits = _splits(_write(tmp_path / "t.jsonl", [_qa("Capital of Chile?", "Santiago")] * 2), val)
+    held = splits.val[0]
+    assert split_example(held) == (turns[:2], "Lima")
+    prompts, references = prompts_and_references(build_tiny_tokenizer(), [held])
+    assert references == ["Lima"] and prompts[0].endswith("Capital of Peru?<|im_end|>\n<|im_start|>assistant\n")
+    assert "thanks!" not in prompts[0]
+    assert quality.prompt_and_target(held) == ("system: Be brief.\nuser: Capital of Peru?", "Lima")
+    assert quality.assess(splits)["empty_targets"]["val"] == 0
+    # a prompt without any answer stays all prompt, with an empty reference (what a prompt record is)
+    assert split_example({"messages": turns[:2]}) == (turns[:2], "")
+    # data.stratify labels such a conversation by its last answer too (it was refused as having none)
+    rows = [{"messages": turns[1:]}] * 4 + [_qa(f"q{i}", "Paris") for i in range(4)]
+    stratified = _splits(_write(tmp_path / "s.jsonl", rows), "null", stratify="true", val_size=2)
+    assert sorted(quality.prompt_and_target(ex)[1] for ex in stratified.val) == ["Lima", "Paris"]
+
+
+def test_an_empty_rejected_response_is_warned_about_as_an_empty_chosen_one_is(tmp_path):
+    """An empty 'chosen' was warned about ("has an empty target"), an empty 'rejected' not at all."""
+    rows = ([_pair(0, "Good answer.", ""), _pair(1, "", "Bad answer."), _pair(2, "Fine.", "   ")]
+            + [_pair(i, f"good {i}", f"bad {i}") for i in range(3, 8)])
+    train = _write(tmp_path / "p.jsonl", rows)
+    val = _write(tmp_path / "pv.jsonl", [_pair(99, "yes", ""), _pair(98, "yes", "no")])
+    report = quality.assess(_splits(train, val, shuffle="false"))
+    assert report["empty_targets"] == {"train": 1, "val": 0}
+    assert f"1 training example has an empty target (e.g. {train}:2)" in report["warnings"]
+    assert report["empty_rejected"] == {"train": 2, "val": 1}
+    assert report["empty_rejected_sources"] == [f"{train}:1", f"{train}:3"]
+    assert (f"2 training examples have an empty rejected response (e.g. {train}:1, {train}:3): the pair teaches "
+            "only that an answer beats none; give each pair its rejected response") in report["warnings"]
+    quality.check(report, QualityConfig())  # a warning, not a stop
+    assert "empty_rejected" not in quality.assess(_splits(*_default_files(tmp_path)))
+
+
+def test_preference_token_counts_read_both_sides_and_over_long_rejected_ones_are_counted(tmp_path):
+    """Only the chosen side (input_ids) was counted: a pair whose rejected response was far longer showed the
+    chosen length as its longest, so max_length looked safe when it was not."""
+    long_rejected = _pair(0, "Short.", "word " * 40)
+    rows = [long_rejected] + [_pair(i, f"good {i}", f"bad {i}") for i in range(1, 6)]
+    train = _write(tmp_path / "p.jsonl", rows)
+    val = _write(tmp_path / "pv.jsonl", [_pair(99, "yes " * 30, "no")])
+    splits = _splits(train, val, shuffle="false", max_length=512)
+    pair = splits.train[0]
+    chosen, rejected = len(pair["chosen_input_ids"]), len(pair["rejected_input_ids"])
+    assert rejected > chosen + 150
+    tokens = quality.assess(splits)["tokens"]
+    assert tokens["train"]["max"] == rejected
+    assert tokens["train"]["total"] == sum(len(ex["chosen_input_ids"]) + len(ex["rejected_input_ids"])
+                                           for ex in splits.train)
+    assert tokens["val"]["max"] == len(splits.val[0]["chosen_input_ids"])  # the longer side, chosen here
+    # truncation and drops count a pair over max_length on either side
+    cut = _splits(train, val, shuffle="false", max_length=chosen + 5)
+    assert (cut.stats["truncated"], cut.stats["dropped"]) == (2, 0)  # the long rejected one, the long chosen one
+    assert len(cut.train[0]["rejected_input_ids"]) == chosen + 5
+    dropped = _splits(train, val, shuffle="false", max_length=chosen + 5, truncation="drop")
+    assert (dropped.stats["truncated"], dropped.stats["dropped"]) == (0, 2)
+    assert f"{train}:1" not in [ex["source"] for ex in dropped.train]
 
 
 def test_label_balance_reads_answers_as_text_never_token_ids(tmp_path):

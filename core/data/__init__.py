@@ -56,6 +56,7 @@ from tuneforge.data.columns import (
     check_columns,
     detect_format,
 )
+from tuneforge.data.messages import ROLE_TARGETS, roles_problem
 from tuneforge.data.record_keys import unused_key_summary
 from tuneforge.data.samples import Sample, normalize, normalize_records, to_messages
 from tuneforge.data.sources import (
@@ -142,6 +143,10 @@ DATA_CONFIG_FIELDS = f"""
         names, e.g. ``data.columns={{instruction: question, output: answer}}`` (null: none).
         Canonical fields: {", ".join(RECORD_FIELDS)}, and
         {", ".join(MESSAGE_FIELDS)} (the keys inside each message).
+    roles: a mapping your role name -> tuneforge's role, for messages whose roles are named
+        otherwise, e.g. ``data.roles={{model: assistant, BOT: assistant}}`` (Gemini, custom names;
+        null: none).  Roles: {", ".join(ROLE_TARGETS)}; Axolotl's ``roles`` (tuneforge's role -> a
+        list of your names, ``{{assistant: [model, bot]}}``) is read too.  Names match in any case.
 """ + """    val_fraction: share of the records held out for validation when no separate
         validation data is given (at least one record when > 0).
     val_size: number of records held out instead of ``val_fraction`` (0: none).
@@ -181,6 +186,7 @@ class DataConfig:
 
     format: str = "auto"
     columns: Any = None
+    roles: Any = None
     val_fraction: float = 0.1
     val_size: Optional[int] = None
     stratify: bool = False
@@ -201,9 +207,9 @@ class DataConfig:
     DATA_FILES: ClassVar[tuple] = ("chat_template",)
 
     def __post_init__(self) -> None:
-        check(self, format=one_of(*FORMATS), columns=_columns_problem, val_fraction=between(0, 1, include_high=False),
-              val_size=at_least(0), max_examples=at_least(1), max_length=at_least(1),
-              truncation=one_of("truncate", "drop"), chat_template=_template_file_problem,
+        check(self, format=one_of(*FORMATS), columns=_columns_problem, roles=roles_problem,
+              val_fraction=between(0, 1, include_high=False), val_size=at_least(0), max_examples=at_least(1),
+              max_length=at_least(1), truncation=one_of("truncate", "drop"), chat_template=_template_file_problem,
               max_record_chars=at_least(1), oversized_records=one_of("error", "drop"))
 
 
@@ -286,7 +292,7 @@ def prepare_splits(records: Sequence[Record | dict], tokenizer, config, *, val_r
     if not records:
         raise DataError(f"{origin}: no records left: all were over data.max_record_chars={limit:,} "
                         "(data.oversized_records=drop)")
-    columns = check_columns(config.columns)
+    columns = check_columns(config.columns, config.roles)  # carrying data.roles to the message reader
     in_file_order = list(records) + list(val_records or []) + list(rehearsal)
     samples = normalize_records(in_file_order, config.format, columns)
     unused = unused_key_summary([record.source for record in in_file_order], [sample.unused for sample in samples])
@@ -313,7 +319,7 @@ def prepare_splits(records: Sequence[Record | dict], tokenizer, config, *, val_r
     train_records = interleave(train_records, rehearsal)
     options = dict(fmt=config.format, max_length=config.max_length, truncation=config.truncation,
                    chat_template=config.chat_template, train_on_inputs=config.train_on_inputs,
-                   columns=columns)
+                   columns=columns, **({"roles": columns.roles} if columns.roles else {}))
 
     chosen_template = resolve_chat_template(tokenizer, config.chat_template) if config.chat_template else None
     path, cached = None, None

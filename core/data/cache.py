@@ -26,8 +26,9 @@ from typing import Any, Optional
 log = logging.getLogger("tuneforge")
 
 #: bump when the tokenized output of the same inputs changes
-CACHE_VERSION = 7  # 4: per-message weight/train marks, alpaca history, prompt_completion; 5: input_output;
-#                   6: loss_weight marks; 7: an opening assistant turn's role header is not trained
+CACHE_VERSION = 8  # 4: per-message weight/train marks, alpaca history, prompt_completion; 5: input_output;
+#                   6: loss_weight marks; 7: an opening assistant turn's role header is not trained;
+#                   8: preference examples keep rejected_messages (the quality report reads the rejected text)
 
 #: tokenizer init arguments that name files or locations, not content
 _LOCATION_KWARGS = ("name_or_path", "cache_dir", "local_files_only", "revision", "token", "use_auth_token",

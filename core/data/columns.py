@@ -63,10 +63,24 @@ def reversed_columns_hint(columns: dict) -> str:
             + ", ".join(f"{field}: {key}" for field, key in swapped.items()) + "}?)")
 
 
-def check_columns(columns: Optional[dict]) -> dict:
-    """Validate ``data.columns`` (canonical field -> record key) and return it as a plain dict."""
+class Columns(dict):
+    """``data.columns`` checked (canonical field -> record key), carrying ``roles``: ``data.roles`` checked
+    (``{your role name, lowercase: tuneforge's role name}``, :func:`tuneforge.data.messages.check_roles`),
+    which the message reader applies wherever the columns go."""
+
+    def __init__(self, columns: Optional[dict] = None, roles: Optional[dict] = None):
+        super().__init__(columns or {})
+        self.roles = dict(roles or {})
+
+
+def check_columns(columns: Optional[dict], roles: Optional[dict] = None) -> Columns:
+    """Validate ``data.columns`` (canonical field -> record key) and ``data.roles`` (your role name ->
+    tuneforge's; None: the roles ``columns`` already carries) and return them as :class:`Columns`."""
     from collections.abc import Mapping
 
+    from tuneforge.data.messages import check_roles
+
+    roles = check_roles(roles) if roles is not None else getattr(columns, "roles", {})
     if columns is not None and not isinstance(columns, Mapping):
         raise DataError(f"data.columns must be a mapping like {{instruction: question}}, got {columns!r}")
     columns = dict(columns or {})
@@ -77,7 +91,7 @@ def check_columns(columns: Optional[dict]) -> dict:
                             + reversed_columns_hint(columns))
         if not isinstance(actual, str) or not actual:
             raise DataError(f"data.columns.{canonical} must be a record key name, got {actual!r}")
-    return columns
+    return Columns(columns, roles)
 
 
 def record_view(record: Record, columns: dict) -> dict:

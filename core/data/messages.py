@@ -29,6 +29,16 @@ from tuneforge.errors import DataError
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
                 "gpt": "assistant", "function_call": "assistant", "tool": "tool", "observation": "tool",
                 "function": "tool"}
+#: the roles ``data.roles`` maps your role names to -> what a message of that role is (a name of
+#: :data:`ROLE_ALIASES` is accepted as a target too: ``gpt``, ``observation`` ...)
+ROLE_TARGETS = {"system": "the system prompt", "user": "the user's turn", "assistant": "the answer, trained",
+                "tool": "a tool's result", "function_call": "an assistant turn whose text is the tool call as JSON"}
+#: role names other projects use -> the role they most likely mean (the hint of the unknown-role error)
+_LIKELY_ROLES = {"model": "assistant", "bot": "assistant", "ai": "assistant", "chatbot": "assistant",
+                 "agent": "assistant", "answer": "assistant", "response": "assistant", "usr": "user",
+                 "customer": "user", "client": "user", "question": "user", "prompt": "user", "person": "user",
+                 "sys": "system", "developer": "system", "instruction": "system", "ipython": "tool",
+                 "tool_response": "tool", "tool_result": "tool", "tool_call": "function_call"}
 #: per-message training marks: OpenAI fine-tuning's ``weight``, LLaMA-Factory's ``loss_weight`` (its v1
 #: messages) and Axolotl's ``train``
 MARK_KEYS = ("weight", "loss_weight", "train")
@@ -36,6 +46,81 @@ MARK_KEYS = ("weight", "loss_weight", "train")
 NUMERIC_MARK_KEYS = ("weight", "loss_weight")
 #: how errors write "marked not to train"
 UNTRAINED_MARKS = "'weight': 0 / 'loss_weight': 0 / 'train': false"
+
+
+def _role_names() -> str:
+    return ", ".join(ROLE_TARGETS)
+
+
+def _roles_and_problem(roles: Any) -> tuple[dict, Optional[str]]:
+    """``data.roles`` as ``{your role name, lowercase: a name of ROLE_ALIASES}`` and what is wrong with it
+    (None: nothing).  It maps your role name to tuneforge's (``{model: assistant}``); Axolotl's ``roles``
+    (tuneforge's role -> a list of your names, ``{assistant: [model, bot]}``) is read too."""
+    from collections.abc import Mapping, Sequence
+
+    if roles is None:
+        return {}, None
+    if not isinstance(roles, Mapping):
+        return {}, f"must be a mapping your role name -> tuneforge's role, like {{model: assistant}}, got {roles!r}"
+    flat: dict = {}
+    for name, target in roles.items():
+        if not isinstance(name, str) or not name:
+            return {}, f"a role name must be a non-empty string, got {name!r}"
+        if isinstance(target, Sequence) and not isinstance(target, str):  # Axolotl: tuneforge's role -> names
+            if name.lower() not in ROLE_ALIASES:
+                return {}, (f"'{name}' holds a list of role names (Axolotl's form: tuneforge's role -> your names), "
+                            f"so it must be one of {_role_names()}")
+            pairs = [(item, name.lower()) for item in target]
+        elif isinstance(target, str) and target.lower() in ROLE_ALIASES:
+            pairs = [(name, target.lower())]
+        else:
+            reverse = (" (data.roles maps your role name to tuneforge's; did you mean "
+                       f"data.roles={{{target}: {name}}}?)" if isinstance(target, str) and name.lower() in ROLE_ALIASES
+                       else "")
+            return {}, f"'{name}' maps to {target!r}, not a role tuneforge reads; valid: {_role_names()}{reverse}"
+        for item, role in pairs:
+            if not isinstance(item, str) or not item:
+                return {}, f"{name}: a role name must be a non-empty string, got {item!r}"
+            if flat.get(item.lower(), role) != role:
+                return {}, f"'{item}' is mapped to both {flat[item.lower()]} and {role}; keep one"
+            flat[item.lower()] = role
+    return flat, None
+
+
+def roles_problem(roles: Any) -> Optional[str]:
+    """What is wrong with a ``data.roles`` value (None: nothing), for the config check."""
+    return _roles_and_problem(roles)[1]
+
+
+def check_roles(roles: Any) -> dict:
+    """``data.roles`` checked and flattened: ``{your role name, lowercase: a name of ROLE_ALIASES}``; a bad
+    value is a one-line error naming what is valid."""
+    flat, problem = _roles_and_problem(roles)
+    if problem:
+        raise DataError(f"data.roles: {problem}")
+    return flat
+
+
+def resolve_role(role: Any, roles: dict) -> Optional[str]:
+    """The name of :data:`ROLE_ALIASES` a message's role value stands for (``roles``: :func:`check_roles`
+    first, then the built-in names; case does not matter), or None for a role tuneforge cannot read."""
+    if not isinstance(role, str):
+        return None
+    role = role.lower()
+    return roles.get(role) or (role if role in ROLE_ALIASES else None)
+
+
+def unknown_role(record: Record, where: str, role: Any, roles: dict) -> DataError:
+    """The error for a message whose role is neither a built-in name nor one ``data.roles`` maps, suggesting
+    the ``data.roles`` entry that would read it."""
+    valid = ", ".join([*ROLE_ALIASES, *(f"{name} (data.roles)" for name in roles)])
+    hint = ""
+    if isinstance(role, str) and role.strip():
+        target = _LIKELY_ROLES.get(role.lower(), "<role>")
+        hint = (f"; map another name with data.roles={{{role}: {target}}}"
+                + (f", <role> one of {_role_names()}" if target == "<role>" else f" (your role name -> "
+                   f"tuneforge's: {_role_names()})"))
+    return DataError(f"{record.source}: {where} has role {role!r}; valid: {valid}{hint}")
 
 
 def as_string(record: Record, what: str, value: Any) -> str:
@@ -207,7 +292,9 @@ def parse_messages(record: Record, what: str, value: Any, columns: dict,
     ``tool_calls`` (OpenAI ``tool_calls`` / legacy ``function_call`` on an
     assistant message; a ShareGPT ``function_call`` turn whose value is the call
     as JSON) and ``tool`` messages (OpenAI ``role: tool``/``function``,
-    ShareGPT ``observation``), which must follow a tool call.  ``view`` (the
+    ShareGPT ``observation``), which must follow a tool call.  Role names are read case-insensitively:
+    the built-in ones (:data:`ROLE_ALIASES`) and those ``data.roles`` maps (``columns.roles``, carried by
+    :func:`~tuneforge.data.columns.check_columns`).  ``view`` (the
     record's :class:`~tuneforge.data.record_keys.KeyReads`) notes the message
     keys that went unread.
     """
@@ -220,6 +307,7 @@ def parse_messages(record: Record, what: str, value: Any, columns: dict,
         raise DataError(f"{record.source}: {what} must be a non-empty list of {{role, content}} or "
                         f"{{from, value}} objects, got {type(value).__name__ if value != [] else 'an empty list'}")
     role_key, content_key = columns.get("role", "role"), columns.get("content", "content")
+    roles = getattr(columns, "roles", None) or {}  # data.roles, carried by the checked columns
     messages, marks = [], []
     for i, message in enumerate(value):
         where = f"{what}[{i}]"
@@ -235,9 +323,9 @@ def parse_messages(record: Record, what: str, value: Any, columns: dict,
         else:
             raise DataError(f"{record.source}: {where} needs '{role_key}' and '{content_key}' (OpenAI) or "
                             f"'from' and 'value' (ShareGPT); it has {sorted(map(str, message))}")
-        if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
-            raise DataError(f"{record.source}: {where} has role {role!r}; valid: {', '.join(ROLE_ALIASES)}")
-        role = role.lower()
+        if resolve_role(role, roles) is None:
+            raise unknown_role(record, where, role, roles)
+        role = resolve_role(role, roles)
         messages.append(_message(record, where, role, content, calls, message, messages))
         marks.append(message_mark(record, where, message, messages[-1]["role"]))
         if view is not None:

@@ -7,10 +7,10 @@ balance.  :func:`check` turns the serious problems into one
 :class:`~tuneforge.errors.DataError` unless the ``quality`` config allows them.
 
 Examples are compared by their normalised prompt + target text (lowercase,
-whitespace collapsed): the prompt is every message but the final assistant
-turn, the target is that turn (a tool-call turn's text includes its calls,
-see :func:`tuneforge.data.message_text`).  Examples without ``messages`` (raw token
-datasets) are compared by their token ids.
+whitespace collapsed): the target is the last assistant turn (a tool-call turn's text includes its calls,
+see :func:`tuneforge.data.message_text`), the prompt every message before it; turns after it (a user
+turn left unanswered) are neither, as in evaluation (:func:`tuneforge.evaluation.split_example`).
+Examples without ``messages`` (raw token datasets) are compared by their token ids.
 """
 
 from __future__ import annotations
@@ -28,14 +28,21 @@ def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def prompt_and_target(example: dict) -> tuple[str, str]:
-    """``(prompt text, target text)`` of an example (messages joined by role)."""
-    messages = example.get("messages")
+def last_answer(messages) -> Optional[int]:
+    """The index of the last assistant turn of ``messages`` (None: there is none)."""
+    return next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "assistant"), None)
+
+
+def prompt_and_target(example: dict, key: str = "messages") -> tuple[str, str]:
+    """``(prompt text, target text)`` of an example (messages joined by role): the target is the last
+    assistant turn, the prompt the messages before it (no assistant turn: all of them, and no target);
+    ``key="rejected_messages"``: the rejected side of a preference pair."""
+    messages = example.get(key)
     if messages:
-        final = messages[-1] if messages[-1]["role"] == "assistant" else None
-        prompt_turns = messages[:-1] if final else messages
+        final = last_answer(messages)
+        prompt_turns = messages[:final] if final is not None else messages
         prompt = "\n".join(f"{m['role']}: {message_text(m)}" for m in prompt_turns)
-        return prompt, message_text(final) if final else ""
+        return prompt, message_text(messages[final]) if final is not None else ""
     ids = example.get("input_ids", [])
     labels = example.get("labels", [])
     return " ".join(map(str, ids)), " ".join(str(t) for t in labels if t != IGNORE_INDEX)
@@ -47,12 +54,20 @@ def example_key(example: dict) -> str:
     return _normal(prompt) + "\x00" + _normal(target)
 
 
+#: the token sequences of a preference pair (``input_ids`` is a copy of the chosen side)
+PAIR_SIDES = ("chosen_input_ids", "rejected_input_ids")
+
+
 def _token_stats(examples: Sequence[dict]) -> dict:
-    lengths = [len(ex.get("input_ids", [])) for ex in examples]
+    """``min``, ``median`` and ``max`` tokens per example and their ``total``; a preference pair counts as
+    its longer side (the one ``data.max_length`` cuts first), its total as both sides."""
+    sides = [[len(ex[key]) for key in PAIR_SIDES if key in ex] or [len(ex.get("input_ids", []))]
+             for ex in examples]
+    lengths = [max(lengths) for lengths in sides]
     if not lengths:
         return {"min": 0, "median": 0, "max": 0, "total": 0}
     return {"min": min(lengths), "median": float(statistics.median(lengths)), "max": max(lengths),
-            "total": sum(lengths)}
+            "total": sum(map(sum, sides))}
 
 
 def _duplicates(keys: Sequence[str]) -> int:
@@ -93,9 +108,16 @@ def _empty_targets(examples: Sequence[dict]) -> int:
     return len(_empty_target_sources(examples))
 
 
+def _empty_rejected_sources(examples: Sequence[dict]) -> list:
+    """The sources of the preference pairs whose rejected response is empty or whitespace, in file order."""
+    return sorted((ex.get("source", "?") for ex in examples if ex.get("rejected_messages")
+                   and not prompt_and_target(ex, "rejected_messages")[1].strip()), key=_place_order)
+
+
 def _trailing_turn_sources(examples: Sequence[dict]) -> list:
     """The sources of the conversations that end with a turn that is not the assistant's (a user turn left
-    unanswered), in file order: nothing after their last answer is trained, and their reference is empty."""
+    unanswered), in file order: nothing after their last answer is trained, and held out they are scored
+    on that answer, the turns after it left out (:func:`prompt_and_target`)."""
     return sorted((ex.get("source", "?") for ex in _with_targets(examples)
                    if (ex.get("messages") or [{"role": "assistant"}])[-1].get("role") != "assistant"),
                   key=_place_order)
@@ -143,8 +165,8 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
     """Counts for the data report from a :class:`tuneforge.data.DataSplits`.
 
     Returns ``records`` and ``examples`` per split, ``tokens`` (min, median,
-    max, total) per split, ``duplicates`` (train examples repeating an earlier
-    one) and ``val_duplicates``, ``empty_targets`` per split, ``truncated`` and
+    max, total) per split (a preference pair: its longer side; total: both sides), ``duplicates``
+    (train examples repeating an earlier one) and ``val_duplicates``, ``empty_targets`` per split, ``truncated`` and
     ``dropped`` (over ``data.max_length``, from the dataset's stats), ``duplicate_sources`` and
     ``empty_target_sources`` (up to 5 training examples each, a repeat as ``"<source> = <source of
     the first>"``), ``oversized``
@@ -157,7 +179,10 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
     ``identical_pairs`` (training pairs whose chosen and rejected responses are
     the same, with up to 5 ``identical_pair_sources``): a warning when more than
     ``identical_pair_share`` of the pairs are, a serious problem (:func:`problems`)
-    when all are.
+    when all are; and ``empty_rejected`` per split (pairs whose rejected response is empty or
+    whitespace, with up to 5 training ``empty_rejected_sources``; warned about as an empty target is).
+    A conversation ending with a turn that is not the assistant's is warned about; its target is its
+    last answer (:func:`prompt_and_target`).
     """
     train, val = list(splits.train), list(splits.val)
     stats = dict(getattr(splits, "stats", None) or {})
@@ -191,20 +216,35 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
         report["identical_pairs"] = len(same)
         report["identical_pair_sources"] = same[:5]
         report["preference_pairs"] = sum("chosen_input_ids" in ex for ex in train)
+        rejected = _empty_rejected_sources(train)
+        report["empty_rejected"] = {"train": len(rejected), "val": len(_empty_rejected_sources(val))}
+        report["empty_rejected_sources"] = rejected[:5]
+    report["warnings"] = _warnings(report, train, val, repeats, empty, identical_pair_share)
+    return report
+
+
+def _warnings(report: dict, train: list, val: list, repeats: list, empty: list, identical_pair_share: float) -> list:
+    """The report's warnings, one line each (``repeats``, ``empty``: the training sources behind them)."""
     warnings = []
     if report["duplicates"]:
         warnings.append(_count_phrase(report["duplicates"], "training example repeats", "training examples repeat")
                         + " an earlier one" + _for_instance(repeats))
+    if empty:
+        warnings.append(_count_phrase(len(empty), "training example has", "training examples have")
+                        + " an empty target" + _for_instance(empty))
+    rejected = report.get("empty_rejected_sources") or []
+    if rejected:
+        warnings.append(_count_phrase(report["empty_rejected"]["train"], "training example has",
+                                      "training examples have") + " an empty rejected response"
+                        + _for_instance(rejected) + ": the pair teaches only that an answer beats none; give "
+                        "each pair its rejected response")
     trailing = _trailing_turn_sources(train)
-    empty_answers = [source for source in empty if source not in set(trailing)]
-    if empty_answers:
-        warnings.append(_count_phrase(len(empty_answers), "training example has", "training examples have")
-                        + " an empty target" + _for_instance(empty_answers))
     if trailing:
         warnings.append(_count_phrase(len(trailing), "training conversation ends", "training conversations end")
                         + " with a turn that is not the assistant's" + _for_instance(trailing) + ": turns after "
-                        "the last answer train nothing, and held out such a conversation is scored against an empty "
-                        "reference; end each conversation with its assistant turn")
+                        "the last answer train nothing, and held out such a conversation is scored on its last "
+                        "answer, the turns after it left out of the prompt; end each conversation with its "
+                        "assistant turn")
     if report["truncated"] or report["dropped"]:
         warnings.append(f"{report['truncated']} examples truncated and {report['dropped']} dropped "
                         "as longer than data.max_length")
@@ -227,8 +267,7 @@ def assess(splits, max_labels: int = 10, identical_pair_share: float = 0.1) -> d
                         + ", ".join(f"'{label}' has {n}" for label, n in thin.items())
                         + ", too few to tell how the tuned model does on it (data.stratify=true holds out every "
                         "label in proportion; or hold out more)")
-    report["warnings"] = warnings
-    return report
+    return warnings
 
 
 def problems(report: dict, config) -> list:

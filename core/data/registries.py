@@ -3,8 +3,9 @@
 LLaMA-Factory lists its datasets in ``dataset_info.json``: one object whose entries name a data file
 (``file_name``) or a hub dataset and map the file's keys to its fields (``columns``, ``tags``).  It holds
 no records; read as data it would be one unreadable record.  :func:`registry_problem` gives the one-line
-error that names it and translates its first entry into tuneforge's settings (``data.path`` and
-``data.columns``).
+error that names it and translates its first entry into tuneforge's settings (``data.path``,
+``data.columns`` and, for role names tuneforge does not read as they are (``user_tag``, ``assistant_tag``,
+``system_tag``, ``observation_tag``, ``function_tag``), ``data.roles``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ _COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "hi
 #: LLaMA-Factory tag -> tuneforge message key (``tags`` of an entry)
 _TAGS = {"role_tag": "role", "content_tag": "content"}
 
-#: role names tuneforge reads (docs/data.md, Chat roles)
-_ROLES = {"system", "user", "human", "assistant", "gpt", "function_call", "tool", "observation", "function"}
+#: LLaMA-Factory role tag -> the tuneforge role of the messages it names (``tags`` of an entry), as ``data.roles``
+_ROLE_TAGS = {"user_tag": "user", "assistant_tag": "assistant", "system_tag": "system",
+              "observation_tag": "observation", "function_tag": "function_call"}
 
 
 def is_llama_factory_registry(value: Any) -> bool:
@@ -50,14 +52,28 @@ def _entry_settings(folder: Path, entry: dict) -> str:
     mapping = {canonical: key for canonical, key in mapping.items() if canonical != key}
     settings = where + (" 'data.columns={" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}'"
                         if mapping else "")
-    roles = sorted({str(role) for name, role in tags.items() if name.endswith("_tag") and name not in _TAGS
-                    and str(role) not in _ROLES})
+    roles = _entry_roles(tags)
     if roles:
-        settings += (f" (its role names {', '.join(roles)} are not read: rename them to "
-                     "user/assistant/system in the file)")
+        settings += " 'data.roles={" + ", ".join(f"{name}: {role}" for name, role in roles.items()) + "}'"
     if entry.get("ranking"):
         settings += " loss=dpo"
     return settings
+
+
+def _entry_roles(tags: dict) -> dict:
+    """``data.roles`` for an entry's role tags (``{"assistant_tag": "model"}`` -> ``{model: assistant}``):
+    the role names tuneforge does not already read as that role."""
+    from tuneforge.data.messages import ROLE_ALIASES, resolve_role
+
+    def same(read: str, role: str) -> bool:  # a ShareGPT function_call turn is read unlike other assistant turns
+        return ROLE_ALIASES[read] == ROLE_ALIASES[role] and (read == "function_call") == (role == "function_call")
+
+    roles = {}
+    for tag, role in _ROLE_TAGS.items():
+        name, read = tags.get(tag), resolve_role(tags.get(tag), {})
+        if isinstance(name, str) and name and not (read and same(read, role)):
+            roles[name] = role
+    return roles
 
 
 def registry_problem(path: Path, value: dict) -> Optional[str]:

@@ -442,10 +442,12 @@ _NORMALIZERS = {"alpaca": _alpaca, "chat": _chat, "completion": _completion, "pr
                 "input_output": _input_output}
 
 
-def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None) -> Sample:
-    """Convert a record to a :class:`Sample` of format ``fmt`` (``auto``: from its keys); its ``unused``
-    names the record's keys that nothing read (:func:`~tuneforge.data.record_keys.unused_keys`)."""
-    columns = check_columns(columns)
+def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None,
+              roles: Optional[dict] = None) -> Sample:
+    """Convert a record to a :class:`Sample` of format ``fmt`` (``auto``: from its keys; ``columns``:
+    ``data.columns``, ``roles``: ``data.roles``); its ``unused`` names the record's keys that nothing read
+    (:func:`~tuneforge.data.record_keys.unused_keys`)."""
+    columns = check_columns(columns, roles)
     if fmt not in FORMATS:
         raise DataError(f"data.format is '{fmt}'; valid: {', '.join(FORMATS)}")
     view = record_view(record, columns)
@@ -457,10 +459,11 @@ def normalize(record: Record, fmt: str = "auto", columns: Optional[dict] = None)
     return sample
 
 
-def to_messages(record: Record, fmt: str = "auto", columns: Optional[dict] = None) -> list[dict]:
+def to_messages(record: Record, fmt: str = "auto", columns: Optional[dict] = None,
+                roles: Optional[dict] = None) -> list[dict]:
     """A record as ``{"role", "content"}`` messages (for preference: the prompt plus the chosen response;
     kto, prompt_completion: the prompt plus the answer)."""
-    sample = normalize(record, fmt, columns)
+    sample = normalize(record, fmt, columns, roles)
     if sample.format in ("completion", "input_output"):
         raise DataError(f"{record.source}: a{'n' if sample.format[0] == 'i' else ''} {sample.format} record has "
                         "no messages")
@@ -488,7 +491,8 @@ def _targets(sample: Sample) -> list[str]:
             if i >= start and m["role"] == "assistant" and i not in sample.untrained]
 
 
-def normalize_records(records: Sequence[Record], fmt: str = "auto", columns: Optional[dict] = None) -> list[Sample]:
+def normalize_records(records: Sequence[Record], fmt: str = "auto", columns: Optional[dict] = None,
+                      roles: Optional[dict] = None) -> list[Sample]:
     """Normalize records in the order given (file order), so an error names the first bad record.
 
     Also an error: preference or kto records mixed with other formats (naming
@@ -499,7 +503,7 @@ def normalize_records(records: Sequence[Record], fmt: str = "auto", columns: Opt
     and first locations, and so are the record keys that nothing read
     (:func:`~tuneforge.data.record_keys.log_unused_keys`; each sample's ``unused``).
     """
-    columns = check_columns(columns)
+    columns = check_columns(columns, roles)
     samples, first_of_kind, placeholders, example, mark_key, other_format = [], {}, [], None, None, None
     for record in records:
         sample = normalize(record, fmt, columns)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import urlparse
 
+from tuneforge.data.encodings import SNIFF_BYTES, refuse_wide_encoding
 from tuneforge.errors import DataError, first_line
 
 log = logging.getLogger("tuneforge")
@@ -96,13 +97,14 @@ def read_jsonl(path: str | Path) -> list[Record]:
     records = []
     with _open_bytes(path) as handle:
         for lineno, raw in _numbered_lines(path, handle):
+            if lineno == 1:  # UTF-16 or UTF-32 is refused, saying so; a UTF-8 byte-order mark is skipped
+                refuse_wide_encoding(path, raw[:SNIFF_BYTES], isinstance(handle, gzip.GzipFile))
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a file holding only a byte-order mark has no records
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line); "
                                 "save the file as UTF-8") from None
-            if lineno == 1:
-                line = line.lstrip("\ufeff")  # a byte-order mark: a file holding only one has no records
             if not line.strip():
                 continue
             try:
@@ -460,11 +462,13 @@ def _numbered_lines(path: Path, handle) -> Iterator[tuple[int, bytes]]:
 
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
-    if data[:2] == GZIP_MAGIC:
+    compressed = data[:2] == GZIP_MAGIC
+    if compressed:
         try:
             data = gzip.decompress(data)
         except GZIP_ERRORS as exc:
             raise DataError(f"{path}: damaged gzip data ({first_line(exc)}); check it with gzip -t") from None
+    refuse_wide_encoding(path, data[:SNIFF_BYTES], compressed)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -19,11 +19,13 @@ from tuneforge.data.chat_templates import message_text
 
 def answer_label(sample) -> Optional[str]:
     """The answer that labels a normalized record (:class:`tuneforge.data.samples.Sample`): its last
-    assistant message, stripped; None for a record without one (completion text, preference pairs)."""
+    assistant message, stripped (also when user turns follow it: the answer a held-out conversation is
+    scored on); None for a record without one (completion text, preference pairs)."""
     messages = list(sample.completion or []) or list(sample.messages or [])
-    if sample.format in ("preference", "kto") or not messages or messages[-1].get("role") != "assistant":
+    answers = [m for m in messages if m.get("role") == "assistant"]
+    if sample.format in ("preference", "kto") or not answers:
         return None
-    return message_text(messages[-1]).strip()
+    return message_text(answers[-1]).strip()
 
 
 def stratified_split(labels: Sequence[str], order: Sequence[int], n_val: int) -> tuple[list, list]:

@@ -146,7 +146,8 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
     ``chosen_input_ids``, ``chosen_labels``, ``rejected_input_ids``,
     ``rejected_labels`` (prompt tokens always masked), plus ``input_ids`` /
     ``labels`` equal to the chosen ones (so SFT losses and perplexity run on
-    the chosen answer) and ``messages`` = prompt + chosen response.  kto:
+    the chosen answer), ``messages`` = prompt + chosen response and ``rejected_messages`` = prompt +
+    rejected response.  kto:
     ``input_ids``, ``labels`` (the answer trained, the prompt masked),
     ``kto_label`` (``[1]`` desirable, ``[0]`` undesirable) and ``messages`` =
     prompt + answer; prompt_completion: the same without ``kto_label`` (and
@@ -180,6 +181,7 @@ def tokenize_sample(tokenizer, sample: Sample, *, chat_template: Optional[str] =
             out[f"{side}_input_ids"], out[f"{side}_labels"] = encoded["input_ids"], encoded["labels"]
         out["input_ids"], out["labels"] = list(out["chosen_input_ids"]), list(out["chosen_labels"])
         out["messages"] = sample.messages + sample.chosen
+        out["rejected_messages"] = sample.messages + sample.rejected
         return dict(out, **extra)
     if sample.format in ("kto", "prompt_completion"):
         encoded = tokenize_messages(tokenizer, sample.messages + sample.completion, chat_template=chat_template,
@@ -280,6 +282,7 @@ def tokenize_samples(pairs: Sequence[tuple], tokenizer, *, max_length: int = 102
                 example.update({key: value for key, value in (
                     ("messages", sample.messages + (sample.chosen or sample.completion)
                      if sample.format in ("preference", "kto", "prompt_completion") else sample.messages),
+                    ("rejected_messages", sample.messages + (sample.rejected or [])),
                     ("text", sample.text)) if key in example})
         except DataError as exc:
             raise DataError(f"{record.source}: {exc}") from None
@@ -323,13 +326,14 @@ def log_length_summary(counts: dict, dropped: Sequence, max_length: int, truncat
 
 def tokenize_records(records: Sequence[Record], tokenizer, *, fmt: str = "auto", max_length: int = 1024,
                      truncation: str = "truncate", chat_template: Optional[str] = None,
-                     train_on_inputs: bool = False, columns: Optional[dict] = None) -> tuple[list, dict]:
+                     train_on_inputs: bool = False, columns: Optional[dict] = None,
+                     roles: Optional[dict] = None) -> tuple[list, dict]:
     """Tokenize records; returns ``(examples, counts)``.
 
     Each example holds its tokenized fields (see :func:`tokenize_sample`) plus
     ``record`` (the raw dict), ``source`` (``file:line``) and ``format``.
-    Records are normalized first, in order (:func:`normalize_records`), so the
-    first bad record is the one reported.
+    Records are normalized first, in order (:func:`normalize_records`, with ``columns`` and ``roles``:
+    ``data.columns`` and ``data.roles``), so the first bad record is the one reported.
     ``truncation="truncate"`` cuts over-long sequences at ``max_length``;
     ``"drop"`` leaves the example out.  Both are counted in ``counts``
     (``truncated``, ``dropped``, and ``formats``: examples per format) and
@@ -340,7 +344,7 @@ def tokenize_records(records: Sequence[Record], tokenizer, *, fmt: str = "auto",
     preference and other records, is an error naming the record.
     """
     check_length_options(max_length, truncation)
-    samples = normalize_records(records, fmt, columns)
+    samples = normalize_records(records, fmt, columns, roles)
     results, counts, dropped = tokenize_samples(list(zip(records, samples)), tokenizer, max_length=max_length,
                                                 truncation=truncation, chat_template=chat_template,
                                                 train_on_inputs=train_on_inputs)

@@ -87,15 +87,22 @@ class EvaluationPass:
 
 
 def split_example(example: dict) -> tuple[list, str]:
-    """``(prompt messages, reference)``: the messages without the final assistant turn, and its text
-    (:func:`tuneforge.data.message_text`: a tool-call turn's calls included)."""
+    """``(prompt messages, reference)``: the messages before the last assistant turn, and its text
+    (:func:`tuneforge.data.message_text`: a tool-call turn's calls included).
+
+    A conversation that ends with turns after its last answer (a user message left unanswered, which
+    the data quality report warns about) is scored on that answer, as it was trained: the turns after it
+    are left out of the prompt.  An example without an assistant turn (a ``prompt`` record) is all
+    prompt, with an empty reference.
+    """
     messages = example.get("messages")
     if not messages:
         raise DataError(f"{example.get('source', '<example>')}: the example has no 'messages'; generation and "
                         "choice evaluators need chat or instruction records")
-    if messages[-1]["role"] != "assistant":
+    last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "assistant"), None)
+    if last is None:
         return list(messages), ""
-    return list(messages[:-1]), message_text(messages[-1])
+    return list(messages[:last]), message_text(messages[last])
 
 
 def user_message(messages: Sequence[dict]) -> str:
