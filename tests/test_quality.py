@@ -225,6 +225,12 @@ def test_a_held_out_conversation_ending_with_a_user_turn_is_scored_on_its_last_a
     assert quality.assess(splits)["empty_targets"]["val"] == 0
     # a prompt without any answer stays all prompt, with an empty reference (what a prompt record is)
     assert split_example({"messages": turns[:2]}) == (turns[:2], "")
+    # the baselines' retrieval query, their leak check and predictions.jsonl's `message` read it the same way
+    from tuneforge.evaluation.baselines import final_exchange_key, qa_key, query_text
+    from tuneforge.evaluation.generation import user_message
+
+    assert query_text(held) == "Capital of Peru?" and user_message(split_example(held)[0]) == "Capital of Peru?"
+    assert final_exchange_key(held) == qa_key("Capital of Peru?", "Lima")
     # data.stratify labels such a conversation by its last answer too (it was refused as having none)
     rows = [{"messages": turns[1:]}] * 4 + [_qa(f"q{i}", "Paris") for i in range(4)]
     stratified = _splits(_write(tmp_path / "s.jsonl", rows), "null", stratify="true", val_size=2)

@@ -48,13 +48,20 @@ def qa_key(question: str, answer: str) -> str:
     return _normal(question) + "\x00" + _normal(answer)
 
 
+def _last_answer(messages: Sequence[dict]) -> Optional[int]:
+    """The index of the last assistant turn: the answer an example is scored on (turns after it, a user
+    message left unanswered, are not part of it: :func:`tuneforge.evaluation.generation.split_example`)."""
+    return next((i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "assistant"), None)
+
+
 def _final_exchange(example: dict) -> Optional[tuple]:
-    """``(question, answer)``: an example's last user turn and its final assistant answer (None when the
-    example does not end with a user turn answered by the assistant)."""
+    """``(question, answer)``: the assistant answer an example is scored on and the user turn right before
+    it (None when that answer does not follow a user turn)."""
     messages = example.get("messages") or []
-    if len(messages) < 2 or messages[-1].get("role") != "assistant" or messages[-2].get("role") != "user":
+    last = _last_answer(messages)
+    if not last or messages[last - 1].get("role") != "user":
         return None
-    return messages[-2].get("content") or "", messages[-1].get("content") or ""
+    return messages[last - 1].get("content") or "", messages[last].get("content") or ""
 
 
 def final_exchange_key(example: dict) -> Optional[str]:
@@ -134,11 +141,12 @@ def examples_by_label(pool: Sequence[dict], max_labels: int = 10) -> Optional[di
 
 
 def query_text(example: dict) -> str:
-    """The user side of an example's prompt (its user turns, without the final answer): what
+    """The user side of an example's prompt (its user turns before the answer it is scored on): what
     retrieval compares."""
     messages = list(example.get("messages") or [])
-    if messages and messages[-1].get("role") == "assistant":
-        messages = messages[:-1]
+    last = _last_answer(messages)
+    if last is not None:
+        messages = messages[:last]
     return "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "user")
 
 

@@ -277,7 +277,7 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
 
         # one batch per rank at a time under DDP (the same batches as in one process), gathered in order
         outputs = [text for batch in map_batches(timed, prompts, batch_size, evaluation) for text in batch]
-    rows = [{"source": ex.get("source", ""), "prompt": p, "message": user_message(ex.get("messages") or []),
+    rows = [{"source": ex.get("source", ""), "prompt": p, "message": user_message(split_example(ex)[0]),
              "reference": r, "output": o} for ex, p, r, o in zip(examples, prompts, references, outputs)]
     if evaluation is not None:
         evaluation.predictions[key] = rows
