@@ -543,3 +543,213 @@ def test_a_rank_that_never_posts_is_named_after_the_timeout():
     with pytest.raises(RanksDisagree, match=r"^rank 0 of 3: rank\(s\) 1, 2 did not arrive within 2 s"):
         RankMeeting(store, rank=0, world_size=3, timeout_s=2).agree()
     assert 1.5 < time.monotonic() - started < 6
+
+
+# ---------------------------------------------------------------------------
+# The processes a launcher started against trainer.devices (before any model loads)
+# ---------------------------------------------------------------------------
+
+
+def _launched(environment, world, local_rank=0, node=0):
+    from tuneforge.context import RunContext
+
+    return RunContext(run_dir=".", global_rank=node * 2 + local_rank, local_rank=local_rank, node_rank=node,
+                      world_size=world, cluster_environment=environment)
+
+
+def _trainer(devices, nodes=1):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(devices=devices, num_nodes=nodes, accelerator="cpu")
+
+
+@pytest.mark.parametrize("variables, devices, nodes, line", [
+    # torchrun --nproc_per_node=2 with the default trainer.devices=auto: Lightning takes 1 CPU device and
+    # raised "the product (1 * 1) does not match the world size (2)" after the base evaluation
+    ({"LOCAL_WORLD_SIZE": "2"}, "auto", 1,
+     ("torchrun started 2 process(es) (2 on this node) but trainer.devices=auto is 1 per node here (the CPU counts "
+      "as one device) x trainer.num_nodes=1 = 1; set trainer.devices=2 (the processes per node), or launch with "
+      "'torchrun --nproc_per_node=1 --nnodes=1 -m tuneforge train ...'")),
+    # devices x nodes = 2 = the processes, but both on one node: Lightning's IndexError for local rank 1
+    ({"LOCAL_WORLD_SIZE": "2"}, 1, 2,
+     ("torchrun started 2 process(es) (2 on this node) but trainer.devices=1 takes 1 per node on "
+      "trainer.num_nodes=2; launch with 'torchrun --nproc_per_node=1 --nnodes=2 -m tuneforge train ...', or set "
+      "trainer.devices=2 trainer.num_nodes=1")),
+    ({}, 1, 2,  # no LOCAL_WORLD_SIZE: this process's local rank tells
+     ("torchrun started 2 process(es) (this one has local rank 1) but trainer.devices=1 takes 1 per node on "
+      "trainer.num_nodes=2; launch with 'torchrun --nproc_per_node=1 --nnodes=2 -m tuneforge train ...', or set "
+      "trainer.devices to the processes per node and trainer.num_nodes to the nodes")),
+])
+def test_a_launch_that_trainer_devices_does_not_match_is_one_line_before_the_model_loads(
+        monkeypatch, variables, devices, nodes, line):
+    from tuneforge.training.trainer import check_launch
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(tuneforge.ConfigError) as info:
+        check_launch(_launched("TorchElasticEnvironment", 2, local_rank=1), _trainer(devices, nodes))
+    assert str(info.value) == line
+
+
+def test_a_launch_that_matches_trainer_devices_passes_and_slurm_tasks_per_node_are_read(monkeypatch):
+    from tuneforge.training.trainer import check_launch
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    check_launch(_launched("TorchElasticEnvironment", 2, local_rank=1), _trainer(2))
+    check_launch(_launched("TorchElasticEnvironment", 2, local_rank=1), _trainer([0, 1]))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    check_launch(_launched("TorchElasticEnvironment", 2, node=1), _trainer("auto", 2))  # 1 CPU device per node
+    monkeypatch.delenv("SLURM_STEP_TASKS_PER_NODE", raising=False)
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "2(x2)")  # srun --nodes=2 --ntasks-per-node=2
+    check_launch(_launched("SLURMEnvironment", 4, node=1), _trainer(2, 2))
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "3,1")  # 4 tasks, 3 on node 0: devices=2 x 2 nodes = 4 all the same
+    with pytest.raises(tuneforge.ConfigError, match=r"^SLURM started 4 process\(es\) \(3 on this node\) but "
+                                                    r"trainer.devices=2 takes 2 per node"):
+        check_launch(_launched("SLURMEnvironment", 4), _trainer(2, 2))
+
+
+# ---------------------------------------------------------------------------
+# One meeting per run, and a rank that stops before it is told to the others
+# ---------------------------------------------------------------------------
+
+
+def test_each_run_of_a_process_meets_at_the_same_store_under_keys_of_its_own(monkeypatch):
+    """The second run of a process (evidence.seeds=2, a sweep's second job) meets again: it must not read
+    the first run's outcomes, nor host a second store on rank 0's port (the other ranks found the old one,
+    and rank 0 waited for them at the new one until trainer.collective_timeout_s)."""
+    import threading
+    from types import SimpleNamespace
+
+    from tuneforge.training import rank_agreement
+    from tuneforge.training.rank_agreement import RanksDisagree, meet_ranks
+
+    port = _free_port()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setattr(rank_agreement, "_STORES", {})
+    counts = {0: [0], 1: [0]}  # each "process" (a thread here) counts its own meetings
+
+    def rank(number, failures, results):
+        context = SimpleNamespace(global_rank=number, world_size=2, set_main_address=lambda: f"127.0.0.1:{port}")
+        for failure in failures:
+            monkeypatch.setattr(rank_agreement, "_MEETINGS", counts[number])
+            try:
+                meet_ranks(context, 20).agree(failure=failure)
+                results.append("ok")
+            except RanksDisagree as exc:
+                results.append(str(exc))
+
+    results = {0: [], 1: []}
+    threads = [threading.Thread(target=rank, args=(0, [None, None], results[0])),
+               threading.Thread(target=rank, args=(1, [None, "data.path: no such file"], results[1]))]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+        time.sleep(0.3)
+    for thread in threads:
+        thread.join(60)
+    assert results[0] == ["ok", "rank 0 of 2 stops: rank 1 could not start the run: data.path: no such file"]
+    assert results[1] == ["ok", "ok"]  # (the rank that failed reports its own error itself)
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.fault(fault="one task of a 2-task srun DDP job stops before the ranks meet (its run_dir cannot be "
+                         "made on its node), the other one is healthy",
+                   outcome="both stop within seconds, not after trainer.collective_timeout_s: the failing task "
+                           "with its own line, the other naming it and its line")
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_rank_that_stops_before_the_meeting_stops_the_others_at_once(tmp_path, failing):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    base = _clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    args = ["train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+            "trainer.collective_timeout_s=600", "threads=1", "evaluators=[]"]
+    tasks = []
+    started = time.monotonic()
+    for rank in (0, 1):
+        run_dir = blocker / "run" if rank == failing else tmp_path / "run"  # below a file: cannot be made
+        err = tmp_path / f"task{rank}.err"
+        with err.open("w") as out:
+            tasks.append((subprocess.Popen([*TUNEFORGE, *args, f"run_dir={run_dir}"], cwd=tmp_path, stdout=out,
+                                           stderr=subprocess.STDOUT, text=True,
+                                           env=dict(base, **SRUN, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))),
+                          err))
+    codes, outputs = _wait(tasks, timeout=240)
+    assert time.monotonic() - started < 120 and codes == [2, 2], (codes, outputs)
+    own = f"tuneforge: error: run_dir={blocker / 'run'}: {blocker} is a file, so the directory cannot be created"
+    assert _error_lines(outputs[failing]) == [own], outputs[failing][-2000:]
+    other = 1 - failing
+    assert _error_lines(outputs[other]) == [
+        f"tuneforge: error: rank {other} of 2 stops: rank {failing} could not start the run: {own[18:]}"
+    ], outputs[other][-2000:]
+    assert "Traceback" not in outputs[0] + outputs[1]
+
+
+def test_evidence_seeds_under_srun_meet_once_per_seed_and_complete(tmp_path):
+    args = ["train", "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+            "trainer.collective_timeout_s=60", "trainer.enable_progress_bar=false", "threads=1", "evaluators=[]",
+            "baselines=[]", "evidence.seeds=2", f"run_dir={tmp_path / 'run'}"]
+    codes, outputs = _wait(_srun_tasks(tmp_path, args, "seeds"), timeout=240)
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    for seed in sorted((tmp_path / "run").glob("seed-*")):
+        assert json.loads((seed / "status.json").read_text())["status"] == "completed"
+    assert len(list((tmp_path / "run").glob("seed-*"))) == 2 and (tmp_path / "run" / "seeds.json").is_file()
+
+
+def test_the_resume_command_of_a_multi_node_launch_says_to_launch_it_on_every_node():
+    """Printed alone, the resume command of a 2-node torchrun run, pasted on one machine, started one process
+    that waited for the other node until trainer.collective_timeout_s."""
+    from tuneforge.training.launch import relaunch_note
+
+    assert relaunch_note(_launched("TorchElasticEnvironment", 2), 2) == (
+        "\nThis run spans 2 nodes: launch that command as before, on every node (torchrun --nnodes=2 "
+        "--nproc_per_node=1 <the same rendezvous flags> -m tuneforge train <the arguments above>); run alone on one "
+        "machine it would wait for the other nodes")
+    assert "(srun --nodes=2 --ntasks-per-node=4 tuneforge train" in relaunch_note(_launched("SLURMEnvironment", 8), 2)
+    assert relaunch_note(_launched("TorchElasticEnvironment", 2), 1) == ""  # one node: the command starts them
+    assert relaunch_note(_launched("LightningEnvironment", 2), 1) == ""
+
+
+@pytest.mark.fault(fault="one process of a `torchrun --nproc_per_node=2` DDP run SIGKILLed mid-training (torchrun "
+                         "then sends SIGTERM to the other one at once)",
+                   outcome="the other rank stops within seconds with one line naming the lost rank (or that the "
+                           "launcher stopped it while it looked for it); status.json says failed with that line "
+                           "(before: an error of null and 'interrupted by SIGTERM after its run ended')")
+def test_a_torchrun_worker_killed_mid_run_leaves_the_others_line_in_status_json(tmp_path):
+    args = [*DDP_RUN[1:], f"callbacks.batch_log.path={tmp_path / 'batches.log'}", "callbacks.batch_log.kill_at_step=3",
+            "callbacks.batch_log.kill_rank=1", f"run_dir={tmp_path / 'run'}"]
+    env = _clean_env(PYTHONPATH=os.pathsep.join([str(FIXTURES / "steplog"), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+               "-m", "tuneforge", "train", *args]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False)
+    lines = _error_lines(result.stdout + result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("tuneforge: error: rank 0 of 2 stops while training: "), \
+        (result.stdout + result.stderr)[-3000:]
+    assert "rank 1 is gone" in lines[0] or "SIGTERM came while this rank looked for the rank that is gone" in lines[0]
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"] == lines[0][len("tuneforge: error: "):]
+    assert "after its run ended" not in result.stdout + result.stderr
+
+
+def test_the_rank_watch_names_the_lost_rank_when_a_stop_signal_ends_its_wait():
+    import threading
+
+    from torch.distributed import TCPStore
+
+    from tuneforge.training.rank_watch import RankWatch
+    from tuneforge.training.run_stop import signals_stop_the_run
+
+    port = _free_port()
+    host = TCPStore("127.0.0.1", port, 2, True, wait_for_workers=False)
+    other = RankWatch(TCPStore("127.0.0.1", port, 2, False), 1, 2, beat_s=0.05).start()
+    other.close()  # rank 1 goes silent
+    for delay, expected in [(0.02, "SIGTERM came while this rank looked for the rank that is gone"),
+                            (0.3, "rank 1 is gone (no sign of life for 0.")]:
+        watch = RankWatch(host, 0, 2, beat_s=0.1 if delay > 0.1 else 1.0)  # the wait: 6 beats, 0.6 s or 6 s
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM))
+        with signals_stop_the_run():
+            timer.start()
+            described = watch.describe_lost()
+        assert expected in described, described
+        assert "a launcher" in described

@@ -29,12 +29,18 @@ def train_command(args: list, debug: bool = False, program: bool = False) -> Non
     if print_pruned_job(args):
         return
     from tuneforge.commands.train_signals import RunsBegun, one_line_on_stop_signals
+    from tuneforge.errors import TuneforgeError
 
     collector = StartupCollector(freeze=program)
     runs_begun = RunsBegun()
     try:
         with one_line_on_stop_signals(runs_begun):  # before the run's own handling, and after it
-            TrainCommand(args, debug, collector, runs_begun).run()
+            try:
+                command = TrainCommand(args, debug, collector, runs_begun)
+            except (TuneforgeError, OSError) as exc:  # the run directory cannot be made on this node
+                tell_the_other_ranks(exc, args)
+                raise
+            command.run()
     finally:
         collector.resume()  # a command that ran no job (a refused config, --cfg job): on again all the same
 
@@ -240,13 +246,11 @@ class TrainCommand:
         except TuneforgeError as exc:
             if self.debug or in_sweep:
                 raise
-            _fail(str(exc))
+            _fail(tell_the_other_ranks(str(exc), self.args, cfg))
         except OSError as exc:  # a file-system error the run did not explain itself: one line, as cli.main does
             if self.debug or in_sweep:
                 raise
-            from tuneforge.commands.cli import describe_os_error
-
-            _fail(describe_os_error(exc, "train"))
+            _fail(tell_the_other_ranks(exc, self.args, cfg))
         if context.is_main:  # DDP workers: the main process prints
             _print_summary(components.settings, metrics)
 
@@ -275,7 +279,8 @@ class TrainCommand:
                 raise
             from tuneforge.host.config_files import in_saved_run_file
 
-            _fail(in_saved_run_file(str(exc), self.overrides))  # a re-run saved config's key: its file and line
+            # a re-run saved config's key: its file and line
+            _fail(tell_the_other_ranks(in_saved_run_file(str(exc), self.overrides), self.args, cfg))
 
     # -- the run(s) -----------------------------------------------------------------------------------
 
@@ -298,8 +303,11 @@ class TrainCommand:
                              components=components), context
         except RunInterrupted as exc:
             if context.is_main:
+                from tuneforge.training.launch import relaunch_note
+
                 command = resume_command(self.args, command_dir or run_dir, _sweep_dir())
-                print(f"tuneforge: {exc}.\nResume with: {command}", file=sys.stderr)
+                note = relaunch_note(context, components.settings.trainer.num_nodes)  # several nodes: each one
+                print(f"tuneforge: {exc}.\nResume with: {command}{note}", file=sys.stderr)
             raise SystemExit(130 if exc.signal_name == "SIGINT" else 143) from None
 
     def train_seeds(self, components, run_dir: Path) -> None:
@@ -381,6 +389,32 @@ def run_dir_overrides(args: list, overrides: list) -> list:
     check_usable(Path(run_dir))
     note_log_start(run_dir)
     return [f"hydra.run.dir={override_value(run_dir)}"]  # quoted for Hydra as the path needs
+
+
+def tell_the_other_ranks(error, args: list, cfg=None) -> str:
+    """``error``'s line, after telling it to the other ranks of a cluster launch (srun, torchrun, ...) that
+    this process stops before it met them, so that they stop at once instead of waiting for it until
+    ``trainer.collective_timeout_s`` (:func:`tuneforge.training.rank_agreement.tell_the_other_ranks`).
+    The strategy and the timeout come from the job's config ``cfg`` where it was composed, else from the
+    command line.  Nothing for a plain process or a ``-m`` sweep."""
+    from tuneforge.commands.cli import describe_os_error
+    from tuneforge.context import started_by_a_launcher
+
+    line = describe_os_error(error, "train") if isinstance(error, OSError) else str(error)
+    if not started_by_a_launcher() or {"-m", "--multirun"} & set(args):
+        return line
+    from tuneforge.training.rank_agreement import tell_the_other_ranks as tell
+
+    given = dict(o.split("=", 1) for o in hydra_overrides(args) if "=" in o and not o.startswith(("+", "~")))
+    strategy, timeout = given.get("strategy.name", given.get("strategy")), 1800.0
+    try:
+        strategy = cfg.strategy.name if cfg is not None else strategy
+        timeout = float(cfg.trainer.collective_timeout_s if cfg is not None
+                        else given.get("trainer.collective_timeout_s", timeout))
+    except Exception:  # noqa: BLE001 - a value the config refuses: that is the error being told
+        timeout = 1800.0
+    tell((line.splitlines() or [""])[0], strategy, timeout)
+    return line
 
 
 def shared_launch_run_dir(num_nodes="1"):

@@ -84,3 +84,27 @@ def start_local_processes(cfg, context) -> Optional[LocalProcesses]:
 
     _launch_process_observer(procs)  # a child that fails stops the others and this process
     return LocalProcesses(procs, saved)
+
+
+#: how the run is started again on every node, by the cluster environment that started it
+_RELAUNCH = {"TorchElasticEnvironment": "torchrun --nnodes={nodes} --nproc_per_node={per_node} <the same rendezvous "
+                                        "flags> -m tuneforge train <the arguments above>",
+             "SLURMEnvironment": "srun --nodes={nodes} --ntasks-per-node={per_node} tuneforge train <the arguments "
+                                 "above>, in a job of {nodes} nodes (or resubmit the job's sbatch script)"}
+
+
+def relaunch_note(context, num_nodes) -> str:
+    """What to add to the printed resume command of a run that a cluster launcher started on several nodes
+    (a line, starting with a newline): that command is run on every node, under the same launcher; alone on
+    one machine it would wait for the other nodes until ``trainer.collective_timeout_s``.  ``""`` for a run
+    on one node, where the printed command starts the processes itself (``trainer.devices=N``)."""
+    from tuneforge.context import CLUSTER_ENVIRONMENTS
+
+    nodes = int(num_nodes)
+    if context.cluster_environment not in CLUSTER_ENVIRONMENTS or nodes <= 1:
+        return ""
+    per_node = max(context.world_size // nodes, 1)
+    how = _RELAUNCH.get(context.cluster_environment, "{per_node} process(es) on each of {nodes} nodes, started as "
+                                                     "before").format(nodes=nodes, per_node=per_node)
+    return (f"\nThis run spans {nodes} nodes: launch that command as before, on every node ({how}); run alone on "
+            "one machine it would wait for the other nodes")

@@ -15,6 +15,13 @@ failing rank with its own error, the others naming that rank and its error).
 
 Every wait is bounded by ``trainer.collective_timeout_s``: a rank that never arrives (killed,
 stuck, started on the wrong port) is named in one line by the ranks that did, instead of a hang.
+
+A process meets once per run: the runs of ``evidence.seeds=N`` and the jobs of a ``-m`` sweep meet again,
+at the same store (rank 0 keeps hosting it: a second store on its port would stand beside the first, and
+the other ranks would find the old one), each run under keys of its own (the outcomes, and the process
+group that is built on the run's store), so that no run reads an earlier run's outcomes.  A rank that
+stops before it met the others (its run directory cannot be made, its config is refused on that node
+alone) still posts its line there (:func:`tell_the_other_ranks`), so that the others stop at once too.
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ _OUTCOME = "tuneforge/start/{rank}"
 #: counts the ranks that have read every outcome (rank 0 hosts the store and waits for them before leaving)
 _READ = "tuneforge/start/read"
 OK = "ok"
+
+#: the job's store of each launch this process met at (address, rank, world size), kept for its later runs
+_STORES: dict = {}
+#: the meetings this process held; the n-th run meets under the keys ``tuneforge/run-<n>/``
+_MEETINGS = [0]
 
 
 class RanksDisagree(TuneforgeError):
@@ -55,12 +67,47 @@ def meet_ranks(context, timeout_s: float) -> "RankMeeting":
     import torch.distributed as dist
 
     address = context.set_main_address()
-    try:
-        store, _, _ = next(dist.rendezvous(f"env://?rank={context.global_rank}&world_size={context.world_size}",
-                                           timeout=timedelta(seconds=timeout_s)))
-    except Exception as exc:  # DistStoreError / TimeoutError / RuntimeError, by torch version
-        raise RanksDisagree(_not_met(context, address, timeout_s, exc)) from None
-    return RankMeeting(store, context.global_rank, context.world_size, timeout_s)
+    _MEETINGS[0] += 1
+    launch = (address, context.global_rank, context.world_size)
+    store = _STORES.get(launch)
+    if store is None:
+        try:
+            store, _, _ = next(dist.rendezvous(f"env://?rank={context.global_rank}&world_size={context.world_size}",
+                                               timeout=timedelta(seconds=timeout_s)))
+        except Exception as exc:  # DistStoreError / TimeoutError / RuntimeError, by torch version
+            raise RanksDisagree(_not_met(context, address, timeout_s, exc)) from None
+        _STORES[launch] = store
+    store.set_timeout(timedelta(seconds=timeout_s))
+    # this run's keys (its outcomes, and the process group built on this store) apart from earlier runs'
+    return RankMeeting(dist.PrefixStore(f"tuneforge/run-{_MEETINGS[0]}", store), context.global_rank,
+                       context.world_size, timeout_s)
+
+
+def tell_the_other_ranks(line: str, strategy, timeout_s: float) -> None:
+    """A rank that stops on ``line`` before it met the other ranks of its cluster launch posts the line at
+    the meeting, so that they stop at once (naming this rank and its line) instead of waiting for it until
+    ``timeout_s`` (``trainer.collective_timeout_s``).  ``strategy``: the run's strategy name, where known.
+
+    Nothing for a single process, for processes that tuneforge or Lightning started (they do not meet),
+    under another strategy than ``ddp``/``fsdp`` or an unknown one (the others would not come), and once
+    this process met the others: a later failure reaches them through that meeting or the process group.
+    Rank 0 hosts the store: it waits (at most ``timeout_s``) until every rank has read the outcomes.
+    Best effort: it never raises; this rank's own error is the one to report."""
+    if _MEETINGS[0] or str(strategy) not in ("ddp", "fsdp"):
+        return
+    import contextlib
+    from types import SimpleNamespace
+
+    from tuneforge.context import RunContext
+    from tuneforge.training.run_stop import signals_end_the_process
+
+    with contextlib.suppress(Exception):
+        context = RunContext.detect(".", None, accelerator="cpu", devices=1)
+        if not meets_before_collectives(SimpleNamespace(name=str(strategy)), context):
+            return
+        with signals_end_the_process():  # the rendezvous blocks in C code
+            meeting = meet_ranks(context, float(timeout_s))
+        meeting.agree(failure=line)
 
 
 def _not_met(context, address: str, timeout_s: float, exc: BaseException) -> str:

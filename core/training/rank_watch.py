@@ -67,7 +67,7 @@ class RankWatch:
         others = [rank for rank in range(self.world_size) if rank != self.rank]
         try:
             before = self._counts(others)
-            time.sleep(self.beat_s * SILENT_BEATS)
+            silent_s, signal_name = self._wait(self.beat_s * SILENT_BEATS)
             after = self._counts(others)
             stopped = {rank: self.store.get(_STOPPED.format(rank=rank)).decode(errors="replace")
                        for rank in others if self.store.check([_STOPPED.format(rank=rank)])}
@@ -76,10 +76,30 @@ class RankWatch:
                 return None
             return "rank 0 is gone (the job's store it hosted no longer answers)"
         parts = [f"rank {rank} stopped: {line}" for rank, line in stopped.items()]
-        silent_s = self.beat_s * SILENT_BEATS
-        parts += [f"rank {rank} is gone (no sign of life for {silent_s:g} s: killed, out of memory, or its node "
-                  "was lost)" for rank in others if after[rank] == before[rank] and rank not in stopped]
+        if signal_name is not None and silent_s < 2 * self.beat_s:  # too soon to tell a silent rank
+            return "; ".join([*parts, (f"{signal_name} came while this rank looked for the rank that is gone (a "
+                                       "launcher such as torchrun stops the other processes when one of them dies)")])
+        why = (f"{signal_name} came meanwhile: a launcher stops the other processes when one of them dies" if
+               signal_name else "killed, out of memory, or its node was lost")
+        parts += [f"rank {rank} is gone (no sign of life for {silent_s:.2g} s: {why})"
+                  for rank in others if after[rank] == before[rank] and rank not in stopped]
         return "; ".join(parts) or None
+
+    @staticmethod
+    def _wait(seconds: float) -> tuple:
+        """Sleep ``seconds``: ``(seconds, None)``; or ``(seconds slept, "SIGTERM")`` when a stop signal ends the
+        sleep.  A launcher that saw a process die (torchrun) sends SIGTERM to the others at once: their run is
+        failing already, and ends with the line that names the lost rank (not 'interrupted', no error)."""
+        started = time.monotonic()
+        try:
+            time.sleep(seconds)
+        except KeyboardInterrupt:
+            return time.monotonic() - started, "SIGINT"
+        except BaseException as exc:  # the run's StopSignal (tuneforge.training.run_stop)
+            if not getattr(exc, "signal_name", None):
+                raise
+            return time.monotonic() - started, exc.signal_name
+        return seconds, None
 
     def _counts(self, ranks: list) -> dict:
         return {rank: int(self.store.add(_ALIVE.format(rank=rank), 0)) for rank in ranks}

@@ -47,8 +47,8 @@ from tuneforge.training.run_stop import (DiskFull, RunInterrupted, StopSignal, c
                                          raise_dropped_stop, record_stop_while_preparing, signals_end_the_process,
                                          signals_stop_the_run)
 from tuneforge.training.setup_summary import describe_setup
-from tuneforge.training.trainer import (build_trainer, check_strategy, shards_weights, token_counter,
-                                        writes_checkpoints)
+from tuneforge.training.trainer import (build_trainer, check_launch, check_strategy, shards_weights,
+                                        token_counter, writes_checkpoints)
 
 __all__ = ["DiskFull", "RunInterrupted", "RunState", "join_predictions", "run_train", "train"]
 
@@ -147,7 +147,7 @@ def prepare(state: RunState) -> None:
     processes of a cluster launch meet, the main process locks and prepares the run directory
     (resume, ``config.yaml``, ``status.json`` running), and every rank agrees that all could start."""
     settings, context = state.settings, state.context
-    context.check_process_count(settings.trainer.devices, settings.trainer.num_nodes)  # before any model loads
+    check_launch(context, settings.trainer)  # the processes started against trainer.devices, before any model loads
     check_strategy(settings.strategy, settings.trainer, settings.checkpoint)
     if context.is_main:  # the memory estimate of `tuneforge plan`: a warning when it will not fit, never a stop
         from tuneforge.planning.plan import warn_if_it_will_not_fit

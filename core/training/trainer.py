@@ -163,6 +163,92 @@ def check_strategy(strategy: "StrategyConfig", trainer: "TrainerConfig", checkpo
                               "or use strategy=ddp")
 
 
+#: how each cluster environment's launcher is named, and the command that starts N processes per node on M nodes
+_LAUNCHERS = {
+    "TorchElasticEnvironment": ("torchrun",
+                                "'torchrun --nproc_per_node={devices} --nnodes={nodes} -m tuneforge train ...'"),
+    "SLURMEnvironment": ("SLURM", "'srun --nodes={nodes} --ntasks-per-node={devices} tuneforge train ...'"),
+    "LSFEnvironment": ("LSF", "jsrun, {devices} task(s) per node on {nodes} node(s)"),
+    "MPIEnvironment": ("MPI", "mpirun, {devices} process(es) per node on {nodes} node(s)"),
+}
+
+
+def check_launch(context, trainer: "TrainerConfig") -> None:
+    """Stop (one line, before any model loads) when a cluster launcher started other processes than the
+    trainer settings make Lightning use: the total (:meth:`tuneforge.RunContext.check_process_count`), and
+    what that leaves out, which Lightning would only find once the model and the base evaluation are done
+    (its "the product ... does not match the world size" for ``devices=auto``, an ``IndexError`` for a
+    local rank past ``trainer.devices``):
+
+    * ``trainer.devices=auto`` (the default): one device per node on the CPU, every visible GPU on CUDA;
+    * the processes on this node (``LOCAL_WORLD_SIZE``, SLURM's tasks per node; else this process's local
+      rank) against ``trainer.devices``, also when the total matches (``devices=1 num_nodes=2`` with two
+      processes on one node).
+    """
+    context.check_process_count(trainer.devices, trainer.num_nodes)
+    if context.cluster_environment not in _LAUNCHERS or context.world_size <= 1:
+        return
+    from tuneforge.context import device_request
+
+    per_node, _ = device_request(trainer.devices)
+    nodes = int(trainer.num_nodes)
+    local = _processes_on_this_node(context)
+    launcher, hint = _LAUNCHERS[context.cluster_environment]
+    here = f"{local} on this node" if local else f"this one has local rank {context.local_rank}"
+    if per_node is None:  # auto: what Lightning takes
+        per_node, what = _auto_devices(str(trainer.accelerator))
+        if per_node * nodes == context.world_size and (local is None or local == per_node):
+            return
+        raise ConfigError(
+            f"{launcher} started {context.world_size} process(es) ({here}) but trainer.devices=auto is {per_node} "
+            f"per node here ({what}) x trainer.num_nodes={nodes} = {per_node * nodes}; set trainer.devices="
+            f"{local or context.world_size // max(nodes, 1)} (the processes per node), or launch with "
+            f"{hint.format(devices=per_node, nodes=nodes)}")
+    if (local is not None and local != per_node) or context.local_rank >= per_node:
+        fits = (f"trainer.devices={local} trainer.num_nodes={context.world_size // local}" if local else
+                "trainer.devices to the processes per node and trainer.num_nodes to the nodes")
+        raise ConfigError(
+            f"{launcher} started {context.world_size} process(es) ({here}) but trainer.devices={trainer.devices} "
+            f"takes {per_node} per node on trainer.num_nodes={nodes}; launch with "
+            f"{hint.format(devices=per_node, nodes=nodes)}, or set {fits}")
+
+
+def _processes_on_this_node(context) -> Optional[int]:
+    """How many processes the launcher started on this node (torchrun's ``LOCAL_WORLD_SIZE``; SLURM's
+    ``SLURM_STEP_TASKS_PER_NODE``/``SLURM_TASKS_PER_NODE``, e.g. ``2(x3),1``, for this node; MPI's local
+    size), or None when the launcher does not say."""
+    import os
+
+    if context.cluster_environment == "TorchElasticEnvironment":
+        names = ("LOCAL_WORLD_SIZE",)
+    elif context.cluster_environment == "SLURMEnvironment":
+        names = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
+    else:
+        names = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
+    for name in names:
+        counts = []
+        for part in os.environ.get(name, "").split(","):
+            count, _, times = part.strip().partition("(x")
+            if not count.isdigit() or (times and not times.rstrip(")").isdigit()):
+                counts = []
+                break
+            counts += [int(count)] * (int(times.rstrip(")")) if times else 1)
+        if counts:
+            return counts[context.node_rank] if context.node_rank < len(counts) else counts[-1]
+    return None
+
+
+def _auto_devices(accelerator: str) -> tuple:
+    """``(devices per node, why)`` that Lightning takes for ``trainer.devices=auto``: every visible GPU on
+    CUDA, else 1."""
+    if accelerator in ("auto", "gpu", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return max(torch.cuda.device_count(), 1), f"{torch.cuda.device_count()} visible GPU(s)"
+    return 1, "the CPU counts as one device"
+
+
 def takes_timeout(name: str) -> bool:
     """True for the strategies tuneforge builds with ``timeout=trainer.collective_timeout_s``: ``ddp``,
     ``ddp_spawn``, ``fsdp``, ``deepspeed`` and the ``deepspeed_stage_N`` presets (without offload)."""
