@@ -200,3 +200,28 @@ def test_a_seeds_ddp_child_composes_its_own_seed_and_never_a_loop_of_seeds(tmp_p
     quoted = str(where).replace("'", "\\'")
     assert with_settings(job, run.overrides()) == ["strategy=ddp", "+evidence.x=1", "seed=43", "evidence.seeds=1",
                                                    f"run_dir='{quoted}'"]
+
+
+def test_a_general_ability_cost_is_in_each_seeds_line_and_across_seeds_whatever_the_outcome():
+    """docs/evaluation.md: the cost is in the seed summaries with its p-value; it was dropped (the seed verdicts
+    kept neither ``forgetting`` nor ``method``), so two inconclusive seeds that each lost ~67 points of general
+    ability read 'inconclusive in 2/2 seeds' and nothing more."""
+    from tuneforge.evaluation.seeds import fold_seed_runs, format_seed_summary
+
+    runs = []
+    for drop, p in ((-0.667, 1.9e-06), (-0.7, 4e-07)):
+        run = _run("inconclusive", 0.4, 0.55, -0.348, 0.066)
+        run["verdict"].update(p_value=0.26, method="Newcombe interval, exact McNemar test", forgetting=[
+            {"metric": "forgetting/contains", "change": drop, "share": True, "costs": True, "p_value": p,
+             "method": "Newcombe interval, exact McNemar test"}])
+        runs.append(run)
+    fold = fold_seed_runs(runs, seeds=[0, 1])
+    printed = format_seed_summary(fold)
+    assert ("seed 0: inconclusive (-15.0 points vs retrieval, k=4, 95% CI -34.8..+6.6; McNemar p=0.26; "
+            "forgetting/contains -66.7 points (McNemar p=1.9e-06))") in printed, printed
+    assert fold["verdict"]["text"].startswith("inconclusive in 2/2 seeds")
+    assert fold["verdict"]["text"].endswith("; tuning costs general ability in 2/2 seeds (forgetting/contains: "
+                                            "mean -68.3 points)")
+    from tuneforge.evaluation.seeds import seeds_verdict_cell
+
+    assert seeds_verdict_cell(fold["verdict"]) == "inconclusive 2/2; forgetting/contains -68.3 points in 2/2"

@@ -92,7 +92,7 @@ def _collect(per_run) -> dict:
 
 
 _VERDICT_KEYS = ("outcome", "metric", "baseline", "baseline_label", "change", "low", "high", "share",
-                 "higher_is_better", "n", "p_value")
+                 "higher_is_better", "n", "p_value", "method", "forgetting")
 
 
 def _seed_verdict(verdict: dict) -> dict:
@@ -141,6 +141,12 @@ def cross_seed_verdict(verdicts: Sequence[dict]) -> dict:
             if bounds:
                 result["smallest_margin"] = min(bounds) if higher else max(bounds)
                 result["margin_is_bound"] = all(_number(v.get("low" if higher else "high")) for v in about)
+    costs = [_cost(v) for v in verdicts]
+    if any(costs):  # a general-ability cost is told whatever the outcome, as in each seed's own verdict
+        paid = [c for c in costs if c is not None]
+        about = [c for c in paid if c["metric"] == paid[0]["metric"]]
+        result["cost"] = {"metric": paid[0]["metric"], "seeds": len(paid), "share": bool(paid[0].get("share")),
+                          "change": spread([c["change"] for c in about])}
     result["text"] = cross_seed_text(result)
     return result
 
@@ -171,6 +177,10 @@ def cross_seed_text(v: dict) -> str:
     if change and change["n"] > 1:
         text += (f"; {v['metric']}, tuned minus best prompting column: mean {_delta(share, change['mean'])}, "
                  f"sd {_delta(share, change['std']).lstrip('+')}")
+    cost = v.get("cost")
+    if cost:
+        text += (f"; tuning costs general ability in {cost['seeds']}/{total} seeds ({cost['metric']}: mean "
+                 f"{_delta(cost['share'], cost['change']['mean'])})")
     return text
 
 
@@ -187,11 +197,19 @@ def verdict_line(v: dict) -> str:
     if _number(v.get("p_value")):
         name = p_value_test(v.get("method"))
         interval += f"; {name + ' ' if name else ''}p={v['p_value']:.2g}"
-    cost = next((f for f in v.get("forgetting") or [] if f.get("costs") and _number(f.get("change"))), None)
+    cost = _cost(v)
     if cost is not None:
         interval += f"; {cost['metric']} {_delta(bool(cost.get('share')), cost['change'])}"
+        if _number(cost.get("p_value")):
+            name = p_value_test(cost.get("method"))
+            interval += f" ({name + ' ' if name else ''}p={cost['p_value']:.2g})"
     against = v.get("baseline_label") or v.get("baseline") or "best prompting column"
     return f"{outcome_words(v['outcome'])} ({_delta(share, v['change'])} vs {against}{interval})"
+
+
+def _cost(v: dict):
+    """The first general-ability metric on which a run's tuning costs (its verdict's ``forgetting``), or None."""
+    return next((f for f in v.get("forgetting") or [] if f.get("costs") and _number(f.get("change"))), None)
 
 
 def seed_verdict_text(v: dict) -> str:
@@ -202,10 +220,13 @@ def seed_verdict_text(v: dict) -> str:
 def seeds_verdict_cell(v: dict) -> str:
     """The verdict across seeds in a few words: ``tune 3/3``, or ``tune 2/3, inconclusive 1/3 -> inconclusive``."""
     total = v["seeds"]
+    cost = v.get("cost")
+    paid = f"; {cost['metric']} {_delta(cost['share'], cost['change']['mean'])} in {cost['seeds']}/{total}" \
+        if cost else ""
     if v["agree"]:
-        return f"{outcome_words(v['outcome'])} {total}/{total}"
+        return f"{outcome_words(v['outcome'])} {total}/{total}{paid}"
     parts = ", ".join(f"{outcome_words(o)} {count}/{total}" for o, count in v["counts"].items())
-    return f"{parts} -> {outcome_words(v['outcome'])}"
+    return f"{parts} -> {outcome_words(v['outcome'])}{paid}"
 
 
 def _num(value) -> str:
