@@ -462,3 +462,21 @@ def test_an_evaluator_can_say_a_metric_in_0_1_is_not_a_share():
 
     (spec,) = tuneforge_evaluators()
     assert spec.metric_info("mean").share is False and spec.metric_info("format").share is False
+
+
+def test_no_pay_back_is_claimed_when_the_prompting_column_scores_better():
+    """Retrieval at 55% against a tuned 40% (base 0%): training 'paid back after about 79 queries' read as if
+    the tuned model were the better choice; the column scoring better is said instead."""
+    from tuneforge.evaluation.cost import cost_text, decision_cost
+
+    metrics = _run(tuned=[1] * 12 + [0] * 18, base=[0] * 30, retrieval=[1] * 17 + [0] * 13)
+    column = metrics["verdict"]["baseline"]
+    metrics["cost"][column].update(generation_s_per_query=1.5, generation_s_range=[1.4, 1.6])
+    metrics["cost"]["tuned"].update(generation_s_per_query=0.5, generation_s_range=[0.45, 0.55])
+    decision = decision_cost(metrics, metrics["verdict"])
+    assert decision["column_better"] and "break_even_queries" not in decision
+    text = cost_text(decision, "retrieval, k=4")
+    assert text.startswith("Cost: retrieval, k=4 reaches 142% of the tuned gain (it scores better than the tuned "
+                           "model) at 3x the tuned model's cost per query")
+    assert text.endswith("Training cost 120 s; retrieval, k=4 scores better, so the tuned model's cheaper queries "
+                         "do not pay it back.") and "pays back after" not in text

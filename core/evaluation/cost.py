@@ -18,7 +18,9 @@ the tuned model on the verdict's metric:
 
 ``gain_share`` and the break-even are left out when training gained nothing
 over zero-shot on the verdict's metric (:func:`tuned_gain`: the tuned value
-is not better): there is no gain to share or to pay back.
+is not better): there is no gain to share or to pay back.  The break-even is
+also left out when the prompting column scores better than the tuned model
+(``column_better``): cheaper queries of a worse model do not pay for training.
 
 Costs are in seconds of this machine unless prices are set
 (``evidence.price_per_hour``: machine time; ``evidence.price_per_million_tokens``:
@@ -110,7 +112,11 @@ def decision_cost(metrics: dict, verdict: dict, prices: Optional[dict] = None) -
         out["query_cost_ratio"] = out["column_per_query"] / out["tuned_per_query"]
     saving = (out["column_per_query"] - out["tuned_per_query"]) if None not in (
         out["column_per_query"], out["tuned_per_query"]) else None
-    if out["training"] is not None and saving is not None and gain:
+    higher = verdict.get("higher_is_better", True)
+    value = verdict.get("baseline_value")
+    out["column_better"] = column != BASE and value is not None and (
+        value > verdict["tuned"] if higher else value < verdict["tuned"])
+    if out["training"] is not None and saving is not None and gain and not out["column_better"]:
         out["break_even_queries"] = int(round(out["training"] / saving)) if saving > 0 else None
         if not prices.get("price_per_million_tokens"):
             worst = _per_query(other, prices, "low") - _per_query(tuned, prices, "high")
@@ -145,10 +151,14 @@ def cost_text(decision: Optional[dict], label: str) -> str:
         ratio = decision.get("query_cost_ratio")
         cost = f" at {ratio:.2g}x the tuned model's cost per query and no training" if ratio else ""
         share = round(100 * decision["gain_share"])  # an int: never "-0"
-        parts.append(f"Cost: {label} reaches {share}% of the tuned gain{cost}.")
+        more = " (it scores better than the tuned model)" if decision.get("column_better") else ""
+        parts.append(f"Cost: {label} reaches {share}% of the tuned gain{more}{cost}.")
     if decision.get("training") is not None:
         training = f"Training cost {_amount(decision['training'], unit)}"
-        if "break_even_queries" not in decision:
+        if decision.get("column_better"):
+            parts.append(f"{training}; {label} scores better, so the tuned model's cheaper queries do not pay "
+                         "it back.")
+        elif "break_even_queries" not in decision:
             parts.append(f"{training}.")
         elif decision["break_even_queries"]:
             spread = decision.get("break_even_range") or []
