@@ -396,6 +396,29 @@ LAUNCHER_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK", "WORLD_SI
                       "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
 
 
+def processes_on_this_node(context: "RunContext") -> Optional[int]:
+    """How many processes the launcher started on this node (torchrun's ``LOCAL_WORLD_SIZE``; SLURM's
+    ``SLURM_STEP_TASKS_PER_NODE``/``SLURM_TASKS_PER_NODE``, e.g. ``2(x3),1``, for this node; MPI's local
+    size), or None when the launcher does not say."""
+    if context.cluster_environment == "TorchElasticEnvironment":
+        names = ("LOCAL_WORLD_SIZE",)
+    elif context.cluster_environment == "SLURMEnvironment":
+        names = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
+    else:
+        names = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
+    for name in names:
+        counts = []
+        for part in os.environ.get(name, "").split(","):
+            count, _, times = part.strip().partition("(x")
+            if not count.isdigit() or (times and not times.rstrip(")").isdigit()):
+                counts = []
+                break
+            counts += [int(count)] * (int(times.rstrip(")")) if times else 1)
+        if counts:
+            return counts[context.node_rank] if context.node_rank < len(counts) else counts[-1]
+    return None
+
+
 def started_by_a_launcher() -> bool:
     """True when a launcher's variables are set (cheap: no Lightning import); False means a plain
     single process, which is the main one of its run."""

@@ -188,11 +188,11 @@ def check_launch(context, trainer: "TrainerConfig") -> None:
     context.check_process_count(trainer.devices, trainer.num_nodes)
     if context.cluster_environment not in _LAUNCHERS or context.world_size <= 1:
         return
-    from tuneforge.context import device_request
+    from tuneforge.context import device_request, processes_on_this_node
 
     per_node, _ = device_request(trainer.devices)
     nodes = int(trainer.num_nodes)
-    local = _processes_on_this_node(context)
+    local = processes_on_this_node(context)
     launcher, hint = _LAUNCHERS[context.cluster_environment]
     here = f"{local} on this node" if local else f"this one has local rank {context.local_rank}"
     if per_node is None:  # auto: what Lightning takes
@@ -211,31 +211,6 @@ def check_launch(context, trainer: "TrainerConfig") -> None:
             f"{launcher} started {context.world_size} process(es) ({here}) but trainer.devices={trainer.devices} "
             f"takes {per_node} per node on trainer.num_nodes={nodes}; launch with "
             f"{hint.format(devices=per_node, nodes=nodes)}, or set {fits}")
-
-
-def _processes_on_this_node(context) -> Optional[int]:
-    """How many processes the launcher started on this node (torchrun's ``LOCAL_WORLD_SIZE``; SLURM's
-    ``SLURM_STEP_TASKS_PER_NODE``/``SLURM_TASKS_PER_NODE``, e.g. ``2(x3),1``, for this node; MPI's local
-    size), or None when the launcher does not say."""
-    import os
-
-    if context.cluster_environment == "TorchElasticEnvironment":
-        names = ("LOCAL_WORLD_SIZE",)
-    elif context.cluster_environment == "SLURMEnvironment":
-        names = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
-    else:
-        names = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
-    for name in names:
-        counts = []
-        for part in os.environ.get(name, "").split(","):
-            count, _, times = part.strip().partition("(x")
-            if not count.isdigit() or (times and not times.rstrip(")").isdigit()):
-                counts = []
-                break
-            counts += [int(count)] * (int(times.rstrip(")")) if times else 1)
-        if counts:
-            return counts[context.node_rank] if context.node_rank < len(counts) else counts[-1]
-    return None
 
 
 def _auto_devices(accelerator: str) -> tuple:
