@@ -58,7 +58,7 @@ LIGHTNING_ENVIRONMENT = "LightningEnvironment"
 EARLY_GROUP_VARIABLE = "TUNEFORGE_EARLY_PROCESS_GROUP"
 
 #: launcher name, and how to start ``devices`` processes per node on ``nodes`` nodes with it
-_LAUNCH_HINTS = {
+LAUNCH_HINTS = {
     "TorchElasticEnvironment": ("torchrun",
                                 "'torchrun --nproc_per_node={devices} --nnodes={nodes} -m tuneforge train ...'"),
     "SLURMEnvironment": ("SLURM", "'srun --nodes={nodes} --ntasks-per-node={devices} tuneforge train ...'"),
@@ -203,7 +203,7 @@ class RunContext:
         list of device ids, and an integer): with ``devices=auto`` Lightning
         decides itself.
         """
-        if self.cluster_environment not in _LAUNCH_HINTS:
+        if self.cluster_environment not in LAUNCH_HINTS:
             return
         per_node, _ = device_request(devices)
         if per_node is None or isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
@@ -211,7 +211,7 @@ class RunContext:
         expected = per_node * num_nodes
         if expected == self.world_size:
             return
-        launcher, hint = _LAUNCH_HINTS[self.cluster_environment]
+        launcher, hint = LAUNCH_HINTS[self.cluster_environment]
         raise ConfigError(
             f"{launcher} started {self.world_size} process(es) but trainer.devices={devices} x "
             f"trainer.num_nodes={num_nodes} needs {expected}; launch with "
@@ -294,14 +294,14 @@ def shared_run_dir(ranks: ProcessRanks, num_nodes: int, root: str = "runs") -> O
     an id this raises a one-line :class:`~tuneforge.ConfigError` asking for
     ``run_dir=``.  Call it only when no run directory was given.
     """
-    external = ranks.cluster_environment in _LAUNCH_HINTS and ranks.world_size > 1
+    external = ranks.cluster_environment in LAUNCH_HINTS and ranks.world_size > 1
     multi_node = int(num_nodes or 1) > 1 or ranks.node_rank > 0
     if not (external or multi_node):
         return None
     job = launch_id()
     if job:
         return f"{root}/{job}"
-    launcher = _LAUNCH_HINTS.get(ranks.cluster_environment, ("Lightning's launcher",))[0]
+    launcher = LAUNCH_HINTS.get(ranks.cluster_environment, ("Lightning's launcher",))[0]
     nodes = f" on {max(int(num_nodes or 1), ranks.node_rank + 1)} nodes" if multi_node else ""
     hint = " (or give torchrun --rdzv-id=<job id>)" if ranks.cluster_environment == "TorchElasticEnvironment" else ""
     raise ConfigError(f"{ranks.world_size} processes started by {launcher}{nodes} need one run directory that all "

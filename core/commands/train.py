@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from tuneforge.commands.cli import _fail
+from tuneforge.commands.train_signals import RunsBegun
 
 
 def train_command(args: list, debug: bool = False, program: bool = False) -> None:
@@ -28,7 +29,7 @@ def train_command(args: list, debug: bool = False, program: bool = False) -> Non
         return print(train_help(args), end="")
     if print_pruned_job(args):
         return
-    from tuneforge.commands.train_signals import RunsBegun, one_line_on_stop_signals
+    from tuneforge.commands.train_signals import one_line_on_stop_signals
     from tuneforge.errors import TuneforgeError
 
     collector = StartupCollector(freeze=program)
@@ -82,12 +83,12 @@ class TrainCommand:
     """One ``tuneforge train`` invocation: its arguments, the plugins they load and the Hydra jobs it runs."""
 
     def __init__(self, args: list, debug: bool = False, collector: Optional[StartupCollector] = None,
-                 runs_begun: Optional[list] = None):
+                 runs_begun: Optional[RunsBegun] = None):
         from tuneforge.host.compose import check_config_dirs, load_plugins
 
         self.debug = debug
         #: the run directories whose run this command began (train_one), newest last
-        self.runs_begun = [] if runs_begun is None else runs_begun
+        self.runs_begun = RunsBegun() if runs_begun is None else runs_begun
         #: resumed once Lightning is imported (the end of start-up), see :class:`StartupCollector`
         self.collector = collector
         self.overrides = hydra_overrides(args)
@@ -209,8 +210,7 @@ class TrainCommand:
         from tuneforge.commands.sweep import record_failed_job
 
         began = time.monotonic_ns()
-        if hasattr(self.runs_begun, "resume_sweep"):  # what a stop between two of its runs prints
-            self.runs_begun.resume_sweep = resume_command(self.args, None, _sweep_dir())
+        self.runs_begun.resume_sweep = resume_command(self.args, None, _sweep_dir())  # a stop between runs
         try:
             self.train_job(cfg, in_sweep=True)
         except Exception as exc:

@@ -24,7 +24,7 @@ class RunsBegun(list):
 
 
 @contextlib.contextmanager
-def one_line_on_stop_signals(runs_begun: list):
+def one_line_on_stop_signals(runs_begun: RunsBegun):
     """SIGTERM/SIGINT raise :class:`~tuneforge.training.run_stop.StopSignal` for the ``with`` block (a run
     installs its own handlers inside it and gives these back after); one that reaches this block ends the
     command with one line and exit status 143 (SIGTERM) or 130 (SIGINT).  ``runs_begun``: the run
@@ -44,14 +44,14 @@ def one_line_on_stop_signals(runs_begun: list):
         raise SystemExit(130 if stop.signal_name == "SIGINT" else 143) from None
 
 
-def _where(signal_name: str, runs_begun: list) -> str:
+def _where(signal_name: str, runs_begun: RunsBegun) -> str:
     """What the signal interrupted: the start of the command (nothing trained; the new run directory
     removed), what follows a run that ended, or a ``-m`` sweep between two of its runs (how to resume it)."""
     from tuneforge.training.run_dir import read_status
 
     run_dir = runs_begun[-1] if runs_begun else None
     status = read_status(Path(run_dir)).get("status") if run_dir is not None else None
-    resume_sweep = getattr(runs_begun, "resume_sweep", None)
+    resume_sweep = runs_begun.resume_sweep
     if resume_sweep is not None:
         last = f" (the last run began: {run_dir}, {status or 'not started'})" if run_dir is not None else ""
         return (f"interrupted by {signal_name} while its -m sweep was between runs{last}; the runs that completed are "

@@ -163,16 +163,6 @@ def check_strategy(strategy: "StrategyConfig", trainer: "TrainerConfig", checkpo
                               "or use strategy=ddp")
 
 
-#: how each cluster environment's launcher is named, and the command that starts N processes per node on M nodes
-_LAUNCHERS = {
-    "TorchElasticEnvironment": ("torchrun",
-                                "'torchrun --nproc_per_node={devices} --nnodes={nodes} -m tuneforge train ...'"),
-    "SLURMEnvironment": ("SLURM", "'srun --nodes={nodes} --ntasks-per-node={devices} tuneforge train ...'"),
-    "LSFEnvironment": ("LSF", "jsrun, {devices} task(s) per node on {nodes} node(s)"),
-    "MPIEnvironment": ("MPI", "mpirun, {devices} process(es) per node on {nodes} node(s)"),
-}
-
-
 def check_launch(context, trainer: "TrainerConfig") -> None:
     """Stop (one line, before any model loads) when a cluster launcher started other processes than the
     trainer settings make Lightning use: the total (:meth:`tuneforge.RunContext.check_process_count`), and
@@ -185,15 +175,16 @@ def check_launch(context, trainer: "TrainerConfig") -> None:
       rank) against ``trainer.devices``, also when the total matches (``devices=1 num_nodes=2`` with two
       processes on one node).
     """
+    from tuneforge.context import LAUNCH_HINTS, device_request, processes_on_this_node
+
     context.check_process_count(trainer.devices, trainer.num_nodes)
-    if context.cluster_environment not in _LAUNCHERS or context.world_size <= 1:
+    if context.cluster_environment not in LAUNCH_HINTS or context.world_size <= 1:
         return
-    from tuneforge.context import device_request, processes_on_this_node
 
     per_node, _ = device_request(trainer.devices)
     nodes = int(trainer.num_nodes)
     local = processes_on_this_node(context)
-    launcher, hint = _LAUNCHERS[context.cluster_environment]
+    launcher, hint = LAUNCH_HINTS[context.cluster_environment]
     here = f"{local} on this node" if local else f"this one has local rank {context.local_rank}"
     if per_node is None:  # auto: what Lightning takes
         per_node, what = _auto_devices(str(trainer.accelerator))
