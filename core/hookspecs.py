@@ -139,9 +139,10 @@ def tuneforge_baselines() -> Iterable[BaselineSpec]:
     """Return :class:`~tuneforge.specs.BaselineSpec` objects.
 
     Selected as a list with ``baselines=[a,b]`` (default
-    ``[few_shot,retrieval]``; ``baselines=[]`` switches them off); each
+    ``[few_shot,retrieval,majority]``; ``baselines=[]`` switches them off); each
     rewrites the held-out prompts for the base model (e.g. demonstrations
-    from the training set before the user turn), and the selected held-out
+    from the training set before the user turn), or answers without a model
+    (``majority``), and the selected held-out
     evaluators score the result as one more column next to ``base`` and
     ``tuned``, with confidence intervals and prompt-token cost, so the run's
     verdict says whether fine-tuning beat prompting.

@@ -442,38 +442,45 @@ class CallbackSpec(_Spec):
 
 @dataclass(frozen=True)
 class BaselineSpec(_Spec):
-    """A prompting baseline: the base model, prompted better, as a column next to base and tuned
-    (config group ``baselines``; several run, by default ``few_shot`` and ``retrieval``).
+    """A baseline: the base model, prompted better, as a column next to base and tuned (config group
+    ``baselines``; several run, by default ``few_shot``, ``retrieval`` and ``majority``).
 
-    ``rewrite(model, tokenizer, train, held_out, config) -> examples`` gets
-    the base model (before training), its tokenizer, the training examples,
-    the held-out examples and the baseline's config (an instance of its config class), and returns
-    the held-out examples, in the same order, with their ``messages``
-    rewritten: extra turns (demonstrations, a system prompt) before each
-    example's own turns, which stay as they were at the end (so the
-    reference is unchanged).  It may also accept the keywords ``seed`` (the
-    run's), ``chat_template`` (the data's), ``context`` (the
-    :class:`tuneforge.RunContext`), ``info`` (an empty dict the baseline may
-    fill with JSON-serialisable facts about its run, e.g. how many queries
-    retrieval could only tie-break, saved under ``baseline_info[<key>]`` in
-    ``metrics.json``) and ``build_retriever`` (``build_retriever(setting) ->
-    retriever``: the registered :class:`RetrieverSpec` that ``setting``
-    selects, a name or a mapping with ``name``, built from its config).  It must not change the model or use a
-    held-out example as a demonstration; the host checks both the kept
-    turns and that no held-out (prompt, answer) pair appears among the added
-    turns, re-tokenizes the rewritten examples (loss on the example's own
-    answer only) and scores them with the selected held-out evaluators in
-    one evaluation pass, as the column ``<name>``.
+    ``rewrite(model, tokenizer, train, held_out, config) -> examples`` gets the base model (before
+    training), its tokenizer, the training and held-out examples and the baseline's config (an
+    instance of its config class), and returns the held-out examples, in the same order, with their
+    ``messages`` rewritten: extra turns (demonstrations, a system prompt) before each example's own
+    turns, which stay as they were at the end (so the reference is unchanged).  It may also accept
+    the keywords ``seed`` (the run's), ``chat_template`` (the data's), ``context`` (the
+    :class:`tuneforge.RunContext`), ``info`` (an empty dict the baseline may fill with
+    JSON-serialisable facts about its run, e.g. how many queries retrieval could only tie-break, saved
+    under ``baseline_info[<key>]`` in ``metrics.json``) and ``build_retriever``
+    (``build_retriever(setting) -> retriever``: the registered :class:`RetrieverSpec` that
+    ``setting`` selects, a name or a mapping with ``name``, built from its config).  It must not
+    change the model or use a held-out example as a demonstration; the host checks both, re-tokenizes
+    the rewritten examples (loss on the example's own answer only) and scores them with the selected
+    held-out evaluators in one evaluation pass, as the column ``<name>``.
+
+    ``answer(train, held_out, config) -> list of str or None`` instead of ``rewrite`` (exactly one of
+    the two): a column without a model (``majority``): one answer per held-out example, in order, or
+    None where it does not apply (no column; why in ``info["skipped"]``); keywords ``seed``,
+    ``context``, ``info`` as for ``rewrite``.  Only the evaluators that score generated answers
+    (through :func:`tuneforge.evaluation.generate_predictions`) score it.
 
     ``describe(config) -> str``: the column's label in the report and the
     verdict (e.g. ``"retrieval, k=4"``); the name when omitted.
     """
 
     kind: ClassVar[str] = "baseline"
-    required: ClassVar[tuple[str, ...]] = ("rewrite",)
-    optional: ClassVar[tuple[str, ...]] = ("describe",)
+    optional: ClassVar[tuple[str, ...]] = ("rewrite", "answer", "describe")
     rewrite: Optional[Callable[..., list]] = None
     describe: Optional[Callable[[Any], str]] = None
+    answer: Optional[Callable[..., Optional[list]]] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.rewrite is None) == (self.answer is None):
+            raise TypeError(f"baseline '{self.name}': give exactly one of 'rewrite' (the base model prompted "
+                            f"differently) and 'answer' (no model), got {'neither' if self.rewrite is None else 'both'}")
 
 
 @dataclass(frozen=True)

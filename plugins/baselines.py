@@ -1,7 +1,8 @@
-"""Prompting baselines ``few_shot`` and ``retrieval``: the base model prompted with training examples.
+"""Baselines ``few_shot`` and ``retrieval`` (the base model prompted with training examples) and ``majority``.
 
-Both put k training examples as demonstration turns (user question, assistant
-answer) before each held-out example's own turns, after its system message:
+The first two put k training examples as demonstration turns (user question,
+assistant answer) before each held-out example's own turns, after its system
+message:
 
 * ``few_shot``: the same k examples for every prompt, drawn at random with the
   run's seed; for a classification set (the answers are a few labels) one of each
@@ -15,6 +16,9 @@ answer) before each held-out example's own turns, after its system message:
   Queries that matched no training question (every score 0: the order is the
   training set's) are counted in ``baseline_info.retrieval.tie_only_queries``
   and warned about.
+
+``majority`` uses no model: every held-out prompt gets the most common training
+answer of a classification set (the chance level; no column for other data).
 
 Demonstrations come only from :func:`tuneforge.evaluation.demonstration_pool`
 (training chat examples; never one whose question and answer are a held-out
@@ -325,6 +329,36 @@ def rewrite_retrieval(model, tokenizer, train, held_out, config: RetrievalConfig
     return rewritten
 
 
+@dataclass
+class MajorityConfig:
+    """The most common training answer given to every held-out prompt, without a model: the chance level
+    a classifier must beat (a tuned model can beat the zero-shot base by the answer format alone).
+
+    max_labels: the most distinct answers that still count as labels; with more, or when the answers
+        are not labels (a few answers repeated over most training examples), there is no column.
+    """
+
+    max_labels: int = 10
+
+    def __post_init__(self) -> None:
+        check(self, max_labels=at_least(2))
+
+
+def answer_majority(train, held_out, config: MajorityConfig, *, info: Optional[dict] = None) -> Optional[list]:
+    """The most common training label for every held-out example (ties: the first label in sorted order), or
+    None when the training answers are not labels (``info["skipped"]`` says so)."""
+    info = info if info is not None else {}
+    by_label = examples_by_label(list(train), config.max_labels)
+    if by_label is None:
+        info["skipped"] = (f"the training answers are not labels (at most {config.max_labels} answers repeated "
+                           "over most examples), so there is no most common answer to compare with")
+        return None
+    answer = max(by_label, key=lambda label: len(by_label[label]))  # sorted labels: the first of equal counts
+    labelled = sum(len(examples) for examples in by_label.values())
+    info.update(answer=answer, share=len(by_label[answer]) / labelled, labels=len(by_label))
+    return [answer] * len(held_out)
+
+
 @tuneforge.hookimpl
 def tuneforge_baselines():
     return [
@@ -334,4 +368,7 @@ def tuneforge_baselines():
         tuneforge.BaselineSpec("retrieval", RetrievalConfig,
                                "the k most similar training examples (BM25) as demonstrations",
                                rewrite=rewrite_retrieval, describe=lambda config: f"retrieval, k={config.k}"),
+        tuneforge.BaselineSpec("majority", MajorityConfig,
+                               "the most common training answer for every prompt, no model (classification sets)",
+                               answer=answer_majority, describe=lambda config: "most common answer (no model)"),
     ]

@@ -341,3 +341,67 @@ def test_few_shot_path_composes_from_the_command_line_and_is_a_data_file_of_the_
     pairs = write_records(tmp_path / "pairs.jsonl", [{"prompt": "Q?", "chosen": "good", "rejected": "bad"}])
     bad = validate(compose(["baselines=[few_shot]", f"baselines.few_shot.path={pairs}"]), plugins)
     assert [p.key for p in bad] == ["baselines.few_shot.path"] and "pairs.jsonl:1 is a preference pair" in str(bad[0])
+
+
+# ---------------------------------------------------------------------------
+# majority: the most common training answer, without a model
+# ---------------------------------------------------------------------------
+
+
+def test_majority_answers_the_most_common_training_label_and_nothing_for_open_answers():
+    labels = ["billing", "shipping", "returns"]
+    train = [chat(f"ticket {i}", labels[min(i % 4, 2)], f"t:{i}") for i in range(40)]  # returns: 20 of 40
+    held = [chat("held ticket", "billing", "v:0"), chat("another", "returns", "v:1")]
+    info: dict = {}
+    assert builtin.answer_majority(train, held, builtin.MajorityConfig(), info=info) == ["returns", "returns"]
+    assert info == {"answer": "returns", "share": 0.5, "labels": 3}
+    tied = [chat(f"ticket {i}", labels[i % 2], f"t:{i}") for i in range(10)]  # billing 5, shipping 5
+    assert builtin.answer_majority(tied, held, builtin.MajorityConfig()) == ["billing", "billing"]
+    open_ended = [chat(f"Q{i}", f"A{i}", f"o:{i}") for i in range(10)]
+    info = {}
+    assert builtin.answer_majority(open_ended, held, builtin.MajorityConfig(), info=info) is None
+    assert info["skipped"].startswith("the training answers are not labels")
+    with pytest.raises(tuneforge.ConfigError, match="max_labels"):
+        builtin.MajorityConfig(max_labels=1)
+
+
+def test_a_baseline_gives_exactly_one_of_rewrite_and_answer():
+    @dataclass
+    class Cfg:
+        pass
+
+    with pytest.raises(TypeError, match="give exactly one of 'rewrite' .* got neither"):
+        tuneforge.BaselineSpec("nothing", Cfg)
+    with pytest.raises(TypeError, match="got both"):
+        tuneforge.BaselineSpec("both", Cfg, rewrite=lambda *a: [], answer=lambda *a: [])
+
+
+def test_the_majority_column_scores_its_answer_with_the_answer_scoring_evaluators(tmp_path):
+    from tuneforge.testing import run_tiny_fit
+
+    labels = ["billing", "shipping", "returns"]
+    records = [{"instruction": f"Route ticket number {i}.", "output": labels[min(i % 4, 2)]} for i in range(48)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:36]))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[36:]))
+    result = run_tiny_fit(tmp_path / "run", overrides=[
+        f"data.path={tmp_path / 'train.jsonl'}", f"data.val_path={tmp_path / 'val.jsonl'}", "data.cache=false",
+        "evaluators=[perplexity,exact_match]", "evaluators.exact_match.max_new_tokens=2", "trainer.max_steps=1",
+        "baselines=[majority]", "memorisation.sample=0"])
+    metrics = result.metrics
+    # exact_match scored the constant answer; perplexity scores a model, so it is not in the column
+    assert metrics["baselines"]["majority"] == {"exact_match": pytest.approx(6 / 12)}
+    assert metrics["baseline_info"]["majority"] == {"no_model": True, "answer": "returns", "share": 0.5,
+                                                    "labels": 3, "name": "majority",
+                                                    "label": "most common answer (no model)"}
+    assert "majority" in metrics["verdict"]["comparisons"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").open()]
+    held = [r for r in rows if r["set"] == "val" and r["kind"] == "generation"]
+    assert len(held) == 12 and all(r["majority"] == "returns" for r in held)
+    assert [r["scores"]["majority"]["exact_match"] for r in held] == [float(r["reference"] == "returns") for r in held]
+    assert "most common answer (no model)" in (tmp_path / "run" / "report.md").read_text()
+
+    # open answers (the default sample data): no column, and the reason is recorded
+    plain = run_tiny_fit(tmp_path / "plain", overrides=["trainer.max_steps=1", "memorisation.sample=0",
+                                                        "baselines=[majority]"]).metrics
+    assert "majority" not in plain.get("baselines", {})
+    assert plain["baselines_skipped"]["majority"].startswith("the training answers are not labels")

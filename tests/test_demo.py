@@ -151,7 +151,7 @@ def test_experiment_config_composes(tmp_path, monkeypatch, smollm2_placeholder):
     assert Path(cfg.evaluators.forgetting.path).is_file()
     assert cfg.adapter.name == "lora" and cfg.threads == 2
     assert "tuned:exact_match >= 0.90" in cfg.callbacks.targets.checks.values()
-    assert list(cfg.baselines) == ["few_shot", "retrieval", "rag"] and cfg.baselines.rag.leak_check == "refuse"
+    assert list(cfg.baselines) == ["few_shot", "retrieval", "majority", "rag"] and cfg.baselines.rag.leak_check == "refuse"
     assert Path(cfg.baselines.rag.corpus).name == "citation_rules.md" and Path(cfg.baselines.rag.corpus).is_file()
     monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "elsewhere"))  # no GGUF: refused before loading
     with pytest.raises(tuneforge.ConfigError, match=r"^model\.path: GGUF file not found: .*elsewhere"):

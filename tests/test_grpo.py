@@ -381,6 +381,7 @@ def test_a_third_party_reward_returning_words_stops_the_run_in_one_line(tmp_path
     assert "'high'" in line or "'low'" in line
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it near 15 minutes; CI's slow step runs it
 def test_a_grpo_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(tmp_path):
     """The sampling draws from the process RNG, which the checkpoint saves: the resumed run samples, scores and
     trains as the uninterrupted one did."""
@@ -456,7 +457,7 @@ def test_the_grpo_demo_experiment_composes_and_its_pattern_accepts_every_referen
     cfg = compose(overrides, load_plugins(overrides))
     assert cfg.loss.name == "grpo" and list(cfg.rewards) == ["regex", "similarity", "length"]
     assert cfg.rewards.similarity.field == "output" and "reward" in cfg.evaluators  # the content, not the shape alone
-    assert cfg.data.n_rehearsal == 0 and list(cfg.baselines) == ["few_shot", "retrieval"]
+    assert cfg.data.n_rehearsal == 0 and list(cfg.baselines) == ["few_shot", "retrieval", "majority"]
     sft = compose(["+experiment=legal_citations"], load_plugins(["+experiment=legal_citations"]))
     assert dict(cfg.adapter) == dict(sft.adapter)  # init_from=<a demo SFT run> fits
     train, val = generate(100, 30, 0)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import tuneforge
 from tuneforge.evaluation import uncertainty as u
 from tuneforge.evaluation.comparison import summarize, verdict_text
 from tuneforge.plugins import targets
@@ -70,17 +71,19 @@ def test_mcnemar_against_a_hand_computed_case():
         u.mcnemar_exact([0.5, 1], [1, 0])
 
 
-def _run(tuned, base, retrieval, few_shot=None, train=None, forgetting=None, extra=None, slices=None, seed=0,
-         margin=0.05, forgetting_limit=0.05):
+def _run(tuned, base, retrieval=None, few_shot=None, train=None, forgetting=None, extra=None, slices=None, seed=0,
+         margin=0.05, forgetting_limit=0.05, majority=None, baseline_info=None, metric=None):
     """Metrics and per-example exact-match scores of a run with these columns (lists of 0/1).
 
     ``forgetting``: ``(base, tuned)`` 0/1 scores on a general set; ``extra``: ``{metric: (tuned, retrieval)}``
     continuous held-out scores; ``slices``: a ``lang`` label per held-out example."""
-    columns = {"base": base, "retrieval": retrieval, "tuned": tuned, **({"few_shot": few_shot} if few_shot else {})}
+    columns = {"base": base, **({"retrieval": retrieval} if retrieval is not None else {}), "tuned": tuned,
+               **({"few_shot": few_shot} if few_shot else {}), **({"majority": majority} if majority else {})}
     metrics = {"base": {"exact_match": float(np.mean(base))}, "tuned": {"exact_match": float(np.mean(tuned))},
                "baselines": {k: {"exact_match": float(np.mean(v))} for k, v in columns.items()
                              if k not in ("base", "tuned")},
-               "baseline_info": {"retrieval": {"label": "retrieval, k=4"}, "few_shot": {"label": "few_shot, k=4"}},
+               "baseline_info": {"retrieval": {"label": "retrieval, k=4"}, "few_shot": {"label": "few_shot, k=4"},
+                                 **(baseline_info or {})},
                "metric_info": {"exact_match": {"higher_is_better": True, "section": "held-out"},
                                "forgetting/contains": {"higher_is_better": True, "section": "forgetting"}},
                "cost": {"base": {"prompt_tokens_per_query": 100.0}, "retrieval": {"prompt_tokens_per_query": 400.0},
@@ -100,7 +103,7 @@ def _run(tuned, base, retrieval, few_shot=None, train=None, forgetting=None, ext
     if train is not None:
         memorisation = {"sample": len(train), "metrics": {"exact_match": float(np.mean(train))},
                         "scores": {"exact_match": {"values": [float(x) for x in train], "weights": None}}}
-    return summarize(metrics, scores, seed=seed, memorisation=memorisation, margin=margin,
+    return summarize(metrics, scores, seed=seed, memorisation=memorisation, margin=margin, metric=metric,
                      forgetting_limit=forgetting_limit, slice_labels=slices, slice_by="lang" if slices else None)
 
 
@@ -480,3 +483,58 @@ def test_no_pay_back_is_claimed_when_the_prompting_column_scores_better():
                            "model) at 3x the tuned model's cost per query")
     assert text.endswith("Training cost 120 s; retrieval, k=4 scores better, so the tuned model's cheaper queries "
                          "do not pay it back.") and "pays back after" not in text
+
+
+def test_a_tuned_model_no_better_than_the_most_common_answer_is_not_tune():
+    """The random-label control: tuning learns the labels' format (zero-shot scores 0) but not the task; the
+    most common training answer (the ``majority`` column, no model) scores as well, so the verdict is not
+    "Tune", and where the two are shown equivalent it says tuning did no better than that answer."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, size=200)
+    tuned = (rng.integers(0, 5, size=200) == labels).astype(int)  # a right label by chance
+    majority = (labels == 0).astype(int)
+    metrics = _run(tuned=list(tuned), base=[0] * 200, majority=list(majority))
+    verdict = metrics["verdict"]
+    assert verdict["comparisons"]["base"]["low"] > 0  # it does beat the zero-shot base, by the format alone
+    assert verdict["outcome"] != "tune" and "majority" in verdict["comparisons"]
+    same = [1] * 40 + [0] * 160
+    info = {"majority": {"label": "most common answer (no model)", "no_model": True, "answer": "billing"}}
+    suffices = _run(tuned=same, base=[0] * 200, majority=same, baseline_info=info)["verdict"]
+    assert suffices["outcome"] == "prompting_suffices" and suffices["equivalent_no_model"] is True
+    assert suffices["headline"].startswith("Prompting suffices: tuning did no better than most common answer "
+                                           "(no model), within ±5.0 of the tuned exact_match")
+    alone = _run(tuned=[1] * 30, base=[0] * 30)["verdict"]  # no baseline at all: the risk is named
+    assert alone["outcome"] == "tune" and "beat by the answers' format alone" in alone["text"]
+
+
+def test_evidence_metric_chooses_the_verdicts_metric_and_a_missing_one_is_named(tmp_path):
+    from tuneforge.testing import run_tiny_fit
+
+    rouge = ([0.9] * 20 + [0.8] * 10, [0.5] * 30)
+    chosen = _run(tuned=[1] * 15 + [0] * 15, base=[0] * 30, retrieval=[1] * 15 + [0] * 15, extra={"rouge": rouge},
+                  metric="rouge")["verdict"]
+    assert chosen["metric"] == "rouge" and chosen["outcome"] == "tune" and "metric_note" not in chosen
+    automatic = _run(tuned=[1] * 15 + [0] * 15, base=[0] * 30, retrieval=[1] * 15 + [0] * 15,
+                     extra={"rouge": rouge})["verdict"]
+    assert automatic["metric"] == "exact_match" and automatic["outcome"] != "tune"
+    missing = _run(tuned=[1] * 30, base=[0] * 30, retrieval=[0] * 30, metric="bleu")["verdict"]
+    assert missing["metric"] == "exact_match"
+    assert ("Evidence.metric=bleu was not measured for both the tuned model and a prompting column (as a held-out "
+            "metric), so the verdict is on exact_match.") in missing["text"]
+    with pytest.raises(tuneforge.ConfigError, match=r"evidence.metric: 'bleu' is not a metric of a selected "
+                                                     r"evaluator \(selected: perplexity\)"):
+        run_tiny_fit(tmp_path / "run", overrides=["evidence.metric=bleu", "trainer.max_steps=1"])
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_loss_that_favours_tuning_says_what_a_lower_loss_shows():
+    from tuneforge.evaluation.verdict import _disagreement_text
+
+    verdict = {"metric": "exact_match", "decision": "inconclusive"}
+    loss = {"metric": "perplexity/loss", "direction": "better", "change": -0.8, "low": -1.0, "high": -0.6,
+            "share": False, "is_loss": True}
+    text = _disagreement_text(verdict, loss)
+    assert text.startswith("perplexity/loss favours tuning: tuned is significantly better (-0.8, 95% CI -1..-0.6)")
+    assert text.endswith("A lower loss says the tuned model finds the reference answers likelier (their format and "
+                         "words), not that its answers are right.")
+    assert "likelier" not in _disagreement_text(verdict, dict(loss, metric="rouge", is_loss=False))

@@ -184,7 +184,7 @@ def test_an_empty_list_group_mapping_in_an_experiment_warns(tmp_path, caplog):
     path = write(tmp_path, "experiment/none.yaml", GLOBAL + "baselines: {}\n")
     with caplog.at_level(logging.WARNING, logger="tuneforge"):
         cfg = compose(tmp_path, "+experiment=none")
-    assert sorted(cfg.baselines) == ["few_shot", "retrieval"]  # what Hydra makes of it
+    assert sorted(cfg.baselines) == ["few_shot", "majority", "retrieval"]  # what Hydra makes of it
     assert f"'baselines: {{}}' in {path}:2 changes nothing" in caplog.text
     assert "'- override /baselines: []'" in caplog.text
     write(tmp_path, "experiment/none.yaml", GLOBAL + "defaults:\n  - override /baselines: []\n  - _self_\n")

@@ -315,6 +315,16 @@ def run_baselines(baselines: dict, evaluators: dict, settings, model, tokenizer,
             columns[key] = done[key]
             continue
         spec = baseline.spec
+        if spec.answer is not None:
+            column, reason = answer_column(key, baseline, evaluators, settings, model, tokenizer, splits, context,
+                                           rewards)
+            if column is None:
+                skipped[key] = reason
+                log.info("baseline %s skipped: %s", key, reason)
+            else:
+                columns[key] = column
+                _log_column(column, context)
+            continue
         info: dict = {}
         examples = rewrite_held_out(key, baseline, settings, model, tokenizer, splits, context, retrievers, info)
         if all(len(new["messages"]) == len(old["messages"]) and new["messages"] == old["messages"]
@@ -335,10 +345,45 @@ def run_baselines(baselines: dict, evaluators: dict, settings, model, tokenizer,
                         "scores": one_pass.example_scores, "timings": one_pass.timings,
                         "prompt_tokens": prompt_tokens_per_query(tokenizer, examples, splits.chat_template),
                         "predictions": rows}
-        if context is None or context.is_main:
-            log.info("baseline %s: %s", columns[key]["label"],
-                     ", ".join(f"{name} {value:.4g}" for name, value in sorted(values.items())) or "no metric")
+        _log_column(columns[key], context)
     return columns, skipped
+
+
+def _log_column(column: dict, context) -> None:
+    if context is None or context.is_main:
+        log.info("baseline %s: %s", column["label"],
+                 ", ".join(f"{name} {value:.4g}" for name, value in sorted(column["metrics"].items())) or "no metric")
+
+
+def answer_column(key: str, baseline, evaluators: dict, settings, model, tokenizer, splits, context=None,
+                  rewards=None) -> tuple:
+    """``(column, None)`` for a baseline with ``answer`` (no model: its answers are scored as if generated,
+    by the evaluators that score generated answers), or ``(None, why there is no column)``."""
+    from tuneforge.evaluation.generation import merge_predictions
+    from tuneforge.evaluation.runner import run_evaluators
+    from tuneforge.host.guard import spec_call
+    from tuneforge.specs import call_accepting
+
+    spec, info = baseline.spec, {"no_model": True}
+    answers = spec_call(spec, "answer", call_accepting, spec.answer, list(splits.train), list(splits.val),
+                        baseline.config, seed=int(settings.seed), context=context, info=info)
+    if answers is None:
+        return None, str(info.get("skipped") or "it does not apply to this data")
+    if not isinstance(answers, (list, tuple)) or len(answers) != len(splits.val) \
+            or not all(isinstance(a, str) for a in answers):
+        got = f"{len(answers)} items" if isinstance(answers, (list, tuple)) else type(answers).__name__
+        raise PluginError(f"baseline '{spec.name}': answer must return a list of {len(splits.val)} strings (one per "
+                          f"held-out example, in order) or None, got {got}")
+    given = {example.get("source", ""): text for example, text in zip(splits.val, answers)}
+    values, one_pass = run_evaluators(evaluators, settings, model, tokenizer, splits.val, key,
+                                      chat_template=splits.chat_template, context=context, held_out_only=True,
+                                      rewards=rewards, given_outputs=given)
+    if not values:
+        return None, ("no selected evaluator scores generated answers (it answers without a model; add one, e.g. "
+                      "evaluators=[perplexity,exact_match])")
+    return {"name": spec.name, "label": describe_baseline(spec, baseline.config), "info": info, "metrics": values,
+            "scores": one_pass.example_scores, "timings": {}, "prompt_tokens": 0.0,
+            "predictions": merge_predictions({key: one_pass})}, None
 
 
 def join_columns(rows: list, columns: dict) -> list:

@@ -47,7 +47,7 @@ def summarize(metrics: dict, scores: dict, *, seed: int = 0, resamples: int = un
               confidence: float = uncertainty.CONFIDENCE, memorisation: Optional[dict] = None,
               flag_gap: float = FLAG_GAP, margin: float = MARGIN, forgetting_limit: float = FORGETTING_LIMIT,
               slice_labels: Optional[Sequence] = None, slice_by: Optional[str] = None,
-              prices: Optional[dict] = None) -> dict:
+              prices: Optional[dict] = None, metric: Optional[str] = None) -> dict:
     """Add ``intervals``, ``changes``, ``memorisation``, ``uncertainty``, ``verdict`` (and ``slices``) to
     ``metrics``.
 
@@ -59,7 +59,8 @@ def summarize(metrics: dict, scores: dict, *, seed: int = 0, resamples: int = un
     verdict's tests never resample.  ``margin`` and ``forgetting_limit``: the
     ``evidence`` settings of the verdict.  ``slice_labels``: the ``slice_by``
     field's value of every held-out example, in order.  ``prices``: the
-    ``evidence`` prices of the verdict's cost (:mod:`tuneforge.evaluation.cost`).
+    ``evidence`` prices of the verdict's cost (:mod:`tuneforge.evaluation.cost`).  ``metric``: the
+    verdict's metric (``evidence.metric``; None: :func:`~tuneforge.evaluation.verdict.headline_metric`).
     """
     options = {"resamples": int(resamples), "confidence": float(confidence), "seed": int(seed)}
     metrics["uncertainty"] = {"method": "columns: Wilson score (0/1 scores) or BCa bootstrap; changes: Newcombe "
@@ -80,14 +81,15 @@ def summarize(metrics: dict, scores: dict, *, seed: int = 0, resamples: int = un
     metrics["changes"] = changes
     if memorisation is not None:
         metrics["memorisation"] = _memorisation(metrics, memorisation, scores.get(TUNED) or {}, options, flag_gap)
-    metrics["verdict"] = verdict = decide(metrics, scores, margin=margin, forgetting_limit=forgetting_limit)
+    metrics["verdict"] = verdict = decide(metrics, scores, margin=margin, forgetting_limit=forgetting_limit,
+                                          metric=metric)
     verdict["cost"] = decision_cost(metrics, verdict, prices)
     if verdict["cost"]:
         verdict["cost_text"] = cost_text(verdict["cost"], verdict["baseline_label"])
         verdict["text"] = verdict_text(verdict)
     if slice_labels is not None and slice_by:
         metrics["slices"] = slice_verdicts(metrics, scores, list(slice_labels), margin=margin,
-                                           forgetting_limit=forgetting_limit, field=slice_by)
+                                           forgetting_limit=forgetting_limit, field=slice_by, metric=metric)
     return metrics
 
 
@@ -153,13 +155,21 @@ def slice_labels(field: str, examples: Sequence) -> list:
     return ["(none)" if label is None else str(label) for label in labels]
 
 
-def evidence_options(settings, val_examples: Sequence) -> dict:
+def evidence_options(settings, val_examples: Sequence, evaluators: Optional[dict] = None) -> dict:
     """:func:`summarize`'s keyword arguments from a run's typed ``uncertainty`` and ``evidence`` settings
     (``settings``: :class:`~tuneforge.host.components.RunSettings`; the slices' labels from
-    ``val_examples`` when ``evidence.slice_by`` is set)."""
+    ``val_examples`` when ``evidence.slice_by`` is set).  With ``evaluators`` (the selected ones, by key), an
+    ``evidence.metric`` that no selected evaluator can report is a :class:`ConfigError`."""
+    from tuneforge.errors import ConfigError
+
     evidence, intervals = settings.evidence, settings.uncertainty
+    if evidence.metric and evaluators is not None and str(evidence.metric).split("/")[0] not in evaluators:
+        raise ConfigError(f"evidence.metric: {evidence.metric!r} is not a metric of a selected evaluator (selected: "
+                          f"{', '.join(evaluators) or 'none'}); a metric is named <evaluator> or "
+                          "<evaluator>/<metric>, as metrics.json shows it (exact_match, perplexity/loss)")
     options = {"resamples": int(intervals.resamples), "confidence": float(intervals.confidence),
                "margin": float(evidence.margin), "forgetting_limit": float(evidence.forgetting_limit),
+               "metric": evidence.metric,
                "prices": {"price_per_hour": evidence.price_per_hour,
                           "price_per_million_tokens": evidence.price_per_million_tokens}}
     if evidence.slice_by:

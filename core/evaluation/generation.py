@@ -63,7 +63,9 @@ class EvaluationPass:
     its spread).
     ``given_outputs``: ``{example source: output text}`` that
     :func:`generate_predictions` returns instead of generating (for
-    ``tuneforge.testing.run_evaluator``; None in runs).
+    ``tuneforge.testing.run_evaluator`` and a baseline's ``answer``; None
+    otherwise); ``given_reads`` counts the calls that read them (an evaluator
+    that made none scored the model, not the given answers).
     ``rewards``: the run's selected rewards (:class:`tuneforge.rewards.Rewards`,
     ``rewards=[...]``), for evaluators that score generations with them; None
     when the run selects none.
@@ -74,6 +76,7 @@ class EvaluationPass:
     predictions: dict = field(default_factory=dict)
     context: Any = None
     given_outputs: Optional[dict] = None
+    given_reads: int = 0
     scores: dict = field(default_factory=dict)
     scored_rows: dict = field(default_factory=dict)
     example_scores: dict = field(default_factory=dict)
@@ -259,6 +262,8 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
     every rank must call it, and every rank gets all rows.
     """
     prompts, references = prompts_and_references(tokenizer, examples, few_shot, evaluation=evaluation)
+    if evaluation is not None and evaluation.given_outputs is not None:
+        evaluation.given_reads += 1
     key = (set_name, "generation", (tuple(prompts), int(max_new_tokens)))
     if evaluation is not None and key in evaluation.predictions:
         return evaluation.predictions[key]

@@ -18,7 +18,7 @@ log = logging.getLogger("tuneforge")
 
 def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, examples, label: str = "eval",
                    chat_template: Optional[str] = None, context=None, held_out_only: bool = False,
-                   rewards=None):
+                   rewards=None, given_outputs: Optional[dict] = None):
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
 
     ``evaluators`` maps each ``evaluators.<key>`` to its validated component
@@ -44,6 +44,9 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
     reference set, not ``examples``) are skipped: the baseline and
     memorisation columns need only what depends on ``examples``.  ``rewards``: the run's built
     rewards (:class:`tuneforge.rewards.Rewards`), given to the evaluators as ``evaluation.rewards``.
+    ``given_outputs`` (``{example source: answer text}``, a baseline's ``answer``): the evaluators score
+    these answers instead of generating, and only the metrics of evaluators that read them (through
+    :func:`tuneforge.evaluation.generate_predictions`) are kept.
     """
     from tuneforge import memory_marks
     from tuneforge.evaluation import EvaluationPass
@@ -51,7 +54,8 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
     from tuneforge.specs import call_accepting
 
     results = {}
-    one_pass = EvaluationPass(label=label, chat_template=chat_template, context=context, rewards=rewards)
+    one_pass = EvaluationPass(label=label, chat_template=chat_template, context=context, rewards=rewards,
+                              given_outputs=given_outputs)
     was_training = model.training
     home, device = next(model.parameters()).device, _evaluation_device(settings, context)
     model.eval()
@@ -63,6 +67,7 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
             if held_out_only and not scores_held_out(spec):
                 continue
             one_pass.scores, one_pass.scored_rows = {}, {}
+            reads, kept_rows = one_pass.given_reads, set(one_pass.predictions)
             values = spec_call(spec, "evaluate", call_accepting, spec.evaluate, model, tokenizer, examples,
                                evaluator.config, evaluation=one_pass, context=context, named_only=("context",))
             try:
@@ -71,6 +76,9 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
             except NonFiniteValue as refused:
                 # nan or inf: the model's own weights or outputs, when they are not finite, not the evaluator
                 raise (model_not_finite(model, examples, label, spec.name, refused.value) or refused) from None
+            if given_outputs is not None and one_pass.given_reads == reads:  # it scored the model, not the answers
+                values, recorded = {}, {}
+                one_pass.predictions = {k: v for k, v in one_pass.predictions.items() if k in kept_rows}
             for metric, value in values.items():
                 if value is not None:
                     results[metric_name(name, metric, values)] = value

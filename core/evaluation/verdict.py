@@ -92,13 +92,15 @@ def is_share(metrics: dict, name: str) -> bool:
         and not info.get("is_loss", False)
 
 
-def headline_metric(metrics: dict, scores: Optional[dict] = None) -> Optional[str]:
-    """The metric the verdict is about: among held-out metrics of the tuned column that a prompting
-    column also has, a ``primary`` one first, then one with per-example scores, then one where higher
-    is better, then by name."""
+def headline_metric(metrics: dict, scores: Optional[dict] = None, chosen: Optional[str] = None) -> Optional[str]:
+    """The metric the verdict is about: ``chosen`` (``evidence.metric``) when it is a held-out metric of the
+    tuned column that a prompting column also has; else among those, a ``primary`` one first, then one with
+    per-example scores, then one where higher is better, then by name."""
     prompting = [c for c in column_order(metrics) if c != TUNED]
     names = [n for n in column_values(metrics, TUNED)
              if _section(metrics, n) == HELD_OUT and any(n in column_values(metrics, c) for c in prompting)]
+    if chosen in names:
+        return chosen
     if not names:
         return None
     tuned_scores = (scores or {}).get(TUNED) or {}
@@ -135,29 +137,35 @@ def _z(p: float) -> float:
 
 def examples_to_settle(test: dict, higher: bool, margin: float) -> Optional[int]:
     """About how many held-out examples would likely settle an inconclusive comparison (80% power):
-    enough to show the observed gain above zero, or, where it is smaller than the margin, to show
-    equivalence within the margin; None when the spread is zero or the gain is below -margin."""
+    enough to show the observed gain above zero, or, where it is smaller than the margin (the tuned model
+    behind included), to show the prompting column equivalent or better (the upper end of tuned minus it
+    below the margin, as "prompting suffices" needs); None when the spread is zero."""
     spread, gain = test.get("spread") or 0.0, _signed(test, higher)["value"]
     if spread <= 0:
         return None
     sizes = []
     if gain > 0:
         sizes.append(((_z(1 - ALPHA / 2) + _z(POWER)) * spread / gain) ** 2)
-    if abs(gain) < margin:
-        sizes.append(((_z(1 - ALPHA) + _z(1 - (1 - POWER) / 2)) * spread / (margin - abs(gain))) ** 2)
+    if gain < margin:
+        sizes.append(((_z(1 - ALPHA) + _z(POWER)) * spread / (margin - gain)) ** 2)
     return max(int(math.ceil(min(sizes))), int(test.get("n") or 0) + 1) if sizes else None
 
 
-def decide(metrics: dict, scores: dict, *, margin: float = MARGIN, forgetting_limit: float = FORGETTING_LIMIT) -> dict:
+def decide(metrics: dict, scores: dict, *, margin: float = MARGIN, forgetting_limit: float = FORGETTING_LIMIT,
+           metric: Optional[str] = None) -> dict:
     """The verdict's numbers (see the module doc).  ``scores``: ``{column: {metric: {"values",
     "weights"}}}``.  Keys: ``outcome``, ``decision`` (tune / prompting_suffices / inconclusive /
     no_comparison), ``metric``, ``baseline`` (the best prompting column) with ``baseline_label`` and
     ``baseline_value``, ``tuned``, ``change``, ``low``, ``high``, ``n``, ``p_value``, ``method``,
     ``comparisons`` (tuned vs every prompting column), ``equivalent_column`` (prompting suffices),
     ``examples_needed`` (inconclusive), ``forgetting`` (general-ability changes), ``disagreements``,
-    ``margin``, ``forgetting_limit``, ``headline`` and ``text``."""
-    name = headline_metric(metrics, scores)
+    ``margin``, ``forgetting_limit``, ``headline`` and ``text``; ``metric_note`` when ``metric`` (the
+    chosen one, ``evidence.metric``) could not be the verdict's."""
+    name = headline_metric(metrics, scores, metric)
     result: dict = {"margin": float(margin), "forgetting_limit": float(forgetting_limit)}
+    if metric and name != metric:
+        result["metric_note"] = (f"evidence.metric={metric} was not measured for both the tuned model and a "
+                                 f"prompting column (as a held-out metric), so the verdict is on {name or 'nothing'}")
     if name is None or not metrics.get(TUNED):
         result.update(outcome="no_comparison", decision="no_comparison",
                       reason="no tuned model" if not metrics.get(TUNED) else "no shared held-out metric")
@@ -184,6 +192,8 @@ def decide(metrics: dict, scores: dict, *, margin: float = MARGIN, forgetting_li
         result.update(_three_way(comparisons, scores, name, higher, margin))
         if result.get("equivalent_column"):
             result["equivalent_label"] = column_label(metrics, result["equivalent_column"])
+            result["equivalent_no_model"] = bool(((metrics.get("baseline_info") or {}).get(
+                result["equivalent_column"]) or {}).get("no_model"))
         if result["decision"] == "inconclusive":
             result["examples_needed"] = examples_to_settle(headline_test, higher, margin)
     result["forgetting"] = _forgetting(metrics, scores, forgetting_limit)
@@ -253,7 +263,7 @@ def _disagreements(metrics: dict, scores: dict, headline: str, best: str, decisi
         if (decision == "tune" and worse) or (decision != "tune" and better):
             out.append({"metric": name, "direction": "better" if better else "worse", "change": test["value"],
                         "low": test["low"], "high": test["high"], "p_value": test.get("p_value"),
-                        "share": is_share(metrics, name)})
+                        "share": is_share(metrics, name), "is_loss": bool(_info(metrics, name).get("is_loss"))})
     return out
 
 
@@ -335,6 +345,10 @@ def headline_text(v: dict) -> str:
         column = v["equivalent_column"]
         eq = v["equivalence"]
         label = v.get("equivalent_label") or column
+        if v.get("equivalent_no_model"):  # e.g. the most common training answer: tuning learnt no more than that
+            return (f"Prompting suffices: tuning did no better than {label}, within "
+                    f"±{_bound(share, v['margin']).lstrip('+')} of the tuned {metric} ({int(round(eq['confidence'] * 100))}% CI of tuned minus it "
+                    f"{_bound(share, eq['low'])}..{_bound(share, eq['high'])}){_cost_clause(v)}.")
         return (f"Prompting suffices: {label} is within ±{_bound(share, v['margin']).lstrip('+')} of the tuned "
                 f"{metric} ({int(round(eq['confidence'] * 100))}% CI of tuned minus it "
                 f"{_bound(share, eq['low'])}..{_bound(share, eq['high'])}){_cost_clause(v)}.")
@@ -347,8 +361,10 @@ def headline_text(v: dict) -> str:
 def verdict_text(v: dict) -> str:
     """The verdict's paragraph: the headline, then why, the other metrics, forgetting and the cost."""
     parts = [v.get("headline") or headline_text(v)]
+    if v.get("metric_note"):
+        parts.append(v["metric_note"][0].upper() + v["metric_note"][1:] + ".")
     if v.get("outcome") == "no_comparison":
-        return parts[0]
+        return " ".join(parts)
     if v.get("reason"):
         parts.append(f"No decision: {v['reason']}.")
     elif v["decision"] in ("tune",):
@@ -359,7 +375,9 @@ def verdict_text(v: dict) -> str:
     elif v["decision"] == "inconclusive":
         parts.append(_unsettled_text(v))
     if not v.get("baselines_run"):
-        parts.append("No prompting baseline ran: the comparison is with the zero-shot base model only.")
+        parts.append("No baseline ran: the comparison is with the zero-shot base model only, which a tuned model "
+                     "can beat by the answers' format alone (the default baselines compare with prompting, and "
+                     "with the most common answer on a classification set).")
     for d in v.get("disagreements") or []:
         parts.append(_disagreement_text(v, d))
     named = _first_cost(v)  # the headline names the first cost
@@ -403,8 +421,9 @@ def _unsettled_text(v: dict) -> str:
             reasons.append(f"against {label} the 95% interval ({interval}) includes 0")
     margin = _bound(share, v["margin"]).lstrip("+")
     shown = f"A gain over prompting is not shown: {'; '.join(reasons)}. " if reasons else ""
-    return (f"{shown}Nor is prompting shown to be enough: no prompting column is within ±{margin} of the tuned "
-            "model (evidence.margin). Not significant is not equivalent.")
+    return (f"{shown}Nor is prompting shown to be enough: that needs the interval of tuned minus some prompting "
+            f"column to lie below +{margin} (evidence.margin: within ±{margin} or better), and none does. "
+            "Not significant is not equivalent.")
 
 
 def _disagreement_text(v: dict, d: dict) -> str:
@@ -414,7 +433,11 @@ def _disagreement_text(v: dict, d: dict) -> str:
         return f"{d['metric']} points the other way: tuned is significantly worse ({interval})."
     unless = ("which it does not show" if v["decision"] == "inconclusive"
               else "where it finds prompting as good")
-    return f"{d['metric']} favours tuning: tuned is significantly better ({interval}), unlike {v['metric']}, {unless}."
+    text = f"{d['metric']} favours tuning: tuned is significantly better ({interval}), unlike {v['metric']}, {unless}."
+    if d.get("is_loss"):
+        text += (" A lower loss says the tuned model finds the reference answers likelier (their format and words), "
+                 "not that its answers are right.")
+    return text
 
 
 def _kept_text(f: dict, limit: float) -> str:
@@ -432,7 +455,7 @@ def _kept_text(f: dict, limit: float) -> str:
 
 
 def slice_verdicts(metrics: dict, scores: dict, labels: list, *, margin: float, forgetting_limit: float,
-                   field: str) -> dict:
+                   field: str, metric: Optional[str] = None) -> dict:
     """The verdict again within each value of a record field (``evidence.slice_by``): ``{value: {"n",
     "columns": {column: {metric: value}}, "verdict": {...}}}``.  Only held-out metrics whose per-example
     scores cover the held-out examples (``len(labels)``) are sliced."""
@@ -455,7 +478,7 @@ def slice_verdicts(metrics: dict, scores: dict, labels: list, *, margin: float, 
                 target = sub_metrics.setdefault("baselines", {}).setdefault(column, {}) \
                     if column not in (BASE, TUNED) else sub_metrics.setdefault(column, {})
                 target[name] = float(mean) if np.isfinite(mean) else mean
-        verdict = decide(sub_metrics, sub_scores, margin=margin, forgetting_limit=forgetting_limit)
+        verdict = decide(sub_metrics, sub_scores, margin=margin, forgetting_limit=forgetting_limit, metric=metric)
         out[value] = {"n": len(index), "field": field,
                       "columns": {c: column_values(sub_metrics, c) for c in column_order(sub_metrics)},
                       "verdict": verdict}

@@ -541,9 +541,10 @@ def _head_problems(plugins, found: dict) -> list:
         problems.append(Problem("evaluators", "", line=(
             f"evaluators=[{','.join(unable)}] cannot score a {head} model, but {trains}; set "
             f"'evaluators=[{','.join(able)}]'")))
-    if found.get("baselines"):
+    prompting = [name for name, c in (found.get("baselines") or {}).items() if c is None or c.spec.answer is None]
+    if prompting:  # a baseline with `answer` uses no model
         problems.append(Problem("baselines", "", line=(
-            f"baselines=[{','.join(found['baselines'])}] prompt the base model as a causal LM, but {trains}; "
+            f"baselines=[{','.join(prompting)}] prompt the base model as a causal LM, but {trains}; "
             "set 'baselines=[]'")))
     return problems
 

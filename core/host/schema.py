@@ -342,6 +342,9 @@ class EvidenceConfig:
         cost block then shows money next to seconds).
     price_per_million_tokens: the price of a million prompt+completion tokens at serving time
         (optional).
+    metric: the held-out metric the verdict is about, named as in ``metrics.json`` (``exact_match``,
+        ``perplexity/loss``); null (the default): a metric its evaluator marks primary, else one with
+        per-example scores, else one where higher is better.  Its evaluator must be selected.
     """
 
     margin: float = MARGIN
@@ -350,6 +353,7 @@ class EvidenceConfig:
     slice_by: Optional[str] = None
     price_per_hour: Optional[float] = None
     price_per_million_tokens: Optional[float] = None
+    metric: Optional[str] = None
 
     def __post_init__(self) -> None:
         check(self, margin=at_least(0), forgetting_limit=at_least(0), seeds=at_least(1))

@@ -61,7 +61,8 @@ def host_calls() -> dict:
         EvaluatorSpec: {"evaluate": HostCall(("model", "tokenizer", "examples", "config"),
                                              keywords=("evaluation", "context"))},
         BaselineSpec: {"rewrite": HostCall(("model", "tokenizer", "train", "held_out", "config"),
-                                           keywords=("seed", "chat_template", "context", "info", "build_retriever"))},
+                                           keywords=("seed", "chat_template", "context", "info", "build_retriever")),
+                       "answer": HostCall(("train", "held_out", "config"), keywords=("seed", "context", "info"))},
     }
 
 

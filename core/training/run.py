@@ -295,7 +295,7 @@ def build(state: RunState) -> None:
     for warning in metrics["quality"]["warnings"]:
         log.warning("data quality: %s", warning)
     quality.check(metrics["quality"], settings.quality)
-    evidence_options(settings, splits.val)  # a slice_by field that no held-out record has stops here
+    evidence_options(settings, splits.val, run.evaluators)  # a slice_by field or metric not there stops here
     if run.rewards:
         from tuneforge.rewards import RewardContext, build_rewards
 
