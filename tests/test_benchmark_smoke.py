@@ -18,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
+#: one module fixture runs the benchmark's four systems (~35 s): in CI's slow step, not the default suite
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -139,9 +139,11 @@ def test_ddp_on_two_cpu_processes_trains_and_saves_once(tmp_path):
     assert event_files and len({f.name.rsplit(".", 2)[1] for f in event_files}) == 1
 
 
-@pytest.mark.parametrize("layout", [[], ["loader.packing=true", "loader.pack_length=256",
-                                           "loader.group_by_length=true"], ["adapter=qlora"]],
-                         ids=["examples", "packed_grouped", "qlora"])
+@pytest.mark.parametrize("layout", [  # the packed and qlora variants: in CI's slow step
+    pytest.param([], id="examples"),
+    pytest.param(["loader.packing=true", "loader.pack_length=256", "loader.group_by_length=true"], id="packed_grouped",
+                 marks=pytest.mark.slow),
+    pytest.param(["adapter=qlora"], id="qlora", marks=pytest.mark.slow)])
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, layout):
     from safetensors.torch import load_file
 

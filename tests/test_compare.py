@@ -150,6 +150,7 @@ def test_the_plot_follows_the_saved_metric_info():
     assert plotted_metrics([row(everything_lower)]) == ["exact_match", "my/score", "perplexity/loss"]
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it near 15 minutes; CI's slow step runs it
 def test_sweep_with_two_process_ddp_runs_each_job_once(tmp_path):
     """`-m` with strategy=ddp trainer.devices=2: each job's second process starts from that job's own
     overrides (never a sweep of its own), so there are exactly two runs and nothing stray."""

@@ -410,7 +410,7 @@ def _base_config():
     return compose()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values=st.fixed_dictionaries({}, optional={k: v[0] for k, v in NUMERIC_FIELDS.items()}))
 def test_random_numbers_validate_or_give_one_line_per_bad_key(values):
     import copy

@@ -106,6 +106,7 @@ def test_two_process_fsdp_equals_one_process_with_the_same_global_batch(tmp_path
     assert torch.equal(logits[0], logits[1])
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it near 15 minutes; CI's slow step runs it
 def test_fsdp_over_a_quantized_base_equals_ddp(tmp_path):
     """QLoRA (LoRA over a 4-bit NF4 base, bitsandbytes) sharded by FSDP2: the same steps, adapter and tuned
     evaluation (the unsharded copy, rebuilt over the quantized base) as 2-process DDP."""
@@ -123,6 +124,7 @@ def test_fsdp_over_a_quantized_base_equals_ddp(tmp_path):
     assert tuned[1]["perplexity/loss"] < base["perplexity/loss"]
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it near 15 minutes; CI's slow step runs it
 def test_norm_clipping_that_bites_is_global_over_the_shards(tmp_path):
     """``gradient_clip_algorithm=norm`` at 0.02, with Adam's eps=1 so that the update scales with the
     clipped gradient: the shards' norm must be the global one for 2 ranks to equal 1 process."""
@@ -189,6 +191,7 @@ def test_tuned_evaluation_sees_whole_weights_and_generation_does_not_hang(tmp_pa
     assert predicted and predicted == replayed  # greedy generations of the in-run model == of the saved one
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it near 15 minutes; CI's slow step runs it
 @pytest.mark.fault(fault="`strategy=fsdp` vs `ddp` with LoRA dropout 0.1, accumulation 2, lr 5e-3",
                    outcome="adapter weights within 1e-6 of DDP (1.2e-7 on 6 steps; 5.7e-6 before FSDP kept "
                            "accumulated gradients local); see docs/distributed.md")

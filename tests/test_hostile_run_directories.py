@@ -143,7 +143,8 @@ def _train_with_a_dropped_sigterm(tmp_path: Path, module: str, function: str, *o
                            "end and exited 0)")
 @pytest.mark.parametrize("module, function, expected", [
     ("tuneforge.commands.train", "_route_library_logs", "while starting, before its run began"),
-    ("tuneforge.training.run", "count_parameters", "while loading the data (step 0)"),
+    pytest.param("tuneforge.training.run", "count_parameters", "while loading the data (step 0)",
+                 marks=pytest.mark.slow),  # in CI's slow step
     ("tuneforge.training.module", "FineTuneModule.configure_optimizers", "at step 1; saved checkpoint ")])
 def test_a_stop_signal_whose_exception_python_dropped_still_stops_the_run(tmp_path, module, function, expected):
     stopped = _train_with_a_dropped_sigterm(tmp_path, module, function, "trainer.max_steps=3")

@@ -48,7 +48,8 @@ QUANTIZED = {"nf4": ["model.quantization=nf4"], "int8": ["model.quantization=int
 DEFAULT_SUITE = {"adafactor", "qlora"}
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", [pytest.param(name, marks=pytest.mark.slow) if name == "packed_grouped" else name
+                                    for name in LAYOUTS])  # packed_grouped: in CI's slow step
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, layout):
     # 58 training examples / batch 4 = 15 micro-batches per epoch; 10 steps of 2 (one epoch-end step of 1);
     # packed: 5 micro-batches per epoch (3 steps each, the last of 1); packed_grouped: 13 (7 steps)

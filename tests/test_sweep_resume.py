@@ -93,6 +93,7 @@ def test_an_interrupted_sweep_resumes_with_the_printed_command(tmp_path):
     assert [p.name for p in (tmp_path / "runs" / "multirun").iterdir()] == [sweep.name]  # no second sweep folder
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it near 15 minutes; CI's slow step runs it
 def test_a_sweep_run_again_with_resume_never_trains_its_completed_jobs_again(tmp_path):
     """resume=never is no resume: the completed job is not skipped, its earlier run goes to previous-1/."""
     sweep = tmp_path / "sweep"
@@ -125,6 +126,7 @@ def test_a_users_own_multirun_yaml_in_the_sweep_dir_is_refused_not_overwritten(t
     assert [p.name for p in sweep.iterdir()] == ["multirun.yaml"] and "Launching" not in result.stderr
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it near 15 minutes; CI's slow step runs it
 @pytest.mark.fault(fault="SIGTERM while a `-m` sweep goes on to its next job (the first job completed, the second "
                          "one starting, before its run took its lock)",
                    outcome="exit 143 and one line saying the sweep was between runs, the completed runs kept, then "

@@ -34,6 +34,7 @@ def _user_conf(tmp_path: Path) -> Path:
     return conf
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it near 15 minutes; CI's slow step runs it
 @pytest.mark.fault(fault="a `-m` sweep with `run_dir=runs/r${adapter.r}` run again (its jobs find the runs it "
                          "completed)",
                    outcome="each job whose run completed with the same settings is skipped (one line each, exit "
