@@ -147,6 +147,8 @@ def rewrite_few_shot(model, tokenizer, train, held_out, config: FewShotConfig, *
         shots = labelled_shots(pool, config, rng, info)
         if shots is None:
             shots = rng.sample(pool, min(shot_count(config), len(pool)))
+            if info is not None:
+                info["demonstrations"] = len(shots)
     return [dict(with_demonstrations(example, shots), demonstrations=_sources(shots)) for example in held_out]
 
 
@@ -264,11 +266,15 @@ def file_shots(config: FewShotConfig, held_out, info: Optional[dict] = None, con
     return shots
 
 
-def describe_few_shot(config: FewShotConfig) -> str:
-    """The column label: ``few_shot, k=4`` for random training examples, ``few_shot, 5 from demos.jsonl``
-    for the demonstrations of ``path``."""
+def describe_few_shot(config: FewShotConfig, info: Optional[dict] = None) -> str:
+    """The column label: ``few_shot, k=4`` for random training examples (the number shown: ``k=5`` where one
+    demonstration of each of 5 labels was drawn), ``few_shot, 5 from demos.jsonl`` for the demonstrations of
+    ``path``.  ``info``: what the run reported (its ``demonstrations``), when there was a run."""
+    shown = (info or {}).get("demonstrations")
     if config.path is None:
-        return f"few_shot, k={shot_count(config)}"
+        return f"few_shot, k={shown or shot_count(config)}"
+    if shown:
+        return f"few_shot, {shown} from {Path(config.path).name}"
     try:
         count = len(read_records(config.path))
     except DataError:

@@ -276,6 +276,14 @@ def test_few_shot_path_shows_the_files_demonstrations_in_file_order(tmp_path, ca
     assert describe(builtin.FewShotConfig(path=str(demos))) == "few_shot, 3 from demos.jsonl"
     assert describe(builtin.FewShotConfig(k=2, path=str(demos))) == "few_shot, 2 from demos.jsonl"
     assert describe(builtin.FewShotConfig()) == "few_shot, k=4" and describe(builtin.FewShotConfig(k=8)) == "few_shot, k=8"
+    # after a run, the number shown: one demonstration of each of 5 labels for k=4, or the pool's 3 for k=8
+    assert describe(builtin.FewShotConfig(), info={"labels": 5, "demonstrations": 5}) == "few_shot, k=5"
+    assert describe(builtin.FewShotConfig(k=8), info={"demonstrations": 3}) == "few_shot, k=3"
+    assert describe(builtin.FewShotConfig(path=str(demos)), info={"demonstrations": 3}) == "few_shot, 3 from demos.jsonl"
+    info: dict = {}
+    builtin.rewrite_few_shot(None, None, [chat(f"Q{i}", f"A{i}", f"o:{i}") for i in range(3)], held,
+                             builtin.FewShotConfig(k=8), info=info)
+    assert info == {"demonstrations": 3}
 
 
 def test_few_shot_path_refuses_bad_files_and_held_out_answers(tmp_path, caplog):

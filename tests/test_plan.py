@@ -337,3 +337,20 @@ def test_autocast_activations_are_planned_at_the_measured_share_of_float32():
     assert mixed.parts["activations"] == pytest.approx(fp32.parts["activations"] * MIXED_ACTIVATION_BYTES / 4)
     assert true16.parts["activations"] == pytest.approx(fp32.parts["activations"] / 2)
     assert "2.5 B each (autocast: part float32)" in mixed.details["activations"]
+
+
+@pytest.mark.parametrize("units, expected", [(["amx_bf16"], "bf16-mixed (trainer.precision=auto: where a calibration "
+                                                           "at the start of training finds it faster than 32-true"),
+                                             ([], "32-true, ")])
+def test_the_plan_says_auto_bf16_is_subject_to_the_calibration(monkeypatch, units, expected):
+    """``trainer.precision=auto`` on the CPU: the plan assumes bfloat16 where the CPU has its matrix units, and
+    says that training may still choose 32-true (the tiny model's calibration does)."""
+    from tuneforge.host.components import run_components
+    from tuneforge.host.compose import compose, load_plugins
+    from tuneforge.planning.plan import format_plan, plan_run
+    from tuneforge.training import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: units)
+    loaded = load_plugins([])
+    text = format_plan(plan_run(run_components(compose([]), loaded)))
+    assert f"tokens per device, precision {expected}" in text

@@ -232,13 +232,16 @@ def retokenize(tokenizer, original: dict, rewritten: dict, chat_template: Option
     return dict(rewritten, **encoded)
 
 
-def describe_baseline(spec, config) -> str:
-    """The column label: ``spec.describe(config)``, or the baseline's name."""
+def describe_baseline(spec, config, info: Optional[dict] = None) -> str:
+    """The column label: ``spec.describe(config)`` (given ``info=``, what the baseline's run reported, when it
+    takes that keyword), or the baseline's name."""
     if spec.describe is None:
         return spec.name
     from tuneforge.host.guard import spec_call
+    from tuneforge.specs import call_accepting
 
-    return str(spec_call(spec, "describe", spec.describe, config))
+    return str(spec_call(spec, "describe", call_accepting, spec.describe, config, info=dict(info or {}),
+                         named_only=("info",)))
 
 
 def rewrite_held_out(key: str, baseline, settings, model, tokenizer, splits, context=None, retrievers=None,
@@ -340,7 +343,7 @@ def run_baselines(baselines: dict, evaluators: dict, settings, model, tokenizer,
         for row in rows:
             if row["source"] in demonstrations:
                 row["demonstrations"] = demonstrations[row["source"]]
-        columns[key] = {"name": spec.name, "label": describe_baseline(spec, baseline.config), "info": info,
+        columns[key] = {"name": spec.name, "label": describe_baseline(spec, baseline.config, info), "info": info,
                         "metrics": values,
                         "scores": one_pass.example_scores, "timings": one_pass.timings,
                         "prompt_tokens": prompt_tokens_per_query(tokenizer, examples, splits.chat_template),
@@ -381,7 +384,7 @@ def answer_column(key: str, baseline, evaluators: dict, settings, model, tokeniz
     if not values:
         return None, ("no selected evaluator scores generated answers (it answers without a model; add one, e.g. "
                       "evaluators=[perplexity,exact_match])")
-    return {"name": spec.name, "label": describe_baseline(spec, baseline.config), "info": info, "metrics": values,
+    return {"name": spec.name, "label": describe_baseline(spec, baseline.config, info), "info": info, "metrics": values,
             "scores": one_pass.example_scores, "timings": {}, "prompt_tokens": 0.0,
             "predictions": merge_predictions({key: one_pass})}, None
 

@@ -76,7 +76,8 @@ class Workload:
     ``checkpointing``, ``optimizer`` (name) and its ``state_bytes`` per trainable parameter, the
     ``strategy`` name, ``world_size`` (devices x nodes), the ``device_kind`` (``cpu``/``gpu``), and the bytes
     of the loss's output layer and logits (``logits_bytes``, from ``LossSpec.logits_bytes``; None: every
-    position's full logits, :func:`tuneforge.losses.full_logits_bytes`) with what they are (``logits_note``)."""
+    position's full logits, :func:`tuneforge.losses.full_logits_bytes`) with what they are (``logits_note``);
+    ``precision_note``: what ``precision`` is still subject to (``trainer.precision=auto``'s calibration)."""
 
     batch_size: int
     sequence_length: int
@@ -91,6 +92,7 @@ class Workload:
     device_kind: str = "cpu"
     logits_bytes: Optional[float] = None
     logits_note: str = ""
+    precision_note: str = ""
 
 
 @dataclass(frozen=True)

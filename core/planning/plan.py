@@ -75,7 +75,10 @@ def workload(run, device: Device) -> Workload:
         checkpointing=facts.checkpointing, optimizer=optimizer.name if optimizer is not None else "adamw",
         state_bytes=optimizer_state_bytes(optimizer.spec if optimizer is not None else None),
         strategy=str(settings.strategy.name), world_size=device.count * int(settings.trainer.num_nodes),
-        device_kind=device.kind, logits_bytes=logits_bytes, logits_note=logits_note)
+        device_kind=device.kind, logits_bytes=logits_bytes, logits_note=logits_note,
+        precision_note=(" (trainer.precision=auto: where a calibration at the start of training finds it faster "
+                        "than 32-true, which it then uses)" if str(settings.trainer.precision) == "auto"
+                        and device.kind == "cpu" and precision != "32-true" else ""))
 
 
 def loss_logits(run, work: LogitsWork) -> tuple:
@@ -221,7 +224,8 @@ def format_plan(plan: Plan) -> str:
     lines = [f"model: {facts.architecture}, {format_count(facts.total_parameters)} parameters; "
              f"{format_count(facts.trainable_parameters)} trainable ({share:.2%})"
              + ("" if facts.exact else f" [{facts.note}]"),
-             f"run: batch {work.batch_size} x {work.sequence_length} tokens per device, precision {work.precision}, "
+             f"run: batch {work.batch_size} x {work.sequence_length} tokens per device, precision {work.precision}"
+             f"{work.precision_note}, "
              f"quantization {work.quantization or 'none'}, gradient checkpointing "
              f"{'on' if work.checkpointing else 'off'}, optimizer {work.optimizer}, strategy {work.strategy} on "
              f"{work.world_size} {work.device_kind.upper()} device{'s' if work.world_size > 1 else ''}",
