@@ -432,3 +432,34 @@ def test_eval_leaves_out_settings_an_older_release_saved(tmp_path, caplog):
         final = run_config(run.run_dir, [], force=True)
     assert "retired_setting" not in final.trainer and "retired_root" not in final
     assert "trainer.retired_setting in the run's config.yaml is not a setting of this tuneforge" in caplog.text
+
+
+def test_eval_that_selects_a_runs_evaluator_again_keeps_its_saved_settings(tmp_path):
+    """``evaluators=[exact_match,forgetting]`` on a run that had ``forgetting`` with its own reference set
+    keeps that set (the user changed the list, not the evaluator); a newly added evaluator gets its
+    defaults, a ``key=value`` override still wins, and a model source selected again keeps its settings."""
+    from tuneforge.commands.eval import run_config
+
+    reference = tmp_path / "general.jsonl"
+    reference.write_text("".join(json.dumps({"instruction": f"Say {w}.", "output": w}) + "\n"
+                                 for w in ("yes", "no", "maybe")))
+    run = run_tiny_fit(tmp_path / "run", overrides=[
+        "trainer.max_steps=1", "evaluators=[perplexity,forgetting]", f"evaluators.forgetting.path={reference}",
+        "evaluators.forgetting.metrics=[contains]", "evaluators.forgetting.limit=2", "model.hidden_size=48"])
+    final = run_config(run.run_dir, ["evaluators=[exact_match,forgetting]"])
+    assert list(final.evaluators) == ["exact_match", "forgetting"]
+    forgetting = final.evaluators.forgetting
+    assert (forgetting.path, list(forgetting.metrics), forgetting.limit) == (str(reference), ["contains"], 2)
+    assert final.evaluators.exact_match.max_new_tokens == run_config(
+        run.run_dir, ["evaluators=[exact_match]"]).evaluators.exact_match.max_new_tokens
+    assert run_config(run.run_dir, ["evaluators=[forgetting]", "evaluators.forgetting.limit=1"]
+                      ).evaluators.forgetting.limit == 1
+    assert run_config(run.run_dir, ["model=tiny"]).model.hidden_size == 48
+    # evidence.metric naming no selected evaluator: refused before any model loads, as train does
+    import tuneforge
+    from tuneforge.commands.eval import evaluate
+    from tuneforge.host.compose import load_plugins
+
+    with pytest.raises(tuneforge.ConfigError, match=r"^evidence.metric: 'bleu' is not a metric of a selected "
+                                                     r"evaluator \(selected: perplexity, forgetting\)"):
+        evaluate(run_config(run.run_dir, ["evidence.metric=bleu"]), load_plugins([]), run_dir=run.run_dir)

@@ -8,7 +8,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tuneforge.evaluation.comparison import evidence_options, summarize
+from tuneforge.evaluation.comparison import check_evidence_metric, evidence_options, summarize
 from tuneforge.evaluation.metrics_file import RunMetrics, read_metrics
 from tuneforge.evaluation.runner import describe_metrics, run_evaluators
 from tuneforge.host.components import MULTIPLE_GROUPS, SINGLE_GROUPS
@@ -32,6 +32,7 @@ def evaluate(cfg: DictConfig, plugins, run_dir: Optional[Path] = None, out_dir: 
 
     components = run_components(cfg, plugins)
     cfg, settings = components.config, components.settings
+    check_evidence_metric(settings, components.evaluators)  # before any model loads
     if run_dir is not None:  # the run's data files must hold what it trained on (training/data_files.py)
         import logging
 
@@ -155,8 +156,8 @@ def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfi
 
     Group choices (``model``, ``data``, ``adapter``, ``loss``, ``optimizer``, ``evaluators`` ...)
     default to the run's (a run saved before a group existed gets that group's default);
-    ``evaluators=[...]`` replaces the run's evaluators and ``key=value`` overrides win over
-    the saved values.
+    ``evaluators=[...]`` replaces the run's evaluators (those it selects again keep the run's settings,
+    :func:`_reselected_settings`) and ``key=value`` overrides win over the saved values.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -180,8 +181,10 @@ def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfi
             choices.append(f"{group}=[{','.join(saved.get(group) or {})}]")
     composed = compose([*choices, *overrides])
 
+    kept = {k: v for k, v in saved.items() if k not in chosen and k in composed}
+    kept.update(_reselected_settings(saved, composed, chosen))
     with open_dict(composed):  # a saved dict-valued field (e.g. targets' checks) may hold keys the defaults lack
-        final = OmegaConf.merge(composed, {k: v for k, v in saved.items() if k not in chosen and k in composed})
+        final = OmegaConf.merge(composed, kept)
     OmegaConf.set_struct(final, True)
     for override in parsed:  # hydra.* (hydra.searchpath, from --config-dir) is Hydra's, not the run's
         if (override.key_or_group not in groups and not override.is_delete()
@@ -189,6 +192,22 @@ def run_config(run_dir: Path, overrides: list, force: bool = False) -> DictConfi
             OmegaConf.update(final, override.key_or_group, OmegaConf.select(composed, override.key_or_group),
                              merge=False)
     return final
+
+
+def _reselected_settings(saved: DictConfig, composed: DictConfig, chosen: set) -> dict:
+    """The run's saved settings of the components an override selects again: ``evaluators=[exact_match,forgetting]``
+    keeps the run's ``evaluators.forgetting`` settings (its reference set) when the run had it, ``model=hf``
+    the run's model settings when it was ``hf``; a component the run did not have gets its defaults."""
+    kept: dict = {}
+    for group in chosen & set(MULTIPLE_GROUPS):
+        again = {key: saved[group][key] for key in (composed.get(group) or {}) if key in (saved.get(group) or {})}
+        if again:
+            kept[group] = again
+    for group in chosen & set(SINGLE_GROUPS):
+        node = saved.get(group)
+        if node is not None and composed.get(group) is not None and node.get("name") == composed[group].get("name"):
+            kept[group] = node
+    return kept
 
 
 def _drop_retired_settings(saved: DictConfig) -> None:

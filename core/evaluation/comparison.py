@@ -155,18 +155,26 @@ def slice_labels(field: str, examples: Sequence) -> list:
     return ["(none)" if label is None else str(label) for label in labels]
 
 
+def check_evidence_metric(settings, evaluators) -> None:
+    """A :class:`ConfigError` when ``evidence.metric`` names no metric a selected evaluator (``evaluators``, by
+    key) can report: ``<evaluator>`` or ``<evaluator>/<metric>``."""
+    from tuneforge.errors import ConfigError
+
+    metric = settings.evidence.metric
+    if metric and str(metric).split("/")[0] not in evaluators:
+        raise ConfigError(f"evidence.metric: {metric!r} is not a metric of a selected evaluator (selected: "
+                          f"{', '.join(evaluators) or 'none'}); a metric is named <evaluator> or "
+                          "<evaluator>/<metric>, as metrics.json shows it (exact_match, perplexity/loss)")
+
+
 def evidence_options(settings, val_examples: Sequence, evaluators: Optional[dict] = None) -> dict:
     """:func:`summarize`'s keyword arguments from a run's typed ``uncertainty`` and ``evidence`` settings
     (``settings``: :class:`~tuneforge.host.components.RunSettings`; the slices' labels from
     ``val_examples`` when ``evidence.slice_by`` is set).  With ``evaluators`` (the selected ones, by key), an
     ``evidence.metric`` that no selected evaluator can report is a :class:`ConfigError`."""
-    from tuneforge.errors import ConfigError
-
     evidence, intervals = settings.evidence, settings.uncertainty
-    if evidence.metric and evaluators is not None and str(evidence.metric).split("/")[0] not in evaluators:
-        raise ConfigError(f"evidence.metric: {evidence.metric!r} is not a metric of a selected evaluator (selected: "
-                          f"{', '.join(evaluators) or 'none'}); a metric is named <evaluator> or "
-                          "<evaluator>/<metric>, as metrics.json shows it (exact_match, perplexity/loss)")
+    if evaluators is not None:
+        check_evidence_metric(settings, evaluators)
     options = {"resamples": int(intervals.resamples), "confidence": float(intervals.confidence),
                "margin": float(evidence.margin), "forgetting_limit": float(evidence.forgetting_limit),
                "metric": evidence.metric,
