@@ -19,8 +19,9 @@ layer of the model runs fused.  A layer is eligible (:func:`_fusable`) when it i
 active, unmerged, vanilla LoRA adapter (no DoRA or other variant, no ``lora_bias``) and plain tensor
 weights (not sharded ``DTensor`` s); a call is fused when it is on the CPU with no extra arguments
 and, without autocast, the input and every weight share one dtype.  Anything else, layer or call, runs
-peft's own forward, so the context never changes what an unusual layer computes.  LoRA dropout stays
-peft's: it is applied to the input before the fused product, drawing the same random numbers.
+peft's own forward, so the context never changes what an unusual layer computes.  LoRA dropout is the
+layer's own dropout module, applied to the input before the fused product (in the training step its
+mask comes from random bits: :mod:`tuneforge.training.lora_dropout`).
 
 Casts are shared (:class:`Casts`) where that changes no number: layers that read the same input (a
 decoder layer's query, key and value projections read one norm output, the gate and up projections

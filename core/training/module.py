@@ -109,7 +109,8 @@ class FineTuneModule(pl.LightningModule):
         without copies of the keys and values on the CPU
         (:func:`tuneforge.training.grouped_query_attention.grouped_query_sdpa`); the attention of short bfloat16 rows
         as matrix products on the CPU (:func:`tuneforge.training.matmul_attention.matmul_attention`,
-        ``trainer.cpu_attention``); with ``trainer.compile``,
+        ``trainer.cpu_attention``); LoRA dropout's masks from random bits on the CPU
+        (:func:`tuneforge.training.lora_dropout.lora_dropout_from_bits`); with ``trainer.compile``,
         the decoder layers compiled (:func:`tuneforge.training.compiled_blocks.compiled_blocks`).
 
         Gradient checkpointing runs parts of the forward again inside the backward pass and checks that
@@ -117,6 +118,7 @@ class FineTuneModule(pl.LightningModule):
         (:meth:`on_before_backward` to :meth:`on_after_backward`)."""
         from tuneforge.training.compiled_blocks import compiled_blocks
         from tuneforge.training.grouped_query_attention import grouped_query_sdpa
+        from tuneforge.training.lora_dropout import lora_dropout_from_bits
         from tuneforge.training.lora_fused import WeightCasts, fused_lora_layers
         from tuneforge.training.matmul_attention import matmul_attention
         from tuneforge.training.precision import input_casts_under_autocast
@@ -126,6 +128,7 @@ class FineTuneModule(pl.LightningModule):
         fused = fused_lora_layers(self.model, self._weight_casts, share_casts=self.block_compiler is None)
         with contextlib.ExitStack() as stack:  # a context that fails to enter leaves the earlier ones
             for context in (input_casts_under_autocast(self.model, autocast=autocast), fused,
+                            lora_dropout_from_bits(self.model),
                             grouped_query_sdpa(self.model),
                             matmul_attention(self.model, enabled=self.cpu_attention == "auto"),
                             compiled_blocks(self.model, self.block_compiler)):
