@@ -463,3 +463,14 @@ def test_eval_that_selects_a_runs_evaluator_again_keeps_its_saved_settings(tmp_p
     with pytest.raises(tuneforge.ConfigError, match=r"^evidence.metric: 'bleu' is not a metric of a selected "
                                                      r"evaluator \(selected: perplexity, forgetting\)"):
         evaluate(run_config(run.run_dir, ["evidence.metric=bleu"]), load_plugins([]), run_dir=run.run_dir)
+
+
+def test_eval_takes_the_run_directory_as_compare_does(tmp_path):
+    """``tuneforge eval runs/x`` (the run directory alone, as ``compare`` and ``status`` take it) evaluates the
+    run; before, Hydra refused the path as an override it could not parse."""
+    from helpers import run_cli
+
+    run = run_tiny_fit(tmp_path / "run", overrides=["trainer.max_steps=1"])
+    done = run_cli(["eval", str(run.run_dir), "threads=1", "baselines=[]", f"out={tmp_path / 'eval'}"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["tuned"]

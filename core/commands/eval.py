@@ -259,7 +259,7 @@ def check_saved_components(run_dir: Path, saved, chosen: set, plugins) -> None:
 
 
 EVAL_USAGE = """\
-usage: tuneforge eval run_dir=<dir> [out=<dir>] [key=value ...]
+usage: tuneforge eval run_dir=<dir> [out=<dir>] [key=value ...]   (or: tuneforge eval <dir> ...)
        tuneforge eval model=<source> model.path=... data.path=... [out=<dir>] [key=value ...]
 
 Run the evaluators on the held-out split.  With run_dir, the run's base model,
@@ -299,6 +299,8 @@ def eval_command(args: list) -> None:
             run_dir = Path(argument_path(arg.split("=", 1)[1]))
         elif arg.startswith("out="):
             out_dir = Path(argument_path(arg.split("=", 1)[1]))
+        elif "=" not in arg and run_dir is None and Path(arg).is_dir():  # as compare and status take it
+            run_dir = Path(arg)
         else:
             overrides.append(arg)
     if run_dir is None and any(_selects_baselines(o) for o in overrides):
