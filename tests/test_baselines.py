@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 import tuneforge
 from tuneforge.errors import PluginError
@@ -413,3 +414,68 @@ def test_the_majority_column_scores_its_answer_with_the_answer_scoring_evaluator
                                                         "baselines=[majority]"]).metrics
     assert "majority" not in plain.get("baselines", {})
     assert plain["baselines_skipped"]["majority"].startswith("the training answers are not labels")
+
+
+class AnswerPlugin:
+    """A baseline that answers without a model (``oracle``: each held-out reference, or what ``MODE`` says)
+    and an evaluator that reads the answers and also runs the model (``hybrid``)."""
+
+    MODE = "oracle"
+
+    @tuneforge.hookimpl
+    def tuneforge_baselines(self):
+        @dataclass
+        class OracleConfig:
+            """no options"""
+
+        def answer(train, held_out, config):
+            references = [ex["messages"][-1]["content"] for ex in held_out]
+            return {"oracle": references, "number": [0, *references[1:]], "short": references[:-1],
+                    "text": "billing"}[AnswerPlugin.MODE]
+
+        return [tuneforge.BaselineSpec("oracle", OracleConfig, answer=answer)]
+
+    @tuneforge.hookimpl
+    def tuneforge_evaluators(self):
+        @dataclass
+        class HybridConfig:
+            """no options"""
+
+        def evaluate(model, tokenizer, examples, config, evaluation=None):
+            from tuneforge.evaluation import generate_predictions
+
+            rows = generate_predictions(model, tokenizer, examples, evaluation=evaluation)
+            first = model(input_ids=torch.tensor([[1, 2, 3]])).logits[0, 0, 0].item()
+            return {"answered": float(len(rows)), "first_logit": first}
+
+        return [tuneforge.EvaluatorSpec("hybrid", HybridConfig, evaluate=evaluate)]
+
+
+def _answer_column(mode, examples):
+    from types import SimpleNamespace
+
+    from tuneforge.evaluation.baselines import answer_column
+    from tuneforge.host.components import run_components
+    from tuneforge.host.compose import compose, load_plugins
+
+    AnswerPlugin.MODE = mode
+    overrides = ["evaluators=[exact_match,hybrid]", "evaluators.exact_match.max_new_tokens=2", "baselines=[oracle]"]
+    plugins = load_plugins(overrides, extra_plugins=[AnswerPlugin()])
+    run = run_components(compose(overrides), plugins)
+    model, tokenizer = run.model.spec.load(run.model.config)
+    splits = SimpleNamespace(train=examples, val=examples, chat_template=None)
+    return answer_column("oracle", run.baselines["oracle"], run.evaluators, run.settings, model, tokenizer, splits)
+
+
+def test_answers_go_to_their_own_examples_and_a_model_running_evaluator_gives_the_column_nothing():
+    held = [chat(f"ticket {i}", ["billing", "shipping", "returns"][i % 3], "tickets") for i in range(9)]  # one source
+    column, why = _answer_column("oracle", held)
+    assert why is None and column["metrics"] == {"exact_match": 1.0}  # hybrid ran the model: none of its metrics
+    assert [row["oracle"] for row in column["predictions"]] == [ex["messages"][-1]["content"] for ex in held]
+    for mode, problem in (("number", "returned 0 (int) as item 0 of 9"), ("short", "returned list of 8"),
+                          ("text", "returned str")):
+        with pytest.raises(PluginError) as refused:
+            _answer_column(mode, held)
+        line = str(refused.value)
+        assert line.startswith("plugin ") and f"baseline 'oracle', answer {problem}; it must return a list of 9 " \
+            "strings (one answer per held-out example, in order), or None" in line

@@ -244,6 +244,8 @@ def test_prompting_suffices_only_when_equivalence_is_shown():
     # prompting clearly better: equivalence-or-better is shown as well
     worse = _run(tuned=[0] * 30, base=[0] * 30, retrieval=[1] * 30)["verdict"]
     assert worse["outcome"] == "prompting_suffices" and worse["change"] == -1.0
+    assert worse["headline"].startswith("Prompting suffices: retrieval, k=4 beats the tuned model on exact_match "
+                                        "(95% CI of tuned minus it -100.0..")  # not "within ±5.0"
 
 
 def test_a_significant_forgetting_drop_is_named_in_the_verdict():
@@ -525,6 +527,25 @@ def test_evidence_metric_chooses_the_verdicts_metric_and_a_missing_one_is_named(
                                                      r"evaluator \(selected: perplexity\)"):
         run_tiny_fit(tmp_path / "run", overrides=["evidence.metric=bleu", "trainer.max_steps=1"])
     assert not (tmp_path / "run" / "model").exists()
+    reference = "${pkg:tuneforge.plugins/data/forgetting_general.jsonl}"
+    with pytest.raises(tuneforge.ConfigError, match=r"evidence.metric: 'forgetting/contains' is a 'forgetting' "
+                                                     r"metric; the verdict is about a held-out metric"):
+        run_tiny_fit(tmp_path / "run2", overrides=["evidence.metric=forgetting/contains", "trainer.max_steps=1",
+                                                   "evaluators=[perplexity,forgetting]",
+                                                   f"evaluators.forgetting.path={reference}"])
+
+
+def test_an_evidence_metric_its_evaluator_does_not_declare_is_warned_about_before_training(tmp_path, caplog):
+    import logging
+
+    from tuneforge.testing import run_tiny_fit
+
+    with caplog.at_level(logging.WARNING, logger="tuneforge"):
+        metrics = run_tiny_fit(tmp_path / "run", overrides=["evidence.metric=perplexity/los", "trainer.max_steps=1",
+                                                            "baselines=[]", "memorisation.sample=0"]).metrics
+    assert ("evidence.metric: evaluator 'perplexity' declares no metric 'perplexity/los' (did you mean "
+            "'perplexity/loss'?); its declared metrics: perplexity/loss, perplexity/perplexity") in caplog.text
+    assert metrics["verdict"]["metric"] == "perplexity/loss" and "metric_note" in metrics["verdict"]
 
 
 def test_a_loss_that_favours_tuning_says_what_a_lower_loss_shows():

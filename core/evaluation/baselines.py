@@ -352,6 +352,19 @@ def run_baselines(baselines: dict, evaluators: dict, settings, model, tokenizer,
     return columns, skipped
 
 
+def _answers_problem(result, count: int) -> Optional[str]:
+    """What is wrong with a baseline's ``answer`` result (None when it is a list of ``count`` strings, or
+    None), as it would follow "returned"."""
+    from tuneforge.host.guard import shown, type_name
+
+    if result is None:
+        return None
+    if not isinstance(result, (list, tuple)) or len(result) != count:
+        return type_name(result)
+    bad = next((i for i, item in enumerate(result) if not isinstance(item, str)), None)
+    return None if bad is None else f"{shown(result[bad])} ({type_name(result[bad])}) as item {bad} of {count}"
+
+
 def _log_column(column: dict, context) -> None:
     if context is None or context.is_main:
         log.info("baseline %s: %s", column["label"],
@@ -367,23 +380,25 @@ def answer_column(key: str, baseline, evaluators: dict, settings, model, tokeniz
     from tuneforge.host.guard import spec_call
     from tuneforge.specs import call_accepting
 
+    from tuneforge.host.guard import Returns
+
     spec, info = baseline.spec, {"no_model": True}
+    expected = (f"a list of {len(splits.val)} strings (one answer per held-out example, in order), or None where it "
+                "does not apply (with the reason in info['skipped'])")
     answers = spec_call(spec, "answer", call_accepting, spec.answer, list(splits.train), list(splits.val),
-                        baseline.config, seed=int(settings.seed), context=context, info=info)
+                        baseline.config, seed=int(settings.seed), context=context, info=info,
+                        returns=Returns(lambda result: _answers_problem(result, len(splits.val)), expected))
     if answers is None:
-        return None, str(info.get("skipped") or "it does not apply to this data")
-    if not isinstance(answers, (list, tuple)) or len(answers) != len(splits.val) \
-            or not all(isinstance(a, str) for a in answers):
-        got = f"{len(answers)} items" if isinstance(answers, (list, tuple)) else type(answers).__name__
-        raise PluginError(f"baseline '{spec.name}': answer must return a list of {len(splits.val)} strings (one per "
-                          f"held-out example, in order) or None, got {got}")
-    given = {example.get("source", ""): text for example, text in zip(splits.val, answers)}
+        return None, str(info.get("skipped") or "its answer returned None (it does not apply to this data; the "
+                                                "baseline may say why in info['skipped'])")
     values, one_pass = run_evaluators(evaluators, settings, model, tokenizer, splits.val, key,
                                       chat_template=splits.chat_template, context=context, held_out_only=True,
-                                      rewards=rewards, given_outputs=given)
+                                      rewards=rewards, given_outputs=list(answers))
     if not values:
-        return None, ("no selected evaluator scores generated answers (it answers without a model; add one, e.g. "
-                      "evaluators=[perplexity,exact_match])")
+        return None, (f"none of the selected evaluators ({', '.join(evaluators) or 'none'}) scored its answers: a "
+                      "column without a model is scored only by evaluators that read answers through "
+                      "tuneforge.evaluation.generate_predictions and do not run the model themselves (e.g. "
+                      "exact_match, contains)")
     return {"name": spec.name, "label": describe_baseline(spec, baseline.config, info), "info": info, "metrics": values,
             "scores": one_pass.example_scores, "timings": {}, "prompt_tokens": 0.0,
             "predictions": merge_predictions({key: one_pass})}, None

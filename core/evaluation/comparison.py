@@ -156,15 +156,39 @@ def slice_labels(field: str, examples: Sequence) -> list:
 
 
 def check_evidence_metric(settings, evaluators) -> None:
-    """A :class:`ConfigError` when ``evidence.metric`` names no metric a selected evaluator (``evaluators``, by
-    key) can report: ``<evaluator>`` or ``<evaluator>/<metric>``."""
+    """A :class:`ConfigError` when ``evidence.metric`` names no selected evaluator (``evaluators``, by key; a
+    metric is ``<evaluator>`` or ``<evaluator>/<metric>``) or a metric it declares outside the held-out
+    section; a warning when the evaluator declares metrics but not this one."""
     from tuneforge.errors import ConfigError
 
+    import fnmatch
+
+    from tuneforge.errors import did_you_mean
+    from tuneforge.specs import HELD_OUT
+
     metric = settings.evidence.metric
-    if metric and str(metric).split("/")[0] not in evaluators:
+    if not metric:
+        return
+    metric, key = str(metric), str(metric).split("/")[0]
+    if key not in evaluators:
         raise ConfigError(f"evidence.metric: {metric!r} is not a metric of a selected evaluator (selected: "
                           f"{', '.join(evaluators) or 'none'}); a metric is named <evaluator> or "
                           "<evaluator>/<metric>, as metrics.json shows it (exact_match, perplexity/loss)")
+    infos = tuple(getattr(evaluators[key].spec, "metrics", ()) or ())
+    declared = {(key if len(infos) == 1 and info.name == key else f"{key}/{info.name}"): info for info in infos}
+    matched = declared.get(metric) or next((info for name, info in declared.items() if any(c in name for c in "*?[")
+                                            and fnmatch.fnmatchcase(metric, name)), None)
+    if declared and matched is None:  # an evaluator may report metrics it does not declare: a warning
+        import logging
+
+        names = sorted(declared)
+        logging.getLogger("tuneforge").warning(
+            "evidence.metric: evaluator '%s' declares no metric %r%s; its declared metrics: %s (unless it reports "
+            "that one anyway, the verdict will be on another metric)", key, metric, did_you_mean(metric, names),
+            ", ".join(names))
+    if matched is not None and matched.section != HELD_OUT:
+        raise ConfigError(f"evidence.metric: {metric!r} is a '{matched.section}' metric; the verdict is about a "
+                          "held-out metric (the examples the tuned model and the prompting columns answer)")
 
 
 def evidence_options(settings, val_examples: Sequence, evaluators: Optional[dict] = None) -> dict:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from tuneforge.data import message_text, render_prompt
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import ConfigError, DataError, PluginError
 
 
 @dataclass
@@ -64,8 +64,11 @@ class EvaluationPass:
     ``given_outputs``: ``{example source: output text}`` that
     :func:`generate_predictions` returns instead of generating (for
     ``tuneforge.testing.run_evaluator`` and a baseline's ``answer``; None
-    otherwise); ``given_reads`` counts the calls that read them (an evaluator
-    that made none scored the model, not the given answers).
+    otherwise); ``given_answers``: ``{id(example): answer text}``, the same for a
+    baseline's ``answer`` (matched by the example objects the evaluators were given,
+    so examples sharing a source get their own answers); ``given_reads`` counts the
+    calls that read either (an evaluator that made none scored the model, not the
+    given answers).
     ``rewards``: the run's selected rewards (:class:`tuneforge.rewards.Rewards`,
     ``rewards=[...]``), for evaluators that score generations with them; None
     when the run selects none.
@@ -76,6 +79,7 @@ class EvaluationPass:
     predictions: dict = field(default_factory=dict)
     context: Any = None
     given_outputs: Optional[dict] = None
+    given_answers: Optional[dict] = None
     given_reads: int = 0
     scores: dict = field(default_factory=dict)
     scored_rows: dict = field(default_factory=dict)
@@ -262,15 +266,16 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
     every rank must call it, and every rank gets all rows.
     """
     prompts, references = prompts_and_references(tokenizer, examples, few_shot, evaluation=evaluation)
-    if evaluation is not None and evaluation.given_outputs is not None:
+    given = evaluation is not None and (evaluation.given_outputs is not None or evaluation.given_answers is not None)
+    if given:
         evaluation.given_reads += 1
     key = (set_name, "generation", (tuple(prompts), int(max_new_tokens)))
     if evaluation is not None and key in evaluation.predictions:
         return evaluation.predictions[key]
     started = time.perf_counter()
     batch_rates: list = []  # seconds per prompt of each batch this process generated: the timing's spread
-    if evaluation is not None and evaluation.given_outputs is not None:
-        outputs = [evaluation.given_outputs[ex.get("source", "")] for ex in examples]
+    if given:
+        outputs = [_given_output(evaluation, ex) for ex in examples]
     else:
         from tuneforge.evaluation.sharding import map_batches
 
@@ -291,6 +296,18 @@ def generate_predictions(model, tokenizer, examples: Sequence[dict], *, max_new_
         timing["queries"] = max(timing["queries"], len(prompts))
         timing.setdefault("batch_s_per_query", []).extend(batch_rates)
     return rows
+
+
+def _given_output(evaluation: EvaluationPass, example: dict) -> str:
+    """The given answer of ``example``: a baseline's (``given_answers``, by the example object) or a test's
+    (``given_outputs``, by source)."""
+    if evaluation.given_answers is not None:
+        if id(example) not in evaluation.given_answers:
+            raise PluginError(f"generate_predictions got example {example.get('source', '?')}, which is not one of "
+                              "the examples the evaluator was given; a column without a model answers only those "
+                              "(pass them, or a subset of them, as they are)")
+        return evaluation.given_answers[id(example)]
+    return evaluation.given_outputs[example.get("source", "")]
 
 
 def record_scores(metric: str, values: Sequence[float], *, weights: Optional[Sequence[float]] = None,

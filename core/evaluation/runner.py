@@ -4,6 +4,7 @@ metrics (:class:`tuneforge.specs.MetricInfo`) for the report and ``compare``."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Optional
 
@@ -18,7 +19,7 @@ log = logging.getLogger("tuneforge")
 
 def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, examples, label: str = "eval",
                    chat_template: Optional[str] = None, context=None, held_out_only: bool = False,
-                   rewards=None, given_outputs: Optional[dict] = None):
+                   rewards=None, given_outputs: Optional[list] = None):
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
 
     ``evaluators`` maps each ``evaluators.<key>`` to its validated component
@@ -44,9 +45,9 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
     reference set, not ``examples``) are skipped: the baseline and
     memorisation columns need only what depends on ``examples``.  ``rewards``: the run's built
     rewards (:class:`tuneforge.rewards.Rewards`), given to the evaluators as ``evaluation.rewards``.
-    ``given_outputs`` (``{example source: answer text}``, a baseline's ``answer``): the evaluators score
-    these answers instead of generating, and only the metrics of evaluators that read them (through
-    :func:`tuneforge.evaluation.generate_predictions`) are kept.
+    ``given_outputs`` (one answer text per example of ``examples``, a baseline's ``answer``): the evaluators
+    score these answers instead of generating, and only the metrics of evaluators that read them (through
+    :func:`tuneforge.evaluation.generate_predictions`) and did not run the model are kept.
     """
     from tuneforge import memory_marks
     from tuneforge.evaluation import EvaluationPass
@@ -54,8 +55,9 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
     from tuneforge.specs import call_accepting
 
     results = {}
-    one_pass = EvaluationPass(label=label, chat_template=chat_template, context=context, rewards=rewards,
-                              given_outputs=given_outputs)
+    one_pass = EvaluationPass(label=label, chat_template=chat_template, context=context, rewards=rewards)
+    if given_outputs is not None:
+        one_pass.given_answers = {id(example): text for example, text in zip(examples, given_outputs)}
     was_training = model.training
     home, device = next(model.parameters()).device, _evaluation_device(settings, context)
     model.eval()
@@ -68,15 +70,16 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
                 continue
             one_pass.scores, one_pass.scored_rows = {}, {}
             reads, kept_rows = one_pass.given_reads, set(one_pass.predictions)
-            values = spec_call(spec, "evaluate", call_accepting, spec.evaluate, model, tokenizer, examples,
-                               evaluator.config, evaluation=one_pass, context=context, named_only=("context",))
+            with _model_calls(model, given_outputs is not None) as model_calls:
+                values = spec_call(spec, "evaluate", call_accepting, spec.evaluate, model, tokenizer, examples,
+                                   evaluator.config, evaluation=one_pass, context=context, named_only=("context",))
             try:
                 values = checked_metric_values(spec, values)
                 recorded = checked_example_scores(spec, one_pass.scores, one_pass.scored_rows, len(examples))
             except NonFiniteValue as refused:
                 # nan or inf: the model's own weights or outputs, when they are not finite, not the evaluator
                 raise (model_not_finite(model, examples, label, spec.name, refused.value) or refused) from None
-            if given_outputs is not None and one_pass.given_reads == reads:  # it scored the model, not the answers
+            if given_outputs is not None and (one_pass.given_reads == reads or model_calls):  # not the answers alone
                 values, recorded = {}, {}
                 one_pass.predictions = {k: v for k, v in one_pass.predictions.items() if k in kept_rows}
             for metric, value in values.items():
@@ -94,6 +97,20 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
         model.train(was_training)
         model.to(home)
     return results, one_pass
+
+
+@contextlib.contextmanager
+def _model_calls(model, watch: bool):
+    """A list that gets an entry whenever one of ``model``'s modules runs forward inside the context
+    (``watch``: False watches nothing): whether an evaluator scoring given answers ran the model too."""
+    calls: list = []
+    handles = [module.register_forward_pre_hook(lambda *_: calls.append(1)) for module in model.modules()] \
+        if watch else []
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class NonFiniteValue(PluginError):

@@ -345,10 +345,14 @@ def headline_text(v: dict) -> str:
         column = v["equivalent_column"]
         eq = v["equivalence"]
         label = v.get("equivalent_label") or column
+        interval = (f"{int(round(eq['confidence'] * 100))}% CI of tuned minus it {_bound(share, eq['low'])}.."
+                    f"{_bound(share, eq['high'])}")
+        if _signed({"value": 0.0, **eq}, v.get("higher_is_better", True))["high"] < -v["margin"]:  # clearly better
+            who = f"tuning did worse than {label}" if v.get("equivalent_no_model") else f"{label} beats the tuned model"
+            return f"Prompting suffices: {who} on {metric} ({interval}){_cost_clause(v)}."
         if v.get("equivalent_no_model"):  # e.g. the most common training answer: tuning learnt no more than that
             return (f"Prompting suffices: tuning did no better than {label}, within "
-                    f"±{_bound(share, v['margin']).lstrip('+')} of the tuned {metric} ({int(round(eq['confidence'] * 100))}% CI of tuned minus it "
-                    f"{_bound(share, eq['low'])}..{_bound(share, eq['high'])}){_cost_clause(v)}.")
+                    f"±{_bound(share, v['margin']).lstrip('+')} of the tuned {metric} ({interval}){_cost_clause(v)}.")
         return (f"Prompting suffices: {label} is within ±{_bound(share, v['margin']).lstrip('+')} of the tuned "
                 f"{metric} ({int(round(eq['confidence'] * 100))}% CI of tuned minus it "
                 f"{_bound(share, eq['low'])}..{_bound(share, eq['high'])}){_cost_clause(v)}.")
