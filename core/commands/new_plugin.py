@@ -32,8 +32,10 @@ from tuneforge.commands.key_values import ArgumentError
 from tuneforge.commands.plugin_templates import TEMPLATES, render_file
 from tuneforge.errors import did_you_mean
 
-#: the setuptools the scaffold's build needs: PEP 660 editable installs (``pip install -e``) arrived in 64
-SETUPTOOLS_FLOOR = "64"
+#: the setuptools the scaffold's build needs: PEP 660 editable installs (``pip install -e``) arrived in 64, and
+#: ``--no-build-isolation`` builds (offline) need ``bdist_wheel`` inside setuptools, since 70.1 (before, the
+#: separate ``wheel`` package, which a fresh venv lacks)
+SETUPTOOLS_FLOOR = "70.1"
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 _RESERVED = {"tuneforge", "test", "tests", "src", "plugins", "core"}
 
