@@ -85,15 +85,7 @@ def _bits_forward(dropout: torch.nn.Dropout):
 def lora_dropout_from_bits(model):
     """A context in which ``model``'s LoRA dropout draws its masks with :func:`dropout_from_bits` (on the
     CPU, in training mode); on leaving, each dropout module has its own forward again."""
-    dropouts = _lora_dropouts(model)
-    earlier = [dropout.__dict__.get("forward") for dropout in dropouts]
-    for dropout in dropouts:
-        dropout.forward = _bits_forward(dropout)
-    try:
+    from tuneforge.training.precision import swapped_forwards
+
+    with swapped_forwards(_lora_dropouts(model), _bits_forward):
         yield
-    finally:
-        for dropout, forward in zip(dropouts, earlier):
-            if forward is None:
-                del dropout.forward
-            else:
-                dropout.forward = forward

@@ -38,7 +38,7 @@ import contextlib
 import torch
 
 from tuneforge.linear_cross_entropy import autocast_dtype
-from tuneforge.training.precision import modules_where
+from tuneforge.training.precision import modules_where, swapped_forwards
 
 __all__ = ["Casts", "WeightCasts", "fused_lora_layers"]
 
@@ -150,19 +150,9 @@ def fused_lora_layers(model, weight_casts: "WeightCasts | None" = None, share_ca
     ``weight_casts`` keeps the frozen weights' casts for the next context (without it, they are cast
     in every context); ``share_casts=False`` casts in every call (for layers that ``torch.compile``
     traces, see :class:`Casts`)."""
-    layers = modules_where(model, _fusable)
-    earlier = [layer.__dict__.get("forward") for layer in layers]
     casts = Casts(weight_casts, shared=share_casts)
-    for layer in layers:
-        layer.forward = _fused_forward(layer, layer.forward, casts)
-    try:
+    with swapped_forwards(modules_where(model, _fusable), lambda layer: _fused_forward(layer, layer.forward, casts)):
         yield
-    finally:
-        for layer, forward in zip(layers, earlier):
-            if forward is None:
-                del layer.forward
-            else:
-                layer.forward = forward
 
 
 def _fusable(layer) -> bool:

@@ -305,6 +305,24 @@ def modules_where(model, test) -> list:
     return per_test[test]
 
 
+@contextlib.contextmanager
+def swapped_forwards(modules, make_forward):
+    """A context in which each of ``modules`` runs ``make_forward(module)`` (given while its own forward is
+    still in place) as its forward; on leaving, each has its own forward again (an instance attribute it
+    had before is put back)."""
+    earlier = [module.__dict__.get("forward") for module in modules]
+    for module in modules:
+        module.forward = make_forward(module)
+    try:
+        yield
+    finally:
+        for module, forward in zip(modules, earlier):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
+
+
 def on_cpu(module) -> bool:
     """Whether ``module``'s first parameter is on the CPU (``False`` without parameters)."""
     parameter = next(module.parameters(), None)
