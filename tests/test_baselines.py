@@ -479,3 +479,17 @@ def test_answers_go_to_their_own_examples_and_a_model_running_evaluator_gives_th
         line = str(refused.value)
         assert line.startswith("plugin ") and f"baseline 'oracle', answer {problem}; it must return a list of 9 " \
             "strings (one answer per held-out example, in order), or None" in line
+
+
+def test_prediction_rows_sharing_a_source_each_get_their_own_baseline_output():
+    from tuneforge.evaluation.baselines import join_columns
+
+    rows = [{"set": "val", "kind": "generation", "source": "tickets", "prompt": f"p{i}", "base": f"b{i}"}
+            for i in range(3)]
+    column = {"predictions": [{"set": "val", "kind": "generation", "source": "tickets", "prompt": f"q{i}",
+                               "few_shot": f"f{i}", "scores": {"few_shot": {"exact_match": float(i == 1)}}}
+                              for i in range(3)]}
+    joined = join_columns(rows, {"few_shot": column})
+    assert [r["few_shot"] for r in joined] == ["f0", "f1", "f2"]
+    assert [r["few_shot_prompt"] for r in joined] == ["q0", "q1", "q2"]
+    assert [r["scores"]["few_shot"]["exact_match"] for r in joined] == [0.0, 1.0, 0.0]

@@ -408,11 +408,17 @@ def join_columns(rows: list, columns: dict) -> list:
     """Add each baseline column's output to the row of the same example (same set, kind and source):
     ``<key>`` (the output), ``<key>_prompt`` (its rewritten prompt) and ``<key>_demonstrations`` (the
     sources of its demonstrations, when the baseline listed them), and its per-example scores under
-    ``scores[<key>]``."""
-    by_key = {(row["set"], row["kind"], row["source"]): row for row in rows}
+    ``scores[<key>]``.  Rows that share a source (a dataset that gives several records one) are joined in
+    their order."""
+    by_key: dict = {}
+    for row in rows:
+        by_key.setdefault((row["set"], row["kind"], row["source"]), []).append(row)
     for key, column in columns.items():
+        taken: dict = {}
         for row in column.get("predictions") or []:
-            target = by_key.get((row["set"], row["kind"], row["source"]))
+            same = (row["set"], row["kind"], row["source"])
+            index = taken[same] = taken.get(same, -1) + 1
+            target = by_key[same][index] if index < len(by_key.get(same, ())) else None
             if target is None:
                 continue
             target[key] = row.get(key)
