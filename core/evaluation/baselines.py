@@ -377,10 +377,8 @@ def answer_column(key: str, baseline, evaluators: dict, settings, model, tokeniz
     by the evaluators that score generated answers), or ``(None, why there is no column)``."""
     from tuneforge.evaluation.generation import merge_predictions
     from tuneforge.evaluation.runner import run_evaluators
-    from tuneforge.host.guard import spec_call
+    from tuneforge.host.guard import Returns, spec_call
     from tuneforge.specs import call_accepting
-
-    from tuneforge.host.guard import Returns
 
     spec, info = baseline.spec, {"no_model": True}
     expected = (f"a list of {len(splits.val)} strings (one answer per held-out example, in order), or None where it "
@@ -393,7 +391,7 @@ def answer_column(key: str, baseline, evaluators: dict, settings, model, tokeniz
                                                 "baseline may say why in info['skipped'])")
     values, one_pass = run_evaluators(evaluators, settings, model, tokenizer, splits.val, key,
                                       chat_template=splits.chat_template, context=context, held_out_only=True,
-                                      rewards=rewards, given_outputs=list(answers))
+                                      rewards=rewards, answers=list(answers))
     if not values:
         return None, (f"none of the selected evaluators ({', '.join(evaluators) or 'none'}) scored its answers: a "
                       "column without a model is scored only by evaluators that read answers through "

@@ -159,11 +159,10 @@ def check_evidence_metric(settings, evaluators) -> None:
     """A :class:`ConfigError` when ``evidence.metric`` names no selected evaluator (``evaluators``, by key; a
     metric is ``<evaluator>`` or ``<evaluator>/<metric>``) or a metric it declares outside the held-out
     section; a warning when the evaluator declares metrics but not this one."""
-    from tuneforge.errors import ConfigError
-
     import fnmatch
+    import logging
 
-    from tuneforge.errors import did_you_mean
+    from tuneforge.errors import ConfigError, did_you_mean
     from tuneforge.specs import HELD_OUT
 
     metric = settings.evidence.metric
@@ -179,8 +178,6 @@ def check_evidence_metric(settings, evaluators) -> None:
     matched = declared.get(metric) or next((info for name, info in declared.items() if any(c in name for c in "*?[")
                                             and fnmatch.fnmatchcase(metric, name)), None)
     if declared and matched is None:  # an evaluator may report metrics it does not declare: a warning
-        import logging
-
         names = sorted(declared)
         logging.getLogger("tuneforge").warning(
             "evidence.metric: evaluator '%s' declares no metric %r%s; its declared metrics: %s (unless it reports "

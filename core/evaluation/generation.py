@@ -63,12 +63,11 @@ class EvaluationPass:
     its spread).
     ``given_outputs``: ``{example source: output text}`` that
     :func:`generate_predictions` returns instead of generating (for
-    ``tuneforge.testing.run_evaluator`` and a baseline's ``answer``; None
-    otherwise); ``given_answers``: ``{id(example): answer text}``, the same for a
-    baseline's ``answer`` (matched by the example objects the evaluators were given,
-    so examples sharing a source get their own answers); ``given_reads`` counts the
-    calls that read either (an evaluator that made none scored the model, not the
-    given answers).
+    ``tuneforge.testing.run_evaluator``; None otherwise); ``given_answers``:
+    ``{id(example): answer text}``, the same for a baseline's ``answer`` (matched
+    by the example objects the evaluators were given, so examples sharing a source
+    get their own answers); ``given_reads`` counts the calls that read either (an
+    evaluator that made none scored the model, not the given answers).
     ``rewards``: the run's selected rewards (:class:`tuneforge.rewards.Rewards`,
     ``rewards=[...]``), for evaluators that score generations with them; None
     when the run selects none.

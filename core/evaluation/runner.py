@@ -19,7 +19,7 @@ log = logging.getLogger("tuneforge")
 
 def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, examples, label: str = "eval",
                    chat_template: Optional[str] = None, context=None, held_out_only: bool = False,
-                   rewards=None, given_outputs: Optional[list] = None):
+                   rewards=None, answers: Optional[list] = None):
     """Every selected evaluator on ``examples`` in one evaluation pass (generations are shared).
 
     ``evaluators`` maps each ``evaluators.<key>`` to its validated component
@@ -45,7 +45,7 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
     reference set, not ``examples``) are skipped: the baseline and
     memorisation columns need only what depends on ``examples``.  ``rewards``: the run's built
     rewards (:class:`tuneforge.rewards.Rewards`), given to the evaluators as ``evaluation.rewards``.
-    ``given_outputs`` (one answer text per example of ``examples``, a baseline's ``answer``): the evaluators
+    ``answers`` (one answer text per example of ``examples``, a baseline's ``answer``): the evaluators
     score these answers instead of generating, and only the metrics of evaluators that read them (through
     :func:`tuneforge.evaluation.generate_predictions`) and did not run the model are kept.
     """
@@ -56,8 +56,8 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
 
     results = {}
     one_pass = EvaluationPass(label=label, chat_template=chat_template, context=context, rewards=rewards)
-    if given_outputs is not None:
-        one_pass.given_answers = {id(example): text for example, text in zip(examples, given_outputs)}
+    if answers is not None:
+        one_pass.given_answers = {id(example): text for example, text in zip(examples, answers)}
     was_training = model.training
     home, device = next(model.parameters()).device, _evaluation_device(settings, context)
     model.eval()
@@ -70,7 +70,7 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
                 continue
             one_pass.scores, one_pass.scored_rows = {}, {}
             reads, kept_rows = one_pass.given_reads, set(one_pass.predictions)
-            with _model_calls(model, given_outputs is not None) as model_calls:
+            with _model_calls(model, answers is not None) as model_calls:
                 values = spec_call(spec, "evaluate", call_accepting, spec.evaluate, model, tokenizer, examples,
                                    evaluator.config, evaluation=one_pass, context=context, named_only=("context",))
             try:
@@ -79,7 +79,7 @@ def run_evaluators(evaluators: dict, settings: "RunSettings", model, tokenizer, 
             except NonFiniteValue as refused:
                 # nan or inf: the model's own weights or outputs, when they are not finite, not the evaluator
                 raise (model_not_finite(model, examples, label, spec.name, refused.value) or refused) from None
-            if given_outputs is not None and (one_pass.given_reads == reads or model_calls):  # not the answers alone
+            if answers is not None and (one_pass.given_reads == reads or model_calls):  # not the answers alone
                 values, recorded = {}, {}
                 one_pass.predictions = {k: v for k, v in one_pass.predictions.items() if k in kept_rows}
             for metric, value in values.items():

@@ -354,8 +354,7 @@ def headline_text(v: dict) -> str:
             return (f"Prompting suffices: tuning did no better than {label}, within "
                     f"±{_bound(share, v['margin']).lstrip('+')} of the tuned {metric} ({interval}){_cost_clause(v)}.")
         return (f"Prompting suffices: {label} is within ±{_bound(share, v['margin']).lstrip('+')} of the tuned "
-                f"{metric} ({int(round(eq['confidence'] * 100))}% CI of tuned minus it "
-                f"{_bound(share, eq['low'])}..{_bound(share, eq['high'])}){_cost_clause(v)}.")
+                f"{metric} ({interval}){_cost_clause(v)}.")
     needed = v.get("examples_needed")
     settle = f"; about {needed} held-out examples would likely settle it" if needed else ""
     n = f" at n={v['n']}" if v.get("n") else ""

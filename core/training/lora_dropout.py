@@ -22,6 +22,7 @@ training mode; anything else (a GPU input, eval mode, ``inplace=True``) is torch
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -34,9 +35,7 @@ BITS = 31
 def keep_mask(shape, p: float, generator=None) -> torch.Tensor:
     """A boolean mask of ``shape``, each element True with probability ``1 - p`` (to within ``2**-32``),
     from torch's default generator (or ``generator``)."""
-    count = 1
-    for size in shape:
-        count *= int(size)
+    count = math.prod(int(size) for size in shape)
     words = torch.empty((count + 1) // 2, dtype=torch.int64).random_(generator=generator)
     bits = words.view(torch.int32)[:count].view(shape) & ((1 << BITS) - 1)
     return bits < round((1.0 - p) * (1 << BITS))
